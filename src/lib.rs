@@ -1,0 +1,53 @@
+//! tursync keeps a plain SQLite file as a working copy of a remote libSQL database.
+//!
+//! Data flows one way through the modules: [`remote`] talks Hrana to the server, [`schema`]
+//! reads what a database holds, [`clone`] copies a database (remote or local) into a
+//! [`clone::Sink`] — a local SQLite file ([`snapshot`]) or SQL text ([`dump`]). See
+//! `docs/ARCHITECTURE.md` for the map.
+
+pub mod clone;
+pub mod dump;
+pub mod progress;
+pub mod remote;
+pub mod schema;
+pub mod snapshot;
+pub mod sql;
+pub mod value;
+
+pub use value::Value;
+
+/// Everything that can go wrong in the library. The CLI adds context and picks the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Remote(#[from] remote::RemoteError),
+    #[error("local database: {0}")]
+    Local(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The request cannot be carried out as asked; the message says what to do instead.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<schema::LoadError<remote::RemoteError>> for Error {
+    fn from(e: schema::LoadError<remote::RemoteError>) -> Error {
+        match e {
+            schema::LoadError::Source(e) => e.into(),
+            schema::LoadError::Schema(e) => e.into(),
+        }
+    }
+}
+
+impl From<schema::LoadError<rusqlite::Error>> for Error {
+    fn from(e: schema::LoadError<rusqlite::Error>) -> Error {
+        match e {
+            schema::LoadError::Source(e) => e.into(),
+            schema::LoadError::Schema(e) => e.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,307 @@
+//! The `tursync` command line: parses arguments, finds the workspace and the remote, and maps
+//! library errors to messages and exit codes. The work itself lives in the library.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use tursync::clone::{self, FetchOptions};
+use tursync::dump::SqlSink;
+use tursync::progress::Progress;
+use tursync::remote::{Endpoint, Remote, RemoteError};
+use tursync::snapshot::{self, Workspace, DEFAULT_DB};
+
+const EXIT_HELP: &str = "\
+Exit codes:
+  0  success
+  1  failure (network, authentication, local file, refused operation)
+  2  usage error (bad arguments, no database URL)
+  3  conflict (reserved for push and pull)";
+
+#[derive(Parser)]
+#[command(
+    name = "tursync",
+    version,
+    about = "Keep a plain local SQLite file as a working copy of a remote libSQL database",
+    long_about = "Keep a plain local SQLite file as a working copy of a remote libSQL database \
+(Turso Cloud or sqld). Your app reads and writes the local file with any SQLite driver; \
+tursync clones the remote exactly, rowids and bytes included.",
+    after_help = "Examples:
+  export TURSO_DATABASE_URL=libsql://mydb-me.turso.io TURSO_AUTH_TOKEN=...
+  tursync init                 # clone into ./working_copy.db
+  tursync status               # where things are, and whether the remote answers
+  tursync dump > remote.sql    # the remote as SQL text, rowids included
+
+The URL and token may also come from a .env file in the current directory.",
+    after_long_help = EXIT_HELP
+)]
+struct Cli {
+    /// Remote database URL: libsql://, https:// or http://. Defaults to the one saved by init
+    #[arg(long, env = "TURSO_DATABASE_URL", global = true, value_name = "URL")]
+    url: Option<String>,
+
+    /// Auth token, sent as a Bearer token. Never printed, logged or saved
+    #[arg(long, env = "TURSO_AUTH_TOKEN", hide_env_values = true, global = true, value_name = "TOKEN")]
+    token: Option<String>,
+
+    /// The working copy. Defaults to the one found in .tursync/ here or in a parent directory
+    #[arg(long, global = true, value_name = "PATH")]
+    db: Option<PathBuf>,
+
+    /// No progress bars
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Clone the remote into a new working copy (alias: dump-init)
+    #[command(
+        visible_alias = "dump-init",
+        after_help = "Examples:
+  tursync init --url http://127.0.0.1:8080
+  tursync init --db app.db --force     # replace app.db and its state
+
+Creates the working copy (default ./working_copy.db) and .tursync/ beside it, holding the
+base snapshot and the URL (never the token). Everything is built aside and renamed into place,
+so a failed init leaves nothing behind."
+    )]
+    Init {
+        /// Replace an existing working copy (its unpushed changes are lost)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the working copy, its state and whether the remote answers
+    #[command(after_help = "Examples:
+  tursync status
+  tursync status --json | jq .remote
+
+Exits with 1 when the remote cannot be reached or rejects the token.")]
+    Status {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the database as SQL text that sqlite3 loads into an identical database
+    #[command(after_help = "Examples:
+  tursync dump --out remote.sql && sqlite3 copy.db < remote.sql
+  tursync dump --local > working.sql")]
+    Dump {
+        /// Write to FILE instead of standard output
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Dump the local working copy instead of the remote
+        #[arg(long)]
+        local: bool,
+    },
+}
+
+/// An error that should exit with a code other than 1.
+#[derive(Debug)]
+struct Exit(u8, String);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+fn main() -> ExitCode {
+    // `.env` fills in what the real environment does not set; it never overrides it.
+    if Path::new(".env").is_file() {
+        if let Err(e) = dotenvy::from_path(".env") {
+            eprintln!("warning: ignoring .env: {e}");
+        }
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.downcast_ref::<Exit>().map(|x| x.0).unwrap_or(1);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let progress = Progress::new(!cli.quiet);
+    match &cli.command {
+        Command::Init { force } => {
+            let (endpoint, remote) = connect(&cli, None)?;
+            let db = cli.db.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DB));
+            let started = Instant::now();
+            let report = snapshot::init(&endpoint, &remote, &db, *force, FetchOptions::default(), &progress)
+                .with_context(|| format!("init from {endpoint} failed; nothing was written"))?;
+            progress.finish();
+            println!(
+                "cloned {} ({} tables, {} rows) into {} in {:.1}s",
+                endpoint,
+                report.stats.tables,
+                report.stats.rows,
+                report.workspace.db_path().display(),
+                started.elapsed().as_secs_f64()
+            );
+            if !report.schema.skipped.is_empty() {
+                println!("skipped internal tables: {}", report.schema.skipped.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => status(&cli, *json),
+        Command::Dump { out, local } => {
+            let writer: Box<dyn Write> = match out {
+                Some(p) => Box::new(
+                    std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let mut sink = SqlSink::new(BufWriter::with_capacity(1 << 20, writer))?;
+            if *local {
+                let ws = Workspace::locate(cli.db.as_deref())?;
+                let conn = rusqlite::Connection::open_with_flags(
+                    ws.db_path(),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .with_context(|| format!("cannot open {}", ws.db_path().display()))?;
+                // One read transaction: the app may be writing while we dump.
+                conn.execute_batch("BEGIN")?;
+                clone::copy_local(&conn, &mut sink, &progress)?;
+                conn.execute_batch("COMMIT")?;
+            } else {
+                let ws = Workspace::locate(cli.db.as_deref()).ok();
+                let (_, remote) = connect(&cli, ws.as_ref())?;
+                clone::copy_remote(&remote, &mut sink, FetchOptions::default(), &progress)?;
+            }
+            sink.finish()?;
+            progress.finish();
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The remote named by `--url`/`TURSO_DATABASE_URL`, else by the workspace's config.
+fn connect(cli: &Cli, ws: Option<&Workspace>) -> Result<(Endpoint, Remote)> {
+    let raw = match (&cli.url, ws) {
+        (Some(u), _) => u.clone(),
+        (None, Some(ws)) => ws.config.url.clone(),
+        (None, None) => {
+            return Err(Exit(
+                2,
+                "no database URL: pass --url, set TURSO_DATABASE_URL, or put it in .env".into(),
+            )
+            .into())
+        }
+    };
+    let (endpoint, url_token) = Endpoint::parse(&raw).map_err(|e| Exit(2, e))?;
+    let token = cli.token.clone().or(url_token);
+    let remote = Remote::new(endpoint.clone(), token);
+    Ok((endpoint, remote))
+}
+
+fn file_info(p: &Path) -> serde_json::Value {
+    match std::fs::metadata(p) {
+        Ok(m) => json!({"path": p.display().to_string(), "exists": true, "bytes": m.len()}),
+        Err(_) => json!({"path": p.display().to_string(), "exists": false}),
+    }
+}
+
+fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
+    let ws = Workspace::locate(cli.db.as_deref());
+    let mut report = json!({
+        "sqlite_version": rusqlite::version(),
+        "external_tools_needed": [],
+    });
+    match &ws {
+        Ok(ws) => {
+            report["working_copy"] = file_info(&ws.db_path());
+            report["state_dir"] = json!(ws.state_dir().display().to_string());
+            report["base"] = file_info(&ws.base_path());
+        }
+        Err(e) => report["workspace_error"] = json!(e.to_string()),
+    }
+    let ok;
+    match connect(cli, ws.as_ref().ok()) {
+        Ok((endpoint, remote)) => {
+            let started = Instant::now();
+            let (state, detail) = match remote.query("SELECT 1", vec![]) {
+                Ok(_) => ("ok", None),
+                Err(e @ RemoteError::Auth { .. }) => ("auth_failed", Some(e.to_string())),
+                Err(e @ RemoteError::Unreachable { .. }) => ("unreachable", Some(e.to_string())),
+                Err(e) => ("error", Some(e.to_string())),
+            };
+            ok = state == "ok";
+            report["remote"] = json!({
+                "url": endpoint.to_string(),
+                "token": if cli.token.is_some() { "set" } else { "not set" },
+                "state": state,
+                "error": detail,
+                "latency_ms": started.elapsed().as_millis() as u64,
+            });
+        }
+        Err(e) => {
+            ok = false;
+            report["remote"] = json!({"state": "not_configured", "error": e.to_string()});
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_status(&report);
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_status(r: &serde_json::Value) {
+    let file = |v: &serde_json::Value| {
+        let path = v["path"].as_str().unwrap_or("?");
+        match v["bytes"].as_u64() {
+            Some(b) => format!("{path} ({})", human_bytes(b)),
+            None => format!("{path} (missing)"),
+        }
+    };
+    if let Some(e) = r["workspace_error"].as_str() {
+        println!("working copy   none: {e}");
+    } else {
+        println!("working copy   {}", file(&r["working_copy"]));
+        println!("state dir      {}", r["state_dir"].as_str().unwrap_or("?"));
+        println!("base snapshot  {}", file(&r["base"]));
+    }
+    let remote = &r["remote"];
+    match remote["state"].as_str() {
+        Some("not_configured") => println!("remote         not configured: {}", remote["error"].as_str().unwrap_or("")),
+        Some(state) => {
+            println!("remote         {} (token {})", remote["url"].as_str().unwrap_or("?"), remote["token"].as_str().unwrap_or("?"));
+            match state {
+                "ok" => println!(
+                    "connection     ok: reachable and token accepted ({} ms)",
+                    remote["latency_ms"]
+                ),
+                _ => println!("connection     FAILED: {}", remote["error"].as_str().unwrap_or(state)),
+            }
+        }
+        None => {}
+    }
+    println!(
+        "external tools none needed (SQLite {} is built in)",
+        r["sqlite_version"].as_str().unwrap_or("?")
+    );
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}

@@ -1,0 +1,251 @@
+//! The Hrana 3 JSON messages tursync sends and reads (`docs/HRANA_3_SPEC.md` in libSQL).
+//!
+//! These are our own small types rather than `libsql-hrana`'s: that crate's response enums are
+//! internally tagged, so serde buffers every result (every row of a page) once more before
+//! decoding it, and its protobuf impls are server-side only (requests cannot be encoded nor
+//! responses decoded). Here responses are flat structs with optional fields, and a value
+//! decodes straight into [`Value`] with no intermediate tree.
+
+use std::fmt;
+
+use base64::Engine as _;
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::value::Value;
+
+#[derive(Serialize)]
+pub struct PipelineReq<'a> {
+    pub baton: Option<&'a str>,
+    pub requests: &'a [StreamRequest],
+}
+
+/// A request on a stream. Only the kinds tursync uses.
+#[derive(Serialize, Debug, Clone)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamRequest {
+    Execute { stmt: Stmt },
+    Sequence { sql: String },
+    Close,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Stmt {
+    pub sql: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<Value>,
+    pub want_rows: bool,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct PipelineResp {
+    pub baton: Option<String>,
+    pub base_url: Option<String>,
+    pub results: Vec<StreamResult>,
+}
+
+/// `{"type":"ok","response":…}` or `{"type":"error","error":…}`, read flat.
+#[derive(Deserialize, Debug)]
+pub struct StreamResult {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub response: Option<StreamResponse>,
+    pub error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct StreamResponse {
+    /// Present for `execute`; the other responses carry nothing tursync needs.
+    pub result: Option<StmtResult>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct ErrorBody {
+    pub message: String,
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+pub struct StmtResult {
+    #[serde(default)]
+    pub cols: Vec<Col>,
+    #[serde(default)]
+    pub rows: Vec<Vec<Value>>,
+    #[serde(default)]
+    pub affected_row_count: u64,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct Col {
+    pub name: Option<String>,
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        let kind = match self {
+            Value::Real(_) => "float",
+            other => other.type_name(),
+        };
+        m.serialize_entry("type", kind)?;
+        match self {
+            Value::Null => {}
+            Value::Integer(i) => m.serialize_entry("value", &i.to_string())?,
+            Value::Real(f) => m.serialize_entry("value", f)?,
+            Value::Text(t) => m.serialize_entry("value", t)?,
+            Value::Blob(b) => m.serialize_entry(
+                "base64",
+                &base64::engine::general_purpose::STANDARD.encode(b),
+            )?,
+        }
+        m.end()
+    }
+}
+
+/// What a `value` field held before the `type` field said how to read it.
+enum Scalar {
+    Str(String),
+    Num(f64),
+    Int(i64),
+    Null,
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string, a number or null")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Str(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Str(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Num(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        i64::try_from(v)
+            .map(Scalar::Int)
+            .map_err(|_| E::custom("integer out of range"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Null)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Scalar, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        d.deserialize_map(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Field {
+    Type,
+    Value,
+    Base64,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a Hrana value object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut kind: Option<String> = None;
+        let mut scalar: Option<Scalar> = None;
+        let mut b64: Option<String> = None;
+        while let Some(key) = map.next_key::<Field>()? {
+            match key {
+                Field::Type => kind = Some(map.next_value()?),
+                Field::Value => scalar = Some(map.next_value()?),
+                Field::Base64 => b64 = Some(map.next_value()?),
+                Field::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        let kind = kind.ok_or_else(|| de::Error::missing_field("type"))?;
+        Ok(match (kind.as_str(), scalar) {
+            ("null", _) => Value::Null,
+            ("integer", Some(Scalar::Str(s))) => Value::Integer(
+                s.parse()
+                    .map_err(|_| de::Error::custom(format!("bad integer {s:?}")))?,
+            ),
+            ("integer", Some(Scalar::Int(i))) => Value::Integer(i),
+            ("float", Some(Scalar::Num(f))) => Value::Real(f),
+            ("float", Some(Scalar::Int(i))) => Value::Real(i as f64),
+            // JSON has no infinity: the server writes a non-finite REAL as null.
+            ("float", Some(Scalar::Null)) => return Err(de::Error::custom(NON_FINITE)),
+            ("text", Some(Scalar::Str(s))) => Value::Text(s),
+            ("blob", _) => {
+                let text = b64.unwrap_or_default();
+                let text = text.trim_end_matches('=');
+                Value::Blob(
+                    base64::engine::general_purpose::STANDARD_NO_PAD
+                        .decode(text)
+                        .map_err(|e| de::Error::custom(format!("bad base64: {e}")))?,
+                )
+            }
+            (other, _) => {
+                return Err(de::Error::custom(format!(
+                    "unexpected Hrana value of type {other:?}"
+                )))
+            }
+        })
+    }
+}
+
+/// The decoding error for an infinite REAL; the client turns it into a clear message.
+pub const NON_FINITE: &str = "non-finite REAL value (Infinity) cannot be carried over Hrana JSON";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_through_json() {
+        for v in [
+            Value::Null,
+            Value::Integer(i64::MIN),
+            Value::Real(-0.0),
+            Value::Real(5e-324),
+            Value::Text("q\"\n".into()),
+            Value::Blob(vec![]),
+            Value::Blob(vec![1, 2, 3, 4]),
+        ] {
+            let json = serde_json::to_string(&v).unwrap();
+            let back: Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, v, "{json}");
+        }
+    }
+
+    #[test]
+    fn value_fields_may_come_in_any_order() {
+        let v: Value = serde_json::from_str(r#"{"value":"7","type":"integer"}"#).unwrap();
+        assert_eq!(v, Value::Integer(7));
+        let v: Value = serde_json::from_str(r#"{"base64":"AA","type":"blob"}"#).unwrap();
+        assert_eq!(v, Value::Blob(vec![0]));
+    }
+}

@@ -1,0 +1,364 @@
+//! What a database holds, read the same way from the remote and from a local file.
+//!
+//! The schema is read with plain SQL (`sqlite_schema`, `pragma_table_list`,
+//! `pragma_table_xinfo`, `pragma_index_list`) so one reader serves both sides; only the way
+//! the statements travel differs (see [`Catalog`]).
+
+use crate::sql;
+use crate::value::Value;
+
+/// Runs read-only statements and returns every row of each, in order.
+pub trait Catalog {
+    type Error;
+    fn query_all(&mut self, stmts: &[(String, Vec<Value>)]) -> Result<Vec<Vec<Vec<Value>>>, Self::Error>;
+}
+
+impl Catalog for &rusqlite::Connection {
+    type Error = rusqlite::Error;
+    fn query_all(&mut self, stmts: &[(String, Vec<Value>)]) -> rusqlite::Result<Vec<Vec<Vec<Value>>>> {
+        stmts
+            .iter()
+            .map(|(q, args)| {
+                let mut st = self.prepare_cached(q)?;
+                let n = st.column_count();
+                let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    (0..n).map(|i| r.get::<_, Value>(i)).collect()
+                })?;
+                rows.collect()
+            })
+            .collect()
+    }
+}
+
+impl Catalog for &crate::remote::Remote {
+    type Error = crate::remote::RemoteError;
+    fn query_all(
+        &mut self,
+        stmts: &[(String, Vec<Value>)],
+    ) -> Result<Vec<Vec<Vec<Value>>>, Self::Error> {
+        let stmts = stmts
+            .iter()
+            .map(|(sql, args)| crate::remote::Stmt {
+                sql: sql.clone(),
+                args: args.clone(),
+                want_rows: true,
+            })
+            .collect();
+        self.execute_many(stmts)?
+            .into_iter()
+            .map(|r| r.map(|res| res.rows))
+            .collect()
+    }
+}
+
+/// A column as stored; generated columns are kept in the list but never read or written as
+/// data, because SQLite computes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub decl_type: String,
+    /// 1-based position in the primary key, 0 when not part of it.
+    pub pk: u32,
+    pub generated: bool,
+}
+
+/// How a row of a table is identified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowKey {
+    /// A rowid table. `ipk` is the INTEGER PRIMARY KEY column that is the rowid, if any;
+    /// otherwise the rowid is a hidden value read and written through `alias`.
+    Rowid { ipk: Option<usize>, alias: Option<String> },
+    /// A WITHOUT ROWID table, by its primary key columns in key order.
+    Primary(Vec<usize>),
+    /// A virtual table: its rows live in its shadow tables.
+    Virtual,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub name: String,
+    pub sql: String,
+    pub columns: Vec<Column>,
+    pub key: RowKey,
+    /// A shadow table of a virtual table (an FTS5 index, say). `CREATE VIRTUAL TABLE` makes
+    /// it, and may put rows in it at once.
+    pub shadow: bool,
+}
+
+impl Table {
+    /// The columns that hold data: every column that is not generated.
+    pub fn stored(&self) -> impl Iterator<Item = (usize, &Column)> {
+        self.columns.iter().enumerate().filter(|(_, c)| !c.generated)
+    }
+
+    /// The key columns as they appear in a data row built by [`Table::data_columns`].
+    pub fn has_hidden_rowid(&self) -> bool {
+        matches!(self.key, RowKey::Rowid { ipk: None, .. })
+    }
+
+    /// The quoted names of the values in a data row: the hidden rowid first (if the table has
+    /// one), then every stored column. Both reading and writing use this one order.
+    pub fn data_columns(&self) -> Result<Vec<String>, SchemaError> {
+        let mut cols = Vec::with_capacity(self.columns.len() + 1);
+        if self.has_hidden_rowid() {
+            cols.push(sql::ident(self.rowid_alias()?));
+        }
+        cols.extend(self.stored().map(|(_, c)| sql::ident(&c.name)));
+        Ok(cols)
+    }
+
+    /// The name that reaches the hidden rowid.
+    pub fn rowid_alias(&self) -> Result<&str, SchemaError> {
+        match &self.key {
+            RowKey::Rowid { alias: Some(a), .. } => Ok(a),
+            _ => Err(SchemaError::RowidShadowed(self.name.clone())),
+        }
+    }
+
+    /// Positions, within a data row, of the values that identify the row.
+    pub fn key_positions(&self) -> Vec<usize> {
+        let offset = usize::from(self.has_hidden_rowid());
+        let stored_pos = |col: usize| {
+            self.stored()
+                .position(|(i, _)| i == col)
+                .map(|p| p + offset)
+                .unwrap_or(0)
+        };
+        match &self.key {
+            RowKey::Rowid { ipk: None, .. } => vec![0],
+            RowKey::Rowid { ipk: Some(c), .. } => vec![stored_pos(*c)],
+            RowKey::Primary(cols) => cols.iter().map(|c| stored_pos(*c)).collect(),
+            RowKey::Virtual => vec![],
+        }
+    }
+
+    /// The quoted key expressions, in key order, for `ORDER BY` and comparisons.
+    pub fn key_exprs(&self) -> Result<Vec<String>, SchemaError> {
+        Ok(match &self.key {
+            RowKey::Rowid { ipk: None, .. } => vec![sql::ident(self.rowid_alias()?)],
+            RowKey::Rowid { ipk: Some(c), .. } => vec![sql::ident(&self.columns[*c].name)],
+            RowKey::Primary(cols) => cols.iter().map(|c| sql::ident(&self.columns[*c].name)).collect(),
+            RowKey::Virtual => vec![],
+        })
+    }
+}
+
+/// Indexes, views and triggers: replayed from their SQL text, after the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub kind: ObjectKind,
+    pub name: String,
+    pub table: String,
+    pub sql: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ObjectKind {
+    Index,
+    View,
+    Trigger,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Index => "index",
+            ObjectKind::View => "view",
+            ObjectKind::Trigger => "trigger",
+        }
+    }
+}
+
+/// Everything tursync copies from a database, in `sqlite_schema` order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Schema {
+    /// User tables, shadow tables and virtual tables; internal tables are left out.
+    pub tables: Vec<Table>,
+    pub objects: Vec<Object>,
+    /// Whether `sqlite_sequence` exists (some table uses AUTOINCREMENT).
+    pub has_sequence: bool,
+    pub user_version: i64,
+    pub application_id: i64,
+    /// Internal tables that exist but are not copied, for the record.
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("table {0:?} has columns named rowid, _rowid_ and oid, so its rowid cannot be read")]
+    RowidShadowed(String),
+    #[error("unexpected schema row: {0}")]
+    Malformed(String),
+}
+
+/// Tables that belong to SQLite, libSQL or Litestream rather than to the app. They are never
+/// copied (`sqlite_sequence` is copied on its own, after the data).
+pub fn is_internal(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.starts_with("sqlite_")
+        || n.starts_with("_litestream_")
+        || n.starts_with("libsql_")
+        || n.starts_with("__turso_internal")
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Text(s) => s.clone(),
+        Value::Integer(i) => i.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Integer(i) => *i,
+        _ => 0,
+    }
+}
+
+/// Errors of the catalog, or of the rows it returned.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError<E> {
+    #[error(transparent)]
+    Source(E),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+}
+
+/// Reads the schema in two round trips: the object list, then every table's columns.
+pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
+    let first = cat
+        .query_all(&[
+            (
+                "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid".into(),
+                vec![],
+            ),
+            (
+                "SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'".into(),
+                vec![],
+            ),
+            ("PRAGMA user_version".into(), vec![]),
+            ("PRAGMA application_id".into(), vec![]),
+        ])
+        .map_err(LoadError::Source)?;
+    let [objects, kinds, uv, aid]: [Vec<Vec<Value>>; 4] = first
+        .try_into()
+        .map_err(|_| SchemaError::Malformed("wrong number of results".into()))?;
+
+    let mut schema = Schema {
+        user_version: uv.first().and_then(|r| r.first()).map(int).unwrap_or(0),
+        application_id: aid.first().and_then(|r| r.first()).map(int).unwrap_or(0),
+        ..Schema::default()
+    };
+    let kind_of = |name: &str| {
+        kinds
+            .iter()
+            .find(|r| r.first().map(text).as_deref() == Some(name))
+            .map(|r| (r.get(1).map(text).unwrap_or_default(), r.get(2).map(int).unwrap_or(0) != 0))
+    };
+
+    let mut tables = Vec::new();
+    for row in &objects {
+        let [ty, name, tbl, sqltext] = match row.as_slice() {
+            [a, b, c, d] => [text(a), text(b), text(c), text(d)],
+            _ => return Err(SchemaError::Malformed(format!("{row:?}")).into()),
+        };
+        if name.eq_ignore_ascii_case("sqlite_sequence") {
+            schema.has_sequence = true;
+            continue;
+        }
+        if is_internal(&name) || is_internal(&tbl) {
+            if ty == "table" {
+                schema.skipped.push(name);
+            }
+            continue;
+        }
+        // Automatic indexes have no SQL: their table's definition makes them.
+        if sqltext.is_empty() {
+            continue;
+        }
+        match ty.as_str() {
+            "table" => {
+                let (kind, without_rowid) = kind_of(&name).unwrap_or(("table".into(), false));
+                tables.push((name, sqltext, kind, without_rowid));
+            }
+            "index" | "view" | "trigger" => schema.objects.push(Object {
+                kind: match ty.as_str() {
+                    "index" => ObjectKind::Index,
+                    "view" => ObjectKind::View,
+                    _ => ObjectKind::Trigger,
+                },
+                name,
+                table: tbl,
+                sql: sqltext,
+            }),
+            _ => {}
+        }
+    }
+
+    let mut stmts = Vec::with_capacity(tables.len() * 2);
+    for (name, ..) in &tables {
+        stmts.push((
+            "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1)".to_owned(),
+            vec![Value::Text(name.clone())],
+        ));
+        stmts.push((
+            "SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk'".to_owned(),
+            vec![Value::Text(name.clone())],
+        ));
+    }
+    let details = if stmts.is_empty() {
+        Vec::new()
+    } else {
+        cat.query_all(&stmts).map_err(LoadError::Source)?
+    };
+    for ((name, sqltext, kind, without_rowid), pair) in tables.into_iter().zip(details.chunks(2)) {
+        let [cols, pk_index] = pair else {
+            return Err(SchemaError::Malformed("missing table details".into()).into());
+        };
+        let columns: Vec<Column> = cols
+            .iter()
+            .filter(|r| r.get(3).map(int) != Some(1)) // hidden columns of virtual tables
+            .map(|r| Column {
+                name: r.first().map(text).unwrap_or_default(),
+                decl_type: r.get(1).map(text).unwrap_or_default(),
+                pk: r.get(2).map(int).unwrap_or(0) as u32,
+                generated: matches!(r.get(3).map(int), Some(2 | 3)),
+            })
+            .collect();
+        let has_pk_index = pk_index.first().and_then(|r| r.first()).map(int).unwrap_or(0) > 0;
+        let key = if kind == "virtual" {
+            RowKey::Virtual
+        } else if without_rowid {
+            let mut pk: Vec<(u32, usize)> = columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.pk > 0)
+                .map(|(i, c)| (c.pk, i))
+                .collect();
+            pk.sort();
+            RowKey::Primary(pk.into_iter().map(|(_, i)| i).collect())
+        } else {
+            let pk_cols: Vec<usize> = (0..columns.len()).filter(|&i| columns[i].pk > 0).collect();
+            // A rowid table's primary key is the rowid itself exactly when SQLite made no
+            // index for it (INTEGER PRIMARY KEY); any other primary key gets an autoindex.
+            let ipk = match pk_cols.as_slice() {
+                [c] if !has_pk_index => Some(*c),
+                _ => None,
+            };
+            let alias = ["rowid", "_rowid_", "oid"]
+                .into_iter()
+                .find(|a| !columns.iter().any(|c| c.name.eq_ignore_ascii_case(a)))
+                .map(str::to_owned);
+            RowKey::Rowid { ipk, alias }
+        };
+        schema.tables.push(Table {
+            name,
+            sql: sqltext,
+            columns,
+            key,
+            shadow: kind == "shadow",
+        });
+    }
+    Ok(schema)
+}

