@@ -102,3 +102,13 @@ fn restart_keeps_data_url_and_tokens() {
 fn infinity_is_reported_not_decoded() {
     Sqld::start().query("select 1e999");
 }
+
+#[test]
+#[should_panic(expected = "exited during restart")]
+fn restart_reports_a_taken_port() {
+    let mut sqld = Sqld::start();
+    sqld.kill();
+    let addr = sqld.url.trim_start_matches("http://");
+    let _squatter = std::net::TcpListener::bind(addr).expect("bind the killed server's port");
+    sqld.restart();
+}
