@@ -47,6 +47,7 @@ fn sequence_table() -> Table {
         decl_type: String::new(),
         pk: 0,
         generated: false,
+        default: None,
     };
     Table {
         name: "sqlite_sequence".into(),

@@ -6,6 +6,7 @@
 //! `docs/ARCHITECTURE.md` for the map.
 
 pub mod clone;
+pub mod diff;
 pub mod dump;
 pub mod progress;
 pub mod remote;

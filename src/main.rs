@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use tursync::clone::{self, FetchOptions};
+use tursync::diff::{Changeset, Filter};
 use tursync::dump::SqlSink;
 use tursync::progress::Progress;
 use tursync::remote::{Endpoint, Remote, RemoteError};
@@ -90,6 +91,22 @@ Exits with 1 when the remote cannot be reached or rejects the token.")]
         #[arg(long)]
         json: bool,
     },
+    /// Show what changed in the working copy since the last sync
+    #[command(after_help = "Examples:
+  tursync diff                       # rows inserted, updated, deleted per table; schema changes
+  tursync diff --table users --json  # one table's changeset, values typed
+  tursync diff --sql > changes.sql   # cp .tursync/base.db x.db && sqlite3 x.db < changes.sql")]
+    Diff {
+        /// Print SQL that turns a copy of the base into the working copy
+        #[arg(long, conflicts_with = "json")]
+        sql: bool,
+        /// Print the changeset as JSON
+        #[arg(long)]
+        json: bool,
+        /// Only this table (and its indexes and triggers)
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
+    },
     /// Write the database as SQL text that sqlite3 loads into an identical database
     #[command(after_help = "Examples:
   tursync dump --out remote.sql && sqlite3 copy.db < remote.sql
@@ -158,6 +175,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => status(&cli, *json),
+        Command::Diff { sql, json, table } => {
+            let ws = Workspace::locate(cli.db.as_deref())?;
+            let cs = ws
+                .diff(&Filter { table: table.clone() })
+                .with_context(|| format!("cannot diff {}", ws.db_path().display()))?;
+            let mut out = std::io::stdout().lock();
+            if *sql {
+                cs.write_sql(&mut out)?;
+            } else if *json {
+                serde_json::to_writer_pretty(&mut out, &cs.to_json())?;
+                writeln!(out)?;
+            } else {
+                print_summary(&mut out, &cs, color_stdout())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dump { out, local } => {
             let writer: Box<dyn Write> = match out {
                 Some(p) => Box::new(
@@ -253,10 +286,34 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
             report["remote"] = json!({"state": "not_configured", "error": e.to_string()});
         }
     }
+    let changes = ws.as_ref().ok().map(|ws| ws.diff(&Filter::default()));
+    match &changes {
+        Some(Ok(cs)) => {
+            report["changes"] = json!(cs.change_count());
+            report["tables"] = cs
+                .tables
+                .iter()
+                .filter(|t| !t.changes.is_empty())
+                .map(|t| {
+                    let (i, u, d) = t.counts();
+                    json!({"table": t.table.name, "inserted": i, "updated": u, "deleted": d})
+                })
+                .collect();
+            report["schema_changes"] = cs.schema.iter().map(|c| c.describe()).collect();
+        }
+        Some(Err(e)) => report["changes_error"] = json!(e.to_string()),
+        None => {}
+    }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_status(&report);
+        if let Some(res) = &changes {
+            match res {
+                Ok(cs) => print_summary(&mut std::io::stdout().lock(), cs, color_stdout())?,
+                Err(e) => println!("changes        cannot diff: {e}"),
+            }
+        }
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -303,5 +360,54 @@ fn human_bytes(b: u64) -> String {
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
         b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
         b => format!("{b} B"),
+    }
+}
+
+/// Colors only for a terminal, and never when NO_COLOR is set.
+fn color_stdout() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Per table: rows inserted, updated and deleted; then schema changes; then the verdict.
+fn print_summary(out: &mut dyn Write, cs: &Changeset, color: bool) -> std::io::Result<()> {
+    let paint = |code: &str, text: String| if color { format!("\x1b[{code}m{text}\x1b[0m") } else { text };
+    let changed: Vec<_> = cs.tables.iter().filter(|t| !t.changes.is_empty()).collect();
+    if !changed.is_empty() {
+        let width = changed.iter().map(|t| t.table.name.chars().count()).max().unwrap_or(5).max(5);
+        writeln!(out, "{:width$}  {:>9} {:>9} {:>9}", "table", "inserted", "updated", "deleted")?;
+        for t in &changed {
+            let (i, u, d) = t.counts();
+            writeln!(
+                out,
+                "{:width$}  {} {} {}",
+                t.table.name,
+                paint("32", format!("{:>9}", format!("+{i}"))),
+                paint("33", format!("{:>9}", format!("~{u}"))),
+                paint("31", format!("{:>9}", format!("-{d}")))
+            )?;
+        }
+    }
+    if !cs.schema.is_empty() {
+        writeln!(out, "schema:")?;
+        for c in &cs.schema {
+            let line = c.describe();
+            let code = match line.chars().next() {
+                Some('+') => "32",
+                Some('-') => "31",
+                _ => "33",
+            };
+            writeln!(out, "  {}", paint(code, line))?;
+        }
+    }
+    for q in &cs.sequences {
+        writeln!(out, "autoincrement counter of {}: {:?} -> {:?}", q.table, q.old, q.new)?;
+    }
+    if let Some(v) = cs.user_version {
+        writeln!(out, "user_version -> {v}")?;
+    }
+    match cs.change_count() {
+        0 if cs.is_empty() => writeln!(out, "nothing to push"),
+        n => writeln!(out, "{n} change{} to push", if n == 1 { "" } else { "s" }),
     }
 }

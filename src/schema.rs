@@ -60,6 +60,9 @@ pub struct Column {
     /// 1-based position in the primary key, 0 when not part of it.
     pub pk: u32,
     pub generated: bool,
+    /// The DEFAULT expression as SQL text, which is what rows had in a column that `ALTER
+    /// TABLE ADD COLUMN` appended.
+    pub default: Option<String>,
 }
 
 /// How a row of a table is identified.
@@ -299,7 +302,7 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
     let mut stmts = Vec::with_capacity(tables.len() * 2);
     for (name, ..) in &tables {
         stmts.push((
-            "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1)".to_owned(),
+            "SELECT name, type, pk, hidden, dflt_value FROM pragma_table_xinfo(?1)".to_owned(),
             vec![Value::Text(name.clone())],
         ));
         stmts.push((
@@ -324,6 +327,10 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
                 decl_type: r.get(1).map(text).unwrap_or_default(),
                 pk: r.get(2).map(int).unwrap_or(0) as u32,
                 generated: matches!(r.get(3).map(int), Some(2 | 3)),
+                default: match r.get(4) {
+                    Some(Value::Text(d)) => Some(d.clone()),
+                    _ => None,
+                },
             })
             .collect();
         let has_pk_index = pk_index.first().and_then(|r| r.first()).map(int).unwrap_or(0) > 0;

@@ -296,3 +296,21 @@ fn sync_dir(dir: &Path) {
         let _ = d.sync_all();
     }
 }
+
+/// How long to wait for an app that holds the working copy's write lock before giving up.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Workspace {
+    /// Diffs the base snapshot against the working copy, reading the working copy in one
+    /// transaction so the result is a consistent snapshot even while the app writes to it.
+    pub fn diff(&self, filter: &crate::diff::Filter) -> Result<crate::diff::Changeset> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let base = rusqlite::Connection::open_with_flags(self.base_path(), flags)?;
+        let work = rusqlite::Connection::open_with_flags(self.db_path(), flags)?;
+        work.busy_timeout(BUSY_TIMEOUT)?;
+        work.execute_batch("BEGIN")?;
+        let cs = crate::diff::diff(&base, &work, filter)?;
+        work.execute_batch("COMMIT")?;
+        Ok(cs)
+    }
+}

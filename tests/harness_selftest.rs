@@ -22,22 +22,34 @@ fn auth_levels() {
     assert_eq!(status, 401, "bad token: {body}");
 
     sqld.exec("create table t(x); insert into t values (1), (2);");
-    assert_eq!(sqld.query("select x from t order by x"), vec![vec![Cell::Integer(1)], vec![Cell::Integer(2)]]);
+    assert_eq!(
+        sqld.query("select x from t order by x"),
+        vec![vec![Cell::Integer(1)], vec![Cell::Integer(2)]]
+    );
 
-    let (status, body) = sqld.pipeline_raw(Some(&sqld.ro_token), &execute("select count(*) from t"));
+    let (status, body) =
+        sqld.pipeline_raw(Some(&sqld.ro_token), &execute("select count(*) from t"));
     assert_eq!(status, 200, "ro read: {body}");
-    assert!(body.contains(r#"{"type":"integer","value":"2"}"#), "ro read: {body}");
+    assert!(
+        body.contains(r#"{"type":"integer","value":"2"}"#),
+        "ro read: {body}"
+    );
 
     // A write with a read-only token fails the whole pipeline with HTTP 403
     // and a body `{"error":"Authorization forbidden: ... Write permission ..."}`,
     // not with an error entry in `results`.
-    let (status, body) = sqld.pipeline_raw(Some(&sqld.ro_token), &execute("insert into t values (3)"));
+    let (status, body) =
+        sqld.pipeline_raw(Some(&sqld.ro_token), &execute("insert into t values (3)"));
     assert_eq!(status, 403, "ro write: {body}");
     assert!(body.contains("Write permission"), "ro write: {body}");
-    assert_eq!(sqld.query("select count(*) from t"), vec![vec![Cell::Integer(2)]]);
+    assert_eq!(
+        sqld.query("select count(*) from t"),
+        vec![vec![Cell::Integer(2)]]
+    );
 }
 
-const EDGE_VALUES: &str = "select -0.0, 0.0, 5e-324, 0.1 + 0.2, 1.7976931348623157e308, 2.2250738585072011e-308, \
+const EDGE_VALUES: &str =
+    "select -0.0, 0.0, 5e-324, 0.1 + 0.2, 1.7976931348623157e308, 2.2250738585072011e-308, \
      -9223372036854775808, 9223372036854775807, 0, '', x'', NULL, 'é\u{1F600}', x'00fbff'";
 
 #[test]
@@ -83,7 +95,10 @@ fn same_script_gives_equal_tables_remote_and_local() {
     sqld.exec(script);
     let dir = tempdir();
     let local = dir.path().join("local.db");
-    rusqlite::Connection::open(&local).expect("create local db").execute_batch(script).expect("run script locally");
+    rusqlite::Connection::open(&local)
+        .expect("create local db")
+        .execute_batch(script)
+        .expect("run script locally");
     assert_table_eq(&sqld, &local, "select id, v, typeof(v) from t order by id");
 }
 

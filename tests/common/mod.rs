@@ -30,10 +30,15 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Panics (never skips) when there is none, so a missing server can't turn
 /// into a green run that tested nothing.
 pub fn sqld_bin() -> PathBuf {
-    const HOWTO: &str = "install it with `scripts/install-sqld.sh` (or run the tests via `scripts/test.sh`)";
+    const HOWTO: &str =
+        "install it with `scripts/install-sqld.sh` (or run the tests via `scripts/test.sh`)";
     if let Some(bin) = std::env::var_os("SQLD_BIN") {
         let bin = PathBuf::from(bin);
-        assert!(bin.is_file(), "SQLD_BIN={} does not exist; {HOWTO}", bin.display());
+        assert!(
+            bin.is_file(),
+            "SQLD_BIN={} does not exist; {HOWTO}",
+            bin.display()
+        );
         return bin;
     }
     if let Some(home) = std::env::var_os("HOME") {
@@ -69,14 +74,17 @@ impl Drop for TempDir {
 /// Unique across threads (counter) and concurrent test binaries (pid + time).
 pub fn tempdir() -> TempDir {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let name = format!(
         "tursync-test-{}-{}-{nanos}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     );
     let path = std::env::temp_dir().join(name);
-    std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create temp dir {}: {e}", path.display()));
+    std::fs::create_dir(&path)
+        .unwrap_or_else(|e| panic!("create temp dir {}: {e}", path.display()));
     TempDir(path)
 }
 
@@ -142,8 +150,11 @@ impl Sqld {
         let key = SigningKey::from_bytes(&JWT_SEED);
         // sqld reads a raw Ed25519 public key in URL-safe base64.
         let key_file = dir.path().join("jwt.key");
-        std::fs::write(&key_file, URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()))
-            .expect("write sqld key file");
+        std::fs::write(
+            &key_file,
+            URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()),
+        )
+        .expect("write sqld key file");
         let port = free_port();
         let mut sqld = Sqld {
             url: format!("http://127.0.0.1:{port}"),
@@ -162,7 +173,8 @@ impl Sqld {
                 Err(_) => sqld.set_port(free_port()),
             }
         }
-        sqld.spawn().unwrap_or_else(|log| panic!("sqld exited during startup; log:\n{log}"));
+        sqld.spawn()
+            .unwrap_or_else(|log| panic!("sqld exited during startup; log:\n{log}"));
         sqld
     }
 
@@ -189,8 +201,12 @@ impl Sqld {
     /// port, so the URL and tokens stay valid.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn()
-            .unwrap_or_else(|log| panic!("sqld exited during restart on port {}; log:\n{log}", self.port));
+        self.spawn().unwrap_or_else(|log| {
+            panic!(
+                "sqld exited during restart on port {}; log:\n{log}",
+                self.port
+            )
+        });
     }
 
     /// The last `lines` lines of sqld's stdout/stderr, for failure messages.
@@ -247,7 +263,14 @@ impl Sqld {
             let pid = child.id();
             // The ownership check keeps us from taking another server that
             // grabbed our port (e.g. a parallel test's) for ours.
-            if let Ok(resp) = self.agent.get(&health).call() {
+            // Short timeout: whatever holds the port may accept and never answer.
+            let probe = self
+                .agent
+                .get(&health)
+                .config()
+                .timeout_global(Some(Duration::from_secs(1)))
+                .build();
+            if let Ok(resp) = probe.call() {
                 if resp.status() == 200 && listens_on(pid, self.port) {
                     return Ok(());
                 }
@@ -258,7 +281,11 @@ impl Sqld {
             }
             if Instant::now() > deadline {
                 self.kill();
-                panic!("sqld not healthy after {HEALTH_TIMEOUT:?} on {}; log:\n{}", self.url, self.log_tail(40));
+                panic!(
+                    "sqld not healthy after {HEALTH_TIMEOUT:?} on {}; log:\n{}",
+                    self.url,
+                    self.log_tail(40)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -275,9 +302,13 @@ impl Sqld {
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
-        let mut resp = req
-            .send(body.to_string())
-            .unwrap_or_else(|e| panic!("POST {}/v3/pipeline: {e}\nsqld log:\n{}", self.url, self.log_tail(20)));
+        let mut resp = req.send(body.to_string()).unwrap_or_else(|e| {
+            panic!(
+                "POST {}/v3/pipeline: {e}\nsqld log:\n{}",
+                self.url,
+                self.log_tail(20)
+            )
+        });
         let status = resp.status().as_u16();
         let mut text = String::new();
         resp.body_mut()
@@ -293,7 +324,10 @@ impl Sqld {
     fn request(&self, request: &Value) -> Value {
         let body = json!({"baton": null, "requests": [request, {"type": "close"}]});
         let (status, text) = self.pipeline_raw(Some(&self.rw_token), &body);
-        assert_eq!(status, 200, "pipeline failed with HTTP {status}: {text}\nrequest: {request}");
+        assert_eq!(
+            status, 200,
+            "pipeline failed with HTTP {status}: {text}\nrequest: {request}"
+        );
         let mut reply: Value = serde_json::from_str(&text).expect("pipeline response is JSON");
         let result = reply["results"][0].take();
         match result["type"].as_str() {
@@ -314,8 +348,11 @@ impl Sqld {
 
     /// Runs one statement on the remote and returns its rows.
     pub fn query(&self, sql: &str) -> Vec<Vec<Cell>> {
-        let response = self.request(&json!({"type": "execute", "stmt": {"sql": sql, "want_rows": true}}));
-        let rows = response["result"]["rows"].as_array().expect("execute result has rows");
+        let response =
+            self.request(&json!({"type": "execute", "stmt": {"sql": sql, "want_rows": true}}));
+        let rows = response["result"]["rows"]
+            .as_array()
+            .expect("execute result has rows");
         rows.iter()
             .map(|row| {
                 let row = row.as_array().expect("row is an array");
@@ -385,7 +422,9 @@ fn listens_on(pid: u32, port: u16) -> bool {
         .filter(|f| f.len() > 9 && f[1] == local && f[3] == "0A") // 0A = LISTEN
         .map(|f| format!("socket:[{}]", f[9]))
         .collect();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
     fds.flatten()
         .filter_map(|fd| std::fs::read_link(fd.path()).ok())
         .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
@@ -410,11 +449,16 @@ fn http_agent() -> ureq::Agent {
 /// side could not have sent.
 pub fn local_query(path: &Path, sql: &str) -> Vec<Vec<Cell>> {
     use rusqlite::types::ValueRef;
-    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap_or_else(|e| panic!("open {} read-only: {e}", path.display()));
-    let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("prepare {sql:?} on {}: {e}", path.display()));
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("open {} read-only: {e}", path.display()));
+    let mut stmt = conn
+        .prepare(sql)
+        .unwrap_or_else(|e| panic!("prepare {sql:?} on {}: {e}", path.display()));
     let ncols = stmt.column_count();
-    let mut rows = stmt.query([]).unwrap_or_else(|e| panic!("run {sql:?}: {e}"));
+    let mut rows = stmt
+        .query([])
+        .unwrap_or_else(|e| panic!("run {sql:?}: {e}"));
     let mut out = Vec::new();
     while let Some(row) = rows.next().unwrap_or_else(|e| panic!("step {sql:?}: {e}")) {
         let cells = (0..ncols)
@@ -423,7 +467,8 @@ pub fn local_query(path: &Path, sql: &str) -> Vec<Vec<Cell>> {
                 ValueRef::Integer(v) => Cell::Integer(v),
                 ValueRef::Real(v) => Cell::Real(v.to_bits()),
                 ValueRef::Text(t) => Cell::Text(
-                    String::from_utf8(t.to_vec()).unwrap_or_else(|_| panic!("local TEXT is not UTF-8: {t:?} ({sql})")),
+                    String::from_utf8(t.to_vec())
+                        .unwrap_or_else(|_| panic!("local TEXT is not UTF-8: {t:?} ({sql})")),
                 ),
                 ValueRef::Blob(b) => Cell::Blob(b.to_vec()),
             })
@@ -470,7 +515,12 @@ pub fn tursync(cwd: &Path) -> Command {
 /// Runs `cmd` and asserts it exited 0; on failure shows its stdout and stderr.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed with {}\n{}", out.status, show_output(&out));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\n{}",
+        out.status,
+        show_output(&out)
+    );
     out
 }
 

