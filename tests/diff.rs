@@ -1,0 +1,293 @@
+//! `tursync diff`: applying its SQL to a copy of the base must give the working copy, checked
+//! by our own exact comparison and by `sqldiff` as an outside oracle.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// Every table's rows (rowid included) plus the schema, counters and user_version, in a total
+/// order, so two files compare exactly. Virtual tables are read through themselves; their
+/// shadow tables may differ in layout while holding the same rows.
+fn snapshot(db: &Path) -> Vec<(String, Vec<Vec<Cell>>)> {
+    let mut out = vec![(
+        "schema".to_owned(),
+        local_query(db, "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name"),
+    )];
+    let tables = local_query(
+        db,
+        "SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type IN ('table', 'virtual') \
+         AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    );
+    for row in tables {
+        let (Cell::Text(name), Cell::Integer(wr)) = (&row[0], &row[1]) else { panic!("{row:?}") };
+        let q = name.replace('"', "\"\"");
+        let select = if *wr == 1 {
+            let n = local_query(db, &format!("SELECT count(*) FROM pragma_table_info('{}')", name.replace('\'', "''")));
+            let Cell::Integer(n) = n[0][0] else { panic!() };
+            format!("SELECT * FROM \"{q}\" ORDER BY {}", (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(","))
+        } else {
+            let cols = local_query(db, &format!("SELECT lower(name) FROM pragma_table_info('{}')", name.replace('\'', "''")));
+            let alias = ["rowid", "_rowid_", "oid"].into_iter().find(|a| !cols.iter().any(|c| c[0] == Cell::text(a))).unwrap();
+            format!("SELECT {alias}, * FROM \"{q}\" ORDER BY {alias}")
+        };
+        if is_shadow(db, name) {
+            continue;
+        }
+        out.push((name.clone(), local_query(db, &select)));
+    }
+    if !local_query(db, "SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").is_empty() {
+        out.push(("sqlite_sequence".into(), local_query(db, "SELECT name, seq FROM sqlite_sequence ORDER BY name")));
+    }
+    out.push(("user_version".into(), local_query(db, "PRAGMA user_version")));
+    out
+}
+
+fn is_shadow(db: &Path, name: &str) -> bool {
+    !local_query(db, &format!("SELECT 1 FROM pragma_table_list WHERE name = '{}' AND type = 'shadow'", name.replace('\'', "''"))).is_empty()
+}
+
+fn assert_same_snapshot(a: &Path, b: &Path) {
+    let (sa, sb) = (snapshot(a), snapshot(b));
+    assert_eq!(sa.len(), sb.len(), "different tables:\n{:?}\n{:?}", sa.iter().map(|t| &t.0).collect::<Vec<_>>(), sb.iter().map(|t| &t.0).collect::<Vec<_>>());
+    for (ta, tb) in sa.iter().zip(&sb) {
+        assert_eq!(ta.0, tb.0);
+        if let Some(i) = (0..ta.1.len().min(tb.1.len())).find(|&i| ta.1[i] != tb.1[i]) {
+            panic!("{}: row {i} differs\n {:?}\n {:?}", ta.0, ta.1[i], tb.1[i]);
+        }
+        assert_eq!(ta.1.len(), tb.1.len(), "{}: row counts differ", ta.0);
+    }
+}
+
+/// `sqldiff` must find nothing between the two files, table by table (shadow tables of
+/// virtual tables aside: their layout depends on how rows were written, not on what they are).
+fn assert_sqldiff_clean(a: &Path, b: &Path) {
+    let tables = local_query(b, "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name NOT LIKE 'sqlite_%'");
+    for row in tables {
+        let Cell::Text(name) = &row[0] else { panic!() };
+        let out = Command::new("sqldiff")
+            .args(["--table", name])
+            .arg(a)
+            .arg(b)
+            .output()
+            .expect("sqldiff (Debian package sqlite3-tools) must be installed: scripts/test.sh installs it");
+        assert!(out.status.success(), "sqldiff failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout.is_empty(), "sqldiff --table {name} found differences:\n{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+/// Runs `tursync diff --sql` in `dir`, applies it to a copy of the base, and checks the result.
+fn check_roundtrip(dir: &Path) -> String {
+    let out = run_ok(tursync(dir).args(["diff", "--sql"]));
+    let sql = String::from_utf8(out.stdout).unwrap();
+    let applied = dir.join("applied.db");
+    let _ = std::fs::remove_file(&applied);
+    std::fs::copy(dir.join(".tursync/base.db"), &applied).unwrap();
+    rusqlite::Connection::open(&applied).unwrap().execute_batch(&sql).unwrap_or_else(|e| panic!("{e}\n{sql}"));
+    let wc = dir.join("working_copy.db");
+    assert_same_snapshot(&applied, &wc);
+    assert_sqldiff_clean(&applied, &wc);
+    sql
+}
+
+#[test]
+fn every_exactness_case_edited_diffs_exactly() {
+    let sqld = Sqld::start();
+    sqld.exec(include_str!("fixtures/exact.sql"));
+    let dir = tempdir();
+    run_ok(tursync(dir.path()).args(["init", "--url", &sqld.url]).env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+    let out = run_ok(tursync(dir.path()).arg("diff"));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("nothing to push\n"));
+
+    let wc = dir.path().join("working_copy.db");
+    rusqlite::Connection::open(&wc)
+        .unwrap()
+        .execute_batch(
+            r#"
+            UPDATE plain SET a = 'edited' WHERE rowid = 7;
+            DELETE FROM plain WHERE rowid = 9223372036854775807;
+            INSERT INTO plain(rowid, a, b) VALUES (8, 'reused rowid', 0);
+            UPDATE reals SET v = 0.0 WHERE id = 1;
+            UPDATE reals SET v = -0.0 WHERE id = 2;
+            UPDATE reals SET v = 1.0 WHERE v = 1 AND typeof(v) = 'integer';
+            UPDATE reals SET v = '1' WHERE id = 9;
+            UPDATE texts SET b = NULL WHERE b = x'';
+            UPDATE texts SET t = NULL WHERE t = '';
+            UPDATE texts SET b = x'' WHERE id = 4;
+            UPDATE texts SET t = 'new ' || char(10) || ' line''s' WHERE id = 1;
+            UPDATE "we""ird ""name" SET "sp ace" = 'moved', "from" = 9 WHERE "select" = 1;
+            INSERT INTO "we""ird ""name"("sp ace") VALUES ('after the gap');
+            INSERT INTO auto(v) VALUES ('counter moves'); DELETE FROM auto WHERE v = 'counter moves';
+            UPDATE wr SET v = x'02' WHERE k1 = 'a' AND k2 = 1;
+            DELETE FROM wr WHERE k1 = 'b';
+            INSERT INTO wr VALUES ('b', -2, x'aa'), ('a', 3, NULL);
+            UPDATE wr1 SET v = 20 WHERE k = 'A';
+            UPDATE st SET r = 0.0 WHERE id = 1;
+            UPDATE gen SET a = 10 WHERE id = 1;
+            UPDATE shadowed SET rowid = 'still not the rowid' WHERE _rowid_ = 10;
+            UPDATE descpk SET v = 'x' WHERE id = 10;
+            UPDATE textpk SET v = 3 WHERE name = 'x';
+            INSERT INTO plain(rowid, a, b) VALUES (300, 'trigger adds an audit row', 1);
+            INSERT INTO docs(title, body) VALUES ('new', 'fresh document');
+            DELETE FROM docs WHERE rowid = 77;
+            DELETE FROM parent WHERE id = 1;
+            DROP TABLE wide;
+            CREATE TABLE "added ""table"""(id INTEGER PRIMARY KEY, v);
+            INSERT INTO "added ""table"""(v) VALUES (1), (x''), (-0.0);
+            ALTER TABLE textpk ADD COLUMN extra TEXT DEFAULT 'dflt';
+            ALTER TABLE textpk ADD COLUMN more INT;
+            CREATE TABLE rebuilt_src(a);
+            DROP INDEX plain_a;
+            CREATE INDEX plain_b ON plain(b);
+            DROP VIEW "view ""q""";
+            CREATE VIEW v_new AS SELECT 1;
+            DROP TRIGGER "weird ""trigger""";
+            CREATE TRIGGER t_new AFTER DELETE ON plain BEGIN INSERT INTO audit(what) VALUES ('deleted'); END;
+            PRAGMA user_version = 43;
+            "#,
+        )
+        .unwrap();
+
+    let sql = check_roundtrip(dir.path());
+    assert!(sql.contains("ALTER TABLE \"textpk\" ADD COLUMN extra TEXT DEFAULT 'dflt';"), "{sql}");
+    assert!(!sql.contains("\"b\" = ") || !sql.contains("UPDATE \"gen\" SET \"b\""), "generated columns are not data");
+
+    let out = run_ok(tursync(dir.path()).args(["diff", "--json"]));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let table = |name: &str| json["tables"].as_array().unwrap().iter().find(|t| t["table"] == name).cloned().unwrap_or_else(|| panic!("{name} missing in {json}"));
+    assert_eq!((table("wr")["inserted"].clone(), table("wr")["updated"].clone(), table("wr")["deleted"].clone()), (2.into(), 1.into(), 1.into()));
+    let reals = table("reals");
+    let first = reals["changes"].as_array().unwrap().iter().find(|c| c["key"][0]["value"] == "1").unwrap();
+    assert_eq!(first["set"]["v"]["old"], serde_json::json!({"type": "float", "value": -0.0}));
+    assert_eq!(first["set"]["v"]["new"], serde_json::json!({"type": "float", "value": 0.0}));
+    let schema: Vec<String> = json["schema"].as_array().unwrap().iter().map(|c| format!("{} {}", c["change"].as_str().unwrap(), c["name"].as_str().unwrap())).collect();
+    for expected in ["table_dropped wide", "table_added added \"table\"", "table_added rebuilt_src", "columns_added textpk", "index_dropped plain_a", "index_added plain_b", "view_dropped view \"q\"", "view_added v_new", "trigger_dropped weird \"trigger\"", "trigger_added t_new"] {
+        assert!(schema.contains(&expected.to_owned()), "{expected} not in {schema:?}");
+    }
+
+    let one = run_ok(tursync(dir.path()).args(["diff", "--json", "--table", "wr"]));
+    let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(one["tables"].as_array().unwrap().len(), 1);
+
+    let status = run_ok(tursync(dir.path()).arg("status").env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.trim_end().ends_with("changes to push"), "{text}");
+}
+
+#[test]
+fn a_changed_column_type_rebuilds_the_table() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1), (2, 2);");
+    let dir = tempdir();
+    run_ok(tursync(dir.path()).args(["init", "--url", &sqld.url]).env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+    rusqlite::Connection::open(dir.path().join("working_copy.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE t2(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t2 SELECT id, v || '!' FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;")
+        .unwrap();
+    let sql = check_roundtrip(dir.path());
+    assert!(sql.contains("DROP TABLE \"t\""), "{sql}");
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn literal() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("NULL".to_owned()),
+            any::<i64>().prop_map(|i| i.to_string()),
+            prop_oneof![Just(0.0f64), Just(-0.0), Just(1.0), Just(5e-324), any::<f64>().prop_filter("finite", |f| f.is_finite())].prop_map(|f| format!("{f:e}")),
+            "[a-c'\" ]{0,4}".prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
+            proptest::collection::vec(any::<u8>(), 0..4).prop_map(|b| format!("x'{}'", b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
+            Just("1".to_owned()),
+            Just("1.0".to_owned()),
+            Just("'1'".to_owned()),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Insert(i64, Vec<String>),
+        Update(i64, usize, String),
+        Delete(i64),
+    }
+
+    fn edit(ncols: usize) -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            (0..40i64, proptest::collection::vec(literal(), ncols)).prop_map(|(k, v)| Edit::Insert(k, v)),
+            (0..40i64, 0..ncols, literal()).prop_map(|(k, c, v)| Edit::Update(k, c, v)),
+            (0..40i64).prop_map(Edit::Delete),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        without_rowid: bool,
+        ncols: usize,
+        base: Vec<Edit>,
+        work: Vec<Edit>,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (any::<bool>(), 1..4usize).prop_flat_map(|(without_rowid, ncols)| {
+            (
+                proptest::collection::vec(edit(ncols), 0..30),
+                proptest::collection::vec(edit(ncols), 0..30),
+            )
+                .prop_map(move |(base, work)| Case { without_rowid, ncols, base, work })
+        })
+    }
+
+    fn apply(conn: &rusqlite::Connection, key: &str, edits: &[Edit]) {
+        for e in edits {
+            let sql = match e {
+                Edit::Insert(k, vals) => {
+                    let cols: Vec<String> = (0..vals.len()).map(|c| format!("c{c}")).collect();
+                    format!("INSERT OR REPLACE INTO t({key}, {}) VALUES ({k}, {})", cols.join(", "), vals.join(", "))
+                }
+                Edit::Update(k, c, v) => format!("UPDATE t SET c{c} = {v} WHERE {key} = {k}"),
+                Edit::Delete(k) => format!("DELETE FROM t WHERE {key} = {k}"),
+            };
+            conn.execute_batch(&sql).unwrap();
+        }
+    }
+
+    /// Random bases and random edits, diffed by the library directly (no server involved:
+    /// this is a property of two local files).
+    #[test]
+    fn applying_the_diff_to_the_base_gives_the_working_copy() {
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(40));
+        runner
+            .run(&case(), |c| {
+                let dir = tempdir();
+                let base = dir.path().join("base.db");
+                let work = dir.path().join("work.db");
+                let cols: Vec<String> = (0..c.ncols).map(|i| format!("c{i}")).collect();
+                let (create, key) = if c.without_rowid {
+                    (format!("CREATE TABLE t(k INTEGER PRIMARY KEY, {}) WITHOUT ROWID", cols.join(", ")), "k")
+                } else {
+                    (format!("CREATE TABLE t({})", cols.join(", ")), "rowid")
+                };
+                let conn = rusqlite::Connection::open(&base).unwrap();
+                conn.execute_batch(&create).unwrap();
+                apply(&conn, key, &c.base);
+                drop(conn);
+                std::fs::copy(&base, &work).unwrap();
+                apply(&rusqlite::Connection::open(&work).unwrap(), key, &c.work);
+
+                let b = rusqlite::Connection::open(&base).unwrap();
+                let w = rusqlite::Connection::open(&work).unwrap();
+                let cs = tursync::diff::diff(&b, &w, &Default::default()).unwrap();
+                let mut sql = Vec::new();
+                cs.write_sql(&mut sql).unwrap();
+                b.execute_batch(std::str::from_utf8(&sql).unwrap()).unwrap();
+                drop((b, w));
+                assert_same_snapshot(&base, &work);
+                assert_sqldiff_clean(&base, &work);
+                Ok(())
+            })
+            .unwrap();
+    }
+}
