@@ -340,7 +340,8 @@ fn print_status(r: &serde_json::Value) {
             println!("remote         {} (token {})", remote["url"].as_str().unwrap_or("?"), remote["token"].as_str().unwrap_or("?"));
             match state {
                 "ok" => println!(
-                    "connection     ok: reachable and token accepted ({} ms)",
+                    "connection     ok: reachable, {} ({} ms)",
+                    if remote["token"] == "set" { "token accepted" } else { "no token needed" },
                     remote["latency_ms"]
                 ),
                 _ => println!("connection     FAILED: {}", remote["error"].as_str().unwrap_or(state)),
@@ -401,7 +402,8 @@ fn print_summary(out: &mut dyn Write, cs: &Changeset, color: bool) -> std::io::R
         }
     }
     for q in &cs.sequences {
-        writeln!(out, "autoincrement counter of {}: {:?} -> {:?}", q.table, q.old, q.new)?;
+        let show = |v: Option<i64>| v.map_or_else(|| "none".to_owned(), |n| n.to_string());
+        writeln!(out, "autoincrement counter of {}: {} -> {}", q.table, show(q.old), show(q.new))?;
     }
     if let Some(v) = cs.user_version {
         writeln!(out, "user_version -> {v}")?;
