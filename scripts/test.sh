@@ -11,5 +11,15 @@ sqld_bin="$(bash scripts/install-sqld.sh)"
 export SQLD_BIN="$sqld_bin"
 echo "test.sh: using sqld at $SQLD_BIN" >&2
 
+# sqldiff (Debian's sqlite3-tools) is the outside oracle of the diff tests. tursync itself
+# never needs it.
+if ! command -v sqldiff >/dev/null 2>&1; then
+    echo "test.sh: installing sqldiff (Debian package sqlite3-tools)" >&2
+    sudo=""
+    [[ $(id -u) == 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq sqlite3-tools >&2
+fi
+
 # --release: the tests push a lot of rows through the sync code and SQLite.
 exec cargo test --release --locked "$@"

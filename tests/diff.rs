@@ -291,3 +291,57 @@ mod properties {
             .unwrap();
     }
 }
+
+/// An app writes pairs of rows (one in `a`, one in `b`, in one transaction) while diffs run:
+/// every diff must see whole transactions only, in WAL and in rollback-journal mode.
+#[test]
+fn diff_reads_one_consistent_snapshot_while_the_app_writes() {
+    for mode in ["wal", "delete"] {
+        let sqld = Sqld::start();
+        // `middle` is diffed between `a` and `b` and takes a while, so writes land in between.
+        sqld.exec(
+            "CREATE TABLE a(id INTEGER PRIMARY KEY, v); CREATE TABLE middle(x); CREATE TABLE b(id INTEGER PRIMARY KEY, v); \
+             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 100000) INSERT INTO middle SELECT i FROM c;",
+        );
+        let dir = tempdir();
+        run_ok(tursync(dir.path()).args(["init", "--url", &sqld.url]).env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+        let wc = dir.path().join("working_copy.db");
+        let conn = rusqlite::Connection::open(&wc).unwrap();
+        conn.pragma_update(None, "journal_mode", mode).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        let ws = tursync::snapshot::Workspace::locate(Some(&wc)).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let stop = &stop;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    conn.execute_batch(&format!(
+                        "BEGIN IMMEDIATE; INSERT INTO a(v) VALUES ({i}); INSERT INTO b(v) VALUES (randomblob(200)); COMMIT;"
+                    ))
+                    .unwrap();
+                    i += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            });
+            // Stops the writer even when an assertion below fails, so the failure is reported
+            // instead of the scope waiting forever for the writer.
+            struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for StopOnDrop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let _stop_writer = StopOnDrop(stop);
+            // Diff until several diffs have landed in the middle of the writes.
+            let (mut busy_diffs, started) = (0, std::time::Instant::now());
+            while busy_diffs < 8 && started.elapsed() < std::time::Duration::from_secs(20) {
+                let cs = ws.diff(&Default::default()).unwrap();
+                let count = |name: &str| cs.tables.iter().find(|t| t.table.name == name).map_or(0, |t| t.changes.len());
+                assert_eq!(count("a"), count("b"), "{mode}: diff saw half a transaction");
+                busy_diffs += usize::from(count("a") > 0);
+            }
+            assert_eq!(busy_diffs, 8, "{mode}: the writer never got in");
+        });
+    }
+}
