@@ -14,6 +14,7 @@ use tursync::clone::{self, FetchOptions};
 use tursync::diff::{Changeset, Filter};
 use tursync::dump::SqlSink;
 use tursync::progress::Progress;
+use tursync::push::{Conflict, PushOptions};
 use tursync::remote::{Endpoint, Remote, RemoteError};
 use tursync::snapshot::{self, Workspace, DEFAULT_DB};
 
@@ -107,6 +108,27 @@ Exits with 1 when the remote cannot be reached or rejects the token.")]
         #[arg(long, value_name = "TABLE")]
         table: Option<String>,
     },
+    /// Send the working copy's changes to the remote in one transaction (alias: dump-push)
+    #[command(
+        visible_alias = "dump-push",
+        after_help = "Examples:
+  tursync push                 # apply local changes remotely, all or nothing
+  tursync push --dry-run       # show the SQL that would be applied; send nothing
+  tursync push --json          # report (or conflicts) as JSON
+
+Every row the push touches must still hold, on the remote, the version the last sync saw
+(or already the local one, which is skipped). Otherwise nothing is pushed, the conflicting
+rows are listed with their base, local and remote values, and the exit code is 3.
+The SQL sent is kept under .tursync/pushes/."
+    )]
+    Push {
+        /// Print what would be applied and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable report
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the database as SQL text that sqlite3 loads into an identical database
     #[command(after_help = "Examples:
   tursync dump --out remote.sql && sqlite3 copy.db < remote.sql
@@ -191,6 +213,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Push { dry_run, json } => push(&cli, *dry_run, *json, &progress),
         Command::Dump { out, local } => {
             let writer: Box<dyn Write> = match out {
                 Some(p) => Box::new(
@@ -412,4 +435,99 @@ fn print_summary(out: &mut dyn Write, cs: &Changeset, color: bool) -> std::io::R
         0 if cs.is_empty() => writeln!(out, "nothing to push"),
         n => writeln!(out, "{n} change{} to push", if n == 1 { "" } else { "s" }),
     }
+}
+
+fn push(cli: &Cli, dry_run: bool, as_json: bool, progress: &Progress) -> Result<ExitCode> {
+    let ws = Workspace::locate(cli.db.as_deref())?;
+    if dry_run {
+        let cs = ws.diff(&Filter::default())?;
+        let mut out = std::io::stdout().lock();
+        if cs.is_empty() {
+            writeln!(out, "-- nothing to push")?;
+        } else {
+            writeln!(out, "-- dry run: {} changes would be applied as below; nothing was sent", cs.change_count())?;
+            cs.write_sql(&mut out)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (endpoint, remote) = connect(cli, Some(&ws))?;
+    let started = Instant::now();
+    let outcome = tursync::push::push(&ws, &remote, PushOptions::default(), progress)
+        .with_context(|| format!("push to {endpoint} failed"))?;
+    progress.finish();
+    match outcome {
+        Ok(r) => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"pushed": r.changes > 0, "changes": r.changes, "applied": r.applied, "skipped": r.skipped,
+                           "requests": r.requests, "transactions": r.transactions,
+                           "log": r.log.as_ref().map(|p| p.display().to_string())})
+                );
+            } else if r.changes == 0 {
+                println!("nothing to push");
+            } else {
+                println!(
+                    "pushed {} changes to {endpoint} in {:.1}s ({} rows applied, {} already there; {} requests)",
+                    r.changes,
+                    started.elapsed().as_secs_f64(),
+                    r.applied,
+                    r.skipped,
+                    r.requests
+                );
+                if r.transactions > 1 {
+                    println!(
+                        "note: the push was large, so it went as {} transactions; had it stopped midway, running push again would finish it",
+                        r.transactions
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(conflicts) => {
+            if as_json {
+                let list: Vec<_> = conflicts.iter().map(conflict_json).collect();
+                println!("{}", json!({"pushed": false, "conflicts": list}));
+            } else {
+                print_conflicts(&conflicts);
+            }
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+fn conflict_json(c: &Conflict) -> serde_json::Value {
+    let row = |r: &Option<Vec<tursync::Value>>| match r {
+        Some(r) => json!(c.columns.iter().cloned().zip(r.iter().map(|v| json!(v))).collect::<serde_json::Map<_, _>>()),
+        None => serde_json::Value::Null,
+    };
+    json!({"table": c.table, "key": c.key, "base": row(&c.base), "local": row(&c.local), "remote": row(&c.remote)})
+}
+
+fn print_conflicts(conflicts: &[Conflict]) {
+    eprintln!(
+        "conflict: {} row{} changed both here and on the remote since the last sync; nothing was pushed",
+        conflicts.len(),
+        if conflicts.len() == 1 { "" } else { "s" }
+    );
+    let lit = |v: &tursync::Value| tursync::sql::literal(v);
+    for c in conflicts.iter().take(50) {
+        let key: Vec<String> = c.key.iter().map(lit).collect();
+        eprintln!("  table {}, key ({})", c.table, key.join(", "));
+        let state = |r: &Option<Vec<tursync::Value>>| if r.is_some() { "present" } else { "absent" };
+        if c.base.is_none() || c.local.is_none() || c.remote.is_none() {
+            eprintln!("    row: base {}, local {}, remote {}", state(&c.base), state(&c.local), state(&c.remote));
+        }
+        for (i, col) in c.columns.iter().enumerate() {
+            let cell = |r: &Option<Vec<tursync::Value>>| r.as_ref().map_or("-".to_owned(), |r| lit(&r[i]));
+            let (b, l, r) = (cell(&c.base), cell(&c.local), cell(&c.remote));
+            if !(b == l && l == r) {
+                eprintln!("    {col}: base {b}, local {l}, remote {r}");
+            }
+        }
+    }
+    if conflicts.len() > 50 {
+        eprintln!("  … and {} more (use --json for all)", conflicts.len() - 50);
+    }
+    eprintln!("Nothing changed on either side. Bring the remote's changes in first (re-clone into another directory to inspect them), then push again.");
 }

@@ -314,3 +314,22 @@ impl Workspace {
         Ok(cs)
     }
 }
+
+impl Workspace {
+    /// Changes the base snapshot atomically: `edit` works on a copy, which replaces the base
+    /// only once complete and synced. A crash leaves the old base or the new one, never a mix.
+    pub fn replace_base(&self, edit: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()>) -> Result<()> {
+        let base = self.base_path();
+        let tmp = self.state_dir().join(format!("base.db.tmp-{}", std::process::id()));
+        let guard = Aside { paths: vec![tmp.clone()] };
+        fs::copy(&base, &tmp)?;
+        let conn = rusqlite::Connection::open(&tmp)?;
+        edit(&conn)?;
+        conn.close().map_err(|(_, e)| Error::Local(e))?;
+        sync_file(&tmp)?;
+        fs::rename(&tmp, &base)?;
+        sync_dir(&self.state_dir());
+        drop(guard);
+        Ok(())
+    }
+}

@@ -1,0 +1,720 @@
+//! Sending the local changeset to the remote: all or nothing, and never over someone else's
+//! change.
+//!
+//! One push is one remote transaction on a Hrana stream:
+//!
+//! 1. `PRAGMA foreign_keys=OFF` (the changeset already holds what cascades did locally),
+//!    `BEGIN IMMEDIATE`, then, in the same request, the remote's schema and every row the push
+//!    touches, read by key in chunks.
+//! 2. Each touched row must be in the base state (apply it) or already in the local state (skip
+//!    it: a re-run after a crash converges). Anything else is a conflict: `ROLLBACK`, report,
+//!    exit 3, nothing changed anywhere.
+//! 3. The changes go out as multi-row statements — `DELETE … WHERE key IN (…)`,
+//!    `UPDATE … FROM (VALUES …)`, multi-row `INSERT` — with every trigger dropped first and
+//!    re-created last (DDL is transactional), so no remote trigger fires a second time. The last
+//!    request ends with `COMMIT`.
+//! 4. The base snapshot then moves by exactly the changeset pushed, which was read from one
+//!    consistent snapshot of the working copy: edits the app made meanwhile stay pending.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::diff::{Changeset, RowChange, SchemaChange, TableDiff};
+use crate::progress::Progress;
+use crate::remote::{Remote, Stmt, StmtResult, Stream, StreamRequest};
+use crate::schema::{ObjectKind, RowKey};
+use crate::snapshot::Workspace;
+use crate::sql;
+use crate::value::Value;
+use crate::{Error, Result};
+
+/// Rows per multi-row statement: large enough to amortize parsing, small enough to stay far
+/// under SQLite's 32766 bound parameters.
+const ROWS_PER_STMT: usize = 500;
+const MAX_PARAMS: usize = 16_000;
+/// Bytes of row data per HTTP request, keeping responses (for reads) under sqld's 10 MB cap.
+const BYTES_PER_REQUEST: usize = 4 << 20;
+
+#[derive(Debug, Clone, Copy)]
+pub struct PushOptions {
+    /// Row changes per remote transaction. sqld rolls back a transaction that holds the write
+    /// lock for over 5 s once another connection waits, so very large pushes are cut into
+    /// several transactions (see [`PushReport::transactions`]).
+    pub rows_per_transaction: usize,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            rows_per_transaction: 200_000,
+        }
+    }
+}
+
+/// A row that is neither in the base state nor in the local state on the remote.
+#[derive(Debug, Clone)]
+pub struct Conflict {
+    pub table: String,
+    pub columns: Vec<String>,
+    pub key: Vec<Value>,
+    pub base: Option<Vec<Value>>,
+    pub local: Option<Vec<Value>>,
+    pub remote: Option<Vec<Value>>,
+}
+
+/// What a push did.
+#[derive(Debug, Default, Clone)]
+pub struct PushReport {
+    pub changes: usize,
+    /// Row changes sent.
+    pub applied: usize,
+    /// Row changes the remote already had (a re-run after a crash).
+    pub skipped: usize,
+    pub requests: u64,
+    pub transactions: usize,
+    /// Where the SQL of this push was kept.
+    pub log: Option<PathBuf>,
+}
+
+/// The key of a row as text, for matching remote rows to local ones exactly.
+fn key_text(t: &TableDiff, row: &[Value]) -> String {
+    let mut s = String::new();
+    for &k in &t.key {
+        sql::push_literal(&mut s, &row[k]);
+        s.push('\u{1}');
+    }
+    s
+}
+
+fn row_bytes(row: &[Value]) -> usize {
+    row.iter()
+        .map(|v| match v {
+            Value::Text(s) => s.len() + 24,
+            Value::Blob(b) => b.len() * 4 / 3 + 24,
+            _ => 32,
+        })
+        .sum()
+}
+
+/// `K IN (?, …)`, or `(K1, K2) IN (VALUES (?, ?), …)` for composite keys.
+fn key_in(t: &TableDiff, rows: &[&[Value]], args: &mut Vec<Value>) -> String {
+    let keys: Vec<String> = t.key.iter().map(|&k| sql::ident(&t.columns[k])).collect();
+    let mut out = String::new();
+    if keys.len() == 1 {
+        out.push_str(&keys[0]);
+        out.push_str(" IN (");
+        for (i, r) in rows.iter().enumerate() {
+            out.push_str(if i == 0 { "?" } else { ",?" });
+            args.push(r[t.key[0]].clone());
+        }
+        out.push(')');
+    } else {
+        out.push_str(&format!("({}) IN (VALUES ", keys.join(", ")));
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('(');
+            for (j, &k) in t.key.iter().enumerate() {
+                out.push_str(if j == 0 { "?" } else { ",?" });
+                args.push(r[k].clone());
+            }
+            out.push(')');
+        }
+        out.push(')');
+    }
+    out
+}
+
+fn stmt(sql: String, args: Vec<Value>, want_rows: bool) -> Stmt {
+    Stmt { sql, args, want_rows }
+}
+
+/// Cuts `rows` into statements of at most [`ROWS_PER_STMT`] rows and [`MAX_PARAMS`] values.
+fn chunks<'a, T>(rows: &'a [T], width: usize) -> impl Iterator<Item = &'a [T]> {
+    let per = (MAX_PARAMS / width.max(1)).clamp(1, ROWS_PER_STMT);
+    rows.chunks(per)
+}
+
+/// The plan for one table within one transaction.
+struct TablePlan<'a> {
+    diff: &'a TableDiff,
+    changes: &'a [RowChange],
+}
+
+impl TablePlan<'_> {
+    fn is_virtual(&self) -> bool {
+        self.diff.table.key == RowKey::Virtual
+    }
+
+    /// SELECTs returning the remote's current version of every row this plan touches, with
+    /// `cols` as the select list (in row layout).
+    fn reads(&self, cols: &str) -> Vec<(Stmt, usize)> {
+        let t = self.diff;
+        let rows: Vec<&[Value]> = self.changes.iter().map(|c| c.row()).collect();
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < rows.len() && end - start < ROWS_PER_STMT && bytes < BYTES_PER_REQUEST / 2 {
+                bytes += row_bytes(rows[end]);
+                end += 1;
+            }
+            let mut args = Vec::new();
+            let cond = key_in(t, &rows[start..end], &mut args);
+            out.push((
+                stmt(format!("SELECT {cols} FROM {} WHERE {cond}", sql::ident(&t.table.name)), args, true),
+                bytes,
+            ));
+            start = end;
+        }
+        out
+    }
+
+    /// The statements that apply `todo` (the changes still needed).
+    fn writes(&self, todo: &[&RowChange]) -> Vec<(Stmt, usize, usize)> {
+        let t = self.diff;
+        let name = sql::ident(&t.table.name);
+        let mut out = Vec::new();
+        let deletes: Vec<&[Value]> = todo.iter().filter_map(|c| match c { RowChange::Delete(r) => Some(&r[..]), _ => None }).collect();
+        let updates: Vec<&[Value]> = todo.iter().filter_map(|c| match c { RowChange::Update { new, .. } => Some(&new[..]), _ => None }).collect();
+        let inserts: Vec<&[Value]> = todo.iter().filter_map(|c| match c { RowChange::Insert(r) => Some(&r[..]), _ => None }).collect();
+        let virt = self.is_virtual();
+        for part in chunks(&deletes, if virt { usize::MAX } else { t.key.len() }) {
+            let mut args = Vec::new();
+            let cond = key_in(t, part, &mut args);
+            out.push((stmt(format!("DELETE FROM {name} WHERE {cond}"), args, false), part.len(), part.len()));
+        }
+        let set_cols: Vec<usize> = (0..t.columns.len()).filter(|i| !t.key.contains(i)).collect();
+        if !set_cols.is_empty() {
+            if virt {
+                for row in &updates {
+                    let mut args = Vec::new();
+                    let sets: Vec<String> = set_cols
+                        .iter()
+                        .map(|&c| {
+                            args.push(row[c].clone());
+                            format!("{} = ?", sql::ident(&t.columns[c]))
+                        })
+                        .collect();
+                    let cond = key_in(t, &[row], &mut args);
+                    out.push((stmt(format!("UPDATE {name} SET {} WHERE {cond}", sets.join(", ")), args, false), 1, 1));
+                }
+            } else {
+                // VALUES columns are named column1, column2…: keys first, then the new values.
+                for part in chunks(&updates, t.columns.len()) {
+                    let mut args = Vec::new();
+                    let mut values = String::new();
+                    for (i, row) in part.iter().enumerate() {
+                        values.push_str(if i == 0 { "(" } else { ",(" });
+                        for (j, v) in t.key.iter().chain(set_cols.iter()).map(|&c| &row[c]).enumerate() {
+                            values.push_str(if j == 0 { "?" } else { ",?" });
+                            args.push(v.clone());
+                        }
+                        values.push(')');
+                    }
+                    let nk = t.key.len();
+                    let sets: Vec<String> = set_cols
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &c)| format!("{} = v.column{}", sql::ident(&t.columns[c]), nk + j + 1))
+                        .collect();
+                    let cond: Vec<String> = t
+                        .key
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &k)| format!("{name}.{} = v.column{}", sql::ident(&t.columns[k]), j + 1))
+                        .collect();
+                    out.push((
+                        stmt(
+                            format!("UPDATE {name} SET {} FROM (VALUES {values}) AS v WHERE {}", sets.join(", "), cond.join(" AND ")),
+                            args,
+                            false,
+                        ),
+                        part.len(),
+                        part.len(),
+                    ));
+                }
+            }
+        }
+        let cols = t.columns.iter().map(|c| sql::ident(c)).collect::<Vec<_>>().join(", ");
+        let marks = format!("({})", vec!["?"; t.columns.len()].join(","));
+        for part in chunks(&inserts, t.columns.len()) {
+            let args: Vec<Value> = part.iter().flat_map(|r| r.iter().cloned()).collect();
+            let values = vec![marks.as_str(); part.len()].join(",");
+            out.push((stmt(format!("INSERT INTO {name} ({cols}) VALUES {values}"), args, false), part.len(), part.len()));
+        }
+        out
+    }
+}
+
+/// The select list that reads a table's rows on the remote in the changeset's row layout, or
+/// `None` when the remote cannot hold any of its rows yet: the table is missing, or it is to be
+/// rebuilt (dropped and re-created, rows and all). A table still lacking columns that
+/// `ADD COLUMN` appended reads their defaults instead, as its rows will after the ALTER.
+fn remote_select(cs: &Changeset, t: &TableDiff, remote: &RemoteSchema) -> Option<String> {
+    let remote_sql = remote.objects.get(&("table".to_owned(), t.table.name.clone()))?;
+    let plain = || t.columns.iter().map(|c| sql::ident(c)).collect::<Vec<_>>().join(", ");
+    if remote_sql == &t.table.sql {
+        return Some(plain());
+    }
+    for ch in &cs.schema {
+        match ch {
+            SchemaChange::TableRebuilt { name, .. } if name == &t.table.name => return None,
+            SchemaChange::ColumnsAdded { table, columns } if table == &t.table.name => {
+                let all = &t.table.columns;
+                let appended: Vec<_> = all[all.len().saturating_sub(columns.len())..].iter().filter(|c| !c.generated).collect();
+                let old_count = t.columns.len().saturating_sub(appended.len());
+                let mut cols: Vec<String> = t.columns[..old_count].iter().map(|c| sql::ident(c)).collect();
+                cols.extend(appended.iter().map(|c| c.default.clone().unwrap_or_else(|| "NULL".into())));
+                return Some(cols.join(", "));
+            }
+            _ => {}
+        }
+    }
+    Some(plain())
+}
+
+/// Classifies each change against the remote row: needed, already there, or a conflict.
+fn classify<'a>(
+    plan: &TablePlan<'a>,
+    remote_rows: &HashMap<String, Vec<Value>>,
+    todo: &mut Vec<&'a RowChange>,
+    skipped: &mut usize,
+    conflicts: &mut Vec<Conflict>,
+) {
+    let t = plan.diff;
+    for ch in plan.changes {
+        let key = key_text(t, ch.row());
+        let remote = remote_rows.get(&key);
+        let (base, local): (Option<&Vec<Value>>, Option<&Vec<Value>>) = match ch {
+            RowChange::Insert(r) => (None, Some(r)),
+            RowChange::Delete(r) => (Some(r), None),
+            RowChange::Update { old, new } => (Some(old), Some(new)),
+        };
+        if remote == base {
+            todo.push(ch);
+        } else if remote == local {
+            *skipped += 1;
+        } else {
+            conflicts.push(Conflict {
+                table: t.table.name.clone(),
+                columns: t.columns.clone(),
+                key: t.key.iter().map(|&k| ch.row()[k].clone()).collect(),
+                base: base.cloned(),
+                local: local.cloned(),
+                remote: remote.cloned(),
+            });
+        }
+    }
+}
+
+/// The remote's schema, as read inside the push transaction.
+struct RemoteSchema {
+    objects: HashMap<(String, String), String>,
+    triggers: Vec<(String, String)>,
+    sequences: HashMap<String, i64>,
+}
+
+fn read_schema(res: StmtResult, seq: Option<StmtResult>) -> RemoteSchema {
+    let text = |v: &Value| match v {
+        Value::Text(s) => s.clone(),
+        _ => String::new(),
+    };
+    let mut objects = HashMap::new();
+    let mut triggers = Vec::new();
+    for r in &res.rows {
+        let (ty, name, sqltext) = (text(&r[0]), text(&r[1]), text(&r[2]));
+        if ty == "trigger" {
+            triggers.push((name.clone(), sqltext.clone()));
+        }
+        objects.insert((ty, name), sqltext);
+    }
+    let sequences = seq
+        .map(|s| {
+            s.rows
+                .iter()
+                .filter_map(|r| match (&r[0], &r[1]) {
+                    (Value::Text(n), Value::Integer(v)) => Some((n.clone(), *v)),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    RemoteSchema { objects, triggers, sequences }
+}
+
+/// A schema change the remote does not allow: someone else changed the same object.
+fn schema_conflict(what: &str) -> Error {
+    Error::Refused(format!(
+        "conflict: {what} changed on the remote since your last sync; nothing was pushed. Re-clone or pull the remote's schema first"
+    ))
+}
+
+/// DDL for the schema changes the remote still needs, split around the row changes.
+struct SchemaPlan {
+    before: Vec<String>,
+    after: Vec<String>,
+}
+
+fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
+    let has = |ty: &str, name: &str| remote.objects.get(&(ty.to_owned(), name.to_owned()));
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    // Triggers: the remote's must be the base's or already the working copy's.
+    let mut base_tr = cs.base_triggers.clone();
+    let mut new_tr = cs.new_triggers.clone();
+    let mut remote_tr = remote.triggers.clone();
+    base_tr.sort();
+    new_tr.sort();
+    remote_tr.sort();
+    if remote_tr != base_tr && remote_tr != new_tr {
+        return Err(schema_conflict("a trigger"));
+    }
+    for (name, _) in &remote.triggers {
+        before.push(format!("DROP TRIGGER {}", sql::ident(name)));
+    }
+    for ch in &cs.schema {
+        match ch {
+            SchemaChange::TableAdded { name, sql: create } => match has("table", name) {
+                None => before.push(create.clone()),
+                Some(s) if s == create => {}
+                Some(_) => return Err(schema_conflict(&format!("table {name:?}"))),
+            },
+            SchemaChange::TableDropped { name, sql: old } => match has("table", name) {
+                Some(s) if s == old => before.push(format!("DROP TABLE {}", sql::ident(name))),
+                None => {}
+                Some(_) => return Err(schema_conflict(&format!("table {name:?}"))),
+            },
+            SchemaChange::TableRebuilt { name, old_sql, new_sql } => match has("table", name) {
+                Some(s) if s == old_sql => {
+                    before.push(format!("DROP TABLE {}", sql::ident(name)));
+                    before.push(new_sql.clone());
+                }
+                Some(s) if s == new_sql => {}
+                _ => return Err(schema_conflict(&format!("table {name:?}"))),
+            },
+            SchemaChange::ColumnsAdded { table, columns } => {
+                let new_sql = cs.tables.iter().find(|t| &t.table.name == table).map(|t| t.table.sql.clone());
+                match has("table", table) {
+                    Some(s) if Some(s) == new_sql.as_ref() => {}
+                    Some(_) => {
+                        for c in columns {
+                            before.push(format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)));
+                        }
+                    }
+                    None => return Err(schema_conflict(&format!("table {table:?}"))),
+                }
+            }
+            SchemaChange::ObjectDropped { kind, name, sql: old } if *kind != ObjectKind::Trigger => {
+                match has(kind.as_str(), name) {
+                    Some(s) if s == old => before.push(format!("DROP {} {}", kind.as_str().to_uppercase(), sql::ident(name))),
+                    None => {}
+                    Some(_) => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
+                }
+            }
+            SchemaChange::ObjectChanged { kind, name, old_sql, new_sql } if *kind != ObjectKind::Trigger => {
+                match has(kind.as_str(), name) {
+                    Some(s) if s == old_sql => {
+                        before.push(format!("DROP {} {}", kind.as_str().to_uppercase(), sql::ident(name)));
+                        after.push(new_sql.clone());
+                    }
+                    Some(s) if s == new_sql => {}
+                    _ => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
+                }
+            }
+            SchemaChange::ObjectAdded { kind, name, sql: create } if *kind != ObjectKind::Trigger => {
+                match has(kind.as_str(), name) {
+                    None => after.push(create.clone()),
+                    Some(s) if s == create => {}
+                    Some(_) => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
+                }
+            }
+            _ => {}
+        }
+    }
+    // Rows may only go into tables whose definition is the one they were diffed against.
+    for t in cs.tables.iter().filter(|t| !t.changes.is_empty()) {
+        let reshaped = cs.schema.iter().any(|c| match c {
+            SchemaChange::TableAdded { name, .. } | SchemaChange::TableRebuilt { name, .. } => name == &t.table.name,
+            SchemaChange::ColumnsAdded { table, .. } => table == &t.table.name,
+            _ => false,
+        });
+        if !reshaped && has("table", &t.table.name) != Some(&t.table.sql) {
+            return Err(schema_conflict(&format!("table {:?}", t.table.name)));
+        }
+    }
+    for (_, create) in &cs.new_triggers {
+        after.push(create.clone());
+    }
+    Ok(SchemaPlan { before, after })
+}
+
+/// Sends requests on the push stream and fails on the first statement error.
+fn send(stream: &mut Stream<'_>, stmts: Vec<Stmt>, report: &mut PushReport) -> Result<Vec<StmtResult>> {
+    let reqs: Vec<StreamRequest> = stmts.into_iter().map(|stmt| StreamRequest::Execute { stmt }).collect();
+    report.requests += 1;
+    stream.send(&reqs)?.into_iter().map(|r| r.map_err(Error::from)).collect()
+}
+
+/// Rolls back and closes the stream after a failure; the server would do it anyway when the
+/// stream expires, but this frees the write lock at once.
+fn abandon(stream: &mut Stream<'_>) {
+    let _ = stream.send(&[
+        StreamRequest::Execute { stmt: stmt("ROLLBACK".into(), vec![], false) },
+        StreamRequest::Close,
+    ]);
+}
+
+/// Pushes the working copy's changes. Returns the conflicts instead of pushing when there are
+/// any (nothing is changed on either side then).
+pub fn push(ws: &Workspace, remote: &Remote, opts: PushOptions, progress: &Progress) -> Result<Result<PushReport, Vec<Conflict>>> {
+    let cs = ws.diff(&Default::default())?;
+    let mut report = PushReport { changes: cs.change_count(), ..PushReport::default() };
+    if cs.is_empty() {
+        return Ok(Ok(report));
+    }
+    let total_rows: usize = cs.tables.iter().map(|t| t.changes.len()).sum();
+    progress.start("push", total_rows as u64);
+
+    // Cut the row changes into transactions of at most `rows_per_transaction`.
+    let mut groups: Vec<Vec<TablePlan<'_>>> = vec![Vec::new()];
+    let mut in_group = 0;
+    let limit = opts.rows_per_transaction.max(1);
+    for t in &cs.tables {
+        let mut rest = &t.changes[..];
+        while !rest.is_empty() {
+            if in_group == limit {
+                groups.push(Vec::new());
+                in_group = 0;
+            }
+            let take = (limit - in_group).min(rest.len());
+            if let Some(g) = groups.last_mut() {
+                g.push(TablePlan { diff: t, changes: &rest[..take] });
+            }
+            rest = &rest[take..];
+            in_group += take;
+        }
+    }
+    let mut log = String::new();
+    let mut final_sequences: Vec<(String, Option<i64>)> = Vec::new();
+    let last = groups.len() - 1;
+    for (gi, group) in groups.iter().enumerate() {
+        match push_transaction(remote, &cs, group, gi == 0, gi == last, &mut report, &mut log, progress)? {
+            Ok(seqs) => final_sequences.extend(seqs),
+            Err(conflicts) => return Ok(Err(conflicts)),
+        }
+        report.transactions += 1;
+    }
+    progress.finish();
+    report.log = Some(ws.record_push(&cs, &final_sequences, &log)?);
+    Ok(Ok(report))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_transaction(
+    remote: &Remote,
+    cs: &Changeset,
+    group: &[TablePlan<'_>],
+    first: bool,
+    last: bool,
+    report: &mut PushReport,
+    log: &mut String,
+    progress: &Progress,
+) -> Result<Result<Vec<(String, Option<i64>)>, Vec<Conflict>>> {
+    let mut stream = remote.stream();
+    let result = push_transaction_on(&mut stream, cs, group, first, last, report, log, progress);
+    match &result {
+        Ok(Ok(_)) => {
+            let _ = stream.send(&[StreamRequest::Close]);
+        }
+        Ok(Err(_)) | Err(_) => abandon(&mut stream),
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_transaction_on(
+    stream: &mut Stream<'_>,
+    cs: &Changeset,
+    group: &[TablePlan<'_>],
+    first: bool,
+    last: bool,
+    report: &mut PushReport,
+    log: &mut String,
+    progress: &Progress,
+) -> Result<Result<Vec<(String, Option<i64>)>, Vec<Conflict>>> {
+    // Request 1: open the transaction and read the schema, which says how to read the rows.
+    let head = vec![
+        stmt("PRAGMA foreign_keys = OFF".into(), vec![], false),
+        stmt("BEGIN IMMEDIATE".into(), vec![], false),
+        stmt("SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL".into(), vec![], true),
+        stmt(
+            "SELECT name, seq FROM sqlite_sequence WHERE EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence')".into(),
+            vec![],
+            true,
+        ),
+    ];
+    let mut head = send(stream, head, report)?;
+    let seq = head.pop();
+    let schema = read_schema(head.pop().unwrap_or_default(), seq);
+
+    // Then every touched row, in requests bounded by expected response size.
+    let mut reads: Vec<(usize, Stmt, usize)> = Vec::new();
+    for (pi, plan) in group.iter().enumerate() {
+        if let Some(cols) = remote_select(cs, plan.diff, &schema) {
+            for (s, bytes) in plan.reads(&cols) {
+                reads.push((pi, s, bytes));
+            }
+        }
+    }
+    let mut remote_rows: Vec<HashMap<String, Vec<Value>>> = vec![HashMap::new(); group.len()];
+    let mut reads = reads.into_iter().peekable();
+    while reads.peek().is_some() {
+        let mut bytes = 0;
+        let mut pending: Vec<(usize, Stmt, usize)> = Vec::new();
+        while let Some((_, _, b)) = reads.peek() {
+            if !pending.is_empty() && bytes + b > BYTES_PER_REQUEST {
+                break;
+            }
+            bytes += b;
+            pending.push(reads.next().expect("peeked"));
+        }
+        let owners: Vec<usize> = pending.iter().map(|(pi, _, _)| *pi).collect();
+        let results = send(stream, pending.into_iter().map(|(_, s, _)| s).collect(), report)?;
+        for (pi, res) in owners.into_iter().zip(results) {
+            let t = group[pi].diff;
+            for row in res.rows {
+                remote_rows[pi].insert(key_text(t, &row), row);
+            }
+        }
+    }
+
+    // Decide, row by row.
+    let mut conflicts = Vec::new();
+    let mut todo: Vec<Vec<&RowChange>> = Vec::with_capacity(group.len());
+    for (pi, plan) in group.iter().enumerate() {
+        let mut t = Vec::new();
+        classify(plan, &remote_rows[pi], &mut t, &mut report.skipped, &mut conflicts);
+        todo.push(t);
+    }
+    if !conflicts.is_empty() {
+        return Ok(Err(conflicts));
+    }
+    let ddl = plan_schema(cs, &schema)?;
+
+    // The writes, in requests of bounded size; the last one commits.
+    let mut writes: Vec<(Stmt, usize, usize)> = Vec::new();
+    let ddl_stmt = |s: &String| (stmt(s.clone(), vec![], false), 0, 0);
+    if first {
+        writes.extend(ddl.before.iter().map(ddl_stmt));
+    } else {
+        writes.extend(schema.triggers.iter().map(|(n, _)| ddl_stmt(&format!("DROP TRIGGER {}", sql::ident(n)))));
+    }
+    for (plan, t) in group.iter().zip(&todo) {
+        writes.extend(plan.writes(t));
+    }
+    let mut sequences = Vec::new();
+    if last {
+        for q in &cs.sequences {
+            let value = match (q.new, schema.sequences.get(&q.table)) {
+                // AUTOINCREMENT never reuses a number: keep the larger counter.
+                (Some(n), Some(&r)) => Some(n.max(r)),
+                (n, _) => n,
+            };
+            writes.push(ddl_stmt(&format!("DELETE FROM sqlite_sequence WHERE name = {}", sql::text_literal(&q.table))));
+            if let Some(v) = value {
+                writes.push(ddl_stmt(&format!(
+                    "INSERT INTO sqlite_sequence(name, seq) VALUES ({}, {v})",
+                    sql::text_literal(&q.table)
+                )));
+            }
+            sequences.push((q.table.clone(), value));
+        }
+        writes.extend(ddl.after.iter().map(ddl_stmt));
+        if let Some(v) = cs.user_version {
+            writes.push(ddl_stmt(&format!("PRAGMA user_version = {v}")));
+        }
+    } else {
+        writes.extend(cs.new_triggers.iter().map(|(_, s)| ddl_stmt(s)));
+    }
+
+    let mut batch: Vec<Stmt> = Vec::new();
+    let mut expect: Vec<usize> = Vec::new();
+    let mut bytes = 0;
+    let total = writes.len();
+    if total == 0 {
+        return {
+            send(stream, vec![stmt("COMMIT".into(), vec![], false)], report)?;
+            Ok(Ok(sequences))
+        };
+    }
+    for (i, (s, rows, affected)) in writes.into_iter().enumerate() {
+        log_stmt(log, &s);
+        bytes += s.args.iter().map(|v| row_bytes(std::slice::from_ref(v))).sum::<usize>() + s.sql.len();
+        report.applied += rows;
+        batch.push(s);
+        expect.push(affected);
+        if bytes > BYTES_PER_REQUEST || i + 1 == total {
+            let results = send(stream, std::mem::take(&mut batch), report)?;
+            for (res, want) in results.iter().zip(&expect) {
+                if *want > 0 && res.affected_row_count as usize != *want {
+                    return Err(Error::Refused(format!(
+                        "the remote changed {} rows where {want} were expected; the push was rolled back",
+                        res.affected_row_count
+                    )));
+                }
+            }
+            progress.advance(expect.iter().sum::<usize>() as u64);
+            expect.clear();
+            bytes = 0;
+        }
+    }
+    // COMMIT travels alone, once every write is known to have succeeded: statements of one
+    // pipeline run even after an earlier one failed, so a COMMIT sent with them could commit
+    // half a push.
+    send(stream, vec![stmt("COMMIT".into(), vec![], false)], report)?;
+    Ok(Ok(sequences))
+}
+
+fn log_stmt(log: &mut String, s: &Stmt) {
+    log.push_str(&s.sql);
+    if !s.args.is_empty() {
+        log.push_str("\n  -- args: ");
+        for (i, v) in s.args.iter().enumerate() {
+            if i > 0 {
+                log.push_str(", ");
+            }
+            sql::push_literal(log, v);
+        }
+    }
+    log.push_str(";\n");
+}
+
+impl Workspace {
+    /// Moves the base by exactly `cs` (plus the AUTOINCREMENT counters as written to the
+    /// remote), atomically, and keeps the SQL that was sent under `.tursync/pushes/`.
+    fn record_push(&self, cs: &Changeset, sequences: &[(String, Option<i64>)], log: &str) -> Result<PathBuf> {
+        let dir = self.state_dir().join("pushes");
+        std::fs::create_dir_all(&dir)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let log_path = dir.join(format!("{stamp}.sql"));
+        std::fs::write(&log_path, log)?;
+
+        let mut script = Vec::new();
+        cs.write_sql(&mut script)?;
+        let mut script = String::from_utf8_lossy(&script).into_owned();
+        for (name, v) in sequences {
+            script += &format!("DELETE FROM sqlite_sequence WHERE name = {};\n", sql::text_literal(name));
+            if let Some(v) = v {
+                script += &format!("INSERT INTO sqlite_sequence(name, seq) VALUES ({}, {v});\n", sql::text_literal(name));
+            }
+        }
+        self.replace_base(|conn| conn.execute_batch(&script))?;
+        Ok(log_path)
+    }
+}
