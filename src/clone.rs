@@ -92,7 +92,11 @@ fn data_tables(schema: &Schema) -> impl Iterator<Item = &Table> {
 }
 
 /// Copies the local database `conn` into `sink`, reading every table in key order.
-pub fn copy_local(conn: &rusqlite::Connection, sink: &mut dyn Sink, progress: &Progress) -> Result<Stats> {
+pub fn copy_local(
+    conn: &rusqlite::Connection,
+    sink: &mut dyn Sink,
+    progress: &Progress,
+) -> Result<Stats> {
     let schema = schema::load(conn)?;
     let mut stats = Stats::default();
     create_tables(&schema, sink)?;
@@ -115,7 +119,11 @@ pub fn copy_local(conn: &rusqlite::Connection, sink: &mut dyn Sink, progress: &P
         let mut rows = st.query([])?;
         let mut batch = Vec::with_capacity(1024);
         while let Some(r) = rows.next()? {
-            batch.push((0..n).map(|i| r.get::<_, Value>(i)).collect::<rusqlite::Result<Vec<_>>>()?);
+            batch.push(
+                (0..n)
+                    .map(|i| r.get::<_, Value>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            );
             if batch.len() == 1024 {
                 sink.insert(t, &batch)?;
                 progress.advance(batch.len() as u64);
@@ -199,7 +207,12 @@ pub fn copy_remote(
 }
 
 /// Counts rows (for the progress bar) and cuts big rowid tables into ranges, in one request.
-fn plan_tasks(remote: &Remote, tables: &[&Table], opts: FetchOptions, progress: &Progress) -> Result<VecDeque<Task>> {
+fn plan_tasks(
+    remote: &Remote,
+    tables: &[&Table],
+    opts: FetchOptions,
+    progress: &Progress,
+) -> Result<VecDeque<Task>> {
     let stmts = tables
         .iter()
         .map(|t| {
@@ -215,7 +228,11 @@ fn plan_tasks(remote: &Remote, tables: &[&Table], opts: FetchOptions, progress: 
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let results = if stmts.is_empty() { vec![] } else { remote.execute_many(stmts)? };
+    let results = if stmts.is_empty() {
+        vec![]
+    } else {
+        remote.execute_many(stmts)?
+    };
     let mut total = 0u64;
     let mut tasks = VecDeque::new();
     for (i, r) in results.into_iter().enumerate() {
@@ -237,12 +254,24 @@ fn plan_tasks(remote: &Remote, tables: &[&Table], opts: FetchOptions, progress: 
                 let mut after = None;
                 for p in 1..parts {
                     let cut = (lo as i128 + span * p / parts) as i64;
-                    tasks.push_back(Task { table: i, after: after.clone(), upto: Some(cut) });
+                    tasks.push_back(Task {
+                        table: i,
+                        after: after.clone(),
+                        upto: Some(cut),
+                    });
                     after = Some(vec![Value::Integer(cut)]);
                 }
-                tasks.push_back(Task { table: i, after, upto: None });
+                tasks.push_back(Task {
+                    table: i,
+                    after,
+                    upto: None,
+                });
             }
-            _ => tasks.push_back(Task { table: i, after: None, upto: None }),
+            _ => tasks.push_back(Task {
+                table: i,
+                after: None,
+                upto: None,
+            }),
         }
     }
     progress.start("clone", total);
@@ -274,9 +303,13 @@ fn fetch_into(
                     return;
                 };
                 let table = task.table;
-                let sent = fetch_task(remote, tables[table], task, opts.target_bytes, &mut |rows, requests| {
-                    tx.send(Ok((table, rows, requests))).is_ok()
-                });
+                let sent = fetch_task(
+                    remote,
+                    tables[table],
+                    task,
+                    opts.target_bytes,
+                    &mut |rows, requests| tx.send(Ok((table, rows, requests))).is_ok(),
+                );
                 if let Err(e) = sent {
                     let _ = tx.send(Err(e));
                     return;
@@ -292,7 +325,13 @@ fn fetch_into(
     })
 }
 
-fn drain(rx: Receiver<Page>, tables: &[&Table], sink: &mut dyn Sink, progress: &Progress, stats: &mut Stats) -> Result<()> {
+fn drain(
+    rx: Receiver<Page>,
+    tables: &[&Table],
+    sink: &mut dyn Sink,
+    progress: &Progress,
+    stats: &mut Stats,
+) -> Result<()> {
     for page in rx {
         let (table, rows, requests) = page?;
         stats.requests += requests;
@@ -316,7 +355,11 @@ fn fetch_task(
     let keys = t.key_exprs()?;
     let key_pos = t.key_positions();
     let order = keys.join(", ");
-    let key_tuple = if keys.len() == 1 { keys[0].clone() } else { format!("({order})") };
+    let key_tuple = if keys.len() == 1 {
+        keys[0].clone()
+    } else {
+        format!("({order})")
+    };
     let mut after = task.after;
     let mut limit: usize = 1000;
     loop {
@@ -324,7 +367,11 @@ fn fetch_task(
         let mut args = Vec::new();
         if let Some(a) = &after {
             let marks: Vec<String> = (1..=a.len()).map(|i| format!("?{i}")).collect();
-            let marks = if marks.len() == 1 { marks[0].clone() } else { format!("({})", marks.join(", ")) };
+            let marks = if marks.len() == 1 {
+                marks[0].clone()
+            } else {
+                format!("({})", marks.join(", "))
+            };
             conds.push(format!("{key_tuple} > {marks}"));
             args.extend(a.iter().cloned());
         }

@@ -25,7 +25,10 @@ pub enum RowChange {
     Delete(Vec<Value>),
     /// Full rows on both sides: push checks the whole base row, while output names only the
     /// columns that changed ([`RowChange::changed_columns`]).
-    Update { old: Vec<Value>, new: Vec<Value> },
+    Update {
+        old: Vec<Value>,
+        new: Vec<Value>,
+    },
 }
 
 impl RowChange {
@@ -39,7 +42,9 @@ impl RowChange {
 
     pub fn changed_columns(&self) -> Vec<usize> {
         match self {
-            RowChange::Update { old, new } => (0..new.len()).filter(|&i| old[i] != new[i]).collect(),
+            RowChange::Update { old, new } => {
+                (0..new.len()).filter(|&i| old[i] != new[i]).collect()
+            }
             _ => vec![],
         }
     }
@@ -78,16 +83,42 @@ impl TableDiff {
 /// A change to the schema.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SchemaChange {
-    TableAdded { name: String, sql: String },
-    TableDropped { name: String, sql: String },
+    TableAdded {
+        name: String,
+        sql: String,
+    },
+    TableDropped {
+        name: String,
+        sql: String,
+    },
     /// Columns appended with `ALTER TABLE … ADD COLUMN`, each as its column definition.
-    ColumnsAdded { table: String, columns: Vec<String> },
+    ColumnsAdded {
+        table: String,
+        columns: Vec<String>,
+    },
     /// Any other change to a table's definition: the table is dropped and re-created, and all
     /// its rows come again as inserts.
-    TableRebuilt { name: String, old_sql: String, new_sql: String },
-    ObjectAdded { kind: ObjectKind, name: String, sql: String },
-    ObjectDropped { kind: ObjectKind, name: String, sql: String },
-    ObjectChanged { kind: ObjectKind, name: String, old_sql: String, new_sql: String },
+    TableRebuilt {
+        name: String,
+        old_sql: String,
+        new_sql: String,
+    },
+    ObjectAdded {
+        kind: ObjectKind,
+        name: String,
+        sql: String,
+    },
+    ObjectDropped {
+        kind: ObjectKind,
+        name: String,
+        sql: String,
+    },
+    ObjectChanged {
+        kind: ObjectKind,
+        name: String,
+        old_sql: String,
+        new_sql: String,
+    },
 }
 
 /// An AUTOINCREMENT counter that moved.
@@ -146,25 +177,52 @@ pub fn diff(base: &Connection, work: &Connection, filter: &Filter) -> Result<Cha
     let new = schema::load(work)?;
     refuse_unsupported(&new)?;
     let mut cs = Changeset::default();
-    let old_tables: BTreeMap<&str, &Table> = old.tables.iter().filter(|t| !t.shadow).map(|t| (t.name.as_str(), t)).collect();
-    let new_tables: BTreeMap<&str, &Table> = new.tables.iter().filter(|t| !t.shadow).map(|t| (t.name.as_str(), t)).collect();
+    let old_tables: BTreeMap<&str, &Table> = old
+        .tables
+        .iter()
+        .filter(|t| !t.shadow)
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let new_tables: BTreeMap<&str, &Table> = new
+        .tables
+        .iter()
+        .filter(|t| !t.shadow)
+        .map(|t| (t.name.as_str(), t))
+        .collect();
 
-    for t in old.tables.iter().filter(|t| !t.shadow && filter.wants(&t.name)) {
+    for t in old
+        .tables
+        .iter()
+        .filter(|t| !t.shadow && filter.wants(&t.name))
+    {
         if !new_tables.contains_key(t.name.as_str()) {
-            cs.schema.push(SchemaChange::TableDropped { name: t.name.clone(), sql: t.sql.clone() });
+            cs.schema.push(SchemaChange::TableDropped {
+                name: t.name.clone(),
+                sql: t.sql.clone(),
+            });
         }
     }
-    for t in new.tables.iter().filter(|t| !t.shadow && filter.wants(&t.name)) {
+    for t in new
+        .tables
+        .iter()
+        .filter(|t| !t.shadow && filter.wants(&t.name))
+    {
         let t = diffable(t);
         let diff = match old_tables.get(t.name.as_str()).map(|o| diffable(o)) {
             None => {
-                cs.schema.push(SchemaChange::TableAdded { name: t.name.clone(), sql: t.sql.clone() });
+                cs.schema.push(SchemaChange::TableAdded {
+                    name: t.name.clone(),
+                    sql: t.sql.clone(),
+                });
                 all_rows(work, &t)?
             }
             Some(o) if o.sql == t.sql => merge(base, &o, work, &t, &[])?,
             Some(o) => match added_columns(&o, &t) {
                 Some((defs, added)) => {
-                    cs.schema.push(SchemaChange::ColumnsAdded { table: t.name.clone(), columns: defs });
+                    cs.schema.push(SchemaChange::ColumnsAdded {
+                        table: t.name.clone(),
+                        columns: defs,
+                    });
                     merge(base, &o, work, &t, &added)?
                 }
                 None => {
@@ -203,7 +261,12 @@ pub fn diff(base: &Connection, work: &Connection, filter: &Filter) -> Result<Cha
 /// be diffed through the table itself, and diffing their shadow tables would corrupt the index.
 fn refuse_unsupported(s: &Schema) -> Result<()> {
     for t in s.tables.iter().filter(|t| t.key == RowKey::Virtual) {
-        let squashed: String = t.sql.to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
+        let squashed: String = t
+            .sql
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
         if squashed.contains("usingfts5") && squashed.contains("content=") {
             return Err(Error::Refused(format!(
                 "virtual table {:?} is an external-content or contentless FTS5 table; tursync cannot diff it safely. \
@@ -219,7 +282,10 @@ fn refuse_unsupported(s: &Schema) -> Result<()> {
 fn diffable(t: &Table) -> Table {
     let mut t = t.clone();
     if t.key == RowKey::Virtual {
-        t.key = RowKey::Rowid { ipk: None, alias: Some("rowid".into()) };
+        t.key = RowKey::Rowid {
+            ipk: None,
+            alias: Some("rowid".into()),
+        };
     }
     t
 }
@@ -230,7 +296,12 @@ fn table_diff(t: &Table) -> Result<TableDiff> {
         columns.push(t.rowid_alias()?.to_owned());
     }
     columns.extend(t.stored().map(|(_, c)| c.name.clone()));
-    Ok(TableDiff { table: t.clone(), columns, key: t.key_positions(), changes: Vec::new() })
+    Ok(TableDiff {
+        table: t.clone(),
+        columns,
+        key: t.key_positions(),
+        changes: Vec::new(),
+    })
 }
 
 /// The scan both sides of a merge use: data columns in key order. Keys of WITHOUT ROWID
@@ -239,10 +310,19 @@ fn scan_sql(t: &Table, extra: &[String]) -> Result<String> {
     let mut cols = t.data_columns()?;
     cols.extend(extra.iter().cloned());
     let order: Vec<String> = match t.key {
-        RowKey::Primary(_) => t.key_exprs()?.into_iter().map(|k| format!("{k} COLLATE BINARY")).collect(),
+        RowKey::Primary(_) => t
+            .key_exprs()?
+            .into_iter()
+            .map(|k| format!("{k} COLLATE BINARY"))
+            .collect(),
         _ => t.key_exprs()?,
     };
-    Ok(format!("SELECT {} FROM {} ORDER BY {}", cols.join(", "), sql::ident(&t.name), order.join(", ")))
+    Ok(format!(
+        "SELECT {} FROM {} ORDER BY {}",
+        cols.join(", "),
+        sql::ident(&t.name),
+        order.join(", ")
+    ))
 }
 
 fn all_rows(work: &Connection, t: &Table) -> Result<TableDiff> {
@@ -262,14 +342,23 @@ fn owned(r: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<Vec<Value>> {
 
 /// The merge join. `added` are SQL expressions giving, on the base side, the values that
 /// columns appended by `ADD COLUMN` hold in old rows (their defaults).
-fn merge(base: &Connection, old: &Table, work: &Connection, new: &Table, added: &[String]) -> Result<TableDiff> {
+fn merge(
+    base: &Connection,
+    old: &Table,
+    work: &Connection,
+    new: &Table,
+    added: &[String],
+) -> Result<TableDiff> {
     let mut d = table_diff(new)?;
     let key = d.key.clone();
     let mut bst = base.prepare(&scan_sql(old, added)?)?;
     let mut wst = work.prepare(&scan_sql(new, &[])?)?;
     let n = wst.column_count();
     if bst.column_count() != n {
-        return Err(Error::Refused(format!("table {:?}: cannot line up old and new columns", new.name)));
+        return Err(Error::Refused(format!(
+            "table {:?}: cannot line up old and new columns",
+            new.name
+        )));
     }
     let mut brows = bst.query([])?;
     let mut wrows = wst.query([])?;
@@ -298,7 +387,10 @@ fn merge(base: &Connection, old: &Table, work: &Connection, new: &Table, added: 
             Ordering::Equal => {
                 if let (Some(br), Some(wr)) = (b, w) {
                     if !same_row(br, wr, n)? {
-                        d.changes.push(RowChange::Update { old: owned(br, n)?, new: owned(wr, n)? });
+                        d.changes.push(RowChange::Update {
+                            old: owned(br, n)?,
+                            new: owned(wr, n)?,
+                        });
                     }
                 }
                 b = brows.next()?;
@@ -330,7 +422,11 @@ fn same_value(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
     }
 }
 
-fn cmp_key(a: &rusqlite::Row<'_>, b: &rusqlite::Row<'_>, key: &[usize]) -> rusqlite::Result<Ordering> {
+fn cmp_key(
+    a: &rusqlite::Row<'_>,
+    b: &rusqlite::Row<'_>,
+    key: &[usize],
+) -> rusqlite::Result<Ordering> {
     for &k in key {
         let o = cmp_value(a.get_ref(k)?, b.get_ref(k)?);
         if o != Ordering::Equal {
@@ -367,15 +463,18 @@ fn int_real_cmp(i: i64, r: f64) -> Ordering {
     if r.is_nan() {
         return Ordering::Greater;
     }
-    if r < -9.223372036854775808e18 {
+    // ±2^63: beyond them no i64 compares equal.
+    if r < -9_223_372_036_854_775_808.0 {
         return Ordering::Greater;
     }
-    if r >= 9.223372036854775808e18 {
+    if r >= 9_223_372_036_854_775_808.0 {
         return Ordering::Less;
     }
     let t = r.trunc() as i64;
     match i.cmp(&t) {
-        Ordering::Equal => (0.0f64).partial_cmp(&(r - r.trunc())).unwrap_or(Ordering::Equal),
+        Ordering::Equal => (0.0f64)
+            .partial_cmp(&(r - r.trunc()))
+            .unwrap_or(Ordering::Equal),
         o => o,
     }
 }
@@ -385,12 +484,20 @@ fn int_real_cmp(i: i64, r: f64) -> Ordering {
 /// piece inserted and the old columns come first, unchanged. Returns the definitions, and the
 /// values old rows read in the new columns.
 fn added_columns(old: &Table, new: &Table) -> Option<(Vec<String>, Vec<String>)> {
-    if old.columns.len() >= new.columns.len() || new.columns[..old.columns.len()] != old.columns[..] || old.key != new.key {
+    if old.columns.len() >= new.columns.len()
+        || new.columns[..old.columns.len()] != old.columns[..]
+        || old.key != new.key
+    {
         return None;
     }
     let (o, n) = (old.sql.as_bytes(), new.sql.as_bytes());
     let prefix = o.iter().zip(n).take_while(|(a, b)| a == b).count();
-    let suffix = o[prefix..].iter().rev().zip(n[prefix..].iter().rev()).take_while(|(a, b)| a == b).count();
+    let suffix = o[prefix..]
+        .iter()
+        .rev()
+        .zip(n[prefix..].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
     if prefix + suffix != o.len() {
         return None;
     }
@@ -434,8 +541,16 @@ fn split_top_level(s: &str) -> Vec<String> {
 fn diff_objects(old: &Schema, new: &Schema, filter: &Filter, cs: &mut Changeset) {
     let wanted = |o: &&schema::Object| filter.wants(&o.table);
     for o in old.objects.iter().filter(wanted) {
-        match new.objects.iter().find(|n| n.kind == o.kind && n.name == o.name) {
-            None => cs.schema.push(SchemaChange::ObjectDropped { kind: o.kind, name: o.name.clone(), sql: o.sql.clone() }),
+        match new
+            .objects
+            .iter()
+            .find(|n| n.kind == o.kind && n.name == o.name)
+        {
+            None => cs.schema.push(SchemaChange::ObjectDropped {
+                kind: o.kind,
+                name: o.name.clone(),
+                sql: o.sql.clone(),
+            }),
             Some(n) if n.sql != o.sql => cs.schema.push(SchemaChange::ObjectChanged {
                 kind: o.kind,
                 name: o.name.clone(),
@@ -446,8 +561,16 @@ fn diff_objects(old: &Schema, new: &Schema, filter: &Filter, cs: &mut Changeset)
         }
     }
     for n in new.objects.iter().filter(wanted) {
-        if !old.objects.iter().any(|o| o.kind == n.kind && o.name == n.name) {
-            cs.schema.push(SchemaChange::ObjectAdded { kind: n.kind, name: n.name.clone(), sql: n.sql.clone() });
+        if !old
+            .objects
+            .iter()
+            .any(|o| o.kind == n.kind && o.name == n.name)
+        {
+            cs.schema.push(SchemaChange::ObjectAdded {
+                kind: n.kind,
+                name: n.name.clone(),
+                sql: n.sql.clone(),
+            });
         }
     }
 }
@@ -461,13 +584,22 @@ fn sequences(conn: &Connection, s: &Schema) -> Result<BTreeMap<String, i64>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-fn diff_sequences(base: &Connection, old: &Schema, work: &Connection, new: &Schema) -> Result<Vec<SequenceChange>> {
+fn diff_sequences(
+    base: &Connection,
+    old: &Schema,
+    work: &Connection,
+    new: &Schema,
+) -> Result<Vec<SequenceChange>> {
     let (a, b) = (sequences(base, old)?, sequences(work, new)?);
     let mut out = Vec::new();
     for name in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
         let (o, n) = (a.get(name).copied(), b.get(name).copied());
         if o != n {
-            out.push(SequenceChange { table: name.clone(), old: o, new: n });
+            out.push(SequenceChange {
+                table: name.clone(),
+                old: o,
+                new: n,
+            });
         }
     }
     Ok(out)
@@ -482,7 +614,10 @@ mod tests {
         use ValueRef::*;
         assert_eq!(cmp_value(Integer(1), Real(1.5)), Ordering::Less);
         assert_eq!(cmp_value(Real(2.0), Integer(2)), Ordering::Equal);
-        assert_eq!(cmp_value(Integer(i64::MAX), Real(9.223372036854775807e18)), Ordering::Less);
+        assert_eq!(
+            cmp_value(Integer(i64::MAX), Real(9.223372036854775807e18)),
+            Ordering::Less
+        );
         assert_eq!(cmp_value(Null, Integer(i64::MIN)), Ordering::Less);
         assert_eq!(cmp_value(Text(b"a"), Blob(b"")), Ordering::Less);
         assert_eq!(cmp_value(Integer(-1), Real(-0.5)), Ordering::Less);
@@ -566,17 +701,24 @@ impl Changeset {
         }
         for ch in &self.schema {
             match ch {
-                SchemaChange::ObjectDropped { kind, name, .. } | SchemaChange::ObjectChanged { kind, name, .. }
+                SchemaChange::ObjectDropped { kind, name, .. }
+                | SchemaChange::ObjectChanged { kind, name, .. }
                     if *kind != ObjectKind::Trigger =>
                 {
-                    s += &format!("DROP {} IF EXISTS {};\n", kind.as_str().to_uppercase(), sql::ident(name));
+                    s += &format!(
+                        "DROP {} IF EXISTS {};\n",
+                        kind.as_str().to_uppercase(),
+                        sql::ident(name)
+                    );
                 }
                 _ => {}
             }
         }
         for ch in &self.schema {
             match ch {
-                SchemaChange::TableDropped { name, .. } => s += &format!("DROP TABLE {};\n", sql::ident(name)),
+                SchemaChange::TableDropped { name, .. } => {
+                    s += &format!("DROP TABLE {};\n", sql::ident(name))
+                }
                 SchemaChange::TableRebuilt { name, new_sql, .. } => {
                     s += &format!("DROP TABLE {};\n{new_sql};\n", sql::ident(name))
                 }
@@ -597,19 +739,27 @@ impl Changeset {
         }
         s.clear();
         for q in &self.sequences {
-            s += &format!("DELETE FROM sqlite_sequence WHERE name = {};\n", sql::text_literal(&q.table));
+            s += &format!(
+                "DELETE FROM sqlite_sequence WHERE name = {};\n",
+                sql::text_literal(&q.table)
+            );
             if let Some(n) = q.new {
-                s += &format!("INSERT INTO sqlite_sequence(name, seq) VALUES ({}, {n});\n", sql::text_literal(&q.table));
+                s += &format!(
+                    "INSERT INTO sqlite_sequence(name, seq) VALUES ({}, {n});\n",
+                    sql::text_literal(&q.table)
+                );
             }
         }
         for ch in &self.schema {
             match ch {
-                SchemaChange::ObjectAdded { kind, sql: create, .. }
-                | SchemaChange::ObjectChanged { kind, new_sql: create, .. }
-                    if *kind != ObjectKind::Trigger =>
-                {
-                    s += &format!("{create};\n")
+                SchemaChange::ObjectAdded {
+                    kind, sql: create, ..
                 }
+                | SchemaChange::ObjectChanged {
+                    kind,
+                    new_sql: create,
+                    ..
+                } if *kind != ObjectKind::Trigger => s += &format!("{create};\n"),
                 _ => {}
             }
         }
@@ -695,8 +845,12 @@ impl SchemaChange {
         match self {
             SchemaChange::TableAdded { name, .. } => format!("+ table {name}"),
             SchemaChange::TableDropped { name, .. } => format!("- table {name}"),
-            SchemaChange::ColumnsAdded { table, columns } => format!("~ table {table}: added {}", columns.join(", ")),
-            SchemaChange::TableRebuilt { name, .. } => format!("~ table {name}: definition changed"),
+            SchemaChange::ColumnsAdded { table, columns } => {
+                format!("~ table {table}: added {}", columns.join(", "))
+            }
+            SchemaChange::TableRebuilt { name, .. } => {
+                format!("~ table {name}: definition changed")
+            }
             SchemaChange::ObjectAdded { kind, name, .. } => format!("+ {} {name}", kind.as_str()),
             SchemaChange::ObjectDropped { kind, name, .. } => format!("- {} {name}", kind.as_str()),
             SchemaChange::ObjectChanged { kind, name, .. } => format!("~ {} {name}", kind.as_str()),

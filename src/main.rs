@@ -48,7 +48,13 @@ struct Cli {
     url: Option<String>,
 
     /// Auth token, sent as a Bearer token. Never printed, logged or saved
-    #[arg(long, env = "TURSO_AUTH_TOKEN", hide_env_values = true, global = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "TURSO_AUTH_TOKEN",
+        hide_env_values = true,
+        global = true,
+        value_name = "TOKEN"
+    )]
     token: Option<String>,
 
     /// The working copy. Defaults to the one found in .tursync/ here or in a parent directory
@@ -180,8 +186,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (endpoint, remote) = connect(&cli, None)?;
             let db = cli.db.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DB));
             let started = Instant::now();
-            let report = snapshot::init(&endpoint, &remote, &db, *force, FetchOptions::default(), &progress)
-                .with_context(|| format!("init from {endpoint} failed; nothing was written"))?;
+            let report = snapshot::init(
+                &endpoint,
+                &remote,
+                &db,
+                *force,
+                FetchOptions::default(),
+                &progress,
+            )
+            .with_context(|| format!("init from {endpoint} failed; nothing was written"))?;
             progress.finish();
             println!(
                 "cloned {} ({} tables, {} rows) into {} in {:.1}s",
@@ -192,7 +205,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 started.elapsed().as_secs_f64()
             );
             if !report.schema.skipped.is_empty() {
-                println!("skipped internal tables: {}", report.schema.skipped.join(", "));
+                println!(
+                    "skipped internal tables: {}",
+                    report.schema.skipped.join(", ")
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -200,7 +216,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff { sql, json, table } => {
             let ws = Workspace::locate(cli.db.as_deref())?;
             let cs = ws
-                .diff(&Filter { table: table.clone() })
+                .diff(&Filter {
+                    table: table.clone(),
+                })
                 .with_context(|| format!("cannot diff {}", ws.db_path().display()))?;
             let mut out = std::io::stdout().lock();
             if *sql {
@@ -217,7 +235,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dump { out, local } => {
             let writer: Box<dyn Write> = match out {
                 Some(p) => Box::new(
-                    std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+                    std::fs::File::create(p)
+                        .with_context(|| format!("cannot create {}", p.display()))?,
                 ),
                 None => Box::new(std::io::stdout().lock()),
             };
@@ -338,7 +357,11 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_status(r: &serde_json::Value) {
@@ -358,16 +381,30 @@ fn print_status(r: &serde_json::Value) {
     }
     let remote = &r["remote"];
     match remote["state"].as_str() {
-        Some("not_configured") => println!("remote         not configured: {}", remote["error"].as_str().unwrap_or("")),
+        Some("not_configured") => println!(
+            "remote         not configured: {}",
+            remote["error"].as_str().unwrap_or("")
+        ),
         Some(state) => {
-            println!("remote         {} (token {})", remote["url"].as_str().unwrap_or("?"), remote["token"].as_str().unwrap_or("?"));
+            println!(
+                "remote         {} (token {})",
+                remote["url"].as_str().unwrap_or("?"),
+                remote["token"].as_str().unwrap_or("?")
+            );
             match state {
                 "ok" => println!(
                     "connection     ok: reachable, {} ({} ms)",
-                    if remote["token"] == "set" { "token accepted" } else { "no token needed" },
+                    if remote["token"] == "set" {
+                        "token accepted"
+                    } else {
+                        "no token needed"
+                    },
                     remote["latency_ms"]
                 ),
-                _ => println!("connection     FAILED: {}", remote["error"].as_str().unwrap_or(state)),
+                _ => println!(
+                    "connection     FAILED: {}",
+                    remote["error"].as_str().unwrap_or(state)
+                ),
             }
         }
         None => {}
@@ -395,11 +432,26 @@ fn color_stdout() -> bool {
 
 /// Per table: rows inserted, updated and deleted; then schema changes; then the verdict.
 fn print_summary(out: &mut dyn Write, cs: &Changeset, color: bool) -> std::io::Result<()> {
-    let paint = |code: &str, text: String| if color { format!("\x1b[{code}m{text}\x1b[0m") } else { text };
+    let paint = |code: &str, text: String| {
+        if color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text
+        }
+    };
     let changed: Vec<_> = cs.tables.iter().filter(|t| !t.changes.is_empty()).collect();
     if !changed.is_empty() {
-        let width = changed.iter().map(|t| t.table.name.chars().count()).max().unwrap_or(5).max(5);
-        writeln!(out, "{:width$}  {:>9} {:>9} {:>9}", "table", "inserted", "updated", "deleted")?;
+        let width = changed
+            .iter()
+            .map(|t| t.table.name.chars().count())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        writeln!(
+            out,
+            "{:width$}  {:>9} {:>9} {:>9}",
+            "table", "inserted", "updated", "deleted"
+        )?;
         for t in &changed {
             let (i, u, d) = t.counts();
             writeln!(
@@ -426,7 +478,13 @@ fn print_summary(out: &mut dyn Write, cs: &Changeset, color: bool) -> std::io::R
     }
     for q in &cs.sequences {
         let show = |v: Option<i64>| v.map_or_else(|| "none".to_owned(), |n| n.to_string());
-        writeln!(out, "autoincrement counter of {}: {} -> {}", q.table, show(q.old), show(q.new))?;
+        writeln!(
+            out,
+            "autoincrement counter of {}: {} -> {}",
+            q.table,
+            show(q.old),
+            show(q.new)
+        )?;
     }
     if let Some(v) = cs.user_version {
         writeln!(out, "user_version -> {v}")?;
@@ -445,7 +503,11 @@ fn push(cli: &Cli, dry_run: bool, as_json: bool, progress: &Progress) -> Result<
         if cs.is_empty() {
             writeln!(out, "-- nothing to push")?;
         } else {
-            writeln!(out, "-- dry run: {} changes would be applied as below; nothing was sent", cs.change_count())?;
+            writeln!(
+                out,
+                "-- dry run: {} changes would be applied as below; nothing was sent",
+                cs.change_count()
+            )?;
             cs.write_sql(&mut out)?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -498,7 +560,12 @@ fn push(cli: &Cli, dry_run: bool, as_json: bool, progress: &Progress) -> Result<
 
 fn conflict_json(c: &Conflict) -> serde_json::Value {
     let row = |r: &Option<Vec<tursync::Value>>| match r {
-        Some(r) => json!(c.columns.iter().cloned().zip(r.iter().map(|v| json!(v))).collect::<serde_json::Map<_, _>>()),
+        Some(r) => json!(c
+            .columns
+            .iter()
+            .cloned()
+            .zip(r.iter().map(|v| json!(v)))
+            .collect::<serde_json::Map<_, _>>()),
         None => serde_json::Value::Null,
     };
     json!({"table": c.table, "key": c.key, "base": row(&c.base), "local": row(&c.local), "remote": row(&c.remote)})
@@ -514,12 +581,19 @@ fn print_conflicts(conflicts: &[Conflict]) {
     for c in conflicts.iter().take(50) {
         let key: Vec<String> = c.key.iter().map(lit).collect();
         eprintln!("  table {}, key ({})", c.table, key.join(", "));
-        let state = |r: &Option<Vec<tursync::Value>>| if r.is_some() { "present" } else { "absent" };
+        let state =
+            |r: &Option<Vec<tursync::Value>>| if r.is_some() { "present" } else { "absent" };
         if c.base.is_none() || c.local.is_none() || c.remote.is_none() {
-            eprintln!("    row: base {}, local {}, remote {}", state(&c.base), state(&c.local), state(&c.remote));
+            eprintln!(
+                "    row: base {}, local {}, remote {}",
+                state(&c.base),
+                state(&c.local),
+                state(&c.remote)
+            );
         }
         for (i, col) in c.columns.iter().enumerate() {
-            let cell = |r: &Option<Vec<tursync::Value>>| r.as_ref().map_or("-".to_owned(), |r| lit(&r[i]));
+            let cell =
+                |r: &Option<Vec<tursync::Value>>| r.as_ref().map_or("-".to_owned(), |r| lit(&r[i]));
             let (b, l, r) = (cell(&c.base), cell(&c.local), cell(&c.remote));
             if !(b == l && l == r) {
                 eprintln!("    {col}: base {b}, local {l}, remote {r}");

@@ -127,14 +127,21 @@ fn key_in(t: &TableDiff, rows: &[&[Value]], args: &mut Vec<Value>) -> String {
 }
 
 fn stmt(sql: String, args: Vec<Value>, want_rows: bool) -> Stmt {
-    Stmt { sql, args, want_rows }
+    Stmt {
+        sql,
+        args,
+        want_rows,
+    }
 }
 
 /// Cuts `rows` into statements of at most [`ROWS_PER_STMT`] rows and [`MAX_PARAMS`] values.
-fn chunks<'a, T>(rows: &'a [T], width: usize) -> impl Iterator<Item = &'a [T]> {
+fn chunks<T>(rows: &[T], width: usize) -> impl Iterator<Item = &[T]> {
     let per = (MAX_PARAMS / width.max(1)).clamp(1, ROWS_PER_STMT);
     rows.chunks(per)
 }
+
+/// The AUTOINCREMENT counters one transaction wrote, or the conflicts that stopped it.
+type Outcome = Result<Vec<(String, Option<i64>)>, Vec<Conflict>>;
 
 /// The plan for one table within one transaction.
 struct TablePlan<'a> {
@@ -164,7 +171,14 @@ impl TablePlan<'_> {
             let mut args = Vec::new();
             let cond = key_in(t, &rows[start..end], &mut args);
             out.push((
-                stmt(format!("SELECT {cols} FROM {} WHERE {cond}", sql::ident(&t.table.name)), args, true),
+                stmt(
+                    format!(
+                        "SELECT {cols} FROM {} WHERE {cond}",
+                        sql::ident(&t.table.name)
+                    ),
+                    args,
+                    true,
+                ),
                 bytes,
             ));
             start = end;
@@ -177,16 +191,40 @@ impl TablePlan<'_> {
         let t = self.diff;
         let name = sql::ident(&t.table.name);
         let mut out = Vec::new();
-        let deletes: Vec<&[Value]> = todo.iter().filter_map(|c| match c { RowChange::Delete(r) => Some(&r[..]), _ => None }).collect();
-        let updates: Vec<&[Value]> = todo.iter().filter_map(|c| match c { RowChange::Update { new, .. } => Some(&new[..]), _ => None }).collect();
-        let inserts: Vec<&[Value]> = todo.iter().filter_map(|c| match c { RowChange::Insert(r) => Some(&r[..]), _ => None }).collect();
+        let deletes: Vec<&[Value]> = todo
+            .iter()
+            .filter_map(|c| match c {
+                RowChange::Delete(r) => Some(&r[..]),
+                _ => None,
+            })
+            .collect();
+        let updates: Vec<&[Value]> = todo
+            .iter()
+            .filter_map(|c| match c {
+                RowChange::Update { new, .. } => Some(&new[..]),
+                _ => None,
+            })
+            .collect();
+        let inserts: Vec<&[Value]> = todo
+            .iter()
+            .filter_map(|c| match c {
+                RowChange::Insert(r) => Some(&r[..]),
+                _ => None,
+            })
+            .collect();
         let virt = self.is_virtual();
         for part in chunks(&deletes, if virt { usize::MAX } else { t.key.len() }) {
             let mut args = Vec::new();
             let cond = key_in(t, part, &mut args);
-            out.push((stmt(format!("DELETE FROM {name} WHERE {cond}"), args, false), part.len(), part.len()));
+            out.push((
+                stmt(format!("DELETE FROM {name} WHERE {cond}"), args, false),
+                part.len(),
+                part.len(),
+            ));
         }
-        let set_cols: Vec<usize> = (0..t.columns.len()).filter(|i| !t.key.contains(i)).collect();
+        let set_cols: Vec<usize> = (0..t.columns.len())
+            .filter(|i| !t.key.contains(i))
+            .collect();
         if !set_cols.is_empty() {
             if virt {
                 for row in &updates {
@@ -199,7 +237,15 @@ impl TablePlan<'_> {
                         })
                         .collect();
                     let cond = key_in(t, &[row], &mut args);
-                    out.push((stmt(format!("UPDATE {name} SET {} WHERE {cond}", sets.join(", ")), args, false), 1, 1));
+                    out.push((
+                        stmt(
+                            format!("UPDATE {name} SET {} WHERE {cond}", sets.join(", ")),
+                            args,
+                            false,
+                        ),
+                        1,
+                        1,
+                    ));
                 }
             } else {
                 // VALUES columns are named column1, column2…: keys first, then the new values.
@@ -208,7 +254,13 @@ impl TablePlan<'_> {
                     let mut values = String::new();
                     for (i, row) in part.iter().enumerate() {
                         values.push_str(if i == 0 { "(" } else { ",(" });
-                        for (j, v) in t.key.iter().chain(set_cols.iter()).map(|&c| &row[c]).enumerate() {
+                        for (j, v) in t
+                            .key
+                            .iter()
+                            .chain(set_cols.iter())
+                            .map(|&c| &row[c])
+                            .enumerate()
+                        {
                             values.push_str(if j == 0 { "?" } else { ",?" });
                             args.push(v.clone());
                         }
@@ -218,17 +270,25 @@ impl TablePlan<'_> {
                     let sets: Vec<String> = set_cols
                         .iter()
                         .enumerate()
-                        .map(|(j, &c)| format!("{} = v.column{}", sql::ident(&t.columns[c]), nk + j + 1))
+                        .map(|(j, &c)| {
+                            format!("{} = v.column{}", sql::ident(&t.columns[c]), nk + j + 1)
+                        })
                         .collect();
                     let cond: Vec<String> = t
                         .key
                         .iter()
                         .enumerate()
-                        .map(|(j, &k)| format!("{name}.{} = v.column{}", sql::ident(&t.columns[k]), j + 1))
+                        .map(|(j, &k)| {
+                            format!("{name}.{} = v.column{}", sql::ident(&t.columns[k]), j + 1)
+                        })
                         .collect();
                     out.push((
                         stmt(
-                            format!("UPDATE {name} SET {} FROM (VALUES {values}) AS v WHERE {}", sets.join(", "), cond.join(" AND ")),
+                            format!(
+                                "UPDATE {name} SET {} FROM (VALUES {values}) AS v WHERE {}",
+                                sets.join(", "),
+                                cond.join(" AND ")
+                            ),
                             args,
                             false,
                         ),
@@ -238,12 +298,25 @@ impl TablePlan<'_> {
                 }
             }
         }
-        let cols = t.columns.iter().map(|c| sql::ident(c)).collect::<Vec<_>>().join(", ");
+        let cols = t
+            .columns
+            .iter()
+            .map(|c| sql::ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
         let marks = format!("({})", vec!["?"; t.columns.len()].join(","));
         for part in chunks(&inserts, t.columns.len()) {
             let args: Vec<Value> = part.iter().flat_map(|r| r.iter().cloned()).collect();
             let values = vec![marks.as_str(); part.len()].join(",");
-            out.push((stmt(format!("INSERT INTO {name} ({cols}) VALUES {values}"), args, false), part.len(), part.len()));
+            out.push((
+                stmt(
+                    format!("INSERT INTO {name} ({cols}) VALUES {values}"),
+                    args,
+                    false,
+                ),
+                part.len(),
+                part.len(),
+            ));
         }
         out
     }
@@ -254,8 +327,16 @@ impl TablePlan<'_> {
 /// rebuilt (dropped and re-created, rows and all). A table still lacking columns that
 /// `ADD COLUMN` appended reads their defaults instead, as its rows will after the ALTER.
 fn remote_select(cs: &Changeset, t: &TableDiff, remote: &RemoteSchema) -> Option<String> {
-    let remote_sql = remote.objects.get(&("table".to_owned(), t.table.name.clone()))?;
-    let plain = || t.columns.iter().map(|c| sql::ident(c)).collect::<Vec<_>>().join(", ");
+    let remote_sql = remote
+        .objects
+        .get(&("table".to_owned(), t.table.name.clone()))?;
+    let plain = || {
+        t.columns
+            .iter()
+            .map(|c| sql::ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if remote_sql == &t.table.sql {
         return Some(plain());
     }
@@ -264,10 +345,20 @@ fn remote_select(cs: &Changeset, t: &TableDiff, remote: &RemoteSchema) -> Option
             SchemaChange::TableRebuilt { name, .. } if name == &t.table.name => return None,
             SchemaChange::ColumnsAdded { table, columns } if table == &t.table.name => {
                 let all = &t.table.columns;
-                let appended: Vec<_> = all[all.len().saturating_sub(columns.len())..].iter().filter(|c| !c.generated).collect();
+                let appended: Vec<_> = all[all.len().saturating_sub(columns.len())..]
+                    .iter()
+                    .filter(|c| !c.generated)
+                    .collect();
                 let old_count = t.columns.len().saturating_sub(appended.len());
-                let mut cols: Vec<String> = t.columns[..old_count].iter().map(|c| sql::ident(c)).collect();
-                cols.extend(appended.iter().map(|c| c.default.clone().unwrap_or_else(|| "NULL".into())));
+                let mut cols: Vec<String> = t.columns[..old_count]
+                    .iter()
+                    .map(|c| sql::ident(c))
+                    .collect();
+                cols.extend(
+                    appended
+                        .iter()
+                        .map(|c| c.default.clone().unwrap_or_else(|| "NULL".into())),
+                );
                 return Some(cols.join(", "));
             }
             _ => {}
@@ -342,7 +433,11 @@ fn read_schema(res: StmtResult, seq: Option<StmtResult>) -> RemoteSchema {
                 .collect()
         })
         .unwrap_or_default();
-    RemoteSchema { objects, triggers, sequences }
+    RemoteSchema {
+        objects,
+        triggers,
+        sequences,
+    }
 }
 
 /// A schema change the remote does not allow: someone else changed the same object.
@@ -387,7 +482,11 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
                 None => {}
                 Some(_) => return Err(schema_conflict(&format!("table {name:?}"))),
             },
-            SchemaChange::TableRebuilt { name, old_sql, new_sql } => match has("table", name) {
+            SchemaChange::TableRebuilt {
+                name,
+                old_sql,
+                new_sql,
+            } => match has("table", name) {
                 Some(s) if s == old_sql => {
                     before.push(format!("DROP TABLE {}", sql::ident(name)));
                     before.push(new_sql.clone());
@@ -396,48 +495,70 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
                 _ => return Err(schema_conflict(&format!("table {name:?}"))),
             },
             SchemaChange::ColumnsAdded { table, columns } => {
-                let new_sql = cs.tables.iter().find(|t| &t.table.name == table).map(|t| t.table.sql.clone());
+                let new_sql = cs
+                    .tables
+                    .iter()
+                    .find(|t| &t.table.name == table)
+                    .map(|t| t.table.sql.clone());
                 match has("table", table) {
                     Some(s) if Some(s) == new_sql.as_ref() => {}
                     Some(_) => {
                         for c in columns {
-                            before.push(format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)));
+                            before
+                                .push(format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)));
                         }
                     }
                     None => return Err(schema_conflict(&format!("table {table:?}"))),
                 }
             }
-            SchemaChange::ObjectDropped { kind, name, sql: old } if *kind != ObjectKind::Trigger => {
-                match has(kind.as_str(), name) {
-                    Some(s) if s == old => before.push(format!("DROP {} {}", kind.as_str().to_uppercase(), sql::ident(name))),
-                    None => {}
-                    Some(_) => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
+            SchemaChange::ObjectDropped {
+                kind,
+                name,
+                sql: old,
+            } if *kind != ObjectKind::Trigger => match has(kind.as_str(), name) {
+                Some(s) if s == old => before.push(format!(
+                    "DROP {} {}",
+                    kind.as_str().to_uppercase(),
+                    sql::ident(name)
+                )),
+                None => {}
+                Some(_) => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
+            },
+            SchemaChange::ObjectChanged {
+                kind,
+                name,
+                old_sql,
+                new_sql,
+            } if *kind != ObjectKind::Trigger => match has(kind.as_str(), name) {
+                Some(s) if s == old_sql => {
+                    before.push(format!(
+                        "DROP {} {}",
+                        kind.as_str().to_uppercase(),
+                        sql::ident(name)
+                    ));
+                    after.push(new_sql.clone());
                 }
-            }
-            SchemaChange::ObjectChanged { kind, name, old_sql, new_sql } if *kind != ObjectKind::Trigger => {
-                match has(kind.as_str(), name) {
-                    Some(s) if s == old_sql => {
-                        before.push(format!("DROP {} {}", kind.as_str().to_uppercase(), sql::ident(name)));
-                        after.push(new_sql.clone());
-                    }
-                    Some(s) if s == new_sql => {}
-                    _ => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
-                }
-            }
-            SchemaChange::ObjectAdded { kind, name, sql: create } if *kind != ObjectKind::Trigger => {
-                match has(kind.as_str(), name) {
-                    None => after.push(create.clone()),
-                    Some(s) if s == create => {}
-                    Some(_) => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
-                }
-            }
+                Some(s) if s == new_sql => {}
+                _ => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
+            },
+            SchemaChange::ObjectAdded {
+                kind,
+                name,
+                sql: create,
+            } if *kind != ObjectKind::Trigger => match has(kind.as_str(), name) {
+                None => after.push(create.clone()),
+                Some(s) if s == create => {}
+                Some(_) => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
+            },
             _ => {}
         }
     }
     // Rows may only go into tables whose definition is the one they were diffed against.
     for t in cs.tables.iter().filter(|t| !t.changes.is_empty()) {
         let reshaped = cs.schema.iter().any(|c| match c {
-            SchemaChange::TableAdded { name, .. } | SchemaChange::TableRebuilt { name, .. } => name == &t.table.name,
+            SchemaChange::TableAdded { name, .. } | SchemaChange::TableRebuilt { name, .. } => {
+                name == &t.table.name
+            }
             SchemaChange::ColumnsAdded { table, .. } => table == &t.table.name,
             _ => false,
         });
@@ -452,26 +573,47 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
 }
 
 /// Sends requests on the push stream and fails on the first statement error.
-fn send(stream: &mut Stream<'_>, stmts: Vec<Stmt>, report: &mut PushReport) -> Result<Vec<StmtResult>> {
-    let reqs: Vec<StreamRequest> = stmts.into_iter().map(|stmt| StreamRequest::Execute { stmt }).collect();
+fn send(
+    stream: &mut Stream<'_>,
+    stmts: Vec<Stmt>,
+    report: &mut PushReport,
+) -> Result<Vec<StmtResult>> {
+    let reqs: Vec<StreamRequest> = stmts
+        .into_iter()
+        .map(|stmt| StreamRequest::Execute { stmt })
+        .collect();
     report.requests += 1;
-    stream.send(&reqs)?.into_iter().map(|r| r.map_err(Error::from)).collect()
+    stream
+        .send(&reqs)?
+        .into_iter()
+        .map(|r| r.map_err(Error::from))
+        .collect()
 }
 
 /// Rolls back and closes the stream after a failure; the server would do it anyway when the
 /// stream expires, but this frees the write lock at once.
 fn abandon(stream: &mut Stream<'_>) {
     let _ = stream.send(&[
-        StreamRequest::Execute { stmt: stmt("ROLLBACK".into(), vec![], false) },
+        StreamRequest::Execute {
+            stmt: stmt("ROLLBACK".into(), vec![], false),
+        },
         StreamRequest::Close,
     ]);
 }
 
 /// Pushes the working copy's changes. Returns the conflicts instead of pushing when there are
 /// any (nothing is changed on either side then).
-pub fn push(ws: &Workspace, remote: &Remote, opts: PushOptions, progress: &Progress) -> Result<Result<PushReport, Vec<Conflict>>> {
+pub fn push(
+    ws: &Workspace,
+    remote: &Remote,
+    opts: PushOptions,
+    progress: &Progress,
+) -> Result<Result<PushReport, Vec<Conflict>>> {
     let cs = ws.diff(&Default::default())?;
-    let mut report = PushReport { changes: cs.change_count(), ..PushReport::default() };
+    let mut report = PushReport {
+        changes: cs.change_count(),
+        ..PushReport::default()
+    };
     if cs.is_empty() {
         return Ok(Ok(report));
     }
@@ -491,7 +633,10 @@ pub fn push(ws: &Workspace, remote: &Remote, opts: PushOptions, progress: &Progr
             }
             let take = (limit - in_group).min(rest.len());
             if let Some(g) = groups.last_mut() {
-                g.push(TablePlan { diff: t, changes: &rest[..take] });
+                g.push(TablePlan {
+                    diff: t,
+                    changes: &rest[..take],
+                });
             }
             rest = &rest[take..];
             in_group += take;
@@ -501,7 +646,16 @@ pub fn push(ws: &Workspace, remote: &Remote, opts: PushOptions, progress: &Progr
     let mut final_sequences: Vec<(String, Option<i64>)> = Vec::new();
     let last = groups.len() - 1;
     for (gi, group) in groups.iter().enumerate() {
-        match push_transaction(remote, &cs, group, gi == 0, gi == last, &mut report, &mut log, progress)? {
+        match push_transaction(
+            remote,
+            &cs,
+            group,
+            gi == 0,
+            gi == last,
+            &mut report,
+            &mut log,
+            progress,
+        )? {
             Ok(seqs) => final_sequences.extend(seqs),
             Err(conflicts) => return Ok(Err(conflicts)),
         }
@@ -522,7 +676,7 @@ fn push_transaction(
     report: &mut PushReport,
     log: &mut String,
     progress: &Progress,
-) -> Result<Result<Vec<(String, Option<i64>)>, Vec<Conflict>>> {
+) -> Result<Outcome> {
     let mut stream = remote.stream();
     let result = push_transaction_on(&mut stream, cs, group, first, last, report, log, progress);
     match &result {
@@ -544,7 +698,7 @@ fn push_transaction_on(
     report: &mut PushReport,
     log: &mut String,
     progress: &Progress,
-) -> Result<Result<Vec<(String, Option<i64>)>, Vec<Conflict>>> {
+) -> Result<Outcome> {
     // Request 1: open the transaction and read the schema, which says how to read the rows.
     let head = vec![
         stmt("PRAGMA foreign_keys = OFF".into(), vec![], false),
@@ -582,7 +736,11 @@ fn push_transaction_on(
             pending.push(reads.next().expect("peeked"));
         }
         let owners: Vec<usize> = pending.iter().map(|(pi, _, _)| *pi).collect();
-        let results = send(stream, pending.into_iter().map(|(_, s, _)| s).collect(), report)?;
+        let results = send(
+            stream,
+            pending.into_iter().map(|(_, s, _)| s).collect(),
+            report,
+        )?;
         for (pi, res) in owners.into_iter().zip(results) {
             let t = group[pi].diff;
             for row in res.rows {
@@ -596,7 +754,13 @@ fn push_transaction_on(
     let mut todo: Vec<Vec<&RowChange>> = Vec::with_capacity(group.len());
     for (pi, plan) in group.iter().enumerate() {
         let mut t = Vec::new();
-        classify(plan, &remote_rows[pi], &mut t, &mut report.skipped, &mut conflicts);
+        classify(
+            plan,
+            &remote_rows[pi],
+            &mut t,
+            &mut report.skipped,
+            &mut conflicts,
+        );
         todo.push(t);
     }
     if !conflicts.is_empty() {
@@ -610,7 +774,12 @@ fn push_transaction_on(
     if first {
         writes.extend(ddl.before.iter().map(ddl_stmt));
     } else {
-        writes.extend(schema.triggers.iter().map(|(n, _)| ddl_stmt(&format!("DROP TRIGGER {}", sql::ident(n)))));
+        writes.extend(
+            schema
+                .triggers
+                .iter()
+                .map(|(n, _)| ddl_stmt(&format!("DROP TRIGGER {}", sql::ident(n)))),
+        );
     }
     for (plan, t) in group.iter().zip(&todo) {
         writes.extend(plan.writes(t));
@@ -623,7 +792,10 @@ fn push_transaction_on(
                 (Some(n), Some(&r)) => Some(n.max(r)),
                 (n, _) => n,
             };
-            writes.push(ddl_stmt(&format!("DELETE FROM sqlite_sequence WHERE name = {}", sql::text_literal(&q.table))));
+            writes.push(ddl_stmt(&format!(
+                "DELETE FROM sqlite_sequence WHERE name = {}",
+                sql::text_literal(&q.table)
+            )));
             if let Some(v) = value {
                 writes.push(ddl_stmt(&format!(
                     "INSERT INTO sqlite_sequence(name, seq) VALUES ({}, {v})",
@@ -652,7 +824,12 @@ fn push_transaction_on(
     }
     for (i, (s, rows, affected)) in writes.into_iter().enumerate() {
         log_stmt(log, &s);
-        bytes += s.args.iter().map(|v| row_bytes(std::slice::from_ref(v))).sum::<usize>() + s.sql.len();
+        bytes += s
+            .args
+            .iter()
+            .map(|v| row_bytes(std::slice::from_ref(v)))
+            .sum::<usize>()
+            + s.sql.len();
         report.applied += rows;
         batch.push(s);
         expect.push(affected);
@@ -695,7 +872,12 @@ fn log_stmt(log: &mut String, s: &Stmt) {
 impl Workspace {
     /// Moves the base by exactly `cs` (plus the AUTOINCREMENT counters as written to the
     /// remote), atomically, and keeps the SQL that was sent under `.tursync/pushes/`.
-    fn record_push(&self, cs: &Changeset, sequences: &[(String, Option<i64>)], log: &str) -> Result<PathBuf> {
+    fn record_push(
+        &self,
+        cs: &Changeset,
+        sequences: &[(String, Option<i64>)],
+        log: &str,
+    ) -> Result<PathBuf> {
         let dir = self.state_dir().join("pushes");
         std::fs::create_dir_all(&dir)?;
         let stamp = std::time::SystemTime::now()
@@ -709,9 +891,15 @@ impl Workspace {
         cs.write_sql(&mut script)?;
         let mut script = String::from_utf8_lossy(&script).into_owned();
         for (name, v) in sequences {
-            script += &format!("DELETE FROM sqlite_sequence WHERE name = {};\n", sql::text_literal(name));
+            script += &format!(
+                "DELETE FROM sqlite_sequence WHERE name = {};\n",
+                sql::text_literal(name)
+            );
             if let Some(v) = v {
-                script += &format!("INSERT INTO sqlite_sequence(name, seq) VALUES ({}, {v});\n", sql::text_literal(name));
+                script += &format!(
+                    "INSERT INTO sqlite_sequence(name, seq) VALUES ({}, {v});\n",
+                    sql::text_literal(name)
+                );
             }
         }
         self.replace_base(|conn| conn.execute_batch(&script))?;

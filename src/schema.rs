@@ -10,12 +10,18 @@ use crate::value::Value;
 /// Runs read-only statements and returns every row of each, in order.
 pub trait Catalog {
     type Error;
-    fn query_all(&mut self, stmts: &[(String, Vec<Value>)]) -> Result<Vec<Vec<Vec<Value>>>, Self::Error>;
+    fn query_all(
+        &mut self,
+        stmts: &[(String, Vec<Value>)],
+    ) -> Result<Vec<Vec<Vec<Value>>>, Self::Error>;
 }
 
 impl Catalog for &rusqlite::Connection {
     type Error = rusqlite::Error;
-    fn query_all(&mut self, stmts: &[(String, Vec<Value>)]) -> rusqlite::Result<Vec<Vec<Vec<Value>>>> {
+    fn query_all(
+        &mut self,
+        stmts: &[(String, Vec<Value>)],
+    ) -> rusqlite::Result<Vec<Vec<Vec<Value>>>> {
         stmts
             .iter()
             .map(|(q, args)| {
@@ -70,7 +76,10 @@ pub struct Column {
 pub enum RowKey {
     /// A rowid table. `ipk` is the INTEGER PRIMARY KEY column that is the rowid, if any;
     /// otherwise the rowid is a hidden value read and written through `alias`.
-    Rowid { ipk: Option<usize>, alias: Option<String> },
+    Rowid {
+        ipk: Option<usize>,
+        alias: Option<String>,
+    },
     /// A WITHOUT ROWID table, by its primary key columns in key order.
     Primary(Vec<usize>),
     /// A virtual table: its rows live in its shadow tables.
@@ -91,7 +100,10 @@ pub struct Table {
 impl Table {
     /// The columns that hold data: every column that is not generated.
     pub fn stored(&self) -> impl Iterator<Item = (usize, &Column)> {
-        self.columns.iter().enumerate().filter(|(_, c)| !c.generated)
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.generated)
     }
 
     /// The key columns as they appear in a data row built by [`Table::data_columns`].
@@ -140,7 +152,10 @@ impl Table {
         Ok(match &self.key {
             RowKey::Rowid { ipk: None, .. } => vec![sql::ident(self.rowid_alias()?)],
             RowKey::Rowid { ipk: Some(c), .. } => vec![sql::ident(&self.columns[*c].name)],
-            RowKey::Primary(cols) => cols.iter().map(|c| sql::ident(&self.columns[*c].name)).collect(),
+            RowKey::Primary(cols) => cols
+                .iter()
+                .map(|c| sql::ident(&self.columns[*c].name))
+                .collect(),
             RowKey::Virtual => vec![],
         })
     }
@@ -257,7 +272,12 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
         kinds
             .iter()
             .find(|r| r.first().map(text).as_deref() == Some(name))
-            .map(|r| (r.get(1).map(text).unwrap_or_default(), r.get(2).map(int).unwrap_or(0) != 0))
+            .map(|r| {
+                (
+                    r.get(1).map(text).unwrap_or_default(),
+                    r.get(2).map(int).unwrap_or(0) != 0,
+                )
+            })
     };
 
     let mut tables = Vec::new();
@@ -333,7 +353,12 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
                 },
             })
             .collect();
-        let has_pk_index = pk_index.first().and_then(|r| r.first()).map(int).unwrap_or(0) > 0;
+        let has_pk_index = pk_index
+            .first()
+            .and_then(|r| r.first())
+            .map(int)
+            .unwrap_or(0)
+            > 0;
         let key = if kind == "virtual" {
             RowKey::Virtual
         } else if without_rowid {

@@ -220,7 +220,10 @@ pub fn init(
         )));
     }
     if !dir.is_dir() {
-        return Err(Error::Refused(format!("directory {} does not exist", dir.display())));
+        return Err(Error::Refused(format!(
+            "directory {} does not exist",
+            dir.display()
+        )));
     }
     sweep_leftovers(&dir);
 
@@ -272,7 +275,9 @@ pub fn init(
 
 /// Deletes what an init killed mid-way (no chance to clean up) left in `dir`.
 fn sweep_leftovers(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         let ours = n.starts_with(&format!("{STATE_DIR}.init-"))
@@ -280,7 +285,11 @@ fn sweep_leftovers(dir: &Path) {
             || (n.starts_with('.') && n.contains(".tursync-init-"));
         if ours {
             let p = e.path();
-            let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            let _ = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
         }
     }
 }
@@ -304,7 +313,8 @@ impl Workspace {
     /// Diffs the base snapshot against the working copy, reading the working copy in one
     /// transaction so the result is a consistent snapshot even while the app writes to it.
     pub fn diff(&self, filter: &crate::diff::Filter) -> Result<crate::diff::Changeset> {
-        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let base = rusqlite::Connection::open_with_flags(self.base_path(), flags)?;
         let work = rusqlite::Connection::open_with_flags(self.db_path(), flags)?;
         work.busy_timeout(BUSY_TIMEOUT)?;
@@ -318,10 +328,17 @@ impl Workspace {
 impl Workspace {
     /// Changes the base snapshot atomically: `edit` works on a copy, which replaces the base
     /// only once complete and synced. A crash leaves the old base or the new one, never a mix.
-    pub fn replace_base(&self, edit: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()>) -> Result<()> {
+    pub fn replace_base(
+        &self,
+        edit: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()>,
+    ) -> Result<()> {
         let base = self.base_path();
-        let tmp = self.state_dir().join(format!("base.db.tmp-{}", std::process::id()));
-        let guard = Aside { paths: vec![tmp.clone()] };
+        let tmp = self
+            .state_dir()
+            .join(format!("base.db.tmp-{}", std::process::id()));
+        let guard = Aside {
+            paths: vec![tmp.clone()],
+        };
         fs::copy(&base, &tmp)?;
         let conn = rusqlite::Connection::open(&tmp)?;
         edit(&conn)?;

@@ -22,12 +22,18 @@ fn table_selects(sqld: &Sqld) -> Vec<String> {
             };
             let q = name.replace('"', "\"\"");
             if *wr == 1 {
-                let n = sqld.query(&format!("SELECT count(*) FROM pragma_table_info('{}')", name.replace('\'', "''")));
+                let n = sqld.query(&format!(
+                    "SELECT count(*) FROM pragma_table_info('{}')",
+                    name.replace('\'', "''")
+                ));
                 let Cell::Integer(n) = n[0][0] else { panic!() };
                 let order: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
                 format!("SELECT * FROM \"{q}\" ORDER BY {}", order.join(","))
             } else {
-                let cols = sqld.query(&format!("SELECT lower(name) FROM pragma_table_info('{}')", name.replace('\'', "''")));
+                let cols = sqld.query(&format!(
+                    "SELECT lower(name) FROM pragma_table_info('{}')",
+                    name.replace('\'', "''")
+                ));
                 let alias = ["rowid", "_rowid_", "oid"]
                     .into_iter()
                     .find(|a| !cols.iter().any(|c| c[0] == Cell::text(a)))
@@ -45,8 +51,11 @@ fn assert_same_database(sqld: &Sqld, local: &Path) {
     let schema = "SELECT type, name, tbl_name, sql FROM sqlite_schema \
                   WHERE name NOT LIKE '!_litestream!_%' ESCAPE '!' ORDER BY type, name";
     assert_table_eq(sqld, local, schema);
-    let has_sequence = !sqld.query("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").is_empty();
-    let sequence = has_sequence.then(|| "SELECT name, seq FROM sqlite_sequence ORDER BY name".to_owned());
+    let has_sequence = !sqld
+        .query("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'")
+        .is_empty();
+    let sequence =
+        has_sequence.then(|| "SELECT name, seq FROM sqlite_sequence ORDER BY name".to_owned());
     for select in table_selects(sqld).into_iter().chain(sequence).chain([
         "SELECT * FROM pragma_user_version".to_owned(),
         "SELECT * FROM pragma_application_id".to_owned(),
@@ -79,7 +88,10 @@ fn clone_and_dump_are_exact() {
     let dir = tempdir();
     let out = init(&sqld, dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("skipped internal tables: _litestream_seq"), "{stdout}");
+    assert!(
+        stdout.contains("skipped internal tables: _litestream_seq"),
+        "{stdout}"
+    );
 
     let wc = dir.path().join("working_copy.db");
     assert_same_database(&sqld, &wc);
@@ -87,44 +99,92 @@ fn clone_and_dump_are_exact() {
     // Spot checks that the comparison above would catch a renumbered or converted row.
     assert_eq!(
         local_query(&wc, "SELECT _rowid_, rowid FROM shadowed ORDER BY 1"),
-        vec![vec![Cell::Integer(10), Cell::text("not the rowid")], vec![Cell::Integer(20), Cell::text("also not")]]
+        vec![
+            vec![Cell::Integer(10), Cell::text("not the rowid")],
+            vec![Cell::Integer(20), Cell::text("also not")]
+        ]
     );
-    assert_eq!(local_query(&wc, "SELECT v FROM reals WHERE id = 1"), vec![vec![Cell::real(-0.0)]]);
-    assert_eq!(local_query(&wc, "SELECT seq FROM sqlite_sequence WHERE name = 'auto'"), vec![vec![Cell::Integer(3)]]);
-    assert_eq!(local_query(&wc, "SELECT count(*) FROM audit"), vec![vec![Cell::Integer(1)]], "a trigger fired during load");
-    assert_eq!(local_query(&wc, "SELECT rowid FROM docs WHERE docs MATCH 'hello'"), vec![vec![Cell::Integer(1)]]);
-    assert_eq!(local_query(&wc, "PRAGMA integrity_check"), vec![vec![Cell::text("ok")]]);
-    assert_eq!(local_query(&wc, "PRAGMA journal_mode"), vec![vec![Cell::text("delete")]]);
+    assert_eq!(
+        local_query(&wc, "SELECT v FROM reals WHERE id = 1"),
+        vec![vec![Cell::real(-0.0)]]
+    );
+    assert_eq!(
+        local_query(&wc, "SELECT seq FROM sqlite_sequence WHERE name = 'auto'"),
+        vec![vec![Cell::Integer(3)]]
+    );
+    assert_eq!(
+        local_query(&wc, "SELECT count(*) FROM audit"),
+        vec![vec![Cell::Integer(1)]],
+        "a trigger fired during load"
+    );
+    assert_eq!(
+        local_query(&wc, "SELECT rowid FROM docs WHERE docs MATCH 'hello'"),
+        vec![vec![Cell::Integer(1)]]
+    );
+    assert_eq!(
+        local_query(&wc, "PRAGMA integrity_check"),
+        vec![vec![Cell::text("ok")]]
+    );
+    assert_eq!(
+        local_query(&wc, "PRAGMA journal_mode"),
+        vec![vec![Cell::text("delete")]]
+    );
 
     // The base snapshot is the same database, and the config names the URL but not the token.
     let state = dir.path().join(".tursync");
-    assert_eq!(std::fs::read(&wc).unwrap(), std::fs::read(state.join("base.db")).unwrap());
+    assert_eq!(
+        std::fs::read(&wc).unwrap(),
+        std::fs::read(state.join("base.db")).unwrap()
+    );
     let config = std::fs::read_to_string(state.join("config.json")).unwrap();
     assert!(config.contains(&sqld.url), "{config}");
     for entry in std::fs::read_dir(&state).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        assert!(!String::from_utf8_lossy(&bytes).contains(&sqld.rw_token), "token written to disk");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&sqld.rw_token),
+            "token written to disk"
+        );
     }
 
     // `dump` (remote, URL from the config) and `dump --local` both load into the same database.
-    for (args, file) in [(vec!["dump", "--out", "remote.sql"], "remote.sql"), (vec!["dump", "--local", "-o", "local.sql"], "local.sql")] {
-        run_ok(tursync(dir.path()).args(&args).env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+    for (args, file) in [
+        (vec!["dump", "--out", "remote.sql"], "remote.sql"),
+        (vec!["dump", "--local", "-o", "local.sql"], "local.sql"),
+    ] {
+        run_ok(
+            tursync(dir.path())
+                .args(&args)
+                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+        );
         let loaded = dir.path().join(format!("{file}.db"));
         let conn = rusqlite::Connection::open(&loaded).unwrap();
-        conn.execute_batch(&std::fs::read_to_string(dir.path().join(file)).unwrap()).unwrap();
+        conn.execute_batch(&std::fs::read_to_string(dir.path().join(file)).unwrap())
+            .unwrap();
         drop(conn);
         assert_same_database(&sqld, &loaded);
     }
 
     // `status` finds everything from the directory alone, and never shows the token.
-    let out = run_ok(tursync(dir.path()).args(["status", "--json"]).env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+    let out = run_ok(
+        tursync(dir.path())
+            .args(["status", "--json"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["remote"]["state"], "ok", "{status}");
     assert_eq!(status["remote"]["url"], sqld.url.as_str());
     assert_eq!(status["working_copy"]["exists"], true);
     assert_eq!(status["external_tools_needed"], serde_json::json!([]));
-    let text = run_ok(tursync(dir.path()).arg("status").env("TURSO_AUTH_TOKEN", &sqld.rw_token));
-    let all = format!("{}{}", String::from_utf8_lossy(&text.stdout), String::from_utf8_lossy(&text.stderr));
+    let text = run_ok(
+        tursync(dir.path())
+            .arg("status")
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&text.stdout),
+        String::from_utf8_lossy(&text.stderr)
+    );
     assert!(all.contains("none needed"), "{all}");
     assert!(!all.contains(&sqld.rw_token));
 }
@@ -135,13 +195,20 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
     sqld.exec("CREATE TABLE t(a); INSERT INTO t VALUES (1);");
     let dir = tempdir();
     let nothing_left = |dir: &Path| {
-        let names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert!(names.is_empty(), "left behind: {names:?}");
     };
 
     // A bad token: authentication failed, the token is not echoed, exit code 1.
     let bad = "eyJhbGciOiJFZERTQSJ9.eyJhIjoicncifQ.bm90LWEtcmVhbC1zaWduYXR1cmU";
-    let out = run_err(tursync(dir.path()).args(["init", "--url", &sqld.url]).env("TURSO_AUTH_TOKEN", bad));
+    let out = run_err(
+        tursync(dir.path())
+            .args(["init", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", bad),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("authentication failed"), "{err}");
@@ -154,11 +221,20 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
     nothing_left(dir.path());
 
     // An unreachable server is reported within seconds.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let started = Instant::now();
-    let out = run_err(tursync(dir.path()).args(["init", "--url", &format!("http://127.0.0.1:{port}")]));
+    let out =
+        run_err(tursync(dir.path()).args(["init", "--url", &format!("http://127.0.0.1:{port}")]));
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     nothing_left(dir.path());
 
     // No URL is a usage error.
@@ -171,18 +247,43 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
     init(&sqld, dir.path());
     sqld.exec("INSERT INTO t VALUES (2);");
     let wc = dir.path().join("working_copy.db");
-    rusqlite::Connection::open(&wc).unwrap().execute_batch("INSERT INTO t VALUES ('local edit')").unwrap();
-    let out = run_err(tursync(dir.path()).args(["init", "--url", &sqld.url]).env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+    rusqlite::Connection::open(&wc)
+        .unwrap()
+        .execute_batch("INSERT INTO t VALUES ('local edit')")
+        .unwrap();
+    let out = run_err(
+        tursync(dir.path())
+            .args(["init", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
-    assert_eq!(local_query(&wc, "SELECT count(*) FROM t"), vec![vec![Cell::Integer(2)]]);
-    run_ok(tursync(dir.path()).args(["init", "--force", "--url", &sqld.url]).env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+    assert_eq!(
+        local_query(&wc, "SELECT count(*) FROM t"),
+        vec![vec![Cell::Integer(2)]]
+    );
+    run_ok(
+        tursync(dir.path())
+            .args(["init", "--force", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
     assert_table_eq(&sqld, &wc, "SELECT rowid, a FROM t ORDER BY rowid");
 
     // A .env file supplies what the environment does not.
     let other = tempdir();
-    std::fs::write(other.path().join(".env"), format!("TURSO_DATABASE_URL={}\nTURSO_AUTH_TOKEN={}\n", sqld.url, sqld.rw_token)).unwrap();
+    std::fs::write(
+        other.path().join(".env"),
+        format!(
+            "TURSO_DATABASE_URL={}\nTURSO_AUTH_TOKEN={}\n",
+            sqld.url, sqld.rw_token
+        ),
+    )
+    .unwrap();
     run_ok(&mut tursync(other.path()).arg("init"));
-    assert_table_eq(&sqld, &other.path().join("working_copy.db"), "SELECT rowid, a FROM t ORDER BY rowid");
+    assert_table_eq(
+        &sqld,
+        &other.path().join("working_copy.db"),
+        "SELECT rowid, a FROM t ORDER BY rowid",
+    );
 }
 
 mod properties {
@@ -204,7 +305,10 @@ mod properties {
             Gen::Int(i) => format!("{i}"),
             Gen::Real(f) => format!("{f:e}"),
             Gen::Text(s) => format!("'{}'", s.replace('\'', "''")),
-            Gen::Blob(b) => format!("x'{}'", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+            Gen::Blob(b) => format!(
+                "x'{}'",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            ),
         }
     }
 
@@ -212,7 +316,9 @@ mod properties {
         prop_oneof![
             Just(Gen::Null),
             any::<i64>().prop_map(Gen::Int),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Gen::Real),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Gen::Real),
             "[^\u{0}]{0,12}".prop_map(Gen::Text),
             proptest::collection::vec(any::<u8>(), 0..12).prop_map(Gen::Blob),
         ]
@@ -229,22 +335,48 @@ mod properties {
     fn table() -> impl Strategy<Value = TableSpec> {
         (
             "[a-zA-Z \"'é]{1,8}",
-            proptest::collection::vec(prop_oneof![Just(""), Just("INTEGER"), Just("REAL"), Just("TEXT"), Just("BLOB"), Just("NUMERIC")], 1..5),
+            proptest::collection::vec(
+                prop_oneof![
+                    Just(""),
+                    Just("INTEGER"),
+                    Just("REAL"),
+                    Just("TEXT"),
+                    Just("BLOB"),
+                    Just("NUMERIC")
+                ],
+                1..5,
+            ),
             any::<bool>(),
         )
             .prop_flat_map(|(name, types, without_rowid)| {
                 let n = types.len();
-                let rows = proptest::collection::vec((any::<i64>(), proptest::collection::vec(value(), n)), 0..20);
+                let rows = proptest::collection::vec(
+                    (any::<i64>(), proptest::collection::vec(value(), n)),
+                    0..20,
+                );
                 (Just(name), Just(types), Just(without_rowid), rows)
             })
-            .prop_map(|(name, types, without_rowid, rows)| TableSpec { name, types, without_rowid, rows })
+            .prop_map(|(name, types, without_rowid, rows)| TableSpec {
+                name,
+                types,
+                without_rowid,
+                rows,
+            })
     }
 
     fn create_sql(i: usize, t: &TableSpec) -> String {
         let name = format!("{}{i}", t.name).replace('"', "\"\"");
-        let cols: Vec<String> = t.types.iter().enumerate().map(|(c, ty)| format!("\"c{c}\" {ty}")).collect();
+        let cols: Vec<String> = t
+            .types
+            .iter()
+            .enumerate()
+            .map(|(c, ty)| format!("\"c{c}\" {ty}"))
+            .collect();
         let mut sql = if t.without_rowid {
-            format!("CREATE TABLE \"{name}\"(k INTEGER PRIMARY KEY, {}) WITHOUT ROWID;\n", cols.join(", "))
+            format!(
+                "CREATE TABLE \"{name}\"(k INTEGER PRIMARY KEY, {}) WITHOUT ROWID;\n",
+                cols.join(", ")
+            )
         } else {
             format!("CREATE TABLE \"{name}\"({});\n", cols.join(", "))
         };

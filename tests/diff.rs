@@ -14,7 +14,10 @@ use common::*;
 fn snapshot(db: &Path) -> Vec<(String, Vec<Vec<Cell>>)> {
     let mut out = vec![(
         "schema".to_owned(),
-        local_query(db, "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name"),
+        local_query(
+            db,
+            "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name",
+        ),
     )];
     let tables = local_query(
         db,
@@ -22,15 +25,35 @@ fn snapshot(db: &Path) -> Vec<(String, Vec<Vec<Cell>>)> {
          AND name NOT LIKE 'sqlite_%' ORDER BY name",
     );
     for row in tables {
-        let (Cell::Text(name), Cell::Integer(wr)) = (&row[0], &row[1]) else { panic!("{row:?}") };
+        let (Cell::Text(name), Cell::Integer(wr)) = (&row[0], &row[1]) else {
+            panic!("{row:?}")
+        };
         let q = name.replace('"', "\"\"");
         let select = if *wr == 1 {
-            let n = local_query(db, &format!("SELECT count(*) FROM pragma_table_info('{}')", name.replace('\'', "''")));
+            let n = local_query(
+                db,
+                &format!(
+                    "SELECT count(*) FROM pragma_table_info('{}')",
+                    name.replace('\'', "''")
+                ),
+            );
             let Cell::Integer(n) = n[0][0] else { panic!() };
-            format!("SELECT * FROM \"{q}\" ORDER BY {}", (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(","))
+            format!(
+                "SELECT * FROM \"{q}\" ORDER BY {}",
+                (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+            )
         } else {
-            let cols = local_query(db, &format!("SELECT lower(name) FROM pragma_table_info('{}')", name.replace('\'', "''")));
-            let alias = ["rowid", "_rowid_", "oid"].into_iter().find(|a| !cols.iter().any(|c| c[0] == Cell::text(a))).unwrap();
+            let cols = local_query(
+                db,
+                &format!(
+                    "SELECT lower(name) FROM pragma_table_info('{}')",
+                    name.replace('\'', "''")
+                ),
+            );
+            let alias = ["rowid", "_rowid_", "oid"]
+                .into_iter()
+                .find(|a| !cols.iter().any(|c| c[0] == Cell::text(a)))
+                .unwrap();
             format!("SELECT {alias}, * FROM \"{q}\" ORDER BY {alias}")
         };
         if is_shadow(db, name) {
@@ -38,20 +61,44 @@ fn snapshot(db: &Path) -> Vec<(String, Vec<Vec<Cell>>)> {
         }
         out.push((name.clone(), local_query(db, &select)));
     }
-    if !local_query(db, "SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'").is_empty() {
-        out.push(("sqlite_sequence".into(), local_query(db, "SELECT name, seq FROM sqlite_sequence ORDER BY name")));
+    if !local_query(
+        db,
+        "SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'",
+    )
+    .is_empty()
+    {
+        out.push((
+            "sqlite_sequence".into(),
+            local_query(db, "SELECT name, seq FROM sqlite_sequence ORDER BY name"),
+        ));
     }
-    out.push(("user_version".into(), local_query(db, "PRAGMA user_version")));
+    out.push((
+        "user_version".into(),
+        local_query(db, "PRAGMA user_version"),
+    ));
     out
 }
 
 fn is_shadow(db: &Path, name: &str) -> bool {
-    !local_query(db, &format!("SELECT 1 FROM pragma_table_list WHERE name = '{}' AND type = 'shadow'", name.replace('\'', "''"))).is_empty()
+    !local_query(
+        db,
+        &format!(
+            "SELECT 1 FROM pragma_table_list WHERE name = '{}' AND type = 'shadow'",
+            name.replace('\'', "''")
+        ),
+    )
+    .is_empty()
 }
 
 fn assert_same_snapshot(a: &Path, b: &Path) {
     let (sa, sb) = (snapshot(a), snapshot(b));
-    assert_eq!(sa.len(), sb.len(), "different tables:\n{:?}\n{:?}", sa.iter().map(|t| &t.0).collect::<Vec<_>>(), sb.iter().map(|t| &t.0).collect::<Vec<_>>());
+    assert_eq!(
+        sa.len(),
+        sb.len(),
+        "different tables:\n{:?}\n{:?}",
+        sa.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        sb.iter().map(|t| &t.0).collect::<Vec<_>>()
+    );
     for (ta, tb) in sa.iter().zip(&sb) {
         assert_eq!(ta.0, tb.0);
         if let Some(i) = (0..ta.1.len().min(tb.1.len())).find(|&i| ta.1[i] != tb.1[i]) {
@@ -73,8 +120,16 @@ fn assert_sqldiff_clean(a: &Path, b: &Path) {
             .arg(b)
             .output()
             .expect("sqldiff (Debian package sqlite3-tools) must be installed: scripts/test.sh installs it");
-        assert!(out.status.success(), "sqldiff failed: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(out.stdout.is_empty(), "sqldiff --table {name} found differences:\n{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "sqldiff failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "sqldiff --table {name} found differences:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 
@@ -85,7 +140,10 @@ fn check_roundtrip(dir: &Path) -> String {
     let applied = dir.join("applied.db");
     let _ = std::fs::remove_file(&applied);
     std::fs::copy(dir.join(".tursync/base.db"), &applied).unwrap();
-    rusqlite::Connection::open(&applied).unwrap().execute_batch(&sql).unwrap_or_else(|e| panic!("{e}\n{sql}"));
+    rusqlite::Connection::open(&applied)
+        .unwrap()
+        .execute_batch(&sql)
+        .unwrap_or_else(|e| panic!("{e}\n{sql}"));
     let wc = dir.join("working_copy.db");
     assert_same_snapshot(&applied, &wc);
     assert_sqldiff_clean(&applied, &wc);
@@ -97,7 +155,11 @@ fn every_exactness_case_edited_diffs_exactly() {
     let sqld = Sqld::start();
     sqld.exec(include_str!("fixtures/exact.sql"));
     let dir = tempdir();
-    run_ok(tursync(dir.path()).args(["init", "--url", &sqld.url]).env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+    run_ok(
+        tursync(dir.path())
+            .args(["init", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
     let out = run_ok(tursync(dir.path()).arg("diff"));
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("nothing to push\n"));
 
@@ -151,27 +213,88 @@ fn every_exactness_case_edited_diffs_exactly() {
         .unwrap();
 
     let sql = check_roundtrip(dir.path());
-    assert!(sql.contains("ALTER TABLE \"textpk\" ADD COLUMN extra TEXT DEFAULT 'dflt';"), "{sql}");
-    assert!(!sql.contains("\"b\" = ") || !sql.contains("UPDATE \"gen\" SET \"b\""), "generated columns are not data");
+    assert!(
+        sql.contains("ALTER TABLE \"textpk\" ADD COLUMN extra TEXT DEFAULT 'dflt';"),
+        "{sql}"
+    );
+    assert!(
+        !sql.contains("\"b\" = ") || !sql.contains("UPDATE \"gen\" SET \"b\""),
+        "generated columns are not data"
+    );
 
     let out = run_ok(tursync(dir.path()).args(["diff", "--json"]));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let table = |name: &str| json["tables"].as_array().unwrap().iter().find(|t| t["table"] == name).cloned().unwrap_or_else(|| panic!("{name} missing in {json}"));
-    assert_eq!((table("wr")["inserted"].clone(), table("wr")["updated"].clone(), table("wr")["deleted"].clone()), (2.into(), 1.into(), 1.into()));
+    let table = |name: &str| {
+        json["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing in {json}"))
+    };
+    assert_eq!(
+        (
+            table("wr")["inserted"].clone(),
+            table("wr")["updated"].clone(),
+            table("wr")["deleted"].clone()
+        ),
+        (2.into(), 1.into(), 1.into())
+    );
     let reals = table("reals");
-    let first = reals["changes"].as_array().unwrap().iter().find(|c| c["key"][0]["value"] == "1").unwrap();
-    assert_eq!(first["set"]["v"]["old"], serde_json::json!({"type": "float", "value": -0.0}));
-    assert_eq!(first["set"]["v"]["new"], serde_json::json!({"type": "float", "value": 0.0}));
-    let schema: Vec<String> = json["schema"].as_array().unwrap().iter().map(|c| format!("{} {}", c["change"].as_str().unwrap(), c["name"].as_str().unwrap())).collect();
-    for expected in ["table_dropped wide", "table_added added \"table\"", "table_added rebuilt_src", "columns_added textpk", "index_dropped plain_a", "index_added plain_b", "view_dropped view \"q\"", "view_added v_new", "trigger_dropped weird \"trigger\"", "trigger_added t_new"] {
-        assert!(schema.contains(&expected.to_owned()), "{expected} not in {schema:?}");
+    let first = reals["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"][0]["value"] == "1")
+        .unwrap();
+    assert_eq!(
+        first["set"]["v"]["old"],
+        serde_json::json!({"type": "float", "value": -0.0})
+    );
+    assert_eq!(
+        first["set"]["v"]["new"],
+        serde_json::json!({"type": "float", "value": 0.0})
+    );
+    let schema: Vec<String> = json["schema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["change"].as_str().unwrap(),
+                c["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for expected in [
+        "table_dropped wide",
+        "table_added added \"table\"",
+        "table_added rebuilt_src",
+        "columns_added textpk",
+        "index_dropped plain_a",
+        "index_added plain_b",
+        "view_dropped view \"q\"",
+        "view_added v_new",
+        "trigger_dropped weird \"trigger\"",
+        "trigger_added t_new",
+    ] {
+        assert!(
+            schema.contains(&expected.to_owned()),
+            "{expected} not in {schema:?}"
+        );
     }
 
     let one = run_ok(tursync(dir.path()).args(["diff", "--json", "--table", "wr"]));
     let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
     assert_eq!(one["tables"].as_array().unwrap().len(), 1);
 
-    let status = run_ok(tursync(dir.path()).arg("status").env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+    let status = run_ok(
+        tursync(dir.path())
+            .arg("status")
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.trim_end().ends_with("changes to push"), "{text}");
 }
@@ -179,9 +302,15 @@ fn every_exactness_case_edited_diffs_exactly() {
 #[test]
 fn a_changed_column_type_rebuilds_the_table() {
     let sqld = Sqld::start();
-    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1), (2, 2);");
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1), (2, 2);",
+    );
     let dir = tempdir();
-    run_ok(tursync(dir.path()).args(["init", "--url", &sqld.url]).env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+    run_ok(
+        tursync(dir.path())
+            .args(["init", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
     rusqlite::Connection::open(dir.path().join("working_copy.db"))
         .unwrap()
         .execute_batch("CREATE TABLE t2(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t2 SELECT id, v || '!' FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;")
@@ -198,9 +327,19 @@ mod properties {
         prop_oneof![
             Just("NULL".to_owned()),
             any::<i64>().prop_map(|i| i.to_string()),
-            prop_oneof![Just(0.0f64), Just(-0.0), Just(1.0), Just(5e-324), any::<f64>().prop_filter("finite", |f| f.is_finite())].prop_map(|f| format!("{f:e}")),
+            prop_oneof![
+                Just(0.0f64),
+                Just(-0.0),
+                Just(1.0),
+                Just(5e-324),
+                any::<f64>().prop_filter("finite", |f| f.is_finite())
+            ]
+            .prop_map(|f| format!("{f:e}")),
             "[a-c'\" ]{0,4}".prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
-            proptest::collection::vec(any::<u8>(), 0..4).prop_map(|b| format!("x'{}'", b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
+            proptest::collection::vec(any::<u8>(), 0..4).prop_map(|b| format!(
+                "x'{}'",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            )),
             Just("1".to_owned()),
             Just("1.0".to_owned()),
             Just("'1'".to_owned()),
@@ -216,7 +355,8 @@ mod properties {
 
     fn edit(ncols: usize) -> impl Strategy<Value = Edit> {
         prop_oneof![
-            (0..40i64, proptest::collection::vec(literal(), ncols)).prop_map(|(k, v)| Edit::Insert(k, v)),
+            (0..40i64, proptest::collection::vec(literal(), ncols))
+                .prop_map(|(k, v)| Edit::Insert(k, v)),
             (0..40i64, 0..ncols, literal()).prop_map(|(k, c, v)| Edit::Update(k, c, v)),
             (0..40i64).prop_map(Edit::Delete),
         ]
@@ -236,7 +376,12 @@ mod properties {
                 proptest::collection::vec(edit(ncols), 0..30),
                 proptest::collection::vec(edit(ncols), 0..30),
             )
-                .prop_map(move |(base, work)| Case { without_rowid, ncols, base, work })
+                .prop_map(move |(base, work)| Case {
+                    without_rowid,
+                    ncols,
+                    base,
+                    work,
+                })
         })
     }
 
@@ -245,7 +390,11 @@ mod properties {
             let sql = match e {
                 Edit::Insert(k, vals) => {
                     let cols: Vec<String> = (0..vals.len()).map(|c| format!("c{c}")).collect();
-                    format!("INSERT OR REPLACE INTO t({key}, {}) VALUES ({k}, {})", cols.join(", "), vals.join(", "))
+                    format!(
+                        "INSERT OR REPLACE INTO t({key}, {}) VALUES ({k}, {})",
+                        cols.join(", "),
+                        vals.join(", ")
+                    )
                 }
                 Edit::Update(k, c, v) => format!("UPDATE t SET c{c} = {v} WHERE {key} = {k}"),
                 Edit::Delete(k) => format!("DELETE FROM t WHERE {key} = {k}"),
@@ -266,7 +415,13 @@ mod properties {
                 let work = dir.path().join("work.db");
                 let cols: Vec<String> = (0..c.ncols).map(|i| format!("c{i}")).collect();
                 let (create, key) = if c.without_rowid {
-                    (format!("CREATE TABLE t(k INTEGER PRIMARY KEY, {}) WITHOUT ROWID", cols.join(", ")), "k")
+                    (
+                        format!(
+                            "CREATE TABLE t(k INTEGER PRIMARY KEY, {}) WITHOUT ROWID",
+                            cols.join(", ")
+                        ),
+                        "k",
+                    )
                 } else {
                     (format!("CREATE TABLE t({})", cols.join(", ")), "rowid")
                 };
@@ -304,11 +459,16 @@ fn diff_reads_one_consistent_snapshot_while_the_app_writes() {
              WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 100000) INSERT INTO middle SELECT i FROM c;",
         );
         let dir = tempdir();
-        run_ok(tursync(dir.path()).args(["init", "--url", &sqld.url]).env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+        run_ok(
+            tursync(dir.path())
+                .args(["init", "--url", &sqld.url])
+                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+        );
         let wc = dir.path().join("working_copy.db");
         let conn = rusqlite::Connection::open(&wc).unwrap();
         conn.pragma_update(None, "journal_mode", mode).unwrap();
-        conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
         let ws = tursync::snapshot::Workspace::locate(Some(&wc)).unwrap();
         let stop = std::sync::atomic::AtomicBool::new(false);
         let stop = &stop;
@@ -337,8 +497,17 @@ fn diff_reads_one_consistent_snapshot_while_the_app_writes() {
             let (mut busy_diffs, started) = (0, std::time::Instant::now());
             while busy_diffs < 8 && started.elapsed() < std::time::Duration::from_secs(20) {
                 let cs = ws.diff(&Default::default()).unwrap();
-                let count = |name: &str| cs.tables.iter().find(|t| t.table.name == name).map_or(0, |t| t.changes.len());
-                assert_eq!(count("a"), count("b"), "{mode}: diff saw half a transaction");
+                let count = |name: &str| {
+                    cs.tables
+                        .iter()
+                        .find(|t| t.table.name == name)
+                        .map_or(0, |t| t.changes.len())
+                };
+                assert_eq!(
+                    count("a"),
+                    count("b"),
+                    "{mode}: diff saw half a transaction"
+                );
                 busy_diffs += usize::from(count("a") > 0);
             }
             assert_eq!(busy_diffs, 8, "{mode}: the writer never got in");

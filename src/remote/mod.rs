@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use proto::{Stmt, StmtResult, StreamRequest};
 use proto::{PipelineReq, PipelineResp};
+pub use proto::{Stmt, StmtResult, StreamRequest};
 
 use crate::value::Value;
 
@@ -55,8 +55,9 @@ impl Endpoint {
     /// server). An `authToken` query parameter, as some dashboards hand out, is taken out and
     /// returned apart so it is never stored or shown; user info is dropped for the same reason.
     pub fn parse(raw: &str) -> Result<(Endpoint, Option<String>), String> {
-        let mut url = url::Url::parse(raw.trim())
-            .map_err(|e| format!("invalid database URL: {e} (expected libsql://, https:// or http://)"))?;
+        let mut url = url::Url::parse(raw.trim()).map_err(|e| {
+            format!("invalid database URL: {e} (expected libsql://, https:// or http://)")
+        })?;
         let scheme = match url.scheme() {
             "libsql" | "https" | "wss" => "https",
             "http" | "ws" => "http",
@@ -152,8 +153,10 @@ impl Remote {
         &self,
         stmts: Vec<Stmt>,
     ) -> Result<Vec<Result<StmtResult, RemoteError>>, RemoteError> {
-        let mut reqs: Vec<StreamRequest> =
-            stmts.into_iter().map(|stmt| StreamRequest::Execute { stmt }).collect();
+        let mut reqs: Vec<StreamRequest> = stmts
+            .into_iter()
+            .map(|stmt| StreamRequest::Execute { stmt })
+            .collect();
         reqs.push(StreamRequest::Close);
         let mut results = self.stream().send(&reqs)?;
         results.pop();
@@ -194,9 +197,17 @@ impl Remote {
         })
     }
 
-    fn post_raw(&self, base: &str, version: &str, body: &[u8]) -> Result<(u16, Vec<u8>), RemoteError> {
+    fn post_raw(
+        &self,
+        base: &str,
+        version: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>), RemoteError> {
         let url = format!("{base}/{version}/pipeline");
-        let mut req = self.agent.post(&url).header("Content-Type", "application/json");
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/json");
         if let Some(t) = &self.token {
             req = req.header("Authorization", &format!("Bearer {t}"));
         }
@@ -221,7 +232,11 @@ impl Remote {
             .ok()
             .and_then(|v| {
                 let m = v.get("message").or_else(|| v.get("error"))?;
-                Some(m.as_str().map(str::to_owned).unwrap_or_else(|| m.to_string()))
+                Some(
+                    m.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| m.to_string()),
+                )
             })
             .unwrap_or_else(|| text.trim().chars().take(300).collect());
         let message = self.scrub(&message);
