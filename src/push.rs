@@ -703,16 +703,23 @@ fn push_transaction_on(
     let head = vec![
         stmt("PRAGMA foreign_keys = OFF".into(), vec![], false),
         stmt("BEGIN IMMEDIATE".into(), vec![], false),
-        stmt("SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL".into(), vec![], true),
         stmt(
-            "SELECT name, seq FROM sqlite_sequence WHERE EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence')".into(),
+            "SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL".into(),
             vec![],
             true,
         ),
     ];
-    let mut head = send(stream, head, report)?;
-    let seq = head.pop();
-    let schema = read_schema(head.pop().unwrap_or_default(), seq);
+    let mut schema = read_schema(send(stream, head, report)?.pop().unwrap_or_default(), None);
+    let has_sequence = schema
+        .objects
+        .keys()
+        .any(|(ty, name)| ty == "table" && name == "sqlite_sequence");
+    if last && !cs.sequences.is_empty() && has_sequence {
+        let seq = stmt("SELECT name, seq FROM sqlite_sequence".into(), vec![], true);
+        if let Some(res) = send(stream, vec![seq], report)?.pop() {
+            schema.sequences = read_schema(StmtResult::default(), Some(res)).sequences;
+        }
+    }
 
     // Then every touched row, in requests bounded by expected response size.
     let mut reads: Vec<(usize, Stmt, usize)> = Vec::new();

@@ -166,50 +166,7 @@ fn every_exactness_case_edited_diffs_exactly() {
     let wc = dir.path().join("working_copy.db");
     rusqlite::Connection::open(&wc)
         .unwrap()
-        .execute_batch(
-            r#"
-            UPDATE plain SET a = 'edited' WHERE rowid = 7;
-            DELETE FROM plain WHERE rowid = 9223372036854775807;
-            INSERT INTO plain(rowid, a, b) VALUES (8, 'reused rowid', 0);
-            UPDATE reals SET v = 0.0 WHERE id = 1;
-            UPDATE reals SET v = -0.0 WHERE id = 2;
-            UPDATE reals SET v = 1.0 WHERE v = 1 AND typeof(v) = 'integer';
-            UPDATE reals SET v = '1' WHERE id = 9;
-            UPDATE texts SET b = NULL WHERE b = x'';
-            UPDATE texts SET t = NULL WHERE t = '';
-            UPDATE texts SET b = x'' WHERE id = 4;
-            UPDATE texts SET t = 'new ' || char(10) || ' line''s' WHERE id = 1;
-            UPDATE "we""ird ""name" SET "sp ace" = 'moved', "from" = 9 WHERE "select" = 1;
-            INSERT INTO "we""ird ""name"("sp ace") VALUES ('after the gap');
-            INSERT INTO auto(v) VALUES ('counter moves'); DELETE FROM auto WHERE v = 'counter moves';
-            UPDATE wr SET v = x'02' WHERE k1 = 'a' AND k2 = 1;
-            DELETE FROM wr WHERE k1 = 'b';
-            INSERT INTO wr VALUES ('b', -2, x'aa'), ('a', 3, NULL);
-            UPDATE wr1 SET v = 20 WHERE k = 'A';
-            UPDATE st SET r = 0.0 WHERE id = 1;
-            UPDATE gen SET a = 10 WHERE id = 1;
-            UPDATE shadowed SET rowid = 'still not the rowid' WHERE _rowid_ = 10;
-            UPDATE descpk SET v = 'x' WHERE id = 10;
-            UPDATE textpk SET v = 3 WHERE name = 'x';
-            INSERT INTO plain(rowid, a, b) VALUES (300, 'trigger adds an audit row', 1);
-            INSERT INTO docs(title, body) VALUES ('new', 'fresh document');
-            DELETE FROM docs WHERE rowid = 77;
-            DELETE FROM parent WHERE id = 1;
-            DROP TABLE wide;
-            CREATE TABLE "added ""table"""(id INTEGER PRIMARY KEY, v);
-            INSERT INTO "added ""table"""(v) VALUES (1), (x''), (-0.0);
-            ALTER TABLE textpk ADD COLUMN extra TEXT DEFAULT 'dflt';
-            ALTER TABLE textpk ADD COLUMN more INT;
-            CREATE TABLE rebuilt_src(a);
-            DROP INDEX plain_a;
-            CREATE INDEX plain_b ON plain(b);
-            DROP VIEW "view ""q""";
-            CREATE VIEW v_new AS SELECT 1;
-            DROP TRIGGER "weird ""trigger""";
-            CREATE TRIGGER t_new AFTER DELETE ON plain BEGIN INSERT INTO audit(what) VALUES ('deleted'); END;
-            PRAGMA user_version = 43;
-            "#,
-        )
+        .execute_batch(include_str!("fixtures/edits.sql"))
         .unwrap();
 
     let sql = check_roundtrip(dir.path());

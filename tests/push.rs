@@ -1,0 +1,332 @@
+//! `tursync push` against a real sqld: exactness, conflicts, crashes, concurrency, permissions.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::*;
+
+fn init(sqld: &Sqld, dir: &Path) {
+    run_ok(
+        tursync(dir)
+            .args(["init", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+}
+
+fn push(sqld: &Sqld, dir: &Path) -> Output {
+    tursync(dir)
+        .arg("push")
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .output()
+        .unwrap()
+}
+
+fn edit(dir: &Path, sql: &str) {
+    rusqlite::Connection::open(dir.join("working_copy.db"))
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The base snapshot and the working copy hold the same rows (nothing pending).
+fn assert_nothing_pending(dir: &Path) {
+    let out = run_ok(&mut tursync(dir).arg("diff"));
+    assert!(text(&out).ends_with("nothing to push\n"), "{}", text(&out));
+}
+
+#[test]
+fn every_exactness_case_edited_is_pushed_exactly() {
+    let sqld = Sqld::start();
+    sqld.exec(include_str!("fixtures/exact.sql"));
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    edit(dir.path(), include_str!("fixtures/edits.sql"));
+
+    let dry = run_ok(tursync(dir.path()).args(["push", "--dry-run"]));
+    assert!(text(&dry).contains("dry run"), "{}", text(&dry));
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM wide"),
+        vec![vec![Cell::Integer(40)]],
+        "dry run changed the remote"
+    );
+
+    let out = push(&sqld, dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let wc = dir.path().join("working_copy.db");
+    assert_same_data(&sqld, &wc, false);
+    // The trigger that fired locally did not fire again remotely, the cascade did not act
+    // twice, and the counter moved with its rows.
+    assert_table_eq(&sqld, &wc, "SELECT id, what FROM audit ORDER BY id");
+    assert_table_eq(&sqld, &wc, "SELECT * FROM child ORDER BY id");
+    assert_eq!(
+        local_query(&wc, "SELECT seq FROM sqlite_sequence WHERE name = 'auto'"),
+        sqld.query("SELECT seq FROM sqlite_sequence WHERE name = 'auto'")
+    );
+    assert_nothing_pending(dir.path());
+    let logs: Vec<_> = std::fs::read_dir(dir.path().join(".tursync/pushes"))
+        .unwrap()
+        .collect();
+    assert_eq!(logs.len(), 1, "the push's SQL is kept");
+
+    // A second push has nothing to do.
+    let again = push(&sqld, dir.path());
+    assert!(
+        again.status.success() && text(&again).contains("nothing to push"),
+        "{}",
+        text(&again)
+    );
+
+    // A fresh clone of the remote equals the working copy, table by table.
+    let other = tempdir();
+    init(&sqld, other.path());
+    let mut sql = Vec::new();
+    let b = rusqlite::Connection::open(other.path().join("working_copy.db")).unwrap();
+    let w = rusqlite::Connection::open(&wc).unwrap();
+    let cs = tursync::diff::diff(&b, &w, &Default::default()).unwrap();
+    cs.write_sql(&mut sql).unwrap();
+    assert!(
+        cs.is_empty(),
+        "remote and working copy differ:\n{}",
+        String::from_utf8_lossy(&sql)
+    );
+}
+
+#[test]
+fn conflicts_stop_the_push_and_change_nothing() {
+    let sqld = Sqld::start();
+    // `b` has no type: sqld's SQLite (3.45) turns -0.0 into 0.0 in a REAL column.
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT, b); INSERT INTO t VALUES (1, 'one', 1.0), (2, 'two', 2.0), (3, 'three', 3.0);");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let wc = dir.path().join("working_copy.db");
+
+    // Someone else changes row 1 and deletes row 3; we change rows 1, 2 and 3.
+    sqld.exec("UPDATE t SET a = 'theirs' WHERE id = 1; DELETE FROM t WHERE id = 3;");
+    edit(dir.path(), "UPDATE t SET a = 'ours' WHERE id = 1; UPDATE t SET b = -0.0 WHERE id = 2; UPDATE t SET a = 'ours too' WHERE id = 3;");
+    let base_before = std::fs::read(dir.path().join(".tursync/base.db")).unwrap();
+    let out = push(&sqld, dir.path());
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let report = text(&out);
+    assert!(
+        report.contains("table t, key (1)")
+            && report.contains("base 'one', local 'ours', remote 'theirs'"),
+        "{report}"
+    );
+    assert!(
+        report.contains("key (3)") && report.contains("remote absent"),
+        "{report}"
+    );
+    // Nothing changed anywhere: row 2 was not pushed either.
+    assert_eq!(
+        sqld.query("SELECT id, a, b FROM t ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), Cell::text("theirs"), Cell::real(1.0)],
+            vec![Cell::Integer(2), Cell::text("two"), Cell::real(2.0)],
+        ]
+    );
+    assert_eq!(
+        local_query(&wc, "SELECT a FROM t WHERE id = 1"),
+        vec![vec![Cell::text("ours")]]
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join(".tursync/base.db")).unwrap(),
+        base_before
+    );
+
+    let json = tursync(dir.path())
+        .args(["push", "--json"])
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .output()
+        .unwrap();
+    assert_eq!(json.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["conflicts"].as_array().unwrap().len(), 2, "{v}");
+
+    // Changes to different rows merge: their change to row 1 survives our change to row 2.
+    edit(
+        dir.path(),
+        "UPDATE t SET a = 'theirs' WHERE id = 1; DELETE FROM t WHERE id = 3;",
+    );
+    let out = push(&sqld, dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        sqld.query("SELECT id, a, b FROM t ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), Cell::text("theirs"), Cell::real(1.0)],
+            vec![Cell::Integer(2), Cell::text("two"), Cell::real(-0.0)],
+        ]
+    );
+}
+
+#[test]
+fn a_crash_after_the_remote_commit_converges_without_duplicates() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(a, b); INSERT INTO t VALUES (1, 'x');");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let base = dir.path().join(".tursync/base.db");
+    let old_base = std::fs::read(&base).unwrap();
+    edit(dir.path(), "INSERT INTO t VALUES (2, 'y'); UPDATE t SET b = 'z' WHERE a = 1; DELETE FROM t WHERE a = 2 AND 0;");
+    run_ok(
+        tursync(dir.path())
+            .arg("push")
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    // As if the client died between the remote COMMIT and the base update.
+    std::fs::write(&base, &old_base).unwrap();
+    let out = push(&sqld, dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("2 already there"), "{}", text(&out));
+    assert_table_eq(
+        &sqld,
+        &dir.path().join("working_copy.db"),
+        "SELECT rowid, a, b FROM t ORDER BY rowid",
+    );
+    assert_nothing_pending(dir.path());
+}
+
+/// A big push, killed with SIGKILL at several moments, and the server killed mid-push: the
+/// remote is all-old or all-new every time, and the next push converges.
+#[test]
+fn kill_9_of_the_client_or_the_server_leaves_all_or_nothing() {
+    let mut sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, pad BLOB); CREATE TABLE u(id INTEGER PRIMARY KEY, v);");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    edit(
+        dir.path(),
+        "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 60000) \
+         INSERT INTO t SELECT i, 'row ' || i, randomblob(100) FROM c; INSERT INTO u VALUES (1, 'last table');",
+    );
+    let count = |sqld: &Sqld| match sqld
+        .query("SELECT (SELECT count(*) FROM t) + (SELECT count(*) FROM u)")[0][0]
+    {
+        Cell::Integer(n) => n,
+        _ => panic!(),
+    };
+    for (i, delay_ms) in [30u64, 150, 400].into_iter().enumerate() {
+        let kill_server = i == 2;
+        let mut child = tursync(dir.path())
+            .arg("push")
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if kill_server {
+            sqld.kill();
+            let _ = child.wait();
+            sqld.restart();
+        } else {
+            child.kill().unwrap();
+            let _ = child.wait();
+        }
+        let n = count(&sqld);
+        assert!(
+            n == 0 || n == 60001,
+            "after kill {i}: the remote holds {n} rows, neither all-old nor all-new"
+        );
+    }
+    let out = push(&sqld, dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(count(&sqld), 60001);
+    assert_table_eq(
+        &sqld,
+        &dir.path().join("working_copy.db"),
+        "SELECT id, v, pad FROM t WHERE id % 997 = 0 ORDER BY id",
+    );
+    assert_nothing_pending(dir.path());
+}
+
+#[test]
+fn edits_made_while_a_push_runs_stay_pending() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v);");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    edit(dir.path(), "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 20000) INSERT INTO t SELECT i, randomblob(50) FROM c;");
+    let wc = dir.path().join("working_copy.db");
+    let writer = std::thread::spawn({
+        let wc = wc.clone();
+        move || {
+            let conn = rusqlite::Connection::open(&wc).unwrap();
+            conn.busy_timeout(Duration::from_secs(10)).unwrap();
+            for i in 0..200 {
+                conn.execute(
+                    "INSERT INTO t(id, v) VALUES (?1, 'during push')",
+                    [100_000 + i],
+                )
+                .unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+    let out = push(&sqld, dir.path());
+    writer.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // Whatever the push did not take is still pending, and the next push sends exactly it.
+    let out = push(&sqld, dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert_table_eq(&sqld, &wc, "SELECT id, v FROM t ORDER BY id");
+    assert_nothing_pending(dir.path());
+}
+
+#[test]
+fn a_read_only_token_gets_a_clear_permission_error() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(a); INSERT INTO t VALUES (1);");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    edit(dir.path(), "INSERT INTO t VALUES (2);");
+    let out = tursync(dir.path())
+        .arg("push")
+        .env("TURSO_AUTH_TOKEN", &sqld.ro_token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out);
+    assert!(
+        err.contains("permission denied") && err.contains("read-only"),
+        "{err}"
+    );
+    assert!(!err.contains(&sqld.ro_token));
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM t"),
+        vec![vec![Cell::Integer(1)]]
+    );
+}
+
+#[test]
+fn large_pushes_split_into_resumable_transactions_when_asked() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v);");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    edit(dir.path(), "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 2500) INSERT INTO t SELECT i, i FROM c;");
+    let ws =
+        tursync::snapshot::Workspace::locate(Some(&dir.path().join("working_copy.db"))).unwrap();
+    let (endpoint, _) = tursync::remote::Endpoint::parse(&sqld.url).unwrap();
+    let remote = tursync::remote::Remote::new(endpoint, Some(sqld.rw_token.clone()));
+    let opts = tursync::push::PushOptions {
+        rows_per_transaction: 1000,
+    };
+    let report = tursync::push::push(&ws, &remote, opts, &tursync::progress::Progress::hidden())
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.transactions, 3);
+    assert_table_eq(
+        &sqld,
+        &dir.path().join("working_copy.db"),
+        "SELECT id, v FROM t ORDER BY id",
+    );
+}
