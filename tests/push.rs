@@ -330,3 +330,30 @@ fn large_pushes_split_into_resumable_transactions_when_asked() {
         "SELECT id, v FROM t ORDER BY id",
     );
 }
+
+#[test]
+fn the_first_versions_script_drives_the_same_commands() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(a); INSERT INTO t VALUES (1);");
+    let dir = tempdir();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("turso-workflow.sh");
+    let run = |args: &[&str]| {
+        std::process::Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .current_dir(dir.path())
+            .env("TURSYNC_BIN", env!("CARGO_BIN_EXE_tursync"))
+            .env("TURSO_DATABASE_URL", &sqld.url)
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["dump-init"]).status.success());
+    edit(dir.path(), "INSERT INTO t VALUES (2);");
+    let status = run(&["status"]);
+    assert!(text(&status).contains("1 change to push"), "{}", text(&status));
+    assert!(run(&["dump-push"]).status.success());
+    assert_eq!(sqld.query("SELECT count(*) FROM t"), vec![vec![Cell::Integer(2)]]);
+    assert!(text(&run(&["help"])).contains("dump-init"));
+    assert_eq!(run(&["nonsense"]).status.code(), Some(2));
+}
