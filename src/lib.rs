@@ -32,6 +32,9 @@ pub enum Error {
     /// The request cannot be carried out as asked; the message says what to do instead.
     #[error("{0}")]
     Refused(String),
+    /// Someone else changed the same thing on the remote; nothing was changed anywhere.
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 impl From<schema::LoadError<remote::RemoteError>> for Error {

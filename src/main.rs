@@ -172,7 +172,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let code = e.downcast_ref::<Exit>().map(|x| x.0).unwrap_or(1);
+            let code = match (e.downcast_ref::<Exit>(), e.downcast_ref::<tursync::Error>()) {
+                (Some(x), _) => x.0,
+                (_, Some(tursync::Error::Conflict(_))) => 3,
+                _ => 1,
+            };
             eprintln!("error: {e:#}");
             ExitCode::from(code)
         }

@@ -442,8 +442,8 @@ fn read_schema(res: StmtResult, seq: Option<StmtResult>) -> RemoteSchema {
 
 /// A schema change the remote does not allow: someone else changed the same object.
 fn schema_conflict(what: &str) -> Error {
-    Error::Refused(format!(
-        "conflict: {what} changed on the remote since your last sync; nothing was pushed. Re-clone or pull the remote's schema first"
+    Error::Conflict(format!(
+        "{what} changed on the remote since your last sync; nothing was pushed. Bring the remote's schema in first (re-clone into another directory to see it)"
     ))
 }
 
@@ -482,17 +482,16 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
                 None => {}
                 Some(_) => return Err(schema_conflict(&format!("table {name:?}"))),
             },
-            SchemaChange::TableRebuilt {
-                name,
-                old_sql,
-                new_sql,
-            } => match has("table", name) {
-                Some(s) if s == old_sql => {
-                    before.push(format!("DROP TABLE {}", sql::ident(name)));
-                    before.push(new_sql.clone());
-                }
+            // Re-creating a table would replace every row in it, including rows others changed
+            // since the last sync, which no per-row check covers; so it is refused.
+            SchemaChange::TableRebuilt { name, new_sql, .. } => match has("table", name) {
                 Some(s) if s == new_sql => {}
-                _ => return Err(schema_conflict(&format!("table {name:?}"))),
+                _ => {
+                    return Err(Error::Refused(format!(
+                        "table {name:?} changed in a way push cannot apply safely (only new tables, dropped tables and ADD COLUMN are pushed). \
+                         Apply the change on the remote itself (SQLite's 12-step table rebuild), then run `tursync init --force`"
+                    )))
+                }
             },
             SchemaChange::ColumnsAdded { table, columns } => {
                 let new_sql = cs

@@ -351,9 +351,48 @@ fn the_first_versions_script_drives_the_same_commands() {
     assert!(run(&["dump-init"]).status.success());
     edit(dir.path(), "INSERT INTO t VALUES (2);");
     let status = run(&["status"]);
-    assert!(text(&status).contains("1 change to push"), "{}", text(&status));
+    assert!(
+        text(&status).contains("1 change to push"),
+        "{}",
+        text(&status)
+    );
     assert!(run(&["dump-push"]).status.success());
-    assert_eq!(sqld.query("SELECT count(*) FROM t"), vec![vec![Cell::Integer(2)]]);
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM t"),
+        vec![vec![Cell::Integer(2)]]
+    );
     assert!(text(&run(&["help"])).contains("dump-init"));
     assert_eq!(run(&["nonsense"]).status.code(), Some(2));
+}
+
+#[test]
+fn schema_changes_by_others_are_conflicts_and_rebuilds_are_refused() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1);");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+
+    // Someone adds a column remotely while we edit rows of the same table.
+    sqld.exec("ALTER TABLE t ADD COLUMN theirs TEXT;");
+    edit(dir.path(), "UPDATE t SET v = 2 WHERE id = 1;");
+    let out = push(&sqld, dir.path());
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("table \"t\" changed on the remote"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sqld.query("SELECT v FROM t"), vec![vec![Cell::Integer(1)]]);
+
+    // A changed column type cannot be pushed as rows; push says so and names the table.
+    let other = tempdir();
+    init(&sqld, other.path());
+    edit(other.path(), "CREATE TABLE t2(id INTEGER PRIMARY KEY, v TEXT, theirs TEXT); INSERT INTO t2 SELECT * FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;");
+    let out = push(&sqld, other.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("table \"t\" changed in a way push cannot apply safely"),
+        "{}",
+        text(&out)
+    );
 }
