@@ -9,6 +9,7 @@ pub mod clone;
 pub mod diff;
 pub mod dump;
 pub mod progress;
+pub mod pull;
 pub mod push;
 pub mod remote;
 pub mod schema;

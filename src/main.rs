@@ -14,6 +14,7 @@ use tursync::clone::{self, FetchOptions};
 use tursync::diff::{Changeset, Filter};
 use tursync::dump::SqlSink;
 use tursync::progress::Progress;
+use tursync::pull::{MergeConflict, Resolve};
 use tursync::push::{Conflict, PushOptions};
 use tursync::remote::{Endpoint, Remote, RemoteError};
 use tursync::snapshot::{self, Workspace, DEFAULT_DB};
@@ -135,6 +136,34 @@ The SQL sent is kept under .tursync/pushes/."
         #[arg(long)]
         json: bool,
     },
+    /// Bring the remote's changes into the working copy with a three-way merge
+    #[command(after_help = "Examples:
+  tursync pull                 # merge remote changes; refuse (exit 3) on conflicts
+  tursync pull --theirs        # settle every conflict with the remote's side
+  tursync pull --ours          # settle every conflict with the working copy's side
+
+Changes to different rows, or to different columns of one row, merge by themselves. The same
+cell changed both ways, or a row deleted on one side and changed on the other, is a conflict.
+Unpushed local changes stay pending. The app may keep the working copy open: pull waits for
+its write lock (up to 10 s) and applies the merge in one transaction.")]
+    Pull {
+        #[command(flatten)]
+        side: Side,
+        /// Machine-readable report
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull, then push, stopping at the first conflict
+    #[command(after_help = "Examples:
+  tursync sync
+  tursync sync --theirs")]
+    Sync {
+        #[command(flatten)]
+        side: Side,
+        /// Machine-readable report
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the database as SQL text that sqlite3 loads into an identical database
     #[command(after_help = "Examples:
   tursync dump --out remote.sql && sqlite3 copy.db < remote.sql
@@ -147,6 +176,28 @@ The SQL sent is kept under .tursync/pushes/."
         #[arg(long)]
         local: bool,
     },
+}
+
+/// Which side wins a merge conflict.
+#[derive(clap::Args, Clone, Copy)]
+#[group(multiple = false)]
+struct Side {
+    /// Settle conflicts with the working copy's side
+    #[arg(long)]
+    ours: bool,
+    /// Settle conflicts with the remote's side
+    #[arg(long)]
+    theirs: bool,
+}
+
+impl Side {
+    fn resolve(self) -> Resolve {
+        match (self.ours, self.theirs) {
+            (true, _) => Resolve::Ours,
+            (_, true) => Resolve::Theirs,
+            _ => Resolve::Refuse,
+        }
+    }
 }
 
 /// An error that should exit with a code other than 1.
@@ -236,6 +287,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Push { dry_run, json } => push(&cli, *dry_run, *json, &progress),
+        Command::Pull { side, json } => pull(&cli, side.resolve(), *json, &progress),
+        Command::Sync { side, json } => match pull(&cli, side.resolve(), *json, &progress)? {
+            code if code == ExitCode::SUCCESS => push(&cli, false, *json, &progress),
+            code => Ok(code),
+        },
         Command::Dump { out, local } => {
             let writer: Box<dyn Write> = match out {
                 Some(p) => Box::new(
@@ -312,8 +368,16 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
     match connect(cli, ws.as_ref().ok()) {
         Ok((endpoint, remote)) => {
             let started = Instant::now();
+            let mut moved = serde_json::Value::Null;
             let (state, detail) = match remote.query("SELECT 1", vec![]) {
-                Ok(_) => ("ok", None),
+                Ok(res) => {
+                    if let (Ok(ws), Some(now)) = (&ws, res.replication_index()) {
+                        if let Some(known) = ws.sync_state().replication_index {
+                            moved = json!(now != known);
+                        }
+                    }
+                    ("ok", None)
+                }
                 Err(e @ RemoteError::Auth { .. }) => ("auth_failed", Some(e.to_string())),
                 Err(e @ RemoteError::Unreachable { .. }) => ("unreachable", Some(e.to_string())),
                 Err(e) => ("error", Some(e.to_string())),
@@ -325,6 +389,7 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
                 "state": state,
                 "error": detail,
                 "latency_ms": started.elapsed().as_millis() as u64,
+                "moved_since_sync": moved,
             });
         }
         Err(e) => {
@@ -409,6 +474,16 @@ fn print_status(r: &serde_json::Value) {
                     "connection     FAILED: {}",
                     remote["error"].as_str().unwrap_or(state)
                 ),
+            }
+            match remote["moved_since_sync"].as_bool() {
+                Some(true) => {
+                    println!("remote         changed since the last sync: run `tursync pull`")
+                }
+                Some(false) => println!("remote         unchanged since the last sync"),
+                None if state == "ok" => {
+                    println!("remote         may have changed since the last sync")
+                }
+                None => {}
             }
         }
         None => {}
@@ -608,4 +683,87 @@ fn print_conflicts(conflicts: &[Conflict]) {
         eprintln!("  … and {} more (use --json for all)", conflicts.len() - 50);
     }
     eprintln!("Nothing changed on either side. Bring the remote's changes in first (re-clone into another directory to inspect them), then push again.");
+}
+
+fn pull(cli: &Cli, resolve: Resolve, as_json: bool, progress: &Progress) -> Result<ExitCode> {
+    let ws = Workspace::locate(cli.db.as_deref())?;
+    let (endpoint, remote) = connect(cli, Some(&ws))?;
+    let started = Instant::now();
+    let waiting = || eprintln!("waiting for the app to release the working copy's write lock…");
+    let outcome = tursync::pull::pull(
+        &ws,
+        &remote,
+        resolve,
+        FetchOptions::default(),
+        progress,
+        &waiting,
+    )
+    .with_context(|| format!("pull from {endpoint} failed"))?;
+    match outcome {
+        Ok(r) => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"pulled": true, "downloaded": r.downloaded, "applied": r.applied, "merged": r.merged,
+                           "resolved": r.resolved, "schema_changes": r.schema_changes})
+                );
+            } else if !r.downloaded {
+                println!("the remote has not changed since the last sync; nothing to pull");
+            } else {
+                println!(
+                    "pulled from {endpoint} in {:.1}s: {} row changes applied ({} merged cell by cell), {} schema changes{}",
+                    started.elapsed().as_secs_f64(),
+                    r.applied,
+                    r.merged,
+                    r.schema_changes,
+                    if r.resolved > 0 { format!(", {} conflicts settled", r.resolved) } else { String::new() }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(conflicts) => {
+            if as_json {
+                let list: Vec<_> = conflicts.iter().map(merge_conflict_json).collect();
+                println!("{}", json!({"pulled": false, "conflicts": list}));
+            } else {
+                print_merge_conflicts(&conflicts);
+            }
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+fn merge_conflict_json(c: &MergeConflict) -> serde_json::Value {
+    json!({"table": c.table, "key": c.key, "column": c.column, "base": c.base, "ours": c.ours, "theirs": c.theirs})
+}
+
+fn print_merge_conflicts(conflicts: &[MergeConflict]) {
+    eprintln!(
+        "conflict: {} change{} made both here and on the remote; nothing was pulled",
+        conflicts.len(),
+        if conflicts.len() == 1 { "" } else { "s" }
+    );
+    let lit = |v: &Option<tursync::Value>| v.as_ref().map_or("-".to_owned(), tursync::sql::literal);
+    for c in conflicts.iter().take(50) {
+        let key: Vec<String> = c.key.iter().map(tursync::sql::literal).collect();
+        match &c.column {
+            Some(col) => eprintln!(
+                "  table {}, key ({}), column {col}: base {}, ours {}, theirs {}",
+                c.table,
+                key.join(", "),
+                lit(&c.base),
+                lit(&c.ours),
+                lit(&c.theirs)
+            ),
+            None => eprintln!(
+                "  table {}, key ({}): deleted on one side, changed on the other",
+                c.table,
+                key.join(", ")
+            ),
+        }
+    }
+    if conflicts.len() > 50 {
+        eprintln!("  … and {} more (use --json for all)", conflicts.len() - 50);
+    }
+    eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs`, or edit the working copy and pull again.");
 }

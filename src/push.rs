@@ -140,8 +140,15 @@ fn chunks<T>(rows: &[T], width: usize) -> impl Iterator<Item = &[T]> {
     rows.chunks(per)
 }
 
-/// The AUTOINCREMENT counters one transaction wrote, or the conflicts that stopped it.
-type Outcome = Result<Vec<(String, Option<i64>)>, Vec<Conflict>>;
+/// What one transaction did: the AUTOINCREMENT counters it wrote and the remote's replication
+/// index just before its writes and just after its commit. Or the conflicts that stopped it.
+type Outcome = Result<Committed, Vec<Conflict>>;
+
+struct Committed {
+    sequences: Vec<(String, Option<i64>)>,
+    index_before: Option<u64>,
+    index_after: Option<u64>,
+}
 
 /// The plan for one table within one transaction.
 struct TablePlan<'a> {
@@ -644,6 +651,8 @@ pub fn push(
     let mut log = String::new();
     let mut final_sequences: Vec<(String, Option<i64>)> = Vec::new();
     let last = groups.len() - 1;
+    let known = ws.sync_state().replication_index;
+    let mut index = None;
     for (gi, group) in groups.iter().enumerate() {
         match push_transaction(
             remote,
@@ -655,13 +664,25 @@ pub fn push(
             &mut log,
             progress,
         )? {
-            Ok(seqs) => final_sequences.extend(seqs),
+            Ok(done) => {
+                final_sequences.extend(done.sequences);
+                // The remote is known to equal the new base only if nobody else wrote since
+                // the last sync and this push ran as one transaction.
+                index = if groups.len() == 1 && known.is_some() && done.index_before == known {
+                    done.index_after
+                } else {
+                    None
+                };
+            }
             Err(conflicts) => return Ok(Err(conflicts)),
         }
         report.transactions += 1;
     }
     progress.finish();
     report.log = Some(ws.record_push(&cs, &final_sequences, &log)?);
+    ws.save_sync_state(&crate::snapshot::SyncState {
+        replication_index: index,
+    })?;
     Ok(Ok(report))
 }
 
@@ -708,7 +729,9 @@ fn push_transaction_on(
             true,
         ),
     ];
-    let mut schema = read_schema(send(stream, head, report)?.pop().unwrap_or_default(), None);
+    let schema_rows = send(stream, head, report)?.pop().unwrap_or_default();
+    let index_before = schema_rows.replication_index();
+    let mut schema = read_schema(schema_rows, None);
     let has_sequence = schema
         .objects
         .keys()
@@ -822,12 +845,6 @@ fn push_transaction_on(
     let mut expect: Vec<usize> = Vec::new();
     let mut bytes = 0;
     let total = writes.len();
-    if total == 0 {
-        return {
-            send(stream, vec![stmt("COMMIT".into(), vec![], false)], report)?;
-            Ok(Ok(sequences))
-        };
-    }
     for (i, (s, rows, affected)) in writes.into_iter().enumerate() {
         log_stmt(log, &s);
         bytes += s
@@ -857,8 +874,12 @@ fn push_transaction_on(
     // COMMIT travels alone, once every write is known to have succeeded: statements of one
     // pipeline run even after an earlier one failed, so a COMMIT sent with them could commit
     // half a push.
-    send(stream, vec![stmt("COMMIT".into(), vec![], false)], report)?;
-    Ok(Ok(sequences))
+    let commit = send(stream, vec![stmt("COMMIT".into(), vec![], false)], report)?;
+    Ok(Ok(Committed {
+        sequences,
+        index_before,
+        index_after: commit.first().and_then(StmtResult::replication_index),
+    }))
 }
 
 fn log_stmt(log: &mut String, s: &Stmt) {

@@ -26,6 +26,15 @@ pub const STATE_DIR: &str = ".tursync";
 pub const DEFAULT_DB: &str = "working_copy.db";
 const CONFIG: &str = "config.json";
 const BASE: &str = "base.db";
+const SYNC: &str = "sync.json";
+
+/// What tursync knows of the remote at the last sync, in `.tursync/sync.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyncState {
+    /// The remote's replication index when the base was read (or last pushed to, when nobody
+    /// else had written in between). `None`: unknown, so pull must download.
+    pub replication_index: Option<u64>,
+}
 
 /// What `.tursync/config.json` holds. The token is deliberately absent: it stays in the
 /// environment or `.env`, never on disk by our hand.
@@ -96,6 +105,24 @@ impl Workspace {
 
     pub fn base_path(&self) -> PathBuf {
         self.state_dir().join(BASE)
+    }
+
+    pub fn sync_state(&self) -> SyncState {
+        fs::read_to_string(self.state_dir().join(SYNC))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records the sync state atomically (write aside, rename).
+    pub fn save_sync_state(&self, state: &SyncState) -> Result<()> {
+        let tmp = self
+            .state_dir()
+            .join(format!("{SYNC}.tmp-{}", std::process::id()));
+        let text = serde_json::to_string(state).map_err(|e| Error::Refused(e.to_string()))?;
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, self.state_dir().join(SYNC))?;
+        Ok(())
     }
 }
 
@@ -237,8 +264,18 @@ pub fn init(
     };
     fs::create_dir(&tmp_state)?;
 
+    // The index is read before the rows, so writes made while cloning can only make the next
+    // pull download again, never skip what it should fetch.
+    let index = remote.query("SELECT 1", vec![])?.replication_index();
     let mut sink = LocalSink::create(&tmp_db)?;
     let (schema, stats) = clone::copy_remote(remote, &mut sink, opts, progress)?;
+    let sync = SyncState {
+        replication_index: index,
+    };
+    fs::write(
+        tmp_state.join(SYNC),
+        serde_json::to_string(&sync).map_err(|e| Error::Refused(e.to_string()))?,
+    )?;
     sink.finish()?;
     fs::copy(&tmp_db, tmp_state.join(BASE))?;
     let config = Config {
@@ -328,6 +365,14 @@ impl Workspace {
 }
 
 impl Workspace {
+    /// Makes `file` (a complete database built in the state directory) the base snapshot.
+    pub fn replace_base_with(&self, file: &Path) -> Result<()> {
+        sync_file(file)?;
+        fs::rename(file, self.base_path())?;
+        sync_dir(&self.state_dir());
+        Ok(())
+    }
+
     /// Changes the base snapshot atomically: `edit` works on a copy, which replaces the base
     /// only once complete and synced. A crash leaves the old base or the new one, never a mix.
     pub fn replace_base(

@@ -75,6 +75,21 @@ pub struct StmtResult {
     pub rows: Vec<Vec<Value>>,
     #[serde(default)]
     pub affected_row_count: u64,
+    /// The server's replication frame number when the statement ran (sqld sends it as a
+    /// string). It moves with every write, which makes it the cheap "did the remote change?"
+    /// signal pull relies on.
+    #[serde(default)]
+    pub replication_index: Option<serde_json::Value>,
+}
+
+impl StmtResult {
+    pub fn replication_index(&self) -> Option<u64> {
+        match self.replication_index.as_ref()? {
+            serde_json::Value::String(s) => s.parse().ok(),
+            serde_json::Value::Number(n) => n.as_u64(),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize, Debug)]

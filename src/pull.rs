@@ -1,0 +1,586 @@
+//! Bringing others' changes into the working copy with a three-way merge.
+//!
+//! The remote is read with the clone machinery into a plain file beside the base (exact,
+//! streamed, bounded memory). Then, inside one write transaction on the working copy:
+//! base → remote gives their changes, base → working copy gives ours. Changes to different
+//! rows, and to different columns of one row, merge by themselves; the same cell changed two
+//! ways, or a row deleted on one side and changed on the other, is a conflict. The merge is
+//! applied with foreign keys off and the working copy's triggers suspended (their effects
+//! arrive as rows). Finally the remote copy becomes the base, so unpushed local changes stay
+//! pending and a later push sends only them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use rusqlite::Connection;
+
+use crate::clone::{self, FetchOptions};
+use crate::diff::{self, Changeset, RowChange, SchemaChange, TableDiff};
+use crate::progress::Progress;
+use crate::remote::Remote;
+use crate::schema::ObjectKind;
+use crate::snapshot::{LocalSink, SyncState, Workspace, BUSY_TIMEOUT};
+use crate::sql;
+use crate::value::Value;
+use crate::{Error, Result};
+
+/// How conflicts are settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// Report them and change nothing.
+    Refuse,
+    /// Keep the working copy's side.
+    Ours,
+    /// Take the remote's side.
+    Theirs,
+}
+
+/// A cell (or, with `column: None`, a whole row) changed differently on both sides.
+#[derive(Debug, Clone)]
+pub struct MergeConflict {
+    pub table: String,
+    pub key: Vec<Value>,
+    pub column: Option<String>,
+    pub base: Option<Value>,
+    pub ours: Option<Value>,
+    pub theirs: Option<Value>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PullReport {
+    /// False when the remote had not moved since the last sync: nothing was downloaded.
+    pub downloaded: bool,
+    /// Their row changes applied to the working copy.
+    pub applied: usize,
+    /// Rows changed on both sides whose cells merged without conflict.
+    pub merged: usize,
+    /// Conflicts settled by `--ours` or `--theirs`.
+    pub resolved: usize,
+    /// Their schema changes applied.
+    pub schema_changes: usize,
+}
+
+/// Called once if the app holds the working copy's write lock, before waiting for it.
+pub type WaitNotice<'a> = &'a dyn Fn();
+
+/// Pulls the remote into the working copy. Returns the conflicts instead when there are any
+/// and `resolve` is [`Resolve::Refuse`]; nothing changes on either side then.
+pub fn pull(
+    ws: &Workspace,
+    remote: &Remote,
+    resolve: Resolve,
+    opts: FetchOptions,
+    progress: &Progress,
+    on_wait: WaitNotice<'_>,
+) -> Result<Result<PullReport, Vec<MergeConflict>>> {
+    let known = ws.sync_state().replication_index;
+    let now = remote.query("SELECT 1", vec![])?.replication_index();
+    if known.is_some() && now == known {
+        return Ok(Ok(PullReport::default()));
+    }
+
+    // Their state, as a plain file built aside.
+    let remote_db = ws
+        .state_dir()
+        .join(format!("remote.db.tmp-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(remote_db.clone());
+    let mut sink = LocalSink::create(&remote_db)?;
+    clone::copy_remote(remote, &mut sink, opts, progress)?;
+    sink.finish()?;
+    progress.finish();
+
+    let work = Connection::open(ws.db_path())?;
+    work.execute_batch("PRAGMA foreign_keys = OFF")?;
+    begin_immediate(&work, on_wait)?;
+    let outcome = merge_into(ws, &work, &remote_db, resolve);
+    match outcome {
+        Ok(Ok(mut report)) => {
+            work.execute_batch("COMMIT")?;
+            // A crash here leaves the old base: the next pull sees our side and theirs
+            // holding the same changes, which merge to nothing, and converges.
+            ws.replace_base_with(&remote_db)?;
+            ws.save_sync_state(&SyncState {
+                replication_index: now,
+            })?;
+            report.downloaded = true;
+            Ok(Ok(report))
+        }
+        other => {
+            let _ = work.execute_batch("ROLLBACK");
+            other
+        }
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Takes the working copy's write lock, telling the user once if the app holds it.
+fn begin_immediate(work: &Connection, on_wait: WaitNotice<'_>) -> Result<()> {
+    work.busy_timeout(std::time::Duration::ZERO)?;
+    if work.execute_batch("BEGIN IMMEDIATE").is_err() {
+        on_wait();
+        work.busy_timeout(BUSY_TIMEOUT)?;
+        work.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
+            Error::Refused(format!(
+                "the working copy stayed locked by another connection for {}s ({e}); try again when the app is idle",
+                BUSY_TIMEOUT.as_secs()
+            ))
+        })?;
+    }
+    work.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(())
+}
+
+fn merge_into(
+    ws: &Workspace,
+    work: &Connection,
+    remote_db: &std::path::Path,
+    resolve: Resolve,
+) -> Result<Result<PullReport, Vec<MergeConflict>>> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let base = Connection::open_with_flags(ws.base_path(), flags)?;
+    let theirs_db = Connection::open_with_flags(remote_db, flags)?;
+    let all = diff::Filter::default();
+    let ours = diff::diff(&base, work, &all)?;
+    let theirs = diff::diff(&base, &theirs_db, &all)?;
+    let mut report = PullReport::default();
+
+    let ddl = merge_schema(&ours, &theirs)?;
+    report.schema_changes = ddl.len();
+    let mut conflicts = Vec::new();
+    let mut writes: Vec<Write> = Vec::new();
+    for t in &theirs.tables {
+        let mine = ours.tables.iter().find(|o| o.table.name == t.table.name);
+        merge_table(t, mine, resolve, &mut writes, &mut conflicts, &mut report);
+    }
+    if !conflicts.is_empty() && resolve == Resolve::Refuse {
+        return Ok(Err(conflicts));
+    }
+
+    // Suspend every trigger of the working copy; re-create the merged set at the end.
+    for (name, _) in &ours.new_triggers {
+        work.execute_batch(&format!("DROP TRIGGER {}", sql::ident(name)))?;
+    }
+    for stmt in &ddl {
+        work.execute_batch(stmt)?;
+    }
+    for w in &writes {
+        w.apply(work)?;
+    }
+    report.applied = writes.len();
+    for q in &theirs.sequences {
+        let current: Option<i64> = work
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+                [&q.table],
+                |r| r.get(0),
+            )
+            .ok();
+        let value = match (current, q.new) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => b.or(a),
+        };
+        if let Some(v) = value {
+            work.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [&q.table])?;
+            work.execute(
+                "INSERT INTO sqlite_sequence(name, seq) VALUES (?1, ?2)",
+                rusqlite::params![q.table, v],
+            )?;
+        }
+    }
+    for create in merged_triggers(&ours, &theirs)? {
+        work.execute_batch(&create)?;
+    }
+    if let (Some(v), None) = (theirs.user_version, ours.user_version) {
+        work.pragma_update(None, "user_version", v)?;
+    }
+    report.resolved = conflicts.len();
+    Ok(Ok(report))
+}
+
+/// One change to make in the working copy, by column name.
+enum Write {
+    Insert {
+        table: String,
+        columns: Vec<String>,
+        row: Vec<Value>,
+    },
+    Delete {
+        table: String,
+        key: Vec<(String, Value)>,
+    },
+    Update {
+        table: String,
+        key: Vec<(String, Value)>,
+        set: Vec<(String, Value)>,
+    },
+}
+
+impl Write {
+    fn apply(&self, conn: &Connection) -> Result<()> {
+        let where_key = |key: &[(String, Value)], first: usize| {
+            key.iter()
+                .enumerate()
+                .map(|(i, (c, _))| format!("{} = ?{}", sql::ident(c), first + i))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        match self {
+            Write::Insert {
+                table,
+                columns,
+                row,
+            } => {
+                let cols: Vec<String> = columns.iter().map(|c| sql::ident(c)).collect();
+                let marks: Vec<String> = (1..=row.len()).map(|i| format!("?{i}")).collect();
+                let q = format!(
+                    "INSERT INTO {} ({}) VALUES ({})",
+                    sql::ident(table),
+                    cols.join(", "),
+                    marks.join(", ")
+                );
+                conn.prepare_cached(&q)?
+                    .execute(rusqlite::params_from_iter(row.iter()))?;
+            }
+            Write::Delete { table, key } => {
+                let q = format!(
+                    "DELETE FROM {} WHERE {}",
+                    sql::ident(table),
+                    where_key(key, 1)
+                );
+                conn.prepare_cached(&q)?
+                    .execute(rusqlite::params_from_iter(key.iter().map(|(_, v)| v)))?;
+            }
+            Write::Update { table, key, set } => {
+                let sets: Vec<String> = set
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (c, _))| format!("{} = ?{}", sql::ident(c), i + 1))
+                    .collect();
+                let q = format!(
+                    "UPDATE {} SET {} WHERE {}",
+                    sql::ident(table),
+                    sets.join(", "),
+                    where_key(key, set.len() + 1)
+                );
+                let args = set.iter().map(|(_, v)| v).chain(key.iter().map(|(_, v)| v));
+                conn.prepare_cached(&q)?
+                    .execute(rusqlite::params_from_iter(args))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn key_text(t: &TableDiff, row: &[Value]) -> String {
+    let mut s = String::new();
+    for &k in &t.key {
+        sql::push_literal(&mut s, &row[k]);
+        s.push('\u{1}');
+    }
+    s
+}
+
+fn named(t: &TableDiff, row: &[Value]) -> HashMap<String, Value> {
+    t.columns.iter().cloned().zip(row.iter().cloned()).collect()
+}
+
+fn key_pairs(t: &TableDiff, row: &[Value]) -> Vec<(String, Value)> {
+    t.key
+        .iter()
+        .map(|&k| (t.columns[k].clone(), row[k].clone()))
+        .collect()
+}
+
+/// Merges their changes to one table with ours, row by row and cell by cell.
+fn merge_table(
+    theirs: &TableDiff,
+    ours: Option<&TableDiff>,
+    resolve: Resolve,
+    writes: &mut Vec<Write>,
+    conflicts: &mut Vec<MergeConflict>,
+    report: &mut PullReport,
+) {
+    let table = theirs.table.name.clone();
+    let mine: HashMap<String, &RowChange> = ours
+        .map(|o| {
+            o.changes
+                .iter()
+                .map(|c| (key_text(o, c.row()), c))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mine_cols = |c: &RowChange| ours.map(|o| named(o, c.row()));
+    for ch in &theirs.changes {
+        let key = key_pairs(theirs, ch.row());
+        let key_values: Vec<Value> = key.iter().map(|(_, v)| v.clone()).collect();
+        let insert_theirs = |row: &[Value]| Write::Insert {
+            table: table.clone(),
+            columns: theirs.columns.clone(),
+            row: row.to_vec(),
+        };
+        let Some(our) = mine.get(&key_text(theirs, ch.row())) else {
+            writes.push(match ch {
+                RowChange::Insert(r) => insert_theirs(r),
+                RowChange::Delete(_) => Write::Delete {
+                    table: table.clone(),
+                    key,
+                },
+                RowChange::Update { old, new } => Write::Update {
+                    table: table.clone(),
+                    key,
+                    set: (0..new.len())
+                        .filter(|&i| old[i] != new[i])
+                        .map(|i| (theirs.columns[i].clone(), new[i].clone()))
+                        .collect(),
+                },
+            });
+            continue;
+        };
+        let row_conflict = |conflicts: &mut Vec<MergeConflict>| {
+            conflicts.push(MergeConflict {
+                table: table.clone(),
+                key: key_values.clone(),
+                column: None,
+                base: None,
+                ours: None,
+                theirs: None,
+            })
+        };
+        match (ch, *our) {
+            (RowChange::Delete(_), RowChange::Delete(_)) => {}
+            // Deleted on one side, changed on the other.
+            (RowChange::Delete(_), RowChange::Update { .. }) => {
+                row_conflict(conflicts);
+                if resolve == Resolve::Theirs {
+                    writes.push(Write::Delete {
+                        table: table.clone(),
+                        key,
+                    });
+                }
+            }
+            (RowChange::Update { new, .. }, RowChange::Delete(_)) => {
+                row_conflict(conflicts);
+                if resolve == Resolve::Theirs {
+                    writes.push(insert_theirs(new));
+                }
+            }
+            // Both changed (or both inserted) the row: merge cell by cell.
+            (
+                RowChange::Update { .. } | RowChange::Insert(_),
+                RowChange::Update { .. } | RowChange::Insert(_),
+            ) => {
+                let base = match ch {
+                    RowChange::Update { old, .. } => Some(named(theirs, old)),
+                    _ => None,
+                };
+                let new = named(theirs, ch.row());
+                let our_row = mine_cols(our).unwrap_or_default();
+                let mut set = Vec::new();
+                let mut clean = true;
+                for col in &theirs.columns {
+                    let (b, t) = (base.as_ref().and_then(|b| b.get(col)), new.get(col));
+                    let o = our_row.get(col).or(b);
+                    if t == o || t == b {
+                        continue;
+                    }
+                    if o == b {
+                        set.push((col.clone(), t.cloned().unwrap_or(Value::Null)));
+                        continue;
+                    }
+                    clean = false;
+                    conflicts.push(MergeConflict {
+                        table: table.clone(),
+                        key: key_values.clone(),
+                        column: Some(col.clone()),
+                        base: b.cloned(),
+                        ours: o.cloned(),
+                        theirs: t.cloned(),
+                    });
+                    if resolve == Resolve::Theirs {
+                        set.push((col.clone(), t.cloned().unwrap_or(Value::Null)));
+                    }
+                }
+                if clean {
+                    report.merged += usize::from(!set.is_empty());
+                }
+                if !set.is_empty() {
+                    writes.push(Write::Update {
+                        table: table.clone(),
+                        key,
+                        set,
+                    });
+                }
+            }
+            // Insert against update/delete cannot happen: the base has the row or not.
+            _ => row_conflict(conflicts),
+        }
+    }
+}
+
+/// The DDL that brings their schema changes into the working copy, or a conflict when both
+/// sides changed the same object differently. Triggers are handled by [`merged_triggers`].
+fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
+    let conflict = |what: String| {
+        Error::Conflict(format!(
+            "{what} was changed both here and on the remote; nothing was pulled. Undo one side's change and pull again"
+        ))
+    };
+    let ours_touches = |name: &str| {
+        ours.schema.iter().any(|c| match c {
+            SchemaChange::TableAdded { name: n, .. }
+            | SchemaChange::TableDropped { name: n, .. }
+            | SchemaChange::TableRebuilt { name: n, .. }
+            | SchemaChange::ColumnsAdded { table: n, .. } => n == name,
+            _ => false,
+        }) || ours
+            .tables
+            .iter()
+            .any(|t| t.table.name == name && !t.changes.is_empty())
+    };
+    let mut ddl = Vec::new();
+    for ch in &theirs.schema {
+        if ours.schema.contains(ch) {
+            continue; // the same change on both sides
+        }
+        match ch {
+            SchemaChange::TableAdded { name, sql: create } => {
+                if ours_touches(name) {
+                    return Err(conflict(format!("table {name:?}")));
+                }
+                ddl.push(create.clone());
+            }
+            SchemaChange::TableDropped { name, .. } => {
+                if ours_touches(name) {
+                    return Err(conflict(format!("table {name:?}")));
+                }
+                ddl.push(format!("DROP TABLE {}", sql::ident(name)));
+            }
+            SchemaChange::TableRebuilt { name, new_sql, .. } => {
+                if ours_touches(name) {
+                    return Err(conflict(format!("table {name:?}")));
+                }
+                ddl.push(format!("DROP TABLE {}", sql::ident(name)));
+                ddl.push(new_sql.clone());
+            }
+            SchemaChange::ColumnsAdded { table, columns } => {
+                let ours_schema = ours.schema.iter().any(|c| match c {
+                    SchemaChange::TableDropped { name, .. }
+                    | SchemaChange::TableRebuilt { name, .. } => name == table,
+                    SchemaChange::ColumnsAdded { table: t, .. } => t == table,
+                    _ => false,
+                });
+                if ours_schema {
+                    return Err(conflict(format!("table {table:?}")));
+                }
+                for c in columns {
+                    ddl.push(format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)));
+                }
+            }
+            SchemaChange::ObjectAdded {
+                kind,
+                name,
+                sql: create,
+            } if *kind != ObjectKind::Trigger => {
+                if ours.schema.iter().any(|c| object_named(c, *kind, name)) {
+                    return Err(conflict(format!("{} {name:?}", kind.as_str())));
+                }
+                ddl.push(create.clone());
+            }
+            SchemaChange::ObjectDropped { kind, name, .. } if *kind != ObjectKind::Trigger => {
+                if ours.schema.iter().any(|c| object_named(c, *kind, name)) {
+                    return Err(conflict(format!("{} {name:?}", kind.as_str())));
+                }
+                ddl.push(format!(
+                    "DROP {} {}",
+                    kind.as_str().to_uppercase(),
+                    sql::ident(name)
+                ));
+            }
+            SchemaChange::ObjectChanged {
+                kind,
+                name,
+                new_sql,
+                ..
+            } if *kind != ObjectKind::Trigger => {
+                if ours.schema.iter().any(|c| object_named(c, *kind, name)) {
+                    return Err(conflict(format!("{} {name:?}", kind.as_str())));
+                }
+                ddl.push(format!(
+                    "DROP {} {}",
+                    kind.as_str().to_uppercase(),
+                    sql::ident(name)
+                ));
+                ddl.push(new_sql.clone());
+            }
+            _ => {}
+        }
+    }
+    // Table DDL first: indexes and views may refer to new tables or columns.
+    ddl.sort_by_key(|s| {
+        !(s.starts_with("CREATE TABLE")
+            || s.starts_with("DROP TABLE")
+            || s.starts_with("ALTER TABLE")
+            || s.starts_with("CREATE VIRTUAL TABLE"))
+    });
+    Ok(ddl)
+}
+
+fn object_named(c: &SchemaChange, kind: ObjectKind, name: &str) -> bool {
+    match c {
+        SchemaChange::ObjectAdded {
+            kind: k, name: n, ..
+        }
+        | SchemaChange::ObjectDropped {
+            kind: k, name: n, ..
+        }
+        | SchemaChange::ObjectChanged {
+            kind: k, name: n, ..
+        } => *k == kind && n == name,
+        _ => false,
+    }
+}
+
+/// The working copy's triggers with their trigger changes applied.
+fn merged_triggers(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
+    let mut set: Vec<(String, String)> = ours.new_triggers.clone();
+    let base: HashMap<&str, &str> = theirs
+        .base_triggers
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
+    let their_new: HashMap<&str, &str> = theirs
+        .new_triggers
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
+    let our_new: HashMap<String, String> = ours.new_triggers.iter().cloned().collect();
+    let names: std::collections::BTreeSet<&str> =
+        base.keys().chain(their_new.keys()).copied().collect();
+    for name in names {
+        let (b, t, o) = (
+            base.get(name).copied(),
+            their_new.get(name).copied(),
+            our_new.get(name).map(String::as_str),
+        );
+        if t == b || t == o {
+            continue;
+        }
+        if o != b {
+            return Err(Error::Conflict(format!(
+                "trigger {name:?} was changed both here and on the remote; nothing was pulled"
+            )));
+        }
+        set.retain(|(n, _)| n != name);
+        if let Some(create) = t {
+            set.push((name.to_owned(), create.to_owned()));
+        }
+    }
+    Ok(set.into_iter().map(|(_, s)| s).collect())
+}
