@@ -349,6 +349,11 @@ fn merge(
     new: &Table,
     added: &[String],
 ) -> Result<TableDiff> {
+    if added.is_empty() && old.sql == new.sql {
+        if let Some(d) = merge_pages(base, work, new)? {
+            return Ok(d);
+        }
+    }
     let mut d = table_diff(new)?;
     let key = d.key.clone();
     let mut bst = base.prepare(&scan_sql(old, added)?)?;
@@ -399,6 +404,108 @@ fn merge(
         }
     }
     Ok(d)
+}
+
+/// The file behind `conn`, if its pages on disk are exactly what `conn`'s open read
+/// transaction sees: not in WAL mode, or in WAL mode with an empty WAL (then no checkpoint can
+/// move pages under our snapshot either).
+fn stable_file(conn: &Connection) -> Result<Option<std::path::PathBuf>> {
+    let Some(path) = conn.path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from) else {
+        return Ok(None);
+    };
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        if std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0 {
+            return Ok(None);
+        }
+    }
+    Ok(Some(path))
+}
+
+/// SQLite's REAL affinity rule for a declared type: integers stored in such a column read
+/// back as reals.
+fn real_affinity(decl: &str) -> bool {
+    let d = decl.to_ascii_uppercase();
+    !["INT", "CHAR", "CLOB", "TEXT", "BLOB"].iter().any(|k| d.contains(k))
+        && ["REAL", "FLOA", "DOUB"].iter().any(|k| d.contains(k))
+}
+
+fn root_page(conn: &Connection, table: &str) -> Result<Option<u32>> {
+    Ok(conn
+        .query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .ok())
+}
+
+/// The merge join over raw B-tree records: identical record bytes are identical rows, so only
+/// rows whose bytes differ are decoded and compared as values. Applies to plain rowid tables
+/// (no generated columns, not virtual); returns `None` to fall back to the SQL scan whenever
+/// anything is out of the ordinary.
+fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option<TableDiff>> {
+    let RowKey::Rowid { ipk, .. } = t.key else {
+        return Ok(None);
+    };
+    let is_virtual = t.sql.get(..14).is_some_and(|p| p.eq_ignore_ascii_case("CREATE VIRTUAL"));
+    if is_virtual || t.columns.iter().any(|c| c.generated) {
+        return Ok(None);
+    }
+    let (Some(bpath), Some(wpath)) = (stable_file(base)?, stable_file(work)?) else {
+        return Ok(None);
+    };
+    let (Some(broot), Some(wroot)) = (root_page(base, &t.name)?, root_page(work, &t.name)?) else {
+        return Ok(None);
+    };
+    let (Ok(bdb), Ok(wdb)) = (crate::pages::DbFile::open(&bpath), crate::pages::DbFile::open(&wpath)) else {
+        return Ok(None);
+    };
+    let layout = crate::pages::Layout {
+        hidden_rowid: t.has_hidden_rowid(),
+        ipk,
+        real: t.columns.iter().map(|c| real_affinity(&c.decl_type)).collect(),
+    };
+    let decode = |row: Option<(i64, &[u8])>| row.and_then(|(id, rec)| crate::pages::decode(id, rec, &layout));
+    let mut d = table_diff(t)?;
+    let (mut bs, mut ws) = (bdb.scan(broot), wdb.scan(wroot));
+    let (Ok(mut b), Ok(mut w)) = (bs.next_row(), ws.next_row()) else {
+        return Ok(None);
+    };
+    loop {
+        let ord = match (b, w) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((bid, _)), Some((wid, _))) => bid.cmp(&wid),
+        };
+        if ord != Ordering::Greater {
+            if ord == Ordering::Less {
+                let Some(old) = decode(b) else { return Ok(None) };
+                d.changes.push(RowChange::Delete(old));
+            } else if b.map(|r| r.1) != w.map(|r| r.1) {
+                let (Some(old), Some(new)) = (decode(b), decode(w)) else {
+                    return Ok(None);
+                };
+                if old != new {
+                    d.changes.push(RowChange::Update { old, new });
+                }
+            }
+            let Ok(next) = bs.next_row() else { return Ok(None) };
+            b = next;
+        }
+        if ord != Ordering::Less {
+            if ord == Ordering::Greater {
+                let Some(new) = decode(w) else { return Ok(None) };
+                d.changes.push(RowChange::Insert(new));
+            }
+            let Ok(next) = ws.next_row() else { return Ok(None) };
+            w = next;
+        }
+    }
+    Ok(Some(d))
 }
 
 fn same_row(a: &rusqlite::Row<'_>, b: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<bool> {
