@@ -410,7 +410,11 @@ fn merge(
 /// transaction sees: not in WAL mode, or in WAL mode with an empty WAL (then no checkpoint can
 /// move pages under our snapshot either).
 fn stable_file(conn: &Connection) -> Result<Option<std::path::PathBuf>> {
-    let Some(path) = conn.path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from) else {
+    let Some(path) = conn
+        .path()
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+    else {
         return Ok(None);
     };
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
@@ -428,7 +432,9 @@ fn stable_file(conn: &Connection) -> Result<Option<std::path::PathBuf>> {
 /// back as reals.
 fn real_affinity(decl: &str) -> bool {
     let d = decl.to_ascii_uppercase();
-    !["INT", "CHAR", "CLOB", "TEXT", "BLOB"].iter().any(|k| d.contains(k))
+    !["INT", "CHAR", "CLOB", "TEXT", "BLOB"]
+        .iter()
+        .any(|k| d.contains(k))
         && ["REAL", "FLOA", "DOUB"].iter().any(|k| d.contains(k))
 }
 
@@ -450,7 +456,10 @@ fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option
     let RowKey::Rowid { ipk, .. } = t.key else {
         return Ok(None);
     };
-    let is_virtual = t.sql.get(..14).is_some_and(|p| p.eq_ignore_ascii_case("CREATE VIRTUAL"));
+    let is_virtual = t
+        .sql
+        .get(..14)
+        .is_some_and(|p| p.eq_ignore_ascii_case("CREATE VIRTUAL"));
     if is_virtual || t.columns.iter().any(|c| c.generated) {
         return Ok(None);
     }
@@ -460,15 +469,24 @@ fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option
     let (Some(broot), Some(wroot)) = (root_page(base, &t.name)?, root_page(work, &t.name)?) else {
         return Ok(None);
     };
-    let (Ok(bdb), Ok(wdb)) = (crate::pages::DbFile::open(&bpath), crate::pages::DbFile::open(&wpath)) else {
+    let (Ok(bdb), Ok(wdb)) = (
+        crate::pages::DbFile::open(&bpath),
+        crate::pages::DbFile::open(&wpath),
+    ) else {
         return Ok(None);
     };
     let layout = crate::pages::Layout {
         hidden_rowid: t.has_hidden_rowid(),
         ipk,
-        real: t.columns.iter().map(|c| real_affinity(&c.decl_type)).collect(),
+        real: t
+            .columns
+            .iter()
+            .map(|c| real_affinity(&c.decl_type))
+            .collect(),
     };
-    let decode = |row: Option<(i64, &[u8])>| row.and_then(|(id, rec)| crate::pages::decode(id, rec, &layout));
+    let decode = |row: Option<(i64, &[u8])>| {
+        row.and_then(|(id, rec)| crate::pages::decode(id, rec, &layout))
+    };
     let mut d = table_diff(t)?;
     let (mut bs, mut ws) = (bdb.scan(broot), wdb.scan(wroot));
     let (Ok(mut b), Ok(mut w)) = (bs.next_row(), ws.next_row()) else {
@@ -483,7 +501,9 @@ fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option
         };
         if ord != Ordering::Greater {
             if ord == Ordering::Less {
-                let Some(old) = decode(b) else { return Ok(None) };
+                let Some(old) = decode(b) else {
+                    return Ok(None);
+                };
                 d.changes.push(RowChange::Delete(old));
             } else if b.map(|r| r.1) != w.map(|r| r.1) {
                 let (Some(old), Some(new)) = (decode(b), decode(w)) else {
@@ -493,15 +513,21 @@ fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option
                     d.changes.push(RowChange::Update { old, new });
                 }
             }
-            let Ok(next) = bs.next_row() else { return Ok(None) };
+            let Ok(next) = bs.next_row() else {
+                return Ok(None);
+            };
             b = next;
         }
         if ord != Ordering::Less {
             if ord == Ordering::Greater {
-                let Some(new) = decode(w) else { return Ok(None) };
+                let Some(new) = decode(w) else {
+                    return Ok(None);
+                };
                 d.changes.push(RowChange::Insert(new));
             }
-            let Ok(next) = ws.next_row() else { return Ok(None) };
+            let Ok(next) = ws.next_row() else {
+                return Ok(None);
+            };
             w = next;
         }
     }
@@ -710,33 +736,6 @@ fn diff_sequences(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_order_like_sqlite() {
-        use ValueRef::*;
-        assert_eq!(cmp_value(Integer(1), Real(1.5)), Ordering::Less);
-        assert_eq!(cmp_value(Real(2.0), Integer(2)), Ordering::Equal);
-        assert_eq!(
-            cmp_value(Integer(i64::MAX), Real(9.223372036854775807e18)),
-            Ordering::Less
-        );
-        assert_eq!(cmp_value(Null, Integer(i64::MIN)), Ordering::Less);
-        assert_eq!(cmp_value(Text(b"a"), Blob(b"")), Ordering::Less);
-        assert_eq!(cmp_value(Integer(-1), Real(-0.5)), Ordering::Less);
-    }
-
-    #[test]
-    fn splits_column_definitions() {
-        assert_eq!(
-            split_top_level("a INT, b TEXT DEFAULT 'x,y', c CHECK (c IN (1,2))"),
-            vec!["a INT", "b TEXT DEFAULT 'x,y'", "c CHECK (c IN (1,2))"]
-        );
-    }
 }
 
 impl TableDiff {
@@ -962,5 +961,32 @@ impl SchemaChange {
             SchemaChange::ObjectDropped { kind, name, .. } => format!("- {} {name}", kind.as_str()),
             SchemaChange::ObjectChanged { kind, name, .. } => format!("~ {} {name}", kind.as_str()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_order_like_sqlite() {
+        use ValueRef::*;
+        assert_eq!(cmp_value(Integer(1), Real(1.5)), Ordering::Less);
+        assert_eq!(cmp_value(Real(2.0), Integer(2)), Ordering::Equal);
+        assert_eq!(
+            cmp_value(Integer(i64::MAX), Real(9_223_372_036_854_775_808.0)),
+            Ordering::Less
+        );
+        assert_eq!(cmp_value(Null, Integer(i64::MIN)), Ordering::Less);
+        assert_eq!(cmp_value(Text(b"a"), Blob(b"")), Ordering::Less);
+        assert_eq!(cmp_value(Integer(-1), Real(-0.5)), Ordering::Less);
+    }
+
+    #[test]
+    fn splits_column_definitions() {
+        assert_eq!(
+            split_top_level("a INT, b TEXT DEFAULT 'x,y', c CHECK (c IN (1,2))"),
+            vec!["a INT", "b TEXT DEFAULT 'x,y'", "c CHECK (c IN (1,2))"]
+        );
     }
 }

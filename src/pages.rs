@@ -50,7 +50,11 @@ impl DbFile {
         if u32::from_be_bytes([header[56], header[57], header[58], header[59]]) != 1 {
             return Err(PageError::Layout("text encoding is not UTF-8"));
         }
-        Ok(DbFile { file, page_size, usable: page_size - reserved })
+        Ok(DbFile {
+            file,
+            page_size,
+            usable: page_size - reserved,
+        })
     }
 
     fn read_page(&self, n: u32, buf: &mut Vec<u8>) -> Result<()> {
@@ -58,13 +62,20 @@ impl DbFile {
             return Err(PageError::Layout("page 0"));
         }
         buf.resize(self.page_size, 0);
-        self.file.read_exact_at(buf, (n as u64 - 1) * self.page_size as u64)?;
+        self.file
+            .read_exact_at(buf, (n as u64 - 1) * self.page_size as u64)?;
         Ok(())
     }
 
     /// Walks the table B-tree rooted at `root` in rowid order.
     pub fn scan(&self, root: u32) -> Scan<'_> {
-        Scan { db: self, stack: Vec::new(), root: Some(root), spare: Vec::new(), payload: Vec::new() }
+        Scan {
+            db: self,
+            stack: Vec::new(),
+            root: Some(root),
+            spare: Vec::new(),
+            payload: Vec::new(),
+        }
     }
 }
 
@@ -121,7 +132,13 @@ impl Scan<'_> {
             _ => return Err(PageError::Layout("not a table B-tree page")),
         };
         let cells = be16(&page, hdr + 3).ok_or(PageError::Layout("short page"))?;
-        self.stack.push(Frame { page, hdr, next: 0, cells, leaf });
+        self.stack.push(Frame {
+            page,
+            hdr,
+            next: 0,
+            cells,
+            leaf,
+        });
         if self.stack.len() > 64 {
             return Err(PageError::Layout("B-tree too deep"));
         }
@@ -134,7 +151,9 @@ impl Scan<'_> {
             self.push(root)?;
         }
         loop {
-            let Some(top) = self.stack.last_mut() else { return Ok(None) };
+            let Some(top) = self.stack.last_mut() else {
+                return Ok(None);
+            };
             let header_len = if top.leaf { 8 } else { 12 };
             if top.next > top.cells || (top.leaf && top.next == top.cells) {
                 let done = self.stack.pop().expect("non-empty");
@@ -147,23 +166,30 @@ impl Scan<'_> {
                 let child = if i == top.cells {
                     be32(&top.page, top.hdr + 8)
                 } else {
-                    let at = be16(&top.page, top.hdr + header_len + 2 * i).ok_or(PageError::Layout("cell pointer"))?;
+                    let at = be16(&top.page, top.hdr + header_len + 2 * i)
+                        .ok_or(PageError::Layout("cell pointer"))?;
                     be32(&top.page, at)
                 }
                 .ok_or(PageError::Layout("child pointer"))?;
                 self.push(child)?;
                 continue;
             }
-            let at = be16(&top.page, top.hdr + header_len + 2 * i).ok_or(PageError::Layout("cell pointer"))?;
-            let (size, a) = varint(top.page.get(at..).unwrap_or(&[])).ok_or(PageError::Layout("payload size"))?;
-            let (rowid, b) = varint(top.page.get(at + a..).unwrap_or(&[])).ok_or(PageError::Layout("rowid"))?;
+            let at = be16(&top.page, top.hdr + header_len + 2 * i)
+                .ok_or(PageError::Layout("cell pointer"))?;
+            let (size, a) = varint(top.page.get(at..).unwrap_or(&[]))
+                .ok_or(PageError::Layout("payload size"))?;
+            let (rowid, b) =
+                varint(top.page.get(at + a..).unwrap_or(&[])).ok_or(PageError::Layout("rowid"))?;
             let start = at + a + b;
             let size = usize::try_from(size).map_err(|_| PageError::Layout("payload size"))?;
             let u = self.db.usable;
             let max_local = u - 35;
             if size <= max_local {
                 let top = self.stack.len() - 1;
-                let bytes = self.stack[top].page.get(start..start + size).ok_or(PageError::Layout("payload"))?;
+                let bytes = self.stack[top]
+                    .page
+                    .get(start..start + size)
+                    .ok_or(PageError::Layout("payload"))?;
                 return Ok(Some((rowid, bytes)));
             }
             let min_local = (u - 12) * 32 / 255 - 23;
@@ -171,9 +197,14 @@ impl Scan<'_> {
             let local = if k <= max_local { k } else { min_local };
             let frame = self.stack.last().expect("non-empty");
             self.payload.clear();
-            self.payload
-                .extend_from_slice(frame.page.get(start..start + local).ok_or(PageError::Layout("payload"))?);
-            let mut next = be32(&frame.page, start + local).ok_or(PageError::Layout("overflow pointer"))?;
+            self.payload.extend_from_slice(
+                frame
+                    .page
+                    .get(start..start + local)
+                    .ok_or(PageError::Layout("payload"))?,
+            );
+            let mut next =
+                be32(&frame.page, start + local).ok_or(PageError::Layout("overflow pointer"))?;
             let mut page = self.spare.pop().unwrap_or_default();
             let mut hops = 0;
             while self.payload.len() < size {
@@ -238,7 +269,10 @@ pub fn decode(rowid: i64, rec: &[u8], layout: &Layout) -> Option<Vec<Value>> {
             }
             s if s >= 13 => {
                 let len = ((s - 13) / 2) as usize;
-                (Value::Text(String::from_utf8(rec.get(body..body + len)?.to_vec()).ok()?), len)
+                (
+                    Value::Text(String::from_utf8(rec.get(body..body + len)?.to_vec()).ok()?),
+                    len,
+                )
             }
             _ => return None,
         };
@@ -273,11 +307,23 @@ mod tests {
              INSERT INTO t(rowid, a, b, c) VALUES (2, randomblob(20000), 5e-324, printf('%.*c', 9000, 'y'));",
         )
         .unwrap();
-        let root: u32 = conn.query_row("SELECT rootpage FROM sqlite_schema WHERE name = 't'", [], |r| r.get(0)).unwrap();
+        let root: u32 = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
         let db = DbFile::open(&path).unwrap();
         let mut scan = db.scan(root);
-        let layout = Layout { hidden_rowid: true, ipk: None, real: vec![false, true, false] };
-        let mut st = conn.prepare("SELECT rowid, a, b, c FROM t ORDER BY rowid").unwrap();
+        let layout = Layout {
+            hidden_rowid: true,
+            ipk: None,
+            real: vec![false, true, false],
+        };
+        let mut st = conn
+            .prepare("SELECT rowid, a, b, c FROM t ORDER BY rowid")
+            .unwrap();
         let mut rows = st.query([]).unwrap();
         let mut n = 0;
         while let Some(r) = rows.next().unwrap() {

@@ -172,7 +172,7 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
     nothing_left(dir.path());
 
     // No URL is a usage error.
-    let out = run_err(&mut tursync(dir.path()).arg("init"));
+    let out = run_err(tursync(dir.path()).arg("init"));
     assert_eq!(out.status.code(), Some(2));
     let out = run_err(tursync(dir.path()).args(["init", "--url", "ftp://x"]));
     assert_eq!(out.status.code(), Some(2));
@@ -212,7 +212,7 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
         ),
     )
     .unwrap();
-    run_ok(&mut tursync(other.path()).arg("init"));
+    run_ok(tursync(other.path()).arg("init"));
     assert_table_eq(
         &sqld,
         &other.path().join("working_copy.db"),

@@ -41,7 +41,7 @@ fn text(out: &Output) -> String {
 
 /// The base snapshot and the working copy hold the same rows (nothing pending).
 fn assert_nothing_pending(dir: &Path) {
-    let out = run_ok(&mut tursync(dir).arg("diff"));
+    let out = run_ok(tursync(dir).arg("diff"));
     assert!(text(&out).ends_with("nothing to push\n"), "{}", text(&out));
 }
 
