@@ -75,6 +75,17 @@ impl TableDiff {
         c
     }
 
+    /// The key of `row` as text, to match rows of two sides exactly (each value as its SQL
+    /// literal, so class and bytes count).
+    pub fn key_text(&self, row: &[Value]) -> String {
+        let mut s = String::new();
+        for &k in &self.key {
+            sql::push_literal(&mut s, &row[k]);
+            s.push('\u{1}');
+        }
+        s
+    }
+
     pub fn key_of<'a>(&self, row: &'a [Value]) -> Vec<&'a Value> {
         self.key.iter().map(|&k| &row[k]).collect()
     }

@@ -278,15 +278,6 @@ impl Write {
     }
 }
 
-fn key_text(t: &TableDiff, row: &[Value]) -> String {
-    let mut s = String::new();
-    for &k in &t.key {
-        sql::push_literal(&mut s, &row[k]);
-        s.push('\u{1}');
-    }
-    s
-}
-
 fn named(t: &TableDiff, row: &[Value]) -> HashMap<String, Value> {
     t.columns.iter().cloned().zip(row.iter().cloned()).collect()
 }
@@ -309,12 +300,7 @@ fn merge_table(
 ) {
     let table = theirs.table.name.clone();
     let mine: HashMap<String, &RowChange> = ours
-        .map(|o| {
-            o.changes
-                .iter()
-                .map(|c| (key_text(o, c.row()), c))
-                .collect()
-        })
+        .map(|o| o.changes.iter().map(|c| (o.key_text(c.row()), c)).collect())
         .unwrap_or_default();
     let mine_cols = |c: &RowChange| ours.map(|o| named(o, c.row()));
     for ch in &theirs.changes {
@@ -325,7 +311,7 @@ fn merge_table(
             columns: theirs.columns.clone(),
             row: row.to_vec(),
         };
-        let Some(our) = mine.get(&key_text(theirs, ch.row())) else {
+        let Some(our) = mine.get(&theirs.key_text(ch.row())) else {
             writes.push(match ch {
                 RowChange::Insert(r) => insert_theirs(r),
                 RowChange::Delete(_) => Write::Delete {
@@ -483,41 +469,22 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
                     ddl.push(format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)));
                 }
             }
-            SchemaChange::ObjectAdded {
-                kind,
-                name,
-                sql: create,
-            } if *kind != ObjectKind::Trigger => {
+            SchemaChange::ObjectAdded { kind, name, .. }
+            | SchemaChange::ObjectDropped { kind, name, .. }
+            | SchemaChange::ObjectChanged { kind, name, .. }
+                if *kind != ObjectKind::Trigger =>
+            {
                 if ours.schema.iter().any(|c| object_named(c, *kind, name)) {
                     return Err(conflict(format!("{} {name:?}", kind.as_str())));
                 }
-                ddl.push(create.clone());
-            }
-            SchemaChange::ObjectDropped { kind, name, .. } if *kind != ObjectKind::Trigger => {
-                if ours.schema.iter().any(|c| object_named(c, *kind, name)) {
-                    return Err(conflict(format!("{} {name:?}", kind.as_str())));
+                match ch {
+                    SchemaChange::ObjectAdded { sql: create, .. } => ddl.push(create.clone()),
+                    SchemaChange::ObjectChanged { new_sql, .. } => {
+                        ddl.push(kind.drop_sql(name));
+                        ddl.push(new_sql.clone());
+                    }
+                    _ => ddl.push(kind.drop_sql(name)),
                 }
-                ddl.push(format!(
-                    "DROP {} {}",
-                    kind.as_str().to_uppercase(),
-                    sql::ident(name)
-                ));
-            }
-            SchemaChange::ObjectChanged {
-                kind,
-                name,
-                new_sql,
-                ..
-            } if *kind != ObjectKind::Trigger => {
-                if ours.schema.iter().any(|c| object_named(c, *kind, name)) {
-                    return Err(conflict(format!("{} {name:?}", kind.as_str())));
-                }
-                ddl.push(format!(
-                    "DROP {} {}",
-                    kind.as_str().to_uppercase(),
-                    sql::ident(name)
-                ));
-                ddl.push(new_sql.clone());
             }
             _ => {}
         }

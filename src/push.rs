@@ -76,16 +76,6 @@ pub struct PushReport {
     pub log: Option<PathBuf>,
 }
 
-/// The key of a row as text, for matching remote rows to local ones exactly.
-fn key_text(t: &TableDiff, row: &[Value]) -> String {
-    let mut s = String::new();
-    for &k in &t.key {
-        sql::push_literal(&mut s, &row[k]);
-        s.push('\u{1}');
-    }
-    s
-}
-
 fn row_bytes(row: &[Value]) -> usize {
     row.iter()
         .map(|v| match v {
@@ -384,7 +374,7 @@ fn classify<'a>(
 ) {
     let t = plan.diff;
     for ch in plan.changes {
-        let key = key_text(t, ch.row());
+        let key = t.key_text(ch.row());
         let remote = remote_rows.get(&key);
         let (base, local): (Option<&Vec<Value>>, Option<&Vec<Value>>) = match ch {
             RowChange::Insert(r) => (None, Some(r)),
@@ -522,11 +512,7 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
                 name,
                 sql: old,
             } if *kind != ObjectKind::Trigger => match has(kind.as_str(), name) {
-                Some(s) if s == old => before.push(format!(
-                    "DROP {} {}",
-                    kind.as_str().to_uppercase(),
-                    sql::ident(name)
-                )),
+                Some(s) if s == old => before.push(kind.drop_sql(name)),
                 None => {}
                 Some(_) => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
             },
@@ -537,11 +523,7 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
                 new_sql,
             } if *kind != ObjectKind::Trigger => match has(kind.as_str(), name) {
                 Some(s) if s == old_sql => {
-                    before.push(format!(
-                        "DROP {} {}",
-                        kind.as_str().to_uppercase(),
-                        sql::ident(name)
-                    ));
+                    before.push(kind.drop_sql(name));
                     after.push(new_sql.clone());
                 }
                 Some(s) if s == new_sql => {}
@@ -616,7 +598,7 @@ pub fn push(
     progress: &Progress,
 ) -> Result<Result<PushReport, Vec<Conflict>>> {
     let cs = ws.diff(&Default::default())?;
-    let mut report = PushReport {
+    let report = PushReport {
         changes: cs.change_count(),
         ..PushReport::default()
     };
@@ -648,22 +630,23 @@ pub fn push(
             in_group += take;
         }
     }
-    let mut log = String::new();
+    let mut run = Run {
+        report,
+        log: String::new(),
+        progress,
+    };
     let mut final_sequences: Vec<(String, Option<i64>)> = Vec::new();
     let last = groups.len() - 1;
     let known = ws.sync_state().replication_index;
     let mut index = None;
     for (gi, group) in groups.iter().enumerate() {
-        match push_transaction(
-            remote,
-            &cs,
+        let txn = Txn {
+            cs: &cs,
             group,
-            gi == 0,
-            gi == last,
-            &mut report,
-            &mut log,
-            progress,
-        )? {
+            first: gi == 0,
+            last: gi == last,
+        };
+        match push_transaction(remote, &txn, &mut run)? {
             Ok(done) => {
                 final_sequences.extend(done.sequences);
                 // The remote is known to equal the new base only if nobody else wrote since
@@ -676,29 +659,35 @@ pub fn push(
             }
             Err(conflicts) => return Ok(Err(conflicts)),
         }
-        report.transactions += 1;
+        run.report.transactions += 1;
     }
     progress.finish();
-    report.log = Some(ws.record_push(&cs, &final_sequences, &log)?);
+    let mut report = run.report;
+    report.log = Some(ws.record_push(&cs, &final_sequences, &run.log)?);
     ws.save_sync_state(&crate::snapshot::SyncState {
         replication_index: index,
     })?;
     Ok(Ok(report))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn push_transaction(
-    remote: &Remote,
-    cs: &Changeset,
-    group: &[TablePlan<'_>],
+/// One transaction's share of the changeset.
+struct Txn<'a, 'g> {
+    cs: &'a Changeset,
+    group: &'g [TablePlan<'a>],
     first: bool,
     last: bool,
-    report: &mut PushReport,
-    log: &mut String,
-    progress: &Progress,
-) -> Result<Outcome> {
+}
+
+/// What a push accumulates across its transactions.
+struct Run<'p> {
+    report: PushReport,
+    log: String,
+    progress: &'p Progress,
+}
+
+fn push_transaction(remote: &Remote, txn: &Txn<'_, '_>, run: &mut Run<'_>) -> Result<Outcome> {
     let mut stream = remote.stream();
-    let result = push_transaction_on(&mut stream, cs, group, first, last, report, log, progress);
+    let result = push_transaction_on(&mut stream, txn, run);
     match &result {
         Ok(Ok(_)) => {
             let _ = stream.send(&[StreamRequest::Close]);
@@ -708,17 +697,22 @@ fn push_transaction(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 fn push_transaction_on(
     stream: &mut Stream<'_>,
-    cs: &Changeset,
-    group: &[TablePlan<'_>],
-    first: bool,
-    last: bool,
-    report: &mut PushReport,
-    log: &mut String,
-    progress: &Progress,
+    txn: &Txn<'_, '_>,
+    run: &mut Run<'_>,
 ) -> Result<Outcome> {
+    let Txn {
+        cs,
+        group,
+        first,
+        last,
+    } = *txn;
+    let Run {
+        report,
+        log,
+        progress,
+    } = run;
     // Request 1: open the transaction and read the schema, which says how to read the rows.
     let head = vec![
         stmt("PRAGMA foreign_keys = OFF".into(), vec![], false),
@@ -773,7 +767,7 @@ fn push_transaction_on(
         for (pi, res) in owners.into_iter().zip(results) {
             let t = group[pi].diff;
             for row in res.rows {
-                remote_rows[pi].insert(key_text(t, &row), row);
+                remote_rows[pi].insert(t.key_text(&row), row);
             }
         }
     }

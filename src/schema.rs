@@ -178,6 +178,11 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
+    /// `DROP INDEX "name"` and the like.
+    pub fn drop_sql(self, name: &str) -> String {
+        format!("DROP {} {}", self.as_str().to_uppercase(), sql::ident(name))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ObjectKind::Index => "index",

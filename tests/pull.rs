@@ -25,20 +25,6 @@ fn cmd(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn edit(dir: &Path, sql: &str) {
-    rusqlite::Connection::open(dir.join("working_copy.db"))
-        .unwrap()
-        .execute_batch(sql)
-        .unwrap();
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 type Rows = BTreeMap<i64, Vec<Cell>>;
 

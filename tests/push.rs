@@ -24,20 +24,6 @@ fn push(sqld: &Sqld, dir: &Path) -> Output {
         .unwrap()
 }
 
-fn edit(dir: &Path, sql: &str) {
-    rusqlite::Connection::open(dir.join("working_copy.db"))
-        .unwrap()
-        .execute_batch(sql)
-        .unwrap();
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The base snapshot and the working copy hold the same rows (nothing pending).
 fn assert_nothing_pending(dir: &Path) {

@@ -624,3 +624,20 @@ pub fn assert_same_data(sqld: &Sqld, local: &Path, with_shadow: bool) {
         }
     }
 }
+
+/// Runs SQL on the working copy in `dir`, as the app would.
+pub fn edit(dir: &Path, sql: &str) {
+    rusqlite::Connection::open(dir.join("working_copy.db"))
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+}
+
+/// A command's stdout and stderr, for assertions on what the user sees.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
