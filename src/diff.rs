@@ -749,72 +749,71 @@ fn diff_sequences(
     Ok(out)
 }
 
-impl TableDiff {
-    fn where_key(&self, row: &[Value], out: &mut String) {
-        for (i, &k) in self.key.iter().enumerate() {
-            out.push_str(if i == 0 { " WHERE " } else { " AND " });
-            sql::push_ident(out, &self.columns[k]);
-            out.push_str(" = ");
-            sql::push_literal(out, &row[k]);
-        }
-    }
+/// Receives statements one at a time: SQL with `?` placeholders, and their arguments.
+pub type Emit<'a> = dyn FnMut(&str, &[Value]) -> Result<()> + 'a;
 
-    /// Appends the statements for this table's rows: deletes, then updates, then inserts, so
-    /// a unique value that moved from a deleted row to a new one never collides.
-    fn push_row_sql(&self, out: &mut String) {
+impl TableDiff {
+    /// Emits this table's row statements: deletes, then updates, then inserts, so a unique
+    /// value that moved from a deleted row to a new one never collides. Statements of one
+    /// shape share their SQL text, so a caller can prepare each shape once.
+    fn row_statements(&self, emit: &mut Emit<'_>) -> Result<()> {
         let name = sql::ident(&self.table.name);
+        let where_key = self
+            .key
+            .iter()
+            .map(|&k| format!("{} = ?", sql::ident(&self.columns[k])))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let delete = format!("DELETE FROM {name} WHERE {where_key}");
+        let mut args = Vec::new();
         for ch in &self.changes {
             if let RowChange::Delete(old) = ch {
-                out.push_str("DELETE FROM ");
-                out.push_str(&name);
-                self.where_key(old, out);
-                out.push_str(";\n");
+                args.clear();
+                args.extend(self.key.iter().map(|&k| old[k].clone()));
+                emit(&delete, &args)?;
             }
         }
         for ch in &self.changes {
             if let RowChange::Update { new, .. } = ch {
-                out.push_str("UPDATE ");
-                out.push_str(&name);
-                out.push_str(" SET ");
-                for (i, c) in ch.changed_columns().into_iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    sql::push_ident(out, &self.columns[c]);
-                    out.push_str(" = ");
-                    sql::push_literal(out, &new[c]);
-                }
-                self.where_key(new, out);
-                out.push_str(";\n");
+                let cols = ch.changed_columns();
+                let sets = cols
+                    .iter()
+                    .map(|&c| format!("{} = ?", sql::ident(&self.columns[c])))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                args.clear();
+                args.extend(cols.iter().chain(&self.key).map(|&c| new[c].clone()));
+                emit(
+                    &format!("UPDATE {name} SET {sets} WHERE {where_key}"),
+                    &args,
+                )?;
             }
         }
         let cols: Vec<String> = self.columns.iter().map(|c| sql::ident(c)).collect();
-        let head = format!("INSERT INTO {name}({}) VALUES(", cols.join(","));
+        let marks = vec!["?"; cols.len()].join(",");
+        let insert = format!("INSERT INTO {name}({}) VALUES({marks})", cols.join(","));
         for ch in &self.changes {
             if let RowChange::Insert(new) = ch {
-                out.push_str(&head);
-                for (i, v) in new.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    sql::push_literal(out, v);
-                }
-                out.push_str(");\n");
+                emit(&insert, new)?;
             }
         }
+        Ok(())
     }
 }
 
 impl Changeset {
-    /// SQL that, run by the sqlite3 CLI on a copy of the base, yields the working copy. Every
-    /// trigger is dropped first and re-created last, so none fires while rows are applied.
-    pub fn write_sql(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    /// Emits the statements that turn a copy of the base into the working copy, in one
+    /// transaction. Every trigger is dropped first and re-created last, so none fires while
+    /// rows are applied; foreign keys are off, so order and cascades cannot interfere.
+    pub fn statements(&self, emit: &mut Emit<'_>) -> Result<()> {
         if self.is_empty() {
             return Ok(());
         }
-        let mut s = String::from("PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n");
+        let mut ddl = |q: &str| emit(q, &[]);
+        ddl("PRAGMA foreign_keys=OFF")?;
+        ddl("BEGIN TRANSACTION")?;
         for (name, _) in &self.base_triggers {
-            s += &format!("DROP TRIGGER IF EXISTS {};\n", sql::ident(name));
+            ddl(&format!("DROP TRIGGER IF EXISTS {}", sql::ident(name)))?;
         }
         for ch in &self.schema {
             match ch {
@@ -822,11 +821,7 @@ impl Changeset {
                 | SchemaChange::ObjectChanged { kind, name, .. }
                     if *kind != ObjectKind::Trigger =>
                 {
-                    s += &format!(
-                        "DROP {} IF EXISTS {};\n",
-                        kind.as_str().to_uppercase(),
-                        sql::ident(name)
-                    );
+                    ddl(&kind.drop_sql(name))?;
                 }
                 _ => {}
             }
@@ -834,39 +829,38 @@ impl Changeset {
         for ch in &self.schema {
             match ch {
                 SchemaChange::TableDropped { name, .. } => {
-                    s += &format!("DROP TABLE {};\n", sql::ident(name))
+                    ddl(&format!("DROP TABLE {}", sql::ident(name)))?
                 }
                 SchemaChange::TableRebuilt { name, new_sql, .. } => {
-                    s += &format!("DROP TABLE {};\n{new_sql};\n", sql::ident(name))
+                    ddl(&format!("DROP TABLE {}", sql::ident(name)))?;
+                    ddl(new_sql)?;
                 }
-                SchemaChange::TableAdded { sql: create, .. } => s += &format!("{create};\n"),
+                SchemaChange::TableAdded { sql: create, .. } => ddl(create)?,
                 SchemaChange::ColumnsAdded { table, columns } => {
                     for c in columns {
-                        s += &format!("ALTER TABLE {} ADD COLUMN {c};\n", sql::ident(table));
+                        ddl(&format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)))?;
                     }
                 }
                 _ => {}
             }
         }
-        out.write_all(s.as_bytes())?;
         for t in &self.tables {
-            s.clear();
-            t.push_row_sql(&mut s);
-            out.write_all(s.as_bytes())?;
+            t.row_statements(emit)?;
         }
-        s.clear();
         for q in &self.sequences {
-            s += &format!(
-                "DELETE FROM sqlite_sequence WHERE name = {};\n",
-                sql::text_literal(&q.table)
-            );
+            let name = Value::Text(q.table.clone());
+            emit(
+                "DELETE FROM sqlite_sequence WHERE name = ?",
+                std::slice::from_ref(&name),
+            )?;
             if let Some(n) = q.new {
-                s += &format!(
-                    "INSERT INTO sqlite_sequence(name, seq) VALUES ({}, {n});\n",
-                    sql::text_literal(&q.table)
-                );
+                emit(
+                    "INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)",
+                    &[name, Value::Integer(n)],
+                )?;
             }
         }
+        let mut ddl = |q: &str| emit(q, &[]);
         for ch in &self.schema {
             match ch {
                 SchemaChange::ObjectAdded {
@@ -876,18 +870,40 @@ impl Changeset {
                     kind,
                     new_sql: create,
                     ..
-                } if *kind != ObjectKind::Trigger => s += &format!("{create};\n"),
+                } if *kind != ObjectKind::Trigger => ddl(create)?,
                 _ => {}
             }
         }
         for (_, create) in &self.new_triggers {
-            s += &format!("{create};\n");
+            ddl(create)?;
         }
         if let Some(v) = self.user_version {
-            s += &format!("PRAGMA user_version={v};\n");
+            ddl(&format!("PRAGMA user_version={v}"))?;
         }
-        s += "COMMIT;\n";
-        out.write_all(s.as_bytes())
+        ddl("COMMIT")
+    }
+
+    /// SQL text that, run by the sqlite3 CLI on a copy of the base, yields the working copy.
+    pub fn write_sql(&self, out: &mut dyn std::io::Write) -> Result<()> {
+        let mut line = String::new();
+        self.statements(&mut |q, args| {
+            line.clear();
+            sql::push_bound(&mut line, q, args);
+            line.push_str(";\n");
+            out.write_all(line.as_bytes())?;
+            Ok(())
+        })
+    }
+
+    /// Applies the changeset to `conn` (a copy of the base) with prepared statements: one
+    /// parse per statement shape, however many rows.
+    pub fn apply(&self, conn: &Connection) -> Result<()> {
+        conn.set_prepared_statement_cache_capacity(256);
+        self.statements(&mut |q, args| {
+            conn.prepare_cached(q)?
+                .execute(rusqlite::params_from_iter(args.iter()))?;
+            Ok(())
+        })
     }
 
     /// The changeset for scripts: every value typed as in Hrana (`{"type":"integer","value":"1"}`),

@@ -908,22 +908,19 @@ impl Workspace {
         let log_path = dir.join(format!("{stamp}.sql"));
         std::fs::write(&log_path, log)?;
 
-        let mut script = Vec::new();
-        cs.write_sql(&mut script)?;
-        let mut script = String::from_utf8_lossy(&script).into_owned();
-        for (name, v) in sequences {
-            script += &format!(
-                "DELETE FROM sqlite_sequence WHERE name = {};\n",
-                sql::text_literal(name)
-            );
-            if let Some(v) = v {
-                script += &format!(
-                    "INSERT INTO sqlite_sequence(name, seq) VALUES ({}, {v});\n",
-                    sql::text_literal(name)
-                );
+        self.replace_base(|conn| {
+            cs.apply(conn)?;
+            for (name, v) in sequences {
+                conn.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [name])?;
+                if let Some(v) = v {
+                    conn.execute(
+                        "INSERT INTO sqlite_sequence(name, seq) VALUES (?1, ?2)",
+                        rusqlite::params![name, v],
+                    )?;
+                }
             }
-        }
-        self.replace_base(|conn| conn.execute_batch(&script))?;
+            Ok(())
+        })?;
         Ok(log_path)
     }
 }

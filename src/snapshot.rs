@@ -377,7 +377,7 @@ impl Workspace {
     /// only once complete and synced. A crash leaves the old base or the new one, never a mix.
     pub fn replace_base(
         &self,
-        edit: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()>,
+        edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
     ) -> Result<()> {
         let base = self.base_path();
         let tmp = self

@@ -74,6 +74,28 @@ pub fn push_literal(out: &mut String, v: &Value) {
     }
 }
 
+/// Appends `q` with each `?` placeholder (outside quotes) replaced by the literal of the next
+/// argument: the text form of a parameterized statement.
+pub fn push_bound(out: &mut String, q: &str, args: &[Value]) {
+    let mut args = args.iter();
+    let mut quote = None;
+    for c in q.chars() {
+        match (quote, c) {
+            (Some(open), c) if c == open => quote = None,
+            (None, '"' | '\'' | '`') => quote = Some(c),
+            (None, '[') => quote = Some(']'),
+            (None, '?') => {
+                if let Some(v) = args.next() {
+                    push_literal(out, v);
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+}
+
 /// `v` as a SQL literal.
 pub fn literal(v: &Value) -> String {
     let mut out = String::new();
@@ -103,6 +125,17 @@ mod tests {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.query_row(&format!("SELECT {lit}"), [], |r| r.get::<_, Value>(0))
             .unwrap()
+    }
+
+    #[test]
+    fn placeholders_outside_quotes_are_bound() {
+        let mut out = String::new();
+        push_bound(
+            &mut out,
+            "UPDATE \"a?\" SET 'x?' = ? WHERE [b?] = ?",
+            &[Value::Integer(1), Value::Text("?".into())],
+        );
+        assert_eq!(out, "UPDATE \"a?\" SET 'x?' = 1 WHERE [b?] = '?'");
     }
 
     #[test]
