@@ -96,6 +96,96 @@ pub fn push_bound(out: &mut String, q: &str, args: &[Value]) {
     }
 }
 
+/// Appends a SQL expression that evaluates to exactly `f`, bit for bit, on any SQLite: the
+/// mantissa as an integer cast to REAL, scaled by powers of two written as integers. Every step
+/// is exact in IEEE arithmetic, unlike decimal parsing (sqld parses JSON floats and SQLite parses
+/// decimal literals with rounding errors in the last bit).
+pub fn push_exact_real(out: &mut String, f: f64) {
+    if !f.is_finite() || f == 0.0 {
+        if f == 0.0 && f.is_sign_negative() {
+            out.push_str("(-0.0)");
+        } else {
+            push_real(out, f);
+        }
+        return;
+    }
+    let bits = f.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i32;
+    let frac = (bits & ((1 << 52) - 1)) as i64;
+    let (mut m, mut e) = if exp == 0 {
+        (frac, -1074)
+    } else {
+        (frac | (1 << 52), exp - 1075)
+    };
+    while m & 1 == 0 {
+        m >>= 1;
+        e += 1;
+    }
+    if f < 0.0 {
+        m = -m;
+    }
+    let _ = write!(out, "(CAST({m} AS REAL)");
+    let op = if e < 0 { '/' } else { '*' };
+    let mut left = e.unsigned_abs();
+    while left > 0 {
+        let step = left.min(62);
+        let _ = write!(out, "{op}{}", 1u64 << step);
+        left -= step;
+    }
+    out.push(')');
+}
+
+/// Rewrites a parameterized statement so that no REAL travels as a bound value: each `?` or
+/// `?N` whose argument is a REAL becomes [`push_exact_real`]'s expression, and the remaining
+/// placeholders are renumbered over the remaining arguments.
+pub fn inline_reals(q: &str, args: &[Value]) -> (String, Vec<Value>) {
+    if !args.iter().any(|a| matches!(a, Value::Real(_))) {
+        return (q.to_owned(), args.to_vec());
+    }
+    let mut out = String::with_capacity(q.len() + 32 * args.len());
+    let mut kept: Vec<Value> = Vec::new();
+    let mut renumber: Vec<Option<usize>> = vec![None; args.len()];
+    let (mut quote, mut next) = (None, 0usize);
+    let mut chars = q.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        match (quote, c) {
+            (Some(open), c) if c == open => quote = None,
+            (None, '"' | '\'' | '`') => quote = Some(c),
+            (None, '[') => quote = Some(']'),
+            (None, '?') => {
+                let mut digits = String::new();
+                while let Some(&(_, d)) = chars.peek().filter(|(_, d)| d.is_ascii_digit()) {
+                    digits.push(d);
+                    chars.next();
+                }
+                let index = digits
+                    .parse::<usize>()
+                    .map(|n| n.saturating_sub(1))
+                    .unwrap_or(next);
+                next = index + 1;
+                match args.get(index) {
+                    Some(Value::Real(f)) => push_exact_real(&mut out, *f),
+                    Some(v) => {
+                        let n = *renumber[index].get_or_insert_with(|| {
+                            kept.push(v.clone());
+                            kept.len()
+                        });
+                        let _ = write!(out, "?{n}");
+                    }
+                    None => {
+                        out.push('?');
+                        out.push_str(&digits);
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    (out, kept)
+}
+
 /// `v` as a SQL literal.
 pub fn literal(v: &Value) -> String {
     let mut out = String::new();
@@ -136,6 +226,42 @@ mod tests {
             &[Value::Integer(1), Value::Text("?".into())],
         );
         assert_eq!(out, "UPDATE \"a?\" SET 'x?' = 1 WHERE [b?] = '?'");
+    }
+
+    #[test]
+    fn reals_are_inlined_exactly_and_placeholders_renumbered() {
+        let args = [
+            Value::Integer(7),
+            Value::Real(0.1),
+            Value::Text("?".into()),
+            Value::Real(-5e-324),
+        ];
+        let (q, kept) = inline_reals("SELECT ?, ?, \"a?\", ?, ?4, ?1", &args);
+        assert_eq!(kept, vec![Value::Integer(7), Value::Text("?".into())]);
+        assert!(
+            q.starts_with("SELECT ?1, (CAST(") && q.ends_with(", ?1"),
+            "{q}"
+        );
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let row: Vec<Value> = conn
+            .query_row(&q, rusqlite::params_from_iter(kept.iter()), |r| {
+                (0..6).map(|i| r.get(i)).collect()
+            })
+            .unwrap();
+        assert_eq!(row[1], Value::Real(0.1));
+        assert_eq!(row[4], Value::Real(-5e-324));
+        assert_eq!(row[3], Value::Text("?".into()));
+    }
+
+    proptest! {
+        #[test]
+        fn exact_real_expressions_evaluate_to_the_same_bits(bits in any::<u64>()) {
+            let f = f64::from_bits(bits);
+            prop_assume!(!f.is_nan());
+            let mut e = String::new();
+            push_exact_real(&mut e, f);
+            prop_assert_eq!(parse_back(&e), Value::Real(f), "{}", e);
+        }
     }
 
     #[test]

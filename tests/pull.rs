@@ -25,7 +25,6 @@ fn cmd(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-
 type Rows = BTreeMap<i64, Vec<Cell>>;
 
 fn rows_of(cells: Vec<Vec<Cell>>) -> Rows {

@@ -24,7 +24,6 @@ fn push(sqld: &Sqld, dir: &Path) -> Output {
         .unwrap()
 }
 
-
 /// The base snapshot and the working copy hold the same rows (nothing pending).
 fn assert_nothing_pending(dir: &Path) {
     let out = run_ok(tursync(dir).arg("diff"));
@@ -380,5 +379,57 @@ fn schema_changes_by_others_are_conflicts_and_rebuilds_are_refused() {
         text(&out).contains("table \"t\" changed in a way push cannot apply safely"),
         "{}",
         text(&out)
+    );
+}
+
+/// sqld parses JSON floats with last-bit errors, so every REAL must reach it another way.
+#[test]
+fn reals_reach_the_remote_bit_for_bit() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE r(id INTEGER PRIMARY KEY, v, k REAL);");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let conn = rusqlite::Connection::open(dir.path().join("working_copy.db")).unwrap();
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    for i in 0..3000i64 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let f = match i % 3 {
+            0 => f64::from_bits(seed),
+            1 => 1024.11 + i as f64 * 0.01,
+            _ => (seed % 100_000) as f64 / 1000.0,
+        };
+        let f = if f.is_finite() { f } else { 0.5 };
+        conn.execute("INSERT INTO r VALUES (?1, ?2, ?2)", rusqlite::params![i, f])
+            .unwrap();
+    }
+    drop(conn);
+    let out = push(&sqld, dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let wc = dir.path().join("working_copy.db");
+    assert_table_eq(
+        &sqld,
+        &wc,
+        "SELECT id, v, k FROM r WHERE id < 1500 ORDER BY id",
+    );
+    assert_table_eq(
+        &sqld,
+        &wc,
+        "SELECT id, v, k FROM r WHERE id >= 1500 ORDER BY id",
+    );
+    // Updates and key lookups carry reals too.
+    edit(dir.path(), "UPDATE r SET v = v / 3.0 WHERE id % 2 = 0;");
+    let out = push(&sqld, dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert_table_eq(
+        &sqld,
+        &wc,
+        "SELECT id, v FROM r WHERE id < 1500 ORDER BY id",
+    );
+    assert_table_eq(
+        &sqld,
+        &wc,
+        "SELECT id, v FROM r WHERE id >= 1500 ORDER BY id",
     );
 }

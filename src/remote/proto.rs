@@ -30,12 +30,27 @@ pub enum StreamRequest {
     Close,
 }
 
-#[derive(Serialize, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct Stmt {
     pub sql: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<Value>,
     pub want_rows: bool,
+}
+
+/// REAL arguments never travel as JSON numbers: sqld parses those with last-bit errors (about
+/// one value in four came back changed when measured). They go as exact SQL expressions in
+/// the statement text instead ([`crate::sql::inline_reals`]).
+impl Serialize for Stmt {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (sql, args) = crate::sql::inline_reals(&self.sql, &self.args);
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("sql", &sql)?;
+        if !args.is_empty() {
+            m.serialize_entry("args", &args)?;
+        }
+        m.serialize_entry("want_rows", &self.want_rows)?;
+        m.end()
+    }
 }
 
 #[derive(Deserialize, Debug)]
