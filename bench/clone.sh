@@ -45,6 +45,8 @@ fi
 log "building the release binary"
 cargo build --release --quiet
 TURSYNC="$ROOT/target/release/tursync"
+BUILD="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || BUILD+=" + uncommitted changes in src/"
 
 # --- temp dir and sqld -------------------------------------------------------------------------
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/tursync-bench-clone.XXXXXX")"
@@ -155,6 +157,7 @@ speed=$(awk -v a="$best_init" -v b="$best_dump" 'BEGIN { if (a <= b) printf "tur
 
 echo
 echo "clone benchmark: $ROWS rows, best of $RUNS, sqld on loopback ($(nproc) cores)"
+echo "  tursync at $BUILD"
 echo "  dump text size:          $((DUMP_BYTES / 1024)) KiB; working copy: $((db_bytes / 1024)) KiB"
 printf '  %-32s %8ss   peak RSS %7s KiB (largest of curl, sqlite3)\n' "curl /dump | sqlite3 new.db" "$best_dump" "$rss_dump"
 printf '  %-32s %8ss   peak RSS %7s KiB (writes working copy + base.db)\n' "tursync init -q" "$best_init" "$rss_init"

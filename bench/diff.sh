@@ -14,7 +14,11 @@
 # and the peak RSS of each.
 #
 # Env: ROWS (default 1000000), CHANGE_PCT (default 7), RUNS (default 3), KEEP_TMP=1 to keep
-# the temp dir. SCALING=1 also reports how the times grow with the table size
+# the temp dir. WAL=1 makes the edits in WAL mode and leaves them in working_copy.db-wal
+# (not checkpointed), as an app using WAL would, and keeps a sqlite3 connection open on the
+# working copy meanwhile (like a running app; otherwise the first reader to close would
+# checkpoint and remove the WAL). `tursync diff` then cannot read the file's pages directly
+# and uses its SQL merge join. SCALING=1 also reports how the times grow with the table size
 # (SIZES, default "250000 500000 1000000", at CHANGE_PCT) and with the share of changed rows
 # (PCTS, default "1 7 20", at ROWS).
 set -euo pipefail
@@ -25,6 +29,7 @@ ROWS="${ROWS:-1000000}"
 CHANGE_PCT="${CHANGE_PCT:-7}"
 RUNS="${RUNS:-3}"
 SCALING="${SCALING:-0}"
+WAL="${WAL:-0}"
 SIZES="${SIZES:-250000 500000 1000000}"
 PCTS="${PCTS:-1 7 20}"
 
@@ -56,6 +61,8 @@ fi
 log "building the release binary"
 cargo build --release --quiet
 TURSYNC="$ROOT/target/release/tursync"
+BUILD="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || BUILD+=" + uncommitted changes in src/"
 HAVE_DIFF=1
 if ! "$TURSYNC" diff --help >/dev/null 2>&1; then
     HAVE_DIFF=0
@@ -63,7 +70,38 @@ if ! "$TURSYNC" diff --help >/dev/null 2>&1; then
 fi
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/tursync-bench-diff.XXXXXX")"
-cleanup() { if [[ "${KEEP_TMP:-0}" == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi; }
+HOLD_PID=""
+# WAL=1: a sqlite3 process holding the working copy open, fed through a fifo on fd 7.
+hold_open() {
+    rm -f "$TMP/hold.fifo"
+    mkfifo "$TMP/hold.fifo"
+    sqlite3 "$1" <"$TMP/hold.fifo" >/dev/null &
+    HOLD_PID=$!
+    exec 7>"$TMP/hold.fifo"
+    rm -f "$TMP/hold.ready"
+    # Wait until it has read the database (and so recovered the WAL index): a reader that
+    # comes while it does that gets SQLITE_BUSY, and sqldiff sets no busy timeout.
+    printf 'SELECT count(*) FROM sqlite_schema;\n.shell touch %s\n' "$TMP/hold.ready" >&7
+    local i
+    for i in $(seq 1 600); do
+        [[ -e "$TMP/hold.ready" ]] && return 0
+        kill -0 "$HOLD_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "WAL=1: the sqlite3 connection holding the working copy open did not start" >&2
+    exit 1
+}
+release() {
+    if [[ -n "$HOLD_PID" ]]; then
+        exec 7>&-
+        wait "$HOLD_PID" 2>/dev/null || true
+        HOLD_PID=""
+    fi
+}
+cleanup() {
+    release
+    if [[ "${KEEP_TMP:-0}" == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -88,7 +126,7 @@ INSERT INTO items(id, name, price, payload, note, qty)
     $ROW_SELECT FROM c;
 PRAGMA journal_mode = DELETE;
 SQL
-}
+} >/dev/null
 
 # make_workspace BASE N PCT DIR: the base as .tursync/base.db, an edited copy as the working
 # copy. Sets CHANGES to "updates deletes inserts".
@@ -104,7 +142,16 @@ make_workspace() {
     u_ppm=$(awk -v p="$pct" 'BEGIN { printf "%d", p * 10000 * 5 / 14 + 0.5 }')
     d_ppm=$u_ppm
     ins=$(awk -v p="$pct" -v n="$n" 'BEGIN { printf "%d", n * p / 100 * 4 / 14 + 0.5 }')
+    local wal_setup=""
+    if [[ "$WAL" == 1 ]]; then
+        wal_setup=".output /dev/null
+.dbconfig no_ckpt_on_close on
+PRAGMA journal_mode = WAL;
+PRAGMA wal_autocheckpoint = 0;
+.output stdout"
+    fi
     CHANGES=$(sqlite3 "$dir/working_copy.db" <<SQL
+$wal_setup
 BEGIN;
 UPDATE items SET
     price = price + 0.25,
@@ -124,6 +171,13 @@ COMMIT;
 SQL
 )
     CHANGES=$(echo $CHANGES)
+    if [[ "$WAL" == 1 ]]; then
+        wal_check "$dir"
+        hold_open "$dir/working_copy.db"
+    fi
+}
+wal_check() {
+    [[ -s "$1/working_copy.db-wal" ]] || { echo "WAL=1: working_copy.db-wal is missing or empty" >&2; exit 1; }
 }
 
 # --- timing ------------------------------------------------------------------------------------
@@ -149,8 +203,15 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 # bench N PCT: builds the workspace (reusing the base for N) and times the three commands.
 # Sets S_T S_R (sqldiff), D_T D_R (tursync diff), Q_T Q_R (tursync diff --sql), NCH (changes).
+declare -A CACHE=()
 bench() {
     local n=$1 pct=$2 ws="$TMP/ws" expected got
+    release
+    if [[ -n "${CACHE[$n:$pct]:-}" ]]; then
+        read -r U D I NCH S_T S_R D_T D_R Q_T Q_R <<<"${CACHE[$n:$pct]}"
+        if [[ "$D_T" == - ]]; then D_T="" D_R="" Q_T="" Q_R=""; fi
+        return 0
+    fi
     if [[ ! -f "$TMP/base-$n.db" ]]; then
         log "building the $n-row base"
         make_base "$n" "$TMP/base-$n.db"
@@ -168,17 +229,24 @@ bench() {
     S_T=$BEST S_R=$RSS
     D_T="" D_R="" Q_T="" Q_R=""
     if ((HAVE_DIFF)); then
-        if "$TURSYNC" diff --help 2>/dev/null | grep -q -- '--json'; then
+        # Sanity check: the JSON changeset lists one change per changed row.
+        if [[ "$("$TURSYNC" diff --help 2>/dev/null)" == *--json* ]]; then
             expected=$NCH
             got=$(cd "$ws" && "$TURSYNC" diff -q --json | count_json_changes)
-            [[ "$got" == "$expected" || "$got" == "?" ]] ||
-                { echo "tursync diff --json reported $got changes, expected $expected" >&2; exit 1; }
+            if [[ "$got" == "?" ]]; then
+                log "could not count the changes in 'tursync diff --json' (no python3?); not checked"
+            elif [[ "$got" != "$expected" ]]; then
+                echo "tursync diff --json reported $got changes, expected $expected" >&2
+                exit 1
+            fi
         fi
         best_of "$ws" "$TURSYNC" diff -q
         D_T=$BEST D_R=$RSS
         best_of "$ws" "$TURSYNC" diff --sql -q
         Q_T=$BEST Q_R=$RSS
     fi
+    [[ "$WAL" == 1 ]] && wal_check "$ws"
+    CACHE[$n:$pct]="$U $D $I $NCH $S_T $S_R ${D_T:--} ${D_R:--} ${Q_T:--} ${Q_R:--}"
 }
 
 # Counts row changes in `tursync diff --json` output, whatever its exact shape: the number of
@@ -209,7 +277,7 @@ print(n if n else "?")
 
 print_header() {
     printf '  %-24s %9s %9s %9s %7s %9s %9s %9s\n' "$1" "sqldiff" "diff" "diff-sql" "ratio" \
-        "RSS sqld" "RSS diff" "RSS sql"
+        "RSS sqldf" "RSS diff" "RSS sql"
 }
 print_row() {
     local r="-" dt="${D_T:--}" qt="${Q_T:--}" dr="-" qr="-"
@@ -221,9 +289,23 @@ print_row() {
 
 # --- main --------------------------------------------------------------------------------------
 bench "$ROWS" "$CHANGE_PCT"
+if ((HAVE_DIFF)); then
+    # Correctness check: base.db + `tursync diff --sql` must equal the working copy.
+    cp "$TMP/ws/.tursync/base.db" "$TMP/replayed.db"
+    (cd "$TMP/ws" && "$TURSYNC" diff --sql -q) | sqlite3 "$TMP/replayed.db"
+    left=$(sqldiff "$TMP/replayed.db" "$TMP/ws/working_copy.db" | wc -l)
+    [[ "$left" == 0 ]] || { echo "base + tursync diff --sql differs from the working copy in $left rows" >&2; exit 1; }
+    log "checked: base.db + 'tursync diff --sql' == working copy"
+    rm -f "$TMP/replayed.db"
+fi
 echo
-echo "diff benchmark: $ROWS rows, $CHANGE_PCT % changed ($U updates, $D deletes, $I inserts), best of $RUNS, $(nproc) cores"
-echo "  base.db $(( $(stat -c %s "$TMP/ws/.tursync/base.db") / 1048576 )) MiB, working_copy.db $(( $(stat -c %s "$TMP/ws/working_copy.db") / 1048576 )) MiB"
+wal_note=""
+[[ "$WAL" == 1 ]] && wal_note=", edits left in the WAL"
+echo "diff benchmark: $ROWS rows, $CHANGE_PCT % changed ($U updates, $D deletes, $I inserts$wal_note), best of $RUNS, $(nproc) cores"
+sizes="  base.db $(( $(stat -c %s "$TMP/ws/.tursync/base.db") / 1048576 )) MiB, working_copy.db $(( $(stat -c %s "$TMP/ws/working_copy.db") / 1048576 )) MiB"
+[[ "$WAL" == 1 ]] && sizes+=" + $(( $(stat -c %s "$TMP/ws/working_copy.db-wal") / 1048576 )) MiB WAL"
+echo "$sizes"
+echo "  tursync at $BUILD"
 printf '  %-40s %8ss   peak RSS %7s KiB\n' "sqldiff base.db working_copy.db" "$S_T" "$S_R"
 if ((HAVE_DIFF)); then
     printf '  %-40s %8ss   peak RSS %7s KiB\n' "tursync diff -q" "$D_T" "$D_R"
@@ -236,14 +318,14 @@ fi
 
 if [[ "$SCALING" == 1 ]]; then
     echo
-    echo "scaling with table size ($CHANGE_PCT % changed), best of $RUNS; ratio = diff / sqldiff"
+    echo "scaling with table size ($CHANGE_PCT % changed$wal_note), best of $RUNS; ratio = diff / sqldiff"
     print_header "rows"
     for n in $SIZES; do
         bench "$n" "$CHANGE_PCT"
         print_row "$n"
     done
     echo
-    echo "scaling with changed rows ($ROWS rows), best of $RUNS; ratio = diff / sqldiff"
+    echo "scaling with changed rows ($ROWS rows$wal_note), best of $RUNS; ratio = diff / sqldiff"
     print_header "changed"
     for p in $PCTS; do
         bench "$ROWS" "$p"
