@@ -102,10 +102,12 @@ pub enum SchemaChange {
         name: String,
         sql: String,
     },
-    /// Columns appended with `ALTER TABLE … ADD COLUMN`, each as its column definition.
+    /// Columns appended with `ALTER TABLE … ADD COLUMN`, each as its column definition;
+    /// `old_sql` is the table's definition before, which push expects on the remote.
     ColumnsAdded {
         table: String,
         columns: Vec<String>,
+        old_sql: String,
     },
     /// Any other change to a table's definition: the table is dropped and re-created, and all
     /// its rows come again as inserts.
@@ -233,6 +235,7 @@ pub fn diff(base: &Connection, work: &Connection, filter: &Filter) -> Result<Cha
                     cs.schema.push(SchemaChange::ColumnsAdded {
                         table: t.name.clone(),
                         columns: defs,
+                        old_sql: o.sql.clone(),
                     });
                     merge(base, &o, work, &t, &added)?
                 }
@@ -250,6 +253,34 @@ pub fn diff(base: &Connection, work: &Connection, filter: &Filter) -> Result<Cha
     }
 
     diff_objects(&old, &new, filter, &mut cs);
+    // Dropping a table drops its indexes: a rebuilt table needs even its unchanged ones again.
+    let rebuilt: Vec<String> = cs
+        .schema
+        .iter()
+        .filter_map(|c| match c {
+            SchemaChange::TableRebuilt { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    for o in new
+        .objects
+        .iter()
+        .filter(|o| o.kind == ObjectKind::Index && rebuilt.contains(&o.table))
+    {
+        let listed = cs.schema.iter().any(|c| match c {
+            SchemaChange::ObjectAdded { kind, name, .. }
+            | SchemaChange::ObjectChanged { kind, name, .. } => *kind == o.kind && name == &o.name,
+            _ => false,
+        });
+        if !listed {
+            cs.schema.push(SchemaChange::ObjectChanged {
+                kind: o.kind,
+                name: o.name.clone(),
+                old_sql: o.sql.clone(),
+                new_sql: o.sql.clone(),
+            });
+        }
+    }
     if filter.table.is_none() {
         cs.sequences = diff_sequences(base, &old, work, &new)?;
         if old.user_version != new.user_version {
@@ -738,7 +769,10 @@ fn diff_sequences(
     let mut out = Vec::new();
     for name in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
         let (o, n) = (a.get(name).copied(), b.get(name).copied());
-        if o != n {
+        // A counter only ever grows; one lower here than in the base is the remote's higher
+        // counter that push kept, not a change to send.
+        let lowered = matches!((o, n), (Some(o), Some(n)) if n < o);
+        if o != n && !lowered {
             out.push(SequenceChange {
                 table: name.clone(),
                 old: o,
@@ -836,7 +870,7 @@ impl Changeset {
                     ddl(new_sql)?;
                 }
                 SchemaChange::TableAdded { sql: create, .. } => ddl(create)?,
-                SchemaChange::ColumnsAdded { table, columns } => {
+                SchemaChange::ColumnsAdded { table, columns, .. } => {
                     for c in columns {
                         ddl(&format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)))?;
                     }
@@ -955,7 +989,7 @@ impl Changeset {
             .map(|c| match c {
                 SchemaChange::TableAdded { name, sql } => json!({"change": "table_added", "name": name, "sql": sql}),
                 SchemaChange::TableDropped { name, sql } => json!({"change": "table_dropped", "name": name, "sql": sql}),
-                SchemaChange::ColumnsAdded { table, columns } => json!({"change": "columns_added", "name": table, "columns": columns}),
+                SchemaChange::ColumnsAdded { table, columns, .. } => json!({"change": "columns_added", "name": table, "columns": columns}),
                 SchemaChange::TableRebuilt { name, old_sql, new_sql } => json!({"change": "table_changed", "name": name, "old_sql": old_sql, "new_sql": new_sql}),
                 SchemaChange::ObjectAdded { kind, name, sql } => json!({"change": format!("{}_added", kind.as_str()), "name": name, "sql": sql}),
                 SchemaChange::ObjectDropped { kind, name, sql } => json!({"change": format!("{}_dropped", kind.as_str()), "name": name, "sql": sql}),
@@ -978,7 +1012,7 @@ impl SchemaChange {
         match self {
             SchemaChange::TableAdded { name, .. } => format!("+ table {name}"),
             SchemaChange::TableDropped { name, .. } => format!("- table {name}"),
-            SchemaChange::ColumnsAdded { table, columns } => {
+            SchemaChange::ColumnsAdded { table, columns, .. } => {
                 format!("~ table {table}: added {}", columns.join(", "))
             }
             SchemaChange::TableRebuilt { name, .. } => {

@@ -216,7 +216,16 @@ fn main() -> ExitCode {
     // `.env` fills in what the real environment does not set; it never overrides it.
     if Path::new(".env").is_file() {
         if let Err(e) = dotenvy::from_path(".env") {
-            eprintln!("warning: ignoring .env: {e}");
+            // Never the parser's own message: it quotes the offending line, which may hold
+            // the token.
+            let why = match e {
+                dotenvy::Error::LineParse(_, at) => {
+                    format!("a line could not be parsed (at character {at})")
+                }
+                dotenvy::Error::Io(e) => e.to_string(),
+                _ => "it could not be read".to_owned(),
+            };
+            eprintln!("warning: ignoring the rest of .env: {why}");
         }
     }
     let cli = Cli::parse();

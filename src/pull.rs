@@ -430,6 +430,17 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
             .iter()
             .any(|t| t.table.name == name && !t.changes.is_empty())
     };
+    for t in theirs.tables.iter().filter(|t| !t.changes.is_empty()) {
+        let gone_here = ours.schema.iter().any(|c| match c {
+            SchemaChange::TableDropped { name, .. } | SchemaChange::TableRebuilt { name, .. } => {
+                name == &t.table.name
+            }
+            _ => false,
+        });
+        if gone_here {
+            return Err(conflict(format!("table {:?}", t.table.name)));
+        }
+    }
     let mut ddl = Vec::new();
     for ch in &theirs.schema {
         if ours.schema.contains(ch) {
@@ -455,7 +466,7 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
                 ddl.push(format!("DROP TABLE {}", sql::ident(name)));
                 ddl.push(new_sql.clone());
             }
-            SchemaChange::ColumnsAdded { table, columns } => {
+            SchemaChange::ColumnsAdded { table, columns, .. } => {
                 let ours_schema = ours.schema.iter().any(|c| match c {
                     SchemaChange::TableDropped { name, .. }
                     | SchemaChange::TableRebuilt { name, .. } => name == table,
@@ -489,12 +500,22 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
             _ => {}
         }
     }
-    // Table DDL first: indexes and views may refer to new tables or columns.
+    // Object drops first (a dropped table takes its indexes along), then table DDL, then new
+    // indexes and views, which may refer to new tables or columns. The sort is stable.
+    let table_ddl = [
+        "CREATE TABLE",
+        "DROP TABLE",
+        "ALTER TABLE",
+        "CREATE VIRTUAL TABLE",
+    ];
     ddl.sort_by_key(|s| {
-        !(s.starts_with("CREATE TABLE")
-            || s.starts_with("DROP TABLE")
-            || s.starts_with("ALTER TABLE")
-            || s.starts_with("CREATE VIRTUAL TABLE"))
+        if s.starts_with("DROP INDEX") || s.starts_with("DROP VIEW") {
+            0
+        } else if table_ddl.iter().any(|p| s.starts_with(p)) {
+            1
+        } else {
+            2
+        }
     });
     Ok(ddl)
 }

@@ -340,7 +340,7 @@ fn remote_select(cs: &Changeset, t: &TableDiff, remote: &RemoteSchema) -> Option
     for ch in &cs.schema {
         match ch {
             SchemaChange::TableRebuilt { name, .. } if name == &t.table.name => return None,
-            SchemaChange::ColumnsAdded { table, columns } if table == &t.table.name => {
+            SchemaChange::ColumnsAdded { table, columns, .. } if table == &t.table.name => {
                 let all = &t.table.columns;
                 let appended: Vec<_> = all[all.len().saturating_sub(columns.len())..]
                     .iter()
@@ -450,8 +450,12 @@ struct SchemaPlan {
     after: Vec<String>,
 }
 
-fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
+/// `first`: whether this is the push's first transaction. Later ones of a split push find the
+/// objects the first one dropped already gone, which is not a conflict.
+fn plan_schema(cs: &Changeset, remote: &RemoteSchema, first: bool) -> Result<SchemaPlan> {
     let has = |ty: &str, name: &str| remote.objects.get(&(ty.to_owned(), name.to_owned()));
+    // Object drops go before table DDL (a dropped table takes its indexes with it).
+    let mut drops = Vec::new();
     let mut before = Vec::new();
     let mut after = Vec::new();
     // Triggers: the remote's must be the base's or already the working copy's.
@@ -465,7 +469,7 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
         return Err(schema_conflict("a trigger"));
     }
     for (name, _) in &remote.triggers {
-        before.push(format!("DROP TRIGGER {}", sql::ident(name)));
+        drops.push(format!("DROP TRIGGER {}", sql::ident(name)));
     }
     for ch in &cs.schema {
         match ch {
@@ -490,7 +494,11 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
                     )))
                 }
             },
-            SchemaChange::ColumnsAdded { table, columns } => {
+            SchemaChange::ColumnsAdded {
+                table,
+                columns,
+                old_sql,
+            } => {
                 let new_sql = cs
                     .tables
                     .iter()
@@ -498,13 +506,13 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
                     .map(|t| t.table.sql.clone());
                 match has("table", table) {
                     Some(s) if Some(s) == new_sql.as_ref() => {}
-                    Some(_) => {
+                    Some(s) if s == old_sql => {
                         for c in columns {
                             before
                                 .push(format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)));
                         }
                     }
-                    None => return Err(schema_conflict(&format!("table {table:?}"))),
+                    _ => return Err(schema_conflict(&format!("table {table:?}"))),
                 }
             }
             SchemaChange::ObjectDropped {
@@ -512,7 +520,7 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
                 name,
                 sql: old,
             } if *kind != ObjectKind::Trigger => match has(kind.as_str(), name) {
-                Some(s) if s == old => before.push(kind.drop_sql(name)),
+                Some(s) if s == old => drops.push(kind.drop_sql(name)),
                 None => {}
                 Some(_) => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
             },
@@ -523,10 +531,11 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
                 new_sql,
             } if *kind != ObjectKind::Trigger => match has(kind.as_str(), name) {
                 Some(s) if s == old_sql => {
-                    before.push(kind.drop_sql(name));
+                    drops.push(kind.drop_sql(name));
                     after.push(new_sql.clone());
                 }
-                Some(s) if s == new_sql => {}
+                Some(s) if s == new_sql && old_sql != new_sql => {}
+                None if !first || old_sql == new_sql => after.push(new_sql.clone()),
                 _ => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
             },
             SchemaChange::ObjectAdded {
@@ -557,7 +566,11 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
     for (_, create) in &cs.new_triggers {
         after.push(create.clone());
     }
-    Ok(SchemaPlan { before, after })
+    drops.extend(before);
+    Ok(SchemaPlan {
+        before: drops,
+        after,
+    })
 }
 
 /// Sends requests on the push stream and fails on the first statement error.
@@ -789,7 +802,7 @@ fn push_transaction_on(
     if !conflicts.is_empty() {
         return Ok(Err(conflicts));
     }
-    let ddl = plan_schema(cs, &schema)?;
+    let ddl = plan_schema(cs, &schema, first)?;
 
     // The writes, in requests of bounded size; the last one commits.
     let mut writes: Vec<(Stmt, usize, usize)> = Vec::new();

@@ -178,9 +178,14 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
-    /// `DROP INDEX "name"` and the like.
+    /// `DROP INDEX IF EXISTS "name"` and the like: an object may already be gone with its
+    /// table, which is dropped after it in the same transaction or was dropped before.
     pub fn drop_sql(self, name: &str) -> String {
-        format!("DROP {} {}", self.as_str().to_uppercase(), sql::ident(name))
+        format!(
+            "DROP {} IF EXISTS {}",
+            self.as_str().to_uppercase(),
+            sql::ident(name)
+        )
     }
 
     pub fn as_str(self) -> &'static str {

@@ -242,6 +242,16 @@ pub fn init(
     let dir = parent_dir(db);
     let name = file_name(db);
     let state = dir.join(STATE_DIR);
+    let other = fs::read_to_string(state.join(CONFIG))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Config>(&t).ok());
+    if let Some(other) = other.filter(|c| c.db != name && !force) {
+        return Err(Error::Refused(format!(
+            "{} already holds the state of working copy {:?}; pass --force to replace it",
+            state.display(),
+            other.db
+        )));
+    }
     if db.exists() && !force {
         return Err(Error::Refused(format!(
             "{} already exists; pass --force to replace it (any unpushed changes in it are lost)",

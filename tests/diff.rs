@@ -260,7 +260,7 @@ fn every_exactness_case_edited_diffs_exactly() {
 fn a_changed_column_type_rebuilds_the_table() {
     let sqld = Sqld::start();
     sqld.exec(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1), (2, 2);",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1), (2, 2); CREATE INDEX t_v ON t(v);",
     );
     let dir = tempdir();
     run_ok(
@@ -270,7 +270,7 @@ fn a_changed_column_type_rebuilds_the_table() {
     );
     rusqlite::Connection::open(dir.path().join("working_copy.db"))
         .unwrap()
-        .execute_batch("CREATE TABLE t2(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t2 SELECT id, v || '!' FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;")
+        .execute_batch("CREATE TABLE t2(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t2 SELECT id, v || '!' FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t; CREATE INDEX t_v ON t(v);")
         .unwrap();
     let sql = check_roundtrip(dir.path());
     assert!(sql.contains("DROP TABLE \"t\""), "{sql}");

@@ -433,3 +433,26 @@ fn reals_reach_the_remote_bit_for_bit() {
         "SELECT id, v FROM r WHERE id >= 1500 ORDER BY id",
     );
 }
+
+#[test]
+fn dropped_tables_take_their_indexes_and_concurrent_add_columns_conflict() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v); CREATE INDEX t_v ON t(v); CREATE TABLE u(a); INSERT INTO t VALUES (1, 1);");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    edit(dir.path(), "DROP TABLE t;");
+    let out = push(&sqld, dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(sqld
+        .query("SELECT name FROM sqlite_schema WHERE tbl_name = 't'")
+        .is_empty());
+
+    // They add a column while we add another to the same table: a conflict, nothing pushed.
+    sqld.exec("ALTER TABLE u ADD COLUMN theirs;");
+    edit(dir.path(), "ALTER TABLE u ADD COLUMN ours;");
+    let out = push(&sqld, dir.path());
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(sqld
+        .query("SELECT 1 FROM pragma_table_info('u') WHERE name = 'ours'")
+        .is_empty());
+}
