@@ -135,11 +135,12 @@ pub fn push_exact_real(out: &mut String, f: f64) {
     out.push(')');
 }
 
-/// Rewrites a parameterized statement so that no REAL travels as a bound value: each `?` or
-/// `?N` whose argument is a REAL becomes [`push_exact_real`]'s expression, and the remaining
-/// placeholders are renumbered over the remaining arguments.
-pub fn inline_reals(q: &str, args: &[Value]) -> (String, Vec<Value>) {
-    if !args.iter().any(|a| matches!(a, Value::Real(_))) {
+/// Rewrites a parameterized statement so that the REAL arguments `inline` picks travel in the
+/// text instead: each `?` or `?N` whose argument is such a REAL becomes [`push_exact_real`]'s
+/// expression, and the remaining placeholders are renumbered over the remaining arguments.
+pub fn inline_reals(q: &str, args: &[Value], inline: impl Fn(f64) -> bool) -> (String, Vec<Value>) {
+    let inlined = |v: &Value| matches!(v, Value::Real(f) if inline(*f));
+    if !args.iter().any(inlined) {
         return (q.to_owned(), args.to_vec());
     }
     let mut out = String::with_capacity(q.len() + 32 * args.len());
@@ -164,7 +165,7 @@ pub fn inline_reals(q: &str, args: &[Value]) -> (String, Vec<Value>) {
                     .unwrap_or(next);
                 next = index + 1;
                 match args.get(index) {
-                    Some(Value::Real(f)) => push_exact_real(&mut out, *f),
+                    Some(Value::Real(f)) if inline(*f) => push_exact_real(&mut out, *f),
                     Some(v) => {
                         let n = *renumber[index].get_or_insert_with(|| {
                             kept.push(v.clone());
@@ -236,7 +237,7 @@ mod tests {
             Value::Text("?".into()),
             Value::Real(-5e-324),
         ];
-        let (q, kept) = inline_reals("SELECT ?, ?, \"a?\", ?, ?4, ?1", &args);
+        let (q, kept) = inline_reals("SELECT ?, ?, \"a?\", ?, ?4, ?1", &args, |_| true);
         assert_eq!(kept, vec![Value::Integer(7), Value::Text("?".into())]);
         assert!(
             q.starts_with("SELECT ?1, (CAST(") && q.ends_with(", ?1"),
