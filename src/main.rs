@@ -691,7 +691,7 @@ fn print_conflicts(conflicts: &[Conflict]) {
     if conflicts.len() > 50 {
         eprintln!("  … and {} more (use --json for all)", conflicts.len() - 50);
     }
-    eprintln!("Nothing changed on either side. Bring the remote's changes in first (re-clone into another directory to inspect them), then push again.");
+    eprintln!("Nothing changed on either side in this transaction. Run `tursync pull` to merge the remote's changes (it reports the same rows), then push again.");
 }
 
 fn pull(cli: &Cli, resolve: Resolve, as_json: bool, progress: &Progress) -> Result<ExitCode> {

@@ -73,6 +73,7 @@ pub fn pull(
     progress: &Progress,
     on_wait: WaitNotice<'_>,
 ) -> Result<Result<PullReport, Vec<MergeConflict>>> {
+    let _lock = ws.lock()?;
     let known = ws.sync_state().replication_index;
     let now = remote.query("SELECT 1", vec![])?.replication_index();
     if known.is_some() && now == known {

@@ -11,8 +11,8 @@
 //!    exit 3, nothing changed anywhere.
 //! 3. The changes go out as multi-row statements — `DELETE … WHERE key IN (…)`,
 //!    `UPDATE … FROM (VALUES …)`, multi-row `INSERT` — with every trigger dropped first and
-//!    re-created last (DDL is transactional), so no remote trigger fires a second time. The last
-//!    request ends with `COMMIT`.
+//!    re-created last (DDL is transactional), so no remote trigger fires a second time. `COMMIT`
+//!    follows in a request of its own once every write succeeded.
 //! 4. The base snapshot then moves by exactly the changeset pushed, which was read from one
 //!    consistent snapshot of the working copy: edits the app made meanwhile stay pending.
 
@@ -30,7 +30,7 @@ use crate::{Error, Result};
 
 /// Rows per multi-row statement: large enough to amortize parsing, small enough to stay far
 /// under SQLite's 32766 bound parameters.
-const ROWS_PER_STMT: usize = 500;
+const ROWS_PER_STMT: usize = 1000;
 const MAX_PARAMS: usize = 16_000;
 /// Bytes of row data per HTTP request, keeping responses (for reads) under sqld's 10 MB cap.
 const BYTES_PER_REQUEST: usize = 4 << 20;
@@ -160,9 +160,16 @@ impl TablePlan<'_> {
         let mut start = 0;
         while start < rows.len() {
             let mut end = start;
-            let mut bytes = 0;
-            while end < rows.len() && end - start < ROWS_PER_STMT && bytes < BYTES_PER_REQUEST / 2 {
-                bytes += row_bytes(rows[end]);
+            // `worst` bounds one statement's response (should every row be there already);
+            // `bytes` is what is expected back (new rows are expected absent), which sizes
+            // the requests.
+            let (mut worst, mut bytes) = (0, 0);
+            while end < rows.len() && end - start < ROWS_PER_STMT && worst < BYTES_PER_REQUEST / 2 {
+                worst += row_bytes(rows[end]);
+                bytes += match self.changes[end] {
+                    RowChange::Insert(_) => 16,
+                    _ => row_bytes(rows[end]),
+                };
                 end += 1;
             }
             let mut args = Vec::new();
@@ -440,7 +447,7 @@ fn read_schema(res: StmtResult, seq: Option<StmtResult>) -> RemoteSchema {
 /// A schema change the remote does not allow: someone else changed the same object.
 fn schema_conflict(what: &str) -> Error {
     Error::Conflict(format!(
-        "{what} changed on the remote since your last sync; nothing was pushed. Bring the remote's schema in first (re-clone into another directory to see it)"
+        "{what} changed on the remote since your last sync; nothing was pushed. Run `tursync pull` to bring the remote's change in first"
     ))
 }
 
@@ -610,6 +617,7 @@ pub fn push(
     opts: PushOptions,
     progress: &Progress,
 ) -> Result<Result<PushReport, Vec<Conflict>>> {
+    let _lock = ws.lock()?;
     let cs = ws.diff(&Default::default())?;
     let report = PushReport {
         changes: cs.change_count(),

@@ -107,6 +107,24 @@ impl Workspace {
         self.state_dir().join(BASE)
     }
 
+    /// Takes the workspace's lock for a command that moves the base (push, pull), so two
+    /// of them never interleave. Held until the returned file is dropped; the OS releases it if
+    /// the process dies.
+    pub fn lock(&self) -> Result<fs::File> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.state_dir().join("lock"))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::Refused(
+                "another tursync command is working on this working copy; try again when it is done".into(),
+            )),
+            Err(fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+
     pub fn sync_state(&self) -> SyncState {
         fs::read_to_string(self.state_dir().join(SYNC))
             .ok()
