@@ -400,7 +400,13 @@ fn fetch_task(
             return Ok(());
         }
         let last = &res.rows[n - 1];
-        after = Some(key_pos.iter().map(|&p| last[p].clone()).collect());
+        let key: Option<Vec<Value>> = key_pos.iter().map(|&p| last.get(p).cloned()).collect();
+        after = Some(key.ok_or_else(|| {
+            Error::Remote(RemoteError::Protocol(format!(
+                "a row of {:?} came back with fewer columns than asked for",
+                t.name
+            )))
+        })?);
         let approx_bytes: usize = res.rows.iter().flatten().map(value_size).sum::<usize>() + n * 16;
         let per_row = (approx_bytes / n).max(1);
         if !emit(res.rows, 1) {

@@ -394,7 +394,7 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
             ok = state == "ok";
             report["remote"] = json!({
                 "url": endpoint.to_string(),
-                "token": if cli.token.is_some() { "set" } else { "not set" },
+                "token": if remote.has_token() { "set" } else { "not set" },
                 "state": state,
                 "error": detail,
                 "latency_ms": started.elapsed().as_millis() as u64,

@@ -46,6 +46,12 @@ impl DbFile {
         let raw = u16::from_be_bytes([header[16], header[17]]) as usize;
         let page_size = if raw == 1 { 65536 } else { raw };
         let reserved = header[20] as usize;
+        if !page_size.is_power_of_two()
+            || !(512..=65536).contains(&page_size)
+            || page_size - reserved < 480
+        {
+            return Err(PageError::Layout("page size"));
+        }
         // Text encoding 1 is UTF-8, the only one decoded here.
         if u32::from_be_bytes([header[56], header[57], header[58], header[59]]) != 1 {
             return Err(PageError::Layout("text encoding is not UTF-8"));

@@ -40,10 +40,6 @@ impl Progress {
         self.bar.set_position(0);
     }
 
-    pub fn message(&self, msg: String) {
-        self.bar.set_message(msg);
-    }
-
     pub fn advance(&self, rows: u64) {
         self.bar.inc(rows);
     }

@@ -10,7 +10,6 @@
 //! pending and a later push sends only them.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use rusqlite::Connection;
 
@@ -84,7 +83,9 @@ pub fn pull(
     let remote_db = ws
         .state_dir()
         .join(format!("remote.db.tmp-{}", std::process::id()));
-    let _cleanup = RemoveOnDrop(remote_db.clone());
+    let _cleanup = crate::snapshot::Aside {
+        paths: vec![remote_db.clone()],
+    };
     let mut sink = LocalSink::create(&remote_db)?;
     clone::copy_remote(remote, &mut sink, opts, progress)?;
     sink.finish()?;
@@ -110,14 +111,6 @@ pub fn pull(
             let _ = work.execute_batch("ROLLBACK");
             other
         }
-    }
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 

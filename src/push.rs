@@ -420,7 +420,8 @@ fn read_schema(res: StmtResult, seq: Option<StmtResult>) -> RemoteSchema {
     let mut objects = HashMap::new();
     let mut triggers = Vec::new();
     for r in &res.rows {
-        let (ty, name, sqltext) = (text(&r[0]), text(&r[1]), text(&r[2]));
+        let cell = |i: usize| r.get(i).map(text).unwrap_or_default();
+        let (ty, name, sqltext) = (cell(0), cell(1), cell(2));
         if ty == "trigger" {
             triggers.push((name.clone(), sqltext.clone()));
         }
@@ -430,8 +431,8 @@ fn read_schema(res: StmtResult, seq: Option<StmtResult>) -> RemoteSchema {
         .map(|s| {
             s.rows
                 .iter()
-                .filter_map(|r| match (&r[0], &r[1]) {
-                    (Value::Text(n), Value::Integer(v)) => Some((n.clone(), *v)),
+                .filter_map(|r| match (r.first(), r.get(1)) {
+                    (Some(Value::Text(n)), Some(Value::Integer(v))) => Some((n.clone(), *v)),
                     _ => None,
                 })
                 .collect()

@@ -106,7 +106,7 @@ impl Table {
             .filter(|(_, c)| !c.generated)
     }
 
-    /// The key columns as they appear in a data row built by [`Table::data_columns`].
+    /// Whether rows carry a rowid that no column holds, which data rows then lead with.
     pub fn has_hidden_rowid(&self) -> bool {
         matches!(self.key, RowKey::Rowid { ipk: None, .. })
     }

@@ -229,9 +229,10 @@ pub struct InitReport {
     pub stats: Stats,
 }
 
-/// Removes half-built files if `init` fails or is interrupted by an error.
-struct Aside {
-    paths: Vec<PathBuf>,
+/// Removes files built aside (by `init`, `pull`, a base update) unless they were renamed into
+/// place: on an error, nothing half-built stays behind.
+pub(crate) struct Aside {
+    pub(crate) paths: Vec<PathBuf>,
 }
 
 impl Drop for Aside {

@@ -133,8 +133,9 @@ impl Remote {
         }
     }
 
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+    /// Whether requests carry a token (from `--token`, the environment, or the URL).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     /// Opens a stream; nothing is sent until the first request.
