@@ -48,4 +48,15 @@ echo "== tursync diff"
 "$tursync" diff
 echo "== tursync diff --sql"
 "$tursync" diff --sql
+echo "== tursync push"
+"$tursync" push
+echo "== a teammate clones, edits and pushes"
+mkdir -p "$demo/teammate" && cd "$demo/teammate"
+"$tursync" init -q --url "$url"
+python3 -c "import sqlite3; db = sqlite3.connect('working_copy.db'); db.execute(\"UPDATE notes SET score = 1.5 WHERE rowid = 20\"); db.commit()"
+"$tursync" push
+echo "== back in the app: tursync pull"
+cd "$demo/app"
+"$tursync" pull
+"$tursync" status
 echo "== done: the working copy is $demo/app/working_copy.db"

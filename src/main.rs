@@ -503,6 +503,11 @@ fn print_status(r: &serde_json::Value) {
     );
 }
 
+/// `1 change`, `2 changes`.
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 fn human_bytes(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
@@ -618,12 +623,12 @@ fn push(cli: &Cli, dry_run: bool, as_json: bool, progress: &Progress) -> Result<
                 println!("nothing to push");
             } else {
                 println!(
-                    "pushed {} changes to {endpoint} in {:.1}s ({} rows applied, {} already there; {} requests)",
-                    r.changes,
+                    "pushed {} to {endpoint} in {:.1}s ({} applied, {} already there; {})",
+                    count(r.changes, "change"),
                     started.elapsed().as_secs_f64(),
-                    r.applied,
+                    count(r.applied, "row"),
                     r.skipped,
-                    r.requests
+                    count(r.requests as usize, "request")
                 );
                 if r.transactions > 1 {
                     println!(
@@ -720,12 +725,16 @@ fn pull(cli: &Cli, resolve: Resolve, as_json: bool, progress: &Progress) -> Resu
                 println!("the remote has not changed since the last sync; nothing to pull");
             } else {
                 println!(
-                    "pulled from {endpoint} in {:.1}s: {} row changes applied ({} merged cell by cell), {} schema changes{}",
+                    "pulled from {endpoint} in {:.1}s: {} applied ({} merged cell by cell), {}{}",
                     started.elapsed().as_secs_f64(),
-                    r.applied,
+                    count(r.applied, "row change"),
                     r.merged,
-                    r.schema_changes,
-                    if r.resolved > 0 { format!(", {} conflicts settled", r.resolved) } else { String::new() }
+                    count(r.schema_changes, "schema change"),
+                    if r.resolved > 0 {
+                        format!(", {} conflicts settled", r.resolved)
+                    } else {
+                        String::new()
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -208,7 +208,7 @@ fn conflicts_are_reported_with_their_values_and_settled_by_side() {
             .args(["sync"])
             .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
     );
-    assert!(text(&out).contains("pushed 1 changes"), "{}", text(&out));
+    assert!(text(&out).contains("pushed 1 change to"), "{}", text(&out));
     assert_table_eq(&sqld, &wc, "SELECT id, a, b FROM t ORDER BY id");
 }
 
