@@ -30,3 +30,32 @@ find_sqld() {
     fi
     echo "$sqld"
 }
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start_sqld DATA_DIR: sqld ($SQLD) on a free loopback port, logging to $TMP/sqld.log; sets
+# SQLD_PID and URL.
+start_sqld() {
+    local data=$1 attempt port i
+    for attempt in 1 2 3 4 5; do
+        port=$((20000 + RANDOM % 40000))
+        port_free "$port" || continue
+        "$SQLD" --db-path "$data" --http-listen-addr "127.0.0.1:$port" --no-welcome \
+            >"$TMP/sqld.log" 2>&1 &
+        SQLD_PID=$!
+        for i in $(seq 1 200); do
+            if curl -sf -o /dev/null "http://127.0.0.1:$port/health"; then
+                URL="http://127.0.0.1:$port"
+                return 0
+            fi
+            kill -0 "$SQLD_PID" 2>/dev/null || break
+            sleep 0.05
+        done
+        kill "$SQLD_PID" 2>/dev/null || true
+        wait "$SQLD_PID" 2>/dev/null || true
+        SQLD_PID=""
+    done
+    echo "could not start sqld; last log:" >&2
+    cat "$TMP/sqld.log" >&2 || true
+    exit 1
+}
