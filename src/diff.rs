@@ -578,23 +578,11 @@ fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option
 
 fn same_row(a: &rusqlite::Row<'_>, b: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<bool> {
     for i in 0..n {
-        if !same_value(a.get_ref(i)?, b.get_ref(i)?) {
+        if !crate::value::exact_eq(a.get_ref(i)?, b.get_ref(i)?) {
             return Ok(false);
         }
     }
     Ok(true)
-}
-
-/// Storage class and exact bytes, without allocating.
-fn same_value(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
-    match (a, b) {
-        (ValueRef::Null, ValueRef::Null) => true,
-        (ValueRef::Integer(x), ValueRef::Integer(y)) => x == y,
-        (ValueRef::Real(x), ValueRef::Real(y)) => x.to_bits() == y.to_bits(),
-        (ValueRef::Text(x), ValueRef::Text(y)) => x == y,
-        (ValueRef::Blob(x), ValueRef::Blob(y)) => x == y,
-        _ => false,
-    }
 }
 
 fn cmp_key(

@@ -43,17 +43,35 @@ impl Value {
     }
 }
 
-/// Equality by storage class and exact bytes (REAL compares its bit pattern).
+/// Storage class and exact bytes (REAL by its bit pattern), on borrowed values, so the diff's
+/// hot loop compares without allocating.
+pub fn exact_eq(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
+    match (a, b) {
+        (ValueRef::Null, ValueRef::Null) => true,
+        (ValueRef::Integer(x), ValueRef::Integer(y)) => x == y,
+        (ValueRef::Real(x), ValueRef::Real(y)) => x.to_bits() == y.to_bits(),
+        (ValueRef::Text(x), ValueRef::Text(y)) => x == y,
+        (ValueRef::Blob(x), ValueRef::Blob(y)) => x == y,
+        _ => false,
+    }
+}
+
+impl Value {
+    fn as_value_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(f) => ValueRef::Real(*f),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }
+    }
+}
+
+/// Equality by storage class and exact bytes ([`exact_eq`]).
 impl PartialEq for Value {
     fn eq(&self, other: &Value) -> bool {
-        match (self, other) {
-            (Value::Null, Value::Null) => true,
-            (Value::Integer(a), Value::Integer(b)) => a == b,
-            (Value::Real(a), Value::Real(b)) => a.to_bits() == b.to_bits(),
-            (Value::Text(a), Value::Text(b)) => a == b,
-            (Value::Blob(a), Value::Blob(b)) => a == b,
-            _ => false,
-        }
+        exact_eq(self.as_value_ref(), other.as_value_ref())
     }
 }
 
@@ -61,13 +79,7 @@ impl Eq for Value {}
 
 impl ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match self {
-            Value::Null => ValueRef::Null,
-            Value::Integer(i) => ValueRef::Integer(*i),
-            Value::Real(f) => ValueRef::Real(*f),
-            Value::Text(s) => ValueRef::Text(s.as_bytes()),
-            Value::Blob(b) => ValueRef::Blob(b),
-        }))
+        Ok(ToSqlOutput::Borrowed(self.as_value_ref()))
     }
 }
 
