@@ -407,7 +407,13 @@ fn fetch_task(
                 t.name
             )))
         })?);
-        let approx_bytes: usize = res.rows.iter().flatten().map(value_size).sum::<usize>() + n * 16;
+        let approx_bytes: usize = res
+            .rows
+            .iter()
+            .flatten()
+            .map(crate::remote::proto::json_size)
+            .sum::<usize>()
+            + n * 16;
         let per_row = (approx_bytes / n).max(1);
         if !emit(res.rows, 1) {
             return Ok(());
@@ -416,15 +422,5 @@ fn fetch_task(
             return Ok(());
         }
         limit = (target_bytes / per_row).clamp(1, 100_000);
-    }
-}
-
-/// About how many bytes a value takes in a JSON response.
-fn value_size(v: &Value) -> usize {
-    match v {
-        Value::Null => 16,
-        Value::Integer(_) | Value::Real(_) => 40,
-        Value::Text(s) => s.len() + 30,
-        Value::Blob(b) => b.len() * 4 / 3 + 30,
     }
 }

@@ -180,12 +180,8 @@ fn merge_into(
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => b.or(a),
         };
-        if let Some(v) = value {
-            work.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [&q.table])?;
-            work.execute(
-                "INSERT INTO sqlite_sequence(name, seq) VALUES (?1, ?2)",
-                rusqlite::params![q.table, v],
-            )?;
+        if value.is_some() {
+            crate::snapshot::set_sequence(work, &q.table, value)?;
         }
     }
     for create in merged_triggers(&ours, &theirs)? {

@@ -77,13 +77,7 @@ pub struct PushReport {
 }
 
 fn row_bytes(row: &[Value]) -> usize {
-    row.iter()
-        .map(|v| match v {
-            Value::Text(s) => s.len() + 24,
-            Value::Blob(b) => b.len() * 4 / 3 + 24,
-            _ => 32,
-        })
-        .sum()
+    row.iter().map(crate::remote::proto::json_size).sum()
 }
 
 /// `K IN (?, …)`, or `(K1, K2) IN (VALUES (?, ?), …)` for composite keys.
@@ -413,10 +407,7 @@ struct RemoteSchema {
 }
 
 fn read_schema(res: StmtResult, seq: Option<StmtResult>) -> RemoteSchema {
-    let text = |v: &Value| match v {
-        Value::Text(s) => s.clone(),
-        _ => String::new(),
-    };
+    let text = crate::schema::text;
     let mut objects = HashMap::new();
     let mut triggers = Vec::new();
     for r in &res.rows {
@@ -866,7 +857,7 @@ fn push_transaction_on(
         bytes += s
             .args
             .iter()
-            .map(|v| row_bytes(std::slice::from_ref(v)))
+            .map(crate::remote::proto::json_size)
             .sum::<usize>()
             + s.sql.len();
         report.applied += rows;
@@ -933,13 +924,7 @@ impl Workspace {
         self.replace_base(|conn| {
             cs.apply(conn)?;
             for (name, v) in sequences {
-                conn.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [name])?;
-                if let Some(v) = v {
-                    conn.execute(
-                        "INSERT INTO sqlite_sequence(name, seq) VALUES (?1, ?2)",
-                        rusqlite::params![name, v],
-                    )?;
-                }
+                crate::snapshot::set_sequence(conn, name, *v)?;
             }
             Ok(())
         })?;

@@ -229,7 +229,8 @@ pub fn is_internal(name: &str) -> bool {
         || n.starts_with("__turso_internal")
 }
 
-fn text(v: &Value) -> String {
+/// A catalog cell as text: TEXT as is, an integer as its digits, anything else empty.
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::Text(s) => s.clone(),
         Value::Integer(i) => i.to_string(),

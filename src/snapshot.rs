@@ -374,6 +374,23 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Sets (or, with `None`, removes) a table's AUTOINCREMENT counter in a local database.
+/// `sqlite_sequence` has no key, so a counter is replaced by delete and insert.
+pub(crate) fn set_sequence(
+    conn: &rusqlite::Connection,
+    table: &str,
+    seq: Option<i64>,
+) -> Result<()> {
+    conn.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [table])?;
+    if let Some(v) = seq {
+        conn.execute(
+            "INSERT INTO sqlite_sequence(name, seq) VALUES (?1, ?2)",
+            rusqlite::params![table, v],
+        )?;
+    }
+    Ok(())
+}
+
 /// How long to wait for an app that holds the working copy's write lock before giving up.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 

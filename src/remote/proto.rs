@@ -136,6 +136,17 @@ impl Serialize for Value {
     }
 }
 
+/// About how many bytes `v` takes in a Hrana JSON message: what clone pages and push requests
+/// are sized by, to stay well under sqld's 10 MB cap.
+pub fn json_size(v: &Value) -> usize {
+    match v {
+        Value::Null => 16,
+        Value::Integer(_) | Value::Real(_) => 40,
+        Value::Text(s) => s.len() + 30,
+        Value::Blob(b) => b.len() * 4 / 3 + 30,
+    }
+}
+
 /// What a `value` field held before the `type` field said how to read it.
 enum Scalar {
     Str(String),
