@@ -641,3 +641,89 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// An app in its own OS process (`tests/fixtures/app.py`, Python's stock sqlite3 driver)
+/// committing a small transaction to a working copy every few milliseconds. Its own process,
+/// never a connection in the test: SQLite's locks behave differently within one process.
+pub struct App {
+    child: Child,
+    stop: PathBuf,
+    tags: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl App {
+    /// Starts the app on `db` in `journal_mode` (`delete` or `wal`); `db` needs a table
+    /// `items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER)`.
+    pub fn start(db: &Path, journal_mode: &str, interval_ms: u32) -> App {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let stop = db.with_file_name(format!(
+            "app-stop-{}",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(db)
+            .arg(journal_mode)
+            .arg(&stop)
+            .arg(interval_ms.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the app (python3 {}): {e}", script.display()));
+        let mut out = child.stdout.take().expect("piped stdout");
+        let tags = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s.lines().map(str::to_owned).collect()
+        });
+        App { child, stop, tags }
+    }
+
+    /// Asks the app to stop, asserts that it never saw an error, and returns the tags of
+    /// every insert it was told had committed.
+    pub fn stop(mut self) -> Vec<String> {
+        std::fs::write(&self.stop, b"").expect("write the app's stop file");
+        let status = self.child.wait().expect("wait for the app");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let tags = self.tags.join().expect("app stdout reader");
+        assert!(
+            status.success(),
+            "the app failed ({status}) after {} commits:\n{err}",
+            tags.len()
+        );
+        tags
+    }
+}
+
+/// A small deterministic generator for tests that pick random moments and rows; the seed is
+/// printed so a failing run can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_time(what: &str) -> Rng {
+        let seed = std::env::var("TURSYNC_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("{what}: TURSYNC_TEST_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}

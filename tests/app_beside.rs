@@ -1,0 +1,197 @@
+//! An app in its own OS process commits every few milliseconds while tursync diffs, pushes,
+//! pulls and syncs beside it, and is killed mid-command: the working copy and the base stay
+//! intact, no commit the app was told succeeded is lost, and everything reaches the remote.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SEED_ROWS: u64 = 60_000;
+/// How long tursync's commands run beside the app, per journal mode.
+const BUSY_SECS: u64 = 12;
+
+fn cmd(sqld: &Sqld, dir: &Path, args: &[&str]) -> Command {
+    let mut c = tursync(dir);
+    c.args(args).env("TURSO_AUTH_TOKEN", &sqld.rw_token);
+    c
+}
+
+fn ok(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
+    run_ok(&mut cmd(sqld, dir, args))
+}
+
+/// A teammate's change on the remote: an update of a seed row (the app never touches those)
+/// and a new row at a negative id, which the app's `max(id) + 1` never takes.
+fn remote_change(sqld: &Sqld, rng: &mut Rng, round: u64) {
+    sqld.exec(&format!(
+        "UPDATE items SET n = n + 1 WHERE id = {}; INSERT INTO items(id, tag, n) VALUES ({}, 'remote-{round}', {round})",
+        1 + rng.below(SEED_ROWS),
+        -1 - round as i64
+    ));
+}
+
+fn integrity_ok(path: &Path) {
+    assert_eq!(
+        local_query(path, "PRAGMA integrity_check"),
+        vec![vec![Cell::text("ok")]],
+        "{} is damaged",
+        path.display()
+    );
+}
+
+/// The remote's `items` equals the local file's, compared in keyset pages (a few requests,
+/// each far below the server's response cap).
+fn assert_items_equal(sqld: &Sqld, local: &Path) {
+    // Below every id, the remote's own negative ones included.
+    let mut after = i64::MIN;
+    loop {
+        let page =
+            format!("SELECT id, tag, n FROM items WHERE id > {after} ORDER BY id LIMIT 5000");
+        let rows = sqld.query(&page);
+        assert_table_eq(sqld, local, &page);
+        match rows.last() {
+            Some(row) if rows.len() == 5000 => {
+                let Cell::Integer(id) = row[0] else {
+                    panic!("id {:?}", row[0])
+                };
+                after = id;
+            }
+            _ => break,
+        }
+    }
+}
+
+/// A remote with `items` and a working copy of it in a fresh directory.
+fn workspace() -> (Sqld, TempDir) {
+    let sqld = Sqld::start();
+    sqld.exec(&format!(
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);
+         CREATE INDEX items_tag ON items(tag);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {SEED_ROWS})
+         INSERT INTO items SELECT i, 'seed-' || i, i FROM c;"
+    ));
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    (sqld, dir)
+}
+
+fn beside_an_app(journal_mode: &str) {
+    let mut rng = Rng::from_time(journal_mode);
+    let (sqld, dir) = workspace();
+    let dir = dir.path();
+    let wc = dir.join("working_copy.db");
+    let app = App::start(&wc, journal_mode, 2);
+
+    // Every command, over and over, while the app commits.
+    let deadline = Instant::now() + Duration::from_secs(BUSY_SECS);
+    let mut round = 0;
+    while Instant::now() < deadline {
+        remote_change(&sqld, &mut rng, round);
+        round += 1;
+        for args in [&["diff"][..], &["status"], &["pull"], &["push"], &["sync"]] {
+            ok(&sqld, dir, args);
+        }
+    }
+    assert!(round >= 2, "only {round} rounds of commands ran");
+
+    // kill -9 of pull and push at random moments, the app still committing.
+    for i in 0..6 {
+        remote_change(&sqld, &mut rng, round);
+        round += 1;
+        let what = if i % 2 == 0 { "pull" } else { "push" };
+        let mut child = cmd(&sqld, dir, &[what]).spawn().unwrap();
+        let wait = Duration::from_millis(20 + rng.below(400));
+        std::thread::sleep(wait);
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("killed {what} after {wait:?}");
+        integrity_ok(&wc);
+        integrity_ok(&dir.join(".tursync/base.db"));
+    }
+    // The next run converges.
+    ok(&sqld, dir, &["sync"]);
+
+    let tags = app.stop();
+    assert!(
+        tags.len() > 100,
+        "the app committed only {} times",
+        tags.len()
+    );
+    integrity_ok(&wc);
+    integrity_ok(&dir.join(".tursync/base.db"));
+    let local: BTreeSet<String> = local_query(&wc, "SELECT tag FROM items")
+        .into_iter()
+        .map(|r| match &r[0] {
+            Cell::Text(t) => t.clone(),
+            other => panic!("tag {other:?}"),
+        })
+        .collect();
+    let lost: Vec<&String> = tags.iter().filter(|t| !local.contains(*t)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of the app's {} commits are gone from the working copy, e.g. {:?}",
+        lost.len(),
+        tags.len(),
+        &lost[..lost.len().min(5)]
+    );
+
+    // A final sync puts every commit on the remote; the working copy equals it.
+    ok(&sqld, dir, &["sync"]);
+    assert_items_equal(&sqld, &wc);
+    let diff = ok(&sqld, dir, &["diff"]);
+    assert!(
+        text(&diff).ends_with("nothing to push\n"),
+        "{}",
+        text(&diff)
+    );
+}
+
+#[test]
+fn an_app_in_rollback_journal_mode_loses_nothing() {
+    beside_an_app("delete");
+}
+
+#[test]
+fn an_app_in_wal_mode_loses_nothing() {
+    beside_an_app("wal");
+}
+
+/// The app commits back to back, leaving the write lock free only for moments: pull still
+/// gets it, and holds it only to apply.
+fn back_to_back(journal_mode: &str) {
+    let mut rng = Rng::from_time(journal_mode);
+    let (sqld, dir) = workspace();
+    let dir = dir.path();
+    let wc = dir.join("working_copy.db");
+    let app = App::start(&wc, journal_mode, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    for round in 0..3 {
+        remote_change(&sqld, &mut rng, round);
+        ok(&sqld, dir, &["pull"]);
+    }
+    let tags = app.stop();
+    integrity_ok(&wc);
+    let n = local_query(&wc, "SELECT count(*) FROM items WHERE tag LIKE 'app-%'");
+    assert_eq!(n, vec![vec![Cell::Integer(tags.len() as i64)]]);
+    let theirs = local_query(&wc, "SELECT count(*) FROM items WHERE tag LIKE 'remote-%'");
+    assert_eq!(
+        theirs,
+        vec![vec![Cell::Integer(3)]],
+        "the pulls brought every remote row"
+    );
+}
+
+#[test]
+fn pull_gets_the_write_lock_beside_an_app_committing_back_to_back_in_rollback_journal_mode() {
+    back_to_back("delete");
+}
+
+#[test]
+fn pull_gets_the_write_lock_beside_an_app_committing_back_to_back_in_wal_mode() {
+    back_to_back("wal");
+}
