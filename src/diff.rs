@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
+use crate::pages::{self, DbFile, Layout, PageError, Scan};
 use crate::schema::{self, Column, ObjectKind, RowKey, Schema, Table};
 use crate::sql;
 use crate::value::Value;
@@ -448,28 +449,6 @@ fn merge(
     Ok(d)
 }
 
-/// The file behind `conn`, if its pages on disk are exactly what `conn`'s open read
-/// transaction sees: not in WAL mode, or in WAL mode with an empty WAL (then no checkpoint can
-/// move pages under our snapshot either).
-fn stable_file(conn: &Connection) -> Result<Option<std::path::PathBuf>> {
-    let Some(path) = conn
-        .path()
-        .filter(|p| !p.is_empty())
-        .map(std::path::PathBuf::from)
-    else {
-        return Ok(None);
-    };
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-    if mode.eq_ignore_ascii_case("wal") {
-        let mut wal = path.clone().into_os_string();
-        wal.push("-wal");
-        if std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0 {
-            return Ok(None);
-        }
-    }
-    Ok(Some(path))
-}
-
 /// SQLite's REAL affinity rule for a declared type: integers stored in such a column read
 /// back as reals.
 fn real_affinity(decl: &str) -> bool {
@@ -481,19 +460,21 @@ fn real_affinity(decl: &str) -> bool {
 }
 
 fn root_page(conn: &Connection, table: &str) -> Result<Option<u32>> {
+    use rusqlite::OptionalExtension;
     Ok(conn
         .query_row(
             "SELECT rootpage FROM sqlite_schema WHERE type = 'table' AND name = ?1",
             [table],
             |r| r.get(0),
         )
-        .ok())
+        .optional()?)
 }
 
 /// The merge join over raw B-tree records: identical record bytes are identical rows, so only
 /// rows whose bytes differ are decoded and compared as values. Applies to plain rowid tables
 /// (no generated columns, not virtual); returns `None` to fall back to the SQL scan whenever
-/// anything is out of the ordinary.
+/// anything is out of the ordinary. Pages come through each connection's pager, inside its
+/// read transaction ([`crate::pages`]): the snapshot its SQL sees, WAL frames included.
 fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option<TableDiff>> {
     let RowKey::Rowid { ipk, .. } = t.key else {
         return Ok(None);
@@ -505,19 +486,10 @@ fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option
     if is_virtual || t.columns.iter().any(|c| c.generated) {
         return Ok(None);
     }
-    let (Some(bpath), Some(wpath)) = (stable_file(base)?, stable_file(work)?) else {
-        return Ok(None);
-    };
     let (Some(broot), Some(wroot)) = (root_page(base, &t.name)?, root_page(work, &t.name)?) else {
         return Ok(None);
     };
-    let (Ok(bdb), Ok(wdb)) = (
-        crate::pages::DbFile::open(&bpath),
-        crate::pages::DbFile::open(&wpath),
-    ) else {
-        return Ok(None);
-    };
-    let layout = crate::pages::Layout {
+    let layout = Layout {
         hidden_rowid: t.has_hidden_rowid(),
         ipk,
         real: t
@@ -526,14 +498,31 @@ fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option
             .map(|c| real_affinity(&c.decl_type))
             .collect(),
     };
-    let decode = |row: Option<(i64, &[u8])>| {
-        row.and_then(|(id, rec)| crate::pages::decode(id, rec, &layout))
+    let walk = || {
+        let (bdb, wdb) = (DbFile::open(base)?, DbFile::open(work)?);
+        merge_records(bdb.scan(broot)?, wdb.scan(wroot)?, t, &layout)
     };
-    let mut d = table_diff(t)?;
-    let (mut bs, mut ws) = (bdb.scan(broot), wdb.scan(wroot));
-    let (Ok(mut b), Ok(mut w)) = (bs.next_row(), ws.next_row()) else {
-        return Ok(None);
-    };
+    match walk() {
+        Ok(d) => Ok(d),
+        Err(e) if e.falls_back() => Ok(None),
+        Err(e) => Err(Error::Refused(format!(
+            "table {:?}: reading its pages: {e}",
+            t.name
+        ))),
+    }
+}
+
+/// The loop of [`merge_pages`]: `None` when a record does not decode to the table's layout.
+fn merge_records(
+    mut bs: Scan<'_>,
+    mut ws: Scan<'_>,
+    t: &Table,
+    layout: &Layout,
+) -> std::result::Result<Option<TableDiff>, PageError> {
+    let decode =
+        |row: Option<(i64, &[u8])>| row.and_then(|(id, rec)| pages::decode(id, rec, layout));
+    let mut d = table_diff(t).map_err(|_| PageError::Layout("table layout"))?;
+    let (mut b, mut w) = (bs.next_row()?, ws.next_row()?);
     loop {
         let ord = match (b, w) {
             (None, None) => break,
@@ -555,10 +544,7 @@ fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option
                     d.changes.push(RowChange::Update { old, new });
                 }
             }
-            let Ok(next) = bs.next_row() else {
-                return Ok(None);
-            };
-            b = next;
+            b = bs.next_row()?;
         }
         if ord != Ordering::Less {
             if ord == Ordering::Greater {
@@ -567,10 +553,7 @@ fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option
                 };
                 d.changes.push(RowChange::Insert(new));
             }
-            let Ok(next) = ws.next_row() else {
-                return Ok(None);
-            };
-            w = next;
+            w = ws.next_row()?;
         }
     }
     Ok(Some(d))

@@ -312,11 +312,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut sink = SqlSink::new(BufWriter::with_capacity(1 << 20, writer))?;
             if *local {
                 let ws = Workspace::locate(cli.db.as_deref())?;
-                let conn = rusqlite::Connection::open_with_flags(
-                    ws.db_path(),
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                )
-                .with_context(|| format!("cannot open {}", ws.db_path().display()))?;
+                let conn = ws
+                    .open_working_copy(rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .with_context(|| format!("cannot open {}", ws.db_path().display()))?;
                 // One read transaction: the app may be writing while we dump.
                 conn.execute_batch("BEGIN")?;
                 clone::copy_local(&conn, &mut sink, &progress)?;

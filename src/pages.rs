@@ -1,26 +1,28 @@
-//! Reading a rowid table's B-tree straight from the database file, so a diff can compare rows
-//! as raw record bytes and decode only the rows that differ.
+//! Reading a rowid table's B-tree page by page, so a diff can compare rows as raw record bytes
+//! and decode only the rows that differ.
 //!
 //! SQLite's record format is canonical for a given value, so two identical record payloads are
 //! two identical rows; that turns the diff's hot loop into a `memcmp`. Only rows whose bytes
 //! differ are decoded (and then compared as values, so a different encoding of the same row is
 //! not a change). The layout follows <https://www.sqlite.org/fileformat2.html>.
 //!
-//! This is only safe while the file cannot change under us and holds every committed page:
-//! the caller keeps a read transaction open (in rollback-journal mode that blocks writers; in
-//! WAL mode it is used only when the WAL is empty, which also blocks checkpoints past our
-//! snapshot). Anything unusual — another text encoding, generated columns, short records —
-//! makes the caller fall back to the SQL scan.
+//! Pages come through the connection's own pager, from the `sqlite_dbpage` virtual table, never
+//! from a file handle of ours: POSIX locks belong to the process, and closing any descriptor on
+//! a database file drops every lock SQLite holds on it, which lets an app write under an open
+//! transaction and corrupts the file. Read inside the connection's read transaction, the pages
+//! are that transaction's snapshot, WAL frames included. Anything unusual (another text
+//! encoding, generated columns, short records, a build without `sqlite_dbpage`) makes the
+//! caller fall back to the SQL scan.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use rusqlite::{CachedStatement, Connection, Statement};
 
 use crate::value::Value;
 
-/// The bits of the database header a B-tree walk needs.
-pub struct DbFile {
-    file: File,
+const PAGE_SQL: &str = "SELECT data FROM sqlite_dbpage WHERE pgno = ?1";
+
+/// The bits of the database header a B-tree walk needs, read through `conn`.
+pub struct DbFile<'c> {
+    conn: &'c Connection,
     page_size: usize,
     usable: usize,
 }
@@ -28,19 +30,34 @@ pub struct DbFile {
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
     #[error(transparent)]
-    Io(#[from] std::io::Error),
+    Sqlite(#[from] rusqlite::Error),
+    /// This SQLite was built without `SQLITE_ENABLE_DBPAGE_VTAB`.
+    #[error("raw pages cannot be read: {0}")]
+    Unavailable(rusqlite::Error),
     #[error("unexpected database file layout: {0}")]
     Layout(&'static str),
 }
 
+impl PageError {
+    /// True when the SQL scan should be used instead: the file or the build is out of the
+    /// ordinary, not the database failing.
+    pub fn falls_back(&self) -> bool {
+        !matches!(self, PageError::Sqlite(_))
+    }
+}
+
 type Result<T> = std::result::Result<T, PageError>;
 
-impl DbFile {
-    pub fn open(path: &Path) -> Result<DbFile> {
-        let file = File::open(path)?;
-        let mut header = [0u8; 100];
-        file.read_exact_at(&mut header, 0)?;
-        if &header[..16] != b"SQLite format 3\0" {
+impl<'c> DbFile<'c> {
+    /// Reads the header of `conn`'s main database. Call it inside a read transaction, which
+    /// every later page read then shares.
+    pub fn open(conn: &'c Connection) -> Result<DbFile<'c>> {
+        let mut pages = conn
+            .prepare_cached(PAGE_SQL)
+            .map_err(PageError::Unavailable)?;
+        let mut header = Vec::new();
+        read_page(&mut pages, 1, None, &mut header)?;
+        if header.get(..16) != Some(b"SQLite format 3\0") {
             return Err(PageError::Layout("not a SQLite 3 file"));
         }
         let raw = u16::from_be_bytes([header[16], header[17]]) as usize;
@@ -49,6 +66,7 @@ impl DbFile {
         if !page_size.is_power_of_two()
             || !(512..=65536).contains(&page_size)
             || page_size - reserved < 480
+            || header.len() != page_size
         {
             return Err(PageError::Layout("page size"));
         }
@@ -57,32 +75,48 @@ impl DbFile {
             return Err(PageError::Layout("text encoding is not UTF-8"));
         }
         Ok(DbFile {
-            file,
+            conn,
             page_size,
             usable: page_size - reserved,
         })
     }
 
-    fn read_page(&self, n: u32, buf: &mut Vec<u8>) -> Result<()> {
-        if n == 0 {
-            return Err(PageError::Layout("page 0"));
-        }
-        buf.resize(self.page_size, 0);
-        self.file
-            .read_exact_at(buf, (n as u64 - 1) * self.page_size as u64)?;
-        Ok(())
-    }
-
     /// Walks the table B-tree rooted at `root` in rowid order.
-    pub fn scan(&self, root: u32) -> Scan<'_> {
-        Scan {
-            db: self,
+    pub fn scan(&self, root: u32) -> Result<Scan<'c>> {
+        Ok(Scan {
+            pages: self.conn.prepare_cached(PAGE_SQL)?,
+            page_size: self.page_size,
+            usable: self.usable,
             stack: Vec::new(),
             root: Some(root),
             spare: Vec::new(),
             payload: Vec::new(),
-        }
+        })
     }
+}
+
+/// Reads page `n` into `buf` through the pager. `page_size` is checked when known.
+fn read_page(
+    pages: &mut Statement<'_>,
+    n: u32,
+    page_size: Option<usize>,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    if n == 0 {
+        return Err(PageError::Layout("page 0"));
+    }
+    let mut rows = pages.query([n])?;
+    let row = rows.next()?.ok_or(PageError::Layout("page past the end"))?;
+    let data = row
+        .get_ref(0)?
+        .as_blob()
+        .map_err(|_| PageError::Layout("page is not a blob"))?;
+    if page_size.is_some_and(|size| size != data.len()) {
+        return Err(PageError::Layout("page of another size"));
+    }
+    buf.clear();
+    buf.extend_from_slice(data);
+    Ok(())
 }
 
 fn varint(b: &[u8]) -> Option<(i64, usize)> {
@@ -118,8 +152,10 @@ struct Frame {
 }
 
 /// A rowid-ordered walk over a table B-tree.
-pub struct Scan<'a> {
-    db: &'a DbFile,
+pub struct Scan<'c> {
+    pages: CachedStatement<'c>,
+    page_size: usize,
+    usable: usize,
     stack: Vec<Frame>,
     root: Option<u32>,
     spare: Vec<Vec<u8>>,
@@ -127,9 +163,13 @@ pub struct Scan<'a> {
 }
 
 impl Scan<'_> {
+    fn read_page(&mut self, n: u32, buf: &mut Vec<u8>) -> Result<()> {
+        read_page(&mut self.pages, n, Some(self.page_size), buf)
+    }
+
     fn push(&mut self, n: u32) -> Result<()> {
         let mut page = self.spare.pop().unwrap_or_default();
-        self.db.read_page(n, &mut page)?;
+        self.read_page(n, &mut page)?;
         let hdr = if n == 1 { 100 } else { 0 };
         let kind = page[hdr];
         let leaf = match kind {
@@ -188,7 +228,7 @@ impl Scan<'_> {
                 varint(top.page.get(at + a..).unwrap_or(&[])).ok_or(PageError::Layout("rowid"))?;
             let start = at + a + b;
             let size = usize::try_from(size).map_err(|_| PageError::Layout("payload size"))?;
-            let u = self.db.usable;
+            let u = self.usable;
             let max_local = u - 35;
             if size <= max_local {
                 let top = self.stack.len() - 1;
@@ -218,7 +258,7 @@ impl Scan<'_> {
                 if next == 0 || hops > 1 << 24 {
                     return Err(PageError::Layout("overflow chain"));
                 }
-                self.db.read_page(next, &mut page)?;
+                self.read_page(next, &mut page)?;
                 next = be32(&page, 0).ok_or(PageError::Layout("overflow page"))?;
                 let take = (size - self.payload.len()).min(u - 4);
                 self.payload.extend_from_slice(&page[4..4 + take]);
@@ -298,15 +338,23 @@ pub fn decode(rowid: i64, rec: &[u8], layout: &Layout) -> Option<Vec<Value>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn walks_and_decodes_like_sqlite() {
-        let dir = std::env::temp_dir().join(format!("tursync-pages-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
+    /// Walks a table through `sqlite_dbpage` in both journal modes, with un-checkpointed WAL
+    /// frames and a writer committing after the read began: the walk sees exactly the reader's
+    /// snapshot, as SQLite's own SELECT does.
+    fn walks_and_decodes_like_sqlite(journal_mode: &str) {
+        let dir = std::env::temp_dir().join(format!(
+            "tursync-pages-{journal_mode}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.db");
-        let _ = std::fs::remove_file(&path);
-        let conn = rusqlite::Connection::open(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", journal_mode)
+            .unwrap();
         conn.execute_batch(
-            "CREATE TABLE t(a, b REAL, c TEXT);
+            "PRAGMA wal_autocheckpoint = 0;
+             CREATE TABLE t(a, b REAL, c TEXT);
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
              INSERT INTO t(rowid, a, b, c) SELECT i * 3 - 5000, i, i % 7, printf('%.*c', i % 50, 'x') FROM n;
              INSERT INTO t(rowid, a, b, c) VALUES (9223372036854775807, -1, -0.0, 'é'), (-9223372036854775808, 1.5, 2, NULL);
@@ -320,8 +368,17 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        let db = DbFile::open(&path).unwrap();
-        let mut scan = db.scan(root);
+        conn.execute_batch("BEGIN; SELECT count(*) FROM t;")
+            .unwrap();
+        if journal_mode == "wal" {
+            // A commit after our snapshot began: the walk must not see it.
+            let writer = Connection::open(&path).unwrap();
+            writer
+                .execute_batch("UPDATE t SET c = 'later' WHERE rowid % 2 = 0; DELETE FROM t WHERE rowid > 0 AND rowid < 100;")
+                .unwrap();
+        }
+        let db = DbFile::open(&conn).unwrap();
+        let mut scan = db.scan(root).unwrap();
         let layout = Layout {
             hidden_rowid: true,
             ipk: None,
@@ -340,6 +397,20 @@ mod tests {
         }
         assert!(scan.next_row().unwrap().is_none());
         assert_eq!(n, 3003);
+        drop(rows);
+        drop((st, scan, db));
+        conn.execute_batch("COMMIT").unwrap();
+        drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn walks_and_decodes_like_sqlite_in_rollback_journal_mode() {
+        walks_and_decodes_like_sqlite("delete");
+    }
+
+    #[test]
+    fn walks_and_decodes_like_sqlite_in_wal_mode() {
+        walks_and_decodes_like_sqlite("wal");
     }
 }

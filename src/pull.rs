@@ -11,14 +11,14 @@
 
 use std::collections::HashMap;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::clone::{self, FetchOptions};
 use crate::diff::{self, Changeset, RowChange, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::Remote;
 use crate::schema::ObjectKind;
-use crate::snapshot::{LocalSink, SyncState, Workspace, BUSY_TIMEOUT};
+use crate::snapshot::{wait_for_locks, LocalSink, SyncState, Workspace, BUSY_TIMEOUT};
 use crate::sql;
 use crate::value::Value;
 use crate::{Error, Result};
@@ -80,9 +80,7 @@ pub fn pull(
     }
 
     // Their state, as a plain file built aside.
-    let remote_db = ws
-        .state_dir()
-        .join(format!("remote.db.tmp-{}", std::process::id()));
+    let remote_db = ws.aside_path("remote.db");
     let _cleanup = crate::snapshot::Aside {
         paths: vec![remote_db.clone()],
     };
@@ -91,107 +89,171 @@ pub fn pull(
     sink.finish()?;
     progress.finish();
 
-    let work = Connection::open(ws.db_path())?;
-    work.execute_batch("PRAGMA foreign_keys = OFF")?;
-    begin_immediate(&work, on_wait)?;
-    let outcome = merge_into(ws, &work, &remote_db, resolve);
-    match outcome {
-        Ok(Ok(mut report)) => {
-            work.execute_batch("COMMIT")?;
-            // A crash here leaves the old base: the next pull sees our side and theirs
-            // holding the same changes, which merge to nothing, and converges.
-            ws.replace_base_with(&remote_db)?;
-            ws.save_sync_state(&SyncState {
-                replication_index: now,
-            })?;
-            report.downloaded = true;
-            Ok(Ok(report))
-        }
-        other => {
-            let _ = work.execute_batch("ROLLBACK");
-            other
-        }
-    }
-}
-
-/// Takes the working copy's write lock, telling the user once if the app holds it.
-fn begin_immediate(work: &Connection, on_wait: WaitNotice<'_>) -> Result<()> {
-    work.busy_timeout(std::time::Duration::ZERO)?;
-    if work.execute_batch("BEGIN IMMEDIATE").is_err() {
-        on_wait();
-        work.busy_timeout(BUSY_TIMEOUT)?;
-        work.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
-            Error::Refused(format!(
-                "the working copy stayed locked by another connection for {}s ({e}); try again when the app is idle",
-                BUSY_TIMEOUT.as_secs()
-            ))
+    let outcome = merge_into(ws, &remote_db, resolve, on_wait)?;
+    if outcome.is_ok() {
+        // A crash here leaves the old base: the next pull sees our side and theirs holding
+        // the same changes, which merge to nothing, and converges.
+        ws.replace_base_with(&remote_db)?;
+        ws.save_sync_state(&SyncState {
+            replication_index: now,
         })?;
     }
-    work.busy_timeout(BUSY_TIMEOUT)?;
-    Ok(())
+    Ok(outcome.map(|report| PullReport {
+        downloaded: true,
+        ..report
+    }))
 }
 
+/// Takes the working copy's write lock, telling the user once if the app holds it. The wait
+/// ([`wait_for_locks`]) retries every millisecond, so an app that commits back to back still
+/// leaves us a moment to take it.
+fn begin_immediate(work: &mut Connection, on_wait: WaitNotice<'_>) -> Result<()> {
+    work.busy_timeout(std::time::Duration::ZERO)?;
+    let first = work.execute_batch("BEGIN IMMEDIATE");
+    wait_for_locks(work)?;
+    match first {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            on_wait();
+            work.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
+                Error::Refused(format!(
+                    "the working copy stayed locked by another connection for {}s ({e}); try again when the app is idle",
+                    BUSY_TIMEOUT.as_secs()
+                ))
+            })
+        }
+        other => Ok(other?),
+    }
+}
+
+/// `PRAGMA data_version`: changes whenever another connection commits to the file.
+fn data_version(work: &Connection) -> Result<i64> {
+    Ok(work.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
+/// Merges the remote copy into the working copy, holding the app's write lock only to check
+/// and apply. Ours and the merge come from a read snapshot of the working copy; then, under
+/// the write lock, `data_version` says whether the app committed since. If it did, ours is
+/// read again (the app waits for us now) and the merge planned again, so every app commit is
+/// either merged or was already in the snapshot: none is overwritten.
 fn merge_into(
     ws: &Workspace,
-    work: &Connection,
     remote_db: &std::path::Path,
     resolve: Resolve,
+    on_wait: WaitNotice<'_>,
 ) -> Result<Result<PullReport, Vec<MergeConflict>>> {
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
-    let base = Connection::open_with_flags(ws.base_path(), flags)?;
-    let theirs_db = Connection::open_with_flags(remote_db, flags)?;
+    let base = ws.open_base()?;
+    let theirs_db = crate::snapshot::open_snapshot(remote_db)?;
     let all = diff::Filter::default();
-    let ours = diff::diff(&base, work, &all)?;
     let theirs = diff::diff(&base, &theirs_db, &all)?;
-    let mut report = PullReport::default();
+    drop(theirs_db);
 
-    let ddl = merge_schema(&ours, &theirs)?;
-    report.schema_changes = ddl.len();
-    let mut conflicts = Vec::new();
-    let mut writes: Vec<Write> = Vec::new();
-    for t in &theirs.tables {
-        let mine = ours.tables.iter().find(|o| o.table.name == t.table.name);
-        merge_table(t, mine, resolve, &mut writes, &mut conflicts, &mut report);
-    }
-    if !conflicts.is_empty() && resolve == Resolve::Refuse {
-        return Ok(Err(conflicts));
+    let mut work = ws.open_working_copy(rusqlite::OpenFlags::default())?;
+    work.execute_batch("PRAGMA foreign_keys = OFF; BEGIN")?;
+    let ours = diff::diff(&base, &work, &all)?;
+    let seen = data_version(&work)?;
+    work.execute_batch("COMMIT")?;
+    let mut plan = Plan::new(&ours, &theirs, resolve)?;
+    if !plan.conflicts.is_empty() && resolve == Resolve::Refuse {
+        return Ok(Err(plan.conflicts));
     }
 
-    // Suspend every trigger of the working copy; re-create the merged set at the end.
-    for (name, _) in &ours.new_triggers {
-        work.execute_batch(&format!("DROP TRIGGER {}", sql::ident(name)))?;
-    }
-    for stmt in &ddl {
-        work.execute_batch(stmt)?;
-    }
-    for w in &writes {
-        w.apply(work)?;
-    }
-    report.applied = writes.len();
-    for q in &theirs.sequences {
-        let current: Option<i64> = work
-            .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = ?1",
-                [&q.table],
-                |r| r.get(0),
-            )
-            .ok();
-        let value = match (current, q.new) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => b.or(a),
-        };
-        if value.is_some() {
-            crate::snapshot::set_sequence(work, &q.table, value)?;
+    begin_immediate(&mut work, on_wait)?;
+    let applied = (|| {
+        if data_version(&work)? != seen {
+            let ours = diff::diff(&base, &work, &all)?;
+            plan = Plan::new(&ours, &theirs, resolve)?;
+            if !plan.conflicts.is_empty() && resolve == Resolve::Refuse {
+                return Ok(Err(std::mem::take(&mut plan.conflicts)));
+            }
         }
+        plan.apply(&work)?;
+        work.execute_batch("COMMIT")?;
+        Ok(Ok(plan.report.clone()))
+    })();
+    if !matches!(applied, Ok(Ok(_))) {
+        let _ = work.execute_batch("ROLLBACK");
     }
-    for create in merged_triggers(&ours, &theirs)? {
-        work.execute_batch(&create)?;
+    applied
+}
+
+/// What a pull changes in the working copy, decided from ours and theirs alone.
+struct Plan {
+    /// Our triggers, suspended while the merge applies.
+    suspend: Vec<String>,
+    ddl: Vec<String>,
+    writes: Vec<Write>,
+    sequences: Vec<diff::SequenceChange>,
+    /// The merged set of triggers, created last.
+    triggers: Vec<String>,
+    user_version: Option<i64>,
+    conflicts: Vec<MergeConflict>,
+    report: PullReport,
+}
+
+impl Plan {
+    fn new(ours: &Changeset, theirs: &Changeset, resolve: Resolve) -> Result<Plan> {
+        let mut report = PullReport::default();
+        let ddl = merge_schema(ours, theirs)?;
+        report.schema_changes = ddl.len();
+        let mut conflicts = Vec::new();
+        let mut writes: Vec<Write> = Vec::new();
+        for t in &theirs.tables {
+            let mine = ours.tables.iter().find(|o| o.table.name == t.table.name);
+            merge_table(t, mine, resolve, &mut writes, &mut conflicts, &mut report);
+        }
+        report.applied = writes.len();
+        report.resolved = conflicts.len();
+        Ok(Plan {
+            suspend: ours.new_triggers.iter().map(|(n, _)| n.clone()).collect(),
+            ddl,
+            writes,
+            sequences: theirs.sequences.clone(),
+            triggers: merged_triggers(ours, theirs)?,
+            user_version: theirs.user_version.filter(|_| ours.user_version.is_none()),
+            conflicts,
+            report,
+        })
     }
-    if let (Some(v), None) = (theirs.user_version, ours.user_version) {
-        work.pragma_update(None, "user_version", v)?;
+
+    /// Applies the plan inside the caller's write transaction on the working copy. Every
+    /// trigger is suspended and the merged set re-created at the end, so rows arriving from
+    /// the remote fire nothing (their effects arrive as rows too).
+    fn apply(&self, work: &Connection) -> Result<()> {
+        for name in &self.suspend {
+            work.execute_batch(&format!("DROP TRIGGER {}", sql::ident(name)))?;
+        }
+        for stmt in &self.ddl {
+            work.execute_batch(stmt)?;
+        }
+        for w in &self.writes {
+            w.apply(work)?;
+        }
+        for q in &self.sequences {
+            let current: Option<i64> = work
+                .query_row(
+                    "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+                    [&q.table],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let value = match (current, q.new) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => b.or(a),
+            };
+            if value.is_some() {
+                crate::snapshot::set_sequence(work, &q.table, value)?;
+            }
+        }
+        for create in &self.triggers {
+            work.execute_batch(create)?;
+        }
+        if let Some(v) = self.user_version {
+            work.pragma_update(None, "user_version", v)?;
+        }
+        Ok(())
     }
-    report.resolved = conflicts.len();
-    Ok(Ok(report))
 }
 
 /// One change to make in the working copy, by column name.

@@ -108,8 +108,9 @@ impl Workspace {
     }
 
     /// Takes the workspace's lock for a command that moves the base (push, pull), so two
-    /// of them never interleave. Held until the returned file is dropped; the OS releases it if
-    /// the process dies.
+    /// of them never interleave. Held until the returned file is dropped; the OS releases it
+    /// when the process dies, however it dies (an `flock`, on a file that is no database, so
+    /// SQLite's own locks are not involved). Whatever a killed run left aside is removed first.
     pub fn lock(&self) -> Result<fs::File> {
         let f = fs::OpenOptions::new()
             .create(true)
@@ -117,12 +118,30 @@ impl Workspace {
             .write(true)
             .open(self.state_dir().join("lock"))?;
         match f.try_lock() {
-            Ok(()) => Ok(f),
-            Err(fs::TryLockError::WouldBlock) => Err(Error::Refused(
-                "another tursync command is working on this working copy; try again when it is done".into(),
-            )),
-            Err(fs::TryLockError::Error(e)) => Err(e.into()),
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Refused(
+                    "another tursync command is working on this working copy; try again when it is done".into(),
+                ))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
         }
+        sweep_leftovers(&self.state_dir(), |n| n.contains(TMP_MARK))?;
+        Ok(f)
+    }
+
+    /// A new file name in the state directory for something built aside, unique even across
+    /// processes that share a pid (containers): `base.db.tmp-<pid>-<nanos>-<n>`.
+    pub fn aside_path(&self, stem: &str) -> PathBuf {
+        aside_name(&self.state_dir(), stem)
+    }
+
+    /// Opens the working copy as the app's neighbour: a busy handler that retries every
+    /// millisecond (the app's write lock may be free only for moments) for [`BUSY_TIMEOUT`].
+    pub fn open_working_copy(&self, flags: rusqlite::OpenFlags) -> Result<rusqlite::Connection> {
+        let mut conn = rusqlite::Connection::open_with_flags(self.db_path(), flags)?;
+        wait_for_locks(&mut conn)?;
+        Ok(conn)
     }
 
     pub fn sync_state(&self) -> SyncState {
@@ -132,15 +151,17 @@ impl Workspace {
             .unwrap_or_default()
     }
 
-    /// Records the sync state atomically (write aside, rename).
+    /// Records the sync state atomically and durably (write aside, sync, rename, sync the
+    /// directory).
     pub fn save_sync_state(&self, state: &SyncState) -> Result<()> {
-        let tmp = self
-            .state_dir()
-            .join(format!("{SYNC}.tmp-{}", std::process::id()));
+        let tmp = self.aside_path(SYNC);
+        let _guard = Aside {
+            paths: vec![tmp.clone()],
+        };
         let text = serde_json::to_string(state).map_err(|e| Error::Refused(e.to_string()))?;
-        fs::write(&tmp, text)?;
+        write_synced(&tmp, text.as_bytes())?;
         fs::rename(&tmp, self.state_dir().join(SYNC))?;
-        Ok(())
+        sync_dir(&self.state_dir())
     }
 }
 
@@ -229,6 +250,36 @@ pub struct InitReport {
     pub stats: Stats,
 }
 
+/// Marks every name built aside, so a later run can tell leftovers from real files.
+const TMP_MARK: &str = ".tmp-";
+
+fn aside_name(dir: &Path, stem: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!(
+        "{stem}{TMP_MARK}{}-{nanos}-{n}",
+        std::process::id()
+    ))
+}
+
+/// Removes a file built aside with whatever SQLite left next to it (`-journal`, `-wal`,
+/// `-shm`): a stale journal would be replayed into the next file of that name.
+fn remove_aside(p: &Path) {
+    if p.is_dir() {
+        let _ = fs::remove_dir_all(p);
+        return;
+    }
+    let _ = fs::remove_file(p);
+    for suffix in ["-journal", "-wal", "-shm"] {
+        let mut side = p.as_os_str().to_owned();
+        side.push(suffix);
+        let _ = fs::remove_file(PathBuf::from(side));
+    }
+}
+
 /// Removes files built aside (by `init`, `pull`, a base update) unless they were renamed into
 /// place: on an error, nothing half-built stays behind.
 pub(crate) struct Aside {
@@ -238,11 +289,7 @@ pub(crate) struct Aside {
 impl Drop for Aside {
     fn drop(&mut self) {
         for p in &self.paths {
-            if p.is_dir() {
-                let _ = fs::remove_dir_all(p);
-            } else {
-                let _ = fs::remove_file(p);
-            }
+            remove_aside(p);
         }
     }
 }
@@ -283,11 +330,14 @@ pub fn init(
             dir.display()
         )));
     }
-    sweep_leftovers(&dir);
+    sweep_leftovers(&dir, |n| {
+        n.starts_with(&format!("{STATE_DIR}.init{TMP_MARK}"))
+            || n.starts_with(&format!("{STATE_DIR}.old{TMP_MARK}"))
+            || (n.starts_with('.') && n.contains(&format!(".tursync-init{TMP_MARK}")))
+    })?;
 
-    let pid = std::process::id();
-    let tmp_db = dir.join(format!(".{name}.tursync-init-{pid}"));
-    let tmp_state = dir.join(format!("{STATE_DIR}.init-{pid}"));
+    let tmp_db = aside_name(&dir, &format!(".{name}.tursync-init"));
+    let tmp_state = aside_name(&dir, &format!("{STATE_DIR}.init"));
     let mut aside = Aside {
         paths: vec![tmp_db.clone(), tmp_state.clone()],
     };
@@ -301,11 +351,16 @@ pub fn init(
     let sync = SyncState {
         replication_index: index,
     };
-    fs::write(
-        tmp_state.join(SYNC),
-        serde_json::to_string(&sync).map_err(|e| Error::Refused(e.to_string()))?,
+    write_synced(
+        &tmp_state.join(SYNC),
+        serde_json::to_string(&sync)
+            .map_err(|e| Error::Refused(e.to_string()))?
+            .as_bytes(),
     )?;
     sink.finish()?;
+    // A byte copy, so the base is the working copy to the last header byte: the sink's
+    // connection, the only one this process had on the file, is closed, so no SQLite lock of
+    // ours can be dropped by closing this descriptor.
     fs::copy(&tmp_db, tmp_state.join(BASE))?;
     let config = Config {
         version: 1,
@@ -313,9 +368,9 @@ pub fn init(
         db: name.clone(),
     };
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Refused(e.to_string()))?;
-    fs::write(tmp_state.join(CONFIG), text + "\n")?;
+    write_synced(&tmp_state.join(CONFIG), (text + "\n").as_bytes())?;
     sync_file(&tmp_db)?;
-    sync_file(&tmp_state.join(BASE))?;
+    sync_dir(&tmp_state)?;
 
     // A stale journal next to the old file would be replayed into the new one.
     for suffix in ["-journal", "-wal", "-shm"] {
@@ -327,13 +382,13 @@ pub fn init(
     // The state directory goes in last: its presence marks a finished init, so a crash
     // between these renames can never pair a new working copy with an old base.
     if state.exists() {
-        let old = dir.join(format!("{STATE_DIR}.old-{pid}"));
+        let old = aside_name(&dir, &format!("{STATE_DIR}.old"));
         fs::rename(&state, &old)?;
         aside.paths.push(old);
     }
     fs::rename(&tmp_db, db)?;
     fs::rename(&tmp_state, &state)?;
-    sync_dir(&dir);
+    sync_dir(&dir)?;
     Ok(InitReport {
         workspace: Workspace { dir, config },
         schema,
@@ -341,37 +396,52 @@ pub fn init(
     })
 }
 
-/// Deletes what an init killed mid-way (no chance to clean up) left in `dir`.
-fn sweep_leftovers(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        let ours = n.starts_with(&format!("{STATE_DIR}.init-"))
-            || n.starts_with(&format!("{STATE_DIR}.old-"))
-            || (n.starts_with('.') && n.contains(".tursync-init-"));
-        if ours {
-            let p = e.path();
-            let _ = if p.is_dir() {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
+/// Deletes what a run killed mid-way (no chance to clean up) left in `dir`: the entries whose
+/// name `ours` recognizes, with the journals SQLite may have left beside them.
+fn sweep_leftovers(dir: &Path, ours: impl Fn(&str) -> bool) -> Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if ours(&e.file_name().to_string_lossy()) {
+            remove_aside(&e.path());
         }
     }
+    Ok(())
 }
 
+/// Writes a whole file and syncs it, before it is renamed into place.
+fn write_synced(p: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::File::create(p)?;
+    std::io::Write::write_all(&mut f, bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Syncs a file that no connection of this process has open: SQLite's POSIX locks belong to
+/// the process, and closing this descriptor would drop them.
 fn sync_file(p: &Path) -> Result<()> {
     fs::File::open(p)?.sync_all()?;
     Ok(())
 }
 
-fn sync_dir(dir: &Path) {
-    // Best effort: makes the renames durable on filesystems that support it.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+/// Makes renames in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Copies a database page by page through SQLite's backup API, which reads the source inside
+/// its own read transaction and writes a synced, complete file: never a byte copy of a file
+/// that SQLite may have open or a journal beside it.
+fn copy_database(src: &Path, dst: &Path) -> Result<()> {
+    remove_aside(dst);
+    let from =
+        rusqlite::Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    from.backup(
+        rusqlite::MAIN_DB,
+        dst,
+        None::<fn(rusqlite::backup::Progress)>,
+    )?;
+    Ok(())
 }
 
 /// Sets (or, with `None`, removes) a table's AUTOINCREMENT counter in a local database.
@@ -391,6 +461,30 @@ pub(crate) fn set_sequence(
     Ok(())
 }
 
+/// A database file of ours (the base, a remote copy), read-only, inside a read transaction that
+/// ends when the connection is dropped.
+pub fn open_snapshot(path: &Path) -> Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch("BEGIN")?;
+    Ok(conn)
+}
+
+/// Makes `conn` wait up to [`BUSY_TIMEOUT`] for a lock held by another connection, trying
+/// again every millisecond. SQLite's own busy timeout backs off to 100 ms between tries, and
+/// an app that commits back to back leaves the lock free for far less than that.
+pub fn wait_for_locks(conn: &mut rusqlite::Connection) -> Result<()> {
+    let tries = BUSY_TIMEOUT.as_millis();
+    conn.busy_handler(Some(move |attempt: i32| {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        (attempt as u128) < tries
+    }))?;
+    Ok(())
+}
+
 /// How long to wait for an app that holds the working copy's write lock before giving up.
 pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -400,23 +494,28 @@ impl Workspace {
     pub fn diff(&self, filter: &crate::diff::Filter) -> Result<crate::diff::Changeset> {
         let flags =
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let base = rusqlite::Connection::open_with_flags(self.base_path(), flags)?;
-        let work = rusqlite::Connection::open_with_flags(self.db_path(), flags)?;
-        work.busy_timeout(BUSY_TIMEOUT)?;
+        let base = self.open_base()?;
+        let work = self.open_working_copy(flags)?;
         work.execute_batch("BEGIN")?;
         let cs = crate::diff::diff(&base, &work, filter)?;
         work.execute_batch("COMMIT")?;
         Ok(cs)
     }
+
+    /// The base snapshot, read-only, inside a read transaction that lasts as long as the
+    /// connection: every page the diff reads comes from one snapshot.
+    pub fn open_base(&self) -> Result<rusqlite::Connection> {
+        open_snapshot(&self.base_path())
+    }
 }
 
 impl Workspace {
-    /// Makes `file` (a complete database built in the state directory) the base snapshot.
+    /// Makes `file` (a complete database built in the state directory, no connection of ours
+    /// open on it) the base snapshot.
     pub fn replace_base_with(&self, file: &Path) -> Result<()> {
         sync_file(file)?;
         fs::rename(file, self.base_path())?;
-        sync_dir(&self.state_dir());
-        Ok(())
+        sync_dir(&self.state_dir())
     }
 
     /// Changes the base snapshot atomically: `edit` works on a copy, which replaces the base
@@ -425,21 +524,14 @@ impl Workspace {
         &self,
         edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
     ) -> Result<()> {
-        let base = self.base_path();
-        let tmp = self
-            .state_dir()
-            .join(format!("base.db.tmp-{}", std::process::id()));
-        let guard = Aside {
+        let tmp = self.aside_path(BASE);
+        let _guard = Aside {
             paths: vec![tmp.clone()],
         };
-        fs::copy(&base, &tmp)?;
+        copy_database(&self.base_path(), &tmp)?;
         let conn = rusqlite::Connection::open(&tmp)?;
         edit(&conn)?;
         conn.close().map_err(|(_, e)| Error::Local(e))?;
-        sync_file(&tmp)?;
-        fs::rename(&tmp, &base)?;
-        sync_dir(&self.state_dir());
-        drop(guard);
-        Ok(())
+        self.replace_base_with(&tmp)
     }
 }
