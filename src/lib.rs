@@ -17,6 +17,7 @@ pub mod schema;
 pub mod snapshot;
 pub mod sql;
 pub mod value;
+pub mod verify;
 
 pub use value::Value;
 

@@ -24,7 +24,9 @@ Exit codes:
   0  success
   1  failure (network, authentication, local file, refused operation)
   2  usage error (bad arguments, no database URL)
-  3  conflict (reserved for push and pull)";
+  3  conflict: the same rows or schema changed here and on the remote; nothing was changed
+  4  verify: the base differs from the remote at the recorded sync point (drift)
+  5  verify: the working copy or the base fails SQLite's integrity check";
 
 #[derive(Parser)]
 #[command(
@@ -164,6 +166,21 @@ its write lock (up to 10 s) and applies the merge in one transaction.")]
         #[arg(long)]
         json: bool,
     },
+    /// Check the working copy and the base for damage, and the base against the remote
+    #[command(after_help = "Examples:
+  tursync verify
+  tursync verify --json
+
+Runs SQLite's integrity check on the working copy and on the base, then reads the whole remote
+and compares it with the base, table by table. When the remote has not moved since the last
+sync, any difference is drift (exit 4); when it has, the differences are others' changes not
+yet pulled (exit 0). A damaged file exits 5. The working copy is read in one read transaction,
+which makes an app in rollback-journal mode wait for the check to end.")]
+    Verify {
+        /// Machine-readable report
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the database as SQL text that sqlite3 loads into an identical database
     #[command(after_help = "Examples:
   tursync dump --out remote.sql && sqlite3 copy.db < remote.sql
@@ -277,6 +294,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => status(&cli, *json),
+        Command::Verify { json } => verify(&cli, *json, &progress),
         Command::Diff { sql, json, table } => {
             let ws = Workspace::locate(cli.db.as_deref())?;
             let cs = ws
@@ -747,6 +765,109 @@ fn pull(cli: &Cli, resolve: Resolve, as_json: bool, progress: &Progress) -> Resu
             Ok(ExitCode::from(3))
         }
     }
+}
+
+fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
+    use tursync::verify::RemoteCheck;
+    let ws = Workspace::locate(cli.db.as_deref())?;
+    let (endpoint, remote) = connect(cli, Some(&ws))?;
+    let report = tursync::verify::verify(&ws, &remote, FetchOptions::default(), progress)
+        .with_context(|| format!("verify against {endpoint} failed"))?;
+    let code = if !report.working_copy.ok() || !report.base.ok() {
+        5
+    } else if report.drift() {
+        4
+    } else {
+        0
+    };
+    let changes = |cs: &Changeset| -> Vec<serde_json::Value> {
+        let mut list: Vec<_> = cs
+            .schema
+            .iter()
+            .map(|c| json!({"schema": c.describe()}))
+            .collect();
+        list.extend(cs.tables.iter().filter(|t| !t.changes.is_empty()).map(|t| {
+            let (ins, upd, del) = t.counts();
+            json!({"table": t.table.name, "only_on_remote": ins, "differ": upd, "only_in_base": del})
+        }));
+        list.extend(
+            cs.sequences
+                .iter()
+                .map(|q| json!({"sequence": q.table, "base": q.old, "remote": q.new})),
+        );
+        list
+    };
+    if as_json {
+        let file = |i: &tursync::verify::Integrity| json!({"path": i.file.display().to_string(), "ok": i.ok(), "problems": i.problems});
+        let remote = match &report.remote {
+            RemoteCheck::Skipped => json!({"compared": false}),
+            RemoteCheck::AtSyncPoint { differences } => {
+                json!({"compared": true, "moved": false, "drift": changes(differences)})
+            }
+            RemoteCheck::Moved { differences } => {
+                json!({"compared": true, "moved": true, "not_pulled": changes(differences)})
+            }
+        };
+        println!(
+            "{}",
+            json!({"working_copy": file(&report.working_copy), "base": file(&report.base), "remote": remote, "exit_code": code})
+        );
+        return Ok(ExitCode::from(code));
+    }
+    for (what, i) in [
+        ("working copy", &report.working_copy),
+        ("base", &report.base),
+    ] {
+        if i.ok() {
+            println!("{what} {}: intact", i.file.display());
+        } else {
+            println!("{what} {}: DAMAGED", i.file.display());
+            for p in i.problems.iter().take(20) {
+                println!("  {p}");
+            }
+        }
+    }
+    let print_changes = |cs: &Changeset| {
+        for c in &cs.schema {
+            println!("  {}", c.describe());
+        }
+        for t in cs.tables.iter().filter(|t| !t.changes.is_empty()) {
+            let (ins, upd, del) = t.counts();
+            println!(
+                "  table {}: {} only on the remote, {} only in the base, {} differ",
+                t.table.name,
+                count(ins, "row"),
+                count(del, "row"),
+                count(upd, "row")
+            );
+        }
+        for q in &cs.sequences {
+            println!(
+                "  AUTOINCREMENT counter of {}: base {:?}, remote {:?}",
+                q.table, q.old, q.new
+            );
+        }
+    };
+    match &report.remote {
+        RemoteCheck::Skipped => println!("remote {endpoint}: not compared, the base is damaged"),
+        RemoteCheck::AtSyncPoint { differences } if differences.is_empty() => {
+            println!("remote {endpoint}: equals the base at the last sync point")
+        }
+        RemoteCheck::AtSyncPoint { differences } => {
+            println!("remote {endpoint}: DRIFT: the remote has not moved since the last sync, yet differs from the base:");
+            print_changes(differences);
+        }
+        RemoteCheck::Moved { differences } => {
+            println!("remote {endpoint}: moved since the last sync; not pulled yet:");
+            print_changes(differences);
+        }
+    }
+    match code {
+        5 => eprintln!("A file is damaged. Keep a copy of it, save what you can (`tursync diff --sql > mine.sql`, `sqlite3 working_copy.db .recover`), then make a fresh working copy with `tursync init --force`."),
+        4 => eprintln!("The base no longer matches the remote, so diffs and merges would be wrong. Save unpushed work (`tursync diff --sql > mine.sql`), then `tursync init --force` and re-apply it."),
+        _ => {}
+    }
+    Ok(ExitCode::from(code))
 }
 
 fn merge_conflict_json(c: &MergeConflict) -> serde_json::Value {

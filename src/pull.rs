@@ -13,12 +13,12 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::clone::{self, FetchOptions};
+use crate::clone::FetchOptions;
 use crate::diff::{self, Changeset, RowChange, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::Remote;
 use crate::schema::ObjectKind;
-use crate::snapshot::{wait_for_locks, LocalSink, SyncState, Workspace, BUSY_TIMEOUT};
+use crate::snapshot::{wait_for_locks, SyncState, Workspace, BUSY_TIMEOUT};
 use crate::sql;
 use crate::value::Value;
 use crate::{Error, Result};
@@ -79,21 +79,12 @@ pub fn pull(
         return Ok(Ok(PullReport::default()));
     }
 
-    // Their state, as a plain file built aside.
-    let remote_db = ws.aside_path("remote.db");
-    let _cleanup = crate::snapshot::Aside {
-        paths: vec![remote_db.clone()],
-    };
-    let mut sink = LocalSink::create(&remote_db)?;
-    clone::copy_remote(remote, &mut sink, opts, progress)?;
-    sink.finish()?;
-    progress.finish();
-
-    let outcome = merge_into(ws, &remote_db, resolve, on_wait)?;
+    let theirs = ws.download(remote, opts, progress)?;
+    let outcome = merge_into(ws, &theirs.path, resolve, on_wait)?;
     if outcome.is_ok() {
         // A crash here leaves the old base: the next pull sees our side and theirs holding
         // the same changes, which merge to nothing, and converges.
-        ws.replace_base_with(&remote_db)?;
+        ws.replace_base_with(&theirs.path)?;
         ws.save_sync_state(&SyncState {
             replication_index: now,
         })?;

@@ -461,6 +461,37 @@ pub(crate) fn set_sequence(
     Ok(())
 }
 
+/// A plain-file copy of the remote in the state directory, removed on drop unless it was
+/// renamed into place (as the new base).
+pub struct RemoteCopy {
+    pub path: PathBuf,
+    _aside: Aside,
+}
+
+impl Workspace {
+    /// Reads the whole remote into a file beside the base, with the clone machinery (exact,
+    /// streamed, bounded memory).
+    pub fn download(
+        &self,
+        remote: &Remote,
+        opts: FetchOptions,
+        progress: &Progress,
+    ) -> Result<RemoteCopy> {
+        let path = self.aside_path("remote.db");
+        let aside = Aside {
+            paths: vec![path.clone()],
+        };
+        let mut sink = LocalSink::create(&path)?;
+        clone::copy_remote(remote, &mut sink, opts, progress)?;
+        sink.finish()?;
+        progress.finish();
+        Ok(RemoteCopy {
+            path,
+            _aside: aside,
+        })
+    }
+}
+
 /// A database file of ours (the base, a remote copy), read-only, inside a read transaction that
 /// ends when the connection is dropped.
 pub fn open_snapshot(path: &Path) -> Result<rusqlite::Connection> {

@@ -103,7 +103,7 @@ fn beside_an_app(journal_mode: &str) {
     for i in 0..6 {
         remote_change(&sqld, &mut rng, round);
         round += 1;
-        let what = if i % 2 == 0 { "pull" } else { "push" };
+        let what = ["pull", "push", "sync"][i % 3];
         let mut child = cmd(&sqld, dir, &[what]).spawn().unwrap();
         let wait = Duration::from_millis(20 + rng.below(400));
         std::thread::sleep(wait);
@@ -194,4 +194,34 @@ fn pull_gets_the_write_lock_beside_an_app_committing_back_to_back_in_rollback_jo
 #[test]
 fn pull_gets_the_write_lock_beside_an_app_committing_back_to_back_in_wal_mode() {
     back_to_back("wal");
+}
+
+/// init killed at random moments leaves nothing half-built, and the next init completes.
+#[test]
+fn a_killed_init_leaves_nothing_behind() {
+    let mut rng = Rng::from_time("init");
+    let (sqld, dir) = workspace();
+    let dir = dir.path();
+    for _ in 0..4 {
+        let mut child = cmd(&sqld, dir, &["init", "--force", "--url", &sqld.url])
+            .spawn()
+            .unwrap();
+        let wait = Duration::from_millis(rng.below(600));
+        std::thread::sleep(wait);
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("killed init after {wait:?}");
+        ok(&sqld, dir, &["init", "--force", "--url", &sqld.url]);
+        let wc = dir.join("working_copy.db");
+        integrity_ok(&wc);
+        integrity_ok(&dir.join(".tursync/base.db"));
+        let leftovers: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .chain(std::fs::read_dir(dir.join(".tursync")).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-") || n.ends_with("-journal"))
+            .collect();
+        assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+        assert_items_equal(&sqld, &wc);
+    }
 }

@@ -1,0 +1,109 @@
+//! `tursync verify`: integrity of the working copy and the base, and the base against the
+//! remote at the recorded sync point, with its exit codes.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::*;
+
+fn verify(sqld: &Sqld, dir: &Path, json: bool) -> Output {
+    let mut cmd = tursync(dir);
+    cmd.arg("verify").env("TURSO_AUTH_TOKEN", &sqld.rw_token);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().unwrap()
+}
+
+fn init(sqld: &Sqld, dir: &Path, force: bool) {
+    let mut cmd = tursync(dir);
+    cmd.args(["init", "--url", &sqld.url])
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token);
+    if force {
+        cmd.arg("--force");
+    }
+    run_ok(&mut cmd);
+}
+
+#[test]
+fn verify_reports_intact_moved_drift_and_damage_with_their_exit_codes() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000)
+         INSERT INTO t SELECT i, printf('%.100c', 'x') FROM c;",
+    );
+    let dir = tempdir();
+    let dir = dir.path();
+    init(&sqld, dir, false);
+
+    let out = verify(&sqld, dir, false);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("equals the base at the last sync point"),
+        "{}",
+        text(&out)
+    );
+
+    // Others' changes are not drift.
+    sqld.exec("UPDATE t SET v = 'theirs' WHERE id = 7");
+    let out = verify(&sqld, dir, false);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("moved since the last sync"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out)
+            .contains("table t: 0 rows only on the remote, 0 rows only in the base, 1 row differ"),
+        "{}",
+        text(&out)
+    );
+
+    // A base that no longer matches the remote it records is drift.
+    run_ok(
+        tursync(dir)
+            .arg("pull")
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    rusqlite::Connection::open(dir.join(".tursync/base.db"))
+        .unwrap()
+        .execute_batch("DELETE FROM t WHERE id = 9")
+        .unwrap();
+    let out = verify(&sqld, dir, false);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("DRIFT"), "{}", text(&out));
+    assert!(
+        text(&out).contains("table t: 1 row only on the remote"),
+        "{}",
+        text(&out)
+    );
+    let out = verify(&sqld, dir, true);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["remote"]["drift"][0]["table"], "t", "{report}");
+    assert_eq!(
+        report["remote"]["drift"][0]["only_on_remote"], 1,
+        "{report}"
+    );
+
+    // A damaged working copy: garbage over a B-tree page.
+    init(&sqld, dir, true);
+    let wc = dir.join("working_copy.db");
+    let mut bytes = std::fs::read(&wc).unwrap();
+    assert!(bytes.len() > 8 * 4096, "the table spans pages");
+    bytes[5 * 4096..5 * 4096 + 64].fill(0xa5);
+    std::fs::write(&wc, bytes).unwrap();
+    let out = verify(&sqld, dir, true);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["working_copy"]["ok"], false, "{report}");
+    assert_eq!(report["base"]["ok"], true, "{report}");
+    assert!(!report["working_copy"]["problems"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
