@@ -17,8 +17,8 @@
 # the temp dir. WAL=1 makes the edits in WAL mode and leaves them in working_copy.db-wal
 # (not checkpointed), as an app using WAL would, and keeps a sqlite3 connection open on the
 # working copy meanwhile (like a running app; otherwise the first reader to close would
-# checkpoint and remove the WAL). `tursync diff` then cannot read the file's pages directly
-# and uses its SQL merge join. SCALING=1 also reports how the times grow with the table size
+# checkpoint and remove the WAL). `tursync diff` reads the pages through SQLite's pager, WAL
+# frames included. SCALING=1 also reports how the times grow with the table size
 # (SIZES, default "250000 500000 1000000", at CHANGE_PCT) and with the share of changed rows
 # (PCTS, default "1 7 20", at ROWS).
 set -euo pipefail
