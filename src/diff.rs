@@ -498,9 +498,10 @@ fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option
             .map(|c| real_affinity(&c.decl_type))
             .collect(),
     };
+    let d = table_diff(t)?;
     let walk = || {
         let (bdb, wdb) = (DbFile::open(base)?, DbFile::open(work)?);
-        merge_records(bdb.scan(broot)?, wdb.scan(wroot)?, t, &layout)
+        merge_records(bdb.scan(broot)?, wdb.scan(wroot)?, d, &layout)
     };
     match walk() {
         Ok(d) => Ok(d),
@@ -512,16 +513,16 @@ fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option
     }
 }
 
-/// The loop of [`merge_pages`]: `None` when a record does not decode to the table's layout.
+/// The loop of [`merge_pages`], filling `d`: `None` when a record does not decode to the
+/// table's layout.
 fn merge_records(
     mut bs: Scan<'_>,
     mut ws: Scan<'_>,
-    t: &Table,
+    mut d: TableDiff,
     layout: &Layout,
 ) -> std::result::Result<Option<TableDiff>, PageError> {
     let decode =
         |row: Option<(i64, &[u8])>| row.and_then(|(id, rec)| pages::decode(id, rec, layout));
-    let mut d = table_diff(t).map_err(|_| PageError::Layout("table layout"))?;
     let (mut b, mut w) = (bs.next_row()?, ws.next_row()?);
     loop {
         let ord = match (b, w) {
