@@ -440,7 +440,7 @@ fn values() -> impl proptest::strategy::Strategy<Value = V> {
             Just(f64::NEG_INFINITY),
             Just(-0.0),
             Just(5e-324),
-            Just(-2.2250738585072009e-308),
+            Just(-f64::from_bits(0x000f_ffff_ffff_ffff)),
             (1u64..(1 << 52)).prop_map(f64::from_bits),
             any::<f64>().prop_filter("SQLite stores no NaN", |f| !f.is_nan()),
         ]
