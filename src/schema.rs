@@ -462,3 +462,91 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
     }
     Ok(schema)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A catalog answering canned rows: the first request gets `first`, the second `details`.
+    struct Canned(Vec<Vec<Vec<Vec<Value>>>>);
+
+    impl Catalog for Canned {
+        type Error = std::convert::Infallible;
+        fn query_all(
+            &mut self,
+            _: &[(String, Vec<Value>)],
+        ) -> Result<Vec<Vec<Vec<Value>>>, Self::Error> {
+            Ok(self.0.remove(0))
+        }
+    }
+
+    fn first(objects: Vec<Vec<Value>>, uv: Value) -> Vec<Vec<Vec<Value>>> {
+        let list = vec![vec![
+            Value::text("t"),
+            Value::text("table"),
+            Value::Integer(0),
+        ]];
+        vec![objects, list, vec![vec![uv]], vec![vec![Value::Integer(0)]]]
+    }
+
+    fn table_row(name: Value) -> Vec<Value> {
+        let create = Value::text("CREATE TABLE t(a)");
+        vec![Value::text("table"), name, Value::text("t"), create]
+    }
+
+    fn details(pk: Value) -> Vec<Vec<Vec<Value>>> {
+        let col = vec![
+            Value::text("a"),
+            Value::text(""),
+            pk,
+            Value::Integer(0),
+            Value::Null,
+        ];
+        vec![vec![col], vec![vec![Value::Integer(0)]]]
+    }
+
+    fn error(c: Canned) -> String {
+        match load(c) {
+            Err(LoadError::Schema(e)) => e.to_string(),
+            other => panic!("expected a schema error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_a_well_formed_catalog() {
+        let s = load(Canned(vec![
+            first(vec![table_row(Value::text("t"))], Value::Integer(3)),
+            details(Value::Integer(0)),
+        ]))
+        .unwrap();
+        assert_eq!(s.user_version, 3);
+        assert_eq!(s.tables[0].columns[0].name, "a");
+    }
+
+    #[test]
+    fn unexpected_cells_are_errors_naming_what_was_read() {
+        let e = error(Canned(vec![first(
+            vec![table_row(Value::Integer(7))],
+            Value::Integer(0),
+        )]));
+        assert!(
+            e.contains("sqlite_schema.name") && e.contains("integer 7"),
+            "{e}"
+        );
+        let e = error(Canned(vec![first(
+            vec![table_row(Value::Text(vec![0xe9]))],
+            Value::Integer(0),
+        )]));
+        assert!(e.contains("not UTF-8"), "{e}");
+        let e = error(Canned(vec![first(
+            vec![table_row(Value::text("t"))],
+            Value::text("3"),
+        )]));
+        assert!(e.contains("PRAGMA user_version"), "{e}");
+        let e = error(Canned(vec![
+            first(vec![table_row(Value::text("t"))], Value::Integer(0)),
+            details(Value::Real(1.0)),
+        ]));
+        assert!(e.contains("pk of \"a\"") && e.contains("real"), "{e}");
+    }
+}
