@@ -11,14 +11,18 @@ sqld_bin="$(bash scripts/install-sqld.sh)"
 export SQLD_BIN="$sqld_bin"
 echo "test.sh: using sqld at $SQLD_BIN" >&2
 
-# sqldiff (Debian's sqlite3-tools) is the outside oracle of the diff tests. tursync itself
-# never needs it.
-if ! command -v sqldiff >/dev/null 2>&1; then
-    echo "test.sh: installing sqldiff (Debian package sqlite3-tools)" >&2
+# sqldiff (Debian's sqlite3-tools) is the outside oracle of the diff tests, and the sqlite3 shell
+# (Debian's sqlite3) loads `dump` and `diff --sql` output as a user would. tursync itself
+# never needs them.
+packages=()
+command -v sqldiff >/dev/null 2>&1 || packages+=(sqlite3-tools)
+command -v sqlite3 >/dev/null 2>&1 || packages+=(sqlite3)
+if ((${#packages[@]})); then
+    echo "test.sh: installing ${packages[*]} (Debian)" >&2
     sudo=""
     [[ $(id -u) == 0 ]] || sudo="sudo"
     $sudo apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq sqlite3-tools >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >&2
 fi
 
 # --release: the tests push a lot of rows through the sync code and SQLite.

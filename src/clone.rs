@@ -72,6 +72,23 @@ fn create_tables(schema: &Schema, sink: &mut dyn Sink) -> Result<()> {
     for t in schema.tables.iter().filter(|t| t.shadow) {
         sink.clear(t)?;
     }
+    if schema.has_sequence {
+        // `sqlite_sequence` outlives the AUTOINCREMENT tables that made it, and SQLite lets no
+        // one create it by name: a scratch AUTOINCREMENT table, dropped at once, leaves it.
+        let taken = |n: &str| schema.tables.iter().any(|t| t.name.eq_ignore_ascii_case(n));
+        let mut i = 0;
+        let scratch = loop {
+            let n = format!("tursync_sequence_maker_{i}");
+            if !taken(&n) {
+                break n;
+            }
+            i += 1;
+        };
+        sink.create(&format!(
+            "CREATE TABLE {0}(id INTEGER PRIMARY KEY AUTOINCREMENT); DROP TABLE {0}",
+            sql::ident(&scratch)
+        ))?;
+    }
     Ok(())
 }
 
@@ -351,7 +368,9 @@ fn fetch_task(
     target_bytes: usize,
     emit: &mut dyn FnMut(Vec<Vec<Value>>, u64) -> bool,
 ) -> Result<()> {
-    let cols = t.data_columns()?.join(", ");
+    let data_columns = t.data_columns()?;
+    let cols = data_columns.join(", ");
+    let exact_cols = sql::exact_select_list(&data_columns);
     let keys = t.key_exprs()?;
     let key_pos = t.key_positions();
     let order = keys.join(", ");
@@ -380,26 +399,36 @@ fn fetch_task(
             conds.push(format!("{} <= ?{}", keys[0], args.len()));
         }
         args.push(Value::Integer(limit as i64));
-        let q = format!(
-            "SELECT {cols} FROM {}{}{} ORDER BY {order} LIMIT ?{}",
-            sql::ident(&t.name),
-            if conds.is_empty() { "" } else { " WHERE " },
-            conds.join(" AND "),
-            args.len()
-        );
-        let res = match remote.query(&q, args) {
-            Ok(r) => r,
+        let q = |select: &str| {
+            format!(
+                "SELECT {select} FROM {}{}{} ORDER BY {order} LIMIT ?{}",
+                sql::ident(&t.name),
+                if conds.is_empty() { "" } else { " WHERE " },
+                conds.join(" AND "),
+                args.len()
+            )
+        };
+        // The plain read costs nothing extra; only a page the server cannot encode is read
+        // again, exactly.
+        let page = match remote.query(&q(&cols), args.clone()) {
+            Err(e) if e.is_unencodable_value() => remote
+                .query(&q(&exact_cols), args)
+                .and_then(|r| r.exact_rows()),
+            other => other.map(|r| r.rows),
+        };
+        let rows = match page {
+            Ok(rows) => rows,
             Err(RemoteError::ResponseTooLarge) if limit > 1 => {
                 limit = (limit / 4).max(1);
                 continue;
             }
             Err(e) => return Err(Error::from(e)),
         };
-        let n = res.rows.len();
+        let n = rows.len();
         if n == 0 {
             return Ok(());
         }
-        let last = &res.rows[n - 1];
+        let last = &rows[n - 1];
         let key: Option<Vec<Value>> = key_pos.iter().map(|&p| last.get(p).cloned()).collect();
         after = Some(key.ok_or_else(|| {
             Error::Remote(RemoteError::Protocol(format!(
@@ -407,15 +436,14 @@ fn fetch_task(
                 t.name
             )))
         })?);
-        let approx_bytes: usize = res
-            .rows
+        let approx_bytes: usize = rows
             .iter()
             .flatten()
             .map(crate::remote::proto::json_size)
             .sum::<usize>()
             + n * 16;
         let per_row = (approx_bytes / n).max(1);
-        if !emit(res.rows, 1) {
+        if !emit(rows, 1) {
             return Ok(());
         }
         if n < limit {

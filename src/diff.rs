@@ -782,6 +782,11 @@ impl TableDiff {
         for ch in &self.changes {
             if let RowChange::Update { new, .. } = ch {
                 let cols = ch.changed_columns();
+                // Rows that differ only in what no column shows (none today) update nothing:
+                // `SET` with an empty list is not SQL.
+                if cols.is_empty() {
+                    continue;
+                }
                 let sets = cols
                     .iter()
                     .map(|&c| format!("{} = ?", sql::ident(&self.columns[c])))
@@ -854,7 +859,7 @@ impl Changeset {
             t.row_statements(emit)?;
         }
         for q in &self.sequences {
-            let name = Value::Text(q.table.clone());
+            let name = Value::text(&q.table);
             emit(
                 "DELETE FROM sqlite_sequence WHERE name = ?",
                 std::slice::from_ref(&name),
@@ -895,6 +900,7 @@ impl Changeset {
         self.statements(&mut |q, args| {
             line.clear();
             sql::push_bound(&mut line, q, args);
+            sql::check_shell_text(&line)?;
             line.push_str(";\n");
             out.write_all(line.as_bytes())?;
             Ok(())

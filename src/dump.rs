@@ -37,6 +37,7 @@ impl<W: Write> SqlSink<W> {
 
 impl<W: Write> Sink for SqlSink<W> {
     fn create(&mut self, sql: &str) -> Result<()> {
+        sql::check_shell_text(sql)?;
         writeln!(self.out, "{sql};")?;
         Ok(())
     }
@@ -61,7 +62,9 @@ impl<W: Write> Sink for SqlSink<W> {
                 }
                 sql::push_literal(&mut self.line, v);
             }
-            self.line.push_str(");\n");
+            self.line.push_str(");");
+            sql::check_shell_text(&self.line)?;
+            self.line.push('\n');
             self.out.write_all(self.line.as_bytes())?;
         }
         Ok(())

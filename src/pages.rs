@@ -315,10 +315,7 @@ pub fn decode(rowid: i64, rec: &[u8], layout: &Layout) -> Option<Vec<Value>> {
             }
             s if s >= 13 => {
                 let len = ((s - 13) / 2) as usize;
-                (
-                    Value::Text(String::from_utf8(rec.get(body..body + len)?.to_vec()).ok()?),
-                    len,
-                )
+                (Value::Text(rec.get(body..body + len)?.to_vec()), len)
             }
             _ => return None,
         };

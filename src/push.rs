@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use crate::diff::{Changeset, RowChange, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::{Remote, Stmt, StmtResult, Stream, StreamRequest};
-use crate::schema::{ObjectKind, RowKey};
+use crate::schema::{ObjectKind, RowKey, SchemaError};
 use crate::snapshot::Workspace;
 use crate::sql;
 use crate::value::Value;
@@ -147,7 +147,10 @@ impl TablePlan<'_> {
 
     /// SELECTs returning the remote's current version of every row this plan touches, with
     /// `cols` as the select list (in row layout).
-    fn reads(&self, cols: &str) -> Vec<(Stmt, usize)> {
+    fn reads(&self, cols: &[String]) -> Vec<(Stmt, usize)> {
+        // Always the exact select list: a value the server cannot encode would fail the whole
+        // request, and with it the stream and its transaction.
+        let cols = sql::exact_select_list(cols);
         let t = self.diff;
         let rows: Vec<&[Value]> = self.changes.iter().map(|c| c.row()).collect();
         let mut out = Vec::new();
@@ -324,17 +327,11 @@ impl TablePlan<'_> {
 /// `None` when the remote cannot hold any of its rows yet: the table is missing, or it is to be
 /// rebuilt (dropped and re-created, rows and all). A table still lacking columns that
 /// `ADD COLUMN` appended reads their defaults instead, as its rows will after the ALTER.
-fn remote_select(cs: &Changeset, t: &TableDiff, remote: &RemoteSchema) -> Option<String> {
+fn remote_select(cs: &Changeset, t: &TableDiff, remote: &RemoteSchema) -> Option<Vec<String>> {
     let remote_sql = remote
         .objects
         .get(&("table".to_owned(), t.table.name.clone()))?;
-    let plain = || {
-        t.columns
-            .iter()
-            .map(|c| sql::ident(c))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let plain = || t.columns.iter().map(|c| sql::ident(c)).collect::<Vec<_>>();
     if remote_sql == &t.table.sql {
         return Some(plain());
     }
@@ -357,7 +354,7 @@ fn remote_select(cs: &Changeset, t: &TableDiff, remote: &RemoteSchema) -> Option
                         .iter()
                         .map(|c| c.default.clone().unwrap_or_else(|| "NULL".into())),
                 );
-                return Some(cols.join(", "));
+                return Some(cols);
             }
             _ => {}
         }
@@ -406,34 +403,40 @@ struct RemoteSchema {
     sequences: HashMap<String, i64>,
 }
 
-fn read_schema(res: StmtResult, seq: Option<StmtResult>) -> RemoteSchema {
+fn read_schema(res: StmtResult, seq: Option<StmtResult>) -> Result<RemoteSchema> {
     let text = crate::schema::text;
     let mut objects = HashMap::new();
     let mut triggers = Vec::new();
     for r in &res.rows {
-        let cell = |i: usize| r.get(i).map(text).unwrap_or_default();
-        let (ty, name, sqltext) = (cell(0), cell(1), cell(2));
+        let [ty, name, sqltext] = r.as_slice() else {
+            return Err(SchemaError::Malformed(format!("remote sqlite_schema row {r:?}")).into());
+        };
+        let name = text(name, "remote sqlite_schema.name")?;
+        let ty = text(ty, &format!("remote sqlite_schema.type of {name:?}"))?;
+        let sqltext = text(sqltext, &format!("remote sqlite_schema.sql of {name:?}"))?;
         if ty == "trigger" {
             triggers.push((name.clone(), sqltext.clone()));
         }
         objects.insert((ty, name), sqltext);
     }
-    let sequences = seq
-        .map(|s| {
-            s.rows
-                .iter()
-                .filter_map(|r| match (r.first(), r.get(1)) {
-                    (Some(Value::Text(n)), Some(Value::Integer(v))) => Some((n.clone(), *v)),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    RemoteSchema {
+    let mut sequences = HashMap::new();
+    for r in seq.map(|s| s.rows).unwrap_or_default() {
+        match r.as_slice() {
+            [name, Value::Integer(v)] => {
+                sequences.insert(text(name, "remote sqlite_sequence.name")?, *v);
+            }
+            _ => {
+                return Err(
+                    SchemaError::Malformed(format!("remote sqlite_sequence row {r:?}")).into(),
+                )
+            }
+        }
+    }
+    Ok(RemoteSchema {
         objects,
         triggers,
         sequences,
-    }
+    })
 }
 
 /// A schema change the remote does not allow: someone else changed the same object.
@@ -443,19 +446,32 @@ fn schema_conflict(what: &str) -> Error {
     ))
 }
 
-/// DDL for the schema changes the remote still needs, split around the row changes.
+/// DDL for the schema changes the remote still needs, split around the row changes. A push cut
+/// into transactions must leave the remote, after any one of them, in a state a re-run (or a
+/// pull) understands: every object either as in the base or as in the working copy, never
+/// missing. So views change at once in the first transaction (a definition holds no rows), while
+/// changed indexes keep their old form until the last one, which drops them and builds the
+/// new ones over the final rows.
 struct SchemaPlan {
+    /// First transaction, before its rows: trigger and object drops, then table DDL.
     before: Vec<String>,
+    /// First transaction, after its rows: new and changed views.
+    views: Vec<String>,
+    /// Last transaction, before its rows: the old versions of changed indexes.
+    index_drops: Vec<String>,
+    /// Last transaction, after its rows: new and changed indexes, then triggers.
     after: Vec<String>,
 }
 
-/// `first`: whether this is the push's first transaction. Later ones of a split push find the
-/// objects the first one dropped already gone, which is not a conflict.
-fn plan_schema(cs: &Changeset, remote: &RemoteSchema, first: bool) -> Result<SchemaPlan> {
+/// Plans the DDL from the remote's schema as this transaction finds it: objects already in their
+/// new form (a re-run, or a later transaction of a split push) need nothing.
+fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
     let has = |ty: &str, name: &str| remote.objects.get(&(ty.to_owned(), name.to_owned()));
     // Object drops go before table DDL (a dropped table takes its indexes with it).
     let mut drops = Vec::new();
     let mut before = Vec::new();
+    let mut views = Vec::new();
+    let mut index_drops = Vec::new();
     let mut after = Vec::new();
     // Triggers: the remote's must be the base's or already the working copy's.
     let mut base_tr = cs.base_triggers.clone();
@@ -528,21 +544,30 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema, first: bool) -> Result<Sch
                 name,
                 old_sql,
                 new_sql,
-            } if *kind != ObjectKind::Trigger => match has(kind.as_str(), name) {
-                Some(s) if s == old_sql => {
-                    drops.push(kind.drop_sql(name));
-                    after.push(new_sql.clone());
+            } if *kind != ObjectKind::Trigger => {
+                let (drop_list, create_list) = match kind {
+                    ObjectKind::Index => (&mut index_drops, &mut after),
+                    _ => (&mut drops, &mut views),
+                };
+                match has(kind.as_str(), name) {
+                    Some(s) if s == old_sql => {
+                        drop_list.push(kind.drop_sql(name));
+                        create_list.push(new_sql.clone());
+                    }
+                    Some(s) if s == new_sql && old_sql != new_sql => {}
+                    // An index of a table that was rebuilt (with the same definition) on the
+                    // remote went with it.
+                    None if old_sql == new_sql => create_list.push(new_sql.clone()),
+                    _ => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
                 }
-                Some(s) if s == new_sql && old_sql != new_sql => {}
-                None if !first || old_sql == new_sql => after.push(new_sql.clone()),
-                _ => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
-            },
+            }
             SchemaChange::ObjectAdded {
                 kind,
                 name,
                 sql: create,
             } if *kind != ObjectKind::Trigger => match has(kind.as_str(), name) {
-                None => after.push(create.clone()),
+                None if *kind == ObjectKind::Index => after.push(create.clone()),
+                None => views.push(create.clone()),
                 Some(s) if s == create => {}
                 Some(_) => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
             },
@@ -568,6 +593,8 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema, first: bool) -> Result<Sch
     drops.extend(before);
     Ok(SchemaPlan {
         before: drops,
+        views,
+        index_drops,
         after,
     })
 }
@@ -738,7 +765,7 @@ fn push_transaction_on(
     ];
     let schema_rows = send(stream, head, report)?.pop().unwrap_or_default();
     let index_before = schema_rows.replication_index();
-    let mut schema = read_schema(schema_rows, None);
+    let mut schema = read_schema(schema_rows, None)?;
     let has_sequence = schema
         .objects
         .keys()
@@ -746,7 +773,7 @@ fn push_transaction_on(
     if last && !cs.sequences.is_empty() && has_sequence {
         let seq = stmt("SELECT name, seq FROM sqlite_sequence".into(), vec![], true);
         if let Some(res) = send(stream, vec![seq], report)?.pop() {
-            schema.sequences = read_schema(StmtResult::default(), Some(res)).sequences;
+            schema.sequences = read_schema(StmtResult::default(), Some(res))?.sequences;
         }
     }
 
@@ -779,7 +806,7 @@ fn push_transaction_on(
         )?;
         for (pi, res) in owners.into_iter().zip(results) {
             let t = group[pi].diff;
-            for row in res.rows {
+            for row in res.exact_rows()? {
                 remote_rows[pi].insert(t.key_text(&row), row);
             }
         }
@@ -802,7 +829,7 @@ fn push_transaction_on(
     if !conflicts.is_empty() {
         return Ok(Err(conflicts));
     }
-    let ddl = plan_schema(cs, &schema, first)?;
+    let ddl = plan_schema(cs, &schema)?;
 
     // The writes, in requests of bounded size; the last one commits.
     let mut writes: Vec<(Stmt, usize, usize)> = Vec::new();
@@ -817,8 +844,14 @@ fn push_transaction_on(
                 .map(|(n, _)| ddl_stmt(&format!("DROP TRIGGER {}", sql::ident(n)))),
         );
     }
+    if last {
+        writes.extend(ddl.index_drops.iter().map(ddl_stmt));
+    }
     for (plan, t) in group.iter().zip(&todo) {
         writes.extend(plan.writes(t));
+    }
+    if first {
+        writes.extend(ddl.views.iter().map(ddl_stmt));
     }
     let mut sequences = Vec::new();
     if last {

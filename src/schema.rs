@@ -229,19 +229,58 @@ pub fn is_internal(name: &str) -> bool {
         || n.starts_with("__turso_internal")
 }
 
-/// A catalog cell as text: TEXT as is, an integer as its digits, anything else empty.
-pub(crate) fn text(v: &Value) -> String {
+/// A catalog cell that holds a name or SQL text: TEXT in UTF-8, or an error naming `what` was
+/// read and what came instead.
+pub(crate) fn text(v: &Value, what: &str) -> Result<String, SchemaError> {
     match v {
-        Value::Text(s) => s.clone(),
-        Value::Integer(i) => i.to_string(),
-        _ => String::new(),
+        Value::Text(t) => String::from_utf8(t.clone()).map_err(|_| {
+            SchemaError::Malformed(format!(
+                "{what} is TEXT that is not UTF-8: {}",
+                sql::literal(v)
+            ))
+        }),
+        other => Err(unexpected(what, "TEXT", other)),
     }
 }
 
-fn int(v: &Value) -> i64 {
+/// Like [`text`], with NULL read as `None` (the SQL of an automatic index, a column without a
+/// default).
+fn text_or_null(v: &Value, what: &str) -> Result<Option<String>, SchemaError> {
     match v {
-        Value::Integer(i) => *i,
-        _ => 0,
+        Value::Null => Ok(None),
+        v => text(v, what).map(Some),
+    }
+}
+
+fn int(v: &Value, what: &str) -> Result<i64, SchemaError> {
+    match v {
+        Value::Integer(i) => Ok(*i),
+        other => Err(unexpected(what, "an INTEGER", other)),
+    }
+}
+
+fn unexpected(what: &str, expected: &str, got: &Value) -> SchemaError {
+    SchemaError::Malformed(format!(
+        "{what}: expected {expected}, read {} {}",
+        got.type_name(),
+        sql::literal(got)
+    ))
+}
+
+/// The cell `i` of a catalog row, or an error naming the row.
+fn cell<'r>(row: &'r [Value], i: usize, what: &str) -> Result<&'r Value, SchemaError> {
+    row.get(i)
+        .ok_or_else(|| SchemaError::Malformed(format!("{what}: a row with {} cells", row.len())))
+}
+
+/// The single integer a pragma or an aggregate answered.
+fn single_int(rows: &[Vec<Value>], what: &str) -> Result<i64, SchemaError> {
+    match rows {
+        [row] => int(cell(row, 0, what)?, what),
+        _ => Err(SchemaError::Malformed(format!(
+            "{what}: expected one row, read {}",
+            rows.len()
+        ))),
     }
 }
 
@@ -275,28 +314,33 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
         .map_err(|_| SchemaError::Malformed("wrong number of results".into()))?;
 
     let mut schema = Schema {
-        user_version: uv.first().and_then(|r| r.first()).map(int).unwrap_or(0),
-        application_id: aid.first().and_then(|r| r.first()).map(int).unwrap_or(0),
+        user_version: single_int(&uv, "PRAGMA user_version")?,
+        application_id: single_int(&aid, "PRAGMA application_id")?,
         ..Schema::default()
     };
-    let kind_of = |name: &str| {
-        kinds
-            .iter()
-            .find(|r| r.first().map(text).as_deref() == Some(name))
-            .map(|r| {
-                (
-                    r.get(1).map(text).unwrap_or_default(),
-                    r.get(2).map(int).unwrap_or(0) != 0,
-                )
-            })
-    };
+    let mut kinds_by_name = std::collections::HashMap::new();
+    for r in &kinds {
+        let what = "pragma_table_list";
+        kinds_by_name.insert(
+            text(cell(r, 0, what)?, "pragma_table_list.name")?,
+            (
+                text(cell(r, 1, what)?, "pragma_table_list.type")?,
+                int(cell(r, 2, what)?, "pragma_table_list.wr")? != 0,
+            ),
+        );
+    }
 
     let mut tables = Vec::new();
     for row in &objects {
         let [ty, name, tbl, sqltext] = match row.as_slice() {
-            [a, b, c, d] => [text(a), text(b), text(c), text(d)],
-            _ => return Err(SchemaError::Malformed(format!("{row:?}")).into()),
+            [a, b, c, d] => [a, b, c, d],
+            _ => return Err(SchemaError::Malformed(format!("sqlite_schema row {row:?}")).into()),
         };
+        let name = text(name, "sqlite_schema.name")?;
+        let what = |field: &str| format!("sqlite_schema.{field} of {name:?}");
+        let ty = text(ty, &what("type"))?;
+        let tbl = text(tbl, &what("tbl_name"))?;
+        let sqltext = text_or_null(sqltext, &what("sql"))?;
         if name.eq_ignore_ascii_case("sqlite_sequence") {
             schema.has_sequence = true;
             continue;
@@ -308,12 +352,16 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
             continue;
         }
         // Automatic indexes have no SQL: their table's definition makes them.
-        if sqltext.is_empty() {
+        let Some(sqltext) = sqltext else {
             continue;
-        }
+        };
         match ty.as_str() {
             "table" => {
-                let (kind, without_rowid) = kind_of(&name).unwrap_or(("table".into(), false));
+                let (kind, without_rowid) = kinds_by_name.remove(&name).ok_or_else(|| {
+                    SchemaError::Malformed(format!(
+                        "table {name:?} is in sqlite_schema but not in pragma_table_list"
+                    ))
+                })?;
                 tables.push((name, sqltext, kind, without_rowid));
             }
             "index" | "view" | "trigger" => schema.objects.push(Object {
@@ -326,7 +374,13 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
                 table: tbl,
                 sql: sqltext,
             }),
-            _ => {}
+            other => {
+                return Err(SchemaError::Malformed(format!(
+                    "{}: unknown object type {other:?}",
+                    what("type")
+                ))
+                .into())
+            }
         }
     }
 
@@ -334,11 +388,11 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
     for (name, ..) in &tables {
         stmts.push((
             "SELECT name, type, pk, hidden, dflt_value FROM pragma_table_xinfo(?1)".to_owned(),
-            vec![Value::Text(name.clone())],
+            vec![Value::text(name)],
         ));
         stmts.push((
             "SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk'".to_owned(),
-            vec![Value::Text(name.clone())],
+            vec![Value::text(name)],
         ));
     }
     let details = if stmts.is_empty() {
@@ -350,26 +404,29 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
         let [cols, pk_index] = pair else {
             return Err(SchemaError::Malformed("missing table details".into()).into());
         };
-        let columns: Vec<Column> = cols
-            .iter()
-            .filter(|r| r.get(3).map(int) != Some(1)) // hidden columns of virtual tables
-            .map(|r| Column {
-                name: r.first().map(text).unwrap_or_default(),
-                decl_type: r.get(1).map(text).unwrap_or_default(),
-                pk: r.get(2).map(int).unwrap_or(0) as u32,
-                generated: matches!(r.get(3).map(int), Some(2 | 3)),
-                default: match r.get(4) {
-                    Some(Value::Text(d)) => Some(d.clone()),
-                    _ => None,
-                },
-            })
-            .collect();
-        let has_pk_index = pk_index
-            .first()
-            .and_then(|r| r.first())
-            .map(int)
-            .unwrap_or(0)
-            > 0;
+        let mut columns = Vec::with_capacity(cols.len());
+        for r in cols {
+            let what = |field: &str| format!("pragma_table_xinfo({name:?}).{field}");
+            let hidden = int(cell(r, 3, &what("hidden"))?, &what("hidden"))?;
+            // Hidden columns of virtual tables hold no data of their own.
+            if hidden == 1 {
+                continue;
+            }
+            let column = text(cell(r, 0, &what("name"))?, &what("name"))?;
+            let what = |field: &str| format!("pragma_table_xinfo({name:?}).{field} of {column:?}");
+            let pk = int(cell(r, 2, &what("pk"))?, &what("pk"))?;
+            columns.push(Column {
+                decl_type: text(cell(r, 1, &what("type"))?, &what("type"))?,
+                pk: u32::try_from(pk).map_err(|_| {
+                    SchemaError::Malformed(format!("{}: {pk} is no key position", what("pk")))
+                })?,
+                generated: matches!(hidden, 2 | 3),
+                default: text_or_null(cell(r, 4, &what("dflt_value"))?, &what("dflt_value"))?,
+                name: column,
+            });
+        }
+        let has_pk_index =
+            single_int(pk_index, &format!("pragma_index_list({name:?}) pk count"))? > 0;
         let key = if kind == "virtual" {
             RowKey::Virtual
         } else if without_rowid {
@@ -404,4 +461,92 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
         });
     }
     Ok(schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A catalog answering canned rows: the first request gets `first`, the second `details`.
+    struct Canned(Vec<Vec<Vec<Vec<Value>>>>);
+
+    impl Catalog for Canned {
+        type Error = std::convert::Infallible;
+        fn query_all(
+            &mut self,
+            _: &[(String, Vec<Value>)],
+        ) -> Result<Vec<Vec<Vec<Value>>>, Self::Error> {
+            Ok(self.0.remove(0))
+        }
+    }
+
+    fn first(objects: Vec<Vec<Value>>, uv: Value) -> Vec<Vec<Vec<Value>>> {
+        let list = vec![vec![
+            Value::text("t"),
+            Value::text("table"),
+            Value::Integer(0),
+        ]];
+        vec![objects, list, vec![vec![uv]], vec![vec![Value::Integer(0)]]]
+    }
+
+    fn table_row(name: Value) -> Vec<Value> {
+        let create = Value::text("CREATE TABLE t(a)");
+        vec![Value::text("table"), name, Value::text("t"), create]
+    }
+
+    fn details(pk: Value) -> Vec<Vec<Vec<Value>>> {
+        let col = vec![
+            Value::text("a"),
+            Value::text(""),
+            pk,
+            Value::Integer(0),
+            Value::Null,
+        ];
+        vec![vec![col], vec![vec![Value::Integer(0)]]]
+    }
+
+    fn error(c: Canned) -> String {
+        match load(c) {
+            Err(LoadError::Schema(e)) => e.to_string(),
+            other => panic!("expected a schema error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_a_well_formed_catalog() {
+        let s = load(Canned(vec![
+            first(vec![table_row(Value::text("t"))], Value::Integer(3)),
+            details(Value::Integer(0)),
+        ]))
+        .unwrap();
+        assert_eq!(s.user_version, 3);
+        assert_eq!(s.tables[0].columns[0].name, "a");
+    }
+
+    #[test]
+    fn unexpected_cells_are_errors_naming_what_was_read() {
+        let e = error(Canned(vec![first(
+            vec![table_row(Value::Integer(7))],
+            Value::Integer(0),
+        )]));
+        assert!(
+            e.contains("sqlite_schema.name") && e.contains("integer 7"),
+            "{e}"
+        );
+        let e = error(Canned(vec![first(
+            vec![table_row(Value::Text(vec![0xe9]))],
+            Value::Integer(0),
+        )]));
+        assert!(e.contains("not UTF-8"), "{e}");
+        let e = error(Canned(vec![first(
+            vec![table_row(Value::text("t"))],
+            Value::text("3"),
+        )]));
+        assert!(e.contains("PRAGMA user_version"), "{e}");
+        let e = error(Canned(vec![
+            first(vec![table_row(Value::text("t"))], Value::Integer(0)),
+            details(Value::Real(1.0)),
+        ]));
+        assert!(e.contains("pk of \"a\"") && e.contains("real"), "{e}");
+    }
 }

@@ -30,19 +30,63 @@ pub fn push_ident(out: &mut String, name: &str) {
 /// `s` as a SQL string literal.
 pub fn text_literal(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
-    push_text(&mut out, s);
+    push_text(&mut out, s.as_bytes());
     out
 }
 
-fn push_text(out: &mut String, s: &str) {
-    // A NUL inside a literal would cut the statement short in most loaders, so such strings
-    // are spelled as a cast blob, which keeps every byte.
-    if s.contains('\0') {
+/// Whether the sqlite3 shell could alter `b` inside a quoted literal: it strips a CR before an
+/// LF from every input line, and a NUL cuts a statement short in most loaders. Every control
+/// character is spelled out, so no line of our SQL text carries one raw.
+fn is_control(b: u8) -> bool {
+    b < 0x20 || b == 0x7f
+}
+
+fn push_text(out: &mut String, bytes: &[u8]) {
+    let Ok(s) = std::str::from_utf8(bytes) else {
+        // TEXT that is not UTF-8 has no literal: its bytes, cast.
         out.push_str("CAST(");
-        push_blob(out, s.as_bytes());
+        push_blob(out, bytes);
         out.push_str(" AS TEXT)");
         return;
+    };
+    if !s.bytes().any(is_control) {
+        push_quoted(out, s);
+        return;
     }
+    // `('a'||char(13,10)||'b')`: plain SQL that SQLite 3.x of any version reads back to the
+    // same bytes, with no raw control character left in the text.
+    out.push('(');
+    let mut rest = s;
+    let mut first = true;
+    while !rest.is_empty() {
+        if !first {
+            out.push_str("||");
+        }
+        first = false;
+        let plain = rest.bytes().position(is_control).unwrap_or(rest.len());
+        if plain > 0 {
+            push_quoted(out, &rest[..plain]);
+            rest = &rest[plain..];
+            continue;
+        }
+        let ctl = rest
+            .bytes()
+            .position(|b| !is_control(b))
+            .unwrap_or(rest.len());
+        out.push_str("char(");
+        for (i, b) in rest[..ctl].bytes().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{b}");
+        }
+        out.push(')');
+        rest = &rest[ctl..];
+    }
+    out.push(')');
+}
+
+fn push_quoted(out: &mut String, s: &str) {
     out.push('\'');
     for c in s.chars() {
         if c == '\'' {
@@ -135,12 +179,16 @@ pub fn push_exact_real(out: &mut String, f: f64) {
     out.push(')');
 }
 
-/// Rewrites a parameterized statement so that the REAL arguments `inline` picks travel in the
-/// text instead: each `?` or `?N` whose argument is such a REAL becomes [`push_exact_real`]'s
-/// expression, and the remaining placeholders are renumbered over the remaining arguments.
-pub fn inline_reals(q: &str, args: &[Value], inline: impl Fn(f64) -> bool) -> (String, Vec<Value>) {
-    let inlined = |v: &Value| matches!(v, Value::Real(f) if inline(*f));
-    if !args.iter().any(inlined) {
+/// Rewrites a parameterized statement so that the arguments `inline` picks travel in the text
+/// instead, as expressions that evaluate to exactly that value (REALs through
+/// [`push_exact_real`], TEXT through its literal, which casts bytes that are not UTF-8), and the
+/// remaining placeholders (`?` or `?N`) are renumbered over the remaining arguments.
+pub fn inline_args(
+    q: &str,
+    args: &[Value],
+    inline: impl Fn(&Value) -> bool,
+) -> (String, Vec<Value>) {
+    if !args.iter().any(&inline) {
         return (q.to_owned(), args.to_vec());
     }
     let mut out = String::with_capacity(q.len() + 32 * args.len());
@@ -165,7 +213,10 @@ pub fn inline_reals(q: &str, args: &[Value], inline: impl Fn(f64) -> bool) -> (S
                     .unwrap_or(next);
                 next = index + 1;
                 match args.get(index) {
-                    Some(Value::Real(f)) if inline(*f) => push_exact_real(&mut out, *f),
+                    Some(Value::Real(f)) if inline(&Value::Real(*f)) => {
+                        push_exact_real(&mut out, *f)
+                    }
+                    Some(v) if inline(v) => push_literal(&mut out, v),
                     Some(v) => {
                         let n = *renumber[index].get_or_insert_with(|| {
                             kept.push(v.clone());
@@ -185,6 +236,84 @@ pub fn inline_reals(q: &str, args: &[Value], inline: impl Fn(f64) -> bool) -> (S
         out.push(c);
     }
     (out, kept)
+}
+
+/// A select list that reads `cols` exactly from a server that cannot encode some values in
+/// its answer (sqld fails the whole request on TEXT that is not UTF-8, and sends an infinite
+/// REAL as JSON `null`): a marker column, one character per column (`t`: TEXT sent as its bytes
+/// in a BLOB, `+`/`-`: an infinite REAL sent as NULL, `.`: the value as is), then the columns.
+/// [`decode_exact_row`] turns such rows back into values.
+pub fn exact_select_list(cols: &[String]) -> String {
+    let marks: Vec<String> = cols
+        .iter()
+        .map(|c| {
+            format!(
+                "CASE WHEN typeof({c}) = 'text' THEN 't' WHEN {c} = 9e999 THEN '+' \
+                 WHEN {c} = -9e999 THEN '-' ELSE '.' END"
+            )
+        })
+        .collect();
+    // concat() takes at most 127 arguments on sqld's SQLite: groups of 100, concatenated.
+    let groups: Vec<String> = marks
+        .chunks(100)
+        .map(|g| format!("concat({})", g.join(", ")))
+        .collect();
+    let mut out = if groups.len() == 1 {
+        groups[0].clone()
+    } else {
+        format!("concat({})", groups.join(", "))
+    };
+    for c in cols {
+        let _ = write!(
+            out,
+            ", CASE WHEN typeof({c}) = 'text' THEN CAST({c} AS BLOB) \
+             WHEN {c} IN (9e999, -9e999) THEN NULL ELSE {c} END"
+        );
+    }
+    out
+}
+
+/// The values of a row read with [`exact_select_list`].
+pub fn decode_exact_row(row: Vec<Value>) -> Result<Vec<Value>, String> {
+    let mut cells = row.into_iter();
+    let marks = match cells.next() {
+        Some(Value::Text(m)) => m,
+        other => return Err(format!("expected a marker column, got {other:?}")),
+    };
+    let values: Vec<Value> = cells.collect();
+    if marks.len() != values.len() {
+        return Err(format!(
+            "{} markers for {} columns",
+            marks.len(),
+            values.len()
+        ));
+    }
+    marks
+        .iter()
+        .zip(values)
+        .map(|(m, v)| match (m, v) {
+            (b't', Value::Blob(b)) => Ok(Value::Text(b)),
+            (b'+', Value::Null) => Ok(Value::Real(f64::INFINITY)),
+            (b'-', Value::Null) => Ok(Value::Real(f64::NEG_INFINITY)),
+            (b'.', v) => Ok(v),
+            (m, v) => Err(format!("marker {:?} with value {v:?}", *m as char)),
+        })
+        .collect()
+}
+
+/// Refuses a statement that the sqlite3 shell would not read back as written. Literals never
+/// carry a raw control character ([`push_literal`]), but identifiers have no escape in SQL and
+/// CREATE statements are replayed as the database holds them: a CR before an LF in them would
+/// be dropped by the shell, which strips it from every input line.
+pub fn check_shell_text(stmt: &str) -> crate::Result<()> {
+    if stmt.contains("\r\n") {
+        let shown: String = stmt.chars().take(200).collect();
+        return Err(crate::Error::Refused(format!(
+            "this statement holds a CR LF pair in a name or in its CREATE text, which the sqlite3 \
+             shell would read back without the CR, so it cannot be written as SQL text: {shown:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// `v` as a SQL literal.
@@ -224,7 +353,7 @@ mod tests {
         push_bound(
             &mut out,
             "UPDATE \"a?\" SET 'x?' = ? WHERE [b?] = ?",
-            &[Value::Integer(1), Value::Text("?".into())],
+            &[Value::Integer(1), Value::text("?")],
         );
         assert_eq!(out, "UPDATE \"a?\" SET 'x?' = 1 WHERE [b?] = '?'");
     }
@@ -234,11 +363,13 @@ mod tests {
         let args = [
             Value::Integer(7),
             Value::Real(0.1),
-            Value::Text("?".into()),
+            Value::text("?"),
             Value::Real(-5e-324),
         ];
-        let (q, kept) = inline_reals("SELECT ?, ?, \"a?\", ?, ?4, ?1", &args, |_| true);
-        assert_eq!(kept, vec![Value::Integer(7), Value::Text("?".into())]);
+        let (q, kept) = inline_args("SELECT ?, ?, \"a?\", ?, ?4, ?1", &args, |v| {
+            matches!(v, Value::Real(_))
+        });
+        assert_eq!(kept, vec![Value::Integer(7), Value::text("?")]);
         assert!(
             q.starts_with("SELECT ?1, (CAST(") && q.ends_with(", ?1"),
             "{q}"
@@ -251,7 +382,42 @@ mod tests {
             .unwrap();
         assert_eq!(row[1], Value::Real(0.1));
         assert_eq!(row[4], Value::Real(-5e-324));
-        assert_eq!(row[3], Value::Text("?".into()));
+        assert_eq!(row[3], Value::text("?"));
+    }
+
+    #[test]
+    fn exact_select_reads_back_every_class() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(a, b REAL, c TEXT);
+             INSERT INTO t VALUES (CAST(X'e9ff' AS TEXT), 9e999, NULL), (X'00', -9e999, 'ok'),
+                                  (1, -0.0, 2.5);",
+        )
+        .unwrap();
+        let cols: Vec<String> = ["a", "b", "c"].iter().map(|c| ident(c)).collect();
+        let q = format!("SELECT {} FROM t ORDER BY rowid", exact_select_list(&cols));
+        let mut st = conn.prepare(&q).unwrap();
+        let rows: Vec<Vec<Value>> = st
+            .query_map([], |r| (0..4).map(|i| r.get::<_, Value>(i)).collect())
+            .unwrap()
+            .map(|r| decode_exact_row(r.unwrap()).unwrap())
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                vec![
+                    Value::Text(vec![0xe9, 0xff]),
+                    Value::Real(f64::INFINITY),
+                    Value::Null
+                ],
+                vec![
+                    Value::Blob(vec![0]),
+                    Value::Real(f64::NEG_INFINITY),
+                    Value::text("ok")
+                ],
+                vec![Value::Integer(1), Value::Real(0.0), Value::text("2.5")],
+            ]
+        );
     }
 
     proptest! {
@@ -284,8 +450,11 @@ mod tests {
             Value::Real(1.0),
             Value::Integer(i64::MIN),
             Value::Integer(i64::MAX),
-            Value::Text("it's\n\t\\ \u{1F600} \u{0}x".into()),
-            Value::Text(String::new()),
+            Value::text("it's\n\t\\ \u{1F600} \u{0}x"),
+            Value::text("a\r\nb\r\n\r\r\u{7f}'"),
+            Value::text(""),
+            Value::Text(b"Caf\xe9".to_vec()),
+            Value::Text(vec![0xff, 0, 0xfe, b'\r', b'\n']),
             Value::Blob(vec![]),
             Value::Blob(vec![0, 255, 16]),
             Value::Null,

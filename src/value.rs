@@ -4,6 +4,10 @@
 //! class and the exact bytes: `1`, `1.0` and `'1'` are three different values, and so are
 //! `0.0` and `-0.0`. SQL's own `=` and `IS` would call some of those equal and silently drop a
 //! change.
+//!
+//! TEXT is kept as bytes: SQLite does not check that TEXT is UTF-8, and apps written in C or
+//! OCaml store raw Latin-1 or binary in it. Turning such bytes into U+FFFD would push altered
+//! text and leave a row that differs forever.
 
 use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::ToSql;
@@ -14,11 +18,17 @@ pub enum Value {
     Null,
     Integer(i64),
     Real(f64),
-    Text(String),
+    /// The bytes SQLite holds, which are usually but not always UTF-8.
+    Text(Vec<u8>),
     Blob(Vec<u8>),
 }
 
 impl Value {
+    /// TEXT from a Rust string.
+    pub fn text(s: &str) -> Value {
+        Value::Text(s.as_bytes().to_vec())
+    }
+
     /// The name SQLite's `typeof()` gives this value.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -36,8 +46,7 @@ impl Value {
             ValueRef::Null => Value::Null,
             ValueRef::Integer(i) => Value::Integer(i),
             ValueRef::Real(f) => Value::Real(f),
-            // SQLite TEXT may hold bytes that are not UTF-8; keep what can be kept.
-            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Text(t) => Value::Text(t.to_vec()),
             ValueRef::Blob(b) => Value::Blob(b.to_vec()),
         }
     }
@@ -62,7 +71,7 @@ impl Value {
             Value::Null => ValueRef::Null,
             Value::Integer(i) => ValueRef::Integer(*i),
             Value::Real(f) => ValueRef::Real(*f),
-            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Text(s) => ValueRef::Text(s),
             Value::Blob(b) => ValueRef::Blob(b),
         }
     }
@@ -96,10 +105,20 @@ mod tests {
     #[test]
     fn equality_keeps_storage_class_and_bits() {
         assert_ne!(Value::Integer(1), Value::Real(1.0));
-        assert_ne!(Value::Integer(1), Value::Text("1".into()));
+        assert_ne!(Value::Integer(1), Value::text("1"));
         assert_ne!(Value::Real(0.0), Value::Real(-0.0));
         assert_ne!(Value::Blob(vec![]), Value::Null);
-        assert_ne!(Value::Blob(vec![]), Value::Text(String::new()));
+        assert_ne!(Value::Blob(vec![]), Value::text(""));
+        assert_ne!(Value::Text(vec![0xe9]), Value::text("\u{fffd}"));
         assert_eq!(Value::Real(5e-324), Value::Real(5e-324));
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_keeps_its_bytes() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let v: Value = conn
+            .query_row("SELECT CAST(X'4361666ce9' AS TEXT)", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, Value::Text(b"Cafl\xe9".to_vec()));
     }
 }

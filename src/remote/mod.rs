@@ -43,6 +43,23 @@ pub enum RemoteError {
     NonFinite,
 }
 
+impl RemoteError {
+    /// Whether the server failed to put a value in its answer: TEXT that is not UTF-8 (sqld
+    /// answers HTTP 500 "incomplete utf-8 byte sequence" or "invalid utf-8 sequence") or an
+    /// infinite REAL (JSON has no infinity). Reading the same rows with
+    /// [`crate::sql::exact_select_list`] then succeeds.
+    pub fn is_unencodable_value(&self) -> bool {
+        match self {
+            RemoteError::NonFinite => true,
+            RemoteError::Http {
+                status: 500,
+                message,
+            } => message.contains("utf-8"),
+            _ => false,
+        }
+    }
+}
+
 /// Where the remote lives, with credentials kept apart from the address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {

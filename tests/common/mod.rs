@@ -727,3 +727,52 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
     }
 }
+
+/// Runs `script` through the sqlite3 command-line shell (Debian's `sqlite3`) on `db`, as a
+/// separate process reading standard input, exactly as a user loading a `.sql` file would.
+/// Panics with the shell's output when it reports any error.
+pub fn sqlite3_cli(db: &Path, script: &[u8]) {
+    use std::io::Write as _;
+    let mut child = Command::new("sqlite3")
+        .arg("-bail")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run sqlite3 (Debian package sqlite3): {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script)
+        .expect("write the script to sqlite3");
+    let out = child.wait_with_output().expect("wait for sqlite3");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "sqlite3 {} failed with {}\n{}",
+        db.display(),
+        out.status,
+        show_output(&out)
+    );
+}
+
+/// A SELECT over `cols` of `table` that shows every value exactly in plain JSON-safe cells, on
+/// both sides: the storage class, then TEXT and BLOB as hex of their bytes (TEXT that is not
+/// UTF-8 included), REAL as itself or `Inf`/`-Inf`, INTEGER and NULL as themselves.
+pub fn exact_select(table: &str, cols: &[&str], order: &str) -> String {
+    let cells: Vec<String> = cols
+        .iter()
+        .map(|c| {
+            format!(
+                "typeof({c}), CASE typeof({c}) WHEN 'text' THEN hex({c}) WHEN 'blob' THEN hex({c}) \
+                 WHEN 'real' THEN iif({c} IN (9e999, -9e999), CAST({c} AS TEXT), {c}) ELSE {c} END"
+            )
+        })
+        .collect();
+    format!(
+        "SELECT {} FROM \"{}\" ORDER BY {order}",
+        cells.join(", "),
+        table.replace('"', "\"\"")
+    )
+}
