@@ -225,3 +225,35 @@ fn a_killed_init_leaves_nothing_behind() {
         assert_items_equal(&sqld, &wc);
     }
 }
+
+/// The state a push killed between the remote COMMIT and the base update leaves: the remote
+/// holds the pushed rows, the base does not, and `.tursync/pushed.db` records what was sent.
+/// The app then edits a row it had pushed. The next sync must see the remote's copy of that row
+/// as our own push coming back, not as a teammate's conflicting change.
+#[test]
+fn a_push_killed_after_its_commit_converges_although_the_app_edited_the_pushed_rows() {
+    let (sqld, dir) = workspace();
+    let dir = dir.path();
+    let wc = dir.join("working_copy.db");
+    let state = dir.join(".tursync");
+    edit(dir, "INSERT INTO items(id, tag, n) VALUES (70001, 'mine', 1); UPDATE items SET n = -5 WHERE id = 3;");
+    std::fs::copy(state.join("base.db"), dir.join("old-base.db")).unwrap();
+    std::fs::copy(state.join("sync.json"), dir.join("old-sync.json")).unwrap();
+    ok(&sqld, dir, &["push"]);
+    // Put the files back as the kill would have left them.
+    std::fs::rename(state.join("base.db"), state.join("pushed.db")).unwrap();
+    std::fs::rename(dir.join("old-base.db"), state.join("base.db")).unwrap();
+    std::fs::rename(dir.join("old-sync.json"), state.join("sync.json")).unwrap();
+    edit(dir, "UPDATE items SET n = 2 WHERE id = 70001; UPDATE items SET n = -6 WHERE id = 3;");
+    sqld.exec("UPDATE items SET n = 99 WHERE id = 4");
+
+    ok(&sqld, dir, &["sync"]);
+    assert_items_equal(&sqld, &wc);
+    assert_eq!(
+        sqld.query("SELECT n FROM items WHERE id IN (3, 4, 70001) ORDER BY id"),
+        vec![vec![Cell::Integer(-6)], vec![Cell::Integer(99)], vec![Cell::Integer(2)]]
+    );
+    assert!(!state.join("pushed.db").exists(), "the record of the push is gone once settled");
+    let diff = ok(&sqld, dir, &["diff"]);
+    assert!(text(&diff).ends_with("nothing to push\n"), "{}", text(&diff));
+}
