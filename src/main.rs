@@ -656,11 +656,20 @@ fn push(cli: &Cli, dry_run: bool, as_json: bool, progress: &Progress) -> Result<
             Ok(ExitCode::SUCCESS)
         }
         Err(conflicts) => {
+            // An interrupted push may have landed rows the base does not know of yet: then
+            // some of these "conflicts" are that push, which a pull recognizes.
+            let interrupted = ws.push_interrupted();
             if as_json {
                 let list: Vec<_> = conflicts.iter().map(conflict_json).collect();
-                println!("{}", json!({"pushed": false, "conflicts": list}));
+                println!(
+                    "{}",
+                    json!({"pushed": false, "conflicts": list, "earlier_push_interrupted": interrupted})
+                );
             } else {
                 print_conflicts(&conflicts);
+                if interrupted {
+                    eprintln!("An earlier push was interrupted and may have reached the remote without the base knowing: run `tursync sync`, which settles that first.");
+                }
             }
             Ok(ExitCode::from(3))
         }

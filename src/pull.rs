@@ -85,6 +85,7 @@ pub fn pull(
         // A crash here leaves the old base: the next pull sees our side and theirs holding
         // the same changes, which merge to nothing, and converges.
         ws.replace_base_with(&theirs.path)?;
+        ws.drop_push_record()?;
         ws.save_sync_state(&SyncState {
             replication_index: now,
         })?;
@@ -137,8 +138,11 @@ fn merge_into(
     let base = ws.open_base()?;
     let theirs_db = crate::snapshot::open_snapshot(remote_db)?;
     let all = diff::Filter::default();
-    let theirs = diff::diff(&base, &theirs_db, &all)?;
+    let mut theirs = diff::diff(&base, &theirs_db, &all)?;
     drop(theirs_db);
+    if let Some(pushed) = ws.interrupted_push()? {
+        strip_our_push(&mut theirs, &pushed);
+    }
 
     let mut work = ws.open_working_copy(rusqlite::OpenFlags::default())?;
     work.execute_batch("PRAGMA foreign_keys = OFF; BEGIN")?;
@@ -167,6 +171,37 @@ fn merge_into(
         let _ = work.execute_batch("ROLLBACK");
     }
     applied
+}
+
+/// Removes from `theirs` the row changes that are our own interrupted push coming back: the
+/// remote holds exactly the row we pushed (or lacks the row we deleted). Ours still holds that
+/// change, or the app's later edit of it, which then merges as ours alone.
+///
+/// ```text
+/// base: (3, n=3)   pushed: (3, n=-5)   remote: (3, n=-5)   working copy: (3, n=-6)
+/// theirs (3, n=-5) is stripped; ours (3, n=-6) stays pending and is pushed next.
+/// ```
+fn strip_our_push(theirs: &mut Changeset, pushed: &Changeset) {
+    for t in &mut theirs.tables {
+        let Some(p) = pushed.tables.iter().find(|p| p.table.name == t.table.name) else {
+            continue;
+        };
+        if p.columns != t.columns {
+            continue;
+        }
+        let sent: HashMap<String, &RowChange> =
+            p.changes.iter().map(|c| (p.key_text(c.row()), c)).collect();
+        let mut changes = std::mem::take(&mut t.changes);
+        changes.retain(|ch| match (ch, sent.get(&t.key_text(ch.row()))) {
+            (RowChange::Delete(_), Some(RowChange::Delete(_))) => false,
+            (
+                RowChange::Insert(r) | RowChange::Update { new: r, .. },
+                Some(RowChange::Insert(s) | RowChange::Update { new: s, .. }),
+            ) => r != s,
+            _ => true,
+        });
+        t.changes = changes;
+    }
 }
 
 /// What a pull changes in the working copy, decided from ours and theirs alone.

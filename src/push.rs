@@ -645,6 +645,7 @@ pub fn push(
     if cs.is_empty() {
         return Ok(Ok(report));
     }
+    let fresh_record = ws.record_push_start(&cs)?;
     let total_rows: usize = cs.tables.iter().map(|t| t.changes.len()).sum();
     progress.start("push", total_rows as u64);
 
@@ -697,13 +698,19 @@ pub fn push(
                     None
                 };
             }
-            Err(conflicts) => return Ok(Err(conflicts)),
+            Err(conflicts) => {
+                // Refused in its first transaction: nothing of this push reached the remote.
+                if gi == 0 && fresh_record {
+                    ws.drop_push_record()?;
+                }
+                return Ok(Err(conflicts));
+            }
         }
         run.report.transactions += 1;
     }
     progress.finish();
     let mut report = run.report;
-    report.log = Some(ws.record_push(&cs, &final_sequences, &run.log)?);
+    report.log = Some(ws.record_push(&cs, &final_sequences, &run.log, fresh_record)?);
     ws.save_sync_state(&crate::snapshot::SyncState {
         replication_index: index,
     })?;
@@ -938,12 +945,15 @@ fn log_stmt(log: &mut String, s: &Stmt) {
 
 impl Workspace {
     /// Moves the base by exactly `cs` (plus the AUTOINCREMENT counters as written to the
-    /// remote), atomically, and keeps the SQL that was sent under `.tursync/pushes/`.
+    /// remote), atomically, and keeps the SQL that was sent under `.tursync/pushes/`. The
+    /// push's own record (`fresh`) already holds base + `cs` and becomes the base; an older
+    /// record, left by an interrupted push, is dropped, since the base now covers it too.
     fn record_push(
         &self,
         cs: &Changeset,
         sequences: &[(String, Option<i64>)],
         log: &str,
+        fresh: bool,
     ) -> Result<PathBuf> {
         let dir = self.state_dir().join("pushes");
         std::fs::create_dir_all(&dir)?;
@@ -954,13 +964,21 @@ impl Workspace {
         let log_path = dir.join(format!("{stamp}.sql"));
         std::fs::write(&log_path, log)?;
 
-        self.replace_base(|conn| {
-            cs.apply(conn)?;
+        let counters = |conn: &rusqlite::Connection| {
             for (name, v) in sequences {
                 crate::snapshot::set_sequence(conn, name, *v)?;
             }
             Ok(())
-        })?;
+        };
+        if fresh {
+            self.finish_push_record(counters)?;
+        } else {
+            self.replace_base(|conn| {
+                cs.apply(conn)?;
+                counters(conn)
+            })?;
+            self.drop_push_record()?;
+        }
         Ok(log_path)
     }
 }

@@ -244,16 +244,30 @@ fn a_push_killed_after_its_commit_converges_although_the_app_edited_the_pushed_r
     std::fs::rename(state.join("base.db"), state.join("pushed.db")).unwrap();
     std::fs::rename(dir.join("old-base.db"), state.join("base.db")).unwrap();
     std::fs::rename(dir.join("old-sync.json"), state.join("sync.json")).unwrap();
-    edit(dir, "UPDATE items SET n = 2 WHERE id = 70001; UPDATE items SET n = -6 WHERE id = 3;");
+    edit(
+        dir,
+        "UPDATE items SET n = 2 WHERE id = 70001; UPDATE items SET n = -6 WHERE id = 3;",
+    );
     sqld.exec("UPDATE items SET n = 99 WHERE id = 4");
 
     ok(&sqld, dir, &["sync"]);
     assert_items_equal(&sqld, &wc);
     assert_eq!(
         sqld.query("SELECT n FROM items WHERE id IN (3, 4, 70001) ORDER BY id"),
-        vec![vec![Cell::Integer(-6)], vec![Cell::Integer(99)], vec![Cell::Integer(2)]]
+        vec![
+            vec![Cell::Integer(-6)],
+            vec![Cell::Integer(99)],
+            vec![Cell::Integer(2)]
+        ]
     );
-    assert!(!state.join("pushed.db").exists(), "the record of the push is gone once settled");
+    assert!(
+        !state.join("pushed.db").exists(),
+        "the record of the push is gone once settled"
+    );
     let diff = ok(&sqld, dir, &["diff"]);
-    assert!(text(&diff).ends_with("nothing to push\n"), "{}", text(&diff));
+    assert!(
+        text(&diff).ends_with("nothing to push\n"),
+        "{}",
+        text(&diff)
+    );
 }
