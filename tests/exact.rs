@@ -50,48 +50,17 @@ fn assert_everywhere(sqld: &Sqld, dir: &Path, select: &str) {
     assert_table_eq(sqld, &base(dir), select);
 }
 
-/// An app writing to `db`: this test binary run again as a separate process, through
-/// [`app_entry`], with the bundled SQLite, which (unlike the shell's 3.40) keeps `-0.0` in REAL
-/// columns.
+/// An app writing to `db`: a separate OS process on Python's stock sqlite3 driver
+/// (`tests/fixtures/exact_app.py`), running `sql`, or binding the rows of [`app_rows`].
 fn app(db: &Path, sql: &str) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "app_entry", "--nocapture"])
-        .env("EXACT_APP_DB", db)
-        .env("EXACT_APP_SQL", sql)
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exact_app.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(db)
+        .arg(sql)
         .output()
         .unwrap();
-    assert!(
-        out.status.success() && text(&out).contains("1 passed"),
-        "the app failed: {}",
-        text(&out)
-    );
-}
-
-/// The app's body (see [`app`]); ignored in normal runs.
-#[test]
-#[ignore = "run by app() as a separate process"]
-fn app_entry() {
-    let db = std::env::var_os("EXACT_APP_DB").expect("EXACT_APP_DB");
-    let sql = std::env::var("EXACT_APP_SQL").expect("EXACT_APP_SQL");
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let Some(rows) = sql.strip_prefix("-- rows ") else {
-        conn.execute_batch(&sql).unwrap();
-        return;
-    };
-    // `app_rows`: every column of `t` gets the value, bound.
-    let mut st = conn
-        .prepare("INSERT OR REPLACE INTO t VALUES (?1, ?2, ?2, ?2, ?2, ?2)")
-        .unwrap();
-    for row in rows.split(' ').filter(|r| !r.is_empty()) {
-        let parts: Vec<&str> = row.split(':').collect();
-        let [id, class, bytes] = parts[..] else {
-            panic!("bad row {row:?}")
-        };
-        st.raw_bind_parameter(1, id.parse::<i64>().unwrap())
-            .unwrap();
-        bind_encoded(&mut st, 2, class, &unhex(bytes));
-        st.raw_execute().unwrap();
-    }
+    assert!(out.status.success(), "the app failed: {}", text(&out));
 }
 
 /// Loads SQL text with the sqlite3 shell into a new file.
@@ -365,18 +334,6 @@ impl V {
             V::Blob(b) => [Cell::text("blob"), hex(b)],
         }
     }
-
-    fn to_sql(&self) -> rusqlite::types::Value {
-        use rusqlite::types::Value as S;
-        match self {
-            V::Null => S::Null,
-            V::Int(i) => S::Integer(*i),
-            V::Real(f) => S::Real(*f),
-            // rusqlite binds a String's bytes as TEXT; the app below binds raw bytes itself.
-            V::Text(_) => S::Null,
-            V::Blob(b) => S::Blob(b.clone()),
-        }
-    }
 }
 
 /// Rows for [`app_rows`], passed as text: `class:hex` per value.
@@ -396,37 +353,10 @@ fn encode_rows(rows: &[(i64, V)]) -> String {
         .join(" ")
 }
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 /// The app writes `rows` (id, value) into every column of `t`, bound as parameters: exact, by
 /// construction, with no SQL text in between.
 fn app_rows(db: &Path, rows: &[(i64, V)]) {
     app(db, &format!("-- rows {}", encode_rows(rows)));
-}
-
-/// Binds one encoded row value into the app's statement.
-fn bind_encoded(st: &mut rusqlite::Statement<'_>, i: usize, class: &str, bytes: &[u8]) {
-    use rusqlite::types::{ToSqlOutput, ValueRef};
-    let value = match class {
-        "n" => V::Null,
-        "i" => V::Int(i64::from_be_bytes(bytes.try_into().unwrap())),
-        "r" => V::Real(f64::from_bits(u64::from_be_bytes(
-            bytes.try_into().unwrap(),
-        ))),
-        "t" => {
-            // Raw TEXT bytes, UTF-8 or not.
-            st.raw_bind_parameter(i, ToSqlOutput::Borrowed(ValueRef::Text(bytes)))
-                .unwrap();
-            return;
-        }
-        _ => V::Blob(bytes.to_vec()),
-    };
-    st.raw_bind_parameter(i, value.to_sql()).unwrap();
 }
 
 fn values() -> impl proptest::strategy::Strategy<Value = V> {
