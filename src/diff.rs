@@ -795,14 +795,17 @@ impl TableDiff {
                 args.clear();
                 args.extend(cols.iter().chain(&self.key).map(|&c| new[c].clone()));
                 emit(
-                    &format!("UPDATE {name} SET {sets} WHERE {where_key}"),
+                    &format!("UPDATE OR ABORT {name} SET {sets} WHERE {where_key}"),
                     &args,
                 )?;
             }
         }
         let cols: Vec<String> = self.columns.iter().map(|c| sql::ident(c)).collect();
         let marks = vec!["?"; cols.len()].join(",");
-        let insert = format!("INSERT INTO {name}({}) VALUES({marks})", cols.join(","));
+        let insert = format!(
+            "INSERT OR ABORT INTO {name}({}) VALUES({marks})",
+            cols.join(",")
+        );
         for ch in &self.changes {
             if let RowChange::Insert(new) = ch {
                 emit(&insert, new)?;

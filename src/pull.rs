@@ -318,7 +318,7 @@ impl Write {
                 let cols: Vec<String> = columns.iter().map(|c| sql::ident(c)).collect();
                 let marks: Vec<String> = (1..=row.len()).map(|i| format!("?{i}")).collect();
                 let q = format!(
-                    "INSERT INTO {} ({}) VALUES ({})",
+                    "INSERT OR ABORT INTO {} ({}) VALUES ({})",
                     sql::ident(table),
                     cols.join(", "),
                     marks.join(", ")
@@ -342,7 +342,7 @@ impl Write {
                     .map(|(i, (c, _))| format!("{} = ?{}", sql::ident(c), i + 1))
                     .collect();
                 let q = format!(
-                    "UPDATE {} SET {} WHERE {}",
+                    "UPDATE OR ABORT {} SET {} WHERE {}",
                     sql::ident(table),
                     sets.join(", "),
                     where_key(key, set.len() + 1)

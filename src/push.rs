@@ -240,7 +240,10 @@ impl TablePlan<'_> {
                     let cond = key_in(t, &[row], &mut args);
                     out.push((
                         stmt(
-                            format!("UPDATE {name} SET {} WHERE {cond}", sets.join(", ")),
+                            format!(
+                                "UPDATE OR ABORT {name} SET {} WHERE {cond}",
+                                sets.join(", ")
+                            ),
                             args,
                             false,
                         ),
@@ -286,7 +289,7 @@ impl TablePlan<'_> {
                     out.push((
                         stmt(
                             format!(
-                                "UPDATE {name} SET {} FROM (VALUES {values}) AS v WHERE {}",
+                                "UPDATE OR ABORT {name} SET {} FROM (VALUES {values}) AS v WHERE {}",
                                 sets.join(", "),
                                 cond.join(" AND ")
                             ),
@@ -311,7 +314,7 @@ impl TablePlan<'_> {
             let values = vec![marks.as_str(); part.len()].join(",");
             out.push((
                 stmt(
-                    format!("INSERT INTO {name} ({cols}) VALUES {values}"),
+                    format!("INSERT OR ABORT INTO {name} ({cols}) VALUES {values}"),
                     args,
                     false,
                 ),

@@ -227,7 +227,7 @@ impl Sink for LocalSink {
         let cols = table.data_columns()?;
         let marks = vec!["?"; cols.len()].join(", ");
         let q = format!(
-            "INSERT INTO {} ({}) VALUES ({marks})",
+            "INSERT OR ABORT INTO {} ({}) VALUES ({marks})",
             sql::ident(&table.name),
             cols.join(", ")
         );

@@ -34,7 +34,11 @@ fn a_tables_on_conflict_replace_never_deletes_rows_behind_tursync() {
 
     edit(a.path(), "INSERT INTO users VALUES (11, 'x@ex.com')");
     let out = run(&sqld, a.path(), &["push"]);
-    assert!(!out.status.success(), "the push replaced B's row: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "the push replaced B's row: {}",
+        text(&out)
+    );
     assert_eq!(
         sqld.query("SELECT id, email FROM users ORDER BY id"),
         vec![vec![Cell::Integer(10), Cell::text("x@ex.com")]],
@@ -42,9 +46,16 @@ fn a_tables_on_conflict_replace_never_deletes_rows_behind_tursync() {
     );
 
     let out = run(&sqld, a.path(), &["pull"]);
-    assert!(!out.status.success(), "the pull replaced A's row: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "the pull replaced A's row: {}",
+        text(&out)
+    );
     assert_eq!(
-        local_query(&a.path().join("working_copy.db"), "SELECT id, email FROM users ORDER BY id"),
+        local_query(
+            &a.path().join("working_copy.db"),
+            "SELECT id, email FROM users ORDER BY id"
+        ),
         vec![vec![Cell::Integer(11), Cell::text("x@ex.com")]],
         "A's unpushed row stays in its working copy"
     );
