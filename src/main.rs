@@ -14,7 +14,7 @@ use tursync::clone::{self, FetchOptions};
 use tursync::diff::{Changeset, Filter};
 use tursync::dump::SqlSink;
 use tursync::progress::Progress;
-use tursync::pull::{MergeConflict, Resolve};
+use tursync::pull::{MergeConflict, MergeOptions, Resolve};
 use tursync::push::{Conflict, PushOptions};
 use tursync::remote::{Endpoint, Remote, RemoteError};
 use tursync::snapshot::{self, Workspace, DEFAULT_DB};
@@ -151,6 +151,10 @@ its write lock (up to 10 s) and applies the merge in one transaction.")]
     Pull {
         #[command(flatten)]
         side: Side,
+        /// Report our new rows whose keys others' new rows took as conflicts, instead of
+        /// renumbering them
+        #[arg(long)]
+        no_renumber: bool,
         /// Machine-readable report
         #[arg(long)]
         json: bool,
@@ -162,6 +166,10 @@ its write lock (up to 10 s) and applies the merge in one transaction.")]
     Sync {
         #[command(flatten)]
         side: Side,
+        /// Report our new rows whose keys others' new rows took as conflicts, instead of
+        /// renumbering them
+        #[arg(long)]
+        no_renumber: bool,
         /// Machine-readable report
         #[arg(long)]
         json: bool,
@@ -208,11 +216,15 @@ struct Side {
 }
 
 impl Side {
-    fn resolve(self) -> Resolve {
-        match (self.ours, self.theirs) {
+    fn merge(self, no_renumber: bool) -> MergeOptions {
+        let resolve = match (self.ours, self.theirs) {
             (true, _) => Resolve::Ours,
             (_, true) => Resolve::Theirs,
             _ => Resolve::Refuse,
+        };
+        MergeOptions {
+            resolve,
+            renumber: !no_renumber,
         }
     }
 }
@@ -314,8 +326,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Push { dry_run, json } => push(&cli, *dry_run, *json, &progress),
-        Command::Pull { side, json } => pull(&cli, side.resolve(), *json, &progress),
-        Command::Sync { side, json } => match pull(&cli, side.resolve(), *json, &progress)? {
+        Command::Pull {
+            side,
+            no_renumber,
+            json,
+        } => pull(&cli, side.merge(*no_renumber), *json, &progress),
+        Command::Sync {
+            side,
+            no_renumber,
+            json,
+        } => match pull(&cli, side.merge(*no_renumber), *json, &progress)? {
             code if code == ExitCode::SUCCESS => push(&cli, false, *json, &progress),
             code => Ok(code),
         },
@@ -721,10 +741,17 @@ fn print_conflicts(conflicts: &[Conflict]) {
     if conflicts.len() > 50 {
         eprintln!("  … and {} more (use --json for all)", conflicts.len() - 50);
     }
-    eprintln!("Nothing changed on either side in this transaction. Run `tursync pull` to merge the remote's changes (it reports the same rows), then push again.");
+    if conflicts
+        .iter()
+        .any(|c| c.base.is_none() && c.local.is_some() && c.remote.is_some())
+    {
+        eprintln!("Some of your new rows took keys that new rows on the remote took meanwhile. Push never renumbers: run `tursync sync`, which renumbers your new rows (and the references to them) and pushes them.");
+    } else {
+        eprintln!("Nothing changed on either side in this transaction. Run `tursync pull` to merge the remote's changes (it reports the same rows), then push again.");
+    }
 }
 
-fn pull(cli: &Cli, resolve: Resolve, as_json: bool, progress: &Progress) -> Result<ExitCode> {
+fn pull(cli: &Cli, merge: MergeOptions, as_json: bool, progress: &Progress) -> Result<ExitCode> {
     let ws = Workspace::locate(cli.db.as_deref())?;
     let (endpoint, remote) = connect(cli, Some(&ws))?;
     let started = Instant::now();
@@ -732,7 +759,7 @@ fn pull(cli: &Cli, resolve: Resolve, as_json: bool, progress: &Progress) -> Resu
     let outcome = tursync::pull::pull(
         &ws,
         &remote,
-        resolve,
+        merge,
         FetchOptions::default(),
         progress,
         &waiting,
@@ -744,7 +771,8 @@ fn pull(cli: &Cli, resolve: Resolve, as_json: bool, progress: &Progress) -> Resu
                 println!(
                     "{}",
                     json!({"pulled": true, "downloaded": r.downloaded, "applied": r.applied, "merged": r.merged,
-                           "resolved": r.resolved, "schema_changes": r.schema_changes})
+                           "resolved": r.resolved, "schema_changes": r.schema_changes,
+                           "renumbered": r.renumbered.iter().map(|n| json!({"table": n.table, "column": n.column, "from": n.from, "to": n.to})).collect::<Vec<_>>()})
                 );
             } else if !r.downloaded {
                 println!("the remote has not changed since the last sync; nothing to pull");
@@ -761,6 +789,21 @@ fn pull(cli: &Cli, resolve: Resolve, as_json: bool, progress: &Progress) -> Resu
                         String::new()
                     }
                 );
+                if !r.renumbered.is_empty() {
+                    println!(
+                        "renumbered {} of ours, whose keys others' new rows took (references to them followed):",
+                        count(r.renumbered.len(), "new row")
+                    );
+                    for n in r.renumbered.iter().take(20) {
+                        println!("  {}.{}: {} -> {}", n.table, n.column, n.from, n.to);
+                    }
+                    if r.renumbered.len() > 20 {
+                        println!(
+                            "  … and {} more (use --json for all)",
+                            r.renumbered.len() - 20
+                        );
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

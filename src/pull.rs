@@ -34,6 +34,25 @@ pub enum Resolve {
     Theirs,
 }
 
+/// How a pull settles what both sides changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeOptions {
+    pub resolve: Resolve,
+    /// Renumber our new rows whose integer key their new rows took, instead of reporting a
+    /// conflict.
+    pub renumber: bool,
+}
+
+/// One of our new rows moved to a key free on both sides, because their new row took its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renumbered {
+    pub table: String,
+    /// The key column as the working copy names it: its INTEGER PRIMARY KEY, or a rowid alias.
+    pub column: String,
+    pub from: i64,
+    pub to: i64,
+}
+
 /// A cell (or, with `column: None`, a whole row) changed differently on both sides.
 #[derive(Debug, Clone)]
 pub struct MergeConflict {
@@ -57,6 +76,8 @@ pub struct PullReport {
     pub resolved: usize,
     /// Their schema changes applied.
     pub schema_changes: usize,
+    /// Our new rows renumbered (with every reference to them in our rows).
+    pub renumbered: Vec<Renumbered>,
 }
 
 /// Called once if the app holds the working copy's write lock, before waiting for it.
@@ -67,7 +88,7 @@ pub type WaitNotice<'a> = &'a dyn Fn();
 pub fn pull(
     ws: &Workspace,
     remote: &Remote,
-    resolve: Resolve,
+    merge: MergeOptions,
     opts: FetchOptions,
     progress: &Progress,
     on_wait: WaitNotice<'_>,
@@ -80,7 +101,7 @@ pub fn pull(
     }
 
     let theirs = ws.download(remote, opts, progress)?;
-    let outcome = merge_into(ws, &theirs.path, resolve, on_wait)?;
+    let outcome = merge_into(ws, &theirs.path, merge, on_wait)?;
     if outcome.is_ok() {
         // A crash here leaves the old base: the next pull sees our side and theirs holding
         // the same changes, which merge to nothing, and converges.
@@ -132,14 +153,14 @@ fn data_version(work: &Connection) -> Result<i64> {
 fn merge_into(
     ws: &Workspace,
     remote_db: &std::path::Path,
-    resolve: Resolve,
+    merge: MergeOptions,
     on_wait: WaitNotice<'_>,
 ) -> Result<Result<PullReport, Vec<MergeConflict>>> {
+    let resolve = merge.resolve;
     let base = ws.open_base()?;
     let theirs_db = crate::snapshot::open_snapshot(remote_db)?;
     let all = diff::Filter::default();
     let mut theirs = diff::diff(&base, &theirs_db, &all)?;
-    drop(theirs_db);
     if let Some(pushed) = ws.interrupted_push()? {
         strip_our_push(&mut theirs, &pushed);
     }
@@ -148,8 +169,8 @@ fn merge_into(
     work.execute_batch("PRAGMA foreign_keys = OFF; BEGIN")?;
     let ours = diff::diff(&base, &work, &all)?;
     let seen = data_version(&work)?;
+    let mut plan = Plan::new(&ours, &theirs, merge, &work, &theirs_db)?;
     work.execute_batch("COMMIT")?;
-    let mut plan = Plan::new(&ours, &theirs, resolve)?;
     if !plan.conflicts.is_empty() && resolve == Resolve::Refuse {
         return Ok(Err(plan.conflicts));
     }
@@ -158,7 +179,7 @@ fn merge_into(
     let applied = (|| {
         if data_version(&work)? != seen {
             let ours = diff::diff(&base, &work, &all)?;
-            plan = Plan::new(&ours, &theirs, resolve)?;
+            plan = Plan::new(&ours, &theirs, merge, &work, &theirs_db)?;
             if !plan.conflicts.is_empty() && resolve == Resolve::Refuse {
                 return Ok(Err(std::mem::take(&mut plan.conflicts)));
             }
@@ -209,6 +230,8 @@ struct Plan {
     /// Our triggers, suspended while the merge applies.
     suspend: Vec<String>,
     ddl: Vec<String>,
+    /// Applied before any write of theirs, so their rows find their keys free.
+    renumbers: Vec<Renumbered>,
     writes: Vec<Write>,
     sequences: Vec<diff::SequenceChange>,
     /// The merged set of triggers, created last.
@@ -219,21 +242,45 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(ours: &Changeset, theirs: &Changeset, resolve: Resolve) -> Result<Plan> {
-        let mut report = PullReport::default();
+    /// Plans the merge. `work` and `theirs_db` are read only to find keys free on both sides
+    /// for renumbered rows.
+    fn new(
+        ours: &Changeset,
+        theirs: &Changeset,
+        opts: MergeOptions,
+        work: &Connection,
+        theirs_db: &Connection,
+    ) -> Result<Plan> {
         let ddl = merge_schema(ours, theirs)?;
-        report.schema_changes = ddl.len();
-        let mut conflicts = Vec::new();
-        let mut writes: Vec<Write> = Vec::new();
+        let mut m = Merge {
+            opts,
+            keys: KeySpace {
+                sides: [work, theirs_db],
+                next: HashMap::new(),
+            },
+            writes: Vec::new(),
+            conflicts: Vec::new(),
+            report: PullReport {
+                schema_changes: ddl.len(),
+                ..PullReport::default()
+            },
+        };
         for t in &theirs.tables {
             let mine = ours.tables.iter().find(|o| o.table.name == t.table.name);
-            merge_table(t, mine, resolve, &mut writes, &mut conflicts, &mut report);
+            m.table(t, mine)?;
         }
+        let Merge {
+            writes,
+            conflicts,
+            mut report,
+            ..
+        } = m;
         report.applied = writes.len();
         report.resolved = conflicts.len();
         Ok(Plan {
             suspend: ours.new_triggers.iter().map(|(n, _)| n.clone()).collect(),
             ddl,
+            renumbers: report.renumbered.clone(),
             writes,
             sequences: theirs.sequences.clone(),
             triggers: merged_triggers(ours, theirs)?,
@@ -252,6 +299,12 @@ impl Plan {
         }
         for stmt in &self.ddl {
             work.execute_batch(stmt)?;
+        }
+        if !self.renumbers.is_empty() {
+            let refs = references(work)?;
+            for r in &self.renumbers {
+                r.apply(work, &refs)?;
+            }
         }
         for w in &self.writes {
             w.apply(work)?;
@@ -367,7 +420,41 @@ fn key_pairs(t: &TableDiff, row: &[Value]) -> Vec<(String, Value)> {
         .collect()
 }
 
-/// Merges their changes to one table with ours, row by row and cell by cell.
+/// The merge of their changes with ours, as it is built table by table.
+struct Merge<'c> {
+    opts: MergeOptions,
+    keys: KeySpace<'c>,
+    writes: Vec<Write>,
+    conflicts: Vec<MergeConflict>,
+    report: PullReport,
+}
+
+impl Merge<'_> {
+    /// Merges their changes to one table with ours, row by row and cell by cell.
+    fn table(&mut self, theirs: &TableDiff, ours: Option<&TableDiff>) -> Result<()> {
+        let renumber = self.opts.renumber && integer_key(theirs).is_some();
+        let keys = &mut self.keys;
+        merge_table(
+            theirs,
+            ours,
+            self.opts.resolve,
+            &mut self.writes,
+            &mut self.conflicts,
+            &mut self.report,
+            &mut |_| {
+                if renumber {
+                    keys.take(theirs).map(Some)
+                } else {
+                    Ok(None)
+                }
+            },
+        )
+    }
+}
+
+/// Merges their changes to one table with ours, row by row and cell by cell. `renumber` is
+/// asked about each integer key that different new rows on both sides took, and gives the
+/// key ours moves to, or `None` to merge them as one row (and conflict where they differ).
 fn merge_table(
     theirs: &TableDiff,
     ours: Option<&TableDiff>,
@@ -375,7 +462,8 @@ fn merge_table(
     writes: &mut Vec<Write>,
     conflicts: &mut Vec<MergeConflict>,
     report: &mut PullReport,
-) {
+    renumber: &mut dyn FnMut(i64) -> Result<Option<i64>>,
+) -> Result<()> {
     let table = theirs.table.name.clone();
     let mine: HashMap<String, &RowChange> = ours
         .map(|o| o.changes.iter().map(|c| (o.key_text(c.row()), c)).collect())
@@ -407,6 +495,22 @@ fn merge_table(
             });
             continue;
         };
+        if let (RowChange::Insert(tr), RowChange::Insert(or), [Value::Integer(k)]) =
+            (ch, *our, &key_values[..])
+        {
+            if tr != or {
+                if let Some(to) = renumber(*k)? {
+                    report.renumbered.push(Renumbered {
+                        table: table.clone(),
+                        column: theirs.columns[theirs.key[0]].clone(),
+                        from: *k,
+                        to,
+                    });
+                    writes.push(insert_theirs(tr));
+                    continue;
+                }
+            }
+        }
         let row_conflict = |conflicts: &mut Vec<MergeConflict>| {
             conflicts.push(MergeConflict {
                 table: table.clone(),
@@ -485,6 +589,151 @@ fn merge_table(
             // Insert against update/delete cannot happen: the base has the row or not.
             _ => row_conflict(conflicts),
         }
+    }
+    Ok(())
+}
+
+/// The one integer key column of a rowid table (its INTEGER PRIMARY KEY, or the hidden rowid
+/// through its alias), as named in the table's data rows: the keys a renumbering may move.
+///
+/// ```text
+/// CREATE TABLE t(id INTEGER PRIMARY KEY, v)  -> Some("id")
+/// CREATE TABLE t(v)                          -> Some("rowid")   (the hidden rowid is not data)
+/// CREATE TABLE t(email TEXT PRIMARY KEY, v)  -> Some("rowid")   (the email stays as it is)
+/// CREATE TABLE t(a, b, PRIMARY KEY(a, b)) WITHOUT ROWID -> None
+/// ```
+fn integer_key(t: &TableDiff) -> Option<&str> {
+    match (&t.table.key, &t.key[..]) {
+        (crate::schema::RowKey::Rowid { .. }, [k]) => Some(t.columns[*k].as_str()),
+        _ => None,
+    }
+}
+
+/// Hands out keys for renumbered rows: free on both sides, past both maxima and both
+/// AUTOINCREMENT counters of the table, one after the other.
+struct KeySpace<'c> {
+    /// The working copy and the remote copy.
+    sides: [&'c Connection; 2],
+    next: HashMap<String, i64>,
+}
+
+impl KeySpace<'_> {
+    fn take(&mut self, t: &TableDiff) -> Result<i64> {
+        let name = &t.table.name;
+        let next = match self.next.get(name) {
+            Some(&n) => n,
+            None => {
+                let col = integer_key(t).ok_or_else(|| {
+                    Error::Refused(format!("table {name:?} has no integer key to renumber"))
+                })?;
+                let mut top = 0i64;
+                for conn in self.sides {
+                    let max: Option<i64> = conn.query_row(
+                        &format!("SELECT max({}) FROM {}", sql::ident(col), sql::ident(name)),
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    top = top
+                        .max(max.unwrap_or(0))
+                        .max(sequence(conn, name)?.unwrap_or(0));
+                }
+                top.checked_add(1).ok_or_else(|| {
+                    Error::Refused(format!(
+                        "table {name:?}: no key is free past {top} to renumber a new row to"
+                    ))
+                })?
+            }
+        };
+        self.next.insert(name.clone(), next.saturating_add(1));
+        Ok(next)
+    }
+}
+
+/// The table's AUTOINCREMENT counter, if it has one.
+fn sequence(conn: &Connection, table: &str) -> Result<Option<i64>> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'sqlite_sequence'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// The foreign keys of the working copy: (child table, child column, parent table, parent
+/// column), the parent column resolved to the parent's primary key where the declaration
+/// leaves it out. Table names are lowercased, as SQLite matches them.
+fn references(work: &Connection) -> Result<Vec<(String, String, String, String)>> {
+    let mut st = work.prepare(
+        "SELECT m.name, f.\"from\", f.\"table\",
+                coalesce(f.\"to\", (SELECT p.name FROM pragma_table_info(f.\"table\") p WHERE p.pk = 1))
+         FROM sqlite_schema m JOIN pragma_foreign_key_list(m.name) f
+         WHERE m.type = 'table'",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?.to_lowercase(),
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (child, from, parent, to) = row?;
+        if let Some(to) = to {
+            out.push((child, from, parent, to));
+        }
+    }
+    Ok(out)
+}
+
+impl Renumbered {
+    /// Moves our row to its new key, with every reference to it in the working copy (which
+    /// holds only our rows at that key: theirs arrive after). A counter behind the new key
+    /// follows it, so the app's next AUTOINCREMENT id is past it.
+    fn apply(&self, work: &Connection, refs: &[(String, String, String, String)]) -> Result<()> {
+        let t = sql::ident(&self.table);
+        let col = &self.column;
+        let moved = work.execute(
+            &format!(
+                "UPDATE OR ABORT {t} SET {0} = ?1 WHERE {0} = ?2",
+                sql::ident(col)
+            ),
+            rusqlite::params![self.to, self.from],
+        )?;
+        if moved != 1 {
+            return Err(Error::Refused(format!(
+                "table {:?}: renumbering row {} to {} moved {moved} rows",
+                self.table, self.from, self.to
+            )));
+        }
+        let parent = self.table.to_lowercase();
+        for (child, from, _, _) in refs
+            .iter()
+            .filter(|(_, _, p, to)| *p == parent && to.eq_ignore_ascii_case(col))
+        {
+            work.execute(
+                &format!(
+                    "UPDATE OR ABORT {} SET {1} = ?1 WHERE {1} = ?2",
+                    sql::ident(child),
+                    sql::ident(from)
+                ),
+                rusqlite::params![self.to, self.from],
+            )?;
+        }
+        if sequence(work, &self.table)?.is_some_and(|seq| seq < self.to) {
+            crate::snapshot::set_sequence(work, &self.table, Some(self.to))?;
+        }
+        Ok(())
     }
 }
 

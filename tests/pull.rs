@@ -40,9 +40,13 @@ fn rows_of(cells: Vec<Vec<Cell>>) -> Rows {
 }
 
 /// The reference merge: per row, per cell, with conflicts settled by `side` (None: refuse).
+/// Different new rows at one key on both sides are no conflict: theirs keeps the key, ours
+/// moves to the next key free on both sides (issue 9).
 fn reference(base: &Rows, ours: &Rows, theirs: &Rows, side: Option<&str>) -> Result<Rows, usize> {
     let mut out = Rows::new();
     let mut conflicts = 0;
+    let mut next_free = ours.keys().chain(theirs.keys()).max().map_or(1, |k| k + 1);
+    let mut moved = Vec::new();
     let keys: std::collections::BTreeSet<i64> = base
         .keys()
         .chain(ours.keys())
@@ -55,6 +59,10 @@ fn reference(base: &Rows, ours: &Rows, theirs: &Rows, side: Option<&str>) -> Res
             o.cloned()
         } else if o == b || o == t {
             t.cloned()
+        } else if let (None, Some(o), Some(t)) = (b, o, t) {
+            moved.push((next_free, o.clone()));
+            next_free += 1;
+            Some(t.clone())
         } else if let (Some(o), Some(t)) = (o, t) {
             let mut row = Vec::new();
             for i in 0..o.len() {
@@ -89,6 +97,7 @@ fn reference(base: &Rows, ours: &Rows, theirs: &Rows, side: Option<&str>) -> Res
     if conflicts > 0 && side.is_none() {
         return Err(conflicts);
     }
+    out.extend(moved);
     Ok(out)
 }
 

@@ -60,3 +60,119 @@ fn a_tables_on_conflict_replace_never_deletes_rows_behind_tursync() {
         "A's unpushed row stays in its working copy"
     );
 }
+
+const TEAM_SCHEMA: &str = "
+    CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT);
+    CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id), v TEXT);
+    CREATE TABLE auto(id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT);
+    CREATE TABLE nokey(v TEXT);
+    CREATE TABLE accounts(email TEXT PRIMARY KEY, name TEXT);
+    INSERT INTO parent VALUES (1, 'seed');
+    INSERT INTO auto(v) VALUES ('seed');
+    INSERT INTO nokey VALUES ('seed');";
+
+/// What one teammate's app adds: in every kind of table, rows that take the next free ids
+/// of its own working copy, so every teammate takes the same ones.
+fn add_rows(dir: &Path, who: &str) {
+    edit(
+        dir,
+        &format!(
+            "INSERT INTO parent(name) VALUES ('{who}-p1'), ('{who}-p2');
+             INSERT INTO child(parent_id, v) SELECT id, name || '-child' FROM parent WHERE name LIKE '{who}-%';
+             INSERT INTO auto(v) VALUES ('{who}-a1'), ('{who}-a2');
+             INSERT INTO nokey VALUES ('{who}-n1');
+             INSERT INTO accounts VALUES ('{who}@ex.com', '{who}');"
+        ),
+    );
+}
+
+fn ok(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
+    let out = run(sqld, dir, args);
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    out
+}
+
+/// Measured: three working copies adding rows at once; the first push lands, the others are
+/// stuck with exit 3 forever, in INTEGER PRIMARY KEY, AUTOINCREMENT, key-less and TEXT PRIMARY
+/// KEY tables alike. Now the later ones' new rows are renumbered past everything taken, with
+/// the references to them, and everything lands exactly once.
+#[test]
+fn teammates_adding_rows_at_once_all_land_renumbered() {
+    let sqld = Sqld::start();
+    sqld.exec(TEAM_SCHEMA);
+    let team: Vec<TempDir> = (0..3).map(|_| tempdir()).collect();
+    let names = ["ann", "bob", "cat"];
+    for (d, who) in team.iter().zip(names) {
+        ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
+        add_rows(d.path(), who);
+    }
+    ok(&sqld, team[0].path(), &["push"]);
+    // bob's new rows took ann's ids: push stops and says how to go on.
+    let out = run(&sqld, team[1].path(), &["push"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("tursync sync"), "{}", text(&out));
+    let out = ok(&sqld, team[1].path(), &["sync", "--json"]);
+    let report: serde_json::Value =
+        serde_json::from_str(text(&out).lines().next().unwrap()).unwrap();
+    let renumbered = report["renumbered"]
+        .as_array()
+        .expect("renumbered rows listed");
+    assert!(
+        renumbered
+            .iter()
+            .any(|r| r["table"] == "parent" && r["from"] == 2),
+        "{report}"
+    );
+    ok(&sqld, team[2].path(), &["sync"]);
+    for d in &team {
+        ok(&sqld, d.path(), &["sync"]);
+    }
+
+    for (name, expect) in [
+        ("parent", 7),
+        ("child", 6),
+        ("auto", 7),
+        ("nokey", 4),
+        ("accounts", 3),
+    ] {
+        assert_eq!(
+            sqld.query(&format!("SELECT count(*) FROM {name}")),
+            vec![vec![Cell::Integer(expect)]],
+            "{name}: every row exactly once"
+        );
+    }
+    // Every child points at its own parent.
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM child JOIN parent ON parent.id = child.parent_id WHERE child.v = parent.name || '-child'"),
+        vec![vec![Cell::Integer(6)]]
+    );
+    // The AUTOINCREMENT counter covers every id.
+    assert_eq!(
+        sqld.query("SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'auto') >= (SELECT max(id) FROM auto)"),
+        vec![vec![Cell::Integer(1)]]
+    );
+    for d in &team {
+        assert_same_data(&sqld, &d.path().join("working_copy.db"), false);
+    }
+}
+
+/// `--no-renumber` keeps colliding new rows a conflict, and changes nothing.
+#[test]
+fn no_renumber_keeps_colliding_rows_a_conflict() {
+    let sqld = Sqld::start();
+    sqld.exec(TEAM_SCHEMA);
+    let (a, b) = (tempdir(), tempdir());
+    for (d, who) in [(&a, "ann"), (&b, "bob")] {
+        ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
+        add_rows(d.path(), who);
+    }
+    ok(&sqld, a.path(), &["push"]);
+    let wc = b.path().join("working_copy.db");
+    let before = local_query(&wc, "SELECT id, name FROM parent ORDER BY id");
+    let out = run(&sqld, b.path(), &["pull", "--no-renumber"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(
+        local_query(&wc, "SELECT id, name FROM parent ORDER BY id"),
+        before
+    );
+}
