@@ -60,6 +60,9 @@ pub struct TableDiff {
     pub columns: Vec<String>,
     /// Positions of the key values within a row.
     pub key: Vec<usize>,
+    /// Per UNIQUE constraint or unique index of the table, the positions within a row of the
+    /// values it covers (all of them for an index on expressions).
+    pub unique: Vec<Vec<usize>>,
     pub changes: Vec<RowChange>,
 }
 
@@ -90,7 +93,38 @@ impl TableDiff {
     pub fn key_of<'a>(&self, row: &'a [Value]) -> Vec<&'a Value> {
         self.key.iter().map(|&k| &row[k]).collect()
     }
+
+    /// Whether an update changes a value some UNIQUE constraint covers. Such an update is
+    /// applied as a delete and an insert, after every plain update, so that values swapped or
+    /// rotated between rows never meet halfway: SQLite checks UNIQUE row by row.
+    pub fn moves_unique(&self, old: &[Value], new: &[Value]) -> bool {
+        self.unique
+            .iter()
+            .any(|cols| cols.iter().any(|&c| old.get(c) != new.get(c)))
+    }
+
+    /// Where each of `changes` goes in the order that applies a table's changes safely:
+    /// deletes (with updates that move unique values), plain updates, then inserts (with those
+    /// updates' new rows).
+    pub fn phases<'a>(&self, changes: impl IntoIterator<Item = &'a RowChange>) -> Phases<'a> {
+        let (mut deletes, mut updates, mut inserts) = (Vec::new(), Vec::new(), Vec::new());
+        for ch in changes {
+            match ch {
+                RowChange::Delete(r) => deletes.push(&r[..]),
+                RowChange::Insert(r) => inserts.push(&r[..]),
+                RowChange::Update { old, new } if self.moves_unique(old, new) => {
+                    deletes.push(&old[..]);
+                    inserts.push(&new[..]);
+                }
+                RowChange::Update { .. } => updates.push(ch),
+            }
+        }
+        (deletes, updates, inserts)
+    }
 }
+
+/// Rows to delete, updates to apply in place, rows to insert: [`TableDiff::phases`].
+pub type Phases<'a> = (Vec<&'a [Value]>, Vec<&'a RowChange>, Vec<&'a [Value]>);
 
 /// A change to the schema.
 #[derive(Debug, Clone, PartialEq)]
@@ -250,6 +284,8 @@ pub fn diff(base: &Connection, work: &Connection, filter: &Filter) -> Result<Cha
                 }
             },
         };
+        let mut diff = diff;
+        diff.unique = unique_positions(work, &diff)?;
         cs.tables.push(diff);
     }
 
@@ -300,6 +336,38 @@ pub fn diff(base: &Connection, work: &Connection, filter: &Filter) -> Result<Cha
     Ok(cs)
 }
 
+/// The UNIQUE constraints and unique indexes of `d`'s table in `conn`, as positions in its
+/// rows. An index on expressions covers every position: any change may move its values.
+///
+/// ```text
+/// CREATE TABLE it(id INTEGER PRIMARY KEY, pos INT UNIQUE, v)   -> [[1]]
+/// CREATE UNIQUE INDEX it_v ON it(lower(v))                     -> [[1], [0, 1, 2]]
+/// ```
+fn unique_positions(conn: &Connection, d: &TableDiff) -> Result<Vec<Vec<usize>>> {
+    if d.table.key == RowKey::Virtual {
+        return Ok(Vec::new());
+    }
+    let mut st = conn.prepare(
+        "SELECT l.name, i.name FROM pragma_index_list(?1) l JOIN pragma_index_info(l.name) i
+         WHERE l.\"unique\" ORDER BY l.seq, i.seqno",
+    )?;
+    let mut rows = st.query([&d.table.name])?;
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let index: String = r.get(0)?;
+        let column: Option<String> = r.get(1)?;
+        let positions: Vec<usize> = match column {
+            Some(c) => d.columns.iter().position(|n| *n == c).into_iter().collect(),
+            None => (0..d.columns.len()).collect(),
+        };
+        match out.last_mut() {
+            Some((name, cols)) if *name == index => cols.extend(positions),
+            _ => out.push((index, positions)),
+        }
+    }
+    Ok(out.into_iter().map(|(_, cols)| cols).collect())
+}
+
 /// FTS5 tables whose text lives elsewhere (external content) or nowhere (contentless) cannot
 /// be diffed through the table itself, and diffing their shadow tables would corrupt the index.
 fn refuse_unsupported(s: &Schema) -> Result<()> {
@@ -343,6 +411,7 @@ fn table_diff(t: &Table) -> Result<TableDiff> {
         table: t.clone(),
         columns,
         key: t.key_positions(),
+        unique: Vec::new(),
         changes: Vec::new(),
     })
 }
@@ -771,15 +840,14 @@ impl TableDiff {
             .collect::<Vec<_>>()
             .join(" AND ");
         let delete = format!("DELETE FROM {name} WHERE {where_key}");
+        let (deletes, updates, inserts) = self.phases(&self.changes);
         let mut args = Vec::new();
-        for ch in &self.changes {
-            if let RowChange::Delete(old) = ch {
-                args.clear();
-                args.extend(self.key.iter().map(|&k| old[k].clone()));
-                emit(&delete, &args)?;
-            }
+        for old in deletes {
+            args.clear();
+            args.extend(self.key.iter().map(|&k| old[k].clone()));
+            emit(&delete, &args)?;
         }
-        for ch in &self.changes {
+        for ch in updates {
             if let RowChange::Update { new, .. } = ch {
                 let cols = ch.changed_columns();
                 // Rows that differ only in what no column shows (none today) update nothing:
@@ -806,10 +874,8 @@ impl TableDiff {
             "INSERT OR ABORT INTO {name}({}) VALUES({marks})",
             cols.join(",")
         );
-        for ch in &self.changes {
-            if let RowChange::Insert(new) = ch {
-                emit(&insert, new)?;
-            }
+        for new in inserts {
+            emit(&insert, new)?;
         }
         Ok(())
     }

@@ -351,7 +351,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if *local {
                 let ws = Workspace::locate(cli.db.as_deref())?;
                 let conn = ws
-                    .open_working_copy(rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .open_working_copy(true)
                     .with_context(|| format!("cannot open {}", ws.db_path().display()))?;
                 // One read transaction: the app may be writing while we dump.
                 conn.execute_batch("BEGIN")?;

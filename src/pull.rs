@@ -165,7 +165,7 @@ fn merge_into(
         strip_our_push(&mut theirs, &pushed);
     }
 
-    let mut work = ws.open_working_copy(rusqlite::OpenFlags::default())?;
+    let mut work = ws.open_working_copy(false)?;
     work.execute_batch("PRAGMA foreign_keys = OFF; BEGIN")?;
     let ours = diff::diff(&base, &work, &all)?;
     let seen = data_version(&work)?;
@@ -306,8 +306,13 @@ impl Plan {
                 r.apply(work, &refs)?;
             }
         }
-        for w in &self.writes {
-            w.apply(work)?;
+        // Deletes, then updates, then inserts: a UNIQUE value that moves between rows (a
+        // deleted row's to a new one, or a swap applied as delete and re-insert) is free by
+        // the time it lands.
+        for phase in 0..3 {
+            for w in self.writes.iter().filter(|w| w.phase() == phase) {
+                w.apply(work)?;
+            }
         }
         for q in &self.sequences {
             let current: Option<i64> = work
@@ -354,6 +359,14 @@ enum Write {
 }
 
 impl Write {
+    fn phase(&self) -> u8 {
+        match self {
+            Write::Delete { .. } => 0,
+            Write::Update { .. } => 1,
+            Write::Insert { .. } => 2,
+        }
+    }
+
     fn apply(&self, conn: &Connection) -> Result<()> {
         let where_key = |key: &[(String, Value)], first: usize| {
             key.iter()
@@ -478,6 +491,17 @@ fn merge_table(
             row: row.to_vec(),
         };
         let Some(our) = mine.get(&theirs.key_text(ch.row())) else {
+            if let RowChange::Update { old, new } = ch {
+                if theirs.moves_unique(old, new) {
+                    // Delete and re-insert (see `TableDiff::moves_unique`); ours is the base.
+                    writes.push(Write::Delete {
+                        table: table.clone(),
+                        key,
+                    });
+                    writes.push(insert_theirs(new));
+                    continue;
+                }
+            }
             writes.push(match ch {
                 RowChange::Insert(r) => insert_theirs(r),
                 RowChange::Delete(_) => Write::Delete {
@@ -578,7 +602,35 @@ fn merge_table(
                 if clean {
                     report.merged += usize::from(!set.is_empty());
                 }
-                if !set.is_empty() {
+                // The merged row, whole, when the merge moves a UNIQUE value: it is deleted
+                // and re-inserted (see `TableDiff::moves_unique`).
+                let moved = theirs
+                    .unique
+                    .iter()
+                    .flatten()
+                    .any(|&c| set.iter().any(|(name, _)| *name == theirs.columns[c]));
+                let merged: Option<Vec<Value>> = moved
+                    .then(|| {
+                        theirs
+                            .columns
+                            .iter()
+                            .map(|c| {
+                                set.iter()
+                                    .find(|(name, _)| name == c)
+                                    .map(|(_, v)| v)
+                                    .or_else(|| our_row.get(c))
+                                    .cloned()
+                            })
+                            .collect()
+                    })
+                    .flatten();
+                if let Some(row) = merged {
+                    writes.push(Write::Delete {
+                        table: table.clone(),
+                        key,
+                    });
+                    writes.push(insert_theirs(&row));
+                } else if !set.is_empty() {
                     writes.push(Write::Update {
                         table: table.clone(),
                         key,

@@ -192,27 +192,8 @@ impl TablePlan<'_> {
         let t = self.diff;
         let name = sql::ident(&t.table.name);
         let mut out = Vec::new();
-        let deletes: Vec<&[Value]> = todo
-            .iter()
-            .filter_map(|c| match c {
-                RowChange::Delete(r) => Some(&r[..]),
-                _ => None,
-            })
-            .collect();
-        let updates: Vec<&[Value]> = todo
-            .iter()
-            .filter_map(|c| match c {
-                RowChange::Update { new, .. } => Some(&new[..]),
-                _ => None,
-            })
-            .collect();
-        let inserts: Vec<&[Value]> = todo
-            .iter()
-            .filter_map(|c| match c {
-                RowChange::Insert(r) => Some(&r[..]),
-                _ => None,
-            })
-            .collect();
+        let (deletes, updates, inserts) = t.phases(todo.iter().copied());
+        let updates: Vec<&[Value]> = updates.into_iter().map(RowChange::row).collect();
         let virt = self.is_virtual();
         for part in chunks(&deletes, if virt { usize::MAX } else { t.key.len() }) {
             let mut args = Vec::new();

@@ -140,9 +140,18 @@ impl Workspace {
 
     /// Opens the working copy as the app's neighbour: a busy handler that retries every
     /// millisecond (the app's write lock may be free only for moments) for [`BUSY_TIMEOUT`].
-    pub fn open_working_copy(&self, flags: rusqlite::OpenFlags) -> Result<rusqlite::Connection> {
+    /// Always read-write, never created: a writer killed mid-transaction leaves a hot journal
+    /// that only a read-write connection can roll back, so a read-only one would fail
+    /// ("attempt to write a readonly database") until the app opens the file again. With
+    /// `read_only`, `PRAGMA query_only` keeps the connection from changing any data.
+    pub fn open_working_copy(&self, read_only: bool) -> Result<rusqlite::Connection> {
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = rusqlite::Connection::open_with_flags(self.db_path(), flags)?;
         wait_for_locks(&mut conn)?;
+        if read_only {
+            conn.pragma_update(None, "query_only", true)?;
+        }
         Ok(conn)
     }
 
@@ -525,10 +534,8 @@ impl Workspace {
     /// Diffs the base snapshot against the working copy, reading the working copy in one
     /// transaction so the result is a consistent snapshot even while the app writes to it.
     pub fn diff(&self, filter: &crate::diff::Filter) -> Result<crate::diff::Changeset> {
-        let flags =
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let base = self.open_base()?;
-        let work = self.open_working_copy(flags)?;
+        let work = self.open_working_copy(true)?;
         work.execute_batch("BEGIN")?;
         let cs = crate::diff::diff(&base, &work, filter)?;
         work.execute_batch("COMMIT")?;

@@ -65,7 +65,7 @@ pub fn verify(
     progress: &Progress,
 ) -> Result<VerifyReport> {
     let _lock = ws.lock()?;
-    let work = ws.open_working_copy(rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let work = ws.open_working_copy(true)?;
     let working_copy = integrity(&work, ws.db_path())?;
     drop(work);
     let base_conn = ws.open_base()?;

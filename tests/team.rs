@@ -176,3 +176,54 @@ fn no_renumber_keeps_colliding_rows_a_conflict() {
         before
     );
 }
+
+/// Measured: swapping the values of a UNIQUE column between rows failed every push with
+/// "UNIQUE constraint failed: it.pos" (the UPDATE … FROM (VALUES …) is checked row by row).
+/// Swaps and rotations now push, pull, and replay from `diff --sql`.
+#[test]
+fn swapped_and_rotated_unique_values_push_and_pull() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE it(id INTEGER PRIMARY KEY, pos INT UNIQUE, v TEXT);
+         CREATE UNIQUE INDEX it_v ON it(lower(v));
+         INSERT INTO it VALUES (1, 1, 'a'), (2, 2, 'b'), (3, 3, 'c'), (4, 4, 'd');",
+    );
+    let (a, b) = (tempdir(), tempdir());
+    for d in [&a, &b] {
+        ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
+    }
+    let rotate = "UPDATE it SET pos = -pos; UPDATE it SET pos = CASE -pos WHEN 1 THEN 2 WHEN 2 THEN 3 WHEN 3 THEN 1 ELSE -pos END;
+                  UPDATE it SET v = v || '~'; UPDATE it SET v = CASE id WHEN 1 THEN 'd' WHEN 4 THEN 'a' ELSE rtrim(v, '~') END;";
+    edit(a.path(), rotate);
+    let sql = ok(&sqld, a.path(), &["diff", "--sql"]);
+    let replay = a.path().join("replay.db");
+    std::fs::copy(a.path().join(".tursync/base.db"), &replay).unwrap();
+    sqlite3_cli(&replay, &sql.stdout);
+    let q = "SELECT id, pos, v FROM it ORDER BY id";
+    let wc_a = a.path().join("working_copy.db");
+    assert_eq!(
+        local_query(&replay, q),
+        local_query(&wc_a, q),
+        "diff --sql replays the rotation"
+    );
+
+    ok(&sqld, a.path(), &["push"]);
+    assert_table_eq(&sqld, &wc_a, q);
+    assert_table_eq(&sqld, &a.path().join(".tursync/base.db"), q);
+
+    // b changed another column of a rotated row: the merge keeps it and takes the rotation.
+    edit(b.path(), "UPDATE it SET v = 'B' WHERE id = 2;");
+    ok(&sqld, b.path(), &["pull"]);
+    let wc_b = b.path().join("working_copy.db");
+    assert_eq!(
+        local_query(&wc_b, q),
+        vec![
+            vec![Cell::Integer(1), Cell::Integer(2), Cell::text("d")],
+            vec![Cell::Integer(2), Cell::Integer(3), Cell::text("B")],
+            vec![Cell::Integer(3), Cell::Integer(1), Cell::text("c")],
+            vec![Cell::Integer(4), Cell::Integer(4), Cell::text("a")],
+        ]
+    );
+    ok(&sqld, b.path(), &["push"]);
+    assert_table_eq(&sqld, &wc_b, q);
+}
