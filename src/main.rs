@@ -14,7 +14,7 @@ use tursync::clone::{self, FetchOptions};
 use tursync::diff::{Changeset, Filter};
 use tursync::dump::SqlSink;
 use tursync::progress::Progress;
-use tursync::pull::{MergeConflict, MergeOptions, Resolve};
+use tursync::pull::{ConflictKind, MergeConflict, MergeOptions, Resolve};
 use tursync::push::{Conflict, PushOptions};
 use tursync::remote::{Endpoint, Remote, RemoteError};
 use tursync::snapshot::{self, Workspace, DEFAULT_DB};
@@ -706,7 +706,12 @@ fn conflict_json(c: &Conflict) -> serde_json::Value {
             .collect::<serde_json::Map<_, _>>()),
         None => serde_json::Value::Null,
     };
-    json!({"table": c.table, "key": c.key, "base": row(&c.base), "local": row(&c.local), "remote": row(&c.remote)})
+    let kind = if c.constraint.is_some() {
+        "unique"
+    } else {
+        "row"
+    };
+    json!({"table": c.table, "kind": kind, "key": c.key, "base": row(&c.base), "local": row(&c.local), "remote": row(&c.remote), "constraint": c.constraint})
 }
 
 fn print_conflicts(conflicts: &[Conflict]) {
@@ -718,6 +723,15 @@ fn print_conflicts(conflicts: &[Conflict]) {
     let lit = |v: &tursync::Value| tursync::sql::literal(v);
     for c in conflicts.iter().take(50) {
         let key: Vec<String> = c.key.iter().map(lit).collect();
+        if let (Some(constraint), Some(remote)) = (&c.constraint, &c.remote) {
+            eprintln!(
+                "  table {}, key ({}): {constraint}; the remote's row holding the same values: ({})",
+                c.table,
+                key.join(", "),
+                remote.iter().map(lit).collect::<Vec<_>>().join(", ")
+            );
+            continue;
+        }
         eprintln!("  table {}, key ({})", c.table, key.join(", "));
         let state =
             |r: &Option<Vec<tursync::Value>>| if r.is_some() { "present" } else { "absent" };
@@ -923,7 +937,8 @@ fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
 }
 
 fn merge_conflict_json(c: &MergeConflict) -> serde_json::Value {
-    json!({"table": c.table, "key": c.key, "column": c.column, "base": c.base, "ours": c.ours, "theirs": c.theirs})
+    json!({"table": c.table, "kind": c.kind.as_str(), "key": c.key, "column": c.column, "base": c.base, "ours": c.ours, "theirs": c.theirs,
+           "constraint": c.constraint, "ours_key": c.ours_key})
 }
 
 fn print_merge_conflicts(conflicts: &[MergeConflict]) {
@@ -933,8 +948,24 @@ fn print_merge_conflicts(conflicts: &[MergeConflict]) {
         if conflicts.len() == 1 { "" } else { "s" }
     );
     let lit = |v: &Option<tursync::Value>| v.as_ref().map_or("-".to_owned(), tursync::sql::literal);
+    let keys = |k: &[tursync::Value]| {
+        k.iter()
+            .map(tursync::sql::literal)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     for c in conflicts.iter().take(50) {
         let key: Vec<String> = c.key.iter().map(tursync::sql::literal).collect();
+        if c.kind == ConflictKind::Unique {
+            eprintln!(
+                "  table {}: their row ({}) and our row ({}) break {}",
+                c.table,
+                key.join(", "),
+                c.ours_key.as_deref().map_or("?".to_owned(), keys),
+                c.constraint.as_deref().unwrap_or("a UNIQUE constraint")
+            );
+            continue;
+        }
         match &c.column {
             Some(col) => eprintln!(
                 "  table {}, key ({}), column {col}: base {}, ours {}, theirs {}",
@@ -954,5 +985,5 @@ fn print_merge_conflicts(conflicts: &[MergeConflict]) {
     if conflicts.len() > 50 {
         eprintln!("  … and {} more (use --json for all)", conflicts.len() - 50);
     }
-    eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs`, or edit the working copy and pull again.");
+    eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (for a UNIQUE conflict, --theirs deletes our row and --ours leaves theirs out, so the next push deletes it on the remote), or edit the working copy and pull again.");
 }

@@ -53,15 +53,41 @@ pub struct Renumbered {
     pub to: i64,
 }
 
-/// A cell (or, with `column: None`, a whole row) changed differently on both sides.
+/// What two sides disagree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// The same cell changed to different values.
+    Cell,
+    /// A row deleted on one side and changed on the other.
+    Row,
+    /// Their row and one of ours hold the same values under a UNIQUE constraint.
+    Unique,
+}
+
+impl ConflictKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictKind::Cell => "cell",
+            ConflictKind::Row => "row",
+            ConflictKind::Unique => "unique",
+        }
+    }
+}
+
+/// Something both sides changed in ways that do not merge. `key` is their row's key; a cell
+/// conflict names its `column` and the three values; a unique conflict names the
+/// `constraint` and the key of our row that holds the same values (`ours_key`).
 #[derive(Debug, Clone)]
 pub struct MergeConflict {
     pub table: String,
+    pub kind: ConflictKind,
     pub key: Vec<Value>,
     pub column: Option<String>,
     pub base: Option<Value>,
     pub ours: Option<Value>,
     pub theirs: Option<Value>,
+    pub constraint: Option<String>,
+    pub ours_key: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -184,7 +210,11 @@ fn merge_into(
                 return Ok(Err(std::mem::take(&mut plan.conflicts)));
             }
         }
-        plan.apply(&work)?;
+        let unique = plan.apply(&work, resolve)?;
+        if !unique.is_empty() && resolve == Resolve::Refuse {
+            return Ok(Err(unique));
+        }
+        plan.report.resolved += unique.len();
         work.execute_batch("COMMIT")?;
         Ok(Ok(plan.report.clone()))
     })();
@@ -290,10 +320,13 @@ impl Plan {
         })
     }
 
-    /// Applies the plan inside the caller's write transaction on the working copy. Every
-    /// trigger is suspended and the merged set re-created at the end, so rows arriving from
-    /// the remote fire nothing (their effects arrive as rows too).
-    fn apply(&self, work: &Connection) -> Result<()> {
+    /// Applies the plan inside the caller's write transaction on the working copy, and
+    /// returns the UNIQUE conflicts met: with [`Resolve::Refuse`] the caller then rolls back;
+    /// otherwise each was settled (see [`Write::apply_settling`]). Every trigger is suspended
+    /// and the merged set re-created at the end, so rows arriving from the remote fire
+    /// nothing (their effects arrive as rows too).
+    fn apply(&self, work: &Connection, resolve: Resolve) -> Result<Vec<MergeConflict>> {
+        let mut unique = Vec::new();
         for name in &self.suspend {
             work.execute_batch(&format!("DROP TRIGGER {}", sql::ident(name)))?;
         }
@@ -311,7 +344,7 @@ impl Plan {
         // the time it lands.
         for phase in 0..3 {
             for w in self.writes.iter().filter(|w| w.phase() == phase) {
-                w.apply(work)?;
+                unique.extend(w.apply_settling(work, resolve)?);
             }
         }
         for q in &self.sequences {
@@ -336,7 +369,7 @@ impl Plan {
         if let Some(v) = self.user_version {
             work.pragma_update(None, "user_version", v)?;
         }
-        Ok(())
+        Ok(unique)
     }
 }
 
@@ -345,6 +378,8 @@ enum Write {
     Insert {
         table: String,
         columns: Vec<String>,
+        /// Positions of the key in `row`.
+        key: Vec<usize>,
         row: Vec<Value>,
     },
     Delete {
@@ -359,6 +394,147 @@ enum Write {
 }
 
 impl Write {
+    fn table(&self) -> &str {
+        match self {
+            Write::Insert { table, .. }
+            | Write::Delete { table, .. }
+            | Write::Update { table, .. } => table,
+        }
+    }
+
+    /// Applies the write; if it breaks a UNIQUE constraint against one of our rows, returns
+    /// that conflict, settled by `resolve`: [`Resolve::Theirs`] deletes our row that holds the
+    /// values and writes theirs; [`Resolve::Ours`] leaves theirs out (a later push then
+    /// removes it from the remote); [`Resolve::Refuse`] writes nothing.
+    fn apply_settling(&self, work: &Connection, resolve: Resolve) -> Result<Option<MergeConflict>> {
+        let constraint = match self.apply(work) {
+            Ok(()) => return Ok(None),
+            Err(Error::Local(e)) => match unique_violation(&e) {
+                Some(c) => c,
+                None => return Err(Error::Local(e)),
+            },
+            Err(e) => return Err(e),
+        };
+        let (key_names, key) = self.new_key();
+        let columns = constraint_columns(work, &constraint)?;
+        let holder = match &columns {
+            Some(cols) => self.holder(work, cols, &key_names, &key)?,
+            None => None,
+        };
+        if resolve == Resolve::Theirs {
+            let Some(ours) = &holder else {
+                return Err(Error::Refused(format!(
+                    "table {:?}: their row ({}) breaks {constraint}, and the row of ours holding the same values cannot be found to give way",
+                    self.table(),
+                    key.iter().map(sql::literal).collect::<Vec<_>>().join(", ")
+                )));
+            };
+            Write::Delete {
+                table: self.table().to_owned(),
+                key: key_names
+                    .iter()
+                    .cloned()
+                    .zip(ours.iter().cloned())
+                    .collect(),
+            }
+            .apply(work)?;
+            self.apply(work)?;
+        }
+        Ok(Some(MergeConflict {
+            table: self.table().to_owned(),
+            kind: ConflictKind::Unique,
+            key,
+            column: columns.map(|c| c.join(", ")),
+            base: None,
+            ours: None,
+            theirs: None,
+            constraint: Some(constraint),
+            ours_key: holder,
+        }))
+    }
+
+    /// The names and values of the key of the row this write leaves.
+    fn new_key(&self) -> (Vec<String>, Vec<Value>) {
+        match self {
+            Write::Insert {
+                columns, key, row, ..
+            } => (
+                key.iter().map(|&k| columns[k].clone()).collect(),
+                key.iter().map(|&k| row[k].clone()).collect(),
+            ),
+            Write::Delete { key, .. } | Write::Update { key, .. } => key.iter().cloned().unzip(),
+        }
+    }
+
+    /// The key of the other row that holds, in `columns`, the values this write gives its row.
+    fn holder(
+        &self,
+        work: &Connection,
+        columns: &[String],
+        key_names: &[String],
+        key: &[Value],
+    ) -> Result<Option<Vec<Value>>> {
+        let t = sql::ident(self.table());
+        let keys = key_names.iter().map(|k| sql::ident(k)).collect::<Vec<_>>();
+        let mut values = Vec::new();
+        for c in columns {
+            let v = match self {
+                Write::Insert {
+                    columns: names,
+                    row,
+                    ..
+                } => names.iter().position(|n| n == c).map(|i| row[i].clone()),
+                Write::Update { set, .. } => {
+                    set.iter().find(|(n, _)| n == c).map(|(_, v)| v.clone())
+                }
+                Write::Delete { .. } => None,
+            };
+            let v = match v {
+                Some(v) => v,
+                // Not written: the row keeps the value it has.
+                None => {
+                    let own = keys
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| format!("{k} IS ?{}", i + 1))
+                        .collect::<Vec<_>>()
+                        .join(" AND ");
+                    work.query_row(
+                        &format!("SELECT {} FROM {t} WHERE {own}", sql::ident(c)),
+                        rusqlite::params_from_iter(key.iter()),
+                        |r| r.get::<_, Value>(0),
+                    )
+                    .optional()?
+                    .unwrap_or(Value::Null)
+                }
+            };
+            values.push(v);
+        }
+        let n = key.len();
+        let same: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} IS ?{}", sql::ident(c), n + i + 1))
+            .collect();
+        let not_self: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{k} IS ?{}", i + 1))
+            .collect();
+        let q = format!(
+            "SELECT {} FROM {t} WHERE {} AND NOT ({}) LIMIT 1",
+            keys.join(", "),
+            same.join(" AND "),
+            not_self.join(" AND ")
+        );
+        let args = key.iter().chain(values.iter());
+        Ok(work
+            .query_row(&q, rusqlite::params_from_iter(args), |r| {
+                (0..n).map(|i| r.get::<_, Value>(i)).collect()
+            })
+            .optional()?)
+    }
+
     fn phase(&self) -> u8 {
         match self {
             Write::Delete { .. } => 0,
@@ -380,6 +556,7 @@ impl Write {
                 table,
                 columns,
                 row,
+                ..
             } => {
                 let cols: Vec<String> = columns.iter().map(|c| sql::ident(c)).collect();
                 let marks: Vec<String> = (1..=row.len()).map(|i| format!("?{i}")).collect();
@@ -488,6 +665,7 @@ fn merge_table(
         let insert_theirs = |row: &[Value]| Write::Insert {
             table: table.clone(),
             columns: theirs.columns.clone(),
+            key: theirs.key.clone(),
             row: row.to_vec(),
         };
         let Some(our) = mine.get(&theirs.key_text(ch.row())) else {
@@ -538,11 +716,14 @@ fn merge_table(
         let row_conflict = |conflicts: &mut Vec<MergeConflict>| {
             conflicts.push(MergeConflict {
                 table: table.clone(),
+                kind: ConflictKind::Row,
                 key: key_values.clone(),
                 column: None,
                 base: None,
                 ours: None,
                 theirs: None,
+                constraint: None,
+                ours_key: None,
             })
         };
         match (ch, *our) {
@@ -589,11 +770,14 @@ fn merge_table(
                     clean = false;
                     conflicts.push(MergeConflict {
                         table: table.clone(),
+                        kind: ConflictKind::Cell,
                         key: key_values.clone(),
                         column: Some(col.clone()),
                         base: b.cloned(),
                         ours: o.cloned(),
                         theirs: t.cloned(),
+                        constraint: None,
+                        ours_key: None,
                     });
                     if resolve == Resolve::Theirs {
                         set.push((col.clone(), t.cloned().unwrap_or(Value::Null)));
@@ -643,6 +827,44 @@ fn merge_table(
         }
     }
     Ok(())
+}
+
+/// The constraint a write broke, when it is a UNIQUE (or PRIMARY KEY) constraint: SQLite's
+/// own wording, e.g. `UNIQUE constraint failed: users.email`.
+fn unique_violation(e: &rusqlite::Error) -> Option<String> {
+    match e {
+        rusqlite::Error::SqliteFailure(f, msg)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+        {
+            Some(msg.clone().unwrap_or_else(|| f.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// The columns a broken UNIQUE constraint covers, from SQLite's message: `… failed: t.a, t.b`
+/// names them; `… failed: index 'i'` names an index, whose columns are read (`None` when it
+/// is on expressions).
+fn constraint_columns(work: &Connection, message: &str) -> Result<Option<Vec<String>>> {
+    let Some((_, what)) = message.split_once("failed: ") else {
+        return Ok(None);
+    };
+    if let Some(index) = what
+        .strip_prefix("index '")
+        .and_then(|i| i.strip_suffix('\''))
+    {
+        let names: Vec<Option<String>> = work
+            .prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
+            .query_map([index], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        return Ok(names.into_iter().collect());
+    }
+    Ok(Some(
+        what.split(", ")
+            .map(|c| c.split_once('.').map_or(c, |(_, col)| col).to_owned())
+            .collect(),
+    ))
 }
 
 /// The one integer key column of a rowid table (its INTEGER PRIMARY KEY, or the hidden rowid

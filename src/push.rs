@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use crate::diff::{Changeset, RowChange, SchemaChange, TableDiff};
 use crate::progress::Progress;
-use crate::remote::{Remote, Stmt, StmtResult, Stream, StreamRequest};
+use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
 use crate::schema::{ObjectKind, RowKey, SchemaError};
 use crate::snapshot::Workspace;
 use crate::sql;
@@ -51,7 +51,9 @@ impl Default for PushOptions {
     }
 }
 
-/// A row that is neither in the base state nor in the local state on the remote.
+/// A row of ours the remote will not take: it is neither in the base state nor in the local
+/// state there, or (with `constraint`) another remote row holds its values under a UNIQUE
+/// constraint; `remote` is then that other row.
 #[derive(Debug, Clone)]
 pub struct Conflict {
     pub table: String,
@@ -60,6 +62,7 @@ pub struct Conflict {
     pub base: Option<Vec<Value>>,
     pub local: Option<Vec<Value>>,
     pub remote: Option<Vec<Value>>,
+    pub constraint: Option<String>,
 }
 
 /// What a push did.
@@ -375,9 +378,82 @@ fn classify<'a>(
                 base: base.cloned(),
                 local: local.cloned(),
                 remote: remote.cloned(),
+                constraint: None,
             });
         }
     }
+}
+
+/// When a push broke a UNIQUE constraint on the remote (`message` is SQLite's, e.g. `UNIQUE
+/// constraint failed: users.email`), the conflicts: each row of ours in that table whose
+/// values under the constraint another remote row holds, with that row. Read after the
+/// push's transaction was rolled back, so the remote is as the push found it. `None` when the
+/// message names no constraint whose rows can be matched (an index on expressions).
+fn unique_conflicts(
+    remote: &Remote,
+    cs: &Changeset,
+    message: &str,
+) -> Result<Option<Vec<Conflict>>> {
+    let Some((_, what)) = message.split_once("UNIQUE constraint failed: ") else {
+        return Ok(None);
+    };
+    let what = what.trim();
+    let named: Vec<(&str, &str)> = what.split(", ").filter_map(|c| c.split_once('.')).collect();
+    let Some(&(table, _)) = named.first() else {
+        return Ok(None);
+    };
+    let Some(t) = cs.tables.iter().find(|t| t.table.name == table) else {
+        return Ok(None);
+    };
+    let Some(cols): Option<Vec<usize>> = named
+        .iter()
+        .map(|(_, c)| t.columns.iter().position(|n| n == c))
+        .collect()
+    else {
+        return Ok(None);
+    };
+    let ours: Vec<&[Value]> = t
+        .changes
+        .iter()
+        .filter(|c| !matches!(c, RowChange::Delete(_)))
+        .map(RowChange::row)
+        .collect();
+    let list = t.table.data_columns()?;
+    let mut conflicts = Vec::new();
+    for row in ours {
+        // UNIQUE never holds NULLs equal: a row with a NULL there collides with nothing.
+        if cols.iter().any(|&c| row[c] == Value::Null) {
+            continue;
+        }
+        let same: Vec<String> = cols
+            .iter()
+            .map(|&c| format!("{} = {}", sql::ident(&t.columns[c]), sql::literal(&row[c])))
+            .collect();
+        let key: Vec<String> = t
+            .key
+            .iter()
+            .map(|&k| format!("{} IS {}", sql::ident(&t.columns[k]), sql::literal(&row[k])))
+            .collect();
+        let q = format!(
+            "SELECT {} FROM {} WHERE {} AND NOT ({}) LIMIT 1",
+            sql::exact_select_list(&list),
+            sql::ident(table),
+            same.join(" AND "),
+            key.join(" AND ")
+        );
+        if let Some(holder) = remote.query(&q, vec![])?.exact_rows()?.into_iter().next() {
+            conflicts.push(Conflict {
+                table: table.to_owned(),
+                columns: t.columns.clone(),
+                key: t.key.iter().map(|&k| row[k].clone()).collect(),
+                base: None,
+                local: Some(row.to_vec()),
+                remote: Some(holder),
+                constraint: Some(format!("UNIQUE constraint failed: {what}")),
+            });
+        }
+    }
+    Ok((!conflicts.is_empty()).then_some(conflicts))
 }
 
 /// The remote's schema, as read inside the push transaction.
@@ -671,7 +747,16 @@ pub fn push(
             first: gi == 0,
             last: gi == last,
         };
-        match push_transaction(remote, &txn, &mut run)? {
+        let outcome = match push_transaction(remote, &txn, &mut run) {
+            Err(Error::Remote(RemoteError::Sql { message, code })) => {
+                match unique_conflicts(remote, &cs, &message)? {
+                    Some(conflicts) => Err(conflicts),
+                    None => return Err(RemoteError::Sql { message, code }.into()),
+                }
+            }
+            other => other?,
+        };
+        match outcome {
             Ok(done) => {
                 final_sequences.extend(done.sequences);
                 // The remote is known to equal the new base only if nobody else wrote since

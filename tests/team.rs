@@ -34,8 +34,9 @@ fn a_tables_on_conflict_replace_never_deletes_rows_behind_tursync() {
 
     edit(a.path(), "INSERT INTO users VALUES (11, 'x@ex.com')");
     let out = run(&sqld, a.path(), &["push"]);
-    assert!(
-        !out.status.success(),
+    assert_eq!(
+        out.status.code(),
+        Some(3),
         "the push replaced B's row: {}",
         text(&out)
     );
@@ -46,8 +47,9 @@ fn a_tables_on_conflict_replace_never_deletes_rows_behind_tursync() {
     );
 
     let out = run(&sqld, a.path(), &["pull"]);
-    assert!(
-        !out.status.success(),
+    assert_eq!(
+        out.status.code(),
+        Some(3),
         "the pull replaced A's row: {}",
         text(&out)
     );
@@ -226,4 +228,67 @@ fn swapped_and_rotated_unique_values_push_and_pull() {
     );
     ok(&sqld, b.path(), &["push"]);
     assert_table_eq(&sqld, &wc_b, q);
+}
+
+/// Measured: the same UNIQUE value added on both sides under different ids was a raw SQL
+/// error (exit 1). It is a conflict (exit 3) naming the table, the constraint and both rows,
+/// with nothing changed anywhere; `--ours` and `--theirs` settle it.
+#[test]
+fn the_same_unique_value_added_on_both_sides_is_a_conflict() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);");
+    let team: Vec<TempDir> = (0..3).map(|_| tempdir()).collect();
+    for d in &team {
+        ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
+    }
+    let (a, b, c) = (team[0].path(), team[1].path(), team[2].path());
+    edit(b, "INSERT INTO users VALUES (10, 'x@ex.com', 'bob')");
+    ok(&sqld, b, &["push"]);
+    let q = "SELECT id, email, name FROM users ORDER BY id";
+    for (d, id) in [(a, 11), (c, 12)] {
+        edit(
+            d,
+            &format!("INSERT INTO users VALUES ({id}, 'x@ex.com', 'me')"),
+        );
+    }
+
+    let out = run(&sqld, a, &["push"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    for needle in ["users", "email", "11", "10"] {
+        assert!(text(&out).contains(needle), "{needle}: {}", text(&out));
+    }
+    assert_eq!(sqld.query(q).len(), 1, "the push changed nothing");
+
+    let wc_a = a.join("working_copy.db");
+    let out = run(&sqld, a, &["pull", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let conflict = &report["conflicts"][0];
+    assert_eq!(conflict["kind"], "unique", "{report}");
+    assert_eq!(conflict["table"], "users", "{report}");
+    assert!(
+        conflict["constraint"].as_str().unwrap().contains("email"),
+        "{report}"
+    );
+    assert_eq!(conflict["ours_key"][0]["value"], "11", "{report}");
+    assert_eq!(
+        local_query(&wc_a, q),
+        vec![vec![
+            Cell::Integer(11),
+            Cell::text("x@ex.com"),
+            Cell::text("me")
+        ]],
+        "the refused pull changed nothing"
+    );
+
+    // --ours keeps our row; theirs is dropped here and, at the next push, on the remote.
+    ok(&sqld, a, &["pull", "--ours"]);
+    assert_eq!(local_query(&wc_a, q).len(), 1);
+    ok(&sqld, a, &["push"]);
+    assert_table_eq(&sqld, &wc_a, q);
+
+    // --theirs takes theirs and drops our row holding the value.
+    ok(&sqld, c, &["pull", "--theirs"]);
+    let wc_c = c.join("working_copy.db");
+    assert_table_eq(&sqld, &wc_c, q);
 }
