@@ -706,12 +706,16 @@ fn conflict_json(c: &Conflict) -> serde_json::Value {
             .collect::<serde_json::Map<_, _>>()),
         None => serde_json::Value::Null,
     };
-    let kind = if c.constraint.is_some() {
-        "unique"
-    } else {
-        "row"
-    };
-    json!({"table": c.table, "kind": kind, "key": c.key, "base": row(&c.base), "local": row(&c.local), "remote": row(&c.remote), "constraint": c.constraint})
+    json!({"table": c.table, "kind": c.kind.as_str(), "key": c.key, "base": row(&c.base), "local": row(&c.local), "remote": row(&c.remote), "constraint": c.constraint})
+}
+
+/// One line for a row a push or pull would leave pointing at nothing.
+fn print_orphan(table: &str, key: &[String], constraint: Option<&str>) {
+    eprintln!(
+        "  table {table}, key ({}): its foreign key would point at nothing ({})",
+        key.join(", "),
+        constraint.unwrap_or("a FOREIGN KEY")
+    );
 }
 
 fn print_conflicts(conflicts: &[Conflict]) {
@@ -723,6 +727,10 @@ fn print_conflicts(conflicts: &[Conflict]) {
     let lit = |v: &tursync::Value| tursync::sql::literal(v);
     for c in conflicts.iter().take(50) {
         let key: Vec<String> = c.key.iter().map(lit).collect();
+        if c.kind == ConflictKind::ForeignKey {
+            print_orphan(&c.table, &key, c.constraint.as_deref());
+            continue;
+        }
         if let (Some(constraint), Some(remote)) = (&c.constraint, &c.remote) {
             eprintln!(
                 "  table {}, key ({}): {constraint}; the remote's row holding the same values: ({})",
@@ -755,7 +763,9 @@ fn print_conflicts(conflicts: &[Conflict]) {
     if conflicts.len() > 50 {
         eprintln!("  … and {} more (use --json for all)", conflicts.len() - 50);
     }
-    if conflicts
+    if conflicts.iter().any(|c| c.kind == ConflictKind::ForeignKey) {
+        eprintln!("Nothing changed on the remote. A row we deleted (or re-keyed) is still referenced there by a row others added: pull to bring that row in, then restore the parent or delete the child, and push again.");
+    } else if conflicts
         .iter()
         .any(|c| c.base.is_none() && c.local.is_some() && c.remote.is_some())
     {
@@ -956,6 +966,10 @@ fn print_merge_conflicts(conflicts: &[MergeConflict]) {
     };
     for c in conflicts.iter().take(50) {
         let key: Vec<String> = c.key.iter().map(tursync::sql::literal).collect();
+        if c.kind == ConflictKind::ForeignKey {
+            print_orphan(&c.table, &key, c.constraint.as_deref());
+            continue;
+        }
         if c.kind == ConflictKind::Unique {
             eprintln!(
                 "  table {}: their row ({}) and our row ({}) break {}",
@@ -985,5 +999,5 @@ fn print_merge_conflicts(conflicts: &[MergeConflict]) {
     if conflicts.len() > 50 {
         eprintln!("  … and {} more (use --json for all)", conflicts.len() - 50);
     }
-    eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (for a UNIQUE conflict, --theirs deletes our row and --ours leaves theirs out, so the next push deletes it on the remote), or edit the working copy and pull again.");
+    eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (for a UNIQUE conflict, --theirs deletes our row and --ours leaves theirs out, so the next push deletes it on the remote), or edit the working copy and pull again. A foreign-key conflict is settled by neither: restore the parent row or delete the child, then pull again.");
 }

@@ -14,10 +14,11 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::clone::FetchOptions;
+pub use crate::diff::ConflictKind;
 use crate::diff::{self, Changeset, RowChange, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::Remote;
-use crate::schema::ObjectKind;
+use crate::schema::{foreign_key_scope, foreign_keys, ForeignKey, ObjectKind, Orphan};
 use crate::snapshot::{wait_for_locks, SyncState, Workspace, BUSY_TIMEOUT};
 use crate::sql;
 use crate::value::Value;
@@ -53,30 +54,10 @@ pub struct Renumbered {
     pub to: i64,
 }
 
-/// What two sides disagree on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConflictKind {
-    /// The same cell changed to different values.
-    Cell,
-    /// A row deleted on one side and changed on the other.
-    Row,
-    /// Their row and one of ours hold the same values under a UNIQUE constraint.
-    Unique,
-}
-
-impl ConflictKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConflictKind::Cell => "cell",
-            ConflictKind::Row => "row",
-            ConflictKind::Unique => "unique",
-        }
-    }
-}
-
 /// Something both sides changed in ways that do not merge. `key` is their row's key; a cell
 /// conflict names its `column` and the three values; a unique conflict names the
-/// `constraint` and the key of our row that holds the same values (`ours_key`).
+/// `constraint` and the key of our row that holds the same values (`ours_key`); a foreign-key
+/// conflict names the child row (`key`), its `column` and the `constraint` it breaks.
 #[derive(Debug, Clone)]
 pub struct MergeConflict {
     pub table: String,
@@ -211,7 +192,9 @@ fn merge_into(
             }
         }
         let unique = plan.apply(&work, resolve)?;
-        if !unique.is_empty() && resolve == Resolve::Refuse {
+        let refuse =
+            resolve == Resolve::Refuse || unique.iter().any(|c| c.kind == ConflictKind::ForeignKey);
+        if !unique.is_empty() && refuse {
             return Ok(Err(unique));
         }
         plan.report.resolved += unique.len();
@@ -321,8 +304,9 @@ impl Plan {
     }
 
     /// Applies the plan inside the caller's write transaction on the working copy, and
-    /// returns the UNIQUE conflicts met: with [`Resolve::Refuse`] the caller then rolls back;
-    /// otherwise each was settled (see [`Write::apply_settling`]). Every trigger is suspended
+    /// returns the conflicts met: UNIQUE ones (with [`Resolve::Refuse`] the caller then rolls
+    /// back; otherwise each was settled, see [`Write::apply_settling`]) and foreign-key ones,
+    /// which nothing settles: the caller always rolls back. Every trigger is suspended
     /// and the merged set re-created at the end, so rows arriving from the remote fire
     /// nothing (their effects arrive as rows too).
     fn apply(&self, work: &Connection, resolve: Resolve) -> Result<Vec<MergeConflict>> {
@@ -333,11 +317,17 @@ impl Plan {
         for stmt in &self.ddl {
             work.execute_batch(stmt)?;
         }
-        if !self.renumbers.is_empty() {
-            let refs = references(work)?;
-            for r in &self.renumbers {
-                r.apply(work, &refs)?;
-            }
+        let fks = foreign_keys(work)?;
+        let scope = foreign_key_scope(
+            &fks,
+            self.writes
+                .iter()
+                .map(Write::table)
+                .chain(self.renumbers.iter().map(|r| r.table.as_str())),
+        );
+        let before = orphans(work, &scope)?;
+        for r in &self.renumbers {
+            r.apply(work, &fks)?;
         }
         // Deletes, then updates, then inserts: a UNIQUE value that moves between rows (a
         // deleted row's to a new one, or a swap applied as delete and re-insert) is free by
@@ -346,6 +336,11 @@ impl Plan {
             for w in self.writes.iter().filter(|w| w.phase() == phase) {
                 unique.extend(w.apply_settling(work, resolve)?);
             }
+        }
+        // A row of theirs pointing at a row we deleted, or ours at one they deleted: never
+        // left behind silently. Orphans that were there before are not the merge's doing.
+        for (child, rowid, parent, fkid) in orphans(work, &scope)?.difference(&before) {
+            unique.push(orphan_conflict(work, child, *rowid, parent, *fkid)?);
         }
         for q in &self.sequences {
             let current: Option<i64> = work
@@ -829,6 +824,51 @@ fn merge_table(
     Ok(())
 }
 
+/// The rows of `tables` whose foreign keys point at nothing, as (table, rowid, parent, fkid).
+fn orphans(
+    work: &Connection,
+    tables: &std::collections::BTreeSet<String>,
+) -> Result<std::collections::BTreeSet<Orphan>> {
+    let mut out = std::collections::BTreeSet::new();
+    for t in tables {
+        let mut st = work.prepare(&crate::schema::orphans_sql(t))?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        for row in rows {
+            out.insert(row?);
+        }
+    }
+    Ok(out)
+}
+
+/// The conflict of a child row the merge would leave pointing at nothing, named by its key
+/// (its INTEGER PRIMARY KEY or rowid) and the columns of the broken foreign key.
+fn orphan_conflict(
+    work: &Connection,
+    child: &str,
+    rowid: Option<i64>,
+    parent: &str,
+    fkid: i64,
+) -> Result<MergeConflict> {
+    let columns: Vec<String> = work
+        .prepare("SELECT \"from\" FROM pragma_foreign_key_list(?1) WHERE id = ?2 ORDER BY seq")?
+        .query_map(rusqlite::params![child, fkid], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(MergeConflict {
+        table: child.to_owned(),
+        kind: ConflictKind::ForeignKey,
+        key: rowid.map(Value::Integer).into_iter().collect(),
+        column: Some(columns.join(", ")),
+        base: None,
+        ours: None,
+        theirs: None,
+        constraint: Some(format!(
+            "FOREIGN KEY {child}({}) REFERENCES {parent}",
+            columns.join(", ")
+        )),
+        ours_key: None,
+    })
+}
+
 /// The constraint a write broke, when it is a UNIQUE (or PRIMARY KEY) constraint: SQLite's
 /// own wording, e.g. `UNIQUE constraint failed: users.email`.
 fn unique_violation(e: &rusqlite::Error) -> Option<String> {
@@ -942,39 +982,11 @@ fn sequence(conn: &Connection, table: &str) -> Result<Option<i64>> {
         .optional()?)
 }
 
-/// The foreign keys of the working copy: (child table, child column, parent table, parent
-/// column), the parent column resolved to the parent's primary key where the declaration
-/// leaves it out. Table names are lowercased, as SQLite matches them.
-fn references(work: &Connection) -> Result<Vec<(String, String, String, String)>> {
-    let mut st = work.prepare(
-        "SELECT m.name, f.\"from\", f.\"table\",
-                coalesce(f.\"to\", (SELECT p.name FROM pragma_table_info(f.\"table\") p WHERE p.pk = 1))
-         FROM sqlite_schema m JOIN pragma_foreign_key_list(m.name) f
-         WHERE m.type = 'table'",
-    )?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?.to_lowercase(),
-            r.get::<_, Option<String>>(3)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (child, from, parent, to) = row?;
-        if let Some(to) = to {
-            out.push((child, from, parent, to));
-        }
-    }
-    Ok(out)
-}
-
 impl Renumbered {
     /// Moves our row to its new key, with every reference to it in the working copy (which
     /// holds only our rows at that key: theirs arrive after). A counter behind the new key
     /// follows it, so the app's next AUTOINCREMENT id is past it.
-    fn apply(&self, work: &Connection, refs: &[(String, String, String, String)]) -> Result<()> {
+    fn apply(&self, work: &Connection, fks: &[ForeignKey]) -> Result<()> {
         let t = sql::ident(&self.table);
         let col = &self.column;
         let moved = work.execute(
@@ -990,16 +1002,14 @@ impl Renumbered {
                 self.table, self.from, self.to
             )));
         }
-        let parent = self.table.to_lowercase();
-        for (child, from, _, _) in refs
-            .iter()
-            .filter(|(_, _, p, to)| *p == parent && to.eq_ignore_ascii_case(col))
-        {
+        for fk in fks.iter().filter(|f| {
+            f.parent.eq_ignore_ascii_case(&self.table) && f.to.eq_ignore_ascii_case(col)
+        }) {
             work.execute(
                 &format!(
                     "UPDATE OR ABORT {} SET {1} = ?1 WHERE {1} = ?2",
-                    sql::ident(child),
-                    sql::ident(from)
+                    sql::ident(&fk.child),
+                    sql::ident(&fk.from)
                 ),
                 rusqlite::params![self.to, self.from],
             )?;

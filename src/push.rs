@@ -19,10 +19,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::diff::{Changeset, RowChange, SchemaChange, TableDiff};
+use crate::diff::{Changeset, ConflictKind, RowChange, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
-use crate::schema::{ObjectKind, RowKey, SchemaError};
+use crate::schema::{
+    foreign_key_scope, foreign_keys, ForeignKey, ObjectKind, Orphan, RowKey, SchemaError,
+};
 use crate::snapshot::Workspace;
 use crate::sql;
 use crate::value::Value;
@@ -57,6 +59,7 @@ impl Default for PushOptions {
 #[derive(Debug, Clone)]
 pub struct Conflict {
     pub table: String,
+    pub kind: ConflictKind,
     pub columns: Vec<String>,
     pub key: Vec<Value>,
     pub base: Option<Vec<Value>>,
@@ -373,6 +376,7 @@ fn classify<'a>(
         } else {
             conflicts.push(Conflict {
                 table: t.table.name.clone(),
+                kind: ConflictKind::Row,
                 columns: t.columns.clone(),
                 key: t.key.iter().map(|&k| ch.row()[k].clone()).collect(),
                 base: base.cloned(),
@@ -382,6 +386,44 @@ fn classify<'a>(
             });
         }
     }
+}
+
+/// The rows of `tables` on the remote whose foreign keys point at nothing, as (table, rowid,
+/// parent, fkid), read inside the push's transaction.
+fn orphans(
+    stream: &mut Stream<'_>,
+    tables: &std::collections::BTreeSet<String>,
+    report: &mut PushReport,
+) -> Result<std::collections::BTreeSet<Orphan>> {
+    if tables.is_empty() {
+        return Ok(Default::default());
+    }
+    let checks = tables
+        .iter()
+        .map(|t| stmt(crate::schema::orphans_sql(t), vec![], true))
+        .collect();
+    let mut out = std::collections::BTreeSet::new();
+    let text = crate::schema::text;
+    for res in send(stream, checks, report)? {
+        for row in res.rows {
+            let [t, rowid, p, Value::Integer(fkid)] = &row[..] else {
+                return Err(Error::Refused(format!(
+                    "unexpected foreign_key_check row from the remote: {row:?}"
+                )));
+            };
+            let rowid = match rowid {
+                Value::Integer(r) => Some(*r),
+                _ => None,
+            };
+            out.insert((
+                text(t, "foreign_key_check table")?,
+                rowid,
+                text(p, "foreign_key_check parent")?,
+                *fkid,
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// When a push broke a UNIQUE constraint on the remote (`message` is SQLite's, e.g. `UNIQUE
@@ -444,6 +486,7 @@ fn unique_conflicts(
         if let Some(holder) = remote.query(&q, vec![])?.exact_rows()?.into_iter().next() {
             conflicts.push(Conflict {
                 table: table.to_owned(),
+                kind: ConflictKind::Unique,
                 columns: t.columns.clone(),
                 key: t.key.iter().map(|&k| row[k].clone()).collect(),
                 base: None,
@@ -705,6 +748,7 @@ pub fn push(
     if cs.is_empty() {
         return Ok(Ok(report));
     }
+    let fks = foreign_keys(&ws.open_working_copy(true)?)?;
     let fresh_record = ws.record_push_start(&cs)?;
     let total_rows: usize = cs.tables.iter().map(|t| t.changes.len()).sum();
     progress.start("push", total_rows as u64);
@@ -744,6 +788,7 @@ pub fn push(
         let txn = Txn {
             cs: &cs,
             group,
+            fks: &fks,
             first: gi == 0,
             last: gi == last,
         };
@@ -790,6 +835,8 @@ pub fn push(
 struct Txn<'a, 'g> {
     cs: &'a Changeset,
     group: &'g [TablePlan<'a>],
+    /// The working copy's foreign keys, to check that the push leaves no orphan.
+    fks: &'a [ForeignKey],
     first: bool,
     last: bool,
 }
@@ -821,6 +868,7 @@ fn push_transaction_on(
     let Txn {
         cs,
         group,
+        fks,
         first,
         last,
     } = *txn;
@@ -906,6 +954,10 @@ fn push_transaction_on(
         return Ok(Err(conflicts));
     }
     let ddl = plan_schema(cs, &schema)?;
+    // Foreign keys are off on this stream (the changeset holds what cascades did locally), so
+    // orphans are looked for instead: those the push would add are conflicts.
+    let scope = foreign_key_scope(fks, group.iter().map(|p| p.diff.table.name.as_str()));
+    let orphans_before = orphans(stream, &scope, report)?;
 
     // The writes, in requests of bounded size; the last one commits.
     let mut writes: Vec<(Stmt, usize, usize)> = Vec::new();
@@ -986,6 +1038,22 @@ fn push_transaction_on(
             expect.clear();
             bytes = 0;
         }
+    }
+    let orphaned: Vec<Conflict> = orphans(stream, &scope, report)?
+        .difference(&orphans_before)
+        .map(|(child, rowid, parent, _)| Conflict {
+            table: child.clone(),
+            kind: ConflictKind::ForeignKey,
+            columns: Vec::new(),
+            key: rowid.map(Value::Integer).into_iter().collect(),
+            base: None,
+            local: None,
+            remote: None,
+            constraint: Some(format!("FOREIGN KEY of {child} REFERENCES {parent}")),
+        })
+        .collect();
+    if !orphaned.is_empty() {
+        return Ok(Err(orphaned));
     }
     // COMMIT travels alone, once every write is known to have succeeded: statements of one
     // pipeline run even after an earlier one failed, so a COMMIT sent with them could commit

@@ -550,3 +550,79 @@ mod tests {
         assert!(e.contains("pk of \"a\"") && e.contains("real"), "{e}");
     }
 }
+
+/// A foreign key column of the working copy: `child.from REFERENCES parent(to)`, with `to`
+/// resolved to the parent's primary key where the declaration leaves it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    pub child: String,
+    pub from: String,
+    pub parent: String,
+    pub to: String,
+}
+
+/// Every foreign key of every table of `conn`'s main database.
+pub fn foreign_keys(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<ForeignKey>> {
+    let mut st = conn.prepare(
+        "SELECT m.name, f.\"from\", f.\"table\",
+                coalesce(f.\"to\", (SELECT p.name FROM pragma_table_info(f.\"table\") p WHERE p.pk = f.seq + 1))
+         FROM sqlite_schema m JOIN pragma_foreign_key_list(m.name) f
+         WHERE m.type = 'table'",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (child, from, parent, to) = row?;
+        // A parent without a matching primary key column is an error SQLite itself reports
+        // on use; nothing here can point at it.
+        if let Some(to) = to {
+            out.push(ForeignKey {
+                child,
+                from,
+                parent,
+                to,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The tables whose foreign keys a change to `touched` may break: the touched tables
+/// themselves (a new or changed child row) and every table referencing one of them (a parent
+/// row deleted or re-keyed under its children).
+pub fn foreign_key_scope<'a>(
+    fks: &[ForeignKey],
+    touched: impl IntoIterator<Item = &'a str>,
+) -> std::collections::BTreeSet<String> {
+    let mut scope = std::collections::BTreeSet::new();
+    for t in touched {
+        if fks.iter().any(|f| f.child == t) {
+            scope.insert(t.to_owned());
+        }
+        for f in fks.iter().filter(|f| f.parent.eq_ignore_ascii_case(t)) {
+            scope.insert(f.child.clone());
+        }
+    }
+    scope
+}
+
+/// A row whose foreign key points at nothing, as SQLite's `foreign_key_check` lists it: the
+/// child table, its rowid (`None` in a WITHOUT ROWID table), the parent table and which of
+/// the child's foreign keys (`fkid`, as in `pragma_foreign_key_list`).
+pub type Orphan = (String, Option<i64>, String, i64);
+
+/// The SQL that lists the [`Orphan`]s of `table`: SQLite's `foreign_key_check`, which works
+/// whether foreign keys are enforced or not.
+pub fn orphans_sql(table: &str) -> String {
+    format!(
+        "SELECT \"table\", rowid, parent, fkid FROM pragma_foreign_key_check({})",
+        sql::text_literal(table)
+    )
+}

@@ -292,3 +292,52 @@ fn the_same_unique_value_added_on_both_sides_is_a_conflict() {
     let wc_c = c.join("working_copy.db");
     assert_table_eq(&sqld, &wc_c, q);
 }
+
+/// Measured: a parent deleted here while a teammate added a child to it left a child pointing
+/// at nothing, because foreign keys are off on the push's stream and in pull. Both now stop
+/// with a foreign-key conflict (exit 3) and change nothing.
+#[test]
+fn a_merge_never_leaves_an_orphan() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id), v TEXT);
+         INSERT INTO parent VALUES (1, 'one'), (2, 'two');
+         INSERT INTO child VALUES (10, 2, 'existing');",
+    );
+    let (a, b) = (tempdir(), tempdir());
+    for d in [&a, &b] {
+        ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
+    }
+    let (a, b) = (a.path(), b.path());
+    edit(b, "INSERT INTO child VALUES (30, 1, 'new child of one')");
+    ok(&sqld, b, &["push"]);
+    edit(a, "DELETE FROM parent WHERE id = 1");
+
+    // Push: the remote would hold child 30 without its parent.
+    let out = run(&sqld, a, &["push"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("foreign key"), "{}", text(&out));
+    assert_eq!(
+        sqld.query("SELECT id FROM parent ORDER BY id"),
+        vec![vec![Cell::Integer(1)], vec![Cell::Integer(2)]],
+        "the push changed nothing"
+    );
+
+    // Pull: the working copy would hold child 30 without its parent.
+    let wc = a.join("working_copy.db");
+    let out = run(&sqld, a, &["pull", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &report["conflicts"][0];
+    assert_eq!(c["kind"], "foreign_key", "{report}");
+    assert_eq!(c["table"], "child", "{report}");
+    assert_eq!(c["key"][0]["value"], "30", "{report}");
+    assert!(
+        local_query(&wc, "SELECT id FROM child WHERE id = 30").is_empty(),
+        "the refused pull changed nothing"
+    );
+    // A pre-existing orphan of the app's own is not the merge's doing and stops nothing.
+    edit(a, "PRAGMA foreign_keys = OFF; INSERT INTO parent VALUES (1, 'one again'); INSERT INTO child VALUES (40, 99, 'orphan of the app');");
+    ok(&sqld, a, &["pull"]);
+}
