@@ -143,11 +143,22 @@ The SQL sent is kept under .tursync/pushes/."
   tursync pull                 # merge remote changes; refuse (exit 3) on conflicts
   tursync pull --theirs        # settle every conflict with the remote's side
   tursync pull --ours          # settle every conflict with the working copy's side
+  tursync pull --theirs orders --ours notes   # settle table by table
 
-Changes to different rows, or to different columns of one row, merge by themselves. The same
-cell changed both ways, or a row deleted on one side and changed on the other, is a conflict.
-Unpushed local changes stay pending. The app may keep the working copy open: pull waits for
-its write lock (up to 10 s) and applies the merge in one transaction.")]
+Changes to different rows, or to different columns of one row, merge by themselves. New rows
+on both sides that took the same integer key (INTEGER PRIMARY KEY, AUTOINCREMENT or hidden
+rowid) are no conflict: ours move to keys free on both sides, with every foreign key that
+points at them (--no-renumber makes them conflicts). These are conflicts:
+  cell         the same cell changed both ways
+  row          a row deleted on one side and changed on the other
+  unique       their row and ours hold the same values under a UNIQUE constraint
+               (--theirs deletes our row; --ours leaves theirs out, and the next push
+               deletes it on the remote)
+  foreign_key  a row left pointing at a row that is gone (settled by neither side: restore
+               the parent or delete the child)
+Unpushed local changes stay pending. The app may keep the working copy open: pull plans the
+merge from a snapshot, then waits for its write lock (up to 10 s) and applies the merge in one
+transaction.")]
     Pull {
         #[command(flatten)]
         side: Side,
@@ -203,29 +214,48 @@ which makes an app in rollback-journal mode wait for the check to end.")]
     },
 }
 
-/// Which side wins a merge conflict.
-#[derive(clap::Args, Clone, Copy)]
-#[group(multiple = false)]
+/// Which side wins a merge conflict, in every table or table by table.
+#[derive(clap::Args, Clone)]
 struct Side {
-    /// Settle conflicts with the working copy's side
-    #[arg(long)]
-    ours: bool,
-    /// Settle conflicts with the remote's side
-    #[arg(long)]
-    theirs: bool,
+    /// Settle conflicts with the working copy's side: alone, in every table; with TABLE
+    /// (repeatable), in that table
+    #[arg(long, value_name = "TABLE", num_args = 0..=1, default_missing_value = EVERY_TABLE)]
+    ours: Vec<String>,
+    /// Settle conflicts with the remote's side: alone, in every table; with TABLE
+    /// (repeatable), in that table
+    #[arg(long, value_name = "TABLE", num_args = 0..=1, default_missing_value = EVERY_TABLE)]
+    theirs: Vec<String>,
 }
 
+/// What a bare `--ours` or `--theirs` stands for.
+const EVERY_TABLE: &str = "\u{0}every table";
+
 impl Side {
-    fn merge(self, no_renumber: bool) -> MergeOptions {
-        let resolve = match (self.ours, self.theirs) {
-            (true, _) => Resolve::Ours,
-            (_, true) => Resolve::Theirs,
-            _ => Resolve::Refuse,
-        };
-        MergeOptions {
-            resolve,
+    fn merge(&self, no_renumber: bool) -> Result<MergeOptions> {
+        let mut opts = MergeOptions {
+            resolve: Resolve::Refuse,
+            tables: Default::default(),
             renumber: !no_renumber,
+        };
+        for (names, side) in [(&self.ours, Resolve::Ours), (&self.theirs, Resolve::Theirs)] {
+            for name in names {
+                let slot = if name == EVERY_TABLE {
+                    &mut opts.resolve
+                } else {
+                    opts.tables.entry(name.clone()).or_insert(Resolve::Refuse)
+                };
+                if *slot != Resolve::Refuse && *slot != side {
+                    let which = if name == EVERY_TABLE {
+                        "every table"
+                    } else {
+                        name
+                    };
+                    return Err(Exit(2, format!("--ours and --theirs both name {which}")).into());
+                }
+                *slot = side;
+            }
         }
+        Ok(opts)
     }
 }
 
@@ -330,12 +360,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             side,
             no_renumber,
             json,
-        } => pull(&cli, side.merge(*no_renumber), *json, &progress),
+        } => pull(&cli, &side.merge(*no_renumber)?, *json, &progress),
         Command::Sync {
             side,
             no_renumber,
             json,
-        } => match pull(&cli, side.merge(*no_renumber), *json, &progress)? {
+        } => match pull(&cli, &side.merge(*no_renumber)?, *json, &progress)? {
             code if code == ExitCode::SUCCESS => push(&cli, false, *json, &progress),
             code => Ok(code),
         },
@@ -775,7 +805,7 @@ fn print_conflicts(conflicts: &[Conflict]) {
     }
 }
 
-fn pull(cli: &Cli, merge: MergeOptions, as_json: bool, progress: &Progress) -> Result<ExitCode> {
+fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> Result<ExitCode> {
     let ws = Workspace::locate(cli.db.as_deref())?;
     let (endpoint, remote) = connect(cli, Some(&ws))?;
     let started = Instant::now();

@@ -36,12 +36,34 @@ pub enum Resolve {
 }
 
 /// How a pull settles what both sides changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergeOptions {
+    /// How the conflicts of tables not named in `tables` are settled.
     pub resolve: Resolve,
+    /// Per table, by name: how that table's conflicts are settled.
+    pub tables: HashMap<String, Resolve>,
     /// Renumber our new rows whose integer key their new rows took, instead of reporting a
     /// conflict.
     pub renumber: bool,
+}
+
+impl MergeOptions {
+    /// How the conflicts of `table` are settled.
+    pub fn resolve_for(&self, table: &str) -> Resolve {
+        self.tables.get(table).copied().unwrap_or(self.resolve)
+    }
+
+    /// The conflicts that stop the pull: those of tables settled by [`Resolve::Refuse`], and
+    /// every foreign-key conflict, which no side settles.
+    fn unsettled(&self, conflicts: &[MergeConflict]) -> Vec<MergeConflict> {
+        conflicts
+            .iter()
+            .filter(|c| {
+                c.kind == ConflictKind::ForeignKey || self.resolve_for(&c.table) == Resolve::Refuse
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 /// One of our new rows moved to a key free on both sides, because their new row took its key.
@@ -90,12 +112,12 @@ pub struct PullReport {
 /// Called once if the app holds the working copy's write lock, before waiting for it.
 pub type WaitNotice<'a> = &'a dyn Fn();
 
-/// Pulls the remote into the working copy. Returns the conflicts instead when there are any
-/// and `resolve` is [`Resolve::Refuse`]; nothing changes on either side then.
+/// Pulls the remote into the working copy. Returns the conflicts instead when any is left
+/// unsettled by `merge`; nothing changes on either side then.
 pub fn pull(
     ws: &Workspace,
     remote: &Remote,
-    merge: MergeOptions,
+    merge: &MergeOptions,
     opts: FetchOptions,
     progress: &Progress,
     on_wait: WaitNotice<'_>,
@@ -160,10 +182,9 @@ fn data_version(work: &Connection) -> Result<i64> {
 fn merge_into(
     ws: &Workspace,
     remote_db: &std::path::Path,
-    merge: MergeOptions,
+    merge: &MergeOptions,
     on_wait: WaitNotice<'_>,
 ) -> Result<Result<PullReport, Vec<MergeConflict>>> {
-    let resolve = merge.resolve;
     let base = ws.open_base()?;
     let theirs_db = crate::snapshot::open_snapshot(remote_db)?;
     let all = diff::Filter::default();
@@ -178,8 +199,9 @@ fn merge_into(
     let seen = data_version(&work)?;
     let mut plan = Plan::new(&ours, &theirs, merge, &work, &theirs_db)?;
     work.execute_batch("COMMIT")?;
-    if !plan.conflicts.is_empty() && resolve == Resolve::Refuse {
-        return Ok(Err(plan.conflicts));
+    let unsettled = merge.unsettled(&plan.conflicts);
+    if !unsettled.is_empty() {
+        return Ok(Err(unsettled));
     }
 
     begin_immediate(&mut work, on_wait)?;
@@ -187,15 +209,15 @@ fn merge_into(
         if data_version(&work)? != seen {
             let ours = diff::diff(&base, &work, &all)?;
             plan = Plan::new(&ours, &theirs, merge, &work, &theirs_db)?;
-            if !plan.conflicts.is_empty() && resolve == Resolve::Refuse {
-                return Ok(Err(std::mem::take(&mut plan.conflicts)));
+            let unsettled = merge.unsettled(&plan.conflicts);
+            if !unsettled.is_empty() {
+                return Ok(Err(unsettled));
             }
         }
-        let unique = plan.apply(&work, resolve)?;
-        let refuse =
-            resolve == Resolve::Refuse || unique.iter().any(|c| c.kind == ConflictKind::ForeignKey);
-        if !unique.is_empty() && refuse {
-            return Ok(Err(unique));
+        let unique = plan.apply(&work, merge)?;
+        let unsettled = merge.unsettled(&unique);
+        if !unsettled.is_empty() {
+            return Ok(Err(unsettled));
         }
         plan.report.resolved += unique.len();
         work.execute_batch("COMMIT")?;
@@ -260,7 +282,7 @@ impl Plan {
     fn new(
         ours: &Changeset,
         theirs: &Changeset,
-        opts: MergeOptions,
+        opts: &MergeOptions,
         work: &Connection,
         theirs_db: &Connection,
     ) -> Result<Plan> {
@@ -309,7 +331,7 @@ impl Plan {
     /// which nothing settles: the caller always rolls back. Every trigger is suspended
     /// and the merged set re-created at the end, so rows arriving from the remote fire
     /// nothing (their effects arrive as rows too).
-    fn apply(&self, work: &Connection, resolve: Resolve) -> Result<Vec<MergeConflict>> {
+    fn apply(&self, work: &Connection, merge: &MergeOptions) -> Result<Vec<MergeConflict>> {
         let mut unique = Vec::new();
         for name in &self.suspend {
             work.execute_batch(&format!("DROP TRIGGER {}", sql::ident(name)))?;
@@ -334,7 +356,7 @@ impl Plan {
         // the time it lands.
         for phase in 0..3 {
             for w in self.writes.iter().filter(|w| w.phase() == phase) {
-                unique.extend(w.apply_settling(work, resolve)?);
+                unique.extend(w.apply_settling(work, merge.resolve_for(w.table()))?);
             }
         }
         // A row of theirs pointing at a row we deleted, or ours at one they deleted: never
@@ -607,7 +629,7 @@ fn key_pairs(t: &TableDiff, row: &[Value]) -> Vec<(String, Value)> {
 
 /// The merge of their changes with ours, as it is built table by table.
 struct Merge<'c> {
-    opts: MergeOptions,
+    opts: &'c MergeOptions,
     keys: KeySpace<'c>,
     writes: Vec<Write>,
     conflicts: Vec<MergeConflict>,
@@ -622,7 +644,7 @@ impl Merge<'_> {
         merge_table(
             theirs,
             ours,
-            self.opts.resolve,
+            self.opts.resolve_for(&theirs.table.name),
             &mut self.writes,
             &mut self.conflicts,
             &mut self.report,

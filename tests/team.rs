@@ -341,3 +341,42 @@ fn a_merge_never_leaves_an_orphan() {
     edit(a, "PRAGMA foreign_keys = OFF; INSERT INTO parent VALUES (1, 'one again'); INSERT INTO child VALUES (40, 99, 'orphan of the app');");
     ok(&sqld, a, &["pull"]);
 }
+
+/// Conflicts settle per table: `--theirs TABLE` (repeatable) takes the remote's side in the
+/// tables named; the others' conflicts still stop the pull, or settle with `--ours TABLE`.
+#[test]
+fn conflicts_settle_table_by_table() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE b(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO a VALUES (1, 'base'); INSERT INTO b VALUES (1, 'base');",
+    );
+    let dir = tempdir();
+    let dir = dir.path();
+    ok(&sqld, dir, &["init", "--url", &sqld.url]);
+    sqld.exec("UPDATE a SET v = 'theirs'; UPDATE b SET v = 'theirs';");
+    edit(dir, "UPDATE a SET v = 'ours'; UPDATE b SET v = 'ours';");
+    let wc = dir.join("working_copy.db");
+    let out = run(&sqld, dir, &["pull", "--theirs", "a"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("table b"), "{}", text(&out));
+    assert!(
+        !text(&out).contains("table a"),
+        "a is settled: {}",
+        text(&out)
+    );
+    assert_eq!(
+        local_query(&wc, "SELECT v FROM a"),
+        vec![vec![Cell::text("ours")]]
+    );
+
+    ok(&sqld, dir, &["pull", "--theirs", "a", "--ours", "b"]);
+    assert_eq!(
+        local_query(&wc, "SELECT v FROM a"),
+        vec![vec![Cell::text("theirs")]]
+    );
+    assert_eq!(
+        local_query(&wc, "SELECT v FROM b"),
+        vec![vec![Cell::text("ours")]]
+    );
+}
