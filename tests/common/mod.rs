@@ -655,18 +655,25 @@ impl App {
     /// Starts the app on `db` in `journal_mode` (`delete` or `wal`); `db` needs a table
     /// `items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER)`.
     pub fn start(db: &Path, journal_mode: &str, interval_ms: u32) -> App {
+        App::spawn("app.py", db, &[journal_mode, &interval_ms.to_string()])
+    }
+
+    /// Starts `tests/fixtures/SCRIPT DB ARGS…`, which runs until the file named by
+    /// `APP_STOP_FILE` appears and prints a tag for every transaction it committed.
+    pub fn spawn(script: &str, db: &Path, args: &[&str]) -> App {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let stop = db.with_file_name(format!(
             "app-stop-{}",
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(script);
         let mut child = Command::new("python3")
             .arg(&script)
             .arg(db)
-            .arg(journal_mode)
-            .arg(&stop)
-            .arg(interval_ms.to_string())
+            .args(args)
+            .env("APP_STOP_FILE", &stop)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
