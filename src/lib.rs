@@ -58,4 +58,21 @@ impl From<schema::LoadError<rusqlite::Error>> for Error {
     }
 }
 
+/// A push transaction is retried as a whole when the remote failure inside passes.
+impl remote::Transient for Error {
+    fn remote(&self) -> Option<&remote::RemoteError> {
+        match self {
+            Error::Remote(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn gave_up(self, after: std::time::Duration, attempts: u32) -> Self {
+        match self {
+            Error::Remote(e) => Error::Remote(e.gave_up(after, attempts)),
+            other => other,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

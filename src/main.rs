@@ -4,7 +4,8 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -64,9 +65,15 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     db: Option<PathBuf>,
 
-    /// No progress bars
+    /// No progress bars, and no notes about retries
     #[arg(long, short, global = true)]
     quiet: bool,
+
+    /// Give up on a failing request after retrying it this long. Reads and whole push
+    /// transactions are retried (with backoff) on HTTP 429/502/503/504, refused or broken
+    /// connections and timeouts
+    #[arg(long, global = true, value_name = "SECS", default_value = "60", value_parser = seconds)]
+    retry_for: Duration,
 
     #[command(subcommand)]
     command: Command,
@@ -364,8 +371,21 @@ fn connect(cli: &Cli, ws: Option<&Workspace>) -> Result<(Endpoint, Remote)> {
     };
     let (endpoint, url_token) = Endpoint::parse(&raw).map_err(|e| Exit(2, e))?;
     let token = cli.token.clone().or(url_token);
-    let remote = Remote::new(endpoint.clone(), token);
+    let mut remote = Remote::new(endpoint.clone(), token).with_retry_for(cli.retry_for);
+    if !cli.quiet {
+        remote = remote.on_retry(Arc::new(|e, delay| {
+            eprintln!("note: {e}; retrying in {:.1}s", delay.as_secs_f64())
+        }));
+    }
     Ok((endpoint, remote))
+}
+
+/// A duration given in seconds, fractions allowed (`0.5`).
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds"))
 }
 
 fn file_info(p: &Path) -> serde_json::Value {
@@ -404,7 +424,12 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
                     ("ok", None)
                 }
                 Err(e @ RemoteError::Auth { .. }) => ("auth_failed", Some(e.to_string())),
-                Err(e @ RemoteError::Unreachable { .. }) => ("unreachable", Some(e.to_string())),
+                Err(
+                    e @ (RemoteError::Unreachable { .. }
+                    | RemoteError::Dropped { .. }
+                    | RemoteError::GaveUp { .. }),
+                ) => ("unreachable", Some(e.to_string())),
+                Err(e @ RemoteError::Certificate { .. }) => ("certificate", Some(e.to_string())),
                 Err(e) => ("error", Some(e.to_string())),
             };
             ok = state == "ok";

@@ -690,7 +690,16 @@ pub fn push(
             first: gi == 0,
             last: gi == last,
         };
-        match push_transaction(remote, &txn, &mut run)? {
+        // A transaction that failed on the way (its COMMIT answer lost, say) runs again from
+        // the start: it re-reads every row and skips those already there, so a change never
+        // lands twice.
+        let (report_before, log_before) = (run.report.clone(), run.log.len());
+        let outcome = remote.retrying(|| {
+            run.report = report_before.clone();
+            run.log.truncate(log_before);
+            push_transaction(remote, &txn, &mut run)
+        })?;
+        match outcome {
             Ok(done) => {
                 final_sequences.extend(done.sequences);
                 // The remote is known to equal the new base only if nobody else wrote since
