@@ -18,6 +18,7 @@ pub mod snapshot;
 pub mod sql;
 pub mod value;
 pub mod verify;
+pub mod watch;
 
 pub use value::Value;
 

@@ -649,12 +649,18 @@ pub struct App {
     child: Child,
     stop: PathBuf,
     tags: std::thread::JoinHandle<Vec<String>>,
+    /// Each tag with the moment the test read it, just after the app's COMMIT returned.
+    committed: std::sync::Arc<std::sync::Mutex<Vec<(String, Instant)>>>,
 }
 
 impl App {
     /// Starts the app on `db` in `journal_mode` (`delete` or `wal`); `db` needs a table
     /// `items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER)`.
     pub fn start(db: &Path, journal_mode: &str, interval_ms: u32) -> App {
+        App::launch(db, journal_mode, interval_ms, None)
+    }
+
+    fn launch(db: &Path, journal_mode: &str, interval_ms: u32, first_id: Option<i64>) -> App {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let stop = db.with_file_name(format!(
             "app-stop-{}",
@@ -667,18 +673,30 @@ impl App {
             .arg(journal_mode)
             .arg(&stop)
             .arg(interval_ms.to_string())
+            .args(first_id.map(|id| id.to_string()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start the app (python3 {}): {e}", script.display()));
-        let mut out = child.stdout.take().expect("piped stdout");
+        let out = child.stdout.take().expect("piped stdout");
+        let committed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = committed.clone();
         let tags = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s.lines().map(str::to_owned).collect()
+            use std::io::BufRead as _;
+            let mut tags = Vec::new();
+            for line in std::io::BufReader::new(out).lines().map_while(|l| l.ok()) {
+                seen.lock().unwrap().push((line.clone(), Instant::now()));
+                tags.push(line);
+            }
+            tags
         });
-        App { child, stop, tags }
+        App {
+            child,
+            stop,
+            tags,
+            committed,
+        }
     }
 
     /// Asks the app to stop, asserts that it never saw an error, and returns the tags of
@@ -1018,4 +1036,17 @@ fn tunnel(st: &ProxyState, mut client: std::net::TcpStream, head: &str) {
     let _ = std::io::copy(&mut client, &mut up);
     let _ = up.shutdown(std::net::Shutdown::Both);
     let _ = t.join();
+}
+
+impl App {
+    /// Like [`App::start`], but the app gives its rows ids from `first_id` on, so apps on
+    /// several working copies of one remote never pick the same rowid.
+    pub fn start_from_id(db: &Path, journal_mode: &str, interval_ms: u32, first_id: i64) -> App {
+        App::launch(db, journal_mode, interval_ms, Some(first_id))
+    }
+
+    /// The tags committed so far, each with when the test learned of its COMMIT.
+    pub fn committed(&self) -> Vec<(String, Instant)> {
+        self.committed.lock().unwrap().clone()
+    }
 }
