@@ -18,6 +18,7 @@ pub mod snapshot;
 pub mod sql;
 pub mod value;
 pub mod verify;
+pub mod watch;
 
 pub use value::Value;
 
@@ -54,6 +55,23 @@ impl From<schema::LoadError<rusqlite::Error>> for Error {
         match e {
             schema::LoadError::Source(e) => e.into(),
             schema::LoadError::Schema(e) => e.into(),
+        }
+    }
+}
+
+/// A push transaction is retried as a whole when the remote failure inside passes.
+impl remote::Transient for Error {
+    fn remote(&self) -> Option<&remote::RemoteError> {
+        match self {
+            Error::Remote(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn gave_up(self, after: std::time::Duration, attempts: u32) -> Self {
+        match self {
+            Error::Remote(e) => Error::Remote(e.gave_up(after, attempts)),
+            other => other,
         }
     }
 }

@@ -4,7 +4,9 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -64,9 +66,15 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     db: Option<PathBuf>,
 
-    /// No progress bars
+    /// No progress bars, and no notes about retries
     #[arg(long, short, global = true)]
     quiet: bool,
+
+    /// Give up on a failing request after retrying it this long. Reads and whole push
+    /// transactions are retried (with backoff) on HTTP 429/502/503/504, refused or broken
+    /// connections and timeouts
+    #[arg(long, global = true, value_name = "SECS", default_value = "60", value_parser = seconds)]
+    retry_for: Duration,
 
     #[command(subcommand)]
     command: Command,
@@ -199,6 +207,31 @@ which makes an app in rollback-journal mode wait for the check to end.")]
         /// Machine-readable report
         #[arg(long)]
         json: bool,
+    },
+    /// Sync continuously: after each local commit, when the remote moves, and every interval
+    #[command(after_help = "Examples:
+  tursync watch                       # beside the app, until Ctrl-C or SIGTERM
+  tursync watch --interval 0.5 --json # one JSON line per round that did something
+  tursync watch -v                    # also every check that found nothing
+
+Each round is `tursync sync`: pull, then push, each all or nothing. A local commit is seen
+within 50 ms (PRAGMA data_version); the remote's replication index is checked every interval.
+A conflict is reported once (the same report as sync); watch keeps running and tries again when
+either side changes, so it can be settled with the app or `tursync pull --ours/--theirs`.
+Network failures and server restarts are waited out with exponential backoff, saying so. A bad
+token, a working copy that is gone or a damaged file stop it (exit 1). SIGINT or SIGTERM ends
+it after the current step (exit 0); a second one ends it at once (exit 130), leaving nothing
+half-done: every step is a transaction.")]
+    Watch {
+        /// Seconds between checks of the remote (fractions allowed)
+        #[arg(long, value_name = "SECS", default_value = "2", value_parser = seconds)]
+        interval: Duration,
+        /// One JSON object per line instead of text
+        #[arg(long)]
+        json: bool,
+        /// Also log every check that found nothing to do
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Write the database as SQL text that sqlite3 loads into an identical database
     #[command(after_help = "Examples:
@@ -369,6 +402,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             code if code == ExitCode::SUCCESS => push(&cli, false, *json, &progress),
             code => Ok(code),
         },
+        Command::Watch {
+            interval,
+            json,
+            verbose,
+        } => watch(&cli, *interval, *json, *verbose),
         Command::Dump { out, local } => {
             let writer: Box<dyn Write> = match out {
                 Some(p) => Box::new(
@@ -414,8 +452,21 @@ fn connect(cli: &Cli, ws: Option<&Workspace>) -> Result<(Endpoint, Remote)> {
     };
     let (endpoint, url_token) = Endpoint::parse(&raw).map_err(|e| Exit(2, e))?;
     let token = cli.token.clone().or(url_token);
-    let remote = Remote::new(endpoint.clone(), token);
+    let mut remote = Remote::new(endpoint.clone(), token).with_retry_for(cli.retry_for);
+    if !cli.quiet {
+        remote = remote.on_retry(Arc::new(|e, delay| {
+            eprintln!("note: {e}; retrying in {:.1}s", delay.as_secs_f64())
+        }));
+    }
     Ok((endpoint, remote))
+}
+
+/// A duration given in seconds, fractions allowed (`0.5`).
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds"))
 }
 
 fn file_info(p: &Path) -> serde_json::Value {
@@ -454,7 +505,12 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
                     ("ok", None)
                 }
                 Err(e @ RemoteError::Auth { .. }) => ("auth_failed", Some(e.to_string())),
-                Err(e @ RemoteError::Unreachable { .. }) => ("unreachable", Some(e.to_string())),
+                Err(
+                    e @ (RemoteError::Unreachable { .. }
+                    | RemoteError::Dropped { .. }
+                    | RemoteError::GaveUp { .. }),
+                ) => ("unreachable", Some(e.to_string())),
+                Err(e @ RemoteError::Certificate { .. }) => ("certificate", Some(e.to_string())),
                 Err(e) => ("error", Some(e.to_string())),
             };
             ok = state == "ok";
@@ -871,6 +927,116 @@ fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> 
             Ok(ExitCode::from(3))
         }
     }
+}
+
+fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<ExitCode> {
+    use tursync::watch::Event;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registered first, so it sees the flag as the previous signal left it: a second
+        // signal exits at once.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())?;
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    let ws = Workspace::locate(cli.db.as_deref())?;
+    let (endpoint, remote) = connect(cli, Some(&ws))?;
+    let remote = remote.cancel_on(stop.clone());
+    let now = || humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let line = |event: &str, mut fields: serde_json::Value| {
+        fields["time"] = json!(now());
+        fields["event"] = json!(event);
+        println!("{fields}");
+    };
+    if verbose && !as_json {
+        println!(
+            "{} watching {} <-> {endpoint}, checking the remote every {:.1}s",
+            now(),
+            ws.db_path().display(),
+            interval.as_secs_f64()
+        );
+    }
+    let mut on_event = |event: Event<'_>| match event {
+        Event::Synced { pulled, pushed } if as_json => line(
+            "synced",
+            json!({"pulled": {"applied": pulled.applied, "merged": pulled.merged, "schema_changes": pulled.schema_changes},
+                   "pushed": {"changes": pushed.changes, "applied": pushed.applied, "skipped": pushed.skipped}}),
+        ),
+        Event::Synced { pulled, pushed } => println!(
+            "{} pulled {} ({} merged, {}), pushed {} ({} applied, {} already there)",
+            now(),
+            count(pulled.applied, "row change"),
+            pulled.merged,
+            count(pulled.schema_changes, "schema change"),
+            count(pushed.changes, "change"),
+            pushed.applied,
+            pushed.skipped
+        ),
+        Event::Checked { .. } if !verbose => {}
+        Event::Checked {
+            local_changed,
+            remote_index,
+        } if as_json => line(
+            "checked",
+            json!({"local_changed": local_changed, "remote_index": remote_index}),
+        ),
+        Event::Checked {
+            local_changed,
+            remote_index,
+        } => println!(
+            "{} checked: working copy {}, remote index {}; nothing to do",
+            now(),
+            if local_changed {
+                "committed to"
+            } else {
+                "unchanged"
+            },
+            remote_index.map_or_else(|| "unknown".to_owned(), |i| i.to_string())
+        ),
+        Event::PullConflicts(conflicts) if as_json => {
+            let list: Vec<_> = conflicts.iter().map(merge_conflict_json).collect();
+            line("conflict", json!({"pulled": false, "conflicts": list}));
+        }
+        Event::PullConflicts(conflicts) => {
+            eprintln!("{} conflict while pulling:", now());
+            print_merge_conflicts(conflicts);
+            eprintln!("watch keeps running and tries again when either side changes.");
+        }
+        Event::PushConflicts {
+            conflicts,
+            earlier_push_interrupted,
+        } if as_json => {
+            let list: Vec<_> = conflicts.iter().map(conflict_json).collect();
+            line(
+                "conflict",
+                json!({"pushed": false, "conflicts": list, "earlier_push_interrupted": earlier_push_interrupted}),
+            );
+        }
+        Event::PushConflicts { conflicts, .. } => {
+            eprintln!("{} conflict while pushing:", now());
+            print_conflicts(conflicts);
+            eprintln!("watch keeps running and tries again when either side changes.");
+        }
+        Event::Refused(e) if as_json => line("refused", json!({"error": e.to_string()})),
+        Event::Refused(e) => {
+            eprintln!("{} {e}", now());
+            eprintln!("watch keeps running and tries again when either side changes.");
+        }
+        Event::Settled if as_json => line("settled", json!({})),
+        Event::Settled => println!("{} settled: syncing again", now()),
+        Event::Backoff { error, delay } if as_json => line(
+            "retrying",
+            json!({"error": error.to_string(), "in_seconds": delay.as_secs_f64()}),
+        ),
+        Event::Backoff { error, delay } => {
+            eprintln!("{} {error}; trying again in {}s", now(), delay.as_secs())
+        }
+    };
+    tursync::watch::watch(&ws, &remote, interval, &stop, &mut on_event)
+        .with_context(|| format!("watch of {} stopped", ws.db_path().display()))?;
+    if verbose && !as_json {
+        println!("{} stopped", now());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {

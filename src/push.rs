@@ -792,7 +792,16 @@ pub fn push(
             first: gi == 0,
             last: gi == last,
         };
-        let outcome = match push_transaction(remote, &txn, &mut run) {
+        // A transaction that failed on the way (its COMMIT answer lost, say) runs again from
+        // the start: it re-reads every row and skips those already there, so a change never
+        // lands twice.
+        let (report_before, log_before) = (run.report.clone(), run.log.len());
+        let attempt = remote.retrying(|| {
+            run.report = report_before.clone();
+            run.log.truncate(log_before);
+            push_transaction(remote, &txn, &mut run)
+        });
+        let outcome = match attempt {
             Err(Error::Remote(RemoteError::Sql { message, code })) => {
                 match unique_conflicts(remote, &cs, &message)? {
                     Some(conflicts) => Err(conflicts),

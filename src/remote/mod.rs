@@ -5,12 +5,19 @@
 //! `affected_row_count`. A [`Stream`] keeps the baton between requests so a transaction can
 //! span several of them. Results are read whole into memory, which is bounded because the
 //! server refuses responses over 10 MB; callers size their pages to stay under that.
+//!
+//! Reads are retried here when the network or the server fails in a way that passes
+//! ([`retry`]); push retries whole transactions through [`Remote::retrying`].
 
 pub mod proto;
+pub mod retry;
+mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use retry::{Transient, DEFAULT_RETRY_FOR};
 
 use proto::{PipelineReq, PipelineResp};
 pub use proto::{Stmt, StmtResult, StreamRequest};
@@ -26,6 +33,23 @@ pub enum RemoteError {
     Permission { message: String },
     #[error("cannot reach {url}: {reason}. Is the server running and the URL right?")]
     Unreachable { url: String, reason: String },
+    #[error("the connection to {url} broke off: {reason}")]
+    Dropped { url: String, reason: String },
+    #[error("cannot send a request to {url}: {reason}")]
+    Client { url: String, reason: String },
+    #[error("TLS certificate error for {url}: {detail}")]
+    Certificate { url: String, detail: String },
+    #[error("the server is overloaded or unavailable: HTTP {status}{}", retry_after.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default())]
+    Unavailable {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("gave up after retrying for {after}s ({attempts} attempts; --retry-for sets how long): {last}")]
+    GaveUp {
+        after: u64,
+        attempts: u32,
+        last: Box<RemoteError>,
+    },
     #[error("the server answered HTTP {status}: {message}")]
     Http { status: u16, message: String },
     #[error("the remote stream expired (idle for too long); its open transaction was rolled back by the server")]
@@ -44,6 +68,34 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    /// Whether trying again later may succeed: the server is overloaded, restarting or
+    /// unreachable for now, or the connection broke. A stream that expired, or a write lock
+    /// another (abandoned) transaction still holds, passes too.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RemoteError::Unreachable { .. }
+            | RemoteError::Dropped { .. }
+            | RemoteError::Unavailable { .. }
+            | RemoteError::StreamExpired => true,
+            RemoteError::Sql { code, message } => {
+                matches!(
+                    code.as_deref(),
+                    Some("SQLITE_BUSY" | "TRANSACTION_TIMEOUT" | "STREAM_EXPIRED")
+                ) || message.contains("database is locked")
+            }
+            RemoteError::GaveUp { last, .. } => last.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// How long the server asked us to wait, if it did.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RemoteError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Whether the server failed to put a value in its answer: TEXT that is not UTF-8 (sqld
     /// answers HTTP 500 "incomplete utf-8 byte sequence" or "invalid utf-8 sequence") or an
     /// infinite REAL (JSON has no infinity). Reading the same rows with
@@ -105,6 +157,17 @@ impl Endpoint {
     pub fn as_str(&self) -> &str {
         &self.base
     }
+
+    /// The host and port requests go to.
+    fn host_port(&self) -> (String, u16) {
+        let url = url::Url::parse(&self.base).ok();
+        let host = url
+            .as_ref()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()))
+            .unwrap_or_default();
+        let port = url.and_then(|u| u.port_or_known_default()).unwrap_or(443);
+        (host, port)
+    }
 }
 
 impl std::fmt::Display for Endpoint {
@@ -112,6 +175,9 @@ impl std::fmt::Display for Endpoint {
         f.write_str(&self.base)
     }
 }
+
+/// Called before each wait between two attempts, with the error and the wait.
+pub type RetryNotice = Arc<dyn Fn(&RemoteError, Duration) + Send + Sync>;
 
 /// A connection to one remote database. Cheap to clone and shareable across threads: clones
 /// share one connection pool.
@@ -121,6 +187,18 @@ pub struct Remote {
     token: Option<Arc<str>>,
     agent: ureq::Agent,
     v2_only: Arc<AtomicBool>,
+    /// Set once the server answered anything: from then on a refused connection is a server
+    /// restarting, not a wrong URL.
+    reached: Arc<AtomicBool>,
+    retry_for: Duration,
+    on_retry: Option<RetryNotice>,
+    /// Set when the user asked to stop: waits end and nothing more is retried.
+    cancel: Option<Arc<AtomicBool>>,
+    proxy: Option<ureq::Proxy>,
+    /// Why the proxy the environment names cannot be used; every request fails with it.
+    proxy_error: Option<Arc<str>>,
+    /// Where the trusted roots came from, for certificate errors.
+    trust: Arc<str>,
 }
 
 /// Connect timeout: an unreachable server must be reported within seconds.
@@ -134,12 +212,24 @@ const MAX_BODY: u64 = 256 << 20;
 
 impl Remote {
     pub fn new(endpoint: Endpoint, token: Option<String>) -> Remote {
+        let https = endpoint.base.starts_with("https:");
+        let (roots, trust) = if https {
+            tls::roots()
+        } else {
+            (ureq::tls::RootCerts::WebPki, String::new())
+        };
+        let (proxy, proxy_error) = match proxy_from_env(https) {
+            Ok(p) => (p, None),
+            Err(e) => (None, Some(Arc::from(e))),
+        };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_recv_response(Some(RESPONSE_TIMEOUT))
             .timeout_recv_body(Some(RESPONSE_TIMEOUT))
             .http_status_as_error(false)
             .user_agent(concat!("tursync/", env!("CARGO_PKG_VERSION")))
+            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+            .proxy(proxy.clone())
             .build()
             .into();
         Remote {
@@ -147,6 +237,87 @@ impl Remote {
             token: token.filter(|t| !t.is_empty()).map(Arc::from),
             agent,
             v2_only: Arc::new(AtomicBool::new(false)),
+            reached: Arc::new(AtomicBool::new(false)),
+            retry_for: DEFAULT_RETRY_FOR,
+            on_retry: None,
+            cancel: None,
+            proxy,
+            proxy_error,
+            trust: Arc::from(trust),
+        }
+    }
+
+    /// How long one operation keeps being retried before the command gives up.
+    pub fn with_retry_for(mut self, limit: Duration) -> Remote {
+        self.retry_for = limit;
+        self
+    }
+
+    /// Tells `notice` about each retry before waiting for it.
+    pub fn on_retry(mut self, notice: RetryNotice) -> Remote {
+        self.on_retry = Some(notice);
+        self
+    }
+
+    /// Stops waiting and retrying once `flag` is set (the user asked to stop).
+    pub fn cancel_on(mut self, flag: Arc<AtomicBool>) -> Remote {
+        self.cancel = Some(flag);
+        self
+    }
+
+    /// Runs `attempt` until it succeeds, fails in a way that will not pass, or has been failing
+    /// for longer than `--retry-for`. Only for work that is safe to repeat from the start.
+    pub fn retrying<T, E: Transient>(
+        &self,
+        mut attempt: impl FnMut() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut backoff = retry::Backoff::new();
+        loop {
+            let err = match attempt() {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let Some(remote_err) = err.remote().filter(|e| e.is_transient()) else {
+                return Err(err);
+            };
+            let first_contact = matches!(remote_err, RemoteError::Unreachable { .. })
+                && !self.reached.load(Ordering::Relaxed);
+            let limit = if first_contact {
+                self.retry_for.min(retry::FIRST_CONTACT)
+            } else {
+                self.retry_for
+            };
+            let Some(delay) = backoff.next(remote_err, limit) else {
+                if first_contact {
+                    return Err(err);
+                }
+                return Err(err.gave_up(limit, backoff.attempts()));
+            };
+            if let Some(notice) = &self.on_retry {
+                notice(remote_err, delay);
+            }
+            if !self.sleep(delay) {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Sleeps, waking early (and returning false) when the user asks to stop.
+    fn sleep(&self, delay: Duration) -> bool {
+        let until = std::time::Instant::now() + delay;
+        loop {
+            if self
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                return false;
+            }
+            let now = std::time::Instant::now();
+            if now >= until {
+                return true;
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(50)));
         }
     }
 
@@ -166,7 +337,7 @@ impl Remote {
 
     /// Runs statements on a fresh stream in one HTTP request and closes it. Each statement gets
     /// its own result; a failing statement does not stop the others (they are not in a
-    /// transaction).
+    /// transaction). Every caller only reads, so the request is retried as a whole.
     pub fn execute_many(
         &self,
         stmts: Vec<Stmt>,
@@ -176,7 +347,7 @@ impl Remote {
             .map(|stmt| StreamRequest::Execute { stmt })
             .collect();
         reqs.push(StreamRequest::Close);
-        let mut results = self.stream().send(&reqs)?;
+        let mut results = self.retrying(|| self.stream().send(&reqs))?;
         results.pop();
         Ok(results)
     }
@@ -195,14 +366,20 @@ impl Remote {
 
     fn post(&self, base: &str, body: &[u8]) -> Result<PipelineResp, RemoteError> {
         let v2 = self.v2_only.load(Ordering::Relaxed);
-        let (status, bytes) = self.post_raw(base, if v2 { "v2" } else { "v3" }, body)?;
-        let (status, bytes) = if status == 404 && !v2 {
+        let (status, bytes, after) = self.post_raw(base, if v2 { "v2" } else { "v3" }, body)?;
+        let (status, bytes, after) = if status == 404 && !v2 {
             // An older server: Hrana 2 speaks the same JSON for everything tursync sends.
             self.v2_only.store(true, Ordering::Relaxed);
             self.post_raw(base, "v2", body)?
         } else {
-            (status, bytes)
+            (status, bytes, after)
         };
+        if matches!(status, 429 | 502 | 503 | 504) {
+            return Err(RemoteError::Unavailable {
+                status,
+                retry_after: after,
+            });
+        }
         if status != 200 {
             return Err(self.http_error(status, &bytes));
         }
@@ -215,12 +392,19 @@ impl Remote {
         })
     }
 
+    /// One HTTP request: the status, the body, and the `Retry-After` the server sent.
     fn post_raw(
         &self,
         base: &str,
         version: &str,
         body: &[u8],
-    ) -> Result<(u16, Vec<u8>), RemoteError> {
+    ) -> Result<(u16, Vec<u8>, Option<Duration>), RemoteError> {
+        if let Some(e) = &self.proxy_error {
+            return Err(RemoteError::Client {
+                url: self.endpoint.to_string(),
+                reason: e.to_string(),
+            });
+        }
         let url = format!("{base}/{version}/pipeline");
         let mut req = self
             .agent
@@ -229,19 +413,53 @@ impl Remote {
         if let Some(t) = &self.token {
             req = req.header("Authorization", &format!("Bearer {t}"));
         }
-        let unreachable = |e: ureq::Error| RemoteError::Unreachable {
-            url: self.endpoint.to_string(),
-            reason: self.scrub(&e.to_string()),
-        };
-        let mut resp = req.send(body).map_err(unreachable)?;
+        let mut resp = req.send(body).map_err(|e| self.network_error(e))?;
+        self.reached.store(true, Ordering::Relaxed);
         let status = resp.status().as_u16();
+        let after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry::parse_retry_after);
         let bytes = resp
             .body_mut()
             .with_config()
             .limit(MAX_BODY)
             .read_to_vec()
-            .map_err(unreachable)?;
-        Ok((status, bytes))
+            .map_err(|e| self.network_error(e))?;
+        Ok((status, bytes, after))
+    }
+
+    /// Sorts a failure below HTTP: the server could not be reached (retried), the connection
+    /// broke mid-request (retried), a certificate was refused (explained), or anything else.
+    fn network_error(&self, e: ureq::Error) -> RemoteError {
+        use std::io::ErrorKind as K;
+        let url = self.endpoint.to_string();
+        if let Some(problem) = tls::certificate_error(&e) {
+            let (host, port) = self.endpoint.host_port();
+            let detail = tls::explain(&problem, &host, port, self.proxy.as_ref(), &self.trust);
+            return RemoteError::Certificate {
+                url,
+                detail: self.scrub(&detail),
+            };
+        }
+        let reason = self.scrub(&e.to_string());
+        match &e {
+            ureq::Error::Io(io) if io.kind() == K::ConnectionRefused => {
+                RemoteError::Unreachable { url, reason }
+            }
+            ureq::Error::HostNotFound
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::ConnectProxyFailed(_)
+            | ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+                RemoteError::Unreachable { url, reason }
+            }
+            ureq::Error::Io(_)
+            | ureq::Error::Timeout(_)
+            | ureq::Error::Protocol(_)
+            | ureq::Error::BodyStalled => RemoteError::Dropped { url, reason },
+            _ => RemoteError::Client { url, reason },
+        }
     }
 
     fn http_error(&self, status: u16, body: &[u8]) -> RemoteError {
@@ -288,6 +506,44 @@ impl Remote {
             _ => text.to_owned(),
         }
     }
+}
+
+/// The proxy the environment names for this scheme, as curl and most HTTP clients read it:
+/// `HTTPS_PROXY` for https URLs, `HTTP_PROXY` for http ones (either case), `ALL_PROXY` for both,
+/// and `NO_PROXY` (comma-separated hosts, `.domain` or `*.domain` suffixes, `*`) to bypass it.
+/// A proxy URL that cannot be parsed is an error (going around the proxy instead could send
+/// traffic where it must not go); the error names the variable, never its value, which may hold
+/// a password.
+fn proxy_from_env(https: bool) -> Result<Option<ureq::Proxy>, String> {
+    let names: &[&str] = if https {
+        &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+    } else {
+        &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+    };
+    let Some((name, raw)) = names.iter().find_map(|n| {
+        let v = std::env::var(n).ok()?;
+        (!v.trim().is_empty()).then_some((n, v))
+    }) else {
+        return Ok(None);
+    };
+    let bad = || format!("{name} is set but is not a proxy URL (http://host:port)");
+    let parsed = ureq::Proxy::new(raw.trim()).map_err(|_| bad())?;
+    let mut builder = ureq::Proxy::builder(parsed.protocol())
+        .host(parsed.host())
+        .port(parsed.port());
+    if let Some(u) = parsed.username() {
+        builder = builder.username(u);
+    }
+    if let Some(p) = parsed.password() {
+        builder = builder.password(p);
+    }
+    let bypass = std::env::var("NO_PROXY")
+        .or_else(|_| std::env::var("no_proxy"))
+        .unwrap_or_default();
+    for entry in bypass.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        builder = builder.no_proxy(entry);
+    }
+    builder.build().map(Some).map_err(|_| bad())
 }
 
 /// A Hrana stream: requests sent through it share one server-side connection, so a

@@ -649,6 +649,8 @@ pub struct App {
     child: Child,
     stop: PathBuf,
     tags: std::thread::JoinHandle<Vec<String>>,
+    /// Each tag with the moment the test read it, just after the app's COMMIT returned.
+    committed: std::sync::Arc<std::sync::Mutex<Vec<(String, Instant)>>>,
 }
 
 impl App {
@@ -679,13 +681,24 @@ impl App {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start the app (python3 {}): {e}", script.display()));
-        let mut out = child.stdout.take().expect("piped stdout");
+        let out = child.stdout.take().expect("piped stdout");
+        let committed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = committed.clone();
         let tags = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s.lines().map(str::to_owned).collect()
+            use std::io::BufRead as _;
+            let mut tags = Vec::new();
+            for line in std::io::BufReader::new(out).lines().map_while(|l| l.ok()) {
+                seen.lock().unwrap().push((line.clone(), Instant::now()));
+                tags.push(line);
+            }
+            tags
         });
-        App { child, stop, tags }
+        App {
+            child,
+            stop,
+            tags,
+            committed,
+        }
     }
 
     /// Asks the app to stop, asserts that it never saw an error, and returns the tags of
@@ -782,4 +795,268 @@ pub fn exact_select(table: &str, cols: &[&str], order: &str) -> String {
         cells.join(", "),
         table.replace('"', "\"\"")
     )
+}
+
+/// What [`FaultProxy`] does with one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Forwarded, and the answer passed back.
+    None,
+    /// Answered 429 with `Retry-After: 1`, never forwarded.
+    TooManyRequests,
+    /// Answered 503, never forwarded.
+    Unavailable,
+    /// The connection closed before forwarding: the server never saw the request.
+    DropBefore,
+    /// Forwarded, then the connection closed instead of the answer: the server did the work.
+    DropAfter,
+}
+
+/// Every fault the proxy injects.
+pub const FAULTS: [Fault; 4] = [
+    Fault::TooManyRequests,
+    Fault::Unavailable,
+    Fault::DropBefore,
+    Fault::DropAfter,
+];
+
+struct ProxyState {
+    upstream: String,
+    percent: std::sync::atomic::AtomicU64,
+    rng: std::sync::Mutex<Rng>,
+    faults: std::sync::Mutex<Vec<Fault>>,
+    tunnels: AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+}
+
+/// A small HTTP proxy on 127.0.0.1 in front of a real sqld, for tests of a network that fails.
+/// Each request goes on a connection of its own (answers say `Connection: close`); for
+/// `percent` % of them it injects one of the [`FAULTS`], chosen at random. With `tls` it
+/// terminates TLS with that server config and forwards plain HTTP. `CONNECT host:port` makes it
+/// a forward proxy instead: it opens a fault-free tunnel and counts it ([`Self::tunnels`]).
+/// Stopped on drop.
+pub struct FaultProxy {
+    /// `http://127.0.0.1:PORT` (or `https://`)
+    pub url: String,
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+}
+
+impl FaultProxy {
+    pub fn start(
+        upstream_url: &str,
+        percent: u64,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    ) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy on 127.0.0.1");
+        let port = listener.local_addr().expect("proxy address").port();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let state = std::sync::Arc::new(ProxyState {
+            upstream: upstream_url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_owned(),
+            percent: AtomicU64::new(percent),
+            rng: std::sync::Mutex::new(Rng::from_time("fault proxy")),
+            faults: std::sync::Mutex::new(Vec::new()),
+            tunnels: AtomicU64::new(0),
+            stop: std::sync::atomic::AtomicBool::new(false),
+            tls,
+        });
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || proxy_connection(&st, conn));
+            }
+        });
+        FaultProxy {
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            port,
+            state,
+        }
+    }
+
+    /// Changes the share of requests that fail from now on.
+    pub fn set_percent(&self, percent: u64) {
+        self.state.percent.store(percent, Ordering::SeqCst);
+    }
+
+    /// What the proxy did with every request so far, in order.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.state.faults.lock().unwrap().clone()
+    }
+
+    /// How many `CONNECT` tunnels it opened.
+    pub fn tunnels(&self) -> u64 {
+        self.state.tunnels.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees `stop`.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn proxy_connection(st: &ProxyState, conn: std::net::TcpStream) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    match &st.tls {
+        Some(cfg) => {
+            let Ok(server) = rustls::ServerConnection::new(cfg.clone()) else {
+                return;
+            };
+            let mut tls = rustls::StreamOwned::new(server, conn);
+            if let Some((head, body)) = read_http_message(&mut tls) {
+                proxy_request(st, &mut tls, head, body);
+            }
+            tls.conn.send_close_notify();
+            let _ = std::io::Write::flush(&mut tls);
+        }
+        None => {
+            let mut conn = conn;
+            if let Some((head, body)) = read_http_message(&mut conn) {
+                if head.starts_with("CONNECT ") {
+                    tunnel(st, conn, &head);
+                } else {
+                    proxy_request(st, &mut conn, head, body);
+                }
+            }
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 message head (up to the blank line) and its `Content-Length` body.
+fn read_http_message(s: &mut impl std::io::Read) -> Option<(String, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).ok()?;
+    let len = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+/// The message head with its `Connection` header replaced by `Connection: close`.
+fn with_connection_close(head: &str) -> Vec<u8> {
+    let mut out = String::new();
+    for line in head.trim_end().split("\r\n") {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out.into_bytes()
+}
+
+fn proxy_request(st: &ProxyState, client: &mut impl std::io::Write, head: String, body: Vec<u8>) {
+    let fault = {
+        let mut rng = st.rng.lock().unwrap();
+        if rng.below(100) < st.percent.load(Ordering::SeqCst) {
+            FAULTS[rng.below(FAULTS.len() as u64) as usize]
+        } else {
+            Fault::None
+        }
+    };
+    st.faults.lock().unwrap().push(fault);
+    let canned = |status: &str, extra: &str| {
+        format!("HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    let answer = match fault {
+        Fault::TooManyRequests => {
+            canned("429 Too Many Requests", "Retry-After: 1\r\n").into_bytes()
+        }
+        Fault::Unavailable => canned("503 Service Unavailable", "").into_bytes(),
+        Fault::DropBefore => return,
+        Fault::None | Fault::DropAfter => {
+            let Some(resp) = forward(&st.upstream, &head, &body) else {
+                return;
+            };
+            if fault == Fault::DropAfter {
+                return;
+            }
+            resp
+        }
+    };
+    let _ = client.write_all(&answer);
+    let _ = client.flush();
+}
+
+/// Sends the request to the upstream on a fresh connection and returns its whole answer, head
+/// rewritten to `Connection: close`. `None` when the upstream cannot be reached.
+fn forward(upstream: &str, head: &str, body: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write as _;
+    let mut up = std::net::TcpStream::connect(upstream).ok()?;
+    up.write_all(&with_connection_close(head)).ok()?;
+    up.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    up.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let mut out = with_connection_close(std::str::from_utf8(&raw[..split]).ok()?);
+    out.extend_from_slice(&raw[split..]);
+    Some(out)
+}
+
+/// A `CONNECT` tunnel: bytes copied both ways until either side closes.
+fn tunnel(st: &ProxyState, mut client: std::net::TcpStream, head: &str) {
+    use std::io::Write as _;
+    let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let Ok(up) = std::net::TcpStream::connect(&target) else {
+        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    st.tunnels.fetch_add(1, Ordering::SeqCst);
+    let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+    let _ = client.set_read_timeout(None);
+    let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), up.try_clone()) else {
+        return;
+    };
+    let mut up = up;
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut u2, &mut c2);
+        let _ = c2.shutdown(std::net::Shutdown::Both);
+    });
+    let _ = std::io::copy(&mut client, &mut up);
+    let _ = up.shutdown(std::net::Shutdown::Both);
+    let _ = t.join();
+}
+
+impl App {
+    /// Like [`App::start`], but the app gives its rows ids from `first_id` on, so apps on
+    /// several working copies of one remote never pick the same rowid.
+    pub fn start_from_id(db: &Path, journal_mode: &str, interval_ms: u32, first_id: i64) -> App {
+        App::spawn(
+            "app.py",
+            db,
+            &[
+                journal_mode,
+                &interval_ms.to_string(),
+                &first_id.to_string(),
+            ],
+        )
+    }
+
+    /// The tags committed so far, each with when the test learned of its COMMIT.
+    pub fn committed(&self) -> Vec<(String, Instant)> {
+        self.committed.lock().unwrap().clone()
+    }
 }

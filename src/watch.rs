@@ -1,0 +1,253 @@
+//! `tursync watch`: the same `sync` as the command, run again whenever either side changes,
+//! beside a running app, until the user stops it.
+//!
+//! What sets off a round:
+//! * a local commit, seen through `PRAGMA data_version` on a connection kept open on the
+//!   working copy (it moves when any other connection commits; reading it touches no table), polled
+//!   every [`LOCAL_POLL`];
+//! * and every interval, a round whose pull first compares the remote's replication index with
+//!   the one recorded at the last sync (one small request) and downloads only when it moved.
+//!
+//! A round is `pull::pull` then `push::push`, each all or nothing. The push is skipped when the
+//! working copy has not changed since a push that saw all of it, so an idle round costs one
+//! request. A conflict is reported once; the watch then waits until either side changes (a
+//! local commit, or a new replication index) and tries again, so the user can settle it while it
+//! runs. Errors that pass (see [`crate::remote::RemoteError::is_transient`]) are waited out with
+//! exponential backoff; any other error ends the watch.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::clone::FetchOptions;
+use crate::progress::Progress;
+use crate::pull::{MergeConflict, MergeOptions, PullReport, Resolve};
+use crate::push::{Conflict, PushOptions, PushReport};
+use crate::remote::{Remote, Transient};
+use crate::snapshot::Workspace;
+use crate::{Error, Result};
+
+/// How often the working copy's `data_version` is read: a local commit is pushed within this.
+const LOCAL_POLL: Duration = Duration::from_millis(50);
+/// The first wait after a failed round; each next one doubles, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What the watch tells its caller, who prints it.
+pub enum Event<'a> {
+    /// A round that changed something on either side.
+    Synced {
+        pulled: &'a PullReport,
+        pushed: &'a PushReport,
+    },
+    /// A round, or a check while waiting on a conflict, that found nothing to do (shown with
+    /// `-v` only).
+    Checked {
+        local_changed: bool,
+        remote_index: Option<u64>,
+    },
+    /// The pull found conflicts; reported once until they change.
+    PullConflicts(&'a [MergeConflict]),
+    /// The push found conflicts; reported once until they change.
+    PushConflicts {
+        conflicts: &'a [Conflict],
+        earlier_push_interrupted: bool,
+    },
+    /// The round was refused for a reason the user must settle (a schema change both sides
+    /// made, the app holding the write lock too long); reported once.
+    Refused(&'a Error),
+    /// A round succeeded after conflicts or refusals.
+    Settled,
+    /// A round failed in a way that passes; the next one is in `delay`.
+    Backoff { error: &'a Error, delay: Duration },
+}
+
+/// Why rounds wait for a change: what was reported, and the two sides as they were then.
+struct Blocked {
+    report: String,
+    local: i64,
+    remote: Option<u64>,
+}
+
+/// How a round ended.
+enum Round {
+    Done,
+    PullConflicts(Vec<MergeConflict>),
+    PushConflicts(Vec<Conflict>),
+}
+
+/// Runs until `stop` is set (returns `Ok`) or an error that will not pass (returns it).
+pub fn watch(
+    ws: &Workspace,
+    remote: &Remote,
+    interval: Duration,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<()> {
+    let watched = ws.open_working_copy(true)?;
+    let data_version =
+        || -> Result<i64> { Ok(watched.query_row("PRAGMA data_version", [], |r| r.get(0))?) };
+    let index =
+        || -> Result<Option<u64>> { Ok(remote.query("SELECT 1", vec![])?.replication_index()) };
+    // The data_version at the start of the last round, and at the start of the last round
+    // whose push saw the whole working copy.
+    let mut round_local: Option<i64> = None;
+    let mut pushed_local: Option<i64> = None;
+    let mut blocked: Option<Blocked> = None;
+    let mut failures = 0u32;
+    let mut next_due = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        if !ws.db_path().exists() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("the working copy {} is gone", ws.db_path().display()),
+            )));
+        }
+        let local = data_version()?;
+        let local_changed = round_local != Some(local);
+        let due = Instant::now() >= next_due;
+        if !local_changed && !due {
+            std::thread::sleep(LOCAL_POLL);
+            continue;
+        }
+        if due {
+            next_due = Instant::now() + interval;
+        }
+        let outcome = (|| -> Result<(Option<u64>, Option<Round>)> {
+            // The remote's index before the round: a conflict waits for it to move.
+            let before = index()?;
+            if blocked
+                .as_ref()
+                .is_some_and(|b| b.local == local && b.remote == before)
+            {
+                return Ok((before, None));
+            }
+            let done = round(
+                ws,
+                remote,
+                (local, before),
+                &mut pushed_local,
+                &mut *on_event,
+            )?;
+            Ok((before, Some(done)))
+        })();
+        round_local = Some(local);
+        let (before, done) = match outcome {
+            Ok(o) => {
+                failures = 0;
+                o
+            }
+            Err(e) if e.remote().is_some_and(|r| r.is_transient()) => {
+                let delay = FIRST_BACKOFF
+                    .saturating_mul(1 << failures.min(10))
+                    .min(MAX_BACKOFF);
+                failures += 1;
+                on_event(Event::Backoff { error: &e, delay });
+                // Whatever changed meanwhile is looked at after the wait.
+                round_local = None;
+                let until = Instant::now() + delay;
+                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(LOCAL_POLL);
+                }
+                continue;
+            }
+            Err(e @ (Error::Conflict(_) | Error::Refused(_))) => {
+                let report = e.to_string();
+                if blocked.as_ref().map(|b| &b.report) != Some(&report) {
+                    on_event(Event::Refused(&e));
+                }
+                blocked = Some(Blocked {
+                    report,
+                    local,
+                    remote: index()?,
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let report = match &done {
+            None | Some(Round::Done) => None,
+            Some(Round::PullConflicts(c)) => Some(format!("{c:?}")),
+            Some(Round::PushConflicts(c)) => Some(format!("{c:?}")),
+        };
+        let Some(report) = report else {
+            if done.is_none() {
+                on_event(Event::Checked {
+                    local_changed,
+                    remote_index: before,
+                });
+            } else if blocked.take().is_some() {
+                on_event(Event::Settled);
+            }
+            continue;
+        };
+        // A push refused because someone pushed between our pull and our push is no conflict
+        // yet: the next round pulls their change first.
+        if matches!(done, Some(Round::PushConflicts(_))) && index()? != before {
+            round_local = None;
+            continue;
+        }
+        if blocked.as_ref().map(|b| &b.report) != Some(&report) {
+            match &done {
+                Some(Round::PullConflicts(c)) => on_event(Event::PullConflicts(c)),
+                Some(Round::PushConflicts(c)) => on_event(Event::PushConflicts {
+                    conflicts: c,
+                    earlier_push_interrupted: ws.push_interrupted(),
+                }),
+                _ => {}
+            }
+        }
+        blocked = Some(Blocked {
+            report,
+            local,
+            remote: before,
+        });
+    }
+    Ok(())
+}
+
+/// One `sync`: pull, then push (skipped when the working copy has not moved since a push that
+/// saw all of it). Reports a round that changed something, or (for `-v`) one that did not.
+fn round(
+    ws: &Workspace,
+    remote: &Remote,
+    (local, index): (i64, Option<u64>),
+    pushed_local: &mut Option<i64>,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Round> {
+    let hidden = Progress::hidden();
+    // As `sync` does: conflicts stop the round, colliding new rows are renumbered.
+    let merge = MergeOptions {
+        resolve: Resolve::Refuse,
+        tables: Default::default(),
+        renumber: true,
+    };
+    let pulled =
+        match crate::pull::pull(ws, remote, &merge, FetchOptions::default(), &hidden, &|| {})? {
+            Ok(r) => r,
+            Err(conflicts) => return Ok(Round::PullConflicts(conflicts)),
+        };
+    let local_changed = *pushed_local != Some(local);
+    let pushed = if local_changed {
+        match crate::push::push(ws, remote, PushOptions::default(), &hidden)? {
+            Ok(r) => {
+                *pushed_local = Some(local);
+                r
+            }
+            Err(conflicts) => return Ok(Round::PushConflicts(conflicts)),
+        }
+    } else {
+        PushReport::default()
+    };
+    if pulled.applied > 0 || pulled.schema_changes > 0 || pushed.changes > 0 {
+        on_event(Event::Synced {
+            pulled: &pulled,
+            pushed: &pushed,
+        });
+    } else {
+        on_event(Event::Checked {
+            local_changed,
+            remote_index: index,
+        });
+    }
+    Ok(Round::Done)
+}

@@ -1,0 +1,328 @@
+//! `tursync watch` (issue 12): continuous two-way sync beside running apps, through conflicts
+//! and a server restart, stopped by SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A `tursync watch --json` in its own process; its stdout lines are collected as they come.
+struct Watcher {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    fn start(dir: &Path, token: &str) -> Watcher {
+        let mut child = tursync(dir)
+            .args(["watch", "--interval", "0.5", "--json", "-v"])
+            .env("TURSO_AUTH_TOKEN", token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Watcher {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// The JSON events of one kind seen so far.
+    fn events(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))
+            })
+            .filter(|v| v["event"] == kind)
+            .collect()
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            let mut err = String::new();
+            let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("the watcher stopped ({status}):\n{err}");
+        }
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for it to end; returns its status and stderr.
+    fn terminate(mut self) -> (ExitStatus, Duration, String) {
+        self.assert_running();
+        let started = Instant::now();
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                panic!("the watcher did not end within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = started.elapsed();
+        let mut err = String::new();
+        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        (status, took, err)
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn init(sqld: &Sqld, dir: &Path) {
+    let out = tursync(dir)
+        .args(["init", "--url", &sqld.url])
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+fn tags(db: &Path) -> Vec<String> {
+    // The app may hold the lock for a moment; a read just waits for it.
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut st = conn.prepare("SELECT tag FROM items").unwrap();
+    let rows = st.query_map([], |r| r.get::<_, String>(0)).unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn median_and_worst(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+/// Two workspaces, each with an app writing and a watcher: every row committed on one side
+/// arrives in the other working copy; SIGTERM ends each watcher with exit 0.
+#[test]
+fn two_watchers_carry_every_app_commit_to_the_other_side() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);");
+    let (a, b) = (tempdir(), tempdir());
+    init(&sqld, a.path());
+    init(&sqld, b.path());
+    let (wa, wb) = (
+        a.path().join("working_copy.db"),
+        b.path().join("working_copy.db"),
+    );
+    let watchers = [
+        Watcher::start(a.path(), &sqld.rw_token),
+        Watcher::start(b.path(), &sqld.rw_token),
+    ];
+    let apps = [
+        App::start_from_id(&wa, "wal", 100, 1_000_000),
+        App::start_from_id(&wb, "delete", 100, 2_000_000),
+    ];
+    // Watch the other side for each app's rows, noting when each first shows up there.
+    let mut first_seen: [std::collections::HashMap<String, Instant>; 2] = Default::default();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        for (i, other) in [&wb, &wa].into_iter().enumerate() {
+            for t in tags(other) {
+                first_seen[i].entry(t).or_insert_with(Instant::now);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let committed: Vec<Vec<(String, Instant)>> = apps.iter().map(App::committed).collect();
+    let mut all_tags = Vec::new();
+    for app in apps {
+        all_tags.push(app.stop());
+    }
+    // Every commit reaches the other side (the last ones after the apps stopped).
+    let mut latencies = Vec::new();
+    for (i, other) in [&wb, &wa].into_iter().enumerate() {
+        assert!(all_tags[i].len() > 20, "the app committed too little");
+        wait_until(
+            "every row on the other side",
+            Duration::from_secs(20),
+            || {
+                let there = tags(other);
+                for t in &there {
+                    first_seen[i].entry(t.clone()).or_insert_with(Instant::now);
+                }
+                all_tags[i].iter().all(|t| first_seen[i].contains_key(t))
+            },
+        );
+        for (tag, at) in &committed[i] {
+            latencies.push(first_seen[i][tag].saturating_duration_since(*at));
+        }
+    }
+    let (median, worst) = median_and_worst(latencies.clone());
+    eprintln!(
+        "latency from the app's COMMIT to the other working copy: median {median:?}, worst {worst:?} over {} rows",
+        latencies.len()
+    );
+    assert!(
+        median < Duration::from_secs(3),
+        "median latency {median:?} (goal: 2 s with --interval 0.5)"
+    );
+    for w in watchers {
+        let (status, took, err) = w.terminate();
+        assert_eq!(status.code(), Some(0), "{err}");
+        assert!(took < Duration::from_secs(5), "took {took:?} to stop");
+    }
+    // Nothing lost: the remote holds every row, as do both working copies.
+    let total = all_tags[0].len() + all_tags[1].len();
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM items"),
+        vec![vec![Cell::Integer(total as i64)]]
+    );
+    for wc in [&wa, &wb] {
+        assert_table_eq(&sqld, wc, "SELECT * FROM items ORDER BY id");
+    }
+}
+
+/// A conflict is reported once, in the same form as `sync --json`; the watcher keeps running,
+/// tries again when a side changes, and goes on syncing once it is settled.
+#[test]
+fn a_conflict_while_watching_is_reported_once_and_does_not_stop_the_watcher() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER); INSERT INTO items VALUES (1, 'base', 0);");
+    let (a, b) = (tempdir(), tempdir());
+    init(&sqld, a.path());
+    init(&sqld, b.path());
+    edit(a.path(), "UPDATE items SET tag = 'from a' WHERE id = 1");
+    edit(b.path(), "UPDATE items SET tag = 'from b' WHERE id = 1");
+    let wa = Watcher::start(a.path(), &sqld.rw_token);
+    wait_until("A's change on the remote", Duration::from_secs(10), || {
+        sqld.query("SELECT tag FROM items WHERE id = 1") == vec![vec![Cell::text("from a")]]
+    });
+    let mut wb = Watcher::start(b.path(), &sqld.rw_token);
+    wait_until("B reports the conflict", Duration::from_secs(10), || {
+        !wb.events("conflict").is_empty()
+    });
+    // Several rounds later: still running, reported once.
+    std::thread::sleep(Duration::from_secs(3));
+    wb.assert_running();
+    let conflicts = wb.events("conflict");
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0]["pulled"], false);
+    assert_eq!(conflicts[0]["conflicts"][0]["table"], "items");
+    assert_eq!(conflicts[0]["conflicts"][0]["column"], "tag");
+
+    // Settled with the app: B takes A's value. The watcher sees the commit and syncs.
+    edit(b.path(), "UPDATE items SET tag = 'from a' WHERE id = 1");
+    wait_until("B settles", Duration::from_secs(10), || {
+        !wb.events("settled").is_empty()
+    });
+    // And it goes on: a row from A arrives in B.
+    edit(a.path(), "INSERT INTO items VALUES (2, 'later', 0)");
+    wait_until("A's new row in B", Duration::from_secs(10), || {
+        tags(&b.path().join("working_copy.db")).contains(&"later".to_owned())
+    });
+    for w in [wa, wb] {
+        let (status, _, err) = w.terminate();
+        assert_eq!(status.code(), Some(0), "{err}");
+    }
+}
+
+/// The server going away and coming back (a crash and restart) never stops the watcher: it
+/// backs off, says so, and pushes what was committed meanwhile once the server is back.
+#[test]
+fn the_server_restarting_while_watching_does_not_stop_the_watcher() {
+    let mut sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);");
+    let a = tempdir();
+    init(&sqld, a.path());
+    let mut w = Watcher::start(a.path(), &sqld.rw_token);
+    edit(a.path(), "INSERT INTO items VALUES (1, 'before', 0)");
+    wait_until(
+        "the first row on the remote",
+        Duration::from_secs(10),
+        || sqld.query("SELECT count(*) FROM items") == vec![vec![Cell::Integer(1)]],
+    );
+    sqld.kill();
+    edit(a.path(), "INSERT INTO items VALUES (2, 'while down', 0)");
+    std::thread::sleep(Duration::from_secs(3));
+    w.assert_running();
+    sqld.restart();
+    edit(a.path(), "INSERT INTO items VALUES (3, 'after', 0)");
+    wait_until("every row on the remote", Duration::from_secs(30), || {
+        sqld.query("SELECT count(*) FROM items") == vec![vec![Cell::Integer(3)]]
+    });
+    let (status, _, err) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("retrying in") || err.contains("trying again in"),
+        "it said it was retrying: {err}"
+    );
+    assert!(!err.contains(&sqld.rw_token));
+}
+
+/// What will not pass stops the watcher with exit 1: a bad token, a working copy that is gone.
+#[test]
+fn a_bad_token_or_a_vanished_working_copy_stops_the_watcher() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);");
+    let a = tempdir();
+    init(&sqld, a.path());
+    let out = tursync(a.path())
+        .args(["watch", "--interval", "0.5"])
+        .env(
+            "TURSO_AUTH_TOKEN",
+            "eyJhbGciOiJFZERTQSJ9.eyJhIjoicncifQ.bm90LWEtcmVhbC1zaWduYXR1cmU",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("authentication failed"),
+        "{}",
+        text(&out)
+    );
+
+    let mut w = Watcher::start(a.path(), &sqld.rw_token);
+    std::thread::sleep(Duration::from_secs(1));
+    w.assert_running();
+    std::fs::remove_file(a.path().join("working_copy.db")).unwrap();
+    wait_until("the watcher stops", Duration::from_secs(10), || {
+        w.child.try_wait().unwrap().is_some()
+    });
+    let status = w.child.wait().unwrap();
+    let mut err = String::new();
+    let _ = w.child.stderr.take().unwrap().read_to_string(&mut err);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("is gone"), "{err}");
+}
