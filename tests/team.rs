@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 
@@ -467,5 +468,118 @@ fn a_team_writing_at_once_converges() {
         ] {
             assert_table_eq(&sqld, &wc, q);
         }
+    }
+}
+
+mod randomized {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What one client does offline: new rows (ids picked by SQLite, so they collide across
+    /// clients), updates of its own new rows, deletes of seed rows (each client its own).
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert,
+        UpdateOwn(usize),
+        DeleteSeed(usize),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let op = prop_oneof![
+            3 => Just(Op::Insert),
+            2 => (0..6usize).prop_map(Op::UpdateOwn),
+            1 => (0..4usize).prop_map(Op::DeleteSeed),
+        ];
+        proptest::collection::vec(op, 0..8)
+    }
+
+    /// Random concurrent histories on three clients, synced in a random order, checked
+    /// against the model: every row a client added is on the remote once with its last value,
+    /// every seed row a client deleted is gone, the rest are untouched, children still point
+    /// at their parents, and every working copy equals the remote.
+    #[test]
+    fn concurrent_histories_converge_to_the_model() {
+        let sqld = Sqld::start();
+        let team: Vec<TempDir> = (0..3).map(|_| tempdir()).collect();
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(8));
+        runner
+            .run(
+                &(
+                    proptest::collection::vec(ops(), 3),
+                    proptest::collection::vec(0..3usize, 2..6),
+                ),
+                |(histories, order)| {
+                    sqld.exec(
+                        "DROP TABLE IF EXISTS kid; DROP TABLE IF EXISTS t;
+                         CREATE TABLE t(id INTEGER PRIMARY KEY, tag TEXT, v INTEGER);
+                         CREATE TABLE kid(id INTEGER PRIMARY KEY, t_id INTEGER REFERENCES t(id), tag TEXT);
+                         INSERT INTO t VALUES (1, 'seed0', 0), (2, 'seed1', 0), (3, 'seed2', 0), (4, 'seed3', 0),
+                                              (5, 'seed4', 0), (6, 'seed5', 0), (7, 'seed6', 0), (8, 'seed7', 0),
+                                              (9, 'seed8', 0), (10, 'seed9', 0), (11, 'seed10', 0), (12, 'seed11', 0);",
+                    );
+                    let mut model: BTreeMap<String, i64> =
+                        (0..12).map(|i| (format!("seed{i}"), 0)).collect();
+                    for (c, (d, history)) in team.iter().zip(&histories).enumerate() {
+                        ok(&sqld, d.path(), &["init", "--force", "--url", &sqld.url]);
+                        let mut own = Vec::new();
+                        let mut sql = String::new();
+                        for (i, op) in history.iter().enumerate() {
+                            match op {
+                                Op::Insert => {
+                                    let tag = format!("c{c}-{i}");
+                                    sql += &format!(
+                                        "INSERT INTO t(tag, v) VALUES ('{tag}', 1);
+                                         INSERT INTO kid(t_id, tag) VALUES (last_insert_rowid(), '{tag}');"
+                                    );
+                                    model.insert(tag.clone(), 1);
+                                    own.push(tag);
+                                }
+                                Op::UpdateOwn(k) if !own.is_empty() => {
+                                    let tag = &own[k % own.len()];
+                                    sql += &format!("UPDATE t SET v = v + 1 WHERE tag = '{tag}';");
+                                    *model.get_mut(tag).expect("own row") += 1;
+                                }
+                                Op::UpdateOwn(_) => {}
+                                Op::DeleteSeed(k) => {
+                                    let tag = format!("seed{}", c * 4 + k);
+                                    sql += &format!("DELETE FROM t WHERE tag = '{tag}';");
+                                    model.remove(&tag);
+                                }
+                            }
+                        }
+                        edit(d.path(), &sql);
+                    }
+                    // Syncs in the drawn order, then two full rounds so everyone has everything.
+                    for &c in order.iter().chain(&[0, 1, 2, 0, 1, 2]) {
+                        ok(&sqld, team[c].path(), &["sync"]);
+                    }
+                    let remote: BTreeMap<String, i64> = sqld
+                        .query("SELECT tag, v FROM t")
+                        .into_iter()
+                        .map(|r| match &r[..] {
+                            [Cell::Text(t), Cell::Integer(v)] => (t.clone(), *v),
+                            other => panic!("row {other:?}"),
+                        })
+                        .collect();
+                    prop_assert_eq!(&remote, &model);
+                    // No row twice (the map above would hide a duplicate tag).
+                    prop_assert_eq!(
+                        sqld.query("SELECT count(*) FROM t"),
+                        vec![vec![Cell::Integer(model.len() as i64)]]
+                    );
+                    prop_assert_eq!(
+                        sqld.query("SELECT count(*) FROM kid LEFT JOIN t ON t.id = kid.t_id WHERE t.tag IS NOT kid.tag"),
+                        vec![vec![Cell::Integer(0)]],
+                        "every child points at its own parent"
+                    );
+                    for d in &team {
+                        let wc = d.path().join("working_copy.db");
+                        assert_table_eq(&sqld, &wc, "SELECT id, tag, v FROM t ORDER BY id");
+                        assert_table_eq(&sqld, &wc, "SELECT id, t_id, tag FROM kid ORDER BY id");
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
     }
 }
