@@ -4,7 +4,7 @@
 //! Trust comes from the operating system's store, or from `SSL_CERT_FILE` / `SSL_CERT_DIR`
 //! when set (read by `rustls-native-certs`, the way OpenSSL reads them), so a self-hosted sqld
 //! behind a company CA works. Only when the system has no store at all (a minimal container
-//! without ca-certificates) do the bundled Mozilla roots stand in, so Turso Cloud still works
+//! without ca-certificates) do the bundled public web roots stand in, so Turso Cloud still works
 //! there.
 //!
 //! rustls reports an untrusted certificate as `UnknownIssuer` and nothing more. To name the
@@ -38,7 +38,7 @@ pub(super) fn roots() -> (ureq::tls::RootCerts, String) {
     if loaded.certs.is_empty() && from_env.is_empty() {
         return (
             ureq::tls::RootCerts::WebPki,
-            "the bundled Mozilla roots (the system has no certificate store)".to_owned(),
+            "the bundled public web roots (the system has no certificate store)".to_owned(),
         );
     }
     let n = loaded.certs.len();
