@@ -583,3 +583,101 @@ mod randomized {
             .unwrap();
     }
 }
+
+/// Their update moves a UNIQUE value onto the value our new row holds. `--ours` keeps our row
+/// and their row as it was here (their change of it gives way), never deletes it: a deleted
+/// row would be deleted on the remote by the next push.
+#[test]
+fn ours_on_a_unique_conflict_with_their_update_keeps_their_row() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);
+         INSERT INTO users VALUES (1, 'a@x', 'alice');",
+    );
+    let (a, b) = (tempdir(), tempdir());
+    for d in [&a, &b] {
+        ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
+    }
+    edit(b.path(), "UPDATE users SET email = 'new@x' WHERE id = 1");
+    ok(&sqld, b.path(), &["push"]);
+    edit(a.path(), "INSERT INTO users VALUES (2, 'new@x', 'me')");
+    ok(&sqld, a.path(), &["pull", "--ours"]);
+    let q = "SELECT id, email, name FROM users ORDER BY id";
+    let wc = a.path().join("working_copy.db");
+    assert_eq!(
+        local_query(&wc, q),
+        vec![
+            vec![Cell::Integer(1), Cell::text("a@x"), Cell::text("alice")],
+            vec![Cell::Integer(2), Cell::text("new@x"), Cell::text("me")],
+        ]
+    );
+    ok(&sqld, a.path(), &["push"]);
+    assert_table_eq(&sqld, &wc, q);
+}
+
+/// Our edit of a shared row collides with their new row. `--theirs` gives the shared row its
+/// remote version back (our edit gives way); it never deletes a row the team shares.
+#[test]
+fn theirs_on_a_unique_conflict_restores_a_shared_row_instead_of_deleting_it() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);
+         INSERT INTO users VALUES (1, 'a@x', 'alice'), (2, 'b@x', 'bob');",
+    );
+    let (a, b) = (tempdir(), tempdir());
+    for d in [&a, &b] {
+        ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
+    }
+    edit(b.path(), "INSERT INTO users VALUES (3, 'c@x', 'carol')");
+    ok(&sqld, b.path(), &["push"]);
+    edit(
+        a.path(),
+        "UPDATE users SET email = 'c@x', name = 'bobby' WHERE id = 2",
+    );
+    ok(&sqld, a.path(), &["pull", "--theirs"]);
+    let q = "SELECT id, email, name FROM users ORDER BY id";
+    let wc = a.path().join("working_copy.db");
+    assert_eq!(
+        local_query(&wc, q),
+        vec![
+            vec![Cell::Integer(1), Cell::text("a@x"), Cell::text("alice")],
+            vec![Cell::Integer(2), Cell::text("b@x"), Cell::text("bob")],
+            vec![Cell::Integer(3), Cell::text("c@x"), Cell::text("carol")],
+        ]
+    );
+    ok(&sqld, a.path(), &["push"]);
+    assert_table_eq(&sqld, &wc, q);
+}
+
+/// Parents deleted with their children (a local cascade), pushed in several transactions: the
+/// children's deletes may land in a later transaction than their parents'. The orphan check
+/// looks at the push as a whole, so the push finishes.
+#[test]
+fn a_split_push_of_deleted_parents_and_children_is_no_conflict() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY, v);
+         CREATE TABLE child(id INTEGER PRIMARY KEY, pid INTEGER REFERENCES parent(id) ON DELETE CASCADE, v);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 30) INSERT INTO parent SELECT i, i FROM c;
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 30) INSERT INTO child SELECT i, i, i FROM c;",
+    );
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    edit(
+        dir.path(),
+        "PRAGMA foreign_keys = ON; DELETE FROM parent WHERE id <= 20;",
+    );
+    let wc = dir.path().join("working_copy.db");
+    let ws = tursync::snapshot::Workspace::locate(Some(&wc)).unwrap();
+    let (endpoint, _) = tursync::remote::Endpoint::parse(&sqld.url).unwrap();
+    let remote = tursync::remote::Remote::new(endpoint, Some(sqld.rw_token.clone()));
+    let opts = tursync::push::PushOptions {
+        rows_per_transaction: 25,
+    };
+    let report = tursync::push::push(&ws, &remote, opts, &tursync::progress::Progress::hidden())
+        .unwrap()
+        .unwrap_or_else(|c| panic!("the split push was refused: {c:?}"));
+    assert_eq!(report.transactions, 2);
+    assert_table_eq(&sqld, &wc, "SELECT id, pid, v FROM child ORDER BY id");
+    assert_table_eq(&sqld, &wc, "SELECT id, v FROM parent ORDER BY id");
+}
