@@ -426,14 +426,9 @@ fn diffable(t: &Table) -> Table {
 }
 
 fn table_diff(t: &Table) -> Result<TableDiff> {
-    let mut columns = Vec::new();
-    if t.has_hidden_rowid() {
-        columns.push(t.rowid_alias()?.to_owned());
-    }
-    columns.extend(t.stored().map(|(_, c)| c.name.clone()));
     Ok(TableDiff {
         table: t.clone(),
-        columns,
+        columns: t.data_names()?,
         key: t.key_positions(),
         unique: Vec::new(),
         changes: Vec::new(),

@@ -498,8 +498,10 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
             let (state, detail) = match remote.query("SELECT 1", vec![]) {
                 Ok(res) => {
                     if let (Ok(ws), Some(now)) = (&ws, res.replication_index()) {
-                        if let Some(known) = ws.sync_state().replication_index {
-                            moved = json!(now != known);
+                        match ws.sync_state().map(|s| s.replication_index) {
+                            Ok(Some(known)) => moved = json!(now != known),
+                            Ok(None) => {}
+                            Err(e) => moved = json!(format!("unknown: {e}")),
                         }
                     }
                     ("ok", None)
@@ -611,9 +613,10 @@ fn print_status(r: &serde_json::Value) {
                     println!("remote         changed since the last sync: run `tursync pull`")
                 }
                 Some(false) => println!("remote         unchanged since the last sync"),
-                None if state == "ok" => {
-                    println!("remote         may have changed since the last sync")
-                }
+                None if state == "ok" => match remote["moved_since_sync"].as_str() {
+                    Some(why) => println!("remote         changed since the last sync? {why}"),
+                    None => println!("remote         may have changed since the last sync"),
+                },
                 None => {}
             }
         }

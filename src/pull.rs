@@ -123,7 +123,7 @@ pub fn pull(
     on_wait: WaitNotice<'_>,
 ) -> Result<Result<PullReport, Vec<MergeConflict>>> {
     let _lock = ws.lock()?;
-    let known = ws.sync_state().replication_index;
+    let known = ws.sync_state()?.replication_index;
     let now = remote.query("SELECT 1", vec![])?.replication_index();
     if known.is_some() && now == known {
         return Ok(Ok(PullReport::default()));
@@ -196,6 +196,17 @@ fn merge_into(
     let mut work = ws.open_working_copy(false)?;
     work.execute_batch("PRAGMA foreign_keys = OFF; BEGIN")?;
     let ours = diff::diff(&base, &work, &all)?;
+    // A table named to settle (`--theirs TABLE`) must exist: a typo would settle nothing.
+    for name in merge.tables.keys() {
+        if ![&ours, &theirs]
+            .iter()
+            .any(|cs| cs.tables.iter().any(|t| &t.table.name == name))
+        {
+            return Err(Error::Refused(format!(
+                "no table named {name:?} in the working copy or on the remote, so --ours/--theirs {name} settles nothing"
+            )));
+        }
+    }
     let seen = data_version(&work)?;
     let mut plan = Plan::new(&ours, &theirs, merge, &work, &theirs_db)?;
     work.execute_batch("COMMIT")?;
@@ -214,7 +225,7 @@ fn merge_into(
                 return Ok(Err(unsettled));
             }
         }
-        let unique = plan.apply(&work, merge)?;
+        let unique = plan.apply(&work, &theirs_db, merge)?;
         let unsettled = merge.unsettled(&unique);
         if !unsettled.is_empty() {
             return Ok(Err(unsettled));
@@ -331,7 +342,12 @@ impl Plan {
     /// which nothing settles: the caller always rolls back. Every trigger is suspended
     /// and the merged set re-created at the end, so rows arriving from the remote fire
     /// nothing (their effects arrive as rows too).
-    fn apply(&self, work: &Connection, merge: &MergeOptions) -> Result<Vec<MergeConflict>> {
+    fn apply(
+        &mut self,
+        work: &Connection,
+        theirs_db: &Connection,
+        merge: &MergeOptions,
+    ) -> Result<Vec<MergeConflict>> {
         let mut unique = Vec::new();
         for name in &self.suspend {
             work.execute_batch(&format!("DROP TRIGGER {}", sql::ident(name)))?;
@@ -352,13 +368,16 @@ impl Plan {
             r.apply(work, &fks)?;
         }
         // Deletes, then updates, then inserts: a UNIQUE value that moves between rows (a
-        // deleted row's to a new one, or a swap applied as delete and re-insert) is free by
-        // the time it lands.
+        // deleted row's to a new one, or a swap applied as a move) is free by the time it
+        // lands.
+        let mut applier = Applier::new(work, theirs_db)?;
         for phase in 0..3 {
-            for w in self.writes.iter().filter(|w| w.phase() == phase) {
-                unique.extend(w.apply_settling(work, merge.resolve_for(w.table()))?);
+            for (i, w) in self.writes.iter().enumerate() {
+                let resolve = merge.resolve_for(w.table());
+                unique.extend(applier.phase(phase, i, w, resolve)?);
             }
         }
+        self.report.applied = applier.applied;
         // A row of theirs pointing at a row we deleted, or ours at one they deleted: never
         // left behind silently. Orphans that were there before are not the merge's doing.
         for (child, rowid, parent, fkid) in orphans(work, &scope)?.difference(&before) {
@@ -408,124 +427,253 @@ enum Write {
         key: Vec<(String, Value)>,
         set: Vec<(String, Value)>,
     },
+    /// An update that moves a value some UNIQUE constraint covers: the row is taken out with
+    /// the deletes and put back, with `set` over it, with the inserts, so values swapped or
+    /// rotated between rows never meet halfway (SQLite checks UNIQUE row by row).
+    Move {
+        table: String,
+        key: Vec<(String, Value)>,
+        set: Vec<(String, Value)>,
+    },
 }
 
 impl Write {
+    /// Their change of `set` in the row at `key`: a [`Write::Move`] when it moves a value a
+    /// UNIQUE constraint of the table covers.
+    fn update(theirs: &TableDiff, key: Vec<(String, Value)>, set: Vec<(String, Value)>) -> Write {
+        let table = theirs.table.name.clone();
+        let moves = theirs
+            .unique
+            .iter()
+            .flatten()
+            .any(|&c| set.iter().any(|(name, _)| *name == theirs.columns[c]));
+        if moves {
+            Write::Move { table, key, set }
+        } else {
+            Write::Update { table, key, set }
+        }
+    }
+
     fn table(&self) -> &str {
         match self {
             Write::Insert { table, .. }
             | Write::Delete { table, .. }
-            | Write::Update { table, .. } => table,
+            | Write::Update { table, .. }
+            | Write::Move { table, .. } => table,
         }
     }
 
-    /// Applies the write; if it breaks a UNIQUE constraint against one of our rows, returns
-    /// that conflict, settled by `resolve`: [`Resolve::Theirs`] deletes our row that holds the
-    /// values and writes theirs; [`Resolve::Ours`] leaves theirs out (a later push then
-    /// removes it from the remote); [`Resolve::Refuse`] writes nothing.
-    fn apply_settling(&self, work: &Connection, resolve: Resolve) -> Result<Option<MergeConflict>> {
-        let constraint = match self.apply(work) {
-            Ok(()) => return Ok(None),
-            Err(Error::Local(e)) => match unique_violation(&e) {
-                Some(c) => c,
-                None => return Err(Error::Local(e)),
-            },
-            Err(e) => return Err(e),
+    /// The key of the row this write leaves, by name.
+    fn key(&self) -> Vec<(String, Value)> {
+        match self {
+            Write::Insert {
+                columns, key, row, ..
+            } => key
+                .iter()
+                .map(|&k| (columns[k].clone(), row[k].clone()))
+                .collect(),
+            Write::Delete { key, .. } | Write::Update { key, .. } | Write::Move { key, .. } => {
+                key.clone()
+            }
+        }
+    }
+}
+
+/// Applies a plan's writes to the working copy in its three phases (deletes, updates,
+/// inserts), keeping the rows a [`Write::Move`] took out until it puts them back, and settling
+/// the UNIQUE conflicts a write meets.
+struct Applier<'c> {
+    work: &'c Connection,
+    /// The remote copy: what a row of ours that must give way becomes.
+    theirs: &'c Connection,
+    /// Data-column names of the working copy's and the remote copy's tables.
+    ours_names: HashMap<String, Vec<String>>,
+    theirs_names: HashMap<String, Vec<String>>,
+    /// Our rows a move took out, by the write's position.
+    taken: HashMap<usize, Vec<(String, Value)>>,
+    /// Writes that landed.
+    applied: usize,
+}
+
+impl<'c> Applier<'c> {
+    fn new(work: &'c Connection, theirs: &'c Connection) -> Result<Applier<'c>> {
+        let names = |conn: &Connection| -> Result<HashMap<String, Vec<String>>> {
+            let mut out = HashMap::new();
+            for t in crate::schema::load(conn)?.tables {
+                let names = t.data_names()?;
+                out.insert(t.name, names);
+            }
+            Ok(out)
         };
-        let (key_names, key) = self.new_key();
-        let columns = constraint_columns(work, &constraint)?;
+        Ok(Applier {
+            work,
+            theirs,
+            ours_names: names(work)?,
+            theirs_names: names(theirs)?,
+            taken: HashMap::new(),
+            applied: 0,
+        })
+    }
+
+    /// One phase's part of write `i`: 0 deletes (and takes out moved rows), 1 updates, 2
+    /// inserts (and puts moved rows back). Returns the UNIQUE conflict met, settled by
+    /// `resolve` (see [`Applier::settle`]).
+    fn phase(
+        &mut self,
+        phase: u8,
+        i: usize,
+        w: &Write,
+        resolve: Resolve,
+    ) -> Result<Option<MergeConflict>> {
+        let row = match (phase, w) {
+            (0, Write::Delete { table, key }) => {
+                self.delete(table, key)?;
+                self.applied += 1;
+                return Ok(None);
+            }
+            (0, Write::Move { table, key, .. }) => {
+                let ours = self.row(self.work, &self.ours_names, table, key)?.ok_or_else(|| {
+                    Error::Refused(format!(
+                        "table {table:?}: the row at {} that their change moves is not in the working copy",
+                        key_list(key)
+                    ))
+                })?;
+                self.delete(table, key)?;
+                self.taken.insert(i, ours);
+                return Ok(None);
+            }
+            (1, Write::Update { table, key, set }) => match self.update(table, key, set) {
+                Ok(()) => {
+                    self.applied += 1;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    let ours = self.row(self.work, &self.ours_names, table, key)?;
+                    let mut target = ours.unwrap_or_default();
+                    overlay(&mut target, set);
+                    return self.settle(e, w, target, None, resolve);
+                }
+            },
+            (2, Write::Insert { columns, row, .. }) => {
+                columns.iter().cloned().zip(row.iter().cloned()).collect()
+            }
+            (2, Write::Move { set, .. }) => {
+                let mut row = self.taken.get(&i).cloned().unwrap_or_default();
+                overlay(&mut row, set);
+                row
+            }
+            _ => return Ok(None),
+        };
+        match self.insert(w.table(), &row) {
+            Ok(()) => {
+                self.applied += 1;
+                Ok(None)
+            }
+            Err(e) => {
+                let ours = self.taken.get(&i).cloned();
+                self.settle(e, w, row, ours, resolve)
+            }
+        }
+    }
+
+    /// Settles a write that failed with `e`, which gave its row the values `target`: a UNIQUE
+    /// constraint another row of ours holds is a conflict. [`Resolve::Theirs`]: our row gives
+    /// way (it takes its remote version, or goes if it is new here) and the write is made;
+    /// [`Resolve::Ours`]: the write is left out, and a moved row goes back as it was (`ours`),
+    /// so nothing of ours is lost and nothing of theirs is deleted; [`Resolve::Refuse`]: the
+    /// caller rolls back.
+    fn settle(
+        &mut self,
+        e: Error,
+        w: &Write,
+        target: Vec<(String, Value)>,
+        ours: Option<Vec<(String, Value)>>,
+        resolve: Resolve,
+    ) -> Result<Option<MergeConflict>> {
+        let constraint = match &e {
+            Error::Local(le) => match unique_violation(le) {
+                Some(c) => c,
+                None => return Err(e),
+            },
+            _ => return Err(e),
+        };
+        let table = w.table();
+        let key = w.key();
+        let columns = constraint_columns(self.work, &constraint)?;
         let holder = match &columns {
-            Some(cols) => self.holder(work, cols, &key_names, &key)?,
+            Some(cols) => self.holder(table, cols, &key, &target)?,
             None => None,
         };
-        if resolve == Resolve::Theirs {
-            let Some(ours) = &holder else {
-                return Err(Error::Refused(format!(
-                    "table {:?}: their row ({}) breaks {constraint}, and the row of ours holding the same values cannot be found to give way",
-                    self.table(),
-                    key.iter().map(sql::literal).collect::<Vec<_>>().join(", ")
-                )));
-            };
-            Write::Delete {
-                table: self.table().to_owned(),
-                key: key_names
-                    .iter()
-                    .cloned()
-                    .zip(ours.iter().cloned())
-                    .collect(),
+        match resolve {
+            Resolve::Refuse => {}
+            Resolve::Ours => {
+                if let Some(ours) = ours {
+                    self.insert(table, &ours)?;
+                }
             }
-            .apply(work)?;
-            self.apply(work)?;
+            Resolve::Theirs => {
+                let Some(holder) = &holder else {
+                    return Err(Error::Refused(format!(
+                        "table {table:?}: their row ({}) breaks {constraint}, and the row of ours holding the same values cannot be found to give way",
+                        key_list(&key)
+                    )));
+                };
+                self.give_way(table, holder)?;
+                match w {
+                    Write::Update { key, set, .. } => self.update(table, key, set)?,
+                    _ => self.insert(table, &target)?,
+                }
+                self.applied += 1;
+            }
         }
         Ok(Some(MergeConflict {
-            table: self.table().to_owned(),
+            table: table.to_owned(),
             kind: ConflictKind::Unique,
-            key,
+            key: key.into_iter().map(|(_, v)| v).collect(),
             column: columns.map(|c| c.join(", ")),
             base: None,
             ours: None,
             theirs: None,
             constraint: Some(constraint),
-            ours_key: holder,
+            ours_key: holder.map(|h| h.into_iter().map(|(_, v)| v).collect()),
         }))
     }
 
-    /// The names and values of the key of the row this write leaves.
-    fn new_key(&self) -> (Vec<String>, Vec<Value>) {
-        match self {
-            Write::Insert {
-                columns, key, row, ..
-            } => (
-                key.iter().map(|&k| columns[k].clone()).collect(),
-                key.iter().map(|&k| row[k].clone()).collect(),
-            ),
-            Write::Delete { key, .. } | Write::Update { key, .. } => key.iter().cloned().unzip(),
+    /// Our row at `key` gives way to theirs: it becomes its remote version (keeping what only
+    /// the working copy's columns hold), or goes if the remote has no such row (it is new here).
+    /// A row the team shares is never deleted for it.
+    fn give_way(&mut self, table: &str, key: &[(String, Value)]) -> Result<()> {
+        let ours = self.row(self.work, &self.ours_names, table, key)?;
+        let remote = self.row(self.theirs, &self.theirs_names, table, key)?;
+        self.delete(table, key)?;
+        if let (Some(mut row), Some(remote)) = (ours, remote) {
+            overlay(&mut row, &remote);
+            self.insert(table, &row)?;
         }
+        Ok(())
     }
 
-    /// The key of the other row that holds, in `columns`, the values this write gives its row.
+    /// The key of the other row of `table` that holds, in `columns`, the values `target` has.
     fn holder(
         &self,
-        work: &Connection,
+        table: &str,
         columns: &[String],
-        key_names: &[String],
-        key: &[Value],
-    ) -> Result<Option<Vec<Value>>> {
-        let t = sql::ident(self.table());
-        let keys = key_names.iter().map(|k| sql::ident(k)).collect::<Vec<_>>();
+        key: &[(String, Value)],
+        target: &[(String, Value)],
+    ) -> Result<Option<Vec<(String, Value)>>> {
         let mut values = Vec::new();
         for c in columns {
-            let v = match self {
-                Write::Insert {
-                    columns: names,
-                    row,
-                    ..
-                } => names.iter().position(|n| n == c).map(|i| row[i].clone()),
-                Write::Update { set, .. } => {
-                    set.iter().find(|(n, _)| n == c).map(|(_, v)| v.clone())
-                }
-                Write::Delete { .. } => None,
-            };
-            let v = match v {
-                Some(v) => v,
-                // Not written: the row keeps the value it has.
-                None => {
-                    let own = keys
-                        .iter()
-                        .enumerate()
-                        .map(|(i, k)| format!("{k} IS ?{}", i + 1))
-                        .collect::<Vec<_>>()
-                        .join(" AND ");
-                    work.query_row(
-                        &format!("SELECT {} FROM {t} WHERE {own}", sql::ident(c)),
-                        rusqlite::params_from_iter(key.iter()),
-                        |r| r.get::<_, Value>(0),
-                    )
-                    .optional()?
-                    .unwrap_or(Value::Null)
-                }
-            };
-            values.push(v);
+            values.push(
+                target
+                    .iter()
+                    .find(|(n, _)| n == c)
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| {
+                        Error::Refused(format!(
+                            "table {table:?}: the constraint's column {c:?} is not in the row written"
+                        ))
+                    })?,
+            );
         }
         let n = key.len();
         let same: Vec<String> = columns
@@ -533,86 +681,123 @@ impl Write {
             .enumerate()
             .map(|(i, c)| format!("{} IS ?{}", sql::ident(c), n + i + 1))
             .collect();
-        let not_self: Vec<String> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("{k} IS ?{}", i + 1))
-            .collect();
         let q = format!(
-            "SELECT {} FROM {t} WHERE {} AND NOT ({}) LIMIT 1",
-            keys.join(", "),
+            "SELECT {} FROM {} WHERE {} AND NOT ({}) LIMIT 1",
+            key.iter()
+                .map(|(k, _)| sql::ident(k))
+                .collect::<Vec<_>>()
+                .join(", "),
+            sql::ident(table),
             same.join(" AND "),
-            not_self.join(" AND ")
+            where_key(key, 1)
         );
-        let args = key.iter().chain(values.iter());
-        Ok(work
+        let args = key.iter().map(|(_, v)| v).chain(values.iter());
+        let found: Option<Vec<Value>> = self
+            .work
             .query_row(&q, rusqlite::params_from_iter(args), |r| {
                 (0..n).map(|i| r.get::<_, Value>(i)).collect()
             })
-            .optional()?)
+            .optional()?;
+        Ok(found.map(|vals| key.iter().map(|(k, _)| k.clone()).zip(vals).collect()))
     }
 
-    fn phase(&self) -> u8 {
-        match self {
-            Write::Delete { .. } => 0,
-            Write::Update { .. } => 1,
-            Write::Insert { .. } => 2,
-        }
-    }
-
-    fn apply(&self, conn: &Connection) -> Result<()> {
-        let where_key = |key: &[(String, Value)], first: usize| {
-            key.iter()
-                .enumerate()
-                .map(|(i, (c, _))| format!("{} = ?{}", sql::ident(c), first + i))
-                .collect::<Vec<_>>()
-                .join(" AND ")
+    /// The row of `table` at `key` in `conn`, by data-column name.
+    fn row(
+        &self,
+        conn: &Connection,
+        names: &HashMap<String, Vec<String>>,
+        table: &str,
+        key: &[(String, Value)],
+    ) -> Result<Option<Vec<(String, Value)>>> {
+        let Some(names) = names.get(table) else {
+            return Ok(None);
         };
-        match self {
-            Write::Insert {
-                table,
-                columns,
-                row,
-                ..
-            } => {
-                let cols: Vec<String> = columns.iter().map(|c| sql::ident(c)).collect();
-                let marks: Vec<String> = (1..=row.len()).map(|i| format!("?{i}")).collect();
-                let q = format!(
-                    "INSERT OR ABORT INTO {} ({}) VALUES ({})",
-                    sql::ident(table),
-                    cols.join(", "),
-                    marks.join(", ")
-                );
-                conn.prepare_cached(&q)?
-                    .execute(rusqlite::params_from_iter(row.iter()))?;
-            }
-            Write::Delete { table, key } => {
-                let q = format!(
-                    "DELETE FROM {} WHERE {}",
-                    sql::ident(table),
-                    where_key(key, 1)
-                );
-                conn.prepare_cached(&q)?
-                    .execute(rusqlite::params_from_iter(key.iter().map(|(_, v)| v)))?;
-            }
-            Write::Update { table, key, set } => {
-                let sets: Vec<String> = set
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (c, _))| format!("{} = ?{}", sql::ident(c), i + 1))
-                    .collect();
-                let q = format!(
-                    "UPDATE OR ABORT {} SET {} WHERE {}",
-                    sql::ident(table),
-                    sets.join(", "),
-                    where_key(key, set.len() + 1)
-                );
-                let args = set.iter().map(|(_, v)| v).chain(key.iter().map(|(_, v)| v));
-                conn.prepare_cached(&q)?
-                    .execute(rusqlite::params_from_iter(args))?;
-            }
-        }
+        let cols: Vec<String> = names.iter().map(|c| sql::ident(c)).collect();
+        let q = format!(
+            "SELECT {} FROM {} WHERE {}",
+            cols.join(", "),
+            sql::ident(table),
+            where_key(key, 1)
+        );
+        let values: Option<Vec<Value>> = conn
+            .query_row(
+                &q,
+                rusqlite::params_from_iter(key.iter().map(|(_, v)| v)),
+                |r| (0..names.len()).map(|i| r.get::<_, Value>(i)).collect(),
+            )
+            .optional()?;
+        Ok(values.map(|v| names.iter().cloned().zip(v).collect()))
+    }
+
+    fn insert(&self, table: &str, row: &[(String, Value)]) -> Result<()> {
+        let cols: Vec<String> = row.iter().map(|(c, _)| sql::ident(c)).collect();
+        let marks: Vec<String> = (1..=row.len()).map(|i| format!("?{i}")).collect();
+        let q = format!(
+            "INSERT OR ABORT INTO {} ({}) VALUES ({})",
+            sql::ident(table),
+            cols.join(", "),
+            marks.join(", ")
+        );
+        self.work
+            .prepare_cached(&q)?
+            .execute(rusqlite::params_from_iter(row.iter().map(|(_, v)| v)))?;
         Ok(())
+    }
+
+    fn delete(&self, table: &str, key: &[(String, Value)]) -> Result<()> {
+        let q = format!(
+            "DELETE FROM {} WHERE {}",
+            sql::ident(table),
+            where_key(key, 1)
+        );
+        self.work
+            .prepare_cached(&q)?
+            .execute(rusqlite::params_from_iter(key.iter().map(|(_, v)| v)))?;
+        Ok(())
+    }
+
+    fn update(&self, table: &str, key: &[(String, Value)], set: &[(String, Value)]) -> Result<()> {
+        let sets: Vec<String> = set
+            .iter()
+            .enumerate()
+            .map(|(i, (c, _))| format!("{} = ?{}", sql::ident(c), i + 1))
+            .collect();
+        let q = format!(
+            "UPDATE OR ABORT {} SET {} WHERE {}",
+            sql::ident(table),
+            sets.join(", "),
+            where_key(key, set.len() + 1)
+        );
+        let args = set.iter().map(|(_, v)| v).chain(key.iter().map(|(_, v)| v));
+        self.work
+            .prepare_cached(&q)?
+            .execute(rusqlite::params_from_iter(args))?;
+        Ok(())
+    }
+}
+
+/// `"a" = ?1 AND "b" = ?2`, numbering from `first`.
+fn where_key(key: &[(String, Value)], first: usize) -> String {
+    key.iter()
+        .enumerate()
+        .map(|(i, (c, _))| format!("{} = ?{}", sql::ident(c), first + i))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn key_list(key: &[(String, Value)]) -> String {
+    key.iter()
+        .map(|(_, v)| sql::literal(v))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Sets in `row` every value `over` has for one of its columns.
+fn overlay(row: &mut [(String, Value)], over: &[(String, Value)]) {
+    for (name, v) in row.iter_mut() {
+        if let Some((_, o)) = over.iter().find(|(n, _)| n == name) {
+            *v = o.clone();
+        }
     }
 }
 
@@ -686,31 +871,20 @@ fn merge_table(
             row: row.to_vec(),
         };
         let Some(our) = mine.get(&theirs.key_text(ch.row())) else {
-            if let RowChange::Update { old, new } = ch {
-                if theirs.moves_unique(old, new) {
-                    // Delete and re-insert (see `TableDiff::moves_unique`); ours is the base.
-                    writes.push(Write::Delete {
-                        table: table.clone(),
-                        key,
-                    });
-                    writes.push(insert_theirs(new));
-                    continue;
-                }
-            }
             writes.push(match ch {
                 RowChange::Insert(r) => insert_theirs(r),
                 RowChange::Delete(_) => Write::Delete {
                     table: table.clone(),
                     key,
                 },
-                RowChange::Update { old, new } => Write::Update {
-                    table: table.clone(),
+                RowChange::Update { old, new } => Write::update(
+                    theirs,
                     key,
-                    set: (0..new.len())
+                    (0..new.len())
                         .filter(|&i| old[i] != new[i])
                         .map(|i| (theirs.columns[i].clone(), new[i].clone()))
                         .collect(),
-                },
+                ),
             });
             continue;
         };
@@ -803,40 +977,8 @@ fn merge_table(
                 if clean {
                     report.merged += usize::from(!set.is_empty());
                 }
-                // The merged row, whole, when the merge moves a UNIQUE value: it is deleted
-                // and re-inserted (see `TableDiff::moves_unique`).
-                let moved = theirs
-                    .unique
-                    .iter()
-                    .flatten()
-                    .any(|&c| set.iter().any(|(name, _)| *name == theirs.columns[c]));
-                let merged: Option<Vec<Value>> = moved
-                    .then(|| {
-                        theirs
-                            .columns
-                            .iter()
-                            .map(|c| {
-                                set.iter()
-                                    .find(|(name, _)| name == c)
-                                    .map(|(_, v)| v)
-                                    .or_else(|| our_row.get(c))
-                                    .cloned()
-                            })
-                            .collect()
-                    })
-                    .flatten();
-                if let Some(row) = merged {
-                    writes.push(Write::Delete {
-                        table: table.clone(),
-                        key,
-                    });
-                    writes.push(insert_theirs(&row));
-                } else if !set.is_empty() {
-                    writes.push(Write::Update {
-                        table: table.clone(),
-                        key,
-                        set,
-                    });
+                if !set.is_empty() {
+                    writes.push(Write::update(theirs, key, set));
                 }
             }
             // Insert against update/delete cannot happen: the base has the row or not.

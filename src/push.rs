@@ -22,9 +22,7 @@ use std::path::PathBuf;
 use crate::diff::{Changeset, ConflictKind, RowChange, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
-use crate::schema::{
-    foreign_key_scope, foreign_keys, ForeignKey, ObjectKind, Orphan, RowKey, SchemaError,
-};
+use crate::schema::{foreign_key_scope, foreign_keys, ObjectKind, Orphan, RowKey, SchemaError};
 use crate::snapshot::Workspace;
 use crate::sql;
 use crate::value::Value;
@@ -749,6 +747,7 @@ pub fn push(
         return Ok(Ok(report));
     }
     let fks = foreign_keys(&ws.open_working_copy(true)?)?;
+    let fk_scope = foreign_key_scope(&fks, cs.tables.iter().map(|t| t.table.name.as_str()));
     let fresh_record = ws.record_push_start(&cs)?;
     let total_rows: usize = cs.tables.iter().map(|t| t.changes.len()).sum();
     progress.start("push", total_rows as u64);
@@ -779,16 +778,18 @@ pub fn push(
         report,
         log: String::new(),
         progress,
+        orphans_before: None,
+        commit_sent: false,
     };
     let mut final_sequences: Vec<(String, Option<i64>)> = Vec::new();
     let last = groups.len() - 1;
-    let known = ws.sync_state().replication_index;
+    let known = ws.sync_state()?.replication_index;
     let mut index = None;
     for (gi, group) in groups.iter().enumerate() {
         let txn = Txn {
             cs: &cs,
             group,
-            fks: &fks,
+            fk_scope: &fk_scope,
             first: gi == 0,
             last: gi == last,
         };
@@ -823,7 +824,7 @@ pub fn push(
             }
             Err(conflicts) => {
                 // Refused in its first transaction: nothing of this push reached the remote.
-                if gi == 0 && fresh_record {
+                if gi == 0 && fresh_record && !run.commit_sent {
                     ws.drop_push_record()?;
                 }
                 return Ok(Err(conflicts));
@@ -844,8 +845,8 @@ pub fn push(
 struct Txn<'a, 'g> {
     cs: &'a Changeset,
     group: &'g [TablePlan<'a>],
-    /// The working copy's foreign keys, to check that the push leaves no orphan.
-    fks: &'a [ForeignKey],
+    /// The tables whose foreign keys the push may break (see [`foreign_key_scope`]).
+    fk_scope: &'a std::collections::BTreeSet<String>,
     first: bool,
     last: bool,
 }
@@ -855,6 +856,13 @@ struct Run<'p> {
     report: PushReport,
     log: String,
     progress: &'p Progress,
+    /// The remote's orphans before the push's first write: only orphans beyond these are the
+    /// push's doing. Checked once the last transaction has written, so a parent and its
+    /// children's deletes may land in different transactions.
+    orphans_before: Option<std::collections::BTreeSet<Orphan>>,
+    /// Whether any attempt sent a COMMIT: from then on the remote may hold the push, whatever
+    /// answer got lost.
+    commit_sent: bool,
 }
 
 fn push_transaction(remote: &Remote, txn: &Txn<'_, '_>, run: &mut Run<'_>) -> Result<Outcome> {
@@ -877,7 +885,7 @@ fn push_transaction_on(
     let Txn {
         cs,
         group,
-        fks,
+        fk_scope,
         first,
         last,
     } = *txn;
@@ -885,6 +893,8 @@ fn push_transaction_on(
         report,
         log,
         progress,
+        orphans_before,
+        commit_sent,
     } = run;
     // Request 1: open the transaction and read the schema, which says how to read the rows.
     let head = vec![
@@ -965,8 +975,9 @@ fn push_transaction_on(
     let ddl = plan_schema(cs, &schema)?;
     // Foreign keys are off on this stream (the changeset holds what cascades did locally), so
     // orphans are looked for instead: those the push would add are conflicts.
-    let scope = foreign_key_scope(fks, group.iter().map(|p| p.diff.table.name.as_str()));
-    let orphans_before = orphans(stream, &scope, report)?;
+    if first {
+        *orphans_before = Some(orphans(stream, fk_scope, report)?);
+    }
 
     // The writes, in requests of bounded size; the last one commits.
     let mut writes: Vec<(Stmt, usize, usize)> = Vec::new();
@@ -1048,8 +1059,20 @@ fn push_transaction_on(
             bytes = 0;
         }
     }
-    let orphaned: Vec<Conflict> = orphans(stream, &scope, report)?
-        .difference(&orphans_before)
+    let added: std::collections::BTreeSet<Orphan> = match (last, &*orphans_before) {
+        (false, _) => Default::default(),
+        (true, Some(before)) => orphans(stream, fk_scope, report)?
+            .difference(before)
+            .cloned()
+            .collect(),
+        (true, None) => {
+            return Err(Error::Refused(
+                "the push reached its last transaction without reading the remote's orphans in its first".into(),
+            ))
+        }
+    };
+    let orphaned: Vec<Conflict> = added
+        .iter()
         .map(|(child, rowid, parent, _)| Conflict {
             table: child.clone(),
             kind: ConflictKind::ForeignKey,
@@ -1067,6 +1090,7 @@ fn push_transaction_on(
     // COMMIT travels alone, once every write is known to have succeeded: statements of one
     // pipeline run even after an earlier one failed, so a COMMIT sent with them could commit
     // half a push.
+    *commit_sent = true;
     let commit = send(stream, vec![stmt("COMMIT".into(), vec![], false)], report)?;
     Ok(Ok(Committed {
         sequences,

@@ -111,15 +111,20 @@ impl Table {
         matches!(self.key, RowKey::Rowid { ipk: None, .. })
     }
 
-    /// The quoted names of the values in a data row: the hidden rowid first (if the table has
-    /// one), then every stored column. Both reading and writing use this one order.
-    pub fn data_columns(&self) -> Result<Vec<String>, SchemaError> {
+    /// The names of the values in a data row: the hidden rowid first (if the table has one),
+    /// then every stored column. Both reading and writing use this one order.
+    pub fn data_names(&self) -> Result<Vec<String>, SchemaError> {
         let mut cols = Vec::with_capacity(self.columns.len() + 1);
         if self.has_hidden_rowid() {
-            cols.push(sql::ident(self.rowid_alias()?));
+            cols.push(self.rowid_alias()?.to_owned());
         }
-        cols.extend(self.stored().map(|(_, c)| sql::ident(&c.name)));
+        cols.extend(self.stored().map(|(_, c)| c.name.clone()));
         Ok(cols)
+    }
+
+    /// [`Table::data_names`], quoted.
+    pub fn data_columns(&self) -> Result<Vec<String>, SchemaError> {
+        Ok(self.data_names()?.iter().map(|c| sql::ident(c)).collect())
     }
 
     /// The name that reaches the hidden rowid.

@@ -155,11 +155,21 @@ impl Workspace {
         Ok(conn)
     }
 
-    pub fn sync_state(&self) -> SyncState {
-        fs::read_to_string(self.state_dir().join(SYNC))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
+    /// What `.tursync/sync.json` records; nothing known when there is none (an older init,
+    /// say), which only makes the next pull download in full.
+    pub fn sync_state(&self) -> Result<SyncState> {
+        let path = self.state_dir().join(SYNC);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SyncState::default()),
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_str(&text).map_err(|e| {
+            Error::Refused(format!(
+                "{} is damaged ({e}); delete it, and the next pull downloads the remote in full",
+                path.display()
+            ))
+        })
     }
 
     /// Records the sync state atomically and durably (write aside, sync, rename, sync the

@@ -77,7 +77,7 @@ pub fn verify(
             remote: RemoteCheck::Skipped,
         });
     }
-    let recorded = ws.sync_state().replication_index;
+    let recorded = ws.sync_state()?.replication_index;
     let before = remote.query("SELECT 1", vec![])?.replication_index();
     let copy = ws.download(remote, opts, progress)?;
     let after = remote.query("SELECT 1", vec![])?.replication_index();
