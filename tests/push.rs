@@ -209,9 +209,11 @@ fn kill_9_of_the_client_or_the_server_leaves_all_or_nothing() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         if kill_server {
+            // The client retries a server that went away (for up to --retry-for): bring the
+            // server back at once, so the client's retry meets it instead of waiting it out.
             sqld.kill();
-            let _ = child.wait();
             sqld.restart();
+            let _ = child.wait();
         } else {
             child.kill().unwrap();
             let _ = child.wait();
