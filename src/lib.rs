@@ -8,6 +8,7 @@
 pub mod clone;
 pub mod diff;
 pub mod dump;
+pub mod merge;
 pub mod pages;
 pub mod progress;
 pub mod pull;
