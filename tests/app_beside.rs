@@ -38,6 +38,16 @@ fn remote_change(sqld: &Sqld, rng: &mut Rng, round: u64) {
 /// `PRAGMA integrity_check` is "ok". Opened read-write, as the next reader after a crash must
 /// be: a command killed mid-write leaves a hot journal, which only a writer may roll back (a
 /// read-only connection then fails with "attempt to write a readonly database").
+/// The working copy holds nothing the base (and so the remote) does not.
+fn assert_nothing_pending(sqld: &Sqld, dir: &Path) {
+    let diff = ok(sqld, dir, &["diff"]);
+    assert!(
+        text(&diff).ends_with("nothing to push\n"),
+        "{}",
+        text(&diff)
+    );
+}
+
 fn integrity_ok(path: &Path) {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.busy_timeout(Duration::from_secs(30)).unwrap();
@@ -150,12 +160,7 @@ fn beside_an_app(journal_mode: &str) {
     // A final sync puts every commit on the remote; the working copy equals it.
     ok(&sqld, dir, &["sync"]);
     assert_items_equal(&sqld, &wc);
-    let diff = ok(&sqld, dir, &["diff"]);
-    assert!(
-        text(&diff).ends_with("nothing to push\n"),
-        "{}",
-        text(&diff)
-    );
+    assert_nothing_pending(&sqld, dir);
 }
 
 #[test]
@@ -271,12 +276,7 @@ fn a_push_killed_after_its_commit_converges_although_the_app_edited_the_pushed_r
         !state.join("pushed.db").exists(),
         "the record of the push is gone once settled"
     );
-    let diff = ok(&sqld, dir, &["diff"]);
-    assert!(
-        text(&diff).ends_with("nothing to push\n"),
-        "{}",
-        text(&diff)
-    );
+    assert_nothing_pending(&sqld, dir);
 }
 
 /// A writer killed mid-transaction leaves a hot journal beside the working copy. The next
@@ -315,12 +315,7 @@ fn a_hot_journal_left_by_a_killed_writer_does_not_stop_reading() {
         "a read-only reader meets a hot journal"
     );
     drop(ro);
-    let diff = ok(&sqld, dir, &["diff"]);
-    assert!(
-        text(&diff).ends_with("nothing to push\n"),
-        "{}",
-        text(&diff)
-    );
+    assert_nothing_pending(&sqld, dir);
     let verify = ok(&sqld, dir, &["verify"]);
     assert!(
         text(&verify).contains("equals the base"),

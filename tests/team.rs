@@ -89,6 +89,17 @@ fn add_rows(dir: &Path, who: &str) {
     );
 }
 
+/// A remote holding `schema`, and two working copies of it.
+fn two_clones(schema: &str) -> (Sqld, TempDir, TempDir) {
+    let sqld = Sqld::start();
+    sqld.exec(schema);
+    let (a, b) = (tempdir(), tempdir());
+    for d in [&a, &b] {
+        ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
+    }
+    (sqld, a, b)
+}
+
 fn ok(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
     let out = run(sqld, dir, args);
     assert!(out.status.success(), "{args:?}: {}", text(&out));
@@ -589,15 +600,10 @@ mod randomized {
 /// row would be deleted on the remote by the next push.
 #[test]
 fn ours_on_a_unique_conflict_with_their_update_keeps_their_row() {
-    let sqld = Sqld::start();
-    sqld.exec(
+    let (sqld, a, b) = two_clones(
         "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);
          INSERT INTO users VALUES (1, 'a@x', 'alice');",
     );
-    let (a, b) = (tempdir(), tempdir());
-    for d in [&a, &b] {
-        ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
-    }
     edit(b.path(), "UPDATE users SET email = 'new@x' WHERE id = 1");
     ok(&sqld, b.path(), &["push"]);
     edit(a.path(), "INSERT INTO users VALUES (2, 'new@x', 'me')");
@@ -619,15 +625,10 @@ fn ours_on_a_unique_conflict_with_their_update_keeps_their_row() {
 /// remote version back (our edit gives way); it never deletes a row the team shares.
 #[test]
 fn theirs_on_a_unique_conflict_restores_a_shared_row_instead_of_deleting_it() {
-    let sqld = Sqld::start();
-    sqld.exec(
+    let (sqld, a, b) = two_clones(
         "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT);
          INSERT INTO users VALUES (1, 'a@x', 'alice'), (2, 'b@x', 'bob');",
     );
-    let (a, b) = (tempdir(), tempdir());
-    for d in [&a, &b] {
-        ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
-    }
     edit(b.path(), "INSERT INTO users VALUES (3, 'c@x', 'carol')");
     ok(&sqld, b.path(), &["push"]);
     edit(
