@@ -2,7 +2,7 @@
 //!
 //! Data flows one way through the modules: [`remote`] talks Hrana to the server, [`schema`]
 //! reads what a database holds, [`clone`] copies a database (remote or local) into a
-//! [`clone::Sink`] — a local SQLite file ([`snapshot`]) or SQL text ([`dump`]). See
+//! [`clone::Sink`] — a local SQLite file ([`workspace`]) or SQL text ([`dump`]). See
 //! `docs/ARCHITECTURE.md` for the map.
 
 pub mod clone;
@@ -15,11 +15,11 @@ pub mod pull;
 pub mod push;
 pub mod remote;
 pub mod schema;
-pub mod snapshot;
 pub mod sql;
 pub mod value;
 pub mod verify;
 pub mod watch;
+pub mod workspace;
 
 pub use value::Value;
 

@@ -19,7 +19,7 @@ use tursync::progress::Progress;
 use tursync::pull::{ConflictKind, MergeConflict, MergeOptions, Resolve};
 use tursync::push::{Conflict, PushOptions};
 use tursync::remote::{Endpoint, Remote, RemoteError};
-use tursync::snapshot::{self, Workspace, DEFAULT_DB};
+use tursync::workspace::{self, Workspace, DEFAULT_DB};
 
 const EXIT_HELP: &str = "\
 Exit codes:
@@ -342,7 +342,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (endpoint, remote) = connect(&cli, None)?;
             let db = cli.db.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DB));
             let started = Instant::now();
-            let report = snapshot::init(
+            let report = workspace::init(
                 &endpoint,
                 &remote,
                 &db,

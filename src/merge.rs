@@ -258,7 +258,7 @@ impl Plan {
                 (a, b) => b.or(a),
             };
             if value.is_some() {
-                crate::snapshot::set_sequence(work, &q.table, value)?;
+                crate::workspace::set_sequence(work, &q.table, value)?;
             }
         }
         for create in &self.triggers {
@@ -1041,7 +1041,7 @@ impl Renumbered {
             )?;
         }
         if sequence(work, &self.table)?.is_some_and(|seq| seq < self.to) {
-            crate::snapshot::set_sequence(work, &self.table, Some(self.to))?;
+            crate::workspace::set_sequence(work, &self.table, Some(self.to))?;
         }
         Ok(())
     }

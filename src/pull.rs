@@ -18,7 +18,7 @@ pub use crate::merge::{
 };
 use crate::progress::Progress;
 use crate::remote::Remote;
-use crate::snapshot::{wait_for_locks, SyncState, Workspace, BUSY_TIMEOUT};
+use crate::workspace::{wait_for_locks, SyncState, Workspace, BUSY_TIMEOUT};
 use crate::{Error, Result};
 
 /// Called once if the app holds the working copy's write lock, before waiting for it.
@@ -98,7 +98,7 @@ fn merge_into(
     on_wait: WaitNotice<'_>,
 ) -> Result<Result<PullReport, Vec<MergeConflict>>> {
     let base = ws.open_base()?;
-    let theirs_db = crate::snapshot::open_snapshot(remote_db)?;
+    let theirs_db = crate::workspace::open_snapshot(remote_db)?;
     let all = diff::Filter::default();
     let mut theirs = diff::diff(&base, &theirs_db, &all)?;
     if let Some(pushed) = ws.interrupted_push()? {

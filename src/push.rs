@@ -23,9 +23,9 @@ use crate::diff::{Changeset, ConflictKind, RowChange, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
 use crate::schema::{foreign_key_scope, foreign_keys, ObjectKind, Orphan, RowKey, SchemaError};
-use crate::snapshot::Workspace;
 use crate::sql;
 use crate::value::Value;
+use crate::workspace::Workspace;
 use crate::{Error, Result};
 
 /// Rows per multi-row statement: large enough to amortize parsing, small enough to stay far
@@ -835,7 +835,7 @@ pub fn push(
     progress.finish();
     let mut report = run.report;
     report.log = Some(ws.record_push(&cs, &final_sequences, &run.log, fresh_record)?);
-    ws.save_sync_state(&crate::snapshot::SyncState {
+    ws.save_sync_state(&crate::workspace::SyncState {
         replication_index: index,
     })?;
     Ok(Ok(report))
@@ -1136,7 +1136,7 @@ impl Workspace {
 
         let counters = |conn: &rusqlite::Connection| {
             for (name, v) in sequences {
-                crate::snapshot::set_sequence(conn, name, *v)?;
+                crate::workspace::set_sequence(conn, name, *v)?;
             }
             Ok(())
         };

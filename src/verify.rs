@@ -13,7 +13,7 @@ use crate::clone::FetchOptions;
 use crate::diff::{self, Changeset};
 use crate::progress::Progress;
 use crate::remote::Remote;
-use crate::snapshot::{open_snapshot, Workspace};
+use crate::workspace::{open_snapshot, Workspace};
 use crate::Result;
 
 /// What `PRAGMA integrity_check` said of one file: no problems means intact.

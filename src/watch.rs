@@ -23,7 +23,7 @@ use crate::progress::Progress;
 use crate::pull::{MergeConflict, MergeOptions, PullReport, Resolve};
 use crate::push::{Conflict, PushOptions, PushReport};
 use crate::remote::{Remote, Transient};
-use crate::snapshot::Workspace;
+use crate::workspace::Workspace;
 use crate::{Error, Result};
 
 /// How often the working copy's `data_version` is read: a local commit is pushed within this.

@@ -426,7 +426,7 @@ fn diff_reads_one_consistent_snapshot_while_the_app_writes() {
         conn.pragma_update(None, "journal_mode", mode).unwrap();
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .unwrap();
-        let ws = tursync::snapshot::Workspace::locate(Some(&wc)).unwrap();
+        let ws = tursync::workspace::Workspace::locate(Some(&wc)).unwrap();
         let stop = std::sync::atomic::AtomicBool::new(false);
         let stop = &stop;
         std::thread::scope(|s| {

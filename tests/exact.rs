@@ -278,7 +278,7 @@ fn a_split_push_stopped_midway_keeps_every_object_and_can_be_finished() {
     );
     // Someone else changes the same cell of a row of the last transaction.
     sqld.exec("UPDATE t SET v = 4 WHERE id = 5000;");
-    let ws = tursync::snapshot::Workspace::locate(Some(&wc(dir.path()))).unwrap();
+    let ws = tursync::workspace::Workspace::locate(Some(&wc(dir.path()))).unwrap();
     let (endpoint, _) = tursync::remote::Endpoint::parse(&sqld.url).unwrap();
     let remote = tursync::remote::Remote::new(endpoint, Some(sqld.rw_token.clone()));
     let opts = tursync::push::PushOptions {

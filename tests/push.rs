@@ -301,7 +301,7 @@ fn large_pushes_split_into_resumable_transactions_when_asked() {
     init(&sqld, dir.path());
     edit(dir.path(), "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 2500) INSERT INTO t SELECT i, i FROM c;");
     let ws =
-        tursync::snapshot::Workspace::locate(Some(&dir.path().join("working_copy.db"))).unwrap();
+        tursync::workspace::Workspace::locate(Some(&dir.path().join("working_copy.db"))).unwrap();
     let (endpoint, _) = tursync::remote::Endpoint::parse(&sqld.url).unwrap();
     let remote = tursync::remote::Remote::new(endpoint, Some(sqld.rw_token.clone()));
     let opts = tursync::push::PushOptions {

@@ -669,7 +669,7 @@ fn a_split_push_of_deleted_parents_and_children_is_no_conflict() {
         "PRAGMA foreign_keys = ON; DELETE FROM parent WHERE id <= 20;",
     );
     let wc = dir.path().join("working_copy.db");
-    let ws = tursync::snapshot::Workspace::locate(Some(&wc)).unwrap();
+    let ws = tursync::workspace::Workspace::locate(Some(&wc)).unwrap();
     let (endpoint, _) = tursync::remote::Endpoint::parse(&sqld.url).unwrap();
     let remote = tursync::remote::Remote::new(endpoint, Some(sqld.rw_token.clone()));
     let opts = tursync::push::PushOptions {

@@ -1,4 +1,5 @@
-//! The working copy, its state directory and the base snapshot.
+//! The workspace: the working copy, its state directory `.tursync/` and the base snapshot in it,
+//! and every file operation on them.
 //!
 //! ```text
 //! working_copy.db        the app's database: a plain SQLite file
