@@ -410,8 +410,11 @@ impl<'c> Applier<'c> {
                     return Ok(None);
                 }
                 Err(e) => {
-                    let ours = self.row(self.work, &self.ours_names, table, key)?;
-                    let mut target = ours.unwrap_or_default();
+                    // Only a row that is there can break a constraint by being updated.
+                    let Some(mut target) = self.row(self.work, &self.ours_names, table, key)?
+                    else {
+                        return Err(e);
+                    };
                     overlay(&mut target, set);
                     return self.settle(e, w, target, None, resolve);
                 }
@@ -419,8 +422,12 @@ impl<'c> Applier<'c> {
             (2, Write::Insert { columns, row, .. }) => {
                 columns.iter().cloned().zip(row.iter().cloned()).collect()
             }
-            (2, Write::Move { set, .. }) => {
-                let mut row = self.taken.get(&i).cloned().unwrap_or_default();
+            (2, Write::Move { table, set, .. }) => {
+                let mut row = self.taken.get(&i).cloned().ok_or_else(|| {
+                    Error::Refused(format!(
+                        "table {table:?}: a moved row was put back without being taken out"
+                    ))
+                })?;
                 overlay(&mut row, set);
                 row
             }
