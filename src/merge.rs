@@ -12,7 +12,10 @@ use rusqlite::{Connection, OptionalExtension};
 
 pub use crate::diff::ConflictKind;
 use crate::diff::{Changeset, RowChange, SchemaChange, SequenceChange, TableDiff};
-use crate::schema::{foreign_key_scope, foreign_keys, ForeignKey, ObjectKind, Orphan};
+use crate::schema::{
+    foreign_key_scope, foreign_keys, parse_unique_failure, ForeignKey, ObjectKind, Orphan,
+    UniqueFailure,
+};
 use crate::sql;
 use crate::value::Value;
 use crate::{Error, Result};
@@ -920,24 +923,19 @@ fn unique_violation(e: &rusqlite::Error) -> Option<String> {
 /// names them; `… failed: index 'i'` names an index, whose columns are read (`None` when it
 /// is on expressions).
 fn constraint_columns(work: &Connection, message: &str) -> Result<Option<Vec<String>>> {
-    let Some((_, what)) = message.split_once("failed: ") else {
-        return Ok(None);
-    };
-    if let Some(index) = what
-        .strip_prefix("index '")
-        .and_then(|i| i.strip_suffix('\''))
-    {
-        let names: Vec<Option<String>> = work
-            .prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
-            .query_map([index], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        return Ok(names.into_iter().collect());
+    match parse_unique_failure(message) {
+        None => Ok(None),
+        Some(UniqueFailure::Columns { columns, .. }) => {
+            Ok(Some(columns.into_iter().map(str::to_owned).collect()))
+        }
+        Some(UniqueFailure::Index(index)) => {
+            let names: Vec<Option<String>> = work
+                .prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
+                .query_map([index], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(names.into_iter().collect())
+        }
     }
-    Ok(Some(
-        what.split(", ")
-            .map(|c| c.split_once('.').map_or(c, |(_, col)| col).to_owned())
-            .collect(),
-    ))
 }
 
 /// The one integer key column of a rowid table (its INTEGER PRIMARY KEY, or the hidden rowid

@@ -22,7 +22,10 @@ use std::path::PathBuf;
 use crate::diff::{Changeset, ConflictKind, RowChange, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
-use crate::schema::{foreign_key_scope, foreign_keys, ObjectKind, Orphan, RowKey, SchemaError};
+use crate::schema::{
+    foreign_key_scope, foreign_keys, parse_unique_failure, ObjectKind, Orphan, RowKey, SchemaError,
+    UniqueFailure,
+};
 use crate::sql;
 use crate::value::Value;
 use crate::workspace::Workspace;
@@ -434,20 +437,23 @@ fn unique_conflicts(
     cs: &Changeset,
     message: &str,
 ) -> Result<Option<Vec<Conflict>>> {
-    let Some((_, what)) = message.split_once("UNIQUE constraint failed: ") else {
+    let Some(UniqueFailure::Columns { table, columns }) = parse_unique_failure(message) else {
         return Ok(None);
     };
-    let what = what.trim();
-    let named: Vec<(&str, &str)> = what.split(", ").filter_map(|c| c.split_once('.')).collect();
-    let Some(&(table, _)) = named.first() else {
-        return Ok(None);
-    };
+    let constraint = format!(
+        "UNIQUE constraint failed: {}",
+        columns
+            .iter()
+            .map(|c| format!("{table}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let Some(t) = cs.tables.iter().find(|t| t.table.name == table) else {
         return Ok(None);
     };
-    let Some(cols): Option<Vec<usize>> = named
+    let Some(cols): Option<Vec<usize>> = columns
         .iter()
-        .map(|(_, c)| t.columns.iter().position(|n| n == c))
+        .map(|c| t.columns.iter().position(|n| n == c))
         .collect()
     else {
         return Ok(None);
@@ -490,7 +496,7 @@ fn unique_conflicts(
                 base: None,
                 local: Some(row.to_vec()),
                 remote: Some(holder),
-                constraint: Some(format!("UNIQUE constraint failed: {what}")),
+                constraint: Some(constraint.clone()),
             });
         }
     }

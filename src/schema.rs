@@ -472,6 +472,32 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn reads_sqlites_unique_failure_messages() {
+        assert_eq!(
+            parse_unique_failure("UNIQUE constraint failed: users.email"),
+            Some(UniqueFailure::Columns {
+                table: "users",
+                columns: vec!["email"]
+            })
+        );
+        assert_eq!(
+            parse_unique_failure("SQLite error: UNIQUE constraint failed: t.a, t.b"),
+            Some(UniqueFailure::Columns {
+                table: "t",
+                columns: vec!["a", "b"]
+            })
+        );
+        assert_eq!(
+            parse_unique_failure("UNIQUE constraint failed: index 'it_v'"),
+            Some(UniqueFailure::Index("it_v"))
+        );
+        assert_eq!(
+            parse_unique_failure("NOT NULL constraint failed: t.a"),
+            None
+        );
+    }
+
     /// A catalog answering canned rows: the first request gets `first`, the second `details`.
     struct Canned(Vec<Vec<Vec<Vec<Value>>>>);
 
@@ -554,6 +580,47 @@ mod tests {
         ]));
         assert!(e.contains("pk of \"a\"") && e.contains("real"), "{e}");
     }
+}
+
+/// What SQLite's message for a broken UNIQUE (or PRIMARY KEY) constraint names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UniqueFailure<'a> {
+    /// `UNIQUE constraint failed: users.email` (or `t.a, t.b`): the table and its columns.
+    Columns {
+        table: &'a str,
+        columns: Vec<&'a str>,
+    },
+    /// `UNIQUE constraint failed: index 'it_v'`: an index, possibly on expressions.
+    Index(&'a str),
+}
+
+/// Reads SQLite's message for a broken UNIQUE constraint, wherever it sits in `message` (sqld
+/// prefixes it with `SQLite error: `). The one place that knows its wording:
+///
+/// ```text
+/// "UNIQUE constraint failed: users.email"      -> Columns { table: "users", columns: ["email"] }
+/// "SQLite error: UNIQUE constraint failed: t.a, t.b" -> Columns { table: "t", columns: ["a", "b"] }
+/// "UNIQUE constraint failed: index 'it_v'"     -> Index("it_v")
+/// "NOT NULL constraint failed: t.a"            -> None
+/// ```
+pub fn parse_unique_failure(message: &str) -> Option<UniqueFailure<'_>> {
+    let (_, what) = message.split_once("UNIQUE constraint failed: ")?;
+    let what = what.trim();
+    if let Some(index) = what
+        .strip_prefix("index '")
+        .and_then(|i| i.strip_suffix('\''))
+    {
+        return Some(UniqueFailure::Index(index));
+    }
+    let named: Vec<(&str, &str)> = what
+        .split(", ")
+        .map(|c| c.split_once('.'))
+        .collect::<Option<_>>()?;
+    let table = named.first()?.0;
+    Some(UniqueFailure::Columns {
+        table,
+        columns: named.iter().map(|(_, c)| *c).collect(),
+    })
 }
 
 /// A foreign key column of the working copy: `child.from REFERENCES parent(to)`, with `to`
