@@ -249,13 +249,7 @@ impl Plan {
             unique.push(orphan_conflict(work, child, *rowid, parent, *fkid)?);
         }
         for q in &self.sequences {
-            let current: Option<i64> = work
-                .query_row(
-                    "SELECT seq FROM sqlite_sequence WHERE name = ?1",
-                    [&q.table],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let current = sequence(work, &q.table)?;
             let value = match (current, q.new) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => b.or(a),
