@@ -56,6 +56,7 @@ fn sequence_table() -> Table {
         key: RowKey::Rowid {
             ipk: None,
             alias: Some("rowid".into()),
+            declared: Vec::new(),
         },
         shadow: true,
     }
@@ -129,7 +130,7 @@ pub fn copy_local(
             "SELECT {} FROM {} ORDER BY {}",
             t.data_columns()?.join(", "),
             sql::ident(&t.name),
-            t.key_exprs()?.join(", ")
+            t.scan_key_exprs()?.join(", ")
         );
         let mut st = conn.prepare(&q)?;
         let n = st.column_count();
@@ -233,7 +234,7 @@ fn plan_tasks(
     let stmts = tables
         .iter()
         .map(|t| {
-            let key = t.key_exprs()?;
+            let key = t.scan_key_exprs()?;
             let bounds = match t.key {
                 RowKey::Rowid { .. } => format!("min({0}), max({0})", key[0]),
                 _ => "NULL, NULL".to_owned(),
@@ -371,8 +372,8 @@ fn fetch_task(
     let data_columns = t.data_columns()?;
     let cols = data_columns.join(", ");
     let exact_cols = sql::exact_select_list(&data_columns);
-    let keys = t.key_exprs()?;
-    let key_pos = t.key_positions();
+    let keys = t.scan_key_exprs()?;
+    let key_pos = t.scan_key_positions();
     let order = keys.join(", ");
     let key_tuple = if keys.len() == 1 {
         keys[0].clone()

@@ -420,6 +420,7 @@ fn diffable(t: &Table) -> Table {
         t.key = RowKey::Rowid {
             ipk: None,
             alias: Some("rowid".into()),
+            declared: Vec::new(),
         };
     }
     t
@@ -435,19 +436,24 @@ fn table_diff(t: &Table) -> Result<TableDiff> {
     })
 }
 
-/// The scan both sides of a merge use: data columns in key order. Keys of WITHOUT ROWID
-/// tables are ordered by BINARY collation whatever the column's, so [`cmp_key`] can follow.
+/// The scan both sides of a merge use: data columns in key order. Declared keys (WITHOUT
+/// ROWID or not) are ordered by BINARY collation whatever the column's, so [`cmp_key`] can
+/// follow.
 fn scan_sql(t: &Table, extra: &[String]) -> Result<String> {
     let mut cols = t.data_columns()?;
     cols.extend(extra.iter().cloned());
-    let order: Vec<String> = match t.key {
-        RowKey::Primary(_) => t
-            .key_exprs()?
-            .into_iter()
-            .map(|k| format!("{k} COLLATE BINARY"))
-            .collect(),
-        _ => t.key_exprs()?,
-    };
+    let declared = t.locator().is_some() || matches!(t.key, RowKey::Primary(_));
+    let order: Vec<String> = t
+        .key_exprs()?
+        .into_iter()
+        .map(|k| {
+            if declared {
+                format!("{k} COLLATE BINARY")
+            } else {
+                k
+            }
+        })
+        .collect();
     Ok(format!(
         "SELECT {} FROM {} ORDER BY {}",
         cols.join(", "),
@@ -487,6 +493,7 @@ fn merge(
     }
     let mut d = table_diff(new)?;
     let key = d.key.clone();
+    let locator = new.locator();
     let mut bst = base.prepare(&scan_sql(old, added)?)?;
     let mut wst = work.prepare(&scan_sql(new, &[])?)?;
     let n = wst.column_count();
@@ -522,11 +529,15 @@ fn merge(
             }
             Ordering::Equal => {
                 if let (Some(br), Some(wr)) = (b, w) {
-                    if !same_row(br, wr, n)? {
-                        d.changes.push(RowChange::Update {
-                            old: owned(br, n)?,
-                            new: owned(wr, n)?,
-                        });
+                    if !same_row(br, wr, n, locator)? {
+                        let old = owned(br, n)?;
+                        let mut new = owned(wr, n)?;
+                        // A new rowid alone is no change (an app's REPLACE gives one), so an
+                        // update keeps the row where it is.
+                        if let Some(l) = locator {
+                            new[l] = old[l].clone();
+                        }
+                        d.changes.push(RowChange::Update { old, new });
                     }
                 }
                 b = brows.next()?;
@@ -564,9 +575,11 @@ fn root_page(conn: &Connection, table: &str) -> Result<Option<u32>> {
 /// anything is out of the ordinary. Pages come through each connection's pager, inside its
 /// read transaction ([`crate::pages`]): the snapshot its SQL sees, WAL frames included.
 fn merge_pages(base: &Connection, work: &Connection, t: &Table) -> Result<Option<TableDiff>> {
-    let RowKey::Rowid { ipk, .. } = t.key else {
+    // Rows of a table with a declared key are matched by it, not in rowid order.
+    let (RowKey::Rowid { ipk, .. }, None) = (&t.key, t.locator()) else {
         return Ok(None);
     };
+    let ipk = *ipk;
     let is_virtual = t
         .sql
         .get(..14)
@@ -648,8 +661,15 @@ fn merge_records(
     Ok(Some(d))
 }
 
-fn same_row(a: &rusqlite::Row<'_>, b: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<bool> {
-    for i in 0..n {
+/// Whether two rows hold the same data: every value but the `locator` (a hidden rowid that
+/// only locates the row, [`Table::locator`]) equal in class and bytes.
+fn same_row(
+    a: &rusqlite::Row<'_>,
+    b: &rusqlite::Row<'_>,
+    n: usize,
+    locator: Option<usize>,
+) -> rusqlite::Result<bool> {
+    for i in (0..n).filter(|&i| Some(i) != locator) {
         if !crate::value::exact_eq(a.get_ref(i)?, b.get_ref(i)?) {
             return Ok(false);
         }

@@ -727,9 +727,34 @@ fn merge_table(
         .map(|o| o.changes.iter().map(|c| (o.key_text(c.row()), c)).collect())
         .unwrap_or_default();
     let mine_cols = |c: &RowChange| ours.map(|o| named(o, c.row()));
+    let mut locators = Locators::new(theirs, ours);
     for ch in &theirs.changes {
         let key = key_pairs(theirs, ch.row());
         let key_values: Vec<Value> = key.iter().map(|(_, v)| v.clone()).collect();
+        if let (Some(locators), RowChange::Insert(r)) = (&mut locators, ch) {
+            let at = match r.get(locators.pos) {
+                Some(Value::Integer(at)) => *at,
+                other => {
+                    return Err(Error::Refused(format!(
+                        "table {table:?}: their new row has no integer rowid but {other:?}"
+                    )))
+                }
+            };
+            if !locators.make_room(&table, &theirs.key_text(r), at, renumber, report)? {
+                conflicts.push(MergeConflict {
+                    table: table.clone(),
+                    kind: ConflictKind::Row,
+                    key: key_values.clone(),
+                    column: Some(locators.column.clone()),
+                    base: None,
+                    ours: None,
+                    theirs: Some(Value::Integer(at)),
+                    constraint: None,
+                    ours_key: None,
+                });
+                continue;
+            }
+        }
         let insert_theirs = |row: &[Value]| Write::Insert {
             table: table.clone(),
             columns: theirs.columns.clone(),
@@ -754,8 +779,8 @@ fn merge_table(
             });
             continue;
         };
-        if let (RowChange::Insert(tr), RowChange::Insert(or), [Value::Integer(k)]) =
-            (ch, *our, &key_values[..])
+        if let (RowChange::Insert(tr), RowChange::Insert(or), [Value::Integer(k)], None) =
+            (ch, *our, &key_values[..], &locators)
         {
             if tr != or {
                 if let Some(to) = renumber(*k)? {
@@ -814,7 +839,9 @@ fn merge_table(
                 let our_row = mine_cols(our).unwrap_or_default();
                 let mut set = Vec::new();
                 let mut clean = true;
-                for col in &theirs.columns {
+                // The locator is no data: their rowid was made room for above.
+                let locator = locators.as_ref().map(|l| &l.column);
+                for col in theirs.columns.iter().filter(|&c| Some(c) != locator) {
                     let (b, t) = (base.as_ref().and_then(|b| b.get(col)), new.get(col));
                     let o = our_row.get(col).or(b);
                     if t == o || t == b {
@@ -938,13 +965,90 @@ fn constraint_columns(work: &Connection, message: &str) -> Result<Option<Vec<Str
 /// ```text
 /// CREATE TABLE t(id INTEGER PRIMARY KEY, v)  -> Some("id")
 /// CREATE TABLE t(v)                          -> Some("rowid")   (the hidden rowid is not data)
-/// CREATE TABLE t(email TEXT PRIMARY KEY, v)  -> Some("rowid")   (the email stays as it is)
+/// CREATE TABLE t(email TEXT PRIMARY KEY, v)  -> Some("rowid")   (it only locates the row)
 /// CREATE TABLE t(a, b, PRIMARY KEY(a, b)) WITHOUT ROWID -> None
 /// ```
 fn integer_key(t: &TableDiff) -> Option<&str> {
-    match (&t.table.key, &t.key[..]) {
-        (crate::schema::RowKey::Rowid { .. }, [k]) => Some(t.columns[*k].as_str()),
+    match (&t.table.key, &t.key[..], t.table.locator()) {
+        (_, _, Some(l)) => Some(t.columns[l].as_str()),
+        (crate::schema::RowKey::Rowid { .. }, [k], None) => Some(t.columns[*k].as_str()),
         _ => None,
+    }
+}
+
+/// Where our new rows sit in a table whose hidden rowid only locates rows
+/// ([`crate::schema::Table::locator`]), so that their rows can take the rowids they have on
+/// the remote: a rowid our row of another key holds is renumbered away, and our copy of a row
+/// they added too moves to their rowid. The working copy then stays equal to the remote,
+/// rowids included.
+///
+/// ```text
+/// ours:   ('b@x' at 1) ('a@x' at 2)        theirs: ('a@x' at 1)
+/// moves:  'b@x' 1 -> 3 (free on both sides), then 'a@x' 2 -> 1
+/// ```
+struct Locators {
+    /// The locator's position in a data row, and its name.
+    pos: usize,
+    column: String,
+    at: HashMap<i64, String>,
+    of: HashMap<String, i64>,
+}
+
+impl Locators {
+    fn new(theirs: &TableDiff, ours: Option<&TableDiff>) -> Option<Locators> {
+        let l = theirs.table.locator()?;
+        let mut me = Locators {
+            pos: l,
+            column: theirs.columns[l].clone(),
+            at: HashMap::new(),
+            of: HashMap::new(),
+        };
+        for ch in ours.map_or(&[][..], |o| &o.changes) {
+            if let RowChange::Insert(r) = ch {
+                if let Value::Integer(at) = r[l] {
+                    me.at.insert(at, theirs.key_text(r));
+                    me.of.insert(theirs.key_text(r), at);
+                }
+            }
+        }
+        Some(me)
+    }
+
+    /// Frees `at` for their row `key`, and moves our copy of that row there. `renumber` gives
+    /// a rowid free on both sides, or `None` when renumbering is off: then the row is a
+    /// conflict (`false`).
+    fn make_room(
+        &mut self,
+        table: &str,
+        key: &str,
+        at: i64,
+        renumber: &mut dyn FnMut(i64) -> Result<Option<i64>>,
+        report: &mut PullReport,
+    ) -> Result<bool> {
+        let moved = |from: i64, to: i64, report: &mut PullReport| {
+            report.renumbered.push(Renumbered {
+                table: table.to_owned(),
+                column: self.column.clone(),
+                from,
+                to,
+            });
+        };
+        if let Some(holder) = self.at.get(&at).filter(|h| *h != key).cloned() {
+            let Some(to) = renumber(at)? else {
+                return Ok(false);
+            };
+            moved(at, to, report);
+            self.at.remove(&at);
+            self.at.insert(to, holder.clone());
+            self.of.insert(holder, to);
+        }
+        if let Some(from) = self.of.get(key).copied().filter(|&f| f != at) {
+            moved(from, at, report);
+            self.at.remove(&from);
+            self.at.insert(at, key.to_owned());
+            self.of.insert(key.to_owned(), at);
+        }
+        Ok(true)
     }
 }
 

@@ -75,10 +75,13 @@ pub struct Column {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RowKey {
     /// A rowid table. `ipk` is the INTEGER PRIMARY KEY column that is the rowid, if any;
-    /// otherwise the rowid is a hidden value read and written through `alias`.
+    /// otherwise the rowid is a hidden value read and written through `alias`. `declared` is
+    /// the table's own PRIMARY KEY when it is not the rowid (TEXT, composite), in key order:
+    /// then that key identifies a row, and the hidden rowid only locates it.
     Rowid {
         ipk: Option<usize>,
         alias: Option<String>,
+        declared: Vec<usize>,
     },
     /// A WITHOUT ROWID table, by its primary key columns in key order.
     Primary(Vec<usize>),
@@ -135,25 +138,65 @@ impl Table {
         }
     }
 
-    /// Positions, within a data row, of the values that identify the row.
+    /// Positions, within a data row, of the values that identify the row: the declared
+    /// PRIMARY KEY whatever the table's storage, else the rowid. Rows of two sides with the same
+    /// values there are the same row.
+    ///
+    /// ```text
+    /// CREATE TABLE t(id INTEGER PRIMARY KEY, v)            row (id, v)         -> [0]
+    /// CREATE TABLE t(v)                                    row (rowid, v)      -> [0]
+    /// CREATE TABLE t(email TEXT PRIMARY KEY, v)            row (rowid, email, v) -> [1]
+    /// CREATE TABLE t(v, a, b, PRIMARY KEY(b, a))           row (rowid, v, a, b) -> [3, 2]
+    /// CREATE TABLE t(a, g AS (a+1), b, PRIMARY KEY(b)) WITHOUT ROWID  row (a, b) -> [1]
+    /// ```
     pub fn key_positions(&self) -> Vec<usize> {
-        let offset = usize::from(self.has_hidden_rowid());
-        let stored_pos = |col: usize| {
-            self.stored()
-                .position(|(i, _)| i == col)
-                .map(|p| p + offset)
-                .unwrap_or(0)
-        };
+        match &self.key {
+            RowKey::Rowid { declared, .. } if !declared.is_empty() => {
+                declared.iter().map(|&c| self.stored_position(c)).collect()
+            }
+            _ => self.scan_key_positions(),
+        }
+    }
+
+    /// The quoted expressions of [`Table::key_positions`], in key order.
+    pub fn key_exprs(&self) -> Result<Vec<String>, SchemaError> {
+        match &self.key {
+            RowKey::Rowid { declared, .. } if !declared.is_empty() => Ok(declared
+                .iter()
+                .map(|&c| sql::ident(&self.columns[c].name))
+                .collect()),
+            _ => self.scan_key_exprs(),
+        }
+    }
+
+    /// Where the hidden rowid sits in a data row when it locates a row without identifying
+    /// it (a rowid table with a declared TEXT or composite PRIMARY KEY): it is copied, so
+    /// clones stay exact, but it is no data of the row. `None` for every other table.
+    pub fn locator(&self) -> Option<usize> {
+        match &self.key {
+            RowKey::Rowid {
+                ipk: None,
+                declared,
+                ..
+            } if !declared.is_empty() => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Positions of the B-tree's own key within a data row: the rowid of a rowid table, the
+    /// primary key of a WITHOUT ROWID table. The order rows are stored in, so the cheapest to
+    /// page through (clone).
+    pub fn scan_key_positions(&self) -> Vec<usize> {
         match &self.key {
             RowKey::Rowid { ipk: None, .. } => vec![0],
-            RowKey::Rowid { ipk: Some(c), .. } => vec![stored_pos(*c)],
-            RowKey::Primary(cols) => cols.iter().map(|c| stored_pos(*c)).collect(),
+            RowKey::Rowid { ipk: Some(c), .. } => vec![self.stored_position(*c)],
+            RowKey::Primary(cols) => cols.iter().map(|c| self.stored_position(*c)).collect(),
             RowKey::Virtual => vec![],
         }
     }
 
-    /// The quoted key expressions, in key order, for `ORDER BY` and comparisons.
-    pub fn key_exprs(&self) -> Result<Vec<String>, SchemaError> {
+    /// The quoted expressions of [`Table::scan_key_positions`], for `ORDER BY` and paging.
+    pub fn scan_key_exprs(&self) -> Result<Vec<String>, SchemaError> {
         Ok(match &self.key {
             RowKey::Rowid { ipk: None, .. } => vec![sql::ident(self.rowid_alias()?)],
             RowKey::Rowid { ipk: Some(c), .. } => vec![sql::ident(&self.columns[*c].name)],
@@ -163,6 +206,15 @@ impl Table {
                 .collect(),
             RowKey::Virtual => vec![],
         })
+    }
+
+    /// Where stored column `col` sits in a data row (after the hidden rowid, if any).
+    fn stored_position(&self, col: usize) -> usize {
+        let offset = usize::from(self.has_hidden_rowid());
+        self.stored()
+            .position(|(i, _)| i == col)
+            .map(|p| p + offset)
+            .unwrap_or(0)
     }
 }
 
@@ -455,7 +507,20 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
                 .into_iter()
                 .find(|a| !columns.iter().any(|c| c.name.eq_ignore_ascii_case(a)))
                 .map(str::to_owned);
-            RowKey::Rowid { ipk, alias }
+            // Any other primary key identifies the row in its place.
+            let declared = if ipk.is_none() {
+                let mut pk: Vec<(u32, usize)> =
+                    pk_cols.iter().map(|&i| (columns[i].pk, i)).collect();
+                pk.sort();
+                pk.into_iter().map(|(_, i)| i).collect()
+            } else {
+                Vec::new()
+            };
+            RowKey::Rowid {
+                ipk,
+                alias,
+                declared,
+            }
         };
         schema.tables.push(Table {
             name,

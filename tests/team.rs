@@ -783,3 +783,84 @@ mod settling {
         assert!(settled.get() > 0, "no conflict was settled in any case");
     }
 }
+
+/// Measured: a rowid table with a TEXT or composite PRIMARY KEY was keyed by its hidden rowid.
+/// The same account added on both sides under different rowids was a UNIQUE conflict (exit 3),
+/// and a conflict named the row by its rowid. Rows now merge by their declared key: the same
+/// row added twice is one row (ours takes their rowid), a rowid both sides took for different
+/// rows is renumbered on our side, and reports name the key.
+#[test]
+fn rowid_tables_with_a_declared_key_merge_by_that_key() {
+    let (sqld, a, b) = two_clones(
+        "CREATE TABLE accounts(email TEXT PRIMARY KEY, name TEXT);
+         CREATE TABLE pairs(x INT, y TEXT, v TEXT, PRIMARY KEY(x, y));",
+    );
+    let (a, b) = (a.path(), b.path());
+    edit(
+        a,
+        "INSERT INTO accounts VALUES ('a@x', 'Ann');
+         INSERT INTO pairs VALUES (1, 'p', 'same');",
+    );
+    ok(&sqld, a, &["push"]);
+    // B adds another row first, so its copy of A's rows takes rowid 2.
+    edit(
+        b,
+        "INSERT INTO accounts VALUES ('b@x', 'Bob');
+         INSERT INTO accounts VALUES ('a@x', 'Ann');
+         INSERT INTO pairs VALUES (2, 'q', 'other');
+         INSERT INTO pairs VALUES (1, 'p', 'same');",
+    );
+    ok(&sqld, b, &["sync"]);
+    let wc_b = b.join("working_copy.db");
+    assert_same_data(&sqld, &wc_b, false);
+    assert_eq!(
+        sqld.query("SELECT email, name FROM accounts ORDER BY email"),
+        vec![
+            vec![Cell::text("a@x"), Cell::text("Ann")],
+            vec![Cell::text("b@x"), Cell::text("Bob")]
+        ]
+    );
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM pairs"),
+        vec![vec![Cell::Integer(2)]]
+    );
+    ok(&sqld, a, &["pull"]);
+    assert_same_data(&sqld, &a.join("working_copy.db"), false);
+
+    // A conflict names the row by its key, not by its rowid.
+    edit(a, "UPDATE accounts SET name = 'Ann A' WHERE email = 'a@x'");
+    ok(&sqld, a, &["push"]);
+    edit(b, "UPDATE accounts SET name = 'Ann B' WHERE email = 'a@x'");
+    let out = run(&sqld, b, &["pull", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let conflict = &report["conflicts"][0];
+    assert_eq!(conflict["kind"], "cell", "{report}");
+    assert_eq!(
+        conflict["key"],
+        serde_json::json!([{"type": "text", "value": "a@x"}]),
+        "{report}"
+    );
+
+    ok(&sqld, b, &["pull", "--theirs"]);
+
+    // A rowid their new row took stops a push, which says how to go on; sync renumbers ours.
+    edit(a, "INSERT INTO accounts VALUES ('c@x', 'Cat')");
+    ok(&sqld, a, &["push"]);
+    edit(b, "INSERT INTO accounts VALUES ('d@x', 'Dan')");
+    let out = run(&sqld, b, &["push"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("tursync sync"), "{}", text(&out));
+    ok(&sqld, b, &["sync"]);
+    assert_same_data(&sqld, &wc_b, false);
+
+    // An app's REPLACE gives the row a new rowid; that is no change of the row.
+
+    edit(b, "INSERT OR REPLACE INTO accounts VALUES ('b@x', 'Bob')");
+    let out = ok(&sqld, b, &["diff", "--json"]);
+    let changes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !text(&out).contains("b@x"),
+        "a new rowid alone is no change: {changes}"
+    );
+}
