@@ -348,6 +348,8 @@ struct Applier<'c> {
     /// Data-column names of the working copy's and the remote copy's tables.
     ours_names: HashMap<String, Vec<String>>,
     theirs_names: HashMap<String, Vec<String>>,
+    /// The working copy's tables whose hidden rowid only locates rows, with its name.
+    locators: HashMap<String, String>,
     /// Our rows a move took out, by the write's position.
     taken: HashMap<usize, Vec<(String, Value)>>,
     /// Writes that landed.
@@ -364,9 +366,16 @@ impl<'c> Applier<'c> {
             }
             Ok(out)
         };
+        let mut locators = HashMap::new();
+        for t in crate::schema::load(work)?.tables {
+            if let Some(l) = t.locator() {
+                locators.insert(t.name.clone(), t.data_names()?[l].clone());
+            }
+        }
         Ok(Applier {
             work,
             theirs,
+            locators,
             ours_names: names(work)?,
             theirs_names: names(theirs)?,
             taken: HashMap::new(),
@@ -596,6 +605,7 @@ impl<'c> Applier<'c> {
     }
 
     fn insert(&self, table: &str, row: &[(String, Value)]) -> Result<()> {
+        self.free_locator(table, row)?;
         let cols: Vec<String> = row.iter().map(|(c, _)| sql::ident(c)).collect();
         let marks: Vec<String> = (1..=row.len()).map(|i| format!("?{i}")).collect();
         let q = format!(
@@ -607,6 +617,47 @@ impl<'c> Applier<'c> {
         self.work
             .prepare_cached(&q)?
             .execute(rusqlite::params_from_iter(row.iter().map(|(_, v)| v)))?;
+        Ok(())
+    }
+
+    /// Makes room for `row`'s hidden rowid in a table where it only locates rows: a row of
+    /// another key still holding it here (its rowid moved on one side alone, by a `REPLACE`)
+    /// moves past both sides' largest rowid. Nothing can refer to a hidden rowid, so the move
+    /// changes no data. Our new rows were already renumbered by the plan ([`Locators`]).
+    fn free_locator(&self, table: &str, row: &[(String, Value)]) -> Result<()> {
+        let Some(col) = self.locators.get(table) else {
+            return Ok(());
+        };
+        let Some((_, at)) = row.iter().find(|(c, _)| c == col) else {
+            return Ok(());
+        };
+        let (t, c) = (sql::ident(table), sql::ident(col));
+        let held: bool = self
+            .work
+            .prepare_cached(&format!("SELECT count(*) FROM {t} WHERE {c} = ?1"))?
+            .query_row([at], |r| r.get(0))?;
+        if !held {
+            return Ok(());
+        }
+        let top = |conn: &Connection| -> Result<i64> {
+            Ok(
+                conn.query_row(&format!("SELECT coalesce(max({c}), 0) FROM {t}"), [], |r| {
+                    r.get(0)
+                })?,
+            )
+        };
+        let to = top(self.work)?
+            .max(top(self.theirs)?)
+            .checked_add(1)
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "table {table:?}: no rowid is free to move a row to"
+                ))
+            })?;
+        self.work.execute(
+            &format!("UPDATE OR ABORT {t} SET {c} = ?1 WHERE {c} = ?2"),
+            rusqlite::params![to, at],
+        )?;
         Ok(())
     }
 

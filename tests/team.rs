@@ -863,4 +863,18 @@ fn rowid_tables_with_a_declared_key_merge_by_that_key() {
         !text(&out).contains("b@x"),
         "a new rowid alone is no change: {changes}"
     );
+    // Their next new row takes that rowid on the remote; the pull moves ours out of its way.
+    ok(&sqld, a, &["pull"]);
+    edit(a, "INSERT INTO accounts VALUES ('e@x', 'Eve')");
+    ok(&sqld, a, &["push"]);
+    ok(&sqld, b, &["sync"]);
+    assert_table_eq(
+        &sqld,
+        &wc_b,
+        "SELECT email, name FROM accounts ORDER BY email",
+    );
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM accounts"),
+        vec![vec![Cell::Integer(5)]]
+    );
 }
