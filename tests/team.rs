@@ -487,12 +487,15 @@ mod randomized {
     use proptest::prelude::*;
 
     /// What one client does offline: new rows (ids picked by SQLite, so they collide across
-    /// clients), updates of its own new rows, deletes of seed rows (each client its own).
+    /// clients), updates of its own new rows, deletes of seed rows (each client its own), and
+    /// in a TEXT PRIMARY KEY table the same: new rows (whose hidden rowids collide), upserts
+    /// by REPLACE (which move a row's hidden rowid), and one row every client may add alike.
     #[derive(Debug, Clone)]
     enum Op {
         Insert,
         UpdateOwn(usize),
         DeleteSeed(usize),
+        AddShared,
     }
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {
@@ -500,6 +503,7 @@ mod randomized {
             3 => Just(Op::Insert),
             2 => (0..6usize).prop_map(Op::UpdateOwn),
             1 => (0..4usize).prop_map(Op::DeleteSeed),
+            1 => Just(Op::AddShared),
         ];
         proptest::collection::vec(op, 0..8)
     }
@@ -521,7 +525,9 @@ mod randomized {
                 ),
                 |(histories, order)| {
                     sqld.exec(
-                        "DROP TABLE IF EXISTS kid; DROP TABLE IF EXISTS t;
+                        "DROP TABLE IF EXISTS kid; DROP TABLE IF EXISTS t; DROP TABLE IF EXISTS acct;
+                         CREATE TABLE acct(email TEXT PRIMARY KEY, v INTEGER);
+                         INSERT INTO acct VALUES ('seed@x', 0);
                          CREATE TABLE t(id INTEGER PRIMARY KEY, tag TEXT, v INTEGER);
                          CREATE TABLE kid(id INTEGER PRIMARY KEY, t_id INTEGER REFERENCES t(id), tag TEXT);
                          INSERT INTO t VALUES (1, 'seed0', 0), (2, 'seed1', 0), (3, 'seed2', 0), (4, 'seed3', 0),
@@ -530,6 +536,7 @@ mod randomized {
                     );
                     let mut model: BTreeMap<String, i64> =
                         (0..12).map(|i| (format!("seed{i}"), 0)).collect();
+                    let mut accounts: BTreeMap<String, i64> = [("seed@x".to_owned(), 0)].into();
                     for (c, (d, history)) in team.iter().zip(&histories).enumerate() {
                         ok(&sqld, d.path(), &["init", "--force", "--url", &sqld.url]);
                         let mut own = Vec::new();
@@ -540,21 +547,31 @@ mod randomized {
                                     let tag = format!("c{c}-{i}");
                                     sql += &format!(
                                         "INSERT INTO t(tag, v) VALUES ('{tag}', 1);
-                                         INSERT INTO kid(t_id, tag) VALUES (last_insert_rowid(), '{tag}');"
+                                         INSERT INTO kid(t_id, tag) VALUES (last_insert_rowid(), '{tag}');
+                                         INSERT INTO acct VALUES ('{tag}', 1);"
                                     );
                                     model.insert(tag.clone(), 1);
+                                    accounts.insert(tag.clone(), 1);
                                     own.push(tag);
                                 }
                                 Op::UpdateOwn(k) if !own.is_empty() => {
                                     let tag = &own[k % own.len()];
-                                    sql += &format!("UPDATE t SET v = v + 1 WHERE tag = '{tag}';");
+                                    sql += &format!(
+                                        "UPDATE t SET v = v + 1 WHERE tag = '{tag}';
+                                         INSERT OR REPLACE INTO acct VALUES ('{tag}', (SELECT v FROM t WHERE tag = '{tag}'));"
+                                    );
                                     *model.get_mut(tag).expect("own row") += 1;
+                                    *accounts.get_mut(tag).expect("own account") += 1;
                                 }
                                 Op::UpdateOwn(_) => {}
                                 Op::DeleteSeed(k) => {
                                     let tag = format!("seed{}", c * 4 + k);
                                     sql += &format!("DELETE FROM t WHERE tag = '{tag}';");
                                     model.remove(&tag);
+                                }
+                                Op::AddShared => {
+                                    sql += "INSERT OR IGNORE INTO acct VALUES ('shared@x', 7);";
+                                    accounts.insert("shared@x".to_owned(), 7);
                                 }
                             }
                         }
@@ -573,6 +590,15 @@ mod randomized {
                         })
                         .collect();
                     prop_assert_eq!(&remote, &model);
+                    let remote_accounts: BTreeMap<String, i64> = sqld
+                        .query("SELECT email, v FROM acct")
+                        .into_iter()
+                        .map(|r| match &r[..] {
+                            [Cell::Text(t), Cell::Integer(v)] => (t.clone(), *v),
+                            other => panic!("row {other:?}"),
+                        })
+                        .collect();
+                    prop_assert_eq!(&remote_accounts, &accounts);
                     // No row twice (the map above would hide a duplicate tag).
                     prop_assert_eq!(
                         sqld.query("SELECT count(*) FROM t"),
@@ -587,6 +613,7 @@ mod randomized {
                         let wc = d.path().join("working_copy.db");
                         assert_table_eq(&sqld, &wc, "SELECT id, tag, v FROM t ORDER BY id");
                         assert_table_eq(&sqld, &wc, "SELECT id, t_id, tag FROM kid ORDER BY id");
+                        assert_table_eq(&sqld, &wc, "SELECT email, v FROM acct ORDER BY email");
                     }
                     Ok(())
                 },
