@@ -297,6 +297,16 @@ enum Write {
 }
 
 impl Write {
+    /// Their row `row` goes in.
+    fn insert(theirs: &TableDiff, row: &[Value]) -> Write {
+        Write::Insert {
+            table: theirs.table.name.clone(),
+            columns: theirs.columns.clone(),
+            key: theirs.key.clone(),
+            row: row.to_vec(),
+        }
+    }
+
     /// Their change of `set` in the row at `key`: a [`Write::Move`] when it moves a value a
     /// UNIQUE constraint of the table covers.
     fn update(theirs: &TableDiff, key: Vec<(String, Value)>, set: Vec<(String, Value)>) -> Write {
@@ -739,197 +749,265 @@ struct Merge<'c> {
 }
 
 impl Merge<'_> {
-    /// Merges their changes to one table with ours, row by row and cell by cell.
+    /// Merges their changes to one table with ours, row by row ([`merge_row`]). Different new
+    /// rows at one integer key are first told apart: ours is renumbered (or, with renumbering
+    /// off, the two merge as one row and conflict where they differ).
     fn table(&mut self, theirs: &TableDiff, ours: Option<&TableDiff>) -> Result<()> {
-        let renumber = self.opts.renumber && integer_key(theirs).is_some();
+        let table = theirs.table.name.clone();
+        let resolve = self.opts.resolve_for(&table);
+        let renumbering = self.opts.renumber && integer_key(theirs).is_some();
         let keys = &mut self.keys;
-        merge_table(
-            theirs,
-            ours,
-            self.opts.resolve_for(&theirs.table.name),
-            &mut self.writes,
-            &mut self.conflicts,
-            &mut self.report,
-            &mut |_| {
-                if renumber {
-                    keys.take(theirs).map(Some)
-                } else {
-                    Ok(None)
-                }
-            },
-        )
-    }
-}
-
-/// Merges their changes to one table with ours, row by row and cell by cell. `renumber` is
-/// asked about each integer key that different new rows on both sides took, and gives the
-/// key ours moves to, or `None` to merge them as one row (and conflict where they differ).
-fn merge_table(
-    theirs: &TableDiff,
-    ours: Option<&TableDiff>,
-    resolve: Resolve,
-    writes: &mut Vec<Write>,
-    conflicts: &mut Vec<MergeConflict>,
-    report: &mut PullReport,
-    renumber: &mut dyn FnMut(i64) -> Result<Option<i64>>,
-) -> Result<()> {
-    let table = theirs.table.name.clone();
-    let mine: HashMap<String, &RowChange> = ours
-        .map(|o| o.changes.iter().map(|c| (o.key_text(c.row()), c)).collect())
-        .unwrap_or_default();
-    let mine_cols = |c: &RowChange| ours.map(|o| named(o, c.row()));
-    let mut locators = Locators::new(theirs, ours);
-    for ch in &theirs.changes {
-        let key = key_pairs(theirs, ch.row());
-        let key_values: Vec<Value> = key.iter().map(|(_, v)| v.clone()).collect();
-        if let (Some(locators), RowChange::Insert(r)) = (&mut locators, ch) {
-            let at = match r.get(locators.pos) {
-                Some(Value::Integer(at)) => *at,
-                other => {
-                    return Err(Error::Refused(format!(
-                        "table {table:?}: their new row has no integer rowid but {other:?}"
-                    )))
-                }
-            };
-            if !locators.make_room(&table, &theirs.key_text(r), at, renumber, report)? {
-                conflicts.push(MergeConflict {
+        let mut renumber = |_: i64| -> Result<Option<i64>> {
+            if renumbering {
+                keys.take(theirs).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let mine: HashMap<String, &RowChange> = ours
+            .map(|o| o.changes.iter().map(|c| (o.key_text(c.row()), c)).collect())
+            .unwrap_or_default();
+        let mut locators = Locators::new(theirs, ours);
+        for ch in &theirs.changes {
+            let key = key_pairs(theirs, ch.row());
+            let key_values: Vec<Value> = key.iter().map(|(_, v)| v.clone()).collect();
+            let conflict = |kind, column: Option<String>, values: [Option<Value>; 3]| {
+                let [base, ours, theirs] = values;
+                MergeConflict {
                     table: table.clone(),
-                    kind: ConflictKind::Row,
+                    kind,
                     key: key_values.clone(),
-                    column: Some(locators.column.clone()),
-                    base: None,
-                    ours: None,
-                    theirs: Some(Value::Integer(at)),
+                    column,
+                    base,
+                    ours,
+                    theirs,
                     constraint: None,
                     ours_key: None,
-                });
-                continue;
-            }
-        }
-        let insert_theirs = |row: &[Value]| Write::Insert {
-            table: table.clone(),
-            columns: theirs.columns.clone(),
-            key: theirs.key.clone(),
-            row: row.to_vec(),
-        };
-        let Some(our) = mine.get(&theirs.key_text(ch.row())) else {
-            writes.push(match ch {
-                RowChange::Insert(r) => insert_theirs(r),
-                RowChange::Delete(_) => Write::Delete {
-                    table: table.clone(),
-                    key,
-                },
-                RowChange::Update { old, new } => Write::update(
-                    theirs,
-                    key,
-                    (0..new.len())
-                        .filter(|&i| old[i] != new[i])
-                        .map(|i| (theirs.columns[i].clone(), new[i].clone()))
-                        .collect(),
-                ),
-            });
-            continue;
-        };
-        if let (RowChange::Insert(tr), RowChange::Insert(or), [Value::Integer(k)], None) =
-            (ch, *our, &key_values[..], &locators)
-        {
-            if tr != or {
-                if let Some(to) = renumber(*k)? {
-                    report.renumbered.push(Renumbered {
-                        table: table.clone(),
-                        column: theirs.columns[theirs.key[0]].clone(),
-                        from: *k,
-                        to,
-                    });
-                    writes.push(insert_theirs(tr));
+                }
+            };
+            if let (Some(locators), RowChange::Insert(r)) = (&mut locators, ch) {
+                let at = match r.get(locators.pos) {
+                    Some(Value::Integer(at)) => *at,
+                    other => {
+                        return Err(Error::Refused(format!(
+                            "table {table:?}: their new row has no integer rowid but {other:?}"
+                        )))
+                    }
+                };
+                let key = theirs.key_text(r);
+                if !locators.make_room(&table, &key, at, &mut renumber, &mut self.report)? {
+                    let column = Some(locators.column.clone());
+                    let values = [None, None, Some(Value::Integer(at))];
+                    self.conflicts
+                        .push(conflict(ConflictKind::Row, column, values));
                     continue;
                 }
             }
-        }
-        let row_conflict = |conflicts: &mut Vec<MergeConflict>| {
-            conflicts.push(MergeConflict {
-                table: table.clone(),
-                kind: ConflictKind::Row,
-                key: key_values.clone(),
-                column: None,
-                base: None,
-                ours: None,
-                theirs: None,
-                constraint: None,
-                ours_key: None,
-            })
-        };
-        match (ch, *our) {
-            (RowChange::Delete(_), RowChange::Delete(_)) => {}
-            // Deleted on one side, changed on the other.
-            (RowChange::Delete(_), RowChange::Update { .. }) => {
-                row_conflict(conflicts);
-                if resolve == Resolve::Theirs {
-                    writes.push(Write::Delete {
-                        table: table.clone(),
-                        key,
-                    });
+            let our = mine.get(&theirs.key_text(ch.row())).copied();
+            if let (RowChange::Insert(tr), Some(RowChange::Insert(or)), [Value::Integer(k)], None) =
+                (ch, our, &key_values[..], &locators)
+            {
+                if tr != or {
+                    if let Some(to) = renumber(*k)? {
+                        self.report.renumbered.push(Renumbered {
+                            table: table.clone(),
+                            column: theirs.columns[theirs.key[0]].clone(),
+                            from: *k,
+                            to,
+                        });
+                        self.writes.push(Write::insert(theirs, tr));
+                        continue;
+                    }
                 }
             }
-            (RowChange::Update { new, .. }, RowChange::Delete(_)) => {
-                row_conflict(conflicts);
-                if resolve == Resolve::Theirs {
-                    writes.push(insert_theirs(new));
-                }
-            }
-            // Both changed (or both inserted) the row: merge cell by cell.
-            (
-                RowChange::Update { .. } | RowChange::Insert(_),
-                RowChange::Update { .. } | RowChange::Insert(_),
-            ) => {
-                let base = match ch {
-                    RowChange::Update { old, .. } => Some(named(theirs, old)),
-                    _ => None,
+            let (base, theirs_row) = match ch {
+                RowChange::Insert(r) => (None, Some(r.clone())),
+                RowChange::Delete(r) => (Some(r.clone()), None),
+                RowChange::Update { old, new } => (Some(old.clone()), Some(new.clone())),
+            };
+            let ours_row = match (our, ours) {
+                (None, _) | (_, None) => base.clone(),
+                (Some(RowChange::Delete(_)), _) => None,
+                (Some(c), Some(o)) => Some(in_layout(theirs, o, c.row(), base.as_deref())),
+            };
+            let merged = merge_row(
+                theirs.table.locator(),
+                base.as_deref(),
+                ours_row.as_deref(),
+                theirs_row.as_deref(),
+                resolve,
+            );
+            for c in merged.conflicts {
+                let column = c.column.map(|i| theirs.columns[i].clone());
+                let kind = if column.is_some() {
+                    ConflictKind::Cell
+                } else {
+                    ConflictKind::Row
                 };
-                let new = named(theirs, ch.row());
-                let our_row = mine_cols(our).unwrap_or_default();
-                let mut set = Vec::new();
-                let mut clean = true;
-                // The locator is no data: their rowid was made room for above.
-                let locator = locators.as_ref().map(|l| &l.column);
-                for col in theirs.columns.iter().filter(|&c| Some(c) != locator) {
-                    let (b, t) = (base.as_ref().and_then(|b| b.get(col)), new.get(col));
-                    let o = our_row.get(col).or(b);
-                    if t == o || t == b {
-                        continue;
-                    }
-                    if o == b {
-                        set.push((col.clone(), t.cloned().unwrap_or(Value::Null)));
-                        continue;
-                    }
-                    clean = false;
-                    conflicts.push(MergeConflict {
-                        table: table.clone(),
-                        kind: ConflictKind::Cell,
-                        key: key_values.clone(),
-                        column: Some(col.clone()),
-                        base: b.cloned(),
-                        ours: o.cloned(),
-                        theirs: t.cloned(),
-                        constraint: None,
-                        ours_key: None,
-                    });
-                    if resolve == Resolve::Theirs {
-                        set.push((col.clone(), t.cloned().unwrap_or(Value::Null)));
-                    }
-                }
-                if clean {
-                    report.merged += usize::from(!set.is_empty());
-                }
-                if !set.is_empty() {
-                    writes.push(Write::update(theirs, key, set));
+                self.conflicts
+                    .push(conflict(kind, column, [c.base, c.ours, c.theirs]));
+            }
+            match merged.write {
+                RowWrite::Keep => {}
+                RowWrite::Insert(r) => self.writes.push(Write::insert(theirs, &r)),
+                RowWrite::Delete => self.writes.push(Write::Delete {
+                    table: table.clone(),
+                    key,
+                }),
+                RowWrite::Set(set) => {
+                    // A change both sides made alike, or one merged cell by cell.
+                    self.report.merged += usize::from(merged.clean && our.is_some());
+                    let set = set
+                        .into_iter()
+                        .map(|(i, v)| (theirs.columns[i].clone(), v))
+                        .collect();
+                    self.writes.push(Write::update(theirs, key, set));
                 }
             }
-            // Insert against update/delete cannot happen: the base has the row or not.
-            _ => row_conflict(conflicts),
+        }
+        Ok(())
+    }
+}
+
+/// `row`, a row of ours laid out as `ours`'s columns, laid out as `theirs`'s instead: a column
+/// only they have (theirs added it) holds the base's value, or theirs' for a new row, so it
+/// merges as unchanged by us.
+fn in_layout(
+    theirs: &TableDiff,
+    ours: &TableDiff,
+    row: &[Value],
+    base: Option<&[Value]>,
+) -> Vec<Value> {
+    let mine = named(ours, row);
+    theirs
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match (mine.get(c), base) {
+            (Some(v), _) => v.clone(),
+            (None, Some(b)) => b[i].clone(),
+            (None, None) => Value::Null,
+        })
+        .collect()
+}
+
+/// What the working copy's row becomes in a merge.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RowWrite {
+    /// Our row stays as it is (or absent).
+    Keep,
+    /// Their row goes in (ours has none).
+    Insert(Vec<Value>),
+    Delete,
+    /// These cells of our row take these values.
+    Set(Vec<(usize, Value)>),
+}
+
+/// A cell (`column`) or a whole row (`None`) the two sides changed in ways that do not merge.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RowConflict {
+    pub column: Option<usize>,
+    pub base: Option<Value>,
+    pub ours: Option<Value>,
+    pub theirs: Option<Value>,
+}
+
+/// The merge of one row.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RowMerge {
+    pub write: RowWrite,
+    pub conflicts: Vec<RowConflict>,
+    /// No conflict: the write is the whole merge.
+    pub clean: bool,
+}
+
+/// Merges one row from its three versions alone (`None`: no such row on that side), all laid
+/// out alike. Cell by cell, a value changed on one side takes that side, and one changed on both
+/// sides to different values is a conflict, which `resolve` settles: [`Resolve::Theirs`] takes
+/// theirs, anything else keeps ours (the caller refuses the merge for [`Resolve::Refuse`]). A
+/// row deleted on one side and changed on the other is a row conflict. `locator` is a column
+/// that is no data ([`crate::schema::Table::locator`]): never compared, never written by a
+/// cell merge.
+///
+/// ```text
+/// base (1, 'a', 5)  ours (1, 'b', 5)  theirs (1, 'a', 6)  -> Set [(2, 6)]           clean
+/// base (1, 'a', 5)  ours (1, 'b', 5)  theirs (1, 'c', 5)  -> Keep, conflict on 1     (Ours)
+/// base (1, 'a', 5)  ours None         theirs (1, 'a', 6)  -> Keep, row conflict       (Ours)
+/// base (1, 'a', 5)  ours None         theirs (1, 'a', 6)  -> Insert (1, 'a', 6)       (Theirs)
+/// base None         ours None         theirs (2, 'x', 0)  -> Insert (2, 'x', 0)       clean
+/// base (1, 'a', 5)  ours (1, 'a', 5)  theirs None         -> Delete                   clean
+/// ```
+pub(crate) fn merge_row(
+    locator: Option<usize>,
+    base: Option<&[Value]>,
+    ours: Option<&[Value]>,
+    theirs: Option<&[Value]>,
+    resolve: Resolve,
+) -> RowMerge {
+    let done = |write, conflicts: Vec<RowConflict>| RowMerge {
+        write,
+        clean: conflicts.is_empty(),
+        conflicts,
+    };
+    let row_conflict = || RowConflict {
+        column: None,
+        base: None,
+        ours: None,
+        theirs: None,
+    };
+    match (base, ours, theirs) {
+        // Theirs did nothing to the row, or both deleted it.
+        (_, None, None) | (None, Some(_), None) => done(RowWrite::Keep, vec![]),
+        (None, None, Some(t)) => done(RowWrite::Insert(t.to_vec()), vec![]),
+        (Some(b), Some(o), None) if o == b => done(RowWrite::Delete, vec![]),
+        // Deleted on one side, changed on the other.
+        (Some(_), Some(_), None) => done(
+            if resolve == Resolve::Theirs {
+                RowWrite::Delete
+            } else {
+                RowWrite::Keep
+            },
+            vec![row_conflict()],
+        ),
+        (Some(b), None, Some(t)) if t == b => done(RowWrite::Keep, vec![]),
+        (Some(_), None, Some(t)) => done(
+            if resolve == Resolve::Theirs {
+                RowWrite::Insert(t.to_vec())
+            } else {
+                RowWrite::Keep
+            },
+            vec![row_conflict()],
+        ),
+        // Both have the row: cell by cell.
+        (b, Some(o), Some(t)) => {
+            let mut set = Vec::new();
+            let mut conflicts = Vec::new();
+            for i in (0..t.len()).filter(|&i| Some(i) != locator) {
+                let (bv, ov, tv) = (b.map(|b| &b[i]), &o[i], &t[i]);
+                if tv == ov || Some(tv) == bv {
+                    continue;
+                }
+                if Some(ov) != bv {
+                    conflicts.push(RowConflict {
+                        column: Some(i),
+                        base: bv.cloned(),
+                        ours: Some(ov.clone()),
+                        theirs: Some(tv.clone()),
+                    });
+                    if resolve != Resolve::Theirs {
+                        continue;
+                    }
+                }
+                set.push((i, tv.clone()));
+            }
+            let write = if set.is_empty() {
+                RowWrite::Keep
+            } else {
+                RowWrite::Set(set)
+            };
+            done(write, conflicts)
         }
     }
-    Ok(())
 }
 
 /// The rows of `tables` whose foreign keys point at nothing, as (table, rowid, parent, fkid).
@@ -1362,4 +1440,98 @@ fn merged_triggers(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> 
         }
     }
     Ok(set.into_iter().map(|(_, s)| s).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    type Row = Option<Vec<Value>>;
+
+    /// The reference model of a three-way merge, written plainly: the row both sides end up
+    /// with, and whether anything conflicted.
+    fn model(b: &Row, o: &Row, t: &Row, resolve: Resolve) -> (Row, bool) {
+        if o == b || o == t {
+            return (t.clone(), false);
+        }
+        if t == b {
+            return (o.clone(), false);
+        }
+        let (Some(ov), Some(tv)) = (o, t) else {
+            // Deleted on one side, changed on the other.
+            return (if resolve == Resolve::Theirs { t } else { o }.clone(), true);
+        };
+        let mut conflict = false;
+        let row = (0..tv.len())
+            .map(|i| {
+                let bv = b.as_ref().map(|b| &b[i]);
+                if Some(&ov[i]) == bv {
+                    tv[i].clone()
+                } else if Some(&tv[i]) == bv || ov[i] == tv[i] {
+                    ov[i].clone()
+                } else {
+                    conflict = true;
+                    if resolve == Resolve::Theirs {
+                        &tv[i]
+                    } else {
+                        &ov[i]
+                    }
+                    .clone()
+                }
+            })
+            .collect();
+        (Some(row), conflict)
+    }
+
+    fn row() -> impl Strategy<Value = Row> {
+        proptest::option::of(proptest::collection::vec(
+            (0..3i64).prop_map(Value::Integer),
+            3,
+        ))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// `merge_row`, applied to our row, gives the model's row, and reports a conflict
+        /// exactly when the model has one.
+        #[test]
+        fn merge_row_follows_the_model(
+            b in row(), o in row(), t in row(),
+            resolve in prop_oneof![Just(Resolve::Ours), Just(Resolve::Theirs), Just(Resolve::Refuse)],
+        ) {
+            let merged = merge_row(None, b.as_deref(), o.as_deref(), t.as_deref(), resolve);
+            let result = match merged.write {
+                RowWrite::Keep => o.clone(),
+                RowWrite::Insert(r) => Some(r),
+                RowWrite::Delete => None,
+                RowWrite::Set(cells) => {
+                    let mut r = o.clone().expect("a set applies to our row");
+                    for (i, v) in cells {
+                        r[i] = v;
+                    }
+                    Some(r)
+                }
+            };
+            let (want, conflict) = model(&b, &o, &t, resolve);
+            prop_assert_eq!(result, want);
+            prop_assert_eq!(!merged.conflicts.is_empty(), conflict);
+            prop_assert_eq!(merged.clean, !conflict);
+        }
+    }
+
+    /// The locator is never compared nor written by a cell merge.
+    #[test]
+    fn merge_row_leaves_the_locator_alone() {
+        let v = |r: [i64; 2]| r.map(Value::Integer).to_vec();
+        let merged = merge_row(
+            Some(0),
+            Some(&v([1, 5])),
+            Some(&v([7, 5])),
+            Some(&v([1, 6])),
+            Resolve::Refuse,
+        );
+        assert_eq!(merged.write, RowWrite::Set(vec![(1, Value::Integer(6))]));
+        assert!(merged.clean);
+    }
 }
