@@ -42,17 +42,8 @@ pub enum Error {
     Conflict(String),
 }
 
-impl From<schema::LoadError<remote::RemoteError>> for Error {
-    fn from(e: schema::LoadError<remote::RemoteError>) -> Error {
-        match e {
-            schema::LoadError::Source(e) => e.into(),
-            schema::LoadError::Schema(e) => e.into(),
-        }
-    }
-}
-
-impl From<schema::LoadError<rusqlite::Error>> for Error {
-    fn from(e: schema::LoadError<rusqlite::Error>) -> Error {
+impl<E: Into<Error>> From<schema::LoadError<E>> for Error {
+    fn from(e: schema::LoadError<E>) -> Error {
         match e {
             schema::LoadError::Source(e) => e.into(),
             schema::LoadError::Schema(e) => e.into(),

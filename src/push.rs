@@ -23,8 +23,8 @@ use crate::diff::{Changeset, ConflictKind, RowChange, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
 use crate::schema::{
-    foreign_key_scope, foreign_keys, parse_unique_failure, ObjectKind, Orphan, RowKey, SchemaError,
-    UniqueFailure,
+    foreign_key_scope, foreign_keys, parse_unique_failure, Catalog, ObjectKind, Orphan, RowKey,
+    Schema, SchemaError, UniqueFailure,
 };
 use crate::sql;
 use crate::value::Value;
@@ -147,13 +147,30 @@ struct TablePlan<'a> {
     changes: &'a [RowChange],
 }
 
+/// A statement that changes the remote, with the number of row changes it carries: the rows
+/// it must affect, or 0 for DDL and counters, whose effect is not counted.
+#[derive(Debug)]
+struct Write {
+    stmt: Stmt,
+    rows: usize,
+}
+
+impl Write {
+    fn ddl(sql: impl Into<String>) -> Write {
+        Write {
+            stmt: stmt(sql.into(), vec![], false),
+            rows: 0,
+        }
+    }
+}
+
 impl TablePlan<'_> {
     fn is_virtual(&self) -> bool {
         self.diff.table.key == RowKey::Virtual
     }
 
     /// SELECTs returning the remote's current version of every row this plan touches, with
-    /// `cols` as the select list (in row layout).
+    /// `cols` as the select list (in row layout), and the bytes each is expected to return.
     fn reads(&self, cols: &[String]) -> Vec<(Stmt, usize)> {
         // Always the exact select list: a value the server cannot encode would fail the whole
         // request, and with it the stream and its transaction.
@@ -194,29 +211,57 @@ impl TablePlan<'_> {
         out
     }
 
-    /// The statements that apply `todo` (the changes still needed).
-    fn writes(&self, todo: &[&RowChange]) -> Vec<(Stmt, usize, usize)> {
+    /// The statements that apply `todo` (the changes still needed), in the order that passes
+    /// no transient UNIQUE violation ([`TableDiff::phases`]).
+    fn writes(&self, todo: &[&RowChange]) -> Vec<Write> {
+        let (deletes, updates, inserts) = self.diff.phases(todo.iter().copied());
+        let updates: Vec<&[Value]> = updates.into_iter().map(RowChange::row).collect();
+        let mut out = self.deletes(&deletes);
+        out.extend(self.updates(&updates));
+        out.extend(self.inserts(&inserts));
+        out
+    }
+
+    /// `DELETE … WHERE key IN (…)`.
+    fn deletes(&self, rows: &[&[Value]]) -> Vec<Write> {
+        let t = self.diff;
+        let width = if self.is_virtual() {
+            usize::MAX
+        } else {
+            t.key.len()
+        };
+        chunks(rows, width)
+            .map(|part| {
+                let mut args = Vec::new();
+                let cond = key_in(t, part, &mut args);
+                Write {
+                    stmt: stmt(
+                        format!("DELETE FROM {} WHERE {cond}", sql::ident(&t.table.name)),
+                        args,
+                        false,
+                    ),
+                    rows: part.len(),
+                }
+            })
+            .collect()
+    }
+
+    /// `UPDATE … FROM (VALUES …)` setting every column but the key (and a locator, which is no
+    /// data); virtual tables, which cannot take UPDATE … FROM, one row at a time.
+    fn updates(&self, rows: &[&[Value]]) -> Vec<Write> {
         let t = self.diff;
         let name = sql::ident(&t.table.name);
-        let mut out = Vec::new();
-        let (deletes, updates, inserts) = t.phases(todo.iter().copied());
-        let updates: Vec<&[Value]> = updates.into_iter().map(RowChange::row).collect();
-        let virt = self.is_virtual();
-        for part in chunks(&deletes, if virt { usize::MAX } else { t.key.len() }) {
-            let mut args = Vec::new();
-            let cond = key_in(t, part, &mut args);
-            out.push((
-                stmt(format!("DELETE FROM {name} WHERE {cond}"), args, false),
-                part.len(),
-                part.len(),
-            ));
-        }
+        let locator = t.table.locator();
         let set_cols: Vec<usize> = (0..t.columns.len())
-            .filter(|i| !t.key.contains(i))
+            .filter(|i| !t.key.contains(i) && Some(*i) != locator)
             .collect();
-        if !set_cols.is_empty() {
-            if virt {
-                for row in &updates {
+        if set_cols.is_empty() {
+            return Vec::new();
+        }
+        if self.is_virtual() {
+            return rows
+                .iter()
+                .map(|row| {
                     let mut args = Vec::new();
                     let sets: Vec<String> = set_cols
                         .iter()
@@ -226,91 +271,75 @@ impl TablePlan<'_> {
                         })
                         .collect();
                     let cond = key_in(t, &[row], &mut args);
-                    out.push((
-                        stmt(
-                            format!(
-                                "UPDATE OR ABORT {name} SET {} WHERE {cond}",
-                                sets.join(", ")
-                            ),
-                            args,
-                            false,
-                        ),
-                        1,
-                        1,
-                    ));
-                }
-            } else {
-                // VALUES columns are named column1, column2…: keys first, then the new values.
-                for part in chunks(&updates, t.columns.len()) {
-                    let mut args = Vec::new();
-                    let mut values = String::new();
-                    for (i, row) in part.iter().enumerate() {
-                        values.push_str(if i == 0 { "(" } else { ",(" });
-                        for (j, v) in t
-                            .key
-                            .iter()
-                            .chain(set_cols.iter())
-                            .map(|&c| &row[c])
-                            .enumerate()
-                        {
-                            values.push_str(if j == 0 { "?" } else { ",?" });
-                            args.push(v.clone());
-                        }
-                        values.push(')');
+                    let sql = format!(
+                        "UPDATE OR ABORT {name} SET {} WHERE {cond}",
+                        sets.join(", ")
+                    );
+                    Write {
+                        stmt: stmt(sql, args, false),
+                        rows: 1,
                     }
-                    let nk = t.key.len();
-                    let sets: Vec<String> = set_cols
-                        .iter()
-                        .enumerate()
-                        .map(|(j, &c)| {
-                            format!("{} = v.column{}", sql::ident(&t.columns[c]), nk + j + 1)
-                        })
-                        .collect();
-                    let cond: Vec<String> = t
-                        .key
-                        .iter()
-                        .enumerate()
-                        .map(|(j, &k)| {
-                            format!("{name}.{} = v.column{}", sql::ident(&t.columns[k]), j + 1)
-                        })
-                        .collect();
-                    out.push((
-                        stmt(
-                            format!(
-                                "UPDATE OR ABORT {name} SET {} FROM (VALUES {values}) AS v WHERE {}",
-                                sets.join(", "),
-                                cond.join(" AND ")
-                            ),
-                            args,
-                            false,
-                        ),
-                        part.len(),
-                        part.len(),
-                    ));
-                }
-            }
+                })
+                .collect();
         }
-        let cols = t
-            .columns
+        // VALUES columns are named column1, column2…: keys first, then the new values.
+        let nk = t.key.len();
+        let sets: Vec<String> = set_cols
             .iter()
-            .map(|c| sql::ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
+            .enumerate()
+            .map(|(j, &c)| format!("{} = v.column{}", sql::ident(&t.columns[c]), nk + j + 1))
+            .collect();
+        let cond: Vec<String> = t
+            .key
+            .iter()
+            .enumerate()
+            .map(|(j, &k)| format!("{name}.{} = v.column{}", sql::ident(&t.columns[k]), j + 1))
+            .collect();
+        chunks(rows, nk + set_cols.len())
+            .map(|part| {
+                let mut args = Vec::new();
+                let mut values = String::new();
+                for (i, row) in part.iter().enumerate() {
+                    values.push_str(if i == 0 { "(" } else { ",(" });
+                    for (j, &c) in t.key.iter().chain(&set_cols).enumerate() {
+                        values.push_str(if j == 0 { "?" } else { ",?" });
+                        args.push(row[c].clone());
+                    }
+                    values.push(')');
+                }
+                let sql = format!(
+                    "UPDATE OR ABORT {name} SET {} FROM (VALUES {values}) AS v WHERE {}",
+                    sets.join(", "),
+                    cond.join(" AND ")
+                );
+                Write {
+                    stmt: stmt(sql, args, false),
+                    rows: part.len(),
+                }
+            })
+            .collect()
+    }
+
+    /// Multi-row `INSERT OR ABORT`, naming every data column (the rowid included).
+    fn inserts(&self, rows: &[&[Value]]) -> Vec<Write> {
+        let t = self.diff;
+        let cols: Vec<String> = t.columns.iter().map(|c| sql::ident(c)).collect();
         let marks = format!("({})", vec!["?"; t.columns.len()].join(","));
-        for part in chunks(&inserts, t.columns.len()) {
-            let args: Vec<Value> = part.iter().flat_map(|r| r.iter().cloned()).collect();
-            let values = vec![marks.as_str(); part.len()].join(",");
-            out.push((
-                stmt(
-                    format!("INSERT OR ABORT INTO {name} ({cols}) VALUES {values}"),
-                    args,
-                    false,
-                ),
-                part.len(),
-                part.len(),
-            ));
-        }
-        out
+        chunks(rows, t.columns.len())
+            .map(|part| {
+                let args: Vec<Value> = part.iter().flat_map(|r| r.iter().cloned()).collect();
+                let values = vec![marks.as_str(); part.len()].join(",");
+                let sql = format!(
+                    "INSERT OR ABORT INTO {} ({}) VALUES {values}",
+                    sql::ident(&t.table.name),
+                    cols.join(", ")
+                );
+                Write {
+                    stmt: stmt(sql, args, false),
+                    rows: part.len(),
+                }
+            })
+            .collect()
     }
 }
 
@@ -318,12 +347,10 @@ impl TablePlan<'_> {
 /// `None` when the remote cannot hold any of its rows yet: the table is missing, or it is to be
 /// rebuilt (dropped and re-created, rows and all). A table still lacking columns that
 /// `ADD COLUMN` appended reads their defaults instead, as its rows will after the ALTER.
-fn remote_select(cs: &Changeset, t: &TableDiff, remote: &RemoteSchema) -> Option<Vec<String>> {
-    let remote_sql = remote
-        .objects
-        .get(&("table".to_owned(), t.table.name.clone()))?;
+fn remote_select(cs: &Changeset, t: &TableDiff, remote: &RemoteState) -> Option<Vec<String>> {
+    let remote_sql = remote.sql_of("table", &t.table.name)?;
     let plain = || t.columns.iter().map(|c| sql::ident(c)).collect::<Vec<_>>();
-    if remote_sql == &t.table.sql {
+    if remote_sql == t.table.sql {
         return Some(plain());
     }
     for ch in &cs.schema {
@@ -353,39 +380,56 @@ fn remote_select(cs: &Changeset, t: &TableDiff, remote: &RemoteSchema) -> Option
     Some(plain())
 }
 
-/// Classifies each change against the remote row: needed, already there, or a conflict.
+/// Classifies each change against the remote row: needed (the remote holds the base row),
+/// already there (it holds ours: a re-run converges), or a conflict. Returns the changes still
+/// needed, table by table, or every conflict.
 fn classify<'a>(
-    plan: &TablePlan<'a>,
-    remote_rows: &HashMap<String, Vec<Value>>,
-    todo: &mut Vec<&'a RowChange>,
+    group: &[TablePlan<'a>],
+    found: &[HashMap<String, Vec<Value>>],
     skipped: &mut usize,
-    conflicts: &mut Vec<Conflict>,
-) {
-    let t = plan.diff;
-    for ch in plan.changes {
-        let key = t.key_text(ch.row());
-        let remote = remote_rows.get(&key);
-        let (base, local): (Option<&Vec<Value>>, Option<&Vec<Value>>) = match ch {
-            RowChange::Insert(r) => (None, Some(r)),
-            RowChange::Delete(r) => (Some(r), None),
-            RowChange::Update { old, new } => (Some(old), Some(new)),
+) -> Result<Vec<Vec<&'a RowChange>>, Vec<Conflict>> {
+    let mut conflicts = Vec::new();
+    let mut todo = Vec::with_capacity(group.len());
+    for (plan, remote_rows) in group.iter().zip(found) {
+        let t = plan.diff;
+        // A locator is no data: the remote may hold the row at another hidden rowid.
+        let same = |a: Option<&Vec<Value>>, b: Option<&Vec<Value>>| match (a, b) {
+            (Some(a), Some(b)) => (0..a.len())
+                .filter(|&i| Some(i) != t.table.locator())
+                .all(|i| a[i] == b[i]),
+            (a, b) => a.is_none() && b.is_none(),
         };
-        if remote == base {
-            todo.push(ch);
-        } else if remote == local {
-            *skipped += 1;
-        } else {
-            conflicts.push(Conflict {
-                table: t.table.name.clone(),
-                kind: ConflictKind::Row,
-                columns: t.columns.clone(),
-                key: t.key.iter().map(|&k| ch.row()[k].clone()).collect(),
-                base: base.cloned(),
-                local: local.cloned(),
-                remote: remote.cloned(),
-                constraint: None,
-            });
+        let mut needed = Vec::new();
+        for ch in plan.changes {
+            let remote = remote_rows.get(&t.key_text(ch.row()));
+            let (base, local): (Option<&Vec<Value>>, Option<&Vec<Value>>) = match ch {
+                RowChange::Insert(r) => (None, Some(r)),
+                RowChange::Delete(r) => (Some(r), None),
+                RowChange::Update { old, new } => (Some(old), Some(new)),
+            };
+            if same(remote, base) {
+                needed.push(ch);
+            } else if same(remote, local) {
+                *skipped += 1;
+            } else {
+                conflicts.push(Conflict {
+                    table: t.table.name.clone(),
+                    kind: ConflictKind::Row,
+                    columns: t.columns.clone(),
+                    key: t.key.iter().map(|&k| ch.row()[k].clone()).collect(),
+                    base: base.cloned(),
+                    local: local.cloned(),
+                    remote: remote.cloned(),
+                    constraint: None,
+                });
+            }
         }
+        todo.push(needed);
+    }
+    if conflicts.is_empty() {
+        Ok(todo)
+    } else {
+        Err(conflicts)
     }
 }
 
@@ -503,47 +547,114 @@ fn unique_conflicts(
     Ok((!conflicts.is_empty()).then_some(conflicts))
 }
 
-/// The remote's schema, as read inside the push transaction.
-struct RemoteSchema {
-    objects: HashMap<(String, String), String>,
-    triggers: Vec<(String, String)>,
+/// The remote as a push transaction finds it: its schema, read by the one schema reader
+/// through the push's own stream inside the transaction ([`TxnCatalog`]), its AUTOINCREMENT
+/// counters, and its replication index before any write.
+struct RemoteState {
+    schema: Schema,
     sequences: HashMap<String, i64>,
+    index_before: Option<u64>,
 }
 
-fn read_schema(res: StmtResult, seq: Option<StmtResult>) -> Result<RemoteSchema> {
-    let text = crate::schema::text;
-    let mut objects = HashMap::new();
-    let mut triggers = Vec::new();
-    for r in &res.rows {
-        let [ty, name, sqltext] = r.as_slice() else {
-            return Err(SchemaError::Malformed(format!("remote sqlite_schema row {r:?}")).into());
+impl RemoteState {
+    /// Phase 1: opens the transaction (`PRAGMA foreign_keys = OFF`, since the changeset
+    /// already holds what cascades did locally, and `BEGIN IMMEDIATE`) and reads the schema in
+    /// the same request; the last transaction of a push that sets counters also reads them.
+    fn open(stream: &mut Stream<'_>, txn: &Txn<'_, '_>, report: &mut PushReport) -> Result<Self> {
+        let mut cat = TxnCatalog {
+            stream: &mut *stream,
+            report: &mut *report,
+            opening: vec![
+                stmt("PRAGMA foreign_keys = OFF".into(), vec![], false),
+                stmt("BEGIN IMMEDIATE".into(), vec![], false),
+            ],
+            index: None,
         };
-        let name = text(name, "remote sqlite_schema.name")?;
-        let ty = text(ty, &format!("remote sqlite_schema.type of {name:?}"))?;
-        let sqltext = text(sqltext, &format!("remote sqlite_schema.sql of {name:?}"))?;
-        if ty == "trigger" {
-            triggers.push((name.clone(), sqltext.clone()));
-        }
-        objects.insert((ty, name), sqltext);
-    }
-    let mut sequences = HashMap::new();
-    for r in seq.map(|s| s.rows).unwrap_or_default() {
-        match r.as_slice() {
-            [name, Value::Integer(v)] => {
-                sequences.insert(text(name, "remote sqlite_sequence.name")?, *v);
+        let schema = crate::schema::load(&mut cat)?;
+        let index_before = cat.index;
+        let mut sequences = HashMap::new();
+        if txn.last && !txn.cs.sequences.is_empty() && schema.has_sequence {
+            let seq = stmt("SELECT name, seq FROM sqlite_sequence".into(), vec![], true);
+            for r in send(stream, vec![seq], report)?
+                .into_iter()
+                .flat_map(|r| r.rows)
+            {
+                match r.as_slice() {
+                    [name, Value::Integer(v)] => {
+                        sequences.insert(
+                            crate::schema::text(name, "remote sqlite_sequence.name")?,
+                            *v,
+                        );
+                    }
+                    _ => {
+                        return Err(SchemaError::Malformed(format!(
+                            "remote sqlite_sequence row {r:?}"
+                        ))
+                        .into())
+                    }
+                }
             }
-            _ => {
-                return Err(
-                    SchemaError::Malformed(format!("remote sqlite_sequence row {r:?}")).into(),
-                )
-            }
         }
+        Ok(RemoteState {
+            schema,
+            sequences,
+            index_before,
+        })
     }
-    Ok(RemoteSchema {
-        objects,
-        triggers,
-        sequences,
-    })
+
+    /// The SQL text of the remote's `ty` ("table", "index", "view", "trigger") named `name`.
+    fn sql_of(&self, ty: &str, name: &str) -> Option<&str> {
+        if ty == "table" {
+            let t = self.schema.tables.iter().find(|t| t.name == name)?;
+            return Some(&t.sql);
+        }
+        let o = self
+            .schema
+            .objects
+            .iter()
+            .find(|o| o.kind.as_str() == ty && o.name == name)?;
+        Some(&o.sql)
+    }
+
+    /// The remote's triggers, as (name, SQL).
+    fn triggers(&self) -> Vec<(String, String)> {
+        self.schema
+            .objects
+            .iter()
+            .filter(|o| o.kind == ObjectKind::Trigger)
+            .map(|o| (o.name.clone(), o.sql.clone()))
+            .collect()
+    }
+}
+
+/// The push's stream as a [`Catalog`]: the first request also carries `opening`, so the schema
+/// is read inside the transaction it opens, and notes the replication index it ran at.
+struct TxnCatalog<'a, 'r> {
+    stream: &'a mut Stream<'r>,
+    report: &'a mut PushReport,
+    opening: Vec<Stmt>,
+    index: Option<u64>,
+}
+
+impl Catalog for &mut TxnCatalog<'_, '_> {
+    type Error = Error;
+    fn query_all(&mut self, stmts: &[(String, Vec<Value>)]) -> Result<Vec<Vec<Vec<Value>>>> {
+        let opening = std::mem::take(&mut self.opening);
+        let skip = opening.len();
+        let all = opening
+            .into_iter()
+            .chain(
+                stmts
+                    .iter()
+                    .map(|(q, args)| stmt(q.clone(), args.clone(), true)),
+            )
+            .collect();
+        let results = send(self.stream, all, self.report)?;
+        if skip > 0 {
+            self.index = results.get(skip).and_then(StmtResult::replication_index);
+        }
+        Ok(results.into_iter().skip(skip).map(|r| r.rows).collect())
+    }
 }
 
 /// A schema change the remote does not allow: someone else changed the same object.
@@ -572,8 +683,8 @@ struct SchemaPlan {
 
 /// Plans the DDL from the remote's schema as this transaction finds it: objects already in their
 /// new form (a re-run, or a later transaction of a split push) need nothing.
-fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
-    let has = |ty: &str, name: &str| remote.objects.get(&(ty.to_owned(), name.to_owned()));
+fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<SchemaPlan> {
+    let has = |ty: &str, name: &str| remote.sql_of(ty, name);
     // Object drops go before table DDL (a dropped table takes its indexes with it).
     let mut drops = Vec::new();
     let mut before = Vec::new();
@@ -583,14 +694,14 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
     // Triggers: the remote's must be the base's or already the working copy's.
     let mut base_tr = cs.base_triggers.clone();
     let mut new_tr = cs.new_triggers.clone();
-    let mut remote_tr = remote.triggers.clone();
+    let mut remote_tr = remote.triggers();
     base_tr.sort();
     new_tr.sort();
     remote_tr.sort();
     if remote_tr != base_tr && remote_tr != new_tr {
         return Err(schema_conflict("a trigger"));
     }
-    for (name, _) in &remote.triggers {
+    for (name, _) in &remote_tr {
         drops.push(format!("DROP TRIGGER {}", sql::ident(name)));
     }
     for ch in &cs.schema {
@@ -627,7 +738,7 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
                     .find(|t| &t.table.name == table)
                     .map(|t| t.table.sql.clone());
                 match has("table", table) {
-                    Some(s) if Some(s) == new_sql.as_ref() => {}
+                    Some(s) if Some(s) == new_sql.as_deref() => {}
                     Some(s) if s == old_sql => {
                         for c in columns {
                             before
@@ -690,7 +801,7 @@ fn plan_schema(cs: &Changeset, remote: &RemoteSchema) -> Result<SchemaPlan> {
             SchemaChange::ColumnsAdded { table, .. } => table == &t.table.name,
             _ => false,
         });
-        if !reshaped && has("table", &t.table.name) != Some(&t.table.sql) {
+        if !reshaped && has("table", &t.table.name) != Some(t.table.sql.as_str()) {
             return Err(schema_conflict(&format!("table {:?}", t.table.name)));
         }
     }
@@ -883,175 +994,184 @@ fn push_transaction(remote: &Remote, txn: &Txn<'_, '_>, run: &mut Run<'_>) -> Re
     result
 }
 
+/// One transaction of a push, in its phases: open it and read the schema, read the touched
+/// rows, classify them, plan the writes, send them, check for orphans, commit.
 fn push_transaction_on(
     stream: &mut Stream<'_>,
     txn: &Txn<'_, '_>,
     run: &mut Run<'_>,
 ) -> Result<Outcome> {
-    let Txn {
-        cs,
-        group,
-        fk_scope,
-        first,
-        last,
-    } = *txn;
-    let Run {
-        report,
-        log,
-        progress,
-        orphans_before,
-        commit_sent,
-    } = run;
-    // Request 1: open the transaction and read the schema, which says how to read the rows.
-    let head = vec![
-        stmt("PRAGMA foreign_keys = OFF".into(), vec![], false),
-        stmt("BEGIN IMMEDIATE".into(), vec![], false),
-        stmt(
-            "SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL".into(),
-            vec![],
-            true,
-        ),
-    ];
-    let schema_rows = send(stream, head, report)?.pop().unwrap_or_default();
-    let index_before = schema_rows.replication_index();
-    let mut schema = read_schema(schema_rows, None)?;
-    let has_sequence = schema
-        .objects
-        .keys()
-        .any(|(ty, name)| ty == "table" && name == "sqlite_sequence");
-    if last && !cs.sequences.is_empty() && has_sequence {
-        let seq = stmt("SELECT name, seq FROM sqlite_sequence".into(), vec![], true);
-        if let Some(res) = send(stream, vec![seq], report)?.pop() {
-            schema.sequences = read_schema(StmtResult::default(), Some(res))?.sequences;
+    let remote = RemoteState::open(stream, txn, &mut run.report)?;
+    let found = read_rows(stream, txn, &remote, &mut run.report)?;
+    let todo = match classify(txn.group, &found, &mut run.report.skipped) {
+        Ok(todo) => todo,
+        Err(conflicts) => return Ok(Err(conflicts)),
+    };
+    let plan = plan_writes(txn, &remote, &todo)?;
+    // Foreign keys are off on this stream (the changeset holds what cascades did locally), so
+    // orphans are looked for instead: those the push would add are conflicts.
+    if txn.first {
+        run.orphans_before = Some(orphans(stream, txn.fk_scope, &mut run.report)?);
+    }
+    send_writes(stream, plan.writes, run)?;
+    if txn.last {
+        let conflicts = new_orphans(stream, txn, run)?;
+        if !conflicts.is_empty() {
+            return Ok(Err(conflicts));
         }
     }
+    // COMMIT travels alone, once every write is known to have succeeded: statements of one
+    // pipeline run even after an earlier one failed, so a COMMIT sent with them could commit
+    // half a push.
+    run.commit_sent = true;
+    let commit = send(
+        stream,
+        vec![stmt("COMMIT".into(), vec![], false)],
+        &mut run.report,
+    )?;
+    Ok(Ok(Committed {
+        sequences: plan.sequences,
+        index_before: remote.index_before,
+        index_after: commit.first().and_then(StmtResult::replication_index),
+    }))
+}
 
-    // Then every touched row, in requests bounded by expected response size.
+/// Phase 2: the remote's current version of every row the transaction touches, table by
+/// table and keyed by [`TableDiff::key_text`], read in requests bounded by the expected
+/// response size.
+fn read_rows(
+    stream: &mut Stream<'_>,
+    txn: &Txn<'_, '_>,
+    remote: &RemoteState,
+    report: &mut PushReport,
+) -> Result<Vec<HashMap<String, Vec<Value>>>> {
     let mut reads: Vec<(usize, Stmt, usize)> = Vec::new();
-    for (pi, plan) in group.iter().enumerate() {
-        if let Some(cols) = remote_select(cs, plan.diff, &schema) {
-            for (s, bytes) in plan.reads(&cols) {
-                reads.push((pi, s, bytes));
-            }
+    for (pi, plan) in txn.group.iter().enumerate() {
+        if let Some(cols) = remote_select(txn.cs, plan.diff, remote) {
+            reads.extend(
+                plan.reads(&cols)
+                    .into_iter()
+                    .map(|(s, bytes)| (pi, s, bytes)),
+            );
         }
     }
-    let mut remote_rows: Vec<HashMap<String, Vec<Value>>> = vec![HashMap::new(); group.len()];
+    let mut found: Vec<HashMap<String, Vec<Value>>> = vec![HashMap::new(); txn.group.len()];
     let mut reads = reads.into_iter().peekable();
     while reads.peek().is_some() {
         let mut bytes = 0;
-        let mut pending: Vec<(usize, Stmt, usize)> = Vec::new();
+        let mut owners = Vec::new();
+        let mut stmts = Vec::new();
         while let Some((_, _, b)) = reads.peek() {
-            if !pending.is_empty() && bytes + b > BYTES_PER_REQUEST {
+            if !stmts.is_empty() && bytes + b > BYTES_PER_REQUEST {
                 break;
             }
             bytes += b;
-            pending.push(reads.next().expect("peeked"));
+            let (pi, s, _) = reads.next().expect("peeked");
+            owners.push(pi);
+            stmts.push(s);
         }
-        let owners: Vec<usize> = pending.iter().map(|(pi, _, _)| *pi).collect();
-        let results = send(
-            stream,
-            pending.into_iter().map(|(_, s, _)| s).collect(),
-            report,
-        )?;
-        for (pi, res) in owners.into_iter().zip(results) {
-            let t = group[pi].diff;
+        for (pi, res) in owners.into_iter().zip(send(stream, stmts, report)?) {
+            let t = txn.group[pi].diff;
             for row in res.exact_rows()? {
-                remote_rows[pi].insert(t.key_text(&row), row);
+                found[pi].insert(t.key_text(&row), row);
             }
         }
     }
+    Ok(found)
+}
 
-    // Decide, row by row.
-    let mut conflicts = Vec::new();
-    let mut todo: Vec<Vec<&RowChange>> = Vec::with_capacity(group.len());
-    for (pi, plan) in group.iter().enumerate() {
-        let mut t = Vec::new();
-        classify(
-            plan,
-            &remote_rows[pi],
-            &mut t,
-            &mut report.skipped,
-            &mut conflicts,
-        );
-        todo.push(t);
-    }
-    if !conflicts.is_empty() {
-        return Ok(Err(conflicts));
-    }
-    let ddl = plan_schema(cs, &schema)?;
-    // Foreign keys are off on this stream (the changeset holds what cascades did locally), so
-    // orphans are looked for instead: those the push would add are conflicts.
-    if first {
-        *orphans_before = Some(orphans(stream, fk_scope, report)?);
-    }
+/// What one transaction writes: its statements in order, and the AUTOINCREMENT counters they
+/// set (as the base must record them).
+#[derive(Debug)]
+struct WritePlan {
+    writes: Vec<Write>,
+    sequences: Vec<(String, Option<i64>)>,
+}
 
-    // The writes, in requests of bounded size; the last one commits.
-    let mut writes: Vec<(Stmt, usize, usize)> = Vec::new();
-    let ddl_stmt = |s: &String| (stmt(s.clone(), vec![], false), 0, 0);
+/// Phase 4: the transaction's writes, from the remote's state and the changes still needed
+/// (`todo`, per table of the group). No I/O. Triggers are dropped first and re-created last
+/// (so none fires a second time); schema changes go where [`plan_schema`] puts them;
+/// counters never go down.
+fn plan_writes(
+    txn: &Txn<'_, '_>,
+    remote: &RemoteState,
+    todo: &[Vec<&RowChange>],
+) -> Result<WritePlan> {
+    let Txn {
+        cs, first, last, ..
+    } = *txn;
+    let ddl = plan_schema(cs, remote)?;
+    let mut writes = Vec::new();
     if first {
-        writes.extend(ddl.before.iter().map(ddl_stmt));
+        writes.extend(ddl.before.into_iter().map(Write::ddl));
     } else {
+        let triggers = remote.triggers();
         writes.extend(
-            schema
-                .triggers
+            triggers
                 .iter()
-                .map(|(n, _)| ddl_stmt(&format!("DROP TRIGGER {}", sql::ident(n)))),
+                .map(|(n, _)| Write::ddl(format!("DROP TRIGGER {}", sql::ident(n)))),
         );
     }
     if last {
-        writes.extend(ddl.index_drops.iter().map(ddl_stmt));
+        writes.extend(ddl.index_drops.into_iter().map(Write::ddl));
     }
-    for (plan, t) in group.iter().zip(&todo) {
+    for (plan, t) in txn.group.iter().zip(todo) {
         writes.extend(plan.writes(t));
     }
     if first {
-        writes.extend(ddl.views.iter().map(ddl_stmt));
+        writes.extend(ddl.views.into_iter().map(Write::ddl));
     }
     let mut sequences = Vec::new();
     if last {
         for q in &cs.sequences {
-            let value = match (q.new, schema.sequences.get(&q.table)) {
+            let value = match (q.new, remote.sequences.get(&q.table)) {
                 // AUTOINCREMENT never reuses a number: keep the larger counter.
                 (Some(n), Some(&r)) => Some(n.max(r)),
                 (n, _) => n,
             };
-            writes.push(ddl_stmt(&format!(
+            writes.push(Write::ddl(format!(
                 "DELETE FROM sqlite_sequence WHERE name = {}",
                 sql::text_literal(&q.table)
             )));
             if let Some(v) = value {
-                writes.push(ddl_stmt(&format!(
+                writes.push(Write::ddl(format!(
                     "INSERT INTO sqlite_sequence(name, seq) VALUES ({}, {v})",
                     sql::text_literal(&q.table)
                 )));
             }
             sequences.push((q.table.clone(), value));
         }
-        writes.extend(ddl.after.iter().map(ddl_stmt));
+        writes.extend(ddl.after.into_iter().map(Write::ddl));
         if let Some(v) = cs.user_version {
-            writes.push(ddl_stmt(&format!("PRAGMA user_version = {v}")));
+            writes.push(Write::ddl(format!("PRAGMA user_version = {v}")));
         }
     } else {
-        writes.extend(cs.new_triggers.iter().map(|(_, s)| ddl_stmt(s)));
+        writes.extend(cs.new_triggers.iter().map(|(_, s)| Write::ddl(s.clone())));
     }
+    Ok(WritePlan { writes, sequences })
+}
 
+/// Phase 5: sends the writes in requests of bounded size, logging each statement, and checks
+/// that every row write affected exactly its rows.
+fn send_writes(stream: &mut Stream<'_>, writes: Vec<Write>, run: &mut Run<'_>) -> Result<()> {
     let mut batch: Vec<Stmt> = Vec::new();
     let mut expect: Vec<usize> = Vec::new();
     let mut bytes = 0;
     let total = writes.len();
-    for (i, (s, rows, affected)) in writes.into_iter().enumerate() {
-        log_stmt(log, &s);
-        bytes += s
+    for (i, w) in writes.into_iter().enumerate() {
+        log_stmt(&mut run.log, &w.stmt);
+        bytes += w
+            .stmt
             .args
             .iter()
             .map(crate::remote::proto::json_size)
             .sum::<usize>()
-            + s.sql.len();
-        report.applied += rows;
-        batch.push(s);
-        expect.push(affected);
+            + w.stmt.sql.len();
+        run.report.applied += w.rows;
+        batch.push(w.stmt);
+        expect.push(w.rows);
         if bytes > BYTES_PER_REQUEST || i + 1 == total {
-            let results = send(stream, std::mem::take(&mut batch), report)?;
+            let results = send(stream, std::mem::take(&mut batch), &mut run.report)?;
             for (res, want) in results.iter().zip(&expect) {
                 if *want > 0 && res.affected_row_count as usize != *want {
                     return Err(Error::Refused(format!(
@@ -1060,25 +1180,30 @@ fn push_transaction_on(
                     )));
                 }
             }
-            progress.advance(expect.iter().sum::<usize>() as u64);
+            run.progress.advance(expect.iter().sum::<usize>() as u64);
             expect.clear();
             bytes = 0;
         }
     }
-    let added: std::collections::BTreeSet<Orphan> = match (last, &*orphans_before) {
-        (false, _) => Default::default(),
-        (true, Some(before)) => orphans(stream, fk_scope, report)?
-            .difference(before)
-            .cloned()
-            .collect(),
-        (true, None) => {
-            return Err(Error::Refused(
-                "the push reached its last transaction without reading the remote's orphans in its first".into(),
-            ))
-        }
+    Ok(())
+}
+
+/// The orphans the whole push added on the remote (beyond those its first transaction found),
+/// as foreign-key conflicts. Checked in the last transaction, so a parent and its children's
+/// deletes may land in different transactions.
+fn new_orphans(
+    stream: &mut Stream<'_>,
+    txn: &Txn<'_, '_>,
+    run: &mut Run<'_>,
+) -> Result<Vec<Conflict>> {
+    let Some(before) = run.orphans_before.take() else {
+        return Err(Error::Refused(
+            "the push reached its last transaction without reading the remote's orphans in its first".into(),
+        ));
     };
-    let orphaned: Vec<Conflict> = added
-        .iter()
+    let now = orphans(stream, txn.fk_scope, &mut run.report)?;
+    let conflicts = now
+        .difference(&before)
         .map(|(child, rowid, parent, _)| Conflict {
             table: child.clone(),
             kind: ConflictKind::ForeignKey,
@@ -1090,19 +1215,8 @@ fn push_transaction_on(
             constraint: Some(format!("FOREIGN KEY of {child} REFERENCES {parent}")),
         })
         .collect();
-    if !orphaned.is_empty() {
-        return Ok(Err(orphaned));
-    }
-    // COMMIT travels alone, once every write is known to have succeeded: statements of one
-    // pipeline run even after an earlier one failed, so a COMMIT sent with them could commit
-    // half a push.
-    *commit_sent = true;
-    let commit = send(stream, vec![stmt("COMMIT".into(), vec![], false)], report)?;
-    Ok(Ok(Committed {
-        sequences,
-        index_before,
-        index_after: commit.first().and_then(StmtResult::replication_index),
-    }))
+    run.orphans_before = Some(before);
+    Ok(conflicts)
 }
 
 fn log_stmt(log: &mut String, s: &Stmt) {
@@ -1156,5 +1270,90 @@ impl Workspace {
             self.drop_push_record()?;
         }
         Ok(log_path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::Connection;
+
+    fn db(sql: &str) -> Connection {
+        let conn = Connection::open_in_memory().expect("in-memory database");
+        conn.execute_batch(sql).expect("set-up SQL");
+        conn
+    }
+
+    /// The planned writes, run on a copy of the base standing in for the remote, turn it into
+    /// the working copy: values swapped under a UNIQUE constraint, a TEXT primary key re-inserted
+    /// by REPLACE, deletes, inserts and an AUTOINCREMENT counter, in one transaction.
+    #[test]
+    fn planned_writes_turn_the_remote_into_the_working_copy() {
+        let setup = "
+            CREATE TABLE it(id INTEGER PRIMARY KEY, pos INTEGER UNIQUE, v TEXT);
+            INSERT INTO it VALUES (1, 1, 'a'), (2, 2, 'b'), (3, 3, 'c');
+            CREATE TABLE acct(email TEXT PRIMARY KEY, name TEXT);
+            INSERT INTO acct VALUES ('a@x', 'Ann'), ('b@x', 'Bob');
+            CREATE TABLE auto(id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT);
+            INSERT INTO auto(v) VALUES ('one');";
+        let remote_db = db(setup);
+        let work = db(setup);
+        work.execute_batch(
+            "UPDATE it SET pos = -1 WHERE id = 1;
+             UPDATE it SET pos = 1 WHERE id = 2;
+             UPDATE it SET pos = 2 WHERE id = 1;
+             DELETE FROM it WHERE id = 3;
+             INSERT INTO it VALUES (4, 3, 'd');
+             INSERT OR REPLACE INTO acct VALUES ('a@x', 'Anna');
+             INSERT INTO auto(v) VALUES ('two');",
+        )
+        .expect("edits");
+        let base = db(setup);
+        let cs = crate::diff::diff(&base, &work, &Default::default()).expect("diff");
+        let group: Vec<TablePlan<'_>> = cs
+            .tables
+            .iter()
+            .map(|t| TablePlan {
+                diff: t,
+                changes: &t.changes,
+            })
+            .collect();
+        let scope = Default::default();
+        let txn = Txn {
+            cs: &cs,
+            group: &group,
+            fk_scope: &scope,
+            first: true,
+            last: true,
+        };
+        let remote = RemoteState {
+            schema: crate::schema::load(&remote_db).expect("schema"),
+            sequences: HashMap::from([("auto".to_owned(), 1)]),
+            index_before: None,
+        };
+        let todo: Vec<Vec<&RowChange>> = group.iter().map(|p| p.changes.iter().collect()).collect();
+        let plan = plan_writes(&txn, &remote, &todo).expect("plan");
+        assert_eq!(plan.sequences, vec![("auto".to_owned(), Some(2))]);
+
+        remote_db.execute_batch("BEGIN").expect("begin");
+        for w in &plan.writes {
+            let changed = remote_db
+                .execute(&w.stmt.sql, rusqlite::params_from_iter(&w.stmt.args))
+                .unwrap_or_else(|e| panic!("{}: {e}", w.stmt.sql));
+            if w.rows > 0 {
+                assert_eq!(changed, w.rows, "{}", w.stmt.sql);
+            }
+        }
+        remote_db.execute_batch("COMMIT").expect("commit");
+        let left = crate::diff::diff(&remote_db, &work, &Default::default()).expect("diff");
+        assert!(left.is_empty(), "left over: {:?}", left.tables);
+        let seq: i64 = remote_db
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'auto'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("counter");
+        assert_eq!(seq, 2);
     }
 }
