@@ -18,30 +18,6 @@ use crate::sql;
 use crate::value::Value;
 use crate::{Error, Result};
 
-/// What two sides disagree on, in a conflict report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConflictKind {
-    /// The same cell changed to different values.
-    Cell,
-    /// A row deleted on one side and changed on the other, or changed differently on both.
-    Row,
-    /// Two rows hold the same values under a UNIQUE constraint.
-    Unique,
-    /// A row would point, through a foreign key, at a row that is gone.
-    ForeignKey,
-}
-
-impl ConflictKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConflictKind::Cell => "cell",
-            ConflictKind::Row => "row",
-            ConflictKind::Unique => "unique",
-            ConflictKind::ForeignKey => "foreign_key",
-        }
-    }
-}
-
 /// One row that differs. Rows are laid out as [`Table::data_columns`] of the working copy's
 /// table: the hidden rowid first when the table has one, then the stored columns.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,6 +6,7 @@
 //! `docs/ARCHITECTURE.md` for the map.
 
 pub mod clone;
+pub mod conflict;
 pub mod diff;
 pub mod dump;
 pub mod merge;
@@ -21,6 +22,7 @@ pub mod verify;
 pub mod watch;
 pub mod workspace;
 
+pub use conflict::{Conflict, ConflictKind, Outcome};
 pub use value::Value;
 
 /// Everything that can go wrong in the library. The CLI adds context and picks the exit code.
@@ -37,9 +39,6 @@ pub enum Error {
     /// The request cannot be carried out as asked; the message says what to do instead.
     #[error("{0}")]
     Refused(String),
-    /// Someone else changed the same thing on the remote; nothing was changed anywhere.
-    #[error("conflict: {0}")]
-    Conflict(String),
 }
 
 impl<E: Into<Error>> From<schema::LoadError<E>> for Error {

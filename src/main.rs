@@ -16,10 +16,11 @@ use tursync::clone::{self, FetchOptions};
 use tursync::diff::{Changeset, Filter};
 use tursync::dump::SqlSink;
 use tursync::progress::Progress;
-use tursync::pull::{ConflictKind, MergeConflict, MergeOptions, Resolve};
-use tursync::push::{Conflict, PushOptions};
+use tursync::pull::{MergeOptions, Resolve};
+use tursync::push::PushOptions;
 use tursync::remote::{Endpoint, Remote, RemoteError};
 use tursync::workspace::{self, Workspace, DEFAULT_DB};
+use tursync::{Conflict, ConflictKind, Outcome};
 
 const EXIT_HELP: &str = "\
 Exit codes:
@@ -326,7 +327,6 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = match (e.downcast_ref::<Exit>(), e.downcast_ref::<tursync::Error>()) {
                 (Some(x), _) => x.0,
-                (_, Some(tursync::Error::Conflict(_))) => 3,
                 _ => 1,
             };
             eprintln!("error: {e:#}");
@@ -735,133 +735,38 @@ fn push(cli: &Cli, dry_run: bool, as_json: bool, progress: &Progress) -> Result<
     let outcome = tursync::push::push(&ws, &remote, PushOptions::default(), progress)
         .with_context(|| format!("push to {endpoint} failed"))?;
     progress.finish();
-    match outcome {
-        Ok(r) => {
-            if as_json {
-                println!(
-                    "{}",
-                    json!({"pushed": r.changes > 0, "changes": r.changes, "applied": r.applied, "skipped": r.skipped,
+    // An interrupted push may have landed rows the base does not know of yet: then some of
+    // its conflicts are that push, which a pull recognizes.
+    let op = Op::Push {
+        interrupted: ws.push_interrupted(),
+    };
+    conclude(outcome, op, as_json, |r| {
+        if as_json {
+            println!(
+                "{}",
+                json!({"pushed": r.changes > 0, "changes": r.changes, "applied": r.applied, "skipped": r.skipped,
                            "requests": r.requests, "transactions": r.transactions,
                            "log": r.log.as_ref().map(|p| p.display().to_string())})
-                );
-            } else if r.changes == 0 {
-                println!("nothing to push");
-            } else {
+            );
+        } else if r.changes == 0 {
+            println!("nothing to push");
+        } else {
+            println!(
+                "pushed {} to {endpoint} in {:.1}s ({} applied, {} already there; {})",
+                count(r.changes, "change"),
+                started.elapsed().as_secs_f64(),
+                count(r.applied, "row"),
+                r.skipped,
+                count(r.requests as usize, "request")
+            );
+            if r.transactions > 1 {
                 println!(
-                    "pushed {} to {endpoint} in {:.1}s ({} applied, {} already there; {})",
-                    count(r.changes, "change"),
-                    started.elapsed().as_secs_f64(),
-                    count(r.applied, "row"),
-                    r.skipped,
-                    count(r.requests as usize, "request")
-                );
-                if r.transactions > 1 {
-                    println!(
                         "note: the push was large, so it went as {} transactions; had it stopped midway, running push again would finish it",
                         r.transactions
                     );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(conflicts) => {
-            // An interrupted push may have landed rows the base does not know of yet: then
-            // some of these "conflicts" are that push, which a pull recognizes.
-            let interrupted = ws.push_interrupted();
-            if as_json {
-                let list: Vec<_> = conflicts.iter().map(conflict_json).collect();
-                println!(
-                    "{}",
-                    json!({"pushed": false, "conflicts": list, "earlier_push_interrupted": interrupted})
-                );
-            } else {
-                print_conflicts(&conflicts);
-                if interrupted {
-                    eprintln!("An earlier push was interrupted and may have reached the remote without the base knowing: run `tursync sync`, which settles that first.");
-                }
-            }
-            Ok(ExitCode::from(3))
-        }
-    }
-}
-
-fn conflict_json(c: &Conflict) -> serde_json::Value {
-    let row = |r: &Option<Vec<tursync::Value>>| match r {
-        Some(r) => json!(c
-            .columns
-            .iter()
-            .cloned()
-            .zip(r.iter().map(|v| json!(v)))
-            .collect::<serde_json::Map<_, _>>()),
-        None => serde_json::Value::Null,
-    };
-    json!({"table": c.table, "kind": c.kind.as_str(), "key": c.key, "base": row(&c.base), "local": row(&c.local), "remote": row(&c.remote), "constraint": c.constraint})
-}
-
-/// One line for a row a push or pull would leave pointing at nothing.
-fn print_orphan(table: &str, key: &[String], constraint: Option<&str>) {
-    eprintln!(
-        "  table {table}, key ({}): its foreign key would point at nothing ({})",
-        key.join(", "),
-        constraint.unwrap_or("a FOREIGN KEY")
-    );
-}
-
-fn print_conflicts(conflicts: &[Conflict]) {
-    eprintln!(
-        "conflict: {} row{} changed both here and on the remote since the last sync; nothing was pushed",
-        conflicts.len(),
-        if conflicts.len() == 1 { "" } else { "s" }
-    );
-    let lit = |v: &tursync::Value| tursync::sql::literal(v);
-    for c in conflicts.iter().take(50) {
-        let key: Vec<String> = c.key.iter().map(lit).collect();
-        if c.kind == ConflictKind::ForeignKey {
-            print_orphan(&c.table, &key, c.constraint.as_deref());
-            continue;
-        }
-        if let (Some(constraint), Some(remote)) = (&c.constraint, &c.remote) {
-            eprintln!(
-                "  table {}, key ({}): {constraint}; the remote's row holding the same values: ({})",
-                c.table,
-                key.join(", "),
-                remote.iter().map(lit).collect::<Vec<_>>().join(", ")
-            );
-            continue;
-        }
-        eprintln!("  table {}, key ({})", c.table, key.join(", "));
-        let state =
-            |r: &Option<Vec<tursync::Value>>| if r.is_some() { "present" } else { "absent" };
-        if c.base.is_none() || c.local.is_none() || c.remote.is_none() {
-            eprintln!(
-                "    row: base {}, local {}, remote {}",
-                state(&c.base),
-                state(&c.local),
-                state(&c.remote)
-            );
-        }
-        for (i, col) in c.columns.iter().enumerate() {
-            let cell =
-                |r: &Option<Vec<tursync::Value>>| r.as_ref().map_or("-".to_owned(), |r| lit(&r[i]));
-            let (b, l, r) = (cell(&c.base), cell(&c.local), cell(&c.remote));
-            if !(b == l && l == r) {
-                eprintln!("    {col}: base {b}, local {l}, remote {r}");
             }
         }
-    }
-    if conflicts.len() > 50 {
-        eprintln!("  … and {} more (use --json for all)", conflicts.len() - 50);
-    }
-    if conflicts.iter().any(|c| c.kind == ConflictKind::ForeignKey) {
-        eprintln!("Nothing changed on the remote. A row we deleted (or re-keyed) is still referenced there by a row others added: pull to bring that row in, then restore the parent or delete the child, and push again.");
-    } else if conflicts
-        .iter()
-        .any(|c| c.base.is_none() && c.local.is_some() && c.remote.is_some())
-    {
-        eprintln!("Some of your new rows took keys that new rows on the remote took meanwhile. Push never renumbers: run `tursync sync`, which renumbers your new rows (and the references to them) and pushes them.");
-    } else {
-        eprintln!("Nothing changed on either side in this transaction. Run `tursync pull` to merge the remote's changes (it reports the same rows), then push again.");
-    }
+    })
 }
 
 fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> Result<ExitCode> {
@@ -878,58 +783,46 @@ fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> 
         &waiting,
     )
     .with_context(|| format!("pull from {endpoint} failed"))?;
-    match outcome {
-        Ok(r) => {
-            if as_json {
-                println!(
-                    "{}",
-                    json!({"pulled": true, "downloaded": r.downloaded, "applied": r.applied, "merged": r.merged,
+    conclude(outcome, Op::Pull, as_json, |r| {
+        if as_json {
+            println!(
+                "{}",
+                json!({"pulled": true, "downloaded": r.downloaded, "applied": r.applied, "merged": r.merged,
                            "resolved": r.resolved, "schema_changes": r.schema_changes,
                            "renumbered": r.renumbered.iter().map(|n| json!({"table": n.table, "column": n.column, "from": n.from, "to": n.to})).collect::<Vec<_>>()})
-                );
-            } else if !r.downloaded {
-                println!("the remote has not changed since the last sync; nothing to pull");
-            } else {
+            );
+        } else if !r.downloaded {
+            println!("the remote has not changed since the last sync; nothing to pull");
+        } else {
+            println!(
+                "pulled from {endpoint} in {:.1}s: {} applied ({} merged cell by cell), {}{}",
+                started.elapsed().as_secs_f64(),
+                count(r.applied, "row change"),
+                r.merged,
+                count(r.schema_changes, "schema change"),
+                if r.resolved > 0 {
+                    format!(", {} conflicts settled", r.resolved)
+                } else {
+                    String::new()
+                }
+            );
+            if !r.renumbered.is_empty() {
                 println!(
-                    "pulled from {endpoint} in {:.1}s: {} applied ({} merged cell by cell), {}{}",
-                    started.elapsed().as_secs_f64(),
-                    count(r.applied, "row change"),
-                    r.merged,
-                    count(r.schema_changes, "schema change"),
-                    if r.resolved > 0 {
-                        format!(", {} conflicts settled", r.resolved)
-                    } else {
-                        String::new()
-                    }
-                );
-                if !r.renumbered.is_empty() {
-                    println!(
                         "renumbered {} of ours, whose keys others' new rows took (references to them followed):",
                         count(r.renumbered.len(), "new row")
                     );
-                    for n in r.renumbered.iter().take(20) {
-                        println!("  {}.{}: {} -> {}", n.table, n.column, n.from, n.to);
-                    }
-                    if r.renumbered.len() > 20 {
-                        println!(
-                            "  … and {} more (use --json for all)",
-                            r.renumbered.len() - 20
-                        );
-                    }
+                for n in r.renumbered.iter().take(20) {
+                    println!("  {}.{}: {} -> {}", n.table, n.column, n.from, n.to);
+                }
+                if r.renumbered.len() > 20 {
+                    println!(
+                        "  … and {} more (use --json for all)",
+                        r.renumbered.len() - 20
+                    );
                 }
             }
-            Ok(ExitCode::SUCCESS)
         }
-        Err(conflicts) => {
-            if as_json {
-                let list: Vec<_> = conflicts.iter().map(merge_conflict_json).collect();
-                println!("{}", json!({"pulled": false, "conflicts": list}));
-            } else {
-                print_merge_conflicts(&conflicts);
-            }
-            Ok(ExitCode::from(3))
-        }
-    }
+    })
 }
 
 fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<ExitCode> {
@@ -996,28 +889,27 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
             remote_index.map_or_else(|| "unknown".to_owned(), |i| i.to_string())
         ),
         Event::PullConflicts(conflicts) if as_json => {
-            let list: Vec<_> = conflicts.iter().map(merge_conflict_json).collect();
-            line("conflict", json!({"pulled": false, "conflicts": list}));
+            line("conflict", Op::Pull.conflicts_json(conflicts));
         }
         Event::PullConflicts(conflicts) => {
             eprintln!("{} conflict while pulling:", now());
-            print_merge_conflicts(conflicts);
+            Op::Pull.print_conflicts(conflicts);
             eprintln!("watch keeps running and tries again when either side changes.");
         }
         Event::PushConflicts {
             conflicts,
             earlier_push_interrupted,
-        } if as_json => {
-            let list: Vec<_> = conflicts.iter().map(conflict_json).collect();
-            line(
-                "conflict",
-                json!({"pushed": false, "conflicts": list, "earlier_push_interrupted": earlier_push_interrupted}),
-            );
-        }
-        Event::PushConflicts { conflicts, .. } => {
-            eprintln!("{} conflict while pushing:", now());
-            print_conflicts(conflicts);
-            eprintln!("watch keeps running and tries again when either side changes.");
+        } => {
+            let op = Op::Push {
+                interrupted: earlier_push_interrupted,
+            };
+            if as_json {
+                line("conflict", op.conflicts_json(conflicts));
+            } else {
+                eprintln!("{} conflict while pushing:", now());
+                op.print_conflicts(conflicts);
+                eprintln!("watch keeps running and tries again when either side changes.");
+            }
         }
         Event::Refused(e) if as_json => line("refused", json!({"error": e.to_string()})),
         Event::Refused(e) => {
@@ -1145,58 +1037,194 @@ fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-fn merge_conflict_json(c: &MergeConflict) -> serde_json::Value {
-    json!({"table": c.table, "kind": c.kind.as_str(), "key": c.key, "column": c.column, "base": c.base, "ours": c.ours, "theirs": c.theirs,
-           "constraint": c.constraint, "ours_key": c.ours_key})
+/// Which operation met conflicts: it decides the wording and what to do next.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// `interrupted`: an earlier push may have reached the remote without the base knowing.
+    Push {
+        interrupted: bool,
+    },
+    Pull,
 }
 
-fn print_merge_conflicts(conflicts: &[MergeConflict]) {
-    eprintln!(
-        "conflict: {} change{} made both here and on the remote; nothing was pulled",
-        conflicts.len(),
-        if conflicts.len() == 1 { "" } else { "s" }
-    );
-    let lit = |v: &Option<tursync::Value>| v.as_ref().map_or("-".to_owned(), tursync::sql::literal);
-    let keys = |k: &[tursync::Value]| {
-        k.iter()
-            .map(tursync::sql::literal)
-            .collect::<Vec<_>>()
-            .join(", ")
+/// The one place an outcome becomes an exit code: conflicts are reported (as JSON on stdout,
+/// or as text on stderr) and exit with 3; a finished operation reports through `done` and
+/// exits with 0.
+fn conclude<R>(
+    outcome: Outcome<R>,
+    op: Op,
+    as_json: bool,
+    done: impl FnOnce(R),
+) -> Result<ExitCode> {
+    match outcome {
+        Outcome::Done(r) => {
+            done(r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Conflicts(conflicts) => {
+            if as_json {
+                println!("{}", op.conflicts_json(&conflicts));
+            } else {
+                op.print_conflicts(&conflicts);
+            }
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+/// One conflict as JSON. A cell conflict's `base`/`ours`/`theirs` are the cell's values; any
+/// other's are whole rows by column name (or null where that side has no row).
+fn conflict_json(c: &Conflict) -> serde_json::Value {
+    let values = |r: &Option<Vec<tursync::Value>>| match (c.kind, r) {
+        (_, None) => serde_json::Value::Null,
+        (ConflictKind::Cell, Some(r)) => json!(r.first()),
+        (_, Some(r)) => json!(c
+            .columns
+            .iter()
+            .cloned()
+            .zip(r.iter().map(|v| json!(v)))
+            .collect::<serde_json::Map<_, _>>()),
     };
-    for c in conflicts.iter().take(50) {
-        let key: Vec<String> = c.key.iter().map(tursync::sql::literal).collect();
-        if c.kind == ConflictKind::ForeignKey {
-            print_orphan(&c.table, &key, c.constraint.as_deref());
-            continue;
-        }
-        if c.kind == ConflictKind::Unique {
-            eprintln!(
-                "  table {}: their row ({}) and our row ({}) break {}",
-                c.table,
-                key.join(", "),
-                c.ours_key.as_deref().map_or("?".to_owned(), keys),
-                c.constraint.as_deref().unwrap_or("a UNIQUE constraint")
-            );
-            continue;
-        }
-        match &c.column {
-            Some(col) => eprintln!(
-                "  table {}, key ({}), column {col}: base {}, ours {}, theirs {}",
-                c.table,
-                key.join(", "),
-                lit(&c.base),
-                lit(&c.ours),
-                lit(&c.theirs)
-            ),
-            None => eprintln!(
-                "  table {}, key ({}): deleted on one side, changed on the other",
-                c.table,
-                key.join(", ")
-            ),
+    let column =
+        (c.kind != ConflictKind::Row && !c.columns.is_empty()).then(|| c.columns.join(", "));
+    json!({"table": c.table, "kind": c.kind.as_str(), "key": c.key, "column": column, "columns": c.columns,
+           "base": values(&c.base), "ours": values(&c.ours), "theirs": values(&c.theirs),
+           "constraint": c.constraint, "ours_key": c.ours_key, "object": c.object})
+}
+
+impl Op {
+    fn conflicts_json(self, conflicts: &[Conflict]) -> serde_json::Value {
+        let list: Vec<_> = conflicts.iter().map(conflict_json).collect();
+        match self {
+            Op::Push { interrupted } => {
+                json!({"pushed": false, "conflicts": list, "earlier_push_interrupted": interrupted})
+            }
+            Op::Pull => json!({"pulled": false, "conflicts": list}),
         }
     }
-    if conflicts.len() > 50 {
-        eprintln!("  … and {} more (use --json for all)", conflicts.len() - 50);
+
+    /// The conflicts for a person: a line or two each (50 at most), then what to do.
+    fn print_conflicts(self, conflicts: &[Conflict]) {
+        let n = conflicts.len();
+        let s = if n == 1 { "" } else { "s" };
+        match self {
+            Op::Push { .. } => eprintln!(
+                "conflict: {n} row{s} changed both here and on the remote since the last sync; nothing was pushed"
+            ),
+            Op::Pull => eprintln!(
+                "conflict: {n} change{s} made both here and on the remote; nothing was pulled"
+            ),
+        }
+        // The remote's side is "theirs" in a merge, "remote" against a push.
+        let (ours, theirs) = match self {
+            Op::Push { .. } => ("local", "remote"),
+            Op::Pull => ("ours", "theirs"),
+        };
+        let lit = tursync::sql::literal;
+        let list = |vs: &[tursync::Value]| vs.iter().map(lit).collect::<Vec<_>>().join(", ");
+        for c in conflicts.iter().take(50) {
+            let (table, key) = (&c.table, list(&c.key));
+            match c.kind {
+                ConflictKind::ForeignKey => eprintln!(
+                    "  table {table}, key ({key}): its foreign key would point at nothing ({})",
+                    c.constraint.as_deref().unwrap_or("a FOREIGN KEY")
+                ),
+                ConflictKind::Schema => {
+                    let object = c.object.as_deref().unwrap_or(table);
+                    match self {
+                        Op::Push { .. } => {
+                            eprintln!("  {object} changed on the remote since your last sync")
+                        }
+                        Op::Pull => eprintln!("  {object} was changed both here and on the remote"),
+                    }
+                }
+                ConflictKind::Unique => {
+                    // The other row holding the same values: ours in a merge, the remote's
+                    // against a push.
+                    let other = c
+                        .ours_key
+                        .as_deref()
+                        .or(c.theirs.as_deref())
+                        .map_or("?".to_owned(), list);
+                    eprintln!(
+                        "  table {table}, key ({key}): {}; the other row holding the same values: ({other})",
+                        c.constraint.as_deref().unwrap_or("a UNIQUE constraint")
+                    );
+                }
+                ConflictKind::Cell => {
+                    let cell = |v: &Option<Vec<tursync::Value>>| {
+                        v.as_ref()
+                            .and_then(|v| v.first())
+                            .map_or("-".to_owned(), lit)
+                    };
+                    eprintln!(
+                        "  table {table}, key ({key}), column {}: base {}, {ours} {}, {theirs} {}",
+                        c.columns.join(", "),
+                        cell(&c.base),
+                        cell(&c.ours),
+                        cell(&c.theirs)
+                    );
+                }
+                ConflictKind::Row if c.columns.is_empty() => {
+                    eprintln!(
+                        "  table {table}, key ({key}): deleted on one side, changed on the other"
+                    )
+                }
+                ConflictKind::Row => {
+                    eprintln!("  table {table}, key ({key})");
+                    let state = |r: &Option<Vec<tursync::Value>>| {
+                        if r.is_some() {
+                            "present"
+                        } else {
+                            "absent"
+                        }
+                    };
+                    if c.base.is_none() || c.ours.is_none() || c.theirs.is_none() {
+                        eprintln!(
+                            "    row: base {}, {ours} {}, {theirs} {}",
+                            state(&c.base),
+                            state(&c.ours),
+                            state(&c.theirs)
+                        );
+                    }
+                    for (i, col) in c.columns.iter().enumerate() {
+                        let cell = |r: &Option<Vec<tursync::Value>>| {
+                            r.as_ref().map_or("-".to_owned(), |r| lit(&r[i]))
+                        };
+                        let (b, o, t) = (cell(&c.base), cell(&c.ours), cell(&c.theirs));
+                        if !(b == o && o == t) {
+                            eprintln!("    {col}: base {b}, {ours} {o}, {theirs} {t}");
+                        }
+                    }
+                }
+            }
+        }
+        if n > 50 {
+            eprintln!("  … and {} more (use --json for all)", n - 50);
+        }
+        let any = |kind| conflicts.iter().any(|c| c.kind == kind);
+        match self {
+            Op::Push { interrupted } => {
+                if any(ConflictKind::Schema) {
+                    eprintln!("Nothing was pushed. Run `tursync pull` to bring the remote's change in first.");
+                } else if any(ConflictKind::ForeignKey) {
+                    eprintln!("Nothing changed on the remote. A row we deleted (or re-keyed) is still referenced there by a row others added: pull to bring that row in, then restore the parent or delete the child, and push again.");
+                } else if conflicts
+                    .iter()
+                    .any(|c| c.base.is_none() && c.ours.is_some() && c.theirs.is_some())
+                {
+                    eprintln!("Some of your new rows took keys that new rows on the remote took meanwhile. Push never renumbers: run `tursync sync`, which renumbers your new rows (and the references to them) and pushes them.");
+                } else {
+                    eprintln!("Nothing changed on either side in this transaction. Run `tursync pull` to merge the remote's changes (it reports the same rows), then push again.");
+                }
+                if interrupted {
+                    eprintln!("An earlier push was interrupted and may have reached the remote without the base knowing: run `tursync sync`, which settles that first.");
+                }
+            }
+            Op::Pull if any(ConflictKind::Schema) => {
+                eprintln!("Nothing changed. Undo one side's schema change and pull again.")
+            }
+            Op::Pull => eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (for a UNIQUE conflict, --theirs deletes our row and --ours leaves theirs out, so the next push deletes it on the remote), or edit the working copy and pull again. A foreign-key conflict is settled by neither: restore the parent row or delete the child, then pull again."),
+        }
     }
-    eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (for a UNIQUE conflict, --theirs deletes our row and --ours leaves theirs out, so the next push deletes it on the remote), or edit the working copy and pull again. A foreign-key conflict is settled by neither: restore the parent row or delete the child, then pull again.");
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension};
 
-pub use crate::diff::ConflictKind;
+use crate::conflict::{Conflict, ConflictKind, Outcome};
 use crate::diff::{Changeset, RowChange, SchemaChange, SequenceChange, TableDiff};
 use crate::schema::{
     foreign_key_scope, foreign_keys, parse_unique_failure, ForeignKey, ObjectKind, Orphan,
@@ -50,12 +50,13 @@ impl MergeOptions {
     }
 
     /// The conflicts that stop the pull: those of tables settled by [`Resolve::Refuse`], and
-    /// every foreign-key conflict, which no side settles.
-    pub(crate) fn unsettled(&self, conflicts: &[MergeConflict]) -> Vec<MergeConflict> {
+    /// every foreign-key and schema conflict, which no side settles.
+    pub(crate) fn unsettled(&self, conflicts: &[Conflict]) -> Vec<Conflict> {
         conflicts
             .iter()
             .filter(|c| {
-                c.kind == ConflictKind::ForeignKey || self.resolve_for(&c.table) == Resolve::Refuse
+                matches!(c.kind, ConflictKind::ForeignKey | ConflictKind::Schema)
+                    || self.resolve_for(&c.table) == Resolve::Refuse
             })
             .cloned()
             .collect()
@@ -70,23 +71,6 @@ pub struct Renumbered {
     pub column: String,
     pub from: i64,
     pub to: i64,
-}
-
-/// Something both sides changed in ways that do not merge. `key` is their row's key; a cell
-/// conflict names its `column` and the three values; a unique conflict names the
-/// `constraint` and the key of our row that holds the same values (`ours_key`); a foreign-key
-/// conflict names the child row (`key`), its `column` and the `constraint` it breaks.
-#[derive(Debug, Clone)]
-pub struct MergeConflict {
-    pub table: String,
-    pub kind: ConflictKind,
-    pub key: Vec<Value>,
-    pub column: Option<String>,
-    pub base: Option<Value>,
-    pub ours: Option<Value>,
-    pub theirs: Option<Value>,
-    pub constraint: Option<String>,
-    pub ours_key: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -137,6 +121,7 @@ pub(crate) fn strip_our_push(theirs: &mut Changeset, pushed: &Changeset) {
 }
 
 /// What a pull changes in the working copy, decided from ours and theirs alone.
+#[derive(Default)]
 pub(crate) struct Plan {
     /// Our triggers, suspended while the merge applies.
     suspend: Vec<String>,
@@ -148,7 +133,7 @@ pub(crate) struct Plan {
     /// The merged set of triggers, created last.
     triggers: Vec<String>,
     user_version: Option<i64>,
-    pub(crate) conflicts: Vec<MergeConflict>,
+    pub(crate) conflicts: Vec<Conflict>,
     pub(crate) report: PullReport,
 }
 
@@ -162,7 +147,22 @@ impl Plan {
         work: &Connection,
         theirs_db: &Connection,
     ) -> Result<Plan> {
-        let ddl = merge_schema(ours, theirs)?;
+        let (ddl, triggers) = match (merge_schema(ours, theirs), merged_triggers(ours, theirs)) {
+            (Outcome::Done(ddl), Outcome::Done(triggers)) => (ddl, triggers),
+            // Stops the merge before any row is looked at: no side settles it.
+            (a, b) => {
+                let mut conflicts = Vec::new();
+                for o in [a, b] {
+                    if let Outcome::Conflicts(c) = o {
+                        conflicts.extend(c);
+                    }
+                }
+                return Ok(Plan {
+                    conflicts,
+                    ..Plan::default()
+                });
+            }
+        };
         let mut m = Merge {
             opts,
             keys: KeySpace {
@@ -194,7 +194,7 @@ impl Plan {
             renumbers: report.renumbered.clone(),
             writes,
             sequences: theirs.sequences.clone(),
-            triggers: merged_triggers(ours, theirs)?,
+            triggers,
             user_version: theirs.user_version.filter(|_| ours.user_version.is_none()),
             conflicts,
             report,
@@ -212,7 +212,7 @@ impl Plan {
         work: &Connection,
         theirs_db: &Connection,
         merge: &MergeOptions,
-    ) -> Result<Vec<MergeConflict>> {
+    ) -> Result<Vec<Conflict>> {
         let mut unique = Vec::new();
         for name in &self.suspend {
             work.execute_batch(&format!("DROP TRIGGER {}", sql::ident(name)))?;
@@ -402,7 +402,7 @@ impl<'c> Applier<'c> {
         i: usize,
         w: &Write,
         resolve: Resolve,
-    ) -> Result<Option<MergeConflict>> {
+    ) -> Result<Option<Conflict>> {
         let row = match (phase, w) {
             (0, Write::Delete { table, key }) => {
                 self.delete(table, key)?;
@@ -474,7 +474,7 @@ impl<'c> Applier<'c> {
         target: Vec<(String, Value)>,
         ours: Option<Vec<(String, Value)>>,
         resolve: Resolve,
-    ) -> Result<Option<MergeConflict>> {
+    ) -> Result<Option<Conflict>> {
         let constraint = match &e {
             Error::Local(le) => match unique_violation(le) {
                 Some(c) => c,
@@ -511,16 +511,15 @@ impl<'c> Applier<'c> {
                 self.applied += 1;
             }
         }
-        Ok(Some(MergeConflict {
-            table: table.to_owned(),
-            kind: ConflictKind::Unique,
-            key: key.into_iter().map(|(_, v)| v).collect(),
-            column: columns.map(|c| c.join(", ")),
-            base: None,
-            ours: None,
-            theirs: None,
+        Ok(Some(Conflict {
+            columns: columns.unwrap_or_default(),
             constraint: Some(constraint),
             ours_key: holder.map(|h| h.into_iter().map(|(_, v)| v).collect()),
+            ..Conflict::new(
+                table,
+                ConflictKind::Unique,
+                key.into_iter().map(|(_, v)| v).collect(),
+            )
         }))
     }
 
@@ -744,7 +743,7 @@ struct Merge<'c> {
     opts: &'c MergeOptions,
     keys: KeySpace<'c>,
     writes: Vec<Write>,
-    conflicts: Vec<MergeConflict>,
+    conflicts: Vec<Conflict>,
     report: PullReport,
 }
 
@@ -772,17 +771,13 @@ impl Merge<'_> {
             let key = key_pairs(theirs, ch.row());
             let key_values: Vec<Value> = key.iter().map(|(_, v)| v.clone()).collect();
             let conflict = |kind, column: Option<String>, values: [Option<Value>; 3]| {
-                let [base, ours, theirs] = values;
-                MergeConflict {
-                    table: table.clone(),
-                    kind,
-                    key: key_values.clone(),
-                    column,
+                let [base, ours, theirs] = values.map(|v| v.map(|v| vec![v]));
+                Conflict {
+                    columns: column.into_iter().collect(),
                     base,
                     ours,
                     theirs,
-                    constraint: None,
-                    ours_key: None,
+                    ..Conflict::new(&table, kind, key_values.clone())
                 }
             };
             if let (Some(locators), RowChange::Insert(r)) = (&mut locators, ch) {
@@ -1034,24 +1029,22 @@ fn orphan_conflict(
     rowid: Option<i64>,
     parent: &str,
     fkid: i64,
-) -> Result<MergeConflict> {
+) -> Result<Conflict> {
     let columns: Vec<String> = work
         .prepare("SELECT \"from\" FROM pragma_foreign_key_list(?1) WHERE id = ?2 ORDER BY seq")?
         .query_map(rusqlite::params![child, fkid], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(MergeConflict {
-        table: child.to_owned(),
-        kind: ConflictKind::ForeignKey,
-        key: rowid.map(Value::Integer).into_iter().collect(),
-        column: Some(columns.join(", ")),
-        base: None,
-        ours: None,
-        theirs: None,
+    Ok(Conflict {
         constraint: Some(format!(
             "FOREIGN KEY {child}({}) REFERENCES {parent}",
             columns.join(", ")
         )),
-        ours_key: None,
+        columns,
+        ..Conflict::new(
+            child,
+            ConflictKind::ForeignKey,
+            rowid.map(Value::Integer).into_iter().collect(),
+        )
     })
 }
 
@@ -1279,14 +1272,9 @@ impl Renumbered {
     }
 }
 
-/// The DDL that brings their schema changes into the working copy, or a conflict when both
+/// The DDL that brings their schema changes into the working copy, or the conflict when both
 /// sides changed the same object differently. Triggers are handled by [`merged_triggers`].
-fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
-    let conflict = |what: String| {
-        Error::Conflict(format!(
-            "{what} was changed both here and on the remote; nothing was pulled. Undo one side's change and pull again"
-        ))
-    };
+fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Outcome<Vec<String>> {
     let ours_touches = |name: &str| {
         ours.schema.iter().any(|c| match c {
             SchemaChange::TableAdded { name: n, .. }
@@ -1307,7 +1295,7 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
             _ => false,
         });
         if gone_here {
-            return Err(conflict(format!("table {:?}", t.table.name)));
+            return Outcome::Conflicts(vec![Conflict::schema("table", &t.table.name)]);
         }
     }
     let mut ddl = Vec::new();
@@ -1318,19 +1306,19 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
         match ch {
             SchemaChange::TableAdded { name, sql: create } => {
                 if ours_touches(name) {
-                    return Err(conflict(format!("table {name:?}")));
+                    return Outcome::Conflicts(vec![Conflict::schema("table", name)]);
                 }
                 ddl.push(create.clone());
             }
             SchemaChange::TableDropped { name, .. } => {
                 if ours_touches(name) {
-                    return Err(conflict(format!("table {name:?}")));
+                    return Outcome::Conflicts(vec![Conflict::schema("table", name)]);
                 }
                 ddl.push(format!("DROP TABLE {}", sql::ident(name)));
             }
             SchemaChange::TableRebuilt { name, new_sql, .. } => {
                 if ours_touches(name) {
-                    return Err(conflict(format!("table {name:?}")));
+                    return Outcome::Conflicts(vec![Conflict::schema("table", name)]);
                 }
                 ddl.push(format!("DROP TABLE {}", sql::ident(name)));
                 ddl.push(new_sql.clone());
@@ -1343,7 +1331,7 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
                     _ => false,
                 });
                 if ours_schema {
-                    return Err(conflict(format!("table {table:?}")));
+                    return Outcome::Conflicts(vec![Conflict::schema("table", table)]);
                 }
                 for c in columns {
                     ddl.push(format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)));
@@ -1355,7 +1343,7 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
                 if *kind != ObjectKind::Trigger =>
             {
                 if ours.schema.iter().any(|c| object_named(c, *kind, name)) {
-                    return Err(conflict(format!("{} {name:?}", kind.as_str())));
+                    return Outcome::Conflicts(vec![Conflict::schema(kind.as_str(), name)]);
                 }
                 match ch {
                     SchemaChange::ObjectAdded { sql: create, .. } => ddl.push(create.clone()),
@@ -1386,7 +1374,7 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
             2
         }
     });
-    Ok(ddl)
+    Outcome::Done(ddl)
 }
 
 fn object_named(c: &SchemaChange, kind: ObjectKind, name: &str) -> bool {
@@ -1405,7 +1393,7 @@ fn object_named(c: &SchemaChange, kind: ObjectKind, name: &str) -> bool {
 }
 
 /// The working copy's triggers with their trigger changes applied.
-fn merged_triggers(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> {
+fn merged_triggers(ours: &Changeset, theirs: &Changeset) -> Outcome<Vec<String>> {
     let mut set: Vec<(String, String)> = ours.new_triggers.clone();
     let base: HashMap<&str, &str> = theirs
         .base_triggers
@@ -1430,16 +1418,14 @@ fn merged_triggers(ours: &Changeset, theirs: &Changeset) -> Result<Vec<String>> 
             continue;
         }
         if o != b {
-            return Err(Error::Conflict(format!(
-                "trigger {name:?} was changed both here and on the remote; nothing was pulled"
-            )));
+            return Outcome::Conflicts(vec![Conflict::schema("trigger", name)]);
         }
         set.retain(|(n, _)| n != name);
         if let Some(create) = t {
             set.push((name.to_owned(), create.to_owned()));
         }
     }
-    Ok(set.into_iter().map(|(_, s)| s).collect())
+    Outcome::Done(set.into_iter().map(|(_, s)| s).collect())
 }
 
 #[cfg(test)]

@@ -11,11 +11,10 @@
 use rusqlite::Connection;
 
 use crate::clone::FetchOptions;
+use crate::conflict::Outcome;
 use crate::diff;
 use crate::merge::{strip_our_push, Plan};
-pub use crate::merge::{
-    ConflictKind, MergeConflict, MergeOptions, PullReport, Renumbered, Resolve,
-};
+pub use crate::merge::{MergeOptions, PullReport, Renumbered, Resolve};
 use crate::progress::Progress;
 use crate::remote::Remote;
 use crate::workspace::{wait_for_locks, SyncState, Workspace, BUSY_TIMEOUT};
@@ -24,8 +23,8 @@ use crate::{Error, Result};
 /// Called once if the app holds the working copy's write lock, before waiting for it.
 pub type WaitNotice<'a> = &'a dyn Fn();
 
-/// Pulls the remote into the working copy. Returns the conflicts instead when any is left
-/// unsettled by `merge`; nothing changes on either side then.
+/// Pulls the remote into the working copy. Ends in conflicts when any is left unsettled by
+/// `merge`; nothing changes on either side then.
 pub fn pull(
     ws: &Workspace,
     remote: &Remote,
@@ -33,17 +32,17 @@ pub fn pull(
     opts: FetchOptions,
     progress: &Progress,
     on_wait: WaitNotice<'_>,
-) -> Result<Result<PullReport, Vec<MergeConflict>>> {
+) -> Result<Outcome<PullReport>> {
     let _lock = ws.lock()?;
     let known = ws.sync_state()?.replication_index;
     let now = remote.query("SELECT 1", vec![])?.replication_index();
     if known.is_some() && now == known {
-        return Ok(Ok(PullReport::default()));
+        return Ok(Outcome::Done(PullReport::default()));
     }
 
     let theirs = ws.download(remote, opts, progress)?;
     let outcome = merge_into(ws, &theirs.path, merge, on_wait)?;
-    if outcome.is_ok() {
+    if matches!(outcome, Outcome::Done(_)) {
         // A crash here leaves the old base: the next pull sees our side and theirs holding
         // the same changes, which merge to nothing, and converges.
         ws.replace_base_with(&theirs.path)?;
@@ -96,7 +95,7 @@ fn merge_into(
     remote_db: &std::path::Path,
     merge: &MergeOptions,
     on_wait: WaitNotice<'_>,
-) -> Result<Result<PullReport, Vec<MergeConflict>>> {
+) -> Result<Outcome<PullReport>> {
     let base = ws.open_base()?;
     let theirs_db = crate::workspace::open_snapshot(remote_db)?;
     let all = diff::Filter::default();
@@ -124,7 +123,7 @@ fn merge_into(
     work.execute_batch("COMMIT")?;
     let unsettled = merge.unsettled(&plan.conflicts);
     if !unsettled.is_empty() {
-        return Ok(Err(unsettled));
+        return Ok(Outcome::Conflicts(unsettled));
     }
 
     begin_immediate(&mut work, on_wait)?;
@@ -134,19 +133,19 @@ fn merge_into(
             plan = Plan::new(&ours, &theirs, merge, &work, &theirs_db)?;
             let unsettled = merge.unsettled(&plan.conflicts);
             if !unsettled.is_empty() {
-                return Ok(Err(unsettled));
+                return Ok(Outcome::Conflicts(unsettled));
             }
         }
         let unique = plan.apply(&work, &theirs_db, merge)?;
         let unsettled = merge.unsettled(&unique);
         if !unsettled.is_empty() {
-            return Ok(Err(unsettled));
+            return Ok(Outcome::Conflicts(unsettled));
         }
         plan.report.resolved += unique.len();
         work.execute_batch("COMMIT")?;
-        Ok(Ok(plan.report.clone()))
+        Ok(Outcome::Done(plan.report.clone()))
     })();
-    if !matches!(applied, Ok(Ok(_))) {
+    if !matches!(applied, Ok(Outcome::Done(_))) {
         let _ = work.execute_batch("ROLLBACK");
     }
     applied

@@ -19,7 +19,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::diff::{Changeset, ConflictKind, RowChange, SchemaChange, TableDiff};
+use crate::conflict::{Conflict, ConflictKind, Outcome};
+use crate::diff::{Changeset, RowChange, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
 use crate::schema::{
@@ -52,21 +53,6 @@ impl Default for PushOptions {
             rows_per_transaction: 200_000,
         }
     }
-}
-
-/// A row of ours the remote will not take: it is neither in the base state nor in the local
-/// state there, or (with `constraint`) another remote row holds its values under a UNIQUE
-/// constraint; `remote` is then that other row.
-#[derive(Debug, Clone)]
-pub struct Conflict {
-    pub table: String,
-    pub kind: ConflictKind,
-    pub columns: Vec<String>,
-    pub key: Vec<Value>,
-    pub base: Option<Vec<Value>>,
-    pub local: Option<Vec<Value>>,
-    pub remote: Option<Vec<Value>>,
-    pub constraint: Option<String>,
 }
 
 /// What a push did.
@@ -132,9 +118,7 @@ fn chunks<T>(rows: &[T], width: usize) -> impl Iterator<Item = &[T]> {
 }
 
 /// What one transaction did: the AUTOINCREMENT counters it wrote and the remote's replication
-/// index just before its writes and just after its commit. Or the conflicts that stopped it.
-type Outcome = Result<Committed, Vec<Conflict>>;
-
+/// index just before its writes and just after its commit.
 struct Committed {
     sequences: Vec<(String, Option<i64>)>,
     index_before: Option<u64>,
@@ -412,15 +396,13 @@ fn classify<'a>(
             } else if same(remote, local) {
                 *skipped += 1;
             } else {
+                let key = t.key.iter().map(|&k| ch.row()[k].clone()).collect();
                 conflicts.push(Conflict {
-                    table: t.table.name.clone(),
-                    kind: ConflictKind::Row,
                     columns: t.columns.clone(),
-                    key: t.key.iter().map(|&k| ch.row()[k].clone()).collect(),
                     base: base.cloned(),
-                    local: local.cloned(),
-                    remote: remote.cloned(),
-                    constraint: None,
+                    ours: local.cloned(),
+                    theirs: remote.cloned(),
+                    ..Conflict::new(&t.table.name, ConflictKind::Row, key)
                 });
             }
         }
@@ -532,15 +514,13 @@ fn unique_conflicts(
             key.join(" AND ")
         );
         if let Some(holder) = remote.query(&q, vec![])?.exact_rows()?.into_iter().next() {
+            let key = t.key.iter().map(|&k| row[k].clone()).collect();
             conflicts.push(Conflict {
-                table: table.to_owned(),
-                kind: ConflictKind::Unique,
                 columns: t.columns.clone(),
-                key: t.key.iter().map(|&k| row[k].clone()).collect(),
-                base: None,
-                local: Some(row.to_vec()),
-                remote: Some(holder),
+                ours: Some(row.to_vec()),
+                theirs: Some(holder),
                 constraint: Some(constraint.clone()),
+                ..Conflict::new(table, ConflictKind::Unique, key)
             });
         }
     }
@@ -657,13 +637,6 @@ impl Catalog for &mut TxnCatalog<'_, '_> {
     }
 }
 
-/// A schema change the remote does not allow: someone else changed the same object.
-fn schema_conflict(what: &str) -> Error {
-    Error::Conflict(format!(
-        "{what} changed on the remote since your last sync; nothing was pushed. Run `tursync pull` to bring the remote's change in first"
-    ))
-}
-
 /// DDL for the schema changes the remote still needs, split around the row changes. A push cut
 /// into transactions must leave the remote, after any one of them, in a state a re-run (or a
 /// pull) understands: every object either as in the base or as in the working copy, never
@@ -683,7 +656,9 @@ struct SchemaPlan {
 
 /// Plans the DDL from the remote's schema as this transaction finds it: objects already in their
 /// new form (a re-run, or a later transaction of a split push) need nothing.
-fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<SchemaPlan> {
+/// A schema change the remote no longer allows (someone else changed the same object) is the
+/// conflict it returns instead.
+fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<Outcome<SchemaPlan>> {
     let has = |ty: &str, name: &str| remote.sql_of(ty, name);
     // Object drops go before table DDL (a dropped table takes its indexes with it).
     let mut drops = Vec::new();
@@ -699,7 +674,13 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<SchemaPlan> {
     new_tr.sort();
     remote_tr.sort();
     if remote_tr != base_tr && remote_tr != new_tr {
-        return Err(schema_conflict("a trigger"));
+        // Name one trigger the remote has otherwise than the base.
+        let odd = remote_tr
+            .iter()
+            .find(|t| !base_tr.contains(t))
+            .or_else(|| base_tr.iter().find(|t| !remote_tr.contains(t)))
+            .map_or("", |(name, _)| name.as_str());
+        return Ok(Outcome::Conflicts(vec![Conflict::schema("trigger", odd)]));
     }
     for (name, _) in &remote_tr {
         drops.push(format!("DROP TRIGGER {}", sql::ident(name)));
@@ -709,12 +690,12 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<SchemaPlan> {
             SchemaChange::TableAdded { name, sql: create } => match has("table", name) {
                 None => before.push(create.clone()),
                 Some(s) if s == create => {}
-                Some(_) => return Err(schema_conflict(&format!("table {name:?}"))),
+                Some(_) => return Ok(Outcome::Conflicts(vec![Conflict::schema("table", name)])),
             },
             SchemaChange::TableDropped { name, sql: old } => match has("table", name) {
                 Some(s) if s == old => before.push(format!("DROP TABLE {}", sql::ident(name))),
                 None => {}
-                Some(_) => return Err(schema_conflict(&format!("table {name:?}"))),
+                Some(_) => return Ok(Outcome::Conflicts(vec![Conflict::schema("table", name)])),
             },
             // Re-creating a table would replace every row in it, including rows others changed
             // since the last sync, which no per-row check covers; so it is refused.
@@ -745,7 +726,7 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<SchemaPlan> {
                                 .push(format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)));
                         }
                     }
-                    _ => return Err(schema_conflict(&format!("table {table:?}"))),
+                    _ => return Ok(Outcome::Conflicts(vec![Conflict::schema("table", table)])),
                 }
             }
             SchemaChange::ObjectDropped {
@@ -755,7 +736,7 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<SchemaPlan> {
             } if *kind != ObjectKind::Trigger => match has(kind.as_str(), name) {
                 Some(s) if s == old => drops.push(kind.drop_sql(name)),
                 None => {}
-                Some(_) => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
+                Some(_) => return Ok(Outcome::Conflicts(vec![Conflict::schema(kind.as_str(), name)])),
             },
             SchemaChange::ObjectChanged {
                 kind,
@@ -776,7 +757,7 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<SchemaPlan> {
                     // An index of a table that was rebuilt (with the same definition) on the
                     // remote went with it.
                     None if old_sql == new_sql => create_list.push(new_sql.clone()),
-                    _ => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
+                    _ => return Ok(Outcome::Conflicts(vec![Conflict::schema(kind.as_str(), name)])),
                 }
             }
             SchemaChange::ObjectAdded {
@@ -787,7 +768,7 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<SchemaPlan> {
                 None if *kind == ObjectKind::Index => after.push(create.clone()),
                 None => views.push(create.clone()),
                 Some(s) if s == create => {}
-                Some(_) => return Err(schema_conflict(&format!("{} {name:?}", kind.as_str()))),
+                Some(_) => return Ok(Outcome::Conflicts(vec![Conflict::schema(kind.as_str(), name)])),
             },
             _ => {}
         }
@@ -802,19 +783,22 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<SchemaPlan> {
             _ => false,
         });
         if !reshaped && has("table", &t.table.name) != Some(t.table.sql.as_str()) {
-            return Err(schema_conflict(&format!("table {:?}", t.table.name)));
+            return Ok(Outcome::Conflicts(vec![Conflict::schema(
+                "table",
+                &t.table.name,
+            )]));
         }
     }
     for (_, create) in &cs.new_triggers {
         after.push(create.clone());
     }
     drops.extend(before);
-    Ok(SchemaPlan {
+    Ok(Outcome::Done(SchemaPlan {
         before: drops,
         views,
         index_drops,
         after,
-    })
+    }))
 }
 
 /// Sends requests on the push stream and fails on the first statement error.
@@ -853,7 +837,7 @@ pub fn push(
     remote: &Remote,
     opts: PushOptions,
     progress: &Progress,
-) -> Result<Result<PushReport, Vec<Conflict>>> {
+) -> Result<Outcome<PushReport>> {
     let _lock = ws.lock()?;
     let cs = ws.diff(&Default::default())?;
     let report = PushReport {
@@ -861,7 +845,7 @@ pub fn push(
         ..PushReport::default()
     };
     if cs.is_empty() {
-        return Ok(Ok(report));
+        return Ok(Outcome::Done(report));
     }
     let fks = foreign_keys(&ws.open_working_copy(true)?)?;
     let fk_scope = foreign_key_scope(&fks, cs.tables.iter().map(|t| t.table.name.as_str()));
@@ -869,28 +853,7 @@ pub fn push(
     let total_rows: usize = cs.tables.iter().map(|t| t.changes.len()).sum();
     progress.start("push", total_rows as u64);
 
-    // Cut the row changes into transactions of at most `rows_per_transaction`.
-    let mut groups: Vec<Vec<TablePlan<'_>>> = vec![Vec::new()];
-    let mut in_group = 0;
-    let limit = opts.rows_per_transaction.max(1);
-    for t in &cs.tables {
-        let mut rest = &t.changes[..];
-        while !rest.is_empty() {
-            if in_group == limit {
-                groups.push(Vec::new());
-                in_group = 0;
-            }
-            let take = (limit - in_group).min(rest.len());
-            if let Some(g) = groups.last_mut() {
-                g.push(TablePlan {
-                    diff: t,
-                    changes: &rest[..take],
-                });
-            }
-            rest = &rest[take..];
-            in_group += take;
-        }
-    }
+    let groups = transactions(&cs, opts.rows_per_transaction);
     let mut run = Run {
         report,
         log: String::new(),
@@ -922,14 +885,14 @@ pub fn push(
         let outcome = match attempt {
             Err(Error::Remote(RemoteError::Sql { message, code })) => {
                 match unique_conflicts(remote, &cs, &message)? {
-                    Some(conflicts) => Err(conflicts),
+                    Some(conflicts) => Outcome::Conflicts(conflicts),
                     None => return Err(RemoteError::Sql { message, code }.into()),
                 }
             }
             other => other?,
         };
         match outcome {
-            Ok(done) => {
+            Outcome::Done(done) => {
                 final_sequences.extend(done.sequences);
                 // The remote is known to equal the new base only if nobody else wrote since
                 // the last sync and this push ran as one transaction.
@@ -939,12 +902,12 @@ pub fn push(
                     None
                 };
             }
-            Err(conflicts) => {
+            Outcome::Conflicts(conflicts) => {
                 // Refused in its first transaction: nothing of this push reached the remote.
                 if gi == 0 && fresh_record && !run.commit_sent {
                     ws.drop_push_record()?;
                 }
-                return Ok(Err(conflicts));
+                return Ok(Outcome::Conflicts(conflicts));
             }
         }
         run.report.transactions += 1;
@@ -955,7 +918,34 @@ pub fn push(
     ws.save_sync_state(&crate::workspace::SyncState {
         replication_index: index,
     })?;
-    Ok(Ok(report))
+    Ok(Outcome::Done(report))
+}
+
+/// Cuts the row changes into transactions of at most `limit` row changes each, in changeset
+/// order (a table may span two). There is always at least one, which carries the schema.
+fn transactions(cs: &Changeset, limit: usize) -> Vec<Vec<TablePlan<'_>>> {
+    let mut groups: Vec<Vec<TablePlan<'_>>> = vec![Vec::new()];
+    let mut in_group = 0;
+    let limit = limit.max(1);
+    for t in &cs.tables {
+        let mut rest = &t.changes[..];
+        while !rest.is_empty() {
+            if in_group == limit {
+                groups.push(Vec::new());
+                in_group = 0;
+            }
+            let take = (limit - in_group).min(rest.len());
+            if let Some(g) = groups.last_mut() {
+                g.push(TablePlan {
+                    diff: t,
+                    changes: &rest[..take],
+                });
+            }
+            rest = &rest[take..];
+            in_group += take;
+        }
+    }
+    groups
 }
 
 /// One transaction's share of the changeset.
@@ -982,14 +972,18 @@ struct Run<'p> {
     commit_sent: bool,
 }
 
-fn push_transaction(remote: &Remote, txn: &Txn<'_, '_>, run: &mut Run<'_>) -> Result<Outcome> {
+fn push_transaction(
+    remote: &Remote,
+    txn: &Txn<'_, '_>,
+    run: &mut Run<'_>,
+) -> Result<Outcome<Committed>> {
     let mut stream = remote.stream();
     let result = push_transaction_on(&mut stream, txn, run);
     match &result {
-        Ok(Ok(_)) => {
+        Ok(Outcome::Done(_)) => {
             let _ = stream.send(&[StreamRequest::Close]);
         }
-        Ok(Err(_)) | Err(_) => abandon(&mut stream),
+        Ok(Outcome::Conflicts(_)) | Err(_) => abandon(&mut stream),
     }
     result
 }
@@ -1000,14 +994,17 @@ fn push_transaction_on(
     stream: &mut Stream<'_>,
     txn: &Txn<'_, '_>,
     run: &mut Run<'_>,
-) -> Result<Outcome> {
+) -> Result<Outcome<Committed>> {
     let remote = RemoteState::open(stream, txn, &mut run.report)?;
     let found = read_rows(stream, txn, &remote, &mut run.report)?;
     let todo = match classify(txn.group, &found, &mut run.report.skipped) {
         Ok(todo) => todo,
-        Err(conflicts) => return Ok(Err(conflicts)),
+        Err(conflicts) => return Ok(Outcome::Conflicts(conflicts)),
     };
-    let plan = plan_writes(txn, &remote, &todo)?;
+    let plan = match plan_writes(txn, &remote, &todo)? {
+        Outcome::Done(plan) => plan,
+        Outcome::Conflicts(conflicts) => return Ok(Outcome::Conflicts(conflicts)),
+    };
     // Foreign keys are off on this stream (the changeset holds what cascades did locally), so
     // orphans are looked for instead: those the push would add are conflicts.
     if txn.first {
@@ -1017,7 +1014,7 @@ fn push_transaction_on(
     if txn.last {
         let conflicts = new_orphans(stream, txn, run)?;
         if !conflicts.is_empty() {
-            return Ok(Err(conflicts));
+            return Ok(Outcome::Conflicts(conflicts));
         }
     }
     // COMMIT travels alone, once every write is known to have succeeded: statements of one
@@ -1029,7 +1026,7 @@ fn push_transaction_on(
         vec![stmt("COMMIT".into(), vec![], false)],
         &mut run.report,
     )?;
-    Ok(Ok(Committed {
+    Ok(Outcome::Done(Committed {
         sequences: plan.sequences,
         index_before: remote.index_before,
         index_after: commit.first().and_then(StmtResult::replication_index),
@@ -1096,11 +1093,14 @@ fn plan_writes(
     txn: &Txn<'_, '_>,
     remote: &RemoteState,
     todo: &[Vec<&RowChange>],
-) -> Result<WritePlan> {
+) -> Result<Outcome<WritePlan>> {
     let Txn {
         cs, first, last, ..
     } = *txn;
-    let ddl = plan_schema(cs, remote)?;
+    let ddl = match plan_schema(cs, remote)? {
+        Outcome::Done(ddl) => ddl,
+        Outcome::Conflicts(conflicts) => return Ok(Outcome::Conflicts(conflicts)),
+    };
     let mut writes = Vec::new();
     if first {
         writes.extend(ddl.before.into_iter().map(Write::ddl));
@@ -1148,7 +1148,7 @@ fn plan_writes(
     } else {
         writes.extend(cs.new_triggers.iter().map(|(_, s)| Write::ddl(s.clone())));
     }
-    Ok(WritePlan { writes, sequences })
+    Ok(Outcome::Done(WritePlan { writes, sequences }))
 }
 
 /// Phase 5: sends the writes in requests of bounded size, logging each statement, and checks
@@ -1205,14 +1205,12 @@ fn new_orphans(
     let conflicts = now
         .difference(&before)
         .map(|(child, rowid, parent, _)| Conflict {
-            table: child.clone(),
-            kind: ConflictKind::ForeignKey,
-            columns: Vec::new(),
-            key: rowid.map(Value::Integer).into_iter().collect(),
-            base: None,
-            local: None,
-            remote: None,
             constraint: Some(format!("FOREIGN KEY of {child} REFERENCES {parent}")),
+            ..Conflict::new(
+                child,
+                ConflictKind::ForeignKey,
+                rowid.map(Value::Integer).into_iter().collect(),
+            )
         })
         .collect();
     run.orphans_before = Some(before);
@@ -1332,7 +1330,9 @@ mod tests {
             index_before: None,
         };
         let todo: Vec<Vec<&RowChange>> = group.iter().map(|p| p.changes.iter().collect()).collect();
-        let plan = plan_writes(&txn, &remote, &todo).expect("plan");
+        let Outcome::Done(plan) = plan_writes(&txn, &remote, &todo).expect("plan") else {
+            panic!("no conflict expected")
+        };
         assert_eq!(plan.sequences, vec![("auto".to_owned(), Some(2))]);
 
         remote_db.execute_batch("BEGIN").expect("begin");

@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::clone::FetchOptions;
+use crate::conflict::{Conflict, Outcome};
 use crate::progress::Progress;
-use crate::pull::{MergeConflict, MergeOptions, PullReport, Resolve};
-use crate::push::{Conflict, PushOptions, PushReport};
+use crate::pull::{MergeOptions, PullReport, Resolve};
+use crate::push::{PushOptions, PushReport};
 use crate::remote::{Remote, Transient};
 use crate::workspace::Workspace;
 use crate::{Error, Result};
@@ -46,14 +47,14 @@ pub enum Event<'a> {
         remote_index: Option<u64>,
     },
     /// The pull found conflicts; reported once until they change.
-    PullConflicts(&'a [MergeConflict]),
+    PullConflicts(&'a [Conflict]),
     /// The push found conflicts; reported once until they change.
     PushConflicts {
         conflicts: &'a [Conflict],
         earlier_push_interrupted: bool,
     },
-    /// The round was refused for a reason the user must settle (a schema change both sides
-    /// made, the app holding the write lock too long); reported once.
+    /// The round was refused for a reason the user must settle (the app holding the write
+    /// lock too long, say); reported once.
     Refused(&'a Error),
     /// A round succeeded after conflicts or refusals.
     Settled,
@@ -71,7 +72,7 @@ struct Blocked {
 /// How a round ended.
 enum Round {
     Done,
-    PullConflicts(Vec<MergeConflict>),
+    PullConflicts(Vec<Conflict>),
     PushConflicts(Vec<Conflict>),
 }
 
@@ -150,7 +151,7 @@ pub fn watch(
                 }
                 continue;
             }
-            Err(e @ (Error::Conflict(_) | Error::Refused(_))) => {
+            Err(e @ Error::Refused(_)) => {
                 let report = e.to_string();
                 if blocked.as_ref().map(|b| &b.report) != Some(&report) {
                     on_event(Event::Refused(&e));
@@ -223,17 +224,17 @@ fn round(
     };
     let pulled =
         match crate::pull::pull(ws, remote, &merge, FetchOptions::default(), &hidden, &|| {})? {
-            Ok(r) => r,
-            Err(conflicts) => return Ok(Round::PullConflicts(conflicts)),
+            Outcome::Done(r) => r,
+            Outcome::Conflicts(conflicts) => return Ok(Round::PullConflicts(conflicts)),
         };
     let local_changed = *pushed_local != Some(local);
     let pushed = if local_changed {
         match crate::push::push(ws, remote, PushOptions::default(), &hidden)? {
-            Ok(r) => {
+            Outcome::Done(r) => {
                 *pushed_local = Some(local);
                 r
             }
-            Err(conflicts) => return Ok(Round::PushConflicts(conflicts)),
+            Outcome::Conflicts(conflicts) => return Ok(Round::PushConflicts(conflicts)),
         }
     } else {
         PushReport::default()

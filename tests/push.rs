@@ -307,9 +307,11 @@ fn large_pushes_split_into_resumable_transactions_when_asked() {
     let opts = tursync::push::PushOptions {
         rows_per_transaction: 1000,
     };
-    let report = tursync::push::push(&ws, &remote, opts, &tursync::progress::Progress::hidden())
-        .unwrap()
-        .unwrap();
+    let tursync::Outcome::Done(report) =
+        tursync::push::push(&ws, &remote, opts, &tursync::progress::Progress::hidden()).unwrap()
+    else {
+        panic!("the push met conflicts")
+    };
     assert_eq!(report.transactions, 3);
     assert_table_eq(
         &sqld,

@@ -702,9 +702,11 @@ fn a_split_push_of_deleted_parents_and_children_is_no_conflict() {
     let opts = tursync::push::PushOptions {
         rows_per_transaction: 25,
     };
-    let report = tursync::push::push(&ws, &remote, opts, &tursync::progress::Progress::hidden())
-        .unwrap()
-        .unwrap_or_else(|c| panic!("the split push was refused: {c:?}"));
+    let tursync::Outcome::Done(report) =
+        tursync::push::push(&ws, &remote, opts, &tursync::progress::Progress::hidden()).unwrap()
+    else {
+        panic!("the split push was refused")
+    };
     assert_eq!(report.transactions, 2);
     assert_table_eq(&sqld, &wc, "SELECT id, pid, v FROM child ORDER BY id");
     assert_table_eq(&sqld, &wc, "SELECT id, v FROM parent ORDER BY id");

@@ -1,0 +1,106 @@
+//! What stops a push or a pull: one conflict type for both, and the outcome that carries it.
+//!
+//! A conflict is never an error: the operation ran as it should and found that both sides
+//! changed the same thing, so it changed nothing anywhere. Push, pull, sync and watch return an
+//! [`Outcome`], and the command line turns its conflicts into exit code 3 in one place.
+
+use crate::value::Value;
+
+/// What two sides disagree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// The same cell changed to different values.
+    Cell,
+    /// A row deleted on one side and changed on the other, or changed differently on both.
+    Row,
+    /// Two rows hold the same values under a UNIQUE constraint.
+    Unique,
+    /// A row would point, through a foreign key, at a row that is gone.
+    ForeignKey,
+    /// The same schema object (a table, index, view or trigger) changed on both sides.
+    Schema,
+}
+
+impl ConflictKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictKind::Cell => "cell",
+            ConflictKind::Row => "row",
+            ConflictKind::Unique => "unique",
+            ConflictKind::ForeignKey => "foreign_key",
+            ConflictKind::Schema => "schema",
+        }
+    }
+}
+
+/// Something both sides changed in ways that do not merge, named so a person can find it:
+/// the table, the row by its identity (the declared key), what kind of disagreement, and the
+/// values of `columns` on each side.
+///
+/// ```text
+/// cell:        columns ["name"], base ["Ann"], ours ["Ann B"], theirs ["Ann A"]
+/// row:         columns = every data column, base/ours/theirs the whole rows (None: no row there)
+/// unique:      columns = the constraint's, constraint "UNIQUE constraint failed: users.email",
+///              ours_key = the key of our row holding the same values
+/// foreign key: key = the child row, columns = its foreign key, constraint names the parent
+/// schema:      table "t", object "table \"t\"", nothing else
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub table: String,
+    pub kind: ConflictKind,
+    pub key: Vec<Value>,
+    pub columns: Vec<String>,
+    pub base: Option<Vec<Value>>,
+    pub ours: Option<Vec<Value>>,
+    pub theirs: Option<Vec<Value>>,
+    pub constraint: Option<String>,
+    pub ours_key: Option<Vec<Value>>,
+    /// The schema object of a schema conflict, as `table "t"` or `trigger "x"`.
+    pub object: Option<String>,
+}
+
+impl Conflict {
+    /// A conflict of `kind` on the row `key` of `table`, with nothing else said yet.
+    pub fn new(table: &str, kind: ConflictKind, key: Vec<Value>) -> Conflict {
+        Conflict {
+            table: table.to_owned(),
+            kind,
+            key,
+            columns: Vec::new(),
+            base: None,
+            ours: None,
+            theirs: None,
+            constraint: None,
+            ours_key: None,
+            object: None,
+        }
+    }
+
+    /// The same schema object, `what` ("table", "index", "view", "trigger") `name`, changed
+    /// on both sides. `table` holds its name.
+    pub fn schema(what: &str, name: &str) -> Conflict {
+        Conflict {
+            object: Some(format!("{what} {name:?}")),
+            ..Conflict::new(name, ConflictKind::Schema, Vec::new())
+        }
+    }
+}
+
+/// How an operation that can meet conflicts ended: done, or stopped by conflicts with nothing
+/// changed on either side.
+#[must_use]
+#[derive(Debug)]
+pub enum Outcome<R> {
+    Done(R),
+    Conflicts(Vec<Conflict>),
+}
+
+impl<R> Outcome<R> {
+    pub fn map<S>(self, f: impl FnOnce(R) -> S) -> Outcome<S> {
+        match self {
+            Outcome::Done(r) => Outcome::Done(f(r)),
+            Outcome::Conflicts(c) => Outcome::Conflicts(c),
+        }
+    }
+}
