@@ -562,20 +562,21 @@ impl<'c> Applier<'c> {
         let n = key.len();
         let same: Vec<String> = columns
             .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{} IS ?{}", sql::ident(c), n + i + 1))
+            .map(|c| format!("{} IS ?", sql::ident(c)))
             .collect();
+        let names = names_of(key);
         let q = format!(
             "SELECT {} FROM {} WHERE {} AND NOT ({}) LIMIT 1",
-            key.iter()
-                .map(|(k, _)| sql::ident(k))
+            names
+                .iter()
+                .map(|k| sql::ident(k))
                 .collect::<Vec<_>>()
                 .join(", "),
             sql::ident(table),
             same.join(" AND "),
-            where_key(key, 1)
+            sql::where_key(&names)
         );
-        let args = key.iter().map(|(_, v)| v).chain(values.iter());
+        let args = values.iter().chain(key.iter().map(|(_, v)| v));
         let found: Option<Vec<Value>> = self
             .work
             .query_row(&q, rusqlite::params_from_iter(args), |r| {
@@ -597,12 +598,7 @@ impl<'c> Applier<'c> {
             return Ok(None);
         };
         let cols: Vec<String> = names.iter().map(|c| sql::ident(c)).collect();
-        let q = format!(
-            "SELECT {} FROM {} WHERE {}",
-            cols.join(", "),
-            sql::ident(table),
-            where_key(key, 1)
-        );
+        let q = sql::select(table, &cols.join(", "), &names_of(key));
         let values: Option<Vec<Value>> = conn
             .query_row(
                 &q,
@@ -615,14 +611,7 @@ impl<'c> Applier<'c> {
 
     fn insert(&self, table: &str, row: &[(String, Value)]) -> Result<()> {
         self.free_locator(table, row)?;
-        let cols: Vec<String> = row.iter().map(|(c, _)| sql::ident(c)).collect();
-        let marks: Vec<String> = (1..=row.len()).map(|i| format!("?{i}")).collect();
-        let q = format!(
-            "INSERT OR ABORT INTO {} ({}) VALUES ({})",
-            sql::ident(table),
-            cols.join(", "),
-            marks.join(", ")
-        );
+        let q = sql::insert(table, &names_of(row), 1);
         self.work
             .prepare_cached(&q)?
             .execute(rusqlite::params_from_iter(row.iter().map(|(_, v)| v)))?;
@@ -643,7 +632,7 @@ impl<'c> Applier<'c> {
         let (t, c) = (sql::ident(table), sql::ident(col));
         let held: bool = self
             .work
-            .prepare_cached(&format!("SELECT count(*) FROM {t} WHERE {c} = ?1"))?
+            .prepare_cached(&sql::select(table, "count(*)", &[col]))?
             .query_row([at], |r| r.get(0))?;
         if !held {
             return Ok(());
@@ -664,18 +653,14 @@ impl<'c> Applier<'c> {
                 ))
             })?;
         self.work.execute(
-            &format!("UPDATE OR ABORT {t} SET {c} = ?1 WHERE {c} = ?2"),
+            &sql::update(table, &[col], &[col]),
             rusqlite::params![to, at],
         )?;
         Ok(())
     }
 
     fn delete(&self, table: &str, key: &[(String, Value)]) -> Result<()> {
-        let q = format!(
-            "DELETE FROM {} WHERE {}",
-            sql::ident(table),
-            where_key(key, 1)
-        );
+        let q = sql::delete(table, &names_of(key));
         self.work
             .prepare_cached(&q)?
             .execute(rusqlite::params_from_iter(key.iter().map(|(_, v)| v)))?;
@@ -683,17 +668,7 @@ impl<'c> Applier<'c> {
     }
 
     fn update(&self, table: &str, key: &[(String, Value)], set: &[(String, Value)]) -> Result<()> {
-        let sets: Vec<String> = set
-            .iter()
-            .enumerate()
-            .map(|(i, (c, _))| format!("{} = ?{}", sql::ident(c), i + 1))
-            .collect();
-        let q = format!(
-            "UPDATE OR ABORT {} SET {} WHERE {}",
-            sql::ident(table),
-            sets.join(", "),
-            where_key(key, set.len() + 1)
-        );
+        let q = sql::update(table, &names_of(set), &names_of(key));
         let args = set.iter().map(|(_, v)| v).chain(key.iter().map(|(_, v)| v));
         self.work
             .prepare_cached(&q)?
@@ -702,13 +677,9 @@ impl<'c> Applier<'c> {
     }
 }
 
-/// `"a" = ?1 AND "b" = ?2`, numbering from `first`.
-fn where_key(key: &[(String, Value)], first: usize) -> String {
-    key.iter()
-        .enumerate()
-        .map(|(i, (c, _))| format!("{} = ?{}", sql::ident(c), first + i))
-        .collect::<Vec<_>>()
-        .join(" AND ")
+/// The names of a named row or key, in order.
+fn names_of(named: &[(String, Value)]) -> Vec<&str> {
+    named.iter().map(|(c, _)| c.as_str()).collect()
 }
 
 fn key_list(key: &[(String, Value)]) -> String {
@@ -1238,13 +1209,9 @@ impl Renumbered {
     /// holds only our rows at that key: theirs arrive after). A counter behind the new key
     /// follows it, so the app's next AUTOINCREMENT id is past it.
     fn apply(&self, work: &Connection, fks: &[ForeignKey]) -> Result<()> {
-        let t = sql::ident(&self.table);
         let col = &self.column;
         let moved = work.execute(
-            &format!(
-                "UPDATE OR ABORT {t} SET {0} = ?1 WHERE {0} = ?2",
-                sql::ident(col)
-            ),
+            &sql::update(&self.table, &[col], &[col]),
             rusqlite::params![self.to, self.from],
         )?;
         if moved != 1 {
@@ -1257,11 +1224,7 @@ impl Renumbered {
             f.parent.eq_ignore_ascii_case(&self.table) && f.to.eq_ignore_ascii_case(col)
         }) {
             work.execute(
-                &format!(
-                    "UPDATE OR ABORT {} SET {1} = ?1 WHERE {1} = ?2",
-                    sql::ident(&fk.child),
-                    sql::ident(&fk.from)
-                ),
+                &sql::update(&fk.child, &[&fk.from], &[&fk.from]),
                 rusqlite::params![self.to, self.from],
             )?;
         }

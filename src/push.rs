@@ -73,34 +73,15 @@ fn row_bytes(row: &[Value]) -> usize {
     row.iter().map(crate::remote::proto::json_size).sum()
 }
 
-/// `K IN (?, …)`, or `(K1, K2) IN (VALUES (?, ?), …)` for composite keys.
-fn key_in(t: &TableDiff, rows: &[&[Value]], args: &mut Vec<Value>) -> String {
-    let keys: Vec<String> = t.key.iter().map(|&k| sql::ident(&t.columns[k])).collect();
-    let mut out = String::new();
-    if keys.len() == 1 {
-        out.push_str(&keys[0]);
-        out.push_str(" IN (");
-        for (i, r) in rows.iter().enumerate() {
-            out.push_str(if i == 0 { "?" } else { ",?" });
-            args.push(r[t.key[0]].clone());
-        }
-        out.push(')');
-    } else {
-        out.push_str(&format!("({}) IN (VALUES ", keys.join(", ")));
-        for (i, r) in rows.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push('(');
-            for (j, &k) in t.key.iter().enumerate() {
-                out.push_str(if j == 0 { "?" } else { ",?" });
-                args.push(r[k].clone());
-            }
-            out.push(')');
-        }
-        out.push(')');
-    }
-    out
+/// The key names of `t`, and the key values of `rows` in order: the arguments of
+/// [`sql::key_in`] and its kin.
+fn key_args(t: &TableDiff, rows: &[&[Value]]) -> (Vec<String>, Vec<Value>) {
+    let names = t.key.iter().map(|&k| t.columns[k].clone()).collect();
+    let args = rows
+        .iter()
+        .flat_map(|r| t.key.iter().map(|&k| r[k].clone()))
+        .collect();
+    (names, args)
 }
 
 fn stmt(sql: String, args: Vec<Value>, want_rows: bool) -> Stmt {
@@ -141,8 +122,13 @@ struct Write {
 
 impl Write {
     fn ddl(sql: impl Into<String>) -> Write {
+        Write::uncounted(&sql.into(), vec![])
+    }
+
+    /// A statement whose effect is not counted.
+    fn uncounted(sql: &str, args: Vec<Value>) -> Write {
         Write {
-            stmt: stmt(sql.into(), vec![], false),
+            stmt: stmt(sql.to_owned(), args, false),
             rows: 0,
         }
     }
@@ -177,19 +163,13 @@ impl TablePlan<'_> {
                 };
                 end += 1;
             }
-            let mut args = Vec::new();
-            let cond = key_in(t, &rows[start..end], &mut args);
-            out.push((
-                stmt(
-                    format!(
-                        "SELECT {cols} FROM {} WHERE {cond}",
-                        sql::ident(&t.table.name)
-                    ),
-                    args,
-                    true,
-                ),
-                bytes,
-            ));
+            let (key, args) = key_args(t, &rows[start..end]);
+            let q = format!(
+                "SELECT {cols} FROM {} WHERE {}",
+                sql::ident(&t.table.name),
+                sql::key_in(&key, end - start)
+            );
+            out.push((stmt(q, args, true), bytes));
             start = end;
         }
         out
@@ -216,11 +196,10 @@ impl TablePlan<'_> {
         };
         chunks(rows, width)
             .map(|part| {
-                let mut args = Vec::new();
-                let cond = key_in(t, part, &mut args);
+                let (key, args) = key_args(t, part);
                 Write {
                     stmt: stmt(
-                        format!("DELETE FROM {} WHERE {cond}", sql::ident(&t.table.name)),
+                        sql::delete_many(&t.table.name, &key, part.len()),
                         args,
                         false,
                     ),
@@ -234,7 +213,6 @@ impl TablePlan<'_> {
     /// data); virtual tables, which cannot take UPDATE … FROM, one row at a time.
     fn updates(&self, rows: &[&[Value]]) -> Vec<Write> {
         let t = self.diff;
-        let name = sql::ident(&t.table.name);
         let locator = t.table.locator();
         let set_cols: Vec<usize> = (0..t.columns.len())
             .filter(|i| !t.key.contains(i) && Some(*i) != locator)
@@ -242,62 +220,38 @@ impl TablePlan<'_> {
         if set_cols.is_empty() {
             return Vec::new();
         }
+        let set: Vec<&String> = set_cols.iter().map(|&c| &t.columns[c]).collect();
+        let key: Vec<&String> = t.key.iter().map(|&k| &t.columns[k]).collect();
         if self.is_virtual() {
+            let q = sql::update(&t.table.name, &set, &key);
             return rows
                 .iter()
-                .map(|row| {
-                    let mut args = Vec::new();
-                    let sets: Vec<String> = set_cols
-                        .iter()
-                        .map(|&c| {
-                            args.push(row[c].clone());
-                            format!("{} = ?", sql::ident(&t.columns[c]))
-                        })
-                        .collect();
-                    let cond = key_in(t, &[row], &mut args);
-                    let sql = format!(
-                        "UPDATE OR ABORT {name} SET {} WHERE {cond}",
-                        sets.join(", ")
-                    );
-                    Write {
-                        stmt: stmt(sql, args, false),
-                        rows: 1,
-                    }
+                .map(|row| Write {
+                    stmt: stmt(
+                        q.clone(),
+                        set_cols
+                            .iter()
+                            .chain(&t.key)
+                            .map(|&c| row[c].clone())
+                            .collect(),
+                        false,
+                    ),
+                    rows: 1,
                 })
                 .collect();
         }
-        // VALUES columns are named column1, column2…: keys first, then the new values.
-        let nk = t.key.len();
-        let sets: Vec<String> = set_cols
-            .iter()
-            .enumerate()
-            .map(|(j, &c)| format!("{} = v.column{}", sql::ident(&t.columns[c]), nk + j + 1))
-            .collect();
-        let cond: Vec<String> = t
-            .key
-            .iter()
-            .enumerate()
-            .map(|(j, &k)| format!("{name}.{} = v.column{}", sql::ident(&t.columns[k]), j + 1))
-            .collect();
-        chunks(rows, nk + set_cols.len())
+        chunks(rows, key.len() + set.len())
             .map(|part| {
-                let mut args = Vec::new();
-                let mut values = String::new();
-                for (i, row) in part.iter().enumerate() {
-                    values.push_str(if i == 0 { "(" } else { ",(" });
-                    for (j, &c) in t.key.iter().chain(&set_cols).enumerate() {
-                        values.push_str(if j == 0 { "?" } else { ",?" });
-                        args.push(row[c].clone());
-                    }
-                    values.push(')');
-                }
-                let sql = format!(
-                    "UPDATE OR ABORT {name} SET {} FROM (VALUES {values}) AS v WHERE {}",
-                    sets.join(", "),
-                    cond.join(" AND ")
-                );
+                let args = part
+                    .iter()
+                    .flat_map(|row| t.key.iter().chain(&set_cols).map(|&c| row[c].clone()))
+                    .collect();
                 Write {
-                    stmt: stmt(sql, args, false),
+                    stmt: stmt(
+                        sql::update_many(&t.table.name, &set, &key, part.len()),
+                        args,
+                        false,
+                    ),
                     rows: part.len(),
                 }
             })
@@ -307,21 +261,14 @@ impl TablePlan<'_> {
     /// Multi-row `INSERT OR ABORT`, naming every data column (the rowid included).
     fn inserts(&self, rows: &[&[Value]]) -> Vec<Write> {
         let t = self.diff;
-        let cols: Vec<String> = t.columns.iter().map(|c| sql::ident(c)).collect();
-        let marks = format!("({})", vec!["?"; t.columns.len()].join(","));
         chunks(rows, t.columns.len())
-            .map(|part| {
-                let args: Vec<Value> = part.iter().flat_map(|r| r.iter().cloned()).collect();
-                let values = vec![marks.as_str(); part.len()].join(",");
-                let sql = format!(
-                    "INSERT OR ABORT INTO {} ({}) VALUES {values}",
-                    sql::ident(&t.table.name),
-                    cols.join(", ")
-                );
-                Write {
-                    stmt: stmt(sql, args, false),
-                    rows: part.len(),
-                }
+            .map(|part| Write {
+                stmt: stmt(
+                    sql::insert(&t.table.name, &t.columns, part.len()),
+                    part.iter().flat_map(|r| r.iter().cloned()).collect(),
+                    false,
+                ),
+                rows: part.len(),
             })
             .collect()
     }
@@ -1129,15 +1076,13 @@ fn plan_writes(
                 (Some(n), Some(&r)) => Some(n.max(r)),
                 (n, _) => n,
             };
-            writes.push(Write::ddl(format!(
-                "DELETE FROM sqlite_sequence WHERE name = {}",
-                sql::text_literal(&q.table)
-            )));
+            let name = Value::text(&q.table);
+            writes.push(Write::uncounted(sql::SEQUENCE_DELETE, vec![name.clone()]));
             if let Some(v) = value {
-                writes.push(Write::ddl(format!(
-                    "INSERT INTO sqlite_sequence(name, seq) VALUES ({}, {v})",
-                    sql::text_literal(&q.table)
-                )));
+                writes.push(Write::uncounted(
+                    sql::SEQUENCE_INSERT,
+                    vec![name, Value::Integer(v)],
+                ));
             }
             sequences.push((q.table.clone(), value));
         }

@@ -336,9 +336,166 @@ fn push_real(out: &mut String, f: f64) {
     }
 }
 
+/// The statements that write and find rows by key, built here alone, with `?` placeholders
+/// that take their arguments in order. Every write names its own conflict resolution
+/// (`OR ABORT`), so a table's `ON CONFLICT REPLACE` or `IGNORE` can never delete or skip rows
+/// behind tursync's back.
+///
+/// ```text
+/// insert("t", ["id", "v"], 2)         INSERT OR ABORT INTO "t" ("id", "v") VALUES (?, ?), (?, ?)
+/// delete("t", ["a", "b"])             DELETE FROM "t" WHERE "a" = ? AND "b" = ?
+/// update("t", ["v"], ["id"])          UPDATE OR ABORT "t" SET "v" = ? WHERE "id" = ?
+/// select("t", "\"id\", \"v\"", ["id"])  SELECT "id", "v" FROM "t" WHERE "id" = ?
+/// key_in(["id"], 3)                   "id" IN (?, ?, ?)
+/// key_in(["a", "b"], 2)               ("a", "b") IN (VALUES (?, ?), (?, ?))
+/// delete_many("t", ["id"], 2)         DELETE FROM "t" WHERE "id" IN (?, ?)
+/// update_many("t", ["v"], ["id"], 2)  UPDATE OR ABORT "t" SET "v" = v.column2
+///                                       FROM (VALUES (?, ?), (?, ?)) AS v WHERE "t"."id" = v.column1
+/// ```
+pub fn insert<S: AsRef<str>>(table: &str, columns: &[S], rows: usize) -> String {
+    let row = format!("({})", marks(columns.len()));
+    format!(
+        "INSERT OR ABORT INTO {} ({}) VALUES {}",
+        ident(table),
+        idents(columns).join(", "),
+        vec![row.as_str(); rows].join(", ")
+    )
+}
+
+/// See [`insert`].
+pub fn delete<S: AsRef<str>>(table: &str, key: &[S]) -> String {
+    format!("DELETE FROM {} WHERE {}", ident(table), where_key(key))
+}
+
+/// See [`insert`]: the arguments are the new values, then the key.
+pub fn update<S: AsRef<str>, K: AsRef<str>>(table: &str, set: &[S], key: &[K]) -> String {
+    let sets: Vec<String> = idents(set).iter().map(|c| format!("{c} = ?")).collect();
+    format!(
+        "UPDATE OR ABORT {} SET {} WHERE {}",
+        ident(table),
+        sets.join(", "),
+        where_key(key)
+    )
+}
+
+/// See [`insert`]: `columns` is a select list, already SQL.
+pub fn select<S: AsRef<str>>(table: &str, columns: &str, key: &[S]) -> String {
+    format!(
+        "SELECT {columns} FROM {} WHERE {}",
+        ident(table),
+        where_key(key)
+    )
+}
+
+/// See [`insert`]: a condition matching any of `rows` keys.
+pub fn key_in<S: AsRef<str>>(key: &[S], rows: usize) -> String {
+    let cols = idents(key);
+    if let [one] = cols.as_slice() {
+        return format!("{one} IN ({})", marks(rows));
+    }
+    let row = format!("({})", marks(cols.len()));
+    format!(
+        "({}) IN (VALUES {})",
+        cols.join(", "),
+        vec![row.as_str(); rows].join(", ")
+    )
+}
+
+/// See [`insert`]: rows by key, many at once.
+pub fn delete_many<S: AsRef<str>>(table: &str, key: &[S], rows: usize) -> String {
+    format!("DELETE FROM {} WHERE {}", ident(table), key_in(key, rows))
+}
+
+/// See [`insert`]: many rows' `set` columns at once, each row's arguments its key, then its new
+/// values. (SQLite checks UNIQUE constraints row by row here, so values swapped between rows
+/// must not go through one such statement: see `TableDiff::phases`.)
+pub fn update_many<S: AsRef<str>, K: AsRef<str>>(
+    table: &str,
+    set: &[S],
+    key: &[K],
+    rows: usize,
+) -> String {
+    let t = ident(table);
+    let row = format!("({})", marks(key.len() + set.len()));
+    // VALUES columns are named column1, column2…: keys first, then the new values.
+    let sets: Vec<String> = idents(set)
+        .iter()
+        .enumerate()
+        .map(|(j, c)| format!("{c} = v.column{}", key.len() + j + 1))
+        .collect();
+    let on: Vec<String> = idents(key)
+        .iter()
+        .enumerate()
+        .map(|(j, k)| format!("{t}.{k} = v.column{}", j + 1))
+        .collect();
+    format!(
+        "UPDATE OR ABORT {t} SET {} FROM (VALUES {}) AS v WHERE {}",
+        sets.join(", "),
+        vec![row.as_str(); rows].join(", "),
+        on.join(" AND ")
+    )
+}
+
+/// Sets a table's AUTOINCREMENT counter: [`SEQUENCE_DELETE`] with the table's name, then (unless
+/// the counter is gone) [`SEQUENCE_INSERT`] with the name and the value.
+pub const SEQUENCE_DELETE: &str = "DELETE FROM sqlite_sequence WHERE name = ?";
+/// See [`SEQUENCE_DELETE`].
+pub const SEQUENCE_INSERT: &str = "INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)";
+
+/// `"a" = ? AND "b" = ?`: the condition of [`delete`], [`update`] and [`select`].
+pub fn where_key<S: AsRef<str>>(key: &[S]) -> String {
+    idents(key)
+        .iter()
+        .map(|k| format!("{k} = ?"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn idents<S: AsRef<str>>(names: &[S]) -> Vec<String> {
+    names.iter().map(|n| ident(n.as_ref())).collect()
+}
+
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The worked examples of [`insert`] and its siblings.
+    #[test]
+    fn statements_read_as_documented() {
+        assert_eq!(
+            insert("t", &["id", "v"], 2),
+            r#"INSERT OR ABORT INTO "t" ("id", "v") VALUES (?, ?), (?, ?)"#
+        );
+        assert_eq!(
+            delete("t", &["a", "b"]),
+            r#"DELETE FROM "t" WHERE "a" = ? AND "b" = ?"#
+        );
+        assert_eq!(
+            update("t", &["v"], &["id"]),
+            r#"UPDATE OR ABORT "t" SET "v" = ? WHERE "id" = ?"#
+        );
+        assert_eq!(
+            select("t", r#""id", "v""#, &["id"]),
+            r#"SELECT "id", "v" FROM "t" WHERE "id" = ?"#
+        );
+        assert_eq!(key_in(&["id"], 3), r#""id" IN (?, ?, ?)"#);
+        assert_eq!(
+            key_in(&["a", "b"], 2),
+            r#"("a", "b") IN (VALUES (?, ?), (?, ?))"#
+        );
+        assert_eq!(
+            delete_many("t", &["id"], 2),
+            r#"DELETE FROM "t" WHERE "id" IN (?, ?)"#
+        );
+        assert_eq!(
+            update_many("t", &["v"], &["id"], 2),
+            r#"UPDATE OR ABORT "t" SET "v" = v.column2 FROM (VALUES (?, ?), (?, ?)) AS v WHERE "t"."id" = v.column1"#
+        );
+    }
     use proptest::prelude::*;
 
     fn parse_back(lit: &str) -> Value {

@@ -244,13 +244,7 @@ impl Sink for LocalSink {
         if rows.is_empty() {
             return Ok(());
         }
-        let cols = table.data_columns()?;
-        let marks = vec!["?"; cols.len()].join(", ");
-        let q = format!(
-            "INSERT OR ABORT INTO {} ({}) VALUES ({marks})",
-            sql::ident(&table.name),
-            cols.join(", ")
-        );
+        let q = sql::insert(&table.name, &table.data_names()?, 1);
         let mut st = self.conn.prepare_cached(&q)?;
         for row in rows {
             st.execute(rusqlite::params_from_iter(row.iter()))?;
@@ -473,12 +467,9 @@ pub(crate) fn set_sequence(
     table: &str,
     seq: Option<i64>,
 ) -> Result<()> {
-    conn.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [table])?;
+    conn.execute(sql::SEQUENCE_DELETE, [table])?;
     if let Some(v) = seq {
-        conn.execute(
-            "INSERT INTO sqlite_sequence(name, seq) VALUES (?1, ?2)",
-            rusqlite::params![table, v],
-        )?;
+        conn.execute(sql::SEQUENCE_INSERT, rusqlite::params![table, v])?;
     }
     Ok(())
 }
