@@ -10,6 +10,7 @@
 //! push and pull hold in memory is one consumer, and `diff --sql` / `diff --json`, which print
 //! as they read, are others, through the one renderer both kinds of row source share.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -75,6 +76,26 @@ impl RowChange {
             RowChange::Delete(r) | RowChange::Update { old: r, .. } => Some(r),
             RowChange::Insert(_) => None,
         }
+    }
+
+    /// About how many bytes of memory the change takes.
+    fn footprint(&self) -> usize {
+        let row = |r: &[Value]| {
+            r.iter()
+                .map(|v| {
+                    std::mem::size_of::<Value>()
+                        + match v {
+                            Value::Text(b) | Value::Blob(b) => b.len(),
+                            _ => 0,
+                        }
+                })
+                .sum::<usize>()
+        };
+        std::mem::size_of::<RowChange>()
+            + match self {
+                RowChange::Insert(r) | RowChange::Delete(r) => row(r),
+                RowChange::Update { old, new } => row(old) + row(new),
+            }
     }
 
     pub fn changed_columns(&self) -> Vec<usize> {
@@ -611,7 +632,7 @@ impl Diff<'_> {
     pub fn changeset(&self) -> Result<Changeset> {
         let mut cs = self.outline.clone();
         for (i, t) in cs.tables.iter_mut().enumerate() {
-            self.read(i, Pick::All, &mut |ch| {
+            self.read(i, &Cell::new(Pick::All), &mut |ch| {
                 t.changes.push(ch);
                 Ok(())
             })?;
@@ -621,12 +642,20 @@ impl Diff<'_> {
 
     /// [`Changeset::write_sql`], printing each table's rows as they are read.
     pub fn write_sql(&self, out: &mut dyn std::io::Write) -> Result<()> {
-        self.outline.write_sql_from(self, out)
+        self.outline.write_sql_from(&self.printing(), out)
     }
 
     /// [`Changeset::write_json`], printing each table's rows as they are read.
     pub fn write_json(&self, out: &mut dyn std::io::Write) -> Result<()> {
-        self.outline.write_json_from(self, out)
+        self.outline.write_json_from(&self.printing(), out)
+    }
+
+    fn printing(&self) -> Printing<'_> {
+        Printing {
+            diff: self,
+            budget: KEPT_BYTES,
+            kept: std::cell::RefCell::new(None),
+        }
     }
 
     /// How many leaf pages the reads so far passed over as byte-identical on both sides: the
@@ -636,8 +665,9 @@ impl Diff<'_> {
         self.leaves_skipped.get()
     }
 
-    /// Reads the changes of table `i` that `pick` takes, in key order.
-    fn read(&self, i: usize, pick: Pick, sink: &mut Sink<'_>) -> Result<()> {
+    /// Reads the changes of table `i` that `pick` takes, in key order. `pick` may narrow
+    /// while the read goes on: rows it no longer takes are then passed over undecoded.
+    fn read(&self, i: usize, pick: &Cell<Pick>, sink: &mut Sink<'_>) -> Result<()> {
         let d = &self.outline.tables[i];
         match &self.reads[i] {
             Read::AllNew => all_rows(self.work, d, pick, sink),
@@ -654,21 +684,80 @@ impl Diff<'_> {
     }
 }
 
-impl RowSource for Diff<'_> {
+/// How much of a table's changes printing keeps between reads of that table.
+const KEPT_BYTES: usize = 4 << 20;
+
+/// A [`Diff`] read for printing. The first read of a table reads every change and keeps them,
+/// up to [`KEPT_BYTES`], for the later reads of the same table (`--sql` reads once per phase,
+/// `--json` once to count and once to print): a table with few changes is read once. Past
+/// that, later reads read the files again, so memory stays bounded whatever the changes.
+///
+/// ```text
+/// 100 updates:          read All (print deletes, keep all) -> updates, inserts from memory
+/// 400,000 changes:      read All (print deletes, keep until 4 MiB, then drop)
+///                       -> read Only(Updates) -> read Only(Inserts)
+/// ```
+struct Printing<'a> {
+    diff: &'a Diff<'a>,
+    /// [`KEPT_BYTES`], but for tests.
+    budget: usize,
+    /// The table whose changes are kept; `None` when they did not fit.
+    kept: std::cell::RefCell<Option<(usize, Vec<RowChange>)>>,
+}
+
+impl RowSource for Printing<'_> {
     fn changes(&self, i: usize, pick: Pick, each: &mut Each<'_>) -> Result<()> {
-        self.read(i, pick, &mut |ch| each(&ch))
+        if let Some((table, kept)) = &*self.kept.borrow() {
+            if *table == i {
+                let t = &self.diff.outline.tables[i];
+                return kept
+                    .iter()
+                    .filter(|ch| pick.takes(t, ch))
+                    .try_for_each(each);
+            }
+        }
+        let t = &self.diff.outline.tables[i];
+        let (mut kept, mut bytes, mut fits) = (Vec::new(), 0, true);
+        let reading = Cell::new(Pick::All);
+        self.diff.read(i, &reading, &mut |ch| {
+            if pick.takes(t, &ch) {
+                each(&ch)?;
+            }
+            if fits {
+                bytes += ch.footprint();
+                fits = bytes <= self.budget;
+                if fits {
+                    kept.push(ch);
+                } else {
+                    // Too many to keep: the rest of this read decodes only what it prints.
+                    kept = Vec::new();
+                    reading.set(pick);
+                }
+            }
+            Ok(())
+        })?;
+        *self.kept.borrow_mut() = fits.then_some((i, kept));
+        Ok(())
     }
 }
 
 /// Every row of the working copy's table, as inserts.
-fn all_rows(work: &Connection, d: &TableDiff, pick: Pick, sink: &mut Sink<'_>) -> Result<()> {
-    if !pick.inserts() {
+fn all_rows(
+    work: &Connection,
+    d: &TableDiff,
+    pick: &Cell<Pick>,
+    sink: &mut Sink<'_>,
+) -> Result<()> {
+    if !pick.get().inserts() {
         return Ok(());
     }
     let mut st = work.prepare(&scan_sql(&d.table, &[])?)?;
     let n = st.column_count();
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
+        if !pick.get().inserts() {
+            break;
+        }
         sink(RowChange::Insert(owned(r, n)?))?;
     }
     Ok(())
@@ -686,7 +775,7 @@ fn merge(
     work: &Connection,
     d: &TableDiff,
     added: &[String],
-    pick: Pick,
+    pick: &Cell<Pick>,
     sink: &mut Sink<'_>,
 ) -> Result<()> {
     let key = &d.key;
@@ -712,25 +801,25 @@ fn merge(
         };
         match ord {
             Ordering::Less => {
-                if let (true, Some(br)) = (pick.deletes(), b) {
+                if let (true, Some(br)) = (pick.get().deletes(), b) {
                     sink(RowChange::Delete(owned(br, n)?))?;
                 }
                 b = brows.next()?;
             }
             Ordering::Greater => {
-                if let (true, Some(wr)) = (pick.inserts(), w) {
+                if let (true, Some(wr)) = (pick.get().inserts(), w) {
                     sink(RowChange::Insert(owned(wr, n)?))?;
                 }
                 w = wrows.next()?;
             }
             Ordering::Equal => {
                 if let (Some(br), Some(wr)) = (b, w) {
-                    if pick.updates(d) && !same_row(br, wr, n)? {
+                    if pick.get().updates(d) && !same_row(br, wr, n)? {
                         let ch = RowChange::Update {
                             old: owned(br, n)?,
                             new: owned(wr, n)?,
                         };
-                        if pick.takes(d, &ch) {
+                        if pick.get().takes(d, &ch) {
                             sink(ch)?;
                         }
                     }
@@ -779,7 +868,7 @@ fn merge_pages(
     base: &Connection,
     work: &Connection,
     d: &TableDiff,
-    pick: Pick,
+    pick: &Cell<Pick>,
     sink: &mut Sink<'_>,
 ) -> Result<Option<u64>> {
     let t = &d.table;
@@ -887,7 +976,7 @@ fn merge_records(
     sides: Sides<'_>,
     d: &TableDiff,
     records: &Records,
-    pick: Pick,
+    pick: &Cell<Pick>,
     sink: &mut Sink<'_>,
 ) -> Result<u64, Stop> {
     let ((mut bs, bconn), (mut ws, wconn)) = (sides.base, sides.work);
@@ -906,24 +995,24 @@ fn merge_records(
         };
         match ord {
             Ordering::Less => {
-                if let (true, Some(br)) = (pick.deletes(), b) {
+                if let (true, Some(br)) = (pick.get().deletes(), b) {
                     give(RowChange::Delete(records.row(bconn, br)?))?;
                 }
                 b = bs.next_row()?;
             }
             Ordering::Greater => {
-                if let (true, Some(wr)) = (pick.inserts(), w) {
+                if let (true, Some(wr)) = (pick.get().inserts(), w) {
                     give(RowChange::Insert(records.row(wconn, wr)?))?;
                 }
                 w = ws.next_row()?;
             }
             Ordering::Equal => {
                 if let (Some(br), Some(wr)) = (b, w) {
-                    if br.1 != wr.1 && pick.updates(d) {
+                    if br.1 != wr.1 && pick.get().updates(d) {
                         let (old, new) = (records.row(bconn, br)?, records.row(wconn, wr)?);
                         if old != new {
                             let ch = RowChange::Update { old, new };
-                            if pick.takes(d, &ch) {
+                            if pick.get().takes(d, &ch) {
                                 give(ch)?;
                             }
                         }
@@ -1671,15 +1760,23 @@ mod tests {
                 continue;
             };
             let mut reference = Vec::new();
-            merge(base, old, work, t, added, Pick::All, &mut |ch| {
-                reference.push(ch);
-                Ok(())
-            })
+            merge(
+                base,
+                old,
+                work,
+                t,
+                added,
+                &Cell::new(Pick::All),
+                &mut |ch| {
+                    reference.push(ch);
+                    Ok(())
+                },
+            )
             .unwrap();
             assert_eq!(cs.tables[i].changes, reference, "table {}", t.table.name);
             for phase in Phase::ALL {
                 let mut got = Vec::new();
-                d.read(i, Pick::Only(phase), &mut |ch| {
+                d.read(i, &Cell::new(Pick::Only(phase)), &mut |ch| {
                     got.push(ch);
                     Ok(())
                 })
@@ -1691,6 +1788,23 @@ mod tests {
                     .collect();
                 assert_eq!(got, want, "table {}, {phase:?}", t.table.name);
             }
+        }
+        // Printed as the rows are read, whether a table's changes are kept between its reads
+        // or read again: byte for byte what the changeset in memory prints.
+        let (mut sql, mut json) = (Vec::new(), Vec::new());
+        cs.write_sql(&mut sql).unwrap();
+        cs.write_json(&mut json).unwrap();
+        for budget in [0, 3000, KEPT_BYTES] {
+            let printing = Printing {
+                diff: &d,
+                budget,
+                kept: std::cell::RefCell::new(None),
+            };
+            let (mut sql2, mut json2) = (Vec::new(), Vec::new());
+            d.outline.write_sql_from(&printing, &mut sql2).unwrap();
+            d.outline.write_json_from(&printing, &mut json2).unwrap();
+            assert!(sql == sql2, "SQL printed with {budget} bytes kept");
+            assert!(json == json2, "JSON printed with {budget} bytes kept");
         }
         (cs, skipped)
     }
