@@ -124,8 +124,8 @@ impl Phase {
 }
 
 /// Which of a table's changes a read yields: all of them, or one phase's. A read for one
-/// phase decodes only rows that phase can hold, so `diff --sql` reads a table once per phase
-/// and holds none of its changes.
+/// phase decodes only rows that phase can hold, so printing a table with too many changes to
+/// keep reads it once per phase at little more than the cost of one read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pick {
     All,
@@ -172,7 +172,7 @@ impl Pick {
 }
 
 /// Receives row changes as a read yields them.
-pub type Sink<'a> = dyn FnMut(RowChange) -> Result<()> + 'a;
+type Sink<'a> = dyn FnMut(RowChange) -> Result<()> + 'a;
 
 /// Is shown each row change of a [`RowSource`] in turn.
 type Each<'a> = dyn FnMut(&RowChange) -> Result<()> + 'a;
@@ -387,7 +387,7 @@ pub struct Diff<'c> {
     /// How each table of `outline` is read.
     reads: Vec<Read>,
     /// Leaf pages passed over as byte-identical on both sides ([`pages::skip_shared_leaf`]).
-    leaves_skipped: std::cell::Cell<u64>,
+    leaves_skipped: Cell<u64>,
 }
 
 /// Where a table's row changes come from.
@@ -402,133 +402,142 @@ enum Read {
 impl<'c> Diff<'c> {
     /// Compares the schemas, counters and triggers of `base` and `work`; rows are read later.
     pub fn new(base: &'c Connection, work: &'c Connection, filter: &Filter) -> Result<Diff<'c>> {
-        let old = schema::load(base)?;
-        let new = schema::load(work)?;
-        refuse_unsupported(&new)?;
-        let mut cs = Changeset::default();
-        let mut reads = Vec::new();
-        let old_tables: BTreeMap<&str, &Table> = old
-            .tables
-            .iter()
-            .filter(|t| !t.shadow)
-            .map(|t| (t.name.as_str(), t))
-            .collect();
-        let new_tables: BTreeMap<&str, &Table> = new
-            .tables
-            .iter()
-            .filter(|t| !t.shadow)
-            .map(|t| (t.name.as_str(), t))
-            .collect();
-
-        for t in old
-            .tables
-            .iter()
-            .filter(|t| !t.shadow && filter.wants(&t.name))
-        {
-            if !new_tables.contains_key(t.name.as_str()) {
-                cs.schema.push(SchemaChange::TableDropped {
-                    name: t.name.clone(),
-                    sql: t.sql.clone(),
-                });
-            }
-        }
-        for t in new
-            .tables
-            .iter()
-            .filter(|t| !t.shadow && filter.wants(&t.name))
-        {
-            let t = diffable(t);
-            let read = match old_tables.get(t.name.as_str()).map(|o| diffable(o)) {
-                None => {
-                    cs.schema.push(SchemaChange::TableAdded {
-                        name: t.name.clone(),
-                        sql: t.sql.clone(),
-                    });
-                    Read::AllNew
-                }
-                Some(o) if o.sql == t.sql => Read::Merge {
-                    old: o,
-                    added: Vec::new(),
-                },
-                Some(o) => match added_columns(&o, &t) {
-                    Some((defs, added)) => {
-                        cs.schema.push(SchemaChange::ColumnsAdded {
-                            table: t.name.clone(),
-                            columns: defs,
-                            old_sql: o.sql.clone(),
-                        });
-                        Read::Merge { old: o, added }
-                    }
-                    None => {
-                        cs.schema.push(SchemaChange::TableRebuilt {
-                            name: t.name.clone(),
-                            old_sql: o.sql.clone(),
-                            new_sql: t.sql.clone(),
-                        });
-                        Read::AllNew
-                    }
-                },
-            };
-            let mut diff = table_diff(&t)?;
-            diff.unique = unique_positions(work, &diff)?;
-            cs.tables.push(diff);
-            reads.push(read);
-        }
-
-        diff_objects(&old, &new, filter, &mut cs);
-        // Dropping a table drops its indexes: a rebuilt table needs even its unchanged ones again.
-        let rebuilt: Vec<String> = cs
-            .schema
-            .iter()
-            .filter_map(|c| match c {
-                SchemaChange::TableRebuilt { name, .. } => Some(name.clone()),
-                _ => None,
-            })
-            .collect();
-        for o in new
-            .objects
-            .iter()
-            .filter(|o| o.kind == ObjectKind::Index && rebuilt.contains(&o.table))
-        {
-            let listed = cs.schema.iter().any(|c| match c {
-                SchemaChange::ObjectAdded { kind, name, .. }
-                | SchemaChange::ObjectChanged { kind, name, .. } => {
-                    *kind == o.kind && name == &o.name
-                }
-                _ => false,
-            });
-            if !listed {
-                cs.schema.push(SchemaChange::ObjectChanged {
-                    kind: o.kind,
-                    name: o.name.clone(),
-                    old_sql: o.sql.clone(),
-                    new_sql: o.sql.clone(),
-                });
-            }
-        }
-        if filter.table.is_none() {
-            cs.sequences = diff_sequences(base, &old, work, &new)?;
-            if old.user_version != new.user_version {
-                cs.user_version = Some(new.user_version);
-            }
-        }
-        let triggers = |s: &Schema| {
-            s.objects
-                .iter()
-                .filter(|o| o.kind == ObjectKind::Trigger)
-                .map(|o| (o.name.clone(), o.sql.clone()))
-                .collect::<Vec<_>>()
-        };
-        cs.base_triggers = triggers(&old);
-        cs.new_triggers = triggers(&new);
+        let (outline, reads) = outline(base, work, filter)?;
         Ok(Diff {
             base,
             work,
-            outline: cs,
+            outline,
             reads,
-            leaves_skipped: std::cell::Cell::new(0),
+            leaves_skipped: Cell::new(0),
         })
     }
+}
+
+/// The diff of `base` against `work` but the rows (every table's `changes` empty), and how
+/// each table's rows are read.
+fn outline(
+    base: &Connection,
+    work: &Connection,
+    filter: &Filter,
+) -> Result<(Changeset, Vec<Read>)> {
+    let old = schema::load(base)?;
+    let new = schema::load(work)?;
+    refuse_unsupported(&new)?;
+    let mut cs = Changeset::default();
+    let mut reads = Vec::new();
+    let old_tables: BTreeMap<&str, &Table> = old
+        .tables
+        .iter()
+        .filter(|t| !t.shadow)
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let new_tables: BTreeMap<&str, &Table> = new
+        .tables
+        .iter()
+        .filter(|t| !t.shadow)
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+
+    for t in old
+        .tables
+        .iter()
+        .filter(|t| !t.shadow && filter.wants(&t.name))
+    {
+        if !new_tables.contains_key(t.name.as_str()) {
+            cs.schema.push(SchemaChange::TableDropped {
+                name: t.name.clone(),
+                sql: t.sql.clone(),
+            });
+        }
+    }
+    for t in new
+        .tables
+        .iter()
+        .filter(|t| !t.shadow && filter.wants(&t.name))
+    {
+        let t = diffable(t);
+        let read = match old_tables.get(t.name.as_str()).map(|o| diffable(o)) {
+            None => {
+                cs.schema.push(SchemaChange::TableAdded {
+                    name: t.name.clone(),
+                    sql: t.sql.clone(),
+                });
+                Read::AllNew
+            }
+            Some(o) if o.sql == t.sql => Read::Merge {
+                old: o,
+                added: Vec::new(),
+            },
+            Some(o) => match added_columns(&o, &t) {
+                Some((defs, added)) => {
+                    cs.schema.push(SchemaChange::ColumnsAdded {
+                        table: t.name.clone(),
+                        columns: defs,
+                        old_sql: o.sql.clone(),
+                    });
+                    Read::Merge { old: o, added }
+                }
+                None => {
+                    cs.schema.push(SchemaChange::TableRebuilt {
+                        name: t.name.clone(),
+                        old_sql: o.sql.clone(),
+                        new_sql: t.sql.clone(),
+                    });
+                    Read::AllNew
+                }
+            },
+        };
+        let mut diff = table_diff(&t)?;
+        diff.unique = unique_positions(work, &diff)?;
+        cs.tables.push(diff);
+        reads.push(read);
+    }
+
+    diff_objects(&old, &new, filter, &mut cs);
+    // Dropping a table drops its indexes: a rebuilt table needs even its unchanged ones again.
+    let rebuilt: Vec<String> = cs
+        .schema
+        .iter()
+        .filter_map(|c| match c {
+            SchemaChange::TableRebuilt { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    for o in new
+        .objects
+        .iter()
+        .filter(|o| o.kind == ObjectKind::Index && rebuilt.contains(&o.table))
+    {
+        let listed = cs.schema.iter().any(|c| match c {
+            SchemaChange::ObjectAdded { kind, name, .. }
+            | SchemaChange::ObjectChanged { kind, name, .. } => *kind == o.kind && name == &o.name,
+            _ => false,
+        });
+        if !listed {
+            cs.schema.push(SchemaChange::ObjectChanged {
+                kind: o.kind,
+                name: o.name.clone(),
+                old_sql: o.sql.clone(),
+                new_sql: o.sql.clone(),
+            });
+        }
+    }
+    if filter.table.is_none() {
+        cs.sequences = diff_sequences(base, &old, work, &new)?;
+        if old.user_version != new.user_version {
+            cs.user_version = Some(new.user_version);
+        }
+    }
+    let triggers = |s: &Schema| {
+        s.objects
+            .iter()
+            .filter(|o| o.kind == ObjectKind::Trigger)
+            .map(|o| (o.name.clone(), o.sql.clone()))
+            .collect::<Vec<_>>()
+    };
+    cs.base_triggers = triggers(&old);
+    cs.new_triggers = triggers(&new);
+    Ok((cs, reads))
 }
 
 /// The UNIQUE constraints and unique indexes of `d`'s table in `conn`, as positions in its
