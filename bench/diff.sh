@@ -14,7 +14,8 @@
 # and the peak RSS of each.
 #
 # Env: ROWS (default 1000000), CHANGE_PCT (default 7), RUNS (default 3), KEEP_TMP=1 to keep
-# the temp dir. WAL=1 makes the edits in WAL mode and leaves them in working_copy.db-wal
+# the temp dir. UPDATES_ONLY=1 makes every change an update (CHANGE_PCT=0.01 is 100 rows at 1M),
+# the case of a working copy that is still mostly a page-identical copy of the base. WAL=1 makes the edits in WAL mode and leaves them in working_copy.db-wal
 # (not checkpointed), as an app using WAL would, and keeps a sqlite3 connection open on the
 # working copy meanwhile (like a running app; otherwise the first reader to close would
 # checkpoint and remove the WAL). `tursync diff` reads the pages through SQLite's pager, WAL
@@ -30,6 +31,7 @@ CHANGE_PCT="${CHANGE_PCT:-7}"
 RUNS="${RUNS:-3}"
 SCALING="${SCALING:-0}"
 WAL="${WAL:-0}"
+UPDATES_ONLY="${UPDATES_ONLY:-0}"
 SIZES="${SIZES:-250000 500000 1000000}"
 PCTS="${PCTS:-1 7 20}"
 
@@ -132,6 +134,10 @@ make_workspace() {
     u_ppm=$(awk -v p="$pct" 'BEGIN { printf "%d", p * 10000 * 5 / 14 + 0.5 }')
     d_ppm=$u_ppm
     ins=$(awk -v p="$pct" -v n="$n" 'BEGIN { printf "%d", n * p / 100 * 4 / 14 + 0.5 }')
+    if [[ "$UPDATES_ONLY" == 1 ]]; then
+        u_ppm=$(awk -v p="$pct" 'BEGIN { printf "%d", p * 10000 + 0.5 }')
+        d_ppm=0 ins=0
+    fi
     local wal_setup=""
     if [[ "$WAL" == 1 ]]; then
         wal_setup=".output /dev/null

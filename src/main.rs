@@ -372,20 +372,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify { json } => verify(&cli, *json, &progress),
         Command::Diff { sql, json, table } => {
             let ws = Workspace::locate(cli.db.as_deref())?;
-            let cs = ws
-                .diff(&Filter {
-                    table: table.clone(),
-                })
-                .with_context(|| format!("cannot diff {}", ws.db_path().display()))?;
-            let mut out = std::io::stdout().lock();
-            if *sql {
-                cs.write_sql(&mut out)?;
-            } else if *json {
-                serde_json::to_writer_pretty(&mut out, &cs.to_json())?;
-                writeln!(out)?;
-            } else {
-                print_summary(&mut out, &cs, color_stdout())?;
-            }
+            let filter = Filter {
+                table: table.clone(),
+            };
+            // SQL and JSON are printed as the rows are read, so memory does not grow with
+            // the number of changes.
+            let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+            ws.with_diff(&filter, |d| {
+                if *sql {
+                    d.write_sql(&mut out)
+                } else if *json {
+                    d.write_json(&mut out)
+                } else {
+                    Ok(print_summary(&mut out, &d.changeset()?, color_stdout())?)
+                }
+            })
+            .with_context(|| format!("cannot diff {}", ws.db_path().display()))?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Push { dry_run, json } => push(&cli, *dry_run, *json, &progress),

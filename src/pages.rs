@@ -144,6 +144,7 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
 
 /// One page being walked: its bytes, where its header starts, and the next cell to visit.
 struct Frame {
+    pgno: u32,
     page: Vec<u8>,
     hdr: usize,
     next: usize,
@@ -179,6 +180,7 @@ impl Scan<'_> {
         };
         let cells = be16(&page, hdr + 3).ok_or(PageError::Layout("short page"))?;
         self.stack.push(Frame {
+            pgno: n,
             page,
             hdr,
             next: 0,
@@ -191,82 +193,154 @@ impl Scan<'_> {
         Ok(())
     }
 
-    /// The next row: its rowid and its record payload (valid until the next call).
-    pub fn next_row(&mut self) -> Result<Option<(i64, &[u8])>> {
+    fn pop(&mut self) {
+        if let Some(done) = self.stack.pop() {
+            self.spare.push(done.page);
+        }
+    }
+
+    /// Descends to the next cell to visit: true when the top of the stack is a leaf with a
+    /// cell left, false at the end of the walk.
+    fn settle(&mut self) -> Result<bool> {
         if let Some(root) = self.root.take() {
             self.push(root)?;
         }
         loop {
             let Some(top) = self.stack.last_mut() else {
-                return Ok(None);
+                return Ok(false);
             };
-            let header_len = if top.leaf { 8 } else { 12 };
-            if top.next > top.cells || (top.leaf && top.next == top.cells) {
-                let done = self.stack.pop().expect("non-empty");
-                self.spare.push(done.page);
+            if top.leaf && top.next < top.cells {
+                return Ok(true);
+            }
+            if top.leaf || top.next > top.cells {
+                self.pop();
                 continue;
             }
             let i = top.next;
             top.next += 1;
-            if !top.leaf {
-                let child = if i == top.cells {
-                    be32(&top.page, top.hdr + 8)
-                } else {
-                    let at = be16(&top.page, top.hdr + header_len + 2 * i)
-                        .ok_or(PageError::Layout("cell pointer"))?;
-                    be32(&top.page, at)
-                }
-                .ok_or(PageError::Layout("child pointer"))?;
-                self.push(child)?;
-                continue;
+            let child = if i == top.cells {
+                be32(&top.page, top.hdr + 8)
+            } else {
+                be32(&top.page, top.cell(i)?)
             }
-            let at = be16(&top.page, top.hdr + header_len + 2 * i)
-                .ok_or(PageError::Layout("cell pointer"))?;
-            let (size, a) = varint(top.page.get(at..).unwrap_or(&[]))
-                .ok_or(PageError::Layout("payload size"))?;
-            let (rowid, b) =
-                varint(top.page.get(at + a..).unwrap_or(&[])).ok_or(PageError::Layout("rowid"))?;
-            let start = at + a + b;
-            let size = usize::try_from(size).map_err(|_| PageError::Layout("payload size"))?;
-            let u = self.usable;
-            let max_local = u - 35;
-            if size <= max_local {
-                let top = self.stack.len() - 1;
-                let bytes = self.stack[top]
-                    .page
-                    .get(start..start + size)
-                    .ok_or(PageError::Layout("payload"))?;
-                return Ok(Some((rowid, bytes)));
-            }
-            let min_local = (u - 12) * 32 / 255 - 23;
-            let k = min_local + (size - min_local) % (u - 4);
-            let local = if k <= max_local { k } else { min_local };
-            let frame = self.stack.last().expect("non-empty");
-            self.payload.clear();
-            self.payload.extend_from_slice(
-                frame
-                    .page
-                    .get(start..start + local)
-                    .ok_or(PageError::Layout("payload"))?,
-            );
-            let mut next =
-                be32(&frame.page, start + local).ok_or(PageError::Layout("overflow pointer"))?;
-            let mut page = self.spare.pop().unwrap_or_default();
-            let mut hops = 0;
-            while self.payload.len() < size {
-                hops += 1;
-                if next == 0 || hops > 1 << 24 {
-                    return Err(PageError::Layout("overflow chain"));
-                }
-                self.read_page(next, &mut page)?;
-                next = be32(&page, 0).ok_or(PageError::Layout("overflow page"))?;
-                let take = (size - self.payload.len()).min(u - 4);
-                self.payload.extend_from_slice(&page[4..4 + take]);
-            }
-            self.spare.push(page);
-            return Ok(Some((rowid, &self.payload)));
+            .ok_or(PageError::Layout("child pointer"))?;
+            self.push(child)?;
         }
     }
+
+    /// The leaf the walk stands at the start of: its next row is the leaf's first.
+    fn at_leaf_start(&mut self) -> Result<Option<&Frame>> {
+        Ok(if self.settle()? {
+            self.stack.last().filter(|f| f.next == 0)
+        } else {
+            None
+        })
+    }
+
+    /// The next row: its rowid and its record payload (valid until the next call).
+    pub fn next_row(&mut self) -> Result<Option<(i64, &[u8])>> {
+        if !self.settle()? {
+            return Ok(None);
+        }
+        let u = self.usable;
+        let Some(last) = self.stack.len().checked_sub(1) else {
+            return Ok(None);
+        };
+        let top = &mut self.stack[last];
+        let at = top.cell(top.next)?;
+        top.next += 1;
+        let page = &self.stack[last].page;
+        let (size, a) =
+            varint(page.get(at..).unwrap_or(&[])).ok_or(PageError::Layout("payload size"))?;
+        let (rowid, b) =
+            varint(page.get(at + a..).unwrap_or(&[])).ok_or(PageError::Layout("rowid"))?;
+        let start = at + a + b;
+        let size = usize::try_from(size).map_err(|_| PageError::Layout("payload size"))?;
+        if size <= max_local(u) {
+            let bytes = self.stack[last]
+                .page
+                .get(start..start + size)
+                .ok_or(PageError::Layout("payload"))?;
+            return Ok(Some((rowid, bytes)));
+        }
+        let min_local = (u - 12) * 32 / 255 - 23;
+        let k = min_local + (size - min_local) % (u - 4);
+        let local = if k <= max_local(u) { k } else { min_local };
+        let page = &self.stack[last].page;
+        self.payload.clear();
+        self.payload.extend_from_slice(
+            page.get(start..start + local)
+                .ok_or(PageError::Layout("payload"))?,
+        );
+        let mut next = be32(page, start + local).ok_or(PageError::Layout("overflow pointer"))?;
+        let mut page = self.spare.pop().unwrap_or_default();
+        let mut hops = 0;
+        while self.payload.len() < size {
+            hops += 1;
+            if next == 0 || hops > 1 << 24 {
+                return Err(PageError::Layout("overflow chain"));
+            }
+            self.read_page(next, &mut page)?;
+            next = be32(&page, 0).ok_or(PageError::Layout("overflow page"))?;
+            let take = (size - self.payload.len()).min(u - 4);
+            self.payload.extend_from_slice(&page[4..4 + take]);
+        }
+        self.spare.push(page);
+        Ok(Some((rowid, &self.payload)))
+    }
+}
+
+impl Frame {
+    /// Where cell `i` of this page starts.
+    fn cell(&self, i: usize) -> Result<usize> {
+        let header_len = if self.leaf { 8 } else { 12 };
+        be16(&self.page, self.hdr + header_len + 2 * i).ok_or(PageError::Layout("cell pointer"))
+    }
+
+    /// Whether a cell of this leaf holds only the start of its payload, the rest being on
+    /// overflow pages.
+    fn spills(&self, usable: usize) -> Result<bool> {
+        for i in 0..self.cells {
+            let at = self.cell(i)?;
+            let (size, _) = varint(self.page.get(at..).unwrap_or(&[]))
+                .ok_or(PageError::Layout("payload size"))?;
+            if usize::try_from(size).map_or(true, |s| s > max_local(usable)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The largest payload a table leaf cell holds without overflow pages.
+fn max_local(usable: usize) -> usize {
+    usable - 35
+}
+
+/// Steps both walks past the leaf they stand at the start of when it is the same page on both
+/// sides (same number, same bytes) and returns true: its rows are the same on both sides, so
+/// none of its cells need reading. A copy of the base that the working copy still mostly is
+/// shares most of its leaves.
+///
+/// A leaf with a cell that spills to overflow pages is never passed over: its bytes hold only
+/// the start of that payload and the number of its first overflow page, and SQLite reuses
+/// freed page numbers, so equal leaf bytes can lead to different overflow pages.
+///
+/// ```text
+/// base: leaf 7 [rows 1..40]   work: leaf 7 [rows 1..40], same bytes  -> passed over
+/// base: leaf 8 [rows 41..80]  work: leaf 8, row 52 updated            -> walked row by row
+/// ```
+pub fn skip_shared_leaf(a: &mut Scan<'_>, b: &mut Scan<'_>) -> Result<bool> {
+    let usable = a.usable;
+    let (Some(fa), Some(fb)) = (a.at_leaf_start()?, b.at_leaf_start()?) else {
+        return Ok(false);
+    };
+    if fa.pgno != fb.pgno || fa.page != fb.page || fa.spills(usable)? {
+        return Ok(false);
+    }
+    a.pop();
+    b.pop();
+    Ok(true)
 }
 
 /// How to turn a record into a data row (the layout of [`crate::schema::Table::data_columns`]).

@@ -98,9 +98,12 @@ fn push_quoted(out: &mut String, s: &str) {
 }
 
 fn push_blob(out: &mut String, b: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.reserve(b.len() * 2 + 3);
     out.push_str("X'");
-    for byte in b {
-        let _ = write!(out, "{byte:02X}");
+    for &byte in b {
+        out.push(HEX[usize::from(byte >> 4)] as char);
+        out.push(HEX[usize::from(byte & 15)] as char);
     }
     out.push('\'');
 }
@@ -123,21 +126,25 @@ pub fn push_literal(out: &mut String, v: &Value) {
 pub fn push_bound(out: &mut String, q: &str, args: &[Value]) {
     let mut args = args.iter();
     let mut quote = None;
-    for c in q.chars() {
+    // Quotes and `?` are ASCII, never part of a multi-byte character: the text between them
+    // is copied in one piece.
+    let mut copied = 0;
+    for (i, c) in q.bytes().enumerate() {
         match (quote, c) {
             (Some(open), c) if c == open => quote = None,
-            (None, '"' | '\'' | '`') => quote = Some(c),
-            (None, '[') => quote = Some(']'),
-            (None, '?') => {
+            (None, b'"' | b'\'' | b'`') => quote = Some(c),
+            (None, b'[') => quote = Some(b']'),
+            (None, b'?') => {
                 if let Some(v) = args.next() {
+                    out.push_str(&q[copied..i]);
                     push_literal(out, v);
-                    continue;
+                    copied = i + 1;
                 }
             }
             _ => {}
         }
-        out.push(c);
     }
+    out.push_str(&q[copied..]);
 }
 
 /// Appends a SQL expression that evaluates to exactly `f`, bit for bit, on any SQLite: the

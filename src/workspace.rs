@@ -536,12 +536,23 @@ impl Workspace {
     /// Diffs the base snapshot against the working copy, reading the working copy in one
     /// transaction so the result is a consistent snapshot even while the app writes to it.
     pub fn diff(&self, filter: &crate::diff::Filter) -> Result<crate::diff::Changeset> {
+        self.with_diff(filter, |d| d.changeset())
+    }
+
+    /// Runs `read` on the diff of the base against the working copy, inside one read
+    /// transaction on the working copy: `read` may print rows as they are read, and they are
+    /// all of one snapshot.
+    pub fn with_diff<T>(
+        &self,
+        filter: &crate::diff::Filter,
+        read: impl FnOnce(&crate::diff::Diff<'_>) -> Result<T>,
+    ) -> Result<T> {
         let base = self.open_base()?;
         let work = self.open_working_copy(true)?;
         work.execute_batch("BEGIN")?;
-        let cs = crate::diff::diff(&base, &work, filter)?;
+        let out = read(&crate::diff::Diff::new(&base, &work, filter)?)?;
         work.execute_batch("COMMIT")?;
-        Ok(cs)
+        Ok(out)
     }
 
     /// The base snapshot, read-only, inside a read transaction that lasts as long as the

@@ -394,6 +394,16 @@ mod properties {
                 let cs = tursync::diff::diff(&b, &w, &Default::default()).unwrap();
                 let mut sql = Vec::new();
                 cs.write_sql(&mut sql).unwrap();
+                // Printed as the rows are read (`diff --sql`, `diff --json`), byte for byte
+                // what the changeset in memory prints.
+                let streamed = tursync::diff::Diff::new(&b, &w, &Default::default()).unwrap();
+                let (mut sql2, mut json, mut json2) = (Vec::new(), Vec::new(), Vec::new());
+                streamed.write_sql(&mut sql2).unwrap();
+                prop_assert_eq!(&sql, &sql2);
+                cs.write_json(&mut json).unwrap();
+                streamed.write_json(&mut json2).unwrap();
+                prop_assert_eq!(&json, &json2);
+                drop(streamed);
                 b.execute_batch(std::str::from_utf8(&sql).unwrap()).unwrap();
                 drop((b, w));
                 assert_same_snapshot(&base, &work);
