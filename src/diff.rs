@@ -290,6 +290,88 @@ pub enum SchemaChange {
     },
 }
 
+/// When a schema change's statements run relative to the rows. diff --sql, push and pull all
+/// follow this one order ([`ordered_ddl`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DdlPhase {
+    /// Indexes and views dropped (changed ones too, in their old form): first, since a
+    /// dropped table takes its indexes along and a view may name a table about to change.
+    DropObjects,
+    /// Tables created, dropped, rebuilt or given new columns.
+    Tables,
+    /// Indexes and views created (changed ones in their new form): after the rows where a
+    /// writer has rows, so an index is built once over the final rows and a view may name a
+    /// new table or column.
+    CreateObjects,
+}
+
+impl SchemaChange {
+    /// The statements of this change, each with its phase. Triggers are no part of it: every
+    /// writer drops them all first and re-creates the final set last, so none fires on rows.
+    ///
+    /// ```text
+    /// TableRebuilt t            -> (Tables, DROP TABLE "t"), (Tables, CREATE TABLE t(…))
+    /// ColumnsAdded t [b INT]    -> (Tables, ALTER TABLE "t" ADD COLUMN b INT)
+    /// ObjectChanged index i     -> (DropObjects, DROP INDEX IF EXISTS "i"), (CreateObjects, CREATE INDEX i …)
+    /// ObjectAdded trigger x     -> nothing
+    /// ```
+    pub fn statements(&self) -> Vec<(DdlPhase, String)> {
+        use DdlPhase::*;
+        match self {
+            SchemaChange::TableAdded { sql, .. } => vec![(Tables, sql.clone())],
+            SchemaChange::TableDropped { name, .. } => {
+                vec![(Tables, format!("DROP TABLE {}", sql::ident(name)))]
+            }
+            SchemaChange::TableRebuilt { name, new_sql, .. } => vec![
+                (Tables, format!("DROP TABLE {}", sql::ident(name))),
+                (Tables, new_sql.clone()),
+            ],
+            SchemaChange::ColumnsAdded { table, columns, .. } => columns
+                .iter()
+                .map(|c| {
+                    (
+                        Tables,
+                        format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)),
+                    )
+                })
+                .collect(),
+            SchemaChange::ObjectAdded { kind, .. }
+            | SchemaChange::ObjectDropped { kind, .. }
+            | SchemaChange::ObjectChanged { kind, .. }
+                if *kind == ObjectKind::Trigger =>
+            {
+                vec![]
+            }
+            SchemaChange::ObjectAdded { sql, .. } => vec![(CreateObjects, sql.clone())],
+            SchemaChange::ObjectDropped { kind, name, .. } => {
+                vec![(DropObjects, kind.drop_sql(name))]
+            }
+            SchemaChange::ObjectChanged {
+                kind,
+                name,
+                new_sql,
+                ..
+            } => vec![
+                (DropObjects, kind.drop_sql(name)),
+                (CreateObjects, new_sql.clone()),
+            ],
+        }
+    }
+}
+
+/// The statements of `changes` in the one DDL order: by [`DdlPhase`], and within a phase in
+/// the changes' own order.
+pub fn ordered_ddl<'a>(
+    changes: impl IntoIterator<Item = &'a SchemaChange>,
+) -> Vec<(DdlPhase, String)> {
+    let mut all: Vec<(DdlPhase, String)> = changes
+        .into_iter()
+        .flat_map(SchemaChange::statements)
+        .collect();
+    all.sort_by_key(|(phase, _)| *phase);
+    all
+}
+
 /// An AUTOINCREMENT counter that moved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SequenceChange {
@@ -1235,32 +1317,21 @@ pub type Emit<'a> = dyn FnMut(&str, &[Value]) -> Result<()> + 'a;
 /// The statement texts of one table's rows, made once per table: rows of one shape share
 /// their SQL text, so a caller can prepare each shape once.
 struct RowSql {
-    name: String,
-    where_key: String,
     delete: String,
     insert: String,
 }
 
 impl TableDiff {
     fn row_sql(&self) -> RowSql {
-        let name = sql::ident(&self.table.name);
-        let where_key = self
-            .key
-            .iter()
-            .map(|&k| format!("{} = ?", sql::ident(&self.columns[k])))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let cols: Vec<String> = self.columns.iter().map(|c| sql::ident(c)).collect();
-        let marks = vec!["?"; cols.len()].join(",");
         RowSql {
-            delete: format!("DELETE FROM {name} WHERE {where_key}"),
-            insert: format!(
-                "INSERT OR ABORT INTO {name}({}) VALUES({marks})",
-                cols.join(",")
-            ),
-            name,
-            where_key,
+            delete: sql::delete(&self.table.name, &self.key_names()),
+            insert: sql::insert(&self.table.name, &self.columns, 1),
         }
+    }
+
+    /// The key columns' names, in key order.
+    fn key_names(&self) -> Vec<&str> {
+        self.key.iter().map(|&k| self.columns[k].as_str()).collect()
     }
 
     /// Emits what `ch` does in `phase` (a change [`Pick::Only`] of that phase takes): the
@@ -1288,18 +1359,11 @@ impl TableDiff {
                 if cols.is_empty() {
                     return Ok(());
                 }
-                let sets = cols
-                    .iter()
-                    .map(|&c| format!("{} = ?", sql::ident(&self.columns[c])))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let set: Vec<&str> = cols.iter().map(|&c| self.columns[c].as_str()).collect();
                 args.clear();
                 args.extend(cols.iter().chain(&self.key).map(|&c| new[c].clone()));
                 emit(
-                    &format!(
-                        "UPDATE OR ABORT {} SET {sets} WHERE {}",
-                        q.name, q.where_key
-                    ),
+                    &sql::update(&self.table.name, &set, &self.key_names()),
                     args,
                 )?;
             }
@@ -1356,33 +1420,9 @@ impl Changeset {
         for (name, _) in &self.base_triggers {
             ddl(&format!("DROP TRIGGER IF EXISTS {}", sql::ident(name)))?;
         }
-        for ch in &self.schema {
-            match ch {
-                SchemaChange::ObjectDropped { kind, name, .. }
-                | SchemaChange::ObjectChanged { kind, name, .. }
-                    if *kind != ObjectKind::Trigger =>
-                {
-                    ddl(&kind.drop_sql(name))?;
-                }
-                _ => {}
-            }
-        }
-        for ch in &self.schema {
-            match ch {
-                SchemaChange::TableDropped { name, .. } => {
-                    ddl(&format!("DROP TABLE {}", sql::ident(name)))?
-                }
-                SchemaChange::TableRebuilt { name, new_sql, .. } => {
-                    ddl(&format!("DROP TABLE {}", sql::ident(name)))?;
-                    ddl(new_sql)?;
-                }
-                SchemaChange::TableAdded { sql: create, .. } => ddl(create)?,
-                SchemaChange::ColumnsAdded { table, columns, .. } => {
-                    for c in columns {
-                        ddl(&format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)))?;
-                    }
-                }
-                _ => {}
+        for (phase, q) in ordered_ddl(&self.schema) {
+            if phase < DdlPhase::CreateObjects {
+                ddl(&q)?;
             }
         }
         Ok(())
@@ -1392,29 +1432,15 @@ impl Changeset {
     fn closing_statements(&self, emit: &mut Emit<'_>) -> Result<()> {
         for q in &self.sequences {
             let name = Value::text(&q.table);
-            emit(
-                "DELETE FROM sqlite_sequence WHERE name = ?",
-                std::slice::from_ref(&name),
-            )?;
+            emit(sql::SEQUENCE_DELETE, std::slice::from_ref(&name))?;
             if let Some(n) = q.new {
-                emit(
-                    "INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)",
-                    &[name, Value::Integer(n)],
-                )?;
+                emit(sql::SEQUENCE_INSERT, &[name, Value::Integer(n)])?;
             }
         }
         let mut ddl = |q: &str| emit(q, &[]);
-        for ch in &self.schema {
-            match ch {
-                SchemaChange::ObjectAdded {
-                    kind, sql: create, ..
-                }
-                | SchemaChange::ObjectChanged {
-                    kind,
-                    new_sql: create,
-                    ..
-                } if *kind != ObjectKind::Trigger => ddl(create)?,
-                _ => {}
+        for (phase, q) in ordered_ddl(&self.schema) {
+            if phase == DdlPhase::CreateObjects {
+                ddl(&q)?;
             }
         }
         for (_, create) in &self.new_triggers {
@@ -1944,6 +1970,45 @@ mod tests {
             let _ = std::fs::remove_dir_all(dir);
         }
         assert!(skipped_somewhere);
+    }
+
+    /// The one DDL order: object drops, then tables, then object creates, each phase in the
+    /// changes' own order; triggers are left to the writers.
+    #[test]
+    fn ddl_comes_in_phase_order() {
+        let index = |sql: &str| SchemaChange::ObjectChanged {
+            kind: ObjectKind::Index,
+            name: "i".into(),
+            old_sql: "CREATE INDEX i ON t(a)".into(),
+            new_sql: sql.into(),
+        };
+        let changes = [
+            index("CREATE INDEX i ON t(b)"),
+            SchemaChange::ColumnsAdded {
+                table: "t".into(),
+                columns: vec!["b INT".into()],
+                old_sql: String::new(),
+            },
+            SchemaChange::ObjectAdded {
+                kind: ObjectKind::Trigger,
+                name: "x".into(),
+                sql: "CREATE TRIGGER x …".into(),
+            },
+            SchemaChange::TableDropped {
+                name: "old".into(),
+                sql: String::new(),
+            },
+        ];
+        let got: Vec<String> = ordered_ddl(&changes).into_iter().map(|(_, q)| q).collect();
+        assert_eq!(
+            got,
+            [
+                r#"DROP INDEX IF EXISTS "i""#,
+                r#"ALTER TABLE "t" ADD COLUMN b INT"#,
+                r#"DROP TABLE "old""#,
+                "CREATE INDEX i ON t(b)",
+            ]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::conflict::{Conflict, ConflictKind, Outcome};
-use crate::diff::{Changeset, RowChange, SchemaChange, SequenceChange, TableDiff};
+use crate::diff::{ordered_ddl, Changeset, RowChange, SchemaChange, SequenceChange, TableDiff};
 use crate::schema::{
     foreign_key_scope, foreign_keys, parse_unique_failure, ForeignKey, ObjectKind, Orphan,
     UniqueFailure,
@@ -1266,78 +1266,34 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Outcome<Vec<String>> {
         if ours.schema.contains(ch) {
             continue; // the same change on both sides
         }
-        match ch {
-            SchemaChange::TableAdded { name, sql: create } => {
-                if ours_touches(name) {
-                    return Outcome::Conflicts(vec![Conflict::schema("table", name)]);
-                }
-                ddl.push(create.clone());
+        let clash = match ch {
+            SchemaChange::TableAdded { name, .. }
+            | SchemaChange::TableDropped { name, .. }
+            | SchemaChange::TableRebuilt { name, .. } => {
+                ours_touches(name).then_some(("table", name))
             }
-            SchemaChange::TableDropped { name, .. } => {
-                if ours_touches(name) {
-                    return Outcome::Conflicts(vec![Conflict::schema("table", name)]);
-                }
-                ddl.push(format!("DROP TABLE {}", sql::ident(name)));
-            }
-            SchemaChange::TableRebuilt { name, new_sql, .. } => {
-                if ours_touches(name) {
-                    return Outcome::Conflicts(vec![Conflict::schema("table", name)]);
-                }
-                ddl.push(format!("DROP TABLE {}", sql::ident(name)));
-                ddl.push(new_sql.clone());
-            }
-            SchemaChange::ColumnsAdded { table, columns, .. } => {
-                let ours_schema = ours.schema.iter().any(|c| match c {
+            SchemaChange::ColumnsAdded { table, .. } => ours
+                .schema
+                .iter()
+                .any(|c| match c {
                     SchemaChange::TableDropped { name, .. }
                     | SchemaChange::TableRebuilt { name, .. } => name == table,
                     SchemaChange::ColumnsAdded { table: t, .. } => t == table,
                     _ => false,
-                });
-                if ours_schema {
-                    return Outcome::Conflicts(vec![Conflict::schema("table", table)]);
-                }
-                for c in columns {
-                    ddl.push(format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)));
-                }
-            }
+                })
+                .then_some(("table", table)),
             SchemaChange::ObjectAdded { kind, name, .. }
             | SchemaChange::ObjectDropped { kind, name, .. }
-            | SchemaChange::ObjectChanged { kind, name, .. }
-                if *kind != ObjectKind::Trigger =>
-            {
-                if ours.schema.iter().any(|c| object_named(c, *kind, name)) {
-                    return Outcome::Conflicts(vec![Conflict::schema(kind.as_str(), name)]);
-                }
-                match ch {
-                    SchemaChange::ObjectAdded { sql: create, .. } => ddl.push(create.clone()),
-                    SchemaChange::ObjectChanged { new_sql, .. } => {
-                        ddl.push(kind.drop_sql(name));
-                        ddl.push(new_sql.clone());
-                    }
-                    _ => ddl.push(kind.drop_sql(name)),
-                }
-            }
-            _ => {}
+            | SchemaChange::ObjectChanged { kind, name, .. } => (*kind != ObjectKind::Trigger
+                && ours.schema.iter().any(|c| object_named(c, *kind, name)))
+            .then_some((kind.as_str(), name)),
+        };
+        if let Some((what, name)) = clash {
+            return Outcome::Conflicts(vec![Conflict::schema(what, name)]);
         }
+        ddl.push(ch);
     }
-    // Object drops first (a dropped table takes its indexes along), then table DDL, then new
-    // indexes and views, which may refer to new tables or columns. The sort is stable.
-    let table_ddl = [
-        "CREATE TABLE",
-        "DROP TABLE",
-        "ALTER TABLE",
-        "CREATE VIRTUAL TABLE",
-    ];
-    ddl.sort_by_key(|s| {
-        if s.starts_with("DROP INDEX") || s.starts_with("DROP VIEW") {
-            0
-        } else if table_ddl.iter().any(|p| s.starts_with(p)) {
-            1
-        } else {
-            2
-        }
-    });
-    Outcome::Done(ddl)
+    Outcome::Done(ordered_ddl(ddl).into_iter().map(|(_, q)| q).collect())
 }
 
 fn object_named(c: &SchemaChange, kind: ObjectKind, name: &str) -> bool {

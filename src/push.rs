@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::conflict::{Conflict, ConflictKind, Outcome};
-use crate::diff::{Changeset, RowChange, SchemaChange, TableDiff};
+use crate::diff::{Changeset, DdlPhase, RowChange, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
 use crate::schema::{
@@ -584,6 +584,90 @@ impl Catalog for &mut TxnCatalog<'_, '_> {
     }
 }
 
+/// How much of a schema change the remote still needs, as a push transaction finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    All,
+    /// Already there: a re-run, or a later transaction of a split push.
+    Nothing,
+    /// Only its new form: an index of a table that was rebuilt (with the same definition) on
+    /// the remote went with it.
+    NewForm,
+}
+
+/// Compares a schema change with the remote's object: it must be in the base's form (then
+/// the change is needed) or already in the working copy's (then nothing is). Anything else is
+/// someone else's change of the same object: a conflict. A rebuilt table is refused outright:
+/// re-creating it would replace every row in it, including rows others changed since the last
+/// sync, which no per-row check covers.
+fn remote_needs(ch: &SchemaChange, cs: &Changeset, remote: &RemoteState) -> Result<Outcome<Needs>> {
+    let has = |ty: &str, name: &str| remote.sql_of(ty, name);
+    let conflict = |ty: &str, name: &str| Ok(Outcome::Conflicts(vec![Conflict::schema(ty, name)]));
+    let needs = match ch {
+        SchemaChange::TableAdded { name, sql: create } => match has("table", name) {
+            None => Needs::All,
+            Some(s) if s == create => Needs::Nothing,
+            Some(_) => return conflict("table", name),
+        },
+        SchemaChange::TableDropped { name, sql: old } => match has("table", name) {
+            Some(s) if s == old => Needs::All,
+            None => Needs::Nothing,
+            Some(_) => return conflict("table", name),
+        },
+        SchemaChange::TableRebuilt { name, new_sql, .. } => match has("table", name) {
+            Some(s) if s == new_sql => Needs::Nothing,
+            _ => {
+                return Err(Error::Refused(format!(
+                    "table {name:?} changed in a way push cannot apply safely (only new tables, dropped tables and ADD COLUMN are pushed). \
+                     Apply the change on the remote itself (SQLite's 12-step table rebuild), then run `tursync init --force`"
+                )))
+            }
+        },
+        SchemaChange::ColumnsAdded { table, old_sql, .. } => {
+            let new_sql = cs
+                .tables
+                .iter()
+                .find(|t| &t.table.name == table)
+                .map(|t| t.table.sql.as_str());
+            match has("table", table) {
+                Some(s) if Some(s) == new_sql => Needs::Nothing,
+                Some(s) if s == old_sql => Needs::All,
+                _ => return conflict("table", table),
+            }
+        }
+        // Triggers are compared as a set (see plan_schema).
+        SchemaChange::ObjectAdded { kind, .. }
+        | SchemaChange::ObjectDropped { kind, .. }
+        | SchemaChange::ObjectChanged { kind, .. }
+            if *kind == ObjectKind::Trigger =>
+        {
+            Needs::Nothing
+        }
+        SchemaChange::ObjectDropped { kind, name, sql: old } => match has(kind.as_str(), name) {
+            Some(s) if s == old => Needs::All,
+            None => Needs::Nothing,
+            Some(_) => return conflict(kind.as_str(), name),
+        },
+        SchemaChange::ObjectChanged {
+            kind,
+            name,
+            old_sql,
+            new_sql,
+        } => match has(kind.as_str(), name) {
+            Some(s) if s == old_sql => Needs::All,
+            Some(s) if s == new_sql && old_sql != new_sql => Needs::Nothing,
+            None if old_sql == new_sql => Needs::NewForm,
+            _ => return conflict(kind.as_str(), name),
+        },
+        SchemaChange::ObjectAdded { kind, name, sql: create } => match has(kind.as_str(), name) {
+            None => Needs::All,
+            Some(s) if s == create => Needs::Nothing,
+            Some(_) => return conflict(kind.as_str(), name),
+        },
+    };
+    Ok(Outcome::Done(needs))
+}
+
 /// DDL for the schema changes the remote still needs, split around the row changes. A push cut
 /// into transactions must leave the remote, after any one of them, in a state a re-run (or a
 /// pull) understands: every object either as in the base or as in the working copy, never
@@ -633,91 +717,28 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<Outcome<SchemaPla
         drops.push(format!("DROP TRIGGER {}", sql::ident(name)));
     }
     for ch in &cs.schema {
-        match ch {
-            SchemaChange::TableAdded { name, sql: create } => match has("table", name) {
-                None => before.push(create.clone()),
-                Some(s) if s == create => {}
-                Some(_) => return Ok(Outcome::Conflicts(vec![Conflict::schema("table", name)])),
-            },
-            SchemaChange::TableDropped { name, sql: old } => match has("table", name) {
-                Some(s) if s == old => before.push(format!("DROP TABLE {}", sql::ident(name))),
-                None => {}
-                Some(_) => return Ok(Outcome::Conflicts(vec![Conflict::schema("table", name)])),
-            },
-            // Re-creating a table would replace every row in it, including rows others changed
-            // since the last sync, which no per-row check covers; so it is refused.
-            SchemaChange::TableRebuilt { name, new_sql, .. } => match has("table", name) {
-                Some(s) if s == new_sql => {}
-                _ => {
-                    return Err(Error::Refused(format!(
-                        "table {name:?} changed in a way push cannot apply safely (only new tables, dropped tables and ADD COLUMN are pushed). \
-                         Apply the change on the remote itself (SQLite's 12-step table rebuild), then run `tursync init --force`"
-                    )))
-                }
-            },
-            SchemaChange::ColumnsAdded {
-                table,
-                columns,
-                old_sql,
-            } => {
-                let new_sql = cs
-                    .tables
-                    .iter()
-                    .find(|t| &t.table.name == table)
-                    .map(|t| t.table.sql.clone());
-                match has("table", table) {
-                    Some(s) if Some(s) == new_sql.as_deref() => {}
-                    Some(s) if s == old_sql => {
-                        for c in columns {
-                            before
-                                .push(format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)));
-                        }
-                    }
-                    _ => return Ok(Outcome::Conflicts(vec![Conflict::schema("table", table)])),
-                }
+        let needed = match remote_needs(ch, cs, remote)? {
+            Outcome::Done(needed) => needed,
+            Outcome::Conflicts(c) => return Ok(Outcome::Conflicts(c)),
+        };
+        let (index, changed_index) = match ch {
+            SchemaChange::ObjectAdded { kind, .. } => (*kind == ObjectKind::Index, false),
+            SchemaChange::ObjectChanged { kind, .. } => {
+                (*kind == ObjectKind::Index, *kind == ObjectKind::Index)
             }
-            SchemaChange::ObjectDropped {
-                kind,
-                name,
-                sql: old,
-            } if *kind != ObjectKind::Trigger => match has(kind.as_str(), name) {
-                Some(s) if s == old => drops.push(kind.drop_sql(name)),
-                None => {}
-                Some(_) => return Ok(Outcome::Conflicts(vec![Conflict::schema(kind.as_str(), name)])),
-            },
-            SchemaChange::ObjectChanged {
-                kind,
-                name,
-                old_sql,
-                new_sql,
-            } if *kind != ObjectKind::Trigger => {
-                let (drop_list, create_list) = match kind {
-                    ObjectKind::Index => (&mut index_drops, &mut after),
-                    _ => (&mut drops, &mut views),
-                };
-                match has(kind.as_str(), name) {
-                    Some(s) if s == old_sql => {
-                        drop_list.push(kind.drop_sql(name));
-                        create_list.push(new_sql.clone());
-                    }
-                    Some(s) if s == new_sql && old_sql != new_sql => {}
-                    // An index of a table that was rebuilt (with the same definition) on the
-                    // remote went with it.
-                    None if old_sql == new_sql => create_list.push(new_sql.clone()),
-                    _ => return Ok(Outcome::Conflicts(vec![Conflict::schema(kind.as_str(), name)])),
-                }
+            _ => (false, false),
+        };
+        for (phase, q) in ch.statements() {
+            match (needed, phase) {
+                (Needs::Nothing, _) => {}
+                (Needs::NewForm, DdlPhase::DropObjects | DdlPhase::Tables) => {}
+                // A changed index keeps its old form until the last transaction.
+                (_, DdlPhase::DropObjects) if changed_index => index_drops.push(q),
+                (_, DdlPhase::DropObjects) => drops.push(q),
+                (_, DdlPhase::Tables) => before.push(q),
+                (_, DdlPhase::CreateObjects) if index => after.push(q),
+                (_, DdlPhase::CreateObjects) => views.push(q),
             }
-            SchemaChange::ObjectAdded {
-                kind,
-                name,
-                sql: create,
-            } if *kind != ObjectKind::Trigger => match has(kind.as_str(), name) {
-                None if *kind == ObjectKind::Index => after.push(create.clone()),
-                None => views.push(create.clone()),
-                Some(s) if s == create => {}
-                Some(_) => return Ok(Outcome::Conflicts(vec![Conflict::schema(kind.as_str(), name)])),
-            },
-            _ => {}
         }
     }
     // Rows may only go into tables whose definition is the one they were diffed against.
