@@ -18,7 +18,7 @@ use crate::remote::{Remote, RemoteError};
 use crate::schema::{self, RowKey, Schema, Table};
 use crate::sql;
 use crate::value::Value;
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// Where a copy goes: a SQLite file or SQL text.
 pub trait Sink {
@@ -355,7 +355,9 @@ fn drain(
         stats.requests += requests;
         stats.rows += rows.len() as u64;
         progress.advance(rows.len() as u64);
-        sink.insert(tables[table], &rows)?;
+        let t = tables[table];
+        sink.insert(t, &rows)
+            .during("writing the rows of table", format_args!("{:?}", t.name))?;
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use crate::pages::{self, DbFile, Layout, PageError, Scan};
 use crate::schema::{self, Column, ObjectKind, RowKey, Schema, Table};
 use crate::sql;
 use crate::value::Value;
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// One row that differs. Rows are laid out as [`Table::data_columns`] of the working copy's
 /// table: the hidden rowid first when the table has one, then the stored columns.
@@ -641,7 +641,7 @@ fn refuse_unsupported(s: &Schema) -> Result<()> {
             .filter(|c| !c.is_whitespace())
             .collect();
         if squashed.contains("usingfts5") && squashed.contains("content=") {
-            return Err(Error::Refused(format!(
+            return Err(Error::Unsupported(format!(
                 "virtual table {:?} is an external-content or contentless FTS5 table; tursync cannot diff it safely. \
                  Use a regular FTS5 table, or keep it out of the synced database",
                 t.name
@@ -741,6 +741,12 @@ impl Diff<'_> {
     /// Reads the changes of table `i` that `pick` takes, in key order. `pick` may narrow
     /// while the read goes on: rows it no longer takes are then passed over undecoded.
     fn read(&self, i: usize, pick: &Cell<Pick>, sink: &mut Sink<'_>) -> Result<()> {
+        let d = &self.outline.tables[i];
+        self.read_table(i, pick, sink)
+            .during("diffing table", format_args!("{:?}", d.table.name))
+    }
+
+    fn read_table(&self, i: usize, pick: &Cell<Pick>, sink: &mut Sink<'_>) -> Result<()> {
         let d = &self.outline.tables[i];
         match &self.reads[i] {
             Read::AllNew => all_rows(self.work, d, pick, sink),
@@ -857,7 +863,7 @@ fn merge(
     let mut wst = work.prepare(&scan_sql(&d.table, &[])?)?;
     let n = wst.column_count();
     if bst.column_count() != n {
-        return Err(Error::Refused(format!(
+        return Err(Error::Unexpected(format!(
             "table {:?}: cannot line up old and new columns",
             d.table.name
         )));
@@ -1001,7 +1007,7 @@ fn merge_pages(
         Ok(skipped) => Ok(Some(skipped)),
         Err(Stop::Other(e)) => Err(e),
         Err(Stop::Page(e)) if e.falls_back() && !yielded => Ok(None),
-        Err(Stop::Page(e)) => Err(Error::Refused(format!(
+        Err(Stop::Page(e)) => Err(Error::Unexpected(format!(
             "table {:?}: reading its pages: {e}",
             t.name
         ))),
@@ -1633,7 +1639,7 @@ impl serde::Serialize for JsonChanges<'_> {
         let read = self.0.rows.changes(self.1, Pick::All, &mut |ch| {
             seq.serialize_element(&t.change_json(ch)).map_err(|e| {
                 written = Some(e);
-                Error::Refused("the JSON output failed".into())
+                Error::Unexpected("the JSON output failed".into())
             })
         });
         if let Some(e) = written {

@@ -36,9 +36,61 @@ pub enum Error {
     Schema(#[from] schema::SchemaError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// The request cannot be carried out as asked; the message says what to do instead.
+    /// A state file of ours (`.tursync/*.json`) or JSON output could not be written or read.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Something failed while `step` was being done to `object` (a table, a file): the error,
+    /// with where it happened, as ripgrep's errors carry their path.
+    #[error("{step} {object}: {source}")]
+    During {
+        step: &'static str,
+        object: String,
+        #[source]
+        source: Box<Error>,
+    },
+    /// No working copy here, or its state is missing, damaged or someone else's; the message
+    /// says what to do.
     #[error("{0}")]
-    Refused(String),
+    Workspace(String),
+    /// Another connection or tursync command held a lock for too long; try again later.
+    #[error("{0}")]
+    Busy(String),
+    /// Something tursync cannot do safely (a kind of table, a schema change, a name); the
+    /// message says what to do instead.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The arguments name something that is not there.
+    #[error("{0}")]
+    BadArgument(String),
+    /// A database or the server holds or answered something tursync does not expect: damage,
+    /// a change behind its back, or a bug. What was being done was rolled back.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl Error {
+    /// The error under any [`Error::During`] context.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::During { source, .. } => source.root(),
+            e => e,
+        }
+    }
+}
+
+/// Adds the step and the object to an error: `diff.during("diffing table", "\"t\"")`.
+pub(crate) trait Context<T> {
+    fn during(self, step: &'static str, object: impl std::fmt::Display) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
+    fn during(self, step: &'static str, object: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|e| Error::During {
+            step,
+            object: object.to_string(),
+            source: Box::new(e.into()),
+        })
+    }
 }
 
 impl<E: Into<Error>> From<schema::LoadError<E>> for Error {
@@ -53,7 +105,7 @@ impl<E: Into<Error>> From<schema::LoadError<E>> for Error {
 /// A push transaction is retried as a whole when the remote failure inside passes.
 impl remote::Transient for Error {
     fn remote(&self) -> Option<&remote::RemoteError> {
-        match self {
+        match self.root() {
             Error::Remote(e) => Some(e),
             _ => None,
         }
@@ -62,6 +114,15 @@ impl remote::Transient for Error {
     fn gave_up(self, after: std::time::Duration, attempts: u32) -> Self {
         match self {
             Error::Remote(e) => Error::Remote(e.gave_up(after, attempts)),
+            Error::During {
+                step,
+                object,
+                source,
+            } => Error::During {
+                step,
+                object,
+                source: Box::new(source.gave_up(after, attempts)),
+            },
             other => other,
         }
     }

@@ -327,6 +327,8 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = match (e.downcast_ref::<Exit>(), e.downcast_ref::<tursync::Error>()) {
                 (Some(x), _) => x.0,
+                // `--theirs TABLE` naming no table is a usage error.
+                (_, Some(e)) if matches!(e.root(), tursync::Error::BadArgument(_)) => 2,
                 _ => 1,
             };
             eprintln!("error: {e:#}");

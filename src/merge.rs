@@ -18,7 +18,7 @@ use crate::schema::{
 };
 use crate::sql;
 use crate::value::Value;
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// How conflicts are settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,7 +239,12 @@ impl Plan {
         for phase in 0..3 {
             for (i, w) in self.writes.iter().enumerate() {
                 let resolve = merge.resolve_for(w.table());
-                unique.extend(applier.phase(phase, i, w, resolve)?);
+                let table = format_args!("{:?}", w.table());
+                unique.extend(
+                    applier
+                        .phase(phase, i, w, resolve)
+                        .during("merging their changes into table", table)?,
+                );
             }
         }
         self.report.applied = applier.applied;
@@ -411,7 +416,7 @@ impl<'c> Applier<'c> {
             }
             (0, Write::Move { table, key, .. }) => {
                 let ours = self.row(self.work, &self.ours_names, table, key)?.ok_or_else(|| {
-                    Error::Refused(format!(
+                    Error::Unexpected(format!(
                         "table {table:?}: the row at {} that their change moves is not in the working copy",
                         key_list(key)
                     ))
@@ -440,7 +445,7 @@ impl<'c> Applier<'c> {
             }
             (2, Write::Move { table, set, .. }) => {
                 let mut row = self.taken.get(&i).cloned().ok_or_else(|| {
-                    Error::Refused(format!(
+                    Error::Unexpected(format!(
                         "table {table:?}: a moved row was put back without being taken out"
                     ))
                 })?;
@@ -498,7 +503,7 @@ impl<'c> Applier<'c> {
             }
             Resolve::Theirs => {
                 let Some(holder) = &holder else {
-                    return Err(Error::Refused(format!(
+                    return Err(Error::Unexpected(format!(
                         "table {table:?}: their row ({}) breaks {constraint}, and the row of ours holding the same values cannot be found to give way",
                         key_list(&key)
                     )));
@@ -553,7 +558,7 @@ impl<'c> Applier<'c> {
                     .find(|(n, _)| n == c)
                     .map(|(_, v)| v.clone())
                     .ok_or_else(|| {
-                        Error::Refused(format!(
+                        Error::Unexpected(format!(
                             "table {table:?}: the constraint's column {c:?} is not in the row written"
                         ))
                     })?,
@@ -648,7 +653,7 @@ impl<'c> Applier<'c> {
             .max(top(self.theirs)?)
             .checked_add(1)
             .ok_or_else(|| {
-                Error::Refused(format!(
+                Error::Unsupported(format!(
                     "table {table:?}: no rowid is free to move a row to"
                 ))
             })?;
@@ -755,7 +760,7 @@ impl Merge<'_> {
                 let at = match r.get(locators.pos) {
                     Some(Value::Integer(at)) => *at,
                     other => {
-                        return Err(Error::Refused(format!(
+                        return Err(Error::Unexpected(format!(
                             "table {table:?}: their new row has no integer rowid but {other:?}"
                         )))
                     }
@@ -1160,7 +1165,7 @@ impl KeySpace<'_> {
             Some(&n) => n,
             None => {
                 let col = integer_key(t).ok_or_else(|| {
-                    Error::Refused(format!("table {name:?} has no integer key to renumber"))
+                    Error::Unexpected(format!("table {name:?} has no integer key to renumber"))
                 })?;
                 let mut top = 0i64;
                 for conn in self.sides {
@@ -1174,7 +1179,7 @@ impl KeySpace<'_> {
                         .max(sequence(conn, name)?.unwrap_or(0));
                 }
                 top.checked_add(1).ok_or_else(|| {
-                    Error::Refused(format!(
+                    Error::Unsupported(format!(
                         "table {name:?}: no key is free past {top} to renumber a new row to"
                     ))
                 })?
@@ -1215,7 +1220,7 @@ impl Renumbered {
             rusqlite::params![self.to, self.from],
         )?;
         if moved != 1 {
-            return Err(Error::Refused(format!(
+            return Err(Error::Unexpected(format!(
                 "table {:?}: renumbering row {} to {} moved {moved} rows",
                 self.table, self.from, self.to
             )));

@@ -70,7 +70,7 @@ fn begin_immediate(work: &mut Connection, on_wait: WaitNotice<'_>) -> Result<()>
         {
             on_wait();
             work.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
-                Error::Refused(format!(
+                Error::Busy(format!(
                     "the working copy stayed locked by another connection for {}s ({e}); try again when the app is idle",
                     BUSY_TIMEOUT.as_secs()
                 ))
@@ -113,7 +113,7 @@ fn merge_into(
             .iter()
             .any(|cs| cs.tables.iter().any(|t| &t.table.name == name))
         {
-            return Err(Error::Refused(format!(
+            return Err(Error::BadArgument(format!(
                 "no table named {name:?} in the working copy or on the remote, so --ours/--theirs {name} settles nothing"
             )));
         }

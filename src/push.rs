@@ -381,7 +381,7 @@ fn orphans(
     for res in send(stream, checks, report)? {
         for row in res.rows {
             let [t, rowid, p, Value::Integer(fkid)] = &row[..] else {
-                return Err(Error::Refused(format!(
+                return Err(Error::Unexpected(format!(
                     "unexpected foreign_key_check row from the remote: {row:?}"
                 )));
             };
@@ -617,7 +617,7 @@ fn remote_needs(ch: &SchemaChange, cs: &Changeset, remote: &RemoteState) -> Resu
         SchemaChange::TableRebuilt { name, new_sql, .. } => match has("table", name) {
             Some(s) if s == new_sql => Needs::Nothing,
             _ => {
-                return Err(Error::Refused(format!(
+                return Err(Error::Unsupported(format!(
                     "table {name:?} changed in a way push cannot apply safely (only new tables, dropped tables and ADD COLUMN are pushed). \
                      Apply the change on the remote itself (SQLite's 12-step table rebuild), then run `tursync init --force`"
                 )))
@@ -851,13 +851,16 @@ pub fn push(
             push_transaction(remote, &txn, &mut run)
         });
         let outcome = match attempt {
-            Err(Error::Remote(RemoteError::Sql { message, code })) => {
-                match unique_conflicts(remote, &cs, &message)? {
-                    Some(conflicts) => Outcome::Conflicts(conflicts),
-                    None => return Err(RemoteError::Sql { message, code }.into()),
+            Err(e) => match e.root() {
+                Error::Remote(RemoteError::Sql { message, .. }) => {
+                    match unique_conflicts(remote, &cs, message)? {
+                        Some(conflicts) => Outcome::Conflicts(conflicts),
+                        None => return Err(e),
+                    }
                 }
-            }
-            other => other?,
+                _ => return Err(e),
+            },
+            Ok(outcome) => outcome,
         };
         match outcome {
             Outcome::Done(done) => {
@@ -1140,7 +1143,7 @@ fn send_writes(stream: &mut Stream<'_>, writes: Vec<Write>, run: &mut Run<'_>) -
             let results = send(stream, std::mem::take(&mut batch), &mut run.report)?;
             for (res, want) in results.iter().zip(&expect) {
                 if *want > 0 && res.affected_row_count as usize != *want {
-                    return Err(Error::Refused(format!(
+                    return Err(Error::Unexpected(format!(
                         "the remote changed {} rows where {want} were expected; the push was rolled back",
                         res.affected_row_count
                     )));
@@ -1163,7 +1166,7 @@ fn new_orphans(
     run: &mut Run<'_>,
 ) -> Result<Vec<Conflict>> {
     let Some(before) = run.orphans_before.take() else {
-        return Err(Error::Refused(
+        return Err(Error::Unexpected(
             "the push reached its last transaction without reading the remote's orphans in its first".into(),
         ));
     };

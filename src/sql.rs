@@ -315,7 +315,7 @@ pub fn decode_exact_row(row: Vec<Value>) -> Result<Vec<Value>, String> {
 pub fn check_shell_text(stmt: &str) -> crate::Result<()> {
     if stmt.contains("\r\n") {
         let shown: String = stmt.chars().take(200).collect();
-        return Err(crate::Error::Refused(format!(
+        return Err(crate::Error::Unsupported(format!(
             "this statement holds a CR LF pair in a name or in its CREATE text, which the sqlite3 \
              shell would read back without the CR, so it cannot be written as SQL text: {shown:?}"
         )));

@@ -151,7 +151,8 @@ pub fn watch(
                 }
                 continue;
             }
-            Err(e @ Error::Refused(_)) => {
+            // What the user must settle: reported once, then rounds wait for a change.
+            Err(e) if matches!(e.root(), Error::Busy(_) | Error::Unsupported(_)) => {
                 let report = e.to_string();
                 if blocked.as_ref().map(|b| &b.report) != Some(&report) {
                     on_event(Event::Refused(&e));

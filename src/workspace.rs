@@ -69,7 +69,7 @@ impl Workspace {
                     .find(|d| d.join(STATE_DIR).join(CONFIG).is_file())
                     .map(Path::to_path_buf)
                     .ok_or_else(|| {
-                        Error::Refused(format!(
+                        Error::Workspace(format!(
                             "no working copy here: {} has no {STATE_DIR}/ directory (nor do its parents). Run `tursync init` first, or pass --db",
                             cwd.display()
                         ))
@@ -78,17 +78,17 @@ impl Workspace {
         };
         let path = dir.join(STATE_DIR).join(CONFIG);
         let text = fs::read_to_string(&path).map_err(|e| {
-            Error::Refused(format!(
+            Error::Workspace(format!(
                 "cannot read {}: {e}. Run `tursync init` to make a working copy",
                 path.display()
             ))
         })?;
         let config: Config = serde_json::from_str(&text)
-            .map_err(|e| Error::Refused(format!("{} is damaged: {e}", path.display())))?;
+            .map_err(|e| Error::Workspace(format!("{} is damaged: {e}", path.display())))?;
         if let Some(db) = db {
             let name = file_name(db);
             if name != config.db {
-                return Err(Error::Refused(format!(
+                return Err(Error::Workspace(format!(
                     "{} belongs to working copy {:?}, not {name:?}",
                     dir.join(STATE_DIR).display(),
                     config.db
@@ -123,7 +123,7 @@ impl Workspace {
         match f.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::Refused(
+                return Err(Error::Busy(
                     "another tursync command is working on this working copy; try again when it is done".into(),
                 ))
             }
@@ -166,7 +166,7 @@ impl Workspace {
             Err(e) => return Err(e.into()),
         };
         serde_json::from_str(&text).map_err(|e| {
-            Error::Refused(format!(
+            Error::Workspace(format!(
                 "{} is damaged ({e}); delete it, and the next pull downloads the remote in full",
                 path.display()
             ))
@@ -180,7 +180,7 @@ impl Workspace {
         let _guard = Aside {
             paths: vec![tmp.clone()],
         };
-        let text = serde_json::to_string(state).map_err(|e| Error::Refused(e.to_string()))?;
+        let text = serde_json::to_string(state)?;
         write_synced(&tmp, text.as_bytes())?;
         fs::rename(&tmp, self.state_dir().join(SYNC))?;
         sync_dir(&self.state_dir())
@@ -228,7 +228,7 @@ impl LocalSink {
 impl Sink for LocalSink {
     fn create(&mut self, sql: &str) -> Result<()> {
         self.conn.execute_batch(sql).map_err(|e| {
-            Error::Refused(format!(
+            Error::Unsupported(format!(
                 "cannot create this object locally: {e}\n  {sql}\n(a virtual table needs its module, such as fts5 or rtree, in the bundled SQLite)"
             ))
         })
@@ -328,20 +328,20 @@ pub fn init(
         .ok()
         .and_then(|t| serde_json::from_str::<Config>(&t).ok());
     if let Some(other) = other.filter(|c| c.db != name && !force) {
-        return Err(Error::Refused(format!(
+        return Err(Error::Workspace(format!(
             "{} already holds the state of working copy {:?}; pass --force to replace it",
             state.display(),
             other.db
         )));
     }
     if db.exists() && !force {
-        return Err(Error::Refused(format!(
+        return Err(Error::Workspace(format!(
             "{} already exists; pass --force to replace it (any unpushed changes in it are lost)",
             db.display()
         )));
     }
     if !dir.is_dir() {
-        return Err(Error::Refused(format!(
+        return Err(Error::Workspace(format!(
             "directory {} does not exist",
             dir.display()
         )));
@@ -369,9 +369,7 @@ pub fn init(
     };
     write_synced(
         &tmp_state.join(SYNC),
-        serde_json::to_string(&sync)
-            .map_err(|e| Error::Refused(e.to_string()))?
-            .as_bytes(),
+        serde_json::to_string(&sync)?.as_bytes(),
     )?;
     sink.finish()?;
     // A byte copy, so the base is the working copy to the last header byte: the sink's
@@ -383,7 +381,7 @@ pub fn init(
         url: endpoint.to_string(),
         db: name.clone(),
     };
-    let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Refused(e.to_string()))?;
+    let text = serde_json::to_string_pretty(&config)?;
     write_synced(&tmp_state.join(CONFIG), (text + "\n").as_bytes())?;
     sync_file(&tmp_db)?;
     sync_dir(&tmp_state)?;

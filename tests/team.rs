@@ -369,6 +369,10 @@ fn conflicts_settle_table_by_table() {
     sqld.exec("UPDATE a SET v = 'theirs'; UPDATE b SET v = 'theirs';");
     edit(dir, "UPDATE a SET v = 'ours'; UPDATE b SET v = 'ours';");
     let wc = dir.join("working_copy.db");
+    // A table name that is not there settles nothing: a usage error, nothing changed.
+    let out = run(&sqld, dir, &["pull", "--theirs", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("\"nosuch\""), "{}", text(&out));
     let out = run(&sqld, dir, &["pull", "--theirs", "a"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("table b"), "{}", text(&out));
