@@ -71,7 +71,19 @@ pub struct Column {
     pub default: Option<String>,
 }
 
-/// How a row of a table is identified.
+/// How a table stores its rows, which says how a row is found and identified.
+///
+/// ```text
+/// CREATE TABLE t(id INTEGER PRIMARY KEY, v)           Rowid { ipk: Some(0), alias: Some("rowid"), declared: [] }
+/// CREATE TABLE t(id INTEGER PRIMARY KEY DESC, v)      Rowid { ipk: None, alias: Some("rowid"), declared: [0] }
+///                                                     (DESC makes it no rowid alias: SQLite gives it an index)
+/// CREATE TABLE t(email TEXT PRIMARY KEY, v)           Rowid { ipk: None, alias: Some("rowid"), declared: [0] }
+/// CREATE TABLE t(v, rowid)                            Rowid { ipk: None, alias: Some("_rowid_"), declared: [] }
+/// CREATE TABLE t(rowid, _rowid_, oid)                 Rowid { ipk: None, alias: None, declared: [] }
+///                                                     (the rowid cannot be read: refused where needed)
+/// CREATE TABLE t(a, b, PRIMARY KEY(b, a)) WITHOUT ROWID   Primary([1, 0])
+/// CREATE VIRTUAL TABLE t USING fts5(x)                Virtual
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RowKey {
     /// A rowid table. `ipk` is the INTEGER PRIMARY KEY column that is the rowid, if any;
@@ -350,7 +362,17 @@ pub enum LoadError<E> {
     Schema(#[from] SchemaError),
 }
 
-/// Reads the schema in two round trips: the object list, then every table's columns.
+/// Reads the schema in two round trips: the object list, then every table's columns. The
+/// same statements run on either side ([`Catalog`]), so a remote and a local file holding the
+/// same database give equal `Schema`s.
+///
+/// ```text
+/// CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);  CREATE INDEX t_v ON t(v);  (AUTOINCREMENT elsewhere)
+///   -> tables: [t (columns id, v; key Rowid { ipk: Some(0), .. })]
+///      objects: [Index t_v on t]     has_sequence: true
+///      sqlite_sequence, sqlite_stat1, _litestream_* and libsql_* tables are never listed as tables
+///      (internal ones go to `skipped`); automatic indexes (no SQL) are no objects
+/// ```
 pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
     let first = cat
         .query_all(&[
