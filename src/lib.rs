@@ -9,6 +9,7 @@ pub mod clone;
 pub mod diff;
 pub mod dump;
 pub mod merge;
+pub mod mirror;
 pub mod pages;
 pub mod progress;
 pub mod pull;

@@ -1,7 +1,9 @@
 //! Bringing others' changes into the working copy: when and under which locks.
 //!
-//! The remote is read with the clone machinery into a plain file beside the base (exact,
-//! streamed, bounded memory). Ours (base → working copy) is read from a snapshot of the
+//! The remote is read from its replication log into the mirror ([`crate::mirror`]) when the
+//! server serves one; otherwise, and from the first time the log fails in a way that will not
+//! pass (the reason is kept in the sync state), with the clone machinery into a plain file
+//! beside the base (exact, streamed, bounded memory). Ours (base → working copy) is read from a snapshot of the
 //! working copy and the merge planned from both sides ([`crate::merge`]); then, under the
 //! app's write lock, held only to check that the app did not commit meanwhile and to apply,
 //! the plan goes into the working copy in one transaction, with foreign keys off and the
@@ -16,9 +18,11 @@ use crate::merge::{strip_our_push, Plan};
 pub use crate::merge::{
     ConflictKind, MergeConflict, MergeOptions, PullReport, Renumbered, Resolve,
 };
+use crate::mirror::{copy_out, open_immutable, Mirror, MirrorError};
 use crate::progress::Progress;
+use crate::remote::replication::{LogError, ReplicationLog};
 use crate::remote::Remote;
-use crate::workspace::{wait_for_locks, SyncState, Workspace, BUSY_TIMEOUT};
+use crate::workspace::{wait_for_locks, Aside, SyncState, Workspace, BUSY_TIMEOUT};
 use crate::{Error, Result};
 
 /// Called once if the app holds the working copy's write lock, before waiting for it.
@@ -35,27 +39,115 @@ pub fn pull(
     on_wait: WaitNotice<'_>,
 ) -> Result<Result<PullReport, Vec<MergeConflict>>> {
     let _lock = ws.lock()?;
-    let known = ws.sync_state()?.replication_index;
+    let state = ws.sync_state()?;
+    let known = state.replication_index;
     let now = remote.query("SELECT 1", vec![])?.replication_index();
     if known.is_some() && now == known {
         return Ok(Ok(PullReport::default()));
     }
 
+    let mut sql_path = state.sql_path.clone();
+    if opts.use_log && sql_path.is_none() {
+        match from_log(ws, remote, merge, on_wait)? {
+            FromLog::Done(outcome, frame) => {
+                if outcome.is_ok() {
+                    ws.save_sync_state(&SyncState {
+                        replication_index: now,
+                        base_at: Some(frame),
+                        sql_path: None,
+                    })?;
+                }
+                return Ok(outcome);
+            }
+            FromLog::NotNow => {}
+            FromLog::Unusable(reason) => {
+                Mirror::new(ws).remove()?;
+                sql_path = Some(reason);
+            }
+        }
+    }
+
     let theirs = ws.download(remote, opts, progress)?;
-    let outcome = merge_into(ws, &theirs.path, merge, on_wait)?;
+    let outcome = {
+        let base = ws.open_base()?;
+        let theirs_db = crate::workspace::open_snapshot(&theirs.path)?;
+        let cs = diff::diff(&base, &theirs_db, &diff::Filter::default())?;
+        merge_into(ws, &base, &theirs_db, cs, merge, on_wait)?
+    };
     if outcome.is_ok() {
         // A crash here leaves the old base: the next pull sees our side and theirs holding
         // the same changes, which merge to nothing, and converges.
         ws.replace_base_with(&theirs.path)?;
         ws.drop_push_record()?;
+    }
+    if outcome.is_ok() || sql_path != state.sql_path {
         ws.save_sync_state(&SyncState {
-            replication_index: now,
+            replication_index: if outcome.is_ok() { now } else { known },
+            base_at: None,
+            sql_path,
         })?;
     }
     Ok(outcome.map(|report| PullReport {
         downloaded: true,
         ..report
     }))
+}
+
+/// How a pull through the replication log went.
+enum FromLog {
+    /// Merged (or stopped on conflicts), with the mirror at this frame.
+    Done(Result<PullReport, Vec<MergeConflict>>, u64),
+    /// The log holds nothing yet: read over SQL this time.
+    NotNow,
+    /// The log cannot be used, for this reason: read over SQL from now on.
+    Unusable(String),
+}
+
+/// Pulls through the mirror: the log's new frames are applied to it, theirs is the base
+/// against the mirror, and on success the base becomes a copy of the mirror.
+fn from_log(
+    ws: &Workspace,
+    remote: &Remote,
+    merge: &MergeOptions,
+    on_wait: WaitNotice<'_>,
+) -> Result<FromLog> {
+    let mirror = Mirror::new(ws);
+    mirror.recover()?;
+    let mut log = ReplicationLog::new(remote);
+    let ready = match mirror.fetch(&mut log) {
+        Ok(ready) => ready,
+        Err(MirrorError::Log(LogError::Remote(e))) if e.is_transient() => return Err(e.into()),
+        Err(MirrorError::Log(e)) => return Ok(FromLog::Unusable(e.to_string())),
+        Err(MirrorError::Local(e)) => return Err(e),
+    };
+    if let Some(ready) = ready {
+        mirror.apply(ready)?;
+    }
+    let Some(frame) = mirror.state()?.and_then(|s| s.frame_no) else {
+        return Ok(FromLog::NotNow);
+    };
+    let outcome = {
+        let base = ws.open_base()?;
+        let theirs_db = open_immutable(&mirror.db_path())?;
+        let cs = diff::diff(&base, &theirs_db, &diff::Filter::default())?;
+        merge_into(ws, &base, &theirs_db, cs, merge, on_wait)?
+    };
+    if outcome.is_ok() {
+        let copy = ws.aside_path("base.db");
+        let _aside = Aside {
+            paths: vec![copy.clone()],
+        };
+        copy_out(&mirror.db_path(), &copy)?;
+        ws.replace_base_with(&copy)?;
+        ws.drop_push_record()?;
+    }
+    Ok(FromLog::Done(
+        outcome.map(|report| PullReport {
+            downloaded: true,
+            ..report
+        }),
+        frame,
+    ))
 }
 
 /// Takes the working copy's write lock, telling the user once if the app holds it. The wait
@@ -93,21 +185,20 @@ fn data_version(work: &Connection) -> Result<i64> {
 /// either merged or was already in the snapshot: none is overwritten.
 fn merge_into(
     ws: &Workspace,
-    remote_db: &std::path::Path,
+    base: &Connection,
+    theirs_db: &Connection,
+    mut theirs: diff::Changeset,
     merge: &MergeOptions,
     on_wait: WaitNotice<'_>,
 ) -> Result<Result<PullReport, Vec<MergeConflict>>> {
-    let base = ws.open_base()?;
-    let theirs_db = crate::workspace::open_snapshot(remote_db)?;
     let all = diff::Filter::default();
-    let mut theirs = diff::diff(&base, &theirs_db, &all)?;
     if let Some(pushed) = ws.interrupted_push()? {
         strip_our_push(&mut theirs, &pushed);
     }
 
     let mut work = ws.open_working_copy(false)?;
     work.execute_batch("PRAGMA foreign_keys = OFF; BEGIN")?;
-    let ours = diff::diff(&base, &work, &all)?;
+    let ours = diff::diff(base, &work, &all)?;
     // A table named to settle (`--theirs TABLE`) must exist: a typo would settle nothing.
     for name in merge.tables.keys() {
         if ![&ours, &theirs]
@@ -120,7 +211,7 @@ fn merge_into(
         }
     }
     let seen = data_version(&work)?;
-    let mut plan = Plan::new(&ours, &theirs, merge, &work, &theirs_db)?;
+    let mut plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)?;
     work.execute_batch("COMMIT")?;
     let unsettled = merge.unsettled(&plan.conflicts);
     if !unsettled.is_empty() {
@@ -130,14 +221,14 @@ fn merge_into(
     begin_immediate(&mut work, on_wait)?;
     let applied = (|| {
         if data_version(&work)? != seen {
-            let ours = diff::diff(&base, &work, &all)?;
-            plan = Plan::new(&ours, &theirs, merge, &work, &theirs_db)?;
+            let ours = diff::diff(base, &work, &all)?;
+            plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)?;
             let unsettled = merge.unsettled(&plan.conflicts);
             if !unsettled.is_empty() {
                 return Ok(Err(unsettled));
             }
         }
-        let unique = plan.apply(&work, &theirs_db, merge)?;
+        let unique = plan.apply(&work, theirs_db, merge)?;
         let unsettled = merge.unsettled(&unique);
         if !unsettled.is_empty() {
             return Ok(Err(unsettled));
