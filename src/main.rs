@@ -487,6 +487,7 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
             report["working_copy"] = file_info(&ws.db_path());
             report["state_dir"] = json!(ws.state_dir().display().to_string());
             report["base"] = file_info(&ws.base_path());
+            report["reads"] = reads_report(ws);
         }
         Err(e) => report["workspace_error"] = json!(e.to_string()),
     }
@@ -566,6 +567,26 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
     })
 }
 
+/// How pulls read the remote: from the replication log into the mirror, or over SQL, and why.
+fn reads_report(ws: &Workspace) -> serde_json::Value {
+    let mirror = tursync::mirror::Mirror::new(ws);
+    match (ws.sync_state(), mirror.state()) {
+        (Err(e), _) | (_, Err(e)) => json!({"path": "unknown", "reason": e.to_string()}),
+        (Ok(sync), _) if sync.sql_path.is_some() => {
+            json!({"path": "sql", "reason": sync.sql_path})
+        }
+        (Ok(_), Ok(Some(m))) => json!({
+            "path": "log",
+            "mirror": file_info(&mirror.db_path()),
+            "frame_no": m.frame_no,
+        }),
+        (Ok(_), Ok(None)) => json!({
+            "path": "log",
+            "reason": "no mirror yet: the next pull reads the replication log",
+        }),
+    }
+}
+
 fn print_status(r: &serde_json::Value) {
     let file = |v: &serde_json::Value| {
         let path = v["path"].as_str().unwrap_or("?");
@@ -580,6 +601,26 @@ fn print_status(r: &serde_json::Value) {
         println!("working copy   {}", file(&r["working_copy"]));
         println!("state dir      {}", r["state_dir"].as_str().unwrap_or("?"));
         println!("base snapshot  {}", file(&r["base"]));
+        let reads = &r["reads"];
+        match reads["path"].as_str() {
+            Some("log") if reads["mirror"].is_object() => println!(
+                "pulls read     the replication log: mirror {} at frame {}",
+                file(&reads["mirror"]),
+                reads["frame_no"]
+            ),
+            Some("sql") => println!(
+                "pulls read     rows over SQL, because {}",
+                reads["reason"].as_str().unwrap_or("?")
+            ),
+            Some("unknown") => println!(
+                "pulls read     unknown: {}",
+                reads["reason"].as_str().unwrap_or("?")
+            ),
+            _ => println!(
+                "pulls read     the replication log ({})",
+                reads["reason"].as_str().unwrap_or("?")
+            ),
+        }
     }
     let remote = &r["remote"];
     match remote["state"].as_str() {

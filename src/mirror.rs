@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::remote::replication::{FrameHeader, LogError, LogSource, FRAME_HEADER};
+use crate::remote::replication::{FrameHeader, Hello, LogError, LogSource, FRAME_HEADER};
 use crate::workspace::{self, Workspace};
 use crate::{Error, Result};
 
@@ -149,9 +149,14 @@ impl Mirror {
     }
 
     /// Fetches every frame past the mirror's point into a ready spool, or `None` when the
-    /// mirror is up to date. Say hello first; a log with another id starts the mirror afresh.
-    pub fn fetch(&self, log: &mut dyn LogSource) -> Result<Option<Ready>, MirrorError> {
-        let hello = log.hello()?;
+    /// mirror is up to date. `hello` is what the log said to [`LogSource::hello`]; a log with
+    /// another id starts the mirror afresh.
+    pub fn fetch(
+        &self,
+        log: &mut dyn LogSource,
+        hello: &Hello,
+    ) -> Result<Option<Ready>, MirrorError> {
+        let hello = hello.clone();
         let state = self.state()?;
         let carried = state.as_ref().filter(|s| s.log_id == hello.log_id);
         let from = carried.and_then(|s| s.frame_no);

@@ -20,7 +20,7 @@ pub use crate::merge::{
 };
 use crate::mirror::{copy_out, open_immutable, Mirror, MirrorError};
 use crate::progress::Progress;
-use crate::remote::replication::{LogError, ReplicationLog};
+use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
 use crate::remote::Remote;
 use crate::workspace::{wait_for_locks, Aside, SyncState, Workspace, BUSY_TIMEOUT};
 use crate::{Error, Result};
@@ -42,13 +42,32 @@ pub fn pull(
     let state = ws.sync_state()?;
     let known = state.replication_index;
     let now = remote.query("SELECT 1", vec![])?.replication_index();
-    if known.is_some() && now == known {
+    let mut sql_path = state.sql_path.clone();
+    let use_log = opts.use_log && sql_path.is_none();
+    if known.is_some() && now == known && !use_log {
         return Ok(Ok(PullReport::default()));
     }
 
-    let mut sql_path = state.sql_path.clone();
-    if opts.use_log && sql_path.is_none() {
-        match from_log(ws, remote, merge, on_wait)? {
+    if use_log {
+        let mut log = ReplicationLog::new(remote);
+        let hello = match log.hello() {
+            Ok(hello) => Ok(hello),
+            Err(LogError::Remote(e)) if e.is_transient() => return Err(e.into()),
+            Err(e) => Err(e.to_string()),
+        };
+        // A reset log can reach the same index again: the index alone does not say nothing
+        // changed, the index and the log's id together do.
+        let mirror = Mirror::new(ws).state()?;
+        if let (Some(m), Ok(h)) = (&mirror, &hello) {
+            if known.is_some() && now == known && m.log_id == h.log_id {
+                return Ok(Ok(PullReport::default()));
+            }
+        }
+        let outcome = match hello {
+            Ok(hello) => from_log(ws, &mut log, &hello, merge, on_wait)?,
+            Err(reason) => FromLog::Unusable(reason),
+        };
+        match outcome {
             FromLog::Done(outcome, frame) => {
                 if outcome.is_ok() {
                     ws.save_sync_state(&SyncState {
@@ -107,14 +126,14 @@ enum FromLog {
 /// against the mirror, and on success the base becomes a copy of the mirror.
 fn from_log(
     ws: &Workspace,
-    remote: &Remote,
+    log: &mut dyn LogSource,
+    hello: &Hello,
     merge: &MergeOptions,
     on_wait: WaitNotice<'_>,
 ) -> Result<FromLog> {
     let mirror = Mirror::new(ws);
     mirror.recover()?;
-    let mut log = ReplicationLog::new(remote);
-    let ready = match mirror.fetch(&mut log) {
+    let ready = match mirror.fetch(log, hello) {
         Ok(ready) => ready,
         Err(MirrorError::Log(LogError::Remote(e))) if e.is_transient() => return Err(e.into()),
         Err(MirrorError::Log(e)) => return Ok(FromLog::Unusable(e.to_string())),

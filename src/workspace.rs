@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::clone::{self, FetchOptions, Sink, Stats};
 use crate::mirror::{self, Mirror, MirrorError};
 use crate::progress::Progress;
-use crate::remote::replication::ReplicationLog;
+use crate::remote::replication::{LogSource, ReplicationLog};
 use crate::remote::{Endpoint, Remote};
 use crate::schema::{Schema, Table};
 use crate::sql;
@@ -468,7 +468,11 @@ fn clone_from_log(
     }
     let mirror = Mirror::in_dir(state.to_path_buf());
     let mut log = ReplicationLog::new(remote);
-    let reason = match mirror.fetch(&mut log) {
+    let reason = match log
+        .hello()
+        .map_err(MirrorError::from)
+        .and_then(|hello| mirror.fetch(&mut log, &hello))
+    {
         Ok(Some(ready)) => {
             let frame = ready.to;
             mirror.apply(ready)?;

@@ -58,3 +58,175 @@ fn pulls_across_many_transactions_read_the_log() {
         assert!(sync_state(dir.path())["sql_path"].is_null());
     }
 }
+
+/// `tursync status --json`'s account of how pulls read the remote.
+fn reads(sqld: &Sqld, dir: &Path, token: &str) -> serde_json::Value {
+    let out = run_ok(
+        tursync(dir)
+            .args(["status", "--json"])
+            .env("TURSO_AUTH_TOKEN", token),
+    );
+    let _ = sqld;
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["reads"].clone()
+}
+
+#[test]
+fn a_compacted_log_is_read_through_its_snapshot() {
+    let sqld = Sqld::start_with_args(&["--max-log-size", "1"]);
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB, n INT); CREATE INDEX t_n ON t(n);");
+    let early = tempdir();
+    init(&sqld, early.path());
+    // Well past 1 MB of log, in several transactions: the log is compacted behind `early`.
+    for i in 0..6 {
+        sqld.exec(&format!(
+            "INSERT INTO t(b, n) SELECT randomblob(3000), value FROM generate_series(1, 200); \
+             UPDATE t SET n = n + 1 WHERE id % 5 = {i};"
+        ));
+    }
+    let snapshots = sqld.data_dir().join("dbs/default/snapshots");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_dir(&snapshots).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sqld never compacted its log"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A fresh clone and a lagging one both need the snapshot.
+    let late = tempdir();
+    init(&sqld, late.path());
+    pull(&sqld, early.path());
+    for dir in [early.path(), late.path()] {
+        assert_same_database(&sqld, &dir.join("working_copy.db"));
+        assert_eq!(reads(&sqld, dir, &sqld.rw_token)["path"], "log");
+    }
+    sqld.exec("DELETE FROM t WHERE id % 3 = 0");
+    pull(&sqld, early.path());
+    pull(&sqld, late.path());
+    for dir in [early.path(), late.path()] {
+        assert_same_database(&sqld, &dir.join("working_copy.db"));
+    }
+}
+
+#[test]
+fn a_reset_log_starts_the_mirror_again() {
+    let mut sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'old'), (2, 'old');",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let before = std::fs::read_to_string(dir.path().join(".tursync/mirror.json")).unwrap();
+    sqld.reset();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (2, 'new'), (3, 'new');",
+    );
+    pull(&sqld, dir.path());
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    let after = std::fs::read_to_string(dir.path().join(".tursync/mirror.json")).unwrap();
+    let log_id = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap()["log_id"].clone();
+    assert_ne!(log_id(&before), log_id(&after));
+    assert_eq!(reads(&sqld, dir.path(), &sqld.rw_token)["path"], "log");
+}
+
+#[test]
+fn a_server_without_the_log_is_read_over_sql_and_status_says_why() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');");
+    for (answer, why) in [
+        (LogBlocker::NOT_FOUND, "HTTP 404"),
+        (LogBlocker::UNIMPLEMENTED, "gRPC status 12"),
+    ] {
+        let proxy = LogBlocker::start(&sqld.url, answer);
+        let dir = tempdir();
+        run_ok(
+            tursync(dir.path())
+                .args(["init", "--url", &proxy.url])
+                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+        );
+        assert!(!dir.path().join(".tursync/mirror.db").exists());
+        let r = reads(&sqld, dir.path(), &sqld.rw_token);
+        assert_eq!(r["path"], "sql", "{r}");
+        assert!(r["reason"].as_str().unwrap().contains(why), "{r}");
+        sqld.exec("INSERT INTO t(v) VALUES ('b'); UPDATE t SET v = 'c' WHERE id = 1;");
+        pull(&sqld, dir.path());
+        assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+        let human = text(&run_ok(
+            tursync(dir.path())
+                .args(["status"])
+                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+        ));
+        assert!(human.contains("rows over SQL, because"), "{human}");
+    }
+
+    // A workspace that read the log until the server stopped serving it falls back at once.
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let proxy = LogBlocker::start(&sqld.url, LogBlocker::UNIMPLEMENTED);
+    let config = dir.path().join(".tursync/config.json");
+    let text_of = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text_of.replace(&sqld.url, &proxy.url)).unwrap();
+    sqld.exec("INSERT INTO t(v) VALUES ('d')");
+    pull(&sqld, dir.path());
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert_eq!(reads(&sqld, dir.path(), &sqld.rw_token)["path"], "sql");
+    assert!(!dir.path().join(".tursync/mirror.db").exists());
+}
+
+#[test]
+fn a_read_only_token_reads_the_log() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');");
+    let dir = tempdir();
+    run_ok(
+        tursync(dir.path())
+            .args(["init", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.ro_token),
+    );
+    sqld.exec("INSERT INTO t(v) VALUES ('b'); UPDATE t SET v = 'c' WHERE id = 1;");
+    run_ok(
+        tursync(dir.path())
+            .args(["pull"])
+            .env("TURSO_AUTH_TOKEN", &sqld.ro_token),
+    );
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert_eq!(reads(&sqld, dir.path(), &sqld.ro_token)["path"], "log");
+}
+
+#[test]
+fn a_pull_killed_while_applying_frames_is_finished_by_the_next() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB); CREATE INDEX t_b ON t(b);");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    sqld.exec("INSERT INTO t(b) SELECT randomblob(2000) FROM generate_series(1, 400);");
+    // Each page written into the mirror waits 20 ms, so the kill lands mid-apply.
+    let mut child = tursync(dir.path())
+        .args(["pull"])
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .env("TURSYNC_TEST_APPLY_PAUSE_MS", "20")
+        .spawn()
+        .unwrap();
+    let spool = dir.path().join(".tursync/mirror.spool");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !spool.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool never became ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(spool.exists(), "the pull finished before the kill");
+    sqld.exec("UPDATE t SET b = randomblob(10) WHERE id % 7 = 0");
+    pull(&sqld, dir.path());
+    assert!(!spool.exists());
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    run_ok(
+        tursync(dir.path())
+            .args(["verify"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+}
