@@ -230,3 +230,92 @@ fn a_pull_killed_while_applying_frames_is_finished_by_the_next() {
             .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
     );
 }
+
+/// One random remote transaction or local edit over the test's tables.
+fn random_edit(rng: &mut Rng, tag: &str) -> String {
+    let id = rng.below(60) + 1;
+    let v = format!("'{tag}{}'", rng.below(1000));
+    match rng.below(9) {
+        0 => format!("INSERT INTO a(v, n) VALUES ({v}, {})", rng.below(50)),
+        1 => format!("UPDATE a SET v = {v} WHERE id = {id}"),
+        2 => format!("DELETE FROM a WHERE id = {id}"),
+        3 => format!("INSERT OR REPLACE INTO w VALUES ('k{id}', {v})"),
+        4 => format!("DELETE FROM w WHERE k = 'k{id}'"),
+        5 => format!("INSERT INTO h VALUES ({v}, zeroblob({}))", rng.below(6000)),
+        6 => format!("UPDATE h SET x = {v} WHERE rowid = {id}"),
+        7 => format!("INSERT INTO s(v) VALUES ({v})"),
+        _ => format!("UPDATE a SET n = n + 1 WHERE id % 7 = {}", id % 7),
+    }
+}
+
+#[test]
+fn pulls_from_the_log_and_over_sql_give_the_same_working_copies() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT, n INT); CREATE INDEX a_n ON a(n);
+         CREATE TABLE w(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+         CREATE TABLE h(x, y);
+         CREATE TABLE s(id INTEGER PRIMARY KEY AUTOINCREMENT, v);
+         INSERT INTO a(v, n) SELECT 'a' || value, value % 50 FROM generate_series(1, 40);
+         INSERT INTO w SELECT 'k' || value, value FROM generate_series(1, 40);
+         INSERT INTO h SELECT value, randomblob(value * 100) FROM generate_series(1, 40);",
+    );
+    let (log, sql) = (tempdir(), tempdir());
+    init(&sqld, log.path());
+    run_ok(
+        tursync(sql.path())
+            .args(["init", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+            .env("TURSYNC_NO_LOG", "1"),
+    );
+    assert_eq!(reads(&sqld, log.path(), &sqld.rw_token)["path"], "log");
+    assert_eq!(reads(&sqld, sql.path(), &sqld.rw_token)["path"], "sql");
+    let mut rng = Rng::from_time("log vs sql pulls");
+    for round in 0..8 {
+        for _ in 0..rng.below(6) + 1 {
+            let txn: Vec<String> = (0..rng.below(4) + 1)
+                .map(|_| random_edit(&mut rng, "r"))
+                .collect();
+            sqld.exec(&txn.join("; "));
+        }
+        let local: Vec<String> = (0..rng.below(4))
+            .map(|_| random_edit(&mut rng, "l"))
+            .collect();
+        for dir in [log.path(), sql.path()] {
+            if !local.is_empty() {
+                edit(dir, &local.join("; "));
+            }
+            run_ok(
+                tursync(dir)
+                    .args(["pull", "--theirs"])
+                    .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+            );
+        }
+        let (a, b) = (
+            local_dump(&log.path().join("working_copy.db")),
+            local_dump(&sql.path().join("working_copy.db")),
+        );
+        for ((name, rows_a), (_, rows_b)) in a.iter().zip(&b) {
+            let only = |x: &Vec<Vec<Cell>>, y: &Vec<Vec<Cell>>| {
+                x.iter()
+                    .filter(|r| !y.contains(r))
+                    .map(|r| format!("{:?}", &r[..r.len().min(2)]))
+                    .collect::<Vec<_>>()
+            };
+            assert!(
+                rows_a == rows_b,
+                "round {round}, {name}: only from the log {:?}, only over SQL {:?}",
+                only(rows_a, rows_b),
+                only(rows_b, rows_a)
+            );
+        }
+        assert_eq!(a.len(), b.len(), "round {round}");
+    }
+    // And both agree with the remote once their edits are pushed from one side.
+    run_ok(
+        tursync(log.path())
+            .args(["push"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    assert_same_database(&sqld, &log.path().join("working_copy.db"));
+}
