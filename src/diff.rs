@@ -15,6 +15,7 @@ use rusqlite::Connection;
 use crate::pages::{self, DbFile, Layout, PageError, Scan};
 use crate::schema::{self, Column, ObjectKind, RowKey, Schema, Table};
 use crate::sql;
+use crate::touched::Rows;
 use crate::value::Value;
 use crate::{Error, Result};
 
@@ -245,6 +246,26 @@ impl Filter {
 /// Diffs `base` against `work`. Call it inside a read transaction on `work` so the diff is
 /// one consistent snapshot even while the app writes.
 pub fn diff(base: &Connection, work: &Connection, filter: &Filter) -> Result<Changeset> {
+    diff_some(base, work, filter, None)
+}
+
+/// Like [`diff`], but reads only the rows `touched` names ([`crate::touched`]): a table it
+/// leaves out has no changes, the rows it lists are read by rowid from both sides and go
+/// through the same key-ordered merge. Schema, counters and `user_version` are compared whole.
+pub fn diff_touched(
+    base: &Connection,
+    work: &Connection,
+    touched: &BTreeMap<String, Rows>,
+) -> Result<Changeset> {
+    diff_some(base, work, &Filter::default(), Some(touched))
+}
+
+fn diff_some(
+    base: &Connection,
+    work: &Connection,
+    filter: &Filter,
+    only: Option<&BTreeMap<String, Rows>>,
+) -> Result<Changeset> {
     let old = schema::load(base)?;
     let new = schema::load(work)?;
     refuse_unsupported(&new)?;
@@ -288,7 +309,11 @@ pub fn diff(base: &Connection, work: &Connection, filter: &Filter) -> Result<Cha
                 });
                 all_rows(work, &t)?
             }
-            Some(o) if o.sql == t.sql => merge(base, &o, work, &t, &[])?,
+            Some(o) if o.sql == t.sql => match only.map(|m| m.get(t.name.as_str())) {
+                None | Some(Some(Rows::All)) => merge(base, &o, work, &t, &[], None)?,
+                Some(None) => table_diff(&t)?,
+                Some(Some(Rows::Ids(ids))) => merge(base, &o, work, &t, &[], Some(ids))?,
+            },
             Some(o) => match added_columns(&o, &t) {
                 Some((defs, added)) => {
                     cs.schema.push(SchemaChange::ColumnsAdded {
@@ -296,7 +321,7 @@ pub fn diff(base: &Connection, work: &Connection, filter: &Filter) -> Result<Cha
                         columns: defs,
                         old_sql: o.sql.clone(),
                     });
-                    merge(base, &o, work, &t, &added)?
+                    merge(base, &o, work, &t, &added, None)?
                 }
                 None => {
                     cs.schema.push(SchemaChange::TableRebuilt {
@@ -437,7 +462,8 @@ fn table_diff(t: &Table) -> Result<TableDiff> {
 
 /// The scan both sides of a merge use: data columns in key order. Keys of WITHOUT ROWID
 /// tables are ordered by BINARY collation whatever the column's, so [`cmp_key`] can follow.
-fn scan_sql(t: &Table, extra: &[String]) -> Result<String> {
+/// With `by_rowid`, only the rows whose rowid is in the JSON array bound to `?1`.
+fn scan_sql(t: &Table, extra: &[String], by_rowid: bool) -> Result<String> {
     let mut cols = t.data_columns()?;
     cols.extend(extra.iter().cloned());
     let order: Vec<String> = match t.key {
@@ -448,8 +474,16 @@ fn scan_sql(t: &Table, extra: &[String]) -> Result<String> {
             .collect(),
         _ => t.key_exprs()?,
     };
+    let only = if by_rowid {
+        format!(
+            " WHERE {} IN (SELECT value FROM json_each(?1))",
+            t.key_exprs()?[0]
+        )
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "SELECT {} FROM {} ORDER BY {}",
+        "SELECT {} FROM {}{only} ORDER BY {}",
         cols.join(", "),
         sql::ident(&t.name),
         order.join(", ")
@@ -458,7 +492,7 @@ fn scan_sql(t: &Table, extra: &[String]) -> Result<String> {
 
 fn all_rows(work: &Connection, t: &Table) -> Result<TableDiff> {
     let mut d = table_diff(t)?;
-    let mut st = work.prepare(&scan_sql(t, &[])?)?;
+    let mut st = work.prepare(&scan_sql(t, &[], false)?)?;
     let n = st.column_count();
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
@@ -472,23 +506,25 @@ fn owned(r: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<Vec<Value>> {
 }
 
 /// The merge join. `added` are SQL expressions giving, on the base side, the values that
-/// columns appended by `ADD COLUMN` hold in old rows (their defaults).
+/// columns appended by `ADD COLUMN` hold in old rows (their defaults). With `ids`, only the
+/// rows of a rowid table with those rowids.
 fn merge(
     base: &Connection,
     old: &Table,
     work: &Connection,
     new: &Table,
     added: &[String],
+    ids: Option<&[i64]>,
 ) -> Result<TableDiff> {
-    if added.is_empty() && old.sql == new.sql {
+    if added.is_empty() && old.sql == new.sql && ids.is_none() {
         if let Some(d) = merge_pages(base, work, new)? {
             return Ok(d);
         }
     }
     let mut d = table_diff(new)?;
     let key = d.key.clone();
-    let mut bst = base.prepare(&scan_sql(old, added)?)?;
-    let mut wst = work.prepare(&scan_sql(new, &[])?)?;
+    let mut bst = base.prepare(&scan_sql(old, added, ids.is_some())?)?;
+    let mut wst = work.prepare(&scan_sql(new, &[], ids.is_some())?)?;
     let n = wst.column_count();
     if bst.column_count() != n {
         return Err(Error::Refused(format!(
@@ -496,8 +532,11 @@ fn merge(
             new.name
         )));
     }
-    let mut brows = bst.query([])?;
-    let mut wrows = wst.query([])?;
+    let ids = ids
+        .map(|ids| serde_json::to_string(ids).map_err(|e| Error::Refused(e.to_string())))
+        .transpose()?;
+    let mut brows = bst.query(rusqlite::params_from_iter(&ids))?;
+    let mut wrows = wst.query(rusqlite::params_from_iter(&ids))?;
     let mut b = brows.next()?;
     let mut w = wrows.next()?;
     loop {

@@ -924,7 +924,7 @@ fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> 
             if as_json {
                 println!(
                     "{}",
-                    json!({"pulled": true, "downloaded": r.downloaded, "applied": r.applied, "merged": r.merged,
+                    json!({"pulled": true, "downloaded": r.downloaded, "read": r.read, "applied": r.applied, "merged": r.merged,
                            "resolved": r.resolved, "schema_changes": r.schema_changes,
                            "renumbered": r.renumbered.iter().map(|n| json!({"table": n.table, "column": n.column, "from": n.from, "to": n.to})).collect::<Vec<_>>()})
                 );

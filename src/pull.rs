@@ -22,6 +22,7 @@ use crate::mirror::{copy_out, open_immutable, Mirror, MirrorError};
 use crate::progress::Progress;
 use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
 use crate::remote::Remote;
+use crate::touched::{touched, Touched};
 use crate::workspace::{wait_for_locks, Aside, SyncState, Workspace, BUSY_TIMEOUT};
 use crate::{Error, Result};
 
@@ -64,7 +65,7 @@ pub fn pull(
             }
         }
         let outcome = match hello {
-            Ok(hello) => from_log(ws, &mut log, &hello, merge, on_wait)?,
+            Ok(hello) => from_log(ws, &mut log, &hello, state.base_at, merge, on_wait)?,
             Err(reason) => FromLog::Unusable(reason),
         };
         match outcome {
@@ -108,6 +109,7 @@ pub fn pull(
     }
     Ok(outcome.map(|report| PullReport {
         downloaded: true,
+        read: Some("over SQL".into()),
         ..report
     }))
 }
@@ -124,10 +126,15 @@ enum FromLog {
 
 /// Pulls through the mirror: the log's new frames are applied to it, theirs is the base
 /// against the mirror, and on success the base becomes a copy of the mirror.
+///
+/// When the base holds the mirror's content from before this advance (`base_at`), theirs is
+/// read from the rows on the pages the advance wrote ([`crate::touched`]), so a pull costs
+/// what changed; otherwise, or when those pages say too little, from the whole tables.
 fn from_log(
     ws: &Workspace,
     log: &mut dyn LogSource,
     hello: &Hello,
+    base_at: Option<u64>,
     merge: &MergeOptions,
     on_wait: WaitNotice<'_>,
 ) -> Result<FromLog> {
@@ -139,17 +146,42 @@ fn from_log(
         Err(MirrorError::Log(e)) => return Ok(FromLog::Unusable(e.to_string())),
         Err(MirrorError::Local(e)) => return Err(e),
     };
-    if let Some(ready) = ready {
-        mirror.apply(ready)?;
-    }
+    // The pages written since the base's point, when the base is at the mirror's old point.
+    let written = match ready {
+        Some(ready) => {
+            let written = (!ready.fresh && ready.from.is_some() && ready.from == base_at)
+                .then(|| ready.pages.clone());
+            mirror.apply(ready)?;
+            written
+        }
+        None => base_at
+            .filter(|at| mirror.state().ok().flatten().and_then(|s| s.frame_no) == Some(*at))
+            .map(|_| Default::default()),
+    };
     let Some(frame) = mirror.state()?.and_then(|s| s.frame_no) else {
         return Ok(FromLog::NotNow);
     };
     let outcome = {
         let base = ws.open_base()?;
         let theirs_db = open_immutable(&mirror.db_path())?;
-        let cs = diff::diff(&base, &theirs_db, &diff::Filter::default())?;
-        merge_into(ws, &base, &theirs_db, cs, merge, on_wait)?
+        let touched = match &written {
+            Some(pages) => touched(&base, &theirs_db, pages)?,
+            None => Touched::Everything("the base is not at the mirror's last point".into()),
+        };
+        let (cs, read) = match touched {
+            Touched::Tables(tables) => (
+                diff::diff_touched(&base, &theirs_db, &tables)?,
+                "the pages the log changed".to_owned(),
+            ),
+            Touched::Everything(why) => (
+                diff::diff(&base, &theirs_db, &diff::Filter::default())?,
+                format!("whole tables of the mirror: {why}"),
+            ),
+        };
+        merge_into(ws, &base, &theirs_db, cs, merge, on_wait)?.map(|report| PullReport {
+            read: Some(read),
+            ..report
+        })
     };
     if outcome.is_ok() {
         let copy = ws.aside_path("base.db");

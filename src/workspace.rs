@@ -390,7 +390,7 @@ pub fn init(
             stats,
             SyncState {
                 replication_index: index,
-                base_at: Some(frame),
+                base_at: frame,
                 sql_path: None,
             },
         ),
@@ -455,14 +455,18 @@ pub fn init(
 
 /// Clones through the replication log: the mirror is built in `state` (a state directory being
 /// built) and `db` is a copy of it in rollback-journal mode, checked by `integrity_check`.
-/// `Ok(Err(reason))` when the log cannot be used, with nothing of it left behind; the caller
-/// then clones over SQL.
+/// A clone through the log: the mirror's frame when the copy is the mirror byte for byte (no
+/// internal table had to be dropped), what it holds, and how much.
+type LogClone = (Option<u64>, Schema, Stats);
+
+/// Returns a [`LogClone`], or `Ok(Err(reason))` when the log cannot be used, with nothing of it
+/// left behind; the caller then clones over SQL.
 fn clone_from_log(
     remote: &Remote,
     state: &Path,
     db: &Path,
     opts: FetchOptions,
-) -> Result<std::result::Result<(u64, Schema, Stats), String>> {
+) -> Result<std::result::Result<LogClone, String>> {
     if !opts.use_log {
         return Ok(Err("TURSYNC_NO_LOG is set".into()));
     }
@@ -502,7 +506,8 @@ fn clone_from_log(
                     let q = format!("SELECT count(*) FROM {}", sql::ident(&t.name));
                     stats.rows += conn.query_row(&q, [], |r| r.get::<_, i64>(0))? as u64;
                 }
-                return Ok(Ok((frame, schema, stats)));
+                let exact = schema.skipped.is_empty().then_some(frame);
+                return Ok(Ok((exact, schema, stats)));
             }
             format!("the copy of the log failed integrity_check: {check}")
         }

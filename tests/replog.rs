@@ -14,12 +14,15 @@ fn init(sqld: &Sqld, dir: &Path) {
     );
 }
 
+/// Pulls, and says how theirs was read (`read` of `pull --json`).
 fn pull(sqld: &Sqld, dir: &Path) -> String {
-    text(&run_ok(
+    let out = run_ok(
         tursync(dir)
-            .args(["pull"])
+            .args(["pull", "--json"])
             .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    ))
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["read"].as_str().unwrap_or_default().to_owned()
 }
 
 /// The sync state as JSON.
@@ -53,10 +56,32 @@ fn pulls_across_many_transactions_read_the_log() {
                 round * 100 + i * 3 + 1
             ));
         }
-        pull(&sqld, dir.path());
+        let read = pull(&sqld, dir.path());
+        assert_eq!(read, "the pages the log changed", "round {round}");
         assert_same_database(&sqld, &dir.path().join("working_copy.db"));
         assert!(sync_state(dir.path())["sql_path"].is_null());
     }
+    // A schema change is read from whole tables; after it, pages again.
+    sqld.exec("ALTER TABLE t ADD COLUMN extra DEFAULT 7; UPDATE t SET extra = 8 WHERE id = 5");
+    let read = pull(&sqld, dir.path());
+    assert!(read.contains("the schema changed"), "{read}");
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    sqld.exec("UPDATE t SET extra = 9 WHERE id = 6");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    // After a push the base moved by our changeset: whole tables, once.
+    edit(dir.path(), "UPDATE t SET v = 'ours' WHERE id = 20");
+    run_ok(
+        tursync(dir.path())
+            .args(["push"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    sqld.exec("UPDATE t SET v = 'theirs' WHERE id = 11");
+    let read = pull(&sqld, dir.path());
+    assert!(read.starts_with("whole tables"), "{read}");
+    sqld.exec("UPDATE t SET v = 'theirs' WHERE id = 12");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
 }
 
 /// `tursync status --json`'s account of how pulls read the remote.
