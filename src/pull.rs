@@ -18,12 +18,12 @@ use crate::merge::{strip_our_push, Plan};
 pub use crate::merge::{
     ConflictKind, MergeConflict, MergeOptions, PullReport, Renumbered, Resolve,
 };
-use crate::mirror::{copy_out, open_immutable, Mirror, MirrorError};
+use crate::mirror::{open_immutable, Mirror, MirrorError};
 use crate::progress::Progress;
 use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
 use crate::remote::Remote;
-use crate::touched::{touched, Touched};
-use crate::workspace::{wait_for_locks, Aside, SyncState, Workspace, BUSY_TIMEOUT};
+use crate::touched::{touched, Before, Touched};
+use crate::workspace::{wait_for_locks, SyncState, Workspace, BUSY_TIMEOUT};
 use crate::{Error, Result};
 
 /// Called once if the app holds the working copy's write lock, before waiting for it.
@@ -125,7 +125,7 @@ enum FromLog {
 }
 
 /// Pulls through the mirror: the log's new frames are applied to it, theirs is the base
-/// against the mirror, and on success the base becomes a copy of the mirror.
+/// against the mirror, and on success the base takes theirs.
 ///
 /// When the base holds the mirror's content from before this advance (`base_at`), theirs is
 /// read from the rows on the pages the advance wrote ([`crate::touched`]), so a pull costs
@@ -146,27 +146,32 @@ fn from_log(
         Err(MirrorError::Log(e)) => return Ok(FromLog::Unusable(e.to_string())),
         Err(MirrorError::Local(e)) => return Err(e),
     };
-    // The pages written since the base's point, when the base is at the mirror's old point.
-    let written = match ready {
+    // What the mirror held before this advance, when the base holds the same: then theirs is
+    // read from the rows on the pages the advance writes.
+    let mut before = Err("the base is not at the mirror's last point".to_owned());
+    match ready {
         Some(ready) => {
-            let written = (!ready.fresh && ready.from.is_some() && ready.from == base_at)
-                .then(|| ready.pages.clone());
+            if !ready.fresh && ready.from.is_some() && ready.from == base_at {
+                let old = open_immutable(&mirror.db_path())?;
+                before = Before::read(&old, ready.pages.clone())?;
+            }
             mirror.apply(ready)?;
-            written
         }
-        None => base_at
-            .filter(|at| mirror.state().ok().flatten().and_then(|s| s.frame_no) == Some(*at))
-            .map(|_| Default::default()),
-    };
+        None if base_at.is_some() && mirror.state()?.and_then(|s| s.frame_no) == base_at => {
+            let old = open_immutable(&mirror.db_path())?;
+            before = Before::read(&old, Default::default())?;
+        }
+        None => {}
+    }
     let Some(frame) = mirror.state()?.and_then(|s| s.frame_no) else {
         return Ok(FromLog::NotNow);
     };
-    let outcome = {
+    let (outcome, theirs) = {
         let base = ws.open_base()?;
         let theirs_db = open_immutable(&mirror.db_path())?;
-        let touched = match &written {
-            Some(pages) => touched(&base, &theirs_db, pages)?,
-            None => Touched::Everything("the base is not at the mirror's last point".into()),
+        let touched = match &before {
+            Ok(before) => touched(before, &theirs_db)?,
+            Err(why) => Touched::Everything(why.clone()),
         };
         let (cs, read) = match touched {
             Touched::Tables(tables) => (
@@ -178,18 +183,22 @@ fn from_log(
                 format!("whole tables of the mirror: {why}"),
             ),
         };
-        merge_into(ws, &base, &theirs_db, cs, merge, on_wait)?.map(|report| PullReport {
+        let outcome = merge_into(ws, &base, &theirs_db, cs.clone(), merge, on_wait)?;
+        let outcome = outcome.map(|report| PullReport {
             read: Some(read),
             ..report
-        })
+        });
+        (outcome, cs)
     };
     if outcome.is_ok() {
-        let copy = ws.aside_path("base.db");
-        let _aside = Aside {
-            paths: vec![copy.clone()],
-        };
-        copy_out(&mirror.db_path(), &copy)?;
-        ws.replace_base_with(&copy)?;
+        // The base takes their changes in one transaction of its own, in place: a pull costs
+        // what changed, not a copy of the database. It is not at any mirror point meanwhile.
+        let state = ws.sync_state()?;
+        ws.save_sync_state(&SyncState {
+            base_at: None,
+            ..state
+        })?;
+        ws.update_base(|conn| theirs.apply(conn))?;
         ws.drop_push_record()?;
     }
     Ok(FromLog::Done(

@@ -1,10 +1,10 @@
 //! Which rows a mirror advance may have changed, read off the pages it wrote.
 //!
-//! The base is a byte copy of the mirror at the point the advance started from (`base_at`), so
-//! a page the advance did not write is the same in the base and in the new mirror. A row can
-//! only differ if it sits on a table leaf that was written, or on a leaf that joined or left its
-//! table's B-tree (a freed leaf need not be written). So the rows to compare are the cells of
-//! those leaves: on the base side for the old rows, on the mirror side for the new. Interior
+//! A row can only differ between the mirror before and after an advance if it sits on a table
+//! leaf that was written, or on a leaf that joined or left its table's B-tree (a freed leaf need
+//! not be written). So the rows to compare are the cells of those leaves: read from the mirror
+//! before the advance is applied ([`Before`]) for the old rows, and after it for the new. A
+//! leaf that left the tree without being written still holds its old bytes afterwards. Interior
 //! pages, found by walking each B-tree down to the level above its leaves, are few and cheap.
 //!
 //! Every written page must be accounted for: a page of some B-tree, a freelist page, or an
@@ -42,12 +42,31 @@ pub enum Touched {
 /// Past this share of a table's leaves written, the whole table is read instead.
 const WHOLE_TABLE_SHARE: usize = 4;
 
-/// Finds the rows that pages `written` can hold. `base` holds the mirror's old content, `mirror`
-/// the new; both are read inside their own read transactions.
-pub fn touched(base: &Connection, mirror: &Connection, written: &BTreeSet<u32>) -> Result<Touched> {
-    match walk(base, mirror, written) {
+/// What the mirror held before an advance: its catalog, each rowid table's leaves, and the
+/// rowids on the leaves the advance overwrites.
+pub struct Before {
+    catalog: Vec<(String, String, i64)>,
+    tables: BTreeMap<u32, (BTreeSet<u32>, BTreeSet<i64>)>,
+    written: BTreeSet<u32>,
+}
+
+impl Before {
+    /// Reads the mirror about to be advanced by writing the pages `written`.
+    pub fn read(mirror: &Connection, written: BTreeSet<u32>) -> Result<Result<Before, String>> {
+        match read_before(mirror, written) {
+            Ok(b) => Ok(Ok(b)),
+            Err(Walk::Page(PageError::Sqlite(e))) => Err(e.into()),
+            Err(Walk::Page(e)) => Ok(Err(e.to_string())),
+            Err(Walk::Other(e)) => Err(e),
+        }
+    }
+}
+
+/// Finds the rows the advance from `before` to `mirror` (read inside a read transaction) can
+/// have changed.
+pub fn touched(before: &Before, mirror: &Connection) -> Result<Touched> {
+    match walk(before, mirror) {
         Ok(t) => Ok(t),
-        Err(Walk::Page(e)) if e.falls_back() => Ok(Touched::Everything(e.to_string())),
         Err(Walk::Page(PageError::Sqlite(e))) => Err(e.into()),
         Err(Walk::Page(e)) => Ok(Touched::Everything(e.to_string())),
         Err(Walk::Other(e)) => Err(e),
@@ -75,34 +94,63 @@ fn everything(why: impl Into<String>) -> std::result::Result<Touched, Walk> {
     Ok(Touched::Everything(why.into()))
 }
 
-fn walk(
-    base: &Connection,
-    mirror: &Connection,
-    written: &BTreeSet<u32>,
-) -> std::result::Result<Touched, Walk> {
-    let catalog = |c: &Connection| -> rusqlite::Result<Vec<(String, String, i64)>> {
-        let mut st =
-            c.prepare("SELECT type, name, rootpage, sql FROM sqlite_schema ORDER BY type, name")?;
-        let rows = st.query_map([], |r| {
-            Ok((
+/// `sqlite_schema` as (type and SQL, name, root page), in a fixed order.
+fn catalog(c: &Connection) -> rusqlite::Result<Vec<(String, String, i64)>> {
+    let mut st =
+        c.prepare("SELECT type, name, rootpage, sql FROM sqlite_schema ORDER BY type, name")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            format!(
+                "{}\0{}",
                 r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<i64>>(2)?.unwrap_or(0),
-                r.get::<_, Option<String>>(3)?,
-            ))
-        })?;
-        rows.map(|r| {
-            r.map(|(ty, name, root, sql)| {
-                (format!("{ty}\0{}", sql.unwrap_or_default()), name, root)
-            })
-        })
-        .collect()
-    };
+                r.get::<_, Option<String>>(3)?.unwrap_or_default()
+            ),
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+        ))
+    })?;
+    rows.collect()
+}
+
+/// Every B-tree of the catalog: whether it is a table's, its name and its root page.
+fn roots(catalog: &[(String, String, i64)]) -> impl Iterator<Item = (bool, &str, u32)> {
+    catalog
+        .iter()
+        .filter(|(_, _, root)| *root > 0)
+        .map(|(ty, name, root)| (ty.starts_with("table\0"), name.as_str(), *root as u32))
+        .chain([(true, "sqlite_schema", 1)])
+}
+
+fn read_before(mirror: &Connection, written: BTreeSet<u32>) -> std::result::Result<Before, Walk> {
+    let catalog = catalog(mirror)?;
+    let db = DbFile::open(mirror)?;
+    let mut page = Vec::new();
+    let mut tables = BTreeMap::new();
+    for (_, _, root) in roots(&catalog) {
+        let tree = Tree::walk(&db, root)?;
+        if tree.index {
+            continue;
+        }
+        let mut ids = BTreeSet::new();
+        for &p in tree.leaves.iter().filter(|p| written.contains(p)) {
+            cells(&db, p, &mut page, &mut ids, None)?;
+        }
+        tables.insert(root, (tree.leaves.into_iter().collect(), ids));
+    }
+    Ok(Before {
+        catalog,
+        tables,
+        written,
+    })
+}
+
+fn walk(before: &Before, mirror: &Connection) -> std::result::Result<Touched, Walk> {
+    let written = &before.written;
     let objects = catalog(mirror)?;
-    if catalog(base)? != objects {
+    if before.catalog != objects {
         return everything("the schema changed");
     }
-    let (bdb, mdb) = (DbFile::open(base)?, DbFile::open(mirror)?);
+    let mdb = DbFile::open(mirror)?;
     let mut page = Vec::new();
     mdb.read(1, &mut page)?;
     if be32(&page, 52).unwrap_or(1) != 0 {
@@ -114,49 +162,42 @@ fn walk(
 
     let mut accounted = freelist(&mdb, pages)?;
     let mut out = BTreeMap::new();
-    let roots = objects
-        .iter()
-        .filter(|(_, _, root)| *root > 0)
-        .map(|(ty, name, root)| (ty.starts_with("table\0"), name.as_str(), *root as u32))
-        .chain([(true, "sqlite_schema", 1)]);
-    for (is_table, name, root) in roots {
+    for (is_table, name, root) in roots(&objects) {
         let new = Tree::walk(&mdb, root)?;
-        let old = Tree::walk(&bdb, root)?;
         accounted.extend(new.interior.iter().chain(&new.leaves));
-        let touched = |t: &Tree| {
-            t.interior
+        let old = before.tables.get(&root);
+        if new.index || old.is_none() {
+            let touched = new
+                .interior
                 .iter()
-                .chain(&t.leaves)
-                .any(|p| written.contains(p))
-        };
-        if new.index || old.index {
-            if is_table && (touched(&new) || touched(&old)) {
+                .chain(&new.leaves)
+                .any(|p| written.contains(p));
+            if is_table && (touched || old.is_some()) {
                 return everything(format!("WITHOUT ROWID table {name:?} changed"));
             }
             continue;
         }
-        let (old_leaves, new_leaves): (BTreeSet<u32>, BTreeSet<u32>) = (
-            old.leaves.iter().copied().collect(),
-            new.leaves.iter().copied().collect(),
-        );
-        let changed = |p: &&u32, other: &BTreeSet<u32>| written.contains(p) || !other.contains(p);
-        let old_cand: Vec<u32> = old
-            .leaves
-            .iter()
-            .filter(|p| changed(p, &new_leaves))
-            .copied()
-            .collect();
+        let Some((old_leaves, old_ids)) = old else {
+            continue;
+        };
+        let new_leaves: BTreeSet<u32> = new.leaves.iter().copied().collect();
         let new_cand: Vec<u32> = new
             .leaves
             .iter()
-            .filter(|p| changed(p, &old_leaves))
+            .filter(|p| written.contains(p) || !old_leaves.contains(p))
             .copied()
             .collect();
-        let mut ids = BTreeSet::new();
+        // Leaves that left the tree unwritten still hold their old cells.
+        let gone: Vec<u32> = old_leaves
+            .iter()
+            .filter(|p| !written.contains(p) && !new_leaves.contains(p))
+            .copied()
+            .collect();
+        let mut ids = old_ids.clone();
         for &p in &new_cand {
             cells(&mdb, p, &mut page, &mut ids, Some(&mut accounted))?;
         }
-        if old_cand.is_empty() && new_cand.is_empty() {
+        if new_cand.is_empty() && gone.is_empty() && old_ids.is_empty() {
             continue;
         }
         match kind(name) {
@@ -170,16 +211,18 @@ fn walk(
             }
             Some(_) => {}
         }
-        let whole = (old_cand.len() + new_cand.len()) * WHOLE_TABLE_SHARE
-            > old.leaves.len() + new.leaves.len();
-        if whole {
+        if gone.iter().any(|p| *p > pages) {
+            return everything("the file shrank past a freed leaf");
+        }
+        for &p in &gone {
+            cells(&mdb, p, &mut page, &mut ids, None)?;
+        }
+        let old_cand = old_leaves.iter().filter(|p| written.contains(p)).count() + gone.len();
+        if (old_cand + new_cand.len()) * WHOLE_TABLE_SHARE > old_leaves.len() + new.leaves.len() {
             out.insert(name.to_owned(), Rows::All);
-            continue;
+        } else {
+            out.insert(name.to_owned(), Rows::Ids(ids.into_iter().collect()));
         }
-        for &p in &old_cand {
-            cells(&bdb, p, &mut page, &mut ids, None)?;
-        }
-        out.insert(name.to_owned(), Rows::Ids(ids.into_iter().collect()));
     }
     if let Some(p) = written
         .iter()
