@@ -1089,7 +1089,7 @@ fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
     let (endpoint, remote) = connect(cli, Some(&ws))?;
     let report = tursync::verify::verify(&ws, &remote, FetchOptions::default(), progress)
         .with_context(|| format!("verify against {endpoint} failed"))?;
-    let code = if !report.working_copy.ok() || !report.base.ok() {
+    let code = if !report.intact() {
         5
     } else if report.drift() {
         4
@@ -1115,7 +1115,7 @@ fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
     };
     if as_json {
         let file = |i: &tursync::verify::Integrity| json!({"path": i.file.display().to_string(), "ok": i.ok(), "problems": i.problems});
-        let remote = match &report.remote {
+        let compared = |r: &RemoteCheck| match r {
             RemoteCheck::Skipped => json!({"compared": false}),
             RemoteCheck::AtSyncPoint { differences } => {
                 json!({"compared": true, "moved": false, "drift": changes(differences)})
@@ -1124,16 +1124,22 @@ fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
                 json!({"compared": true, "moved": true, "not_pulled": changes(differences)})
             }
         };
+        let mirror = report.mirror.as_ref().map(|m| {
+            json!({"file": file(&m.integrity), "frame_no": m.frame_no, "remote": compared(&m.remote)})
+        });
         println!(
             "{}",
-            json!({"working_copy": file(&report.working_copy), "base": file(&report.base), "remote": remote, "exit_code": code})
+            json!({"working_copy": file(&report.working_copy), "base": file(&report.base), "remote": compared(&report.remote), "mirror": mirror, "exit_code": code})
         );
         return Ok(ExitCode::from(code));
     }
     for (what, i) in [
         ("working copy", &report.working_copy),
         ("base", &report.base),
-    ] {
+    ]
+    .into_iter()
+    .chain(report.mirror.as_ref().map(|m| ("mirror", &m.integrity)))
+    {
         if i.ok() {
             println!("{what} {}: intact", i.file.display());
         } else {
@@ -1176,6 +1182,23 @@ fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
         RemoteCheck::Moved { differences } => {
             println!("remote {endpoint}: moved since the last sync; not pulled yet:");
             print_changes(differences);
+        }
+    }
+    if let Some(m) = &report.mirror {
+        match &m.remote {
+            RemoteCheck::Skipped => println!("mirror: not compared, it is damaged"),
+            RemoteCheck::AtSyncPoint { differences } if differences.is_empty() => {
+                println!("mirror: equals the remote at frame {:?}", m.frame_no)
+            }
+            RemoteCheck::AtSyncPoint { differences } => {
+                println!(
+                    "mirror: DRIFT: the remote is at the mirror's frame, yet differs from it:"
+                );
+                print_changes(differences);
+            }
+            RemoteCheck::Moved { .. } => {
+                println!("mirror: behind the remote; the next pull brings it up to date")
+            }
         }
     }
     match code {

@@ -82,6 +82,18 @@ fn pulls_across_many_transactions_read_the_log() {
     sqld.exec("UPDATE t SET v = 'theirs' WHERE id = 12");
     assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
     assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+
+    // verify checks the mirror too: intact, and equal to the remote at its frame.
+    let out = run_ok(
+        tursync(dir.path())
+            .args(["verify", "--json"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mirror = &report["mirror"];
+    assert_eq!(mirror["file"]["ok"], true, "{report}");
+    assert_eq!(mirror["remote"]["moved"], false, "{report}");
+    assert_eq!(mirror["remote"]["drift"], serde_json::json!([]), "{report}");
 }
 
 /// `tursync status --json`'s account of how pulls read the remote.
