@@ -37,28 +37,7 @@ REPLICA="$ROOT/target/bench-replica/release/replica"
 BUILD="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || BUILD+=" + uncommitted changes in src/"
 
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/tursync-bench-replog.XXXXXX")"
-SQLD_PID=""
-cleanup() {
-    if [[ -n "$SQLD_PID" ]]; then
-        kill "$SQLD_PID" 2>/dev/null || true
-        wait "$SQLD_PID" 2>/dev/null || true
-    fi
-    if [[ "${KEEP_TMP:-0}" == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Runs SQL statements on the remote in one Hrana pipeline "sequence"; fails on any error.
-remote_exec() {
-    local body resp
-    body=$(printf '{"requests":[{"type":"sequence","sql":"%s"},{"type":"close"}]}' "$1")
-    resp=$(curl -sS -XPOST "$URL/v3/pipeline" -H 'Content-Type: application/json' -d "$body")
-    if [[ "$resp" == *'"type":"error"'* || "$resp" != *'"results"'* ]]; then
-        echo "remote SQL failed: $resp" >&2
-        exit 1
-    fi
-}
+bench_tmp replog
 
 # A checksum over every column of big, the same text on the remote and in a local file.
 CHECK="SELECT count(*) || ' ' || sum(id) || ' ' || sum(n) || ' ' || printf('%.2f', total(score)) || ' ' || sum(length(name)) || ' ' || sum(unicode(substr(name, -1))) || ' ' || sum(length(email)) || ' ' || sum(length(data)) FROM big"
