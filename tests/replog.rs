@@ -356,3 +356,56 @@ fn pulls_from_the_log_and_over_sql_give_the_same_working_copies() {
     );
     assert_same_database(&sqld, &log.path().join("working_copy.db"));
 }
+
+#[test]
+fn a_transaction_on_the_base_killed_midway_is_rolled_back() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    // A process killed inside a write transaction on the base, as a pull killed while moving
+    // the base in place would be: its journal is left hot.
+    let base = dir.path().join(".tursync/base.db");
+    let script = "import os, sqlite3, sys\n\
+                  c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                  c.execute('PRAGMA cache_size = 1')\n\
+                  c.execute('BEGIN IMMEDIATE')\n\
+                  c.execute(\"UPDATE t SET v = hex(randomblob(3000))\")\n\
+                  c.execute(\"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) INSERT INTO t(v) SELECT hex(randomblob(3000)) FROM n\")\n\
+                  os.kill(os.getpid(), 9)\n";
+    let status = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&base)
+        .status()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status}"
+    );
+    let journal = dir.path().join(".tursync/base.db-journal");
+    assert!(journal.exists(), "no journal was left behind");
+
+    // Read-only commands and the next pull roll it back and see the old base.
+    let out = run_ok(
+        tursync(dir.path())
+            .args(["diff", "--json"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    assert!(
+        text(&out).contains("[]") || !text(&out).contains("insert"),
+        "{}",
+        text(&out)
+    );
+    sqld.exec("UPDATE t SET v = 'c' WHERE id = 2");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert!(!journal.exists());
+    run_ok(
+        tursync(dir.path())
+            .args(["verify"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+}
