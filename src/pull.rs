@@ -163,7 +163,12 @@ fn from_log(
         }
         None => {}
     }
-    let Some(frame) = mirror.state()?.and_then(|s| s.frame_no) else {
+    // No mirror of this log yet: it holds no frames (a new or just reset database).
+    let Some(frame) = mirror
+        .state()?
+        .filter(|s| s.log_id == hello.log_id)
+        .and_then(|s| s.frame_no)
+    else {
         return Ok(FromLog::NotNow);
     };
     let (outcome, theirs) = {

@@ -404,7 +404,7 @@ pub fn init(
                 SyncState {
                     replication_index: index,
                     base_at: None,
-                    sql_path: Some(reason),
+                    sql_path: reason,
                 },
             )
         }
@@ -459,15 +459,16 @@ pub fn init(
 type LogClone = (u64, Schema, Stats);
 
 /// Returns a [`LogClone`], or `Ok(Err(reason))` when the log cannot be used, with nothing of it
-/// left behind; the caller then clones over SQL.
+/// left behind; the caller then clones over SQL. The reason is `None` when the log is usable but
+/// holds nothing yet (a new database): the next pull reads it.
 fn clone_from_log(
     remote: &Remote,
     state: &Path,
     db: &Path,
     opts: FetchOptions,
-) -> Result<std::result::Result<LogClone, String>> {
+) -> Result<std::result::Result<LogClone, Option<String>>> {
     if !opts.use_log {
-        return Ok(Err("TURSYNC_NO_LOG is set".into()));
+        return Ok(Err(Some("TURSYNC_NO_LOG is set".into())));
     }
     let mirror = Mirror::in_dir(state.to_path_buf());
     let mut log = ReplicationLog::new(remote);
@@ -509,10 +510,10 @@ fn clone_from_log(
                 }
                 return Ok(Ok((frame, schema, stats)));
             }
-            format!("the copy of the log failed quick_check: {check}")
+            Some(format!("the copy of the log failed quick_check: {check}"))
         }
-        Ok(None) => "the replication log holds no frames yet".into(),
-        Err(MirrorError::Log(e)) => e.to_string(),
+        Ok(None) => None,
+        Err(MirrorError::Log(e)) => Some(e.to_string()),
         Err(MirrorError::Local(e)) => return Err(e),
     };
     mirror.remove()?;

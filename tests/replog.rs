@@ -409,3 +409,19 @@ fn a_transaction_on_the_base_killed_midway_is_rolled_back() {
             .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
     );
 }
+
+#[test]
+fn a_new_empty_database_is_followed_through_the_log_once_it_has_frames() {
+    let sqld = Sqld::start();
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let r = reads(&sqld, dir.path(), &sqld.rw_token);
+    assert_eq!(r["path"], "log", "{r}");
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');");
+    assert!(pull(&sqld, dir.path()).starts_with("whole tables"));
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    sqld.exec("INSERT INTO t VALUES (2, 'b');");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert!(reads(&sqld, dir.path(), &sqld.rw_token)["mirror"].is_object());
+}
