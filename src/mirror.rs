@@ -183,10 +183,7 @@ impl Mirror {
                 Err(LogError::NoHello) if hellos < 3 => {
                     hellos += 1;
                     if log.hello()?.log_id != hello.log_id {
-                        return Err(LogError::Protocol(
-                            "the log was reset while reading it".into(),
-                        )
-                        .into());
+                        return Err(LogError::Reset.into());
                     }
                     continue;
                 }

@@ -118,7 +118,7 @@ pub fn pull(
 enum FromLog {
     /// Merged (or stopped on conflicts), with the mirror at this frame.
     Done(Result<PullReport, Vec<MergeConflict>>, u64),
-    /// The log holds nothing yet: read over SQL this time.
+    /// The log holds nothing yet, or was reset while read: read over SQL this time.
     NotNow,
     /// The log cannot be used, for this reason: read over SQL from now on.
     Unusable(String),
@@ -143,6 +143,7 @@ fn from_log(
     let ready = match mirror.fetch(log, hello) {
         Ok(ready) => ready,
         Err(MirrorError::Log(LogError::Remote(e))) if e.is_transient() => return Err(e.into()),
+        Err(MirrorError::Log(LogError::Reset)) => return Ok(FromLog::NotNow),
         Err(MirrorError::Log(e)) => return Ok(FromLog::Unusable(e.to_string())),
         Err(MirrorError::Local(e)) => return Err(e),
     };

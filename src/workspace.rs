@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::clone::{self, FetchOptions, Sink, Stats};
 use crate::mirror::{self, Mirror, MirrorError};
 use crate::progress::Progress;
-use crate::remote::replication::{LogSource, ReplicationLog};
+use crate::remote::replication::{LogError, LogSource, ReplicationLog};
 use crate::remote::{Endpoint, Remote};
 use crate::schema::{Schema, Table};
 use crate::sql;
@@ -460,7 +460,7 @@ type LogClone = (u64, Schema, Stats);
 
 /// Returns a [`LogClone`], or `Ok(Err(reason))` when the log cannot be used, with nothing of it
 /// left behind; the caller then clones over SQL. The reason is `None` when the log is usable but
-/// holds nothing yet (a new database): the next pull reads it.
+/// holds nothing yet (a new database) or was reset meanwhile: the next pull reads it.
 fn clone_from_log(
     remote: &Remote,
     state: &Path,
@@ -512,7 +512,7 @@ fn clone_from_log(
             }
             Some(format!("the copy of the log failed quick_check: {check}"))
         }
-        Ok(None) => None,
+        Ok(None) | Err(MirrorError::Log(LogError::Reset)) => None,
         Err(MirrorError::Log(e)) => Some(e.to_string()),
         Err(MirrorError::Local(e)) => return Err(e),
     };

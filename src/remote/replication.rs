@@ -100,6 +100,9 @@ pub enum LogError {
     /// The session token is unknown to the server (it restarted): say hello again.
     #[error("the replication log session ended (NO_HELLO)")]
     NoHello,
+    /// The log got a new id while it was being read: read it again from the start, later.
+    #[error("the replication log was reset while it was read")]
+    Reset,
     #[error("the replication log answered gRPC status {code}: {message}")]
     Status { code: u32, message: String },
     #[error(transparent)]
