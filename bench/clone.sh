@@ -35,30 +35,7 @@ BUILD="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || BUILD+=" + uncommitted changes in src/"
 
 # --- temp dir and sqld -------------------------------------------------------------------------
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/tursync-bench-clone.XXXXXX")"
-SQLD_PID=""
-cleanup() {
-    if [[ -n "$SQLD_PID" ]]; then
-        kill "$SQLD_PID" 2>/dev/null || true
-        wait "$SQLD_PID" 2>/dev/null || true
-    fi
-    if [[ "${KEEP_TMP:-0}" == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-
-
-# Runs SQL statements on the remote in one Hrana pipeline "sequence"; fails on any error.
-remote_exec() {
-    local body resp
-    body=$(printf '{"requests":[{"type":"sequence","sql":"%s"},{"type":"close"}]}' "$1")
-    resp=$(curl -sS -XPOST "$URL/v3/pipeline" -H 'Content-Type: application/json' -d "$body")
-    if [[ "$resp" == *'"type":"error"'* || "$resp" != *'"results"'* ]]; then
-        echo "remote SQL failed: $resp" >&2
-        exit 1
-    fi
-}
+bench_tmp clone
 
 start_sqld "$TMP/sqld-data"
 log "sqld $("$SQLD" --version | awk '{print $3}') on $URL, data in $TMP"

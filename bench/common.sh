@@ -59,3 +59,30 @@ start_sqld() {
     cat "$TMP/sqld.log" >&2 || true
     exit 1
 }
+
+# bench_tmp NAME: makes $TMP, a temp dir removed on exit together with the sqld started by
+# start_sqld (KEEP_TMP=1 keeps the dir).
+bench_tmp() {
+    TMP="$(mktemp -d "${TMPDIR:-/tmp}/tursync-bench-$1.XXXXXX")"
+    SQLD_PID=""
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+bench_cleanup() {
+    if [[ -n "$SQLD_PID" ]]; then
+        kill "$SQLD_PID" 2>/dev/null || true
+        wait "$SQLD_PID" 2>/dev/null || true
+    fi
+    if [[ "${KEEP_TMP:-0}" == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+
+# remote_exec SQL: runs statements on $URL in one Hrana pipeline "sequence"; fails on any error.
+remote_exec() {
+    local body resp
+    body=$(printf '{"requests":[{"type":"sequence","sql":"%s"},{"type":"close"}]}' "$1")
+    resp=$(curl -sS -XPOST "$URL/v3/pipeline" -H 'Content-Type: application/json' -d "$body")
+    if [[ "$resp" == *'"type":"error"'* || "$resp" != *'"results"'* ]]; then
+        echo "remote SQL failed: $resp" >&2
+        exit 1
+    fi
+}

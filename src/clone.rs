@@ -167,6 +167,11 @@ pub struct FetchOptions {
     pub target_bytes: usize,
     /// Tables with more rows than this are cut into rowid ranges fetched in parallel.
     pub split_rows: u64,
+    /// Read the server's replication log into a mirror when it serves one (see
+    /// [`crate::mirror`]); otherwise, or when the log fails, rows are read over SQL. On by
+    /// default; `TURSYNC_NO_LOG` in the environment turns it off, so the two paths can be
+    /// compared on one server.
+    pub use_log: bool,
 }
 
 impl Default for FetchOptions {
@@ -175,6 +180,7 @@ impl Default for FetchOptions {
             workers: 4,
             target_bytes: 3 << 20,
             split_rows: 20_000,
+            use_log: std::env::var_os("TURSYNC_NO_LOG").is_none(),
         }
     }
 }

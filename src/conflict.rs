@@ -97,6 +97,10 @@ pub enum Outcome<R> {
 }
 
 impl<R> Outcome<R> {
+    pub fn is_done(&self) -> bool {
+        matches!(self, Outcome::Done(_))
+    }
+
     pub fn map<S>(self, f: impl FnOnce(R) -> S) -> Outcome<S> {
         match self {
             Outcome::Done(r) => Outcome::Done(f(r)),

@@ -20,6 +20,7 @@ use rusqlite::Connection;
 use crate::pages::{self, DbFile, Layout, PageError, Scan};
 use crate::schema::{self, Column, ObjectKind, RowKey, Schema, Table};
 use crate::sql;
+use crate::touched::Rows;
 use crate::value::Value;
 use crate::{Context, Error, Result};
 
@@ -428,6 +429,31 @@ pub fn diff(base: &Connection, work: &Connection, filter: &Filter) -> Result<Cha
     Diff::new(base, work, filter)?.changeset()
 }
 
+/// The remote's changes since the base, from `mirror`, a page copy of the remote, for a base
+/// that then takes them and must stay equal to the mirror: unlike [`diff`], a hidden rowid
+/// that only locates a row ([`Table::locator`]) counts, so the base follows the remote's
+/// rowids exactly (the merge itself never compares it).
+///
+/// With `touched` ([`crate::touched`]), only the rows it names are read: a table it leaves
+/// out has no changes, the rows it lists are read by rowid from both sides and go through the
+/// same key-ordered merge. Schema, counters and `user_version` are compared whole.
+pub fn diff_remote(
+    base: &Connection,
+    mirror: &Connection,
+    touched: Option<&BTreeMap<String, Rows>>,
+) -> Result<Changeset> {
+    let (outline, reads) = outline(base, mirror, &Filter::default(), Some(touched))?;
+    let work = mirror;
+    Diff {
+        base,
+        work,
+        outline,
+        reads,
+        leaves_skipped: Cell::new(0),
+    }
+    .changeset()
+}
+
 /// A diff whose schema part is known and whose row changes are read from the two databases
 /// when asked for, one table at a time, so `diff --sql` and `diff --json` print as they read:
 /// memory is bounded by one table's scan, not by the number of changes.
@@ -448,19 +474,33 @@ pub struct Diff<'c> {
     leaves_skipped: Cell<u64>,
 }
 
+/// The base side of a merge join.
+struct Old {
+    table: Table,
+    /// The table's locator when it is no data here ([`diff`]); `None` when it counts
+    /// ([`diff_remote`]).
+    locator: Option<usize>,
+    /// SQL expressions giving the values that columns appended by `ADD COLUMN` hold in old
+    /// rows (their defaults).
+    added: Vec<String>,
+    /// Just the rows of these rowids, as a JSON array ([`diff_remote`]).
+    only: Option<String>,
+}
+
 /// Where a table's row changes come from.
 enum Read {
     /// The table is new or was rebuilt: every row of the working copy is an insert.
     AllNew,
-    /// A merge join of both sides. `added` are SQL expressions giving, on the base side, the
-    /// values that columns appended by `ADD COLUMN` hold in old rows (their defaults).
-    Merge { old: Table, added: Vec<String> },
+    /// A merge join of both sides.
+    Merge(Box<Old>),
+    /// Nothing of the table can have changed ([`diff_remote`]).
+    Untouched,
 }
 
 impl<'c> Diff<'c> {
     /// Compares the schemas, counters and triggers of `base` and `work`; rows are read later.
     pub fn new(base: &'c Connection, work: &'c Connection, filter: &Filter) -> Result<Diff<'c>> {
-        let (outline, reads) = outline(base, work, filter)?;
+        let (outline, reads) = outline(base, work, filter, None)?;
         Ok(Diff {
             base,
             work,
@@ -473,11 +513,18 @@ impl<'c> Diff<'c> {
 
 /// The diff of `base` against `work` but the rows (every table's `changes` empty), and how
 /// each table's rows are read.
+///
+/// `remote`: `None` for a diff of the working copy; for [`diff_remote`], `Some` with the rows
+/// to read (`None`: all of them).
 fn outline(
     base: &Connection,
     work: &Connection,
     filter: &Filter,
+    remote: Option<Option<&BTreeMap<String, Rows>>>,
 ) -> Result<(Changeset, Vec<Read>)> {
+    let touched = remote.flatten();
+    // The remote's locators count: a base that takes its changes follows its rowids.
+    let locator = |t: &Table| if remote.is_some() { None } else { t.locator() };
     let old = schema::load(base)?;
     let new = schema::load(work)?;
     refuse_unsupported(&new)?;
@@ -522,9 +569,20 @@ fn outline(
                 });
                 Read::AllNew
             }
-            Some(o) if o.sql == t.sql => Read::Merge {
-                old: o,
-                added: Vec::new(),
+            Some(o) if o.sql == t.sql => match touched.map(|m| m.get(t.name.as_str())) {
+                None | Some(Some(Rows::All)) => Read::Merge(Box::new(Old {
+                    locator: locator(&o),
+                    table: o,
+                    added: Vec::new(),
+                    only: None,
+                })),
+                Some(None) => Read::Untouched,
+                Some(Some(Rows::Ids(ids))) => Read::Merge(Box::new(Old {
+                    locator: locator(&o),
+                    table: o,
+                    added: Vec::new(),
+                    only: Some(serde_json::to_string(ids)?),
+                })),
             },
             Some(o) => match added_columns(&o, &t) {
                 Some((defs, added)) => {
@@ -533,7 +591,12 @@ fn outline(
                         columns: defs,
                         old_sql: o.sql.clone(),
                     });
-                    Read::Merge { old: o, added }
+                    Read::Merge(Box::new(Old {
+                        locator: locator(&o),
+                        table: o,
+                        added,
+                        only: None,
+                    }))
                 }
                 None => {
                     cs.schema.push(SchemaChange::TableRebuilt {
@@ -677,7 +740,9 @@ fn table_diff(t: &Table) -> Result<TableDiff> {
 /// The scan both sides of a merge use: data columns in key order. Declared keys (WITHOUT
 /// ROWID or not) are ordered by BINARY collation whatever the column's, so [`cmp_key`] can
 /// follow.
-fn scan_sql(t: &Table, extra: &[String]) -> Result<String> {
+///
+/// With `by_rowid`, only the rows whose rowid is in the JSON array bound to `?1`.
+fn scan_sql(t: &Table, extra: &[String], by_rowid: bool) -> Result<String> {
     let mut cols = t.data_columns()?;
     cols.extend(extra.iter().cloned());
     let declared = t.locator().is_some() || matches!(t.key, RowKey::Primary(_));
@@ -692,8 +757,17 @@ fn scan_sql(t: &Table, extra: &[String]) -> Result<String> {
             }
         })
         .collect();
+    // The B-tree's own key of a rowid table is its rowid.
+    let only = if by_rowid {
+        format!(
+            " WHERE {} IN (SELECT value FROM json_each(?1))",
+            t.scan_key_exprs()?[0]
+        )
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "SELECT {} FROM {} ORDER BY {}",
+        "SELECT {} FROM {}{only} ORDER BY {}",
         cols.join(", "),
         sql::ident(&t.name),
         order.join(", ")
@@ -750,14 +824,15 @@ impl Diff<'_> {
         let d = &self.outline.tables[i];
         match &self.reads[i] {
             Read::AllNew => all_rows(self.work, d, pick, sink),
-            Read::Merge { old, added } => {
-                if added.is_empty() && old.sql == d.table.sql {
+            Read::Untouched => Ok(()),
+            Read::Merge(old) => {
+                if old.added.is_empty() && old.table.sql == d.table.sql && old.only.is_none() {
                     if let Some(skipped) = merge_pages(self.base, self.work, d, pick, sink)? {
                         self.leaves_skipped.set(self.leaves_skipped.get() + skipped);
                         return Ok(());
                     }
                 }
-                merge(self.base, old, self.work, d, added, pick, sink)
+                merge(self.base, old, self.work, d, pick, sink)
             }
         }
     }
@@ -830,7 +905,7 @@ fn all_rows(
     if !pick.get().inserts() {
         return Ok(());
     }
-    let mut st = work.prepare(&scan_sql(&d.table, &[])?)?;
+    let mut st = work.prepare(&scan_sql(&d.table, &[], false)?)?;
     let n = st.column_count();
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
@@ -847,20 +922,20 @@ fn owned(r: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<Vec<Value>> {
 }
 
 /// The merge join of two SQL scans in key order: the reference, and the way every table the
-/// raw pages cannot serve is read. `added` as in [`Read::Merge`].
+/// raw pages cannot serve is read.
 fn merge(
     base: &Connection,
-    old: &Table,
+    old: &Old,
     work: &Connection,
     d: &TableDiff,
-    added: &[String],
     pick: &Cell<Pick>,
     sink: &mut Sink<'_>,
 ) -> Result<()> {
     let key = &d.key;
-    let locator = d.table.locator();
-    let mut bst = base.prepare(&scan_sql(old, added)?)?;
-    let mut wst = work.prepare(&scan_sql(&d.table, &[])?)?;
+    let locator = old.locator;
+    let only = old.only.as_deref();
+    let mut bst = base.prepare(&scan_sql(&old.table, &old.added, only.is_some())?)?;
+    let mut wst = work.prepare(&scan_sql(&d.table, &[], only.is_some())?)?;
     let n = wst.column_count();
     if bst.column_count() != n {
         return Err(Error::Unexpected(format!(
@@ -868,8 +943,8 @@ fn merge(
             d.table.name
         )));
     }
-    let mut brows = bst.query([])?;
-    let mut wrows = wst.query([])?;
+    let mut brows = bst.query(rusqlite::params_from_iter(only))?;
+    let mut wrows = wst.query(rusqlite::params_from_iter(only))?;
     let mut b = brows.next()?;
     let mut w = wrows.next()?;
     loop {
@@ -1793,22 +1868,14 @@ mod tests {
         let cs = d.changeset().unwrap();
         let skipped = d.leaves_skipped();
         for (i, t) in d.outline.tables.iter().enumerate() {
-            let Read::Merge { old, added } = &d.reads[i] else {
+            let Read::Merge(old) = &d.reads[i] else {
                 continue;
             };
             let mut reference = Vec::new();
-            merge(
-                base,
-                old,
-                work,
-                t,
-                added,
-                &Cell::new(Pick::All),
-                &mut |ch| {
-                    reference.push(ch);
-                    Ok(())
-                },
-            )
+            merge(base, old, work, t, &Cell::new(Pick::All), &mut |ch| {
+                reference.push(ch);
+                Ok(())
+            })
             .unwrap();
             assert_eq!(cs.tables[i].changes, reference, "table {}", t.table.name);
             for phase in Phase::ALL {

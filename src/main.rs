@@ -492,6 +492,7 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
             report["working_copy"] = file_info(&ws.db_path());
             report["state_dir"] = json!(ws.state_dir().display().to_string());
             report["base"] = file_info(&ws.base_path());
+            report["reads"] = reads_report(ws);
         }
         Err(e) => report["workspace_error"] = json!(e.to_string()),
     }
@@ -571,6 +572,26 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
     })
 }
 
+/// How pulls read the remote: from the replication log into the mirror, or over SQL, and why.
+fn reads_report(ws: &Workspace) -> serde_json::Value {
+    let mirror = tursync::mirror::Mirror::new(ws);
+    match (ws.sync_state(), mirror.state()) {
+        (Err(e), _) | (_, Err(e)) => json!({"path": "unknown", "reason": e.to_string()}),
+        (Ok(sync), _) if sync.sql_path.is_some() => {
+            json!({"path": "sql", "reason": sync.sql_path})
+        }
+        (Ok(_), Ok(Some(m))) => json!({
+            "path": "log",
+            "mirror": file_info(&mirror.db_path()),
+            "frame_no": m.frame_no,
+        }),
+        (Ok(_), Ok(None)) => json!({
+            "path": "log",
+            "reason": "no mirror yet: the next pull reads the replication log",
+        }),
+    }
+}
+
 fn print_status(r: &serde_json::Value) {
     let file = |v: &serde_json::Value| {
         let path = v["path"].as_str().unwrap_or("?");
@@ -585,6 +606,26 @@ fn print_status(r: &serde_json::Value) {
         println!("working copy   {}", file(&r["working_copy"]));
         println!("state dir      {}", r["state_dir"].as_str().unwrap_or("?"));
         println!("base snapshot  {}", file(&r["base"]));
+        let reads = &r["reads"];
+        match reads["path"].as_str() {
+            Some("log") if reads["mirror"].is_object() => println!(
+                "pulls read     the replication log: mirror {} at frame {}",
+                file(&reads["mirror"]),
+                reads["frame_no"]
+            ),
+            Some("sql") => println!(
+                "pulls read     rows over SQL, because {}",
+                reads["reason"].as_str().unwrap_or("?")
+            ),
+            Some("unknown") => println!(
+                "pulls read     unknown: {}",
+                reads["reason"].as_str().unwrap_or("?")
+            ),
+            _ => println!(
+                "pulls read     the replication log ({})",
+                reads["reason"].as_str().unwrap_or("?")
+            ),
+        }
     }
     let remote = &r["remote"];
     match remote["state"].as_str() {
@@ -792,7 +833,7 @@ fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> 
         if as_json {
             println!(
                 "{}",
-                json!({"pulled": true, "downloaded": r.downloaded, "applied": r.applied, "merged": r.merged,
+                json!({"pulled": true, "downloaded": r.downloaded, "read": r.read, "applied": r.applied, "merged": r.merged,
                            "resolved": r.resolved, "schema_changes": r.schema_changes,
                            "renumbered": r.renumbered.iter().map(|n| json!({"table": n.table, "column": n.column, "from": n.from, "to": n.to})).collect::<Vec<_>>()})
             );
@@ -945,7 +986,7 @@ fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
     let (endpoint, remote) = connect(cli, Some(&ws))?;
     let report = tursync::verify::verify(&ws, &remote, FetchOptions::default(), progress)
         .with_context(|| format!("verify against {endpoint} failed"))?;
-    let code = if !report.working_copy.ok() || !report.base.ok() {
+    let code = if !report.intact() {
         5
     } else if report.drift() {
         4
@@ -971,7 +1012,7 @@ fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
     };
     if as_json {
         let file = |i: &tursync::verify::Integrity| json!({"path": i.file.display().to_string(), "ok": i.ok(), "problems": i.problems});
-        let remote = match &report.remote {
+        let compared = |r: &RemoteCheck| match r {
             RemoteCheck::Skipped => json!({"compared": false}),
             RemoteCheck::AtSyncPoint { differences } => {
                 json!({"compared": true, "moved": false, "drift": changes(differences)})
@@ -980,16 +1021,22 @@ fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
                 json!({"compared": true, "moved": true, "not_pulled": changes(differences)})
             }
         };
+        let mirror = report.mirror.as_ref().map(|m| {
+            json!({"file": file(&m.integrity), "frame_no": m.frame_no, "remote": compared(&m.remote)})
+        });
         println!(
             "{}",
-            json!({"working_copy": file(&report.working_copy), "base": file(&report.base), "remote": remote, "exit_code": code})
+            json!({"working_copy": file(&report.working_copy), "base": file(&report.base), "remote": compared(&report.remote), "mirror": mirror, "exit_code": code})
         );
         return Ok(ExitCode::from(code));
     }
     for (what, i) in [
         ("working copy", &report.working_copy),
         ("base", &report.base),
-    ] {
+    ]
+    .into_iter()
+    .chain(report.mirror.as_ref().map(|m| ("mirror", &m.integrity)))
+    {
         if i.ok() {
             println!("{what} {}: intact", i.file.display());
         } else {
@@ -1032,6 +1079,23 @@ fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
         RemoteCheck::Moved { differences } => {
             println!("remote {endpoint}: moved since the last sync; not pulled yet:");
             print_changes(differences);
+        }
+    }
+    if let Some(m) = &report.mirror {
+        match &m.remote {
+            RemoteCheck::Skipped => println!("mirror: not compared, it is damaged"),
+            RemoteCheck::AtSyncPoint { differences } if differences.is_empty() => {
+                println!("mirror: equals the remote at frame {:?}", m.frame_no)
+            }
+            RemoteCheck::AtSyncPoint { differences } => {
+                println!(
+                    "mirror: DRIFT: the remote is at the mirror's frame, yet differs from it:"
+                );
+                print_changes(differences);
+            }
+            RemoteCheck::Moved { .. } => {
+                println!("mirror: behind the remote; the next pull brings it up to date")
+            }
         }
     }
     match code {

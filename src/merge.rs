@@ -77,6 +77,9 @@ pub struct Renumbered {
 pub struct PullReport {
     /// False when the remote had not moved since the last sync: nothing was downloaded.
     pub downloaded: bool,
+    /// How their changes were read: from the pages the replication log wrote, from whole
+    /// tables (and why), or over SQL.
+    pub read: Option<String>,
     /// Their row changes applied to the working copy.
     pub applied: usize,
     /// Rows changed on both sides whose cells merged without conflict.

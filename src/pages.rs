@@ -81,6 +81,17 @@ impl<'c> DbFile<'c> {
         })
     }
 
+    /// Reads page `n` into `buf`.
+    pub fn read(&self, n: u32, buf: &mut Vec<u8>) -> Result<()> {
+        let mut pages = self.conn.prepare_cached(PAGE_SQL)?;
+        read_page(&mut pages, n, Some(self.page_size), buf)
+    }
+
+    /// The bytes of a page that hold content (the page size less the reserved bytes).
+    pub fn usable(&self) -> usize {
+        self.usable
+    }
+
     /// Walks the table B-tree rooted at `root` in rowid order.
     pub fn scan(&self, root: u32) -> Result<Scan<'c>> {
         Ok(Scan {
@@ -119,7 +130,7 @@ fn read_page(
     Ok(())
 }
 
-fn varint(b: &[u8]) -> Option<(i64, usize)> {
+pub(crate) fn varint(b: &[u8]) -> Option<(i64, usize)> {
     let mut v: u64 = 0;
     for i in 0..9 {
         let byte = *b.get(i)?;
@@ -134,11 +145,11 @@ fn varint(b: &[u8]) -> Option<(i64, usize)> {
     None
 }
 
-fn be16(b: &[u8], at: usize) -> Option<usize> {
+pub(crate) fn be16(b: &[u8], at: usize) -> Option<usize> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]) as usize)
 }
 
-fn be32(b: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
@@ -256,16 +267,14 @@ impl Scan<'_> {
             varint(page.get(at + a..).unwrap_or(&[])).ok_or(PageError::Layout("rowid"))?;
         let start = at + a + b;
         let size = usize::try_from(size).map_err(|_| PageError::Layout("payload size"))?;
-        if size <= max_local(u) {
+        let local = local_payload(u, size);
+        if local == size {
             let bytes = self.stack[last]
                 .page
                 .get(start..start + size)
                 .ok_or(PageError::Layout("payload"))?;
             return Ok(Some((rowid, bytes)));
         }
-        let min_local = (u - 12) * 32 / 255 - 23;
-        let k = min_local + (size - min_local) % (u - 4);
-        let local = if k <= max_local(u) { k } else { min_local };
         let page = &self.stack[last].page;
         self.payload.clear();
         self.payload.extend_from_slice(
@@ -341,6 +350,21 @@ pub fn skip_shared_leaf(a: &mut Scan<'_>, b: &mut Scan<'_>) -> Result<bool> {
     a.pop();
     b.pop();
     Ok(true)
+}
+
+/// How many bytes of a table leaf cell's payload of `size` bytes sit on its page; the rest is
+/// on overflow pages (the file format's rule for table B-tree leaves).
+pub(crate) fn local_payload(usable: usize, size: usize) -> usize {
+    if size <= max_local(usable) {
+        return size;
+    }
+    let min_local = (usable - 12) * 32 / 255 - 23;
+    let k = min_local + (size - min_local) % (usable - 4);
+    if k <= max_local(usable) {
+        k
+    } else {
+        min_local
+    }
 }
 
 /// How to turn a record into a data row (the layout of [`crate::schema::Table::data_columns`]).

@@ -1,7 +1,9 @@
 //! Bringing others' changes into the working copy: when and under which locks.
 //!
-//! The remote is read with the clone machinery into a plain file beside the base (exact,
-//! streamed, bounded memory). Ours (base → working copy) is read from a snapshot of the
+//! The remote is read from its replication log into the mirror ([`crate::mirror`]) when the
+//! server serves one; otherwise, and from the first time the log fails in a way that will not
+//! pass (the reason is kept in the sync state), with the clone machinery into a plain file
+//! beside the base (exact, streamed, bounded memory). Ours (base → working copy) is read from a snapshot of the
 //! working copy and the merge planned from both sides ([`crate::merge`]); then, under the
 //! app's write lock, held only to check that the app did not commit meanwhile and to apply,
 //! the plan goes into the working copy in one transaction, with foreign keys off and the
@@ -15,16 +17,19 @@ use crate::conflict::Outcome;
 use crate::diff;
 use crate::merge::{strip_our_push, Plan};
 pub use crate::merge::{MergeOptions, PullReport, Renumbered, Resolve};
+use crate::mirror::{open_immutable, Mirror, MirrorError};
 use crate::progress::Progress;
+use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
 use crate::remote::Remote;
+use crate::touched::{touched, Before, Touched};
 use crate::workspace::{wait_for_locks, SyncState, Workspace, BUSY_TIMEOUT};
 use crate::{Error, Result};
 
 /// Called once if the app holds the working copy's write lock, before waiting for it.
 pub type WaitNotice<'a> = &'a dyn Fn();
 
-/// Pulls the remote into the working copy. Ends in conflicts when any is left unsettled by
-/// `merge`; nothing changes on either side then.
+/// Pulls the remote into the working copy. Returns the conflicts instead when any is left
+/// unsettled by `merge`; nothing changes on either side then.
 pub fn pull(
     ws: &Workspace,
     remote: &Remote,
@@ -34,27 +39,180 @@ pub fn pull(
     on_wait: WaitNotice<'_>,
 ) -> Result<Outcome<PullReport>> {
     let _lock = ws.lock()?;
-    let known = ws.sync_state()?.replication_index;
+    let state = ws.sync_state()?;
+    let known = state.replication_index;
     let now = remote.query("SELECT 1", vec![])?.replication_index();
-    if known.is_some() && now == known {
+    let mut sql_path = state.sql_path.clone();
+    let use_log = opts.use_log && sql_path.is_none();
+    if known.is_some() && now == known && !use_log {
         return Ok(Outcome::Done(PullReport::default()));
     }
 
+    if use_log {
+        let mut log = ReplicationLog::new(remote);
+        let hello = match log.hello() {
+            Ok(hello) => Ok(hello),
+            Err(LogError::Remote(e)) if e.is_transient() => return Err(e.into()),
+            Err(e) => Err(e.to_string()),
+        };
+        // A reset log can reach the same index again: the index alone does not say nothing
+        // changed, the index and the log's id together do.
+        let mirror = Mirror::new(ws).state()?;
+        if let (Some(m), Ok(h)) = (&mirror, &hello) {
+            if known.is_some() && now == known && m.log_id == h.log_id {
+                return Ok(Outcome::Done(PullReport::default()));
+            }
+        }
+        let outcome = match hello {
+            Ok(hello) => from_log(ws, &mut log, &hello, state.base_at, merge, on_wait)?,
+            Err(reason) => FromLog::Unusable(reason),
+        };
+        match outcome {
+            FromLog::Done(outcome, frame) => {
+                if outcome.is_done() {
+                    ws.save_sync_state(&SyncState {
+                        replication_index: now,
+                        base_at: Some(frame),
+                        sql_path: None,
+                    })?;
+                }
+                return Ok(outcome);
+            }
+            FromLog::NotNow => {}
+            FromLog::Unusable(reason) => {
+                Mirror::new(ws).remove()?;
+                sql_path = Some(reason);
+            }
+        }
+    }
+
     let theirs = ws.download(remote, opts, progress)?;
-    let outcome = merge_into(ws, &theirs.path, merge, on_wait)?;
-    if matches!(outcome, Outcome::Done(_)) {
+    let outcome = {
+        let base = ws.open_base()?;
+        let theirs_db = crate::workspace::open_snapshot(&theirs.path)?;
+        let cs = diff::diff(&base, &theirs_db, &diff::Filter::default())?;
+        merge_into(ws, &base, &theirs_db, cs, merge, on_wait)?
+    };
+    if outcome.is_done() {
         // A crash here leaves the old base: the next pull sees our side and theirs holding
         // the same changes, which merge to nothing, and converges.
         ws.replace_base_with(&theirs.path)?;
         ws.drop_push_record()?;
+    }
+    if outcome.is_done() || sql_path != state.sql_path {
         ws.save_sync_state(&SyncState {
-            replication_index: now,
+            replication_index: if outcome.is_done() { now } else { known },
+            base_at: None,
+            sql_path,
         })?;
     }
     Ok(outcome.map(|report| PullReport {
         downloaded: true,
+        read: Some("over SQL".into()),
         ..report
     }))
+}
+
+/// How a pull through the replication log went.
+enum FromLog {
+    /// Merged (or stopped on conflicts), with the mirror at this frame.
+    Done(Outcome<PullReport>, u64),
+    /// The log holds nothing yet, or was reset while read: read over SQL this time.
+    NotNow,
+    /// The log cannot be used, for this reason: read over SQL from now on.
+    Unusable(String),
+}
+
+/// Pulls through the mirror: the log's new frames are applied to it, theirs is the base
+/// against the mirror, and on success the base takes theirs.
+///
+/// When the base holds the mirror's content from before this advance (`base_at`), theirs is
+/// read from the rows on the pages the advance wrote ([`crate::touched`]), so a pull costs
+/// what changed; otherwise, or when those pages say too little, from the whole tables.
+fn from_log(
+    ws: &Workspace,
+    log: &mut dyn LogSource,
+    hello: &Hello,
+    base_at: Option<u64>,
+    merge: &MergeOptions,
+    on_wait: WaitNotice<'_>,
+) -> Result<FromLog> {
+    let mirror = Mirror::new(ws);
+    mirror.recover()?;
+    let ready = match mirror.fetch(log, hello) {
+        Ok(ready) => ready,
+        Err(MirrorError::Log(LogError::Remote(e))) if e.is_transient() => return Err(e.into()),
+        Err(MirrorError::Log(LogError::Reset)) => return Ok(FromLog::NotNow),
+        Err(MirrorError::Log(e)) => return Ok(FromLog::Unusable(e.to_string())),
+        Err(MirrorError::Local(e)) => return Err(e),
+    };
+    // What the mirror held before this advance, when the base holds the same: then theirs is
+    // read from the rows on the pages the advance writes.
+    let mut before = Err("the base is not at the mirror's last point".to_owned());
+    match ready {
+        Some(ready) => {
+            if !ready.fresh && ready.from.is_some() && ready.from == base_at {
+                let old = open_immutable(&mirror.db_path())?;
+                before = Before::read(&old, ready.pages.clone())?;
+            }
+            mirror.apply(ready)?;
+        }
+        None if base_at.is_some() && mirror.state()?.and_then(|s| s.frame_no) == base_at => {
+            let old = open_immutable(&mirror.db_path())?;
+            before = Before::read(&old, Default::default())?;
+        }
+        None => {}
+    }
+    // No mirror of this log yet: it holds no frames (a new or just reset database).
+    let Some(frame) = mirror
+        .state()?
+        .filter(|s| s.log_id == hello.log_id)
+        .and_then(|s| s.frame_no)
+    else {
+        return Ok(FromLog::NotNow);
+    };
+    let (outcome, theirs) = {
+        let base = ws.open_base()?;
+        let theirs_db = open_immutable(&mirror.db_path())?;
+        let touched = match &before {
+            Ok(before) => touched(before, &theirs_db)?,
+            Err(why) => Touched::Everything(why.clone()),
+        };
+        let (cs, read) = match touched {
+            Touched::Tables(tables) => (
+                diff::diff_remote(&base, &theirs_db, Some(&tables))?,
+                "the pages the log changed".to_owned(),
+            ),
+            Touched::Everything(why) => (
+                diff::diff_remote(&base, &theirs_db, None)?,
+                format!("whole tables of the mirror: {why}"),
+            ),
+        };
+        let outcome = merge_into(ws, &base, &theirs_db, cs.clone(), merge, on_wait)?;
+        let outcome = outcome.map(|report| PullReport {
+            read: Some(read),
+            ..report
+        });
+        (outcome, cs)
+    };
+    if outcome.is_done() {
+        // The base takes their changes in one transaction of its own, in place: a pull costs
+        // what changed, not a copy of the database. It is not at any mirror point meanwhile.
+        let state = ws.sync_state()?;
+        ws.save_sync_state(&SyncState {
+            base_at: None,
+            ..state
+        })?;
+        ws.update_base(|conn| theirs.apply(conn))?;
+        ws.drop_push_record()?;
+    }
+    Ok(FromLog::Done(
+        outcome.map(|report| PullReport {
+            downloaded: true,
+            ..report
+        }),
+        frame,
+    ))
 }
 
 /// Takes the working copy's write lock, telling the user once if the app holds it. The wait
@@ -92,21 +250,20 @@ fn data_version(work: &Connection) -> Result<i64> {
 /// either merged or was already in the snapshot: none is overwritten.
 fn merge_into(
     ws: &Workspace,
-    remote_db: &std::path::Path,
+    base: &Connection,
+    theirs_db: &Connection,
+    mut theirs: diff::Changeset,
     merge: &MergeOptions,
     on_wait: WaitNotice<'_>,
 ) -> Result<Outcome<PullReport>> {
-    let base = ws.open_base()?;
-    let theirs_db = crate::workspace::open_snapshot(remote_db)?;
     let all = diff::Filter::default();
-    let mut theirs = diff::diff(&base, &theirs_db, &all)?;
     if let Some(pushed) = ws.interrupted_push()? {
         strip_our_push(&mut theirs, &pushed);
     }
 
     let mut work = ws.open_working_copy(false)?;
     work.execute_batch("PRAGMA foreign_keys = OFF; BEGIN")?;
-    let ours = diff::diff(&base, &work, &all)?;
+    let ours = diff::diff(base, &work, &all)?;
     // A table named to settle (`--theirs TABLE`) must exist: a typo would settle nothing.
     for name in merge.tables.keys() {
         if ![&ours, &theirs]
@@ -119,7 +276,7 @@ fn merge_into(
         }
     }
     let seen = data_version(&work)?;
-    let mut plan = Plan::new(&ours, &theirs, merge, &work, &theirs_db)?;
+    let mut plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)?;
     work.execute_batch("COMMIT")?;
     let unsettled = merge.unsettled(&plan.conflicts);
     if !unsettled.is_empty() {
@@ -129,14 +286,14 @@ fn merge_into(
     begin_immediate(&mut work, on_wait)?;
     let applied = (|| {
         if data_version(&work)? != seen {
-            let ours = diff::diff(&base, &work, &all)?;
-            plan = Plan::new(&ours, &theirs, merge, &work, &theirs_db)?;
+            let ours = diff::diff(base, &work, &all)?;
+            plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)?;
             let unsettled = merge.unsettled(&plan.conflicts);
             if !unsettled.is_empty() {
                 return Ok(Outcome::Conflicts(unsettled));
             }
         }
-        let unique = plan.apply(&work, &theirs_db, merge)?;
+        let unique = plan.apply(&work, theirs_db, merge)?;
         let unsettled = merge.unsettled(&unique);
         if !unsettled.is_empty() {
             return Ok(Outcome::Conflicts(unsettled));

@@ -831,7 +831,16 @@ pub fn push(
     };
     let mut final_sequences: Vec<(String, Option<i64>)> = Vec::new();
     let last = groups.len() - 1;
-    let known = ws.sync_state()?.replication_index;
+    let state = ws.sync_state()?;
+    let known = state.replication_index;
+    // The base is about to move by our changeset, away from any mirror point: forget it first,
+    // so a crash from here on can never pair the moved base with the mirror's old content.
+    if state.base_at.is_some() {
+        ws.save_sync_state(&crate::workspace::SyncState {
+            base_at: None,
+            ..state.clone()
+        })?;
+    }
     let mut index = None;
     for (gi, group) in groups.iter().enumerate() {
         let txn = Txn {
@@ -888,6 +897,8 @@ pub fn push(
     report.log = Some(ws.record_push(&cs, &final_sequences, &run.log, fresh_record)?);
     ws.save_sync_state(&crate::workspace::SyncState {
         replication_index: index,
+        base_at: None,
+        ..state
     })?;
     Ok(Outcome::Done(report))
 }

@@ -6,11 +6,14 @@
 //! cannot be read as it was at an older point, so the comparison is conclusive only when the
 //! remote has not moved since the last sync (its replication index before and after the read
 //! equals the recorded one); otherwise the differences are reported as not yet pulled.
+//! The mirror of the replication log, when there is one, gets the same checks against the same
+//! read of the remote, conclusive when the remote is at the mirror's frame.
 
 use std::path::PathBuf;
 
 use crate::clone::FetchOptions;
 use crate::diff::{self, Changeset};
+use crate::mirror::{open_immutable, Mirror};
 use crate::progress::Progress;
 use crate::remote::Remote;
 use crate::workspace::{open_snapshot, Workspace};
@@ -42,17 +45,35 @@ pub enum RemoteCheck {
     Moved { differences: Changeset },
 }
 
+/// The mirror: intact or not, and how it compares with the remote (at the mirror's frame).
+#[derive(Debug)]
+pub struct MirrorCheck {
+    pub integrity: Integrity,
+    pub frame_no: Option<u64>,
+    pub remote: RemoteCheck,
+}
+
 #[derive(Debug)]
 pub struct VerifyReport {
     pub working_copy: Integrity,
     pub base: Integrity,
     pub remote: RemoteCheck,
+    pub mirror: Option<MirrorCheck>,
 }
 
 impl VerifyReport {
-    /// Drift: the base differs from the remote at the very sync point it records.
+    /// Drift: the base differs from the remote at the very sync point it records, or the
+    /// mirror from the remote at its frame.
     pub fn drift(&self) -> bool {
-        matches!(&self.remote, RemoteCheck::AtSyncPoint { differences } if !differences.is_empty())
+        let drifted = |r: &RemoteCheck| matches!(r, RemoteCheck::AtSyncPoint { differences } if !differences.is_empty());
+        drifted(&self.remote) || self.mirror.as_ref().is_some_and(|m| drifted(&m.remote))
+    }
+
+    /// Whether every file checked is intact.
+    pub fn intact(&self) -> bool {
+        self.working_copy.ok()
+            && self.base.ok()
+            && self.mirror.as_ref().is_none_or(|m| m.integrity.ok())
     }
 }
 
@@ -75,6 +96,7 @@ pub fn verify(
             working_copy,
             base,
             remote: RemoteCheck::Skipped,
+            mirror: None,
         });
     }
     let recorded = ws.sync_state()?.replication_index;
@@ -83,15 +105,39 @@ pub fn verify(
     let after = remote.query("SELECT 1", vec![])?.replication_index();
     let theirs = open_snapshot(&copy.path)?;
     let differences = diff::diff(&base_conn, &theirs, &diff::Filter::default())?;
-    let still = recorded.is_some() && before == recorded && after == recorded;
-    Ok(VerifyReport {
-        working_copy,
-        base,
-        remote: if still {
+    let at = |point: Option<u64>, differences| {
+        if point.is_some() && before == point && after == point {
             RemoteCheck::AtSyncPoint { differences }
         } else {
             RemoteCheck::Moved { differences }
-        },
+        }
+    };
+    let mirror = Mirror::new(ws);
+    let mirror = match mirror.state()? {
+        Some(state) if mirror.db_path().exists() => {
+            let conn = open_immutable(&mirror.db_path())?;
+            let integrity = integrity(&conn, mirror.db_path())?;
+            let remote = if integrity.ok() {
+                at(
+                    state.frame_no,
+                    diff::diff(&conn, &theirs, &diff::Filter::default())?,
+                )
+            } else {
+                RemoteCheck::Skipped
+            };
+            Some(MirrorCheck {
+                integrity,
+                frame_no: state.frame_no,
+                remote,
+            })
+        }
+        _ => None,
+    };
+    Ok(VerifyReport {
+        working_copy,
+        base,
+        remote: at(recorded, differences),
+        mirror,
     })
 }
 

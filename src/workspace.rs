@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::clone::{self, FetchOptions, Sink, Stats};
+use crate::mirror::{self, Mirror, MirrorError};
 use crate::progress::Progress;
+use crate::remote::replication::{LogError, LogSource, ReplicationLog};
 use crate::remote::{Endpoint, Remote};
 use crate::schema::{Schema, Table};
 use crate::sql;
@@ -37,6 +39,14 @@ pub struct SyncState {
     /// The remote's replication index when the base was read (or last pushed to, when nobody
     /// else had written in between). `None`: unknown, so pull must download.
     pub replication_index: Option<u64>,
+    /// The mirror's frame whose content the base holds (set by init and pull from the log,
+    /// cleared by a push, which moves the base by our own changeset). A pull whose mirror
+    /// starts from this frame reads theirs from the pages that changed alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_at: Option<u64>,
+    /// Why the remote is read over SQL instead of from its replication log, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_path: Option<String>,
 }
 
 /// What `.tursync/config.json` holds. The token is deliberately absent: it stays in the
@@ -176,15 +186,21 @@ impl Workspace {
     /// Records the sync state atomically and durably (write aside, sync, rename, sync the
     /// directory).
     pub fn save_sync_state(&self, state: &SyncState) -> Result<()> {
-        let tmp = self.aside_path(SYNC);
-        let _guard = Aside {
-            paths: vec![tmp.clone()],
-        };
-        let text = serde_json::to_string(state)?;
-        write_synced(&tmp, text.as_bytes())?;
-        fs::rename(&tmp, self.state_dir().join(SYNC))?;
-        sync_dir(&self.state_dir())
+        save_json(&self.state_dir(), SYNC, state)
     }
+}
+
+/// Writes `name` in the state directory `dir` as JSON, atomically and durably (write aside,
+/// sync, rename, sync the directory).
+pub(crate) fn save_json(dir: &Path, name: &str, value: &impl Serialize) -> Result<()> {
+    let tmp = aside_name(dir, name);
+    let _guard = Aside {
+        paths: vec![tmp.clone()],
+    };
+    let text = serde_json::to_string(value)?;
+    write_synced(&tmp, text.as_bytes())?;
+    fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
 }
 
 fn parent_dir(db: &Path) -> PathBuf {
@@ -269,7 +285,7 @@ pub struct InitReport {
 /// Marks every name built aside, so a later run can tell leftovers from real files.
 const TMP_MARK: &str = ".tmp-";
 
-fn aside_name(dir: &Path, stem: &str) -> PathBuf {
+pub(crate) fn aside_name(dir: &Path, stem: &str) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -362,16 +378,35 @@ pub fn init(
     // The index is read before the rows, so writes made while cloning can only make the next
     // pull download again, never skip what it should fetch.
     let index = remote.query("SELECT 1", vec![])?.replication_index();
-    let mut sink = LocalSink::create(&tmp_db)?;
-    let (schema, stats) = clone::copy_remote(remote, &mut sink, opts, progress)?;
-    let sync = SyncState {
-        replication_index: index,
+    let (schema, stats, sync) = match clone_from_log(remote, &tmp_state, &tmp_db, opts)? {
+        Ok((frame, schema, stats)) => (
+            schema,
+            stats,
+            SyncState {
+                replication_index: index,
+                base_at: Some(frame),
+                sql_path: None,
+            },
+        ),
+        Err(reason) => {
+            let mut sink = LocalSink::create(&tmp_db)?;
+            let (schema, stats) = clone::copy_remote(remote, &mut sink, opts, progress)?;
+            sink.finish()?;
+            (
+                schema,
+                stats,
+                SyncState {
+                    replication_index: index,
+                    base_at: None,
+                    sql_path: reason,
+                },
+            )
+        }
     };
     write_synced(
         &tmp_state.join(SYNC),
         serde_json::to_string(&sync)?.as_bytes(),
     )?;
-    sink.finish()?;
     // A byte copy, so the base is the working copy to the last header byte: the sink's
     // connection, the only one this process had on the file, is closed, so no SQLite lock of
     // ours can be dropped by closing this descriptor.
@@ -410,6 +445,74 @@ pub fn init(
     })
 }
 
+/// Clones through the replication log: the mirror is built in `state` (a state directory being
+/// built) and `db` is a copy of it in rollback-journal mode, checked by `quick_check`.
+/// A clone through the log: the mirror's frame the copy holds, what it holds, and how much.
+type LogClone = (u64, Schema, Stats);
+
+/// Returns a [`LogClone`], or `Ok(Err(reason))` when the log cannot be used, with nothing of it
+/// left behind; the caller then clones over SQL. The reason is `None` when the log is usable but
+/// holds nothing yet (a new database) or was reset meanwhile: the next pull reads it.
+fn clone_from_log(
+    remote: &Remote,
+    state: &Path,
+    db: &Path,
+    opts: FetchOptions,
+) -> Result<std::result::Result<LogClone, Option<String>>> {
+    if !opts.use_log {
+        return Ok(Err(Some("TURSYNC_NO_LOG is set".into())));
+    }
+    let mirror = Mirror::in_dir(state.to_path_buf());
+    let mut log = ReplicationLog::new(remote);
+    let reason = match log
+        .hello()
+        .map_err(MirrorError::from)
+        .and_then(|hello| mirror.fetch(&mut log, &hello))
+    {
+        Ok(Some(ready)) => {
+            let frame = ready.to;
+            mirror.apply(ready)?;
+            mirror::copy_out(&mirror.db_path(), db)?;
+            let conn = open_snapshot(db)?;
+            // `quick_check`: every page and B-tree checked, not every index entry against its row
+            // (`integrity_check` takes 10x longer, and `tursync verify` runs it).
+            let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+            if check == "ok" {
+                let schema = crate::schema::load(&conn)?;
+                drop(conn);
+                // Internal tables stay out of the working copy, as a clone over SQL leaves them.
+                if !schema.skipped.is_empty() {
+                    let conn = rusqlite::Connection::open(db)?;
+                    for name in &schema.skipped {
+                        conn.execute_batch(&format!("DROP TABLE {}", sql::ident(name)))?;
+                    }
+                }
+                let conn = open_snapshot(db)?;
+                let mut stats = Stats {
+                    tables: schema.tables.iter().filter(|t| !t.shadow).count(),
+                    ..Stats::default()
+                };
+                for t in schema
+                    .tables
+                    .iter()
+                    .filter(|t| t.key != crate::schema::RowKey::Virtual)
+                {
+                    let q = format!("SELECT count(*) FROM {}", sql::ident(&t.name));
+                    stats.rows += conn.query_row(&q, [], |r| r.get::<_, i64>(0))? as u64;
+                }
+                return Ok(Ok((frame, schema, stats)));
+            }
+            Some(format!("the copy of the log failed quick_check: {check}"))
+        }
+        Ok(None) | Err(MirrorError::Log(LogError::Reset)) => None,
+        Err(MirrorError::Log(e)) => Some(e.to_string()),
+        Err(MirrorError::Local(e)) => return Err(e),
+    };
+    mirror.remove()?;
+    remove_aside(db);
+    Ok(Err(reason))
+}
+
 /// Deletes what a run killed mid-way (no chance to clean up) left in `dir`: the entries whose
 /// name `ours` recognizes, with the journals SQLite may have left beside them.
 fn sweep_leftovers(dir: &Path, ours: impl Fn(&str) -> bool) -> Result<()> {
@@ -438,7 +541,7 @@ fn sync_file(p: &Path) -> Result<()> {
 }
 
 /// Makes renames in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
@@ -556,6 +659,17 @@ impl Workspace {
     /// The base snapshot, read-only, inside a read transaction that lasts as long as the
     /// connection: every page the diff reads comes from one snapshot.
     pub fn open_base(&self) -> Result<rusqlite::Connection> {
+        // A pull killed inside its transaction on the base ([`Workspace::update_base`]) left a
+        // hot journal, which only a read-write connection rolls back; a read-only one would
+        // fail on it. SQLite rolls back only a journal no live transaction holds.
+        let mut journal = self.base_path().into_os_string();
+        journal.push("-journal");
+        if Path::new(&journal).exists() {
+            let mut conn = rusqlite::Connection::open(self.base_path())?;
+            wait_for_locks(&mut conn)?;
+            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+            conn.close().map_err(|(_, e)| Error::Local(e))?;
+        }
         open_snapshot(&self.base_path())
     }
 }
@@ -576,6 +690,20 @@ impl Workspace {
         edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
     ) -> Result<()> {
         self.derive_from_base(&self.base_path(), edit)
+    }
+
+    /// Changes the base in place by `edit`, which runs one SQLite transaction (as
+    /// [`crate::diff::Changeset::apply`] does): what a pull brings in is small next to the base,
+    /// so the base is not copied. A crash leaves a hot journal that the next
+    /// [`Workspace::open_base`] rolls back, so the base is the old one or the new one, never a
+    /// mix.
+    pub fn update_base(
+        &self,
+        edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
+    ) -> Result<()> {
+        let conn = rusqlite::Connection::open(self.base_path())?;
+        edit(&conn)?;
+        conn.close().map_err(|(_, e)| Error::Local(e))
     }
 
     /// Writes `target` as a copy of the base changed by `edit`, atomically: built aside, synced,

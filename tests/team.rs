@@ -911,3 +911,27 @@ fn rowid_tables_with_a_declared_key_merge_by_that_key() {
         vec![vec![Cell::Integer(5)]]
     );
 }
+
+/// A writer on the remote itself re-inserts a row of a TEXT PRIMARY KEY table (REPLACE gives
+/// it a new hidden rowid), then deletes it. Pulls read the log's pages by rowid, so the base
+/// must follow the remote's rowids: with the REPLACE applied by key alone, the delete was
+/// never seen and the row stayed here.
+#[test]
+fn a_remote_replace_then_delete_of_a_declared_key_row_pulls() {
+    // Many leaves, so a pull reads only the rows on the few it changes.
+    let (sqld, a, _b) = two_clones(
+        "CREATE TABLE acct(email TEXT PRIMARY KEY, v INT, pad TEXT);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 2000)
+         INSERT INTO acct SELECT 'u' || i || '@x', i, zeroblob(100) FROM c;",
+    );
+    let wc = a.path().join("working_copy.db");
+    let q = "SELECT email, v FROM acct ORDER BY email";
+    sqld.exec("INSERT OR REPLACE INTO acct VALUES ('u10@x', 5, 'moved')");
+    ok(&sqld, a.path(), &["pull"]);
+    assert_table_eq(&sqld, &wc, q);
+    sqld.exec("DELETE FROM acct WHERE email = 'u10@x'");
+    ok(&sqld, a.path(), &["pull"]);
+    assert_table_eq(&sqld, &wc, q);
+    let out = ok(&sqld, a.path(), &["verify"]);
+    assert!(text(&out).contains("equals the base"), "{}", text(&out));
+}

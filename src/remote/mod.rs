@@ -10,6 +10,7 @@
 //! ([`retry`]); push retries whole transactions through [`Remote::retrying`].
 
 pub mod proto;
+pub mod replication;
 pub mod retry;
 mod tls;
 
@@ -428,6 +429,58 @@ impl Remote {
             .read_to_vec()
             .map_err(|e| self.network_error(e))?;
         Ok((status, bytes, after))
+    }
+
+    /// One gRPC-web request of the replication log ([`replication`]), with the same agent,
+    /// token, proxy and TLS as Hrana. The session token, when there is one, goes in
+    /// `x-session-token`. The body is left to the caller to stream; `body_timeout` bounds how
+    /// long it may take to arrive.
+    pub(crate) fn post_grpc(
+        &self,
+        path: &str,
+        body: &[u8],
+        session: Option<&str>,
+        body_timeout: Duration,
+    ) -> Result<ureq::http::Response<ureq::Body>, RemoteError> {
+        if let Some(e) = &self.proxy_error {
+            return Err(RemoteError::Client {
+                url: self.endpoint.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        let url = format!("{}/{path}", self.endpoint.base);
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/grpc-web+proto")
+            .header("Accept", "application/grpc-web+proto")
+            .header("x-grpc-web", "1");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        if let Some(s) = session {
+            req = req.header("x-session-token", s);
+        }
+        let resp = req
+            .config()
+            .timeout_recv_body(Some(body_timeout))
+            .build()
+            .send(body)
+            .map_err(|e| self.network_error(e))?;
+        self.reached.store(true, Ordering::Relaxed);
+        Ok(resp)
+    }
+
+    /// The error for an HTTP status other than 200, as every request maps it: overloaded
+    /// (retried), authentication, permission, or anything else.
+    pub(crate) fn status_error(&self, status: u16, body: &[u8]) -> RemoteError {
+        if matches!(status, 429 | 502 | 503 | 504) {
+            return RemoteError::Unavailable {
+                status,
+                retry_after: None,
+            };
+        }
+        self.http_error(status, body)
     }
 
     /// Sorts a failure below HTTP: the server could not be reached (retried), the connection

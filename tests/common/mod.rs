@@ -139,6 +139,8 @@ pub struct Sqld {
     port: u16,
     child: Option<Child>,
     agent: ureq::Agent,
+    /// More command-line arguments for sqld ([`Sqld::start_with_args`]).
+    extra_args: Vec<String>,
     // Declared last: dropped after the child is gone.
     dir: TempDir,
 }
@@ -163,6 +165,7 @@ impl Sqld {
             port,
             child: None,
             agent: http_agent(),
+            extra_args: Vec::new(),
             dir,
         };
         // The port is free when picked but unreserved until sqld binds it, so
@@ -245,6 +248,7 @@ impl Sqld {
             .arg("--http-listen-addr")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--no-welcome")
+            .args(&self.extra_args)
             .arg("--auth-jwt-key-file")
             .arg(dir.join("jwt.key"))
             .stdin(Stdio::null())
@@ -1059,4 +1063,116 @@ impl App {
     pub fn committed(&self) -> Vec<(String, Instant)> {
         self.committed.lock().unwrap().clone()
     }
+}
+
+impl Sqld {
+    /// Like [`Sqld::start`], with more arguments for sqld (`--max-log-size 1`, say). The
+    /// server is restarted with them, so they also hold across [`Sqld::restart`].
+    pub fn start_with_args(args: &[&str]) -> Sqld {
+        let mut sqld = Sqld::start();
+        sqld.extra_args = args.iter().map(|a| a.to_string()).collect();
+        sqld.restart();
+        sqld
+    }
+
+    /// Starts the server again on an empty data directory, same port and tokens: a new
+    /// database whose replication log has a new id.
+    pub fn reset(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.data_dir()).expect("remove sqld's data dir");
+        self.restart();
+    }
+}
+
+/// A proxy in front of sqld that forwards Hrana but answers every replication log call
+/// (`/wal_log.*`) with `answer`, a whole HTTP response: a server that does not serve the log.
+pub struct LogBlocker {
+    pub url: String,
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LogBlocker {
+    /// An HTTP 404.
+    pub const NOT_FOUND: &str =
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    /// gRPC's UNIMPLEMENTED, trailers-only, as Turso Cloud answers on plans without the log.
+    pub const UNIMPLEMENTED: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web+proto\r\ngrpc-status: 12\r\ngrpc-message: unimplemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+    pub fn start(upstream_url: &str, answer: &'static str) -> LogBlocker {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy on 127.0.0.1");
+        let port = listener.local_addr().expect("proxy address").port();
+        let upstream = upstream_url.trim_start_matches("http://").to_owned();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let upstream = upstream.clone();
+                std::thread::spawn(move || {
+                    use std::io::Write as _;
+                    let Some((head, body)) = read_http_message(&mut conn) else {
+                        return;
+                    };
+                    let reply = if head.starts_with("POST /wal_log") {
+                        Some(answer.as_bytes().to_vec())
+                    } else {
+                        forward(&upstream, &head, &body)
+                    };
+                    if let Some(reply) = reply {
+                        let _ = conn.write_all(&reply);
+                    }
+                });
+            }
+        });
+        LogBlocker {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            stop,
+        }
+    }
+}
+
+impl Drop for LogBlocker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Every user table of a local database with its rows (rowid first for rowid tables), the
+/// AUTOINCREMENT counters and `user_version`: what two working copies must share to be equal.
+pub fn local_dump(path: &Path) -> Vec<(String, Vec<Vec<Cell>>)> {
+    let tables = local_query(
+        path,
+        "SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' \
+         AND (name NOT LIKE 'sqlite!_%' ESCAPE '!' OR name = 'sqlite_sequence') ORDER BY name",
+    );
+    let mut out = vec![(
+        "schema".to_owned(),
+        local_query(
+            path,
+            "SELECT type, name, sql FROM sqlite_schema ORDER BY type, name",
+        ),
+    )];
+    for row in tables {
+        let (Cell::Text(name), Cell::Integer(wr)) = (&row[0], &row[1]) else {
+            panic!("unexpected table list row {row:?}")
+        };
+        let q = name.replace('"', "\"\"");
+        let select = if *wr == 1 || name == "sqlite_sequence" {
+            format!("SELECT * FROM \"{q}\" ORDER BY 1")
+        } else {
+            format!("SELECT _rowid_, * FROM \"{q}\" ORDER BY 1")
+        };
+        out.push((name.clone(), local_query(path, &select)));
+    }
+    out.push((
+        "user_version".to_owned(),
+        local_query(path, "SELECT * FROM pragma_user_version"),
+    ));
+    out
 }

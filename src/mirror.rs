@@ -1,0 +1,469 @@
+//! The mirror: a page-exact copy of the remote database file in `.tursync/mirror.db`, advanced
+//! only by whole transactions read from the server's replication log.
+//!
+//! ```text
+//! .tursync/mirror.db      the remote's database file, page for page (never written by SQLite)
+//! .tursync/mirror.json    {"log_id":…,"generation_id":…,"frame_no":…}: the last frame in it
+//! .tursync/mirror.spool   frames fetched and synced, not yet (or not surely) written into it
+//! ```
+//!
+//! An advance streams frames into a spool built aside (bounded memory, whatever the length of
+//! the log), keeping only whole transactions. Once complete, the spool is synced and renamed to
+//! `mirror.spool`: from then on it is "ready", and applying it is idempotent (the same pages
+//! written in the same order, the file cut to the last commit's size), so a run killed while
+//! applying is finished by the next one. Then the pages go into the mirror, the file is synced,
+//! the new frame number recorded atomically, and the spool deleted. A spool still under its
+//! aside name is incomplete and swept with every other leftover.
+//!
+//! SQLite reads the mirror only as `immutable=1` ([`open_immutable`]): it takes no lock and
+//! keeps no journal, so nothing of SQLite's is ever lost by our own writes to the file.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::remote::replication::{FrameHeader, Hello, LogError, LogSource, FRAME_HEADER};
+use crate::workspace::{self, Workspace};
+use crate::{Error, Result};
+
+const DB: &str = "mirror.db";
+const STATE: &str = "mirror.json";
+const SPOOL: &str = "mirror.spool";
+
+/// Which log the mirror follows and how far it has applied it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorState {
+    pub log_id: String,
+    pub generation_id: String,
+    /// The last frame applied; `None` while nothing is.
+    pub frame_no: Option<u64>,
+}
+
+/// What a ready spool starts with: enough to apply it after a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SpoolHead {
+    log_id: String,
+    generation_id: String,
+    /// The mirror is started again from nothing (a first fetch or a reset log).
+    fresh: bool,
+    page_size: usize,
+}
+
+/// Frames fetched, synced and ready to be written into the mirror.
+#[derive(Debug)]
+pub struct Ready {
+    path: PathBuf,
+    head: SpoolHead,
+    /// The mirror's point before, when it is carried forward (not started afresh).
+    pub from: Option<u64>,
+    /// Pages the spool writes.
+    pub pages: BTreeSet<u32>,
+    /// The last frame once applied.
+    pub to: u64,
+    /// The database size in pages once applied.
+    pub size: u32,
+    /// Whether the mirror starts again from nothing (a first fetch, a reset log) or a snapshot
+    /// was read: then the pages say nothing of what changed since the mirror's point.
+    pub fresh: bool,
+}
+
+/// Why an advance stopped: the log cannot be used (fall back to SQL) or the files failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Local(#[from] Error),
+}
+
+impl From<std::io::Error> for MirrorError {
+    fn from(e: std::io::Error) -> Self {
+        MirrorError::Local(e.into())
+    }
+}
+
+/// The mirror in a state directory (a workspace's, or one `init` is building).
+pub struct Mirror {
+    dir: PathBuf,
+}
+
+impl Mirror {
+    pub fn new(ws: &Workspace) -> Mirror {
+        Mirror::in_dir(ws.state_dir())
+    }
+
+    pub(crate) fn in_dir(dir: PathBuf) -> Mirror {
+        Mirror { dir }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join(DB)
+    }
+
+    fn spool_path(&self) -> PathBuf {
+        self.dir.join(SPOOL)
+    }
+
+    /// The recorded state; `None` when there is no mirror.
+    pub fn state(&self) -> Result<Option<MirrorState>> {
+        let path = self.dir.join(STATE);
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                Error::Workspace(format!(
+                    "{} is damaged ({e}); delete it and mirror.db, and the next pull reads the log again",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn save_state(&self, state: &MirrorState) -> Result<()> {
+        workspace::save_json(&self.dir, STATE, state)
+    }
+
+    /// Removes the mirror and its state, for a workspace that stops following the log.
+    pub fn remove(&self) -> Result<()> {
+        for name in [STATE, SPOOL, DB] {
+            match fs::remove_file(self.dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        workspace::sync_dir(&self.dir)
+    }
+
+    /// Finishes a spool a killed run left ready. Returns whether there was one.
+    pub fn recover(&self) -> Result<bool> {
+        if !self.spool_path().exists() {
+            return Ok(false);
+        }
+        let ready = read_spool(&self.spool_path())?;
+        self.apply(ready)?;
+        Ok(true)
+    }
+
+    /// Fetches every frame past the mirror's point into a ready spool, or `None` when the
+    /// mirror is up to date. `hello` is what the log said to [`LogSource::hello`]; a log with
+    /// another id starts the mirror afresh.
+    pub fn fetch(
+        &self,
+        log: &mut dyn LogSource,
+        hello: &Hello,
+    ) -> Result<Option<Ready>, MirrorError> {
+        let hello = hello.clone();
+        let state = self.state()?;
+        let carried = state.as_ref().filter(|s| s.log_id == hello.log_id);
+        let from = carried.and_then(|s| s.frame_no);
+        if carried.is_some() && hello.replication_index.is_some() && hello.replication_index == from
+        {
+            return Ok(None);
+        }
+        let mut spool = Spool::create(workspace::aside_name(&self.dir, SPOOL), from)?;
+        let mut next = from.map_or(0, |f| f + 1);
+        let mut snapshot = false;
+        let mut hellos = 0;
+        loop {
+            let before = spool.frames;
+            let got = log.retrying(&mut |log: &mut dyn LogSource| {
+                spool.rewind()?;
+                log.frames(next, snapshot, &mut |f| spool.push(f, snapshot))
+            });
+            match got {
+                Ok(()) => {}
+                Err(LogError::NeedSnapshot) if !snapshot => {
+                    snapshot = true;
+                    continue;
+                }
+                Err(LogError::NoHello) if hellos < 3 => {
+                    hellos += 1;
+                    if log.hello()?.log_id != hello.log_id {
+                        return Err(LogError::Reset.into());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            spool.rewind()?;
+            if spool.frames == before {
+                if snapshot {
+                    return Err(LogError::Protocol("an empty snapshot".into()).into());
+                }
+                break;
+            }
+            snapshot = false;
+            next = spool.last_frame.map_or(0, |f| f + 1);
+        }
+        let Some(to) = spool.last_frame.filter(|_| spool.frames > 0) else {
+            return Ok(None);
+        };
+        let head = SpoolHead {
+            log_id: hello.log_id,
+            generation_id: hello.generation_id,
+            fresh: carried.is_none(),
+            page_size: spool.page_size.unwrap_or(4096),
+        };
+        let (pages, size) = (std::mem::take(&mut spool.pages), spool.size);
+        let fresh = head.fresh || spool.snapshots;
+        let path = spool.finish(&head, &self.spool_path())?;
+        workspace::sync_dir(&self.dir)?;
+        Ok(Some(Ready {
+            path,
+            head,
+            from,
+            pages,
+            to,
+            size,
+            fresh,
+        }))
+    }
+
+    /// Writes a ready spool into the mirror, syncs it, records the new point and deletes the
+    /// spool. Safe to repeat after a crash at any point.
+    pub fn apply(&self, ready: Ready) -> Result<MirrorState> {
+        let db = fs::OpenOptions::new()
+            .create(true)
+            .truncate(ready.head.fresh)
+            .read(true)
+            .write(true)
+            .open(self.db_path())?;
+        let mut r = BufReader::with_capacity(1 << 20, fs::File::open(&ready.path)?);
+        skip_head(&mut r)?;
+        let page_size = ready.head.page_size;
+        let mut frame = vec![0; FRAME_HEADER + page_size];
+        let mut pause = test_pause();
+        loop {
+            match r.read_exact(&mut frame) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e.into()),
+            }
+            let h = FrameHeader::parse(&frame).ok_or_else(|| spool_damaged(&ready.path))?;
+            db.write_all_at(
+                &frame[FRAME_HEADER..],
+                (u64::from(h.page_no) - 1) * page_size as u64,
+            )?;
+            if let Some(p) = pause.as_mut() {
+                p();
+            }
+        }
+        db.set_len(u64::from(ready.size) * page_size as u64)?;
+        db.sync_all()?;
+        drop(db);
+        let state = MirrorState {
+            log_id: ready.head.log_id.clone(),
+            generation_id: ready.head.generation_id.clone(),
+            frame_no: Some(ready.to),
+        };
+        self.save_state(&state)?;
+        fs::remove_file(&ready.path)?;
+        workspace::sync_dir(&self.dir)?;
+        Ok(state)
+    }
+}
+
+/// A test hook: `TURSYNC_TEST_APPLY_PAUSE_MS` sleeps that long after each page written into
+/// the mirror, so a test can kill the process while a spool is half applied.
+fn test_pause() -> Option<impl FnMut()> {
+    let ms: u64 = std::env::var("TURSYNC_TEST_APPLY_PAUSE_MS")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(move || std::thread::sleep(std::time::Duration::from_millis(ms)))
+}
+
+fn spool_damaged(path: &Path) -> Error {
+    Error::Workspace(format!(
+        "{} is damaged; delete it with mirror.db and mirror.json, and the next pull reads the log again",
+        path.display()
+    ))
+}
+
+/// A spool being written: frames go to disk as they come, and the file is cut back to the last
+/// whole transaction before each request, so a batch that breaks off is fetched again cleanly.
+struct Spool {
+    path: PathBuf,
+    out: BufWriter<fs::File>,
+    _aside: workspace::Aside,
+    /// Bytes and frames up to the end of the last whole transaction.
+    committed: u64,
+    frames: u64,
+    /// Bytes written, and pages touched, past it.
+    written: u64,
+    txn_pages: Vec<u32>,
+    txn_last: Option<u64>,
+    page_size: Option<usize>,
+    pages: BTreeSet<u32>,
+    last_frame: Option<u64>,
+    size: u32,
+    snapshots: bool,
+}
+
+/// Room for the spool's head, a JSON document padded with spaces.
+const HEAD_BYTES: u64 = 4096;
+
+impl Spool {
+    fn create(path: PathBuf, from: Option<u64>) -> Result<Spool> {
+        let aside = workspace::Aside {
+            paths: vec![path.clone()],
+        };
+        let mut file = fs::File::create(&path)?;
+        file.seek(SeekFrom::Start(HEAD_BYTES))?;
+        Ok(Spool {
+            path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            _aside: aside,
+            committed: HEAD_BYTES,
+            frames: 0,
+            written: HEAD_BYTES,
+            txn_pages: Vec::new(),
+            txn_last: None,
+            page_size: None,
+            pages: BTreeSet::new(),
+            last_frame: from,
+            size: 0,
+            snapshots: false,
+        })
+    }
+
+    /// Drops whatever follows the last whole transaction.
+    fn rewind(&mut self) -> std::io::Result<()> {
+        if self.written != self.committed {
+            self.out.flush()?;
+            self.out.get_ref().set_len(self.committed)?;
+            self.out.seek(SeekFrom::Start(self.committed))?;
+            self.written = self.committed;
+        }
+        self.txn_pages.clear();
+        self.txn_last = None;
+        Ok(())
+    }
+
+    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let h =
+            FrameHeader::parse(frame).ok_or_else(|| bad("a frame without its header".into()))?;
+        let page = frame.len() - FRAME_HEADER;
+        if *self.page_size.get_or_insert(page) != page || !page.is_power_of_two() || h.page_no == 0
+        {
+            return Err(bad(format!(
+                "frame {} holds page {} of {page} bytes",
+                h.frame_no, h.page_no
+            )));
+        }
+        // The log's frames follow each other; a snapshot's come in any order.
+        let expected = self.txn_last.or(self.last_frame).map(|f| f + 1);
+        if !snapshot && expected.is_some_and(|e| e != h.frame_no) {
+            return Err(bad(format!(
+                "frame {} where frame {} was due",
+                h.frame_no,
+                expected.unwrap_or_default()
+            )));
+        }
+        self.out.write_all(frame)?;
+        self.written += frame.len() as u64;
+        self.txn_pages.push(h.page_no);
+        self.txn_last = Some(self.txn_last.map_or(h.frame_no, |l| l.max(h.frame_no)));
+        if h.size_after != 0 {
+            self.committed = self.written;
+            self.frames += self.txn_pages.len() as u64;
+            self.pages.extend(self.txn_pages.drain(..));
+            self.last_frame = self.txn_last.take().max(self.last_frame);
+            self.size = h.size_after;
+            self.snapshots |= snapshot;
+        }
+        Ok(())
+    }
+
+    /// Writes the head, syncs, and renames the spool to `ready`, where it counts as ready.
+    fn finish(mut self, head: &SpoolHead, ready: &Path) -> Result<PathBuf> {
+        self.rewind()?;
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::Io(e.into_error()))?;
+        let text = serde_json::to_vec(head).map_err(Error::Json)?;
+        if text.len() as u64 >= HEAD_BYTES {
+            return Err(Error::Unexpected("the log id is too long to record".into()));
+        }
+        let mut padded = text;
+        padded.resize(HEAD_BYTES as usize, b' ');
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&padded)?;
+        file.sync_all()?;
+        fs::rename(&self.path, ready)?;
+        Ok(ready.to_path_buf())
+    }
+}
+
+fn skip_head(r: &mut impl Read) -> std::io::Result<()> {
+    std::io::copy(&mut r.take(HEAD_BYTES), &mut std::io::sink()).map(|_| ())
+}
+
+/// Reads a ready spool back, as a crashed run left it.
+fn read_spool(path: &Path) -> Result<Ready> {
+    let mut r = BufReader::with_capacity(1 << 20, fs::File::open(path)?);
+    let mut head = vec![0; HEAD_BYTES as usize];
+    r.read_exact(&mut head).map_err(|_| spool_damaged(path))?;
+    let head: SpoolHead =
+        serde_json::from_slice(head.trim_ascii_end()).map_err(|_| spool_damaged(path))?;
+    let mut frame = vec![0; FRAME_HEADER + head.page_size];
+    let (mut pages, mut to, mut size) = (BTreeSet::new(), None, 0);
+    loop {
+        match r.read_exact(&mut frame) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.into()),
+        }
+        let h = FrameHeader::parse(&frame).ok_or_else(|| spool_damaged(path))?;
+        pages.insert(h.page_no);
+        to = to.max(Some(h.frame_no));
+        if h.size_after != 0 {
+            size = h.size_after;
+        }
+    }
+    let to = to.ok_or_else(|| spool_damaged(path))?;
+    Ok(Ready {
+        path: path.to_path_buf(),
+        fresh: head.fresh,
+        head,
+        from: None,
+        pages,
+        to,
+        size,
+    })
+}
+
+/// Opens a database file no SQLite connection writes to (the mirror) read-only and
+/// `immutable=1`: no locks, no journal, no WAL, nothing SQLite could lose when we write the file.
+pub fn open_immutable(path: &Path) -> Result<rusqlite::Connection> {
+    let abs = std::path::absolute(path)?;
+    let mut url = url::Url::from_file_path(&abs)
+        .map_err(|()| Error::Unsupported(format!("{} is not a usable path", abs.display())))?;
+    url.set_query(Some("immutable=1"));
+    let conn = rusqlite::Connection::open_with_flags(
+        url.as_str(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.execute_batch("BEGIN")?;
+    Ok(conn)
+}
+
+/// Copies the mirror to `dst` as a database an app can use: byte for byte, but with the header
+/// saying rollback journal (bytes 18 and 19 set to 1) instead of the server's WAL mode.
+pub fn copy_out(mirror: &Path, dst: &Path) -> Result<()> {
+    fs::copy(mirror, dst)?;
+    let f = fs::OpenOptions::new().write(true).open(dst)?;
+    if f.metadata()?.len() >= 100 {
+        f.write_all_at(&[1, 1], 18)?;
+    }
+    f.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! Which rows a mirror advance may have changed, read off the pages it wrote.
+//!
+//! A row can only differ between the mirror before and after an advance if it sits on a table
+//! leaf that was written, or on a leaf that joined or left its table's B-tree (a freed leaf need
+//! not be written). So the rows to compare are the cells of those leaves: read from the mirror
+//! before the advance is applied ([`Before`]) for the old rows, and after it for the new. A
+//! leaf that left the tree without being written still holds its old bytes afterwards. Interior
+//! pages, found by walking each B-tree down to the level above its leaves, are few and cheap.
+//!
+//! Every written page must be accounted for: a page of some B-tree, a freelist page, or an
+//! overflow page of a cell on a written leaf. Anything else (an overflow page rewritten in
+//! place under an unchanged leaf, a pointer map), a changed schema, or a written page of a
+//! WITHOUT ROWID table or of a virtual table's shadow table, and the answer is
+//! [`Touched::Everything`]: the caller then compares whole tables.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rusqlite::Connection;
+
+use crate::pages::{be16, be32, local_payload, varint, DbFile, PageError};
+use crate::schema::{self, RowKey};
+use crate::Result;
+
+/// The rows of one table to compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rows {
+    /// These rowids, sorted.
+    Ids(Vec<i64>),
+    /// So many of its leaves were written that reading the whole table is cheaper.
+    All,
+}
+
+/// What a diff of base and mirror must look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    /// Only these tables, and only these rows of them.
+    Tables(BTreeMap<String, Rows>),
+    /// Everything, for this reason.
+    Everything(String),
+}
+
+/// Past this share of a table's leaves written, the whole table is read instead.
+const WHOLE_TABLE_SHARE: usize = 4;
+
+/// What the mirror held before an advance: its catalog, each rowid table's leaves, and the
+/// rowids on the leaves the advance overwrites.
+pub struct Before {
+    catalog: Vec<(String, String, i64)>,
+    tables: BTreeMap<u32, (BTreeSet<u32>, BTreeSet<i64>)>,
+    written: BTreeSet<u32>,
+}
+
+impl Before {
+    /// Reads the mirror about to be advanced by writing the pages `written`.
+    pub fn read(mirror: &Connection, written: BTreeSet<u32>) -> Result<Result<Before, String>> {
+        match read_before(mirror, written) {
+            Ok(b) => Ok(Ok(b)),
+            Err(Walk::Page(PageError::Sqlite(e))) => Err(e.into()),
+            Err(Walk::Page(e)) => Ok(Err(e.to_string())),
+            Err(Walk::Other(e)) => Err(e),
+        }
+    }
+}
+
+/// Finds the rows the advance from `before` to `mirror` (read inside a read transaction) can
+/// have changed.
+pub fn touched(before: &Before, mirror: &Connection) -> Result<Touched> {
+    match walk(before, mirror) {
+        Ok(t) => Ok(t),
+        Err(Walk::Page(PageError::Sqlite(e))) => Err(e.into()),
+        Err(Walk::Page(e)) => Ok(Touched::Everything(e.to_string())),
+        Err(Walk::Other(e)) => Err(e),
+    }
+}
+
+enum Walk {
+    Page(PageError),
+    Other(crate::Error),
+}
+
+impl From<PageError> for Walk {
+    fn from(e: PageError) -> Walk {
+        Walk::Page(e)
+    }
+}
+
+impl From<rusqlite::Error> for Walk {
+    fn from(e: rusqlite::Error) -> Walk {
+        Walk::Page(PageError::Sqlite(e))
+    }
+}
+
+fn everything(why: impl Into<String>) -> std::result::Result<Touched, Walk> {
+    Ok(Touched::Everything(why.into()))
+}
+
+/// `sqlite_schema` as (type and SQL, name, root page), in a fixed order.
+fn catalog(c: &Connection) -> rusqlite::Result<Vec<(String, String, i64)>> {
+    let mut st =
+        c.prepare("SELECT type, name, rootpage, sql FROM sqlite_schema ORDER BY type, name")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            format!(
+                "{}\0{}",
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(3)?.unwrap_or_default()
+            ),
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+        ))
+    })?;
+    rows.collect()
+}
+
+/// Every B-tree of the catalog: whether it is a table's, its name and its root page.
+fn roots(catalog: &[(String, String, i64)]) -> impl Iterator<Item = (bool, &str, u32)> {
+    catalog
+        .iter()
+        .filter(|(_, _, root)| *root > 0)
+        .map(|(ty, name, root)| (ty.starts_with("table\0"), name.as_str(), *root as u32))
+        .chain([(true, "sqlite_schema", 1)])
+}
+
+fn read_before(mirror: &Connection, written: BTreeSet<u32>) -> std::result::Result<Before, Walk> {
+    let catalog = catalog(mirror)?;
+    let db = DbFile::open(mirror)?;
+    let mut page = Vec::new();
+    let mut tables = BTreeMap::new();
+    for (_, _, root) in roots(&catalog) {
+        let tree = Tree::walk(&db, root)?;
+        if tree.index {
+            continue;
+        }
+        let mut ids = BTreeSet::new();
+        for &p in tree.leaves.iter().filter(|p| written.contains(p)) {
+            cells(&db, p, &mut page, &mut ids, None)?;
+        }
+        tables.insert(root, (tree.leaves.into_iter().collect(), ids));
+    }
+    Ok(Before {
+        catalog,
+        tables,
+        written,
+    })
+}
+
+fn walk(before: &Before, mirror: &Connection) -> std::result::Result<Touched, Walk> {
+    let written = &before.written;
+    let objects = catalog(mirror)?;
+    if before.catalog != objects {
+        return everything("the schema changed");
+    }
+    let mdb = DbFile::open(mirror)?;
+    let mut page = Vec::new();
+    mdb.read(1, &mut page)?;
+    if be32(&page, 52).unwrap_or(1) != 0 {
+        return everything("the database keeps pointer maps (auto-vacuum)");
+    }
+    let pages: u32 = mirror.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let tables = schema::load(mirror).map_err(|e| Walk::Other(e.into()))?;
+    let kind = |name: &str| tables.tables.iter().find(|t| t.name == name);
+
+    let mut accounted = freelist(&mdb, pages)?;
+    let mut out = BTreeMap::new();
+    for (is_table, name, root) in roots(&objects) {
+        let new = Tree::walk(&mdb, root)?;
+        accounted.extend(new.interior.iter().chain(&new.leaves));
+        let old = before.tables.get(&root);
+        if new.index || old.is_none() {
+            let touched = new
+                .interior
+                .iter()
+                .chain(&new.leaves)
+                .any(|p| written.contains(p));
+            if is_table && (touched || old.is_some()) {
+                return everything(format!("WITHOUT ROWID table {name:?} changed"));
+            }
+            continue;
+        }
+        let Some((old_leaves, old_ids)) = old else {
+            continue;
+        };
+        let new_leaves: BTreeSet<u32> = new.leaves.iter().copied().collect();
+        let new_cand: Vec<u32> = new
+            .leaves
+            .iter()
+            .filter(|p| written.contains(p) || !old_leaves.contains(p))
+            .copied()
+            .collect();
+        // Leaves that left the tree unwritten still hold their old cells.
+        let gone: Vec<u32> = old_leaves
+            .iter()
+            .filter(|p| !written.contains(p) && !new_leaves.contains(p))
+            .copied()
+            .collect();
+        let mut ids = old_ids.clone();
+        for &p in &new_cand {
+            cells(&mdb, p, &mut page, &mut ids, Some(&mut accounted))?;
+        }
+        if new_cand.is_empty() && gone.is_empty() && old_ids.is_empty() {
+            continue;
+        }
+        match kind(name) {
+            // Internal tables and sqlite_sequence: no rows of theirs are diffed here.
+            None => continue,
+            Some(t) if t.shadow || t.key == RowKey::Virtual => {
+                return everything(format!("shadow table {name:?} of a virtual table changed"))
+            }
+            Some(t) if !matches!(t.key, RowKey::Rowid { .. }) => {
+                return everything(format!("table {name:?} has no rowid"))
+            }
+            Some(_) => {}
+        }
+        if gone.iter().any(|p| *p > pages) {
+            return everything("the file shrank past a freed leaf");
+        }
+        for &p in &gone {
+            cells(&mdb, p, &mut page, &mut ids, None)?;
+        }
+        let old_cand = old_leaves.iter().filter(|p| written.contains(p)).count() + gone.len();
+        if (old_cand + new_cand.len()) * WHOLE_TABLE_SHARE > old_leaves.len() + new.leaves.len() {
+            out.insert(name.to_owned(), Rows::All);
+        } else {
+            out.insert(name.to_owned(), Rows::Ids(ids.into_iter().collect()));
+        }
+    }
+    if let Some(p) = written
+        .iter()
+        .find(|p| **p <= pages && !accounted.contains(p))
+    {
+        return everything(format!("page {p} changed outside every B-tree walked"));
+    }
+    Ok(Touched::Tables(out))
+}
+
+/// A B-tree's pages: interior ones, then its leaves (read only from their parents).
+struct Tree {
+    interior: Vec<u32>,
+    leaves: Vec<u32>,
+    index: bool,
+}
+
+impl Tree {
+    /// Walks level by level; all leaves of a B-tree are at one depth, so the first child of a
+    /// level says whether the level is made of leaves.
+    fn walk(db: &DbFile<'_>, root: u32) -> std::result::Result<Tree, PageError> {
+        let mut page = Vec::new();
+        db.read(root, &mut page)?;
+        let (leaf, index) = page_kind(&page, root)?;
+        let mut tree = Tree {
+            interior: Vec::new(),
+            leaves: Vec::new(),
+            index,
+        };
+        if leaf {
+            tree.leaves.push(root);
+            return Ok(tree);
+        }
+        let mut level = vec![root];
+        for _ in 0..64 {
+            tree.interior.extend(&level);
+            let mut children = Vec::new();
+            for &p in &level {
+                db.read(p, &mut page)?;
+                children_of(&page, p, &mut children)?;
+            }
+            let Some(&first) = children.first() else {
+                return Err(PageError::Layout("an interior page without children"));
+            };
+            db.read(first, &mut page)?;
+            if page_kind(&page, first)?.0 {
+                tree.leaves = children;
+                return Ok(tree);
+            }
+            level = children;
+        }
+        Err(PageError::Layout("B-tree too deep"))
+    }
+}
+
+/// Whether a B-tree page is a leaf, and whether it belongs to an index B-tree.
+fn page_kind(page: &[u8], n: u32) -> std::result::Result<(bool, bool), PageError> {
+    match page.get(if n == 1 { 100 } else { 0 }) {
+        Some(0x0d) => Ok((true, false)),
+        Some(0x05) => Ok((false, false)),
+        Some(0x0a) => Ok((true, true)),
+        Some(0x02) => Ok((false, true)),
+        _ => Err(PageError::Layout("not a B-tree page")),
+    }
+}
+
+/// The child pages of an interior page, right-most last.
+fn children_of(page: &[u8], n: u32, out: &mut Vec<u32>) -> std::result::Result<(), PageError> {
+    let hdr = if n == 1 { 100 } else { 0 };
+    let bad = || PageError::Layout("interior page");
+    let cells = be16(page, hdr + 3).ok_or_else(bad)?;
+    for i in 0..cells {
+        let at = be16(page, hdr + 12 + 2 * i).ok_or_else(bad)?;
+        out.push(be32(page, at).ok_or_else(bad)?);
+    }
+    out.push(be32(page, hdr + 8).ok_or_else(bad)?);
+    Ok(())
+}
+
+/// Adds the rowids of table leaf `n` to `ids`; with `overflow`, also the overflow pages of its
+/// cells.
+fn cells(
+    db: &DbFile<'_>,
+    n: u32,
+    page: &mut Vec<u8>,
+    ids: &mut BTreeSet<i64>,
+    overflow: Option<&mut BTreeSet<u32>>,
+) -> std::result::Result<(), PageError> {
+    db.read(n, page)?;
+    let hdr = if n == 1 { 100 } else { 0 };
+    let bad = || PageError::Layout("table leaf cell");
+    let count = be16(page, hdr + 3).ok_or_else(bad)?;
+    let mut chains = Vec::new();
+    for i in 0..count {
+        let at = be16(page, hdr + 8 + 2 * i).ok_or_else(bad)?;
+        let (size, a) = varint(page.get(at..).unwrap_or(&[])).ok_or_else(bad)?;
+        let (rowid, b) = varint(page.get(at + a..).unwrap_or(&[])).ok_or_else(bad)?;
+        ids.insert(rowid);
+        let size = usize::try_from(size).map_err(|_| bad())?;
+        let local = local_payload(db.usable(), size);
+        if overflow.is_some() && local < size {
+            chains.push((
+                be32(page, at + a + b + local).ok_or_else(bad)?,
+                size - local,
+            ));
+        }
+    }
+    if let Some(acc) = overflow {
+        let per_page = db.usable() - 4;
+        let mut buf = Vec::new();
+        for (mut next, mut left) in chains {
+            while left > 0 {
+                if next == 0 || !acc.insert(next) {
+                    return Err(PageError::Layout("overflow chain"));
+                }
+                db.read(next, &mut buf)?;
+                next = be32(&buf, 0).ok_or_else(bad)?;
+                left = left.saturating_sub(per_page);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every freelist page: trunks and the leaves they list.
+fn freelist(db: &DbFile<'_>, pages: u32) -> std::result::Result<BTreeSet<u32>, PageError> {
+    let mut page = Vec::new();
+    db.read(1, &mut page)?;
+    let bad = || PageError::Layout("freelist");
+    let mut trunk = be32(&page, 32).ok_or_else(bad)?;
+    let mut out = BTreeSet::new();
+    while trunk != 0 {
+        if trunk > pages || !out.insert(trunk) {
+            return Err(bad());
+        }
+        db.read(trunk, &mut page)?;
+        let n = be32(&page, 4).ok_or_else(bad)? as usize;
+        for i in 0..n {
+            out.insert(be32(&page, 8 + 4 * i).ok_or_else(bad)?);
+        }
+        trunk = be32(&page, 0).ok_or_else(bad)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,427 @@
+//! Pulls and clones through the replication log (the mirror), against a real sqld.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn init(sqld: &Sqld, dir: &Path) {
+    run_ok(
+        tursync(dir)
+            .args(["init", "--force", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+}
+
+/// Pulls, and says how theirs was read (`read` of `pull --json`).
+fn pull(sqld: &Sqld, dir: &Path) -> String {
+    let out = run_ok(
+        tursync(dir)
+            .args(["pull", "--json"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["read"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The sync state as JSON.
+fn sync_state(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join(".tursync/sync.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn pulls_across_many_transactions_read_the_log() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INT); CREATE INDEX t_v ON t(v);
+         INSERT INTO t SELECT value, 'v' || value, value FROM generate_series(1, 2000);",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    assert!(dir.path().join(".tursync/mirror.db").is_file());
+    assert!(
+        sync_state(dir.path())["base_at"].is_u64(),
+        "{}",
+        sync_state(dir.path())
+    );
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+
+    for round in 0..3 {
+        for i in 0..20 {
+            sqld.exec(&format!(
+                "UPDATE t SET n = n + {i} WHERE id % 97 = {i}; \
+                 INSERT INTO t(v, n) VALUES ('new {round} {i}', {i}); \
+                 DELETE FROM t WHERE id = {} ",
+                round * 100 + i * 3 + 1
+            ));
+        }
+        let read = pull(&sqld, dir.path());
+        assert_eq!(read, "the pages the log changed", "round {round}");
+        assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+        assert!(sync_state(dir.path())["sql_path"].is_null());
+    }
+    // A schema change is read from whole tables; after it, pages again.
+    sqld.exec("ALTER TABLE t ADD COLUMN extra DEFAULT 7; UPDATE t SET extra = 8 WHERE id = 5");
+    let read = pull(&sqld, dir.path());
+    assert!(read.contains("the schema changed"), "{read}");
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    sqld.exec("UPDATE t SET extra = 9 WHERE id = 6");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    // After a push the base moved by our changeset: whole tables, once.
+    edit(dir.path(), "UPDATE t SET v = 'ours' WHERE id = 20");
+    run_ok(
+        tursync(dir.path())
+            .args(["push"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    sqld.exec("UPDATE t SET v = 'theirs' WHERE id = 11");
+    let read = pull(&sqld, dir.path());
+    assert!(read.starts_with("whole tables"), "{read}");
+    sqld.exec("UPDATE t SET v = 'theirs' WHERE id = 12");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+
+    // verify checks the mirror too: intact, and equal to the remote at its frame.
+    let out = run_ok(
+        tursync(dir.path())
+            .args(["verify", "--json"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mirror = &report["mirror"];
+    assert_eq!(mirror["file"]["ok"], true, "{report}");
+    assert_eq!(mirror["remote"]["moved"], false, "{report}");
+    assert_eq!(mirror["remote"]["drift"], serde_json::json!([]), "{report}");
+}
+
+/// `tursync status --json`'s account of how pulls read the remote.
+fn reads(sqld: &Sqld, dir: &Path, token: &str) -> serde_json::Value {
+    let out = run_ok(
+        tursync(dir)
+            .args(["status", "--json"])
+            .env("TURSO_AUTH_TOKEN", token),
+    );
+    let _ = sqld;
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["reads"].clone()
+}
+
+#[test]
+fn a_compacted_log_is_read_through_its_snapshot() {
+    let sqld = Sqld::start_with_args(&["--max-log-size", "1"]);
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB, n INT); CREATE INDEX t_n ON t(n);");
+    let early = tempdir();
+    init(&sqld, early.path());
+    // Well past 1 MB of log, in several transactions: the log is compacted behind `early`.
+    for i in 0..6 {
+        sqld.exec(&format!(
+            "INSERT INTO t(b, n) SELECT randomblob(3000), value FROM generate_series(1, 200); \
+             UPDATE t SET n = n + 1 WHERE id % 5 = {i};"
+        ));
+    }
+    let snapshots = sqld.data_dir().join("dbs/default/snapshots");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_dir(&snapshots).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sqld never compacted its log"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A fresh clone and a lagging one both need the snapshot.
+    let late = tempdir();
+    init(&sqld, late.path());
+    pull(&sqld, early.path());
+    for dir in [early.path(), late.path()] {
+        assert_same_database(&sqld, &dir.join("working_copy.db"));
+        assert_eq!(reads(&sqld, dir, &sqld.rw_token)["path"], "log");
+    }
+    sqld.exec("DELETE FROM t WHERE id % 3 = 0");
+    pull(&sqld, early.path());
+    pull(&sqld, late.path());
+    for dir in [early.path(), late.path()] {
+        assert_same_database(&sqld, &dir.join("working_copy.db"));
+    }
+}
+
+#[test]
+fn a_reset_log_starts_the_mirror_again() {
+    let mut sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'old'), (2, 'old');",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let before = std::fs::read_to_string(dir.path().join(".tursync/mirror.json")).unwrap();
+    sqld.reset();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (2, 'new'), (3, 'new');",
+    );
+    pull(&sqld, dir.path());
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    let after = std::fs::read_to_string(dir.path().join(".tursync/mirror.json")).unwrap();
+    let log_id = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap()["log_id"].clone();
+    assert_ne!(log_id(&before), log_id(&after));
+    assert_eq!(reads(&sqld, dir.path(), &sqld.rw_token)["path"], "log");
+}
+
+#[test]
+fn a_server_without_the_log_is_read_over_sql_and_status_says_why() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');");
+    for (answer, why) in [
+        (LogBlocker::NOT_FOUND, "HTTP 404"),
+        (LogBlocker::UNIMPLEMENTED, "gRPC status 12"),
+    ] {
+        let proxy = LogBlocker::start(&sqld.url, answer);
+        let dir = tempdir();
+        run_ok(
+            tursync(dir.path())
+                .args(["init", "--url", &proxy.url])
+                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+        );
+        assert!(!dir.path().join(".tursync/mirror.db").exists());
+        let r = reads(&sqld, dir.path(), &sqld.rw_token);
+        assert_eq!(r["path"], "sql", "{r}");
+        assert!(r["reason"].as_str().unwrap().contains(why), "{r}");
+        sqld.exec("INSERT INTO t(v) VALUES ('b'); UPDATE t SET v = 'c' WHERE id = 1;");
+        pull(&sqld, dir.path());
+        assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+        let human = text(&run_ok(
+            tursync(dir.path())
+                .args(["status"])
+                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+        ));
+        assert!(human.contains("rows over SQL, because"), "{human}");
+    }
+
+    // A workspace that read the log until the server stopped serving it falls back at once.
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let proxy = LogBlocker::start(&sqld.url, LogBlocker::UNIMPLEMENTED);
+    let config = dir.path().join(".tursync/config.json");
+    let text_of = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text_of.replace(&sqld.url, &proxy.url)).unwrap();
+    sqld.exec("INSERT INTO t(v) VALUES ('d')");
+    pull(&sqld, dir.path());
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert_eq!(reads(&sqld, dir.path(), &sqld.rw_token)["path"], "sql");
+    assert!(!dir.path().join(".tursync/mirror.db").exists());
+}
+
+#[test]
+fn a_read_only_token_reads_the_log() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');");
+    let dir = tempdir();
+    run_ok(
+        tursync(dir.path())
+            .args(["init", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.ro_token),
+    );
+    sqld.exec("INSERT INTO t(v) VALUES ('b'); UPDATE t SET v = 'c' WHERE id = 1;");
+    run_ok(
+        tursync(dir.path())
+            .args(["pull"])
+            .env("TURSO_AUTH_TOKEN", &sqld.ro_token),
+    );
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert_eq!(reads(&sqld, dir.path(), &sqld.ro_token)["path"], "log");
+}
+
+#[test]
+fn a_pull_killed_while_applying_frames_is_finished_by_the_next() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB); CREATE INDEX t_b ON t(b);");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    sqld.exec("INSERT INTO t(b) SELECT randomblob(2000) FROM generate_series(1, 400);");
+    // Each page written into the mirror waits 20 ms, so the kill lands mid-apply.
+    let mut child = tursync(dir.path())
+        .args(["pull"])
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .env("TURSYNC_TEST_APPLY_PAUSE_MS", "20")
+        .spawn()
+        .unwrap();
+    let spool = dir.path().join(".tursync/mirror.spool");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !spool.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool never became ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(spool.exists(), "the pull finished before the kill");
+    sqld.exec("UPDATE t SET b = randomblob(10) WHERE id % 7 = 0");
+    pull(&sqld, dir.path());
+    assert!(!spool.exists());
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    run_ok(
+        tursync(dir.path())
+            .args(["verify"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+}
+
+/// One random remote transaction or local edit over the test's tables.
+fn random_edit(rng: &mut Rng, tag: &str) -> String {
+    let id = rng.below(60) + 1;
+    let v = format!("'{tag}{}'", rng.below(1000));
+    match rng.below(9) {
+        0 => format!("INSERT INTO a(v, n) VALUES ({v}, {})", rng.below(50)),
+        1 => format!("UPDATE a SET v = {v} WHERE id = {id}"),
+        2 => format!("DELETE FROM a WHERE id = {id}"),
+        3 => format!("INSERT OR REPLACE INTO w VALUES ('k{id}', {v})"),
+        4 => format!("DELETE FROM w WHERE k = 'k{id}'"),
+        5 => format!("INSERT INTO h VALUES ({v}, zeroblob({}))", rng.below(6000)),
+        6 => format!("UPDATE h SET x = {v} WHERE rowid = {id}"),
+        7 => format!("INSERT INTO s(v) VALUES ({v})"),
+        _ => format!("UPDATE a SET n = n + 1 WHERE id % 7 = {}", id % 7),
+    }
+}
+
+#[test]
+fn pulls_from_the_log_and_over_sql_give_the_same_working_copies() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT, n INT); CREATE INDEX a_n ON a(n);
+         CREATE TABLE w(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+         CREATE TABLE h(x, y);
+         CREATE TABLE s(id INTEGER PRIMARY KEY AUTOINCREMENT, v);
+         INSERT INTO a(v, n) SELECT 'a' || value, value % 50 FROM generate_series(1, 40);
+         INSERT INTO w SELECT 'k' || value, value FROM generate_series(1, 40);
+         INSERT INTO h SELECT value, randomblob(value * 100) FROM generate_series(1, 40);",
+    );
+    let (log, sql) = (tempdir(), tempdir());
+    init(&sqld, log.path());
+    run_ok(
+        tursync(sql.path())
+            .args(["init", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+            .env("TURSYNC_NO_LOG", "1"),
+    );
+    assert_eq!(reads(&sqld, log.path(), &sqld.rw_token)["path"], "log");
+    assert_eq!(reads(&sqld, sql.path(), &sqld.rw_token)["path"], "sql");
+    let mut rng = Rng::from_time("log vs sql pulls");
+    for round in 0..8 {
+        for _ in 0..rng.below(6) + 1 {
+            let txn: Vec<String> = (0..rng.below(4) + 1)
+                .map(|_| random_edit(&mut rng, "r"))
+                .collect();
+            sqld.exec(&txn.join("; "));
+        }
+        let local: Vec<String> = (0..rng.below(4))
+            .map(|_| random_edit(&mut rng, "l"))
+            .collect();
+        for dir in [log.path(), sql.path()] {
+            if !local.is_empty() {
+                edit(dir, &local.join("; "));
+            }
+            run_ok(
+                tursync(dir)
+                    .args(["pull", "--theirs"])
+                    .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+            );
+        }
+        let (a, b) = (
+            local_dump(&log.path().join("working_copy.db")),
+            local_dump(&sql.path().join("working_copy.db")),
+        );
+        for ((name, rows_a), (_, rows_b)) in a.iter().zip(&b) {
+            let only = |x: &Vec<Vec<Cell>>, y: &Vec<Vec<Cell>>| {
+                x.iter()
+                    .filter(|r| !y.contains(r))
+                    .map(|r| format!("{:?}", &r[..r.len().min(2)]))
+                    .collect::<Vec<_>>()
+            };
+            assert!(
+                rows_a == rows_b,
+                "round {round}, {name}: only from the log {:?}, only over SQL {:?}",
+                only(rows_a, rows_b),
+                only(rows_b, rows_a)
+            );
+        }
+        assert_eq!(a.len(), b.len(), "round {round}");
+    }
+    // And both agree with the remote once their edits are pushed from one side.
+    run_ok(
+        tursync(log.path())
+            .args(["push"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    assert_same_database(&sqld, &log.path().join("working_copy.db"));
+}
+
+#[test]
+fn a_transaction_on_the_base_killed_midway_is_rolled_back() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    // A process killed inside a write transaction on the base, as a pull killed while moving
+    // the base in place would be: its journal is left hot.
+    let base = dir.path().join(".tursync/base.db");
+    let script = "import os, sqlite3, sys\n\
+                  c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                  c.execute('PRAGMA cache_size = 1')\n\
+                  c.execute('BEGIN IMMEDIATE')\n\
+                  c.execute(\"UPDATE t SET v = hex(randomblob(3000))\")\n\
+                  c.execute(\"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) INSERT INTO t(v) SELECT hex(randomblob(3000)) FROM n\")\n\
+                  os.kill(os.getpid(), 9)\n";
+    let status = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&base)
+        .status()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status}"
+    );
+    let journal = dir.path().join(".tursync/base.db-journal");
+    assert!(journal.exists(), "no journal was left behind");
+
+    // Read-only commands and the next pull roll it back and see the old base.
+    let out = run_ok(
+        tursync(dir.path())
+            .args(["diff", "--json"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    assert!(
+        text(&out).contains("[]") || !text(&out).contains("insert"),
+        "{}",
+        text(&out)
+    );
+    sqld.exec("UPDATE t SET v = 'c' WHERE id = 2");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert!(!journal.exists());
+    run_ok(
+        tursync(dir.path())
+            .args(["verify"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+}
+
+#[test]
+fn a_new_empty_database_is_followed_through_the_log_once_it_has_frames() {
+    let sqld = Sqld::start();
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let r = reads(&sqld, dir.path(), &sqld.rw_token);
+    assert_eq!(r["path"], "log", "{r}");
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');");
+    assert!(pull(&sqld, dir.path()).starts_with("whole tables"));
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    sqld.exec("INSERT INTO t VALUES (2, 'b');");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert!(reads(&sqld, dir.path(), &sqld.rw_token)["mirror"].is_object());
+}
