@@ -2,13 +2,12 @@
 //!
 //! Data flows one way through the modules: [`remote`] talks Hrana to the server, [`schema`]
 //! reads what a database holds, [`clone`] copies a database (remote or local) into a
-//! [`clone::Sink`] — a local SQLite file ([`workspace`]) or SQL text ([`dump`]). See
+//! [`clone::Sink`] — a local SQLite file or SQL text ([`sink`]). See
 //! `docs/ARCHITECTURE.md` for the map.
 
 pub mod clone;
 pub mod conflict;
 pub mod diff;
-pub mod dump;
 pub mod merge;
 pub mod mirror;
 pub mod pages;
@@ -17,6 +16,7 @@ pub mod pull;
 pub mod push;
 pub mod remote;
 pub mod schema;
+pub mod sink;
 pub mod sql;
 pub mod touched;
 pub mod value;

@@ -14,11 +14,11 @@ use serde_json::json;
 
 use tursync::clone::{self, FetchOptions};
 use tursync::diff::{Changeset, Filter};
-use tursync::dump::SqlSink;
 use tursync::progress::Progress;
 use tursync::pull::{MergeOptions, Resolve};
 use tursync::push::PushOptions;
 use tursync::remote::{Endpoint, Remote, RemoteError};
+use tursync::sink::SqlSink;
 use tursync::workspace::{self, Workspace, DEFAULT_DB};
 use tursync::{Conflict, ConflictKind, Outcome};
 

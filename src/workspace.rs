@@ -15,14 +15,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::clone::{self, FetchOptions, Sink, Stats};
+use crate::clone::{self, FetchOptions, Stats};
 use crate::mirror::{self, Mirror, MirrorError};
 use crate::progress::Progress;
 use crate::remote::replication::{LogError, LogSource, ReplicationLog};
 use crate::remote::{Endpoint, Remote};
-use crate::schema::{Schema, Table};
+use crate::schema::Schema;
+use crate::sink::LocalSink;
 use crate::sql;
-use crate::value::Value;
 use crate::{Error, Result};
 
 pub const STATE_DIR: &str = ".tursync";
@@ -214,64 +214,6 @@ fn file_name(db: &Path) -> String {
     db.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| DEFAULT_DB.to_owned())
-}
-
-/// Writes a copy into a new SQLite file as fast as SQLite allows: no journal and no syncs while
-/// building, because a half-built file is thrown away, never used. [`LocalSink::finish`] puts
-/// the file back in the normal rollback-journal mode every driver expects, and syncs it.
-pub struct LocalSink {
-    conn: rusqlite::Connection,
-}
-
-impl LocalSink {
-    pub fn create(path: &Path) -> Result<LocalSink> {
-        let conn = rusqlite::Connection::open(path)?;
-        // Rows arrive in any table order, and the bundled SQLite enforces foreign keys by
-        // default: the copy is checked as a whole by the source, not row by row here.
-        conn.execute_batch("PRAGMA foreign_keys = OFF; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; BEGIN;")?;
-        conn.set_prepared_statement_cache_capacity(256);
-        Ok(LocalSink { conn })
-    }
-
-    pub fn finish(self) -> Result<()> {
-        self.conn
-            .execute_batch("COMMIT; PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL;")?;
-        self.conn.close().map_err(|(_, e)| Error::Local(e))?;
-        Ok(())
-    }
-}
-
-impl Sink for LocalSink {
-    fn create(&mut self, sql: &str) -> Result<()> {
-        self.conn.execute_batch(sql).map_err(|e| {
-            Error::Unsupported(format!(
-                "cannot create this object locally: {e}\n  {sql}\n(a virtual table needs its module, such as fts5 or rtree, in the bundled SQLite)"
-            ))
-        })
-    }
-
-    fn clear(&mut self, table: &Table) -> Result<()> {
-        self.conn
-            .execute(&format!("DELETE FROM {}", sql::ident(&table.name)), [])?;
-        Ok(())
-    }
-
-    fn insert(&mut self, table: &Table, rows: &[Vec<Value>]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let q = sql::insert(&table.name, &table.data_names()?, 1);
-        let mut st = self.conn.prepare_cached(&q)?;
-        for row in rows {
-            st.execute(rusqlite::params_from_iter(row.iter()))?;
-        }
-        Ok(())
-    }
-
-    fn pragma(&mut self, name: &str, value: i64) -> Result<()> {
-        self.conn.pragma_update(None, name, value)?;
-        Ok(())
-    }
 }
 
 /// What `init` did.
