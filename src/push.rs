@@ -121,6 +121,14 @@ struct Write {
 }
 
 impl Write {
+    /// A write of `rows` row changes, which it must affect exactly.
+    fn rows(sql: String, args: Vec<Value>, rows: usize) -> Write {
+        Write {
+            stmt: stmt(sql, args, false),
+            rows,
+        }
+    }
+
     fn ddl(sql: impl Into<String>) -> Write {
         Write::uncounted(&sql.into(), vec![])
     }
@@ -197,14 +205,11 @@ impl TablePlan<'_> {
         chunks(rows, width)
             .map(|part| {
                 let (key, args) = key_args(t, part);
-                Write {
-                    stmt: stmt(
-                        sql::delete_many(&t.table.name, &key, part.len()),
-                        args,
-                        false,
-                    ),
-                    rows: part.len(),
-                }
+                Write::rows(
+                    sql::delete_many(&t.table.name, &key, part.len()),
+                    args,
+                    part.len(),
+                )
             })
             .collect()
     }
@@ -226,17 +231,9 @@ impl TablePlan<'_> {
             let q = sql::update(&t.table.name, &set, &key);
             return rows
                 .iter()
-                .map(|row| Write {
-                    stmt: stmt(
-                        q.clone(),
-                        set_cols
-                            .iter()
-                            .chain(&t.key)
-                            .map(|&c| row[c].clone())
-                            .collect(),
-                        false,
-                    ),
-                    rows: 1,
+                .map(|row| {
+                    let args = set_cols.iter().chain(&t.key).map(|&c| row[c].clone());
+                    Write::rows(q.clone(), args.collect(), 1)
                 })
                 .collect();
         }
@@ -246,14 +243,11 @@ impl TablePlan<'_> {
                     .iter()
                     .flat_map(|row| t.key.iter().chain(&set_cols).map(|&c| row[c].clone()))
                     .collect();
-                Write {
-                    stmt: stmt(
-                        sql::update_many(&t.table.name, &set, &key, part.len()),
-                        args,
-                        false,
-                    ),
-                    rows: part.len(),
-                }
+                Write::rows(
+                    sql::update_many(&t.table.name, &set, &key, part.len()),
+                    args,
+                    part.len(),
+                )
             })
             .collect()
     }
@@ -262,13 +256,12 @@ impl TablePlan<'_> {
     fn inserts(&self, rows: &[&[Value]]) -> Vec<Write> {
         let t = self.diff;
         chunks(rows, t.columns.len())
-            .map(|part| Write {
-                stmt: stmt(
+            .map(|part| {
+                Write::rows(
                     sql::insert(&t.table.name, &t.columns, part.len()),
                     part.iter().flat_map(|r| r.iter().cloned()).collect(),
-                    false,
-                ),
-                rows: part.len(),
+                    part.len(),
+                )
             })
             .collect()
     }

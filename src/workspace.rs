@@ -643,9 +643,7 @@ impl Workspace {
         &self,
         edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
     ) -> Result<()> {
-        let conn = rusqlite::Connection::open(self.base_path())?;
-        edit(&conn)?;
-        conn.close().map_err(|(_, e)| Error::Local(e))
+        edit_file(&self.base_path(), edit)
     }
 
     /// Writes `target` as a copy of the base changed by `edit`, atomically: built aside, synced,
@@ -701,9 +699,7 @@ impl Workspace {
         &self,
         edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
     ) -> Result<()> {
-        let conn = rusqlite::Connection::open(self.pushed_path())?;
-        edit(&conn)?;
-        conn.close().map_err(|(_, e)| Error::Local(e))?;
+        edit_file(&self.pushed_path(), edit)?;
         self.replace_base_with(&self.pushed_path())
     }
 
@@ -726,4 +722,11 @@ impl Workspace {
         remove_aside(&self.pushed_path());
         sync_dir(&self.state_dir())
     }
+}
+
+/// Runs `edit` on a database file of ours and closes it, so its changes are on disk.
+fn edit_file(path: &Path, edit: impl FnOnce(&rusqlite::Connection) -> Result<()>) -> Result<()> {
+    let conn = rusqlite::Connection::open(path)?;
+    edit(&conn)?;
+    conn.close().map_err(|(_, e)| Error::Local(e))
 }
