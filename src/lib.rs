@@ -16,6 +16,7 @@ pub mod pull;
 pub mod push;
 pub mod remote;
 pub mod schema;
+mod spool;
 pub mod sql;
 pub mod value;
 pub mod verify;
