@@ -75,13 +75,14 @@ impl RowChange {
             }
     }
 
-    pub fn changed_columns(&self) -> Vec<usize> {
-        match self {
-            RowChange::Update { old, new } => {
-                (0..new.len()).filter(|&i| old[i] != new[i]).collect()
-            }
-            _ => vec![],
-        }
+    /// Positions of the values an update changes (none for an insert or a delete), without
+    /// allocating: printing asks once per row.
+    pub fn changed_columns(&self) -> impl Iterator<Item = usize> + '_ {
+        let (old, new): (&[Value], &[Value]) = match self {
+            RowChange::Update { old, new } => (old, new),
+            _ => (&[], &[]),
+        };
+        (0..new.len()).filter(move |&i| old[i] != new[i])
     }
 }
 
@@ -1320,6 +1321,10 @@ pub type Emit<'a> = dyn FnMut(&str, &[Value]) -> Result<()> + 'a;
 struct RowSql {
     delete: String,
     insert: String,
+    /// Update texts by the positions of the columns they set, made as each set first comes.
+    updates: std::collections::HashMap<Vec<usize>, String>,
+    /// The changed positions of the row at hand, kept to spare an allocation per row.
+    changed: Vec<usize>,
 }
 
 impl TableDiff {
@@ -1327,6 +1332,8 @@ impl TableDiff {
         RowSql {
             delete: sql::delete(&self.table.name, &self.key_names()),
             insert: sql::insert(&self.table.name, &self.columns, 1),
+            updates: std::collections::HashMap::new(),
+            changed: Vec::new(),
         }
     }
 
@@ -1339,7 +1346,7 @@ impl TableDiff {
     /// delete of its old row, its update in place, or the insert of its new row.
     fn row_statement(
         &self,
-        q: &RowSql,
+        q: &mut RowSql,
         phase: Phase,
         ch: &RowChange,
         args: &mut Vec<Value>,
@@ -1354,19 +1361,25 @@ impl TableDiff {
                 }
             }
             (Phase::Updates, RowChange::Update { new, .. }) => {
-                let cols = ch.changed_columns();
+                q.changed.clear();
+                q.changed.extend(ch.changed_columns());
                 // Rows that differ only in what no column shows (none today) update nothing:
                 // `SET` with an empty list is not SQL.
-                if cols.is_empty() {
+                if q.changed.is_empty() {
                     return Ok(());
                 }
-                let set: Vec<&str> = cols.iter().map(|&c| self.columns[c].as_str()).collect();
+                if !q.updates.contains_key(q.changed.as_slice()) {
+                    let set: Vec<&str> = q
+                        .changed
+                        .iter()
+                        .map(|&c| self.columns[c].as_str())
+                        .collect();
+                    let text = sql::update(&self.table.name, &set, &self.key_names());
+                    q.updates.insert(q.changed.clone(), text);
+                }
                 args.clear();
-                args.extend(cols.iter().chain(&self.key).map(|&c| new[c].clone()));
-                emit(
-                    &sql::update(&self.table.name, &set, &self.key_names()),
-                    args,
-                )?;
+                args.extend(q.changed.iter().chain(&self.key).map(|&c| new[c].clone()));
+                emit(&q.updates[q.changed.as_slice()], args)?;
             }
             (Phase::Updates, _) => {}
             (Phase::Inserts, _) => emit(&q.insert, ch.row())?,
@@ -1396,7 +1409,7 @@ impl Changeset {
         }
         let mut args = Vec::new();
         for (i, t) in self.tables.iter().enumerate() {
-            let q = t.row_sql();
+            let mut q = t.row_sql();
             let picks = Phase::ALL.map(Pick::Only);
             for (at, &pick) in picks.iter().enumerate() {
                 let phase = Phase::ALL[at];
@@ -1405,7 +1418,7 @@ impl Changeset {
                         self.opening_statements(emit)?;
                         opened = true;
                     }
-                    t.row_statement(&q, phase, ch, &mut args, emit)
+                    t.row_statement(&mut q, phase, ch, &mut args, emit)
                 })?;
             }
         }
