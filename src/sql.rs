@@ -112,9 +112,9 @@ fn push_blob(out: &mut String, b: &[u8]) {
 pub fn push_literal(out: &mut String, v: &Value) {
     match v {
         Value::Null => out.push_str("NULL"),
-        Value::Integer(i) => {
-            let _ = write!(out, "{i}");
-        }
+        // The same digits as `{i}`, without the formatting machinery: printing a large diff
+        // writes one per key.
+        Value::Integer(i) => out.push_str(itoa::Buffer::new().format(*i)),
         Value::Real(f) => push_real(out, *f),
         Value::Text(s) => push_text(out, s),
         Value::Blob(b) => push_blob(out, b),
