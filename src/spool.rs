@@ -60,7 +60,10 @@ impl Spool {
         let mut file = file.into_inner().map_err(|e| e.into_error())?;
         file.rewind()?;
         let mut r = BufReader::with_capacity(1 << 16, file);
-        while let Some(ch) = read_change(&mut r)? {
+        // One change refilled in place: its rows and values keep their memory from one change
+        // to the next.
+        let mut ch = RowChange::Insert(Vec::new());
+        while read_change(&mut r, &mut ch)? {
             each(&ch)?;
         }
         Ok(())
@@ -112,30 +115,40 @@ fn write_row(w: &mut impl Write, row: &[Value]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The next change of the file, or `None` at its end.
-fn read_change(r: &mut impl Read) -> std::io::Result<Option<RowChange>> {
+/// Reads the next change of the file into `ch`, reusing its memory; false at the end.
+fn read_change(r: &mut impl Read, ch: &mut RowChange) -> std::io::Result<bool> {
     let mut kind = [0u8];
     if r.read(&mut kind)? == 0 {
-        return Ok(None);
+        return Ok(false);
     }
-    Ok(Some(match kind[0] {
-        INSERT => RowChange::Insert(read_row(r)?),
-        DELETE => RowChange::Delete(read_row(r)?),
-        UPDATE => RowChange::Update {
-            old: read_row(r)?,
-            new: read_row(r)?,
-        },
+    let (mut a, mut b) = match std::mem::replace(ch, RowChange::Insert(Vec::new())) {
+        RowChange::Insert(a) | RowChange::Delete(a) => (a, Vec::new()),
+        RowChange::Update { old, new } => (old, new),
+    };
+    read_row(r, &mut a)?;
+    *ch = match kind[0] {
+        INSERT => RowChange::Insert(a),
+        DELETE => RowChange::Delete(a),
+        UPDATE => {
+            read_row(r, &mut b)?;
+            RowChange::Update { old: a, new: b }
+        }
         _ => return Err(damaged()),
-    }))
+    };
+    Ok(true)
 }
 
-fn read_row(r: &mut impl Read) -> std::io::Result<Vec<Value>> {
+/// Reads a row into `row`, reusing the memory of the text and blob values it held.
+fn read_row(r: &mut impl Read, row: &mut Vec<Value>) -> std::io::Result<()> {
     let n = read_len(r)?;
-    let mut row = Vec::with_capacity(n.min(1 << 16));
-    for _ in 0..n {
+    if n > row.len() {
+        row.resize(n.min(row.len() + (1 << 16)), Value::Null);
+    }
+    row.truncate(n);
+    for i in 0..n {
         let mut class = [0u8];
         r.read_exact(&mut class)?;
-        row.push(match class[0] {
+        let v = match class[0] {
             0 => Value::Null,
             1 => Value::Integer(i64::from_le_bytes(read8(r)?)),
             2 => Value::Real(f64::from_bits(u64::from_le_bytes(read8(r)?))),
@@ -145,7 +158,12 @@ fn read_row(r: &mut impl Read) -> std::io::Result<Vec<Value>> {
                 if len > 1 << 31 {
                     return Err(damaged());
                 }
-                let mut b = vec![0; len];
+                let mut b = match row.get_mut(i).map(|v| std::mem::replace(v, Value::Null)) {
+                    Some(Value::Text(b) | Value::Blob(b)) => b,
+                    _ => Vec::new(),
+                };
+                b.clear();
+                b.resize(len, 0);
                 r.read_exact(&mut b)?;
                 if c == 3 {
                     Value::Text(b)
@@ -154,9 +172,13 @@ fn read_row(r: &mut impl Read) -> std::io::Result<Vec<Value>> {
                 }
             }
             _ => return Err(damaged()),
-        });
+        };
+        match row.get_mut(i) {
+            Some(slot) => *slot = v,
+            None => row.push(v),
+        }
     }
-    Ok(row)
+    Ok(())
 }
 
 fn read8(r: &mut impl Read) -> std::io::Result<[u8; 8]> {
@@ -180,8 +202,8 @@ fn damaged() -> std::io::Error {
 mod tests {
     use super::*;
 
-    /// Every class, edge values and empty rows come back as put, in order, whether kept in
-    /// memory, in the file, or split between them.
+    /// Every class, edge values, rows of other lengths and empty rows come back as put, in
+    /// order, whether kept in memory, in the file, or split between them.
     #[test]
     fn changes_come_back_as_put() {
         let row = |i: i64| {
@@ -197,13 +219,15 @@ mod tests {
             ]
         };
         let changes: Vec<RowChange> = (0..50)
-            .map(|i| match i % 4 {
+            .map(|i| match i % 5 {
                 0 => RowChange::Insert(row(i)),
                 1 => RowChange::Delete(row(i)),
                 2 => RowChange::Update {
                     old: row(i),
                     new: row(-i),
                 },
+                // Other classes where the last change's memory is reused.
+                3 => RowChange::Insert(row(i).into_iter().rev().collect()),
                 _ => RowChange::Insert(Vec::new()),
             })
             .collect();
