@@ -17,6 +17,7 @@ pub mod push;
 pub mod remote;
 pub mod schema;
 pub mod sink;
+mod spool;
 pub mod sql;
 pub mod touched;
 pub mod value;

@@ -112,9 +112,9 @@ fn push_blob(out: &mut String, b: &[u8]) {
 pub fn push_literal(out: &mut String, v: &Value) {
     match v {
         Value::Null => out.push_str("NULL"),
-        Value::Integer(i) => {
-            let _ = write!(out, "{i}");
-        }
+        // The same digits as `{i}`, without the formatting machinery: printing a large diff
+        // writes one per key.
+        Value::Integer(i) => out.push_str(itoa::Buffer::new().format(*i)),
         Value::Real(f) => push_real(out, *f),
         Value::Text(s) => push_text(out, s),
         Value::Blob(b) => push_blob(out, b),
@@ -125,23 +125,31 @@ pub fn push_literal(out: &mut String, v: &Value) {
 /// argument: the text form of a parameterized statement.
 pub fn push_bound(out: &mut String, q: &str, args: &[Value]) {
     let mut args = args.iter();
-    let mut quote = None;
+    let bytes = q.as_bytes();
     // Quotes and `?` are ASCII, never part of a multi-byte character: the text between them
-    // is copied in one piece.
-    let mut copied = 0;
-    for (i, c) in q.bytes().enumerate() {
-        match (quote, c) {
-            (Some(open), c) if c == open => quote = None,
-            (None, b'"' | b'\'' | b'`') => quote = Some(c),
-            (None, b'[') => quote = Some(b']'),
-            (None, b'?') => {
+    // is copied in one piece, and a quoted run is skipped in one search for its end.
+    let (mut at, mut copied) = (0, 0);
+    while let Some(found) = bytes[at..]
+        .iter()
+        .position(|c| matches!(c, b'?' | b'"' | b'\'' | b'`' | b'['))
+    {
+        let i = at + found;
+        let close = match bytes[i] {
+            b'?' => {
                 if let Some(v) = args.next() {
                     out.push_str(&q[copied..i]);
                     push_literal(out, v);
                     copied = i + 1;
                 }
+                at = i + 1;
+                continue;
             }
-            _ => {}
+            b'[' => b']',
+            quote => quote,
+        };
+        match bytes[i + 1..].iter().position(|&c| c == close) {
+            Some(end) => at = i + 1 + end + 1,
+            None => break,
         }
     }
     out.push_str(&q[copied..]);
@@ -520,6 +528,17 @@ mod tests {
             &[Value::Integer(1), Value::text("?")],
         );
         assert_eq!(out, "UPDATE \"a?\" SET 'x?' = 1 WHERE [b?] = '?'");
+        // Doubled quotes, backticks, and a quote never closed: nothing after it is bound.
+        out.clear();
+        push_bound(
+            &mut out,
+            "SELECT \"a\"\"?\", `c?`, ? FROM t WHERE x = 'it''s ?' AND y = ? AND z = 'open ?",
+            &[Value::Integer(1), Value::Integer(2), Value::Integer(3)],
+        );
+        assert_eq!(
+            out,
+            "SELECT \"a\"\"?\", `c?`, 1 FROM t WHERE x = 'it''s ?' AND y = 2 AND z = 'open ?"
+        );
     }
 
     #[test]
