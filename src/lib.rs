@@ -43,7 +43,7 @@ pub enum Error {
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
     /// Something failed while `step` was being done to `object` (a table, a file): the error,
-    /// with where it happened, as ripgrep's errors carry their path.
+    /// with where it happened, as a path in an I/O error says which file.
     #[error("{step} {object}: {source}")]
     During {
         step: &'static str,
