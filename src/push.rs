@@ -826,14 +826,9 @@ pub fn push(
     let last = groups.len() - 1;
     let state = ws.sync_state()?;
     let known = state.replication_index;
-    // The base is about to move by our changeset, away from any mirror point: forget it first,
-    // so a crash from here on can never pair the moved base with the mirror's old content.
-    if state.base_at.is_some() {
-        ws.save_sync_state(&crate::workspace::SyncState {
-            base_at: None,
-            ..state.clone()
-        })?;
-    }
+    // The base moves by our changeset but keeps its mirror point (`base_at`): every row we
+    // change lands on the remote after that point, so the pages the log writes past it cover
+    // our rows as well as theirs (see `SyncState::base_at`).
     let mut index = None;
     for (gi, group) in groups.iter().enumerate() {
         let txn = Txn {
@@ -890,7 +885,6 @@ pub fn push(
     report.log = Some(ws.record_push(&cs, &final_sequences, &run.log, fresh_record)?);
     ws.save_sync_state(&crate::workspace::SyncState {
         replication_index: index,
-        base_at: None,
         ..state
     })?;
     Ok(Outcome::Done(report))

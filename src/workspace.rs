@@ -39,9 +39,12 @@ pub struct SyncState {
     /// The remote's replication index when the base was read (or last pushed to, when nobody
     /// else had written in between). `None`: unknown, so pull must download.
     pub replication_index: Option<u64>,
-    /// The mirror's frame whose content the base holds (set by init and pull from the log,
-    /// cleared by a push, which moves the base by our own changeset). A pull whose mirror
-    /// starts from this frame reads theirs from the pages that changed alone.
+    /// The mirror's frame `F` the base stands on (set by init and by a pull from the log): the
+    /// base holds the mirror's content at `F`, plus our own pushes since, whose rows all land on
+    /// the remote after `F`. So the rows on the pages the log writes past `F` are every row in
+    /// which the base can differ from the remote, and a pull whose mirror starts from `F` reads
+    /// theirs from those alone. A mirror that moved on without the base (a pull stopped by
+    /// conflicts) no longer starts from `F`, and the next pull reads whole tables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_at: Option<u64>,
     /// Why the remote is read over SQL instead of from its replication log, when it is.
