@@ -168,10 +168,7 @@ impl Plan {
         };
         let mut m = Merge {
             opts,
-            keys: KeySpace {
-                sides: [work, theirs_db],
-                next: HashMap::new(),
-            },
+            keys: KeySpace::new(work, theirs_db),
             writes: Vec::new(),
             conflicts: Vec::new(),
             report: PullReport {
@@ -368,6 +365,8 @@ struct Applier<'c> {
     theirs_names: HashMap<String, Vec<String>>,
     /// The working copy's tables whose hidden rowid only locates rows, with its name.
     locators: HashMap<String, String>,
+    /// Rowids free on both sides, for rows of ours moved out of their rows' way.
+    keys: KeySpace<'c>,
     /// Our rows a move took out, by the write's position.
     taken: HashMap<usize, Vec<(String, Value)>>,
     /// Writes that landed.
@@ -376,26 +375,26 @@ struct Applier<'c> {
 
 impl<'c> Applier<'c> {
     fn new(work: &'c Connection, theirs: &'c Connection) -> Result<Applier<'c>> {
-        let names = |conn: &Connection| -> Result<HashMap<String, Vec<String>>> {
-            let mut out = HashMap::new();
-            for t in crate::schema::load(conn)?.tables {
-                let names = t.data_names()?;
-                out.insert(t.name, names);
-            }
-            Ok(out)
-        };
         let mut locators = HashMap::new();
+        let mut ours_names = HashMap::new();
         for t in crate::schema::load(work)?.tables {
+            let names = t.data_names()?;
             if let Some(l) = t.locator() {
-                locators.insert(t.name.clone(), t.data_names()?[l].clone());
+                locators.insert(t.name.clone(), names[l].clone());
             }
+            ours_names.insert(t.name, names);
+        }
+        let mut theirs_names = HashMap::new();
+        for t in crate::schema::load(theirs)?.tables {
+            theirs_names.insert(t.name.clone(), t.data_names()?);
         }
         Ok(Applier {
             work,
             theirs,
             locators,
-            ours_names: names(work)?,
-            theirs_names: names(theirs)?,
+            keys: KeySpace::new(work, theirs),
+            ours_names,
+            theirs_names,
             taken: HashMap::new(),
             applied: 0,
         })
@@ -617,7 +616,7 @@ impl<'c> Applier<'c> {
         Ok(values.map(|v| names.iter().cloned().zip(v).collect()))
     }
 
-    fn insert(&self, table: &str, row: &[(String, Value)]) -> Result<()> {
+    fn insert(&mut self, table: &str, row: &[(String, Value)]) -> Result<()> {
         self.free_locator(table, row)?;
         let q = sql::insert(table, &names_of(row), 1);
         self.work
@@ -630,14 +629,13 @@ impl<'c> Applier<'c> {
     /// another key still holding it here (its rowid moved on one side alone, by a `REPLACE`)
     /// moves past both sides' largest rowid. Nothing can refer to a hidden rowid, so the move
     /// changes no data. Our new rows were already renumbered by the plan ([`Locators`]).
-    fn free_locator(&self, table: &str, row: &[(String, Value)]) -> Result<()> {
+    fn free_locator(&mut self, table: &str, row: &[(String, Value)]) -> Result<()> {
         let Some(col) = self.locators.get(table) else {
             return Ok(());
         };
         let Some((_, at)) = row.iter().find(|(c, _)| c == col) else {
             return Ok(());
         };
-        let (t, c) = (sql::ident(table), sql::ident(col));
         let held: bool = self
             .work
             .prepare_cached(&sql::select(table, "count(*)", &[col]))?
@@ -645,21 +643,7 @@ impl<'c> Applier<'c> {
         if !held {
             return Ok(());
         }
-        let top = |conn: &Connection| -> Result<i64> {
-            Ok(
-                conn.query_row(&format!("SELECT coalesce(max({c}), 0) FROM {t}"), [], |r| {
-                    r.get(0)
-                })?,
-            )
-        };
-        let to = top(self.work)?
-            .max(top(self.theirs)?)
-            .checked_add(1)
-            .ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "table {table:?}: no rowid is free to move a row to"
-                ))
-            })?;
+        let to = self.keys.take(table, col)?;
         self.work.execute(
             &sql::update(table, &[col], &[col]),
             rusqlite::params![to, at],
@@ -733,14 +717,10 @@ impl Merge<'_> {
     fn table(&mut self, theirs: &TableDiff, ours: Option<&TableDiff>) -> Result<()> {
         let table = theirs.table.name.clone();
         let resolve = self.opts.resolve_for(&table);
-        let renumbering = self.opts.renumber && integer_key(theirs).is_some();
+        let column = integer_key(theirs).filter(|_| self.opts.renumber);
         let keys = &mut self.keys;
         let mut renumber = |_: i64| -> Result<Option<i64>> {
-            if renumbering {
-                keys.take(theirs).map(Some)
-            } else {
-                Ok(None)
-            }
+            column.map(|col| keys.take(&table, col)).transpose()
         };
         let mine: HashMap<String, &RowChange> = ours
             .map(|o| o.changes.iter().map(|c| (o.key_text(c.row()), c)).collect())
@@ -1161,15 +1141,19 @@ struct KeySpace<'c> {
     next: HashMap<String, i64>,
 }
 
-impl KeySpace<'_> {
-    fn take(&mut self, t: &TableDiff) -> Result<i64> {
-        let name = &t.table.name;
+impl<'c> KeySpace<'c> {
+    fn new(work: &'c Connection, theirs: &'c Connection) -> KeySpace<'c> {
+        KeySpace {
+            sides: [work, theirs],
+            next: HashMap::new(),
+        }
+    }
+
+    /// The next key of `col` in table `name` that is free on both sides.
+    fn take(&mut self, name: &str, col: &str) -> Result<i64> {
         let next = match self.next.get(name) {
             Some(&n) => n,
             None => {
-                let col = integer_key(t).ok_or_else(|| {
-                    Error::Unexpected(format!("table {name:?} has no integer key to renumber"))
-                })?;
                 let mut top = 0i64;
                 for conn in self.sides {
                     let max: Option<i64> = conn.query_row(
@@ -1188,7 +1172,7 @@ impl KeySpace<'_> {
                 })?
             }
         };
-        self.next.insert(name.clone(), next.saturating_add(1));
+        self.next.insert(name.to_owned(), next.saturating_add(1));
         Ok(next)
     }
 }
