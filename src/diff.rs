@@ -216,6 +216,11 @@ impl TableDiff {
         s
     }
 
+    /// The key columns' names, in key order.
+    pub fn key_names(&self) -> Vec<&str> {
+        self.key.iter().map(|&k| self.columns[k].as_str()).collect()
+    }
+
     pub fn key_of<'a>(&self, row: &'a [Value]) -> Vec<&'a Value> {
         self.key.iter().map(|&k| &row[k]).collect()
     }
@@ -1416,11 +1421,6 @@ impl TableDiff {
             updates: std::collections::HashMap::new(),
             changed: Vec::new(),
         }
-    }
-
-    /// The key columns' names, in key order.
-    fn key_names(&self) -> Vec<&str> {
-        self.key.iter().map(|&k| self.columns[k].as_str()).collect()
     }
 
     /// Emits what `ch` does in `phase` (a change [`Pick::Only`] of that phase takes): the

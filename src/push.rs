@@ -73,15 +73,11 @@ fn row_bytes(row: &[Value]) -> usize {
     row.iter().map(crate::remote::proto::json_size).sum()
 }
 
-/// The key names of `t`, and the key values of `rows` in order: the arguments of
-/// [`sql::key_in`] and its kin.
-fn key_args(t: &TableDiff, rows: &[&[Value]]) -> (Vec<String>, Vec<Value>) {
-    let names = t.key.iter().map(|&k| t.columns[k].clone()).collect();
-    let args = rows
-        .iter()
+/// The key values of `rows`, row after row: the arguments of [`sql::key_in`] and its kin.
+fn key_args(t: &TableDiff, rows: &[&[Value]]) -> Vec<Value> {
+    rows.iter()
         .flat_map(|r| t.key.iter().map(|&k| r[k].clone()))
-        .collect();
-    (names, args)
+        .collect()
 }
 
 fn stmt(sql: String, args: Vec<Value>, want_rows: bool) -> Stmt {
@@ -130,13 +126,13 @@ impl Write {
     }
 
     fn ddl(sql: impl Into<String>) -> Write {
-        Write::uncounted(&sql.into(), vec![])
+        Write::uncounted(sql, vec![])
     }
 
     /// A statement whose effect is not counted.
-    fn uncounted(sql: &str, args: Vec<Value>) -> Write {
+    fn uncounted(sql: impl Into<String>, args: Vec<Value>) -> Write {
         Write {
-            stmt: stmt(sql.to_owned(), args, false),
+            stmt: stmt(sql.into(), args, false),
             rows: 0,
         }
     }
@@ -171,13 +167,12 @@ impl TablePlan<'_> {
                 };
                 end += 1;
             }
-            let (key, args) = key_args(t, &rows[start..end]);
             let q = format!(
                 "SELECT {cols} FROM {} WHERE {}",
                 sql::ident(&t.table.name),
-                sql::key_in(&key, end - start)
+                sql::key_in(&t.key_names(), end - start)
             );
-            out.push((stmt(q, args, true), bytes));
+            out.push((stmt(q, key_args(t, &rows[start..end]), true), bytes));
             start = end;
         }
         out
@@ -204,10 +199,9 @@ impl TablePlan<'_> {
         };
         chunks(rows, width)
             .map(|part| {
-                let (key, args) = key_args(t, part);
                 Write::rows(
-                    sql::delete_many(&t.table.name, &key, part.len()),
-                    args,
+                    sql::delete_many(&t.table.name, &t.key_names(), part.len()),
+                    key_args(t, part),
                     part.len(),
                 )
             })
@@ -226,7 +220,7 @@ impl TablePlan<'_> {
             return Vec::new();
         }
         let set: Vec<&String> = set_cols.iter().map(|&c| &t.columns[c]).collect();
-        let key: Vec<&String> = t.key.iter().map(|&k| &t.columns[k]).collect();
+        let key = t.key_names();
         if self.is_virtual() {
             let q = sql::update(&t.table.name, &set, &key);
             return rows
