@@ -451,7 +451,7 @@ pub fn diff_remote(
     mirror: &Connection,
     touched: Option<&BTreeMap<String, Rows>>,
 ) -> Result<Changeset> {
-    let (outline, reads) = outline(base, mirror, &Filter::default(), Some(touched))?;
+    let (outline, reads) = outline(base, mirror, &Filter::default(), Against::Remote(touched))?;
     let work = mirror;
     Diff {
         base,
@@ -509,7 +509,7 @@ enum Read {
 impl<'c> Diff<'c> {
     /// Compares the schemas, counters and triggers of `base` and `work`; rows are read later.
     pub fn new(base: &'c Connection, work: &'c Connection, filter: &Filter) -> Result<Diff<'c>> {
-        let (outline, reads) = outline(base, work, filter, None)?;
+        let (outline, reads) = outline(base, work, filter, Against::WorkingCopy)?;
         Ok(Diff {
             base,
             work,
@@ -520,20 +520,29 @@ impl<'c> Diff<'c> {
     }
 }
 
+/// What the base is diffed against.
+#[derive(Clone, Copy)]
+enum Against<'a> {
+    /// The working copy ([`diff`], [`Diff::new`]).
+    WorkingCopy,
+    /// The remote's mirror ([`diff_remote`]), with the rows to read (`None`: all of them).
+    Remote(Option<&'a BTreeMap<String, Rows>>),
+}
+
 /// The diff of `base` against `work` but the rows (every table's `changes` empty), and how
 /// each table's rows are read.
-///
-/// `remote`: `None` for a diff of the working copy; for [`diff_remote`], `Some` with the rows
-/// to read (`None`: all of them).
 fn outline(
     base: &Connection,
     work: &Connection,
     filter: &Filter,
-    remote: Option<Option<&BTreeMap<String, Rows>>>,
+    against: Against<'_>,
 ) -> Result<(Changeset, Vec<Read>)> {
-    let touched = remote.flatten();
+    let (touched, remote) = match against {
+        Against::WorkingCopy => (None, false),
+        Against::Remote(touched) => (touched, true),
+    };
     // The remote's locators count: a base that takes its changes follows its rowids.
-    let locator = |t: &Table| if remote.is_some() { None } else { t.locator() };
+    let locator = |t: &Table| if remote { None } else { t.locator() };
     let old = schema::load(base)?;
     let new = schema::load(work)?;
     refuse_unsupported(&new)?;
