@@ -451,16 +451,7 @@ pub fn diff_remote(
     mirror: &Connection,
     touched: Option<&BTreeMap<String, Rows>>,
 ) -> Result<Changeset> {
-    let (outline, reads) = outline(base, mirror, &Filter::default(), Against::Remote(touched))?;
-    let work = mirror;
-    Diff {
-        base,
-        work,
-        outline,
-        reads,
-        leaves_skipped: Cell::new(0),
-    }
-    .changeset()
+    Diff::against(base, mirror, &Filter::default(), Against::Remote(touched))?.changeset()
 }
 
 /// A diff whose schema part is known and whose row changes are read from the two databases
@@ -509,7 +500,16 @@ enum Read {
 impl<'c> Diff<'c> {
     /// Compares the schemas, counters and triggers of `base` and `work`; rows are read later.
     pub fn new(base: &'c Connection, work: &'c Connection, filter: &Filter) -> Result<Diff<'c>> {
-        let (outline, reads) = outline(base, work, filter, Against::WorkingCopy)?;
+        Diff::against(base, work, filter, Against::WorkingCopy)
+    }
+
+    fn against(
+        base: &'c Connection,
+        work: &'c Connection,
+        filter: &Filter,
+        against: Against<'_>,
+    ) -> Result<Diff<'c>> {
+        let (outline, reads) = outline(base, work, filter, against)?;
         Ok(Diff {
             base,
             work,
