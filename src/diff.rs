@@ -793,6 +793,13 @@ fn scan_sql(t: &Table, extra: &[String], by_rowid: bool) -> Result<String> {
 }
 
 impl Diff<'_> {
+    /// The diff without reading a row: for a working copy known to hold exactly the base's
+    /// rows ([`crate::workspace::Clean`]), whose schemas, counters and triggers may still
+    /// differ. Every table's `changes` is empty.
+    pub fn into_outline(self) -> Changeset {
+        self.outline
+    }
+
     /// The whole diff, held in memory.
     pub fn changeset(&self) -> Result<Changeset> {
         let mut cs = self.outline.clone();

@@ -15,6 +15,7 @@
 //! caller fall back to the SQL scan.
 
 use rusqlite::{CachedStatement, Connection, Statement};
+use serde::{Deserialize, Serialize};
 
 use crate::value::Value;
 
@@ -25,6 +26,42 @@ pub struct DbFile<'c> {
     conn: &'c Connection,
     page_size: usize,
     usable: usize,
+    stamp: Option<Stamp>,
+}
+
+/// What a database file's header says of the file's state, to tell cheaply that nobody wrote
+/// it since a known point, so that what was learned of its rows then still holds.
+///
+/// In rollback-journal mode SQLite adds one to the file change counter (header offset 24) in
+/// every transaction that writes the file, whichever connection or process commits it. A
+/// restore through the backup API also moves the schema cookie (offset 40); the page count
+/// (28) and the free-list count (36) come along as a cross-check. In WAL mode commits leave the
+/// counter alone, so a file in WAL mode has no stamp; and a file only gets into WAL mode by a
+/// write that moves the counter, so a stamp taken in rollback mode also notices a trip through
+/// WAL mode.
+///
+/// ```text
+/// stamp S of a file in rollback mode
+/// any connection: UPDATE t SET v = 1          -> stamp S' != S (counter + 1)
+/// any connection: BEGIN; SELECT …; COMMIT     -> stamp S
+/// any connection: PRAGMA journal_mode = WAL   -> no stamp
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    change_counter: u32,
+    schema_cookie: u32,
+    pages: u32,
+    free_pages: u32,
+}
+
+/// The stamp of `conn`'s main database in its current read transaction; `None` for a file in
+/// WAL mode or a build that cannot read raw pages.
+pub fn stamp(conn: &Connection) -> std::result::Result<Option<Stamp>, rusqlite::Error> {
+    match DbFile::open(conn) {
+        Ok(file) => Ok(file.stamp),
+        Err(PageError::Sqlite(e)) => Err(e),
+        Err(_) => Ok(None),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,10 +111,23 @@ impl<'c> DbFile<'c> {
         if u32::from_be_bytes([header[56], header[57], header[58], header[59]]) != 1 {
             return Err(PageError::Layout("text encoding is not UTF-8"));
         }
+        // Bytes 18 and 19 are 1 in rollback-journal mode, 2 in WAL mode.
+        let rollback = header[18] == 1 && header[19] == 1;
+        let stamp = rollback
+            .then(|| {
+                Some(Stamp {
+                    change_counter: be32(&header, 24)?,
+                    schema_cookie: be32(&header, 40)?,
+                    pages: be32(&header, 28)?,
+                    free_pages: be32(&header, 36)?,
+                })
+            })
+            .flatten();
         Ok(DbFile {
             conn,
             page_size,
             usable: page_size - reserved,
+            stamp,
         })
     }
 

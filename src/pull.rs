@@ -18,11 +18,12 @@ use crate::diff;
 use crate::merge::{strip_our_push, Plan};
 pub use crate::merge::{MergeOptions, PullReport, Renumbered, Resolve};
 use crate::mirror::{open_immutable, Mirror, MirrorError};
+use crate::pages::{self, Stamp};
 use crate::progress::Progress;
 use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
 use crate::remote::Remote;
 use crate::touched::{touched, Before, Touched};
-use crate::workspace::{wait_for_locks, SyncState, Workspace, BUSY_TIMEOUT};
+use crate::workspace::{wait_for_locks, Clean, SyncState, Workspace, BUSY_TIMEOUT};
 use crate::{Error, Result};
 
 /// Called once if the app holds the working copy's write lock, before waiting for it.
@@ -64,19 +65,20 @@ pub fn pull(
             }
         }
         let outcome = match hello {
-            Ok(hello) => from_log(ws, &mut log, &hello, state.base_at, merge, on_wait)?,
+            Ok(hello) => from_log(ws, &mut log, &hello, &state, merge, on_wait)?,
             Err(reason) => FromLog::Unusable(reason),
         };
         match outcome {
-            FromLog::Done(outcome, frame) => {
-                if outcome.is_done() {
+            FromLog::Done(merged, frame) => {
+                if merged.outcome.is_done() {
                     ws.save_sync_state(&SyncState {
                         replication_index: now,
                         base_at: Some(frame),
                         sql_path: None,
+                        clean: clean_record(ws, merged.clean_work)?,
                     })?;
                 }
-                return Ok(outcome);
+                return Ok(merged.outcome);
             }
             FromLog::NotNow => {}
             FromLog::Unusable(reason) => {
@@ -87,11 +89,14 @@ pub fn pull(
     }
 
     let theirs = ws.download(remote, opts, progress)?;
-    let outcome = {
+    let Merged {
+        outcome,
+        clean_work,
+    } = {
         let base = ws.open_base()?;
         let theirs_db = crate::workspace::open_snapshot(&theirs.path)?;
         let cs = diff::diff(&base, &theirs_db, &diff::Filter::default())?;
-        merge_into(ws, &base, &theirs_db, cs, merge, on_wait)?
+        merge_into(ws, &base, &theirs_db, cs, merge, state.clean, on_wait)?
     };
     if outcome.is_done() {
         // A crash here leaves the old base: the next pull sees our side and theirs holding
@@ -104,6 +109,11 @@ pub fn pull(
             replication_index: if outcome.is_done() { now } else { known },
             base_at: None,
             sql_path,
+            clean: if outcome.is_done() {
+                clean_record(ws, clean_work)?
+            } else {
+                state.clean
+            },
         })?;
     }
     Ok(outcome.map(|report| PullReport {
@@ -116,7 +126,7 @@ pub fn pull(
 /// How a pull through the replication log went.
 enum FromLog {
     /// Merged (or stopped on conflicts), with the mirror at this frame.
-    Done(Outcome<PullReport>, u64),
+    Done(Merged, u64),
     /// The log holds nothing yet, or was reset while read: read over SQL this time.
     NotNow,
     /// The log cannot be used, for this reason: read over SQL from now on.
@@ -133,10 +143,11 @@ fn from_log(
     ws: &Workspace,
     log: &mut dyn LogSource,
     hello: &Hello,
-    base_at: Option<u64>,
+    state: &SyncState,
     merge: &MergeOptions,
     on_wait: WaitNotice<'_>,
 ) -> Result<FromLog> {
+    let base_at = state.base_at;
     let mirror = Mirror::new(ws);
     mirror.recover()?;
     let ready = match mirror.fetch(log, hello) {
@@ -171,7 +182,7 @@ fn from_log(
     else {
         return Ok(FromLog::NotNow);
     };
-    let (outcome, theirs) = {
+    let (merged, theirs) = {
         let base = ws.open_base()?;
         let theirs_db = open_immutable(&mirror.db_path())?;
         let touched = match &before {
@@ -188,31 +199,38 @@ fn from_log(
                 format!("whole tables of the mirror: {why}"),
             ),
         };
-        let outcome = merge_into(ws, &base, &theirs_db, cs.clone(), merge, on_wait)?;
-        let outcome = outcome.map(|report| PullReport {
+        let merged = merge_into(
+            ws,
+            &base,
+            &theirs_db,
+            cs.clone(),
+            merge,
+            state.clean,
+            on_wait,
+        )?;
+        let outcome = merged.outcome.map(|report| PullReport {
             read: Some(read),
             ..report
         });
-        (outcome, cs)
+        (Merged { outcome, ..merged }, cs)
     };
-    if outcome.is_done() {
+    if merged.outcome.is_done() {
         // The base takes their changes in one transaction of its own, in place: a pull costs
         // what changed, not a copy of the database. It is not at any mirror point meanwhile.
         let state = ws.sync_state()?;
         ws.save_sync_state(&SyncState {
             base_at: None,
+            clean: None,
             ..state
         })?;
         ws.update_base(|conn| theirs.apply(conn))?;
         ws.drop_push_record()?;
     }
-    Ok(FromLog::Done(
-        outcome.map(|report| PullReport {
-            downloaded: true,
-            ..report
-        }),
-        frame,
-    ))
+    let outcome = merged.outcome.map(|report| PullReport {
+        downloaded: true,
+        ..report
+    });
+    Ok(FromLog::Done(Merged { outcome, ..merged }, frame))
 }
 
 /// Takes the working copy's write lock, telling the user once if the app holds it. The wait
@@ -243,6 +261,58 @@ fn data_version(work: &Connection) -> Result<i64> {
     Ok(work.query_row("PRAGMA data_version", [], |r| r.get(0))?)
 }
 
+/// How a merge into the working copy went.
+struct Merged {
+    outcome: Outcome<PullReport>,
+    /// The working copy's stamp right after our commit, when nothing of ours was pending and
+    /// no app committed in between: once the base takes theirs, the two hold the same rows
+    /// ([`Clean`]).
+    clean_work: Option<Stamp>,
+}
+
+/// What to record as [`Clean`] once the base took theirs: `work` (from [`Merged`]) with the
+/// base's stamp now.
+fn clean_record(ws: &Workspace, work: Option<Stamp>) -> Result<Option<Clean>> {
+    let Some(work) = work else {
+        return Ok(None);
+    };
+    let base = pages::stamp(&ws.open_base()?)?;
+    Ok(base.map(|base| Clean { work, base }))
+}
+
+/// Ours, base → working copy, read in the caller's read transaction on `work`. While both
+/// files have the stamps of `clean`, the working copy holds exactly the base's rows, so no row
+/// is read: only schemas, counters and triggers are compared.
+fn read_ours(
+    base: &Connection,
+    work: &Connection,
+    clean: Option<Clean>,
+) -> Result<diff::Changeset> {
+    let d = diff::Diff::new(base, work, &diff::Filter::default())?;
+    let unchanged = match clean {
+        Some(c) => pages::stamp(work)? == Some(c.work) && pages::stamp(base)? == Some(c.base),
+        None => false,
+    };
+    if unchanged {
+        Ok(d.into_outline())
+    } else {
+        d.changeset()
+    }
+}
+
+/// The working copy's stamp just after our commit, in a read transaction of its own: `None`
+/// when another connection committed in between (`data_version` moved from `locked`, read
+/// under our write lock), since the stamp would then cover the app's write too.
+fn stamp_after_commit(work: &Connection, locked: i64) -> Result<Option<Stamp>> {
+    work.execute_batch("BEGIN")?;
+    let read = (|| -> Result<Option<Stamp>> {
+        let stamp = pages::stamp(work)?;
+        Ok(stamp.filter(|_| matches!(data_version(work), Ok(v) if v == locked)))
+    })();
+    work.execute_batch("COMMIT")?;
+    read
+}
+
 /// Merges the remote copy into the working copy, holding the app's write lock only to check
 /// and apply. Ours and the merge come from a read snapshot of the working copy; then, under
 /// the write lock, `data_version` says whether the app committed since. If it did, ours is
@@ -254,16 +324,16 @@ fn merge_into(
     theirs_db: &Connection,
     mut theirs: diff::Changeset,
     merge: &MergeOptions,
+    clean: Option<Clean>,
     on_wait: WaitNotice<'_>,
-) -> Result<Outcome<PullReport>> {
-    let all = diff::Filter::default();
+) -> Result<Merged> {
     if let Some(pushed) = ws.interrupted_push()? {
         strip_our_push(&mut theirs, &pushed);
     }
 
     let mut work = ws.open_working_copy(false)?;
     work.execute_batch("PRAGMA foreign_keys = OFF; BEGIN")?;
-    let ours = diff::diff(base, &work, &all)?;
+    let ours = read_ours(base, &work, clean)?;
     // A table named to settle (`--theirs TABLE`) must exist: a typo would settle nothing.
     for name in merge.tables.keys() {
         if ![&ours, &theirs]
@@ -276,17 +346,26 @@ fn merge_into(
         }
     }
     let seen = data_version(&work)?;
+    let mut nothing_ours = ours.is_empty();
     let mut plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)?;
     work.execute_batch("COMMIT")?;
+    let stopped = |conflicts| Merged {
+        outcome: Outcome::Conflicts(conflicts),
+        clean_work: None,
+    };
     let unsettled = merge.unsettled(&plan.conflicts);
     if !unsettled.is_empty() {
-        return Ok(Outcome::Conflicts(unsettled));
+        return Ok(stopped(unsettled));
     }
 
     begin_immediate(&mut work, on_wait)?;
-    let applied = (|| {
-        if data_version(&work)? != seen {
-            let ours = diff::diff(base, &work, &all)?;
+    let mut locked = None;
+    let applied = (|| -> Result<Outcome<PullReport>> {
+        let now = data_version(&work)?;
+        locked = Some(now);
+        if now != seen {
+            let ours = read_ours(base, &work, clean)?;
+            nothing_ours = ours.is_empty();
             plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)?;
             let unsettled = merge.unsettled(&plan.conflicts);
             if !unsettled.is_empty() {
@@ -305,5 +384,13 @@ fn merge_into(
     if !matches!(applied, Ok(Outcome::Done(_))) {
         let _ = work.execute_batch("ROLLBACK");
     }
-    applied
+    let outcome = applied?;
+    let clean_work = match locked {
+        Some(locked) if outcome.is_done() && nothing_ours => stamp_after_commit(&work, locked)?,
+        _ => None,
+    };
+    Ok(Merged {
+        outcome,
+        clean_work,
+    })
 }

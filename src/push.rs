@@ -879,6 +879,8 @@ pub fn push(
     report.log = Some(ws.record_push(&cs, &final_sequences, &run.log, fresh_record)?);
     ws.save_sync_state(&crate::workspace::SyncState {
         replication_index: index,
+        // The base moved: ours is read in full at the next pull.
+        clean: None,
         ..state
     })?;
     Ok(Outcome::Done(report))

@@ -50,6 +50,26 @@ pub struct SyncState {
     /// Why the remote is read over SQL instead of from its replication log, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql_path: Option<String>,
+    /// The stamps of the working copy and the base when the working copy last held exactly
+    /// the base's rows; see [`Clean`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean: Option<Clean>,
+}
+
+/// The working copy held exactly the base's rows when the two files had these stamps
+/// ([`crate::pages::Stamp`]). While both still have them, nothing of ours is pending, so a
+/// pull reads none of the working copy's rows: an idle working copy costs nothing to pull
+/// into, however large. Any write to either file, by us or by the app, changes its stamp.
+///
+/// ```text
+/// pull, nothing of ours pending   -> clean {work: W1, base: B1}
+/// next pull, stamps W1 and B1     -> ours has no row changes; rows not read
+/// app: INSERT …                   -> work stamp W2 != W1: ours read in full, as always
+/// ```
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Clean {
+    pub work: crate::pages::Stamp,
+    pub base: crate::pages::Stamp,
 }
 
 /// What `.tursync/config.json` holds. The token is deliberately absent: it stays in the
@@ -331,6 +351,7 @@ pub fn init(
                 replication_index: index,
                 base_at: Some(frame),
                 sql_path: None,
+                clean: None,
             },
         ),
         Err(reason) => {
@@ -344,6 +365,7 @@ pub fn init(
                     replication_index: index,
                     base_at: None,
                     sql_path: reason,
+                    clean: None,
                 },
             )
         }

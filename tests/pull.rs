@@ -391,3 +391,94 @@ fn pull_waits_for_the_app_and_skips_the_download_when_nothing_moved() {
         vec![vec![Cell::text("ok")]]
     );
 }
+
+/// A pull that ends with nothing of ours pending records the stamps of both files, and the
+/// next pull skips reading the working copy's rows while they still match. Every way an app
+/// can write the file must move the stamp, or that pull would take theirs over the app's row
+/// without a conflict. Each app here is the sqlite3 shell, in its own process.
+#[test]
+fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let wc = dir.path().join("working_copy.db");
+    let old = dir.path().join("older.db");
+    let old_sql = old.display().to_string();
+    let sync = dir.path().join(".tursync/sync.json");
+    let ok = |args: &[&str]| {
+        run_ok(
+            tursync(dir.path())
+                .args(args)
+                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+        )
+    };
+    // (what the app does, before the clean point (then pushed), after it, row 1 it leaves)
+    let backup = format!(".backup '{old_sql}'\nUPDATE t SET v = 'newer' WHERE id = 1;\n");
+    let restore = format!(".restore '{old_sql}'\n");
+    let cases: Vec<(&str, String, String, &str)> = vec![
+        ("a commit in rollback mode", String::new(), "UPDATE t SET v = 'app 0' WHERE id = 1;".into(), "app 0"),
+        (
+            "commits in exclusive locking mode",
+            String::new(),
+            "PRAGMA locking_mode = EXCLUSIVE; UPDATE t SET v = 'x' WHERE id = 1; UPDATE t SET v = 'app 1' WHERE id = 1;".into(),
+            "app 1",
+        ),
+        (
+            "a commit in WAL mode, then back to rollback mode",
+            String::new(),
+            "PRAGMA journal_mode = WAL; UPDATE t SET v = 'app 2' WHERE id = 1; PRAGMA journal_mode = DELETE;".into(),
+            "app 2",
+        ),
+        ("a restore of an older copy", backup, restore, "app 2"),
+        (
+            "a commit left in WAL mode",
+            String::new(),
+            "PRAGMA journal_mode = WAL; UPDATE t SET v = 'app 4' WHERE id = 1;".into(),
+            "app 4",
+        ),
+    ];
+    for (i, (what, before, app, row1)) in cases.iter().enumerate() {
+        if !before.is_empty() {
+            sqlite3_cli(&wc, before.as_bytes());
+            ok(&["push"]);
+        }
+        sqld.exec(&format!("UPDATE t SET v = 'remote {i}' WHERE id = 2"));
+        ok(&["pull"]);
+        let state = std::fs::read_to_string(&sync).unwrap();
+        assert!(
+            state.contains("\"clean\""),
+            "{what}: no clean point recorded: {state}"
+        );
+
+        sqlite3_cli(&wc, app.as_bytes());
+        sqld.exec(&format!("UPDATE t SET v = 'theirs {i}' WHERE id = 1"));
+        let out = cmd(&sqld, dir.path(), &["pull"]);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{what}: the app's row 1 must conflict with theirs\n{}",
+            text(&out)
+        );
+        assert!(
+            text(&out).contains("table t, key (1)"),
+            "{what}: {}",
+            text(&out)
+        );
+        assert_eq!(
+            local_query(&wc, "SELECT v FROM t WHERE id = 1"),
+            vec![vec![Cell::text(row1)]],
+            "{what}: the app's row was overwritten"
+        );
+        ok(&["pull", "--ours"]);
+        ok(&["push"]);
+        assert_table_eq(&sqld, &wc, "SELECT id, v FROM t ORDER BY id");
+        assert_eq!(
+            sqld.query("SELECT v FROM t WHERE id = 1"),
+            vec![vec![Cell::text(row1)]],
+            "{what}"
+        );
+    }
+}
