@@ -226,6 +226,15 @@ impl Mirror {
     /// Writes a ready spool into the mirror, syncs it, records the new point and deletes the
     /// spool. Safe to repeat after a crash at any point.
     pub fn apply(&self, ready: Ready) -> Result<MirrorState> {
+        self.apply_settling(ready)?.wait()
+    }
+
+    /// [`Mirror::apply`], returning once the pages are written: the file is synced, the new
+    /// point recorded and the spool deleted on a thread meanwhile, so the sync overlaps the
+    /// pull's own work; the pages are readable at once. Until [`Settling::wait`] says it is
+    /// done, `mirror.json` still names the old point and the spool is kept, so a crash before
+    /// then is finished by [`Mirror::recover`] as after any interrupted apply.
+    pub fn apply_settling(&self, ready: Ready) -> Result<Settling> {
         let db = fs::OpenOptions::new()
             .create(true)
             .truncate(ready.head.fresh)
@@ -253,17 +262,61 @@ impl Mirror {
             }
         }
         db.set_len(u64::from(ready.size) * page_size as u64)?;
-        db.sync_all()?;
-        drop(db);
         let state = MirrorState {
             log_id: ready.head.log_id.clone(),
             generation_id: ready.head.generation_id.clone(),
             frame_no: Some(ready.to),
         };
-        self.save_state(&state)?;
-        fs::remove_file(&ready.path)?;
-        workspace::sync_dir(&self.dir)?;
-        Ok(state)
+        let (dir, recorded) = (self.dir.clone(), state.clone());
+        let sync = std::thread::spawn(move || -> Result<()> {
+            db.sync_all()?;
+            drop(db);
+            Mirror::in_dir(dir.clone()).save_state(&recorded)?;
+            fs::remove_file(&ready.path)?;
+            workspace::sync_dir(&dir)
+        });
+        Ok(Settling {
+            state,
+            sync: Some(sync),
+        })
+    }
+}
+
+/// A mirror whose new pages are written and being synced ([`Mirror::apply_settling`]).
+#[must_use = "the mirror's new point is recorded only once `wait` returns"]
+pub struct Settling {
+    state: MirrorState,
+    sync: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Settling {
+    /// The mirror's state once settled.
+    pub fn state(&self) -> &MirrorState {
+        &self.state
+    }
+
+    /// Waits until the pages are synced and the new point recorded.
+    pub fn wait(mut self) -> Result<MirrorState> {
+        self.join()?;
+        Ok(self.state.clone())
+    }
+
+    fn join(&mut self) -> Result<()> {
+        match self.sync.take().map(|t| t.join()) {
+            None => Ok(()),
+            Some(Ok(done)) => done,
+            Some(Err(_)) => Err(Error::Unexpected(
+                "the thread syncing the mirror panicked".into(),
+            )),
+        }
+    }
+}
+
+impl Drop for Settling {
+    /// A pull that stops early still lets the sync finish; an error then leaves the spool for
+    /// [`Mirror::recover`].
+    fn drop(&mut self) {
+        let _ = self.join();
     }
 }
 

@@ -160,13 +160,14 @@ fn from_log(
     // What the mirror held before this advance, when the base holds the same: then theirs is
     // read from the rows on the pages the advance writes.
     let mut before = Err("the base is not at the mirror's last point".to_owned());
+    let mut settling = None;
     match ready {
         Some(ready) => {
             if !ready.fresh && ready.from.is_some() && ready.from == base_at {
                 let old = open_immutable(&mirror.db_path())?;
                 before = Before::read(&old, ready.pages.clone())?;
             }
-            mirror.apply(ready)?;
+            settling = Some(mirror.apply_settling(ready)?);
         }
         None if base_at.is_some() && mirror.state()?.and_then(|s| s.frame_no) == base_at => {
             let old = open_immutable(&mirror.db_path())?;
@@ -175,8 +176,11 @@ fn from_log(
         None => {}
     }
     // No mirror of this log yet: it holds no frames (a new or just reset database).
-    let Some(frame) = mirror
-        .state()?
+    let mirrored = match &settling {
+        Some(settling) => Some(settling.state().clone()),
+        None => mirror.state()?,
+    };
+    let Some(frame) = mirrored
         .filter(|s| s.log_id == hello.log_id)
         .and_then(|s| s.frame_no)
     else {
@@ -225,6 +229,9 @@ fn from_log(
         })?;
         ws.update_base(|conn| theirs.apply(conn))?;
         ws.drop_push_record()?;
+    }
+    if let Some(settling) = settling {
+        settling.wait()?;
     }
     let outcome = merged.outcome.map(|report| PullReport {
         downloaded: true,
