@@ -18,6 +18,7 @@ pub mod remote;
 pub mod schema;
 pub mod sink;
 mod spool;
+pub mod spot_check;
 pub mod sql;
 pub mod touched;
 pub mod value;

@@ -22,6 +22,7 @@ use crate::pages::{self, Stamp};
 use crate::progress::Progress;
 use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
 use crate::remote::Remote;
+use crate::spot_check::{spot_check, SpotCheck};
 use crate::touched::{touched, Before, Touched};
 use crate::workspace::{wait_for_locks, Clean, SyncState, Workspace, BUSY_TIMEOUT};
 use crate::{Error, Result};
@@ -49,6 +50,7 @@ pub fn pull(
         return Ok(Outcome::Done(PullReport::default()));
     }
 
+    let mut read = "over SQL".to_owned();
     if use_log {
         let mut log = ReplicationLog::new(remote);
         let hello = match log.hello() {
@@ -65,7 +67,7 @@ pub fn pull(
             }
         }
         let outcome = match hello {
-            Ok(hello) => from_log(ws, &mut log, &hello, &state, merge, on_wait)?,
+            Ok(hello) => from_log(ws, remote, &mut log, &hello, &state, merge, on_wait)?,
             Err(reason) => FromLog::Unusable(reason),
         };
         match outcome {
@@ -81,6 +83,11 @@ pub fn pull(
                 return Ok(merged.outcome);
             }
             FromLog::NotNow => {}
+            FromLog::Diverged(difference) => {
+                read = format!(
+                    "over SQL: {difference}; it was dropped and is read again from the log"
+                );
+            }
             FromLog::Unusable(reason) => {
                 Mirror::new(ws).remove()?;
                 sql_path = Some(reason);
@@ -118,7 +125,7 @@ pub fn pull(
     }
     Ok(outcome.map(|report| PullReport {
         downloaded: true,
-        read: Some("over SQL".into()),
+        read: Some(read),
         ..report
     }))
 }
@@ -129,6 +136,10 @@ enum FromLog {
     Done(Merged, u64),
     /// The log holds nothing yet, or was reset while read: read over SQL this time.
     NotNow,
+    /// The mirror, just advanced, differed from the remote ([`crate::spot_check`]): it was
+    /// removed before anything was read from it. Read over SQL this time; the next pull builds
+    /// the mirror again from the log.
+    Diverged(crate::spot_check::Difference),
     /// The log cannot be used, for this reason: read over SQL from now on.
     Unusable(String),
 }
@@ -139,8 +150,12 @@ enum FromLog {
 /// When the base holds the mirror's content from before this advance (`base_at`), theirs is
 /// read from the rows on the pages the advance wrote ([`crate::touched`]), so a pull costs
 /// what changed; otherwise, or when those pages say too little, from the whole tables.
+///
+/// Once advanced, and before anything is read from it, the mirror is spot-checked against the
+/// remote ([`crate::spot_check`]); a mirror that differs is removed, unused.
 fn from_log(
     ws: &Workspace,
+    remote: &Remote,
     log: &mut dyn LogSource,
     hello: &Hello,
     state: &SyncState,
@@ -149,7 +164,8 @@ fn from_log(
 ) -> Result<FromLog> {
     let base_at = state.base_at;
     let mirror = Mirror::new(ws);
-    mirror.recover()?;
+    // Whether the mirror moved in this pull (a spool a killed run left counts).
+    let mut advanced = mirror.recover()?;
     let ready = match mirror.fetch(log, hello) {
         Ok(ready) => ready,
         Err(MirrorError::Log(LogError::Remote(e))) if e.is_transient() => return Err(e.into()),
@@ -168,6 +184,7 @@ fn from_log(
                 before = Before::read(&old, ready.pages.clone())?;
             }
             settling = Some(mirror.apply_settling(ready)?);
+            advanced = true;
         }
         None if base_at.is_some() && mirror.state()?.and_then(|s| s.frame_no) == base_at => {
             let old = open_immutable(&mirror.db_path())?;
@@ -186,6 +203,21 @@ fn from_log(
     else {
         return Ok(FromLog::NotNow);
     };
+    if advanced {
+        let check = spot_check(&open_immutable(&mirror.db_path())?, remote, frame)?;
+        if let SpotCheck::Differed(difference) = check {
+            // The base is at no point of a mirror that is gone.
+            let state = ws.sync_state()?;
+            ws.save_sync_state(&SyncState {
+                base_at: None,
+                ..state
+            })?;
+            // Its sync finishes (or fails) before the files go.
+            drop(settling.take());
+            mirror.remove()?;
+            return Ok(FromLog::Diverged(difference));
+        }
+    }
     let (merged, theirs) = {
         let base = ws.open_base()?;
         let theirs_db = open_immutable(&mirror.db_path())?;

@@ -361,6 +361,8 @@ fn push_real(out: &mut String, f: f64) {
 /// delete("t", ["a", "b"])             DELETE FROM "t" WHERE "a" = ? AND "b" = ?
 /// update("t", ["v"], ["id"])          UPDATE OR ABORT "t" SET "v" = ? WHERE "id" = ?
 /// select("t", "\"id\", \"v\"", ["id"])  SELECT "id", "v" FROM "t" WHERE "id" = ?
+/// select_run("t", "*", [r#""a""#, r#""b""#], true)
+///                                     SELECT * FROM "t" WHERE ("a", "b") >= (?, ?) ORDER BY "a", "b" LIMIT ?
 /// key_in(["id"], 3)                   "id" IN (?, ?, ?)
 /// key_in(["a", "b"], 2)               ("a", "b") IN (VALUES (?, ?), (?, ?))
 /// delete_many("t", ["id"], 2)         DELETE FROM "t" WHERE "id" IN (?, ?)
@@ -399,6 +401,24 @@ pub fn select<S: AsRef<str>>(table: &str, columns: &str, key: &[S]) -> String {
         "SELECT {columns} FROM {} WHERE {}",
         ident(table),
         where_key(key)
+    )
+}
+
+/// See [`insert`]: a run of at most `limit` rows in key order, from the first whose key is at
+/// least the arguments (`from`), else from the table's first row. `columns` is a select list
+/// and `key` the key's expressions ([`crate::schema::Table::scan_key_exprs`]), both already SQL;
+/// the arguments are the start key's values (with `from`), then the limit.
+pub fn select_run<S: AsRef<str>>(table: &str, columns: &str, key: &[S], from: bool) -> String {
+    let key: Vec<&str> = key.iter().map(AsRef::as_ref).collect();
+    let order = key.join(", ");
+    let start = match key.as_slice() {
+        _ if !from => String::new(),
+        [one] => format!(" WHERE {one} >= ?"),
+        _ => format!(" WHERE ({order}) >= ({})", marks(key.len())),
+    };
+    format!(
+        "SELECT {columns} FROM {}{start} ORDER BY {order} LIMIT ?",
+        ident(table)
     )
 }
 
@@ -496,6 +516,14 @@ mod tests {
         assert_eq!(
             select("t", r#""id", "v""#, &["id"]),
             r#"SELECT "id", "v" FROM "t" WHERE "id" = ?"#
+        );
+        assert_eq!(
+            select_run("t", "*", &[r#""a""#, r#""b""#], true),
+            r#"SELECT * FROM "t" WHERE ("a", "b") >= (?, ?) ORDER BY "a", "b" LIMIT ?"#
+        );
+        assert_eq!(
+            select_run("t", r#""id", "v""#, &[r#""id""#], false),
+            r#"SELECT "id", "v" FROM "t" ORDER BY "id" LIMIT ?"#
         );
         assert_eq!(key_in(&["id"], 3), r#""id" IN (?, ?, ?)"#);
         assert_eq!(

@@ -437,3 +437,63 @@ fn a_new_empty_database_is_followed_through_the_log_once_it_has_frames() {
     assert_same_database(&sqld, &dir.path().join("working_copy.db"));
     assert!(reads(&sqld, dir.path(), &sqld.rw_token)["mirror"].is_object());
 }
+
+#[test]
+fn a_mirror_that_differs_from_the_remote_is_dropped_and_never_merged() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE b(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+         INSERT INTO a SELECT value, 'a' || value FROM generate_series(1, 40);
+         INSERT INTO b SELECT 'k' || value, value FROM generate_series(1, 40);
+         INSERT INTO a VALUES (41, CAST(X'e9ff' AS TEXT));
+         INSERT INTO b VALUES ('k41', 9e999);",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let (work, base) = (
+        dir.path().join("working_copy.db"),
+        dir.path().join(".tursync/base.db"),
+    );
+    // Both copies equal the remote, compared exactly (the server cannot send these values).
+    let same = || {
+        for db in [&work, &base] {
+            assert_table_eq(&sqld, db, &exact_select("a", &["id", "v"], "id"));
+            assert_table_eq(&sqld, db, &exact_select("b", &["k", "v"], "k"));
+        }
+    };
+    // The mirror's pages change behind the log's back, as a damaged disk or a bug would change
+    // them: another process writes the file. (The TEXT that is not UTF-8 and the infinite REAL
+    // make the check read the remote exactly.)
+    sqlite3_cli(
+        &dir.path().join(".tursync/mirror.db"),
+        b"UPDATE a SET v = 'damaged' WHERE id = 3;",
+    );
+    sqld.exec("UPDATE b SET v = 'theirs' WHERE k = 'k7'");
+    let read = pull(&sqld, dir.path());
+    assert!(
+        read.starts_with("over SQL: the mirror differed from the remote at frame ")
+            && read.contains("(table \"a\", id 3)"),
+        "{read}"
+    );
+    same();
+    for db in [&work, &base] {
+        let damaged = local_query(db, "SELECT count(*) FROM a WHERE v = 'damaged'");
+        assert_eq!(damaged, vec![vec![Cell::Integer(0)]], "{}", db.display());
+    }
+    assert!(!dir.path().join(".tursync/mirror.db").exists());
+    // The next pull builds the mirror again from the log, and the one after reads pages again.
+    sqld.exec("UPDATE a SET v = 'theirs' WHERE id = 5");
+    let read = pull(&sqld, dir.path());
+    assert!(read.starts_with("whole tables of the mirror"), "{read}");
+    same();
+    sqld.exec("UPDATE a SET v = 'theirs again' WHERE id = 6");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    same();
+    assert_eq!(reads(&sqld, dir.path(), &sqld.rw_token)["path"], "log");
+    run_ok(
+        tursync(dir.path())
+            .args(["verify"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+}
