@@ -9,7 +9,8 @@
 #   pulls:   one tursync working copy and one replica, after each remote change: none, 100 rows
 #            updated, 1000 rows appended, 100 one-row transactions, 1% of rows updated in one
 #            transaction. After each step the working copy and the replica must hold what the
-#            remote holds (a checksum over every column).
+#            remote holds (a checksum over every column). Each pull's log is shown as frames
+#            (pages) read over the database's pages: what any reader of the log downloads.
 #
 # Env: ROWS (default 1000000), RUNS (default 3), SQLD_BIN, KEEP_TMP=1 to keep the temp dir.
 # The replica takes about two minutes to build the first time (target/bench-replica).
@@ -91,15 +92,18 @@ for run in $(seq 1 "$RUNS"); do
 done
 
 # --- pulls -------------------------------------------------------------------------------------
-declare -a STEPS=() PULLS=() SYNCS=()
+declare -a STEPS=() PULLS=() SYNCS=() FRAMES=()
+# The mirror's last frame: how many frames (pages) of log a pull read is its difference.
+frame_no() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["frame_no"])' "$TMP/ws/.tursync/mirror.json"; }
 step() { # NAME, after the remote change was made
-    local t0 t s
+    local t0 t s f0
+    f0=$(frame_no)
     t0=$(now); (cd "$TMP/ws" && "$TURSYNC" pull -q >/dev/null); t=$(elapsed "$t0" "$(now)")
     same_as_remote "$TMP/ws/working_copy.db" "the working copy after '$1'"
     s=$("$REPLICA" "$TMP/replica/db" "$URL")
     same_as_remote "$TMP/replica/db" "the replica after '$1'"
-    STEPS+=("$1") PULLS+=("$t") SYNCS+=("$s")
-    log "$1: pull ${t}s, replica sync() ${s}s"
+    STEPS+=("$1") PULLS+=("$t") SYNCS+=("$s") FRAMES+=($(($(frame_no) - f0)))
+    log "$1: pull ${t}s, replica sync() ${s}s, ${FRAMES[-1]} frames of log"
 }
 step "no change"
 remote_exec "UPDATE big SET name = name || '.u', score = score + 1 WHERE id % ($ROWS / 100) = 7;"
@@ -117,12 +121,13 @@ step "1% of rows updated in one transaction"
 echo
 echo "replication log benchmark: $ROWS rows with an index, best of $RUNS clones, sqld on loopback ($(nproc) cores)"
 echo "  tursync at $BUILD"
-printf '  %-40s %8s %10s %22s\n' "" "seconds" "/ clone" "embedded replica"
-printf '  %-40s %8s %10s %22s\n' "tursync init (replication log)" "$best_init" "1.00" "$best_replica (first sync)"
+PAGES=$(($(stat -c %s "$TMP/ws/.tursync/mirror.db") / 4096))
+printf '  %-40s %8s %10s %22s %16s\n' "" "seconds" "/ clone" "embedded replica" "log / database"
+printf '  %-40s %8s %10s %22s %16s\n' "tursync init (replication log)" "$best_init" "1.00" "$best_replica (first sync)" "$PAGES pages"
 printf '  %-40s %8s %10s\n' "tursync init over SQL" "$best_sql" "$(ratio "$best_sql" "$best_init")"
 printf '  %-40s %8s %10s\n' "curl /dump | sqlite3" "$best_dump" "$(ratio "$best_dump" "$best_init")"
 for i in "${!STEPS[@]}"; do
-    printf '  %-40s %8s %10s %22s\n' "pull: ${STEPS[$i]}" "${PULLS[$i]}" "$(ratio "${PULLS[$i]}" "$best_init")" "${SYNCS[$i]} (sync)"
+    printf '  %-40s %8s %10s %22s %16s\n' "pull: ${STEPS[$i]}" "${PULLS[$i]}" "$(ratio "${PULLS[$i]}" "$best_init")" "${SYNCS[$i]} (sync)" "$(ratio "${FRAMES[$i]}" "$PAGES")"
 done
 echo "  init / replica first sync: $(ratio "$best_init" "$best_replica") (goal <= 0.5); init / dump|sqlite3: $(ratio "$best_init" "$best_dump") (goal <= 0.3)"
 echo "  1% pull / replica sync(): $(ratio "${PULLS[4]}" "${SYNCS[4]}") (goal <= 2)"
