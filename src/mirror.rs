@@ -172,7 +172,13 @@ impl Mirror {
             let before = spool.frames;
             let got = log.retrying(&mut |log: &mut dyn LogSource| {
                 spool.rewind()?;
-                log.frames(next, snapshot, &mut |f| spool.push(f, snapshot))
+                // A batch that broke off goes on after its last whole transaction.
+                let at = if snapshot {
+                    next
+                } else {
+                    spool.last_frame.map_or(0, |f| f + 1)
+                };
+                log.frames(at, snapshot, &mut |f| spool.push(f, snapshot))
             });
             match got {
                 Ok(()) => {}
@@ -466,4 +472,119 @@ pub fn copy_out(mirror: &Path, dst: &Path) -> Result<()> {
     }
     f.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::RemoteError;
+
+    /// A log of frames held in memory. The first batch breaks off after `break_after` frames
+    /// (once), as a dropped connection does; a batch runs to the end of the log.
+    struct FakeLog {
+        frames: Vec<Vec<u8>>,
+        break_after: Option<usize>,
+    }
+
+    const PAGE: usize = 512;
+
+    fn frame(frame_no: u64, page_no: u32, size_after: u32) -> Vec<u8> {
+        let mut f = Vec::with_capacity(FRAME_HEADER + PAGE);
+        f.extend_from_slice(&frame_no.to_le_bytes());
+        f.extend_from_slice(&0u64.to_le_bytes());
+        f.extend_from_slice(&page_no.to_le_bytes());
+        f.extend_from_slice(&size_after.to_le_bytes());
+        f.extend((0..PAGE).map(|i| (i as u64 * 7 + frame_no * 31 + u64::from(page_no)) as u8));
+        f
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            log_id: "log".into(),
+            generation_id: "gen".into(),
+            replication_index: None,
+        }
+    }
+
+    impl LogSource for FakeLog {
+        fn hello(&mut self) -> Result<Hello, LogError> {
+            Ok(hello())
+        }
+
+        fn frames(
+            &mut self,
+            next_offset: u64,
+            _snapshot: bool,
+            each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        ) -> Result<(), LogError> {
+            let from = usize::try_from(next_offset).unwrap().min(self.frames.len());
+            for (i, f) in self.frames[from..].iter().enumerate() {
+                if self.break_after.is_some_and(|b| i == b) {
+                    self.break_after = None;
+                    return Err(LogError::Remote(RemoteError::Dropped {
+                        url: String::new(),
+                        reason: "test".into(),
+                    }));
+                }
+                each(f)?;
+            }
+            Ok(())
+        }
+
+        fn retrying(
+            &mut self,
+            attempt: &mut dyn FnMut(&mut dyn LogSource) -> Result<(), LogError>,
+        ) -> Result<(), LogError> {
+            loop {
+                match attempt(self) {
+                    Err(LogError::Remote(_)) => continue,
+                    other => return other,
+                }
+            }
+        }
+    }
+
+    /// Three transactions: the database grows to 5 pages, then shrinks to 4; pages are
+    /// written again, out of order, and some next to each other.
+    fn log_frames() -> Vec<Vec<u8>> {
+        vec![
+            frame(0, 1, 0),
+            frame(1, 2, 0),
+            frame(2, 3, 3),
+            frame(3, 2, 0),
+            frame(4, 5, 0),
+            frame(5, 4, 0),
+            frame(6, 3, 5),
+            frame(7, 1, 4),
+        ]
+    }
+
+    /// A batch that breaks off, before or after a commit it holds, is fetched again from its
+    /// last whole transaction, and the spool applied is the mirror an unbroken batch makes.
+    #[test]
+    fn a_batch_that_breaks_off_goes_on_after_its_last_commit() {
+        let whole = tempfile::tempdir().unwrap();
+        let w = Mirror::in_dir(whole.path().to_path_buf());
+        let mut log = FakeLog {
+            frames: log_frames(),
+            break_after: None,
+        };
+        w.apply(w.fetch(&mut log, &hello()).unwrap().unwrap())
+            .unwrap();
+        for break_after in [1, 4, 7] {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Mirror::in_dir(dir.path().to_path_buf());
+            let mut log = FakeLog {
+                frames: log_frames(),
+                break_after: Some(break_after),
+            };
+            m.apply(m.fetch(&mut log, &hello()).unwrap().unwrap())
+                .unwrap();
+            assert_eq!(
+                fs::read(m.db_path()).unwrap(),
+                fs::read(w.db_path()).unwrap()
+            );
+            assert_eq!(m.state().unwrap(), w.state().unwrap());
+        }
+    }
 }
