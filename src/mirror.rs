@@ -172,7 +172,13 @@ impl Mirror {
             let before = spool.frames;
             let got = log.retrying(&mut |log: &mut dyn LogSource| {
                 spool.rewind()?;
-                log.frames(next, snapshot, &mut |f| spool.push(f, snapshot))
+                // A batch that broke off goes on after its last whole transaction.
+                let at = if snapshot {
+                    next
+                } else {
+                    spool.last_frame.map_or(0, |f| f + 1)
+                };
+                log.frames(at, snapshot, &mut |f| spool.push(f, snapshot))
             });
             match got {
                 Ok(()) => {}
@@ -317,6 +323,188 @@ impl Drop for Settling {
     /// [`Mirror::recover`].
     fn drop(&mut self) {
         let _ = self.join();
+    }
+}
+
+/// What [`Mirror::build`] wrote.
+#[derive(Debug)]
+pub struct Built {
+    /// The last frame in the mirror.
+    pub to: u64,
+}
+
+impl Mirror {
+    /// Builds the mirror from nothing, writing each frame straight into `mirror.db` as it comes
+    /// off the wire, then records its point in `mirror.json`; `None` when the log holds no
+    /// transaction yet. Only for a state directory nobody uses yet (one `init` builds aside and
+    /// renames into place when done): a run killed half-way leaves a directory that is swept
+    /// whole, so there is nothing to keep atomic and no spool is needed. The caller syncs
+    /// `mirror.db` (this leaves it unsynced, so the sync can overlap other work) before the
+    /// directory goes in place.
+    ///
+    /// The frames are read as [`Mirror::fetch`] reads them, and written in the order a spool
+    /// would be applied, so the file is the same: a batch that breaks off is fetched again from
+    /// its last whole transaction, which writes the same pages again (a retried snapshot holds
+    /// every page the broken one did, newer or the same), and the log must end on a commit.
+    pub(crate) fn build(
+        &self,
+        log: &mut dyn LogSource,
+        hello: &Hello,
+    ) -> Result<Option<Built>, MirrorError> {
+        let mut out = PageWriter::create(&self.db_path())?;
+        let mut next = 0;
+        let mut snapshot = false;
+        let mut hellos = 0;
+        loop {
+            let before = out.frames;
+            let got = log.retrying(&mut |log: &mut dyn LogSource| {
+                out.rewind();
+                // A batch that broke off goes on after its last whole transaction.
+                let at = if snapshot {
+                    next
+                } else {
+                    out.last_frame.map_or(0, |f| f + 1)
+                };
+                log.frames(at, snapshot, &mut |f| out.push(f, snapshot))
+            });
+            match got {
+                Ok(()) => {}
+                Err(LogError::NeedSnapshot) if !snapshot => {
+                    snapshot = true;
+                    continue;
+                }
+                Err(LogError::NoHello) if hellos < 3 => {
+                    hellos += 1;
+                    if log.hello()?.log_id != hello.log_id {
+                        return Err(LogError::Reset.into());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if out.frames == before {
+                if snapshot {
+                    return Err(LogError::Protocol("an empty snapshot".into()).into());
+                }
+                if out.txn_last.is_some() {
+                    // Pages of a transaction without its commit are in the file.
+                    return Err(
+                        LogError::Protocol("the log ended inside a transaction".into()).into(),
+                    );
+                }
+                break;
+            }
+            out.rewind();
+            snapshot = false;
+            next = out.last_frame.map_or(0, |f| f + 1);
+        }
+        let Some(to) = out.last_frame.filter(|_| out.frames > 0) else {
+            return Ok(None);
+        };
+        out.finish()?;
+        self.save_state(&MirrorState {
+            log_id: hello.log_id.clone(),
+            generation_id: hello.generation_id.clone(),
+            frame_no: Some(to),
+        })?;
+        Ok(Some(Built { to }))
+    }
+}
+
+/// Frames written straight into a database file, pages next to each other gathered into one
+/// write.
+struct PageWriter {
+    file: fs::File,
+    page_size: Option<usize>,
+    /// Pages not written yet, all consecutive, the first being `run_first`.
+    run: Vec<u8>,
+    run_first: u32,
+    /// Frames up to the last commit, and the last frame of the transaction under way.
+    frames: u64,
+    txn_frames: u64,
+    txn_last: Option<u64>,
+    last_frame: Option<u64>,
+    /// The database size in pages at the last commit.
+    size: u32,
+}
+
+/// Gathered pages are written once they fill this many bytes.
+const RUN_BYTES: usize = 1 << 20;
+
+impl PageWriter {
+    fn create(path: &Path) -> Result<PageWriter> {
+        Ok(PageWriter {
+            file: fs::File::create(path)?,
+            page_size: None,
+            run: Vec::with_capacity(RUN_BYTES),
+            run_first: 0,
+            frames: 0,
+            txn_frames: 0,
+            txn_last: None,
+            last_frame: None,
+            size: 0,
+        })
+    }
+
+    /// Forgets the transaction under way, whose frames come again; its pages stay written.
+    fn rewind(&mut self) {
+        self.txn_frames = 0;
+        self.txn_last = None;
+    }
+
+    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let h =
+            FrameHeader::parse(frame).ok_or_else(|| bad("a frame without its header".into()))?;
+        let page = frame.len() - FRAME_HEADER;
+        if *self.page_size.get_or_insert(page) != page || !page.is_power_of_two() || h.page_no == 0
+        {
+            return Err(bad(format!(
+                "frame {} holds page {} of {page} bytes",
+                h.frame_no, h.page_no
+            )));
+        }
+        // The log's frames follow each other; a snapshot's come in any order.
+        let expected = self.txn_last.or(self.last_frame).map(|f| f + 1);
+        if !snapshot && expected.is_some_and(|e| e != h.frame_no) {
+            return Err(bad(format!(
+                "frame {} where frame {} was due",
+                h.frame_no,
+                expected.unwrap_or_default()
+            )));
+        }
+        let run_pages = (self.run.len() / page) as u32;
+        if self.run.len() + page > RUN_BYTES
+            || self.run_first.checked_add(run_pages) != Some(h.page_no)
+        {
+            self.flush()?;
+            self.run_first = h.page_no;
+        }
+        self.run.extend_from_slice(&frame[FRAME_HEADER..]);
+        self.txn_frames += 1;
+        self.txn_last = Some(self.txn_last.map_or(h.frame_no, |l| l.max(h.frame_no)));
+        if h.size_after != 0 {
+            self.frames += std::mem::take(&mut self.txn_frames);
+            self.last_frame = self.txn_last.take().max(self.last_frame);
+            self.size = h.size_after;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.run.is_empty() {
+            let at = (u64::from(self.run_first) - 1) * self.page_size.unwrap_or(0) as u64;
+            self.file.write_all_at(&self.run, at)?;
+            self.run.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes what is gathered and cuts the file to the last commit's size.
+    fn finish(mut self) -> std::io::Result<()> {
+        self.flush()?;
+        self.file
+            .set_len(u64::from(self.size) * self.page_size.unwrap_or(0) as u64)
     }
 }
 
@@ -510,13 +698,181 @@ pub fn open_immutable(path: &Path) -> Result<rusqlite::Connection> {
 }
 
 /// Copies the mirror to `dst` as a database an app can use: byte for byte, but with the header
-/// saying rollback journal (bytes 18 and 19 set to 1) instead of the server's WAL mode.
+/// saying rollback journal (bytes 18 and 19 set to 1) instead of the server's WAL mode. The
+/// copy is not synced: the caller does, when it is done with it.
 pub fn copy_out(mirror: &Path, dst: &Path) -> Result<()> {
     fs::copy(mirror, dst)?;
     let f = fs::OpenOptions::new().write(true).open(dst)?;
     if f.metadata()?.len() >= 100 {
         f.write_all_at(&[1, 1], 18)?;
     }
-    f.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::RemoteError;
+
+    /// A log of frames held in memory. The first batch breaks off after `break_after` frames
+    /// (once), as a dropped connection does; a batch runs to the end of the log.
+    struct FakeLog {
+        frames: Vec<Vec<u8>>,
+        break_after: Option<usize>,
+    }
+
+    const PAGE: usize = 512;
+
+    fn frame(frame_no: u64, page_no: u32, size_after: u32) -> Vec<u8> {
+        let mut f = Vec::with_capacity(FRAME_HEADER + PAGE);
+        f.extend_from_slice(&frame_no.to_le_bytes());
+        f.extend_from_slice(&0u64.to_le_bytes());
+        f.extend_from_slice(&page_no.to_le_bytes());
+        f.extend_from_slice(&size_after.to_le_bytes());
+        f.extend((0..PAGE).map(|i| (i as u64 * 7 + frame_no * 31 + u64::from(page_no)) as u8));
+        f
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            log_id: "log".into(),
+            generation_id: "gen".into(),
+            replication_index: None,
+        }
+    }
+
+    impl LogSource for FakeLog {
+        fn hello(&mut self) -> Result<Hello, LogError> {
+            Ok(hello())
+        }
+
+        fn frames(
+            &mut self,
+            next_offset: u64,
+            _snapshot: bool,
+            each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        ) -> Result<(), LogError> {
+            let from = usize::try_from(next_offset).unwrap().min(self.frames.len());
+            for (i, f) in self.frames[from..].iter().enumerate() {
+                if self.break_after.is_some_and(|b| i == b) {
+                    self.break_after = None;
+                    return Err(LogError::Remote(RemoteError::Dropped {
+                        url: String::new(),
+                        reason: "test".into(),
+                    }));
+                }
+                each(f)?;
+            }
+            Ok(())
+        }
+
+        fn retrying(
+            &mut self,
+            attempt: &mut dyn FnMut(&mut dyn LogSource) -> Result<(), LogError>,
+        ) -> Result<(), LogError> {
+            loop {
+                match attempt(self) {
+                    Err(LogError::Remote(_)) => continue,
+                    other => return other,
+                }
+            }
+        }
+    }
+
+    /// Three transactions: the database grows to 5 pages, then shrinks to 4; pages are
+    /// written again, out of order, and some next to each other.
+    fn log_frames() -> Vec<Vec<u8>> {
+        vec![
+            frame(0, 1, 0),
+            frame(1, 2, 0),
+            frame(2, 3, 3),
+            frame(3, 2, 0),
+            frame(4, 5, 0),
+            frame(5, 4, 0),
+            frame(6, 3, 5),
+            frame(7, 1, 4),
+        ]
+    }
+
+    /// A mirror built straight from the log is the file a spool fetched and applied makes,
+    /// with the same recorded point, whether or not a batch broke off mid-transaction.
+    #[test]
+    fn a_built_mirror_is_the_applied_spool() {
+        for break_after in [None, Some(1), Some(4), Some(7)] {
+            let built = tempfile::tempdir().unwrap();
+            let applied = tempfile::tempdir().unwrap();
+            let a = Mirror::in_dir(applied.path().to_path_buf());
+            let mut log = FakeLog {
+                frames: log_frames(),
+                break_after: None,
+            };
+            let ready = a.fetch(&mut log, &hello()).unwrap().unwrap();
+            a.apply(ready).unwrap();
+            let b = Mirror::in_dir(built.path().to_path_buf());
+            let mut log = FakeLog {
+                frames: log_frames(),
+                break_after,
+            };
+            assert_eq!(b.build(&mut log, &hello()).unwrap().unwrap().to, 7);
+            let got = fs::read(b.db_path()).unwrap();
+            assert_eq!(got.len(), 4 * PAGE);
+            assert_eq!(got, fs::read(a.db_path()).unwrap(), "{break_after:?}");
+            assert_eq!(b.state().unwrap(), a.state().unwrap());
+        }
+    }
+
+    /// A log that ends inside a transaction cannot be built: its pages are in the file.
+    #[test]
+    fn a_log_ending_inside_a_transaction_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut frames = log_frames();
+        frames.truncate(5);
+        let mut log = FakeLog {
+            frames,
+            break_after: None,
+        };
+        let got = Mirror::in_dir(dir.path().to_path_buf()).build(&mut log, &hello());
+        assert!(matches!(got, Err(MirrorError::Log(LogError::Protocol(_)))));
+    }
+
+    /// A batch that breaks off, before or after a commit it holds, is fetched again from its
+    /// last whole transaction, and the spool applied is the mirror an unbroken batch makes.
+    #[test]
+    fn a_batch_that_breaks_off_goes_on_after_its_last_commit() {
+        let whole = tempfile::tempdir().unwrap();
+        let w = Mirror::in_dir(whole.path().to_path_buf());
+        let mut log = FakeLog {
+            frames: log_frames(),
+            break_after: None,
+        };
+        w.apply(w.fetch(&mut log, &hello()).unwrap().unwrap())
+            .unwrap();
+        for break_after in [1, 4, 7] {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Mirror::in_dir(dir.path().to_path_buf());
+            let mut log = FakeLog {
+                frames: log_frames(),
+                break_after: Some(break_after),
+            };
+            m.apply(m.fetch(&mut log, &hello()).unwrap().unwrap())
+                .unwrap();
+            assert_eq!(
+                fs::read(m.db_path()).unwrap(),
+                fs::read(w.db_path()).unwrap()
+            );
+            assert_eq!(m.state().unwrap(), w.state().unwrap());
+        }
+    }
+
+    /// An empty log builds nothing.
+    #[test]
+    fn an_empty_log_builds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = FakeLog {
+            frames: Vec::new(),
+            break_after: None,
+        };
+        let m = Mirror::in_dir(dir.path().to_path_buf());
+        assert!(m.build(&mut log, &hello()).unwrap().is_none());
+    }
 }

@@ -358,6 +358,13 @@ pub fn init(
             let mut sink = LocalSink::create(&tmp_db)?;
             let (schema, stats) = clone::copy_remote(remote, &mut sink, opts, progress)?;
             sink.finish()?;
+            // A byte copy, so the base is the working copy to the last header byte: the sink's
+            // connection, the only one this process had on the file, is closed, so no SQLite
+            // lock of ours can be dropped by closing this descriptor.
+            let base = tmp_state.join(BASE);
+            fs::copy(&tmp_db, &base)?;
+            sync_file(&tmp_db)?;
+            sync_file(&base)?;
             (
                 schema,
                 stats,
@@ -374,10 +381,6 @@ pub fn init(
         &tmp_state.join(SYNC),
         serde_json::to_string(&sync)?.as_bytes(),
     )?;
-    // A byte copy, so the base is the working copy to the last header byte: the sink's
-    // connection, the only one this process had on the file, is closed, so no SQLite lock of
-    // ours can be dropped by closing this descriptor.
-    fs::copy(&tmp_db, tmp_state.join(BASE))?;
     let config = Config {
         version: 1,
         url: endpoint.to_string(),
@@ -385,7 +388,6 @@ pub fn init(
     };
     let text = serde_json::to_string_pretty(&config)?;
     write_synced(&tmp_state.join(CONFIG), (text + "\n").as_bytes())?;
-    sync_file(&tmp_db)?;
     sync_dir(&tmp_state)?;
 
     // A stale journal next to the old file would be replayed into the new one.
@@ -413,7 +415,8 @@ pub fn init(
 }
 
 /// Clones through the replication log: the mirror is built in `state` (a state directory being
-/// built) and `db` is a copy of it in rollback-journal mode, checked by `quick_check`.
+/// built), and `db` and the base are copies of it in rollback-journal mode, checked by
+/// `quick_check`; all three are synced.
 /// A clone through the log: the mirror's frame the copy holds, what it holds, and how much.
 type LogClone = (u64, Schema, Stats);
 
@@ -434,42 +437,50 @@ fn clone_from_log(
     let reason = match log
         .hello()
         .map_err(MirrorError::from)
-        .and_then(|hello| mirror.fetch(&mut log, &hello))
+        .and_then(|hello| mirror.build(&mut log, &hello))
     {
-        Ok(Some(ready)) => {
-            let frame = ready.to;
-            mirror.apply(ready)?;
-            mirror::copy_out(&mirror.db_path(), db)?;
-            let conn = open_snapshot(db)?;
-            // `quick_check`: every page and B-tree checked, not every index entry against its row
-            // (`integrity_check` takes 10x longer, and `tursync verify` runs it).
-            let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
-            if check == "ok" {
-                let schema = crate::schema::load(&conn)?;
-                drop(conn);
-                // Internal tables stay out of the working copy, as a clone over SQL leaves them.
-                if !schema.skipped.is_empty() {
-                    let conn = rusqlite::Connection::open(db)?;
-                    for name in &schema.skipped {
-                        conn.execute_batch(&format!("DROP TABLE {}", sql::ident(name)))?;
+        Ok(Some(built)) => {
+            let src = mirror.db_path();
+            let base = state.join(BASE);
+            // The mirror is checked while the working copy and the base are copied from it and
+            // all three are synced. Byte copies are safe here: these are new files in a
+            // directory built aside, which no connection (of this process or any other) has
+            // opened, so there is no SQLite lock or journal a copy could miss or drop. The
+            // mirror is read by SQLite only as `immutable=1`, which takes no lock that syncing it
+            // through a descriptor of its own could drop.
+            let checked = std::thread::scope(|s| -> Result<_> {
+                let check = s.spawn(|| check_log_copy(&src));
+                let copies = [db, base.as_path()].map(|dst| {
+                    let src = &src;
+                    s.spawn(move || -> Result<()> {
+                        mirror::copy_out(src, dst)?;
+                        sync_file(dst)
+                    })
+                });
+                sync_file(&src)?;
+                for c in copies {
+                    joined(c)?;
+                }
+                joined(check)
+            })?;
+            match checked {
+                Ok((schema, stats)) => {
+                    // Internal tables stay out of the working copy, as a clone over SQL leaves
+                    // them.
+                    if !schema.skipped.is_empty() {
+                        let conn = rusqlite::Connection::open(db)?;
+                        for name in &schema.skipped {
+                            conn.execute_batch(&format!("DROP TABLE {}", sql::ident(name)))?;
+                        }
+                        conn.close().map_err(|(_, e)| Error::Local(e))?;
+                        // Closed: no lock of ours to drop (see above).
+                        fs::copy(db, &base)?;
+                        sync_file(&base)?;
                     }
+                    return Ok(Ok((built.to, schema, stats)));
                 }
-                let conn = open_snapshot(db)?;
-                let mut stats = Stats {
-                    tables: schema.tables.iter().filter(|t| !t.shadow).count(),
-                    ..Stats::default()
-                };
-                for t in schema
-                    .tables
-                    .iter()
-                    .filter(|t| t.key != crate::schema::RowKey::Virtual)
-                {
-                    let q = format!("SELECT count(*) FROM {}", sql::ident(&t.name));
-                    stats.rows += conn.query_row(&q, [], |r| r.get::<_, i64>(0))? as u64;
-                }
-                return Ok(Ok((frame, schema, stats)));
+                Err(check) => Some(format!("the copy of the log failed quick_check: {check}")),
             }
-            Some(format!("the copy of the log failed quick_check: {check}"))
         }
         Ok(None) | Err(MirrorError::Log(LogError::Reset)) => None,
         Err(MirrorError::Log(e)) => Some(e.to_string()),
@@ -477,7 +488,40 @@ fn clone_from_log(
     };
     mirror.remove()?;
     remove_aside(db);
+    remove_aside(&state.join(BASE));
     Ok(Err(reason))
+}
+
+/// The result of a scoped thread, its panic passed on.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Checks a mirror just built with `quick_check` (every page and B-tree checked, not every
+/// index entry against its row: `integrity_check` takes 10x longer, and `tursync verify` runs
+/// it), and reads its schema and row counts; `Ok(Err(what quick_check said))` when it fails.
+fn check_log_copy(mirror: &Path) -> Result<std::result::Result<(Schema, Stats), String>> {
+    let conn = mirror::open_immutable(mirror)?;
+    // Mapped, the file is read without a system call per page.
+    conn.execute_batch("PRAGMA mmap_size = 1099511627776")?;
+    let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Ok(Err(check));
+    }
+    let schema = crate::schema::load(&conn)?;
+    let mut stats = Stats {
+        tables: schema.tables.iter().filter(|t| !t.shadow).count(),
+        ..Stats::default()
+    };
+    for t in schema
+        .tables
+        .iter()
+        .filter(|t| t.key != crate::schema::RowKey::Virtual)
+    {
+        let q = format!("SELECT count(*) FROM {}", sql::ident(&t.name));
+        stats.rows += conn.query_row(&q, [], |r| r.get::<_, i64>(0))? as u64;
+    }
+    Ok(Ok((schema, stats)))
 }
 
 /// Deletes what a run killed mid-way (no chance to clean up) left in `dir`: the entries whose
