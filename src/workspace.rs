@@ -343,7 +343,7 @@ pub fn init(
     // The index is read before the rows, so writes made while cloning can only make the next
     // pull download again, never skip what it should fetch.
     let index = remote.query("SELECT 1", vec![])?.replication_index();
-    let (schema, stats, sync) = match clone_from_log(remote, &tmp_state, &tmp_db, opts)? {
+    let (schema, stats, mut sync) = match clone_from_log(remote, &tmp_state, &tmp_db, opts)? {
         Ok((frame, schema, stats)) => (
             schema,
             stats,
@@ -376,6 +376,15 @@ pub fn init(
                 },
             )
         }
+    };
+    // The working copy and the base are copies of one file: nothing of ours is pending, so
+    // the first pull need not read the working copy's rows.
+    let stamp = |path: &Path| -> Result<Option<crate::pages::Stamp>> {
+        Ok(crate::pages::stamp(&open_snapshot(path)?)?)
+    };
+    sync.clean = match (stamp(&tmp_db)?, stamp(&tmp_state.join(BASE))?) {
+        (Some(work), Some(base)) => Some(Clean { work, base }),
+        _ => None,
     };
     write_synced(
         &tmp_state.join(SYNC),
