@@ -165,56 +165,19 @@ impl Mirror {
             return Ok(None);
         }
         let mut spool = Spool::create(workspace::aside_name(&self.dir, SPOOL), from)?;
-        let mut next = from.map_or(0, |f| f + 1);
-        let mut snapshot = false;
-        let mut hellos = 0;
-        loop {
-            let before = spool.frames;
-            let got = log.retrying(&mut |log: &mut dyn LogSource| {
-                spool.rewind()?;
-                // A batch that broke off goes on after its last whole transaction.
-                let at = if snapshot {
-                    next
-                } else {
-                    spool.last_frame.map_or(0, |f| f + 1)
-                };
-                log.frames(at, snapshot, &mut |f| spool.push(f, snapshot))
-            });
-            match got {
-                Ok(()) => {}
-                Err(LogError::NeedSnapshot) if !snapshot => {
-                    snapshot = true;
-                    continue;
-                }
-                Err(LogError::NoHello) if hellos < 3 => {
-                    hellos += 1;
-                    if log.hello()?.log_id != hello.log_id {
-                        return Err(LogError::Reset.into());
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
-            spool.rewind()?;
-            if spool.frames == before {
-                if snapshot {
-                    return Err(LogError::Protocol("an empty snapshot".into()).into());
-                }
-                break;
-            }
-            snapshot = false;
-            next = spool.last_frame.map_or(0, |f| f + 1);
-        }
-        let Some(to) = spool.last_frame.filter(|_| spool.frames > 0) else {
+        read_log(log, &hello, &mut spool)?;
+        // A transaction the log did not finish stays out.
+        spool.rewind()?;
+        let Some(to) = spool.txns.last_frame.filter(|_| spool.txns.frames > 0) else {
             return Ok(None);
         };
         let head = SpoolHead {
             log_id: hello.log_id,
             generation_id: hello.generation_id,
             fresh: carried.is_none(),
-            page_size: spool.page_size.unwrap_or(4096),
+            page_size: spool.txns.page_size.unwrap_or(4096),
         };
-        let (pages, size) = (std::mem::take(&mut spool.pages), spool.size);
+        let (pages, size) = (std::mem::take(&mut spool.pages), spool.txns.size);
         let fresh = head.fresh || spool.snapshots;
         let path = spool.finish(&head, &self.spool_path())?;
         workspace::sync_dir(&self.dir)?;
@@ -352,53 +315,12 @@ impl Mirror {
         hello: &Hello,
     ) -> Result<Option<Built>, MirrorError> {
         let mut out = PageWriter::create(&self.db_path())?;
-        let mut next = 0;
-        let mut snapshot = false;
-        let mut hellos = 0;
-        loop {
-            let before = out.frames;
-            let got = log.retrying(&mut |log: &mut dyn LogSource| {
-                out.rewind();
-                // A batch that broke off goes on after its last whole transaction.
-                let at = if snapshot {
-                    next
-                } else {
-                    out.last_frame.map_or(0, |f| f + 1)
-                };
-                log.frames(at, snapshot, &mut |f| out.push(f, snapshot))
-            });
-            match got {
-                Ok(()) => {}
-                Err(LogError::NeedSnapshot) if !snapshot => {
-                    snapshot = true;
-                    continue;
-                }
-                Err(LogError::NoHello) if hellos < 3 => {
-                    hellos += 1;
-                    if log.hello()?.log_id != hello.log_id {
-                        return Err(LogError::Reset.into());
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
-            if out.frames == before {
-                if snapshot {
-                    return Err(LogError::Protocol("an empty snapshot".into()).into());
-                }
-                if out.txn_last.is_some() {
-                    // Pages of a transaction without its commit are in the file.
-                    return Err(
-                        LogError::Protocol("the log ended inside a transaction".into()).into(),
-                    );
-                }
-                break;
-            }
-            out.rewind();
-            snapshot = false;
-            next = out.last_frame.map_or(0, |f| f + 1);
+        read_log(log, hello, &mut out)?;
+        if out.txns.txn_last.is_some() {
+            // Pages of a transaction without its commit are in the file.
+            return Err(LogError::Protocol("the log ended inside a transaction".into()).into());
         }
-        let Some(to) = out.last_frame.filter(|_| out.frames > 0) else {
+        let Some(to) = out.txns.last_frame.filter(|_| out.txns.frames > 0) else {
             return Ok(None);
         };
         out.finish()?;
@@ -411,48 +333,86 @@ impl Mirror {
     }
 }
 
-/// Frames written straight into a database file, pages next to each other gathered into one
-/// write.
-struct PageWriter {
-    file: fs::File,
+/// Where frames read off the log go: a spool ([`Mirror::fetch`]) or a mirror being built
+/// ([`Mirror::build`]). Frames come in whole transactions; after `rewind` the transaction under
+/// way is forgotten, and its frames come again.
+trait FrameSink {
+    fn txns(&self) -> &Txns;
+    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()>;
+    fn rewind(&mut self) -> std::io::Result<()>;
+}
+
+/// Reads the log into `sink` until it is caught up: batches from the frame after the sink's last
+/// commit (a batch that broke off goes on from there), the snapshot when the log was compacted
+/// past that frame, a new `Hello` when the server forgot the session (a changed log id means
+/// it was reset). Frames of a transaction the log did not finish may be left past the last
+/// commit.
+fn read_log(
+    log: &mut dyn LogSource,
+    hello: &Hello,
+    sink: &mut dyn FrameSink,
+) -> Result<(), MirrorError> {
+    let mut next = sink.txns().next();
+    let mut snapshot = false;
+    let mut hellos = 0;
+    loop {
+        let before = sink.txns().frames;
+        let got = log.retrying(&mut |log: &mut dyn LogSource| {
+            sink.rewind()?;
+            let at = if snapshot { next } else { sink.txns().next() };
+            log.frames(at, snapshot, &mut |f| sink.push(f, snapshot))
+        });
+        match got {
+            Ok(()) => {}
+            Err(LogError::NeedSnapshot) if !snapshot => {
+                snapshot = true;
+                continue;
+            }
+            Err(LogError::NoHello) if hellos < 3 => {
+                hellos += 1;
+                if log.hello()?.log_id != hello.log_id {
+                    return Err(LogError::Reset.into());
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if sink.txns().frames == before {
+            if snapshot {
+                return Err(LogError::Protocol("an empty snapshot".into()).into());
+            }
+            return Ok(());
+        }
+        snapshot = false;
+        next = sink.txns().next();
+    }
+}
+
+/// Frames counted in whole transactions, and checked against the ones before them, as every
+/// [`FrameSink`] keeps them.
+#[derive(Debug, Default)]
+struct Txns {
     page_size: Option<usize>,
-    /// Pages not written yet, all consecutive, the first being `run_first`.
-    run: Vec<u8>,
-    run_first: u32,
-    /// Frames up to the last commit, and the last frame of the transaction under way.
+    /// Frames up to the last commit.
     frames: u64,
+    /// Frames of the transaction under way, and the last of them.
     txn_frames: u64,
     txn_last: Option<u64>,
+    /// The last frame of the last commit.
     last_frame: Option<u64>,
     /// The database size in pages at the last commit.
     size: u32,
 }
 
-/// Gathered pages are written once they fill this many bytes.
-const RUN_BYTES: usize = 1 << 20;
-
-impl PageWriter {
-    fn create(path: &Path) -> Result<PageWriter> {
-        Ok(PageWriter {
-            file: fs::File::create(path)?,
-            page_size: None,
-            run: Vec::with_capacity(RUN_BYTES),
-            run_first: 0,
-            frames: 0,
-            txn_frames: 0,
-            txn_last: None,
-            last_frame: None,
-            size: 0,
-        })
+impl Txns {
+    /// The frame a batch goes on from: the one after the last commit.
+    fn next(&self) -> u64 {
+        self.last_frame.map_or(0, |f| f + 1)
     }
 
-    /// Forgets the transaction under way, whose frames come again; its pages stay written.
-    fn rewind(&mut self) {
-        self.txn_frames = 0;
-        self.txn_last = None;
-    }
-
-    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
+    /// Checks a frame: its header, its page size, and that it follows the frame before (in the
+    /// log; a snapshot's come in any order).
+    fn check(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<FrameHeader> {
         let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
         let h =
             FrameHeader::parse(frame).ok_or_else(|| bad("a frame without its header".into()))?;
@@ -464,7 +424,6 @@ impl PageWriter {
                 h.frame_no, h.page_no
             )));
         }
-        // The log's frames follow each other; a snapshot's come in any order.
         let expected = self.txn_last.or(self.last_frame).map(|f| f + 1);
         if !snapshot && expected.is_some_and(|e| e != h.frame_no) {
             return Err(bad(format!(
@@ -473,27 +432,54 @@ impl PageWriter {
                 expected.unwrap_or_default()
             )));
         }
-        let run_pages = (self.run.len() / page) as u32;
-        if self.run.len() + page > RUN_BYTES
-            || self.run_first.checked_add(run_pages) != Some(h.page_no)
-        {
-            self.flush()?;
-            self.run_first = h.page_no;
-        }
-        self.run.extend_from_slice(&frame[FRAME_HEADER..]);
+        Ok(h)
+    }
+
+    /// Counts a checked frame once stored; true when it commits its transaction.
+    fn count(&mut self, h: &FrameHeader) -> bool {
         self.txn_frames += 1;
         self.txn_last = Some(self.txn_last.map_or(h.frame_no, |l| l.max(h.frame_no)));
-        if h.size_after != 0 {
-            self.frames += std::mem::take(&mut self.txn_frames);
-            self.last_frame = self.txn_last.take().max(self.last_frame);
-            self.size = h.size_after;
+        if h.size_after == 0 {
+            return false;
         }
-        Ok(())
+        self.frames += std::mem::take(&mut self.txn_frames);
+        self.last_frame = self.txn_last.take().max(self.last_frame);
+        self.size = h.size_after;
+        true
+    }
+
+    fn rewind(&mut self) {
+        self.txn_frames = 0;
+        self.txn_last = None;
+    }
+}
+
+/// Frames written straight into a database file, pages next to each other gathered into one
+/// write.
+struct PageWriter {
+    file: fs::File,
+    /// Pages not written yet, all consecutive, the first being `run_first`.
+    run: Vec<u8>,
+    run_first: u32,
+    txns: Txns,
+}
+
+/// Gathered pages are written once they fill this many bytes.
+const RUN_BYTES: usize = 1 << 20;
+
+impl PageWriter {
+    fn create(path: &Path) -> Result<PageWriter> {
+        Ok(PageWriter {
+            file: fs::File::create(path)?,
+            run: Vec::with_capacity(RUN_BYTES),
+            run_first: 0,
+            txns: Txns::default(),
+        })
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.run.is_empty() {
-            let at = (u64::from(self.run_first) - 1) * self.page_size.unwrap_or(0) as u64;
+            let at = (u64::from(self.run_first) - 1) * self.txns.page_size.unwrap_or(0) as u64;
             self.file.write_all_at(&self.run, at)?;
             self.run.clear();
         }
@@ -504,7 +490,34 @@ impl PageWriter {
     fn finish(mut self) -> std::io::Result<()> {
         self.flush()?;
         self.file
-            .set_len(u64::from(self.size) * self.page_size.unwrap_or(0) as u64)
+            .set_len(u64::from(self.txns.size) * self.txns.page_size.unwrap_or(0) as u64)
+    }
+}
+
+impl FrameSink for PageWriter {
+    fn txns(&self) -> &Txns {
+        &self.txns
+    }
+
+    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
+        let h = self.txns.check(frame, snapshot)?;
+        let page = frame.len() - FRAME_HEADER;
+        let run_pages = (self.run.len() / page) as u32;
+        if self.run.len() + page > RUN_BYTES
+            || self.run_first.checked_add(run_pages) != Some(h.page_no)
+        {
+            self.flush()?;
+            self.run_first = h.page_no;
+        }
+        self.run.extend_from_slice(&frame[FRAME_HEADER..]);
+        self.txns.count(&h);
+        Ok(())
+    }
+
+    /// Its pages stay written: they come again, the same or newer.
+    fn rewind(&mut self) -> std::io::Result<()> {
+        self.txns.rewind();
+        Ok(())
     }
 }
 
@@ -531,17 +544,13 @@ struct Spool {
     path: PathBuf,
     out: BufWriter<fs::File>,
     _aside: workspace::Aside,
-    /// Bytes and frames up to the end of the last whole transaction.
+    /// Bytes up to the end of the last whole transaction, and written past it.
     committed: u64,
-    frames: u64,
-    /// Bytes written, and pages touched, past it.
     written: u64,
+    /// Pages the transaction under way writes, and those of the whole transactions before.
     txn_pages: Vec<u32>,
-    txn_last: Option<u64>,
-    page_size: Option<usize>,
     pages: BTreeSet<u32>,
-    last_frame: Option<u64>,
-    size: u32,
+    txns: Txns,
     snapshots: bool,
 }
 
@@ -560,65 +569,15 @@ impl Spool {
             out: BufWriter::with_capacity(1 << 20, file),
             _aside: aside,
             committed: HEAD_BYTES,
-            frames: 0,
             written: HEAD_BYTES,
             txn_pages: Vec::new(),
-            txn_last: None,
-            page_size: None,
             pages: BTreeSet::new(),
-            last_frame: from,
-            size: 0,
+            txns: Txns {
+                last_frame: from,
+                ..Txns::default()
+            },
             snapshots: false,
         })
-    }
-
-    /// Drops whatever follows the last whole transaction.
-    fn rewind(&mut self) -> std::io::Result<()> {
-        if self.written != self.committed {
-            self.out.flush()?;
-            self.out.get_ref().set_len(self.committed)?;
-            self.out.seek(SeekFrom::Start(self.committed))?;
-            self.written = self.committed;
-        }
-        self.txn_pages.clear();
-        self.txn_last = None;
-        Ok(())
-    }
-
-    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
-        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-        let h =
-            FrameHeader::parse(frame).ok_or_else(|| bad("a frame without its header".into()))?;
-        let page = frame.len() - FRAME_HEADER;
-        if *self.page_size.get_or_insert(page) != page || !page.is_power_of_two() || h.page_no == 0
-        {
-            return Err(bad(format!(
-                "frame {} holds page {} of {page} bytes",
-                h.frame_no, h.page_no
-            )));
-        }
-        // The log's frames follow each other; a snapshot's come in any order.
-        let expected = self.txn_last.or(self.last_frame).map(|f| f + 1);
-        if !snapshot && expected.is_some_and(|e| e != h.frame_no) {
-            return Err(bad(format!(
-                "frame {} where frame {} was due",
-                h.frame_no,
-                expected.unwrap_or_default()
-            )));
-        }
-        self.out.write_all(frame)?;
-        self.written += frame.len() as u64;
-        self.txn_pages.push(h.page_no);
-        self.txn_last = Some(self.txn_last.map_or(h.frame_no, |l| l.max(h.frame_no)));
-        if h.size_after != 0 {
-            self.committed = self.written;
-            self.frames += self.txn_pages.len() as u64;
-            self.pages.extend(self.txn_pages.drain(..));
-            self.last_frame = self.txn_last.take().max(self.last_frame);
-            self.size = h.size_after;
-            self.snapshots |= snapshot;
-        }
-        Ok(())
     }
 
     /// Writes the head, syncs, and renames the spool to `ready`, where it counts as ready.
@@ -639,6 +598,38 @@ impl Spool {
         file.sync_all()?;
         fs::rename(&self.path, ready)?;
         Ok(ready.to_path_buf())
+    }
+}
+
+impl FrameSink for Spool {
+    fn txns(&self) -> &Txns {
+        &self.txns
+    }
+
+    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
+        let h = self.txns.check(frame, snapshot)?;
+        self.out.write_all(frame)?;
+        self.written += frame.len() as u64;
+        self.txn_pages.push(h.page_no);
+        if self.txns.count(&h) {
+            self.committed = self.written;
+            self.pages.extend(self.txn_pages.drain(..));
+            self.snapshots |= snapshot;
+        }
+        Ok(())
+    }
+
+    /// Drops whatever follows the last whole transaction.
+    fn rewind(&mut self) -> std::io::Result<()> {
+        if self.written != self.committed {
+            self.out.flush()?;
+            self.out.get_ref().set_len(self.committed)?;
+            self.out.seek(SeekFrom::Start(self.committed))?;
+            self.written = self.committed;
+        }
+        self.txn_pages.clear();
+        self.txns.rewind();
+        Ok(())
     }
 }
 
