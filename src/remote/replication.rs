@@ -143,6 +143,23 @@ pub trait LogSource {
         snapshot: bool,
         each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), LogError>;
+    /// Calls `each` with frames `from..=upto`, read as one stream (`LogEntries`): the server
+    /// sends each frame as it reads it, where it sends a batch only once whole, and two streams
+    /// over two parts of the log keep two of its threads reading. The stream is left after
+    /// `upto`. A source without streams says `NotServed`.
+    fn stream(
+        &mut self,
+        _from: u64,
+        _upto: u64,
+        _each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), LogError> {
+        Err(LogError::NotServed("no streams from this source".into()))
+    }
+    /// Another reader of the same log and session, for a thread of its own; `None` when the
+    /// source cannot have two.
+    fn fork(&self) -> Option<Box<dyn LogSource + Send + '_>> {
+        None
+    }
     /// Runs `attempt`, again while it fails in a way that may pass (as the remote's reads are).
     fn retrying(
         &mut self,
@@ -248,7 +265,7 @@ impl LogSource for ReplicationLog<'_> {
                     HelloResponse::decode(&buf[..])
                         .map_err(|e| LogError::Protocol(format!("Hello reply: {e}")))?,
                 );
-                Ok(())
+                Ok(More::Yes)
             })?;
             reply.ok_or_else(|| LogError::Protocol("Hello sent no reply".into()))
         })?;
@@ -284,7 +301,8 @@ impl LogSource for ReplicationLog<'_> {
             if snapshot {
                 // A server stream: every message is one `Frame`.
                 read_frame(r, len, &mut frame)?;
-                return Ok(each(&frame)?);
+                each(&frame)?;
+                return Ok(More::Yes);
             }
             // One `Frames` message: its field 1, repeated, read one `Frame` at a time.
             let mut left = len;
@@ -302,16 +320,61 @@ impl LogSource for ReplicationLog<'_> {
                 each(&frame)?;
                 left -= a + b + n;
             }
-            Ok(())
+            Ok(More::Yes)
         })
+    }
+
+    fn stream(
+        &mut self,
+        from: u64,
+        upto: u64,
+        each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), LogError> {
+        let req = LogOffset { next_offset: from };
+        let mut r = self.call("LogEntries", &req, SNAPSHOT_TIMEOUT)?;
+        let mut frame = Vec::new();
+        let mut last = None;
+        read_messages(&mut r, &mut |len, r| {
+            read_frame(r, len, &mut frame)?;
+            let h = FrameHeader::parse(&frame)
+                .ok_or_else(|| LogError::Protocol("a frame without its header".into()))?;
+            if h.frame_no > upto {
+                return Err(LogError::Protocol(format!(
+                    "frame {} past the {upto} asked for",
+                    h.frame_no
+                )));
+            }
+            each(&frame)?;
+            last = Some(h.frame_no);
+            Ok(if h.frame_no == upto {
+                More::No
+            } else {
+                More::Yes
+            })
+        })?;
+        // The stream is left unread past `upto`; its connection is not reused.
+        if last != Some(upto) {
+            return Err(LogError::Protocol(format!(
+                "the stream ended at frame {last:?}, before {upto}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn fork(&self) -> Option<Box<dyn LogSource + Send + '_>> {
+        Some(Box::new(ReplicationLog {
+            remote: self.remote,
+            session: self.session.clone(),
+        }))
     }
 }
 
-/// Reads gRPC-web frames until the trailers: `message` reads each message of `len` bytes from
-/// the body. A trailer with a non-zero `grpc-status` is the call's error.
+/// Reads gRPC-web frames until the trailers, or until `message` (which reads each message of
+/// `len` bytes from the body) says it wants no more. A trailer with a non-zero `grpc-status` is
+/// the call's error.
 fn read_messages(
     r: &mut BufReader<ureq::BodyReader<'static>>,
-    message: &mut dyn FnMut(usize, &mut dyn Read) -> Result<(), LogError>,
+    message: &mut dyn FnMut(usize, &mut dyn Read) -> Result<More, LogError>,
 ) -> Result<(), LogError> {
     loop {
         if r.fill_buf().map_err(read_error)?.is_empty() {
@@ -334,11 +397,21 @@ fn read_messages(
             )));
         }
         let mut limited = r.take(len as u64);
-        message(len, &mut limited)?;
+        let more = message(len, &mut limited)?;
         if limited.limit() != 0 {
             return Err(LogError::Protocol("a message was not read whole".into()));
         }
+        if more == More::No {
+            return Ok(());
+        }
     }
+}
+
+/// Whether a reader of messages wants the next one.
+#[derive(PartialEq, Eq)]
+enum More {
+    Yes,
+    No,
 }
 
 /// `grpc-status: N\r\ngrpc-message: …` as a result.

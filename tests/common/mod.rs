@@ -1100,6 +1100,15 @@ impl LogBlocker {
     pub const UNIMPLEMENTED: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web+proto\r\ngrpc-status: 12\r\ngrpc-message: unimplemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
     pub fn start(upstream_url: &str, answer: &'static str) -> LogBlocker {
+        LogBlocker::start_for(upstream_url, "POST /wal_log", answer)
+    }
+
+    /// Answers `answer` to the requests whose first line starts with `blocked` only.
+    pub fn start_for(
+        upstream_url: &str,
+        blocked: &'static str,
+        answer: &'static str,
+    ) -> LogBlocker {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy on 127.0.0.1");
         let port = listener.local_addr().expect("proxy address").port();
         let upstream = upstream_url.trim_start_matches("http://").to_owned();
@@ -1117,7 +1126,7 @@ impl LogBlocker {
                     let Some((head, body)) = read_http_message(&mut conn) else {
                         return;
                     };
-                    let reply = if head.starts_with("POST /wal_log") {
+                    let reply = if head.starts_with(blocked) {
                         Some(answer.as_bytes().to_vec())
                     } else {
                         forward(&upstream, &head, &body)
