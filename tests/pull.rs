@@ -409,7 +409,10 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
     let old_sql = old.display().to_string();
     let sync = dir.path().join(".tursync/sync.json");
     let state = std::fs::read_to_string(&sync).unwrap();
-    assert!(state.contains("\"clean\""), "init recorded no clean point: {state}");
+    assert!(
+        state.contains("\"clean\""),
+        "init recorded no clean point: {state}"
+    );
     let ok = |args: &[&str]| {
         run_ok(
             tursync(dir.path())
