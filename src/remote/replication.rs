@@ -331,7 +331,9 @@ impl LogSource for ReplicationLog<'_> {
         each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), LogError> {
         let req = LogOffset { next_offset: from };
-        let mut r = self.call("LogEntries", &req, SNAPSHOT_TIMEOUT)?;
+        // A stream waits for frames that do not exist yet (a log reset meanwhile, say): it gets
+        // a response's time, not a snapshot's, and the caller's batches take over after it.
+        let mut r = self.call("LogEntries", &req, super::RESPONSE_TIMEOUT)?;
         let mut frame = Vec::new();
         let mut last = None;
         read_messages(&mut r, &mut |len, r| {
