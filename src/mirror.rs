@@ -431,13 +431,15 @@ fn stream_ahead(
             let mut r = BufReader::with_capacity(1 << 20, file);
             let mut frame = vec![0; FRAME_HEADER + page_size];
             (mid + 1..=upto).try_for_each(|_| {
-                r.read_exact(&mut frame)?;
+                r.read_exact(&mut frame)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
                 sink.push(&frame, false)
             })
         }
         _ => Ok(()),
     };
-    // A frame of the file that does not follow is left to the batches too.
+    // A file short of frames, or a frame in it that does not follow, is left to the batches
+    // too; only the sink's own storage failing is an error.
     if read
         .as_ref()
         .is_err_and(|e| e.kind() != std::io::ErrorKind::InvalidData)

@@ -77,7 +77,7 @@ pub fn pull(
                         replication_index: now,
                         base_at: Some(frame),
                         sql_path: None,
-                        clean: clean_record(ws, merged.clean_work)?,
+                        clean: clean_record(ws, merged.clean_work),
                     })?;
                 }
                 return Ok(merged.outcome);
@@ -117,7 +117,7 @@ pub fn pull(
             base_at: None,
             sql_path,
             clean: if outcome.is_done() {
-                clean_record(ws, clean_work)?
+                clean_record(ws, clean_work)
             } else {
                 state.clean
             },
@@ -310,13 +310,12 @@ struct Merged {
 }
 
 /// What to record as [`Clean`] once the base took theirs: `work` (from [`Merged`]) with the
-/// base's stamp now.
-fn clean_record(ws: &Workspace, work: Option<Stamp>) -> Result<Option<Clean>> {
-    let Some(work) = work else {
-        return Ok(None);
-    };
-    let base = pages::stamp(&ws.open_base()?)?;
-    Ok(base.map(|base| Clean { work, base }))
+/// base's stamp now. Called after both commits, so a failure to read the stamp records
+/// nothing rather than failing a pull that is done: the next pull reads ours in full.
+fn clean_record(ws: &Workspace, work: Option<Stamp>) -> Option<Clean> {
+    let work = work?;
+    let base = pages::stamp(&ws.open_base().ok()?).ok()??;
+    Some(Clean { work, base })
 }
 
 /// Ours, base → working copy, read in the caller's read transaction on `work`. While both
@@ -341,15 +340,14 @@ fn read_ours(
 
 /// The working copy's stamp just after our commit, in a read transaction of its own: `None`
 /// when another connection committed in between (`data_version` moved from `locked`, read
-/// under our write lock), since the stamp would then cover the app's write too.
-fn stamp_after_commit(work: &Connection, locked: i64) -> Result<Option<Stamp>> {
-    work.execute_batch("BEGIN")?;
-    let read = (|| -> Result<Option<Stamp>> {
-        let stamp = pages::stamp(work)?;
-        Ok(stamp.filter(|_| matches!(data_version(work), Ok(v) if v == locked)))
-    })();
-    work.execute_batch("COMMIT")?;
-    read
+/// under our write lock), since the stamp would then cover the app's write too. Our commit is
+/// done: a failure to read the stamp only costs the next pull a full read of ours.
+fn stamp_after_commit(work: &Connection, locked: i64) -> Option<Stamp> {
+    work.execute_batch("BEGIN").ok()?;
+    let stamp = pages::stamp(work).ok().flatten();
+    let unmoved = matches!(data_version(work), Ok(v) if v == locked);
+    work.execute_batch("COMMIT").ok()?;
+    stamp.filter(|_| unmoved)
 }
 
 /// Merges the remote copy into the working copy, holding the app's write lock only to check
@@ -388,13 +386,12 @@ fn merge_into(
     let mut nothing_ours = ours.is_empty();
     let mut plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)?;
     work.execute_batch("COMMIT")?;
-    let stopped = |conflicts| Merged {
-        outcome: Outcome::Conflicts(conflicts),
-        clean_work: None,
-    };
     let unsettled = merge.unsettled(&plan.conflicts);
     if !unsettled.is_empty() {
-        return Ok(stopped(unsettled));
+        return Ok(Merged {
+            outcome: Outcome::Conflicts(unsettled),
+            clean_work: None,
+        });
     }
 
     begin_immediate(&mut work, on_wait)?;
@@ -425,7 +422,7 @@ fn merge_into(
     }
     let outcome = applied?;
     let clean_work = match locked {
-        Some(locked) if outcome.is_done() && nothing_ours => stamp_after_commit(&work, locked)?,
+        Some(locked) if outcome.is_done() && nothing_ours => stamp_after_commit(&work, locked),
         _ => None,
     };
     Ok(Merged {
