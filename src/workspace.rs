@@ -428,9 +428,10 @@ type LogClone = (u64, Schema, Stats);
 
 /// Clones through the replication log: the mirror is built in `state` (a state directory being
 /// built), and `db` and the base are copies of it in rollback-journal mode, checked by
-/// `quick_check`; all three are synced. Returns a [`LogClone`], or `Ok(Err(reason))` when the log cannot be used, with nothing of it
-/// left behind; the caller then clones over SQL. The reason is `None` when the log is usable but
-/// holds nothing yet (a new database) or was reset meanwhile: the next pull reads it.
+/// `quick_check`; all three are synced. Returns a [`LogClone`], or `Ok(Err(reason))` when the
+/// log cannot be used, with nothing of it left behind; the caller then clones over SQL. The
+/// reason is `None` when the log is usable but holds nothing yet (a new database) or was reset
+/// meanwhile: the next pull reads it.
 fn clone_from_log(
     remote: &Remote,
     state: &Path,
