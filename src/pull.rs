@@ -24,7 +24,7 @@ use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
 use crate::remote::Remote;
 use crate::spot_check::{spot_check, SpotCheck};
 use crate::touched::{touched, Before, Touched};
-use crate::workspace::{wait_for_locks, Clean, SyncState, Workspace, BUSY_TIMEOUT};
+use crate::workspace::{read_ours, wait_for_locks, Clean, SyncState, Workspace, BUSY_TIMEOUT};
 use crate::{Error, Result};
 
 /// Called once if the app holds the working copy's write lock, before waiting for it.
@@ -77,7 +77,7 @@ pub fn pull(
                         replication_index: now,
                         base_at: Some(frame),
                         sql_path: None,
-                        clean: clean_record(ws, merged.clean_work),
+                        clean: ws.clean_point(merged.clean_work),
                     })?;
                 }
                 return Ok(merged.outcome);
@@ -117,7 +117,7 @@ pub fn pull(
             base_at: None,
             sql_path,
             clean: if outcome.is_done() {
-                clean_record(ws, clean_work)
+                ws.clean_point(clean_work)
             } else {
                 state.clean
             },
@@ -309,35 +309,6 @@ struct Merged {
     clean_work: Option<Stamp>,
 }
 
-/// What to record as [`Clean`] once the base took theirs: `work` (from [`Merged`]) with the
-/// base's stamp now. Called after both commits, so a failure to read the stamp records
-/// nothing rather than failing a pull that is done: the next pull reads ours in full.
-fn clean_record(ws: &Workspace, work: Option<Stamp>) -> Option<Clean> {
-    let work = work?;
-    let base = pages::stamp(&ws.open_base().ok()?).ok()??;
-    Some(Clean { work, base })
-}
-
-/// Ours, base → working copy, read in the caller's read transaction on `work`. While both
-/// files have the stamps of `clean`, the working copy holds exactly the base's rows, so no row
-/// is read: only schemas, counters and triggers are compared.
-fn read_ours(
-    base: &Connection,
-    work: &Connection,
-    clean: Option<Clean>,
-) -> Result<diff::Changeset> {
-    let d = diff::Diff::new(base, work, &diff::Filter::default())?;
-    let unchanged = match clean {
-        Some(c) => pages::stamp(work)? == Some(c.work) && pages::stamp(base)? == Some(c.base),
-        None => false,
-    };
-    if unchanged {
-        Ok(d.into_outline())
-    } else {
-        d.changeset()
-    }
-}
-
 /// The working copy's stamp just after our commit, in a read transaction of its own: `None`
 /// when another connection committed in between (`data_version` moved from `locked`, read
 /// under our write lock), since the stamp would then cover the app's write too. Our commit is
@@ -370,7 +341,7 @@ fn merge_into(
 
     let mut work = ws.open_working_copy(false)?;
     work.execute_batch("PRAGMA foreign_keys = OFF; BEGIN")?;
-    let ours = read_ours(base, &work, clean)?;
+    let ours = read_ours(base, &work, &diff::Filter::default(), clean)?;
     // A table named to settle (`--theirs TABLE`) must exist: a typo would settle nothing.
     for name in merge.tables.keys() {
         if ![&ours, &theirs]
@@ -400,7 +371,7 @@ fn merge_into(
         let now = data_version(&work)?;
         locked = Some(now);
         if now != seen {
-            let ours = read_ours(base, &work, clean)?;
+            let ours = read_ours(base, &work, &diff::Filter::default(), clean)?;
             nothing_ours = ours.is_empty();
             plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)?;
             let unsettled = merge.unsettled(&plan.conflicts);

@@ -794,12 +794,18 @@ pub fn push(
     progress: &Progress,
 ) -> Result<Outcome<PushReport>> {
     let _lock = ws.lock()?;
-    let cs = ws.diff(&Default::default())?;
+    let (cs, work_stamp) = ws.ours(&Default::default())?;
     let report = PushReport {
         changes: cs.change_count(),
         ..PushReport::default()
     };
     if cs.is_empty() {
+        // Nothing of ours: a clean point spares the next pull reading the working copy.
+        let state = ws.sync_state()?;
+        let clean = ws.clean_point(work_stamp);
+        if clean.is_some() && clean != state.clean {
+            ws.save_sync_state(&crate::workspace::SyncState { clean, ..state })?;
+        }
         return Ok(Outcome::Done(report));
     }
     let fks = foreign_keys(&ws.open_working_copy(true)?)?;
@@ -879,8 +885,9 @@ pub fn push(
     report.log = Some(ws.record_push(&cs, &final_sequences, &run.log, fresh_record)?);
     ws.save_sync_state(&crate::workspace::SyncState {
         replication_index: index,
-        // The base moved: ours is read in full at the next pull.
-        clean: None,
+        // The base now holds the rows the working copy held when ours was read: clean, if the
+        // app wrote nothing since.
+        clean: ws.clean_point(work_stamp),
         ..state
     })?;
     Ok(Outcome::Done(report))

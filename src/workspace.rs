@@ -247,6 +247,29 @@ pub struct InitReport {
     pub stats: Stats,
 }
 
+/// Ours, base → working copy, read in the caller's read transaction on `work`. While both
+/// files have the stamps of `clean`, the working copy holds exactly the base's rows, so no row
+/// is read: only schemas, counters and triggers are compared ([`crate::diff::Diff::into_outline`]).
+pub fn read_ours(
+    base: &rusqlite::Connection,
+    work: &rusqlite::Connection,
+    filter: &crate::diff::Filter,
+    clean: Option<Clean>,
+) -> Result<crate::diff::Changeset> {
+    let d = crate::diff::Diff::new(base, work, filter)?;
+    let unchanged = match clean {
+        Some(c) => {
+            crate::pages::stamp(work)? == Some(c.work) && crate::pages::stamp(base)? == Some(c.base)
+        }
+        None => false,
+    };
+    if unchanged {
+        Ok(d.into_outline())
+    } else {
+        d.changeset()
+    }
+}
+
 /// Marks every name built aside, so a later run can tell leftovers from real files.
 const TMP_MARK: &str = ".tmp-";
 
@@ -657,7 +680,38 @@ impl Workspace {
     /// Diffs the base snapshot against the working copy, reading the working copy in one
     /// transaction so the result is a consistent snapshot even while the app writes to it.
     pub fn diff(&self, filter: &crate::diff::Filter) -> Result<crate::diff::Changeset> {
-        self.with_diff(filter, |d| d.changeset())
+        Ok(self.ours(filter)?.0)
+    }
+
+    /// [`Workspace::diff`], with the working copy's stamp in the same snapshot, for a
+    /// [`Workspace::clean_point`] once the base holds those rows. While the recorded
+    /// [`Clean`] point holds, no row is read ([`read_ours`]).
+    pub fn ours(
+        &self,
+        filter: &crate::diff::Filter,
+    ) -> Result<(crate::diff::Changeset, Option<crate::pages::Stamp>)> {
+        let clean = self.sync_state()?.clean;
+        let base = self.open_base()?;
+        let work = self.open_working_copy(true)?;
+        work.execute_batch("BEGIN")?;
+        let cs = read_ours(&base, &work, filter, clean)?;
+        let stamp = crate::pages::stamp(&work)?;
+        work.execute_batch("COMMIT")?;
+        Ok((cs, stamp))
+    }
+
+    /// The [`Clean`] point of a working copy that held exactly the base's rows when its stamp
+    /// was `work`: only if it has that stamp still (nobody wrote it since), with the base's
+    /// stamp now. Taken once a push or pull is done, so a file that cannot be read records
+    /// nothing rather than failing it: the next pull then reads ours in full.
+    pub fn clean_point(&self, work: Option<crate::pages::Stamp>) -> Option<Clean> {
+        let work = work?;
+        let conn = self.open_working_copy(true).ok()?;
+        conn.execute_batch("BEGIN").ok()?;
+        let now = crate::pages::stamp(&conn).ok().flatten();
+        conn.execute_batch("COMMIT").ok()?;
+        let base = crate::pages::stamp(&self.open_base().ok()?).ok()??;
+        (now == Some(work)).then_some(Clean { work, base })
     }
 
     /// Runs `read` on the diff of the base against the working copy, inside one read
@@ -698,6 +752,7 @@ impl Workspace {
     /// Makes `file` (a complete database built in the state directory, no connection of ours
     /// open on it) the base snapshot.
     pub fn replace_base_with(&self, file: &Path) -> Result<()> {
+        self.base_moves()?;
         sync_file(file)?;
         fs::rename(file, self.base_path())?;
         sync_dir(&self.state_dir())
@@ -709,6 +764,7 @@ impl Workspace {
         &self,
         edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
     ) -> Result<()> {
+        self.base_moves()?;
         self.derive_from_base(&self.base_path(), edit)
     }
 
@@ -721,7 +777,22 @@ impl Workspace {
         &self,
         edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
     ) -> Result<()> {
+        self.base_moves()?;
         edit_file(&self.base_path(), edit)
+    }
+
+    /// Forgets the [`Clean`] point before the base changes: it is recorded again only once the
+    /// change is done, so a crash in between never leaves a record naming a base that moved.
+    /// (A stamp tells states of one file apart, not one file from another.)
+    fn base_moves(&self) -> Result<()> {
+        let state = self.sync_state()?;
+        if state.clean.is_some() {
+            self.save_sync_state(&SyncState {
+                clean: None,
+                ..state
+            })?;
+        }
+        Ok(())
     }
 
     /// Writes `target` as a copy of the base changed by `edit`, atomically: built aside, synced,

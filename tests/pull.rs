@@ -486,4 +486,26 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
             "{what}"
         );
     }
+
+    // A push that leaves nothing pending records the clean point too, and the app's next
+    // commit is seen all the same.
+    sqlite3_cli(
+        &wc,
+        b"PRAGMA journal_mode = DELETE; UPDATE t SET v = 'pushed' WHERE id = 2;",
+    );
+    std::fs::remove_file(&sync).unwrap();
+    ok(&["push"]);
+    let state = std::fs::read_to_string(&sync).unwrap();
+    assert!(
+        state.contains("\"clean\""),
+        "push recorded no clean point: {state}"
+    );
+    sqlite3_cli(&wc, b"UPDATE t SET v = 'after the push' WHERE id = 1;");
+    sqld.exec("UPDATE t SET v = 'theirs last' WHERE id = 1");
+    let out = cmd(&sqld, dir.path(), &["pull"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(
+        local_query(&wc, "SELECT v FROM t WHERE id = 1"),
+        vec![vec![Cell::text("after the push")]]
+    );
 }

@@ -161,15 +161,19 @@ fn a_crash_after_the_remote_commit_converges_without_duplicates() {
     let dir = tempdir();
     init(&sqld, dir.path());
     let base = dir.path().join(".tursync/base.db");
+    let sync = dir.path().join(".tursync/sync.json");
     let old_base = std::fs::read(&base).unwrap();
     edit(dir.path(), "INSERT INTO t VALUES (2, 'y'); UPDATE t SET b = 'z' WHERE a = 1; DELETE FROM t WHERE a = 2 AND 0;");
+    let old_sync = std::fs::read(&sync).unwrap();
     run_ok(
         tursync(dir.path())
             .arg("push")
             .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
     );
-    // As if the client died between the remote COMMIT and the base update.
+    // As if the client died between the remote COMMIT and the base update: the base and the
+    // sync record as they were.
     std::fs::write(&base, &old_base).unwrap();
+    std::fs::write(&sync, &old_sync).unwrap();
     let out = push(&sqld, dir.path());
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("2 already there"), "{}", text(&out));
