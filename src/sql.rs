@@ -171,30 +171,50 @@ pub fn push_bound(out: &mut String, q: &str, args: &[Value]) {
 /// 12.99     -> (CAST(7312719894942843 AS REAL)/562949953421312) /* 1.299e1 */
 /// ```
 fn push_shell_real(out: &mut String, f: f64) {
-    if !f.is_finite() || decimal_is_exact(f) {
-        return push_real(out, f);
+    let start = out.len();
+    push_real(out, f);
+    if !f.is_finite() || decimal_is_exact(&out[start..]) {
+        return;
     }
+    let decimal = out.split_off(start);
     push_exact_real(out, f);
     out.push_str(" /* ");
-    push_real(out, f);
+    out.push_str(&decimal);
     out.push_str(" */");
 }
 
-/// Whether the shortest decimal of `f` is `f` exactly, as `s × 10^e` with `s` at most 2^53 and
-/// `|e|` at most 22: both exact doubles, so one multiplication or division gives `f`.
-fn decimal_is_exact(f: f64) -> bool {
-    let text = format!("{:e}", f.abs());
-    let Some((mantissa, exp)) = text.split_once('e') else {
+/// Whether `decimal` (as [`push_real`] writes a finite value: `-1.25e1`) is its value exactly,
+/// as `s × 10^e` with `s` at most 2^53 and `|e|` at most 22: both exact doubles, so one
+/// multiplication or division gives the value.
+fn decimal_is_exact(decimal: &str) -> bool {
+    let Some((mantissa, exp)) = decimal.trim_start_matches('-').split_once('e') else {
         return false;
     };
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let (Ok(s), Ok(exp)) = (format!("{int}{frac}").parse::<u64>(), exp.parse::<i32>()) else {
+    let (mut s, mut frac) = (0u64, 0i32);
+    let mut after_point = false;
+    for c in mantissa.bytes() {
+        match c {
+            b'.' => after_point = true,
+            b'0'..=b'9' => {
+                let Some(next) = s
+                    .checked_mul(10)
+                    .and_then(|s| s.checked_add(u64::from(c - b'0')))
+                else {
+                    return false;
+                };
+                s = next;
+                frac += i32::from(after_point);
+            }
+            _ => return false,
+        }
+    }
+    let Ok(exp) = exp.parse::<i32>() else {
         return false;
     };
     const EXACT: u64 = 1 << 53;
-    match exp - frac.len() as i32 {
+    match exp - frac {
         e @ 0..=22 => 10u64
-            .checked_pow(e as u32)
+            .checked_pow(e.unsigned_abs())
             .and_then(|p| s.checked_mul(p))
             .is_some_and(|v| v <= EXACT),
         e @ -22..=-1 => s <= EXACT && s % 5u64.pow(e.unsigned_abs()) == 0,
@@ -702,7 +722,9 @@ mod tests {
             let mut e = String::new();
             push_shell_real(&mut e, f);
             prop_assert_eq!(parse_back(&e), Value::Real(f), "{}", e);
-            prop_assert_eq!(!e.contains("CAST"), !f.is_finite() || decimal_is_exact(f), "{}", e);
+            let mut plain = String::new();
+            push_real(&mut plain, f);
+            prop_assert_eq!(!e.contains("CAST"), !f.is_finite() || decimal_is_exact(&plain), "{}", e);
         }
     }
 
@@ -722,6 +744,10 @@ mod tests {
             shell(12.99),
             "(CAST(7312719894942843 AS REAL)/562949953421312) /* 1.299e1 */"
         );
+        // Eighths are exact decimals: 0.125 is 125 / 10^3, and 5^3 divides 125.
+        for c in -1000..1000 {
+            assert!(!shell(f64::from(c) / 8.0).contains("CAST"), "{c}/8");
+        }
         // A subnormal SQLite 3.40 reads one bit off from its shortest decimal.
         assert!(shell(f64::from_bits(0x0009_908d_df76_bfa9)).starts_with("(CAST("));
     }
