@@ -691,13 +691,10 @@ impl Workspace {
         filter: &crate::diff::Filter,
     ) -> Result<(crate::diff::Changeset, Option<crate::pages::Stamp>)> {
         let clean = self.sync_state()?.clean;
-        let base = self.open_base()?;
-        let work = self.open_working_copy(true)?;
-        work.execute_batch("BEGIN")?;
-        let cs = read_ours(&base, &work, filter, clean)?;
-        let stamp = crate::pages::stamp(&work)?;
-        work.execute_batch("COMMIT")?;
-        Ok((cs, stamp))
+        self.snapshot(|base, work| {
+            let cs = read_ours(base, work, filter, clean)?;
+            Ok((cs, crate::pages::stamp(work)?))
+        })
     }
 
     /// The [`Clean`] point of a working copy that held exactly the base's rows when its stamp
@@ -706,12 +703,10 @@ impl Workspace {
     /// nothing rather than failing it: the next pull then reads ours in full.
     pub fn clean_point(&self, work: Option<crate::pages::Stamp>) -> Option<Clean> {
         let work = work?;
-        let conn = self.open_working_copy(true).ok()?;
-        conn.execute_batch("BEGIN").ok()?;
-        let now = crate::pages::stamp(&conn).ok().flatten();
-        conn.execute_batch("COMMIT").ok()?;
-        let base = crate::pages::stamp(&self.open_base().ok()?).ok()??;
-        (now == Some(work)).then_some(Clean { work, base })
+        let (now, base) = self
+            .snapshot(|base, work| Ok((crate::pages::stamp(work)?, crate::pages::stamp(base)?)))
+            .ok()?;
+        (now == Some(work)).then_some(Clean { work, base: base? })
     }
 
     /// Runs `read` on the diff of the base against the working copy, inside one read
@@ -722,10 +717,19 @@ impl Workspace {
         filter: &crate::diff::Filter,
         read: impl FnOnce(&crate::diff::Diff<'_>) -> Result<T>,
     ) -> Result<T> {
+        self.snapshot(|base, work| read(&crate::diff::Diff::new(base, work, filter)?))
+    }
+
+    /// Runs `read` on the base snapshot and the working copy, inside one read transaction on
+    /// the working copy, beside the app.
+    fn snapshot<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection, &rusqlite::Connection) -> Result<T>,
+    ) -> Result<T> {
         let base = self.open_base()?;
         let work = self.open_working_copy(true)?;
         work.execute_batch("BEGIN")?;
-        let out = read(&crate::diff::Diff::new(&base, &work, filter)?)?;
+        let out = read(&base, &work)?;
         work.execute_batch("COMMIT")?;
         Ok(out)
     }
