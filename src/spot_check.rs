@@ -346,21 +346,14 @@ fn start_key(
         .optional()
 }
 
-/// A small xorshift generator seeded from the clock and the process id: the sample must differ
-/// from pull to pull, not be unpredictable, so no crate is needed for it.
+/// A small xorshift generator, seeded from the same source as the retries' jitter
+/// ([`crate::remote::retry`]): the sample must differ from pull to pull, not be unpredictable,
+/// so no crate is needed for it; a fixed seed makes the tests repeatable.
 struct Rng(u64);
 
 impl Rng {
     fn seeded() -> Rng {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        // splitmix64 of the seed, so close seeds give unrelated sequences.
-        let mut z =
-            (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Rng((z ^ (z >> 31)).max(1))
+        Rng(crate::remote::retry::random_u64().max(1))
     }
 
     /// A number below `n` (0 when `n` is 0).

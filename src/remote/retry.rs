@@ -85,15 +85,21 @@ impl Backoff {
     }
 }
 
-/// A number in `[0, 1)`, different on every call: std's randomly keyed hasher, fed the time.
+/// A number in `[0, 1)`, different on every call.
 fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// 64 bits, different on every call: std's randomly keyed hasher, fed the time. For spreading
+/// retries and choosing samples, not for secrets.
+pub(crate) fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos()),
     );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    h.finish()
 }
 
 /// Reads a `Retry-After` header: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
