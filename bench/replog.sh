@@ -35,8 +35,7 @@ cargo build --release --quiet
 (cd bench/replica && CARGO_TARGET_DIR="$ROOT/target/bench-replica" cargo build --release --quiet)
 TURSYNC="$ROOT/target/release/tursync"
 REPLICA="$ROOT/target/bench-replica/release/replica"
-BUILD="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || BUILD+=" + uncommitted changes in src/"
+BUILD="$(build_label)"
 
 bench_tmp replog
 
