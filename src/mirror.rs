@@ -166,8 +166,6 @@ impl Mirror {
         }
         let mut spool = Spool::create(workspace::aside_name(&self.dir, SPOOL), from)?;
         read_log(log, &hello, &mut spool, &self.dir)?;
-        // A transaction the log did not finish stays out.
-        spool.rewind()?;
         let Some(to) = spool.txns.last_frame.filter(|_| spool.txns.frames > 0) else {
             return Ok(None);
         };
@@ -642,7 +640,8 @@ impl Spool {
         })
     }
 
-    /// Writes the head, syncs, and renames the spool to `ready`, where it counts as ready.
+    /// Writes the head, syncs, and renames the spool to `ready`, where it counts as ready. A
+    /// transaction the log did not finish stays out.
     fn finish(mut self, head: &SpoolHead, ready: &Path) -> Result<PathBuf> {
         self.rewind()?;
         let mut file = self
