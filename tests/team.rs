@@ -935,3 +935,228 @@ fn a_remote_replace_then_delete_of_a_declared_key_row_pulls() {
     let out = ok(&sqld, a.path(), &["verify"]);
     assert!(text(&out).contains("equals the base"), "{}", text(&out));
 }
+
+/// Parents, their children and grandchildren, a WITHOUT ROWID table keyed by its parent, and a
+/// seed row that points at a parent.
+const FAMILY: &str = "
+    CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT);
+    CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id), v TEXT);
+    CREATE TABLE grandchild(id INTEGER PRIMARY KEY, child_id INTEGER REFERENCES child(id), v TEXT);
+    CREATE TABLE member(group_id INTEGER REFERENCES parent, user TEXT, PRIMARY KEY(group_id, user)) WITHOUT ROWID;
+    CREATE TABLE pet(id INTEGER PRIMARY KEY, owner INTEGER REFERENCES parent(id));
+    INSERT INTO parent VALUES (1, 'seed');
+    INSERT INTO pet VALUES (1, 1);";
+
+const FAMILY_SELECTS: [&str; 5] = [
+    "SELECT id, name FROM parent ORDER BY id",
+    "SELECT id, parent_id, v FROM child ORDER BY id",
+    "SELECT id, child_id, v FROM grandchild ORDER BY id",
+    "SELECT group_id, user FROM member ORDER BY group_id, user",
+    "SELECT id, owner FROM pet ORDER BY id",
+];
+
+/// Measured: B added parent(2,'bob') and child(1,2) and synced; A added parent(2,'alice') and
+/// child(1,2) and synced. Exit 0, A's parent was renumbered 2→3, and the remote held child(1,3):
+/// Bob's child was gone. The two children had equal values, so the merge took them for one
+/// change made on both sides, and the renumbering then rewrote that shared row. A grandchild
+/// under the child and a WITHOUT ROWID member (2,'u1') were lost the same way. A row of ours
+/// that refers to a renumbered key is our own new row: it is renumbered with that reference.
+#[test]
+fn identical_rows_under_colliding_new_parents_are_both_kept() {
+    let (sqld, a, b) = two_clones(FAMILY);
+    let family = |who: &str| {
+        format!(
+            "INSERT INTO parent VALUES (2, '{who}'); INSERT INTO child VALUES (1, 2, 'same');
+             INSERT INTO grandchild VALUES (1, 1, 'same'); INSERT INTO member VALUES (2, 'u1');"
+        )
+    };
+    edit(b.path(), &family("bob"));
+    ok(&sqld, b.path(), &["sync"]);
+    edit(a.path(), &family("alice"));
+    ok(&sqld, a.path(), &["sync"]);
+    ok(&sqld, b.path(), &["sync"]);
+
+    assert_eq!(
+        sqld.query(
+            "SELECT p.id, c.id, c.parent_id, g.id, g.child_id FROM parent p
+             JOIN child c ON c.parent_id = p.id JOIN grandchild g ON g.child_id = c.id
+             WHERE p.name = 'bob'"
+        ),
+        vec![vec![Cell::Integer(2), Cell::Integer(1), Cell::Integer(2), Cell::Integer(1), Cell::Integer(1)]],
+        "Bob's rows are on the remote as Bob pushed them"
+    );
+    for who in ["bob", "alice"] {
+        assert_eq!(
+            sqld.query(&format!(
+                "SELECT (SELECT count(*) FROM child c JOIN grandchild g ON g.child_id = c.id
+                         WHERE c.parent_id = p.id),
+                        (SELECT count(*) FROM member m WHERE m.group_id = p.id)
+                 FROM parent p WHERE p.name = '{who}'"
+            )),
+            vec![vec![Cell::Integer(1), Cell::Integer(1)]],
+            "{who}'s parent has its one child, grandchild and member"
+        );
+    }
+    assert_eq!(
+        sqld.query("SELECT (SELECT count(*) FROM child), (SELECT count(*) FROM grandchild), (SELECT count(*) FROM member)"),
+        vec![vec![Cell::Integer(2), Cell::Integer(2), Cell::Integer(2)]]
+    );
+    for d in [&a, &b] {
+        let wc = d.path().join("working_copy.db");
+        for q in FAMILY_SELECTS {
+            assert_table_eq(&sqld, &wc, q);
+        }
+    }
+}
+
+/// Measured: both sides pointed the seed pet at their own new parent 2; A's sync exited 0 and
+/// the remote's pet pointed at A's parent (renumbered to 3): A's choice won silently. Both sides
+/// changed that cell to different parents, so it is a conflict: nothing changes until it is
+/// settled, `--theirs` keeps the remote's choice and `--ours` puts ours there.
+#[test]
+fn a_reference_both_sides_point_at_their_own_new_parent_is_a_conflict() {
+    let (sqld, a, b) = two_clones(FAMILY);
+    let c = tempdir();
+    ok(&sqld, c.path(), &["init", "--url", &sqld.url]);
+    let repoint = |who: &str| format!("INSERT INTO parent VALUES (2, '{who}'); UPDATE pet SET owner = 2;");
+    edit(b.path(), &repoint("bob"));
+    ok(&sqld, b.path(), &["sync"]);
+
+    edit(a.path(), &repoint("alice"));
+    let out = run(&sqld, a.path(), &["sync", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let conflict = &report["conflicts"][0];
+    assert_eq!(conflict["table"], "pet", "{report}");
+    assert_eq!(conflict["column"], "owner", "{report}");
+    assert_eq!(conflict["theirs"], "2", "{report}");
+    assert_eq!(
+        sqld.query("SELECT owner FROM pet"),
+        vec![vec![Cell::Integer(2)]],
+        "nothing changed on the remote"
+    );
+    ok(&sqld, a.path(), &["sync", "--theirs"]);
+    assert_eq!(
+        sqld.query("SELECT p.name FROM pet JOIN parent p ON p.id = pet.owner"),
+        vec![vec![Cell::text("bob")]],
+        "--theirs keeps the remote's choice"
+    );
+
+    edit(c.path(), &repoint("cat"));
+    assert_eq!(run(&sqld, c.path(), &["sync"]).status.code(), Some(3));
+    ok(&sqld, c.path(), &["sync", "--ours"]);
+    assert_eq!(
+        sqld.query("SELECT p.name FROM pet JOIN parent p ON p.id = pet.owner"),
+        vec![vec![Cell::text("cat")]],
+        "--ours puts our parent there, renumbered"
+    );
+    for d in [&a, &b, &c] {
+        ok(&sqld, d.path(), &["sync"]);
+    }
+    for d in [&a, &b, &c] {
+        let wc = d.path().join("working_copy.db");
+        for q in FAMILY_SELECTS {
+            assert_table_eq(&sqld, &wc, q);
+        }
+    }
+    assert_eq!(
+        sqld.query("SELECT name FROM parent ORDER BY id"),
+        vec![vec![Cell::text("seed")], vec![Cell::text("bob")], vec![Cell::text("alice")], vec![Cell::text("cat")]]
+    );
+}
+
+mod families {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Random families on three clients: each adds parents of its own, each with a child, a
+    /// grandchild and a member row that every client adds alike (SQLite picks the same next
+    /// ids everywhere, and the values are equal), synced in a random order. Every parent lands
+    /// once with exactly its own child, grandchild and member, nothing of anyone's is rewritten,
+    /// and every working copy equals the remote.
+    #[test]
+    fn identical_families_under_colliding_keys_all_land() {
+        let sqld = Sqld::start();
+        let team: Vec<TempDir> = (0..3).map(|_| tempdir()).collect();
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(6));
+        runner
+            .run(
+                &(
+                    proptest::collection::vec((0..3usize, any::<bool>()), 3),
+                    proptest::collection::vec(0..3usize, 2..6),
+                ),
+                |(families, order)| {
+                    sqld.exec(
+                        "DROP TABLE IF EXISTS member; DROP TABLE IF EXISTS grandchild; DROP TABLE IF EXISTS child;
+                         DROP TABLE IF EXISTS pet; DROP TABLE IF EXISTS parent;",
+                    );
+                    sqld.exec(FAMILY);
+                    let mut names = vec!["seed".to_owned()];
+                    for (c, (d, &(n, grand))) in team.iter().zip(&families).enumerate() {
+                        ok(&sqld, d.path(), &["init", "--force", "--url", &sqld.url]);
+                        let mut sql = String::new();
+                        for j in 0..n {
+                            let name = format!("c{c}-{j}");
+                            sql += &format!(
+                                "INSERT INTO parent(name) VALUES ('{name}');
+                                 INSERT INTO member VALUES (last_insert_rowid(), 'u');
+                                 INSERT INTO child(parent_id, v) VALUES ((SELECT id FROM parent WHERE name = '{name}'), 'same');"
+                            );
+                            if grand {
+                                sql += "INSERT INTO grandchild(child_id, v) VALUES (last_insert_rowid(), 'same');";
+                            }
+                            names.push(name);
+                        }
+                        edit(d.path(), &sql);
+                    }
+                    for &c in order.iter().chain(&[0, 1, 2, 0, 1, 2]) {
+                        ok(&sqld, team[c].path(), &["sync"]);
+                    }
+                    let mut remote: Vec<String> = sqld
+                        .query("SELECT name FROM parent")
+                        .into_iter()
+                        .map(|r| match &r[..] {
+                            [Cell::Text(t)] => t.clone(),
+                            other => panic!("row {other:?}"),
+                        })
+                        .collect();
+                    remote.sort();
+                    names.sort();
+                    prop_assert_eq!(&remote, &names);
+                    for (c, &(n, grand)) in families.iter().enumerate() {
+                        for j in 0..n {
+                            prop_assert_eq!(
+                                sqld.query(&format!(
+                                    "SELECT (SELECT count(*) FROM child c WHERE c.parent_id = p.id),
+                                            (SELECT count(*) FROM child c JOIN grandchild g ON g.child_id = c.id
+                                             WHERE c.parent_id = p.id),
+                                            (SELECT count(*) FROM member m WHERE m.group_id = p.id)
+                                     FROM parent p WHERE p.name = 'c{c}-{j}'"
+                                )),
+                                vec![vec![Cell::Integer(1), Cell::Integer(i64::from(grand)), Cell::Integer(1)]],
+                                "family c{}-{}", c, j
+                            );
+                        }
+                    }
+                    let families_added: usize = families.iter().map(|f| f.0).sum();
+                    let grand_added: usize = families.iter().map(|f| if f.1 { f.0 } else { 0 }).sum();
+                    prop_assert_eq!(
+                        sqld.query("SELECT (SELECT count(*) FROM child), (SELECT count(*) FROM grandchild), (SELECT count(*) FROM member)"),
+                        vec![vec![
+                            Cell::Integer(families_added as i64),
+                            Cell::Integer(grand_added as i64),
+                            Cell::Integer(families_added as i64)
+                        ]]
+                    );
+                    for d in &team {
+                        let wc = d.path().join("working_copy.db");
+                        for q in FAMILY_SELECTS {
+                            assert_table_eq(&sqld, &wc, q);
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+    }
+}
