@@ -44,6 +44,8 @@ impl ConflictKind {
 ///              ours_key = the key of our row holding the same values
 /// foreign key: key = the child row, columns = its foreign key, constraint names the parent
 /// schema:      table "t", object "table \"t\"", nothing else
+/// any:         note, when a value needs a word: "ours refers to our new row parent 2, which
+///              is renumbered to 3 (their new row took 2)"
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conflict {
@@ -58,6 +60,9 @@ pub struct Conflict {
     pub ours_key: Option<Vec<Value>>,
     /// The schema object of a schema conflict, as `table "t"` or `trigger "x"`.
     pub object: Option<String>,
+    /// What a person needs to read the values right, e.g. that ours refers to a new row of
+    /// ours that the merge renumbers, so it reads with the new key.
+    pub note: Option<String>,
 }
 
 impl Conflict {
@@ -74,6 +79,7 @@ impl Conflict {
             constraint: None,
             ours_key: None,
             object: None,
+            note: None,
         }
     }
 

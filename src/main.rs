@@ -1158,7 +1158,8 @@ fn conflict_json(c: &Conflict) -> serde_json::Value {
         (c.kind != ConflictKind::Row && !c.columns.is_empty()).then(|| c.columns.join(", "));
     json!({"table": c.table, "kind": c.kind.as_str(), "key": c.key, "column": column, "columns": c.columns,
            "base": values(&c.base), "ours": values(&c.ours), "theirs": values(&c.theirs),
-           "constraint": c.constraint, "ours_key": c.ours_key, "object": c.object})
+           "constraint": c.constraint, "ours_key": c.ours_key, "object": c.object,
+           "note": c.note})
 }
 
 impl Op {
@@ -1266,6 +1267,9 @@ impl Op {
                         }
                     }
                 }
+            }
+            if let Some(note) = &c.note {
+                eprintln!("    ({note})");
             }
         }
         if n > 50 {

@@ -166,15 +166,19 @@ impl Plan {
                 });
             }
         };
+        let mut keys = KeySpace::new(work, theirs_db);
+        let moves = Moves::decide(ours, theirs, opts, foreign_keys(work)?, &mut keys)?;
         let mut m = Merge {
             opts,
-            keys: KeySpace::new(work, theirs_db),
+            keys,
             writes: Vec::new(),
             conflicts: Vec::new(),
             report: PullReport {
                 schema_changes: ddl.len(),
+                renumbered: moves.renumbered.clone(),
                 ..PullReport::default()
             },
+            moves,
         };
         for t in &theirs.tables {
             let mine = ours.tables.iter().find(|o| o.table.name == t.table.name);
@@ -705,15 +709,19 @@ fn key_pairs(t: &TableDiff, row: &[Value]) -> Vec<(String, Value)> {
 struct Merge<'c> {
     opts: &'c MergeOptions,
     keys: KeySpace<'c>,
+    /// Our new rows renumbered before any row merges, and the references that follow them.
+    moves: Moves,
     writes: Vec<Write>,
     conflicts: Vec<Conflict>,
     report: PullReport,
 }
 
 impl Merge<'_> {
-    /// Merges their changes to one table with ours, row by row ([`merge_row`]). Different new
-    /// rows at one integer key are first told apart: ours is renumbered (or, with renumbering
-    /// off, the two merge as one row and conflict where they differ).
+    /// Merges their changes to one table with ours, row by row ([`merge_row`]), our rows read
+    /// as they will be once [`Moves`] renumbered our new rows: a reference to a moved key
+    /// holds its new key, and a row is matched with theirs by its key after that. Different
+    /// new rows at one integer key were told apart by [`Moves::decide`] (or, with renumbering
+    /// off, merge as one row and conflict where they differ).
     fn table(&mut self, theirs: &TableDiff, ours: Option<&TableDiff>) -> Result<()> {
         let table = theirs.table.name.clone();
         let resolve = self.opts.resolve_for(&table);
@@ -722,8 +730,17 @@ impl Merge<'_> {
         let mut renumber = |_: i64| -> Result<Option<i64>> {
             column.map(|col| keys.take(&table, col)).transpose()
         };
-        let mine: HashMap<String, &RowChange> = ours
-            .map(|o| o.changes.iter().map(|c| (o.key_text(c.row()), c)).collect())
+        let moved_rows: Vec<Vec<Value>> = ours
+            .map(|o| o.changes.iter().map(|c| self.moves.follow(o, c)).collect())
+            .unwrap_or_default();
+        let mine: HashMap<String, (&RowChange, &[Value])> = ours
+            .map(|o| {
+                o.changes
+                    .iter()
+                    .zip(&moved_rows)
+                    .map(|(c, r)| (o.key_text(r), (c, &r[..])))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut locators = Locators::new(theirs, ours);
         for ch in &theirs.changes {
@@ -757,23 +774,13 @@ impl Merge<'_> {
                     continue;
                 }
             }
-            let our = mine.get(&theirs.key_text(ch.row())).copied();
-            if let (RowChange::Insert(tr), Some(RowChange::Insert(or)), [Value::Integer(k)], None) =
-                (ch, our, &key_values[..], &locators)
-            {
-                if tr != or {
-                    if let Some(to) = renumber(*k)? {
-                        self.report.renumbered.push(Renumbered {
-                            table: table.clone(),
-                            column: theirs.columns[theirs.key[0]].clone(),
-                            from: *k,
-                            to,
-                        });
-                        self.writes.push(Write::insert(theirs, tr));
-                        continue;
-                    }
+            if let (RowChange::Insert(tr), [Value::Integer(k)]) = (ch, &key_values[..]) {
+                if self.moves.moved(&table, *k).is_some() {
+                    self.writes.push(Write::insert(theirs, tr));
+                    continue;
                 }
             }
+            let our = mine.get(&theirs.key_text(ch.row())).copied();
             let (base, theirs_row) = match ch {
                 RowChange::Insert(r) => (None, Some(r.clone())),
                 RowChange::Delete(r) => (Some(r.clone()), None),
@@ -781,8 +788,8 @@ impl Merge<'_> {
             };
             let ours_row = match (our, ours) {
                 (None, _) | (_, None) => base.clone(),
-                (Some(RowChange::Delete(_)), _) => None,
-                (Some(c), Some(o)) => Some(in_layout(theirs, o, c.row(), base.as_deref())),
+                (Some((RowChange::Delete(_), _)), _) => None,
+                (Some((_, row)), Some(o)) => Some(in_layout(theirs, o, row, base.as_deref())),
             };
             let merged = merge_row(
                 theirs.table.locator(),
@@ -798,8 +805,16 @@ impl Merge<'_> {
                 } else {
                     ConflictKind::Row
                 };
-                self.conflicts
-                    .push(conflict(kind, column, [c.base, c.ours, c.theirs]));
+                let note = self.moves.note(
+                    ours,
+                    our.map(|(ch, _)| ch.row()),
+                    column.as_deref(),
+                    c.ours.as_ref(),
+                );
+                self.conflicts.push(Conflict {
+                    note,
+                    ..conflict(kind, column, [c.base, c.ours, c.theirs])
+                });
             }
             match merged.write {
                 RowWrite::Keep => {}
@@ -1130,6 +1145,173 @@ impl Locators {
             self.of.insert(key.to_owned(), at);
         }
         Ok(true)
+    }
+}
+
+/// Our new rows at integer keys their new rows took, decided before any row merges, and the
+/// references to them in our rows. A row of ours that refers to a moved key refers to our own
+/// new row, so it is ours whatever its values: it is compared with theirs as it reads after
+/// the move ([`Moves::follow`]), and is moved too when their new row at its key then differs.
+/// Equal values are the same row only when no reference in them moves.
+///
+/// ```text
+/// theirs: parent(2,'bob')    child(1, parent_id 2)  grandchild(1, child_id 1)
+/// ours:   parent(2,'alice')  child(1, parent_id 2)  grandchild(1, child_id 1)
+/// parent 2 -> 3:   'alice' is not 'bob'
+/// child 1 -> 2:    ours reads (1, parent_id 3), theirs is (1, parent_id 2)
+/// grandchild 1 -> 2: ours reads (1, child_id 2), theirs is (1, child_id 1)
+/// ```
+///
+/// [`Renumbered::apply`] later moves each row with every reference to it, in the same order.
+struct Moves {
+    fks: Vec<ForeignKey>,
+    /// By table name in lower case: the moved key column, and our key -> its new key.
+    keys: HashMap<String, (String, HashMap<i64, i64>)>,
+    renumbered: Vec<Renumbered>,
+}
+
+impl Moves {
+    /// Decides every move, repeating until no row of ours changes how it compares with
+    /// theirs: a move can make a child of ours differ from their child at its key, and so on
+    /// down a chain of references.
+    fn decide(
+        ours: &Changeset,
+        theirs: &Changeset,
+        opts: &MergeOptions,
+        fks: Vec<ForeignKey>,
+        keys: &mut KeySpace<'_>,
+    ) -> Result<Moves> {
+        let mut me = Moves {
+            fks,
+            keys: HashMap::new(),
+            renumbered: Vec::new(),
+        };
+        if !opts.renumber {
+            return Ok(me);
+        }
+        loop {
+            let mut more = false;
+            for t in &theirs.tables {
+                let (Some(column), None) = (integer_key(t), t.table.locator()) else {
+                    continue;
+                };
+                let Some(o) = ours.tables.iter().find(|o| o.table.name == t.table.name) else {
+                    continue;
+                };
+                let mine: HashMap<String, &[Value]> = o
+                    .changes
+                    .iter()
+                    .filter_map(|c| match c {
+                        RowChange::Insert(r) => Some((o.key_text(r), &r[..])),
+                        _ => None,
+                    })
+                    .collect();
+                for ch in &t.changes {
+                    let RowChange::Insert(tr) = ch else {
+                        continue;
+                    };
+                    let Value::Integer(k) = tr[t.key[0]] else {
+                        continue;
+                    };
+                    if me.moved(&t.table.name, k).is_some() {
+                        continue;
+                    }
+                    let Some(or) = mine.get(&t.key_text(tr)) else {
+                        continue;
+                    };
+                    if *tr != me.follow_row(o, or) {
+                        let to = keys.take(&t.table.name, column)?;
+                        me.keys
+                            .entry(t.table.name.to_lowercase())
+                            .or_insert_with(|| (column.to_owned(), HashMap::new()))
+                            .1
+                            .insert(k, to);
+                        me.renumbered.push(Renumbered {
+                            table: t.table.name.clone(),
+                            column: column.to_owned(),
+                            from: k,
+                            to,
+                        });
+                        more = true;
+                    }
+                }
+            }
+            if !more {
+                return Ok(me);
+            }
+        }
+    }
+
+    /// The key our row at `key` of `table` moves to, if it moves.
+    fn moved(&self, table: &str, key: i64) -> Option<i64> {
+        self.keys
+            .get(&table.to_lowercase())
+            .and_then(|(_, m)| m.get(&key).copied())
+    }
+
+    /// Our change's row as it reads once the moves are made: a deleted row as it was, a new
+    /// or changed one with every reference to a moved key holding its new key.
+    fn follow(&self, ours: &TableDiff, change: &RowChange) -> Vec<Value> {
+        match change {
+            RowChange::Delete(r) => r.clone(),
+            RowChange::Insert(r) | RowChange::Update { new: r, .. } => self.follow_row(ours, r),
+        }
+    }
+
+    /// Why a conflict's value of ours in `column` is not what the working copy holds: it
+    /// refers to a new row of ours that moves. `row` is our row as the working copy holds it.
+    fn note(
+        &self,
+        ours: Option<&TableDiff>,
+        row: Option<&[Value]>,
+        column: Option<&str>,
+        read: Option<&Value>,
+    ) -> Option<String> {
+        let (ours, row, column, read) = (ours?, row?, column?, read?);
+        let pos = ours.columns.iter().position(|c| c == column)?;
+        let fk = self.fks.iter().find(|f| {
+            f.child.eq_ignore_ascii_case(&ours.table.name) && f.from.eq_ignore_ascii_case(column)
+        })?;
+        let held = &row[pos];
+        (held != read).then(|| {
+            format!(
+                "ours holds {held} in the working copy: it refers to our new row {} {held}, which is renumbered to {read} because their new row took {held}",
+                fk.parent,
+                held = sql::literal(held),
+                read = sql::literal(read)
+            )
+        })
+    }
+
+    /// `row`, laid out as `ours`'s columns, with every reference to a moved key holding its
+    /// new key: what [`Renumbered::apply`] makes of it.
+    fn follow_row(&self, ours: &TableDiff, row: &[Value]) -> Vec<Value> {
+        let mut row = row.to_vec();
+        for fk in self
+            .fks
+            .iter()
+            .filter(|f| f.child.eq_ignore_ascii_case(&ours.table.name))
+        {
+            let Some((column, moved)) = self.keys.get(&fk.parent.to_lowercase()) else {
+                continue;
+            };
+            if !fk.to.eq_ignore_ascii_case(column) {
+                continue;
+            }
+            let Some(pos) = ours
+                .columns
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(&fk.from))
+            else {
+                continue;
+            };
+            if let Value::Integer(v) = row[pos] {
+                if let Some(&to) = moved.get(&v) {
+                    row[pos] = Value::Integer(to);
+                }
+            }
+        }
+        row
     }
 }
 

@@ -982,7 +982,13 @@ fn identical_rows_under_colliding_new_parents_are_both_kept() {
              JOIN child c ON c.parent_id = p.id JOIN grandchild g ON g.child_id = c.id
              WHERE p.name = 'bob'"
         ),
-        vec![vec![Cell::Integer(2), Cell::Integer(1), Cell::Integer(2), Cell::Integer(1), Cell::Integer(1)]],
+        vec![vec![
+            Cell::Integer(2),
+            Cell::Integer(1),
+            Cell::Integer(2),
+            Cell::Integer(1),
+            Cell::Integer(1)
+        ]],
         "Bob's rows are on the remote as Bob pushed them"
     );
     for who in ["bob", "alice"] {
@@ -1018,7 +1024,8 @@ fn a_reference_both_sides_point_at_their_own_new_parent_is_a_conflict() {
     let (sqld, a, b) = two_clones(FAMILY);
     let c = tempdir();
     ok(&sqld, c.path(), &["init", "--url", &sqld.url]);
-    let repoint = |who: &str| format!("INSERT INTO parent VALUES (2, '{who}'); UPDATE pet SET owner = 2;");
+    let repoint =
+        |who: &str| format!("INSERT INTO parent VALUES (2, '{who}'); UPDATE pet SET owner = 2;");
     edit(b.path(), &repoint("bob"));
     ok(&sqld, b.path(), &["sync"]);
 
@@ -1029,7 +1036,18 @@ fn a_reference_both_sides_point_at_their_own_new_parent_is_a_conflict() {
     let conflict = &report["conflicts"][0];
     assert_eq!(conflict["table"], "pet", "{report}");
     assert_eq!(conflict["column"], "owner", "{report}");
-    assert_eq!(conflict["theirs"], "2", "{report}");
+    assert_eq!(conflict["theirs"]["value"], "2", "{report}");
+    assert_eq!(
+        conflict["ours"]["value"], "3",
+        "ours reads as renumbered: {report}"
+    );
+    assert!(
+        conflict["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("renumbered to 3"),
+        "{report}"
+    );
     assert_eq!(
         sqld.query("SELECT owner FROM pet"),
         vec![vec![Cell::Integer(2)]],
@@ -1061,7 +1079,12 @@ fn a_reference_both_sides_point_at_their_own_new_parent_is_a_conflict() {
     }
     assert_eq!(
         sqld.query("SELECT name FROM parent ORDER BY id"),
-        vec![vec![Cell::text("seed")], vec![Cell::text("bob")], vec![Cell::text("alice")], vec![Cell::text("cat")]]
+        vec![
+            vec![Cell::text("seed")],
+            vec![Cell::text("bob")],
+            vec![Cell::text("alice")],
+            vec![Cell::text("cat")]
+        ]
     );
 }
 
