@@ -1183,3 +1183,150 @@ mod families {
             .unwrap();
     }
 }
+
+/// Parents with children that cascade, notes that are set null, and tags that restrict.
+const REFERENCES: &str = "
+    CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT);
+    CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id) ON DELETE CASCADE, v TEXT);
+    CREATE TABLE note(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id) ON DELETE SET NULL, v TEXT);
+    CREATE TABLE tag(parent_id INTEGER REFERENCES parent(id), t TEXT, PRIMARY KEY(parent_id, t)) WITHOUT ROWID;
+    INSERT INTO parent VALUES (1, 'one'), (2, 'two'), (3, 'three');
+    INSERT INTO child VALUES (10, 1, 'seed child of one'), (11, 2, 'seed child of two');
+    INSERT INTO note VALUES (20, 1, 'seed note on one');";
+
+const REFERENCE_SELECTS: [&str; 4] = [
+    "SELECT id, name FROM parent ORDER BY id",
+    "SELECT id, parent_id, v FROM child ORDER BY id",
+    "SELECT id, parent_id, v FROM note ORDER BY id",
+    "SELECT parent_id, t FROM tag ORDER BY parent_id, t",
+];
+
+/// The app deletes with foreign keys on, as apps do: its cascades happen in the working copy.
+fn app_edit(dir: &Path, sql: &str) {
+    edit(dir, &format!("PRAGMA foreign_keys = ON; {sql}"));
+}
+
+/// Measured: A deleted a parent while a teammate added a child to it. The push stopped with a
+/// `foreign_key` conflict, as it should, but `sync --theirs` still left A's working copy
+/// different from the remote, and `--ours` settled nothing either: the rows had to be repaired
+/// by hand. `--theirs` now restores what our side deleted (the parent and the rows our cascade
+/// removed), and their new child stays; the working copy then equals the remote.
+#[test]
+fn theirs_settles_a_foreign_key_conflict_by_restoring_what_we_deleted() {
+    let (sqld, a, b) = two_clones(REFERENCES);
+    app_edit(
+        b.path(),
+        "INSERT INTO child VALUES (30, 1, 'new child of one'); INSERT INTO tag VALUES (1, 'new');",
+    );
+    ok(&sqld, b.path(), &["sync"]);
+    app_edit(
+        a.path(),
+        "DELETE FROM parent WHERE id = 1; INSERT INTO child VALUES (31, 3, 'ours, kept');",
+    );
+
+    let out = run(&sqld, a.path(), &["sync", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("foreign_key"), "{}", text(&out));
+    let out = run(&sqld, a.path(), &["sync", "--theirs"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let wc = a.path().join("working_copy.db");
+    for q in REFERENCE_SELECTS {
+        assert_table_eq(&sqld, &wc, q);
+    }
+    assert_eq!(
+        sqld.query("SELECT (SELECT name FROM parent WHERE id = 1), (SELECT count(*) FROM child WHERE parent_id = 1), (SELECT parent_id FROM note WHERE id = 20), (SELECT count(*) FROM child WHERE id = 31)"),
+        vec![vec![Cell::text("one"), Cell::Integer(2), Cell::Integer(1), Cell::Integer(1)]],
+        "the parent, its children and its note are back, and our unrelated new row was pushed"
+    );
+    ok(&sqld, b.path(), &["sync"]);
+    for q in REFERENCE_SELECTS {
+        assert_table_eq(&sqld, &b.path().join("working_copy.db"), q);
+    }
+}
+
+/// `--ours` keeps our delete and applies the schema's ON DELETE action to their new rows that
+/// point at the parent (CASCADE deletes, SET NULL empties, NO ACTION deletes too, as the only
+/// way the parent can stay deleted), reports what it removed, and pushes it all.
+#[test]
+fn ours_settles_a_foreign_key_conflict_with_the_on_delete_actions() {
+    let (sqld, a, b) = two_clones(REFERENCES);
+    app_edit(
+        b.path(),
+        "INSERT INTO child VALUES (30, 1, 'new child of one'); INSERT INTO note VALUES (40, 1, 'new note on one');
+         INSERT INTO tag VALUES (1, 'new');",
+    );
+    ok(&sqld, b.path(), &["sync"]);
+    app_edit(a.path(), "DELETE FROM parent WHERE id = 1;");
+    assert_eq!(run(&sqld, a.path(), &["sync"]).status.code(), Some(3));
+
+    let out = run(&sqld, a.path(), &["pull", "--ours", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let settled = report["references"].to_string();
+    for what in ["\"child\"", "\"note\"", "\"tag\"", "deleted", "set null"] {
+        assert!(settled.contains(what), "{what} in {report}");
+    }
+    ok(&sqld, a.path(), &["push"]);
+    assert_eq!(
+        sqld.query("SELECT (SELECT count(*) FROM parent WHERE id = 1), (SELECT count(*) FROM child WHERE parent_id = 1),
+                           (SELECT count(*) FROM tag), (SELECT count(*) FROM note WHERE parent_id IS NULL)"),
+        vec![vec![Cell::Integer(0), Cell::Integer(0), Cell::Integer(0), Cell::Integer(2)]],
+        "our delete holds on the remote, with its actions on their new rows"
+    );
+    let wc = a.path().join("working_copy.db");
+    for q in REFERENCE_SELECTS {
+        assert_table_eq(&sqld, &wc, q);
+    }
+    ok(&sqld, b.path(), &["sync"]);
+    for q in REFERENCE_SELECTS {
+        assert_table_eq(&sqld, &b.path().join("working_copy.db"), q);
+    }
+}
+
+/// The other way round: they deleted a parent we added a child to. `--ours` restores their
+/// deleted parent (and what their cascade took with it) and pushes it back; `--theirs` keeps
+/// their delete and applies its action to our new child.
+#[test]
+fn a_parent_they_deleted_under_our_new_child_settles_either_way() {
+    let (sqld, a, b) = two_clones(REFERENCES);
+    let c = tempdir();
+    ok(&sqld, c.path(), &["init", "--url", &sqld.url]);
+    app_edit(b.path(), "DELETE FROM parent WHERE id = 2;");
+    ok(&sqld, b.path(), &["sync"]);
+
+    app_edit(
+        a.path(),
+        "INSERT INTO child VALUES (50, 2, 'ours under two');",
+    );
+    assert_eq!(run(&sqld, a.path(), &["sync"]).status.code(), Some(3));
+    ok(&sqld, a.path(), &["sync", "--ours"]);
+    assert_eq!(
+        sqld.query("SELECT (SELECT name FROM parent WHERE id = 2), (SELECT group_concat(id) FROM (SELECT id FROM child WHERE parent_id = 2 ORDER BY id))"),
+        vec![vec![Cell::text("two"), Cell::text("11,50")]],
+        "--ours restored their deleted parent and the child their cascade removed"
+    );
+    for q in REFERENCE_SELECTS {
+        assert_table_eq(&sqld, &a.path().join("working_copy.db"), q);
+    }
+
+    ok(&sqld, b.path(), &["sync"]);
+    app_edit(b.path(), "DELETE FROM parent WHERE id = 3;");
+    ok(&sqld, b.path(), &["sync"]);
+    app_edit(
+        c.path(),
+        "INSERT INTO child VALUES (60, 3, 'ours under three');",
+    );
+    assert_eq!(run(&sqld, c.path(), &["sync"]).status.code(), Some(3));
+    ok(&sqld, c.path(), &["sync", "--theirs"]);
+    assert_eq!(
+        sqld.query("SELECT (SELECT count(*) FROM parent WHERE id = 3), (SELECT count(*) FROM child WHERE id = 60)"),
+        vec![vec![Cell::Integer(0), Cell::Integer(0)]],
+        "--theirs kept their delete; our child followed it (ON DELETE CASCADE)"
+    );
+    for d in [&a, &b, &c] {
+        ok(&sqld, d.path(), &["sync"]);
+        for q in REFERENCE_SELECTS {
+            assert_table_eq(&sqld, &d.path().join("working_copy.db"), q);
+        }
+    }
+}
