@@ -835,7 +835,8 @@ fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> 
                 "{}",
                 json!({"pulled": true, "downloaded": r.downloaded, "read": r.read, "applied": r.applied, "merged": r.merged,
                            "resolved": r.resolved, "schema_changes": r.schema_changes,
-                           "renumbered": r.renumbered.iter().map(|n| json!({"table": n.table, "column": n.column, "from": n.from, "to": n.to})).collect::<Vec<_>>()})
+                           "renumbered": r.renumbered.iter().map(|n| json!({"table": n.table, "column": n.column, "from": n.from, "to": n.to})).collect::<Vec<_>>(),
+                           "references": r.references.iter().map(|s| json!({"table": s.table, "key": s.key.iter().map(|(c, v)| (c.clone(), json!(v))).collect::<serde_json::Map<_, _>>(), "action": s.action.as_str()})).collect::<Vec<_>>()})
             );
         } else if !r.downloaded {
             println!("the remote has not changed since the last sync; nothing to pull");
@@ -852,6 +853,27 @@ fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> 
                     String::new()
                 }
             );
+            if !r.references.is_empty() {
+                println!(
+                    "settled {} that pointed at a deleted row:",
+                    count(r.references.len(), "reference")
+                );
+                let lit = tursync::sql::literal;
+                for s in r.references.iter().take(20) {
+                    let key: Vec<String> = s
+                        .key
+                        .iter()
+                        .map(|(c, v)| format!("{c} = {}", lit(v)))
+                        .collect();
+                    println!("  {} ({}): {}", s.table, key.join(", "), s.action.as_str());
+                }
+                if r.references.len() > 20 {
+                    println!(
+                        "  … and {} more (use --json for all)",
+                        r.references.len() - 20
+                    );
+                }
+            }
             if !r.renumbered.is_empty() {
                 println!(
                         "renumbered {} of ours, whose keys others' new rows took (references to them followed):",

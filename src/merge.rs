@@ -12,10 +12,8 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::conflict::{Conflict, ConflictKind, Outcome};
 use crate::diff::{ordered_ddl, Changeset, RowChange, SchemaChange, SequenceChange, TableDiff};
-use crate::schema::{
-    foreign_key_scope, foreign_keys, parse_unique_failure, ForeignKey, ObjectKind, Orphan,
-    UniqueFailure,
-};
+use crate::orphans::{Gone, Orphans, ReferenceSettled};
+use crate::schema::{foreign_keys, parse_unique_failure, ForeignKey, ObjectKind, UniqueFailure};
 use crate::sql;
 use crate::value::Value;
 use crate::{Context, Error, Result};
@@ -90,6 +88,8 @@ pub struct PullReport {
     pub schema_changes: usize,
     /// Our new rows renumbered (with every reference to them in our rows).
     pub renumbered: Vec<Renumbered>,
+    /// Rows restored or changed to settle references a merge broke (`--ours`, `--theirs`).
+    pub references: Vec<ReferenceSettled>,
 }
 
 /// Removes from `theirs` the row changes that are our own interrupted push coming back: the
@@ -135,6 +135,9 @@ pub(crate) struct Plan {
     sequences: Vec<SequenceChange>,
     /// The merged set of triggers, created last.
     triggers: Vec<String>,
+    /// The rows their side deleted, as they were: what `--ours` restores under a row of ours
+    /// that points at one.
+    gone: Vec<Gone>,
     user_version: Option<i64>,
     pub(crate) conflicts: Vec<Conflict>,
     pub(crate) report: PullReport,
@@ -199,6 +202,19 @@ impl Plan {
             writes,
             sequences: theirs.sequences.clone(),
             triggers,
+            gone: theirs
+                .tables
+                .iter()
+                .flat_map(|t| {
+                    t.changes.iter().filter_map(move |c| match c {
+                        RowChange::Delete(r) => Some(Gone {
+                            table: t.table.name.clone(),
+                            row: t.columns.iter().cloned().zip(r.iter().cloned()).collect(),
+                        }),
+                        _ => None,
+                    })
+                })
+                .collect(),
             user_version: theirs.user_version.filter(|_| ours.user_version.is_none()),
             conflicts,
             report,
@@ -225,14 +241,14 @@ impl Plan {
             work.execute_batch(stmt)?;
         }
         let fks = foreign_keys(work)?;
-        let scope = foreign_key_scope(
+        let orphans = Orphans::before(
+            work,
             &fks,
             self.writes
                 .iter()
                 .map(Write::table)
                 .chain(self.renumbers.iter().map(|r| r.table.as_str())),
-        );
-        let before = orphans(work, &scope)?;
+        )?;
         for r in &self.renumbers {
             r.apply(work, &fks)?;
         }
@@ -253,10 +269,10 @@ impl Plan {
         }
         self.report.applied = applier.applied;
         // A row of theirs pointing at a row we deleted, or ours at one they deleted: never
-        // left behind silently. Orphans that were there before are not the merge's doing.
-        for (child, rowid, parent, fkid) in orphans(work, &scope)?.difference(&before) {
-            unique.push(orphan_conflict(work, child, *rowid, parent, *fkid)?);
-        }
+        // left behind silently, settled only as `--ours` or `--theirs` says.
+        let (broken, settled) = orphans.settle(theirs_db, &self.gone, merge)?;
+        unique.extend(broken);
+        self.report.references = settled;
         for q in &self.sequences {
             let current = sequence(work, &q.table)?;
             let value = match (current, q.new) {
@@ -977,49 +993,6 @@ pub(crate) fn merge_row(
             done(write, conflicts)
         }
     }
-}
-
-/// The rows of `tables` whose foreign keys point at nothing, as (table, rowid, parent, fkid).
-fn orphans(
-    work: &Connection,
-    tables: &std::collections::BTreeSet<String>,
-) -> Result<std::collections::BTreeSet<Orphan>> {
-    let mut out = std::collections::BTreeSet::new();
-    for t in tables {
-        let mut st = work.prepare(&crate::schema::orphans_sql(t))?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-        for row in rows {
-            out.insert(row?);
-        }
-    }
-    Ok(out)
-}
-
-/// The conflict of a child row the merge would leave pointing at nothing, named by its key
-/// (its INTEGER PRIMARY KEY or rowid) and the columns of the broken foreign key.
-fn orphan_conflict(
-    work: &Connection,
-    child: &str,
-    rowid: Option<i64>,
-    parent: &str,
-    fkid: i64,
-) -> Result<Conflict> {
-    let columns: Vec<String> = work
-        .prepare("SELECT \"from\" FROM pragma_foreign_key_list(?1) WHERE id = ?2 ORDER BY seq")?
-        .query_map(rusqlite::params![child, fkid], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(Conflict {
-        constraint: Some(format!(
-            "FOREIGN KEY {child}({}) REFERENCES {parent}",
-            columns.join(", ")
-        )),
-        columns,
-        ..Conflict::new(
-            child,
-            ConflictKind::ForeignKey,
-            rowid.map(Value::Integer).into_iter().collect(),
-        )
-    })
 }
 
 /// The constraint a write broke, when it is a UNIQUE (or PRIMARY KEY) constraint: SQLite's

@@ -715,38 +715,50 @@ pub fn parse_unique_failure(message: &str) -> Option<UniqueFailure<'_>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForeignKey {
     pub child: String,
+    /// Which of the child's foreign keys this column belongs to (`pragma_foreign_key_list`'s
+    /// `id`): the columns of a composite key share it, in key order.
+    pub id: i64,
     pub from: String,
     pub parent: String,
     pub to: String,
+    /// The `ON DELETE` action as SQLite names it: `NO ACTION`, `RESTRICT`, `CASCADE`,
+    /// `SET NULL` or `SET DEFAULT`.
+    pub on_delete: String,
 }
 
-/// Every foreign key of every table of `conn`'s main database.
+/// Every foreign key of every table of `conn`'s main database, a column each, composite keys
+/// in key order.
 pub fn foreign_keys(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<ForeignKey>> {
     let mut st = conn.prepare(
-        "SELECT m.name, f.\"from\", f.\"table\",
-                coalesce(f.\"to\", (SELECT p.name FROM pragma_table_info(f.\"table\") p WHERE p.pk = f.seq + 1))
+        "SELECT m.name, f.id, f.\"from\", f.\"table\",
+                coalesce(f.\"to\", (SELECT p.name FROM pragma_table_info(f.\"table\") p WHERE p.pk = f.seq + 1)),
+                f.on_delete
          FROM sqlite_schema m JOIN pragma_foreign_key_list(m.name) f
-         WHERE m.type = 'table'",
+         WHERE m.type = 'table' ORDER BY m.name, f.id, f.seq",
     )?;
     let rows = st.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
+            r.get::<_, i64>(1)?,
             r.get::<_, String>(2)?,
-            r.get::<_, Option<String>>(3)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, String>(5)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (child, from, parent, to) = row?;
+        let (child, id, from, parent, to, on_delete) = row?;
         // A parent without a matching primary key column is an error SQLite itself reports
         // on use; nothing here can point at it.
         if let Some(to) = to {
             out.push(ForeignKey {
                 child,
+                id,
                 from,
                 parent,
                 to,
+                on_delete,
             });
         }
     }
