@@ -69,6 +69,15 @@ struct Blocked {
     remote: Option<u64>,
 }
 
+/// How one step of the loop ended: a round (or, with `None`, a check that found both sides
+/// as they were when rounds were blocked), with the remote's index before it; a push that lost
+/// a race, to be run again at once; or a refusal, with the remote's index after it.
+enum Step {
+    Round(Option<u64>, Option<Round>),
+    Raced,
+    Refused(Error, Option<u64>),
+}
+
 /// How a round ended.
 enum Round {
     Done,
@@ -113,29 +122,58 @@ pub fn watch(
         if due {
             next_due = Instant::now() + interval;
         }
-        let outcome = (|| -> Result<(Option<u64>, Option<Round>)> {
+        // Every request of the round, and the index reads that judge its end, in one step:
+        // whatever fails there in a way that passes is waited out below.
+        let outcome = (|| -> Result<Step> {
             // The remote's index before the round: a conflict waits for it to move.
             let before = index()?;
             if blocked
                 .as_ref()
                 .is_some_and(|b| b.local == local && b.remote == before)
             {
-                return Ok((before, None));
+                return Ok(Step::Round(before, None));
             }
-            let done = round(
+            match round(
                 ws,
                 remote,
                 (local, before),
                 &mut pushed_local,
                 &mut *on_event,
-            )?;
-            Ok((before, Some(done)))
+            ) {
+                // A push refused because someone pushed between our pull and our push is no
+                // conflict yet: the next round pulls their change first.
+                Ok(Round::PushConflicts(_)) if index()? != before => Ok(Step::Raced),
+                Ok(done) => Ok(Step::Round(before, Some(done))),
+                Err(e) if matches!(e.root(), Error::Busy(_) | Error::Unsupported(_)) => {
+                    Ok(Step::Refused(e, index()?))
+                }
+                Err(e) => Err(e),
+            }
         })();
         round_local = Some(local);
         let (before, done) = match outcome {
-            Ok(o) => {
+            Ok(Step::Round(before, done)) => {
                 failures = 0;
-                o
+                (before, done)
+            }
+            Ok(Step::Raced) => {
+                failures = 0;
+                round_local = None;
+                continue;
+            }
+            // What the user must settle: reported once, then rounds wait for a change.
+            Ok(Step::Refused(e, remote_index)) => {
+                failures = 0;
+                let report = e.to_string();
+                if blocked.as_ref().map(|b| &b.report) != Some(&report) {
+                    on_event(Event::Refused(&e));
+                }
+                blocked = Some(Blocked {
+                    report,
+                    local,
+                    remote: remote_index,
+                });
+                continue;
             }
             Err(e) if e.remote().is_some_and(|r| r.is_transient()) => {
                 let delay = FIRST_BACKOFF
@@ -149,19 +187,6 @@ pub fn watch(
                 while Instant::now() < until && !stop.load(Ordering::SeqCst) {
                     std::thread::sleep(LOCAL_POLL);
                 }
-                continue;
-            }
-            // What the user must settle: reported once, then rounds wait for a change.
-            Err(e) if matches!(e.root(), Error::Busy(_) | Error::Unsupported(_)) => {
-                let report = e.to_string();
-                if blocked.as_ref().map(|b| &b.report) != Some(&report) {
-                    on_event(Event::Refused(&e));
-                }
-                blocked = Some(Blocked {
-                    report,
-                    local,
-                    remote: index()?,
-                });
                 continue;
             }
             Err(e) => return Err(e),
@@ -182,12 +207,6 @@ pub fn watch(
             }
             continue;
         };
-        // A push refused because someone pushed between our pull and our push is no conflict
-        // yet: the next round pulls their change first.
-        if matches!(done, Some(Round::PushConflicts(_))) && index()? != before {
-            round_local = None;
-            continue;
-        }
         if blocked.as_ref().map(|b| &b.report) != Some(&report) {
             match &done {
                 Some(Round::PullConflicts(c)) => on_event(Event::PullConflicts(c)),
