@@ -8,22 +8,24 @@
 //! * and every interval, a round whose pull first compares the remote's replication index with
 //!   the one recorded at the last sync (one small request) and downloads only when it moved.
 //!
-//! A round is `pull::pull` then `push::push`, each all or nothing. The push is skipped when the
-//! working copy has not changed since a push that saw all of it, so an idle round costs one
-//! request. A conflict is reported once; the watch then waits until either side changes (a
+//! A round is [`crate::sync::sync`], the same as the command: pull then push, each all or
+//! nothing, pulled and pushed again when the push lost a race with a teammate's. The push is
+//! skipped when the working copy has not changed since a push that saw all of it, so an idle
+//! round costs one request. A conflict is reported once; the watch then waits until either side changes (a
 //! local commit, or a new replication index) and tries again, so the user can settle it while it
-//! runs. Errors that pass (see [`crate::remote::RemoteError::is_transient`]) are waited out with
-//! exponential backoff; any other error ends the watch.
+//! runs. Errors that pass (see [`crate::remote::RemoteError::is_transient`]), in a round or in
+//! any other request the watch makes (the index reads), are waited out with exponential
+//! backoff; any other error ends the watch.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::clone::FetchOptions;
-use crate::conflict::{Conflict, Outcome};
+use crate::conflict::Conflict;
 use crate::progress::Progress;
 use crate::pull::{MergeOptions, PullReport, Resolve};
-use crate::push::{PushOptions, PushReport};
+use crate::push::PushReport;
 use crate::remote::{Remote, Transient};
+use crate::sync::End;
 use crate::workspace::Workspace;
 use crate::{Error, Result};
 
@@ -140,8 +142,8 @@ pub fn watch(
                 &mut pushed_local,
                 &mut *on_event,
             ) {
-                // A push refused because someone pushed between our pull and our push is no
-                // conflict yet: the next round pulls their change first.
+                // The sync pulled and pushed again while the remote kept moving, and still the
+                // push was refused: no conflict yet, the next round pulls their change first.
                 Ok(Round::PushConflicts(_)) if index()? != before => Ok(Step::Raced),
                 Ok(done) => Ok(Step::Round(before, Some(done))),
                 Err(e) if matches!(e.root(), Error::Busy(_) | Error::Unsupported(_)) => {
@@ -226,8 +228,9 @@ pub fn watch(
     Ok(())
 }
 
-/// One `sync`: pull, then push (skipped when the working copy has not moved since a push that
-/// saw all of it). Reports a round that changed something, or (for `-v`) one that did not.
+/// One `sync` ([`crate::sync::sync`]): pull, then push (skipped when the working copy has not
+/// moved since a push that saw all of it). Reports a round that changed something, or (for
+/// `-v`) one that did not.
 fn round(
     ws: &Workspace,
     remote: &Remote,
@@ -235,30 +238,30 @@ fn round(
     pushed_local: &mut Option<i64>,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Round> {
-    let hidden = Progress::hidden();
     // As `sync` does: conflicts stop the round, colliding new rows are renumbered.
     let merge = MergeOptions {
         resolve: Resolve::Refuse,
         tables: Default::default(),
         renumber: true,
     };
-    let pulled =
-        match crate::pull::pull(ws, remote, &merge, FetchOptions::default(), &hidden, &|| {})? {
-            Outcome::Done(r) => r,
-            Outcome::Conflicts(conflicts) => return Ok(Round::PullConflicts(conflicts)),
-        };
     let local_changed = *pushed_local != Some(local);
-    let pushed = if local_changed {
-        match crate::push::push(ws, remote, PushOptions::default(), &hidden)? {
-            Outcome::Done(r) => {
-                *pushed_local = Some(local);
-                r
-            }
-            Outcome::Conflicts(conflicts) => return Ok(Round::PushConflicts(conflicts)),
-        }
-    } else {
-        PushReport::default()
+    let synced = crate::sync::sync(
+        ws,
+        remote,
+        &merge,
+        local_changed,
+        &Progress::hidden(),
+        &|| {},
+    )?;
+    let pushed = match synced.end {
+        End::Pushed(r) => r,
+        End::PullConflicts(conflicts) => return Ok(Round::PullConflicts(conflicts)),
+        End::PushConflicts(conflicts) => return Ok(Round::PushConflicts(conflicts)),
     };
+    if local_changed {
+        *pushed_local = Some(local);
+    }
+    let pulled = synced.pulled.unwrap_or_default();
     if pulled.applied > 0 || pulled.schema_changes > 0 || pushed.changes > 0 {
         on_event(Event::Synced {
             pulled: &pulled,
