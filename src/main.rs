@@ -92,7 +92,8 @@ enum Command {
 
 Creates the working copy (default ./working_copy.db) and .tursync/ beside it, holding the
 base snapshot and the URL (never the token). Everything is built aside and renamed into place,
-so a failed init leaves nothing behind."
+so a failed init leaves nothing behind. Without --force it never replaces a .tursync/ that
+holds another working copy's state or whose config cannot be read."
     )]
     Init {
         /// Replace an existing working copy (its unpushed changes are lost)
@@ -182,7 +183,11 @@ transaction.")]
     /// Pull, then push, stopping at the first conflict
     #[command(after_help = "Examples:
   tursync sync
-  tursync sync --theirs")]
+  tursync sync --theirs
+
+A push refused because a teammate pushed between the pull and the push is a race, not a
+conflict: sync pulls again and pushes again (up to 3 pushes), and exits 3 only for a conflict
+that a fresh pull still reports.")]
     Sync {
         #[command(flatten)]
         side: Side,
