@@ -21,6 +21,7 @@ pub mod sink;
 mod spool;
 pub mod spot_check;
 pub mod sql;
+pub mod sync;
 pub mod touched;
 pub mod value;
 pub mod verify;

@@ -15,8 +15,8 @@ use serde_json::json;
 use tursync::clone::{self, FetchOptions};
 use tursync::diff::{Changeset, Filter};
 use tursync::progress::Progress;
-use tursync::pull::{MergeOptions, Resolve};
-use tursync::push::PushOptions;
+use tursync::pull::{MergeOptions, PullReport, Resolve};
+use tursync::push::{PushOptions, PushReport};
 use tursync::remote::{Endpoint, Remote, RemoteError};
 use tursync::sink::SqlSink;
 use tursync::workspace::{self, Workspace, DEFAULT_DB};
@@ -92,7 +92,8 @@ enum Command {
 
 Creates the working copy (default ./working_copy.db) and .tursync/ beside it, holding the
 base snapshot and the URL (never the token). Everything is built aside and renamed into place,
-so a failed init leaves nothing behind."
+so a failed init leaves nothing behind. Without --force it never replaces a .tursync/ that
+holds another working copy's state or whose config cannot be read."
     )]
     Init {
         /// Replace an existing working copy (its unpushed changes are lost)
@@ -182,7 +183,11 @@ transaction.")]
     /// Pull, then push, stopping at the first conflict
     #[command(after_help = "Examples:
   tursync sync
-  tursync sync --theirs")]
+  tursync sync --theirs
+
+A push refused because a teammate pushed between the pull and the push is a race, not a
+conflict: sync pulls again and pushes again (up to 3 pushes), and exits 3 only for a conflict
+that a fresh pull still reports.")]
     Sync {
         #[command(flatten)]
         side: Side,
@@ -403,10 +408,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             side,
             no_renumber,
             json,
-        } => match pull(&cli, &side.merge(*no_renumber)?, *json, &progress)? {
-            code if code == ExitCode::SUCCESS => push(&cli, false, *json, &progress),
-            code => Ok(code),
-        },
+        } => sync(&cli, &side.merge(*no_renumber)?, *json, &progress),
         Command::Watch {
             interval,
             json,
@@ -787,32 +789,37 @@ fn push(cli: &Cli, dry_run: bool, as_json: bool, progress: &Progress) -> Result<
         interrupted: ws.push_interrupted(),
     };
     conclude(outcome, op, as_json, |r| {
-        if as_json {
-            println!(
-                "{}",
-                json!({"pushed": r.changes > 0, "changes": r.changes, "applied": r.applied, "skipped": r.skipped,
-                           "requests": r.requests, "transactions": r.transactions,
-                           "log": r.log.as_ref().map(|p| p.display().to_string())})
-            );
-        } else if r.changes == 0 {
-            println!("nothing to push");
-        } else {
-            println!(
-                "pushed {} to {endpoint} in {:.1}s ({} applied, {} already there; {})",
-                count(r.changes, "change"),
-                started.elapsed().as_secs_f64(),
-                count(r.applied, "row"),
-                r.skipped,
-                count(r.requests as usize, "request")
-            );
-            if r.transactions > 1 {
-                println!(
-                        "note: the push was large, so it went as {} transactions; had it stopped midway, running push again would finish it",
-                        r.transactions
-                    );
-            }
-        }
+        print_pushed(&endpoint, started, &r, as_json)
     })
+}
+
+/// A finished push, as a line of JSON or for a person.
+fn print_pushed(endpoint: &Endpoint, started: Instant, r: &PushReport, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({"pushed": r.changes > 0, "changes": r.changes, "applied": r.applied, "skipped": r.skipped,
+                       "requests": r.requests, "transactions": r.transactions,
+                       "log": r.log.as_ref().map(|p| p.display().to_string())})
+        );
+    } else if r.changes == 0 {
+        println!("nothing to push");
+    } else {
+        println!(
+            "pushed {} to {endpoint} in {:.1}s ({} applied, {} already there; {})",
+            count(r.changes, "change"),
+            started.elapsed().as_secs_f64(),
+            count(r.applied, "row"),
+            r.skipped,
+            count(r.requests as usize, "request")
+        );
+        if r.transactions > 1 {
+            println!(
+                "note: the push was large, so it went as {} transactions; had it stopped midway, running push again would finish it",
+                r.transactions
+            );
+        }
+    }
 }
 
 fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> Result<ExitCode> {
@@ -830,67 +837,106 @@ fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> 
     )
     .with_context(|| format!("pull from {endpoint} failed"))?;
     conclude(outcome, Op::Pull, as_json, |r| {
-        if as_json {
-            println!(
-                "{}",
-                json!({"pulled": true, "downloaded": r.downloaded, "read": r.read, "applied": r.applied, "merged": r.merged,
-                           "resolved": r.resolved, "schema_changes": r.schema_changes,
-                           "renumbered": r.renumbered.iter().map(|n| json!({"table": n.table, "column": n.column, "from": n.from, "to": n.to})).collect::<Vec<_>>(),
-                           "references": r.references.iter().map(|s| json!({"table": s.table, "key": s.key.iter().map(|(c, v)| (c.clone(), json!(v))).collect::<serde_json::Map<_, _>>(), "action": s.action.as_str()})).collect::<Vec<_>>()})
-            );
-        } else if !r.downloaded {
-            println!("the remote has not changed since the last sync; nothing to pull");
-        } else {
-            println!(
-                "pulled from {endpoint} in {:.1}s: {} applied ({} merged cell by cell), {}{}",
-                started.elapsed().as_secs_f64(),
-                count(r.applied, "row change"),
-                r.merged,
-                count(r.schema_changes, "schema change"),
-                if r.resolved > 0 {
-                    format!(", {} conflicts settled", r.resolved)
-                } else {
-                    String::new()
-                }
-            );
-            if !r.references.is_empty() {
-                println!(
-                    "settled {} that pointed at a deleted row:",
-                    count(r.references.len(), "reference")
-                );
-                let lit = tursync::sql::literal;
-                for s in r.references.iter().take(20) {
-                    let key: Vec<String> = s
-                        .key
-                        .iter()
-                        .map(|(c, v)| format!("{c} = {}", lit(v)))
-                        .collect();
-                    println!("  {} ({}): {}", s.table, key.join(", "), s.action.as_str());
-                }
-                if r.references.len() > 20 {
-                    println!(
-                        "  … and {} more (use --json for all)",
-                        r.references.len() - 20
-                    );
-                }
+        print_pulled(&endpoint, started, &r, as_json)
+    })
+}
+
+/// A finished pull, as a line of JSON or for a person.
+fn print_pulled(endpoint: &Endpoint, started: Instant, r: &PullReport, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({"pulled": true, "downloaded": r.downloaded, "read": r.read, "applied": r.applied, "merged": r.merged,
+                       "resolved": r.resolved, "schema_changes": r.schema_changes,
+                       "renumbered": r.renumbered.iter().map(|n| json!({"table": n.table, "column": n.column, "from": n.from, "to": n.to})).collect::<Vec<_>>(),
+                       "references": r.references.iter().map(|s| json!({"table": s.table, "key": s.key.iter().map(|(c, v)| (c.clone(), json!(v))).collect::<serde_json::Map<_, _>>(), "action": s.action.as_str()})).collect::<Vec<_>>()})
+        );
+    } else if !r.downloaded {
+        println!("the remote has not changed since the last sync; nothing to pull");
+    } else {
+        println!(
+            "pulled from {endpoint} in {:.1}s: {} applied ({} merged cell by cell), {}{}",
+            started.elapsed().as_secs_f64(),
+            count(r.applied, "row change"),
+            r.merged,
+            count(r.schema_changes, "schema change"),
+            if r.resolved > 0 {
+                format!(", {} conflicts settled", r.resolved)
+            } else {
+                String::new()
             }
-            if !r.renumbered.is_empty() {
+        );
+        if !r.references.is_empty() {
+            println!(
+                "settled {} that pointed at a deleted row:",
+                count(r.references.len(), "reference")
+            );
+            let lit = tursync::sql::literal;
+            for s in r.references.iter().take(20) {
+                let key: Vec<String> = s
+                    .key
+                    .iter()
+                    .map(|(c, v)| format!("{c} = {}", lit(v)))
+                    .collect();
+                println!("  {} ({}): {}", s.table, key.join(", "), s.action.as_str());
+            }
+            if r.references.len() > 20 {
                 println!(
-                        "renumbered {} of ours, whose keys others' new rows took (references to them followed):",
-                        count(r.renumbered.len(), "new row")
-                    );
-                for n in r.renumbered.iter().take(20) {
-                    println!("  {}.{}: {} -> {}", n.table, n.column, n.from, n.to);
-                }
-                if r.renumbered.len() > 20 {
-                    println!(
-                        "  … and {} more (use --json for all)",
-                        r.renumbered.len() - 20
-                    );
-                }
+                    "  … and {} more (use --json for all)",
+                    r.references.len() - 20
+                );
             }
         }
-    })
+        if !r.renumbered.is_empty() {
+            println!(
+                "renumbered {} of ours, whose keys others' new rows took (references to them followed):",
+                count(r.renumbered.len(), "new row")
+            );
+            for n in r.renumbered.iter().take(20) {
+                println!("  {}.{}: {} -> {}", n.table, n.column, n.from, n.to);
+            }
+            if r.renumbered.len() > 20 {
+                println!(
+                    "  … and {} more (use --json for all)",
+                    r.renumbered.len() - 20
+                );
+            }
+        }
+    }
+}
+
+/// Pull, then push; a push that lost a race with a teammate's is pulled and pushed again
+/// (`tursync::sync`). Reports the pulls (added up) and the push, or the conflicts.
+fn sync(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> Result<ExitCode> {
+    use tursync::sync::End;
+    let ws = Workspace::locate(cli.db.as_deref())?;
+    let (endpoint, remote) = connect(cli, Some(&ws))?;
+    let started = Instant::now();
+    let waiting = || eprintln!("waiting for the app to release the working copy's write lock…");
+    let synced = tursync::sync::sync(&ws, &remote, merge, true, progress, &waiting)
+        .with_context(|| format!("sync with {endpoint} failed"))?;
+    progress.finish();
+    if let Some(r) = &synced.pulled {
+        print_pulled(&endpoint, started, r, as_json);
+    }
+    match synced.end {
+        End::Pushed(r) => conclude(Outcome::Done(r), Op::Pull, as_json, |r| {
+            print_pushed(&endpoint, started, &r, as_json)
+        }),
+        End::PullConflicts(c) => conclude(Outcome::<()>::Conflicts(c), Op::Pull, as_json, |_| {}),
+        End::PushConflicts(c) => {
+            if synced.attempts >= tursync::sync::ATTEMPTS && !as_json {
+                eprintln!(
+                    "note: the remote changed between each of {} pulls and the push that followed; the last push was refused as below",
+                    synced.attempts
+                );
+            }
+            let op = Op::Push {
+                interrupted: ws.push_interrupted(),
+            };
+            conclude(Outcome::<()>::Conflicts(c), op, as_json, |_| {})
+        }
+    }
 }
 
 fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<ExitCode> {

@@ -8,22 +8,24 @@
 //! * and every interval, a round whose pull first compares the remote's replication index with
 //!   the one recorded at the last sync (one small request) and downloads only when it moved.
 //!
-//! A round is `pull::pull` then `push::push`, each all or nothing. The push is skipped when the
-//! working copy has not changed since a push that saw all of it, so an idle round costs one
-//! request. A conflict is reported once; the watch then waits until either side changes (a
+//! A round is [`crate::sync::sync`], the same as the command: pull then push, each all or
+//! nothing, pulled and pushed again when the push lost a race with a teammate's. The push is
+//! skipped when the working copy has not changed since a push that saw all of it, so an idle
+//! round costs one request. A conflict is reported once; the watch then waits until either side changes (a
 //! local commit, or a new replication index) and tries again, so the user can settle it while it
-//! runs. Errors that pass (see [`crate::remote::RemoteError::is_transient`]) are waited out with
-//! exponential backoff; any other error ends the watch.
+//! runs. Errors that pass (see [`crate::remote::RemoteError::is_transient`]), in a round or in
+//! any other request the watch makes (the index reads), are waited out with exponential
+//! backoff; any other error ends the watch.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::clone::FetchOptions;
-use crate::conflict::{Conflict, Outcome};
+use crate::conflict::Conflict;
 use crate::progress::Progress;
 use crate::pull::{MergeOptions, PullReport, Resolve};
-use crate::push::{PushOptions, PushReport};
+use crate::push::PushReport;
 use crate::remote::{Remote, Transient};
+use crate::sync::End;
 use crate::workspace::Workspace;
 use crate::{Error, Result};
 
@@ -67,6 +69,15 @@ struct Blocked {
     report: String,
     local: i64,
     remote: Option<u64>,
+}
+
+/// How one step of the loop ended: a round (or, with `None`, a check that found both sides
+/// as they were when rounds were blocked), with the remote's index before it; a push that lost
+/// a race, to be run again at once; or a refusal, with the remote's index after it.
+enum Step {
+    Round(Option<u64>, Option<Round>),
+    Raced,
+    Refused(Error, Option<u64>),
 }
 
 /// How a round ended.
@@ -113,29 +124,58 @@ pub fn watch(
         if due {
             next_due = Instant::now() + interval;
         }
-        let outcome = (|| -> Result<(Option<u64>, Option<Round>)> {
+        // Every request of the round, and the index reads that judge its end, in one step:
+        // whatever fails there in a way that passes is waited out below.
+        let outcome = (|| -> Result<Step> {
             // The remote's index before the round: a conflict waits for it to move.
             let before = index()?;
             if blocked
                 .as_ref()
                 .is_some_and(|b| b.local == local && b.remote == before)
             {
-                return Ok((before, None));
+                return Ok(Step::Round(before, None));
             }
-            let done = round(
+            match round(
                 ws,
                 remote,
                 (local, before),
                 &mut pushed_local,
                 &mut *on_event,
-            )?;
-            Ok((before, Some(done)))
+            ) {
+                // The sync pulled and pushed again while the remote kept moving, and still the
+                // push was refused: no conflict yet, the next round pulls their change first.
+                Ok(Round::PushConflicts(_)) if index()? != before => Ok(Step::Raced),
+                Ok(done) => Ok(Step::Round(before, Some(done))),
+                Err(e) if matches!(e.root(), Error::Busy(_) | Error::Unsupported(_)) => {
+                    Ok(Step::Refused(e, index()?))
+                }
+                Err(e) => Err(e),
+            }
         })();
         round_local = Some(local);
         let (before, done) = match outcome {
-            Ok(o) => {
+            Ok(Step::Round(before, done)) => {
                 failures = 0;
-                o
+                (before, done)
+            }
+            Ok(Step::Raced) => {
+                failures = 0;
+                round_local = None;
+                continue;
+            }
+            // What the user must settle: reported once, then rounds wait for a change.
+            Ok(Step::Refused(e, remote_index)) => {
+                failures = 0;
+                let report = e.to_string();
+                if blocked.as_ref().map(|b| &b.report) != Some(&report) {
+                    on_event(Event::Refused(&e));
+                }
+                blocked = Some(Blocked {
+                    report,
+                    local,
+                    remote: remote_index,
+                });
+                continue;
             }
             Err(e) if e.remote().is_some_and(|r| r.is_transient()) => {
                 let delay = FIRST_BACKOFF
@@ -149,19 +189,6 @@ pub fn watch(
                 while Instant::now() < until && !stop.load(Ordering::SeqCst) {
                     std::thread::sleep(LOCAL_POLL);
                 }
-                continue;
-            }
-            // What the user must settle: reported once, then rounds wait for a change.
-            Err(e) if matches!(e.root(), Error::Busy(_) | Error::Unsupported(_)) => {
-                let report = e.to_string();
-                if blocked.as_ref().map(|b| &b.report) != Some(&report) {
-                    on_event(Event::Refused(&e));
-                }
-                blocked = Some(Blocked {
-                    report,
-                    local,
-                    remote: index()?,
-                });
                 continue;
             }
             Err(e) => return Err(e),
@@ -182,12 +209,6 @@ pub fn watch(
             }
             continue;
         };
-        // A push refused because someone pushed between our pull and our push is no conflict
-        // yet: the next round pulls their change first.
-        if matches!(done, Some(Round::PushConflicts(_))) && index()? != before {
-            round_local = None;
-            continue;
-        }
         if blocked.as_ref().map(|b| &b.report) != Some(&report) {
             match &done {
                 Some(Round::PullConflicts(c)) => on_event(Event::PullConflicts(c)),
@@ -207,8 +228,9 @@ pub fn watch(
     Ok(())
 }
 
-/// One `sync`: pull, then push (skipped when the working copy has not moved since a push that
-/// saw all of it). Reports a round that changed something, or (for `-v`) one that did not.
+/// One `sync` ([`crate::sync::sync`]): pull, then push (skipped when the working copy has not
+/// moved since a push that saw all of it). Reports a round that changed something, or (for
+/// `-v`) one that did not.
 fn round(
     ws: &Workspace,
     remote: &Remote,
@@ -216,30 +238,30 @@ fn round(
     pushed_local: &mut Option<i64>,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Round> {
-    let hidden = Progress::hidden();
     // As `sync` does: conflicts stop the round, colliding new rows are renumbered.
     let merge = MergeOptions {
         resolve: Resolve::Refuse,
         tables: Default::default(),
         renumber: true,
     };
-    let pulled =
-        match crate::pull::pull(ws, remote, &merge, FetchOptions::default(), &hidden, &|| {})? {
-            Outcome::Done(r) => r,
-            Outcome::Conflicts(conflicts) => return Ok(Round::PullConflicts(conflicts)),
-        };
     let local_changed = *pushed_local != Some(local);
-    let pushed = if local_changed {
-        match crate::push::push(ws, remote, PushOptions::default(), &hidden)? {
-            Outcome::Done(r) => {
-                *pushed_local = Some(local);
-                r
-            }
-            Outcome::Conflicts(conflicts) => return Ok(Round::PushConflicts(conflicts)),
-        }
-    } else {
-        PushReport::default()
+    let synced = crate::sync::sync(
+        ws,
+        remote,
+        &merge,
+        local_changed,
+        &Progress::hidden(),
+        &|| {},
+    )?;
+    let pushed = match synced.end {
+        End::Pushed(r) => r,
+        End::PullConflicts(conflicts) => return Ok(Round::PullConflicts(conflicts)),
+        End::PushConflicts(conflicts) => return Ok(Round::PushConflicts(conflicts)),
     };
+    if local_changed {
+        *pushed_local = Some(local);
+    }
+    let pulled = synced.pulled.unwrap_or_default();
     if pulled.applied > 0 || pulled.schema_changes > 0 || pushed.changes > 0 {
         on_event(Event::Synced {
             pulled: &pulled,

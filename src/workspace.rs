@@ -328,15 +328,32 @@ pub fn init(
     let dir = parent_dir(db);
     let name = file_name(db);
     let state = dir.join(STATE_DIR);
-    let other = fs::read_to_string(state.join(CONFIG))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Config>(&t).ok());
-    if let Some(other) = other.filter(|c| c.db != name && !force) {
-        return Err(Error::Workspace(format!(
-            "{} already holds the state of working copy {:?}; pass --force to replace it",
-            state.display(),
-            other.db
-        )));
+    // A state directory we cannot read may be another working copy's: never ours to remove
+    // without --force.
+    if state.exists() && !force {
+        let config = state.join(CONFIG);
+        let other = fs::read_to_string(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<Config>(&t).map_err(|e| e.to_string()));
+        match other {
+            Ok(other) if other.db == name => {}
+            Ok(other) => {
+                return Err(Error::Workspace(format!(
+                    "{} already holds the state of working copy {:?}; pass --force to replace it",
+                    state.display(),
+                    other.db
+                )))
+            }
+            Err(why) => {
+                return Err(Error::Workspace(format!(
+                    "{} exists but its config {} cannot be read ({why}), so which working copy \
+                     it belongs to is unknown; it was left as it is. Repair or remove it, or pass \
+                     --force to replace it (the state of whichever working copy it holds is lost)",
+                    state.display(),
+                    config.display()
+                )))
+            }
+        }
     }
     if db.exists() && !force {
         return Err(Error::Workspace(format!(

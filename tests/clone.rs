@@ -220,6 +220,87 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
     );
 }
 
+/// Every file under `dir` with its bytes, to show a directory was left exactly as it was.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A state directory whose config cannot be read may belong to another working copy: init
+/// leaves it exactly as it is, says what it found and what to do, and exits 1; `--force`
+/// replaces it.
+#[test]
+fn init_refuses_a_state_directory_it_cannot_read_unless_forced() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(a); INSERT INTO t VALUES (1);");
+    let dir = tempdir();
+    // Another working copy's state, its config damaged.
+    run_ok(
+        tursync(dir.path())
+            .args(["init", "--db", "other.db", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    let state = dir.path().join(".tursync");
+    std::fs::write(
+        state.join("config.json"),
+        "{\"version\": 1, \"url\": garbage",
+    )
+    .unwrap();
+    let before = snapshot(&state);
+
+    let out = run_err(
+        tursync(dir.path())
+            .args(["init", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("config.json"), "names the file: {err}");
+    assert!(
+        err.contains("expected value"),
+        "gives the parse error: {err}"
+    );
+    assert!(err.contains("--force"), "says what to do: {err}");
+    assert_eq!(snapshot(&state), before, "the state directory was changed");
+    assert!(!dir.path().join("working_copy.db").exists());
+
+    // A state directory with no config at all is not ours to remove either.
+    std::fs::remove_file(state.join("config.json")).unwrap();
+    let before = snapshot(&state);
+    let out = run_err(
+        tursync(dir.path())
+            .args(["init", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--force"), "{}", text(&out));
+    assert_eq!(snapshot(&state), before, "the state directory was changed");
+
+    run_ok(
+        tursync(dir.path())
+            .args(["init", "--force", "--url", &sqld.url])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    let config = std::fs::read_to_string(state.join("config.json")).unwrap();
+    assert!(config.contains("\"working_copy.db\""), "{config}");
+    assert_table_eq(
+        &sqld,
+        &dir.path().join("working_copy.db"),
+        "SELECT rowid, a FROM t ORDER BY rowid",
+    );
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;

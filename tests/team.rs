@@ -1329,4 +1329,81 @@ fn a_parent_they_deleted_under_our_new_child_settles_either_way() {
             assert_table_eq(&sqld, &d.path().join("working_copy.db"), q);
         }
     }
+
+/// A teammate's push that lands between this sync's pull and its push and takes our new row's
+/// key is a race, not a conflict: sync pulls again (renumbering ours), pushes again and exits
+/// 0, with both rows on the remote and in the working copy. The race is made deterministic by a
+/// proxy that runs the teammate's insert when it sees our push open its transaction. A race
+/// whose fresh pull still finds a conflict exits 3 with the pull's report.
+#[test]
+fn sync_pulls_again_when_a_teammate_pushes_between_its_pull_and_its_push() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT);");
+    let a = tempdir();
+    let out = run(&sqld, a.path(), &["init", "--url", &sqld.url]);
+    assert!(out.status.success(), "{}", text(&out));
+    // What the teammate does when our next push opens its transaction.
+    let teammate: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let raced = Arc::new(AtomicU32::new(0));
+    let (url, token) = (sqld.url.clone(), sqld.rw_token.clone());
+    let (next, count) = (teammate.clone(), raced.clone());
+    let proxy = HookProxy::start(&sqld.url, move |_, body| {
+        if opens_transaction(body) {
+            if let Some(sql) = next.lock().unwrap().take() {
+                exec_at(&url, &token, &sql);
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Verdict::Forward
+    });
+    let wc = a.path().join("working_copy.db");
+    let sync = |json: bool| {
+        let mut args = vec!["sync", "--url", &proxy.url];
+        if json {
+            args.push("--json");
+        }
+        run(&sqld, a.path(), &args)
+    };
+
+    sqlite3_cli(&wc, b"INSERT INTO items VALUES (1, 'ours');");
+    *teammate.lock().unwrap() = Some("INSERT INTO items VALUES (1, 'theirs')".into());
+    let out = sync(false);
+    assert_eq!(raced.load(Ordering::SeqCst), 1, "the teammate pushed first");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        sqld.query("SELECT id, tag FROM items ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), Cell::text("theirs")],
+            vec![Cell::Integer(2), Cell::text("ours")],
+        ],
+        "{}",
+        text(&out)
+    );
+    assert_table_eq(&sqld, &wc, "SELECT id, tag FROM items ORDER BY id");
+    assert!(
+        text(&out).contains("1 -> 2"),
+        "says what moved: {}",
+        text(&out)
+    );
+
+    // The teammate changes the very cell we changed: the fresh pull reports that conflict.
+    sqlite3_cli(&wc, b"UPDATE items SET tag = 'ours, edited' WHERE id = 2;");
+    *teammate.lock().unwrap() = Some("UPDATE items SET tag = 'theirs, edited' WHERE id = 2".into());
+    let out = sync(true);
+    assert_eq!(raced.load(Ordering::SeqCst), 2, "the teammate pushed first");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(last["pulled"], false, "the pull's report: {last}");
+    assert_eq!(last["conflicts"][0]["kind"], "cell", "{last}");
+    assert_eq!(
+        local_query(&wc, "SELECT tag FROM items WHERE id = 2"),
+        vec![vec![Cell::text("ours, edited")]]
+    );
+    assert_eq!(
+        sqld.query("SELECT tag FROM items WHERE id = 2"),
+        vec![vec![Cell::text("theirs, edited")]]
+    );
 }

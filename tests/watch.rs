@@ -20,8 +20,14 @@ struct Watcher {
 
 impl Watcher {
     fn start(dir: &Path, token: &str) -> Watcher {
+        Watcher::start_with(dir, token, &[])
+    }
+
+    /// Like [`Watcher::start`], with more arguments (`--url`, `--retry-for`).
+    fn start_with(dir: &Path, token: &str, more: &[&str]) -> Watcher {
         let mut child = tursync(dir)
             .args(["watch", "--interval", "0.5", "--json", "-v"])
+            .args(more)
             .env("TURSO_AUTH_TOKEN", token)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -325,4 +331,71 @@ fn a_bad_token_or_a_vanished_working_copy_stops_the_watcher() {
     let _ = w.child.stderr.take().unwrap().read_to_string(&mut err);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("is gone"), "{err}");
+}
+
+/// Every request watch makes is waited out like a round's: here the read of the remote's
+/// replication index that follows a push refused by a teammate's race fails for a while (a
+/// proxy drops the connections), and the watcher backs off instead of stopping, then lands
+/// both rows and syncs a later change.
+#[test]
+fn a_network_failure_after_a_refused_push_does_not_stop_the_watcher() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);");
+    let a = tempdir();
+    init(&sqld, a.path());
+    let (url, token) = (sqld.url.clone(), sqld.rw_token.clone());
+    // When our push opens its transaction, a teammate takes our new row's key first; then
+    // every request on a new stream (the index read among them) is dropped for 4 s.
+    let failing_until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let until = failing_until.clone();
+    let proxy = HookProxy::start(&sqld.url, move |_, body| {
+        let mut until = until.lock().unwrap();
+        if until.is_none() && opens_transaction(body) {
+            exec_at(&url, &token, "INSERT INTO items VALUES (1, 'theirs', 0)");
+            *until = Some(Instant::now() + Duration::from_secs(4));
+            return Verdict::Forward;
+        }
+        let fresh_stream = String::from_utf8_lossy(body).contains("\"baton\":null");
+        match *until {
+            Some(t) if fresh_stream && Instant::now() < t => Verdict::Drop,
+            _ => Verdict::Forward,
+        }
+    });
+    let mut w = Watcher::start_with(
+        a.path(),
+        &sqld.rw_token,
+        &["--url", &proxy.url, "--retry-for", "1"],
+    );
+    let wc = a.path().join("working_copy.db");
+    sqlite3_cli(&wc, b"INSERT INTO items VALUES (1, 'ours', 0);");
+    wait_until("the race and the failures", Duration::from_secs(10), || {
+        failing_until
+            .lock()
+            .unwrap()
+            .is_some_and(|t| Instant::now() > t)
+    });
+    w.assert_running();
+    wait_until("both rows on the remote", Duration::from_secs(30), || {
+        sqld.query("SELECT count(*) FROM items") == vec![vec![Cell::Integer(2)]]
+    });
+    sqlite3_cli(&wc, b"INSERT INTO items VALUES (10, 'later', 0);");
+    wait_until(
+        "the later row on the remote",
+        Duration::from_secs(20),
+        || sqld.query("SELECT count(*) FROM items") == vec![vec![Cell::Integer(3)]],
+    );
+    wait_until(
+        "the working copy caught up",
+        Duration::from_secs(10),
+        || {
+            let mut t = tags(&wc);
+            t.sort();
+            t == ["later", "ours", "theirs"]
+        },
+    );
+    assert_table_eq(&sqld, &wc, "SELECT * FROM items ORDER BY id");
+    let retrying = w.events("retrying");
+    assert!(!retrying.is_empty(), "it said it was backing off");
+    let (status, _, err) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
 }

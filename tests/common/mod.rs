@@ -1185,3 +1185,104 @@ pub fn local_dump(path: &Path) -> Vec<(String, Vec<Vec<Cell>>)> {
     ));
     out
 }
+
+/// What a [`HookProxy`] does with one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forwarded to sqld, and its answer passed back.
+    Forward,
+    /// The connection closed unanswered: the server never saw the request.
+    Drop,
+}
+
+/// A small HTTP proxy on 127.0.0.1 in front of a real sqld that asks `hook` about each request
+/// (its head and body) before doing anything with it. The hook may act first — a teammate's
+/// write straight to sqld, say, when it sees the request that opens a push's transaction, which
+/// makes a race deterministic — and says whether to forward the request or drop it. One request
+/// per connection (answers say `Connection: close`). Stopped on drop.
+pub struct HookProxy {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HookProxy {
+    pub fn start(
+        upstream_url: &str,
+        hook: impl Fn(&str, &[u8]) -> Verdict + Send + Sync + 'static,
+    ) -> HookProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy on 127.0.0.1");
+        let port = listener.local_addr().expect("proxy address").port();
+        let upstream = upstream_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hook = std::sync::Arc::new(hook);
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let (upstream, hook) = (upstream.clone(), hook.clone());
+                std::thread::spawn(move || {
+                    use std::io::Write as _;
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                    let Some((head, body)) = read_http_message(&mut conn) else {
+                        return;
+                    };
+                    if hook(&head, &body) == Verdict::Drop {
+                        return;
+                    }
+                    if let Some(reply) = forward(&upstream, &head, &body) {
+                        let _ = conn.write_all(&reply);
+                    }
+                });
+            }
+        });
+        HookProxy {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            stop,
+        }
+    }
+}
+
+impl Drop for HookProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Whether a Hrana pipeline request body opens a transaction: the first request of a push.
+pub fn opens_transaction(body: &[u8]) -> bool {
+    String::from_utf8_lossy(body).contains("\"BEGIN IMMEDIATE\"")
+}
+
+/// Runs a script on the sqld at `url` with `token`, as a teammate's own client would: for use
+/// where the test's [`Sqld`] cannot go (inside a [`HookProxy`]'s hook). Panics on any error.
+pub fn exec_at(url: &str, token: &str, sql: &str) {
+    let body =
+        json!({"baton": null, "requests": [{"type": "sequence", "sql": sql}, {"type": "close"}]});
+    let mut resp = http_agent()
+        .post(format!("{url}/v3/pipeline"))
+        .header("Content-Type", "application/json")
+        .header("Authorization", format!("Bearer {token}"))
+        .send(body.to_string())
+        .unwrap_or_else(|e| panic!("POST {url}/v3/pipeline: {e}"));
+    let status = resp.status().as_u16();
+    let mut text = String::new();
+    resp.body_mut()
+        .with_config()
+        .reader()
+        .read_to_string(&mut text)
+        .expect("read pipeline response body");
+    assert!(
+        status == 200 && text.contains("\"type\":\"ok\"") && !text.contains("\"type\":\"error\""),
+        "{sql}: HTTP {status}: {text}"
+    );
+}
