@@ -601,15 +601,15 @@ fn exact(sqld: &Sqld, dir: &Path) {
 fn a_proxy_that_holds_answers_until_they_end_costs_a_clone_under_a_second() {
     use std::time::{Duration, Instant};
 
-    let sqld = Sqld::start();
-    let grow = |first: u32| {
+    let mut sqld = Sqld::start();
+    let grow = |sqld: &Sqld, first: u32| {
         sqld.exec(&format!(
             "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
             first + 2499
         ))
     };
     sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
-    grow(1);
+    grow(&sqld, 1);
     let proxy = FaultProxy::start(&sqld.url, 0, None);
     let timed = |cmd: &mut std::process::Command| {
         let started = Instant::now();
@@ -650,7 +650,7 @@ fn a_proxy_that_holds_answers_until_they_end_costs_a_clone_under_a_second() {
     assert!(human.contains("log streams"), "{human}");
 
     // A long stretch again: straight to batches, no stream asked for.
-    grow(2501);
+    grow(&sqld, 2501);
     let direct_pull = timed(tursync(direct.path()).args(["pull"]));
     let before = proxy.requests().len();
     let proxied_pull = timed(tursync(dir.path()).args(["pull"]));
@@ -662,4 +662,17 @@ fn a_proxy_that_holds_answers_until_they_end_costs_a_clone_under_a_second() {
     );
     exact(&sqld, dir.path());
     exact(&sqld, direct.path());
+
+    // A new log (the database reset) tries streams again, and they are held again.
+    let off = |dir: &Path| sync_state(dir)["streams_off"].clone();
+    let old = off(dir.path());
+    sqld.reset();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+    grow(&sqld, 1);
+    let before = proxy.requests().len();
+    pull(&sqld, dir.path());
+    assert_eq!(streams(&proxy.requests()[before..]), 2);
+    assert_ne!(off(dir.path())["log_id"], old["log_id"]);
+    assert!(off(dir.path())["reason"].is_string(), "{}", off(dir.path()));
+    exact(&sqld, dir.path());
 }
