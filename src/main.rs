@@ -582,14 +582,28 @@ fn reads_report(ws: &Workspace) -> serde_json::Value {
         (Ok(sync), _) if sync.sql_path.is_some() => {
             json!({"path": "sql", "reason": sync.sql_path})
         }
-        (Ok(_), Ok(Some(m))) => json!({
+        (Ok(sync), Ok(Some(m))) => json!({
             "path": "log",
             "mirror": file_info(&mirror.db_path()),
             "frame_no": m.frame_no,
+            "streams": streams_report(&sync),
         }),
-        (Ok(_), Ok(None)) => json!({
+        (Ok(sync), Ok(None)) => json!({
             "path": "log",
             "reason": "no mirror yet: the next pull reads the replication log",
+            "streams": streams_report(&sync),
+        }),
+    }
+}
+
+/// Whether a long stretch of log is read in streams, or only in batches and why.
+fn streams_report(sync: &tursync::workspace::SyncState) -> serde_json::Value {
+    match &sync.streams_off {
+        None => json!({"on": true}),
+        Some(off) => json!({
+            "on": false,
+            "off": off.reason,
+            "until": "the next init, or a new log id",
         }),
     }
 }
@@ -627,6 +641,9 @@ fn print_status(r: &serde_json::Value) {
                 "pulls read     the replication log ({})",
                 reads["reason"].as_str().unwrap_or("?")
             ),
+        }
+        if let Some(off) = reads["streams"]["off"].as_str() {
+            println!("log streams    not used, because {off}; batches read the log until the next init or a new log id");
         }
     }
     let remote = &r["remote"];

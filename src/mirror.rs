@@ -86,6 +86,17 @@ impl From<std::io::Error> for MirrorError {
     }
 }
 
+/// Whether a long stretch of log is read in two streams at once ([`stream_ahead`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Streams {
+    /// Tried, and used when they answer.
+    Try,
+    /// Not tried, for this reason: a stream sent nothing in time on this remote
+    /// ([`LogError::Silent`]), so something on the way holds them. Set by a read whose streams
+    /// stayed silent; batches read the whole log then.
+    Off(String),
+}
+
 /// The mirror in a state directory (a workspace's, or one `init` is building).
 pub struct Mirror {
     dir: PathBuf,
@@ -150,11 +161,13 @@ impl Mirror {
 
     /// Fetches every frame past the mirror's point into a ready spool, or `None` when the
     /// mirror is up to date. `hello` is what the log said to [`LogSource::hello`]; a log with
-    /// another id starts the mirror afresh.
+    /// another id starts the mirror afresh. `streams` says whether to try streams, and becomes
+    /// [`Streams::Off`] when they stayed silent.
     pub fn fetch(
         &self,
         log: &mut dyn LogSource,
         hello: &Hello,
+        streams: &mut Streams,
     ) -> Result<Option<Ready>, MirrorError> {
         let hello = hello.clone();
         let state = self.state()?;
@@ -165,7 +178,7 @@ impl Mirror {
             return Ok(None);
         }
         let mut spool = Spool::create(workspace::aside_name(&self.dir, SPOOL), from)?;
-        read_log(log, &hello, &mut spool, &self.dir)?;
+        read_log(log, &hello, &mut spool, &self.dir, streams)?;
         let Some(to) = spool.txns.last_frame.filter(|_| spool.txns.frames > 0) else {
             return Ok(None);
         };
@@ -307,13 +320,15 @@ impl Mirror {
     /// would be applied, so the file is the same: a batch that breaks off is fetched again from
     /// its last whole transaction, which writes the same pages again (a retried snapshot holds
     /// every page the broken one did, newer or the same), and the log must end on a commit.
+    /// `streams` as for [`Mirror::fetch`].
     pub(crate) fn build(
         &self,
         log: &mut dyn LogSource,
         hello: &Hello,
+        streams: &mut Streams,
     ) -> Result<Option<Built>, MirrorError> {
         let mut out = PageWriter::create(&self.db_path())?;
-        read_log(log, hello, &mut out, &self.dir)?;
+        read_log(log, hello, &mut out, &self.dir, streams)?;
         if out.txns.txn_last.is_some() {
             // Pages of a transaction without its commit are in the file.
             return Err(LogError::Protocol("the log ended inside a transaction".into()).into());
@@ -345,17 +360,21 @@ trait FrameSink {
 /// broke off goes on from there), the snapshot when the log was compacted past that frame, a
 /// new `Hello` when the server forgot the session (a changed log id means it was reset). Frames
 /// of a transaction the log did not finish may be left past the last commit. `dir` holds what
-/// is put aside meanwhile.
+/// is put aside meanwhile. Streams are tried only when `streams` says so; when they stay
+/// silent, it becomes [`Streams::Off`].
 fn read_log(
     log: &mut dyn LogSource,
     hello: &Hello,
     sink: &mut dyn FrameSink,
     dir: &Path,
+    streams: &mut Streams,
 ) -> Result<(), MirrorError> {
-    if let Some(upto) = hello.replication_index {
+    if let (Some(upto), Streams::Try) = (hello.replication_index, &streams) {
         let from = sink.txns().next();
         if upto >= from.saturating_add(STREAM_FRAMES) {
-            stream_ahead(&*log, sink, from, upto, dir)?;
+            if let Some(silent) = stream_ahead(&*log, sink, from, upto, dir)? {
+                *streams = Streams::Off(silent.to_string());
+            }
         }
     }
     let mut next = sink.txns().next();
@@ -403,16 +422,17 @@ const STREAM_FRAMES: u64 = 2048;
 /// streams keep two of its threads reading, so a long stretch of log comes in about a third of
 /// the time batches take. Whatever goes wrong here (a server without streams, a dropped
 /// connection) leaves `sink` at its last commit, and the batches of [`read_log`] go on from
-/// there: this is only a shortcut. Only an error of the sink itself is returned.
+/// there: this is only a shortcut. Only an error of the sink itself is returned; a stream that
+/// stayed silent ([`LogError::Silent`]) is given back, so the caller stops trying streams.
 fn stream_ahead(
     log: &dyn LogSource,
     sink: &mut dyn FrameSink,
     from: u64,
     upto: u64,
     dir: &Path,
-) -> Result<(), MirrorError> {
+) -> Result<Option<LogError>, MirrorError> {
     let (Some(mut first), Some(mut second)) = (log.fork(), log.fork()) else {
-        return Ok(());
+        return Ok(None);
     };
     let mid = from + (upto - from) / 2;
     let mut aside = BufWriter::with_capacity(1 << 20, tempfile::tempfile_in(dir)?);
@@ -421,6 +441,13 @@ fn stream_ahead(
         let head = first.stream(from, mid, &mut |f| sink.push(f, false));
         (head, tail.join())
     });
+    let (head, tail) = match (head, tail) {
+        (Err(silent @ LogError::Silent(_)), _) | (_, Ok(Err(silent @ LogError::Silent(_)))) => {
+            sink.rewind()?;
+            return Ok(Some(silent));
+        }
+        other => other,
+    };
     let read = match (head, tail) {
         (Ok(()), Ok(Ok(()))) => {
             let mut file = aside.into_inner().map_err(|e| e.into_error())?;
@@ -445,7 +472,7 @@ fn stream_ahead(
         read?;
     }
     sink.rewind()?;
-    Ok(())
+    Ok(None)
 }
 
 /// Frames counted in whole transactions, and checked against the ones before them, as every
@@ -775,6 +802,10 @@ mod tests {
         /// the log breaks off after a few frames.
         streams: bool,
         streams_break: bool,
+        /// Streams send nothing, as through a proxy holding them ([`LogError::Silent`]).
+        streams_silent: bool,
+        /// Streams asked for, by this source and its forks.
+        streams_asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
         /// Frames served in batches so far.
         batched: u64,
     }
@@ -786,6 +817,8 @@ mod tests {
                 break_after,
                 streams: false,
                 streams_break: false,
+                streams_silent: false,
+                streams_asked: Default::default(),
                 batched: 0,
             }
         }
@@ -846,6 +879,11 @@ mod tests {
             if !self.streams {
                 return Err(LogError::NotServed("test".into()));
             }
+            self.streams_asked
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.streams_silent {
+                return Err(LogError::Silent(std::time::Duration::from_millis(500)));
+            }
             let range = usize::try_from(from).unwrap()..=usize::try_from(upto).unwrap();
             for (i, f) in self.frames[range].iter().enumerate() {
                 if self.streams_break && from > 0 && i == 10 {
@@ -861,6 +899,7 @@ mod tests {
                 Box::new(FakeLog {
                     frames: self.frames.clone(),
                     break_after: None,
+                    streams_asked: self.streams_asked.clone(),
                     ..*self
                 }) as Box<dyn LogSource + Send>
             })
@@ -903,11 +942,20 @@ mod tests {
             let applied = tempfile::tempdir().unwrap();
             let a = Mirror::in_dir(applied.path().to_path_buf());
             let mut log = FakeLog::new(log_frames(), None);
-            let ready = a.fetch(&mut log, &hello()).unwrap().unwrap();
+            let ready = a
+                .fetch(&mut log, &hello(), &mut Streams::Try)
+                .unwrap()
+                .unwrap();
             a.apply(ready).unwrap();
             let b = Mirror::in_dir(built.path().to_path_buf());
             let mut log = FakeLog::new(log_frames(), break_after);
-            assert_eq!(b.build(&mut log, &hello()).unwrap().unwrap().to, 7);
+            assert_eq!(
+                b.build(&mut log, &hello(), &mut Streams::Try)
+                    .unwrap()
+                    .unwrap()
+                    .to,
+                7
+            );
             let got = fs::read(b.db_path()).unwrap();
             assert_eq!(got.len(), 4 * PAGE);
             assert_eq!(got, fs::read(a.db_path()).unwrap(), "{break_after:?}");
@@ -922,7 +970,8 @@ mod tests {
         let mut frames = log_frames();
         frames.truncate(5);
         let mut log = FakeLog::new(frames, None);
-        let got = Mirror::in_dir(dir.path().to_path_buf()).build(&mut log, &hello());
+        let got =
+            Mirror::in_dir(dir.path().to_path_buf()).build(&mut log, &hello(), &mut Streams::Try);
         assert!(matches!(got, Err(MirrorError::Log(LogError::Protocol(_)))));
     }
 
@@ -933,14 +982,22 @@ mod tests {
         let whole = tempfile::tempdir().unwrap();
         let w = Mirror::in_dir(whole.path().to_path_buf());
         let mut log = FakeLog::new(log_frames(), None);
-        w.apply(w.fetch(&mut log, &hello()).unwrap().unwrap())
-            .unwrap();
+        w.apply(
+            w.fetch(&mut log, &hello(), &mut Streams::Try)
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
         for break_after in [1, 4, 7] {
             let dir = tempfile::tempdir().unwrap();
             let m = Mirror::in_dir(dir.path().to_path_buf());
             let mut log = FakeLog::new(log_frames(), Some(break_after));
-            m.apply(m.fetch(&mut log, &hello()).unwrap().unwrap())
-                .unwrap();
+            m.apply(
+                m.fetch(&mut log, &hello(), &mut Streams::Try)
+                    .unwrap()
+                    .unwrap(),
+            )
+            .unwrap();
             assert_eq!(
                 fs::read(m.db_path()).unwrap(),
                 fs::read(w.db_path()).unwrap()
@@ -955,7 +1012,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = FakeLog::new(Vec::new(), None);
         let m = Mirror::in_dir(dir.path().to_path_buf());
-        assert!(m.build(&mut log, &hello()).unwrap().is_none());
+        assert!(m
+            .build(&mut log, &hello(), &mut Streams::Try)
+            .unwrap()
+            .is_none());
     }
 
     /// A log of `n` frames in transactions of 1 to 40 frames over a database of 60 pages.
@@ -983,7 +1043,8 @@ mod tests {
         };
         let reference = tempfile::tempdir().unwrap();
         let r = Mirror::in_dir(reference.path().to_path_buf());
-        r.build(&mut FakeLog::new(long_log(n), None), &at).unwrap();
+        r.build(&mut FakeLog::new(long_log(n), None), &at, &mut Streams::Try)
+            .unwrap();
         let want = fs::read(r.db_path()).unwrap();
         assert_eq!(want.len(), 60 * PAGE);
         for streams_break in [false, true] {
@@ -995,7 +1056,13 @@ mod tests {
             let built = tempfile::tempdir().unwrap();
             let b = Mirror::in_dir(built.path().to_path_buf());
             let mut source = log();
-            assert_eq!(b.build(&mut source, &at).unwrap().unwrap().to, n - 1);
+            assert_eq!(
+                b.build(&mut source, &at, &mut Streams::Try)
+                    .unwrap()
+                    .unwrap()
+                    .to,
+                n - 1
+            );
             assert_eq!(
                 fs::read(b.db_path()).unwrap(),
                 want,
@@ -1005,13 +1072,62 @@ mod tests {
             assert_eq!(source.batched == 0, !streams_break, "{}", source.batched);
             let applied = tempfile::tempdir().unwrap();
             let a = Mirror::in_dir(applied.path().to_path_buf());
-            let ready = a.fetch(&mut log(), &at).unwrap().unwrap();
+            let ready = a
+                .fetch(&mut log(), &at, &mut Streams::Try)
+                .unwrap()
+                .unwrap();
             a.apply(ready).unwrap();
             assert_eq!(
                 fs::read(a.db_path()).unwrap(),
                 want,
                 "applied, {streams_break}"
             );
+        }
+    }
+
+    /// Streams that send nothing leave the whole log to the batches, which make the same file,
+    /// and turn streams off; once off, none is asked for.
+    #[test]
+    fn silent_streams_are_left_to_the_batches_and_turned_off() {
+        let n = STREAM_FRAMES * 2 + 77;
+        let at = Hello {
+            replication_index: Some(n - 1),
+            ..hello()
+        };
+        let reference = tempfile::tempdir().unwrap();
+        let r = Mirror::in_dir(reference.path().to_path_buf());
+        r.build(&mut FakeLog::new(long_log(n), None), &at, &mut Streams::Try)
+            .unwrap();
+        let want = fs::read(r.db_path()).unwrap();
+        for mut streams in [Streams::Try, Streams::Off("before".into())] {
+            let was = streams.clone();
+            let mut source = FakeLog {
+                streams: true,
+                streams_silent: true,
+                ..FakeLog::new(long_log(n), None)
+            };
+            let built = tempfile::tempdir().unwrap();
+            let b = Mirror::in_dir(built.path().to_path_buf());
+            let to = b.build(&mut source, &at, &mut streams).unwrap().unwrap().to;
+            assert_eq!(to, n - 1);
+            assert_eq!(fs::read(b.db_path()).unwrap(), want, "{was:?}");
+            assert_eq!(source.batched, n, "{was:?}");
+            let asked = source
+                .streams_asked
+                .load(std::sync::atomic::Ordering::SeqCst);
+            match was {
+                Streams::Try => {
+                    assert_eq!(asked, 2);
+                    assert!(
+                        matches!(&streams, Streams::Off(why) if why.contains("sent nothing")),
+                        "{streams:?}"
+                    );
+                }
+                Streams::Off(_) => {
+                    assert_eq!(asked, 0);
+                    assert_eq!(streams, was);
+                }
+            }
         }
     }
 }

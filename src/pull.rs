@@ -24,7 +24,9 @@ use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
 use crate::remote::Remote;
 use crate::spot_check::{spot_check, SpotCheck};
 use crate::touched::{touched, Before, Touched};
-use crate::workspace::{read_ours, wait_for_locks, Clean, SyncState, Workspace, BUSY_TIMEOUT};
+use crate::workspace::{
+    read_ours, wait_for_locks, Clean, StreamsOff, SyncState, Workspace, BUSY_TIMEOUT,
+};
 use crate::{Error, Result};
 
 /// Called once if the app holds the working copy's write lock, before waiting for it.
@@ -77,6 +79,7 @@ pub fn pull(
                         replication_index: now,
                         base_at: Some(frame),
                         sql_path: None,
+                        streams_off: ws.sync_state()?.streams_off,
                         clean: ws.clean_point(merged.clean_work),
                     })?;
                 }
@@ -116,6 +119,7 @@ pub fn pull(
             replication_index: if outcome.is_done() { now } else { known },
             base_at: None,
             sql_path,
+            streams_off: ws.sync_state()?.streams_off,
             clean: if outcome.is_done() {
                 ws.clean_point(clean_work)
             } else {
@@ -166,7 +170,17 @@ fn from_log(
     let mirror = Mirror::new(ws);
     // Whether the mirror moved in this pull (a spool a killed run left counts).
     let mut advanced = mirror.recover()?;
-    let ready = match mirror.fetch(log, hello) {
+    let mut streams = StreamsOff::streams(state.streams_off.as_ref(), &hello.log_id);
+    let fetched = mirror.fetch(log, hello, &mut streams);
+    // Streams that stayed silent are not tried again on this log; a new log tries them again.
+    let streams_off = StreamsOff::after(&streams, &hello.log_id);
+    if streams_off != state.streams_off {
+        ws.save_sync_state(&SyncState {
+            streams_off,
+            ..ws.sync_state()?
+        })?;
+    }
+    let ready = match fetched {
         Ok(ready) => ready,
         Err(MirrorError::Log(LogError::Remote(e))) if e.is_transient() => return Err(e.into()),
         Err(MirrorError::Log(LogError::Reset)) => return Ok(FromLog::NotNow),

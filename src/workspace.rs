@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::clone::{self, FetchOptions, Stats};
-use crate::mirror::{self, Mirror, MirrorError};
+use crate::mirror::{self, Mirror, MirrorError, Streams};
 use crate::progress::Progress;
 use crate::remote::replication::{LogError, LogSource, ReplicationLog};
 use crate::remote::{Endpoint, Remote};
@@ -50,10 +50,46 @@ pub struct SyncState {
     /// Why the remote is read over SQL instead of from its replication log, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql_path: Option<String>,
+    /// Log streams are not tried while the log keeps the id recorded here; see [`StreamsOff`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams_off: Option<StreamsOff>,
     /// The stamps of the working copy and the base when the working copy last held exactly
     /// the base's rows; see [`Clean`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clean: Option<Clean>,
+}
+
+/// Why the replication log's streams are not tried, and on which log. A stream that sent
+/// nothing within its short wait ([`LogError::Silent`]) is held by something on the way (a
+/// proxy that passes answers on only once they end, which a stream never does), which will hold
+/// the next one too: a long stretch of log then goes straight to batches. Streams are tried
+/// again by `init`, and once the log has another id (a database reset or restored, which is
+/// when a long stretch is read again from the start, perhaps served another way by then).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StreamsOff {
+    pub log_id: String,
+    pub reason: String,
+}
+
+impl StreamsOff {
+    /// Whether to try streams on the log with this id, given the record.
+    pub fn streams(off: Option<&StreamsOff>, log_id: &str) -> Streams {
+        match off {
+            Some(off) if off.log_id == log_id => Streams::Off(off.reason.clone()),
+            _ => Streams::Try,
+        }
+    }
+
+    /// The record after reading the log with this id.
+    pub fn after(streams: &Streams, log_id: &str) -> Option<StreamsOff> {
+        match streams {
+            Streams::Try => None,
+            Streams::Off(reason) => Some(StreamsOff {
+                log_id: log_id.to_owned(),
+                reason: reason.clone(),
+            }),
+        }
+    }
 }
 
 /// The working copy held exactly the base's rows when the two files had these stamps
@@ -384,13 +420,14 @@ pub fn init(
     // pull download again, never skip what it should fetch.
     let index = remote.query("SELECT 1", vec![])?.replication_index();
     let (schema, stats, mut sync) = match clone_from_log(remote, &tmp_state, &tmp_db, opts)? {
-        Ok((frame, schema, stats)) => (
+        Ok((frame, schema, stats, streams_off)) => (
             schema,
             stats,
             SyncState {
                 replication_index: index,
                 base_at: Some(frame),
                 sql_path: None,
+                streams_off,
                 clean: None,
             },
         ),
@@ -412,6 +449,7 @@ pub fn init(
                     replication_index: index,
                     base_at: None,
                     sql_path: reason,
+                    streams_off: None,
                     clean: None,
                 },
             )
@@ -463,8 +501,9 @@ pub fn init(
     })
 }
 
-/// A clone through the log: the mirror's frame the copy holds, what it holds, and how much.
-type LogClone = (u64, Schema, Stats);
+/// A clone through the log: the mirror's frame the copy holds, what it holds, how much, and
+/// whether the log's streams stayed silent.
+type LogClone = (u64, Schema, Stats, Option<StreamsOff>);
 
 /// Clones through the replication log: the mirror is built in `state` (a state directory being
 /// built), and `db` and the base are copies of it in rollback-journal mode, checked by
@@ -483,11 +522,12 @@ fn clone_from_log(
     }
     let mirror = Mirror::in_dir(state.to_path_buf());
     let mut log = ReplicationLog::new(remote);
-    let reason = match log
-        .hello()
-        .map_err(MirrorError::from)
-        .and_then(|hello| mirror.build(&mut log, &hello))
-    {
+    let mut streams = Streams::Try;
+    let mut log_id = String::new();
+    let reason = match log.hello().map_err(MirrorError::from).and_then(|hello| {
+        log_id.clone_from(&hello.log_id);
+        mirror.build(&mut log, &hello, &mut streams)
+    }) {
         Ok(Some(built)) => {
             let src = mirror.db_path();
             let base = state.join(BASE);
@@ -526,7 +566,8 @@ fn clone_from_log(
                         fs::copy(db, &base)?;
                         sync_file(&base)?;
                     }
-                    return Ok(Ok((built.to, schema, stats)));
+                    let streams_off = StreamsOff::after(&streams, &log_id);
+                    return Ok(Ok((built.to, schema, stats, streams_off)));
                 }
                 Err(check) => Some(format!("the copy of the log failed quick_check: {check}")),
             }

@@ -590,3 +590,89 @@ fn exact(sqld: &Sqld, dir: &Path) {
     );
     assert_eq!(run(&["diff", "--json"])["changes"], 0);
 }
+
+/// A reverse proxy that passes an answer on only once it is whole ([`FaultProxy`], with no
+/// faults) never passes on a log stream, which does not end while it follows the log. A clone
+/// through it must not wait for that: the streams are given up at once, the batches read the
+/// log, and the workspace stops trying streams, so the next pull of a long stretch goes
+/// straight to batches. The smallest log that is read in streams: 2500 rows of 3000 bytes, one
+/// page each, well past 2048 frames.
+#[test]
+fn a_proxy_that_holds_answers_until_they_end_costs_a_clone_under_a_second() {
+    use std::time::{Duration, Instant};
+
+    let mut sqld = Sqld::start();
+    let grow = |sqld: &Sqld, first: u32| {
+        sqld.exec(&format!(
+            "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
+            first + 2499
+        ))
+    };
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+    grow(&sqld, 1);
+    let proxy = FaultProxy::start(&sqld.url, 0, None);
+    let timed = |cmd: &mut std::process::Command| {
+        let started = Instant::now();
+        run_ok(cmd.env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+        started.elapsed()
+    };
+    let streams = |requests: &[String]| {
+        requests
+            .iter()
+            .filter(|r| r.contains("/LogEntries "))
+            .count()
+    };
+
+    let direct = tempdir();
+    let direct_init = timed(tursync(direct.path()).args(["init", "--url", &sqld.url]));
+    let dir = tempdir();
+    let proxied_init = timed(tursync(dir.path()).args(["init", "--url", &proxy.url]));
+    eprintln!("init: direct {direct_init:?}, through the proxy {proxied_init:?}");
+    assert_eq!(streams(&proxy.requests()), 2, "{:?}", proxy.requests());
+    assert!(
+        proxied_init < direct_init + Duration::from_secs(1),
+        "init took {proxied_init:?} through the proxy, {direct_init:?} direct"
+    );
+    exact(&sqld, dir.path());
+    let r = reads(&sqld, dir.path(), &sqld.rw_token);
+    assert_eq!(r["path"], "log", "{r}");
+    assert!(
+        r["streams"]["off"]
+            .as_str()
+            .is_some_and(|w| w.contains("sent nothing")),
+        "{r}"
+    );
+    let human = text(&run_ok(
+        tursync(dir.path())
+            .args(["status"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    ));
+    assert!(human.contains("log streams"), "{human}");
+
+    // A long stretch again: straight to batches, no stream asked for.
+    grow(&sqld, 2501);
+    let direct_pull = timed(tursync(direct.path()).args(["pull"]));
+    let before = proxy.requests().len();
+    let proxied_pull = timed(tursync(dir.path()).args(["pull"]));
+    eprintln!("pull: direct {direct_pull:?}, through the proxy {proxied_pull:?}");
+    assert_eq!(streams(&proxy.requests()[before..]), 0);
+    assert!(
+        proxied_pull < direct_pull + Duration::from_secs(1),
+        "pull took {proxied_pull:?} through the proxy, {direct_pull:?} direct"
+    );
+    exact(&sqld, dir.path());
+    exact(&sqld, direct.path());
+
+    // A new log (the database reset) tries streams again, and they are held again.
+    let off = |dir: &Path| sync_state(dir)["streams_off"].clone();
+    let old = off(dir.path());
+    sqld.reset();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+    grow(&sqld, 1);
+    let before = proxy.requests().len();
+    pull(&sqld, dir.path());
+    assert_eq!(streams(&proxy.requests()[before..]), 2);
+    assert_ne!(off(dir.path())["log_id"], old["log_id"]);
+    assert!(off(dir.path())["reason"].is_string(), "{}", off(dir.path()));
+    exact(&sqld, dir.path());
+}

@@ -434,13 +434,15 @@ impl Remote {
     /// One gRPC-web request of the replication log ([`replication`]), with the same agent,
     /// token, proxy and TLS as Hrana. The session token, when there is one, goes in
     /// `x-session-token`. The body is left to the caller to stream; `body_timeout` bounds how
-    /// long it may take to arrive.
+    /// long it may take to arrive, and `quiet`, when given, how long the server may send nothing:
+    /// before the answer's head and between any two reads of it.
     pub(crate) fn post_grpc(
         &self,
         path: &str,
         body: &[u8],
         session: Option<&str>,
         body_timeout: Duration,
+        quiet: Option<Duration>,
     ) -> Result<ureq::http::Response<ureq::Body>, RemoteError> {
         if let Some(e) = &self.proxy_error {
             return Err(RemoteError::Client {
@@ -461,9 +463,13 @@ impl Remote {
         if let Some(s) = session {
             req = req.header("x-session-token", s);
         }
-        let resp = req
-            .config()
-            .timeout_recv_body(Some(body_timeout))
+        let mut config = req.config().timeout_recv_body(Some(body_timeout));
+        if let Some(quiet) = quiet {
+            config = config
+                .timeout_recv_response(Some(quiet))
+                .timeout_per_read(Some(quiet));
+        }
+        let resp = config
             .build()
             .send(body)
             .map_err(|e| self.network_error(e))?;

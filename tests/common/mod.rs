@@ -829,12 +829,16 @@ struct ProxyState {
     percent: std::sync::atomic::AtomicU64,
     rng: std::sync::Mutex<Rng>,
     faults: std::sync::Mutex<Vec<Fault>>,
+    /// The first line of every request, in order.
+    requests: std::sync::Mutex<Vec<String>>,
     tunnels: AtomicU64,
     stop: std::sync::atomic::AtomicBool,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// A small HTTP proxy on 127.0.0.1 in front of a real sqld, for tests of a network that fails.
+/// It passes an answer on only once the upstream has sent all of it (as reverse proxies that
+/// buffer responses do), so an answer that never ends (a replication log stream) never arrives.
 /// Each request goes on a connection of its own (answers say `Connection: close`); for
 /// `percent` % of them it injects one of the [`FAULTS`], chosen at random. With `tls` it
 /// terminates TLS with that server config and forwards plain HTTP. `CONNECT host:port` makes it
@@ -864,6 +868,7 @@ impl FaultProxy {
             percent: AtomicU64::new(percent),
             rng: std::sync::Mutex::new(Rng::from_time("fault proxy")),
             faults: std::sync::Mutex::new(Vec::new()),
+            requests: std::sync::Mutex::new(Vec::new()),
             tunnels: AtomicU64::new(0),
             stop: std::sync::atomic::AtomicBool::new(false),
             tls,
@@ -894,6 +899,11 @@ impl FaultProxy {
     /// What the proxy did with every request so far, in order.
     pub fn faults(&self) -> Vec<Fault> {
         self.state.faults.lock().unwrap().clone()
+    }
+
+    /// The first line of every request so far (`POST /path HTTP/1.1`), in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.requests.lock().unwrap().clone()
     }
 
     /// How many `CONNECT` tunnels it opened.
@@ -982,6 +992,10 @@ fn proxy_request(st: &ProxyState, client: &mut impl std::io::Write, head: String
         }
     };
     st.faults.lock().unwrap().push(fault);
+    st.requests
+        .lock()
+        .unwrap()
+        .push(head.lines().next().unwrap_or_default().to_owned());
     let canned = |status: &str, extra: &str| {
         format!("HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
     };
