@@ -1329,6 +1329,7 @@ fn a_parent_they_deleted_under_our_new_child_settles_either_way() {
             assert_table_eq(&sqld, &d.path().join("working_copy.db"), q);
         }
     }
+}
 
 /// A teammate's push that lands between this sync's pull and its push and takes our new row's
 /// key is a race, not a conflict: sync pulls again (renumbering ours), pushes again and exits
