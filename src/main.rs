@@ -162,10 +162,13 @@ points at them (--no-renumber makes them conflicts). These are conflicts:
   cell         the same cell changed both ways
   row          a row deleted on one side and changed on the other
   unique       their row and ours hold the same values under a UNIQUE constraint
-               (--theirs deletes our row; --ours leaves theirs out, and the next push
-               deletes it on the remote)
-  foreign_key  a row left pointing at a row that is gone (settled by neither side: restore
-               the parent or delete the child)
+               (--theirs: our row gives way, back to its remote version if the remote has
+               it, else it goes; --ours: their change gives way, and the next push sends
+               ours over it)
+  foreign_key  a row left pointing at a row one side deleted (--theirs or --ours: the side
+               that deleted it keeps its delete, and the ON DELETE action applies to the
+               rows pointing at it; the other side's restores it, with the rows its delete
+               took along; each row is listed)
 Unpushed local changes stay pending. The app may keep the working copy open: pull plans the
 merge from a snapshot, then waits for its write lock (up to 10 s) and applies the merge in one
 transaction.")]
@@ -1382,7 +1385,7 @@ impl Op {
             Op::Pull if any(ConflictKind::Schema) => {
                 eprintln!("Nothing changed. Undo one side's schema change and pull again.")
             }
-            Op::Pull => eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (for a UNIQUE conflict, --theirs deletes our row and --ours leaves theirs out, so the next push deletes it on the remote), or edit the working copy and pull again. A foreign-key conflict is settled by neither: restore the parent row or delete the child, then pull again."),
+            Op::Pull => eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (or table by table: `--theirs TABLE`), or edit the working copy and pull again. For a foreign-key conflict, the side you keep decides whether the deleted parent stays deleted (its ON DELETE action then applies to the rows pointing at it) or comes back with what its delete took along; `tursync help pull` says more."),
         }
     }
 }
