@@ -10,56 +10,13 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::conflict::{Conflict, ConflictKind, Outcome};
+use crate::conflict::{Conflict, ConflictKind, MergeOptions, Outcome, Resolve};
 use crate::diff::{ordered_ddl, Changeset, RowChange, SchemaChange, SequenceChange, TableDiff};
 use crate::orphans::{Gone, Orphans, ReferenceSettled};
 use crate::schema::{foreign_keys, parse_unique_failure, ForeignKey, ObjectKind, UniqueFailure};
 use crate::sql;
 use crate::value::Value;
 use crate::{Context, Error, Result};
-
-/// How conflicts are settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolve {
-    /// Report them and change nothing.
-    Refuse,
-    /// Keep the working copy's side.
-    Ours,
-    /// Take the remote's side.
-    Theirs,
-}
-
-/// How a pull settles what both sides changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MergeOptions {
-    /// How the conflicts of tables not named in `tables` are settled.
-    pub resolve: Resolve,
-    /// Per table, by name: how that table's conflicts are settled.
-    pub tables: HashMap<String, Resolve>,
-    /// Renumber our new rows whose integer key their new rows took, instead of reporting a
-    /// conflict.
-    pub renumber: bool,
-}
-
-impl MergeOptions {
-    /// How the conflicts of `table` are settled.
-    pub fn resolve_for(&self, table: &str) -> Resolve {
-        self.tables.get(table).copied().unwrap_or(self.resolve)
-    }
-
-    /// The conflicts that stop the pull: those of tables settled by [`Resolve::Refuse`], and
-    /// every foreign-key and schema conflict, which no side settles.
-    pub(crate) fn unsettled(&self, conflicts: &[Conflict]) -> Vec<Conflict> {
-        conflicts
-            .iter()
-            .filter(|c| {
-                matches!(c.kind, ConflictKind::ForeignKey | ConflictKind::Schema)
-                    || self.resolve_for(&c.table) == Resolve::Refuse
-            })
-            .cloned()
-            .collect()
-    }
-}
 
 /// One of our new rows moved to a key free on both sides, because their new row took its key.
 #[derive(Debug, Clone, PartialEq, Eq)]

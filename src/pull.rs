@@ -14,9 +14,10 @@ use rusqlite::Connection;
 
 use crate::clone::FetchOptions;
 use crate::conflict::Outcome;
+pub use crate::conflict::{MergeOptions, Resolve};
 use crate::diff;
 use crate::merge::{strip_our_push, Plan};
-pub use crate::merge::{MergeOptions, PullReport, Renumbered, Resolve};
+pub use crate::merge::{PullReport, Renumbered};
 use crate::mirror::{open_immutable, Mirror, MirrorError};
 use crate::pages::{self, Stamp};
 use crate::progress::Progress;
