@@ -138,7 +138,7 @@ Exits with 1 when the remote cannot be reached or rejects the token.")]
 Every row the push touches must still hold, on the remote, the version the last sync saw
 (or already the local one, which is skipped). Otherwise nothing is pushed, the conflicting
 rows are listed with their base, local and remote values, and the exit code is 3.
-The SQL sent is kept under .tursync/pushes/."
+The SQL sent is kept under .tursync/pushes/ (the newest 50 pushes, 16 MB at most)."
     )]
     Push {
         /// Print what would be applied and change nothing

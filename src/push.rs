@@ -17,7 +17,7 @@
 //!    consistent snapshot of the working copy: edits the app made meanwhile stay pending.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::conflict::{Conflict, ConflictKind, Outcome};
 use crate::diff::{Changeset, DdlPhase, RowChange, SchemaChange, TableDiff};
@@ -30,7 +30,7 @@ use crate::schema::{
 use crate::sql;
 use crate::value::Value;
 use crate::workspace::Workspace;
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// Rows per multi-row statement: large enough to amortize parsing, small enough to stay far
 /// under SQLite's 32766 bound parameters.
@@ -1201,6 +1201,61 @@ fn log_stmt(log: &mut String, s: &Stmt) {
     log.push_str(";\n");
 }
 
+/// How many pushes `.tursync/pushes/` keeps, newest first, and how many bytes at most (the
+/// newest is kept whatever its size): enough to find out what recent pushes sent, bounded
+/// however long `watch` runs.
+const PUSH_LOGS_KEPT: usize = 50;
+const PUSH_LOGS_BYTES: u64 = 16 << 20;
+
+/// Writes `log` as the newest file of `dir` and removes the oldest past [`PUSH_LOGS_KEPT`]
+/// files or [`PUSH_LOGS_BYTES`] bytes. Files are named by the time in milliseconds, zero-padded
+/// so names sort by age, and a counter when two pushes share a millisecond:
+///
+/// ```text
+/// 00000001796419704782.sql  00000001796419704782-1.sql  00000001796419704865.sql
+/// ```
+fn keep_push_log(dir: &Path, log: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).during("creating the push log directory", dir.display())?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let mut path = dir.join(format!("{stamp:020}.sql"));
+    for n in 1.. {
+        if !path.exists() {
+            break;
+        }
+        path = dir.join(format!("{stamp:020}-{n}.sql"));
+    }
+    std::fs::write(&path, log).during("writing the push log", path.display())?;
+    let mut logs: Vec<(PathBuf, u64)> = std::fs::read_dir(dir)
+        .during("listing the push log", dir.display())?
+        .filter_map(|e| e.ok())
+        .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .filter(|(p, _)| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    // Newest first; the names of an older version (unpadded milliseconds) sort as older.
+    logs.sort_by(|a, b| {
+        let key = |p: &Path| {
+            let name = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            let (ms, n) = name.split_once('-').unwrap_or((name, "0"));
+            (
+                ms.parse::<u128>().unwrap_or(0),
+                n.parse::<u64>().unwrap_or(0),
+            )
+        };
+        key(&b.0).cmp(&key(&a.0))
+    });
+    let mut bytes = 0u64;
+    for (i, (p, len)) in logs.iter().enumerate() {
+        bytes += len;
+        if i > 0 && (i >= PUSH_LOGS_KEPT || bytes > PUSH_LOGS_BYTES) {
+            std::fs::remove_file(p).during("removing an old push log", p.display())?;
+        }
+    }
+    Ok(path)
+}
+
 impl Workspace {
     /// Moves the base by exactly `cs` (plus the AUTOINCREMENT counters as written to the
     /// remote), atomically, and keeps the SQL that was sent under `.tursync/pushes/`. The
@@ -1213,14 +1268,7 @@ impl Workspace {
         log: &str,
         fresh: bool,
     ) -> Result<PathBuf> {
-        let dir = self.state_dir().join("pushes");
-        std::fs::create_dir_all(&dir)?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let log_path = dir.join(format!("{stamp}.sql"));
-        std::fs::write(&log_path, log)?;
+        let log_path = keep_push_log(&self.state_dir().join("pushes"), log)?;
 
         let counters = |conn: &rusqlite::Connection| {
             for (name, v) in sequences {
