@@ -10,6 +10,7 @@ pub mod conflict;
 pub mod diff;
 pub mod merge;
 pub mod mirror;
+pub mod page_sums;
 pub mod pages;
 pub mod progress;
 pub mod pull;
