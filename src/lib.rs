@@ -11,6 +11,7 @@ pub mod diff;
 pub mod merge;
 pub mod mirror;
 pub mod orphans;
+pub mod page_sums;
 pub mod pages;
 pub mod progress;
 pub mod pull;

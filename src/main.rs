@@ -580,16 +580,21 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
 /// How pulls read the remote: from the replication log into the mirror, or over SQL, and why.
 fn reads_report(ws: &Workspace) -> serde_json::Value {
     let mirror = tursync::mirror::Mirror::new(ws);
-    match (ws.sync_state(), mirror.state()) {
+    match (ws.sync_state(), mirror.health()) {
         (Err(e), _) | (_, Err(e)) => json!({"path": "unknown", "reason": e.to_string()}),
         (Ok(sync), _) if sync.sql_path.is_some() => {
             json!({"path": "sql", "reason": sync.sql_path})
         }
-        (Ok(sync), Ok(Some(m))) => json!({
+        (Ok(sync), Ok(Some(Ok(m)))) => json!({
             "path": "log",
             "mirror": file_info(&mirror.db_path()),
             "frame_no": m.frame_no,
             "streams": streams_report(&sync),
+        }),
+        // Partial, or its files disagree: not valid, whatever its size.
+        (Ok(_), Ok(Some(Err(why)))) => json!({
+            "path": "log",
+            "reason": format!("the mirror is not usable ({why}): the next pull drops it and reads the replication log again"),
         }),
         (Ok(sync), Ok(None)) => json!({
             "path": "log",

@@ -113,8 +113,10 @@ pub fn verify(
         }
     };
     let mirror = Mirror::new(ws);
-    let mirror = match mirror.state()? {
-        Some(state) if mirror.db_path().exists() => {
+    // A mirror whose files disagree is not checked: the next pull drops it and reads the log
+    // again.
+    let mirror = match mirror.health()? {
+        Some(Ok(state)) => {
             let conn = open_immutable(&mirror.db_path())?;
             let integrity = integrity(&conn, mirror.db_path())?;
             let remote = if integrity.ok() {
@@ -156,8 +158,15 @@ fn integrity(conn: &rusqlite::Connection, file: PathBuf) -> Result<Integrity> {
             if matches!(
                 e.code,
                 rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
-            ) =>
+            ) || e.extended_code == rusqlite::ffi::SQLITE_IOERR_DATA =>
         {
+            // A page of the mirror that does not match its sum (`page_sums`).
+            if let Some(why) = crate::page_sums::take_damage(&file) {
+                return Ok(Integrity {
+                    file,
+                    problems: vec![why],
+                });
+            }
             vec![msg.unwrap_or_else(|| e.to_string())]
         }
         Err(e) => return Err(e.into()),

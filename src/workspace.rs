@@ -547,6 +547,7 @@ fn clone_from_log(
                     })
                 });
                 sync_file(&src)?;
+                sync_file(&mirror.sums_path())?;
                 for c in copies {
                     joined(c)?;
                 }
@@ -591,7 +592,7 @@ fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
 /// index entry against its row: `integrity_check` takes 10x longer, and `tursync verify` runs
 /// it), and reads its schema and row counts; `Ok(Err(what quick_check said))` when it fails.
 fn check_log_copy(mirror: &Path) -> Result<std::result::Result<(Schema, Stats), String>> {
-    let conn = mirror::open_immutable(mirror)?;
+    let conn = mirror::open_immutable_unchecked(mirror)?;
     // Mapped, the file is read without a system call per page.
     conn.execute_batch("PRAGMA mmap_size = 1099511627776")?;
     let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
