@@ -8,6 +8,7 @@
 pub mod clone;
 pub mod conflict;
 pub mod diff;
+mod durable;
 pub mod merge;
 pub mod mirror;
 pub mod orphans;

@@ -579,7 +579,7 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
 
 /// How pulls read the remote: from the replication log into the mirror, or over SQL, and why.
 fn reads_report(ws: &Workspace) -> serde_json::Value {
-    let mirror = tursync::mirror::Mirror::new(ws);
+    let mirror = ws.mirror();
     match (ws.sync_state(), mirror.health()) {
         (Err(e), _) | (_, Err(e)) => json!({"path": "unknown", "reason": e.to_string()}),
         (Ok(sync), _) if sync.sql_path.is_some() => {

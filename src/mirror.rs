@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::{self, Aside};
 use crate::page_sums::{self, Header as SumsHeader};
 use crate::remote::replication::{FrameHeader, Hello, LogError, LogSource, FRAME_HEADER};
-use crate::workspace::{self, Workspace};
 use crate::{Error, Result};
 
 const DB: &str = "mirror.db";
@@ -108,11 +108,8 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    pub fn new(ws: &Workspace) -> Mirror {
-        Mirror::in_dir(ws.state_dir())
-    }
-
-    pub(crate) fn in_dir(dir: PathBuf) -> Mirror {
+    /// The mirror in state directory `dir` (`Workspace::mirror` for a workspace's).
+    pub fn new(dir: PathBuf) -> Mirror {
         Mirror { dir }
     }
 
@@ -218,7 +215,7 @@ impl Mirror {
     }
 
     fn save_state(&self, state: &MirrorState) -> Result<()> {
-        workspace::save_json(&self.dir, STATE, state)
+        durable::save_json(&self.dir, STATE, state)
     }
 
     /// Removes the mirror and its state, for a workspace that stops following the log.
@@ -230,7 +227,7 @@ impl Mirror {
                 _ => {}
             }
         }
-        workspace::sync_dir(&self.dir)
+        durable::sync_dir(&self.dir)
     }
 
     /// Finishes a spool a killed run left ready. Returns whether there was one.
@@ -261,7 +258,7 @@ impl Mirror {
         {
             return Ok(None);
         }
-        let mut spool = Spool::create(workspace::aside_name(&self.dir, SPOOL), from)?;
+        let mut spool = Spool::create(durable::aside_name(&self.dir, SPOOL), from)?;
         read_log(log, &hello, &mut spool, &self.dir, streams)?;
         let Some(to) = spool.txns.last_frame.filter(|_| spool.txns.frames > 0) else {
             return Ok(None);
@@ -275,7 +272,7 @@ impl Mirror {
         let (pages, size) = (std::mem::take(&mut spool.pages), spool.txns.size);
         let fresh = head.fresh || spool.snapshots;
         let path = spool.finish(&head, &self.spool_path())?;
-        workspace::sync_dir(&self.dir)?;
+        durable::sync_dir(&self.dir)?;
         Ok(Some(Ready {
             path,
             head,
@@ -366,9 +363,9 @@ impl Mirror {
             drop(db);
             sums_file.sync_all()?;
             drop(sums_file);
-            Mirror::in_dir(dir.clone()).save_state(&recorded)?;
+            Mirror::new(dir.clone()).save_state(&recorded)?;
             fs::remove_file(&ready.path)?;
-            workspace::sync_dir(&dir)
+            durable::sync_dir(&dir)
         });
         Ok(Settling {
             state,
@@ -807,7 +804,7 @@ fn spool_damaged(path: &Path) -> Error {
 struct Spool {
     path: PathBuf,
     out: BufWriter<fs::File>,
-    _aside: workspace::Aside,
+    _aside: Aside,
     /// Bytes up to the end of the last whole transaction, and written past it.
     committed: u64,
     written: u64,
@@ -823,7 +820,7 @@ const HEAD_BYTES: u64 = 4096;
 
 impl Spool {
     fn create(path: PathBuf, from: Option<u64>) -> Result<Spool> {
-        let aside = workspace::Aside {
+        let aside = Aside {
             paths: vec![path.clone()],
         };
         let mut file = fs::File::create(&path)?;
@@ -1132,14 +1129,14 @@ mod tests {
         for break_after in [None, Some(1), Some(4), Some(7)] {
             let built = tempfile::tempdir().unwrap();
             let applied = tempfile::tempdir().unwrap();
-            let a = Mirror::in_dir(applied.path().to_path_buf());
+            let a = Mirror::new(applied.path().to_path_buf());
             let mut log = FakeLog::new(log_frames(), None);
             let ready = a
                 .fetch(&mut log, &hello(), &mut Streams::Try)
                 .unwrap()
                 .unwrap();
             a.apply(ready).unwrap();
-            let b = Mirror::in_dir(built.path().to_path_buf());
+            let b = Mirror::new(built.path().to_path_buf());
             let mut log = FakeLog::new(log_frames(), break_after);
             assert_eq!(
                 b.build(&mut log, &hello(), &mut Streams::Try)
@@ -1167,7 +1164,7 @@ mod tests {
     #[test]
     fn a_page_changed_on_disk_fails_its_read() {
         let dir = tempfile::tempdir().unwrap();
-        let m = Mirror::in_dir(dir.path().to_path_buf());
+        let m = Mirror::new(dir.path().to_path_buf());
         {
             let c = rusqlite::Connection::open(m.db_path()).unwrap();
             c.execute_batch(
@@ -1228,7 +1225,7 @@ mod tests {
         frames.truncate(5);
         let mut log = FakeLog::new(frames, None);
         let got =
-            Mirror::in_dir(dir.path().to_path_buf()).build(&mut log, &hello(), &mut Streams::Try);
+            Mirror::new(dir.path().to_path_buf()).build(&mut log, &hello(), &mut Streams::Try);
         assert!(matches!(got, Err(MirrorError::Log(LogError::Protocol(_)))));
     }
 
@@ -1237,7 +1234,7 @@ mod tests {
     #[test]
     fn a_batch_that_breaks_off_goes_on_after_its_last_commit() {
         let whole = tempfile::tempdir().unwrap();
-        let w = Mirror::in_dir(whole.path().to_path_buf());
+        let w = Mirror::new(whole.path().to_path_buf());
         let mut log = FakeLog::new(log_frames(), None);
         w.apply(
             w.fetch(&mut log, &hello(), &mut Streams::Try)
@@ -1247,7 +1244,7 @@ mod tests {
         .unwrap();
         for break_after in [1, 4, 7] {
             let dir = tempfile::tempdir().unwrap();
-            let m = Mirror::in_dir(dir.path().to_path_buf());
+            let m = Mirror::new(dir.path().to_path_buf());
             let mut log = FakeLog::new(log_frames(), Some(break_after));
             m.apply(
                 m.fetch(&mut log, &hello(), &mut Streams::Try)
@@ -1268,7 +1265,7 @@ mod tests {
     fn an_empty_log_builds_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = FakeLog::new(Vec::new(), None);
-        let m = Mirror::in_dir(dir.path().to_path_buf());
+        let m = Mirror::new(dir.path().to_path_buf());
         assert!(m
             .build(&mut log, &hello(), &mut Streams::Try)
             .unwrap()
@@ -1299,7 +1296,7 @@ mod tests {
             ..hello()
         };
         let reference = tempfile::tempdir().unwrap();
-        let r = Mirror::in_dir(reference.path().to_path_buf());
+        let r = Mirror::new(reference.path().to_path_buf());
         r.build(&mut FakeLog::new(long_log(n), None), &at, &mut Streams::Try)
             .unwrap();
         let want = fs::read(r.db_path()).unwrap();
@@ -1311,7 +1308,7 @@ mod tests {
                 ..FakeLog::new(long_log(n), None)
             };
             let built = tempfile::tempdir().unwrap();
-            let b = Mirror::in_dir(built.path().to_path_buf());
+            let b = Mirror::new(built.path().to_path_buf());
             let mut source = log();
             assert_eq!(
                 b.build(&mut source, &at, &mut Streams::Try)
@@ -1328,7 +1325,7 @@ mod tests {
             // The streams read it all, or (broken off) left the second half to the batches.
             assert_eq!(source.batched == 0, !streams_break, "{}", source.batched);
             let applied = tempfile::tempdir().unwrap();
-            let a = Mirror::in_dir(applied.path().to_path_buf());
+            let a = Mirror::new(applied.path().to_path_buf());
             let ready = a
                 .fetch(&mut log(), &at, &mut Streams::Try)
                 .unwrap()
@@ -1352,7 +1349,7 @@ mod tests {
             ..hello()
         };
         let reference = tempfile::tempdir().unwrap();
-        let r = Mirror::in_dir(reference.path().to_path_buf());
+        let r = Mirror::new(reference.path().to_path_buf());
         r.build(&mut FakeLog::new(long_log(n), None), &at, &mut Streams::Try)
             .unwrap();
         let want = fs::read(r.db_path()).unwrap();
@@ -1364,7 +1361,7 @@ mod tests {
                 ..FakeLog::new(long_log(n), None)
             };
             let built = tempfile::tempdir().unwrap();
-            let b = Mirror::in_dir(built.path().to_path_buf());
+            let b = Mirror::new(built.path().to_path_buf());
             let to = b.build(&mut source, &at, &mut streams).unwrap().unwrap().to;
             assert_eq!(to, n - 1);
             assert_eq!(fs::read(b.db_path()).unwrap(), want, "{was:?}");

@@ -64,7 +64,7 @@ pub fn pull(
         // A reset log can reach the same index again: the index alone does not say nothing
         // changed, the index and the log's id together do.
         // A mirror.json that cannot be read is dropped by `from_log` with the rest of the mirror.
-        let mirror = Mirror::new(ws).state().unwrap_or(None);
+        let mirror = ws.mirror().state().unwrap_or(None);
         if let (Some(m), Ok(h)) = (&mirror, &hello) {
             if known.is_some() && now == known && m.log_id == h.log_id {
                 return Ok(Outcome::Done(PullReport::default()));
@@ -99,7 +99,7 @@ pub fn pull(
                 );
             }
             FromLog::Unusable(reason) => {
-                Mirror::new(ws).remove()?;
+                ws.mirror().remove()?;
                 sql_path = Some(reason);
             }
         }
@@ -181,7 +181,7 @@ fn from_log(
     on_wait: WaitNotice<'_>,
 ) -> Result<FromLog> {
     let base_at = state.base_at;
-    let mirror = Mirror::new(ws);
+    let mirror = ws.mirror();
     // Whether the mirror moved in this pull (a spool a killed run left counts).
     let mut advanced = mirror.recover()?;
     let mut dropped = None;

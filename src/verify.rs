@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use crate::clone::FetchOptions;
 use crate::diff::{self, Changeset};
-use crate::mirror::{open_immutable, Mirror};
+use crate::mirror::open_immutable;
 use crate::progress::Progress;
 use crate::remote::Remote;
 use crate::workspace::{open_snapshot, Workspace};
@@ -112,7 +112,7 @@ pub fn verify(
             RemoteCheck::Moved { differences }
         }
     };
-    let mirror = Mirror::new(ws);
+    let mirror = ws.mirror();
     // A mirror whose files disagree is not checked: the next pull drops it and reads the log
     // again.
     let mirror = match mirror.health()? {
