@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
+use crate::changeset::RowChange;
 use crate::pages::{self, DbFile, Layout, PageError, Scan};
 use crate::schema::{self, Column, ObjectKind, RowKey, Schema, Table};
 use crate::spool::Spool;
@@ -24,68 +25,6 @@ use crate::sql;
 use crate::touched::Rows;
 use crate::value::Value;
 use crate::{Context, Error, Result};
-
-/// One row that differs. Rows are laid out as [`Table::data_columns`] of the working copy's
-/// table: the hidden rowid first when the table has one, then the stored columns.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RowChange {
-    Insert(Vec<Value>),
-    Delete(Vec<Value>),
-    /// Full rows on both sides: push checks the whole base row, while output names only the
-    /// columns that changed ([`RowChange::changed_columns`]).
-    Update {
-        old: Vec<Value>,
-        new: Vec<Value>,
-    },
-}
-
-impl RowChange {
-    /// The row whose key identifies this change.
-    pub fn row(&self) -> &[Value] {
-        match self {
-            RowChange::Insert(r) | RowChange::Delete(r) => r,
-            RowChange::Update { new, .. } => new,
-        }
-    }
-
-    /// The row as it was in the base: `None` for an insert.
-    pub fn old(&self) -> Option<&[Value]> {
-        match self {
-            RowChange::Delete(r) | RowChange::Update { old: r, .. } => Some(r),
-            RowChange::Insert(_) => None,
-        }
-    }
-
-    /// About how many bytes of memory the change takes.
-    pub(crate) fn footprint(&self) -> usize {
-        let row = |r: &[Value]| {
-            r.iter()
-                .map(|v| {
-                    std::mem::size_of::<Value>()
-                        + match v {
-                            Value::Text(b) | Value::Blob(b) => b.len(),
-                            _ => 0,
-                        }
-                })
-                .sum::<usize>()
-        };
-        std::mem::size_of::<RowChange>()
-            + match self {
-                RowChange::Insert(r) | RowChange::Delete(r) => row(r),
-                RowChange::Update { old, new } => row(old) + row(new),
-            }
-    }
-
-    /// Positions of the values an update changes (none for an insert or a delete), without
-    /// allocating: printing asks once per row.
-    pub fn changed_columns(&self) -> impl Iterator<Item = usize> + '_ {
-        let (old, new): (&[Value], &[Value]) = match self {
-            RowChange::Update { old, new } => (old, new),
-            _ => (&[], &[]),
-        };
-        (0..new.len()).filter(move |&i| old[i] != new[i])
-    }
-}
 
 /// One step of the order that applies a table's changes safely ([`TableDiff::phases`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 //! [`clone::Sink`] — a local SQLite file or SQL text ([`sink`]). See
 //! `docs/ARCHITECTURE.md` for the map.
 
+pub mod changeset;
 pub mod clone;
 pub mod conflict;
 pub mod diff;

@@ -10,8 +10,9 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension};
 
+use crate::changeset::RowChange;
 use crate::conflict::{Conflict, ConflictKind, MergeOptions, Outcome, Resolve};
-use crate::diff::{ordered_ddl, Changeset, RowChange, SchemaChange, SequenceChange, TableDiff};
+use crate::diff::{ordered_ddl, Changeset, SchemaChange, SequenceChange, TableDiff};
 use crate::orphans::{Gone, Orphans, ReferenceSettled};
 use crate::schema::{foreign_keys, parse_unique_failure, ForeignKey, ObjectKind, UniqueFailure};
 use crate::sql;

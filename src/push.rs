@@ -19,8 +19,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::changeset::RowChange;
 use crate::conflict::{Conflict, ConflictKind, Outcome};
-use crate::diff::{Changeset, DdlPhase, RowChange, SchemaChange, TableDiff};
+use crate::diff::{Changeset, DdlPhase, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
 use crate::schema::{
