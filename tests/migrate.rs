@@ -62,7 +62,11 @@ fn migrate_beside_a_teammate(migration: &str) -> (Sqld, TempDir, TempDir) {
     ok(&sqld, a.path(), &["sync"]);
     assert_same_database(&sqld, &wc(a.path()));
     let tags = sqld.query("SELECT id, note_id, tag FROM tags ORDER BY id");
-    assert_eq!(tags.len(), 3, "no child row went with the rebuild: {tags:?}");
+    assert_eq!(
+        tags.len(),
+        3,
+        "no child row went with the rebuild: {tags:?}"
+    );
     ok(&sqld, b.path(), &["sync"]);
     assert_same_database(&sqld, &wc(b.path()));
     // Nothing left to push on either side.
@@ -118,8 +122,18 @@ fn a_renamed_column_is_pushed_with_both_sides_row_edits() {
             vec![Cell::Integer(2), cell("t2-B"), cell("b2"), cell("x2")],
             vec![Cell::Integer(3), cell("t3"), cell("b3-A"), cell("x3")],
             vec![Cell::Integer(5), cell("t5"), cell("b5"), cell("x5")],
-            vec![Cell::Integer(10), cell("t10-B"), cell("b10-B"), cell("x10-B")],
-            vec![Cell::Integer(20), cell("t20-A"), cell("b20-A"), cell("x20-A")],
+            vec![
+                Cell::Integer(10),
+                cell("t10-B"),
+                cell("b10-B"),
+                cell("x10-B")
+            ],
+            vec![
+                Cell::Integer(20),
+                cell("t20-A"),
+                cell("b20-A"),
+                cell("x20-A")
+            ],
         ]
     );
 }
@@ -141,8 +155,18 @@ fn a_renamed_table_is_pushed_with_both_sides_row_edits() {
             vec![Cell::Integer(2), cell("t2-B"), cell("b2"), cell("x2")],
             vec![Cell::Integer(3), cell("t3"), cell("b3-A"), cell("x3")],
             vec![Cell::Integer(5), cell("t5"), cell("b5"), cell("x5")],
-            vec![Cell::Integer(10), cell("t10-B"), cell("b10-B"), cell("x10-B")],
-            vec![Cell::Integer(20), cell("t20-A"), cell("b20-A"), cell("x20-A")],
+            vec![
+                Cell::Integer(10),
+                cell("t10-B"),
+                cell("b10-B"),
+                cell("x10-B")
+            ],
+            vec![
+                Cell::Integer(20),
+                cell("t20-A"),
+                cell("b20-A"),
+                cell("x20-A")
+            ],
         ]
     );
 }
@@ -176,8 +200,18 @@ fn a_twelve_step_rebuild_is_pushed_with_both_sides_row_edits() {
             vec![Cell::Integer(2), cell("t2-B"), cell("b2"), cell("x2")],
             vec![Cell::Integer(3), cell("t3"), cell("b3-A"), cell("x3")],
             vec![Cell::Integer(5), cell("t5"), cell("b5"), cell("x5")],
-            vec![Cell::Integer(10), cell("t10-B"), cell("b10-B"), cell("x10-B")],
-            vec![Cell::Integer(20), cell("t20-A"), cell("b20-A"), cell("x20-A")],
+            vec![
+                Cell::Integer(10),
+                cell("t10-B"),
+                cell("b10-B"),
+                cell("x10-B")
+            ],
+            vec![
+                Cell::Integer(20),
+                cell("t20-A"),
+                cell("b20-A"),
+                cell("x20-A")
+            ],
         ]
     );
 }
