@@ -1011,7 +1011,7 @@ fn renamed_tables(
                     .iter()
                     .zip(&n.columns)
                     .all(|(a, b)| a.name == b.name)
-                && old_roots.get(&o.name).is_some()
+                && old_roots.contains_key(&o.name)
                 && old_roots.get(&o.name) == new_roots.get(&n.name)
                 && !out.values().any(|v| v == &o.name)
         };
