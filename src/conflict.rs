@@ -96,6 +96,27 @@ impl Conflict {
     }
 }
 
+impl Conflict {
+    /// A schema conflict that shows the object's definitions: in the base, ours and theirs
+    /// (`None`: gone on that side), as the one column `definition`.
+    pub fn definitions(
+        what: &str,
+        name: &str,
+        base: &str,
+        ours: Option<&str>,
+        theirs: Option<&str>,
+    ) -> Conflict {
+        let side = |s: Option<&str>| s.map(|s| vec![Value::text(s)]);
+        Conflict {
+            columns: vec!["definition".into()],
+            base: side(Some(base)),
+            ours: side(ours),
+            theirs: side(theirs),
+            ..Conflict::schema(what, name)
+        }
+    }
+}
+
 /// How an operation that can meet conflicts ended: done, or stopped by conflicts with nothing
 /// changed on either side.
 #[must_use]

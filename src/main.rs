@@ -1300,6 +1300,15 @@ impl Op {
                         }
                         Op::Pull => eprintln!("  {object} was changed both here and on the remote"),
                     }
+                    let def = |side: &Option<Vec<tursync::Value>>| match side.as_deref() {
+                        Some([tursync::Value::Text(t)]) => String::from_utf8_lossy(t).into_owned(),
+                        _ => "(none: dropped)".to_owned(),
+                    };
+                    if c.columns == ["definition"] {
+                        eprintln!("    base:    {}", def(&c.base));
+                        eprintln!("    {:<8} {}", format!("{ours}:"), def(&c.ours));
+                        eprintln!("    {:<8} {}", format!("{theirs}:"), def(&c.theirs));
+                    }
                 }
                 ConflictKind::Unique => {
                     // The other row holding the same values: ours in a merge, the remote's
@@ -1388,7 +1397,7 @@ impl Op {
                 }
             }
             Op::Pull if any(ConflictKind::Schema) => {
-                eprintln!("Nothing changed. Undo one side's schema change and pull again.")
+                eprintln!("Nothing changed. Both sides changed the same schema object (definitions shown above where known): undo one side's change (in the working copy, or on the remote itself) or make both the same, then pull again.")
             }
             Op::Pull => eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (or table by table: `--theirs TABLE`), or edit the working copy and pull again. For a foreign-key conflict, the side you keep decides whether the deleted parent stays deleted (its ON DELETE action then applies to the rows pointing at it) or comes back with what its delete took along; `tursync help pull` says more."),
         }

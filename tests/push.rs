@@ -359,7 +359,7 @@ fn the_first_versions_script_drives_the_same_commands() {
 }
 
 #[test]
-fn schema_changes_by_others_are_conflicts_and_rebuilds_are_refused() {
+fn schema_changes_by_others_are_conflicts_and_rebuilds_are_pushed() {
     let sqld = Sqld::start();
     sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1);");
     let dir = tempdir();
@@ -377,16 +377,22 @@ fn schema_changes_by_others_are_conflicts_and_rebuilds_are_refused() {
     );
     assert_eq!(sqld.query("SELECT v FROM t"), vec![vec![Cell::Integer(1)]]);
 
-    // A changed column type cannot be pushed as rows; push says so and names the table.
+    // A changed column type (the 12-step rebuild) is pushed now, carrying the remote's rows.
     let other = tempdir();
     init(&sqld, other.path());
     edit(other.path(), "CREATE TABLE t2(id INTEGER PRIMARY KEY, v TEXT, theirs TEXT); INSERT INTO t2 SELECT * FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t;");
     let out = push(&sqld, other.path());
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("table \"t\" changed in a way push cannot apply safely"),
-        "{}",
-        text(&out)
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        sqld.query("SELECT sql FROM sqlite_schema WHERE name = 't'"),
+        vec![vec![Cell::text(
+            "CREATE TABLE \"t\"(id INTEGER PRIMARY KEY, v TEXT, theirs TEXT)"
+        )]]
+    );
+    assert_eq!(
+        sqld.query("SELECT id, v FROM t"),
+        vec![vec![Cell::Integer(1), Cell::text("1")]],
+        "the remote's row, carried into the new TEXT column as SQLite converts it"
     );
 }
 
