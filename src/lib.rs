@@ -18,6 +18,7 @@ pub mod pages;
 pub mod progress;
 pub mod pull;
 pub mod push;
+mod push_record;
 pub mod remote;
 pub mod schema;
 pub mod sink;

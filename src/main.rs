@@ -811,7 +811,7 @@ fn push(cli: &Cli, dry_run: bool, as_json: bool, progress: &Progress) -> Result<
     // An interrupted push may have landed rows the base does not know of yet: then some of
     // its conflicts are that push, which a pull recognizes.
     let op = Op::Push {
-        interrupted: ws.push_interrupted(),
+        interrupted: ws.push_interrupted()?,
     };
     conclude(outcome, op, as_json, |r| {
         print_pushed(&endpoint, started, &r, as_json)
@@ -957,7 +957,7 @@ fn sync(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> 
                 );
             }
             let op = Op::Push {
-                interrupted: ws.push_interrupted(),
+                interrupted: ws.push_interrupted()?,
             };
             conclude(Outcome::<()>::Conflicts(c), op, as_json, |_| {})
         }

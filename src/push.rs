@@ -985,7 +985,7 @@ pub fn push(
     }
     progress.finish();
     let mut report = run.report;
-    report.log = Some(ws.record_push(&cs, &final_sequences, &run.log, fresh_record)?);
+    report.log = Some(ws.record_push(&cs, &final_sequences, &run.log)?);
     ws.save_sync_state(&crate::workspace::SyncState {
         replication_index: index,
         // The base now holds the rows the working copy held when ours was read: clean, if the
@@ -1366,34 +1366,39 @@ fn keep_push_log(dir: &Path, log: &str) -> Result<PathBuf> {
 
 impl Workspace {
     /// Moves the base by exactly `cs` (plus the AUTOINCREMENT counters as written to the
-    /// remote), atomically, and keeps the SQL that was sent under `.tursync/pushes/`. The
-    /// push's own record (`fresh`) already holds base + `cs` and becomes the base; an older
-    /// record, left by an interrupted push, is dropped, since the base now covers it too.
+    /// remote), in place in one SQLite transaction, then forgets the record of the push (an
+    /// older one, left by an interrupted push, too: the base now covers it). Keeps the SQL that
+    /// was sent under `.tursync/pushes/`. Costs what was pushed, not the size of the base.
     fn record_push(
         &self,
         cs: &Changeset,
         sequences: &[(String, Option<i64>)],
         log: &str,
-        fresh: bool,
     ) -> Result<PathBuf> {
         let log_path = keep_push_log(&self.state_dir().join("pushes"), log)?;
-
-        let counters = |conn: &rusqlite::Connection| {
+        pause_for_tests();
+        self.update_base(|conn| {
+            cs.apply(conn)?;
             for (name, v) in sequences {
                 crate::workspace::set_sequence(conn, name, *v)?;
             }
             Ok(())
-        };
-        if fresh {
-            self.finish_push_record(counters)?;
-        } else {
-            self.replace_base(|conn| {
-                cs.apply(conn)?;
-                counters(conn)
-            })?;
-            self.drop_push_record()?;
-        }
+        })
+        .during("moving the base by the push", self.base_path().display())?;
+        self.drop_push_record()?;
         Ok(log_path)
+    }
+}
+
+/// A test hook: `TURSYNC_TEST_PAUSE_AFTER_COMMIT_MS` sleeps that long after the remote's
+/// COMMIT and before the base moves, so a test can kill the push at that very step.
+fn pause_for_tests() {
+    let ms: u64 = std::env::var("TURSYNC_TEST_PAUSE_AFTER_COMMIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
 

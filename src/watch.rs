@@ -214,7 +214,7 @@ pub fn watch(
                 Some(Round::PullConflicts(c)) => on_event(Event::PullConflicts(c)),
                 Some(Round::PushConflicts(c)) => on_event(Event::PushConflicts {
                     conflicts: c,
-                    earlier_push_interrupted: ws.push_interrupted(),
+                    earlier_push_interrupted: ws.push_interrupted()?,
                 }),
                 _ => {}
             }

@@ -34,8 +34,6 @@ pub const DEFAULT_DB: &str = "working_copy.db";
 const CONFIG: &str = "config.json";
 const BASE: &str = "base.db";
 const SYNC: &str = "sync.json";
-/// The base plus the changeset of a push under way: what the remote holds once it commits.
-const PUSHED: &str = "pushed.db";
 
 /// What tursync knows of the remote at the last sync, in `.tursync/sync.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -567,21 +565,6 @@ fn check_log_copy(mirror: &Path) -> Result<std::result::Result<(Schema, Stats), 
     Ok(Ok((schema, stats)))
 }
 
-/// Copies a database page by page through SQLite's backup API, which reads the source inside
-/// its own read transaction and writes a synced, complete file: never a byte copy of a file
-/// that SQLite may have open or a journal beside it.
-fn copy_database(src: &Path, dst: &Path) -> Result<()> {
-    remove_aside(dst);
-    let from =
-        rusqlite::Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    from.backup(
-        rusqlite::MAIN_DB,
-        dst,
-        None::<fn(rusqlite::backup::Progress)>,
-    )?;
-    Ok(())
-}
-
 /// Sets (or, with `None`, removes) a table's AUTOINCREMENT counter in a local database.
 /// `sqlite_sequence` has no key, so a counter is replaced by delete and insert.
 pub(crate) fn set_sequence(
@@ -740,19 +723,9 @@ impl Workspace {
         sync_dir(&self.state_dir())
     }
 
-    /// Changes the base snapshot atomically: `edit` works on a copy, which replaces the base
-    /// only once complete and synced. A crash leaves the old base or the new one, never a mix.
-    pub fn replace_base(
-        &self,
-        edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
-    ) -> Result<()> {
-        self.base_moves()?;
-        self.derive_from_base(&self.base_path(), edit)
-    }
-
     /// Changes the base in place by `edit`, which runs one SQLite transaction (as
-    /// [`crate::diff::Changeset::apply`] does): what a pull brings in is small next to the base,
-    /// so the base is not copied. A crash leaves a hot journal that the next
+    /// [`crate::diff::Changeset::apply`] does): what a pull brings in or a push sent is small
+    /// next to the base, so the base is not copied. A crash leaves a hot journal that the next
     /// [`Workspace::open_base`] rolls back, so the base is the old one or the new one, never a
     /// mix.
     pub fn update_base(
@@ -775,83 +748,6 @@ impl Workspace {
             })?;
         }
         Ok(())
-    }
-
-    /// Writes `target` as a copy of the base changed by `edit`, atomically: built aside, synced,
-    /// renamed into place.
-    fn derive_from_base(
-        &self,
-        target: &Path,
-        edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
-    ) -> Result<()> {
-        let tmp = self.aside_path(BASE);
-        let _guard = Aside {
-            paths: vec![tmp.clone()],
-        };
-        copy_database(&self.base_path(), &tmp)?;
-        let conn = rusqlite::Connection::open(&tmp)?;
-        edit(&conn)?;
-        conn.close().map_err(|(_, e)| Error::Local(e))?;
-        sync_file(&tmp)?;
-        fs::rename(&tmp, target)?;
-        sync_dir(&self.state_dir())
-    }
-}
-
-/// The record of a push under way, `.tursync/pushed.db`: the base plus the changeset being
-/// pushed, written before anything is sent. A push killed after the remote's COMMIT but before
-/// the base moved leaves the base behind the remote; if the app then edits a pushed row, the
-/// next pull would take the remote's copy of that row (our own push) for a teammate's change
-/// and report a false conflict. The record lets the pull recognize those rows. It goes away
-/// when the base catches up: at the end of the push, or of the next pull.
-impl Workspace {
-    fn pushed_path(&self) -> PathBuf {
-        self.state_dir().join(PUSHED)
-    }
-
-    /// True when a push was interrupted and may have committed without moving the base.
-    pub fn push_interrupted(&self) -> bool {
-        self.pushed_path().exists()
-    }
-
-    /// Records the push of `cs` before it starts (see above). Returns false, and keeps the
-    /// older record, when an interrupted push left one: the base is still behind that push.
-    pub fn record_push_start(&self, cs: &crate::diff::Changeset) -> Result<bool> {
-        if self.push_interrupted() {
-            return Ok(false);
-        }
-        self.derive_from_base(&self.pushed_path(), |conn| cs.apply(conn))?;
-        Ok(true)
-    }
-
-    /// Makes the record of a finished push the base, once `edit` has added what only the
-    /// remote's answers told (AUTOINCREMENT counters).
-    pub fn finish_push_record(
-        &self,
-        edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
-    ) -> Result<()> {
-        edit_file(&self.pushed_path(), edit)?;
-        self.replace_base_with(&self.pushed_path())
-    }
-
-    /// What the interrupted push sent, as a changeset from the base, if one was interrupted.
-    pub fn interrupted_push(&self) -> Result<Option<crate::diff::Changeset>> {
-        if !self.push_interrupted() {
-            return Ok(None);
-        }
-        let base = self.open_base()?;
-        let pushed = open_snapshot(&self.pushed_path())?;
-        Ok(Some(crate::diff::diff(
-            &base,
-            &pushed,
-            &Default::default(),
-        )?))
-    }
-
-    /// Forgets the record once the base has caught up with the remote (or nothing was sent).
-    pub fn drop_push_record(&self) -> Result<()> {
-        remove_aside(&self.pushed_path());
-        sync_dir(&self.state_dir())
     }
 }
 

@@ -238,10 +238,10 @@ fn a_killed_init_leaves_nothing_behind() {
     }
 }
 
-/// The state a push killed between the remote COMMIT and the base update leaves: the remote
-/// holds the pushed rows, the base does not, and `.tursync/pushed.db` records what was sent.
-/// The app then edits a row it had pushed. The next sync must see the remote's copy of that row
-/// as our own push coming back, not as a teammate's conflicting change.
+/// A push killed (SIGKILL) between the remote COMMIT and the base update: the remote holds the
+/// pushed rows, the base does not, and `.tursync/pushed.rec` records what was sent. The app then
+/// edits a row it had pushed. The next sync must see the remote's copy of that row as our own
+/// push coming back, not as a teammate's conflicting change.
 #[test]
 fn a_push_killed_after_its_commit_converges_although_the_app_edited_the_pushed_rows() {
     let (sqld, dir) = workspace();
@@ -249,13 +249,33 @@ fn a_push_killed_after_its_commit_converges_although_the_app_edited_the_pushed_r
     let wc = dir.join("working_copy.db");
     let state = dir.join(".tursync");
     edit(dir, "INSERT INTO items(id, tag, n) VALUES (70001, 'mine', 1); UPDATE items SET n = -5 WHERE id = 3;");
-    std::fs::copy(state.join("base.db"), dir.join("old-base.db")).unwrap();
-    std::fs::copy(state.join("sync.json"), dir.join("old-sync.json")).unwrap();
-    ok(&sqld, dir, &["push"]);
-    // Put the files back as the kill would have left them.
-    std::fs::rename(state.join("base.db"), state.join("pushed.db")).unwrap();
-    std::fs::rename(dir.join("old-base.db"), state.join("base.db")).unwrap();
-    std::fs::rename(dir.join("old-sync.json"), state.join("sync.json")).unwrap();
+    let base_before = std::fs::read(state.join("base.db")).unwrap();
+    let mut push = tursync(dir)
+        .arg("push")
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .env("TURSYNC_TEST_PAUSE_AFTER_COMMIT_MS", "30000")
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while sqld.query("SELECT count(*) FROM items WHERE id = 70001") != vec![vec![Cell::Integer(1)]]
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push never committed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    push.kill().unwrap();
+    let _ = push.wait();
+    assert!(
+        state.join("pushed.rec").exists(),
+        "the push recorded what it sent"
+    );
+    assert_eq!(
+        std::fs::read(state.join("base.db")).unwrap(),
+        base_before,
+        "killed before the base moved"
+    );
     edit(
         dir,
         "UPDATE items SET n = 2 WHERE id = 70001; UPDATE items SET n = -6 WHERE id = 3;",
@@ -273,7 +293,7 @@ fn a_push_killed_after_its_commit_converges_although_the_app_edited_the_pushed_r
         ]
     );
     assert!(
-        !state.join("pushed.db").exists(),
+        !state.join("pushed.rec").exists(),
         "the record of the push is gone once settled"
     );
     assert_nothing_pending(&sqld, dir);

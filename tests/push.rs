@@ -506,3 +506,27 @@ fn the_push_log_keeps_only_the_newest_pushes() {
         "the oldest kept is the 11th: {oldest}"
     );
 }
+
+/// A push moves the base in place, in one SQLite transaction, by what it sent: it never copies
+/// the base (measured before: a push of 1 row into 3M rows took 1.57 s, the time to copy the
+/// base). The base keeps its inode, and the record of the push is gone once it moved.
+#[test]
+fn a_push_moves_the_base_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let base = dir.path().join(".tursync/base.db");
+    let inode = std::fs::metadata(&base).unwrap().ino();
+    edit(dir.path(), "INSERT INTO t(v) VALUES ('one row');");
+    let out = push(&sqld, dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::metadata(&base).unwrap().ino(),
+        inode,
+        "the base was replaced"
+    );
+    assert!(!dir.path().join(".tursync/pushed.rec").exists());
+    assert_nothing_pending(dir.path());
+}
