@@ -34,7 +34,7 @@ Exit codes:
 #[derive(Parser)]
 #[command(
     name = "tursync",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TURSYNC_COMMIT"), ")"),
     about = "Keep a plain local SQLite file as a working copy of a remote libSQL database",
     long_about = "Keep a plain local SQLite file as a working copy of a remote libSQL database \
 (Turso Cloud or sqld). Your app reads and writes the local file with any SQLite driver; \
@@ -83,7 +83,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Clone the remote into a new working copy (alias: dump-init)
+    /// Clone the remote into a new working copy
     #[command(
         visible_alias = "dump-init",
         after_help = "Examples:
@@ -127,7 +127,7 @@ Exits with 1 when the remote cannot be reached or rejects the token.")]
         #[arg(long, value_name = "TABLE")]
         table: Option<String>,
     },
-    /// Send the working copy's changes to the remote in one transaction (alias: dump-push)
+    /// Send the working copy's changes to the remote in one transaction
     #[command(
         visible_alias = "dump-push",
         after_help = "Examples:
@@ -253,6 +253,15 @@ half-done: every step is a transaction.")]
         /// Dump the local working copy instead of the remote
         #[arg(long)]
         local: bool,
+    },
+    /// Print a shell completion script
+    #[command(after_help = "Examples:
+  tursync completions bash > ~/.local/share/bash-completion/completions/tursync
+  tursync completions zsh > ~/.zfunc/_tursync      # with fpath+=~/.zfunc in ~/.zshrc
+  tursync completions fish > ~/.config/fish/completions/tursync.fish")]
+    Completions {
+        /// The shell to complete in
+        shell: clap_complete::Shell,
     },
 }
 
@@ -417,6 +426,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             verbose,
         } => watch(&cli, *interval, *json, *verbose),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "tursync", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dump { out, local } => {
             let writer: Box<dyn Write> = match out {
                 Some(p) => Box::new(

@@ -438,3 +438,36 @@ mod properties {
             .unwrap();
     }
 }
+
+/// What a user expects of a command-line tool: `--version` names the commit it was built from,
+/// `--help` names each alias once, and `completions` prints a script for each shell.
+#[test]
+fn version_help_and_completions() {
+    let dir = tempdir();
+    let out = run_ok(tursync(dir.path()).arg("--version"));
+    let version = String::from_utf8(out.stdout).unwrap();
+    let commit = version
+        .trim()
+        .strip_prefix(&format!("tursync {} (", env!("CARGO_PKG_VERSION")))
+        .and_then(|v| v.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{version}"));
+    assert!(
+        commit == "unknown commit"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{version}"
+    );
+    let help = text(&run_ok(tursync(dir.path()).arg("--help")));
+    assert_eq!(help.matches("dump-init").count(), 1, "{help}");
+    assert_eq!(help.matches("dump-push").count(), 1, "{help}");
+    for (shell, mark) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef tursync"),
+        ("fish", "complete -c tursync"),
+    ] {
+        let script = text(&run_ok(tursync(dir.path()).args(["completions", shell])));
+        assert!(
+            script.contains(mark) && script.contains("pull"),
+            "{shell}: {script}"
+        );
+    }
+}
