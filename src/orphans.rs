@@ -341,12 +341,7 @@ impl Reference {
                         format!("{} = ({default})", sql::ident(c))
                     })
                     .collect();
-                let wheres: Vec<String> = self
-                    .from
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!("{} = ?{}", sql::ident(c), i + 1))
-                    .collect();
+                let wheres = placeholders(&self.from, 1);
                 format!(
                     "UPDATE {} SET {} WHERE {}",
                     sql::ident(&self.child),
@@ -512,16 +507,10 @@ impl Restorer<'_> {
             .iter()
             .filter_map(|k| row.iter().find(|(c, _)| c == k).cloned())
             .collect();
-        let set: Vec<String> = fk
-            .from
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{} = ?{}", sql::ident(c), i + 1))
-            .collect();
-        let wheres: Vec<String> = key
-            .iter()
-            .enumerate()
-            .map(|(i, (c, _))| format!("{} = ?{}", sql::ident(c), values.len() + i + 1))
+        let set = placeholders(&fk.from, 1);
+        let key_columns: Vec<String> = key.iter().map(|(c, _)| c.clone()).collect();
+        let wheres: Vec<String> = placeholders(&key_columns, values.len() + 1)
+            .into_iter()
             .chain(fk.from.iter().map(|c| format!("{} IS NULL", sql::ident(c))))
             .collect();
         let q = format!(
@@ -544,6 +533,15 @@ impl Restorer<'_> {
         }
         Ok(())
     }
+}
+
+/// `"a" = ?1`, `"b" = ?2`, … for `columns`, numbered from `first`.
+fn placeholders(columns: &[String], first: usize) -> Vec<String> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ?{}", sql::ident(c), first + i))
+        .collect()
 }
 
 /// Whether `row` holds `values` in `columns`.
