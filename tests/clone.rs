@@ -7,14 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn init(sqld: &Sqld, dir: &Path) -> std::process::Output {
-    run_ok(
-        tursync(dir)
-            .args(["init", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    )
-}
-
 #[test]
 fn clone_and_dump_are_exact() {
     let sqld = Sqld::start();

@@ -6,29 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
 use common::*;
-
-fn cmd(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
-    tursync(dir)
-        .args(args)
-        .env("TURSO_DATABASE_URL", &sqld.url)
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
-        .output()
-        .unwrap()
-}
-
-fn ok(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
-    let out = cmd(sqld, dir, args);
-    assert!(
-        out.status.success(),
-        "tursync {args:?} exited with {}\n{}",
-        out.status,
-        text(&out)
-    );
-    out
-}
 
 fn wc(dir: &Path) -> std::path::PathBuf {
     dir.join("working_copy.db")
@@ -36,12 +15,6 @@ fn wc(dir: &Path) -> std::path::PathBuf {
 
 fn base(dir: &Path) -> std::path::PathBuf {
     dir.join(".tursync/base.db")
-}
-
-/// The working copy and the base agree and `diff` has nothing to push.
-fn assert_nothing_pending(dir: &Path) {
-    let out = run_ok(tursync(dir).arg("diff"));
-    assert!(text(&out).ends_with("nothing to push\n"), "{}", text(&out));
 }
 
 /// Both local files hold exactly what the remote holds in `select`.

@@ -10,7 +10,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
 use common::*;
 
@@ -21,20 +20,6 @@ const SCHEMA: &str = "
     INSERT INTO notes VALUES (1, 't1', 'b1', 'x1'), (2, 't2', 'b2', 'x2'), (3, 't3', 'b3', 'x3'),
                              (4, 't4', 'b4', 'x4'), (5, 't5', 'b5', 'x5');
     INSERT INTO tags VALUES (1, 1, 'red'), (2, 2, 'green'), (3, 5, 'blue');";
-
-fn run(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
-    tursync(dir)
-        .args(args)
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
-        .output()
-        .unwrap()
-}
-
-fn ok(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
-    let out = run(sqld, dir, args);
-    assert!(out.status.success(), "{args:?}: {}", text(&out));
-    out
-}
 
 fn wc(dir: &Path) -> std::path::PathBuf {
     dir.join("working_copy.db")

@@ -5,25 +5,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn run(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
-    let out = tursync(dir)
-        .args(args)
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
-        .output()
-        .unwrap();
-    assert!(
-        !text(&out).contains(&sqld.rw_token),
-        "the token is in the output of {args:?}:\n{}",
-        text(&out)
-    );
-    out
-}
 
 /// Tallies every command: those that succeeded on their own retries, and every run.
 #[derive(Default)]

@@ -9,14 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn init(sqld: &Sqld, dir: &Path) {
-    run_ok(
-        tursync(dir)
-            .args(["init", "--force", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
-}
-
 fn cmd(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
     tursync(dir)
         .args(args)

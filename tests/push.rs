@@ -8,26 +8,12 @@ use std::time::Duration;
 
 use common::*;
 
-fn init(sqld: &Sqld, dir: &Path) {
-    run_ok(
-        tursync(dir)
-            .args(["init", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
-}
-
 fn push(sqld: &Sqld, dir: &Path) -> Output {
     tursync(dir)
         .arg("push")
         .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
         .output()
         .unwrap()
-}
-
-/// The base snapshot and the working copy hold the same rows (nothing pending).
-fn assert_nothing_pending(dir: &Path) {
-    let out = run_ok(tursync(dir).arg("diff"));
-    assert!(text(&out).ends_with("nothing to push\n"), "{}", text(&out));
 }
 
 #[test]

@@ -6,14 +6,6 @@ use std::path::Path;
 
 use common::*;
 
-fn init(sqld: &Sqld, dir: &Path) {
-    run_ok(
-        tursync(dir)
-            .args(["init", "--force", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
-}
-
 /// Pulls, and says how theirs was read (`read` of `pull --json`).
 fn pull(sqld: &Sqld, dir: &Path) -> String {
     let out = run_ok(

@@ -5,17 +5,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Output;
 
 use common::*;
-
-fn run(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
-    tursync(dir)
-        .args(args)
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
-        .output()
-        .unwrap()
-}
 
 /// Measured: with `UNIQUE ON CONFLICT REPLACE`, B pushed (10, 'x@ex.com'), then A pushed
 /// (11, 'x@ex.com') with exit 0, and B's row was gone from the remote: SQLite does not count
@@ -98,12 +89,6 @@ fn two_clones(schema: &str) -> (Sqld, TempDir, TempDir) {
         ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
     }
     (sqld, a, b)
-}
-
-fn ok(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
-    let out = run(sqld, dir, args);
-    assert!(out.status.success(), "{args:?}: {}", text(&out));
-    out
 }
 
 /// Measured: three working copies adding rows at once; the first push lands, the others are

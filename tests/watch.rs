@@ -106,15 +106,6 @@ impl Drop for Watcher {
     }
 }
 
-fn init(sqld: &Sqld, dir: &Path) {
-    let out = tursync(dir)
-        .args(["init", "--url", &sqld.url])
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-}
-
 fn tags(db: &Path) -> Vec<String> {
     // The app may hold the lock for a moment; a read just waits for it.
     let conn =

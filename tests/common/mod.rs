@@ -516,6 +516,45 @@ pub fn tursync(cwd: &Path) -> Command {
     cmd
 }
 
+/// `tursync ARGS` in `dir` with the server's read-write token, as a user runs it. The token
+/// must never appear in what it prints.
+pub fn run(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
+    let out = tursync(dir)
+        .args(args)
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .output()
+        .unwrap();
+    assert!(
+        !text(&out).contains(&sqld.rw_token),
+        "the token is in the output of {args:?}:\n{}",
+        text(&out)
+    );
+    out
+}
+
+/// [`run`], asserting it exited 0.
+pub fn ok(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
+    let out = run(sqld, dir, args);
+    assert!(
+        out.status.success(),
+        "tursync {args:?} exited with {}\n{}",
+        out.status,
+        text(&out)
+    );
+    out
+}
+
+/// Clones the remote into `dir` (replacing a working copy there).
+pub fn init(sqld: &Sqld, dir: &Path) -> Output {
+    ok(sqld, dir, &["init", "--force", "--url", &sqld.url])
+}
+
+/// The base and the working copy in `dir` hold the same rows: nothing to push.
+pub fn assert_nothing_pending(dir: &Path) {
+    let out = run_ok(tursync(dir).arg("diff"));
+    assert!(text(&out).ends_with("nothing to push\n"), "{}", text(&out));
+}
+
 /// Runs `cmd` and asserts it exited 0; on failure shows its stdout and stderr.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
