@@ -1463,34 +1463,7 @@ impl TursoSync {
     /// Runs statements, one each (the server's `execute` runs only the first statement of a
     /// script), in one batch that stops at the first failing one, panicking on it.
     pub fn exec(&self, stmts: &[&str]) {
-        let steps: Vec<Value> = stmts
-            .iter()
-            .enumerate()
-            .map(|(i, sql)| {
-                if i == 0 {
-                    json!({"stmt": {"sql": sql}})
-                } else {
-                    json!({"stmt": {"sql": sql}, "condition": {"type": "ok", "step": i - 1}})
-                }
-            })
-            .collect();
-        let response = self.request(&json!({"type": "batch", "batch": {"steps": steps}}));
-        let errors = &response["result"]["step_errors"];
-        if let Some((i, e)) = errors
-            .as_array()
-            .into_iter()
-            .flatten()
-            .enumerate()
-            .find(|(_, e)| !e.is_null())
-        {
-            panic!("statement {:?} failed: {e}", stmts[i]);
-        }
-        let results = response["result"]["step_results"]
-            .as_array()
-            .expect("batch has step results");
-        if let Some(i) = results.iter().position(Value::is_null) {
-            panic!("statement {:?} did not run", stmts[i]);
-        }
+        turso_exec_at(&self.url, stmts);
     }
 
     /// Runs one statement and returns its rows.
@@ -1520,5 +1493,54 @@ impl TursoSync {
 impl Drop for TursoSync {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Runs statements on the Turso Sync server at `url` as [`TursoSync::exec`] does: for use where
+/// the test's server cannot go (inside a [`HookProxy`]'s hook).
+pub fn turso_exec_at(url: &str, stmts: &[&str]) {
+    let steps: Vec<Value> = stmts
+        .iter()
+        .enumerate()
+        .map(|(i, sql)| {
+            if i == 0 {
+                json!({"stmt": {"sql": sql}})
+            } else {
+                json!({"stmt": {"sql": sql}, "condition": {"type": "ok", "step": i - 1}})
+            }
+        })
+        .collect();
+    let body = json!({"requests": [{"type": "batch", "batch": {"steps": steps}}]});
+    let mut resp = http_agent()
+        .post(format!("{url}/v2/pipeline"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap_or_else(|e| panic!("POST {url}/v2/pipeline: {e}"));
+    let status = resp.status().as_u16();
+    let mut text = String::new();
+    resp.body_mut()
+        .with_config()
+        .reader()
+        .read_to_string(&mut text)
+        .expect("read pipeline response body");
+    assert_eq!(status, 200, "pipeline failed with HTTP {status}: {text}");
+    let reply: Value = serde_json::from_str(&text).expect("pipeline response is JSON");
+    let result = &reply["results"][0];
+    assert_eq!(result["type"], "ok", "batch failed: {result}");
+    let errors = &result["response"]["result"]["step_errors"];
+    if let Some((i, e)) = errors
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .find(|(_, e)| !e.is_null())
+    {
+        panic!("statement {:?} failed: {e}", stmts[i]);
+    }
+    let results = result["response"]["result"]["step_results"]
+        .as_array()
+        .expect("batch has step results");
+    if let Some(i) = results.iter().position(Value::is_null) {
+        panic!("statement {:?} did not run", stmts[i]);
     }
 }

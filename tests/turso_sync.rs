@@ -1,0 +1,201 @@
+//! Every command against a real Turso Sync server (`tursodb DB --sync-server`), whose
+//! `/v2/pipeline` keeps no streams: no baton, no `close`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::*;
+
+const SEED: &[&str] = &[
+    "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, price REAL, data BLOB)",
+    "CREATE TABLE notes(body TEXT, n INTEGER)",
+    "CREATE INDEX items_name ON items(name)",
+    "INSERT INTO items VALUES (1, 'apple', 1.5, x'00ff'), (2, 'pear', -0.25, NULL), (7, 'fig', 5e-324, x'')",
+    "INSERT INTO items VALUES (9223372036854775807, 'it''s \"quoted\"', 1e300, x'0102')",
+    "INSERT INTO notes(rowid, body, n) VALUES (10, 'ten', -9223372036854775808), (20, 'twenty', 0), (35, NULL, 3)",
+];
+
+const TABLES: &[&str] = &[
+    "SELECT id, name, price, data FROM items ORDER BY id",
+    "SELECT rowid, body, n FROM notes ORDER BY rowid",
+    "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite%' ORDER BY type, name",
+];
+
+fn seeded() -> TursoSync {
+    let server = TursoSync::start();
+    server.exec(SEED);
+    server
+}
+
+fn init(server: &TursoSync, dir: &Path) {
+    run_ok(tursync(dir).args(["init", "--url", &server.url]));
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    tursync(dir).args(args).output().unwrap()
+}
+
+fn wc(dir: &Path) -> std::path::PathBuf {
+    dir.join("working_copy.db")
+}
+
+fn assert_same(server: &TursoSync, local: &Path) {
+    for q in TABLES {
+        server.assert_table_eq(local, q);
+    }
+}
+
+#[test]
+fn init_clones_exactly() {
+    let server = seeded();
+    let dir = tempdir();
+    init(&server, dir.path());
+    assert_same(&server, &wc(dir.path()));
+    let status = run_ok(tursync(dir.path()).arg("status"));
+    assert!(
+        text(&status).contains("nothing to push"),
+        "{}",
+        text(&status)
+    );
+}
+
+#[test]
+fn push_applies_and_a_conflicting_push_changes_nothing() {
+    let server = seeded();
+    let (a, b) = (tempdir(), tempdir());
+    init(&server, a.path());
+    init(&server, b.path());
+
+    edit(
+        a.path(),
+        "UPDATE items SET price = 2.75 WHERE id = 1; INSERT INTO items VALUES (3, 'plum', 0.5, x'aa'); \
+         DELETE FROM notes WHERE rowid = 20; INSERT INTO notes(rowid, body, n) VALUES (40, 'forty', 4)",
+    );
+    let out = run(a.path(), &["push"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same(&server, &wc(a.path()));
+    let diff = run_ok(tursync(a.path()).arg("diff"));
+    assert!(
+        text(&diff).ends_with("nothing to push\n"),
+        "{}",
+        text(&diff)
+    );
+
+    // B changed the row A changed: its push is refused whole, its other change included.
+    edit(
+        b.path(),
+        "UPDATE items SET price = 9.0 WHERE id = 1; UPDATE notes SET body = 'TEN' WHERE rowid = 10",
+    );
+    let before: Vec<_> = TABLES.iter().map(|q| server.query(q)).collect();
+    let out = run(b.path(), &["push"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("items"), "{}", text(&out));
+    let after: Vec<_> = TABLES.iter().map(|q| server.query(q)).collect();
+    assert_eq!(before, after, "a refused push changed the remote");
+    assert_eq!(
+        local_query(&wc(b.path()), "SELECT price FROM items WHERE id = 1"),
+        vec![vec![Cell::real(9.0)]]
+    );
+}
+
+#[test]
+fn pull_merges_and_sync_theirs_settles_a_conflict() {
+    let server = seeded();
+    let (a, b) = (tempdir(), tempdir());
+    init(&server, a.path());
+    init(&server, b.path());
+
+    edit(a.path(), "UPDATE items SET name = 'APPLE' WHERE id = 1; INSERT INTO items VALUES (4, 'kiwi', 1.0, NULL)");
+    run_ok(tursync(a.path()).arg("push"));
+    // B's own change is elsewhere: the pull merges both.
+    edit(b.path(), "UPDATE notes SET n = 99 WHERE rowid = 35");
+    let out = run(b.path(), &["pull"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let wb = wc(b.path());
+    assert_eq!(
+        local_query(
+            &wb,
+            "SELECT id, name FROM items WHERE id IN (1, 4) ORDER BY id"
+        ),
+        vec![
+            vec![Cell::Integer(1), Cell::text("APPLE")],
+            vec![Cell::Integer(4), Cell::text("kiwi")]
+        ]
+    );
+    assert_eq!(
+        local_query(&wb, "SELECT n FROM notes WHERE rowid = 35"),
+        vec![vec![Cell::Integer(99)]]
+    );
+    run_ok(tursync(b.path()).arg("push"));
+    assert_same(&server, &wb);
+
+    // Both change one cell: a conflict for sync, settled by --theirs.
+    run_ok(tursync(a.path()).arg("pull"));
+    edit(a.path(), "UPDATE items SET price = 100.0 WHERE id = 2");
+    run_ok(tursync(a.path()).arg("push"));
+    edit(
+        b.path(),
+        "UPDATE items SET price = 200.0 WHERE id = 2; UPDATE items SET name = 'FIG' WHERE id = 7",
+    );
+    let out = run(b.path(), &["sync"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let out = run(b.path(), &["sync", "--theirs"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        local_query(
+            &wb,
+            "SELECT price, name FROM items WHERE id IN (2, 7) ORDER BY id"
+        ),
+        vec![
+            vec![Cell::real(100.0), Cell::text("pear")],
+            vec![Cell::real(5e-324), Cell::text("FIG")]
+        ]
+    );
+    assert_same(&server, &wb);
+}
+
+/// A teammate's write lands between the push's reads and its one-batch transaction: the
+/// transaction's guards fail, nothing of it is committed, and the push, run again from its
+/// reads, finds the conflict.
+#[test]
+fn a_write_between_reads_and_commit_fails_the_whole_batch() {
+    let server = seeded();
+    let url = server.url.clone();
+    let raced = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = raced.clone();
+    let proxy = HookProxy::start(&server.url, move |_, body| {
+        let body = String::from_utf8_lossy(body);
+        if body.contains("\"COMMIT\"") && !flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            turso_exec_at(&url, &["UPDATE items SET price = 42.0 WHERE id = 1"]);
+        }
+        Verdict::Forward
+    });
+    let dir = tempdir();
+    run_ok(tursync(dir.path()).args(["init", "--url", &proxy.url]));
+    edit(
+        dir.path(),
+        "UPDATE items SET price = 9.0 WHERE id = 1; UPDATE notes SET body = 'TEN' WHERE rowid = 10",
+    );
+    let out = run(dir.path(), &["push"]);
+    assert!(
+        raced.load(std::sync::atomic::Ordering::SeqCst),
+        "no commit batch was seen"
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("the remote changed while a transaction was being prepared"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        server.query("SELECT price FROM items WHERE id = 1"),
+        vec![vec![Cell::real(42.0)]]
+    );
+    assert_eq!(
+        server.query("SELECT body FROM notes WHERE rowid = 10"),
+        vec![vec![Cell::text("ten")]],
+        "half of a refused transaction reached the remote"
+    );
+}
