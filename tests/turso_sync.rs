@@ -20,7 +20,9 @@ const SEED: &[&str] = &[
 const TABLES: &[&str] = &[
     "SELECT id, name, price, data FROM items ORDER BY id",
     "SELECT rowid, body, n FROM notes ORDER BY rowid",
-    "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite%' ORDER BY type, name",
+    "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite%' \
+     AND tbl_name NOT IN ('turso_cdc', 'turso_cdc_version', 'turso_sync_last_change_id') \
+     AND tbl_name NOT LIKE '!_!_turso!_internal%' ESCAPE '!' ORDER BY type, name",
 ];
 
 fn seeded() -> TursoSync {
@@ -197,5 +199,39 @@ fn a_write_between_reads_and_commit_fails_the_whole_batch() {
         server.query("SELECT body FROM notes WHERE rowid = 10"),
         vec![vec![Cell::text("ten")]],
         "half of a refused transaction reached the remote"
+    );
+}
+
+/// The tables Turso Sync's own clients keep in the database are theirs: never cloned, diffed,
+/// pushed or shown.
+#[test]
+fn turso_sync_client_tables_are_left_alone() {
+    let server = seeded();
+    server.exec(&[
+        "CREATE TABLE turso_cdc(change_id INTEGER PRIMARY KEY AUTOINCREMENT, change_time INTEGER, change_type INTEGER, table_name TEXT, id, before BLOB, after BLOB, updates BLOB)",
+        "CREATE TABLE turso_cdc_version(table_name TEXT PRIMARY KEY, version TEXT NOT NULL)",
+        "CREATE TABLE turso_sync_last_change_id(client_id TEXT PRIMARY KEY, pull_gen INTEGER, change_id INTEGER)",
+        "INSERT INTO turso_cdc_version VALUES ('turso_cdc', 'v1')",
+        "INSERT INTO turso_sync_last_change_id VALUES ('some-client', 1, 7)",
+    ]);
+    let dir = tempdir();
+    init(&server, dir.path());
+    let tables = local_query(
+        &wc(dir.path()),
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' ORDER BY name",
+    );
+    assert_eq!(
+        tables,
+        vec![vec![Cell::text("items")], vec![Cell::text("notes")]]
+    );
+    server.exec(&["INSERT INTO turso_sync_last_change_id VALUES ('other-client', 2, 9)"]);
+    edit(dir.path(), "UPDATE items SET name = 'x' WHERE id = 2");
+    let status = run_ok(tursync(dir.path()).arg("status"));
+    assert!(!text(&status).contains("turso_"), "{}", text(&status));
+    run_ok(tursync(dir.path()).arg("sync"));
+    assert_same(&server, &wc(dir.path()));
+    assert_eq!(
+        server.query("SELECT count(*) FROM turso_sync_last_change_id"),
+        vec![vec![Cell::Integer(2)]]
     );
 }
