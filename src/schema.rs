@@ -288,14 +288,18 @@ pub enum SchemaError {
     Malformed(String),
 }
 
-/// Tables that belong to SQLite, libSQL or Litestream rather than to the app. They are never
-/// copied (`sqlite_sequence` is copied on its own, after the data).
+/// Tables that belong to SQLite, libSQL, Litestream or Turso Sync's clients rather than to the
+/// app. They are never copied (`sqlite_sequence` is copied on its own, after the data).
 pub fn is_internal(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     n.starts_with("sqlite_")
         || n.starts_with("_litestream_")
         || n.starts_with("libsql_")
         || n.starts_with("__turso_internal")
+        || matches!(
+            n.as_str(),
+            "turso_cdc" | "turso_cdc_version" | "turso_sync_last_change_id"
+        )
 }
 
 /// A catalog cell that holds a name or SQL text: TEXT in UTF-8, or an error naming `what` was
