@@ -14,6 +14,7 @@ pub mod proto;
 pub mod replication;
 pub mod retry;
 mod tls;
+pub mod turso_sync;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -561,6 +562,36 @@ impl Remote {
                 .timeout_per_read(Some(quiet));
         }
         let resp = config
+            .build()
+            .send(body)
+            .map_err(|e| self.network_error(e))?;
+        self.reached.store(true, Ordering::Relaxed);
+        Ok(resp)
+    }
+
+    /// One POST of `body` to `path` below the endpoint, with the agent, token, proxy and TLS of
+    /// every request; the answer's body is left to the caller to stream within `body_timeout`.
+    pub(crate) fn post_bytes(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+        body_timeout: Duration,
+    ) -> Result<ureq::http::Response<ureq::Body>, RemoteError> {
+        if let Some(e) = &self.proxy_error {
+            return Err(RemoteError::Client {
+                url: self.endpoint.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        let url = format!("{}/{path}", self.endpoint.base);
+        let mut req = self.agent.post(&url).header("Content-Type", content_type);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = req
+            .config()
+            .timeout_recv_body(Some(body_timeout))
             .build()
             .send(body)
             .map_err(|e| self.network_error(e))?;
