@@ -13,6 +13,7 @@ pub mod mirror;
 pub mod orphans;
 pub mod pages;
 pub mod progress;
+pub mod protocol;
 pub mod pull;
 pub mod push;
 pub mod remote;

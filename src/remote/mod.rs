@@ -370,6 +370,15 @@ impl Remote {
         Ok(self.streams.load(Ordering::Relaxed) != STREAMS_NO)
     }
 
+    /// Whether the server keeps streams, if a request has told yet.
+    pub fn streams_known(&self) -> Option<bool> {
+        match self.streams.load(Ordering::Relaxed) {
+            STREAMS_YES => Some(true),
+            STREAMS_NO => Some(false),
+            _ => None,
+        }
+    }
+
     /// Runs statements on a fresh stream in one HTTP request and closes it. Each statement gets
     /// its own result; a failing statement does not stop the others (they are not in a
     /// transaction). Every caller only reads, so the request is retried as a whole.
