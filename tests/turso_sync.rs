@@ -339,3 +339,87 @@ fn pull_updates_bootstrap_and_incremental_pages() {
     let probed = sync.probe().unwrap();
     assert_eq!(probed.revision, next.revision);
 }
+
+fn status_json(dir: &Path, env: &[(&str, &str)]) -> serde_json::Value {
+    let out = run_ok(
+        tursync(dir)
+            .args(["status", "--json"])
+            .envs(env.iter().copied()),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// One probe says what a remote speaks: Turso Sync, sqld's log, or SQL only; it is recorded
+/// at init, shown by status, overridden by TURSYNC_PROTOCOL, and probed again when the remote
+/// answers otherwise than recorded.
+#[test]
+fn status_says_what_the_remote_speaks() {
+    let server = seeded();
+    let t = tempdir();
+    let out = run_ok(tursync(t.path()).args(["init", "--url", &server.url]));
+    assert!(
+        text(&out).contains("protocol: turso-sync"),
+        "{}",
+        text(&out)
+    );
+    let s = status_json(t.path(), &[]);
+    assert_eq!(s["protocol"]["name"], "turso-sync", "{s}");
+    let shown = run_ok(tursync(t.path()).arg("status"));
+    assert!(
+        text(&shown).contains("protocol       Turso Sync"),
+        "{}",
+        text(&shown)
+    );
+
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(a)");
+    let token = [("TURSO_AUTH_TOKEN", sqld.rw_token.as_str())];
+    let l = tempdir();
+    run_ok(
+        tursync(l.path())
+            .args(["init", "--url", &sqld.url])
+            .envs(token),
+    );
+    let s = status_json(l.path(), &token);
+    assert_eq!(s["protocol"]["name"], "log", "{s}");
+    assert_eq!(s["protocol"]["forced"], false, "{s}");
+
+    let forced = status_json(l.path(), &[token[0], ("TURSYNC_PROTOCOL", "sql")]);
+    assert_eq!(forced["protocol"]["name"], "sql", "{forced}");
+    assert_eq!(forced["protocol"]["forced"], true, "{forced}");
+    let bad = status_json(l.path(), &[token[0], ("TURSYNC_PROTOCOL", "grpc")]);
+    assert!(
+        bad["protocol"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("use log, turso-sync or sql"),
+        "{bad}"
+    );
+
+    // A record the server contradicts (it keeps streams) is probed again.
+    std::fs::write(
+        l.path().join(".tursync/protocol.json"),
+        r#"{"protocol":"turso-sync","reason":"written by the test"}"#,
+    )
+    .unwrap();
+    let s = status_json(l.path(), &token);
+    assert_eq!(s["protocol"]["name"], "log", "{s}");
+    assert!(
+        s["protocol"]["probed_again_because"]
+            .as_str()
+            .unwrap_or("")
+            .contains("stream"),
+        "{s}"
+    );
+
+    // A server without the log speaks SQL only.
+    let blocker = LogBlocker::start(&sqld.url, LogBlocker::NOT_FOUND);
+    let q = tempdir();
+    run_ok(
+        tursync(q.path())
+            .args(["init", "--url", &blocker.url])
+            .envs(token),
+    );
+    let s = status_json(q.path(), &token);
+    assert_eq!(s["protocol"]["name"], "sql", "{s}");
+}
