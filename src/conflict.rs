@@ -1,8 +1,11 @@
-//! What stops a push or a pull: one conflict type for both, and the outcome that carries it.
+//! What stops a push or a pull: one conflict type for both, the outcome that carries it, and
+//! how a pull is told to settle conflicts ([`MergeOptions`]).
 //!
 //! A conflict is never an error: the operation ran as it should and found that both sides
 //! changed the same thing, so it changed nothing anywhere. Push, pull, sync and watch return an
 //! [`Outcome`], and the command line turns its conflicts into exit code 3 in one place.
+
+use std::collections::HashMap;
 
 use crate::value::Value;
 
@@ -93,6 +96,27 @@ impl Conflict {
     }
 }
 
+impl Conflict {
+    /// A schema conflict that shows the object's definitions: in the base, ours and theirs
+    /// (`None`: gone on that side), as the one column `definition`.
+    pub fn definitions(
+        what: &str,
+        name: &str,
+        base: &str,
+        ours: Option<&str>,
+        theirs: Option<&str>,
+    ) -> Conflict {
+        let side = |s: Option<&str>| s.map(|s| vec![Value::text(s)]);
+        Conflict {
+            columns: vec!["definition".into()],
+            base: side(Some(base)),
+            ours: side(ours),
+            theirs: side(theirs),
+            ..Conflict::schema(what, name)
+        }
+    }
+}
+
 /// How an operation that can meet conflicts ended: done, or stopped by conflicts with nothing
 /// changed on either side.
 #[must_use]
@@ -112,5 +136,49 @@ impl<R> Outcome<R> {
             Outcome::Done(r) => Outcome::Done(f(r)),
             Outcome::Conflicts(c) => Outcome::Conflicts(c),
         }
+    }
+}
+
+/// How conflicts are settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// Report them and change nothing.
+    Refuse,
+    /// Keep the working copy's side.
+    Ours,
+    /// Take the remote's side.
+    Theirs,
+}
+
+/// How a pull settles what both sides changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeOptions {
+    /// How the conflicts of tables not named in `tables` are settled.
+    pub resolve: Resolve,
+    /// Per table, by name: how that table's conflicts are settled.
+    pub tables: HashMap<String, Resolve>,
+    /// Renumber our new rows whose integer key their new rows took, instead of reporting a
+    /// conflict.
+    pub renumber: bool,
+}
+
+impl MergeOptions {
+    /// How the conflicts of `table` are settled.
+    pub fn resolve_for(&self, table: &str) -> Resolve {
+        self.tables.get(table).copied().unwrap_or(self.resolve)
+    }
+
+    /// The conflicts that stop the pull: those of tables settled by [`Resolve::Refuse`], and
+    /// every schema conflict, which no side settles yet. A foreign-key conflict reaches this
+    /// only when its side could not settle it (`crate::orphans`): it stops the pull too.
+    pub(crate) fn unsettled(&self, conflicts: &[Conflict]) -> Vec<Conflict> {
+        conflicts
+            .iter()
+            .filter(|c| {
+                matches!(c.kind, ConflictKind::ForeignKey | ConflictKind::Schema)
+                    || self.resolve_for(&c.table) == Resolve::Refuse
+            })
+            .cloned()
+            .collect()
     }
 }

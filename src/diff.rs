@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
+use crate::changeset::RowChange;
 use crate::pages::{self, DbFile, Layout, PageError, Scan};
 use crate::schema::{self, Column, ObjectKind, RowKey, Schema, Table};
 use crate::spool::Spool;
@@ -24,68 +25,6 @@ use crate::sql;
 use crate::touched::Rows;
 use crate::value::Value;
 use crate::{Context, Error, Result};
-
-/// One row that differs. Rows are laid out as [`Table::data_columns`] of the working copy's
-/// table: the hidden rowid first when the table has one, then the stored columns.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RowChange {
-    Insert(Vec<Value>),
-    Delete(Vec<Value>),
-    /// Full rows on both sides: push checks the whole base row, while output names only the
-    /// columns that changed ([`RowChange::changed_columns`]).
-    Update {
-        old: Vec<Value>,
-        new: Vec<Value>,
-    },
-}
-
-impl RowChange {
-    /// The row whose key identifies this change.
-    pub fn row(&self) -> &[Value] {
-        match self {
-            RowChange::Insert(r) | RowChange::Delete(r) => r,
-            RowChange::Update { new, .. } => new,
-        }
-    }
-
-    /// The row as it was in the base: `None` for an insert.
-    pub fn old(&self) -> Option<&[Value]> {
-        match self {
-            RowChange::Delete(r) | RowChange::Update { old: r, .. } => Some(r),
-            RowChange::Insert(_) => None,
-        }
-    }
-
-    /// About how many bytes of memory the change takes.
-    pub(crate) fn footprint(&self) -> usize {
-        let row = |r: &[Value]| {
-            r.iter()
-                .map(|v| {
-                    std::mem::size_of::<Value>()
-                        + match v {
-                            Value::Text(b) | Value::Blob(b) => b.len(),
-                            _ => 0,
-                        }
-                })
-                .sum::<usize>()
-        };
-        std::mem::size_of::<RowChange>()
-            + match self {
-                RowChange::Insert(r) | RowChange::Delete(r) => row(r),
-                RowChange::Update { old, new } => row(old) + row(new),
-            }
-    }
-
-    /// Positions of the values an update changes (none for an insert or a delete), without
-    /// allocating: printing asks once per row.
-    pub fn changed_columns(&self) -> impl Iterator<Item = usize> + '_ {
-        let (old, new): (&[Value], &[Value]) = match self {
-            RowChange::Update { old, new } => (old, new),
-            _ => (&[], &[]),
-        };
-        (0..new.len()).filter(move |&i| old[i] != new[i])
-    }
-}
 
 /// One step of the order that applies a table's changes safely ([`TableDiff::phases`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,12 +214,22 @@ pub enum SchemaChange {
         columns: Vec<String>,
         old_sql: String,
     },
-    /// Any other change to a table's definition: the table is dropped and re-created, and all
-    /// its rows come again as inserts.
+    /// Any other change to a table's definition, or a renamed table (`old_name`): the table
+    /// is rebuilt the way SQLite's 12-step procedure does it. With `columns`, the rows are
+    /// carried: for each data column of the new table ([`Table::data_names`]), the old
+    /// table's column it is copied from (`None`: it takes its default), and the row changes
+    /// are diffed against the old rows so carried. Without (the row key changed), the table
+    /// is dropped and re-created, and all its rows come again as inserts.
     TableRebuilt {
         name: String,
+        old_name: String,
         old_sql: String,
         new_sql: String,
+        columns: Option<Vec<(String, Option<String>)>>,
+        /// What kind of migration it is, for people and scripts ([`rebuild_kind`]).
+        kind: &'static str,
+        /// The old table's columns no new column takes its values from.
+        dropped: Vec<String>,
     },
     ObjectAdded {
         kind: ObjectKind,
@@ -332,10 +281,18 @@ impl SchemaChange {
             SchemaChange::TableDropped { name, .. } => {
                 vec![(Tables, format!("DROP TABLE {}", sql::ident(name)))]
             }
-            SchemaChange::TableRebuilt { name, new_sql, .. } => vec![
-                (Tables, format!("DROP TABLE {}", sql::ident(name))),
-                (Tables, new_sql.clone()),
-            ],
+            SchemaChange::TableRebuilt {
+                name,
+                old_name,
+                new_sql,
+                columns,
+                kind,
+                dropped,
+                ..
+            } => rebuild_statements(name, old_name, new_sql, columns.as_deref(), kind, dropped)
+                .into_iter()
+                .map(|q| (Tables, q))
+                .collect(),
             SchemaChange::ColumnsAdded { table, columns, .. } => columns
                 .iter()
                 .map(|c| {
@@ -367,6 +324,180 @@ impl SchemaChange {
             ],
         }
     }
+}
+
+/// The statements that turn table `old` into `name` (`new_sql`), so that the stored
+/// definition comes out exactly as `new_sql`: SQLite's own ALTER for a renamed table, renamed
+/// or dropped columns (it edits the CREATE text the way it did in the working copy), and
+/// otherwise SQLite's 12-step procedure: the new table under a temporary name, the rows copied
+/// by `columns`, the old table dropped, the new one renamed (which leaves its definition as
+/// `CREATE TABLE "name"…`, the form the app's own 12-step left: see [`twelve_step_form`]).
+/// The caller turns foreign keys off beforehand (DROP TABLE would delete child rows).
+///
+/// ```text
+/// column_dropped  ALTER TABLE "t" DROP COLUMN "c"
+/// column_renamed  ALTER TABLE "t" RENAME COLUMN "a" TO b
+/// table_renamed   ALTER TABLE "t" RENAME TO "u"
+/// rebuilt         CREATE TABLE "t__tursync_new"(…); INSERT INTO "t__tursync_new"("id", "b")
+///                 SELECT "id", "a" FROM "t"; DROP TABLE "t"; ALTER TABLE "t__tursync_new" RENAME TO "t"
+/// recreated       DROP TABLE "t"; CREATE TABLE t(…)
+/// ```
+fn rebuild_statements(
+    name: &str,
+    old: &str,
+    new_sql: &str,
+    columns: Option<&[(String, Option<String>)]>,
+    kind: &str,
+    dropped: &[String],
+) -> Vec<String> {
+    let Some(columns) = columns else {
+        return vec![
+            format!("DROP TABLE {}", sql::ident(old)),
+            new_sql.to_owned(),
+        ];
+    };
+    let table = sql::ident(old);
+    match kind {
+        "table_renamed" => {
+            return vec![format!(
+                "ALTER TABLE {table} RENAME TO {}",
+                sql::ident(name)
+            )]
+        }
+        "column_dropped" => {
+            return dropped
+                .iter()
+                .map(|c| format!("ALTER TABLE {table} DROP COLUMN {}", sql::ident(c)))
+                .collect()
+        }
+        "column_renamed" => {
+            return columns
+                .iter()
+                .filter_map(|(n, o)| o.as_ref().filter(|o| *o != n).map(|o| (n, o)))
+                .map(|(n, o)| {
+                    // SQLite writes the new name as the statement spells it: bare if the
+                    // working copy's definition has it bare.
+                    let bare = !new_sql.contains(&sql::ident(n))
+                        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        && !n.starts_with(|c: char| c.is_ascii_digit());
+                    let to = if bare { n.clone() } else { sql::ident(n) };
+                    format!(
+                        "ALTER TABLE {table} RENAME COLUMN {} TO {to}",
+                        sql::ident(o)
+                    )
+                })
+                .collect();
+        }
+        _ => {}
+    }
+    let aside = format!("{name}__tursync_new");
+    let create = match twelve_step_form(name, new_sql) {
+        Some(rest) => format!("CREATE TABLE {}{rest}", sql::ident(&aside)),
+        None => return vec![format!("DROP TABLE {table}"), new_sql.to_owned()],
+    };
+    let mut out = vec![create];
+    let copied: Vec<(&String, &String)> = columns
+        .iter()
+        .filter_map(|(n, o)| o.as_ref().map(|o| (n, o)))
+        .collect();
+    if !copied.is_empty() {
+        let list = |f: &dyn Fn(&(&String, &String)) -> String| {
+            copied.iter().map(f).collect::<Vec<_>>().join(", ")
+        };
+        out.push(format!(
+            "INSERT INTO {}({}) SELECT {} FROM {table}",
+            sql::ident(&aside),
+            list(&|(n, _)| sql::ident(n)),
+            list(&|(_, o)| sql::ident(o)),
+        ));
+    }
+    out.push(format!("DROP TABLE {table}"));
+    out.push(format!(
+        "ALTER TABLE {} RENAME TO {}",
+        sql::ident(&aside),
+        sql::ident(name)
+    ));
+    out
+}
+
+/// The rest of `new_sql` after `CREATE TABLE "name"`, when it has the form that SQLite's
+/// `ALTER TABLE … RENAME TO` gives a definition (the last step of the 12-step procedure):
+/// then a rebuild through a temporary name ends in exactly `new_sql`.
+pub(crate) fn twelve_step_form<'a>(name: &str, new_sql: &'a str) -> Option<&'a str> {
+    new_sql.strip_prefix(&format!("CREATE TABLE {}", sql::ident(name)))
+}
+
+/// `old_sql` with its references to tables renamed (new name -> old name) rewritten as
+/// `ALTER TABLE … RENAME TO` rewrites them in every other table (`REFERENCES "new"`).
+pub(crate) fn with_renamed_references(old_sql: &str, renamed: &BTreeMap<String, String>) -> String {
+    let mut out = old_sql.to_owned();
+    for (new, old) in renamed {
+        for spelled in [old.clone(), sql::ident(old)] {
+            for sep in [" ", ""] {
+                let from = format!("REFERENCES {spelled}{sep}");
+                let to = format!("REFERENCES {}{sep}", sql::ident(new));
+                if sep.is_empty() && !out.contains(&format!("{from}(")) {
+                    continue;
+                }
+                out = out.replace(&format!("{from}("), &format!("{to}("));
+                out = out.replace(&format!("{from} "), &format!("{to} "));
+            }
+        }
+    }
+    out
+}
+
+/// For each data column of `new`, the data column of `old` its values come from, when the
+/// rows of `old` can be carried into `new` row for row: by name (case-insensitive), else, in
+/// tables of as many columns, the column at the same position that no other column took by
+/// name (a renamed column); a hidden rowid from the hidden rowid. `None` when the row key
+/// does not follow (a different kind of key, or key columns that come from elsewhere): then
+/// rows cannot be matched across the change.
+pub(crate) fn carried_columns(old: &Table, new: &Table) -> Option<Vec<(String, Option<String>)>> {
+    if old.key == RowKey::Virtual || new.key == RowKey::Virtual || old.shadow || new.shadow {
+        return None;
+    }
+    let old_names = old.data_names().ok()?;
+    let new_names = new.data_names().ok()?;
+    let same_shape = old.columns.len() == new.columns.len();
+    let by_name = |n: &str| old.stored().find(|(_, c)| c.name.eq_ignore_ascii_case(n));
+    let mut map = Vec::with_capacity(new_names.len());
+    for (i, n) in new_names.iter().enumerate() {
+        if i == 0 && new.has_hidden_rowid() {
+            if !old.has_hidden_rowid() {
+                return None;
+            }
+            map.push((n.clone(), Some(old_names[0].clone())));
+            continue;
+        }
+        let from = match by_name(n) {
+            Some((_, c)) => Some(c.name.clone()),
+            None if same_shape => {
+                let p = new.columns.iter().position(|c| &c.name == n)?;
+                let c = &old.columns[p];
+                let taken = new
+                    .columns
+                    .iter()
+                    .any(|nc| nc.name.eq_ignore_ascii_case(&c.name));
+                (!c.generated && !taken).then(|| c.name.clone())
+            }
+            None => None,
+        };
+        map.push((n.clone(), from));
+    }
+    let kind = |t: &Table| match &t.key {
+        RowKey::Rowid { ipk, declared, .. } => (1, ipk.is_some(), declared.len()),
+        RowKey::Primary(cols) => (2, false, cols.len()),
+        RowKey::Virtual => (0, false, 0),
+    };
+    let (ok, nk) = (old.key_positions(), new.key_positions());
+    let follows = kind(old) == kind(new)
+        && ok.len() == nk.len()
+        && ok
+            .iter()
+            .zip(&nk)
+            .all(|(&o, &n)| map[n].1.as_deref() == Some(old_names[o].as_str()));
+    follows.then_some(map)
 }
 
 /// The statements of `changes` in the one DDL order: by [`DdlPhase`], and within a phase in
@@ -483,6 +614,9 @@ struct Old {
     /// SQL expressions giving the values that columns appended by `ADD COLUMN` hold in old
     /// rows (their defaults).
     added: Vec<String>,
+    /// The whole select list, when the table was rebuilt: its old rows as the new table
+    /// holds them ([`carried_select`]).
+    select: Option<Vec<String>>,
     /// Just the rows of these rowids, as a JSON array ([`diff_remote`]).
     only: Option<String>,
 }
@@ -561,12 +695,13 @@ fn outline(
         .map(|t| (t.name.as_str(), t))
         .collect();
 
+    let renamed = renamed_tables(base, &old_tables, work, &new_tables)?;
     for t in old
         .tables
         .iter()
         .filter(|t| !t.shadow && filter.wants(&t.name))
     {
-        if !new_tables.contains_key(t.name.as_str()) {
+        if !new_tables.contains_key(t.name.as_str()) && !renamed.values().any(|o| o == &t.name) {
             cs.schema.push(SchemaChange::TableDropped {
                 name: t.name.clone(),
                 sql: t.sql.clone(),
@@ -579,7 +714,12 @@ fn outline(
         .filter(|t| !t.shadow && filter.wants(&t.name))
     {
         let t = diffable(t);
-        let read = match old_tables.get(t.name.as_str()).map(|o| diffable(o)) {
+        let before = old_tables.get(t.name.as_str()).or_else(|| {
+            renamed
+                .get(&t.name)
+                .and_then(|o| old_tables.get(o.as_str()))
+        });
+        let read = match before.map(|o| diffable(o)) {
             None => {
                 cs.schema.push(SchemaChange::TableAdded {
                     name: t.name.clone(),
@@ -587,22 +727,31 @@ fn outline(
                 });
                 Read::AllNew
             }
-            Some(o) if o.sql == t.sql => match touched.map(|m| m.get(t.name.as_str())) {
-                None | Some(Some(Rows::All)) => Read::Merge(Box::new(Old {
-                    locator: locator(&o),
-                    table: o,
-                    added: Vec::new(),
-                    only: None,
-                })),
-                Some(None) => Read::Untouched,
-                Some(Some(Rows::Ids(ids))) => Read::Merge(Box::new(Old {
-                    locator: locator(&o),
-                    table: o,
-                    added: Vec::new(),
-                    only: Some(serde_json::to_string(ids)?),
-                })),
-            },
-            Some(o) => match added_columns(&o, &t) {
+            Some(o)
+                if o.sql == t.sql
+                    || (o.name == t.name
+                        && !renamed.is_empty()
+                        && with_renamed_references(&o.sql, &renamed) == t.sql) =>
+            {
+                match touched.map(|m| m.get(t.name.as_str())) {
+                    None | Some(Some(Rows::All)) => Read::Merge(Box::new(Old {
+                        locator: locator(&o),
+                        table: o,
+                        added: Vec::new(),
+                        select: None,
+                        only: None,
+                    })),
+                    Some(None) => Read::Untouched,
+                    Some(Some(Rows::Ids(ids))) => Read::Merge(Box::new(Old {
+                        locator: locator(&o),
+                        table: o,
+                        added: Vec::new(),
+                        select: None,
+                        only: Some(serde_json::to_string(ids)?),
+                    })),
+                }
+            }
+            Some(o) => match added_columns(&o, &t).filter(|_| o.name == t.name) {
                 Some((defs, added)) => {
                     cs.schema.push(SchemaChange::ColumnsAdded {
                         table: t.name.clone(),
@@ -613,16 +762,42 @@ fn outline(
                         locator: locator(&o),
                         table: o,
                         added,
+                        select: None,
                         only: None,
                     }))
                 }
                 None => {
+                    let columns = carried_columns(&o, &t);
+                    let read = match &columns {
+                        Some(map) => Read::Merge(Box::new(Old {
+                            locator: locator(&o),
+                            select: Some(carried_select(&t, map)),
+                            table: o.clone(),
+                            added: Vec::new(),
+                            only: None,
+                        })),
+                        None => Read::AllNew,
+                    };
+                    let dropped = o
+                        .stored()
+                        .map(|(_, c)| c.name.clone())
+                        .filter(|c| {
+                            !columns
+                                .iter()
+                                .flatten()
+                                .any(|(_, from)| from.as_ref() == Some(c))
+                        })
+                        .collect();
                     cs.schema.push(SchemaChange::TableRebuilt {
+                        kind: rebuild_kind(&o, &t, columns.as_deref()),
+                        dropped,
                         name: t.name.clone(),
+                        old_name: o.name.clone(),
                         old_sql: o.sql.clone(),
                         new_sql: t.sql.clone(),
+                        columns,
                     });
-                    Read::AllNew
+                    read
                 }
             },
         };
@@ -677,6 +852,113 @@ fn outline(
     cs.base_triggers = triggers(&old);
     cs.new_triggers = triggers(&new);
     Ok((cs, reads))
+}
+
+/// The select list that reads the old table's rows as the rebuilt table `new` holds them,
+/// by `map` ([`carried_columns`]): each copied column, or the new column's default.
+pub(crate) fn carried_select(new: &Table, map: &[(String, Option<String>)]) -> Vec<String> {
+    map.iter()
+        .map(|(n, from)| match from {
+            Some(o) => sql::ident(o),
+            None => new
+                .columns
+                .iter()
+                .find(|c| &c.name == n)
+                .and_then(|c| c.default.clone())
+                .unwrap_or_else(|| "NULL".into()),
+        })
+        .collect()
+}
+
+/// What kind of migration turned `old` into `new`, carried by `map` ([`carried_columns`]):
+///
+/// ```text
+/// table_renamed     ALTER TABLE … RENAME TO (columns unchanged)
+/// column_renamed    ALTER TABLE … RENAME COLUMN (every column kept, some under a new name)
+/// column_dropped    ALTER TABLE … DROP COLUMN (the other columns unchanged)
+/// rebuilt           any other change of the definition (the 12-step procedure), rows carried
+/// recreated         the row key changed: rows cannot be matched, the table is made anew
+/// ```
+fn rebuild_kind(
+    old: &Table,
+    new: &Table,
+    map: Option<&[(String, Option<String>)]>,
+) -> &'static str {
+    let Some(map) = map else {
+        return "recreated";
+    };
+    let old_count = old.data_names().map_or(0, |n| n.len());
+    let carried = map.iter().filter(|(_, o)| o.is_some()).count();
+    let renamed = map
+        .iter()
+        .any(|(n, o)| o.as_ref().is_some_and(|o| !o.eq_ignore_ascii_case(n)));
+    let all_carried = carried == map.len();
+    let types_same = |a: &Table, b: &Table| {
+        b.columns.iter().all(|c| {
+            a.columns
+                .iter()
+                .any(|o| o.decl_type == c.decl_type && o.pk == c.pk && o.generated == c.generated)
+        })
+    };
+    if old.name != new.name && all_carried && carried == old_count && !renamed {
+        "table_renamed"
+    } else if renamed && all_carried && carried == old_count {
+        "column_renamed"
+    } else if !renamed && all_carried && carried < old_count && types_same(old, new) {
+        "column_dropped"
+    } else {
+        "rebuilt"
+    }
+}
+
+/// Tables renamed between `old` and `new` (`ALTER TABLE … RENAME TO`), as new name -> old
+/// name: a table gone from `old` and a table new in `new` with the same columns (names in
+/// order) and the same root page. RENAME TO keeps the table's B-tree where it is; a table
+/// dropped and created again with the same columns may reuse the page too, and is then
+/// taken for a rename, which carries its rows and diffs them: the same end.
+fn renamed_tables(
+    base: &Connection,
+    old: &BTreeMap<&str, &Table>,
+    work: &Connection,
+    new: &BTreeMap<&str, &Table>,
+) -> Result<BTreeMap<String, String>> {
+    let roots = |conn: &Connection| -> Result<BTreeMap<String, i64>> {
+        let mut st =
+            conn.prepare("SELECT name, rootpage FROM sqlite_schema WHERE type = 'table'")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    };
+    let gone: Vec<&&Table> = old
+        .iter()
+        .filter(|(n, _)| !new.contains_key(*n))
+        .map(|(_, t)| t)
+        .collect();
+    let added: Vec<&&Table> = new
+        .iter()
+        .filter(|(n, _)| !old.contains_key(*n))
+        .map(|(_, t)| t)
+        .collect();
+    let mut out = BTreeMap::new();
+    if gone.is_empty() || added.is_empty() {
+        return Ok(out);
+    }
+    let (old_roots, new_roots) = (roots(base)?, roots(work)?);
+    for n in added {
+        let same = |o: &&&&Table| {
+            o.columns.len() == n.columns.len()
+                && o.columns
+                    .iter()
+                    .zip(&n.columns)
+                    .all(|(a, b)| a.name == b.name)
+                && old_roots.contains_key(&o.name)
+                && old_roots.get(&o.name) == new_roots.get(&n.name)
+                && !out.values().any(|v| v == &o.name)
+        };
+        if let Some(o) = gone.iter().find(same) {
+            out.insert(n.name.clone(), o.name.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// The UNIQUE constraints and unique indexes of `d`'s table in `conn`, as positions in its
@@ -763,6 +1045,11 @@ fn table_diff(t: &Table) -> Result<TableDiff> {
 fn scan_sql(t: &Table, extra: &[String], by_rowid: bool) -> Result<String> {
     let mut cols = t.data_columns()?;
     cols.extend(extra.iter().cloned());
+    scan_sql_of(t, cols, by_rowid)
+}
+
+/// [`scan_sql`] with the select list given.
+fn scan_sql_of(t: &Table, cols: Vec<String>, by_rowid: bool) -> Result<String> {
     let declared = t.locator().is_some() || matches!(t.key, RowKey::Primary(_));
     let order: Vec<String> = t
         .key_exprs()?
@@ -957,7 +1244,11 @@ fn merge(
     let key = &d.key;
     let locator = old.locator;
     let only = old.only.as_deref();
-    let mut bst = base.prepare(&scan_sql(&old.table, &old.added, only.is_some())?)?;
+    let base_sql = match &old.select {
+        Some(cols) => scan_sql_of(&old.table, cols.clone(), only.is_some())?,
+        None => scan_sql(&old.table, &old.added, only.is_some())?,
+    };
+    let mut bst = base.prepare(&base_sql)?;
     let mut wst = work.prepare(&scan_sql(&d.table, &[], only.is_some())?)?;
     let n = wst.column_count();
     if bst.column_count() != n {
@@ -1813,10 +2104,13 @@ impl SchemaChange {
             }
             SchemaChange::TableRebuilt {
                 name,
+                old_name,
                 old_sql,
                 new_sql,
+                kind,
+                ..
             } => {
-                json!({"change": "table_changed", "name": name, "old_sql": old_sql, "new_sql": new_sql})
+                json!({"change": "table_changed", "kind": kind, "name": name, "old_name": old_name, "old_sql": old_sql, "new_sql": new_sql})
             }
             SchemaChange::ObjectAdded { kind, name, sql } => {
                 json!({"change": format!("{}_added", kind.as_str()), "name": name, "sql": sql})
@@ -1845,8 +2139,11 @@ impl SchemaChange {
             SchemaChange::ColumnsAdded { table, columns, .. } => {
                 format!("~ table {table}: added {}", columns.join(", "))
             }
-            SchemaChange::TableRebuilt { name, .. } => {
-                format!("~ table {name}: definition changed")
+            SchemaChange::TableRebuilt { name, old_name, .. } if old_name != name => {
+                format!("~ table {old_name}: renamed to {name}")
+            }
+            SchemaChange::TableRebuilt { name, kind, .. } => {
+                format!("~ table {name}: {}", kind.replace('_', " "))
             }
             SchemaChange::ObjectAdded { kind, name, .. } => format!("+ {} {name}", kind.as_str()),
             SchemaChange::ObjectDropped { kind, name, .. } => format!("- {} {name}", kind.as_str()),

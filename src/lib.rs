@@ -5,12 +5,15 @@
 //! [`clone::Sink`] — a local SQLite file or SQL text ([`sink`]). See
 //! `docs/ARCHITECTURE.md` for the map.
 
+pub mod changeset;
 pub mod clone;
 pub mod conflict;
 pub mod diff;
+mod durable;
 pub mod merge;
 pub mod mirror;
 pub mod orphans;
+pub mod page_sums;
 pub mod pages;
 pub mod progress;
 pub mod protocol;

@@ -138,7 +138,7 @@ Exits with 1 when the remote cannot be reached or rejects the token.")]
 Every row the push touches must still hold, on the remote, the version the last sync saw
 (or already the local one, which is skipped). Otherwise nothing is pushed, the conflicting
 rows are listed with their base, local and remote values, and the exit code is 3.
-The SQL sent is kept under .tursync/pushes/."
+The SQL sent is kept under .tursync/pushes/ (the newest 50 pushes, 16 MB at most)."
     )]
     Push {
         /// Print what would be applied and change nothing
@@ -162,10 +162,13 @@ points at them (--no-renumber makes them conflicts). These are conflicts:
   cell         the same cell changed both ways
   row          a row deleted on one side and changed on the other
   unique       their row and ours hold the same values under a UNIQUE constraint
-               (--theirs deletes our row; --ours leaves theirs out, and the next push
-               deletes it on the remote)
-  foreign_key  a row left pointing at a row that is gone (settled by neither side: restore
-               the parent or delete the child)
+               (--theirs: our row gives way, back to its remote version if the remote has
+               it, else it goes; --ours: their change gives way, and the next push sends
+               ours over it)
+  foreign_key  a row left pointing at a row one side deleted (--theirs or --ours: the side
+               that deleted it keeps its delete, and the ON DELETE action applies to the
+               rows pointing at it; the other side's restores it, with the rows its delete
+               took along; each row is listed)
 Unpushed local changes stay pending. The app may keep the working copy open: pull plans the
 merge from a snapshot, then waits for its write lock (up to 10 s) and applies the merge in one
 transaction.")]
@@ -613,17 +616,22 @@ fn protocol_report(ws: &Workspace, remote: &Remote, reachable: bool) -> serde_js
 
 /// How pulls read the remote: from the replication log into the mirror, or over SQL, and why.
 fn reads_report(ws: &Workspace) -> serde_json::Value {
-    let mirror = tursync::mirror::Mirror::new(ws);
-    match (ws.sync_state(), mirror.state()) {
+    let mirror = ws.mirror();
+    match (ws.sync_state(), mirror.health()) {
         (Err(e), _) | (_, Err(e)) => json!({"path": "unknown", "reason": e.to_string()}),
         (Ok(sync), _) if sync.sql_path.is_some() => {
             json!({"path": "sql", "reason": sync.sql_path})
         }
-        (Ok(sync), Ok(Some(m))) => json!({
+        (Ok(sync), Ok(Some(Ok(m)))) => json!({
             "path": "log",
             "mirror": file_info(&mirror.db_path()),
             "frame_no": m.frame_no,
             "streams": streams_report(&sync),
+        }),
+        // Partial, or its files disagree: not valid, whatever its size.
+        (Ok(_), Ok(Some(Err(why)))) => json!({
+            "path": "log",
+            "reason": format!("the mirror is not usable ({why}): the next pull drops it and reads the replication log again"),
         }),
         (Ok(sync), Ok(None)) => json!({
             "path": "log",
@@ -1345,6 +1353,15 @@ impl Op {
                         }
                         Op::Pull => eprintln!("  {object} was changed both here and on the remote"),
                     }
+                    let def = |side: &Option<Vec<tursync::Value>>| match side.as_deref() {
+                        Some([tursync::Value::Text(t)]) => String::from_utf8_lossy(t).into_owned(),
+                        _ => "(none: dropped)".to_owned(),
+                    };
+                    if c.columns == ["definition"] {
+                        eprintln!("    base:    {}", def(&c.base));
+                        eprintln!("    {:<8} {}", format!("{ours}:"), def(&c.ours));
+                        eprintln!("    {:<8} {}", format!("{theirs}:"), def(&c.theirs));
+                    }
                 }
                 ConflictKind::Unique => {
                     // The other row holding the same values: ours in a merge, the remote's
@@ -1433,9 +1450,9 @@ impl Op {
                 }
             }
             Op::Pull if any(ConflictKind::Schema) => {
-                eprintln!("Nothing changed. Undo one side's schema change and pull again.")
+                eprintln!("Nothing changed. Both sides changed the same schema object (definitions shown above where known): undo one side's change (in the working copy, or on the remote itself) or make both the same, then pull again.")
             }
-            Op::Pull => eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (for a UNIQUE conflict, --theirs deletes our row and --ours leaves theirs out, so the next push deletes it on the remote), or edit the working copy and pull again. A foreign-key conflict is settled by neither: restore the parent row or delete the child, then pull again."),
+            Op::Pull => eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (or table by table: `--theirs TABLE`), or edit the working copy and pull again. For a foreign-key conflict, the side you keep decides whether the deleted parent stays deleted (its ON DELETE action then applies to the rows pointing at it) or comes back with what its delete took along; `tursync help pull` says more."),
         }
     }
 }

@@ -10,56 +10,14 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::conflict::{Conflict, ConflictKind, Outcome};
-use crate::diff::{ordered_ddl, Changeset, RowChange, SchemaChange, SequenceChange, TableDiff};
+use crate::changeset::RowChange;
+use crate::conflict::{Conflict, ConflictKind, MergeOptions, Outcome, Resolve};
+use crate::diff::{ordered_ddl, Changeset, SchemaChange, SequenceChange, TableDiff};
 use crate::orphans::{Gone, Orphans, ReferenceSettled};
 use crate::schema::{foreign_keys, parse_unique_failure, ForeignKey, ObjectKind, UniqueFailure};
 use crate::sql;
 use crate::value::Value;
 use crate::{Context, Error, Result};
-
-/// How conflicts are settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolve {
-    /// Report them and change nothing.
-    Refuse,
-    /// Keep the working copy's side.
-    Ours,
-    /// Take the remote's side.
-    Theirs,
-}
-
-/// How a pull settles what both sides changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MergeOptions {
-    /// How the conflicts of tables not named in `tables` are settled.
-    pub resolve: Resolve,
-    /// Per table, by name: how that table's conflicts are settled.
-    pub tables: HashMap<String, Resolve>,
-    /// Renumber our new rows whose integer key their new rows took, instead of reporting a
-    /// conflict.
-    pub renumber: bool,
-}
-
-impl MergeOptions {
-    /// How the conflicts of `table` are settled.
-    pub fn resolve_for(&self, table: &str) -> Resolve {
-        self.tables.get(table).copied().unwrap_or(self.resolve)
-    }
-
-    /// The conflicts that stop the pull: those of tables settled by [`Resolve::Refuse`], and
-    /// every foreign-key and schema conflict, which no side settles.
-    pub(crate) fn unsettled(&self, conflicts: &[Conflict]) -> Vec<Conflict> {
-        conflicts
-            .iter()
-            .filter(|c| {
-                matches!(c.kind, ConflictKind::ForeignKey | ConflictKind::Schema)
-                    || self.resolve_for(&c.table) == Resolve::Refuse
-            })
-            .cloned()
-            .collect()
-    }
-}
 
 /// One of our new rows moved to a key free on both sides, because their new row took its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +111,8 @@ impl Plan {
         work: &Connection,
         theirs_db: &Connection,
     ) -> Result<Plan> {
+        let carried = carry_through_migrations(ours, theirs, work)?;
+        let theirs = carried.as_ref().unwrap_or(theirs);
         let (ddl, triggers) = match (merge_schema(ours, theirs), merged_triggers(ours, theirs)) {
             (Outcome::Done(ddl), Outcome::Done(triggers)) => (ddl, triggers),
             // Stops the merge before any row is looked at: no side settles it.
@@ -1382,6 +1342,143 @@ impl Renumbered {
     }
 }
 
+/// Their row changes to tables that only our side migrated (a dropped or renamed column, a
+/// renamed table, a 12-step rebuild that carries rows: [`SchemaChange::TableRebuilt`] with
+/// columns), carried into the table as we have it now: each row in the new layout, a dropped
+/// column's values left out, a new column's default filled in (evaluated in `work`), an
+/// update that only touched a dropped column gone. `None` when there is nothing to carry.
+/// The remote's table did not change; only its rows did, so this is no schema conflict.
+fn carry_through_migrations(
+    ours: &Changeset,
+    theirs: &Changeset,
+    work: &Connection,
+) -> Result<Option<Changeset>> {
+    let mut out: Option<Changeset> = None;
+    for ch in &ours.schema {
+        let SchemaChange::TableRebuilt {
+            name,
+            old_name,
+            columns: Some(map),
+            ..
+        } = ch
+        else {
+            continue;
+        };
+        let theirs_reshaped = theirs.schema.iter().any(|c| match c {
+            SchemaChange::TableAdded { name: n, .. }
+            | SchemaChange::TableDropped { name: n, .. }
+            | SchemaChange::TableRebuilt { name: n, .. }
+            | SchemaChange::ColumnsAdded { table: n, .. } => n == old_name || n == name,
+            _ => false,
+        });
+        let (Some(ti), Some(mine)) = (
+            theirs
+                .tables
+                .iter()
+                .position(|t| &t.table.name == old_name && !t.changes.is_empty()),
+            ours.tables.iter().find(|t| &t.table.name == name),
+        ) else {
+            continue;
+        };
+        if theirs_reshaped {
+            continue;
+        }
+        let cs = out.get_or_insert_with(|| theirs.clone());
+        let old = &cs.tables[ti];
+        let mut picks = Vec::with_capacity(map.len());
+        for (new_col, from) in map {
+            picks.push(match from {
+                Some(o) => match old.columns.iter().position(|c| c == o) {
+                    Some(p) => Ok(p),
+                    None => {
+                        return Err(Error::Unexpected(format!(
+                            "table {old_name:?}: column {o:?} of the old table is missing from the remote's rows"
+                        )))
+                    }
+                },
+                None => {
+                    let default = mine
+                        .table
+                        .columns
+                        .iter()
+                        .find(|c| &c.name == new_col)
+                        .and_then(|c| c.default.clone())
+                        .unwrap_or_else(|| "NULL".into());
+                    let v: Value = work.query_row(&format!("SELECT {default}"), [], |r| {
+                        r.get_ref(0).map(Value::from_ref)
+                    })?;
+                    Err(v)
+                }
+            });
+        }
+        let project = |row: &[Value]| -> Vec<Value> {
+            picks
+                .iter()
+                .map(|p| match p {
+                    Ok(i) => row[*i].clone(),
+                    Err(v) => v.clone(),
+                })
+                .collect()
+        };
+        let changes = old
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                RowChange::Insert(r) => Some(RowChange::Insert(project(r))),
+                RowChange::Delete(r) => Some(RowChange::Delete(project(r))),
+                RowChange::Update { old, new } => {
+                    let (old, new) = (project(old), project(new));
+                    (old != new).then_some(RowChange::Update { old, new })
+                }
+            })
+            .collect();
+        let mut moved = mine.clone();
+        moved.changes = changes;
+        cs.tables[ti] = moved;
+    }
+    Ok(out)
+}
+
+/// The definitions of table `name` for a schema conflict: in the base (from whichever side's
+/// change names it), ours and theirs (`None`: dropped on that side).
+fn table_conflict(name: &str, ours: &Changeset, theirs: &Changeset) -> Conflict {
+    let base = ours
+        .schema
+        .iter()
+        .chain(&theirs.schema)
+        .find_map(|c| match c {
+            SchemaChange::TableDropped { name: n, sql } if n == name => Some(sql.as_str()),
+            SchemaChange::TableRebuilt {
+                old_name: n,
+                old_sql,
+                ..
+            } if n == name => Some(old_sql.as_str()),
+            SchemaChange::ColumnsAdded {
+                table: n, old_sql, ..
+            } if n == name => Some(old_sql.as_str()),
+            _ => None,
+        });
+    fn side<'a>(cs: &'a Changeset, name: &str) -> Option<&'a str> {
+        let renamed_to = cs.schema.iter().find_map(|c| match c {
+            SchemaChange::TableRebuilt {
+                name: n, old_name, ..
+            } if old_name == name => Some(n.as_str()),
+            _ => None,
+        });
+        let n = renamed_to.unwrap_or(name);
+        cs.tables
+            .iter()
+            .find(|t| t.table.name == n)
+            .map(|t| t.table.sql.as_str())
+    }
+    match base {
+        Some(base) => {
+            Conflict::definitions("table", name, base, side(ours, name), side(theirs, name))
+        }
+        None => Conflict::schema("table", name),
+    }
+}
+
 /// The DDL that brings their schema changes into the working copy, or the conflict when both
 /// sides changed the same object differently. Triggers are handled by [`merged_triggers`].
 fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Outcome<Vec<String>> {
@@ -1398,14 +1495,22 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Outcome<Vec<String>> {
             .any(|t| t.table.name == name && !t.changes.is_empty())
     };
     for t in theirs.tables.iter().filter(|t| !t.changes.is_empty()) {
+        // A table we migrated carrying its rows took their rows along
+        // ([`carry_through_migrations`]); one we dropped or re-created did not.
         let gone_here = ours.schema.iter().any(|c| match c {
-            SchemaChange::TableDropped { name, .. } | SchemaChange::TableRebuilt { name, .. } => {
-                name == &t.table.name
+            SchemaChange::TableDropped { name, .. }
+            | SchemaChange::TableRebuilt {
+                name,
+                columns: None,
+                ..
+            } => name == &t.table.name,
+            SchemaChange::TableRebuilt { old_name, name, .. } => {
+                old_name == &t.table.name && old_name != name
             }
             _ => false,
         });
         if gone_here {
-            return Outcome::Conflicts(vec![Conflict::schema("table", &t.table.name)]);
+            return Outcome::Conflicts(vec![table_conflict(&t.table.name, ours, theirs)]);
         }
     }
     let mut ddl = Vec::new();
@@ -1436,7 +1541,11 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Outcome<Vec<String>> {
             .then_some((kind.as_str(), name)),
         };
         if let Some((what, name)) = clash {
-            return Outcome::Conflicts(vec![Conflict::schema(what, name)]);
+            return Outcome::Conflicts(vec![if what == "table" {
+                table_conflict(name, ours, theirs)
+            } else {
+                Conflict::schema(what, name)
+            }]);
         }
         ddl.push(ch);
     }

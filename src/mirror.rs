@@ -5,6 +5,7 @@
 //! .tursync/mirror.db      the remote's database file, page for page (never written by SQLite)
 //! .tursync/mirror.json    {"log_id":…,"generation_id":…,"frame_no":…}: the last frame in it
 //! .tursync/mirror.spool   frames fetched and synced, not yet (or not surely) written into it
+//! .tursync/mirror.sums    a CRC-32 of every page, with the frame and size they are of
 //! ```
 //!
 //! An advance streams frames into a spool built aside (bounded memory, whatever the length of
@@ -16,9 +17,11 @@
 //! aside name is incomplete and swept with every other leftover.
 //!
 //! SQLite reads the mirror only as `immutable=1` ([`open_immutable`]): it takes no lock and
-//! keeps no journal, so nothing of SQLite's is ever lost by our own writes to the file.
+//! keeps no journal, so nothing of SQLite's is ever lost by our own writes to the file. It reads
+//! it through the VFS of [`crate::page_sums`], which checks every page against the sum recorded
+//! when the page was written; [`Mirror::health`] says whether the three files agree.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -26,13 +29,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::{self, Aside};
+use crate::page_sums::{self, Header as SumsHeader};
 use crate::remote::replication::{FrameHeader, Hello, LogError, LogSource, FRAME_HEADER};
-use crate::workspace::{self, Workspace};
 use crate::{Error, Result};
 
 const DB: &str = "mirror.db";
 const STATE: &str = "mirror.json";
 const SPOOL: &str = "mirror.spool";
+const SUMS: &str = "mirror.sums";
 
 /// Which log the mirror follows and how far it has applied it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,11 +108,8 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    pub fn new(ws: &Workspace) -> Mirror {
-        Mirror::in_dir(ws.state_dir())
-    }
-
-    pub(crate) fn in_dir(dir: PathBuf) -> Mirror {
+    /// The mirror in state directory `dir` (`Workspace::mirror` for a workspace's).
+    pub fn new(dir: PathBuf) -> Mirror {
         Mirror { dir }
     }
 
@@ -117,6 +119,84 @@ impl Mirror {
 
     fn spool_path(&self) -> PathBuf {
         self.dir.join(SPOOL)
+    }
+
+    /// `mirror.sums`: the checksum of every page ([`crate::page_sums`]).
+    pub fn sums_path(&self) -> PathBuf {
+        page_sums::path_for(&self.db_path())
+    }
+
+    /// Whether the mirror can be trusted as it lies: `None` when there is none; otherwise its
+    /// state, or why not (a file missing, shorter or longer than recorded, `mirror.json` and
+    /// the pages at different frames, sums missing, a spool not yet applied). Cheap: it reads
+    /// two small files and the sizes of two others, never a page.
+    pub fn health(&self) -> Result<Option<std::result::Result<MirrorState, String>>> {
+        let state = match self.state() {
+            Ok(Some(state)) => state,
+            Ok(None) => return Ok(None),
+            Err(Error::Workspace(why)) => return Ok(Some(Err(why))),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(self.agrees(&state).map(|()| state)))
+    }
+
+    fn agrees(&self, state: &MirrorState) -> std::result::Result<(), String> {
+        let name = |p: PathBuf| p.display().to_string();
+        if self.spool_path().exists() {
+            return Err(format!(
+                "{} is not yet written into it",
+                name(self.spool_path())
+            ));
+        }
+        let frame = state
+            .frame_no
+            .ok_or_else(|| format!("{} records no frame", name(self.dir.join(STATE))))?;
+        let sums = fs::File::open(self.sums_path())
+            .map_err(|e| format!("{}: {e}", name(self.sums_path())))?;
+        let head = SumsHeader::read(&sums)
+            .map_err(|e| format!("{}: {e}", name(self.sums_path())))?
+            .filter(|h| h.frame != page_sums::UNTRUSTED)
+            .ok_or_else(|| format!("{} vouches for no page", name(self.sums_path())))?;
+        if head.frame != frame {
+            return Err(format!(
+                "{} names frame {frame}, the pages are at frame {}",
+                name(self.dir.join(STATE)),
+                head.frame
+            ));
+        }
+        let len = |p: PathBuf| {
+            fs::metadata(&p)
+                .map(|m| m.len())
+                .map_err(|e| format!("{}: {e}", name(p)))
+        };
+        let want = u64::from(head.pages) * u64::from(head.page_size);
+        let got = len(self.db_path())?;
+        if got != want {
+            return Err(format!(
+                "{} holds {got} bytes, {want} were written",
+                name(self.db_path())
+            ));
+        }
+        let want = page_sums::len_for(head.pages);
+        let got = len(self.sums_path())?;
+        if got != want {
+            return Err(format!(
+                "{} holds {got} bytes, {want} were written",
+                name(self.sums_path())
+            ));
+        }
+        Ok(())
+    }
+
+    /// What the checking VFS found wrong in the mirror's pages since last asked
+    /// ([`crate::page_sums::take_damage`]).
+    pub fn take_damage(&self) -> Option<String> {
+        page_sums::take_damage(&self.db_path())
+    }
+
+    /// Whether the checking VFS found a damaged page of the mirror since last asked.
+    pub fn damage_seen(&self) -> bool {
+        page_sums::damage_seen(&self.db_path())
     }
 
     /// The recorded state; `None` when there is no mirror.
@@ -135,18 +215,19 @@ impl Mirror {
     }
 
     fn save_state(&self, state: &MirrorState) -> Result<()> {
-        workspace::save_json(&self.dir, STATE, state)
+        durable::save_json(&self.dir, STATE, state)
     }
 
     /// Removes the mirror and its state, for a workspace that stops following the log.
     pub fn remove(&self) -> Result<()> {
-        for name in [STATE, SPOOL, DB] {
+        let _ = self.take_damage();
+        for name in [STATE, SPOOL, DB, SUMS] {
             match fs::remove_file(self.dir.join(name)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}
             }
         }
-        workspace::sync_dir(&self.dir)
+        durable::sync_dir(&self.dir)
     }
 
     /// Finishes a spool a killed run left ready. Returns whether there was one.
@@ -177,7 +258,7 @@ impl Mirror {
         {
             return Ok(None);
         }
-        let mut spool = Spool::create(workspace::aside_name(&self.dir, SPOOL), from)?;
+        let mut spool = Spool::create(durable::aside_name(&self.dir, SPOOL), from)?;
         read_log(log, &hello, &mut spool, &self.dir, streams)?;
         let Some(to) = spool.txns.last_frame.filter(|_| spool.txns.frames > 0) else {
             return Ok(None);
@@ -191,7 +272,7 @@ impl Mirror {
         let (pages, size) = (std::mem::take(&mut spool.pages), spool.txns.size);
         let fresh = head.fresh || spool.snapshots;
         let path = spool.finish(&head, &self.spool_path())?;
-        workspace::sync_dir(&self.dir)?;
+        durable::sync_dir(&self.dir)?;
         Ok(Some(Ready {
             path,
             head,
@@ -221,9 +302,23 @@ impl Mirror {
             .read(true)
             .write(true)
             .open(self.db_path())?;
+        let sums_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(ready.head.fresh)
+            .read(true)
+            .write(true)
+            .open(self.sums_path())?;
         let mut r = BufReader::with_capacity(1 << 20, fs::File::open(&ready.path)?);
         skip_head(&mut r)?;
         let page_size = ready.head.page_size;
+        // The sums carried forward, when they vouch for the mirror this spool continues.
+        let carried = match ready.head.fresh {
+            true => Some(0),
+            false => SumsHeader::read(&sums_file)?
+                .filter(|h| h.frame != page_sums::UNTRUSTED && h.page_size as usize == page_size)
+                .map(|h| h.pages),
+        };
+        let mut sums = BTreeMap::new();
         let mut frame = vec![0; FRAME_HEADER + page_size];
         let mut pause = test_pause();
         loop {
@@ -237,11 +332,26 @@ impl Mirror {
                 &frame[FRAME_HEADER..],
                 (u64::from(h.page_no) - 1) * page_size as u64,
             )?;
+            sums.insert(h.page_no, page_sums::sum(&frame[FRAME_HEADER..]));
             if let Some(p) = pause.as_mut() {
                 p();
             }
         }
         db.set_len(u64::from(ready.size) * page_size as u64)?;
+        write_sums(
+            &sums_file,
+            sums,
+            carried,
+            SumsHeader {
+                page_size: page_size as u32,
+                pages: ready.size,
+                frame: if carried.is_some() {
+                    ready.to
+                } else {
+                    page_sums::UNTRUSTED
+                },
+            },
+        )?;
         let state = MirrorState {
             log_id: ready.head.log_id.clone(),
             generation_id: ready.head.generation_id.clone(),
@@ -251,15 +361,49 @@ impl Mirror {
         let sync = std::thread::spawn(move || -> Result<()> {
             db.sync_all()?;
             drop(db);
-            Mirror::in_dir(dir.clone()).save_state(&recorded)?;
+            sums_file.sync_all()?;
+            drop(sums_file);
+            Mirror::new(dir.clone()).save_state(&recorded)?;
             fs::remove_file(&ready.path)?;
-            workspace::sync_dir(&dir)
+            durable::sync_dir(&dir)
         });
         Ok(Settling {
             state,
             sync: Some(sync),
         })
     }
+}
+
+/// Writes the sums of the pages written (`sums`, by page), cuts the file to `head.pages` and
+/// writes its header. A page the database grew by past the `carried` size that no frame wrote
+/// reads as zeros, and gets the sum of zeros. Pages next to each other are written at once.
+fn write_sums(
+    file: &fs::File,
+    mut sums: BTreeMap<u32, u32>,
+    carried: Option<u32>,
+    head: SumsHeader,
+) -> std::io::Result<()> {
+    let zeros = page_sums::sum(&vec![0; head.page_size as usize]);
+    for p in carried.unwrap_or(head.pages).saturating_add(1)..=head.pages {
+        sums.entry(p).or_insert(zeros);
+    }
+    let mut run: Vec<u8> = Vec::new();
+    let mut first = 0;
+    for (&p, sum) in sums.range(1..=head.pages) {
+        if run.is_empty() || first + (run.len() / 4) as u32 != p || run.len() >= 1 << 20 {
+            if !run.is_empty() {
+                file.write_all_at(&run, page_sums::offset(first))?;
+            }
+            run.clear();
+            first = p;
+        }
+        run.extend_from_slice(&sum.to_le_bytes());
+    }
+    if !run.is_empty() {
+        file.write_all_at(&run, page_sums::offset(first))?;
+    }
+    file.set_len(page_sums::len_for(head.pages))?;
+    file.write_all_at(&head.encode(), 0)
 }
 
 /// A mirror whose new pages are written and being synced ([`Mirror::apply_settling`]).
@@ -327,7 +471,7 @@ impl Mirror {
         hello: &Hello,
         streams: &mut Streams,
     ) -> Result<Option<Built>, MirrorError> {
-        let mut out = PageWriter::create(&self.db_path())?;
+        let mut out = PageWriter::create(&self.db_path(), self.sums_path())?;
         read_log(log, hello, &mut out, &self.dir, streams)?;
         if out.txns.txn_last.is_some() {
             // Pages of a transaction without its commit are in the file.
@@ -336,7 +480,7 @@ impl Mirror {
         let Some(to) = out.txns.last_frame.filter(|_| out.txns.frames > 0) else {
             return Ok(None);
         };
-        out.finish()?;
+        out.finish(to)?;
         self.save_state(&MirrorState {
             log_id: hello.log_id.clone(),
             generation_id: hello.generation_id.clone(),
@@ -542,9 +686,12 @@ impl Txns {
 }
 
 /// Frames written straight into a database file, pages next to each other gathered into one
-/// write.
+/// write, with the sum of each page kept for the sums file.
 struct PageWriter {
     file: fs::File,
+    sums_path: PathBuf,
+    /// The sum of each page written, by page number less one.
+    sums: Vec<Option<u32>>,
     /// Pages not written yet, all consecutive, the first being `run_first`.
     run: Vec<u8>,
     run_first: u32,
@@ -555,9 +702,11 @@ struct PageWriter {
 const RUN_BYTES: usize = 1 << 20;
 
 impl PageWriter {
-    fn create(path: &Path) -> Result<PageWriter> {
+    fn create(path: &Path, sums_path: PathBuf) -> Result<PageWriter> {
         Ok(PageWriter {
             file: fs::File::create(path)?,
+            sums_path,
+            sums: Vec::new(),
             run: Vec::with_capacity(RUN_BYTES),
             run_first: 0,
             txns: Txns::default(),
@@ -573,11 +722,31 @@ impl PageWriter {
         Ok(())
     }
 
-    /// Writes what is gathered and cuts the file to the last commit's size.
-    fn finish(mut self) -> std::io::Result<()> {
+    /// Writes what is gathered, cuts the file to the last commit's size, and writes the sums
+    /// file, at frame `to` (unsynced, as the database: the caller syncs both).
+    fn finish(mut self, to: u64) -> std::io::Result<()> {
         self.flush()?;
+        let page_size = self.txns.page_size.unwrap_or(0);
         self.file
-            .set_len(u64::from(self.txns.size) * self.txns.page_size.unwrap_or(0) as u64)
+            .set_len(u64::from(self.txns.size) * page_size as u64)?;
+        let sums = self
+            .sums
+            .iter()
+            .enumerate()
+            .take(self.txns.size as usize)
+            .filter_map(|(i, s)| Some((u32::try_from(i + 1).ok()?, (*s)?)))
+            .collect();
+        let file = fs::File::create(&self.sums_path)?;
+        write_sums(
+            &file,
+            sums,
+            Some(0),
+            SumsHeader {
+                page_size: page_size as u32,
+                pages: self.txns.size,
+                frame: to,
+            },
+        )
     }
 }
 
@@ -597,6 +766,11 @@ impl FrameSink for PageWriter {
             self.run_first = h.page_no;
         }
         self.run.extend_from_slice(&frame[FRAME_HEADER..]);
+        let i = h.page_no as usize - 1;
+        if self.sums.len() <= i {
+            self.sums.resize(i + 1, None);
+        }
+        self.sums[i] = Some(page_sums::sum(&frame[FRAME_HEADER..]));
         self.txns.count(&h);
         Ok(())
     }
@@ -630,7 +804,7 @@ fn spool_damaged(path: &Path) -> Error {
 struct Spool {
     path: PathBuf,
     out: BufWriter<fs::File>,
-    _aside: workspace::Aside,
+    _aside: Aside,
     /// Bytes up to the end of the last whole transaction, and written past it.
     committed: u64,
     written: u64,
@@ -646,7 +820,7 @@ const HEAD_BYTES: u64 = 4096;
 
 impl Spool {
     fn create(path: PathBuf, from: Option<u64>) -> Result<Spool> {
-        let aside = workspace::Aside {
+        let aside = Aside {
             paths: vec![path.clone()],
         };
         let mut file = fs::File::create(&path)?;
@@ -761,11 +935,26 @@ fn read_spool(path: &Path) -> Result<Ready> {
 
 /// Opens a database file no SQLite connection writes to (the mirror) read-only and
 /// `immutable=1`: no locks, no journal, no WAL, nothing SQLite could lose when we write the file.
+/// Every page is read through the checking VFS ([`crate::page_sums`]): one that does not match
+/// its sum in `mirror.sums` (or has none) fails the statement reading it, and
+/// [`Mirror::take_damage`] says which.
 pub fn open_immutable(path: &Path) -> Result<rusqlite::Connection> {
+    let vfs = page_sums::vfs_name()
+        .map_err(|e| Error::Unexpected(format!("opening {}: {e}", path.display())))?;
+    open_read_only(path, &format!("immutable=1&vfs={vfs}"))
+}
+
+/// [`open_immutable`] without the checks, memory-mapped: for init's `quick_check` of a mirror
+/// just built, whose sums were taken from the very bytes written a moment before.
+pub(crate) fn open_immutable_unchecked(path: &Path) -> Result<rusqlite::Connection> {
+    open_read_only(path, "immutable=1")
+}
+
+fn open_read_only(path: &Path, query: &str) -> Result<rusqlite::Connection> {
     let abs = std::path::absolute(path)?;
     let mut url = url::Url::from_file_path(&abs)
         .map_err(|()| Error::Unsupported(format!("{} is not a usable path", abs.display())))?;
-    url.set_query(Some("immutable=1"));
+    url.set_query(Some(query));
     let conn = rusqlite::Connection::open_with_flags(
         url.as_str(),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -940,14 +1129,14 @@ mod tests {
         for break_after in [None, Some(1), Some(4), Some(7)] {
             let built = tempfile::tempdir().unwrap();
             let applied = tempfile::tempdir().unwrap();
-            let a = Mirror::in_dir(applied.path().to_path_buf());
+            let a = Mirror::new(applied.path().to_path_buf());
             let mut log = FakeLog::new(log_frames(), None);
             let ready = a
                 .fetch(&mut log, &hello(), &mut Streams::Try)
                 .unwrap()
                 .unwrap();
             a.apply(ready).unwrap();
-            let b = Mirror::in_dir(built.path().to_path_buf());
+            let b = Mirror::new(built.path().to_path_buf());
             let mut log = FakeLog::new(log_frames(), break_after);
             assert_eq!(
                 b.build(&mut log, &hello(), &mut Streams::Try)
@@ -960,7 +1149,72 @@ mod tests {
             assert_eq!(got.len(), 4 * PAGE);
             assert_eq!(got, fs::read(a.db_path()).unwrap(), "{break_after:?}");
             assert_eq!(b.state().unwrap(), a.state().unwrap());
+            // The same sums, and both mirrors trusted.
+            assert_eq!(
+                fs::read(b.sums_path()).unwrap(),
+                fs::read(a.sums_path()).unwrap()
+            );
+            assert!(matches!(a.health(), Ok(Some(Ok(_)))));
+            assert!(matches!(b.health(), Ok(Some(Ok(_)))));
         }
+    }
+
+    /// A page changed on disk after it was written fails the read of it through SQLite, and
+    /// the damage is reported for that mirror; the other pages still read.
+    #[test]
+    fn a_page_changed_on_disk_fails_its_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::new(dir.path().to_path_buf());
+        {
+            let c = rusqlite::Connection::open(m.db_path()).unwrap();
+            c.execute_batch(
+                "CREATE TABLE a(x); INSERT INTO a VALUES (1);
+                 CREATE TABLE b(x); INSERT INTO b VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10);",
+            )
+            .unwrap();
+        }
+        let bytes = fs::read(m.db_path()).unwrap();
+        let page = 4096;
+        let sums: BTreeMap<u32, u32> = bytes
+            .chunks(page)
+            .enumerate()
+            .map(|(i, p)| (i as u32 + 1, page_sums::sum(p)))
+            .collect();
+        let head = SumsHeader {
+            page_size: page as u32,
+            pages: sums.len() as u32,
+            frame: 7,
+        };
+        let f = fs::File::create(m.sums_path()).unwrap();
+        write_sums(&f, sums, Some(0), head).unwrap();
+        let count = |t: &str| {
+            open_immutable(&m.db_path()).and_then(|c| {
+                Ok(c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
+                    r.get::<_, i64>(0)
+                })?)
+            })
+        };
+        assert_eq!(count("b").unwrap(), 10);
+        assert!(m.take_damage().is_none());
+        // The last page is b's root; flip a byte of it.
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.db_path())
+            .unwrap();
+        let at = bytes.len() - 1;
+        f.write_all_at(&[bytes[at] ^ 1], at as u64).unwrap();
+        assert!(count("b").is_err());
+        let why = m.take_damage().unwrap();
+        assert!(
+            why.contains(&format!("page {} ", bytes.len() / page)),
+            "{why}"
+        );
+        assert_eq!(count("a").unwrap(), 1);
+        assert!(m.take_damage().is_none());
+        // Without sums nothing is read.
+        fs::remove_file(m.sums_path()).unwrap();
+        assert!(count("a").is_err());
+        assert!(m.take_damage().is_some());
     }
 
     /// A log that ends inside a transaction cannot be built: its pages are in the file.
@@ -971,7 +1225,7 @@ mod tests {
         frames.truncate(5);
         let mut log = FakeLog::new(frames, None);
         let got =
-            Mirror::in_dir(dir.path().to_path_buf()).build(&mut log, &hello(), &mut Streams::Try);
+            Mirror::new(dir.path().to_path_buf()).build(&mut log, &hello(), &mut Streams::Try);
         assert!(matches!(got, Err(MirrorError::Log(LogError::Protocol(_)))));
     }
 
@@ -980,7 +1234,7 @@ mod tests {
     #[test]
     fn a_batch_that_breaks_off_goes_on_after_its_last_commit() {
         let whole = tempfile::tempdir().unwrap();
-        let w = Mirror::in_dir(whole.path().to_path_buf());
+        let w = Mirror::new(whole.path().to_path_buf());
         let mut log = FakeLog::new(log_frames(), None);
         w.apply(
             w.fetch(&mut log, &hello(), &mut Streams::Try)
@@ -990,7 +1244,7 @@ mod tests {
         .unwrap();
         for break_after in [1, 4, 7] {
             let dir = tempfile::tempdir().unwrap();
-            let m = Mirror::in_dir(dir.path().to_path_buf());
+            let m = Mirror::new(dir.path().to_path_buf());
             let mut log = FakeLog::new(log_frames(), Some(break_after));
             m.apply(
                 m.fetch(&mut log, &hello(), &mut Streams::Try)
@@ -1011,7 +1265,7 @@ mod tests {
     fn an_empty_log_builds_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = FakeLog::new(Vec::new(), None);
-        let m = Mirror::in_dir(dir.path().to_path_buf());
+        let m = Mirror::new(dir.path().to_path_buf());
         assert!(m
             .build(&mut log, &hello(), &mut Streams::Try)
             .unwrap()
@@ -1042,7 +1296,7 @@ mod tests {
             ..hello()
         };
         let reference = tempfile::tempdir().unwrap();
-        let r = Mirror::in_dir(reference.path().to_path_buf());
+        let r = Mirror::new(reference.path().to_path_buf());
         r.build(&mut FakeLog::new(long_log(n), None), &at, &mut Streams::Try)
             .unwrap();
         let want = fs::read(r.db_path()).unwrap();
@@ -1054,7 +1308,7 @@ mod tests {
                 ..FakeLog::new(long_log(n), None)
             };
             let built = tempfile::tempdir().unwrap();
-            let b = Mirror::in_dir(built.path().to_path_buf());
+            let b = Mirror::new(built.path().to_path_buf());
             let mut source = log();
             assert_eq!(
                 b.build(&mut source, &at, &mut Streams::Try)
@@ -1071,7 +1325,7 @@ mod tests {
             // The streams read it all, or (broken off) left the second half to the batches.
             assert_eq!(source.batched == 0, !streams_break, "{}", source.batched);
             let applied = tempfile::tempdir().unwrap();
-            let a = Mirror::in_dir(applied.path().to_path_buf());
+            let a = Mirror::new(applied.path().to_path_buf());
             let ready = a
                 .fetch(&mut log(), &at, &mut Streams::Try)
                 .unwrap()
@@ -1095,7 +1349,7 @@ mod tests {
             ..hello()
         };
         let reference = tempfile::tempdir().unwrap();
-        let r = Mirror::in_dir(reference.path().to_path_buf());
+        let r = Mirror::new(reference.path().to_path_buf());
         r.build(&mut FakeLog::new(long_log(n), None), &at, &mut Streams::Try)
             .unwrap();
         let want = fs::read(r.db_path()).unwrap();
@@ -1107,7 +1361,7 @@ mod tests {
                 ..FakeLog::new(long_log(n), None)
             };
             let built = tempfile::tempdir().unwrap();
-            let b = Mirror::in_dir(built.path().to_path_buf());
+            let b = Mirror::new(built.path().to_path_buf());
             let to = b.build(&mut source, &at, &mut streams).unwrap().unwrap().to;
             assert_eq!(to, n - 1);
             assert_eq!(fs::read(b.db_path()).unwrap(), want, "{was:?}");

@@ -27,8 +27,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::conflict::{Conflict, ConflictKind};
-use crate::merge::{MergeOptions, Resolve};
+use crate::conflict::{Conflict, ConflictKind, MergeOptions, Resolve};
 use crate::schema::{foreign_key_scope, orphans_sql, ForeignKey, Orphan, Table};
 use crate::sql;
 use crate::value::Value;

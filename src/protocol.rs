@@ -141,7 +141,7 @@ pub fn recorded(ws: &Workspace) -> Option<Detected> {
 
 /// Records `found` in the state directory, atomically.
 pub fn record(ws: &Workspace, found: &Detected) -> Result<()> {
-    crate::workspace::save_json(&ws.state_dir(), FILE, found)
+    crate::durable::save_json(&ws.state_dir(), FILE, found)
 }
 
 /// Why the recorded answer no longer holds, if the remote or a pull said otherwise.

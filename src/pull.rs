@@ -14,10 +14,11 @@ use rusqlite::Connection;
 
 use crate::clone::FetchOptions;
 use crate::conflict::Outcome;
+pub use crate::conflict::{MergeOptions, Resolve};
 use crate::diff;
 use crate::merge::{strip_our_push, Plan};
-pub use crate::merge::{MergeOptions, PullReport, Renumbered, Resolve};
-use crate::mirror::{open_immutable, Mirror, MirrorError};
+pub use crate::merge::{PullReport, Renumbered};
+use crate::mirror::{open_immutable, Mirror, MirrorError, Settling};
 use crate::pages::{self, Stamp};
 use crate::progress::Progress;
 use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
@@ -62,7 +63,8 @@ pub fn pull(
         };
         // A reset log can reach the same index again: the index alone does not say nothing
         // changed, the index and the log's id together do.
-        let mirror = Mirror::new(ws).state()?;
+        // A mirror.json that cannot be read is dropped by `from_log` with the rest of the mirror.
+        let mirror = ws.mirror().state().unwrap_or(None);
         if let (Some(m), Ok(h)) = (&mirror, &hello) {
             if known.is_some() && now == known && m.log_id == h.log_id {
                 return Ok(Outcome::Done(PullReport::default()));
@@ -91,8 +93,13 @@ pub fn pull(
                     "over SQL: {difference}; it was dropped and is read again from the log"
                 );
             }
+            FromLog::Damaged(why) => {
+                read = format!(
+                    "over SQL: {why}; the mirror was dropped and is read again from the log"
+                );
+            }
             FromLog::Unusable(reason) => {
-                Mirror::new(ws).remove()?;
+                ws.mirror().remove()?;
                 sql_path = Some(reason);
             }
         }
@@ -144,6 +151,10 @@ enum FromLog {
     /// removed before anything was read from it. Read over SQL this time; the next pull builds
     /// the mirror again from the log.
     Diverged(crate::spot_check::Difference),
+    /// A page read from the mirror did not match its checksum ([`crate::page_sums`]): the
+    /// read failed, nothing of it was merged, and the mirror was removed. Read over SQL this
+    /// time; the next pull builds the mirror again from the log.
+    Damaged(String),
     /// The log cannot be used, for this reason: read over SQL from now on.
     Unusable(String),
 }
@@ -156,7 +167,10 @@ enum FromLog {
 /// what changed; otherwise, or when those pages say too little, from the whole tables.
 ///
 /// Once advanced, and before anything is read from it, the mirror is spot-checked against the
-/// remote ([`crate::spot_check`]); a mirror that differs is removed, unused.
+/// remote ([`crate::spot_check`]); a mirror that differs is removed, unused. Every page read
+/// from it is checked against its sum ([`crate::page_sums`]); a read that finds a damaged one
+/// fails, and the mirror is removed with nothing of it merged. A mirror whose files do not
+/// agree ([`Mirror::health`]) is removed first and built again from the log.
 fn from_log(
     ws: &Workspace,
     remote: &Remote,
@@ -167,9 +181,15 @@ fn from_log(
     on_wait: WaitNotice<'_>,
 ) -> Result<FromLog> {
     let base_at = state.base_at;
-    let mirror = Mirror::new(ws);
+    let mirror = ws.mirror();
     // Whether the mirror moved in this pull (a spool a killed run left counts).
     let mut advanced = mirror.recover()?;
+    let mut dropped = None;
+    if let Some(Err(why)) = mirror.health()? {
+        forget_base_at(ws)?;
+        mirror.remove()?;
+        dropped = Some(why);
+    }
     let mut streams = StreamsOff::streams(state.streams_off.as_ref(), &hello.log_id);
     let fetched = mirror.fetch(log, hello, &mut streams);
     // Streams that stayed silent are not tried again on this log; a new log tries them again.
@@ -189,20 +209,29 @@ fn from_log(
     };
     // What the mirror held before this advance, when the base holds the same: then theirs is
     // read from the rows on the pages the advance writes.
-    let mut before = Err("the base is not at the mirror's last point".to_owned());
+    let mut before = Err(match &dropped {
+        Some(why) => format!("the mirror was dropped ({why}) and is built again from the log"),
+        None => "the base is not at the mirror's last point".to_owned(),
+    });
     let mut settling = None;
+    let read_before =
+        |pages| open_immutable(&mirror.db_path()).and_then(|old| Before::read(&old, pages));
     match ready {
         Some(ready) => {
             if !ready.fresh && ready.from.is_some() && ready.from == base_at {
-                let old = open_immutable(&mirror.db_path())?;
-                before = Before::read(&old, ready.pages.clone())?;
+                match read_before(ready.pages.clone()) {
+                    Ok(b) => before = b,
+                    Err(e) => return drop_damaged(ws, &mirror, None, e),
+                }
             }
             settling = Some(mirror.apply_settling(ready)?);
             advanced = true;
         }
         None if base_at.is_some() && mirror.state()?.and_then(|s| s.frame_no) == base_at => {
-            let old = open_immutable(&mirror.db_path())?;
-            before = Before::read(&old, Default::default())?;
+            match read_before(Default::default()) {
+                Ok(b) => before = b,
+                Err(e) => return drop_damaged(ws, &mirror, None, e),
+            }
         }
         None => {}
     }
@@ -218,21 +247,22 @@ fn from_log(
         return Ok(FromLog::NotNow);
     };
     if advanced {
-        let check = spot_check(&open_immutable(&mirror.db_path())?, remote, frame)?;
+        let check = match open_immutable(&mirror.db_path())
+            .and_then(|theirs_db| spot_check(&theirs_db, remote, frame))
+        {
+            Ok(check) => check,
+            Err(e) => return drop_damaged(ws, &mirror, settling.take(), e),
+        };
         if let SpotCheck::Differed(difference) = check {
             // The base is at no point of a mirror that is gone.
-            let state = ws.sync_state()?;
-            ws.save_sync_state(&SyncState {
-                base_at: None,
-                ..state
-            })?;
+            forget_base_at(ws)?;
             // Its sync finishes (or fails) before the files go.
             drop(settling.take());
             mirror.remove()?;
             return Ok(FromLog::Diverged(difference));
         }
     }
-    let (merged, theirs) = {
+    let read_theirs = || -> Result<(Merged, diff::Changeset)> {
         let base = ws.open_base()?;
         let theirs_db = open_immutable(&mirror.db_path())?;
         let touched = match &before {
@@ -262,7 +292,17 @@ fn from_log(
             read: Some(read),
             ..report
         });
-        (Merged { outcome, ..merged }, cs)
+        Ok((Merged { outcome, ..merged }, cs))
+    };
+    // A damaged page fails the statement reading it; one whose failure was passed over (a
+    // fallback to another way of reading) is caught here, before the base moves.
+    let (merged, theirs) = match read_theirs() {
+        Ok(_) if mirror.damage_seen() => {
+            let e = Error::Unexpected("a page of the mirror did not match its sum".into());
+            return drop_damaged(ws, &mirror, settling.take(), e);
+        }
+        Ok(read) => read,
+        Err(e) => return drop_damaged(ws, &mirror, settling.take(), e),
     };
     if merged.outcome.is_done() {
         // The base takes their changes in one transaction of its own, in place: a pull costs
@@ -284,6 +324,32 @@ fn from_log(
         ..report
     });
     Ok(FromLog::Done(Merged { outcome, ..merged }, frame))
+}
+
+/// The base is at no point of a mirror that is about to go.
+fn forget_base_at(ws: &Workspace) -> Result<()> {
+    let state = ws.sync_state()?;
+    ws.save_sync_state(&SyncState {
+        base_at: None,
+        ..state
+    })
+}
+
+/// After `e` while reading the mirror: when the checking VFS found a damaged page, the mirror
+/// goes (its sync finished first) and the pull reads over SQL; any other error is passed on.
+fn drop_damaged(
+    ws: &Workspace,
+    mirror: &Mirror,
+    settling: Option<Settling>,
+    e: Error,
+) -> Result<FromLog> {
+    let Some(why) = mirror.take_damage() else {
+        return Err(e);
+    };
+    forget_base_at(ws)?;
+    drop(settling);
+    mirror.remove()?;
+    Ok(FromLog::Damaged(why))
 }
 
 /// Takes the working copy's write lock, telling the user once if the app holds it. The wait
@@ -399,6 +465,13 @@ fn merge_into(
             return Ok(Outcome::Conflicts(unsettled));
         }
         plan.report.resolved += unique.len();
+        // Nothing read from a damaged page of the mirror is committed, even when a reader
+        // passed over the failed read.
+        if crate::page_sums::damage_pending() {
+            return Err(Error::Unexpected(
+                "a page of the mirror did not match its sum".into(),
+            ));
+        }
         work.execute_batch("COMMIT")?;
         Ok(Outcome::Done(plan.report.clone()))
     })();

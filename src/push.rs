@@ -17,10 +17,11 @@
 //!    consistent snapshot of the working copy: edits the app made meanwhile stay pending.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::changeset::RowChange;
 use crate::conflict::{Conflict, ConflictKind, Outcome};
-use crate::diff::{Changeset, DdlPhase, RowChange, SchemaChange, TableDiff};
+use crate::diff::{Changeset, DdlPhase, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
 use crate::schema::{
@@ -30,7 +31,7 @@ use crate::schema::{
 use crate::sql;
 use crate::value::Value;
 use crate::workspace::Workspace;
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// Rows per multi-row statement: large enough to amortize parsing, small enough to stay far
 /// under SQLite's 32766 bound parameters.
@@ -145,10 +146,11 @@ impl TablePlan<'_> {
 
     /// SELECTs returning the remote's current version of every row this plan touches, with
     /// `cols` as the select list (in row layout), and the bytes each is expected to return.
-    fn reads(&self, cols: &[String]) -> Vec<(Stmt, usize)> {
+    fn reads(&self, source: &Source) -> Vec<(Stmt, usize)> {
         // Always the exact select list: a value the server cannot encode would fail the whole
         // request, and with it the stream and its transaction.
-        let cols = sql::exact_select_list(cols);
+        let cols = sql::exact_select_list(&source.cols);
+        let keys: Vec<&str> = source.keys.iter().map(String::as_str).collect();
         let t = self.diff;
         let rows: Vec<&[Value]> = self.changes.iter().map(|c| c.row()).collect();
         let mut out = Vec::new();
@@ -169,8 +171,8 @@ impl TablePlan<'_> {
             }
             let q = format!(
                 "SELECT {cols} FROM {} WHERE {}",
-                sql::ident(&t.table.name),
-                sql::key_in(&t.key_names(), end - start)
+                sql::ident(&source.table),
+                sql::key_in(&keys, end - start)
             );
             out.push((stmt(q, key_args(t, &rows[start..end]), true), bytes));
             start = end;
@@ -265,11 +267,57 @@ impl TablePlan<'_> {
 /// `None` when the remote cannot hold any of its rows yet: the table is missing, or it is to be
 /// rebuilt (dropped and re-created, rows and all). A table still lacking columns that
 /// `ADD COLUMN` appended reads their defaults instead, as its rows will after the ALTER.
-fn remote_select(cs: &Changeset, t: &TableDiff, remote: &RemoteState) -> Option<Vec<String>> {
+/// Where and how a table's rows are read on the remote: the table, the select list, and the
+/// key columns' names there.
+struct Source {
+    table: String,
+    cols: Vec<String>,
+    keys: Vec<String>,
+}
+
+///
+/// A table migrated here (rebuilt, renamed) whose remote table is still in the base's form is
+/// read from that old table, as the rebuild will carry its rows.
+fn remote_source(cs: &Changeset, t: &TableDiff, remote: &RemoteState) -> Option<Source> {
+    let same = |cols: Vec<String>| Source {
+        table: t.table.name.clone(),
+        cols,
+        keys: t.key_names().iter().map(|k| k.to_string()).collect(),
+    };
+    // A table migrated here whose remote table is still in the base's form: its rows are
+    // read from the old table as the rebuild will carry them.
+    for ch in &cs.schema {
+        if let SchemaChange::TableRebuilt {
+            name,
+            old_name,
+            old_sql,
+            columns,
+            ..
+        } = ch
+        {
+            if name != &t.table.name
+                || remote.sql_of("table", old_name) != Some(old_sql.as_str())
+                || (old_name != name && remote.sql_of("table", name).is_some())
+            {
+                continue;
+            }
+            let map = columns.as_ref()?;
+            let keys = t
+                .key
+                .iter()
+                .map(|&k| map.get(k).and_then(|(_, o)| o.clone()))
+                .collect::<Option<Vec<String>>>()?;
+            return Some(Source {
+                table: old_name.clone(),
+                cols: crate::diff::carried_select(&t.table, map),
+                keys,
+            });
+        }
+    }
     let remote_sql = remote.sql_of("table", &t.table.name)?;
     let plain = || t.columns.iter().map(|c| sql::ident(c)).collect::<Vec<_>>();
     if remote_sql == t.table.sql {
-        return Some(plain());
+        return Some(same(plain()));
     }
     for ch in &cs.schema {
         match ch {
@@ -290,12 +338,12 @@ fn remote_select(cs: &Changeset, t: &TableDiff, remote: &RemoteState) -> Option<
                         .iter()
                         .map(|c| c.default.clone().unwrap_or_else(|| "NULL".into())),
                 );
-                return Some(cols);
+                return Some(same(cols));
             }
             _ => {}
         }
     }
-    Some(plain())
+    Some(same(plain()))
 }
 
 /// Classifies each change against the remote row: needed (the remote holds the base row),
@@ -601,15 +649,47 @@ fn remote_needs(ch: &SchemaChange, cs: &Changeset, remote: &RemoteState) -> Resu
             None => Needs::Nothing,
             Some(_) => return conflict("table", name),
         },
-        SchemaChange::TableRebuilt { name, new_sql, .. } => match has("table", name) {
-            Some(s) if s == new_sql => Needs::Nothing,
-            _ => {
-                return Err(Error::Unsupported(format!(
-                    "table {name:?} changed in a way push cannot apply safely (only new tables, dropped tables and ADD COLUMN are pushed). \
-                     Apply the change on the remote itself (SQLite's 12-step table rebuild), then run `tursync init --force`"
-                )))
+        SchemaChange::TableRebuilt {
+            name,
+            old_name,
+            old_sql,
+            new_sql,
+            columns,
+            kind,
+            ..
+        } => {
+            let renamed = old_name != name;
+            let (at_old, at_new) = (has("table", old_name), has("table", name));
+            if at_new == Some(new_sql.as_str()) && (!renamed || at_old.is_none()) {
+                Needs::Nothing
+            } else if at_old == Some(old_sql.as_str()) && (!renamed || at_new.is_none()) {
+                if columns.is_none() {
+                    return Err(Error::Unsupported(format!(
+                        "table {name:?} changed its row key (primary key), so its rows cannot be matched with the remote's and push cannot carry the change \
+                         without overwriting rows others changed. Push your row changes without this schema change first, \
+                         then apply the change on the remote itself (SQLite's 12-step table rebuild) and run `tursync init --force`"
+                    )));
+                }
+                if *kind == "rebuilt" && crate::diff::twelve_step_form(name, new_sql).is_none() {
+                    return Err(Error::Unsupported(format!(
+                        "table {name:?} was rebuilt, but its new definition does not read `CREATE TABLE {}(…)` as SQLite's 12-step procedure \
+                         (ending in ALTER TABLE … RENAME TO) leaves it, so the remote could not be given exactly that definition. \
+                         Finish the rebuild with its last step (create the new table under another name, then rename it), then push again",
+                        sql::ident(name)
+                    )));
+                }
+                Needs::All
+            } else {
+                let theirs = at_old.filter(|_| renamed).or(at_new).or(at_old);
+                return Ok(Outcome::Conflicts(vec![Conflict::definitions(
+                    "table",
+                    name,
+                    old_sql,
+                    Some(new_sql),
+                    theirs,
+                )]));
             }
-        },
+        }
         SchemaChange::ColumnsAdded { table, old_sql, .. } => {
             let new_sql = cs
                 .tables
@@ -630,7 +710,11 @@ fn remote_needs(ch: &SchemaChange, cs: &Changeset, remote: &RemoteState) -> Resu
         {
             Needs::Nothing
         }
-        SchemaChange::ObjectDropped { kind, name, sql: old } => match has(kind.as_str(), name) {
+        SchemaChange::ObjectDropped {
+            kind,
+            name,
+            sql: old,
+        } => match has(kind.as_str(), name) {
             Some(s) if s == old => Needs::All,
             None => Needs::Nothing,
             Some(_) => return conflict(kind.as_str(), name),
@@ -646,7 +730,11 @@ fn remote_needs(ch: &SchemaChange, cs: &Changeset, remote: &RemoteState) -> Resu
             None if old_sql == new_sql => Needs::NewForm,
             _ => return conflict(kind.as_str(), name),
         },
-        SchemaChange::ObjectAdded { kind, name, sql: create } => match has(kind.as_str(), name) {
+        SchemaChange::ObjectAdded {
+            kind,
+            name,
+            sql: create,
+        } => match has(kind.as_str(), name) {
             None => Needs::All,
             Some(s) if s == create => Needs::Nothing,
             Some(_) => return conflict(kind.as_str(), name),
@@ -737,7 +825,22 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<Outcome<SchemaPla
             SchemaChange::ColumnsAdded { table, .. } => table == &t.table.name,
             _ => false,
         });
-        if !reshaped && has("table", &t.table.name) != Some(t.table.sql.as_str()) {
+        let renames: std::collections::BTreeMap<String, String> = cs
+            .schema
+            .iter()
+            .filter_map(|c| match c {
+                SchemaChange::TableRebuilt { name, old_name, .. } if name != old_name => {
+                    Some((name.clone(), old_name.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        // A table whose references to a renamed table the rename itself rewrites.
+        let follows = |s: &str| {
+            !renames.is_empty() && crate::diff::with_renamed_references(s, &renames) == t.table.sql
+        };
+        if !reshaped && !has("table", &t.table.name).is_some_and(|s| s == t.table.sql || follows(s))
+        {
             return Ok(Outcome::Conflicts(vec![Conflict::schema(
                 "table",
                 &t.table.name,
@@ -968,6 +1071,11 @@ fn push_transaction_on(
     run: &mut Run<'_>,
 ) -> Result<Outcome<Committed>> {
     let remote = RemoteState::open(stream, txn, &mut run.report)?;
+    // A schema change someone else made meanwhile is reported as such, before any row of
+    // a table it reshaped is compared.
+    if let Outcome::Conflicts(conflicts) = plan_schema(txn.cs, &remote)? {
+        return Ok(Outcome::Conflicts(conflicts));
+    }
     let found = read_rows(stream, txn, &remote, &mut run.report)?;
     let todo = match classify(txn.group, &found, &mut run.report.skipped) {
         Ok(todo) => todo,
@@ -1016,9 +1124,9 @@ fn read_rows(
 ) -> Result<Vec<HashMap<String, Vec<Value>>>> {
     let mut reads: Vec<(usize, Stmt, usize)> = Vec::new();
     for (pi, plan) in txn.group.iter().enumerate() {
-        if let Some(cols) = remote_select(txn.cs, plan.diff, remote) {
+        if let Some(source) = remote_source(txn.cs, plan.diff, remote) {
             reads.extend(
-                plan.reads(&cols)
+                plan.reads(&source)
                     .into_iter()
                     .map(|(s, bytes)| (pi, s, bytes)),
             );
@@ -1202,6 +1310,61 @@ fn log_stmt(log: &mut String, s: &Stmt) {
     log.push_str(";\n");
 }
 
+/// How many pushes `.tursync/pushes/` keeps, newest first, and how many bytes at most (the
+/// newest is kept whatever its size): enough to find out what recent pushes sent, bounded
+/// however long `watch` runs.
+const PUSH_LOGS_KEPT: usize = 50;
+const PUSH_LOGS_BYTES: u64 = 16 << 20;
+
+/// Writes `log` as the newest file of `dir` and removes the oldest past [`PUSH_LOGS_KEPT`]
+/// files or [`PUSH_LOGS_BYTES`] bytes. Files are named by the time in milliseconds, zero-padded
+/// so names sort by age, and a counter when two pushes share a millisecond:
+///
+/// ```text
+/// 00000001796419704782.sql  00000001796419704782-1.sql  00000001796419704865.sql
+/// ```
+fn keep_push_log(dir: &Path, log: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).during("creating the push log directory", dir.display())?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let mut path = dir.join(format!("{stamp:020}.sql"));
+    for n in 1.. {
+        if !path.exists() {
+            break;
+        }
+        path = dir.join(format!("{stamp:020}-{n}.sql"));
+    }
+    std::fs::write(&path, log).during("writing the push log", path.display())?;
+    let mut logs: Vec<(PathBuf, u64)> = std::fs::read_dir(dir)
+        .during("listing the push log", dir.display())?
+        .filter_map(|e| e.ok())
+        .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+        .filter(|(p, _)| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    // Newest first; the names of an older version (unpadded milliseconds) sort as older.
+    logs.sort_by(|a, b| {
+        let key = |p: &Path| {
+            let name = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            let (ms, n) = name.split_once('-').unwrap_or((name, "0"));
+            (
+                ms.parse::<u128>().unwrap_or(0),
+                n.parse::<u64>().unwrap_or(0),
+            )
+        };
+        key(&b.0).cmp(&key(&a.0))
+    });
+    let mut bytes = 0u64;
+    for (i, (p, len)) in logs.iter().enumerate() {
+        bytes += len;
+        if i > 0 && (i >= PUSH_LOGS_KEPT || bytes > PUSH_LOGS_BYTES) {
+            std::fs::remove_file(p).during("removing an old push log", p.display())?;
+        }
+    }
+    Ok(path)
+}
+
 impl Workspace {
     /// Moves the base by exactly `cs` (plus the AUTOINCREMENT counters as written to the
     /// remote), atomically, and keeps the SQL that was sent under `.tursync/pushes/`. The
@@ -1214,14 +1377,7 @@ impl Workspace {
         log: &str,
         fresh: bool,
     ) -> Result<PathBuf> {
-        let dir = self.state_dir().join("pushes");
-        std::fs::create_dir_all(&dir)?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let log_path = dir.join(format!("{stamp}.sql"));
-        std::fs::write(&log_path, log)?;
+        let log_path = keep_push_log(&self.state_dir().join("pushes"), log)?;
 
         let counters = |conn: &rusqlite::Connection| {
             for (name, v) in sequences {

@@ -16,7 +16,8 @@ use crate::{Error, Result};
 
 /// Writes a copy into a new SQLite file as fast as SQLite allows: no journal and no syncs while
 /// building, because a half-built file is thrown away, never used. [`LocalSink::finish`] puts
-/// the file back in the normal rollback-journal mode every driver expects, and syncs it.
+/// the file back in the normal rollback-journal mode every driver expects; it does not sync it:
+/// the caller syncs the finished file before renaming it into place (`workspace::init`).
 pub struct LocalSink {
     conn: rusqlite::Connection,
 }

@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, Write};
 
-use crate::diff::RowChange;
+use crate::changeset::RowChange;
 use crate::value::Value;
 use crate::Result;
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use crate::clone::FetchOptions;
 use crate::diff::{self, Changeset};
-use crate::mirror::{open_immutable, Mirror};
+use crate::mirror::open_immutable;
 use crate::progress::Progress;
 use crate::remote::Remote;
 use crate::workspace::{open_snapshot, Workspace};
@@ -112,9 +112,11 @@ pub fn verify(
             RemoteCheck::Moved { differences }
         }
     };
-    let mirror = Mirror::new(ws);
-    let mirror = match mirror.state()? {
-        Some(state) if mirror.db_path().exists() => {
+    let mirror = ws.mirror();
+    // A mirror whose files disagree is not checked: the next pull drops it and reads the log
+    // again.
+    let mirror = match mirror.health()? {
+        Some(Ok(state)) => {
             let conn = open_immutable(&mirror.db_path())?;
             let integrity = integrity(&conn, mirror.db_path())?;
             let remote = if integrity.ok() {
@@ -156,8 +158,15 @@ fn integrity(conn: &rusqlite::Connection, file: PathBuf) -> Result<Integrity> {
             if matches!(
                 e.code,
                 rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
-            ) =>
+            ) || e.extended_code == rusqlite::ffi::SQLITE_IOERR_DATA =>
         {
+            // A page of the mirror that does not match its sum (`page_sums`).
+            if let Some(why) = crate::page_sums::take_damage(&file) {
+                return Ok(Integrity {
+                    file,
+                    problems: vec![why],
+                });
+            }
             vec![msg.unwrap_or_else(|| e.to_string())]
         }
         Err(e) => return Err(e.into()),

@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::clone::{self, FetchOptions, Stats};
+use crate::durable::{
+    aside_name, remove_aside, save_json, sweep_leftovers, sync_dir, sync_file, write_synced, Aside,
+    TMP_MARK,
+};
 use crate::mirror::{self, Mirror, MirrorError, Streams};
 use crate::progress::Progress;
 use crate::remote::replication::{LogError, LogSource, ReplicationLog};
@@ -175,6 +179,11 @@ impl Workspace {
         self.dir.join(STATE_DIR)
     }
 
+    /// The mirror of the remote's file in the state directory.
+    pub fn mirror(&self) -> Mirror {
+        Mirror::new(self.state_dir())
+    }
+
     pub fn base_path(&self) -> PathBuf {
         self.state_dir().join(BASE)
     }
@@ -249,19 +258,6 @@ impl Workspace {
     }
 }
 
-/// Writes `name` in the state directory `dir` as JSON, atomically and durably (write aside,
-/// sync, rename, sync the directory).
-pub(crate) fn save_json(dir: &Path, name: &str, value: &impl Serialize) -> Result<()> {
-    let tmp = aside_name(dir, name);
-    let _guard = Aside {
-        paths: vec![tmp.clone()],
-    };
-    let text = serde_json::to_string(value)?;
-    write_synced(&tmp, text.as_bytes())?;
-    fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
-}
-
 fn parent_dir(db: &Path) -> PathBuf {
     match db.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -303,50 +299,6 @@ pub fn read_ours(
         Ok(d.into_outline())
     } else {
         d.changeset()
-    }
-}
-
-/// Marks every name built aside, so a later run can tell leftovers from real files.
-const TMP_MARK: &str = ".tmp-";
-
-pub(crate) fn aside_name(dir: &Path, stem: &str) -> PathBuf {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    dir.join(format!(
-        "{stem}{TMP_MARK}{}-{nanos}-{n}",
-        std::process::id()
-    ))
-}
-
-/// Removes a file built aside with whatever SQLite left next to it (`-journal`, `-wal`,
-/// `-shm`): a stale journal would be replayed into the next file of that name.
-fn remove_aside(p: &Path) {
-    if p.is_dir() {
-        let _ = fs::remove_dir_all(p);
-        return;
-    }
-    let _ = fs::remove_file(p);
-    for suffix in ["-journal", "-wal", "-shm"] {
-        let mut side = p.as_os_str().to_owned();
-        side.push(suffix);
-        let _ = fs::remove_file(PathBuf::from(side));
-    }
-}
-
-/// Removes files built aside (by `init`, `pull`, a base update) unless they were renamed into
-/// place: on an error, nothing half-built stays behind.
-pub(crate) struct Aside {
-    pub(crate) paths: Vec<PathBuf>,
-}
-
-impl Drop for Aside {
-    fn drop(&mut self) {
-        for p in &self.paths {
-            remove_aside(p);
-        }
     }
 }
 
@@ -522,7 +474,7 @@ fn clone_from_log(
             "TURSYNC_NO_LOG is set, or TURSYNC_PROTOCOL names another protocol".into(),
         )));
     }
-    let mirror = Mirror::in_dir(state.to_path_buf());
+    let mirror = Mirror::new(state.to_path_buf());
     let mut log = ReplicationLog::new(remote);
     let mut streams = Streams::Try;
     let mut log_id = String::new();
@@ -549,6 +501,7 @@ fn clone_from_log(
                     })
                 });
                 sync_file(&src)?;
+                sync_file(&mirror.sums_path())?;
                 for c in copies {
                     joined(c)?;
                 }
@@ -593,7 +546,7 @@ fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
 /// index entry against its row: `integrity_check` takes 10x longer, and `tursync verify` runs
 /// it), and reads its schema and row counts; `Ok(Err(what quick_check said))` when it fails.
 fn check_log_copy(mirror: &Path) -> Result<std::result::Result<(Schema, Stats), String>> {
-    let conn = mirror::open_immutable(mirror)?;
+    let conn = mirror::open_immutable_unchecked(mirror)?;
     // Mapped, the file is read without a system call per page.
     conn.execute_batch("PRAGMA mmap_size = 1099511627776")?;
     let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
@@ -614,39 +567,6 @@ fn check_log_copy(mirror: &Path) -> Result<std::result::Result<(Schema, Stats), 
         stats.rows += conn.query_row(&q, [], |r| r.get::<_, i64>(0))? as u64;
     }
     Ok(Ok((schema, stats)))
-}
-
-/// Deletes what a run killed mid-way (no chance to clean up) left in `dir`: the entries whose
-/// name `ours` recognizes, with the journals SQLite may have left beside them.
-fn sweep_leftovers(dir: &Path, ours: impl Fn(&str) -> bool) -> Result<()> {
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        if ours(&e.file_name().to_string_lossy()) {
-            remove_aside(&e.path());
-        }
-    }
-    Ok(())
-}
-
-/// Writes a whole file and syncs it, before it is renamed into place.
-fn write_synced(p: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::File::create(p)?;
-    std::io::Write::write_all(&mut f, bytes)?;
-    f.sync_all()?;
-    Ok(())
-}
-
-/// Syncs a file that no connection of this process has open: SQLite's POSIX locks belong to
-/// the process, and closing this descriptor would drop them.
-fn sync_file(p: &Path) -> Result<()> {
-    fs::File::open(p)?.sync_all()?;
-    Ok(())
-}
-
-/// Makes renames in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 /// Copies a database page by page through SQLite's backup API, which reads the source inside

@@ -1441,9 +1441,12 @@ mod references {
         let mut s = String::from("PRAGMA foreign_keys = ON;");
         for (i, op) in ops.iter().enumerate() {
             let tag = format!("{who}-{i}");
-            // The app's own statement that fails a foreign key (a parent it deleted) is skipped.
+            // Tags restrict a parent's delete, so the app deletes them first; children cascade
+            // and notes are set null by SQLite.
             s += &match op {
-                Op::DeleteParent(p) => format!("DELETE FROM parent WHERE id = {p};"),
+                Op::DeleteParent(p) => {
+                    format!("DELETE FROM tag WHERE parent_id = {p}; DELETE FROM parent WHERE id = {p};")
+                }
                 Op::RenameParent(p) => format!("UPDATE parent SET name = '{tag}' WHERE id = {p};"),
                 Op::AddChild(p) => format!("INSERT INTO child(parent_id, v) SELECT id, '{tag}' FROM parent WHERE id = {p};"),
                 Op::AddNote(p) => format!("INSERT INTO note(parent_id, v) SELECT id, '{tag}' FROM parent WHERE id = {p};"),

@@ -629,12 +629,10 @@ pub fn assert_same_data(sqld: &Sqld, local: &Path, with_shadow: bool) {
     }
 }
 
-/// Runs SQL on the working copy in `dir`, as the app would.
+/// Runs SQL on the working copy in `dir`, as the app would: in a process of its own (the
+/// sqlite3 shell), never through a connection of the test's.
 pub fn edit(dir: &Path, sql: &str) {
-    rusqlite::Connection::open(dir.join("working_copy.db"))
-        .unwrap()
-        .execute_batch(sql)
-        .unwrap();
+    sqlite3_cli(&dir.join("working_copy.db"), sql.as_bytes());
 }
 
 /// A command's stdout and stderr, for assertions on what the user sees.

@@ -1,0 +1,254 @@
+//! Migrations the app runs on its working copy (issue: migrations): `DROP COLUMN`,
+//! `RENAME COLUMN`, `RENAME TO` and SQLite's 12-step table rebuild, pushed together with row
+//! edits while a teammate edits other rows of the same table. The app is the sqlite3 shell, in
+//! its own process.
+//!
+//! Measured before: push refused every one of these ("only new tables, dropped tables and ADD
+//! COLUMN are pushed"), and every later pull exited 3 saying the table changed on both sides,
+//! although the remote's table never changed.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::*;
+
+const SCHEMA: &str = "
+    CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT, extra TEXT);
+    CREATE INDEX notes_title ON notes(title);
+    CREATE TABLE tags(id INTEGER PRIMARY KEY, note_id INTEGER REFERENCES notes(id) ON DELETE CASCADE, tag TEXT);
+    INSERT INTO notes VALUES (1, 't1', 'b1', 'x1'), (2, 't2', 'b2', 'x2'), (3, 't3', 'b3', 'x3'),
+                             (4, 't4', 'b4', 'x4'), (5, 't5', 'b5', 'x5');
+    INSERT INTO tags VALUES (1, 1, 'red'), (2, 2, 'green'), (3, 5, 'blue');";
+
+fn run(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
+    tursync(dir)
+        .args(args)
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .output()
+        .unwrap()
+}
+
+fn ok(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
+    let out = run(sqld, dir, args);
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    out
+}
+
+fn wc(dir: &Path) -> std::path::PathBuf {
+    dir.join("working_copy.db")
+}
+
+/// A and B clone the remote; A's app runs `migration` (which also edits rows, in the new
+/// schema); B edits other rows of `notes` and pushes first; then A syncs, and B syncs. Returns
+/// the remote, for the caller's checks of the rows.
+fn migrate_beside_a_teammate(migration: &str) -> (Sqld, TempDir, TempDir) {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let (a, b) = (tempdir(), tempdir());
+    for d in [&a, &b] {
+        ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
+    }
+    sqlite3_cli(&wc(a.path()), migration.as_bytes());
+    edit(
+        b.path(),
+        "UPDATE notes SET title = 't2-B' WHERE id = 2;
+         INSERT INTO notes VALUES (10, 't10-B', 'b10-B', 'x10-B');
+         DELETE FROM notes WHERE id = 4;",
+    );
+    ok(&sqld, b.path(), &["push"]);
+
+    ok(&sqld, a.path(), &["sync"]);
+    assert_same_database(&sqld, &wc(a.path()));
+    let tags = sqld.query("SELECT id, note_id, tag FROM tags ORDER BY id");
+    assert_eq!(
+        tags.len(),
+        3,
+        "no child row went with the rebuild: {tags:?}"
+    );
+    ok(&sqld, b.path(), &["sync"]);
+    assert_same_database(&sqld, &wc(b.path()));
+    // Nothing left to push on either side.
+    for d in [&a, &b] {
+        let out = ok(&sqld, d.path(), &["push"]);
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("applied"),
+            "a second push sent something: {}",
+            text(&out)
+        );
+    }
+    (sqld, a, b)
+}
+
+fn cell(s: &str) -> Cell {
+    Cell::text(s)
+}
+
+#[test]
+fn a_dropped_column_is_pushed_with_both_sides_row_edits() {
+    let (sqld, _a, _b) = migrate_beside_a_teammate(
+        "ALTER TABLE notes DROP COLUMN extra;
+         UPDATE notes SET body = 'b3-A' WHERE id = 3;
+         INSERT INTO notes VALUES (20, 't20-A', 'b20-A');",
+    );
+    assert_eq!(
+        sqld.query("SELECT id, title, body FROM notes ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), cell("t1"), cell("b1")],
+            vec![Cell::Integer(2), cell("t2-B"), cell("b2")],
+            vec![Cell::Integer(3), cell("t3"), cell("b3-A")],
+            vec![Cell::Integer(5), cell("t5"), cell("b5")],
+            vec![Cell::Integer(10), cell("t10-B"), cell("b10-B")],
+            vec![Cell::Integer(20), cell("t20-A"), cell("b20-A")],
+        ]
+    );
+    assert!(sqld
+        .query("SELECT 1 FROM pragma_table_info('notes') WHERE name = 'extra'")
+        .is_empty());
+}
+
+#[test]
+fn a_renamed_column_is_pushed_with_both_sides_row_edits() {
+    let (sqld, _a, _b) = migrate_beside_a_teammate(
+        "ALTER TABLE notes RENAME COLUMN body TO content;
+         UPDATE notes SET content = 'b3-A' WHERE id = 3;
+         INSERT INTO notes VALUES (20, 't20-A', 'b20-A', 'x20-A');",
+    );
+    assert_eq!(
+        sqld.query("SELECT id, title, content, extra FROM notes ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), cell("t1"), cell("b1"), cell("x1")],
+            vec![Cell::Integer(2), cell("t2-B"), cell("b2"), cell("x2")],
+            vec![Cell::Integer(3), cell("t3"), cell("b3-A"), cell("x3")],
+            vec![Cell::Integer(5), cell("t5"), cell("b5"), cell("x5")],
+            vec![
+                Cell::Integer(10),
+                cell("t10-B"),
+                cell("b10-B"),
+                cell("x10-B")
+            ],
+            vec![
+                Cell::Integer(20),
+                cell("t20-A"),
+                cell("b20-A"),
+                cell("x20-A")
+            ],
+        ]
+    );
+}
+
+#[test]
+fn a_renamed_table_is_pushed_with_both_sides_row_edits() {
+    let (sqld, _a, _b) = migrate_beside_a_teammate(
+        "ALTER TABLE notes RENAME TO memos;
+         UPDATE memos SET body = 'b3-A' WHERE id = 3;
+         INSERT INTO memos VALUES (20, 't20-A', 'b20-A', 'x20-A');",
+    );
+    assert!(sqld
+        .query("SELECT 1 FROM sqlite_schema WHERE name = 'notes'")
+        .is_empty());
+    assert_eq!(
+        sqld.query("SELECT id, title, body, extra FROM memos ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), cell("t1"), cell("b1"), cell("x1")],
+            vec![Cell::Integer(2), cell("t2-B"), cell("b2"), cell("x2")],
+            vec![Cell::Integer(3), cell("t3"), cell("b3-A"), cell("x3")],
+            vec![Cell::Integer(5), cell("t5"), cell("b5"), cell("x5")],
+            vec![
+                Cell::Integer(10),
+                cell("t10-B"),
+                cell("b10-B"),
+                cell("x10-B")
+            ],
+            vec![
+                Cell::Integer(20),
+                cell("t20-A"),
+                cell("b20-A"),
+                cell("x20-A")
+            ],
+        ]
+    );
+}
+
+/// SQLite's documented 12-step procedure, changing a column's type and a constraint.
+#[test]
+fn a_twelve_step_rebuild_is_pushed_with_both_sides_row_edits() {
+    let (sqld, _a, _b) = migrate_beside_a_teammate(
+        "PRAGMA foreign_keys = OFF;
+         BEGIN;
+         CREATE TABLE new_notes(id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT, extra BLOB);
+         INSERT INTO new_notes(id, title, body, extra) SELECT id, title, body, extra FROM notes;
+         DROP TABLE notes;
+         ALTER TABLE new_notes RENAME TO notes;
+         CREATE INDEX notes_title ON notes(title);
+         PRAGMA foreign_key_check;
+         COMMIT;
+         PRAGMA foreign_keys = ON;
+         UPDATE notes SET body = 'b3-A' WHERE id = 3;
+         INSERT INTO notes VALUES (20, 't20-A', 'b20-A', 'x20-A');",
+    );
+    let sql = sqld.query("SELECT sql FROM sqlite_schema WHERE name = 'notes'");
+    assert!(
+        format!("{sql:?}").contains("NOT NULL"),
+        "the remote has the new definition: {sql:?}"
+    );
+    assert_eq!(
+        sqld.query("SELECT id, title, body, extra FROM notes ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), cell("t1"), cell("b1"), cell("x1")],
+            vec![Cell::Integer(2), cell("t2-B"), cell("b2"), cell("x2")],
+            vec![Cell::Integer(3), cell("t3"), cell("b3-A"), cell("x3")],
+            vec![Cell::Integer(5), cell("t5"), cell("b5"), cell("x5")],
+            vec![
+                Cell::Integer(10),
+                cell("t10-B"),
+                cell("b10-B"),
+                cell("x10-B")
+            ],
+            vec![
+                Cell::Integer(20),
+                cell("t20-A"),
+                cell("b20-A"),
+                cell("x20-A")
+            ],
+        ]
+    );
+}
+
+/// The remote's table changed too (a teammate added a column on the remote itself): a schema
+/// conflict that shows both definitions, and nothing changes on either side.
+#[test]
+fn a_migration_of_a_table_the_remote_changed_too_is_a_schema_conflict() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let a = tempdir();
+    ok(&sqld, a.path(), &["init", "--url", &sqld.url]);
+    sqlite3_cli(
+        &wc(a.path()),
+        b"ALTER TABLE notes DROP COLUMN extra; UPDATE notes SET body = 'b3-A' WHERE id = 3;",
+    );
+    sqld.exec("ALTER TABLE notes ADD COLUMN color TEXT");
+    let remote_before = local_dump_remote(&sqld);
+    let local_before = local_dump(&wc(a.path()));
+    for cmd in [&["push"][..], &["sync"][..]] {
+        let out = run(&sqld, a.path(), cmd);
+        assert_eq!(out.status.code(), Some(3), "{cmd:?}: {}", text(&out));
+        let said = text(&out);
+        assert!(
+            said.contains("color TEXT") && said.contains("body TEXT)"),
+            "{cmd:?} shows both definitions: {said}"
+        );
+        assert_eq!(local_dump_remote(&sqld), remote_before, "{cmd:?}");
+        assert_eq!(local_dump(&wc(a.path())), local_before, "{cmd:?}");
+    }
+}
+
+/// The remote's schema and rows, for "nothing changed" checks.
+fn local_dump_remote(sqld: &Sqld) -> Vec<Vec<Vec<Cell>>> {
+    vec![
+        sqld.query("SELECT type, name, sql FROM sqlite_schema ORDER BY name"),
+        sqld.query("SELECT * FROM notes ORDER BY id"),
+        sqld.query("SELECT * FROM tags ORDER BY id"),
+    ]
+}
