@@ -219,6 +219,8 @@ impl Deferred {
         if reads.is_empty() {
             return Ok(());
         }
+        let mut reads = reads;
+        by_hand_orphan_checks(remote, &mut reads)?;
         let written = self
             .txn
             .as_ref()
@@ -400,6 +402,122 @@ fn check(remote: &Remote, result: &BatchResult, roles: &[Role]) -> Result<(), Re
             Ok(())
         }
     }
+}
+
+/// Turso Sync's server (tursodb 0.7.0) has no `pragma_foreign_key_check` function, and its
+/// `PRAGMA foreign_key_check` returns nothing whatever the rows. So the orphan checks push sends
+/// ([`crate::schema::orphans_sql`]) are written out here from the table's foreign keys as the
+/// server lists them: each child row whose key columns are all set and that no parent row
+/// matches, with the columns `foreign_key_check` returns. A table whose name cannot be matched
+/// (one this transaction creates) keeps its check as it is.
+fn by_hand_orphan_checks(remote: &Remote, reads: &mut [(usize, Stmt)]) -> Result<(), RemoteError> {
+    const PREFIX: &str = "SELECT \"table\", rowid, parent, fkid FROM pragma_foreign_key_check(";
+    if !reads.iter().any(|(_, s)| s.sql.starts_with(PREFIX)) {
+        return Ok(());
+    }
+    let query = |sql: String,
+                 args: Vec<crate::value::Value>|
+     -> Result<Vec<Vec<crate::value::Value>>, RemoteError> {
+        let stmt = Stmt {
+            sql,
+            args,
+            want_rows: true,
+        };
+        remote
+            .pipeline(&[StreamRequest::Execute { stmt }])?
+            .pop()
+            .unwrap_or_else(|| Err(RemoteError::Protocol("missing result".into())))
+            .map(|r| r.rows)
+    };
+    let text = |v: &crate::value::Value| match v {
+        crate::value::Value::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+        _ => None,
+    };
+    let tables: Vec<String> = query(
+        "SELECT name FROM sqlite_schema WHERE type = 'table'".into(),
+        vec![],
+    )?
+    .iter()
+    .filter_map(|r| r.first().and_then(text))
+    .collect();
+    for (_, stmt) in reads.iter_mut().filter(|(_, s)| s.sql.starts_with(PREFIX)) {
+        let Some(table) = tables
+            .iter()
+            .find(|t| crate::schema::orphans_sql(t) == stmt.sql)
+        else {
+            continue;
+        };
+        let fks = query(
+            "SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?) ORDER BY id, seq".into(),
+            vec![crate::value::Value::text(table)],
+        )?;
+        // (id, parent, [(child column, parent column or its primary key's)])
+        let mut keys: Vec<(i64, String, Vec<(String, Option<String>)>)> = Vec::new();
+        for row in &fks {
+            let (Some(crate::value::Value::Integer(id)), Some(parent), Some(from)) = (
+                row.first(),
+                row.get(1).and_then(text),
+                row.get(2).and_then(text),
+            ) else {
+                return Err(RemoteError::Protocol(format!(
+                    "unexpected pragma_foreign_key_list row {row:?}"
+                )));
+            };
+            let to = row.get(3).and_then(text);
+            match keys.last_mut() {
+                Some((last, _, cols)) if last == id => cols.push((from, to)),
+                _ => keys.push((*id, parent, vec![(from, to)])),
+            }
+        }
+        let mut parts = Vec::new();
+        for (id, parent, mut cols) in keys {
+            if cols.iter().any(|(_, to)| to.is_none()) {
+                let pk: Vec<String> = query(
+                    "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk".into(),
+                    vec![crate::value::Value::text(&parent)],
+                )?
+                .iter()
+                .filter_map(|r| r.first().and_then(text))
+                .collect();
+                for (i, (_, to)) in cols.iter_mut().enumerate() {
+                    if to.is_none() {
+                        *to = pk.get(i).cloned();
+                    }
+                }
+            }
+            let set: Vec<String> = cols
+                .iter()
+                .map(|(from, _)| format!("c.{} IS NOT NULL", sql::ident(from)))
+                .collect();
+            let matched: Vec<String> = cols
+                .iter()
+                .map(|(from, to)| {
+                    format!(
+                        "p.{} = c.{}",
+                        sql::ident(to.as_deref().unwrap_or("rowid")),
+                        sql::ident(from)
+                    )
+                })
+                .collect();
+            parts.push(format!(
+                "SELECT {} AS \"table\", c.rowid AS rowid, {} AS parent, {id} AS fkid FROM {} AS c \
+                 WHERE {} AND NOT EXISTS (SELECT 1 FROM {} AS p WHERE {})",
+                sql::text_literal(table),
+                sql::text_literal(&parent),
+                sql::ident(table),
+                set.join(" AND "),
+                sql::ident(&parent),
+                matched.join(" AND ")
+            ));
+        }
+        stmt.sql = if parts.is_empty() {
+            "SELECT NULL, NULL, NULL, NULL WHERE 0".into()
+        } else {
+            parts.join(" UNION ALL ")
+        };
+        stmt.args.clear();
+    }
+    Ok(())
 }
 
 /// One statement outside any transaction, in a request of its own.
