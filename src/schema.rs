@@ -584,6 +584,13 @@ mod tests {
             Some(UniqueFailure::Index("it_v"))
         );
         assert_eq!(
+            parse_unique_failure("Runtime error: UNIQUE constraint failed: parent.name (19)"),
+            Some(UniqueFailure::Columns {
+                table: "parent",
+                columns: vec!["name"]
+            })
+        );
+        assert_eq!(
             parse_unique_failure("NOT NULL constraint failed: t.a"),
             None
         );
@@ -697,6 +704,17 @@ pub enum UniqueFailure<'a> {
 pub fn parse_unique_failure(message: &str) -> Option<UniqueFailure<'_>> {
     let (_, what) = message.split_once("UNIQUE constraint failed: ")?;
     let what = what.trim();
+    // tursodb ends the message with SQLite's result code: `… parent.name (19)`.
+    let what = match what.rsplit_once(" (") {
+        Some((head, code))
+            if code
+                .strip_suffix(')')
+                .is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            head
+        }
+        _ => what,
+    };
     if let Some(index) = what
         .strip_prefix("index '")
         .and_then(|i| i.strip_suffix('\''))
