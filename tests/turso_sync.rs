@@ -423,3 +423,76 @@ fn status_says_what_the_remote_speaks() {
     let s = status_json(q.path(), &token);
     assert_eq!(s["protocol"]["name"], "sql", "{s}");
 }
+
+/// Foreign keys: tursodb has no `pragma_foreign_key_check`, so the orphan checks are written
+/// out by hand there. A push of parents and children goes through; a push that would leave a
+/// teammate's new child without its parent is refused whole (exit 3).
+#[test]
+fn foreign_keys_push_and_a_push_that_would_orphan_is_refused() {
+    let server = TursoSync::start();
+    server.exec(&[
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT)",
+        "CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id))",
+        "INSERT INTO parent VALUES (1, 'a'), (2, 'b')",
+        "INSERT INTO child VALUES (10, 1)",
+    ]);
+    let (a, b) = (tempdir(), tempdir());
+    init(&server, a.path());
+    init(&server, b.path());
+    edit(
+        a.path(),
+        "INSERT INTO parent VALUES (3, 'c'); INSERT INTO child VALUES (11, 3), (12, 2)",
+    );
+    let out = run(a.path(), &["push"]);
+    assert!(out.status.success(), "{}", text(&out));
+    server.assert_table_eq(&wc(a.path()), "SELECT id, parent_id FROM child ORDER BY id");
+
+    // B removes parent 2, which A's new child 12 now points at.
+    edit(
+        b.path(),
+        "DELETE FROM parent WHERE id = 2; UPDATE parent SET name = 'A' WHERE id = 1",
+    );
+    let out = run(b.path(), &["push"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("child"), "{}", text(&out));
+    assert_eq!(
+        server.query("SELECT id, name FROM parent ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), Cell::text("a")],
+            vec![Cell::Integer(2), Cell::text("b")],
+            vec![Cell::Integer(3), Cell::text("c")],
+        ],
+        "a refused push changed the remote"
+    );
+}
+
+/// A row whose UNIQUE value a teammate took meanwhile: tursodb words the failure its own way
+/// (`Runtime error: UNIQUE constraint failed: parent.name (19)`); it is still a `unique`
+/// conflict naming the row, exit 3, with nothing changed.
+#[test]
+fn a_unique_value_taken_meanwhile_is_a_conflict() {
+    let server = TursoSync::start();
+    server.exec(&[
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT UNIQUE)",
+        "INSERT INTO parent VALUES (1, 'a'), (2, 'b')",
+    ]);
+    let (a, b) = (tempdir(), tempdir());
+    init(&server, a.path());
+    init(&server, b.path());
+    edit(a.path(), "UPDATE parent SET name = 'x' WHERE id = 2");
+    run_ok(tursync(a.path()).arg("push"));
+    edit(
+        b.path(),
+        "INSERT INTO parent VALUES (5, 'x'); UPDATE parent SET name = 'A' WHERE id = 1",
+    );
+    let out = run(b.path(), &["push"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("UNIQUE"), "{}", text(&out));
+    assert_eq!(
+        server.query("SELECT id, name FROM parent ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), Cell::text("a")],
+            vec![Cell::Integer(2), Cell::text("x")],
+        ]
+    );
+}
