@@ -404,6 +404,10 @@ fn check(remote: &Remote, result: &BatchResult, roles: &[Role]) -> Result<(), Re
     }
 }
 
+/// One foreign key of a table: its id, its parent, and its columns as (child column, parent
+/// column, when declared).
+type ForeignKeyCols = (i64, String, Vec<(String, Option<String>)>);
+
 /// Turso Sync's server (tursodb 0.7.0) has no `pragma_foreign_key_check` function, and its
 /// `PRAGMA foreign_key_check` returns nothing whatever the rows. So the orphan checks push sends
 /// ([`crate::schema::orphans_sql`]) are written out here from the table's foreign keys as the
@@ -451,8 +455,7 @@ fn by_hand_orphan_checks(remote: &Remote, reads: &mut [(usize, Stmt)]) -> Result
             "SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?) ORDER BY id, seq".into(),
             vec![crate::value::Value::text(table)],
         )?;
-        // (id, parent, [(child column, parent column or its primary key's)])
-        let mut keys: Vec<(i64, String, Vec<(String, Option<String>)>)> = Vec::new();
+        let mut keys: Vec<ForeignKeyCols> = Vec::new();
         for row in &fks {
             let (Some(crate::value::Value::Integer(id)), Some(parent), Some(from)) = (
                 row.first(),

@@ -299,12 +299,12 @@ mod tests {
     #[test]
     fn length_delimited_messages_are_read_one_by_one() {
         let mut body = Vec::new();
-        for page in [PageData {
+        PageData {
             page_id: 3,
             encoded_page: vec![7; 300],
-        }] {
-            page.encode_length_delimited(&mut body).unwrap();
         }
+        .encode_length_delimited(&mut body)
+        .unwrap();
         let mut r = std::io::Cursor::new(body);
         let mut buf = Vec::new();
         assert!(next_message(&mut r, &mut buf).unwrap());
