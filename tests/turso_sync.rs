@@ -496,3 +496,36 @@ fn a_unique_value_taken_meanwhile_is_a_conflict() {
         ]
     );
 }
+
+/// tursodb 0.7.0, after a `pragma_*` function ran on its connection, keeps later autocommit
+/// writes in a transaction the next ROLLBACK undoes. A push to tables with foreign keys runs a
+/// trial batch that ends in ROLLBACK (its orphan check after the writes): a teammate's row
+/// written just before must survive it.
+#[test]
+fn a_teammates_write_survives_a_push_that_checks_orphans() {
+    let server = TursoSync::start();
+    server.exec(&[
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT)",
+        "CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id))",
+        "INSERT INTO parent VALUES (1, 'a')",
+    ]);
+    let dir = tempdir();
+    init(&server, dir.path());
+    // A teammate's write, autocommit, in its own request (after init's pragma reads).
+    server.query("INSERT INTO parent VALUES (78, 'teammate') RETURNING id");
+    edit(dir.path(), "INSERT INTO child VALUES (10, 1)");
+    let out = run(dir.path(), &["push"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        server.query("SELECT id, name FROM parent ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), Cell::text("a")],
+            vec![Cell::Integer(78), Cell::text("teammate")],
+        ],
+        "the teammate's row was lost"
+    );
+    assert_eq!(
+        server.query("SELECT id, parent_id FROM child"),
+        vec![vec![Cell::Integer(10), Cell::Integer(1)]]
+    );
+}
