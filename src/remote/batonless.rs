@@ -247,7 +247,7 @@ impl Deferred {
     }
 
     /// The transaction's kept statements as batch steps, each on condition that the one before
-    /// succeeded: the settings, then (with `precheck`) every guard once before `BEGIN
+    /// succeeded: an empty transaction (see below), the settings, then (with `precheck`) every guard once before `BEGIN
     /// IMMEDIATE`, then `BEGIN IMMEDIATE` and the kept statements in order. Returns the steps,
     /// each one's role, and the index of `BEGIN`.
     fn steps(&self, entries: &[Entry], precheck: bool) -> (Vec<BatchStep>, Vec<Role>, usize) {
@@ -261,6 +261,11 @@ impl Deferred {
             steps.push(BatchStep { stmt, condition });
             roles.push(role);
         };
+        // tursodb 0.7.0, once a `pragma_*` function ran on its one connection, keeps the
+        // autocommit writes of later requests in an open transaction that the next ROLLBACK
+        // (explicit, or after a failed step) undoes. An empty transaction commits them first.
+        push(plain("BEGIN IMMEDIATE"), Role::Setup, &mut steps);
+        push(plain("COMMIT"), Role::Setup, &mut steps);
         for s in &self.setup {
             push(s.clone(), Role::Setup, &mut steps);
         }
@@ -344,8 +349,7 @@ impl Deferred {
     /// The whole transaction as one batch.
     fn commit(&self, remote: &Remote, entries: Vec<Entry>) -> Result<StmtResult, RemoteError> {
         // The guards run once before `BEGIN` too: a race is then found with no transaction
-        // open, so nothing is rolled back (tursodb 0.7.0 can lose other clients' commits when
-        // it rolls back; see docs/ARCHITECTURE.md), and again inside it, where they hold.
+        // open, so nothing is rolled back, and again inside it, where they hold.
         let (mut steps, mut roles, begin) = self.steps(&entries, true);
         let commit = steps.len();
         steps.push(BatchStep {
