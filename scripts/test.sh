@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole test suite against a real sqld.
+# Run the whole test suite against a real sqld (and a real tursodb for the Turso Sync tests).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test harness_selftest`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,6 +10,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 sqld_bin="$(bash scripts/install-sqld.sh)"
 export SQLD_BIN="$sqld_bin"
 echo "test.sh: using sqld at $SQLD_BIN" >&2
+
+# The Turso Sync tests find `tursodb --sync-server` through TURSODB_BIN, installed the same way.
+tursodb_bin="$(bash scripts/install-tursodb.sh)"
+export TURSODB_BIN="$tursodb_bin"
+echo "test.sh: using tursodb at $TURSODB_BIN" >&2
 
 # sqldiff (Debian's sqlite3-tools) is the outside oracle of the diff tests, and the sqlite3 shell
 # (Debian's sqlite3) loads `dump` and `diff --sql` output as a user would. tursync itself

@@ -170,7 +170,7 @@ pub struct FetchOptions {
     /// Read the server's replication log into a mirror when it serves one (see
     /// [`crate::mirror`]); otherwise, or when the log fails, rows are read over SQL. On by
     /// default; `TURSYNC_NO_LOG` in the environment turns it off, so the two paths can be
-    /// compared on one server.
+    /// compared on one server, and so does `TURSYNC_PROTOCOL=sql` or `turso-sync`.
     pub use_log: bool,
 }
 
@@ -180,7 +180,7 @@ impl Default for FetchOptions {
             workers: 4,
             target_bytes: 3 << 20,
             split_rows: 20_000,
-            use_log: std::env::var_os("TURSYNC_NO_LOG").is_none(),
+            use_log: crate::protocol::log_allowed(),
         }
     }
 }

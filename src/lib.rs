@@ -16,6 +16,7 @@ pub mod orphans;
 pub mod page_sums;
 pub mod pages;
 pub mod progress;
+pub mod protocol;
 pub mod pull;
 pub mod push;
 mod push_record;

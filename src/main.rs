@@ -385,6 +385,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     report.schema.skipped.join(", ")
                 );
             }
+            // What the remote speaks, recorded for status and later commands; a failed probe
+            // is only a note: the next status probes again.
+            match tursync::protocol::detect(&report.workspace, &remote) {
+                Ok((found, _)) if !cli.quiet => {
+                    println!("protocol: {} ({})", found.protocol.as_str(), found.reason)
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("note: could not find out what the remote speaks: {e}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => status(&cli, *json),
@@ -541,6 +550,9 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
                 Err(e) => ("error", Some(e.to_string())),
             };
             ok = state == "ok";
+            if let Ok(ws) = &ws {
+                report["protocol"] = protocol_report(ws, &remote, ok);
+            }
             report["remote"] = json!({
                 "url": endpoint.to_string(),
                 "token": if remote.has_token() { "set" } else { "not set" },
@@ -589,6 +601,31 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// What the remote speaks ([`tursync::protocol`]): probed when nothing is recorded or the
+/// record no longer holds, and only when the remote answers (`reachable`); else as recorded.
+fn protocol_report(ws: &Workspace, remote: &Remote, reachable: bool) -> serde_json::Value {
+    let shown = |d: &tursync::protocol::Detected, again: Option<String>| {
+        json!({
+            "name": d.protocol.as_str(),
+            "reason": d.reason,
+            "forced": d.forced,
+            "probed_again_because": again,
+        })
+    };
+    if !reachable {
+        return match tursync::protocol::recorded(ws) {
+            Some(d) => shown(&d, None),
+            None => {
+                json!({"name": "unknown", "reason": "not probed yet: the remote did not answer"})
+            }
+        };
+    }
+    match tursync::protocol::detect(ws, remote) {
+        Ok((d, again)) => shown(&d, again),
+        Err(e) => json!({"name": "unknown", "reason": e.to_string()}),
+    }
 }
 
 /// How pulls read the remote: from the replication log into the mirror, or over SQL, and why.
@@ -708,6 +745,22 @@ fn print_status(r: &serde_json::Value) {
             }
         }
         None => {}
+    }
+    let protocol = &r["protocol"];
+    if let Some(name) = protocol["name"].as_str() {
+        let what = match name {
+            "log" => "sqld's replication log",
+            "turso-sync" => "Turso Sync (/pull-updates pages, a pipeline without streams)",
+            "sql" => "SQL only",
+            _ => "unknown",
+        };
+        println!(
+            "protocol       {what}: {}",
+            protocol["reason"].as_str().unwrap_or("?")
+        );
+        if let Some(why) = protocol["probed_again_because"].as_str() {
+            println!("protocol       probed again, because {why}");
+        }
     }
     println!(
         "external tools none needed (SQLite {} is built in)",

@@ -1249,6 +1249,7 @@ fn send_writes(stream: &mut Stream<'_>, writes: Vec<Write>, run: &mut Run<'_>) -
         batch.push(w.stmt);
         expect.push(w.rows);
         if bytes > BYTES_PER_REQUEST || i + 1 == total {
+            stream.expect_changes(&expect);
             let results = send(stream, std::mem::take(&mut batch), &mut run.report)?;
             for (res, want) in results.iter().zip(&expect) {
                 if *want > 0 && res.affected_row_count as usize != *want {

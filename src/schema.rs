@@ -288,14 +288,18 @@ pub enum SchemaError {
     Malformed(String),
 }
 
-/// Tables that belong to SQLite, libSQL or Litestream rather than to the app. They are never
-/// copied (`sqlite_sequence` is copied on its own, after the data).
+/// Tables that belong to SQLite, libSQL, Litestream or Turso Sync's clients rather than to the
+/// app. They are never copied (`sqlite_sequence` is copied on its own, after the data).
 pub fn is_internal(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     n.starts_with("sqlite_")
         || n.starts_with("_litestream_")
         || n.starts_with("libsql_")
         || n.starts_with("__turso_internal")
+        || matches!(
+            n.as_str(),
+            "turso_cdc" | "turso_cdc_version" | "turso_sync_last_change_id"
+        )
 }
 
 /// A catalog cell that holds a name or SQL text: TEXT in UTF-8, or an error naming `what` was
@@ -580,6 +584,13 @@ mod tests {
             Some(UniqueFailure::Index("it_v"))
         );
         assert_eq!(
+            parse_unique_failure("Runtime error: UNIQUE constraint failed: parent.name (19)"),
+            Some(UniqueFailure::Columns {
+                table: "parent",
+                columns: vec!["name"]
+            })
+        );
+        assert_eq!(
             parse_unique_failure("NOT NULL constraint failed: t.a"),
             None
         );
@@ -693,6 +704,17 @@ pub enum UniqueFailure<'a> {
 pub fn parse_unique_failure(message: &str) -> Option<UniqueFailure<'_>> {
     let (_, what) = message.split_once("UNIQUE constraint failed: ")?;
     let what = what.trim();
+    // tursodb ends the message with SQLite's result code: `… parent.name (19)`.
+    let what = match what.rsplit_once(" (") {
+        Some((head, code))
+            if code
+                .strip_suffix(')')
+                .is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            head
+        }
+        _ => what,
+    };
     if let Some(index) = what
         .strip_prefix("index '")
         .and_then(|i| i.strip_suffix('\''))

@@ -468,7 +468,9 @@ fn clone_from_log(
     opts: FetchOptions,
 ) -> Result<std::result::Result<LogClone, Option<String>>> {
     if !opts.use_log {
-        return Ok(Err(Some("TURSYNC_NO_LOG is set".into())));
+        return Ok(Err(Some(
+            "TURSYNC_NO_LOG is set, or TURSYNC_PROTOCOL names another protocol".into(),
+        )));
     }
     let mirror = Mirror::new(state.to_path_buf());
     let mut log = ReplicationLog::new(remote);

@@ -9,12 +9,14 @@
 //! Reads are retried here when the network or the server fails in a way that passes
 //! ([`retry`]); push retries whole transactions through [`Remote::retrying`].
 
+mod batonless;
 pub mod proto;
 pub mod replication;
 pub mod retry;
 mod tls;
+pub mod turso_sync;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +64,8 @@ pub enum RemoteError {
         message: String,
         code: Option<String>,
     },
+    #[error("the remote changed while a transaction was being prepared ({0}); it was not committed and is tried again")]
+    Raced(String),
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
     #[error("the remote holds an infinite REAL value, which Hrana over JSON cannot carry")]
@@ -77,7 +81,8 @@ impl RemoteError {
             RemoteError::Unreachable { .. }
             | RemoteError::Dropped { .. }
             | RemoteError::Unavailable { .. }
-            | RemoteError::StreamExpired => true,
+            | RemoteError::StreamExpired
+            | RemoteError::Raced(_) => true,
             RemoteError::Sql { code, message } => {
                 matches!(
                     code.as_deref(),
@@ -188,6 +193,9 @@ pub struct Remote {
     token: Option<Arc<str>>,
     agent: ureq::Agent,
     v2_only: Arc<AtomicBool>,
+    /// Whether the server keeps streams (batons, `close`): [`STREAMS_UNKNOWN`] until a request
+    /// tells.
+    streams: Arc<AtomicU8>,
     /// Set once the server answered anything: from then on a refused connection is a server
     /// restarting, not a wrong URL.
     reached: Arc<AtomicBool>,
@@ -238,6 +246,7 @@ impl Remote {
             token: token.filter(|t| !t.is_empty()).map(Arc::from),
             agent,
             v2_only: Arc::new(AtomicBool::new(false)),
+            streams: Arc::new(AtomicU8::new(streams_from_env())),
             reached: Arc::new(AtomicBool::new(false)),
             retry_for: DEFAULT_RETRY_FOR,
             on_retry: None,
@@ -333,6 +342,40 @@ impl Remote {
             remote: self,
             baton: None,
             base_url: None,
+            deferred: None,
+        }
+    }
+
+    /// Whether the server keeps streams between requests (sqld) or takes only `execute` and
+    /// `batch` requests without a baton (Turso Sync's server). Asked once per process, with a
+    /// harmless `SELECT 1` and `close`, unless a request already told, or `TURSYNC_PROTOCOL`
+    /// names a protocol.
+    pub fn has_streams(&self) -> Result<bool, RemoteError> {
+        match self.streams.load(Ordering::Relaxed) {
+            STREAMS_YES => return Ok(true),
+            STREAMS_NO => return Ok(false),
+            _ => {}
+        }
+        let reqs = [
+            StreamRequest::Execute {
+                stmt: Stmt {
+                    sql: "SELECT 1".into(),
+                    args: vec![],
+                    want_rows: false,
+                },
+            },
+            StreamRequest::Close,
+        ];
+        self.retrying(|| self.pipeline(&reqs))?;
+        Ok(self.streams.load(Ordering::Relaxed) != STREAMS_NO)
+    }
+
+    /// Whether the server keeps streams, if a request has told yet.
+    pub fn streams_known(&self) -> Option<bool> {
+        match self.streams.load(Ordering::Relaxed) {
+            STREAMS_YES => Some(true),
+            STREAMS_NO => Some(false),
+            _ => None,
         }
     }
 
@@ -348,9 +391,59 @@ impl Remote {
             .map(|stmt| StreamRequest::Execute { stmt })
             .collect();
         reqs.push(StreamRequest::Close);
-        let mut results = self.retrying(|| self.stream().send(&reqs))?;
+        let mut results = self.retrying(|| self.pipeline(&reqs))?;
         results.pop();
         Ok(results)
+    }
+
+    /// Requests that open no transaction, in one HTTP request without a baton, each with its
+    /// result (a `close` among them answered here when the server keeps no streams). A server
+    /// that refuses `close` as a request it does not know is one without streams: noted, and
+    /// the requests are sent again without it.
+    fn pipeline(
+        &self,
+        requests: &[StreamRequest],
+    ) -> Result<Vec<Result<StmtResult, RemoteError>>, RemoteError> {
+        let streams = self.streams.load(Ordering::Relaxed);
+        if streams == STREAMS_NO {
+            let kept: Vec<StreamRequest> = requests
+                .iter()
+                .filter(|r| !matches!(r, StreamRequest::Close))
+                .cloned()
+                .collect();
+            let mut answers = if kept.is_empty() {
+                Vec::new()
+            } else {
+                self.stream().send_raw(&kept)?
+            }
+            .into_iter();
+            return Ok(requests
+                .iter()
+                .map(|r| match r {
+                    StreamRequest::Close => Ok(StmtResult::default()),
+                    _ => answers
+                        .next()
+                        .unwrap_or_else(|| Err(RemoteError::Protocol("missing result".into()))),
+                })
+                .collect());
+        }
+        let has_close = requests.iter().any(|r| matches!(r, StreamRequest::Close));
+        match self.stream().send_raw(requests) {
+            Err(RemoteError::Http {
+                status: 500,
+                message,
+            }) if has_close && message.contains("unknown variant `close`") => {
+                self.streams.store(STREAMS_NO, Ordering::Relaxed);
+                self.pipeline(requests)
+            }
+            Ok(answers) => {
+                if has_close {
+                    self.streams.store(STREAMS_YES, Ordering::Relaxed);
+                }
+                Ok(answers)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs one statement on a fresh stream.
@@ -366,6 +459,14 @@ impl Remote {
     }
 
     fn post(&self, base: &str, body: &[u8]) -> Result<PipelineResp, RemoteError> {
+        self.post_as(base, body)
+    }
+
+    fn post_as<T: serde::de::DeserializeOwned>(
+        &self,
+        base: &str,
+        body: &[u8],
+    ) -> Result<T, RemoteError> {
         let v2 = self.v2_only.load(Ordering::Relaxed);
         let (status, bytes, after) = self.post_raw(base, if v2 { "v2" } else { "v3" }, body)?;
         let (status, bytes, after) = if status == 404 && !v2 {
@@ -470,6 +571,36 @@ impl Remote {
                 .timeout_per_read(Some(quiet));
         }
         let resp = config
+            .build()
+            .send(body)
+            .map_err(|e| self.network_error(e))?;
+        self.reached.store(true, Ordering::Relaxed);
+        Ok(resp)
+    }
+
+    /// One POST of `body` to `path` below the endpoint, with the agent, token, proxy and TLS of
+    /// every request; the answer's body is left to the caller to stream within `body_timeout`.
+    pub(crate) fn post_bytes(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+        body_timeout: Duration,
+    ) -> Result<ureq::http::Response<ureq::Body>, RemoteError> {
+        if let Some(e) = &self.proxy_error {
+            return Err(RemoteError::Client {
+                url: self.endpoint.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        let url = format!("{}/{path}", self.endpoint.base);
+        let mut req = self.agent.post(&url).header("Content-Type", content_type);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = req
+            .config()
+            .timeout_recv_body(Some(body_timeout))
             .build()
             .send(body)
             .map_err(|e| self.network_error(e))?;
@@ -612,11 +743,38 @@ pub struct Stream<'r> {
     remote: &'r Remote,
     baton: Option<String>,
     base_url: Option<String>,
+    /// On a server without streams, the transaction kept on this side
+    /// ([`batonless::Deferred`]).
+    deferred: Option<batonless::Deferred>,
 }
 
 impl Stream<'_> {
-    /// Sends requests in one HTTP round trip and returns one result per request, in order.
+    /// Sends requests in one HTTP round trip and returns one result per request, in order. On a
+    /// server without streams a transaction is kept here and sent whole, as one batch, at its
+    /// `COMMIT` ([`batonless`]).
     pub fn send(
+        &mut self,
+        requests: &[StreamRequest],
+    ) -> Result<Vec<Result<StmtResult, RemoteError>>, RemoteError> {
+        if self.deferred.is_none() && self.baton.is_none() && !self.remote.has_streams()? {
+            self.deferred = Some(batonless::Deferred::default());
+        }
+        match self.deferred.as_mut() {
+            Some(d) => d.send(self.remote, requests),
+            None => self.send_raw(requests),
+        }
+    }
+
+    /// The row counts the next writes sent through this stream must change, in order (0: not
+    /// counted). Only a server without streams needs them: a write is answered there before it
+    /// runs, with this count, and the count is checked when the transaction commits.
+    pub fn expect_changes(&mut self, counts: &[usize]) {
+        if let Some(d) = self.deferred.as_mut() {
+            d.expect(counts);
+        }
+    }
+
+    fn send_raw(
         &mut self,
         requests: &[StreamRequest],
     ) -> Result<Vec<Result<StmtResult, RemoteError>>, RemoteError> {
@@ -653,6 +811,24 @@ impl Stream<'_> {
                 ))),
             })
             .collect())
+    }
+}
+
+const STREAMS_UNKNOWN: u8 = 0;
+const STREAMS_YES: u8 = 1;
+const STREAMS_NO: u8 = 2;
+
+/// What `TURSYNC_PROTOCOL` says of streams: Turso Sync's server keeps none, sqld's log and plain
+/// SQL mean sqld (or Turso Cloud's Hrana), which keeps them.
+fn streams_from_env() -> u8 {
+    match std::env::var("TURSYNC_PROTOCOL")
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        Some("turso-sync") => STREAMS_NO,
+        Some("log") => STREAMS_YES,
+        _ => STREAMS_UNKNOWN,
     }
 }
 

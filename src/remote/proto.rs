@@ -28,6 +28,59 @@ pub enum StreamRequest {
     Execute { stmt: Stmt },
     Sequence { sql: String },
     Close,
+    Batch { batch: Batch },
+}
+
+/// Statements run in order, each only when its condition holds ([`BatchCond`]). Servers
+/// without streams (Turso Sync) run a transaction as one batch: `BEGIN`, every statement on
+/// condition that the one before succeeded, `COMMIT` likewise, `ROLLBACK` otherwise.
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct Batch {
+    pub steps: Vec<BatchStep>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct BatchStep {
+    pub stmt: Stmt,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<BatchCond>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BatchCond {
+    Ok { step: usize },
+    Not { cond: Box<BatchCond> },
+    And { conds: Vec<BatchCond> },
+}
+
+/// The answer to a pipeline of one `batch` request.
+#[derive(Deserialize, Debug)]
+pub struct BatchPipelineResp {
+    pub results: Vec<BatchStreamResult>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct BatchStreamResult {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub response: Option<BatchResponse>,
+    pub error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct BatchResponse {
+    pub result: Option<BatchResult>,
+}
+
+/// One entry per step: its result if it ran and succeeded, its error if it failed; both
+/// `null` when its condition did not hold.
+#[derive(Deserialize, Debug, Default)]
+pub struct BatchResult {
+    #[serde(default)]
+    pub step_results: Vec<Option<StmtResult>>,
+    #[serde(default)]
+    pub step_errors: Vec<Option<ErrorBody>>,
 }
 
 #[derive(Debug, Clone)]

@@ -1337,3 +1337,247 @@ pub fn exec_at(url: &str, token: &str, sql: &str) {
         "{sql}: HTTP {status}: {text}"
     );
 }
+
+/// Where tursodb (the Turso Sync server) is: `$TURSODB_BIN`, else the copy
+/// `scripts/install-tursodb.sh` puts in `~/.cache/tursync/tursodb/tursodb`.
+/// Panics (never skips) when there is none.
+pub fn tursodb_bin() -> PathBuf {
+    const HOWTO: &str =
+        "install it with `scripts/install-tursodb.sh` (or run the tests via `scripts/test.sh`)";
+    if let Some(bin) = std::env::var_os("TURSODB_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "TURSODB_BIN={} does not exist; {HOWTO}",
+            bin.display()
+        );
+        return bin;
+    }
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let cached = Path::new(&home).join(".cache/tursync/tursodb/tursodb");
+    assert!(
+        cached.is_file(),
+        "tursodb not found (no TURSODB_BIN, no {}); {HOWTO}",
+        cached.display()
+    );
+    cached
+}
+
+/// A running `tursodb DB --sync-server 127.0.0.1:PORT`: Turso Sync's server, which serves
+/// `POST /pull-updates` and a `/v2/pipeline` that takes only `execute` and `batch` requests
+/// (no baton, no `close`). No authentication (any token is accepted). Killed on drop.
+pub struct TursoSync {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    port: u16,
+    child: Option<Child>,
+    agent: ureq::Agent,
+    dir: TempDir,
+}
+
+impl TursoSync {
+    /// Starts a server on an empty database and waits until its pipeline answers. Seed it with
+    /// [`TursoSync::exec`]: a server started on an existing checkpointed file serves no pages.
+    pub fn start() -> TursoSync {
+        let dir = tempdir();
+        let mut server = TursoSync {
+            url: String::new(),
+            port: 0,
+            child: None,
+            agent: http_agent(),
+            dir,
+        };
+        let mut last = String::new();
+        for _ in 0..4 {
+            server.port = free_port();
+            server.url = format!("http://127.0.0.1:{}", server.port);
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(log) => last = log,
+            }
+        }
+        panic!("tursodb --sync-server exited during startup; log:\n{last}");
+    }
+
+    /// The server's database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("server.db")
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read(self.dir.path().join("tursodb.log")).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tursodb.log"))
+            .expect("open tursodb log file");
+        let log2 = log.try_clone().expect("clone tursodb log file handle");
+        let mut cmd = Command::new(tursodb_bin());
+        cmd.arg(self.db_path())
+            .arg("--sync-server")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let pid = child.id();
+        self.child = Some(child);
+        let deadline = Instant::now() + HEALTH_TIMEOUT;
+        loop {
+            let probe = self
+                .agent
+                .post(format!("{}/v2/pipeline", self.url))
+                .config()
+                .timeout_global(Some(Duration::from_secs(1)))
+                .build()
+                .send(
+                    json!({"requests": [{"type": "execute", "stmt": {"sql": "SELECT 1"}}]})
+                        .to_string(),
+                );
+            if let Ok(resp) = probe {
+                if resp.status() == 200 && listens_on(pid, self.port) {
+                    return Ok(());
+                }
+            }
+            let child = self.child.as_mut().expect("tursodb child is running");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Err(format!("({status})\n{}", self.log_tail(40)));
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!(
+                    "tursodb not answering after {HEALTH_TIMEOUT:?} on {}; log:\n{}",
+                    self.url,
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Posts one pipeline request and returns its `response`, panicking on any error.
+    fn request(&self, request: &Value) -> Value {
+        let body = json!({ "requests": [request] });
+        let mut resp = self
+            .agent
+            .post(format!("{}/v2/pipeline", self.url))
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .unwrap_or_else(|e| panic!("POST {}/v2/pipeline: {e}", self.url));
+        let status = resp.status().as_u16();
+        let mut text = String::new();
+        resp.body_mut()
+            .with_config()
+            .reader()
+            .read_to_string(&mut text)
+            .expect("read pipeline response body");
+        assert_eq!(
+            status, 200,
+            "pipeline failed with HTTP {status}: {text}\nrequest: {request}"
+        );
+        let mut reply: Value = serde_json::from_str(&text).expect("pipeline response is JSON");
+        let result = reply["results"][0].take();
+        match result["type"].as_str() {
+            Some("ok") => result["response"].clone(),
+            _ => panic!("remote request failed: {result}\nrequest: {request}"),
+        }
+    }
+
+    /// Runs statements, one each (the server's `execute` runs only the first statement of a
+    /// script), in one batch that stops at the first failing one, panicking on it.
+    pub fn exec(&self, stmts: &[&str]) {
+        turso_exec_at(&self.url, stmts);
+    }
+
+    /// Runs one statement and returns its rows.
+    pub fn query(&self, sql: &str) -> Vec<Vec<Cell>> {
+        let response =
+            self.request(&json!({"type": "execute", "stmt": {"sql": sql, "want_rows": true}}));
+        let rows = response["result"]["rows"]
+            .as_array()
+            .expect("execute result has rows");
+        rows.iter()
+            .map(|row| {
+                let row = row.as_array().expect("row is an array");
+                row.iter().map(|v| decode_value(v, sql)).collect()
+            })
+            .collect()
+    }
+
+    /// Asserts `select_sql` (give it an ORDER BY) returns the same rows on the server and in
+    /// the local file.
+    pub fn assert_table_eq(&self, local: &Path, select_sql: &str) {
+        let remote = self.query(select_sql);
+        let local_rows = local_query(local, select_sql);
+        assert_eq!(remote, local_rows, "rows differ for {select_sql:?}");
+    }
+}
+
+impl Drop for TursoSync {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs statements on the Turso Sync server at `url` as [`TursoSync::exec`] does: for use where
+/// the test's server cannot go (inside a [`HookProxy`]'s hook).
+pub fn turso_exec_at(url: &str, stmts: &[&str]) {
+    let steps: Vec<Value> = stmts
+        .iter()
+        .enumerate()
+        .map(|(i, sql)| {
+            if i == 0 {
+                json!({"stmt": {"sql": sql}})
+            } else {
+                json!({"stmt": {"sql": sql}, "condition": {"type": "ok", "step": i - 1}})
+            }
+        })
+        .collect();
+    let body = json!({"requests": [{"type": "batch", "batch": {"steps": steps}}]});
+    let mut resp = http_agent()
+        .post(format!("{url}/v2/pipeline"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap_or_else(|e| panic!("POST {url}/v2/pipeline: {e}"));
+    let status = resp.status().as_u16();
+    let mut text = String::new();
+    resp.body_mut()
+        .with_config()
+        .reader()
+        .read_to_string(&mut text)
+        .expect("read pipeline response body");
+    assert_eq!(status, 200, "pipeline failed with HTTP {status}: {text}");
+    let reply: Value = serde_json::from_str(&text).expect("pipeline response is JSON");
+    let result = &reply["results"][0];
+    assert_eq!(result["type"], "ok", "batch failed: {result}");
+    let errors = &result["response"]["result"]["step_errors"];
+    if let Some((i, e)) = errors
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .find(|(_, e)| !e.is_null())
+    {
+        panic!("statement {:?} failed: {e}", stmts[i]);
+    }
+    let results = result["response"]["result"]["step_results"]
+        .as_array()
+        .expect("batch has step results");
+    if let Some(i) = results.iter().position(Value::is_null) {
+        panic!("statement {:?} did not run", stmts[i]);
+    }
+}

@@ -1,0 +1,183 @@
+//! What a remote speaks besides Hrana's SQL, found out once and kept in
+//! `.tursync/protocol.json`: sqld's replication log (gRPC, read into the mirror), Turso Sync
+//! (`/pull-updates` pages and a `/v2/pipeline` without streams), or SQL only.
+//!
+//! The answer is probed again when the remote answers otherwise than it says: a server
+//! recorded as Turso Sync that keeps streams, one recorded as sqld that refuses them, or one
+//! recorded as serving the log after a pull found it does not (`sync.json`'s `sql_path`).
+//! `TURSYNC_PROTOCOL=log|turso-sync|sql` overrides it without probing or recording.
+
+use serde::{Deserialize, Serialize};
+
+use crate::remote::replication::{LogError, LogSource, ReplicationLog};
+use crate::remote::turso_sync::{TursoSync, TursoSyncError};
+use crate::remote::Remote;
+use crate::workspace::Workspace;
+use crate::{Error, Result};
+
+const FILE: &str = "protocol.json";
+/// The environment variable that overrides the probe.
+pub const ENV: &str = "TURSYNC_PROTOCOL";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// sqld's replication log, over gRPC-web on the Hrana port.
+    Log,
+    /// Turso Sync: `/pull-updates` and a pipeline without streams.
+    TursoSync,
+    /// Hrana's SQL only.
+    Sql,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Log => "log",
+            Protocol::TursoSync => "turso-sync",
+            Protocol::Sql => "sql",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Protocol> {
+        match text.trim() {
+            "log" => Some(Protocol::Log),
+            "turso-sync" => Some(Protocol::TursoSync),
+            "sql" => Some(Protocol::Sql),
+            _ => None,
+        }
+    }
+}
+
+/// An answer: what the remote speaks, and why tursync thinks so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detected {
+    pub protocol: Protocol,
+    pub reason: String,
+    /// Set from `TURSYNC_PROTOCOL`, not probed (and never recorded).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+}
+
+/// What `TURSYNC_PROTOCOL` asks for, if it is set; an error naming the accepted values if it is
+/// set to anything else.
+pub fn from_env() -> Result<Option<Detected>> {
+    let Ok(raw) = std::env::var(ENV) else {
+        return Ok(None);
+    };
+    match Protocol::parse(&raw) {
+        Some(protocol) => Ok(Some(Detected {
+            protocol,
+            reason: format!("{ENV}={} is set", raw.trim()),
+            forced: true,
+        })),
+        None => Err(Error::BadArgument(format!(
+            "{ENV}={raw:?} names no protocol: use log, turso-sync or sql (or unset it to probe the server)"
+        ))),
+    }
+}
+
+/// Whether clones and pulls may read sqld's replication log: not when `TURSYNC_NO_LOG` is set
+/// or `TURSYNC_PROTOCOL` names another protocol.
+pub fn log_allowed() -> bool {
+    std::env::var_os("TURSYNC_NO_LOG").is_none()
+        && !matches!(
+            std::env::var(ENV).ok().as_deref().and_then(Protocol::parse),
+            Some(Protocol::Sql | Protocol::TursoSync)
+        )
+}
+
+/// Asks the server: `/pull-updates` for page 0 (Turso Sync), then the log's `Hello` (sqld).
+/// A server that serves neither speaks SQL only. Failures that say nothing of the protocol
+/// (the server unreachable, the token refused) are errors.
+pub fn probe(remote: &Remote) -> Result<Detected> {
+    match TursoSync::new(remote).probe() {
+        Ok(head) => {
+            return Ok(Detected {
+                protocol: Protocol::TursoSync,
+                reason: format!(
+                    "the server answers /pull-updates (revision {}, {} pages)",
+                    head.revision, head.db_size
+                ),
+                forced: false,
+            })
+        }
+        Err(TursoSyncError::Remote(e)) if e.is_transient() || is_refusal(&e) => {
+            return Err(e.into())
+        }
+        Err(_) => {}
+    }
+    let reason = match ReplicationLog::new(remote).hello() {
+        Ok(hello) => {
+            return Ok(Detected {
+                protocol: Protocol::Log,
+                reason: format!(
+                    "the server serves the replication log (log id {})",
+                    hello.log_id
+                ),
+                forced: false,
+            })
+        }
+        Err(LogError::Remote(e)) if e.is_transient() || is_refusal(&e) => return Err(e.into()),
+        Err(e) => format!("the server serves neither /pull-updates nor the replication log ({e})"),
+    };
+    Ok(Detected {
+        protocol: Protocol::Sql,
+        reason,
+        forced: false,
+    })
+}
+
+fn is_refusal(e: &crate::remote::RemoteError) -> bool {
+    use crate::remote::RemoteError as R;
+    matches!(e, R::Auth { .. } | R::Certificate { .. } | R::Client { .. })
+}
+
+/// The recorded answer, if there is one and it can be read.
+pub fn recorded(ws: &Workspace) -> Option<Detected> {
+    let text = std::fs::read_to_string(ws.state_dir().join(FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Records `found` in the state directory, atomically.
+pub fn record(ws: &Workspace, found: &Detected) -> Result<()> {
+    crate::durable::save_json(&ws.state_dir(), FILE, found)
+}
+
+/// Why the recorded answer no longer holds, if the remote or a pull said otherwise.
+fn contradicted(ws: &Workspace, remote: &Remote, found: &Detected) -> Option<String> {
+    match (found.protocol, remote.streams_known()) {
+        (Protocol::TursoSync, Some(true)) => {
+            return Some("the server kept a stream, which Turso Sync's server does not".into())
+        }
+        (Protocol::Log | Protocol::Sql, Some(false)) => {
+            return Some("the server refused a stream's close, as Turso Sync's server does".into())
+        }
+        _ => {}
+    }
+    if found.protocol == Protocol::Log {
+        if let Ok(Some(why)) = ws.sync_state().map(|s| s.sql_path) {
+            return Some(format!("a pull found the log unusable: {why}"));
+        }
+    }
+    None
+}
+
+/// What the remote speaks: `TURSYNC_PROTOCOL` if set; else the recorded answer while nothing
+/// contradicts it; else a fresh probe, recorded. The second value says why it was probed
+/// again, when it was.
+pub fn detect(ws: &Workspace, remote: &Remote) -> Result<(Detected, Option<String>)> {
+    if let Some(forced) = from_env()? {
+        return Ok((forced, None));
+    }
+    let again = match recorded(ws) {
+        Some(found) => match contradicted(ws, remote, &found) {
+            None => return Ok((found, None)),
+            Some(why) => Some(why),
+        },
+        None => None,
+    };
+    let found = probe(remote)?;
+    record(ws, &found)?;
+    Ok((found, again))
+}
