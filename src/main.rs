@@ -387,7 +387,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             // What the remote speaks, recorded for status and later commands; a failed probe
             // is only a note: the next status probes again.
-            match tursync::protocol::detect(&report.workspace, &remote) {
+            match tursync::protocol::detect(&report.workspace.state_dir(), None, &remote) {
                 Ok((found, _)) if !cli.quiet => {
                     println!("protocol: {} ({})", found.protocol.as_str(), found.reason)
                 }
@@ -615,14 +615,15 @@ fn protocol_report(ws: &Workspace, remote: &Remote, reachable: bool) -> serde_js
         })
     };
     if !reachable {
-        return match tursync::protocol::recorded(ws) {
+        return match tursync::protocol::recorded(&ws.state_dir()) {
             Some(d) => shown(&d, None),
             None => {
                 json!({"name": "unknown", "reason": "not probed yet: the remote did not answer"})
             }
         };
     }
-    match tursync::protocol::detect(ws, remote) {
+    let log_unusable = ws.sync_state().ok().and_then(|s| s.sql_path);
+    match tursync::protocol::detect(&ws.state_dir(), log_unusable.as_deref(), remote) {
         Ok((d, again)) => shown(&d, again),
         Err(e) => json!({"name": "unknown", "reason": e.to_string()}),
     }

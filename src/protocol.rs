@@ -9,10 +9,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::path::Path;
+
 use crate::remote::replication::{LogError, LogSource, ReplicationLog};
 use crate::remote::turso_sync::{TursoSync, TursoSyncError};
 use crate::remote::Remote;
-use crate::workspace::Workspace;
 use crate::{Error, Result};
 
 const FILE: &str = "protocol.json";
@@ -133,19 +134,21 @@ fn is_refusal(e: &crate::remote::RemoteError) -> bool {
     matches!(e, R::Auth { .. } | R::Certificate { .. } | R::Client { .. })
 }
 
-/// The recorded answer, if there is one and it can be read.
-pub fn recorded(ws: &Workspace) -> Option<Detected> {
-    let text = std::fs::read_to_string(ws.state_dir().join(FILE)).ok()?;
+/// The answer recorded in the state directory `dir`, if there is one and it can be read (a
+/// damaged record is probed again, not trusted).
+pub fn recorded(dir: &Path) -> Option<Detected> {
+    let text = std::fs::read_to_string(dir.join(FILE)).ok()?;
     serde_json::from_str(&text).ok()
 }
 
-/// Records `found` in the state directory, atomically.
-pub fn record(ws: &Workspace, found: &Detected) -> Result<()> {
-    crate::durable::save_json(&ws.state_dir(), FILE, found)
+/// Records `found` in the state directory `dir`, atomically.
+pub fn record(dir: &Path, found: &Detected) -> Result<()> {
+    crate::durable::save_json(dir, FILE, found)
 }
 
-/// Why the recorded answer no longer holds, if the remote or a pull said otherwise.
-fn contradicted(ws: &Workspace, remote: &Remote, found: &Detected) -> Option<String> {
+/// Why the recorded answer no longer holds, if the remote or a pull said otherwise
+/// (`log_unusable`: why the last pull found the log unusable, if it did).
+fn contradicted(log_unusable: Option<&str>, remote: &Remote, found: &Detected) -> Option<String> {
     match (found.protocol, remote.streams_known()) {
         (Protocol::TursoSync, Some(true)) => {
             return Some("the server kept a stream, which Turso Sync's server does not".into())
@@ -156,28 +159,32 @@ fn contradicted(ws: &Workspace, remote: &Remote, found: &Detected) -> Option<Str
         _ => {}
     }
     if found.protocol == Protocol::Log {
-        if let Ok(Some(why)) = ws.sync_state().map(|s| s.sql_path) {
+        if let Some(why) = log_unusable {
             return Some(format!("a pull found the log unusable: {why}"));
         }
     }
     None
 }
 
-/// What the remote speaks: `TURSYNC_PROTOCOL` if set; else the recorded answer while nothing
-/// contradicts it; else a fresh probe, recorded. The second value says why it was probed
-/// again, when it was.
-pub fn detect(ws: &Workspace, remote: &Remote) -> Result<(Detected, Option<String>)> {
+/// What the remote speaks: `TURSYNC_PROTOCOL` if set; else the answer recorded in the state
+/// directory `dir` while nothing contradicts it; else a fresh probe, recorded. The second
+/// value says why it was probed again, when it was.
+pub fn detect(
+    dir: &Path,
+    log_unusable: Option<&str>,
+    remote: &Remote,
+) -> Result<(Detected, Option<String>)> {
     if let Some(forced) = from_env()? {
         return Ok((forced, None));
     }
-    let again = match recorded(ws) {
-        Some(found) => match contradicted(ws, remote, &found) {
+    let again = match recorded(dir) {
+        Some(found) => match contradicted(log_unusable, remote, &found) {
             None => return Ok((found, None)),
             Some(why) => Some(why),
         },
         None => None,
     };
     let found = probe(remote)?;
-    record(ws, &found)?;
+    record(dir, &found)?;
     Ok((found, again))
 }
