@@ -49,7 +49,7 @@ fn text_that_is_not_utf8_is_pushed_exactly_and_leaves_nothing_pending() {
         "CREATE TABLE n(id INTEGER PRIMARY KEY, t TEXT, u); INSERT INTO n VALUES (1, 'a', 'b');",
     );
     let dir = tempdir();
-    ok(&sqld, dir.path(), &["init"]);
+    init(&sqld, dir.path());
     // An app written in C stores raw Latin-1 bytes as TEXT.
     app(
         &wc(dir.path()),
@@ -77,7 +77,7 @@ fn text_that_is_not_utf8_on_the_remote_clones_dumps_and_pulls_exactly() {
          INSERT INTO n VALUES (1, CAST(X'4361666ce9' AS TEXT), 'x'), (2, 'ok', CAST(X'80' AS TEXT));",
     );
     let dir = tempdir();
-    ok(&sqld, dir.path(), &["init"]);
+    init(&sqld, dir.path());
     let select = exact_select("n", &["id", "t", "u"], "id");
     assert_everywhere(&sqld, dir.path(), &select);
 
@@ -114,7 +114,7 @@ fn control_characters_survive_dump_and_diff_sql_through_the_sqlite3_shell() {
          INSERT INTO c VALUES (1, CAST(X'{t}' AS TEXT), 'a' || char(13, 10) || 'b'), (2, char(13), char(10, 13));"
     ));
     let dir = tempdir();
-    ok(&sqld, dir.path(), &["init"]);
+    init(&sqld, dir.path());
     let select = exact_select("c", &["id", "v", "w"], "id");
     assert_everywhere(&sqld, dir.path(), &select);
 
@@ -149,7 +149,7 @@ fn infinities_travel_in_clone_pull_dump_and_push() {
          INSERT INTO f VALUES (1, 9e999, -9e999), (2, 1.5, 9e999);",
     );
     let dir = tempdir();
-    ok(&sqld, dir.path(), &["init"]);
+    init(&sqld, dir.path());
     let select = exact_select("f", &["id", "r", "a"], "id");
     assert_everywhere(&sqld, dir.path(), &select);
 
@@ -178,7 +178,7 @@ fn values_the_remote_converts_are_recorded_in_the_base_as_stored() {
         "CREATE TABLE z(id INTEGER PRIMARY KEY, r REAL, n); INSERT INTO z VALUES (1, 1.0, 1);",
     );
     let dir = tempdir();
-    ok(&sqld, dir.path(), &["init"]);
+    init(&sqld, dir.path());
     app(
         &wc(dir.path()),
         "UPDATE z SET r = -0.0, n = -0.0 WHERE id = 1; INSERT INTO z VALUES (2, -0.0, -0.0);",
@@ -214,7 +214,7 @@ fn sqlite_sequence_left_by_a_dropped_autoincrement_table_clones_exactly() {
          CREATE TABLE t(a); INSERT INTO t VALUES (1); DROP TABLE gone;",
     );
     let dir = tempdir();
-    ok(&sqld, dir.path(), &["init"]);
+    init(&sqld, dir.path());
     assert_same_database(&sqld, &wc(dir.path()));
     assert_same_database(&sqld, &base(dir.path()));
     let dump = ok(&sqld, dir.path(), &["dump"]);
@@ -240,7 +240,7 @@ fn a_split_push_stopped_midway_keeps_every_object_and_can_be_finished() {
          INSERT INTO t VALUES (1, 1, 1), (5000, 2, 2);",
     );
     let dir = tempdir();
-    ok(&sqld, dir.path(), &["init"]);
+    init(&sqld, dir.path());
     app(
         &wc(dir.path()),
         "DROP INDEX t_v; CREATE INDEX t_v ON t(v, w); DROP VIEW big; \
@@ -373,7 +373,7 @@ proptest::proptest! {
         let sqld = Sqld::start();
         sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, a, r REAL, x TEXT, i INTEGER, b BLOB);");
         let dir = tempdir();
-        ok(&sqld, dir.path(), &["init"]);
+        init(&sqld, dir.path());
         let cols = ["id", "a", "r", "x", "i", "b"];
         let select = exact_select("t", &cols, "id");
         let rows: Vec<(i64, V)> = first.into_iter().enumerate().map(|(i, v)| (i as i64, v)).collect();
@@ -406,7 +406,7 @@ proptest::proptest! {
 
         // A fresh clone and a dump loaded with the sqlite3 shell hold the same.
         let other = tempdir();
-        ok(&sqld, other.path(), &["init"]);
+        init(&sqld, other.path());
         assert_everywhere(&sqld, other.path(), &select);
         let dump = ok(&sqld, dir.path(), &["dump"]);
         let loaded = dir.path().join("loaded.db");
