@@ -1217,6 +1217,81 @@ mod tests {
         assert!(m.take_damage().is_some());
     }
 
+    /// A page size in the mirror's header changed on disk (one bit: 4096 becomes 8192) has
+    /// SQLite read pages of another size: none of them passes unchecked. A sums file whose
+    /// page size SQLite cannot have vouches for nothing, and nothing opens the mirror through
+    /// the checking VFS for writing.
+    #[test]
+    fn reads_of_another_page_size_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::new(dir.path().to_path_buf());
+        {
+            let c = rusqlite::Connection::open(m.db_path()).unwrap();
+            c.execute_batch(
+                "CREATE TABLE a(x);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+                 INSERT INTO a SELECT i FROM n;",
+            )
+            .unwrap();
+        }
+        let bytes = fs::read(m.db_path()).unwrap();
+        let sums: BTreeMap<u32, u32> = bytes
+            .chunks(4096)
+            .enumerate()
+            .map(|(i, p)| (i as u32 + 1, page_sums::sum(p)))
+            .collect();
+        let head = SumsHeader {
+            page_size: 4096,
+            pages: sums.len() as u32,
+            frame: 7,
+        };
+        write_sums(
+            &fs::File::create(m.sums_path()).unwrap(),
+            sums,
+            Some(0),
+            head,
+        )
+        .unwrap();
+        let count = || {
+            open_immutable(&m.db_path()).and_then(|c| {
+                Ok(c.query_row("SELECT count(*) FROM a", [], |r| r.get::<_, i64>(0))?)
+            })
+        };
+        assert_eq!(count().unwrap(), 3000);
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.db_path())
+            .unwrap();
+        assert_eq!(bytes[16..18], [0x10, 0]);
+        f.write_all_at(&[0x20], 16).unwrap();
+        assert!(count().is_err());
+        let why = m.take_damage().unwrap();
+        assert!(why.contains("not one page"), "{why}");
+        f.write_all_at(&[0x10], 16).unwrap();
+        assert_eq!(count().unwrap(), 3000);
+        // A page size of 0 in the sums: not a header.
+        let s = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.sums_path())
+            .unwrap();
+        s.write_all_at(&0u32.to_le_bytes(), 16).unwrap();
+        assert_eq!(SumsHeader::read(&s).ok(), Some(None));
+        assert!(count().is_err());
+        assert!(m.take_damage().is_some());
+        // Opened for writing through the checking VFS: refused.
+        let url = format!(
+            "file:{}?vfs={}",
+            m.db_path().display(),
+            page_sums::vfs_name().unwrap()
+        );
+        let rw = rusqlite::Connection::open_with_flags(
+            url,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        );
+        assert!(rw.is_err());
+    }
+
     /// A log that ends inside a transaction cannot be built: its pages are in the file.
     #[test]
     fn a_log_ending_inside_a_transaction_is_refused() {

@@ -64,12 +64,17 @@ impl Header {
         out
     }
 
+    /// `None` unless the magic is there and the page size is one SQLite can have.
     fn decode(b: &[u8]) -> Option<Header> {
         if b.len() < HEAD as usize || &b[..16] != MAGIC {
             return None;
         }
+        let page_size = u32::from_le_bytes(b[16..20].try_into().ok()?);
+        if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+            return None;
+        }
         Some(Header {
-            page_size: u32::from_le_bytes(b[16..20].try_into().ok()?),
+            page_size,
             pages: u32::from_le_bytes(b[20..24].try_into().ok()?),
             frame: u64::from_le_bytes(b[24..32].try_into().ok()?),
         })
@@ -179,6 +184,9 @@ struct Sums {
 
 const BLOCK: u64 = 4096;
 
+/// The database header, at the start of page 1.
+const HEADER_BYTES: u64 = 100;
+
 impl Sums {
     fn open(db: PathBuf) -> Sums {
         let path = path_for(&db);
@@ -229,18 +237,27 @@ impl Sums {
             .ok_or_else(|| "the sums file is short".to_owned())
     }
 
-    /// Checks a read of `buf` at byte `off`; only whole pages are checked (SQLite reads part
-    /// of page 1 to learn the page size, then the whole page).
+    /// Checks a read of `buf` at byte `off`. Reads inside the database header (SQLite reads
+    /// its first 100 bytes to learn the page size, and 16 of them to see whether the file
+    /// changed) are let through: page 1 is read whole, and checked, before any page is used.
+    /// Any other read must be one whole page of the size the sums were taken at: a page size
+    /// in the header changed on disk would otherwise have every read pass unchecked.
     fn check(&mut self, buf: &[u8], off: i64) -> Result<(), String> {
         let page_size = match &self.file {
             Ok((_, h)) => u64::from(h.page_size),
             Err(why) => return Err(why.clone()),
         };
-        let Ok(off) = u64::try_from(off) else {
+        let len = buf.len() as u64;
+        let off = u64::try_from(off).map_err(|_| format!("a read at offset {off}"))?;
+        if off.saturating_add(len) <= HEADER_BYTES {
             return Ok(());
-        };
-        if buf.len() as u64 != page_size || off % page_size != 0 {
-            return Ok(());
+        }
+        if len != page_size || off % page_size != 0 {
+            return Err(format!(
+                "a read of {len} bytes at offset {off} of {} is not one page of the {page_size} bytes recorded in {}",
+                self.db.display(),
+                path_for(&self.db).display()
+            ));
         }
         let n = u32::try_from(off / page_size + 1).map_err(|_| "page number".to_owned())?;
         let want = self.recorded(n)?;
@@ -317,12 +334,27 @@ unsafe extern "C" fn x_open(
     let Some(open) = (*r).xOpen else {
         return ffi::SQLITE_CANTOPEN;
     };
+    // Only the mirror, read-only, comes through here: a database opened for writing would be
+    // written past its sums, and one whose sums file is itself would have the descriptor on
+    // it closed behind SQLite's back, dropping its locks.
+    let main_db = flags & ffi::SQLITE_OPEN_MAIN_DB != 0;
+    let db = match (main_db, name.is_null()) {
+        (false, _) => None,
+        (true, true) => return ffi::SQLITE_CANTOPEN,
+        (true, false) => {
+            use std::os::unix::ffi::OsStrExt;
+            let db = PathBuf::from(std::ffi::OsStr::from_bytes(CStr::from_ptr(name).to_bytes()));
+            if flags & ffi::SQLITE_OPEN_READONLY == 0 || path_for(&db) == db {
+                return ffi::SQLITE_CANTOPEN;
+            }
+            Some(db)
+        }
+    };
     let rc = open(r, name, inner(file), flags, out_flags);
     if rc != ffi::SQLITE_OK {
         return rc;
     }
-    if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 && !name.is_null() {
-        let db = PathBuf::from(CStr::from_ptr(name).to_string_lossy().into_owned());
+    if let Some(db) = db {
         (*f).sums = Box::into_raw(Box::new(Sums::open(db)));
     }
     (*f).base.pMethods = &METHODS;
