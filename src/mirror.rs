@@ -1346,8 +1346,9 @@ mod tests {
         assert_eq!(bytes[16..18], [0x10, 0]);
         f.write_all_at(&[0x20], 16).unwrap();
         assert!(count().is_err());
+        // Page 1, read whole to give SQLite the header, no longer matches its sum.
         let why = m.take_damage().unwrap();
-        assert!(why.contains("not one page"), "{why}");
+        assert!(why.contains("page 1 "), "{why}");
         f.write_all_at(&[0x10], 16).unwrap();
         assert_eq!(count().unwrap(), 3000);
         // A page size of 0 in the sums: not a header.
@@ -1371,6 +1372,62 @@ mod tests {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_URI,
         );
         assert!(rw.is_err());
+    }
+
+    /// SQLite reads the last page of an overflow chain straight from the file, only as far as
+    /// the value goes (not the whole page): that part is checked too, against the whole page,
+    /// and a mirror that is intact reads whole.
+    #[test]
+    fn the_end_of_an_overflow_chain_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::new(dir.path().to_path_buf());
+        {
+            let c = rusqlite::Connection::open(m.db_path()).unwrap();
+            // 8506 bytes: the leaf keeps a part, two overflow pages the rest, the second one
+            // not full.
+            c.execute_batch(
+                "CREATE TABLE a(x); INSERT INTO a VALUES (printf('%.*c', 8500, 'a') || 'needle');",
+            )
+            .unwrap();
+        }
+        let bytes = fs::read(m.db_path()).unwrap();
+        let sums: BTreeMap<u32, u32> = bytes
+            .chunks(4096)
+            .enumerate()
+            .map(|(i, p)| (i as u32 + 1, page_sums::sum(p)))
+            .collect();
+        let head = SumsHeader {
+            page_size: 4096,
+            pages: sums.len() as u32,
+            frame: 7,
+        };
+        write_sums(
+            &fs::File::create(m.sums_path()).unwrap(),
+            sums,
+            Some(0),
+            head,
+        )
+        .unwrap();
+        let read = || {
+            open_immutable(&m.db_path())
+                .and_then(|c| Ok(c.query_row("SELECT x FROM a", [], |r| r.get::<_, String>(0))?))
+        };
+        let whole = read().unwrap();
+        assert!(whole.ends_with("aneedle") && whole.len() == 8506);
+        assert!(m.take_damage().is_none());
+        let at = bytes.windows(6).position(|w| w == b"needle").unwrap();
+        assert!(
+            at % 4096 < 4000,
+            "the needle is not near the end of its page"
+        );
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.db_path())
+            .unwrap();
+        f.write_all_at(b"N", at as u64).unwrap();
+        let got = read();
+        assert!(got.is_err(), "read {:?}", got.map(|s| s[8500..].to_owned()));
+        assert!(m.take_damage().is_some());
     }
 
     /// A log that ends inside a transaction cannot be built: its pages are in the file.

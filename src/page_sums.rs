@@ -184,9 +184,6 @@ struct Sums {
 
 const BLOCK: u64 = 4096;
 
-/// The database header, at the start of page 1.
-const HEADER_BYTES: u64 = 100;
-
 impl Sums {
     fn open(db: PathBuf) -> Sums {
         let path = path_for(&db);
@@ -237,21 +234,18 @@ impl Sums {
             .ok_or_else(|| "the sums file is short".to_owned())
     }
 
-    /// Checks a read of `buf` at byte `off`. Reads inside the database header (SQLite reads
-    /// its first 100 bytes to learn the page size, and 16 of them to see whether the file
-    /// changed) are let through: page 1 is read whole, and checked, before any page is used.
-    /// Any other read must be one whole page of the size the sums were taken at: a page size
-    /// in the header changed on disk would otherwise have every read pass unchecked.
-    fn check(&mut self, buf: &[u8], off: i64) -> Result<(), String> {
-        let page_size = match &self.file {
-            Ok((_, h)) => u64::from(h.page_size),
-            Err(why) => return Err(why.clone()),
-        };
-        let len = buf.len() as u64;
-        let off = u64::try_from(off).map_err(|_| format!("a read at offset {off}"))?;
-        if off.saturating_add(len) <= HEADER_BYTES {
-            return Ok(());
+    /// The page size the sums were taken at.
+    fn page_size(&self) -> Result<usize, String> {
+        match &self.file {
+            Ok((_, h)) => Ok(h.page_size as usize),
+            Err(why) => Err(why.clone()),
         }
+    }
+
+    /// Checks `buf`, read at byte `off`, as one whole page of the size the sums were taken at.
+    fn check(&mut self, buf: &[u8], off: u64) -> Result<(), String> {
+        let page_size = self.page_size()? as u64;
+        let len = buf.len() as u64;
         if len != page_size || off % page_size != 0 {
             return Err(format!(
                 "a read of {len} bytes at offset {off} of {} is not one page of the {page_size} bytes recorded in {}",
@@ -493,20 +487,73 @@ unsafe extern "C" fn x_read(
     let Some(read) = methods(f).and_then(|m| m.xRead) else {
         return ffi::SQLITE_IOERR_READ;
     };
-    let rc = read(inner(f), buf, amt, off);
-    // A short read is zero-filled and used as such: it is checked too.
-    if rc != ffi::SQLITE_OK && rc != ffi::SQLITE_IOERR_SHORT_READ {
-        return rc;
-    }
-    let sums = (*f.cast::<File>()).sums;
-    if let (Some(sums), Ok(len)) = (sums.as_mut(), usize::try_from(amt)) {
-        let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), len);
-        if let Err(what) = sums.check(bytes, off) {
+    let Some(sums) = (*f.cast::<File>()).sums.as_mut() else {
+        return read(inner(f), buf, amt, off);
+    };
+    let (Ok(len), Ok(start)) = (usize::try_from(amt), u64::try_from(off)) else {
+        return ffi::SQLITE_IOERR_READ;
+    };
+    let page_size = match sums.page_size() {
+        Ok(size) => size,
+        Err(what) => {
             record_damage(&sums.db, what);
             return ffi::SQLITE_IOERR_DATA;
         }
+    };
+    if len == page_size && start % page_size as u64 == 0 {
+        // One whole page, the read SQLite makes of nearly every page. A short read is
+        // zero-filled and checked as such.
+        let rc = read(inner(f), buf, amt, off);
+        if rc != ffi::SQLITE_OK && rc != ffi::SQLITE_IOERR_SHORT_READ {
+            return rc;
+        }
+        let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), len);
+        if let Err(what) = sums.check(bytes, start) {
+            record_damage(&sums.db, what);
+            return ffi::SQLITE_IOERR_DATA;
+        }
+        return rc;
     }
-    rc
+    // Part of a page, or of several: the database header (SQLite reads its first 100 bytes to
+    // learn the page size), the end of an overflow chain (read straight from the file, only as
+    // far as the value goes). Each page it falls in is read whole and checked, and the part
+    // asked for copied out: no byte escapes the sums.
+    let Ok(size) = c_int::try_from(page_size) else {
+        return ffi::SQLITE_IOERR_READ;
+    };
+    let out = std::slice::from_raw_parts_mut(buf.cast::<u8>(), len);
+    let mut page = vec![0u8; page_size];
+    let mut done = 0;
+    while done < len {
+        let at = start + done as u64;
+        let first = at - at % page_size as u64;
+        let Ok(first_at) = i64::try_from(first) else {
+            return ffi::SQLITE_IOERR_READ;
+        };
+        let rc = read(inner(f), page.as_mut_ptr().cast(), size, first_at);
+        if rc == ffi::SQLITE_IOERR_SHORT_READ {
+            record_damage(
+                &sums.db,
+                format!(
+                    "the page at offset {first} of {} ends past the end of the file",
+                    sums.db.display()
+                ),
+            );
+            return ffi::SQLITE_IOERR_DATA;
+        }
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        if let Err(what) = sums.check(&page, first) {
+            record_damage(&sums.db, what);
+            return ffi::SQLITE_IOERR_DATA;
+        }
+        let from = (at - first) as usize;
+        let n = (page_size - from).min(len - done);
+        out[done..done + n].copy_from_slice(&page[from..from + n]);
+        done += n;
+    }
+    ffi::SQLITE_OK
 }
 
 unsafe extern "C" fn x_write(
