@@ -1430,6 +1430,58 @@ mod tests {
         assert!(m.take_damage().is_some());
     }
 
+    /// Loading an extension on a connection to the mirror fails as SQLite's own VFS fails it
+    /// (the file is not there), rather than calling through a missing function.
+    #[test]
+    fn loading_an_extension_through_the_checking_vfs_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::new(dir.path().to_path_buf());
+        rusqlite::Connection::open(m.db_path())
+            .unwrap()
+            .execute_batch("CREATE TABLE a(x)")
+            .unwrap();
+        let bytes = fs::read(m.db_path()).unwrap();
+        let head = SumsHeader {
+            page_size: 4096,
+            pages: 2,
+            frame: 7,
+        };
+        let sums = BTreeMap::from([
+            (1, page_sums::sum(&bytes[..4096])),
+            (2, page_sums::sum(&bytes[4096..])),
+        ]);
+        write_sums(
+            &fs::File::create(m.sums_path()).unwrap(),
+            sums,
+            Some(0),
+            head,
+        )
+        .unwrap();
+        let conn = open_immutable(&m.db_path()).unwrap();
+        assert_eq!(
+            conn.query_row("SELECT count(*) FROM a", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            0
+        );
+        let name = c"/nonexistent/extension";
+        let mut err: *mut std::ffi::c_char = std::ptr::null_mut();
+        // SAFETY: the connection is open for the whole block; the message SQLite allocates is
+        // freed with its allocator.
+        let rc = unsafe {
+            let db = conn.handle();
+            assert_eq!(rusqlite::ffi::sqlite3_enable_load_extension(db, 1), 0);
+            let rc = rusqlite::ffi::sqlite3_load_extension(
+                db,
+                name.as_ptr(),
+                std::ptr::null(),
+                &mut err,
+            );
+            rusqlite::ffi::sqlite3_free(err.cast());
+            rc
+        };
+        assert_eq!(rc, rusqlite::ffi::SQLITE_ERROR);
+    }
+
     /// A log that ends inside a transaction cannot be built: its pages are in the file.
     #[test]
     fn a_log_ending_inside_a_transaction_is_refused() {

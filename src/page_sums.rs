@@ -294,10 +294,12 @@ fn register() -> Result<(), String> {
             xDelete: Some(x_delete),
             xAccess: Some(x_access),
             xFullPathname: Some(x_full_pathname),
-            xDlOpen: None,
-            xDlError: None,
-            xDlSym: None,
-            xDlClose: None,
+            // SQLite calls these without looking whether they are there (to load an extension):
+            // passed on, as everything but the reads.
+            xDlOpen: Some(x_dl_open),
+            xDlError: Some(x_dl_error),
+            xDlSym: Some(x_dl_sym),
+            xDlClose: Some(x_dl_close),
             xRandomness: Some(x_randomness),
             xSleep: Some(x_sleep),
             xCurrentTime: Some(x_current_time),
@@ -390,6 +392,40 @@ unsafe extern "C" fn x_full_pathname(
     match (*r).xFullPathname {
         Some(x) => x(r, name, n, out),
         None => ffi::SQLITE_CANTOPEN,
+    }
+}
+
+unsafe extern "C" fn x_dl_open(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> *mut c_void {
+    let r = root(vfs);
+    match (*r).xDlOpen {
+        Some(x) => x(r, name),
+        None => std::ptr::null_mut(),
+    }
+}
+
+unsafe extern "C" fn x_dl_error(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) {
+    let r = root(vfs);
+    if let Some(x) = (*r).xDlError {
+        x(r, n, out)
+    }
+}
+
+/// What `xDlSym` returns: the symbol found, as SQLite types it.
+type DlSym = unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *mut c_void, *const c_char);
+
+unsafe extern "C" fn x_dl_sym(
+    vfs: *mut ffi::sqlite3_vfs,
+    handle: *mut c_void,
+    symbol: *const c_char,
+) -> Option<DlSym> {
+    let r = root(vfs);
+    (*r).xDlSym.and_then(|x| x(r, handle, symbol))
+}
+
+unsafe extern "C" fn x_dl_close(vfs: *mut ffi::sqlite3_vfs, handle: *mut c_void) {
+    let r = root(vfs);
+    if let Some(x) = (*r).xDlClose {
+        x(r, handle)
     }
 }
 
