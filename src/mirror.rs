@@ -9,8 +9,10 @@
 //! ```
 //!
 //! An advance streams frames into a spool built aside (bounded memory, whatever the length of
-//! the log), keeping only whole transactions. Once complete, the spool is synced and renamed to
-//! `mirror.spool`: from then on it is "ready", and applying it is idempotent (the same pages
+//! the log), keeping only whole transactions. Once complete, its head records the count and
+//! CRC-32 of its frames, and it is synced and renamed to `mirror.spool`: from then on it is
+//! "ready" (one that no longer matches its head is damaged, and dropped with the mirror), and
+//! applying it is idempotent (the same pages
 //! written in the same order, the file cut to the last commit's size), so a run killed while
 //! applying is finished by the next one. Then the pages go into the mirror, the file is synced,
 //! the new frame number recorded atomically, and the spool deleted. A spool still under its

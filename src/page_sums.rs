@@ -6,7 +6,8 @@
 //! behind our back) would be merged silently. So every page written into the mirror, by
 //! [`crate::mirror::Mirror::apply`] from a spool or by init's build, gets its CRC-32 recorded
 //! here, and SQLite reads the mirror through the `tursync-sums` VFS, which wraps the default
-//! one and checks each whole page it reads before SQLite sees it. A page that does not match
+//! one and checks each page it reads before SQLite sees it (a read of part of a page, the header
+//! or the end of an overflow chain, reads the whole page, checks it and copies out the part). A page that does not match
 //! fails the read with `SQLITE_IOERR_DATA` (the code SQLite's own checksum VFS uses) and is
 //! recorded ([`take_damage`]), so the pull knows why its statement failed. What is checked is
 //! exactly what is read: a pull that reads a few leaves checks a few pages, whatever the
@@ -246,7 +247,7 @@ impl Sums {
     fn check(&mut self, buf: &[u8], off: u64) -> Result<(), String> {
         let page_size = self.page_size()? as u64;
         let len = buf.len() as u64;
-        if len != page_size || off % page_size != 0 {
+        if len != page_size || !off.is_multiple_of(page_size) {
             return Err(format!(
                 "a read of {len} bytes at offset {off} of {} is not one page of the {page_size} bytes recorded in {}",
                 self.db.display(),
@@ -536,7 +537,7 @@ unsafe extern "C" fn x_read(
             return ffi::SQLITE_IOERR_DATA;
         }
     };
-    if len == page_size && start % page_size as u64 == 0 {
+    if len == page_size && start.is_multiple_of(page_size as u64) {
         // One whole page, the read SQLite makes of nearly every page. A short read is
         // zero-filled and checked as such.
         let rc = read(inner(f), buf, amt, off);
