@@ -958,7 +958,7 @@ fn skip_head(r: &mut impl Read) -> std::io::Result<()> {
 /// the count and sum of its frames, the page each names, and that the last one commits. `Err`
 /// says why it is damaged.
 fn read_spool(path: &Path) -> Result<std::result::Result<Ready, String>> {
-    let damaged = |why: &str| Ok(Err(spool_damaged(path, why).to_string()));
+    let damaged = |why: &str| Ok(Err(format!("{} is damaged ({why})", path.display())));
     let file = fs::File::open(path)?;
     let len = file.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);

@@ -347,8 +347,15 @@ unsafe extern "C" fn x_open(
             Some(db)
         }
     };
+    // The wrapped file's methods are then set only by its own open.
+    (*inner(file)).pMethods = std::ptr::null();
     let rc = open(r, name, inner(file), flags, out_flags);
     if rc != ffi::SQLITE_OK {
+        // A VFS may leave its methods set on a failed open, to be closed: SQLite will not call
+        // our close (ours are unset), so the wrapped file is closed here.
+        if let Some(close) = methods(file).and_then(|m| m.xClose) {
+            close(inner(file));
+        }
         return rc;
     }
     if let Some(db) = db {
