@@ -9,8 +9,10 @@
 //! ```
 //!
 //! An advance streams frames into a spool built aside (bounded memory, whatever the length of
-//! the log), keeping only whole transactions. Once complete, the spool is synced and renamed to
-//! `mirror.spool`: from then on it is "ready", and applying it is idempotent (the same pages
+//! the log), keeping only whole transactions. Once complete, its head records the count and
+//! CRC-32 of its frames, and it is synced and renamed to `mirror.spool`: from then on it is
+//! "ready" (one that no longer matches its head is damaged, and dropped with the mirror), and
+//! applying it is idempotent (the same pages
 //! written in the same order, the file cut to the last commit's size), so a run killed while
 //! applying is finished by the next one. Then the pages go into the mirror, the file is synced,
 //! the new frame number recorded atomically, and the spool deleted. A spool still under its
@@ -56,6 +58,13 @@ struct SpoolHead {
     /// The mirror is started again from nothing (a first fetch or a reset log).
     fresh: bool,
     page_size: usize,
+    /// The frames after the head, and the CRC-32 of their bytes: a spool that does not hold
+    /// exactly these (cut short, a byte changed, written by a version that recorded neither)
+    /// is damaged, and never applied.
+    #[serde(default)]
+    frames: u64,
+    #[serde(default)]
+    sum: Option<u32>,
 }
 
 /// Frames fetched, synced and ready to be written into the mirror.
@@ -133,7 +142,20 @@ impl Mirror {
     pub fn health(&self) -> Result<Option<std::result::Result<MirrorState, String>>> {
         let state = match self.state() {
             Ok(Some(state)) => state,
-            Ok(None) => return Ok(None),
+            // Pages or sums without the point they are at: not a mirror to go on from.
+            Ok(None) => {
+                return Ok([DB, SUMS, SPOOL]
+                    .iter()
+                    .map(|f| self.dir.join(f))
+                    .find(|p| p.exists())
+                    .map(|p| {
+                        Err(format!(
+                            "{} is missing, {} is there",
+                            self.dir.join(STATE).display(),
+                            p.display()
+                        ))
+                    }))
+            }
             Err(Error::Workspace(why)) => return Ok(Some(Err(why))),
             Err(e) => return Err(e),
         };
@@ -202,10 +224,10 @@ impl Mirror {
     /// The recorded state; `None` when there is no mirror.
     pub fn state(&self) -> Result<Option<MirrorState>> {
         let path = self.dir.join(STATE);
-        match fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+        match fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text).map(Some).map_err(|e| {
                 Error::Workspace(format!(
-                    "{} is damaged ({e}); delete it and mirror.db, and the next pull reads the log again",
+                    "{} is damaged ({e}); the next pull drops the mirror and reads the log again",
                     path.display()
                 ))
             }),
@@ -230,14 +252,19 @@ impl Mirror {
         durable::sync_dir(&self.dir)
     }
 
-    /// Finishes a spool a killed run left ready. Returns whether there was one.
-    pub fn recover(&self) -> Result<bool> {
+    /// Finishes a spool a killed run left ready. Returns whether there was one, or why it is
+    /// damaged: then nothing of it was written, and the mirror, which it may have been
+    /// half-written into, is not to be trusted (the caller drops it).
+    pub fn recover(&self) -> Result<std::result::Result<bool, String>> {
         if !self.spool_path().exists() {
-            return Ok(false);
+            return Ok(Ok(false));
         }
-        let ready = read_spool(&self.spool_path())?;
+        let ready = match read_spool(&self.spool_path())? {
+            Ok(ready) => ready,
+            Err(why) => return Ok(Err(why)),
+        };
         self.apply(ready)?;
-        Ok(true)
+        Ok(Ok(true))
     }
 
     /// Fetches every frame past the mirror's point into a ready spool, or `None` when the
@@ -268,10 +295,12 @@ impl Mirror {
             generation_id: hello.generation_id,
             fresh: carried.is_none(),
             page_size: spool.txns.page_size.unwrap_or(4096),
+            frames: 0,
+            sum: None,
         };
         let (pages, size) = (std::mem::take(&mut spool.pages), spool.txns.size);
         let fresh = head.fresh || spool.snapshots;
-        let path = spool.finish(&head, &self.spool_path())?;
+        let (path, head) = spool.finish(head, &self.spool_path())?;
         durable::sync_dir(&self.dir)?;
         Ok(Some(Ready {
             path,
@@ -321,13 +350,17 @@ impl Mirror {
         let mut sums = BTreeMap::new();
         let mut frame = vec![0; FRAME_HEADER + page_size];
         let mut pause = test_pause();
+        let mut crc = crc32fast::Hasher::new();
         loop {
             match r.read_exact(&mut frame) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                 Err(e) => return Err(e.into()),
             }
-            let h = FrameHeader::parse(&frame).ok_or_else(|| spool_damaged(&ready.path))?;
+            crc.update(&frame);
+            let h = FrameHeader::parse(&frame)
+                .filter(|h| h.page_no != 0)
+                .ok_or_else(|| spool_damaged(&ready.path, "a frame of page 0"))?;
             db.write_all_at(
                 &frame[FRAME_HEADER..],
                 (u64::from(h.page_no) - 1) * page_size as u64,
@@ -336,6 +369,15 @@ impl Mirror {
             if let Some(p) = pause.as_mut() {
                 p();
             }
+        }
+        // Read back as it was synced (checked whole before, by `read_spool`, after a crash): a
+        // spool changed since leaves the mirror half-written and its sums at the old point, so
+        // the pages written fail their checks and the next pull drops it.
+        if ready.head.sum != Some(crc.finalize()) {
+            return Err(spool_damaged(
+                &ready.path,
+                "its frames changed since it was written",
+            ));
         }
         db.set_len(u64::from(ready.size) * page_size as u64)?;
         write_sums(
@@ -389,7 +431,10 @@ fn write_sums(
     }
     let mut run: Vec<u8> = Vec::new();
     let mut first = 0;
-    for (&p, sum) in sums.range(1..=head.pages) {
+    for (&p, sum) in sums
+        .range(1..=head.pages.max(1))
+        .filter(|(&p, _)| p <= head.pages)
+    {
         if run.is_empty() || first + (run.len() / 4) as u32 != p || run.len() >= 1 << 20 {
             if !run.is_empty() {
                 file.write_all_at(&run, page_sums::offset(first))?;
@@ -792,9 +837,9 @@ fn test_pause() -> Option<impl FnMut()> {
     Some(move || std::thread::sleep(std::time::Duration::from_millis(ms)))
 }
 
-fn spool_damaged(path: &Path) -> Error {
-    Error::Workspace(format!(
-        "{} is damaged; delete it with mirror.db and mirror.json, and the next pull reads the log again",
+fn spool_damaged(path: &Path, why: &str) -> Error {
+    Error::Unexpected(format!(
+        "{} is damaged ({why}); the next pull drops it with the mirror and reads the log again",
         path.display()
     ))
 }
@@ -813,6 +858,9 @@ struct Spool {
     pages: BTreeSet<u32>,
     txns: Txns,
     snapshots: bool,
+    /// The CRC-32 of the frames written, and of those up to the last whole transaction.
+    crc: crc32fast::Hasher,
+    committed_crc: crc32fast::Hasher,
 }
 
 /// Room for the spool's head, a JSON document padded with spaces.
@@ -838,18 +886,22 @@ impl Spool {
                 ..Txns::default()
             },
             snapshots: false,
+            crc: crc32fast::Hasher::new(),
+            committed_crc: crc32fast::Hasher::new(),
         })
     }
 
-    /// Writes the head, syncs, and renames the spool to `ready`, where it counts as ready. A
-    /// transaction the log did not finish stays out.
-    fn finish(mut self, head: &SpoolHead, ready: &Path) -> Result<PathBuf> {
+    /// Writes the head (with the count and sum of the frames), syncs, and renames the spool
+    /// to `ready`, where it counts as ready. A transaction the log did not finish stays out.
+    fn finish(mut self, mut head: SpoolHead, ready: &Path) -> Result<(PathBuf, SpoolHead)> {
         self.rewind()?;
+        head.frames = self.txns.frames;
+        head.sum = Some(self.committed_crc.clone().finalize());
         let mut file = self
             .out
             .into_inner()
             .map_err(|e| Error::Io(e.into_error()))?;
-        let text = serde_json::to_vec(head).map_err(Error::Json)?;
+        let text = serde_json::to_vec(&head).map_err(Error::Json)?;
         if text.len() as u64 >= HEAD_BYTES {
             return Err(Error::Unexpected("the log id is too long to record".into()));
         }
@@ -859,7 +911,7 @@ impl Spool {
         file.write_all(&padded)?;
         file.sync_all()?;
         fs::rename(&self.path, ready)?;
-        Ok(ready.to_path_buf())
+        Ok((ready.to_path_buf(), head))
     }
 }
 
@@ -871,10 +923,12 @@ impl FrameSink for Spool {
     fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
         let h = self.txns.check(frame, snapshot)?;
         self.out.write_all(frame)?;
+        self.crc.update(frame);
         self.written += frame.len() as u64;
         self.txn_pages.push(h.page_no);
         if self.txns.count(&h) {
             self.committed = self.written;
+            self.committed_crc = self.crc.clone();
             self.pages.extend(self.txn_pages.drain(..));
             self.snapshots |= snapshot;
         }
@@ -889,6 +943,7 @@ impl FrameSink for Spool {
             self.out.seek(SeekFrom::Start(self.committed))?;
             self.written = self.committed;
         }
+        self.crc = self.committed_crc.clone();
         self.txn_pages.clear();
         self.txns.rewind();
         Ok(())
@@ -899,30 +954,58 @@ fn skip_head(r: &mut impl Read) -> std::io::Result<()> {
     std::io::copy(&mut r.take(HEAD_BYTES), &mut std::io::sink()).map(|_| ())
 }
 
-/// Reads a ready spool back, as a crashed run left it.
-fn read_spool(path: &Path) -> Result<Ready> {
-    let mut r = BufReader::with_capacity(1 << 20, fs::File::open(path)?);
+/// Reads a ready spool back, as a crashed run left it, checking it whole first: its head,
+/// the count and sum of its frames, the page each names, and that the last one commits. `Err`
+/// says why it is damaged.
+fn read_spool(path: &Path) -> Result<std::result::Result<Ready, String>> {
+    let damaged = |why: &str| Ok(Err(format!("{} is damaged ({why})", path.display())));
+    let file = fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
     let mut head = vec![0; HEAD_BYTES as usize];
-    r.read_exact(&mut head).map_err(|_| spool_damaged(path))?;
-    let head: SpoolHead =
-        serde_json::from_slice(head.trim_ascii_end()).map_err(|_| spool_damaged(path))?;
-    let mut frame = vec![0; FRAME_HEADER + head.page_size];
-    let (mut pages, mut to, mut size) = (BTreeSet::new(), None, 0);
-    loop {
-        match r.read_exact(&mut frame) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(e.into()),
-        }
-        let h = FrameHeader::parse(&frame).ok_or_else(|| spool_damaged(path))?;
+    if len < HEAD_BYTES {
+        return damaged("shorter than its head");
+    }
+    r.read_exact(&mut head)?;
+    let Ok(head) = serde_json::from_slice::<SpoolHead>(head.trim_ascii_end()) else {
+        return damaged("its head is not one");
+    };
+    let Some(want) = head.sum else {
+        return damaged("its head records no sum");
+    };
+    if !(512..=65536).contains(&head.page_size) || !head.page_size.is_power_of_two() {
+        return damaged("its head names no page size");
+    }
+    let frame_len = (FRAME_HEADER + head.page_size) as u64;
+    if head.frames == 0 || Some(len) != head.frames.checked_mul(frame_len).map(|f| f + HEAD_BYTES) {
+        return damaged(&format!(
+            "{len} bytes, where its head names {} frames",
+            head.frames
+        ));
+    }
+    let mut frame = vec![0; frame_len as usize];
+    let (mut pages, mut to, mut size, mut last_commits) = (BTreeSet::new(), None, 0, false);
+    let mut crc = crc32fast::Hasher::new();
+    for _ in 0..head.frames {
+        r.read_exact(&mut frame)?;
+        crc.update(&frame);
+        let Some(h) = FrameHeader::parse(&frame).filter(|h| h.page_no != 0) else {
+            return damaged("a frame of page 0");
+        };
         pages.insert(h.page_no);
         to = to.max(Some(h.frame_no));
-        if h.size_after != 0 {
+        last_commits = h.size_after != 0;
+        if last_commits {
             size = h.size_after;
         }
     }
-    let to = to.ok_or_else(|| spool_damaged(path))?;
-    Ok(Ready {
+    if crc.finalize() != want {
+        return damaged("its frames do not match the sum in its head");
+    }
+    let (Some(to), true) = (to, last_commits) else {
+        return damaged("its last frame commits no transaction");
+    };
+    Ok(Ok(Ready {
         path: path.to_path_buf(),
         fresh: head.fresh,
         head,
@@ -930,7 +1013,7 @@ fn read_spool(path: &Path) -> Result<Ready> {
         pages,
         to,
         size,
-    })
+    }))
 }
 
 /// Opens a database file no SQLite connection writes to (the mirror) read-only and
@@ -1215,6 +1298,190 @@ mod tests {
         fs::remove_file(m.sums_path()).unwrap();
         assert!(count("a").is_err());
         assert!(m.take_damage().is_some());
+    }
+
+    /// A page size in the mirror's header changed on disk (one bit: 4096 becomes 8192) has
+    /// SQLite read pages of another size: none of them passes unchecked. A sums file whose
+    /// page size SQLite cannot have vouches for nothing, and nothing opens the mirror through
+    /// the checking VFS for writing.
+    #[test]
+    fn reads_of_another_page_size_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::new(dir.path().to_path_buf());
+        {
+            let c = rusqlite::Connection::open(m.db_path()).unwrap();
+            c.execute_batch(
+                "CREATE TABLE a(x);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+                 INSERT INTO a SELECT i FROM n;",
+            )
+            .unwrap();
+        }
+        let bytes = fs::read(m.db_path()).unwrap();
+        let sums: BTreeMap<u32, u32> = bytes
+            .chunks(4096)
+            .enumerate()
+            .map(|(i, p)| (i as u32 + 1, page_sums::sum(p)))
+            .collect();
+        let head = SumsHeader {
+            page_size: 4096,
+            pages: sums.len() as u32,
+            frame: 7,
+        };
+        write_sums(
+            &fs::File::create(m.sums_path()).unwrap(),
+            sums,
+            Some(0),
+            head,
+        )
+        .unwrap();
+        let count = || {
+            open_immutable(&m.db_path()).and_then(|c| {
+                Ok(c.query_row("SELECT count(*) FROM a", [], |r| r.get::<_, i64>(0))?)
+            })
+        };
+        assert_eq!(count().unwrap(), 3000);
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.db_path())
+            .unwrap();
+        assert_eq!(bytes[16..18], [0x10, 0]);
+        f.write_all_at(&[0x20], 16).unwrap();
+        assert!(count().is_err());
+        // Page 1, read whole to give SQLite the header, no longer matches its sum.
+        let why = m.take_damage().unwrap();
+        assert!(why.contains("page 1 "), "{why}");
+        f.write_all_at(&[0x10], 16).unwrap();
+        assert_eq!(count().unwrap(), 3000);
+        // A page size of 0 in the sums: not a header.
+        let s = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.sums_path())
+            .unwrap();
+        s.write_all_at(&0u32.to_le_bytes(), 16).unwrap();
+        assert_eq!(SumsHeader::read(&s).ok(), Some(None));
+        assert!(count().is_err());
+        assert!(m.take_damage().is_some());
+        // Opened for writing through the checking VFS: refused.
+        let url = format!(
+            "file:{}?vfs={}",
+            m.db_path().display(),
+            page_sums::vfs_name().unwrap()
+        );
+        let rw = rusqlite::Connection::open_with_flags(
+            url,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        );
+        assert!(rw.is_err());
+    }
+
+    /// SQLite reads the last page of an overflow chain straight from the file, only as far as
+    /// the value goes (not the whole page): that part is checked too, against the whole page,
+    /// and a mirror that is intact reads whole.
+    #[test]
+    fn the_end_of_an_overflow_chain_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::new(dir.path().to_path_buf());
+        {
+            let c = rusqlite::Connection::open(m.db_path()).unwrap();
+            // 8506 bytes: the leaf keeps a part, two overflow pages the rest, the second one
+            // not full.
+            c.execute_batch(
+                "CREATE TABLE a(x); INSERT INTO a VALUES (printf('%.*c', 8500, 'a') || 'needle');",
+            )
+            .unwrap();
+        }
+        let bytes = fs::read(m.db_path()).unwrap();
+        let sums: BTreeMap<u32, u32> = bytes
+            .chunks(4096)
+            .enumerate()
+            .map(|(i, p)| (i as u32 + 1, page_sums::sum(p)))
+            .collect();
+        let head = SumsHeader {
+            page_size: 4096,
+            pages: sums.len() as u32,
+            frame: 7,
+        };
+        write_sums(
+            &fs::File::create(m.sums_path()).unwrap(),
+            sums,
+            Some(0),
+            head,
+        )
+        .unwrap();
+        let read = || {
+            open_immutable(&m.db_path())
+                .and_then(|c| Ok(c.query_row("SELECT x FROM a", [], |r| r.get::<_, String>(0))?))
+        };
+        let whole = read().unwrap();
+        assert!(whole.ends_with("aneedle") && whole.len() == 8506);
+        assert!(m.take_damage().is_none());
+        let at = bytes.windows(6).position(|w| w == b"needle").unwrap();
+        assert!(
+            at % 4096 < 4000,
+            "the needle is not near the end of its page"
+        );
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.db_path())
+            .unwrap();
+        f.write_all_at(b"N", at as u64).unwrap();
+        let got = read();
+        assert!(got.is_err(), "read {:?}", got.map(|s| s[8500..].to_owned()));
+        assert!(m.take_damage().is_some());
+    }
+
+    /// Loading an extension on a connection to the mirror fails as SQLite's own VFS fails it
+    /// (the file is not there), rather than calling through a missing function.
+    #[test]
+    fn loading_an_extension_through_the_checking_vfs_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::new(dir.path().to_path_buf());
+        rusqlite::Connection::open(m.db_path())
+            .unwrap()
+            .execute_batch("CREATE TABLE a(x)")
+            .unwrap();
+        let bytes = fs::read(m.db_path()).unwrap();
+        let head = SumsHeader {
+            page_size: 4096,
+            pages: 2,
+            frame: 7,
+        };
+        let sums = BTreeMap::from([
+            (1, page_sums::sum(&bytes[..4096])),
+            (2, page_sums::sum(&bytes[4096..])),
+        ]);
+        write_sums(
+            &fs::File::create(m.sums_path()).unwrap(),
+            sums,
+            Some(0),
+            head,
+        )
+        .unwrap();
+        let conn = open_immutable(&m.db_path()).unwrap();
+        assert_eq!(
+            conn.query_row("SELECT count(*) FROM a", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            0
+        );
+        let name = c"/nonexistent/extension";
+        let mut err: *mut std::ffi::c_char = std::ptr::null_mut();
+        // SAFETY: the connection is open for the whole block; the message SQLite allocates is
+        // freed with its allocator.
+        let rc = unsafe {
+            let db = conn.handle();
+            assert_eq!(rusqlite::ffi::sqlite3_enable_load_extension(db, 1), 0);
+            let rc = rusqlite::ffi::sqlite3_load_extension(
+                db,
+                name.as_ptr(),
+                std::ptr::null(),
+                &mut err,
+            );
+            rusqlite::ffi::sqlite3_free(err.cast());
+            rc
+        };
+        assert_eq!(rc, rusqlite::ffi::SQLITE_ERROR);
     }
 
     /// A log that ends inside a transaction cannot be built: its pages are in the file.

@@ -6,7 +6,8 @@
 //! behind our back) would be merged silently. So every page written into the mirror, by
 //! [`crate::mirror::Mirror::apply`] from a spool or by init's build, gets its CRC-32 recorded
 //! here, and SQLite reads the mirror through the `tursync-sums` VFS, which wraps the default
-//! one and checks each whole page it reads before SQLite sees it. A page that does not match
+//! one and checks each page it reads before SQLite sees it (a read of part of a page, the header
+//! or the end of an overflow chain, reads the whole page, checks it and copies out the part). A page that does not match
 //! fails the read with `SQLITE_IOERR_DATA` (the code SQLite's own checksum VFS uses) and is
 //! recorded ([`take_damage`]), so the pull knows why its statement failed. What is checked is
 //! exactly what is read: a pull that reads a few leaves checks a few pages, whatever the
@@ -64,12 +65,17 @@ impl Header {
         out
     }
 
+    /// `None` unless the magic is there and the page size is one SQLite can have.
     fn decode(b: &[u8]) -> Option<Header> {
         if b.len() < HEAD as usize || &b[..16] != MAGIC {
             return None;
         }
+        let page_size = u32::from_le_bytes(b[16..20].try_into().ok()?);
+        if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+            return None;
+        }
         Some(Header {
-            page_size: u32::from_le_bytes(b[16..20].try_into().ok()?),
+            page_size,
             pages: u32::from_le_bytes(b[20..24].try_into().ok()?),
             frame: u64::from_le_bytes(b[24..32].try_into().ok()?),
         })
@@ -229,18 +235,24 @@ impl Sums {
             .ok_or_else(|| "the sums file is short".to_owned())
     }
 
-    /// Checks a read of `buf` at byte `off`; only whole pages are checked (SQLite reads part
-    /// of page 1 to learn the page size, then the whole page).
-    fn check(&mut self, buf: &[u8], off: i64) -> Result<(), String> {
-        let page_size = match &self.file {
-            Ok((_, h)) => u64::from(h.page_size),
-            Err(why) => return Err(why.clone()),
-        };
-        let Ok(off) = u64::try_from(off) else {
-            return Ok(());
-        };
-        if buf.len() as u64 != page_size || off % page_size != 0 {
-            return Ok(());
+    /// The page size the sums were taken at.
+    fn page_size(&self) -> Result<usize, String> {
+        match &self.file {
+            Ok((_, h)) => Ok(h.page_size as usize),
+            Err(why) => Err(why.clone()),
+        }
+    }
+
+    /// Checks `buf`, read at byte `off`, as one whole page of the size the sums were taken at.
+    fn check(&mut self, buf: &[u8], off: u64) -> Result<(), String> {
+        let page_size = self.page_size()? as u64;
+        let len = buf.len() as u64;
+        if len != page_size || !off.is_multiple_of(page_size) {
+            return Err(format!(
+                "a read of {len} bytes at offset {off} of {} is not one page of the {page_size} bytes recorded in {}",
+                self.db.display(),
+                path_for(&self.db).display()
+            ));
         }
         let n = u32::try_from(off / page_size + 1).map_err(|_| "page number".to_owned())?;
         let want = self.recorded(n)?;
@@ -283,10 +295,12 @@ fn register() -> Result<(), String> {
             xDelete: Some(x_delete),
             xAccess: Some(x_access),
             xFullPathname: Some(x_full_pathname),
-            xDlOpen: None,
-            xDlError: None,
-            xDlSym: None,
-            xDlClose: None,
+            // SQLite calls these without looking whether they are there (to load an extension):
+            // passed on, as everything but the reads.
+            xDlOpen: Some(x_dl_open),
+            xDlError: Some(x_dl_error),
+            xDlSym: Some(x_dl_sym),
+            xDlClose: Some(x_dl_close),
             xRandomness: Some(x_randomness),
             xSleep: Some(x_sleep),
             xCurrentTime: Some(x_current_time),
@@ -317,12 +331,34 @@ unsafe extern "C" fn x_open(
     let Some(open) = (*r).xOpen else {
         return ffi::SQLITE_CANTOPEN;
     };
+    // Only the mirror, read-only, comes through here: a database opened for writing would be
+    // written past its sums, and one whose sums file is itself would have the descriptor on
+    // it closed behind SQLite's back, dropping its locks.
+    let main_db = flags & ffi::SQLITE_OPEN_MAIN_DB != 0;
+    let db = match (main_db, name.is_null()) {
+        (false, _) => None,
+        (true, true) => return ffi::SQLITE_CANTOPEN,
+        (true, false) => {
+            use std::os::unix::ffi::OsStrExt;
+            let db = PathBuf::from(std::ffi::OsStr::from_bytes(CStr::from_ptr(name).to_bytes()));
+            if flags & ffi::SQLITE_OPEN_READONLY == 0 || path_for(&db) == db {
+                return ffi::SQLITE_CANTOPEN;
+            }
+            Some(db)
+        }
+    };
+    // The wrapped file's methods are then set only by its own open.
+    (*inner(file)).pMethods = std::ptr::null();
     let rc = open(r, name, inner(file), flags, out_flags);
     if rc != ffi::SQLITE_OK {
+        // A VFS may leave its methods set on a failed open, to be closed: SQLite will not call
+        // our close (ours are unset), so the wrapped file is closed here.
+        if let Some(close) = methods(file).and_then(|m| m.xClose) {
+            close(inner(file));
+        }
         return rc;
     }
-    if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 && !name.is_null() {
-        let db = PathBuf::from(CStr::from_ptr(name).to_string_lossy().into_owned());
+    if let Some(db) = db {
         (*f).sums = Box::into_raw(Box::new(Sums::open(db)));
     }
     (*f).base.pMethods = &METHODS;
@@ -364,6 +400,40 @@ unsafe extern "C" fn x_full_pathname(
     match (*r).xFullPathname {
         Some(x) => x(r, name, n, out),
         None => ffi::SQLITE_CANTOPEN,
+    }
+}
+
+unsafe extern "C" fn x_dl_open(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> *mut c_void {
+    let r = root(vfs);
+    match (*r).xDlOpen {
+        Some(x) => x(r, name),
+        None => std::ptr::null_mut(),
+    }
+}
+
+unsafe extern "C" fn x_dl_error(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) {
+    let r = root(vfs);
+    if let Some(x) = (*r).xDlError {
+        x(r, n, out)
+    }
+}
+
+/// What `xDlSym` returns: the symbol found, as SQLite types it.
+type DlSym = unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *mut c_void, *const c_char);
+
+unsafe extern "C" fn x_dl_sym(
+    vfs: *mut ffi::sqlite3_vfs,
+    handle: *mut c_void,
+    symbol: *const c_char,
+) -> Option<DlSym> {
+    let r = root(vfs);
+    (*r).xDlSym.and_then(|x| x(r, handle, symbol))
+}
+
+unsafe extern "C" fn x_dl_close(vfs: *mut ffi::sqlite3_vfs, handle: *mut c_void) {
+    let r = root(vfs);
+    if let Some(x) = (*r).xDlClose {
+        x(r, handle)
     }
 }
 
@@ -461,20 +531,73 @@ unsafe extern "C" fn x_read(
     let Some(read) = methods(f).and_then(|m| m.xRead) else {
         return ffi::SQLITE_IOERR_READ;
     };
-    let rc = read(inner(f), buf, amt, off);
-    // A short read is zero-filled and used as such: it is checked too.
-    if rc != ffi::SQLITE_OK && rc != ffi::SQLITE_IOERR_SHORT_READ {
-        return rc;
-    }
-    let sums = (*f.cast::<File>()).sums;
-    if let (Some(sums), Ok(len)) = (sums.as_mut(), usize::try_from(amt)) {
-        let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), len);
-        if let Err(what) = sums.check(bytes, off) {
+    let Some(sums) = (*f.cast::<File>()).sums.as_mut() else {
+        return read(inner(f), buf, amt, off);
+    };
+    let (Ok(len), Ok(start)) = (usize::try_from(amt), u64::try_from(off)) else {
+        return ffi::SQLITE_IOERR_READ;
+    };
+    let page_size = match sums.page_size() {
+        Ok(size) => size,
+        Err(what) => {
             record_damage(&sums.db, what);
             return ffi::SQLITE_IOERR_DATA;
         }
+    };
+    if len == page_size && start.is_multiple_of(page_size as u64) {
+        // One whole page, the read SQLite makes of nearly every page. A short read is
+        // zero-filled and checked as such.
+        let rc = read(inner(f), buf, amt, off);
+        if rc != ffi::SQLITE_OK && rc != ffi::SQLITE_IOERR_SHORT_READ {
+            return rc;
+        }
+        let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), len);
+        if let Err(what) = sums.check(bytes, start) {
+            record_damage(&sums.db, what);
+            return ffi::SQLITE_IOERR_DATA;
+        }
+        return rc;
     }
-    rc
+    // Part of a page, or of several: the database header (SQLite reads its first 100 bytes to
+    // learn the page size), the end of an overflow chain (read straight from the file, only as
+    // far as the value goes). Each page it falls in is read whole and checked, and the part
+    // asked for copied out: no byte escapes the sums.
+    let Ok(size) = c_int::try_from(page_size) else {
+        return ffi::SQLITE_IOERR_READ;
+    };
+    let out = std::slice::from_raw_parts_mut(buf.cast::<u8>(), len);
+    let mut page = vec![0u8; page_size];
+    let mut done = 0;
+    while done < len {
+        let at = start + done as u64;
+        let first = at - at % page_size as u64;
+        let Ok(first_at) = i64::try_from(first) else {
+            return ffi::SQLITE_IOERR_READ;
+        };
+        let rc = read(inner(f), page.as_mut_ptr().cast(), size, first_at);
+        if rc == ffi::SQLITE_IOERR_SHORT_READ {
+            record_damage(
+                &sums.db,
+                format!(
+                    "the page at offset {first} of {} ends past the end of the file",
+                    sums.db.display()
+                ),
+            );
+            return ffi::SQLITE_IOERR_DATA;
+        }
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        if let Err(what) = sums.check(&page, first) {
+            record_damage(&sums.db, what);
+            return ffi::SQLITE_IOERR_DATA;
+        }
+        let from = (at - first) as usize;
+        let n = (page_size - from).min(len - done);
+        out[done..done + n].copy_from_slice(&page[from..from + n]);
+        done += n;
+    }
+    ffi::SQLITE_OK
 }
 
 unsafe extern "C" fn x_write(

@@ -182,13 +182,20 @@ fn from_log(
 ) -> Result<FromLog> {
     let base_at = state.base_at;
     let mirror = ws.mirror();
-    // Whether the mirror moved in this pull (a spool a killed run left counts).
-    let mut advanced = mirror.recover()?;
-    let mut dropped = None;
-    if let Some(Err(why)) = mirror.health()? {
+    // Whether the mirror moved in this pull (a spool a killed run left counts). A spool that
+    // is damaged may have been half-written into the mirror: both go.
+    let (mut advanced, mut dropped) = match mirror.recover()? {
+        Ok(advanced) => (advanced, None),
+        Err(why) => (false, Some(why)),
+    };
+    if dropped.is_none() {
+        if let Some(Err(why)) = mirror.health()? {
+            dropped = Some(why);
+        }
+    }
+    if dropped.is_some() {
         forget_base_at(ws)?;
         mirror.remove()?;
-        dropped = Some(why);
     }
     let mut streams = StreamsOff::streams(state.streams_off.as_ref(), &hello.log_id);
     let fetched = mirror.fetch(log, hello, &mut streams);

@@ -870,3 +870,419 @@ fn a_truncated_mirror_heals() {
         f.set_len(len / 2 / 4096 * 4096).unwrap();
     });
 }
+
+/// A workspace whose state directory `break_it` damages heals in one pull: the pull exits 0
+/// with the working copy and the base equal to the remote, and the pulls after it read the
+/// log again (the first not over SQL, the second only the pages the log changed). Returns
+/// what the healing pull said of how it read theirs (`read`), and its whole output.
+fn heals_in_one_pull(break_it: impl FnOnce(&Path)) -> (String, String) {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB); CREATE INDEX t_v ON t(v);
+         INSERT INTO t SELECT value, 'v' || value, randomblob(value % 900) FROM generate_series(1, 600);",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    sqld.exec("UPDATE t SET v = 'first' WHERE id % 40 = 1");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    break_it(&dir.path().join(".tursync"));
+    sqld.exec("UPDATE t SET v = 'theirs' WHERE id % 50 = 3; INSERT INTO t(v) VALUES ('new')");
+    let out = tursync(dir.path())
+        .args(["pull", "--json"])
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "pull: {}\n{said}", out.status);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let read = report["read"].as_str().unwrap_or_default().to_owned();
+    for db in ["working_copy.db", ".tursync/base.db"] {
+        assert_same_database(&sqld, &dir.path().join(db));
+    }
+    sqld.exec("UPDATE t SET v = 'theirs again' WHERE id = 7");
+    let next = pull(&sqld, dir.path());
+    assert!(!next.starts_with("over SQL"), "after {read:?}: {next}");
+    sqld.exec("UPDATE t SET v = 'and again' WHERE id = 8");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    exact(&sqld, dir.path());
+    (read, said)
+}
+
+/// The healing pull said once that the mirror was dropped.
+fn said_dropped_once(read: &str, said: &str) {
+    assert!(
+        read.contains("mirror") && read.contains("dropped"),
+        "{read}"
+    );
+    assert_eq!(said.matches("dropped").count(), 1, "{said}");
+}
+
+#[test]
+fn deleted_sums_heal() {
+    let (read, said) = heals_in_one_pull(|s| std::fs::remove_file(s.join("mirror.sums")).unwrap());
+    said_dropped_once(&read, &said);
+}
+
+#[test]
+fn truncated_sums_heal() {
+    for len in [40, 20, 0] {
+        let (read, said) = heals_in_one_pull(|s| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(s.join("mirror.sums"))
+                .unwrap();
+            f.set_len(len).unwrap();
+        });
+        said_dropped_once(&read, &said);
+    }
+}
+
+/// Bytes that look like nothing in particular, the same every run.
+fn garbage(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn garbage_sums_heal() {
+    let (read, said) = heals_in_one_pull(|s| {
+        let path = s.join("mirror.sums");
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        std::fs::write(&path, garbage(len, 3)).unwrap();
+    });
+    said_dropped_once(&read, &said);
+}
+
+/// The sum of page 1 (read by every statement) flips: nothing is read from the mirror.
+#[test]
+fn a_flipped_sum_heals() {
+    let (read, said) = heals_in_one_pull(|s| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(s.join("mirror.sums"))
+            .unwrap();
+        let at = tursync::page_sums::offset(1);
+        let mut b = [0];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 4], at).unwrap();
+    });
+    said_dropped_once(&read, &said);
+    assert!(read.contains("checksum"), "{read}");
+}
+
+#[test]
+fn garbage_mirror_json_heals() {
+    let (read, said) =
+        heals_in_one_pull(|s| std::fs::write(s.join("mirror.json"), garbage(90, 5)).unwrap());
+    said_dropped_once(&read, &said);
+}
+
+#[test]
+fn a_deleted_mirror_json_heals() {
+    let (read, said) = heals_in_one_pull(|s| std::fs::remove_file(s.join("mirror.json")).unwrap());
+    said_dropped_once(&read, &said);
+}
+
+#[test]
+fn a_mirror_deleted_whole_heals() {
+    heals_in_one_pull(|s| {
+        for f in ["mirror.db", "mirror.json", "mirror.sums"] {
+            std::fs::remove_file(s.join(f)).unwrap();
+        }
+    });
+}
+
+/// One bit of the page size in the mirror's header flips (4096 becomes 8192): SQLite then
+/// reads pages of another size, none of which may escape the sums.
+#[test]
+fn a_flipped_page_size_heals() {
+    let (read, said) = heals_in_one_pull(|s| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(s.join("mirror.db"))
+            .unwrap();
+        let mut b = [0; 2];
+        f.read_exact_at(&mut b, 16).unwrap();
+        assert_eq!(b, [0x10, 0], "a page size of 4096");
+        f.write_all_at(&[0x20], 16).unwrap();
+    });
+    said_dropped_once(&read, &said);
+}
+
+/// Kills a pull of a few hundred pages while it writes them into the mirror, and waits until
+/// it is gone. The spool is left ready.
+fn kill_while_applying(sqld: &Sqld, dir: &Path) {
+    sqld.exec("UPDATE t SET b = randomblob(2000) WHERE id % 2 = 0");
+    let mut child = tursync(dir)
+        .args(["pull"])
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .env("TURSYNC_TEST_APPLY_PAUSE_MS", "20")
+        .spawn()
+        .unwrap();
+    let spool = dir.join(".tursync/mirror.spool");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !spool.exists() {
+        assert!(std::time::Instant::now() < deadline, "no spool");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(spool.exists(), "the pull finished before the kill");
+}
+
+/// A spool a killed pull left, then damaged by `break_it` (given its path): the next pull
+/// drops it with the mirror, says so once, exits 0 and is exact, and the pulls after it read
+/// the log again.
+fn a_damaged_spool_heals(break_it: impl FnOnce(&Path)) {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+         INSERT INTO t(b) SELECT randomblob(2000) FROM generate_series(1, 400);",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    kill_while_applying(&sqld, dir.path());
+    let spool = dir.path().join(".tursync/mirror.spool");
+    break_it(&spool);
+    sqld.exec("UPDATE t SET b = x'00' WHERE id % 9 = 0");
+    let out = tursync(dir.path())
+        .args(["pull", "--json"])
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "pull: {}\n{said}", out.status);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let read = report["read"].as_str().unwrap_or_default().to_owned();
+    assert!(!spool.exists());
+    for db in ["working_copy.db", ".tursync/base.db"] {
+        assert_same_database(&sqld, &dir.path().join(db));
+    }
+    said_dropped_once(&read, &said);
+    assert!(read.contains("mirror.spool"), "{read}");
+    sqld.exec("UPDATE t SET b = x'01' WHERE id % 11 = 0");
+    assert!(!pull(&sqld, dir.path()).starts_with("over SQL"));
+    sqld.exec("UPDATE t SET b = x'02' WHERE id = 5");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    exact(&sqld, dir.path());
+}
+
+/// The spool's head is 4096 bytes; each frame a 24-byte header and a page of 4096.
+const SPOOL_HEAD: u64 = 4096;
+const SPOOL_FRAME: u64 = 24 + 4096;
+
+#[test]
+fn a_spool_cut_inside_a_frame_heals() {
+    a_damaged_spool_heals(|spool| {
+        let f = std::fs::OpenOptions::new().write(true).open(spool).unwrap();
+        f.set_len(SPOOL_HEAD + 3 * SPOOL_FRAME + 100).unwrap();
+    });
+}
+
+#[test]
+fn a_spool_cut_between_frames_heals() {
+    a_damaged_spool_heals(|spool| {
+        let f = std::fs::OpenOptions::new().write(true).open(spool).unwrap();
+        f.set_len(SPOOL_HEAD + 2 * SPOOL_FRAME).unwrap();
+    });
+}
+
+#[test]
+fn a_spool_with_a_garbage_head_heals() {
+    a_damaged_spool_heals(|spool| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(spool).unwrap();
+        f.write_all_at(&garbage(64, 7), 0).unwrap();
+    });
+}
+
+/// A byte of a page in the spool flips: written into the mirror, it would be summed as it
+/// is and trusted.
+#[test]
+fn a_spool_with_a_flipped_page_byte_heals() {
+    a_damaged_spool_heals(|spool| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(spool)
+            .unwrap();
+        for frame in 0..8 {
+            let at = SPOOL_HEAD + frame * SPOOL_FRAME + 24 + 3000;
+            let mut b = [0];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_garbage_spool_heals() {
+    a_damaged_spool_heals(|spool| {
+        let len = std::fs::metadata(spool).unwrap().len() as usize;
+        std::fs::write(spool, garbage(len, 11)).unwrap();
+    });
+}
+
+/// Pulls killed at random moments (fetching, writing the spool, applying it, merging), each
+/// followed by one that runs to the end: that one exits 0 and is exact.
+#[test]
+fn pulls_killed_at_random_moments_are_finished_exactly() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB); CREATE INDEX t_b ON t(b);
+         INSERT INTO t(b) SELECT randomblob(1500) FROM generate_series(1, 400);",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let mut rng = Rng::from_time("kills");
+    for round in 0..5 {
+        sqld.exec(&format!(
+            "UPDATE t SET b = randomblob(1500 + {round}) WHERE id % {} = 0",
+            2 + rng.below(4)
+        ));
+        let mut child = tursync(dir.path())
+            .args(["pull"])
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+            .env("TURSYNC_TEST_APPLY_PAUSE_MS", "2")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(900)));
+        let _ = child.kill();
+        child.wait().unwrap();
+        sqld.exec(&format!("INSERT INTO t(b) VALUES (x'{round:02x}')"));
+        pull(&sqld, dir.path());
+        assert!(!dir.path().join(".tursync/mirror.spool").exists());
+        for db in ["working_copy.db", ".tursync/base.db"] {
+            assert_same_database(&sqld, &dir.path().join(db));
+        }
+    }
+    exact(&sqld, dir.path());
+}
+
+/// The first page of the mirror whose B-tree page kind is `kind` (5: table interior, 13:
+/// table leaf) and holds `needle`, if given.
+fn find_page(mirror: &[u8], kind: u8, needle: Option<&[u8]>) -> usize {
+    mirror
+        .chunks(4096)
+        .enumerate()
+        .skip(1)
+        .find(|(_, p)| p[0] == kind && needle.is_none_or(|n| p.windows(n.len()).any(|w| w == n)))
+        .map(|(i, _)| i + 1)
+        .expect("no such page")
+}
+
+fn flip_last_byte(mirror: &Path, page: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(mirror)
+        .unwrap();
+    let at = (page * 4096 - 1) as u64;
+    let mut b = [0];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 1], at).unwrap();
+}
+
+/// A bit of an interior page of the table the pull reads flips (the last byte of its cell
+/// content: a child's page number or a key): the pull notices, and nothing of it is merged.
+#[test]
+fn a_flipped_interior_page_is_never_merged() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT, b BLOB);
+         INSERT INTO t SELECT value, 0, randomblob(300) FROM generate_series(1, 3000);",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let mirror = dir.path().join(".tursync/mirror.db");
+    let page = find_page(&std::fs::read(&mirror).unwrap(), 5, None);
+    flip_last_byte(&mirror, page);
+    sqld.exec("UPDATE t SET n = 1 WHERE id % 97 = 0");
+    let read = pull(&sqld, dir.path());
+    for db in ["working_copy.db", ".tursync/base.db"] {
+        assert_same_database(&sqld, &dir.path().join(db));
+    }
+    // Read or not, the page is known damaged now: verify says so, or it is gone.
+    let out = tursync(dir.path())
+        .args(["verify", "--json"])
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged = v["mirror"]["file"]["ok"] == false;
+    assert!(read.contains("checksum") || damaged, "{read}\n{v}");
+    sqld.exec("UPDATE t SET n = 2 WHERE id % 89 = 0");
+    pull(&sqld, dir.path());
+    sqld.exec("UPDATE t SET n = 3 WHERE id % 83 = 0");
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    exact(&sqld, dir.path());
+}
+
+/// A bit flips in a leaf of a table the pulls do not read: they go on, `verify` reports the
+/// page, and the first pull that reads the table heals.
+#[test]
+fn a_flipped_page_of_a_table_not_read_is_reported_and_healed() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT);
+         INSERT INTO t SELECT value, 0 FROM generate_series(1, 100);
+         CREATE TABLE u(id INTEGER PRIMARY KEY, s TEXT);
+         INSERT INTO u SELECT value, 'untouched-' || value FROM generate_series(1, 2000);",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let mirror = dir.path().join(".tursync/mirror.db");
+    let page = find_page(
+        &std::fs::read(&mirror).unwrap(),
+        13,
+        Some(b"untouched-1000"),
+    );
+    flip_last_byte(&mirror, page);
+    sqld.exec("UPDATE t SET n = 1 WHERE id = 5");
+    let read = pull(&sqld, dir.path());
+    for db in ["working_copy.db", ".tursync/base.db"] {
+        assert_same_database(&sqld, &dir.path().join(db));
+    }
+    let out = tursync(dir.path())
+        .args(["verify", "--json"])
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    if !read.contains("checksum") {
+        assert_eq!(out.status.code(), Some(5), "{v}");
+        let problems = v["mirror"]["file"]["problems"].to_string();
+        assert!(problems.contains(&format!("page {page} ")), "{v}");
+    }
+    sqld.exec("UPDATE u SET s = 'theirs' WHERE id % 100 = 0");
+    let read = pull(&sqld, dir.path());
+    for db in ["working_copy.db", ".tursync/base.db"] {
+        assert_same_database(&sqld, &dir.path().join(db));
+    }
+    sqld.exec("UPDATE u SET s = 'theirs again' WHERE id = 1");
+    let next = pull(&sqld, dir.path());
+    sqld.exec("UPDATE u SET s = 'and again' WHERE id = 2");
+    assert_eq!(
+        pull(&sqld, dir.path()),
+        "the pages the log changed",
+        "{read} / {next}"
+    );
+    exact(&sqld, dir.path());
+}
