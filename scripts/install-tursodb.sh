@@ -38,6 +38,13 @@ if [[ "$(uname -s)/$(uname -m)" != Linux/x86_64 ]]; then
     log "only linux x86_64 is supported here (this is $(uname -s)/$(uname -m)); set TURSODB_BIN to a tursodb $TURSODB_VERSION binary"
     exit 1
 fi
+if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    log "npm is missing: installing the Debian package npm"
+    sudo=""
+    [[ $(id -u) == 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq npm >&2
+fi
 if ! command -v npm >/dev/null 2>&1; then
     log "npm is needed to fetch tursodb (or set TURSODB_BIN to a tursodb $TURSODB_VERSION binary)"
     exit 1
