@@ -501,21 +501,11 @@ impl Remote {
         version: &str,
         body: &[u8],
     ) -> Result<(u16, Vec<u8>, Option<Duration>), RemoteError> {
-        if let Some(e) = &self.proxy_error {
-            return Err(RemoteError::Client {
-                url: self.endpoint.to_string(),
-                reason: e.to_string(),
-            });
-        }
-        let url = format!("{base}/{version}/pipeline");
-        let mut req = self
-            .agent
-            .post(&url)
-            .header("Content-Type", "application/json");
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        let mut resp = req.send(body).map_err(|e| self.network_error(e))?;
+        let mut resp = self
+            .post_to(&format!("{base}/{version}/pipeline"))?
+            .header("Content-Type", "application/json")
+            .send(body)
+            .map_err(|e| self.network_error(e))?;
         self.reached.store(true, Ordering::Relaxed);
         let status = resp.status().as_u16();
         let after = resp
@@ -545,22 +535,11 @@ impl Remote {
         body_timeout: Duration,
         quiet: Option<Duration>,
     ) -> Result<ureq::http::Response<ureq::Body>, RemoteError> {
-        if let Some(e) = &self.proxy_error {
-            return Err(RemoteError::Client {
-                url: self.endpoint.to_string(),
-                reason: e.to_string(),
-            });
-        }
-        let url = format!("{}/{path}", self.endpoint.base);
         let mut req = self
-            .agent
-            .post(&url)
+            .post_to(&format!("{}/{path}", self.endpoint.base))?
             .header("Content-Type", "application/grpc-web+proto")
             .header("Accept", "application/grpc-web+proto")
             .header("x-grpc-web", "1");
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
         if let Some(s) = session {
             req = req.header("x-session-token", s);
         }
@@ -578,6 +557,25 @@ impl Remote {
         Ok(resp)
     }
 
+    /// A POST to `url` with the agent (proxy, TLS, pool) and the token of every request, or
+    /// the proxy setting's error.
+    fn post_to(
+        &self,
+        url: &str,
+    ) -> Result<ureq::RequestBuilder<ureq::typestate::WithBody>, RemoteError> {
+        if let Some(e) = &self.proxy_error {
+            return Err(RemoteError::Client {
+                url: self.endpoint.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        let req = self.agent.post(url);
+        Ok(match &self.token {
+            Some(t) => req.header("Authorization", &format!("Bearer {t}")),
+            None => req,
+        })
+    }
+
     /// One POST of `body` to `path` below the endpoint, with the agent, token, proxy and TLS of
     /// every request; the answer's body is left to the caller to stream within `body_timeout`.
     pub(crate) fn post_bytes(
@@ -587,18 +585,9 @@ impl Remote {
         body: &[u8],
         body_timeout: Duration,
     ) -> Result<ureq::http::Response<ureq::Body>, RemoteError> {
-        if let Some(e) = &self.proxy_error {
-            return Err(RemoteError::Client {
-                url: self.endpoint.to_string(),
-                reason: e.to_string(),
-            });
-        }
-        let url = format!("{}/{path}", self.endpoint.base);
-        let mut req = self.agent.post(&url).header("Content-Type", content_type);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
-        }
-        let resp = req
+        let resp = self
+            .post_to(&format!("{}/{path}", self.endpoint.base))?
+            .header("Content-Type", content_type)
             .config()
             .timeout_recv_body(Some(body_timeout))
             .build()

@@ -1139,8 +1139,7 @@ impl Sqld {
 /// (`/wal_log.*`) with `answer`, a whole HTTP response: a server that does not serve the log.
 pub struct LogBlocker {
     pub url: String,
-    port: u16,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _proxy: HookProxy,
 }
 
 impl LogBlocker {
@@ -1160,46 +1159,17 @@ impl LogBlocker {
         blocked: &'static str,
         answer: &'static str,
     ) -> LogBlocker {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy on 127.0.0.1");
-        let port = listener.local_addr().expect("proxy address").port();
-        let upstream = upstream_url.trim_start_matches("http://").to_owned();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let st = stop.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(mut conn) = conn else { continue };
-                let upstream = upstream.clone();
-                std::thread::spawn(move || {
-                    use std::io::Write as _;
-                    let Some((head, body)) = read_http_message(&mut conn) else {
-                        return;
-                    };
-                    let reply = if head.starts_with(blocked) {
-                        Some(answer.as_bytes().to_vec())
-                    } else {
-                        forward(&upstream, &head, &body)
-                    };
-                    if let Some(reply) = reply {
-                        let _ = conn.write_all(&reply);
-                    }
-                });
+        let proxy = HookProxy::start(upstream_url, move |head, _| {
+            if head.starts_with(blocked) {
+                Verdict::Answer(answer)
+            } else {
+                Verdict::Forward
             }
         });
         LogBlocker {
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-            stop,
+            url: proxy.url.clone(),
+            _proxy: proxy,
         }
-    }
-}
-
-impl Drop for LogBlocker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 
@@ -1244,6 +1214,8 @@ pub enum Verdict {
     Forward,
     /// The connection closed unanswered: the server never saw the request.
     Drop,
+    /// This whole HTTP response instead of the server's: the server never saw the request.
+    Answer(&'static str),
 }
 
 /// A small HTTP proxy on 127.0.0.1 in front of a real sqld that asks `hook` about each request
@@ -1285,10 +1257,12 @@ impl HookProxy {
                     let Some((head, body)) = read_http_message(&mut conn) else {
                         return;
                     };
-                    if hook(&head, &body) == Verdict::Drop {
-                        return;
-                    }
-                    if let Some(reply) = forward(&upstream, &head, &body) {
+                    let reply = match hook(&head, &body) {
+                        Verdict::Drop => return,
+                        Verdict::Answer(answer) => Some(answer.as_bytes().to_vec()),
+                        Verdict::Forward => forward(&upstream, &head, &body),
+                    };
+                    if let Some(reply) = reply {
                         let _ = conn.write_all(&reply);
                     }
                 });
