@@ -252,3 +252,57 @@ fn local_dump_remote(sqld: &Sqld) -> Vec<Vec<Vec<Cell>>> {
         sqld.query("SELECT * FROM tags ORDER BY id"),
     ]
 }
+
+/// The teammate's migrations that land on the remote while B has row edits pending on the
+/// table: (name, the teammate's migration on the remote).
+const REMOTE_MIGRATIONS: &[(&str, &str)] = &[
+    ("drop column", "ALTER TABLE notes DROP COLUMN body"),
+    (
+        "rename column",
+        "ALTER TABLE notes RENAME COLUMN body TO content",
+    ),
+    ("rename table", "ALTER TABLE notes RENAME TO memos"),
+];
+
+/// B's row edits, made in the base's shape: one edits the column the teammate migrates.
+const B_EDITS: &str = "UPDATE notes SET body = 'b3-B', title = 't3-B' WHERE id = 3;
+     UPDATE notes SET title = 't2-B' WHERE id = 2;
+     INSERT INTO notes VALUES (30, 't30-B', 'b30-B', 'x30-B');
+     DELETE FROM notes WHERE id = 4;";
+
+/// A remote whose teammate migrated `notes` (applied on the remote itself), and B, cloned
+/// before, with row edits pending on it.
+fn remote_migrated_under_b(migration: &str) -> (Sqld, TempDir) {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let b = tempdir();
+    ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+    edit(b.path(), B_EDITS);
+    sqld.exec(migration);
+    (sqld, b)
+}
+
+/// The issue measured B's push reporting a cell conflict whose "remote value" was the dropped
+/// or renamed column's name ("body"), read through SQLite's double-quoted-string fallback. On
+/// this branch's main the push already stopped on the table's definition first (a `schema`
+/// conflict); this guards that, now that the read itself refuses a definition it does not know.
+#[test]
+fn a_push_never_reads_a_column_the_remote_no_longer_has() {
+    for (what, migration) in REMOTE_MIGRATIONS {
+        let (sqld, b) = remote_migrated_under_b(migration);
+        let remote_before = sqld.query("SELECT type, name, sql FROM sqlite_schema ORDER BY name");
+        let out = run(&sqld, b.path(), &["push", "--json"]);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(3), "{what}: {said}");
+        assert!(said.contains("schema"), "{what}: a schema conflict: {said}");
+        assert!(
+            !said.contains("\"body\"]") && !said.contains("[\"body\""),
+            "{what}: no value read as a column name: {said}"
+        );
+        assert_eq!(
+            sqld.query("SELECT type, name, sql FROM sqlite_schema ORDER BY name"),
+            remote_before,
+            "{what}"
+        );
+    }
+}
