@@ -87,6 +87,8 @@ pub(crate) struct Plan {
     /// Our triggers, suspended while the merge applies.
     suspend: Vec<String>,
     ddl: Vec<String>,
+    /// Columns they dropped that `--ours` keeps ([`KeptColumn`]).
+    kept: Vec<KeptColumn>,
     /// Applied before any write of theirs, so their rows find their keys free.
     renumbers: Vec<Renumbered>,
     writes: Vec<Write>,
@@ -113,7 +115,17 @@ impl Plan {
     ) -> Result<Plan> {
         let carried = carry_through_migrations(ours, theirs, work)?;
         let theirs = carried.as_ref().unwrap_or(theirs);
-        let (ddl, triggers) = match (merge_schema(ours, theirs), merged_triggers(ours, theirs)) {
+        let Carried {
+            ours: ours_carried,
+            tables: carried_tables,
+            conflicts: dropped_edits,
+            kept,
+        } = carry_ours_through_theirs(ours, theirs, work, opts)?;
+        let ours = ours_carried.as_ref().unwrap_or(ours);
+        let (ddl, triggers) = match (
+            merge_schema(ours, theirs, &carried_tables),
+            merged_triggers(ours, theirs),
+        ) {
             (Outcome::Done(ddl), Outcome::Done(triggers)) => (ddl, triggers),
             // Stops the merge before any row is looked at: no side settles it.
             (a, b) => {
@@ -149,15 +161,17 @@ impl Plan {
         }
         let Merge {
             writes,
-            conflicts,
+            mut conflicts,
             mut report,
             ..
         } = m;
+        conflicts.extend(dropped_edits);
         report.applied = writes.len();
         report.resolved = conflicts.len();
         Ok(Plan {
             suspend: ours.new_triggers.iter().map(|(n, _)| n.clone()).collect(),
             ddl,
+            kept,
             renumbers: report.renumbered.clone(),
             writes,
             sequences: theirs.sequences.clone(),
@@ -197,8 +211,14 @@ impl Plan {
         for name in &self.suspend {
             work.execute_batch(&format!("DROP TRIGGER {}", sql::ident(name)))?;
         }
+        for k in &self.kept {
+            k.set_aside(work)?;
+        }
         for stmt in &self.ddl {
             work.execute_batch(stmt)?;
+        }
+        for k in &self.kept {
+            k.restore(work)?;
         }
         let fks = foreign_keys(work)?;
         let orphans = Orphans::before(
@@ -1439,6 +1459,228 @@ fn carry_through_migrations(
     Ok(out)
 }
 
+/// Our row changes to tables that only their side migrated (a dropped or renamed column, a
+/// renamed table, a 12-step rebuild that carries rows), carried into their new layout the way
+/// their DDL, run in the working copy, carries our rows: each row in the new layout, a dropped
+/// column's values left out, a new column's default filled in (evaluated in `work`).
+/// Returns our changeset so carried (`None`: nothing to carry), the tables carried (their new
+/// names), and our edits of a column they dropped: each a conflict on that column, settled as
+/// the table's [`Resolve`] says (see [`KeptColumn`]).
+fn carry_ours_through_theirs(
+    ours: &Changeset,
+    theirs: &Changeset,
+    work: &Connection,
+    opts: &MergeOptions,
+) -> Result<Carried> {
+    let mut carried = Carried::default();
+    for ch in &theirs.schema {
+        let SchemaChange::TableRebuilt {
+            name,
+            old_name,
+            columns: Some(map),
+            dropped,
+            ..
+        } = ch
+        else {
+            continue;
+        };
+        let ours_reshaped = ours.schema.iter().any(|c| match c {
+            SchemaChange::TableAdded { name: n, .. }
+            | SchemaChange::TableDropped { name: n, .. }
+            | SchemaChange::TableRebuilt { name: n, .. }
+            | SchemaChange::ColumnsAdded { table: n, .. } => n == old_name || n == name,
+            _ => false,
+        });
+        let (Some(oi), Some(new)) = (
+            ours.tables
+                .iter()
+                .position(|t| &t.table.name == old_name && !t.changes.is_empty()),
+            theirs.tables.iter().find(|t| &t.table.name == name),
+        ) else {
+            continue;
+        };
+        if ours_reshaped {
+            continue;
+        }
+        let old = &ours.tables[oi];
+        let mut picks = Vec::with_capacity(map.len());
+        for (new_col, from) in map {
+            picks.push(match from {
+                Some(o) => match old.columns.iter().position(|c| c == o) {
+                    Some(p) => Ok(p),
+                    None => {
+                        return Err(Error::Unexpected(format!(
+                            "table {old_name:?}: column {o:?} of the base's table is missing from our rows"
+                        )))
+                    }
+                },
+                None => {
+                    let default = new
+                        .table
+                        .columns
+                        .iter()
+                        .find(|c| &c.name == new_col)
+                        .and_then(|c| c.default.clone())
+                        .unwrap_or_else(|| "NULL".into());
+                    let v: Value = work.query_row(&format!("SELECT {default}"), [], |r| {
+                        r.get_ref(0).map(Value::from_ref)
+                    })?;
+                    Err(v)
+                }
+            });
+        }
+        let project = |row: &[Value]| -> Vec<Value> {
+            picks
+                .iter()
+                .map(|p| match p {
+                    Ok(i) => row[*i].clone(),
+                    Err(v) => v.clone(),
+                })
+                .collect()
+        };
+        let gone: Vec<usize> = dropped
+            .iter()
+            .filter_map(|d| old.columns.iter().position(|c| c == d))
+            .collect();
+        let resolve = opts.resolve_for(old_name);
+        let mut kept = Vec::new();
+        for c in &old.changes {
+            let RowChange::Update { old: was, new: now } = c else {
+                continue;
+            };
+            for &g in &gone {
+                if was[g] == now[g] {
+                    continue;
+                }
+                let mut conflict = Conflict::new(
+                    old_name,
+                    ConflictKind::Cell,
+                    old.key_of(now).into_iter().cloned().collect(),
+                );
+                conflict.columns = vec![old.columns[g].clone()];
+                conflict.base = Some(vec![was[g].clone()]);
+                conflict.ours = Some(vec![now[g].clone()]);
+                conflict.note = Some(format!(
+                    "column {:?} was dropped on the remote; --theirs lets our edit go with it, --ours keeps the column (added back at the end of the table) with our values",
+                    old.columns[g]
+                ));
+                carried.conflicts.push(conflict);
+                if resolve == Resolve::Ours && !kept.contains(&g) {
+                    kept.push(g);
+                }
+            }
+        }
+        for g in kept {
+            let column = old.table.columns.iter().find(|c| c.name == old.columns[g]);
+            let Some(column) = column else { continue };
+            carried.kept.push(KeptColumn {
+                table: name.clone(),
+                old_table: old_name.clone(),
+                key: old.key_names().iter().map(|k| k.to_string()).collect(),
+                column: column.name.clone(),
+                definition: column_definition(column),
+            });
+        }
+        let changes = old
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                RowChange::Insert(r) => Some(RowChange::Insert(project(r))),
+                RowChange::Delete(r) => Some(RowChange::Delete(project(r))),
+                RowChange::Update { old, new } => {
+                    let (old, new) = (project(old), project(new));
+                    (old != new).then_some(RowChange::Update { old, new })
+                }
+            })
+            .collect();
+        let cs = carried.ours.get_or_insert_with(|| ours.clone());
+        let mut moved = new.clone();
+        moved.changes = changes;
+        cs.tables[oi] = moved;
+        carried.tables.push(name.clone());
+    }
+    Ok(carried)
+}
+
+/// What [`carry_ours_through_theirs`] found.
+#[derive(Default)]
+struct Carried {
+    ours: Option<Changeset>,
+    tables: Vec<String>,
+    conflicts: Vec<Conflict>,
+    kept: Vec<KeptColumn>,
+}
+
+/// A column they dropped that `--ours` keeps, because we edited it: its values are set aside
+/// before their DDL runs, the column is added back (at the end of the table, with its type and
+/// default) and the values restored; the next push adds it on the remote (`ADD COLUMN`) with
+/// our values.
+#[derive(Debug, Clone)]
+struct KeptColumn {
+    table: String,
+    old_table: String,
+    key: Vec<String>,
+    column: String,
+    definition: String,
+}
+
+impl KeptColumn {
+    fn aside(&self) -> String {
+        sql::ident(&format!("tursync_kept_{}_{}", self.table, self.column))
+    }
+
+    /// Before their DDL: the column's values, by row key, in a temporary table.
+    fn set_aside(&self, work: &Connection) -> Result<()> {
+        let keys: Vec<String> = self.key.iter().map(|k| sql::ident(k)).collect();
+        work.execute_batch(&format!(
+            "DROP TABLE IF EXISTS temp.{aside}; CREATE TEMP TABLE {aside} AS SELECT {keys}, {col} AS v FROM {table}",
+            aside = self.aside(),
+            keys = keys.join(", "),
+            col = sql::ident(&self.column),
+            table = sql::ident(&self.old_table),
+        ))?;
+        Ok(())
+    }
+
+    /// After their DDL: the column added back and its values restored.
+    fn restore(&self, work: &Connection) -> Result<()> {
+        let table = sql::ident(&self.table);
+        let aside = self.aside();
+        let matches: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("{aside}.{k} IS {table}.{k}", k = sql::ident(k)))
+            .collect();
+        work.execute_batch(&format!(
+            "ALTER TABLE {table} ADD COLUMN {def};
+             UPDATE {table} SET {col} = (SELECT v FROM {aside} WHERE {m}) WHERE EXISTS (SELECT 1 FROM {aside} WHERE {m});
+             DROP TABLE temp.{aside};",
+            def = self.definition,
+            col = sql::ident(&self.column),
+            m = matches.join(" AND "),
+        ))
+        .during(
+            "adding back the column we edited and they dropped, in table",
+            format_args!("{:?}", self.table),
+        )?;
+        Ok(())
+    }
+}
+
+/// A column's definition as `ALTER TABLE … ADD COLUMN` takes it: its name, declared type and
+/// default (other constraints are not kept).
+fn column_definition(c: &crate::schema::Column) -> String {
+    let mut def = sql::ident(&c.name);
+    if !c.decl_type.is_empty() {
+        def.push(' ');
+        def.push_str(&c.decl_type);
+    }
+    if let Some(d) = &c.default {
+        def.push_str(&format!(" DEFAULT {d}"));
+    }
+    def
+}
+
 /// The definitions of table `name` for a schema conflict: in the base (from whichever side's
 /// change names it), ours and theirs (`None`: dropped on that side).
 fn table_conflict(name: &str, ours: &Changeset, theirs: &Changeset) -> Conflict {
@@ -1481,7 +1723,10 @@ fn table_conflict(name: &str, ours: &Changeset, theirs: &Changeset) -> Conflict 
 
 /// The DDL that brings their schema changes into the working copy, or the conflict when both
 /// sides changed the same object differently. Triggers are handled by [`merged_triggers`].
-fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Outcome<Vec<String>> {
+///
+/// `carried`: tables they migrated that our row changes were carried into
+/// ([`carry_ours_through_theirs`]): our rows there are no clash with their migration.
+fn merge_schema(ours: &Changeset, theirs: &Changeset, carried: &[String]) -> Outcome<Vec<String>> {
     let ours_touches = |name: &str| {
         ours.schema.iter().any(|c| match c {
             SchemaChange::TableAdded { name: n, .. }
@@ -1519,6 +1764,7 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Outcome<Vec<String>> {
             continue; // the same change on both sides
         }
         let clash = match ch {
+            SchemaChange::TableRebuilt { name, .. } if carried.contains(name) => None,
             SchemaChange::TableAdded { name, .. }
             | SchemaChange::TableDropped { name, .. }
             | SchemaChange::TableRebuilt { name, .. } => {

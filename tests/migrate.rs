@@ -306,3 +306,136 @@ fn a_push_never_reads_a_column_the_remote_no_longer_has() {
         );
     }
 }
+
+/// B's rows on the remote after B's sync, in the remote's new shape: `cols` lists the columns
+/// read (the renamed column under its new name).
+fn b_rows(sqld: &Sqld, table: &str, cols: &str) -> Vec<Vec<Cell>> {
+    sqld.query(&format!("SELECT {cols} FROM {table} ORDER BY id"))
+}
+
+/// Measured before: the remote renames a column while B has row edits pending on the table;
+/// B's pull said B changed the schema too (it did not), and neither --ours nor --theirs settled
+/// it (exit 3 each time). Now B's edits are carried onto the new shape and pushed; a renamed
+/// table likewise.
+#[test]
+fn a_pull_carries_our_row_edits_through_their_rename() {
+    for (migration, table, cols, body) in [
+        (
+            "ALTER TABLE notes RENAME COLUMN body TO content",
+            "notes",
+            "id, title, content, extra",
+            "content",
+        ),
+        (
+            "ALTER TABLE notes RENAME TO memos",
+            "memos",
+            "id, title, body, extra",
+            "body",
+        ),
+    ] {
+        let (sqld, b) = remote_migrated_under_b(migration);
+        let out = run(&sqld, b.path(), &["sync"]);
+        assert!(out.status.success(), "{migration}: {}", text(&out));
+        assert_same_database(&sqld, &wc(b.path()));
+        let rows = b_rows(&sqld, table, cols);
+        let want = vec![
+            vec![Cell::Integer(1), cell("t1"), cell("b1"), cell("x1")],
+            vec![Cell::Integer(2), cell("t2-B"), cell("b2"), cell("x2")],
+            vec![Cell::Integer(3), cell("t3-B"), cell("b3-B"), cell("x3")],
+            vec![Cell::Integer(5), cell("t5"), cell("b5"), cell("x5")],
+            vec![
+                Cell::Integer(30),
+                cell("t30-B"),
+                cell("b30-B"),
+                cell("x30-B"),
+            ],
+        ];
+        assert_eq!(
+            rows, want,
+            "{migration}: B's edits, {body} under its new name"
+        );
+        assert_eq!(
+            sqld.query("SELECT count(*) FROM tags"),
+            vec![vec![Cell::Integer(3)]]
+        );
+    }
+}
+
+/// The remote drops a column B edited in one row: a conflict on that column (exit 3, naming
+/// it); `--theirs` lets our edit of it go with the column and keeps our other edits; `--ours`
+/// keeps the column (added back at the end of the table) with our values and pushes it back.
+#[test]
+fn an_edit_of_a_column_they_dropped_is_a_conflict_on_that_column() {
+    let (sqld, b) = remote_migrated_under_b("ALTER TABLE notes DROP COLUMN body");
+    let local_before = local_dump(&wc(b.path()));
+    let out = run(&sqld, b.path(), &["sync"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("body") && said.contains("b3-B"),
+        "names the column and our value: {said}"
+    );
+    assert_eq!(local_dump(&wc(b.path())), local_before, "nothing changed");
+
+    let out = run(&sqld, b.path(), &["sync", "--theirs"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        b_rows(&sqld, "notes", "id, title, extra"),
+        vec![
+            vec![Cell::Integer(1), cell("t1"), cell("x1")],
+            vec![Cell::Integer(2), cell("t2-B"), cell("x2")],
+            vec![Cell::Integer(3), cell("t3-B"), cell("x3")],
+            vec![Cell::Integer(5), cell("t5"), cell("x5")],
+            vec![Cell::Integer(30), cell("t30-B"), cell("x30-B")],
+        ]
+    );
+
+    let (sqld, b) = remote_migrated_under_b("ALTER TABLE notes DROP COLUMN body");
+    let out = run(&sqld, b.path(), &["sync", "--ours"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        b_rows(&sqld, "notes", "id, title, extra, body"),
+        vec![
+            vec![Cell::Integer(1), cell("t1"), cell("x1"), cell("b1")],
+            vec![Cell::Integer(2), cell("t2-B"), cell("x2"), cell("b2")],
+            vec![Cell::Integer(3), cell("t3-B"), cell("x3"), cell("b3-B")],
+            vec![Cell::Integer(5), cell("t5"), cell("x5"), cell("b5")],
+            vec![
+                Cell::Integer(30),
+                cell("t30-B"),
+                cell("x30-B"),
+                cell("b30-B")
+            ],
+        ]
+    );
+}
+
+/// The remote drops a column B did not edit: B's other edits merge without a conflict.
+#[test]
+fn a_pull_carries_our_row_edits_through_their_dropped_column() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let b = tempdir();
+    ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+    edit(
+        b.path(),
+        "UPDATE notes SET title = 't3-B' WHERE id = 3; DELETE FROM notes WHERE id = 4;
+         INSERT INTO notes VALUES (30, 't30-B', 'b30-B', 'x30-B');",
+    );
+    sqld.exec("ALTER TABLE notes DROP COLUMN extra; UPDATE notes SET title = 't1-A' WHERE id = 1");
+    let out = run(&sqld, b.path(), &["sync"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        b_rows(&sqld, "notes", "id, title, body"),
+        vec![
+            vec![Cell::Integer(1), cell("t1-A"), cell("b1")],
+            vec![Cell::Integer(2), cell("t2"), cell("b2")],
+            vec![Cell::Integer(3), cell("t3-B"), cell("b3")],
+            vec![Cell::Integer(5), cell("t5"), cell("b5")],
+            vec![Cell::Integer(30), cell("t30-B"), cell("b30-B")],
+        ]
+    );
+}
