@@ -89,6 +89,8 @@ pub(crate) struct Plan {
     ddl: Vec<String>,
     /// Columns they dropped that `--ours` keeps ([`KeptColumn`]).
     kept: Vec<KeptColumn>,
+    /// Our changes that their new definition rejects, taken back (`--theirs`) before the DDL.
+    before_ddl: Vec<(String, Vec<Value>)>,
     /// Applied before any write of theirs, so their rows find their keys free.
     renumbers: Vec<Renumbered>,
     writes: Vec<Write>,
@@ -120,6 +122,7 @@ impl Plan {
             tables: carried_tables,
             conflicts: dropped_edits,
             kept,
+            before_ddl,
         } = carry_ours_through_theirs(ours, theirs, work, opts)?;
         let ours = ours_carried.as_ref().unwrap_or(ours);
         let (ddl, triggers) = match (
@@ -172,6 +175,7 @@ impl Plan {
             suspend: ours.new_triggers.iter().map(|(n, _)| n.clone()).collect(),
             ddl,
             kept,
+            before_ddl,
             renumbers: report.renumbered.clone(),
             writes,
             sequences: theirs.sequences.clone(),
@@ -210,6 +214,9 @@ impl Plan {
         let mut unique = Vec::new();
         for name in &self.suspend {
             work.execute_batch(&format!("DROP TRIGGER {}", sql::ident(name)))?;
+        }
+        for (q, args) in &self.before_ddl {
+            work.execute(q, rusqlite::params_from_iter(args))?;
         }
         for k in &self.kept {
             k.set_aside(work)?;
@@ -1581,18 +1588,75 @@ fn carry_ours_through_theirs(
                 definition: column_definition(column),
             });
         }
-        let changes = old
+        // Each carried change with the index of ours it comes from.
+        let mut changes: Vec<(usize, RowChange)> = old
             .changes
             .iter()
-            .filter_map(|c| match c {
-                RowChange::Insert(r) => Some(RowChange::Insert(project(r))),
-                RowChange::Delete(r) => Some(RowChange::Delete(project(r))),
+            .enumerate()
+            .filter_map(|(i, c)| match c {
+                RowChange::Insert(r) => Some((i, RowChange::Insert(project(r)))),
+                RowChange::Delete(r) => Some((i, RowChange::Delete(project(r)))),
                 RowChange::Update { old, new } => {
                     let (old, new) = (project(old), project(new));
-                    (old != new).then_some(RowChange::Update { old, new })
+                    (old != new).then_some((i, RowChange::Update { old, new }))
                 }
             })
             .collect();
+        // A row of ours their new definition rejects (NOT NULL, CHECK, a type in a STRICT
+        // table): a conflict naming the constraint. `--theirs` takes our change back before
+        // their DDL runs (our new row goes, our edited row returns to the base's values).
+        let rest = match ch {
+            SchemaChange::TableRebuilt { new_sql, kind, .. } if *kind == "rebuilt" => {
+                crate::diff::twelve_step_form(name, new_sql)
+            }
+            _ => None,
+        };
+        if let Some(rest) = rest {
+            let rejected = rejected_rows(work, rest, &new.columns, &changes)?;
+            for (at, constraint) in rejected.into_iter().rev() {
+                let (i, now) = (changes[at].0, changes[at].1.row().to_vec());
+                let mut conflict = Conflict::new(
+                    old_name,
+                    ConflictKind::Row,
+                    new.key_of(&now).into_iter().cloned().collect(),
+                );
+                conflict.columns = new.columns.clone();
+                conflict.ours = Some(now);
+                conflict.constraint = Some(constraint.clone());
+                conflict.note = Some(format!(
+                    "their new definition of table {name:?} rejects our row ({constraint}): --theirs takes our change of it back; or edit the row so it meets the constraint, then sync"
+                ));
+                carried.conflicts.push(conflict);
+                if resolve != Resolve::Theirs {
+                    continue;
+                }
+                let ours_row = old.changes[i].row();
+                let key: Vec<Value> = old.key_of(ours_row).into_iter().cloned().collect();
+                let cond = old
+                    .key_names()
+                    .iter()
+                    .map(|k| format!("{} IS ?", sql::ident(k)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                let table = sql::ident(old_name);
+                carried.before_ddl.push(match &old.changes[i] {
+                    RowChange::Update { old: base, .. } => {
+                        let set = old
+                            .columns
+                            .iter()
+                            .map(|c| format!("{} = ?", sql::ident(c)))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let mut args = base.clone();
+                        args.extend(key);
+                        (format!("UPDATE {table} SET {set} WHERE {cond}"), args)
+                    }
+                    _ => (format!("DELETE FROM {table} WHERE {cond}"), key),
+                });
+                changes.remove(at);
+            }
+        }
+        let changes = changes.into_iter().map(|(_, c)| c).collect();
         let cs = carried.ours.get_or_insert_with(|| ours.clone());
         let mut moved = new.clone();
         moved.changes = changes;
@@ -1602,6 +1666,49 @@ fn carry_ours_through_theirs(
     Ok(carried)
 }
 
+/// The changes (by position) among `changes` whose new row a table defined as `CREATE TABLE
+/// x{rest}` rejects, each with SQLite's message naming the constraint. Each row is tried
+/// alone in a temporary table of that definition, so only the row's own constraints count
+/// (NOT NULL, CHECK, types in a STRICT table), not UNIQUE against other rows.
+fn rejected_rows(
+    work: &Connection,
+    rest: &str,
+    columns: &[String],
+    changes: &[(usize, RowChange)],
+) -> Result<Vec<(usize, String)>> {
+    let probe = "temp.tursync_probe";
+    work.execute_batch(&format!(
+        "DROP TABLE IF EXISTS {probe}; CREATE TEMP TABLE tursync_probe{rest}"
+    ))?;
+    let insert = format!(
+        "INSERT INTO {probe}({}) VALUES ({})",
+        columns
+            .iter()
+            .map(|c| sql::ident(c))
+            .collect::<Vec<_>>()
+            .join(", "),
+        vec!["?"; columns.len()].join(", ")
+    );
+    let mut out = Vec::new();
+    for (at, (_, c)) in changes.iter().enumerate() {
+        if matches!(c, RowChange::Delete(_)) {
+            continue;
+        }
+        match work.execute(&insert, rusqlite::params_from_iter(c.row())) {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, msg))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                out.push((at, msg.unwrap_or_else(|| e.to_string())));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        work.execute_batch(&format!("DELETE FROM {probe}"))?;
+    }
+    work.execute_batch(&format!("DROP TABLE {probe}"))?;
+    Ok(out)
+}
+
 /// What [`carry_ours_through_theirs`] found.
 #[derive(Default)]
 struct Carried {
@@ -1609,6 +1716,8 @@ struct Carried {
     tables: Vec<String>,
     conflicts: Vec<Conflict>,
     kept: Vec<KeptColumn>,
+    /// Our changes taken back before their DDL runs: statements with their arguments.
+    before_ddl: Vec<(String, Vec<Value>)>,
 }
 
 /// A column they dropped that `--ours` keeps, because we edited it: its values are set aside

@@ -439,3 +439,75 @@ fn a_pull_carries_our_row_edits_through_their_dropped_column() {
         ]
     );
 }
+
+/// The remote's 12-step rebuild of `notes`: `extra` becomes INTEGER, `title` NOT NULL, a new
+/// column `color` with a default. Foreign keys off on that stream, as the procedure says.
+const REMOTE_REBUILD: &str = "PRAGMA foreign_keys = OFF;
+     BEGIN;
+     CREATE TABLE new_notes(id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT, extra INTEGER, color TEXT DEFAULT 'none');
+     INSERT INTO new_notes(id, title, body, extra) SELECT id, title, body, extra FROM notes;
+     DROP TABLE notes;
+     ALTER TABLE new_notes RENAME TO notes;
+     CREATE INDEX notes_title ON notes(title);
+     COMMIT;";
+
+/// Their rebuild, our row edits: our rows take the new definition's affinity and defaults, and
+/// a row of ours the new NOT NULL rejects is a conflict that names the constraint; `--theirs`
+/// takes that row back and keeps the rest. Measured before: on main, pull exit 3, "table notes
+/// was changed both here and on the remote", whatever --ours or --theirs said; with the rows
+/// carried but not checked, exit 1, "local database: NOT NULL constraint failed:
+/// notes__tursync_new.title".
+#[test]
+fn a_pull_carries_our_rows_into_their_rebuild() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let b = tempdir();
+    ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+    edit(
+        b.path(),
+        "UPDATE notes SET extra = '42' WHERE id = 2;
+         INSERT INTO notes VALUES (30, 't30-B', 'b30-B', '7');
+         INSERT INTO notes VALUES (31, NULL, 'b31-B', '8');",
+    );
+    sqld.exec(REMOTE_REBUILD);
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM tags"),
+        vec![vec![Cell::Integer(3)]]
+    );
+    let local_before = local_dump(&wc(b.path()));
+    let out = run(&sqld, b.path(), &["sync"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("NOT NULL constraint failed"),
+        "names the constraint: {said}"
+    );
+    assert_eq!(local_dump(&wc(b.path())), local_before, "nothing changed");
+
+    let out = run(&sqld, b.path(), &["sync", "--theirs"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        sqld.query(
+            "SELECT id, extra, typeof(extra), color FROM notes WHERE id IN (2, 30, 31) ORDER BY id"
+        ),
+        vec![
+            vec![
+                Cell::Integer(2),
+                Cell::Integer(42),
+                cell("integer"),
+                cell("none")
+            ],
+            vec![
+                Cell::Integer(30),
+                Cell::Integer(7),
+                cell("integer"),
+                cell("none")
+            ],
+        ]
+    );
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM tags"),
+        vec![vec![Cell::Integer(3)]]
+    );
+}
