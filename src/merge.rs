@@ -125,8 +125,13 @@ impl Plan {
             before_ddl,
         } = carry_ours_through_theirs(ours, theirs, work, opts)?;
         let ours = ours_carried.as_ref().unwrap_or(ours);
+        let mut kept = kept;
+        let apart = columns_added_apart(ours, theirs);
+        let mut settled = carried_tables;
+        settled.extend(apart.iter().map(|k| k.table.clone()));
+        kept.extend(apart);
         let (ddl, triggers) = match (
-            merge_schema(ours, theirs, &carried_tables),
+            merge_schema(ours, theirs, &settled),
             merged_triggers(ours, theirs),
         ) {
             (Outcome::Done(ddl), Outcome::Done(triggers)) => (ddl, triggers),
@@ -218,14 +223,25 @@ impl Plan {
         for (q, args) in &self.before_ddl {
             work.execute(q, rusqlite::params_from_iter(args))?;
         }
+        let mut indexes = Vec::new();
         for k in &self.kept {
-            k.set_aside(work)?;
+            indexes.extend(k.set_aside(work)?);
         }
         for stmt in &self.ddl {
             work.execute_batch(stmt)?;
         }
         for k in &self.kept {
             k.restore(work)?;
+        }
+        for (name, create) in indexes {
+            let there: bool = work.query_row(
+                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'index' AND name = ?1",
+                [&name],
+                |r| r.get(0),
+            )?;
+            if !there {
+                work.execute_batch(&create)?;
+            }
         }
         let fks = foreign_keys(work)?;
         let orphans = Orphans::before(
@@ -1586,6 +1602,7 @@ fn carry_ours_through_theirs(
                 key: old.key_names().iter().map(|k| k.to_string()).collect(),
                 column: column.name.clone(),
                 definition: column_definition(column),
+                drop_first: false,
             });
         }
         // Each carried change with the index of ours it comes from.
@@ -1720,10 +1737,12 @@ struct Carried {
     before_ddl: Vec<(String, Vec<Value>)>,
 }
 
-/// A column they dropped that `--ours` keeps, because we edited it: its values are set aside
-/// before their DDL runs, the column is added back (at the end of the table, with its type and
-/// default) and the values restored; the next push adds it on the remote (`ADD COLUMN`) with
-/// our values.
+/// A column of ours moved to the end of the table around their DDL: its values are set aside
+/// before their DDL runs, the column added back (`ALTER TABLE … ADD COLUMN`, after any columns
+/// they added) and the values restored. Two cases: a column they dropped that `--ours` keeps,
+/// because we edited it (added back with its type and default); a column we added while they
+/// added others to the same table (dropped first, then added back with its own definition,
+/// so the table reads as theirs with ours appended, as the remote will once we push).
 #[derive(Debug, Clone)]
 struct KeptColumn {
     table: String,
@@ -1731,6 +1750,8 @@ struct KeptColumn {
     key: Vec<String>,
     column: String,
     definition: String,
+    /// Ours alone has the column: it is dropped here before their DDL runs.
+    drop_first: bool,
 }
 
 impl KeptColumn {
@@ -1738,17 +1759,35 @@ impl KeptColumn {
         sql::ident(&format!("tursync_kept_{}_{}", self.table, self.column))
     }
 
-    /// Before their DDL: the column's values, by row key, in a temporary table.
-    fn set_aside(&self, work: &Connection) -> Result<()> {
+    /// Before their DDL: the column's values, by row key, in a temporary table; with
+    /// `drop_first`, the table's indexes dropped (returned, to be made again) and the column.
+    fn set_aside(&self, work: &Connection) -> Result<Vec<(String, String)>> {
         let keys: Vec<String> = self.key.iter().map(|k| sql::ident(k)).collect();
+        let table = sql::ident(&self.old_table);
+        let col = sql::ident(&self.column);
         work.execute_batch(&format!(
             "DROP TABLE IF EXISTS temp.{aside}; CREATE TEMP TABLE {aside} AS SELECT {keys}, {col} AS v FROM {table}",
             aside = self.aside(),
             keys = keys.join(", "),
-            col = sql::ident(&self.column),
-            table = sql::ident(&self.old_table),
         ))?;
-        Ok(())
+        let mut indexes = Vec::new();
+        if self.drop_first {
+            let mut st = work.prepare(
+                "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL",
+            )?;
+            indexes = st
+                .query_map([&self.old_table], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
+            for (name, _) in &indexes {
+                work.execute_batch(&format!("DROP INDEX {}", sql::ident(name)))?;
+            }
+            work.execute_batch(&format!("ALTER TABLE {table} DROP COLUMN {col}"))
+                .during(
+                    "moving our new column after theirs, in table",
+                    format_args!("{:?}", self.old_table),
+                )?;
+        }
+        Ok(indexes)
     }
 
     /// After their DDL: the column added back and its values restored.
@@ -1769,11 +1808,67 @@ impl KeptColumn {
             m = matches.join(" AND "),
         ))
         .during(
-            "adding back the column we edited and they dropped, in table",
+            "adding our column back after their change, in table",
             format_args!("{:?}", self.table),
         )?;
         Ok(())
     }
+}
+
+/// Columns both sides added to one table, each side its own: ours, to be moved after theirs
+/// ([`KeptColumn`]). `None` when both added a column of one name (then it is a conflict, or
+/// the same change, which needs nothing).
+fn columns_added_apart(ours: &Changeset, theirs: &Changeset) -> Vec<KeptColumn> {
+    let mut out = Vec::new();
+    for ch in &theirs.schema {
+        let SchemaChange::ColumnsAdded {
+            table,
+            columns: their_defs,
+            old_sql,
+        } = ch
+        else {
+            continue;
+        };
+        let Some(SchemaChange::ColumnsAdded {
+            columns: our_defs,
+            old_sql: our_old,
+            ..
+        }) = ours
+            .schema
+            .iter()
+            .find(|c| matches!(c, SchemaChange::ColumnsAdded { table: t, .. } if t == table))
+        else {
+            continue;
+        };
+        let (Some(mine), Some(theirs_t)) = (
+            ours.tables.iter().find(|t| &t.table.name == table),
+            theirs.tables.iter().find(|t| &t.table.name == table),
+        ) else {
+            continue;
+        };
+        let added = &mine.table.columns[mine.table.columns.len().saturating_sub(our_defs.len())..];
+        let clash = added.iter().any(|c| {
+            theirs_t
+                .table
+                .columns
+                .iter()
+                .any(|t| t.name.eq_ignore_ascii_case(&c.name))
+        });
+        if our_old != old_sql || their_defs == our_defs || clash || added.len() != our_defs.len() {
+            continue;
+        }
+        for (c, def) in added.iter().zip(our_defs) {
+            out.push(KeptColumn {
+                table: table.clone(),
+                old_table: table.clone(),
+                key: mine.key_names().iter().map(|k| k.to_string()).collect(),
+                column: c.name.clone(),
+                definition: def.clone(),
+                drop_first: true,
+            });
+        }
+    }
+    out
 }
 
 /// A column's definition as `ALTER TABLE … ADD COLUMN` takes it: its name, declared type and
@@ -1834,7 +1929,8 @@ fn table_conflict(name: &str, ours: &Changeset, theirs: &Changeset) -> Conflict 
 /// sides changed the same object differently. Triggers are handled by [`merged_triggers`].
 ///
 /// `carried`: tables they migrated that our row changes were carried into
-/// ([`carry_ours_through_theirs`]): our rows there are no clash with their migration.
+/// ([`carry_ours_through_theirs`]), and tables both sides added different columns to
+/// ([`columns_added_apart`]): no clash.
 fn merge_schema(ours: &Changeset, theirs: &Changeset, carried: &[String]) -> Outcome<Vec<String>> {
     let ours_touches = |name: &str| {
         ours.schema.iter().any(|c| match c {
@@ -1879,6 +1975,7 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset, carried: &[String]) -> Out
             | SchemaChange::TableRebuilt { name, .. } => {
                 ours_touches(name).then_some(("table", name))
             }
+            SchemaChange::ColumnsAdded { table, .. } if carried.contains(table) => None,
             SchemaChange::ColumnsAdded { table, .. } => ours
                 .schema
                 .iter()

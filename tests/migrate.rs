@@ -511,3 +511,59 @@ fn a_pull_carries_our_rows_into_their_rebuild() {
         vec![vec![Cell::Integer(3)]]
     );
 }
+
+/// Both sides added columns to one table, each its own (and an index each): they merge; the
+/// table reads as theirs with ours appended, on both sides, every value kept. Measured
+/// before: exit 3, "table notes was changed both here and on the remote", and neither
+/// --ours nor --theirs settled it.
+#[test]
+fn columns_added_on_both_sides_merge() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let b = tempdir();
+    ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+    edit(
+        b.path(),
+        "ALTER TABLE notes ADD COLUMN tag TEXT;
+         CREATE INDEX notes_tag ON notes(tag);
+         UPDATE notes SET tag = 'tag2-B' WHERE id = 2;
+         INSERT INTO notes VALUES (30, 't30-B', 'b30-B', 'x30-B', 'tag30-B');",
+    );
+    sqld.exec(
+        "ALTER TABLE notes ADD COLUMN color TEXT DEFAULT 'none';
+         CREATE INDEX notes_extra ON notes(extra);
+         UPDATE notes SET color = 'red' WHERE id = 1;
+         INSERT INTO notes(id, title, body, extra, color) VALUES (40, 't40-A', 'b40-A', 'x40-A', 'blue');",
+    );
+    let out = run(&sqld, b.path(), &["sync"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        sqld.query("SELECT name FROM pragma_table_info('notes') ORDER BY cid"),
+        ["id", "title", "body", "extra", "color", "tag"]
+            .map(|c| vec![cell(c)])
+            .to_vec()
+    );
+    assert_eq!(
+        sqld.query("SELECT id, color, tag FROM notes ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), cell("red"), Cell::Null],
+            vec![Cell::Integer(2), cell("none"), cell("tag2-B")],
+            vec![Cell::Integer(3), cell("none"), Cell::Null],
+            vec![Cell::Integer(4), cell("none"), Cell::Null],
+            vec![Cell::Integer(5), cell("none"), Cell::Null],
+            vec![Cell::Integer(30), cell("none"), cell("tag30-B")],
+            vec![Cell::Integer(40), cell("blue"), Cell::Null],
+        ]
+    );
+    assert_eq!(
+        sqld.query("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'notes' ORDER BY name"),
+        ["notes_extra", "notes_tag", "notes_title"].map(|c| vec![cell(c)]).to_vec()
+    );
+    let out = ok(&sqld, b.path(), &["push"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("applied"),
+        "{}",
+        text(&out)
+    );
+}
