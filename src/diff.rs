@@ -331,7 +331,9 @@ impl SchemaChange {
 /// or dropped columns (it edits the CREATE text the way it did in the working copy), and
 /// otherwise SQLite's 12-step procedure: the new table under a temporary name, the rows copied
 /// by `columns`, the old table dropped, the new one renamed (which leaves its definition as
-/// `CREATE TABLE "name"…`, the form the app's own 12-step left: see [`twelve_step_form`]).
+/// `CREATE TABLE "name"…`, the form the app's own 12-step left: see [`twelve_step_form`]);
+/// a definition of another form is rebuilt through a temporary copy of the rows instead
+/// ([`exact_rebuild_statements`]).
 /// The caller turns foreign keys off beforehand (DROP TABLE would delete child rows).
 ///
 /// ```text
@@ -391,15 +393,15 @@ fn rebuild_statements(
         _ => {}
     }
     let aside = format!("{name}__tursync_new");
-    let create = match twelve_step_form(name, new_sql) {
-        Some(rest) => format!("CREATE TABLE {}{rest}", sql::ident(&aside)),
-        None => return vec![format!("DROP TABLE {table}"), new_sql.to_owned()],
-    };
-    let mut out = vec![create];
     let copied: Vec<(&String, &String)> = columns
         .iter()
         .filter_map(|(n, o)| o.as_ref().map(|o| (n, o)))
         .collect();
+    let create = match twelve_step_form(name, new_sql) {
+        Some(rest) => format!("CREATE TABLE {}{rest}", sql::ident(&aside)),
+        None => return exact_rebuild_statements(name, &table, new_sql, &copied),
+    };
+    let mut out = vec![create];
     if !copied.is_empty() {
         let list = |f: &dyn Fn(&(&String, &String)) -> String| {
             copied.iter().map(f).collect::<Vec<_>>().join(", ")
@@ -418,6 +420,47 @@ fn rebuild_statements(
         sql::ident(name)
     ));
     out
+}
+
+/// A rebuild that ends in exactly `new_sql` whatever its form: the rows set aside in an
+/// untyped table of their own (which keeps every value as it is; sqld refuses TEMP tables,
+/// and the push's one transaction never shows it), the old table dropped,
+/// `new_sql` run as it is, the rows copied back (taking the new columns' affinity). Used
+/// when `new_sql` does not have the form a rename would leave ([`twelve_step_form`]).
+///
+/// ```text
+/// CREATE TABLE "t__tursync_old"("id", "b"); INSERT INTO "t__tursync_old" SELECT "id", "a" FROM "t";
+/// DROP TABLE "t"; CREATE TABLE t(…); INSERT INTO "t"("id", "b") SELECT "id", "b" FROM "t__tursync_old";
+/// DROP TABLE "t__tursync_old"
+/// ```
+fn exact_rebuild_statements(
+    name: &str,
+    old_table: &str,
+    new_sql: &str,
+    copied: &[(&String, &String)],
+) -> Vec<String> {
+    let kept = sql::ident(&format!("{name}__tursync_old"));
+    let list = |f: &dyn Fn(&(&String, &String)) -> String| {
+        copied.iter().map(f).collect::<Vec<_>>().join(", ")
+    };
+    if copied.is_empty() {
+        return vec![format!("DROP TABLE {old_table}"), new_sql.to_owned()];
+    }
+    let names = list(&|(n, _)| sql::ident(n));
+    vec![
+        format!("CREATE TABLE {kept}({names})"),
+        format!(
+            "INSERT INTO {kept} SELECT {} FROM {old_table}",
+            list(&|(_, o)| sql::ident(o))
+        ),
+        format!("DROP TABLE {old_table}"),
+        new_sql.to_owned(),
+        format!(
+            "INSERT INTO {}({names}) SELECT {names} FROM {kept}",
+            sql::ident(name)
+        ),
+        format!("DROP TABLE {kept}"),
+    ]
 }
 
 /// The rest of `new_sql` after `CREATE TABLE "name"`, when it has the form that SQLite's

@@ -689,7 +689,6 @@ fn remote_needs(ch: &SchemaChange, cs: &Changeset, remote: &RemoteState) -> Resu
             old_sql,
             new_sql,
             columns,
-            kind,
             ..
         } => {
             let renamed = old_name != name;
@@ -702,14 +701,6 @@ fn remote_needs(ch: &SchemaChange, cs: &Changeset, remote: &RemoteState) -> Resu
                         "table {name:?} changed its row key (primary key), so its rows cannot be matched with the remote's and push cannot carry the change \
                          without overwriting rows others changed. Push your row changes without this schema change first, \
                          then apply the change on the remote itself (SQLite's 12-step table rebuild) and run `tursync init --force`"
-                    )));
-                }
-                if *kind == "rebuilt" && crate::diff::twelve_step_form(name, new_sql).is_none() {
-                    return Err(Error::Unsupported(format!(
-                        "table {name:?} was rebuilt, but its new definition does not read `CREATE TABLE {}(…)` as SQLite's 12-step procedure \
-                         (ending in ALTER TABLE … RENAME TO) leaves it, so the remote could not be given exactly that definition. \
-                         Finish the rebuild with its last step (create the new table under another name, then rename it), then push again",
-                        sql::ident(name)
                     )));
                 }
                 Needs::All

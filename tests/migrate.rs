@@ -567,3 +567,50 @@ fn columns_added_on_both_sides_merge() {
         text(&out)
     );
 }
+
+/// A rebuild that does not end with `RENAME TO` (the app copies the rows aside, drops the
+/// table and creates it again under its own name): pushed, with the definition exactly the
+/// app's. Measured before: push refused it ("does not read `CREATE TABLE "notes"(…)`").
+#[test]
+fn a_rebuild_under_the_tables_own_name_is_pushed_with_both_sides_row_edits() {
+    let (sqld, _a, _b) = migrate_beside_a_teammate(
+        "PRAGMA foreign_keys = OFF;
+         BEGIN;
+         CREATE TEMP TABLE kept AS SELECT * FROM notes;
+         DROP TABLE notes;
+         CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT, extra BLOB);
+         INSERT INTO notes SELECT * FROM kept;
+         CREATE INDEX notes_title ON notes(title);
+         COMMIT;
+         PRAGMA foreign_keys = ON;
+         UPDATE notes SET body = 'b3-A' WHERE id = 3;
+         INSERT INTO notes VALUES (20, 't20-A', 'b20-A', 'x20-A');",
+    );
+    assert_eq!(
+        sqld.query("SELECT sql FROM sqlite_schema WHERE name = 'notes'"),
+        vec![vec![cell(
+            "CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT, extra BLOB)"
+        )]]
+    );
+    assert_eq!(
+        sqld.query("SELECT id, title, body, extra FROM notes ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), cell("t1"), cell("b1"), cell("x1")],
+            vec![Cell::Integer(2), cell("t2-B"), cell("b2"), cell("x2")],
+            vec![Cell::Integer(3), cell("t3"), cell("b3-A"), cell("x3")],
+            vec![Cell::Integer(5), cell("t5"), cell("b5"), cell("x5")],
+            vec![
+                Cell::Integer(10),
+                cell("t10-B"),
+                cell("b10-B"),
+                cell("x10-B")
+            ],
+            vec![
+                Cell::Integer(20),
+                cell("t20-A"),
+                cell("b20-A"),
+                cell("x20-A")
+            ],
+        ]
+    );
+}
