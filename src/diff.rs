@@ -433,7 +433,7 @@ fn rebuild_statements(
 /// DROP TABLE "t"; CREATE TABLE t(…); INSERT INTO "t"("id", "b") SELECT "id", "b" FROM "t__tursync_old";
 /// DROP TABLE "t__tursync_old"
 /// ```
-fn exact_rebuild_statements(
+pub(crate) fn exact_rebuild_statements(
     name: &str,
     old_table: &str,
     new_sql: &str,

@@ -89,8 +89,11 @@ pub(crate) struct Plan {
     ddl: Vec<String>,
     /// Columns they dropped that `--ours` keeps ([`KeptColumn`]).
     kept: Vec<KeptColumn>,
-    /// Our changes that their new definition rejects, taken back (`--theirs`) before the DDL.
+    /// Our changes that their new definition rejects, taken back (`--theirs`) before the DDL,
+    /// and tables rebuilt to their definition (a schema conflict settled `--theirs`).
     before_ddl: Vec<(String, Vec<Value>)>,
+    /// Indexes made after the DDL where missing: those of tables rebuilt to their definition.
+    indexes: Vec<(String, String)>,
     /// Applied before any write of theirs, so their rows find their keys free.
     renumbers: Vec<Renumbered>,
     writes: Vec<Write>,
@@ -130,6 +133,11 @@ impl Plan {
         let mut settled = carried_tables;
         settled.extend(apart.iter().map(|k| k.table.clone()));
         kept.extend(apart);
+        let both = settle_both_reshaped(ours, theirs, work, theirs_db, opts, &settled)?;
+        let ours = both.ours.as_ref().unwrap_or(ours);
+        let theirs = both.theirs.as_ref().unwrap_or(theirs);
+        let mut before_ddl = before_ddl;
+        before_ddl.extend(both.rebuilds.iter().map(|q| (q.clone(), Vec::new())));
         let (ddl, triggers) = match (
             merge_schema(ours, theirs, &settled),
             merged_triggers(ours, theirs),
@@ -175,12 +183,14 @@ impl Plan {
         } = m;
         conflicts.extend(dropped_edits);
         report.applied = writes.len();
-        report.resolved = conflicts.len();
+        report.resolved = conflicts.len() + both.settled;
+        report.schema_changes += both.settled;
         Ok(Plan {
             suspend: ours.new_triggers.iter().map(|(n, _)| n.clone()).collect(),
             ddl,
             kept,
             before_ddl,
+            indexes: both.indexes,
             renumbers: report.renumbered.clone(),
             writes,
             sequences: theirs.sequences.clone(),
@@ -223,7 +233,7 @@ impl Plan {
         for (q, args) in &self.before_ddl {
             work.execute(q, rusqlite::params_from_iter(args))?;
         }
-        let mut indexes = Vec::new();
+        let mut indexes = self.indexes.clone();
         for k in &self.kept {
             indexes.extend(k.set_aside(work)?);
         }
@@ -1723,6 +1733,189 @@ fn rejected_rows(
         work.execute_batch(&format!("DELETE FROM {probe}"))?;
     }
     work.execute_batch(&format!("DROP TABLE {probe}"))?;
+    Ok(out)
+}
+
+/// A table's definition changed on both sides in ways that do not merge, settled by `--ours` or
+/// `--theirs` ([`settle_both_reshaped`]).
+struct BothReshaped {
+    /// Our changeset with, per table settled `--theirs`, our schema change of it gone and our
+    /// row changes in their layout.
+    ours: Option<Changeset>,
+    /// Their changeset with, per table settled `--ours`, their schema change of it gone and
+    /// their row changes in our layout; per table settled `--theirs`, their schema change of
+    /// it gone too (the working copy's table is rebuilt to their definition first).
+    theirs: Option<Changeset>,
+    /// Statements that rebuild our table to their definition (`--theirs`), before the DDL.
+    rebuilds: Vec<String>,
+    /// Their indexes of the tables rebuilt so, made after the DDL where missing.
+    indexes: Vec<(String, String)>,
+    settled: usize,
+}
+
+/// The name of the table a schema change reshapes in place (not renamed, not dropped or added).
+fn reshaped_in_place(c: &SchemaChange) -> Option<&str> {
+    match c {
+        SchemaChange::TableRebuilt {
+            name,
+            old_name,
+            columns: Some(_),
+            ..
+        } if name == old_name => Some(name),
+        SchemaChange::ColumnsAdded { table, .. } => Some(table),
+        _ => None,
+    }
+}
+
+/// `from`'s row changes laid out as `to`'s columns, by column name (case-insensitive); a
+/// column `from` lacks takes `to`'s default (evaluated in `work`). `None` when a key column of
+/// `to` is missing from `from`: rows cannot be matched.
+fn by_name(from: &TableDiff, to: &TableDiff, work: &Connection) -> Result<Option<Vec<RowChange>>> {
+    let mut picks = Vec::with_capacity(to.columns.len());
+    for (i, c) in to.columns.iter().enumerate() {
+        match from.columns.iter().position(|f| f.eq_ignore_ascii_case(c)) {
+            Some(p) => picks.push(Ok(p)),
+            None if to.key.contains(&i) => return Ok(None),
+            None => {
+                let default = to
+                    .table
+                    .columns
+                    .iter()
+                    .find(|col| &col.name == c)
+                    .and_then(|col| col.default.clone())
+                    .unwrap_or_else(|| "NULL".into());
+                let v: Value = work.query_row(&format!("SELECT {default}"), [], |r| {
+                    r.get_ref(0).map(Value::from_ref)
+                })?;
+                picks.push(Err(v));
+            }
+        }
+    }
+    let project = |row: &[Value]| -> Vec<Value> {
+        picks
+            .iter()
+            .map(|p| match p {
+                Ok(i) => row[*i].clone(),
+                Err(v) => v.clone(),
+            })
+            .collect()
+    };
+    Ok(Some(
+        from.changes
+            .iter()
+            .filter_map(|c| match c {
+                RowChange::Insert(r) => Some(RowChange::Insert(project(r))),
+                RowChange::Delete(r) => Some(RowChange::Delete(project(r))),
+                RowChange::Update { old, new } => {
+                    let (old, new) = (project(old), project(new));
+                    (old != new).then_some(RowChange::Update { old, new })
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// Tables whose definition both sides changed, differently and in place, settled as the
+/// table's [`Resolve`] says. `--ours` keeps our definition: their schema change of it is not
+/// made here, their row changes are merged in our layout, and the next push rebuilds the
+/// remote's table to our definition, its rows carried. `--theirs` takes their definition: the
+/// working copy's table is rebuilt to it (our rows carried by column name), and our row
+/// changes merged in their layout. A refused one stays a schema conflict ([`merge_schema`]).
+fn settle_both_reshaped(
+    ours: &Changeset,
+    theirs: &Changeset,
+    work: &Connection,
+    theirs_db: &Connection,
+    opts: &MergeOptions,
+    skip: &[String],
+) -> Result<BothReshaped> {
+    let mut out = BothReshaped {
+        ours: None,
+        theirs: None,
+        rebuilds: Vec::new(),
+        indexes: Vec::new(),
+        settled: 0,
+    };
+    for their_change in &theirs.schema {
+        let Some(name) = reshaped_in_place(their_change) else {
+            continue;
+        };
+        if skip.iter().any(|t| t == name) {
+            continue;
+        }
+        let Some(our_change) = ours
+            .schema
+            .iter()
+            .find(|c| reshaped_in_place(c) == Some(name))
+        else {
+            continue;
+        };
+        if our_change == their_change {
+            continue;
+        }
+        let resolve = opts.resolve_for(name);
+        let (Some(mine), Some(their_t)) = (
+            ours.tables.iter().find(|t| t.table.name == name),
+            theirs.tables.iter().find(|t| t.table.name == name),
+        ) else {
+            continue;
+        };
+        let not_this = |c: &SchemaChange| reshaped_in_place(c) != Some(name);
+        match resolve {
+            Resolve::Refuse => continue,
+            Resolve::Ours => {
+                let Some(changes) = by_name(their_t, mine, work)? else {
+                    continue;
+                };
+                let cs = out.theirs.get_or_insert_with(|| theirs.clone());
+                cs.schema.retain(not_this);
+                let mut moved = mine.clone();
+                moved.changes = changes;
+                if let Some(t) = cs.tables.iter_mut().find(|t| t.table.name == name) {
+                    *t = moved;
+                }
+            }
+            Resolve::Theirs => {
+                let Some(changes) = by_name(mine, their_t, work)? else {
+                    continue;
+                };
+                let copied: Vec<(String, String)> = their_t
+                    .columns
+                    .iter()
+                    .filter_map(|c| {
+                        mine.columns
+                            .iter()
+                            .find(|m| m.eq_ignore_ascii_case(c))
+                            .map(|m| (c.clone(), m.clone()))
+                    })
+                    .collect();
+                let refs: Vec<(&String, &String)> = copied.iter().map(|(a, b)| (a, b)).collect();
+                out.rebuilds.extend(crate::diff::exact_rebuild_statements(
+                    name,
+                    &sql::ident(name),
+                    &their_t.table.sql,
+                    &refs,
+                ));
+                let mut st = theirs_db.prepare(
+                    "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL",
+                )?;
+                out.indexes.extend(
+                    st.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<Vec<(String, String)>>>()?,
+                );
+                let cs = out.ours.get_or_insert_with(|| ours.clone());
+                cs.schema.retain(not_this);
+                let mut moved = their_t.clone();
+                moved.changes = changes;
+                if let Some(t) = cs.tables.iter_mut().find(|t| t.table.name == name) {
+                    *t = moved;
+                }
+                let cs = out.theirs.get_or_insert_with(|| theirs.clone());
+                cs.schema.retain(not_this);
+            }
+        }
+        out.settled += 1;
+    }
     Ok(out)
 }
 

@@ -614,3 +614,65 @@ fn a_rebuild_under_the_tables_own_name_is_pushed_with_both_sides_row_edits() {
         ]
     );
 }
+
+/// B dropped a column while the remote added one to the same table: a schema conflict (see
+/// `a_migration_of_a_table_the_remote_changed_too_is_a_schema_conflict`). `--theirs` takes
+/// their definition and re-applies B's rows onto it; `--ours` keeps B's, and the push rebuilds
+/// the remote's table with their rows carried in. Either way the working copy ends equal to
+/// the remote. Measured before: exit 3 with --ours and --theirs alike (a dead end).
+#[test]
+fn a_schema_conflict_is_settled_by_ours_or_theirs() {
+    for side in ["--theirs", "--ours"] {
+        let sqld = Sqld::start();
+        sqld.exec(SCHEMA);
+        let b = tempdir();
+        ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+        edit(
+            b.path(),
+            "ALTER TABLE notes DROP COLUMN extra;
+             UPDATE notes SET body = 'b3-B' WHERE id = 3;
+             INSERT INTO notes VALUES (30, 't30-B', 'b30-B');",
+        );
+        sqld.exec(
+            "ALTER TABLE notes ADD COLUMN color TEXT;
+             UPDATE notes SET title = 't1-A' WHERE id = 1;
+             INSERT INTO notes(id, title, body, extra, color) VALUES (40, 't40-A', 'b40-A', 'x40-A', 'blue');",
+        );
+        let out = run(&sqld, b.path(), &["sync", side]);
+        assert!(out.status.success(), "{side}: {}", text(&out));
+        assert_same_database(&sqld, &wc(b.path()));
+        let want_sql = if side == "--theirs" {
+            "CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT, extra TEXT, color TEXT)"
+        } else {
+            "CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT)"
+        };
+        assert_eq!(
+            sqld.query("SELECT sql FROM sqlite_schema WHERE name = 'notes'"),
+            vec![vec![cell(want_sql)]],
+            "{side}"
+        );
+        assert_eq!(
+            sqld.query("SELECT id, title, body FROM notes ORDER BY id"),
+            vec![
+                vec![Cell::Integer(1), cell("t1-A"), cell("b1")],
+                vec![Cell::Integer(2), cell("t2"), cell("b2")],
+                vec![Cell::Integer(3), cell("t3"), cell("b3-B")],
+                vec![Cell::Integer(4), cell("t4"), cell("b4")],
+                vec![Cell::Integer(5), cell("t5"), cell("b5")],
+                vec![Cell::Integer(30), cell("t30-B"), cell("b30-B")],
+                vec![Cell::Integer(40), cell("t40-A"), cell("b40-A")],
+            ],
+            "{side}"
+        );
+        assert_eq!(
+            sqld.query("SELECT count(*) FROM tags"),
+            vec![vec![Cell::Integer(3)]]
+        );
+        let out = ok(&sqld, b.path(), &["push"]);
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("applied"),
+            "{side}: {}",
+            text(&out)
+        );
+    }
+}
