@@ -943,15 +943,68 @@ fn rebuild_kind(
                 .any(|o| o.decl_type == c.decl_type && o.pk == c.pk && o.generated == c.generated)
         })
     };
+    // SQLite's ALTER edits the definition's text and nothing else: the other columns'
+    // definitions (types, NOT NULL, CHECK…) must read as before, or it is a rebuild.
+    let (old_parts, new_parts) = (column_parts(&old.sql), column_parts(&new.sql));
+    let tail = |p: &str| {
+        let p = p.trim_start();
+        let end = p.find(char::is_whitespace).unwrap_or(p.len());
+        p[end..].trim().to_owned()
+    };
+    let renamed_alike = match (&old_parts, &new_parts) {
+        (Some(o), Some(n)) => {
+            o.len() == n.len() && o.iter().zip(n).all(|(a, b)| tail(a) == tail(b))
+        }
+        _ => false,
+    };
+    let dropped_alike = match (&old_parts, &new_parts) {
+        (Some(o), Some(n)) => {
+            let kept: Vec<&String> = o
+                .iter()
+                .filter(|p| {
+                    let first = p.split_whitespace().next().unwrap_or("");
+                    let first =
+                        first.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']');
+                    map.iter().any(|(_, from)| {
+                        from.as_deref()
+                            .is_some_and(|f| f.eq_ignore_ascii_case(first))
+                    }) || !old
+                        .columns
+                        .iter()
+                        .any(|c| c.name.eq_ignore_ascii_case(first))
+                })
+                .collect();
+            kept.len() == n.len() && kept.iter().zip(n).all(|(a, b)| a.trim() == b.trim())
+        }
+        _ => false,
+    };
     if old.name != new.name && all_carried && carried == old_count && !renamed {
         "table_renamed"
-    } else if renamed && all_carried && carried == old_count {
+    } else if renamed && all_carried && carried == old_count && renamed_alike {
         "column_renamed"
-    } else if !renamed && all_carried && carried < old_count && types_same(old, new) {
+    } else if !renamed
+        && all_carried
+        && carried < old_count
+        && types_same(old, new)
+        && dropped_alike
+    {
         "column_dropped"
     } else {
         "rebuilt"
     }
+}
+
+/// The column definitions and table constraints of a `CREATE TABLE` statement, trimmed: the
+/// text between its first `(` and last `)`, split at top-level commas.
+fn column_parts(create: &str) -> Option<Vec<String>> {
+    let (open, close) = (create.find('(')?, create.rfind(')')?);
+    let inner = create.get(open + 1..close)?;
+    Some(
+        split_top_level(inner)
+            .into_iter()
+            .map(|p| p.trim().to_owned())
+            .collect(),
+    )
 }
 
 /// Tables renamed between `old` and `new` (`ALTER TABLE … RENAME TO`), as new name -> old

@@ -126,6 +126,7 @@ impl Plan {
             conflicts: dropped_edits,
             kept,
             before_ddl,
+            keep_ours,
         } = carry_ours_through_theirs(ours, theirs, work, opts)?;
         let ours = ours_carried.as_ref().unwrap_or(ours);
         let mut kept = kept;
@@ -133,7 +134,7 @@ impl Plan {
         let mut settled = carried_tables;
         settled.extend(apart.iter().map(|k| k.table.clone()));
         kept.extend(apart);
-        let both = settle_both_reshaped(ours, theirs, work, theirs_db, opts, &settled)?;
+        let both = settle_both_reshaped(ours, theirs, work, theirs_db, opts, &settled, &keep_ours)?;
         let ours = both.ours.as_ref().unwrap_or(ours);
         let theirs = both.theirs.as_ref().unwrap_or(theirs);
         let mut before_ddl = before_ddl;
@@ -1536,6 +1537,7 @@ fn carry_ours_through_theirs(
             continue;
         }
         let old = &ours.tables[oi];
+        let kept_before = carried.kept.len();
         let mut picks = Vec::with_capacity(map.len());
         for (new_col, from) in map {
             picks.push(match from {
@@ -1635,11 +1637,19 @@ fn carry_ours_through_theirs(
         let rest = match ch {
             SchemaChange::TableRebuilt { new_sql, kind, .. } if *kind == "rebuilt" => {
                 crate::diff::twelve_step_form(name, new_sql)
+                    .or_else(|| new_sql.strip_prefix(&format!("CREATE TABLE {name}")))
+                    .filter(|rest| rest.starts_with('(') || rest.starts_with(' '))
             }
             _ => None,
         };
         if let Some(rest) = rest {
             let rejected = rejected_rows(work, rest, &new.columns, &changes)?;
+            // `--ours` keeps our definition of the table: their change of it is not made
+            // here, and the next push rebuilds the remote's table to ours.
+            let keep_ours = resolve == Resolve::Ours && !rejected.is_empty() && name == old_name;
+            if keep_ours {
+                carried.kept.truncate(kept_before);
+            }
             for (at, constraint) in rejected.into_iter().rev() {
                 let (i, now) = (changes[at].0, changes[at].1.row().to_vec());
                 let mut conflict = Conflict::new(
@@ -1652,6 +1662,9 @@ fn carry_ours_through_theirs(
                 conflict.constraint = Some(constraint.clone());
                 conflict.note = Some(format!(
                     "their new definition of table {name:?} rejects our row ({constraint}): --theirs takes our change of it back; or edit the row so it meets the constraint, then sync"
+                ));
+                conflict.note = Some(format!(
+                    "their new definition of table {name:?} rejects our row ({constraint}): --theirs takes our change of it back, --ours keeps our definition of the table (the push rebuilds the remote's to it); or edit the row so it meets the constraint, then sync"
                 ));
                 carried.conflicts.push(conflict);
                 if resolve != Resolve::Theirs {
@@ -1681,6 +1694,10 @@ fn carry_ours_through_theirs(
                     _ => (format!("DELETE FROM {table} WHERE {cond}"), key),
                 });
                 changes.remove(at);
+            }
+            if keep_ours {
+                carried.keep_ours.push(name.clone());
+                continue;
             }
         }
         let changes = changes.into_iter().map(|(_, c)| c).collect();
@@ -1816,7 +1833,8 @@ fn by_name(from: &TableDiff, to: &TableDiff, work: &Connection) -> Result<Option
 }
 
 /// Tables whose definition both sides changed, differently and in place, settled as the
-/// table's [`Resolve`] says. `--ours` keeps our definition: their schema change of it is not
+/// table's [`Resolve`] says, and tables in `keep_ours` (their rebuild rejects rows of ours,
+/// settled `--ours`), which keep our definition. `--ours` keeps our definition: their schema change of it is not
 /// made here, their row changes are merged in our layout, and the next push rebuilds the
 /// remote's table to our definition, its rows carried. `--theirs` takes their definition: the
 /// working copy's table is rebuilt to it (our rows carried by column name), and our row
@@ -1828,6 +1846,7 @@ fn settle_both_reshaped(
     theirs_db: &Connection,
     opts: &MergeOptions,
     skip: &[String],
+    keep_ours: &[String],
 ) -> Result<BothReshaped> {
     let mut out = BothReshaped {
         ours: None,
@@ -1843,15 +1862,15 @@ fn settle_both_reshaped(
         if skip.iter().any(|t| t == name) {
             continue;
         }
-        let Some(our_change) = ours
+        let forced = keep_ours.iter().any(|t| t == name);
+        let our_change = ours
             .schema
             .iter()
-            .find(|c| reshaped_in_place(c) == Some(name))
-        else {
-            continue;
-        };
-        if our_change == their_change {
-            continue;
+            .find(|c| reshaped_in_place(c) == Some(name));
+        match our_change {
+            None if !forced => continue,
+            Some(c) if c == their_change => continue,
+            _ => {}
         }
         let resolve = opts.resolve_for(name);
         let (Some(mine), Some(their_t)) = (
@@ -1861,6 +1880,7 @@ fn settle_both_reshaped(
             continue;
         };
         let not_this = |c: &SchemaChange| reshaped_in_place(c) != Some(name);
+        let resolve = if forced { Resolve::Ours } else { resolve };
         match resolve {
             Resolve::Refuse => continue,
             Resolve::Ours => {
@@ -1928,6 +1948,8 @@ struct Carried {
     kept: Vec<KeptColumn>,
     /// Our changes taken back before their DDL runs: statements with their arguments.
     before_ddl: Vec<(String, Vec<Value>)>,
+    /// Tables whose definition `--ours` keeps, since theirs rejects rows of ours.
+    keep_ours: Vec<String>,
 }
 
 /// A column of ours moved to the end of the table around their DDL: its values are set aside

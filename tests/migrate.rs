@@ -676,3 +676,49 @@ fn a_schema_conflict_is_settled_by_ours_or_theirs() {
         );
     }
 }
+
+/// `--ours` where their rebuild rejects a row of ours: our definition of the table stays, and
+/// the push rebuilds the remote's table to it, their rows carried; no row of either side is
+/// lost. Measured before: exit 1, "NOT NULL constraint failed: notes__tursync_new.title"; with
+/// the definition kept but the change from theirs back to ours taken for a dropped column
+/// (the other columns' types were compared loosely, their NOT NULL not at all), the push's
+/// record failed: "NOT NULL constraint failed: notes.title".
+#[test]
+fn ours_keeps_our_definition_when_their_rebuild_rejects_our_row() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let b = tempdir();
+    ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+    edit(
+        b.path(),
+        "INSERT INTO notes VALUES (31, NULL, 'b31-B', '8');",
+    );
+    sqld.exec(REMOTE_REBUILD);
+    sqld.exec(
+        "INSERT INTO notes(id, title, body, extra, color) VALUES (40, 't40-A', 'b40-A', 9, 'blue')",
+    );
+    let out = run(&sqld, b.path(), &["sync", "--ours"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        sqld.query("SELECT sql FROM sqlite_schema WHERE name = 'notes'"),
+        vec![vec![cell(
+            "CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT, extra TEXT)"
+        )]]
+    );
+    assert_eq!(
+        sqld.query("SELECT id, title, body FROM notes WHERE id > 5 ORDER BY id"),
+        vec![
+            vec![Cell::Integer(31), Cell::Null, cell("b31-B")],
+            vec![Cell::Integer(40), cell("t40-A"), cell("b40-A")],
+        ]
+    );
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM notes"),
+        vec![vec![Cell::Integer(7)]]
+    );
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM tags"),
+        vec![vec![Cell::Integer(3)]]
+    );
+}
