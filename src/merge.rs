@@ -118,6 +118,15 @@ impl Plan {
         work: &Connection,
         theirs_db: &Connection,
     ) -> Result<Plan> {
+        let user_version = match merged_user_version(ours, theirs, opts) {
+            Outcome::Done(v) => v,
+            Outcome::Conflicts(conflicts) => {
+                return Ok(Plan {
+                    conflicts,
+                    ..Plan::default()
+                })
+            }
+        };
         let carried = carry_through_migrations(ours, theirs, work)?;
         let theirs = carried.as_ref().unwrap_or(theirs);
         let Carried {
@@ -209,7 +218,7 @@ impl Plan {
                     })
                 })
                 .collect(),
-            user_version: theirs.user_version.filter(|_| ours.user_version.is_none()),
+            user_version,
             conflicts,
             report,
         })
@@ -1937,6 +1946,44 @@ fn settle_both_reshaped(
         out.settled += 1;
     }
     Ok(out)
+}
+
+/// The `user_version` the working copy takes from their side (`None`: it keeps its own). Both
+/// sides set different values: the same migration when both made the same schema changes
+/// (then the larger value stays), otherwise a schema conflict on `user_version` that
+/// `--theirs` (their value) or `--ours` (ours, which the next push sends) settles.
+fn merged_user_version(
+    ours: &Changeset,
+    theirs: &Changeset,
+    opts: &MergeOptions,
+) -> Outcome<Option<i64>> {
+    let (o, t) = match (ours.user_version, theirs.user_version) {
+        (None, t) => return Outcome::Done(t),
+        (Some(_), None) => return Outcome::Done(None),
+        (Some(o), Some(t)) if o == t => return Outcome::Done(None),
+        (Some(o), Some(t)) => (o, t),
+    };
+    let same_migration = !ours.schema.is_empty()
+        && ours.schema.len() == theirs.schema.len()
+        && ours.schema.iter().all(|c| theirs.schema.contains(c));
+    if same_migration {
+        return Outcome::Done((t > o).then_some(t));
+    }
+    match opts.resolve {
+        Resolve::Theirs => Outcome::Done(Some(t)),
+        Resolve::Ours => Outcome::Done(None),
+        Resolve::Refuse => Outcome::Conflicts(vec![Conflict {
+            columns: vec!["user_version".into()],
+            ours: Some(vec![Value::Integer(o)]),
+            theirs: Some(vec![Value::Integer(t)]),
+            note: Some(
+                "both sides set PRAGMA user_version, to different values, with different schema changes: \
+                 --theirs takes theirs, --ours keeps ours"
+                    .into(),
+            ),
+            ..Conflict::schema("pragma", "user_version")
+        }]),
+    }
 }
 
 /// What [`carry_ours_through_theirs`] found.

@@ -722,3 +722,46 @@ fn ours_keeps_our_definition_when_their_rebuild_rejects_our_row() {
         vec![vec![Cell::Integer(3)]]
     );
 }
+
+/// Both sides set `user_version` to different values: a schema conflict, unless both made the
+/// same schema changes (the same migration: the larger value stays). `--theirs` takes theirs,
+/// `--ours` keeps ours and pushes it. Measured before: pull kept ours silently, and the push
+/// overwrote theirs.
+#[test]
+fn different_user_versions_are_a_schema_conflict_unless_the_same_migration() {
+    let start = |ours: &str, theirs: &str| {
+        let sqld = Sqld::start();
+        sqld.exec(SCHEMA);
+        let b = tempdir();
+        ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+        edit(b.path(), ours);
+        sqld.exec(theirs);
+        (sqld, b)
+    };
+    let version = |sqld: &Sqld| sqld.query("PRAGMA user_version");
+    let (sqld, b) = start(
+        "PRAGMA user_version = 2; UPDATE notes SET title = 't1-B' WHERE id = 1;",
+        "PRAGMA user_version = 3",
+    );
+    let out = run(&sqld, b.path(), &["sync"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("user_version"), "{said}");
+    ok(&sqld, b.path(), &["sync", "--theirs"]);
+    assert_eq!(version(&sqld), vec![vec![Cell::Integer(3)]]);
+    assert_same_database(&sqld, &wc(b.path()));
+
+    let (sqld, b) = start("PRAGMA user_version = 2;", "PRAGMA user_version = 3");
+    ok(&sqld, b.path(), &["sync", "--ours"]);
+    assert_eq!(version(&sqld), vec![vec![Cell::Integer(2)]]);
+    assert_same_database(&sqld, &wc(b.path()));
+
+    let migration = "ALTER TABLE notes ADD COLUMN color TEXT;";
+    let (sqld, b) = start(
+        &format!("{migration} PRAGMA user_version = 2;"),
+        &format!("{migration} PRAGMA user_version = 3;"),
+    );
+    ok(&sqld, b.path(), &["sync"]);
+    assert_eq!(version(&sqld), vec![vec![Cell::Integer(3)]]);
+    assert_same_database(&sqld, &wc(b.path()));
+}
