@@ -765,3 +765,40 @@ fn different_user_versions_are_a_schema_conflict_unless_the_same_migration() {
     assert_eq!(version(&sqld), vec![vec![Cell::Integer(3)]]);
     assert_same_database(&sqld, &wc(b.path()));
 }
+
+/// `diff --sql` of each migration, applied to the base with the sqlite3 shell, gives the
+/// working copy: schema (definitions exactly) and rows.
+#[test]
+fn diff_sql_of_each_migration_replays_onto_the_base() {
+    let migrations = [
+        "ALTER TABLE notes DROP COLUMN extra; UPDATE notes SET body = 'b3-A' WHERE id = 3;",
+        "ALTER TABLE notes RENAME COLUMN body TO content; INSERT INTO notes VALUES (20, 't', 'c', 'x');",
+        "ALTER TABLE notes RENAME TO memos; DELETE FROM memos WHERE id = 2;",
+        "PRAGMA foreign_keys = OFF;
+         BEGIN;
+         CREATE TEMP TABLE kept AS SELECT * FROM notes;
+         DROP TABLE notes;
+         CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT, extra INTEGER);
+         INSERT INTO notes SELECT * FROM kept;
+         CREATE INDEX notes_title ON notes(title);
+         COMMIT;
+         UPDATE notes SET extra = '5' WHERE id = 1;",
+    ];
+    for migration in migrations {
+        let sqld = Sqld::start();
+        sqld.exec(SCHEMA);
+        let a = tempdir();
+        ok(&sqld, a.path(), &["init", "--url", &sqld.url]);
+        sqlite3_cli(&wc(a.path()), migration.as_bytes());
+        let sql = ok(&sqld, a.path(), &["diff", "--sql"]);
+        let replay = a.path().join("replay.db");
+        std::fs::copy(a.path().join(".tursync/base.db"), &replay).unwrap();
+        sqlite3_cli(&replay, &sql.stdout);
+        assert_eq!(
+            local_dump(&replay),
+            local_dump(&wc(a.path())),
+            "{migration}\n{}",
+            String::from_utf8_lossy(&sql.stdout)
+        );
+    }
+}
