@@ -331,7 +331,9 @@ impl SchemaChange {
 /// or dropped columns (it edits the CREATE text the way it did in the working copy), and
 /// otherwise SQLite's 12-step procedure: the new table under a temporary name, the rows copied
 /// by `columns`, the old table dropped, the new one renamed (which leaves its definition as
-/// `CREATE TABLE "name"…`, the form the app's own 12-step left: see [`twelve_step_form`]).
+/// `CREATE TABLE "name"…`, the form the app's own 12-step left: see [`twelve_step_form`]);
+/// a definition of another form is rebuilt through a temporary copy of the rows instead
+/// ([`exact_rebuild_statements`]).
 /// The caller turns foreign keys off beforehand (DROP TABLE would delete child rows).
 ///
 /// ```text
@@ -391,15 +393,15 @@ fn rebuild_statements(
         _ => {}
     }
     let aside = format!("{name}__tursync_new");
-    let create = match twelve_step_form(name, new_sql) {
-        Some(rest) => format!("CREATE TABLE {}{rest}", sql::ident(&aside)),
-        None => return vec![format!("DROP TABLE {table}"), new_sql.to_owned()],
-    };
-    let mut out = vec![create];
     let copied: Vec<(&String, &String)> = columns
         .iter()
         .filter_map(|(n, o)| o.as_ref().map(|o| (n, o)))
         .collect();
+    let create = match twelve_step_form(name, new_sql) {
+        Some(rest) => format!("CREATE TABLE {}{rest}", sql::ident(&aside)),
+        None => return exact_rebuild_statements(name, &table, new_sql, &copied),
+    };
+    let mut out = vec![create];
     if !copied.is_empty() {
         let list = |f: &dyn Fn(&(&String, &String)) -> String| {
             copied.iter().map(f).collect::<Vec<_>>().join(", ")
@@ -418,6 +420,47 @@ fn rebuild_statements(
         sql::ident(name)
     ));
     out
+}
+
+/// A rebuild that ends in exactly `new_sql` whatever its form: the rows set aside in an
+/// untyped table of their own (which keeps every value as it is; sqld refuses TEMP tables,
+/// and the push's one transaction never shows it), the old table dropped,
+/// `new_sql` run as it is, the rows copied back (taking the new columns' affinity). Used
+/// when `new_sql` does not have the form a rename would leave ([`twelve_step_form`]).
+///
+/// ```text
+/// CREATE TABLE "t__tursync_old"("id", "b"); INSERT INTO "t__tursync_old" SELECT "id", "a" FROM "t";
+/// DROP TABLE "t"; CREATE TABLE t(…); INSERT INTO "t"("id", "b") SELECT "id", "b" FROM "t__tursync_old";
+/// DROP TABLE "t__tursync_old"
+/// ```
+pub(crate) fn exact_rebuild_statements(
+    name: &str,
+    old_table: &str,
+    new_sql: &str,
+    copied: &[(&String, &String)],
+) -> Vec<String> {
+    let kept = sql::ident(&format!("{name}__tursync_old"));
+    let list = |f: &dyn Fn(&(&String, &String)) -> String| {
+        copied.iter().map(f).collect::<Vec<_>>().join(", ")
+    };
+    if copied.is_empty() {
+        return vec![format!("DROP TABLE {old_table}"), new_sql.to_owned()];
+    }
+    let names = list(&|(n, _)| sql::ident(n));
+    vec![
+        format!("CREATE TABLE {kept}({names})"),
+        format!(
+            "INSERT INTO {kept} SELECT {} FROM {old_table}",
+            list(&|(_, o)| sql::ident(o))
+        ),
+        format!("DROP TABLE {old_table}"),
+        new_sql.to_owned(),
+        format!(
+            "INSERT INTO {}({names}) SELECT {names} FROM {kept}",
+            sql::ident(name)
+        ),
+        format!("DROP TABLE {kept}"),
+    ]
 }
 
 /// The rest of `new_sql` after `CREATE TABLE "name"`, when it has the form that SQLite's
@@ -900,15 +943,68 @@ fn rebuild_kind(
                 .any(|o| o.decl_type == c.decl_type && o.pk == c.pk && o.generated == c.generated)
         })
     };
+    // SQLite's ALTER edits the definition's text and nothing else: the other columns'
+    // definitions (types, NOT NULL, CHECK…) must read as before, or it is a rebuild.
+    let (old_parts, new_parts) = (column_parts(&old.sql), column_parts(&new.sql));
+    let tail = |p: &str| {
+        let p = p.trim_start();
+        let end = p.find(char::is_whitespace).unwrap_or(p.len());
+        p[end..].trim().to_owned()
+    };
+    let renamed_alike = match (&old_parts, &new_parts) {
+        (Some(o), Some(n)) => {
+            o.len() == n.len() && o.iter().zip(n).all(|(a, b)| tail(a) == tail(b))
+        }
+        _ => false,
+    };
+    let dropped_alike = match (&old_parts, &new_parts) {
+        (Some(o), Some(n)) => {
+            let kept: Vec<&String> = o
+                .iter()
+                .filter(|p| {
+                    let first = p.split_whitespace().next().unwrap_or("");
+                    let first =
+                        first.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']');
+                    map.iter().any(|(_, from)| {
+                        from.as_deref()
+                            .is_some_and(|f| f.eq_ignore_ascii_case(first))
+                    }) || !old
+                        .columns
+                        .iter()
+                        .any(|c| c.name.eq_ignore_ascii_case(first))
+                })
+                .collect();
+            kept.len() == n.len() && kept.iter().zip(n).all(|(a, b)| a.trim() == b.trim())
+        }
+        _ => false,
+    };
     if old.name != new.name && all_carried && carried == old_count && !renamed {
         "table_renamed"
-    } else if renamed && all_carried && carried == old_count {
+    } else if renamed && all_carried && carried == old_count && renamed_alike {
         "column_renamed"
-    } else if !renamed && all_carried && carried < old_count && types_same(old, new) {
+    } else if !renamed
+        && all_carried
+        && carried < old_count
+        && types_same(old, new)
+        && dropped_alike
+    {
         "column_dropped"
     } else {
         "rebuilt"
     }
+}
+
+/// The column definitions and table constraints of a `CREATE TABLE` statement, trimmed: the
+/// text between its first `(` and last `)`, split at top-level commas.
+fn column_parts(create: &str) -> Option<Vec<String>> {
+    let (open, close) = (create.find('(')?, create.rfind(')')?);
+    let inner = create.get(open + 1..close)?;
+    Some(
+        split_top_level(inner)
+            .into_iter()
+            .map(|p| p.trim().to_owned())
+            .collect(),
+    )
 }
 
 /// Tables renamed between `old` and `new` (`ALTER TABLE … RENAME TO`), as new name -> old

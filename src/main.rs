@@ -1465,7 +1465,7 @@ impl Op {
                 }
             }
             Op::Pull if any(ConflictKind::Schema) => {
-                eprintln!("Nothing changed. Both sides changed the same schema object (definitions shown above where known): undo one side's change (in the working copy, or on the remote itself) or make both the same, then pull again.")
+                eprintln!("Nothing changed. Both sides changed the same schema object (definitions shown above where known). A table both sides reshaped in place is settled by `tursync sync --theirs` (their definition, our rows merged onto it) or `--ours` (our definition, pushed with their rows carried; `--theirs TABLE` for one table). Otherwise undo one side's change (in the working copy, or on the remote itself) or make both the same, then pull again.")
             }
             Op::Pull => eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (or table by table: `--theirs TABLE`), or edit the working copy and pull again. For a foreign-key conflict, the side you keep decides whether the deleted parent stays deleted (its ON DELETE action then applies to the rows pointing at it) or comes back with what its delete took along; `tursync help pull` says more."),
         }

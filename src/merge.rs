@@ -87,6 +87,13 @@ pub(crate) struct Plan {
     /// Our triggers, suspended while the merge applies.
     suspend: Vec<String>,
     ddl: Vec<String>,
+    /// Columns they dropped that `--ours` keeps ([`KeptColumn`]).
+    kept: Vec<KeptColumn>,
+    /// Our changes that their new definition rejects, taken back (`--theirs`) before the DDL,
+    /// and tables rebuilt to their definition (a schema conflict settled `--theirs`).
+    before_ddl: Vec<(String, Vec<Value>)>,
+    /// Indexes made after the DDL where missing: those of tables rebuilt to their definition.
+    indexes: Vec<(String, String)>,
     /// Applied before any write of theirs, so their rows find their keys free.
     renumbers: Vec<Renumbered>,
     writes: Vec<Write>,
@@ -111,9 +118,40 @@ impl Plan {
         work: &Connection,
         theirs_db: &Connection,
     ) -> Result<Plan> {
+        let user_version = match merged_user_version(ours, theirs, opts) {
+            Outcome::Done(v) => v,
+            Outcome::Conflicts(conflicts) => {
+                return Ok(Plan {
+                    conflicts,
+                    ..Plan::default()
+                })
+            }
+        };
         let carried = carry_through_migrations(ours, theirs, work)?;
         let theirs = carried.as_ref().unwrap_or(theirs);
-        let (ddl, triggers) = match (merge_schema(ours, theirs), merged_triggers(ours, theirs)) {
+        let Carried {
+            ours: ours_carried,
+            tables: carried_tables,
+            conflicts: dropped_edits,
+            kept,
+            before_ddl,
+            keep_ours,
+        } = carry_ours_through_theirs(ours, theirs, work, opts)?;
+        let ours = ours_carried.as_ref().unwrap_or(ours);
+        let mut kept = kept;
+        let apart = columns_added_apart(ours, theirs);
+        let mut settled = carried_tables;
+        settled.extend(apart.iter().map(|k| k.table.clone()));
+        kept.extend(apart);
+        let both = settle_both_reshaped(ours, theirs, work, theirs_db, opts, &settled, &keep_ours)?;
+        let ours = both.ours.as_ref().unwrap_or(ours);
+        let theirs = both.theirs.as_ref().unwrap_or(theirs);
+        let mut before_ddl = before_ddl;
+        before_ddl.extend(both.rebuilds.iter().map(|q| (q.clone(), Vec::new())));
+        let (ddl, triggers) = match (
+            merge_schema(ours, theirs, &settled),
+            merged_triggers(ours, theirs),
+        ) {
             (Outcome::Done(ddl), Outcome::Done(triggers)) => (ddl, triggers),
             // Stops the merge before any row is looked at: no side settles it.
             (a, b) => {
@@ -149,15 +187,20 @@ impl Plan {
         }
         let Merge {
             writes,
-            conflicts,
+            mut conflicts,
             mut report,
             ..
         } = m;
+        conflicts.extend(dropped_edits);
         report.applied = writes.len();
-        report.resolved = conflicts.len();
+        report.resolved = conflicts.len() + both.settled;
+        report.schema_changes += both.settled;
         Ok(Plan {
             suspend: ours.new_triggers.iter().map(|(n, _)| n.clone()).collect(),
             ddl,
+            kept,
+            before_ddl,
+            indexes: both.indexes,
             renumbers: report.renumbered.clone(),
             writes,
             sequences: theirs.sequences.clone(),
@@ -175,7 +218,7 @@ impl Plan {
                     })
                 })
                 .collect(),
-            user_version: theirs.user_version.filter(|_| ours.user_version.is_none()),
+            user_version,
             conflicts,
             report,
         })
@@ -197,8 +240,28 @@ impl Plan {
         for name in &self.suspend {
             work.execute_batch(&format!("DROP TRIGGER {}", sql::ident(name)))?;
         }
+        for (q, args) in &self.before_ddl {
+            work.execute(q, rusqlite::params_from_iter(args))?;
+        }
+        let mut indexes = self.indexes.clone();
+        for k in &self.kept {
+            indexes.extend(k.set_aside(work)?);
+        }
         for stmt in &self.ddl {
             work.execute_batch(stmt)?;
+        }
+        for k in &self.kept {
+            k.restore(work)?;
+        }
+        for (name, create) in indexes {
+            let there: bool = work.query_row(
+                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'index' AND name = ?1",
+                [&name],
+                |r| r.get(0),
+            )?;
+            if !there {
+                work.execute_batch(&create)?;
+            }
         }
         let fks = foreign_keys(work)?;
         let orphans = Orphans::before(
@@ -1439,6 +1502,651 @@ fn carry_through_migrations(
     Ok(out)
 }
 
+/// Our row changes to tables that only their side migrated (a dropped or renamed column, a
+/// renamed table, a 12-step rebuild that carries rows), carried into their new layout the way
+/// their DDL, run in the working copy, carries our rows: each row in the new layout, a dropped
+/// column's values left out, a new column's default filled in (evaluated in `work`).
+/// Returns our changeset so carried (`None`: nothing to carry), the tables carried (their new
+/// names), and our edits of a column they dropped: each a conflict on that column, settled as
+/// the table's [`Resolve`] says (see [`KeptColumn`]).
+fn carry_ours_through_theirs(
+    ours: &Changeset,
+    theirs: &Changeset,
+    work: &Connection,
+    opts: &MergeOptions,
+) -> Result<Carried> {
+    let mut carried = Carried::default();
+    for ch in &theirs.schema {
+        let SchemaChange::TableRebuilt {
+            name,
+            old_name,
+            columns: Some(map),
+            dropped,
+            ..
+        } = ch
+        else {
+            continue;
+        };
+        let ours_reshaped = ours.schema.iter().any(|c| match c {
+            SchemaChange::TableAdded { name: n, .. }
+            | SchemaChange::TableDropped { name: n, .. }
+            | SchemaChange::TableRebuilt { name: n, .. }
+            | SchemaChange::ColumnsAdded { table: n, .. } => n == old_name || n == name,
+            _ => false,
+        });
+        let (Some(oi), Some(new)) = (
+            ours.tables
+                .iter()
+                .position(|t| &t.table.name == old_name && !t.changes.is_empty()),
+            theirs.tables.iter().find(|t| &t.table.name == name),
+        ) else {
+            continue;
+        };
+        if ours_reshaped {
+            continue;
+        }
+        let old = &ours.tables[oi];
+        let kept_before = carried.kept.len();
+        let mut picks = Vec::with_capacity(map.len());
+        for (new_col, from) in map {
+            picks.push(match from {
+                Some(o) => match old.columns.iter().position(|c| c == o) {
+                    Some(p) => Ok(p),
+                    None => {
+                        return Err(Error::Unexpected(format!(
+                            "table {old_name:?}: column {o:?} of the base's table is missing from our rows"
+                        )))
+                    }
+                },
+                None => {
+                    let default = new
+                        .table
+                        .columns
+                        .iter()
+                        .find(|c| &c.name == new_col)
+                        .and_then(|c| c.default.clone())
+                        .unwrap_or_else(|| "NULL".into());
+                    let v: Value = work.query_row(&format!("SELECT {default}"), [], |r| {
+                        r.get_ref(0).map(Value::from_ref)
+                    })?;
+                    Err(v)
+                }
+            });
+        }
+        let project = |row: &[Value]| -> Vec<Value> {
+            picks
+                .iter()
+                .map(|p| match p {
+                    Ok(i) => row[*i].clone(),
+                    Err(v) => v.clone(),
+                })
+                .collect()
+        };
+        let gone: Vec<usize> = dropped
+            .iter()
+            .filter_map(|d| old.columns.iter().position(|c| c == d))
+            .collect();
+        let resolve = opts.resolve_for(old_name);
+        let mut kept = Vec::new();
+        for c in &old.changes {
+            let RowChange::Update { old: was, new: now } = c else {
+                continue;
+            };
+            for &g in &gone {
+                if was[g] == now[g] {
+                    continue;
+                }
+                let mut conflict = Conflict::new(
+                    old_name,
+                    ConflictKind::Cell,
+                    old.key_of(now).into_iter().cloned().collect(),
+                );
+                conflict.columns = vec![old.columns[g].clone()];
+                conflict.base = Some(vec![was[g].clone()]);
+                conflict.ours = Some(vec![now[g].clone()]);
+                conflict.note = Some(format!(
+                    "column {:?} was dropped on the remote; --theirs lets our edit go with it, --ours keeps the column (added back at the end of the table) with our values",
+                    old.columns[g]
+                ));
+                carried.conflicts.push(conflict);
+                if resolve == Resolve::Ours && !kept.contains(&g) {
+                    kept.push(g);
+                }
+            }
+        }
+        for g in kept {
+            let column = old.table.columns.iter().find(|c| c.name == old.columns[g]);
+            let Some(column) = column else { continue };
+            carried.kept.push(KeptColumn {
+                table: name.clone(),
+                old_table: old_name.clone(),
+                key: old.key_names().iter().map(|k| k.to_string()).collect(),
+                column: column.name.clone(),
+                definition: column_definition(column),
+                drop_first: false,
+            });
+        }
+        // Each carried change with the index of ours it comes from.
+        let mut changes: Vec<(usize, RowChange)> = old
+            .changes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c {
+                RowChange::Insert(r) => Some((i, RowChange::Insert(project(r)))),
+                RowChange::Delete(r) => Some((i, RowChange::Delete(project(r)))),
+                RowChange::Update { old, new } => {
+                    let (old, new) = (project(old), project(new));
+                    (old != new).then_some((i, RowChange::Update { old, new }))
+                }
+            })
+            .collect();
+        // A row of ours their new definition rejects (NOT NULL, CHECK, a type in a STRICT
+        // table): a conflict naming the constraint. `--theirs` takes our change back before
+        // their DDL runs (our new row goes, our edited row returns to the base's values).
+        let rest = match ch {
+            SchemaChange::TableRebuilt { new_sql, kind, .. } if *kind == "rebuilt" => {
+                crate::diff::twelve_step_form(name, new_sql)
+                    .or_else(|| new_sql.strip_prefix(&format!("CREATE TABLE {name}")))
+                    .filter(|rest| rest.starts_with('(') || rest.starts_with(' '))
+            }
+            _ => None,
+        };
+        if let Some(rest) = rest {
+            let rejected = rejected_rows(work, rest, &new.columns, &changes)?;
+            // `--ours` keeps our definition of the table: their change of it is not made
+            // here, and the next push rebuilds the remote's table to ours.
+            let keep_ours = resolve == Resolve::Ours && !rejected.is_empty() && name == old_name;
+            if keep_ours {
+                carried.kept.truncate(kept_before);
+            }
+            for (at, constraint) in rejected.into_iter().rev() {
+                let (i, now) = (changes[at].0, changes[at].1.row().to_vec());
+                let mut conflict = Conflict::new(
+                    old_name,
+                    ConflictKind::Row,
+                    new.key_of(&now).into_iter().cloned().collect(),
+                );
+                conflict.columns = new.columns.clone();
+                conflict.ours = Some(now);
+                conflict.constraint = Some(constraint.clone());
+                conflict.note = Some(format!(
+                    "their new definition of table {name:?} rejects our row ({constraint}): --theirs takes our change of it back; or edit the row so it meets the constraint, then sync"
+                ));
+                conflict.note = Some(format!(
+                    "their new definition of table {name:?} rejects our row ({constraint}): --theirs takes our change of it back, --ours keeps our definition of the table (the push rebuilds the remote's to it); or edit the row so it meets the constraint, then sync"
+                ));
+                carried.conflicts.push(conflict);
+                if resolve != Resolve::Theirs {
+                    continue;
+                }
+                let ours_row = old.changes[i].row();
+                let key: Vec<Value> = old.key_of(ours_row).into_iter().cloned().collect();
+                let cond = old
+                    .key_names()
+                    .iter()
+                    .map(|k| format!("{} IS ?", sql::ident(k)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                let table = sql::ident(old_name);
+                carried.before_ddl.push(match &old.changes[i] {
+                    RowChange::Update { old: base, .. } => {
+                        let set = old
+                            .columns
+                            .iter()
+                            .map(|c| format!("{} = ?", sql::ident(c)))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let mut args = base.clone();
+                        args.extend(key);
+                        (format!("UPDATE {table} SET {set} WHERE {cond}"), args)
+                    }
+                    _ => (format!("DELETE FROM {table} WHERE {cond}"), key),
+                });
+                changes.remove(at);
+            }
+            if keep_ours {
+                carried.keep_ours.push(name.clone());
+                continue;
+            }
+        }
+        let changes = changes.into_iter().map(|(_, c)| c).collect();
+        let cs = carried.ours.get_or_insert_with(|| ours.clone());
+        let mut moved = new.clone();
+        moved.changes = changes;
+        cs.tables[oi] = moved;
+        carried.tables.push(name.clone());
+    }
+    Ok(carried)
+}
+
+/// The changes (by position) among `changes` whose new row a table defined as `CREATE TABLE
+/// x{rest}` rejects, each with SQLite's message naming the constraint. Each row is tried
+/// alone in a temporary table of that definition, so only the row's own constraints count
+/// (NOT NULL, CHECK, types in a STRICT table), not UNIQUE against other rows.
+fn rejected_rows(
+    work: &Connection,
+    rest: &str,
+    columns: &[String],
+    changes: &[(usize, RowChange)],
+) -> Result<Vec<(usize, String)>> {
+    let probe = "temp.tursync_probe";
+    work.execute_batch(&format!(
+        "DROP TABLE IF EXISTS {probe}; CREATE TEMP TABLE tursync_probe{rest}"
+    ))?;
+    let insert = format!(
+        "INSERT INTO {probe}({}) VALUES ({})",
+        columns
+            .iter()
+            .map(|c| sql::ident(c))
+            .collect::<Vec<_>>()
+            .join(", "),
+        vec!["?"; columns.len()].join(", ")
+    );
+    let mut out = Vec::new();
+    for (at, (_, c)) in changes.iter().enumerate() {
+        if matches!(c, RowChange::Delete(_)) {
+            continue;
+        }
+        match work.execute(&insert, rusqlite::params_from_iter(c.row())) {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, msg))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                out.push((at, msg.unwrap_or_else(|| e.to_string())));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        work.execute_batch(&format!("DELETE FROM {probe}"))?;
+    }
+    work.execute_batch(&format!("DROP TABLE {probe}"))?;
+    Ok(out)
+}
+
+/// A table's definition changed on both sides in ways that do not merge, settled by `--ours` or
+/// `--theirs` ([`settle_both_reshaped`]).
+struct BothReshaped {
+    /// Our changeset with, per table settled `--theirs`, our schema change of it gone and our
+    /// row changes in their layout.
+    ours: Option<Changeset>,
+    /// Their changeset with, per table settled `--ours`, their schema change of it gone and
+    /// their row changes in our layout; per table settled `--theirs`, their schema change of
+    /// it gone too (the working copy's table is rebuilt to their definition first).
+    theirs: Option<Changeset>,
+    /// Statements that rebuild our table to their definition (`--theirs`), before the DDL.
+    rebuilds: Vec<String>,
+    /// Their indexes of the tables rebuilt so, made after the DDL where missing.
+    indexes: Vec<(String, String)>,
+    settled: usize,
+}
+
+/// The name of the table a schema change reshapes in place (not renamed, not dropped or added).
+fn reshaped_in_place(c: &SchemaChange) -> Option<&str> {
+    match c {
+        SchemaChange::TableRebuilt {
+            name,
+            old_name,
+            columns: Some(_),
+            ..
+        } if name == old_name => Some(name),
+        SchemaChange::ColumnsAdded { table, .. } => Some(table),
+        _ => None,
+    }
+}
+
+/// `from`'s row changes laid out as `to`'s columns, by column name (case-insensitive); a
+/// column `from` lacks takes `to`'s default (evaluated in `work`). `None` when a key column of
+/// `to` is missing from `from`: rows cannot be matched.
+fn by_name(from: &TableDiff, to: &TableDiff, work: &Connection) -> Result<Option<Vec<RowChange>>> {
+    let mut picks = Vec::with_capacity(to.columns.len());
+    for (i, c) in to.columns.iter().enumerate() {
+        match from.columns.iter().position(|f| f.eq_ignore_ascii_case(c)) {
+            Some(p) => picks.push(Ok(p)),
+            None if to.key.contains(&i) => return Ok(None),
+            None => {
+                let default = to
+                    .table
+                    .columns
+                    .iter()
+                    .find(|col| &col.name == c)
+                    .and_then(|col| col.default.clone())
+                    .unwrap_or_else(|| "NULL".into());
+                let v: Value = work.query_row(&format!("SELECT {default}"), [], |r| {
+                    r.get_ref(0).map(Value::from_ref)
+                })?;
+                picks.push(Err(v));
+            }
+        }
+    }
+    let project = |row: &[Value]| -> Vec<Value> {
+        picks
+            .iter()
+            .map(|p| match p {
+                Ok(i) => row[*i].clone(),
+                Err(v) => v.clone(),
+            })
+            .collect()
+    };
+    Ok(Some(
+        from.changes
+            .iter()
+            .filter_map(|c| match c {
+                RowChange::Insert(r) => Some(RowChange::Insert(project(r))),
+                RowChange::Delete(r) => Some(RowChange::Delete(project(r))),
+                RowChange::Update { old, new } => {
+                    let (old, new) = (project(old), project(new));
+                    (old != new).then_some(RowChange::Update { old, new })
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// Tables whose definition both sides changed, differently and in place, settled as the
+/// table's [`Resolve`] says, and tables in `keep_ours` (their rebuild rejects rows of ours,
+/// settled `--ours`), which keep our definition. `--ours` keeps our definition: their schema change of it is not
+/// made here, their row changes are merged in our layout, and the next push rebuilds the
+/// remote's table to our definition, its rows carried. `--theirs` takes their definition: the
+/// working copy's table is rebuilt to it (our rows carried by column name), and our row
+/// changes merged in their layout. A refused one stays a schema conflict ([`merge_schema`]).
+fn settle_both_reshaped(
+    ours: &Changeset,
+    theirs: &Changeset,
+    work: &Connection,
+    theirs_db: &Connection,
+    opts: &MergeOptions,
+    skip: &[String],
+    keep_ours: &[String],
+) -> Result<BothReshaped> {
+    let mut out = BothReshaped {
+        ours: None,
+        theirs: None,
+        rebuilds: Vec::new(),
+        indexes: Vec::new(),
+        settled: 0,
+    };
+    for their_change in &theirs.schema {
+        let Some(name) = reshaped_in_place(their_change) else {
+            continue;
+        };
+        if skip.iter().any(|t| t == name) {
+            continue;
+        }
+        let forced = keep_ours.iter().any(|t| t == name);
+        let our_change = ours
+            .schema
+            .iter()
+            .find(|c| reshaped_in_place(c) == Some(name));
+        match our_change {
+            None if !forced => continue,
+            Some(c) if c == their_change => continue,
+            _ => {}
+        }
+        let resolve = opts.resolve_for(name);
+        let (Some(mine), Some(their_t)) = (
+            ours.tables.iter().find(|t| t.table.name == name),
+            theirs.tables.iter().find(|t| t.table.name == name),
+        ) else {
+            continue;
+        };
+        let not_this = |c: &SchemaChange| reshaped_in_place(c) != Some(name);
+        let resolve = if forced { Resolve::Ours } else { resolve };
+        match resolve {
+            Resolve::Refuse => continue,
+            Resolve::Ours => {
+                let Some(changes) = by_name(their_t, mine, work)? else {
+                    continue;
+                };
+                let cs = out.theirs.get_or_insert_with(|| theirs.clone());
+                cs.schema.retain(not_this);
+                let mut moved = mine.clone();
+                moved.changes = changes;
+                if let Some(t) = cs.tables.iter_mut().find(|t| t.table.name == name) {
+                    *t = moved;
+                }
+            }
+            Resolve::Theirs => {
+                let Some(changes) = by_name(mine, their_t, work)? else {
+                    continue;
+                };
+                let copied: Vec<(String, String)> = their_t
+                    .columns
+                    .iter()
+                    .filter_map(|c| {
+                        mine.columns
+                            .iter()
+                            .find(|m| m.eq_ignore_ascii_case(c))
+                            .map(|m| (c.clone(), m.clone()))
+                    })
+                    .collect();
+                let refs: Vec<(&String, &String)> = copied.iter().map(|(a, b)| (a, b)).collect();
+                out.rebuilds.extend(crate::diff::exact_rebuild_statements(
+                    name,
+                    &sql::ident(name),
+                    &their_t.table.sql,
+                    &refs,
+                ));
+                let mut st = theirs_db.prepare(
+                    "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL",
+                )?;
+                out.indexes.extend(
+                    st.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<Vec<(String, String)>>>()?,
+                );
+                let cs = out.ours.get_or_insert_with(|| ours.clone());
+                cs.schema.retain(not_this);
+                let mut moved = their_t.clone();
+                moved.changes = changes;
+                if let Some(t) = cs.tables.iter_mut().find(|t| t.table.name == name) {
+                    *t = moved;
+                }
+                let cs = out.theirs.get_or_insert_with(|| theirs.clone());
+                cs.schema.retain(not_this);
+            }
+        }
+        out.settled += 1;
+    }
+    Ok(out)
+}
+
+/// The `user_version` the working copy takes from their side (`None`: it keeps its own). Both
+/// sides set different values: the same migration when both made the same schema changes
+/// (then the larger value stays), otherwise a schema conflict on `user_version` that
+/// `--theirs` (their value) or `--ours` (ours, which the next push sends) settles.
+fn merged_user_version(
+    ours: &Changeset,
+    theirs: &Changeset,
+    opts: &MergeOptions,
+) -> Outcome<Option<i64>> {
+    let (o, t) = match (ours.user_version, theirs.user_version) {
+        (None, t) => return Outcome::Done(t),
+        (Some(_), None) => return Outcome::Done(None),
+        (Some(o), Some(t)) if o == t => return Outcome::Done(None),
+        (Some(o), Some(t)) => (o, t),
+    };
+    let same_migration = !ours.schema.is_empty()
+        && ours.schema.len() == theirs.schema.len()
+        && ours.schema.iter().all(|c| theirs.schema.contains(c));
+    if same_migration {
+        return Outcome::Done((t > o).then_some(t));
+    }
+    match opts.resolve {
+        Resolve::Theirs => Outcome::Done(Some(t)),
+        Resolve::Ours => Outcome::Done(None),
+        Resolve::Refuse => Outcome::Conflicts(vec![Conflict {
+            columns: vec!["user_version".into()],
+            ours: Some(vec![Value::Integer(o)]),
+            theirs: Some(vec![Value::Integer(t)]),
+            note: Some(
+                "both sides set PRAGMA user_version, to different values, with different schema changes: \
+                 --theirs takes theirs, --ours keeps ours"
+                    .into(),
+            ),
+            ..Conflict::schema("pragma", "user_version")
+        }]),
+    }
+}
+
+/// What [`carry_ours_through_theirs`] found.
+#[derive(Default)]
+struct Carried {
+    ours: Option<Changeset>,
+    tables: Vec<String>,
+    conflicts: Vec<Conflict>,
+    kept: Vec<KeptColumn>,
+    /// Our changes taken back before their DDL runs: statements with their arguments.
+    before_ddl: Vec<(String, Vec<Value>)>,
+    /// Tables whose definition `--ours` keeps, since theirs rejects rows of ours.
+    keep_ours: Vec<String>,
+}
+
+/// A column of ours moved to the end of the table around their DDL: its values are set aside
+/// before their DDL runs, the column added back (`ALTER TABLE … ADD COLUMN`, after any columns
+/// they added) and the values restored. Two cases: a column they dropped that `--ours` keeps,
+/// because we edited it (added back with its type and default); a column we added while they
+/// added others to the same table (dropped first, then added back with its own definition,
+/// so the table reads as theirs with ours appended, as the remote will once we push).
+#[derive(Debug, Clone)]
+struct KeptColumn {
+    table: String,
+    old_table: String,
+    key: Vec<String>,
+    column: String,
+    definition: String,
+    /// Ours alone has the column: it is dropped here before their DDL runs.
+    drop_first: bool,
+}
+
+impl KeptColumn {
+    fn aside(&self) -> String {
+        sql::ident(&format!("tursync_kept_{}_{}", self.table, self.column))
+    }
+
+    /// Before their DDL: the column's values, by row key, in a temporary table; with
+    /// `drop_first`, the table's indexes dropped (returned, to be made again) and the column.
+    fn set_aside(&self, work: &Connection) -> Result<Vec<(String, String)>> {
+        let keys: Vec<String> = self.key.iter().map(|k| sql::ident(k)).collect();
+        let table = sql::ident(&self.old_table);
+        let col = sql::ident(&self.column);
+        work.execute_batch(&format!(
+            "DROP TABLE IF EXISTS temp.{aside}; CREATE TEMP TABLE {aside} AS SELECT {keys}, {col} AS v FROM {table}",
+            aside = self.aside(),
+            keys = keys.join(", "),
+        ))?;
+        let mut indexes = Vec::new();
+        if self.drop_first {
+            let mut st = work.prepare(
+                "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL",
+            )?;
+            indexes = st
+                .query_map([&self.old_table], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
+            for (name, _) in &indexes {
+                work.execute_batch(&format!("DROP INDEX {}", sql::ident(name)))?;
+            }
+            work.execute_batch(&format!("ALTER TABLE {table} DROP COLUMN {col}"))
+                .during(
+                    "moving our new column after theirs, in table",
+                    format_args!("{:?}", self.old_table),
+                )?;
+        }
+        Ok(indexes)
+    }
+
+    /// After their DDL: the column added back and its values restored.
+    fn restore(&self, work: &Connection) -> Result<()> {
+        let table = sql::ident(&self.table);
+        let aside = self.aside();
+        let matches: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("{aside}.{k} IS {table}.{k}", k = sql::ident(k)))
+            .collect();
+        work.execute_batch(&format!(
+            "ALTER TABLE {table} ADD COLUMN {def};
+             UPDATE {table} SET {col} = (SELECT v FROM {aside} WHERE {m}) WHERE EXISTS (SELECT 1 FROM {aside} WHERE {m});
+             DROP TABLE temp.{aside};",
+            def = self.definition,
+            col = sql::ident(&self.column),
+            m = matches.join(" AND "),
+        ))
+        .during(
+            "adding our column back after their change, in table",
+            format_args!("{:?}", self.table),
+        )?;
+        Ok(())
+    }
+}
+
+/// Columns both sides added to one table, each side its own: ours, to be moved after theirs
+/// ([`KeptColumn`]). `None` when both added a column of one name (then it is a conflict, or
+/// the same change, which needs nothing).
+fn columns_added_apart(ours: &Changeset, theirs: &Changeset) -> Vec<KeptColumn> {
+    let mut out = Vec::new();
+    for ch in &theirs.schema {
+        let SchemaChange::ColumnsAdded {
+            table,
+            columns: their_defs,
+            old_sql,
+        } = ch
+        else {
+            continue;
+        };
+        let Some(SchemaChange::ColumnsAdded {
+            columns: our_defs,
+            old_sql: our_old,
+            ..
+        }) = ours
+            .schema
+            .iter()
+            .find(|c| matches!(c, SchemaChange::ColumnsAdded { table: t, .. } if t == table))
+        else {
+            continue;
+        };
+        let (Some(mine), Some(theirs_t)) = (
+            ours.tables.iter().find(|t| &t.table.name == table),
+            theirs.tables.iter().find(|t| &t.table.name == table),
+        ) else {
+            continue;
+        };
+        let added = &mine.table.columns[mine.table.columns.len().saturating_sub(our_defs.len())..];
+        let clash = added.iter().any(|c| {
+            theirs_t
+                .table
+                .columns
+                .iter()
+                .any(|t| t.name.eq_ignore_ascii_case(&c.name))
+        });
+        if our_old != old_sql || their_defs == our_defs || clash || added.len() != our_defs.len() {
+            continue;
+        }
+        for (c, def) in added.iter().zip(our_defs) {
+            out.push(KeptColumn {
+                table: table.clone(),
+                old_table: table.clone(),
+                key: mine.key_names().iter().map(|k| k.to_string()).collect(),
+                column: c.name.clone(),
+                definition: def.clone(),
+                drop_first: true,
+            });
+        }
+    }
+    out
+}
+
+/// A column's definition as `ALTER TABLE … ADD COLUMN` takes it: its name, declared type and
+/// default (other constraints are not kept).
+fn column_definition(c: &crate::schema::Column) -> String {
+    let mut def = sql::ident(&c.name);
+    if !c.decl_type.is_empty() {
+        def.push(' ');
+        def.push_str(&c.decl_type);
+    }
+    if let Some(d) = &c.default {
+        def.push_str(&format!(" DEFAULT {d}"));
+    }
+    def
+}
+
 /// The definitions of table `name` for a schema conflict: in the base (from whichever side's
 /// change names it), ours and theirs (`None`: dropped on that side).
 fn table_conflict(name: &str, ours: &Changeset, theirs: &Changeset) -> Conflict {
@@ -1481,7 +2189,11 @@ fn table_conflict(name: &str, ours: &Changeset, theirs: &Changeset) -> Conflict 
 
 /// The DDL that brings their schema changes into the working copy, or the conflict when both
 /// sides changed the same object differently. Triggers are handled by [`merged_triggers`].
-fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Outcome<Vec<String>> {
+///
+/// `carried`: tables they migrated that our row changes were carried into
+/// ([`carry_ours_through_theirs`]), and tables both sides added different columns to
+/// ([`columns_added_apart`]): no clash.
+fn merge_schema(ours: &Changeset, theirs: &Changeset, carried: &[String]) -> Outcome<Vec<String>> {
     let ours_touches = |name: &str| {
         ours.schema.iter().any(|c| match c {
             SchemaChange::TableAdded { name: n, .. }
@@ -1519,11 +2231,13 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset) -> Outcome<Vec<String>> {
             continue; // the same change on both sides
         }
         let clash = match ch {
+            SchemaChange::TableRebuilt { name, .. } if carried.contains(name) => None,
             SchemaChange::TableAdded { name, .. }
             | SchemaChange::TableDropped { name, .. }
             | SchemaChange::TableRebuilt { name, .. } => {
                 ours_touches(name).then_some(("table", name))
             }
+            SchemaChange::ColumnsAdded { table, .. } if carried.contains(table) => None,
             SchemaChange::ColumnsAdded { table, .. } => ours
                 .schema
                 .iter()

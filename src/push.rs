@@ -275,10 +275,11 @@ struct Source {
     keys: Vec<String>,
 }
 
-///
-/// A table migrated here (rebuilt, renamed) whose remote table is still in the base's form is
-/// read from that old table, as the rebuild will carry its rows.
-fn remote_source(cs: &Changeset, t: &TableDiff, remote: &RemoteState) -> Option<Source> {
+/// The remote's rows of `t` are read from: the table as we have it, or, for a table migrated
+/// here (rebuilt, renamed) whose remote table is still in the base's form, that old table, as
+/// the rebuild will carry its rows. `None`: the remote has no rows of it to compare. An error
+/// when the remote's definition is one the changeset does not know.
+fn remote_source(cs: &Changeset, t: &TableDiff, remote: &RemoteState) -> Result<Option<Source>> {
     let same = |cols: Vec<String>| Source {
         table: t.table.name.clone(),
         cols,
@@ -301,28 +302,39 @@ fn remote_source(cs: &Changeset, t: &TableDiff, remote: &RemoteState) -> Option<
             {
                 continue;
             }
-            let map = columns.as_ref()?;
-            let keys = t
+            let Some(map) = columns.as_ref() else {
+                return Ok(None);
+            };
+            let Some(keys) = t
                 .key
                 .iter()
                 .map(|&k| map.get(k).and_then(|(_, o)| o.clone()))
-                .collect::<Option<Vec<String>>>()?;
-            return Some(Source {
+                .collect::<Option<Vec<String>>>()
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(Source {
                 table: old_name.clone(),
                 cols: crate::diff::carried_select(&t.table, map),
                 keys,
-            });
+            }));
         }
     }
-    let remote_sql = remote.sql_of("table", &t.table.name)?;
+    let Some(remote_sql) = remote.sql_of("table", &t.table.name) else {
+        return Ok(None);
+    };
     let plain = || t.columns.iter().map(|c| sql::ident(c)).collect::<Vec<_>>();
     if remote_sql == t.table.sql {
-        return Some(same(plain()));
+        return Ok(Some(same(plain())));
     }
     for ch in &cs.schema {
         match ch {
-            SchemaChange::TableRebuilt { name, .. } if name == &t.table.name => return None,
-            SchemaChange::ColumnsAdded { table, columns, .. } if table == &t.table.name => {
+            SchemaChange::TableRebuilt { name, .. } if name == &t.table.name => return Ok(None),
+            SchemaChange::ColumnsAdded {
+                table,
+                columns,
+                old_sql,
+            } if table == &t.table.name && remote_sql == old_sql => {
                 let all = &t.table.columns;
                 let appended: Vec<_> = all[all.len().saturating_sub(columns.len())..]
                     .iter()
@@ -338,12 +350,34 @@ fn remote_source(cs: &Changeset, t: &TableDiff, remote: &RemoteState) -> Option<
                         .iter()
                         .map(|c| c.default.clone().unwrap_or_else(|| "NULL".into())),
                 );
-                return Some(same(cols));
+                return Ok(Some(same(cols)));
             }
             _ => {}
         }
     }
-    Some(same(plain()))
+    // Only a definition that differs from ours by references to a table renamed here (the
+    // rename rewrites them) has our columns; any other is someone else's change, which
+    // [`plan_schema`] reports as a conflict before rows are read. Never read by a column name
+    // the remote's table may lack: sqld takes a double-quoted name that is no column for a
+    // string, and the row would seem to hold the column's name.
+    let renames: std::collections::BTreeMap<String, String> = cs
+        .schema
+        .iter()
+        .filter_map(|c| match c {
+            SchemaChange::TableRebuilt { name, old_name, .. } if name != old_name => {
+                Some((name.clone(), old_name.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    if crate::diff::with_renamed_references(remote_sql, &renames) == t.table.sql {
+        return Ok(Some(same(plain())));
+    }
+    Err(Error::Unexpected(format!(
+        "table {:?} on the remote is defined as {remote_sql:?}, which is neither the base's nor the working copy's \
+         definition, so its rows cannot be compared with ours; nothing was pushed. Run `tursync pull` to bring the remote's change in, then push again",
+        t.table.name
+    )))
 }
 
 /// Classifies each change against the remote row: needed (the remote holds the base row),
@@ -655,7 +689,6 @@ fn remote_needs(ch: &SchemaChange, cs: &Changeset, remote: &RemoteState) -> Resu
             old_sql,
             new_sql,
             columns,
-            kind,
             ..
         } => {
             let renamed = old_name != name;
@@ -668,14 +701,6 @@ fn remote_needs(ch: &SchemaChange, cs: &Changeset, remote: &RemoteState) -> Resu
                         "table {name:?} changed its row key (primary key), so its rows cannot be matched with the remote's and push cannot carry the change \
                          without overwriting rows others changed. Push your row changes without this schema change first, \
                          then apply the change on the remote itself (SQLite's 12-step table rebuild) and run `tursync init --force`"
-                    )));
-                }
-                if *kind == "rebuilt" && crate::diff::twelve_step_form(name, new_sql).is_none() {
-                    return Err(Error::Unsupported(format!(
-                        "table {name:?} was rebuilt, but its new definition does not read `CREATE TABLE {}(…)` as SQLite's 12-step procedure \
-                         (ending in ALTER TABLE … RENAME TO) leaves it, so the remote could not be given exactly that definition. \
-                         Finish the rebuild with its last step (create the new table under another name, then rename it), then push again",
-                        sql::ident(name)
                     )));
                 }
                 Needs::All
@@ -1124,7 +1149,7 @@ fn read_rows(
 ) -> Result<Vec<HashMap<String, Vec<Value>>>> {
     let mut reads: Vec<(usize, Stmt, usize)> = Vec::new();
     for (pi, plan) in txn.group.iter().enumerate() {
-        if let Some(source) = remote_source(txn.cs, plan.diff, remote) {
+        if let Some(source) = remote_source(txn.cs, plan.diff, remote)? {
             reads.extend(
                 plan.reads(&source)
                     .into_iter()

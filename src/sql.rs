@@ -565,6 +565,22 @@ fn marks(n: usize) -> String {
 mod tests {
     use super::*;
 
+    /// The bundled SQLite is built with `SQLITE_DQS=0` (.cargo/config.toml): a double-quoted
+    /// name that is no column is an error, never the string itself, so no read of ours can
+    /// take a column's name for its value.
+    #[test]
+    fn a_quoted_name_that_is_no_column_is_an_error() {
+        let conn = rusqlite::Connection::open_in_memory().expect("in-memory database");
+        conn.execute_batch("CREATE TABLE t(a); INSERT INTO t VALUES (1)")
+            .expect("create t");
+        let read = conn.query_row(&format!("SELECT {} FROM t", ident("b")), [], |r| {
+            r.get::<_, rusqlite::types::Value>(0)
+        });
+        assert!(read.is_err(), "read {read:?}");
+        let ddl = conn.execute_batch(r#"CREATE INDEX t_b ON t("b")"#);
+        assert!(ddl.is_err(), "an index on a missing column: {ddl:?}");
+    }
+
     /// The worked examples of [`insert`] and its siblings.
     #[test]
     fn statements_read_as_documented() {
@@ -644,12 +660,15 @@ mod tests {
             Value::text("?"),
             Value::Real(-5e-324),
         ];
-        let (q, kept) = inline_args("SELECT ?, ?, \"a?\", ?, ?4, ?1", &args, |v| {
-            matches!(v, Value::Real(_))
-        });
+        // "a?" is a column (a quoted name that is no column is an error: SQLITE_DQS=0).
+        let (q, kept) = inline_args(
+            "SELECT ?, ?, \"a?\", ?, ?4, ?1 FROM (SELECT 8 AS \"a?\")",
+            &args,
+            |v| matches!(v, Value::Real(_)),
+        );
         assert_eq!(kept, vec![Value::Integer(7), Value::text("?")]);
         assert!(
-            q.starts_with("SELECT ?1, (CAST(") && q.ends_with(", ?1"),
+            q.starts_with("SELECT ?1, (CAST(") && q.ends_with(", ?1 FROM (SELECT 8 AS \"a?\")"),
             "{q}"
         );
         let conn = rusqlite::Connection::open_in_memory().unwrap();
@@ -659,6 +678,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(row[1], Value::Real(0.1));
+        assert_eq!(row[2], Value::Integer(8));
         assert_eq!(row[4], Value::Real(-5e-324));
         assert_eq!(row[3], Value::text("?"));
     }

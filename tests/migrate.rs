@@ -237,3 +237,553 @@ fn local_dump_remote(sqld: &Sqld) -> Vec<Vec<Vec<Cell>>> {
         sqld.query("SELECT * FROM tags ORDER BY id"),
     ]
 }
+
+/// The teammate's migrations that land on the remote while B has row edits pending on the
+/// table: (name, the teammate's migration on the remote).
+const REMOTE_MIGRATIONS: &[(&str, &str)] = &[
+    ("drop column", "ALTER TABLE notes DROP COLUMN body"),
+    (
+        "rename column",
+        "ALTER TABLE notes RENAME COLUMN body TO content",
+    ),
+    ("rename table", "ALTER TABLE notes RENAME TO memos"),
+];
+
+/// B's row edits, made in the base's shape: one edits the column the teammate migrates.
+const B_EDITS: &str = "UPDATE notes SET body = 'b3-B', title = 't3-B' WHERE id = 3;
+     UPDATE notes SET title = 't2-B' WHERE id = 2;
+     INSERT INTO notes VALUES (30, 't30-B', 'b30-B', 'x30-B');
+     DELETE FROM notes WHERE id = 4;";
+
+/// A remote whose teammate migrated `notes` (applied on the remote itself), and B, cloned
+/// before, with row edits pending on it.
+fn remote_migrated_under_b(migration: &str) -> (Sqld, TempDir) {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let b = tempdir();
+    ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+    edit(b.path(), B_EDITS);
+    sqld.exec(migration);
+    (sqld, b)
+}
+
+/// The issue measured B's push reporting a cell conflict whose "remote value" was the dropped
+/// or renamed column's name ("body"), read through SQLite's double-quoted-string fallback. On
+/// this branch's main the push already stopped on the table's definition first (a `schema`
+/// conflict); this guards that, now that the read itself refuses a definition it does not know.
+#[test]
+fn a_push_never_reads_a_column_the_remote_no_longer_has() {
+    for (what, migration) in REMOTE_MIGRATIONS {
+        let (sqld, b) = remote_migrated_under_b(migration);
+        let remote_before = sqld.query("SELECT type, name, sql FROM sqlite_schema ORDER BY name");
+        let out = run(&sqld, b.path(), &["push", "--json"]);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(3), "{what}: {said}");
+        assert!(said.contains("schema"), "{what}: a schema conflict: {said}");
+        assert!(
+            !said.contains("\"body\"]") && !said.contains("[\"body\""),
+            "{what}: no value read as a column name: {said}"
+        );
+        assert_eq!(
+            sqld.query("SELECT type, name, sql FROM sqlite_schema ORDER BY name"),
+            remote_before,
+            "{what}"
+        );
+    }
+}
+
+/// B's rows on the remote after B's sync, in the remote's new shape: `cols` lists the columns
+/// read (the renamed column under its new name).
+fn b_rows(sqld: &Sqld, table: &str, cols: &str) -> Vec<Vec<Cell>> {
+    sqld.query(&format!("SELECT {cols} FROM {table} ORDER BY id"))
+}
+
+/// Measured before: the remote renames a column while B has row edits pending on the table;
+/// B's pull said B changed the schema too (it did not), and neither --ours nor --theirs settled
+/// it (exit 3 each time). Now B's edits are carried onto the new shape and pushed; a renamed
+/// table likewise.
+#[test]
+fn a_pull_carries_our_row_edits_through_their_rename() {
+    for (migration, table, cols, body) in [
+        (
+            "ALTER TABLE notes RENAME COLUMN body TO content",
+            "notes",
+            "id, title, content, extra",
+            "content",
+        ),
+        (
+            "ALTER TABLE notes RENAME TO memos",
+            "memos",
+            "id, title, body, extra",
+            "body",
+        ),
+    ] {
+        let (sqld, b) = remote_migrated_under_b(migration);
+        let out = run(&sqld, b.path(), &["sync"]);
+        assert!(out.status.success(), "{migration}: {}", text(&out));
+        assert_same_database(&sqld, &wc(b.path()));
+        let rows = b_rows(&sqld, table, cols);
+        let want = vec![
+            vec![Cell::Integer(1), cell("t1"), cell("b1"), cell("x1")],
+            vec![Cell::Integer(2), cell("t2-B"), cell("b2"), cell("x2")],
+            vec![Cell::Integer(3), cell("t3-B"), cell("b3-B"), cell("x3")],
+            vec![Cell::Integer(5), cell("t5"), cell("b5"), cell("x5")],
+            vec![
+                Cell::Integer(30),
+                cell("t30-B"),
+                cell("b30-B"),
+                cell("x30-B"),
+            ],
+        ];
+        assert_eq!(
+            rows, want,
+            "{migration}: B's edits, {body} under its new name"
+        );
+        assert_eq!(
+            sqld.query("SELECT count(*) FROM tags"),
+            vec![vec![Cell::Integer(3)]]
+        );
+    }
+}
+
+/// The remote drops a column B edited in one row: a conflict on that column (exit 3, naming
+/// it); `--theirs` lets our edit of it go with the column and keeps our other edits; `--ours`
+/// keeps the column (added back at the end of the table) with our values and pushes it back.
+#[test]
+fn an_edit_of_a_column_they_dropped_is_a_conflict_on_that_column() {
+    let (sqld, b) = remote_migrated_under_b("ALTER TABLE notes DROP COLUMN body");
+    let local_before = local_dump(&wc(b.path()));
+    let out = run(&sqld, b.path(), &["sync"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("body") && said.contains("b3-B"),
+        "names the column and our value: {said}"
+    );
+    assert_eq!(local_dump(&wc(b.path())), local_before, "nothing changed");
+
+    let out = run(&sqld, b.path(), &["sync", "--theirs"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        b_rows(&sqld, "notes", "id, title, extra"),
+        vec![
+            vec![Cell::Integer(1), cell("t1"), cell("x1")],
+            vec![Cell::Integer(2), cell("t2-B"), cell("x2")],
+            vec![Cell::Integer(3), cell("t3-B"), cell("x3")],
+            vec![Cell::Integer(5), cell("t5"), cell("x5")],
+            vec![Cell::Integer(30), cell("t30-B"), cell("x30-B")],
+        ]
+    );
+
+    let (sqld, b) = remote_migrated_under_b("ALTER TABLE notes DROP COLUMN body");
+    let out = run(&sqld, b.path(), &["sync", "--ours"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        b_rows(&sqld, "notes", "id, title, extra, body"),
+        vec![
+            vec![Cell::Integer(1), cell("t1"), cell("x1"), cell("b1")],
+            vec![Cell::Integer(2), cell("t2-B"), cell("x2"), cell("b2")],
+            vec![Cell::Integer(3), cell("t3-B"), cell("x3"), cell("b3-B")],
+            vec![Cell::Integer(5), cell("t5"), cell("x5"), cell("b5")],
+            vec![
+                Cell::Integer(30),
+                cell("t30-B"),
+                cell("x30-B"),
+                cell("b30-B")
+            ],
+        ]
+    );
+}
+
+/// The remote drops a column B did not edit: B's other edits merge without a conflict.
+#[test]
+fn a_pull_carries_our_row_edits_through_their_dropped_column() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let b = tempdir();
+    ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+    edit(
+        b.path(),
+        "UPDATE notes SET title = 't3-B' WHERE id = 3; DELETE FROM notes WHERE id = 4;
+         INSERT INTO notes VALUES (30, 't30-B', 'b30-B', 'x30-B');",
+    );
+    sqld.exec("ALTER TABLE notes DROP COLUMN extra; UPDATE notes SET title = 't1-A' WHERE id = 1");
+    let out = run(&sqld, b.path(), &["sync"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        b_rows(&sqld, "notes", "id, title, body"),
+        vec![
+            vec![Cell::Integer(1), cell("t1-A"), cell("b1")],
+            vec![Cell::Integer(2), cell("t2"), cell("b2")],
+            vec![Cell::Integer(3), cell("t3-B"), cell("b3")],
+            vec![Cell::Integer(5), cell("t5"), cell("b5")],
+            vec![Cell::Integer(30), cell("t30-B"), cell("b30-B")],
+        ]
+    );
+}
+
+/// The remote's 12-step rebuild of `notes`: `extra` becomes INTEGER, `title` NOT NULL, a new
+/// column `color` with a default. Foreign keys off on that stream, as the procedure says.
+const REMOTE_REBUILD: &str = "PRAGMA foreign_keys = OFF;
+     BEGIN;
+     CREATE TABLE new_notes(id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT, extra INTEGER, color TEXT DEFAULT 'none');
+     INSERT INTO new_notes(id, title, body, extra) SELECT id, title, body, extra FROM notes;
+     DROP TABLE notes;
+     ALTER TABLE new_notes RENAME TO notes;
+     CREATE INDEX notes_title ON notes(title);
+     COMMIT;";
+
+/// Their rebuild, our row edits: our rows take the new definition's affinity and defaults, and
+/// a row of ours the new NOT NULL rejects is a conflict that names the constraint; `--theirs`
+/// takes that row back and keeps the rest. Measured before: on main, pull exit 3, "table notes
+/// was changed both here and on the remote", whatever --ours or --theirs said; with the rows
+/// carried but not checked, exit 1, "local database: NOT NULL constraint failed:
+/// notes__tursync_new.title".
+#[test]
+fn a_pull_carries_our_rows_into_their_rebuild() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let b = tempdir();
+    ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+    edit(
+        b.path(),
+        "UPDATE notes SET extra = '42' WHERE id = 2;
+         INSERT INTO notes VALUES (30, 't30-B', 'b30-B', '7');
+         INSERT INTO notes VALUES (31, NULL, 'b31-B', '8');",
+    );
+    sqld.exec(REMOTE_REBUILD);
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM tags"),
+        vec![vec![Cell::Integer(3)]]
+    );
+    let local_before = local_dump(&wc(b.path()));
+    let out = run(&sqld, b.path(), &["sync"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("NOT NULL constraint failed"),
+        "names the constraint: {said}"
+    );
+    assert_eq!(local_dump(&wc(b.path())), local_before, "nothing changed");
+
+    let out = run(&sqld, b.path(), &["sync", "--theirs"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        sqld.query(
+            "SELECT id, extra, typeof(extra), color FROM notes WHERE id IN (2, 30, 31) ORDER BY id"
+        ),
+        vec![
+            vec![
+                Cell::Integer(2),
+                Cell::Integer(42),
+                cell("integer"),
+                cell("none")
+            ],
+            vec![
+                Cell::Integer(30),
+                Cell::Integer(7),
+                cell("integer"),
+                cell("none")
+            ],
+        ]
+    );
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM tags"),
+        vec![vec![Cell::Integer(3)]]
+    );
+}
+
+/// Both sides added columns to one table, each its own (and an index each): they merge; the
+/// table reads as theirs with ours appended, on both sides, every value kept. Measured
+/// before: exit 3, "table notes was changed both here and on the remote", and neither
+/// --ours nor --theirs settled it.
+#[test]
+fn columns_added_on_both_sides_merge() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let b = tempdir();
+    ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+    edit(
+        b.path(),
+        "ALTER TABLE notes ADD COLUMN tag TEXT;
+         CREATE INDEX notes_tag ON notes(tag);
+         UPDATE notes SET tag = 'tag2-B' WHERE id = 2;
+         INSERT INTO notes VALUES (30, 't30-B', 'b30-B', 'x30-B', 'tag30-B');",
+    );
+    sqld.exec(
+        "ALTER TABLE notes ADD COLUMN color TEXT DEFAULT 'none';
+         CREATE INDEX notes_extra ON notes(extra);
+         UPDATE notes SET color = 'red' WHERE id = 1;
+         INSERT INTO notes(id, title, body, extra, color) VALUES (40, 't40-A', 'b40-A', 'x40-A', 'blue');",
+    );
+    let out = run(&sqld, b.path(), &["sync"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        sqld.query("SELECT name FROM pragma_table_info('notes') ORDER BY cid"),
+        ["id", "title", "body", "extra", "color", "tag"]
+            .map(|c| vec![cell(c)])
+            .to_vec()
+    );
+    assert_eq!(
+        sqld.query("SELECT id, color, tag FROM notes ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), cell("red"), Cell::Null],
+            vec![Cell::Integer(2), cell("none"), cell("tag2-B")],
+            vec![Cell::Integer(3), cell("none"), Cell::Null],
+            vec![Cell::Integer(4), cell("none"), Cell::Null],
+            vec![Cell::Integer(5), cell("none"), Cell::Null],
+            vec![Cell::Integer(30), cell("none"), cell("tag30-B")],
+            vec![Cell::Integer(40), cell("blue"), Cell::Null],
+        ]
+    );
+    assert_eq!(
+        sqld.query("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'notes' ORDER BY name"),
+        ["notes_extra", "notes_tag", "notes_title"].map(|c| vec![cell(c)]).to_vec()
+    );
+    let out = ok(&sqld, b.path(), &["push"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("applied"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A rebuild that does not end with `RENAME TO` (the app copies the rows aside, drops the
+/// table and creates it again under its own name): pushed, with the definition exactly the
+/// app's. Measured before: push refused it ("does not read `CREATE TABLE "notes"(…)`").
+#[test]
+fn a_rebuild_under_the_tables_own_name_is_pushed_with_both_sides_row_edits() {
+    let (sqld, _a, _b) = migrate_beside_a_teammate(
+        "PRAGMA foreign_keys = OFF;
+         BEGIN;
+         CREATE TEMP TABLE kept AS SELECT * FROM notes;
+         DROP TABLE notes;
+         CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT, extra BLOB);
+         INSERT INTO notes SELECT * FROM kept;
+         CREATE INDEX notes_title ON notes(title);
+         COMMIT;
+         PRAGMA foreign_keys = ON;
+         UPDATE notes SET body = 'b3-A' WHERE id = 3;
+         INSERT INTO notes VALUES (20, 't20-A', 'b20-A', 'x20-A');",
+    );
+    assert_eq!(
+        sqld.query("SELECT sql FROM sqlite_schema WHERE name = 'notes'"),
+        vec![vec![cell(
+            "CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT, extra BLOB)"
+        )]]
+    );
+    assert_eq!(
+        sqld.query("SELECT id, title, body, extra FROM notes ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), cell("t1"), cell("b1"), cell("x1")],
+            vec![Cell::Integer(2), cell("t2-B"), cell("b2"), cell("x2")],
+            vec![Cell::Integer(3), cell("t3"), cell("b3-A"), cell("x3")],
+            vec![Cell::Integer(5), cell("t5"), cell("b5"), cell("x5")],
+            vec![
+                Cell::Integer(10),
+                cell("t10-B"),
+                cell("b10-B"),
+                cell("x10-B")
+            ],
+            vec![
+                Cell::Integer(20),
+                cell("t20-A"),
+                cell("b20-A"),
+                cell("x20-A")
+            ],
+        ]
+    );
+}
+
+/// B dropped a column while the remote added one to the same table: a schema conflict (see
+/// `a_migration_of_a_table_the_remote_changed_too_is_a_schema_conflict`). `--theirs` takes
+/// their definition and re-applies B's rows onto it; `--ours` keeps B's, and the push rebuilds
+/// the remote's table with their rows carried in. Either way the working copy ends equal to
+/// the remote. Measured before: exit 3 with --ours and --theirs alike (a dead end).
+#[test]
+fn a_schema_conflict_is_settled_by_ours_or_theirs() {
+    for side in ["--theirs", "--ours"] {
+        let sqld = Sqld::start();
+        sqld.exec(SCHEMA);
+        let b = tempdir();
+        ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+        edit(
+            b.path(),
+            "ALTER TABLE notes DROP COLUMN extra;
+             UPDATE notes SET body = 'b3-B' WHERE id = 3;
+             INSERT INTO notes VALUES (30, 't30-B', 'b30-B');",
+        );
+        sqld.exec(
+            "ALTER TABLE notes ADD COLUMN color TEXT;
+             UPDATE notes SET title = 't1-A' WHERE id = 1;
+             INSERT INTO notes(id, title, body, extra, color) VALUES (40, 't40-A', 'b40-A', 'x40-A', 'blue');",
+        );
+        let out = run(&sqld, b.path(), &["sync", side]);
+        assert!(out.status.success(), "{side}: {}", text(&out));
+        assert_same_database(&sqld, &wc(b.path()));
+        let want_sql = if side == "--theirs" {
+            "CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT, extra TEXT, color TEXT)"
+        } else {
+            "CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT)"
+        };
+        assert_eq!(
+            sqld.query("SELECT sql FROM sqlite_schema WHERE name = 'notes'"),
+            vec![vec![cell(want_sql)]],
+            "{side}"
+        );
+        assert_eq!(
+            sqld.query("SELECT id, title, body FROM notes ORDER BY id"),
+            vec![
+                vec![Cell::Integer(1), cell("t1-A"), cell("b1")],
+                vec![Cell::Integer(2), cell("t2"), cell("b2")],
+                vec![Cell::Integer(3), cell("t3"), cell("b3-B")],
+                vec![Cell::Integer(4), cell("t4"), cell("b4")],
+                vec![Cell::Integer(5), cell("t5"), cell("b5")],
+                vec![Cell::Integer(30), cell("t30-B"), cell("b30-B")],
+                vec![Cell::Integer(40), cell("t40-A"), cell("b40-A")],
+            ],
+            "{side}"
+        );
+        assert_eq!(
+            sqld.query("SELECT count(*) FROM tags"),
+            vec![vec![Cell::Integer(3)]]
+        );
+        let out = ok(&sqld, b.path(), &["push"]);
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("applied"),
+            "{side}: {}",
+            text(&out)
+        );
+    }
+}
+
+/// `--ours` where their rebuild rejects a row of ours: our definition of the table stays, and
+/// the push rebuilds the remote's table to it, their rows carried; no row of either side is
+/// lost. Measured before: exit 1, "NOT NULL constraint failed: notes__tursync_new.title"; with
+/// the definition kept but the change from theirs back to ours taken for a dropped column
+/// (the other columns' types were compared loosely, their NOT NULL not at all), the push's
+/// record failed: "NOT NULL constraint failed: notes.title".
+#[test]
+fn ours_keeps_our_definition_when_their_rebuild_rejects_our_row() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let b = tempdir();
+    ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+    edit(
+        b.path(),
+        "INSERT INTO notes VALUES (31, NULL, 'b31-B', '8');",
+    );
+    sqld.exec(REMOTE_REBUILD);
+    sqld.exec(
+        "INSERT INTO notes(id, title, body, extra, color) VALUES (40, 't40-A', 'b40-A', 9, 'blue')",
+    );
+    let out = run(&sqld, b.path(), &["sync", "--ours"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        sqld.query("SELECT sql FROM sqlite_schema WHERE name = 'notes'"),
+        vec![vec![cell(
+            "CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT, extra TEXT)"
+        )]]
+    );
+    assert_eq!(
+        sqld.query("SELECT id, title, body FROM notes WHERE id > 5 ORDER BY id"),
+        vec![
+            vec![Cell::Integer(31), Cell::Null, cell("b31-B")],
+            vec![Cell::Integer(40), cell("t40-A"), cell("b40-A")],
+        ]
+    );
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM notes"),
+        vec![vec![Cell::Integer(7)]]
+    );
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM tags"),
+        vec![vec![Cell::Integer(3)]]
+    );
+}
+
+/// Both sides set `user_version` to different values: a schema conflict, unless both made the
+/// same schema changes (the same migration: the larger value stays). `--theirs` takes theirs,
+/// `--ours` keeps ours and pushes it. Measured before: pull kept ours silently, and the push
+/// overwrote theirs.
+#[test]
+fn different_user_versions_are_a_schema_conflict_unless_the_same_migration() {
+    let start = |ours: &str, theirs: &str| {
+        let sqld = Sqld::start();
+        sqld.exec(SCHEMA);
+        let b = tempdir();
+        ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+        edit(b.path(), ours);
+        sqld.exec(theirs);
+        (sqld, b)
+    };
+    let version = |sqld: &Sqld| sqld.query("PRAGMA user_version");
+    let (sqld, b) = start(
+        "PRAGMA user_version = 2; UPDATE notes SET title = 't1-B' WHERE id = 1;",
+        "PRAGMA user_version = 3",
+    );
+    let out = run(&sqld, b.path(), &["sync"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("user_version"), "{said}");
+    ok(&sqld, b.path(), &["sync", "--theirs"]);
+    assert_eq!(version(&sqld), vec![vec![Cell::Integer(3)]]);
+    assert_same_database(&sqld, &wc(b.path()));
+
+    let (sqld, b) = start("PRAGMA user_version = 2;", "PRAGMA user_version = 3");
+    ok(&sqld, b.path(), &["sync", "--ours"]);
+    assert_eq!(version(&sqld), vec![vec![Cell::Integer(2)]]);
+    assert_same_database(&sqld, &wc(b.path()));
+
+    let migration = "ALTER TABLE notes ADD COLUMN color TEXT;";
+    let (sqld, b) = start(
+        &format!("{migration} PRAGMA user_version = 2;"),
+        &format!("{migration} PRAGMA user_version = 3;"),
+    );
+    ok(&sqld, b.path(), &["sync"]);
+    assert_eq!(version(&sqld), vec![vec![Cell::Integer(3)]]);
+    assert_same_database(&sqld, &wc(b.path()));
+}
+
+/// `diff --sql` of each migration, applied to the base with the sqlite3 shell, gives the
+/// working copy: schema (definitions exactly) and rows.
+#[test]
+fn diff_sql_of_each_migration_replays_onto_the_base() {
+    let migrations = [
+        "ALTER TABLE notes DROP COLUMN extra; UPDATE notes SET body = 'b3-A' WHERE id = 3;",
+        "ALTER TABLE notes RENAME COLUMN body TO content; INSERT INTO notes VALUES (20, 't', 'c', 'x');",
+        "ALTER TABLE notes RENAME TO memos; DELETE FROM memos WHERE id = 2;",
+        "PRAGMA foreign_keys = OFF;
+         BEGIN;
+         CREATE TEMP TABLE kept AS SELECT * FROM notes;
+         DROP TABLE notes;
+         CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT, extra INTEGER);
+         INSERT INTO notes SELECT * FROM kept;
+         CREATE INDEX notes_title ON notes(title);
+         COMMIT;
+         UPDATE notes SET extra = '5' WHERE id = 1;",
+    ];
+    for migration in migrations {
+        let sqld = Sqld::start();
+        sqld.exec(SCHEMA);
+        let a = tempdir();
+        ok(&sqld, a.path(), &["init", "--url", &sqld.url]);
+        sqlite3_cli(&wc(a.path()), migration.as_bytes());
+        let sql = ok(&sqld, a.path(), &["diff", "--sql"]);
+        let replay = a.path().join("replay.db");
+        std::fs::copy(a.path().join(".tursync/base.db"), &replay).unwrap();
+        sqlite3_cli(&replay, &sql.stdout);
+        assert_eq!(
+            local_dump(&replay),
+            local_dump(&wc(a.path())),
+            "{migration}\n{}",
+            String::from_utf8_lossy(&sql.stdout)
+        );
+    }
+}

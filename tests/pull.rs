@@ -300,9 +300,26 @@ fn schema_changes_merge_and_conflicting_ones_are_refused() {
     );
     assert_table_eq(&sqld, &wc, "SELECT id, v, extra FROM t ORDER BY id");
 
-    // Both sides add a column to the same table: refused, nothing changed.
+    // Both sides add a column to the same table, each its own: merged, theirs first, ours
+    // after (as the remote will read once ours is pushed).
     sqld.exec("ALTER TABLE t ADD COLUMN a1;");
     edit(dir.path(), "ALTER TABLE t ADD COLUMN a2;");
+    run_ok(
+        tursync(dir.path())
+            .arg("pull")
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    );
+    assert_eq!(
+        local_query(
+            &wc,
+            "SELECT name FROM pragma_table_info('t') WHERE name LIKE 'a_' ORDER BY cid"
+        ),
+        vec![vec![Cell::text("a1")], vec![Cell::text("a2")]]
+    );
+
+    // Both sides add a column of one name, defined differently: refused, nothing changed.
+    sqld.exec("ALTER TABLE t ADD COLUMN b TEXT;");
+    edit(dir.path(), "ALTER TABLE t ADD COLUMN b INTEGER;");
     let out = cmd(&sqld, dir.path(), &["pull"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
@@ -313,9 +330,9 @@ fn schema_changes_merge_and_conflicting_ones_are_refused() {
     assert_eq!(
         local_query(
             &wc,
-            "SELECT count(*) FROM pragma_table_info('t') WHERE name = 'a1'"
+            "SELECT type FROM pragma_table_info('t') WHERE name = 'b'"
         ),
-        vec![vec![Cell::Integer(0)]]
+        vec![vec![Cell::text("INTEGER")]]
     );
 }
 
