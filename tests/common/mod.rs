@@ -669,9 +669,14 @@ pub fn assert_same_data(sqld: &Sqld, local: &Path, with_shadow: bool) {
 }
 
 /// Runs SQL on the working copy in `dir`, as the app would: in a process of its own (the
-/// sqlite3 shell), never through a connection of the test's.
+/// sqlite3 shell), never through a connection of the test's, waiting up to 10 s for a lock
+/// tursync holds (as an app's driver with a busy timeout does).
 pub fn edit(dir: &Path, sql: &str) {
-    sqlite3_cli(&dir.join("working_copy.db"), sql.as_bytes());
+    sqlite3_cli(
+        &dir.join("working_copy.db"),
+        format!(".timeout 10000
+{sql}").as_bytes(),
+    );
 }
 
 /// A command's stdout and stderr, for assertions on what the user sees.
