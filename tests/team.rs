@@ -1521,3 +1521,37 @@ mod references {
         assert!(settled.get() > 0, "no conflict was settled in any case");
     }
 }
+
+/// An orphan the app made itself before the merge is not the merge's doing: settling a
+/// foreign-key conflict in the same table leaves it as it is and is not stopped by it.
+#[test]
+fn settling_a_foreign_key_conflict_leaves_the_apps_own_orphan_alone() {
+    let (sqld, a, b) = two_clones(REFERENCES);
+    app_edit(
+        b.path(),
+        "INSERT INTO child VALUES (30, 1, 'new child of one');",
+    );
+    ok(&sqld, b.path(), &["sync"]);
+    edit(
+        a.path(),
+        "PRAGMA foreign_keys = ON; DELETE FROM parent WHERE id = 1;
+         PRAGMA foreign_keys = OFF; INSERT INTO child VALUES (40, 99, 'orphan of the app');",
+    );
+    ok(&sqld, a.path(), &["pull", "--theirs"]);
+    let wc = a.path().join("working_copy.db");
+    assert_eq!(
+        local_query(
+            &wc,
+            "SELECT id, parent_id FROM child WHERE id IN (30, 40) ORDER BY id"
+        ),
+        vec![
+            vec![Cell::Integer(30), Cell::Integer(1)],
+            vec![Cell::Integer(40), Cell::Integer(99)]
+        ],
+        "their child kept with its restored parent, the app's orphan as it was"
+    );
+    assert_eq!(
+        local_query(&wc, "SELECT name FROM parent WHERE id = 1"),
+        vec![vec![Cell::text("one")]]
+    );
+}
