@@ -154,7 +154,19 @@ impl<'c> Orphans<'c> {
             for (child, id) in groups {
                 let fk = Reference::new(self.fks, &child, id)?;
                 let resolve = merge.resolve_for(&child);
-                for missing in fk.missing(self.work)? {
+                // The rows the merge left pointing at nothing; an orphan the app made before
+                // stays as it was. A WITHOUT ROWID child has no rowid to tell them apart by.
+                let rows: Option<Vec<i64>> = new
+                    .iter()
+                    .filter(|(c, _, _, i)| *c == child && *i == id)
+                    .map(|(_, rowid, _, _)| *rowid)
+                    .collect();
+                let alias = match &rows {
+                    Some(_) => Some(table_of(&tables, &child)?.rowid_alias()?.to_owned()),
+                    None => None,
+                };
+                let only = alias.as_deref().zip(rows.as_deref());
+                for missing in fk.missing(self.work, only)? {
                     let source = match resolve {
                         Resolve::Refuse => None,
                         Resolve::Theirs => fk
@@ -261,8 +273,9 @@ impl Reference {
         })
     }
 
-    /// The parent keys the child's rows point at that the parent table lacks.
-    fn missing(&self, work: &Connection) -> Result<Vec<Vec<Value>>> {
+    /// The parent keys the child's rows point at that the parent table lacks; of the rows
+    /// `only` names by rowid (through the alias it gives), when it names some.
+    fn missing(&self, work: &Connection, only: Option<(&str, &[i64])>) -> Result<Vec<Vec<Value>>> {
         let from: Vec<String> = self.from.iter().map(|c| sql::ident(c)).collect();
         let matches: Vec<String> = self
             .to
@@ -270,8 +283,20 @@ impl Reference {
             .zip(&from)
             .map(|(t, f)| format!("p.{} = c.{f}", sql::ident(t)))
             .collect();
+        let rows = match only {
+            Some((alias, rowids)) => format!(
+                " AND c.{} IN ({})",
+                sql::ident(alias),
+                rowids
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => String::new(),
+        };
         let q = format!(
-            "SELECT DISTINCT {} FROM {} c WHERE {} AND NOT EXISTS (SELECT 1 FROM {} p WHERE {})",
+            "SELECT DISTINCT {} FROM {} c WHERE {}{rows} AND NOT EXISTS (SELECT 1 FROM {} p WHERE {})",
             from.iter()
                 .map(|f| format!("c.{f}"))
                 .collect::<Vec<_>>()
