@@ -674,8 +674,11 @@ pub fn assert_same_data(sqld: &Sqld, local: &Path, with_shadow: bool) {
 pub fn edit(dir: &Path, sql: &str) {
     sqlite3_cli(
         &dir.join("working_copy.db"),
-        format!(".timeout 10000
-{sql}").as_bytes(),
+        format!(
+            ".timeout 10000
+{sql}"
+        )
+        .as_bytes(),
     );
 }
 
