@@ -50,6 +50,8 @@ pub struct PullReport {
     pub renumbered: Vec<Renumbered>,
     /// Rows restored or changed to settle references a merge broke (`--ours`, `--theirs`).
     pub references: Vec<ReferenceSettled>,
+    /// Their schema changes applied, each as `diff --json` shows it.
+    pub schema: Vec<serde_json::Value>,
 }
 
 /// Removes from `theirs` the row changes that are our own interrupted push coming back: the
@@ -178,6 +180,13 @@ impl Plan {
             conflicts: Vec::new(),
             report: PullReport {
                 schema_changes: ddl.len(),
+                // What merge_schema applied: theirs but for the changes we made too.
+                schema: theirs
+                    .schema
+                    .iter()
+                    .filter(|c| !ours.schema.contains(c))
+                    .map(SchemaChange::to_json)
+                    .collect(),
                 renumbered: moves.renumbered.clone(),
                 ..PullReport::default()
             },

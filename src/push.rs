@@ -72,6 +72,8 @@ pub struct PushReport {
     /// Where the SQL of this push was kept.
     #[serde(skip)]
     pub log: Option<PathBuf>,
+    /// Our schema changes sent, each as `diff --json` shows it.
+    pub schema: Vec<serde_json::Value>,
 }
 
 fn row_bytes(row: &[Value]) -> usize {
@@ -929,6 +931,7 @@ pub fn push(
     let (cs, work_stamp) = ws.ours(&Default::default())?;
     let report = PushReport {
         changes: cs.change_count(),
+        schema: cs.schema.iter().map(SchemaChange::to_json).collect(),
         ..PushReport::default()
     };
     if cs.is_empty() {
