@@ -2185,8 +2185,9 @@ impl TableDiff {
 }
 
 impl SchemaChange {
-    /// One schema change for `diff --json`.
-    fn to_json(&self) -> serde_json::Value {
+    /// One schema change for `diff --json`, and in the reports of `push --json` and
+    /// `pull --json`.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         use serde_json::json;
         match self {
             SchemaChange::TableAdded { name, sql } => {

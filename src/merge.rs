@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension};
+use serde::Serialize;
 
 use crate::changeset::RowChange;
 use crate::conflict::{Conflict, ConflictKind, MergeOptions, Outcome, Resolve};
@@ -20,7 +21,7 @@ use crate::value::Value;
 use crate::{Context, Error, Result};
 
 /// One of our new rows moved to a key free on both sides, because their new row took its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Renumbered {
     pub table: String,
     /// The key column as the working copy names it: its INTEGER PRIMARY KEY, or a rowid alias.
@@ -29,7 +30,8 @@ pub struct Renumbered {
     pub to: i64,
 }
 
-#[derive(Debug, Default, Clone)]
+/// In JSON (`pull --json`), each field under its own name.
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct PullReport {
     /// False when the remote had not moved since the last sync: nothing was downloaded.
     pub downloaded: bool,
@@ -48,6 +50,8 @@ pub struct PullReport {
     pub renumbered: Vec<Renumbered>,
     /// Rows restored or changed to settle references a merge broke (`--ours`, `--theirs`).
     pub references: Vec<ReferenceSettled>,
+    /// Their schema changes applied, each as `diff --json` shows it.
+    pub schema: Vec<serde_json::Value>,
 }
 
 /// Removes from `theirs` the row changes that are our own interrupted push coming back: the
@@ -176,6 +180,13 @@ impl Plan {
             conflicts: Vec::new(),
             report: PullReport {
                 schema_changes: ddl.len(),
+                // What merge_schema applied: theirs but for the changes we made too.
+                schema: theirs
+                    .schema
+                    .iter()
+                    .filter(|c| !ours.schema.contains(c))
+                    .map(SchemaChange::to_json)
+                    .collect(),
                 renumbered: moves.renumbered.clone(),
                 ..PullReport::default()
             },

@@ -37,9 +37,21 @@ use crate::{Context, Result};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReferenceSettled {
     pub table: String,
-    /// The row's key by column name: its declared primary key, else its rowid.
+    /// The row's key by column name: its declared primary key, else its rowid. In JSON, an
+    /// object column → value.
+    #[serde(serialize_with = "key_object")]
     pub key: Vec<(String, Value)>,
+    /// In JSON, as [`ReferenceAction::as_str`] words it (`"set null"`).
+    #[serde(serialize_with = "action_words")]
     pub action: ReferenceAction,
+}
+
+fn key_object<S: serde::Serializer>(key: &[(String, Value)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(key.iter().map(|(c, v)| (c, v)))
+}
+
+fn action_words<S: serde::Serializer>(a: &ReferenceAction, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(a.as_str())
 }
 
 /// What was done to a row to settle a broken reference.

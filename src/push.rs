@@ -19,6 +19,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 use crate::changeset::RowChange;
 use crate::conflict::{Conflict, ConflictKind, Outcome};
 use crate::diff::{Changeset, DdlPhase, SchemaChange, TableDiff};
@@ -56,8 +58,9 @@ impl Default for PushOptions {
     }
 }
 
-/// What a push did.
-#[derive(Debug, Default, Clone)]
+/// What a push did. In JSON (`push --json`), each field under its own name but `log`, which
+/// the caller words.
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct PushReport {
     pub changes: usize,
     /// Row changes sent.
@@ -67,7 +70,10 @@ pub struct PushReport {
     pub requests: u64,
     pub transactions: usize,
     /// Where the SQL of this push was kept.
+    #[serde(skip)]
     pub log: Option<PathBuf>,
+    /// Our schema changes sent, each as `diff --json` shows it.
+    pub schema: Vec<serde_json::Value>,
 }
 
 fn row_bytes(row: &[Value]) -> usize {
@@ -925,6 +931,7 @@ pub fn push(
     let (cs, work_stamp) = ws.ours(&Default::default())?;
     let report = PushReport {
         changes: cs.change_count(),
+        schema: cs.schema.iter().map(SchemaChange::to_json).collect(),
         ..PushReport::default()
     };
     if cs.is_empty() {

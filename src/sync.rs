@@ -115,5 +115,6 @@ fn add(mut first: PullReport, then: PullReport) -> PullReport {
     first.schema_changes += then.schema_changes;
     first.renumbered.extend(then.renumbered);
     first.references.extend(then.references);
+    first.schema.extend(then.schema);
     first
 }

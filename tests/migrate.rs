@@ -787,3 +787,46 @@ fn diff_sql_of_each_migration_replays_onto_the_base() {
         );
     }
 }
+
+/// `push --json` lists the schema changes sent, and the teammate's `pull --json` those
+/// applied, each named by kind as `diff --json` names it.
+#[test]
+fn push_and_pull_json_list_a_renamed_column_by_kind() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let (a, b) = (tempdir(), tempdir());
+    for d in [&a, &b] {
+        ok(&sqld, d.path(), &["init", "--url", &sqld.url]);
+    }
+    sqlite3_cli(
+        &wc(a.path()),
+        b"ALTER TABLE notes RENAME COLUMN body TO content;",
+    );
+    let renamed = |out: &std::process::Output, what: &str| {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{what}: {e}: {}", text(out)));
+        let schema = v["schema"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: {v}"));
+        // The table's change; its index, re-created with the rebuild, is listed too.
+        let tables: Vec<_> = schema
+            .iter()
+            .filter(|c| c["change"] == "table_changed")
+            .collect();
+        assert_eq!(tables.len(), 1, "{what}: {v}");
+        assert_eq!(tables[0]["kind"], "column_renamed", "{what}: {v}");
+        assert_eq!(tables[0]["name"], "notes", "{what}: {v}");
+        v
+    };
+    let pushed = renamed(&ok(&sqld, a.path(), &["push", "--json"]), "push");
+    assert_eq!(pushed["pushed"], true, "{pushed}");
+    let pulled = renamed(&ok(&sqld, b.path(), &["pull", "--json"]), "pull");
+    assert_eq!(pulled["pulled"], true, "{pulled}");
+    assert_same_database(&sqld, &wc(b.path()));
+    // Nothing more to send or take: the lists are empty, not missing.
+    for (d, cmd) in [(&a, "push"), (&b, "pull")] {
+        let out = ok(&sqld, d.path(), &[cmd, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["schema"], serde_json::json!([]), "{cmd}: {v}");
+    }
+}
