@@ -669,13 +669,9 @@ pub fn assert_same_data(sqld: &Sqld, local: &Path, with_shadow: bool) {
 }
 
 /// Runs SQL on the working copy in `dir`, as the app would: in a process of its own (the
-/// sqlite3 shell), never through a connection of the test's, waiting up to 10 s for a lock
-/// tursync holds (as an app's driver with a busy timeout does).
+/// sqlite3 shell), never through a connection of the test's.
 pub fn edit(dir: &Path, sql: &str) {
-    sqlite3_cli(
-        &dir.join("working_copy.db"),
-        format!(".timeout 10000\n{sql}").as_bytes(),
-    );
+    sqlite3_cli(&dir.join("working_copy.db"), sql.as_bytes());
 }
 
 /// A command's stdout and stderr, for assertions on what the user sees.
@@ -798,8 +794,11 @@ impl Rng {
 /// Panics with the shell's output when it reports any error.
 pub fn sqlite3_cli(db: &Path, script: &[u8]) {
     use std::io::Write as _;
+    // `.timeout`: wait up to 10 s for a lock tursync holds, as an app's driver with a busy
+    // timeout does; the shell's own default is to give up at once.
     let mut child = Command::new("sqlite3")
         .arg("-bail")
+        .args(["-cmd", ".timeout 10000"])
         .arg(db)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
