@@ -1459,52 +1459,13 @@ fn carry_through_migrations(
         }
         let cs = out.get_or_insert_with(|| theirs.clone());
         let old = &cs.tables[ti];
-        let mut picks = Vec::with_capacity(map.len());
-        for (new_col, from) in map {
-            picks.push(match from {
-                Some(o) => match old.columns.iter().position(|c| c == o) {
-                    Some(p) => Ok(p),
-                    None => {
-                        return Err(Error::Unexpected(format!(
-                            "table {old_name:?}: column {o:?} of the old table is missing from the remote's rows"
-                        )))
-                    }
-                },
-                None => {
-                    let default = mine
-                        .table
-                        .columns
-                        .iter()
-                        .find(|c| &c.name == new_col)
-                        .and_then(|c| c.default.clone())
-                        .unwrap_or_else(|| "NULL".into());
-                    let v: Value = work.query_row(&format!("SELECT {default}"), [], |r| {
-                        r.get_ref(0).map(Value::from_ref)
-                    })?;
-                    Err(v)
-                }
-            });
-        }
-        let project = |row: &[Value]| -> Vec<Value> {
-            picks
-                .iter()
-                .map(|p| match p {
-                    Ok(i) => row[*i].clone(),
-                    Err(v) => v.clone(),
-                })
-                .collect()
-        };
+        let project = Projection::from_map(map, &old.columns, &mine.table, work, |o| {
+            format!("table {old_name:?}: column {o:?} of the old table is missing from the remote's rows")
+        })?;
         let changes = old
             .changes
             .iter()
-            .filter_map(|c| match c {
-                RowChange::Insert(r) => Some(RowChange::Insert(project(r))),
-                RowChange::Delete(r) => Some(RowChange::Delete(project(r))),
-                RowChange::Update { old, new } => {
-                    let (old, new) = (project(old), project(new));
-                    (old != new).then_some(RowChange::Update { old, new })
-                }
-            })
+            .filter_map(|c| project.change(c))
             .collect();
         let mut moved = mine.clone();
         moved.changes = changes;
@@ -1558,41 +1519,9 @@ fn carry_ours_through_theirs(
         }
         let old = &ours.tables[oi];
         let kept_before = carried.kept.len();
-        let mut picks = Vec::with_capacity(map.len());
-        for (new_col, from) in map {
-            picks.push(match from {
-                Some(o) => match old.columns.iter().position(|c| c == o) {
-                    Some(p) => Ok(p),
-                    None => {
-                        return Err(Error::Unexpected(format!(
-                            "table {old_name:?}: column {o:?} of the base's table is missing from our rows"
-                        )))
-                    }
-                },
-                None => {
-                    let default = new
-                        .table
-                        .columns
-                        .iter()
-                        .find(|c| &c.name == new_col)
-                        .and_then(|c| c.default.clone())
-                        .unwrap_or_else(|| "NULL".into());
-                    let v: Value = work.query_row(&format!("SELECT {default}"), [], |r| {
-                        r.get_ref(0).map(Value::from_ref)
-                    })?;
-                    Err(v)
-                }
-            });
-        }
-        let project = |row: &[Value]| -> Vec<Value> {
-            picks
-                .iter()
-                .map(|p| match p {
-                    Ok(i) => row[*i].clone(),
-                    Err(v) => v.clone(),
-                })
-                .collect()
-        };
+        let project = Projection::from_map(map, &old.columns, &new.table, work, |o| {
+            format!("table {old_name:?}: column {o:?} of the base's table is missing from our rows")
+        })?;
         let gone: Vec<usize> = dropped
             .iter()
             .filter_map(|d| old.columns.iter().position(|c| c == d))
@@ -1642,14 +1571,7 @@ fn carry_ours_through_theirs(
             .changes
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| match c {
-                RowChange::Insert(r) => Some((i, RowChange::Insert(project(r)))),
-                RowChange::Delete(r) => Some((i, RowChange::Delete(project(r)))),
-                RowChange::Update { old, new } => {
-                    let (old, new) = (project(old), project(new));
-                    (old != new).then_some((i, RowChange::Update { old, new }))
-                }
-            })
+            .filter_map(|(i, c)| project.change(c).map(|c| (i, c)))
             .collect();
         // A row of ours their new definition rejects (NOT NULL, CHECK, a type in a STRICT
         // table): a conflict naming the constraint. `--theirs` takes our change back before
@@ -1813,43 +1735,85 @@ fn by_name(from: &TableDiff, to: &TableDiff, work: &Connection) -> Result<Option
         match from.columns.iter().position(|f| f.eq_ignore_ascii_case(c)) {
             Some(p) => picks.push(Ok(p)),
             None if to.key.contains(&i) => return Ok(None),
-            None => {
-                let default = to
-                    .table
-                    .columns
-                    .iter()
-                    .find(|col| &col.name == c)
-                    .and_then(|col| col.default.clone())
-                    .unwrap_or_else(|| "NULL".into());
-                let v: Value = work.query_row(&format!("SELECT {default}"), [], |r| {
-                    r.get_ref(0).map(Value::from_ref)
-                })?;
-                picks.push(Err(v));
-            }
+            None => picks.push(Err(Projection::default_of(&to.table, c, work)?)),
         }
     }
-    let project = |row: &[Value]| -> Vec<Value> {
-        picks
+    let project = Projection(picks);
+    Ok(Some(
+        from.changes
+            .iter()
+            .filter_map(|c| project.change(c))
+            .collect(),
+    ))
+}
+
+/// How rows of one layout read in another: each value from a position of the old row, or a
+/// value of its own (a new column's DEFAULT, evaluated once).
+///
+/// ```text
+/// old (id, a, b), new (id, b, c DEFAULT 7), map id<-id, b<-b, c<-none
+///   -> [Ok(0), Ok(2), Err(7)]:  (1, 'x', 'y')  ->  (1, 'y', 7)
+/// ```
+struct Projection(Vec<std::result::Result<usize, Value>>);
+
+impl Projection {
+    /// From a migration's column map (each new column and the old column it comes from, if
+    /// any): an old column missing from `old` is an error that `missing` words.
+    fn from_map(
+        map: &[(String, Option<String>)],
+        old: &[String],
+        new: &crate::schema::Table,
+        work: &Connection,
+        missing: impl Fn(&str) -> String,
+    ) -> Result<Projection> {
+        let mut picks = Vec::with_capacity(map.len());
+        for (new_col, from) in map {
+            picks.push(match from {
+                Some(o) => match old.iter().position(|c| c == o) {
+                    Some(p) => Ok(p),
+                    None => return Err(Error::Unexpected(missing(o))),
+                },
+                None => Err(Projection::default_of(new, new_col, work)?),
+            });
+        }
+        Ok(Projection(picks))
+    }
+
+    /// The DEFAULT of `column` of `table`, evaluated in `work` (NULL without one).
+    fn default_of(table: &crate::schema::Table, column: &str, work: &Connection) -> Result<Value> {
+        let default = table
+            .columns
+            .iter()
+            .find(|c| c.name == column)
+            .and_then(|c| c.default.clone())
+            .unwrap_or_else(|| "NULL".into());
+        Ok(work.query_row(&format!("SELECT {default}"), [], |r| {
+            r.get_ref(0).map(Value::from_ref)
+        })?)
+    }
+
+    fn row(&self, row: &[Value]) -> Vec<Value> {
+        self.0
             .iter()
             .map(|p| match p {
                 Ok(i) => row[*i].clone(),
                 Err(v) => v.clone(),
             })
             .collect()
-    };
-    Ok(Some(
-        from.changes
-            .iter()
-            .filter_map(|c| match c {
-                RowChange::Insert(r) => Some(RowChange::Insert(project(r))),
-                RowChange::Delete(r) => Some(RowChange::Delete(project(r))),
-                RowChange::Update { old, new } => {
-                    let (old, new) = (project(old), project(new));
-                    (old != new).then_some(RowChange::Update { old, new })
-                }
-            })
-            .collect(),
-    ))
+    }
+
+    /// `change` laid out anew; `None` for an update that changes nothing once laid out (it
+    /// touched only columns the new layout lacks).
+    fn change(&self, change: &RowChange) -> Option<RowChange> {
+        match change {
+            RowChange::Insert(r) => Some(RowChange::Insert(self.row(r))),
+            RowChange::Delete(r) => Some(RowChange::Delete(self.row(r))),
+            RowChange::Update { old, new } => {
+                let (old, new) = (self.row(old), self.row(new));
+                (old != new).then_some(RowChange::Update { old, new })
+            }
+        }
+    }
 }
 
 /// Tables whose definition both sides changed, differently and in place, settled as the
