@@ -585,6 +585,19 @@ impl Changeset {
             && self.tables.iter().all(|t| t.changes.is_empty())
     }
 
+    /// The tables renamed here, new name to old: what [`with_renamed_references`] rewrites.
+    pub fn renamed_tables(&self) -> std::collections::BTreeMap<String, String> {
+        self.schema
+            .iter()
+            .filter_map(|c| match c {
+                SchemaChange::TableRebuilt { name, old_name, .. } if name != old_name => {
+                    Some((name.clone(), old_name.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Row changes plus schema changes: what "N changes to push" counts.
     pub fn change_count(&self) -> usize {
         self.schema.len()

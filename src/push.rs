@@ -366,16 +366,7 @@ fn remote_source(cs: &Changeset, t: &TableDiff, remote: &RemoteState) -> Result<
     // [`plan_schema`] reports as a conflict before rows are read. Never read by a column name
     // the remote's table may lack: sqld takes a double-quoted name that is no column for a
     // string, and the row would seem to hold the column's name.
-    let renames: std::collections::BTreeMap<String, String> = cs
-        .schema
-        .iter()
-        .filter_map(|c| match c {
-            SchemaChange::TableRebuilt { name, old_name, .. } if name != old_name => {
-                Some((name.clone(), old_name.clone()))
-            }
-            _ => None,
-        })
-        .collect();
+    let renames = cs.renamed_tables();
     if crate::diff::with_renamed_references(remote_sql, &renames) == t.table.sql {
         return Ok(Some(same(plain())));
     }
@@ -848,6 +839,7 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<Outcome<SchemaPla
         }
     }
     // Rows may only go into tables whose definition is the one they were diffed against.
+    let renames = cs.renamed_tables();
     for t in cs.tables.iter().filter(|t| !t.changes.is_empty()) {
         let reshaped = cs.schema.iter().any(|c| match c {
             SchemaChange::TableAdded { name, .. } | SchemaChange::TableRebuilt { name, .. } => {
@@ -856,16 +848,6 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<Outcome<SchemaPla
             SchemaChange::ColumnsAdded { table, .. } => table == &t.table.name,
             _ => false,
         });
-        let renames: std::collections::BTreeMap<String, String> = cs
-            .schema
-            .iter()
-            .filter_map(|c| match c {
-                SchemaChange::TableRebuilt { name, old_name, .. } if name != old_name => {
-                    Some((name.clone(), old_name.clone()))
-                }
-                _ => None,
-            })
-            .collect();
         // A table whose references to a renamed table the rename itself rewrites.
         let follows = |s: &str| {
             !renames.is_empty() && crate::diff::with_renamed_references(s, &renames) == t.table.sql
