@@ -183,11 +183,13 @@ impl<'c> Orphans<'c> {
                         Resolve::Refuse => None,
                         Resolve::Theirs => fk
                             .parent_row(theirs_db, &tables, &missing)?
-                            .map(Source::Remote)
+                            .map(|row| Source::Restore(From::Remote(theirs_db), row))
                             .or_else(|| fk.gone_row(gone, &missing).map(|_| Source::Act)),
                         Resolve::Ours => match fk.parent_row(theirs_db, &tables, &missing)? {
                             Some(_) => Some(Source::Act),
-                            None => fk.gone_row(gone, &missing).map(Source::Gone),
+                            None => fk
+                                .gone_row(gone, &missing)
+                                .map(|g| Source::Restore(From::Gone(gone), g.row.clone())),
                         },
                     };
                     let step = (
@@ -197,27 +199,16 @@ impl<'c> Orphans<'c> {
                     );
                     let settled = match source {
                         Some(_) if !seen.insert(step) => false,
-                        Some(Source::Remote(row)) => {
-                            let mut r = Restorer {
+                        Some(Source::Restore(from, row)) => {
+                            self.widen([fk.parent.as_str()])?;
+                            Restorer {
                                 work: self.work,
                                 fks: self.fks,
                                 tables: &tables,
-                                from: From::Remote(theirs_db),
+                                from,
                                 done: &mut done,
-                            };
-                            self.widen([fk.parent.as_str()])?;
-                            r.restore(&fk.parent, row)?
-                        }
-                        Some(Source::Gone(row)) => {
-                            let mut r = Restorer {
-                                work: self.work,
-                                fks: self.fks,
-                                tables: &tables,
-                                from: From::Gone(gone),
-                                done: &mut done,
-                            };
-                            self.widen([fk.parent.as_str()])?;
-                            r.restore(&fk.parent, row.row.clone())?
+                            }
+                            .restore(&fk.parent, row)?
                         }
                         Some(Source::Act) => {
                             self.widen([child.as_str()])?;
@@ -240,12 +231,11 @@ impl<'c> Orphans<'c> {
     }
 }
 
-/// Where a parent that is missing comes back from, or that it stays missing.
+/// Whether a parent that is missing comes back, from where, or stays missing.
 enum Source<'g> {
-    /// The remote has it: our side deleted it.
-    Remote(Vec<(String, Value)>),
-    /// Their side deleted it; it comes back as it was.
-    Gone(&'g Gone),
+    /// It comes back as `from` has it: the remote (our side deleted it), or as their side's
+    /// delete found it.
+    Restore(From<'g>, Vec<(String, Value)>),
     /// It stays deleted: the ON DELETE action applies to the rows pointing at it.
     Act,
 }
