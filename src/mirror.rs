@@ -1063,6 +1063,36 @@ pub fn copy_out(mirror: &Path, dst: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mirror in a new directory holding what `sql` makes (4096-byte pages), with the sums of
+    /// its pages as `apply` would record them at frame 7, and its bytes as written.
+    fn sealed(sql: &str) -> (tempfile::TempDir, Mirror, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::new(dir.path().to_path_buf());
+        rusqlite::Connection::open(m.db_path())
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        let bytes = fs::read(m.db_path()).unwrap();
+        let sums: BTreeMap<u32, u32> = bytes
+            .chunks(4096)
+            .enumerate()
+            .map(|(i, p)| (i as u32 + 1, page_sums::sum(p)))
+            .collect();
+        let head = SumsHeader {
+            page_size: 4096,
+            pages: sums.len() as u32,
+            frame: 7,
+        };
+        write_sums(
+            &fs::File::create(m.sums_path()).unwrap(),
+            sums,
+            Some(0),
+            head,
+        )
+        .unwrap();
+        (dir, m, bytes)
+    }
     use crate::remote::RemoteError;
 
     /// A log of frames held in memory. The first batch breaks off after `break_after` frames
@@ -1246,30 +1276,8 @@ mod tests {
     /// the damage is reported for that mirror; the other pages still read.
     #[test]
     fn a_page_changed_on_disk_fails_its_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = Mirror::new(dir.path().to_path_buf());
-        {
-            let c = rusqlite::Connection::open(m.db_path()).unwrap();
-            c.execute_batch(
-                "CREATE TABLE a(x); INSERT INTO a VALUES (1);
-                 CREATE TABLE b(x); INSERT INTO b VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10);",
-            )
-            .unwrap();
-        }
-        let bytes = fs::read(m.db_path()).unwrap();
-        let page = 4096;
-        let sums: BTreeMap<u32, u32> = bytes
-            .chunks(page)
-            .enumerate()
-            .map(|(i, p)| (i as u32 + 1, page_sums::sum(p)))
-            .collect();
-        let head = SumsHeader {
-            page_size: page as u32,
-            pages: sums.len() as u32,
-            frame: 7,
-        };
-        let f = fs::File::create(m.sums_path()).unwrap();
-        write_sums(&f, sums, Some(0), head).unwrap();
+        let (_dir, m, bytes) = sealed("CREATE TABLE a(x); INSERT INTO a VALUES (1);
+                 CREATE TABLE b(x); INSERT INTO b VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10);");
         let count = |t: &str| {
             open_immutable(&m.db_path()).and_then(|c| {
                 Ok(c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
@@ -1289,7 +1297,7 @@ mod tests {
         assert!(count("b").is_err());
         let why = m.take_damage().unwrap();
         assert!(
-            why.contains(&format!("page {} ", bytes.len() / page)),
+            why.contains(&format!("page {} ", bytes.len() / 4096)),
             "{why}"
         );
         assert_eq!(count("a").unwrap(), 1);
@@ -1306,35 +1314,11 @@ mod tests {
     /// the checking VFS for writing.
     #[test]
     fn reads_of_another_page_size_fail() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = Mirror::new(dir.path().to_path_buf());
-        {
-            let c = rusqlite::Connection::open(m.db_path()).unwrap();
-            c.execute_batch(
-                "CREATE TABLE a(x);
+        let (_dir, m, bytes) = sealed(
+            "CREATE TABLE a(x);
                  WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
                  INSERT INTO a SELECT i FROM n;",
-            )
-            .unwrap();
-        }
-        let bytes = fs::read(m.db_path()).unwrap();
-        let sums: BTreeMap<u32, u32> = bytes
-            .chunks(4096)
-            .enumerate()
-            .map(|(i, p)| (i as u32 + 1, page_sums::sum(p)))
-            .collect();
-        let head = SumsHeader {
-            page_size: 4096,
-            pages: sums.len() as u32,
-            frame: 7,
-        };
-        write_sums(
-            &fs::File::create(m.sums_path()).unwrap(),
-            sums,
-            Some(0),
-            head,
-        )
-        .unwrap();
+        );
         let count = || {
             open_immutable(&m.db_path()).and_then(|c| {
                 Ok(c.query_row("SELECT count(*) FROM a", [], |r| r.get::<_, i64>(0))?)
@@ -1381,35 +1365,11 @@ mod tests {
     /// and a mirror that is intact reads whole.
     #[test]
     fn the_end_of_an_overflow_chain_is_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = Mirror::new(dir.path().to_path_buf());
-        {
-            let c = rusqlite::Connection::open(m.db_path()).unwrap();
-            // 8506 bytes: the leaf keeps a part, two overflow pages the rest, the second one
-            // not full.
-            c.execute_batch(
-                "CREATE TABLE a(x); INSERT INTO a VALUES (printf('%.*c', 8500, 'a') || 'needle');",
-            )
-            .unwrap();
-        }
-        let bytes = fs::read(m.db_path()).unwrap();
-        let sums: BTreeMap<u32, u32> = bytes
-            .chunks(4096)
-            .enumerate()
-            .map(|(i, p)| (i as u32 + 1, page_sums::sum(p)))
-            .collect();
-        let head = SumsHeader {
-            page_size: 4096,
-            pages: sums.len() as u32,
-            frame: 7,
-        };
-        write_sums(
-            &fs::File::create(m.sums_path()).unwrap(),
-            sums,
-            Some(0),
-            head,
-        )
-        .unwrap();
+        // 8506 bytes: the leaf keeps a part, two overflow pages the rest, the second one
+        // not full.
+        let (_dir, m, bytes) = sealed(
+            "CREATE TABLE a(x); INSERT INTO a VALUES (printf('%.*c', 8500, 'a') || 'needle');",
+        );
         let read = || {
             open_immutable(&m.db_path())
                 .and_then(|c| Ok(c.query_row("SELECT x FROM a", [], |r| r.get::<_, String>(0))?))
