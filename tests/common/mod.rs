@@ -354,16 +354,21 @@ impl Sqld {
     pub fn query(&self, sql: &str) -> Vec<Vec<Cell>> {
         let response =
             self.request(&json!({"type": "execute", "stmt": {"sql": sql, "want_rows": true}}));
-        let rows = response["result"]["rows"]
-            .as_array()
-            .expect("execute result has rows");
-        rows.iter()
-            .map(|row| {
-                let row = row.as_array().expect("row is an array");
-                row.iter().map(|v| decode_value(v, sql)).collect()
-            })
-            .collect()
+        execute_rows(&response, sql)
     }
+}
+
+/// The rows of a pipeline `execute` response to `sql`, decoded.
+fn execute_rows(response: &Value, sql: &str) -> Vec<Vec<Cell>> {
+    let rows = response["result"]["rows"]
+        .as_array()
+        .expect("execute result has rows");
+    rows.iter()
+        .map(|row| {
+            let row = row.as_array().expect("row is an array");
+            row.iter().map(|v| decode_value(v, sql)).collect()
+        })
+        .collect()
 }
 
 impl Drop for Sqld {
@@ -1484,15 +1489,7 @@ impl TursoSync {
     pub fn query(&self, sql: &str) -> Vec<Vec<Cell>> {
         let response =
             self.request(&json!({"type": "execute", "stmt": {"sql": sql, "want_rows": true}}));
-        let rows = response["result"]["rows"]
-            .as_array()
-            .expect("execute result has rows");
-        rows.iter()
-            .map(|row| {
-                let row = row.as_array().expect("row is an array");
-                row.iter().map(|v| decode_value(v, sql)).collect()
-            })
-            .collect()
+        execute_rows(&response, sql)
     }
 
     /// Asserts `select_sql` (give it an ORDER BY) returns the same rows on the server and in
