@@ -28,9 +28,11 @@ pub mod spot_check;
 pub mod sql;
 pub mod sync;
 pub mod touched;
+mod unchanged;
 pub mod value;
 pub mod verify;
 pub mod watch;
+mod whole_table;
 pub mod workspace;
 
 pub use conflict::{Conflict, ConflictKind, Outcome};

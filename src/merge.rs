@@ -18,6 +18,7 @@ use crate::orphans::{Gone, Orphans, ReferenceSettled};
 use crate::schema::{foreign_keys, parse_unique_failure, ForeignKey, ObjectKind, UniqueFailure};
 use crate::sql;
 use crate::value::Value;
+use crate::whole_table::Taken;
 use crate::{Context, Error, Result};
 
 /// One of our new rows moved to a key free on both sides, because their new row took its key.
@@ -108,14 +109,48 @@ pub(crate) struct Plan {
     /// that points at one.
     gone: Vec<Gone>,
     user_version: Option<i64>,
+    /// Tables and schema objects a schema conflict keeps whole from one side.
+    taken: Taken,
     pub(crate) conflicts: Vec<Conflict>,
     pub(crate) report: PullReport,
 }
 
 impl Plan {
     /// Plans the merge. `work` and `theirs_db` are read only to find keys free on both sides
-    /// for renumbered rows.
+    /// for renumbered rows, and the tables of indexes and triggers.
+    ///
+    /// A schema conflict that `--ours` or `--theirs` settles and no finer merge does (a table
+    /// dropped, renamed, created or re-keyed on one side, say) keeps its object whole from
+    /// that side ([`Taken`]), and the merge is planned again without it.
     pub(crate) fn new(
+        ours: &Changeset,
+        theirs: &Changeset,
+        opts: &MergeOptions,
+        work: &Connection,
+        theirs_db: &Connection,
+    ) -> Result<Plan> {
+        let mut taken = Taken::default();
+        loop {
+            let stripped = if taken.is_empty() {
+                None
+            } else {
+                Some(taken.strip(ours, theirs, work, theirs_db)?)
+            };
+            let (o, t) = stripped.as_ref().map_or((ours, theirs), |(o, t)| (o, t));
+            let mut plan = Plan::merged(o, t, opts, work, theirs_db)?;
+            if taken.settle(&plan.conflicts, opts, ours, theirs) {
+                continue;
+            }
+            // The working copy's triggers as they are, whatever the kept side's set.
+            plan.suspend = ours.new_triggers.iter().map(|(n, _)| n.clone()).collect();
+            plan.report.resolved += taken.len();
+            plan.report.schema.extend(taken.to_json());
+            plan.taken = taken;
+            return Ok(plan);
+        }
+    }
+
+    fn merged(
         ours: &Changeset,
         theirs: &Changeset,
         opts: &MergeOptions,
@@ -207,7 +242,7 @@ impl Plan {
         report.resolved = conflicts.len() + both.settled;
         report.schema_changes += both.settled;
         Ok(Plan {
-            suspend: ours.new_triggers.iter().map(|(n, _)| n.clone()).collect(),
+            suspend: Vec::new(),
             ddl,
             kept,
             before_ddl,
@@ -230,6 +265,7 @@ impl Plan {
                 })
                 .collect(),
             user_version,
+            taken: Taken::default(),
             conflicts,
             report,
         })
@@ -254,6 +290,7 @@ impl Plan {
         for (q, args) in &self.before_ddl {
             work.execute(q, rusqlite::params_from_iter(args))?;
         }
+        self.taken.apply(work, theirs_db)?;
         let mut indexes = self.indexes.clone();
         for k in &self.kept {
             indexes.extend(k.set_aside(work)?);
@@ -1603,9 +1640,6 @@ fn carry_ours_through_theirs(
                 conflict.ours = Some(now);
                 conflict.constraint = Some(constraint.clone());
                 conflict.note = Some(format!(
-                    "their new definition of table {name:?} rejects our row ({constraint}): --theirs takes our change of it back; or edit the row so it meets the constraint, then sync"
-                ));
-                conflict.note = Some(format!(
                     "their new definition of table {name:?} rejects our row ({constraint}): --theirs takes our change of it back, --ours keeps our definition of the table (the push rebuilds the remote's to it); or edit the row so it meets the constraint, then sync"
                 ));
                 carried.conflicts.push(conflict);
@@ -2169,12 +2203,15 @@ fn table_conflict(name: &str, ours: &Changeset, theirs: &Changeset) -> Conflict 
 /// ([`carry_ours_through_theirs`]), and tables both sides added different columns to
 /// ([`columns_added_apart`]): no clash.
 fn merge_schema(ours: &Changeset, theirs: &Changeset, carried: &[String]) -> Outcome<Vec<String>> {
+    // A table renamed here is touched under both its names.
     let ours_touches = |name: &str| {
         ours.schema.iter().any(|c| match c {
             SchemaChange::TableAdded { name: n, .. }
             | SchemaChange::TableDropped { name: n, .. }
-            | SchemaChange::TableRebuilt { name: n, .. }
             | SchemaChange::ColumnsAdded { table: n, .. } => n == name,
+            SchemaChange::TableRebuilt {
+                name: n, old_name, ..
+            } => n == name || old_name == name,
             _ => false,
         }) || ours
             .tables
@@ -2207,18 +2244,26 @@ fn merge_schema(ours: &Changeset, theirs: &Changeset, carried: &[String]) -> Out
         }
         let clash = match ch {
             SchemaChange::TableRebuilt { name, .. } if carried.contains(name) => None,
-            SchemaChange::TableAdded { name, .. }
-            | SchemaChange::TableDropped { name, .. }
-            | SchemaChange::TableRebuilt { name, .. } => {
+            SchemaChange::TableAdded { name, .. } | SchemaChange::TableDropped { name, .. } => {
                 ours_touches(name).then_some(("table", name))
+            }
+            // Their rename clashes with anything of ours under the old name or the new.
+            SchemaChange::TableRebuilt { name, old_name, .. } => {
+                if ours_touches(old_name) {
+                    Some(("table", old_name))
+                } else {
+                    ours_touches(name).then_some(("table", name))
+                }
             }
             SchemaChange::ColumnsAdded { table, .. } if carried.contains(table) => None,
             SchemaChange::ColumnsAdded { table, .. } => ours
                 .schema
                 .iter()
                 .any(|c| match c {
-                    SchemaChange::TableDropped { name, .. }
-                    | SchemaChange::TableRebuilt { name, .. } => name == table,
+                    SchemaChange::TableDropped { name, .. } => name == table,
+                    SchemaChange::TableRebuilt { name, old_name, .. } => {
+                        name == table || old_name == table
+                    }
                     SchemaChange::ColumnsAdded { table: t, .. } => t == table,
                     _ => false,
                 })

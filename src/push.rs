@@ -685,7 +685,6 @@ fn remote_needs(ch: &SchemaChange, cs: &Changeset, remote: &RemoteState) -> Resu
             old_name,
             old_sql,
             new_sql,
-            columns,
             ..
         } => {
             let renamed = old_name != name;
@@ -693,13 +692,8 @@ fn remote_needs(ch: &SchemaChange, cs: &Changeset, remote: &RemoteState) -> Resu
             if at_new == Some(new_sql.as_str()) && (!renamed || at_old.is_none()) {
                 Needs::Nothing
             } else if at_old == Some(old_sql.as_str()) && (!renamed || at_new.is_none()) {
-                if columns.is_none() {
-                    return Err(Error::Unsupported(format!(
-                        "table {name:?} changed its row key (primary key), so its rows cannot be matched with the remote's and push cannot carry the change \
-                         without overwriting rows others changed. Push your row changes without this schema change first, \
-                         then apply the change on the remote itself (SQLite's 12-step table rebuild) and run `tursync init --force`"
-                    )));
-                }
+                // Re-created under a new row key: every row is replaced, so the push first
+                // checks that the remote's rows are still the base's ([`recreated_unchanged`]).
                 Needs::All
             } else {
                 let theirs = at_old.filter(|_| renamed).or(at_new).or(at_old);
@@ -932,6 +926,15 @@ pub fn push(
     progress.start("push", total_rows as u64);
 
     let groups = transactions(&cs, opts.rows_per_transaction);
+    let recreated = cs
+        .schema
+        .iter()
+        .any(|c| matches!(c, SchemaChange::TableRebuilt { columns: None, .. }));
+    let base = if recreated {
+        Some(ws.open_base()?)
+    } else {
+        None
+    };
     let mut run = Run {
         report,
         log: String::new(),
@@ -950,6 +953,7 @@ pub fn push(
     for (gi, group) in groups.iter().enumerate() {
         let txn = Txn {
             cs: &cs,
+            base: base.as_ref(),
             group,
             fk_scope: &fk_scope,
             first: gi == 0,
@@ -998,6 +1002,8 @@ pub fn push(
         run.report.transactions += 1;
     }
     progress.finish();
+    // Its read transaction would hold off the base's move below.
+    drop(base);
     let mut report = run.report;
     report.log = Some(ws.record_push(&cs, &final_sequences, &run.log)?);
     ws.save_sync_state(&crate::workspace::SyncState {
@@ -1040,6 +1046,8 @@ fn transactions(cs: &Changeset, limit: usize) -> Vec<Vec<TablePlan<'_>>> {
 /// One transaction's share of the changeset.
 struct Txn<'a, 'g> {
     cs: &'a Changeset,
+    /// The base, open when a table is re-created under a new row key ([`recreated_unchanged`]).
+    base: Option<&'a rusqlite::Connection>,
     group: &'g [TablePlan<'a>],
     /// The tables whose foreign keys the push may break (see [`foreign_key_scope`]).
     fk_scope: &'a std::collections::BTreeSet<String>,
@@ -1090,6 +1098,11 @@ fn push_transaction_on(
     if let Outcome::Conflicts(conflicts) = plan_schema(txn.cs, &remote)? {
         return Ok(Outcome::Conflicts(conflicts));
     }
+    if txn.first {
+        if let Some(conflict) = recreated_unchanged(stream, txn, &remote, &mut run.report)? {
+            return Ok(Outcome::Conflicts(vec![conflict]));
+        }
+    }
     let found = read_rows(stream, txn, &remote, &mut run.report)?;
     let todo = match classify(txn.group, &found, &mut run.report.skipped) {
         Ok(todo) => todo,
@@ -1125,6 +1138,57 @@ fn push_transaction_on(
         index_before: remote.index_before,
         index_after: commit.first().and_then(StmtResult::replication_index),
     }))
+}
+
+/// Tables re-created here under a new row key replace every row of the remote's table, so
+/// each one whose remote table is still the base's must hold exactly the base's rows
+/// ([`crate::unchanged`]). Otherwise a teammate changed it since the last sync: a conflict on
+/// the table, which a pull shows row by row and `--ours`/`--theirs` settles.
+fn recreated_unchanged(
+    stream: &mut Stream<'_>,
+    txn: &Txn<'_, '_>,
+    remote: &RemoteState,
+    report: &mut PushReport,
+) -> Result<Option<Conflict>> {
+    for ch in &txn.cs.schema {
+        let SchemaChange::TableRebuilt {
+            name,
+            old_name,
+            old_sql,
+            columns: None,
+            ..
+        } = ch
+        else {
+            continue;
+        };
+        let in_base_form = remote.sql_of("table", old_name) == Some(old_sql.as_str())
+            && (name == old_name || remote.sql_of("table", name).is_none());
+        let Some(table) = remote.schema.tables.iter().find(|t| &t.name == old_name) else {
+            continue;
+        };
+        if !in_base_form {
+            continue;
+        }
+        let Some(base) = txn.base else {
+            return Err(Error::Unexpected(format!(
+                "table {name:?} is re-created under a new row key, but the push has no base to compare the remote's rows with"
+            )));
+        };
+        let same =
+            crate::unchanged::rows_unchanged(base, table, |stmts| send(stream, stmts, report))
+                .during(
+                    "comparing the remote's rows with the base's, table",
+                    format_args!("{old_name:?}"),
+                )?;
+        if !same {
+            let mut c = Conflict::schema("table", old_name);
+            c.note = Some(format!(
+                "table {name:?} was re-created here under a new row key, and its rows changed on the remote since the last sync; `tursync sync --ours` keeps ours (the remote's table replaced by ours), `--theirs` takes the remote's"
+            ));
+            return Ok(Some(c));
+        }
+    }
+    Ok(None)
 }
 
 /// Phase 2: the remote's current version of every row the transaction touches, table by
@@ -1465,6 +1529,7 @@ mod tests {
         let scope = Default::default();
         let txn = Txn {
             cs: &cs,
+            base: None,
             group: &group,
             fk_scope: &scope,
             first: true,

@@ -830,3 +830,145 @@ fn push_and_pull_json_list_a_renamed_column_by_kind() {
         assert_eq!(v["schema"], serde_json::json!([]), "{cmd}: {v}");
     }
 }
+
+/// Whole-table conflicts: a table dropped, renamed, created or given a new row key on one
+/// side while the other side changed it otherwise. `sync --theirs` makes the working copy
+/// equal to the remote as it was (nothing of theirs lost); `sync --ours` puts the working copy
+/// as it was on the remote (nothing of ours lost). Each case is `(what, ours, theirs)`, run on
+/// a remote holding `memo` (three rows) and `keep` (an untouched table).
+///
+/// Measured before: every case exited 3 with `--ours` and `--theirs` alike ("Undo one side's
+/// change"), and a push of a changed primary key was refused outright ("push cannot carry the
+/// change"): dead ends.
+const WHOLE_TABLE_CASES: &[(&str, &str, &str)] = &[
+    (
+        "we dropped it, they edited a row",
+        "DROP TABLE memo;",
+        "UPDATE memo SET body = 'b1-T' WHERE id = 1;",
+    ),
+    (
+        "they dropped it, we edited a row",
+        "UPDATE memo SET body = 'b2-O' WHERE id = 2; INSERT INTO memo VALUES (9, 'b9-O');",
+        "DROP TABLE memo;",
+    ),
+    (
+        "both renamed it, differently",
+        "ALTER TABLE memo RENAME TO memo_o; UPDATE memo_o SET body = 'b1-O' WHERE id = 1;",
+        "ALTER TABLE memo RENAME TO memo_t; UPDATE memo_t SET body = 'b3-T' WHERE id = 3;",
+    ),
+    (
+        "both created one table, differently",
+        "CREATE TABLE fresh(a INTEGER PRIMARY KEY, b TEXT); INSERT INTO fresh VALUES (1, 'o');",
+        "CREATE TABLE fresh(x TEXT, y REAL); INSERT INTO fresh VALUES ('t', 2.5);",
+    ),
+    (
+        "we changed its primary key, they edited a row",
+        "CREATE TABLE memo_new(id INTEGER, body TEXT PRIMARY KEY) WITHOUT ROWID;
+         INSERT INTO memo_new SELECT id, body FROM memo; DROP TABLE memo;
+         ALTER TABLE memo_new RENAME TO memo; UPDATE memo SET id = 20 WHERE id = 2;",
+        "UPDATE memo SET body = 'b1-T' WHERE id = 1; INSERT INTO memo VALUES (7, 'b7-T');",
+    ),
+    (
+        "we dropped it, they added a column",
+        "DROP TABLE memo;",
+        "ALTER TABLE memo ADD COLUMN color TEXT DEFAULT 'red';",
+    ),
+    (
+        "both made one view, differently",
+        "CREATE VIEW v AS SELECT id FROM memo;",
+        "CREATE VIEW v AS SELECT body FROM memo;",
+    ),
+];
+
+fn whole_table_remote() -> Sqld {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE memo(id INTEGER PRIMARY KEY, body TEXT);
+         INSERT INTO memo VALUES (1, 'b1'), (2, 'b2'), (3, 'b3');
+         CREATE TABLE keep(k TEXT PRIMARY KEY, v INT) WITHOUT ROWID;
+         INSERT INTO keep VALUES ('a', 1);",
+    );
+    sqld
+}
+
+#[test]
+fn a_whole_table_conflict_is_settled_by_theirs() {
+    for (what, ours, theirs) in WHOLE_TABLE_CASES {
+        let sqld = whole_table_remote();
+        let (b, remote_copy) = (tempdir(), tempdir());
+        ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+        edit(b.path(), ours);
+        sqld.exec(theirs);
+        // The remote as the teammate left it: what --theirs must keep.
+        ok(&sqld, remote_copy.path(), &["init", "--url", &sqld.url]);
+        let out = run(&sqld, b.path(), &["sync"]);
+        assert_eq!(out.status.code(), Some(3), "{what}: {}", text(&out));
+        let out = run(&sqld, b.path(), &["sync", "--theirs"]);
+        assert!(out.status.success(), "{what}: {}", text(&out));
+        assert_eq!(
+            local_dump(&wc(b.path())),
+            local_dump(&wc(remote_copy.path())),
+            "{what}: the working copy is the remote as it was"
+        );
+        assert_same_database(&sqld, &wc(b.path()));
+        assert_nothing_pending(b.path());
+    }
+}
+
+#[test]
+fn a_whole_table_conflict_is_settled_by_ours() {
+    for (what, ours, theirs) in WHOLE_TABLE_CASES {
+        let sqld = whole_table_remote();
+        let b = tempdir();
+        ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+        edit(b.path(), ours);
+        let mine = local_dump(&wc(b.path()));
+        sqld.exec(theirs);
+        let out = run(&sqld, b.path(), &["sync"]);
+        assert_eq!(out.status.code(), Some(3), "{what}: {}", text(&out));
+        let out = run(&sqld, b.path(), &["sync", "--ours"]);
+        assert!(out.status.success(), "{what}: {}", text(&out));
+        assert_eq!(
+            local_dump(&wc(b.path())),
+            mine,
+            "{what}: the working copy kept all of ours"
+        );
+        assert_same_database(&sqld, &wc(b.path()));
+        assert_nothing_pending(b.path());
+    }
+}
+
+/// A change of a table's primary key (SQLite's 12-step rebuild into a WITHOUT ROWID table
+/// keyed on another column) pushes when nobody changed the table meanwhile: the remote's
+/// definition and rows end as ours. When a teammate changed a row of it, or added one, the push
+/// is a conflict and changes nothing. Measured before: refused ("push cannot carry the change").
+#[test]
+fn a_changed_primary_key_is_pushed() {
+    for teammate in [
+        "",
+        "UPDATE memo SET body = 'b3-T' WHERE id = 3;",
+        "INSERT INTO memo VALUES (8, 'b8');",
+    ] {
+        let sqld = whole_table_remote();
+        let b = tempdir();
+        ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+        edit(b.path(), WHOLE_TABLE_CASES[4].1);
+        if teammate.is_empty() {
+            ok(&sqld, b.path(), &["push"]);
+            assert_same_database(&sqld, &wc(b.path()));
+            assert_nothing_pending(b.path());
+            continue;
+        }
+        sqld.exec(teammate);
+        let before = sqld.query("SELECT type, name, sql FROM sqlite_schema ORDER BY name");
+        let rows = sqld.query("SELECT id, body FROM memo ORDER BY id");
+        let out = run(&sqld, b.path(), &["push"]);
+        assert_eq!(out.status.code(), Some(3), "{teammate}: {}", text(&out));
+        assert!(text(&out).contains("memo"), "{}", text(&out));
+        assert_eq!(
+            sqld.query("SELECT type, name, sql FROM sqlite_schema ORDER BY name"),
+            before
+        );
+        assert_eq!(sqld.query("SELECT id, body FROM memo ORDER BY id"), rows);
+    }
+}
