@@ -1021,10 +1021,15 @@ fn column_parts(create: &str) -> Option<Vec<String>> {
 }
 
 /// Tables renamed between `old` and `new` (`ALTER TABLE … RENAME TO`), as new name -> old
-/// name: a table gone from `old` and a table new in `new` with the same columns (names in
-/// order) and the same root page. RENAME TO keeps the table's B-tree where it is; a table
-/// dropped and created again with the same columns may reuse the page too, and is then
-/// taken for a rename, which carries its rows and diffs them: the same end.
+/// name: a table gone from `old` and a table new in `new` whose definition is exactly what
+/// RENAME TO leaves of the old one ([`renamed_form`]). When several gone tables fit, the one
+/// on the same root page (RENAME TO keeps the table's B-tree where it is), else none: a
+/// dropped and a created table, whose rows then come as a drop and a create.
+///
+/// ```text
+/// old: CREATE TABLE memo(id INTEGER PRIMARY KEY, b)   new: CREATE TABLE "memo_t"(id INTEGER PRIMARY KEY, b)  -> memo_t <- memo
+/// old: CREATE TABLE other(x)                          new: CREATE TABLE big(x)                               -> none
+/// ```
 fn renamed_tables(
     base: &Connection,
     old: &BTreeMap<&str, &Table>,
@@ -1053,21 +1058,59 @@ fn renamed_tables(
     }
     let (old_roots, new_roots) = (roots(base)?, roots(work)?);
     for n in added {
-        let same = |o: &&&&Table| {
-            o.columns.len() == n.columns.len()
-                && o.columns
-                    .iter()
-                    .zip(&n.columns)
-                    .all(|(a, b)| a.name == b.name)
-                && old_roots.contains_key(&o.name)
-                && old_roots.get(&o.name) == new_roots.get(&n.name)
-                && !out.values().any(|v| v == &o.name)
+        let fits: Vec<&&&Table> = gone
+            .iter()
+            .filter(|o| {
+                renamed_form(&o.sql, &o.name, &n.name).as_deref() == Some(n.sql.as_str())
+                    && !out.values().any(|v| v == &o.name)
+            })
+            .collect();
+        let pick = match fits.as_slice() {
+            [one] => Some(one),
+            many => many.iter().find(|o| {
+                old_roots.contains_key(&o.name) && old_roots.get(&o.name) == new_roots.get(&n.name)
+            }),
         };
-        if let Some(o) = gone.iter().find(same) {
+        if let Some(o) = pick {
             out.insert(n.name.clone(), o.name.clone());
         }
     }
     Ok(out)
+}
+
+/// The definition `ALTER TABLE old RENAME TO new` leaves of `old_sql`: the name after `CREATE
+/// TABLE` replaced by the new one, double-quoted, and the table's references to itself
+/// rewritten; the rest as it was. `None` when `old_sql` does not read `CREATE TABLE name…`.
+///
+/// ```text
+/// CREATE TABLE memo (id, p REFERENCES memo)  ->  CREATE TABLE "memo_t" (id, p REFERENCES "memo_t")
+/// ```
+fn renamed_form(old_sql: &str, old_name: &str, new_name: &str) -> Option<String> {
+    let after = old_sql.strip_prefix("CREATE TABLE ")?;
+    let end = match after.chars().next()? {
+        q @ ('"' | '`' | '\'') => {
+            let mut chars = after.char_indices().skip(1).peekable();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                if c == q {
+                    if chars.peek().map(|&(_, n)| n) == Some(q) {
+                        chars.next();
+                        continue;
+                    }
+                    end = Some(i + 1);
+                    break;
+                }
+            }
+            end?
+        }
+        '[' => after.find(']')? + 1,
+        _ => after
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$' || !c.is_ascii()))
+            .unwrap_or(after.len()),
+    };
+    let form = format!("CREATE TABLE {}{}", sql::ident(new_name), &after[end..]);
+    let itself = BTreeMap::from([(new_name.to_owned(), old_name.to_owned())]);
+    Some(with_renamed_references(&form, &itself))
 }
 
 /// The UNIQUE constraints and unique indexes of `d`'s table in `conn`, as positions in its
@@ -2265,6 +2308,33 @@ impl SchemaChange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As the sqlite3 shell shows after each `ALTER TABLE … RENAME TO`.
+    #[test]
+    fn renamed_form_is_what_rename_to_leaves() {
+        for (old, name, new, want) in [
+            (
+                "CREATE TABLE memo (id INTEGER PRIMARY KEY, p REFERENCES memo(id))",
+                "memo",
+                "memo_t",
+                "CREATE TABLE \"memo_t\" (id INTEGER PRIMARY KEY, p REFERENCES \"memo_t\"(id))",
+            ),
+            (
+                "CREATE TABLE [br x](a)",
+                "br x",
+                "brx2",
+                "CREATE TABLE \"brx2\"(a)",
+            ),
+            (
+                "CREATE TABLE \"q\"\"t\"(a)",
+                "q\"t",
+                "q2",
+                "CREATE TABLE \"q2\"(a)",
+            ),
+        ] {
+            assert_eq!(renamed_form(old, name, new).as_deref(), Some(want), "{old}");
+        }
+    }
 
     #[test]
     fn numbers_order_like_sqlite() {

@@ -1622,7 +1622,17 @@ fn carry_ours_through_theirs(
             _ => None,
         };
         if let Some(rest) = rest {
-            let rejected = rejected_rows(work, rest, &new.columns, &changes)?;
+            let beside = Beside {
+                table: old_name,
+                select: crate::diff::carried_select(&new.table, map),
+                key: old.key_names().iter().map(|k| k.to_string()).collect(),
+                ours: old
+                    .changes
+                    .iter()
+                    .map(|c| old.key_of(c.row()).into_iter().cloned().collect())
+                    .collect(),
+            };
+            let rejected = rejected_rows(work, name, rest, &new.columns, &changes, &beside)?;
             // `--ours` keeps our definition of the table: their change of it is not made
             // here, and the next push rebuilds the remote's table to ours.
             let keep_ours = resolve == Resolve::Ours && !rejected.is_empty() && name == old_name;
@@ -1687,46 +1697,126 @@ fn carry_ours_through_theirs(
 }
 
 /// The changes (by position) among `changes` whose new row a table defined as `CREATE TABLE
-/// x{rest}` rejects, each with SQLite's message naming the constraint. Each row is tried
-/// alone in a temporary table of that definition, so only the row's own constraints count
-/// (NOT NULL, CHECK, types in a STRICT table), not UNIQUE against other rows.
+/// x{rest}` rejects, each with SQLite's message naming the constraint (the probe's name
+/// replaced by `table`'s). Each row is tried alone in a temporary table of that definition
+/// first: its own constraints (NOT NULL, CHECK, types in a STRICT table). Then, when the
+/// definition has a UNIQUE constraint, beside the rows their rebuild carries from `beside`
+/// (the working copy's other rows of the table): a row of ours that takes a value another row
+/// holds.
+///
+/// ```text
+/// theirs: CREATE TABLE memo(id INTEGER PRIMARY KEY, body, code TEXT UNIQUE)   (was code TEXT)
+/// working copy memo: (1,'b1','c1') (2,'b2','c2')   ours: INSERT (9,'b9','c1')
+///   -> [(0, "UNIQUE constraint failed: memo.code")]
+/// ```
 fn rejected_rows(
     work: &Connection,
+    table: &str,
     rest: &str,
     columns: &[String],
     changes: &[(usize, RowChange)],
+    beside: &Beside<'_>,
 ) -> Result<Vec<(usize, String)>> {
     let probe = "temp.tursync_probe";
     work.execute_batch(&format!(
         "DROP TABLE IF EXISTS {probe}; CREATE TEMP TABLE tursync_probe{rest}"
     ))?;
+    let idents: Vec<String> = columns.iter().map(|c| sql::ident(c)).collect();
     let insert = format!(
         "INSERT INTO {probe}({}) VALUES ({})",
-        columns
-            .iter()
-            .map(|c| sql::ident(c))
-            .collect::<Vec<_>>()
-            .join(", "),
+        idents.join(", "),
         vec!["?"; columns.len()].join(", ")
     );
+    let named = |msg: Option<String>, e: &rusqlite::ffi::Error| {
+        msg.unwrap_or_else(|| e.to_string())
+            .replace("tursync_probe.", &format!("{table}."))
+    };
+    let try_insert = |row: &[Value]| -> Result<Option<String>> {
+        match work.execute(&insert, rusqlite::params_from_iter(row)) {
+            Ok(_) => Ok(None),
+            Err(rusqlite::Error::SqliteFailure(e, msg))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Ok(Some(named(msg, &e)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    };
     let mut out = Vec::new();
     for (at, (_, c)) in changes.iter().enumerate() {
         if matches!(c, RowChange::Delete(_)) {
             continue;
         }
-        match work.execute(&insert, rusqlite::params_from_iter(c.row())) {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, msg))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                out.push((at, msg.unwrap_or_else(|| e.to_string())));
-            }
-            Err(e) => return Err(e.into()),
+        if let Some(msg) = try_insert(c.row())? {
+            out.push((at, msg));
         }
         work.execute_batch(&format!("DELETE FROM {probe}"))?;
     }
-    work.execute_batch(&format!("DROP TABLE {probe}"))?;
+    if rest.to_ascii_uppercase().contains("UNIQUE") && beside.fill(work, probe, &idents)? {
+        for (at, (_, c)) in changes.iter().enumerate() {
+            if matches!(c, RowChange::Delete(_)) || out.iter().any(|(a, _)| *a == at) {
+                continue;
+            }
+            if let Some(msg) = try_insert(c.row())? {
+                out.push((at, msg));
+            }
+        }
+        out.sort_by_key(|(at, _)| *at);
+    }
+    work.execute_batch(&format!(
+        "DROP TABLE {probe}; DROP TABLE IF EXISTS temp.tursync_ours"
+    ))?;
     Ok(out)
+}
+
+/// The working copy's rows of a table their rebuild carries, but those our changes touch, as
+/// the rebuild lays them out: what a row of ours must fit beside ([`rejected_rows`]).
+struct Beside<'a> {
+    /// The working copy's table (the old name).
+    table: &'a str,
+    /// What the rebuild selects from it ([`crate::diff::carried_select`]).
+    select: Vec<String>,
+    /// Its key columns, and the keys of the rows our changes touch.
+    key: Vec<String>,
+    ours: Vec<Vec<Value>>,
+}
+
+impl Beside<'_> {
+    /// Fills `probe` with these rows. False when they do not fit by themselves (the rows the
+    /// working copy holds break the constraint before any change of ours): nothing of ours to
+    /// name then.
+    fn fill(&self, work: &Connection, probe: &str, columns: &[String]) -> Result<bool> {
+        let key: Vec<String> = self.key.iter().map(|k| sql::ident(k)).collect();
+        let cols: Vec<String> = (0..key.len()).map(|i| format!("k{i}")).collect();
+        work.execute_batch(&format!(
+            "DROP TABLE IF EXISTS temp.tursync_ours; CREATE TEMP TABLE tursync_ours({})",
+            cols.join(", ")
+        ))?;
+        let mut add = work.prepare(&format!(
+            "INSERT INTO temp.tursync_ours VALUES ({})",
+            vec!["?"; key.len()].join(", ")
+        ))?;
+        for k in &self.ours {
+            add.execute(rusqlite::params_from_iter(k))?;
+        }
+        let copy = format!(
+            "INSERT INTO {probe}({}) SELECT {} FROM main.{} WHERE ({}) NOT IN (SELECT {} FROM temp.tursync_ours)",
+            columns.join(", "),
+            self.select.join(", "),
+            sql::ident(self.table),
+            key.join(", "),
+            cols.join(", ")
+        );
+        match work.execute(&copy, []) {
+            Ok(_) => Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 /// A table's definition changed on both sides in ways that do not merge, settled by `--ours` or

@@ -304,6 +304,15 @@ fn b_rows(sqld: &Sqld, table: &str, cols: &str) -> Vec<Vec<Cell>> {
 /// table likewise.
 #[test]
 fn a_pull_carries_our_row_edits_through_their_rename() {
+    for sql_path in [false, true] {
+        their_rename_carries_our_edits(sql_path);
+    }
+}
+
+/// Over the replication log, and over SQL alone (no mirror: `TURSYNC_NO_LOG`), where the
+/// remote's copy is a fresh file and no page of it matches the base's. Measured before on the
+/// SQL path: their renamed table read as a dropped and a new one, our edits a conflict.
+fn their_rename_carries_our_edits(sql_path: bool) {
     for (migration, table, cols, body) in [
         (
             "ALTER TABLE notes RENAME COLUMN body TO content",
@@ -319,8 +328,17 @@ fn a_pull_carries_our_row_edits_through_their_rename() {
         ),
     ] {
         let (sqld, b) = remote_migrated_under_b(migration);
-        let out = run(&sqld, b.path(), &["sync"]);
-        assert!(out.status.success(), "{migration}: {}", text(&out));
+        let mut sync = tursync(b.path());
+        sync.arg("sync").env("TURSO_AUTH_TOKEN", &sqld.rw_token);
+        if sql_path {
+            sync.env("TURSYNC_NO_LOG", "1");
+        }
+        let out = sync.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{migration} (SQL path: {sql_path}): {}",
+            text(&out)
+        );
         assert_same_database(&sqld, &wc(b.path()));
         let rows = b_rows(&sqld, table, cols);
         let want = vec![
@@ -970,5 +988,86 @@ fn a_changed_primary_key_is_pushed() {
             before
         );
         assert_eq!(sqld.query("SELECT id, body FROM memo ORDER BY id"), rows);
+    }
+}
+
+/// Their 12-step rebuild adds a UNIQUE constraint that a new row of ours breaks against a row
+/// already there: a `row` conflict naming the constraint (exit 3, nothing changed), which
+/// `--theirs` settles by taking our row back and `--ours` by keeping our definition (the push
+/// rebuilds the remote's table to it). Measured before: exit 1, "UNIQUE constraint failed:
+/// memo__tursync_new.code", with --ours and --theirs alike.
+#[test]
+fn a_row_of_ours_their_new_unique_rejects_is_a_conflict() {
+    let rebuild = "CREATE TABLE memo_new(id INTEGER PRIMARY KEY, body TEXT, code TEXT UNIQUE);
+                   INSERT INTO memo_new SELECT id, body, code FROM memo; DROP TABLE memo;
+                   ALTER TABLE memo_new RENAME TO memo; UPDATE memo SET body = 'b2-T' WHERE id = 2;";
+    for side in [None, Some("--theirs"), Some("--ours")] {
+        let sqld = Sqld::start();
+        sqld.exec(
+            "CREATE TABLE memo(id INTEGER PRIMARY KEY, body TEXT, code TEXT);
+             INSERT INTO memo VALUES (1, 'b1', 'c1'), (2, 'b2', 'c2'), (3, 'b3', 'c3');",
+        );
+        let b = tempdir();
+        ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+        edit(b.path(), "INSERT INTO memo VALUES (9, 'b9-O', 'c1'); UPDATE memo SET body = 'b3-O' WHERE id = 3;");
+        sqld.exec(rebuild);
+        let mine = local_dump(&wc(b.path()));
+        let Some(side) = side else {
+            let out = run(&sqld, b.path(), &["pull"]);
+            assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+            assert!(text(&out).contains("UNIQUE"), "{}", text(&out));
+            assert_eq!(local_dump(&wc(b.path())), mine, "nothing changed");
+            continue;
+        };
+        let out = run(&sqld, b.path(), &["sync", side]);
+        assert!(out.status.success(), "{side}: {}", text(&out));
+        assert_same_database(&sqld, &wc(b.path()));
+        let want_sql = if side == "--theirs" {
+            "CREATE TABLE \"memo\"(id INTEGER PRIMARY KEY, body TEXT, code TEXT UNIQUE)"
+        } else {
+            "CREATE TABLE memo(id INTEGER PRIMARY KEY, body TEXT, code TEXT)"
+        };
+        assert_eq!(
+            sqld.query("SELECT sql FROM sqlite_schema WHERE name = 'memo'"),
+            vec![vec![cell(want_sql)]],
+            "{side}"
+        );
+        let mut want = vec![
+            vec![Cell::Integer(1), cell("b1"), cell("c1")],
+            vec![Cell::Integer(2), cell("b2-T"), cell("c2")],
+            vec![Cell::Integer(3), cell("b3-O"), cell("c3")],
+        ];
+        if side == "--ours" {
+            want.push(vec![Cell::Integer(9), cell("b9-O"), cell("c1")]);
+        }
+        assert_eq!(
+            sqld.query("SELECT id, body, code FROM memo ORDER BY id"),
+            want,
+            "{side}"
+        );
+    }
+}
+
+/// The remote drops a table and creates another with the same columns, which SQLite puts on
+/// the freed root page: no rename. Measured before (over SQL): read as `RENAME TO`, which left
+/// the working copy's definition as `CREATE TABLE "big"(x)` against the remote's
+/// `CREATE TABLE big(x)`, and a rebuild pending that nobody made.
+#[test]
+fn a_dropped_and_a_new_table_of_the_same_columns_are_no_rename() {
+    for sql_path in [false, true] {
+        let sqld = Sqld::start();
+        sqld.exec("CREATE TABLE other(x); INSERT INTO other VALUES (1); CREATE TABLE keep(y);");
+        let b = tempdir();
+        ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+        sqld.exec("DROP TABLE other; CREATE TABLE big(x); INSERT INTO big VALUES (1), (2);");
+        let mut pull = tursync(b.path());
+        pull.arg("pull").env("TURSO_AUTH_TOKEN", &sqld.rw_token);
+        if sql_path {
+            pull.env("TURSYNC_NO_LOG", "1");
+        }
+        let out = pull.output().unwrap();
+        assert!(out.status.success(), "SQL path {sql_path}: {}", text(&out));
+        assert_same_database(&sqld, &wc(b.path()));
+        assert_nothing_pending(b.path());
     }
 }
