@@ -834,7 +834,7 @@ fn outline(
                         })),
                         None => Read::AllNew,
                     };
-                    let dropped = o
+                    let dropped: Vec<String> = o
                         .stored()
                         .map(|(_, c)| c.name.clone())
                         .filter(|c| {
@@ -844,8 +844,21 @@ fn outline(
                                 .any(|(_, from)| from.as_ref() == Some(c))
                         })
                         .collect();
+                    let mut kind = rebuild_kind(&o, &t, columns.as_deref());
+                    let alters = rebuild_statements(
+                        &t.name,
+                        &o.name,
+                        &t.sql,
+                        columns.as_deref(),
+                        kind,
+                        &dropped,
+                    );
+                    if kind != "rebuilt" && kind != "recreated" && !leaves_exactly(&o, &t, &alters)
+                    {
+                        kind = "rebuilt";
+                    }
                     cs.schema.push(SchemaChange::TableRebuilt {
-                        kind: rebuild_kind(&o, &t, columns.as_deref()),
+                        kind,
                         dropped,
                         name: t.name.clone(),
                         old_name: o.name.clone(),
@@ -1005,6 +1018,33 @@ fn rebuild_kind(
     } else {
         "rebuilt"
     }
+}
+
+/// Whether SQLite's own ALTER statements (`alters`, for a renamed table or a renamed or dropped
+/// column) turn `old`'s definition into exactly `new`'s, tried on the definition alone in an
+/// in-memory database. ALTER edits the text only where it must, so a definition that differs
+/// elsewhere (the name quoted otherwise, spacing, a type) is a rebuild, which makes the text
+/// exact: whoever applies the change must end with the very definition the other side has.
+///
+/// ```text
+/// CREATE TABLE t(id, x, v)      -> CREATE TABLE t(id, v)       ALTER … DROP COLUMN "x": exact
+/// CREATE TABLE t(id, x, v)      -> CREATE TABLE "t"(id, v)     not exact: rebuilt
+/// ```
+fn leaves_exactly(old: &Table, new: &Table, alters: &[String]) -> bool {
+    let Ok(mem) = Connection::open_in_memory() else {
+        return false;
+    };
+    let tried = mem.execute_batch(&old.sql).and_then(|()| {
+        for q in alters {
+            mem.execute_batch(q)?;
+        }
+        mem.query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [&new.name],
+            |r| r.get::<_, String>(0),
+        )
+    });
+    tried.is_ok_and(|sql| sql == new.sql)
 }
 
 /// The column definitions and table constraints of a `CREATE TABLE` statement, trimmed: the
