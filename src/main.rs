@@ -12,8 +12,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use tursync::changeset::Changeset;
 use tursync::clone::{self, FetchOptions};
-use tursync::diff::{Changeset, Filter};
+use tursync::diff::Filter;
 use tursync::progress::Progress;
 use tursync::pull::{MergeOptions, PullReport, Resolve};
 use tursync::push::{PushOptions, PushReport};

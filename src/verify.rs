@@ -11,8 +11,9 @@
 
 use std::path::PathBuf;
 
+use crate::changeset::Changeset;
 use crate::clone::FetchOptions;
-use crate::diff::{self, Changeset};
+use crate::diff;
 use crate::mirror::open_immutable;
 use crate::progress::Progress;
 use crate::remote::Remote;

@@ -285,7 +285,7 @@ pub fn read_ours(
     work: &rusqlite::Connection,
     filter: &crate::diff::Filter,
     clean: Option<Clean>,
-) -> Result<crate::diff::Changeset> {
+) -> Result<crate::changeset::Changeset> {
     let d = crate::diff::Diff::new(base, work, filter)?;
     let unchanged = match clean {
         Some(c) => {
@@ -642,7 +642,7 @@ pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 impl Workspace {
     /// Diffs the base snapshot against the working copy, reading the working copy in one
     /// transaction so the result is a consistent snapshot even while the app writes to it.
-    pub fn diff(&self, filter: &crate::diff::Filter) -> Result<crate::diff::Changeset> {
+    pub fn diff(&self, filter: &crate::diff::Filter) -> Result<crate::changeset::Changeset> {
         Ok(self.ours(filter)?.0)
     }
 
@@ -652,7 +652,7 @@ impl Workspace {
     pub fn ours(
         &self,
         filter: &crate::diff::Filter,
-    ) -> Result<(crate::diff::Changeset, Option<crate::pages::Stamp>)> {
+    ) -> Result<(crate::changeset::Changeset, Option<crate::pages::Stamp>)> {
         let clean = self.sync_state()?.clean;
         self.snapshot(|base, work| {
             let cs = read_ours(base, work, filter, clean)?;
@@ -726,7 +726,7 @@ impl Workspace {
     }
 
     /// Changes the base in place by `edit`, which runs one SQLite transaction (as
-    /// [`crate::diff::Changeset::apply`] does): what a pull brings in or a push sent is small
+    /// [`crate::changeset::Changeset::apply`] does): what a pull brings in or a push sent is small
     /// next to the base, so the base is not copied. A crash leaves a hot journal that the next
     /// [`Workspace::open_base`] rolls back, so the base is the old one or the new one, never a
     /// mix.
