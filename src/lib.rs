@@ -21,6 +21,7 @@ pub mod pull;
 pub mod push;
 mod push_record;
 pub mod remote;
+pub mod report;
 pub mod schema;
 pub mod sink;
 mod spool;

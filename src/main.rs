@@ -19,6 +19,7 @@ use tursync::progress::Progress;
 use tursync::pull::{MergeOptions, PullReport, Resolve};
 use tursync::push::{PushOptions, PushReport};
 use tursync::remote::{Endpoint, Remote, RemoteError};
+use tursync::report::{count, human_bytes};
 use tursync::sink::SqlSink;
 use tursync::workspace::{self, Workspace, DEFAULT_DB};
 use tursync::{Conflict, ConflictKind, Outcome};
@@ -770,20 +771,6 @@ fn print_status(r: &serde_json::Value) {
     );
 }
 
-/// `1 change`, `2 changes`.
-fn count(n: usize, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
-}
-
-fn human_bytes(b: u64) -> String {
-    match b {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
-}
-
 /// Colors only for a terminal, and never when NO_COLOR is set.
 fn color_stdout() -> bool {
     use std::io::IsTerminal;
@@ -1137,129 +1124,19 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
 }
 
 fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
-    use tursync::verify::RemoteCheck;
     let ws = Workspace::locate(cli.db.as_deref())?;
     let (endpoint, remote) = connect(cli, Some(&ws))?;
     let report = tursync::verify::verify(&ws, &remote, FetchOptions::default(), progress)
         .with_context(|| format!("verify against {endpoint} failed"))?;
-    let code = if !report.intact() {
-        5
-    } else if report.drift() {
-        4
-    } else {
-        0
-    };
-    let changes = |cs: &Changeset| -> Vec<serde_json::Value> {
-        let mut list: Vec<_> = cs
-            .schema
-            .iter()
-            .map(|c| json!({"schema": c.describe()}))
-            .collect();
-        list.extend(cs.tables.iter().filter(|t| !t.changes.is_empty()).map(|t| {
-            let (ins, upd, del) = t.counts();
-            json!({"table": t.table.name, "only_on_remote": ins, "differ": upd, "only_in_base": del})
-        }));
-        list.extend(
-            cs.sequences
-                .iter()
-                .map(|q| json!({"sequence": q.table, "base": q.old, "remote": q.new})),
-        );
-        list
-    };
     if as_json {
-        let file = |i: &tursync::verify::Integrity| json!({"path": i.file.display().to_string(), "ok": i.ok(), "problems": i.problems});
-        let compared = |r: &RemoteCheck| match r {
-            RemoteCheck::Skipped => json!({"compared": false}),
-            RemoteCheck::AtSyncPoint { differences } => {
-                json!({"compared": true, "moved": false, "drift": changes(differences)})
-            }
-            RemoteCheck::Moved { differences } => {
-                json!({"compared": true, "moved": true, "not_pulled": changes(differences)})
-            }
-        };
-        let mirror = report.mirror.as_ref().map(|m| {
-            json!({"file": file(&m.integrity), "frame_no": m.frame_no, "remote": compared(&m.remote)})
-        });
-        println!(
-            "{}",
-            json!({"working_copy": file(&report.working_copy), "base": file(&report.base), "remote": compared(&report.remote), "mirror": mirror, "exit_code": code})
-        );
-        return Ok(ExitCode::from(code));
-    }
-    for (what, i) in [
-        ("working copy", &report.working_copy),
-        ("base", &report.base),
-    ]
-    .into_iter()
-    .chain(report.mirror.as_ref().map(|m| ("mirror", &m.integrity)))
-    {
-        if i.ok() {
-            println!("{what} {}: intact", i.file.display());
-        } else {
-            println!("{what} {}: DAMAGED", i.file.display());
-            for p in i.problems.iter().take(20) {
-                println!("  {p}");
-            }
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.write_text(&mut std::io::stdout().lock(), &endpoint)?;
+        if let Some(advice) = report.advice() {
+            eprintln!("{advice}");
         }
     }
-    let print_changes = |cs: &Changeset| {
-        for c in &cs.schema {
-            println!("  {}", c.describe());
-        }
-        for t in cs.tables.iter().filter(|t| !t.changes.is_empty()) {
-            let (ins, upd, del) = t.counts();
-            println!(
-                "  table {}: {} only on the remote, {} only in the base, {} differ",
-                t.table.name,
-                count(ins, "row"),
-                count(del, "row"),
-                count(upd, "row")
-            );
-        }
-        for q in &cs.sequences {
-            println!(
-                "  AUTOINCREMENT counter of {}: base {:?}, remote {:?}",
-                q.table, q.old, q.new
-            );
-        }
-    };
-    match &report.remote {
-        RemoteCheck::Skipped => println!("remote {endpoint}: not compared, the base is damaged"),
-        RemoteCheck::AtSyncPoint { differences } if differences.is_empty() => {
-            println!("remote {endpoint}: equals the base at the last sync point")
-        }
-        RemoteCheck::AtSyncPoint { differences } => {
-            println!("remote {endpoint}: DRIFT: the remote has not moved since the last sync, yet differs from the base:");
-            print_changes(differences);
-        }
-        RemoteCheck::Moved { differences } => {
-            println!("remote {endpoint}: moved since the last sync; not pulled yet:");
-            print_changes(differences);
-        }
-    }
-    if let Some(m) = &report.mirror {
-        match &m.remote {
-            RemoteCheck::Skipped => println!("mirror: not compared, it is damaged"),
-            RemoteCheck::AtSyncPoint { differences } if differences.is_empty() => {
-                println!("mirror: equals the remote at frame {:?}", m.frame_no)
-            }
-            RemoteCheck::AtSyncPoint { differences } => {
-                println!(
-                    "mirror: DRIFT: the remote is at the mirror's frame, yet differs from it:"
-                );
-                print_changes(differences);
-            }
-            RemoteCheck::Moved { .. } => {
-                println!("mirror: behind the remote; the next pull brings it up to date")
-            }
-        }
-    }
-    match code {
-        5 => eprintln!("A file is damaged. Keep a copy of it, save what you can (`tursync diff --sql > mine.sql`, `sqlite3 working_copy.db .recover`), then make a fresh working copy with `tursync init --force`."),
-        4 => eprintln!("The base no longer matches the remote, so diffs and merges would be wrong. Save unpushed work (`tursync diff --sql > mine.sql`), then `tursync init --force` and re-apply it."),
-        _ => {}
-    }
-    Ok(ExitCode::from(code))
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 /// Which operation met conflicts: it decides the wording and what to do next.
