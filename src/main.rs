@@ -531,9 +531,9 @@ fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
         Ok((endpoint, remote)) => {
             let started = Instant::now();
             let mut moved = serde_json::Value::Null;
-            let (state, detail) = match remote.query("SELECT 1", vec![]) {
-                Ok(res) => {
-                    if let (Ok(ws), Some(now)) = (&ws, res.replication_index()) {
+            let (state, detail) = match remote.replication_index() {
+                Ok(index) => {
+                    if let (Ok(ws), Some(now)) = (&ws, index) {
                         match ws.sync_state().map(|s| s.replication_index) {
                             Ok(Some(known)) => moved = json!(now != known),
                             Ok(None) => {}

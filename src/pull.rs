@@ -47,7 +47,7 @@ pub fn pull(
     let _lock = ws.lock()?;
     let state = ws.sync_state()?;
     let known = state.replication_index;
-    let now = remote.query("SELECT 1", vec![])?.replication_index();
+    let now = remote.replication_index()?;
     let mut sql_path = state.sql_path.clone();
     let use_log = opts.use_log && sql_path.is_none();
     if known.is_some() && now == known && !use_log {

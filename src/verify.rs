@@ -313,9 +313,9 @@ pub fn verify(
         });
     }
     let recorded = ws.sync_state()?.replication_index;
-    let before = remote.query("SELECT 1", vec![])?.replication_index();
+    let before = remote.replication_index()?;
     let copy = ws.download(remote, opts, progress)?;
-    let after = remote.query("SELECT 1", vec![])?.replication_index();
+    let after = remote.replication_index()?;
     let theirs = open_snapshot(&copy.path)?;
     let differences = diff::diff(&base_conn, &theirs, &diff::Filter::default())?;
     let at = |point: Option<u64>, differences| {

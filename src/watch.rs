@@ -98,8 +98,7 @@ pub fn watch(
     let watched = ws.open_working_copy(true)?;
     let data_version =
         || -> Result<i64> { Ok(watched.query_row("PRAGMA data_version", [], |r| r.get(0))?) };
-    let index =
-        || -> Result<Option<u64>> { Ok(remote.query("SELECT 1", vec![])?.replication_index()) };
+    let index = || -> Result<Option<u64>> { Ok(remote.replication_index()?) };
     // The data_version at the start of the last round, and at the start of the last round
     // whose push saw the whole working copy.
     let mut round_local: Option<i64> = None;

@@ -368,7 +368,7 @@ pub fn init(
 
     // The index is read before the rows, so writes made while cloning can only make the next
     // pull download again, never skip what it should fetch.
-    let index = remote.query("SELECT 1", vec![])?.replication_index();
+    let index = remote.replication_index()?;
     let (schema, stats, mut sync) = match clone_from_log(remote, &tmp_state, &tmp_db, opts)? {
         Ok((frame, schema, stats, streams_off)) => (
             schema,
