@@ -27,6 +27,7 @@ pub mod sink;
 mod spool;
 pub mod spot_check;
 pub mod sql;
+pub mod status;
 pub mod sync;
 pub mod touched;
 pub mod value;

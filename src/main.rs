@@ -12,14 +12,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use tursync::changeset::Changeset;
 use tursync::clone::{self, FetchOptions};
 use tursync::diff::Filter;
 use tursync::progress::Progress;
 use tursync::pull::{MergeOptions, PullReport, Resolve};
 use tursync::push::{PushOptions, PushReport};
-use tursync::remote::{Endpoint, Remote, RemoteError};
-use tursync::report::{count, human_bytes};
+use tursync::remote::{Endpoint, Remote};
+use tursync::report::count;
 use tursync::sink::SqlSink;
 use tursync::workspace::{self, Workspace, DEFAULT_DB};
 use tursync::{Conflict, ConflictKind, Outcome};
@@ -414,7 +413,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 } else if *json {
                     d.write_json(&mut out)
                 } else {
-                    Ok(print_summary(&mut out, &d.changeset()?, color_stdout())?)
+                    Ok(d.changeset()?.write_summary(&mut out, color_stdout())?)
                 }
             })
             .with_context(|| format!("cannot diff {}", ws.db_path().display()))?;
@@ -504,342 +503,26 @@ fn seconds(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a number of seconds"))
 }
 
-fn file_info(p: &Path) -> serde_json::Value {
-    match std::fs::metadata(p) {
-        Ok(m) => json!({"path": p.display().to_string(), "exists": true, "bytes": m.len()}),
-        Err(_) => json!({"path": p.display().to_string(), "exists": false}),
-    }
-}
-
 fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
     let ws = Workspace::locate(cli.db.as_deref());
-    let mut report = json!({
-        "sqlite_version": rusqlite::version(),
-        "external_tools_needed": [],
-    });
-    match &ws {
-        Ok(ws) => {
-            report["working_copy"] = file_info(&ws.db_path());
-            report["state_dir"] = json!(ws.state_dir().display().to_string());
-            report["base"] = file_info(&ws.base_path());
-            report["reads"] = reads_report(ws);
-        }
-        Err(e) => report["workspace_error"] = json!(e.to_string()),
-    }
-    let ok;
-    match connect(cli, ws.as_ref().ok()) {
-        Ok((endpoint, remote)) => {
-            let started = Instant::now();
-            let mut moved = serde_json::Value::Null;
-            let (state, detail) = match remote.replication_index() {
-                Ok(index) => {
-                    if let (Ok(ws), Some(now)) = (&ws, index) {
-                        match ws.sync_state().map(|s| s.replication_index) {
-                            Ok(Some(known)) => moved = json!(now != known),
-                            Ok(None) => {}
-                            Err(e) => moved = json!(format!("unknown: {e}")),
-                        }
-                    }
-                    ("ok", None)
-                }
-                Err(e @ RemoteError::Auth { .. }) => ("auth_failed", Some(e.to_string())),
-                Err(
-                    e @ (RemoteError::Unreachable { .. }
-                    | RemoteError::Dropped { .. }
-                    | RemoteError::GaveUp { .. }),
-                ) => ("unreachable", Some(e.to_string())),
-                Err(e @ RemoteError::Certificate { .. }) => ("certificate", Some(e.to_string())),
-                Err(e) => ("error", Some(e.to_string())),
-            };
-            ok = state == "ok";
-            if let Ok(ws) = &ws {
-                report["protocol"] = protocol_report(ws, &remote, ok);
-            }
-            report["remote"] = json!({
-                "url": endpoint.to_string(),
-                "token": if remote.has_token() { "set" } else { "not set" },
-                "state": state,
-                "error": detail,
-                "latency_ms": started.elapsed().as_millis() as u64,
-                "moved_since_sync": moved,
-            });
-        }
-        Err(e) => {
-            ok = false;
-            report["remote"] = json!({"state": "not_configured", "error": e.to_string()});
-        }
-    }
-    let changes = ws.as_ref().ok().map(|ws| ws.diff(&Filter::default()));
-    match &changes {
-        Some(Ok(cs)) => {
-            report["changes"] = json!(cs.change_count());
-            report["tables"] = cs
-                .tables
-                .iter()
-                .filter(|t| !t.changes.is_empty())
-                .map(|t| {
-                    let (i, u, d) = t.counts();
-                    json!({"table": t.table.name, "inserted": i, "updated": u, "deleted": d})
-                })
-                .collect();
-            report["schema_changes"] = cs.schema.iter().map(|c| c.describe()).collect();
-        }
-        Some(Err(e)) => report["changes_error"] = json!(e.to_string()),
-        None => {}
-    }
+    let remote = connect(cli, ws.as_ref().ok()).map_err(|e| e.to_string());
+    let status = tursync::status::Status::read(&ws, remote);
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print_status(&report);
-        if let Some(res) = &changes {
-            match res {
-                Ok(cs) => print_summary(&mut std::io::stdout().lock(), cs, color_stdout())?,
-                Err(e) => println!("changes        cannot diff: {e}"),
-            }
-        }
+        status.write_text(&mut std::io::stdout().lock(), color_stdout())?;
     }
-    Ok(if ok {
+    Ok(if status.remote_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-/// What the remote speaks ([`tursync::protocol`]): probed when nothing is recorded or the
-/// record no longer holds, and only when the remote answers (`reachable`); else as recorded.
-fn protocol_report(ws: &Workspace, remote: &Remote, reachable: bool) -> serde_json::Value {
-    let shown = |d: &tursync::protocol::Detected, again: Option<String>| {
-        json!({
-            "name": d.protocol.as_str(),
-            "reason": d.reason,
-            "forced": d.forced,
-            "probed_again_because": again,
-        })
-    };
-    if !reachable {
-        return match tursync::protocol::recorded(&ws.state_dir()) {
-            Some(d) => shown(&d, None),
-            None => {
-                json!({"name": "unknown", "reason": "not probed yet: the remote did not answer"})
-            }
-        };
-    }
-    let log_unusable = ws.sync_state().ok().and_then(|s| s.sql_path);
-    match tursync::protocol::detect(&ws.state_dir(), log_unusable.as_deref(), remote) {
-        Ok((d, again)) => shown(&d, again),
-        Err(e) => json!({"name": "unknown", "reason": e.to_string()}),
-    }
-}
-
-/// How pulls read the remote: from the replication log into the mirror, or over SQL, and why.
-fn reads_report(ws: &Workspace) -> serde_json::Value {
-    let mirror = ws.mirror();
-    match (ws.sync_state(), mirror.health()) {
-        (Err(e), _) | (_, Err(e)) => json!({"path": "unknown", "reason": e.to_string()}),
-        (Ok(sync), _) if sync.sql_path.is_some() => {
-            json!({"path": "sql", "reason": sync.sql_path})
-        }
-        (Ok(sync), Ok(Some(Ok(m)))) => json!({
-            "path": "log",
-            "mirror": file_info(&mirror.db_path()),
-            "frame_no": m.frame_no,
-            "streams": streams_report(&sync),
-        }),
-        // Partial, or its files disagree: not valid, whatever its size.
-        (Ok(_), Ok(Some(Err(why)))) => json!({
-            "path": "log",
-            "reason": format!("the mirror is not usable ({why}): the next pull drops it and reads the replication log again"),
-        }),
-        (Ok(sync), Ok(None)) => json!({
-            "path": "log",
-            "reason": "no mirror yet: the next pull reads the replication log",
-            "streams": streams_report(&sync),
-        }),
-    }
-}
-
-/// Whether a long stretch of log is read in streams, or only in batches and why.
-fn streams_report(sync: &tursync::workspace::SyncState) -> serde_json::Value {
-    match &sync.streams_off {
-        None => json!({"on": true}),
-        Some(off) => json!({
-            "on": false,
-            "off": off.reason,
-            "until": "the next init, or a new log id",
-        }),
-    }
-}
-
-fn print_status(r: &serde_json::Value) {
-    let file = |v: &serde_json::Value| {
-        let path = v["path"].as_str().unwrap_or("?");
-        match v["bytes"].as_u64() {
-            Some(b) => format!("{path} ({})", human_bytes(b)),
-            None => format!("{path} (missing)"),
-        }
-    };
-    if let Some(e) = r["workspace_error"].as_str() {
-        println!("working copy   none: {e}");
-    } else {
-        println!("working copy   {}", file(&r["working_copy"]));
-        println!("state dir      {}", r["state_dir"].as_str().unwrap_or("?"));
-        println!("base snapshot  {}", file(&r["base"]));
-        let reads = &r["reads"];
-        match reads["path"].as_str() {
-            Some("log") if reads["mirror"].is_object() => println!(
-                "pulls read     the replication log: mirror {} at frame {}",
-                file(&reads["mirror"]),
-                reads["frame_no"]
-            ),
-            Some("sql") => println!(
-                "pulls read     rows over SQL, because {}",
-                reads["reason"].as_str().unwrap_or("?")
-            ),
-            Some("unknown") => println!(
-                "pulls read     unknown: {}",
-                reads["reason"].as_str().unwrap_or("?")
-            ),
-            _ => println!(
-                "pulls read     the replication log ({})",
-                reads["reason"].as_str().unwrap_or("?")
-            ),
-        }
-        if let Some(off) = reads["streams"]["off"].as_str() {
-            println!("log streams    not used, because {off}; batches read the log until the next init or a new log id");
-        }
-    }
-    let remote = &r["remote"];
-    match remote["state"].as_str() {
-        Some("not_configured") => println!(
-            "remote         not configured: {}",
-            remote["error"].as_str().unwrap_or("")
-        ),
-        Some(state) => {
-            println!(
-                "remote         {} (token {})",
-                remote["url"].as_str().unwrap_or("?"),
-                remote["token"].as_str().unwrap_or("?")
-            );
-            match state {
-                "ok" => println!(
-                    "connection     ok: reachable, {} ({} ms)",
-                    if remote["token"] == "set" {
-                        "token accepted"
-                    } else {
-                        "no token needed"
-                    },
-                    remote["latency_ms"]
-                ),
-                _ => println!(
-                    "connection     FAILED: {}",
-                    remote["error"].as_str().unwrap_or(state)
-                ),
-            }
-            match remote["moved_since_sync"].as_bool() {
-                Some(true) => {
-                    println!("remote         changed since the last sync: run `tursync pull`")
-                }
-                Some(false) => println!("remote         unchanged since the last sync"),
-                None if state == "ok" => match remote["moved_since_sync"].as_str() {
-                    Some(why) => println!("remote         changed since the last sync? {why}"),
-                    None => println!("remote         may have changed since the last sync"),
-                },
-                None => {}
-            }
-        }
-        None => {}
-    }
-    let protocol = &r["protocol"];
-    if let Some(name) = protocol["name"].as_str() {
-        let what = match name {
-            "log" => "sqld's replication log",
-            "turso-sync" => "Turso Sync (/pull-updates pages, a pipeline without streams)",
-            "sql" => "SQL only",
-            _ => "unknown",
-        };
-        println!(
-            "protocol       {what}: {}",
-            protocol["reason"].as_str().unwrap_or("?")
-        );
-        if let Some(why) = protocol["probed_again_because"].as_str() {
-            println!("protocol       probed again, because {why}");
-        }
-    }
-    println!(
-        "external tools none needed (SQLite {} is built in)",
-        r["sqlite_version"].as_str().unwrap_or("?")
-    );
-}
-
 /// Colors only for a terminal, and never when NO_COLOR is set.
 fn color_stdout() -> bool {
     use std::io::IsTerminal;
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
-/// Per table: rows inserted, updated and deleted; then schema changes; then the verdict.
-fn print_summary(out: &mut dyn Write, cs: &Changeset, color: bool) -> std::io::Result<()> {
-    let paint = |code: &str, text: String| {
-        if color {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text
-        }
-    };
-    let changed: Vec<_> = cs.tables.iter().filter(|t| !t.changes.is_empty()).collect();
-    if !changed.is_empty() {
-        let width = changed
-            .iter()
-            .map(|t| t.table.name.chars().count())
-            .max()
-            .unwrap_or(5)
-            .max(5);
-        writeln!(
-            out,
-            "{:width$}  {:>9} {:>9} {:>9}",
-            "table", "inserted", "updated", "deleted"
-        )?;
-        for t in &changed {
-            let (i, u, d) = t.counts();
-            writeln!(
-                out,
-                "{:width$}  {} {} {}",
-                t.table.name,
-                paint("32", format!("{:>9}", format!("+{i}"))),
-                paint("33", format!("{:>9}", format!("~{u}"))),
-                paint("31", format!("{:>9}", format!("-{d}")))
-            )?;
-        }
-    }
-    if !cs.schema.is_empty() {
-        writeln!(out, "schema:")?;
-        for c in &cs.schema {
-            let line = c.describe();
-            let code = match line.chars().next() {
-                Some('+') => "32",
-                Some('-') => "31",
-                _ => "33",
-            };
-            writeln!(out, "  {}", paint(code, line))?;
-        }
-    }
-    for q in &cs.sequences {
-        let show = |v: Option<i64>| v.map_or_else(|| "none".to_owned(), |n| n.to_string());
-        writeln!(
-            out,
-            "autoincrement counter of {}: {} -> {}",
-            q.table,
-            show(q.old),
-            show(q.new)
-        )?;
-    }
-    if let Some(v) = cs.user_version {
-        writeln!(out, "user_version -> {v}")?;
-    }
-    match cs.change_count() {
-        0 if cs.is_empty() => writeln!(out, "nothing to push"),
-        n => writeln!(out, "{n} change{} to push", if n == 1 { "" } else { "s" }),
-    }
 }
 
 fn push(cli: &Cli, dry_run: bool, as_json: bool, progress: &Progress) -> Result<ExitCode> {

@@ -466,6 +466,79 @@ impl SchemaChange {
     }
 }
 
+impl Changeset {
+    /// For a person: per table, rows inserted, updated and deleted; then schema changes,
+    /// counters and `user_version`; then how many changes wait to be pushed. In ANSI colors
+    /// when `color`.
+    pub fn write_summary(&self, out: &mut dyn std::io::Write, color: bool) -> std::io::Result<()> {
+        let paint = |code: &str, text: String| {
+            if color {
+                format!("\x1b[{code}m{text}\x1b[0m")
+            } else {
+                text
+            }
+        };
+        let changed: Vec<_> = self
+            .tables
+            .iter()
+            .filter(|t| !t.changes.is_empty())
+            .collect();
+        if !changed.is_empty() {
+            let width = changed
+                .iter()
+                .map(|t| t.table.name.chars().count())
+                .max()
+                .unwrap_or(5)
+                .max(5);
+            writeln!(
+                out,
+                "{:width$}  {:>9} {:>9} {:>9}",
+                "table", "inserted", "updated", "deleted"
+            )?;
+            for t in &changed {
+                let (i, u, d) = t.counts();
+                writeln!(
+                    out,
+                    "{:width$}  {} {} {}",
+                    t.table.name,
+                    paint("32", format!("{:>9}", format!("+{i}"))),
+                    paint("33", format!("{:>9}", format!("~{u}"))),
+                    paint("31", format!("{:>9}", format!("-{d}")))
+                )?;
+            }
+        }
+        if !self.schema.is_empty() {
+            writeln!(out, "schema:")?;
+            for c in &self.schema {
+                let line = c.describe();
+                let code = match line.chars().next() {
+                    Some('+') => "32",
+                    Some('-') => "31",
+                    _ => "33",
+                };
+                writeln!(out, "  {}", paint(code, line))?;
+            }
+        }
+        for q in &self.sequences {
+            let show = |v: Option<i64>| v.map_or_else(|| "none".to_owned(), |n| n.to_string());
+            writeln!(
+                out,
+                "autoincrement counter of {}: {} -> {}",
+                q.table,
+                show(q.old),
+                show(q.new)
+            )?;
+        }
+        if let Some(v) = self.user_version {
+            writeln!(out, "user_version -> {v}")?;
+        }
+        match self.change_count() {
+            0 if self.is_empty() => writeln!(out, "nothing to push"),
+            n => writeln!(out, "{n} change{} to push", if n == 1 { "" } else { "s" }),
+        }
+    }
+}
+
 impl SchemaChange {
     /// One line for people: `+ table foo`, `~ index bar`.
     pub fn describe(&self) -> String {
