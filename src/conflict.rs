@@ -7,6 +7,9 @@
 
 use std::collections::HashMap;
 
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
 use crate::value::Value;
 
 /// What two sides disagree on.
@@ -113,6 +116,43 @@ impl Conflict {
             ours: side(ours),
             theirs: side(theirs),
             ..Conflict::schema(what, name)
+        }
+    }
+}
+
+/// A conflict as `--json` shows it: a cell conflict's `base`/`ours`/`theirs` are the cell's
+/// values; any other's are whole rows by column name (null where that side has no row).
+/// `column` names the columns in question in one string (null for a row conflict).
+impl Serialize for Conflict {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let column = (self.kind != ConflictKind::Row && !self.columns.is_empty())
+            .then(|| self.columns.join(", "));
+        let mut m = s.serialize_map(Some(12))?;
+        m.serialize_entry("table", &self.table)?;
+        m.serialize_entry("kind", self.kind.as_str())?;
+        m.serialize_entry("key", &self.key)?;
+        m.serialize_entry("column", &column)?;
+        m.serialize_entry("columns", &self.columns)?;
+        m.serialize_entry("base", &Side(self, self.base.as_deref()))?;
+        m.serialize_entry("ours", &Side(self, self.ours.as_deref()))?;
+        m.serialize_entry("theirs", &Side(self, self.theirs.as_deref()))?;
+        m.serialize_entry("constraint", &self.constraint)?;
+        m.serialize_entry("ours_key", &self.ours_key)?;
+        m.serialize_entry("object", &self.object)?;
+        m.serialize_entry("note", &self.note)?;
+        m.end()
+    }
+}
+
+/// One side's values of a conflict, as its JSON shows them.
+struct Side<'a>(&'a Conflict, Option<&'a [Value]>);
+
+impl Serialize for Side<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.0.kind, self.1) {
+            (_, None) => s.serialize_none(),
+            (ConflictKind::Cell, Some(r)) => r.first().serialize(s),
+            (_, Some(r)) => s.collect_map(self.0.columns.iter().zip(r)),
         }
     }
 }

@@ -857,35 +857,13 @@ fn conclude<R>(
     }
 }
 
-/// One conflict as JSON. A cell conflict's `base`/`ours`/`theirs` are the cell's values; any
-/// other's are whole rows by column name (or null where that side has no row).
-fn conflict_json(c: &Conflict) -> serde_json::Value {
-    let values = |r: &Option<Vec<tursync::Value>>| match (c.kind, r) {
-        (_, None) => serde_json::Value::Null,
-        (ConflictKind::Cell, Some(r)) => json!(r.first()),
-        (_, Some(r)) => json!(c
-            .columns
-            .iter()
-            .cloned()
-            .zip(r.iter().map(|v| json!(v)))
-            .collect::<serde_json::Map<_, _>>()),
-    };
-    let column =
-        (c.kind != ConflictKind::Row && !c.columns.is_empty()).then(|| c.columns.join(", "));
-    json!({"table": c.table, "kind": c.kind.as_str(), "key": c.key, "column": column, "columns": c.columns,
-           "base": values(&c.base), "ours": values(&c.ours), "theirs": values(&c.theirs),
-           "constraint": c.constraint, "ours_key": c.ours_key, "object": c.object,
-           "note": c.note})
-}
-
 impl Op {
     fn conflicts_json(self, conflicts: &[Conflict]) -> serde_json::Value {
-        let list: Vec<_> = conflicts.iter().map(conflict_json).collect();
         match self {
             Op::Push { interrupted } => {
-                json!({"pushed": false, "conflicts": list, "earlier_push_interrupted": interrupted})
+                json!({"pushed": false, "conflicts": conflicts, "earlier_push_interrupted": interrupted})
             }
-            Op::Pull => json!({"pulled": false, "conflicts": list}),
+            Op::Pull => json!({"pulled": false, "conflicts": conflicts}),
         }
     }
 
