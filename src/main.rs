@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use tursync::clone::{self, FetchOptions};
+use tursync::conflict::{Op, Stopped};
 use tursync::diff::Filter;
 use tursync::progress::Progress;
 use tursync::pull::{MergeOptions, PullReport, Resolve};
@@ -21,7 +22,7 @@ use tursync::remote::{Endpoint, Remote};
 use tursync::report::count;
 use tursync::sink::SqlSink;
 use tursync::workspace::{self, Workspace, DEFAULT_DB};
-use tursync::{Conflict, ConflictKind, Outcome};
+use tursync::Outcome;
 
 const EXIT_HELP: &str = "\
 Exit codes:
@@ -710,11 +711,6 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
     let (endpoint, remote) = connect(cli, Some(&ws))?;
     let remote = remote.cancel_on(stop.clone());
     let now = || humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-    let line = |event: &str, mut fields: serde_json::Value| {
-        fields["time"] = json!(now());
-        fields["event"] = json!(event);
-        println!("{fields}");
-    };
     if verbose && !as_json {
         println!(
             "{} watching {} <-> {endpoint}, checking the remote every {:.1}s",
@@ -724,11 +720,12 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
         );
     }
     let mut on_event = |event: Event<'_>| match event {
-        Event::Synced { pulled, pushed } if as_json => line(
-            "synced",
-            json!({"pulled": {"applied": pulled.applied, "merged": pulled.merged, "schema_changes": pulled.schema_changes},
-                   "pushed": {"changes": pushed.changes, "applied": pushed.applied, "skipped": pushed.skipped}}),
-        ),
+        Event::Checked { .. } if !verbose => {}
+        event if as_json => {
+            let mut line = serde_json::to_value(&event).expect("a watch event is plain data");
+            line["time"] = json!(now());
+            println!("{line}");
+        }
         Event::Synced { pulled, pushed } => println!(
             "{} pulled {} ({} merged, {}), pushed {} ({} applied, {} already there)",
             now(),
@@ -738,14 +735,6 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
             count(pushed.changes, "change"),
             pushed.applied,
             pushed.skipped
-        ),
-        Event::Checked { .. } if !verbose => {}
-        Event::Checked {
-            local_changed,
-            remote_index,
-        } if as_json => line(
-            "checked",
-            json!({"local_changed": local_changed, "remote_index": remote_index}),
         ),
         Event::Checked {
             local_changed,
@@ -760,40 +749,20 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
             },
             remote_index.map_or_else(|| "unknown".to_owned(), |i| i.to_string())
         ),
-        Event::PullConflicts(conflicts) if as_json => {
-            line("conflict", Op::Pull.conflicts_json(conflicts));
-        }
-        Event::PullConflicts(conflicts) => {
-            eprintln!("{} conflict while pulling:", now());
-            Op::Pull.print_conflicts(conflicts);
+        Event::Conflicts(stopped) => {
+            let doing = match stopped.op {
+                Op::Push { .. } => "pushing",
+                Op::Pull => "pulling",
+            };
+            eprintln!("{} conflict while {doing}:", now());
+            let _ = stopped.write_text(&mut std::io::stderr().lock());
             eprintln!("watch keeps running and tries again when either side changes.");
         }
-        Event::PushConflicts {
-            conflicts,
-            earlier_push_interrupted,
-        } => {
-            let op = Op::Push {
-                interrupted: earlier_push_interrupted,
-            };
-            if as_json {
-                line("conflict", op.conflicts_json(conflicts));
-            } else {
-                eprintln!("{} conflict while pushing:", now());
-                op.print_conflicts(conflicts);
-                eprintln!("watch keeps running and tries again when either side changes.");
-            }
-        }
-        Event::Refused(e) if as_json => line("refused", json!({"error": e.to_string()})),
         Event::Refused(e) => {
             eprintln!("{} {e}", now());
             eprintln!("watch keeps running and tries again when either side changes.");
         }
-        Event::Settled if as_json => line("settled", json!({})),
         Event::Settled => println!("{} settled: syncing again", now()),
-        Event::Backoff { error, delay } if as_json => line(
-            "retrying",
-            json!({"error": error.to_string(), "in_seconds": delay.as_secs_f64()}),
-        ),
         Event::Backoff { error, delay } => {
             eprintln!("{} {error}; trying again in {}s", now(), delay.as_secs())
         }
@@ -822,16 +791,6 @@ fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
     Ok(ExitCode::from(report.exit_code()))
 }
 
-/// Which operation met conflicts: it decides the wording and what to do next.
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    /// `interrupted`: an earlier push may have reached the remote without the base knowing.
-    Push {
-        interrupted: bool,
-    },
-    Pull,
-}
-
 /// The one place an outcome becomes an exit code: conflicts are reported (as JSON on stdout,
 /// or as text on stderr) and exit with 3; a finished operation reports through `done` and
 /// exits with 0.
@@ -847,160 +806,16 @@ fn conclude<R>(
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Conflicts(conflicts) => {
+            let stopped = Stopped {
+                op,
+                conflicts: &conflicts,
+            };
             if as_json {
-                println!("{}", op.conflicts_json(&conflicts));
+                println!("{}", serde_json::to_string(&stopped)?);
             } else {
-                op.print_conflicts(&conflicts);
+                stopped.write_text(&mut std::io::stderr().lock())?;
             }
             Ok(ExitCode::from(3))
-        }
-    }
-}
-
-impl Op {
-    fn conflicts_json(self, conflicts: &[Conflict]) -> serde_json::Value {
-        match self {
-            Op::Push { interrupted } => {
-                json!({"pushed": false, "conflicts": conflicts, "earlier_push_interrupted": interrupted})
-            }
-            Op::Pull => json!({"pulled": false, "conflicts": conflicts}),
-        }
-    }
-
-    /// The conflicts for a person: a line or two each (50 at most), then what to do.
-    fn print_conflicts(self, conflicts: &[Conflict]) {
-        let n = conflicts.len();
-        let s = if n == 1 { "" } else { "s" };
-        match self {
-            Op::Push { .. } => eprintln!(
-                "conflict: {n} row{s} changed both here and on the remote since the last sync; nothing was pushed"
-            ),
-            Op::Pull => eprintln!(
-                "conflict: {n} change{s} made both here and on the remote; nothing was pulled"
-            ),
-        }
-        // The remote's side is "theirs" in a merge, "remote" against a push.
-        let (ours, theirs) = match self {
-            Op::Push { .. } => ("local", "remote"),
-            Op::Pull => ("ours", "theirs"),
-        };
-        let lit = tursync::sql::literal;
-        let list = |vs: &[tursync::Value]| vs.iter().map(lit).collect::<Vec<_>>().join(", ");
-        for c in conflicts.iter().take(50) {
-            let (table, key) = (&c.table, list(&c.key));
-            match c.kind {
-                ConflictKind::ForeignKey => eprintln!(
-                    "  table {table}, key ({key}): its foreign key would point at nothing ({})",
-                    c.constraint.as_deref().unwrap_or("a FOREIGN KEY")
-                ),
-                ConflictKind::Schema => {
-                    let object = c.object.as_deref().unwrap_or(table);
-                    match self {
-                        Op::Push { .. } => {
-                            eprintln!("  {object} changed on the remote since your last sync")
-                        }
-                        Op::Pull => eprintln!("  {object} was changed both here and on the remote"),
-                    }
-                    let def = |side: &Option<Vec<tursync::Value>>| match side.as_deref() {
-                        Some([tursync::Value::Text(t)]) => String::from_utf8_lossy(t).into_owned(),
-                        _ => "(none: dropped)".to_owned(),
-                    };
-                    if c.columns == ["definition"] {
-                        eprintln!("    base:    {}", def(&c.base));
-                        eprintln!("    {:<8} {}", format!("{ours}:"), def(&c.ours));
-                        eprintln!("    {:<8} {}", format!("{theirs}:"), def(&c.theirs));
-                    }
-                }
-                ConflictKind::Unique => {
-                    // The other row holding the same values: ours in a merge, the remote's
-                    // against a push.
-                    let other = c
-                        .ours_key
-                        .as_deref()
-                        .or(c.theirs.as_deref())
-                        .map_or("?".to_owned(), list);
-                    eprintln!(
-                        "  table {table}, key ({key}): {}; the other row holding the same values: ({other})",
-                        c.constraint.as_deref().unwrap_or("a UNIQUE constraint")
-                    );
-                }
-                ConflictKind::Cell => {
-                    let cell = |v: &Option<Vec<tursync::Value>>| {
-                        v.as_ref()
-                            .and_then(|v| v.first())
-                            .map_or("-".to_owned(), lit)
-                    };
-                    eprintln!(
-                        "  table {table}, key ({key}), column {}: base {}, {ours} {}, {theirs} {}",
-                        c.columns.join(", "),
-                        cell(&c.base),
-                        cell(&c.ours),
-                        cell(&c.theirs)
-                    );
-                }
-                ConflictKind::Row if c.columns.is_empty() => {
-                    eprintln!(
-                        "  table {table}, key ({key}): deleted on one side, changed on the other"
-                    )
-                }
-                ConflictKind::Row => {
-                    eprintln!("  table {table}, key ({key})");
-                    let state = |r: &Option<Vec<tursync::Value>>| {
-                        if r.is_some() {
-                            "present"
-                        } else {
-                            "absent"
-                        }
-                    };
-                    if c.base.is_none() || c.ours.is_none() || c.theirs.is_none() {
-                        eprintln!(
-                            "    row: base {}, {ours} {}, {theirs} {}",
-                            state(&c.base),
-                            state(&c.ours),
-                            state(&c.theirs)
-                        );
-                    }
-                    for (i, col) in c.columns.iter().enumerate() {
-                        let cell = |r: &Option<Vec<tursync::Value>>| {
-                            r.as_ref().map_or("-".to_owned(), |r| lit(&r[i]))
-                        };
-                        let (b, o, t) = (cell(&c.base), cell(&c.ours), cell(&c.theirs));
-                        if !(b == o && o == t) {
-                            eprintln!("    {col}: base {b}, {ours} {o}, {theirs} {t}");
-                        }
-                    }
-                }
-            }
-            if let Some(note) = &c.note {
-                eprintln!("    ({note})");
-            }
-        }
-        if n > 50 {
-            eprintln!("  … and {} more (use --json for all)", n - 50);
-        }
-        let any = |kind| conflicts.iter().any(|c| c.kind == kind);
-        match self {
-            Op::Push { interrupted } => {
-                if any(ConflictKind::Schema) {
-                    eprintln!("Nothing was pushed. Run `tursync pull` to bring the remote's change in first.");
-                } else if any(ConflictKind::ForeignKey) {
-                    eprintln!("Nothing changed on the remote. A row we deleted (or re-keyed) is still referenced there by a row others added: pull to bring that row in, then restore the parent or delete the child, and push again.");
-                } else if conflicts
-                    .iter()
-                    .any(|c| c.base.is_none() && c.ours.is_some() && c.theirs.is_some())
-                {
-                    eprintln!("Some of your new rows took keys that new rows on the remote took meanwhile. Push never renumbers: run `tursync sync`, which renumbers your new rows (and the references to them) and pushes them.");
-                } else {
-                    eprintln!("Nothing changed on either side in this transaction. Run `tursync pull` to merge the remote's changes (it reports the same rows), then push again.");
-                }
-                if interrupted {
-                    eprintln!("An earlier push was interrupted and may have reached the remote without the base knowing: run `tursync sync`, which settles that first.");
-                }
-            }
-            Op::Pull if any(ConflictKind::Schema) => {
-                eprintln!("Nothing changed. Both sides changed the same schema object (definitions shown above where known). A table both sides reshaped in place is settled by `tursync sync --theirs` (their definition, our rows merged onto it) or `--ours` (our definition, pushed with their rows carried; `--theirs TABLE` for one table). Otherwise undo one side's change (in the working copy, or on the remote itself) or make both the same, then pull again.")
-            }
-            Op::Pull => eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (or table by table: `--theirs TABLE`), or edit the working copy and pull again. For a foreign-key conflict, the side you keep decides whether the deleted parent stays deleted (its ON DELETE action then applies to the rows pointing at it) or comes back with what its delete took along; `tursync help pull` says more."),
         }
     }
 }
