@@ -1,7 +1,7 @@
-//! What a diff finds, apart from the engine that finds it (`diff`), the spool that puts
-//! changes aside (`spool`) and the renderings (`changeset::render`): a [`Changeset`] holds the
+//! What a diff finds, apart from the engine that finds it (`diff`), the buffer that holds
+//! changes for a later pass (`change_buffer`) and the renderings (`changeset::render`): a [`Changeset`] holds the
 //! schema changes, each table's row changes ([`TableDiff`]), counters and triggers; a
-//! [`RowChange`] is one row, with its exact binary encoding, which the diff's spool and the
+//! [`RowChange`] is one row, with its exact binary encoding, which the diff's change buffer and the
 //! record of a push share. Push, pull and merge read and write this vocabulary only.
 //!
 //! ```text
@@ -208,7 +208,7 @@ fn read_len(r: &mut impl Read) -> std::io::Result<usize> {
 fn damaged() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::InvalidData,
-        "a file of row changes (a diff's spool, or the record of a push) is damaged",
+        "a file of row changes (a diff's change buffer, or the record of a push) is damaged",
     )
 }
 

@@ -18,20 +18,20 @@ use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 
+use crate::change_buffer::ChangeBuffer;
 use crate::changeset::render::{Each, RowSource};
 use crate::changeset::{
     with_renamed_references, Changeset, Pick, RowChange, SchemaChange, SequenceChange, TableDiff,
 };
 use crate::pages::{self, DbFile, Layout, PageError, Scan};
 use crate::schema::{self, Column, ObjectKind, RowKey, Schema, Table};
-use crate::spool::Spool;
 use crate::sql;
 use crate::touched::Rows;
 use crate::value::{cmp_value, Value};
 use crate::{Context, Error, Result};
 
 /// Receives row changes as a read yields them.
-type Sink<'a> = dyn FnMut(RowChange) -> Result<()> + 'a;
+type Consumer<'a> = dyn FnMut(RowChange) -> Result<()> + 'a;
 
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -701,7 +701,7 @@ impl Diff<'_> {
         Printing {
             diff: self,
             budget: KEPT_BYTES,
-            aside: std::cell::RefCell::new(None),
+            buffered: std::cell::RefCell::new(None),
         }
     }
 
@@ -713,25 +713,25 @@ impl Diff<'_> {
     }
 
     /// Reads the changes of table `i` that `pick` takes, in key order.
-    fn read(&self, i: usize, pick: Pick, sink: &mut Sink<'_>) -> Result<()> {
+    fn read(&self, i: usize, pick: Pick, consumer: &mut Consumer<'_>) -> Result<()> {
         let d = &self.outline.tables[i];
-        self.read_table(i, pick, sink)
+        self.read_table(i, pick, consumer)
             .during("diffing table", format_args!("{:?}", d.table.name))
     }
 
-    fn read_table(&self, i: usize, pick: Pick, sink: &mut Sink<'_>) -> Result<()> {
+    fn read_table(&self, i: usize, pick: Pick, consumer: &mut Consumer<'_>) -> Result<()> {
         let d = &self.outline.tables[i];
         match &self.reads[i] {
-            Read::AllNew => all_rows(self.work, d, pick, sink),
+            Read::AllNew => all_rows(self.work, d, pick, consumer),
             Read::Untouched => Ok(()),
             Read::Merge(old) => {
                 if old.added.is_empty() && old.table.sql == d.table.sql && old.only.is_none() {
-                    if let Some(skipped) = merge_pages(self.base, self.work, d, pick, sink)? {
+                    if let Some(skipped) = merge_pages(self.base, self.work, d, pick, consumer)? {
                         self.leaves_skipped.set(self.leaves_skipped.get() + skipped);
                         return Ok(());
                     }
                 }
-                merge(self.base, old, self.work, d, pick, sink)
+                merge(self.base, old, self.work, d, pick, consumer)
             }
         }
     }
@@ -742,67 +742,75 @@ const KEPT_BYTES: usize = 4 << 20;
 
 /// A [`Diff`] read for printing. Each table is read from the databases once: the changes the
 /// caller asks for first are printed as they come, and those it asks for next are put aside
-/// in [`Spool`]s, in memory up to [`KEPT_BYTES`] and in a temporary file past that, so memory
+/// in [`ChangeBuffer`]s, in memory up to [`KEPT_BYTES`] and in a temporary file past that, so memory
 /// stays bounded whatever the changes and no page is read twice.
 ///
 /// ```text
-/// --sql:   read All (print deletes; put updates, inserts aside) -> updates, inserts from spools
-/// --json:  read All (count; put all aside) -> print all from the spool
+/// --sql:   read All (print deletes; put updates, inserts aside) -> updates, inserts from buffers
+/// --json:  read All (count; put all aside) -> print all from the buffer
 /// ```
 struct Printing<'a> {
     diff: &'a Diff<'a>,
     /// [`KEPT_BYTES`], but for tests.
     budget: usize,
-    aside: std::cell::RefCell<Option<Aside>>,
+    buffered: std::cell::RefCell<Option<Buffered>>,
 }
 
-/// The changes the last read that put any aside put aside: of which table, and one spool per
+/// The changes the last read that put any aside put aside: of which table, and one buffer per
 /// pick asked for next, in the order asked.
-struct Aside {
+struct Buffered {
     table: usize,
-    spools: Vec<(Pick, Spool)>,
+    buffers: Vec<(Pick, ChangeBuffer)>,
 }
 
 impl RowSource for Printing<'_> {
     fn changes(&self, i: usize, pick: Pick, next: &[Pick], each: &mut Each<'_>) -> Result<()> {
-        let put_aside = match &mut *self.aside.borrow_mut() {
-            Some(a) if a.table == i && a.spools.first().is_some_and(|s| s.0 == pick) => {
-                Some(a.spools.remove(0).1)
+        let put_aside = match &mut *self.buffered.borrow_mut() {
+            Some(a) if a.table == i && a.buffers.first().is_some_and(|s| s.0 == pick) => {
+                Some(a.buffers.remove(0).1)
             }
             _ => None,
         };
-        if let Some(spool) = put_aside {
-            return spool.drain(each);
+        if let Some(buffer) = put_aside {
+            return buffer.drain(each);
         }
         if !next.is_empty() {
             // Whatever an earlier read put aside is no longer asked for.
-            *self.aside.borrow_mut() = None;
+            *self.buffered.borrow_mut() = None;
         }
         let t = &self.diff.outline.tables[i];
         let share = self.budget / next.len().max(1);
-        let mut spools: Vec<(Pick, Spool)> = next.iter().map(|&p| (p, Spool::new(share))).collect();
+        let mut buffers: Vec<(Pick, ChangeBuffer)> = next
+            .iter()
+            .map(|&p| (p, ChangeBuffer::new(share)))
+            .collect();
         let reading = if next.is_empty() { pick } else { Pick::All };
         self.diff.read(i, reading, &mut |ch| {
             if pick.takes(t, &ch) {
                 each(&ch)?;
             }
-            for (p, spool) in &mut spools {
+            for (p, buffer) in &mut buffers {
                 if p.takes(t, &ch) {
-                    spool.put(&ch)?;
+                    buffer.put(&ch)?;
                 }
             }
             Ok(())
         })?;
         // A read that puts nothing aside leaves what an earlier one did for its next reader.
-        if !spools.is_empty() {
-            *self.aside.borrow_mut() = Some(Aside { table: i, spools });
+        if !buffers.is_empty() {
+            *self.buffered.borrow_mut() = Some(Buffered { table: i, buffers });
         }
         Ok(())
     }
 }
 
 /// Every row of the working copy's table, as inserts.
-fn all_rows(work: &Connection, d: &TableDiff, pick: Pick, sink: &mut Sink<'_>) -> Result<()> {
+fn all_rows(
+    work: &Connection,
+    d: &TableDiff,
+    pick: Pick,
+    consumer: &mut Consumer<'_>,
+) -> Result<()> {
     if !pick.inserts() {
         return Ok(());
     }
@@ -810,7 +818,7 @@ fn all_rows(work: &Connection, d: &TableDiff, pick: Pick, sink: &mut Sink<'_>) -
     let n = st.column_count();
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        sink(RowChange::Insert(owned(r, n)?))?;
+        consumer(RowChange::Insert(owned(r, n)?))?;
     }
     Ok(())
 }
@@ -827,7 +835,7 @@ fn merge(
     work: &Connection,
     d: &TableDiff,
     pick: Pick,
-    sink: &mut Sink<'_>,
+    consumer: &mut Consumer<'_>,
 ) -> Result<()> {
     let key = &d.key;
     let locator = old.locator;
@@ -859,13 +867,13 @@ fn merge(
         match ord {
             Ordering::Less => {
                 if let (true, Some(br)) = (pick.deletes(), b) {
-                    sink(RowChange::Delete(owned(br, n)?))?;
+                    consumer(RowChange::Delete(owned(br, n)?))?;
                 }
                 b = brows.next()?;
             }
             Ordering::Greater => {
                 if let (true, Some(wr)) = (pick.inserts(), w) {
-                    sink(RowChange::Insert(owned(wr, n)?))?;
+                    consumer(RowChange::Insert(owned(wr, n)?))?;
                 }
                 w = wrows.next()?;
             }
@@ -881,7 +889,7 @@ fn merge(
                         }
                         let ch = RowChange::Update { old, new };
                         if pick.takes(d, &ch) {
-                            sink(ch)?;
+                            consumer(ch)?;
                         }
                     }
                 }
@@ -922,7 +930,7 @@ fn root_page(conn: &Connection, table: &str) -> Result<Option<u32>> {
 ///
 /// Returns how many leaves were passed over, or `None` to fall back to the SQL scan when
 /// anything is out of the ordinary before the first change went out. Changes already given to
-/// `sink` cannot be taken back, so from then on a page that cannot be read is an error; a
+/// `consumer` cannot be taken back, so from then on a page that cannot be read is an error; a
 /// record that does not decode (a short one from before an `ADD COLUMN`, say) is read through
 /// SQL by its rowid instead, so it never stops a walk.
 fn merge_pages(
@@ -930,7 +938,7 @@ fn merge_pages(
     work: &Connection,
     d: &TableDiff,
     pick: Pick,
-    sink: &mut Sink<'_>,
+    consumer: &mut Consumer<'_>,
 ) -> Result<Option<u64>> {
     let t = &d.table;
     // Rows of a table with a declared key are matched by it, not in rowid order.
@@ -977,7 +985,7 @@ fn merge_pages(
         };
         merge_records(sides, d, &records, pick, &mut |ch| {
             yielded = true;
-            sink(ch)
+            consumer(ch)
         })
     })();
     match walked {
@@ -991,7 +999,7 @@ fn merge_pages(
     }
 }
 
-/// Why a page walk stopped early: its pages, or anything else (the sink, a row read by SQL).
+/// Why a page walk stopped early: its pages, or anything else (the consumer, a row read by SQL).
 enum Stop {
     Page(PageError),
     Other(Error),
@@ -1033,17 +1041,17 @@ impl Records {
     }
 }
 
-/// The loop of [`merge_pages`]: gives `sink` the changes `pick` takes, and returns how many
+/// The loop of [`merge_pages`]: gives `consumer` the changes `pick` takes, and returns how many
 /// leaves it passed over.
 fn merge_records(
     sides: Sides<'_>,
     d: &TableDiff,
     records: &Records,
     pick: Pick,
-    sink: &mut Sink<'_>,
+    consumer: &mut Consumer<'_>,
 ) -> Result<u64, Stop> {
     let ((mut bs, bconn), (mut ws, wconn)) = (sides.base, sides.work);
-    let mut give = |ch: RowChange| sink(ch).map_err(Stop::Other);
+    let mut give = |ch: RowChange| consumer(ch).map_err(Stop::Other);
     let mut skipped = 0;
     while pages::skip_shared_leaf(&mut bs, &mut ws)? {
         skipped += 1;
@@ -1321,7 +1329,7 @@ mod tests {
             let printing = Printing {
                 diff: &d,
                 budget,
-                aside: std::cell::RefCell::new(None),
+                buffered: std::cell::RefCell::new(None),
             };
             let (mut sql2, mut json2) = (Vec::new(), Vec::new());
             d.outline.write_sql_from(&printing, &mut sql2).unwrap();

@@ -5,6 +5,7 @@
 //! [`clone::Sink`] — a local SQLite file or SQL text ([`sink`]). See
 //! `docs/ARCHITECTURE.md` for the map.
 
+mod change_buffer;
 pub mod changeset;
 pub mod clone;
 pub mod conflict;
@@ -24,7 +25,6 @@ pub mod remote;
 pub mod report;
 pub mod schema;
 pub mod sink;
-mod spool;
 pub mod spot_check;
 pub mod sql;
 pub mod status;
