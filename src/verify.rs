@@ -114,49 +114,23 @@ impl VerifyReport {
                 }
             }
         }
-        let differences = |out: &mut dyn Write, cs: &Changeset| -> std::io::Result<()> {
-            differences(cs)
-                .iter()
-                .try_for_each(|d| writeln!(out, "  {d}"))
-        };
-        match &self.remote {
-            RemoteCheck::Skipped => {
-                writeln!(out, "remote {remote}: not compared, the base is damaged")?
-            }
-            RemoteCheck::AtSyncPoint { differences } if differences.is_empty() => writeln!(
-                out,
-                "remote {remote}: equals the base at the last sync point"
-            )?,
-            RemoteCheck::AtSyncPoint { differences: cs } => {
-                writeln!(out, "remote {remote}: DRIFT: the remote has not moved since the last sync, yet differs from the base:")?;
-                differences(out, cs)?;
-            }
-            RemoteCheck::Moved { differences: cs } => {
-                writeln!(
-                    out,
-                    "remote {remote}: moved since the last sync; not pulled yet:"
-                )?;
-                differences(out, cs)?;
-            }
-        }
+        let base = [
+            "not compared, the base is damaged",
+            "equals the base at the last sync point",
+            "DRIFT: the remote has not moved since the last sync, yet differs from the base:",
+            "moved since the last sync; not pulled yet:",
+        ];
+        self.remote
+            .write_text(out, &format!("remote {remote}"), base, true)?;
         if let Some(m) = &self.mirror {
-            match &m.remote {
-                RemoteCheck::Skipped => writeln!(out, "mirror: not compared, it is damaged")?,
-                RemoteCheck::AtSyncPoint { differences } if differences.is_empty() => {
-                    writeln!(out, "mirror: equals the remote at frame {:?}", m.frame_no)?
-                }
-                RemoteCheck::AtSyncPoint { differences: cs } => {
-                    writeln!(
-                        out,
-                        "mirror: DRIFT: the remote is at the mirror's frame, yet differs from it:"
-                    )?;
-                    differences(out, cs)?;
-                }
-                RemoteCheck::Moved { .. } => writeln!(
-                    out,
-                    "mirror: behind the remote; the next pull brings it up to date"
-                )?,
-            }
+            let equal = format!("equals the remote at frame {:?}", m.frame_no);
+            let mirror = [
+                "not compared, it is damaged",
+                &equal,
+                "DRIFT: the remote is at the mirror's frame, yet differs from it:",
+                "behind the remote; the next pull brings it up to date",
+            ];
+            m.remote.write_text(out, "mirror", mirror, false)?;
         }
         Ok(())
     }
@@ -168,6 +142,33 @@ impl VerifyReport {
             4 => Some("The base no longer matches the remote, so diffs and merges would be wrong. Save unpushed work (`tursync diff --sql > mine.sql`), then `tursync init --force` and re-apply it."),
             _ => None,
         }
+    }
+}
+
+impl RemoteCheck {
+    /// One line for the comparison of `name` with the remote, saying `says[0]` when it was
+    /// skipped, `says[1]` when equal, `says[2]` on drift and `says[3]` when the remote moved,
+    /// the differences indented beneath (those of a remote that moved only when `list_moved`).
+    fn write_text(
+        &self,
+        out: &mut dyn Write,
+        name: &str,
+        says: [&str; 4],
+        list_moved: bool,
+    ) -> std::io::Result<()> {
+        let (said, listed) = match self {
+            RemoteCheck::Skipped => (says[0], None),
+            RemoteCheck::AtSyncPoint { differences } if differences.is_empty() => (says[1], None),
+            RemoteCheck::AtSyncPoint { differences } => (says[2], Some(differences)),
+            RemoteCheck::Moved { differences } => {
+                (says[3], Some(differences).filter(|_| list_moved))
+            }
+        };
+        writeln!(out, "{name}: {said}")?;
+        for d in listed.map(differences).unwrap_or_default() {
+            writeln!(out, "  {d}")?;
+        }
+        Ok(())
     }
 }
 
