@@ -6,6 +6,10 @@
 //! [`Outcome`], and the command line turns its conflicts into exit code 3 in one place.
 
 use std::collections::HashMap;
+use std::io::Write;
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
 
 use crate::value::Value;
 
@@ -114,6 +118,233 @@ impl Conflict {
             theirs: side(theirs),
             ..Conflict::schema(what, name)
         }
+    }
+}
+
+/// A conflict as `--json` shows it: a cell conflict's `base`/`ours`/`theirs` are the cell's
+/// values; any other's are whole rows by column name (null where that side has no row).
+/// `column` names the columns in question in one string (null for a row conflict).
+impl Serialize for Conflict {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let column = (self.kind != ConflictKind::Row && !self.columns.is_empty())
+            .then(|| self.columns.join(", "));
+        let mut m = s.serialize_map(Some(12))?;
+        m.serialize_entry("table", &self.table)?;
+        m.serialize_entry("kind", self.kind.as_str())?;
+        m.serialize_entry("key", &self.key)?;
+        m.serialize_entry("column", &column)?;
+        m.serialize_entry("columns", &self.columns)?;
+        m.serialize_entry("base", &Side(self, self.base.as_deref()))?;
+        m.serialize_entry("ours", &Side(self, self.ours.as_deref()))?;
+        m.serialize_entry("theirs", &Side(self, self.theirs.as_deref()))?;
+        m.serialize_entry("constraint", &self.constraint)?;
+        m.serialize_entry("ours_key", &self.ours_key)?;
+        m.serialize_entry("object", &self.object)?;
+        m.serialize_entry("note", &self.note)?;
+        m.end()
+    }
+}
+
+/// One side's values of a conflict, as its JSON shows them.
+struct Side<'a>(&'a Conflict, Option<&'a [Value]>);
+
+impl Serialize for Side<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.0.kind, self.1) {
+            (_, None) => s.serialize_none(),
+            (ConflictKind::Cell, Some(r)) => r.first().serialize(s),
+            (_, Some(r)) => s.collect_map(self.0.columns.iter().zip(r)),
+        }
+    }
+}
+
+/// Which operation met conflicts: it decides the wording and what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `interrupted`: an earlier push may have reached the remote without the base knowing.
+    Push {
+        interrupted: bool,
+    },
+    Pull,
+}
+
+/// Conflicts that stopped a push or a pull, as the operation reports them: as `--json`
+/// (`{"pulled": false, "conflicts": [..]}`, or `{"pushed": false, "conflicts": [..],
+/// "earlier_push_interrupted": false}`) or for a person ([`Stopped::write_text`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Stopped<'a> {
+    pub op: Op,
+    pub conflicts: &'a [Conflict],
+}
+
+impl Stopped<'_> {
+    /// Writes this report's entries into a JSON object under way (one of `watch --json`'s
+    /// events holds them beside its own).
+    pub(crate) fn entries<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
+        match self.op {
+            Op::Push { interrupted } => {
+                m.serialize_entry("pushed", &false)?;
+                m.serialize_entry("conflicts", self.conflicts)?;
+                m.serialize_entry("earlier_push_interrupted", &interrupted)
+            }
+            Op::Pull => {
+                m.serialize_entry("pulled", &false)?;
+                m.serialize_entry("conflicts", self.conflicts)
+            }
+        }
+    }
+}
+
+impl Serialize for Stopped<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        self.entries(&mut m)?;
+        m.end()
+    }
+}
+
+impl Stopped<'_> {
+    /// The conflicts for a person: a line or two each (50 at most), then what to do.
+    pub fn write_text(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let (op, conflicts) = (self.op, self.conflicts);
+        let n = conflicts.len();
+        let s = if n == 1 { "" } else { "s" };
+        match op {
+            Op::Push { .. } => writeln!(out,
+                "conflict: {n} row{s} changed both here and on the remote since the last sync; nothing was pushed"
+            )?,
+            Op::Pull => writeln!(out,
+                "conflict: {n} change{s} made both here and on the remote; nothing was pulled"
+            )?,
+        }
+        // The remote's side is "theirs" in a merge, "remote" against a push.
+        let (ours, theirs) = match op {
+            Op::Push { .. } => ("local", "remote"),
+            Op::Pull => ("ours", "theirs"),
+        };
+        let lit = crate::sql::literal;
+        let list = |vs: &[Value]| vs.iter().map(lit).collect::<Vec<_>>().join(", ");
+        for c in conflicts.iter().take(50) {
+            let (table, key) = (&c.table, list(&c.key));
+            match c.kind {
+                ConflictKind::ForeignKey => writeln!(
+                    out,
+                    "  table {table}, key ({key}): its foreign key would point at nothing ({})",
+                    c.constraint.as_deref().unwrap_or("a FOREIGN KEY")
+                )?,
+                ConflictKind::Schema => {
+                    let object = c.object.as_deref().unwrap_or(table);
+                    match op {
+                        Op::Push { .. } => {
+                            writeln!(out, "  {object} changed on the remote since your last sync")?
+                        }
+                        Op::Pull => {
+                            writeln!(out, "  {object} was changed both here and on the remote")?
+                        }
+                    }
+                    let def = |side: &Option<Vec<Value>>| match side.as_deref() {
+                        Some([Value::Text(t)]) => String::from_utf8_lossy(t).into_owned(),
+                        _ => "(none: dropped)".to_owned(),
+                    };
+                    if c.columns == ["definition"] {
+                        writeln!(out, "    base:    {}", def(&c.base))?;
+                        writeln!(out, "    {:<8} {}", format!("{ours}:"), def(&c.ours))?;
+                        writeln!(out, "    {:<8} {}", format!("{theirs}:"), def(&c.theirs))?;
+                    }
+                }
+                ConflictKind::Unique => {
+                    // The other row holding the same values: ours in a merge, the remote's
+                    // against a push.
+                    let other = c
+                        .ours_key
+                        .as_deref()
+                        .or(c.theirs.as_deref())
+                        .map_or("?".to_owned(), list);
+                    writeln!(out,
+                        "  table {table}, key ({key}): {}; the other row holding the same values: ({other})",
+                        c.constraint.as_deref().unwrap_or("a UNIQUE constraint")
+                    )?;
+                }
+                ConflictKind::Cell => {
+                    let cell = |v: &Option<Vec<Value>>| {
+                        v.as_ref()
+                            .and_then(|v| v.first())
+                            .map_or("-".to_owned(), lit)
+                    };
+                    writeln!(
+                        out,
+                        "  table {table}, key ({key}), column {}: base {}, {ours} {}, {theirs} {}",
+                        c.columns.join(", "),
+                        cell(&c.base),
+                        cell(&c.ours),
+                        cell(&c.theirs)
+                    )?;
+                }
+                ConflictKind::Row if c.columns.is_empty() => writeln!(
+                    out,
+                    "  table {table}, key ({key}): deleted on one side, changed on the other"
+                )?,
+                ConflictKind::Row => {
+                    writeln!(out, "  table {table}, key ({key})")?;
+                    let state = |r: &Option<Vec<Value>>| {
+                        if r.is_some() {
+                            "present"
+                        } else {
+                            "absent"
+                        }
+                    };
+                    if c.base.is_none() || c.ours.is_none() || c.theirs.is_none() {
+                        writeln!(
+                            out,
+                            "    row: base {}, {ours} {}, {theirs} {}",
+                            state(&c.base),
+                            state(&c.ours),
+                            state(&c.theirs)
+                        )?;
+                    }
+                    for (i, col) in c.columns.iter().enumerate() {
+                        let cell = |r: &Option<Vec<Value>>| {
+                            r.as_ref().map_or("-".to_owned(), |r| lit(&r[i]))
+                        };
+                        let (b, o, t) = (cell(&c.base), cell(&c.ours), cell(&c.theirs));
+                        if !(b == o && o == t) {
+                            writeln!(out, "    {col}: base {b}, {ours} {o}, {theirs} {t}")?;
+                        }
+                    }
+                }
+            }
+            if let Some(note) = &c.note {
+                writeln!(out, "    ({note})")?;
+            }
+        }
+        if n > 50 {
+            writeln!(out, "  … and {} more (use --json for all)", n - 50)?;
+        }
+        let any = |kind| conflicts.iter().any(|c| c.kind == kind);
+        match op {
+            Op::Push { interrupted } => {
+                if any(ConflictKind::Schema) {
+                    writeln!(out, "Nothing was pushed. Run `tursync pull` to bring the remote's change in first.")?;
+                } else if any(ConflictKind::ForeignKey) {
+                    writeln!(out, "Nothing changed on the remote. A row we deleted (or re-keyed) is still referenced there by a row others added: pull to bring that row in, then restore the parent or delete the child, and push again.")?;
+                } else if conflicts
+                    .iter()
+                    .any(|c| c.base.is_none() && c.ours.is_some() && c.theirs.is_some())
+                {
+                    writeln!(out, "Some of your new rows took keys that new rows on the remote took meanwhile. Push never renumbers: run `tursync sync`, which renumbers your new rows (and the references to them) and pushes them.")?;
+                } else {
+                    writeln!(out, "Nothing changed on either side in this transaction. Run `tursync pull` to merge the remote's changes (it reports the same rows), then push again.")?;
+                }
+                if interrupted {
+                    writeln!(out, "An earlier push was interrupted and may have reached the remote without the base knowing: run `tursync sync`, which settles that first.")?;
+                }
+            }
+            Op::Pull if any(ConflictKind::Schema) => {
+                writeln!(out, "Nothing changed. Both sides changed the same schema object (definitions shown above where known). A table both sides reshaped in place is settled by `tursync sync --theirs` (their definition, our rows merged onto it) or `--ours` (our definition, pushed with their rows carried; `--theirs TABLE` for one table). Otherwise undo one side's change (in the working copy, or on the remote itself) or make both the same, then pull again.")?
+            }
+            Op::Pull => writeln!(out, "Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (or table by table: `--theirs TABLE`), or edit the working copy and pull again. For a foreign-key conflict, the side you keep decides whether the deleted parent stays deleted (its ON DELETE action then applies to the rows pointing at it) or comes back with what its delete took along; `tursync help pull` says more.")?,
+        }
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
-//! The changes between two local databases (the base snapshot and the working copy), as a
-//! [`Changeset`] that push and pull apply and that `tursync diff` prints.
+//! The diff engine: the changes between two local databases, as a [`Changeset`]. The base is
+//! diffed against the working copy (what push sends, what `tursync diff` prints) or against the
+//! mirror of the remote ([`diff_remote`], what a pull brings in).
 //!
 //! Rows are matched by identity — the rowid, or the primary key of a WITHOUT ROWID table —
 //! with a merge join of two scans in key order, so each side is read once, sequentially.
@@ -8,605 +9,30 @@
 //!
 //! The join hands each change to a consumer as it finds it ([`Diff`]): the [`Changeset`] that
 //! push and pull hold in memory is one consumer, and `diff --sql` / `diff --json`, which print
-//! as they read, are others, through the one renderer both kinds of row source share.
+//! as they read, are others, through the one renderer both kinds of row source share
+//! ([`crate::changeset::render`]).
 
 use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
-use crate::changeset::RowChange;
+use crate::change_buffer::ChangeBuffer;
+use crate::changeset::render::{Each, RowSource};
+use crate::changeset::{
+    with_renamed_references, Changeset, Pick, RowChange, SchemaChange, SequenceChange, TableDiff,
+};
 use crate::pages::{self, DbFile, Layout, PageError, Scan};
 use crate::schema::{self, Column, ObjectKind, RowKey, Schema, Table};
-use crate::spool::Spool;
 use crate::sql;
 use crate::touched::Rows;
-use crate::value::Value;
+use crate::value::{cmp_value, Value};
 use crate::{Context, Error, Result};
 
-/// One step of the order that applies a table's changes safely ([`TableDiff::phases`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Deletes, and the old rows of updates that move a unique value.
-    Deletes,
-    /// Updates that move no unique value, applied in place.
-    Updates,
-    /// Inserts, and the new rows of updates that move a unique value.
-    Inserts,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 3] = [Phase::Deletes, Phase::Updates, Phase::Inserts];
-}
-
-/// Which of a table's changes a read yields: all of them, or one phase's. A read for one
-/// phase decodes only rows that phase can hold, so printing a table with too many changes to
-/// keep reads it once per phase at little more than the cost of one read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pick {
-    All,
-    Only(Phase),
-}
-
-impl Pick {
-    /// Whether `ch`, a change of `t`, is one this pick yields.
-    ///
-    /// ```text
-    /// t(id INTEGER PRIMARY KEY, pos INT UNIQUE, v)
-    /// Update {old: [1, 5, 'a'], new: [1, 5, 'b']}  -> Only(Updates)
-    /// Update {old: [1, 5, 'a'], new: [1, 6, 'a']}  -> Only(Deletes) and Only(Inserts)
-    /// ```
-    pub fn takes(self, t: &TableDiff, ch: &RowChange) -> bool {
-        match (self, ch) {
-            (Pick::All, _)
-            | (Pick::Only(Phase::Deletes), RowChange::Delete(_))
-            | (Pick::Only(Phase::Inserts), RowChange::Insert(_)) => true,
-            (Pick::Only(Phase::Deletes | Phase::Inserts), RowChange::Update { old, new }) => {
-                t.moves_unique(old, new)
-            }
-            (Pick::Only(Phase::Updates), RowChange::Update { old, new }) => {
-                !t.moves_unique(old, new)
-            }
-            _ => false,
-        }
-    }
-
-    /// Whether rows only in the base can be taken: a read skips them undecoded otherwise.
-    fn deletes(self) -> bool {
-        matches!(self, Pick::All | Pick::Only(Phase::Deletes))
-    }
-
-    /// Whether rows only in the working copy can be taken.
-    fn inserts(self) -> bool {
-        matches!(self, Pick::All | Pick::Only(Phase::Inserts))
-    }
-
-    /// Whether rows on both sides must be compared: an update may be taken.
-    fn updates(self, t: &TableDiff) -> bool {
-        matches!(self, Pick::All | Pick::Only(Phase::Updates)) || !t.unique.is_empty()
-    }
-}
-
 /// Receives row changes as a read yields them.
-type Sink<'a> = dyn FnMut(RowChange) -> Result<()> + 'a;
+type Consumer<'a> = dyn FnMut(RowChange) -> Result<()> + 'a;
 
-/// Is shown each row change of a [`RowSource`] in turn.
-type Each<'a> = dyn FnMut(&RowChange) -> Result<()> + 'a;
-
-/// Where the row changes of a [`Changeset`]'s tables come from when it is rendered: held in
-/// the changeset itself, or read from the databases as rendering goes ([`Diff`]). One renderer
-/// serves both.
-trait RowSource {
-    /// Calls `each` with every change of table `i` (of [`Changeset::tables`]) that `pick`
-    /// takes, in key order. `next` are the picks the caller asks for next, of this same table
-    /// and in this order, so a source that reads the databases can put those changes aside
-    /// for them rather than read the table again.
-    fn changes(&self, i: usize, pick: Pick, next: &[Pick], each: &mut Each<'_>) -> Result<()>;
-}
-
-impl RowSource for Changeset {
-    fn changes(&self, i: usize, pick: Pick, _: &[Pick], each: &mut Each<'_>) -> Result<()> {
-        let t = &self.tables[i];
-        t.changes
-            .iter()
-            .filter(|ch| pick.takes(t, ch))
-            .try_for_each(each)
-    }
-}
-
-/// The row changes of one table.
-#[derive(Debug, Clone)]
-pub struct TableDiff {
-    /// The table as it is in the working copy.
-    pub table: Table,
-    /// Unquoted names of the values in a row.
-    pub columns: Vec<String>,
-    /// Positions of the key values within a row.
-    pub key: Vec<usize>,
-    /// Per UNIQUE constraint or unique index of the table, the positions within a row of the
-    /// values it covers (all of them for an index on expressions).
-    pub unique: Vec<Vec<usize>>,
-    pub changes: Vec<RowChange>,
-}
-
-impl TableDiff {
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let mut c = (0, 0, 0);
-        for ch in &self.changes {
-            match ch {
-                RowChange::Insert(_) => c.0 += 1,
-                RowChange::Update { .. } => c.1 += 1,
-                RowChange::Delete(_) => c.2 += 1,
-            }
-        }
-        c
-    }
-
-    /// The key of `row` as text, to match rows of two sides exactly (each value as its SQL
-    /// literal, so class and bytes count).
-    pub fn key_text(&self, row: &[Value]) -> String {
-        let mut s = String::new();
-        for &k in &self.key {
-            sql::push_literal(&mut s, &row[k]);
-            s.push('\u{1}');
-        }
-        s
-    }
-
-    /// The key columns' names, in key order.
-    pub fn key_names(&self) -> Vec<&str> {
-        self.key.iter().map(|&k| self.columns[k].as_str()).collect()
-    }
-
-    pub fn key_of<'a>(&self, row: &'a [Value]) -> Vec<&'a Value> {
-        self.key.iter().map(|&k| &row[k]).collect()
-    }
-
-    /// Whether an update changes a value some UNIQUE constraint covers. Such an update is
-    /// applied as a delete and an insert, after every plain update, so that values swapped or
-    /// rotated between rows never meet halfway: SQLite checks UNIQUE row by row.
-    pub fn moves_unique(&self, old: &[Value], new: &[Value]) -> bool {
-        self.unique
-            .iter()
-            .any(|cols| cols.iter().any(|&c| old.get(c) != new.get(c)))
-    }
-
-    /// Where each of `changes` goes in the order that applies a table's changes safely:
-    /// deletes (with updates that move unique values), plain updates, then inserts (with those
-    /// updates' new rows).
-    pub fn phases<'a>(&self, changes: impl IntoIterator<Item = &'a RowChange>) -> Phases<'a> {
-        let (mut deletes, mut updates, mut inserts) = (Vec::new(), Vec::new(), Vec::new());
-        for ch in changes {
-            if Pick::Only(Phase::Deletes).takes(self, ch) {
-                deletes.extend(ch.old());
-            }
-            if Pick::Only(Phase::Updates).takes(self, ch) {
-                updates.push(ch);
-            }
-            if Pick::Only(Phase::Inserts).takes(self, ch) {
-                inserts.push(ch.row());
-            }
-        }
-        (deletes, updates, inserts)
-    }
-}
-
-/// Rows to delete, updates to apply in place, rows to insert: [`TableDiff::phases`].
-pub type Phases<'a> = (Vec<&'a [Value]>, Vec<&'a RowChange>, Vec<&'a [Value]>);
-
-/// A change to the schema.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SchemaChange {
-    TableAdded {
-        name: String,
-        sql: String,
-    },
-    TableDropped {
-        name: String,
-        sql: String,
-    },
-    /// Columns appended with `ALTER TABLE … ADD COLUMN`, each as its column definition;
-    /// `old_sql` is the table's definition before, which push expects on the remote.
-    ColumnsAdded {
-        table: String,
-        columns: Vec<String>,
-        old_sql: String,
-    },
-    /// Any other change to a table's definition, or a renamed table (`old_name`): the table
-    /// is rebuilt the way SQLite's 12-step procedure does it. With `columns`, the rows are
-    /// carried: for each data column of the new table ([`Table::data_names`]), the old
-    /// table's column it is copied from (`None`: it takes its default), and the row changes
-    /// are diffed against the old rows so carried. Without (the row key changed), the table
-    /// is dropped and re-created, and all its rows come again as inserts.
-    TableRebuilt {
-        name: String,
-        old_name: String,
-        old_sql: String,
-        new_sql: String,
-        columns: Option<Vec<(String, Option<String>)>>,
-        /// What kind of migration it is, for people and scripts ([`rebuild_kind`]).
-        kind: &'static str,
-        /// The old table's columns no new column takes its values from.
-        dropped: Vec<String>,
-    },
-    ObjectAdded {
-        kind: ObjectKind,
-        name: String,
-        sql: String,
-    },
-    ObjectDropped {
-        kind: ObjectKind,
-        name: String,
-        sql: String,
-    },
-    ObjectChanged {
-        kind: ObjectKind,
-        name: String,
-        old_sql: String,
-        new_sql: String,
-    },
-}
-
-/// When a schema change's statements run relative to the rows. diff --sql, push and pull all
-/// follow this one order ([`ordered_ddl`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum DdlPhase {
-    /// Indexes and views dropped (changed ones too, in their old form): first, since a
-    /// dropped table takes its indexes along and a view may name a table about to change.
-    DropObjects,
-    /// Tables created, dropped, rebuilt or given new columns.
-    Tables,
-    /// Indexes and views created (changed ones in their new form): after the rows where a
-    /// writer has rows, so an index is built once over the final rows and a view may name a
-    /// new table or column.
-    CreateObjects,
-}
-
-impl SchemaChange {
-    /// The statements of this change, each with its phase. Triggers are no part of it: every
-    /// writer drops them all first and re-creates the final set last, so none fires on rows.
-    ///
-    /// ```text
-    /// TableRebuilt t            -> (Tables, DROP TABLE "t"), (Tables, CREATE TABLE t(…))
-    /// ColumnsAdded t [b INT]    -> (Tables, ALTER TABLE "t" ADD COLUMN b INT)
-    /// ObjectChanged index i     -> (DropObjects, DROP INDEX IF EXISTS "i"), (CreateObjects, CREATE INDEX i …)
-    /// ObjectAdded trigger x     -> nothing
-    /// ```
-    pub fn statements(&self) -> Vec<(DdlPhase, String)> {
-        use DdlPhase::*;
-        match self {
-            SchemaChange::TableAdded { sql, .. } => vec![(Tables, sql.clone())],
-            SchemaChange::TableDropped { name, .. } => {
-                vec![(Tables, format!("DROP TABLE {}", sql::ident(name)))]
-            }
-            SchemaChange::TableRebuilt {
-                name,
-                old_name,
-                new_sql,
-                columns,
-                kind,
-                dropped,
-                ..
-            } => rebuild_statements(name, old_name, new_sql, columns.as_deref(), kind, dropped)
-                .into_iter()
-                .map(|q| (Tables, q))
-                .collect(),
-            SchemaChange::ColumnsAdded { table, columns, .. } => columns
-                .iter()
-                .map(|c| {
-                    (
-                        Tables,
-                        format!("ALTER TABLE {} ADD COLUMN {c}", sql::ident(table)),
-                    )
-                })
-                .collect(),
-            SchemaChange::ObjectAdded { kind, .. }
-            | SchemaChange::ObjectDropped { kind, .. }
-            | SchemaChange::ObjectChanged { kind, .. }
-                if *kind == ObjectKind::Trigger =>
-            {
-                vec![]
-            }
-            SchemaChange::ObjectAdded { sql, .. } => vec![(CreateObjects, sql.clone())],
-            SchemaChange::ObjectDropped { kind, name, .. } => {
-                vec![(DropObjects, kind.drop_sql(name))]
-            }
-            SchemaChange::ObjectChanged {
-                kind,
-                name,
-                new_sql,
-                ..
-            } => vec![
-                (DropObjects, kind.drop_sql(name)),
-                (CreateObjects, new_sql.clone()),
-            ],
-        }
-    }
-}
-
-/// The statements that turn table `old` into `name` (`new_sql`), so that the stored
-/// definition comes out exactly as `new_sql`: SQLite's own ALTER for a renamed table, renamed
-/// or dropped columns (it edits the CREATE text the way it did in the working copy), and
-/// otherwise SQLite's 12-step procedure: the new table under a temporary name, the rows copied
-/// by `columns`, the old table dropped, the new one renamed (which leaves its definition as
-/// `CREATE TABLE "name"…`, the form the app's own 12-step left: see [`twelve_step_form`]);
-/// a definition of another form is rebuilt through a temporary copy of the rows instead
-/// ([`exact_rebuild_statements`]).
-/// The caller turns foreign keys off beforehand (DROP TABLE would delete child rows).
-///
-/// ```text
-/// column_dropped  ALTER TABLE "t" DROP COLUMN "c"
-/// column_renamed  ALTER TABLE "t" RENAME COLUMN "a" TO b
-/// table_renamed   ALTER TABLE "t" RENAME TO "u"
-/// rebuilt         CREATE TABLE "t__tursync_new"(…); INSERT INTO "t__tursync_new"("id", "b")
-///                 SELECT "id", "a" FROM "t"; DROP TABLE "t"; ALTER TABLE "t__tursync_new" RENAME TO "t"
-/// recreated       DROP TABLE "t"; CREATE TABLE t(…)
-/// ```
-fn rebuild_statements(
-    name: &str,
-    old: &str,
-    new_sql: &str,
-    columns: Option<&[(String, Option<String>)]>,
-    kind: &str,
-    dropped: &[String],
-) -> Vec<String> {
-    let Some(columns) = columns else {
-        return vec![
-            format!("DROP TABLE {}", sql::ident(old)),
-            new_sql.to_owned(),
-        ];
-    };
-    let table = sql::ident(old);
-    match kind {
-        "table_renamed" => {
-            return vec![format!(
-                "ALTER TABLE {table} RENAME TO {}",
-                sql::ident(name)
-            )]
-        }
-        "column_dropped" => {
-            return dropped
-                .iter()
-                .map(|c| format!("ALTER TABLE {table} DROP COLUMN {}", sql::ident(c)))
-                .collect()
-        }
-        "column_renamed" => {
-            return columns
-                .iter()
-                .filter_map(|(n, o)| o.as_ref().filter(|o| *o != n).map(|o| (n, o)))
-                .map(|(n, o)| {
-                    // SQLite writes the new name as the statement spells it: bare if the
-                    // working copy's definition has it bare.
-                    let bare = !new_sql.contains(&sql::ident(n))
-                        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                        && !n.starts_with(|c: char| c.is_ascii_digit());
-                    let to = if bare { n.clone() } else { sql::ident(n) };
-                    format!(
-                        "ALTER TABLE {table} RENAME COLUMN {} TO {to}",
-                        sql::ident(o)
-                    )
-                })
-                .collect();
-        }
-        _ => {}
-    }
-    let aside = format!("{name}__tursync_new");
-    let copied: Vec<(&String, &String)> = columns
-        .iter()
-        .filter_map(|(n, o)| o.as_ref().map(|o| (n, o)))
-        .collect();
-    let create = match twelve_step_form(name, new_sql) {
-        Some(rest) => format!("CREATE TABLE {}{rest}", sql::ident(&aside)),
-        None => return exact_rebuild_statements(name, &table, new_sql, &copied),
-    };
-    let mut out = vec![create];
-    if !copied.is_empty() {
-        let list = |f: &dyn Fn(&(&String, &String)) -> String| {
-            copied.iter().map(f).collect::<Vec<_>>().join(", ")
-        };
-        out.push(format!(
-            "INSERT INTO {}({}) SELECT {} FROM {table}",
-            sql::ident(&aside),
-            list(&|(n, _)| sql::ident(n)),
-            list(&|(_, o)| sql::ident(o)),
-        ));
-    }
-    out.push(format!("DROP TABLE {table}"));
-    out.push(format!(
-        "ALTER TABLE {} RENAME TO {}",
-        sql::ident(&aside),
-        sql::ident(name)
-    ));
-    out
-}
-
-/// A rebuild that ends in exactly `new_sql` whatever its form: the rows set aside in an
-/// untyped table of their own (which keeps every value as it is; sqld refuses TEMP tables,
-/// and the push's one transaction never shows it), the old table dropped,
-/// `new_sql` run as it is, the rows copied back (taking the new columns' affinity). Used
-/// when `new_sql` does not have the form a rename would leave ([`twelve_step_form`]).
-///
-/// ```text
-/// CREATE TABLE "t__tursync_old"("id", "b"); INSERT INTO "t__tursync_old" SELECT "id", "a" FROM "t";
-/// DROP TABLE "t"; CREATE TABLE t(…); INSERT INTO "t"("id", "b") SELECT "id", "b" FROM "t__tursync_old";
-/// DROP TABLE "t__tursync_old"
-/// ```
-pub(crate) fn exact_rebuild_statements(
-    name: &str,
-    old_table: &str,
-    new_sql: &str,
-    copied: &[(&String, &String)],
-) -> Vec<String> {
-    let kept = sql::ident(&format!("{name}__tursync_old"));
-    let list = |f: &dyn Fn(&(&String, &String)) -> String| {
-        copied.iter().map(f).collect::<Vec<_>>().join(", ")
-    };
-    if copied.is_empty() {
-        return vec![format!("DROP TABLE {old_table}"), new_sql.to_owned()];
-    }
-    let names = list(&|(n, _)| sql::ident(n));
-    vec![
-        format!("CREATE TABLE {kept}({names})"),
-        format!(
-            "INSERT INTO {kept} SELECT {} FROM {old_table}",
-            list(&|(_, o)| sql::ident(o))
-        ),
-        format!("DROP TABLE {old_table}"),
-        new_sql.to_owned(),
-        format!(
-            "INSERT INTO {}({names}) SELECT {names} FROM {kept}",
-            sql::ident(name)
-        ),
-        format!("DROP TABLE {kept}"),
-    ]
-}
-
-/// The rest of `new_sql` after `CREATE TABLE "name"`, when it has the form that SQLite's
-/// `ALTER TABLE … RENAME TO` gives a definition (the last step of the 12-step procedure):
-/// then a rebuild through a temporary name ends in exactly `new_sql`.
-pub(crate) fn twelve_step_form<'a>(name: &str, new_sql: &'a str) -> Option<&'a str> {
-    new_sql.strip_prefix(&format!("CREATE TABLE {}", sql::ident(name)))
-}
-
-/// `old_sql` with its references to tables renamed (new name -> old name) rewritten as
-/// `ALTER TABLE … RENAME TO` rewrites them in every other table (`REFERENCES "new"`).
-pub(crate) fn with_renamed_references(old_sql: &str, renamed: &BTreeMap<String, String>) -> String {
-    let mut out = old_sql.to_owned();
-    for (new, old) in renamed {
-        for spelled in [old.clone(), sql::ident(old)] {
-            for sep in [" ", ""] {
-                let from = format!("REFERENCES {spelled}{sep}");
-                let to = format!("REFERENCES {}{sep}", sql::ident(new));
-                if sep.is_empty() && !out.contains(&format!("{from}(")) {
-                    continue;
-                }
-                out = out.replace(&format!("{from}("), &format!("{to}("));
-                out = out.replace(&format!("{from} "), &format!("{to} "));
-            }
-        }
-    }
-    out
-}
-
-/// For each data column of `new`, the data column of `old` its values come from, when the
-/// rows of `old` can be carried into `new` row for row: by name (case-insensitive), else, in
-/// tables of as many columns, the column at the same position that no other column took by
-/// name (a renamed column); a hidden rowid from the hidden rowid. `None` when the row key
-/// does not follow (a different kind of key, or key columns that come from elsewhere): then
-/// rows cannot be matched across the change.
-pub(crate) fn carried_columns(old: &Table, new: &Table) -> Option<Vec<(String, Option<String>)>> {
-    if old.key == RowKey::Virtual || new.key == RowKey::Virtual || old.shadow || new.shadow {
-        return None;
-    }
-    let old_names = old.data_names().ok()?;
-    let new_names = new.data_names().ok()?;
-    let same_shape = old.columns.len() == new.columns.len();
-    let by_name = |n: &str| old.stored().find(|(_, c)| c.name.eq_ignore_ascii_case(n));
-    let mut map = Vec::with_capacity(new_names.len());
-    for (i, n) in new_names.iter().enumerate() {
-        if i == 0 && new.has_hidden_rowid() {
-            if !old.has_hidden_rowid() {
-                return None;
-            }
-            map.push((n.clone(), Some(old_names[0].clone())));
-            continue;
-        }
-        let from = match by_name(n) {
-            Some((_, c)) => Some(c.name.clone()),
-            None if same_shape => {
-                let p = new.columns.iter().position(|c| &c.name == n)?;
-                let c = &old.columns[p];
-                let taken = new
-                    .columns
-                    .iter()
-                    .any(|nc| nc.name.eq_ignore_ascii_case(&c.name));
-                (!c.generated && !taken).then(|| c.name.clone())
-            }
-            None => None,
-        };
-        map.push((n.clone(), from));
-    }
-    let kind = |t: &Table| match &t.key {
-        RowKey::Rowid { ipk, declared, .. } => (1, ipk.is_some(), declared.len()),
-        RowKey::Primary(cols) => (2, false, cols.len()),
-        RowKey::Virtual => (0, false, 0),
-    };
-    let (ok, nk) = (old.key_positions(), new.key_positions());
-    let follows = kind(old) == kind(new)
-        && ok.len() == nk.len()
-        && ok
-            .iter()
-            .zip(&nk)
-            .all(|(&o, &n)| map[n].1.as_deref() == Some(old_names[o].as_str()));
-    follows.then_some(map)
-}
-
-/// The statements of `changes` in the one DDL order: by [`DdlPhase`], and within a phase in
-/// the changes' own order.
-pub fn ordered_ddl<'a>(
-    changes: impl IntoIterator<Item = &'a SchemaChange>,
-) -> Vec<(DdlPhase, String)> {
-    let mut all: Vec<(DdlPhase, String)> = changes
-        .into_iter()
-        .flat_map(SchemaChange::statements)
-        .collect();
-    all.sort_by_key(|(phase, _)| *phase);
-    all
-}
-
-/// An AUTOINCREMENT counter that moved.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SequenceChange {
-    pub table: String,
-    pub old: Option<i64>,
-    pub new: Option<i64>,
-}
-
-/// Everything that differs between a base and a working copy.
-#[derive(Debug, Clone, Default)]
-pub struct Changeset {
-    pub schema: Vec<SchemaChange>,
-    pub tables: Vec<TableDiff>,
-    pub sequences: Vec<SequenceChange>,
-    /// Triggers of both sides, to drop before applying rows and re-create after, so no
-    /// trigger fires twice (the changeset already holds what the working copy's triggers did).
-    pub base_triggers: Vec<(String, String)>,
-    pub new_triggers: Vec<(String, String)>,
-    pub user_version: Option<i64>,
-}
-
-impl Changeset {
-    pub fn is_empty(&self) -> bool {
-        self.schema.is_empty()
-            && self.sequences.is_empty()
-            && self.user_version.is_none()
-            && self.tables.iter().all(|t| t.changes.is_empty())
-    }
-
-    /// The tables renamed here, new name to old: what [`with_renamed_references`] rewrites.
-    pub fn renamed_tables(&self) -> std::collections::BTreeMap<String, String> {
-        self.schema
-            .iter()
-            .filter_map(|c| match c {
-                SchemaChange::TableRebuilt { name, old_name, .. } if name != old_name => {
-                    Some((name.clone(), old_name.clone()))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Row changes plus schema changes: what "N changes to push" counts.
-    pub fn change_count(&self) -> usize {
-        self.schema.len()
-            + self.tables.iter().map(|t| t.changes.len()).sum::<usize>()
-            + usize::from(self.user_version.is_some())
-    }
-}
-
-/// Which tables to diff.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub table: Option<String>,
@@ -844,28 +270,26 @@ fn outline(
                                 .any(|(_, from)| from.as_ref() == Some(c))
                         })
                         .collect();
-                    let mut kind = rebuild_kind(&o, &t, columns.as_deref());
-                    let alters = rebuild_statements(
-                        &t.name,
-                        &o.name,
-                        &t.sql,
-                        columns.as_deref(),
-                        kind,
-                        &dropped,
-                    );
-                    if kind != "rebuilt" && kind != "recreated" && !leaves_exactly(&o, &t, &alters)
-                    {
-                        kind = "rebuilt";
-                    }
-                    cs.schema.push(SchemaChange::TableRebuilt {
-                        kind,
+                    let mut change = SchemaChange::TableRebuilt {
+                        kind: rebuild_kind(&o, &t, columns.as_deref()),
                         dropped,
                         name: t.name.clone(),
                         old_name: o.name.clone(),
                         old_sql: o.sql.clone(),
                         new_sql: t.sql.clone(),
                         columns,
-                    });
+                    };
+                    let alters: Vec<String> =
+                        change.statements().into_iter().map(|(_, q)| q).collect();
+                    if let SchemaChange::TableRebuilt { kind, .. } = &mut change {
+                        if *kind != "rebuilt"
+                            && *kind != "recreated"
+                            && !leaves_exactly(&o, &t, &alters)
+                        {
+                            *kind = "rebuilt";
+                        }
+                    }
+                    cs.schema.push(change);
                     read
                 }
             },
@@ -921,6 +345,59 @@ fn outline(
     cs.base_triggers = triggers(&old);
     cs.new_triggers = triggers(&new);
     Ok((cs, reads))
+}
+
+/// For each data column of `new`, the data column of `old` its values come from, when the
+/// rows of `old` can be carried into `new` row for row: by name (case-insensitive), else, in
+/// tables of as many columns, the column at the same position that no other column took by
+/// name (a renamed column); a hidden rowid from the hidden rowid. `None` when the row key
+/// does not follow (a different kind of key, or key columns that come from elsewhere): then
+/// rows cannot be matched across the change.
+pub(crate) fn carried_columns(old: &Table, new: &Table) -> Option<Vec<(String, Option<String>)>> {
+    if old.key == RowKey::Virtual || new.key == RowKey::Virtual || old.shadow || new.shadow {
+        return None;
+    }
+    let old_names = old.data_names().ok()?;
+    let new_names = new.data_names().ok()?;
+    let same_shape = old.columns.len() == new.columns.len();
+    let by_name = |n: &str| old.stored().find(|(_, c)| c.name.eq_ignore_ascii_case(n));
+    let mut map = Vec::with_capacity(new_names.len());
+    for (i, n) in new_names.iter().enumerate() {
+        if i == 0 && new.has_hidden_rowid() {
+            if !old.has_hidden_rowid() {
+                return None;
+            }
+            map.push((n.clone(), Some(old_names[0].clone())));
+            continue;
+        }
+        let from = match by_name(n) {
+            Some((_, c)) => Some(c.name.clone()),
+            None if same_shape => {
+                let p = new.columns.iter().position(|c| &c.name == n)?;
+                let c = &old.columns[p];
+                let taken = new
+                    .columns
+                    .iter()
+                    .any(|nc| nc.name.eq_ignore_ascii_case(&c.name));
+                (!c.generated && !taken).then(|| c.name.clone())
+            }
+            None => None,
+        };
+        map.push((n.clone(), from));
+    }
+    let kind = |t: &Table| match &t.key {
+        RowKey::Rowid { ipk, declared, .. } => (1, ipk.is_some(), declared.len()),
+        RowKey::Primary(cols) => (2, false, cols.len()),
+        RowKey::Virtual => (0, false, 0),
+    };
+    let (ok, nk) = (old.key_positions(), new.key_positions());
+    let follows = kind(old) == kind(new)
+        && ok.len() == nk.len()
+        && ok
+            .iter()
+            .zip(&nk)
+            .all(|(&o, &n)| map[n].1.as_deref() == Some(old_names[o].as_str()));
+    follows.then_some(map)
 }
 
 /// The select list that reads the old table's rows as the rebuilt table `new` holds them,
@@ -1305,7 +782,7 @@ impl Diff<'_> {
         Printing {
             diff: self,
             budget: KEPT_BYTES,
-            aside: std::cell::RefCell::new(None),
+            buffered: std::cell::RefCell::new(None),
         }
     }
 
@@ -1317,25 +794,25 @@ impl Diff<'_> {
     }
 
     /// Reads the changes of table `i` that `pick` takes, in key order.
-    fn read(&self, i: usize, pick: Pick, sink: &mut Sink<'_>) -> Result<()> {
+    fn read(&self, i: usize, pick: Pick, consumer: &mut Consumer<'_>) -> Result<()> {
         let d = &self.outline.tables[i];
-        self.read_table(i, pick, sink)
+        self.read_table(i, pick, consumer)
             .during("diffing table", format_args!("{:?}", d.table.name))
     }
 
-    fn read_table(&self, i: usize, pick: Pick, sink: &mut Sink<'_>) -> Result<()> {
+    fn read_table(&self, i: usize, pick: Pick, consumer: &mut Consumer<'_>) -> Result<()> {
         let d = &self.outline.tables[i];
         match &self.reads[i] {
-            Read::AllNew => all_rows(self.work, d, pick, sink),
+            Read::AllNew => all_rows(self.work, d, pick, consumer),
             Read::Untouched => Ok(()),
             Read::Merge(old) => {
                 if old.added.is_empty() && old.table.sql == d.table.sql && old.only.is_none() {
-                    if let Some(skipped) = merge_pages(self.base, self.work, d, pick, sink)? {
+                    if let Some(skipped) = merge_pages(self.base, self.work, d, pick, consumer)? {
                         self.leaves_skipped.set(self.leaves_skipped.get() + skipped);
                         return Ok(());
                     }
                 }
-                merge(self.base, old, self.work, d, pick, sink)
+                merge(self.base, old, self.work, d, pick, consumer)
             }
         }
     }
@@ -1346,67 +823,75 @@ const KEPT_BYTES: usize = 4 << 20;
 
 /// A [`Diff`] read for printing. Each table is read from the databases once: the changes the
 /// caller asks for first are printed as they come, and those it asks for next are put aside
-/// in [`Spool`]s, in memory up to [`KEPT_BYTES`] and in a temporary file past that, so memory
+/// in [`ChangeBuffer`]s, in memory up to [`KEPT_BYTES`] and in a temporary file past that, so memory
 /// stays bounded whatever the changes and no page is read twice.
 ///
 /// ```text
-/// --sql:   read All (print deletes; put updates, inserts aside) -> updates, inserts from spools
-/// --json:  read All (count; put all aside) -> print all from the spool
+/// --sql:   read All (print deletes; put updates, inserts aside) -> updates, inserts from buffers
+/// --json:  read All (count; put all aside) -> print all from the buffer
 /// ```
 struct Printing<'a> {
     diff: &'a Diff<'a>,
     /// [`KEPT_BYTES`], but for tests.
     budget: usize,
-    aside: std::cell::RefCell<Option<Aside>>,
+    buffered: std::cell::RefCell<Option<Buffered>>,
 }
 
-/// The changes the last read that put any aside put aside: of which table, and one spool per
+/// The changes the last read that put any aside put aside: of which table, and one buffer per
 /// pick asked for next, in the order asked.
-struct Aside {
+struct Buffered {
     table: usize,
-    spools: Vec<(Pick, Spool)>,
+    buffers: Vec<(Pick, ChangeBuffer)>,
 }
 
 impl RowSource for Printing<'_> {
     fn changes(&self, i: usize, pick: Pick, next: &[Pick], each: &mut Each<'_>) -> Result<()> {
-        let put_aside = match &mut *self.aside.borrow_mut() {
-            Some(a) if a.table == i && a.spools.first().is_some_and(|s| s.0 == pick) => {
-                Some(a.spools.remove(0).1)
+        let put_aside = match &mut *self.buffered.borrow_mut() {
+            Some(a) if a.table == i && a.buffers.first().is_some_and(|s| s.0 == pick) => {
+                Some(a.buffers.remove(0).1)
             }
             _ => None,
         };
-        if let Some(spool) = put_aside {
-            return spool.drain(each);
+        if let Some(buffer) = put_aside {
+            return buffer.drain(each);
         }
         if !next.is_empty() {
             // Whatever an earlier read put aside is no longer asked for.
-            *self.aside.borrow_mut() = None;
+            *self.buffered.borrow_mut() = None;
         }
         let t = &self.diff.outline.tables[i];
         let share = self.budget / next.len().max(1);
-        let mut spools: Vec<(Pick, Spool)> = next.iter().map(|&p| (p, Spool::new(share))).collect();
+        let mut buffers: Vec<(Pick, ChangeBuffer)> = next
+            .iter()
+            .map(|&p| (p, ChangeBuffer::new(share)))
+            .collect();
         let reading = if next.is_empty() { pick } else { Pick::All };
         self.diff.read(i, reading, &mut |ch| {
             if pick.takes(t, &ch) {
                 each(&ch)?;
             }
-            for (p, spool) in &mut spools {
+            for (p, buffer) in &mut buffers {
                 if p.takes(t, &ch) {
-                    spool.put(&ch)?;
+                    buffer.put(&ch)?;
                 }
             }
             Ok(())
         })?;
         // A read that puts nothing aside leaves what an earlier one did for its next reader.
-        if !spools.is_empty() {
-            *self.aside.borrow_mut() = Some(Aside { table: i, spools });
+        if !buffers.is_empty() {
+            *self.buffered.borrow_mut() = Some(Buffered { table: i, buffers });
         }
         Ok(())
     }
 }
 
 /// Every row of the working copy's table, as inserts.
-fn all_rows(work: &Connection, d: &TableDiff, pick: Pick, sink: &mut Sink<'_>) -> Result<()> {
+fn all_rows(
+    work: &Connection,
+    d: &TableDiff,
+    pick: Pick,
+    consumer: &mut Consumer<'_>,
+) -> Result<()> {
     if !pick.inserts() {
         return Ok(());
     }
@@ -1414,7 +899,7 @@ fn all_rows(work: &Connection, d: &TableDiff, pick: Pick, sink: &mut Sink<'_>) -
     let n = st.column_count();
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        sink(RowChange::Insert(owned(r, n)?))?;
+        consumer(RowChange::Insert(owned(r, n)?))?;
     }
     Ok(())
 }
@@ -1431,7 +916,7 @@ fn merge(
     work: &Connection,
     d: &TableDiff,
     pick: Pick,
-    sink: &mut Sink<'_>,
+    consumer: &mut Consumer<'_>,
 ) -> Result<()> {
     let key = &d.key;
     let locator = old.locator;
@@ -1463,13 +948,13 @@ fn merge(
         match ord {
             Ordering::Less => {
                 if let (true, Some(br)) = (pick.deletes(), b) {
-                    sink(RowChange::Delete(owned(br, n)?))?;
+                    consumer(RowChange::Delete(owned(br, n)?))?;
                 }
                 b = brows.next()?;
             }
             Ordering::Greater => {
                 if let (true, Some(wr)) = (pick.inserts(), w) {
-                    sink(RowChange::Insert(owned(wr, n)?))?;
+                    consumer(RowChange::Insert(owned(wr, n)?))?;
                 }
                 w = wrows.next()?;
             }
@@ -1485,7 +970,7 @@ fn merge(
                         }
                         let ch = RowChange::Update { old, new };
                         if pick.takes(d, &ch) {
-                            sink(ch)?;
+                            consumer(ch)?;
                         }
                     }
                 }
@@ -1526,7 +1011,7 @@ fn root_page(conn: &Connection, table: &str) -> Result<Option<u32>> {
 ///
 /// Returns how many leaves were passed over, or `None` to fall back to the SQL scan when
 /// anything is out of the ordinary before the first change went out. Changes already given to
-/// `sink` cannot be taken back, so from then on a page that cannot be read is an error; a
+/// `consumer` cannot be taken back, so from then on a page that cannot be read is an error; a
 /// record that does not decode (a short one from before an `ADD COLUMN`, say) is read through
 /// SQL by its rowid instead, so it never stops a walk.
 fn merge_pages(
@@ -1534,7 +1019,7 @@ fn merge_pages(
     work: &Connection,
     d: &TableDiff,
     pick: Pick,
-    sink: &mut Sink<'_>,
+    consumer: &mut Consumer<'_>,
 ) -> Result<Option<u64>> {
     let t = &d.table;
     // Rows of a table with a declared key are matched by it, not in rowid order.
@@ -1581,7 +1066,7 @@ fn merge_pages(
         };
         merge_records(sides, d, &records, pick, &mut |ch| {
             yielded = true;
-            sink(ch)
+            consumer(ch)
         })
     })();
     match walked {
@@ -1595,7 +1080,7 @@ fn merge_pages(
     }
 }
 
-/// Why a page walk stopped early: its pages, or anything else (the sink, a row read by SQL).
+/// Why a page walk stopped early: its pages, or anything else (the consumer, a row read by SQL).
 enum Stop {
     Page(PageError),
     Other(Error),
@@ -1637,17 +1122,17 @@ impl Records {
     }
 }
 
-/// The loop of [`merge_pages`]: gives `sink` the changes `pick` takes, and returns how many
+/// The loop of [`merge_pages`]: gives `consumer` the changes `pick` takes, and returns how many
 /// leaves it passed over.
 fn merge_records(
     sides: Sides<'_>,
     d: &TableDiff,
     records: &Records,
     pick: Pick,
-    sink: &mut Sink<'_>,
+    consumer: &mut Consumer<'_>,
 ) -> Result<u64, Stop> {
     let ((mut bs, bconn), (mut ws, wconn)) = (sides.base, sides.work);
-    let mut give = |ch: RowChange| sink(ch).map_err(Stop::Other);
+    let mut give = |ch: RowChange| consumer(ch).map_err(Stop::Other);
     let mut skipped = 0;
     while pages::skip_shared_leaf(&mut bs, &mut ws)? {
         skipped += 1;
@@ -1724,49 +1209,6 @@ fn cmp_key(
         }
     }
     Ok(Ordering::Equal)
-}
-
-/// SQLite's ORDER BY order under BINARY collation: NULL, then numbers (integers and reals
-/// compared by value), then text, then blobs, each by bytes.
-pub fn cmp_value(a: ValueRef<'_>, b: ValueRef<'_>) -> Ordering {
-    fn rank(v: &ValueRef<'_>) -> u8 {
-        match v {
-            ValueRef::Null => 0,
-            ValueRef::Integer(_) | ValueRef::Real(_) => 1,
-            ValueRef::Text(_) => 2,
-            ValueRef::Blob(_) => 3,
-        }
-    }
-    match (a, b) {
-        (ValueRef::Integer(x), ValueRef::Integer(y)) => x.cmp(&y),
-        (ValueRef::Real(x), ValueRef::Real(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
-        (ValueRef::Integer(i), ValueRef::Real(r)) => int_real_cmp(i, r),
-        (ValueRef::Real(r), ValueRef::Integer(i)) => int_real_cmp(i, r).reverse(),
-        (ValueRef::Text(x), ValueRef::Text(y)) | (ValueRef::Blob(x), ValueRef::Blob(y)) => x.cmp(y),
-        (x, y) => rank(&x).cmp(&rank(&y)),
-    }
-}
-
-/// Compares an integer with a real exactly, as SQLite does, even where the integer has no
-/// exact f64.
-fn int_real_cmp(i: i64, r: f64) -> Ordering {
-    if r.is_nan() {
-        return Ordering::Greater;
-    }
-    // ±2^63: beyond them no i64 compares equal.
-    if r < -9_223_372_036_854_775_808.0 {
-        return Ordering::Greater;
-    }
-    if r >= 9_223_372_036_854_775_808.0 {
-        return Ordering::Less;
-    }
-    let t = r.trunc() as i64;
-    match i.cmp(&t) {
-        Ordering::Equal => (0.0f64)
-            .partial_cmp(&(r - r.trunc()))
-            .unwrap_or(Ordering::Equal),
-        o => o,
-    }
 }
 
 /// Recognizes a table changed only by `ALTER TABLE … ADD COLUMN`: SQLite splices
@@ -1898,456 +1340,10 @@ fn diff_sequences(
     Ok(out)
 }
 
-/// Receives statements one at a time: SQL with `?` placeholders, and their arguments.
-pub type Emit<'a> = dyn FnMut(&str, &[Value]) -> Result<()> + 'a;
-
-/// The statement texts of one table's rows, made once per table: rows of one shape share
-/// their SQL text, so a caller can prepare each shape once.
-struct RowSql {
-    delete: String,
-    insert: String,
-    /// Update texts by the positions of the columns they set, made as each set first comes.
-    updates: std::collections::HashMap<Vec<usize>, String>,
-    /// The changed positions of the row at hand, kept to spare an allocation per row.
-    changed: Vec<usize>,
-}
-
-impl TableDiff {
-    fn row_sql(&self) -> RowSql {
-        RowSql {
-            delete: sql::delete(&self.table.name, &self.key_names()),
-            insert: sql::insert(&self.table.name, &self.columns, 1),
-            updates: std::collections::HashMap::new(),
-            changed: Vec::new(),
-        }
-    }
-
-    /// Emits what `ch` does in `phase` (a change [`Pick::Only`] of that phase takes): the
-    /// delete of its old row, its update in place, or the insert of its new row.
-    fn row_statement(
-        &self,
-        q: &mut RowSql,
-        phase: Phase,
-        ch: &RowChange,
-        args: &mut Vec<Value>,
-        emit: &mut Emit<'_>,
-    ) -> Result<()> {
-        match (phase, ch) {
-            (Phase::Deletes, _) => {
-                if let Some(old) = ch.old() {
-                    args.clear();
-                    args.extend(self.key.iter().map(|&k| old[k].clone()));
-                    emit(&q.delete, args)?;
-                }
-            }
-            (Phase::Updates, RowChange::Update { new, .. }) => {
-                q.changed.clear();
-                q.changed.extend(ch.changed_columns());
-                // Rows that differ only in what no column shows (none today) update nothing:
-                // `SET` with an empty list is not SQL.
-                if q.changed.is_empty() {
-                    return Ok(());
-                }
-                if !q.updates.contains_key(q.changed.as_slice()) {
-                    let set: Vec<&str> = q
-                        .changed
-                        .iter()
-                        .map(|&c| self.columns[c].as_str())
-                        .collect();
-                    let text = sql::update(&self.table.name, &set, &self.key_names());
-                    q.updates.insert(q.changed.clone(), text);
-                }
-                args.clear();
-                args.extend(q.changed.iter().chain(&self.key).map(|&c| new[c].clone()));
-                emit(&q.updates[q.changed.as_slice()], args)?;
-            }
-            (Phase::Updates, _) => {}
-            (Phase::Inserts, _) => emit(&q.insert, ch.row())?,
-        }
-        Ok(())
-    }
-}
-
-impl Changeset {
-    /// Emits the statements that turn a copy of the base into the working copy, in one
-    /// transaction. Every trigger is dropped first and re-created last, so none fires while
-    /// rows are applied; foreign keys are off, so order and cascades cannot interfere. Each
-    /// table's rows go deletes, then updates, then inserts ([`TableDiff::phases`]), so a unique
-    /// value that moved from a deleted row to a new one never collides.
-    pub fn statements(&self, emit: &mut Emit<'_>) -> Result<()> {
-        self.statements_from(self, emit)
-    }
-
-    /// [`Changeset::statements`] with the rows read from `rows`, a table and a phase at a
-    /// time. Nothing at all is emitted when nothing changed, so the opening statements wait
-    /// for the first row when the rest of the changeset is empty.
-    fn statements_from(&self, rows: &dyn RowSource, emit: &mut Emit<'_>) -> Result<()> {
-        let mut opened = false;
-        if !self.schema.is_empty() || !self.sequences.is_empty() || self.user_version.is_some() {
-            self.opening_statements(emit)?;
-            opened = true;
-        }
-        let mut args = Vec::new();
-        for (i, t) in self.tables.iter().enumerate() {
-            let mut q = t.row_sql();
-            let picks = Phase::ALL.map(Pick::Only);
-            for (at, &pick) in picks.iter().enumerate() {
-                let phase = Phase::ALL[at];
-                rows.changes(i, pick, &picks[at + 1..], &mut |ch| {
-                    if !opened {
-                        self.opening_statements(emit)?;
-                        opened = true;
-                    }
-                    t.row_statement(&mut q, phase, ch, &mut args, emit)
-                })?;
-            }
-        }
-        if opened {
-            self.closing_statements(emit)?;
-        }
-        Ok(())
-    }
-
-    /// What goes before the rows: the transaction, dropped triggers and objects, table DDL.
-    fn opening_statements(&self, emit: &mut Emit<'_>) -> Result<()> {
-        let mut ddl = |q: &str| emit(q, &[]);
-        ddl("PRAGMA foreign_keys=OFF")?;
-        ddl("BEGIN TRANSACTION")?;
-        for (name, _) in &self.base_triggers {
-            ddl(&format!("DROP TRIGGER IF EXISTS {}", sql::ident(name)))?;
-        }
-        for (phase, q) in ordered_ddl(&self.schema) {
-            if phase < DdlPhase::CreateObjects {
-                ddl(&q)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// What goes after the rows: counters, objects, triggers, `user_version`, COMMIT.
-    fn closing_statements(&self, emit: &mut Emit<'_>) -> Result<()> {
-        for q in &self.sequences {
-            let name = Value::text(&q.table);
-            emit(sql::SEQUENCE_DELETE, std::slice::from_ref(&name))?;
-            if let Some(n) = q.new {
-                emit(sql::SEQUENCE_INSERT, &[name, Value::Integer(n)])?;
-            }
-        }
-        let mut ddl = |q: &str| emit(q, &[]);
-        for (phase, q) in ordered_ddl(&self.schema) {
-            if phase == DdlPhase::CreateObjects {
-                ddl(&q)?;
-            }
-        }
-        for (_, create) in &self.new_triggers {
-            ddl(create)?;
-        }
-        if let Some(v) = self.user_version {
-            ddl(&format!("PRAGMA user_version={v}"))?;
-        }
-        ddl("COMMIT")
-    }
-
-    /// SQL text that, run by the sqlite3 CLI on a copy of the base, yields the working copy.
-    pub fn write_sql(&self, out: &mut dyn std::io::Write) -> Result<()> {
-        self.write_sql_from(self, out)
-    }
-
-    fn write_sql_from(&self, rows: &dyn RowSource, out: &mut dyn std::io::Write) -> Result<()> {
-        let mut line = String::new();
-        self.statements_from(rows, &mut |q, args| {
-            line.clear();
-            sql::push_bound(&mut line, q, args);
-            sql::check_shell_text(&line)?;
-            line.push_str(";\n");
-            out.write_all(line.as_bytes())?;
-            Ok(())
-        })
-    }
-
-    /// Applies the changeset to `conn` (a copy of the base) with prepared statements: one
-    /// parse per statement shape, however many rows.
-    pub fn apply(&self, conn: &Connection) -> Result<()> {
-        conn.set_prepared_statement_cache_capacity(256);
-        self.statements(&mut |q, args| {
-            conn.prepare_cached(q)?
-                .execute(rusqlite::params_from_iter(args.iter()))?;
-            Ok(())
-        })
-    }
-
-    /// The changeset for scripts, as pretty-printed JSON and a newline: every value typed as in
-    /// Hrana (`{"type":"integer","value":"1"}`), so storage classes survive.
-    pub fn write_json(&self, out: &mut dyn std::io::Write) -> Result<()> {
-        self.write_json_from(self, out)
-    }
-
-    /// [`Changeset::write_json`] with the rows read from `rows`: a first read of each table
-    /// counts its changes (the counts and the total come before or beside the changes), a
-    /// second one writes them as they come.
-    fn write_json_from(&self, rows: &dyn RowSource, out: &mut dyn std::io::Write) -> Result<()> {
-        let mut counts = Vec::with_capacity(self.tables.len());
-        let last = self.tables.len().saturating_sub(1);
-        for i in 0..self.tables.len() {
-            let mut c = Counts::default();
-            // Only the last table's changes are printed right after its count.
-            let next: &[Pick] = if i == last { &[Pick::All] } else { &[] };
-            rows.changes(i, Pick::All, next, &mut |ch| {
-                c.add(ch);
-                Ok(())
-            })?;
-            counts.push(c);
-        }
-        let doc = JsonDoc {
-            cs: self,
-            rows,
-            counts,
-            failed: std::cell::RefCell::new(None),
-        };
-        if let Err(e) = serde_json::to_writer_pretty(&mut *out, &doc) {
-            return Err(doc
-                .failed
-                .take()
-                .unwrap_or_else(|| std::io::Error::from(e).into()));
-        }
-        writeln!(out)?;
-        Ok(())
-    }
-}
-
-/// A table's changes counted by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Counts {
-    inserted: usize,
-    updated: usize,
-    deleted: usize,
-}
-
-impl Counts {
-    fn add(&mut self, ch: &RowChange) {
-        match ch {
-            RowChange::Insert(_) => self.inserted += 1,
-            RowChange::Update { .. } => self.updated += 1,
-            RowChange::Delete(_) => self.deleted += 1,
-        }
-    }
-
-    fn total(self) -> usize {
-        self.inserted + self.updated + self.deleted
-    }
-}
-
-/// `diff --json`, serialized by serde_json as the rows are read. Keys come in sorted order,
-/// as serde_json's maps keep them:
-///
-/// ```text
-/// {"changes": 2, "schema": [], "sequences": [], "tables": [{"changes": [{"key": [..],
-///  "op": "insert", "row": {..}}, ..], "deleted": 0, "inserted": 2, "key": ["id"],
-///  "table": "t", "updated": 0}], "user_version": null}
-/// ```
-struct JsonDoc<'a> {
-    cs: &'a Changeset,
-    rows: &'a dyn RowSource,
-    counts: Vec<Counts>,
-    /// The error a read met midway, which serde only sees as a message.
-    failed: std::cell::RefCell<Option<Error>>,
-}
-
-/// The "changes" array of table `i`.
-struct JsonChanges<'a>(&'a JsonDoc<'a>, usize);
-
-/// The object of table `i`.
-struct JsonTable<'a>(&'a JsonDoc<'a>, usize);
-
-/// The "tables" array: the tables that changed.
-struct JsonTables<'a>(&'a JsonDoc<'a>);
-
-impl serde::Serialize for JsonDoc<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let cs = self.cs;
-        let rows: usize = self.counts.iter().map(|c| c.total()).sum();
-        let mut m = s.serialize_map(Some(5))?;
-        m.serialize_entry(
-            "changes",
-            &(cs.schema.len() + rows + usize::from(cs.user_version.is_some())),
-        )?;
-        m.serialize_entry(
-            "schema",
-            &cs.schema
-                .iter()
-                .map(SchemaChange::to_json)
-                .collect::<Vec<_>>(),
-        )?;
-        m.serialize_entry(
-            "sequences",
-            &cs.sequences
-                .iter()
-                .map(|q| serde_json::json!({"table": q.table, "old": q.old, "new": q.new}))
-                .collect::<Vec<_>>(),
-        )?;
-        m.serialize_entry("tables", &JsonTables(self))?;
-        m.serialize_entry("user_version", &cs.user_version)?;
-        m.end()
-    }
-}
-
-impl serde::Serialize for JsonTables<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(None)?;
-        for (i, c) in self.0.counts.iter().enumerate() {
-            if c.total() > 0 {
-                seq.serialize_element(&JsonTable(self.0, i))?;
-            }
-        }
-        seq.end()
-    }
-}
-
-impl serde::Serialize for JsonTable<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let (t, c) = (&self.0.cs.tables[self.1], self.0.counts[self.1]);
-        let mut m = s.serialize_map(Some(6))?;
-        m.serialize_entry("changes", &JsonChanges(self.0, self.1))?;
-        m.serialize_entry("deleted", &c.deleted)?;
-        m.serialize_entry("inserted", &c.inserted)?;
-        m.serialize_entry(
-            "key",
-            &t.key.iter().map(|&k| &t.columns[k]).collect::<Vec<_>>(),
-        )?;
-        m.serialize_entry("table", &t.table.name)?;
-        m.serialize_entry("updated", &c.updated)?;
-        m.end()
-    }
-}
-
-impl serde::Serialize for JsonChanges<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::{Error as _, SerializeSeq};
-        let t = &self.0.cs.tables[self.1];
-        let mut seq = s.serialize_seq(None)?;
-        let mut written = None;
-        let read = self.0.rows.changes(self.1, Pick::All, &[], &mut |ch| {
-            seq.serialize_element(&t.change_json(ch)).map_err(|e| {
-                written = Some(e);
-                Error::Unexpected("the JSON output failed".into())
-            })
-        });
-        if let Some(e) = written {
-            return Err(e);
-        }
-        if let Err(e) = read {
-            let message = e.to_string();
-            *self.0.failed.borrow_mut() = Some(e);
-            return Err(S::Error::custom(message));
-        }
-        seq.end()
-    }
-}
-
-impl TableDiff {
-    /// One row change for `diff --json`.
-    fn change_json(&self, ch: &RowChange) -> serde_json::Value {
-        use serde_json::json;
-        let obj = |row: &[Value], which: &mut dyn Iterator<Item = usize>| {
-            let mut m = serde_json::Map::new();
-            for i in which {
-                m.insert(self.columns[i].clone(), json!(row[i]));
-            }
-            serde_json::Value::Object(m)
-        };
-        let key: Vec<&Value> = self.key_of(ch.row());
-        match ch {
-            RowChange::Insert(r) => {
-                json!({"op": "insert", "key": key, "row": obj(r, &mut (0..r.len()))})
-            }
-            RowChange::Delete(r) => {
-                json!({"op": "delete", "key": key, "old": obj(r, &mut (0..r.len()))})
-            }
-            RowChange::Update { old, new } => {
-                let mut set = serde_json::Map::new();
-                for c in ch.changed_columns() {
-                    set.insert(
-                        self.columns[c].clone(),
-                        json!({"old": old[c], "new": new[c]}),
-                    );
-                }
-                json!({"op": "update", "key": key, "set": set})
-            }
-        }
-    }
-}
-
-impl SchemaChange {
-    /// One schema change for `diff --json`, and in the reports of `push --json` and
-    /// `pull --json`.
-    pub(crate) fn to_json(&self) -> serde_json::Value {
-        use serde_json::json;
-        match self {
-            SchemaChange::TableAdded { name, sql } => {
-                json!({"change": "table_added", "name": name, "sql": sql})
-            }
-            SchemaChange::TableDropped { name, sql } => {
-                json!({"change": "table_dropped", "name": name, "sql": sql})
-            }
-            SchemaChange::ColumnsAdded { table, columns, .. } => {
-                json!({"change": "columns_added", "name": table, "columns": columns})
-            }
-            SchemaChange::TableRebuilt {
-                name,
-                old_name,
-                old_sql,
-                new_sql,
-                kind,
-                ..
-            } => {
-                json!({"change": "table_changed", "kind": kind, "name": name, "old_name": old_name, "old_sql": old_sql, "new_sql": new_sql})
-            }
-            SchemaChange::ObjectAdded { kind, name, sql } => {
-                json!({"change": format!("{}_added", kind.as_str()), "name": name, "sql": sql})
-            }
-            SchemaChange::ObjectDropped { kind, name, sql } => {
-                json!({"change": format!("{}_dropped", kind.as_str()), "name": name, "sql": sql})
-            }
-            SchemaChange::ObjectChanged {
-                kind,
-                name,
-                old_sql,
-                new_sql,
-            } => {
-                json!({"change": format!("{}_changed", kind.as_str()), "name": name, "old_sql": old_sql, "new_sql": new_sql})
-            }
-        }
-    }
-}
-
-impl SchemaChange {
-    /// One line for people: `+ table foo`, `~ index bar`.
-    pub fn describe(&self) -> String {
-        match self {
-            SchemaChange::TableAdded { name, .. } => format!("+ table {name}"),
-            SchemaChange::TableDropped { name, .. } => format!("- table {name}"),
-            SchemaChange::ColumnsAdded { table, columns, .. } => {
-                format!("~ table {table}: added {}", columns.join(", "))
-            }
-            SchemaChange::TableRebuilt { name, old_name, .. } if old_name != name => {
-                format!("~ table {old_name}: renamed to {name}")
-            }
-            SchemaChange::TableRebuilt { name, kind, .. } => {
-                format!("~ table {name}: {}", kind.replace('_', " "))
-            }
-            SchemaChange::ObjectAdded { kind, name, .. } => format!("+ {} {name}", kind.as_str()),
-            SchemaChange::ObjectDropped { kind, name, .. } => format!("- {} {name}", kind.as_str()),
-            SchemaChange::ObjectChanged { kind, name, .. } => format!("~ {} {name}", kind.as_str()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::changeset::Phase;
 
     /// As the sqlite3 shell shows after each `ALTER TABLE … RENAME TO`.
     #[test]
@@ -2374,20 +1370,6 @@ mod tests {
         ] {
             assert_eq!(renamed_form(old, name, new).as_deref(), Some(want), "{old}");
         }
-    }
-
-    #[test]
-    fn numbers_order_like_sqlite() {
-        use ValueRef::*;
-        assert_eq!(cmp_value(Integer(1), Real(1.5)), Ordering::Less);
-        assert_eq!(cmp_value(Real(2.0), Integer(2)), Ordering::Equal);
-        assert_eq!(
-            cmp_value(Integer(i64::MAX), Real(9_223_372_036_854_775_808.0)),
-            Ordering::Less
-        );
-        assert_eq!(cmp_value(Null, Integer(i64::MIN)), Ordering::Less);
-        assert_eq!(cmp_value(Text(b"a"), Blob(b"")), Ordering::Less);
-        assert_eq!(cmp_value(Integer(-1), Real(-0.5)), Ordering::Less);
     }
 
     /// A scratch directory with `base.db`, made by `setup`, and `work.db`, a byte copy of it
@@ -2455,7 +1437,7 @@ mod tests {
             let printing = Printing {
                 diff: &d,
                 budget,
-                aside: std::cell::RefCell::new(None),
+                buffered: std::cell::RefCell::new(None),
             };
             let (mut sql2, mut json2) = (Vec::new(), Vec::new());
             d.outline.write_sql_from(&printing, &mut sql2).unwrap();
@@ -2628,45 +1610,6 @@ mod tests {
         let (cs, _) = diff_like_the_reference(&b, &w);
         assert!(cs.tables.iter().all(|t| !t.changes.is_empty()));
         let _ = std::fs::remove_dir_all(dir);
-    }
-
-    /// The one DDL order: object drops, then tables, then object creates, each phase in the
-    /// changes' own order; triggers are left to the writers.
-    #[test]
-    fn ddl_comes_in_phase_order() {
-        let index = |sql: &str| SchemaChange::ObjectChanged {
-            kind: ObjectKind::Index,
-            name: "i".into(),
-            old_sql: "CREATE INDEX i ON t(a)".into(),
-            new_sql: sql.into(),
-        };
-        let changes = [
-            index("CREATE INDEX i ON t(b)"),
-            SchemaChange::ColumnsAdded {
-                table: "t".into(),
-                columns: vec!["b INT".into()],
-                old_sql: String::new(),
-            },
-            SchemaChange::ObjectAdded {
-                kind: ObjectKind::Trigger,
-                name: "x".into(),
-                sql: "CREATE TRIGGER x …".into(),
-            },
-            SchemaChange::TableDropped {
-                name: "old".into(),
-                sql: String::new(),
-            },
-        ];
-        let got: Vec<String> = ordered_ddl(&changes).into_iter().map(|(_, q)| q).collect();
-        assert_eq!(
-            got,
-            [
-                r#"DROP INDEX IF EXISTS "i""#,
-                r#"ALTER TABLE "t" ADD COLUMN b INT"#,
-                r#"DROP TABLE "old""#,
-                "CREATE INDEX i ON t(b)",
-            ]
-        );
     }
 
     #[test]

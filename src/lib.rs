@@ -5,6 +5,7 @@
 //! [`clone::Sink`] — a local SQLite file or SQL text ([`sink`]). See
 //! `docs/ARCHITECTURE.md` for the map.
 
+mod change_buffer;
 pub mod changeset;
 pub mod clone;
 pub mod conflict;
@@ -21,11 +22,12 @@ pub mod pull;
 pub mod push;
 mod push_record;
 pub mod remote;
+pub mod report;
 pub mod schema;
 pub mod sink;
-mod spool;
 pub mod spot_check;
 pub mod sql;
+pub mod status;
 pub mod sync;
 pub mod touched;
 mod unchanged;

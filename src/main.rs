@@ -13,14 +13,16 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use tursync::clone::{self, FetchOptions};
-use tursync::diff::{Changeset, Filter};
+use tursync::conflict::{Op, Stopped};
+use tursync::diff::Filter;
 use tursync::progress::Progress;
 use tursync::pull::{MergeOptions, PullReport, Resolve};
 use tursync::push::{PushOptions, PushReport};
-use tursync::remote::{Endpoint, Remote, RemoteError};
+use tursync::remote::{Endpoint, Remote};
+use tursync::report::count;
 use tursync::sink::SqlSink;
 use tursync::workspace::{self, Workspace, DEFAULT_DB};
-use tursync::{Conflict, ConflictKind, Outcome};
+use tursync::Outcome;
 
 const EXIT_HELP: &str = "\
 Exit codes:
@@ -412,7 +414,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 } else if *json {
                     d.write_json(&mut out)
                 } else {
-                    Ok(print_summary(&mut out, &d.changeset()?, color_stdout())?)
+                    Ok(d.changeset()?.write_summary(&mut out, color_stdout())?)
                 }
             })
             .with_context(|| format!("cannot diff {}", ws.db_path().display()))?;
@@ -502,356 +504,26 @@ fn seconds(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a number of seconds"))
 }
 
-fn file_info(p: &Path) -> serde_json::Value {
-    match std::fs::metadata(p) {
-        Ok(m) => json!({"path": p.display().to_string(), "exists": true, "bytes": m.len()}),
-        Err(_) => json!({"path": p.display().to_string(), "exists": false}),
-    }
-}
-
 fn status(cli: &Cli, as_json: bool) -> Result<ExitCode> {
     let ws = Workspace::locate(cli.db.as_deref());
-    let mut report = json!({
-        "sqlite_version": rusqlite::version(),
-        "external_tools_needed": [],
-    });
-    match &ws {
-        Ok(ws) => {
-            report["working_copy"] = file_info(&ws.db_path());
-            report["state_dir"] = json!(ws.state_dir().display().to_string());
-            report["base"] = file_info(&ws.base_path());
-            report["reads"] = reads_report(ws);
-        }
-        Err(e) => report["workspace_error"] = json!(e.to_string()),
-    }
-    let ok;
-    match connect(cli, ws.as_ref().ok()) {
-        Ok((endpoint, remote)) => {
-            let started = Instant::now();
-            let mut moved = serde_json::Value::Null;
-            let (state, detail) = match remote.query("SELECT 1", vec![]) {
-                Ok(res) => {
-                    if let (Ok(ws), Some(now)) = (&ws, res.replication_index()) {
-                        match ws.sync_state().map(|s| s.replication_index) {
-                            Ok(Some(known)) => moved = json!(now != known),
-                            Ok(None) => {}
-                            Err(e) => moved = json!(format!("unknown: {e}")),
-                        }
-                    }
-                    ("ok", None)
-                }
-                Err(e @ RemoteError::Auth { .. }) => ("auth_failed", Some(e.to_string())),
-                Err(
-                    e @ (RemoteError::Unreachable { .. }
-                    | RemoteError::Dropped { .. }
-                    | RemoteError::GaveUp { .. }),
-                ) => ("unreachable", Some(e.to_string())),
-                Err(e @ RemoteError::Certificate { .. }) => ("certificate", Some(e.to_string())),
-                Err(e) => ("error", Some(e.to_string())),
-            };
-            ok = state == "ok";
-            if let Ok(ws) = &ws {
-                report["protocol"] = protocol_report(ws, &remote, ok);
-            }
-            report["remote"] = json!({
-                "url": endpoint.to_string(),
-                "token": if remote.has_token() { "set" } else { "not set" },
-                "state": state,
-                "error": detail,
-                "latency_ms": started.elapsed().as_millis() as u64,
-                "moved_since_sync": moved,
-            });
-        }
-        Err(e) => {
-            ok = false;
-            report["remote"] = json!({"state": "not_configured", "error": e.to_string()});
-        }
-    }
-    let changes = ws.as_ref().ok().map(|ws| ws.diff(&Filter::default()));
-    match &changes {
-        Some(Ok(cs)) => {
-            report["changes"] = json!(cs.change_count());
-            report["tables"] = cs
-                .tables
-                .iter()
-                .filter(|t| !t.changes.is_empty())
-                .map(|t| {
-                    let (i, u, d) = t.counts();
-                    json!({"table": t.table.name, "inserted": i, "updated": u, "deleted": d})
-                })
-                .collect();
-            report["schema_changes"] = cs.schema.iter().map(|c| c.describe()).collect();
-        }
-        Some(Err(e)) => report["changes_error"] = json!(e.to_string()),
-        None => {}
-    }
+    let remote = connect(cli, ws.as_ref().ok()).map_err(|e| e.to_string());
+    let status = tursync::status::Status::read(&ws, remote);
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print_status(&report);
-        if let Some(res) = &changes {
-            match res {
-                Ok(cs) => print_summary(&mut std::io::stdout().lock(), cs, color_stdout())?,
-                Err(e) => println!("changes        cannot diff: {e}"),
-            }
-        }
+        status.write_text(&mut std::io::stdout().lock(), color_stdout())?;
     }
-    Ok(if ok {
+    Ok(if status.remote_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-/// What the remote speaks ([`tursync::protocol`]): probed when nothing is recorded or the
-/// record no longer holds, and only when the remote answers (`reachable`); else as recorded.
-fn protocol_report(ws: &Workspace, remote: &Remote, reachable: bool) -> serde_json::Value {
-    let shown = |d: &tursync::protocol::Detected, again: Option<String>| {
-        json!({
-            "name": d.protocol.as_str(),
-            "reason": d.reason,
-            "forced": d.forced,
-            "probed_again_because": again,
-        })
-    };
-    if !reachable {
-        return match tursync::protocol::recorded(&ws.state_dir()) {
-            Some(d) => shown(&d, None),
-            None => {
-                json!({"name": "unknown", "reason": "not probed yet: the remote did not answer"})
-            }
-        };
-    }
-    let log_unusable = ws.sync_state().ok().and_then(|s| s.sql_path);
-    match tursync::protocol::detect(&ws.state_dir(), log_unusable.as_deref(), remote) {
-        Ok((d, again)) => shown(&d, again),
-        Err(e) => json!({"name": "unknown", "reason": e.to_string()}),
-    }
-}
-
-/// How pulls read the remote: from the replication log into the mirror, or over SQL, and why.
-fn reads_report(ws: &Workspace) -> serde_json::Value {
-    let mirror = ws.mirror();
-    match (ws.sync_state(), mirror.health()) {
-        (Err(e), _) | (_, Err(e)) => json!({"path": "unknown", "reason": e.to_string()}),
-        (Ok(sync), _) if sync.sql_path.is_some() => {
-            json!({"path": "sql", "reason": sync.sql_path})
-        }
-        (Ok(sync), Ok(Some(Ok(m)))) => json!({
-            "path": "log",
-            "mirror": file_info(&mirror.db_path()),
-            "frame_no": m.frame_no,
-            "streams": streams_report(&sync),
-        }),
-        // Partial, or its files disagree: not valid, whatever its size.
-        (Ok(_), Ok(Some(Err(why)))) => json!({
-            "path": "log",
-            "reason": format!("the mirror is not usable ({why}): the next pull drops it and reads the replication log again"),
-        }),
-        (Ok(sync), Ok(None)) => json!({
-            "path": "log",
-            "reason": "no mirror yet: the next pull reads the replication log",
-            "streams": streams_report(&sync),
-        }),
-    }
-}
-
-/// Whether a long stretch of log is read in streams, or only in batches and why.
-fn streams_report(sync: &tursync::workspace::SyncState) -> serde_json::Value {
-    match &sync.streams_off {
-        None => json!({"on": true}),
-        Some(off) => json!({
-            "on": false,
-            "off": off.reason,
-            "until": "the next init, or a new log id",
-        }),
-    }
-}
-
-fn print_status(r: &serde_json::Value) {
-    let file = |v: &serde_json::Value| {
-        let path = v["path"].as_str().unwrap_or("?");
-        match v["bytes"].as_u64() {
-            Some(b) => format!("{path} ({})", human_bytes(b)),
-            None => format!("{path} (missing)"),
-        }
-    };
-    if let Some(e) = r["workspace_error"].as_str() {
-        println!("working copy   none: {e}");
-    } else {
-        println!("working copy   {}", file(&r["working_copy"]));
-        println!("state dir      {}", r["state_dir"].as_str().unwrap_or("?"));
-        println!("base snapshot  {}", file(&r["base"]));
-        let reads = &r["reads"];
-        match reads["path"].as_str() {
-            Some("log") if reads["mirror"].is_object() => println!(
-                "pulls read     the replication log: mirror {} at frame {}",
-                file(&reads["mirror"]),
-                reads["frame_no"]
-            ),
-            Some("sql") => println!(
-                "pulls read     rows over SQL, because {}",
-                reads["reason"].as_str().unwrap_or("?")
-            ),
-            Some("unknown") => println!(
-                "pulls read     unknown: {}",
-                reads["reason"].as_str().unwrap_or("?")
-            ),
-            _ => println!(
-                "pulls read     the replication log ({})",
-                reads["reason"].as_str().unwrap_or("?")
-            ),
-        }
-        if let Some(off) = reads["streams"]["off"].as_str() {
-            println!("log streams    not used, because {off}; batches read the log until the next init or a new log id");
-        }
-    }
-    let remote = &r["remote"];
-    match remote["state"].as_str() {
-        Some("not_configured") => println!(
-            "remote         not configured: {}",
-            remote["error"].as_str().unwrap_or("")
-        ),
-        Some(state) => {
-            println!(
-                "remote         {} (token {})",
-                remote["url"].as_str().unwrap_or("?"),
-                remote["token"].as_str().unwrap_or("?")
-            );
-            match state {
-                "ok" => println!(
-                    "connection     ok: reachable, {} ({} ms)",
-                    if remote["token"] == "set" {
-                        "token accepted"
-                    } else {
-                        "no token needed"
-                    },
-                    remote["latency_ms"]
-                ),
-                _ => println!(
-                    "connection     FAILED: {}",
-                    remote["error"].as_str().unwrap_or(state)
-                ),
-            }
-            match remote["moved_since_sync"].as_bool() {
-                Some(true) => {
-                    println!("remote         changed since the last sync: run `tursync pull`")
-                }
-                Some(false) => println!("remote         unchanged since the last sync"),
-                None if state == "ok" => match remote["moved_since_sync"].as_str() {
-                    Some(why) => println!("remote         changed since the last sync? {why}"),
-                    None => println!("remote         may have changed since the last sync"),
-                },
-                None => {}
-            }
-        }
-        None => {}
-    }
-    let protocol = &r["protocol"];
-    if let Some(name) = protocol["name"].as_str() {
-        let what = match name {
-            "log" => "sqld's replication log",
-            "turso-sync" => "Turso Sync (/pull-updates pages, a pipeline without streams)",
-            "sql" => "SQL only",
-            _ => "unknown",
-        };
-        println!(
-            "protocol       {what}: {}",
-            protocol["reason"].as_str().unwrap_or("?")
-        );
-        if let Some(why) = protocol["probed_again_because"].as_str() {
-            println!("protocol       probed again, because {why}");
-        }
-    }
-    println!(
-        "external tools none needed (SQLite {} is built in)",
-        r["sqlite_version"].as_str().unwrap_or("?")
-    );
-}
-
-/// `1 change`, `2 changes`.
-fn count(n: usize, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
-}
-
-fn human_bytes(b: u64) -> String {
-    match b {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
-}
-
 /// Colors only for a terminal, and never when NO_COLOR is set.
 fn color_stdout() -> bool {
     use std::io::IsTerminal;
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
-/// Per table: rows inserted, updated and deleted; then schema changes; then the verdict.
-fn print_summary(out: &mut dyn Write, cs: &Changeset, color: bool) -> std::io::Result<()> {
-    let paint = |code: &str, text: String| {
-        if color {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text
-        }
-    };
-    let changed: Vec<_> = cs.tables.iter().filter(|t| !t.changes.is_empty()).collect();
-    if !changed.is_empty() {
-        let width = changed
-            .iter()
-            .map(|t| t.table.name.chars().count())
-            .max()
-            .unwrap_or(5)
-            .max(5);
-        writeln!(
-            out,
-            "{:width$}  {:>9} {:>9} {:>9}",
-            "table", "inserted", "updated", "deleted"
-        )?;
-        for t in &changed {
-            let (i, u, d) = t.counts();
-            writeln!(
-                out,
-                "{:width$}  {} {} {}",
-                t.table.name,
-                paint("32", format!("{:>9}", format!("+{i}"))),
-                paint("33", format!("{:>9}", format!("~{u}"))),
-                paint("31", format!("{:>9}", format!("-{d}")))
-            )?;
-        }
-    }
-    if !cs.schema.is_empty() {
-        writeln!(out, "schema:")?;
-        for c in &cs.schema {
-            let line = c.describe();
-            let code = match line.chars().next() {
-                Some('+') => "32",
-                Some('-') => "31",
-                _ => "33",
-            };
-            writeln!(out, "  {}", paint(code, line))?;
-        }
-    }
-    for q in &cs.sequences {
-        let show = |v: Option<i64>| v.map_or_else(|| "none".to_owned(), |n| n.to_string());
-        writeln!(
-            out,
-            "autoincrement counter of {}: {} -> {}",
-            q.table,
-            show(q.old),
-            show(q.new)
-        )?;
-    }
-    if let Some(v) = cs.user_version {
-        writeln!(out, "user_version -> {v}")?;
-    }
-    match cs.change_count() {
-        0 if cs.is_empty() => writeln!(out, "nothing to push"),
-        n => writeln!(out, "{n} change{} to push", if n == 1 { "" } else { "s" }),
-    }
 }
 
 fn push(cli: &Cli, dry_run: bool, as_json: bool, progress: &Progress) -> Result<ExitCode> {
@@ -1039,11 +711,6 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
     let (endpoint, remote) = connect(cli, Some(&ws))?;
     let remote = remote.cancel_on(stop.clone());
     let now = || humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-    let line = |event: &str, mut fields: serde_json::Value| {
-        fields["time"] = json!(now());
-        fields["event"] = json!(event);
-        println!("{fields}");
-    };
     if verbose && !as_json {
         println!(
             "{} watching {} <-> {endpoint}, checking the remote every {:.1}s",
@@ -1053,11 +720,12 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
         );
     }
     let mut on_event = |event: Event<'_>| match event {
-        Event::Synced { pulled, pushed } if as_json => line(
-            "synced",
-            json!({"pulled": {"applied": pulled.applied, "merged": pulled.merged, "schema_changes": pulled.schema_changes},
-                   "pushed": {"changes": pushed.changes, "applied": pushed.applied, "skipped": pushed.skipped}}),
-        ),
+        Event::Checked { .. } if !verbose => {}
+        event if as_json => {
+            let mut line = serde_json::to_value(&event).expect("a watch event is plain data");
+            line["time"] = json!(now());
+            println!("{line}");
+        }
         Event::Synced { pulled, pushed } => println!(
             "{} pulled {} ({} merged, {}), pushed {} ({} applied, {} already there)",
             now(),
@@ -1067,14 +735,6 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
             count(pushed.changes, "change"),
             pushed.applied,
             pushed.skipped
-        ),
-        Event::Checked { .. } if !verbose => {}
-        Event::Checked {
-            local_changed,
-            remote_index,
-        } if as_json => line(
-            "checked",
-            json!({"local_changed": local_changed, "remote_index": remote_index}),
         ),
         Event::Checked {
             local_changed,
@@ -1089,40 +749,20 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
             },
             remote_index.map_or_else(|| "unknown".to_owned(), |i| i.to_string())
         ),
-        Event::PullConflicts(conflicts) if as_json => {
-            line("conflict", Op::Pull.conflicts_json(conflicts));
-        }
-        Event::PullConflicts(conflicts) => {
-            eprintln!("{} conflict while pulling:", now());
-            Op::Pull.print_conflicts(conflicts);
+        Event::Conflicts(stopped) => {
+            let doing = match stopped.op {
+                Op::Push { .. } => "pushing",
+                Op::Pull => "pulling",
+            };
+            eprintln!("{} conflict while {doing}:", now());
+            let _ = stopped.write_text(&mut std::io::stderr().lock());
             eprintln!("watch keeps running and tries again when either side changes.");
         }
-        Event::PushConflicts {
-            conflicts,
-            earlier_push_interrupted,
-        } => {
-            let op = Op::Push {
-                interrupted: earlier_push_interrupted,
-            };
-            if as_json {
-                line("conflict", op.conflicts_json(conflicts));
-            } else {
-                eprintln!("{} conflict while pushing:", now());
-                op.print_conflicts(conflicts);
-                eprintln!("watch keeps running and tries again when either side changes.");
-            }
-        }
-        Event::Refused(e) if as_json => line("refused", json!({"error": e.to_string()})),
         Event::Refused(e) => {
             eprintln!("{} {e}", now());
             eprintln!("watch keeps running and tries again when either side changes.");
         }
-        Event::Settled if as_json => line("settled", json!({})),
         Event::Settled => println!("{} settled: syncing again", now()),
-        Event::Backoff { error, delay } if as_json => line(
-            "retrying",
-            json!({"error": error.to_string(), "in_seconds": delay.as_secs_f64()}),
-        ),
         Event::Backoff { error, delay } => {
             eprintln!("{} {error}; trying again in {}s", now(), delay.as_secs())
         }
@@ -1136,139 +776,19 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
 }
 
 fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
-    use tursync::verify::RemoteCheck;
     let ws = Workspace::locate(cli.db.as_deref())?;
     let (endpoint, remote) = connect(cli, Some(&ws))?;
     let report = tursync::verify::verify(&ws, &remote, FetchOptions::default(), progress)
         .with_context(|| format!("verify against {endpoint} failed"))?;
-    let code = if !report.intact() {
-        5
-    } else if report.drift() {
-        4
-    } else {
-        0
-    };
-    let changes = |cs: &Changeset| -> Vec<serde_json::Value> {
-        let mut list: Vec<_> = cs
-            .schema
-            .iter()
-            .map(|c| json!({"schema": c.describe()}))
-            .collect();
-        list.extend(cs.tables.iter().filter(|t| !t.changes.is_empty()).map(|t| {
-            let (ins, upd, del) = t.counts();
-            json!({"table": t.table.name, "only_on_remote": ins, "differ": upd, "only_in_base": del})
-        }));
-        list.extend(
-            cs.sequences
-                .iter()
-                .map(|q| json!({"sequence": q.table, "base": q.old, "remote": q.new})),
-        );
-        list
-    };
     if as_json {
-        let file = |i: &tursync::verify::Integrity| json!({"path": i.file.display().to_string(), "ok": i.ok(), "problems": i.problems});
-        let compared = |r: &RemoteCheck| match r {
-            RemoteCheck::Skipped => json!({"compared": false}),
-            RemoteCheck::AtSyncPoint { differences } => {
-                json!({"compared": true, "moved": false, "drift": changes(differences)})
-            }
-            RemoteCheck::Moved { differences } => {
-                json!({"compared": true, "moved": true, "not_pulled": changes(differences)})
-            }
-        };
-        let mirror = report.mirror.as_ref().map(|m| {
-            json!({"file": file(&m.integrity), "frame_no": m.frame_no, "remote": compared(&m.remote)})
-        });
-        println!(
-            "{}",
-            json!({"working_copy": file(&report.working_copy), "base": file(&report.base), "remote": compared(&report.remote), "mirror": mirror, "exit_code": code})
-        );
-        return Ok(ExitCode::from(code));
-    }
-    for (what, i) in [
-        ("working copy", &report.working_copy),
-        ("base", &report.base),
-    ]
-    .into_iter()
-    .chain(report.mirror.as_ref().map(|m| ("mirror", &m.integrity)))
-    {
-        if i.ok() {
-            println!("{what} {}: intact", i.file.display());
-        } else {
-            println!("{what} {}: DAMAGED", i.file.display());
-            for p in i.problems.iter().take(20) {
-                println!("  {p}");
-            }
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.write_text(&mut std::io::stdout().lock(), &endpoint)?;
+        if let Some(advice) = report.advice() {
+            eprintln!("{advice}");
         }
     }
-    let print_changes = |cs: &Changeset| {
-        for c in &cs.schema {
-            println!("  {}", c.describe());
-        }
-        for t in cs.tables.iter().filter(|t| !t.changes.is_empty()) {
-            let (ins, upd, del) = t.counts();
-            println!(
-                "  table {}: {} only on the remote, {} only in the base, {} differ",
-                t.table.name,
-                count(ins, "row"),
-                count(del, "row"),
-                count(upd, "row")
-            );
-        }
-        for q in &cs.sequences {
-            println!(
-                "  AUTOINCREMENT counter of {}: base {:?}, remote {:?}",
-                q.table, q.old, q.new
-            );
-        }
-    };
-    match &report.remote {
-        RemoteCheck::Skipped => println!("remote {endpoint}: not compared, the base is damaged"),
-        RemoteCheck::AtSyncPoint { differences } if differences.is_empty() => {
-            println!("remote {endpoint}: equals the base at the last sync point")
-        }
-        RemoteCheck::AtSyncPoint { differences } => {
-            println!("remote {endpoint}: DRIFT: the remote has not moved since the last sync, yet differs from the base:");
-            print_changes(differences);
-        }
-        RemoteCheck::Moved { differences } => {
-            println!("remote {endpoint}: moved since the last sync; not pulled yet:");
-            print_changes(differences);
-        }
-    }
-    if let Some(m) = &report.mirror {
-        match &m.remote {
-            RemoteCheck::Skipped => println!("mirror: not compared, it is damaged"),
-            RemoteCheck::AtSyncPoint { differences } if differences.is_empty() => {
-                println!("mirror: equals the remote at frame {:?}", m.frame_no)
-            }
-            RemoteCheck::AtSyncPoint { differences } => {
-                println!(
-                    "mirror: DRIFT: the remote is at the mirror's frame, yet differs from it:"
-                );
-                print_changes(differences);
-            }
-            RemoteCheck::Moved { .. } => {
-                println!("mirror: behind the remote; the next pull brings it up to date")
-            }
-        }
-    }
-    match code {
-        5 => eprintln!("A file is damaged. Keep a copy of it, save what you can (`tursync diff --sql > mine.sql`, `sqlite3 working_copy.db .recover`), then make a fresh working copy with `tursync init --force`."),
-        4 => eprintln!("The base no longer matches the remote, so diffs and merges would be wrong. Save unpushed work (`tursync diff --sql > mine.sql`), then `tursync init --force` and re-apply it."),
-        _ => {}
-    }
-    Ok(ExitCode::from(code))
-}
-
-/// Which operation met conflicts: it decides the wording and what to do next.
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    /// `interrupted`: an earlier push may have reached the remote without the base knowing.
-    Push {
-        interrupted: bool,
-    },
-    Pull,
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 /// The one place an outcome becomes an exit code: conflicts are reported (as JSON on stdout,
@@ -1286,182 +806,16 @@ fn conclude<R>(
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Conflicts(conflicts) => {
+            let stopped = Stopped {
+                op,
+                conflicts: &conflicts,
+            };
             if as_json {
-                println!("{}", op.conflicts_json(&conflicts));
+                println!("{}", serde_json::to_string(&stopped)?);
             } else {
-                op.print_conflicts(&conflicts);
+                stopped.write_text(&mut std::io::stderr().lock())?;
             }
             Ok(ExitCode::from(3))
-        }
-    }
-}
-
-/// One conflict as JSON. A cell conflict's `base`/`ours`/`theirs` are the cell's values; any
-/// other's are whole rows by column name (or null where that side has no row).
-fn conflict_json(c: &Conflict) -> serde_json::Value {
-    let values = |r: &Option<Vec<tursync::Value>>| match (c.kind, r) {
-        (_, None) => serde_json::Value::Null,
-        (ConflictKind::Cell, Some(r)) => json!(r.first()),
-        (_, Some(r)) => json!(c
-            .columns
-            .iter()
-            .cloned()
-            .zip(r.iter().map(|v| json!(v)))
-            .collect::<serde_json::Map<_, _>>()),
-    };
-    let column =
-        (c.kind != ConflictKind::Row && !c.columns.is_empty()).then(|| c.columns.join(", "));
-    json!({"table": c.table, "kind": c.kind.as_str(), "key": c.key, "column": column, "columns": c.columns,
-           "base": values(&c.base), "ours": values(&c.ours), "theirs": values(&c.theirs),
-           "constraint": c.constraint, "ours_key": c.ours_key, "object": c.object,
-           "note": c.note})
-}
-
-impl Op {
-    fn conflicts_json(self, conflicts: &[Conflict]) -> serde_json::Value {
-        let list: Vec<_> = conflicts.iter().map(conflict_json).collect();
-        match self {
-            Op::Push { interrupted } => {
-                json!({"pushed": false, "conflicts": list, "earlier_push_interrupted": interrupted})
-            }
-            Op::Pull => json!({"pulled": false, "conflicts": list}),
-        }
-    }
-
-    /// The conflicts for a person: a line or two each (50 at most), then what to do.
-    fn print_conflicts(self, conflicts: &[Conflict]) {
-        let n = conflicts.len();
-        let s = if n == 1 { "" } else { "s" };
-        match self {
-            Op::Push { .. } => eprintln!(
-                "conflict: {n} row{s} changed both here and on the remote since the last sync; nothing was pushed"
-            ),
-            Op::Pull => eprintln!(
-                "conflict: {n} change{s} made both here and on the remote; nothing was pulled"
-            ),
-        }
-        // The remote's side is "theirs" in a merge, "remote" against a push.
-        let (ours, theirs) = match self {
-            Op::Push { .. } => ("local", "remote"),
-            Op::Pull => ("ours", "theirs"),
-        };
-        let lit = tursync::sql::literal;
-        let list = |vs: &[tursync::Value]| vs.iter().map(lit).collect::<Vec<_>>().join(", ");
-        for c in conflicts.iter().take(50) {
-            let (table, key) = (&c.table, list(&c.key));
-            match c.kind {
-                ConflictKind::ForeignKey => eprintln!(
-                    "  table {table}, key ({key}): its foreign key would point at nothing ({})",
-                    c.constraint.as_deref().unwrap_or("a FOREIGN KEY")
-                ),
-                ConflictKind::Schema => {
-                    let object = c.object.as_deref().unwrap_or(table);
-                    match self {
-                        Op::Push { .. } => {
-                            eprintln!("  {object} changed on the remote since your last sync")
-                        }
-                        Op::Pull => eprintln!("  {object} was changed both here and on the remote"),
-                    }
-                    let def = |side: &Option<Vec<tursync::Value>>| match side.as_deref() {
-                        Some([tursync::Value::Text(t)]) => String::from_utf8_lossy(t).into_owned(),
-                        _ => "(none: dropped)".to_owned(),
-                    };
-                    if c.columns == ["definition"] {
-                        eprintln!("    base:    {}", def(&c.base));
-                        eprintln!("    {:<8} {}", format!("{ours}:"), def(&c.ours));
-                        eprintln!("    {:<8} {}", format!("{theirs}:"), def(&c.theirs));
-                    }
-                }
-                ConflictKind::Unique => {
-                    // The other row holding the same values: ours in a merge, the remote's
-                    // against a push.
-                    let other = c
-                        .ours_key
-                        .as_deref()
-                        .or(c.theirs.as_deref())
-                        .map_or("?".to_owned(), list);
-                    eprintln!(
-                        "  table {table}, key ({key}): {}; the other row holding the same values: ({other})",
-                        c.constraint.as_deref().unwrap_or("a UNIQUE constraint")
-                    );
-                }
-                ConflictKind::Cell => {
-                    let cell = |v: &Option<Vec<tursync::Value>>| {
-                        v.as_ref()
-                            .and_then(|v| v.first())
-                            .map_or("-".to_owned(), lit)
-                    };
-                    eprintln!(
-                        "  table {table}, key ({key}), column {}: base {}, {ours} {}, {theirs} {}",
-                        c.columns.join(", "),
-                        cell(&c.base),
-                        cell(&c.ours),
-                        cell(&c.theirs)
-                    );
-                }
-                ConflictKind::Row if c.columns.is_empty() => {
-                    eprintln!(
-                        "  table {table}, key ({key}): deleted on one side, changed on the other"
-                    )
-                }
-                ConflictKind::Row => {
-                    eprintln!("  table {table}, key ({key})");
-                    let state = |r: &Option<Vec<tursync::Value>>| {
-                        if r.is_some() {
-                            "present"
-                        } else {
-                            "absent"
-                        }
-                    };
-                    if c.base.is_none() || c.ours.is_none() || c.theirs.is_none() {
-                        eprintln!(
-                            "    row: base {}, {ours} {}, {theirs} {}",
-                            state(&c.base),
-                            state(&c.ours),
-                            state(&c.theirs)
-                        );
-                    }
-                    for (i, col) in c.columns.iter().enumerate() {
-                        let cell = |r: &Option<Vec<tursync::Value>>| {
-                            r.as_ref().map_or("-".to_owned(), |r| lit(&r[i]))
-                        };
-                        let (b, o, t) = (cell(&c.base), cell(&c.ours), cell(&c.theirs));
-                        if !(b == o && o == t) {
-                            eprintln!("    {col}: base {b}, {ours} {o}, {theirs} {t}");
-                        }
-                    }
-                }
-            }
-            if let Some(note) = &c.note {
-                eprintln!("    ({note})");
-            }
-        }
-        if n > 50 {
-            eprintln!("  … and {} more (use --json for all)", n - 50);
-        }
-        let any = |kind| conflicts.iter().any(|c| c.kind == kind);
-        match self {
-            Op::Push { interrupted } => {
-                if any(ConflictKind::Schema) {
-                    eprintln!("Nothing was pushed. Run `tursync pull` to bring the remote's change in first.");
-                } else if any(ConflictKind::ForeignKey) {
-                    eprintln!("Nothing changed on the remote. A row we deleted (or re-keyed) is still referenced there by a row others added: pull to bring that row in, then restore the parent or delete the child, and push again.");
-                } else if conflicts
-                    .iter()
-                    .any(|c| c.base.is_none() && c.ours.is_some() && c.theirs.is_some())
-                {
-                    eprintln!("Some of your new rows took keys that new rows on the remote took meanwhile. Push never renumbers: run `tursync sync`, which renumbers your new rows (and the references to them) and pushes them.");
-                } else {
-                    eprintln!("Nothing changed on either side in this transaction. Run `tursync pull` to merge the remote's changes (it reports the same rows), then push again.");
-                }
-                if interrupted {
-                    eprintln!("An earlier push was interrupted and may have reached the remote without the base knowing: run `tursync sync`, which settles that first.");
-                }
-            }
-            Op::Pull if any(ConflictKind::Schema) => {
-                eprintln!("Nothing changed. Both sides changed the same schema object (definitions shown above where known). A table both sides reshaped in place is settled by `tursync sync --theirs` (their definition, our rows merged onto it) or `--ours` (our definition, pushed with their rows carried; `--theirs TABLE` for one table). Otherwise undo one side's change (in the working copy, or on the remote itself) or make both the same, then pull again.")
-            }
-            Op::Pull => eprintln!("Nothing changed. Settle them with `tursync pull --ours` or `--theirs` (or table by table: `--theirs TABLE`), or edit the working copy and pull again. For a foreign-key conflict, the side you keep decides whether the deleted parent stays deleted (its ON DELETE action then applies to the rows pointing at it) or comes back with what its delete took along; `tursync help pull` says more."),
         }
     }
 }

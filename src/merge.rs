@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::changeset::RowChange;
+use crate::changeset::{
+    ordered_ddl, Changeset, RowChange, SchemaChange, SequenceChange, TableDiff,
+};
 use crate::conflict::{Conflict, ConflictKind, MergeOptions, Outcome, Resolve};
-use crate::diff::{ordered_ddl, Changeset, SchemaChange, SequenceChange, TableDiff};
 use crate::orphans::{Gone, Orphans, ReferenceSettled};
 use crate::schema::{foreign_keys, parse_unique_failure, ForeignKey, ObjectKind, UniqueFailure};
 use crate::sql;
@@ -1615,7 +1616,7 @@ fn carry_ours_through_theirs(
         // their DDL runs (our new row goes, our edited row returns to the base's values).
         let rest = match ch {
             SchemaChange::TableRebuilt { new_sql, kind, .. } if *kind == "rebuilt" => {
-                crate::diff::twelve_step_form(name, new_sql)
+                crate::changeset::twelve_step_form(name, new_sql)
                     .or_else(|| new_sql.strip_prefix(&format!("CREATE TABLE {name}")))
                     .filter(|rest| rest.starts_with('(') || rest.starts_with(' '))
             }
@@ -2018,12 +2019,13 @@ fn settle_both_reshaped(
                     })
                     .collect();
                 let refs: Vec<(&String, &String)> = copied.iter().map(|(a, b)| (a, b)).collect();
-                out.rebuilds.extend(crate::diff::exact_rebuild_statements(
-                    name,
-                    &sql::ident(name),
-                    &their_t.table.sql,
-                    &refs,
-                ));
+                out.rebuilds
+                    .extend(crate::changeset::exact_rebuild_statements(
+                        name,
+                        &sql::ident(name),
+                        &their_t.table.sql,
+                        &refs,
+                    ));
                 let mut st = theirs_db.prepare(
                     "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL",
                 )?;

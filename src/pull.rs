@@ -12,6 +12,7 @@
 
 use rusqlite::Connection;
 
+use crate::changeset::Changeset;
 use crate::clone::FetchOptions;
 use crate::conflict::Outcome;
 pub use crate::conflict::{MergeOptions, Resolve};
@@ -46,7 +47,7 @@ pub fn pull(
     let _lock = ws.lock()?;
     let state = ws.sync_state()?;
     let known = state.replication_index;
-    let now = remote.query("SELECT 1", vec![])?.replication_index();
+    let now = remote.replication_index()?;
     let mut sql_path = state.sql_path.clone();
     let use_log = opts.use_log && sql_path.is_none();
     if known.is_some() && now == known && !use_log {
@@ -269,7 +270,7 @@ fn from_log(
             return Ok(FromLog::Diverged(difference));
         }
     }
-    let read_theirs = || -> Result<(Merged, diff::Changeset)> {
+    let read_theirs = || -> Result<(Merged, Changeset)> {
         let base = ws.open_base()?;
         let theirs_db = open_immutable(&mirror.db_path())?;
         let touched = match &before {
@@ -417,7 +418,7 @@ fn merge_into(
     ws: &Workspace,
     base: &Connection,
     theirs_db: &Connection,
-    mut theirs: diff::Changeset,
+    mut theirs: Changeset,
     merge: &MergeOptions,
     clean: Option<Clean>,
     on_wait: WaitNotice<'_>,

@@ -21,9 +21,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::changeset::RowChange;
+use crate::changeset::{Changeset, DdlPhase, RowChange, SchemaChange, TableDiff};
 use crate::conflict::{Conflict, ConflictKind, Outcome};
-use crate::diff::{Changeset, DdlPhase, SchemaChange, TableDiff};
 use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
 use crate::schema::{
@@ -367,7 +366,7 @@ fn remote_source(cs: &Changeset, t: &TableDiff, remote: &RemoteState) -> Result<
     // the remote's table may lack: sqld takes a double-quoted name that is no column for a
     // string, and the row would seem to hold the column's name.
     let renames = cs.renamed_tables();
-    if crate::diff::with_renamed_references(remote_sql, &renames) == t.table.sql {
+    if crate::changeset::with_renamed_references(remote_sql, &renames) == t.table.sql {
         return Ok(Some(same(plain())));
     }
     Err(Error::Unexpected(format!(
@@ -844,7 +843,8 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<Outcome<SchemaPla
         });
         // A table whose references to a renamed table the rename itself rewrites.
         let follows = |s: &str| {
-            !renames.is_empty() && crate::diff::with_renamed_references(s, &renames) == t.table.sql
+            !renames.is_empty()
+                && crate::changeset::with_renamed_references(s, &renames) == t.table.sql
         };
         if !reshaped && !has("table", &t.table.name).is_some_and(|s| s == t.table.sql || follows(s))
         {

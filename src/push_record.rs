@@ -24,8 +24,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::changeset::{read_change, write_change, RowChange};
-use crate::diff::{Changeset, TableDiff};
+use crate::changeset::{read_change, write_change, Changeset, RowChange, TableDiff};
 use crate::durable::{aside_name, remove_aside, sync_dir, Aside};
 use crate::pages::Stamp;
 use crate::workspace::Workspace;

@@ -12,7 +12,7 @@ use crate::clone::Sink;
 use crate::schema::Table;
 use crate::sql;
 use crate::value::Value;
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// Writes a copy into a new SQLite file as fast as SQLite allows: no journal and no syncs while
 /// building, because a half-built file is thrown away, never used. [`LocalSink::finish`] puts
@@ -24,7 +24,7 @@ pub struct LocalSink {
 
 impl LocalSink {
     pub fn create(path: &Path) -> Result<LocalSink> {
-        let conn = rusqlite::Connection::open(path)?;
+        let conn = rusqlite::Connection::open(path).during("creating", path.display())?;
         // Rows arrive in any table order, and the bundled SQLite enforces foreign keys by
         // default: the copy is checked as a whole by the source, not row by row here.
         conn.execute_batch("PRAGMA foreign_keys = OFF; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; BEGIN;")?;

@@ -9,6 +9,8 @@
 //! OCaml store raw Latin-1 or binary in it. Turning such bytes into U+FFFD would push altered
 //! text and leave a row that differs forever.
 
+use std::cmp::Ordering;
+
 use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::ToSql;
 
@@ -77,6 +79,49 @@ impl Value {
     }
 }
 
+/// SQLite's ORDER BY order under BINARY collation: NULL, then numbers (integers and reals
+/// compared by value), then text, then blobs, each by bytes.
+pub fn cmp_value(a: ValueRef<'_>, b: ValueRef<'_>) -> Ordering {
+    fn rank(v: &ValueRef<'_>) -> u8 {
+        match v {
+            ValueRef::Null => 0,
+            ValueRef::Integer(_) | ValueRef::Real(_) => 1,
+            ValueRef::Text(_) => 2,
+            ValueRef::Blob(_) => 3,
+        }
+    }
+    match (a, b) {
+        (ValueRef::Integer(x), ValueRef::Integer(y)) => x.cmp(&y),
+        (ValueRef::Real(x), ValueRef::Real(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
+        (ValueRef::Integer(i), ValueRef::Real(r)) => int_real_cmp(i, r),
+        (ValueRef::Real(r), ValueRef::Integer(i)) => int_real_cmp(i, r).reverse(),
+        (ValueRef::Text(x), ValueRef::Text(y)) | (ValueRef::Blob(x), ValueRef::Blob(y)) => x.cmp(y),
+        (x, y) => rank(&x).cmp(&rank(&y)),
+    }
+}
+
+/// Compares an integer with a real exactly, as SQLite does, even where the integer has no
+/// exact f64.
+fn int_real_cmp(i: i64, r: f64) -> Ordering {
+    if r.is_nan() {
+        return Ordering::Greater;
+    }
+    // ±2^63: beyond them no i64 compares equal.
+    if r < -9_223_372_036_854_775_808.0 {
+        return Ordering::Greater;
+    }
+    if r >= 9_223_372_036_854_775_808.0 {
+        return Ordering::Less;
+    }
+    let t = r.trunc() as i64;
+    match i.cmp(&t) {
+        Ordering::Equal => (0.0f64)
+            .partial_cmp(&(r - r.trunc()))
+            .unwrap_or(Ordering::Equal),
+        o => o,
+    }
+}
+
 /// Equality by storage class and exact bytes ([`exact_eq`]).
 impl PartialEq for Value {
     fn eq(&self, other: &Value) -> bool {
@@ -101,6 +146,20 @@ impl FromSql for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_order_like_sqlite() {
+        use ValueRef::*;
+        assert_eq!(cmp_value(Integer(1), Real(1.5)), Ordering::Less);
+        assert_eq!(cmp_value(Real(2.0), Integer(2)), Ordering::Equal);
+        assert_eq!(
+            cmp_value(Integer(i64::MAX), Real(9_223_372_036_854_775_808.0)),
+            Ordering::Less
+        );
+        assert_eq!(cmp_value(Null, Integer(i64::MIN)), Ordering::Less);
+        assert_eq!(cmp_value(Text(b"a"), Blob(b"")), Ordering::Less);
+        assert_eq!(cmp_value(Integer(-1), Real(-0.5)), Ordering::Less);
+    }
 
     #[test]
     fn equality_keeps_storage_class_and_bits() {

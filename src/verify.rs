@@ -9,13 +9,20 @@
 //! The mirror of the replication log, when there is one, gets the same checks against the same
 //! read of the remote, conclusive when the remote is at the mirror's frame.
 
+use std::fmt;
+use std::io::Write;
 use std::path::PathBuf;
 
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use crate::changeset::Changeset;
 use crate::clone::FetchOptions;
-use crate::diff::{self, Changeset};
+use crate::diff;
 use crate::mirror::open_immutable;
 use crate::progress::Progress;
 use crate::remote::Remote;
+use crate::report::count;
 use crate::workspace::{open_snapshot, Workspace};
 use crate::Result;
 
@@ -46,8 +53,9 @@ pub enum RemoteCheck {
 }
 
 /// The mirror: intact or not, and how it compares with the remote (at the mirror's frame).
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct MirrorCheck {
+    #[serde(rename = "file")]
     pub integrity: Integrity,
     pub frame_no: Option<u64>,
     pub remote: RemoteCheck,
@@ -75,6 +83,212 @@ impl VerifyReport {
             && self.base.ok()
             && self.mirror.as_ref().is_none_or(|m| m.integrity.ok())
     }
+
+    /// 5 when a file is damaged, else 4 on drift, else 0.
+    pub fn exit_code(&self) -> u8 {
+        if !self.intact() {
+            5
+        } else if self.drift() {
+            4
+        } else {
+            0
+        }
+    }
+
+    /// The report for a person, one line per file and per comparison, the differences
+    /// indented beneath; `remote` names the remote.
+    pub fn write_text(
+        &self,
+        out: &mut dyn Write,
+        remote: &dyn fmt::Display,
+    ) -> std::io::Result<()> {
+        let files = [("working copy", &self.working_copy), ("base", &self.base)];
+        let mirror = self.mirror.as_ref().map(|m| ("mirror", &m.integrity));
+        for (what, i) in files.into_iter().chain(mirror) {
+            if i.ok() {
+                writeln!(out, "{what} {}: intact", i.file.display())?;
+            } else {
+                writeln!(out, "{what} {}: DAMAGED", i.file.display())?;
+                for p in i.problems.iter().take(20) {
+                    writeln!(out, "  {p}")?;
+                }
+            }
+        }
+        let base = [
+            "not compared, the base is damaged",
+            "equals the base at the last sync point",
+            "DRIFT: the remote has not moved since the last sync, yet differs from the base:",
+            "moved since the last sync; not pulled yet:",
+        ];
+        self.remote
+            .write_text(out, &format!("remote {remote}"), base, true)?;
+        if let Some(m) = &self.mirror {
+            let equal = format!("equals the remote at frame {:?}", m.frame_no);
+            let mirror = [
+                "not compared, it is damaged",
+                &equal,
+                "DRIFT: the remote is at the mirror's frame, yet differs from it:",
+                "behind the remote; the next pull brings it up to date",
+            ];
+            m.remote.write_text(out, "mirror", mirror, false)?;
+        }
+        Ok(())
+    }
+
+    /// What to do about a damaged file or drift, for a person.
+    pub fn advice(&self) -> Option<&'static str> {
+        match self.exit_code() {
+            5 => Some("A file is damaged. Keep a copy of it, save what you can (`tursync diff --sql > mine.sql`, `sqlite3 working_copy.db .recover`), then make a fresh working copy with `tursync init --force`."),
+            4 => Some("The base no longer matches the remote, so diffs and merges would be wrong. Save unpushed work (`tursync diff --sql > mine.sql`), then `tursync init --force` and re-apply it."),
+            _ => None,
+        }
+    }
+}
+
+impl RemoteCheck {
+    /// One line for the comparison of `name` with the remote, saying `says[0]` when it was
+    /// skipped, `says[1]` when equal, `says[2]` on drift and `says[3]` when the remote moved,
+    /// the differences indented beneath (those of a remote that moved only when `list_moved`).
+    fn write_text(
+        &self,
+        out: &mut dyn Write,
+        name: &str,
+        says: [&str; 4],
+        list_moved: bool,
+    ) -> std::io::Result<()> {
+        let (said, listed) = match self {
+            RemoteCheck::Skipped => (says[0], None),
+            RemoteCheck::AtSyncPoint { differences } if differences.is_empty() => (says[1], None),
+            RemoteCheck::AtSyncPoint { differences } => (says[2], Some(differences)),
+            RemoteCheck::Moved { differences } => {
+                (says[3], Some(differences).filter(|_| list_moved))
+            }
+        };
+        writeln!(out, "{name}: {said}")?;
+        for d in listed.map(differences).unwrap_or_default() {
+            writeln!(out, "  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `verify --json`: `{"working_copy": .., "base": .., "remote": .., "mirror": .., "exit_code": 0}`.
+impl Serialize for VerifyReport {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("working_copy", &self.working_copy)?;
+        m.serialize_entry("base", &self.base)?;
+        m.serialize_entry("remote", &self.remote)?;
+        m.serialize_entry("mirror", &self.mirror)?;
+        m.serialize_entry("exit_code", &self.exit_code())?;
+        m.end()
+    }
+}
+
+/// `{"path": "/w/app.db", "ok": false, "problems": ["row 3 missing from index i"]}`.
+impl Serialize for Integrity {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("path", &self.file.display().to_string())?;
+        m.serialize_entry("ok", &self.ok())?;
+        m.serialize_entry("problems", &self.problems)?;
+        m.end()
+    }
+}
+
+/// `{"compared": false}`, `{"compared": true, "moved": false, "drift": [..]}` or
+/// `{"compared": true, "moved": true, "not_pulled": [..]}`.
+impl Serialize for RemoteCheck {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        match self {
+            RemoteCheck::Skipped => m.serialize_entry("compared", &false)?,
+            RemoteCheck::AtSyncPoint { differences: cs } => {
+                m.serialize_entry("compared", &true)?;
+                m.serialize_entry("moved", &false)?;
+                m.serialize_entry("drift", &differences(cs))?;
+            }
+            RemoteCheck::Moved { differences: cs } => {
+                m.serialize_entry("compared", &true)?;
+                m.serialize_entry("moved", &true)?;
+                m.serialize_entry("not_pulled", &differences(cs))?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// One way the base (or the mirror) and the remote differ, as the JSON lists it and the text
+/// prints it.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Difference<'a> {
+    /// `{"schema": "+ table t"}`.
+    Schema { schema: String },
+    /// `{"table": "t", "only_on_remote": 1, "differ": 0, "only_in_base": 2}`.
+    Table {
+        table: &'a str,
+        only_on_remote: usize,
+        differ: usize,
+        only_in_base: usize,
+    },
+    /// `{"sequence": "t", "base": 3, "remote": 5}`.
+    Sequence {
+        sequence: &'a str,
+        base: Option<i64>,
+        remote: Option<i64>,
+    },
+}
+
+/// The differences a diff from the base (or the mirror) to the remote found: schema changes,
+/// then tables whose rows differ, then counters.
+pub fn differences(cs: &Changeset) -> Vec<Difference<'_>> {
+    let schema = cs.schema.iter().map(|c| Difference::Schema {
+        schema: c.describe(),
+    });
+    let tables = cs.tables.iter().filter(|t| !t.changes.is_empty()).map(|t| {
+        let (only_on_remote, differ, only_in_base) = t.counts();
+        Difference::Table {
+            table: &t.table.name,
+            only_on_remote,
+            differ,
+            only_in_base,
+        }
+    });
+    let sequences = cs.sequences.iter().map(|q| Difference::Sequence {
+        sequence: &q.table,
+        base: q.old,
+        remote: q.new,
+    });
+    schema.chain(tables).chain(sequences).collect()
+}
+
+impl fmt::Display for Difference<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Difference::Schema { schema } => f.write_str(schema),
+            Difference::Table {
+                table,
+                only_on_remote,
+                differ,
+                only_in_base,
+            } => write!(
+                f,
+                "table {table}: {} only on the remote, {} only in the base, {} differ",
+                count(*only_on_remote, "row"),
+                count(*only_in_base, "row"),
+                count(*differ, "row")
+            ),
+            Difference::Sequence {
+                sequence,
+                base,
+                remote,
+            } => write!(
+                f,
+                "AUTOINCREMENT counter of {sequence}: base {base:?}, remote {remote:?}"
+            ),
+        }
+    }
 }
 
 /// Checks the workspace. Holds the workspace lock, so no push or pull moves the base meanwhile;
@@ -100,9 +314,9 @@ pub fn verify(
         });
     }
     let recorded = ws.sync_state()?.replication_index;
-    let before = remote.query("SELECT 1", vec![])?.replication_index();
+    let before = remote.replication_index()?;
     let copy = ws.download(remote, opts, progress)?;
-    let after = remote.query("SELECT 1", vec![])?.replication_index();
+    let after = remote.replication_index()?;
     let theirs = open_snapshot(&copy.path)?;
     let differences = diff::diff(&base_conn, &theirs, &diff::Filter::default())?;
     let at = |point: Option<u64>, differences| {

@@ -20,7 +20,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::conflict::Conflict;
+use rusqlite::Connection;
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use crate::conflict::{Conflict, Op, Stopped};
 use crate::progress::Progress;
 use crate::pull::{MergeOptions, PullReport, Resolve};
 use crate::push::PushReport;
@@ -35,7 +39,8 @@ const LOCAL_POLL: Duration = Duration::from_millis(50);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// What the watch tells its caller, who prints it.
+/// What the watch tells its caller, who prints it: as text, or as its JSON (one object per
+/// event, `event` naming it; see the `Serialize` impl).
 pub enum Event<'a> {
     /// A round that changed something on either side.
     Synced {
@@ -48,34 +53,180 @@ pub enum Event<'a> {
         local_changed: bool,
         remote_index: Option<u64>,
     },
-    /// The pull found conflicts; reported once until they change.
-    PullConflicts(&'a [Conflict]),
-    /// The push found conflicts; reported once until they change.
-    PushConflicts {
-        conflicts: &'a [Conflict],
-        earlier_push_interrupted: bool,
-    },
+    /// The pull or the push found conflicts; reported once until they change.
+    Conflicts(Stopped<'a>),
     /// The round was refused for a reason the user must settle (the app holding the write
-    /// lock too long, say); reported once.
-    Refused(&'a Error),
+    /// lock too long, say), with the error's message; reported once.
+    Refused(&'a str),
     /// A round succeeded after conflicts or refusals.
     Settled,
     /// A round failed in a way that passes; the next one is in `delay`.
     Backoff { error: &'a Error, delay: Duration },
 }
 
+/// `watch --json`, one object per event:
+///
+/// ```text
+/// {"event": "synced", "pulled": {"applied": 1, "merged": 0, "schema_changes": 0},
+///  "pushed": {"changes": 2, "applied": 2, "skipped": 0}}
+/// {"event": "checked", "local_changed": false, "remote_index": 7}
+/// {"event": "conflict", "pulled": false, "conflicts": [..]}                 (as pull --json)
+/// {"event": "conflict", "pushed": false, "conflicts": [..], "earlier_push_interrupted": false}
+/// {"event": "refused", "error": ".."}
+/// {"event": "settled"}
+/// {"event": "retrying", "error": "..", "in_seconds": 2.0}
+/// ```
+impl Serialize for Event<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Pulled {
+            applied: usize,
+            merged: usize,
+            schema_changes: usize,
+        }
+        #[derive(Serialize)]
+        struct Pushed {
+            changes: usize,
+            applied: usize,
+            skipped: usize,
+        }
+        let mut m = s.serialize_map(None)?;
+        match self {
+            Event::Synced { pulled, pushed } => {
+                m.serialize_entry("event", "synced")?;
+                m.serialize_entry(
+                    "pulled",
+                    &Pulled {
+                        applied: pulled.applied,
+                        merged: pulled.merged,
+                        schema_changes: pulled.schema_changes,
+                    },
+                )?;
+                m.serialize_entry(
+                    "pushed",
+                    &Pushed {
+                        changes: pushed.changes,
+                        applied: pushed.applied,
+                        skipped: pushed.skipped,
+                    },
+                )?;
+            }
+            Event::Checked {
+                local_changed,
+                remote_index,
+            } => {
+                m.serialize_entry("event", "checked")?;
+                m.serialize_entry("local_changed", local_changed)?;
+                m.serialize_entry("remote_index", remote_index)?;
+            }
+            Event::Conflicts(stopped) => {
+                m.serialize_entry("event", "conflict")?;
+                stopped.entries(&mut m)?;
+            }
+            Event::Refused(error) => {
+                m.serialize_entry("event", "refused")?;
+                m.serialize_entry("error", error)?;
+            }
+            Event::Settled => m.serialize_entry("event", "settled")?,
+            Event::Backoff { error, delay } => {
+                m.serialize_entry("event", "retrying")?;
+                m.serialize_entry("error", &error.to_string())?;
+                m.serialize_entry("in_seconds", &delay.as_secs_f64())?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// Runs until `stop` is set (returns `Ok`) or an error that will not pass (returns it).
+///
+/// ```text
+/// wait for a change ──► step ──► ran: report it; blocked on conflicts or a refusal: report
+///      ▲                  │       once, then wait for either side to move
+///      │                  ├────► raced: go again at once
+///      └── back off ◄─────┴────► an error that passes (any other ends the watch)
+/// ```
+pub fn watch(
+    ws: &Workspace,
+    remote: &Remote,
+    interval: Duration,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<()> {
+    let mut w = Watch {
+        watched: ws.open_working_copy(true)?,
+        ws,
+        remote,
+        interval,
+        stop,
+        on_event,
+        round_local: None,
+        pushed_local: None,
+        blocked: None,
+        failures: 0,
+        next_due: Instant::now(),
+    };
+    while let Some((local, local_changed)) = w.wait_for_change()? {
+        // Every request of the round, and the index reads that judge its end, in one step:
+        // whatever fails there in a way that passes is waited out.
+        let step = w.step(local);
+        w.round_local = Some(local);
+        match step {
+            Ok(step) => {
+                w.failures = 0;
+                w.settle(step, local, local_changed)?;
+            }
+            Err(e) if e.remote().is_some_and(|r| r.is_transient()) => w.back_off(&e),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The watch between rounds.
+struct Watch<'a> {
+    ws: &'a Workspace,
+    remote: &'a Remote,
+    interval: Duration,
+    stop: &'a AtomicBool,
+    on_event: &'a mut dyn FnMut(Event<'_>),
+    /// A connection kept open on the working copy, whose `data_version` moves when any other
+    /// connection commits.
+    watched: Connection,
+    /// The data_version at the start of the last round (`None`: look again at once).
+    round_local: Option<i64>,
+    /// The data_version at the start of the last round whose push saw the whole working copy.
+    pushed_local: Option<i64>,
+    /// Why rounds wait for a change, set in one place ([`Watch::block`]).
+    blocked: Option<Blocked>,
+    /// Failed steps in a row, which the backoff doubles by.
+    failures: u32,
+    /// When the next round is due whatever happens locally.
+    next_due: Instant,
+}
+
 /// Why rounds wait for a change: what was reported, and the two sides as they were then.
 struct Blocked {
-    report: String,
+    why: Why,
     local: i64,
     remote: Option<u64>,
 }
 
-/// How one step of the loop ended: a round (or, with `None`, a check that found both sides
-/// as they were when rounds were blocked), with the remote's index before it; a push that lost
-/// a race, to be run again at once; or a refusal, with the remote's index after it.
+/// What blocks rounds, compared by value so each is reported once.
+#[derive(PartialEq)]
+enum Why {
+    PullConflicts(Vec<Conflict>),
+    PushConflicts(Vec<Conflict>),
+    /// The refusal's message.
+    Refused(String),
+}
+
+/// How one step ended: a round, with the remote's index before it; nothing tried, both sides
+/// as they were when rounds were blocked; a push that lost a race, to be run again at once; or
+/// a refusal, with the remote's index after it.
 enum Step {
-    Round(Option<u64>, Option<Round>),
+    Ran(Option<u64>, Round),
+    Unchanged(Option<u64>),
     Raced,
     Refused(Error, Option<u64>),
 }
@@ -87,191 +238,160 @@ enum Round {
     PushConflicts(Vec<Conflict>),
 }
 
-/// Runs until `stop` is set (returns `Ok`) or an error that will not pass (returns it).
-pub fn watch(
-    ws: &Workspace,
-    remote: &Remote,
-    interval: Duration,
-    stop: &AtomicBool,
-    on_event: &mut dyn FnMut(Event<'_>),
-) -> Result<()> {
-    let watched = ws.open_working_copy(true)?;
-    let data_version =
-        || -> Result<i64> { Ok(watched.query_row("PRAGMA data_version", [], |r| r.get(0))?) };
-    let index =
-        || -> Result<Option<u64>> { Ok(remote.query("SELECT 1", vec![])?.replication_index()) };
-    // The data_version at the start of the last round, and at the start of the last round
-    // whose push saw the whole working copy.
-    let mut round_local: Option<i64> = None;
-    let mut pushed_local: Option<i64> = None;
-    let mut blocked: Option<Blocked> = None;
-    let mut failures = 0u32;
-    let mut next_due = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        if !ws.db_path().exists() {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("the working copy {} is gone", ws.db_path().display()),
-            )));
-        }
-        let local = data_version()?;
-        let local_changed = round_local != Some(local);
-        let due = Instant::now() >= next_due;
-        if !local_changed && !due {
+impl Watch<'_> {
+    /// Waits until the working copy committed since the last round, or a round is due: the
+    /// working copy's `data_version` then, and whether it moved. `None` once stopped.
+    fn wait_for_change(&mut self) -> Result<Option<(i64, bool)>> {
+        while !self.stop.load(Ordering::SeqCst) {
+            if !self.ws.db_path().exists() {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("the working copy {} is gone", self.ws.db_path().display()),
+                )));
+            }
+            let local: i64 = self
+                .watched
+                .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            let local_changed = self.round_local != Some(local);
+            let due = Instant::now() >= self.next_due;
+            if local_changed || due {
+                if due {
+                    self.next_due = Instant::now() + self.interval;
+                }
+                return Ok(Some((local, local_changed)));
+            }
             std::thread::sleep(LOCAL_POLL);
-            continue;
         }
-        if due {
-            next_due = Instant::now() + interval;
-        }
-        // Every request of the round, and the index reads that judge its end, in one step:
-        // whatever fails there in a way that passes is waited out below.
-        let outcome = (|| -> Result<Step> {
-            // The remote's index before the round: a conflict waits for it to move.
-            let before = index()?;
-            if blocked
-                .as_ref()
-                .is_some_and(|b| b.local == local && b.remote == before)
-            {
-                return Ok(Step::Round(before, None));
-            }
-            match round(
-                ws,
-                remote,
-                (local, before),
-                &mut pushed_local,
-                &mut *on_event,
-            ) {
-                // The sync pulled and pushed again while the remote kept moving, and still the
-                // push was refused: no conflict yet, the next round pulls their change first.
-                Ok(Round::PushConflicts(_)) if index()? != before => Ok(Step::Raced),
-                Ok(done) => Ok(Step::Round(before, Some(done))),
-                Err(e) if matches!(e.root(), Error::Busy(_) | Error::Unsupported(_)) => {
-                    Ok(Step::Refused(e, index()?))
-                }
-                Err(e) => Err(e),
-            }
-        })();
-        round_local = Some(local);
-        let (before, done) = match outcome {
-            Ok(Step::Round(before, done)) => {
-                failures = 0;
-                (before, done)
-            }
-            Ok(Step::Raced) => {
-                failures = 0;
-                round_local = None;
-                continue;
-            }
-            // What the user must settle: reported once, then rounds wait for a change.
-            Ok(Step::Refused(e, remote_index)) => {
-                failures = 0;
-                let report = e.to_string();
-                if blocked.as_ref().map(|b| &b.report) != Some(&report) {
-                    on_event(Event::Refused(&e));
-                }
-                blocked = Some(Blocked {
-                    report,
-                    local,
-                    remote: remote_index,
-                });
-                continue;
-            }
-            Err(e) if e.remote().is_some_and(|r| r.is_transient()) => {
-                let delay = FIRST_BACKOFF
-                    .saturating_mul(1 << failures.min(10))
-                    .min(MAX_BACKOFF);
-                failures += 1;
-                on_event(Event::Backoff { error: &e, delay });
-                // Whatever changed meanwhile is looked at after the wait.
-                round_local = None;
-                let until = Instant::now() + delay;
-                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(LOCAL_POLL);
-                }
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let report = match &done {
-            None | Some(Round::Done) => None,
-            Some(Round::PullConflicts(c)) => Some(format!("{c:?}")),
-            Some(Round::PushConflicts(c)) => Some(format!("{c:?}")),
-        };
-        let Some(report) = report else {
-            if done.is_none() {
-                on_event(Event::Checked {
-                    local_changed,
-                    remote_index: before,
-                });
-            } else if blocked.take().is_some() {
-                on_event(Event::Settled);
-            }
-            continue;
-        };
-        if blocked.as_ref().map(|b| &b.report) != Some(&report) {
-            match &done {
-                Some(Round::PullConflicts(c)) => on_event(Event::PullConflicts(c)),
-                Some(Round::PushConflicts(c)) => on_event(Event::PushConflicts {
-                    conflicts: c,
-                    earlier_push_interrupted: ws.push_interrupted()?,
-                }),
-                _ => {}
-            }
-        }
-        blocked = Some(Blocked {
-            report,
-            local,
-            remote: before,
-        });
+        Ok(None)
     }
-    Ok(())
-}
 
-/// One `sync` ([`crate::sync::sync`]): pull, then push (skipped when the working copy has not
-/// moved since a push that saw all of it). Reports a round that changed something, or (for
-/// `-v`) one that did not.
-fn round(
-    ws: &Workspace,
-    remote: &Remote,
-    (local, index): (i64, Option<u64>),
-    pushed_local: &mut Option<i64>,
-    on_event: &mut dyn FnMut(Event<'_>),
-) -> Result<Round> {
-    // As `sync` does: conflicts stop the round, colliding new rows are renumbered.
-    let merge = MergeOptions {
-        resolve: Resolve::Refuse,
-        tables: Default::default(),
-        renumber: true,
-    };
-    let local_changed = *pushed_local != Some(local);
-    let synced = crate::sync::sync(
-        ws,
-        remote,
-        &merge,
-        local_changed,
-        &Progress::hidden(),
-        &|| {},
-    )?;
-    let pushed = match synced.end {
-        End::Pushed(r) => r,
-        End::PullConflicts(conflicts) => return Ok(Round::PullConflicts(conflicts)),
-        End::PushConflicts(conflicts) => return Ok(Round::PushConflicts(conflicts)),
-    };
-    if local_changed {
-        *pushed_local = Some(local);
+    /// A round, unless rounds are blocked and neither side moved since.
+    fn step(&mut self, local: i64) -> Result<Step> {
+        // The remote's index before the round: a conflict waits for it to move.
+        let before = self.remote.replication_index()?;
+        if self
+            .blocked
+            .as_ref()
+            .is_some_and(|b| b.local == local && b.remote == before)
+        {
+            return Ok(Step::Unchanged(before));
+        }
+        match self.round(local, before) {
+            // The sync pulled and pushed again while the remote kept moving, and still the
+            // push was refused: no conflict yet, the next round pulls their change first.
+            Ok(Round::PushConflicts(_)) if self.remote.replication_index()? != before => {
+                Ok(Step::Raced)
+            }
+            Ok(done) => Ok(Step::Ran(before, done)),
+            Err(e) if matches!(e.root(), Error::Busy(_) | Error::Unsupported(_)) => {
+                Ok(Step::Refused(e, self.remote.replication_index()?))
+            }
+            Err(e) => Err(e),
+        }
     }
-    let pulled = synced.pulled.unwrap_or_default();
-    if pulled.applied > 0 || pulled.schema_changes > 0 || pushed.changes > 0 {
-        on_event(Event::Synced {
-            pulled: &pulled,
-            pushed: &pushed,
-        });
-    } else {
-        on_event(Event::Checked {
+
+    /// What a step leaves: reported, and rounds blocked or unblocked.
+    fn settle(&mut self, step: Step, local: i64, local_changed: bool) -> Result<()> {
+        match step {
+            Step::Unchanged(remote_index) => (self.on_event)(Event::Checked {
+                local_changed,
+                remote_index,
+            }),
+            Step::Ran(_, Round::Done) => {
+                if self.blocked.take().is_some() {
+                    (self.on_event)(Event::Settled);
+                }
+            }
+            Step::Ran(before, Round::PullConflicts(c)) => {
+                self.block(Why::PullConflicts(c), local, before)?
+            }
+            Step::Ran(before, Round::PushConflicts(c)) => {
+                self.block(Why::PushConflicts(c), local, before)?
+            }
+            Step::Raced => self.round_local = None,
+            // What the user must settle: reported once, then rounds wait for a change.
+            Step::Refused(e, after) => self.block(Why::Refused(e.to_string()), local, after)?,
+        }
+        Ok(())
+    }
+
+    /// Blocks rounds until either side moves from `local` and `remote`, reporting `why` unless
+    /// it is what blocked them already.
+    fn block(&mut self, why: Why, local: i64, remote: Option<u64>) -> Result<()> {
+        if self.blocked.as_ref().is_none_or(|b| b.why != why) {
+            let event = match &why {
+                Why::PullConflicts(conflicts) => Event::Conflicts(Stopped {
+                    op: Op::Pull,
+                    conflicts,
+                }),
+                Why::PushConflicts(conflicts) => Event::Conflicts(Stopped {
+                    op: Op::Push {
+                        interrupted: self.ws.push_interrupted()?,
+                    },
+                    conflicts,
+                }),
+                Why::Refused(message) => Event::Refused(message),
+            };
+            (self.on_event)(event);
+        }
+        self.blocked = Some(Blocked { why, local, remote });
+        Ok(())
+    }
+
+    /// Waits out an error that passes, longer after each in a row; whatever changed meanwhile
+    /// is looked at after the wait.
+    fn back_off(&mut self, error: &Error) {
+        let delay = FIRST_BACKOFF
+            .saturating_mul(1 << self.failures.min(10))
+            .min(MAX_BACKOFF);
+        self.failures += 1;
+        (self.on_event)(Event::Backoff { error, delay });
+        self.round_local = None;
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(LOCAL_POLL);
+        }
+    }
+
+    /// One `sync` ([`crate::sync::sync`]): pull, then push (skipped when the working copy has
+    /// not moved since a push that saw all of it). Reports a round that changed something, or
+    /// (for `-v`) one that did not; `index` is the remote's before it.
+    fn round(&mut self, local: i64, index: Option<u64>) -> Result<Round> {
+        // As `sync` does: conflicts stop the round, colliding new rows are renumbered.
+        let merge = MergeOptions {
+            resolve: Resolve::Refuse,
+            tables: Default::default(),
+            renumber: true,
+        };
+        let local_changed = self.pushed_local != Some(local);
+        let synced = crate::sync::sync(
+            self.ws,
+            self.remote,
+            &merge,
             local_changed,
-            remote_index: index,
-        });
+            &Progress::hidden(),
+            &|| {},
+        )?;
+        let pushed = match synced.end {
+            End::Pushed(r) => r,
+            End::PullConflicts(conflicts) => return Ok(Round::PullConflicts(conflicts)),
+            End::PushConflicts(conflicts) => return Ok(Round::PushConflicts(conflicts)),
+        };
+        if local_changed {
+            self.pushed_local = Some(local);
+        }
+        let pulled = synced.pulled.unwrap_or_default();
+        if pulled.applied > 0 || pulled.schema_changes > 0 || pushed.changes > 0 {
+            (self.on_event)(Event::Synced {
+                pulled: &pulled,
+                pushed: &pushed,
+            });
+        } else {
+            (self.on_event)(Event::Checked {
+                local_changed,
+                remote_index: index,
+            });
+        }
+        Ok(Round::Done)
     }
-    Ok(Round::Done)
 }

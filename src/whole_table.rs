@@ -24,8 +24,8 @@ use std::collections::BTreeSet;
 
 use rusqlite::{Connection, OptionalExtension};
 
+use crate::changeset::{Changeset, SchemaChange};
 use crate::conflict::{Conflict, ConflictKind, MergeOptions, Resolve};
-use crate::diff::{Changeset, SchemaChange};
 use crate::schema::ObjectKind;
 use crate::sql;
 use crate::value::Value;

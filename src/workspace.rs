@@ -27,7 +27,7 @@ use crate::remote::{Endpoint, Remote};
 use crate::schema::Schema;
 use crate::sink::LocalSink;
 use crate::sql;
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 pub const STATE_DIR: &str = ".tursync";
 pub const DEFAULT_DB: &str = "working_copy.db";
@@ -191,11 +191,13 @@ impl Workspace {
     /// when the process dies, however it dies (an `flock`, on a file that is no database, so
     /// SQLite's own locks are not involved). Whatever a killed run left aside is removed first.
     pub fn lock(&self) -> Result<fs::File> {
+        let path = self.state_dir().join("lock");
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(self.state_dir().join("lock"))?;
+            .open(&path)
+            .during("opening the lock file", path.display())?;
         match f.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -203,7 +205,9 @@ impl Workspace {
                     "another tursync command is working on this working copy; try again when it is done".into(),
                 ))
             }
-            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).during("locking", path.display())
+            }
         }
         sweep_leftovers(&self.state_dir(), |n| n.contains(TMP_MARK))?;
         Ok(f)
@@ -224,7 +228,9 @@ impl Workspace {
     pub fn open_working_copy(&self, read_only: bool) -> Result<rusqlite::Connection> {
         let flags =
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = rusqlite::Connection::open_with_flags(self.db_path(), flags)?;
+        let path = self.db_path();
+        let mut conn = rusqlite::Connection::open_with_flags(&path, flags)
+            .during("opening the working copy", path.display())?;
         wait_for_locks(&mut conn)?;
         if read_only {
             conn.pragma_update(None, "query_only", true)?;
@@ -239,7 +245,7 @@ impl Workspace {
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SyncState::default()),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e).during("reading", path.display()),
         };
         serde_json::from_str(&text).map_err(|e| {
             Error::Workspace(format!(
@@ -285,7 +291,7 @@ pub fn read_ours(
     work: &rusqlite::Connection,
     filter: &crate::diff::Filter,
     clean: Option<Clean>,
-) -> Result<crate::diff::Changeset> {
+) -> Result<crate::changeset::Changeset> {
     let d = crate::diff::Diff::new(base, work, filter)?;
     let unchanged = match clean {
         Some(c) => {
@@ -364,11 +370,11 @@ pub fn init(
     let mut aside = Aside {
         paths: vec![tmp_db.clone(), tmp_state.clone()],
     };
-    fs::create_dir(&tmp_state)?;
+    fs::create_dir(&tmp_state).during("creating", tmp_state.display())?;
 
     // The index is read before the rows, so writes made while cloning can only make the next
     // pull download again, never skip what it should fetch.
-    let index = remote.query("SELECT 1", vec![])?.replication_index();
+    let index = remote.replication_index()?;
     let (schema, stats, mut sync) = match clone_from_log(remote, &tmp_state, &tmp_db, opts)? {
         Ok((frame, schema, stats, streams_off)) => (
             schema,
@@ -389,7 +395,7 @@ pub fn init(
             // connection, the only one this process had on the file, is closed, so no SQLite
             // lock of ours can be dropped by closing this descriptor.
             let base = tmp_state.join(BASE);
-            fs::copy(&tmp_db, &base)?;
+            fs::copy(&tmp_db, &base).during("copying the working copy to", base.display())?;
             sync_file(&tmp_db)?;
             sync_file(&base)?;
             (
@@ -431,18 +437,18 @@ pub fn init(
     for suffix in ["-journal", "-wal", "-shm"] {
         let p = dir.join(format!("{name}{suffix}"));
         if p.exists() {
-            fs::remove_file(&p)?;
+            fs::remove_file(&p).during("removing", p.display())?;
         }
     }
     // The state directory goes in last: its presence marks a finished init, so a crash
     // between these renames can never pair a new working copy with an old base.
     if state.exists() {
         let old = aside_name(&dir, &format!("{STATE_DIR}.old"));
-        fs::rename(&state, &old)?;
+        fs::rename(&state, &old).during("setting aside", state.display())?;
         aside.paths.push(old);
     }
-    fs::rename(&tmp_db, db)?;
-    fs::rename(&tmp_state, &state)?;
+    fs::rename(&tmp_db, db).during("renaming into place", db.display())?;
+    fs::rename(&tmp_state, &state).during("renaming into place", state.display())?;
     sync_dir(&dir)?;
     Ok(InitReport {
         workspace: Workspace { dir, config },
@@ -510,13 +516,15 @@ fn clone_from_log(
                     // Internal tables stay out of the working copy, as a clone over SQL leaves
                     // them.
                     if !schema.skipped.is_empty() {
-                        let conn = rusqlite::Connection::open(db)?;
+                        let conn =
+                            rusqlite::Connection::open(db).during("opening", db.display())?;
                         for name in &schema.skipped {
                             conn.execute_batch(&format!("DROP TABLE {}", sql::ident(name)))?;
                         }
                         conn.close().map_err(|(_, e)| Error::Local(e))?;
                         // Closed: no lock of ours to drop (see above).
-                        fs::copy(db, &base)?;
+                        fs::copy(db, &base)
+                            .during("copying the working copy to", base.display())?;
                         sync_file(&base)?;
                     }
                     let streams_off = StreamsOff::after(&streams, &log_id);
@@ -618,7 +626,8 @@ pub fn open_snapshot(path: &Path) -> Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    )
+    .during("opening", path.display())?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.execute_batch("BEGIN")?;
     Ok(conn)
@@ -642,7 +651,7 @@ pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 impl Workspace {
     /// Diffs the base snapshot against the working copy, reading the working copy in one
     /// transaction so the result is a consistent snapshot even while the app writes to it.
-    pub fn diff(&self, filter: &crate::diff::Filter) -> Result<crate::diff::Changeset> {
+    pub fn diff(&self, filter: &crate::diff::Filter) -> Result<crate::changeset::Changeset> {
         Ok(self.ours(filter)?.0)
     }
 
@@ -652,7 +661,7 @@ impl Workspace {
     pub fn ours(
         &self,
         filter: &crate::diff::Filter,
-    ) -> Result<(crate::diff::Changeset, Option<crate::pages::Stamp>)> {
+    ) -> Result<(crate::changeset::Changeset, Option<crate::pages::Stamp>)> {
         let clean = self.sync_state()?.clean;
         self.snapshot(|base, work| {
             let cs = read_ours(base, work, filter, clean)?;
@@ -706,7 +715,8 @@ impl Workspace {
         let mut journal = self.base_path().into_os_string();
         journal.push("-journal");
         if Path::new(&journal).exists() {
-            let mut conn = rusqlite::Connection::open(self.base_path())?;
+            let base = self.base_path();
+            let mut conn = rusqlite::Connection::open(&base).during("opening", base.display())?;
             wait_for_locks(&mut conn)?;
             conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
             conn.close().map_err(|(_, e)| Error::Local(e))?;
@@ -721,12 +731,13 @@ impl Workspace {
     pub fn replace_base_with(&self, file: &Path) -> Result<()> {
         self.base_moves()?;
         sync_file(file)?;
-        fs::rename(file, self.base_path())?;
+        let base = self.base_path();
+        fs::rename(file, &base).during("renaming into place", base.display())?;
         sync_dir(&self.state_dir())
     }
 
     /// Changes the base in place by `edit`, which runs one SQLite transaction (as
-    /// [`crate::diff::Changeset::apply`] does): what a pull brings in or a push sent is small
+    /// [`crate::changeset::Changeset::apply`] does): what a pull brings in or a push sent is small
     /// next to the base, so the base is not copied. A crash leaves a hot journal that the next
     /// [`Workspace::open_base`] rolls back, so the base is the old one or the new one, never a
     /// mix.
@@ -755,7 +766,7 @@ impl Workspace {
 
 /// Runs `edit` on a database file of ours and closes it, so its changes are on disk.
 fn edit_file(path: &Path, edit: impl FnOnce(&rusqlite::Connection) -> Result<()>) -> Result<()> {
-    let conn = rusqlite::Connection::open(path)?;
+    let conn = rusqlite::Connection::open(path).during("opening", path.display())?;
     edit(&conn)?;
     conn.close().map_err(|(_, e)| Error::Local(e))
 }

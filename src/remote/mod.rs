@@ -458,6 +458,13 @@ impl Remote {
             .unwrap_or_else(|| Err(RemoteError::Protocol("missing result".into())))
     }
 
+    /// Where the remote's replication log is now (`None` from a server that does not say):
+    /// one `SELECT 1`, the cheapest answer that carries it. Pulls compare it with the last
+    /// sync's to tell that nothing moved.
+    pub fn replication_index(&self) -> Result<Option<u64>, RemoteError> {
+        Ok(self.query("SELECT 1", vec![])?.replication_index())
+    }
+
     fn post(&self, base: &str, body: &[u8]) -> Result<PipelineResp, RemoteError> {
         self.post_as(base, body)
     }

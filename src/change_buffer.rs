@@ -13,17 +13,17 @@ use crate::changeset::{read_change, write_change, RowChange};
 use crate::Result;
 
 /// Changes in the order they were put, in memory first and then in a file.
-pub struct Spool {
+pub struct ChangeBuffer {
     kept: Vec<RowChange>,
-    /// Bytes of memory still free for [`Spool::kept`].
+    /// Bytes of memory still free for [`ChangeBuffer::kept`].
     room: usize,
     file: Option<BufWriter<File>>,
 }
 
-impl Spool {
-    /// A spool that keeps about `budget` bytes of changes in memory.
-    pub fn new(budget: usize) -> Spool {
-        Spool {
+impl ChangeBuffer {
+    /// A buffer that keeps about `budget` bytes of changes in memory.
+    pub fn new(budget: usize) -> ChangeBuffer {
+        ChangeBuffer {
             kept: Vec::new(),
             room: budget,
             file: None,
@@ -102,12 +102,12 @@ mod tests {
             })
             .collect();
         for budget in [0, 2000, usize::MAX] {
-            let mut spool = Spool::new(budget);
+            let mut buffer = ChangeBuffer::new(budget);
             for ch in &changes {
-                spool.put(ch).unwrap();
+                buffer.put(ch).unwrap();
             }
             let mut got: Vec<RowChange> = Vec::new();
-            spool
+            buffer
                 .drain(&mut |ch| {
                     got.push(ch.clone());
                     Ok(())
