@@ -12,6 +12,7 @@ pub mod conflict;
 pub mod diff;
 mod durable;
 pub mod merge;
+mod migration;
 pub mod mirror;
 pub mod orphans;
 pub mod page_sums;

@@ -1625,7 +1625,7 @@ fn carry_ours_through_theirs(
         if let Some(rest) = rest {
             let beside = Beside {
                 table: old_name,
-                select: crate::diff::carried_select(&new.table, map),
+                select: crate::migration::carried_select(&new.table, map),
                 key: old.key_names().iter().map(|k| k.to_string()).collect(),
                 ours: old
                     .changes
@@ -1775,7 +1775,7 @@ fn rejected_rows(
 struct Beside<'a> {
     /// The working copy's table (the old name).
     table: &'a str,
-    /// What the rebuild selects from it ([`crate::diff::carried_select`]).
+    /// What the rebuild selects from it ([`crate::migration::carried_select`]).
     select: Vec<String>,
     /// Its key columns, and the keys of the rows our changes touch.
     key: Vec<String>,

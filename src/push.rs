@@ -320,7 +320,7 @@ fn remote_source(cs: &Changeset, t: &TableDiff, remote: &RemoteState) -> Result<
             };
             return Ok(Some(Source {
                 table: old_name.clone(),
-                cols: crate::diff::carried_select(&t.table, map),
+                cols: crate::migration::carried_select(&t.table, map),
                 keys,
             }));
         }
