@@ -1,0 +1,264 @@
+//! How many HTTP requests each command makes on its success path (issue 20's goals), counted
+//! by a proxy in front of a real server that also holds every request one round-trip time
+//! ([`HookProxy::far`]). A far server costs a command one round-trip time per request, so the
+//! count is what a team far from its database region feels.
+//!
+//! `ROUND_TRIPS_RTT_MS` sets the round-trip time (default 20 ms, which keeps the tests quick);
+//! with `--nocapture` each measure prints its count and wall time, which is how
+//! `bench/round_trips.sh` measures at 100 ms.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn rtt() -> Duration {
+    let ms = std::env::var("ROUND_TRIPS_RTT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    Duration::from_millis(ms)
+}
+
+/// Runs `command`, which must succeed, through `proxy` and checks it made at most `goal`
+/// requests; the failure lists them. Prints the count and the time taken.
+fn at_most(proxy: &HookProxy, what: &str, goal: usize, command: impl FnOnce() -> Output) {
+    proxy.take_requests();
+    let started = Instant::now();
+    let out = command();
+    let took = started.elapsed();
+    let requests = proxy.take_requests();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\nrequests:\n{}",
+        text(&out),
+        requests.join("\n")
+    );
+    println!(
+        "ROUND TRIPS | {what} | {} | {:.2} s | rtt {} ms",
+        requests.len(),
+        took.as_secs_f64(),
+        rtt().as_millis()
+    );
+    assert!(
+        requests.len() <= goal,
+        "{what} made {} requests, the goal is at most {goal}:\n{}",
+        requests.len(),
+        requests.join("\n")
+    );
+}
+
+const SCHEMA: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER, \
+                      note TEXT); CREATE INDEX items_name ON items(name)";
+
+/// A sqld holding `rows` items and a working copy of it cloned through a far proxy, then
+/// pulled once so that the working copy reads the log from where it stands.
+fn cloned(rows: i64) -> (Sqld, HookProxy, TempDir) {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    if rows > 0 {
+        sqld.exec(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
+             INSERT INTO items SELECT i, 'item ' || i, i % 7, NULL FROM n"
+        ));
+    }
+    let proxy = HookProxy::far(&sqld.url, rtt());
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
+    ok(&sqld, dir.path(), &["pull"]);
+    (sqld, proxy, dir)
+}
+
+fn tursync_ok(sqld: &Sqld, dir: &Path, args: &'static [&'static str]) -> impl FnOnce() -> Output {
+    let (token, dir) = (sqld.rw_token.clone(), dir.to_path_buf());
+    move || {
+        tursync(&dir)
+            .args(args)
+            .env("TURSO_AUTH_TOKEN", token)
+            .output()
+            .unwrap()
+    }
+}
+
+/// Measured before: 6 requests (0.64 s at 100 ms) for one row.
+#[test]
+fn push_of_one_row_takes_at_most_two_requests_on_sqld() {
+    let (sqld, proxy, dir) = cloned(100);
+    edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
+    at_most(
+        &proxy,
+        "push, 1 row (sqld)",
+        2,
+        tursync_ok(&sqld, dir.path(), &["push"]),
+    );
+    assert_table_eq(
+        &sqld,
+        &dir.path().join("working_copy.db"),
+        "SELECT * FROM items ORDER BY id",
+    );
+    assert_nothing_pending(dir.path());
+}
+
+/// Measured before: 6 requests for 2,000 rows.
+#[test]
+fn push_of_ten_thousand_row_changes_takes_at_most_two_requests_on_sqld() {
+    let (sqld, proxy, dir) = cloned(6000);
+    edit(
+        dir.path(),
+        "UPDATE items SET qty = qty + 100, note = 'changed' WHERE id <= 3000; \
+         DELETE FROM items WHERE id > 5000; \
+         WITH RECURSIVE n(i) AS (SELECT 10001 UNION ALL SELECT i + 1 FROM n WHERE i < 16000) \
+         INSERT INTO items SELECT i, 'new ' || i, 1, 'added' FROM n",
+    );
+    at_most(
+        &proxy,
+        "push, 10,000 row changes (sqld)",
+        2,
+        tursync_ok(&sqld, dir.path(), &["push"]),
+    );
+    assert_table_eq(
+        &sqld,
+        &dir.path().join("working_copy.db"),
+        "SELECT * FROM items ORDER BY id",
+    );
+    assert_nothing_pending(dir.path());
+}
+
+/// Measured before: 2 requests.
+#[test]
+fn pull_with_nothing_new_takes_one_request_on_sqld() {
+    let (sqld, proxy, dir) = cloned(100);
+    at_most(
+        &proxy,
+        "pull, nothing new (sqld)",
+        1,
+        tursync_ok(&sqld, dir.path(), &["pull"]),
+    );
+}
+
+/// Measured before: 5 requests.
+#[test]
+fn pull_of_a_change_takes_at_most_three_requests_on_sqld() {
+    let (sqld, proxy, dir) = cloned(100);
+    sqld.exec("UPDATE items SET qty = 1000 WHERE id = 42");
+    at_most(
+        &proxy,
+        "pull, one changed row (sqld)",
+        3,
+        tursync_ok(&sqld, dir.path(), &["pull"]),
+    );
+    assert_table_eq(
+        &sqld,
+        &dir.path().join("working_copy.db"),
+        "SELECT * FROM items ORDER BY id",
+    );
+    // After our own push, the next pull reads it back too.
+    edit(dir.path(), "UPDATE items SET qty = 5 WHERE id = 43");
+    ok(&sqld, dir.path(), &["push"]);
+    sqld.exec("UPDATE items SET qty = 1001 WHERE id = 44");
+    at_most(
+        &proxy,
+        "pull, one changed row after a push (sqld)",
+        3,
+        tursync_ok(&sqld, dir.path(), &["pull"]),
+    );
+    assert_table_eq(
+        &sqld,
+        &dir.path().join("working_copy.db"),
+        "SELECT * FROM items ORDER BY id",
+    );
+}
+
+/// Measured before: 2 requests.
+#[test]
+fn sync_with_nothing_on_either_side_takes_at_most_two_requests_on_sqld() {
+    let (sqld, proxy, dir) = cloned(100);
+    at_most(
+        &proxy,
+        "sync, nothing either side (sqld)",
+        2,
+        tursync_ok(&sqld, dir.path(), &["sync"]),
+    );
+}
+
+/// Measured before: 1 request.
+#[test]
+fn status_takes_at_most_two_requests_on_sqld() {
+    let (sqld, proxy, dir) = cloned(100);
+    at_most(
+        &proxy,
+        "status (sqld)",
+        2,
+        tursync_ok(&sqld, dir.path(), &["status"]),
+    );
+    at_most(
+        &proxy,
+        "status --json (sqld)",
+        2,
+        tursync_ok(&sqld, dir.path(), &["status", "--json"]),
+    );
+}
+
+/// A Turso Sync server seeded with `rows` items, and a working copy of it through a far proxy.
+fn turso_cloned(rows: i64) -> (TursoSync, HookProxy, TempDir) {
+    let server = TursoSync::start();
+    let mut seed: Vec<String> = SCHEMA.split("; ").map(str::to_owned).collect();
+    for start in (1..=rows).step_by(500) {
+        let values: Vec<String> = (start..(start + 500).min(rows + 1))
+            .map(|i| format!("({i}, 'item {i}', {}, NULL)", i % 7))
+            .collect();
+        seed.push(format!("INSERT INTO items VALUES {}", values.join(",")));
+    }
+    server.exec(&seed.iter().map(String::as_str).collect::<Vec<_>>());
+    let proxy = HookProxy::far(&server.url, rtt());
+    let dir = tempdir();
+    run_ok(tursync(dir.path()).args(["init", "--url", &proxy.url]));
+    (server, proxy, dir)
+}
+
+fn turso_ok(dir: &Path, args: &'static [&'static str]) -> impl FnOnce() -> Output {
+    let dir = dir.to_path_buf();
+    move || tursync(&dir).args(args).output().unwrap()
+}
+
+#[test]
+fn push_takes_at_most_two_requests_on_turso_sync() {
+    let (server, proxy, dir) = turso_cloned(100);
+    edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
+    at_most(
+        &proxy,
+        "push, 1 row (Turso Sync)",
+        2,
+        turso_ok(dir.path(), &["push"]),
+    );
+    edit(
+        dir.path(),
+        "UPDATE items SET qty = qty + 100 WHERE id <= 50; DELETE FROM items WHERE id > 90; \
+         INSERT INTO items VALUES (1000, 'new', 1, 'added')",
+    );
+    at_most(
+        &proxy,
+        "push, 61 row changes (Turso Sync)",
+        2,
+        turso_ok(dir.path(), &["push"]),
+    );
+    server.assert_table_eq(
+        &dir.path().join("working_copy.db"),
+        "SELECT * FROM items ORDER BY id",
+    );
+    assert_nothing_pending(dir.path());
+}
+
+#[test]
+fn status_takes_at_most_two_requests_on_turso_sync() {
+    let (_server, proxy, dir) = turso_cloned(100);
+    at_most(
+        &proxy,
+        "status (Turso Sync)",
+        2,
+        turso_ok(dir.path(), &["status"]),
+    );
+}
