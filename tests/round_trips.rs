@@ -137,6 +137,92 @@ fn pull_with_nothing_new_takes_one_request_on_sqld() {
         1,
         tursync_ok(&sqld, dir.path(), &["pull"]),
     );
+    // After our own push nobody else wrote: the push knows the remote is the base.
+    edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
+    ok(&sqld, dir.path(), &["push"]);
+    at_most(
+        &proxy,
+        "pull, nothing new after a push (sqld)",
+        1,
+        tursync_ok(&sqld, dir.path(), &["pull"]),
+    );
+}
+
+/// A teammate's write that lands between a push's reads and its batch is no part of what the
+/// push knows of the remote: the next pull brings it in, however few requests it makes.
+#[test]
+fn a_write_between_a_push_s_reads_and_its_batch_is_pulled_after_it() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    sqld.exec("INSERT INTO items VALUES (1, 'one', 1, NULL), (2, 'two', 2, NULL)");
+    let (url, token) = (sqld.url.clone(), sqld.rw_token.clone());
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = fired.clone();
+    let proxy = HookProxy::with_latency(&sqld.url, rtt(), move |_, body| {
+        let body = String::from_utf8_lossy(body);
+        if body.contains("\"type\":\"batch\"")
+            && !seen.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            exec_at(
+                &url,
+                &token,
+                "UPDATE items SET note = 'theirs' WHERE id = 2",
+            );
+        }
+        Verdict::Forward
+    });
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
+    ok(&sqld, dir.path(), &["pull"]);
+    edit(dir.path(), "UPDATE items SET qty = 10 WHERE id = 1");
+    ok(&sqld, dir.path(), &["push"]);
+    assert!(
+        fired.load(std::sync::atomic::Ordering::SeqCst),
+        "no batch was sent"
+    );
+    ok(&sqld, dir.path(), &["pull"]);
+    assert_table_eq(
+        &sqld,
+        &dir.path().join("working_copy.db"),
+        "SELECT * FROM items ORDER BY id",
+    );
+    let wc = local_query(
+        &dir.path().join("working_copy.db"),
+        "SELECT note FROM items WHERE id = 2",
+    );
+    assert_eq!(wc, vec![vec![Cell::text("theirs")]]);
+    assert_nothing_pending(dir.path());
+}
+
+/// A push larger than a request goes in parts of a few MB on sqld, in one transaction.
+#[test]
+fn a_push_of_many_megabytes_adds_a_request_per_few_megabytes_on_sqld() {
+    let (sqld, proxy, dir) = cloned(10);
+    // 30,000 rows of about 600 bytes: some 18 MB of statements.
+    edit(
+        dir.path(),
+        "WITH RECURSIVE n(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM n WHERE i < 30099) \
+         INSERT INTO items SELECT i, 'new ' || i, 1, hex(randomblob(300)) FROM n",
+    );
+    at_most(
+        &proxy,
+        "push, 30,000 rows, 18 MB (sqld)",
+        // One request of reads, then the batch in parts of 3 to 4 MB.
+        1 + 18 / 3 + 1,
+        tursync_ok(&sqld, dir.path(), &["push"]),
+    );
+    // Read back in parts: the whole table is over sqld's 10 MB answer.
+    for lo in (0..31_000).step_by(5000) {
+        assert_table_eq(
+            &sqld,
+            &dir.path().join("working_copy.db"),
+            &format!(
+                "SELECT * FROM items WHERE id >= {lo} AND id < {} ORDER BY id",
+                lo + 5000
+            ),
+        );
+    }
+    assert_nothing_pending(dir.path());
 }
 
 /// Measured before: 5 requests.
@@ -179,6 +265,14 @@ fn sync_with_nothing_on_either_side_takes_at_most_two_requests_on_sqld() {
     at_most(
         &proxy,
         "sync, nothing either side (sqld)",
+        2,
+        tursync_ok(&sqld, dir.path(), &["sync"]),
+    );
+    edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
+    ok(&sqld, dir.path(), &["sync"]);
+    at_most(
+        &proxy,
+        "sync, nothing either side after a sync that pushed (sqld)",
         2,
         tursync_ok(&sqld, dir.path(), &["sync"]),
     );
