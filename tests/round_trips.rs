@@ -72,6 +72,42 @@ fn cloned(rows: i64) -> (Sqld, HookProxy, TempDir) {
     (sqld, proxy, dir)
 }
 
+/// `tursync ARGS` in `dir`, through `proxy`, which must make at most `goal` requests.
+fn sqld_at_most(
+    sqld: &Sqld,
+    proxy: &HookProxy,
+    dir: &Path,
+    what: &str,
+    goal: usize,
+    args: &'static [&'static str],
+) {
+    at_most(proxy, what, goal, tursync_ok(sqld, dir, args));
+}
+
+/// The working copy's items are the remote's.
+fn assert_items(sqld: &Sqld, dir: &Path) {
+    let wc = dir.join("working_copy.db");
+    assert_table_eq(sqld, &wc, "SELECT * FROM items ORDER BY id");
+}
+
+/// `tursync ARGS` with nothing new on either side makes at most `goal` requests, and so it
+/// does right after our own push: nobody else wrote, and the push knows the remote is the base.
+fn idle_before_and_after_our_push(args: &'static [&'static str], what: &str, goal: usize) {
+    let (sqld, proxy, dir) = cloned(100);
+    let what_after = format!("{what} after our push (sqld)");
+    sqld_at_most(
+        &sqld,
+        &proxy,
+        dir.path(),
+        &format!("{what} (sqld)"),
+        goal,
+        args,
+    );
+    edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
+    ok(&sqld, dir.path(), &["push"]);
+    sqld_at_most(&sqld, &proxy, dir.path(), &what_after, goal, args);
+}
+
 fn tursync_ok(sqld: &Sqld, dir: &Path, args: &'static [&'static str]) -> impl FnOnce() -> Output {
     let (token, dir) = (sqld.rw_token.clone(), dir.to_path_buf());
     move || {
@@ -88,17 +124,15 @@ fn tursync_ok(sqld: &Sqld, dir: &Path, args: &'static [&'static str]) -> impl Fn
 fn push_of_one_row_takes_at_most_two_requests_on_sqld() {
     let (sqld, proxy, dir) = cloned(100);
     edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
-    at_most(
+    sqld_at_most(
+        &sqld,
         &proxy,
+        dir.path(),
         "push, 1 row (sqld)",
         2,
-        tursync_ok(&sqld, dir.path(), &["push"]),
+        &["push"],
     );
-    assert_table_eq(
-        &sqld,
-        &dir.path().join("working_copy.db"),
-        "SELECT * FROM items ORDER BY id",
-    );
+    assert_items(&sqld, dir.path());
     assert_nothing_pending(dir.path());
 }
 
@@ -113,39 +147,22 @@ fn push_of_ten_thousand_row_changes_takes_at_most_two_requests_on_sqld() {
          WITH RECURSIVE n(i) AS (SELECT 10001 UNION ALL SELECT i + 1 FROM n WHERE i < 16000) \
          INSERT INTO items SELECT i, 'new ' || i, 1, 'added' FROM n",
     );
-    at_most(
+    sqld_at_most(
+        &sqld,
         &proxy,
+        dir.path(),
         "push, 10,000 row changes (sqld)",
         2,
-        tursync_ok(&sqld, dir.path(), &["push"]),
+        &["push"],
     );
-    assert_table_eq(
-        &sqld,
-        &dir.path().join("working_copy.db"),
-        "SELECT * FROM items ORDER BY id",
-    );
+    assert_items(&sqld, dir.path());
     assert_nothing_pending(dir.path());
 }
 
 /// Measured before: 2 requests.
 #[test]
 fn pull_with_nothing_new_takes_one_request_on_sqld() {
-    let (sqld, proxy, dir) = cloned(100);
-    at_most(
-        &proxy,
-        "pull, nothing new (sqld)",
-        1,
-        tursync_ok(&sqld, dir.path(), &["pull"]),
-    );
-    // After our own push nobody else wrote: the push knows the remote is the base.
-    edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
-    ok(&sqld, dir.path(), &["push"]);
-    at_most(
-        &proxy,
-        "pull, nothing new after a push (sqld)",
-        1,
-        tursync_ok(&sqld, dir.path(), &["pull"]),
-    );
+    idle_before_and_after_our_push(&["pull"], "pull, nothing new", 1);
 }
 
 /// A teammate's write that lands between a push's reads and its batch is no part of what the
@@ -181,11 +198,7 @@ fn a_write_between_a_push_s_reads_and_its_batch_is_pulled_after_it() {
         "no batch was sent"
     );
     ok(&sqld, dir.path(), &["pull"]);
-    assert_table_eq(
-        &sqld,
-        &dir.path().join("working_copy.db"),
-        "SELECT * FROM items ORDER BY id",
-    );
+    assert_items(&sqld, dir.path());
     let wc = local_query(
         &dir.path().join("working_copy.db"),
         "SELECT note FROM items WHERE id = 2",
@@ -230,69 +243,48 @@ fn a_push_of_many_megabytes_adds_a_request_per_few_megabytes_on_sqld() {
 fn pull_of_a_change_takes_at_most_three_requests_on_sqld() {
     let (sqld, proxy, dir) = cloned(100);
     sqld.exec("UPDATE items SET qty = 1000 WHERE id = 42");
-    at_most(
+    sqld_at_most(
+        &sqld,
         &proxy,
+        dir.path(),
         "pull, one changed row (sqld)",
         3,
-        tursync_ok(&sqld, dir.path(), &["pull"]),
+        &["pull"],
     );
-    assert_table_eq(
-        &sqld,
-        &dir.path().join("working_copy.db"),
-        "SELECT * FROM items ORDER BY id",
-    );
+    assert_items(&sqld, dir.path());
     // After our own push, the next pull reads it back too.
     edit(dir.path(), "UPDATE items SET qty = 5 WHERE id = 43");
     ok(&sqld, dir.path(), &["push"]);
     sqld.exec("UPDATE items SET qty = 1001 WHERE id = 44");
-    at_most(
+    sqld_at_most(
+        &sqld,
         &proxy,
+        dir.path(),
         "pull, one changed row after a push (sqld)",
         3,
-        tursync_ok(&sqld, dir.path(), &["pull"]),
+        &["pull"],
     );
-    assert_table_eq(
-        &sqld,
-        &dir.path().join("working_copy.db"),
-        "SELECT * FROM items ORDER BY id",
-    );
+    assert_items(&sqld, dir.path());
 }
 
 /// Measured before: 2 requests.
 #[test]
 fn sync_with_nothing_on_either_side_takes_at_most_two_requests_on_sqld() {
-    let (sqld, proxy, dir) = cloned(100);
-    at_most(
-        &proxy,
-        "sync, nothing either side (sqld)",
-        2,
-        tursync_ok(&sqld, dir.path(), &["sync"]),
-    );
-    edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
-    ok(&sqld, dir.path(), &["sync"]);
-    at_most(
-        &proxy,
-        "sync, nothing either side after a sync that pushed (sqld)",
-        2,
-        tursync_ok(&sqld, dir.path(), &["sync"]),
-    );
+    idle_before_and_after_our_push(&["sync"], "sync, nothing either side", 2);
 }
 
 /// Measured before: 1 request.
 #[test]
 fn status_takes_at_most_two_requests_on_sqld() {
     let (sqld, proxy, dir) = cloned(100);
-    at_most(
+    sqld_at_most(&sqld, &proxy, dir.path(), "status (sqld)", 2, &["status"]);
+    sqld_at_most(
+        &sqld,
         &proxy,
-        "status (sqld)",
-        2,
-        tursync_ok(&sqld, dir.path(), &["status"]),
-    );
-    at_most(
-        &proxy,
+        dir.path(),
         "status --json (sqld)",
         2,
-        tursync_ok(&sqld, dir.path(), &["status", "--json"]),
+        &["status", "--json"],
     );
 }
 
