@@ -538,9 +538,13 @@ impl Deferred {
             check(stream.remote, &batch, &roles[first..first + len])?;
             first += len;
             if last_part {
-                let index: StmtResult = read_as(answers.next())?;
+                let index = answers.next();
+                // The COMMIT's answer first: whatever became of the SELECT, it says whether the
+                // transaction committed.
                 let commit: StmtResult = read_as(answers.next())?;
-                self.began_at = index.replication_index();
+                self.began_at = read_as::<StmtResult>(index)
+                    .ok()
+                    .and_then(|r| r.replication_index());
                 return Ok(commit);
             }
         }
