@@ -488,6 +488,14 @@ fn connect(cli: &Cli, ws: Option<&Workspace>) -> Result<(Endpoint, Remote)> {
     let (endpoint, url_token) = Endpoint::parse(&raw).map_err(|e| Exit(2, e))?;
     let token = cli.token.clone().or(url_token);
     let mut remote = Remote::new(endpoint.clone(), token).with_retry_for(cli.retry_for);
+    if let (None, Some(ws), Ok(None)) = (&cli.url, ws, tursync::protocol::from_env()) {
+        // What the remote speaks, as recorded, spares the requests that would find it out.
+        match tursync::protocol::recorded(&ws.state_dir()).map(|d| d.protocol) {
+            Some(tursync::protocol::Protocol::TursoSync) => remote = remote.presume_streams(false),
+            Some(tursync::protocol::Protocol::Log) => remote = remote.presume_streams(true),
+            _ => {}
+        }
+    }
     if !cli.quiet {
         remote = remote.on_retry(Arc::new(|e, delay| {
             eprintln!("note: {e}; retrying in {:.1}s", delay.as_secs_f64())

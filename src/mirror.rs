@@ -599,6 +599,10 @@ fn read_log(
         }
         snapshot = false;
         next = sink.txns().next();
+        // Up to the frame `Hello` said the log ends at: asking on would find nothing.
+        if hello.replication_index.is_some_and(|upto| next > upto) {
+            return Ok(());
+        }
     }
 }
 

@@ -47,21 +47,27 @@ pub fn pull(
     let _lock = ws.lock()?;
     let state = ws.sync_state()?;
     let known = state.replication_index;
-    let now = remote.replication_index()?;
     let mut sql_path = state.sql_path.clone();
     let use_log = opts.use_log && sql_path.is_none();
+    let mut log = ReplicationLog::new(remote);
+    let hello = match use_log.then(|| log.hello()) {
+        None => None,
+        Some(Ok(hello)) => Some(Ok(hello)),
+        Some(Err(LogError::Remote(e))) if e.is_transient() => return Err(e.into()),
+        Some(Err(e)) => Some(Err(e.to_string())),
+    };
+    // The log's `Hello` carries the replication index Hrana's answers do (both are sqld's
+    // last commit frame), so a pull through the log asks nothing else to find nothing new.
+    let now = match &hello {
+        Some(Ok(h)) => h.replication_index,
+        _ => remote.replication_index()?,
+    };
     if known.is_some() && now == known && !use_log {
         return Ok(Outcome::Done(PullReport::default()));
     }
 
     let mut read = "over SQL".to_owned();
-    if use_log {
-        let mut log = ReplicationLog::new(remote);
-        let hello = match log.hello() {
-            Ok(hello) => Ok(hello),
-            Err(LogError::Remote(e)) if e.is_transient() => return Err(e.into()),
-            Err(e) => Err(e.to_string()),
-        };
+    if let Some(hello) = hello {
         // A reset log can reach the same index again: the index alone does not say nothing
         // changed, the index and the log's id together do.
         // A mirror.json that cannot be read is dropped by `from_log` with the rest of the mirror.

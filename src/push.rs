@@ -1,18 +1,25 @@
 //! Sending the local changeset to the remote: all or nothing, and never over someone else's
 //! change.
 //!
-//! One push is one remote transaction on a Hrana stream:
+//! One push is one remote transaction, run as one guarded batch ([`Remote::batch_stream`]) on
+//! every server, in two requests:
 //!
-//! 1. `PRAGMA foreign_keys=OFF` (the changeset already holds what cascades did locally),
-//!    `BEGIN IMMEDIATE`, then, in the same request, the remote's schema and every row the push
-//!    touches, read by key in chunks.
+//! 1. One request reads what the push decides from: the remote's schema (`sqlite_schema`), its
+//!    AUTOINCREMENT counters, its orphans, and every row the push touches, read by key as they
+//!    are if the remote's schema is the base's (it is unless someone changed it since the last
+//!    sync; otherwise they are read again once the schema is known).
 //! 2. Each touched row must be in the base state (apply it) or already in the local state (skip
-//!    it: a re-run after a crash converges). Anything else is a conflict: `ROLLBACK`, report,
-//!    exit 3, nothing changed anywhere.
-//! 3. The changes go out as multi-row statements — `DELETE … WHERE key IN (…)`,
-//!    `UPDATE … FROM (VALUES …)`, multi-row `INSERT` — with every trigger dropped first and
-//!    re-created last (DDL is transactional), so no remote trigger fires a second time. `COMMIT`
-//!    follows in a request of its own once every write succeeded.
+//!    it: a re-run after a crash converges). Anything else is a conflict: report, exit 3,
+//!    nothing changed anywhere.
+//! 3. The changes go out in the second request as multi-row statements — `DELETE … WHERE key IN
+//!    (…)`, `UPDATE … FROM (VALUES …)`, multi-row `INSERT` — with every trigger dropped first
+//!    and re-created last (DDL is transactional), so no remote trigger fires a second time. The
+//!    batch sets `PRAGMA foreign_keys = OFF` (the changeset already holds what cascades did
+//!    locally), runs `BEGIN IMMEDIATE`, every read of step 1 again as a guard that fails unless
+//!    it returns the same rows, each write followed by a check of the rows it changed, a check
+//!    that the push left no new orphan, and `COMMIT` only if every step succeeded. A guard that
+//!    fails is a race: the transaction runs again from step 1. An orphan check that fails costs
+//!    a second run, which reads the orphans to report them.
 //! 4. The base snapshot then moves by exactly the changeset pushed, which was read from one
 //!    consistent snapshot of the working copy: edits the app made meanwhile stay pending.
 
@@ -26,8 +33,8 @@ use crate::conflict::{Conflict, ConflictKind, Outcome};
 use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
 use crate::schema::{
-    foreign_key_scope, foreign_keys, parse_unique_failure, Catalog, ObjectKind, Orphan, RowKey,
-    Schema, SchemaError, UniqueFailure,
+    foreign_key_scope, foreign_keys, parse_unique_failure, ObjectKind, Orphan, RowKey, SchemaError,
+    UniqueFailure,
 };
 use crate::sql;
 use crate::value::Value;
@@ -427,23 +434,22 @@ fn classify<'a>(
     }
 }
 
-/// The rows of `tables` on the remote whose foreign keys point at nothing, as (table, rowid,
-/// parent, fkid), read inside the push's transaction.
-fn orphans(
-    stream: &mut Stream<'_>,
-    tables: &std::collections::BTreeSet<String>,
-    report: &mut PushReport,
-) -> Result<std::collections::BTreeSet<Orphan>> {
-    if tables.is_empty() {
-        return Ok(Default::default());
-    }
-    let checks = tables
+/// The reads of the rows of `tables` on the remote whose foreign keys point at nothing, as
+/// (table, rowid, parent, fkid).
+fn orphan_reads(tables: &std::collections::BTreeSet<String>) -> Vec<Stmt> {
+    tables
         .iter()
         .map(|t| stmt(crate::schema::orphans_sql(t), vec![], true))
-        .collect();
+        .collect()
+}
+
+/// The orphans [`orphan_reads`] returned.
+fn orphans_found(
+    results: impl IntoIterator<Item = StmtResult>,
+) -> Result<std::collections::BTreeSet<Orphan>> {
     let mut out = std::collections::BTreeSet::new();
     let text = crate::schema::text;
-    for res in send(stream, checks, report)? {
+    for res in results {
         for row in res.rows {
             let [t, rowid, p, Value::Integer(fkid)] = &row[..] else {
                 return Err(Error::Unexpected(format!(
@@ -463,6 +469,16 @@ fn orphans(
         }
     }
     Ok(out)
+}
+
+/// An orphan as the row [`orphan_reads`] returns for it.
+fn orphan_row((table, rowid, parent, fkid): &Orphan) -> Vec<Value> {
+    vec![
+        Value::text(table),
+        rowid.map_or(Value::Null, Value::Integer),
+        Value::text(parent),
+        Value::Integer(*fkid),
+    ]
 }
 
 /// When a push broke a UNIQUE constraint on the remote (`message` is SQLite's, e.g. `UNIQUE
@@ -539,73 +555,69 @@ fn unique_conflicts(
     Ok((!conflicts.is_empty()).then_some(conflicts))
 }
 
-/// The remote as a push transaction finds it: its schema, read by the one schema reader
-/// through the push's own stream inside the transaction ([`TxnCatalog`]), its AUTOINCREMENT
-/// counters, and its replication index before any write.
+/// The SQL text of the remote's tables, indexes, views and triggers, which is all of its schema
+/// a push compares (read with [`SCHEMA_SQL`]). The same objects as [`crate::schema::load`]
+/// lists: no internal tables, no automatic indexes.
+#[derive(Debug, Default)]
+struct SchemaTexts {
+    /// (type, name, SQL)
+    objects: Vec<(String, String, String)>,
+    has_sequence: bool,
+}
+
+const SCHEMA_SQL: &str = "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid";
+
+impl SchemaTexts {
+    fn from_rows(rows: Vec<Vec<Value>>) -> Result<SchemaTexts> {
+        let mut out = SchemaTexts::default();
+        for row in rows {
+            let [ty, name, tbl, sqltext] = &row[..] else {
+                return Err(SchemaError::Malformed(format!("sqlite_schema row {row:?}")).into());
+            };
+            let name = crate::schema::text(name, "sqlite_schema.name")?;
+            if name.eq_ignore_ascii_case("sqlite_sequence") {
+                out.has_sequence = true;
+                continue;
+            }
+            let tbl = crate::schema::text(tbl, "sqlite_schema.tbl_name")?;
+            let Value::Text(_) = sqltext else { continue };
+            if crate::schema::is_internal(&name) || crate::schema::is_internal(&tbl) {
+                continue;
+            }
+            out.objects.push((
+                crate::schema::text(ty, "sqlite_schema.type")?,
+                name,
+                crate::schema::text(sqltext, "sqlite_schema.sql")?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A local database's (the base's: what the remote holds unless someone changed it).
+    fn read_local(conn: &rusqlite::Connection) -> Result<SchemaTexts> {
+        let mut q = conn.prepare(SCHEMA_SQL)?;
+        let rows = q
+            .query_map([], |r| (0..4).map(|i| r.get::<_, Value>(i)).collect())?
+            .collect::<rusqlite::Result<Vec<Vec<Value>>>>()?;
+        SchemaTexts::from_rows(rows)
+    }
+}
+
+/// The remote as a push transaction finds it: the SQL text of its schema and its AUTOINCREMENT
+/// counters.
 struct RemoteState {
-    schema: Schema,
+    schema: SchemaTexts,
     sequences: HashMap<String, i64>,
-    index_before: Option<u64>,
 }
 
 impl RemoteState {
-    /// Phase 1: opens the transaction (`PRAGMA foreign_keys = OFF`, since the changeset
-    /// already holds what cascades did locally, and `BEGIN IMMEDIATE`) and reads the schema in
-    /// the same request; the last transaction of a push that sets counters also reads them.
-    fn open(stream: &mut Stream<'_>, txn: &Txn<'_, '_>, report: &mut PushReport) -> Result<Self> {
-        let mut cat = TxnCatalog {
-            stream: &mut *stream,
-            report: &mut *report,
-            opening: vec![
-                stmt("PRAGMA foreign_keys = OFF".into(), vec![], false),
-                stmt("BEGIN IMMEDIATE".into(), vec![], false),
-            ],
-            index: None,
-        };
-        let schema = crate::schema::load(&mut cat)?;
-        let index_before = cat.index;
-        let mut sequences = HashMap::new();
-        if txn.last && !txn.cs.sequences.is_empty() && schema.has_sequence {
-            let seq = stmt("SELECT name, seq FROM sqlite_sequence".into(), vec![], true);
-            for r in send(stream, vec![seq], report)?
-                .into_iter()
-                .flat_map(|r| r.rows)
-            {
-                match r.as_slice() {
-                    [name, Value::Integer(v)] => {
-                        sequences.insert(
-                            crate::schema::text(name, "remote sqlite_sequence.name")?,
-                            *v,
-                        );
-                    }
-                    _ => {
-                        return Err(SchemaError::Malformed(format!(
-                            "remote sqlite_sequence row {r:?}"
-                        ))
-                        .into())
-                    }
-                }
-            }
-        }
-        Ok(RemoteState {
-            schema,
-            sequences,
-            index_before,
-        })
-    }
-
     /// The SQL text of the remote's `ty` ("table", "index", "view", "trigger") named `name`.
     fn sql_of(&self, ty: &str, name: &str) -> Option<&str> {
-        if ty == "table" {
-            let t = self.schema.tables.iter().find(|t| t.name == name)?;
-            return Some(&t.sql);
-        }
-        let o = self
-            .schema
+        self.schema
             .objects
             .iter()
-            .find(|o| o.kind.as_str() == ty && o.name == name)?;
-        Some(&o.sql)
+            .find(|(t, n, _)| t == ty && n == name)
+            .map(|(_, _, sql)| sql.as_str())
     }
 
     /// The remote's triggers, as (name, SQL).
@@ -613,40 +625,31 @@ impl RemoteState {
         self.schema
             .objects
             .iter()
-            .filter(|o| o.kind == ObjectKind::Trigger)
-            .map(|o| (o.name.clone(), o.sql.clone()))
+            .filter(|(t, ..)| t == ObjectKind::Trigger.as_str())
+            .map(|(_, name, sql)| (name.clone(), sql.clone()))
             .collect()
     }
 }
 
-/// The push's stream as a [`Catalog`]: the first request also carries `opening`, so the schema
-/// is read inside the transaction it opens, and notes the replication index it ran at.
-struct TxnCatalog<'a, 'r> {
-    stream: &'a mut Stream<'r>,
-    report: &'a mut PushReport,
-    opening: Vec<Stmt>,
-    index: Option<u64>,
-}
-
-impl Catalog for &mut TxnCatalog<'_, '_> {
-    type Error = Error;
-    fn query_all(&mut self, stmts: &[(String, Vec<Value>)]) -> Result<Vec<Vec<Vec<Value>>>> {
-        let opening = std::mem::take(&mut self.opening);
-        let skip = opening.len();
-        let all = opening
-            .into_iter()
-            .chain(
-                stmts
-                    .iter()
-                    .map(|(q, args)| stmt(q.clone(), args.clone(), true)),
-            )
-            .collect();
-        let results = send(self.stream, all, self.report)?;
-        if skip > 0 {
-            self.index = results.get(skip).and_then(StmtResult::replication_index);
+/// The counters `SELECT name, seq FROM sqlite_sequence` returned.
+fn sequences_found(rows: Vec<Vec<Value>>) -> Result<HashMap<String, i64>> {
+    let mut out = HashMap::new();
+    for r in rows {
+        match r.as_slice() {
+            [name, Value::Integer(v)] => {
+                out.insert(
+                    crate::schema::text(name, "remote sqlite_sequence.name")?,
+                    *v,
+                );
+            }
+            _ => {
+                return Err(
+                    SchemaError::Malformed(format!("remote sqlite_sequence row {r:?}")).into(),
+                )
+            }
         }
-        Ok(results.into_iter().skip(skip).map(|r| r.rows).collect())
     }
+    Ok(out)
 }
 
 /// How much of a schema change the remote still needs, as a push transaction finds it.
@@ -866,26 +869,26 @@ fn plan_schema(cs: &Changeset, remote: &RemoteState) -> Result<Outcome<SchemaPla
     }))
 }
 
-/// Sends requests on the push stream and fails on the first statement error.
-fn send(
-    stream: &mut Stream<'_>,
-    stmts: Vec<Stmt>,
-    report: &mut PushReport,
-) -> Result<Vec<StmtResult>> {
+/// Sends statements on the push stream, each with its own result.
+fn send_each(stream: &mut Stream<'_>, stmts: Vec<Stmt>) -> Result<Vec<Result<StmtResult>>> {
     let reqs: Vec<StreamRequest> = stmts
         .into_iter()
         .map(|stmt| StreamRequest::Execute { stmt })
         .collect();
-    report.requests += 1;
-    stream
+    Ok(stream
         .send(&reqs)?
         .into_iter()
         .map(|r| r.map_err(Error::from))
-        .collect()
+        .collect())
 }
 
-/// Rolls back and closes the stream after a failure; the server would do it anyway when the
-/// stream expires, but this frees the write lock at once.
+/// Sends statements on the push stream and fails on the first statement error.
+fn send(stream: &mut Stream<'_>, stmts: Vec<Stmt>) -> Result<Vec<StmtResult>> {
+    send_each(stream, stmts)?.into_iter().collect()
+}
+
+/// Drops the transaction kept on this side after a failure or a conflict: nothing of it was
+/// sent.
 fn abandon(stream: &mut Stream<'_>) {
     let _ = stream.send(&[
         StreamRequest::Execute {
@@ -922,6 +925,12 @@ pub fn push(
     let fks = foreign_keys(&ws.open_working_copy(true)?)?;
     let fk_scope = foreign_key_scope(&fks, cs.tables.iter().map(|t| t.table.name.as_str()));
     let fresh_record = ws.record_push_start(&cs)?;
+    // What the remote's schema is unless someone changed it since the last sync: the touched
+    // rows are read in the same request as the schema, as if it were.
+    let expected = RemoteState {
+        schema: SchemaTexts::read_local(&ws.open_base()?)?,
+        sequences: HashMap::new(),
+    };
     let total_rows: usize = cs.tables.iter().map(|t| t.changes.len()).sum();
     progress.start("push", total_rows as u64);
 
@@ -956,6 +965,7 @@ pub fn push(
             base: base.as_ref(),
             group,
             fk_scope: &fk_scope,
+            expected: &expected,
             first: gi == 0,
             last: gi == last,
         };
@@ -963,10 +973,21 @@ pub fn push(
         // the start: it re-reads every row and skips those already there, so a change never
         // lands twice.
         let (report_before, log_before) = (run.report.clone(), run.log.len());
-        let attempt = remote.retrying(|| {
+        // Once the batch's orphan check failed, the transaction runs again reading the
+        // orphans after its writes, to report them.
+        let mut orphans = OrphanCheck::InBatch;
+        let attempt = remote.retrying(|| loop {
             run.report = report_before.clone();
             run.log.truncate(log_before);
-            push_transaction(remote, &txn, &mut run)
+            match push_transaction(remote, &txn, &mut run, orphans) {
+                Err(e)
+                    if orphans == OrphanCheck::InBatch
+                        && matches!(e.root(), Error::Remote(RemoteError::Check(_))) =>
+                {
+                    orphans = OrphanCheck::Read;
+                }
+                other => return other,
+            }
         });
         let outcome = match attempt {
             Err(e) => match e.root() {
@@ -1051,8 +1072,20 @@ struct Txn<'a, 'g> {
     group: &'g [TablePlan<'a>],
     /// The tables whose foreign keys the push may break (see [`foreign_key_scope`]).
     fk_scope: &'a std::collections::BTreeSet<String>,
+    /// The remote as the base has it, which the first request's reads assume.
+    expected: &'a RemoteState,
     first: bool,
     last: bool,
+}
+
+/// How the last transaction of a push finds the orphans its writes would leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OrphanCheck {
+    /// A step of the batch that fails when there is one beyond those found before the push:
+    /// nothing more to send when there is none.
+    InBatch,
+    /// Read after the writes (a trial batch, rolled back), to report each one.
+    Read,
 }
 
 /// What a push accumulates across its transactions.
@@ -1073,69 +1106,68 @@ fn push_transaction(
     remote: &Remote,
     txn: &Txn<'_, '_>,
     run: &mut Run<'_>,
+    orphans: OrphanCheck,
 ) -> Result<Outcome<Committed>> {
-    let mut stream = remote.stream();
-    let result = push_transaction_on(&mut stream, txn, run);
-    match &result {
-        Ok(Outcome::Done(_)) => {
-            let _ = stream.send(&[StreamRequest::Close]);
-        }
-        Ok(Outcome::Conflicts(_)) | Err(_) => abandon(&mut stream),
+    let mut stream = remote.batch_stream();
+    let result = push_transaction_on(&mut stream, txn, run, orphans);
+    if !matches!(result, Ok(Outcome::Done(_))) {
+        abandon(&mut stream);
     }
+    run.report.requests += stream.requests();
     result
 }
 
-/// One transaction of a push, in its phases: open it and read the schema, read the touched
-/// rows, classify them, plan the writes, send them, check for orphans, commit.
+/// One transaction of a push, in its phases: read the remote's schema, counters, orphans and
+/// touched rows, classify the rows, plan the writes, keep them with the orphan check, commit.
 fn push_transaction_on(
     stream: &mut Stream<'_>,
     txn: &Txn<'_, '_>,
     run: &mut Run<'_>,
+    orphans: OrphanCheck,
 ) -> Result<Outcome<Committed>> {
-    let remote = RemoteState::open(stream, txn, &mut run.report)?;
+    let opened = open(stream, txn)?;
+    let remote = &opened.state;
     // A schema change someone else made meanwhile is reported as such, before any row of
     // a table it reshaped is compared.
-    if let Outcome::Conflicts(conflicts) = plan_schema(txn.cs, &remote)? {
+    if let Outcome::Conflicts(conflicts) = plan_schema(txn.cs, remote)? {
         return Ok(Outcome::Conflicts(conflicts));
     }
     if txn.first {
-        if let Some(conflict) = recreated_unchanged(stream, txn, &remote, &mut run.report)? {
+        if let Some(conflict) = recreated_unchanged(stream, txn, remote)? {
             return Ok(Outcome::Conflicts(vec![conflict]));
         }
     }
-    let found = read_rows(stream, txn, &remote, &mut run.report)?;
+    let found = read_rows(stream, txn, remote, opened.guessed)?;
     let todo = match classify(txn.group, &found, &mut run.report.skipped) {
         Ok(todo) => todo,
         Err(conflicts) => return Ok(Outcome::Conflicts(conflicts)),
     };
-    let plan = match plan_writes(txn, &remote, &todo)? {
+    let plan = match plan_writes(txn, remote, &todo)? {
         Outcome::Done(plan) => plan,
         Outcome::Conflicts(conflicts) => return Ok(Outcome::Conflicts(conflicts)),
     };
-    // Foreign keys are off on this stream (the changeset holds what cascades did locally), so
+    // Foreign keys are off for the push (the changeset holds what cascades did locally), so
     // orphans are looked for instead: those the push would add are conflicts.
     if txn.first {
-        run.orphans_before = Some(orphans(stream, txn.fk_scope, &mut run.report)?);
+        let before = opened
+            .orphans
+            .into_iter()
+            .collect::<Result<Vec<StmtResult>>>()?;
+        run.orphans_before = Some(orphans_found(before)?);
     }
     send_writes(stream, plan.writes, run)?;
     if txn.last {
-        let conflicts = new_orphans(stream, txn, run)?;
+        let conflicts = new_orphans(stream, txn, run, orphans)?;
         if !conflicts.is_empty() {
             return Ok(Outcome::Conflicts(conflicts));
         }
     }
-    // COMMIT travels alone, once every write is known to have succeeded: statements of one
-    // pipeline run even after an earlier one failed, so a COMMIT sent with them could commit
-    // half a push.
+    // The batch commits only if every step before COMMIT succeeded.
     run.commit_sent = true;
-    let commit = send(
-        stream,
-        vec![stmt("COMMIT".into(), vec![], false)],
-        &mut run.report,
-    )?;
+    let commit = send(stream, vec![stmt("COMMIT".into(), vec![], false)])?;
     Ok(Outcome::Done(Committed {
         sequences: plan.sequences,
-        index_before: remote.index_before,
+        index_before: stream.began_at(),
         index_after: commit.first().and_then(StmtResult::replication_index),
     }))
 }
@@ -1148,8 +1180,8 @@ fn recreated_unchanged(
     stream: &mut Stream<'_>,
     txn: &Txn<'_, '_>,
     remote: &RemoteState,
-    report: &mut PushReport,
 ) -> Result<Option<Conflict>> {
+    let mut base_schema = None;
     for ch in &txn.cs.schema {
         let SchemaChange::TableRebuilt {
             name,
@@ -1163,9 +1195,6 @@ fn recreated_unchanged(
         };
         let in_base_form = remote.sql_of("table", old_name) == Some(old_sql.as_str())
             && (name == old_name || remote.sql_of("table", name).is_none());
-        let Some(table) = remote.schema.tables.iter().find(|t| &t.name == old_name) else {
-            continue;
-        };
         if !in_base_form {
             continue;
         }
@@ -1174,12 +1203,22 @@ fn recreated_unchanged(
                 "table {name:?} is re-created under a new row key, but the push has no base to compare the remote's rows with"
             )));
         };
-        let same =
-            crate::unchanged::rows_unchanged(base, table, |stmts| send(stream, stmts, report))
-                .during(
-                    "comparing the remote's rows with the base's, table",
-                    format_args!("{old_name:?}"),
-                )?;
+        // The remote's table is the base's, by its definition.
+        if base_schema.is_none() {
+            base_schema = Some(crate::schema::load(base)?);
+        }
+        let Some(table) = base_schema
+            .iter()
+            .flat_map(|s| &s.tables)
+            .find(|t| &t.name == old_name)
+        else {
+            continue;
+        };
+        let same = crate::unchanged::rows_unchanged(base, table, |stmts| send(stream, stmts))
+            .during(
+                "comparing the remote's rows with the base's, table",
+                format_args!("{old_name:?}"),
+            )?;
         if !same {
             let mut c = Conflict::schema("table", old_name);
             c.note = Some(format!(
@@ -1191,16 +1230,78 @@ fn recreated_unchanged(
     Ok(None)
 }
 
-/// Phase 2: the remote's current version of every row the transaction touches, table by
-/// table and keyed by [`TableDiff::key_text`], read in requests bounded by the expected
-/// response size.
-fn read_rows(
-    stream: &mut Stream<'_>,
-    txn: &Txn<'_, '_>,
-    remote: &RemoteState,
-    report: &mut PushReport,
-) -> Result<Vec<HashMap<String, Vec<Value>>>> {
-    let mut reads: Vec<(usize, Stmt, usize)> = Vec::new();
+/// What the first request of a transaction read.
+struct Opened {
+    state: RemoteState,
+    /// The orphans in the foreign-key scope, in the first transaction.
+    orphans: Vec<Result<StmtResult>>,
+    /// The touched rows read as if the remote's schema were the base's, with what each read
+    /// returned.
+    guessed: Vec<(PlannedRead, Result<StmtResult>)>,
+}
+
+/// A read of touched rows: the table plan it is for (its index in the group), the statement,
+/// and the bytes it is expected to return.
+type PlannedRead = (usize, Stmt, usize);
+
+/// Phase 1, one request: the transaction opened (`PRAGMA foreign_keys = OFF`, `BEGIN
+/// IMMEDIATE`, kept on this side until the batch), the remote's schema, its AUTOINCREMENT
+/// counters when the last transaction sets them, its orphans in the first, and the first
+/// requestful of touched rows read as if the remote's schema were the base's.
+fn open(stream: &mut Stream<'_>, txn: &Txn<'_, '_>) -> Result<Opened> {
+    let mut stmts = vec![
+        stmt("PRAGMA foreign_keys = OFF".into(), vec![], false),
+        stmt("BEGIN IMMEDIATE".into(), vec![], false),
+        stmt(SCHEMA_SQL.into(), vec![], true),
+    ];
+    let counters = txn.last && !txn.cs.sequences.is_empty();
+    if counters {
+        stmts.push(stmt(
+            "SELECT name, seq FROM sqlite_sequence".into(),
+            vec![],
+            true,
+        ));
+    }
+    let orphan_reads = if txn.first {
+        orphan_reads(txn.fk_scope)
+    } else {
+        Vec::new()
+    };
+    let orphan_count = orphan_reads.len();
+    stmts.extend(orphan_reads);
+    // A guess the base's schema cannot make (its tables do not match ours) is no guess.
+    let guess = planned_reads(txn, txn.expected)
+        .ok()
+        .and_then(|reads| requestfuls(reads).into_iter().next())
+        .unwrap_or_default();
+    stmts.extend(guess.iter().map(|(_, s, _)| s.clone()));
+    let mut results = send_each(stream, stmts)?.into_iter();
+    let mut next = || {
+        results
+            .next()
+            .unwrap_or_else(|| Err(Error::Unexpected("a read got no answer".into())))
+    };
+    next()?;
+    next()?;
+    let schema = SchemaTexts::from_rows(next()?.rows)?;
+    let sequences = match counters.then(&mut next) {
+        Some(Ok(r)) => sequences_found(r.rows)?,
+        Some(Err(e)) if schema.has_sequence => return Err(e),
+        // No sqlite_sequence on the remote: no counter yet.
+        _ => HashMap::new(),
+    };
+    let orphans = (0..orphan_count).map(|_| next()).collect();
+    let guessed = guess.into_iter().map(|read| (read, next())).collect();
+    Ok(Opened {
+        state: RemoteState { schema, sequences },
+        orphans,
+        guessed,
+    })
+}
+
+/// The reads of every row the transaction touches, as the remote `remote` has its tables.
+fn planned_reads(txn: &Txn<'_, '_>, remote: &RemoteState) -> Result<Vec<PlannedRead>> {
+    let mut reads = Vec::new();
     for (pi, plan) in txn.group.iter().enumerate() {
         if let Some(source) = remote_source(txn.cs, plan.diff, remote)? {
             reads.extend(
@@ -1210,25 +1311,58 @@ fn read_rows(
             );
         }
     }
-    let mut found: Vec<HashMap<String, Vec<Value>>> = vec![HashMap::new(); txn.group.len()];
-    let mut reads = reads.into_iter().peekable();
-    while reads.peek().is_some() {
-        let mut bytes = 0;
-        let mut owners = Vec::new();
-        let mut stmts = Vec::new();
-        while let Some((_, _, b)) = reads.peek() {
-            if !stmts.is_empty() && bytes + b > BYTES_PER_REQUEST {
-                break;
+    Ok(reads)
+}
+
+/// `reads` cut into requests whose answers stay under [`BYTES_PER_REQUEST`].
+fn requestfuls(reads: Vec<PlannedRead>) -> Vec<Vec<PlannedRead>> {
+    let mut out: Vec<Vec<PlannedRead>> = Vec::new();
+    let mut bytes = 0;
+    for read in reads {
+        match out.last_mut() {
+            Some(last) if bytes + read.2 <= BYTES_PER_REQUEST => {
+                bytes += read.2;
+                last.push(read);
             }
-            bytes += b;
-            let (pi, s, _) = reads.next().expect("peeked");
-            owners.push(pi);
-            stmts.push(s);
+            _ => {
+                bytes = read.2;
+                out.push(vec![read]);
+            }
         }
-        for (pi, res) in owners.into_iter().zip(send(stream, stmts, report)?) {
-            let t = txn.group[pi].diff;
+    }
+    out
+}
+
+/// Phase 2: the remote's current version of every row the transaction touches, table by
+/// table and keyed by [`TableDiff::key_text`]. The first request's answers serve when it read
+/// what the remote's schema calls for; the rest is read in requests bounded by the expected
+/// response size.
+fn read_rows(
+    stream: &mut Stream<'_>,
+    txn: &Txn<'_, '_>,
+    remote: &RemoteState,
+    guessed: Vec<(PlannedRead, Result<StmtResult>)>,
+) -> Result<Vec<HashMap<String, Vec<Value>>>> {
+    let mut found: Vec<HashMap<String, Vec<Value>>> = vec![HashMap::new(); txn.group.len()];
+    let mut guessed = Some(guessed);
+    for requestful in requestfuls(planned_reads(txn, remote)?) {
+        let same = |g: &[(PlannedRead, Result<StmtResult>)]| {
+            g.len() == requestful.len()
+                && g.iter()
+                    .zip(&requestful)
+                    .all(|(((_, a, _), _), (_, b, _))| a.sql == b.sql && a.args == b.args)
+        };
+        let results: Vec<StmtResult> = match guessed.take() {
+            Some(g) if same(&g) => g.into_iter().map(|(_, r)| r).collect::<Result<_>>()?,
+            _ => send(
+                stream,
+                requestful.iter().map(|(_, s, _)| s.clone()).collect(),
+            )?,
+        };
+        for ((pi, _, _), res) in requestful.iter().zip(results) {
+            let t = txn.group[*pi].diff;
             for row in res.exact_rows()? {
-                found[pi].insert(t.key_text(&row), row);
+                found[*pi].insert(t.key_text(&row), row);
             }
         }
     }
@@ -1307,60 +1441,64 @@ fn plan_writes(
     Ok(Outcome::Done(WritePlan { writes, sequences }))
 }
 
-/// Phase 5: sends the writes in requests of bounded size, logging each statement, and checks
-/// that every row write affected exactly its rows.
+/// Phase 5: keeps the writes for the batch, logging each statement, with the rows each must
+/// change (checked in the batch).
 fn send_writes(stream: &mut Stream<'_>, writes: Vec<Write>, run: &mut Run<'_>) -> Result<()> {
-    let mut batch: Vec<Stmt> = Vec::new();
-    let mut expect: Vec<usize> = Vec::new();
-    let mut bytes = 0;
-    let total = writes.len();
-    for (i, w) in writes.into_iter().enumerate() {
+    let mut stmts = Vec::with_capacity(writes.len());
+    let mut expect = Vec::with_capacity(writes.len());
+    for w in writes {
         log_stmt(&mut run.log, &w.stmt);
-        bytes += w
-            .stmt
-            .args
-            .iter()
-            .map(crate::remote::proto::json_size)
-            .sum::<usize>()
-            + w.stmt.sql.len();
         run.report.applied += w.rows;
-        batch.push(w.stmt);
+        stmts.push(w.stmt);
         expect.push(w.rows);
-        if bytes > BYTES_PER_REQUEST || i + 1 == total {
-            stream.expect_changes(&expect);
-            let results = send(stream, std::mem::take(&mut batch), &mut run.report)?;
-            for (res, want) in results.iter().zip(&expect) {
-                if *want > 0 && res.affected_row_count as usize != *want {
-                    return Err(Error::Unexpected(format!(
-                        "the remote changed {} rows where {want} were expected; the push was rolled back",
-                        res.affected_row_count
-                    )));
-                }
-            }
-            run.progress.advance(expect.iter().sum::<usize>() as u64);
-            expect.clear();
-            bytes = 0;
+    }
+    stream.expect_changes(&expect);
+    let results = send(stream, stmts)?;
+    for (res, want) in results.iter().zip(&expect) {
+        if *want > 0 && res.affected_row_count as usize != *want {
+            return Err(Error::Unexpected(format!(
+                "the remote changed {} rows where {want} were expected; the push was rolled back",
+                res.affected_row_count
+            )));
         }
     }
+    run.progress.advance(expect.iter().sum::<usize>() as u64);
     Ok(())
 }
 
-/// The orphans the whole push added on the remote (beyond those its first transaction found),
+/// The orphans the whole push adds on the remote (beyond those its first transaction found),
 /// as foreign-key conflicts. Checked in the last transaction, so a parent and its children's
-/// deletes may land in different transactions.
+/// deletes may land in different transactions: kept as a check of the batch
+/// ([`OrphanCheck::InBatch`], no conflict here then), or read after the writes.
 fn new_orphans(
     stream: &mut Stream<'_>,
     txn: &Txn<'_, '_>,
     run: &mut Run<'_>,
+    how: OrphanCheck,
 ) -> Result<Vec<Conflict>> {
-    let Some(before) = run.orphans_before.take() else {
+    let Some(before) = run.orphans_before.as_ref() else {
         return Err(Error::Unexpected(
             "the push reached its last transaction without reading the remote's orphans in its first".into(),
         ));
     };
-    let now = orphans(stream, txn.fk_scope, &mut run.report)?;
-    let conflicts = now
-        .difference(&before)
+    if how == OrphanCheck::InBatch {
+        for (read, table) in orphan_reads(txn.fk_scope).into_iter().zip(txn.fk_scope) {
+            let allowed = before
+                .iter()
+                .filter(|o| &o.0 == table)
+                .map(orphan_row)
+                .collect();
+            stream.check(read, allowed)?;
+        }
+        return Ok(Vec::new());
+    }
+    let now = if txn.fk_scope.is_empty() {
+        Default::default()
+    } else {
+        orphans_found(send(stream, orphan_reads(txn.fk_scope))?)?
+    };
+    Ok(now
+        .difference(before)
         .map(|(child, rowid, parent, _)| Conflict {
             constraint: Some(format!("FOREIGN KEY of {child} REFERENCES {parent}")),
             ..Conflict::new(
@@ -1369,9 +1507,7 @@ fn new_orphans(
                 rowid.map(Value::Integer).into_iter().collect(),
             )
         })
-        .collect();
-    run.orphans_before = Some(before);
-    Ok(conflicts)
+        .collect())
 }
 
 fn log_stmt(log: &mut String, s: &Stmt) {
@@ -1532,13 +1668,16 @@ mod tests {
             base: None,
             group: &group,
             fk_scope: &scope,
+            expected: &RemoteState {
+                schema: SchemaTexts::default(),
+                sequences: HashMap::new(),
+            },
             first: true,
             last: true,
         };
         let remote = RemoteState {
-            schema: crate::schema::load(&remote_db).expect("schema"),
+            schema: SchemaTexts::read_local(&remote_db).expect("schema"),
             sequences: HashMap::from([("auto".to_owned(), 1)]),
-            index_before: None,
         };
         let todo: Vec<Vec<&RowChange>> = group.iter().map(|p| p.changes.iter().collect()).collect();
         let Outcome::Done(plan) = plan_writes(&txn, &remote, &todo).expect("plan") else {

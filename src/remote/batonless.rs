@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 
-use super::proto::{Batch, BatchCond, BatchPipelineResp, BatchResult, BatchStep, ErrorBody};
+use super::proto::{Batch, BatchCond, BatchResult, BatchStep, ErrorBody};
 use super::{Remote, RemoteError, Stmt, StmtResult, StreamRequest};
 use crate::sql;
 
@@ -27,6 +27,8 @@ const FAIL: &str = "abs(-9223372036854775808)";
 enum Role {
     Setup,
     Guard,
+    /// A check that must find nothing ([`Deferred::check`]).
+    Check,
     Write,
     Changes,
     Read,
@@ -44,6 +46,11 @@ enum Entry {
     },
     /// A write and how many rows it must change (when counted).
     Write { stmt: Stmt, changes: Option<usize> },
+    /// A read after the writes that must return none but the `allowed` rows.
+    Check {
+        stmt: Stmt,
+        allowed: Vec<Vec<crate::value::Value>>,
+    },
 }
 
 /// A stream's state on a server without streams.
@@ -55,6 +62,11 @@ pub(super) struct Deferred {
     txn: Option<Vec<Entry>>,
     /// Row counts the next writes must change (0: not counted).
     expect: VecDeque<usize>,
+    /// The replication index of the last commit before the transaction, read inside it (on a
+    /// server that keeps streams, whose answers carry one).
+    pub(super) began_at: Option<u64>,
+    /// HTTP requests sent.
+    pub(super) requests: u64,
 }
 
 fn plain(sql: &str) -> Stmt {
@@ -83,21 +95,56 @@ fn is_read(stmt: &Stmt) -> bool {
         }
 }
 
+/// A statement that fails unless `from` returns no row.
+fn empty(from: &str) -> Stmt {
+    plain(&format!(
+        "SELECT CASE WHEN count(*) = 0 THEN 1 ELSE {FAIL} END FROM ({from})"
+    ))
+}
+
+/// The read's SQL with its arguments written in, as a subquery.
+fn subquery(read: &Stmt) -> String {
+    let (q, _) = sql::inline_args(&read.sql, &read.args, |_| true);
+    q.trim().trim_end_matches(';').to_owned()
+}
+
 /// Statements that fail unless `read` returns exactly `rows` (as a set: reads by key return
 /// each row once). None for `PRAGMA` reads, which cannot be a subquery.
 fn guards(read: &Stmt, rows: &[Vec<crate::value::Value>]) -> Vec<Stmt> {
     if verb(&read.sql) == "PRAGMA" {
         return vec![];
     }
-    let (q, _) = sql::inline_args(&read.sql, &read.args, |_| true);
-    let q = q.trim().trim_end_matches(';');
-    let check = |from: String| {
-        plain(&format!(
-            "SELECT CASE WHEN count(*) = 0 THEN 1 ELSE {FAIL} END FROM ({from})"
-        ))
-    };
+    let q = subquery(read);
+    match values(rows) {
+        None => vec![empty(&q)],
+        // `VALUES` of over 500 rows must stand alone (as a subquery), or SQLite counts its
+        // rows as the terms of a compound SELECT ("too many terms").
+        Some(values) => vec![
+            empty(&format!(
+                "SELECT * FROM ({q}) EXCEPT SELECT * FROM ({values})"
+            )),
+            empty(&format!(
+                "SELECT * FROM ({values}) EXCEPT SELECT * FROM ({q})"
+            )),
+        ],
+    }
+}
+
+/// A statement that fails when `read` returns a row not among `allowed`.
+fn nothing_but(read: &Stmt, allowed: &[Vec<crate::value::Value>]) -> Stmt {
+    let q = subquery(read);
+    match values(allowed) {
+        None => empty(&q),
+        Some(values) => empty(&format!(
+            "SELECT * FROM ({q}) EXCEPT SELECT * FROM ({values})"
+        )),
+    }
+}
+
+/// `rows` as a `VALUES` clause of exact literals; `None` when there are none.
+fn values(rows: &[Vec<crate::value::Value>]) -> Option<String> {
     if rows.is_empty() {
-        return vec![check(q.to_owned())];
+        return None;
     }
     let mut values = String::from("VALUES ");
     for (i, row) in rows.iter().enumerate() {
@@ -113,16 +160,49 @@ fn guards(read: &Stmt, rows: &[Vec<crate::value::Value>]) -> Vec<Stmt> {
         }
         values.push(')');
     }
-    vec![
-        check(format!("SELECT * FROM ({q}) EXCEPT {values}")),
-        check(format!("{values} EXCEPT SELECT * FROM ({q})")),
-    ]
+    Some(values)
 }
 
 impl Deferred {
     /// Row counts the next writes must change, in order (0: not counted).
     pub(super) fn expect(&mut self, counts: &[usize]) {
         self.expect.extend(counts);
+    }
+
+    /// Keeps `read`, to run after the writes so far: the transaction commits only if it
+    /// returns none but the `allowed` rows, and fails with [`RemoteError::Check`] otherwise.
+    pub(super) fn check(
+        &mut self,
+        remote: &Remote,
+        read: Stmt,
+        allowed: Vec<Vec<crate::value::Value>>,
+    ) -> Result<(), RemoteError> {
+        let mut read = [(0, read)];
+        self.by_hand_orphan_checks(remote, &mut read)?;
+        let [(_, stmt)] = read;
+        match self.txn.as_mut() {
+            Some(entries) => {
+                entries.push(Entry::Check { stmt, allowed });
+                Ok(())
+            }
+            None => Err(RemoteError::Protocol(
+                "a check was asked for outside a transaction".into(),
+            )),
+        }
+    }
+
+    /// [`by_hand_orphan_checks`] where the server may lack `pragma_foreign_key_check`: any
+    /// server not known to keep streams (sqld, which has it, does).
+    fn by_hand_orphan_checks(
+        &mut self,
+        remote: &Remote,
+        reads: &mut [(usize, Stmt)],
+    ) -> Result<(), RemoteError> {
+        if remote.streams_known() == Some(true) {
+            return Ok(());
+        }
+        self.requests += by_hand_orphan_checks(remote, reads)?;
+        Ok(())
     }
 
     /// Runs `requests` as a stream would, one result per request.
@@ -220,7 +300,7 @@ impl Deferred {
             return Ok(());
         }
         let mut reads = reads;
-        by_hand_orphan_checks(remote, &mut reads)?;
+        self.by_hand_orphan_checks(remote, &mut reads)?;
         let written = self
             .txn
             .as_ref()
@@ -228,11 +308,15 @@ impl Deferred {
         let results = if written {
             self.trial(remote, reads.iter().map(|(_, s)| s.clone()).collect())?
         } else {
-            let reqs: Vec<StreamRequest> = reads
+            let mut reqs: Vec<StreamRequest> = reads
                 .iter()
                 .map(|(_, stmt)| StreamRequest::Execute { stmt: stmt.clone() })
                 .collect();
-            remote.pipeline(&reqs)?
+            reqs.push(StreamRequest::Close);
+            self.requests += 1;
+            let mut results = remote.pipeline(&reqs)?;
+            results.pop();
+            results
         };
         for ((i, stmt), res) in reads.into_iter().zip(results) {
             if let (Some(entries), Ok(r)) = (self.txn.as_mut(), &res) {
@@ -295,6 +379,9 @@ impl Deferred {
                         push(plain(&check), Role::Changes, &mut steps);
                     }
                 }
+                Entry::Check { stmt, allowed } => {
+                    push(nothing_but(stmt, allowed), Role::Check, &mut steps);
+                }
             }
         }
         (steps, roles, begin)
@@ -302,7 +389,7 @@ impl Deferred {
 
     /// Reads after the transaction's writes: `BEGIN`, the writes, the reads, `ROLLBACK`.
     fn trial(
-        &self,
+        &mut self,
         remote: &Remote,
         reads: Vec<Stmt>,
     ) -> Result<Vec<Result<StmtResult, RemoteError>>, RemoteError> {
@@ -322,6 +409,7 @@ impl Deferred {
             condition: None,
         });
         roles.push(Role::Rollback);
+        self.requests += 1;
         let mut result = remote.batch(steps)?;
         check(remote, &result, &roles[..first_read])?;
         let n = roles.len() - 1 - first_read;
@@ -346,29 +434,33 @@ impl Deferred {
         Ok(out)
     }
 
-    /// The whole transaction as one batch.
-    fn commit(&self, remote: &Remote, entries: Vec<Entry>) -> Result<StmtResult, RemoteError> {
+    /// The whole transaction as one batch, in one request while it is at most
+    /// [`BYTES_PER_REQUEST`] (a few MB).
+    ///
+    /// On a server without streams the batch ends in `COMMIT` on condition that every step
+    /// before it succeeded, then `ROLLBACK` if `BEGIN` ran and `COMMIT` did not. On a server
+    /// that keeps streams (sqld) the batch ends in that `ROLLBACK` alone, and the same request
+    /// goes on, on the same stream, with a `SELECT 1`, whose answer carries the replication
+    /// index the transaction started from (nobody else can commit while it holds the write
+    /// lock), and `COMMIT`, which succeeds only while the transaction is open: when every step
+    /// succeeded. A batch larger than a request is sent in parts on that stream, each part
+    /// after the one before succeeded.
+    fn commit(&mut self, remote: &Remote, entries: Vec<Entry>) -> Result<StmtResult, RemoteError> {
         // The guards run once before `BEGIN` too: a race is then found with no transaction
         // open, so nothing is rolled back, and again inside it, where they hold.
         let (mut steps, mut roles, begin) = self.steps(&entries, true);
+        if remote.streams_known() == Some(true) {
+            return self.commit_on_stream(remote, steps, roles, begin);
+        }
         let commit = steps.len();
         steps.push(BatchStep {
             stmt: plain("COMMIT"),
             condition: Some(BatchCond::Ok { step: commit - 1 }),
         });
         roles.push(Role::Commit);
-        steps.push(BatchStep {
-            stmt: plain("ROLLBACK"),
-            condition: Some(BatchCond::And {
-                conds: vec![
-                    BatchCond::Ok { step: begin },
-                    BatchCond::Not {
-                        cond: Box::new(BatchCond::Ok { step: commit }),
-                    },
-                ],
-            }),
-        });
+        steps.push(rollback(begin, commit));
         roles.push(Role::Rollback);
+        self.requests += 1;
         let mut result = remote.batch(steps)?;
         check(remote, &result, &roles[..=commit])?;
         match result.step_results.get_mut(commit).and_then(Option::take) {
@@ -378,6 +470,137 @@ impl Deferred {
             )),
         }
     }
+
+    /// [`Deferred::commit`] on a server that keeps streams.
+    fn commit_on_stream(
+        &mut self,
+        remote: &Remote,
+        steps: Vec<BatchStep>,
+        roles: Vec<Role>,
+        begin: usize,
+    ) -> Result<StmtResult, RemoteError> {
+        let mut stream = remote.stream();
+        let result = self.send_parts(&mut stream, steps, &roles, begin);
+        if result.is_err() && stream.baton.is_some() {
+            // Frees the stream (and the write lock, should a part have left it held) at once.
+            let _ = stream.exchange::<StmtResult>(&[
+                StreamRequest::Execute {
+                    stmt: plain("ROLLBACK"),
+                },
+                StreamRequest::Close,
+            ]);
+        }
+        result
+    }
+
+    fn send_parts(
+        &mut self,
+        stream: &mut super::Stream<'_>,
+        steps: Vec<BatchStep>,
+        roles: &[Role],
+        begin: usize,
+    ) -> Result<StmtResult, RemoteError> {
+        let parts = parts(&steps);
+        let mut steps = steps.into_iter();
+        let mut first = 0;
+        for (pi, len) in parts.iter().copied().enumerate() {
+            let last_part = pi + 1 == parts.len();
+            // Each part's first step runs unconditioned: the parts before it succeeded.
+            let mut part: Vec<BatchStep> = steps
+                .by_ref()
+                .take(len)
+                .enumerate()
+                .map(|(i, s)| BatchStep {
+                    condition: i.checked_sub(1).map(|step| BatchCond::Ok { step }),
+                    ..s
+                })
+                .collect();
+            let rollback = match begin.checked_sub(first).filter(|&b| b < len) {
+                Some(b) => rollback(b, len - 1),
+                None => BatchStep {
+                    stmt: plain("ROLLBACK"),
+                    condition: Some(BatchCond::Not {
+                        cond: Box::new(BatchCond::Ok { step: len - 1 }),
+                    }),
+                },
+            };
+            part.push(rollback);
+            let mut reqs = vec![StreamRequest::Batch {
+                batch: Batch { steps: part },
+            }];
+            if last_part {
+                let then = |sql: &str| StreamRequest::Execute { stmt: plain(sql) };
+                reqs.extend([then("SELECT 1"), then("COMMIT"), StreamRequest::Close]);
+            }
+            self.requests += 1;
+            let mut answers = stream.exchange::<serde_json::Value>(&reqs)?.into_iter();
+            let batch: BatchResult = read_as(answers.next())?;
+            check(stream.remote, &batch, &roles[first..first + len])?;
+            first += len;
+            if last_part {
+                let index = answers.next();
+                // The COMMIT's answer first: whatever became of the SELECT, it says whether the
+                // transaction committed.
+                let commit: StmtResult = read_as(answers.next())?;
+                self.began_at = read_as::<StmtResult>(index)
+                    .ok()
+                    .and_then(|r| r.replication_index());
+                return Ok(commit);
+            }
+        }
+        Err(RemoteError::Protocol("a transaction without steps".into()))
+    }
+}
+
+/// `ROLLBACK` on condition that `BEGIN` (step `begin`) ran and step `last` (the `COMMIT`, or
+/// the last step, which runs only when every step before it succeeded) did not succeed.
+fn rollback(begin: usize, last: usize) -> BatchStep {
+    BatchStep {
+        stmt: plain("ROLLBACK"),
+        condition: Some(BatchCond::And {
+            conds: vec![
+                BatchCond::Ok { step: begin },
+                BatchCond::Not {
+                    cond: Box::new(BatchCond::Ok { step: last }),
+                },
+            ],
+        }),
+    }
+}
+
+/// Bytes of statements per request: well under what a server takes, and quick to run.
+const BYTES_PER_REQUEST: usize = 4 << 20;
+
+/// The lengths of the parts `steps` are sent in, each at most [`BYTES_PER_REQUEST`] (or one
+/// step).
+fn parts(steps: &[BatchStep]) -> Vec<usize> {
+    let mut out = vec![0];
+    let mut bytes = 0;
+    for s in steps {
+        let size = s.stmt.sql.len()
+            + s.stmt
+                .args
+                .iter()
+                .map(super::proto::json_size)
+                .sum::<usize>();
+        let n = out.last_mut().expect("one part at least");
+        if *n > 0 && bytes + size > BYTES_PER_REQUEST {
+            out.push(1);
+            bytes = size;
+        } else {
+            *n += 1;
+            bytes += size;
+        }
+    }
+    out
+}
+
+/// One answer of a mixed pipeline, read as the result its request has.
+fn read_as<R: serde::de::DeserializeOwned>(
+    answer: Option<Result<serde_json::Value, RemoteError>>,
+) -> Result<R, RemoteError> {
+    let value = answer.unwrap_or_else(|| Err(RemoteError::Protocol("missing result".into())))?;
+    serde_json::from_value(value).map_err(|e| RemoteError::Protocol(e.to_string()))
 }
 
 /// The first failed step among those `roles` name, as an error: a guard or a row count that
@@ -387,9 +610,20 @@ fn check(remote: &Remote, result: &BatchResult, roles: &[Role]) -> Result<(), Re
         let e: Option<&ErrorBody> = result.step_errors.get(i).and_then(Option::as_ref);
         e.map(|e| (*role, e))
     });
+    // A guard, a count or a check that does not hold fails on purpose, with [`FAIL`]'s integer
+    // overflow; any other error of theirs is the statement's own.
+    let failed = failed.map(|(role, e)| match role {
+        Role::Guard | Role::Changes | Role::Check if !e.message.contains("integer overflow") => {
+            (Role::Setup, e)
+        }
+        _ => (role, e),
+    });
     match failed {
         Some((Role::Guard, _)) => Err(RemoteError::Raced(
             "a row the transaction read changed on the remote before it committed".into(),
+        )),
+        Some((Role::Check, _)) => Err(RemoteError::Check(
+            "a read after the writes found rows it must not".into(),
         )),
         Some((Role::Changes, _)) => Err(RemoteError::Raced(
             "a write changed another number of rows than when the transaction read them".into(),
@@ -418,11 +652,13 @@ type ForeignKeyCols = (i64, String, Vec<(String, Option<String>)>);
 /// server lists them: each child row whose key columns are all set and that no parent row
 /// matches, with the columns `foreign_key_check` returns. A table whose name cannot be matched
 /// (one this transaction creates) keeps its check as it is.
-fn by_hand_orphan_checks(remote: &Remote, reads: &mut [(usize, Stmt)]) -> Result<(), RemoteError> {
+/// Returns the requests it sent.
+fn by_hand_orphan_checks(remote: &Remote, reads: &mut [(usize, Stmt)]) -> Result<u64, RemoteError> {
     const PREFIX: &str = "SELECT \"table\", rowid, parent, fkid FROM pragma_foreign_key_check(";
     if !reads.iter().any(|(_, s)| s.sql.starts_with(PREFIX)) {
-        return Ok(());
+        return Ok(0);
     }
+    let sent = std::cell::Cell::new(0);
     let query = |sql: String,
                  args: Vec<crate::value::Value>|
      -> Result<Vec<Vec<crate::value::Value>>, RemoteError> {
@@ -431,6 +667,7 @@ fn by_hand_orphan_checks(remote: &Remote, reads: &mut [(usize, Stmt)]) -> Result
             args,
             want_rows: true,
         };
+        sent.set(sent.get() + 1);
         remote
             .pipeline(&[StreamRequest::Execute { stmt }])?
             .pop()
@@ -524,40 +761,36 @@ fn by_hand_orphan_checks(remote: &Remote, reads: &mut [(usize, Stmt)]) -> Result
         };
         stmt.args.clear();
     }
-    Ok(())
+    Ok(sent.get())
 }
 
 /// One statement outside any transaction, in a request of its own.
 fn single(remote: &Remote, stmt: &Stmt) -> Result<Result<StmtResult, RemoteError>, RemoteError> {
-    let mut results = remote.pipeline(&[StreamRequest::Execute { stmt: stmt.clone() }])?;
+    let mut results = remote.pipeline(&[
+        StreamRequest::Execute { stmt: stmt.clone() },
+        StreamRequest::Close,
+    ])?;
+    results.truncate(1);
     Ok(results
         .pop()
         .unwrap_or_else(|| Err(RemoteError::Protocol("missing result".into()))))
 }
 
 impl Remote {
-    /// One batch in one request, on a server without streams.
+    /// One batch in one request, on a fresh stream closed with it where streams are kept.
     pub(super) fn batch(&self, steps: Vec<BatchStep>) -> Result<BatchResult, RemoteError> {
-        let req = [StreamRequest::Batch {
+        let mut reqs = vec![StreamRequest::Batch {
             batch: Batch { steps },
         }];
-        let body = serde_json::to_vec(&super::proto::PipelineReq {
-            baton: None,
-            requests: &req,
-        })
-        .map_err(|e| RemoteError::Protocol(e.to_string()))?;
-        let resp: BatchPipelineResp = self.post_as(&self.endpoint.base, &body)?;
-        let Some(first) = resp.results.into_iter().next() else {
-            return Err(RemoteError::Protocol("a batch got no result".into()));
-        };
-        match (first.kind.as_str(), first.response, first.error) {
-            ("ok", Some(r), _) => Ok(r.result.unwrap_or_default()),
-            (_, _, Some(e)) => Err(self.sql_error(e)),
-            _ => Err(RemoteError::Protocol(format!(
-                "batch result of type {:?} without a body",
-                first.kind
-            ))),
+        // On a server that keeps streams, the stream the batch opened is closed with it.
+        if self.streams_known() == Some(true) {
+            reqs.push(StreamRequest::Close);
         }
+        self.stream()
+            .exchange::<BatchResult>(&reqs)?
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(RemoteError::Protocol("a batch got no result".into())))
     }
 }
 

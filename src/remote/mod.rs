@@ -66,6 +66,10 @@ pub enum RemoteError {
     },
     #[error("the remote changed while a transaction was being prepared ({0}); it was not committed and is tried again")]
     Raced(String),
+    /// A check a transaction ran before its `COMMIT` found what it must not (orphans a push
+    /// would leave, say): nothing was committed. The caller reads what the check found.
+    #[error("a check of the transaction failed before its COMMIT ({0}); nothing was committed")]
+    Check(String),
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
     #[error("the remote holds an infinite REAL value, which Hrana over JSON cannot carry")]
@@ -346,6 +350,33 @@ impl Remote {
         }
     }
 
+    /// A stream whose transactions are kept on this side and sent whole at their `COMMIT`
+    /// ([`batonless`]) on every server: reads before the first write cost one request, the
+    /// writes and `COMMIT` one more. Push runs on it.
+    pub fn batch_stream(&self) -> Stream<'_> {
+        Stream {
+            deferred: Some(batonless::Deferred::default()),
+            ..self.stream()
+        }
+    }
+
+    /// Takes it that the server keeps streams (sqld) or not (Turso Sync's server, which also
+    /// has no `/v3`), as the protocol recorded in the state directory says, so no request is
+    /// spent finding out. `TURSYNC_PROTOCOL` wins. An answer that says otherwise corrects it: a
+    /// baton handed out means streams, a `close` refused means none.
+    pub fn presume_streams(self, keeps: bool) -> Remote {
+        let _ = self.streams.compare_exchange(
+            STREAMS_UNKNOWN,
+            if keeps { STREAMS_YES } else { STREAMS_NO },
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if !keeps {
+            self.v2_only.store(true, Ordering::Relaxed);
+        }
+        self
+    }
+
     /// Whether the server keeps streams between requests (sqld) or takes only `execute` and
     /// `batch` requests without a baton (Turso Sync's server). Asked once per process, with a
     /// harmless `SELECT 1` and `close`, unless a request already told, or `TURSYNC_PROTOCOL`
@@ -463,10 +494,6 @@ impl Remote {
     /// sync's to tell that nothing moved.
     pub fn replication_index(&self) -> Result<Option<u64>, RemoteError> {
         Ok(self.query("SELECT 1", vec![])?.replication_index())
-    }
-
-    fn post(&self, base: &str, body: &[u8]) -> Result<PipelineResp, RemoteError> {
-        self.post_as(base, body)
     }
 
     fn post_as<T: serde::de::DeserializeOwned>(
@@ -770,10 +797,42 @@ impl Stream<'_> {
         }
     }
 
+    /// The index of the last commit before this stream's transaction, on a server without
+    /// streams once it committed (see [`batonless`]).
+    pub fn began_at(&self) -> Option<u64> {
+        self.deferred.as_ref().and_then(|d| d.began_at)
+    }
+
+    /// Keeps `read`, to run after the transaction's writes: it commits only if `read` returns
+    /// none but the `allowed` rows, and fails with [`RemoteError::Check`] otherwise. Only on a
+    /// [`Remote::batch_stream`], where the transaction is one batch.
+    pub fn check(&mut self, read: Stmt, allowed: Vec<Vec<Value>>) -> Result<(), RemoteError> {
+        match self.deferred.as_mut() {
+            Some(d) => d.check(self.remote, read, allowed),
+            None => Err(RemoteError::Protocol(
+                "a check was asked of a stream that sends its statements at once".into(),
+            )),
+        }
+    }
+
+    /// HTTP requests this stream sent.
+    pub fn requests(&self) -> u64 {
+        self.deferred.as_ref().map_or(0, |d| d.requests)
+    }
+
     fn send_raw(
         &mut self,
         requests: &[StreamRequest],
     ) -> Result<Vec<Result<StmtResult, RemoteError>>, RemoteError> {
+        self.exchange(requests)
+    }
+
+    /// Sends requests in one HTTP request on this stream and returns each one's result, read as
+    /// `R` (an empty one for a response without a result, as `close` has).
+    fn exchange<R: serde::de::DeserializeOwned + Default>(
+        &mut self,
+        requests: &[StreamRequest],
+    ) -> Result<Vec<Result<R, RemoteError>>, RemoteError> {
         let body = serde_json::to_vec(&PipelineReq {
             baton: self.baton.as_deref(),
             requests,
@@ -783,7 +842,11 @@ impl Stream<'_> {
             .base_url
             .clone()
             .unwrap_or_else(|| self.remote.endpoint.base.clone());
-        let resp = self.remote.post(&base, &body)?;
+        let resp: PipelineResp<R> = self.remote.post_as(&base, &body)?;
+        if resp.baton.is_some() {
+            // Only a server that keeps streams hands out batons.
+            self.remote.streams.store(STREAMS_YES, Ordering::Relaxed);
+        }
         self.baton = resp.baton;
         if let Some(b) = resp.base_url {
             self.base_url = Some(b.trim_end_matches('/').to_owned());

@@ -54,29 +54,13 @@ pub enum BatchCond {
     And { conds: Vec<BatchCond> },
 }
 
-/// The answer to a pipeline of one `batch` request.
-#[derive(Deserialize, Debug)]
-pub struct BatchPipelineResp {
-    pub results: Vec<BatchStreamResult>,
-}
-
-#[derive(Deserialize, Debug)]
-pub struct BatchStreamResult {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub response: Option<BatchResponse>,
-    pub error: Option<ErrorBody>,
-}
-
-#[derive(Deserialize, Debug)]
-pub struct BatchResponse {
-    pub result: Option<BatchResult>,
-}
-
 /// One entry per step: its result if it ran and succeeded, its error if it failed; both
 /// `null` when its condition did not hold.
 #[derive(Deserialize, Debug, Default)]
 pub struct BatchResult {
+    /// sqld's replication index after the whole batch (no step carries one of its own).
+    #[serde(default)]
+    pub replication_index: Option<serde_json::Value>,
     #[serde(default)]
     pub step_results: Vec<Option<StmtResult>>,
     #[serde(default)]
@@ -112,26 +96,29 @@ impl Serialize for Stmt {
     }
 }
 
+/// The answer to a pipeline whose results are all `R`: [`StmtResult`] for `execute` requests
+/// (and `close`, which has none), [`BatchResult`] for one `batch`, or `serde_json::Value` for a
+/// mix, each then read as its request's kind.
 #[derive(Deserialize, Debug)]
-pub struct PipelineResp {
+pub struct PipelineResp<R = StmtResult> {
     pub baton: Option<String>,
     pub base_url: Option<String>,
-    pub results: Vec<StreamResult>,
+    pub results: Vec<StreamResult<R>>,
 }
 
 /// `{"type":"ok","response":…}` or `{"type":"error","error":…}`, read flat.
 #[derive(Deserialize, Debug)]
-pub struct StreamResult {
+pub struct StreamResult<R = StmtResult> {
     #[serde(rename = "type")]
     pub kind: String,
-    pub response: Option<StreamResponse>,
+    pub response: Option<StreamResponse<R>>,
     pub error: Option<ErrorBody>,
 }
 
 #[derive(Deserialize, Debug)]
-pub struct StreamResponse {
-    /// Present for `execute`; the other responses carry nothing tursync needs.
-    pub result: Option<StmtResult>,
+pub struct StreamResponse<R = StmtResult> {
+    /// Present for `execute` and `batch`; `close` carries nothing.
+    pub result: Option<R>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -170,11 +157,22 @@ impl StmtResult {
     }
 
     pub fn replication_index(&self) -> Option<u64> {
-        match self.replication_index.as_ref()? {
-            serde_json::Value::String(s) => s.parse().ok(),
-            serde_json::Value::Number(n) => n.as_u64(),
-            _ => None,
-        }
+        index_of(self.replication_index.as_ref())
+    }
+}
+
+impl BatchResult {
+    pub fn replication_index(&self) -> Option<u64> {
+        index_of(self.replication_index.as_ref())
+    }
+}
+
+/// A replication index as sqld sends it (a string) or as a number.
+fn index_of(v: Option<&serde_json::Value>) -> Option<u64> {
+    match v? {
+        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::Number(n) => n.as_u64(),
+        _ => None,
     }
 }
 

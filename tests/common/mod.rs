@@ -1230,17 +1230,34 @@ pub enum Verdict {
 /// (its head and body) before doing anything with it. The hook may act first — a teammate's
 /// write straight to sqld, say, when it sees the request that opens a push's transaction, which
 /// makes a race deterministic — and says whether to forward the request or drop it. One request
-/// per connection (answers say `Connection: close`). Stopped on drop.
+/// per connection (answers say `Connection: close`). Every request is logged
+/// ([`Self::requests`]), and with a round-trip time ([`Self::with_latency`]) each waits that
+/// long before it is forwarded, as a server far away would make it. Stopped on drop.
 pub struct HookProxy {
     /// `http://127.0.0.1:PORT`
     pub url: String,
     port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl HookProxy {
     pub fn start(
         upstream_url: &str,
+        hook: impl Fn(&str, &[u8]) -> Verdict + Send + Sync + 'static,
+    ) -> HookProxy {
+        HookProxy::with_latency(upstream_url, Duration::ZERO, hook)
+    }
+
+    /// A proxy that forwards everything, each request `rtt` late: a server `rtt` away.
+    pub fn far(upstream_url: &str, rtt: Duration) -> HookProxy {
+        HookProxy::with_latency(upstream_url, rtt, |_, _| Verdict::Forward)
+    }
+
+    /// [`Self::start`], with every request held `rtt` before the hook sees it.
+    pub fn with_latency(
+        upstream_url: &str,
+        rtt: Duration,
         hook: impl Fn(&str, &[u8]) -> Verdict + Send + Sync + 'static,
     ) -> HookProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy on 127.0.0.1");
@@ -1250,21 +1267,24 @@ impl HookProxy {
             .trim_end_matches('/')
             .to_owned();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let hook = std::sync::Arc::new(hook);
-        let st = stop.clone();
+        let (st, log) = (stop.clone(), seen.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(mut conn) = conn else { continue };
-                let (upstream, hook) = (upstream.clone(), hook.clone());
+                let (upstream, hook, log) = (upstream.clone(), hook.clone(), log.clone());
                 std::thread::spawn(move || {
                     use std::io::Write as _;
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
                     let Some((head, body)) = read_http_message(&mut conn) else {
                         return;
                     };
+                    log.lock().unwrap().push(describe_request(&head, &body));
+                    std::thread::sleep(rtt);
                     let reply = match hook(&head, &body) {
                         Verdict::Drop => return,
                         Verdict::Answer(answer) => Some(answer.as_bytes().to_vec()),
@@ -1280,8 +1300,51 @@ impl HookProxy {
             url: format!("http://127.0.0.1:{port}"),
             port,
             stop,
+            seen,
         }
     }
+
+    /// Every request so far, in the order they arrived: the request line, then what the body
+    /// asks for (see [`describe_request`]).
+    pub fn requests(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The requests since the last call (or since the start), and forgets them.
+    pub fn take_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// One line saying what a request asks for, to tell in a failing test where requests went:
+/// the request line's method and path, and for a Hrana pipeline each request's type with the
+/// start of its SQL (a batch: its step count and first steps).
+pub fn describe_request(head: &str, body: &[u8]) -> String {
+    let line = head.lines().next().unwrap_or_default();
+    let target = line.rsplit_once(' ').map_or(line, |(t, _)| t);
+    let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        return target.to_owned();
+    };
+    let short = |sql: &str| sql.chars().take(40).collect::<String>();
+    let parts: Vec<String> = json["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| match r["type"].as_str().unwrap_or("?") {
+            "execute" => format!("execute {}", short(r["stmt"]["sql"].as_str().unwrap_or(""))),
+            "batch" => {
+                let steps = r["batch"]["steps"].as_array().cloned().unwrap_or_default();
+                let first: Vec<String> = steps
+                    .iter()
+                    .take(3)
+                    .map(|s| short(s["stmt"]["sql"].as_str().unwrap_or("")))
+                    .collect();
+                format!("batch of {} ({} ...)", steps.len(), first.join("; "))
+            }
+            other => other.to_owned(),
+        })
+        .collect();
+    format!("{target} [{}]", parts.join(", "))
 }
 
 impl Drop for HookProxy {
