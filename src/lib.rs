@@ -28,6 +28,7 @@ pub mod spot_check;
 pub mod sql;
 pub mod sync;
 pub mod touched;
+pub mod turso_pages;
 pub mod value;
 pub mod verify;
 pub mod watch;

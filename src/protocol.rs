@@ -78,14 +78,23 @@ pub fn from_env() -> Result<Option<Detected>> {
     }
 }
 
-/// Whether clones and pulls may read sqld's replication log: not when `TURSYNC_NO_LOG` is set
-/// or `TURSYNC_PROTOCOL` names another protocol.
+/// Whether clones and pulls may keep the mirror, read from sqld's replication log or from
+/// Turso Sync's pages, whichever the remote speaks: not when `TURSYNC_NO_LOG` is set or
+/// `TURSYNC_PROTOCOL=sql`.
 pub fn log_allowed() -> bool {
     std::env::var_os("TURSYNC_NO_LOG").is_none()
-        && !matches!(
-            std::env::var(ENV).ok().as_deref().and_then(Protocol::parse),
-            Some(Protocol::Sql | Protocol::TursoSync)
-        )
+        && std::env::var(ENV).ok().as_deref().and_then(Protocol::parse) != Some(Protocol::Sql)
+}
+
+/// What the remote speaks for a clone: `TURSYNC_PROTOCOL` if set, else a probe, recorded in the
+/// state directory `dir` being built (so the commands after it need not probe again).
+pub fn for_clone(dir: &Path, remote: &Remote) -> Result<Detected> {
+    if let Some(forced) = from_env()? {
+        return Ok(forced);
+    }
+    let found = probe(remote)?;
+    record(dir, &found)?;
+    Ok(found)
 }
 
 /// Asks the server: `/pull-updates` for page 0 (Turso Sync), then the log's `Hello` (sqld).

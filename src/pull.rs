@@ -21,10 +21,13 @@ pub use crate::merge::{PullReport, Renumbered};
 use crate::mirror::{open_immutable, Mirror, MirrorError, Settling};
 use crate::pages::{self, Stamp};
 use crate::progress::Progress;
+use crate::protocol::Protocol;
 use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
+use crate::remote::turso_sync::TursoSyncError;
 use crate::remote::Remote;
 use crate::spot_check::{spot_check, SpotCheck};
 use crate::touched::{touched, Before, Touched};
+use crate::turso_pages::TursoPages;
 use crate::workspace::{
     read_ours, wait_for_locks, Clean, StreamsOff, SyncState, Workspace, BUSY_TIMEOUT,
 };
@@ -55,7 +58,20 @@ pub fn pull(
 
     let mut read = "over SQL".to_owned();
     if use_log {
-        let mut log = ReplicationLog::new(remote);
+        let (mut replication, mut pages);
+        let log: &mut dyn LogSource = match crate::protocol::detect(&ws.state_dir(), None, remote)?
+            .0
+            .protocol
+        {
+            Protocol::TursoSync => {
+                pages = TursoPages::new(remote, ws.mirror());
+                &mut pages
+            }
+            Protocol::Log | Protocol::Sql => {
+                replication = ReplicationLog::new(remote);
+                &mut replication
+            }
+        };
         let hello = match log.hello() {
             Ok(hello) => Ok(hello),
             Err(LogError::Remote(e)) if e.is_transient() => return Err(e.into()),
@@ -71,7 +87,7 @@ pub fn pull(
             }
         }
         let outcome = match hello {
-            Ok(hello) => from_log(ws, remote, &mut log, &hello, &state, merge, on_wait)?,
+            Ok(hello) => from_log(ws, remote, log, &hello, &state, merge, on_wait)?,
             Err(reason) => FromLog::Unusable(reason),
         };
         match outcome {
@@ -211,6 +227,12 @@ fn from_log(
         Ok(ready) => ready,
         Err(MirrorError::Log(LogError::Remote(e))) if e.is_transient() => return Err(e.into()),
         Err(MirrorError::Log(LogError::Reset)) => return Ok(FromLog::NotNow),
+        // Turso Sync's server no longer knows the mirror's revision: the next pull bootstraps.
+        Err(MirrorError::Log(LogError::TursoSync(e @ TursoSyncError::Reset { .. }))) => {
+            forget_base_at(ws)?;
+            mirror.remove()?;
+            return Ok(FromLog::Damaged(e.to_string()));
+        }
         Err(MirrorError::Log(e)) => return Ok(FromLog::Unusable(e.to_string())),
         Err(MirrorError::Local(e)) => return Err(e),
     };

@@ -22,11 +22,13 @@ use crate::durable::{
 };
 use crate::mirror::{self, Mirror, MirrorError, Streams};
 use crate::progress::Progress;
+use crate::protocol::Protocol;
 use crate::remote::replication::{LogError, LogSource, ReplicationLog};
 use crate::remote::{Endpoint, Remote};
 use crate::schema::Schema;
 use crate::sink::LocalSink;
 use crate::sql;
+use crate::turso_pages::TursoPages;
 use crate::{Error, Result};
 
 pub const STATE_DIR: &str = ".tursync";
@@ -469,16 +471,29 @@ fn clone_from_log(
 ) -> Result<std::result::Result<LogClone, Option<String>>> {
     if !opts.use_log {
         return Ok(Err(Some(
-            "TURSYNC_NO_LOG is set, or TURSYNC_PROTOCOL names another protocol".into(),
+            "TURSYNC_NO_LOG is set, or TURSYNC_PROTOCOL=sql".into(),
         )));
     }
     let mirror = Mirror::new(state.to_path_buf());
-    let mut log = ReplicationLog::new(remote);
+    let found = crate::protocol::for_clone(state, remote)?;
+    let (mut replication, mut pages);
+    // A server probed as SQL only is asked for the log all the same: its refusal is the
+    // reason recorded.
+    let log: &mut dyn LogSource = match found.protocol {
+        Protocol::Sql | Protocol::Log => {
+            replication = ReplicationLog::new(remote);
+            &mut replication
+        }
+        Protocol::TursoSync => {
+            pages = TursoPages::new(remote, Mirror::new(state.to_path_buf()));
+            &mut pages
+        }
+    };
     let mut streams = Streams::Try;
     let mut log_id = String::new();
     let reason = match log.hello().map_err(MirrorError::from).and_then(|hello| {
         log_id.clone_from(&hello.log_id);
-        mirror.build(&mut log, &hello, &mut streams)
+        mirror.build(log, &hello, &mut streams)
     }) {
         Ok(Some(built)) => {
             let src = mirror.db_path();
