@@ -641,6 +641,7 @@ fn reads_report(ws: &Workspace) -> serde_json::Value {
             "path": "log",
             "mirror": file_info(&mirror.db_path()),
             "frame_no": m.frame_no,
+            "revision": m.revision,
             "streams": streams_report(&sync),
         }),
         // Partial, or its files disagree: not valid, whatever its size.
@@ -684,6 +685,11 @@ fn print_status(r: &serde_json::Value) {
         println!("base snapshot  {}", file(&r["base"]));
         let reads = &r["reads"];
         match reads["path"].as_str() {
+            Some("log") if reads["revision"].is_string() => println!(
+                "pulls read     Turso Sync's pages: mirror {} at revision {}",
+                file(&reads["mirror"]),
+                reads["revision"].as_str().unwrap_or("?")
+            ),
             Some("log") if reads["mirror"].is_object() => println!(
                 "pulls read     the replication log: mirror {} at frame {}",
                 file(&reads["mirror"]),
