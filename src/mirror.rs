@@ -1,5 +1,6 @@
 //! The mirror: a page-exact copy of the remote database file in `.tursync/mirror.db`, advanced
-//! only by whole transactions read from the server's replication log.
+//! only by whole transactions read from the server's replication log, or from Turso Sync's
+//! page pull read as one ([`crate::turso_pages`]).
 //!
 //! ```text
 //! .tursync/mirror.db      the remote's database file, page for page (never written by SQLite)

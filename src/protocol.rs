@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use std::path::Path;
 
+use crate::mirror::Mirror;
 use crate::remote::replication::{LogError, LogSource, ReplicationLog};
 use crate::remote::turso_sync::{TursoSync, TursoSyncError};
 use crate::remote::Remote;
+use crate::turso_pages::TursoPages;
 use crate::{Error, Result};
 
 const FILE: &str = "protocol.json";
@@ -37,6 +39,16 @@ impl Protocol {
             Protocol::Log => "log",
             Protocol::TursoSync => "turso-sync",
             Protocol::Sql => "sql",
+        }
+    }
+
+    /// Where the mirror is read from on a remote that speaks this: Turso Sync's pages, else
+    /// sqld's log (a server probed as SQL only is asked all the same, and its refusal is the
+    /// reason recorded for reading over SQL).
+    pub fn mirror_source<'r>(self, remote: &'r Remote, mirror: Mirror) -> Box<dyn LogSource + 'r> {
+        match self {
+            Protocol::TursoSync => Box::new(TursoPages::new(remote, mirror)),
+            Protocol::Log | Protocol::Sql => Box::new(ReplicationLog::new(remote)),
         }
     }
 

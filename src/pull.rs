@@ -1,7 +1,8 @@
 //! Bringing others' changes into the working copy: when and under which locks.
 //!
 //! The remote is read from its replication log into the mirror ([`crate::mirror`]) when the
-//! server serves one; otherwise, and from the first time the log fails in a way that will not
+//! server serves one, or from its pages when it speaks Turso Sync ([`crate::turso_pages`]);
+//! otherwise, and from the first time the log fails in a way that will not
 //! pass (the reason is kept in the sync state), with the clone machinery into a plain file
 //! beside the base (exact, streamed, bounded memory). Ours (base → working copy) is read from a snapshot of the
 //! working copy and the merge planned from both sides ([`crate::merge`]); then, under the
@@ -21,13 +22,11 @@ pub use crate::merge::{PullReport, Renumbered};
 use crate::mirror::{open_immutable, Mirror, MirrorError, Settling};
 use crate::pages::{self, Stamp};
 use crate::progress::Progress;
-use crate::protocol::Protocol;
-use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
+use crate::remote::replication::{Hello, LogError, LogSource};
 use crate::remote::turso_sync::TursoSyncError;
 use crate::remote::Remote;
 use crate::spot_check::{spot_check, SpotCheck};
 use crate::touched::{touched, Before, Touched};
-use crate::turso_pages::TursoPages;
 use crate::workspace::{
     read_ours, wait_for_locks, Clean, StreamsOff, SyncState, Workspace, BUSY_TIMEOUT,
 };
@@ -58,20 +57,11 @@ pub fn pull(
 
     let mut read = "over SQL".to_owned();
     if use_log {
-        let (mut replication, mut pages);
-        let log: &mut dyn LogSource = match crate::protocol::detect(&ws.state_dir(), None, remote)?
+        let protocol = crate::protocol::detect(&ws.state_dir(), None, remote)?
             .0
-            .protocol
-        {
-            Protocol::TursoSync => {
-                pages = TursoPages::new(remote, ws.mirror());
-                &mut pages
-            }
-            Protocol::Log | Protocol::Sql => {
-                replication = ReplicationLog::new(remote);
-                &mut replication
-            }
-        };
+            .protocol;
+        let mut source = protocol.mirror_source(remote, ws.mirror());
+        let log = &mut *source;
         let hello = match log.hello() {
             Ok(hello) => Ok(hello),
             Err(LogError::Remote(e)) if e.is_transient() => return Err(e.into()),

@@ -22,13 +22,11 @@ use crate::durable::{
 };
 use crate::mirror::{self, Mirror, MirrorError, Streams};
 use crate::progress::Progress;
-use crate::protocol::Protocol;
-use crate::remote::replication::{LogError, LogSource, ReplicationLog};
+use crate::remote::replication::LogError;
 use crate::remote::{Endpoint, Remote};
 use crate::schema::Schema;
 use crate::sink::LocalSink;
 use crate::sql;
-use crate::turso_pages::TursoPages;
 use crate::{Error, Result};
 
 pub const STATE_DIR: &str = ".tursync";
@@ -476,19 +474,10 @@ fn clone_from_log(
     }
     let mirror = Mirror::new(state.to_path_buf());
     let found = crate::protocol::for_clone(state, remote)?;
-    let (mut replication, mut pages);
-    // A server probed as SQL only is asked for the log all the same: its refusal is the
-    // reason recorded.
-    let log: &mut dyn LogSource = match found.protocol {
-        Protocol::Sql | Protocol::Log => {
-            replication = ReplicationLog::new(remote);
-            &mut replication
-        }
-        Protocol::TursoSync => {
-            pages = TursoPages::new(remote, Mirror::new(state.to_path_buf()));
-            &mut pages
-        }
-    };
+    let mut source = found
+        .protocol
+        .mirror_source(remote, Mirror::new(state.to_path_buf()));
+    let log = &mut *source;
     let mut streams = Streams::Try;
     let mut log_id = String::new();
     let reason = match log.hello().map_err(MirrorError::from).and_then(|hello| {
