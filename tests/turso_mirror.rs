@@ -165,7 +165,10 @@ fn pulls_across_many_transactions_are_page_exact() {
             server.exec(&[&random_edit(&mut rng)]);
         }
         if round == 4 {
-            edit(dir.path(), "INSERT INTO a(v, n) VALUES ('ours', 1)");
+            edit(
+                dir.path(),
+                "INSERT INTO a(id, v, n) VALUES (100000, 'ours', 1)",
+            );
             run_ok(tursync(dir.path()).arg("push"));
         }
         if round == 7 {
@@ -174,17 +177,23 @@ fn pulls_across_many_transactions_are_page_exact() {
                 "INSERT INTO late VALUES ('late')",
             ]);
         }
+        let moved =
+            server_revision(&server.url).to_string() != mirror_state(dir.path())["revision"];
         seen.lock().unwrap().clear();
-        let before = mirror_state(dir.path())["revision"].clone();
         let report = pull(dir.path());
         let read = read_of(&report);
         assert!(
             read == "the pages the log changed" || read.starts_with("whole tables of the mirror"),
             "round {round}: {read}"
         );
-        // One request for the pages, and one to check the revision they go on from.
-        assert_eq!(page_pulls(&seen), 2, "round {round}: {:?}", seen.lock());
-        assert_ne!(mirror_state(dir.path())["revision"], before);
+        // One request for the pages, and one to check the revision they go on from (none when
+        // the edits changed nothing: a delete of a row already gone).
+        let want = if moved { 2 } else { 1 };
+        assert_eq!(page_pulls(&seen), want, "round {round}: {:?}", seen.lock());
+        assert_eq!(
+            mirror_state(dir.path())["revision"],
+            server_revision(&server.url).to_string()
+        );
         assert_mirror_exact(&server, dir.path());
         assert_same(&server, dir.path());
         assert_nothing_pending(dir.path());
@@ -197,7 +206,7 @@ fn pulls_across_many_transactions_are_page_exact() {
     assert!(reads(dir.path())["revision"].is_string());
 }
 
-/// The server's revision once its WAL holds more frames than `than`.
+/// The server's newest revision (tursodb's: its WAL's frame count).
 fn server_revision(url: &str) -> u64 {
     let (endpoint, _) = tursync::remote::Endpoint::parse(url).unwrap();
     let remote = tursync::remote::Remote::new(endpoint, None);
@@ -310,7 +319,11 @@ fn a_pull_killed_midway_is_healed_by_the_next() {
         child.wait().unwrap();
         killed_applying |= spool.exists();
         server.exec(&["UPDATE t SET b = x'00' WHERE id = 1"]);
-        pull(dir.path());
+        eprintln!(
+            "round {round}: killed with a spool: {}; the next pull read {}",
+            spool.exists(),
+            read_of(&pull(dir.path()))
+        );
         assert!(!spool.exists());
         assert_mirror_exact(&server, dir.path());
         assert_same(&server, dir.path());
