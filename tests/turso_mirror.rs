@@ -177,8 +177,8 @@ fn pulls_across_many_transactions_are_page_exact() {
                 "INSERT INTO late VALUES ('late')",
             ]);
         }
-        let moved =
-            server_revision(&server.url).to_string() != mirror_state(dir.path())["revision"];
+        let now = server_revision(&server.url).to_string();
+        let moved = mirror_state(dir.path())["revision"].as_str() != Some(now.as_str());
         seen.lock().unwrap().clear();
         let report = pull(dir.path());
         let read = read_of(&report);
@@ -263,20 +263,23 @@ fn a_pull_after_a_checkpoint_finds_the_revision_reset() {
         assert_nothing_pending(dir.path());
         // The next pull cannot bootstrap from the pages (the checkpointed ones are not sent):
         // it says so, and reads over SQL from then on.
-        server.exec(&["UPDATE a SET v = 'later' WHERE id = 7"]);
-        let read = read_of(&pull(dir.path()));
-        assert!(read.starts_with("over SQL"), "grown {grown}: {read}");
-        assert_same(&server, dir.path());
-        let r = reads(dir.path());
-        assert_eq!(r["path"], "sql", "{r}");
-        assert!(
-            r["reason"].as_str().unwrap().contains("pages"),
-            "grown {grown}: {r}"
-        );
-        server.exec(&["DELETE FROM a WHERE id = 9"]);
-        pull(dir.path());
-        assert_same(&server, dir.path());
+        read_over_sql_from_now_on(&server, dir.path(), "pages");
     }
+}
+
+/// A remote change read over SQL by the next pull, which says so, as `status` does with a
+/// reason naming `why`; and the pull after it too, each ending exact.
+fn read_over_sql_from_now_on(server: &TursoSync, dir: &Path, why: &str) {
+    server.exec(&["UPDATE a SET v = 'over sql' WHERE id = 7"]);
+    let read = read_of(&pull(dir));
+    assert!(read.starts_with("over SQL"), "{read}");
+    assert_same(server, dir);
+    let r = reads(dir);
+    assert_eq!(r["path"], "sql", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains(why), "{r}");
+    server.exec(&["DELETE FROM a WHERE id = 9"]);
+    pull(dir);
+    assert_same(server, dir);
 }
 
 /// A pull killed with SIGKILL at random moments (fetching the pages, applying them slowly,
@@ -359,19 +362,7 @@ fn a_server_without_pull_updates_is_read_over_sql() {
     assert_eq!(read_of(&pull(dir.path())), "the pages the log changed");
 
     off.store(true, Ordering::SeqCst);
-    server.exec(&["UPDATE a SET v = 'hidden' WHERE id = 2"]);
-    let read = read_of(&pull(dir.path()));
-    assert!(read.starts_with("over SQL"), "{read}");
-    assert_same(&server, dir.path());
-    let r = reads(dir.path());
-    assert_eq!(r["path"], "sql", "{r}");
-    assert!(
-        r["reason"].as_str().unwrap().contains("/pull-updates"),
-        "{r}"
-    );
-    server.exec(&["DELETE FROM a WHERE id = 3"]);
-    pull(dir.path());
-    assert_same(&server, dir.path());
+    read_over_sql_from_now_on(&server, dir.path(), "/pull-updates");
     assert!(!dir.path().join(".tursync/mirror.db").exists());
 
     let fresh = tempdir();
