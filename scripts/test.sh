@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the whole test suite against a real sqld (and a real tursodb for the Turso Sync tests).
+# Run the whole test suite against a real sqld (and a real tursodb for the Turso Sync tests,
+# with pyturso as a second Turso Sync client).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test harness_selftest`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,6 +16,12 @@ echo "test.sh: using sqld at $SQLD_BIN" >&2
 tursodb_bin="$(bash scripts/install-tursodb.sh)"
 export TURSODB_BIN="$tursodb_bin"
 echo "test.sh: using tursodb at $TURSODB_BIN" >&2
+
+# The interop tests run pyturso, Turso's own sync client, through PYTURSO_PYTHON: a python in
+# a venv of its own with pyturso installed at a pinned version and hash.
+pyturso_python="$(bash scripts/install-pyturso.sh)"
+export PYTURSO_PYTHON="$pyturso_python"
+echo "test.sh: using pyturso through $PYTURSO_PYTHON" >&2
 
 # sqldiff (Debian's sqlite3-tools) is the outside oracle of the diff tests, and the sqlite3 shell
 # (Debian's sqlite3) loads `dump` and `diff --sql` output as a user would. tursync itself

@@ -31,6 +31,7 @@ pub mod sql;
 pub mod status;
 pub mod sync;
 pub mod touched;
+pub mod turso_pages;
 mod unchanged;
 pub mod value;
 pub mod verify;

@@ -1,9 +1,11 @@
 //! The mirror: a page-exact copy of the remote database file in `.tursync/mirror.db`, advanced
-//! only by whole transactions read from the server's replication log.
+//! only by whole transactions read from the server's replication log, or from Turso Sync's
+//! page pull read as one ([`crate::turso_pages`]).
 //!
 //! ```text
 //! .tursync/mirror.db      the remote's database file, page for page (never written by SQLite)
 //! .tursync/mirror.json    {"log_id":…,"generation_id":…,"frame_no":…}: the last frame in it
+//!                         (and Turso Sync's "revision" there, for a mirror of its pages)
 //! .tursync/mirror.spool   frames fetched and synced, not yet (or not surely) written into it
 //! .tursync/mirror.sums    a CRC-32 of every page, with the frame and size they are of
 //! ```
@@ -48,6 +50,10 @@ pub struct MirrorState {
     pub generation_id: String,
     /// The last frame applied; `None` while nothing is.
     pub frame_no: Option<u64>,
+    /// The server's name for that point, when it has one (Turso Sync's revision, from which
+    /// the next pull asks for pages: [`crate::turso_pages`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// What a ready spool starts with: enough to apply it after a crash.
@@ -65,6 +71,9 @@ struct SpoolHead {
     frames: u64,
     #[serde(default)]
     sum: Option<u32>,
+    /// The revision the frames reach, recorded with the frame once applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revision: Option<String>,
 }
 
 /// Frames fetched, synced and ready to be written into the mirror.
@@ -297,6 +306,7 @@ impl Mirror {
             page_size: spool.txns.page_size.unwrap_or(4096),
             frames: 0,
             sum: None,
+            revision: log.revision(),
         };
         let (pages, size) = (std::mem::take(&mut spool.pages), spool.txns.size);
         let fresh = head.fresh || spool.snapshots;
@@ -398,6 +408,7 @@ impl Mirror {
             log_id: ready.head.log_id.clone(),
             generation_id: ready.head.generation_id.clone(),
             frame_no: Some(ready.to),
+            revision: ready.head.revision.clone(),
         };
         let (dir, recorded) = (self.dir.clone(), state.clone());
         let sync = std::thread::spawn(move || -> Result<()> {
@@ -530,6 +541,7 @@ impl Mirror {
             log_id: hello.log_id.clone(),
             generation_id: hello.generation_id.clone(),
             frame_no: Some(to),
+            revision: log.revision(),
         })?;
         Ok(Some(Built { to }))
     }

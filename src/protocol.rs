@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use std::path::Path;
 
+use crate::mirror::Mirror;
 use crate::remote::replication::{LogError, LogSource, ReplicationLog};
 use crate::remote::turso_sync::{TursoSync, TursoSyncError};
 use crate::remote::Remote;
+use crate::turso_pages::TursoPages;
 use crate::{Error, Result};
 
 const FILE: &str = "protocol.json";
@@ -37,6 +39,16 @@ impl Protocol {
             Protocol::Log => "log",
             Protocol::TursoSync => "turso-sync",
             Protocol::Sql => "sql",
+        }
+    }
+
+    /// Where the mirror is read from on a remote that speaks this: Turso Sync's pages, else
+    /// sqld's log (a server probed as SQL only is asked all the same, and its refusal is the
+    /// reason recorded for reading over SQL).
+    pub fn mirror_source<'r>(self, remote: &'r Remote, mirror: Mirror) -> Box<dyn LogSource + 'r> {
+        match self {
+            Protocol::TursoSync => Box::new(TursoPages::new(remote, mirror)),
+            Protocol::Log | Protocol::Sql => Box::new(ReplicationLog::new(remote)),
         }
     }
 
@@ -78,14 +90,23 @@ pub fn from_env() -> Result<Option<Detected>> {
     }
 }
 
-/// Whether clones and pulls may read sqld's replication log: not when `TURSYNC_NO_LOG` is set
-/// or `TURSYNC_PROTOCOL` names another protocol.
+/// Whether clones and pulls may keep the mirror, read from sqld's replication log or from
+/// Turso Sync's pages, whichever the remote speaks: not when `TURSYNC_NO_LOG` is set or
+/// `TURSYNC_PROTOCOL=sql`.
 pub fn log_allowed() -> bool {
     std::env::var_os("TURSYNC_NO_LOG").is_none()
-        && !matches!(
-            std::env::var(ENV).ok().as_deref().and_then(Protocol::parse),
-            Some(Protocol::Sql | Protocol::TursoSync)
-        )
+        && std::env::var(ENV).ok().as_deref().and_then(Protocol::parse) != Some(Protocol::Sql)
+}
+
+/// What the remote speaks for a clone: `TURSYNC_PROTOCOL` if set, else a probe, recorded in the
+/// state directory `dir` being built (so the commands after it need not probe again).
+pub fn for_clone(dir: &Path, remote: &Remote) -> Result<Detected> {
+    if let Some(forced) = from_env()? {
+        return Ok(forced);
+    }
+    let found = probe(remote)?;
+    record(dir, &found)?;
+    Ok(found)
 }
 
 /// Asks the server: `/pull-updates` for page 0 (Turso Sync), then the log's `Hello` (sqld).

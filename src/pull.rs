@@ -1,7 +1,8 @@
 //! Bringing others' changes into the working copy: when and under which locks.
 //!
 //! The remote is read from its replication log into the mirror ([`crate::mirror`]) when the
-//! server serves one; otherwise, and from the first time the log fails in a way that will not
+//! server serves one, or from its pages when it speaks Turso Sync ([`crate::turso_pages`]);
+//! otherwise, and from the first time the log fails in a way that will not
 //! pass (the reason is kept in the sync state), with the clone machinery into a plain file
 //! beside the base (exact, streamed, bounded memory). Ours (base → working copy) is read from a snapshot of the
 //! working copy and the merge planned from both sides ([`crate::merge`]); then, under the
@@ -22,7 +23,8 @@ pub use crate::merge::{PullReport, Renumbered};
 use crate::mirror::{open_immutable, Mirror, MirrorError, Settling};
 use crate::pages::{self, Stamp};
 use crate::progress::Progress;
-use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
+use crate::remote::replication::{Hello, LogError, LogSource};
+use crate::remote::turso_sync::TursoSyncError;
 use crate::remote::Remote;
 use crate::spot_check::{spot_check, SpotCheck};
 use crate::touched::{touched, Before, Touched};
@@ -49,8 +51,16 @@ pub fn pull(
     let known = state.replication_index;
     let mut sql_path = state.sql_path.clone();
     let use_log = opts.use_log && sql_path.is_none();
-    let mut log = ReplicationLog::new(remote);
-    let hello = match use_log.then(|| log.hello()) {
+    // The reader of the remote's pages this protocol offers (sqld's log, Turso Sync's pages).
+    let mut source = if use_log {
+        let protocol = crate::protocol::detect(&ws.state_dir(), None, remote)?
+            .0
+            .protocol;
+        Some(protocol.mirror_source(remote, ws.mirror()))
+    } else {
+        None
+    };
+    let hello = match source.as_mut().map(|log| log.hello()) {
         None => None,
         Some(Ok(hello)) => Some(Ok(hello)),
         Some(Err(LogError::Remote(e))) if e.is_transient() => return Err(e.into()),
@@ -67,7 +77,7 @@ pub fn pull(
     }
 
     let mut read = "over SQL".to_owned();
-    if let Some(hello) = hello {
+    if let (Some(hello), Some(log)) = (hello, source.as_deref_mut()) {
         // A reset log can reach the same index again: the index alone does not say nothing
         // changed, the index and the log's id together do.
         // A mirror.json that cannot be read is dropped by `from_log` with the rest of the mirror.
@@ -78,7 +88,7 @@ pub fn pull(
             }
         }
         let outcome = match hello {
-            Ok(hello) => from_log(ws, remote, &mut log, &hello, &state, merge, on_wait)?,
+            Ok(hello) => from_log(ws, remote, log, &hello, &state, merge, on_wait)?,
             Err(reason) => FromLog::Unusable(reason),
         };
         match outcome {
@@ -218,6 +228,12 @@ fn from_log(
         Ok(ready) => ready,
         Err(MirrorError::Log(LogError::Remote(e))) if e.is_transient() => return Err(e.into()),
         Err(MirrorError::Log(LogError::Reset)) => return Ok(FromLog::NotNow),
+        // Turso Sync's server no longer knows the mirror's revision: the next pull bootstraps.
+        Err(MirrorError::Log(LogError::TursoSync(e @ TursoSyncError::Reset { .. }))) => {
+            forget_base_at(ws)?;
+            mirror.remove()?;
+            return Ok(FromLog::Damaged(e.to_string()));
+        }
         Err(MirrorError::Log(e)) => return Ok(FromLog::Unusable(e.to_string())),
         Err(MirrorError::Local(e)) => return Err(e),
     };

@@ -95,6 +95,8 @@ pub enum Reads {
     Mirror {
         mirror: FileInfo,
         frame_no: Option<u64>,
+        /// Turso Sync's revision the mirror is at (`None` on sqld's log).
+        revision: Option<String>,
         streams: Streams,
     },
     /// From the log, the mirror being unusable or not there yet (`streams` then).
@@ -279,14 +281,24 @@ impl Status {
                     Reads::Mirror {
                         mirror,
                         frame_no,
+                        revision,
                         streams,
                     } => {
-                        let frame = frame_no.map_or_else(|| "null".to_owned(), |f| f.to_string());
-                        writeln!(
-                            out,
-                            "pulls read     the replication log: mirror {} at frame {frame}",
-                            mirror.describe()
-                        )?;
+                        if let Some(revision) = revision {
+                            writeln!(
+                                out,
+                                "pulls read     Turso Sync's pages: mirror {} at revision {revision}",
+                                mirror.describe()
+                            )?;
+                        } else {
+                            let frame =
+                                frame_no.map_or_else(|| "null".to_owned(), |f| f.to_string());
+                            writeln!(
+                                out,
+                                "pulls read     the replication log: mirror {} at frame {frame}",
+                                mirror.describe()
+                            )?;
+                        }
                         Some(streams)
                     }
                     Reads::Sql { reason } => {
@@ -468,6 +480,7 @@ fn reads(ws: &Workspace) -> Reads {
         (Ok(sync), Ok(Some(Ok(m)))) => Reads::Mirror {
             mirror: FileInfo::of(&mirror.db_path()),
             frame_no: m.frame_no,
+            revision: m.revision,
             streams: streams(&sync),
         },
         // Partial, or its files disagree: not valid, whatever its size.

@@ -22,7 +22,7 @@ use crate::durable::{
 };
 use crate::mirror::{self, Mirror, MirrorError, Streams};
 use crate::progress::Progress;
-use crate::remote::replication::{LogError, LogSource, ReplicationLog};
+use crate::remote::replication::LogError;
 use crate::remote::{Endpoint, Remote};
 use crate::schema::Schema;
 use crate::sink::LocalSink;
@@ -475,16 +475,20 @@ fn clone_from_log(
 ) -> Result<std::result::Result<LogClone, Option<String>>> {
     if !opts.use_log {
         return Ok(Err(Some(
-            "TURSYNC_NO_LOG is set, or TURSYNC_PROTOCOL names another protocol".into(),
+            "TURSYNC_NO_LOG is set, or TURSYNC_PROTOCOL=sql".into(),
         )));
     }
     let mirror = Mirror::new(state.to_path_buf());
-    let mut log = ReplicationLog::new(remote);
+    let found = crate::protocol::for_clone(state, remote)?;
+    let mut source = found
+        .protocol
+        .mirror_source(remote, Mirror::new(state.to_path_buf()));
+    let log = &mut *source;
     let mut streams = Streams::Try;
     let mut log_id = String::new();
     let reason = match log.hello().map_err(MirrorError::from).and_then(|hello| {
         log_id.clone_from(&hello.log_id);
-        mirror.build(&mut log, &hello, &mut streams)
+        mirror.build(log, &hello, &mut streams)
     }) {
         Ok(Some(built)) => {
             let src = mirror.db_path();

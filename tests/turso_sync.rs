@@ -254,7 +254,7 @@ fn apply_pages(
     let mut pages = Vec::new();
     let mut page_size = 0u64;
     let header = sync
-        .pull(since, &mut |id, page| {
+        .pull(since, None, &mut |id, page| {
             page_size = page.len() as u64;
             pages.push(id);
             f.seek(SeekFrom::Start(id * page.len() as u64))?;

@@ -116,12 +116,16 @@ pub enum LogError {
     /// The caller's handling of a frame failed (writing the spool, say).
     #[error("storing a frame of the replication log: {0}")]
     Sink(#[from] std::io::Error),
+    /// Turso Sync's `/pull-updates`, read as a log ([`crate::turso_pages`]), failed.
+    #[error(transparent)]
+    TursoSync(#[from] super::turso_sync::TursoSyncError),
 }
 
 impl Transient for LogError {
     fn remote(&self) -> Option<&RemoteError> {
         match self {
             LogError::Remote(e) => Some(e),
+            LogError::TursoSync(e) => e.remote(),
             _ => None,
         }
     }
@@ -129,6 +133,7 @@ impl Transient for LogError {
     fn gave_up(self, after: Duration, attempts: u32) -> Self {
         match self {
             LogError::Remote(e) => LogError::Remote(e.gave_up(after, attempts)),
+            LogError::TursoSync(e) => LogError::TursoSync(e.gave_up(after, attempts)),
             other => other,
         }
     }
@@ -163,6 +168,11 @@ pub trait LogSource {
     /// Another reader of the same log and session, for a thread of its own; `None` when the
     /// source cannot have two.
     fn fork(&self) -> Option<Box<dyn LogSource + Send + '_>> {
+        None
+    }
+    /// The server's own name for the point the frames read so far reach, when it has one
+    /// besides the frame number (Turso Sync's revision); recorded with the mirror.
+    fn revision(&self) -> Option<String> {
         None
     }
     /// Runs `attempt`, again while it fails in a way that may pass (as the remote's reads are).

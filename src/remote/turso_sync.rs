@@ -111,6 +111,15 @@ pub enum TursoSyncError {
     Protocol(String),
     #[error("writing a page pulled from the remote: {0}")]
     Sink(std::io::Error),
+    /// A bootstrap (or an answer that replaces the client's copy) without every page of the
+    /// database: the server cannot give the whole file by pages. tursodb serves only the
+    /// pages of its WAL, so a file it checkpointed (turso#5971) is not whole from them.
+    #[error("Turso Sync's /pull-updates sent {got} of the database's {size} pages (the server serves only the pages still in its WAL, as after a checkpoint)")]
+    Incomplete { got: u64, size: u64 },
+    /// The revision the mirror is at names another history on the server now (its WAL was
+    /// checkpointed and started again): pages pulled from it would not make the remote's file.
+    #[error("the server no longer knows revision {revision} of the mirror ({why})")]
+    Reset { revision: String, why: String },
 }
 
 impl Transient for TursoSyncError {
@@ -156,20 +165,23 @@ impl<'r> TursoSync<'r> {
             .retrying(|| self.request(&req, &mut |_, _| Ok(())))
     }
 
-    /// Every page of the database at the server's newest revision (`since: None`), or those
-    /// changed since the revision `since`, handed to `each` one at a time as (0-based page id,
-    /// page bytes), in the order the server sends them. Retried from the start while it fails
-    /// in a way that may pass, so `each` must accept a page twice.
+    /// The newest copy of every page changed after revision `from` (every page when `from` is
+    /// `None`: a bootstrap) up to revision `to` (the server's newest when `None`), handed to
+    /// `each` one at a time as (0-based page id, page bytes), in the order the server sends
+    /// them. Not retried: a retry must start again from nothing, which only the caller can do
+    /// with what `each` kept (the mirror's `LogSource::retrying` rewinds its sink).
     pub fn pull(
         &self,
-        since: Option<&str>,
+        from: Option<&str>,
+        to: Option<&str>,
         each: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>,
     ) -> Result<PullHeader, TursoSyncError> {
         let req = PullUpdatesReq {
-            client_revision: since.unwrap_or_default().to_owned(),
+            client_revision: from.unwrap_or_default().to_owned(),
+            server_revision: to.unwrap_or_default().to_owned(),
             ..PullUpdatesReq::default()
         };
-        self.remote.retrying(|| self.request(&req, each))
+        self.request(&req, each)
     }
 
     fn request(
