@@ -11,9 +11,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::changeset::{
-    Changeset, RowChange, SchemaChange, SequenceChange, TableDiff,
-};
+use crate::changeset::{Changeset, RowChange, SchemaChange, SequenceChange, TableDiff};
 use crate::conflict::{Conflict, ConflictKind, MergeOptions, Outcome, Resolve};
 use crate::orphans::{Gone, Orphans, ReferenceSettled};
 use crate::schema::{foreign_keys, parse_unique_failure, ForeignKey, UniqueFailure};
@@ -22,11 +20,11 @@ use crate::value::Value;
 use crate::whole_table::Taken;
 
 mod migrations;
+use crate::{Context, Error, Result};
 use migrations::{
     carry_ours_through_theirs, carry_through_migrations, columns_added_apart, merge_schema,
     merged_triggers, merged_user_version, settle_both_reshaped, Carried, KeptColumn,
 };
-use crate::{Context, Error, Result};
 
 /// One of our new rows moved to a key free on both sides, because their new row took its key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

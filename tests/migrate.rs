@@ -786,6 +786,12 @@ fn diff_sql_of_each_migration_replays_onto_the_base() {
          CREATE INDEX notes_title ON notes(title);
          COMMIT;
          UPDATE notes SET extra = '5' WHERE id = 1;",
+        // A new row key: the table re-created, its rows inserted anew.
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE notes_new(id INTEGER, title TEXT PRIMARY KEY, body TEXT, extra TEXT) WITHOUT ROWID;
+         INSERT INTO notes_new SELECT * FROM notes; DROP TABLE notes;
+         ALTER TABLE notes_new RENAME TO notes; CREATE INDEX notes_title ON notes(title);
+         UPDATE notes SET body = 'b4-A' WHERE title = 't4';",
     ];
     for migration in migrations {
         let sqld = Sqld::start();
@@ -1287,4 +1293,54 @@ fn a_rebuild_that_drops_a_column_leaves_their_exact_definition() {
     edit(b.path(), "UPDATE t SET v = 'v1-B' WHERE id = 1;");
     ok(&sqld, b.path(), &["sync"]);
     assert_same_database(&sqld, &wc(b.path()));
+}
+
+/// The mirror path: a teammate's 12-step rebuild of a table of a few thousand rows writes many
+/// pages to the replication log, which the pull reads into the mirror and diffs from the pages
+/// written, while B has row edits pending on that table. B's edits are carried into the new
+/// definition, and B's working copy, base and mirror end equal to the remote.
+#[test]
+fn a_remote_rebuild_of_many_pages_reaches_the_mirror_with_our_edits_carried() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE big(id INTEGER PRIMARY KEY, a TEXT, b TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000)
+         INSERT INTO big SELECT i, printf('a%05d-%s', i, hex(randomblob(20))), 'b' FROM n;",
+    );
+    let b = tempdir();
+    ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+    edit(
+        b.path(),
+        "UPDATE big SET b = 'b-B' WHERE id IN (7, 2500); INSERT INTO big VALUES (5000, 'a-B', 'b-B');",
+    );
+    sqld.exec(
+        "CREATE TABLE big_new(id INTEGER PRIMARY KEY, a TEXT NOT NULL, b TEXT, c INT DEFAULT 3);
+         INSERT INTO big_new(id, a, b) SELECT id, a, b FROM big; DROP TABLE big;
+         ALTER TABLE big_new RENAME TO big; UPDATE big SET a = 'a-T' WHERE id = 9;",
+    );
+    let out = ok(&sqld, b.path(), &["sync", "--json"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("\"read\":\"whole tables of the mirror"),
+        "read from the mirror: {said}"
+    );
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_same_database(&sqld, &b.path().join(".tursync/base.db"));
+    assert_eq!(
+        sqld.query("SELECT id, b, c FROM big WHERE id IN (7, 9, 2500, 5000) ORDER BY id"),
+        vec![
+            vec![Cell::Integer(7), cell("b-B"), Cell::Integer(3)],
+            vec![Cell::Integer(9), cell("b"), Cell::Integer(3)],
+            vec![Cell::Integer(2500), cell("b-B"), Cell::Integer(3)],
+            vec![Cell::Integer(5000), cell("b-B"), Cell::Integer(3)],
+        ]
+    );
+    assert_eq!(
+        sqld.query("SELECT a FROM big WHERE id IN (9, 5000) ORDER BY id"),
+        vec![vec![cell("a-T")], vec![cell("a-B")]]
+    );
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM big"),
+        vec![vec![Cell::Integer(4001)]]
+    );
 }

@@ -855,7 +855,11 @@ fn table_conflict(name: &str, ours: &Changeset, theirs: &Changeset) -> Conflict 
 /// `carried`: tables they migrated that our row changes were carried into
 /// ([`carry_ours_through_theirs`]), and tables both sides added different columns to
 /// ([`columns_added_apart`]): no clash.
-pub(super) fn merge_schema(ours: &Changeset, theirs: &Changeset, carried: &[String]) -> Outcome<Vec<String>> {
+pub(super) fn merge_schema(
+    ours: &Changeset,
+    theirs: &Changeset,
+    carried: &[String],
+) -> Outcome<Vec<String>> {
     // A table renamed here is touched under both its names.
     let ours_touches = |name: &str| {
         ours.schema.iter().any(|c| match c {
@@ -989,4 +993,3 @@ pub(super) fn merged_triggers(ours: &Changeset, theirs: &Changeset) -> Outcome<V
     }
     Outcome::Done(set.into_iter().map(|(_, s)| s).collect())
 }
-
