@@ -705,9 +705,22 @@ impl Changeset {
             .collect()
     }
 
+    /// The schema changes a person would call changes, for reports: all but the indexes
+    /// re-made unchanged only because their table was rebuilt (an `ObjectChanged` whose old
+    /// and new definitions are the same), which the statements need and nobody made.
+    ///
+    /// ```text
+    /// rebuilt table notes, index notes_title unchanged  ->  [~ table notes: rebuilt]
+    /// ```
+    pub fn listed_schema(&self) -> impl Iterator<Item = &SchemaChange> {
+        self.schema.iter().filter(|c| {
+            !matches!(c, SchemaChange::ObjectChanged { old_sql, new_sql, .. } if old_sql == new_sql)
+        })
+    }
+
     /// Row changes plus schema changes: what "N changes to push" counts.
     pub fn change_count(&self) -> usize {
-        self.schema.len()
+        self.listed_schema().count()
             + self.tables.iter().map(|t| t.changes.len()).sum::<usize>()
             + usize::from(self.user_version.is_some())
     }

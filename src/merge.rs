@@ -222,8 +222,7 @@ impl Plan {
                 schema_changes: ddl.len(),
                 // What merge_schema applied: theirs but for the changes we made too.
                 schema: theirs
-                    .schema
-                    .iter()
+                    .listed_schema()
                     .filter(|c| !ours.schema.contains(c))
                     .map(SchemaChange::to_json)
                     .collect(),

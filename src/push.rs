@@ -910,7 +910,7 @@ pub fn push(
     let (cs, work_stamp) = ws.ours(&Default::default())?;
     let report = PushReport {
         changes: cs.change_count(),
-        schema: cs.schema.iter().map(SchemaChange::to_json).collect(),
+        schema: cs.listed_schema().map(SchemaChange::to_json).collect(),
         ..PushReport::default()
     };
     if cs.is_empty() {

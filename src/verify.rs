@@ -243,7 +243,7 @@ pub enum Difference<'a> {
 /// The differences a diff from the base (or the mirror) to the remote found: schema changes,
 /// then tables whose rows differ, then counters.
 pub fn differences(cs: &Changeset) -> Vec<Difference<'_>> {
-    let schema = cs.schema.iter().map(|c| Difference::Schema {
+    let schema = cs.listed_schema().map(|c| Difference::Schema {
         schema: c.describe(),
     });
     let tables = cs.tables.iter().filter(|t| !t.changes.is_empty()).map(|t| {

@@ -1344,3 +1344,35 @@ fn a_remote_rebuild_of_many_pages_reaches_the_mirror_with_our_edits_carried() {
         vec![vec![Cell::Integer(4001)]]
     );
 }
+
+/// A 12-step rebuild re-creates the table's index as it was: `diff`, `diff --json` and
+/// `push --json` list the rebuild alone, not an index that did not change. Measured before:
+/// `~ index notes_title` listed and counted as a change of its own.
+#[test]
+fn an_index_remade_unchanged_with_its_table_is_no_change_of_its_own() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    let a = tempdir();
+    ok(&sqld, a.path(), &["init", "--url", &sqld.url]);
+    edit(
+        a.path(),
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE notes_new(id INTEGER PRIMARY KEY, title TEXT NOT NULL, body TEXT, extra TEXT);
+         INSERT INTO notes_new SELECT * FROM notes; DROP TABLE notes;
+         ALTER TABLE notes_new RENAME TO notes; CREATE INDEX notes_title ON notes(title);",
+    );
+    let said = text(&ok(&sqld, a.path(), &["diff"]));
+    assert!(!said.contains("index"), "{said}");
+    assert!(said.contains("~ table notes: rebuilt"), "{said}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&ok(&sqld, a.path(), &["diff", "--json"]).stdout).unwrap();
+    assert_eq!(json["changes"], 1, "{json}");
+    let pushed: serde_json::Value =
+        serde_json::from_slice(&ok(&sqld, a.path(), &["push", "--json"]).stdout).unwrap();
+    assert_eq!(
+        pushed["schema"].as_array().map(Vec::len),
+        Some(1),
+        "{pushed}"
+    );
+    assert_same_database(&sqld, &wc(a.path()));
+}

@@ -313,12 +313,11 @@ impl serde::Serialize for JsonDoc<'_> {
         let mut m = s.serialize_map(Some(5))?;
         m.serialize_entry(
             "changes",
-            &(cs.schema.len() + rows + usize::from(cs.user_version.is_some())),
+            &(cs.listed_schema().count() + rows + usize::from(cs.user_version.is_some())),
         )?;
         m.serialize_entry(
             "schema",
-            &cs.schema
-                .iter()
+            &cs.listed_schema()
                 .map(SchemaChange::to_json)
                 .collect::<Vec<_>>(),
         )?;
@@ -507,9 +506,9 @@ impl Changeset {
                 )?;
             }
         }
-        if !self.schema.is_empty() {
+        if self.listed_schema().next().is_some() {
             writeln!(out, "schema:")?;
-            for c in &self.schema {
+            for c in self.listed_schema() {
                 let line = c.describe();
                 let code = match line.chars().next() {
                     Some('+') => "32",
