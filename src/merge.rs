@@ -243,8 +243,9 @@ impl Plan {
         } = m;
         conflicts.extend(dropped_edits);
         report.applied = writes.len();
-        report.resolved = conflicts.len() + both.settled;
-        report.schema_changes += both.settled;
+        report.resolved = conflicts.len() + both.settled.len();
+        report.schema_changes += both.settled.len();
+        report.schema.extend(both.to_json());
         Ok(Plan {
             suspend: Vec::new(),
             ddl,

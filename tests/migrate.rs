@@ -641,8 +641,17 @@ fn a_schema_conflict_is_settled_by_ours_or_theirs() {
              UPDATE notes SET title = 't1-A' WHERE id = 1;
              INSERT INTO notes(id, title, body, extra, color) VALUES (40, 't40-A', 'b40-A', 'x40-A', 'blue');",
         );
-        let out = run(&sqld, b.path(), &["sync", side]);
+        let out = run(&sqld, b.path(), &["sync", side, "--json"]);
         assert!(out.status.success(), "{side}: {}", text(&out));
+        // The pull's report names the table settled, and the side kept.
+        let kept = side.trim_start_matches('-');
+        assert!(
+            text(&out).contains(&format!(
+                r#"{{"change":"definition_settled","name":"notes","side":"{kept}"}}"#
+            )),
+            "{side}: {}",
+            text(&out)
+        );
         assert_same_database(&sqld, &wc(b.path()));
         let want_sql = if side == "--theirs" {
             "CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT, extra TEXT, color TEXT)"
@@ -927,8 +936,14 @@ fn a_whole_table_conflict_is_settled_by_theirs() {
         ok(&sqld, remote_copy.path(), &["init", "--url", &sqld.url]);
         let out = run(&sqld, b.path(), &["sync"]);
         assert_eq!(out.status.code(), Some(3), "{what}: {}", text(&out));
-        let out = run(&sqld, b.path(), &["sync", "--theirs"]);
+        let out = run(&sqld, b.path(), &["sync", "--theirs", "--json"]);
         assert!(out.status.success(), "{what}: {}", text(&out));
+        assert!(
+            text(&out).contains(r#""change":"kept_whole""#)
+                && text(&out).contains(r#""side":"theirs""#),
+            "{what}: {}",
+            text(&out)
+        );
         assert_eq!(
             local_dump(&wc(b.path())),
             local_dump(&wc(remote_copy.path())),
@@ -950,8 +965,14 @@ fn a_whole_table_conflict_is_settled_by_ours() {
         sqld.exec(theirs);
         let out = run(&sqld, b.path(), &["sync"]);
         assert_eq!(out.status.code(), Some(3), "{what}: {}", text(&out));
-        let out = run(&sqld, b.path(), &["sync", "--ours"]);
+        let out = run(&sqld, b.path(), &["sync", "--ours", "--json"]);
         assert!(out.status.success(), "{what}: {}", text(&out));
+        assert!(
+            text(&out).contains(r#""change":"kept_whole""#)
+                && text(&out).contains(r#""side":"ours""#),
+            "{what}: {}",
+            text(&out)
+        );
         assert_eq!(
             local_dump(&wc(b.path())),
             mine,

@@ -395,7 +395,25 @@ pub(super) struct BothReshaped {
     pub(super) rebuilds: Vec<String>,
     /// Their indexes of the tables rebuilt so, made after the DDL where missing.
     pub(super) indexes: Vec<(String, String)>,
-    pub(super) settled: usize,
+    /// The tables settled, each with the side kept.
+    pub(super) settled: Vec<(String, Resolve)>,
+}
+
+impl BothReshaped {
+    /// For `pull --json`'s `schema` list: each table settled, e.g. `{"change":
+    /// "definition_settled", "name": "notes", "side": "ours"}`.
+    pub(super) fn to_json(&self) -> Vec<serde_json::Value> {
+        self.settled
+            .iter()
+            .map(|(name, side)| {
+                serde_json::json!({
+                    "change": "definition_settled",
+                    "name": name,
+                    "side": if *side == Resolve::Theirs { "theirs" } else { "ours" },
+                })
+            })
+            .collect()
+    }
 }
 
 /// The name of the table a schema change reshapes in place (not renamed, not dropped or added).
@@ -523,7 +541,7 @@ pub(super) fn settle_both_reshaped(
         theirs: None,
         rebuilds: Vec::new(),
         indexes: Vec::new(),
-        settled: 0,
+        settled: Vec::new(),
     };
     for their_change in &theirs.schema {
         let Some(name) = reshaped_in_place(their_change) else {
@@ -605,7 +623,7 @@ pub(super) fn settle_both_reshaped(
                 cs.schema.retain(not_this);
             }
         }
-        out.settled += 1;
+        out.settled.push((name.to_owned(), resolve));
     }
     Ok(out)
 }
