@@ -705,6 +705,94 @@ impl Changeset {
             .collect()
     }
 
+    /// The updates and deletes of rows in tables a 12-step rebuild of this changeset carries
+    /// (kind `rebuilt`), as statements on the old table, to run before the rebuild's DDL; the
+    /// row changes then apply again after it, finding them there (updates and deletes by key are
+    /// idempotent). A rebuild may add a constraint only these row changes let the old rows meet
+    /// (duplicates fixed, then UNIQUE added): run on the old rows alone, it would fail. `keep`
+    /// says which changes to take (the table in its new layout, the old table's name, the
+    /// change).
+    ///
+    /// ```text
+    /// base: (1,'c1') (2,'c1')   change: UPDATE code='c2' WHERE id=2, then code TEXT UNIQUE
+    ///   -> UPDATE "memo" SET "code" = ? WHERE "id" IS ?   ['c2', 2]   (before the rebuild)
+    /// ```
+    pub fn fixes_before_rebuilds(
+        &self,
+        keep: impl Fn(&TableDiff, &str, &RowChange) -> bool,
+    ) -> Vec<(String, Vec<Value>)> {
+        let mut out = Vec::new();
+        for ch in &self.schema {
+            let SchemaChange::TableRebuilt {
+                name,
+                old_name,
+                columns: Some(map),
+                kind,
+                ..
+            } = ch
+            else {
+                continue;
+            };
+            if *kind != "rebuilt" {
+                continue;
+            }
+            let Some(t) = self.tables.iter().find(|t| &t.table.name == name) else {
+                continue;
+            };
+            // Each column of the new layout with the old column it comes from.
+            let from: Vec<Option<&String>> = t
+                .columns
+                .iter()
+                .map(|c| {
+                    map.iter()
+                        .find(|(n, _)| n == c)
+                        .and_then(|(_, o)| o.as_ref())
+                })
+                .collect();
+            let Some(key): Option<Vec<&String>> = t.key.iter().map(|&k| from[k]).collect() else {
+                continue;
+            };
+            let cond = key
+                .iter()
+                .map(|k| format!("{} IS ?", sql::ident(k)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let table = sql::ident(old_name);
+            for c in &t.changes {
+                if !keep(t, old_name, c) {
+                    continue;
+                }
+                let key_args: Vec<Value> = t.key_of(c.row()).into_iter().cloned().collect();
+                match c {
+                    RowChange::Delete(_) => {
+                        out.push((format!("DELETE FROM {table} WHERE {cond}"), key_args));
+                    }
+                    RowChange::Update { old, new } => {
+                        let (mut set, mut args) = (Vec::new(), Vec::new());
+                        for (i, o) in from.iter().enumerate() {
+                            if let Some(o) = o {
+                                if old[i] != new[i] {
+                                    set.push(format!("{} = ?", sql::ident(o)));
+                                    args.push(new[i].clone());
+                                }
+                            }
+                        }
+                        if set.is_empty() {
+                            continue;
+                        }
+                        args.extend(key_args);
+                        out.push((
+                            format!("UPDATE {table} SET {} WHERE {cond}", set.join(", ")),
+                            args,
+                        ));
+                    }
+                    RowChange::Insert(_) => {}
+                }
+            }
+        }
+        out
+    }
+
     /// The schema changes a person would call changes, for reports: all but the indexes
     /// re-made unchanged only because their table was rebuilt (an `ObjectChanged` whose old
     /// and new definitions are the same), which the statements need and nobody made.

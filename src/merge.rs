@@ -23,7 +23,8 @@ mod migrations;
 use crate::{Context, Error, Result};
 use migrations::{
     carry_ours_through_theirs, carry_through_migrations, columns_added_apart, merge_schema,
-    merged_triggers, merged_user_version, settle_both_reshaped, Carried, KeptColumn,
+    merged_triggers, merged_user_version, settle_both_reshaped, their_fixes_first, Carried,
+    KeptColumn,
 };
 
 /// One of our new rows moved to a key free on both sides, because their new row took its key.
@@ -192,6 +193,7 @@ impl Plan {
         let theirs = both.theirs.as_ref().unwrap_or(theirs);
         let mut before_ddl = before_ddl;
         before_ddl.extend(both.rebuilds.iter().map(|q| (q.clone(), Vec::new())));
+        before_ddl.extend(their_fixes_first(ours, theirs));
         let (ddl, triggers) = match (
             merge_schema(ours, theirs, &settled),
             merged_triggers(ours, theirs),

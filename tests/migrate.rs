@@ -1397,3 +1397,37 @@ fn an_index_remade_unchanged_with_its_table_is_no_change_of_its_own() {
     );
     assert_same_database(&sqld, &wc(a.path()));
 }
+
+/// A teammate fixes duplicates, then rebuilds the table with a UNIQUE constraint the fixed rows
+/// meet, while B edits another row. The base's rows alone break the constraint, so their
+/// updates must land before their rebuild, in the base and in the working copy. Measured before:
+/// exit 1, "UNIQUE constraint failed: memo__tursync_new.code", with `--ours` and `--theirs`
+/// alike (a dead end).
+#[test]
+fn their_fixes_land_before_their_rebuild_that_needs_them() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE memo(id INTEGER PRIMARY KEY, body TEXT, code TEXT);
+         INSERT INTO memo VALUES (1, 'b1', 'c1'), (2, 'b2', 'c1'), (3, 'b3', 'c3');",
+    );
+    let b = tempdir();
+    ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
+    edit(b.path(), "UPDATE memo SET body = 'b3-B' WHERE id = 3;");
+    sqld.exec(
+        "UPDATE memo SET code = 'c2' WHERE id = 2;
+         CREATE TABLE memo_new(id INTEGER PRIMARY KEY, body TEXT, code TEXT UNIQUE);
+         INSERT INTO memo_new SELECT * FROM memo; DROP TABLE memo;
+         ALTER TABLE memo_new RENAME TO memo;",
+    );
+    ok(&sqld, b.path(), &["sync"]);
+    assert_same_database(&sqld, &wc(b.path()));
+    assert_eq!(
+        sqld.query("SELECT id, body, code FROM memo ORDER BY id"),
+        vec![
+            vec![Cell::Integer(1), cell("b1"), cell("c1")],
+            vec![Cell::Integer(2), cell("b2"), cell("c2")],
+            vec![Cell::Integer(3), cell("b3-B"), cell("c3")],
+        ]
+    );
+    assert_nothing_pending(b.path());
+}

@@ -151,9 +151,15 @@ impl Changeset {
         for (name, _) in &self.base_triggers {
             ddl(&format!("DROP TRIGGER IF EXISTS {}", sql::ident(name)))?;
         }
+        let mut fixes = Some(self.fixes_before_rebuilds(|_, _, _| true));
         for (phase, q) in ordered_ddl(&self.schema) {
+            if phase == DdlPhase::Tables {
+                for (fix, args) in fixes.take().into_iter().flatten() {
+                    emit(&fix, &args)?;
+                }
+            }
             if phase < DdlPhase::CreateObjects {
-                ddl(&q)?;
+                emit(&q, &[])?;
             }
         }
         Ok(())

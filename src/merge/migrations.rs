@@ -628,6 +628,27 @@ pub(super) fn settle_both_reshaped(
     Ok(out)
 }
 
+/// Their updates and deletes of rows we did not change, in tables their 12-step rebuild
+/// carries, to apply before their DDL runs in the working copy
+/// ([`Changeset::fixes_before_rebuilds`]). Rows we changed are left to the merge after the
+/// DDL, so nothing of ours is overwritten before it is compared.
+pub(super) fn their_fixes_first(ours: &Changeset, theirs: &Changeset) -> Vec<(String, Vec<Value>)> {
+    let ours_keys: std::collections::HashSet<(String, String)> = ours
+        .tables
+        .iter()
+        .flat_map(|o| {
+            o.changes
+                .iter()
+                .map(|c| (o.table.name.clone(), o.key_text(c.row())))
+        })
+        .collect();
+    theirs.fixes_before_rebuilds(|t, old_name, c| {
+        let key = t.key_text(c.row());
+        !ours_keys.contains(&(t.table.name.clone(), key.clone()))
+            && !ours_keys.contains(&(old_name.to_owned(), key))
+    })
+}
+
 /// The `user_version` the working copy takes from their side (`None`: it keeps its own). Both
 /// sides set different values: the same migration when both made the same schema changes
 /// (then the larger value stays), otherwise a schema conflict on `user_version` that
