@@ -107,7 +107,7 @@ pub(crate) struct Plan {
     indexes: Vec<(String, String)>,
     /// Applied before any write of theirs, so their rows find their keys free.
     renumbers: Vec<Renumbered>,
-    writes: Vec<Write>,
+    writes: Vec<LocalWrite>,
     sequences: Vec<SequenceChange>,
     /// The merged set of triggers, created last.
     triggers: Vec<String>,
@@ -280,7 +280,7 @@ impl Plan {
 
     /// Applies the plan inside the caller's write transaction on the working copy, and
     /// returns the conflicts met: UNIQUE ones (with [`Resolve::Refuse`] the caller then rolls
-    /// back; otherwise each was settled, see [`Write::apply_settling`]) and foreign-key ones,
+    /// back; otherwise each was settled, see [`Applier::settle`]) and foreign-key ones,
     /// which nothing settles: the caller always rolls back. Every trigger is suspended
     /// and the merged set re-created at the end, so rows arriving from the remote fire
     /// nothing (their effects arrive as rows too).
@@ -324,7 +324,7 @@ impl Plan {
             &fks,
             self.writes
                 .iter()
-                .map(Write::table)
+                .map(LocalWrite::table)
                 .chain(self.renumbers.iter().map(|r| r.table.as_str())),
         )?;
         for r in &self.renumbers {
@@ -372,7 +372,7 @@ impl Plan {
 }
 
 /// One change to make in the working copy, by column name.
-enum Write {
+enum LocalWrite {
     Insert {
         table: String,
         columns: Vec<String>,
@@ -399,10 +399,10 @@ enum Write {
     },
 }
 
-impl Write {
+impl LocalWrite {
     /// Their row `row` goes in.
-    fn insert(theirs: &TableDiff, row: &[Value]) -> Write {
-        Write::Insert {
+    fn insert(theirs: &TableDiff, row: &[Value]) -> LocalWrite {
+        LocalWrite::Insert {
             table: theirs.table.name.clone(),
             columns: theirs.columns.clone(),
             key: theirs.key.clone(),
@@ -410,9 +410,13 @@ impl Write {
         }
     }
 
-    /// Their change of `set` in the row at `key`: a [`Write::Move`] when it moves a value a
+    /// Their change of `set` in the row at `key`: a [`LocalWrite::Move`] when it moves a value a
     /// UNIQUE constraint of the table covers.
-    fn update(theirs: &TableDiff, key: Vec<(String, Value)>, set: Vec<(String, Value)>) -> Write {
+    fn update(
+        theirs: &TableDiff,
+        key: Vec<(String, Value)>,
+        set: Vec<(String, Value)>,
+    ) -> LocalWrite {
         let table = theirs.table.name.clone();
         let moves = theirs
             .unique
@@ -420,39 +424,39 @@ impl Write {
             .flatten()
             .any(|&c| set.iter().any(|(name, _)| *name == theirs.columns[c]));
         if moves {
-            Write::Move { table, key, set }
+            LocalWrite::Move { table, key, set }
         } else {
-            Write::Update { table, key, set }
+            LocalWrite::Update { table, key, set }
         }
     }
 
     fn table(&self) -> &str {
         match self {
-            Write::Insert { table, .. }
-            | Write::Delete { table, .. }
-            | Write::Update { table, .. }
-            | Write::Move { table, .. } => table,
+            LocalWrite::Insert { table, .. }
+            | LocalWrite::Delete { table, .. }
+            | LocalWrite::Update { table, .. }
+            | LocalWrite::Move { table, .. } => table,
         }
     }
 
     /// The key of the row this write leaves, by name.
     fn key(&self) -> Vec<(String, Value)> {
         match self {
-            Write::Insert {
+            LocalWrite::Insert {
                 columns, key, row, ..
             } => key
                 .iter()
                 .map(|&k| (columns[k].clone(), row[k].clone()))
                 .collect(),
-            Write::Delete { key, .. } | Write::Update { key, .. } | Write::Move { key, .. } => {
-                key.clone()
-            }
+            LocalWrite::Delete { key, .. }
+            | LocalWrite::Update { key, .. }
+            | LocalWrite::Move { key, .. } => key.clone(),
         }
     }
 }
 
 /// Applies a plan's writes to the working copy in its three phases (deletes, updates,
-/// inserts), keeping the rows a [`Write::Move`] took out until it puts them back, and settling
+/// inserts), keeping the rows a [`LocalWrite::Move`] took out until it puts them back, and settling
 /// the UNIQUE conflicts a write meets.
 struct Applier<'c> {
     work: &'c Connection,
@@ -505,16 +509,16 @@ impl<'c> Applier<'c> {
         &mut self,
         phase: u8,
         i: usize,
-        w: &Write,
+        w: &LocalWrite,
         resolve: Resolve,
     ) -> Result<Option<Conflict>> {
         let row = match (phase, w) {
-            (0, Write::Delete { table, key }) => {
+            (0, LocalWrite::Delete { table, key }) => {
                 self.delete(table, key)?;
                 self.applied += 1;
                 return Ok(None);
             }
-            (0, Write::Move { table, key, .. }) => {
+            (0, LocalWrite::Move { table, key, .. }) => {
                 let ours = self.row(self.work, &self.ours_names, table, key)?.ok_or_else(|| {
                     Error::Unexpected(format!(
                         "table {table:?}: the row at {} that their change moves is not in the working copy",
@@ -525,7 +529,7 @@ impl<'c> Applier<'c> {
                 self.taken.insert(i, ours);
                 return Ok(None);
             }
-            (1, Write::Update { table, key, set }) => match self.update(table, key, set) {
+            (1, LocalWrite::Update { table, key, set }) => match self.update(table, key, set) {
                 Ok(()) => {
                     self.applied += 1;
                     return Ok(None);
@@ -540,10 +544,10 @@ impl<'c> Applier<'c> {
                     return self.settle(e, w, target, None, resolve);
                 }
             },
-            (2, Write::Insert { columns, row, .. }) => {
+            (2, LocalWrite::Insert { columns, row, .. }) => {
                 columns.iter().cloned().zip(row.iter().cloned()).collect()
             }
-            (2, Write::Move { table, set, .. }) => {
+            (2, LocalWrite::Move { table, set, .. }) => {
                 let mut row = self.taken.get(&i).cloned().ok_or_else(|| {
                     Error::Unexpected(format!(
                         "table {table:?}: a moved row was put back without being taken out"
@@ -575,7 +579,7 @@ impl<'c> Applier<'c> {
     fn settle(
         &mut self,
         e: Error,
-        w: &Write,
+        w: &LocalWrite,
         target: Vec<(String, Value)>,
         ours: Option<Vec<(String, Value)>>,
         resolve: Resolve,
@@ -610,7 +614,7 @@ impl<'c> Applier<'c> {
                 };
                 self.give_way(table, holder)?;
                 match w {
-                    Write::Update { key, set, .. } => self.update(table, key, set)?,
+                    LocalWrite::Update { key, set, .. } => self.update(table, key, set)?,
                     _ => self.insert(table, &target)?,
                 }
                 self.applied += 1;
@@ -805,7 +809,7 @@ struct Merge<'c> {
     keys: KeySpace<'c>,
     /// Our new rows renumbered before any row merges, and the references that follow them.
     moves: Moves,
-    writes: Vec<Write>,
+    writes: Vec<LocalWrite>,
     conflicts: Vec<Conflict>,
     report: PullReport,
 }
@@ -870,7 +874,7 @@ impl Merge<'_> {
             }
             if let (RowChange::Insert(tr), [Value::Integer(k)]) = (ch, &key_values[..]) {
                 if self.moves.moved(&table, *k).is_some() {
-                    self.writes.push(Write::insert(theirs, tr));
+                    self.writes.push(LocalWrite::insert(theirs, tr));
                     continue;
                 }
             }
@@ -912,8 +916,8 @@ impl Merge<'_> {
             }
             match merged.write {
                 RowWrite::Keep => {}
-                RowWrite::Insert(r) => self.writes.push(Write::insert(theirs, &r)),
-                RowWrite::Delete => self.writes.push(Write::Delete {
+                RowWrite::Insert(r) => self.writes.push(LocalWrite::insert(theirs, &r)),
+                RowWrite::Delete => self.writes.push(LocalWrite::Delete {
                     table: table.clone(),
                     key,
                 }),
@@ -924,7 +928,7 @@ impl Merge<'_> {
                         .into_iter()
                         .map(|(i, v)| (theirs.columns[i].clone(), v))
                         .collect();
-                    self.writes.push(Write::update(theirs, key, set));
+                    self.writes.push(LocalWrite::update(theirs, key, set));
                 }
             }
         }
