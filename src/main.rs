@@ -176,14 +176,7 @@ merge from a snapshot, then waits for its write lock (up to 10 s) and applies th
 transaction.")]
     Pull {
         #[command(flatten)]
-        side: Side,
-        /// Report our new rows whose keys others' new rows took as conflicts, instead of
-        /// renumbering them
-        #[arg(long)]
-        no_renumber: bool,
-        /// Machine-readable report
-        #[arg(long)]
-        json: bool,
+        merge: MergeArgs,
     },
     /// Pull, then push, stopping at the first conflict
     #[command(after_help = "Examples:
@@ -195,14 +188,7 @@ conflict: sync pulls again and pushes again (up to 3 pushes), and exits 3 only f
 that a fresh pull still reports.")]
     Sync {
         #[command(flatten)]
-        side: Side,
-        /// Report our new rows whose keys others' new rows took as conflicts, instead of
-        /// renumbering them
-        #[arg(long)]
-        no_renumber: bool,
-        /// Machine-readable report
-        #[arg(long)]
-        json: bool,
+        merge: MergeArgs,
     },
     /// Check the working copy and the base for damage, and the base against the remote
     #[command(after_help = "Examples:
@@ -265,6 +251,26 @@ half-done: every step is a transaction.")]
         /// The shell to complete in
         shell: clap_complete::Shell,
     },
+}
+
+/// The flags of the commands that merge (`pull`, `sync`), written once.
+#[derive(clap::Args, Clone)]
+struct MergeArgs {
+    #[command(flatten)]
+    side: Side,
+    /// Report our new rows whose keys others' new rows took as conflicts, instead of
+    /// renumbering them
+    #[arg(long)]
+    no_renumber: bool,
+    /// Machine-readable report
+    #[arg(long)]
+    json: bool,
+}
+
+impl MergeArgs {
+    fn options(&self) -> Result<MergeOptions> {
+        self.side.merge(self.no_renumber)
+    }
 }
 
 /// Which side wins a merge conflict, in every table or table by table.
@@ -422,16 +428,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Push { dry_run, json } => push(&cli, *dry_run, *json, &progress),
-        Command::Pull {
-            side,
-            no_renumber,
-            json,
-        } => pull(&cli, &side.merge(*no_renumber)?, *json, &progress),
-        Command::Sync {
-            side,
-            no_renumber,
-            json,
-        } => sync(&cli, &side.merge(*no_renumber)?, *json, &progress),
+        Command::Pull { merge } => pull(&cli, &merge.options()?, merge.json, &progress),
+        Command::Sync { merge } => sync(&cli, &merge.options()?, merge.json, &progress),
         Command::Watch {
             interval,
             json,
