@@ -341,9 +341,7 @@ impl Watch<'_> {
     /// Waits out an error that passes, longer after each in a row; whatever changed meanwhile
     /// is looked at after the wait.
     fn back_off(&mut self, error: &Error) {
-        let delay = FIRST_BACKOFF
-            .saturating_mul(1 << self.failures.min(10))
-            .min(MAX_BACKOFF);
+        let delay = crate::remote::retry::doubling(FIRST_BACKOFF, self.failures, MAX_BACKOFF);
         self.failures += 1;
         (self.on_event)(Event::Backoff { error, delay });
         self.round_local = None;

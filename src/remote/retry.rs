@@ -66,8 +66,7 @@ impl Backoff {
     /// comes right at the limit. A `Retry-After` from the server is honored: the wait is never
     /// shorter, and one that ends past the limit ends the retries now.
     pub(super) fn next(&mut self, err: &RemoteError, limit: Duration) -> Option<Duration> {
-        let exp = FIRST_DELAY.saturating_mul(1 << self.attempts.min(16).saturating_sub(1));
-        let ceiling = exp.min(MAX_DELAY);
+        let ceiling = doubling(FIRST_DELAY, self.attempts.saturating_sub(1), MAX_DELAY);
         // "Equal jitter": half fixed, half random, so clients that failed together spread out
         // but none retries at once.
         let delay = ceiling / 2 + ceiling.mul_f64(random_unit() / 2.0);
@@ -83,6 +82,13 @@ impl Backoff {
         self.attempts += 1;
         Some(delay.min(remaining))
     }
+}
+
+/// The one backoff policy of the crate: `first`, doubled `n` times, at most `max`. Requests
+/// retried here wait about this (with jitter); `watch` waits exactly this between failed
+/// rounds (1 s, 2 s, 4 s … 60 s).
+pub(crate) fn doubling(first: Duration, n: u32, max: Duration) -> Duration {
+    first.saturating_mul(1 << n.min(16)).min(max)
 }
 
 /// A number in `[0, 1)`, different on every call.
