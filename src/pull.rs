@@ -133,6 +133,7 @@ pub fn pull(
         merge_into(ws, &base, &theirs_db, cs, merge, state.clean, on_wait)?
     };
     if outcome.is_done() {
+        pause_after_commit();
         // A crash here leaves the old base: the next pull sees our side and theirs holding
         // the same changes, which merge to nothing, and converges.
         ws.replace_base_with(&theirs.path)?;
@@ -335,6 +336,7 @@ fn from_log(
         Err(e) => return drop_damaged(ws, &mirror, settling.take(), e),
     };
     if merged.outcome.is_done() {
+        pause_after_commit();
         // The base takes their changes in one transaction of its own, in place: a pull costs
         // what changed, not a copy of the database. It is not at any mirror point meanwhile.
         let state = ws.sync_state()?;
@@ -354,6 +356,18 @@ fn from_log(
         ..report
     });
     Ok(FromLog::Done(Merged { outcome, ..merged }, frame))
+}
+
+/// A test hook: `TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS` sleeps that long after the merge
+/// committed into the working copy and before the base takes theirs, so a test can kill the
+/// pull in between.
+fn pause_after_commit() {
+    if let Some(ms) = std::env::var("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 /// The base is at no point of a mirror that is about to go.

@@ -338,6 +338,40 @@ fn a_pull_killed_midway_is_healed_by_the_next() {
     );
 }
 
+/// A pull killed after its merge committed into the working copy, but before the base took
+/// theirs, leaves the base behind the working copy. A remote row that then goes back to the
+/// base's value must still reach the working copy: the next pull must not take the row the
+/// killed pull wrote for a local edit and keep it.
+#[test]
+fn a_pull_killed_between_the_working_copy_and_the_base_is_healed() {
+    let server = TursoSync::start();
+    server.exec(&[
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB)",
+        "INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00')",
+    ]);
+    let dir = tempdir();
+    init(&server.url, dir.path());
+    server.exec(&["UPDATE t SET b = x'01' WHERE id = 1"]);
+    let mut child = tursync(dir.path())
+        .args(["pull"])
+        .env("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", "60000")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let row = "SELECT b FROM t WHERE id = 1";
+    while local_query(&wc(dir.path()), row) != [[Cell::Blob(vec![1])]] {
+        assert!(Instant::now() < deadline, "the pull never committed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    server.exec(&["UPDATE t SET b = x'00' WHERE id = 1"]);
+    pull(dir.path());
+    assert_mirror_exact(&server, dir.path());
+    assert_same(&server, dir.path());
+    assert_nothing_pending(dir.path());
+}
+
 /// A server that stops serving `/pull-updates` (404 from a proxy) is read over SQL from then
 /// on, exactly, and `status` says why; a workspace started on such a server reads over SQL
 /// from its init.
