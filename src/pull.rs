@@ -47,6 +47,7 @@ pub fn pull(
     on_wait: WaitNotice<'_>,
 ) -> Result<Outcome<PullReport>> {
     let _lock = ws.lock()?;
+    ws.finish_interrupted_pull()?;
     let state = ws.sync_state()?;
     let known = state.replication_index;
     let mut sql_path = state.sql_path.clone();
@@ -134,10 +135,11 @@ pub fn pull(
     };
     if outcome.is_done() {
         pause_after_commit();
-        // A crash here leaves the old base: the next pull sees our side and theirs holding
-        // the same changes, which merge to nothing, and converges.
+        // A crash here leaves the old base and the pull's record, which the next pull or push
+        // finishes first ([`Workspace::finish_interrupted_pull`]).
         ws.replace_base_with(&theirs.path)?;
         ws.drop_push_record()?;
+        ws.drop_pull_record()?;
     }
     if outcome.is_done() || sql_path != state.sql_path {
         ws.save_sync_state(&SyncState {
@@ -347,6 +349,7 @@ fn from_log(
         })?;
         ws.update_base(|conn| theirs.apply(conn))?;
         ws.drop_push_record()?;
+        ws.drop_pull_record()?;
     }
     if let Some(settling) = settling {
         settling.wait()?;
@@ -515,6 +518,11 @@ fn merge_into(
             return Err(Error::Unexpected(
                 "a page of the mirror did not match its sum".into(),
             ));
+        }
+        // The base takes theirs right after this commit; a pull killed in between leaves the
+        // record, and the next one finishes the base's part ([`Workspace::finish_interrupted_pull`]).
+        if theirs.schema.is_empty() {
+            ws.record_pull_start(&theirs)?;
         }
         work.execute_batch("COMMIT")?;
         Ok(Outcome::Done(plan.report.clone()))

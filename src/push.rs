@@ -907,6 +907,7 @@ pub fn push(
     progress: &Progress,
 ) -> Result<Outcome<PushReport>> {
     let _lock = ws.lock()?;
+    ws.finish_interrupted_pull()?;
     let (cs, work_stamp) = ws.ours(&Default::default())?;
     let report = PushReport {
         changes: cs.change_count(),

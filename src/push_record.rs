@@ -24,14 +24,45 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use rusqlite::{Connection, OptionalExtension};
+
 use crate::changeset::{read_change, write_change, Changeset, RowChange, TableDiff};
 use crate::durable::{aside_name, remove_aside, sync_dir, Aside};
 use crate::pages::Stamp;
+use crate::value::Value;
 use crate::workspace::Workspace;
 use crate::{Context, Error, Result};
 
-const FILE: &str = "pushed.rec";
-const MAGIC: &str = "tursync push record 1";
+/// The two records: of a push under way, and of a pull whose working copy may have committed
+/// before the base took their changes (`pulled.rec`, [`Workspace::finish_interrupted_pull`]).
+#[derive(Clone, Copy)]
+enum Kind {
+    Push,
+    Pull,
+}
+
+impl Kind {
+    fn file(self) -> &'static str {
+        match self {
+            Kind::Push => "pushed.rec",
+            Kind::Pull => "pulled.rec",
+        }
+    }
+
+    fn magic(self) -> &'static str {
+        match self {
+            Kind::Push => "tursync push record 1",
+            Kind::Pull => "tursync pull record 1",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Kind::Push => "the record of a push",
+            Kind::Pull => "the record of a pull",
+        }
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 struct Head {
@@ -49,8 +80,8 @@ struct TableHead {
 }
 
 impl Workspace {
-    fn push_record_path(&self) -> PathBuf {
-        self.state_dir().join(FILE)
+    fn record_path(&self, kind: Kind) -> PathBuf {
+        self.state_dir().join(kind.file())
     }
 
     /// The base's stamp, in a read transaction of its own.
@@ -65,21 +96,28 @@ impl Workspace {
     }
 
     /// The record's head, if there is a record and it is of the base as it is now.
-    fn live_record(&self) -> Result<Option<Head>> {
-        let path = self.push_record_path();
+    fn live_record(&self, kind: Kind) -> Result<Option<Head>> {
+        let path = self.record_path(kind);
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).during("opening the record of a push", path.display()),
+            Err(e) => {
+                return Err(e).during(
+                    "opening",
+                    format_args!("{} {}", kind.what(), path.display()),
+                )
+            }
         };
-        let head = read_head(&mut BufReader::new(file))
-            .during("reading the record of a push", path.display())?;
+        let head = read_head(&mut BufReader::new(file), kind).during(
+            "reading",
+            format_args!("{} {}", kind.what(), path.display()),
+        )?;
         Ok((head.base == self.base_stamp()?).then_some(head))
     }
 
     /// True when a push was interrupted and may have committed without moving the base.
     pub fn push_interrupted(&self) -> Result<bool> {
-        Ok(self.live_record()?.is_some())
+        Ok(self.live_record(Kind::Push)?.is_some())
     }
 
     /// Records the push of `cs` before it starts. Returns false, and keeps the older record,
@@ -89,8 +127,14 @@ impl Workspace {
         if self.push_interrupted()? {
             return Ok(false);
         }
-        let path = self.push_record_path();
-        let tmp = aside_name(&self.state_dir(), FILE);
+        self.write_record(Kind::Push, cs)?;
+        Ok(true)
+    }
+
+    /// Writes `cs`'s row changes and the base's stamp, durably, as the record of `kind`.
+    fn write_record(&self, kind: Kind, cs: &Changeset) -> Result<()> {
+        let path = self.record_path(kind);
+        let tmp = aside_name(&self.state_dir(), kind.file());
         let _guard = Aside {
             paths: vec![tmp.clone()],
         };
@@ -110,7 +154,7 @@ impl Workspace {
         let write = || -> Result<()> {
             let file = std::fs::File::create(&tmp)?;
             let mut w = BufWriter::with_capacity(1 << 16, file);
-            writeln!(w, "{MAGIC}")?;
+            writeln!(w, "{}", kind.magic())?;
             serde_json::to_writer(&mut w, &head)?;
             writeln!(w)?;
             for t in &cs.tables {
@@ -122,22 +166,26 @@ impl Workspace {
             file.sync_all()?;
             Ok(())
         };
-        write().during("writing the record of a push", tmp.display())?;
+        write().during("writing", format_args!("{} {}", kind.what(), tmp.display()))?;
         std::fs::rename(&tmp, &path).during("renaming into place", path.display())?;
-        sync_dir(&self.state_dir())?;
-        Ok(true)
+        sync_dir(&self.state_dir())
     }
 
     /// What the interrupted push sent, as a changeset from the base, if one was interrupted.
     pub fn interrupted_push(&self) -> Result<Option<Changeset>> {
-        if self.live_record()?.is_none() {
+        self.read_record(Kind::Push)
+    }
+
+    /// The record of `kind` as a changeset from the base, if it is of the base as it is now.
+    fn read_record(&self, kind: Kind) -> Result<Option<Changeset>> {
+        if self.live_record(kind)?.is_none() {
             return Ok(None);
         }
-        let path = self.push_record_path();
+        let path = self.record_path(kind);
         let schema = crate::schema::load(&self.open_base()?)?;
         let read = || -> Result<Changeset> {
             let mut r = BufReader::new(std::fs::File::open(&path)?);
-            let head = read_head(&mut r)?;
+            let head = read_head(&mut r, kind)?;
             let mut cs = Changeset::default();
             for t in head.tables {
                 let mut changes = Vec::new();
@@ -162,23 +210,106 @@ impl Workspace {
             }
             Ok(cs)
         };
-        Ok(Some(
-            read().during("reading the record of a push", path.display())?,
-        ))
+        Ok(Some(read().during(
+            "reading",
+            format_args!("{} {}", kind.what(), path.display()),
+        )?))
+    }
+
+    /// Records, before the working copy commits a pull's merge, the row changes the base is to
+    /// take right after (`theirs`, without schema changes: see
+    /// [`Workspace::finish_interrupted_pull`]).
+    pub(crate) fn record_pull_start(&self, theirs: &Changeset) -> Result<()> {
+        self.write_record(Kind::Pull, theirs)
+    }
+
+    /// The row changes of a pull killed after its working copy's commit may have landed and
+    /// before the base took them: `None` when no such pull left a record of this base.
+    pub(crate) fn interrupted_pull(&self) -> Result<Option<Changeset>> {
+        self.read_record(Kind::Pull)
+    }
+
+    /// Finishes the base's part of a pull killed after its working copy's commit may have landed
+    /// and before the base took their changes (`pulled.rec`, [`Workspace::record_pull_start`]).
+    /// Left as it is, the base would be one pull behind the working copy: their rows would read as
+    /// our edits, and a teammate who later set such a row back to the base's value would see the
+    /// next pull keep the old copy and the push write it back over theirs.
+    ///
+    /// Whether the commit landed is read off the working copy, row by row: the base takes each of
+    /// their changes the working copy holds exactly (a row with their values, or gone for their
+    /// delete). A change it does not hold (the commit never landed, or the app edited that row
+    /// since) stays out of the base, so it is compared again by the next pull, never overwritten.
+    ///
+    /// ```text
+    /// record: id 1 b x'00' -> R     working copy: id 1 b = R   -> the base takes R
+    /// record: id 1 b x'00' -> R     working copy: id 1 b = x'00' (no commit) -> the base keeps x'00'
+    /// ```
+    pub(crate) fn finish_interrupted_pull(&self) -> Result<()> {
+        let Some(mut theirs) = self.interrupted_pull()? else {
+            // None, or one of a base that already moved on.
+            return self.drop_pull_record();
+        };
+        let work = self.open_working_copy(true)?;
+        for t in &mut theirs.tables {
+            let changes = std::mem::take(&mut t.changes);
+            let mut kept = Vec::with_capacity(changes.len());
+            for c in changes {
+                if holds(&work, t, &c)? {
+                    kept.push(c);
+                }
+            }
+            t.changes = kept;
+        }
+        drop(work);
+        self.update_base(|conn| theirs.apply(conn))?;
+        self.drop_pull_record()
+    }
+
+    /// Forgets the record of a pull once the base has taken its changes (or none landed).
+    pub(crate) fn drop_pull_record(&self) -> Result<()> {
+        remove_aside(&self.record_path(Kind::Pull));
+        sync_dir(&self.state_dir())
     }
 
     /// Forgets the record once the base has caught up with the remote (or nothing was sent).
     pub fn drop_push_record(&self) -> Result<()> {
-        remove_aside(&self.push_record_path());
+        remove_aside(&self.record_path(Kind::Push));
         sync_dir(&self.state_dir())
     }
 }
 
-fn read_head(r: &mut impl BufRead) -> Result<Head> {
+/// Whether the working copy holds `change` as it ends: the row with exactly its values, or no
+/// row under its key for a delete. A table or column the working copy lacks holds nothing.
+fn holds(work: &Connection, t: &TableDiff, change: &RowChange) -> Result<bool> {
+    let cols: Vec<String> = t.columns.iter().map(|c| crate::sql::ident(c)).collect();
+    let key: Vec<&str> = t.key_names();
+    let q = crate::sql::select(&t.table.name, &cols.join(", "), &key);
+    let args: Vec<Value> = t.key_of(change.row()).into_iter().cloned().collect();
+    let mut st = match work.prepare(&q) {
+        Ok(st) => st,
+        Err(_) => return Ok(false),
+    };
+    let found: Option<Vec<Value>> = st
+        .query_row(rusqlite::params_from_iter(&args), |r| {
+            (0..cols.len())
+                .map(|i| r.get_ref(i).map(Value::from_ref))
+                .collect()
+        })
+        .optional()?;
+    let locator = t.table.locator();
+    let same = |a: &[Value], b: &[Value]| (0..a.len()).all(|i| Some(i) == locator || a[i] == b[i]);
+    Ok(match (change, found) {
+        (RowChange::Delete(_), found) => found.is_none(),
+        (_, Some(row)) => same(&row, change.row()),
+        (_, None) => false,
+    })
+}
+
+fn read_head(r: &mut impl BufRead, kind: Kind) -> Result<Head> {
     let mut line = String::new();
     r.read_line(&mut line)?;
-    if line.trim_end() != MAGIC {
-        return Err(damaged("it does not start as a record of a push"));
+    if line.trim_end() != kind.magic() {
+        return Err(damaged("it does not start as such a record"));
     }
     line.clear();
     r.read_line(&mut line)?;
@@ -187,6 +318,6 @@ fn read_head(r: &mut impl BufRead) -> Result<Head> {
 
 fn damaged(why: &str) -> Error {
     Error::Workspace(format!(
-        "{why}: it is damaged; delete it and run `tursync sync` (a pull recognizes what the push landed by its values)"
+        "{why}: it is damaged; delete it and run `tursync sync` (a pull recognizes what landed by its values)"
     ))
 }

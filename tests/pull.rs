@@ -518,3 +518,51 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
         vec![vec![Cell::text("after the push")]]
     );
 }
+
+/// A pull killed after the working copy committed its merge and before the base took their
+/// changes, then a teammate who sets the pulled row back to the base's value: the next pull
+/// must bring that in, and nothing be left to push. Over sqld's log and over SQL alike.
+/// Measured before (on tursodb, and the same path here): the next pull kept the killed pull's
+/// copy, the row read as our edit, and a push wrote it back over the teammate's.
+#[test]
+fn a_pull_killed_between_the_working_copy_and_the_base_is_healed() {
+    for sql_path in [false, true] {
+        let sqld = Sqld::start();
+        sqld.exec(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+             INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00');",
+        );
+        let dir = tempdir();
+        ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+        sqld.exec("UPDATE t SET b = x'01' WHERE id = 1");
+        let mut pull = tursync(dir.path());
+        pull.arg("pull")
+            .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+            .env("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", "60000");
+        if sql_path {
+            pull.env("TURSYNC_NO_LOG", "1");
+        }
+        let mut child = pull.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let wc = dir.path().join("working_copy.db");
+        let row = "SELECT b FROM t WHERE id = 1";
+        while local_query(&wc, row) != [[Cell::Blob(vec![1])]] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pull never committed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
+        let mut again = tursync(dir.path());
+        again.arg("pull").env("TURSO_AUTH_TOKEN", &sqld.rw_token);
+        if sql_path {
+            again.env("TURSYNC_NO_LOG", "1");
+        }
+        run_ok(&mut again);
+        assert_same_database(&sqld, &wc);
+        assert_nothing_pending(dir.path());
+    }
+}
