@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable::{self, Aside};
 use crate::page_sums::{self, Header as SumsHeader};
-use crate::remote::replication::{FrameHeader, Hello, LogError, LogSource, FRAME_HEADER};
+use crate::remote::replication::{page_of, FrameHeader, Hello, LogError, LogSource, FRAME_HEADER};
 use crate::{Error, Result};
 
 const DB: &str = "mirror.db";
@@ -372,10 +372,10 @@ impl Mirror {
                 .filter(|h| h.page_no != 0)
                 .ok_or_else(|| spool_damaged(&ready.path, "a frame of page 0"))?;
             db.write_all_at(
-                &frame[FRAME_HEADER..],
+                page_of(&frame),
                 (u64::from(h.page_no) - 1) * page_size as u64,
             )?;
-            sums.insert(h.page_no, page_sums::sum(&frame[FRAME_HEADER..]));
+            sums.insert(h.page_no, page_sums::sum(page_of(&frame)));
             if let Some(p) = pause.as_mut() {
                 p();
             }
@@ -731,7 +731,7 @@ impl Txns {
     fn count(&mut self, h: &FrameHeader) -> bool {
         self.txn_frames += 1;
         self.txn_last = Some(self.txn_last.map_or(h.frame_no, |l| l.max(h.frame_no)));
-        if h.size_after == 0 {
+        if !h.is_commit() {
             return false;
         }
         self.frames += std::mem::take(&mut self.txn_frames);
@@ -826,12 +826,12 @@ impl FrameSink for PageWriter {
             self.flush()?;
             self.run_first = h.page_no;
         }
-        self.run.extend_from_slice(&frame[FRAME_HEADER..]);
+        self.run.extend_from_slice(page_of(frame));
         let i = h.page_no as usize - 1;
         if self.sums.len() <= i {
             self.sums.resize(i + 1, None);
         }
-        self.sums[i] = Some(page_sums::sum(&frame[FRAME_HEADER..]));
+        self.sums[i] = Some(page_sums::sum(page_of(frame)));
         self.txns.count(&h);
         Ok(())
     }
@@ -1010,7 +1010,7 @@ fn read_spool(path: &Path) -> Result<std::result::Result<Ready, String>> {
         };
         pages.insert(h.page_no);
         to = to.max(Some(h.frame_no));
-        last_commits = h.size_after != 0;
+        last_commits = h.is_commit();
         if last_commits {
             size = h.size_after;
         }

@@ -86,6 +86,21 @@ impl FrameHeader {
             size_after: u32_at(20)?,
         })
     }
+
+    /// Whether this frame ends a transaction (the size after it is recorded only there).
+    pub fn is_commit(&self) -> bool {
+        self.size_after != 0
+    }
+}
+
+/// The page a frame carries: what follows its [`FrameHeader`].
+///
+/// ```text
+/// frame = [frame_no u64][checksum 8 bytes][page_no u32][size_after u32] [page …]
+///                                                                        ^ page_of(frame)
+/// ```
+pub fn page_of(frame: &[u8]) -> &[u8] {
+    frame.get(FRAME_HEADER..).unwrap_or(&[])
 }
 
 /// Why the log could not be read. [`LogError::NotServed`] and the other protocol answers make
