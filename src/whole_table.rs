@@ -142,10 +142,10 @@ impl Taken {
         theirs_db: &Connection,
     ) -> Result<(Changeset, Changeset)> {
         let (mut o, mut t) = (ours.clone(), theirs.clone());
-        for (cs, db) in [(&mut o, work), (&mut t, theirs_db)] {
+        for (cs, dbs) in [(&mut o, [work, theirs_db]), (&mut t, [theirs_db, work])] {
             let mut keep = Vec::with_capacity(cs.schema.len());
             for ch in cs.schema.drain(..) {
-                if !self.touches(&ch, db)? {
+                if !self.touches(&ch, dbs)? {
                     keep.push(ch);
                 }
             }
@@ -179,7 +179,9 @@ impl Taken {
     }
 
     /// Whether a schema change is of an object taken whole (an index of a taken table too).
-    fn touches(&self, ch: &SchemaChange, db: &Connection) -> Result<bool> {
+    /// `dbs`: where the side's objects are, then the other side (where an object this side
+    /// dropped still is), to find the table of an index.
+    fn touches(&self, ch: &SchemaChange, dbs: [&Connection; 2]) -> Result<bool> {
         Ok(match ch {
             SchemaChange::TableAdded { name, .. } | SchemaChange::TableDropped { name, .. } => {
                 self.covers(Kind::Table, name)
@@ -196,10 +198,18 @@ impl Taken {
                 new_sql: sql,
                 ..
             } => {
-                self.covers(Kind::Object(*kind), name)
-                    || (*kind == ObjectKind::Index
-                        && table_of(db, "index", name, sql)?
-                            .is_some_and(|t| self.covers(Kind::Table, &t)))
+                if self.covers(Kind::Object(*kind), name) {
+                    return Ok(true);
+                }
+                if *kind != ObjectKind::Index {
+                    return Ok(false);
+                }
+                let on = |db: &Connection| table_of(db, "index", name, sql);
+                let table = match on(dbs[0])? {
+                    Some(t) => Some(t),
+                    None => on(dbs[1])?,
+                };
+                table.is_some_and(|t| self.covers(Kind::Table, &t))
             }
         })
     }

@@ -911,6 +911,13 @@ const WHOLE_TABLE_CASES: &[(&str, &str, &str)] = &[
         "CREATE VIEW v AS SELECT id FROM memo;",
         "CREATE VIEW v AS SELECT body FROM memo;",
     ),
+    (
+        "we changed its primary key keeping its index, they dropped the index",
+        "CREATE TABLE memo_new(id INTEGER, body TEXT PRIMARY KEY) WITHOUT ROWID;
+         INSERT INTO memo_new SELECT id, body FROM memo; DROP TABLE memo;
+         ALTER TABLE memo_new RENAME TO memo; CREATE INDEX memo_id ON memo(id);",
+        "DROP INDEX memo_id; UPDATE memo SET body = 'b1-T' WHERE id = 1;",
+    ),
 ];
 
 fn whole_table_remote() -> Sqld {
@@ -918,6 +925,7 @@ fn whole_table_remote() -> Sqld {
     sqld.exec(
         "CREATE TABLE memo(id INTEGER PRIMARY KEY, body TEXT);
          INSERT INTO memo VALUES (1, 'b1'), (2, 'b2'), (3, 'b3');
+         CREATE INDEX memo_id ON memo(id);
          CREATE TABLE keep(k TEXT PRIMARY KEY, v INT) WITHOUT ROWID;
          INSERT INTO keep VALUES ('a', 1);",
     );
