@@ -348,3 +348,83 @@ fn status_takes_at_most_two_requests_on_turso_sync() {
         turso_ok(dir.path(), &["status"]),
     );
 }
+
+#[test]
+fn pull_with_nothing_new_takes_one_request_on_turso_sync() {
+    let (_server, proxy, dir) = turso_cloned(100);
+    at_most(
+        &proxy,
+        "pull, nothing new (Turso Sync)",
+        1,
+        turso_ok(dir.path(), &["pull"]),
+    );
+    // Our push wrote pages the mirror does not hold yet: the next pull reads them, as it would
+    // anyone's change (the pages and the witness of the mirror's last frames, measured before:
+    // 3 requests with a spot check that cannot conclude on tursodb), and the one after finds
+    // nothing new.
+    edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
+    run_ok(tursync(dir.path()).arg("push"));
+    at_most(
+        &proxy,
+        "pull, our own push (Turso Sync)",
+        2,
+        turso_ok(dir.path(), &["pull"]),
+    );
+    at_most(
+        &proxy,
+        "pull, nothing new after our push (Turso Sync)",
+        1,
+        turso_ok(dir.path(), &["pull"]),
+    );
+    assert_nothing_pending(dir.path());
+}
+
+/// The pages and the witness of the mirror's last frames, nothing more: the goal is 3,
+/// and a spot check, which cannot conclude on tursodb (its answers carry no replication
+/// index), made it 3 before.
+#[test]
+fn pull_of_a_change_takes_at_most_two_requests_on_turso_sync() {
+    let (server, proxy, dir) = turso_cloned(100);
+    run_ok(tursync(dir.path()).arg("pull"));
+    server.exec(&["UPDATE items SET qty = 1000 WHERE id = 42"]);
+    at_most(
+        &proxy,
+        "pull, one changed row (Turso Sync)",
+        2,
+        turso_ok(dir.path(), &["pull"]),
+    );
+    let wc = dir.path().join("working_copy.db");
+    server.assert_table_eq(&wc, "SELECT * FROM items ORDER BY id");
+    edit(dir.path(), "UPDATE items SET qty = 5 WHERE id = 43");
+    run_ok(tursync(dir.path()).arg("push"));
+    server.exec(&["UPDATE items SET qty = 1001 WHERE id = 44"]);
+    at_most(
+        &proxy,
+        "pull, one changed row after a push (Turso Sync)",
+        2,
+        turso_ok(dir.path(), &["pull"]),
+    );
+    server.assert_table_eq(&wc, "SELECT * FROM items ORDER BY id");
+    assert_nothing_pending(dir.path());
+}
+
+/// Measured before: 3 requests after our push (the pull of our push's pages paid a spot check).
+#[test]
+fn sync_with_nothing_on_either_side_takes_at_most_two_requests_on_turso_sync() {
+    let (_server, proxy, dir) = turso_cloned(100);
+    at_most(
+        &proxy,
+        "sync, nothing either side (Turso Sync)",
+        2,
+        turso_ok(dir.path(), &["sync"]),
+    );
+    edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
+    run_ok(tursync(dir.path()).arg("push"));
+    at_most(
+        &proxy,
+        "sync, nothing either side after our push (Turso Sync)",
+        2,
+        turso_ok(dir.path(), &["sync"]),
+    );
+    assert_nothing_pending(dir.path());
+}
