@@ -8,7 +8,9 @@
 #
 # Each client is initialised (bootstrapped) once, then pulls after each change:
 #   100 rows updated, 1,000 rows appended, 1% of the rows updated in one transaction.
-# Prints one table; each pull's `read` (from `pull --json`) says how tursync read it.
+# Then, on the first server, a checkpoint, 100 rows updated, a pull and a fresh bootstrap.
+# Prints one table, then for each step what each client holds (rows/total of a column, the
+# server's too after the checkpoint) and how tursync read it (`read` in `pull --json`).
 #
 # tursodb answers one request at a time, so it is seeded through /v2/pipeline in batches of
 # SEED_BATCH rows. Its revision is its WAL's frame count: a checkpoint starts it again, and a
@@ -95,24 +97,36 @@ change() {
     1) echo "UPDATE big SET name = name || '.u', score = score + 1 WHERE id % $((ROWS / 100)) = 0" ;;
     2) rows_from $((ROWS + 1)) $((ROWS + 1000)) "${2:-}" ;;
     3) echo "UPDATE big SET name = name || '.p', score = score + 2 WHERE id % 100 = 0" ;;
+    4) echo "UPDATE big SET score = score + 3 WHERE id % $((ROWS / 100)) = 1" ;;
     esac
 }
 
+# SUMMARY: what the rows hold, compared between a client and the server.
+SUMMARY="SELECT count(*) || '/' || total(score) FROM big"
 # pyturso ACTION DB: bootstrap (connect a new file) or pull (connect it, pull); prints the
-# seconds and the rows it then holds.
+# seconds and SUMMARY of what it then holds (or the error).
 pyturso() {
-    "$PYTHON" - "$TS_URL" "$1" "$2" <<'PY'
+    "$PYTHON" - "$TS_URL" "$1" "$2" "$SUMMARY" <<'PY'
 import sys, time, turso.sync
-url, action, path = sys.argv[1:]
+url, action, path, summary = sys.argv[1:]
 t0 = time.time()
 conn = turso.sync.connect(path, remote_url=url)
 if action == "pull":
     conn.pull()
 took = time.time() - t0
-n = conn.execute("SELECT count(*) FROM big").fetchone()[0]
+try:
+    n = conn.execute(summary).fetchone()[0]
+except Exception as e:
+    n = f"error:{type(e).__name__}"
 conn.close()
 print(f"{took:.2f} {n}")
 PY
+}
+# ts_summary: SUMMARY on the Turso Sync server.
+ts_summary() {
+    curl -sS -XPOST "$TS_URL/v2/pipeline" -H 'Content-Type: application/json' \
+        -d "{\"requests\":[{\"type\":\"execute\",\"stmt\":{\"sql\":\"$SUMMARY\",\"want_rows\":true}}]}" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["results"][0]["response"]["result"]["rows"][0][0]["value"])'
 }
 
 # tursync_init DIR URL [ENV...]: prints the seconds `tursync init` took.
@@ -132,7 +146,7 @@ tursync_pull() {
     t0=$(now)
     out=$(cd "$dir" && env "$@" "$TURSYNC" pull --json)
     took=$(since "$t0")
-    echo "$took $(sqlite3 "$dir/working_copy.db" "SELECT count(*) FROM big") \
+    echo "$took $(sqlite3 "$dir/working_copy.db" "$SUMMARY") \
 $(python3 -c 'import json,sys; print(json.load(sys.stdin).get("read") or "nothing new")' <<<"$out")"
 }
 
@@ -145,7 +159,14 @@ row() {
     TABLE+=("$line")
     log "$line"
 }
-cell() { echo "$1 s"; }
+# cell SECONDS: a table cell ("-" for a step that failed, nothing for one not run).
+cell() {
+    case $1 in
+    -) echo "failed" ;;
+    "") echo "—" ;;
+    *) echo "$1 s" ;;
+    esac
+}
 READS=()
 
 log "tursync at $(build_label); $ROWS rows; load $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
@@ -181,15 +202,32 @@ read -r T[i,y] n <<<"$(pyturso bootstrap "$TMP/py.db")"
 log "pyturso bootstrapped: $n rows"
 # The first pull of each reads from where its init left off: nothing new.
 read -r T[0,p] n r <<<"$(tursync_pull "$TMP/pages")"
-READS+=("pages, nothing new: $n rows; read: $r")
+READS+=("pages, nothing new: $n; read: $r")
 read -r T[0,y] n <<<"$(pyturso pull "$TMP/py.db")"
 for i in 1 2 3; do
     ts_exec "$(change $i)"
     read -r T[$i,p] n r <<<"$(tursync_pull "$TMP/pages")"
-    READS+=("pages, ${NAMES[$((i - 1))]}: $n rows; read: $r")
+    READS+=("pages, ${NAMES[$((i - 1))]}: $n; read: $r")
     read -r T[$i,y] n <<<"$(pyturso pull "$TMP/py.db")"
-    READS+=("pyturso, ${NAMES[$((i - 1))]}: $n rows")
+    READS+=("pyturso, ${NAMES[$((i - 1))]}: $n")
 done
+# A checkpoint restarts tursodb's revision (its WAL's frame count), and a bootstrap after it
+# gets only the pages still in the WAL (turso#5971). Then 100 rows updated, and each client
+# pulls, then bootstraps afresh. pyturso goes first: tursync's fall back to SQL reads the
+# schema over SQL, which (above) leaves tursodb's connection unable to commit.
+ts_exec "PRAGMA wal_checkpoint(TRUNCATE)"
+log "after a checkpoint: $(server_files)"
+ts_exec "$(change 4)"
+READS+=("server after the checkpoint and 100 rows updated: $(ts_summary) (rows/total score)")
+read -r T[c,y] n <<<"$(pyturso pull "$TMP/py.db")"
+READS+=("pyturso, pull after the checkpoint: $n")
+read -r T[cb,y] n <<<"$(pyturso bootstrap "$TMP/py2.db" || echo "- failed")"
+READS+=("pyturso, bootstrap after the checkpoint: $n")
+read -r T[c,p] n r <<<"$(tursync_pull "$TMP/pages")"
+READS+=("pages, pull after the checkpoint: $n; read: $r")
+T[cb,p]=$(tursync_init "$TMP/pages2" "$TS_URL")
+READS+=("pages, init after the checkpoint: $(sqlite3 "$TMP/pages2/working_copy.db" "$SUMMARY"); \
+$(cd "$TMP/pages2" && "$TURSYNC" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin).get("reads"))')")
 stop_tursodb
 
 # --- a second tursodb, seeded the same: tursync over SQL only ---
@@ -202,7 +240,7 @@ read -r T[0,s] n r <<<"$(tursync_pull "$TMP/sql" TURSYNC_PROTOCOL=sql)"
 for i in 1 2 3; do
     ts_exec "$(change $i)"
     read -r T[$i,s] n r <<<"$(tursync_pull "$TMP/sql" TURSYNC_PROTOCOL=sql)"
-    READS+=("SQL only, ${NAMES[$((i - 1))]}: $n rows; read: $r")
+    READS+=("SQL only, ${NAMES[$((i - 1))]}: $n; read: $r")
 done
 stop_tursodb
 
@@ -216,7 +254,7 @@ read -r T[0,l] n r <<<"$(tursync_pull "$TMP/log")"
 for i in 1 2 3; do
     remote_exec "$(change $i cte)"
     read -r T[$i,l] n r <<<"$(tursync_pull "$TMP/log")"
-    READS+=("sqld log, ${NAMES[$((i - 1))]}: $n rows; read: $r")
+    READS+=("sqld log, ${NAMES[$((i - 1))]}: $n; read: $r")
 done
 
 echo "$ROWS rows, tursync at $(build_label), load $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
@@ -229,6 +267,8 @@ for i in 1 2 3; do
     row "pull, ${NAMES[$((i - 1))]}" "$(cell "${T[$i,p]}")" "$(cell "${T[$i,s]}")" \
         "$(cell "${T[$i,y]}")" "$(cell "${T[$i,l]}")" >/dev/null 2>&1
 done
+row "pull, 100 rows updated after a checkpoint" "$(cell "${T[c,p]}")" "$(cell "")" "$(cell "${T[c,y]}")" "$(cell "")" >/dev/null 2>&1
+row "init (bootstrap) after a checkpoint" "$(cell "${T[cb,p]}")" "$(cell "")" "$(cell "${T[cb,y]}")" "$(cell "")" >/dev/null 2>&1
 printf '%s\n' "${TABLE[@]}"
 echo
 awk -v p="${T[1,p]}" -v i="${T[i,p]}" \
