@@ -150,6 +150,18 @@ tursync_pull() {
 $(python3 -c 'import json,sys; print(json.load(sys.stdin).get("read") or "nothing new")' <<<"$out")"
 }
 
+# pulls_after_changes KEY LABEL EXEC CTE DIR [ENV...]: each change run by EXEC (in the form for
+# sqld when CTE is set), then a timed pull of the working copy in DIR, into T[I,KEY] and READS.
+pulls_after_changes() {
+    local key=$1 label=$2 exec=$3 cte=$4 dir=$5 i n r
+    shift 5
+    for i in 1 2 3; do
+        "$exec" "$(change $i "$cte")"
+        read -r T[$i,$key] n r <<<"$(tursync_pull "$dir" "$@")"
+        READS+=("$label, ${NAMES[$((i - 1))]}: $n; read: $r")
+    done
+}
+
 # row LABEL CELL...: one line of the table, also logged as it comes.
 TABLE=()
 row() {
@@ -237,11 +249,7 @@ stop_tursodb
 seed_tursodb
 T[i,s]=$(tursync_init "$TMP/sql" "$TS_URL" TURSYNC_PROTOCOL=sql)
 read -r T[0,s] n r <<<"$(tursync_pull "$TMP/sql" TURSYNC_PROTOCOL=sql)"
-for i in 1 2 3; do
-    ts_exec "$(change $i)"
-    read -r T[$i,s] n r <<<"$(tursync_pull "$TMP/sql" TURSYNC_PROTOCOL=sql)"
-    READS+=("SQL only, ${NAMES[$((i - 1))]}: $n; read: $r")
-done
+pulls_after_changes s "SQL only" ts_exec "" "$TMP/sql" TURSYNC_PROTOCOL=sql
 stop_tursodb
 
 # --- sqld, the gRPC log ---
@@ -251,11 +259,7 @@ remote_exec "$SCHEMA; $(rows_from 1 "$ROWS" cte); $INDEX"
 log "sqld seeded in $(since "$t0") s"
 T[i,l]=$(tursync_init "$TMP/log" "$URL")
 read -r T[0,l] n r <<<"$(tursync_pull "$TMP/log")"
-for i in 1 2 3; do
-    remote_exec "$(change $i cte)"
-    read -r T[$i,l] n r <<<"$(tursync_pull "$TMP/log")"
-    READS+=("sqld log, ${NAMES[$((i - 1))]}: $n; read: $r")
-done
+pulls_after_changes l "sqld log" remote_exec cte "$TMP/log"
 
 echo "$ROWS rows, tursync at $(build_label), load $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 echo

@@ -349,27 +349,39 @@ fn status_takes_at_most_two_requests_on_turso_sync() {
     );
 }
 
-#[test]
-fn pull_with_nothing_new_takes_one_request_on_turso_sync() {
-    let (_server, proxy, dir) = turso_cloned(100);
+/// `tursync ARGS` on a Turso Sync server with nothing new on either side makes at most `goal`
+/// requests; right after our push, at most `after_push`. Our push wrote pages the mirror does
+/// not hold yet, so the pull after it reads them as it would anyone's change: the pages and the
+/// witness of the mirror's last frames (measured before: 3 requests, with a spot check that
+/// cannot conclude on tursodb).
+fn turso_idle_before_and_after_our_push(
+    args: &'static [&'static str],
+    what: &str,
+    goal: usize,
+    after_push: usize,
+) -> (TursoSync, HookProxy, TempDir) {
+    let (server, proxy, dir) = turso_cloned(100);
     at_most(
         &proxy,
-        "pull, nothing new (Turso Sync)",
-        1,
-        turso_ok(dir.path(), &["pull"]),
+        &format!("{what} (Turso Sync)"),
+        goal,
+        turso_ok(dir.path(), args),
     );
-    // Our push wrote pages the mirror does not hold yet: the next pull reads them, as it would
-    // anyone's change (the pages and the witness of the mirror's last frames, measured before:
-    // 3 requests with a spot check that cannot conclude on tursodb), and the one after finds
-    // nothing new.
     edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
     run_ok(tursync(dir.path()).arg("push"));
     at_most(
         &proxy,
-        "pull, our own push (Turso Sync)",
-        2,
-        turso_ok(dir.path(), &["pull"]),
+        &format!("{what}, right after our push (Turso Sync)"),
+        after_push,
+        turso_ok(dir.path(), args),
     );
+    (server, proxy, dir)
+}
+
+#[test]
+fn pull_with_nothing_new_takes_one_request_on_turso_sync() {
+    let (_server, proxy, dir) =
+        turso_idle_before_and_after_our_push(&["pull"], "pull, nothing new", 1, 2);
     at_most(
         &proxy,
         "pull, nothing new after our push (Turso Sync)",
@@ -408,23 +420,9 @@ fn pull_of_a_change_takes_at_most_two_requests_on_turso_sync() {
     assert_nothing_pending(dir.path());
 }
 
-/// Measured before: 3 requests after our push (the pull of our push's pages paid a spot check).
 #[test]
 fn sync_with_nothing_on_either_side_takes_at_most_two_requests_on_turso_sync() {
-    let (_server, proxy, dir) = turso_cloned(100);
-    at_most(
-        &proxy,
-        "sync, nothing either side (Turso Sync)",
-        2,
-        turso_ok(dir.path(), &["sync"]),
-    );
-    edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
-    run_ok(tursync(dir.path()).arg("push"));
-    at_most(
-        &proxy,
-        "sync, nothing either side after our push (Turso Sync)",
-        2,
-        turso_ok(dir.path(), &["sync"]),
-    );
+    let (_server, _proxy, dir) =
+        turso_idle_before_and_after_our_push(&["sync"], "sync, nothing either side", 2, 2);
     assert_nothing_pending(dir.path());
 }
