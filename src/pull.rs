@@ -187,7 +187,9 @@ enum FromLog {
 /// what changed; otherwise, or when those pages say too little, from the whole tables.
 ///
 /// Once advanced, and before anything is read from it, the mirror is spot-checked against the
-/// remote ([`crate::spot_check`]); a mirror that differs is removed, unused. Every page read
+/// remote ([`crate::spot_check`]) when its frames are the server's replication index (sqld's
+/// log; Turso Sync's pages are witnessed by their source instead, [`crate::turso_pages`]); a
+/// mirror that differs is removed, unused. Every page read
 /// from it is checked against its sum ([`crate::page_sums`]); a read that finds a damaged one
 /// fails, and the mirror is removed with nothing of it merged. A mirror whose files do not
 /// agree ([`Mirror::health`]) is removed first and built again from the log.
@@ -279,7 +281,10 @@ fn from_log(
     else {
         return Ok(FromLog::NotNow);
     };
-    if advanced {
+    // A spot check costs a request and needs the remote's answers at the mirror's frame; on a
+    // source whose frames are not the server's index (Turso Sync's pages) it cannot conclude,
+    // and the source's own witness of the mirror's last frames stands in for it.
+    if advanced && log.frames_are_server_index() {
         let check = match open_immutable(&mirror.db_path())
             .and_then(|theirs_db| spot_check(&theirs_db, remote, frame))
         {

@@ -218,6 +218,12 @@ impl LogSource for TursoPages<'_> {
         self.reached.clone()
     }
 
+    /// The mirror's frames are numbered here, and tursodb's answers carry no replication
+    /// index: a spot check could never conclude, so none is asked for.
+    fn frames_are_server_index(&self) -> bool {
+        false
+    }
+
     fn retrying(
         &mut self,
         attempt: &mut dyn FnMut(&mut dyn LogSource) -> Result<(), LogError>,

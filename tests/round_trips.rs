@@ -348,3 +348,86 @@ fn status_takes_at_most_two_requests_on_turso_sync() {
         turso_ok(dir.path(), &["status"]),
     );
 }
+
+/// `tursync ARGS` on a Turso Sync server with nothing new on either side makes at most `goal`
+/// requests; right after our push, at most `after_push`. Our push wrote pages the mirror does
+/// not hold yet, so the pull after it reads them as it would anyone's change: the pages and the
+/// witness of the mirror's last frames (measured before: 3 requests, with a spot check that
+/// cannot conclude on tursodb).
+/// `what` names the two measures: idle, then right after our push.
+fn turso_idle_before_and_after_our_push(
+    args: &'static [&'static str],
+    what: [&str; 2],
+    goal: usize,
+    after_push: usize,
+) -> (TursoSync, HookProxy, TempDir) {
+    let (server, proxy, dir) = turso_cloned(100);
+    at_most(&proxy, what[0], goal, turso_ok(dir.path(), args));
+    edit(dir.path(), "UPDATE items SET qty = 99 WHERE id = 7");
+    run_ok(tursync(dir.path()).arg("push"));
+    at_most(&proxy, what[1], after_push, turso_ok(dir.path(), args));
+    (server, proxy, dir)
+}
+
+#[test]
+fn pull_with_nothing_new_takes_one_request_on_turso_sync() {
+    let (_server, proxy, dir) = turso_idle_before_and_after_our_push(
+        &["pull"],
+        [
+            "pull, nothing new (Turso Sync)",
+            "pull of our own push's pages (Turso Sync)",
+        ],
+        1,
+        2,
+    );
+    at_most(
+        &proxy,
+        "pull, nothing new after pulling our push (Turso Sync)",
+        1,
+        turso_ok(dir.path(), &["pull"]),
+    );
+    assert_nothing_pending(dir.path());
+}
+
+/// The pages and the witness of the mirror's last frames, nothing more: the goal is 3,
+/// and a spot check, which cannot conclude on tursodb (its answers carry no replication
+/// index), made it 3 before.
+#[test]
+fn pull_of_a_change_takes_at_most_two_requests_on_turso_sync() {
+    let (server, proxy, dir) = turso_cloned(100);
+    run_ok(tursync(dir.path()).arg("pull"));
+    server.exec(&["UPDATE items SET qty = 1000 WHERE id = 42"]);
+    at_most(
+        &proxy,
+        "pull, one changed row (Turso Sync)",
+        2,
+        turso_ok(dir.path(), &["pull"]),
+    );
+    let wc = dir.path().join("working_copy.db");
+    server.assert_table_eq(&wc, "SELECT * FROM items ORDER BY id");
+    edit(dir.path(), "UPDATE items SET qty = 5 WHERE id = 43");
+    run_ok(tursync(dir.path()).arg("push"));
+    server.exec(&["UPDATE items SET qty = 1001 WHERE id = 44"]);
+    at_most(
+        &proxy,
+        "pull, one changed row after a push (Turso Sync)",
+        2,
+        turso_ok(dir.path(), &["pull"]),
+    );
+    server.assert_table_eq(&wc, "SELECT * FROM items ORDER BY id");
+    assert_nothing_pending(dir.path());
+}
+
+#[test]
+fn sync_with_nothing_on_either_side_takes_at_most_two_requests_on_turso_sync() {
+    let (_server, _proxy, dir) = turso_idle_before_and_after_our_push(
+        &["sync"],
+        [
+            "sync, nothing either side (Turso Sync)",
+            "sync, nothing either side after our push (Turso Sync)",
+        ],
+        2,
+        2,
+    );
+    assert_nothing_pending(dir.path());
+}

@@ -190,6 +190,12 @@ pub trait LogSource {
     fn revision(&self) -> Option<String> {
         None
     }
+    /// Whether frame numbers are the server's replication index, the one its SQL answers
+    /// carry: only then can a spot check ([`crate::spot_check`]) read the remote at the
+    /// mirror's frame and conclude.
+    fn frames_are_server_index(&self) -> bool {
+        true
+    }
     /// Runs `attempt`, again while it fails in a way that may pass (as the remote's reads are).
     fn retrying(
         &mut self,
