@@ -246,6 +246,9 @@ impl Workspace {
     /// record: id 1 b x'00' -> R     working copy: id 1 b = x'00' (no commit) -> the base keeps x'00'
     /// ```
     pub(crate) fn finish_interrupted_pull(&self) -> Result<()> {
+        if !self.record_path(Kind::Pull).exists() {
+            return Ok(());
+        }
         let Some(mut theirs) = self.interrupted_pull()? else {
             // None, or one of a base that already moved on.
             return self.drop_pull_record();
