@@ -352,7 +352,7 @@ impl Plan {
         unique.extend(broken);
         self.report.references = settled;
         for q in &self.sequences {
-            let current = sequence(work, &q.table)?;
+            let current = crate::workspace::sequence(work, &q.table)?;
             let value = match (current, q.new) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => b.or(a),
@@ -1400,7 +1400,7 @@ impl<'c> KeySpace<'c> {
                     )?;
                     top = top
                         .max(max.unwrap_or(0))
-                        .max(sequence(conn, name)?.unwrap_or(0));
+                        .max(crate::workspace::sequence(conn, name)?.unwrap_or(0));
                 }
                 top.checked_add(1).ok_or_else(|| {
                     Error::Unsupported(format!(
@@ -1412,25 +1412,6 @@ impl<'c> KeySpace<'c> {
         self.next.insert(name.to_owned(), next.saturating_add(1));
         Ok(next)
     }
-}
-
-/// The table's AUTOINCREMENT counter, if it has one.
-fn sequence(conn: &Connection, table: &str) -> Result<Option<i64>> {
-    let has: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'sqlite_sequence'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has {
-        return Ok(None);
-    }
-    Ok(conn
-        .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = ?1",
-            [table],
-            |r| r.get(0),
-        )
-        .optional()?)
 }
 
 impl Renumbered {
@@ -1457,7 +1438,7 @@ impl Renumbered {
                 rusqlite::params![self.to, self.from],
             )?;
         }
-        if sequence(work, &self.table)?.is_some_and(|seq| seq < self.to) {
+        if crate::workspace::sequence(work, &self.table)?.is_some_and(|seq| seq < self.to) {
             crate::workspace::set_sequence(work, &self.table, Some(self.to))?;
         }
         Ok(())

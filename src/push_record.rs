@@ -289,7 +289,7 @@ fn holds(work: &Connection, t: &TableDiff, change: &RowChange) -> Result<bool> {
     let key: Vec<&str> = t.key_names();
     let q = crate::sql::select(&t.table.name, &cols.join(", "), &key);
     let args: Vec<Value> = t.key_of(change.row()).into_iter().cloned().collect();
-    let mut st = match work.prepare(&q) {
+    let mut st = match work.prepare_cached(&q) {
         Ok(st) => st,
         Err(_) => return Ok(false),
     };

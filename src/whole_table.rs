@@ -337,16 +337,7 @@ fn copy_table(work: &Connection, from: &Connection, name: &str) -> Result<()> {
     for create in indexes.query_map([name], |r| r.get::<_, String>(0))? {
         work.execute_batch(&create?)?;
     }
-    let seq: Option<i64> = if has_sequences(from)? {
-        from.query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()?
-    } else {
-        None
-    };
+    let seq = crate::workspace::sequence(from, name)?;
     if has_sequences(work)? {
         crate::workspace::set_sequence(work, name, seq)?;
     }

@@ -579,6 +579,26 @@ fn check_log_copy(mirror: &Path) -> Result<std::result::Result<(Schema, Stats), 
     Ok(Ok((schema, stats)))
 }
 
+/// The table's AUTOINCREMENT counter in a local database, if it has one.
+pub(crate) fn sequence(conn: &rusqlite::Connection, table: &str) -> Result<Option<i64>> {
+    use rusqlite::OptionalExtension;
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'sqlite_sequence'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// Sets (or, with `None`, removes) a table's AUTOINCREMENT counter in a local database.
 /// `sqlite_sequence` has no key, so a counter is replaced by delete and insert.
 pub(crate) fn set_sequence(
