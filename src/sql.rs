@@ -34,6 +34,20 @@ pub fn text_literal(s: &str) -> String {
     out
 }
 
+/// `PRAGMA main.NAME('arg')`: a pragma of the main database about one object, in the plain form
+/// rather than the table-valued `SELECT … FROM pragma_NAME(?)`, which the caller filters
+/// itself. tursodb 0.7.0 stops writing later autocommit writes to its WAL once a table-valued
+/// pragma ran on its one connection, so what tursync reads from a remote takes this form. The
+/// argument is a plain quoted literal (no `char(…)`: a pragma takes no expression); it never
+/// goes through the sqlite3 shell.
+///
+/// ```text
+/// pragma_of("table_xinfo", "it's")  ->  PRAGMA main.table_xinfo('it''s')
+/// ```
+pub fn pragma_of(name: &str, arg: &str) -> String {
+    format!("PRAGMA main.{name}('{}')", arg.replace('\'', "''"))
+}
+
 /// Whether the sqlite3 shell could alter `b` inside a quoted literal: it strips a CR before an
 /// LF from every input line, and a NUL cuts a statement short in most loaders. Every control
 /// character is spelled out, so no line of our SQL text carries one raw.
