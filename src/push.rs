@@ -439,7 +439,7 @@ fn classify<'a>(
 fn orphan_reads(tables: &std::collections::BTreeSet<String>) -> Vec<Stmt> {
     tables
         .iter()
-        .map(|t| stmt(crate::schema::orphans_sql(t), vec![], true))
+        .map(|t| stmt(crate::sql::orphans_sql(t), vec![], true))
         .collect()
 }
 

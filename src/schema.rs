@@ -1,8 +1,8 @@
 //! What a database holds, read the same way from the remote and from a local file.
 //!
-//! The schema is read with plain SQL (`sqlite_schema`, `pragma_table_list`,
-//! `pragma_table_xinfo`, `pragma_index_list`) so one reader serves both sides; only the way
-//! the statements travel differs (see [`Catalog`]).
+//! The schema is read with plain SQL (`sqlite_schema`, `PRAGMA table_list`, `table_xinfo`,
+//! `index_list`) so one reader serves both sides; only the way the statements travel differs
+//! (see [`Catalog`]).
 
 use crate::sql;
 use crate::value::Value;
@@ -841,12 +841,3 @@ pub fn foreign_key_scope<'a>(
 /// child table, its rowid (`None` in a WITHOUT ROWID table), the parent table and which of
 /// the child's foreign keys (`fkid`, as in `pragma_foreign_key_list`).
 pub type Orphan = (String, Option<i64>, String, i64);
-
-/// The SQL that lists the [`Orphan`]s of `table`: SQLite's `foreign_key_check`, which works
-/// whether foreign keys are enforced or not.
-pub fn orphans_sql(table: &str) -> String {
-    format!(
-        "SELECT \"table\", rowid, parent, fkid FROM pragma_foreign_key_check({})",
-        sql::text_literal(table)
-    )
-}

@@ -48,6 +48,17 @@ pub fn pragma_of(name: &str, arg: &str) -> String {
     format!("PRAGMA main.{name}('{}')", arg.replace('\'', "''"))
 }
 
+/// The SQL that lists the orphans of `table` (`crate::schema::Orphan`: table, rowid, parent,
+/// fkid): SQLite's `foreign_key_check`, which works whether foreign keys are enforced or not.
+/// Push sends it to the remote; on a server without `pragma_foreign_key_check`,
+/// `remote::batonless` knows it by this exact text and writes the check out by hand.
+pub fn orphans_sql(table: &str) -> String {
+    format!(
+        "SELECT \"table\", rowid, parent, fkid FROM pragma_foreign_key_check({})",
+        text_literal(table)
+    )
+}
+
 /// Whether the sqlite3 shell could alter `b` inside a quoted literal: it strips a CR before an
 /// LF from every input line, and a NUL cuts a statement short in most loaders. Every control
 /// character is spelled out, so no line of our SQL text carries one raw.

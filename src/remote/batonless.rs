@@ -648,7 +648,7 @@ type ForeignKeyCols = (i64, String, Vec<(String, Option<String>)>);
 
 /// Turso Sync's server (tursodb 0.7.0) has no `pragma_foreign_key_check` function, and its
 /// `PRAGMA foreign_key_check` returns nothing whatever the rows. So the orphan checks push sends
-/// ([`crate::schema::orphans_sql`]) are written out here from the table's foreign keys as the
+/// ([`crate::sql::orphans_sql`]) are written out here from the table's foreign keys as the
 /// server lists them: each child row whose key columns are all set and that no parent row
 /// matches, with the columns `foreign_key_check` returns. A table whose name cannot be matched
 /// (one this transaction creates) keeps its check as it is.
@@ -688,7 +688,7 @@ fn by_hand_orphan_checks(remote: &Remote, reads: &mut [(usize, Stmt)]) -> Result
     for (_, stmt) in reads.iter_mut().filter(|(_, s)| s.sql.starts_with(PREFIX)) {
         let Some(table) = tables
             .iter()
-            .find(|t| crate::schema::orphans_sql(t) == stmt.sql)
+            .find(|t| crate::sql::orphans_sql(t) == stmt.sql)
         else {
             continue;
         };
