@@ -566,3 +566,154 @@ fn a_pull_killed_between_the_working_copy_and_the_base_is_healed() {
         assert_nothing_pending(dir.path());
     }
 }
+
+/// A pull with a migration that recorded itself but whose working copy commit never landed,
+/// while the app ran the same migration itself (as every copy of an app may at start-up): the
+/// base takes their schema, which the working copy holds, but none of their rows, which it does
+/// not; their row still arrives and nothing of theirs is pushed back as ours. A download that
+/// was kept damaged counts as not kept. Over the log and over SQL.
+#[test]
+fn a_migration_pull_whose_commit_never_landed_takes_no_rows_into_the_base() {
+    for sql_path in [false, true] {
+        let sqld = Sqld::start();
+        sqld.exec(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+             INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00');",
+        );
+        let dir = tempdir();
+        ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+        let migration = "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'; CREATE INDEX t_c ON t(c);";
+        sqld.exec(&format!("{migration} UPDATE t SET b = x'01' WHERE id = 1;"));
+        let wc = dir.path().join("working_copy.db");
+        let before = dir.path().join("before.db");
+        sqlite3_cli(&wc, format!(".backup '{}'\n", before.display()).as_bytes());
+        let pull_cmd = || {
+            let mut pull = tursync(dir.path());
+            pull.arg("pull").env("TURSO_AUTH_TOKEN", &sqld.rw_token);
+            if sql_path {
+                pull.env("TURSYNC_NO_LOG", "1");
+            }
+            pull
+        };
+        let mut child = pull_cmd()
+            .env("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", "60000")
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while local_query(&wc, "SELECT b FROM t WHERE id = 1") != [[Cell::Blob(vec![1])]] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pull never committed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(dir.path().join(".tursync/pulled.rec").exists());
+        // As if the commit had never landed, and the app then migrated on its own.
+        sqlite3_cli(&wc, format!(".restore '{}'\n", before.display()).as_bytes());
+        edit(dir.path(), migration);
+        run_ok(&mut pull_cmd());
+        assert_same_database(&sqld, &wc);
+        run_ok(
+            tursync(dir.path())
+                .arg("push")
+                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+        );
+        assert_same_database(&sqld, &wc);
+        assert_eq!(
+            sqld.query("SELECT b FROM t WHERE id = 1"),
+            vec![vec![Cell::Blob(vec![1])]],
+            "their row was pushed back over"
+        );
+        assert_nothing_pending(dir.path());
+    }
+
+    // A kept download that is damaged: the base stays as it was, and the next pull goes on.
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB); INSERT INTO t VALUES (1, x'00');");
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    sqld.exec("ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'; UPDATE t SET b = x'01';");
+    let wc = dir.path().join("working_copy.db");
+    let mut child = tursync(dir.path())
+        .arg("pull")
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .env("TURSYNC_NO_LOG", "1")
+        .env("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", "60000")
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while local_query(&wc, "SELECT b FROM t") != [[Cell::Blob(vec![1])]] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull never committed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = dir.path().join(".tursync/pulled.db");
+    let len = std::fs::metadata(&kept)
+        .expect("the download is kept")
+        .len();
+    std::fs::write(&kept, vec![0x5a; len as usize]).unwrap();
+    let mut again = tursync(dir.path());
+    again
+        .arg("pull")
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .env("TURSYNC_NO_LOG", "1");
+    run_ok(&mut again);
+    assert_same_database(&sqld, &wc);
+    assert!(!kept.exists(), "the damaged download is gone");
+    assert_nothing_pending(dir.path());
+}
+
+/// The same kill, in a pull that also brings a teammate's migration: the base still takes
+/// their changes (schema and rows) once the working copy is seen to hold them, so a row the
+/// teammate then set back to its old value arrives, over the log and over SQL alike.
+#[test]
+fn a_pull_with_a_migration_killed_between_the_working_copy_and_the_base_is_healed() {
+    for sql_path in [false, true] {
+        let sqld = Sqld::start();
+        sqld.exec(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+             INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00');",
+        );
+        let dir = tempdir();
+        ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+        sqld.exec(
+            "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new';
+             CREATE INDEX t_c ON t(c);
+             UPDATE t SET b = x'01' WHERE id = 1;",
+        );
+        let pull_cmd = || {
+            let mut pull = tursync(dir.path());
+            pull.arg("pull").env("TURSO_AUTH_TOKEN", &sqld.rw_token);
+            if sql_path {
+                pull.env("TURSYNC_NO_LOG", "1");
+            }
+            pull
+        };
+        let mut child = pull_cmd()
+            .env("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", "60000")
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let wc = dir.path().join("working_copy.db");
+        let row = "SELECT b FROM t WHERE id = 1";
+        while local_query(&wc, row) != [[Cell::Blob(vec![1])]] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pull never committed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
+        run_ok(&mut pull_cmd());
+        assert_same_database(&sqld, &wc);
+        assert_nothing_pending(dir.path());
+    }
+}
