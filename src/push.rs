@@ -41,6 +41,8 @@ use crate::value::Value;
 use crate::workspace::Workspace;
 use crate::{Context, Error, Result};
 
+mod report;
+
 /// Rows per multi-row statement: large enough to amortize parsing, small enough to stay far
 /// under SQLite's 32766 bound parameters.
 const ROWS_PER_STMT: usize = 1000;
@@ -65,7 +67,7 @@ impl Default for PushOptions {
 }
 
 /// What a push did. In JSON (`push --json`), each field under its own name but `log`, which
-/// the caller words.
+/// [`PushReport::json`] words.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct PushReport {
     pub changes: usize,
