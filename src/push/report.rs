@@ -1,12 +1,32 @@
-//! How a [`PushReport`] says what a push did: its JSON (`push --json`) and its text for a
-//! person.
+//! What a push did ([`PushReport`]), and how it says so: its JSON (`push --json`) and its text
+//! for a person.
 
 use std::fmt;
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::PushReport;
+use serde::Serialize;
+
 use crate::report::{count, Report};
+
+/// What a push did. In JSON (`push --json`), each field under its own name but `log`, which
+/// [`PushReport::json`] words.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PushReport {
+    pub changes: usize,
+    /// Row changes sent.
+    pub applied: usize,
+    /// Row changes the remote already had (a re-run after a crash).
+    pub skipped: usize,
+    pub requests: u64,
+    pub transactions: usize,
+    /// Where the SQL of this push was kept.
+    #[serde(skip)]
+    pub log: Option<PathBuf>,
+    /// Our schema changes sent, each as `diff --json` shows it.
+    pub schema: Vec<serde_json::Value>,
+}
 
 impl Report for PushReport {
     /// The line `push --json` prints: every field, `"pushed"` (whether anything was), and
