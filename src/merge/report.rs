@@ -94,13 +94,7 @@ impl Report for PullReport {
                     s.action.as_str()
                 )?;
             }
-            if self.references.len() > LISTED {
-                writeln!(
-                    out,
-                    "  … and {} more (use --json for all)",
-                    self.references.len() - LISTED
-                )?;
-            }
+            write_rest(out, self.references.len())?;
         }
         if !self.renumbered.is_empty() {
             writeln!(
@@ -111,14 +105,16 @@ impl Report for PullReport {
             for n in self.renumbered.iter().take(LISTED) {
                 writeln!(out, "  {}.{}: {} -> {}", n.table, n.column, n.from, n.to)?;
             }
-            if self.renumbered.len() > LISTED {
-                writeln!(
-                    out,
-                    "  … and {} more (use --json for all)",
-                    self.renumbered.len() - LISTED
-                )?;
-            }
+            write_rest(out, self.renumbered.len())?;
         }
         Ok(())
     }
+}
+
+/// After the first [`LISTED`] of `n` items: how many more there are, and where to see them.
+fn write_rest(out: &mut dyn Write, n: usize) -> std::io::Result<()> {
+    if n > LISTED {
+        writeln!(out, "  … and {} more (use --json for all)", n - LISTED)?;
+    }
+    Ok(())
 }
