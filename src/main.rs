@@ -19,7 +19,7 @@ use tursync::progress::Progress;
 use tursync::pull::{MergeOptions, Resolve};
 use tursync::push::PushOptions;
 use tursync::remote::{Endpoint, Remote};
-use tursync::report::{count, Report};
+use tursync::report::Report;
 use tursync::sink::SqlSink;
 use tursync::workspace::{self, Workspace, DEFAULT_DB};
 use tursync::Outcome;
@@ -644,45 +644,16 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
             line["time"] = json!(now());
             println!("{line}");
         }
-        Event::Synced { pulled, pushed } => println!(
-            "{} pulled {} ({} merged, {}), pushed {} ({} applied, {} already there)",
-            now(),
-            count(pulled.applied, "row change"),
-            pulled.merged,
-            count(pulled.schema_changes, "schema change"),
-            count(pushed.changes, "change"),
-            pushed.applied,
-            pushed.skipped
-        ),
-        Event::Checked {
-            local_changed,
-            remote_index,
-        } => println!(
-            "{} checked: working copy {}, remote index {}; nothing to do",
-            now(),
-            if local_changed {
-                "committed to"
+        event => {
+            // Written into memory, then printed as `println!` prints.
+            let mut text = Vec::new();
+            let _ = event.write_text(&now(), &mut text);
+            let text = String::from_utf8_lossy(&text);
+            if event.is_trouble() {
+                eprint!("{text}");
             } else {
-                "unchanged"
-            },
-            remote_index.map_or_else(|| "unknown".to_owned(), |i| i.to_string())
-        ),
-        Event::Conflicts(stopped) => {
-            let doing = match stopped.op {
-                Op::Push { .. } => "pushing",
-                Op::Pull => "pulling",
-            };
-            eprintln!("{} conflict while {doing}:", now());
-            let _ = stopped.write_text(&mut std::io::stderr().lock());
-            eprintln!("watch keeps running and tries again when either side changes.");
-        }
-        Event::Refused(e) => {
-            eprintln!("{} {e}", now());
-            eprintln!("watch keeps running and tries again when either side changes.");
-        }
-        Event::Settled => println!("{} settled: syncing again", now()),
-        Event::Backoff { error, delay } => {
-            eprintln!("{} {error}; trying again in {}s", now(), delay.as_secs())
+                print!("{text}");
+            }
         }
     };
     tursync::watch::watch(&ws, &remote, interval, &stop, &mut on_event)
