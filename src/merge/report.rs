@@ -47,7 +47,7 @@ impl Report for PullReport {
     }
 
     /// The report for a person: what came from `remote` in `elapsed`, then the references
-    /// settled and the rows renumbered (the first [`LISTED`] of each).
+    /// settled and the rows renumbered (the first few of each, and how many more).
     fn write_text(
         &self,
         out: &mut dyn Write,

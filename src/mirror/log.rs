@@ -7,8 +7,8 @@ use std::path::Path;
 use super::{MirrorError, Streams};
 use crate::remote::replication::{FrameHeader, Hello, LogError, LogSource, FRAME_HEADER};
 
-/// Where frames read off the log go: a spool ([`Mirror::fetch`]) or a mirror being built
-/// ([`Mirror::build`]). Frames come in whole transactions; after `rewind` the transaction under
+/// Where frames read off the log go: a spool ([`Mirror::fetch`](super::Mirror::fetch)) or a
+/// mirror being built ([`Mirror::build`](super::Mirror::build)). Frames come in whole transactions; after `rewind` the transaction under
 /// way is forgotten, and its frames come again.
 pub(super) trait FrameSink {
     fn txns(&self) -> &Txns;

@@ -80,7 +80,7 @@ impl From<std::io::Error> for MirrorError {
     }
 }
 
-/// Whether a long stretch of log is read in two streams at once ([`log::stream_ahead`]).
+/// Whether a long stretch of log is read in two streams at once (`log::stream_ahead`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Streams {
     /// Tried, and used when they answer.

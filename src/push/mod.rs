@@ -535,7 +535,7 @@ fn requestfuls(reads: Vec<PlannedRead>) -> Vec<Vec<PlannedRead>> {
 }
 
 /// Phase 2: the remote's current version of every row the transaction touches, table by
-/// table and keyed by [`TableDiff::key_text`]. The first request's answers serve when it read
+/// table and keyed by [`crate::changeset::TableDiff::key_text`]. The first request's answers serve when it read
 /// what the remote's schema calls for; the rest is read in requests bounded by the expected
 /// response size.
 fn read_rows(
