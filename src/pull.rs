@@ -18,12 +18,12 @@ use crate::clone::FetchOptions;
 use crate::conflict::Outcome;
 pub use crate::conflict::{MergeOptions, Resolve};
 use crate::diff;
+use crate::in_flight::TheirsKept;
 use crate::merge::{strip_our_push, Plan};
 pub use crate::merge::{PullReport, Renumbered};
 use crate::mirror::{open_immutable, Mirror, MirrorError, Settling};
 use crate::pages::{self, Stamp};
 use crate::progress::Progress;
-use crate::push_record::TheirsKept;
 use crate::remote::replication::{Hello, LogError, LogSource};
 use crate::remote::turso_sync::TursoSyncError;
 use crate::remote::Remote;
@@ -126,7 +126,7 @@ pub fn pull(
 
     let theirs = ws
         .download(remote, opts, progress)?
-        .keep_as(ws.state_dir().join(crate::push_record::DOWNLOAD))?;
+        .keep_as(ws.state_dir().join(crate::in_flight::DOWNLOAD))?;
     let Merged {
         outcome,
         clean_work,

@@ -624,7 +624,7 @@ impl RemoteCopy {
     /// The same copy under `path` (in the same directory), durably, still removed when dropped:
     /// a pull over SQL keeps its download as `.tursync/pulled.db`, where the next run finds it
     /// if this one is killed before the download became the base
-    /// ([`crate::push_record::TheirsKept::Download`]).
+    /// ([`crate::in_flight::TheirsKept::Download`]).
     pub fn keep_as(self, path: PathBuf) -> Result<RemoteCopy> {
         sync_file(&self.path)?;
         fs::rename(&self.path, &path).during("renaming into place", path.display())?;

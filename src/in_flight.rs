@@ -1,6 +1,7 @@
-//! The record of a push under way, `.tursync/pushed.rec`: the row changes being pushed and the
-//! stamp of the base they apply to, written before anything is sent. And its twin for a pull,
-//! `.tursync/pulled.rec` ([`Workspace::finish_interrupted_pull`]).
+//! The records of a push or a pull in flight, which the base may lag behind.
+//! `.tursync/pushed.rec`: the row changes being pushed and the stamp of the base they apply to,
+//! written before anything is sent. And its twin for a pull, `.tursync/pulled.rec`
+//! ([`Workspace::finish_interrupted_pull`]).
 //!
 //! A push killed after the remote's COMMIT but before the base moved leaves the base behind the
 //! remote; if the app then edits a pushed row, the next pull would take the remote's copy of
