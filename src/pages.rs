@@ -26,7 +26,6 @@ pub struct DbFile<'c> {
     conn: &'c Connection,
     page_size: usize,
     usable: usize,
-    stamp: Option<Stamp>,
 }
 
 /// What a database file's header says of the file's state, to tell cheaply that nobody wrote
@@ -55,12 +54,63 @@ pub struct Stamp {
 }
 
 /// The stamp of `conn`'s main database in its current read transaction; `None` for a file in
-/// WAL mode or a build that cannot read raw pages.
+/// WAL mode or a build that cannot read raw pages. Only the header counts: a database that
+/// holds nothing yet (no text encoding chosen, as an empty remote's base) has a stamp too.
 pub fn stamp(conn: &Connection) -> std::result::Result<Option<Stamp>, rusqlite::Error> {
-    match DbFile::open(conn) {
-        Ok(file) => Ok(file.stamp),
+    let read = conn
+        .prepare_cached(PAGE_SQL)
+        .map_err(PageError::Unavailable)
+        .and_then(|mut pages| Header::read(&mut pages));
+    match read {
+        Ok(header) => Ok(header.stamp),
         Err(PageError::Sqlite(e)) => Err(e),
         Err(_) => Ok(None),
+    }
+}
+
+/// Page 1, checked to be a SQLite 3 file of a usable page size, and the stamp it carries.
+struct Header {
+    page: Vec<u8>,
+    page_size: usize,
+    reserved: usize,
+    stamp: Option<Stamp>,
+}
+
+impl Header {
+    fn read(pages: &mut Statement<'_>) -> Result<Header> {
+        let mut header = Vec::new();
+        read_page(pages, 1, None, &mut header)?;
+        if header.get(..16) != Some(b"SQLite format 3\0") {
+            return Err(PageError::Layout("not a SQLite 3 file"));
+        }
+        let raw = u16::from_be_bytes([header[16], header[17]]) as usize;
+        let page_size = if raw == 1 { 65536 } else { raw };
+        let reserved = header[20] as usize;
+        if !page_size.is_power_of_two()
+            || !(512..=65536).contains(&page_size)
+            || page_size - reserved < 480
+            || header.len() != page_size
+        {
+            return Err(PageError::Layout("page size"));
+        }
+        // Bytes 18 and 19 are 1 in rollback-journal mode, 2 in WAL mode.
+        let rollback = header[18] == 1 && header[19] == 1;
+        let stamp = rollback
+            .then(|| {
+                Some(Stamp {
+                    change_counter: be32(&header, 24)?,
+                    schema_cookie: be32(&header, 40)?,
+                    pages: be32(&header, 28)?,
+                    free_pages: be32(&header, 36)?,
+                })
+            })
+            .flatten();
+        Ok(Header {
+            page: header,
+            page_size,
+            reserved,
+            stamp,
+        })
     }
 }
 
@@ -92,42 +142,20 @@ impl<'c> DbFile<'c> {
         let mut pages = conn
             .prepare_cached(PAGE_SQL)
             .map_err(PageError::Unavailable)?;
-        let mut header = Vec::new();
-        read_page(&mut pages, 1, None, &mut header)?;
-        if header.get(..16) != Some(b"SQLite format 3\0") {
-            return Err(PageError::Layout("not a SQLite 3 file"));
-        }
-        let raw = u16::from_be_bytes([header[16], header[17]]) as usize;
-        let page_size = if raw == 1 { 65536 } else { raw };
-        let reserved = header[20] as usize;
-        if !page_size.is_power_of_two()
-            || !(512..=65536).contains(&page_size)
-            || page_size - reserved < 480
-            || header.len() != page_size
-        {
-            return Err(PageError::Layout("page size"));
-        }
+        let Header {
+            page: header,
+            page_size,
+            reserved,
+            ..
+        } = Header::read(&mut pages)?;
         // Text encoding 1 is UTF-8, the only one decoded here.
         if u32::from_be_bytes([header[56], header[57], header[58], header[59]]) != 1 {
             return Err(PageError::Layout("text encoding is not UTF-8"));
         }
-        // Bytes 18 and 19 are 1 in rollback-journal mode, 2 in WAL mode.
-        let rollback = header[18] == 1 && header[19] == 1;
-        let stamp = rollback
-            .then(|| {
-                Some(Stamp {
-                    change_counter: be32(&header, 24)?,
-                    schema_cookie: be32(&header, 40)?,
-                    pages: be32(&header, 28)?,
-                    free_pages: be32(&header, 36)?,
-                })
-            })
-            .flatten();
         Ok(DbFile {
             conn,
             page_size,
             usable: page_size - reserved,
-            stamp,
         })
     }
 
@@ -547,6 +575,24 @@ mod tests {
         conn.execute_batch("COMMIT").unwrap();
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A database that holds nothing has chosen no text encoding yet (header bytes 56..60 are
+    /// zero): it still has a stamp, and a write moves it. (An empty remote's base is such a
+    /// file; a pull record needs its stamp.)
+    #[test]
+    fn a_database_that_holds_nothing_has_a_stamp() {
+        let path = std::env::temp_dir().join(format!("tursync-empty-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("VACUUM").unwrap();
+        let empty = stamp(&conn).unwrap();
+        assert!(empty.is_some());
+        conn.execute_batch("CREATE TABLE t(a)").unwrap();
+        let written = stamp(&conn).unwrap();
+        assert!(written.is_some() && written != empty);
+        drop(conn);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
