@@ -2,14 +2,12 @@
 //! pulls and syncs beside it, and is killed mid-command: the working copy and the base stay
 //! intact, no commit the app was told succeeded is lost, and everything reaches the remote.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const SEED_ROWS: u64 = 60_000;
 /// How long tursync's commands run beside the app, per journal mode.

@@ -1,11 +1,9 @@
 //! `tursync init` and `tursync dump` against a real sqld: exactness, bad inputs, properties.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn clone_and_dump_are_exact() {

@@ -1,12 +1,10 @@
 //! `tursync diff`: applying its SQL to a copy of the base must give the working copy, checked
 //! by our own exact comparison and by `sqldiff` as an outside oracle.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Every table's rows (rowid included) plus the schema, counters and user_version, in a total
 /// order, so two files compare exactly. Virtual tables are read through themselves; their

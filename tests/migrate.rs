@@ -7,11 +7,9 @@
 //! COLUMN are pushed"), and every later pull exited 3 saying the table changed on both sides,
 //! although the remote's table never changed.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 const SCHEMA: &str = "
     CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT, extra TEXT);

@@ -2,13 +2,11 @@
 //! 503, drops connections before forwarding, or forwards and drops the answer; TLS with a
 //! private CA; proxies from the environment.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Tallies every command: those that succeeded on their own retries, and every run.
 #[derive(Default)]

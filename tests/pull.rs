@@ -1,13 +1,11 @@
 //! `tursync pull` and `tursync sync` against a real sqld.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn cmd(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
     tursync(dir)

@@ -1,12 +1,10 @@
 //! `tursync push` against a real sqld: exactness, conflicts, crashes, concurrency, permissions.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn push(sqld: &Sqld, dir: &Path) -> Output {
     tursync(dir)

@@ -1,10 +1,8 @@
 //! Pulls and clones through the replication log (the mirror), against a real sqld.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// Pulls, and says how theirs was read (`read` of `pull --json`).
 fn pull(sqld: &Sqld, dir: &Path) -> String {

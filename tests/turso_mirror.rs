@@ -4,8 +4,6 @@
 //! stops serving `/pull-updates`. And pyturso, Turso's own sync client, on the same server:
 //! what each side pushes, the other pulls.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::*;
+use crate::common::*;
 
 fn init(url: &str, dir: &Path) {
     run_ok(tursync(dir).args(["init", "--url", url]));

@@ -1,12 +1,10 @@
 //! Every command against a real Turso Sync server (`tursodb DB --sync-server`), whose
 //! `/v2/pipeline` keeps no streams: no baton, no `close`.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 const SEED: &[&str] = &[
     "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, price REAL, data BLOB)",

@@ -1,12 +1,10 @@
 //! `tursync verify`: integrity of the working copy and the base, and the base against the
 //! remote at the recorded sync point, with its exit codes.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 fn verify(sqld: &Sqld, dir: &Path, json: bool) -> Output {
     let mut cmd = tursync(dir);
