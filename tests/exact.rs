@@ -7,10 +7,6 @@ use std::path::Path;
 
 use crate::common::*;
 
-fn wc(dir: &Path) -> std::path::PathBuf {
-    dir.join("working_copy.db")
-}
-
 fn base(dir: &Path) -> std::path::PathBuf {
     dir.join(".tursync/base.db")
 }
