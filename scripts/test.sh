@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite against a real sqld (and a real tursodb for the Turso Sync tests,
 # with pyturso as a second Turso Sync client).
-# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test harness_selftest`).
+# Extra arguments go to `cargo test`. The integration tests are one binary, `tests`, with a module
+# per file in tests/ (e.g. `scripts/test.sh --test tests harness_selftest::` runs one file's tests).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

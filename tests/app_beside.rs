@@ -2,24 +2,16 @@
 //! pulls and syncs beside it, and is killed mid-command: the working copy and the base stay
 //! intact, no commit the app was told succeeded is lost, and everything reaches the remote.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const SEED_ROWS: u64 = 60_000;
 /// How long tursync's commands run beside the app, per journal mode.
 const BUSY_SECS: u64 = 12;
-
-fn cmd(sqld: &Sqld, dir: &Path, args: &[&str]) -> Command {
-    let mut c = tursync(dir);
-    c.args(args).env("TURSO_AUTH_TOKEN", &sqld.rw_token);
-    c
-}
 
 /// A teammate's change on the remote: an update of a seed row (the app never touches those)
 /// and a new row at a negative id, which the app's `max(id) + 1` never takes.
@@ -104,7 +96,7 @@ fn beside_an_app(journal_mode: &str) {
         remote_change(&sqld, &mut rng, round);
         round += 1;
         let what = ["pull", "push", "sync"][i % 3];
-        let mut child = cmd(&sqld, dir, &[what]).spawn().unwrap();
+        let mut child = sqld.tursync(dir).arg(what).spawn().unwrap();
         let wait = Duration::from_millis(20 + rng.below(400));
         std::thread::sleep(wait);
         let _ = child.kill();
@@ -202,7 +194,9 @@ fn a_killed_init_leaves_nothing_behind() {
     let (sqld, dir) = workspace();
     let dir = dir.path();
     for _ in 0..4 {
-        let mut child = cmd(&sqld, dir, &["init", "--force", "--url", &sqld.url])
+        let mut child = sqld
+            .tursync(dir)
+            .args(["init", "--force", "--url", &sqld.url])
             .spawn()
             .unwrap();
         let wait = Duration::from_millis(rng.below(600));
@@ -237,9 +231,9 @@ fn a_push_killed_after_its_commit_converges_although_the_app_edited_the_pushed_r
     let state = dir.join(".tursync");
     edit(dir, "INSERT INTO items(id, tag, n) VALUES (70001, 'mine', 1); UPDATE items SET n = -5 WHERE id = 3;");
     let base_before = std::fs::read(state.join("base.db")).unwrap();
-    let mut push = tursync(dir)
+    let mut push = sqld
+        .tursync(dir)
         .arg("push")
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
         .env("TURSYNC_TEST_PAUSE_AFTER_COMMIT_MS", "30000")
         .spawn()
         .unwrap();

@@ -1,11 +1,9 @@
 //! `tursync init` and `tursync dump` against a real sqld: exactness, bad inputs, properties.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn clone_and_dump_are_exact() {
@@ -77,11 +75,7 @@ fn clone_and_dump_are_exact() {
         (vec!["dump", "--out", "remote.sql"], "remote.sql"),
         (vec!["dump", "--local", "-o", "local.sql"], "local.sql"),
     ] {
-        run_ok(
-            tursync(dir.path())
-                .args(&args)
-                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-        );
+        ok(&sqld, dir.path(), &args);
         let loaded = dir.path().join(format!("{file}.db"));
         let conn = rusqlite::Connection::open(&loaded).unwrap();
         conn.execute_batch(&std::fs::read_to_string(dir.path().join(file)).unwrap())
@@ -91,21 +85,13 @@ fn clone_and_dump_are_exact() {
     }
 
     // `status` finds everything from the directory alone, and never shows the token.
-    let out = run_ok(
-        tursync(dir.path())
-            .args(["status", "--json"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let out = ok(&sqld, dir.path(), &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["remote"]["state"], "ok", "{status}");
     assert_eq!(status["remote"]["url"], sqld.url.as_str());
     assert_eq!(status["working_copy"]["exists"], true);
     assert_eq!(status["external_tools_needed"], serde_json::json!([]));
-    let text = run_ok(
-        tursync(dir.path())
-            .arg("status")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let text = ok(&sqld, dir.path(), &["status"]);
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&text.stdout),
@@ -177,21 +163,13 @@ fn bad_inputs_fail_cleanly_and_leave_nothing_behind() {
         .unwrap()
         .execute_batch("INSERT INTO t VALUES ('local edit')")
         .unwrap();
-    let out = run_err(
-        tursync(dir.path())
-            .args(["init", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let out = run_err(sqld.tursync(dir.path()).args(["init", "--url", &sqld.url]));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     assert_eq!(
         local_query(&wc, "SELECT count(*) FROM t"),
         vec![vec![Cell::Integer(2)]]
     );
-    run_ok(
-        tursync(dir.path())
-            .args(["init", "--force", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["init", "--force", "--url", &sqld.url]);
     assert_table_eq(&sqld, &wc, "SELECT rowid, a FROM t ORDER BY rowid");
 
     // A .env file supplies what the environment does not.
@@ -238,10 +216,10 @@ fn init_refuses_a_state_directory_it_cannot_read_unless_forced() {
     sqld.exec("CREATE TABLE t(a); INSERT INTO t VALUES (1);");
     let dir = tempdir();
     // Another working copy's state, its config damaged.
-    run_ok(
-        tursync(dir.path())
-            .args(["init", "--db", "other.db", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+    ok(
+        &sqld,
+        dir.path(),
+        &["init", "--db", "other.db", "--url", &sqld.url],
     );
     let state = dir.path().join(".tursync");
     std::fs::write(
@@ -251,11 +229,7 @@ fn init_refuses_a_state_directory_it_cannot_read_unless_forced() {
     .unwrap();
     let before = snapshot(&state);
 
-    let out = run_err(
-        tursync(dir.path())
-            .args(["init", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let out = run_err(sqld.tursync(dir.path()).args(["init", "--url", &sqld.url]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("config.json"), "names the file: {err}");
@@ -270,20 +244,12 @@ fn init_refuses_a_state_directory_it_cannot_read_unless_forced() {
     // A state directory with no config at all is not ours to remove either.
     std::fs::remove_file(state.join("config.json")).unwrap();
     let before = snapshot(&state);
-    let out = run_err(
-        tursync(dir.path())
-            .args(["init", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let out = run_err(sqld.tursync(dir.path()).args(["init", "--url", &sqld.url]));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("--force"), "{}", text(&out));
     assert_eq!(snapshot(&state), before, "the state directory was changed");
 
-    run_ok(
-        tursync(dir.path())
-            .args(["init", "--force", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["init", "--force", "--url", &sqld.url]);
     let config = std::fs::read_to_string(state.join("config.json")).unwrap();
     assert!(config.contains("\"working_copy.db\""), "{config}");
     assert_table_eq(
@@ -419,11 +385,7 @@ mod properties {
                     sql += &create_sql(i, t);
                 }
                 sqld.exec(&sql);
-                run_ok(
-                    tursync(dir.path())
-                        .args(["init", "--force", "--url", &sqld.url])
-                        .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-                );
+                ok(&sqld, dir.path(), &["init", "--force", "--url", &sqld.url]);
                 assert_same_database(&sqld, &dir.path().join("working_copy.db"));
                 Ok(())
             })

@@ -1,12 +1,10 @@
 //! `tursync diff`: applying its SQL to a copy of the base must give the working copy, checked
 //! by our own exact comparison and by `sqldiff` as an outside oracle.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Every table's rows (rowid included) plus the schema, counters and user_version, in a total
 /// order, so two files compare exactly. Virtual tables are read through themselves; their
@@ -155,11 +153,7 @@ fn every_exactness_case_edited_diffs_exactly() {
     let sqld = Sqld::start();
     sqld.exec(include_str!("fixtures/exact.sql"));
     let dir = tempdir();
-    run_ok(
-        tursync(dir.path())
-            .args(["init", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
     let out = run_ok(tursync(dir.path()).arg("diff"));
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("nothing to push\n"));
 
@@ -247,11 +241,7 @@ fn every_exactness_case_edited_diffs_exactly() {
     let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
     assert_eq!(one["tables"].as_array().unwrap().len(), 1);
 
-    let status = run_ok(
-        tursync(dir.path())
-            .arg("status")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let status = ok(&sqld, dir.path(), &["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.trim_end().ends_with("changes to push"), "{text}");
 }
@@ -263,11 +253,7 @@ fn a_changed_column_type_rebuilds_the_table() {
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1), (2, 2); CREATE INDEX t_v ON t(v);",
     );
     let dir = tempdir();
-    run_ok(
-        tursync(dir.path())
-            .args(["init", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
     rusqlite::Connection::open(dir.path().join("working_copy.db"))
         .unwrap()
         .execute_batch("CREATE TABLE t2(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t2 SELECT id, v || '!' FROM t; DROP TABLE t; ALTER TABLE t2 RENAME TO t; CREATE INDEX t_v ON t(v);")
@@ -426,11 +412,7 @@ fn diff_reads_one_consistent_snapshot_while_the_app_writes() {
              WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 100000) INSERT INTO middle SELECT i FROM c;",
         );
         let dir = tempdir();
-        run_ok(
-            tursync(dir.path())
-                .args(["init", "--url", &sqld.url])
-                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-        );
+        ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
         let wc = dir.path().join("working_copy.db");
         let conn = rusqlite::Connection::open(&wc).unwrap();
         conn.pragma_update(None, "journal_mode", mode).unwrap();

@@ -3,15 +3,9 @@
 //! converts, `sqlite_sequence` without AUTOINCREMENT tables, split pushes stopped midway.
 //! Apps are separate processes: the sqlite3 shell.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
-
-fn wc(dir: &Path) -> std::path::PathBuf {
-    dir.join("working_copy.db")
-}
+use crate::common::*;
 
 fn base(dir: &Path) -> std::path::PathBuf {
     dir.join(".tursync/base.db")

@@ -3,9 +3,7 @@
 //! values are decoded with their exact storage class and bits.
 //! Uses nothing from the `tursync` crate.
 
-mod common;
-
-use common::{assert_table_eq, local_query, tempdir, Cell, Sqld};
+use crate::common::{assert_table_eq, local_query, tempdir, Cell, Sqld};
 use serde_json::json;
 
 fn execute(sql: &str) -> serde_json::Value {

@@ -7,11 +7,9 @@
 //! COLUMN are pushed"), and every later pull exited 3 saying the table changed on both sides,
 //! although the remote's table never changed.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 const SCHEMA: &str = "
     CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body TEXT, extra TEXT);
@@ -20,10 +18,6 @@ const SCHEMA: &str = "
     INSERT INTO notes VALUES (1, 't1', 'b1', 'x1'), (2, 't2', 'b2', 'x2'), (3, 't3', 'b3', 'x3'),
                              (4, 't4', 'b4', 'x4'), (5, 't5', 'b5', 'x5');
     INSERT INTO tags VALUES (1, 1, 'red'), (2, 2, 'green'), (3, 5, 'blue');";
-
-fn wc(dir: &Path) -> std::path::PathBuf {
-    dir.join("working_copy.db")
-}
 
 /// A and B clone the remote; A's app runs `migration` (which also edits rows, in the new
 /// schema); B edits other rows of `notes` and pushes first; then A syncs, and B syncs. Returns
@@ -328,12 +322,10 @@ fn their_rename_carries_our_edits(sql_path: bool) {
         ),
     ] {
         let (sqld, b) = remote_migrated_under_b(migration);
-        let mut sync = tursync(b.path());
-        sync.arg("sync").env("TURSO_AUTH_TOKEN", &sqld.rw_token);
-        if sql_path {
-            sync.env("TURSYNC_NO_LOG", "1");
-        }
-        let out = sync.output().unwrap();
+        let out = sqld
+            .tursync_over(b.path(), "sync", sql_path)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{migration} (SQL path: {sql_path}): {}",
@@ -1095,12 +1087,10 @@ fn a_dropped_and_a_new_table_of_the_same_columns_are_no_rename() {
         let b = tempdir();
         ok(&sqld, b.path(), &["init", "--url", &sqld.url]);
         sqld.exec("DROP TABLE other; CREATE TABLE big(x); INSERT INTO big VALUES (1), (2);");
-        let mut pull = tursync(b.path());
-        pull.arg("pull").env("TURSO_AUTH_TOKEN", &sqld.rw_token);
-        if sql_path {
-            pull.env("TURSYNC_NO_LOG", "1");
-        }
-        let out = pull.output().unwrap();
+        let out = sqld
+            .tursync_over(b.path(), "pull", sql_path)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "SQL path {sql_path}: {}", text(&out));
         assert_same_database(&sqld, &wc(b.path()));
         assert_nothing_pending(b.path());

@@ -2,13 +2,11 @@
 //! 503, drops connections before forwarding, or forwards and drops the answer; TLS with a
 //! private CA; proxies from the environment.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Tallies every command: those that succeeded on their own retries, and every run.
 #[derive(Default)]
@@ -250,9 +248,9 @@ fn a_private_ca_is_refused_naming_the_certificate_and_trusted_through_ssl_cert_f
         assert!(err.contains("SSL_CERT_FILE"), "{err}");
         assert!(!err.contains("Is the server running"), "{err}");
 
-        let out = tursync(dir.path())
+        let out = sqld
+            .tursync(dir.path())
             .args(["init", "--url", url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
             .env("SSL_CERT_FILE", &ca_file)
             .output()
             .unwrap();
@@ -261,9 +259,9 @@ fn a_private_ca_is_refused_naming_the_certificate_and_trusted_through_ssl_cert_f
     }
     // A directory of certificates works too.
     let dir = tempdir();
-    let out = tursync(dir.path())
+    let out = sqld
+        .tursync(dir.path())
         .args(["init", "--url", &tls.url])
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
         .env("SSL_CERT_DIR", certs.path())
         .output()
         .unwrap();
@@ -278,7 +276,7 @@ fn proxies_come_from_the_environment_by_scheme_and_no_proxy_bypasses_them() {
     let proxy = FaultProxy::start(&sqld.url, 0, None);
     let status = |envs: &[(&str, &str)]| {
         let dir = tempdir();
-        let mut cmd = tursync(dir.path());
+        let mut cmd = sqld.tursync(dir.path());
         for v in [
             "HTTP_PROXY",
             "http_proxy",
@@ -292,7 +290,6 @@ fn proxies_come_from_the_environment_by_scheme_and_no_proxy_bypasses_them() {
             cmd.env_remove(v);
         }
         cmd.args(["status", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
             .envs(envs.iter().copied());
         let before = proxy.tunnels();
         let out = cmd.output().unwrap();

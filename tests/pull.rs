@@ -1,21 +1,9 @@
 //! `tursync pull` and `tursync sync` against a real sqld.
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
-
-fn cmd(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
-    tursync(dir)
-        .args(args)
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
-        .output()
-        .unwrap()
-}
+use crate::common::*;
 
 type Rows = BTreeMap<i64, Vec<Cell>>;
 
@@ -140,7 +128,7 @@ mod randomized {
                 let ours = rows_of(local_query(&wc, q));
                 let mut args = vec!["pull"];
                 args.extend(side);
-                let out = cmd(&sqld, dir.path(), &args);
+                let out = run(&sqld, dir.path(), &args);
                 match reference(&base, &ours, &theirs, side) {
                     Err(n) => {
                         assert_eq!(out.status.code(), Some(3), "{}", text(&out));
@@ -151,7 +139,7 @@ mod randomized {
                         assert!(out.status.success(), "{}", text(&out));
                         assert_eq!(rows_of(local_query(&wc, q)), expected, "merge differs from the reference");
                         assert_eq!(rows_of(local_query(&dir.path().join(".tursync/base.db"), q)), theirs, "base is not the remote");
-                        let push = cmd(&sqld, dir.path(), &["push"]);
+                        let push = run(&sqld, dir.path(), &["push"]);
                         assert!(push.status.success(), "{}", text(&push));
                         assert_eq!(rows_of(sqld.query(q)), expected);
                     }
@@ -170,7 +158,7 @@ fn conflicts_are_reported_with_their_values_and_settled_by_side() {
     init(&sqld, dir.path());
     sqld.exec("UPDATE t SET a = 'theirs' WHERE id = 1; DELETE FROM t WHERE id = 2;");
     edit(dir.path(), "UPDATE t SET a = 'ours', b = 'ours b' WHERE id = 1; UPDATE t SET b = 'changed' WHERE id = 2;");
-    let out = cmd(&sqld, dir.path(), &["pull"]);
+    let out = run(&sqld, dir.path(), &["pull"]);
     assert_eq!(out.status.code(), Some(3));
     let report = text(&out);
     assert!(
@@ -181,7 +169,7 @@ fn conflicts_are_reported_with_their_values_and_settled_by_side() {
         report.contains("table t, key (2): deleted on one side, changed on the other"),
         "{report}"
     );
-    let json = cmd(&sqld, dir.path(), &["pull", "--json"]);
+    let json = run(&sqld, dir.path(), &["pull", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["conflicts"][0]["column"], "a");
     assert_eq!(
@@ -190,11 +178,7 @@ fn conflicts_are_reported_with_their_values_and_settled_by_side() {
     );
 
     let wc = dir.path().join("working_copy.db");
-    run_ok(
-        tursync(dir.path())
-            .args(["pull", "--theirs"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["pull", "--theirs"]);
     assert_eq!(
         local_query(&wc, "SELECT id, a, b FROM t ORDER BY id"),
         vec![vec![
@@ -204,11 +188,7 @@ fn conflicts_are_reported_with_their_values_and_settled_by_side() {
         ]]
     );
     // Our non-conflicting cell is still pending, and only it is pushed.
-    let out = run_ok(
-        tursync(dir.path())
-            .args(["sync"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let out = ok(&sqld, dir.path(), &["sync"]);
     assert!(text(&out).contains("pushed 1 change to"), "{}", text(&out));
     assert_table_eq(&sqld, &wc, "SELECT id, a, b FROM t ORDER BY id");
 }
@@ -226,11 +206,7 @@ fn triggers_do_not_fire_and_foreign_keys_do_not_cascade_twice() {
     init(&sqld, dir.path());
     sqld.exec("INSERT INTO t(v) VALUES ('remote'); DELETE FROM parent WHERE id = 1;");
     edit(dir.path(), "INSERT INTO child VALUES (30, 2);");
-    run_ok(
-        tursync(dir.path())
-            .arg("pull")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["pull"]);
     let wc = dir.path().join("working_copy.db");
     // The remote trigger's audit row arrives as a row; replaying the insert fired nothing here.
     assert_eq!(
@@ -248,11 +224,7 @@ fn triggers_do_not_fire_and_foreign_keys_do_not_cascade_twice() {
         ),
         vec![vec![Cell::Integer(1)]]
     );
-    run_ok(
-        tursync(dir.path())
-            .arg("push")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["push"]);
     assert_table_eq(&sqld, &wc, "SELECT id, what FROM audit ORDER BY id");
     assert_table_eq(&sqld, &wc, "SELECT id, p FROM child ORDER BY id");
 }
@@ -273,11 +245,7 @@ fn schema_changes_merge_and_conflicting_ones_are_refused() {
         dir.path(),
         "UPDATE t SET v = 'ours' WHERE id = 1; INSERT INTO t(id, v) VALUES (2, 'local row');",
     );
-    let out = run_ok(
-        tursync(dir.path())
-            .arg("pull")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let out = ok(&sqld, dir.path(), &["pull"]);
     assert!(text(&out).contains("schema changes"), "{}", text(&out));
     let wc = dir.path().join("working_copy.db");
     assert_eq!(
@@ -293,22 +261,14 @@ fn schema_changes_merge_and_conflicting_ones_are_refused() {
         "SELECT type, name, sql FROM sqlite_schema ORDER BY type, name",
     );
     assert_table_eq(&sqld, &wc, "SELECT * FROM fresh");
-    run_ok(
-        tursync(dir.path())
-            .arg("push")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["push"]);
     assert_table_eq(&sqld, &wc, "SELECT id, v, extra FROM t ORDER BY id");
 
     // Both sides add a column to the same table, each its own: merged, theirs first, ours
     // after (as the remote will read once ours is pushed).
     sqld.exec("ALTER TABLE t ADD COLUMN a1;");
     edit(dir.path(), "ALTER TABLE t ADD COLUMN a2;");
-    run_ok(
-        tursync(dir.path())
-            .arg("pull")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["pull"]);
     assert_eq!(
         local_query(
             &wc,
@@ -320,7 +280,7 @@ fn schema_changes_merge_and_conflicting_ones_are_refused() {
     // Both sides add a column of one name, defined differently: refused, nothing changed.
     sqld.exec("ALTER TABLE t ADD COLUMN b TEXT;");
     edit(dir.path(), "ALTER TABLE t ADD COLUMN b INTEGER;");
-    let out = cmd(&sqld, dir.path(), &["pull"]);
+    let out = run(&sqld, dir.path(), &["pull"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
         text(&out).contains("table \"t\" was changed both here and on the remote"),
@@ -342,17 +302,9 @@ fn pull_waits_for_the_app_and_skips_the_download_when_nothing_moved() {
     sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v);");
     let dir = tempdir();
     init(&sqld, dir.path());
-    let out = run_ok(
-        tursync(dir.path())
-            .arg("pull")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let out = ok(&sqld, dir.path(), &["pull"]);
     assert!(text(&out).contains("has not changed"), "{}", text(&out));
-    let status = run_ok(
-        tursync(dir.path())
-            .arg("status")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let status = ok(&sqld, dir.path(), &["status"]);
     assert!(
         text(&status).contains("unchanged since the last sync"),
         "{}",
@@ -360,11 +312,7 @@ fn pull_waits_for_the_app_and_skips_the_download_when_nothing_moved() {
     );
 
     sqld.exec("INSERT INTO t VALUES (1, 'remote');");
-    let status = run_ok(
-        tursync(dir.path())
-            .arg("status")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let status = ok(&sqld, dir.path(), &["status"]);
     assert!(
         text(&status).contains("changed since the last sync: run `tursync pull`"),
         "{}",
@@ -376,9 +324,9 @@ fn pull_waits_for_the_app_and_skips_the_download_when_nothing_moved() {
     let app = rusqlite::Connection::open(&wc).unwrap();
     app.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (2, 'app');")
         .unwrap();
-    let child = tursync(dir.path())
+    let child = sqld
+        .tursync(dir.path())
         .arg("pull")
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -422,13 +370,6 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
         state.contains("\"clean\""),
         "init recorded no clean point: {state}"
     );
-    let ok = |args: &[&str]| {
-        run_ok(
-            tursync(dir.path())
-                .args(args)
-                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-        )
-    };
     // (what the app does, before the clean point (then pushed), after it, row 1 it leaves)
     let backup = format!(".backup '{old_sql}'\nUPDATE t SET v = 'newer' WHERE id = 1;\n");
     let restore = format!(".restore '{old_sql}'\n");
@@ -457,10 +398,10 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
     for (i, (what, before, app, row1)) in cases.iter().enumerate() {
         if !before.is_empty() {
             sqlite3_cli(&wc, before.as_bytes());
-            ok(&["push"]);
+            ok(&sqld, dir.path(), &["push"]);
         }
         sqld.exec(&format!("UPDATE t SET v = 'remote {i}' WHERE id = 2"));
-        ok(&["pull"]);
+        ok(&sqld, dir.path(), &["pull"]);
         let state = std::fs::read_to_string(&sync).unwrap();
         assert!(
             state.contains("\"clean\""),
@@ -469,7 +410,7 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
 
         sqlite3_cli(&wc, app.as_bytes());
         sqld.exec(&format!("UPDATE t SET v = 'theirs {i}' WHERE id = 1"));
-        let out = cmd(&sqld, dir.path(), &["pull"]);
+        let out = run(&sqld, dir.path(), &["pull"]);
         assert_eq!(
             out.status.code(),
             Some(3),
@@ -486,8 +427,8 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
             vec![vec![Cell::text(row1)]],
             "{what}: the app's row was overwritten"
         );
-        ok(&["pull", "--ours"]);
-        ok(&["push"]);
+        ok(&sqld, dir.path(), &["pull", "--ours"]);
+        ok(&sqld, dir.path(), &["push"]);
         assert_table_eq(&sqld, &wc, "SELECT id, v FROM t ORDER BY id");
         assert_eq!(
             sqld.query("SELECT v FROM t WHERE id = 1"),
@@ -503,7 +444,7 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
         b"PRAGMA journal_mode = DELETE; UPDATE t SET v = 'pushed' WHERE id = 2;",
     );
     std::fs::remove_file(&sync).unwrap();
-    ok(&["push"]);
+    ok(&sqld, dir.path(), &["push"]);
     let state = std::fs::read_to_string(&sync).unwrap();
     assert!(
         state.contains("\"clean\""),
@@ -511,22 +452,12 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
     );
     sqlite3_cli(&wc, b"UPDATE t SET v = 'after the push' WHERE id = 1;");
     sqld.exec("UPDATE t SET v = 'theirs last' WHERE id = 1");
-    let out = cmd(&sqld, dir.path(), &["pull"]);
+    let out = run(&sqld, dir.path(), &["pull"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert_eq!(
         local_query(&wc, "SELECT v FROM t WHERE id = 1"),
         vec![vec![Cell::text("after the push")]]
     );
-}
-
-/// `tursync pull` in `dir`, over SQL when `sql_path`.
-fn pull_cmd(sqld: &Sqld, dir: &Path, sql_path: bool) -> Command {
-    let mut pull = tursync(dir);
-    pull.arg("pull").env("TURSO_AUTH_TOKEN", &sqld.rw_token);
-    if sql_path {
-        pull.env("TURSYNC_NO_LOG", "1");
-    }
-    pull
 }
 
 /// A workspace of `t(id, b)` with rows 1 and 2 at `x'00'`, a teammate's `change` (which sets
@@ -541,7 +472,8 @@ fn pull_killed_after_its_commit(change: &str, sql_path: bool) -> (Sqld, TempDir)
     let dir = tempdir();
     ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
     sqld.exec(change);
-    let mut child = pull_cmd(&sqld, dir.path(), sql_path)
+    let mut child = sqld
+        .tursync_over(dir.path(), "pull", sql_path)
         .env("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", "60000")
         .spawn()
         .unwrap();
@@ -571,7 +503,7 @@ fn a_pull_killed_between_the_working_copy_and_the_base_is_healed() {
         let (sqld, dir) =
             pull_killed_after_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
         sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
-        run_ok(&mut pull_cmd(&sqld, dir.path(), sql_path));
+        run_ok(&mut sqld.tursync_over(dir.path(), "pull", sql_path));
         assert_same_database(&sqld, &dir.path().join("working_copy.db"));
         assert_nothing_pending(dir.path());
     }
@@ -594,13 +526,9 @@ fn a_migration_pull_whose_commit_never_landed_takes_no_rows_into_the_base() {
         sqlite3_cli(&wc, b"UPDATE t SET b = x'00' WHERE id = 1");
         sqlite3_cli(&wc, b"DROP INDEX t_c; ALTER TABLE t DROP COLUMN c;");
         edit(dir.path(), MIGRATION);
-        run_ok(&mut pull_cmd(&sqld, dir.path(), sql_path));
+        run_ok(&mut sqld.tursync_over(dir.path(), "pull", sql_path));
         assert_same_database(&sqld, &wc);
-        run_ok(
-            tursync(dir.path())
-                .arg("push")
-                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-        );
+        ok(&sqld, dir.path(), &["push"]);
         assert_same_database(&sqld, &wc);
         assert_eq!(
             sqld.query("SELECT b FROM t WHERE id = 1"),
@@ -620,7 +548,7 @@ fn a_migration_pull_whose_commit_never_landed_takes_no_rows_into_the_base() {
         .expect("the download is kept")
         .len();
     std::fs::write(&kept, vec![0x5a; len as usize]).unwrap();
-    run_ok(&mut pull_cmd(&sqld, dir.path(), true));
+    run_ok(&mut sqld.tursync_over(dir.path(), "pull", true));
     assert_same_database(&sqld, &dir.path().join("working_copy.db"));
     assert!(!kept.exists(), "the damaged download is gone");
     assert_nothing_pending(dir.path());
@@ -635,7 +563,7 @@ fn a_pull_with_a_migration_killed_between_the_working_copy_and_the_base_is_heale
         let change = format!("{MIGRATION} UPDATE t SET b = x'01' WHERE id = 1;");
         let (sqld, dir) = pull_killed_after_its_commit(&change, sql_path);
         sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
-        run_ok(&mut pull_cmd(&sqld, dir.path(), sql_path));
+        run_ok(&mut sqld.tursync_over(dir.path(), "pull", sql_path));
         assert_same_database(&sqld, &dir.path().join("working_copy.db"));
         assert_nothing_pending(dir.path());
     }

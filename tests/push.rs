@@ -1,19 +1,13 @@
 //! `tursync push` against a real sqld: exactness, conflicts, crashes, concurrency, permissions.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn push(sqld: &Sqld, dir: &Path) -> Output {
-    tursync(dir)
-        .arg("push")
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
-        .output()
-        .unwrap()
+    run(sqld, dir, &["push"])
 }
 
 #[test]
@@ -115,9 +109,9 @@ fn conflicts_stop_the_push_and_change_nothing() {
         base_before
     );
 
-    let json = tursync(dir.path())
+    let json = sqld
+        .tursync(dir.path())
         .args(["push", "--json"])
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
         .output()
         .unwrap();
     assert_eq!(json.status.code(), Some(3));
@@ -151,11 +145,7 @@ fn a_crash_after_the_remote_commit_converges_without_duplicates() {
     let old_base = std::fs::read(&base).unwrap();
     edit(dir.path(), "INSERT INTO t VALUES (2, 'y'); UPDATE t SET b = 'z' WHERE a = 1; DELETE FROM t WHERE a = 2 AND 0;");
     let old_sync = std::fs::read(&sync).unwrap();
-    run_ok(
-        tursync(dir.path())
-            .arg("push")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["push"]);
     // As if the client died between the remote COMMIT and the base update: the base and the
     // sync record as they were.
     std::fs::write(&base, &old_base).unwrap();
@@ -192,11 +182,7 @@ fn kill_9_of_the_client_or_the_server_leaves_all_or_nothing() {
     };
     for (i, delay_ms) in [30u64, 150, 400].into_iter().enumerate() {
         let kill_server = i == 2;
-        let mut child = tursync(dir.path())
-            .arg("push")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
-            .spawn()
-            .unwrap();
+        let mut child = sqld.tursync(dir.path()).arg("push").spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         if kill_server {
             // The client retries a server that went away (for up to --retry-for): bring the

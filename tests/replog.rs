@@ -1,18 +1,12 @@
 //! Pulls and clones through the replication log (the mirror), against a real sqld.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// Pulls, and says how theirs was read (`read` of `pull --json`).
 fn pull(sqld: &Sqld, dir: &Path) -> String {
-    let out = run_ok(
-        tursync(dir)
-            .args(["pull", "--json"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let out = ok(sqld, dir, &["pull", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     report["read"].as_str().unwrap_or_default().to_owned()
 }
@@ -68,31 +62,19 @@ fn pulls_across_many_transactions_read_the_log() {
         "UPDATE t SET v = 'ours' WHERE id = 20; DELETE FROM t WHERE id = 30; \
          INSERT INTO t(v, n) VALUES ('ours new', 1)",
     );
-    run_ok(
-        tursync(dir.path())
-            .args(["push"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["push"]);
     sqld.exec("UPDATE t SET v = 'theirs' WHERE id = 11");
     assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
     assert_same_database(&sqld, &dir.path().join("working_copy.db"));
     // And when nobody else wrote since the push.
     edit(dir.path(), "UPDATE t SET v = 'ours again' WHERE id = 21");
-    run_ok(
-        tursync(dir.path())
-            .args(["push"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["push"]);
     sqld.exec("UPDATE t SET v = 'theirs' WHERE id = 12");
     assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
     assert_same_database(&sqld, &dir.path().join("working_copy.db"));
 
     // verify checks the mirror too: intact, and equal to the remote at its frame.
-    let out = run_ok(
-        tursync(dir.path())
-            .args(["verify", "--json"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let out = ok(&sqld, dir.path(), &["verify", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mirror = &report["mirror"];
     assert_eq!(mirror["file"]["ok"], true, "{report}");
@@ -180,11 +162,7 @@ fn a_server_without_the_log_is_read_over_sql_and_status_says_why() {
     ] {
         let proxy = LogBlocker::start(&sqld.url, answer);
         let dir = tempdir();
-        run_ok(
-            tursync(dir.path())
-                .args(["init", "--url", &proxy.url])
-                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-        );
+        ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
         assert!(!dir.path().join(".tursync/mirror.db").exists());
         let r = reads(&sqld, dir.path(), &sqld.rw_token);
         assert_eq!(r["path"], "sql", "{r}");
@@ -192,11 +170,7 @@ fn a_server_without_the_log_is_read_over_sql_and_status_says_why() {
         sqld.exec("INSERT INTO t(v) VALUES ('b'); UPDATE t SET v = 'c' WHERE id = 1;");
         pull(&sqld, dir.path());
         assert_same_database(&sqld, &dir.path().join("working_copy.db"));
-        let human = text(&run_ok(
-            tursync(dir.path())
-                .args(["status"])
-                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-        ));
+        let human = text(&ok(&sqld, dir.path(), &["status"]));
         assert!(human.contains("rows over SQL, because"), "{human}");
     }
 
@@ -242,9 +216,9 @@ fn a_pull_killed_while_applying_frames_is_finished_by_the_next() {
     init(&sqld, dir.path());
     sqld.exec("INSERT INTO t(b) SELECT randomblob(2000) FROM generate_series(1, 400);");
     // Each page written into the mirror waits 20 ms, so the kill lands mid-apply.
-    let mut child = tursync(dir.path())
+    let mut child = sqld
+        .tursync(dir.path())
         .args(["pull"])
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
         .env("TURSYNC_TEST_APPLY_PAUSE_MS", "20")
         .spawn()
         .unwrap();
@@ -265,11 +239,7 @@ fn a_pull_killed_while_applying_frames_is_finished_by_the_next() {
     pull(&sqld, dir.path());
     assert!(!spool.exists());
     assert_same_database(&sqld, &dir.path().join("working_copy.db"));
-    run_ok(
-        tursync(dir.path())
-            .args(["verify"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["verify"]);
 }
 
 /// One random remote transaction or local edit over the test's tables.
@@ -304,9 +274,8 @@ fn pulls_from_the_log_and_over_sql_give_the_same_working_copies() {
     let (log, sql) = (tempdir(), tempdir());
     init(&sqld, log.path());
     run_ok(
-        tursync(sql.path())
+        sqld.tursync(sql.path())
             .args(["init", "--url", &sqld.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
             .env("TURSYNC_NO_LOG", "1"),
     );
     assert_eq!(reads(&sqld, log.path(), &sqld.rw_token)["path"], "log");
@@ -326,11 +295,7 @@ fn pulls_from_the_log_and_over_sql_give_the_same_working_copies() {
             if !local.is_empty() {
                 edit(dir, &local.join("; "));
             }
-            run_ok(
-                tursync(dir)
-                    .args(["pull", "--theirs"])
-                    .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-            );
+            ok(&sqld, dir, &["pull", "--theirs"]);
         }
         let (a, b) = (
             local_dump(&log.path().join("working_copy.db")),
@@ -353,11 +318,7 @@ fn pulls_from_the_log_and_over_sql_give_the_same_working_copies() {
         assert_eq!(a.len(), b.len(), "round {round}");
     }
     // And both agree with the remote once their edits are pushed from one side.
-    run_ok(
-        tursync(log.path())
-            .args(["push"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, log.path(), &["push"]);
     assert_same_database(&sqld, &log.path().join("working_copy.db"));
 }
 
@@ -393,11 +354,7 @@ fn a_transaction_on_the_base_killed_midway_is_rolled_back() {
     assert!(journal.exists(), "no journal was left behind");
 
     // Read-only commands and the next pull roll it back and see the old base.
-    let out = run_ok(
-        tursync(dir.path())
-            .args(["diff", "--json"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let out = ok(&sqld, dir.path(), &["diff", "--json"]);
     assert!(
         text(&out).contains("[]") || !text(&out).contains("insert"),
         "{}",
@@ -407,11 +364,7 @@ fn a_transaction_on_the_base_killed_midway_is_rolled_back() {
     assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
     assert_same_database(&sqld, &dir.path().join("working_copy.db"));
     assert!(!journal.exists());
-    run_ok(
-        tursync(dir.path())
-            .args(["verify"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["verify"]);
 }
 
 #[test]
@@ -485,11 +438,7 @@ fn a_mirror_that_differs_from_the_remote_is_dropped_and_never_merged() {
     assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
     same();
     assert_eq!(reads(&sqld, dir.path(), &sqld.rw_token)["path"], "log");
-    run_ok(
-        tursync(dir.path())
-            .args(["verify"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["verify"]);
 }
 
 /// Takes the sums of the mirror in `state` again from the pages it holds, keeping the frame
@@ -568,11 +517,7 @@ fn a_long_log_is_read_in_two_streams_as_exactly_as_in_batches() {
         LogBlocker::UNIMPLEMENTED,
     );
     let dir = tempdir();
-    run_ok(
-        tursync(dir.path())
-            .args(["init", "--url", &proxy.url])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
     assert_eq!(reads(&sqld, dir.path(), &sqld.rw_token)["path"], "log");
     sqld.exec("UPDATE t SET v = randomblob(3000) WHERE id % 5 != 1;");
     let config = dir.path().join(".tursync/config.json");
@@ -589,11 +534,7 @@ fn a_long_log_is_read_in_two_streams_as_exactly_as_in_batches() {
 /// the working copy. Faster than a comparison in the test for megabytes of blobs.
 fn exact(sqld: &Sqld, dir: &Path) {
     let run = |args: &[&str]| {
-        let out = run_ok(
-            tursync(dir)
-                .args(args)
-                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-        );
+        let out = ok(sqld, dir, args);
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let verify = run(&["verify", "--json"]);
@@ -629,7 +570,7 @@ fn a_proxy_that_holds_answers_until_they_end_costs_a_clone_under_a_second() {
     let proxy = FaultProxy::start(&sqld.url, 0, None);
     let timed = |cmd: &mut std::process::Command| {
         let started = Instant::now();
-        run_ok(cmd.env("TURSO_AUTH_TOKEN", &sqld.rw_token));
+        run_ok(cmd);
         started.elapsed()
     };
     let streams = |requests: &[String]| {
@@ -640,9 +581,12 @@ fn a_proxy_that_holds_answers_until_they_end_costs_a_clone_under_a_second() {
     };
 
     let direct = tempdir();
-    let direct_init = timed(tursync(direct.path()).args(["init", "--url", &sqld.url]));
+    let direct_init = timed(
+        sqld.tursync(direct.path())
+            .args(["init", "--url", &sqld.url]),
+    );
     let dir = tempdir();
-    let proxied_init = timed(tursync(dir.path()).args(["init", "--url", &proxy.url]));
+    let proxied_init = timed(sqld.tursync(dir.path()).args(["init", "--url", &proxy.url]));
     eprintln!("init: direct {direct_init:?}, through the proxy {proxied_init:?}");
     assert_eq!(streams(&proxy.requests()), 2, "{:?}", proxy.requests());
     assert!(
@@ -658,18 +602,14 @@ fn a_proxy_that_holds_answers_until_they_end_costs_a_clone_under_a_second() {
             .is_some_and(|w| w.contains("sent nothing")),
         "{r}"
     );
-    let human = text(&run_ok(
-        tursync(dir.path())
-            .args(["status"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    ));
+    let human = text(&ok(&sqld, dir.path(), &["status"]));
     assert!(human.contains("log streams"), "{human}");
 
     // A long stretch again: straight to batches, no stream asked for.
     grow(&sqld, 2501);
-    let direct_pull = timed(tursync(direct.path()).args(["pull"]));
+    let direct_pull = timed(sqld.tursync(direct.path()).args(["pull"]));
     let before = proxy.requests().len();
-    let proxied_pull = timed(tursync(dir.path()).args(["pull"]));
+    let proxied_pull = timed(sqld.tursync(dir.path()).args(["pull"]));
     eprintln!("pull: direct {direct_pull:?}, through the proxy {proxied_pull:?}");
     assert_eq!(streams(&proxy.requests()[before..]), 0);
     assert!(
@@ -697,11 +637,7 @@ fn a_proxy_that_holds_answers_until_they_end_costs_a_clone_under_a_second() {
 /// mirror valid (names it with its frame).
 fn status_calls_mirror_valid(sqld: &Sqld, dir: &Path) -> (bool, String) {
     let r = reads(sqld, dir, &sqld.rw_token);
-    let human = text(&run_ok(
-        tursync(dir)
-            .args(["status"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    ));
+    let human = text(&ok(sqld, dir, &["status"]));
     let valid = r["mirror"].is_object() || human.contains("the replication log: mirror");
     (valid, format!("{r}\n{human}"))
 }
@@ -770,11 +706,7 @@ fn a_damaged_overflow_page_of_the_mirror_is_never_merged() {
     assert!(read.starts_with("over SQL: "), "{read}");
     assert!(read.contains("checksum"), "{read}");
     // Nothing pending, and the next pulls rebuild the mirror and then read pages again.
-    let diff = run_ok(
-        tursync(dir.path())
-            .args(["diff", "--json"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    let diff = ok(&sqld, dir.path(), &["diff", "--json"]);
     let diff: serde_json::Value = serde_json::from_slice(&diff.stdout).unwrap();
     assert_eq!(diff["changes"], 0, "{diff}");
     sqld.exec("UPDATE t SET n = 12 WHERE id = 2");
@@ -784,17 +716,9 @@ fn a_damaged_overflow_page_of_the_mirror_is_never_merged() {
     assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
     assert_same_database(&sqld, &work);
     edit(dir.path(), "UPDATE t SET n = 14 WHERE id = 1");
-    run_ok(
-        tursync(dir.path())
-            .args(["push"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["push"]);
     assert_same_database(&sqld, &work);
-    run_ok(
-        tursync(dir.path())
-            .args(["verify"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["verify"]);
 }
 
 /// A mirror broken in `break_it` heals by itself: `status` does not call it valid, the pull
@@ -812,9 +736,9 @@ fn a_broken_mirror_heals(break_it: impl FnOnce(&Path)) {
     break_it(&dir.path().join(".tursync"));
     let (valid, said) = status_calls_mirror_valid(&sqld, dir.path());
     sqld.exec("UPDATE t SET v = 'theirs' WHERE id % 50 = 3; INSERT INTO t(v) VALUES ('new')");
-    let out = tursync(dir.path())
+    let out = sqld
+        .tursync(dir.path())
         .args(["pull", "--json"])
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
         .output()
         .unwrap();
     assert!(
@@ -836,11 +760,7 @@ fn a_broken_mirror_heals(break_it: impl FnOnce(&Path)) {
     sqld.exec("UPDATE t SET v = 'theirs again' WHERE id = 7");
     assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
     assert_same_database(&sqld, &dir.path().join("working_copy.db"));
-    run_ok(
-        tursync(dir.path())
-            .args(["verify"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir.path(), &["verify"]);
 }
 
 #[test]
@@ -887,9 +807,9 @@ fn heals_in_one_pull(break_it: impl FnOnce(&Path)) -> (String, String) {
     assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
     break_it(&dir.path().join(".tursync"));
     sqld.exec("UPDATE t SET v = 'theirs' WHERE id % 50 = 3; INSERT INTO t(v) VALUES ('new')");
-    let out = tursync(dir.path())
+    let out = sqld
+        .tursync(dir.path())
         .args(["pull", "--json"])
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
         .output()
         .unwrap();
     let said = text(&out);
@@ -1025,9 +945,9 @@ fn a_flipped_page_size_heals() {
 /// it is gone. The spool is left ready.
 fn kill_while_applying(sqld: &Sqld, dir: &Path) {
     sqld.exec("UPDATE t SET b = randomblob(2000) WHERE id % 2 = 0");
-    let mut child = tursync(dir)
+    let mut child = sqld
+        .tursync(dir)
         .args(["pull"])
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
         .env("TURSYNC_TEST_APPLY_PAUSE_MS", "20")
         .spawn()
         .unwrap();
@@ -1058,9 +978,9 @@ fn a_damaged_spool_heals(break_it: impl FnOnce(&Path)) {
     let spool = dir.path().join(".tursync/mirror.spool");
     break_it(&spool);
     sqld.exec("UPDATE t SET b = x'00' WHERE id % 9 = 0");
-    let out = tursync(dir.path())
+    let out = sqld
+        .tursync(dir.path())
         .args(["pull", "--json"])
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
         .output()
         .unwrap();
     let said = text(&out);
@@ -1154,9 +1074,9 @@ fn pulls_killed_at_random_moments_are_finished_exactly() {
             "UPDATE t SET b = randomblob(1500 + {round}) WHERE id % {} = 0",
             2 + rng.below(4)
         ));
-        let mut child = tursync(dir.path())
+        let mut child = sqld
+            .tursync(dir.path())
             .args(["pull"])
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
             .env("TURSYNC_TEST_APPLY_PAUSE_MS", "2")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -1220,9 +1140,9 @@ fn a_flipped_interior_page_is_never_merged() {
         assert_same_database(&sqld, &dir.path().join(db));
     }
     // Read or not, the page is known damaged now: verify says so, or it is gone.
-    let out = tursync(dir.path())
+    let out = sqld
+        .tursync(dir.path())
         .args(["verify", "--json"])
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -1260,9 +1180,9 @@ fn a_flipped_page_of_a_table_not_read_is_reported_and_healed() {
     for db in ["working_copy.db", ".tursync/base.db"] {
         assert_same_database(&sqld, &dir.path().join(db));
     }
-    let out = tursync(dir.path())
+    let out = sqld
+        .tursync(dir.path())
         .args(["verify", "--json"])
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

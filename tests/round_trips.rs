@@ -7,13 +7,11 @@
 //! with `--nocapture` each measure prints its count and wall time, which is how
 //! `bench/round_trips.sh` measures at 100 ms.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn rtt() -> Duration {
     let ms = std::env::var("ROUND_TRIPS_RTT_MS")

@@ -1,12 +1,10 @@
 //! Several working copies on one remote (issue 9). What is here so far: tursync's own writes can
 //! never be rewritten by a table's conflict clause.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// Measured: with `UNIQUE ON CONFLICT REPLACE`, B pushed (10, 'x@ex.com'), then A pushed
 /// (11, 'x@ex.com') with exit 0, and B's row was gone from the remote: SQLite does not count

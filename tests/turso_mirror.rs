@@ -4,9 +4,7 @@
 //! stops serving `/pull-updates`. And pyturso, Turso's own sync client, on the same server:
 //! what each side pushes, the other pulls.
 
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,15 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::*;
-
-fn init(url: &str, dir: &Path) {
-    run_ok(tursync(dir).args(["init", "--url", url]));
-}
-
-fn wc(dir: &Path) -> PathBuf {
-    dir.join("working_copy.db")
-}
+use crate::common::*;
 
 /// `tursync pull --json`, which must succeed, as JSON.
 fn pull(dir: &Path) -> Value {
@@ -153,7 +143,7 @@ fn pulls_across_many_transactions_are_page_exact() {
     server.exec(SEED);
     let (proxy, seen) = counting_proxy(&server);
     let dir = tempdir();
-    init(&proxy.url, dir.path());
+    init_url(&proxy.url, dir.path());
     assert!(page_pulls(&seen) >= 2, "init bootstraps from /pull-updates");
     assert_eq!(mirror_state(dir.path())["log_id"], "turso-sync");
     assert!(mirror_state(dir.path())["revision"].is_string());
@@ -227,7 +217,7 @@ fn a_pull_after_a_checkpoint_finds_the_revision_reset() {
         let server = TursoSync::start();
         server.exec(SEED);
         let dir = tempdir();
-        init(&server.url, dir.path());
+        init_url(&server.url, dir.path());
         server.exec(&["UPDATE a SET v = 'before' WHERE id = 3"]);
         assert_eq!(read_of(&pull(dir.path())), "the pages the log changed");
         let revision: u64 = mirror_state(dir.path())["revision"]
@@ -293,7 +283,7 @@ fn a_pull_killed_midway_is_healed_by_the_next() {
         "INSERT INTO t(b) SELECT randomblob(2000) FROM generate_series(1, 300)",
     ]);
     let dir = tempdir();
-    init(&server.url, dir.path());
+    init_url(&server.url, dir.path());
     let spool = dir.path().join(".tursync/mirror.spool");
     let mut rng = Rng::from_time("turso mirror kill");
     let mut killed_applying = false;
@@ -350,7 +340,7 @@ fn a_pull_killed_between_the_working_copy_and_the_base_is_healed() {
         "INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00')",
     ]);
     let dir = tempdir();
-    init(&server.url, dir.path());
+    init_url(&server.url, dir.path());
     server.exec(&["UPDATE t SET b = x'01' WHERE id = 1"]);
     let mut child = tursync(dir.path())
         .args(["pull"])
@@ -391,7 +381,7 @@ fn a_server_without_pull_updates_is_read_over_sql() {
         }
     });
     let dir = tempdir();
-    init(&proxy.url, dir.path());
+    init_url(&proxy.url, dir.path());
     server.exec(&["UPDATE a SET v = 'paged' WHERE id = 1"]);
     assert_eq!(read_of(&pull(dir.path())), "the pages the log changed");
 
@@ -400,7 +390,7 @@ fn a_server_without_pull_updates_is_read_over_sql() {
     assert!(!dir.path().join(".tursync/mirror.db").exists());
 
     let fresh = tempdir();
-    init(&proxy.url, fresh.path());
+    init_url(&proxy.url, fresh.path());
     assert_eq!(reads(fresh.path())["path"], "sql");
     server.exec(&["UPDATE a SET v = 'again' WHERE id = 4"]);
     pull(fresh.path());
@@ -418,7 +408,7 @@ fn schema_reads_over_sql_leave_later_writes_in_the_servers_pages() {
     server.exec(SEED);
     server.exec(&["CREATE TABLE kid(id INTEGER PRIMARY KEY, a_id INT REFERENCES a(id))"]);
     let pages = tempdir();
-    init(&server.url, pages.path());
+    init_url(&server.url, pages.path());
     let sql = tempdir();
     let over_sql = |args: &[&str]| {
         run_ok(
@@ -454,29 +444,6 @@ fn schema_reads_over_sql_leave_later_writes_in_the_servers_pages() {
     assert_same(&server, pages.path());
 }
 
-/// The python with pyturso that `scripts/install-pyturso.sh` installs.
-fn pyturso_python() -> PathBuf {
-    const HOWTO: &str =
-        "install it with `scripts/install-pyturso.sh` (or run the tests via `scripts/test.sh`)";
-    if let Some(p) = std::env::var_os("PYTURSO_PYTHON") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "PYTURSO_PYTHON={} does not exist; {HOWTO}",
-            p.display()
-        );
-        return p;
-    }
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    let p = Path::new(&home).join(".cache/tursync/pyturso/venv/bin/python");
-    assert!(
-        p.is_file(),
-        "pyturso not found (no PYTURSO_PYTHON, no {}); {HOWTO}",
-        p.display()
-    );
-    p
-}
-
 /// Runs the pyturso client (its own process) on `db`; returns what it printed.
 fn pyturso(url: &str, db: &Path, args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pyturso_client.py");
@@ -499,7 +466,7 @@ fn pyturso_and_tursync_share_a_server() {
     let server = TursoSync::start();
     server.exec(SEED);
     let dir = tempdir();
-    init(&server.url, dir.path());
+    init_url(&server.url, dir.path());
     let py = tempdir();
     let py_db = py.path().join("client.db");
 

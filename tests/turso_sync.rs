@@ -1,12 +1,10 @@
 //! Every command against a real Turso Sync server (`tursodb DB --sync-server`), whose
 //! `/v2/pipeline` keeps no streams: no baton, no `close`.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 const SEED: &[&str] = &[
     "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, price REAL, data BLOB)",
@@ -31,16 +29,8 @@ fn seeded() -> TursoSync {
     server
 }
 
-fn init(server: &TursoSync, dir: &Path) {
-    run_ok(tursync(dir).args(["init", "--url", &server.url]));
-}
-
 fn run(dir: &Path, args: &[&str]) -> Output {
     tursync(dir).args(args).output().unwrap()
-}
-
-fn wc(dir: &Path) -> std::path::PathBuf {
-    dir.join("working_copy.db")
 }
 
 fn assert_same(server: &TursoSync, local: &Path) {
@@ -53,7 +43,7 @@ fn assert_same(server: &TursoSync, local: &Path) {
 fn init_clones_exactly() {
     let server = seeded();
     let dir = tempdir();
-    init(&server, dir.path());
+    init_url(&server.url, dir.path());
     assert_same(&server, &wc(dir.path()));
     let status = run_ok(tursync(dir.path()).arg("status"));
     assert!(
@@ -67,8 +57,8 @@ fn init_clones_exactly() {
 fn push_applies_and_a_conflicting_push_changes_nothing() {
     let server = seeded();
     let (a, b) = (tempdir(), tempdir());
-    init(&server, a.path());
-    init(&server, b.path());
+    init_url(&server.url, a.path());
+    init_url(&server.url, b.path());
 
     edit(
         a.path(),
@@ -106,8 +96,8 @@ fn push_applies_and_a_conflicting_push_changes_nothing() {
 fn pull_merges_and_sync_theirs_settles_a_conflict() {
     let server = seeded();
     let (a, b) = (tempdir(), tempdir());
-    init(&server, a.path());
-    init(&server, b.path());
+    init_url(&server.url, a.path());
+    init_url(&server.url, b.path());
 
     edit(a.path(), "UPDATE items SET name = 'APPLE' WHERE id = 1; INSERT INTO items VALUES (4, 'kiwi', 1.0, NULL)");
     run_ok(tursync(a.path()).arg("push"));
@@ -215,7 +205,7 @@ fn turso_sync_client_tables_are_left_alone() {
         "INSERT INTO turso_sync_last_change_id VALUES ('some-client', 1, 7)",
     ]);
     let dir = tempdir();
-    init(&server, dir.path());
+    init_url(&server.url, dir.path());
     let tables = local_query(
         &wc(dir.path()),
         "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' ORDER BY name",
@@ -437,8 +427,8 @@ fn foreign_keys_push_and_a_push_that_would_orphan_is_refused() {
         "INSERT INTO child VALUES (10, 1)",
     ]);
     let (a, b) = (tempdir(), tempdir());
-    init(&server, a.path());
-    init(&server, b.path());
+    init_url(&server.url, a.path());
+    init_url(&server.url, b.path());
     edit(
         a.path(),
         "INSERT INTO parent VALUES (3, 'c'); INSERT INTO child VALUES (11, 3), (12, 2)",
@@ -477,8 +467,8 @@ fn a_unique_value_taken_meanwhile_is_a_conflict() {
         "INSERT INTO parent VALUES (1, 'a'), (2, 'b')",
     ]);
     let (a, b) = (tempdir(), tempdir());
-    init(&server, a.path());
-    init(&server, b.path());
+    init_url(&server.url, a.path());
+    init_url(&server.url, b.path());
     edit(a.path(), "UPDATE parent SET name = 'x' WHERE id = 2");
     run_ok(tursync(a.path()).arg("push"));
     edit(
@@ -510,7 +500,7 @@ fn a_teammates_write_survives_a_push_that_checks_orphans() {
         "INSERT INTO parent VALUES (1, 'a')",
     ]);
     let dir = tempdir();
-    init(&server, dir.path());
+    init_url(&server.url, dir.path());
     // A teammate's write, autocommit, in its own request (after init's pragma reads).
     server.query("INSERT INTO parent VALUES (78, 'teammate') RETURNING id");
     edit(dir.path(), "INSERT INTO child VALUES (10, 1)");

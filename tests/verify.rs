@@ -1,30 +1,18 @@
 //! `tursync verify`: integrity of the working copy and the base, and the base against the
 //! remote at the recorded sync point, with its exit codes.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::*;
+use crate::common::*;
 
 fn verify(sqld: &Sqld, dir: &Path, json: bool) -> Output {
-    let mut cmd = tursync(dir);
-    cmd.arg("verify").env("TURSO_AUTH_TOKEN", &sqld.rw_token);
+    let mut cmd = sqld.tursync(dir);
+    cmd.arg("verify");
     if json {
         cmd.arg("--json");
     }
     cmd.output().unwrap()
-}
-
-fn init(sqld: &Sqld, dir: &Path, force: bool) {
-    let mut cmd = tursync(dir);
-    cmd.args(["init", "--url", &sqld.url])
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token);
-    if force {
-        cmd.arg("--force");
-    }
-    run_ok(&mut cmd);
 }
 
 #[test]
@@ -37,7 +25,7 @@ fn verify_reports_intact_moved_drift_and_damage_with_their_exit_codes() {
     );
     let dir = tempdir();
     let dir = dir.path();
-    init(&sqld, dir, false);
+    ok(&sqld, dir, &["init", "--url", &sqld.url]);
 
     let out = verify(&sqld, dir, false);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -64,11 +52,7 @@ fn verify_reports_intact_moved_drift_and_damage_with_their_exit_codes() {
     );
 
     // A base that no longer matches the remote it records is drift.
-    run_ok(
-        tursync(dir)
-            .arg("pull")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
-    );
+    ok(&sqld, dir, &["pull"]);
     rusqlite::Connection::open(dir.join(".tursync/base.db"))
         .unwrap()
         .execute_batch("DELETE FROM t WHERE id = 9")
@@ -91,7 +75,7 @@ fn verify_reports_intact_moved_drift_and_damage_with_their_exit_codes() {
     );
 
     // A damaged working copy: garbage over a B-tree page.
-    init(&sqld, dir, true);
+    init(&sqld, dir);
     let wc = dir.join("working_copy.db");
     let mut bytes = std::fs::read(&wc).unwrap();
     assert!(bytes.len() > 8 * 4096, "the table spans pages");

