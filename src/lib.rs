@@ -11,6 +11,7 @@ pub mod clone;
 pub mod conflict;
 pub mod diff;
 mod durable;
+pub mod leaf_sums;
 pub mod merge;
 mod migration;
 pub mod mirror;
