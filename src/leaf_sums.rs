@@ -24,7 +24,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::durable::{aside_name, Aside};
 use crate::pages::{page_sum, Leaf, Stamp};
 use crate::{Context, Result};
 
@@ -127,19 +126,21 @@ impl LeafSums {
         (r.at == b.len()).then_some(LeafSums { head, tables })
     }
 
-    /// Writes the file into `dir` (renamed into place, not synced: see the module doc) and
-    /// returns its id, for `sync.json`.
+    /// Writes the file into `dir` and returns its id, for `sync.json`. Neither synced nor
+    /// built aside (see the module doc): the old file is removed and the new one written in its
+    /// place, since a rename over a file or a truncation makes ext4 flush the new data at once.
     pub fn save(&self, dir: &Path) -> Result<u64> {
         let mut bytes = self.encode()?;
         let id = page_sum(&bytes);
         bytes.extend_from_slice(&id.to_le_bytes());
-        let tmp = aside_name(dir, FILE);
-        let _guard = Aside {
-            paths: vec![tmp.clone()],
-        };
-        fs::write(&tmp, &bytes).during("writing", tmp.display())?;
-        let to = dir.join(FILE);
-        fs::rename(&tmp, &to).during("renaming into place", to.display())?;
+        let path = dir.join(FILE);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).during("removing", path.display())
+            }
+            _ => {}
+        }
+        fs::write(&path, &bytes).during("writing", path.display())?;
         Ok(id)
     }
 

@@ -811,17 +811,21 @@ impl Workspace {
     /// next to the base, so the base is not copied. A crash leaves a hot journal that the next
     /// [`Workspace::open_base`] rolls back, so the base is the old one or the new one, never a
     /// mix.
+    ///
+    /// The [`Clean`] point and the working copy's leaves are not forgotten first (one durable
+    /// write less per push): a transaction that writes the base adds one to its change counter,
+    /// so its stamp is one no record names, and one rolled back leaves the base as the records
+    /// knew it.
     pub fn update_base(
         &self,
         edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
     ) -> Result<()> {
-        self.base_moves()?;
         edit_file(&self.base_path(), edit)
     }
 
-    /// Forgets the [`Clean`] point and the working copy's leaves before the base changes: they
-    /// are recorded again only once the change is done, so a crash in between never leaves a
-    /// record naming a base that moved. (A stamp tells states of one file apart, not one file
+    /// Forgets the [`Clean`] point and the working copy's leaves before the base is replaced:
+    /// they are recorded again only once the change is done, so a crash in between never leaves
+    /// a record naming a base that moved. (A stamp tells states of one file apart, not one file
     /// from another.)
     fn base_moves(&self) -> Result<()> {
         let state = self.sync_state()?;
