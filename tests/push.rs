@@ -539,9 +539,21 @@ fn the_leaves_a_push_records_spare_the_next_diff_and_never_mislead_it() {
         dir.path().join("working_copy.db"),
     );
     let sums = state.join("leaves.sum");
+    let leaves_id = || {
+        let sync = std::fs::read_to_string(state.join("sync.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&sync).unwrap()["leaves"].as_u64()
+    };
+    let at_init = leaves_id();
+    assert!(
+        at_init.is_some() && sums.exists(),
+        "init recorded the leaves"
+    );
     edit(dir.path(), "UPDATE t SET a = 'first' WHERE id = 2;");
     ok(&sqld, dir.path(), &["push"]);
-    assert!(sums.exists(), "the push recorded the leaves it read");
+    assert!(
+        leaves_id().is_some() && leaves_id() != at_init,
+        "the push recorded the leaves it read"
+    );
 
     // The diff of the next edit reads the recorded leaves and passes over those kept.
     edit(dir.path(), "UPDATE t SET a = 'second' WHERE id = 5000;");
