@@ -1455,32 +1455,42 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A xorshift generator: `next(n)` is below `n`.
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
+    /// A value as SQL: NULL, an integer, a real, a text, a small blob, or a blob that spills
+    /// to overflow pages.
+    fn random_value(next: &mut impl FnMut(u64) -> u64) -> String {
+        match next(6) {
+            0 => "NULL".to_owned(),
+            1 => format!("{}", next(1000)),
+            2 => format!("{}.5", next(1000)),
+            3 => format!("'text {}'", next(1000)),
+            4 => format!("randomblob({})", 1 + next(30)),
+            _ => format!("zeroblob({})", 4000 + next(12000)),
+        }
+    }
+
     /// Random edits to a page copy of the base, few and many: the page walk, leaves passed
     /// over, short records and all, finds exactly what the SQL merge join finds, phase by
     /// phase.
     #[test]
     fn random_edits_diff_like_the_sql_merge_join() {
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut skipped_somewhere = false;
         for round in 0..12 {
             let count = [1, 3, 10, 60][round % 4];
             let mut edits = String::new();
             for _ in 0..count {
                 let id = next(6200);
-                let value = match next(6) {
-                    0 => "NULL".to_owned(),
-                    1 => format!("{}", next(1000)),
-                    2 => format!("{}.5", next(1000)),
-                    3 => format!("'text {}'", next(1000)),
-                    4 => format!("randomblob({})", 1 + next(30)),
-                    _ => format!("zeroblob({})", 4000 + next(12000)),
-                };
+                let value = random_value(&mut next);
                 edits.push_str(&match next(5) {
                     0 => format!("UPDATE OR REPLACE t SET a = {value} WHERE id = {id};"),
                     1 => format!("UPDATE OR REPLACE t SET u = {} WHERE id = {id};", next(300)),
@@ -1524,27 +1534,14 @@ mod tests {
     /// exactly what the SQL merge join finds, phase by phase.
     #[test]
     fn leaves_changed_since_they_were_recorded_diff_like_the_sql_merge_join() {
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let mut kept_somewhere = false;
         for round in 0..16 {
             let count = [1, 4, 30, 400][round % 4];
             let mut edits = String::new();
             for _ in 0..count {
                 let id = next(6400);
-                let value = match next(6) {
-                    0 => "NULL".to_owned(),
-                    1 => format!("{}", next(1000)),
-                    2 => format!("{}.5", next(1000)),
-                    3 => format!("'text {}'", next(1000)),
-                    4 => format!("randomblob({})", 1 + next(30)),
-                    _ => format!("zeroblob({})", 4000 + next(12000)),
-                };
+                let value = random_value(&mut next);
                 edits.push_str(&match next(7) {
                     0 => format!("UPDATE OR REPLACE t SET a = {value} WHERE id = {id};"),
                     1 => format!("DELETE FROM t WHERE id BETWEEN {id} AND {id} + {};", next(200)),
