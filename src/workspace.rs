@@ -434,7 +434,6 @@ pub fn init(
         (Some(work), Some(base)) => Some(Clean { work, base }),
         _ => None,
     };
-    sync.leaves = init_leaves(&tmp_state, &tmp_db);
     write_synced(
         &tmp_state.join(SYNC),
         serde_json::to_string(&sync)?.as_bytes(),
@@ -470,31 +469,6 @@ pub fn init(
         schema,
         stats,
     })
-}
-
-/// The working copy's leaves at init, where it holds exactly the base's rows, recorded in
-/// `state` as a push records them ([`Workspace::record_leaves`]), so the first push reads only
-/// the leaves the app changed. Reading them walks both files once; nothing is recorded when
-/// they cannot be read.
-fn init_leaves(state: &Path, db: &Path) -> Option<u64> {
-    let base = open_snapshot(&state.join(BASE)).ok()?;
-    let work = open_snapshot(db).ok()?;
-    let (ours, walked) = read_ours(&base, &work, &Default::default(), None, None).ok()?;
-    if !ours.is_empty() {
-        return None;
-    }
-    save_leaves(state, &base, walked)
-}
-
-/// Writes `walked` into the state directory `state` as standing for `base` as it is now (its
-/// stamp), and returns the file's id; nothing when no table was read from its leaves or the
-/// file cannot be written.
-fn save_leaves(state: &Path, base: &rusqlite::Connection, walked: Walked) -> Option<u64> {
-    if walked.tables.is_empty() {
-        return None;
-    }
-    let stamp = crate::pages::stamp(base).ok()??;
-    walked.standing_for(stamp).save(state).ok()
 }
 
 /// A clone through the log: the mirror's frame the copy holds, what it holds, how much, and
@@ -753,8 +727,16 @@ impl Workspace {
     /// `.tursync/leaves.sum` standing for the base as it is now, and returns its id for
     /// `sync.json`. Nothing when no table was read from its leaves, or when the file cannot be
     /// written: the next diff then walks both files, as without it.
+    ///
+    /// Init records none: the leaves are held in memory (about 1 % of the tables' size), and
+    /// init keeps its anonymous memory bounded whatever the database's size. The first push
+    /// walks both files.
     pub fn record_leaves(&self, walked: Walked) -> Option<u64> {
-        save_leaves(&self.state_dir(), &self.open_base().ok()?, walked)
+        if walked.tables.is_empty() {
+            return None;
+        }
+        let base = crate::pages::stamp(&self.open_base().ok()?).ok()??;
+        walked.standing_for(base).save(&self.state_dir()).ok()
     }
 
     /// The [`Clean`] point of a working copy that held exactly the base's rows when its stamp
