@@ -245,7 +245,9 @@ stop_tursodb
 # --- a second tursodb, seeded the same: tursync over SQL only ---
 # Not the same server: tursodb 0.7.0 leaves its connection in a read transaction after a
 # table-valued pragma (`SELECT ... FROM pragma_table_list`), which the SQL path's schema read
-# sends, and every write after it stays uncommitted (unseen by /pull-updates and pyturso).
+# sent when these numbers were first taken, and every write after it stays uncommitted (unseen
+# by /pull-updates and pyturso). It now sends the plain pragmas; the two servers stay so that
+# numbers compare with earlier runs.
 seed_tursodb
 T[i,s]=$(tursync_init "$TMP/sql" "$TS_URL" TURSYNC_PROTOCOL=sql)
 read -r T[0,s] n r <<<"$(tursync_pull "$TMP/sql" TURSYNC_PROTOCOL=sql)"

@@ -16,10 +16,10 @@ use tursync::clone::{self, FetchOptions};
 use tursync::conflict::{Op, Stopped};
 use tursync::diff::Filter;
 use tursync::progress::Progress;
-use tursync::pull::{MergeOptions, PullReport, Resolve};
-use tursync::push::{PushOptions, PushReport};
+use tursync::pull::{MergeOptions, Resolve};
+use tursync::push::PushOptions;
 use tursync::remote::{Endpoint, Remote};
-use tursync::report::count;
+use tursync::report::Report;
 use tursync::sink::SqlSink;
 use tursync::workspace::{self, Workspace, DEFAULT_DB};
 use tursync::Outcome;
@@ -560,35 +560,8 @@ fn push(cli: &Cli, dry_run: bool, as_json: bool, progress: &Progress) -> Result<
         interrupted: ws.push_interrupted()?,
     };
     conclude(outcome, op, as_json, |r| {
-        print_pushed(&endpoint, started, &r, as_json)
+        print_report(&r, as_json, &endpoint, started)
     })
-}
-
-/// A finished push, as a line of JSON or for a person.
-fn print_pushed(endpoint: &Endpoint, started: Instant, r: &PushReport, as_json: bool) {
-    if as_json {
-        let mut v = serde_json::to_value(r).expect("a push report is plain data");
-        v["pushed"] = json!(r.changes > 0);
-        v["log"] = json!(r.log.as_ref().map(|p| p.display().to_string()));
-        println!("{v}");
-    } else if r.changes == 0 {
-        println!("nothing to push");
-    } else {
-        println!(
-            "pushed {} to {endpoint} in {:.1}s ({} applied, {} already there; {})",
-            count(r.changes, "change"),
-            started.elapsed().as_secs_f64(),
-            count(r.applied, "row"),
-            r.skipped,
-            count(r.requests as usize, "request")
-        );
-        if r.transactions > 1 {
-            println!(
-                "note: the push was large, so it went as {} transactions; had it stopped midway, running push again would finish it",
-                r.transactions
-            );
-        }
-    }
 }
 
 fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> Result<ExitCode> {
@@ -606,68 +579,8 @@ fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> 
     )
     .with_context(|| format!("pull from {endpoint} failed"))?;
     conclude(outcome, Op::Pull, as_json, |r| {
-        print_pulled(&endpoint, started, &r, as_json)
+        print_report(&r, as_json, &endpoint, started)
     })
-}
-
-/// A finished pull, as a line of JSON or for a person.
-fn print_pulled(endpoint: &Endpoint, started: Instant, r: &PullReport, as_json: bool) {
-    if as_json {
-        let mut v = serde_json::to_value(r).expect("a pull report is plain data");
-        v["pulled"] = json!(true);
-        println!("{v}");
-    } else if !r.downloaded {
-        println!("the remote has not changed since the last sync; nothing to pull");
-    } else {
-        println!(
-            "pulled from {endpoint} in {:.1}s: {} applied ({} merged cell by cell), {}{}",
-            started.elapsed().as_secs_f64(),
-            count(r.applied, "row change"),
-            r.merged,
-            count(r.schema_changes, "schema change"),
-            if r.resolved > 0 {
-                format!(", {} conflicts settled", r.resolved)
-            } else {
-                String::new()
-            }
-        );
-        if !r.references.is_empty() {
-            println!(
-                "settled {} that pointed at a deleted row:",
-                count(r.references.len(), "reference")
-            );
-            let lit = tursync::sql::literal;
-            for s in r.references.iter().take(20) {
-                let key: Vec<String> = s
-                    .key
-                    .iter()
-                    .map(|(c, v)| format!("{c} = {}", lit(v)))
-                    .collect();
-                println!("  {} ({}): {}", s.table, key.join(", "), s.action.as_str());
-            }
-            if r.references.len() > 20 {
-                println!(
-                    "  … and {} more (use --json for all)",
-                    r.references.len() - 20
-                );
-            }
-        }
-        if !r.renumbered.is_empty() {
-            println!(
-                "renumbered {} of ours, whose keys others' new rows took (references to them followed):",
-                count(r.renumbered.len(), "new row")
-            );
-            for n in r.renumbered.iter().take(20) {
-                println!("  {}.{}: {} -> {}", n.table, n.column, n.from, n.to);
-            }
-            if r.renumbered.len() > 20 {
-                println!(
-                    "  … and {} more (use --json for all)",
-                    r.renumbered.len() - 20
-                );
-            }
-        }
-    }
 }
 
 /// Pull, then push; a push that lost a race with a teammate's is pulled and pushed again
@@ -682,24 +595,23 @@ fn sync(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> 
         .with_context(|| format!("sync with {endpoint} failed"))?;
     progress.finish();
     if let Some(r) = &synced.pulled {
-        print_pulled(&endpoint, started, r, as_json);
+        print_report(r, as_json, &endpoint, started)?;
+    }
+    if let Some(note) = synced.retries_note().filter(|_| !as_json) {
+        eprintln!("{note}");
     }
     match synced.end {
         End::Pushed(r) => conclude(Outcome::Done(r), Op::Pull, as_json, |r| {
-            print_pushed(&endpoint, started, &r, as_json)
+            print_report(&r, as_json, &endpoint, started)
         }),
-        End::PullConflicts(c) => conclude(Outcome::<()>::Conflicts(c), Op::Pull, as_json, |_| {}),
+        End::PullConflicts(c) => {
+            conclude(Outcome::<()>::Conflicts(c), Op::Pull, as_json, |_| Ok(()))
+        }
         End::PushConflicts(c) => {
-            if synced.attempts >= tursync::sync::ATTEMPTS && !as_json {
-                eprintln!(
-                    "note: the remote changed between each of {} pulls and the push that followed; the last push was refused as below",
-                    synced.attempts
-                );
-            }
             let op = Op::Push {
                 interrupted: ws.push_interrupted()?,
             };
-            conclude(Outcome::<()>::Conflicts(c), op, as_json, |_| {})
+            conclude(Outcome::<()>::Conflicts(c), op, as_json, |_| Ok(()))
         }
     }
 }
@@ -732,45 +644,16 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
             line["time"] = json!(now());
             println!("{line}");
         }
-        Event::Synced { pulled, pushed } => println!(
-            "{} pulled {} ({} merged, {}), pushed {} ({} applied, {} already there)",
-            now(),
-            count(pulled.applied, "row change"),
-            pulled.merged,
-            count(pulled.schema_changes, "schema change"),
-            count(pushed.changes, "change"),
-            pushed.applied,
-            pushed.skipped
-        ),
-        Event::Checked {
-            local_changed,
-            remote_index,
-        } => println!(
-            "{} checked: working copy {}, remote index {}; nothing to do",
-            now(),
-            if local_changed {
-                "committed to"
+        event => {
+            // Written into memory, then printed as `println!` prints.
+            let mut text = Vec::new();
+            let _ = event.write_text(&now(), &mut text);
+            let text = String::from_utf8_lossy(&text);
+            if event.is_trouble() {
+                eprint!("{text}");
             } else {
-                "unchanged"
-            },
-            remote_index.map_or_else(|| "unknown".to_owned(), |i| i.to_string())
-        ),
-        Event::Conflicts(stopped) => {
-            let doing = match stopped.op {
-                Op::Push { .. } => "pushing",
-                Op::Pull => "pulling",
-            };
-            eprintln!("{} conflict while {doing}:", now());
-            let _ = stopped.write_text(&mut std::io::stderr().lock());
-            eprintln!("watch keeps running and tries again when either side changes.");
-        }
-        Event::Refused(e) => {
-            eprintln!("{} {e}", now());
-            eprintln!("watch keeps running and tries again when either side changes.");
-        }
-        Event::Settled => println!("{} settled: syncing again", now()),
-        Event::Backoff { error, delay } => {
-            eprintln!("{} {error}; trying again in {}s", now(), delay.as_secs())
+                print!("{text}");
+            }
         }
     };
     tursync::watch::watch(&ws, &remote, interval, &stop, &mut on_event)
@@ -797,6 +680,21 @@ fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
     Ok(ExitCode::from(report.exit_code()))
 }
 
+/// A finished push or pull on stdout: its JSON line, or its text.
+fn print_report(
+    r: &impl Report,
+    as_json: bool,
+    endpoint: &Endpoint,
+    started: Instant,
+) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        writeln!(out, "{}", r.json())
+    } else {
+        r.write_text(&mut out, endpoint, started.elapsed())
+    }
+}
+
 /// The one place an outcome becomes an exit code: conflicts are reported (as JSON on stdout,
 /// or as text on stderr) and exit with 3; a finished operation reports through `done` and
 /// exits with 0.
@@ -804,11 +702,11 @@ fn conclude<R>(
     outcome: Outcome<R>,
     op: Op,
     as_json: bool,
-    done: impl FnOnce(R),
+    done: impl FnOnce(R) -> std::io::Result<()>,
 ) -> Result<ExitCode> {
     match outcome {
         Outcome::Done(r) => {
-            done(r);
+            done(r)?;
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Conflicts(conflicts) => {

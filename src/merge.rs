@@ -13,19 +13,21 @@ use serde::Serialize;
 
 use crate::changeset::{Changeset, RowChange, SchemaChange, SequenceChange, TableDiff};
 use crate::conflict::{Conflict, ConflictKind, MergeOptions, Outcome, Resolve};
-use crate::orphans::{Gone, Orphans, ReferenceSettled};
+use crate::orphans::{Gone, Orphans};
 use crate::schema::{foreign_keys, parse_unique_failure, ForeignKey, UniqueFailure};
 use crate::sql;
 use crate::value::Value;
 use crate::whole_table::Taken;
 
 mod migrations;
+mod report;
 use crate::{Context, Error, Result};
 use migrations::{
     carry_ours_through_theirs, carry_through_migrations, columns_added_apart, merge_schema,
     merged_triggers, merged_user_version, settle_both_reshaped, their_fixes_first, Carried,
     KeptColumn,
 };
+pub use report::PullReport;
 
 /// One of our new rows moved to a key free on both sides, because their new row took its key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,30 +37,6 @@ pub struct Renumbered {
     pub column: String,
     pub from: i64,
     pub to: i64,
-}
-
-/// In JSON (`pull --json`), each field under its own name.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct PullReport {
-    /// False when the remote had not moved since the last sync: nothing was downloaded.
-    pub downloaded: bool,
-    /// How their changes were read: from the pages the replication log wrote, from whole
-    /// tables (and why), or over SQL.
-    pub read: Option<String>,
-    /// Their row changes applied to the working copy.
-    pub applied: usize,
-    /// Rows changed on both sides whose cells merged without conflict.
-    pub merged: usize,
-    /// Conflicts settled by `--ours` or `--theirs`.
-    pub resolved: usize,
-    /// Their schema changes applied.
-    pub schema_changes: usize,
-    /// Our new rows renumbered (with every reference to them in our rows).
-    pub renumbered: Vec<Renumbered>,
-    /// Rows restored or changed to settle references a merge broke (`--ours`, `--theirs`).
-    pub references: Vec<ReferenceSettled>,
-    /// Their schema changes applied, each as `diff --json` shows it.
-    pub schema: Vec<serde_json::Value>,
 }
 
 /// Removes from `theirs` the row changes that are our own interrupted push coming back: the

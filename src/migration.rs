@@ -194,6 +194,18 @@ pub(crate) fn leaves_exactly(old: &Table, new: &Table, alters: &[String]) -> boo
     tried.is_ok_and(|sql| sql == new.sql)
 }
 
+/// The indexes of table `table` in `conn`, as (name, `CREATE INDEX` statement) in the order
+/// `sqlite_schema` holds them; those SQLite makes for a constraint (no statement) left out, as
+/// the table's own definition makes them again. What a migration that rebuilds the table, or
+/// drops a column from it, or a table copied whole must make again.
+pub(crate) fn indexes_of(conn: &Connection, table: &str) -> Result<Vec<(String, String)>> {
+    let mut st = conn.prepare(
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL",
+    )?;
+    let rows = st.query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// The column definitions and table constraints of a `CREATE TABLE` statement, trimmed: the
 /// text between its first `(` and last `)`, split at top-level commas.
 fn column_parts(create: &str) -> Option<Vec<String>> {

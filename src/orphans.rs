@@ -28,8 +28,9 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::conflict::{Conflict, ConflictKind, MergeOptions, Resolve};
-use crate::schema::{foreign_key_scope, orphans_sql, ForeignKey, Orphan, Table};
+use crate::schema::{foreign_key_scope, ForeignKey, Orphan, Table};
 use crate::sql;
+use crate::sql::orphans_sql;
 use crate::value::Value;
 use crate::{Context, Result};
 

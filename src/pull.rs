@@ -18,6 +18,7 @@ use crate::clone::FetchOptions;
 use crate::conflict::Outcome;
 pub use crate::conflict::{MergeOptions, Resolve};
 use crate::diff;
+use crate::in_flight::TheirsKept;
 use crate::merge::{strip_our_push, Plan};
 pub use crate::merge::{PullReport, Renumbered};
 use crate::mirror::{open_immutable, Mirror, MirrorError, Settling};
@@ -125,15 +126,22 @@ pub fn pull(
         }
     }
 
-    let theirs = ws.download(remote, opts, progress)?;
+    let theirs = ws
+        .download(remote, opts, progress)?
+        .keep_as(ws.state_dir().join(crate::in_flight::DOWNLOAD))?;
     let Merged {
         outcome,
         clean_work,
     } = {
         let base = ws.open_base()?;
         let theirs_db = crate::workspace::open_snapshot(&theirs.path)?;
-        let cs = diff::diff(&base, &theirs_db, &diff::Filter::default())?;
-        merge_into(ws, &base, &theirs_db, cs, merge, state.clean, on_wait)?
+        let changes = diff::diff(&base, &theirs_db, &diff::Filter::default())?;
+        let theirs = Theirs {
+            db: &theirs_db,
+            changes,
+            kept: TheirsKept::Download,
+        };
+        merge_into(ws, &base, theirs, merge, state.clean, on_wait)?
     };
     if outcome.is_done() {
         pause_after_commit();
@@ -321,15 +329,15 @@ fn from_log(
                 format!("whole tables of the mirror: {why}"),
             ),
         };
-        let merged = merge_into(
-            ws,
-            &base,
-            &theirs_db,
-            cs.clone(),
-            merge,
-            state.clean,
-            on_wait,
-        )?;
+        let theirs = Theirs {
+            db: &theirs_db,
+            changes: cs.clone(),
+            kept: TheirsKept::Mirror {
+                log_id: hello.log_id.clone(),
+                frame_no: frame,
+            },
+        };
+        let merged = merge_into(ws, &base, theirs, merge, state.clean, on_wait)?;
         let outcome = merged.outcome.map(|report| PullReport {
             read: Some(read),
             ..report
@@ -462,15 +470,28 @@ fn stamp_after_commit(work: &Connection, locked: i64) -> Option<Stamp> {
 /// the write lock, `data_version` says whether the app committed since. If it did, ours is
 /// read again (the app waits for us now) and the merge planned again, so every app commit is
 /// either merged or was already in the snapshot: none is overwritten.
+/// Their side of a pull: the remote's database as read (the mirror, or a download), their
+/// changes since the base, and where that database stays for the next run if this one is
+/// killed between the working copy's commit and the base's.
+struct Theirs<'a> {
+    db: &'a Connection,
+    changes: Changeset,
+    kept: TheirsKept,
+}
+
 fn merge_into(
     ws: &Workspace,
     base: &Connection,
-    theirs_db: &Connection,
-    mut theirs: Changeset,
+    theirs: Theirs<'_>,
     merge: &MergeOptions,
     clean: Option<Clean>,
     on_wait: WaitNotice<'_>,
 ) -> Result<Merged> {
+    let Theirs {
+        db: theirs_db,
+        changes: mut theirs,
+        kept,
+    } = theirs;
     if let Some(pushed) = ws.interrupted_push()? {
         strip_our_push(&mut theirs, &pushed);
     }
@@ -508,7 +529,6 @@ fn merge_into(
         let now = data_version(&work)?;
         locked = Some(now);
         if now != seen {
-            let known = ws.known_leaves()?;
             let (ours, _) =
                 read_ours(base, &work, &diff::Filter::default(), clean, known.as_ref())?;
             nothing_ours = ours.is_empty();
@@ -533,9 +553,7 @@ fn merge_into(
         }
         // The base takes theirs right after this commit; a pull killed in between leaves the
         // record, and the next one finishes the base's part ([`Workspace::finish_interrupted_pull`]).
-        if theirs.schema.is_empty() {
-            ws.record_pull_start(&theirs)?;
-        }
+        ws.record_pull_start(&theirs, kept.clone())?;
         work.execute_batch("COMMIT")?;
         Ok(Outcome::Done(plan.report.clone()))
     })();

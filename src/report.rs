@@ -1,6 +1,23 @@
 //! What the text of every report shares: counts that agree with their number, and sizes for
 //! people. Each report renders itself next to where it is produced (`verify`, `status`,
-//! `watch`); the command line only chooses between its text and its JSON.
+//! `watch`, and the [`Report`]s of push and pull); the command line only chooses between its
+//! text and its JSON.
+
+use std::fmt;
+use std::io::Write;
+use std::time::Duration;
+
+/// What a finished push or pull says it did: as one line of JSON (`--json`), or as text for a
+/// person naming the remote and how long it took.
+pub trait Report {
+    fn json(&self) -> serde_json::Value;
+    fn write_text(
+        &self,
+        out: &mut dyn Write,
+        remote: &dyn fmt::Display,
+        elapsed: Duration,
+    ) -> std::io::Result<()>;
+}
 
 /// `1 change`, `2 changes`.
 pub fn count(n: usize, what: &str) -> String {

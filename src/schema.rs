@@ -1,8 +1,8 @@
 //! What a database holds, read the same way from the remote and from a local file.
 //!
-//! The schema is read with plain SQL (`sqlite_schema`, `pragma_table_list`,
-//! `pragma_table_xinfo`, `pragma_index_list`) so one reader serves both sides; only the way
-//! the statements travel differs (see [`Catalog`]).
+//! The schema is read with plain SQL (`sqlite_schema`, `PRAGMA table_list`, `table_xinfo`,
+//! `index_list`) so one reader serves both sides; only the way the statements travel differs
+//! (see [`Catalog`]).
 
 use crate::sql;
 use crate::value::Value;
@@ -384,10 +384,9 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
                 "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid".into(),
                 vec![],
             ),
-            (
-                "SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'".into(),
-                vec![],
-            ),
+            // Plain pragmas, filtered here (see `sql::pragma_of`): schema, name, type, ncol,
+            // wr, strict.
+            ("PRAGMA main.table_list".into(), vec![]),
             ("PRAGMA user_version".into(), vec![]),
             ("PRAGMA application_id".into(), vec![]),
         ])
@@ -403,12 +402,15 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
     };
     let mut kinds_by_name = std::collections::HashMap::new();
     for r in &kinds {
-        let what = "pragma_table_list";
+        let what = "PRAGMA table_list";
+        if text(cell(r, 0, what)?, "PRAGMA table_list: schema")? != "main" {
+            continue;
+        }
         kinds_by_name.insert(
-            text(cell(r, 0, what)?, "pragma_table_list.name")?,
+            text(cell(r, 1, what)?, "PRAGMA table_list: name")?,
             (
-                text(cell(r, 1, what)?, "pragma_table_list.type")?,
-                int(cell(r, 2, what)?, "pragma_table_list.wr")? != 0,
+                text(cell(r, 2, what)?, "PRAGMA table_list: type")?,
+                int(cell(r, 4, what)?, "PRAGMA table_list: wr")? != 0,
             ),
         );
     }
@@ -442,7 +444,7 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
             "table" => {
                 let (kind, without_rowid) = kinds_by_name.remove(&name).ok_or_else(|| {
                     SchemaError::Malformed(format!(
-                        "table {name:?} is in sqlite_schema but not in pragma_table_list"
+                        "table {name:?} is in sqlite_schema but not in PRAGMA table_list"
                     ))
                 })?;
                 tables.push((name, sqltext, kind, without_rowid));
@@ -469,14 +471,10 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
 
     let mut stmts = Vec::with_capacity(tables.len() * 2);
     for (name, ..) in &tables {
-        stmts.push((
-            "SELECT name, type, pk, hidden, dflt_value FROM pragma_table_xinfo(?1)".to_owned(),
-            vec![Value::text(name)],
-        ));
-        stmts.push((
-            "SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk'".to_owned(),
-            vec![Value::text(name)],
-        ));
+        // cid, name, type, notnull, dflt_value, pk, hidden.
+        stmts.push((sql::pragma_of("table_xinfo", name), vec![]));
+        // seq, name, unique, origin, partial.
+        stmts.push((sql::pragma_of("index_list", name), vec![]));
     }
     let details = if stmts.is_empty() {
         Vec::new()
@@ -484,22 +482,22 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
         cat.query_all(&stmts).map_err(LoadError::Source)?
     };
     for ((name, sqltext, kind, without_rowid), pair) in tables.into_iter().zip(details.chunks(2)) {
-        let [cols, pk_index] = pair else {
+        let [cols, indexes] = pair else {
             return Err(SchemaError::Malformed("missing table details".into()).into());
         };
         let mut columns = Vec::with_capacity(cols.len());
         for r in cols {
-            let what = |field: &str| format!("pragma_table_xinfo({name:?}).{field}");
-            let hidden = int(cell(r, 3, &what("hidden"))?, &what("hidden"))?;
+            let what = |field: &str| format!("PRAGMA table_xinfo({name:?}): {field}");
+            let hidden = int(cell(r, 6, &what("hidden"))?, &what("hidden"))?;
             // Hidden columns of virtual tables hold no data of their own.
             if hidden == 1 {
                 continue;
             }
-            let column = text(cell(r, 0, &what("name"))?, &what("name"))?;
-            let what = |field: &str| format!("pragma_table_xinfo({name:?}).{field} of {column:?}");
-            let pk = int(cell(r, 2, &what("pk"))?, &what("pk"))?;
+            let column = text(cell(r, 1, &what("name"))?, &what("name"))?;
+            let what = |field: &str| format!("PRAGMA table_xinfo({name:?}): {field} of {column:?}");
+            let pk = int(cell(r, 5, &what("pk"))?, &what("pk"))?;
             columns.push(Column {
-                decl_type: text(cell(r, 1, &what("type"))?, &what("type"))?,
+                decl_type: text(cell(r, 2, &what("type"))?, &what("type"))?,
                 pk: u32::try_from(pk).map_err(|_| {
                     SchemaError::Malformed(format!("{}: {pk} is no key position", what("pk")))
                 })?,
@@ -508,8 +506,11 @@ pub fn load<C: Catalog>(mut cat: C) -> Result<Schema, LoadError<C::Error>> {
                 name: column,
             });
         }
-        let has_pk_index =
-            single_int(pk_index, &format!("pragma_index_list({name:?}) pk count"))? > 0;
+        let mut has_pk_index = false;
+        for r in indexes {
+            let what = format!("PRAGMA index_list({name:?}): origin");
+            has_pk_index |= text(cell(r, 3, &what)?, &what)? == "pk";
+        }
         let key = if kind == "virtual" {
             RowKey::Virtual
         } else if without_rowid {
@@ -610,9 +611,13 @@ mod tests {
     }
 
     fn first(objects: Vec<Vec<Value>>, uv: Value) -> Vec<Vec<Vec<Value>>> {
+        // PRAGMA table_list: schema, name, type, ncol, wr, strict.
         let list = vec![vec![
+            Value::text("main"),
             Value::text("t"),
             Value::text("table"),
+            Value::Integer(1),
+            Value::Integer(0),
             Value::Integer(0),
         ]];
         vec![objects, list, vec![vec![uv]], vec![vec![Value::Integer(0)]]]
@@ -624,14 +629,17 @@ mod tests {
     }
 
     fn details(pk: Value) -> Vec<Vec<Vec<Value>>> {
+        // PRAGMA table_xinfo: cid, name, type, notnull, dflt_value, pk, hidden; no index.
         let col = vec![
+            Value::Integer(0),
             Value::text("a"),
             Value::text(""),
-            pk,
             Value::Integer(0),
             Value::Null,
+            pk,
+            Value::Integer(0),
         ];
-        vec![vec![col], vec![vec![Value::Integer(0)]]]
+        vec![vec![col], vec![]]
     }
 
     fn error(c: Canned) -> String {
@@ -650,6 +658,29 @@ mod tests {
         .unwrap();
         assert_eq!(s.user_version, 3);
         assert_eq!(s.tables[0].columns[0].name, "a");
+    }
+
+    /// The plain pragmas take each name as a quoted literal: a quote, a CR LF and a
+    /// WITHOUT ROWID table's key read as from the table-valued ones.
+    #[test]
+    fn reads_tables_whose_names_need_quoting() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE \"it's\r\nodd\"(id INTEGER PRIMARY KEY, \"b'c\" TEXT DEFAULT 'q');
+             CREATE TABLE w(k TEXT, j INT, v, PRIMARY KEY (j, k)) WITHOUT ROWID;
+             CREATE TABLE u(id TEXT PRIMARY KEY, v);",
+        )
+        .unwrap();
+        let s = load(&conn).unwrap();
+        let odd = &s.tables[0];
+        assert_eq!(odd.name, "it's\r\nodd");
+        assert_eq!(odd.columns[1].name, "b'c");
+        assert_eq!(odd.columns[1].default.as_deref(), Some("'q'"));
+        assert!(matches!(odd.key, RowKey::Rowid { ipk: Some(0), .. }));
+        assert!(matches!(&s.tables[1].key, RowKey::Primary(k) if k == &[1, 0]));
+        assert!(
+            matches!(&s.tables[2].key, RowKey::Rowid { ipk: None, declared, .. } if declared == &[0])
+        );
     }
 
     #[test]
@@ -810,12 +841,3 @@ pub fn foreign_key_scope<'a>(
 /// child table, its rowid (`None` in a WITHOUT ROWID table), the parent table and which of
 /// the child's foreign keys (`fkid`, as in `pragma_foreign_key_list`).
 pub type Orphan = (String, Option<i64>, String, i64);
-
-/// The SQL that lists the [`Orphan`]s of `table`: SQLite's `foreign_key_check`, which works
-/// whether foreign keys are enforced or not.
-pub fn orphans_sql(table: &str) -> String {
-    format!(
-        "SELECT \"table\", rowid, parent, fkid FROM pragma_foreign_key_check({})",
-        sql::text_literal(table)
-    )
-}

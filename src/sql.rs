@@ -34,6 +34,31 @@ pub fn text_literal(s: &str) -> String {
     out
 }
 
+/// `PRAGMA main.NAME('arg')`: a pragma of the main database about one object, in the plain form
+/// rather than the table-valued `SELECT … FROM pragma_NAME(?)`, which the caller filters
+/// itself. tursodb 0.7.0 stops writing later autocommit writes to its WAL once a table-valued
+/// pragma ran on its one connection, so what tursync reads from a remote takes this form. The
+/// argument is a plain quoted literal (no `char(…)`: a pragma takes no expression); it never
+/// goes through the sqlite3 shell.
+///
+/// ```text
+/// pragma_of("table_xinfo", "it's")  ->  PRAGMA main.table_xinfo('it''s')
+/// ```
+pub fn pragma_of(name: &str, arg: &str) -> String {
+    format!("PRAGMA main.{name}('{}')", arg.replace('\'', "''"))
+}
+
+/// The SQL that lists the orphans of `table` (`crate::schema::Orphan`: table, rowid, parent,
+/// fkid): SQLite's `foreign_key_check`, which works whether foreign keys are enforced or not.
+/// Push sends it to the remote; on a server without `pragma_foreign_key_check`,
+/// `remote::batonless` knows it by this exact text and writes the check out by hand.
+pub fn orphans_sql(table: &str) -> String {
+    format!(
+        "SELECT \"table\", rowid, parent, fkid FROM pragma_foreign_key_check({})",
+        text_literal(table)
+    )
+}
+
 /// Whether the sqlite3 shell could alter `b` inside a quoted literal: it strips a CR before an
 /// LF from every input line, and a NUL cuts a statement short in most loaders. Every control
 /// character is spelled out, so no line of our SQL text carries one raw.

@@ -28,6 +28,20 @@ pub struct Synced {
     pub end: End,
 }
 
+impl Synced {
+    /// For a person, before the conflicts of a push refused after [`ATTEMPTS`] pulls: that the
+    /// remote moved each time between the pull and the push, so the last refusal stands.
+    pub fn retries_note(&self) -> Option<String> {
+        match self.end {
+            End::PushConflicts(_) if self.attempts >= ATTEMPTS => Some(format!(
+                "note: the remote changed between each of {} pulls and the push that followed; the last push was refused as below",
+                self.attempts
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// How a sync ended.
 #[derive(Debug)]
 pub enum End {

@@ -17,6 +17,7 @@
 //! any other request the watch makes (the index reads), are waited out with exponential
 //! backoff; any other error ends the watch.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use crate::progress::Progress;
 use crate::pull::{MergeOptions, PullReport, Resolve};
 use crate::push::PushReport;
 use crate::remote::{Remote, Transient};
+use crate::report::count;
 use crate::sync::End;
 use crate::workspace::Workspace;
 use crate::{Error, Result};
@@ -135,6 +137,64 @@ impl Serialize for Event<'_> {
             }
         }
         m.end()
+    }
+}
+
+impl Event<'_> {
+    /// Whether a person reads this event on stderr: conflicts, refusals and waits; the others
+    /// go to stdout.
+    pub fn is_trouble(&self) -> bool {
+        matches!(
+            self,
+            Event::Conflicts(_) | Event::Refused(_) | Event::Backoff { .. }
+        )
+    }
+
+    /// The event for a person, each line ending in a newline, the first stamped `at`.
+    pub fn write_text(&self, at: &str, out: &mut dyn Write) -> std::io::Result<()> {
+        const GOES_ON: &str = "watch keeps running and tries again when either side changes.";
+        match self {
+            Event::Synced { pulled, pushed } => writeln!(
+                out,
+                "{at} pulled {} ({} merged, {}), pushed {} ({} applied, {} already there)",
+                count(pulled.applied, "row change"),
+                pulled.merged,
+                count(pulled.schema_changes, "schema change"),
+                count(pushed.changes, "change"),
+                pushed.applied,
+                pushed.skipped
+            ),
+            Event::Checked {
+                local_changed,
+                remote_index,
+            } => writeln!(
+                out,
+                "{at} checked: working copy {}, remote index {}; nothing to do",
+                if *local_changed {
+                    "committed to"
+                } else {
+                    "unchanged"
+                },
+                remote_index.map_or_else(|| "unknown".to_owned(), |i| i.to_string())
+            ),
+            Event::Conflicts(stopped) => {
+                let doing = match stopped.op {
+                    Op::Push { .. } => "pushing",
+                    Op::Pull => "pulling",
+                };
+                writeln!(out, "{at} conflict while {doing}:")?;
+                stopped.write_text(out)?;
+                writeln!(out, "{GOES_ON}")
+            }
+            Event::Refused(e) => {
+                writeln!(out, "{at} {e}")?;
+                writeln!(out, "{GOES_ON}")
+            }
+            Event::Settled => writeln!(out, "{at} settled: syncing again"),
+            Event::Backoff { error, delay } => {
+                writeln!(out, "{at} {error}; trying again in {}s", delay.as_secs())
+            }
+        }
     }
 }
 

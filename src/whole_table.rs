@@ -331,11 +331,8 @@ fn copy_table(work: &Connection, from: &Connection, name: &str) -> Result<()> {
             .collect::<rusqlite::Result<_>>()?;
         write.execute(rusqlite::params_from_iter(&values))?;
     }
-    let mut indexes = from.prepare(
-        "SELECT sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL",
-    )?;
-    for create in indexes.query_map([name], |r| r.get::<_, String>(0))? {
-        work.execute_batch(&create?)?;
+    for (_, create) in crate::migration::indexes_of(from, name)? {
+        work.execute_batch(&create)?;
     }
     let seq = crate::workspace::sequence(from, name)?;
     if has_sequences(work)? {

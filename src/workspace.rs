@@ -634,6 +634,26 @@ pub struct RemoteCopy {
     _aside: Aside,
 }
 
+impl RemoteCopy {
+    /// The same copy under `path` (in the same directory), durably, still removed when dropped:
+    /// a pull over SQL keeps its download as `.tursync/pulled.db`, where the next run finds it
+    /// if this one is killed before the download became the base
+    /// ([`crate::in_flight::TheirsKept::Download`]).
+    pub fn keep_as(self, path: PathBuf) -> Result<RemoteCopy> {
+        sync_file(&self.path)?;
+        fs::rename(&self.path, &path).during("renaming into place", path.display())?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(RemoteCopy {
+            _aside: Aside {
+                paths: vec![path.clone()],
+            },
+            path,
+        })
+    }
+}
+
 impl Workspace {
     /// Reads the whole remote into a file beside the base, with the clone machinery (exact,
     /// streamed, bounded memory).

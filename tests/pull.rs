@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
@@ -519,6 +519,47 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
     );
 }
 
+/// `tursync pull` in `dir`, over SQL when `sql_path`.
+fn pull_cmd(sqld: &Sqld, dir: &Path, sql_path: bool) -> Command {
+    let mut pull = tursync(dir);
+    pull.arg("pull").env("TURSO_AUTH_TOKEN", &sqld.rw_token);
+    if sql_path {
+        pull.env("TURSYNC_NO_LOG", "1");
+    }
+    pull
+}
+
+/// A workspace of `t(id, b)` with rows 1 and 2 at `x'00'`, a teammate's `change` (which sets
+/// row 1 to `x'01'`), and a pull of it killed once the working copy committed, before the base
+/// took their changes (a test hook pauses it there).
+fn pull_killed_after_its_commit(change: &str, sql_path: bool) -> (Sqld, TempDir) {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+         INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00');",
+    );
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    sqld.exec(change);
+    let mut child = pull_cmd(&sqld, dir.path(), sql_path)
+        .env("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", "60000")
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let wc = dir.path().join("working_copy.db");
+    while local_query(&wc, "SELECT b FROM t WHERE id = 1") != [[Cell::Blob(vec![1])]] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull never committed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(dir.path().join(".tursync/pulled.rec").exists());
+    (sqld, dir)
+}
+
 /// A pull killed after the working copy committed its merge and before the base took their
 /// changes, then a teammate who sets the pulled row back to the base's value: the next pull
 /// must bring that in, and nothing be left to push. Over sqld's log and over SQL alike.
@@ -527,42 +568,75 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
 #[test]
 fn a_pull_killed_between_the_working_copy_and_the_base_is_healed() {
     for sql_path in [false, true] {
-        let sqld = Sqld::start();
-        sqld.exec(
-            "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
-             INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00');",
-        );
-        let dir = tempdir();
-        ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
-        sqld.exec("UPDATE t SET b = x'01' WHERE id = 1");
-        let mut pull = tursync(dir.path());
-        pull.arg("pull")
-            .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
-            .env("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", "60000");
-        if sql_path {
-            pull.env("TURSYNC_NO_LOG", "1");
-        }
-        let mut child = pull.spawn().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let wc = dir.path().join("working_copy.db");
-        let row = "SELECT b FROM t WHERE id = 1";
-        while local_query(&wc, row) != [[Cell::Blob(vec![1])]] {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the pull never committed"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let (sqld, dir) =
+            pull_killed_after_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
         sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
-        let mut again = tursync(dir.path());
-        again.arg("pull").env("TURSO_AUTH_TOKEN", &sqld.rw_token);
-        if sql_path {
-            again.env("TURSYNC_NO_LOG", "1");
-        }
-        run_ok(&mut again);
+        run_ok(&mut pull_cmd(&sqld, dir.path(), sql_path));
+        assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+        assert_nothing_pending(dir.path());
+    }
+}
+
+const MIGRATION: &str = "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'; CREATE INDEX t_c ON t(c);";
+
+/// A pull with a migration that recorded itself but whose working copy commit never landed,
+/// while the app ran the same migration itself (as every copy of an app may at start-up): the
+/// base takes their schema, which the working copy holds, but none of their rows, which it does
+/// not; their row still arrives and nothing of theirs is pushed back as ours. A download that
+/// was kept damaged counts as not kept. Over the log and over SQL.
+#[test]
+fn a_migration_pull_whose_commit_never_landed_takes_no_rows_into_the_base() {
+    for sql_path in [false, true] {
+        let change = format!("{MIGRATION} UPDATE t SET b = x'01' WHERE id = 1;");
+        let (sqld, dir) = pull_killed_after_its_commit(&change, sql_path);
+        // As if the commit had never landed, and the app then migrated on its own.
+        let wc = dir.path().join("working_copy.db");
+        sqlite3_cli(&wc, b"UPDATE t SET b = x'00' WHERE id = 1");
+        sqlite3_cli(&wc, b"DROP INDEX t_c; ALTER TABLE t DROP COLUMN c;");
+        edit(dir.path(), MIGRATION);
+        run_ok(&mut pull_cmd(&sqld, dir.path(), sql_path));
         assert_same_database(&sqld, &wc);
+        run_ok(
+            tursync(dir.path())
+                .arg("push")
+                .env("TURSO_AUTH_TOKEN", &sqld.rw_token),
+        );
+        assert_same_database(&sqld, &wc);
+        assert_eq!(
+            sqld.query("SELECT b FROM t WHERE id = 1"),
+            vec![vec![Cell::Blob(vec![1])]],
+            "their row was pushed back over"
+        );
+        assert_nothing_pending(dir.path());
+    }
+
+    // A kept download that is damaged: the base stays as it was, and the next pull goes on.
+    let (sqld, dir) = pull_killed_after_its_commit(
+        "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'; UPDATE t SET b = x'01';",
+        true,
+    );
+    let kept = dir.path().join(".tursync/pulled.db");
+    let len = std::fs::metadata(&kept)
+        .expect("the download is kept")
+        .len();
+    std::fs::write(&kept, vec![0x5a; len as usize]).unwrap();
+    run_ok(&mut pull_cmd(&sqld, dir.path(), true));
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert!(!kept.exists(), "the damaged download is gone");
+    assert_nothing_pending(dir.path());
+}
+
+/// The same kill, in a pull that also brings a teammate's migration: the base still takes
+/// their changes (schema and rows) once the working copy is seen to hold them, so a row the
+/// teammate then set back to its old value arrives, over the log and over SQL alike.
+#[test]
+fn a_pull_with_a_migration_killed_between_the_working_copy_and_the_base_is_healed() {
+    for sql_path in [false, true] {
+        let change = format!("{MIGRATION} UPDATE t SET b = x'01' WHERE id = 1;");
+        let (sqld, dir) = pull_killed_after_its_commit(&change, sql_path);
+        sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
+        run_ok(&mut pull_cmd(&sqld, dir.path(), sql_path));
+        assert_same_database(&sqld, &dir.path().join("working_copy.db"));
         assert_nothing_pending(dir.path());
     }
 }

@@ -407,6 +407,53 @@ fn a_server_without_pull_updates_is_read_over_sql() {
     assert_same(&server, fresh.path());
 }
 
+/// tursodb 0.7.0 stops putting later writes into its WAL once a table-valued pragma (`SELECT …
+/// FROM pragma_table_info(…)`) ran on its one connection: SQL still sees them, `/pull-updates`
+/// never sends them. tursync's reads of the schema over SQL (init and pulls over SQL, `verify`,
+/// push's orphan checks) must not do that: a teammate's write after each still reaches a page
+/// pull of another working copy.
+#[test]
+fn schema_reads_over_sql_leave_later_writes_in_the_servers_pages() {
+    let server = TursoSync::start();
+    server.exec(SEED);
+    server.exec(&["CREATE TABLE kid(id INTEGER PRIMARY KEY, a_id INT REFERENCES a(id))"]);
+    let pages = tempdir();
+    init(&server.url, pages.path());
+    let sql = tempdir();
+    let over_sql = |args: &[&str]| {
+        run_ok(
+            tursync(sql.path())
+                .args(args)
+                .env("TURSYNC_PROTOCOL", "sql"),
+        );
+    };
+    let steps: [(&str, &dyn Fn()); 4] = [
+        ("init over SQL", &|| {
+            over_sql(&["init", "--url", &server.url])
+        }),
+        ("a pull over SQL", &|| over_sql(&["pull"])),
+        ("verify", &|| over_sql(&["verify"])),
+        ("a push with a foreign key", &|| {
+            edit(sql.path(), "INSERT INTO kid(id, a_id) VALUES (1, 2)");
+            over_sql(&["push"]);
+        }),
+    ];
+    for (i, (what, step)) in steps.iter().enumerate() {
+        step();
+        server.exec(&[&format!("INSERT INTO h(x, y) VALUES ('after {what}', {i})")]);
+        pull(pages.path());
+        assert_eq!(
+            local_query(
+                &wc(pages.path()),
+                &format!("SELECT count(*) FROM h WHERE x = 'after {what}'")
+            ),
+            vec![vec![Cell::Integer(1)]],
+            "a teammate's write after {what} is missing from the server's pages"
+        );
+    }
+    assert_same(&server, pages.path());
+}
+
 /// The python with pyturso that `scripts/install-pyturso.sh` installs.
 fn pyturso_python() -> PathBuf {
     const HOWTO: &str =

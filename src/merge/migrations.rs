@@ -605,13 +605,8 @@ pub(super) fn settle_both_reshaped(
                         &their_t.table.sql,
                         &refs,
                     ));
-                let mut st = theirs_db.prepare(
-                    "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL",
-                )?;
-                out.indexes.extend(
-                    st.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect::<rusqlite::Result<Vec<(String, String)>>>()?,
-                );
+                out.indexes
+                    .extend(crate::migration::indexes_of(theirs_db, name)?);
                 let cs = out.ours.get_or_insert_with(|| ours.clone());
                 cs.schema.retain(not_this);
                 let mut moved = their_t.clone();
@@ -735,12 +730,7 @@ impl KeptColumn {
         ))?;
         let mut indexes = Vec::new();
         if self.drop_first {
-            let mut st = work.prepare(
-                "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL",
-            )?;
-            indexes = st
-                .query_map([&self.old_table], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
+            indexes = crate::migration::indexes_of(work, &self.old_table)?;
             for (name, _) in &indexes {
                 work.execute_batch(&format!("DROP INDEX {}", sql::ident(name)))?;
             }

@@ -648,7 +648,7 @@ type ForeignKeyCols = (i64, String, Vec<(String, Option<String>)>);
 
 /// Turso Sync's server (tursodb 0.7.0) has no `pragma_foreign_key_check` function, and its
 /// `PRAGMA foreign_key_check` returns nothing whatever the rows. So the orphan checks push sends
-/// ([`crate::schema::orphans_sql`]) are written out here from the table's foreign keys as the
+/// ([`crate::sql::orphans_sql`]) are written out here from the table's foreign keys as the
 /// server lists them: each child row whose key columns are all set and that no parent row
 /// matches, with the columns `foreign_key_check` returns. A table whose name cannot be matched
 /// (one this transaction creates) keeps its check as it is.
@@ -688,41 +688,47 @@ fn by_hand_orphan_checks(remote: &Remote, reads: &mut [(usize, Stmt)]) -> Result
     for (_, stmt) in reads.iter_mut().filter(|(_, s)| s.sql.starts_with(PREFIX)) {
         let Some(table) = tables
             .iter()
-            .find(|t| crate::schema::orphans_sql(t) == stmt.sql)
+            .find(|t| crate::sql::orphans_sql(t) == stmt.sql)
         else {
             continue;
         };
-        let fks = query(
-            "SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?) ORDER BY id, seq".into(),
-            vec![crate::value::Value::text(table)],
-        )?;
+        // id, seq, table, from, to, on_update, on_delete, match; the plain pragma (see
+        // `sql::pragma_of`), put in key order here.
+        let mut fks = query(sql::pragma_of("foreign_key_list", table), vec![])?;
+        let int = |v: Option<&crate::value::Value>| match v {
+            Some(crate::value::Value::Integer(i)) => Some(*i),
+            _ => None,
+        };
+        fks.sort_by_key(|r| (int(r.first()), int(r.get(1))));
         let mut keys: Vec<ForeignKeyCols> = Vec::new();
         for row in &fks {
-            let (Some(crate::value::Value::Integer(id)), Some(parent), Some(from)) = (
-                row.first(),
-                row.get(1).and_then(text),
+            let (Some(id), Some(parent), Some(from)) = (
+                int(row.first()),
                 row.get(2).and_then(text),
+                row.get(3).and_then(text),
             ) else {
                 return Err(RemoteError::Protocol(format!(
-                    "unexpected pragma_foreign_key_list row {row:?}"
+                    "unexpected PRAGMA foreign_key_list({table:?}) row {row:?}"
                 )));
             };
-            let to = row.get(3).and_then(text);
+            // A parent column left out is NULL in SQLite's answer and '' in tursodb's.
+            let to = row.get(4).and_then(text).filter(|t| !t.is_empty());
             match keys.last_mut() {
-                Some((last, _, cols)) if last == id => cols.push((from, to)),
-                _ => keys.push((*id, parent, vec![(from, to)])),
+                Some((last, _, cols)) if *last == id => cols.push((from, to)),
+                _ => keys.push((id, parent, vec![(from, to)])),
             }
         }
         let mut parts = Vec::new();
         for (id, parent, mut cols) in keys {
             if cols.iter().any(|(_, to)| to.is_none()) {
-                let pk: Vec<String> = query(
-                    "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk".into(),
-                    vec![crate::value::Value::text(&parent)],
-                )?
-                .iter()
-                .filter_map(|r| r.first().and_then(text))
-                .collect();
+                // cid, name, type, notnull, dflt_value, pk.
+                let mut pk: Vec<(i64, String)> =
+                    query(sql::pragma_of("table_info", &parent), vec![])?
+                        .iter()
+                        .filter_map(|r| Some((int(r.get(5)).filter(|&k| k > 0)?, text(r.get(1)?)?)))
+                        .collect();
+                pk.sort();
+                let pk: Vec<String> = pk.into_iter().map(|(_, name)| name).collect();
                 for (i, (_, to)) in cols.iter_mut().enumerate() {
                     if to.is_none() {
                         *to = pk.get(i).cloned();

@@ -1,6 +1,7 @@
-//! The record of a push under way, `.tursync/pushed.rec`: the row changes being pushed and the
-//! stamp of the base they apply to, written before anything is sent. And its twin for a pull,
-//! `.tursync/pulled.rec` ([`Workspace::finish_interrupted_pull`]).
+//! The records of a push or a pull in flight, which the base may lag behind.
+//! `.tursync/pushed.rec`: the row changes being pushed and the stamp of the base they apply to,
+//! written before anything is sent. And its twin for a pull, `.tursync/pulled.rec`
+//! ([`Workspace::finish_interrupted_pull`]).
 //!
 //! A push killed after the remote's COMMIT but before the base moved leaves the base behind the
 //! remote; if the app then edits a pushed row, the next pull would take the remote's copy of
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::changeset::{read_change, write_change, Changeset, RowChange, TableDiff};
+use crate::changeset::{read_change, write_change, Changeset, RowChange, SchemaChange, TableDiff};
 use crate::durable::{aside_name, remove_aside, sync_dir, Aside};
 use crate::pages::Stamp;
 use crate::value::Value;
@@ -70,7 +71,28 @@ struct Head {
     /// The base the changes apply to.
     base: Stamp,
     tables: Vec<TableHead>,
+    /// For a pull whose their side changed the schema: no rows are recorded (they are of the
+    /// new schema, which the base has not), only where theirs is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    theirs: Option<TheirsKept>,
 }
+
+/// Where a pull that brings schema changes keeps the remote's database as it read it
+/// (theirs), for the next run to read their changes from again if it is killed after the
+/// working copy's commit and before the base took them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "in", rename_all = "snake_case")]
+pub(crate) enum TheirsKept {
+    /// The mirror, while it is at this frame of this log (a spool the kill left is applied
+    /// first, which brings it there).
+    Mirror { log_id: String, frame_no: u64 },
+    /// `.tursync/pulled.db`, the copy a pull over SQL downloaded, which becomes the base.
+    Download,
+}
+
+/// The file name, in the state directory, of the copy a pull over SQL downloaded
+/// ([`TheirsKept::Download`]).
+pub(crate) const DOWNLOAD: &str = "pulled.db";
 
 #[derive(Serialize, Deserialize)]
 struct TableHead {
@@ -128,21 +150,26 @@ impl Workspace {
         if self.push_interrupted()? {
             return Ok(false);
         }
-        self.write_record(Kind::Push, cs)?;
+        self.write_record(Kind::Push, cs, None)?;
         Ok(true)
     }
 
-    /// Writes `cs`'s row changes and the base's stamp, durably, as the record of `kind`.
-    fn write_record(&self, kind: Kind, cs: &Changeset) -> Result<()> {
+    /// Writes `cs`'s row changes and the base's stamp, durably, as the record of `kind`; with
+    /// `theirs`, no rows, only where theirs is kept.
+    fn write_record(&self, kind: Kind, cs: &Changeset, theirs: Option<TheirsKept>) -> Result<()> {
         let path = self.record_path(kind);
         let tmp = aside_name(&self.state_dir(), kind.file());
         let _guard = Aside {
             paths: vec![tmp.clone()],
         };
+        let tables = if theirs.is_some() {
+            &[][..]
+        } else {
+            &cs.tables[..]
+        };
         let head = Head {
             base: self.base_stamp()?,
-            tables: cs
-                .tables
+            tables: tables
                 .iter()
                 .map(|t| TableHead {
                     name: t.table.name.clone(),
@@ -151,6 +178,7 @@ impl Workspace {
                     changes: t.changes.len() as u64,
                 })
                 .collect(),
+            theirs,
         };
         let write = || -> Result<()> {
             let file = std::fs::File::create(&tmp)?;
@@ -158,7 +186,7 @@ impl Workspace {
             writeln!(w, "{}", kind.magic())?;
             serde_json::to_writer(&mut w, &head)?;
             writeln!(w)?;
-            for t in &cs.tables {
+            for t in tables {
                 for ch in &t.changes {
                     write_change(&mut w, ch)?;
                 }
@@ -217,17 +245,18 @@ impl Workspace {
         )?))
     }
 
-    /// Records, before the working copy commits a pull's merge, the row changes the base is to
-    /// take right after (`theirs`, without schema changes: see
-    /// [`Workspace::finish_interrupted_pull`]).
-    pub(crate) fn record_pull_start(&self, theirs: &Changeset) -> Result<()> {
-        self.write_record(Kind::Pull, theirs)
-    }
-
-    /// The row changes of a pull killed after its working copy's commit may have landed and
-    /// before the base took them: `None` when no such pull left a record of this base.
-    pub(crate) fn interrupted_pull(&self) -> Result<Option<Changeset>> {
-        self.read_record(Kind::Pull)
+    /// Records, before the working copy commits a pull's merge, what the base is to take right
+    /// after ([`Workspace::finish_interrupted_pull`]): the row changes of `theirs`, or where
+    /// theirs is `kept`, to be read from there again: when their side changed the schema
+    /// (their rows are of a schema the base has not yet), and always for a download, which
+    /// becomes the base by a rename (a record of rows would then name a base that is gone, by a
+    /// stamp that tells states of one file apart, not one file from another).
+    pub(crate) fn record_pull_start(&self, theirs: &Changeset, kept: TheirsKept) -> Result<()> {
+        let kept = match kept {
+            TheirsKept::Download => Some(kept),
+            TheirsKept::Mirror { .. } => (!theirs.schema.is_empty()).then_some(kept),
+        };
+        self.write_record(Kind::Pull, theirs, kept)
     }
 
     /// Finishes the base's part of a pull killed after its working copy's commit may have landed
@@ -245,15 +274,34 @@ impl Workspace {
     /// record: id 1 b x'00' -> R     working copy: id 1 b = R   -> the base takes R
     /// record: id 1 b x'00' -> R     working copy: id 1 b = x'00' (no commit) -> the base keeps x'00'
     /// ```
+    ///
+    /// A pull that brought schema changes recorded where theirs is kept instead
+    /// ([`TheirsKept`]): their changes are diffed from there again, and the base takes them
+    /// only if the working copy holds every object their schema changes touched exactly as
+    /// theirs defines it (their rows then as above). Otherwise (the commit never landed; the
+    /// merge kept another definition; theirs is no longer kept) the base stays as it is, and
+    /// the next pull compares again.
     pub(crate) fn finish_interrupted_pull(&self) -> Result<()> {
+        let download = self.state_dir().join(DOWNLOAD);
         if !self.record_path(Kind::Pull).exists() {
+            if download.exists() {
+                remove_aside(&download);
+            }
             return Ok(());
         }
-        let Some(mut theirs) = self.interrupted_pull()? else {
-            // None, or one of a base that already moved on.
+        let Some(head) = self.live_record(Kind::Pull)? else {
+            // One of a base that already moved on.
             return self.drop_pull_record();
         };
         let work = self.open_working_copy(true)?;
+        let theirs = match &head.theirs {
+            None => self.read_record(Kind::Pull)?,
+            Some(kept) => self.kept_theirs(kept, &work)?,
+        };
+        let Some(mut theirs) = theirs else {
+            drop(work);
+            return self.drop_pull_record();
+        };
         for t in &mut theirs.tables {
             let changes = std::mem::take(&mut t.changes);
             let mut kept = Vec::with_capacity(changes.len());
@@ -269,9 +317,44 @@ impl Workspace {
         self.drop_pull_record()
     }
 
-    /// Forgets the record of a pull once the base has taken its changes (or none landed).
+    /// Their changes since the base, read again from where a pull `kept` theirs, if the working
+    /// copy holds their schema changes: `None` when it does not, or theirs is no longer kept.
+    /// A copy that cannot be read (damaged, half there) counts as not kept: the base then
+    /// stays as it is, as when nothing was recorded, rather than every later command failing.
+    fn kept_theirs(&self, kept: &TheirsKept, work: &Connection) -> Result<Option<Changeset>> {
+        let theirs_db = match kept {
+            TheirsKept::Mirror { log_id, frame_no } => {
+                let mirror = self.mirror();
+                if mirror.recover()?.is_err() {
+                    return Ok(None);
+                }
+                let at = mirror.health()?.and_then(|h| h.ok());
+                if at.as_ref().map(|s| (&s.log_id, s.frame_no)) != Some((log_id, Some(*frame_no))) {
+                    return Ok(None);
+                }
+                crate::mirror::open_immutable(&mirror.db_path())
+            }
+            TheirsKept::Download => {
+                let path = self.state_dir().join(DOWNLOAD);
+                if !path.exists() {
+                    return Ok(None);
+                }
+                crate::workspace::open_snapshot(&path)
+            }
+        };
+        let base = self.open_base()?;
+        let read = theirs_db.and_then(|theirs_db| {
+            let theirs = crate::diff::diff_remote(&base, &theirs_db, None)?;
+            Ok(holds_schema(work, &theirs_db, &theirs)?.then_some(theirs))
+        });
+        Ok(read.unwrap_or(None))
+    }
+
+    /// Forgets the record of a pull once the base has taken its changes (or none landed), and
+    /// the download it kept.
     pub(crate) fn drop_pull_record(&self) -> Result<()> {
         remove_aside(&self.record_path(Kind::Pull));
+        remove_aside(&self.state_dir().join(DOWNLOAD));
         sync_dir(&self.state_dir())
     }
 
@@ -279,6 +362,44 @@ impl Workspace {
     pub fn drop_push_record(&self) -> Result<()> {
         remove_aside(&self.record_path(Kind::Push));
         sync_dir(&self.state_dir())
+    }
+}
+
+/// Whether the working copy holds the schema changes of `theirs` as `theirs_db` has them: every
+/// object a change names (under its new name and its old one) has the same type and SQL in the
+/// working copy's `sqlite_schema` as in theirs, or is missing from both.
+///
+/// ```text
+/// theirs: ColumnsAdded t   theirs_db: t = CREATE TABLE t(a, c)   work: t = CREATE TABLE t(a, c) -> holds
+/// theirs: ColumnsAdded t   theirs_db: t = CREATE TABLE t(a, c)   work: t = CREATE TABLE t(a)    -> not
+/// ```
+fn holds_schema(work: &Connection, theirs_db: &Connection, theirs: &Changeset) -> Result<bool> {
+    let q = "SELECT type, sql FROM sqlite_schema WHERE name = ?1";
+    let read = |conn: &Connection, name: &str| -> Result<Vec<(String, Option<String>)>> {
+        let mut st = conn.prepare_cached(q)?;
+        let rows = st.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    };
+    for change in &theirs.schema {
+        for name in schema_names(change) {
+            if read(work, name)? != read(theirs_db, name)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The objects a schema change names: the table or object, and a renamed table's old name.
+fn schema_names(change: &SchemaChange) -> Vec<&str> {
+    match change {
+        SchemaChange::TableAdded { name, .. }
+        | SchemaChange::TableDropped { name, .. }
+        | SchemaChange::ObjectAdded { name, .. }
+        | SchemaChange::ObjectDropped { name, .. }
+        | SchemaChange::ObjectChanged { name, .. } => vec![name],
+        SchemaChange::ColumnsAdded { table, .. } => vec![table],
+        SchemaChange::TableRebuilt { name, old_name, .. } => vec![name, old_name],
     }
 }
 

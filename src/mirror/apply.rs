@@ -1,0 +1,202 @@
+//! Writing a ready spool into the mirror: its pages, the sums of them, and the new point,
+//! synced on a thread while the pull goes on ([`Settling`]).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+
+use super::spool::{skip_head, spool_damaged, Ready};
+use super::{Mirror, MirrorState};
+use crate::durable;
+use crate::page_sums::{self, Header as SumsHeader};
+use crate::remote::replication::{page_of, FrameHeader, FRAME_HEADER};
+use crate::{Error, Result};
+
+impl Mirror {
+    /// Writes a ready spool into the mirror, syncs it, records the new point and deletes the
+    /// spool. Safe to repeat after a crash at any point.
+    pub fn apply(&self, ready: Ready) -> Result<MirrorState> {
+        self.apply_settling(ready)?.wait()
+    }
+
+    /// [`Mirror::apply`], returning once the pages are written: the file is synced, the new
+    /// point recorded and the spool deleted on a thread meanwhile, so the sync overlaps the
+    /// pull's own work; the pages are readable at once. Until [`Settling::wait`] says it is
+    /// done, `mirror.json` still names the old point and the spool is kept, so a crash before
+    /// then is finished by [`Mirror::recover`] as after any interrupted apply.
+    pub fn apply_settling(&self, ready: Ready) -> Result<Settling> {
+        let db = fs::OpenOptions::new()
+            .create(true)
+            .truncate(ready.head.fresh)
+            .read(true)
+            .write(true)
+            .open(self.db_path())?;
+        let sums_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(ready.head.fresh)
+            .read(true)
+            .write(true)
+            .open(self.sums_path())?;
+        let mut r = BufReader::with_capacity(1 << 20, fs::File::open(&ready.path)?);
+        skip_head(&mut r)?;
+        let page_size = ready.head.page_size;
+        // The sums carried forward, when they vouch for the mirror this spool continues.
+        let carried = match ready.head.fresh {
+            true => Some(0),
+            false => SumsHeader::read(&sums_file)?
+                .filter(|h| h.frame != page_sums::UNTRUSTED && h.page_size as usize == page_size)
+                .map(|h| h.pages),
+        };
+        let mut sums = BTreeMap::new();
+        let mut frame = vec![0; FRAME_HEADER + page_size];
+        let mut pause = test_pause();
+        let mut crc = crc32fast::Hasher::new();
+        loop {
+            match r.read_exact(&mut frame) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e.into()),
+            }
+            crc.update(&frame);
+            let h = FrameHeader::parse(&frame)
+                .filter(|h| h.page_no != 0)
+                .ok_or_else(|| spool_damaged(&ready.path, "a frame of page 0"))?;
+            db.write_all_at(
+                page_of(&frame),
+                (u64::from(h.page_no) - 1) * page_size as u64,
+            )?;
+            sums.insert(h.page_no, page_sums::sum(page_of(&frame)));
+            if let Some(p) = pause.as_mut() {
+                p();
+            }
+        }
+        // Read back as it was synced (checked whole before, by `read_spool`, after a crash): a
+        // spool changed since leaves the mirror half-written and its sums at the old point, so
+        // the pages written fail their checks and the next pull drops it.
+        if ready.head.sum != Some(crc.finalize()) {
+            return Err(spool_damaged(
+                &ready.path,
+                "its frames changed since it was written",
+            ));
+        }
+        db.set_len(u64::from(ready.size) * page_size as u64)?;
+        write_sums(
+            &sums_file,
+            sums,
+            carried,
+            SumsHeader {
+                page_size: page_size as u32,
+                pages: ready.size,
+                frame: if carried.is_some() {
+                    ready.to
+                } else {
+                    page_sums::UNTRUSTED
+                },
+            },
+        )?;
+        let state = MirrorState {
+            log_id: ready.head.log_id.clone(),
+            generation_id: ready.head.generation_id.clone(),
+            frame_no: Some(ready.to),
+            revision: ready.head.revision.clone(),
+        };
+        let (dir, recorded) = (self.dir.clone(), state.clone());
+        let sync = std::thread::spawn(move || -> Result<()> {
+            db.sync_all()?;
+            drop(db);
+            sums_file.sync_all()?;
+            drop(sums_file);
+            Mirror::new(dir.clone()).save_state(&recorded)?;
+            fs::remove_file(&ready.path)?;
+            durable::sync_dir(&dir)
+        });
+        Ok(Settling {
+            state,
+            sync: Some(sync),
+        })
+    }
+}
+
+/// Writes the sums of the pages written (`sums`, by page), cuts the file to `head.pages` and
+/// writes its header. A page the database grew by past the `carried` size that no frame wrote
+/// reads as zeros, and gets the sum of zeros. Pages next to each other are written at once.
+pub(super) fn write_sums(
+    file: &fs::File,
+    mut sums: BTreeMap<u32, u32>,
+    carried: Option<u32>,
+    head: SumsHeader,
+) -> std::io::Result<()> {
+    let zeros = page_sums::sum(&vec![0; head.page_size as usize]);
+    for p in carried.unwrap_or(head.pages).saturating_add(1)..=head.pages {
+        sums.entry(p).or_insert(zeros);
+    }
+    let mut run: Vec<u8> = Vec::new();
+    let mut first = 0;
+    for (&p, sum) in sums
+        .range(1..=head.pages.max(1))
+        .filter(|(&p, _)| p <= head.pages)
+    {
+        if run.is_empty() || first + (run.len() / 4) as u32 != p || run.len() >= 1 << 20 {
+            if !run.is_empty() {
+                file.write_all_at(&run, page_sums::offset(first))?;
+            }
+            run.clear();
+            first = p;
+        }
+        run.extend_from_slice(&sum.to_le_bytes());
+    }
+    if !run.is_empty() {
+        file.write_all_at(&run, page_sums::offset(first))?;
+    }
+    file.set_len(page_sums::len_for(head.pages))?;
+    file.write_all_at(&head.encode(), 0)
+}
+
+/// A mirror whose new pages are written and being synced ([`Mirror::apply_settling`]).
+#[must_use = "the mirror's new point is recorded only once `wait` returns"]
+pub struct Settling {
+    state: MirrorState,
+    sync: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Settling {
+    /// The mirror's state once settled.
+    pub fn state(&self) -> &MirrorState {
+        &self.state
+    }
+
+    /// Waits until the pages are synced and the new point recorded.
+    pub fn wait(mut self) -> Result<MirrorState> {
+        self.join()?;
+        Ok(self.state.clone())
+    }
+
+    fn join(&mut self) -> Result<()> {
+        match self.sync.take().map(|t| t.join()) {
+            None => Ok(()),
+            Some(Ok(done)) => done,
+            Some(Err(_)) => Err(Error::Unexpected(
+                "the thread syncing the mirror panicked".into(),
+            )),
+        }
+    }
+}
+
+impl Drop for Settling {
+    /// A pull that stops early still lets the sync finish; an error then leaves the spool for
+    /// [`Mirror::recover`].
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
+}
+
+/// A test hook: `TURSYNC_TEST_APPLY_PAUSE_MS` sleeps that long after each page written into
+/// the mirror, so a test can kill the process while a spool is half applied.
+fn test_pause() -> Option<impl FnMut()> {
+    let ms: u64 = std::env::var("TURSYNC_TEST_APPLY_PAUSE_MS")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(move || std::thread::sleep(std::time::Duration::from_millis(ms)))
+}

@@ -1,0 +1,207 @@
+//! Reading the log into a [`FrameSink`] in whole transactions, for a spool and a build alike:
+//! batches, the snapshot, a new `Hello`, and a long stretch in two streams at once.
+
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use super::{MirrorError, Streams};
+use crate::remote::replication::{FrameHeader, Hello, LogError, LogSource, FRAME_HEADER};
+
+/// Where frames read off the log go: a spool ([`Mirror::fetch`](super::Mirror::fetch)) or a
+/// mirror being built ([`Mirror::build`](super::Mirror::build)). Frames come in whole transactions; after `rewind` the transaction under
+/// way is forgotten, and its frames come again.
+pub(super) trait FrameSink {
+    fn txns(&self) -> &Txns;
+    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()>;
+    fn rewind(&mut self) -> std::io::Result<()>;
+}
+
+/// Reads the log into `sink` until it is caught up: a long stretch in two streams at once
+/// ([`stream_ahead`]), then batches from the frame after the sink's last commit (a batch that
+/// broke off goes on from there), the snapshot when the log was compacted past that frame, a
+/// new `Hello` when the server forgot the session (a changed log id means it was reset). Frames
+/// of a transaction the log did not finish may be left past the last commit. `dir` holds what
+/// is put aside meanwhile. Streams are tried only when `streams` says so; when they stay
+/// silent, it becomes [`Streams::Off`].
+pub(super) fn read_log(
+    log: &mut dyn LogSource,
+    hello: &Hello,
+    sink: &mut dyn FrameSink,
+    dir: &Path,
+    streams: &mut Streams,
+) -> Result<(), MirrorError> {
+    if let (Some(upto), Streams::Try) = (hello.replication_index, &streams) {
+        let from = sink.txns().next();
+        if upto >= from.saturating_add(STREAM_FRAMES) {
+            if let Some(silent) = stream_ahead(&*log, sink, from, upto, dir)? {
+                *streams = Streams::Off(silent.to_string());
+            }
+        }
+    }
+    let mut next = sink.txns().next();
+    let mut snapshot = false;
+    let mut hellos = 0;
+    loop {
+        let before = sink.txns().frames;
+        let got = log.retrying(&mut |log: &mut dyn LogSource| {
+            sink.rewind()?;
+            let at = if snapshot { next } else { sink.txns().next() };
+            log.frames(at, snapshot, &mut |f| sink.push(f, snapshot))
+        });
+        match got {
+            Ok(()) => {}
+            Err(LogError::NeedSnapshot) if !snapshot => {
+                snapshot = true;
+                continue;
+            }
+            Err(LogError::NoHello) if hellos < 3 => {
+                hellos += 1;
+                if log.hello()?.log_id != hello.log_id {
+                    return Err(LogError::Reset.into());
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if sink.txns().frames == before {
+            if snapshot {
+                return Err(LogError::Protocol("an empty snapshot".into()).into());
+            }
+            return Ok(());
+        }
+        snapshot = false;
+        next = sink.txns().next();
+        // Up to the frame `Hello` said the log ends at: asking on would find nothing.
+        if hello.replication_index.is_some_and(|upto| next > upto) {
+            return Ok(());
+        }
+    }
+}
+
+/// Below this many frames to read, batches are as fast as streams.
+pub(super) const STREAM_FRAMES: u64 = 2048;
+
+/// Reads frames `from..=upto` in two streams at once: the first half straight into `sink`, the
+/// second into a file aside in `dir` meanwhile, then from it, in order. sqld reads its log for
+/// a stream or a batch one frame at a time, and sends a batch only once it is whole; two
+/// streams keep two of its threads reading, so a long stretch of log comes in about a third of
+/// the time batches take. Whatever goes wrong here (a server without streams, a dropped
+/// connection) leaves `sink` at its last commit, and the batches of [`read_log`] go on from
+/// there: this is only a shortcut. Only an error of the sink itself is returned; a stream that
+/// stayed silent ([`LogError::Silent`]) is given back, so the caller stops trying streams.
+fn stream_ahead(
+    log: &dyn LogSource,
+    sink: &mut dyn FrameSink,
+    from: u64,
+    upto: u64,
+    dir: &Path,
+) -> Result<Option<LogError>, MirrorError> {
+    let (Some(mut first), Some(mut second)) = (log.fork(), log.fork()) else {
+        return Ok(None);
+    };
+    let mid = from + (upto - from) / 2;
+    let mut aside = BufWriter::with_capacity(1 << 20, tempfile::tempfile_in(dir)?);
+    let (head, tail) = std::thread::scope(|s| {
+        let tail = s.spawn(|| second.stream(mid + 1, upto, &mut |f| aside.write_all(f)));
+        let head = first.stream(from, mid, &mut |f| sink.push(f, false));
+        (head, tail.join())
+    });
+    let (head, tail) = match (head, tail) {
+        (Err(silent @ LogError::Silent(_)), _) | (_, Ok(Err(silent @ LogError::Silent(_)))) => {
+            sink.rewind()?;
+            return Ok(Some(silent));
+        }
+        other => other,
+    };
+    let read = match (head, tail) {
+        (Ok(()), Ok(Ok(()))) => {
+            let mut file = aside.into_inner().map_err(|e| e.into_error())?;
+            file.seek(SeekFrom::Start(0))?;
+            let page_size = sink.txns().page_size.unwrap_or(0);
+            let mut r = BufReader::with_capacity(1 << 20, file);
+            let mut frame = vec![0; FRAME_HEADER + page_size];
+            (mid + 1..=upto).try_for_each(|_| {
+                r.read_exact(&mut frame)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                sink.push(&frame, false)
+            })
+        }
+        _ => Ok(()),
+    };
+    // A file short of frames, or a frame in it that does not follow, is left to the batches
+    // too; only the sink's own storage failing is an error.
+    if read
+        .as_ref()
+        .is_err_and(|e| e.kind() != std::io::ErrorKind::InvalidData)
+    {
+        read?;
+    }
+    sink.rewind()?;
+    Ok(None)
+}
+
+/// Frames counted in whole transactions, and checked against the ones before them, as every
+/// [`FrameSink`] keeps them.
+#[derive(Debug, Default)]
+pub(super) struct Txns {
+    pub(super) page_size: Option<usize>,
+    /// Frames up to the last commit.
+    pub(super) frames: u64,
+    /// Frames of the transaction under way, and the last of them.
+    pub(super) txn_frames: u64,
+    pub(super) txn_last: Option<u64>,
+    /// The last frame of the last commit.
+    pub(super) last_frame: Option<u64>,
+    /// The database size in pages at the last commit.
+    pub(super) size: u32,
+}
+
+impl Txns {
+    /// The frame a batch goes on from: the one after the last commit.
+    pub(super) fn next(&self) -> u64 {
+        self.last_frame.map_or(0, |f| f + 1)
+    }
+
+    /// Checks a frame: its header, its page size, and that it follows the frame before (in the
+    /// log; a snapshot's come in any order).
+    pub(super) fn check(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<FrameHeader> {
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let h =
+            FrameHeader::parse(frame).ok_or_else(|| bad("a frame without its header".into()))?;
+        let page = frame.len() - FRAME_HEADER;
+        if *self.page_size.get_or_insert(page) != page || !page.is_power_of_two() || h.page_no == 0
+        {
+            return Err(bad(format!(
+                "frame {} holds page {} of {page} bytes",
+                h.frame_no, h.page_no
+            )));
+        }
+        let expected = self.txn_last.or(self.last_frame).map(|f| f + 1);
+        if !snapshot && expected.is_some_and(|e| e != h.frame_no) {
+            return Err(bad(format!(
+                "frame {} where frame {} was due",
+                h.frame_no,
+                expected.unwrap_or_default()
+            )));
+        }
+        Ok(h)
+    }
+
+    /// Counts a checked frame once stored; true when it commits its transaction.
+    pub(super) fn count(&mut self, h: &FrameHeader) -> bool {
+        self.txn_frames += 1;
+        self.txn_last = Some(self.txn_last.map_or(h.frame_no, |l| l.max(h.frame_no)));
+        if !h.is_commit() {
+            return false;
+        }
+        self.frames += std::mem::take(&mut self.txn_frames);
+        self.last_frame = self.txn_last.take().max(self.last_frame);
+        self.size = h.size_after;
+        true
+    }
+
+    pub(super) fn rewind(&mut self) {
+        self.txn_frames = 0;
+        self.txn_last = None;
+    }
+}

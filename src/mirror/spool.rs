@@ -1,0 +1,281 @@
+//! The spool: frames fetched off the log and synced before any is written into the mirror, so
+//! an apply a crash cut short is finished from it ([`Mirror::recover`]).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::log::{read_log, FrameSink, Txns};
+use super::{Mirror, MirrorError, Streams, SPOOL};
+use crate::durable::{self, Aside};
+use crate::remote::replication::{FrameHeader, Hello, LogSource, FRAME_HEADER};
+use crate::{Error, Result};
+
+/// What a ready spool starts with: enough to apply it after a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct SpoolHead {
+    pub(super) log_id: String,
+    pub(super) generation_id: String,
+    /// The mirror is started again from nothing (a first fetch or a reset log).
+    pub(super) fresh: bool,
+    pub(super) page_size: usize,
+    /// The frames after the head, and the CRC-32 of their bytes: a spool that does not hold
+    /// exactly these (cut short, a byte changed, written by a version that recorded neither)
+    /// is damaged, and never applied.
+    #[serde(default)]
+    frames: u64,
+    #[serde(default)]
+    pub(super) sum: Option<u32>,
+    /// The revision the frames reach, recorded with the frame once applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) revision: Option<String>,
+}
+
+/// Frames fetched, synced and ready to be written into the mirror.
+#[derive(Debug)]
+pub struct Ready {
+    pub(super) path: PathBuf,
+    pub(super) head: SpoolHead,
+    /// The mirror's point before, when it is carried forward (not started afresh).
+    pub from: Option<u64>,
+    /// Pages the spool writes.
+    pub pages: BTreeSet<u32>,
+    /// The last frame once applied.
+    pub to: u64,
+    /// The database size in pages once applied.
+    pub size: u32,
+    /// Whether the mirror starts again from nothing (a first fetch, a reset log) or a snapshot
+    /// was read: then the pages say nothing of what changed since the mirror's point.
+    pub fresh: bool,
+}
+
+impl Mirror {
+    /// Fetches every frame past the mirror's point into a ready spool, or `None` when the
+    /// mirror is up to date. `hello` is what the log said to [`LogSource::hello`]; a log with
+    /// another id starts the mirror afresh. `streams` says whether to try streams, and becomes
+    /// [`Streams::Off`] when they stayed silent.
+    pub fn fetch(
+        &self,
+        log: &mut dyn LogSource,
+        hello: &Hello,
+        streams: &mut Streams,
+    ) -> Result<Option<Ready>, MirrorError> {
+        let hello = hello.clone();
+        let state = self.state()?;
+        let carried = state.as_ref().filter(|s| s.log_id == hello.log_id);
+        let from = carried.and_then(|s| s.frame_no);
+        if carried.is_some() && hello.replication_index.is_some() && hello.replication_index == from
+        {
+            return Ok(None);
+        }
+        let mut spool = Spool::create(durable::aside_name(&self.dir, SPOOL), from)?;
+        read_log(log, &hello, &mut spool, &self.dir, streams)?;
+        let Some(to) = spool.txns.last_frame.filter(|_| spool.txns.frames > 0) else {
+            return Ok(None);
+        };
+        let head = SpoolHead {
+            log_id: hello.log_id,
+            generation_id: hello.generation_id,
+            fresh: carried.is_none(),
+            page_size: spool.txns.page_size.unwrap_or(4096),
+            frames: 0,
+            sum: None,
+            revision: log.revision(),
+        };
+        let (pages, size) = (std::mem::take(&mut spool.pages), spool.txns.size);
+        let fresh = head.fresh || spool.snapshots;
+        let (path, head) = spool.finish(head, &self.spool_path())?;
+        durable::sync_dir(&self.dir)?;
+        Ok(Some(Ready {
+            path,
+            head,
+            from,
+            pages,
+            to,
+            size,
+            fresh,
+        }))
+    }
+}
+
+pub(super) fn spool_damaged(path: &Path, why: &str) -> Error {
+    Error::Unexpected(format!(
+        "{} is damaged ({why}); the next pull drops it with the mirror and reads the log again",
+        path.display()
+    ))
+}
+
+/// A spool being written: frames go to disk as they come, and the file is cut back to the last
+/// whole transaction before each request, so a batch that breaks off is fetched again cleanly.
+struct Spool {
+    path: PathBuf,
+    out: BufWriter<fs::File>,
+    _aside: Aside,
+    /// Bytes up to the end of the last whole transaction, and written past it.
+    committed: u64,
+    written: u64,
+    /// Pages the transaction under way writes, and those of the whole transactions before.
+    txn_pages: Vec<u32>,
+    pages: BTreeSet<u32>,
+    txns: Txns,
+    snapshots: bool,
+    /// The CRC-32 of the frames written, and of those up to the last whole transaction.
+    crc: crc32fast::Hasher,
+    committed_crc: crc32fast::Hasher,
+}
+
+/// Room for the spool's head, a JSON document padded with spaces.
+const HEAD_BYTES: u64 = 4096;
+
+impl Spool {
+    fn create(path: PathBuf, from: Option<u64>) -> Result<Spool> {
+        let aside = Aside {
+            paths: vec![path.clone()],
+        };
+        let mut file = fs::File::create(&path)?;
+        file.seek(SeekFrom::Start(HEAD_BYTES))?;
+        Ok(Spool {
+            path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            _aside: aside,
+            committed: HEAD_BYTES,
+            written: HEAD_BYTES,
+            txn_pages: Vec::new(),
+            pages: BTreeSet::new(),
+            txns: Txns {
+                last_frame: from,
+                ..Txns::default()
+            },
+            snapshots: false,
+            crc: crc32fast::Hasher::new(),
+            committed_crc: crc32fast::Hasher::new(),
+        })
+    }
+
+    /// Writes the head (with the count and sum of the frames), syncs, and renames the spool
+    /// to `ready`, where it counts as ready. A transaction the log did not finish stays out.
+    fn finish(mut self, mut head: SpoolHead, ready: &Path) -> Result<(PathBuf, SpoolHead)> {
+        self.rewind()?;
+        head.frames = self.txns.frames;
+        head.sum = Some(self.committed_crc.clone().finalize());
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::Io(e.into_error()))?;
+        let text = serde_json::to_vec(&head).map_err(Error::Json)?;
+        if text.len() as u64 >= HEAD_BYTES {
+            return Err(Error::Unexpected("the log id is too long to record".into()));
+        }
+        let mut padded = text;
+        padded.resize(HEAD_BYTES as usize, b' ');
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&padded)?;
+        file.sync_all()?;
+        fs::rename(&self.path, ready)?;
+        Ok((ready.to_path_buf(), head))
+    }
+}
+
+impl FrameSink for Spool {
+    fn txns(&self) -> &Txns {
+        &self.txns
+    }
+
+    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
+        let h = self.txns.check(frame, snapshot)?;
+        self.out.write_all(frame)?;
+        self.crc.update(frame);
+        self.written += frame.len() as u64;
+        self.txn_pages.push(h.page_no);
+        if self.txns.count(&h) {
+            self.committed = self.written;
+            self.committed_crc = self.crc.clone();
+            self.pages.extend(self.txn_pages.drain(..));
+            self.snapshots |= snapshot;
+        }
+        Ok(())
+    }
+
+    /// Drops whatever follows the last whole transaction.
+    fn rewind(&mut self) -> std::io::Result<()> {
+        if self.written != self.committed {
+            self.out.flush()?;
+            self.out.get_ref().set_len(self.committed)?;
+            self.out.seek(SeekFrom::Start(self.committed))?;
+            self.written = self.committed;
+        }
+        self.crc = self.committed_crc.clone();
+        self.txn_pages.clear();
+        self.txns.rewind();
+        Ok(())
+    }
+}
+
+pub(super) fn skip_head(r: &mut impl Read) -> std::io::Result<()> {
+    std::io::copy(&mut r.take(HEAD_BYTES), &mut std::io::sink()).map(|_| ())
+}
+
+/// Reads a ready spool back, as a crashed run left it, checking it whole first: its head,
+/// the count and sum of its frames, the page each names, and that the last one commits. `Err`
+/// says why it is damaged.
+pub(super) fn read_spool(path: &Path) -> Result<std::result::Result<Ready, String>> {
+    let damaged = |why: &str| Ok(Err(format!("{} is damaged ({why})", path.display())));
+    let file = fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut head = vec![0; HEAD_BYTES as usize];
+    if len < HEAD_BYTES {
+        return damaged("shorter than its head");
+    }
+    r.read_exact(&mut head)?;
+    let Ok(head) = serde_json::from_slice::<SpoolHead>(head.trim_ascii_end()) else {
+        return damaged("its head is not one");
+    };
+    let Some(want) = head.sum else {
+        return damaged("its head records no sum");
+    };
+    if !(512..=65536).contains(&head.page_size) || !head.page_size.is_power_of_two() {
+        return damaged("its head names no page size");
+    }
+    let frame_len = (FRAME_HEADER + head.page_size) as u64;
+    if head.frames == 0 || Some(len) != head.frames.checked_mul(frame_len).map(|f| f + HEAD_BYTES) {
+        return damaged(&format!(
+            "{len} bytes, where its head names {} frames",
+            head.frames
+        ));
+    }
+    let mut frame = vec![0; frame_len as usize];
+    let (mut pages, mut to, mut size, mut last_commits) = (BTreeSet::new(), None, 0, false);
+    let mut crc = crc32fast::Hasher::new();
+    for _ in 0..head.frames {
+        r.read_exact(&mut frame)?;
+        crc.update(&frame);
+        let Some(h) = FrameHeader::parse(&frame).filter(|h| h.page_no != 0) else {
+            return damaged("a frame of page 0");
+        };
+        pages.insert(h.page_no);
+        to = to.max(Some(h.frame_no));
+        last_commits = h.is_commit();
+        if last_commits {
+            size = h.size_after;
+        }
+    }
+    if crc.finalize() != want {
+        return damaged("its frames do not match the sum in its head");
+    }
+    let (Some(to), true) = (to, last_commits) else {
+        return damaged("its last frame commits no transaction");
+    };
+    Ok(Ok(Ready {
+        path: path.to_path_buf(),
+        fresh: head.fresh,
+        head,
+        from: None,
+        pages,
+        to,
+        size,
+    }))
+}

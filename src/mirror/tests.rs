@@ -1,0 +1,551 @@
+//! The mirror's files as the log and the checking VFS make them.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::FileExt;
+
+use super::apply::write_sums;
+use super::log::STREAM_FRAMES;
+use super::*;
+use crate::remote::replication::{Hello, LogError, LogSource, FRAME_HEADER};
+
+/// A mirror in a new directory holding what `sql` makes (4096-byte pages), with the sums of
+/// its pages as `apply` would record them at frame 7, and its bytes as written.
+fn sealed(sql: &str) -> (tempfile::TempDir, Mirror, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mirror::new(dir.path().to_path_buf());
+    rusqlite::Connection::open(m.db_path())
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+    let bytes = fs::read(m.db_path()).unwrap();
+    let sums: BTreeMap<u32, u32> = bytes
+        .chunks(4096)
+        .enumerate()
+        .map(|(i, p)| (i as u32 + 1, page_sums::sum(p)))
+        .collect();
+    let head = SumsHeader {
+        page_size: 4096,
+        pages: sums.len() as u32,
+        frame: 7,
+    };
+    write_sums(
+        &fs::File::create(m.sums_path()).unwrap(),
+        sums,
+        Some(0),
+        head,
+    )
+    .unwrap();
+    (dir, m, bytes)
+}
+use crate::remote::RemoteError;
+
+/// A log of frames held in memory. The first batch breaks off after `break_after` frames
+/// (once), as a dropped connection does; a batch runs to the end of the log.
+struct FakeLog {
+    frames: Vec<Vec<u8>>,
+    break_after: Option<usize>,
+    /// Serves streams (and so forks); with `streams_break`, a stream that does not start
+    /// the log breaks off after a few frames.
+    streams: bool,
+    streams_break: bool,
+    /// Streams send nothing, as through a proxy holding them ([`LogError::Silent`]).
+    streams_silent: bool,
+    /// Streams asked for, by this source and its forks.
+    streams_asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Frames served in batches so far.
+    batched: u64,
+}
+
+impl FakeLog {
+    fn new(frames: Vec<Vec<u8>>, break_after: Option<usize>) -> FakeLog {
+        FakeLog {
+            frames,
+            break_after,
+            streams: false,
+            streams_break: false,
+            streams_silent: false,
+            streams_asked: Default::default(),
+            batched: 0,
+        }
+    }
+}
+
+const PAGE: usize = 512;
+
+fn frame(frame_no: u64, page_no: u32, size_after: u32) -> Vec<u8> {
+    let mut f = Vec::with_capacity(FRAME_HEADER + PAGE);
+    f.extend_from_slice(&frame_no.to_le_bytes());
+    f.extend_from_slice(&0u64.to_le_bytes());
+    f.extend_from_slice(&page_no.to_le_bytes());
+    f.extend_from_slice(&size_after.to_le_bytes());
+    f.extend((0..PAGE).map(|i| (i as u64 * 7 + frame_no * 31 + u64::from(page_no)) as u8));
+    f
+}
+
+fn hello() -> Hello {
+    Hello {
+        log_id: "log".into(),
+        generation_id: "gen".into(),
+        replication_index: None,
+    }
+}
+
+impl LogSource for FakeLog {
+    fn hello(&mut self) -> Result<Hello, LogError> {
+        Ok(hello())
+    }
+
+    fn frames(
+        &mut self,
+        next_offset: u64,
+        _snapshot: bool,
+        each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), LogError> {
+        let from = usize::try_from(next_offset).unwrap().min(self.frames.len());
+        for (i, f) in self.frames[from..].iter().enumerate() {
+            if self.break_after.is_some_and(|b| i == b) {
+                self.break_after = None;
+                return Err(LogError::Remote(RemoteError::Dropped {
+                    url: String::new(),
+                    reason: "test".into(),
+                }));
+            }
+            each(f)?;
+            self.batched += 1;
+        }
+        Ok(())
+    }
+
+    fn stream(
+        &mut self,
+        from: u64,
+        upto: u64,
+        each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), LogError> {
+        if !self.streams {
+            return Err(LogError::NotServed("test".into()));
+        }
+        self.streams_asked
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.streams_silent {
+            return Err(LogError::Silent(std::time::Duration::from_millis(500)));
+        }
+        let range = usize::try_from(from).unwrap()..=usize::try_from(upto).unwrap();
+        for (i, f) in self.frames[range].iter().enumerate() {
+            if self.streams_break && from > 0 && i == 10 {
+                return Err(LogError::Protocol("test".into()));
+            }
+            each(f)?;
+        }
+        Ok(())
+    }
+
+    fn fork(&self) -> Option<Box<dyn LogSource + Send + '_>> {
+        self.streams.then(|| {
+            Box::new(FakeLog {
+                frames: self.frames.clone(),
+                break_after: None,
+                streams_asked: self.streams_asked.clone(),
+                ..*self
+            }) as Box<dyn LogSource + Send>
+        })
+    }
+
+    fn retrying(
+        &mut self,
+        attempt: &mut dyn FnMut(&mut dyn LogSource) -> Result<(), LogError>,
+    ) -> Result<(), LogError> {
+        loop {
+            match attempt(self) {
+                Err(LogError::Remote(_)) => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Three transactions: the database grows to 5 pages, then shrinks to 4; pages are
+/// written again, out of order, and some next to each other.
+fn log_frames() -> Vec<Vec<u8>> {
+    vec![
+        frame(0, 1, 0),
+        frame(1, 2, 0),
+        frame(2, 3, 3),
+        frame(3, 2, 0),
+        frame(4, 5, 0),
+        frame(5, 4, 0),
+        frame(6, 3, 5),
+        frame(7, 1, 4),
+    ]
+}
+
+/// A mirror built straight from the log is the file a spool fetched and applied makes,
+/// with the same recorded point, whether or not a batch broke off mid-transaction.
+#[test]
+fn a_built_mirror_is_the_applied_spool() {
+    for break_after in [None, Some(1), Some(4), Some(7)] {
+        let built = tempfile::tempdir().unwrap();
+        let applied = tempfile::tempdir().unwrap();
+        let a = Mirror::new(applied.path().to_path_buf());
+        let mut log = FakeLog::new(log_frames(), None);
+        let ready = a
+            .fetch(&mut log, &hello(), &mut Streams::Try)
+            .unwrap()
+            .unwrap();
+        a.apply(ready).unwrap();
+        let b = Mirror::new(built.path().to_path_buf());
+        let mut log = FakeLog::new(log_frames(), break_after);
+        assert_eq!(
+            b.build(&mut log, &hello(), &mut Streams::Try)
+                .unwrap()
+                .unwrap()
+                .to,
+            7
+        );
+        let got = fs::read(b.db_path()).unwrap();
+        assert_eq!(got.len(), 4 * PAGE);
+        assert_eq!(got, fs::read(a.db_path()).unwrap(), "{break_after:?}");
+        assert_eq!(b.state().unwrap(), a.state().unwrap());
+        // The same sums, and both mirrors trusted.
+        assert_eq!(
+            fs::read(b.sums_path()).unwrap(),
+            fs::read(a.sums_path()).unwrap()
+        );
+        assert!(matches!(a.health(), Ok(Some(Ok(_)))));
+        assert!(matches!(b.health(), Ok(Some(Ok(_)))));
+    }
+}
+
+/// A page changed on disk after it was written fails the read of it through SQLite, and
+/// the damage is reported for that mirror; the other pages still read.
+#[test]
+fn a_page_changed_on_disk_fails_its_read() {
+    let (_dir, m, bytes) = sealed("CREATE TABLE a(x); INSERT INTO a VALUES (1);
+             CREATE TABLE b(x); INSERT INTO b VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10);");
+    let count = |t: &str| {
+        open_immutable(&m.db_path()).and_then(|c| {
+            Ok(c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
+                r.get::<_, i64>(0)
+            })?)
+        })
+    };
+    assert_eq!(count("b").unwrap(), 10);
+    assert!(m.take_damage().is_none());
+    // The last page is b's root; flip a byte of it.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.db_path())
+        .unwrap();
+    let at = bytes.len() - 1;
+    f.write_all_at(&[bytes[at] ^ 1], at as u64).unwrap();
+    assert!(count("b").is_err());
+    let why = m.take_damage().unwrap();
+    assert!(
+        why.contains(&format!("page {} ", bytes.len() / 4096)),
+        "{why}"
+    );
+    assert_eq!(count("a").unwrap(), 1);
+    assert!(m.take_damage().is_none());
+    // Without sums nothing is read.
+    fs::remove_file(m.sums_path()).unwrap();
+    assert!(count("a").is_err());
+    assert!(m.take_damage().is_some());
+}
+
+/// A page size in the mirror's header changed on disk (one bit: 4096 becomes 8192) has
+/// SQLite read pages of another size: none of them passes unchecked. A sums file whose
+/// page size SQLite cannot have vouches for nothing, and nothing opens the mirror through
+/// the checking VFS for writing.
+#[test]
+fn reads_of_another_page_size_fail() {
+    let (_dir, m, bytes) = sealed(
+        "CREATE TABLE a(x);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+             INSERT INTO a SELECT i FROM n;",
+    );
+    let count = || {
+        open_immutable(&m.db_path())
+            .and_then(|c| Ok(c.query_row("SELECT count(*) FROM a", [], |r| r.get::<_, i64>(0))?))
+    };
+    assert_eq!(count().unwrap(), 3000);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.db_path())
+        .unwrap();
+    assert_eq!(bytes[16..18], [0x10, 0]);
+    f.write_all_at(&[0x20], 16).unwrap();
+    assert!(count().is_err());
+    // Page 1, read whole to give SQLite the header, no longer matches its sum.
+    let why = m.take_damage().unwrap();
+    assert!(why.contains("page 1 "), "{why}");
+    f.write_all_at(&[0x10], 16).unwrap();
+    assert_eq!(count().unwrap(), 3000);
+    // A page size of 0 in the sums: not a header.
+    let s = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.sums_path())
+        .unwrap();
+    s.write_all_at(&0u32.to_le_bytes(), 16).unwrap();
+    assert_eq!(SumsHeader::read(&s).ok(), Some(None));
+    assert!(count().is_err());
+    assert!(m.take_damage().is_some());
+    // Opened for writing through the checking VFS: refused.
+    let url = format!(
+        "file:{}?vfs={}",
+        m.db_path().display(),
+        page_sums::vfs_name().unwrap()
+    );
+    let rw = rusqlite::Connection::open_with_flags(
+        url,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    );
+    assert!(rw.is_err());
+}
+
+/// SQLite reads the last page of an overflow chain straight from the file, only as far as
+/// the value goes (not the whole page): that part is checked too, against the whole page,
+/// and a mirror that is intact reads whole.
+#[test]
+fn the_end_of_an_overflow_chain_is_checked() {
+    // 8506 bytes: the leaf keeps a part, two overflow pages the rest, the second one
+    // not full.
+    let (_dir, m, bytes) =
+        sealed("CREATE TABLE a(x); INSERT INTO a VALUES (printf('%.*c', 8500, 'a') || 'needle');");
+    let read = || {
+        open_immutable(&m.db_path())
+            .and_then(|c| Ok(c.query_row("SELECT x FROM a", [], |r| r.get::<_, String>(0))?))
+    };
+    let whole = read().unwrap();
+    assert!(whole.ends_with("aneedle") && whole.len() == 8506);
+    assert!(m.take_damage().is_none());
+    let at = bytes.windows(6).position(|w| w == b"needle").unwrap();
+    assert!(
+        at % 4096 < 4000,
+        "the needle is not near the end of its page"
+    );
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.db_path())
+        .unwrap();
+    f.write_all_at(b"N", at as u64).unwrap();
+    let got = read();
+    assert!(got.is_err(), "read {:?}", got.map(|s| s[8500..].to_owned()));
+    assert!(m.take_damage().is_some());
+}
+
+/// Loading an extension on a connection to the mirror fails as SQLite's own VFS fails it
+/// (the file is not there), rather than calling through a missing function.
+#[test]
+fn loading_an_extension_through_the_checking_vfs_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mirror::new(dir.path().to_path_buf());
+    rusqlite::Connection::open(m.db_path())
+        .unwrap()
+        .execute_batch("CREATE TABLE a(x)")
+        .unwrap();
+    let bytes = fs::read(m.db_path()).unwrap();
+    let head = SumsHeader {
+        page_size: 4096,
+        pages: 2,
+        frame: 7,
+    };
+    let sums = BTreeMap::from([
+        (1, page_sums::sum(&bytes[..4096])),
+        (2, page_sums::sum(&bytes[4096..])),
+    ]);
+    write_sums(
+        &fs::File::create(m.sums_path()).unwrap(),
+        sums,
+        Some(0),
+        head,
+    )
+    .unwrap();
+    let conn = open_immutable(&m.db_path()).unwrap();
+    assert_eq!(
+        conn.query_row("SELECT count(*) FROM a", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        0
+    );
+    let name = c"/nonexistent/extension";
+    let mut err: *mut std::ffi::c_char = std::ptr::null_mut();
+    // SAFETY: the connection is open for the whole block; the message SQLite allocates is
+    // freed with its allocator.
+    let rc = unsafe {
+        let db = conn.handle();
+        assert_eq!(rusqlite::ffi::sqlite3_enable_load_extension(db, 1), 0);
+        let rc =
+            rusqlite::ffi::sqlite3_load_extension(db, name.as_ptr(), std::ptr::null(), &mut err);
+        rusqlite::ffi::sqlite3_free(err.cast());
+        rc
+    };
+    assert_eq!(rc, rusqlite::ffi::SQLITE_ERROR);
+}
+
+/// A log that ends inside a transaction cannot be built: its pages are in the file.
+#[test]
+fn a_log_ending_inside_a_transaction_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut frames = log_frames();
+    frames.truncate(5);
+    let mut log = FakeLog::new(frames, None);
+    let got = Mirror::new(dir.path().to_path_buf()).build(&mut log, &hello(), &mut Streams::Try);
+    assert!(matches!(got, Err(MirrorError::Log(LogError::Protocol(_)))));
+}
+
+/// A batch that breaks off, before or after a commit it holds, is fetched again from its
+/// last whole transaction, and the spool applied is the mirror an unbroken batch makes.
+#[test]
+fn a_batch_that_breaks_off_goes_on_after_its_last_commit() {
+    let whole = tempfile::tempdir().unwrap();
+    let w = Mirror::new(whole.path().to_path_buf());
+    let mut log = FakeLog::new(log_frames(), None);
+    w.apply(
+        w.fetch(&mut log, &hello(), &mut Streams::Try)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    for break_after in [1, 4, 7] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::new(dir.path().to_path_buf());
+        let mut log = FakeLog::new(log_frames(), Some(break_after));
+        m.apply(
+            m.fetch(&mut log, &hello(), &mut Streams::Try)
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read(m.db_path()).unwrap(),
+            fs::read(w.db_path()).unwrap()
+        );
+        assert_eq!(m.state().unwrap(), w.state().unwrap());
+    }
+}
+
+/// An empty log builds nothing.
+#[test]
+fn an_empty_log_builds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = FakeLog::new(Vec::new(), None);
+    let m = Mirror::new(dir.path().to_path_buf());
+    assert!(m
+        .build(&mut log, &hello(), &mut Streams::Try)
+        .unwrap()
+        .is_none());
+}
+
+/// A log of `n` frames in transactions of 1 to 40 frames over a database of 60 pages.
+fn long_log(n: u64) -> Vec<Vec<u8>> {
+    let mut x = 7u64;
+    (0..n)
+        .map(|i| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let commit = (x >> 59) < 1 || i + 1 == n;
+            frame(i, 1 + ((x >> 33) % 60) as u32, if commit { 60 } else { 0 })
+        })
+        .collect()
+}
+
+/// A long log read in two streams at once makes the file batches make, for a mirror built
+/// or a spool applied; a stream that breaks off leaves the rest to the batches.
+#[test]
+fn a_long_log_read_in_two_streams_is_the_log_read_in_batches() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let at = Hello {
+        replication_index: Some(n - 1),
+        ..hello()
+    };
+    let reference = tempfile::tempdir().unwrap();
+    let r = Mirror::new(reference.path().to_path_buf());
+    r.build(&mut FakeLog::new(long_log(n), None), &at, &mut Streams::Try)
+        .unwrap();
+    let want = fs::read(r.db_path()).unwrap();
+    assert_eq!(want.len(), 60 * PAGE);
+    for streams_break in [false, true] {
+        let log = || FakeLog {
+            streams: true,
+            streams_break,
+            ..FakeLog::new(long_log(n), None)
+        };
+        let built = tempfile::tempdir().unwrap();
+        let b = Mirror::new(built.path().to_path_buf());
+        let mut source = log();
+        assert_eq!(
+            b.build(&mut source, &at, &mut Streams::Try)
+                .unwrap()
+                .unwrap()
+                .to,
+            n - 1
+        );
+        assert_eq!(
+            fs::read(b.db_path()).unwrap(),
+            want,
+            "built, {streams_break}"
+        );
+        // The streams read it all, or (broken off) left the second half to the batches.
+        assert_eq!(source.batched == 0, !streams_break, "{}", source.batched);
+        let applied = tempfile::tempdir().unwrap();
+        let a = Mirror::new(applied.path().to_path_buf());
+        let ready = a
+            .fetch(&mut log(), &at, &mut Streams::Try)
+            .unwrap()
+            .unwrap();
+        a.apply(ready).unwrap();
+        assert_eq!(
+            fs::read(a.db_path()).unwrap(),
+            want,
+            "applied, {streams_break}"
+        );
+    }
+}
+
+/// Streams that send nothing leave the whole log to the batches, which make the same file,
+/// and turn streams off; once off, none is asked for.
+#[test]
+fn silent_streams_are_left_to_the_batches_and_turned_off() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let at = Hello {
+        replication_index: Some(n - 1),
+        ..hello()
+    };
+    let reference = tempfile::tempdir().unwrap();
+    let r = Mirror::new(reference.path().to_path_buf());
+    r.build(&mut FakeLog::new(long_log(n), None), &at, &mut Streams::Try)
+        .unwrap();
+    let want = fs::read(r.db_path()).unwrap();
+    for mut streams in [Streams::Try, Streams::Off("before".into())] {
+        let was = streams.clone();
+        let mut source = FakeLog {
+            streams: true,
+            streams_silent: true,
+            ..FakeLog::new(long_log(n), None)
+        };
+        let built = tempfile::tempdir().unwrap();
+        let b = Mirror::new(built.path().to_path_buf());
+        let to = b.build(&mut source, &at, &mut streams).unwrap().unwrap().to;
+        assert_eq!(to, n - 1);
+        assert_eq!(fs::read(b.db_path()).unwrap(), want, "{was:?}");
+        assert_eq!(source.batched, n, "{was:?}");
+        let asked = source
+            .streams_asked
+            .load(std::sync::atomic::Ordering::SeqCst);
+        match was {
+            Streams::Try => {
+                assert_eq!(asked, 2);
+                assert!(
+                    matches!(&streams, Streams::Off(why) if why.contains("sent nothing")),
+                    "{streams:?}"
+                );
+            }
+            Streams::Off(_) => {
+                assert_eq!(asked, 0);
+                assert_eq!(streams, was);
+            }
+        }
+    }
+}
