@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What a small push costs as the database grows: 1 row and 100 rows inserted into a table of
 # $ROWS rows (with an index), pushed by this build and by $BEFORE (a tursync binary built from
-# a commit before pushes moved the base in place), alternating which goes first, $RUNS rounds.
-# Each side has its own working copy and inserts its own ids, so the two never conflict.
-# Prints the best and the median of each, per size of push.
+# an earlier commit), alternating which goes first, $RUNS rounds. Each side has its own working
+# copy and inserts its own ids, so the two never conflict. Prints the best and the median of
+# each, per size of push, in wall-clock seconds and in CPU seconds (user + system, which other
+# work on the machine disturbs less), and the load average.
 #
 # Env: BEFORE (required), ROWS (default 3000000), RUNS (default 5), SQLD_BIN.
 set -euo pipefail
@@ -42,16 +43,15 @@ for side in before after; do
 done
 log "working copy: $(du -h "$TMP/after/working_copy.db" | cut -f1)"
 
-push() { # SIDE ROWS RUN -> seconds of the push alone
-    local bin=$BEFORE t0 first sign=1
+push() { # SIDE ROWS RUN -> "wall cpu" seconds of the push alone
+    local bin=$BEFORE first sign=1 TIMEFORMAT='%R %U %S' times
     [[ $1 == after ]] && bin=$AFTER
     [[ $1 == before ]] && sign=-1
     first=$(( sign * (ROWS + 1000 * $3 + ($2 == 1 ? 0 : 500)) ))
     sqlite3 "$TMP/$1/working_copy.db" "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < $2 - 1) \
 INSERT INTO big(id, name, n) SELECT $first + $sign * i, 'pushed', 1 FROM c;"
-    t0=$EPOCHREALTIME
-    (cd "$TMP/$1" && "$bin" push -q >/dev/null)
-    awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.4f\n", b - a }'
+    times=$( { time (cd "$TMP/$1" && "$bin" push -q >/dev/null); } 2>&1 )
+    awk '{ printf "%.4f %.4f\n", $1, $2 + $3 }' <<<"$times"
 }
 
 for n in 1 100; do
@@ -61,6 +61,11 @@ for n in 1 100; do
         for side in $order; do push "$side" "$n" "$run" >>"$TMP/$side-$n.txt"; done
     done
     for side in before after; do
-        sort -n "$TMP/$side-$n.txt" | awk -v s="$side" -v n="$n" '{ v[NR] = $1 } END { printf "push of %3d rows, %-6s best %.3f s  median %.3f s  (%d pushes)\n", n, s, v[1], v[int((NR + 1) / 2)], NR }'
+        wall=$(cut -d' ' -f1 "$TMP/$side-$n.txt" | sort -n | tr '\n' ' ')
+        cpu=$(cut -d' ' -f2 "$TMP/$side-$n.txt" | sort -n | tr '\n' ' ')
+        awk -v s="$side" -v n="$n" -v wall="$wall" -v cpu="$cpu" 'BEGIN {
+            k = split(wall, w, " "); split(cpu, c, " "); m = int((k + 1) / 2)
+            printf "push of %3d rows, %-6s wall best %.3f s median %.3f s, cpu best %.3f s median %.3f s  (%d pushes)\n", n, s, w[1], w[m], c[1], c[m], k }'
     done
 done
+log "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -12,9 +12,9 @@
 //! as they read, are others, through the one renderer both kinds of row source share
 //! ([`crate::changeset::render`]).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use rusqlite::Connection;
 
@@ -23,10 +23,11 @@ use crate::changeset::render::{Each, RowSource};
 use crate::changeset::{
     with_renamed_references, Changeset, Pick, RowChange, SchemaChange, SequenceChange, TableDiff,
 };
+use crate::leaf_sums::{LeafSums, Walked};
 use crate::migration::{
     added_columns, carried_columns, carried_select, leaves_exactly, rebuild_kind, renamed_tables,
 };
-use crate::pages::{self, DbFile, Layout, PageError, Scan};
+use crate::pages::{self, DbFile, Layout, Leaf, PageError, Scan};
 use crate::schema::{self, ObjectKind, RowKey, Schema, Table};
 use crate::sql;
 use crate::touched::Rows;
@@ -86,8 +87,16 @@ pub struct Diff<'c> {
     outline: Changeset,
     /// How each table of `outline` is read.
     reads: Vec<Read>,
-    /// Leaf pages passed over as byte-identical on both sides ([`pages::skip_shared_leaf`]).
+    /// Leaf pages passed over as byte-identical on both sides ([`pages::skip_shared_leaf`]), or
+    /// as unchanged since `known`.
     leaves_skipped: Cell<u64>,
+    /// Whether to keep the working copy's leaves as they are read ([`Diff::summing`]).
+    summing: bool,
+    /// The working copy's leaves when it held exactly the base's rows, checked against the
+    /// base's stamp: the tables it covers are read from the leaves that changed since.
+    known: Option<&'c LeafSums>,
+    /// The working copy's leaves of every table read whole from its pages, for the next diff.
+    walked: RefCell<Walked>,
 }
 
 /// The base side of a merge join.
@@ -135,7 +144,30 @@ impl<'c> Diff<'c> {
             outline,
             reads,
             leaves_skipped: Cell::new(0),
+            summing: false,
+            known: None,
+            walked: RefCell::new(Walked::default()),
         })
+    }
+
+    /// Reads the tables `known` covers from the leaves that changed since, if `known` stands
+    /// for this base (its stamp) and is of this file's page layout; otherwise `known` is
+    /// ignored.
+    pub fn knowing(mut self, known: Option<&'c LeafSums>) -> Result<Diff<'c>> {
+        let base = pages::stamp(self.base)?;
+        self.known = known.filter(|k| Some(k.head.base) == base);
+        Ok(self)
+    }
+
+    /// Keeps the working copy's leaves as the rows are read ([`Diff::walked`]).
+    pub fn summing(mut self) -> Diff<'c> {
+        self.summing = true;
+        self
+    }
+
+    /// The working copy's leaves of the tables read so far from its pages ([`Diff::summing`]).
+    pub fn walked(&self) -> Walked {
+        self.walked.borrow().clone()
     }
 }
 
@@ -527,8 +559,26 @@ impl Diff<'_> {
             Read::Untouched => Ok(()),
             Read::Merge(old) => {
                 if old.added.is_empty() && old.table.sql == d.table.sql && old.only.is_none() {
-                    if let Some(skipped) = merge_pages(self.base, self.work, d, pick, consumer)? {
-                        self.leaves_skipped.set(self.leaves_skipped.get() + skipped);
+                    let leaves = Leaves {
+                        summing: self.summing,
+                        known: self.known.and_then(|k| {
+                            Some((
+                                k.head.page_size,
+                                k.head.usable,
+                                k.tables.get(&d.table.name)?,
+                            ))
+                        }),
+                    };
+                    if let Some(walk) =
+                        merge_pages(self.base, self.work, d, pick, consumer, leaves)?
+                    {
+                        self.leaves_skipped
+                            .set(self.leaves_skipped.get() + walk.skipped);
+                        if let Some((page_size, usable, leaves)) = walk.leaves {
+                            let mut w = self.walked.borrow_mut();
+                            (w.page_size, w.usable) = (page_size, usable);
+                            w.tables.insert(d.table.name.clone(), leaves);
+                        }
                         return Ok(());
                     }
                 }
@@ -729,18 +779,25 @@ fn root_page(conn: &Connection, table: &str) -> Result<Option<u32>> {
 /// virtual) matched by their rowid. Pages come through each connection's pager, inside its
 /// read transaction ([`crate::pages`]): the snapshot its SQL sees, WAL frames included.
 ///
-/// Returns how many leaves were passed over, or `None` to fall back to the SQL scan when
-/// anything is out of the ordinary before the first change went out. Changes already given to
-/// `consumer` cannot be taken back, so from then on a page that cannot be read is an error; a
-/// record that does not decode (a short one from before an `ADD COLUMN`, say) is read through
-/// SQL by its rowid instead, so it never stops a walk.
+/// With the working copy's leaves from when it held exactly the base's rows (`leaves.known`),
+/// the base is not walked at all: the working copy's leaves are read and hashed, and only those
+/// whose bytes changed are decoded and compared with the base's rows of the leaves that
+/// changed or went, read by rowid range ([`merge_changed`]).
+///
+/// Returns how many leaves were passed over (and the working copy's leaves, when
+/// `leaves.summing`), or `None` to fall back to the SQL scan when anything is out of the
+/// ordinary before the first change went out. Changes already given to `consumer` cannot be
+/// taken back, so from then on a page that cannot be read is an error; a record that does not
+/// decode (a short one from before an `ADD COLUMN`, say) is read through SQL by its rowid
+/// instead, so it never stops a walk.
 fn merge_pages(
     base: &Connection,
     work: &Connection,
     d: &TableDiff,
     pick: Pick,
     consumer: &mut Consumer<'_>,
-) -> Result<Option<u64>> {
+    leaves: Leaves<'_>,
+) -> Result<Option<Walk>> {
     let t = &d.table;
     // Rows of a table with a declared key are matched by it, not in rowid order.
     let (RowKey::Rowid { ipk, .. }, None) = (&t.key, t.locator()) else {
@@ -777,20 +834,60 @@ fn merge_pages(
             sql::ident(&t.name)
         ),
     };
+    let by_range = format!(
+        "SELECT {rowid}, {} FROM {} WHERE {rowid} BETWEEN ?1 AND ?2 ORDER BY {rowid}",
+        t.data_columns()?.join(", "),
+        sql::ident(&t.name)
+    );
     let mut yielded = false;
+    let mut give = |ch| {
+        yielded = true;
+        consumer(ch)
+    };
     let walked = (|| {
-        let (bdb, wdb) = (DbFile::open(base)?, DbFile::open(work)?);
-        let sides = Sides {
+        let wdb = DbFile::open(work)?;
+        let layout = (wdb.page_size() as u32, wdb.usable() as u32);
+        let mut now = None;
+        if let Some((page_size, usable, old)) = leaves.known {
+            if (page_size, usable) == layout {
+                let mut ws = wdb.scan(wroot)?.summing();
+                while ws.pass_leaf()? {}
+                let leaves = ws.take_leaves().unwrap_or_default();
+                let plan = Changed::plan(old, &leaves);
+                now = Some(leaves);
+                if let Some(plan) = plan {
+                    let sides = ChangedSides {
+                        work: (&wdb, work),
+                        base: (base, &by_range),
+                    };
+                    merge_changed(&plan, sides, d, &records, pick, &mut give)?;
+                    return Ok(Walk {
+                        skipped: plan.kept,
+                        leaves: now.map(|l| (layout.0, layout.1, l)),
+                    });
+                }
+            }
+        }
+        let bdb = DbFile::open(base)?;
+        let mut ws = wdb.scan(wroot)?;
+        if leaves.summing && now.is_none() {
+            ws = ws.summing();
+        }
+        let mut sides = Sides {
             base: (bdb.scan(broot)?, base),
-            work: (wdb.scan(wroot)?, work),
+            work: (ws, work),
         };
-        merge_records(sides, d, &records, pick, &mut |ch| {
-            yielded = true;
-            consumer(ch)
+        let skipped = merge_records(&mut sides, d, &records, pick, &mut give)?;
+        let now = now.or_else(|| sides.work.0.take_leaves());
+        Ok(Walk {
+            skipped,
+            leaves: now
+                .filter(|_| leaves.summing)
+                .map(|l| (layout.0, layout.1, l)),
         })
     })();
     match walked {
-        Ok(skipped) => Ok(Some(skipped)),
+        Ok(walk) => Ok(Some(walk)),
         Err(Stop::Other(e)) => Err(e),
         Err(Stop::Page(e)) if e.falls_back() && !yielded => Ok(None),
         Err(Stop::Page(e)) => Err(Error::Unexpected(format!(
@@ -845,16 +942,17 @@ impl Records {
 /// The loop of [`merge_pages`]: gives `consumer` the changes `pick` takes, and returns how many
 /// leaves it passed over.
 fn merge_records(
-    sides: Sides<'_>,
+    sides: &mut Sides<'_>,
     d: &TableDiff,
     records: &Records,
     pick: Pick,
     consumer: &mut Consumer<'_>,
 ) -> Result<u64, Stop> {
-    let ((mut bs, bconn), (mut ws, wconn)) = (sides.base, sides.work);
+    let ((bs, bconn), (ws, wconn)) = (&mut sides.base, &mut sides.work);
+    let (bconn, wconn) = (*bconn, *wconn);
     let mut give = |ch: RowChange| consumer(ch).map_err(Stop::Other);
     let mut skipped = 0;
-    while pages::skip_shared_leaf(&mut bs, &mut ws)? {
+    while pages::skip_shared_leaf(bs, ws)? {
         skipped += 1;
     }
     let (mut b, mut w) = (bs.next_row()?, ws.next_row()?);
@@ -890,7 +988,7 @@ fn merge_records(
                         }
                     }
                 }
-                while pages::skip_shared_leaf(&mut bs, &mut ws)? {
+                while pages::skip_shared_leaf(bs, ws)? {
                     skipped += 1;
                 }
                 b = bs.next_row()?;
@@ -899,6 +997,184 @@ fn merge_records(
         }
     }
     Ok(skipped)
+}
+
+/// What [`merge_pages`] knows and keeps of the working copy's leaves.
+struct Leaves<'a> {
+    /// Keep the leaves read.
+    summing: bool,
+    /// The table's leaves when the working copy held exactly the base's rows, with the page
+    /// size and usable bytes of the file they were read from.
+    known: Option<(u32, u32, &'a Vec<Leaf>)>,
+}
+
+/// What a page walk did: leaves passed over, and the working copy's leaves when asked, with
+/// its page size and usable bytes.
+struct Walk {
+    skipped: u64,
+    leaves: Option<(u32, u32, Vec<Leaf>)>,
+}
+
+/// Which rows can differ between the base and the working copy, from the working copy's
+/// leaves then (`old`, when it held exactly the base's rows) and now.
+#[derive(Debug, PartialEq)]
+struct Changed {
+    /// The working copy's leaves that are not kept from then, with rows, in key order.
+    leaves: Vec<u32>,
+    /// The rowid ranges of the leaves then that are not kept now, adjacent ones joined, in key
+    /// order: the base's rows in them are the only ones that can differ.
+    ranges: Vec<(i64, i64)>,
+    /// How many leaves are kept.
+    kept: u64,
+}
+
+impl Changed {
+    /// `None` when either list is not in strict key order (not read from one B-tree), or when
+    /// so much changed that walking both files costs less than reading the base's rows by
+    /// range.
+    fn plan(old: &[Leaf], now: &[Leaf]) -> Option<Changed> {
+        let ordered = |leaves: &[Leaf]| {
+            let mut ranges = leaves.iter().filter_map(|l| l.rows);
+            let mut prev: Option<i64> = None;
+            ranges.all(|(first, last)| {
+                let ok = first <= last && prev.is_none_or(|p| p < first);
+                prev = Some(last);
+                ok
+            })
+        };
+        if !ordered(old) || !ordered(now) {
+            return None;
+        }
+        let then: HashMap<u32, &Leaf> = old.iter().map(|l| (l.pgno, l)).collect();
+        let mut kept = HashSet::new();
+        let mut leaves = Vec::new();
+        for l in now {
+            match then.get(&l.pgno) {
+                Some(o) if o.kept_in(l) => {
+                    kept.insert(l.pgno);
+                }
+                _ if l.rows.is_some() => leaves.push(l.pgno),
+                _ => {}
+            }
+        }
+        if leaves.len() > 64 && leaves.len() * 4 > now.len() {
+            return None;
+        }
+        let mut ranges: Vec<(i64, i64)> = Vec::new();
+        let mut joined = false;
+        for o in old {
+            if kept.contains(&o.pgno) {
+                joined = false;
+                continue;
+            }
+            let Some((first, last)) = o.rows else {
+                continue;
+            };
+            match ranges.last_mut() {
+                Some(r) if joined => r.1 = last,
+                _ => ranges.push((first, last)),
+            }
+            joined = true;
+        }
+        Some(Changed {
+            leaves,
+            ranges,
+            kept: kept.len() as u64,
+        })
+    }
+}
+
+/// The two sides of [`merge_changed`]: the working copy's file and connection, and the base's
+/// connection with its statement reading a rowid range in key order.
+struct ChangedSides<'a, 'c> {
+    work: (&'a DbFile<'c>, &'c Connection),
+    base: (&'c Connection, &'a str),
+}
+
+/// The merge join of the working copy's rows on the leaves that changed with the base's rows
+/// in the ranges of the leaves that changed or went ([`Changed`]). Every other row is on a leaf
+/// kept from when both files held the same rows, so it is the same on both sides.
+fn merge_changed(
+    plan: &Changed,
+    sides: ChangedSides<'_, '_>,
+    d: &TableDiff,
+    records: &Records,
+    pick: Pick,
+    consumer: &mut Consumer<'_>,
+) -> Result<(), Stop> {
+    let ((wdb, wconn), (bconn, by_range)) = (sides.work, sides.base);
+    let mut give = |ch: RowChange| consumer(ch).map_err(Stop::Other);
+    let mut st = bconn.prepare_cached(by_range)?;
+    let n = st.column_count() - 1;
+    let mut ranges = plan.ranges.iter();
+    let mut olds: VecDeque<(i64, Vec<Value>)> = VecDeque::new();
+    let mut next_old = || -> Result<Option<(i64, Vec<Value>)>, Stop> {
+        while olds.is_empty() {
+            let Some(&(first, last)) = ranges.next() else {
+                return Ok(None);
+            };
+            let mut rows = st.query([first, last])?;
+            while let Some(r) = rows.next()? {
+                let values = (1..=n)
+                    .map(|i| r.get_ref(i).map(Value::from_ref))
+                    .collect::<rusqlite::Result<Vec<Value>>>()?;
+                olds.push_back((r.get(0)?, values));
+            }
+        }
+        Ok(olds.pop_front())
+    };
+    let mut leaves = plan.leaves.iter();
+    let mut scan: Option<Scan<'_>> = None;
+    let mut next_new = || -> Result<Option<(i64, Vec<u8>)>, Stop> {
+        loop {
+            if let Some(s) = &mut scan {
+                if let Some((rowid, rec)) = s.next_row()? {
+                    return Ok(Some((rowid, rec.to_vec())));
+                }
+            }
+            match leaves.next() {
+                Some(&pgno) => scan = Some(wdb.scan(pgno)?),
+                None => return Ok(None),
+            }
+        }
+    };
+    let (mut b, mut w) = (next_old()?, next_new()?);
+    loop {
+        let ord = match (&b, &w) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((bid, _)), Some((wid, _))) => bid.cmp(wid),
+        };
+        match ord {
+            Ordering::Less => {
+                if let (true, Some((_, old))) = (pick.deletes(), b) {
+                    give(RowChange::Delete(old))?;
+                }
+                b = next_old()?;
+            }
+            Ordering::Greater => {
+                if let (true, Some((rowid, rec))) = (pick.inserts(), &w) {
+                    give(RowChange::Insert(records.row(wconn, (*rowid, rec))?))?;
+                }
+                w = next_new()?;
+            }
+            Ordering::Equal => {
+                if let (true, Some((_, old)), Some((rowid, rec))) = (pick.updates(d), b, &w) {
+                    let new = records.row(wconn, (*rowid, rec))?;
+                    if old != new {
+                        let ch = RowChange::Update { old, new };
+                        if pick.takes(d, &ch) {
+                            give(ch)?;
+                        }
+                    }
+                }
+                b = next_old()?;
+                w = next_new()?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether two rows hold the same data: every value but the `locator` (a hidden rowid that
@@ -1032,7 +1308,21 @@ mod tests {
     /// the SQL merge join (the reference). Returns the changeset and the leaves its one read
     /// of every table passed over.
     fn diff_like_the_reference(base: &Connection, work: &Connection) -> (Changeset, u64) {
-        let d = Diff::new(base, work, &Filter::default()).unwrap();
+        diff_knowing_like_the_reference(base, work, None)
+    }
+
+    /// [`diff_like_the_reference`], the diff reading the tables `known` covers from the leaves
+    /// that changed since.
+    fn diff_knowing_like_the_reference(
+        base: &Connection,
+        work: &Connection,
+        known: Option<&LeafSums>,
+    ) -> (Changeset, u64) {
+        let d = Diff::new(base, work, &Filter::default())
+            .unwrap()
+            .knowing(known)
+            .unwrap()
+            .summing();
         let cs = d.changeset().unwrap();
         let skipped = d.leaves_skipped();
         for (i, t) in d.outline.tables.iter().enumerate() {
@@ -1165,32 +1455,42 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A xorshift generator: `next(n)` is below `n`.
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
+    /// A value as SQL: NULL, an integer, a real, a text, a small blob, or a blob that spills
+    /// to overflow pages.
+    fn random_value(next: &mut impl FnMut(u64) -> u64) -> String {
+        match next(6) {
+            0 => "NULL".to_owned(),
+            1 => format!("{}", next(1000)),
+            2 => format!("{}.5", next(1000)),
+            3 => format!("'text {}'", next(1000)),
+            4 => format!("randomblob({})", 1 + next(30)),
+            _ => format!("zeroblob({})", 4000 + next(12000)),
+        }
+    }
+
     /// Random edits to a page copy of the base, few and many: the page walk, leaves passed
     /// over, short records and all, finds exactly what the SQL merge join finds, phase by
     /// phase.
     #[test]
     fn random_edits_diff_like_the_sql_merge_join() {
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut skipped_somewhere = false;
         for round in 0..12 {
             let count = [1, 3, 10, 60][round % 4];
             let mut edits = String::new();
             for _ in 0..count {
                 let id = next(6200);
-                let value = match next(6) {
-                    0 => "NULL".to_owned(),
-                    1 => format!("{}", next(1000)),
-                    2 => format!("{}.5", next(1000)),
-                    3 => format!("'text {}'", next(1000)),
-                    4 => format!("randomblob({})", 1 + next(30)),
-                    _ => format!("zeroblob({})", 4000 + next(12000)),
-                };
+                let value = random_value(&mut next);
                 edits.push_str(&match next(5) {
                     0 => format!("UPDATE OR REPLACE t SET a = {value} WHERE id = {id};"),
                     1 => format!("UPDATE OR REPLACE t SET u = {} WHERE id = {id};", next(300)),
@@ -1212,6 +1512,92 @@ mod tests {
             let _ = std::fs::remove_dir_all(dir);
         }
         assert!(skipped_somewhere);
+    }
+
+    /// The leaves of the file at `path` as a diff reads them, standing for that file as a
+    /// base: what a push records when the working copy holds exactly the base's rows.
+    fn leaves_of(path: &std::path::Path) -> LeafSums {
+        let (a, b) = (
+            Connection::open(path).unwrap(),
+            Connection::open(path).unwrap(),
+        );
+        b.execute_batch("BEGIN").unwrap();
+        let d = Diff::new(&a, &b, &Filter::default()).unwrap().summing();
+        assert!(d.changeset().unwrap().is_empty());
+        let base = pages::stamp(&a).unwrap().unwrap();
+        d.walked().standing_for(base)
+    }
+
+    /// Random edits after the working copy's leaves were recorded, small and large, with rows
+    /// spilling to overflow pages, leaves split, merged and freed, a VACUUM renumbering every
+    /// page, and rows written back unchanged: reading only the leaves that changed finds
+    /// exactly what the SQL merge join finds, phase by phase.
+    #[test]
+    fn leaves_changed_since_they_were_recorded_diff_like_the_sql_merge_join() {
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+        let mut kept_somewhere = false;
+        for round in 0..16 {
+            let count = [1, 4, 30, 400][round % 4];
+            let mut edits = String::new();
+            for _ in 0..count {
+                let id = next(6400);
+                let value = random_value(&mut next);
+                edits.push_str(&match next(7) {
+                    0 => format!("UPDATE OR REPLACE t SET a = {value} WHERE id = {id};"),
+                    1 => format!("DELETE FROM t WHERE id BETWEEN {id} AND {id} + {};", next(200)),
+                    2 => format!("INSERT OR REPLACE INTO t(id, a, b) VALUES ({id}, {value}, 1);"),
+                    3 => format!("INSERT OR IGNORE INTO t(id, a) VALUES ({}, {value});", -(id as i64)),
+                    4 => format!("UPDATE t SET a = a, b = b WHERE id = {id};"),
+                    5 => format!(
+                        "DELETE FROM t WHERE id = {id}; INSERT INTO t SELECT * FROM t2 WHERE id = {id};"
+                    ),
+                    _ => format!("UPDATE t SET b = b + 1, c = NULL WHERE id = {id};"),
+                });
+            }
+            if round % 5 == 4 {
+                edits.push_str("VACUUM;");
+            }
+            let (dir, b, w) = copies(
+                "known-leaves",
+                |c| {
+                    c.execute_batch(&format!("{TABLE} CREATE TABLE t2 AS SELECT * FROM t;"))
+                        .unwrap()
+                },
+                |c| c.execute_batch(&edits).unwrap(),
+            );
+            let known = leaves_of(&dir.join("base.db"));
+            assert!(known.tables.contains_key("t"));
+            let (_, kept) = diff_knowing_like_the_reference(&b, &w, Some(&known));
+            kept_somewhere |= kept > 0;
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        assert!(kept_somewhere, "no leaf was ever kept");
+    }
+
+    /// Leaves recorded for another base, or for a file of another page size, are not used:
+    /// the diff walks both files.
+    #[test]
+    fn leaves_of_another_base_or_page_size_are_ignored() {
+        let (dir, b, w) = copies(
+            "other-leaves",
+            |c| c.execute_batch(TABLE).unwrap(),
+            |c| {
+                c.execute_batch("UPDATE t SET c = 'x' WHERE id = 40")
+                    .unwrap()
+            },
+        );
+        // The working copy's leaves as edited, standing for the working copy: the base does
+        // not hold their rows, and were they used, the change would go unseen.
+        w.execute_batch("COMMIT").unwrap();
+        let mut known = leaves_of(&dir.join("work.db"));
+        w.execute_batch("BEGIN").unwrap();
+        let (cs, _) = diff_knowing_like_the_reference(&b, &w, Some(&known));
+        assert_eq!(cs.tables[0].counts(), (0, 1, 0));
+        known.head.page_size = 8192;
+        known.head.base = pages::stamp(&b).unwrap().unwrap();
+        let (cs, _) = diff_knowing_like_the_reference(&b, &w, Some(&known));
+        assert_eq!(cs.tables[0].counts(), (0, 1, 0));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// Several changed tables, one with a UNIQUE column whose values rotate: each table's

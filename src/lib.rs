@@ -12,6 +12,7 @@ pub mod conflict;
 pub mod diff;
 mod durable;
 mod in_flight;
+pub mod leaf_sums;
 pub mod merge;
 mod migration;
 pub mod mirror;

@@ -165,6 +165,10 @@ impl<'c> DbFile<'c> {
         read_page(&mut pages, n, Some(self.page_size), buf)
     }
 
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
     /// The bytes of a page that hold content (the page size less the reserved bytes).
     pub fn usable(&self) -> usize {
         self.usable
@@ -180,6 +184,7 @@ impl<'c> DbFile<'c> {
             root: Some(root),
             spare: Vec::new(),
             payload: Vec::new(),
+            leaves: None,
         })
     }
 }
@@ -250,6 +255,39 @@ pub struct Scan<'c> {
     root: Option<u32>,
     spare: Vec<Vec<u8>>,
     payload: Vec<u8>,
+    /// Every leaf the walk reached, in key order, when asked for ([`Scan::summing`]).
+    leaves: Option<Vec<Leaf>>,
+}
+
+/// What a table leaf held, in a few bytes: its page number, a 64-bit hash of its bytes, and
+/// the rowids of its first and last rows. In a B-tree the leaves split the keys into ranges,
+/// so the rows a leaf held are exactly the rows whose rowids lie in its range; a leaf with the
+/// same number and bytes later holds the same rows still, unless a row spills to overflow
+/// pages (which its bytes do not cover: see [`skip_shared_leaf`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaf {
+    pub pgno: u32,
+    pub sum: u64,
+    /// The rowids of the first and last rows; `None` for a leaf without rows.
+    pub rows: Option<(i64, i64)>,
+    /// A row of the leaf spills to overflow pages.
+    pub spills: bool,
+}
+
+impl Leaf {
+    /// Whether `now`, a leaf read later, holds the rows this one held: same page, same
+    /// bytes, and no row on overflow pages.
+    pub fn kept_in(&self, now: &Leaf) -> bool {
+        self.pgno == now.pgno && self.sum == now.sum && !self.spills && !now.spills
+    }
+}
+
+/// The hash of a page's bytes that tells a changed leaf from an unchanged one. 64 bits of a
+/// fast, well mixed hash with a fixed seed: two different pages take one for the other with a
+/// chance of about 2^-64, and it costs a fraction of reading the page.
+pub fn page_sum(page: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x7475_7273_796e_6331).hash_one(page)
 }
 
 impl Scan<'_> {
@@ -268,18 +306,43 @@ impl Scan<'_> {
             _ => return Err(PageError::Layout("not a table B-tree page")),
         };
         let cells = be16(&page, hdr + 3).ok_or(PageError::Layout("short page"))?;
-        self.stack.push(Frame {
+        let frame = Frame {
             pgno: n,
             page,
             hdr,
             next: 0,
             cells,
             leaf,
-        });
+        };
+        if let (true, Some(leaves)) = (leaf, &mut self.leaves) {
+            leaves.push(frame.summary(self.usable)?);
+        }
+        self.stack.push(frame);
         if self.stack.len() > 64 {
             return Err(PageError::Layout("B-tree too deep"));
         }
         Ok(())
+    }
+
+    /// Makes the walk keep a [`Leaf`] of every leaf it reaches.
+    pub fn summing(mut self) -> Self {
+        self.leaves = Some(Vec::new());
+        self
+    }
+
+    /// The leaves reached so far, in key order, when [`Scan::summing`].
+    pub fn take_leaves(&mut self) -> Option<Vec<Leaf>> {
+        self.leaves.take()
+    }
+
+    /// Steps past the rest of the leaf the walk stands in, or the next one, without reading
+    /// its rows; false at the end of the walk.
+    pub fn pass_leaf(&mut self) -> Result<bool> {
+        if !self.settle()? {
+            return Ok(false);
+        }
+        self.pop();
+        Ok(true)
     }
 
     fn pop(&mut self) {
@@ -378,6 +441,28 @@ impl Scan<'_> {
 }
 
 impl Frame {
+    /// The [`Leaf`] of this leaf page.
+    fn summary(&self, usable: usize) -> Result<Leaf> {
+        let rowid = |i: usize| -> Result<i64> {
+            let at = self.cell(i)?;
+            let (_, a) = varint(self.page.get(at..).unwrap_or(&[]))
+                .ok_or(PageError::Layout("payload size"))?;
+            Ok(varint(self.page.get(at + a..).unwrap_or(&[]))
+                .ok_or(PageError::Layout("rowid"))?
+                .0)
+        };
+        let rows = match self.cells {
+            0 => None,
+            n => Some((rowid(0)?, rowid(n - 1)?)),
+        };
+        Ok(Leaf {
+            pgno: self.pgno,
+            sum: page_sum(&self.page),
+            rows,
+            spills: self.spills(usable)?,
+        })
+    }
+
     /// Where cell `i` of this page starts.
     fn cell(&self, i: usize) -> Result<usize> {
         let header_len = if self.leaf { 8 } else { 12 };

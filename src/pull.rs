@@ -96,12 +96,14 @@ pub fn pull(
         match outcome {
             FromLog::Done(merged, frame) => {
                 if merged.outcome.is_done() {
+                    let now_state = ws.sync_state()?;
                     ws.save_sync_state(&SyncState {
                         replication_index: now,
                         base_at: Some(frame),
                         sql_path: None,
-                        streams_off: ws.sync_state()?.streams_off,
+                        streams_off: now_state.streams_off,
                         clean: ws.clean_point(merged.clean_work),
+                        leaves: now_state.leaves,
                     })?;
                 }
                 return Ok(merged.outcome);
@@ -150,16 +152,18 @@ pub fn pull(
         ws.drop_pull_record()?;
     }
     if outcome.is_done() || sql_path != state.sql_path {
+        let now_state = ws.sync_state()?;
         ws.save_sync_state(&SyncState {
             replication_index: if outcome.is_done() { now } else { known },
             base_at: None,
             sql_path,
-            streams_off: ws.sync_state()?.streams_off,
+            streams_off: now_state.streams_off,
             clean: if outcome.is_done() {
                 ws.clean_point(clean_work)
             } else {
                 state.clean
             },
+            leaves: now_state.leaves,
         })?;
     }
     Ok(outcome.map(|report| PullReport {
@@ -494,7 +498,8 @@ fn merge_into(
 
     let mut work = ws.open_working_copy(false)?;
     work.execute_batch("PRAGMA foreign_keys = OFF; BEGIN")?;
-    let ours = read_ours(base, &work, &diff::Filter::default(), clean)?;
+    let known = ws.known_leaves()?;
+    let (ours, _) = read_ours(base, &work, &diff::Filter::default(), clean, known.as_ref())?;
     // A table named to settle (`--theirs TABLE`) must exist: a typo would settle nothing.
     for name in merge.tables.keys() {
         if ![&ours, &theirs]
@@ -524,7 +529,8 @@ fn merge_into(
         let now = data_version(&work)?;
         locked = Some(now);
         if now != seen {
-            let ours = read_ours(base, &work, &diff::Filter::default(), clean)?;
+            let (ours, _) =
+                read_ours(base, &work, &diff::Filter::default(), clean, known.as_ref())?;
             nothing_ours = ours.is_empty();
             plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)?;
             let unsettled = merge.unsettled(&plan.conflicts);

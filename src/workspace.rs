@@ -20,6 +20,7 @@ use crate::durable::{
     aside_name, remove_aside, save_json, sweep_leftovers, sync_dir, sync_file, write_synced, Aside,
     TMP_MARK,
 };
+use crate::leaf_sums::{LeafSums, Walked};
 use crate::mirror::{self, Mirror, MirrorError, Streams};
 use crate::progress::Progress;
 use crate::remote::replication::LogError;
@@ -59,6 +60,10 @@ pub struct SyncState {
     /// the base's rows; see [`Clean`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clean: Option<Clean>,
+    /// The id of `.tursync/leaves.sum` while the base holds exactly the rows of the working
+    /// copy's leaves it lists ([`crate::leaf_sums`]); forgotten before the base moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaves: Option<u64>,
 }
 
 /// Why the replication log's streams are not tried, and on which log. A stream that sent
@@ -286,13 +291,19 @@ pub struct InitReport {
 /// Ours, base → working copy, read in the caller's read transaction on `work`. While both
 /// files have the stamps of `clean`, the working copy holds exactly the base's rows, so no row
 /// is read: only schemas, counters and triggers are compared ([`crate::diff::Diff::into_outline`]).
+/// Otherwise the tables `known` covers are read from the leaves that changed since
+/// ([`crate::diff::Diff::knowing`]). Returns the working copy's leaves as read (none when no
+/// row was read).
 pub fn read_ours(
     base: &rusqlite::Connection,
     work: &rusqlite::Connection,
     filter: &crate::diff::Filter,
     clean: Option<Clean>,
-) -> Result<crate::changeset::Changeset> {
-    let d = crate::diff::Diff::new(base, work, filter)?;
+    known: Option<&LeafSums>,
+) -> Result<(crate::changeset::Changeset, Walked)> {
+    let d = crate::diff::Diff::new(base, work, filter)?
+        .knowing(known)?
+        .summing();
     let unchanged = match clean {
         Some(c) => {
             crate::pages::stamp(work)? == Some(c.work) && crate::pages::stamp(base)? == Some(c.base)
@@ -300,9 +311,10 @@ pub fn read_ours(
         None => false,
     };
     if unchanged {
-        Ok(d.into_outline())
+        Ok((d.into_outline(), Walked::default()))
     } else {
-        d.changeset()
+        let cs = d.changeset()?;
+        Ok((cs, d.walked()))
     }
 }
 
@@ -385,6 +397,7 @@ pub fn init(
                 sql_path: None,
                 streams_off,
                 clean: None,
+                leaves: None,
             },
         ),
         Err(reason) => {
@@ -407,6 +420,7 @@ pub fn init(
                     sql_path: reason,
                     streams_off: None,
                     clean: None,
+                    leaves: None,
                 },
             )
         }
@@ -700,17 +714,49 @@ impl Workspace {
     }
 
     /// [`Workspace::diff`], with the working copy's stamp in the same snapshot, for a
-    /// [`Workspace::clean_point`] once the base holds those rows. While the recorded
-    /// [`Clean`] point holds, no row is read ([`read_ours`]).
+    /// [`Workspace::clean_point`] once the base holds those rows, and its leaves as read, for
+    /// [`Workspace::record_leaves`] then. While the recorded [`Clean`] point holds, no row is
+    /// read; otherwise only the leaves that changed since the recorded ones ([`read_ours`]).
     pub fn ours(
         &self,
         filter: &crate::diff::Filter,
-    ) -> Result<(crate::changeset::Changeset, Option<crate::pages::Stamp>)> {
+    ) -> Result<(
+        crate::changeset::Changeset,
+        Option<crate::pages::Stamp>,
+        Walked,
+    )> {
         let clean = self.sync_state()?.clean;
+        let known = self.known_leaves()?;
         self.snapshot(|base, work| {
-            let cs = read_ours(base, work, filter, clean)?;
-            Ok((cs, crate::pages::stamp(work)?))
+            let (cs, walked) = read_ours(base, work, filter, clean, known.as_ref())?;
+            Ok((cs, crate::pages::stamp(work)?, walked))
         })
+    }
+
+    /// The working copy's leaves from when it last held exactly the base's rows, if
+    /// `sync.json` names them and the file is whole ([`LeafSums::load`]).
+    pub fn known_leaves(&self) -> Result<Option<LeafSums>> {
+        Ok(self
+            .sync_state()?
+            .leaves
+            .and_then(|id| LeafSums::load(&self.state_dir(), id)))
+    }
+
+    /// Writes `walked`, the leaves of a working copy whose rows the base now holds exactly
+    /// (ours was read from them and the base moved by all of it, or nothing was ours), as
+    /// `.tursync/leaves.sum` standing for the base as it is now, and returns its id for
+    /// `sync.json`. Nothing when no table was read from its leaves, or when the file cannot be
+    /// written: the next diff then walks both files, as without it.
+    ///
+    /// Init records none: the leaves are held in memory (about 1 % of the tables' size), and
+    /// init keeps its anonymous memory bounded whatever the database's size. The first push
+    /// walks both files.
+    pub fn record_leaves(&self, walked: Walked) -> Option<u64> {
+        if walked.tables.is_empty() {
+            return None;
+        }
+        let base = crate::pages::stamp(&self.open_base().ok()?).ok()??;
+        walked.standing_for(base).save(&self.state_dir()).ok()
     }
 
     /// The [`Clean`] point of a working copy that held exactly the base's rows when its stamp
@@ -727,13 +773,17 @@ impl Workspace {
 
     /// Runs `read` on the diff of the base against the working copy, inside one read
     /// transaction on the working copy: `read` may print rows as they are read, and they are
-    /// all of one snapshot.
+    /// all of one snapshot. Tables the recorded leaves cover are read from the leaves that
+    /// changed since ([`Workspace::known_leaves`]).
     pub fn with_diff<T>(
         &self,
         filter: &crate::diff::Filter,
         read: impl FnOnce(&crate::diff::Diff<'_>) -> Result<T>,
     ) -> Result<T> {
-        self.snapshot(|base, work| read(&crate::diff::Diff::new(base, work, filter)?))
+        let known = self.known_leaves()?;
+        self.snapshot(|base, work| {
+            read(&crate::diff::Diff::new(base, work, filter)?.knowing(known.as_ref())?)
+        })
     }
 
     /// Runs `read` on the base snapshot and the working copy, inside one read transaction on
@@ -785,22 +835,28 @@ impl Workspace {
     /// next to the base, so the base is not copied. A crash leaves a hot journal that the next
     /// [`Workspace::open_base`] rolls back, so the base is the old one or the new one, never a
     /// mix.
+    ///
+    /// The [`Clean`] point and the working copy's leaves are not forgotten first (one durable
+    /// write less per push): a transaction that writes the base adds one to its change counter,
+    /// so its stamp is one no record names, and one rolled back leaves the base as the records
+    /// knew it.
     pub fn update_base(
         &self,
         edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
     ) -> Result<()> {
-        self.base_moves()?;
         edit_file(&self.base_path(), edit)
     }
 
-    /// Forgets the [`Clean`] point before the base changes: it is recorded again only once the
-    /// change is done, so a crash in between never leaves a record naming a base that moved.
-    /// (A stamp tells states of one file apart, not one file from another.)
+    /// Forgets the [`Clean`] point and the working copy's leaves before the base is replaced:
+    /// they are recorded again only once the change is done, so a crash in between never leaves
+    /// a record naming a base that moved. (A stamp tells states of one file apart, not one file
+    /// from another.)
     fn base_moves(&self) -> Result<()> {
         let state = self.sync_state()?;
-        if state.clean.is_some() {
+        if state.clean.is_some() || state.leaves.is_some() {
             self.save_sync_state(&SyncState {
                 clean: None,
+                leaves: None,
                 ..state
             })?;
         }

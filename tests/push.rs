@@ -502,3 +502,147 @@ fn a_push_moves_the_base_in_place() {
     assert!(!dir.path().join(".tursync/pushed.rec").exists());
     assert_nothing_pending(dir.path());
 }
+
+/// The leaves of the working copy a push reads are recorded (`.tursync/leaves.sum`), and the
+/// next diff reads only those that changed: never wrong, whatever happens to the record. Each
+/// round the app edits (rows changed, deleted in ranges, inserted before and after, written
+/// back unchanged, deleted and inserted again as they were), the record is left alone, damaged,
+/// cut short, deleted or replaced by another push's, and the push must leave the remote equal
+/// to the working copy with nothing pending. An app write during a push, after its diff read
+/// the working copy, is found by the next push from the leaves that push recorded.
+#[test]
+fn the_leaves_a_push_records_spare_the_next_diff_and_never_mislead_it() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT, b BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO t SELECT i * 2, 'row ' || i, randomblob(i % 40) FROM n;",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let (state, wc) = (
+        dir.path().join(".tursync"),
+        dir.path().join("working_copy.db"),
+    );
+    let sums = state.join("leaves.sum");
+    let leaves_id = || {
+        let sync = std::fs::read_to_string(state.join("sync.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&sync).unwrap()["leaves"].as_u64()
+    };
+    assert!(
+        leaves_id().is_none() && !sums.exists(),
+        "init records no leaves"
+    );
+    edit(dir.path(), "UPDATE t SET a = 'first' WHERE id = 2;");
+    ok(&sqld, dir.path(), &["push"]);
+    assert!(
+        leaves_id().is_some() && sums.exists(),
+        "the push recorded the leaves it read"
+    );
+
+    // The diff of the next edit reads the recorded leaves and passes over those kept.
+    edit(dir.path(), "UPDATE t SET a = 'second' WHERE id = 5000;");
+    {
+        let ws = tursync::workspace::Workspace::locate(Some(&wc)).unwrap();
+        let known = ws
+            .known_leaves()
+            .unwrap()
+            .expect("the recorded leaves are named");
+        let base = rusqlite::Connection::open(state.join("base.db")).unwrap();
+        let work = rusqlite::Connection::open(&wc).unwrap();
+        let d = tursync::diff::Diff::new(&base, &work, &Default::default())
+            .unwrap()
+            .knowing(Some(&known))
+            .unwrap();
+        assert_eq!(d.changeset().unwrap().tables[0].counts(), (0, 1, 0));
+        let skipped = d.leaves_skipped();
+        assert!(skipped > 10, "{skipped} leaves passed over");
+    }
+
+    let mut older = None;
+    for (round, damage) in ["none", "flipped", "cut", "missing", "older", "none"]
+        .into_iter()
+        .enumerate()
+    {
+        let r = round as i64;
+        edit(
+            dir.path(),
+            &format!(
+                "UPDATE t SET a = 'round {r}' WHERE id IN ({a}, {b});
+                 DELETE FROM t WHERE id BETWEEN {c} AND {c} + 300;
+                 INSERT INTO t(id, a) VALUES (-{r} - 1, 'before'), (20000 + {r}, 'after'), ({c} + 101, 'in a gap');
+                 UPDATE t SET a = a, b = b WHERE id BETWEEN 7000 AND 7100;
+                 DELETE FROM t WHERE id = 9000; INSERT INTO t(id, a, b) SELECT 9000, a, b FROM t WHERE id = 8998;
+                 UPDATE t SET b = zeroblob(6000) WHERE id = {d};
+                 UPDATE t SET a = 'toggle {t}' WHERE id = 9500;",
+                a = 10 + r * 2,
+                b = 9000 - r * 400,
+                c = 1000 + r * 1200,
+                d = 4000 + r * 10,
+                // Two rounds back, the leaf of row 9500 held the same bytes as now, and the
+                // base holds another value: another push's record would miss the change.
+                t = r % 2,
+            ),
+        );
+        let current = std::fs::read(&sums).unwrap();
+        match damage {
+            "flipped" => {
+                let mut bad = current.clone();
+                let at = bad.len() / 2;
+                bad[at] ^= 0x01;
+                std::fs::write(&sums, bad).unwrap();
+            }
+            "cut" => std::fs::write(&sums, &current[..current.len() - 9]).unwrap(),
+            "missing" => std::fs::remove_file(&sums).unwrap(),
+            "older" => std::fs::write(&sums, older.as_ref().unwrap()).unwrap(),
+            _ => {}
+        }
+        older = Some(current);
+        let out = ok(&sqld, dir.path(), &["push"]);
+        assert!(
+            text(&out).contains("pushed"),
+            "round {round}: {}",
+            text(&out)
+        );
+        assert_same_data(&sqld, &wc, false);
+        assert_nothing_pending(dir.path());
+    }
+
+    // Rows written back as they were are no change.
+    edit(
+        dir.path(),
+        "UPDATE t SET a = a WHERE id < 3000;
+         CREATE TEMP TABLE kept AS SELECT * FROM t WHERE id BETWEEN 400 AND 600;
+         DELETE FROM t WHERE id BETWEEN 400 AND 600; INSERT INTO t SELECT * FROM kept;",
+    );
+    assert_nothing_pending(dir.path());
+
+    // The app writes while the push is between its remote COMMIT and the move of its base.
+    edit(dir.path(), "UPDATE t SET a = 'pushed' WHERE id = 3000;");
+    let mut push = tursync(dir.path())
+        .arg("push")
+        .env("TURSO_AUTH_TOKEN", &sqld.rw_token)
+        .env("TURSYNC_TEST_PAUSE_AFTER_COMMIT_MS", "1500")
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sqld.query("SELECT a FROM t WHERE id = 3000") != vec![vec![Cell::text("pushed")]] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push never committed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    edit(
+        dir.path(),
+        "UPDATE t SET a = 'during the push' WHERE id = 3002;",
+    );
+    assert!(push.wait().unwrap().success());
+    ok(&sqld, dir.path(), &["push"]);
+    assert_eq!(
+        sqld.query("SELECT a FROM t WHERE id = 3002"),
+        vec![vec![Cell::text("during the push")]]
+    );
+    assert_same_data(&sqld, &wc, false);
+    assert_nothing_pending(dir.path());
+}

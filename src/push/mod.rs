@@ -118,18 +118,24 @@ pub fn push(
 ) -> Result<Outcome<PushReport>> {
     let _lock = ws.lock()?;
     ws.finish_interrupted_pull()?;
-    let (cs, work_stamp) = ws.ours(&Default::default())?;
+    let (cs, work_stamp, walked) = ws.ours(&Default::default())?;
     let report = PushReport {
         changes: cs.change_count(),
         schema: cs.listed_schema().map(SchemaChange::to_json).collect(),
         ..PushReport::default()
     };
     if cs.is_empty() {
-        // Nothing of ours: a clean point spares the next pull reading the working copy.
+        // Nothing of ours: a clean point spares the next pull reading the working copy, and
+        // the leaves just read, the next diff walking the base.
         let state = ws.sync_state()?;
         let clean = ws.clean_point(work_stamp);
-        if clean.is_some() && clean != state.clean {
-            ws.save_sync_state(&crate::workspace::SyncState { clean, ..state })?;
+        let leaves = ws.record_leaves(walked).or(state.leaves);
+        if (clean.is_some() && clean != state.clean) || leaves != state.leaves {
+            ws.save_sync_state(&crate::workspace::SyncState {
+                clean: clean.or(state.clean),
+                leaves,
+                ..state
+            })?;
         }
         return Ok(Outcome::Done(report));
     }
@@ -241,8 +247,10 @@ pub fn push(
     ws.save_sync_state(&crate::workspace::SyncState {
         replication_index: index,
         // The base now holds the rows the working copy held when ours was read: clean, if the
-        // app wrote nothing since.
+        // app wrote nothing since; and the rows of the leaves ours was read from, whatever the
+        // app wrote since.
         clean: ws.clean_point(work_stamp),
+        leaves: ws.record_leaves(walked),
         ..state
     })?;
     Ok(Outcome::Done(report))
