@@ -11,7 +11,7 @@
 //! working copy's triggers suspended. Finally the remote copy becomes the base, so unpushed
 //! local changes stay pending and a later push sends only them.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use crate::changeset::Changeset;
 use crate::clone::FetchOptions;
@@ -418,7 +418,10 @@ fn drop_damaged(
 
 /// Takes the working copy's write lock, telling the user once if the app holds it. The wait
 /// ([`wait_for_locks`]) retries every millisecond, so an app that commits back to back still
-/// leaves us a moment to take it.
+/// leaves us a moment to take it. A `BEGIN IMMEDIATE` string rather than a rusqlite
+/// `Transaction`: the first try must not wait, and the wait for the second needs the connection
+/// mutably (`busy_handler`), which a `Transaction` borrowing it would forbid; `merge_into` ends
+/// it with `COMMIT` or `ROLLBACK` on every path.
 fn begin_immediate(work: &mut Connection, on_wait: WaitNotice<'_>) -> Result<()> {
     work.busy_timeout(std::time::Duration::ZERO)?;
     let first = work.execute_batch("BEGIN IMMEDIATE");
@@ -458,18 +461,13 @@ struct Merged {
 /// under our write lock), since the stamp would then cover the app's write too. Our commit is
 /// done: a failure to read the stamp only costs the next pull a full read of ours.
 fn stamp_after_commit(work: &Connection, locked: i64) -> Option<Stamp> {
-    work.execute_batch("BEGIN").ok()?;
+    let read = Transaction::new_unchecked(work, TransactionBehavior::Deferred).ok()?;
     let stamp = pages::stamp(work).ok().flatten();
     let unmoved = matches!(data_version(work), Ok(v) if v == locked);
-    work.execute_batch("COMMIT").ok()?;
+    read.commit().ok()?;
     stamp.filter(|_| unmoved)
 }
 
-/// Merges the remote copy into the working copy, holding the app's write lock only to check
-/// and apply. Ours and the merge come from a read snapshot of the working copy; then, under
-/// the write lock, `data_version` says whether the app committed since. If it did, ours is
-/// read again (the app waits for us now) and the merge planned again, so every app commit is
-/// either merged or was already in the snapshot: none is overwritten.
 /// Their side of a pull: the remote's database as read (the mirror, or a download), their
 /// changes since the base, and where that database stays for the next run if this one is
 /// killed between the working copy's commit and the base's.
@@ -479,6 +477,11 @@ struct Theirs<'a> {
     kept: TheirsKept,
 }
 
+/// Merges the remote copy into the working copy, holding the app's write lock only to check
+/// and apply. Ours and the merge come from a read snapshot of the working copy; then, under
+/// the write lock, `data_version` says whether the app committed since. If it did, ours is
+/// read again (the app waits for us now) and the merge planned again, so every app commit is
+/// either merged or was already in the snapshot: none is overwritten.
 fn merge_into(
     ws: &Workspace,
     base: &Connection,
@@ -497,7 +500,9 @@ fn merge_into(
     }
 
     let mut work = ws.open_working_copy(false)?;
-    work.execute_batch("PRAGMA foreign_keys = OFF; BEGIN")?;
+    // Off before the transaction: SQLite ignores the pragma inside one.
+    work.execute_batch("PRAGMA foreign_keys = OFF")?;
+    let snapshot = Transaction::new_unchecked(&work, TransactionBehavior::Deferred)?;
     let known = ws.known_leaves()?;
     let (ours, _) = read_ours(base, &work, &diff::Filter::default(), clean, known.as_ref())?;
     // A table named to settle (`--theirs TABLE`) must exist: a typo would settle nothing.
@@ -514,7 +519,7 @@ fn merge_into(
     let seen = data_version(&work)?;
     let mut nothing_ours = ours.is_empty();
     let mut plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)?;
-    work.execute_batch("COMMIT")?;
+    snapshot.commit()?;
     let unsettled = merge.unsettled(&plan.conflicts);
     if !unsettled.is_empty() {
         return Ok(Merged {

@@ -687,7 +687,10 @@ pub fn open_snapshot(path: &Path) -> Result<rusqlite::Connection> {
     )
     .during("opening", path.display())?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.execute_batch("BEGIN")?;
+    // A plain `BEGIN`, not a `Transaction`: the connection leaves this function inside it, and a
+    // `Transaction` cannot outlive the borrow of the connection it begins on.
+    conn.execute_batch("BEGIN")
+        .during("beginning a read of", path.display())?;
     Ok(conn)
 }
 
@@ -794,9 +797,10 @@ impl Workspace {
     ) -> Result<T> {
         let base = self.open_base()?;
         let work = self.open_working_copy(true)?;
-        work.execute_batch("BEGIN")?;
+        let snapshot =
+            rusqlite::Transaction::new_unchecked(&work, rusqlite::TransactionBehavior::Deferred)?;
         let out = read(&base, &work)?;
-        work.execute_batch("COMMIT")?;
+        snapshot.commit()?;
         Ok(out)
     }
 
