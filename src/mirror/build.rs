@@ -10,7 +10,7 @@ use super::log::{read_log, FrameSink, Txns};
 use super::{Mirror, MirrorError, MirrorState, Streams};
 use crate::page_sums::{self, Header as SumsHeader};
 use crate::remote::replication::{page_of, Hello, LogError, LogSource, FRAME_HEADER};
-use crate::Result;
+use crate::{Context, Result};
 
 /// What [`Mirror::build`] wrote.
 #[derive(Debug)]
@@ -48,7 +48,7 @@ impl Mirror {
         let Some(to) = out.txns.last_frame.filter(|_| out.txns.frames > 0) else {
             return Ok(None);
         };
-        out.finish(to)?;
+        out.finish(to, &self.db_path())?;
         self.save_state(&MirrorState {
             log_id: hello.log_id.clone(),
             generation_id: hello.generation_id.clone(),
@@ -78,7 +78,7 @@ const RUN_BYTES: usize = 1 << 20;
 impl PageWriter {
     fn create(path: &Path, sums_path: PathBuf) -> Result<PageWriter> {
         Ok(PageWriter {
-            file: fs::File::create(path)?,
+            file: fs::File::create(path).during("creating the mirror", path.display())?,
             sums_path,
             sums: Vec::new(),
             run: Vec::with_capacity(RUN_BYTES),
@@ -98,11 +98,14 @@ impl PageWriter {
 
     /// Writes what is gathered, cuts the file to the last commit's size, and writes the sums
     /// file, at frame `to` (unsynced, as the database: the caller syncs both).
-    fn finish(mut self, to: u64) -> std::io::Result<()> {
-        self.flush()?;
+    fn finish(mut self, to: u64, db_path: &Path) -> Result<()> {
         let page_size = self.txns.page_size.unwrap_or(0);
-        self.file
-            .set_len(u64::from(self.txns.size) * page_size as u64)?;
+        self.flush()
+            .and_then(|()| {
+                self.file
+                    .set_len(u64::from(self.txns.size) * page_size as u64)
+            })
+            .during("writing the mirror", db_path.display())?;
         let sums = self
             .sums
             .iter()
@@ -110,7 +113,8 @@ impl PageWriter {
             .take(self.txns.size as usize)
             .filter_map(|(i, s)| Some((u32::try_from(i + 1).ok()?, (*s)?)))
             .collect();
-        let file = fs::File::create(&self.sums_path)?;
+        let file = fs::File::create(&self.sums_path)
+            .during("creating the mirror's sums", self.sums_path.display())?;
         write_sums(
             &file,
             sums,
@@ -121,6 +125,7 @@ impl PageWriter {
                 frame: to,
             },
         )
+        .during("writing the mirror's sums", self.sums_path.display())
     }
 }
 
