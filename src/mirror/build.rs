@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::apply::write_sums;
-use super::log::{read_log, FrameSink, Txns};
+use super::log::{read_log, writing, FrameSink, Txns};
 use super::{Mirror, MirrorError, MirrorState, Streams};
 use crate::page_sums::{self, Header as SumsHeader};
 use crate::remote::replication::{page_of, Hello, LogError, LogSource, FRAME_HEADER};
@@ -48,7 +48,7 @@ impl Mirror {
         let Some(to) = out.txns.last_frame.filter(|_| out.txns.frames > 0) else {
             return Ok(None);
         };
-        out.finish(to, &self.db_path())?;
+        out.finish(to)?;
         self.save_state(&MirrorState {
             log_id: hello.log_id.clone(),
             generation_id: hello.generation_id.clone(),
@@ -63,6 +63,7 @@ impl Mirror {
 /// write, with the sum of each page kept for the sums file.
 struct PageWriter {
     file: fs::File,
+    path: PathBuf,
     sums_path: PathBuf,
     /// The sum of each page written, by page number less one.
     sums: Vec<Option<u32>>,
@@ -79,6 +80,7 @@ impl PageWriter {
     fn create(path: &Path, sums_path: PathBuf) -> Result<PageWriter> {
         Ok(PageWriter {
             file: fs::File::create(path).during("creating the mirror", path.display())?,
+            path: path.to_path_buf(),
             sums_path,
             sums: Vec::new(),
             run: Vec::with_capacity(RUN_BYTES),
@@ -90,7 +92,9 @@ impl PageWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.run.is_empty() {
             let at = (u64::from(self.run_first) - 1) * self.txns.page_size.unwrap_or(0) as u64;
-            self.file.write_all_at(&self.run, at)?;
+            self.file
+                .write_all_at(&self.run, at)
+                .map_err(writing(&self.path))?;
             self.run.clear();
         }
         Ok(())
@@ -98,14 +102,12 @@ impl PageWriter {
 
     /// Writes what is gathered, cuts the file to the last commit's size, and writes the sums
     /// file, at frame `to` (unsynced, as the database: the caller syncs both).
-    fn finish(mut self, to: u64, db_path: &Path) -> Result<()> {
+    fn finish(mut self, to: u64) -> Result<()> {
         let page_size = self.txns.page_size.unwrap_or(0);
-        self.flush()
-            .and_then(|()| {
-                self.file
-                    .set_len(u64::from(self.txns.size) * page_size as u64)
-            })
-            .during("writing the mirror", db_path.display())?;
+        self.flush()?;
+        self.file
+            .set_len(u64::from(self.txns.size) * page_size as u64)
+            .during("writing the mirror", self.path.display())?;
         let sums = self
             .sums
             .iter()

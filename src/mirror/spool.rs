@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::log::{read_log, FrameSink, Txns};
+use super::log::{read_log, writing, FrameSink, Txns};
 use super::{Mirror, MirrorError, Streams, SPOOL};
 use crate::durable::{self, Aside};
 use crate::remote::replication::{FrameHeader, Hello, LogSource, FRAME_HEADER};
@@ -190,7 +190,7 @@ impl FrameSink for Spool {
 
     fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
         let h = self.txns.check(frame, snapshot)?;
-        self.out.write_all(frame)?;
+        self.out.write_all(frame).map_err(writing(&self.path))?;
         self.crc.update(frame);
         self.written += frame.len() as u64;
         self.txn_pages.push(h.page_no);
@@ -206,9 +206,12 @@ impl FrameSink for Spool {
     /// Drops whatever follows the last whole transaction.
     fn rewind(&mut self) -> std::io::Result<()> {
         if self.written != self.committed {
-            self.out.flush()?;
-            self.out.get_ref().set_len(self.committed)?;
-            self.out.seek(SeekFrom::Start(self.committed))?;
+            let named = writing(&self.path);
+            self.out.flush().map_err(&named)?;
+            self.out.get_ref().set_len(self.committed).map_err(&named)?;
+            self.out
+                .seek(SeekFrom::Start(self.committed))
+                .map_err(&named)?;
             self.written = self.committed;
         }
         self.crc = self.committed_crc.clone();
