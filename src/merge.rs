@@ -274,23 +274,23 @@ impl Plan {
                 .during("suspending trigger", format_args!("{name:?}"))?;
         }
         let changing = "changing the schema of";
+        let wc = work.path().unwrap_or("the working copy");
         for (q, args) in &self.before_ddl {
             work.execute(q, rusqlite::params_from_iter(args))
-                .during(changing, "the working copy")?;
+                .during(changing, wc)?;
         }
         self.taken
             .apply(work, theirs_db)
-            .during("taking theirs, whole, into", "the working copy")?;
+            .during("taking theirs, whole, into", wc)?;
         let mut indexes = self.indexes.clone();
         for k in &self.kept {
-            indexes.extend(k.set_aside(work).during(changing, "the working copy")?);
+            indexes.extend(k.set_aside(work).during(changing, wc)?);
         }
         for stmt in &self.ddl {
-            work.execute_batch(stmt)
-                .during(changing, "the working copy")?;
+            work.execute_batch(stmt).during(changing, wc)?;
         }
         for k in &self.kept {
-            k.restore(work).during(changing, "the working copy")?;
+            k.restore(work).during(changing, wc)?;
         }
         for (name, create) in indexes {
             let recreate = || -> rusqlite::Result<()> {
