@@ -115,7 +115,8 @@ pub fn copy_local(
     sink: &mut dyn Sink,
     progress: &Progress,
 ) -> Result<Stats> {
-    let schema = schema::load(conn)?;
+    let db = conn.path().unwrap_or("the database").to_owned();
+    let schema = schema::load(conn).during("reading the schema of", &db)?;
     let mut stats = Stats::default();
     create_tables(&schema, sink)?;
     let seq = sequence_table();
@@ -132,15 +133,18 @@ pub fn copy_local(
             sql::ident(&t.name),
             t.scan_key_exprs()?.join(", ")
         );
-        let mut st = conn.prepare(&q)?;
+        let reading = "reading the rows of table";
+        let table = format_args!("{:?} of {db}", t.name);
+        let mut st = conn.prepare(&q).during(reading, table)?;
         let n = st.column_count();
-        let mut rows = st.query([])?;
+        let mut rows = st.query([]).during(reading, table)?;
         let mut batch = Vec::with_capacity(1024);
-        while let Some(r) = rows.next()? {
+        while let Some(r) = rows.next().during(reading, table)? {
             batch.push(
                 (0..n)
                     .map(|i| r.get::<_, Value>(i))
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .during(reading, table)?,
             );
             if batch.len() == 1024 {
                 sink.insert(t, &batch)?;

@@ -110,12 +110,14 @@ impl Workspace {
     /// The base's stamp, in a read transaction of its own.
     fn base_stamp(&self) -> Result<Stamp> {
         let base = self.open_base()?;
-        crate::pages::stamp(&base)?.ok_or_else(|| {
-            Error::Workspace(format!(
-                "the base {} has no stamp (is it in WAL mode?); run `tursync verify`",
-                self.base_path().display()
-            ))
-        })
+        crate::pages::stamp(&base)
+            .during("reading the stamp of the base", self.base_path().display())?
+            .ok_or_else(|| {
+                Error::Workspace(format!(
+                    "the base {} has no stamp (is it in WAL mode?); run `tursync verify`",
+                    self.base_path().display()
+                ))
+            })
     }
 
     /// The record's head, if there is a record and it is of the base as it is now.
@@ -211,7 +213,8 @@ impl Workspace {
             return Ok(None);
         }
         let path = self.record_path(kind);
-        let schema = crate::schema::load(&self.open_base()?)?;
+        let schema = crate::schema::load(&self.open_base()?)
+            .during("reading the schema of the base", self.base_path().display())?;
         let read = || -> Result<Changeset> {
             let mut r = BufReader::new(std::fs::File::open(&path)?);
             let head = read_head(&mut r, kind)?;
@@ -306,14 +309,20 @@ impl Workspace {
             let changes = std::mem::take(&mut t.changes);
             let mut kept = Vec::with_capacity(changes.len());
             for c in changes {
-                if holds(&work, t, &c)? {
+                if holds(&work, t, &c).during(
+                    "reading which of the pull's changes landed in",
+                    self.db_path().display(),
+                )? {
                     kept.push(c);
                 }
             }
             t.changes = kept;
         }
         drop(work);
-        self.update_base(|conn| theirs.apply(conn))?;
+        self.update_base(|conn| theirs.apply(conn)).during(
+            "applying the record of a pull to",
+            self.base_path().display(),
+        )?;
         self.drop_pull_record()
     }
 

@@ -451,13 +451,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut sink = SqlSink::new(BufWriter::with_capacity(1 << 20, writer))?;
             if *local {
                 let ws = Workspace::locate(cli.db.as_deref())?;
-                let conn = ws
+                let mut conn = ws
                     .open_working_copy(true)
                     .with_context(|| format!("cannot open {}", ws.db_path().display()))?;
                 // One read transaction: the app may be writing while we dump.
-                conn.execute_batch("BEGIN")?;
-                clone::copy_local(&conn, &mut sink, &progress)?;
-                conn.execute_batch("COMMIT")?;
+                let snapshot = conn.transaction()?;
+                clone::copy_local(&snapshot, &mut sink, &progress)?;
+                snapshot.commit()?;
             } else {
                 let ws = Workspace::locate(cli.db.as_deref()).ok();
                 let (_, remote) = connect(&cli, ws.as_ref())?;

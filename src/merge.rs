@@ -270,31 +270,41 @@ impl Plan {
     ) -> Result<Vec<Conflict>> {
         let mut unique = Vec::new();
         for name in &self.suspend {
-            work.execute_batch(&format!("DROP TRIGGER {}", sql::ident(name)))?;
+            work.execute_batch(&format!("DROP TRIGGER {}", sql::ident(name)))
+                .during("suspending trigger", format_args!("{name:?}"))?;
         }
+        let changing = "changing the schema of";
+        let wc = work.path().unwrap_or("the working copy");
         for (q, args) in &self.before_ddl {
-            work.execute(q, rusqlite::params_from_iter(args))?;
+            work.execute(q, rusqlite::params_from_iter(args))
+                .during(changing, wc)?;
         }
-        self.taken.apply(work, theirs_db)?;
+        self.taken
+            .apply(work, theirs_db)
+            .during("taking theirs, whole, into", wc)?;
         let mut indexes = self.indexes.clone();
         for k in &self.kept {
-            indexes.extend(k.set_aside(work)?);
+            indexes.extend(k.set_aside(work).during(changing, wc)?);
         }
         for stmt in &self.ddl {
-            work.execute_batch(stmt)?;
+            work.execute_batch(stmt).during(changing, wc)?;
         }
         for k in &self.kept {
-            k.restore(work)?;
+            k.restore(work).during(changing, wc)?;
         }
         for (name, create) in indexes {
-            let there: bool = work.query_row(
-                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'index' AND name = ?1",
-                [&name],
-                |r| r.get(0),
-            )?;
-            if !there {
-                work.execute_batch(&create)?;
-            }
+            let recreate = || -> rusqlite::Result<()> {
+                let there: bool = work.query_row(
+                    "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'index' AND name = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )?;
+                if !there {
+                    work.execute_batch(&create)?;
+                }
+                Ok(())
+            };
+            recreate().during("re-creating index", format_args!("{name:?}"))?;
         }
         let fks = foreign_keys(work)?;
         let orphans = Orphans::before(

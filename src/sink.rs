@@ -6,7 +6,7 @@
 //! identities, and REAL values are written so they read back to the same bits (`-0.0` too).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::clone::Sink;
 use crate::schema::Table;
@@ -20,6 +20,7 @@ use crate::{Context, Error, Result};
 /// the caller syncs the finished file before renaming it into place (`workspace::init`).
 pub struct LocalSink {
     conn: rusqlite::Connection,
+    path: PathBuf,
 }
 
 impl LocalSink {
@@ -27,15 +28,27 @@ impl LocalSink {
         let conn = rusqlite::Connection::open(path).during("creating", path.display())?;
         // Rows arrive in any table order, and the bundled SQLite enforces foreign keys by
         // default: the copy is checked as a whole by the source, not row by row here.
-        conn.execute_batch("PRAGMA foreign_keys = OFF; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; BEGIN;")?;
+        // `BEGIN` and `COMMIT` as text, not a `rusqlite::Transaction`: the transaction spans
+        // the sink's life, from here to `finish`, and a `Transaction` borrows the connection
+        // the sink owns. The pragmas must run outside it, before and after.
+        conn.execute_batch("PRAGMA foreign_keys = OFF; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; BEGIN;")
+            .during("creating", path.display())?;
         conn.set_prepared_statement_cache_capacity(256);
-        Ok(LocalSink { conn })
+        Ok(LocalSink {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn finish(self) -> Result<()> {
+        let finishing = "finishing the copy in";
         self.conn
-            .execute_batch("COMMIT; PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL;")?;
-        self.conn.close().map_err(|(_, e)| Error::Local(e))?;
+            .execute_batch("COMMIT; PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL;")
+            .during(finishing, self.path.display())?;
+        self.conn
+            .close()
+            .map_err(|(_, e)| Error::Local(e))
+            .during(finishing, self.path.display())?;
         Ok(())
     }
 }

@@ -84,7 +84,11 @@ impl<'r> TursoPages<'r> {
         };
         let from = frames.saturating_sub(WITNESS_FRAMES);
         let from = (from > 0).then(|| from.to_string());
-        let db = std::fs::File::open(self.mirror.db_path()).map_err(TursoSyncError::Sink)?;
+        let path = self.mirror.db_path();
+        let db = std::fs::File::open(&path).map_err(|e| {
+            let named = std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+            TursoSyncError::Sink(named)
+        })?;
         let sync = TursoSync::new(self.remote);
         let mut differs = None;
         let mut ours = Vec::new();

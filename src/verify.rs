@@ -24,7 +24,7 @@ use crate::progress::Progress;
 use crate::remote::Remote;
 use crate::report::count;
 use crate::workspace::{open_snapshot, Workspace};
-use crate::Result;
+use crate::{Context, Result};
 
 /// What `PRAGMA integrity_check` said of one file: no problems means intact.
 #[derive(Debug)]
@@ -318,7 +318,10 @@ pub fn verify(
     let copy = ws.download(remote, opts, progress)?;
     let after = remote.replication_index()?;
     let theirs = open_snapshot(&copy.path)?;
-    let differences = diff::diff(&base_conn, &theirs, &diff::Filter::default())?;
+    let differences = diff::diff(&base_conn, &theirs, &diff::Filter::default()).during(
+        "comparing the base with the remote's copy",
+        copy.path.display(),
+    )?;
     let at = |point: Option<u64>, differences| {
         if point.is_some() && before == point && after == point {
             RemoteCheck::AtSyncPoint { differences }
@@ -336,7 +339,10 @@ pub fn verify(
             let remote = if integrity.ok() {
                 at(
                     state.frame_no,
-                    diff::diff(&conn, &theirs, &diff::Filter::default())?,
+                    diff::diff(&conn, &theirs, &diff::Filter::default()).during(
+                        "comparing the mirror with the remote's copy",
+                        copy.path.display(),
+                    )?,
                 )
             } else {
                 RemoteCheck::Skipped

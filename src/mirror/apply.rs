@@ -11,7 +11,7 @@ use super::{Mirror, MirrorState};
 use crate::durable;
 use crate::page_sums::{self, Header as SumsHeader};
 use crate::remote::replication::{page_of, FrameHeader, FRAME_HEADER};
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 impl Mirror {
     /// Writes a ready spool into the mirror, syncs it, records the new point and deletes the
@@ -31,20 +31,28 @@ impl Mirror {
             .truncate(ready.head.fresh)
             .read(true)
             .write(true)
-            .open(self.db_path())?;
+            .open(self.db_path())
+            .during("opening the mirror", self.db_path().display())?;
         let sums_file = fs::OpenOptions::new()
             .create(true)
             .truncate(ready.head.fresh)
             .read(true)
             .write(true)
-            .open(self.sums_path())?;
-        let mut r = BufReader::with_capacity(1 << 20, fs::File::open(&ready.path)?);
-        skip_head(&mut r)?;
+            .open(self.sums_path())
+            .during("opening the mirror's sums", self.sums_path().display())?;
+        let reading = "reading the spool";
+        let file = fs::File::open(&ready.path).during(reading, ready.path.display())?;
+        let mut r = BufReader::with_capacity(1 << 20, file);
+        skip_head(&mut r).during(reading, ready.path.display())?;
         let page_size = ready.head.page_size;
         // The sums carried forward, when they vouch for the mirror this spool continues.
         let carried = match ready.head.fresh {
             true => Some(0),
-            false => SumsHeader::read(&sums_file)?
+            false => SumsHeader::read(&sums_file)
+                .during(
+                    "reading the head of the mirror's sums",
+                    self.sums_path().display(),
+                )?
                 .filter(|h| h.frame != page_sums::UNTRUSTED && h.page_size as usize == page_size)
                 .map(|h| h.pages),
         };
@@ -56,7 +64,7 @@ impl Mirror {
             match r.read_exact(&mut frame) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e).during(reading, ready.path.display()),
             }
             crc.update(&frame);
             let h = FrameHeader::parse(&frame)
@@ -65,7 +73,8 @@ impl Mirror {
             db.write_all_at(
                 page_of(&frame),
                 (u64::from(h.page_no) - 1) * page_size as u64,
-            )?;
+            )
+            .during("applying the spool to the mirror", self.db_path().display())?;
             sums.insert(h.page_no, page_sums::sum(page_of(&frame)));
             if let Some(p) = pause.as_mut() {
                 p();
@@ -80,7 +89,8 @@ impl Mirror {
                 "its frames changed since it was written",
             ));
         }
-        db.set_len(u64::from(ready.size) * page_size as u64)?;
+        db.set_len(u64::from(ready.size) * page_size as u64)
+            .during("applying the spool to the mirror", self.db_path().display())?;
         write_sums(
             &sums_file,
             sums,
@@ -94,22 +104,27 @@ impl Mirror {
                     page_sums::UNTRUSTED
                 },
             },
-        )?;
+        )
+        .during("writing the mirror's sums", self.sums_path().display())?;
         let state = MirrorState {
             log_id: ready.head.log_id.clone(),
             generation_id: ready.head.generation_id.clone(),
             frame_no: Some(ready.to),
             revision: ready.head.revision.clone(),
         };
-        let (dir, recorded) = (self.dir.clone(), state.clone());
+        let (mirror, recorded) = (Mirror::new(self.dir.clone()), state.clone());
         let sync = std::thread::spawn(move || -> Result<()> {
-            db.sync_all()?;
+            db.sync_all()
+                .during("syncing the mirror", mirror.db_path().display())?;
             drop(db);
-            sums_file.sync_all()?;
+            sums_file
+                .sync_all()
+                .during("syncing the mirror's sums", mirror.sums_path().display())?;
             drop(sums_file);
-            Mirror::new(dir.clone()).save_state(&recorded)?;
-            fs::remove_file(&ready.path)?;
-            durable::sync_dir(&dir)
+            mirror.save_state(&recorded)?;
+            fs::remove_file(&ready.path)
+                .during("removing the applied spool", ready.path.display())?;
+            durable::sync_dir(&mirror.dir)
         });
         Ok(Settling {
             state,

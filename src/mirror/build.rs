@@ -6,11 +6,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::apply::write_sums;
-use super::log::{read_log, FrameSink, Txns};
+use super::log::{read_log, writing, FrameSink, Txns};
 use super::{Mirror, MirrorError, MirrorState, Streams};
 use crate::page_sums::{self, Header as SumsHeader};
 use crate::remote::replication::{page_of, Hello, LogError, LogSource, FRAME_HEADER};
-use crate::Result;
+use crate::{Context, Result};
 
 /// What [`Mirror::build`] wrote.
 #[derive(Debug)]
@@ -63,6 +63,7 @@ impl Mirror {
 /// write, with the sum of each page kept for the sums file.
 struct PageWriter {
     file: fs::File,
+    path: PathBuf,
     sums_path: PathBuf,
     /// The sum of each page written, by page number less one.
     sums: Vec<Option<u32>>,
@@ -78,7 +79,8 @@ const RUN_BYTES: usize = 1 << 20;
 impl PageWriter {
     fn create(path: &Path, sums_path: PathBuf) -> Result<PageWriter> {
         Ok(PageWriter {
-            file: fs::File::create(path)?,
+            file: fs::File::create(path).during("creating the mirror", path.display())?,
+            path: path.to_path_buf(),
             sums_path,
             sums: Vec::new(),
             run: Vec::with_capacity(RUN_BYTES),
@@ -90,7 +92,9 @@ impl PageWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.run.is_empty() {
             let at = (u64::from(self.run_first) - 1) * self.txns.page_size.unwrap_or(0) as u64;
-            self.file.write_all_at(&self.run, at)?;
+            self.file
+                .write_all_at(&self.run, at)
+                .map_err(writing(&self.path))?;
             self.run.clear();
         }
         Ok(())
@@ -98,11 +102,12 @@ impl PageWriter {
 
     /// Writes what is gathered, cuts the file to the last commit's size, and writes the sums
     /// file, at frame `to` (unsynced, as the database: the caller syncs both).
-    fn finish(mut self, to: u64) -> std::io::Result<()> {
-        self.flush()?;
+    fn finish(mut self, to: u64) -> Result<()> {
         let page_size = self.txns.page_size.unwrap_or(0);
+        self.flush()?;
         self.file
-            .set_len(u64::from(self.txns.size) * page_size as u64)?;
+            .set_len(u64::from(self.txns.size) * page_size as u64)
+            .during("writing the mirror", self.path.display())?;
         let sums = self
             .sums
             .iter()
@@ -110,7 +115,8 @@ impl PageWriter {
             .take(self.txns.size as usize)
             .filter_map(|(i, s)| Some((u32::try_from(i + 1).ok()?, (*s)?)))
             .collect();
-        let file = fs::File::create(&self.sums_path)?;
+        let file = fs::File::create(&self.sums_path)
+            .during("creating the mirror's sums", self.sums_path.display())?;
         write_sums(
             &file,
             sums,
@@ -121,6 +127,7 @@ impl PageWriter {
                 frame: to,
             },
         )
+        .during("writing the mirror's sums", self.sums_path.display())
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::{MirrorError, Streams};
 use crate::remote::replication::{FrameHeader, Hello, LogError, LogSource, FRAME_HEADER};
+use crate::Context;
 
 /// Where frames read off the log go: a spool ([`Mirror::fetch`](super::Mirror::fetch)) or a
 /// mirror being built ([`Mirror::build`](super::Mirror::build)). Frames come in whole transactions; after `rewind` the transaction under
@@ -14,6 +15,12 @@ pub(super) trait FrameSink {
     fn txns(&self) -> &Txns;
     fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()>;
     fn rewind(&mut self) -> std::io::Result<()>;
+}
+
+/// Names the sink's own file in an error writing it. The kind is kept: [`stream_ahead`] tells
+/// frames that do not follow (`InvalidData`) from storage failing by it.
+pub(super) fn writing(path: &Path) -> impl Fn(std::io::Error) -> std::io::Error + '_ {
+    move |e| std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
 }
 
 /// Reads the log into `sink` until it is caught up: a long stretch in two streams at once
@@ -100,7 +107,9 @@ fn stream_ahead(
         return Ok(None);
     };
     let mid = from + (upto - from) / 2;
-    let mut aside = BufWriter::with_capacity(1 << 20, tempfile::tempfile_in(dir)?);
+    let aside_in = "keeping the second stream's frames in";
+    let file = tempfile::tempfile_in(dir).during(aside_in, dir.display())?;
+    let mut aside = BufWriter::with_capacity(1 << 20, file);
     let (head, tail) = std::thread::scope(|s| {
         let tail = s.spawn(|| second.stream(mid + 1, upto, &mut |f| aside.write_all(f)));
         let head = first.stream(from, mid, &mut |f| sink.push(f, false));
@@ -115,8 +124,11 @@ fn stream_ahead(
     };
     let read = match (head, tail) {
         (Ok(()), Ok(Ok(()))) => {
-            let mut file = aside.into_inner().map_err(|e| e.into_error())?;
-            file.seek(SeekFrom::Start(0))?;
+            let file = aside
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|mut f| f.seek(SeekFrom::Start(0)).map(|_| f))
+                .during(aside_in, dir.display())?;
             let page_size = sink.txns().page_size.unwrap_or(0);
             let mut r = BufReader::with_capacity(1 << 20, file);
             let mut frame = vec![0; FRAME_HEADER + page_size];

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::durable;
 use crate::page_sums::{self, Header as SumsHeader};
 use crate::remote::replication::LogError;
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 pub use apply::Settling;
 pub use build::Built;
@@ -212,7 +212,7 @@ impl Mirror {
                 ))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e).during("reading the mirror's state", path.display()),
         }
     }
 
@@ -224,8 +224,11 @@ impl Mirror {
     pub fn remove(&self) -> Result<()> {
         let _ = self.take_damage();
         for name in [STATE, SPOOL, DB, SUMS] {
-            match fs::remove_file(self.dir.join(name)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            let path = self.dir.join(name);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).during("removing", path.display())
+                }
                 _ => {}
             }
         }
@@ -266,7 +269,7 @@ pub(crate) fn open_immutable_unchecked(path: &Path) -> Result<rusqlite::Connecti
 }
 
 fn open_read_only(path: &Path, query: &str) -> Result<rusqlite::Connection> {
-    let abs = std::path::absolute(path)?;
+    let abs = std::path::absolute(path).during("opening", path.display())?;
     let mut url = url::Url::from_file_path(&abs)
         .map_err(|()| Error::Unsupported(format!("{} is not a usable path", abs.display())))?;
     url.set_query(Some(query));
@@ -275,8 +278,13 @@ fn open_read_only(path: &Path, query: &str) -> Result<rusqlite::Connection> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
             | rusqlite::OpenFlags::SQLITE_OPEN_URI
             | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.execute_batch("BEGIN")?;
+    )
+    .during("opening", path.display())?;
+    // A plain `BEGIN`, not a `rusqlite::Transaction`: the connection is handed to the caller
+    // inside it, so every read it makes sees one snapshot, and a `Transaction` borrows the
+    // connection it would have to be returned with.
+    conn.execute_batch("BEGIN")
+        .during("opening", path.display())?;
     Ok(conn)
 }
 
@@ -284,10 +292,15 @@ fn open_read_only(path: &Path, query: &str) -> Result<rusqlite::Connection> {
 /// saying rollback journal (bytes 18 and 19 set to 1) instead of the server's WAL mode. The
 /// copy is not synced: the caller does, when it is done with it.
 pub fn copy_out(mirror: &Path, dst: &Path) -> Result<()> {
-    fs::copy(mirror, dst)?;
-    let f = fs::OpenOptions::new().write(true).open(dst)?;
-    if f.metadata()?.len() >= 100 {
-        f.write_all_at(&[1, 1], 18)?;
+    fs::copy(mirror, dst).during("copying the mirror to", dst.display())?;
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .during("opening", dst.display())?;
+    let len = f.metadata().during("reading", dst.display())?.len();
+    if len >= 100 {
+        f.write_all_at(&[1, 1], 18)
+            .during("setting the journal mode in", dst.display())?;
     }
     Ok(())
 }

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::log::{read_log, FrameSink, Txns};
+use super::log::{read_log, writing, FrameSink, Txns};
 use super::{Mirror, MirrorError, Streams, SPOOL};
 use crate::durable::{self, Aside};
 use crate::remote::replication::{FrameHeader, Hello, LogSource, FRAME_HEADER};
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// What a ready spool starts with: enough to apply it after a crash.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,8 +135,9 @@ impl Spool {
         let aside = Aside {
             paths: vec![path.clone()],
         };
-        let mut file = fs::File::create(&path)?;
-        file.seek(SeekFrom::Start(HEAD_BYTES))?;
+        let mut file = fs::File::create(&path).during("creating the spool", path.display())?;
+        file.seek(SeekFrom::Start(HEAD_BYTES))
+            .during("writing the spool", path.display())?;
         Ok(Spool {
             path,
             out: BufWriter::with_capacity(1 << 20, file),
@@ -158,23 +159,26 @@ impl Spool {
     /// Writes the head (with the count and sum of the frames), syncs, and renames the spool
     /// to `ready`, where it counts as ready. A transaction the log did not finish stays out.
     fn finish(mut self, mut head: SpoolHead, ready: &Path) -> Result<(PathBuf, SpoolHead)> {
-        self.rewind()?;
+        self.rewind()
+            .during("writing the spool", self.path.display())?;
         head.frames = self.txns.frames;
         head.sum = Some(self.committed_crc.clone().finalize());
         let mut file = self
             .out
             .into_inner()
-            .map_err(|e| Error::Io(e.into_error()))?;
+            .map_err(|e| e.into_error())
+            .during("writing the spool", self.path.display())?;
         let text = serde_json::to_vec(&head).map_err(Error::Json)?;
         if text.len() as u64 >= HEAD_BYTES {
             return Err(Error::Unexpected("the log id is too long to record".into()));
         }
         let mut padded = text;
         padded.resize(HEAD_BYTES as usize, b' ');
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(&padded)?;
-        file.sync_all()?;
-        fs::rename(&self.path, ready)?;
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&padded))
+            .and_then(|()| file.sync_all())
+            .during("writing the spool", self.path.display())?;
+        fs::rename(&self.path, ready).during("renaming into place", ready.display())?;
         Ok((ready.to_path_buf(), head))
     }
 }
@@ -186,7 +190,7 @@ impl FrameSink for Spool {
 
     fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
         let h = self.txns.check(frame, snapshot)?;
-        self.out.write_all(frame)?;
+        self.out.write_all(frame).map_err(writing(&self.path))?;
         self.crc.update(frame);
         self.written += frame.len() as u64;
         self.txn_pages.push(h.page_no);
@@ -202,9 +206,12 @@ impl FrameSink for Spool {
     /// Drops whatever follows the last whole transaction.
     fn rewind(&mut self) -> std::io::Result<()> {
         if self.written != self.committed {
-            self.out.flush()?;
-            self.out.get_ref().set_len(self.committed)?;
-            self.out.seek(SeekFrom::Start(self.committed))?;
+            let named = writing(&self.path);
+            self.out.flush().map_err(&named)?;
+            self.out.get_ref().set_len(self.committed).map_err(&named)?;
+            self.out
+                .seek(SeekFrom::Start(self.committed))
+                .map_err(&named)?;
             self.written = self.committed;
         }
         self.crc = self.committed_crc.clone();
@@ -223,14 +230,15 @@ pub(super) fn skip_head(r: &mut impl Read) -> std::io::Result<()> {
 /// says why it is damaged.
 pub(super) fn read_spool(path: &Path) -> Result<std::result::Result<Ready, String>> {
     let damaged = |why: &str| Ok(Err(format!("{} is damaged ({why})", path.display())));
-    let file = fs::File::open(path)?;
-    let len = file.metadata()?.len();
+    let reading = "reading the spool";
+    let file = fs::File::open(path).during(reading, path.display())?;
+    let len = file.metadata().during(reading, path.display())?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut head = vec![0; HEAD_BYTES as usize];
     if len < HEAD_BYTES {
         return damaged("shorter than its head");
     }
-    r.read_exact(&mut head)?;
+    r.read_exact(&mut head).during(reading, path.display())?;
     let Ok(head) = serde_json::from_slice::<SpoolHead>(head.trim_ascii_end()) else {
         return damaged("its head is not one");
     };
@@ -251,7 +259,7 @@ pub(super) fn read_spool(path: &Path) -> Result<std::result::Result<Ready, Strin
     let (mut pages, mut to, mut size, mut last_commits) = (BTreeSet::new(), None, 0, false);
     let mut crc = crc32fast::Hasher::new();
     for _ in 0..head.frames {
-        r.read_exact(&mut frame)?;
+        r.read_exact(&mut frame).during(reading, path.display())?;
         crc.update(&frame);
         let Some(h) = FrameHeader::parse(&frame).filter(|h| h.page_no != 0) else {
             return damaged("a frame of page 0");

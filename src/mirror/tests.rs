@@ -549,3 +549,24 @@ fn silent_streams_are_left_to_the_batches_and_turned_off() {
         }
     }
 }
+
+/// A file error names the step and the file: a state file another program replaced by a
+/// directory, and a copy into a directory that is not there.
+#[test]
+fn file_errors_name_the_step_and_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mirror::new(dir.path().to_path_buf());
+    let state = dir.path().join(STATE);
+    fs::create_dir(&state).unwrap();
+    let e = m.state().unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("reading the mirror's state {}: ", state.display())),
+        "{e}"
+    );
+    let dst = dir.path().join("gone").join("copy.db");
+    let e = copy_out(&m.db_path(), &dst).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("copying the mirror to {}: ", dst.display())),
+        "{e}"
+    );
+}
