@@ -32,7 +32,7 @@ use crate::touched::{touched, Before, Touched};
 use crate::workspace::{
     read_ours, wait_for_locks, Clean, StreamsOff, SyncState, Workspace, BUSY_TIMEOUT,
 };
-use crate::{Error, Result};
+use crate::{Context, Error, Result};
 
 /// Called once if the app holds the working copy's write lock, before waiting for it.
 pub type WaitNotice<'a> = &'a dyn Fn();
@@ -504,7 +504,9 @@ fn merge_into(
     work.execute_batch("PRAGMA foreign_keys = OFF")?;
     let snapshot = Transaction::new_unchecked(&work, TransactionBehavior::Deferred)?;
     let known = ws.known_leaves()?;
-    let (ours, _) = read_ours(base, &work, &diff::Filter::default(), clean, known.as_ref())?;
+    let wc = ws.db_path();
+    let (ours, _) = read_ours(base, &work, &diff::Filter::default(), clean, known.as_ref())
+        .during("reading our changes from", wc.display())?;
     // A table named to settle (`--theirs TABLE`) must exist: a typo would settle nothing.
     for name in merge.tables.keys() {
         if ![&ours, &theirs]
@@ -518,7 +520,8 @@ fn merge_into(
     }
     let seen = data_version(&work)?;
     let mut nothing_ours = ours.is_empty();
-    let mut plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)?;
+    let mut plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)
+        .during("planning the merge into", wc.display())?;
     snapshot.commit()?;
     let unsettled = merge.unsettled(&plan.conflicts);
     if !unsettled.is_empty() {
@@ -534,16 +537,19 @@ fn merge_into(
         let now = data_version(&work)?;
         locked = Some(now);
         if now != seen {
-            let (ours, _) =
-                read_ours(base, &work, &diff::Filter::default(), clean, known.as_ref())?;
+            let (ours, _) = read_ours(base, &work, &diff::Filter::default(), clean, known.as_ref())
+                .during("reading our changes again from", wc.display())?;
             nothing_ours = ours.is_empty();
-            plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)?;
+            plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)
+                .during("planning the merge again into", wc.display())?;
             let unsettled = merge.unsettled(&plan.conflicts);
             if !unsettled.is_empty() {
                 return Ok(Outcome::Conflicts(unsettled));
             }
         }
-        let unique = plan.apply(&work, theirs_db, merge)?;
+        let unique = plan
+            .apply(&work, theirs_db, merge)
+            .during("applying their changes to", wc.display())?;
         let unsettled = merge.unsettled(&unique);
         if !unsettled.is_empty() {
             return Ok(Outcome::Conflicts(unsettled));
@@ -559,7 +565,8 @@ fn merge_into(
         // The base takes theirs right after this commit; a pull killed in between leaves the
         // record, and the next one finishes the base's part ([`Workspace::finish_interrupted_pull`]).
         ws.record_pull_start(&theirs, kept.clone())?;
-        work.execute_batch("COMMIT")?;
+        work.execute_batch("COMMIT")
+            .during("committing the pull to", wc.display())?;
         Ok(Outcome::Done(plan.report.clone()))
     })();
     if !matches!(applied, Ok(Outcome::Done(_))) {
