@@ -118,7 +118,9 @@ pub fn push(
 ) -> Result<Outcome<PushReport>> {
     let _lock = ws.lock()?;
     ws.finish_interrupted_pull()?;
-    let (cs, work_stamp, walked) = ws.ours(&Default::default())?;
+    let (cs, work_stamp, walked) = ws
+        .ours(&Default::default())
+        .during("reading our changes from", ws.db_path().display())?;
     let report = PushReport {
         changes: cs.change_count(),
         schema: cs.listed_schema().map(SchemaChange::to_json).collect(),
@@ -139,13 +141,15 @@ pub fn push(
         }
         return Ok(Outcome::Done(report));
     }
-    let fks = foreign_keys(&ws.open_working_copy(true)?)?;
+    let fks = foreign_keys(&ws.open_working_copy(true)?)
+        .during("reading the foreign keys of", ws.db_path().display())?;
     let fk_scope = foreign_key_scope(&fks, cs.tables.iter().map(|t| t.table.name.as_str()));
     let fresh_record = ws.record_push_start(&cs)?;
     // What the remote's schema is unless someone changed it since the last sync: the touched
     // rows are read in the same request as the schema, as if it were.
     let expected = RemoteState {
-        schema: SchemaTexts::read_local(&ws.open_base()?)?,
+        schema: SchemaTexts::read_local(&ws.open_base()?)
+            .during("reading the schema of", ws.base_path().display())?,
         sequences: HashMap::new(),
     };
     let total_rows: usize = cs.tables.iter().map(|t| t.changes.len()).sum();
