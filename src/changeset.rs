@@ -808,9 +808,13 @@ impl Changeset {
 
     /// Row changes plus schema changes: what "N changes to push" counts.
     pub fn change_count(&self) -> usize {
-        self.listed_schema().count()
-            + self.tables.iter().map(|t| t.changes.len()).sum::<usize>()
-            + usize::from(self.user_version.is_some())
+        self.change_count_with(self.tables.iter().map(|t| t.changes.len()).sum())
+    }
+
+    /// [`Changeset::change_count`] with `rows` row changes, counted elsewhere (a diff that
+    /// counts its rows as it reads them).
+    pub(crate) fn change_count_with(&self, rows: usize) -> usize {
+        self.listed_schema().count() + rows + usize::from(self.user_version.is_some())
     }
 }
 

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use rusqlite::Connection;
 
 use crate::change_buffer::ChangeBuffer;
-use crate::changeset::render::{Each, RowSource};
+use crate::changeset::render::{Counts, Each, RowSource};
 use crate::changeset::{
     with_renamed_references, Changeset, Pick, RowChange, SchemaChange, SequenceChange, TableDiff,
 };
@@ -518,6 +518,23 @@ impl Diff<'_> {
             })?;
         }
         Ok(cs)
+    }
+
+    /// [`Changeset::write_summary`] of [`Diff::changeset`], counting each table's rows as they
+    /// are read instead of holding them: memory stays flat however many rows changed, and
+    /// nothing is built only to be freed.
+    pub fn write_summary(&self, out: &mut dyn std::io::Write, color: bool) -> Result<()> {
+        let counts = (0..self.outline.tables.len())
+            .map(|i| {
+                let mut c = Counts::default();
+                self.read(i, Pick::All, &mut |ch| {
+                    c.add(&ch);
+                    Ok(())
+                })?;
+                Ok(c)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.outline.write_summary_counted(&counts, out, color)?)
     }
 
     /// [`Changeset::write_sql`], printing each table's rows as they are read.
@@ -1354,6 +1371,13 @@ mod tests {
         // Printed as the rows are read, whether the changes put aside for a table's later
         // passes stay in memory or go to a file: byte for byte what the changeset in memory
         // prints.
+        let (mut summary, mut summary2) = (Vec::new(), Vec::new());
+        cs.write_summary(&mut summary, true).unwrap();
+        d.write_summary(&mut summary2, true).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&summary),
+            String::from_utf8_lossy(&summary2)
+        );
         let (mut sql, mut json) = (Vec::new(), Vec::new());
         cs.write_sql(&mut sql).unwrap();
         cs.write_json(&mut json).unwrap();

@@ -201,9 +201,11 @@ impl Changeset {
     ) -> Result<()> {
         let mut line = String::new();
         self.statements_from(rows, &mut |q, args| {
+            // Literals never hold a raw control character, so a CR LF pair in the line is one
+            // in `q`: checking the statement is checking the line, without scanning the values.
+            sql::check_shell_text(q)?;
             line.clear();
             sql::push_bound(&mut line, q, args);
-            sql::check_shell_text(&line)?;
             line.push_str(";\n");
             out.write_all(line.as_bytes())?;
             Ok(())
@@ -266,14 +268,14 @@ impl Changeset {
 
 /// A table's changes counted by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Counts {
+pub(crate) struct Counts {
     inserted: usize,
     updated: usize,
     deleted: usize,
 }
 
 impl Counts {
-    fn add(&mut self, ch: &RowChange) {
+    pub(crate) fn add(&mut self, ch: &RowChange) {
         match ch {
             RowChange::Insert(_) => self.inserted += 1,
             RowChange::Update { .. } => self.updated += 1,
@@ -476,6 +478,27 @@ impl Changeset {
     /// counters and `user_version`; then how many changes wait to be pushed. In ANSI colors
     /// when `color`.
     pub fn write_summary(&self, out: &mut dyn std::io::Write, color: bool) -> std::io::Result<()> {
+        let counts: Vec<Counts> = self
+            .tables
+            .iter()
+            .map(|t| {
+                let mut c = Counts::default();
+                t.changes.iter().for_each(|ch| c.add(ch));
+                c
+            })
+            .collect();
+        self.write_summary_counted(&counts, out, color)
+    }
+
+    /// [`Changeset::write_summary`] with each table's changes counted in `counts` (by table,
+    /// as [`Changeset::tables`]), so a diff can count its rows as it reads them instead of
+    /// holding them.
+    pub(crate) fn write_summary_counted(
+        &self,
+        counts: &[Counts],
+        out: &mut dyn std::io::Write,
+        color: bool,
+    ) -> std::io::Result<()> {
         let paint = |code: &str, text: String| {
             if color {
                 format!("\x1b[{code}m{text}\x1b[0m")
@@ -486,12 +509,13 @@ impl Changeset {
         let changed: Vec<_> = self
             .tables
             .iter()
-            .filter(|t| !t.changes.is_empty())
+            .zip(counts)
+            .filter(|(_, c)| c.total() > 0)
             .collect();
         if !changed.is_empty() {
             let width = changed
                 .iter()
-                .map(|t| t.table.name.chars().count())
+                .map(|(t, _)| t.table.name.chars().count())
                 .max()
                 .unwrap_or(5)
                 .max(5);
@@ -500,8 +524,8 @@ impl Changeset {
                 "{:width$}  {:>9} {:>9} {:>9}",
                 "table", "inserted", "updated", "deleted"
             )?;
-            for t in &changed {
-                let (i, u, d) = t.counts();
+            for (t, c) in &changed {
+                let (i, u, d) = (c.inserted, c.updated, c.deleted);
                 writeln!(
                     out,
                     "{:width$}  {} {} {}",
@@ -537,7 +561,9 @@ impl Changeset {
         if let Some(v) = self.user_version {
             writeln!(out, "user_version -> {v}")?;
         }
-        match self.change_count() {
+        // `counts` may be of rows this changeset does not hold; with no change at all, its
+        // tables hold none either.
+        match self.change_count_with(counts.iter().map(|c| c.total()).sum()) {
             0 if self.is_empty() => writeln!(out, "nothing to push"),
             n => writeln!(out, "{n} change{} to push", if n == 1 { "" } else { "s" }),
         }
