@@ -420,7 +420,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 } else if *json {
                     d.write_json(&mut out)
                 } else {
-                    Ok(d.changeset()?.write_summary(&mut out, color_stdout())?)
+                    d.write_summary(&mut out, color_stdout())
                 }
             })
             .with_context(|| format!("cannot diff {}", ws.db_path().display()))?;
