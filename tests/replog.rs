@@ -1057,8 +1057,12 @@ fn a_garbage_spool_heals() {
     });
 }
 
-/// Pulls killed at random moments (fetching, writing the spool, applying it, merging), each
-/// followed by one that runs to the end: that one exits 0 and is exact.
+/// Pulls killed at random moments (fetching, writing the spool, applying it, merging, between
+/// the working copy's commit and the base's), each followed by one that runs to the end: that
+/// one exits 0 and is exact. The teammate's change brings a new table each round and a new
+/// column every other round, and after each kill the teammate sets the rows just changed back
+/// to what they were: a base left behind by the kill would take that for no change and keep the
+/// killed pull's values.
 #[test]
 fn pulls_killed_at_random_moments_are_finished_exactly() {
     let sqld = Sqld::start();
@@ -1069,15 +1073,24 @@ fn pulls_killed_at_random_moments_are_finished_exactly() {
     let dir = tempdir();
     init(&sqld, dir.path());
     let mut rng = Rng::from_time("kills");
-    for round in 0..5 {
+    for round in 0..6 {
+        let every = 2 + rng.below(4);
+        let migration = if round % 2 == 1 {
+            format!("ALTER TABLE t ADD COLUMN c{round} TEXT DEFAULT 'new';")
+        } else {
+            String::new()
+        };
         sqld.exec(&format!(
-            "UPDATE t SET b = randomblob(1500 + {round}) WHERE id % {} = 0",
-            2 + rng.below(4)
+            "CREATE TABLE saved AS SELECT id, b FROM t WHERE id % {every} = 0;
+             {migration}
+             UPDATE t SET b = randomblob(1500 + {round}) WHERE id % {every} = 0;"
         ));
         let mut child = sqld
             .tursync(dir.path())
             .args(["pull"])
             .env("TURSYNC_TEST_APPLY_PAUSE_MS", "2")
+            // A window between the two commits wide enough for some kills to land in.
+            .env("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", "300")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -1085,7 +1098,11 @@ fn pulls_killed_at_random_moments_are_finished_exactly() {
         std::thread::sleep(std::time::Duration::from_millis(rng.below(900)));
         let _ = child.kill();
         child.wait().unwrap();
-        sqld.exec(&format!("INSERT INTO t(b) VALUES (x'{round:02x}')"));
+        sqld.exec(&format!(
+            "UPDATE t SET b = (SELECT s.b FROM saved s WHERE s.id = t.id) WHERE id % {every} = 0;
+             DROP TABLE saved;
+             INSERT INTO t(b) VALUES (x'{round:02x}')"
+        ));
         pull(&sqld, dir.path());
         assert!(!dir.path().join(".tursync/mirror.spool").exists());
         for db in ["working_copy.db", ".tursync/base.db"] {
