@@ -536,17 +536,7 @@ fn push(cli: &Cli, dry_run: bool, as_json: bool, progress: &Progress) -> Result<
     let ws = Workspace::locate(cli.db.as_deref())?;
     if dry_run {
         let cs = ws.diff(&Filter::default())?;
-        let mut out = std::io::stdout().lock();
-        if cs.is_empty() {
-            writeln!(out, "-- nothing to push")?;
-        } else {
-            writeln!(
-                out,
-                "-- dry run: {} changes would be applied as below; nothing was sent",
-                cs.change_count()
-            )?;
-            cs.write_sql(&mut out)?;
-        }
+        tursync::push::write_dry_run(&cs, &mut std::io::stdout().lock())?;
         return Ok(ExitCode::SUCCESS);
     }
     let (endpoint, remote) = connect(cli, Some(&ws))?;

@@ -44,7 +44,7 @@ mod schema;
 
 use log::{keep_push_log, log_stmt};
 use orphan_check::{new_orphans, orphan_reads, orphans_found, OrphanCheck};
-pub use report::PushReport;
+pub use report::{write_dry_run, PushReport};
 use rows::{classify, stmt, unique_conflicts, TablePlan, Write};
 use schema::{plan_schema, remote_source, sequences_found, RemoteState, SchemaTexts, SCHEMA_SQL};
 

@@ -68,3 +68,24 @@ impl Report for PushReport {
         Ok(())
     }
 }
+
+/// What `push --dry-run` prints: the SQL the push would apply, as `diff --sql` writes it, under
+/// a comment that says how many changes and that nothing was sent.
+///
+/// ```text
+/// -- dry run: 2 changes would be applied as below; nothing was sent
+/// INSERT INTO "t"("id","v") VALUES(3,'c');
+/// …
+/// ```
+pub fn write_dry_run(cs: &crate::changeset::Changeset, out: &mut dyn Write) -> crate::Result<()> {
+    if cs.is_empty() {
+        writeln!(out, "-- nothing to push")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "-- dry run: {} changes would be applied as below; nothing was sent",
+        cs.change_count()
+    )?;
+    cs.write_sql(out)
+}
