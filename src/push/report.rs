@@ -73,9 +73,11 @@ impl Report for PushReport {
 /// a comment that says how many changes and that nothing was sent.
 ///
 /// ```text
-/// -- dry run: 2 changes would be applied as below; nothing was sent
-/// INSERT INTO "t"("id","v") VALUES(3,'c');
-/// …
+/// -- dry run: 1 changes would be applied as below; nothing was sent
+/// PRAGMA foreign_keys=OFF;
+/// BEGIN TRANSACTION;
+/// INSERT OR ABORT INTO "t" ("id", "v") VALUES (3, 'c');
+/// COMMIT;
 /// ```
 pub fn write_dry_run(cs: &crate::changeset::Changeset, out: &mut dyn Write) -> crate::Result<()> {
     if cs.is_empty() {
