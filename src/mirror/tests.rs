@@ -451,11 +451,9 @@ fn long_log(n: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A long log read in two streams at once makes the file batches make, for a mirror built
-/// or a spool applied; a stream that breaks off leaves the rest to the batches.
-#[test]
-fn a_long_log_read_in_two_streams_is_the_log_read_in_batches() {
-    let n = STREAM_FRAMES * 2 + 77;
+/// The `Hello` that names the end of a long log of `n` frames, and the mirror file its
+/// batches make (no streams): what every way of reading that log must make.
+fn built_in_batches(n: u64) -> (Hello, Vec<u8>) {
     let at = Hello {
         replication_index: Some(n - 1),
         ..hello()
@@ -464,7 +462,15 @@ fn a_long_log_read_in_two_streams_is_the_log_read_in_batches() {
     let r = Mirror::new(reference.path().to_path_buf());
     r.build(&mut FakeLog::new(long_log(n), None), &at, &mut Streams::Try)
         .unwrap();
-    let want = fs::read(r.db_path()).unwrap();
+    (at, fs::read(r.db_path()).unwrap())
+}
+
+/// A long log read in two streams at once makes the file batches make, for a mirror built
+/// or a spool applied; a stream that breaks off leaves the rest to the batches.
+#[test]
+fn a_long_log_read_in_two_streams_is_the_log_read_in_batches() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let (at, want) = built_in_batches(n);
     assert_eq!(want.len(), 60 * PAGE);
     for streams_break in [false, true] {
         let log = || FakeLog {
@@ -509,15 +515,7 @@ fn a_long_log_read_in_two_streams_is_the_log_read_in_batches() {
 #[test]
 fn silent_streams_are_left_to_the_batches_and_turned_off() {
     let n = STREAM_FRAMES * 2 + 77;
-    let at = Hello {
-        replication_index: Some(n - 1),
-        ..hello()
-    };
-    let reference = tempfile::tempdir().unwrap();
-    let r = Mirror::new(reference.path().to_path_buf());
-    r.build(&mut FakeLog::new(long_log(n), None), &at, &mut Streams::Try)
-        .unwrap();
-    let want = fs::read(r.db_path()).unwrap();
+    let (at, want) = built_in_batches(n);
     for mut streams in [Streams::Try, Streams::Off("before".into())] {
         let was = streams.clone();
         let mut source = FakeLog {
