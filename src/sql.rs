@@ -45,7 +45,10 @@ pub fn text_literal(s: &str) -> String {
 /// pragma_of("table_xinfo", "it's")  ->  PRAGMA main.table_xinfo('it''s')
 /// ```
 pub fn pragma_of(name: &str, arg: &str) -> String {
-    format!("PRAGMA main.{name}('{}')", arg.replace('\'', "''"))
+    let mut out = format!("PRAGMA main.{name}(");
+    push_quoted(&mut out, arg);
+    out.push(')');
+    out
 }
 
 /// The SQL that lists the orphans of `table` (`crate::schema::Orphan`: table, rowid, parent,
