@@ -212,6 +212,12 @@ impl Workspace {
         if self.live_record(kind)?.is_none() {
             return Ok(None);
         }
+        self.record_rows(kind).map(Some)
+    }
+
+    /// The row changes of the record of `kind`, as a changeset from the base; the caller has
+    /// found the record to be of the base as it is now ([`Workspace::live_record`]).
+    fn record_rows(&self, kind: Kind) -> Result<Changeset> {
         let path = self.record_path(kind);
         let schema = crate::schema::load(&self.open_base()?)
             .during("reading the schema of the base", self.base_path().display())?;
@@ -242,10 +248,10 @@ impl Workspace {
             }
             Ok(cs)
         };
-        Ok(Some(read().during(
+        read().during(
             "reading",
             format_args!("{} {}", kind.what(), path.display()),
-        )?))
+        )
     }
 
     /// Records, before the working copy commits a pull's merge, what the base is to take right
@@ -298,7 +304,7 @@ impl Workspace {
         };
         let work = self.open_working_copy(true)?;
         let theirs = match &head.theirs {
-            None => self.read_record(Kind::Pull)?,
+            None => Some(self.record_rows(Kind::Pull)?),
             Some(kept) => self.kept_theirs(kept, &work)?,
         };
         let Some(mut theirs) = theirs else {
