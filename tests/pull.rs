@@ -463,7 +463,7 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
 /// A workspace of `t(id, b)` with rows 1 and 2 at `x'00'`, a teammate's `change` (which sets
 /// row 1 to `x'01'`), and a pull of it killed once the working copy committed, before the base
 /// took their changes (a test hook pauses it there).
-fn pull_killed_after_its_commit(change: &str, sql_path: bool) -> (Sqld, TempDir) {
+pub(crate) fn pull_killed_after_its_commit(change: &str, sql_path: bool) -> (Sqld, TempDir) {
     let sqld = Sqld::start();
     sqld.exec(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);

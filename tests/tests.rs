@@ -6,6 +6,7 @@
 mod common;
 
 mod app_beside;
+mod attack;
 mod clone;
 mod diff;
 mod exact;

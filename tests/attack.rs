@@ -1,0 +1,243 @@
+//! Attacks on the recovery of a pull killed after its working copy's commit and before the
+//! base took their changes (`.tursync/pulled.rec`). Each kills a pull at that moment
+//! (`crate::pull::pull_killed_after_its_commit`: a teammate set row 1's b to x'01'), then
+//! disturbs the state, and checks that no teammate's row is lost and that commands go on.
+
+use crate::common::*;
+use crate::pull::pull_killed_after_its_commit;
+
+const MIGRATION: &str = "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'; CREATE INDEX t_c ON t(c);";
+
+/// After the kill the teammate sets row 1 back to x'00'; then pull, push: the remote must
+/// still read x'00' and both sides be the same.
+fn teammate_sets_back_then_sync(sqld: &Sqld, dir: &std::path::Path, sql_path: bool) {
+    sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
+    run_ok(&mut sqld.tursync_over(dir, "pull", sql_path));
+    run_ok(&mut sqld.tursync_over(dir, "push", sql_path));
+    assert_eq!(
+        sqld.query("SELECT b FROM t WHERE id = 1"),
+        vec![vec![Cell::Blob(vec![0])]],
+        "the teammate's x'00' was overwritten (sql_path {sql_path})"
+    );
+    assert_same_database(sqld, &dir.join("working_copy.db"));
+    assert_nothing_pending(dir);
+}
+
+fn app_edits_the_pulled_row_after_the_kill(sql_path: bool) {
+    let (sqld, dir) = pull_killed_after_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
+    edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
+    run_ok(&mut sqld.tursync_over(dir.path(), "pull", sql_path));
+    run_ok(&mut sqld.tursync_over(dir.path(), "push", sql_path));
+    assert_eq!(
+        sqld.query("SELECT b FROM t WHERE id = 1"),
+        vec![vec![Cell::Blob(vec![2])]],
+        "the app's edit did not arrive (sql_path {sql_path})"
+    );
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert_nothing_pending(dir.path());
+}
+
+#[test]
+fn app_edits_the_pulled_row_after_the_kill_over_the_log() {
+    app_edits_the_pulled_row_after_the_kill(false)
+}
+
+#[test]
+fn app_edits_the_pulled_row_after_the_kill_over_sql() {
+    app_edits_the_pulled_row_after_the_kill(true)
+}
+
+fn a_push_runs_first_after_the_kill(sql_path: bool) {
+    let (sqld, dir) = pull_killed_after_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
+    sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
+    // May refuse (remote moved); must not write x'01' back.
+    let _ = sqld
+        .tursync_over(dir.path(), "push", sql_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        sqld.query("SELECT b FROM t WHERE id = 1"),
+        vec![vec![Cell::Blob(vec![0])]],
+        "the push wrote the pulled copy back over the teammate's (sql_path {sql_path})"
+    );
+    teammate_sets_back_then_sync(&sqld, dir.path(), sql_path);
+}
+
+#[test]
+fn a_push_runs_first_after_the_kill_over_the_log() {
+    a_push_runs_first_after_the_kill(false)
+}
+
+#[test]
+fn a_push_runs_first_after_the_kill_over_sql() {
+    a_push_runs_first_after_the_kill(true)
+}
+
+fn the_teammate_drops_the_table_after_the_kill(sql_path: bool) {
+    let (sqld, dir) = pull_killed_after_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
+    sqld.exec(
+        "DROP TABLE t; CREATE TABLE u(id INTEGER PRIMARY KEY, v); INSERT INTO u VALUES (1, 'x');",
+    );
+    run_ok(&mut sqld.tursync_over(dir.path(), "pull", sql_path));
+    run_ok(&mut sqld.tursync_over(dir.path(), "push", sql_path));
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert_nothing_pending(dir.path());
+}
+
+#[test]
+fn the_teammate_drops_the_table_after_the_kill_over_the_log() {
+    the_teammate_drops_the_table_after_the_kill(false)
+}
+
+#[test]
+fn the_teammate_drops_the_table_after_the_kill_over_sql() {
+    the_teammate_drops_the_table_after_the_kill(true)
+}
+
+/// A damaged record: the error says to delete it and run `tursync sync`; doing so must not
+/// push the pulled copy back over a teammate's later change.
+fn a_damaged_pull_record_then_its_advice(sql_path: bool) {
+    let (sqld, dir) = pull_killed_after_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
+    let rec = dir.path().join(".tursync/pulled.rec");
+    std::fs::write(&rec, b"tursync pull rec").unwrap();
+    sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
+    let out = sqld
+        .tursync_over(dir.path(), "pull", sql_path)
+        .output()
+        .unwrap();
+    eprintln!("pull over a damaged record: {}\n{}", out.status, text(&out));
+    if !out.status.success() {
+        std::fs::remove_file(&rec).unwrap();
+        run_ok(&mut sqld.tursync_over(dir.path(), "sync", sql_path));
+    }
+    assert_eq!(
+        sqld.query("SELECT b FROM t WHERE id = 1"),
+        vec![vec![Cell::Blob(vec![0])]],
+        "the teammate's x'00' was overwritten (sql_path {sql_path})"
+    );
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert_nothing_pending(dir.path());
+}
+
+#[test]
+fn a_damaged_pull_record_then_its_advice_over_the_log() {
+    a_damaged_pull_record_then_its_advice(false)
+}
+
+#[test]
+fn a_damaged_pull_record_then_its_advice_over_sql() {
+    a_damaged_pull_record_then_its_advice(true)
+}
+
+/// A migration pull whose kept theirs is gone: `pulled.db` deleted (SQL), or `mirror.json`
+/// deleted (log).
+fn a_migration_pull_whose_kept_theirs_is_gone(sql_path: bool) {
+    let change = format!("{MIGRATION} UPDATE t SET b = x'01' WHERE id = 1;");
+    let (sqld, dir) = pull_killed_after_its_commit(&change, sql_path);
+    let gone = if sql_path {
+        ".tursync/pulled.db"
+    } else {
+        ".tursync/mirror.json"
+    };
+    let gone = dir.path().join(gone);
+    if gone.exists() {
+        std::fs::remove_file(&gone).unwrap();
+    } else {
+        eprintln!("{} was not there", gone.display());
+    }
+    teammate_sets_back_then_sync(&sqld, dir.path(), sql_path);
+}
+
+#[test]
+fn a_migration_pull_whose_kept_theirs_is_gone_over_the_log() {
+    a_migration_pull_whose_kept_theirs_is_gone(false)
+}
+
+#[test]
+fn a_migration_pull_whose_kept_theirs_is_gone_over_sql() {
+    a_migration_pull_whose_kept_theirs_is_gone(true)
+}
+
+/// A migration pull killed after its commit, then the app runs a migration of its own on the
+/// same table.
+fn the_app_runs_another_migration_after_the_kill(sql_path: bool) {
+    let change = format!("{MIGRATION} UPDATE t SET b = x'01' WHERE id = 1;");
+    let (sqld, dir) = pull_killed_after_its_commit(&change, sql_path);
+    edit(dir.path(), "ALTER TABLE t ADD COLUMN d INTEGER;");
+    teammate_sets_back_then_sync(&sqld, dir.path(), sql_path);
+}
+
+#[test]
+fn the_app_runs_another_migration_after_the_kill_over_the_log() {
+    the_app_runs_another_migration_after_the_kill(false)
+}
+
+#[test]
+fn the_app_runs_another_migration_after_the_kill_over_sql() {
+    the_app_runs_another_migration_after_the_kill(true)
+}
+
+/// A migration that adds a WITHOUT ROWID table with a TEXT key, and a rowid table with a TEXT
+/// key; the teammate then edits their rows back and forth.
+fn a_migration_with_text_keys_and_without_rowid(sql_path: bool) {
+    let change = "CREATE TABLE w(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+         INSERT INTO w VALUES ('a', 1), ('b', 1);
+         CREATE TABLE s(k TEXT PRIMARY KEY, v);
+         INSERT INTO s VALUES ('a', 1), ('b', 1);
+         UPDATE t SET b = x'01' WHERE id = 1;";
+    let (sqld, dir) = pull_killed_after_its_commit(change, sql_path);
+    sqld.exec("UPDATE w SET v = 2 WHERE k = 'a'; DELETE FROM s WHERE k = 'b';");
+    teammate_sets_back_then_sync(&sqld, dir.path(), sql_path);
+    assert_eq!(
+        sqld.query("SELECT k, v FROM w ORDER BY k"),
+        vec![
+            vec![Cell::Text("a".into()), Cell::Integer(2)],
+            vec![Cell::Text("b".into()), Cell::Integer(1)]
+        ]
+    );
+}
+
+#[test]
+fn a_migration_with_text_keys_and_without_rowid_over_the_log() {
+    a_migration_with_text_keys_and_without_rowid(false)
+}
+
+#[test]
+fn a_migration_with_text_keys_and_without_rowid_over_sql() {
+    a_migration_with_text_keys_and_without_rowid(true)
+}
+
+/// As above, then the user settles the (false) schema conflict as its report says, with
+/// `tursync sync --ours`: the teammate's x'00' must survive, and the app's column be there.
+fn another_migration_settled_ours(sql_path: bool) {
+    let change = format!("{MIGRATION} UPDATE t SET b = x'01' WHERE id = 1;");
+    let (sqld, dir) = pull_killed_after_its_commit(&change, sql_path);
+    edit(dir.path(), "ALTER TABLE t ADD COLUMN d INTEGER;");
+    sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
+    let out = sqld
+        .tursync_over(dir.path(), "pull", sql_path)
+        .output()
+        .unwrap();
+    eprintln!("pull: {}\n{}", out.status, text(&out));
+    run_ok(
+        sqld.tursync_over(dir.path(), "sync", sql_path)
+            .arg("--ours"),
+    );
+    assert_eq!(
+        sqld.query("SELECT b FROM t WHERE id = 1"),
+        vec![vec![Cell::Blob(vec![0])]],
+        "the teammate's x'00' was overwritten (sql_path {sql_path})"
+    );
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert_nothing_pending(dir.path());
+}
+
+#[test]
+fn another_migration_settled_ours_over_the_log() {
+    another_migration_settled_ours(false)
+}
+
+#[test]
+fn another_migration_settled_ours_over_sql() {
+    another_migration_settled_ours(true)
+}
