@@ -241,3 +241,148 @@ fn another_migration_settled_ours_over_the_log() {
 fn another_migration_settled_ours_over_sql() {
     another_migration_settled_ours(true)
 }
+
+/// A pull (with `extra` arguments) killed once the working copy reads row 2's b as x'01'
+/// (the teammate's `change` sets it), after `app` ran on the working copy.
+fn killed_pull_after(app: &str, change: &str, extra: &[&str], sql_path: bool) -> (Sqld, TempDir) {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+         INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00');",
+    );
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    edit(dir.path(), app);
+    sqld.exec(change);
+    let wc = dir.path().join("working_copy.db");
+    let before = std::fs::metadata(&wc).unwrap().modified().unwrap();
+    let mut child = sqld
+        .tursync_over(dir.path(), "pull", sql_path)
+        .args(extra)
+        .env("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", "60000")
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let rec = dir.path().join(".tursync/pulled.rec");
+    // The record is written before the commit; the commit then changes the file's contents.
+    while !(rec.exists()
+        && local_query(&wc, "SELECT b FROM t WHERE id = 2") == [[Cell::Blob(vec![1])]]
+        && std::fs::metadata(&wc).unwrap().modified().unwrap() != before)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull never committed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (sqld, dir)
+}
+
+/// The app made the teammate's very change (row 2 to x'01') before the pull: identical rows on
+/// both sides. The teammate then sets row 2 back to x'00'.
+fn identical_rows_on_both_sides(sql_path: bool) {
+    let (sqld, dir) = killed_pull_after(
+        "UPDATE t SET b = x'01' WHERE id = 2",
+        "UPDATE t SET b = x'01' WHERE id IN (1, 2)",
+        &[],
+        sql_path,
+    );
+    sqld.exec("UPDATE t SET b = x'00' WHERE id = 2");
+    run_ok(&mut sqld.tursync_over(dir.path(), "pull", sql_path));
+    run_ok(&mut sqld.tursync_over(dir.path(), "push", sql_path));
+    assert_eq!(
+        sqld.query("SELECT b FROM t WHERE id = 2"),
+        vec![vec![Cell::Blob(vec![0])]],
+        "the teammate's x'00' was overwritten (sql_path {sql_path})"
+    );
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert_nothing_pending(dir.path());
+}
+
+#[test]
+fn identical_rows_on_both_sides_over_the_log() {
+    identical_rows_on_both_sides(false)
+}
+
+#[test]
+fn identical_rows_on_both_sides_over_sql() {
+    identical_rows_on_both_sides(true)
+}
+
+/// A `pull --ours` that kept our x'02' over their x'01' on row 1, killed after its commit; the
+/// teammate then sets row 1 to x'00' (the old base's value), a new change of theirs made after
+/// they saw ours. A pull and a push must not write x'02' back over it silently.
+fn a_pull_ours_killed_then_the_teammate_edits(sql_path: bool) {
+    let (sqld, dir) = killed_pull_after(
+        "UPDATE t SET b = x'02' WHERE id = 1",
+        "UPDATE t SET b = x'01' WHERE id IN (1, 2)",
+        &["--ours"],
+        sql_path,
+    );
+    sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
+    let out = sqld
+        .tursync_over(dir.path(), "pull", sql_path)
+        .output()
+        .unwrap();
+    eprintln!("pull: {}\n{}", out.status, text(&out));
+    let out = sqld
+        .tursync_over(dir.path(), "push", sql_path)
+        .output()
+        .unwrap();
+    eprintln!("push: {}\n{}", out.status, text(&out));
+    assert_eq!(
+        sqld.query("SELECT b FROM t WHERE id = 1"),
+        vec![vec![Cell::Blob(vec![0])]],
+        "the teammate's later x'00' was overwritten with no conflict (sql_path {sql_path})"
+    );
+}
+
+#[test]
+fn a_pull_ours_killed_then_the_teammate_edits_over_the_log() {
+    a_pull_ours_killed_then_the_teammate_edits(false)
+}
+
+#[test]
+fn a_pull_ours_killed_then_the_teammate_edits_over_sql() {
+    a_pull_ours_killed_then_the_teammate_edits(true)
+}
+
+/// The control of the attack above: the same `pull --ours`, not killed; the teammate's later
+/// x'00' is then a conflict (base x'01', ours x'02', theirs x'00'), reported, not overwritten.
+fn a_pull_ours_not_killed_then_the_teammate_edits(sql_path: bool) {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+         INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00');",
+    );
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
+    sqld.exec("UPDATE t SET b = x'01' WHERE id IN (1, 2)");
+    run_ok(
+        sqld.tursync_over(dir.path(), "pull", sql_path)
+            .arg("--ours"),
+    );
+    sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
+    let out = sqld
+        .tursync_over(dir.path(), "pull", sql_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(
+        sqld.query("SELECT b FROM t WHERE id = 1"),
+        vec![vec![Cell::Blob(vec![0])]]
+    );
+}
+
+#[test]
+fn a_pull_ours_not_killed_then_the_teammate_edits_over_the_log() {
+    a_pull_ours_not_killed_then_the_teammate_edits(false)
+}
+
+#[test]
+fn a_pull_ours_not_killed_then_the_teammate_edits_over_sql() {
+    a_pull_ours_not_killed_then_the_teammate_edits(true)
+}
