@@ -275,6 +275,17 @@ impl Pick {
     }
 }
 
+/// A row's identity as text: its key's values as exact SQL literals, each closed by U+0001,
+/// so that keys compare as strings. `key_text(&[Integer(1), Text("a")])` is `"1\u{1}'a'\u{1}"`.
+pub fn key_text<'a>(key: impl IntoIterator<Item = &'a Value>) -> String {
+    let mut s = String::new();
+    for v in key {
+        sql::push_literal(&mut s, v);
+        s.push('\u{1}');
+    }
+    s
+}
+
 /// The row changes of one table.
 #[derive(Debug, Clone)]
 pub struct TableDiff {
@@ -306,12 +317,7 @@ impl TableDiff {
     /// The key of `row` as text, to match rows of two sides exactly (each value as its SQL
     /// literal, so class and bytes count).
     pub fn key_text(&self, row: &[Value]) -> String {
-        let mut s = String::new();
-        for &k in &self.key {
-            sql::push_literal(&mut s, &row[k]);
-            s.push('\u{1}');
-        }
-        s
+        key_text(self.key_of(row))
     }
 
     /// The key columns' names, in key order.
