@@ -13,10 +13,17 @@
 //! one to the change counter of every transaction that writes the file): a record whose stamp
 //! is not the base's is of a push the base already took in, and counts for nothing.
 //!
+//! A pull's record also holds what its merge left in the working copy ([`Expected`]), so the
+//! next run can tell, row by row, what it cannot take as settled ([`crate::unsettled`]).
+//!
 //! ```text
 //! tursync push record 1\n
 //! {"base":{...stamp...},"tables":[{"name":"t","columns":["id","v"],"key":[0],"changes":2}]}\n
 //! <the 2 changes of t in changeset's binary encoding> ...
+//!
+//! tursync pull record 2\n
+//! {"base":{...},"tables":[{"name":"t","columns":["id","v"],"key":[0],"changes":1,"expected":1}]}\n
+//! <their 1 change of t> <the row the merge left under its key: an insert, or a delete if none>
 //! ```
 //!
 //! Writing it costs what is pushed, not the size of the base.
@@ -54,7 +61,7 @@ impl Kind {
     fn magic(self) -> &'static str {
         match self {
             Kind::Push => "tursync push record 1",
-            Kind::Pull => "tursync pull record 1",
+            Kind::Pull => "tursync pull record 2",
         }
     }
 
@@ -75,6 +82,84 @@ struct Head {
     /// new schema, which the base has not), only where theirs is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     theirs: Option<TheirsKept>,
+    /// For a pull: the schema objects their schema changes name, in the working copy before
+    /// and after the merge applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    schema: Vec<SchemaEntry>,
+}
+
+/// One schema object a pull's schema changes name, as the working copy held it under the
+/// pull's write lock before its merge applied (`before`) and after (`after`): `None` when
+/// there was no such object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SchemaEntry {
+    name: String,
+    before: Option<Definition>,
+    after: Option<Definition>,
+}
+
+/// A schema object's `type` and `sql` in `sqlite_schema` (`sql` is NULL for an index SQLite
+/// made for a constraint).
+type Definition = (String, Option<String>);
+
+/// What a pull's merge left in the working copy, read under its write lock just before its
+/// commit ([`Workspace::record_pull_start`]): per table of theirs, the rows under the keys
+/// of their changes (as an insert where there is one, as their change's row in a delete where
+/// there is none), or `None` when the working copy's table lacks their columns; and the
+/// schema objects their schema changes name.
+#[derive(Default)]
+pub(crate) struct Expected {
+    tables: Vec<Option<Vec<RowChange>>>,
+    schema: Vec<SchemaEntry>,
+}
+
+impl Expected {
+    /// The schema objects `theirs` names, as `work` holds them now: read before the merge
+    /// applies, then completed by [`Expected::after`].
+    pub(crate) fn before(work: &Connection, theirs: &Changeset) -> Result<Vec<SchemaEntry>> {
+        let mut names: Vec<&str> = theirs.schema.iter().flat_map(schema_names).collect();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                Ok(SchemaEntry {
+                    name: name.to_owned(),
+                    before: definition(work, name)?,
+                    after: None,
+                })
+            })
+            .collect()
+    }
+
+    /// What the merge left in `work`, read after it applied `theirs`, inside its transaction.
+    pub(crate) fn after(
+        work: &Connection,
+        theirs: &Changeset,
+        mut schema: Vec<SchemaEntry>,
+    ) -> Result<Expected> {
+        for e in &mut schema {
+            e.after = definition(work, &e.name)?;
+        }
+        let mut tables = Vec::with_capacity(theirs.tables.len());
+        for t in &theirs.tables {
+            let mut rows = Vec::with_capacity(t.changes.len());
+            let mut readable = true;
+            let key_names = t.key_names();
+            for c in &t.changes {
+                let key: Vec<Value> = t.key_of(c.row()).into_iter().cloned().collect();
+                match read_row(work, &t.table.name, &t.columns, &key_names, &key)? {
+                    Read::Unreadable => {
+                        readable = false;
+                        break;
+                    }
+                    Read::Row(row) => rows.push(RowChange::Insert(row)),
+                    Read::Missing => rows.push(RowChange::Delete(c.row().to_vec())),
+                }
+            }
+            tables.push(readable.then_some(rows));
+        }
+        Ok(Expected { tables, schema })
+    }
 }
 
 /// Where a pull that brings schema changes keeps the remote's database as it read it
@@ -94,12 +179,24 @@ pub(crate) enum TheirsKept {
 /// ([`TheirsKept::Download`]).
 pub(crate) const DOWNLOAD: &str = "pulled.db";
 
+/// A record read whole: its head, then per table its changes and (for a pull) the rows its
+/// merge left ([`Expected`]; `None` for a table that could not be read).
+struct Body {
+    head: Head,
+    changes: Vec<Vec<RowChange>>,
+    expected: Vec<Option<Vec<RowChange>>>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct TableHead {
     name: String,
     columns: Vec<String>,
     key: Vec<usize>,
     changes: u64,
+    /// For a pull: how many rows of [`Expected`] follow all the changes, or `None` when the
+    /// working copy's table could not be read with these columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expected: Option<u64>,
 }
 
 impl Workspace {
@@ -152,35 +249,49 @@ impl Workspace {
         if self.push_interrupted()? {
             return Ok(false);
         }
-        self.write_record(Kind::Push, cs, None)?;
+        self.write_record(Kind::Push, cs, None, Expected::default())?;
         Ok(true)
     }
 
     /// Writes `cs`'s row changes and the base's stamp, durably, as the record of `kind`; with
-    /// `theirs`, no rows, only where theirs is kept.
-    fn write_record(&self, kind: Kind, cs: &Changeset, theirs: Option<TheirsKept>) -> Result<()> {
+    /// `theirs`, not their rows, only where theirs is kept; and what a pull's merge left in the
+    /// working copy (`expected`, empty for a push).
+    fn write_record(
+        &self,
+        kind: Kind,
+        cs: &Changeset,
+        theirs: Option<TheirsKept>,
+        expected: Expected,
+    ) -> Result<()> {
         let path = self.record_path(kind);
         let tmp = aside_name(&self.state_dir(), kind.file());
         let _guard = Aside {
             paths: vec![tmp.clone()],
         };
-        let tables = if theirs.is_some() {
-            &[][..]
-        } else {
-            &cs.tables[..]
-        };
+        let rows_kept = theirs.is_none();
+        let Expected {
+            tables: expected_rows,
+            schema,
+        } = expected;
         let head = Head {
             base: self.base_stamp()?,
-            tables: tables
+            tables: cs
+                .tables
                 .iter()
-                .map(|t| TableHead {
+                .enumerate()
+                .map(|(i, t)| TableHead {
                     name: t.table.name.clone(),
                     columns: t.columns.clone(),
                     key: t.key.clone(),
-                    changes: t.changes.len() as u64,
+                    changes: if rows_kept { t.changes.len() as u64 } else { 0 },
+                    expected: match expected_rows.get(i) {
+                        Some(Some(rows)) => Some(rows.len() as u64),
+                        _ => None,
+                    },
                 })
                 .collect(),
             theirs,
+            schema,
         };
         let write = || -> Result<()> {
             let file = std::fs::File::create(&tmp)?;
@@ -188,8 +299,15 @@ impl Workspace {
             writeln!(w, "{}", kind.magic())?;
             serde_json::to_writer(&mut w, &head)?;
             writeln!(w)?;
-            for t in tables {
-                for ch in &t.changes {
+            if rows_kept {
+                for t in &cs.tables {
+                    for ch in &t.changes {
+                        write_change(&mut w, ch)?;
+                    }
+                }
+            }
+            for rows in expected_rows.iter().flatten() {
+                for ch in rows {
                     write_change(&mut w, ch)?;
                 }
             }
@@ -218,35 +336,58 @@ impl Workspace {
     /// The row changes of the record of `kind`, as a changeset from the base; the caller has
     /// found the record to be of the base as it is now ([`Workspace::live_record`]).
     fn record_rows(&self, kind: Kind) -> Result<Changeset> {
-        let path = self.record_path(kind);
+        let Body { head, changes, .. } = self.read_body(kind)?;
         let schema = crate::schema::load(&self.open_base()?)
             .during("reading the schema of the base", self.base_path().display())?;
-        let read = || -> Result<Changeset> {
+        let mut cs = Changeset::default();
+        for (t, changes) in head.tables.into_iter().zip(changes) {
+            // A table the base no longer has (dropped since) has nothing to recognize.
+            let Some(table) = schema.tables.iter().find(|s| s.name == t.name) else {
+                continue;
+            };
+            cs.tables.push(TableDiff {
+                table: table.clone(),
+                columns: t.columns,
+                key: t.key,
+                unique: Vec::new(),
+                changes,
+            });
+        }
+        Ok(cs)
+    }
+
+    /// The whole record of `kind`.
+    fn read_body(&self, kind: Kind) -> Result<Body> {
+        let path = self.record_path(kind);
+        let read = || -> Result<_> {
             let mut r = BufReader::new(std::fs::File::open(&path)?);
             let head = read_head(&mut r, kind)?;
-            let mut cs = Changeset::default();
-            for t in head.tables {
+            let mut run = |n: u64| -> Result<Vec<RowChange>> {
                 let mut changes = Vec::new();
-                for _ in 0..t.changes {
+                for _ in 0..n {
                     let mut ch = RowChange::Insert(Vec::new());
                     if !read_change(&mut r, &mut ch)? {
                         return Err(damaged("it ends before its last change"));
                     }
                     changes.push(ch);
                 }
-                // A table the base no longer has (dropped since) has nothing to recognize.
-                let Some(table) = schema.tables.iter().find(|s| s.name == t.name) else {
-                    continue;
-                };
-                cs.tables.push(TableDiff {
-                    table: table.clone(),
-                    columns: t.columns,
-                    key: t.key,
-                    unique: Vec::new(),
-                    changes,
-                });
-            }
-            Ok(cs)
+                Ok(changes)
+            };
+            let changes = head
+                .tables
+                .iter()
+                .map(|t| run(t.changes))
+                .collect::<Result<Vec<_>>>()?;
+            let expected = head
+                .tables
+                .iter()
+                .map(|t| t.expected.map(&mut run).transpose())
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Body {
+                head,
+                changes,
+                expected,
+            })
         };
         read().during(
             "reading",
@@ -259,37 +400,47 @@ impl Workspace {
     /// theirs is `kept`, to be read from there again: when their side changed the schema
     /// (their rows are of a schema the base has not yet), and always for a download, which
     /// becomes the base by a rename (a record of rows would then name a base that is gone, by a
-    /// stamp that tells states of one file apart, not one file from another).
-    pub(crate) fn record_pull_start(&self, theirs: &Changeset, kept: TheirsKept) -> Result<()> {
+    /// stamp that tells states of one file apart, not one file from another). And what the
+    /// merge left in the working copy (`expected`), which tells the next run, row by row,
+    /// what it can take as settled.
+    pub(crate) fn record_pull_start(
+        &self,
+        theirs: &Changeset,
+        kept: TheirsKept,
+        expected: Expected,
+    ) -> Result<()> {
         let kept = match kept {
             TheirsKept::Download => Some(kept),
             TheirsKept::Mirror { .. } => (!theirs.schema.is_empty()).then_some(kept),
         };
-        self.write_record(Kind::Pull, theirs, kept)
+        self.write_record(Kind::Pull, theirs, kept, expected)
     }
 
-    /// Finishes the base's part of a pull killed after its working copy's commit may have landed
-    /// and before the base took their changes (`pulled.rec`, [`Workspace::record_pull_start`]).
-    /// Left as it is, the base would be one pull behind the working copy: their rows would read as
-    /// our edits, and a teammate who later set such a row back to the base's value would see the
-    /// next pull keep the old copy and the push write it back over theirs.
+    /// Finishes the base's part of a pull killed after its working copy's commit may have
+    /// landed and before the base took their changes (`pulled.rec`,
+    /// [`Workspace::record_pull_start`]). Left as it is, the base would be one pull behind the
+    /// working copy: their rows would read as our edits, and a teammate who later set such a
+    /// row back to the base's value would see the next pull keep the old copy and the push
+    /// write it back over theirs.
     ///
-    /// Whether the commit landed is read off the working copy, row by row: the base takes each of
-    /// their changes the working copy holds exactly (a row with their values, or gone for their
-    /// delete). A change it does not hold (the commit never landed, or the app edited that row
-    /// since) stays out of the base, so it is compared again by the next pull, never overwritten.
+    /// Whether the working copy's commit landed cannot be known for certain: the app may have
+    /// written since. So the base takes their changes whole, and every row (or schema object)
+    /// the working copy does not hold as the merge left it is marked unsettled
+    /// ([`crate::unsettled`]): any difference of ours there is a conflict until `--ours` or
+    /// `--theirs` settles it, so nothing is overwritten on a guess.
     ///
     /// ```text
-    /// record: id 1 b x'00' -> R     working copy: id 1 b = R   -> the base takes R
-    /// record: id 1 b x'00' -> R     working copy: id 1 b = x'00' (no commit) -> the base keeps x'00'
+    /// record: id 1 -> R, merge left R     working copy: id 1 = R    -> the base takes R
+    /// record: id 1 -> R, merge left R     working copy: id 1 = x'00' (no commit, or the app
+    ///                                     set it back)  -> the base takes R, id 1 is marked
+    /// record: id 1 -> R, merge kept ours O (--ours)     working copy: id 1 = O -> the base
+    ///                                     takes R: a later change of theirs then conflicts
     /// ```
     ///
-    /// A pull that brought schema changes recorded where theirs is kept instead
-    /// ([`TheirsKept`]): their changes are diffed from there again, and the base takes them
-    /// only if the working copy holds every object their schema changes touched exactly as
-    /// theirs defines it (their rows then as above). Otherwise (the commit never landed; the
-    /// merge kept another definition; theirs is no longer kept) the base stays as it is, and
-    /// the next pull compares again.
+    /// A pull whose schema changes the working copy does not hold at all (every object they
+    /// name still as before the merge) did not land: the base stays, and the next pull merges
+    /// again. A record that cannot be read, or whose kept theirs is gone, marks everything:
+    /// the base stays, and every difference of ours is settled by hand.
     pub(crate) fn finish_interrupted_pull(&self) -> Result<()> {
         let download = self.state_dir().join(DOWNLOAD);
         if !self.record_path(Kind::Pull).exists() {
@@ -298,33 +449,91 @@ impl Workspace {
             }
             return Ok(());
         }
-        let Some(head) = self.live_record(Kind::Pull)? else {
+        let everything = || -> Result<()> {
+            crate::unsettled::Unsettled::add(
+                &self.state_dir(),
+                crate::unsettled::Unsettled {
+                    everything: true,
+                    ..Default::default()
+                },
+            )?;
+            self.drop_pull_record()
+        };
+        let base = self.base_stamp()?;
+        let Body { head, expected, .. } = match self.read_body(Kind::Pull) {
+            Ok(record) => record,
+            Err(e) if is_damage(&e) => return everything(),
+            Err(e) => return Err(e),
+        };
+        if head.base != base {
             // One of a base that already moved on.
             return self.drop_pull_record();
-        };
+        }
         let work = self.open_working_copy(true)?;
-        let theirs = match &head.theirs {
-            None => Some(self.record_rows(Kind::Pull)?),
-            Some(kept) => self.kept_theirs(kept, &work)?,
-        };
-        let Some(mut theirs) = theirs else {
+        let wc = self.db_path();
+        let now = head
+            .schema
+            .iter()
+            .map(|e| definition(&work, &e.name))
+            .collect::<Result<Vec<_>>>()
+            .during("reading the schema of", wc.display())?;
+        let untouched = head
+            .schema
+            .iter()
+            .zip(&now)
+            .all(|(e, now)| *now == e.before);
+        if untouched && head.schema.iter().any(|e| e.before != e.after) {
+            // Their schema changes never landed: the base stays, and the next pull merges again.
             drop(work);
             return self.drop_pull_record();
+        }
+        let theirs = match &head.theirs {
+            None => Some(self.record_rows(Kind::Pull)?),
+            Some(kept) => self.kept_theirs(kept)?,
         };
-        for t in &mut theirs.tables {
-            let changes = std::mem::take(&mut t.changes);
-            let mut kept = Vec::with_capacity(changes.len());
-            for c in changes {
-                if holds(&work, t, &c).during(
-                    "reading which of the pull's changes landed in",
-                    self.db_path().display(),
-                )? {
-                    kept.push(c);
+        let Some(theirs) = theirs else {
+            drop(work);
+            return everything();
+        };
+        let mut marks = crate::unsettled::Unsettled::default();
+        for (e, now) in head.schema.iter().zip(&now) {
+            if *now != e.after && !columns_appended(e.after.as_ref(), now.as_ref()) {
+                marks.objects.insert(e.name.clone());
+            }
+        }
+        for (t, rows) in head.tables.iter().zip(expected) {
+            let Some(rows) = rows else {
+                marks.objects.insert(t.name.clone());
+                continue;
+            };
+            let key_names: Vec<&str> = t.key.iter().map(|&k| t.columns[k].as_str()).collect();
+            for e in rows {
+                let key: Vec<Value> = t.key.iter().map(|&k| e.row()[k].clone()).collect();
+                let found = read_row(&work, &t.name, &t.columns, &key_names, &key).during(
+                    "reading which of the pull's rows are as it left them in",
+                    wc.display(),
+                )?;
+                let same = match (&e, found) {
+                    (_, Read::Unreadable) => {
+                        marks.objects.insert(t.name.clone());
+                        break;
+                    }
+                    (RowChange::Delete(_), found) => matches!(found, Read::Missing),
+                    (e, Read::Row(row)) => row == e.row(),
+                    (_, Read::Missing) => false,
+                };
+                if !same {
+                    marks
+                        .rows
+                        .entry(t.name.clone())
+                        .or_default()
+                        .insert(crate::changeset::key_text(&key));
                 }
             }
-            t.changes = kept;
         }
         drop(work);
+        crate::unsettled::Unsettled::add(&self.state_dir(), marks)?;
+        self.base_moves()?;
         self.update_base(|conn| theirs.apply(conn)).during(
             "applying the record of a pull to",
             self.base_path().display(),
@@ -332,11 +541,9 @@ impl Workspace {
         self.drop_pull_record()
     }
 
-    /// Their changes since the base, read again from where a pull `kept` theirs, if the working
-    /// copy holds their schema changes: `None` when it does not, or theirs is no longer kept.
-    /// A copy that cannot be read (damaged, half there) counts as not kept: the base then
-    /// stays as it is, as when nothing was recorded, rather than every later command failing.
-    fn kept_theirs(&self, kept: &TheirsKept, work: &Connection) -> Result<Option<Changeset>> {
+    /// Their changes since the base, read again from where a pull `kept` theirs: `None` when
+    /// theirs is no longer kept, or cannot be read (damaged, half there).
+    fn kept_theirs(&self, kept: &TheirsKept) -> Result<Option<Changeset>> {
         let theirs_db = match kept {
             TheirsKept::Mirror { log_id, frame_no } => {
                 let mirror = self.mirror();
@@ -358,11 +565,9 @@ impl Workspace {
             }
         };
         let base = self.open_base()?;
-        let read = theirs_db.and_then(|theirs_db| {
-            let theirs = crate::diff::diff_remote(&base, &theirs_db, None)?;
-            Ok(holds_schema(work, &theirs_db, &theirs)?.then_some(theirs))
-        });
-        Ok(read.unwrap_or(None))
+        let read =
+            theirs_db.and_then(|theirs_db| crate::diff::diff_remote(&base, &theirs_db, None));
+        Ok(read.ok())
     }
 
     /// Forgets the record of a pull once the base has taken its changes (or none landed), and
@@ -380,31 +585,6 @@ impl Workspace {
     }
 }
 
-/// Whether the working copy holds the schema changes of `theirs` as `theirs_db` has them: every
-/// object a change names (under its new name and its old one) has the same type and SQL in the
-/// working copy's `sqlite_schema` as in theirs, or is missing from both.
-///
-/// ```text
-/// theirs: ColumnsAdded t   theirs_db: t = CREATE TABLE t(a, c)   work: t = CREATE TABLE t(a, c) -> holds
-/// theirs: ColumnsAdded t   theirs_db: t = CREATE TABLE t(a, c)   work: t = CREATE TABLE t(a)    -> not
-/// ```
-fn holds_schema(work: &Connection, theirs_db: &Connection, theirs: &Changeset) -> Result<bool> {
-    let q = "SELECT type, sql FROM sqlite_schema WHERE name = ?1";
-    let read = |conn: &Connection, name: &str| -> Result<Vec<(String, Option<String>)>> {
-        let mut st = conn.prepare_cached(q)?;
-        let rows = st.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    };
-    for change in &theirs.schema {
-        for name in schema_names(change) {
-            if read(work, name)? != read(theirs_db, name)? {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
-}
-
 /// The objects a schema change names: the table or object, and a renamed table's old name.
 fn schema_names(change: &SchemaChange) -> Vec<&str> {
     match change {
@@ -418,31 +598,80 @@ fn schema_names(change: &SchemaChange) -> Vec<&str> {
     }
 }
 
-/// Whether the working copy holds `change` as it ends: the row with exactly its values, or no
-/// row under its key for a delete. A table or column the working copy lacks holds nothing.
-fn holds(work: &Connection, t: &TableDiff, change: &RowChange) -> Result<bool> {
-    let cols: Vec<String> = t.columns.iter().map(|c| crate::sql::ident(c)).collect();
-    let key: Vec<&str> = t.key_names();
-    let q = crate::sql::select(&t.table.name, &cols.join(", "), &key);
-    let args: Vec<Value> = t.key_of(change.row()).into_iter().cloned().collect();
-    let mut st = match work.prepare_cached(&q) {
-        Ok(st) => st,
-        Err(_) => return Ok(false),
+/// A row read by key ([`read_row`]).
+enum Read {
+    Row(Vec<Value>),
+    Missing,
+    /// The table, or one of the columns, is not there.
+    Unreadable,
+}
+
+/// The row of `table` under `key` (values of `key_names`), as the values of `columns`.
+fn read_row(
+    conn: &Connection,
+    table: &str,
+    columns: &[String],
+    key_names: &[&str],
+    key: &[Value],
+) -> Result<Read> {
+    let cols: Vec<String> = columns.iter().map(|c| crate::sql::ident(c)).collect();
+    let q = crate::sql::select(table, &cols.join(", "), key_names);
+    let Ok(mut st) = conn.prepare_cached(&q) else {
+        return Ok(Read::Unreadable);
     };
     let found: Option<Vec<Value>> = st
-        .query_row(rusqlite::params_from_iter(&args), |r| {
+        .query_row(rusqlite::params_from_iter(key), |r| {
             (0..cols.len())
                 .map(|i| r.get_ref(i).map(Value::from_ref))
                 .collect()
         })
         .optional()?;
-    let locator = t.table.locator();
-    let same = |a: &[Value], b: &[Value]| (0..a.len()).all(|i| Some(i) == locator || a[i] == b[i]);
-    Ok(match (change, found) {
-        (RowChange::Delete(_), found) => found.is_none(),
-        (_, Some(row)) => same(&row, change.row()),
-        (_, None) => false,
-    })
+    Ok(found.map_or(Read::Missing, Read::Row))
+}
+
+/// A schema object's definition in `conn`, if there is one named `name`.
+fn definition(conn: &Connection, name: &str) -> Result<Option<Definition>> {
+    Ok(conn
+        .prepare_cached("SELECT type, sql FROM sqlite_schema WHERE name = ?1")?
+        .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+/// Whether `now` is the table `after` with columns appended (`ALTER TABLE … ADD COLUMN` puts
+/// `, <definition>` right after the last column): the merge's definition is there, grown by a
+/// later change of ours.
+///
+/// ```text
+/// after: CREATE TABLE t(a, c)       now: CREATE TABLE t(a, c, d INTEGER)  -> true
+/// after: CREATE TABLE t(a, c)       now: CREATE TABLE t(a)                -> false
+/// ```
+fn columns_appended(after: Option<&Definition>, now: Option<&Definition>) -> bool {
+    let (Some((t1, Some(after))), Some((t2, Some(now)))) = (after, now) else {
+        return false;
+    };
+    if t1 != "table" || t2 != "table" || now.len() <= after.len() {
+        return false;
+    }
+    let head = after
+        .char_indices()
+        .zip(now.chars())
+        .find(|((_, a), b)| a != b)
+        .map_or(after.len(), |((i, _), _)| i);
+    let rest = &after[head..];
+    now.ends_with(rest) && now[head..now.len() - rest.len()].starts_with(", ")
+}
+
+/// Whether `e`, met reading a record, says the record is damaged (cut short, not such a
+/// record, not JSON) rather than that it could not be read.
+fn is_damage(e: &Error) -> bool {
+    match e.root() {
+        Error::Workspace(_) | Error::Json(_) | Error::Unexpected(_) => true,
+        Error::Io(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        _ => false,
+    }
 }
 
 fn read_head(r: &mut impl BufRead, kind: Kind) -> Result<Head> {
@@ -456,8 +685,48 @@ fn read_head(r: &mut impl BufRead, kind: Kind) -> Result<Head> {
     Ok(serde_json::from_str(&line)?)
 }
 
+/// A record that cannot be read. A damaged pull record is never reported (it marks
+/// everything unsettled instead); for a push record the advice holds: without it, a row the
+/// interrupted push landed and the app edited since shows as a conflict, nothing is overwritten.
 fn damaged(why: &str) -> Error {
     Error::Workspace(format!(
-        "{why}: it is damaged; delete it and run `tursync sync` (a pull recognizes what landed by its values)"
+        "{why}: it is damaged; delete it and run `tursync pull`: a row the interrupted push may have sent and the app edited since then shows as a conflict"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(sql: &str) -> Option<Definition> {
+        Some(("table".into(), Some(sql.into())))
+    }
+
+    #[test]
+    fn columns_appended_is_alter_table_add_column_and_nothing_else() {
+        let after = table("CREATE TABLE t(a, c)");
+        for (now, appended) in [
+            ("CREATE TABLE t(a, c, d INTEGER)", true),
+            ("CREATE TABLE t(a, c, d, e)", true),
+            ("CREATE TABLE t(a)", false),
+            ("CREATE TABLE t(a, c)", false),
+            ("CREATE TABLE t(a, d, c)", false),
+            ("CREATE TABLE t(a, cd)", false),
+            ("CREATE TABLE u(a, c, d)", false),
+        ] {
+            assert_eq!(
+                columns_appended(after.as_ref(), table(now).as_ref()),
+                appended,
+                "{now}"
+            );
+        }
+        let strict = table("CREATE TABLE t(a INT, é TEXT) STRICT");
+        let grown = table("CREATE TABLE t(a INT, é TEXT, d INT) STRICT");
+        assert!(columns_appended(strict.as_ref(), grown.as_ref()));
+        let index = Some(("index".into(), Some("CREATE INDEX i ON t(a)".into())));
+        assert!(!columns_appended(
+            index.as_ref(),
+            table("CREATE INDEX i ON t(a), b").as_ref()
+        ));
+    }
 }

@@ -34,6 +34,7 @@ pub mod sync;
 pub mod touched;
 pub mod turso_pages;
 mod unchanged;
+mod unsettled;
 pub mod value;
 pub mod verify;
 pub mod watch;

@@ -16,6 +16,7 @@ use crate::conflict::{Conflict, ConflictKind, MergeOptions, Outcome, Resolve};
 use crate::orphans::{Gone, Orphans};
 use crate::schema::{foreign_keys, parse_unique_failure, ForeignKey, UniqueFailure};
 use crate::sql;
+use crate::unsettled::Unsettled;
 use crate::value::Value;
 use crate::whole_table::Taken;
 
@@ -106,12 +107,16 @@ impl Plan {
     /// A schema conflict that `--ours` or `--theirs` settles and no finer merge does (a table
     /// dropped, renamed, created or re-keyed on one side, say) keeps its object whole from
     /// that side ([`Taken`]), and the merge is planned again without it.
+    ///
+    /// `marks` are what an interrupted pull left unsettled: a change of ours to a marked schema
+    /// object is a schema conflict even where theirs did not change it, settled the same way.
     pub(crate) fn new(
         ours: &Changeset,
         theirs: &Changeset,
         opts: &MergeOptions,
         work: &Connection,
         theirs_db: &Connection,
+        marks: &Unsettled,
     ) -> Result<Plan> {
         let mut taken = Taken::default();
         loop {
@@ -122,6 +127,11 @@ impl Plan {
             };
             let (o, t) = stripped.as_ref().map_or((ours, theirs), |(o, t)| (o, t));
             let mut plan = Plan::merged(o, t, opts, work, theirs_db)?;
+            for c in marks.schema_conflicts(o, t) {
+                if !plan.conflicts.iter().any(|x| x.object == c.object) {
+                    plan.conflicts.push(c);
+                }
+            }
             if taken.settle(&plan.conflicts, opts, ours, theirs) {
                 continue;
             }
@@ -254,6 +264,13 @@ impl Plan {
             conflicts,
             report,
         })
+    }
+
+    /// Takes these statements' rows back first, before anything else of the plan: our
+    /// changes of rows an interrupted pull left unsettled, settled `--theirs`
+    /// ([`Unsettled::settle_rows`]).
+    pub(crate) fn take_back_first(&mut self, statements: Vec<(String, Vec<Value>)>) {
+        self.before_ddl.splice(0..0, statements);
     }
 
     /// Applies the plan inside the caller's write transaction on the working copy, and

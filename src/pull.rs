@@ -18,7 +18,7 @@ use crate::clone::FetchOptions;
 use crate::conflict::Outcome;
 pub use crate::conflict::{MergeOptions, Resolve};
 use crate::diff;
-use crate::in_flight::TheirsKept;
+use crate::in_flight::{Expected, TheirsKept};
 use crate::merge::{strip_our_push, Plan};
 pub use crate::merge::{PullReport, Renumbered};
 use crate::mirror::{open_immutable, Mirror, MirrorError, Settling};
@@ -29,6 +29,7 @@ use crate::remote::turso_sync::TursoSyncError;
 use crate::remote::Remote;
 use crate::spot_check::{spot_check, SpotCheck};
 use crate::touched::{touched, Before, Touched};
+use crate::unsettled::Unsettled;
 use crate::workspace::{
     read_ours, wait_for_locks, Clean, StreamsOff, SyncState, Workspace, BUSY_TIMEOUT,
 };
@@ -49,6 +50,9 @@ pub fn pull(
 ) -> Result<Outcome<PullReport>> {
     let _lock = ws.lock()?;
     ws.finish_interrupted_pull()?;
+    // Rows an interrupted pull left unsettled are settled by a merge, even when the remote
+    // has nothing new.
+    let unsettled = !Unsettled::load(&ws.state_dir())?.is_empty();
     let state = ws.sync_state()?;
     let known = state.replication_index;
     let mut sql_path = state.sql_path.clone();
@@ -74,7 +78,7 @@ pub fn pull(
         Some(Ok(h)) => h.replication_index,
         _ => remote.replication_index()?,
     };
-    if known.is_some() && now == known && !use_log {
+    if known.is_some() && now == known && !use_log && !unsettled {
         return Ok(Outcome::Done(PullReport::default()));
     }
 
@@ -85,7 +89,7 @@ pub fn pull(
         // A mirror.json that cannot be read is dropped by `from_log` with the rest of the mirror.
         let mirror = ws.mirror().state().unwrap_or(None);
         if let (Some(m), Ok(h)) = (&mirror, &hello) {
-            if known.is_some() && now == known && m.log_id == h.log_id {
+            if known.is_some() && now == known && m.log_id == h.log_id && !unsettled {
                 return Ok(Outcome::Done(PullReport::default()));
             }
         }
@@ -150,6 +154,7 @@ pub fn pull(
         ws.replace_base_with(&theirs.path)?;
         ws.drop_push_record()?;
         ws.drop_pull_record()?;
+        Unsettled::clear(&ws.state_dir())?;
     }
     if outcome.is_done() || sql_path != state.sql_path {
         let now_state = ws.sync_state()?;
@@ -367,6 +372,7 @@ fn from_log(
         ws.update_base(|conn| theirs.apply(conn))?;
         ws.drop_push_record()?;
         ws.drop_pull_record()?;
+        Unsettled::clear(&ws.state_dir())?;
     }
     if let Some(settling) = settling {
         settling.wait()?;
@@ -382,10 +388,17 @@ fn from_log(
 /// committed into the working copy and before the base takes theirs, so a test can kill the
 /// pull in between.
 fn pause_after_commit() {
-    if let Some(ms) = std::env::var("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    pause("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS")
+}
+
+/// A test hook: `TURSYNC_TEST_PULL_PAUSE_BEFORE_COMMIT_MS` sleeps that long after the pull's
+/// record is written and before the working copy's commit, so a test can kill the pull there.
+fn pause_before_commit() {
+    pause("TURSYNC_TEST_PULL_PAUSE_BEFORE_COMMIT_MS")
+}
+
+fn pause(var: &str) {
+    if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
@@ -492,12 +505,34 @@ fn merge_into(
 ) -> Result<Merged> {
     let Theirs {
         db: theirs_db,
-        changes: mut theirs,
+        changes: recorded,
         kept,
     } = theirs;
-    if let Some(pushed) = ws.interrupted_push()? {
-        strip_our_push(&mut theirs, &pushed);
-    }
+    // What the base takes is the record's; the merge into the working copy leaves out the
+    // rows an interrupted push of ours already brought to the remote.
+    let theirs = match ws.interrupted_push()? {
+        Some(pushed) => {
+            let mut theirs = recorded.clone();
+            strip_our_push(&mut theirs, &pushed);
+            std::borrow::Cow::Owned(theirs)
+        }
+        None => std::borrow::Cow::Borrowed(&recorded),
+    };
+    let theirs = theirs.as_ref();
+    let marks = Unsettled::load(&ws.state_dir())?;
+    // Plans the merge of `ours`, with the rows an interrupted pull left unsettled settled as
+    // `merge` says (or left as conflicts).
+    let plan_merge = |mut ours: Changeset, work: &Connection| -> Result<Plan> {
+        if marks.is_empty() {
+            return Plan::new(&ours, theirs, merge, work, theirs_db, &marks);
+        }
+        let mut theirs = theirs.clone();
+        let (left, take_back) = marks.settle_rows(&mut ours, &mut theirs, merge);
+        let mut plan = Plan::new(&ours, &theirs, merge, work, theirs_db, &marks)?;
+        plan.conflicts.extend(left);
+        plan.take_back_first(take_back);
+        Ok(plan)
+    };
 
     let mut work = ws.open_working_copy(false)?;
     // Off before the transaction: SQLite ignores the pragma inside one.
@@ -509,7 +544,7 @@ fn merge_into(
         .during("reading our changes from", wc.display())?;
     // A table named to settle (`--theirs TABLE`) must exist: a typo would settle nothing.
     for name in merge.tables.keys() {
-        if ![&ours, &theirs]
+        if ![&ours, theirs]
             .iter()
             .any(|cs| cs.tables.iter().any(|t| &t.table.name == name))
         {
@@ -520,8 +555,7 @@ fn merge_into(
     }
     let seen = data_version(&work)?;
     let mut nothing_ours = ours.is_empty();
-    let mut plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)
-        .during("planning the merge into", wc.display())?;
+    let mut plan = plan_merge(ours, &work).during("planning the merge into", wc.display())?;
     snapshot.commit()?;
     let unsettled = merge.unsettled(&plan.conflicts);
     if !unsettled.is_empty() {
@@ -540,13 +574,14 @@ fn merge_into(
             let (ours, _) = read_ours(base, &work, &diff::Filter::default(), clean, known.as_ref())
                 .during("reading our changes again from", wc.display())?;
             nothing_ours = ours.is_empty();
-            plan = Plan::new(&ours, &theirs, merge, &work, theirs_db)
-                .during("planning the merge again into", wc.display())?;
+            plan = plan_merge(ours, &work).during("planning the merge again into", wc.display())?;
             let unsettled = merge.unsettled(&plan.conflicts);
             if !unsettled.is_empty() {
                 return Ok(Outcome::Conflicts(unsettled));
             }
         }
+        let before = Expected::before(&work, &recorded)
+            .during("reading the schema before the merge of", wc.display())?;
         let unique = plan
             .apply(&work, theirs_db, merge)
             .during("applying their changes to", wc.display())?;
@@ -564,7 +599,10 @@ fn merge_into(
         }
         // The base takes theirs right after this commit; a pull killed in between leaves the
         // record, and the next one finishes the base's part ([`Workspace::finish_interrupted_pull`]).
-        ws.record_pull_start(&theirs, kept.clone())?;
+        let expected = Expected::after(&work, &recorded, before)
+            .during("reading what the merge left in", wc.display())?;
+        ws.record_pull_start(&recorded, kept.clone(), expected)?;
+        pause_before_commit();
         work.execute_batch("COMMIT")
             .during("committing the pull to", wc.display())?;
         Ok(Outcome::Done(plan.report.clone()))

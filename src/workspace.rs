@@ -855,7 +855,7 @@ impl Workspace {
     /// they are recorded again only once the change is done, so a crash in between never leaves
     /// a record naming a base that moved. (A stamp tells states of one file apart, not one file
     /// from another.)
-    fn base_moves(&self) -> Result<()> {
+    pub(crate) fn base_moves(&self) -> Result<()> {
         let state = self.sync_state()?;
         if state.clean.is_some() || state.leaves.is_some() {
             self.save_sync_state(&SyncState {

@@ -32,6 +32,7 @@ use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
 use crate::schema::{foreign_key_scope, foreign_keys, Orphan};
 use crate::sql;
+use crate::unsettled::Unsettled;
 use crate::value::Value;
 use crate::workspace::Workspace;
 use crate::{Context, Error, Result};
@@ -140,6 +141,14 @@ pub fn push(
             })?;
         }
         return Ok(Outcome::Done(report));
+    }
+    // What an interrupted pull left unsettled is settled by a pull, never pushed on a guess.
+    let marks = Unsettled::load(&ws.state_dir())?;
+    let none = Changeset::default();
+    let mut held = marks.schema_conflicts(&cs, &none);
+    held.extend(marks.row_conflicts(&cs, &none));
+    if !held.is_empty() {
+        return Ok(Outcome::Conflicts(held));
     }
     let fks = foreign_keys(&ws.open_working_copy(true)?)
         .during("reading the foreign keys of", ws.db_path().display())?;
