@@ -2,9 +2,16 @@
 //! base took their changes (`.tursync/pulled.rec`). Each kills a pull at that moment
 //! (`crate::pull::pull_killed_after_its_commit`: a teammate set row 1's b to x'01'), then
 //! disturbs the state, and checks that no teammate's row is lost and that commands go on.
+//!
+//! Whether the killed pull's commit landed cannot be read off the working copy for certain
+//! (the app may have written since), so where the state after the kill is the same as after a
+//! pull killed *before* its commit (`pull_killed_before_its_commit`), tursync must answer as
+//! that twin needs: a row it cannot place is a conflict to settle, never a guess.
 
 use crate::common::*;
-use crate::pull::pull_killed_after_its_commit;
+use crate::pull::{
+    pull_killed_after_its_commit, pull_killed_before_its_commit, stops_on_row_1_then_settles,
+};
 
 const MIGRATION: &str = "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'; CREATE INDEX t_c ON t(c);";
 
@@ -23,18 +30,41 @@ fn teammate_sets_back_then_sync(sqld: &Sqld, dir: &std::path::Path, sql_path: bo
     assert_nothing_pending(dir);
 }
 
+/// The app edits the pulled row after the kill. The same state follows a pull killed before
+/// its commit and the same edit (the twin below), where their x'01' and our x'02' truly
+/// conflict: so the pull stops on the row, nothing is overwritten, and `--ours` pushes it.
 fn app_edits_the_pulled_row_after_the_kill(sql_path: bool) {
     let (sqld, dir) = pull_killed_after_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
     edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
-    run_ok(&mut sqld.tursync_over(dir.path(), "pull", sql_path));
-    run_ok(&mut sqld.tursync_over(dir.path(), "push", sql_path));
+    stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--ours", 2);
+}
+
+/// The twin of the attack above: the pull is killed before its commit, so the app's x'02'
+/// never saw their x'01'. A pull must stop on the row (a pull that took x'02' as settled would
+/// push it over theirs), and `--theirs` takes theirs.
+fn app_edits_a_row_of_a_pull_killed_before_its_commit(sql_path: bool) {
+    let (sqld, dir) =
+        pull_killed_before_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
     assert_eq!(
-        sqld.query("SELECT b FROM t WHERE id = 1"),
-        vec![vec![Cell::Blob(vec![2])]],
-        "the app's edit did not arrive (sql_path {sql_path})"
+        local_query(
+            &dir.path().join("working_copy.db"),
+            "SELECT b FROM t WHERE id = 1"
+        ),
+        [[Cell::Blob(vec![0])]],
+        "the killed pull's commit landed"
     );
-    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
-    assert_nothing_pending(dir.path());
+    edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
+    stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--theirs", 1);
+}
+
+#[test]
+fn app_edits_a_row_of_a_pull_killed_before_its_commit_over_the_log() {
+    app_edits_a_row_of_a_pull_killed_before_its_commit(false)
+}
+
+#[test]
+fn app_edits_a_row_of_a_pull_killed_before_its_commit_over_sql() {
+    app_edits_a_row_of_a_pull_killed_before_its_commit(true)
 }
 
 #[test]
@@ -94,29 +124,17 @@ fn the_teammate_drops_the_table_after_the_kill_over_sql() {
     the_teammate_drops_the_table_after_the_kill(true)
 }
 
-/// A damaged record: the error says to delete it and run `tursync sync`; doing so must not
-/// push the pulled copy back over a teammate's later change.
+/// A damaged record: what the pull brought cannot be read, so every difference of ours is
+/// unsettled. The teammate then sets row 1 back: a pull and a push stop on row 1 (ours x'01'
+/// may be the pull's copy or our edit) with the teammate's x'00' untouched, and `--theirs`
+/// settles it. Before: the pull failed, and its advice (delete the record, then `sync`)
+/// pushed x'01' back over the teammate's x'00'.
 fn a_damaged_pull_record_then_its_advice(sql_path: bool) {
     let (sqld, dir) = pull_killed_after_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
     let rec = dir.path().join(".tursync/pulled.rec");
     std::fs::write(&rec, b"tursync pull rec").unwrap();
     sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
-    let out = sqld
-        .tursync_over(dir.path(), "pull", sql_path)
-        .output()
-        .unwrap();
-    eprintln!("pull over a damaged record: {}\n{}", out.status, text(&out));
-    if !out.status.success() {
-        std::fs::remove_file(&rec).unwrap();
-        run_ok(&mut sqld.tursync_over(dir.path(), "sync", sql_path));
-    }
-    assert_eq!(
-        sqld.query("SELECT b FROM t WHERE id = 1"),
-        vec![vec![Cell::Blob(vec![0])]],
-        "the teammate's x'00' was overwritten (sql_path {sql_path})"
-    );
-    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
-    assert_nothing_pending(dir.path());
+    stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--theirs", 0);
 }
 
 #[test]
@@ -130,7 +148,9 @@ fn a_damaged_pull_record_then_its_advice_over_sql() {
 }
 
 /// A migration pull whose kept theirs is gone: `pulled.db` deleted (SQL), or `mirror.json`
-/// deleted (log).
+/// deleted (log). What it brought cannot be read again, so every difference of ours is
+/// unsettled, as for a damaged record. Before: the base stayed behind, and the push wrote
+/// x'01' back over the teammate's x'00'.
 fn a_migration_pull_whose_kept_theirs_is_gone(sql_path: bool) {
     let change = format!("{MIGRATION} UPDATE t SET b = x'01' WHERE id = 1;");
     let (sqld, dir) = pull_killed_after_its_commit(&change, sql_path);
@@ -145,7 +165,8 @@ fn a_migration_pull_whose_kept_theirs_is_gone(sql_path: bool) {
     } else {
         eprintln!("{} was not there", gone.display());
     }
-    teammate_sets_back_then_sync(&sqld, dir.path(), sql_path);
+    sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
+    stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--theirs", 0);
 }
 
 #[test]
@@ -385,4 +406,25 @@ fn a_pull_ours_not_killed_then_the_teammate_edits_over_the_log() {
 #[test]
 fn a_pull_ours_not_killed_then_the_teammate_edits_over_sql() {
     a_pull_ours_not_killed_then_the_teammate_edits(true)
+}
+
+/// A migration pull killed before its commit: the working copy holds none of their schema
+/// changes, so the pull did not land; the next pull merges it again, and the teammate's later
+/// set-back arrives.
+fn a_migration_pull_killed_before_its_commit(sql_path: bool) {
+    let (sqld, dir) = pull_killed_before_its_commit(
+        &format!("{MIGRATION} UPDATE t SET b = x'01' WHERE id = 1;"),
+        sql_path,
+    );
+    teammate_sets_back_then_sync(&sqld, dir.path(), sql_path);
+}
+
+#[test]
+fn a_migration_pull_killed_before_its_commit_over_the_log() {
+    a_migration_pull_killed_before_its_commit(false)
+}
+
+#[test]
+fn a_migration_pull_killed_before_its_commit_over_sql() {
+    a_migration_pull_killed_before_its_commit(true)
 }

@@ -492,6 +492,36 @@ pub(crate) fn pull_killed_after_its_commit(change: &str, sql_path: bool) -> (Sql
     (sqld, dir)
 }
 
+/// As [`pull_killed_after_its_commit`], but killed after its record was written and before
+/// the working copy's commit (a test hook pauses it there).
+pub(crate) fn pull_killed_before_its_commit(change: &str, sql_path: bool) -> (Sqld, TempDir) {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+         INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00');",
+    );
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    sqld.exec(change);
+    let mut child = sqld
+        .tursync_over(dir.path(), "pull", sql_path)
+        .env("TURSYNC_TEST_PULL_PAUSE_BEFORE_COMMIT_MS", "60000")
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let rec = dir.path().join(".tursync/pulled.rec");
+    while !rec.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull never wrote its record"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (sqld, dir)
+}
+
 /// A pull killed after the working copy committed its merge and before the base took their
 /// changes, then a teammate who sets the pulled row back to the base's value: the next pull
 /// must bring that in, and nothing be left to push. Over sqld's log and over SQL alike.
@@ -511,13 +541,64 @@ fn a_pull_killed_between_the_working_copy_and_the_base_is_healed() {
 
 const MIGRATION: &str = "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'; CREATE INDEX t_c ON t(c);";
 
+/// A pull stops with a conflict on row 1 of t, changing nothing on the remote (which holds
+/// `remote_b` there); a push refuses it too; `sync side` then settles it, after which row 1
+/// reads `settled_b` on both sides and nothing is pending.
+pub(crate) fn stops_on_row_1_then_settles(
+    sqld: &Sqld,
+    dir: &std::path::Path,
+    sql_path: bool,
+    side: &str,
+    settled_b: u8,
+) {
+    let before = sqld.query("SELECT b FROM t WHERE id = 1");
+    for command in ["pull", "push"] {
+        let out = sqld
+            .tursync_over(dir, command, sql_path)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{command}: {}", text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let conflicts = report["conflicts"].as_array().unwrap();
+        // A push, which does not read theirs, also names what ours changed in the schema
+        // when everything is unsettled.
+        assert!(
+            conflicts.iter().any(|c| c["table"] == "t"
+                && c["key"] == serde_json::json!([{"type": "integer", "value": "1"}])),
+            "{command}: {report}"
+        );
+        assert!(
+            conflicts
+                .iter()
+                .all(|c| c["note"].as_str().unwrap().contains("interrupted pull")),
+            "{command}: {report}"
+        );
+        assert_eq!(
+            sqld.query("SELECT b FROM t WHERE id = 1"),
+            before,
+            "{command}"
+        );
+    }
+    run_ok(sqld.tursync_over(dir, "sync", sql_path).arg(side));
+    assert_eq!(
+        sqld.query("SELECT b FROM t WHERE id = 1"),
+        vec![vec![Cell::Blob(vec![settled_b])]],
+        "sync {side} (sql_path {sql_path})"
+    );
+    assert_same_database(sqld, &dir.join("working_copy.db"));
+    assert_nothing_pending(dir);
+}
+
 /// A pull with a migration that recorded itself but whose working copy commit never landed,
 /// while the app ran the same migration itself (as every copy of an app may at start-up): the
-/// base takes their schema, which the working copy holds, but none of their rows, which it does
-/// not; their row still arrives and nothing of theirs is pushed back as ours. A download that
-/// was kept damaged counts as not kept. Over the log and over SQL.
+/// working copy holds their schema but not their row. Its x'00' may as well be the app's edit
+/// after a commit that landed, so the row is a conflict: nothing of theirs is pushed back as
+/// ours, and `--theirs` brings their row. A download that was kept damaged counts as not kept.
+/// Over the log and over SQL. (Before the marks of `unsettled`, the pull took their row
+/// silently: right here, and an app's edit lost in that other case.)
 #[test]
-fn a_migration_pull_whose_commit_never_landed_takes_no_rows_into_the_base() {
+fn a_migration_pull_whose_commit_never_landed_stops_on_the_row_it_cannot_place() {
     for sql_path in [false, true] {
         let change = format!("{MIGRATION} UPDATE t SET b = x'01' WHERE id = 1;");
         let (sqld, dir) = pull_killed_after_its_commit(&change, sql_path);
@@ -526,16 +607,7 @@ fn a_migration_pull_whose_commit_never_landed_takes_no_rows_into_the_base() {
         sqlite3_cli(&wc, b"UPDATE t SET b = x'00' WHERE id = 1");
         sqlite3_cli(&wc, b"DROP INDEX t_c; ALTER TABLE t DROP COLUMN c;");
         edit(dir.path(), MIGRATION);
-        run_ok(&mut sqld.tursync_over(dir.path(), "pull", sql_path));
-        assert_same_database(&sqld, &wc);
-        ok(&sqld, dir.path(), &["push"]);
-        assert_same_database(&sqld, &wc);
-        assert_eq!(
-            sqld.query("SELECT b FROM t WHERE id = 1"),
-            vec![vec![Cell::Blob(vec![1])]],
-            "their row was pushed back over"
-        );
-        assert_nothing_pending(dir.path());
+        stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--theirs", 1);
     }
 
     // A kept download that is damaged: the base stays as it was, and the next pull goes on.
