@@ -570,6 +570,27 @@ impl Workspace {
         Ok(read.ok())
     }
 
+    /// What a killed push or pull left, in words, for `status` (which changes nothing, so
+    /// says what the next pull or push will do).
+    pub(crate) fn interrupted(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.record_path(Kind::Push).exists() {
+            out.push("a push: the next pull recognizes the rows it may have sent".to_owned());
+        }
+        if self.record_path(Kind::Pull).exists() {
+            out.push("a pull, after its record: the next pull or push lets the base take its changes, and marks the rows the working copy does not hold as it left them".to_owned());
+        }
+        match crate::unsettled::Unsettled::load(&self.state_dir()) {
+            Ok(marks) if marks.is_empty() => {}
+            Ok(marks) => out.push(format!(
+                "unsettled: {}; `tursync pull` lists where ours differs, `--ours` or `--theirs` settles them",
+                marks.describe()
+            )),
+            Err(e) => out.push(format!("unsettled: unknown ({e})")),
+        }
+        out
+    }
+
     /// Forgets the record of a pull once the base has taken its changes (or none landed), and
     /// the download it kept.
     pub(crate) fn drop_pull_record(&self) -> Result<()> {

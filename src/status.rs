@@ -51,6 +51,9 @@ pub struct WorkingCopy {
     pub state_dir: String,
     pub base: FileInfo,
     pub reads: Reads,
+    /// What a killed push or pull left for the next run to finish or settle: empty when
+    /// nothing.
+    pub interrupted: Vec<String>,
 }
 
 /// `{"path": "/w/app.db", "exists": true, "bytes": 4096}`.
@@ -199,6 +202,7 @@ impl Status {
                 state_dir: ws.state_dir().display().to_string(),
                 base: FileInfo::of(&ws.base_path()),
                 reads: reads(ws),
+                interrupted: ws.interrupted(),
             })),
             Err(e) => Files::Missing {
                 workspace_error: e.to_string(),
@@ -273,8 +277,12 @@ impl Status {
                     state_dir,
                     base,
                     reads,
+                    interrupted,
                 } = &**found;
                 writeln!(out, "working copy   {}", working_copy.describe())?;
+                for what in interrupted {
+                    writeln!(out, "interrupted    {what}")?;
+                }
                 writeln!(out, "state dir      {state_dir}")?;
                 writeln!(out, "base snapshot  {}", base.describe())?;
                 let streams = match reads {

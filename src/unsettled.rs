@@ -93,6 +93,23 @@ impl Unsettled {
         Ok(())
     }
 
+    /// The marks in words: `every difference of ours`, or `2 rows of "t", table "u"`.
+    pub(crate) fn describe(&self) -> String {
+        if self.everything {
+            return "every difference of ours from the base".to_owned();
+        }
+        let mut parts: Vec<String> = self
+            .rows
+            .iter()
+            .map(|(t, keys)| {
+                let n = keys.len();
+                format!("{n} row{} of {t:?}", if n == 1 { "" } else { "s" })
+            })
+            .collect();
+        parts.extend(self.objects.iter().map(|o| format!("{o:?}, whole")));
+        parts.join(", ")
+    }
+
     fn covers_object(&self, name: &str) -> bool {
         self.everything || self.objects.contains(name)
     }

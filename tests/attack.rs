@@ -36,7 +36,34 @@ fn teammate_sets_back_then_sync(sqld: &Sqld, dir: &std::path::Path, sql_path: bo
 fn app_edits_the_pulled_row_after_the_kill(sql_path: bool) {
     let (sqld, dir) = pull_killed_after_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
     edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
+    let interrupted = |dir: &std::path::Path| {
+        let out = sqld
+            .tursync(dir)
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["interrupted"].as_array().unwrap().clone()
+    };
+    let before = interrupted(dir.path());
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(
+        before[0].as_str().unwrap().starts_with("a pull"),
+        "{before:?}"
+    );
+    let out = sqld
+        .tursync_over(dir.path(), "pull", sql_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let after = interrupted(dir.path());
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(
+        after[0].as_str().unwrap().contains("1 row of \"t\""),
+        "{after:?}"
+    );
     stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--ours", 2);
+    assert_eq!(interrupted(dir.path()), Vec::<serde_json::Value>::new());
 }
 
 /// The twin of the attack above: the pull is killed before its commit, so the app's x'02'
