@@ -347,7 +347,11 @@ fn push_transaction_on(
     run: &mut Run<'_>,
     orphans: OrphanCheck,
 ) -> Result<Outcome<Committed>> {
-    let opened = open(stream, txn)?;
+    const ON: &str = "the remote";
+    let opened = open(stream, txn).during(
+        "opening the push's transaction (reading schema, counters and rows) on",
+        ON,
+    )?;
     let remote = &opened.state;
     // A schema change someone else made meanwhile is reported as such, before any row of
     // a table it reshaped is compared.
@@ -355,11 +359,14 @@ fn push_transaction_on(
         return Ok(Outcome::Conflicts(conflicts));
     }
     if txn.first {
-        if let Some(conflict) = recreated_unchanged(stream, txn, remote)? {
+        if let Some(conflict) = recreated_unchanged(stream, txn, remote)
+            .during("checking the tables the push replaces whole on", ON)?
+        {
             return Ok(Outcome::Conflicts(vec![conflict]));
         }
     }
-    let found = read_rows(stream, txn, remote, opened.guessed)?;
+    let found = read_rows(stream, txn, remote, opened.guessed)
+        .during("reading the rows the push changes from", ON)?;
     let todo = match classify(txn.group, &found, &mut run.report.skipped) {
         Ok(todo) => todo,
         Err(conflicts) => return Ok(Outcome::Conflicts(conflicts)),
@@ -375,18 +382,21 @@ fn push_transaction_on(
             .orphans
             .into_iter()
             .collect::<Result<Vec<StmtResult>>>()?;
-        run.orphans_before = Some(orphans_found(before)?);
+        run.orphans_before =
+            Some(orphans_found(before).during("reading the orphans before the push on", ON)?);
     }
-    send_writes(stream, plan.writes, run)?;
+    send_writes(stream, plan.writes, run).during("sending the push's writes to", ON)?;
     if txn.last {
-        let conflicts = new_orphans(stream, txn, run, orphans)?;
+        let conflicts = new_orphans(stream, txn, run, orphans)
+            .during("checking the foreign keys the push leaves on", ON)?;
         if !conflicts.is_empty() {
             return Ok(Outcome::Conflicts(conflicts));
         }
     }
     // The batch commits only if every step before COMMIT succeeded.
     run.commit_sent = true;
-    let commit = send(stream, vec![stmt("COMMIT".into(), vec![], false)])?;
+    let commit = send(stream, vec![stmt("COMMIT".into(), vec![], false)])
+        .during("committing the push's transaction on", ON)?;
     Ok(Outcome::Done(Committed {
         sequences: plan.sequences,
         index_before: stream.began_at(),
