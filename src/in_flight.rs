@@ -204,19 +204,6 @@ impl Workspace {
         self.state_dir().join(kind.file())
     }
 
-    /// The base's stamp, in a read transaction of its own.
-    fn base_stamp(&self) -> Result<Stamp> {
-        let base = self.open_base()?;
-        crate::pages::stamp(&base)
-            .during("reading the stamp of the base", self.base_path().display())?
-            .ok_or_else(|| {
-                Error::Workspace(format!(
-                    "the base {} has no stamp (is it in WAL mode?); run `tursync verify`",
-                    self.base_path().display()
-                ))
-            })
-    }
-
     /// The record's head, if there is a record and it is of the base as it is now.
     fn live_record(&self, kind: Kind) -> Result<Option<Head>> {
         let path = self.record_path(kind);
@@ -596,6 +583,17 @@ impl Workspace {
     pub(crate) fn drop_pull_record(&self) -> Result<()> {
         remove_aside(&self.record_path(Kind::Pull));
         remove_aside(&self.state_dir().join(DOWNLOAD));
+        sync_dir(&self.state_dir())
+    }
+
+    /// Forgets, once a pull moved the base, every record the base may have lagged behind (the
+    /// push's, the pull's and its download) and the marks of what was unsettled (the pull
+    /// settled them all, or it would have stopped), with one sync of the directory.
+    pub(crate) fn forget_after_pull(&self) -> Result<()> {
+        remove_aside(&self.record_path(Kind::Push));
+        remove_aside(&self.record_path(Kind::Pull));
+        remove_aside(&self.state_dir().join(DOWNLOAD));
+        crate::unsettled::Unsettled::forget(&self.state_dir());
         sync_dir(&self.state_dir())
     }
 

@@ -104,6 +104,7 @@ pub fn pull(
                     ws.save_sync_state(&SyncState {
                         replication_index: now,
                         base_at: Some(frame),
+                        base_stamp: Some(ws.base_stamp()?),
                         sql_path: None,
                         streams_off: now_state.streams_off,
                         clean: ws.clean_point(merged.clean_work),
@@ -152,15 +153,14 @@ pub fn pull(
         // A crash here leaves the old base and the pull's record, which the next pull or push
         // finishes first ([`Workspace::finish_interrupted_pull`]).
         ws.replace_base_with(&theirs.path)?;
-        ws.drop_push_record()?;
-        ws.drop_pull_record()?;
-        Unsettled::clear(&ws.state_dir())?;
+        ws.forget_after_pull()?;
     }
     if outcome.is_done() || sql_path != state.sql_path {
         let now_state = ws.sync_state()?;
         ws.save_sync_state(&SyncState {
             replication_index: if outcome.is_done() { now } else { known },
             base_at: None,
+            base_stamp: None,
             sql_path,
             streams_off: now_state.streams_off,
             clean: if outcome.is_done() {
@@ -219,7 +219,7 @@ fn from_log(
     merge: &MergeOptions,
     on_wait: WaitNotice<'_>,
 ) -> Result<FromLog> {
-    let base_at = state.base_at;
+    let base_at = ws.base_at(state)?;
     let mirror = ws.mirror();
     // Whether the mirror moved in this pull (a spool a killed run left counts). A spool that
     // is damaged may have been half-written into the mirror: both go.
@@ -362,17 +362,11 @@ fn from_log(
     if merged.outcome.is_done() {
         pause_after_commit();
         // The base takes their changes in one transaction of its own, in place: a pull costs
-        // what changed, not a copy of the database. It is not at any mirror point meanwhile.
-        let state = ws.sync_state()?;
-        ws.save_sync_state(&SyncState {
-            base_at: None,
-            clean: None,
-            ..state
-        })?;
+        // what changed, not a copy of the database. Its move changes its stamp, so the mirror
+        // point and the clean point recorded for the old base no longer count, even if this
+        // run dies before recording the new ones (`SyncState::base_stamp`, `Clean`).
         ws.update_base(|conn| theirs.apply(conn))?;
-        ws.drop_push_record()?;
-        ws.drop_pull_record()?;
-        Unsettled::clear(&ws.state_dir())?;
+        ws.forget_after_pull()?;
     }
     if let Some(settling) = settling {
         settling.wait()?;

@@ -18,7 +18,7 @@
 //! now:    t id 1 = x'01'            -> not marked: the base takes x'01', nothing to settle
 //! ```
 //!
-//! The marks are forgotten once a pull succeeds: it met every marked row that still differs
+//! The marks are forgotten once a pull succeeds (`Workspace::forget_after_pull`): it met every marked row that still differs
 //! and each was settled (or it would have stopped).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::changeset::{Changeset, RowChange, SchemaChange};
 use crate::conflict::{Conflict, ConflictKind, MergeOptions, Resolve};
-use crate::durable::{remove_aside, save_json, sync_dir};
+use crate::durable::{remove_aside, save_json};
 use crate::value::Value;
 use crate::{Context, Result};
 
@@ -83,14 +83,9 @@ impl Unsettled {
         save_json(dir, FILE, &all)
     }
 
-    /// Forgets the marks in `dir`, once a pull settled them.
-    pub(crate) fn clear(dir: &Path) -> Result<()> {
-        let path = dir.join(FILE);
-        if path.exists() {
-            remove_aside(&path);
-            sync_dir(dir)?;
-        }
-        Ok(())
+    /// Forgets the marks in `dir`, once a pull settled them; the caller syncs `dir`.
+    pub(crate) fn forget(dir: &Path) {
+        remove_aside(&dir.join(FILE));
     }
 
     /// The marks in words: `every difference of ours`, or `2 rows of "t", table "u"`.
@@ -302,7 +297,7 @@ mod tests {
         assert!(Unsettled::load(dir.path()).unwrap().is_empty());
         std::fs::write(dir.path().join(FILE), b"{\"rows\": [garbage").unwrap();
         assert!(Unsettled::load(dir.path()).unwrap().everything);
-        Unsettled::clear(dir.path()).unwrap();
+        Unsettled::forget(dir.path());
         assert!(Unsettled::load(dir.path()).unwrap().is_empty());
     }
 

@@ -50,6 +50,13 @@ pub struct SyncState {
     /// conflicts) no longer starts from `F`, and the next pull reads whole tables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_at: Option<u64>,
+    /// The base's stamp when `base_at` was recorded: `base_at` counts only while the base
+    /// still has it ([`Workspace::base_at`]), so the base can move without forgetting it first,
+    /// and a crash after the move leaves a `base_at` that no longer counts. `None` (a state file
+    /// from before this field, whose writers forgot `base_at` before every move): `base_at`
+    /// counts as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_stamp: Option<crate::pages::Stamp>,
     /// Why the remote is read over SQL instead of from its replication log, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql_path: Option<String>,
@@ -260,6 +267,16 @@ impl Workspace {
         })
     }
 
+    /// The mirror's frame the base stands on ([`SyncState::base_at`]), if the base has not
+    /// moved since it was recorded.
+    pub(crate) fn base_at(&self, state: &SyncState) -> Result<Option<u64>> {
+        Ok(match (state.base_at, state.base_stamp) {
+            (Some(frame), Some(stamp)) => (self.base_stamp()? == stamp).then_some(frame),
+            (base_at, None) => base_at,
+            (None, Some(_)) => None,
+        })
+    }
+
     /// Records the sync state atomically and durably (write aside, sync, rename, sync the
     /// directory).
     pub fn save_sync_state(&self, state: &SyncState) -> Result<()> {
@@ -394,6 +411,7 @@ pub fn init(
             SyncState {
                 replication_index: index,
                 base_at: Some(frame),
+                base_stamp: None,
                 sql_path: None,
                 streams_off,
                 clean: None,
@@ -417,6 +435,7 @@ pub fn init(
                 SyncState {
                     replication_index: index,
                     base_at: None,
+                    base_stamp: None,
                     sql_path: reason,
                     streams_off: None,
                     clean: None,
@@ -430,10 +449,14 @@ pub fn init(
     let stamp = |path: &Path| -> Result<Option<crate::pages::Stamp>> {
         Ok(crate::pages::stamp(&open_snapshot(path)?)?)
     };
-    sync.clean = match (stamp(&tmp_db)?, stamp(&tmp_state.join(BASE))?) {
+    let base_stamp = stamp(&tmp_state.join(BASE))?;
+    sync.clean = match (stamp(&tmp_db)?, base_stamp) {
         (Some(work), Some(base)) => Some(Clean { work, base }),
         _ => None,
     };
+    if sync.base_at.is_some() {
+        sync.base_stamp = base_stamp;
+    }
     write_synced(
         &tmp_state.join(SYNC),
         serde_json::to_string(&sync)?.as_bytes(),
@@ -834,6 +857,19 @@ impl Workspace {
         sync_dir(&self.state_dir())
     }
 
+    /// The base's stamp, in a read transaction of its own.
+    pub(crate) fn base_stamp(&self) -> Result<crate::pages::Stamp> {
+        let base = self.open_base()?;
+        crate::pages::stamp(&base)
+            .during("reading the stamp of the base", self.base_path().display())?
+            .ok_or_else(|| {
+                Error::Workspace(format!(
+                    "the base {} has no stamp (is it in WAL mode?); run `tursync verify`",
+                    self.base_path().display()
+                ))
+            })
+    }
+
     /// Changes the base in place by `edit`, which runs one SQLite transaction (as
     /// [`crate::changeset::Changeset::apply`] does): what a pull brings in or a push sent is small
     /// next to the base, so the base is not copied. A crash leaves a hot journal that the next
@@ -851,16 +887,18 @@ impl Workspace {
         edit_file(&self.base_path(), edit)
     }
 
-    /// Forgets the [`Clean`] point and the working copy's leaves before the base is replaced:
-    /// they are recorded again only once the change is done, so a crash in between never leaves
-    /// a record naming a base that moved. (A stamp tells states of one file apart, not one file
-    /// from another.)
+    /// Forgets the [`Clean`] point, the working copy's leaves and the mirror point before the
+    /// base is replaced: they are recorded again only once the change is done, so a crash in
+    /// between never leaves a record naming a base that moved. (A stamp tells states of one
+    /// file apart, not one file from another.)
     pub(crate) fn base_moves(&self) -> Result<()> {
         let state = self.sync_state()?;
-        if state.clean.is_some() || state.leaves.is_some() {
+        if state.clean.is_some() || state.leaves.is_some() || state.base_at.is_some() {
             self.save_sync_state(&SyncState {
                 clean: None,
                 leaves: None,
+                base_at: None,
+                base_stamp: None,
                 ..state
             })?;
         }

@@ -264,6 +264,11 @@ pub fn push(
         // app wrote since.
         clean: ws.clean_point(work_stamp),
         leaves: ws.record_leaves(walked),
+        // The base keeps its mirror point across our push (see `SyncState::base_at`).
+        base_stamp: match state.base_stamp {
+            Some(_) => Some(ws.base_stamp()?),
+            None => None,
+        },
         ..state
     })?;
     Ok(Outcome::Done(report))
