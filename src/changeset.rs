@@ -431,6 +431,19 @@ pub enum DdlPhase {
 }
 
 impl SchemaChange {
+    /// The objects this change names: the table or object, and a renamed table's old name.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            SchemaChange::TableAdded { name, .. }
+            | SchemaChange::TableDropped { name, .. }
+            | SchemaChange::ObjectAdded { name, .. }
+            | SchemaChange::ObjectDropped { name, .. }
+            | SchemaChange::ObjectChanged { name, .. } => vec![name],
+            SchemaChange::ColumnsAdded { table, .. } => vec![table],
+            SchemaChange::TableRebuilt { name, old_name, .. } => vec![name, old_name],
+        }
+    }
+
     /// The statements of this change, each with its phase. Triggers are no part of it: every
     /// writer drops them all first and re-creates the final set last, so none fires on rows.
     ///

@@ -29,11 +29,11 @@
 //! Writing it costs what is pushed, not the size of the base.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::changeset::{read_change, write_change, Changeset, RowChange, SchemaChange, TableDiff};
 use crate::durable::{aside_name, remove_aside, sync_dir, Aside};
@@ -86,6 +86,10 @@ struct Head {
     /// and after the merge applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     schema: Vec<SchemaEntry>,
+    /// For a pull: the working copy's stamp under its write lock before the merge (`None` in
+    /// WAL mode, which has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    work_before: Option<Stamp>,
 }
 
 /// One schema object a pull's schema changes name, as the working copy held it under the
@@ -102,24 +106,35 @@ pub(crate) struct SchemaEntry {
 /// made for a constraint).
 type Definition = (String, Option<String>);
 
-/// What a pull's merge left in the working copy, read under its write lock just before its
-/// commit ([`Workspace::record_pull_start`]): per table of theirs, the rows under the keys
-/// of their changes (as an insert where there is one, as their change's row in a delete where
-/// there is none), or `None` when the working copy's table lacks their columns; and the
-/// schema objects their schema changes name.
+/// The working copy under a pull's write lock, before its merge applies and again just
+/// before its commit ([`Workspace::record_pull_start`]): its stamp before; per table of
+/// theirs, the rows under the keys of their changes before and after (each an insert where
+/// there is a row, their change's row in a delete where there is none), or `None` when the
+/// working copy's table lacks their columns; and the schema objects their schema changes name.
+/// A row the merge wrote reads differently before and after; the next run tells from these
+/// whether a killed pull's commit landed ([`Workspace::finish_interrupted_pull`]).
 #[derive(Default)]
 pub(crate) struct Expected {
-    tables: Vec<Option<Vec<RowChange>>>,
+    work_before: Option<Stamp>,
+    tables: Vec<Option<Around>>,
     schema: Vec<SchemaEntry>,
 }
 
+/// One table's rows under the keys of their changes, before and after the merge, and the
+/// positions of their columns the working copy lacked at either time (never compared).
+struct Around {
+    before: Vec<RowChange>,
+    after: Vec<RowChange>,
+    missing: Vec<usize>,
+}
+
 impl Expected {
-    /// The schema objects `theirs` names, as `work` holds them now: read before the merge
-    /// applies, then completed by [`Expected::after`].
-    pub(crate) fn before(work: &Connection, theirs: &Changeset) -> Result<Vec<SchemaEntry>> {
-        let mut names: Vec<&str> = theirs.schema.iter().flat_map(schema_names).collect();
+    /// The working copy as the merge finds it, under the write lock: completed by
+    /// [`Expected::after`] once the merge applied.
+    pub(crate) fn before(work: &Connection, theirs: &Changeset) -> Result<Expected> {
+        let mut names: Vec<&str> = theirs.schema.iter().flat_map(SchemaChange::names).collect();
         names.dedup();
-        names
+        let schema = names
             .into_iter()
             .map(|name| {
                 Ok(SchemaEntry {
@@ -128,38 +143,75 @@ impl Expected {
                     after: None,
                 })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(Expected {
+            work_before: crate::pages::stamp(work)?,
+            tables: rows_under_keys(work, theirs)?
+                .into_iter()
+                .map(|held| {
+                    held.map(|h| Around {
+                        before: h.rows,
+                        after: Vec::new(),
+                        missing: h.missing,
+                    })
+                })
+                .collect(),
+            schema,
+        })
     }
 
     /// What the merge left in `work`, read after it applied `theirs`, inside its transaction.
-    pub(crate) fn after(
-        work: &Connection,
-        theirs: &Changeset,
-        mut schema: Vec<SchemaEntry>,
-    ) -> Result<Expected> {
-        for e in &mut schema {
+    pub(crate) fn after(mut self, work: &Connection, theirs: &Changeset) -> Result<Expected> {
+        for e in &mut self.schema {
             e.after = definition(work, &e.name)?;
         }
-        let mut tables = Vec::with_capacity(theirs.tables.len());
-        for t in &theirs.tables {
-            let mut rows = Vec::with_capacity(t.changes.len());
-            let mut readable = true;
-            let key_names = t.key_names();
-            for c in &t.changes {
-                let key: Vec<Value> = t.key_of(c.row()).into_iter().cloned().collect();
-                match read_row(work, &t.table.name, &t.columns, &key_names, &key)? {
-                    Read::Unreadable => {
-                        readable = false;
-                        break;
-                    }
-                    Read::Row(row) => rows.push(RowChange::Insert(row)),
-                    Read::Missing => rows.push(RowChange::Delete(c.row().to_vec())),
+        for (t, after) in self.tables.iter_mut().zip(rows_under_keys(work, theirs)?) {
+            *t = match (t.take(), after) {
+                (Some(mut around), Some(after)) => {
+                    around.after = after.rows;
+                    around.missing.extend(after.missing);
+                    around.missing.sort_unstable();
+                    around.missing.dedup();
+                    Some(around)
                 }
-            }
-            tables.push(readable.then_some(rows));
+                _ => None,
+            };
         }
-        Ok(Expected { tables, schema })
+        Ok(self)
     }
+}
+
+/// Per table of `theirs`, the rows `conn` holds under the keys of their changes, with the
+/// positions of their columns it lacks ([`Reader`]), or `None` for a table it cannot read.
+fn rows_under_keys(conn: &Connection, theirs: &Changeset) -> Result<Vec<Option<Held>>> {
+    let mut tables = Vec::with_capacity(theirs.tables.len());
+    for t in &theirs.tables {
+        let Some(reader) = Reader::new(conn, &t.table.name, &t.columns, &t.key)? else {
+            tables.push(None);
+            continue;
+        };
+        let mut rows = Vec::with_capacity(t.changes.len());
+        for c in &t.changes {
+            let key: Vec<Value> = t.key_of(c.row()).into_iter().cloned().collect();
+            rows.push(match reader.read(conn, &key)? {
+                Some(row) => RowChange::Insert(row),
+                None => RowChange::Delete(c.row().to_vec()),
+            });
+        }
+        tables.push(Some(Held {
+            rows,
+            missing: reader.missing,
+        }));
+    }
+    Ok(tables)
+}
+
+/// Rows of one table read under keys: each an insert where there is a row, a delete (of the
+/// key's change's row) where there is none; `missing`: positions of the columns the table
+/// lacks, read as NULL and never compared.
+struct Held {
+    rows: Vec<RowChange>,
+    missing: Vec<usize>,
 }
 
 /// Where a pull that brings schema changes keeps the remote's database as it read it
@@ -175,6 +227,9 @@ pub(crate) enum TheirsKept {
     Download,
 }
 
+/// The name `pulled.rec` takes once the working copy's commit landed ([`Workspace::pull_landed`]).
+const LANDED: &str = "pulled.landed";
+
 /// The file name, in the state directory, of the copy a pull over SQL downloaded
 /// ([`TheirsKept::Download`]).
 pub(crate) const DOWNLOAD: &str = "pulled.db";
@@ -184,7 +239,8 @@ pub(crate) const DOWNLOAD: &str = "pulled.db";
 struct Body {
     head: Head,
     changes: Vec<Vec<RowChange>>,
-    expected: Vec<Option<Vec<RowChange>>>,
+    /// Per table, the rows before and after the merge ([`Expected`]).
+    expected: Vec<Option<Around>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -197,6 +253,9 @@ struct TableHead {
     /// working copy's table could not be read with these columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expected: Option<u64>,
+    /// For a pull: positions of the columns the working copy lacked before or after the merge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    missing: Vec<usize>,
 }
 
 impl Workspace {
@@ -257,6 +316,7 @@ impl Workspace {
         };
         let rows_kept = theirs.is_none();
         let Expected {
+            work_before,
             tables: expected_rows,
             schema,
         } = expected;
@@ -272,13 +332,18 @@ impl Workspace {
                     key: t.key.clone(),
                     changes: if rows_kept { t.changes.len() as u64 } else { 0 },
                     expected: match expected_rows.get(i) {
-                        Some(Some(rows)) => Some(rows.len() as u64),
+                        Some(Some(around)) => Some(around.before.len() as u64),
                         _ => None,
+                    },
+                    missing: match expected_rows.get(i) {
+                        Some(Some(around)) => around.missing.clone(),
+                        _ => Vec::new(),
                     },
                 })
                 .collect(),
             theirs,
             schema,
+            work_before,
         };
         let write = || -> Result<()> {
             let file = std::fs::File::create(&tmp)?;
@@ -293,8 +358,8 @@ impl Workspace {
                     }
                 }
             }
-            for rows in expected_rows.iter().flatten() {
-                for ch in rows {
+            for around in expected_rows.iter().flatten() {
+                for ch in around.before.iter().chain(&around.after) {
                     write_change(&mut w, ch)?;
                 }
             }
@@ -317,13 +382,13 @@ impl Workspace {
         if self.live_record(kind)?.is_none() {
             return Ok(None);
         }
-        self.record_rows(kind).map(Some)
+        self.record_rows(kind, &self.record_path(kind)).map(Some)
     }
 
     /// The row changes of the record of `kind`, as a changeset from the base; the caller has
     /// found the record to be of the base as it is now ([`Workspace::live_record`]).
-    fn record_rows(&self, kind: Kind) -> Result<Changeset> {
-        let Body { head, changes, .. } = self.read_body(kind)?;
+    fn record_rows(&self, kind: Kind, path: &Path) -> Result<Changeset> {
+        let Body { head, changes, .. } = self.read_body(kind, path)?;
         let schema = crate::schema::load(&self.open_base()?)
             .during("reading the schema of the base", self.base_path().display())?;
         let mut cs = Changeset::default();
@@ -344,10 +409,9 @@ impl Workspace {
     }
 
     /// The whole record of `kind`.
-    fn read_body(&self, kind: Kind) -> Result<Body> {
-        let path = self.record_path(kind);
+    fn read_body(&self, kind: Kind, path: &Path) -> Result<Body> {
         let read = || -> Result<_> {
-            let mut r = BufReader::new(std::fs::File::open(&path)?);
+            let mut r = BufReader::new(std::fs::File::open(path)?);
             let head = read_head(&mut r, kind)?;
             let mut run = |n: u64| -> Result<Vec<RowChange>> {
                 let mut changes = Vec::new();
@@ -368,7 +432,17 @@ impl Workspace {
             let expected = head
                 .tables
                 .iter()
-                .map(|t| t.expected.map(&mut run).transpose())
+                .map(|t| {
+                    t.expected
+                        .map(|n| {
+                            Ok(Around {
+                                before: run(n)?,
+                                after: run(n)?,
+                                missing: t.missing.clone(),
+                            })
+                        })
+                        .transpose()
+                })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Body {
                 head,
@@ -403,39 +477,60 @@ impl Workspace {
         self.write_record(Kind::Pull, theirs, kept, expected)
     }
 
-    /// Finishes the base's part of a pull killed after its working copy's commit may have
-    /// landed and before the base took their changes (`pulled.rec`,
-    /// [`Workspace::record_pull_start`]). Left as it is, the base would be one pull behind the
-    /// working copy: their rows would read as our edits, and a teammate who later set such a
-    /// row back to the base's value would see the next pull keep the old copy and the push
-    /// write it back over theirs.
+    /// Marks the pull's record as of a working copy whose commit landed, right after that
+    /// commit: `pulled.rec` becomes `pulled.landed`. Not synced: a kill leaves the rename
+    /// done, and a power cut that loses it leaves `pulled.rec`, which the next run reads as a
+    /// commit that may not have landed (never the other way: the commit was synced first).
+    pub(crate) fn pull_landed(&self) -> Result<()> {
+        let (from, to) = (self.record_path(Kind::Pull), self.state_dir().join(LANDED));
+        std::fs::rename(&from, &to).during("renaming into place", to.display())
+    }
+
+    /// The record of a pull the base may lag behind, and whether its working copy's commit is
+    /// known to have landed.
+    fn pull_record(&self) -> Option<(PathBuf, bool)> {
+        let landed = self.state_dir().join(LANDED);
+        if landed.exists() {
+            return Some((landed, true));
+        }
+        let path = self.record_path(Kind::Pull);
+        path.exists().then_some((path, false))
+    }
+
+    /// Finishes the base's part of a pull killed between its working copy's commit and the
+    /// base's update (`pulled.rec`, [`Workspace::record_pull_start`]). Left as it is, the base
+    /// would be one pull behind the working copy: their rows would read as our edits, and a
+    /// teammate who later set such a row back to the base's value would see the next pull keep
+    /// the old copy and the push write it back over theirs.
     ///
-    /// Whether the working copy's commit landed cannot be known for certain: the app may have
-    /// written since. So the base takes their changes whole, and every row (or schema object)
-    /// the working copy does not hold as the merge left it is marked unsettled
-    /// ([`crate::unsettled`]): any difference of ours there is a conflict until `--ours` or
-    /// `--theirs` settles it, so nothing is overwritten on a guess.
+    /// Whether that commit landed decides what the base takes, and is known for certain when
+    /// the record was renamed after it (`pulled.landed`, [`Workspace::pull_landed`]): then
+    /// the base takes their changes whole, and what the app wrote since is ours. Otherwise
+    /// (killed between the record and that rename) the working copy tells
+    /// ([`landed_by_evidence`]); a commit that did not land leaves the base as it is, and the
+    /// next pull merges again as if the killed one had never run.
     ///
     /// ```text
-    /// record: id 1 -> R, merge left R     working copy: id 1 = R    -> the base takes R
-    /// record: id 1 -> R, merge left R     working copy: id 1 = x'00' (no commit, or the app
-    ///                                     set it back)  -> the base takes R, id 1 is marked
-    /// record: id 1 -> R, merge kept ours O (--ours)     working copy: id 1 = O -> the base
-    ///                                     takes R: a later change of theirs then conflicts
+    /// pulled.landed                      -> the base takes their changes
+    /// pulled.rec, stamp as before merge  -> nothing committed since: the base stays
+    /// pulled.rec, a row the merge wrote holds what it wrote -> landed: the base takes them
+    /// pulled.rec, every row it wrote holds what it was      -> did not land: the base stays
     /// ```
     ///
-    /// A pull whose schema changes the working copy does not hold at all (every object they
-    /// name still as before the merge) did not land: the base stays, and the next pull merges
-    /// again. A record that cannot be read, or whose kept theirs is gone, marks everything:
-    /// the base stays, and every difference of ours is settled by hand.
+    /// A row the working copy holds against that evidence (landed, yet this row as before the
+    /// merge: the app set it back, or its commit of the same value as theirs made the evidence)
+    /// is marked unsettled ([`crate::unsettled`]), as is a schema object held otherwise than
+    /// the merge left it (but for columns appended since): a difference of ours there is a
+    /// conflict until `--ours` or `--theirs` settles it. A record that cannot be read, or whose
+    /// kept theirs is gone, marks everything, and the base stays.
     pub(crate) fn finish_interrupted_pull(&self) -> Result<()> {
         let download = self.state_dir().join(DOWNLOAD);
-        if !self.record_path(Kind::Pull).exists() {
+        let Some((path, flagged)) = self.pull_record() else {
             if download.exists() {
                 remove_aside(&download);
             }
             return Ok(());
-        }
+        };
         let everything = || -> Result<()> {
             crate::unsettled::Unsettled::add(
                 &self.state_dir(),
@@ -447,7 +542,7 @@ impl Workspace {
             self.drop_pull_record()
         };
         let base = self.base_stamp()?;
-        let Body { head, expected, .. } = match self.read_body(Kind::Pull) {
+        let Body { head, expected, .. } = match self.read_body(Kind::Pull, &path) {
             Ok(record) => record,
             Err(e) if is_damage(&e) => return everything(),
             Err(e) => return Err(e),
@@ -458,68 +553,27 @@ impl Workspace {
         }
         let work = self.open_working_copy(true)?;
         let wc = self.db_path();
-        let now = head
-            .schema
-            .iter()
-            .map(|e| definition(&work, &e.name))
-            .collect::<Result<Vec<_>>>()
-            .during("reading the schema of", wc.display())?;
-        let untouched = head
-            .schema
-            .iter()
-            .zip(&now)
-            .all(|(e, now)| *now == e.before);
-        if untouched && head.schema.iter().any(|e| e.before != e.after) {
-            // Their schema changes never landed: the base stays, and the next pull merges again.
-            drop(work);
+        let now = Now::read(&work, &head, &expected).during(
+            "reading what the working copy holds of the pull in",
+            wc.display(),
+        )?;
+        drop(work);
+        if !flagged && !landed_by_evidence(&head, &expected, &now) {
             return self.drop_pull_record();
         }
         let theirs = match &head.theirs {
-            None => Some(self.record_rows(Kind::Pull)?),
+            None => Some(self.record_rows(Kind::Pull, &path)?),
             Some(kept) => self.kept_theirs(kept)?,
         };
         let Some(theirs) = theirs else {
-            drop(work);
             return everything();
         };
-        let mut marks = crate::unsettled::Unsettled::default();
-        for (e, now) in head.schema.iter().zip(&now) {
-            if *now != e.after && !columns_appended(e.after.as_ref(), now.as_ref()) {
-                marks.objects.insert(e.name.clone());
-            }
+        if !flagged {
+            crate::unsettled::Unsettled::add(
+                &self.state_dir(),
+                against_evidence(&head, &expected, &now),
+            )?;
         }
-        for (t, rows) in head.tables.iter().zip(expected) {
-            let Some(rows) = rows else {
-                marks.objects.insert(t.name.clone());
-                continue;
-            };
-            let key_names: Vec<&str> = t.key.iter().map(|&k| t.columns[k].as_str()).collect();
-            for e in rows {
-                let key: Vec<Value> = t.key.iter().map(|&k| e.row()[k].clone()).collect();
-                let found = read_row(&work, &t.name, &t.columns, &key_names, &key).during(
-                    "reading which of the pull's rows are as it left them in",
-                    wc.display(),
-                )?;
-                let same = match (&e, found) {
-                    (_, Read::Unreadable) => {
-                        marks.objects.insert(t.name.clone());
-                        break;
-                    }
-                    (RowChange::Delete(_), found) => matches!(found, Read::Missing),
-                    (e, Read::Row(row)) => row == e.row(),
-                    (_, Read::Missing) => false,
-                };
-                if !same {
-                    marks
-                        .rows
-                        .entry(t.name.clone())
-                        .or_default()
-                        .insert(crate::changeset::key_text(&key));
-                }
-            }
-        }
-        drop(work);
-        crate::unsettled::Unsettled::add(&self.state_dir(), marks)?;
         self.base_moves()?;
         self.update_base(|conn| theirs.apply(conn)).during(
             "applying the record of a pull to",
@@ -564,8 +618,10 @@ impl Workspace {
         if self.record_path(Kind::Push).exists() {
             out.push("a push: the next pull recognizes the rows it may have sent".to_owned());
         }
-        if self.record_path(Kind::Pull).exists() {
-            out.push("a pull, after its record: the next pull or push lets the base take its changes, and marks the rows the working copy does not hold as it left them".to_owned());
+        match self.pull_record() {
+            Some((_, true)) => out.push("a pull, after its commit into the working copy: the next pull or push lets the base take its changes".to_owned()),
+            Some((_, false)) => out.push("a pull, around its commit into the working copy: the next pull or push finds whether it landed, and finishes it if it did".to_owned()),
+            None => {}
         }
         match crate::unsettled::Unsettled::load(&self.state_dir()) {
             Ok(marks) if marks.is_empty() => {}
@@ -582,6 +638,7 @@ impl Workspace {
     /// the download it kept.
     pub(crate) fn drop_pull_record(&self) -> Result<()> {
         remove_aside(&self.record_path(Kind::Pull));
+        remove_aside(&self.state_dir().join(LANDED));
         remove_aside(&self.state_dir().join(DOWNLOAD));
         sync_dir(&self.state_dir())
     }
@@ -592,6 +649,7 @@ impl Workspace {
     pub(crate) fn forget_after_pull(&self) -> Result<()> {
         remove_aside(&self.record_path(Kind::Push));
         remove_aside(&self.record_path(Kind::Pull));
+        remove_aside(&self.state_dir().join(LANDED));
         remove_aside(&self.state_dir().join(DOWNLOAD));
         crate::unsettled::Unsettled::forget(&self.state_dir());
         sync_dir(&self.state_dir())
@@ -604,48 +662,227 @@ impl Workspace {
     }
 }
 
-/// The objects a schema change names: the table or object, and a renamed table's old name.
-fn schema_names(change: &SchemaChange) -> Vec<&str> {
-    match change {
-        SchemaChange::TableAdded { name, .. }
-        | SchemaChange::TableDropped { name, .. }
-        | SchemaChange::ObjectAdded { name, .. }
-        | SchemaChange::ObjectDropped { name, .. }
-        | SchemaChange::ObjectChanged { name, .. } => vec![name],
-        SchemaChange::ColumnsAdded { table, .. } => vec![table],
-        SchemaChange::TableRebuilt { name, old_name, .. } => vec![name, old_name],
+/// What the working copy holds now of a killed pull: the schema objects its record names,
+/// per table the rows under its keys (`None`: the table cannot be read), and its stamp.
+struct Now {
+    schema: Vec<Option<Definition>>,
+    tables: Vec<Option<Held>>,
+    stamp: Option<Stamp>,
+}
+
+impl Now {
+    fn read(work: &Connection, head: &Head, expected: &[Option<Around>]) -> Result<Now> {
+        let read = Transaction::new_unchecked(work, TransactionBehavior::Deferred)?;
+        let schema = head
+            .schema
+            .iter()
+            .map(|e| definition(work, &e.name))
+            .collect::<Result<Vec<_>>>()?;
+        let mut tables = Vec::with_capacity(head.tables.len());
+        for (t, around) in head.tables.iter().zip(expected) {
+            let reader = match around {
+                Some(_) => Reader::new(work, &t.name, &t.columns, &t.key)?,
+                None => None,
+            };
+            let (Some(around), Some(reader)) = (around, reader) else {
+                tables.push(None);
+                continue;
+            };
+            let mut rows = Vec::with_capacity(around.after.len());
+            for e in &around.after {
+                let key: Vec<Value> = t.key.iter().map(|&k| e.row()[k].clone()).collect();
+                rows.push(match reader.read(work, &key)? {
+                    Some(row) => RowChange::Insert(row),
+                    None => RowChange::Delete(e.row().to_vec()),
+                });
+            }
+            tables.push(Some(Held {
+                rows,
+                missing: reader.missing,
+            }));
+        }
+        let stamp = crate::pages::stamp(work)?;
+        read.commit()?;
+        Ok(Now {
+            schema,
+            tables,
+            stamp,
+        })
     }
 }
 
-/// A row read by key ([`read_row`]).
-enum Read {
-    Row(Vec<Value>),
-    Missing,
-    /// The table, or one of the columns, is not there.
-    Unreadable,
+/// Whether two reads of one row agree: both no row, or rows equal but in the positions
+/// `missing` (columns one of the reads lacked).
+fn same(a: &RowChange, b: &RowChange, missing: &[usize]) -> bool {
+    match (a, b) {
+        (RowChange::Insert(a), RowChange::Insert(b)) => {
+            (0..a.len().min(b.len())).all(|i| missing.contains(&i) || a[i] == b[i])
+        }
+        (RowChange::Insert(_), _) | (_, RowChange::Insert(_)) => false,
+        _ => true,
+    }
 }
 
-/// The row of `table` under `key` (values of `key_names`), as the values of `columns`.
-fn read_row(
-    conn: &Connection,
-    table: &str,
-    columns: &[String],
-    key_names: &[&str],
-    key: &[Value],
-) -> Result<Read> {
-    let cols: Vec<String> = columns.iter().map(|c| crate::sql::ident(c)).collect();
-    let q = crate::sql::select(table, &cols.join(", "), key_names);
-    let Ok(mut st) = conn.prepare_cached(&q) else {
-        return Ok(Read::Unreadable);
-    };
-    let found: Option<Vec<Value>> = st
-        .query_row(rusqlite::params_from_iter(key), |r| {
-            (0..cols.len())
-                .map(|i| r.get_ref(i).map(Value::from_ref))
-                .collect()
+/// Each row of a table read before the merge, after it, and now, with the positions of the
+/// columns any of the three reads lacked.
+fn each_row<'a>(
+    around: &'a Around,
+    now: &'a Held,
+) -> impl Iterator<Item = (&'a RowChange, &'a RowChange, &'a RowChange, Vec<usize>)> {
+    around
+        .before
+        .iter()
+        .zip(&around.after)
+        .zip(&now.rows)
+        .map(move |((b, a), n)| {
+            let mut missing = around.missing.clone();
+            missing.extend(&now.missing);
+            (b, a, n, missing)
         })
-        .optional()?;
-    Ok(found.map_or(Read::Missing, Read::Row))
+}
+
+/// Whether a pull's commit, killed before it could say so, landed, as the working copy tells:
+/// not when its stamp is the one recorded before the merge (nothing committed since, ours
+/// included; rollback-journal mode only); not when every schema object the merge changed is as
+/// before it; and, when the merge wrote rows, only if one of them holds what it wrote. A merge
+/// that wrote nothing left the working copy as it was either way.
+///
+/// ```text
+/// wrote id 1: x'00' -> x'01'   now x'01'         -> landed
+/// wrote id 1: x'00' -> x'01'   now x'00'         -> not (or the app set it back: see
+///                                                   `against_evidence` for the other way)
+/// wrote id 1: x'00' -> x'01'   now x'02'         -> not: an app edit the pull never saw is a
+///                                                   conflict for the next pull to find
+/// ```
+fn landed_by_evidence(head: &Head, expected: &[Option<Around>], now: &Now) -> bool {
+    if head.work_before.is_some() && head.work_before == now.stamp {
+        return false;
+    }
+    let schema_changed = head.schema.iter().any(|e| e.before != e.after);
+    let schema_as_before = head
+        .schema
+        .iter()
+        .zip(&now.schema)
+        .all(|(e, n)| *n == e.before);
+    if schema_changed && schema_as_before {
+        return false;
+    }
+    let mut wrote = false;
+    for (around, now) in expected.iter().zip(&now.tables) {
+        let (Some(around), Some(now)) = (around, now) else {
+            continue;
+        };
+        for (b, a, n, missing) in each_row(around, now) {
+            if !same(b, a, &missing) {
+                wrote = true;
+                if same(n, a, &missing) {
+                    return true;
+                }
+            }
+        }
+    }
+    !wrote
+}
+
+/// What a commit judged landed by evidence holds against it, to be settled by hand: rows the
+/// merge wrote that hold what they were before, tables that cannot be read, and schema
+/// objects held otherwise than the merge left them (but for columns appended since).
+fn against_evidence(
+    head: &Head,
+    expected: &[Option<Around>],
+    now: &Now,
+) -> crate::unsettled::Unsettled {
+    let mut marks = crate::unsettled::Unsettled::default();
+    for (e, n) in head.schema.iter().zip(&now.schema) {
+        if *n != e.after && !columns_appended(e.after.as_ref(), n.as_ref()) {
+            marks.objects.insert(e.name.clone());
+        }
+    }
+    for ((t, around), now) in head.tables.iter().zip(expected).zip(&now.tables) {
+        let (Some(around), Some(now)) = (around, now) else {
+            marks.objects.insert(t.name.clone());
+            continue;
+        };
+        for (b, a, n, missing) in each_row(around, now) {
+            if !same(b, a, &missing) && same(n, b, &missing) {
+                let key = t.key.iter().map(|&k| &a.row()[k]);
+                marks
+                    .rows
+                    .entry(t.name.clone())
+                    .or_default()
+                    .insert(crate::changeset::key_text(key));
+            }
+        }
+    }
+    marks
+}
+
+/// Reads rows of one table by key as the values of `columns`, whichever of them the table
+/// has now: a column it lacks (their new column, before their migration landed) reads as NULL
+/// and is listed in `missing`.
+struct Reader {
+    sql: String,
+    /// The positions, in `columns`, of the values read, in order.
+    read: Vec<usize>,
+    width: usize,
+    missing: Vec<usize>,
+}
+
+impl Reader {
+    /// `None` when the table is not there, or lacks a column of the key.
+    fn new(
+        conn: &Connection,
+        table: &str,
+        columns: &[String],
+        key: &[usize],
+    ) -> Result<Option<Reader>> {
+        let mut st = conn.prepare(&crate::sql::pragma_of("table_xinfo", table))?;
+        let names: Vec<String> = st
+            .query_map([], |r| r.get(1))?
+            .collect::<rusqlite::Result<_>>()?;
+        // A hidden rowid is a value of the diff's rows under the name that reaches it.
+        let has = |c: &str| {
+            names.iter().any(|n| n.eq_ignore_ascii_case(c))
+                || ["rowid", "_rowid_", "oid"]
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(c))
+        };
+        if names.is_empty() || !key.iter().all(|&k| has(&columns[k])) {
+            return Ok(None);
+        }
+        let (read, missing): (Vec<usize>, Vec<usize>) =
+            (0..columns.len()).partition(|&i| has(&columns[i]));
+        let cols: Vec<String> = read
+            .iter()
+            .map(|&i| crate::sql::ident(&columns[i]))
+            .collect();
+        let key_names: Vec<&str> = key.iter().map(|&k| columns[k].as_str()).collect();
+        let sql = crate::sql::select(table, &cols.join(", "), &key_names);
+        // A table that cannot be read so (a WITHOUT ROWID table now, say) is not read.
+        if conn.prepare_cached(&sql).is_err() {
+            return Ok(None);
+        }
+        Ok(Some(Reader {
+            sql,
+            read,
+            width: columns.len(),
+            missing,
+        }))
+    }
+
+    /// The row under `key`, if there is one.
+    fn read(&self, conn: &Connection, key: &[Value]) -> Result<Option<Vec<Value>>> {
+        let mut st = conn.prepare_cached(&self.sql)?;
+        Ok(st
+            .query_row(rusqlite::params_from_iter(key), |r| {
+                let mut row = vec![Value::Null; self.width];
+                for (i, &at) in self.read.iter().enumerate() {
+                    row[at] = Value::from_ref(r.get_ref(i)?);
+                }
+                Ok(row)
+            })
+            .optional()?)
+    }
 }
 
 /// A schema object's definition in `conn`, if there is one named `name`.

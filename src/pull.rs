@@ -575,7 +575,7 @@ fn merge_into(
             }
         }
         let before = Expected::before(&work, &recorded)
-            .during("reading the schema before the merge of", wc.display())?;
+            .during("reading what the merge finds in", wc.display())?;
         let unique = plan
             .apply(&work, theirs_db, merge)
             .during("applying their changes to", wc.display())?;
@@ -593,12 +593,14 @@ fn merge_into(
         }
         // The base takes theirs right after this commit; a pull killed in between leaves the
         // record, and the next one finishes the base's part ([`Workspace::finish_interrupted_pull`]).
-        let expected = Expected::after(&work, &recorded, before)
+        let expected = before
+            .after(&work, &recorded)
             .during("reading what the merge left in", wc.display())?;
         ws.record_pull_start(&recorded, kept.clone(), expected)?;
         pause_before_commit();
         work.execute_batch("COMMIT")
             .during("committing the pull to", wc.display())?;
+        ws.pull_landed()?;
         Ok(Outcome::Done(plan.report.clone()))
     })();
     if !matches!(applied, Ok(Outcome::Done(_))) {

@@ -59,8 +59,8 @@ impl Unsettled {
     /// everything: which rows it named is unknown, and settling them all loses nothing.
     pub(crate) fn load(dir: &Path) -> Result<Unsettled> {
         let path = dir.join(FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(serde_json::from_str(&text).unwrap_or(Unsettled {
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or(Unsettled {
                 everything: true,
                 ..Unsettled::default()
             })),
@@ -114,11 +114,13 @@ impl Unsettled {
     }
 
     /// The schema objects our schema changes name that are marked, each with its kind, when
-    /// their side did not make the very same change: each is a schema conflict until settled.
+    /// their side did not change that object: each is a schema conflict until settled. (Where
+    /// they changed it too, the merge compares the two changes as always.)
     pub(crate) fn schema_conflicts(&self, ours: &Changeset, theirs: &Changeset) -> Vec<Conflict> {
         let mut out = Vec::new();
+        let theirs_names: Vec<&str> = theirs.schema.iter().flat_map(SchemaChange::names).collect();
         for change in &ours.schema {
-            if theirs.schema.contains(change) {
+            if change.names().iter().any(|n| theirs_names.contains(n)) {
                 continue;
             }
             let (what, names): (&str, Vec<&str>) = match change {

@@ -1,5 +1,5 @@
 //! Attacks on the recovery of a pull killed after its working copy's commit and before the
-//! base took their changes (`.tursync/pulled.rec`). Each kills a pull at that moment
+//! base took their changes (`.tursync/pulled.landed`). Each kills a pull at that moment
 //! (`crate::pull::pull_killed_after_its_commit`: a teammate set row 1's b to x'01'), then
 //! disturbs the state, and checks that no teammate's row is lost and that commands go on.
 //!
@@ -11,6 +11,7 @@
 use crate::common::*;
 use crate::pull::{
     pull_killed_after_its_commit, pull_killed_before_its_commit, stops_on_row_1_then_settles,
+    UNSETTLED,
 };
 
 const MIGRATION: &str = "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'; CREATE INDEX t_c ON t(c);";
@@ -30,9 +31,9 @@ fn teammate_sets_back_then_sync(sqld: &Sqld, dir: &std::path::Path, sql_path: bo
     assert_nothing_pending(dir);
 }
 
-/// The app edits the pulled row after the kill. The same state follows a pull killed before
-/// its commit and the same edit (the twin below), where their x'01' and our x'02' truly
-/// conflict: so the pull stops on the row, nothing is overwritten, and `--ours` pushes it.
+/// The app edits the pulled row after the kill: its edit is made after their x'01' landed, so
+/// it is ours, pushed without a conflict. `status` says what the kill left, before the pull
+/// finishes it.
 fn app_edits_the_pulled_row_after_the_kill(sql_path: bool) {
     let (sqld, dir) = pull_killed_after_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
     edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
@@ -48,27 +49,28 @@ fn app_edits_the_pulled_row_after_the_kill(sql_path: bool) {
     let before = interrupted(dir.path());
     assert_eq!(before.len(), 1, "{before:?}");
     assert!(
-        before[0].as_str().unwrap().starts_with("a pull"),
+        before[0]
+            .as_str()
+            .unwrap()
+            .starts_with("a pull, after its commit"),
         "{before:?}"
     );
-    let out = sqld
-        .tursync_over(dir.path(), "pull", sql_path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let after = interrupted(dir.path());
-    assert_eq!(after.len(), 1, "{after:?}");
-    assert!(
-        after[0].as_str().unwrap().contains("1 row of \"t\""),
-        "{after:?}"
+    run_ok(&mut sqld.tursync_over(dir.path(), "pull", sql_path));
+    run_ok(&mut sqld.tursync_over(dir.path(), "push", sql_path));
+    assert_eq!(
+        sqld.query("SELECT b FROM t WHERE id = 1"),
+        vec![vec![Cell::Blob(vec![2])]],
+        "the app's edit did not arrive (sql_path {sql_path})"
     );
-    stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--ours", 2);
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    assert_nothing_pending(dir.path());
     assert_eq!(interrupted(dir.path()), Vec::<serde_json::Value>::new());
 }
 
 /// The twin of the attack above: the pull is killed before its commit, so the app's x'02'
 /// never saw their x'01'. A pull must stop on the row (a pull that took x'02' as settled would
-/// push it over theirs), and `--theirs` takes theirs.
+/// push it over theirs): the commit did not land, so it is an ordinary conflict, and
+/// `--theirs` takes theirs.
 fn app_edits_a_row_of_a_pull_killed_before_its_commit(sql_path: bool) {
     let (sqld, dir) =
         pull_killed_before_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
@@ -81,7 +83,7 @@ fn app_edits_a_row_of_a_pull_killed_before_its_commit(sql_path: bool) {
         "the killed pull's commit landed"
     );
     edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
-    stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--theirs", 1);
+    stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--theirs", 1, None);
 }
 
 #[test]
@@ -158,10 +160,10 @@ fn the_teammate_drops_the_table_after_the_kill_over_sql() {
 /// pushed x'01' back over the teammate's x'00'.
 fn a_damaged_pull_record_then_its_advice(sql_path: bool) {
     let (sqld, dir) = pull_killed_after_its_commit("UPDATE t SET b = x'01' WHERE id = 1", sql_path);
-    let rec = dir.path().join(".tursync/pulled.rec");
+    let rec = dir.path().join(".tursync/pulled.landed");
     std::fs::write(&rec, b"tursync pull rec").unwrap();
     sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
-    stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--theirs", 0);
+    stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--theirs", 0, Some(UNSETTLED));
 }
 
 #[test]
@@ -193,7 +195,7 @@ fn a_migration_pull_whose_kept_theirs_is_gone(sql_path: bool) {
         eprintln!("{} was not there", gone.display());
     }
     sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
-    stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--theirs", 0);
+    stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--theirs", 0, Some(UNSETTLED));
 }
 
 #[test]
@@ -311,9 +313,9 @@ fn killed_pull_after(app: &str, change: &str, extra: &[&str], sql_path: bool) ->
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let rec = dir.path().join(".tursync/pulled.rec");
-    // The record is written before the commit; the commit then changes the file's contents.
-    while !(rec.exists()
+    // The record is renamed `pulled.landed` right after the commit.
+    let landed = dir.path().join(".tursync/pulled.landed");
+    while !(landed.exists()
         && local_query(&wc, "SELECT b FROM t WHERE id = 2") == [[Cell::Blob(vec![1])]]
         && std::fs::metadata(&wc).unwrap().modified().unwrap() != before)
     {

@@ -461,8 +461,8 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
 }
 
 /// A workspace of `t(id, b)` with rows 1 and 2 at `x'00'`, a teammate's `change` (which sets
-/// row 1 to `x'01'`), and a pull of it killed once the working copy committed, before the base
-/// took their changes (a test hook pauses it there).
+/// row 1 to `x'01'`), and a pull of it killed once the working copy committed (its record
+/// renamed `pulled.landed`), before the base took their changes (a test hook pauses it there).
 pub(crate) fn pull_killed_after_its_commit(change: &str, sql_path: bool) -> (Sqld, TempDir) {
     let sqld = Sqld::start();
     sqld.exec(
@@ -478,8 +478,9 @@ pub(crate) fn pull_killed_after_its_commit(change: &str, sql_path: bool) -> (Sql
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let wc = dir.path().join("working_copy.db");
-    while local_query(&wc, "SELECT b FROM t WHERE id = 1") != [[Cell::Blob(vec![1])]] {
+    // Renamed from `pulled.rec` right after the working copy's commit.
+    let landed = dir.path().join(".tursync/pulled.landed");
+    while !landed.exists() {
         assert!(
             std::time::Instant::now() < deadline,
             "the pull never committed"
@@ -488,7 +489,11 @@ pub(crate) fn pull_killed_after_its_commit(change: &str, sql_path: bool) -> (Sql
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(dir.path().join(".tursync/pulled.rec").exists());
+    let wc = dir.path().join("working_copy.db");
+    assert_eq!(
+        local_query(&wc, "SELECT b FROM t WHERE id = 1"),
+        [[Cell::Blob(vec![1])]]
+    );
     (sqld, dir)
 }
 
@@ -541,15 +546,19 @@ fn a_pull_killed_between_the_working_copy_and_the_base_is_healed() {
 
 const MIGRATION: &str = "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'; CREATE INDEX t_c ON t(c);";
 
-/// A pull stops with a conflict on row 1 of t, changing nothing on the remote (which holds
-/// `remote_b` there); a push refuses it too; `sync side` then settles it, after which row 1
-/// reads `settled_b` on both sides and nothing is pending.
+/// The words an interrupted pull's unsettled rows are reported with.
+pub(crate) const UNSETTLED: &str = "an interrupted pull left this unsettled";
+
+/// A pull stops with a conflict on row 1 of t, changing nothing on the remote; a push refuses
+/// it too; `sync side` then settles it, after which row 1 reads `settled_b` on both sides and
+/// nothing is pending. With `note`, every conflict reported says it.
 pub(crate) fn stops_on_row_1_then_settles(
     sqld: &Sqld,
     dir: &std::path::Path,
     sql_path: bool,
     side: &str,
     settled_b: u8,
+    note: Option<&str>,
 ) {
     let before = sqld.query("SELECT b FROM t WHERE id = 1");
     for command in ["pull", "push"] {
@@ -568,12 +577,14 @@ pub(crate) fn stops_on_row_1_then_settles(
                 && c["key"] == serde_json::json!([{"type": "integer", "value": "1"}])),
             "{command}: {report}"
         );
-        assert!(
-            conflicts
-                .iter()
-                .all(|c| c["note"].as_str().unwrap().contains("interrupted pull")),
-            "{command}: {report}"
-        );
+        if let Some(note) = note {
+            assert!(
+                conflicts
+                    .iter()
+                    .all(|c| c["note"].as_str().is_some_and(|n| n.contains(note))),
+                "{command}: {report}"
+            );
+        }
         assert_eq!(
             sqld.query("SELECT b FROM t WHERE id = 1"),
             before,
@@ -590,24 +601,31 @@ pub(crate) fn stops_on_row_1_then_settles(
     assert_nothing_pending(dir);
 }
 
-/// A pull with a migration that recorded itself but whose working copy commit never landed,
-/// while the app ran the same migration itself (as every copy of an app may at start-up): the
-/// working copy holds their schema but not their row. Its x'00' may as well be the app's edit
-/// after a commit that landed, so the row is a conflict: nothing of theirs is pushed back as
-/// ours, and `--theirs` brings their row. A download that was kept damaged counts as not kept.
-/// Over the log and over SQL. (Before the marks of `unsettled`, the pull took their row
-/// silently: right here, and an app's edit lost in that other case.)
+/// A pull with a migration that recorded itself but whose working copy commit never landed
+/// (killed before it), while the app ran the same migration itself (as every copy of an app
+/// may at start-up): the working copy holds their schema but not their row, so the pull did
+/// not land; the base stays, their row still arrives and nothing of theirs is pushed back as
+/// ours. A download that was kept damaged counts as not kept. Over the log and over SQL.
+/// (This test once made its "never landed" by editing a working copy whose commit had landed;
+/// that commit is now known to have landed, and such edits are the app's, so it kills the
+/// pull before its commit instead.)
 #[test]
-fn a_migration_pull_whose_commit_never_landed_stops_on_the_row_it_cannot_place() {
+fn a_migration_pull_whose_commit_never_landed_takes_no_rows_into_the_base() {
     for sql_path in [false, true] {
         let change = format!("{MIGRATION} UPDATE t SET b = x'01' WHERE id = 1;");
-        let (sqld, dir) = pull_killed_after_its_commit(&change, sql_path);
-        // As if the commit had never landed, and the app then migrated on its own.
+        let (sqld, dir) = pull_killed_before_its_commit(&change, sql_path);
         let wc = dir.path().join("working_copy.db");
-        sqlite3_cli(&wc, b"UPDATE t SET b = x'00' WHERE id = 1");
-        sqlite3_cli(&wc, b"DROP INDEX t_c; ALTER TABLE t DROP COLUMN c;");
         edit(dir.path(), MIGRATION);
-        stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--theirs", 1);
+        run_ok(&mut sqld.tursync_over(dir.path(), "pull", sql_path));
+        assert_same_database(&sqld, &wc);
+        ok(&sqld, dir.path(), &["push"]);
+        assert_same_database(&sqld, &wc);
+        assert_eq!(
+            sqld.query("SELECT b FROM t WHERE id = 1"),
+            vec![vec![Cell::Blob(vec![1])]],
+            "their row was pushed back over"
+        );
+        assert_nothing_pending(dir.path());
     }
 
     // A kept download that is damaged: the base stays as it was, and the next pull goes on.
