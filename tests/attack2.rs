@@ -68,7 +68,10 @@ fn kill_pull_at(sqld: &Sqld, dir: &Path, args: &[&str], moment: Moment, sql_path
         if let Ok(Some(status)) = child.try_wait() {
             panic!("the pull {args:?} ended ({status}) before the moment to kill it");
         }
-        assert!(Instant::now() < deadline, "the pull {args:?} never got there");
+        assert!(
+            Instant::now() < deadline,
+            "the pull {args:?} never got there"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     kill(&mut child);
@@ -79,16 +82,34 @@ fn kill(child: &mut Child) {
     child.wait().unwrap();
 }
 
-/// `tursync ARGS --json` in `dir` (over SQL when `sql_path`): its exit code and report.
-fn json(sqld: &Sqld, dir: &Path, args: &[&str], sql_path: bool) -> (Option<i32>, serde_json::Value) {
+/// `tursync ARGS --json` in `dir` (over SQL when `sql_path`): its exit code and report (for
+/// `sync`, which prints one per step, the one with conflicts, else the last). Output that is
+/// not JSON comes back as a string, for the assertion to show.
+fn json(
+    sqld: &Sqld,
+    dir: &Path,
+    args: &[&str],
+    sql_path: bool,
+) -> (Option<i32>, serde_json::Value) {
     let out = sqld
         .tursync_over(dir, args[0], sql_path)
         .args(&args[1..])
         .arg("--json")
         .output()
         .unwrap();
-    let report = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", text(&out)));
+    let reports: Result<Vec<serde_json::Value>, _> =
+        serde_json::Deserializer::from_slice(&out.stdout)
+            .into_iter()
+            .collect();
+    let report = match reports {
+        Ok(reports) if !reports.is_empty() => reports
+            .iter()
+            .find(|r| r.get("conflicts").is_some())
+            .or(reports.last())
+            .cloned()
+            .unwrap(),
+        _ => serde_json::Value::String(text(&out)),
+    };
     (out.status.code(), report)
 }
 
@@ -104,7 +125,10 @@ fn stops(sqld: &Sqld, dir: &Path, args: &[&str], sql_path: bool) -> Vec<serde_js
     let (code, report) = json(sqld, dir, args, sql_path);
     assert_eq!(code, Some(3), "{args:?}: {report}");
     assert_eq!(remote_dump(sqld), before, "{args:?} changed the remote");
-    report["conflicts"].as_array().unwrap().clone()
+    report["conflicts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{args:?}: no conflicts in {report}"))
+        .clone()
 }
 
 /// Every row of every table of the remote, exactly.
@@ -232,9 +256,18 @@ fn per_table_settling(moment: Moment, sql_path: bool) {
         conflicts.iter().all(|c| c["table"] == "t2"),
         "{conflicts:?}"
     );
-    assert_eq!(local_dump(&wc), local, "a pull that stopped changed the working copy");
+    assert_eq!(
+        local_dump(&wc),
+        local,
+        "a pull that stopped changed the working copy"
+    );
     stops(&sqld, dir.path(), &["push"], sql_path);
-    runs(&sqld, dir.path(), &["pull", "--theirs", "t1", "--ours", "t2"], sql_path);
+    runs(
+        &sqld,
+        dir.path(),
+        &["pull", "--theirs", "t1", "--ours", "t2"],
+        sql_path,
+    );
     runs(&sqld, dir.path(), &["push"], sql_path);
     assert_eq!(sqld.query("SELECT v FROM t1"), texts(&["theirs1"]));
     assert_eq!(sqld.query("SELECT v FROM t2"), texts(&["ours2"]));
@@ -266,16 +299,24 @@ fn per_table_sync_with_a_later_change_of_theirs() {
         "UPDATE t1 SET v = 'ours1'; UPDATE t2 SET v = 'ours2';",
     );
     sqld.exec("UPDATE t1 SET v = 'later1'; INSERT INTO t2 VALUES (2, 'new2');");
-    runs(&sqld, dir.path(), &["sync", "--ours", "t2", "--theirs", "t1"], false);
+    runs(
+        &sqld,
+        dir.path(),
+        &["sync", "--ours", "t2", "--theirs", "t1"],
+        false,
+    );
     assert_eq!(sqld.query("SELECT v FROM t1"), texts(&["later1"]));
-    assert_eq!(sqld.query("SELECT v FROM t2 ORDER BY id"), texts(&["ours2", "new2"]));
+    assert_eq!(
+        sqld.query("SELECT v FROM t2 ORDER BY id"),
+        texts(&["ours2", "new2"])
+    );
     settled(&sqld, dir.path());
 }
 
 // ---------------------------------------------------------------------------------------
 // Exact values: WITHOUT ROWID text keys, NULLs, -0.0, blobs.
 
-const EXACT: &str = "CREATE TABLE w(k TEXT PRIMARY KEY, n, r REAL, b BLOB) WITHOUT ROWID;
+const EXACT: &str = "CREATE TABLE w(k TEXT PRIMARY KEY, n, r, b BLOB) WITHOUT ROWID;
                      INSERT INTO w VALUES ('a', NULL, 0.0, x''), ('b', 1, 1.5, x'00'),
                                           ('d', 'x', 2.0, x'ff');";
 const EXACT_THEIRS: &str = "UPDATE w SET r = -0.0 WHERE k = 'a';
@@ -287,7 +328,13 @@ const EXACT_LANDED: &str = "SELECT count(*) FROM w WHERE k = 'c'";
 /// Killed after the commit with nothing touched since: every row is as the merge left it
 /// (NULLs, -0.0, empty blobs compared exactly), so nothing is marked and a plain pull goes on.
 fn exact_values_killed_after_commit(sql_path: bool) {
-    let (sqld, dir) = killed_pull(EXACT, "", EXACT_THEIRS, Moment::After(EXACT_LANDED), sql_path);
+    let (sqld, dir) = killed_pull(
+        EXACT,
+        "",
+        EXACT_THEIRS,
+        Moment::After(EXACT_LANDED),
+        sql_path,
+    );
     let (code, report) = json(&sqld, dir.path(), &["pull"], sql_path);
     assert_eq!(code, Some(0), "{report}");
     settled(&sqld, dir.path());
@@ -310,12 +357,19 @@ fn exact_values_killed_before_commit(sql_path: bool) {
     let (sqld, dir) = killed_pull(EXACT, "", EXACT_THEIRS, Moment::Before, sql_path);
     let remote = remote_dump(&sqld);
     let (code, report) = json(&sqld, dir.path(), &["sync"], sql_path);
-    assert_eq!(remote_dump(&sqld), remote, "sync changed the remote: {report}");
+    assert_eq!(
+        remote_dump(&sqld),
+        remote,
+        "sync changed the remote: {report}"
+    );
     assert_eq!(code, Some(3), "{report}");
     runs(&sqld, dir.path(), &["sync", "--theirs"], sql_path);
     assert_eq!(remote_dump(&sqld), remote);
     assert_eq!(
-        local_query(&dir.path().join("working_copy.db"), "SELECT r FROM w WHERE k = 'a'"),
+        local_query(
+            &dir.path().join("working_copy.db"),
+            "SELECT r FROM w WHERE k = 'a'"
+        ),
         [[Cell::real(-0.0)]]
     );
     settled(&sqld, dir.path());
@@ -497,7 +551,9 @@ fn damaged_marks(content: &[u8]) {
     edit(dir.path(), "INSERT INTO t VALUES (9, x'09')");
     let conflicts = stops(&sqld, dir.path(), &["push"], false);
     assert!(
-        conflicts.iter().any(|c| c["key"] == serde_json::json!([{"type": "integer", "value": "9"}])),
+        conflicts
+            .iter()
+            .any(|c| c["key"] == serde_json::json!([{"type": "integer", "value": "9"}])),
         "the app's new row was not held: {conflicts:?}"
     );
     stops(&sqld, dir.path(), &["pull"], false);
@@ -592,7 +648,10 @@ fn watch_with_marks_reports_and_waits() {
         [[Cell::Blob(vec![1])]],
         "watch pushed over theirs: {lines}"
     );
-    assert_eq!(conflicts, 1, "watch reported the conflict {conflicts} times: {lines}");
+    assert_eq!(
+        conflicts, 1,
+        "watch reported the conflict {conflicts} times: {lines}"
+    );
     runs(&sqld, dir.path(), &["pull", "--theirs"], false);
     std::thread::sleep(Duration::from_secs(2));
     kill(&mut watcher);
@@ -710,14 +769,21 @@ fn marked_parent_deleted_by_us(side: &str) {
         Moment::Before,
         false,
     );
-    edit(dir.path(), "PRAGMA foreign_keys = ON; DELETE FROM p WHERE id = 1;");
+    edit(
+        dir.path(),
+        "PRAGMA foreign_keys = ON; DELETE FROM p WHERE id = 1;",
+    );
     sqld.exec("INSERT INTO c VALUES (5, 1)");
     stops(&sqld, dir.path(), &["pull"], false);
     stops(&sqld, dir.path(), &["push"], false);
     let (code, report) = json(&sqld, dir.path(), &["sync", side], false);
     eprintln!("sync {side}: {code:?} {report}");
     let orphans = "SELECT count(*) FROM c WHERE pid NOT IN (SELECT id FROM p)";
-    assert_eq!(sqld.query(orphans), [[Cell::Integer(0)]], "an orphan on the remote");
+    assert_eq!(
+        sqld.query(orphans),
+        [[Cell::Integer(0)]],
+        "an orphan on the remote"
+    );
     assert_eq!(
         local_query(&dir.path().join("working_copy.db"), orphans),
         [[Cell::Integer(0)]],
@@ -732,7 +798,12 @@ fn marked_parent_deleted_by_us(side: &str) {
         assert_eq!(sqld.query("SELECT count(*) FROM c"), [[Cell::Integer(1)]]);
     } else if code != Some(0) {
         // Stopped on the child: a documented way forward must settle it.
-        runs(&sqld, dir.path(), &["sync", "--theirs", "c", "--ours", "p"], false);
+        runs(
+            &sqld,
+            dir.path(),
+            &["sync", "--theirs", "c", "--ours", "p"],
+            false,
+        );
     }
     settled(&sqld, dir.path());
 }
@@ -745,4 +816,161 @@ fn marked_parent_deleted_by_us_then_ours() {
 #[test]
 fn marked_parent_deleted_by_us_then_theirs() {
     marked_parent_deleted_by_us("--theirs")
+}
+
+// ---------------------------------------------------------------------------------------
+// Controls and retries.
+
+/// The unkilled control of `app_drops_a_column_after_the_kill`: the app drops a column, the
+/// teammate changes rows 1 and 2; `sync --ours` keeps the drop and both their rows.
+#[test]
+fn app_drops_a_column_not_killed_ours() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB, e TEXT);
+         INSERT INTO t VALUES (1, x'00', 'e1'), (2, x'00', 'e2');",
+    );
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    sqld.exec("UPDATE t SET b = x'01' WHERE id = 1");
+    ok(&sqld, dir.path(), &["pull"]);
+    edit(dir.path(), "ALTER TABLE t DROP COLUMN e");
+    sqld.exec("UPDATE t SET b = x'05' WHERE id = 2");
+    let (code, report) = json(&sqld, dir.path(), &["sync"], false);
+    eprintln!("sync: {code:?} {report}");
+    if code != Some(0) {
+        runs(&sqld, dir.path(), &["sync", "--ours"], false);
+    }
+    assert_eq!(
+        sqld.query("SELECT id, b FROM t ORDER BY id"),
+        [
+            [Cell::Integer(1), Cell::Blob(vec![1])],
+            [Cell::Integer(2), Cell::Blob(vec![5])]
+        ]
+    );
+    settled(&sqld, dir.path());
+}
+
+/// A `pull --ours` settling an ordinary conflict (row 1 changed on both sides), killed before
+/// its commit, then retried as `sync --ours`: the teammate's change of row 2, which conflicts
+/// with nothing, must survive the retry as it survives the unkilled run.
+fn a_pull_ours_then_retried(killed: bool, sql_path: bool) {
+    let (sqld, dir) = killed_pull_or_not(killed, sql_path);
+    runs(&sqld, dir.path(), &["sync", "--ours"], sql_path);
+    assert_eq!(
+        sqld.query("SELECT b FROM t ORDER BY id"),
+        [[Cell::Blob(vec![2])], [Cell::Blob(vec![5])]],
+        "killed {killed}, sql_path {sql_path}: the teammate's row 2 was reverted"
+    );
+    settled(&sqld, dir.path());
+}
+
+fn killed_pull_or_not(killed: bool, sql_path: bool) -> (Sqld, TempDir) {
+    let sqld = Sqld::start();
+    sqld.exec(ROW);
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
+    sqld.exec("UPDATE t SET b = x'01' WHERE id = 1; UPDATE t SET b = x'05' WHERE id = 2;");
+    let conflicts = stops(&sqld, dir.path(), &["pull"], sql_path);
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    if killed {
+        kill_pull_at(&sqld, dir.path(), &["--ours"], Moment::Before, sql_path);
+    }
+    (sqld, dir)
+}
+
+#[test]
+fn a_pull_ours_killed_before_its_commit_then_retried() {
+    a_pull_ours_then_retried(true, false)
+}
+
+#[test]
+fn a_pull_ours_killed_before_its_commit_then_retried_over_sql() {
+    a_pull_ours_then_retried(true, true)
+}
+
+#[test]
+fn a_pull_ours_not_killed() {
+    a_pull_ours_then_retried(false, false)
+}
+
+/// After a `pull --ours` killed before its commit, a plain pull reports what it stops on:
+/// row 2, which only the teammate changed, must not be offered as a conflict whose `ours`
+/// is the stale x'00' (a user reading `ours` as their edit would keep it).
+#[test]
+fn a_pull_ours_killed_before_its_commit_reports_only_the_real_conflict() {
+    let (sqld, dir) = killed_pull_or_not(true, false);
+    let conflicts = stops(&sqld, dir.path(), &["pull"], false);
+    let keys: Vec<_> = conflicts.iter().map(|c| c["key"].clone()).collect();
+    assert_eq!(
+        keys,
+        [serde_json::json!([{"type": "integer", "value": "1"}])],
+        "{conflicts:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Taking rows back (`--theirs` on a marked row).
+
+/// A table with a hidden rowid (no INTEGER PRIMARY KEY): the app deletes the marked row after
+/// the kill; `--theirs` takes it back, under its own rowid, so both sides stay the same file.
+fn hidden_rowid_row_deleted_after_the_kill(sql_path: bool) {
+    let (sqld, dir) = killed_pull(
+        "CREATE TABLE h(v TEXT, b BLOB); INSERT INTO h VALUES ('one', x'00'), ('two', x'00');
+         DELETE FROM h WHERE v = 'one'; INSERT INTO h VALUES ('three', x'00');",
+        "",
+        "UPDATE h SET b = x'01' WHERE v = 'two'",
+        Moment::After("SELECT b = x'01' FROM h WHERE v = 'two'"),
+        sql_path,
+    );
+    edit(dir.path(), "DELETE FROM h WHERE v = 'two'");
+    stops(&sqld, dir.path(), &["pull"], sql_path);
+    runs(&sqld, dir.path(), &["sync", "--theirs"], sql_path);
+    assert_eq!(
+        sqld.query("SELECT rowid, v, b FROM h ORDER BY rowid"),
+        [
+            [Cell::Integer(2), Cell::text("two"), Cell::Blob(vec![1])],
+            [Cell::Integer(3), Cell::text("three"), Cell::Blob(vec![0])]
+        ]
+    );
+    settled(&sqld, dir.path());
+}
+
+#[test]
+fn hidden_rowid_row_deleted_after_the_kill_over_the_log() {
+    hidden_rowid_row_deleted_after_the_kill(false)
+}
+
+#[test]
+fn hidden_rowid_row_deleted_after_the_kill_over_sql() {
+    hidden_rowid_row_deleted_after_the_kill(true)
+}
+
+/// Taking the marked row back collides under a UNIQUE constraint with a new row of ours: the
+/// teammate renamed row 1 to 'b', the app (after the kill) renamed it to 'c' and added row 2
+/// named 'b'. `--theirs` is documented for UNIQUE conflicts (our row gives way): it must
+/// settle, not fail, and both sides end equal with their 'b' on row 1.
+#[test]
+fn taking_a_row_back_collides_under_unique() {
+    let (sqld, dir) = killed_pull(
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, name TEXT UNIQUE); INSERT INTO u VALUES (1, 'a');",
+        "",
+        "UPDATE u SET name = 'b' WHERE id = 1",
+        Moment::After("SELECT name = 'b' FROM u WHERE id = 1"),
+        false,
+    );
+    edit(
+        dir.path(),
+        "UPDATE u SET name = 'c' WHERE id = 1; INSERT INTO u VALUES (2, 'b');",
+    );
+    stops(&sqld, dir.path(), &["pull"], false);
+    let (code, report) = json(&sqld, dir.path(), &["sync", "--theirs"], false);
+    if code != Some(0) {
+        // The way forward the other side offers must at least work.
+        let (ours, ours_report) = json(&sqld, dir.path(), &["sync", "--ours"], false);
+        panic!("sync --theirs: {code:?} {report}\nthen sync --ours: {ours:?} {ours_report}");
+    }
+    assert_eq!(sqld.query("SELECT name FROM u WHERE id = 1"), texts(&["b"]));
+    settled(&sqld, dir.path());
 }
