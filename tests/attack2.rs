@@ -974,3 +974,128 @@ fn taking_a_row_back_collides_under_unique() {
     assert_eq!(sqld.query("SELECT name FROM u WHERE id = 1"), texts(&["b"]));
     settled(&sqld, dir.path());
 }
+
+/// A marked row the teammate deletes later: `--theirs` takes their delete (both sides without
+/// row 1), `--ours` keeps our x'02' (the push sends it back). Row 2 untouched either way.
+fn marked_row_deleted_by_the_teammate(side: &str) {
+    let (sqld, dir) = killed_pull(
+        ROW,
+        "",
+        "UPDATE t SET b = x'01' WHERE id = 1",
+        Moment::After("SELECT b = x'01' FROM t WHERE id = 1"),
+        false,
+    );
+    edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
+    sqld.exec("DELETE FROM t WHERE id = 1");
+    stops(&sqld, dir.path(), &["pull"], false);
+    runs(&sqld, dir.path(), &["sync", side], false);
+    let want: &[[Cell; 2]] = if side == "--theirs" {
+        &[[Cell::Integer(2), Cell::Blob(vec![0])]]
+    } else {
+        &[
+            [Cell::Integer(1), Cell::Blob(vec![2])],
+            [Cell::Integer(2), Cell::Blob(vec![0])],
+        ]
+    };
+    assert_eq!(
+        sqld.query("SELECT id, b FROM t ORDER BY id"),
+        want,
+        "sync {side}"
+    );
+    settled(&sqld, dir.path());
+}
+
+#[test]
+fn marked_row_deleted_by_the_teammate_theirs() {
+    marked_row_deleted_by_the_teammate("--theirs")
+}
+
+#[test]
+fn marked_row_deleted_by_the_teammate_ours() {
+    marked_row_deleted_by_the_teammate("--ours")
+}
+
+/// The recovery itself (finishing the killed pull's record, first thing in a push) killed at
+/// random moments, a few times in a row; then `sync --ours` settles: ours x'02' on row 1, the
+/// teammate's later x'05' on row 2.
+#[test]
+fn the_recovery_killed_at_random_moments() {
+    let mut rng = Rng::from_time("the_recovery_killed_at_random_moments");
+    for round in 0..4 {
+        let sql_path = round % 2 == 1;
+        let (sqld, dir) = killed_pull(
+            ROW,
+            "",
+            "UPDATE t SET b = x'01' WHERE id = 1",
+            Moment::After("SELECT b = x'01' FROM t WHERE id = 1"),
+            sql_path,
+        );
+        edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
+        sqld.exec("UPDATE t SET b = x'05' WHERE id = 2");
+        for kill_round in 0..4 {
+            let command = ["push", "pull"][kill_round % 2];
+            let mut child = sqld
+                .tursync_over(dir.path(), command, sql_path)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let us = rng.below(40_000);
+            std::thread::sleep(Duration::from_micros(us));
+            eprintln!("round {round}.{kill_round}: {command} killed after {us} us");
+            kill(&mut child);
+        }
+        assert_eq!(
+            sqld.query("SELECT b FROM t ORDER BY id"),
+            [[Cell::Blob(vec![1])], [Cell::Blob(vec![5])]],
+            "round {round}: a killed command changed the remote"
+        );
+        let (code, report) = json(&sqld, dir.path(), &["push"], sql_path);
+        assert_eq!(code, Some(3), "round {round}: {report}");
+        runs(&sqld, dir.path(), &["sync", "--ours"], sql_path);
+        assert_eq!(
+            sqld.query("SELECT b FROM t ORDER BY id"),
+            [[Cell::Blob(vec![2])], [Cell::Blob(vec![5])]],
+            "round {round} (sql_path {sql_path})"
+        );
+        settled(&sqld, dir.path());
+    }
+}
+
+/// A WITHOUT ROWID table whose text key is NOCASE: after the kill the app replaces the pulled
+/// row 'a' by 'A' (the same key to SQLite). Settling `--theirs` must not fail on the key and
+/// must end with both sides equal; `--ours` pushes 'A'.
+fn nocase_key_replaced_after_the_kill(side: &str) {
+    let (sqld, dir) = killed_pull(
+        "CREATE TABLE w(k TEXT PRIMARY KEY COLLATE NOCASE, v TEXT) WITHOUT ROWID;
+         INSERT INTO w VALUES ('a', 'base'), ('b', 'base');",
+        "",
+        "UPDATE w SET v = 'theirs' WHERE k = 'a'",
+        Moment::After("SELECT v = 'theirs' FROM w WHERE k = 'a'"),
+        false,
+    );
+    edit(
+        dir.path(),
+        "DELETE FROM w WHERE k = 'a'; INSERT INTO w VALUES ('A', 'ours');",
+    );
+    stops(&sqld, dir.path(), &["pull"], false);
+    let (code, report) = json(&sqld, dir.path(), &["sync", side], false);
+    assert_eq!(code, Some(0), "sync {side}: {report}");
+    let want = if side == "--theirs" {
+        [Cell::text("a"), Cell::text("theirs")]
+    } else {
+        [Cell::text("A"), Cell::text("ours")]
+    };
+    assert_eq!(sqld.query("SELECT k, v FROM w WHERE k = 'a'"), [want]);
+    settled(&sqld, dir.path());
+}
+
+#[test]
+fn nocase_key_replaced_after_the_kill_theirs() {
+    nocase_key_replaced_after_the_kill("--theirs")
+}
+
+#[test]
+fn nocase_key_replaced_after_the_kill_ours() {
+    nocase_key_replaced_after_the_kill("--ours")
+}
