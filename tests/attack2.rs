@@ -1099,3 +1099,41 @@ fn nocase_key_replaced_after_the_kill_theirs() {
 fn nocase_key_replaced_after_the_kill_ours() {
     nocase_key_replaced_after_the_kill("--ours")
 }
+
+/// The unkilled controls of the take-back attacks: the same edits with no pull killed, as an
+/// ordinary conflict, settled by `sync --theirs`.
+fn unkilled_theirs(schema: &str, theirs: &str, ours: &str, check: &str, want: &[Vec<Cell>]) {
+    let sqld = Sqld::start();
+    sqld.exec(schema);
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    sqld.exec(theirs);
+    edit(dir.path(), ours);
+    let (code, report) = json(&sqld, dir.path(), &["sync", "--theirs"], false);
+    assert_eq!(code, Some(0), "sync --theirs: {report}");
+    assert_eq!(sqld.query(check), want);
+    settled(&sqld, dir.path());
+}
+
+#[test]
+fn taking_a_row_back_under_unique_not_killed() {
+    unkilled_theirs(
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, name TEXT UNIQUE); INSERT INTO u VALUES (1, 'a');",
+        "UPDATE u SET name = 'b' WHERE id = 1",
+        "UPDATE u SET name = 'c' WHERE id = 1; INSERT INTO u VALUES (2, 'b');",
+        "SELECT name FROM u WHERE id = 1",
+        &texts(&["b"]),
+    )
+}
+
+#[test]
+fn nocase_key_replaced_not_killed() {
+    unkilled_theirs(
+        "CREATE TABLE w(k TEXT PRIMARY KEY COLLATE NOCASE, v TEXT) WITHOUT ROWID;
+         INSERT INTO w VALUES ('a', 'base'), ('b', 'base');",
+        "UPDATE w SET v = 'theirs' WHERE k = 'a'",
+        "DELETE FROM w WHERE k = 'a'; INSERT INTO w VALUES ('A', 'ours');",
+        "SELECT k, v FROM w WHERE k = 'a'",
+        &[vec![Cell::text("a"), Cell::text("theirs")]],
+    )
+}
