@@ -1137,3 +1137,50 @@ fn nocase_key_replaced_not_killed() {
         &[vec![Cell::text("a"), Cell::text("theirs")]],
     )
 }
+
+/// A damaged record marks everything; the app then adds a column, the teammate adds another
+/// and changes row 2. `sync --ours` keeps our column: the teammate's column and their row 2
+/// change, which no change of ours touches, must survive (as they do in an ordinary merge of
+/// columns added on both sides).
+fn everything_marked_then_columns_on_both_sides(side: &str) {
+    let (sqld, dir) = killed_pull(
+        ROW,
+        "",
+        "UPDATE t SET b = x'01' WHERE id = 1",
+        Moment::After("SELECT b = x'01' FROM t WHERE id = 1"),
+        false,
+    );
+    std::fs::write(dir.path().join(".tursync/pulled.rec"), b"damaged").unwrap();
+    edit(dir.path(), "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'c'");
+    sqld.exec(
+        "ALTER TABLE t ADD COLUMN d INTEGER DEFAULT 7; UPDATE t SET b = x'05', d = 8 WHERE id = 2;",
+    );
+    stops(&sqld, dir.path(), &["pull"], false);
+    runs(&sqld, dir.path(), &["sync", side], false);
+    let all = sqld.query("SELECT * FROM t ORDER BY id");
+    assert!(
+        !sqld
+            .query("SELECT 1 FROM pragma_table_info('t') WHERE name = 'd'")
+            .is_empty(),
+        "sync {side} dropped the teammate's column d: {all:?}"
+    );
+    assert_eq!(
+        sqld.query("SELECT id, b, d FROM t ORDER BY id"),
+        [
+            [Cell::Integer(1), Cell::Blob(vec![1]), Cell::Integer(7)],
+            [Cell::Integer(2), Cell::Blob(vec![5]), Cell::Integer(8)]
+        ],
+        "sync {side}"
+    );
+    settled(&sqld, dir.path());
+}
+
+#[test]
+fn everything_marked_then_columns_on_both_sides_ours() {
+    everything_marked_then_columns_on_both_sides("--ours")
+}
+
+#[test]
+fn everything_marked_then_columns_on_both_sides_theirs() {
+    everything_marked_then_columns_on_both_sides("--theirs")
+}
