@@ -160,7 +160,8 @@ const T: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t V
 // so both rows live on. Killed before its commit, the working copy still holds our row under
 // the key their row takes in the base: settling either way must not destroy the other row.
 
-/// `--ours`: the teammate's row 3 must survive (a normal pull would have renumbered ours).
+/// `--ours` must keep the teammate's row 3, `--theirs` the app's row (a whole pull would have
+/// renumbered ours, keeping both).
 fn colliding_inserts_killed_before_commit_settled(side: &str, sql_path: bool) {
     let (sqld, dir) = killed_pull(
         T,
