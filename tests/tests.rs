@@ -7,6 +7,7 @@ mod common;
 
 mod app_beside;
 mod attack;
+mod attack2;
 mod clone;
 mod diff;
 mod exact;
