@@ -45,7 +45,12 @@ fn killed_pull(
 /// there when it starts (a plain `pull` finishes one first).
 fn kill_pull_at(sqld: &Sqld, dir: &Path, args: &[&str], moment: Moment, sql_path: bool) {
     let rec = dir.join(".tursync/pulled.rec");
-    assert!(!rec.exists(), "a record of a pull is already there");
+    // Renamed so right after the working copy's commit.
+    let after_commit = dir.join(".tursync/pulled.landed");
+    assert!(
+        !rec.exists() && !after_commit.exists(),
+        "a record of a pull is already there"
+    );
     let (var, landed) = match moment {
         Moment::Before => ("TURSYNC_TEST_PULL_PAUSE_BEFORE_COMMIT_MS", None),
         Moment::After(q) => ("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", Some(q)),
@@ -62,7 +67,7 @@ fn kill_pull_at(sqld: &Sqld, dir: &Path, args: &[&str], moment: Moment, sql_path
     let wc = dir.join("working_copy.db");
     let there = || match landed {
         None => rec.exists(),
-        Some(q) => rec.exists() && local_query(&wc, q) == [[Cell::Integer(1)]],
+        Some(q) => after_commit.exists() && local_query(&wc, q) == [[Cell::Integer(1)]],
     };
     while !there() {
         if let Ok(Some(status)) = child.try_wait() {
@@ -1151,7 +1156,7 @@ fn everything_marked_then_columns_on_both_sides(side: &str) {
         Moment::After("SELECT b = x'01' FROM t WHERE id = 1"),
         false,
     );
-    std::fs::write(dir.path().join(".tursync/pulled.rec"), b"damaged").unwrap();
+    std::fs::write(dir.path().join(".tursync/pulled.landed"), b"damaged").unwrap();
     edit(dir.path(), "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'c'");
     sqld.exec(
         "ALTER TABLE t ADD COLUMN d INTEGER DEFAULT 7; UPDATE t SET b = x'05', d = 8 WHERE id = 2;",
