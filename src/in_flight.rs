@@ -461,9 +461,9 @@ impl Workspace {
     /// theirs is `kept`, to be read from there again: when their side changed the schema
     /// (their rows are of a schema the base has not yet), and always for a download, which
     /// becomes the base by a rename (a record of rows would then name a base that is gone, by a
-    /// stamp that tells states of one file apart, not one file from another). And what the
-    /// merge left in the working copy (`expected`), which tells the next run, row by row,
-    /// what it can take as settled.
+    /// stamp that tells states of one file apart, not one file from another). And the working
+    /// copy around the merge (`expected`), from which the next run tells whether a commit
+    /// killed before [`Workspace::pull_landed`] landed.
     pub(crate) fn record_pull_start(
         &self,
         theirs: &Changeset,

@@ -2,24 +2,26 @@
 //! objects of the working copy that tursync cannot tell to be our edits rather than a pull's
 //! change that never landed.
 //!
-//! A pull killed between its working copy's commit and the base's update leaves its record
-//! (`crate::in_flight`), and the next run finishes the base's part. Whether the working copy's
-//! commit landed cannot be known for certain (the app may have written since), so the base
-//! takes the pull's changes whole, and each row or object the working copy does not hold as
-//! the pull left it is marked here. For a marked row any difference of ours from the base
-//! is a conflict, even where the remote did not change the row since: the next pull stops on
-//! it and `--ours` or `--theirs` settles it, and a push refuses it until then. A record that
-//! cannot be read marks everything.
+//! A pull killed around its working copy's commit leaves its record (`crate::in_flight`), and
+//! the next run finds whether that commit landed: for certain when the record was renamed after
+//! it, otherwise from what the working copy holds. A commit judged landed that way may still
+//! hold a row against the judgement (a row the merge wrote that reads as before: the app set it
+//! back, or the judgement is wrong), and such rows and schema objects are marked here; a
+//! record that cannot be read, or whose kept copy of theirs is gone, marks everything. For a
+//! marked row any difference of ours from the base is a conflict, even where the remote did
+//! not change the row since: the next pull stops on it and `--ours` or `--theirs` settles it,
+//! and a push refuses it until then.
 //!
 //! ```text
-//! record: t id 1 -> x'01', the working copy held x'01' after the merge's apply
-//! now:    t id 1 = x'02'            -> marked: ours x'02' against the base's x'01' is a
-//!                                      conflict, whatever the remote holds
-//! now:    t id 1 = x'01'            -> not marked: the base takes x'01', nothing to settle
+//! record (not renamed): the merge wrote t id 1 x'00' -> x'01', and id 2 x'00' -> x'01'
+//! now: id 1 = x'01', id 2 = x'00'   -> landed (id 1 says so); id 2 marked: ours x'00'
+//!                                      against the base's x'01' is a conflict, whatever
+//!                                      the remote holds
 //! ```
 //!
-//! The marks are forgotten once a pull succeeds (`Workspace::forget_after_pull`): it met every marked row that still differs
-//! and each was settled (or it would have stopped).
+//! The marks are forgotten once a pull succeeds (`Workspace::forget_after_pull`): it met every
+//! marked row that still differs and each was settled (or it would have stopped). They are
+//! not a cache: deleting the file by hand forgets what it marks.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
