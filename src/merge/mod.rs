@@ -77,6 +77,9 @@ pub(crate) struct Plan {
     /// Our changes that their new definition rejects, taken back (`--theirs`) before the DDL,
     /// and tables rebuilt to their definition (a schema conflict settled `--theirs`).
     before_ddl: Vec<(String, Vec<Value>)>,
+    /// Our changes of rows an interrupted pull left unsettled, taken back first (`--theirs`,
+    /// [`Unsettled::settle_rows`]).
+    take_back: Vec<(String, Vec<Value>)>,
     /// Indexes made after the DDL where missing: those of tables rebuilt to their definition.
     indexes: Vec<(String, String)>,
     /// Applied before any write of theirs, so their rows find their keys free.
@@ -236,6 +239,7 @@ impl Plan {
             ddl,
             kept,
             before_ddl,
+            take_back: Vec::new(),
             indexes: both.indexes,
             renumbers: report.renumbered.clone(),
             writes,
@@ -265,7 +269,7 @@ impl Plan {
     /// changes of rows an interrupted pull left unsettled, settled `--theirs`
     /// ([`Unsettled::settle_rows`]).
     pub(crate) fn take_back_first(&mut self, statements: Vec<(String, Vec<Value>)>) {
-        self.before_ddl.splice(0..0, statements);
+        self.take_back = statements;
     }
 
     /// Applies the plan inside the caller's write transaction on the working copy, and
@@ -287,6 +291,13 @@ impl Plan {
         }
         let changing = "changing the schema of";
         let wc = work.path().unwrap_or("the working copy");
+        for (q, args) in &self.take_back {
+            work.execute(q, rusqlite::params_from_iter(args)).map_err(|e| {
+                Error::Unsupported(format!(
+                    "taking back our change of a row an interrupted pull left unsettled ({q}) fails in {wc}: {e}. Another row of ours holds what the row takes back: settle that one first (edit it in the working copy), or keep ours with --ours"
+                ))
+            })?;
+        }
         for (q, args) in &self.before_ddl {
             work.execute(q, rusqlite::params_from_iter(args))
                 .during(changing, wc)?;
@@ -443,7 +454,13 @@ impl Merge<'_> {
                     }
                 };
                 let key = theirs.key_text(r);
-                if !locators.make_room(&table, &key, at, &mut renumber, &mut self.report)? {
+                if !locators.make_room(
+                    &table,
+                    &key,
+                    at,
+                    &mut renumber,
+                    &mut self.report.renumbered,
+                )? {
                     let column = Some(locators.column.clone());
                     let values = [None, None, Some(Value::Integer(at))];
                     self.conflicts

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::PullReport;
 use crate::changeset::{Changeset, RowChange, TableDiff};
 use crate::conflict::MergeOptions;
 use crate::schema::ForeignKey;
@@ -91,10 +90,10 @@ impl Locators {
         key: &str,
         at: i64,
         renumber: &mut dyn FnMut(i64) -> Result<Option<i64>>,
-        report: &mut PullReport,
+        renumbered: &mut Vec<Renumbered>,
     ) -> Result<bool> {
-        let moved = |from: i64, to: i64, report: &mut PullReport| {
-            report.renumbered.push(Renumbered {
+        let moved = |from: i64, to: i64, renumbered: &mut Vec<Renumbered>| {
+            renumbered.push(Renumbered {
                 table: table.to_owned(),
                 column: self.column.clone(),
                 from,
@@ -105,13 +104,13 @@ impl Locators {
             let Some(to) = renumber(at)? else {
                 return Ok(false);
             };
-            moved(at, to, report);
+            moved(at, to, renumbered);
             self.at.remove(&at);
             self.at.insert(to, holder.clone());
             self.of.insert(holder, to);
         }
         if let Some(from) = self.of.get(key).copied().filter(|&f| f != at) {
-            moved(from, at, report);
+            moved(from, at, renumbered);
             self.at.remove(&from);
             self.at.insert(at, key.to_owned());
             self.of.insert(key.to_owned(), at);
