@@ -1,9 +1,15 @@
-//! Attacks on the marks a killed pull leaves (`.tursync/unsettled.json`): rows the next run
-//! cannot place are conflicts until `--ours`/`--theirs` settles them. Each test kills a pull
-//! at its working copy's commit (just before it, or just after it and before the base took
-//! their changes), disturbs the state, and states the safe outcome: no teammate's row and no
-//! app's edit lost silently, a documented command always leads forward (never `init --force`),
-//! and once settled both sides hold the same database with nothing pending.
+//! Attacks on the recovery of a killed pull and the marks it may leave
+//! (`.tursync/unsettled.json`): rows the next run cannot place are conflicts until
+//! `--ours`/`--theirs` settles them. Each test kills a pull at its working copy's commit, disturbs
+//! the state, and states the safe outcome: no teammate's row and no app's edit lost silently, a
+//! documented command always leads forward (never `init --force`), and once settled both sides
+//! hold the same database with nothing pending.
+//!
+//! Where the kill falls decides what the next run knows: just before the commit (`pulled.rec`,
+//! the working copy as before: the next pull merges again, ordinary conflicts only); after the
+//! commit and its record's rename (`pulled.landed`: the commit landed, whatever the app wrote
+//! since is ours, nothing marked); after the commit and before the rename (`pulled.rec`, the
+//! working copy tells: a row the merge wrote and the app set back to its old value is marked).
 
 use std::path::Path;
 use std::process::Child;
@@ -12,12 +18,16 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// Where a pull is killed: before its working copy's commit (its record written), or after
-/// that commit and before the base took their changes, once `landed` (a query on the working
-/// copy answering one row `1`) says the commit is there.
+/// that commit (its record renamed `pulled.landed`) and before the base took their changes,
+/// once `landed` (a query on the working copy answering one row `1`) says the commit is there.
+/// `BeforeRename`: killed there too, then `pulled.landed` renamed back to `pulled.rec`, which
+/// is what a kill between the commit and the rename leaves (or a power cut that lost the
+/// rename): the next run must tell from the working copy whether the commit landed.
 #[derive(Clone, Copy)]
 enum Moment<'a> {
     Before,
     After(&'a str),
+    BeforeRename(&'a str),
 }
 
 /// A workspace cloned from a remote holding `schema`, the app's `ours` (run before the pull,
@@ -53,7 +63,9 @@ fn kill_pull_at(sqld: &Sqld, dir: &Path, args: &[&str], moment: Moment, sql_path
     );
     let (var, landed) = match moment {
         Moment::Before => ("TURSYNC_TEST_PULL_PAUSE_BEFORE_COMMIT_MS", None),
-        Moment::After(q) => ("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", Some(q)),
+        Moment::After(q) | Moment::BeforeRename(q) => {
+            ("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", Some(q))
+        }
     };
     let mut child = sqld
         .tursync_over(dir, "pull", sql_path)
@@ -80,6 +92,9 @@ fn kill_pull_at(sqld: &Sqld, dir: &Path, args: &[&str], moment: Moment, sql_path
         std::thread::sleep(Duration::from_millis(5));
     }
     kill(&mut child);
+    if let Moment::BeforeRename(_) = moment {
+        std::fs::rename(&after_commit, &rec).unwrap();
+    }
 }
 
 fn kill(child: &mut Child) {
@@ -123,8 +138,8 @@ fn runs(sqld: &Sqld, dir: &Path, args: &[&str], sql_path: bool) {
     run_ok(sqld.tursync_over(dir, args[0], sql_path).args(&args[1..]));
 }
 
-/// Asserts `args` stops with conflicts (exit 3), each noted as left by an interrupted pull,
-/// and the remote unchanged; returns the conflicts.
+/// Asserts `args` stops with conflicts (exit 3) and the remote unchanged; returns the
+/// conflicts.
 fn stops(sqld: &Sqld, dir: &Path, args: &[&str], sql_path: bool) -> Vec<serde_json::Value> {
     let before = remote_dump(sqld);
     let (code, report) = json(sqld, dir, args, sql_path);
@@ -163,11 +178,12 @@ const T: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t V
 // ---------------------------------------------------------------------------------------
 // New rows on both sides under one integer key. A whole pull renumbers ours (no conflict),
 // so both rows live on. Killed before its commit, the working copy still holds our row under
-// the key their row takes in the base: settling either way must not destroy the other row.
+// the key their row takes: the next run finds the commit did not land, and merges again.
 
-/// `--ours` must keep the teammate's row 3, `--theirs` the app's row (a whole pull would have
-/// renumbered ours, keeping both).
-fn colliding_inserts_killed_before_commit_settled(side: &str, sql_path: bool) {
+/// Killed before its commit: the next `sync SIDE` merges again as if the killed pull never
+/// ran, so it renumbers ours (nothing to settle, whichever side is named): the teammate's row
+/// keeps key 3, the app's row lives on under another key, and both sides end equal.
+fn colliding_inserts_killed_before_commit_merged_again(side: &str, sql_path: bool) {
     let (sqld, dir) = killed_pull(
         T,
         "INSERT INTO t VALUES (3, 'ours')",
@@ -175,34 +191,39 @@ fn colliding_inserts_killed_before_commit_settled(side: &str, sql_path: bool) {
         Moment::Before,
         sql_path,
     );
-    stops(&sqld, dir.path(), &["pull"], sql_path);
     runs(&sqld, dir.path(), &["sync", side], sql_path);
     assert_eq!(
         sqld.query("SELECT v FROM t ORDER BY v"),
         texts(&["a", "ours", "theirs"]),
         "sync {side} after a pull killed before its commit lost a new row (sql_path {sql_path})"
     );
+    assert_eq!(
+        sqld.query("SELECT v FROM t WHERE id = 3"),
+        texts(&["theirs"]),
+        "the teammate's row 3 was renumbered"
+    );
     settled(&sqld, dir.path());
 }
 
 #[test]
-fn colliding_inserts_killed_before_commit_then_ours_keeps_the_teammates_row() {
-    colliding_inserts_killed_before_commit_settled("--ours", false)
+fn colliding_inserts_killed_before_commit_then_sync_ours_keeps_both_rows() {
+    colliding_inserts_killed_before_commit_merged_again("--ours", false)
 }
 
 #[test]
-fn colliding_inserts_killed_before_commit_then_theirs_keeps_the_apps_row() {
-    colliding_inserts_killed_before_commit_settled("--theirs", false)
+fn colliding_inserts_killed_before_commit_then_sync_theirs_keeps_both_rows() {
+    colliding_inserts_killed_before_commit_merged_again("--theirs", false)
 }
 
 #[test]
-fn colliding_inserts_killed_before_commit_then_theirs_keeps_the_apps_row_over_sql() {
-    colliding_inserts_killed_before_commit_settled("--theirs", true)
+fn colliding_inserts_killed_before_commit_then_sync_theirs_keeps_both_rows_over_sql() {
+    colliding_inserts_killed_before_commit_merged_again("--theirs", true)
 }
 
 /// The same collision, with a child row of ours pointing at our new parent. A whole pull moves
-/// our parent to a free key and the child with it. After the kill and `--theirs`, the child
-/// must still point at our parent, never silently at the teammate's row.
+/// our parent to a free key and the child with it. After the kill (the next run merges again)
+/// and `--theirs`, the child must still point at our parent, never silently at the teammate's
+/// row, and both parents live on.
 #[test]
 fn colliding_parent_killed_before_commit_then_theirs_never_repoints_our_child() {
     let (sqld, dir) = killed_pull(
@@ -227,13 +248,13 @@ fn colliding_parent_killed_before_commit_then_theirs_never_repoints_our_child() 
         texts(&["theirs"]),
         "our child row now points at the teammate's parent in the working copy"
     );
-    if code == Some(0) {
-        assert_eq!(
-            sqld.query("SELECT name FROM p ORDER BY name"),
-            texts(&["a", "ours", "theirs"])
-        );
-        settled(&sqld, dir.path());
-    }
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        sqld.query("SELECT name FROM p ORDER BY name"),
+        texts(&["a", "ours", "theirs"])
+    );
+    assert_eq!(sqld.query(parent), texts(&["ours"]));
+    settled(&sqld, dir.path());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -244,14 +265,33 @@ const TWO: &str = "CREATE TABLE t1(id INTEGER PRIMARY KEY, v TEXT);
                    INSERT INTO t1 VALUES (1, 'base'); INSERT INTO t2 VALUES (1, 'base');";
 const TWO_THEIRS: &str = "UPDATE t1 SET v = 'theirs1'; UPDATE t2 SET v = 'theirs2';";
 const TWO_LANDED: &str = "SELECT (SELECT v FROM t1) = 'theirs1' AND (SELECT v FROM t2) = 'theirs2'";
+/// `TWO_THEIRS` and a new row 2 of t1, which the app leaves as the merge wrote it: the evidence
+/// that a commit killed before its rename landed.
+const TWO_THEIRS_AND_NEW: &str = "UPDATE t1 SET v = 'theirs1'; UPDATE t2 SET v = 'theirs2';
+                                  INSERT INTO t1 VALUES (2, 'new1');";
 
-/// Marked rows in two tables, each settled its own way: `--theirs t1 --ours t2`. Naming one
-/// table only stops on the other and changes nothing on either side.
+/// Rows in two tables in conflict, each settled its own way: `--theirs t1 --ours t2`. Naming
+/// one table only stops on the other and changes nothing on either side. Killed before the
+/// commit, they are ordinary conflicts (the next pull merges again). Killed after the commit
+/// and before the rename, the app first sets both rows back to their old value (so they are
+/// marked, the new row 2 of t1 telling the commit landed), then edits them.
 fn per_table_settling(moment: Moment, sql_path: bool) {
-    let (sqld, dir) = killed_pull(TWO, "", TWO_THEIRS, moment, sql_path);
+    let theirs = match moment {
+        Moment::BeforeRename(_) => TWO_THEIRS_AND_NEW,
+        _ => TWO_THEIRS,
+    };
+    let (sqld, dir) = killed_pull(TWO, "", theirs, moment, sql_path);
+    if let Moment::BeforeRename(_) = moment {
+        edit(
+            dir.path(),
+            "UPDATE t1 SET v = 'base' WHERE id = 1; UPDATE t2 SET v = 'base';",
+        );
+        let conflicts = stops(&sqld, dir.path(), &["pull"], sql_path);
+        assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+    }
     edit(
         dir.path(),
-        "UPDATE t1 SET v = 'ours1'; UPDATE t2 SET v = 'ours2';",
+        "UPDATE t1 SET v = 'ours1' WHERE id = 1; UPDATE t2 SET v = 'ours2';",
     );
     let wc = dir.path().join("working_copy.db");
     let conflicts = stops(&sqld, dir.path(), &["pull"], sql_path);
@@ -275,19 +315,56 @@ fn per_table_settling(moment: Moment, sql_path: bool) {
         sql_path,
     );
     runs(&sqld, dir.path(), &["push"], sql_path);
-    assert_eq!(sqld.query("SELECT v FROM t1"), texts(&["theirs1"]));
+    assert_eq!(
+        sqld.query("SELECT v FROM t1 WHERE id = 1"),
+        texts(&["theirs1"])
+    );
     assert_eq!(sqld.query("SELECT v FROM t2"), texts(&["ours2"]));
     settled(&sqld, dir.path());
 }
 
 #[test]
-fn per_table_settling_after_the_commit() {
-    per_table_settling(Moment::After(TWO_LANDED), false)
+fn per_table_settling_after_the_commit_before_the_rename() {
+    per_table_settling(Moment::BeforeRename(TWO_LANDED), false)
 }
 
 #[test]
-fn per_table_settling_after_the_commit_over_sql() {
-    per_table_settling(Moment::After(TWO_LANDED), true)
+fn per_table_settling_after_the_commit_before_the_rename_over_sql() {
+    per_table_settling(Moment::BeforeRename(TWO_LANDED), true)
+}
+
+/// Killed after the commit and its record's rename: the commit landed, so the app's later
+/// edits of both tables are ours (no marks, no conflict): a plain pull goes on and the push
+/// sends them.
+fn edits_after_a_landed_pull_are_ours(sql_path: bool) {
+    let (sqld, dir) = killed_pull(TWO, "", TWO_THEIRS, Moment::After(TWO_LANDED), sql_path);
+    edit(
+        dir.path(),
+        "UPDATE t1 SET v = 'ours1'; DELETE FROM t2; INSERT INTO t2 VALUES (5, 'ours2');",
+    );
+    let (code, report) = json(&sqld, dir.path(), &["pull"], sql_path);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        !dir.path().join(".tursync/unsettled.json").exists(),
+        "a landed pull left marks"
+    );
+    runs(&sqld, dir.path(), &["push"], sql_path);
+    assert_eq!(sqld.query("SELECT v FROM t1"), texts(&["ours1"]));
+    assert_eq!(
+        sqld.query("SELECT id, v FROM t2"),
+        [[Cell::Integer(5), Cell::text("ours2")]]
+    );
+    settled(&sqld, dir.path());
+}
+
+#[test]
+fn edits_after_the_commit_are_ours() {
+    edits_after_a_landed_pull_are_ours(false)
+}
+
+#[test]
+fn edits_after_the_commit_are_ours_over_sql() {
+    edits_after_a_landed_pull_are_ours(true)
 }
 
 #[test]
@@ -357,8 +434,9 @@ fn exact_values_killed_after_commit_over_sql() {
 }
 
 /// Killed before the commit: the working copy still holds 0.0 where theirs is -0.0, their
-/// NULL/empty blob and row 'c' are missing, their deleted 'd' is still there. None of ours may
-/// be pushed over theirs on a guess: a plain sync stops; `--theirs` brings theirs exactly.
+/// NULL/empty blob and row 'c' are missing, their deleted 'd' is still there. The next run
+/// finds the commit did not land (nothing of it is in the working copy) and merges again: a
+/// plain sync brings theirs exactly and pushes none of the stale values over theirs.
 fn exact_values_killed_before_commit(sql_path: bool) {
     let (sqld, dir) = killed_pull(EXACT, "", EXACT_THEIRS, Moment::Before, sql_path);
     let remote = remote_dump(&sqld);
@@ -368,9 +446,7 @@ fn exact_values_killed_before_commit(sql_path: bool) {
         remote,
         "sync changed the remote: {report}"
     );
-    assert_eq!(code, Some(3), "{report}");
-    runs(&sqld, dir.path(), &["sync", "--theirs"], sql_path);
-    assert_eq!(remote_dump(&sqld), remote);
+    assert_eq!(code, Some(0), "{report}");
     assert_eq!(
         local_query(
             &dir.path().join("working_copy.db"),
@@ -382,20 +458,20 @@ fn exact_values_killed_before_commit(sql_path: bool) {
 }
 
 #[test]
-fn exact_values_killed_before_commit_over_the_log() {
+fn exact_values_killed_before_commit_merged_again_over_the_log() {
     exact_values_killed_before_commit(false)
 }
 
 #[test]
-fn exact_values_killed_before_commit_over_sql() {
+fn exact_values_killed_before_commit_merged_again_over_sql() {
     exact_values_killed_before_commit(true)
 }
 
-/// After the commit, the app changes only what tells the values apart: -0.0 to 0.0, a NULL to
-/// an empty blob, an integer 1 to a real 1.0. Each such row is ours or theirs by a guess, so
-/// each is a conflict (none pushed silently), and `--ours` then sends them exactly.
+/// After the commit (and its record's rename), the app changes only what tells the values
+/// apart: -0.0 to 0.0, a NULL to an empty blob, an integer 1 to a real 1.0. The commit landed,
+/// so these edits are ours: a plain sync sends them exactly (none lost as "equal").
 #[test]
-fn exact_values_edited_invisibly_after_the_kill() {
+fn exact_values_edited_invisibly_after_the_commit_are_pushed_exactly() {
     let (sqld, dir) = killed_pull(
         EXACT,
         "",
@@ -407,10 +483,7 @@ fn exact_values_edited_invisibly_after_the_kill() {
         dir.path(),
         "UPDATE w SET r = 0.0, n = 1.0 WHERE k = 'a'; UPDATE w SET n = x'' WHERE k = 'b';",
     );
-    let conflicts = stops(&sqld, dir.path(), &["pull"], false);
-    assert_eq!(conflicts.len(), 2, "{conflicts:?}");
-    stops(&sqld, dir.path(), &["push"], false);
-    runs(&sqld, dir.path(), &["sync", "--ours"], false);
+    runs(&sqld, dir.path(), &["sync"], false);
     assert_eq!(
         sqld.query("SELECT r, n FROM w WHERE k = 'a'"),
         [[Cell::real(0.0), Cell::real(1.0)]]
@@ -428,20 +501,35 @@ fn exact_values_edited_invisibly_after_the_kill() {
 const ROW: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
                    INSERT INTO t VALUES (1, x'00'), (2, x'00');";
 
-/// Row 1 marked (their x'01' landed, then the app set x'02'); a plain pull finished the record
-/// and stopped on it. The teammate then sets row 2 to x'05', so the settling pull's commit
-/// can be seen.
+/// The teammate's change of both rows, of which row 2, left as the merge wrote it, tells that a
+/// commit killed before its record's rename landed.
+const ROW_THEIRS: &str = "UPDATE t SET b = x'01'";
+const ROW1_LANDED: &str = "SELECT b = x'01' FROM t WHERE id = 1";
+
+/// Row 1 marked: the pull of their x'01' (both rows) killed after its commit and before its
+/// record's rename, the app set row 1 back to x'00' (against the evidence of row 2, which holds
+/// their x'01'); a plain pull finished the record and stopped on it; the app then set x'02'
+/// (still marked). The teammate then sets row 2 to x'05', so the settling pull's commit can
+/// be seen.
 fn marked_row_1(sql_path: bool) -> (Sqld, TempDir) {
     let (sqld, dir) = killed_pull(
         ROW,
         "",
-        "UPDATE t SET b = x'01' WHERE id = 1",
-        Moment::After("SELECT b = x'01' FROM t WHERE id = 1"),
+        ROW_THEIRS,
+        Moment::BeforeRename(ROW1_LANDED),
         sql_path,
     );
-    edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
-    stops(&sqld, dir.path(), &["pull"], sql_path);
+    edit(dir.path(), "UPDATE t SET b = x'00' WHERE id = 1");
+    let conflicts = stops(&sqld, dir.path(), &["pull"], sql_path);
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert!(
+        conflicts[0]["note"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("an interrupted pull left this unsettled")),
+        "{conflicts:?}"
+    );
     assert!(dir.path().join(".tursync/unsettled.json").exists());
+    edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
     sqld.exec("UPDATE t SET b = x'05' WHERE id = 2");
     (sqld, dir)
 }
@@ -591,44 +679,67 @@ fn garbage_marks() {
     damaged_marks(b"\x00\xff not json")
 }
 
-/// The marks file deleted by hand after a pull killed before its commit: the working copy
-/// still holds x'00' where the teammate's x'01' is. What does a plain `sync` do then? Safe:
-/// the teammate's x'01' is not overwritten (this is the user's act, but nothing should say it
-/// is harmless).
+/// A pull killed before its commit leaves no marks: the next run finds the commit did not land
+/// (the working copy holds x'00' where the teammate's x'01' is, as before the pull) and merges
+/// again. No `unsettled.json` is left to lose, and a plain `sync` takes the teammate's x'01',
+/// never pushes the stale x'00' over it.
 #[test]
-fn marks_deleted_by_hand_after_a_kill_before_the_commit() {
-    let (sqld, dir) = killed_pull(
-        ROW,
-        "",
-        "UPDATE t SET b = x'01' WHERE id = 1",
-        Moment::Before,
-        false,
+fn a_kill_before_the_commit_leaves_no_marks() {
+    let (sqld, dir) = killed_pull(ROW, "", ROW_THEIRS, Moment::Before, false);
+    runs(&sqld, dir.path(), &["sync"], false);
+    assert!(
+        !dir.path().join(".tursync/unsettled.json").exists(),
+        "a pull that never committed left marks"
     );
-    stops(&sqld, dir.path(), &["pull"], false);
-    std::fs::remove_file(dir.path().join(".tursync/unsettled.json")).unwrap();
-    let (code, report) = json(&sqld, dir.path(), &["sync"], false);
-    eprintln!("sync without the marks: {code:?} {report}");
+    assert_eq!(
+        sqld.query("SELECT b FROM t ORDER BY id"),
+        [[Cell::Blob(vec![1])], [Cell::Blob(vec![1])]],
+        "sync pushed the stale x'00' over the teammate's x'01'"
+    );
+    settled(&sqld, dir.path());
+}
+
+/// Marks are what keeps a teammate's change safe when the killed pull's record is damaged:
+/// the base stays as before that pull, the working copy holds their x'01' (its commit landed),
+/// and the teammate then sets row 1 back to x'00'. To the merge that is no change of theirs and
+/// our x'01' a change of ours; only the marks (everything) make it a conflict, so `sync` stops
+/// and the remote keeps x'00'; `sync --theirs` settles. Deleting `unsettled.json` by hand
+/// throws this protection away (the stale x'01' would then be pushed over x'00'): that is the
+/// user's act, which no command of tursync does or advises, so it is not tested here.
+#[test]
+fn marks_of_a_damaged_record_hold_a_teammates_set_back() {
+    let (sqld, dir) = killed_pull(ROW, "", ROW_THEIRS, Moment::After(ROW1_LANDED), false);
+    std::fs::write(dir.path().join(".tursync/pulled.landed"), b"damaged").unwrap();
+    sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
+    let conflicts = stops(&sqld, dir.path(), &["sync"], false);
+    assert_eq!(
+        conflicts.len(),
+        1,
+        "only row 1 differs from theirs: {conflicts:?}"
+    );
+    stops(&sqld, dir.path(), &["push"], false);
     assert_eq!(
         sqld.query("SELECT b FROM t WHERE id = 1"),
-        [[Cell::Blob(vec![1])]],
-        "with its marks deleted, sync pushed the stale x'00' over the teammate's x'01'"
+        [[Cell::Blob(vec![0])]],
+        "the teammate's x'00' was overwritten"
     );
+    runs(&sqld, dir.path(), &["sync", "--theirs"], false);
+    assert_eq!(
+        sqld.query("SELECT b FROM t ORDER BY id"),
+        [[Cell::Blob(vec![0])], [Cell::Blob(vec![1])]]
+    );
+    settled(&sqld, dir.path());
 }
 
 // ---------------------------------------------------------------------------------------
 // watch and sync with marks.
 
-/// `watch` with a marked row: it reports the conflict (once), never pushes ours over theirs,
-/// keeps running, and once `pull --theirs` settles it beside the watcher, both sides converge.
+/// `watch` with a marked row (`marked_row_1`): it reports the conflict (once), never pushes
+/// ours over theirs, keeps running, and once `pull --theirs` settles it beside the watcher,
+/// both sides converge (their x'01' on row 1, the teammate's later x'05' on row 2).
 #[test]
 fn watch_with_marks_reports_and_waits() {
-    let (sqld, dir) = killed_pull(
-        ROW,
-        "",
-        "UPDATE t SET b = x'01' WHERE id = 1",
-        Moment::Before,
-        false,
-    );
+    let (sqld, dir) = marked_row_1(false);
     let out_path = dir.path().join("watch.out");
     let mut watcher = sqld
         .tursync(dir.path())
@@ -663,7 +774,7 @@ fn watch_with_marks_reports_and_waits() {
     kill(&mut watcher);
     assert_eq!(
         sqld.query("SELECT b FROM t ORDER BY id"),
-        [[Cell::Blob(vec![1])], [Cell::Blob(vec![0])]]
+        [[Cell::Blob(vec![1])], [Cell::Blob(vec![5])]]
     );
     settled(&sqld, dir.path());
 }
@@ -671,19 +782,20 @@ fn watch_with_marks_reports_and_waits() {
 // ---------------------------------------------------------------------------------------
 // Schema changes on a marked table.
 
-/// After the kill, the app adds a column and edits the marked row; the teammate adds another
-/// column. `sync SIDE` settles the row; both columns live on.
+/// Killed after the commit and before the rename, the app adds a column and sets row 1 back to
+/// x'00' (marked: row 2 holds their x'01', so the commit landed); the teammate adds another
+/// column. `sync SIDE` settles the row (ours x'00' or their x'01'); both columns live on.
 fn schema_changes_on_a_marked_table(side: &str, b1: u8, sql_path: bool) {
     let (sqld, dir) = killed_pull(
         ROW,
         "",
-        "UPDATE t SET b = x'01' WHERE id = 1",
-        Moment::After("SELECT b = x'01' FROM t WHERE id = 1"),
+        ROW_THEIRS,
+        Moment::BeforeRename(ROW1_LANDED),
         sql_path,
     );
     edit(
         dir.path(),
-        "ALTER TABLE t ADD COLUMN c TEXT; UPDATE t SET b = x'02', c = 'ours' WHERE id = 1;",
+        "ALTER TABLE t ADD COLUMN c TEXT; UPDATE t SET b = x'00', c = 'ours' WHERE id = 1;",
     );
     sqld.exec("ALTER TABLE t ADD COLUMN d INTEGER DEFAULT 7; UPDATE t SET d = 8 WHERE id = 2;");
     stops(&sqld, dir.path(), &["pull"], sql_path);
@@ -703,7 +815,38 @@ fn schema_changes_on_a_marked_table(side: &str, b1: u8, sql_path: bool) {
 
 #[test]
 fn schema_changes_on_a_marked_table_ours() {
-    schema_changes_on_a_marked_table("--ours", 2, false)
+    schema_changes_on_a_marked_table("--ours", 0, false)
+}
+
+/// Killed after the commit and its rename: the app's new column and its edit of row 1 are
+/// ours, the teammate's column theirs; a plain sync keeps both columns and the app's x'02'.
+#[test]
+fn schema_changes_after_a_landed_pull_are_ours() {
+    let (sqld, dir) = killed_pull(ROW, "", ROW_THEIRS, Moment::After(ROW1_LANDED), false);
+    edit(
+        dir.path(),
+        "ALTER TABLE t ADD COLUMN c TEXT; UPDATE t SET b = x'02', c = 'ours' WHERE id = 1;",
+    );
+    sqld.exec("ALTER TABLE t ADD COLUMN d INTEGER DEFAULT 7; UPDATE t SET d = 8 WHERE id = 2;");
+    runs(&sqld, dir.path(), &["sync"], false);
+    assert_eq!(
+        sqld.query("SELECT id, b, c, d FROM t ORDER BY id"),
+        [
+            [
+                Cell::Integer(1),
+                Cell::Blob(vec![2]),
+                Cell::text("ours"),
+                Cell::Integer(7)
+            ],
+            [
+                Cell::Integer(2),
+                Cell::Blob(vec![1]),
+                Cell::Null,
+                Cell::Integer(8)
+            ]
+        ]
+    );
+    settled(&sqld, dir.path());
 }
 
 #[test]
@@ -716,10 +859,10 @@ fn schema_changes_on_a_marked_table_theirs_over_sql() {
     schema_changes_on_a_marked_table("--theirs", 1, true)
 }
 
-/// After the kill, the app drops a column of the table the pull changed (a rebuild): the
-/// record's rows cannot be read, so the whole table is marked. `--theirs` brings the column
-/// back with their row; `--ours` keeps the drop and their x'01'. The teammate's later row 2
-/// edit survives either way.
+/// After the commit (and its rename), the app drops a column of the table the pull changed (a
+/// rebuild). The commit landed, so the drop is ours: nothing is marked, and `sync SIDE` merges
+/// it as the unkilled control does (`app_drops_a_column_not_killed_ours`): their x'01' on row 1
+/// and the teammate's later row 2 edit survive either way.
 fn app_drops_a_column_after_the_kill(side: &str) {
     let (sqld, dir) = killed_pull(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB, e TEXT);
@@ -731,9 +874,11 @@ fn app_drops_a_column_after_the_kill(side: &str) {
     );
     edit(dir.path(), "ALTER TABLE t DROP COLUMN e");
     sqld.exec("UPDATE t SET b = x'05' WHERE id = 2");
-    stops(&sqld, dir.path(), &["pull"], false);
-    stops(&sqld, dir.path(), &["push"], false);
     runs(&sqld, dir.path(), &["sync", side], false);
+    assert!(
+        !dir.path().join(".tursync/unsettled.json").exists(),
+        "a landed pull left marks"
+    );
     assert_eq!(
         sqld.query("SELECT id, b FROM t ORDER BY id"),
         [
@@ -763,8 +908,9 @@ const FK: &str = "PRAGMA foreign_keys = ON;
                   CREATE TABLE c(id INTEGER PRIMARY KEY, pid INTEGER REFERENCES p(id));
                   INSERT INTO p VALUES (1, 'a'), (2, 'b');";
 
-/// A pull of the teammate's rename of parent 1 killed before its commit; the app deletes
-/// parent 1; the teammate then adds a child of parent 1. `--ours` keeps our delete: the remote
+/// A pull of the teammate's rename of parent 1 killed before its commit (the next pull merges
+/// again: our delete against their rename is an ordinary conflict); the app deletes parent 1;
+/// the teammate then adds a child of parent 1. `--ours` keeps our delete: the remote
 /// must never hold a child pointing at no parent. `--theirs` brings parent 1 back with its
 /// child. Either way both sides end equal.
 fn marked_parent_deleted_by_us(side: &str) {
@@ -919,15 +1065,18 @@ fn a_pull_ours_killed_before_its_commit_reports_only_the_real_conflict() {
 // ---------------------------------------------------------------------------------------
 // Taking rows back (`--theirs` on a marked row).
 
-/// A table with a hidden rowid (no INTEGER PRIMARY KEY): the app deletes the marked row after
-/// the kill; `--theirs` takes it back, under its own rowid, so both sides stay the same file.
+/// A table with a hidden rowid (no INTEGER PRIMARY KEY): killed after the commit and before the
+/// rename, the app deletes the row the pull changed. No row the merge wrote holds what it
+/// wrote, so the commit is taken as not landed and the next pull merges again: our delete
+/// against their update is an ordinary conflict, and `--theirs` takes the row back, under its
+/// own rowid, so both sides stay the same file.
 fn hidden_rowid_row_deleted_after_the_kill(sql_path: bool) {
     let (sqld, dir) = killed_pull(
         "CREATE TABLE h(v TEXT, b BLOB); INSERT INTO h VALUES ('one', x'00'), ('two', x'00');
          DELETE FROM h WHERE v = 'one'; INSERT INTO h VALUES ('three', x'00');",
         "",
         "UPDATE h SET b = x'01' WHERE v = 'two'",
-        Moment::After("SELECT b = x'01' FROM h WHERE v = 'two'"),
+        Moment::BeforeRename("SELECT b = x'01' FROM h WHERE v = 'two'"),
         sql_path,
     );
     edit(dir.path(), "DELETE FROM h WHERE v = 'two'");
@@ -944,26 +1093,28 @@ fn hidden_rowid_row_deleted_after_the_kill(sql_path: bool) {
 }
 
 #[test]
-fn hidden_rowid_row_deleted_after_the_kill_over_the_log() {
+fn hidden_rowid_row_deleted_before_the_rename_over_the_log() {
     hidden_rowid_row_deleted_after_the_kill(false)
 }
 
 #[test]
-fn hidden_rowid_row_deleted_after_the_kill_over_sql() {
+fn hidden_rowid_row_deleted_before_the_rename_over_sql() {
     hidden_rowid_row_deleted_after_the_kill(true)
 }
 
-/// Taking the marked row back collides under a UNIQUE constraint with a new row of ours: the
-/// teammate renamed row 1 to 'b', the app (after the kill) renamed it to 'c' and added row 2
-/// named 'b'. `--theirs` is documented for UNIQUE conflicts (our row gives way): it must
-/// settle, not fail, and both sides end equal with their 'b' on row 1.
+/// Taking a row back collides under a UNIQUE constraint with a new row of ours: the teammate
+/// renamed row 1 to 'b', the app (after the commit, before the rename) renamed it to 'c' and
+/// added row 2 named 'b' (so the commit reads as not landed: the merge is done again, row 1 an
+/// ordinary conflict, as in `taking_a_row_back_under_unique_not_killed`). `--theirs` is
+/// documented for UNIQUE conflicts (our row gives way): it must settle, not fail, and both
+/// sides end equal with their 'b' on row 1.
 #[test]
 fn taking_a_row_back_collides_under_unique() {
     let (sqld, dir) = killed_pull(
         "CREATE TABLE u(id INTEGER PRIMARY KEY, name TEXT UNIQUE); INSERT INTO u VALUES (1, 'a');",
         "",
         "UPDATE u SET name = 'b' WHERE id = 1",
-        Moment::After("SELECT name = 'b' FROM u WHERE id = 1"),
+        Moment::BeforeRename("SELECT name = 'b' FROM u WHERE id = 1"),
         false,
     );
     edit(
@@ -981,8 +1132,10 @@ fn taking_a_row_back_collides_under_unique() {
     settled(&sqld, dir.path());
 }
 
-/// A marked row the teammate deletes later: `--theirs` takes their delete (both sides without
-/// row 1), `--ours` keeps our x'02' (the push sends it back). Row 2 untouched either way.
+/// A row the app edits after a landed pull (killed after the commit and its rename: the edit
+/// is ours, not marked), which the teammate deletes later: an ordinary update/delete conflict.
+/// `--theirs` takes their delete (both sides without row 1), `--ours` keeps our x'02' (the
+/// push sends it back). Row 2 untouched either way.
 fn marked_row_deleted_by_the_teammate(side: &str) {
     let (sqld, dir) = killed_pull(
         ROW,
@@ -1021,9 +1174,11 @@ fn marked_row_deleted_by_the_teammate_ours() {
     marked_row_deleted_by_the_teammate("--ours")
 }
 
-/// The recovery itself (finishing the killed pull's record, first thing in a push) killed at
-/// random moments, a few times in a row; then `sync --ours` settles: ours x'02' on row 1, the
-/// teammate's later x'05' on row 2.
+/// The recovery itself (finishing the killed pull's record, first thing in a push or a pull)
+/// killed at random moments, a few times in a row; the killed pull's commit landed but not its
+/// rename, and the app set row 1 back to x'00' (marked, row 2 telling the commit landed). No
+/// killed command may change the remote, a push then refuses the marked row, and `sync --ours`
+/// settles: ours x'00' on row 1, the teammate's later x'05' on row 2.
 #[test]
 fn the_recovery_killed_at_random_moments() {
     let mut rng = Rng::from_time("the_recovery_killed_at_random_moments");
@@ -1032,11 +1187,11 @@ fn the_recovery_killed_at_random_moments() {
         let (sqld, dir) = killed_pull(
             ROW,
             "",
-            "UPDATE t SET b = x'01' WHERE id = 1",
-            Moment::After("SELECT b = x'01' FROM t WHERE id = 1"),
+            ROW_THEIRS,
+            Moment::BeforeRename(ROW1_LANDED),
             sql_path,
         );
-        edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
+        edit(dir.path(), "UPDATE t SET b = x'00' WHERE id = 1");
         sqld.exec("UPDATE t SET b = x'05' WHERE id = 2");
         for kill_round in 0..4 {
             let command = ["push", "pull"][kill_round % 2];
@@ -1061,23 +1216,25 @@ fn the_recovery_killed_at_random_moments() {
         runs(&sqld, dir.path(), &["sync", "--ours"], sql_path);
         assert_eq!(
             sqld.query("SELECT b FROM t ORDER BY id"),
-            [[Cell::Blob(vec![2])], [Cell::Blob(vec![5])]],
+            [[Cell::Blob(vec![0])], [Cell::Blob(vec![5])]],
             "round {round} (sql_path {sql_path})"
         );
         settled(&sqld, dir.path());
     }
 }
 
-/// A WITHOUT ROWID table whose text key is NOCASE: after the kill the app replaces the pulled
-/// row 'a' by 'A' (the same key to SQLite). Settling `--theirs` must not fail on the key and
-/// must end with both sides equal; `--ours` pushes 'A'.
+/// A WITHOUT ROWID table whose text key is NOCASE: after the commit and before the rename the
+/// app replaces the pulled row 'a' by 'A' (the same key to SQLite), so the commit reads as not
+/// landed and the merge is done again (row 'a' an ordinary conflict, as in
+/// `nocase_key_replaced_not_killed`). Settling `--theirs` must not fail on the key and must
+/// end with both sides equal; `--ours` pushes 'A'.
 fn nocase_key_replaced_after_the_kill(side: &str) {
     let (sqld, dir) = killed_pull(
         "CREATE TABLE w(k TEXT PRIMARY KEY COLLATE NOCASE, v TEXT) WITHOUT ROWID;
          INSERT INTO w VALUES ('a', 'base'), ('b', 'base');",
         "",
         "UPDATE w SET v = 'theirs' WHERE k = 'a'",
-        Moment::After("SELECT v = 'theirs' FROM w WHERE k = 'a'"),
+        Moment::BeforeRename("SELECT v = 'theirs' FROM w WHERE k = 'a'"),
         false,
     );
     edit(
@@ -1097,12 +1254,12 @@ fn nocase_key_replaced_after_the_kill(side: &str) {
 }
 
 #[test]
-fn nocase_key_replaced_after_the_kill_theirs() {
+fn nocase_key_replaced_before_the_rename_theirs() {
     nocase_key_replaced_after_the_kill("--theirs")
 }
 
 #[test]
-fn nocase_key_replaced_after_the_kill_ours() {
+fn nocase_key_replaced_before_the_rename_ours() {
     nocase_key_replaced_after_the_kill("--ours")
 }
 
