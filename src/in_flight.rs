@@ -190,18 +190,11 @@ fn rows_under_keys(conn: &Connection, theirs: &Changeset) -> Result<Vec<Option<H
             tables.push(None);
             continue;
         };
-        let mut rows = Vec::with_capacity(t.changes.len());
-        for c in &t.changes {
-            let key: Vec<Value> = t.key_of(c.row()).into_iter().cloned().collect();
-            rows.push(match reader.read(conn, &key)? {
-                Some(row) => RowChange::Insert(row),
-                None => RowChange::Delete(c.row().to_vec()),
-            });
-        }
-        tables.push(Some(Held {
-            rows,
-            missing: reader.missing,
-        }));
+        tables.push(Some(reader.held(
+            conn,
+            &t.key,
+            t.changes.iter().map(RowChange::row),
+        )?));
     }
     Ok(tables)
 }
@@ -688,18 +681,11 @@ impl Now {
                 tables.push(None);
                 continue;
             };
-            let mut rows = Vec::with_capacity(around.after.len());
-            for e in &around.after {
-                let key: Vec<Value> = t.key.iter().map(|&k| e.row()[k].clone()).collect();
-                rows.push(match reader.read(work, &key)? {
-                    Some(row) => RowChange::Insert(row),
-                    None => RowChange::Delete(e.row().to_vec()),
-                });
-            }
-            tables.push(Some(Held {
-                rows,
-                missing: reader.missing,
-            }));
+            tables.push(Some(reader.held(
+                work,
+                &t.key,
+                around.after.iter().map(RowChange::row),
+            )?));
         }
         let stamp = crate::pages::stamp(work)?;
         read.commit()?;
@@ -868,6 +854,28 @@ impl Reader {
             width: columns.len(),
             missing,
         }))
+    }
+
+    /// The rows under the keys of `rows` (whose key values sit at `key`), each an insert of
+    /// the row found, or a delete of the given row where there is none.
+    fn held<'r>(
+        self,
+        conn: &Connection,
+        key: &[usize],
+        rows: impl Iterator<Item = &'r [Value]>,
+    ) -> Result<Held> {
+        let mut held = Vec::new();
+        for row in rows {
+            let at: Vec<Value> = key.iter().map(|&k| row[k].clone()).collect();
+            held.push(match self.read(conn, &at)? {
+                Some(found) => RowChange::Insert(found),
+                None => RowChange::Delete(row.to_vec()),
+            });
+        }
+        Ok(Held {
+            rows: held,
+            missing: self.missing,
+        })
     }
 
     /// The row under `key`, if there is one.

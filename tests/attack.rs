@@ -10,8 +10,8 @@
 
 use crate::common::*;
 use crate::pull::{
-    pull_killed_after_its_commit, pull_killed_before_its_commit, stops_on_row_1_then_settles,
-    UNSETTLED,
+    pull_killed, pull_killed_after_its_commit, pull_killed_before_its_commit,
+    stops_on_row_1_then_settles, Moment, UNSETTLED,
 };
 
 const MIGRATION: &str = "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'; CREATE INDEX t_c ON t(c);";
@@ -292,42 +292,10 @@ fn another_migration_settled_ours_over_sql() {
     another_migration_settled_ours(true)
 }
 
-/// A pull (with `extra` arguments) killed once the working copy reads row 2's b as x'01'
-/// (the teammate's `change` sets it), after `app` ran on the working copy.
+/// A pull (with `extra` arguments) killed right after its working copy's commit, after `app`
+/// ran on the working copy.
 fn killed_pull_after(app: &str, change: &str, extra: &[&str], sql_path: bool) -> (Sqld, TempDir) {
-    let sqld = Sqld::start();
-    sqld.exec(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
-         INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00');",
-    );
-    let dir = tempdir();
-    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
-    edit(dir.path(), app);
-    sqld.exec(change);
-    let wc = dir.path().join("working_copy.db");
-    let before = std::fs::metadata(&wc).unwrap().modified().unwrap();
-    let mut child = sqld
-        .tursync_over(dir.path(), "pull", sql_path)
-        .args(extra)
-        .env("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", "60000")
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    // The record is renamed `pulled.landed` right after the commit.
-    let landed = dir.path().join(".tursync/pulled.landed");
-    while !(landed.exists()
-        && local_query(&wc, "SELECT b FROM t WHERE id = 2") == [[Cell::Blob(vec![1])]]
-        && std::fs::metadata(&wc).unwrap().modified().unwrap() != before)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pull never committed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    (sqld, dir)
+    pull_killed(app, change, extra, Moment::AfterCommit, sql_path)
 }
 
 /// The app made the teammate's very change (row 2 to x'01') before the pull: identical rows on
