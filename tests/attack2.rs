@@ -1225,12 +1225,10 @@ fn the_recovery_killed_at_random_moments() {
 
 /// A WITHOUT ROWID table whose text key is NOCASE: after the commit and before the rename the
 /// app replaces the pulled row 'a' by 'A' (the same key to SQLite), so the commit reads as not
-/// landed and the merge is done again (row 'a' an ordinary conflict). `--ours` pushes 'A' and
-/// ends with both sides equal. (Settling it `--theirs` fails in the ordinary merge, with or
-/// without a kill: their 'a' cannot find our 'A' to give way; that bug has its failing tests
-/// apart, not in this suite.)
-#[test]
-fn nocase_key_replaced_before_the_rename_ours() {
+/// landed and the merge is done again (row 'a' an ordinary conflict, as in
+/// `nocase_key_replaced_not_killed`). Settling `--theirs` must not fail on the key and must
+/// end with both sides equal; `--ours` pushes 'A'.
+fn nocase_key_replaced_after_the_kill(side: &str) {
     let (sqld, dir) = killed_pull(
         "CREATE TABLE w(k TEXT PRIMARY KEY COLLATE NOCASE, v TEXT) WITHOUT ROWID;
          INSERT INTO w VALUES ('a', 'base'), ('b', 'base');",
@@ -1244,13 +1242,25 @@ fn nocase_key_replaced_before_the_rename_ours() {
         "DELETE FROM w WHERE k = 'a'; INSERT INTO w VALUES ('A', 'ours');",
     );
     stops(&sqld, dir.path(), &["pull"], false);
-    let (code, report) = json(&sqld, dir.path(), &["sync", "--ours"], false);
-    assert_eq!(code, Some(0), "sync --ours: {report}");
-    assert_eq!(
-        sqld.query("SELECT k, v FROM w WHERE k = 'a'"),
-        [[Cell::text("A"), Cell::text("ours")]]
-    );
+    let (code, report) = json(&sqld, dir.path(), &["sync", side], false);
+    assert_eq!(code, Some(0), "sync {side}: {report}");
+    let want = if side == "--theirs" {
+        [Cell::text("a"), Cell::text("theirs")]
+    } else {
+        [Cell::text("A"), Cell::text("ours")]
+    };
+    assert_eq!(sqld.query("SELECT k, v FROM w WHERE k = 'a'"), [want]);
     settled(&sqld, dir.path());
+}
+
+#[test]
+fn nocase_key_replaced_before_the_rename_theirs() {
+    nocase_key_replaced_after_the_kill("--theirs")
+}
+
+#[test]
+fn nocase_key_replaced_before_the_rename_ours() {
+    nocase_key_replaced_after_the_kill("--ours")
 }
 
 /// The unkilled controls of the take-back attacks: the same edits with no pull killed, as an
@@ -1276,6 +1286,18 @@ fn taking_a_row_back_under_unique_not_killed() {
         "UPDATE u SET name = 'c' WHERE id = 1; INSERT INTO u VALUES (2, 'b');",
         "SELECT name FROM u WHERE id = 1",
         &texts(&["b"]),
+    )
+}
+
+#[test]
+fn nocase_key_replaced_not_killed() {
+    unkilled_theirs(
+        "CREATE TABLE w(k TEXT PRIMARY KEY COLLATE NOCASE, v TEXT) WITHOUT ROWID;
+         INSERT INTO w VALUES ('a', 'base'), ('b', 'base');",
+        "UPDATE w SET v = 'theirs' WHERE k = 'a'",
+        "DELETE FROM w WHERE k = 'a'; INSERT INTO w VALUES ('A', 'ours');",
+        "SELECT k, v FROM w WHERE k = 'a'",
+        &[vec![Cell::text("a"), Cell::text("theirs")]],
     )
 }
 

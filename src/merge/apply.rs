@@ -257,7 +257,7 @@ impl<'c> Applier<'c> {
                         key_list(&key)
                     )));
                 };
-                self.give_way(table, holder)?;
+                self.give_way(table, holder, &key)?;
                 match w {
                     LocalWrite::Update { key, set, .. } => self.update(table, key, set)?,
                     _ => self.insert(table, &target)?,
@@ -277,16 +277,28 @@ impl<'c> Applier<'c> {
         }))
     }
 
-    /// Our row at `key` gives way to theirs: it becomes its remote version (keeping what only
-    /// the working copy's columns hold), or goes if the remote has no such row (it is new here).
-    /// A row the team shares is never deleted for it.
-    fn give_way(&mut self, table: &str, key: &[(String, Value)]) -> Result<()> {
+    /// Our row at `key` gives way to theirs (the row they write at `theirs_key`): it becomes its
+    /// remote version (keeping what only the working copy's columns hold), or goes if the remote
+    /// has no such row (it is new here), or if its remote version is the very row they write
+    /// (the same key under the key's collation, as 'A' and 'a' under NOCASE). A row the team
+    /// shares is never deleted for it.
+    fn give_way(
+        &mut self,
+        table: &str,
+        key: &[(String, Value)],
+        theirs_key: &[(String, Value)],
+    ) -> Result<()> {
         let ours = self.row(self.work, &self.ours_names, table, key)?;
         let remote = self.row(self.theirs, &self.theirs_names, table, key)?;
         self.delete(table, key)?;
         if let (Some(mut row), Some(remote)) = (ours, remote) {
-            overlay(&mut row, &remote);
-            self.insert(table, &row)?;
+            let theirs_row = theirs_key
+                .iter()
+                .all(|(k, v)| remote.iter().any(|(n, r)| n == k && r == v));
+            if !theirs_row {
+                overlay(&mut row, &remote);
+                self.insert(table, &row)?;
+            }
         }
         Ok(())
     }
@@ -319,6 +331,12 @@ impl<'c> Applier<'c> {
             .map(|c| format!("{} IS ?", sql::ident(c)))
             .collect();
         let names = names_of(key);
+        // Another row is one whose key differs byte for byte: under a NOCASE key, our 'A'
+        // holds what their 'a' needs, and is the row to give way.
+        let itself: Vec<String> = names
+            .iter()
+            .map(|k| format!("{} IS ? COLLATE BINARY", sql::ident(k)))
+            .collect();
         let q = format!(
             "SELECT {} FROM {} WHERE {} AND NOT ({}) LIMIT 1",
             names
@@ -328,7 +346,7 @@ impl<'c> Applier<'c> {
                 .join(", "),
             sql::ident(table),
             same.join(" AND "),
-            sql::where_key(&names)
+            itself.join(" AND ")
         );
         let args = values.iter().chain(key.iter().map(|(_, v)| v));
         let found: Option<Vec<Value>> = self
