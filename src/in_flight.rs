@@ -13,8 +13,9 @@
 //! one to the change counter of every transaction that writes the file): a record whose stamp
 //! is not the base's is of a push the base already took in, and counts for nothing.
 //!
-//! A pull's record also holds what its merge left in the working copy ([`Expected`]), so the
-//! next run can tell, row by row, what it cannot take as settled ([`crate::unsettled`]).
+//! A pull's record also holds the working copy under their keys before and after its merge
+//! ([`Expected`]), and is renamed once the working copy's commit landed
+//! ([`Workspace::pull_landed`]), so the next run knows, or can tell, whether it did.
 //!
 //! ```text
 //! tursync push record 1\n
@@ -23,7 +24,8 @@
 //!
 //! tursync pull record 2\n
 //! {"base":{...},"tables":[{"name":"t","columns":["id","v"],"key":[0],"changes":1,"expected":1}]}\n
-//! <their 1 change of t> <the row the merge left under its key: an insert, or a delete if none>
+//! <their 1 change of t> <the row under its key before the merge> <and after it>
+//!   (each an insert of the row found, or a delete where there was none)
 //! ```
 //!
 //! Writing it costs what is pushed, not the size of the base.
