@@ -11,7 +11,7 @@
 use crate::common::*;
 use crate::pull::{
     pull_killed, pull_killed_after_its_commit, pull_killed_before_its_commit,
-    stops_on_row_1_then_settles, Moment, UNSETTLED,
+    stops_on_row_1_then_settles, two_rows, Moment, UNSETTLED,
 };
 
 const MIGRATION: &str = "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'; CREATE INDEX t_c ON t(c);";
@@ -370,13 +370,7 @@ fn a_pull_ours_killed_then_the_teammate_edits_over_sql() {
 /// The control of the attack above: the same `pull --ours`, not killed; the teammate's later
 /// x'00' is then a conflict (base x'01', ours x'02', theirs x'00'), reported, not overwritten.
 fn a_pull_ours_not_killed_then_the_teammate_edits(sql_path: bool) {
-    let sqld = Sqld::start();
-    sqld.exec(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
-         INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00');",
-    );
-    let dir = tempdir();
-    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    let (sqld, dir) = two_rows();
     edit(dir.path(), "UPDATE t SET b = x'02' WHERE id = 1");
     sqld.exec("UPDATE t SET b = x'01' WHERE id IN (1, 2)");
     run_ok(

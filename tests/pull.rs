@@ -479,6 +479,18 @@ pub(crate) fn pull_killed_before_its_commit(change: &str, sql_path: bool) -> (Sq
     pull_killed("", change, &[], Moment::BeforeCommit, sql_path)
 }
 
+/// A remote of `t(id, b)` with rows 1 and 2 at `x'00'`, and a working copy of it.
+pub(crate) fn two_rows() -> (Sqld, TempDir) {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+         INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00');",
+    );
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    (sqld, dir)
+}
+
 /// Where [`pull_killed`] kills the pull.
 pub(crate) enum Moment {
     /// After its record was written, before the working copy's commit (`pulled.rec`).
@@ -497,13 +509,7 @@ pub(crate) fn pull_killed(
     moment: Moment,
     sql_path: bool,
 ) -> (Sqld, TempDir) {
-    let sqld = Sqld::start();
-    sqld.exec(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
-         INSERT INTO t(id, b) VALUES (1, x'00'), (2, x'00');",
-    );
-    let dir = tempdir();
-    ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+    let (sqld, dir) = two_rows();
     if !app.is_empty() {
         edit(dir.path(), app);
     }
