@@ -473,12 +473,13 @@ impl Workspace {
     }
 
     /// Marks the pull's record as of a working copy whose commit landed, right after that
-    /// commit: `pulled.rec` becomes `pulled.landed`. Not synced: a kill leaves the rename
-    /// done, and a power cut that loses it leaves `pulled.rec`, which the next run reads as a
-    /// commit that may not have landed (never the other way: the commit was synced first).
+    /// commit: `pulled.rec` becomes `pulled.landed`, synced, so that only a kill or a power cut
+    /// in the moment between the commit and this leaves `pulled.rec` after a commit that
+    /// landed (never the other way: the commit was synced first).
     pub(crate) fn pull_landed(&self) -> Result<()> {
         let (from, to) = (self.record_path(Kind::Pull), self.state_dir().join(LANDED));
-        std::fs::rename(&from, &to).during("renaming into place", to.display())
+        std::fs::rename(&from, &to).during("renaming into place", to.display())?;
+        sync_dir(&self.state_dir())
     }
 
     /// The record of a pull the base may lag behind, and whether its working copy's commit is
@@ -554,6 +555,12 @@ impl Workspace {
         )?;
         drop(work);
         if !flagged && !landed_by_evidence(&head, &expected, &now) {
+            // Rows the app changed since, to other values than before or after the merge,
+            // may be edits of rows it did bring: conflicts, never merged again in silence.
+            crate::unsettled::Unsettled::add(
+                &self.state_dir(),
+                edited_since(&head, &expected, &now),
+            )?;
             return self.drop_pull_record();
         }
         let theirs = match &head.theirs {
@@ -780,19 +787,36 @@ fn against_evidence(
     expected: &[Option<Around>],
     now: &Now,
 ) -> crate::unsettled::Unsettled {
-    let mut marks = crate::unsettled::Unsettled::default();
+    let mut marks = marked_rows(head, expected, now, true, |b, a, n, missing| {
+        !same(b, a, missing) && same(n, b, missing)
+    });
     for (e, n) in head.schema.iter().zip(&now.schema) {
         if *n != e.after && !columns_appended(e.after.as_ref(), n.as_ref()) {
             marks.objects.insert(e.name.clone());
         }
     }
+    marks
+}
+
+/// The rows of the record that `pick` picks (given them before the merge, after it, now, and
+/// the positions not compared), marked; with `unreadable`, also each table that cannot be read.
+fn marked_rows(
+    head: &Head,
+    expected: &[Option<Around>],
+    now: &Now,
+    unreadable: bool,
+    pick: impl Fn(&RowChange, &RowChange, &RowChange, &[usize]) -> bool,
+) -> crate::unsettled::Unsettled {
+    let mut marks = crate::unsettled::Unsettled::default();
     for ((t, around), now) in head.tables.iter().zip(expected).zip(&now.tables) {
         let (Some(around), Some(now)) = (around, now) else {
-            marks.objects.insert(t.name.clone());
+            if unreadable {
+                marks.objects.insert(t.name.clone());
+            }
             continue;
         };
         for (b, a, n, missing) in each_row(around, now) {
-            if !same(b, a, &missing) && same(n, b, &missing) {
+            if pick(b, a, n, &missing) {
                 let key = t.key.iter().map(|&k| &a.row()[k]);
                 marks
                     .rows
@@ -803,6 +827,26 @@ fn against_evidence(
         }
     }
     marks
+}
+
+/// The rows the merge wrote that the working copy now holds neither as before the merge nor as
+/// after it: when the commit is judged not to have landed, each may be the app's edit of a row
+/// the commit did bring (their new row, edited) as well as an edit of the old one, so each is
+/// marked: a conflict to settle, not a row merged again in silence (their insert put back
+/// beside the app's edit, renumbered).
+///
+/// ```text
+/// wrote id 3: none -> 'theirs'   now 'edited'   -> marked
+/// wrote id 3: none -> 'theirs'   now none       -> not: as before the merge
+/// ```
+fn edited_since(
+    head: &Head,
+    expected: &[Option<Around>],
+    now: &Now,
+) -> crate::unsettled::Unsettled {
+    marked_rows(head, expected, now, false, |b, a, n, missing| {
+        !same(b, a, missing) && !same(n, a, missing) && !same(n, b, missing)
+    })
 }
 
 /// Reads rows of one table by key as the values of `columns`, whichever of them the table
