@@ -514,3 +514,89 @@ fn renumbered_colliding_inserts_killed_before_rename_then_app_edits_theirs() {
     );
     settled(&sqld, dir.path());
 }
+
+// ---------------------------------------------------------------------------------------
+// Controls and neighbours of the failing cases above.
+
+/// As `only_insert_killed_before_rename_then_app_deletes_it`, but the pull also updated row 1,
+/// which tells the commit landed: the app's delete of row 3 is marked, the next sync stops on
+/// it, and `--ours` keeps the delete.
+#[test]
+fn insert_and_update_killed_before_rename_then_app_deletes_the_insert() {
+    let (sqld, dir) = killed_pull(
+        T,
+        false,
+        "",
+        "INSERT INTO t VALUES (3, 'theirs'); UPDATE t SET v = 'x' WHERE id = 1",
+        Moment::BeforeRename("SELECT count(*) FROM t WHERE id = 3"),
+    );
+    edit(dir.path(), "DELETE FROM t WHERE id = 3");
+    sync_or_settle(&sqld, dir.path(), "--ours");
+    assert_eq!(sqld.query(ALL), rows(&[(1, "x"), (2, "b")]));
+    settled(&sqld, dir.path());
+}
+
+/// As `only_insert_killed_before_rename_then_app_edits_it`, with a text key (nothing to
+/// renumber): the app's edit of the teammate's row must land on it, or be a conflict.
+#[test]
+fn only_insert_text_key_killed_before_rename_then_app_edits_it() {
+    let (sqld, dir) = killed_pull(
+        "CREATE TABLE t(id TEXT PRIMARY KEY, v TEXT); INSERT INTO t VALUES ('k1', 'a');",
+        false,
+        "",
+        "INSERT INTO t VALUES ('k3', 'theirs')",
+        Moment::BeforeRename("SELECT count(*) FROM t WHERE id = 'k3'"),
+    );
+    edit(dir.path(), "UPDATE t SET v = 'edited' WHERE id = 'k3'");
+    sync_or_settle(&sqld, dir.path(), "--ours");
+    assert_eq!(
+        sqld.query("SELECT id, v FROM t ORDER BY id"),
+        [["k1", "a"], ["k3", "edited"]].map(|r| r.map(Cell::text).to_vec())
+    );
+    settled(&sqld, dir.path());
+}
+
+/// Killed before its commit (nothing landed); the app then makes the very edit the teammate
+/// made to row 1, which reads as the commit's evidence. The teammate's new row 3, never in the
+/// working copy, must not be deleted silently: it ends on both sides, or the sync stops on it
+/// (settled here `--theirs`, which keeps it).
+#[test]
+fn killed_before_commit_then_app_makes_the_same_edit() {
+    let (sqld, dir) = killed_pull(
+        T,
+        false,
+        "",
+        "UPDATE t SET v = 'x' WHERE id = 1; INSERT INTO t VALUES (3, 'theirs')",
+        Moment::Before,
+    );
+    edit(dir.path(), "UPDATE t SET v = 'x' WHERE id = 1");
+    sync_or_settle(&sqld, dir.path(), "--theirs");
+    assert_eq!(sqld.query(ALL), rows(&[(1, "x"), (2, "b"), (3, "theirs")]));
+    settled(&sqld, dir.path());
+}
+
+/// The same in WAL mode, where no stamp tells that the app committed.
+#[test]
+fn killed_before_commit_then_app_makes_the_same_edit_wal() {
+    let (sqld, dir) = killed_pull(
+        T,
+        true,
+        "",
+        "UPDATE t SET v = 'x' WHERE id = 1; INSERT INTO t VALUES (3, 'theirs')",
+        Moment::Before,
+    );
+    edit(dir.path(), "UPDATE t SET v = 'x' WHERE id = 1");
+    let (code, report) = json(&sqld, dir.path(), &["sync"]);
+    eprintln!("sync: {code:?} {report}");
+    assert_ne!(
+        sqld.query("SELECT count(*) FROM t WHERE id = 3"),
+        [[Cell::Integer(0)]],
+        "the teammate's row 3 was deleted by a plain sync"
+    );
+    if code == Some(3) {
+        let (code, report) = json(&sqld, dir.path(), &["sync", "--theirs"]);
+        assert_eq!(code, Some(0), "{report}");
+    }
+    assert_eq!(sqld.query(ALL), rows(&[(1, "x"), (2, "b"), (3, "theirs")]));
+    settled(&sqld, dir.path());
+}
