@@ -8,6 +8,7 @@ mod common;
 mod app_beside;
 mod attack;
 mod attack2;
+mod attack3;
 mod clone;
 mod diff;
 mod exact;
