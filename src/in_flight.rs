@@ -555,12 +555,6 @@ impl Workspace {
         )?;
         drop(work);
         if !flagged && !landed_by_evidence(&head, &expected, &now) {
-            // Rows the app changed since, to other values than before or after the merge,
-            // may be edits of rows it did bring: conflicts, never merged again in silence.
-            crate::unsettled::Unsettled::add(
-                &self.state_dir(),
-                edited_since(&head, &expected, &now),
-            )?;
             return self.drop_pull_record();
         }
         let theirs = match &head.theirs {
@@ -787,7 +781,7 @@ fn against_evidence(
     expected: &[Option<Around>],
     now: &Now,
 ) -> crate::unsettled::Unsettled {
-    let mut marks = marked_rows(head, expected, now, true, |b, a, n, missing| {
+    let mut marks = marked_rows(head, expected, now, |b, a, n, missing| {
         !same(b, a, missing) && same(n, b, missing)
     });
     for (e, n) in head.schema.iter().zip(&now.schema) {
@@ -799,20 +793,17 @@ fn against_evidence(
 }
 
 /// The rows of the record that `pick` picks (given them before the merge, after it, now, and
-/// the positions not compared), marked; with `unreadable`, also each table that cannot be read.
+/// the positions not compared), marked, and each table that cannot be read.
 fn marked_rows(
     head: &Head,
     expected: &[Option<Around>],
     now: &Now,
-    unreadable: bool,
     pick: impl Fn(&RowChange, &RowChange, &RowChange, &[usize]) -> bool,
 ) -> crate::unsettled::Unsettled {
     let mut marks = crate::unsettled::Unsettled::default();
     for ((t, around), now) in head.tables.iter().zip(expected).zip(&now.tables) {
         let (Some(around), Some(now)) = (around, now) else {
-            if unreadable {
-                marks.objects.insert(t.name.clone());
-            }
+            marks.objects.insert(t.name.clone());
             continue;
         };
         for (b, a, n, missing) in each_row(around, now) {
@@ -827,26 +818,6 @@ fn marked_rows(
         }
     }
     marks
-}
-
-/// The rows the merge wrote that the working copy now holds neither as before the merge nor as
-/// after it: when the commit is judged not to have landed, each may be the app's edit of a row
-/// the commit did bring (their new row, edited) as well as an edit of the old one, so each is
-/// marked: a conflict to settle, not a row merged again in silence (their insert put back
-/// beside the app's edit, renumbered).
-///
-/// ```text
-/// wrote id 3: none -> 'theirs'   now 'edited'   -> marked
-/// wrote id 3: none -> 'theirs'   now none       -> not: as before the merge
-/// ```
-fn edited_since(
-    head: &Head,
-    expected: &[Option<Around>],
-    now: &Now,
-) -> crate::unsettled::Unsettled {
-    marked_rows(head, expected, now, false, |b, a, n, missing| {
-        !same(b, a, missing) && !same(n, a, missing) && !same(n, b, missing)
-    })
 }
 
 /// Reads rows of one table by key as the values of `columns`, whichever of them the table
