@@ -50,6 +50,14 @@ impl RowChange {
         }
     }
 
+    /// The row as it is after the change: `None` for a delete.
+    pub fn new_row(&self) -> Option<&[Value]> {
+        match self {
+            RowChange::Insert(r) | RowChange::Update { new: r, .. } => Some(r),
+            RowChange::Delete(_) => None,
+        }
+    }
+
     /// About how many bytes of memory the change takes.
     pub(crate) fn footprint(&self) -> usize {
         let row = |r: &[Value]| {

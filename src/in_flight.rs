@@ -135,6 +135,7 @@ impl Expected {
     /// [`Expected::after`] once the merge applied.
     pub(crate) fn before(work: &Connection, theirs: &Changeset) -> Result<Expected> {
         let mut names: Vec<&str> = theirs.schema.iter().flat_map(SchemaChange::names).collect();
+        names.sort_unstable();
         names.dedup();
         let schema = names
             .into_iter()
@@ -321,19 +322,16 @@ impl Workspace {
                 .tables
                 .iter()
                 .enumerate()
-                .map(|(i, t)| TableHead {
-                    name: t.table.name.clone(),
-                    columns: t.columns.clone(),
-                    key: t.key.clone(),
-                    changes: if rows_kept { t.changes.len() as u64 } else { 0 },
-                    expected: match expected_rows.get(i) {
-                        Some(Some(around)) => Some(around.before.len() as u64),
-                        _ => None,
-                    },
-                    missing: match expected_rows.get(i) {
-                        Some(Some(around)) => around.missing.clone(),
-                        _ => Vec::new(),
-                    },
+                .map(|(i, t)| {
+                    let around = expected_rows.get(i).and_then(Option::as_ref);
+                    TableHead {
+                        name: t.table.name.clone(),
+                        columns: t.columns.clone(),
+                        key: t.key.clone(),
+                        changes: if rows_kept { t.changes.len() as u64 } else { 0 },
+                        expected: around.map(|a| a.before.len() as u64),
+                        missing: around.map(|a| a.missing.clone()).unwrap_or_default(),
+                    }
                 })
                 .collect(),
             theirs,
@@ -374,28 +372,32 @@ impl Workspace {
 
     /// The record of `kind` as a changeset from the base, if it is of the base as it is now.
     fn read_record(&self, kind: Kind) -> Result<Option<Changeset>> {
-        if self.live_record(kind)?.is_none() {
+        let path = self.record_path(kind);
+        if !path.exists() {
             return Ok(None);
         }
-        self.record_rows(kind, &self.record_path(kind)).map(Some)
+        let body = self.read_body(kind, &path)?;
+        if body.head.base != self.base_stamp()? {
+            return Ok(None);
+        }
+        self.record_rows(&body.head.tables, body.changes).map(Some)
     }
 
-    /// The row changes of the record of `kind`, as a changeset from the base; the caller has
-    /// found the record to be of the base as it is now ([`Workspace::live_record`]).
-    fn record_rows(&self, kind: Kind, path: &Path) -> Result<Changeset> {
-        let Body { head, changes, .. } = self.read_body(kind, path)?;
+    /// A record's row changes (`changes`, per table of `tables`), as a changeset from the base;
+    /// the caller has found the record to be of the base as it is now.
+    fn record_rows(&self, tables: &[TableHead], changes: Vec<Vec<RowChange>>) -> Result<Changeset> {
         let schema = crate::schema::load(&self.open_base()?)
             .during("reading the schema of the base", self.base_path().display())?;
         let mut cs = Changeset::default();
-        for (t, changes) in head.tables.into_iter().zip(changes) {
+        for (t, changes) in tables.iter().zip(changes) {
             // A table the base no longer has (dropped since) has nothing to recognize.
             let Some(table) = schema.tables.iter().find(|s| s.name == t.name) else {
                 continue;
             };
             cs.tables.push(TableDiff {
                 table: table.clone(),
-                columns: t.columns,
-                key: t.key,
+                columns: t.columns.clone(),
+                key: t.key.clone(),
                 unique: Vec::new(),
                 changes,
             });
@@ -538,7 +540,11 @@ impl Workspace {
             self.drop_pull_record()
         };
         let base = self.base_stamp()?;
-        let Body { head, expected, .. } = match self.read_body(Kind::Pull, &path) {
+        let Body {
+            head,
+            changes,
+            expected,
+        } = match self.read_body(Kind::Pull, &path) {
             Ok(record) => record,
             Err(e) if is_damage(&e) => return everything(),
             Err(e) => return Err(e),
@@ -558,7 +564,7 @@ impl Workspace {
             return self.drop_pull_record();
         }
         let theirs = match &head.theirs {
-            None => Some(self.record_rows(Kind::Pull, &path)?),
+            None => Some(self.record_rows(&head.tables, changes)?),
             Some(kept) => self.kept_theirs(kept)?,
         };
         let Some(theirs) = theirs else {
@@ -633,10 +639,16 @@ impl Workspace {
     /// Forgets the record of a pull once the base has taken its changes (or none landed), and
     /// the download it kept.
     pub(crate) fn drop_pull_record(&self) -> Result<()> {
+        self.remove_pull_files();
+        sync_dir(&self.state_dir())
+    }
+
+    /// Removes the record of a pull (under either name) and its download; the caller syncs
+    /// the state directory.
+    fn remove_pull_files(&self) {
         remove_aside(&self.record_path(Kind::Pull));
         remove_aside(&self.state_dir().join(LANDED));
         remove_aside(&self.state_dir().join(DOWNLOAD));
-        sync_dir(&self.state_dir())
     }
 
     /// Forgets, once a pull moved the base, every record the base may have lagged behind (the
@@ -644,9 +656,7 @@ impl Workspace {
     /// settled them all, or it would have stopped), with one sync of the directory.
     pub(crate) fn forget_after_pull(&self) -> Result<()> {
         remove_aside(&self.record_path(Kind::Push));
-        remove_aside(&self.record_path(Kind::Pull));
-        remove_aside(&self.state_dir().join(LANDED));
-        remove_aside(&self.state_dir().join(DOWNLOAD));
+        self.remove_pull_files();
         crate::unsettled::Unsettled::forget(&self.state_dir());
         sync_dir(&self.state_dir())
     }

@@ -28,7 +28,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::changeset::{Changeset, RowChange, SchemaChange};
+use crate::changeset::{Changeset, RowChange, SchemaChange, TableDiff};
 use crate::conflict::{Conflict, ConflictKind, MergeOptions, Resolve};
 use crate::durable::{remove_aside, save_json};
 use crate::value::Value;
@@ -122,20 +122,15 @@ impl Unsettled {
         let mut out = Vec::new();
         let theirs_names: Vec<&str> = theirs.schema.iter().flat_map(SchemaChange::names).collect();
         for change in &ours.schema {
-            if change.names().iter().any(|n| theirs_names.contains(n)) {
+            let names = change.names();
+            if names.iter().any(|n| theirs_names.contains(n)) {
                 continue;
             }
-            let (what, names): (&str, Vec<&str>) = match change {
-                SchemaChange::TableAdded { name, .. } | SchemaChange::TableDropped { name, .. } => {
-                    ("table", vec![name])
-                }
-                SchemaChange::ColumnsAdded { table, .. } => ("table", vec![table]),
-                SchemaChange::TableRebuilt { name, old_name, .. } => {
-                    ("table", vec![name, old_name])
-                }
-                SchemaChange::ObjectAdded { kind, name, .. }
-                | SchemaChange::ObjectDropped { kind, name, .. }
-                | SchemaChange::ObjectChanged { kind, name, .. } => (kind.as_str(), vec![name]),
+            let what = match change {
+                SchemaChange::ObjectAdded { kind, .. }
+                | SchemaChange::ObjectDropped { kind, .. }
+                | SchemaChange::ObjectChanged { kind, .. } => kind.as_str(),
+                _ => "table",
             };
             if let Some(name) = names.into_iter().find(|n| self.covers_object(n)) {
                 let mut c = Conflict::schema(what, name);
@@ -153,17 +148,7 @@ impl Unsettled {
     pub(crate) fn row_conflicts(&self, ours: &Changeset, theirs: &Changeset) -> Vec<Conflict> {
         let mut out = Vec::new();
         self.each_marked(ours, theirs, |t, ch, theirs_row| {
-            let mut c = Conflict::new(
-                &t.table.name,
-                ConflictKind::Row,
-                t.key_of(ch.row()).into_iter().cloned().collect(),
-            );
-            c.columns = t.columns.clone();
-            c.base = base_row(ch);
-            c.ours = new_row(ch);
-            c.theirs = theirs_row.unwrap_or_else(|| base_row(ch));
-            c.note = Some(NOTE.into());
-            out.push(c);
+            out.push(row_conflict(t, ch, theirs_row));
         });
         out
     }
@@ -179,16 +164,15 @@ impl Unsettled {
         theirs: &mut Changeset,
         opts: &MergeOptions,
     ) -> (Vec<Conflict>, Vec<(String, Vec<Value>)>) {
-        let conflicts = self.row_conflicts(ours, theirs);
         let mut drop_ours: HashSet<(String, String)> = HashSet::new();
         let mut drop_theirs: HashSet<(String, String)> = HashSet::new();
         let mut take_back = Vec::new();
         let mut left = Vec::new();
-        self.each_marked(ours, theirs, |t, ch, _| {
+        self.each_marked(ours, theirs, |t, ch, theirs_row| {
             let name = t.table.name.clone();
             let key = t.key_text(ch.row());
             match opts.resolve_for(&name) {
-                Resolve::Refuse => {}
+                Resolve::Refuse => left.push(row_conflict(t, ch, theirs_row)),
                 Resolve::Ours => {
                     drop_theirs.insert((name, key));
                 }
@@ -198,11 +182,6 @@ impl Unsettled {
                 }
             }
         });
-        for c in conflicts {
-            if opts.resolve_for(&c.table) == Resolve::Refuse {
-                left.push(c);
-            }
-        }
         retain_rows(ours, &drop_ours);
         retain_rows(theirs, &drop_theirs);
         (left, take_back)
@@ -214,7 +193,7 @@ impl Unsettled {
         &self,
         ours: &Changeset,
         theirs: &Changeset,
-        mut f: impl FnMut(&crate::changeset::TableDiff, &RowChange, Option<Option<Vec<Value>>>),
+        mut f: impl FnMut(&TableDiff, &RowChange, Option<Option<Vec<Value>>>),
     ) {
         if self.is_empty() {
             return;
@@ -233,9 +212,11 @@ impl Unsettled {
                 if !self.covers_row(name, &key) {
                     continue;
                 }
-                let theirs_row = their_rows.get(&key).map(|c| new_row(c));
+                let theirs_row = their_rows
+                    .get(&key)
+                    .map(|c| c.new_row().map(<[Value]>::to_vec));
                 if let Some(row) = &theirs_row {
-                    if *row == new_row(ch) {
+                    if row.as_deref() == ch.new_row() {
                         continue;
                     }
                 }
@@ -247,22 +228,25 @@ impl Unsettled {
 
 const NOTE: &str = "an interrupted pull left this unsettled: tursync cannot tell whether ours is an edit made here or the pull's change that did not land; `tursync pull --ours` keeps ours (the push then sends it), `--theirs` takes the remote's";
 
-fn base_row(ch: &RowChange) -> Option<Vec<Value>> {
-    match ch {
-        RowChange::Insert(_) => None,
-        RowChange::Delete(r) | RowChange::Update { old: r, .. } => Some(r.clone()),
-    }
-}
-
-fn new_row(ch: &RowChange) -> Option<Vec<Value>> {
-    match ch {
-        RowChange::Delete(_) => None,
-        RowChange::Insert(r) | RowChange::Update { new: r, .. } => Some(r.clone()),
-    }
+/// The conflict of our marked change `ch` of a row of `t`, with their new row for it
+/// (`Some(None)`: they deleted it; `None`: they did not change it, so theirs is the base's).
+fn row_conflict(t: &TableDiff, ch: &RowChange, theirs_row: Option<Option<Vec<Value>>>) -> Conflict {
+    let base = ch.old().map(<[Value]>::to_vec);
+    let mut c = Conflict::new(
+        &t.table.name,
+        ConflictKind::Row,
+        t.key_of(ch.row()).into_iter().cloned().collect(),
+    );
+    c.columns = t.columns.clone();
+    c.ours = ch.new_row().map(<[Value]>::to_vec);
+    c.theirs = theirs_row.unwrap_or_else(|| base.clone());
+    c.base = base;
+    c.note = Some(NOTE.into());
+    c
 }
 
 /// The statement that puts the working copy's row back as the base has it: ours `ch` undone.
-fn take_back_sql(t: &crate::changeset::TableDiff, ch: &RowChange) -> (String, Vec<Value>) {
+fn take_back_sql(t: &TableDiff, ch: &RowChange) -> (String, Vec<Value>) {
     let name = &t.table.name;
     let key_names = t.key_names();
     let key: Vec<Value> = t.key_of(ch.row()).into_iter().cloned().collect();
