@@ -11,7 +11,7 @@
 use crate::common::*;
 use crate::pull::{
     pull_killed, pull_killed_after_its_commit, pull_killed_before_its_commit,
-    stops_on_row_1_then_settles, two_rows, Moment, UNSETTLED,
+    stops_on_row_1_then_settles, two_rows, UNSETTLED,
 };
 
 const MIGRATION: &str = "ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'new'; CREATE INDEX t_c ON t(c);";
@@ -295,7 +295,7 @@ fn another_migration_settled_ours_over_sql() {
 /// A pull (with `extra` arguments) killed right after its working copy's commit, after `app`
 /// ran on the working copy.
 fn killed_pull_after(app: &str, change: &str, extra: &[&str], sql_path: bool) -> (Sqld, TempDir) {
-    pull_killed(app, change, extra, Moment::AfterCommit, sql_path)
+    pull_killed(app, change, extra, Moment::After("SELECT 1"), sql_path)
 }
 
 /// The app made the teammate's very change (row 2 to x'01') before the pull: identical rows on

@@ -12,23 +12,9 @@
 //! working copy tells: a row the merge wrote and the app set back to its old value is marked).
 
 use std::path::Path;
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
-
-/// Where a pull is killed: before its working copy's commit (its record written), or after
-/// that commit (its record renamed `pulled.landed`) and before the base took their changes,
-/// once `landed` (a query on the working copy answering one row `1`) says the commit is there.
-/// `BeforeRename`: killed there too, then `pulled.landed` renamed back to `pulled.rec`, which
-/// is what a kill between the commit and the rename leaves (or a power cut that lost the
-/// rename): the next run must tell from the working copy whether the commit landed.
-#[derive(Clone, Copy)]
-enum Moment<'a> {
-    Before,
-    After(&'a str),
-    BeforeRename(&'a str),
-}
 
 /// A workspace cloned from a remote holding `schema`, the app's `ours` (run before the pull,
 /// may be empty), the teammate's `theirs`, and a pull of it killed at `moment`.
@@ -47,90 +33,18 @@ fn killed_pull(
         edit(dir.path(), ours);
     }
     sqld.exec(theirs);
-    kill_pull_at(&sqld, dir.path(), &[], moment, sql_path);
+    kill_fresh_pull_at(&sqld, dir.path(), &[], moment, sql_path);
     (sqld, dir)
 }
 
-/// Runs `pull ARGS` in `dir` and kills it (SIGKILL) at `moment`. No record of a pull may be
-/// there when it starts (a plain `pull` finishes one first).
-fn kill_pull_at(sqld: &Sqld, dir: &Path, args: &[&str], moment: Moment, sql_path: bool) {
-    let rec = dir.join(".tursync/pulled.rec");
-    // Renamed so right after the working copy's commit.
-    let after_commit = dir.join(".tursync/pulled.landed");
+/// Asserts no record of a pull is there (a plain `pull` finished one first), then kills a
+/// `pull ARGS` at `moment`.
+fn kill_fresh_pull_at(sqld: &Sqld, dir: &Path, args: &[&str], moment: Moment, sql_path: bool) {
     assert!(
-        !rec.exists() && !after_commit.exists(),
+        !dir.join(".tursync/pulled.rec").exists(),
         "a record of a pull is already there"
     );
-    let (var, landed) = match moment {
-        Moment::Before => ("TURSYNC_TEST_PULL_PAUSE_BEFORE_COMMIT_MS", None),
-        Moment::After(q) | Moment::BeforeRename(q) => {
-            ("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", Some(q))
-        }
-    };
-    let mut child = sqld
-        .tursync_over(dir, "pull", sql_path)
-        .args(args)
-        .env(var, "60000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let wc = dir.join("working_copy.db");
-    let there = || match landed {
-        None => rec.exists(),
-        Some(q) => after_commit.exists() && local_query(&wc, q) == [[Cell::Integer(1)]],
-    };
-    while !there() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the pull {args:?} ended ({status}) before the moment to kill it");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pull {args:?} never got there"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    kill(&mut child);
-    if let Moment::BeforeRename(_) = moment {
-        std::fs::rename(&after_commit, &rec).unwrap();
-    }
-}
-
-fn kill(child: &mut Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
-/// `tursync ARGS --json` in `dir` (over SQL when `sql_path`): its exit code and report (for
-/// `sync`, which prints one per step, the one with conflicts, else the last). Output that is
-/// not JSON comes back as a string, for the assertion to show.
-fn json(
-    sqld: &Sqld,
-    dir: &Path,
-    args: &[&str],
-    sql_path: bool,
-) -> (Option<i32>, serde_json::Value) {
-    let out = sqld
-        .tursync_over(dir, args[0], sql_path)
-        .args(&args[1..])
-        .arg("--json")
-        .output()
-        .unwrap();
-    let reports: Result<Vec<serde_json::Value>, _> =
-        serde_json::Deserializer::from_slice(&out.stdout)
-            .into_iter()
-            .collect();
-    let report = match reports {
-        Ok(reports) if !reports.is_empty() => reports
-            .iter()
-            .find(|r| r.get("conflicts").is_some())
-            .or(reports.last())
-            .cloned()
-            .unwrap(),
-        _ => serde_json::Value::String(text(&out)),
-    };
-    (out.status.code(), report)
+    kill_pull_at(sqld, dir, args, moment, sql_path);
 }
 
 /// `tursync ARGS` in `dir` (over SQL when `sql_path`), asserting it exited 0.
@@ -157,16 +71,6 @@ fn remote_dump(sqld: &Sqld) -> Vec<Vec<Vec<Cell>>> {
         .iter()
         .map(|q| sqld.query(q))
         .collect()
-}
-
-/// Both sides hold the same database, and nothing is pending or unsettled.
-fn settled(sqld: &Sqld, dir: &Path) {
-    assert_same_database(sqld, &dir.join("working_copy.db"));
-    assert_nothing_pending(dir);
-    assert!(
-        !dir.join(".tursync/unsettled.json").exists(),
-        "marks are left after settling"
-    );
 }
 
 fn texts(rows: &[&str]) -> Vec<Vec<Cell>> {
@@ -538,7 +442,7 @@ fn marked_row_1(sql_path: bool) -> (Sqld, TempDir) {
 /// guess, and that `sync SIDE` again settles: row 1 = `b1`, row 2 = x'05' on both sides.
 fn settling_pull_killed(side: &str, moment: Moment, b1: u8, sql_path: bool) {
     let (sqld, dir) = marked_row_1(sql_path);
-    kill_pull_at(&sqld, dir.path(), &[side], moment, sql_path);
+    kill_fresh_pull_at(&sqld, dir.path(), &[side], moment, sql_path);
     let (code, report) = json(&sqld, dir.path(), &["push"], sql_path);
     eprintln!("push after the killed settling pull: {code:?} {report}");
     if side == "--theirs" {
@@ -1027,7 +931,7 @@ fn killed_pull_or_not(killed: bool, sql_path: bool) -> (Sqld, TempDir) {
     let conflicts = stops(&sqld, dir.path(), &["pull"], sql_path);
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     if killed {
-        kill_pull_at(&sqld, dir.path(), &["--ours"], Moment::Before, sql_path);
+        kill_fresh_pull_at(&sqld, dir.path(), &["--ours"], Moment::Before, sql_path);
     }
     (sqld, dir)
 }

@@ -12,20 +12,9 @@
 //! two apart there; the rename leaves only that instant (or a power cut within it).
 
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-
-/// Where a pull is killed (as in `attack2`): before its working copy's commit; after it (its
-/// record renamed `pulled.landed`), once the query answers `1`; or there, with the record
-/// renamed back to `pulled.rec`, which is what a kill between the commit and the rename leaves.
-#[derive(Clone, Copy)]
-enum Moment<'a> {
-    Before,
-    After(&'a str),
-    BeforeRename(&'a str),
-}
 
 /// A workspace cloned from a remote holding `schema`; the working copy in WAL mode when
 /// `wal` (set by the app, as an app does on opening); the app's `ours`, the teammate's
@@ -52,101 +41,24 @@ fn killed_pull(
         edit(dir.path(), ours);
     }
     sqld.exec(theirs);
-    kill_pull_at(&sqld, dir.path(), moment);
+    kill_pull_at(&sqld, dir.path(), &[], moment, false);
     (sqld, dir)
-}
-
-/// Runs `pull` in `dir` and kills it (SIGKILL) at `moment`. A record an earlier kill left may
-/// be there: for `Before`, the moment is when a record different from that one is in place.
-fn kill_pull_at(sqld: &Sqld, dir: &Path, moment: Moment) {
-    let rec = dir.join(".tursync/pulled.rec");
-    let after_commit = dir.join(".tursync/pulled.landed");
-    assert!(!after_commit.exists(), "a landed record is already there");
-    let old = std::fs::read(&rec).ok();
-    let (var, landed) = match moment {
-        Moment::Before => ("TURSYNC_TEST_PULL_PAUSE_BEFORE_COMMIT_MS", None),
-        Moment::After(q) | Moment::BeforeRename(q) => {
-            ("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", Some(q))
-        }
-    };
-    let mut child = sqld
-        .tursync(dir)
-        .arg("pull")
-        .env(var, "60000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let work = wc(dir);
-    let there = || match landed {
-        None => std::fs::read(&rec)
-            .ok()
-            .is_some_and(|now| Some(&now) != old.as_ref()),
-        Some(q) => after_commit.exists() && local_query(&work, q) == [[Cell::Integer(1)]],
-    };
-    while !there() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the pull ended ({status}) before the moment to kill it");
-        }
-        assert!(Instant::now() < deadline, "the pull never got there");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    kill(&mut child);
-    if let Moment::BeforeRename(_) = moment {
-        std::fs::rename(&after_commit, &rec).unwrap();
-    }
-}
-
-fn kill(child: &mut Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
-/// `tursync ARGS --json` in `dir`: its exit code and report (for `sync`, the one with
-/// conflicts, else the last).
-fn json(sqld: &Sqld, dir: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
-    let out = sqld.tursync(dir).args(args).arg("--json").output().unwrap();
-    let reports: Result<Vec<serde_json::Value>, _> =
-        serde_json::Deserializer::from_slice(&out.stdout)
-            .into_iter()
-            .collect();
-    let report = match reports {
-        Ok(reports) if !reports.is_empty() => reports
-            .iter()
-            .find(|r| r.get("conflicts").is_some())
-            .or(reports.last())
-            .cloned()
-            .unwrap(),
-        _ => serde_json::Value::String(text(&out)),
-    };
-    (out.status.code(), report)
 }
 
 /// `sync`; if it stops on conflicts (exit 3, the way forward it documents), `sync SIDE`.
 /// Returns whether it stopped.
 fn sync_or_settle(sqld: &Sqld, dir: &Path, side: &str) -> bool {
-    let (code, report) = json(sqld, dir, &["sync"]);
+    let (code, report) = json(sqld, dir, &["sync"], false);
     match code {
         Some(0) => false,
         Some(3) => {
             eprintln!("sync stopped on conflicts: {report}");
-            let (code, report) = json(sqld, dir, &["sync", side]);
+            let (code, report) = json(sqld, dir, &["sync", side], false);
             assert_eq!(code, Some(0), "sync {side}: {report}");
             true
         }
         _ => panic!("sync failed: {code:?} {report}"),
     }
-}
-
-/// Both sides hold the same database, and nothing is pending or unsettled.
-fn settled(sqld: &Sqld, dir: &Path) {
-    assert_same_database(sqld, &wc(dir));
-    assert_nothing_pending(dir);
-    assert!(
-        !dir.join(".tursync/unsettled.json").exists(),
-        "marks are left after settling"
-    );
 }
 
 fn rows(rows: &[(i64, &str)]) -> Vec<Vec<Cell>> {
@@ -307,7 +219,7 @@ fn two_kills_in_a_row_then_sync() {
     );
     edit(dir.path(), "INSERT INTO t VALUES (10, 'app1')");
     sqld.exec("UPDATE t SET v = 'theirs2' WHERE id = 2");
-    kill_pull_at(&sqld, dir.path(), Moment::Before);
+    kill_pull_at(&sqld, dir.path(), &[], Moment::Before, false);
     edit(
         dir.path(),
         "INSERT INTO t VALUES (11, 'app2'); UPDATE t SET v = 'app1b' WHERE id = 10",
@@ -343,7 +255,9 @@ fn killed_before_commit_then_killed_before_rename_then_sync() {
     kill_pull_at(
         &sqld,
         dir.path(),
+        &[],
         Moment::BeforeRename("SELECT count(*) FROM t WHERE id = 3"),
+        false,
     );
     edit(dir.path(), "UPDATE t SET v = 'app2' WHERE id = 2");
     sqld.exec("UPDATE t SET v = 'theirs2' WHERE id = 3");
@@ -387,7 +301,7 @@ fn push_killed_then_pull_killed(moment: Moment) {
     assert!(dir.join(".tursync/pushed.rec").exists());
     edit(dir, "UPDATE t SET v = 'mine2' WHERE id = 10");
     sqld.exec("UPDATE t SET v = 'theirs' WHERE id = 1");
-    kill_pull_at(&sqld, dir, moment);
+    kill_pull_at(&sqld, dir, &[], moment, false);
     edit(
         dir,
         "UPDATE t SET v = 'ours2' WHERE id = 2; INSERT INTO t VALUES (11, 'mine3')",
@@ -515,7 +429,7 @@ fn killed_before_commit_then_app_makes_the_same_edit_wal() {
         Moment::Before,
     );
     edit(dir.path(), "UPDATE t SET v = 'x' WHERE id = 1");
-    let (code, report) = json(&sqld, dir.path(), &["sync"]);
+    let (code, report) = json(&sqld, dir.path(), &["sync"], false);
     eprintln!("sync: {code:?} {report}");
     assert_ne!(
         sqld.query("SELECT count(*) FROM t WHERE id = 3"),
@@ -523,7 +437,7 @@ fn killed_before_commit_then_app_makes_the_same_edit_wal() {
         "the teammate's row 3 was deleted by a plain sync"
     );
     if code == Some(3) {
-        let (code, report) = json(&sqld, dir.path(), &["sync", "--theirs"]);
+        let (code, report) = json(&sqld, dir.path(), &["sync", "--theirs"], false);
         assert_eq!(code, Some(0), "{report}");
     }
     assert_eq!(sqld.query(ALL), rows(&[(1, "x"), (2, "b"), (3, "theirs")]));

@@ -464,7 +464,7 @@ fn a_clean_working_copy_is_not_read_again_yet_every_app_write_is_seen() {
 /// row 1 to `x'01'`), and a pull of it killed once the working copy committed (its record
 /// renamed `pulled.landed`), before the base took their changes (a test hook pauses it there).
 pub(crate) fn pull_killed_after_its_commit(change: &str, sql_path: bool) -> (Sqld, TempDir) {
-    let (sqld, dir) = pull_killed("", change, &[], Moment::AfterCommit, sql_path);
+    let (sqld, dir) = pull_killed("", change, &[], Moment::After("SELECT 1"), sql_path);
     let wc = dir.path().join("working_copy.db");
     assert_eq!(
         local_query(&wc, "SELECT b FROM t WHERE id = 1"),
@@ -476,7 +476,7 @@ pub(crate) fn pull_killed_after_its_commit(change: &str, sql_path: bool) -> (Sql
 /// As [`pull_killed_after_its_commit`], but killed after its record was written and before
 /// the working copy's commit (a test hook pauses it there).
 pub(crate) fn pull_killed_before_its_commit(change: &str, sql_path: bool) -> (Sqld, TempDir) {
-    pull_killed("", change, &[], Moment::BeforeCommit, sql_path)
+    pull_killed("", change, &[], Moment::Before, sql_path)
 }
 
 /// A remote of `t(id, b)` with rows 1 and 2 at `x'00'`, and a working copy of it.
@@ -491,17 +491,9 @@ pub(crate) fn two_rows() -> (Sqld, TempDir) {
     (sqld, dir)
 }
 
-/// Where [`pull_killed`] kills the pull.
-pub(crate) enum Moment {
-    /// After its record was written, before the working copy's commit (`pulled.rec`).
-    BeforeCommit,
-    /// Right after the working copy's commit (`pulled.landed`), before the base moved.
-    AfterCommit,
-}
-
 /// A workspace of `t(id, b)` with rows 1 and 2 at `x'00'`, `app` run on the working copy (when
 /// not empty), a teammate's `change`, and a `pull` (with `extra` arguments) of it killed at
-/// `moment`, which a test hook holds it at.
+/// `moment` ([`kill_pull_at`]).
 pub(crate) fn pull_killed(
     app: &str,
     change: &str,
@@ -514,27 +506,7 @@ pub(crate) fn pull_killed(
         edit(dir.path(), app);
     }
     sqld.exec(change);
-    let (hook, file) = match moment {
-        Moment::BeforeCommit => ("TURSYNC_TEST_PULL_PAUSE_BEFORE_COMMIT_MS", "pulled.rec"),
-        Moment::AfterCommit => ("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS", "pulled.landed"),
-    };
-    let mut child = sqld
-        .tursync_over(dir.path(), "pull", sql_path)
-        .args(extra)
-        .env(hook, "60000")
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let there = dir.path().join(".tursync").join(file);
-    while !there.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pull never wrote {file}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_pull_at(&sqld, dir.path(), extra, moment, sql_path);
     (sqld, dir)
 }
 

@@ -6,6 +6,9 @@
 //! not be able to hide itself by also being in the code that checks it.
 #![allow(dead_code)]
 
+mod killed;
+pub use killed::*;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
