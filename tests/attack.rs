@@ -27,8 +27,7 @@ fn teammate_sets_back_then_sync(sqld: &Sqld, dir: &std::path::Path, sql_path: bo
         vec![vec![Cell::Blob(vec![0])]],
         "the teammate's x'00' was overwritten (sql_path {sql_path})"
     );
-    assert_same_database(sqld, &dir.join("working_copy.db"));
-    assert_nothing_pending(dir);
+    settled(sqld, dir);
 }
 
 /// The app edits the pulled row after the kill: its edit is made after their x'01' landed, so

@@ -580,8 +580,7 @@ pub(crate) fn stops_on_row_1_then_settles(
         vec![vec![Cell::Blob(vec![settled_b])]],
         "sync {side} (sql_path {sql_path})"
     );
-    assert_same_database(sqld, &dir.join("working_copy.db"));
-    assert_nothing_pending(dir);
+    settled(sqld, dir);
 }
 
 /// A pull with a migration that recorded itself but whose working copy commit never landed

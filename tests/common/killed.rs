@@ -103,7 +103,8 @@ pub fn json(
     (out.status.code(), report)
 }
 
-/// Both sides hold the same database, and nothing is pending or unsettled.
+/// Both sides hold the same database, nothing is pending or unsettled, and every database
+/// file of the workspace (working copy, base, mirror) passes `PRAGMA integrity_check`.
 pub fn settled(sqld: &Sqld, dir: &Path) {
     assert_same_database(sqld, &dir.join("working_copy.db"));
     assert_nothing_pending(dir);
@@ -111,4 +112,16 @@ pub fn settled(sqld: &Sqld, dir: &Path) {
         !dir.join(".tursync/unsettled.json").exists(),
         "marks are left after settling"
     );
+    for file in ["working_copy.db", ".tursync/base.db", ".tursync/mirror.db"] {
+        let path = dir.join(file);
+        // Over SQL there is no mirror.
+        if file != ".tursync/mirror.db" || path.exists() {
+            assert_eq!(
+                local_query(&path, "PRAGMA integrity_check"),
+                [[Cell::text("ok")]],
+                "{}",
+                path.display()
+            );
+        }
+    }
 }
