@@ -37,6 +37,7 @@ mod unchanged;
 mod unsettled;
 pub mod value;
 pub mod verify;
+mod vfs;
 pub mod watch;
 mod whole_table;
 pub mod workspace;

@@ -26,13 +26,15 @@
 //! three files disagree is not trusted ([`crate::mirror::Mirror::health`]).
 
 use std::collections::hash_map::{Entry, HashMap};
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_int, c_void, CStr};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use rusqlite::ffi;
+
+use crate::vfs;
 
 /// The sums file's first bytes.
 const MAGIC: &[u8; 16] = b"tursync sums 1\0\0";
@@ -153,29 +155,13 @@ pub fn damage_pending() -> bool {
 /// The name of the checking VFS, registered on first use.
 pub fn vfs_name() -> Result<&'static str, String> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
-    REGISTERED.get_or_init(register).clone()?;
+    REGISTERED
+        .get_or_init(|| vfs::register(VFS_NAME, x_open))
+        .clone()?;
     Ok("tursync-sums")
 }
 
 const VFS_NAME: &CStr = c"tursync-sums";
-
-/// One open file: SQLite's `sqlite3_file`, what is checked, and the wrapped VFS's file after.
-#[repr(C)]
-struct File {
-    base: ffi::sqlite3_file,
-    /// The main database's sums; null for any other file.
-    sums: *mut Sums,
-}
-
-/// The wrapped file lives this many bytes into ours, 8-byte aligned.
-const INNER_AT: usize = std::mem::size_of::<File>().next_multiple_of(8);
-
-/// # Safety
-/// `f` points to a `File` allocated with the VFS's `szOsFile`.
-unsafe fn inner(f: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
-    f.cast::<u8>().add(INNER_AT).cast()
-}
-
 /// The sums of one open mirror, read a 4 KB block at a time as pages are checked.
 struct Sums {
     db: PathBuf,
@@ -267,56 +253,6 @@ impl Sums {
     }
 }
 
-fn root(vfs: *mut ffi::sqlite3_vfs) -> *mut ffi::sqlite3_vfs {
-    // SAFETY: our VFS's `pAppData` is the wrapped VFS, set once at registration.
-    unsafe { (*vfs).pAppData.cast() }
-}
-
-fn register() -> Result<(), String> {
-    // SAFETY: `sqlite3_vfs_find` with a null name returns the default VFS, which lives as long
-    // as the process; the VFS registered is leaked, so it does too.
-    unsafe {
-        if ffi::sqlite3_initialize() != ffi::SQLITE_OK {
-            return Err("SQLite failed to initialize".into());
-        }
-        let root = ffi::sqlite3_vfs_find(std::ptr::null());
-        if root.is_null() {
-            return Err("SQLite has no default VFS".into());
-        }
-        let size = c_int::try_from(INNER_AT).map_err(|_| "file size".to_owned())?;
-        let vfs = Box::leak(Box::new(ffi::sqlite3_vfs {
-            iVersion: 2,
-            szOsFile: size + (*root).szOsFile,
-            mxPathname: (*root).mxPathname,
-            pNext: std::ptr::null_mut(),
-            zName: VFS_NAME.as_ptr(),
-            pAppData: root.cast(),
-            xOpen: Some(x_open),
-            xDelete: Some(x_delete),
-            xAccess: Some(x_access),
-            xFullPathname: Some(x_full_pathname),
-            // SQLite calls these without looking whether they are there (to load an extension):
-            // passed on, as everything but the reads.
-            xDlOpen: Some(x_dl_open),
-            xDlError: Some(x_dl_error),
-            xDlSym: Some(x_dl_sym),
-            xDlClose: Some(x_dl_close),
-            xRandomness: Some(x_randomness),
-            xSleep: Some(x_sleep),
-            xCurrentTime: Some(x_current_time),
-            xGetLastError: Some(x_get_last_error),
-            xCurrentTimeInt64: Some(x_current_time_int64),
-            xSetSystemCall: None,
-            xGetSystemCall: None,
-            xNextSystemCall: None,
-        }));
-        match ffi::sqlite3_vfs_register(vfs, 0) {
-            ffi::SQLITE_OK => Ok(()),
-            rc => Err(format!("registering the checking VFS failed ({rc})")),
-        }
-    }
-}
-
 unsafe extern "C" fn x_open(
     vfs: *mut ffi::sqlite3_vfs,
     name: ffi::sqlite3_filename,
@@ -324,161 +260,29 @@ unsafe extern "C" fn x_open(
     flags: c_int,
     out_flags: *mut c_int,
 ) -> c_int {
-    let r = root(vfs);
-    let f = file.cast::<File>();
-    (*f).base.pMethods = std::ptr::null();
-    (*f).sums = std::ptr::null_mut();
-    let Some(open) = (*r).xOpen else {
-        return ffi::SQLITE_CANTOPEN;
-    };
     // Only the mirror, read-only, comes through here: a database opened for writing would be
     // written past its sums, and one whose sums file is itself would have the descriptor on
     // it closed behind SQLite's back, dropping its locks.
-    let main_db = flags & ffi::SQLITE_OPEN_MAIN_DB != 0;
-    let db = match (main_db, name.is_null()) {
+    let db = match (flags & ffi::SQLITE_OPEN_MAIN_DB != 0, vfs::path_of(name)) {
         (false, _) => None,
-        (true, true) => return ffi::SQLITE_CANTOPEN,
-        (true, false) => {
-            use std::os::unix::ffi::OsStrExt;
-            let db = PathBuf::from(std::ffi::OsStr::from_bytes(CStr::from_ptr(name).to_bytes()));
+        (true, None) => return ffi::SQLITE_CANTOPEN,
+        (true, Some(db)) => {
             if flags & ffi::SQLITE_OPEN_READONLY == 0 || path_for(&db) == db {
                 return ffi::SQLITE_CANTOPEN;
             }
             Some(db)
         }
     };
-    // The wrapped file's methods are then set only by its own open.
-    (*inner(file)).pMethods = std::ptr::null();
-    let rc = open(r, name, inner(file), flags, out_flags);
+    let rc = vfs::open_inner(vfs, name, file, flags, out_flags);
     if rc != ffi::SQLITE_OK {
-        // A VFS may leave its methods set on a failed open, to be closed: SQLite will not call
-        // our close (ours are unset), so the wrapped file is closed here.
-        if let Some(close) = methods(file).and_then(|m| m.xClose) {
-            close(inner(file));
-        }
         return rc;
     }
+    let f = file.cast::<vfs::File>();
     if let Some(db) = db {
-        (*f).sums = Box::into_raw(Box::new(Sums::open(db)));
+        (*f).state = Box::into_raw(Box::new(Sums::open(db))).cast();
     }
     (*f).base.pMethods = &METHODS;
     ffi::SQLITE_OK
-}
-
-unsafe extern "C" fn x_delete(
-    vfs: *mut ffi::sqlite3_vfs,
-    name: *const c_char,
-    sync: c_int,
-) -> c_int {
-    let r = root(vfs);
-    match (*r).xDelete {
-        Some(x) => x(r, name, sync),
-        None => ffi::SQLITE_IOERR_DELETE,
-    }
-}
-
-unsafe extern "C" fn x_access(
-    vfs: *mut ffi::sqlite3_vfs,
-    name: *const c_char,
-    flags: c_int,
-    out: *mut c_int,
-) -> c_int {
-    let r = root(vfs);
-    match (*r).xAccess {
-        Some(x) => x(r, name, flags, out),
-        None => ffi::SQLITE_IOERR_ACCESS,
-    }
-}
-
-unsafe extern "C" fn x_full_pathname(
-    vfs: *mut ffi::sqlite3_vfs,
-    name: *const c_char,
-    n: c_int,
-    out: *mut c_char,
-) -> c_int {
-    let r = root(vfs);
-    match (*r).xFullPathname {
-        Some(x) => x(r, name, n, out),
-        None => ffi::SQLITE_CANTOPEN,
-    }
-}
-
-unsafe extern "C" fn x_dl_open(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> *mut c_void {
-    let r = root(vfs);
-    match (*r).xDlOpen {
-        Some(x) => x(r, name),
-        None => std::ptr::null_mut(),
-    }
-}
-
-unsafe extern "C" fn x_dl_error(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) {
-    let r = root(vfs);
-    if let Some(x) = (*r).xDlError {
-        x(r, n, out)
-    }
-}
-
-/// What `xDlSym` returns: the symbol found, as SQLite types it.
-type DlSym = unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *mut c_void, *const c_char);
-
-unsafe extern "C" fn x_dl_sym(
-    vfs: *mut ffi::sqlite3_vfs,
-    handle: *mut c_void,
-    symbol: *const c_char,
-) -> Option<DlSym> {
-    let r = root(vfs);
-    (*r).xDlSym.and_then(|x| x(r, handle, symbol))
-}
-
-unsafe extern "C" fn x_dl_close(vfs: *mut ffi::sqlite3_vfs, handle: *mut c_void) {
-    let r = root(vfs);
-    if let Some(x) = (*r).xDlClose {
-        x(r, handle)
-    }
-}
-
-unsafe extern "C" fn x_randomness(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
-    let r = root(vfs);
-    match (*r).xRandomness {
-        Some(x) => x(r, n, out),
-        None => 0,
-    }
-}
-
-unsafe extern "C" fn x_sleep(vfs: *mut ffi::sqlite3_vfs, us: c_int) -> c_int {
-    let r = root(vfs);
-    match (*r).xSleep {
-        Some(x) => x(r, us),
-        None => 0,
-    }
-}
-
-unsafe extern "C" fn x_current_time(vfs: *mut ffi::sqlite3_vfs, out: *mut f64) -> c_int {
-    let r = root(vfs);
-    match (*r).xCurrentTime {
-        Some(x) => x(r, out),
-        None => ffi::SQLITE_ERROR,
-    }
-}
-
-unsafe extern "C" fn x_get_last_error(
-    vfs: *mut ffi::sqlite3_vfs,
-    n: c_int,
-    out: *mut c_char,
-) -> c_int {
-    let r = root(vfs);
-    match (*r).xGetLastError {
-        Some(x) => x(r, n, out),
-        None => 0,
-    }
-}
-
-unsafe extern "C" fn x_current_time_int64(vfs: *mut ffi::sqlite3_vfs, out: *mut i64) -> c_int {
-    let r = root(vfs);
-    match (*r).xCurrentTimeInt64 {
-        Some(x) => x(r, out),
-        None => ffi::SQLITE_ERROR,
-    }
 }
 
 /// Version 2: shared memory is passed on, memory-mapped reads (version 3) are not offered, so
@@ -487,37 +291,32 @@ static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     iVersion: 2,
     xClose: Some(x_close),
     xRead: Some(x_read),
-    xWrite: Some(x_write),
-    xTruncate: Some(x_truncate),
-    xSync: Some(x_sync),
-    xFileSize: Some(x_file_size),
-    xLock: Some(x_lock),
-    xUnlock: Some(x_unlock),
-    xCheckReservedLock: Some(x_check_reserved_lock),
-    xFileControl: Some(x_file_control),
-    xSectorSize: Some(x_sector_size),
-    xDeviceCharacteristics: Some(x_device_characteristics),
-    xShmMap: Some(x_shm_map),
-    xShmLock: Some(x_shm_lock),
-    xShmBarrier: Some(x_shm_barrier),
-    xShmUnmap: Some(x_shm_unmap),
+    xWrite: Some(vfs::x_write),
+    xTruncate: Some(vfs::x_truncate),
+    xSync: Some(vfs::x_sync),
+    xFileSize: Some(vfs::x_file_size),
+    xLock: Some(vfs::x_lock),
+    xUnlock: Some(vfs::x_unlock),
+    xCheckReservedLock: Some(vfs::x_check_reserved_lock),
+    xFileControl: Some(vfs::x_file_control),
+    xSectorSize: Some(vfs::x_sector_size),
+    xDeviceCharacteristics: Some(vfs::x_device_characteristics),
+    xShmMap: Some(vfs::x_shm_map),
+    xShmLock: Some(vfs::x_shm_lock),
+    xShmBarrier: Some(vfs::x_shm_barrier),
+    xShmUnmap: Some(vfs::x_shm_unmap),
     xFetch: None,
     xUnfetch: None,
 };
 
-/// The wrapped file's methods.
-unsafe fn methods(f: *mut ffi::sqlite3_file) -> Option<&'static ffi::sqlite3_io_methods> {
-    (*inner(f)).pMethods.as_ref()
-}
-
 unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
-    let file = f.cast::<File>();
-    if !(*file).sums.is_null() {
-        drop(Box::from_raw((*file).sums));
-        (*file).sums = std::ptr::null_mut();
+    let file = f.cast::<vfs::File>();
+    if !(*file).state.is_null() {
+        drop(Box::from_raw((*file).state.cast::<Sums>()));
+        (*file).state = std::ptr::null_mut();
     }
-    match methods(f).and_then(|m| m.xClose) {
-        Some(x) => x(inner(f)),
+    match vfs::methods(f).and_then(|m| m.xClose) {
+        Some(x) => x(vfs::inner(f)),
         None => ffi::SQLITE_OK,
     }
 }
@@ -528,11 +327,11 @@ unsafe extern "C" fn x_read(
     amt: c_int,
     off: i64,
 ) -> c_int {
-    let Some(read) = methods(f).and_then(|m| m.xRead) else {
+    let Some(read) = vfs::methods(f).and_then(|m| m.xRead) else {
         return ffi::SQLITE_IOERR_READ;
     };
-    let Some(sums) = (*f.cast::<File>()).sums.as_mut() else {
-        return read(inner(f), buf, amt, off);
+    let Some(sums) = (*f.cast::<vfs::File>()).state.cast::<Sums>().as_mut() else {
+        return read(vfs::inner(f), buf, amt, off);
     };
     let (Ok(len), Ok(start)) = (usize::try_from(amt), u64::try_from(off)) else {
         return ffi::SQLITE_IOERR_READ;
@@ -547,7 +346,7 @@ unsafe extern "C" fn x_read(
     if len == page_size && start.is_multiple_of(page_size as u64) {
         // One whole page, the read SQLite makes of nearly every page. A short read is
         // zero-filled and checked as such.
-        let rc = read(inner(f), buf, amt, off);
+        let rc = read(vfs::inner(f), buf, amt, off);
         if rc != ffi::SQLITE_OK && rc != ffi::SQLITE_IOERR_SHORT_READ {
             return rc;
         }
@@ -574,7 +373,7 @@ unsafe extern "C" fn x_read(
         let Ok(first_at) = i64::try_from(first) else {
             return ffi::SQLITE_IOERR_READ;
         };
-        let rc = read(inner(f), page.as_mut_ptr().cast(), size, first_at);
+        let rc = read(vfs::inner(f), page.as_mut_ptr().cast(), size, first_at);
         if rc == ffi::SQLITE_IOERR_SHORT_READ {
             record_damage(
                 &sums.db,
@@ -598,133 +397,4 @@ unsafe extern "C" fn x_read(
         done += n;
     }
     ffi::SQLITE_OK
-}
-
-unsafe extern "C" fn x_write(
-    f: *mut ffi::sqlite3_file,
-    buf: *const c_void,
-    amt: c_int,
-    off: i64,
-) -> c_int {
-    match methods(f).and_then(|m| m.xWrite) {
-        Some(x) => x(inner(f), buf, amt, off),
-        None => ffi::SQLITE_IOERR_WRITE,
-    }
-}
-
-unsafe extern "C" fn x_truncate(f: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    match methods(f).and_then(|m| m.xTruncate) {
-        Some(x) => x(inner(f), size),
-        None => ffi::SQLITE_IOERR_TRUNCATE,
-    }
-}
-
-unsafe extern "C" fn x_sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    match methods(f).and_then(|m| m.xSync) {
-        Some(x) => x(inner(f), flags),
-        None => ffi::SQLITE_IOERR_FSYNC,
-    }
-}
-
-unsafe extern "C" fn x_file_size(f: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    match methods(f).and_then(|m| m.xFileSize) {
-        Some(x) => x(inner(f), size),
-        None => ffi::SQLITE_IOERR_FSTAT,
-    }
-}
-
-unsafe extern "C" fn x_lock(f: *mut ffi::sqlite3_file, lock: c_int) -> c_int {
-    match methods(f).and_then(|m| m.xLock) {
-        Some(x) => x(inner(f), lock),
-        None => ffi::SQLITE_IOERR_LOCK,
-    }
-}
-
-unsafe extern "C" fn x_unlock(f: *mut ffi::sqlite3_file, lock: c_int) -> c_int {
-    match methods(f).and_then(|m| m.xUnlock) {
-        Some(x) => x(inner(f), lock),
-        None => ffi::SQLITE_IOERR_UNLOCK,
-    }
-}
-
-unsafe extern "C" fn x_check_reserved_lock(f: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    match methods(f).and_then(|m| m.xCheckReservedLock) {
-        Some(x) => x(inner(f), out),
-        None => ffi::SQLITE_IOERR_CHECKRESERVEDLOCK,
-    }
-}
-
-unsafe extern "C" fn x_file_control(
-    f: *mut ffi::sqlite3_file,
-    op: c_int,
-    arg: *mut c_void,
-) -> c_int {
-    match methods(f).and_then(|m| m.xFileControl) {
-        Some(x) => x(inner(f), op, arg),
-        None => ffi::SQLITE_NOTFOUND,
-    }
-}
-
-unsafe extern "C" fn x_sector_size(f: *mut ffi::sqlite3_file) -> c_int {
-    match methods(f).and_then(|m| m.xSectorSize) {
-        Some(x) => x(inner(f)),
-        None => 4096,
-    }
-}
-
-unsafe extern "C" fn x_device_characteristics(f: *mut ffi::sqlite3_file) -> c_int {
-    match methods(f).and_then(|m| m.xDeviceCharacteristics) {
-        Some(x) => x(inner(f)),
-        None => 0,
-    }
-}
-
-unsafe extern "C" fn x_shm_map(
-    f: *mut ffi::sqlite3_file,
-    pg: c_int,
-    size: c_int,
-    extend: c_int,
-    out: *mut *mut c_void,
-) -> c_int {
-    match methods(f)
-        .filter(|m| m.iVersion >= 2)
-        .and_then(|m| m.xShmMap)
-    {
-        Some(x) => x(inner(f), pg, size, extend, out),
-        None => ffi::SQLITE_IOERR_SHMMAP,
-    }
-}
-
-unsafe extern "C" fn x_shm_lock(
-    f: *mut ffi::sqlite3_file,
-    off: c_int,
-    n: c_int,
-    flags: c_int,
-) -> c_int {
-    match methods(f)
-        .filter(|m| m.iVersion >= 2)
-        .and_then(|m| m.xShmLock)
-    {
-        Some(x) => x(inner(f), off, n, flags),
-        None => ffi::SQLITE_IOERR_SHMLOCK,
-    }
-}
-
-unsafe extern "C" fn x_shm_barrier(f: *mut ffi::sqlite3_file) {
-    if let Some(x) = methods(f)
-        .filter(|m| m.iVersion >= 2)
-        .and_then(|m| m.xShmBarrier)
-    {
-        x(inner(f))
-    }
-}
-
-unsafe extern "C" fn x_shm_unmap(f: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
-    match methods(f)
-        .filter(|m| m.iVersion >= 2)
-        .and_then(|m| m.xShmUnmap)
-    {
-        Some(x) => x(inner(f), delete),
-        None => ffi::SQLITE_OK,
-    }
 }
