@@ -103,7 +103,7 @@ fn beside_an_app(journal_mode: &str) {
         let _ = child.wait();
         eprintln!("killed {what} after {wait:?}");
         integrity_ok(&wc);
-        integrity_ok(&dir.join(".tursync/base.db"));
+        integrity_ok(&base_copy(&wc, &dir.join("base-copy.db")));
     }
     // The next run converges.
     ok(&sqld, dir, &["sync"]);
@@ -115,7 +115,7 @@ fn beside_an_app(journal_mode: &str) {
         tags.len()
     );
     integrity_ok(&wc);
-    integrity_ok(&dir.join(".tursync/base.db"));
+    integrity_ok(&base_copy(&wc, &dir.join("base-copy.db")));
     // The mirror the pulls read from the log, too: every file tursync writes ends whole.
     let mirror = dir.join(".tursync/mirror.db");
     assert!(mirror.exists(), "the pulls read the log into a mirror");
@@ -207,7 +207,7 @@ fn a_killed_init_leaves_nothing_behind() {
         ok(&sqld, dir, &["init", "--force", "--url", &sqld.url]);
         let wc = dir.join("working_copy.db");
         integrity_ok(&wc);
-        integrity_ok(&dir.join(".tursync/base.db"));
+        integrity_ok(&base_copy(&wc, &dir.join("base-copy.db")));
         let leftovers: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .chain(std::fs::read_dir(dir.join(".tursync")).unwrap())
@@ -230,7 +230,7 @@ fn a_push_killed_after_its_commit_converges_although_the_app_edited_the_pushed_r
     let wc = dir.join("working_copy.db");
     let state = dir.join(".tursync");
     edit(dir, "INSERT INTO items(id, tag, n) VALUES (70001, 'mine', 1); UPDATE items SET n = -5 WHERE id = 3;");
-    let base_before = std::fs::read(state.join("base.db")).unwrap();
+    let base_before = base_image(&wc);
     let mut push = sqld
         .tursync(dir)
         .arg("push")
@@ -252,11 +252,7 @@ fn a_push_killed_after_its_commit_converges_although_the_app_edited_the_pushed_r
         state.join("pushed.rec").exists(),
         "the push recorded what it sent"
     );
-    assert_eq!(
-        std::fs::read(state.join("base.db")).unwrap(),
-        base_before,
-        "killed before the base moved"
-    );
+    assert_eq!(base_image(&wc), base_before, "killed before the base moved");
     edit(
         dir,
         "UPDATE items SET n = 2 WHERE id = 70001; UPDATE items SET n = -6 WHERE id = 3;",

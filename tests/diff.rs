@@ -135,14 +135,12 @@ fn assert_sqldiff_clean(a: &Path, b: &Path) {
 fn check_roundtrip(dir: &Path) -> String {
     let out = run_ok(tursync(dir).args(["diff", "--sql"]));
     let sql = String::from_utf8(out.stdout).unwrap();
-    let applied = dir.join("applied.db");
-    let _ = std::fs::remove_file(&applied);
-    std::fs::copy(dir.join(".tursync/base.db"), &applied).unwrap();
+    let wc = dir.join("working_copy.db");
+    let applied = base_copy(&wc, &dir.join("applied.db"));
     rusqlite::Connection::open(&applied)
         .unwrap()
         .execute_batch(&sql)
         .unwrap_or_else(|e| panic!("{e}\n{sql}"));
-    let wc = dir.join("working_copy.db");
     assert_same_snapshot(&applied, &wc);
     assert_sqldiff_clean(&applied, &wc);
     sql

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use crate::common::*;
 
+/// A copy of the base of the working copy in `dir`, beside it, to query.
 fn base(dir: &Path) -> std::path::PathBuf {
-    dir.join(".tursync/base.db")
+    base_copy(&wc(dir), &dir.join("base-copy.db"))
 }
 
 /// Both local files hold exactly what the remote holds in `select`.
@@ -127,7 +128,7 @@ fn control_characters_survive_dump_and_diff_sql_through_the_sqlite3_shell() {
     );
     let sql = run_ok(tursync(dir.path()).args(["diff", "--sql"]));
     let applied = dir.path().join("applied.db");
-    std::fs::copy(base(dir.path()), &applied).unwrap();
+    base_copy(&wc(dir.path()), &applied);
     sqlite3_cli(&applied, &sql.stdout);
     assert_eq!(
         local_query(&applied, &select),

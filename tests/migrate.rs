@@ -802,7 +802,7 @@ fn diff_sql_of_each_migration_replays_onto_the_base() {
         sqlite3_cli(&wc(a.path()), migration.as_bytes());
         let sql = ok(&sqld, a.path(), &["diff", "--sql"]);
         let replay = a.path().join("replay.db");
-        std::fs::copy(a.path().join(".tursync/base.db"), &replay).unwrap();
+        base_copy(&wc(a.path()), &replay);
         sqlite3_cli(&replay, &sql.stdout);
         assert_eq!(
             local_dump(&replay),
@@ -1308,7 +1308,10 @@ fn a_rebuild_that_drops_a_column_leaves_their_exact_definition() {
     );
     ok(&sqld, b.path(), &["sync"]);
     assert_same_database(&sqld, &wc(b.path()));
-    assert_same_database(&sqld, &b.path().join(".tursync/base.db"));
+    assert_same_database(
+        &sqld,
+        &base_copy(&wc(b.path()), &b.path().join("base-copy.db")),
+    );
     edit(b.path(), "UPDATE t SET v = 'v1-B' WHERE id = 1;");
     ok(&sqld, b.path(), &["sync"]);
     assert_same_database(&sqld, &wc(b.path()));
@@ -1344,7 +1347,10 @@ fn a_remote_rebuild_of_many_pages_reaches_the_mirror_with_our_edits_carried() {
         "read from the mirror: {said}"
     );
     assert_same_database(&sqld, &wc(b.path()));
-    assert_same_database(&sqld, &b.path().join(".tursync/base.db"));
+    assert_same_database(
+        &sqld,
+        &base_copy(&wc(b.path()), &b.path().join("base-copy.db")),
+    );
     assert_eq!(
         sqld.query("SELECT id, b, c FROM big WHERE id IN (7, 9, 2500, 5000) ORDER BY id"),
         vec![

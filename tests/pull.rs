@@ -123,7 +123,8 @@ mod randomized {
                 sqld.exec(&remote_edits.concat());
                 edit(dir.path(), &local_edits.concat());
                 let q = "SELECT id, c0, c1 FROM t ORDER BY id";
-                let base = rows_of(local_query(&dir.path().join(".tursync/base.db"), q));
+                let base_file = dir.path().join("base-copy.db");
+                let base = rows_of(local_query(&base_copy(&wc, &base_file), q));
                 let theirs = rows_of(sqld.query(q));
                 let ours = rows_of(local_query(&wc, q));
                 let mut args = vec!["pull"];
@@ -138,7 +139,7 @@ mod randomized {
                     Ok(expected) => {
                         assert!(out.status.success(), "{}", text(&out));
                         assert_eq!(rows_of(local_query(&wc, q)), expected, "merge differs from the reference");
-                        assert_eq!(rows_of(local_query(&dir.path().join(".tursync/base.db"), q)), theirs, "base is not the remote");
+                        assert_eq!(rows_of(local_query(&base_copy(&wc, &base_file), q)), theirs, "base is not the remote");
                         let push = run(&sqld, dir.path(), &["push"]);
                         assert!(push.status.success(), "{}", text(&push));
                         assert_eq!(rows_of(sqld.query(q)), expected);

@@ -79,7 +79,7 @@ fn conflicts_stop_the_push_and_change_nothing() {
     // Someone else changes row 1 and deletes row 3; we change rows 1, 2 and 3.
     sqld.exec("UPDATE t SET a = 'theirs' WHERE id = 1; DELETE FROM t WHERE id = 3;");
     edit(dir.path(), "UPDATE t SET a = 'ours' WHERE id = 1; UPDATE t SET b = -0.0 WHERE id = 2; UPDATE t SET a = 'ours too' WHERE id = 3;");
-    let base_before = std::fs::read(dir.path().join(".tursync/base.db")).unwrap();
+    let base_before = base_image(&wc);
     let out = push(&sqld, dir.path());
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let report = text(&out);
@@ -104,10 +104,7 @@ fn conflicts_stop_the_push_and_change_nothing() {
         local_query(&wc, "SELECT a FROM t WHERE id = 1"),
         vec![vec![Cell::text("ours")]]
     );
-    assert_eq!(
-        std::fs::read(dir.path().join(".tursync/base.db")).unwrap(),
-        base_before
-    );
+    assert_eq!(base_image(&wc), base_before);
 
     let json = sqld
         .tursync(dir.path())
@@ -548,7 +545,7 @@ fn the_leaves_a_push_records_spare_the_next_diff_and_never_mislead_it() {
             .known_leaves()
             .unwrap()
             .expect("the recorded leaves are named");
-        let base = rusqlite::Connection::open(state.join("base.db")).unwrap();
+        let base = ws.open_base().unwrap();
         let work = rusqlite::Connection::open(&wc).unwrap();
         let d = tursync::diff::Diff::new(&base, &work, &Default::default())
             .unwrap()

@@ -1,6 +1,6 @@
 //! Pulls and clones through the replication log (the mirror), against a real sqld.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::common::*;
 
@@ -383,6 +383,13 @@ fn a_new_empty_database_is_followed_through_the_log_once_it_has_frames() {
     assert!(reads(&sqld, dir.path(), &sqld.rw_token)["mirror"].is_object());
 }
 
+/// The working copy in `dir` and a copy of its base beside it, to compare with the remote.
+fn work_and_base(dir: &Path) -> [PathBuf; 2] {
+    let work = wc(dir);
+    let base = base_copy(&work, &dir.join("base-copy.db"));
+    [work, base]
+}
+
 #[test]
 fn a_mirror_that_differs_from_the_remote_is_dropped_and_never_merged() {
     let sqld = Sqld::start();
@@ -396,15 +403,11 @@ fn a_mirror_that_differs_from_the_remote_is_dropped_and_never_merged() {
     );
     let dir = tempdir();
     init(&sqld, dir.path());
-    let (work, base) = (
-        dir.path().join("working_copy.db"),
-        dir.path().join(".tursync/base.db"),
-    );
     // Both copies equal the remote, compared exactly (the server cannot send these values).
     let same = || {
-        for db in [&work, &base] {
-            assert_table_eq(&sqld, db, &exact_select("a", &["id", "v"], "id"));
-            assert_table_eq(&sqld, db, &exact_select("b", &["k", "v"], "k"));
+        for db in work_and_base(dir.path()) {
+            assert_table_eq(&sqld, &db, &exact_select("a", &["id", "v"], "id"));
+            assert_table_eq(&sqld, &db, &exact_select("b", &["k", "v"], "k"));
         }
     };
     // The mirror's pages change behind the log's back, as a bug in applying frames would change
@@ -424,8 +427,8 @@ fn a_mirror_that_differs_from_the_remote_is_dropped_and_never_merged() {
         "{read}"
     );
     same();
-    for db in [&work, &base] {
-        let damaged = local_query(db, "SELECT count(*) FROM a WHERE v = 'damaged'");
+    for db in work_and_base(dir.path()) {
+        let damaged = local_query(&db, "SELECT count(*) FROM a WHERE v = 'damaged'");
         assert_eq!(damaged, vec![vec![Cell::Integer(0)]], "{}", db.display());
     }
     assert!(!dir.path().join(".tursync/mirror.db").exists());
@@ -689,10 +692,7 @@ fn a_damaged_overflow_page_of_the_mirror_is_never_merged() {
     // in place, which rewrites the leaf, not the overflow page (its bytes are unchanged).
     sqld.exec("UPDATE t SET n = 11 WHERE id = 1");
     let read = pull(&sqld, dir.path());
-    let (work, base) = (
-        dir.path().join("working_copy.db"),
-        dir.path().join(".tursync/base.db"),
-    );
+    let [work, base] = work_and_base(dir.path());
     for db in [&work, &base] {
         let flipped = local_query(db, "SELECT count(*) FROM t WHERE instr(big, 'Needle') > 0");
         assert_eq!(
@@ -753,8 +753,8 @@ fn a_broken_mirror_heals(break_it: impl FnOnce(&Path)) {
         read.contains("mirror") && read.contains("dropped"),
         "{read}"
     );
-    for db in ["working_copy.db", ".tursync/base.db"] {
-        assert_same_database(&sqld, &dir.path().join(db));
+    for db in work_and_base(dir.path()) {
+        assert_same_database(&sqld, &db);
     }
     assert!(status_calls_mirror_valid(&sqld, dir.path()).0);
     sqld.exec("UPDATE t SET v = 'theirs again' WHERE id = 7");
@@ -816,8 +816,8 @@ fn heals_in_one_pull(break_it: impl FnOnce(&Path)) -> (String, String) {
     assert!(out.status.success(), "pull: {}\n{said}", out.status);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let read = report["read"].as_str().unwrap_or_default().to_owned();
-    for db in ["working_copy.db", ".tursync/base.db"] {
-        assert_same_database(&sqld, &dir.path().join(db));
+    for db in work_and_base(dir.path()) {
+        assert_same_database(&sqld, &db);
     }
     sqld.exec("UPDATE t SET v = 'theirs again' WHERE id = 7");
     let next = pull(&sqld, dir.path());
@@ -988,8 +988,8 @@ fn a_damaged_spool_heals(break_it: impl FnOnce(&Path)) {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let read = report["read"].as_str().unwrap_or_default().to_owned();
     assert!(!spool.exists());
-    for db in ["working_copy.db", ".tursync/base.db"] {
-        assert_same_database(&sqld, &dir.path().join(db));
+    for db in work_and_base(dir.path()) {
+        assert_same_database(&sqld, &db);
     }
     said_dropped_once(&read, &said);
     assert!(read.contains("mirror.spool"), "{read}");
@@ -1105,8 +1105,8 @@ fn pulls_killed_at_random_moments_are_finished_exactly() {
         ));
         pull(&sqld, dir.path());
         assert!(!dir.path().join(".tursync/mirror.spool").exists());
-        for db in ["working_copy.db", ".tursync/base.db"] {
-            assert_same_database(&sqld, &dir.path().join(db));
+        for db in work_and_base(dir.path()) {
+            assert_same_database(&sqld, &db);
         }
     }
     exact(&sqld, dir.path());
@@ -1153,8 +1153,8 @@ fn a_flipped_interior_page_is_never_merged() {
     flip_last_byte(&mirror, page);
     sqld.exec("UPDATE t SET n = 1 WHERE id % 97 = 0");
     let read = pull(&sqld, dir.path());
-    for db in ["working_copy.db", ".tursync/base.db"] {
-        assert_same_database(&sqld, &dir.path().join(db));
+    for db in work_and_base(dir.path()) {
+        assert_same_database(&sqld, &db);
     }
     // Read or not, the page is known damaged now: verify says so, or it is gone.
     let out = sqld
@@ -1194,8 +1194,8 @@ fn a_flipped_page_of_a_table_not_read_is_reported_and_healed() {
     flip_last_byte(&mirror, page);
     sqld.exec("UPDATE t SET n = 1 WHERE id = 5");
     let read = pull(&sqld, dir.path());
-    for db in ["working_copy.db", ".tursync/base.db"] {
-        assert_same_database(&sqld, &dir.path().join(db));
+    for db in work_and_base(dir.path()) {
+        assert_same_database(&sqld, &db);
     }
     let out = sqld
         .tursync(dir.path())
@@ -1210,8 +1210,8 @@ fn a_flipped_page_of_a_table_not_read_is_reported_and_healed() {
     }
     sqld.exec("UPDATE u SET s = 'theirs' WHERE id % 100 = 0");
     let read = pull(&sqld, dir.path());
-    for db in ["working_copy.db", ".tursync/base.db"] {
-        assert_same_database(&sqld, &dir.path().join(db));
+    for db in work_and_base(dir.path()) {
+        assert_same_database(&sqld, &db);
     }
     sqld.exec("UPDATE u SET s = 'theirs again' WHERE id = 1");
     let next = pull(&sqld, dir.path());

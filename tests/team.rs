@@ -194,10 +194,10 @@ fn swapped_and_rotated_unique_values_push_and_pull() {
     edit(a.path(), rotate);
     let sql = ok(&sqld, a.path(), &["diff", "--sql"]);
     let replay = a.path().join("replay.db");
-    std::fs::copy(a.path().join(".tursync/base.db"), &replay).unwrap();
+    let wc_a = a.path().join("working_copy.db");
+    base_copy(&wc_a, &replay);
     sqlite3_cli(&replay, &sql.stdout);
     let q = "SELECT id, pos, v FROM it ORDER BY id";
-    let wc_a = a.path().join("working_copy.db");
     assert_eq!(
         local_query(&replay, q),
         local_query(&wc_a, q),
@@ -206,7 +206,7 @@ fn swapped_and_rotated_unique_values_push_and_pull() {
 
     ok(&sqld, a.path(), &["push"]);
     assert_table_eq(&sqld, &wc_a, q);
-    assert_table_eq(&sqld, &a.path().join(".tursync/base.db"), q);
+    assert_table_eq(&sqld, &base_copy(&wc_a, &a.path().join("base-copy.db")), q);
 
     // b changed another column of a rotated row: the merge keeps it and takes the rotation.
     edit(b.path(), "UPDATE it SET v = 'B' WHERE id = 2;");

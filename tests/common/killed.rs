@@ -5,7 +5,9 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::{assert_nothing_pending, assert_same_database, local_query, text, Cell, Sqld};
+use super::{
+    assert_nothing_pending, assert_same_database, base_copy, local_query, text, Cell, Sqld,
+};
 
 /// Where a pull is killed: before its working copy's commit (its record written), or after
 /// that commit (its record renamed `pulled.landed`) and before the base took their changes,
@@ -106,22 +108,23 @@ pub fn json(
 /// Both sides hold the same database, nothing is pending or unsettled, and every database
 /// file of the workspace (working copy, base, mirror) passes `PRAGMA integrity_check`.
 pub fn settled(sqld: &Sqld, dir: &Path) {
-    assert_same_database(sqld, &dir.join("working_copy.db"));
+    let wc = dir.join("working_copy.db");
+    assert_same_database(sqld, &wc);
     assert_nothing_pending(dir);
     assert!(
         !dir.join(".tursync/unsettled.json").exists(),
         "marks are left after settling"
     );
-    for file in ["working_copy.db", ".tursync/base.db", ".tursync/mirror.db"] {
-        let path = dir.join(file);
-        // Over SQL there is no mirror.
-        if file != ".tursync/mirror.db" || path.exists() {
-            assert_eq!(
-                local_query(&path, "PRAGMA integrity_check"),
-                [[Cell::text("ok")]],
-                "{}",
-                path.display()
-            );
-        }
+    let base = base_copy(&wc, &dir.join("base-copy.db"));
+    let mirror = dir.join(".tursync/mirror.db");
+    // Over SQL there is no mirror.
+    let mirror = mirror.exists().then_some(mirror);
+    for path in [Some(wc), Some(base), mirror].into_iter().flatten() {
+        assert_eq!(
+            local_query(&path, "PRAGMA integrity_check"),
+            [[Cell::text("ok")]],
+            "{}",
+            path.display()
+        );
     }
 }

@@ -3,10 +3,14 @@
 //! remote side, and helpers to run the `tursync` binary and compare results.
 //!
 //! Nothing here uses the `tursync` library: a bug in the crate under test must
-//! not be able to hide itself by also being in the code that checks it.
+//! not be able to hide itself by also being in the code that checks it. The one
+//! exception is [`base`]: the base is opened only through the library, since its
+//! storage is the library's business; what is checked on it stays the harness's.
 #![allow(dead_code)]
 
+mod base;
 mod killed;
+pub use base::*;
 pub use killed::*;
 
 use std::io::Read;
