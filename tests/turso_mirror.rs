@@ -59,7 +59,7 @@ fn server_pages(url: &str) -> Vec<u8> {
 
 /// The mirror is the server's file, byte for byte.
 fn assert_mirror_exact(server: &TursoSync, dir: &Path) {
-    let mirror = std::fs::read(dir.join(".tursync/mirror.db")).expect("read the mirror");
+    let mirror = mirror_image(&dir.join("working_copy.db")).expect("a mirror");
     let want = server_pages(&server.url);
     assert_eq!(mirror.len(), want.len(), "the mirror's size");
     if let Some(at) = (0..want.len()).find(|&i| mirror[i] != want[i]) {

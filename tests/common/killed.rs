@@ -6,7 +6,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::{
-    assert_nothing_pending, assert_same_database, base_copy, local_query, text, Cell, Sqld,
+    assert_nothing_pending, assert_same_database, base_copy, local_query, mirror_copy, text, Cell,
+    Sqld,
 };
 
 /// Where a pull is killed: before its working copy's commit (its record written), or after
@@ -116,9 +117,8 @@ pub fn settled(sqld: &Sqld, dir: &Path) {
         "marks are left after settling"
     );
     let base = base_copy(&wc, &dir.join("base-copy.db"));
-    let mirror = dir.join(".tursync/mirror.db");
     // Over SQL there is no mirror.
-    let mirror = mirror.exists().then_some(mirror);
+    let mirror = mirror_copy(&wc, &dir.join("mirror-copy.db"));
     for path in [Some(wc), Some(base), mirror].into_iter().flatten() {
         assert_eq!(
             local_query(&path, "PRAGMA integrity_check"),
