@@ -26,6 +26,7 @@ pub mod push;
 pub mod remote;
 pub mod report;
 pub mod schema;
+pub mod shared_pages;
 pub mod sink;
 pub mod spot_check;
 pub mod sql;

@@ -34,6 +34,7 @@ use std::sync::{Mutex, OnceLock};
 
 use rusqlite::ffi;
 
+use crate::shared_pages;
 use crate::vfs;
 
 /// The sums file's first bytes.
@@ -167,6 +168,9 @@ struct Sums {
     db: PathBuf,
     file: Result<(fs::File, Header), String>,
     blocks: HashMap<u64, Vec<u8>>,
+    /// Where each page is read: `mirror.db`, or the base for the pages the mirror shares with
+    /// it ([`crate::shared_pages`]).
+    pages: Result<Option<shared_pages::Pages>, String>,
 }
 
 const BLOCK: u64 = 4096;
@@ -182,10 +186,15 @@ impl Sums {
             },
             Err(e) => Err(format!("{}: {e}", path.display())),
         };
+        let pages = match db.parent() {
+            Some(dir) => shared_pages::Pages::open(dir),
+            None => Ok(None),
+        };
         Sums {
             db,
             file,
             blocks: HashMap::new(),
+            pages,
         }
     }
 
@@ -346,7 +355,7 @@ unsafe extern "C" fn x_read(
     if len == page_size && start.is_multiple_of(page_size as u64) {
         // One whole page, the read SQLite makes of nearly every page. A short read is
         // zero-filled and checked as such.
-        let rc = read(vfs::inner(f), buf, amt, off);
+        let rc = read_page(f, sums, buf, amt, off);
         if rc != ffi::SQLITE_OK && rc != ffi::SQLITE_IOERR_SHORT_READ {
             return rc;
         }
@@ -373,7 +382,7 @@ unsafe extern "C" fn x_read(
         let Ok(first_at) = i64::try_from(first) else {
             return ffi::SQLITE_IOERR_READ;
         };
-        let rc = read(vfs::inner(f), page.as_mut_ptr().cast(), size, first_at);
+        let rc = read_page(f, sums, page.as_mut_ptr().cast(), size, first_at);
         if rc == ffi::SQLITE_IOERR_SHORT_READ {
             record_damage(
                 &sums.db,
@@ -397,4 +406,39 @@ unsafe extern "C" fn x_read(
         done += n;
     }
     ffi::SQLITE_OK
+}
+
+/// Reads the whole page at `off` (`amt` bytes) from the file that holds it: `mirror.db`
+/// through the wrapped VFS, or the base for a page the mirror shares with it. A page the
+/// mirror cannot say where to read fails as damaged.
+///
+/// # Safety
+/// As SQLite's `xRead`, on a file opened by [`x_open`].
+unsafe fn read_page(
+    f: *mut ffi::sqlite3_file,
+    sums: &Sums,
+    buf: *mut c_void,
+    amt: c_int,
+    off: i64,
+) -> c_int {
+    let pages = match &sums.pages {
+        Ok(Some(pages)) => pages,
+        Ok(None) => return vfs::x_read(f, buf, amt, off),
+        Err(what) => {
+            record_damage(&sums.db, what.clone());
+            return ffi::SQLITE_IOERR_DATA;
+        }
+    };
+    let (Ok(len), Ok(start)) = (usize::try_from(amt), u64::try_from(off)) else {
+        return ffi::SQLITE_IOERR_READ;
+    };
+    let n = u32::try_from(start / len.max(1) as u64 + 1).unwrap_or(u32::MAX);
+    if !pages.from_base(n) {
+        return vfs::x_read(f, buf, amt, off);
+    }
+    let out = std::slice::from_raw_parts_mut(buf.cast::<u8>(), len);
+    match pages.read_base(n, out) {
+        Ok(()) => ffi::SQLITE_OK,
+        Err(_) => ffi::SQLITE_IOERR_READ,
+    }
 }

@@ -359,20 +359,41 @@ fn from_log(
         Ok(read) => read,
         Err(e) => return drop_damaged(ws, &mirror, settling.take(), e),
     };
-    if merged.outcome.is_done() {
-        pause_after_commit();
-        // The base takes their changes in one transaction of its own, in place: a pull costs
-        // what changed, not a copy of the database. Its move changes its stamp, so the mirror
-        // point and the clean point recorded for the old base no longer count, even if this
-        // run dies before recording the new ones (`SyncState::base_stamp`, `Clean`).
-        ws.update_base(|conn| theirs.apply(conn))?;
-        ws.forget_after_pull()?;
-    }
+    // The mirror's pages are synced before the base takes them.
+    let mut dropped = None;
     if let Some(settling) = settling {
         settling.wait()?;
     }
+    if merged.outcome.is_done() {
+        pause_after_commit();
+        // The base becomes the mirror, page for page, in one transaction of its own, in place:
+        // it takes the pages the mirror keeps apart from it (those the log wrote since the last
+        // pull, and the base's old copies of those our pushes wrote since), so a pull costs
+        // what changed, and the mirror then shares every page with it again
+        // (`shared_pages::give_base`). Their rows are what turns the base into the mirror:
+        // `theirs` is the base against the mirror. The move changes the base's stamp, so the
+        // mirror point and the clean point recorded for the old base no longer count, even if
+        // this run dies before recording the new ones (`SyncState::base_stamp`, `Clean`).
+        if let Err(e) = ws.base_takes_mirror() {
+            // A damaged page of the mirror (one no read of this pull touched) is never given
+            // to the base: the mirror goes, and the base takes their rows instead.
+            let Some(why) = mirror.take_damage() else {
+                return Err(e);
+            };
+            mirror.remove()?;
+            ws.update_base(|conn| theirs.apply(conn))?;
+            dropped = Some(format!(
+                "; then {why}: the mirror was dropped and is read again from the log"
+            ));
+        }
+        ws.forget_after_pull()?;
+    }
     let outcome = merged.outcome.map(|report| PullReport {
         downloaded: true,
+        read: match (report.read, dropped) {
+            (Some(read), Some(dropped)) => Some(read + &dropped),
+            (read, _) => read,
+        },
         ..report
     });
     Ok(FromLog::Done(Merged { outcome, ..merged }, frame))

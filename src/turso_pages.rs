@@ -23,7 +23,7 @@
 //! there, as for Turso's own sync engine, the server says `ReplaceBase` when the client's copy
 //! cannot be carried forward.
 
-use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use crate::mirror::{Mirror, MirrorState};
 use crate::remote::replication::{Hello, LogError, LogSource, FRAME_HEADER};
@@ -85,10 +85,7 @@ impl<'r> TursoPages<'r> {
         let from = frames.saturating_sub(WITNESS_FRAMES);
         let from = (from > 0).then(|| from.to_string());
         let path = self.mirror.db_path();
-        let db = std::fs::File::open(&path).map_err(|e| {
-            let named = std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-            TursoSyncError::Sink(named)
-        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
         let sync = TursoSync::new(self.remote);
         let mut differs = None;
         let mut ours = Vec::new();
@@ -96,8 +93,10 @@ impl<'r> TursoPages<'r> {
             differs = None;
             sync.pull(from.as_deref(), Some(revision), &mut |id, page| {
                 ours.resize(page.len(), 0);
-                let same =
-                    db.read_exact_at(&mut ours, id * page.len() as u64).is_ok() && ours == page;
+                // From whichever file holds it: the mirror shares pages with the base.
+                let same = u32::try_from(id + 1).is_ok_and(|n| {
+                    crate::shared_pages::read_mirror_page(dir, n, &mut ours).is_ok()
+                }) && ours == page;
                 if !same {
                     differs.get_or_insert(id + 1);
                 }

@@ -248,6 +248,18 @@ pub unsafe fn methods(f: *mut ffi::sqlite3_file) -> Option<&'static ffi::sqlite3
     (*inner(f)).pMethods.as_ref()
 }
 
+pub unsafe extern "C" fn x_read(
+    f: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    amt: c_int,
+    off: i64,
+) -> c_int {
+    match methods(f).and_then(|m| m.xRead) {
+        Some(x) => x(inner(f), buf, amt, off),
+        None => ffi::SQLITE_IOERR_READ,
+    }
+}
+
 pub unsafe extern "C" fn x_write(
     f: *mut ffi::sqlite3_file,
     buf: *const c_void,

@@ -22,10 +22,12 @@ use crate::durable::{
 };
 use crate::leaf_sums::{LeafSums, Walked};
 use crate::mirror::{self, Mirror, MirrorError, Streams};
+use crate::page_sums::Header as SumsHeader;
 use crate::progress::Progress;
 use crate::remote::replication::LogError;
 use crate::remote::{Endpoint, Remote};
 use crate::schema::Schema;
+use crate::shared_pages::BASE;
 use crate::sink::LocalSink;
 use crate::sql;
 use crate::{Context, Error, Result};
@@ -33,7 +35,6 @@ use crate::{Context, Error, Result};
 pub const STATE_DIR: &str = ".tursync";
 pub const DEFAULT_DB: &str = "working_copy.db";
 const CONFIG: &str = "config.json";
-const BASE: &str = "base.db";
 const SYNC: &str = "sync.json";
 
 /// What tursync knows of the remote at the last sync, in `.tursync/sync.json`.
@@ -567,6 +568,23 @@ fn clone_from_log(
                         fs::copy(db, &base)
                             .during("copying the working copy to", base.display())?;
                         sync_file(&base)?;
+                    } else {
+                        // The base is the mirror page for page: the mirror keeps page 1 only
+                        // and reads the rest from it, so the workspace holds one copy of the
+                        // database beside the working copy.
+                        let page_size = SumsHeader::read(
+                            &fs::File::open(mirror.sums_path())
+                                .during("opening", mirror.sums_path().display())?,
+                        )
+                        .during("reading", mirror.sums_path().display())?
+                        .map(|h| h.page_size)
+                        .ok_or_else(|| {
+                            Error::Unexpected(format!(
+                                "{} has no header",
+                                mirror.sums_path().display()
+                            ))
+                        })?;
+                        crate::shared_pages::share(state, page_size)?;
                     }
                     let streams_off = StreamsOff::after(&streams, &log_id);
                     return Ok(Ok((built.to, schema, stats, streams_off)));
@@ -704,11 +722,12 @@ impl Workspace {
 /// A database file of ours (the base, a remote copy), read-only, inside a read transaction that
 /// ends when the connection is dropped.
 pub fn open_snapshot(path: &Path) -> Result<rusqlite::Connection> {
-    let conn = rusqlite::Connection::open_with_flags(
+    // Through the base's VFS, as every connection on a base must be (`shared_pages`); it
+    // passes any other file on.
+    let conn = crate::shared_pages::open(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .during("opening", path.display())?;
+    )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // A plain `BEGIN`, not a `Transaction`: the connection leaves this function inside it, and a
     // `Transaction` cannot outlive the borrow of the connection it begins on.
@@ -837,7 +856,7 @@ impl Workspace {
         journal.push("-journal");
         if Path::new(&journal).exists() {
             let base = self.base_path();
-            let mut conn = rusqlite::Connection::open(&base).during("opening", base.display())?;
+            let mut conn = crate::shared_pages::open(&base, Default::default())?;
             wait_for_locks(&mut conn)?;
             conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
             conn.close().map_err(|(_, e)| Error::Local(e))?;
@@ -852,6 +871,8 @@ impl Workspace {
     pub fn replace_base_with(&self, file: &Path) -> Result<()> {
         self.base_moves()?;
         sync_file(file)?;
+        // The mirror reads the pages it shares with the base from the file about to go.
+        crate::shared_pages::unshare(&self.state_dir())?;
         let base = self.base_path();
         fs::rename(file, &base).during("renaming into place", base.display())?;
         sync_dir(&self.state_dir())
@@ -887,6 +908,27 @@ impl Workspace {
         edit_file(&self.base_path(), edit)
     }
 
+    /// Makes the base the mirror as it is now, page for page, in one transaction of the base
+    /// ([`crate::shared_pages::give_base`]): what a pull from the log does once the working
+    /// copy took theirs, instead of writing their rows into the base. The mirror's pages are
+    /// synced. Like [`Workspace::update_base`], the move changes the base's stamp. A page of the
+    /// mirror that fails its check fails the move, which then changes nothing
+    /// ([`Mirror::take_damage`] says which).
+    pub fn base_takes_mirror(&self) -> Result<()> {
+        let base = self.base_path();
+        let mut conn = crate::shared_pages::open(&base, Default::default())?;
+        wait_for_locks(&mut conn)?;
+        // Every page given is read through the mirror's checks (`page_sums`).
+        let mirror = mirror::open_immutable(&self.mirror().db_path())?;
+        let mut page = mirror.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
+        crate::shared_pages::give_base(&self.state_dir(), &mut conn, |n, out| {
+            *out = page.query_row([n], |r| r.get(0))?;
+            Ok(())
+        })
+        .during("moving the base to the mirror", base.display())?;
+        conn.close().map_err(|(_, e)| Error::Local(e))
+    }
+
     /// Forgets the [`Clean`] point, the working copy's leaves and the mirror point before the
     /// base is replaced: they are recorded again only once the change is done, so a crash in
     /// between never leaves a record naming a base that moved. (A stamp tells states of one
@@ -908,7 +950,7 @@ impl Workspace {
 
 /// Runs `edit` on a database file of ours and closes it, so its changes are on disk.
 fn edit_file(path: &Path, edit: impl FnOnce(&rusqlite::Connection) -> Result<()>) -> Result<()> {
-    let conn = rusqlite::Connection::open(path).during("opening", path.display())?;
+    let conn = crate::shared_pages::open(path, Default::default())?;
     edit(&conn)?;
     conn.close().map_err(|(_, e)| Error::Local(e))
 }

@@ -403,6 +403,8 @@ fn a_mirror_that_differs_from_the_remote_is_dropped_and_never_merged() {
     );
     let dir = tempdir();
     init(&sqld, dir.path());
+    // The mirror keeps its pages in its own file, whose bytes are what is damaged here.
+    unshare_mirror(&wc(dir.path()));
     // Both copies equal the remote, compared exactly (the server cannot send these values).
     let same = || {
         for db in work_and_base(dir.path()) {
@@ -663,6 +665,8 @@ fn a_damaged_overflow_page_of_the_mirror_is_never_merged() {
     );
     let dir = tempdir();
     init(&sqld, dir.path());
+    // The mirror keeps its pages in its own file, whose bytes are what is damaged here.
+    unshare_mirror(&wc(dir.path()));
     let mirror = dir.path().join(".tursync/mirror.db");
     let mut bytes = std::fs::read(&mirror).unwrap();
     let needle = b"needle-in-overflow";
@@ -1148,6 +1152,8 @@ fn a_flipped_interior_page_is_never_merged() {
     );
     let dir = tempdir();
     init(&sqld, dir.path());
+    // The mirror keeps its pages in its own file, whose bytes are what is damaged here.
+    unshare_mirror(&wc(dir.path()));
     let mirror = dir.path().join(".tursync/mirror.db");
     let page = find_page(&std::fs::read(&mirror).unwrap(), 5, None);
     flip_last_byte(&mirror, page);
@@ -1185,6 +1191,8 @@ fn a_flipped_page_of_a_table_not_read_is_reported_and_healed() {
     );
     let dir = tempdir();
     init(&sqld, dir.path());
+    // The mirror keeps its pages in its own file, whose bytes are what is damaged here.
+    unshare_mirror(&wc(dir.path()));
     let mirror = dir.path().join(".tursync/mirror.db");
     let page = find_page(
         &std::fs::read(&mirror).unwrap(),

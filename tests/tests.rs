@@ -11,6 +11,7 @@ mod attack2;
 mod attack3;
 mod clone;
 mod diff;
+mod disk;
 mod exact;
 mod harness_selftest;
 mod migrate;

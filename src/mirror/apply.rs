@@ -11,6 +11,7 @@ use super::{Mirror, MirrorState};
 use crate::durable;
 use crate::page_sums::{self, Header as SumsHeader};
 use crate::remote::replication::{page_of, FrameHeader, FRAME_HEADER};
+use crate::shared_pages;
 use crate::{Context, Error, Result};
 
 impl Mirror {
@@ -26,6 +27,14 @@ impl Mirror {
     /// done, `mirror.json` still names the old point and the spool is kept, so a crash before
     /// then is finished by [`Mirror::recover`] as after any interrupted apply.
     pub fn apply_settling(&self, ready: Ready) -> Result<Settling> {
+        let page_size = ready.head.page_size;
+        // A spool that starts afresh rewrites the whole file: the mirror keeps every page.
+        if ready.head.fresh {
+            shared_pages::forget(&self.dir)?;
+        }
+        let old_len = fs::metadata(self.db_path())
+            .map(|m| m.len() / page_size as u64)
+            .unwrap_or(0);
         let db = fs::OpenOptions::new()
             .create(true)
             .truncate(ready.head.fresh)
@@ -44,7 +53,6 @@ impl Mirror {
         let file = fs::File::open(&ready.path).during(reading, ready.path.display())?;
         let mut r = BufReader::with_capacity(1 << 20, file);
         skip_head(&mut r).during(reading, ready.path.display())?;
-        let page_size = ready.head.page_size;
         // The sums carried forward, when they vouch for the mirror this spool continues.
         let carried = match ready.head.fresh {
             true => Some(0),
@@ -57,6 +65,7 @@ impl Mirror {
                 .map(|h| h.pages),
         };
         let mut sums = BTreeMap::new();
+        let mut written = Vec::new();
         let mut frame = vec![0; FRAME_HEADER + page_size];
         let mut pause = test_pause();
         let mut crc = crc32fast::Hasher::new();
@@ -76,6 +85,7 @@ impl Mirror {
             )
             .during("applying the spool to the mirror", self.db_path().display())?;
             sums.insert(h.page_no, page_sums::sum(page_of(&frame)));
+            written.push(h.page_no);
             if let Some(p) = pause.as_mut() {
                 p();
             }
@@ -106,6 +116,13 @@ impl Mirror {
             },
         )
         .during("writing the mirror's sums", self.sums_path().display())?;
+        // The pages written, and those the file grew by, are the mirror's own from now on.
+        shared_pages::mirror_wrote(
+            &self.dir,
+            written,
+            u32::try_from(old_len).unwrap_or(u32::MAX),
+            ready.size,
+        )?;
         let state = MirrorState {
             log_id: ready.head.log_id.clone(),
             generation_id: ready.head.generation_id.clone(),
@@ -121,6 +138,7 @@ impl Mirror {
                 .sync_all()
                 .during("syncing the mirror's sums", mirror.sums_path().display())?;
             drop(sums_file);
+            shared_pages::sync_own(&mirror.dir)?;
             mirror.save_state(&recorded)?;
             fs::remove_file(&ready.path)
                 .during("removing the applied spool", ready.path.display())?;

@@ -166,6 +166,11 @@ impl Mirror {
                 head.frame
             ));
         }
+        if let Some(why) =
+            crate::shared_pages::disagrees(&self.dir, head.page_size).map_err(|e| e.to_string())?
+        {
+            return Err(why);
+        }
         let len = |p: PathBuf| {
             fs::metadata(&p)
                 .map(|m| m.len())
@@ -223,7 +228,7 @@ impl Mirror {
     /// Removes the mirror and its state, for a workspace that stops following the log.
     pub fn remove(&self) -> Result<()> {
         let _ = self.take_damage();
-        for name in [STATE, SPOOL, DB, SUMS] {
+        for name in [STATE, SPOOL, crate::shared_pages::OWN, DB, SUMS] {
             let path = self.dir.join(name);
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -1,0 +1,859 @@
+//! The pages the mirror shares with the base, kept once.
+//!
+//! After every pull from the log the base is the mirror, page for page: [`give_base`] writes
+//! into the base the pages in which the mirror differs from it. Two full copies of one
+//! database would cost twice its size on disk, so the mirror keeps only its own pages, those in
+//! which it differs from the base, and reads every other page from `base.db`. `mirror.db` is
+//! then a sparse file of the mirror's full length, and `mirror.own` says which pages it keeps:
+//!
+//! ```text
+//! mirror.own   "tursync own 1\0\0\0"   16 bytes
+//!              page size              u32, little-endian
+//!              (zero)                 u32
+//!              inode of base.db       u64: the base the other pages are read from
+//!              bit n-1 set: page n is in mirror.db     one bit per page
+//! ```
+//!
+//! No `mirror.own` means a mirror that keeps every page (as one built at init or from a fresh
+//! log does until the next [`give_base`]). The base is never sparse: it stays a plain SQLite file
+//! any client can open, and the mirror stays what may be dropped and read again from the log
+//! whenever anything about it is in doubt. A `mirror.own` naming another file than `base.db`
+//! (the base replaced by a rename) makes the mirror untrusted ([`crate::mirror::Mirror::health`]).
+//!
+//! Who keeps the invariant "a page the mirror does not keep is the base's page":
+//! - the mirror's writes (a spool applied) make the pages written its own;
+//! - a write of SQLite's into the base (a push, a pull over SQL rows) first copies the base's
+//!   page into `mirror.db`, when the mirror reads it from the base (the `tursync-base` VFS,
+//!   which every connection on the base goes through); the copies and `mirror.own` are synced
+//!   before the base's own sync, so before any commit of the base counts;
+//! - [`give_base`] writes the mirror's own pages into the base in one transaction of the base,
+//!   then forgets them.
+//!
+//! ```text
+//! init                 mirror.db: page 1; 20,000 pages read from base.db
+//! pull: spool applied  mirror.db: + the 40 pages the log wrote
+//! pull: give_base      base.db takes those 40 pages; mirror.db: page 1 again
+//! push of 3 rows       mirror.db: + the base's old copies of the 5 pages the push writes
+//! ```
+//!
+//! Every page read from the mirror, from either file, is checked against its sum in
+//! `mirror.sums` ([`crate::page_sums`]): a base page the mirror should have kept and did not
+//! fails its check, and the mirror is dropped.
+
+use std::ffi::{c_int, c_void, CStr};
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rusqlite::ffi;
+
+use crate::durable::sync_dir;
+use crate::vfs;
+use crate::{Context, Error, Result};
+
+/// The base's file name in the state directory.
+pub const BASE: &str = "base.db";
+/// The mirror's pages.
+const MIRROR: &str = "mirror.db";
+/// Which pages the mirror keeps.
+pub const OWN: &str = "mirror.own";
+const MAGIC: &[u8; 16] = b"tursync own 1\0\0\0";
+/// Bytes before the first bit.
+const HEAD: usize = 32;
+const VFS_NAME: &CStr = c"tursync-base";
+
+/// Which pages the mirror keeps itself, and the base it reads the others from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Own {
+    pub page_size: u32,
+    pub base_ino: u64,
+    bits: Vec<u8>,
+}
+
+impl Own {
+    pub fn has(&self, n: u32) -> bool {
+        let i = (n - 1) as usize;
+        self.bits
+            .get(i / 8)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+
+    pub fn set(&mut self, n: u32) {
+        let i = (n - 1) as usize;
+        if self.bits.len() <= i / 8 {
+            self.bits.resize(i / 8 + 1, 0);
+        }
+        self.bits[i / 8] |= 1 << (i % 8);
+    }
+
+    /// The pages kept, in order.
+    fn pages(&self) -> impl Iterator<Item = u32> + '_ {
+        self.bits.iter().enumerate().flat_map(|(i, b)| {
+            (0..8)
+                .filter(move |k| b & (1 << k) != 0)
+                .map(move |k| (i * 8 + k + 1) as u32)
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEAD + self.bits.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.page_size.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&self.base_ino.to_le_bytes());
+        out.extend_from_slice(&self.bits);
+        out
+    }
+
+    /// `mirror.own` in `dir`: `Ok(None)` when there is none (the mirror keeps every page),
+    /// `Err(why)` when it cannot be read.
+    pub fn load(dir: &Path) -> Result<std::result::Result<Option<Own>, String>> {
+        let path = dir.join(OWN);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(None)),
+            Err(e) => return Err(e).during("reading", path.display()),
+        };
+        let damaged = |why: &str| Ok(Err(format!("{} is damaged ({why})", path.display())));
+        if bytes.len() < HEAD || &bytes[..16] != MAGIC {
+            return damaged("no header");
+        }
+        let word = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let page_size = word(16);
+        if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+            return damaged("page size");
+        }
+        let mut ino = [0; 8];
+        ino.copy_from_slice(&bytes[24..32]);
+        Ok(Ok(Some(Own {
+            page_size,
+            base_ino: u64::from_le_bytes(ino),
+            bits: bytes[HEAD..].to_vec(),
+        })))
+    }
+
+    /// Writes `mirror.own` aside and renames it into place; synced with `sync`.
+    fn save(&self, dir: &Path, sync: bool) -> Result<()> {
+        let path = dir.join(OWN);
+        let tmp = dir.join("mirror.own.new");
+        if sync {
+            crate::durable::write_synced(&tmp, &self.encode())?;
+        } else {
+            fs::write(&tmp, self.encode()).during("writing", tmp.display())?;
+        }
+        fs::rename(&tmp, &path).during("renaming into place", path.display())?;
+        if sync {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The inode of `dir`'s base, if it has one.
+fn base_ino(dir: &Path) -> Option<u64> {
+    fs::metadata(dir.join(BASE)).ok().map(|m| m.ino())
+}
+
+/// Why the mirror in `dir` cannot read its pages as `mirror.own` says, if it cannot.
+pub fn disagrees(dir: &Path, page_size: u32) -> Result<Option<String>> {
+    Ok(match Own::load(dir)? {
+        Ok(None) => None,
+        Err(why) => Some(why),
+        Ok(Some(own)) if own.page_size != page_size => Some(format!(
+            "{} is of pages of {} bytes, the mirror's are {page_size}",
+            dir.join(OWN).display(),
+            own.page_size
+        )),
+        Ok(Some(own)) if Some(own.base_ino) != base_ino(dir) => Some(format!(
+            "{} reads pages from a base that is not {}",
+            dir.join(OWN).display(),
+            dir.join(BASE).display()
+        )),
+        Ok(Some(_)) => None,
+    })
+}
+
+/// Removes `mirror.own` (with the mirror).
+pub fn forget(dir: &Path) -> Result<()> {
+    let path = dir.join(OWN);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).during("removing", path.display())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `base.db` of `dir`, opened once per file for reading the pages the mirror shares with it and
+/// never closed: closing a descriptor on a database file drops every SQLite lock this process
+/// holds on it.
+fn base_file(dir: &Path) -> std::io::Result<Arc<fs::File>> {
+    static FILES: Mutex<Vec<(PathBuf, u64, Arc<fs::File>)>> = Mutex::new(Vec::new());
+    let path = dir.join(BASE);
+    let ino = fs::metadata(&path)?.ino();
+    let mut files = FILES
+        .lock()
+        .map_err(|_| std::io::Error::other("base files"))?;
+    if let Some((_, _, f)) = files.iter().find(|(p, i, _)| *p == path && *i == ino) {
+        return Ok(f.clone());
+    }
+    let f = Arc::new(fs::File::open(&path)?);
+    files.push((path, ino, f.clone()));
+    Ok(f)
+}
+
+/// Where the mirror of `dir` reads its pages: what [`crate::page_sums`]'s VFS asks for each
+/// page it reads (and checks after).
+pub struct Pages {
+    own: Own,
+    base: Arc<fs::File>,
+}
+
+impl Pages {
+    /// `None` when the mirror keeps every page; an error when it cannot read them.
+    pub fn open(dir: &Path) -> std::result::Result<Option<Pages>, String> {
+        let own = match Own::load(dir) {
+            Ok(Ok(Some(own))) => own,
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(why)) => return Err(why),
+            Err(e) => return Err(e.to_string()),
+        };
+        let base = base_file(dir).map_err(|e| format!("{}: {e}", dir.join(BASE).display()))?;
+        if base.metadata().map(|m| m.ino()).ok() != Some(own.base_ino) {
+            return Err(format!(
+                "{} reads pages from a base that is not {}",
+                dir.join(OWN).display(),
+                dir.join(BASE).display()
+            ));
+        }
+        Ok(Some(Pages { own, base }))
+    }
+
+    /// Whether page `n` is read from the base instead of `mirror.db`.
+    pub fn from_base(&self, n: u32) -> bool {
+        !self.own.has(n)
+    }
+
+    /// Reads page `n` of the base into `out`, zeros past its end.
+    pub fn read_base(&self, n: u32, out: &mut [u8]) -> std::io::Result<()> {
+        let at = (u64::from(n) - 1) * self.own.page_size as u64;
+        let mut got = 0;
+        while got < out.len() {
+            match self.base.read_at(&mut out[got..], at + got as u64) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out[got..].fill(0);
+        Ok(())
+    }
+}
+
+/// Page `n` of the mirror of `dir`, from whichever file holds it (unchecked: the caller
+/// compares it).
+pub fn read_mirror_page(dir: &Path, n: u32, out: &mut [u8]) -> std::result::Result<(), String> {
+    match Pages::open(dir)? {
+        Some(p) if p.from_base(n) => p
+            .read_base(n, out)
+            .map_err(|e| format!("{}: {e}", dir.join(BASE).display())),
+        _ => {
+            let path = dir.join(MIRROR);
+            fs::File::open(&path)
+                .and_then(|f| f.read_exact_at(out, (u64::from(n) - 1) * out.len() as u64))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        }
+    }
+}
+
+/// Records that the mirror of `dir` now keeps `pages` itself and every page past `old_len`
+/// up to `new_len` (written by a spool): written aside and renamed, not synced (the spool is
+/// kept until [`sync_own`] has, and applied again after a crash). Nothing to do for a mirror
+/// that keeps every page.
+pub fn mirror_wrote(
+    dir: &Path,
+    pages: impl IntoIterator<Item = u32>,
+    old_len: u32,
+    new_len: u32,
+) -> Result<()> {
+    let mut own = match Own::load(dir)? {
+        Ok(Some(own)) => own,
+        Ok(None) => return Ok(()),
+        Err(why) => return Err(Error::Workspace(why)),
+    };
+    for n in pages {
+        own.set(n);
+    }
+    for n in old_len + 1..=new_len {
+        own.set(n);
+    }
+    own.save(dir, false)
+}
+
+/// Syncs `mirror.own`, if there is one.
+pub fn sync_own(dir: &Path) -> Result<()> {
+    let path = dir.join(OWN);
+    match fs::File::open(&path) {
+        Ok(f) => f.sync_all().during("syncing", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).during("opening", path.display()),
+    }
+}
+
+/// Makes the mirror of `dir` read from the base every page but page 1: called when the base
+/// holds the mirror's content page for page (init's copy, [`give_base`]'s transaction).
+/// `mirror.own` goes first (naming page 1 and the base), then a sparse `mirror.db` holding
+/// page 1 only is renamed into place: a crash between leaves the full file, whose pages the
+/// base holds too.
+pub fn share(dir: &Path, page_size: u32) -> Result<()> {
+    let ino = base_ino(dir)
+        .ok_or_else(|| Error::Workspace(format!("{} is missing", dir.join(BASE).display())))?;
+    let mut own = Own {
+        page_size,
+        base_ino: ino,
+        bits: Vec::new(),
+    };
+    own.set(1);
+    own.save(dir, true)?;
+    let path = dir.join(MIRROR);
+    let old = fs::File::open(&path).during("opening", path.display())?;
+    let len = old.metadata().during("reading", path.display())?.len();
+    let mut page1 = vec![0; page_size as usize];
+    old.read_exact_at(&mut page1, 0)
+        .during("reading page 1 of", path.display())?;
+    drop(old);
+    let new = dir.join("mirror.db.new");
+    let _ = fs::remove_file(&new);
+    let f = fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&new)
+        .during("creating", new.display())?;
+    f.set_len(len).during("sizing", new.display())?;
+    f.write_all_at(&page1, 0).during("writing", new.display())?;
+    f.sync_all().during("syncing", new.display())?;
+    drop(f);
+    fs::rename(&new, &path).during("renaming into place", path.display())?;
+    sync_dir(dir)
+}
+
+/// Makes the mirror of `dir` keep every page itself again, copying from the base those it
+/// reads from it, synced, then removing `mirror.own`: before the base is replaced by another
+/// file (the SQL path's download), which the mirror cannot read its pages from. Nothing to do
+/// for a mirror that keeps every page, or none.
+pub fn unshare(dir: &Path) -> Result<()> {
+    let pages = match Pages::open(dir) {
+        Ok(Some(pages)) => pages,
+        Ok(None) => return Ok(()),
+        // A mirror that cannot read its pages is untrusted already: the next pull drops it.
+        Err(_) => return Ok(()),
+    };
+    let path = dir.join(MIRROR);
+    let mirror = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .during("opening", path.display())?;
+    let ps = pages.own.page_size as usize;
+    let len = mirror.metadata().during("reading", path.display())?.len();
+    let mut page = vec![0; ps];
+    for n in 1..=u32::try_from(len / ps as u64).unwrap_or(0) {
+        if pages.from_base(n) {
+            pages
+                .read_base(n, &mut page)
+                .during("reading a page of", dir.join(BASE).display())?;
+            mirror
+                .write_all_at(&page, (u64::from(n) - 1) * ps as u64)
+                .during("writing", path.display())?;
+        }
+    }
+    mirror.sync_all().during("syncing", path.display())?;
+    forget(dir)?;
+    sync_dir(dir)
+}
+
+/// Makes the base of `dir` the mirror as it is now, page for page, in one transaction of the
+/// base on `conn` (opened through [`open`]): the pages the mirror keeps are written into the
+/// base, the base cut or grown to the mirror's length, page 1 in rollback-journal mode and
+/// with a change counter past the old base's (so the new base's stamp is one no record names).
+/// Then the mirror [`share`]s every page again. `read` gives page `n` of the mirror, checked
+/// against its sum: a damaged page fails the move, which then changes nothing. The caller holds
+/// the workspace lock, and the mirror's pages are synced.
+///
+/// ```text
+/// mirror keeps 1, 17, 40 (the log wrote 17 and 40); base.db pages 1..=50, mirror 1..=52
+/// give_base   -> base.db: pages 1, 17, 40, 51, 52 from the mirror (51, 52 were zero-filled
+///                holes nobody wrote: past the base, the mirror keeps them), 50 pages + 2
+///             -> mirror.db: page 1; mirror.own: page 1
+/// ```
+pub fn give_base(
+    dir: &Path,
+    conn: &mut rusqlite::Connection,
+    mut read: impl FnMut(u32, &mut Vec<u8>) -> Result<()>,
+) -> Result<()> {
+    let own = match Own::load(dir)? {
+        Ok(Some(own)) => own,
+        // A mirror that keeps every page gives them all, once.
+        Ok(None) => {
+            let path = dir.join(MIRROR);
+            let len = fs::metadata(&path).during("reading", path.display())?.len();
+            let page_size = page_size_of(&path)?;
+            let mut own = Own {
+                page_size,
+                base_ino: 0,
+                bits: Vec::new(),
+            };
+            for n in 1..=u32::try_from(len / u64::from(page_size)).unwrap_or(0) {
+                own.set(n);
+            }
+            own
+        }
+        Err(why) => return Err(Error::Workspace(why)),
+    };
+    let path = dir.join(MIRROR);
+    let ps = own.page_size as usize;
+    let len = fs::metadata(&path).during("reading", path.display())?.len();
+    let pages = u32::try_from(len / ps as u64)
+        .map_err(|_| Error::Unexpected(format!("{} has too many pages", path.display())))?;
+    let tx = conn.transaction()?;
+    let base_pages: u32 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let old_counter = tx.query_row("SELECT data FROM sqlite_dbpage WHERE pgno = 1", [], |r| {
+        let page: Vec<u8> = r.get(0)?;
+        Ok(page
+            .get(24..28)
+            .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+    })?;
+    {
+        let mut put = tx.prepare("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")?;
+        let mut page = vec![0; ps];
+        // Pages past the base's end the mirror reads from the base would read zeros: written
+        // too, so the base grows as the mirror did.
+        let grown = (base_pages + 1..=pages).filter(|&n| !own.has(n));
+        // Page 1 last, after the cut: it holds the schema's cookie, and SQLite reads the
+        // schema again, from the pages as they are then, once the cookie moved.
+        let mut kept: Vec<u32> = own
+            .pages()
+            .filter(|&n| n > 1 && n <= pages)
+            .chain(grown)
+            .collect();
+        if pages < base_pages {
+            put.execute(rusqlite::params![pages + 1, rusqlite::types::Null])?;
+        }
+        kept.push(1);
+        for n in kept {
+            if own.has(n) {
+                read(n, &mut page)?;
+                if page.len() != ps {
+                    return Err(Error::Unexpected(format!(
+                        "page {n} of {} holds {} bytes, not {ps}",
+                        path.display(),
+                        page.len()
+                    )));
+                }
+            } else {
+                page.clear();
+                page.resize(ps, 0);
+            }
+            if n == 1 {
+                // The server's file is in WAL mode; the base is in rollback-journal mode.
+                page[18] = 1;
+                page[19] = 1;
+                let counter = u32::from_be_bytes([page[24], page[25], page[26], page[27]]);
+                let next = counter.max(old_counter).wrapping_add(1).to_be_bytes();
+                page[24..28].copy_from_slice(&next);
+                page[92..96].copy_from_slice(&next);
+            }
+            put.execute(rusqlite::params![n, &page])?;
+        }
+    }
+    tx.commit()?;
+    share(dir, own.page_size)
+}
+
+/// The page size a database file's header names.
+fn page_size_of(path: &Path) -> Result<u32> {
+    let mut h = [0; 2];
+    fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut h, 16))
+        .during("reading the header of", path.display())?;
+    Ok(match u16::from_be_bytes(h) {
+        1 => 65536,
+        s => u32::from(s),
+    })
+}
+
+/// The name of the base's VFS, registered on first use.
+pub fn vfs_name() -> std::result::Result<&'static str, String> {
+    static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| vfs::register(VFS_NAME, x_open))
+        .clone()?;
+    Ok("tursync-base")
+}
+
+/// Opens a database file of ours with `flags` through the base's VFS: a base whose pages the
+/// mirror shares gives the mirror its copy of each page before SQLite overwrites it; any other
+/// file is passed on.
+pub fn open(path: &Path, flags: rusqlite::OpenFlags) -> Result<rusqlite::Connection> {
+    let vfs =
+        vfs_name().map_err(|e| Error::Unexpected(format!("opening {}: {e}", path.display())))?;
+    rusqlite::Connection::open_with_flags_and_vfs(path, flags, vfs)
+        .during("opening", path.display())
+}
+
+/// A base opened for writing whose pages the mirror shares.
+struct Sharing {
+    own: Own,
+    /// `mirror.own`, whose bits are set in place as pages are given.
+    own_file: fs::File,
+    mirror: fs::File,
+    /// The mirror's length in pages.
+    mirror_pages: u32,
+    /// Pages copied into the mirror and not yet synced.
+    dirty: bool,
+}
+
+impl Sharing {
+    /// Gives the mirror its copy of pages `first..=last` of the base, read through `f` (the
+    /// base's own file), where the mirror reads them from the base.
+    unsafe fn keep(&mut self, f: *mut ffi::sqlite3_file, first: u64, last: u64) -> c_int {
+        let Some(read) = vfs::methods(f).and_then(|m| m.xRead) else {
+            return ffi::SQLITE_IOERR_READ;
+        };
+        let ps = self.own.page_size as u64;
+        let mut page = vec![0u8; ps as usize];
+        for n in first..=last.min(u64::from(self.mirror_pages)) {
+            let n32 = n as u32;
+            if self.own.has(n32) {
+                continue;
+            }
+            let (Ok(size), Ok(at)) = (c_int::try_from(ps), i64::try_from((n - 1) * ps)) else {
+                return ffi::SQLITE_IOERR_READ;
+            };
+            let rc = read(vfs::inner(f), page.as_mut_ptr().cast(), size, at);
+            if rc != ffi::SQLITE_OK && rc != ffi::SQLITE_IOERR_SHORT_READ {
+                return rc;
+            }
+            if self.mirror.write_all_at(&page, (n - 1) * ps).is_err() {
+                return ffi::SQLITE_IOERR_WRITE;
+            }
+            self.own.set(n32);
+            // The bit is in the file before the base's page is overwritten, so a process killed
+            // at any moment leaves the mirror reading its copy (the page cache keeps the order);
+            // the rollback of the base's hot journal then finds the page kept and leaves it.
+            let i = (n32 - 1) as usize / 8;
+            let byte = self.own.bits[i];
+            if self
+                .own_file
+                .write_all_at(&[byte], (HEAD + i) as u64)
+                .is_err()
+            {
+                return ffi::SQLITE_IOERR_WRITE;
+            }
+            self.dirty = true;
+        }
+        ffi::SQLITE_OK
+    }
+
+    /// Syncs the copies given to the mirror, then `mirror.own`.
+    fn settle(&mut self) -> bool {
+        if !self.dirty {
+            return true;
+        }
+        let ok = self.mirror.sync_all().is_ok() && self.own_file.sync_all().is_ok();
+        self.dirty = !ok;
+        ok
+    }
+}
+
+unsafe extern "C" fn x_open(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let sharing = match (flags & ffi::SQLITE_OPEN_MAIN_DB != 0, vfs::path_of(name)) {
+        (true, Some(path)) if path.file_name() == Some(BASE.as_ref()) => {
+            match path.parent().map(sharing) {
+                Some(Ok(s)) => s,
+                Some(Err(_)) | None => return ffi::SQLITE_CANTOPEN,
+            }
+        }
+        _ => None,
+    };
+    let rc = vfs::open_inner(vfs, name, file, flags, out_flags);
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    let f = file.cast::<vfs::File>();
+    if let Some(s) = sharing {
+        (*f).state = Box::into_raw(Box::new(s)).cast();
+    }
+    (*f).base.pMethods = &METHODS;
+    ffi::SQLITE_OK
+}
+
+/// What a connection on the base of `dir` must keep for the mirror: `None` when the mirror
+/// reads nothing from it (no mirror, or one that keeps every page or reads another file).
+fn sharing(dir: &Path) -> Result<Option<Sharing>> {
+    let own = match Own::load(dir)? {
+        Ok(Some(own)) if Some(own.base_ino) == base_ino(dir) => own,
+        // A damaged or stale `mirror.own` makes the mirror untrusted: it reads nothing of the
+        // base that counts, and is dropped by the next pull.
+        _ => return Ok(None),
+    };
+    let path = dir.join(MIRROR);
+    let mirror = match fs::OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).during("opening", path.display()),
+    };
+    let len = mirror.metadata().during("reading", path.display())?.len();
+    let mirror_pages = u32::try_from(len / u64::from(own.page_size)).unwrap_or(u32::MAX);
+    let own_path = dir.join(OWN);
+    let own_file = fs::OpenOptions::new()
+        .write(true)
+        .open(&own_path)
+        .during("opening", own_path.display())?;
+    Ok(Some(Sharing {
+        own,
+        own_file,
+        mirror,
+        mirror_pages,
+        dirty: false,
+    }))
+}
+
+/// Version 2: no memory-mapped I/O, so every write comes through [`x_write`].
+static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 2,
+    xClose: Some(x_close),
+    xRead: Some(vfs::x_read),
+    xWrite: Some(x_write),
+    xTruncate: Some(x_truncate),
+    xSync: Some(x_sync),
+    xFileSize: Some(vfs::x_file_size),
+    xLock: Some(vfs::x_lock),
+    xUnlock: Some(vfs::x_unlock),
+    xCheckReservedLock: Some(vfs::x_check_reserved_lock),
+    xFileControl: Some(vfs::x_file_control),
+    xSectorSize: Some(vfs::x_sector_size),
+    xDeviceCharacteristics: Some(vfs::x_device_characteristics),
+    xShmMap: Some(vfs::x_shm_map),
+    xShmLock: Some(vfs::x_shm_lock),
+    xShmBarrier: Some(vfs::x_shm_barrier),
+    xShmUnmap: Some(vfs::x_shm_unmap),
+    xFetch: None,
+    xUnfetch: None,
+};
+
+/// # Safety
+/// `f` is a file opened by [`x_open`].
+unsafe fn sharing_of<'a>(f: *mut ffi::sqlite3_file) -> Option<&'a mut Sharing> {
+    (*f.cast::<vfs::File>()).state.cast::<Sharing>().as_mut()
+}
+
+unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
+    let file = f.cast::<vfs::File>();
+    let mut rc = ffi::SQLITE_OK;
+    if !(*file).state.is_null() {
+        let mut s = Box::from_raw((*file).state.cast::<Sharing>());
+        (*file).state = std::ptr::null_mut();
+        if !s.settle() {
+            rc = ffi::SQLITE_IOERR_CLOSE;
+        }
+    }
+    let closed = match vfs::methods(f).and_then(|m| m.xClose) {
+        Some(x) => x(vfs::inner(f)),
+        None => ffi::SQLITE_OK,
+    };
+    if rc == ffi::SQLITE_OK {
+        closed
+    } else {
+        rc
+    }
+}
+
+unsafe extern "C" fn x_write(
+    f: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    amt: c_int,
+    off: i64,
+) -> c_int {
+    if let Some(s) = sharing_of(f) {
+        let (Ok(len), Ok(start)) = (u64::try_from(amt), u64::try_from(off)) else {
+            return ffi::SQLITE_IOERR_WRITE;
+        };
+        let ps = u64::from(s.own.page_size);
+        let rc = s.keep(f, start / ps + 1, (start + len.max(1) - 1) / ps + 1);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+    }
+    vfs::x_write(f, buf, amt, off)
+}
+
+unsafe extern "C" fn x_truncate(f: *mut ffi::sqlite3_file, size: i64) -> c_int {
+    if let Some(s) = sharing_of(f) {
+        let Ok(size) = u64::try_from(size) else {
+            return ffi::SQLITE_IOERR_TRUNCATE;
+        };
+        let ps = u64::from(s.own.page_size);
+        // Pages cut off the base that the mirror reads from it are given to it first; they are
+        // synced before the truncation, which SQLite syncs only after.
+        let rc = s.keep(f, size.div_ceil(ps) + 1, u64::from(s.mirror_pages));
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        if !s.settle() {
+            return ffi::SQLITE_IOERR_TRUNCATE;
+        }
+    }
+    vfs::x_truncate(f, size)
+}
+
+unsafe extern "C" fn x_sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    // The mirror's copies are synced before the base's writes: a crash after the base's sync
+    // could otherwise leave a base page changed whose old copy the mirror never got.
+    if let Some(s) = sharing_of(f) {
+        if !s.settle() {
+            return ffi::SQLITE_IOERR_FSYNC;
+        }
+    }
+    vfs::x_sync(f, flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state directory whose base holds `rows` rows and whose mirror is a page copy of it
+    /// that shares every page but page 1 with it, as init leaves them.
+    fn shared(rows: i64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join(BASE);
+        let conn = rusqlite::Connection::open(&base).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE c(x) AS (VALUES(1) UNION ALL SELECT x + 1 FROM c WHERE x < 2000)
+             INSERT INTO t SELECT x, printf('%080d', x) FROM c;",
+        )
+        .unwrap();
+        conn.execute("DELETE FROM t WHERE id > ?1", [rows]).unwrap();
+        drop(conn);
+        fs::copy(&base, dir.path().join(MIRROR)).unwrap();
+        share(dir.path(), 4096).unwrap();
+        dir
+    }
+
+    /// The mirror's pages as [`read_mirror_page`] reads them.
+    fn mirror_image(dir: &Path) -> Vec<u8> {
+        let len = fs::metadata(dir.join(MIRROR)).unwrap().len();
+        let mut out = Vec::new();
+        let mut page = vec![0; 4096];
+        for n in 1..=(len / 4096) as u32 {
+            read_mirror_page(dir, n, &mut page).unwrap();
+            out.extend_from_slice(&page);
+        }
+        out
+    }
+
+    #[test]
+    fn a_write_to_the_base_leaves_the_mirror_as_it_was() {
+        let dir = shared(2000);
+        let before = mirror_image(dir.path());
+        assert_eq!(before, fs::read(dir.path().join(BASE)).unwrap());
+        let conn = open(&dir.path().join(BASE), Default::default()).unwrap();
+        conn.execute_batch(
+            "UPDATE t SET v = 'new' WHERE id IN (10, 1000); DELETE FROM t WHERE id > 1990;",
+        )
+        .unwrap();
+        drop(conn);
+        assert_eq!(
+            mirror_image(dir.path()),
+            before,
+            "the mirror moved with the base"
+        );
+        assert_ne!(fs::read(dir.path().join(BASE)).unwrap(), before);
+        // What the mirror kept are the base's old copies of the pages written, no more.
+        let own = Own::load(dir.path()).unwrap().unwrap().unwrap();
+        let kept = own.pages().count();
+        assert!((2..10).contains(&kept), "{kept} pages kept");
+    }
+
+    #[test]
+    fn give_base_makes_the_base_the_mirror_page_for_page() {
+        let dir = shared(2000);
+        // The base moves one way (a push), the mirror another (a spool the log wrote).
+        let conn = open(&dir.path().join(BASE), Default::default()).unwrap();
+        conn.execute_batch("UPDATE t SET v = 'ours' WHERE id % 70 = 0")
+            .unwrap();
+        drop(conn);
+        let mut page = vec![0; 4096];
+        read_mirror_page(dir.path(), 5, &mut page).unwrap();
+        page[4000] ^= 0xff;
+        fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(MIRROR))
+            .unwrap()
+            .write_all_at(&page, 4 * 4096)
+            .unwrap();
+        mirror_wrote(dir.path(), [5], 0, 0).unwrap();
+        let mirror = mirror_image(dir.path());
+        let mut conn = open(&dir.path().join(BASE), Default::default()).unwrap();
+        give_base(dir.path(), &mut conn, |n, out| {
+            out.resize(4096, 0);
+            read_mirror_page(dir.path(), n, out).map_err(Error::Workspace)
+        })
+        .unwrap();
+        drop(conn);
+        let base = fs::read(dir.path().join(BASE)).unwrap();
+        assert_eq!(base.len(), mirror.len());
+        // Page for page, but for page 1's header: journal mode and change counter.
+        assert_eq!(base[4096..], mirror[4096..]);
+        assert_eq!(base[100..4096], mirror[100..4096]);
+        assert_eq!(
+            Own::load(dir.path())
+                .unwrap()
+                .unwrap()
+                .unwrap()
+                .pages()
+                .count(),
+            1
+        );
+        assert_eq!(mirror_image(dir.path())[4096..], mirror[4096..]);
+    }
+
+    #[test]
+    fn a_mirror_that_keeps_every_page_again_reads_nothing_from_the_base() {
+        let dir = shared(2000);
+        let before = mirror_image(dir.path());
+        unshare(dir.path()).unwrap();
+        assert!(!dir.path().join(OWN).exists());
+        assert_eq!(fs::read(dir.path().join(MIRROR)).unwrap(), before);
+    }
+
+    #[test]
+    fn a_stale_or_damaged_map_is_a_disagreement() {
+        let dir = shared(100);
+        assert_eq!(disagrees(dir.path(), 4096).unwrap(), None);
+        assert!(disagrees(dir.path(), 1024).unwrap().is_some());
+        // The base replaced by another file.
+        let base = dir.path().join(BASE);
+        fs::copy(&base, dir.path().join("other.db")).unwrap();
+        fs::rename(dir.path().join("other.db"), &base).unwrap();
+        assert!(disagrees(dir.path(), 4096)
+            .unwrap()
+            .unwrap()
+            .contains("not"));
+        fs::write(dir.path().join(OWN), b"garbage").unwrap();
+        assert!(disagrees(dir.path(), 4096)
+            .unwrap()
+            .unwrap()
+            .contains("damaged"));
+    }
+}
