@@ -56,30 +56,45 @@ pub struct WorkingCopy {
     pub interrupted: Vec<String>,
 }
 
-/// `{"path": "/w/app.db", "exists": true, "bytes": 4096}`.
+/// `{"path": "/w/app.db", "exists": true, "bytes": 4096, "on_disk": 4096}`: `bytes` is the
+/// file's length, `on_disk` what it takes on disk (less for the mirror, a sparse file holding
+/// only the pages it does not share with the base).
 #[derive(Debug, Serialize)]
 pub struct FileInfo {
     pub path: String,
     pub exists: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_disk: Option<u64>,
 }
 
 impl FileInfo {
     fn of(p: &Path) -> FileInfo {
-        let bytes = std::fs::metadata(p).ok().map(|m| m.len());
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(p).ok();
         FileInfo {
             path: p.display().to_string(),
-            exists: bytes.is_some(),
-            bytes,
+            exists: meta.is_some(),
+            bytes: meta.as_ref().map(|m| m.len()),
+            on_disk: meta.as_ref().map(|m| m.blocks() * 512),
         }
     }
 
-    /// `/w/app.db (4.0 KiB)`, or `/w/app.db (missing)`.
+    /// `/w/app.db (4.0 KiB)`, `/w/.tursync/mirror.db (84.0 MiB, 12.0 KiB on disk)`, or
+    /// `/w/app.db (missing)`.
     fn describe(&self) -> String {
-        match self.bytes {
-            Some(b) => format!("{} ({})", self.path, human_bytes(b)),
-            None => format!("{} (missing)", self.path),
+        match (self.bytes, self.on_disk) {
+            (Some(b), Some(d)) if d < b / 2 => {
+                format!(
+                    "{} ({}, {} on disk)",
+                    self.path,
+                    human_bytes(b),
+                    human_bytes(d)
+                )
+            }
+            (Some(b), _) => format!("{} ({})", self.path, human_bytes(b)),
+            (None, _) => format!("{} (missing)", self.path),
         }
     }
 }
