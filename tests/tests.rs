@@ -9,6 +9,7 @@ mod app_beside;
 mod attack;
 mod attack2;
 mod attack3;
+mod attack4;
 mod clone;
 mod diff;
 mod disk;
