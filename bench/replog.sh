@@ -90,6 +90,12 @@ for run in $(seq 1 "$RUNS"); do
     log "clone run $run/$RUNS: init ${t}s, init over SQL ${t2}s, replica ${t3}s, dump|sqlite3 ${t4}s"
 done
 
+# What the workspace takes on disk (blocks, so a sparse file counts what it holds), over the
+# working copy's.
+on_disk() { du -sB1 "$1" | cut -f1; }
+disk_ratio() { ratio "$(on_disk "$TMP/ws/.tursync")" "$(on_disk "$TMP/ws/working_copy.db")"; }
+DISK_INIT=$(disk_ratio)
+
 # --- pulls -------------------------------------------------------------------------------------
 declare -a STEPS=() PULLS=() SYNCS=() FRAMES=()
 # The mirror's last frame: how many frames (pages) of log a pull read is its difference.
@@ -130,3 +136,5 @@ for i in "${!STEPS[@]}"; do
 done
 echo "  init / replica first sync: $(ratio "$best_init" "$best_replica") (goal <= 0.5); init / dump|sqlite3: $(ratio "$best_init" "$best_dump") (goal <= 0.3)"
 echo "  1% pull / replica sync(): $(ratio "${PULLS[4]}" "${SYNCS[4]}") (goal <= 2)"
+echo "  .tursync/ on disk / the working copy: $DISK_INIT after init, $(disk_ratio) after the pulls (goal <= 1.05);" \
+    "the replica's files: $(ratio "$(on_disk "$TMP/replica")" "$(on_disk "$TMP/ws/working_copy.db")")"

@@ -135,20 +135,33 @@ impl Own {
         })))
     }
 
-    /// Writes `mirror.own` aside and renames it into place; synced with `sync`.
-    fn save(&self, dir: &Path, sync: bool) -> Result<()> {
+    /// Writes `mirror.own` over itself, in place, synced with `sync`: for changes that any mix
+    /// of old and new bytes left by a crash reads rightly (bits set for pages whose copies are
+    /// already written, or cleared for pages the base holds too).
+    fn rewrite(&self, dir: &Path, sync: bool) -> Result<()> {
         let path = dir.join(OWN);
-        let tmp = dir.join("mirror.own.new");
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .during("opening", path.display())?;
+        let bytes = self.encode();
+        f.write_all_at(&bytes, 0)
+            .during("writing", path.display())?;
+        f.set_len(bytes.len() as u64)
+            .during("writing", path.display())?;
         if sync {
-            crate::durable::write_synced(&tmp, &self.encode())?;
-        } else {
-            fs::write(&tmp, self.encode()).during("writing", tmp.display())?;
-        }
-        fs::rename(&tmp, &path).during("renaming into place", path.display())?;
-        if sync {
-            sync_dir(dir)?;
+            f.sync_data().during("syncing", path.display())?;
         }
         Ok(())
+    }
+
+    /// Writes `mirror.own` aside, synced, and renames it into place.
+    fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(OWN);
+        let tmp = dir.join("mirror.own.new");
+        crate::durable::write_synced(&tmp, &self.encode())?;
+        fs::rename(&tmp, &path).during("renaming into place", path.display())?;
+        sync_dir(dir)
     }
 }
 
@@ -271,8 +284,8 @@ pub fn read_mirror_page(dir: &Path, n: u32, out: &mut [u8]) -> std::result::Resu
 }
 
 /// Records that the mirror of `dir` now keeps `pages` itself and every page past `old_len`
-/// up to `new_len` (written by a spool): written aside and renamed, not synced (the spool is
-/// kept until [`sync_own`] has, and applied again after a crash). Nothing to do for a mirror
+/// up to `new_len` (written by a spool): in place, not synced (the spool is kept until
+/// [`sync_own`] has, and applied again after a crash). Nothing to do for a mirror
 /// that keeps every page.
 pub fn mirror_wrote(
     dir: &Path,
@@ -291,7 +304,7 @@ pub fn mirror_wrote(
     for n in old_len + 1..=new_len {
         own.set(n);
     }
-    own.save(dir, false)
+    own.rewrite(dir, false)
 }
 
 /// Syncs `mirror.own`, if there is one.
@@ -306,9 +319,9 @@ pub fn sync_own(dir: &Path) -> Result<()> {
 
 /// Makes the mirror of `dir` read from the base every page but page 1: called when the base
 /// holds the mirror's content page for page (init's copy, [`give_base`]'s transaction).
-/// `mirror.own` goes first (naming page 1 and the base), then a sparse `mirror.db` holding
-/// page 1 only is renamed into place: a crash between leaves the full file, whose pages the
-/// base holds too.
+/// `mirror.own` goes first, synced (naming page 1 and the base), then the other pages are
+/// punched out of `mirror.db`: until then the mirror keeps them in both files, which hold the
+/// same bytes, so any mix of old and new bits a crash leaves reads the same pages.
 pub fn share(dir: &Path, page_size: u32) -> Result<()> {
     let ino = base_ino(dir)
         .ok_or_else(|| Error::Workspace(format!("{} is missing", dir.join(BASE).display())))?;
@@ -318,14 +331,28 @@ pub fn share(dir: &Path, page_size: u32) -> Result<()> {
         bits: Vec::new(),
     };
     own.set(1);
-    own.save(dir, true)?;
+    match Own::load(dir)? {
+        // The same base: the bits are cleared in place, one sync.
+        Ok(Some(old)) if old.base_ino == ino && old.page_size == page_size => {
+            own.rewrite(dir, true)?
+        }
+        _ => own.save(dir)?,
+    }
     let path = dir.join(MIRROR);
-    let old = fs::File::open(&path).during("opening", path.display())?;
-    let len = old.metadata().during("reading", path.display())?.len();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .during("opening", path.display())?;
+    let len = f.metadata().during("reading", path.display())?.len();
+    if len <= u64::from(page_size) || punch_hole(&f, u64::from(page_size), len).is_ok() {
+        return Ok(());
+    }
+    // A file system that cannot punch holes: a sparse copy holding page 1 is renamed into place.
     let mut page1 = vec![0; page_size as usize];
-    old.read_exact_at(&mut page1, 0)
+    f.read_exact_at(&mut page1, 0)
         .during("reading page 1 of", path.display())?;
-    drop(old);
+    drop(f);
     let new = dir.join("mirror.db.new");
     let _ = fs::remove_file(&new);
     let f = fs::OpenOptions::new()
@@ -339,6 +366,31 @@ pub fn share(dir: &Path, page_size: u32) -> Result<()> {
     drop(f);
     fs::rename(&new, &path).during("renaming into place", path.display())?;
     sync_dir(dir)
+}
+
+/// Frees the bytes `from..to` of `f` on disk, keeping its length: they then read as zeros.
+fn punch_hole(f: &fs::File, from: u64, to: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(len)) = (
+        libc::off_t::try_from(from),
+        libc::off_t::try_from(to - from),
+    ) else {
+        return Err(std::io::Error::other("offset"));
+    };
+    // SAFETY: a plain system call on a descriptor `f` owns; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Makes the mirror of `dir` keep every page itself again, copying from the base those it
@@ -384,10 +436,10 @@ pub fn unshare(dir: &Path) -> Result<()> {
 /// the workspace lock, and the mirror's pages are synced.
 ///
 /// ```text
-/// mirror keeps 1, 17, 40 (the log wrote 17 and 40); base.db pages 1..=50, mirror 1..=52
-/// give_base   -> base.db: pages 1, 17, 40, 51, 52 from the mirror (51, 52 were zero-filled
-///                holes nobody wrote: past the base, the mirror keeps them), 50 pages + 2
-///             -> mirror.db: page 1; mirror.own: page 1
+/// base.db: 50 pages; mirror: 52 pages, keeps 1, 17, 40, 51, 52 (the log wrote 17, 40, 51
+///          and the file grew by 52), reads the rest from base.db
+/// give_base -> base.db: 52 pages, 1, 17, 40, 51 and 52 written from the mirror
+///           -> mirror.own: page 1; mirror.db: page 1, the rest holes
 /// ```
 pub fn give_base(
     dir: &Path,
