@@ -510,10 +510,10 @@ fn big_pushes_quiet_pulls_then_shrink_and_grow() {
     app_round(dir, &mut model, 5);
     ok(&sqld, dir, &["push"]);
     all_ok(&sqld, dir, &model);
-    sqld.exec(&format!(
+    sqld.exec(
         "WITH RECURSIVE c(x) AS (VALUES(1) UNION ALL SELECT x + 1 FROM c WHERE x < 2000)
-         INSERT INTO t SELECT 400000 + x, printf('g%070d', x) FROM c"
-    ));
+         INSERT INTO t SELECT 400000 + x, printf('g%070d', x) FROM c",
+    );
     for x in 1..=2000i64 {
         model.insert(400_000 + x, format!("g{x:070}"));
     }
