@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# What checking the mirror's pages against their sums (src/page_sums.rs) costs a pull: 100 rows
-# updated in a table of $ROWS rows (big, as in replog.sh), pulled from the log by this build and
-# by $BEFORE (a tursync binary built from a commit before the checks), alternating which goes
-# first, $RUNS rounds. Prints the best and the median of each.
+# A pull from the log by this build against one by $BEFORE (a tursync binary built from an
+# earlier commit), side by side: $CHANGED rows updated in one transaction in a table of $ROWS
+# rows (big, as in replog.sh), then each pulls it, alternating which goes first, $RUNS rounds.
+# Prints the best and the median of each. First written for what checking the mirror's pages
+# against their sums (src/page_sums.rs) costs; used since for any change to the pull's path.
 #
-# Env: BEFORE (required), ROWS (default 1000000), RUNS (default 9), SQLD_BIN.
+# Env: BEFORE (required), ROWS (default 1000000), CHANGED (default 100), RUNS (default 9),
+# SQLD_BIN.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROWS="${ROWS:-1000000}"
 RUNS="${RUNS:-9}"
-[[ -x "${BEFORE:-}" ]] || { echo "BEFORE must name a tursync binary built before the checks" >&2; exit 2; }
+CHANGED="${CHANGED:-100}"
+[[ -x "${BEFORE:-}" ]] || { echo "BEFORE must name a tursync binary built before the change" >&2; exit 2; }
 
 log() { echo "sums.sh: $*" >&2; }
 
@@ -47,7 +50,7 @@ pull() { # SIDE -> seconds
 
 : >"$TMP/before.txt"; : >"$TMP/after.txt"
 for run in $(seq 1 "$RUNS"); do
-    remote_exec "UPDATE big SET n = n + 1 WHERE id % ($ROWS / 100) = $run"
+    remote_exec "UPDATE big SET n = n + 1 WHERE id % ($ROWS / $CHANGED) = $run"
     if (( run % 2 )); then order="before after"; else order="after before"; fi
     for side in $order; do pull "$side" >>"$TMP/$side.txt"; done
 done

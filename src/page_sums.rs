@@ -286,48 +286,18 @@ unsafe extern "C" fn x_open(
     if rc != ffi::SQLITE_OK {
         return rc;
     }
-    let f = file.cast::<vfs::File>();
-    if let Some(db) = db {
-        (*f).state = Box::into_raw(Box::new(Sums::open(db))).cast();
-    }
-    (*f).base.pMethods = &METHODS;
-    ffi::SQLITE_OK
+    let state = db.map_or(std::ptr::null_mut(), |db| {
+        Box::into_raw(Box::new(Sums::open(db))).cast()
+    });
+    vfs::opened(file, state, &METHODS)
 }
 
-/// Version 2: shared memory is passed on, memory-mapped reads (version 3) are not offered, so
-/// every page comes through [`x_read`] and is checked.
-static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
-    iVersion: 2,
-    xClose: Some(x_close),
-    xRead: Some(x_read),
-    xWrite: Some(vfs::x_write),
-    xTruncate: Some(vfs::x_truncate),
-    xSync: Some(vfs::x_sync),
-    xFileSize: Some(vfs::x_file_size),
-    xLock: Some(vfs::x_lock),
-    xUnlock: Some(vfs::x_unlock),
-    xCheckReservedLock: Some(vfs::x_check_reserved_lock),
-    xFileControl: Some(vfs::x_file_control),
-    xSectorSize: Some(vfs::x_sector_size),
-    xDeviceCharacteristics: Some(vfs::x_device_characteristics),
-    xShmMap: Some(vfs::x_shm_map),
-    xShmLock: Some(vfs::x_shm_lock),
-    xShmBarrier: Some(vfs::x_shm_barrier),
-    xShmUnmap: Some(vfs::x_shm_unmap),
-    xFetch: None,
-    xUnfetch: None,
-};
+/// Every page comes through [`x_read`] and is checked ([`vfs::io_methods`]).
+static METHODS: ffi::sqlite3_io_methods =
+    vfs::io_methods(x_close, x_read, vfs::x_write, vfs::x_truncate, vfs::x_sync);
 
 unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
-    let file = f.cast::<vfs::File>();
-    if !(*file).state.is_null() {
-        drop(Box::from_raw((*file).state.cast::<Sums>()));
-        (*file).state = std::ptr::null_mut();
-    }
-    match vfs::methods(f).and_then(|m| m.xClose) {
-        Some(x) => x(vfs::inner(f)),
-        None => ffi::SQLITE_OK,
-    }
+    vfs::close_with::<Sums>(f, |_| ffi::SQLITE_OK)
 }
 
 unsafe extern "C" fn x_read(

@@ -359,11 +359,8 @@ fn from_log(
         Ok(read) => read,
         Err(e) => return drop_damaged(ws, &mirror, settling.take(), e),
     };
-    // The mirror's pages are synced before the base takes them.
     let mut dropped = None;
-    if let Some(settling) = settling {
-        settling.wait()?;
-    }
+    let mut shared = None;
     if merged.outcome.is_done() {
         pause_after_commit();
         // The base becomes the mirror, page for page, in one transaction of its own, in place:
@@ -374,19 +371,34 @@ fn from_log(
         // `theirs` is the base against the mirror. The move changes the base's stamp, so the
         // mirror point and the clean point recorded for the old base no longer count, even if
         // this run dies before recording the new ones (`SyncState::base_stamp`, `Clean`).
-        if let Err(e) = ws.base_takes_mirror() {
-            // A damaged page of the mirror (one no read of this pull touched) is never given
-            // to the base: the mirror goes, and the base takes their rows instead.
-            let Some(why) = mirror.take_damage() else {
-                return Err(e);
-            };
-            mirror.remove()?;
-            ws.update_base(|conn| theirs.apply(conn))?;
-            dropped = Some(format!(
-                "; then {why}: the mirror was dropped and is read again from the log"
-            ));
+        // The mirror's sync goes on meanwhile: the base commits pages the page cache holds,
+        // and until the spool that wrote them is gone, a crash applies it again.
+        match ws.base_takes_mirror() {
+            Ok(page_size) => shared = Some(page_size),
+            Err(e) => {
+                // A damaged page of the mirror (one no read of this pull touched) is never
+                // given to the base: the mirror goes, its sync finished first, and the base
+                // takes their rows instead.
+                let Some(why) = mirror.take_damage() else {
+                    return Err(e);
+                };
+                drop(settling.take());
+                mirror.remove()?;
+                ws.update_base(|conn| theirs.apply(conn))?;
+                dropped = Some(format!(
+                    "; then {why}: the mirror was dropped and is read again from the log"
+                ));
+            }
         }
         ws.forget_after_pull()?;
+    }
+    if let Some(settling) = settling {
+        settling.wait()?;
+    }
+    // Once the mirror's own writes are synced, it reads every page from the base again and
+    // frees its copies (a crash before leaves them in both files, holding the same bytes).
+    if let Some(page_size) = shared {
+        crate::shared_pages::share(&ws.state_dir(), page_size)?;
     }
     let outcome = merged.outcome.map(|report| PullReport {
         downloaded: true,

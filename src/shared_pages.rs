@@ -26,8 +26,8 @@
 //!   page into `mirror.db`, when the mirror reads it from the base (the `tursync-base` VFS,
 //!   which every connection on the base goes through); the copies and `mirror.own` are synced
 //!   before the base's own sync, so before any commit of the base counts;
-//! - [`give_base`] writes the mirror's own pages into the base in one transaction of the base,
-//!   then forgets them.
+//! - [`give_base`] writes the mirror's own pages into the base in one transaction of the base;
+//!   [`share`] then forgets them, once the mirror's own writes are synced.
 //!
 //! ```text
 //! init                 mirror.db: page 1; 20,000 pages read from base.db
@@ -431,21 +431,23 @@ pub fn unshare(dir: &Path) -> Result<()> {
 /// base on `conn` (opened through [`open`]): the pages the mirror keeps are written into the
 /// base, the base cut or grown to the mirror's length, page 1 in rollback-journal mode and
 /// with a change counter past the old base's (so the new base's stamp is one no record names).
-/// Then the mirror [`share`]s every page again. `read` gives page `n` of the mirror, checked
-/// against its sum: a damaged page fails the move, which then changes nothing. The caller holds
-/// the workspace lock, and the mirror's pages are synced.
+/// Returns the page size, for the [`share`] that makes the mirror read every page from the base
+/// again once the mirror's own writes are synced (until then the mirror keeps its pages in both
+/// files, which hold the same bytes). `read` gives page `n` of the mirror, checked against its
+/// sum: a damaged page fails the move, which then changes nothing. The caller holds the
+/// workspace lock.
 ///
 /// ```text
 /// base.db: 50 pages; mirror: 52 pages, keeps 1, 17, 40, 51, 52 (the log wrote 17, 40, 51
 ///          and the file grew by 52), reads the rest from base.db
 /// give_base -> base.db: 52 pages, 1, 17, 40, 51 and 52 written from the mirror
-///           -> mirror.own: page 1; mirror.db: page 1, the rest holes
+/// share     -> mirror.own: page 1; mirror.db: page 1, the rest holes
 /// ```
 pub fn give_base(
     dir: &Path,
     conn: &mut rusqlite::Connection,
     mut read: impl FnMut(u32, &mut Vec<u8>) -> Result<()>,
-) -> Result<()> {
+) -> Result<u32> {
     let own = match Own::load(dir)? {
         Ok(Some(own)) => own,
         // A mirror that keeps every page gives them all, once.
@@ -470,6 +472,10 @@ pub fn give_base(
     let len = fs::metadata(&path).during("reading", path.display())?.len();
     let pages = u32::try_from(len / ps as u64)
         .map_err(|_| Error::Unexpected(format!("{} has too many pages", path.display())))?;
+    // The pages given are held in SQLite's cache up to 256 MB: past its default 2 MB, each
+    // spill of dirty pages to the file syncs the journal first (at 1 % of a 1M-row table,
+    // 9,000 pages given, that was 110 fsyncs instead of a handful).
+    conn.execute_batch("PRAGMA cache_size = -262144")?;
     let tx = conn.transaction()?;
     let base_pages: u32 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let old_counter = tx.query_row("SELECT data FROM sqlite_dbpage WHERE pgno = 1", [], |r| {
@@ -522,7 +528,7 @@ pub fn give_base(
         }
     }
     tx.commit()?;
-    share(dir, own.page_size)
+    Ok(own.page_size)
 }
 
 /// The page size a database file's header names.
@@ -641,12 +647,8 @@ unsafe extern "C" fn x_open(
     if rc != ffi::SQLITE_OK {
         return rc;
     }
-    let f = file.cast::<vfs::File>();
-    if let Some(s) = sharing {
-        (*f).state = Box::into_raw(Box::new(s)).cast();
-    }
-    (*f).base.pMethods = &METHODS;
-    ffi::SQLITE_OK
+    let state = sharing.map_or(std::ptr::null_mut(), |s| Box::into_raw(Box::new(s)).cast());
+    vfs::opened(file, state, &METHODS)
 }
 
 /// What a connection on the base of `dir` must keep for the mirror: `None` when the mirror
@@ -680,28 +682,9 @@ fn sharing(dir: &Path) -> Result<Option<Sharing>> {
     }))
 }
 
-/// Version 2: no memory-mapped I/O, so every write comes through [`x_write`].
-static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
-    iVersion: 2,
-    xClose: Some(x_close),
-    xRead: Some(vfs::x_read),
-    xWrite: Some(x_write),
-    xTruncate: Some(x_truncate),
-    xSync: Some(x_sync),
-    xFileSize: Some(vfs::x_file_size),
-    xLock: Some(vfs::x_lock),
-    xUnlock: Some(vfs::x_unlock),
-    xCheckReservedLock: Some(vfs::x_check_reserved_lock),
-    xFileControl: Some(vfs::x_file_control),
-    xSectorSize: Some(vfs::x_sector_size),
-    xDeviceCharacteristics: Some(vfs::x_device_characteristics),
-    xShmMap: Some(vfs::x_shm_map),
-    xShmLock: Some(vfs::x_shm_lock),
-    xShmBarrier: Some(vfs::x_shm_barrier),
-    xShmUnmap: Some(vfs::x_shm_unmap),
-    xFetch: None,
-    xUnfetch: None,
-};
+/// Every write comes through [`x_write`] ([`vfs::io_methods`]).
+static METHODS: ffi::sqlite3_io_methods =
+    vfs::io_methods(x_close, vfs::x_read, x_write, x_truncate, x_sync);
 
 /// # Safety
 /// `f` is a file opened by [`x_open`].
@@ -710,24 +693,13 @@ unsafe fn sharing_of<'a>(f: *mut ffi::sqlite3_file) -> Option<&'a mut Sharing> {
 }
 
 unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
-    let file = f.cast::<vfs::File>();
-    let mut rc = ffi::SQLITE_OK;
-    if !(*file).state.is_null() {
-        let mut s = Box::from_raw((*file).state.cast::<Sharing>());
-        (*file).state = std::ptr::null_mut();
-        if !s.settle() {
-            rc = ffi::SQLITE_IOERR_CLOSE;
+    vfs::close_with::<Sharing>(f, |mut s| {
+        if s.settle() {
+            ffi::SQLITE_OK
+        } else {
+            ffi::SQLITE_IOERR_CLOSE
         }
-    }
-    let closed = match vfs::methods(f).and_then(|m| m.xClose) {
-        Some(x) => x(vfs::inner(f)),
-        None => ffi::SQLITE_OK,
-    };
-    if rc == ffi::SQLITE_OK {
-        closed
-    } else {
-        rc
-    }
+    })
 }
 
 unsafe extern "C" fn x_write(
@@ -857,12 +829,13 @@ mod tests {
         mirror_wrote(dir.path(), [5], 0, 0).unwrap();
         let mirror = mirror_image(dir.path());
         let mut conn = open(&dir.path().join(BASE), Default::default()).unwrap();
-        give_base(dir.path(), &mut conn, |n, out| {
+        let page_size = give_base(dir.path(), &mut conn, |n, out| {
             out.resize(4096, 0);
             read_mirror_page(dir.path(), n, out).map_err(Error::Workspace)
         })
         .unwrap();
         drop(conn);
+        share(dir.path(), page_size).unwrap();
         let base = fs::read(dir.path().join(BASE)).unwrap();
         assert_eq!(base.len(), mirror.len());
         // Page for page, but for page 1's header: journal mode and change counter.

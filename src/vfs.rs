@@ -66,6 +66,90 @@ pub unsafe fn open_inner(
     rc
 }
 
+/// Finishes a wrapper's `xOpen` after [`open_inner`] succeeded: `state` (a boxed value of the
+/// wrapper's, or null) and `methods` become the file's.
+///
+/// # Safety
+/// `file` was opened by [`open_inner`].
+pub unsafe fn opened(
+    file: *mut ffi::sqlite3_file,
+    state: *mut c_void,
+    methods: &'static ffi::sqlite3_io_methods,
+) -> c_int {
+    let f = file.cast::<File>();
+    (*f).state = state;
+    (*f).base.pMethods = methods;
+    ffi::SQLITE_OK
+}
+
+/// A wrapper's `xClose`: its state of type `T`, if any, is taken back and handed to `finish`
+/// (which returns an error code, or `SQLITE_OK`), then the wrapped file is closed. The first
+/// error is returned.
+///
+/// # Safety
+/// `f` was opened by a wrapper whose state, when not null, is a `Box<T>`.
+pub unsafe fn close_with<T>(
+    f: *mut ffi::sqlite3_file,
+    finish: impl FnOnce(Box<T>) -> c_int,
+) -> c_int {
+    let file = f.cast::<File>();
+    let mut rc = ffi::SQLITE_OK;
+    if !(*file).state.is_null() {
+        let state = Box::from_raw((*file).state.cast::<T>());
+        (*file).state = std::ptr::null_mut();
+        rc = finish(state);
+    }
+    let closed = match methods(f).and_then(|m| m.xClose) {
+        Some(x) => x(inner(f)),
+        None => ffi::SQLITE_OK,
+    };
+    if rc == ffi::SQLITE_OK {
+        closed
+    } else {
+        rc
+    }
+}
+
+/// SQLite's `xClose`, `xTruncate` and `xSync` as a wrapper gives them.
+pub type XFile = unsafe extern "C" fn(*mut ffi::sqlite3_file) -> c_int;
+pub type XRead = unsafe extern "C" fn(*mut ffi::sqlite3_file, *mut c_void, c_int, i64) -> c_int;
+pub type XWrite = unsafe extern "C" fn(*mut ffi::sqlite3_file, *const c_void, c_int, i64) -> c_int;
+pub type XTruncate = unsafe extern "C" fn(*mut ffi::sqlite3_file, i64) -> c_int;
+pub type XSync = unsafe extern "C" fn(*mut ffi::sqlite3_file, c_int) -> c_int;
+
+/// A wrapper's file methods: its own close, read, write, truncate and sync, every other call
+/// passed on. Version 2: shared memory is passed on, memory-mapped I/O (version 3) is not
+/// offered, so every read and write comes through the wrapper's own.
+pub const fn io_methods(
+    close: XFile,
+    read: XRead,
+    write: XWrite,
+    truncate: XTruncate,
+    sync: XSync,
+) -> ffi::sqlite3_io_methods {
+    ffi::sqlite3_io_methods {
+        iVersion: 2,
+        xClose: Some(close),
+        xRead: Some(read),
+        xWrite: Some(write),
+        xTruncate: Some(truncate),
+        xSync: Some(sync),
+        xFileSize: Some(x_file_size),
+        xLock: Some(x_lock),
+        xUnlock: Some(x_unlock),
+        xCheckReservedLock: Some(x_check_reserved_lock),
+        xFileControl: Some(x_file_control),
+        xSectorSize: Some(x_sector_size),
+        xDeviceCharacteristics: Some(x_device_characteristics),
+        xShmMap: Some(x_shm_map),
+        xShmLock: Some(x_shm_lock),
+        xShmBarrier: Some(x_shm_barrier),
+        xShmUnmap: Some(x_shm_unmap),
+        xFetch: None,
+        xUnfetch: None,
+    }
+}
+
 /// The path of a main database SQLite opens, `None` for a temporary one.
 ///
 /// # Safety

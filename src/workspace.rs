@@ -911,22 +911,24 @@ impl Workspace {
     /// Makes the base the mirror as it is now, page for page, in one transaction of the base
     /// ([`crate::shared_pages::give_base`]): what a pull from the log does once the working
     /// copy took theirs, instead of writing their rows into the base. The mirror's pages are
-    /// synced. Like [`Workspace::update_base`], the move changes the base's stamp. A page of the
+    /// Like [`Workspace::update_base`], the move changes the base's stamp. A page of the
     /// mirror that fails its check fails the move, which then changes nothing
-    /// ([`Mirror::take_damage`] says which).
-    pub fn base_takes_mirror(&self) -> Result<()> {
+    /// ([`Mirror::take_damage`] says which). Returns the page size for
+    /// [`crate::shared_pages::share`], once the mirror's writes are synced.
+    pub fn base_takes_mirror(&self) -> Result<u32> {
         let base = self.base_path();
         let mut conn = crate::shared_pages::open(&base, Default::default())?;
         wait_for_locks(&mut conn)?;
         // Every page given is read through the mirror's checks (`page_sums`).
         let mirror = mirror::open_immutable(&self.mirror().db_path())?;
         let mut page = mirror.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
-        crate::shared_pages::give_base(&self.state_dir(), &mut conn, |n, out| {
+        let page_size = crate::shared_pages::give_base(&self.state_dir(), &mut conn, |n, out| {
             *out = page.query_row([n], |r| r.get(0))?;
             Ok(())
         })
         .during("moving the base to the mirror", base.display())?;
-        conn.close().map_err(|(_, e)| Error::Local(e))
+        conn.close().map_err(|(_, e)| Error::Local(e))?;
+        Ok(page_size)
     }
 
     /// Forgets the [`Clean`] point, the working copy's leaves and the mirror point before the

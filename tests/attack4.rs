@@ -443,18 +443,6 @@ fn sums_deleted_then_push() {
 // ---------------------------------------------------------------------------------------
 // 4. Big pushes, pulls with no remote change, then remote changes; disk use.
 
-fn on_disk(p: &Path) -> u64 {
-    let m = std::fs::symlink_metadata(p).unwrap();
-    if m.is_dir() {
-        std::fs::read_dir(p)
-            .unwrap()
-            .map(|e| on_disk(&e.unwrap().path()))
-            .sum()
-    } else {
-        m.blocks() * 512
-    }
-}
-
 /// The database's files in `.tursync/` (base, mirror, its map and sums) cost at most 1.05
 /// times the working copy; the kept SQL of the pushes and the small records (a block each) are
 /// left out.

@@ -2,24 +2,9 @@
 //! working copy, after init, pulls and pushes alike (the mirror shares its pages with the
 //! base; docs/ARCHITECTURE.md, "The mirror's pages and the base's").
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::common::*;
-
-/// Bytes allocated on disk under `p` (a file, or a directory and everything in it): a sparse
-/// file counts what it holds, not its length.
-fn on_disk(p: &Path) -> u64 {
-    let m = std::fs::symlink_metadata(p).unwrap();
-    if m.is_dir() {
-        std::fs::read_dir(p)
-            .unwrap()
-            .map(|e| on_disk(&e.unwrap().path()))
-            .sum()
-    } else {
-        m.blocks() * 512
-    }
-}
 
 /// `.tursync/` costs at most 1.05 times the working copy (issue 22's goal).
 fn assert_one_copy(dir: &Path, when: &str) {

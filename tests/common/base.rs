@@ -15,6 +15,11 @@ pub fn base_image(wc: &Path) -> Vec<u8> {
     let conn = ws
         .open_base()
         .unwrap_or_else(|e| panic!("open the base of {}: {e}", wc.display()));
+    pages_of(&conn, &format!("the base of {}", wc.display()))
+}
+
+/// Every page of `conn`'s main database, in order (`what` names it in a failure).
+fn pages_of(conn: &rusqlite::Connection, what: &str) -> Vec<u8> {
     let mut stmt = conn
         .prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")
         .unwrap();
@@ -22,7 +27,7 @@ pub fn base_image(wc: &Path) -> Vec<u8> {
         .query_map([], |r| r.get::<_, Vec<u8>>(0))
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
-        .unwrap_or_else(|e| panic!("read the pages of the base of {}: {e}", wc.display()));
+        .unwrap_or_else(|e| panic!("read the pages of {what}: {e}"));
     pages.concat()
 }
 
@@ -49,15 +54,7 @@ pub fn mirror_image(wc: &Path) -> Option<Vec<u8>> {
     }
     let conn = tursync::mirror::open_immutable(&path)
         .unwrap_or_else(|e| panic!("open the mirror {}: {e}", path.display()));
-    let mut stmt = conn
-        .prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")
-        .unwrap();
-    let pages = stmt
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap_or_else(|e| panic!("read the pages of the mirror {}: {e}", path.display()));
-    Some(pages.concat())
+    Some(pages_of(&conn, &format!("the mirror {}", path.display())))
 }
 
 /// Writes the mirror of the working copy `wc` to `dst` as a plain SQLite file in

@@ -1674,3 +1674,18 @@ pub fn turso_exec_at(url: &str, stmts: &[&str]) {
         panic!("statement {:?} did not run", stmts[i]);
     }
 }
+
+/// Bytes allocated on disk under `p` (a file, or a directory and everything in it): a sparse
+/// file counts what it holds, not its length.
+pub fn on_disk(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    if m.is_dir() {
+        std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| on_disk(&e.unwrap().path()))
+            .sum()
+    } else {
+        m.blocks() * 512
+    }
+}
