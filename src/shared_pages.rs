@@ -487,8 +487,8 @@ pub fn give_base(
     {
         let mut put = tx.prepare("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")?;
         let mut page = vec![0; ps];
-        // Pages past the base's end the mirror reads from the base would read zeros: written
-        // too, so the base grows as the mirror did.
+        // Pages past the base's end that the mirror reads from the base (zeros): written too,
+        // so the base grows as the mirror did.
         let grown = (base_pages + 1..=pages).filter(|&n| !own.has(n));
         // Page 1 last, after the cut: it holds the schema's cookie, and SQLite reads the
         // schema again, from the pages as they are then, once the cookie moved.
@@ -501,19 +501,16 @@ pub fn give_base(
             put.execute(rusqlite::params![pages + 1, rusqlite::types::Null])?;
         }
         kept.push(1);
+        // Every page given is read as the mirror reads it, checked (page 1 too, whatever
+        // `mirror.own` says of it: a page the mirror does not hold as its sum says fails).
         for n in kept {
-            if own.has(n) {
-                read(n, &mut page)?;
-                if page.len() != ps {
-                    return Err(Error::Unexpected(format!(
-                        "page {n} of {} holds {} bytes, not {ps}",
-                        path.display(),
-                        page.len()
-                    )));
-                }
-            } else {
-                page.clear();
-                page.resize(ps, 0);
+            read(n, &mut page)?;
+            if page.len() != ps {
+                return Err(Error::Unexpected(format!(
+                    "page {n} of {} holds {} bytes, not {ps}",
+                    path.display(),
+                    page.len()
+                )));
             }
             if n == 1 {
                 // The server's file is in WAL mode; the base is in rollback-journal mode.
@@ -851,6 +848,27 @@ mod tests {
             1
         );
         assert_eq!(mirror_image(dir.path())[4096..], mirror[4096..]);
+    }
+
+    #[test]
+    fn a_map_that_lost_page_1_never_gives_the_base_a_page_it_did_not_read() {
+        let dir = shared(100);
+        // `mirror.own` cut to its header: no page is the mirror's own, page 1 included.
+        let own = dir.path().join(OWN);
+        let bytes = fs::read(&own).unwrap();
+        fs::write(&own, &bytes[..HEAD]).unwrap();
+        let mut asked = Vec::new();
+        let mut conn = open(&dir.path().join(BASE), Default::default()).unwrap();
+        give_base(dir.path(), &mut conn, |n, out| {
+            asked.push(n);
+            out.resize(4096, 0);
+            read_mirror_page(dir.path(), n, out).map_err(Error::Workspace)
+        })
+        .unwrap();
+        drop(conn);
+        assert_eq!(asked, [1], "page 1 is read like any page given");
+        let base = fs::read(dir.path().join(BASE)).unwrap();
+        assert_eq!(&base[..16], b"SQLite format 3\0");
     }
 
     #[test]
