@@ -360,7 +360,7 @@ fn from_log(
         Err(e) => return drop_damaged(ws, &mirror, settling.take(), e),
     };
     let mut dropped = None;
-    let mut shared = None;
+    let mut gave = false;
     if merged.outcome.is_done() {
         pause_after_commit();
         // The base becomes the mirror, page for page, in one transaction of its own, in place:
@@ -374,7 +374,7 @@ fn from_log(
         // The mirror's sync goes on meanwhile: the base commits pages the page cache holds,
         // and until the spool that wrote them is gone, a crash applies it again.
         match ws.base_takes_mirror() {
-            Ok(page_size) => shared = Some(page_size),
+            Ok(()) => gave = true,
             Err(e) => {
                 // A damaged page of the mirror (one no read of this pull touched) is never
                 // given to the base: the mirror goes, its sync finished first, and the base
@@ -397,8 +397,8 @@ fn from_log(
     }
     // Once the mirror's own writes are synced, it reads every page from the base again and
     // frees its copies (a crash before leaves them in both files, holding the same bytes).
-    if let Some(page_size) = shared {
-        crate::shared_pages::share(&ws.state_dir(), page_size)?;
+    if gave {
+        crate::shared_pages::share(&ws.state_dir())?;
     }
     let outcome = merged.outcome.map(|report| PullReport {
         downloaded: true,

@@ -165,6 +165,20 @@ impl Own {
     }
 }
 
+impl Own {
+    /// Why the mirror cannot read its shared pages from the `base.db` of `dir` whose inode is
+    /// `ino` (`None`: there is none), if it cannot: `mirror.own` was written for another file.
+    fn other_base(&self, dir: &Path, ino: Option<u64>) -> Option<String> {
+        (ino != Some(self.base_ino)).then(|| {
+            format!(
+                "{} reads pages from a base that is not {}",
+                dir.join(OWN).display(),
+                dir.join(BASE).display()
+            )
+        })
+    }
+}
+
 /// The inode of `dir`'s base, if it has one.
 fn base_ino(dir: &Path) -> Option<u64> {
     fs::metadata(dir.join(BASE)).ok().map(|m| m.ino())
@@ -180,12 +194,7 @@ pub fn disagrees(dir: &Path, page_size: u32) -> Result<Option<String>> {
             dir.join(OWN).display(),
             own.page_size
         )),
-        Ok(Some(own)) if Some(own.base_ino) != base_ino(dir) => Some(format!(
-            "{} reads pages from a base that is not {}",
-            dir.join(OWN).display(),
-            dir.join(BASE).display()
-        )),
-        Ok(Some(_)) => None,
+        Ok(Some(own)) => own.other_base(dir, base_ino(dir)),
     })
 }
 
@@ -235,12 +244,8 @@ impl Pages {
             Err(e) => return Err(e.to_string()),
         };
         let base = base_file(dir).map_err(|e| format!("{}: {e}", dir.join(BASE).display()))?;
-        if base.metadata().map(|m| m.ino()).ok() != Some(own.base_ino) {
-            return Err(format!(
-                "{} reads pages from a base that is not {}",
-                dir.join(OWN).display(),
-                dir.join(BASE).display()
-            ));
+        if let Some(why) = own.other_base(dir, base.metadata().map(|m| m.ino()).ok()) {
+            return Err(why);
         }
         Ok(Some(Pages { own, base }))
     }
@@ -267,18 +272,38 @@ impl Pages {
     }
 }
 
-/// Page `n` of the mirror of `dir`, from whichever file holds it (unchecked: the caller
-/// compares it).
-pub fn read_mirror_page(dir: &Path, n: u32, out: &mut [u8]) -> std::result::Result<(), String> {
-    match Pages::open(dir)? {
-        Some(p) if p.from_base(n) => p
-            .read_base(n, out)
-            .map_err(|e| format!("{}: {e}", dir.join(BASE).display())),
-        _ => {
-            let path = dir.join(MIRROR);
-            fs::File::open(&path)
-                .and_then(|f| f.read_exact_at(out, (u64::from(n) - 1) * out.len() as u64))
-                .map_err(|e| format!("{}: {e}", path.display()))
+/// The mirror of a state directory read page by page from whichever file holds each page,
+/// unchecked (the caller compares what it reads): `mirror.own` and the files opened once for
+/// all the pages read.
+pub struct MirrorPages {
+    dir: PathBuf,
+    /// Where the shared pages are read, or why they cannot be (every read then fails).
+    shared: std::result::Result<Option<Pages>, String>,
+    mirror: fs::File,
+}
+
+impl MirrorPages {
+    /// Fails only when `mirror.db` cannot be opened.
+    pub fn open(dir: &Path) -> std::result::Result<MirrorPages, String> {
+        let path = dir.join(MIRROR);
+        Ok(MirrorPages {
+            dir: dir.to_path_buf(),
+            shared: Pages::open(dir),
+            mirror: fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+        })
+    }
+
+    /// Page `n`, `out.len()` bytes long.
+    pub fn read(&self, n: u32, out: &mut [u8]) -> std::result::Result<(), String> {
+        match &self.shared {
+            Err(why) => Err(why.clone()),
+            Ok(Some(p)) if p.from_base(n) => p
+                .read_base(n, out)
+                .map_err(|e| format!("{}: {e}", self.dir.join(BASE).display())),
+            _ => self
+                .mirror
+                .read_exact_at(out, (u64::from(n) - 1) * out.len() as u64)
+                .map_err(|e| format!("{}: {e}", self.dir.join(MIRROR).display())),
         }
     }
 }
@@ -322,7 +347,8 @@ pub fn sync_own(dir: &Path) -> Result<()> {
 /// `mirror.own` goes first, synced (naming page 1 and the base), then the other pages are
 /// punched out of `mirror.db`: until then the mirror keeps them in both files, which hold the
 /// same bytes, so any mix of old and new bits a crash leaves reads the same pages.
-pub fn share(dir: &Path, page_size: u32) -> Result<()> {
+pub fn share(dir: &Path) -> Result<()> {
+    let page_size = page_size_of(&dir.join(MIRROR))?;
     let ino = base_ino(dir)
         .ok_or_else(|| Error::Workspace(format!("{} is missing", dir.join(BASE).display())))?;
     let mut own = Own {
@@ -431,9 +457,9 @@ pub fn unshare(dir: &Path) -> Result<()> {
 /// base on `conn` (opened through [`open`]): the pages the mirror keeps are written into the
 /// base, the base cut or grown to the mirror's length, page 1 in rollback-journal mode and
 /// with a change counter past the old base's (so the new base's stamp is one no record names).
-/// Returns the page size, for the [`share`] that makes the mirror read every page from the base
-/// again once the mirror's own writes are synced (until then the mirror keeps its pages in both
-/// files, which hold the same bytes). `read` gives page `n` of the mirror, checked against its
+/// [`share`] then makes the mirror read every page from the base again, once the mirror's own
+/// writes are synced (until then the mirror keeps its pages in both files, which hold the same
+/// bytes). `read` gives page `n` of the mirror, checked against its
 /// sum: a damaged page fails the move, which then changes nothing. The caller holds the
 /// workspace lock.
 ///
@@ -447,7 +473,7 @@ pub fn give_base(
     dir: &Path,
     conn: &mut rusqlite::Connection,
     mut read: impl FnMut(u32, &mut Vec<u8>) -> Result<()>,
-) -> Result<u32> {
+) -> Result<()> {
     let own = match Own::load(dir)? {
         Ok(Some(own)) => own,
         // A mirror that keeps every page gives them all, once.
@@ -525,7 +551,7 @@ pub fn give_base(
         }
     }
     tx.commit()?;
-    Ok(own.page_size)
+    Ok(())
 }
 
 /// The page size a database file's header names.
@@ -631,8 +657,10 @@ unsafe extern "C" fn x_open(
     flags: c_int,
     out_flags: *mut c_int,
 ) -> c_int {
+    // Only a connection that can write the base has copies to give the mirror.
+    let writes = flags & ffi::SQLITE_OPEN_READWRITE != 0;
     let sharing = match (flags & ffi::SQLITE_OPEN_MAIN_DB != 0, vfs::path_of(name)) {
-        (true, Some(path)) if path.file_name() == Some(BASE.as_ref()) => {
+        (true, Some(path)) if writes && path.file_name() == Some(BASE.as_ref()) => {
             match path.parent().map(sharing) {
                 Some(Ok(s)) => s,
                 Some(Err(_)) | None => return ffi::SQLITE_CANTOPEN,
@@ -652,7 +680,7 @@ unsafe extern "C" fn x_open(
 /// reads nothing from it (no mirror, or one that keeps every page or reads another file).
 fn sharing(dir: &Path) -> Result<Option<Sharing>> {
     let own = match Own::load(dir)? {
-        Ok(Some(own)) if Some(own.base_ino) == base_ino(dir) => own,
+        Ok(Some(own)) if own.other_base(dir, base_ino(dir)).is_none() => own,
         // A damaged or stale `mirror.own` makes the mirror untrusted: it reads nothing of the
         // base that counts, and is dropped by the next pull.
         _ => return Ok(None),
@@ -767,17 +795,17 @@ mod tests {
         conn.execute("DELETE FROM t WHERE id > ?1", [rows]).unwrap();
         drop(conn);
         fs::copy(&base, dir.path().join(MIRROR)).unwrap();
-        share(dir.path(), 4096).unwrap();
+        share(dir.path()).unwrap();
         dir
     }
 
-    /// The mirror's pages as [`read_mirror_page`] reads them.
+    /// The mirror's pages as [`MirrorPages`] reads them.
     fn mirror_image(dir: &Path) -> Vec<u8> {
         let len = fs::metadata(dir.join(MIRROR)).unwrap().len();
         let mut out = Vec::new();
         let mut page = vec![0; 4096];
         for n in 1..=(len / 4096) as u32 {
-            read_mirror_page(dir, n, &mut page).unwrap();
+            MirrorPages::open(dir).unwrap().read(n, &mut page).unwrap();
             out.extend_from_slice(&page);
         }
         out
@@ -815,7 +843,10 @@ mod tests {
             .unwrap();
         drop(conn);
         let mut page = vec![0; 4096];
-        read_mirror_page(dir.path(), 5, &mut page).unwrap();
+        MirrorPages::open(dir.path())
+            .unwrap()
+            .read(5, &mut page)
+            .unwrap();
         page[4000] ^= 0xff;
         fs::OpenOptions::new()
             .write(true)
@@ -826,13 +857,15 @@ mod tests {
         mirror_wrote(dir.path(), [5], 0, 0).unwrap();
         let mirror = mirror_image(dir.path());
         let mut conn = open(&dir.path().join(BASE), Default::default()).unwrap();
-        let page_size = give_base(dir.path(), &mut conn, |n, out| {
+        give_base(dir.path(), &mut conn, |n, out| {
             out.resize(4096, 0);
-            read_mirror_page(dir.path(), n, out).map_err(Error::Workspace)
+            MirrorPages::open(dir.path())
+                .and_then(|m| m.read(n, out))
+                .map_err(Error::Workspace)
         })
         .unwrap();
         drop(conn);
-        share(dir.path(), page_size).unwrap();
+        share(dir.path()).unwrap();
         let base = fs::read(dir.path().join(BASE)).unwrap();
         assert_eq!(base.len(), mirror.len());
         // Page for page, but for page 1's header: journal mode and change counter.
@@ -862,7 +895,9 @@ mod tests {
         give_base(dir.path(), &mut conn, |n, out| {
             asked.push(n);
             out.resize(4096, 0);
-            read_mirror_page(dir.path(), n, out).map_err(Error::Workspace)
+            MirrorPages::open(dir.path())
+                .and_then(|m| m.read(n, out))
+                .map_err(Error::Workspace)
         })
         .unwrap();
         drop(conn);

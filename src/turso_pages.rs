@@ -86,6 +86,9 @@ impl<'r> TursoPages<'r> {
         let from = (from > 0).then(|| from.to_string());
         let path = self.mirror.db_path();
         let dir = path.parent().unwrap_or(Path::new("."));
+        // From whichever file holds each page: the mirror shares pages with the base.
+        let pages = crate::shared_pages::MirrorPages::open(dir)
+            .map_err(|e| TursoSyncError::Sink(std::io::Error::other(e)))?;
         let sync = TursoSync::new(self.remote);
         let mut differs = None;
         let mut ours = Vec::new();
@@ -93,10 +96,8 @@ impl<'r> TursoPages<'r> {
             differs = None;
             sync.pull(from.as_deref(), Some(revision), &mut |id, page| {
                 ours.resize(page.len(), 0);
-                // From whichever file holds it: the mirror shares pages with the base.
-                let same = u32::try_from(id + 1).is_ok_and(|n| {
-                    crate::shared_pages::read_mirror_page(dir, n, &mut ours).is_ok()
-                }) && ours == page;
+                let same = u32::try_from(id + 1).is_ok_and(|n| pages.read(n, &mut ours).is_ok())
+                    && ours == page;
                 if !same {
                     differs.get_or_insert(id + 1);
                 }

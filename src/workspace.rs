@@ -22,7 +22,6 @@ use crate::durable::{
 };
 use crate::leaf_sums::{LeafSums, Walked};
 use crate::mirror::{self, Mirror, MirrorError, Streams};
-use crate::page_sums::Header as SumsHeader;
 use crate::progress::Progress;
 use crate::remote::replication::LogError;
 use crate::remote::{Endpoint, Remote};
@@ -572,19 +571,7 @@ fn clone_from_log(
                         // The base is the mirror page for page: the mirror keeps page 1 only
                         // and reads the rest from it, so the workspace holds one copy of the
                         // database beside the working copy.
-                        let page_size = SumsHeader::read(
-                            &fs::File::open(mirror.sums_path())
-                                .during("opening", mirror.sums_path().display())?,
-                        )
-                        .during("reading", mirror.sums_path().display())?
-                        .map(|h| h.page_size)
-                        .ok_or_else(|| {
-                            Error::Unexpected(format!(
-                                "{} has no header",
-                                mirror.sums_path().display()
-                            ))
-                        })?;
-                        crate::shared_pages::share(state, page_size)?;
+                        crate::shared_pages::share(state)?;
                     }
                     let streams_off = StreamsOff::after(&streams, &log_id);
                     return Ok(Ok((built.to, schema, stats, streams_off)));
@@ -913,22 +900,21 @@ impl Workspace {
     /// copy took theirs, instead of writing their rows into the base. The mirror's pages are
     /// Like [`Workspace::update_base`], the move changes the base's stamp. A page of the
     /// mirror that fails its check fails the move, which then changes nothing
-    /// ([`Mirror::take_damage`] says which). Returns the page size for
-    /// [`crate::shared_pages::share`], once the mirror's writes are synced.
-    pub fn base_takes_mirror(&self) -> Result<u32> {
+    /// ([`Mirror::take_damage`] says which). [`crate::shared_pages::share`] follows once the
+    /// mirror's writes are synced.
+    pub fn base_takes_mirror(&self) -> Result<()> {
         let base = self.base_path();
         let mut conn = crate::shared_pages::open(&base, Default::default())?;
         wait_for_locks(&mut conn)?;
         // Every page given is read through the mirror's checks (`page_sums`).
         let mirror = mirror::open_immutable(&self.mirror().db_path())?;
         let mut page = mirror.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
-        let page_size = crate::shared_pages::give_base(&self.state_dir(), &mut conn, |n, out| {
+        crate::shared_pages::give_base(&self.state_dir(), &mut conn, |n, out| {
             *out = page.query_row([n], |r| r.get(0))?;
             Ok(())
         })
         .during("moving the base to the mirror", base.display())?;
-        conn.close().map_err(|(_, e)| Error::Local(e))?;
-        Ok(page_size)
+        conn.close().map_err(|(_, e)| Error::Local(e))
     }
 
     /// Forgets the [`Clean`] point, the working copy's leaves and the mirror point before the
