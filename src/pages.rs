@@ -236,6 +236,83 @@ pub(crate) fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// A set of page numbers, one bit each: page `n` is bit `(n - 1) % 8` of byte `(n - 1) / 8`,
+/// the layout `mirror.own` keeps on disk ([`crate::shared_pages`]). A walk of a file's B-trees
+/// marks every page it meets in one of these, which costs a bit a page where a tree of numbers
+/// costs an allocation. Page 0 does not exist: it is in no set, and inserting it answers that it
+/// was there already, so a walk that meets it fails as on a page met twice.
+///
+/// ```text
+/// insert 1, 3, 10  ->  bytes [0b0000_0101, 0b0000_0010]
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageSet {
+    bits: Vec<u8>,
+}
+
+impl PageSet {
+    pub fn from_bytes(bits: Vec<u8>) -> PageSet {
+        PageSet { bits }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bits
+    }
+
+    pub fn contains(&self, n: u32) -> bool {
+        let Some(i) = n.checked_sub(1).map(|i| i as usize) else {
+            return false;
+        };
+        self.bits
+            .get(i / 8)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+
+    /// Adds page `n`; whether it was not in the set before.
+    pub fn insert(&mut self, n: u32) -> bool {
+        let Some(i) = n.checked_sub(1).map(|i| i as usize) else {
+            return false;
+        };
+        if self.bits.len() <= i / 8 {
+            self.bits.resize(i / 8 + 1, 0);
+        }
+        let was = self.bits[i / 8] & (1 << (i % 8)) != 0;
+        self.bits[i / 8] |= 1 << (i % 8);
+        !was
+    }
+
+    /// Where page `n`'s bit is: the byte's offset and its value (for a write in place).
+    pub fn byte_of(&self, n: u32) -> (usize, u8) {
+        let i = n.saturating_sub(1) as usize / 8;
+        (i, self.bits.get(i).copied().unwrap_or(0))
+    }
+
+    /// The pages in the set, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.bits.iter().enumerate().flat_map(|(i, b)| {
+            (0..8)
+                .filter(move |k| b & (1 << k) != 0)
+                .map(move |k| (i * 8 + k + 1) as u32)
+        })
+    }
+}
+
+impl FromIterator<u32> for PageSet {
+    fn from_iter<I: IntoIterator<Item = u32>>(pages: I) -> PageSet {
+        let mut set = PageSet::default();
+        set.extend(pages);
+        set
+    }
+}
+
+impl Extend<u32> for PageSet {
+    fn extend<I: IntoIterator<Item = u32>>(&mut self, pages: I) {
+        for n in pages {
+            self.insert(n);
+        }
+    }
+}
+
 /// One page being walked: its bytes, where its header starts, and the next cell to visit.
 struct Frame {
     pgno: u32,
@@ -595,6 +672,20 @@ pub fn decode(rowid: i64, rec: &[u8], layout: &Layout) -> Option<Vec<Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_set_keeps_the_layout_of_mirror_own() {
+        let mut set: PageSet = [1, 3, 10].into_iter().collect();
+        assert_eq!(set.as_bytes(), &[0b0000_0101, 0b0000_0010]);
+        assert!(set.contains(3) && !set.contains(2) && !set.contains(11));
+        assert!(!set.insert(10), "10 was there");
+        assert!(set.insert(9));
+        assert_eq!(set.byte_of(9), (1, 0b0000_0011));
+        assert_eq!(set.iter().collect::<Vec<_>>(), [1, 3, 9, 10]);
+        // Page 0 is never in a set, and inserting it is refused like a page met twice.
+        assert!(!set.contains(0) && !set.insert(0));
+        assert_eq!(PageSet::from_bytes(set.as_bytes().to_vec()), set);
+    }
 
     /// Walks a table through `sqlite_dbpage` in both journal modes, with un-checkpointed WAL
     /// frames and a writer committing after the read began: the walk sees exactly the reader's

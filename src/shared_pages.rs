@@ -49,6 +49,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rusqlite::ffi;
 
 use crate::durable::sync_dir;
+use crate::pages::PageSet;
 use crate::vfs;
 use crate::{Context, Error, Result};
 
@@ -62,47 +63,39 @@ const MAGIC: &[u8; 16] = b"tursync own 1\0\0\0";
 /// Bytes before the first bit.
 const HEAD: usize = 32;
 const VFS_NAME: &CStr = c"tursync-base";
+/// The mirror's file holds copies of shared pages up to the database's length over this
+/// ([`share`]): 2 %, well inside the workspace's 1.05× of the working copy.
+const HELD: u64 = 50;
 
 /// Which pages the mirror keeps itself, and the base it reads the others from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Own {
     pub page_size: u32,
     pub base_ino: u64,
-    bits: Vec<u8>,
+    bits: PageSet,
 }
 
 impl Own {
     pub fn has(&self, n: u32) -> bool {
-        let i = (n - 1) as usize;
-        self.bits
-            .get(i / 8)
-            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+        self.bits.contains(n)
     }
 
     pub fn set(&mut self, n: u32) {
-        let i = (n - 1) as usize;
-        if self.bits.len() <= i / 8 {
-            self.bits.resize(i / 8 + 1, 0);
-        }
-        self.bits[i / 8] |= 1 << (i % 8);
+        self.bits.insert(n);
     }
 
     /// The pages kept, in order.
     fn pages(&self) -> impl Iterator<Item = u32> + '_ {
-        self.bits.iter().enumerate().flat_map(|(i, b)| {
-            (0..8)
-                .filter(move |k| b & (1 << k) != 0)
-                .map(move |k| (i * 8 + k + 1) as u32)
-        })
+        self.bits.iter()
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEAD + self.bits.len());
+        let mut out = Vec::with_capacity(HEAD + self.bits.as_bytes().len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.page_size.to_le_bytes());
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&self.base_ino.to_le_bytes());
-        out.extend_from_slice(&self.bits);
+        out.extend_from_slice(self.bits.as_bytes());
         out
     }
 
@@ -131,7 +124,7 @@ impl Own {
         Ok(Ok(Some(Own {
             page_size,
             base_ino: u64::from_le_bytes(ino),
-            bits: bytes[HEAD..].to_vec(),
+            bits: PageSet::from_bytes(bytes[HEAD..].to_vec()),
         })))
     }
 
@@ -354,7 +347,7 @@ pub fn share(dir: &Path) -> Result<()> {
     let mut own = Own {
         page_size,
         base_ino: ino,
-        bits: Vec::new(),
+        bits: PageSet::default(),
     };
     own.set(1);
     match Own::load(dir)? {
@@ -370,8 +363,15 @@ pub fn share(dir: &Path) -> Result<()> {
         .write(true)
         .open(&path)
         .during("opening", path.display())?;
-    let len = f.metadata().during("reading", path.display())?.len();
-    if len <= u64::from(page_size) || punch_hole(&f, u64::from(page_size), len).is_ok() {
+    let meta = f.metadata().during("reading", path.display())?;
+    let len = meta.len();
+    let size = u64::from(page_size);
+    // Every page but page 1 is now read from the base, so what the file holds past one page
+    // is copies nobody reads. They are freed once they pass [`HELD`] of the database, all in
+    // one call, not after every pull: freeing costs per stretch of the file (on a mount with
+    // `discard`, about 0.1 ms each, 7 ms for the 100 pages of a small pull), and a page
+    // written again over a copy still held needs no new block.
+    if meta.blocks() * 512 <= size + len / HELD || punch_hole(&f, size, len).is_ok() {
         return Ok(());
     }
     // A file system that cannot punch holes: a sparse copy holding page 1 is renamed into place.
@@ -484,7 +484,7 @@ pub fn give_base(
             let mut own = Own {
                 page_size,
                 base_ino: 0,
-                bits: Vec::new(),
+                bits: PageSet::default(),
             };
             for n in 1..=u32::try_from(len / u64::from(page_size)).unwrap_or(0) {
                 own.set(n);
@@ -625,8 +625,7 @@ impl Sharing {
             // The bit is in the file before the base's page is overwritten, so a process killed
             // at any moment leaves the mirror reading its copy (the page cache keeps the order);
             // the rollback of the base's hot journal then finds the page kept and leaves it.
-            let i = (n32 - 1) as usize / 8;
-            let byte = self.own.bits[i];
+            let (i, byte) = self.own.bits.byte_of(n32);
             if self
                 .own_file
                 .write_all_at(&[byte], (HEAD + i) as u64)

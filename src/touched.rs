@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::Connection;
 
-use crate::pages::{be16, be32, local_payload, varint, DbFile, PageError};
+use crate::pages::{be16, be32, local_payload, varint, DbFile, PageError, PageSet};
 use crate::schema::{self, RowKey};
 use crate::Result;
 
@@ -46,8 +46,17 @@ const WHOLE_TABLE_SHARE: usize = 4;
 /// rowids on the leaves the advance overwrites.
 pub struct Before {
     catalog: Vec<(String, String, i64)>,
-    tables: BTreeMap<u32, (BTreeSet<u32>, BTreeSet<i64>)>,
-    written: BTreeSet<u32>,
+    tables: BTreeMap<u32, OldTable>,
+    written: PageSet,
+}
+
+/// A rowid table's B-tree before the advance.
+struct OldTable {
+    /// Its leaves in key order, and the same as a set.
+    leaves: Vec<u32>,
+    leaf_set: PageSet,
+    /// The rowids on the leaves the advance overwrites.
+    ids: BTreeSet<i64>,
 }
 
 impl Before {
@@ -122,6 +131,7 @@ fn roots(catalog: &[(String, String, i64)]) -> impl Iterator<Item = (bool, &str,
 }
 
 fn read_before(mirror: &Connection, written: BTreeSet<u32>) -> std::result::Result<Before, Walk> {
+    let written: PageSet = written.into_iter().collect();
     let catalog = catalog(mirror)?;
     let db = DbFile::open(mirror)?;
     let mut page = Vec::new();
@@ -132,10 +142,18 @@ fn read_before(mirror: &Connection, written: BTreeSet<u32>) -> std::result::Resu
             continue;
         }
         let mut ids = BTreeSet::new();
-        for &p in tree.leaves.iter().filter(|p| written.contains(p)) {
+        for &p in tree.leaves.iter().filter(|&&p| written.contains(p)) {
             cells(&db, p, &mut page, &mut ids, None)?;
         }
-        tables.insert(root, (tree.leaves.into_iter().collect(), ids));
+        let leaf_set = tree.leaves.iter().copied().collect();
+        tables.insert(
+            root,
+            OldTable {
+                leaves: tree.leaves,
+                leaf_set,
+                ids,
+            },
+        );
     }
     Ok(Before {
         catalog,
@@ -160,44 +178,46 @@ fn walk(before: &Before, mirror: &Connection) -> std::result::Result<Touched, Wa
     let tables = schema::load(mirror).map_err(|e| Walk::Other(e.into()))?;
     let kind = |name: &str| tables.tables.iter().find(|t| t.name == name);
 
+    // Every page met: each written page must be one of them.
     let mut accounted = freelist(&mdb, pages)?;
     let mut out = BTreeMap::new();
     for (is_table, name, root) in roots(&objects) {
         let new = Tree::walk(&mdb, root)?;
-        accounted.extend(new.interior.iter().chain(&new.leaves));
+        accounted.extend(new.interior.iter().chain(&new.leaves).copied());
         let old = before.tables.get(&root);
         if new.index || old.is_none() {
             let touched = new
                 .interior
                 .iter()
                 .chain(&new.leaves)
-                .any(|p| written.contains(p));
+                .any(|&p| written.contains(p));
             if is_table && (touched || old.is_some()) {
                 return everything(format!("WITHOUT ROWID table {name:?} changed"));
             }
             continue;
         }
-        let Some((old_leaves, old_ids)) = old else {
+        let Some(old) = old else {
             continue;
         };
-        let new_leaves: BTreeSet<u32> = new.leaves.iter().copied().collect();
+        let new_leaves: PageSet = new.leaves.iter().copied().collect();
         let new_cand: Vec<u32> = new
             .leaves
             .iter()
-            .filter(|p| written.contains(p) || !old_leaves.contains(p))
             .copied()
+            .filter(|&p| written.contains(p) || !old.leaf_set.contains(p))
             .collect();
         // Leaves that left the tree unwritten still hold their old cells.
-        let gone: Vec<u32> = old_leaves
+        let gone: Vec<u32> = old
+            .leaves
             .iter()
-            .filter(|p| !written.contains(p) && !new_leaves.contains(p))
             .copied()
+            .filter(|&p| !written.contains(p) && !new_leaves.contains(p))
             .collect();
-        let mut ids = old_ids.clone();
+        let mut ids = old.ids.clone();
         for &p in &new_cand {
             cells(&mdb, p, &mut page, &mut ids, Some(&mut accounted))?;
         }
-        if new_cand.is_empty() && gone.is_empty() && old_ids.is_empty() {
+        if new_cand.is_empty() && gone.is_empty() && old.ids.is_empty() {
             continue;
         }
         match kind(name) {
@@ -217,8 +237,8 @@ fn walk(before: &Before, mirror: &Connection) -> std::result::Result<Touched, Wa
         for &p in &gone {
             cells(&mdb, p, &mut page, &mut ids, None)?;
         }
-        let old_cand = old_leaves.iter().filter(|p| written.contains(p)).count() + gone.len();
-        if (old_cand + new_cand.len()) * WHOLE_TABLE_SHARE > old_leaves.len() + new.leaves.len() {
+        let old_cand = old.leaves.iter().filter(|&&p| written.contains(p)).count() + gone.len();
+        if (old_cand + new_cand.len()) * WHOLE_TABLE_SHARE > old.leaves.len() + new.leaves.len() {
             out.insert(name.to_owned(), Rows::All);
         } else {
             out.insert(name.to_owned(), Rows::Ids(ids.into_iter().collect()));
@@ -226,7 +246,7 @@ fn walk(before: &Before, mirror: &Connection) -> std::result::Result<Touched, Wa
     }
     if let Some(p) = written
         .iter()
-        .find(|p| **p <= pages && !accounted.contains(p))
+        .find(|&p| p <= pages && !accounted.contains(p))
     {
         return everything(format!("page {p} changed outside every B-tree walked"));
     }
@@ -309,7 +329,7 @@ fn cells(
     n: u32,
     page: &mut Vec<u8>,
     ids: &mut BTreeSet<i64>,
-    overflow: Option<&mut BTreeSet<u32>>,
+    overflow: Option<&mut PageSet>,
 ) -> std::result::Result<(), PageError> {
     db.read(n, page)?;
     let hdr = if n == 1 { 100 } else { 0 };
@@ -348,12 +368,12 @@ fn cells(
 }
 
 /// Every freelist page: trunks and the leaves they list.
-fn freelist(db: &DbFile<'_>, pages: u32) -> std::result::Result<BTreeSet<u32>, PageError> {
+fn freelist(db: &DbFile<'_>, pages: u32) -> std::result::Result<PageSet, PageError> {
     let mut page = Vec::new();
     db.read(1, &mut page)?;
     let bad = || PageError::Layout("freelist");
     let mut trunk = be32(&page, 32).ok_or_else(bad)?;
-    let mut out = BTreeSet::new();
+    let mut out = PageSet::default();
     while trunk != 0 {
         if trunk > pages || !out.insert(trunk) {
             return Err(bad());
