@@ -379,7 +379,8 @@ unsafe extern "C" fn x_read(
 }
 
 /// Reads the whole page at `off` (`amt` bytes) from the file that holds it: `mirror.db`
-/// through the wrapped VFS, or the base for a page the mirror shares with it. A page the
+/// through the wrapped VFS, the base for a page the mirror shares with it, or the spool for a
+/// page still only there ([`shared_pages::InSpool`]). A page the
 /// mirror cannot say where to read fails as damaged.
 ///
 /// # Safety
@@ -403,11 +404,15 @@ unsafe fn read_page(
         return ffi::SQLITE_IOERR_READ;
     };
     let n = u32::try_from(start / len.max(1) as u64 + 1).unwrap_or(u32::MAX);
-    if !pages.from_base(n) {
-        return vfs::x_read(f, buf, amt, off);
-    }
     let out = std::slice::from_raw_parts_mut(buf.cast::<u8>(), len);
-    match pages.read_base(n, out) {
+    let read = match pages.from_base(n) {
+        true => pages.read_base(n, out),
+        false => match pages.read_in_spool(n, out) {
+            Some(read) => read,
+            None => return vfs::x_read(f, buf, amt, off),
+        },
+    };
+    match read {
         Ok(()) => ffi::SQLITE_OK,
         Err(_) => ffi::SQLITE_IOERR_READ,
     }

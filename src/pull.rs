@@ -392,13 +392,14 @@ fn from_log(
         }
         ws.forget_after_pull()?;
     }
-    if let Some(settling) = settling {
-        settling.wait()?;
-    }
-    // Once the mirror's own writes are synced, it reads every page from the base again and
-    // frees its copies (a crash before leaves them in both files, holding the same bytes).
-    if gave {
-        crate::shared_pages::share(&ws.state_dir())?;
+    // Once the mirror's own writes are synced, it reads every page from the base again (a
+    // crash before leaves them in both files, holding the same bytes, or in the spool, which
+    // is applied again).
+    match (settling, gave) {
+        (Some(settling), true) => drop(settling.given()?),
+        (Some(settling), false) => drop(settling.wait()?),
+        (None, true) => crate::shared_pages::share(&ws.state_dir())?,
+        (None, false) => {}
     }
     let outcome = merged.outcome.map(|report| PullReport {
         downloaded: true,

@@ -21,7 +21,8 @@
 //! (the base replaced by a rename) makes the mirror untrusted ([`crate::mirror::Mirror::health`]).
 //!
 //! Who keeps the invariant "a page the mirror does not keep is the base's page":
-//! - the mirror's writes (a spool applied) make the pages written its own;
+//! - the mirror's writes (a spool applied) make the pages written its own, whether written into
+//!   `mirror.db` or, until the base takes them, read from the spool ([`InSpool`]);
 //! - a write of SQLite's into the base (a push, a pull over SQL rows) first copies the base's
 //!   page into `mirror.db`, when the mirror reads it from the base (the `tursync-base` VFS,
 //!   which every connection on the base goes through); the copies and `mirror.own` are synced
@@ -31,8 +32,8 @@
 //!
 //! ```text
 //! init                 mirror.db: page 1; 20,000 pages read from base.db
-//! pull: spool applied  mirror.db: + the 40 pages the log wrote
-//! pull: give_base      base.db takes those 40 pages; mirror.db: page 1 again
+//! pull: spool applied  mirror.own: + the 40 pages the log wrote, read from the spool
+//! pull: give_base      base.db takes those 40 pages; mirror.db: page 1 again, spool removed
 //! push of 3 rows       mirror.db: + the base's old copies of the 5 pages the push writes
 //! ```
 //!
@@ -40,6 +41,7 @@
 //! `mirror.sums` ([`crate::page_sums`]): a base page the mirror should have kept and did not
 //! fails its check, and the mirror is dropped.
 
+use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CStr};
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -220,11 +222,58 @@ fn base_file(dir: &Path) -> std::io::Result<Arc<fs::File>> {
     Ok(f)
 }
 
+/// Pages of the mirror that are still only in the spool that brought them: where each page's
+/// bytes are in the spool. A pull whose base takes the mirror's pages reads them there instead
+/// of writing them into `mirror.db` first ([`crate::mirror::Mirror::apply_settling`]): they go
+/// from the spool into the base, and the spool, written in one stretch, is freed in one.
+/// Until it is removed, the spool is what a killed run applies into `mirror.db` again, so the
+/// pages are in a file whatever happens.
+pub struct InSpool {
+    pub file: fs::File,
+    /// The byte offset of each page's last copy in the spool.
+    pub at: HashMap<u32, u64>,
+}
+
+/// The mirrors whose pages are partly in their spool, by state directory, for this process.
+static IN_SPOOL: Mutex<Vec<(PathBuf, Arc<InSpool>)>> = Mutex::new(Vec::new());
+
+/// The state directory as a key of [`IN_SPOOL`]: the mirror is opened by paths spelled in
+/// more than one way (SQLite's absolute name, the workspace's).
+fn spool_key(dir: &Path) -> PathBuf {
+    fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// From now on, in this process, the mirror of `dir` reads the pages of `spool` from it.
+pub fn read_in_spool(dir: &Path, spool: InSpool) -> Result<()> {
+    let key = spool_key(dir);
+    let mut held = IN_SPOOL
+        .lock()
+        .map_err(|_| Error::Unexpected("the spools' pages".into()))?;
+    held.retain(|(d, _)| *d != key);
+    held.push((key, Arc::new(spool)));
+    Ok(())
+}
+
+/// The mirror of `dir` no longer reads pages from its spool.
+pub fn not_in_spool(dir: &Path) {
+    let key = spool_key(dir);
+    if let Ok(mut held) = IN_SPOOL.lock() {
+        held.retain(|(d, _)| *d != key);
+    }
+}
+
+fn in_spool(dir: &Path) -> Option<Arc<InSpool>> {
+    let key = spool_key(dir);
+    let held = IN_SPOOL.lock().ok()?;
+    held.iter().find(|(d, _)| *d == key).map(|(_, s)| s.clone())
+}
+
 /// Where the mirror of `dir` reads its pages: what [`crate::page_sums`]'s VFS asks for each
 /// page it reads (and checks after).
 pub struct Pages {
     own: Own,
     base: Arc<fs::File>,
+    spool: Option<Arc<InSpool>>,
 }
 
 impl Pages {
@@ -240,7 +289,22 @@ impl Pages {
         if let Some(why) = own.other_base(dir, base.metadata().map(|m| m.ino()).ok()) {
             return Err(why);
         }
-        Ok(Some(Pages { own, base }))
+        Ok(Some(Pages {
+            own,
+            base,
+            spool: in_spool(dir),
+        }))
+    }
+
+    pub fn page_size(&self) -> u32 {
+        self.own.page_size
+    }
+
+    /// Reads page `n` from the spool into `out`, if the mirror reads it there.
+    pub fn read_in_spool(&self, n: u32, out: &mut [u8]) -> Option<std::io::Result<()>> {
+        let spool = self.spool.as_ref()?;
+        let at = *spool.at.get(&n)?;
+        Some(spool.file.read_exact_at(out, at))
     }
 
     /// Whether page `n` is read from the base instead of `mirror.db`.
@@ -293,10 +357,15 @@ impl MirrorPages {
             Ok(Some(p)) if p.from_base(n) => p
                 .read_base(n, out)
                 .map_err(|e| format!("{}: {e}", self.dir.join(BASE).display())),
-            _ => self
-                .mirror
-                .read_exact_at(out, (u64::from(n) - 1) * out.len() as u64)
-                .map_err(|e| format!("{}: {e}", self.dir.join(MIRROR).display())),
+            Ok(shared) => match shared.as_ref().and_then(|p| p.read_in_spool(n, out)) {
+                Some(read) => {
+                    read.map_err(|e| format!("the spool of {}: {e}", self.dir.display()))
+                }
+                None => self
+                    .mirror
+                    .read_exact_at(out, (u64::from(n) - 1) * out.len() as u64)
+                    .map_err(|e| format!("{}: {e}", self.dir.join(MIRROR).display())),
+            },
         }
     }
 }

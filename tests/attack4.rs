@@ -244,6 +244,40 @@ fn pull_killed_inside_the_apply_then_push_then_pull() {
     all_ok(&sqld, dir, &model);
 }
 
+/// A pull killed while the base takes the pages the mirror read from the spool and the spool
+/// goes (each step of it slowed): before its first step, between the mirror's page 1 written
+/// and its new point recorded, before `mirror.own` forgets the pages, and before the spool is
+/// removed. Whatever is left, a pull, an edit by the app and the teammate, then a sync lead
+/// forward with nothing lost, and `verify` passes after each kill's pull.
+#[test]
+fn pull_killed_while_the_base_takes_the_spools_pages() {
+    let (sqld, dir) = setup();
+    let dir = dir.path();
+    let mut model = model0();
+    for k in 0..10u64 {
+        remote_round(&sqld, &mut model, k);
+        // The pull reaches the slowed steps after some tens of milliseconds; the kills sweep
+        // them (each step sleeps 60 ms).
+        let ms = 40 + 30 * k;
+        let killed = killed_after(
+            &sqld,
+            dir,
+            "pull",
+            &[("TURSYNC_TEST_GIVEN_PAUSE_MS", "60")],
+            ms,
+        );
+        let spool = dir.join(".tursync/mirror.spool").exists();
+        eprintln!("round {k}: pull killed after {ms} ms: {killed}, spool left: {spool}");
+        let out = run(&sqld, dir, &["pull"]);
+        assert!(out.status.success(), "pull after the kill: {}", text(&out));
+        assert_eq!(local_query(&wc(dir), ALL), rows_of(&model), "round {k}");
+        verify_ok(&sqld, dir);
+        app_round(dir, &mut model, k);
+        sync_until_ok(&sqld, dir, false);
+    }
+    all_ok(&sqld, dir, &model);
+}
+
 /// `init` killed at random moments; `init` again (no `--force`: nothing of the user's is
 /// there yet) must lead forward.
 #[test]

@@ -128,7 +128,7 @@ struct Spool {
 }
 
 /// Room for the spool's head, a JSON document padded with spaces.
-const HEAD_BYTES: u64 = 4096;
+pub(super) const HEAD_BYTES: u64 = 4096;
 
 impl Spool {
     fn create(path: PathBuf, from: Option<u64>) -> Result<Spool> {
