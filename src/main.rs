@@ -211,7 +211,9 @@ which makes an app in rollback-journal mode wait for the check to end.")]
   tursync watch --interval 0.5 --json # one JSON line per round that did something
   tursync watch -v                    # also every check that found nothing
 
-Each round is `tursync sync`: pull, then push, each all or nothing. A local commit is seen
+Each round is `tursync sync`: pull, then push, each all or nothing. A round that changed
+something is logged with its duration, from its first request to the end of its push (JSON:
+{\"event\":\"synced\",\"pulled\":{..},\"pushed\":{..},\"seconds\":0.031}). A local commit is seen
 within 50 ms (PRAGMA data_version); the remote's replication index is checked every interval.
 A conflict is reported once (the same report as sync); watch keeps running and tries again when
 either side changes, so it can be settled with the app or `tursync pull --ours/--theirs`.

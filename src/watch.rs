@@ -44,10 +44,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// What the watch tells its caller, who prints it: as text, or as its JSON (one object per
 /// event, `event` naming it; see the `Serialize` impl).
 pub enum Event<'a> {
-    /// A round that changed something on either side.
+    /// A round that changed something on either side, and how long it took: from the read of
+    /// the remote's index that begins the step to the end of its push, what a change waits for
+    /// once the round has started (issue 22 measures a pull inside a running watch by it).
     Synced {
         pulled: &'a PullReport,
         pushed: &'a PushReport,
+        took: Duration,
     },
     /// A round, or a check while waiting on a conflict, that found nothing to do (shown with
     /// `-v` only).
@@ -70,7 +73,7 @@ pub enum Event<'a> {
 ///
 /// ```text
 /// {"event": "synced", "pulled": {"applied": 1, "merged": 0, "schema_changes": 0},
-///  "pushed": {"changes": 2, "applied": 2, "skipped": 0}}
+///  "pushed": {"changes": 2, "applied": 2, "skipped": 0}, "seconds": 0.031}
 /// {"event": "checked", "local_changed": false, "remote_index": 7}
 /// {"event": "conflict", "pulled": false, "conflicts": [..]}                 (as pull --json)
 /// {"event": "conflict", "pushed": false, "conflicts": [..], "earlier_push_interrupted": false}
@@ -94,7 +97,11 @@ impl Serialize for Event<'_> {
         }
         let mut m = s.serialize_map(None)?;
         match self {
-            Event::Synced { pulled, pushed } => {
+            Event::Synced {
+                pulled,
+                pushed,
+                took,
+            } => {
                 m.serialize_entry("event", "synced")?;
                 m.serialize_entry(
                     "pulled",
@@ -112,6 +119,7 @@ impl Serialize for Event<'_> {
                         skipped: pushed.skipped,
                     },
                 )?;
+                m.serialize_entry("seconds", &took.as_secs_f64())?;
             }
             Event::Checked {
                 local_changed,
@@ -154,15 +162,20 @@ impl Event<'_> {
     pub fn write_text(&self, at: &str, out: &mut dyn Write) -> std::io::Result<()> {
         const GOES_ON: &str = "watch keeps running and tries again when either side changes.";
         match self {
-            Event::Synced { pulled, pushed } => writeln!(
+            Event::Synced {
+                pulled,
+                pushed,
+                took,
+            } => writeln!(
                 out,
-                "{at} pulled {} ({} merged, {}), pushed {} ({} applied, {} already there)",
+                "{at} pulled {} ({} merged, {}), pushed {} ({} applied, {} already there) in {:.3}s",
                 count(pulled.applied, "row change"),
                 pulled.merged,
                 count(pulled.schema_changes, "schema change"),
                 count(pushed.changes, "change"),
                 pushed.applied,
-                pushed.skipped
+                pushed.skipped,
+                took.as_secs_f64()
             ),
             Event::Checked {
                 local_changed,
@@ -327,6 +340,8 @@ impl Watch<'_> {
 
     /// A round, unless rounds are blocked and neither side moved since.
     fn step(&mut self, local: i64) -> Result<Step> {
+        // The round's duration counts from here: its first request.
+        let started = Instant::now();
         // The remote's index before the round: a conflict waits for it to move.
         let before = self.remote.replication_index()?;
         if self
@@ -336,7 +351,7 @@ impl Watch<'_> {
         {
             return Ok(Step::Unchanged(before));
         }
-        match self.round(local, before) {
+        match self.round(local, before, started) {
             // The sync pulled and pushed again while the remote kept moving, and still the
             // push was refused: no conflict yet, the next round pulls their change first.
             Ok(Round::PushConflicts(_)) if self.remote.replication_index()? != before => {
@@ -413,8 +428,8 @@ impl Watch<'_> {
 
     /// One `sync` ([`crate::sync::sync`]): pull, then push (skipped when the working copy has
     /// not moved since a push that saw all of it). Reports a round that changed something, or
-    /// (for `-v`) one that did not; `index` is the remote's before it.
-    fn round(&mut self, local: i64, index: Option<u64>) -> Result<Round> {
+    /// (for `-v`) one that did not; `index` is the remote's before it, read at `started`.
+    fn round(&mut self, local: i64, index: Option<u64>, started: Instant) -> Result<Round> {
         // As `sync` does: conflicts stop the round, colliding new rows are renumbered.
         let merge = MergeOptions {
             resolve: Resolve::Refuse,
@@ -443,6 +458,7 @@ impl Watch<'_> {
             (self.on_event)(Event::Synced {
                 pulled: &pulled,
                 pushed: &pushed,
+                took: started.elapsed(),
             });
         } else {
             (self.on_event)(Event::Checked {

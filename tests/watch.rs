@@ -388,3 +388,32 @@ fn a_network_failure_after_a_refused_push_does_not_stop_the_watcher() {
     let (status, _, err) = w.terminate();
     assert_eq!(status.code(), Some(0), "{err}");
 }
+
+/// Each `synced` event says how long its round took (issue 22 measures a pull inside a
+/// running watch by it): a positive number of seconds, within what the test itself waited.
+#[test]
+fn a_synced_event_says_how_long_its_round_took() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);");
+    let a = tempdir();
+    init(&sqld, a.path());
+    let started = Instant::now();
+    let mut w = Watcher::start(a.path(), &sqld.rw_token);
+    sqld.exec("INSERT INTO items VALUES (1, 'remote', 0);");
+    wait_until("the synced event", Duration::from_secs(10), || {
+        !w.events("synced").is_empty()
+    });
+    let waited = started.elapsed().as_secs_f64();
+    w.assert_running();
+    let synced = &w.events("synced")[0];
+    assert_eq!(synced["pulled"]["applied"], 1, "{synced}");
+    let seconds = synced["seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no seconds: {synced}"));
+    assert!(
+        seconds.is_finite() && seconds > 0.0 && seconds < waited,
+        "seconds {seconds} (the test waited {waited} s): {synced}"
+    );
+    let (status, _, err) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+}
