@@ -176,25 +176,40 @@ fn a_damaged_pull_record_then_its_advice_over_sql() {
 }
 
 /// A migration pull whose kept theirs is gone: `pulled.db` deleted (SQL), or `mirror.json`
-/// deleted (log). What it brought cannot be read again, so every difference of ours is
-/// unsettled, as for a damaged record. Before: the base stayed behind, and the push wrote
-/// x'01' back over the teammate's x'00'.
+/// and the spool whose pages the mirror had not written yet deleted (log). What it brought
+/// cannot be read again, so every difference of ours is unsettled, as for a damaged record.
+/// Before: the base stayed behind, and the push wrote x'01' back over the teammate's x'00'.
 fn a_migration_pull_whose_kept_theirs_is_gone(sql_path: bool) {
     let change = format!("{MIGRATION} UPDATE t SET b = x'01' WHERE id = 1;");
     let (sqld, dir) = pull_killed_after_its_commit(&change, sql_path);
-    let gone = if sql_path {
-        ".tursync/pulled.db"
+    let gone: &[&str] = if sql_path {
+        &[".tursync/pulled.db"]
     } else {
-        ".tursync/mirror.json"
+        &[".tursync/mirror.json", ".tursync/mirror.spool"]
     };
-    let gone = dir.path().join(gone);
-    if gone.exists() {
-        std::fs::remove_file(&gone).unwrap();
-    } else {
-        eprintln!("{} was not there", gone.display());
+    for gone in gone {
+        let gone = dir.path().join(gone);
+        if gone.exists() {
+            std::fs::remove_file(&gone).unwrap();
+        } else {
+            eprintln!("{} was not there", gone.display());
+        }
     }
     sqld.exec("UPDATE t SET b = x'00' WHERE id = 1");
     stops_on_row_1_then_settles(&sqld, dir.path(), sql_path, "--theirs", 0, Some(UNSETTLED));
+}
+
+/// As above over the log, but only `mirror.json` deleted: the spool the killed pull left
+/// still holds what it brought, so the next pull reads theirs from it, takes the teammate's
+/// x'00', and nothing is unsettled.
+#[test]
+fn a_migration_pull_whose_mirror_json_is_gone_reads_theirs_from_its_spool() {
+    let change = format!("{MIGRATION} UPDATE t SET b = x'01' WHERE id = 1;");
+    let (sqld, dir) = pull_killed_after_its_commit(&change, false);
+    let spool = dir.path().join(".tursync/mirror.spool");
+    assert!(spool.exists(), "the killed pull left no spool");
+    std::fs::remove_file(dir.path().join(".tursync/mirror.json")).unwrap();
+    teammate_sets_back_then_sync(&sqld, dir.path(), false);
 }
 
 #[test]
