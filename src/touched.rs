@@ -55,9 +55,72 @@ struct OldTable {
     /// Its leaves in key order, and the same as a set.
     leaves: Vec<u32>,
     leaf_set: PageSet,
-    /// The rowids on the leaves the advance overwrites.
-    ids: BTreeSet<i64>,
+    /// The rows on the leaves the advance overwrites.
+    rows: Cells,
 }
+
+/// The rows on some leaves of a table: each rowid with its cell's bytes (the record's size,
+/// the rowid and the record, all on the leaf), or `None` where the bytes are not kept: a
+/// record that spills onto overflow pages (an update can rewrite those pages under a cell of
+/// the same bytes), or past [`CELL_BYTES`]. A row whose bytes are the same before and after
+/// the advance is the same row; one without bytes is compared by the diff.
+///
+/// ```text
+/// leaf 7 before: 41 -> 05 29 ..'ann'   42 -> 05 2a ..'bob'
+/// leaf 7 after:  41 -> 05 29 ..'ann'   42 -> 05 2a ..'bea'   43 -> 05 2b ..'cy'
+/// rows to compare: 42 (other bytes), 43 (new); not 41
+/// ```
+#[derive(Default)]
+struct Cells {
+    rows: BTreeMap<i64, Option<Vec<u8>>>,
+    /// Bytes kept so far, against [`CELL_BYTES`].
+    kept: usize,
+}
+
+impl Cells {
+    fn add(&mut self, rowid: i64, cell: Option<&[u8]>) {
+        let cell = cell.filter(|c| self.kept + c.len() <= CELL_BYTES).map(|c| {
+            self.kept += c.len();
+            c.to_vec()
+        });
+        match self.rows.entry(rowid) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(cell);
+            }
+            // One rowid met twice (a leaf read both as left and as joined, or a damaged
+            // tree): compared by the diff unless both say the same.
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                if *o.get() != cell {
+                    o.insert(None);
+                }
+            }
+        }
+    }
+}
+
+/// The rowids whose rows may differ between the rows `before` (in parts) and `after`.
+fn differing(before: &[&Cells], after: &Cells) -> Vec<i64> {
+    let mut ids = BTreeSet::new();
+    for (id, cell) in before.iter().flat_map(|c| &c.rows) {
+        match (cell, after.rows.get(id)) {
+            (Some(a), Some(Some(b))) if a == b => {}
+            _ => {
+                ids.insert(*id);
+            }
+        }
+    }
+    ids.extend(
+        after
+            .rows
+            .keys()
+            .filter(|id| !before.iter().any(|c| c.rows.contains_key(id))),
+    );
+    ids.into_iter().collect()
+}
+
+/// The cells' bytes kept for comparing, on each side of one advance: past this, rows are
+/// compared by the diff instead (memory stays bounded however many leaves the log wrote).
+const CELL_BYTES: usize = 16 << 20;
 
 impl Before {
     /// Reads the mirror about to be advanced by writing the pages `written`.
@@ -141,9 +204,9 @@ fn read_before(mirror: &Connection, written: BTreeSet<u32>) -> std::result::Resu
         if tree.index {
             continue;
         }
-        let mut ids = BTreeSet::new();
+        let mut rows = Cells::default();
         for &p in tree.leaves.iter().filter(|&&p| written.contains(p)) {
-            cells(&db, p, &mut page, &mut ids, None)?;
+            cells(&db, p, &mut page, &mut rows, None)?;
         }
         let leaf_set = tree.leaves.iter().copied().collect();
         tables.insert(
@@ -151,7 +214,7 @@ fn read_before(mirror: &Connection, written: BTreeSet<u32>) -> std::result::Resu
             OldTable {
                 leaves: tree.leaves,
                 leaf_set,
-                ids,
+                rows,
             },
         );
     }
@@ -213,11 +276,11 @@ fn walk(before: &Before, mirror: &Connection) -> std::result::Result<Touched, Wa
             .copied()
             .filter(|&p| !written.contains(p) && !new_leaves.contains(p))
             .collect();
-        let mut ids = old.ids.clone();
+        let mut after = Cells::default();
         for &p in &new_cand {
-            cells(&mdb, p, &mut page, &mut ids, Some(&mut accounted))?;
+            cells(&mdb, p, &mut page, &mut after, Some(&mut accounted))?;
         }
-        if new_cand.is_empty() && gone.is_empty() && old.ids.is_empty() {
+        if new_cand.is_empty() && gone.is_empty() && old.rows.rows.is_empty() {
             continue;
         }
         match kind(name) {
@@ -234,15 +297,20 @@ fn walk(before: &Before, mirror: &Connection) -> std::result::Result<Touched, Wa
         if gone.iter().any(|p| *p > pages) {
             return everything("the file shrank past a freed leaf");
         }
-        for &p in &gone {
-            cells(&mdb, p, &mut page, &mut ids, None)?;
-        }
         let old_cand = old.leaves.iter().filter(|&&p| written.contains(p)).count() + gone.len();
         if (old_cand + new_cand.len()) * WHOLE_TABLE_SHARE > old.leaves.len() + new.leaves.len() {
             out.insert(name.to_owned(), Rows::All);
-        } else {
-            out.insert(name.to_owned(), Rows::Ids(ids.into_iter().collect()));
+            continue;
         }
+        // The rows before: those on the leaves written, and on those that left unwritten.
+        let mut left = Cells::default();
+        for &p in &gone {
+            cells(&mdb, p, &mut page, &mut left, None)?;
+        }
+        out.insert(
+            name.to_owned(),
+            Rows::Ids(differing(&[&old.rows, &left], &after)),
+        );
     }
     if let Some(p) = written
         .iter()
@@ -322,13 +390,13 @@ fn children_of(page: &[u8], n: u32, out: &mut Vec<u32>) -> std::result::Result<(
     Ok(())
 }
 
-/// Adds the rowids of table leaf `n` to `ids`; with `overflow`, also the overflow pages of its
+/// Adds the rows of table leaf `n` to `rows`; with `overflow`, marks the overflow pages of its
 /// cells.
 fn cells(
     db: &DbFile<'_>,
     n: u32,
     page: &mut Vec<u8>,
-    ids: &mut BTreeSet<i64>,
+    rows: &mut Cells,
     overflow: Option<&mut PageSet>,
 ) -> std::result::Result<(), PageError> {
     db.read(n, page)?;
@@ -340,9 +408,15 @@ fn cells(
         let at = be16(page, hdr + 8 + 2 * i).ok_or_else(bad)?;
         let (size, a) = varint(page.get(at..).unwrap_or(&[])).ok_or_else(bad)?;
         let (rowid, b) = varint(page.get(at + a..).unwrap_or(&[])).ok_or_else(bad)?;
-        ids.insert(rowid);
         let size = usize::try_from(size).map_err(|_| bad())?;
         let local = local_payload(db.usable(), size);
+        let whole = (local == size)
+            .then(|| page.get(at..at + a + b + size))
+            .flatten();
+        if local == size && whole.is_none() {
+            return Err(bad());
+        }
+        rows.add(rowid, whole);
         if overflow.is_some() && local < size {
             chains.push((
                 be32(page, at + a + b + local).ok_or_else(bad)?,
