@@ -358,9 +358,7 @@ impl MirrorPages {
                 .read_base(n, out)
                 .map_err(|e| format!("{}: {e}", self.dir.join(BASE).display())),
             Ok(shared) => match shared.as_ref().and_then(|p| p.read_in_spool(n, out)) {
-                Some(read) => {
-                    read.map_err(|e| format!("the spool of {}: {e}", self.dir.display()))
-                }
+                Some(read) => read.map_err(|e| format!("the spool of {}: {e}", self.dir.display())),
                 None => self
                     .mirror
                     .read_exact_at(out, (u64::from(n) - 1) * out.len() as u64)

@@ -45,8 +45,8 @@ impl Mirror {
     ///                  the spool removed
     /// ```
     pub fn apply_settling(&self, ready: Ready) -> Result<Settling> {
-        let in_spool = !ready.head.fresh
-            && matches!(shared_pages::Own::load(&self.dir)?, Ok(Some(_)));
+        let in_spool =
+            !ready.head.fresh && matches!(shared_pages::Own::load(&self.dir)?, Ok(Some(_)));
         self.settle(ready, in_spool)
     }
 
