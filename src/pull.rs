@@ -266,8 +266,12 @@ fn from_log(
         None => "the base is not at the mirror's last point".to_owned(),
     });
     let mut settling = None;
-    let read_before =
-        |pages| open_immutable(&mirror.db_path()).and_then(|old| Before::read(&old, pages));
+    // Read before the advance marks its pages: the pages on which the base may differ from
+    // the mirror are those the mirror keeps apart from it now.
+    let apart = crate::shared_pages::kept_apart(&ws.state_dir())?;
+    let read_before = |pages| {
+        open_immutable(&mirror.db_path()).and_then(|old| Before::read(&old, pages, apart.clone()))
+    };
     match ready {
         Some(ready) => {
             if !ready.fresh && ready.from.is_some() && ready.from == base_at {
@@ -321,7 +325,7 @@ fn from_log(
         let base = ws.open_base()?;
         let theirs_db = open_immutable(&mirror.db_path())?;
         let touched = match &before {
-            Ok(before) => touched(before, &theirs_db)?,
+            Ok(before) => touched(before, &theirs_db, &base)?,
             Err(why) => Touched::Everything(why.clone()),
         };
         let (cs, read) = match touched {

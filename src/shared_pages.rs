@@ -174,6 +174,16 @@ impl Own {
     }
 }
 
+/// The pages on which the base of `dir` may differ from the mirror: those the mirror keeps
+/// itself (every other page it reads from the base). `None` when that is not known (a mirror
+/// that keeps every page, or a map that cannot be read): any page may differ.
+pub fn kept_apart(dir: &Path) -> Result<Option<PageSet>> {
+    Ok(match Own::load(dir)? {
+        Ok(Some(own)) => Some(own.bits),
+        _ => None,
+    })
+}
+
 /// The inode of `dir`'s base, if it has one.
 fn base_ino(dir: &Path) -> Option<u64> {
     fs::metadata(dir.join(BASE)).ok().map(|m| m.ino())

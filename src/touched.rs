@@ -48,6 +48,21 @@ pub struct Before {
     catalog: Vec<(String, String, i64)>,
     tables: BTreeMap<u32, OldTable>,
     written: PageSet,
+    /// The pages on which the base may differ from the mirror before the advance (`None`:
+    /// not known), and the mirror's length in pages then: pages past it are the base's alone.
+    apart: Option<PageSet>,
+    pages: u32,
+    /// Whether the base holds the mirror's rows before the advance, every one of them: then a
+    /// row whose cell did not change is the base's row, and only rows whose cells changed are
+    /// compared.
+    exact: bool,
+}
+
+impl Before {
+    /// Whether the base's page `p` may hold other rows than the mirror's page `p` held.
+    fn base_apart(&self, p: u32) -> bool {
+        p > self.pages || self.apart.as_ref().is_none_or(|a| a.contains(p))
+    }
 }
 
 /// A rowid table's B-tree before the advance.
@@ -62,27 +77,42 @@ struct OldTable {
 /// The rows on some leaves of a table: each rowid with its cell's bytes (the record's size,
 /// the rowid and the record, all on the leaf), or `None` where the bytes are not kept: a
 /// record that spills onto overflow pages (an update can rewrite those pages under a cell of
-/// the same bytes), or past [`CELL_BYTES`]. A row whose bytes are the same before and after
-/// the advance is the same row; one without bytes is compared by the diff.
+/// the same bytes), every row when the base may hold other rows than the mirror (after our
+/// push: the base holds our rows, the mirror the remote's before them, and a row the
+/// teammate sets back, or one we inserted and they delete, looks unchanged in the mirror), or
+/// past [`CELL_BYTES`]. A row whose bytes are the same before and after the advance is then
+/// the same row in the base and after; one without bytes is compared by the diff.
 ///
 /// ```text
 /// leaf 7 before: 41 -> 05 29 ..'ann'   42 -> 05 2a ..'bob'
 /// leaf 7 after:  41 -> 05 29 ..'ann'   42 -> 05 2a ..'bea'   43 -> 05 2b ..'cy'
 /// rows to compare: 42 (other bytes), 43 (new); not 41
 /// ```
-#[derive(Default)]
 struct Cells {
     rows: BTreeMap<i64, Option<Vec<u8>>>,
     /// Bytes kept so far, against [`CELL_BYTES`].
     kept: usize,
+    /// Whether bytes are kept at all.
+    keep: bool,
 }
 
 impl Cells {
+    fn new(keep: bool) -> Cells {
+        Cells {
+            rows: BTreeMap::new(),
+            kept: 0,
+            keep,
+        }
+    }
+
     fn add(&mut self, rowid: i64, cell: Option<&[u8]>) {
-        let cell = cell.filter(|c| self.kept + c.len() <= CELL_BYTES).map(|c| {
-            self.kept += c.len();
-            c.to_vec()
-        });
+        let keep = self.keep;
+        let cell = cell
+            .filter(|c| keep && self.kept + c.len() <= CELL_BYTES)
+            .map(|c| {
+                self.kept += c.len();
+                c.to_vec()
+            });
         match self.rows.entry(rowid) {
             std::collections::btree_map::Entry::Vacant(v) => {
                 v.insert(cell);
@@ -123,9 +153,17 @@ fn differing(before: &[&Cells], after: &Cells) -> Vec<i64> {
 const CELL_BYTES: usize = 16 << 20;
 
 impl Before {
-    /// Reads the mirror about to be advanced by writing the pages `written`.
-    pub fn read(mirror: &Connection, written: BTreeSet<u32>) -> Result<Result<Before, String>> {
-        match read_before(mirror, written) {
+    /// Reads the mirror about to be advanced by writing the pages `written`; `apart` are the
+    /// pages on which the base may differ from it (`None`: any page; see
+    /// [`crate::shared_pages::kept_apart`]). When that is page 1 alone (whose header the base
+    /// writes its own way), the base holds every row of the mirror, and only the rows whose
+    /// cells the advance changes are compared.
+    pub fn read(
+        mirror: &Connection,
+        written: BTreeSet<u32>,
+        apart: Option<PageSet>,
+    ) -> Result<Result<Before, String>> {
+        match read_before(mirror, written, apart) {
             Ok(b) => Ok(Ok(b)),
             Err(Walk::Page(PageError::Sqlite(e))) => Err(e.into()),
             Err(Walk::Page(e)) => Ok(Err(e.to_string())),
@@ -135,9 +173,21 @@ impl Before {
 }
 
 /// Finds the rows the advance from `before` to `mirror` (read inside a read transaction) can
-/// have changed.
-pub fn touched(before: &Before, mirror: &Connection) -> Result<Touched> {
-    match walk(before, mirror) {
+/// have changed against `base`.
+///
+/// The base holds the mirror's rows before the advance, but for our pushes since: those rows
+/// are on pages the base does not share with the mirror ([`Before::read`]'s `apart`), and a row
+/// we inserted that the teammate then deleted is in neither the mirror before nor after, only
+/// in the base. So the rows on those of the base's leaves are compared too.
+///
+/// ```text
+/// base at the mirror's point X; we push row 9001 (base page 40, kept apart)
+/// log after X: our insert of 9001 on page 40, the teammate's delete of it
+/// mirror at X: page 40 without 9001    mirror after: page 40 without 9001
+/// rows to compare: those on page 40 of the mirror before and after, and of the base: 9001
+/// ```
+pub fn touched(before: &Before, mirror: &Connection, base: &Connection) -> Result<Touched> {
+    match walk(before, mirror, base) {
         Ok(t) => Ok(t),
         Err(Walk::Page(PageError::Sqlite(e))) => Err(e.into()),
         Err(Walk::Page(e)) => Ok(Touched::Everything(e.to_string())),
@@ -193,8 +243,14 @@ fn roots(catalog: &[(String, String, i64)]) -> impl Iterator<Item = (bool, &str,
         .chain([(true, "sqlite_schema", 1)])
 }
 
-fn read_before(mirror: &Connection, written: BTreeSet<u32>) -> std::result::Result<Before, Walk> {
+fn read_before(
+    mirror: &Connection,
+    written: BTreeSet<u32>,
+    apart: Option<PageSet>,
+) -> std::result::Result<Before, Walk> {
     let written: PageSet = written.into_iter().collect();
+    let exact = apart.as_ref().is_some_and(|a| a.iter().all(|p| p == 1));
+    let pages: u32 = mirror.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let catalog = catalog(mirror)?;
     let db = DbFile::open(mirror)?;
     let mut page = Vec::new();
@@ -204,7 +260,7 @@ fn read_before(mirror: &Connection, written: BTreeSet<u32>) -> std::result::Resu
         if tree.index {
             continue;
         }
-        let mut rows = Cells::default();
+        let mut rows = Cells::new(exact);
         for &p in tree.leaves.iter().filter(|&&p| written.contains(p)) {
             cells(&db, p, &mut page, &mut rows, None)?;
         }
@@ -222,11 +278,27 @@ fn read_before(mirror: &Connection, written: BTreeSet<u32>) -> std::result::Resu
         catalog,
         tables,
         written,
+        apart,
+        pages,
+        exact,
     })
 }
 
-fn walk(before: &Before, mirror: &Connection) -> std::result::Result<Touched, Walk> {
+fn walk(
+    before: &Before,
+    mirror: &Connection,
+    base: &Connection,
+) -> std::result::Result<Touched, Walk> {
     let written = &before.written;
+    if before.apart.is_none() {
+        return everything("which pages the base shares with the mirror is not known");
+    }
+    // The base's leaves it does not share with the mirror, read only when there are any.
+    let base_db = DbFile::open(base)?;
+    let base_catalog = match before.exact {
+        true => Vec::new(),
+        false => catalog(base)?,
+    };
     let objects = catalog(mirror)?;
     if before.catalog != objects {
         return everything("the schema changed");
@@ -276,7 +348,7 @@ fn walk(before: &Before, mirror: &Connection) -> std::result::Result<Touched, Wa
             .copied()
             .filter(|&p| !written.contains(p) && !new_leaves.contains(p))
             .collect();
-        let mut after = Cells::default();
+        let mut after = Cells::new(before.exact);
         for &p in &new_cand {
             cells(&mdb, p, &mut page, &mut after, Some(&mut accounted))?;
         }
@@ -303,13 +375,21 @@ fn walk(before: &Before, mirror: &Connection) -> std::result::Result<Touched, Wa
             continue;
         }
         // The rows before: those on the leaves written, and on those that left unwritten.
-        let mut left = Cells::default();
+        let mut left = Cells::new(before.exact);
         for &p in &gone {
             cells(&mdb, p, &mut page, &mut left, None)?;
         }
+        // The rows on the base's leaves kept apart from the mirror's.
+        let mut ours = Cells::new(false);
+        for (_, _, root) in roots(&base_catalog).filter(|(t, n, _)| *t && *n == name) {
+            let tree = Tree::walk(&base_db, root)?;
+            for &p in tree.leaves.iter().filter(|&&p| before.base_apart(p)) {
+                cells(&base_db, p, &mut page, &mut ours, None)?;
+            }
+        }
         out.insert(
             name.to_owned(),
-            Rows::Ids(differing(&[&old.rows, &left], &after)),
+            Rows::Ids(differing(&[&old.rows, &left, &ours], &after)),
         );
     }
     if let Some(p) = written

@@ -48,6 +48,40 @@ fn rows_whose_leaf_bytes_do_not_tell_are_pulled() {
     }
 }
 
+/// After a push the base holds our rows and the mirror the remote before them, so a row the
+/// log rewrites back to the bytes the mirror held before (a teammate undoing our change) is
+/// still a change to the base: it must be pulled, not passed over as unchanged. Also a row we
+/// deleted that the teammate inserts again as it was, and one we inserted that they delete.
+#[test]
+fn a_row_set_back_after_our_push_is_pulled() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE s(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO s SELECT value, printf('%050d', value) FROM generate_series(1, 3000);",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    for k in 1..=3 {
+        edit(
+            dir.path(),
+            &format!(
+                "UPDATE s SET v = 'ours {k}' WHERE id = {k}00;
+                 DELETE FROM s WHERE id = {k}01;
+                 INSERT INTO s VALUES (9000 + {k}, 'new {k}');"
+            ),
+        );
+        run_ok(sqld.tursync(dir.path()).arg("push"));
+        sqld.exec(&format!(
+            "UPDATE s SET v = printf('%050d', {k}00) WHERE id = {k}00;
+             INSERT INTO s VALUES ({k}01, printf('%050d', {k}01));
+             DELETE FROM s WHERE id = 9000 + {k};"
+        ));
+        let read = pull(&sqld, dir.path());
+        assert_eq!(read, "the pages the log changed", "round {k}");
+        assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+    }
+}
+
 #[test]
 fn pulls_across_many_transactions_read_the_log() {
     let sqld = Sqld::start();
