@@ -87,6 +87,11 @@ pub enum Error {
     /// a change behind its back, or a bug. What was being done was rolled back.
     #[error("{0}")]
     Unexpected(String),
+    /// The base is not what the remote was at the last sync (a damaged page of `base.db`, say),
+    /// so a diff or a merge against it would be wrong; the message names
+    /// `tursync verify --repair`, which makes it the remote's copy again.
+    #[error("{0}")]
+    DamagedBase(String),
 }
 
 impl Error {

@@ -194,16 +194,26 @@ that a fresh pull still reports.")]
     #[command(after_help = "Examples:
   tursync verify
   tursync verify --json
+  tursync verify --repair    # after exit 4 or 5, or a push that names a damaged base
 
 Runs SQLite's integrity check on the working copy and on the base, then reads the whole remote
 and compares it with the base, table by table. When the remote has not moved since the last
 sync, any difference is drift (exit 4); when it has, the differences are others' changes not
 yet pulled (exit 0). A damaged file exits 5. The working copy is read in one read transaction,
-which makes an app in rollback-journal mode wait for the check to end.")]
+which makes an app in rollback-journal mode wait for the check to end.
+
+--repair mends a damaged or drifted base and mirror, never the working copy: the remote just
+read becomes the base and the mirror is read again from the log by the next pull. When the
+remote moved since the last sync, every difference of the working copy from it is then a
+conflict that `sync --ours` or `--theirs` settles. Exits 0 once mended.")]
     Verify {
         /// Machine-readable report
         #[arg(long)]
         json: bool,
+        /// Mend a damaged or drifted base and mirror: the remote read again becomes the base,
+        /// the mirror is read again from the log; the working copy is left as it is
+        #[arg(long)]
+        repair: bool,
     },
     /// Sync continuously: after each local commit, when the remote moves, and every interval
     #[command(after_help = "Examples:
@@ -218,7 +228,8 @@ within 50 ms (PRAGMA data_version); the remote's replication index is checked ev
 A conflict is reported once (the same report as sync); watch keeps running and tries again when
 either side changes, so it can be settled with the app or `tursync pull --ours/--theirs`.
 Network failures and server restarts are waited out with exponential backoff, saying so. A bad
-token, a working copy that is gone or a damaged file stop it (exit 1). SIGINT or SIGTERM ends
+token, a working copy that is gone or a damaged file stop it (exit 1; 5 for a damaged base,
+which `tursync verify --repair` mends). SIGINT or SIGTERM ends
 it after the current step (exit 0); a second one ends it at once (exit 130), leaving nothing
 half-done: every step is a transaction.")]
     Watch {
@@ -356,6 +367,8 @@ fn main() -> ExitCode {
                 (Some(x), _) => x.0,
                 // `--theirs TABLE` naming no table is a usage error.
                 (_, Some(e)) if matches!(e.root(), tursync::Error::BadArgument(_)) => 2,
+                // A base that is not the remote's as of the last sync is a damaged file.
+                (_, Some(e)) if matches!(e.root(), tursync::Error::DamagedBase(_)) => 5,
                 _ => 1,
             };
             eprintln!("error: {e:#}");
@@ -407,7 +420,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => status(&cli, *json),
-        Command::Verify { json } => verify(&cli, *json, &progress),
+        Command::Verify { json, repair } => verify(&cli, *json, *repair, &progress),
         Command::Diff { sql, json, table } => {
             let ws = Workspace::locate(cli.db.as_deref())?;
             let filter = Filter {
@@ -656,10 +669,10 @@ fn watch(cli: &Cli, interval: Duration, as_json: bool, verbose: bool) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(cli: &Cli, as_json: bool, progress: &Progress) -> Result<ExitCode> {
+fn verify(cli: &Cli, as_json: bool, repair: bool, progress: &Progress) -> Result<ExitCode> {
     let ws = Workspace::locate(cli.db.as_deref())?;
     let (endpoint, remote) = connect(cli, Some(&ws))?;
-    let report = tursync::verify::verify(&ws, &remote, FetchOptions::default(), progress)
+    let report = tursync::verify::verify(&ws, &remote, FetchOptions::default(), progress, repair)
         .with_context(|| format!("verify against {endpoint} failed"))?;
     if as_json {
         println!("{}", serde_json::to_string(&report)?);

@@ -85,6 +85,23 @@ impl Unsettled {
         save_json(dir, FILE, &all)
     }
 
+    /// The rows and schema objects `cs` changes: after a base read again from a remote that
+    /// moved since the last sync (`verify --repair`), the old base's differences from it, each
+    /// either theirs not yet merged or what damaged the old base.
+    pub(crate) fn of(cs: &Changeset) -> Unsettled {
+        let mut marks = Unsettled::default();
+        for c in &cs.schema {
+            marks
+                .objects
+                .extend(c.names().into_iter().map(str::to_owned));
+        }
+        for t in cs.tables.iter().filter(|t| !t.changes.is_empty()) {
+            let keys = marks.rows.entry(t.table.name.clone()).or_default();
+            keys.extend(t.changes.iter().map(|ch| t.key_text(ch.row())));
+        }
+        marks
+    }
+
     /// Forgets the marks in `dir`, once a pull settled them; the caller syncs `dir`.
     pub(crate) fn forget(dir: &Path) {
         remove_aside(&dir.join(FILE));

@@ -8,6 +8,23 @@
 //! equals the recorded one); otherwise the differences are reported as not yet pulled.
 //! The mirror of the replication log, when there is one, gets the same checks against the same
 //! read of the remote, conclusive when the remote is at the mirror's frame.
+//!
+//! `verify --repair` then mends what it found damaged, or drifted, without a fresh working
+//! copy: the read of the remote becomes the base, and the mirror goes (the next pull reads it
+//! again from the log). The working copy is never written. When the remote stood at the sync
+//! point throughout the read, the copy is exactly what the base should be, so every difference
+//! of the working copy from it is ours, as before the damage. When it moved, the rows in which
+//! the old base differs from the copy are others' changes not yet merged or the damage, and
+//! which is not known: those rows are marked unsettled ([`crate::unsettled`]), each difference
+//! of ours there a conflict until `--ours` or `--theirs` settles it, so nothing is overwritten
+//! on a guess; a row the old base holds as the remote does is ours to push as before. An old
+//! base too damaged to be read row by row marks every difference.
+//!
+//! ```text
+//! base.db: row 1500 flipped      verify: exit 5, "run `tursync verify --repair`"
+//! verify --repair, remote at the sync point   -> base = the remote's copy, mirror removed
+//! sync                                        -> our edit of row 1500 pushed
+//! ```
 
 use std::fmt;
 use std::io::Write;
@@ -23,7 +40,8 @@ use crate::mirror::open_immutable;
 use crate::progress::Progress;
 use crate::remote::Remote;
 use crate::report::count;
-use crate::workspace::{open_snapshot, Workspace};
+use crate::unsettled::Unsettled;
+use crate::workspace::{open_snapshot, RemoteCopy, SyncState, Workspace};
 use crate::{Context, Result};
 
 /// What `PRAGMA integrity_check` said of one file: no problems means intact.
@@ -67,6 +85,20 @@ pub struct VerifyReport {
     pub base: Integrity,
     pub remote: RemoteCheck,
     pub mirror: Option<MirrorCheck>,
+    /// What `--repair` changed, when it changed anything.
+    pub repaired: Option<Repaired>,
+}
+
+/// What `verify --repair` changed.
+#[derive(Debug, Serialize)]
+pub struct Repaired {
+    /// The base was replaced by the remote's copy this run read (otherwise only the mirror
+    /// was wrong).
+    pub base: bool,
+    /// Rows were marked unsettled, each difference of the working copy from the new base
+    /// there a conflict until settled: the remote moved since the last sync, so whether the old
+    /// base's differences from it were theirs or the damage is not known.
+    pub unsettled: bool,
 }
 
 impl VerifyReport {
@@ -84,11 +116,12 @@ impl VerifyReport {
             && self.mirror.as_ref().is_none_or(|m| m.integrity.ok())
     }
 
-    /// 5 when a file is damaged, else 4 on drift, else 0.
+    /// 5 when a file is damaged, else 4 on drift, else 0; 0 once `--repair` mended the base
+    /// and the mirror (the working copy it never mends).
     pub fn exit_code(&self) -> u8 {
-        if !self.intact() {
+        if !self.working_copy.ok() || (self.repaired.is_none() && !self.intact()) {
             5
-        } else if self.drift() {
+        } else if self.repaired.is_none() && self.drift() {
             4
         } else {
             0
@@ -132,14 +165,29 @@ impl VerifyReport {
             ];
             m.remote.write_text(out, "mirror", mirror, false)?;
         }
+        if let Some(r) = &self.repaired {
+            let base = if r.base {
+                "the base is the remote's copy read now"
+            } else {
+                "the base is intact and equals the remote"
+            };
+            writeln!(
+                out,
+                "repaired: {base}; the mirror was removed, the next pull reads it again from the log"
+            )?;
+        }
         Ok(())
     }
 
-    /// What to do about a damaged file or drift, for a person.
+    /// What to do about a damaged file or drift, or after a repair, for a person.
     pub fn advice(&self) -> Option<&'static str> {
-        match self.exit_code() {
-            5 => Some("A file is damaged. Keep a copy of it, save what you can (`tursync diff --sql > mine.sql`, `sqlite3 working_copy.db .recover`), then make a fresh working copy with `tursync init --force`."),
-            4 => Some("The base no longer matches the remote, so diffs and merges would be wrong. Save unpushed work (`tursync diff --sql > mine.sql`), then `tursync init --force` and re-apply it."),
+        match (&self.repaired, self.exit_code()) {
+            // Only the app's own file is beyond a repair of ours.
+            (_, 5) if !self.working_copy.ok() => Some("The working copy is damaged. Keep a copy of it and save what you can (`sqlite3 working_copy.db .recover`, `tursync diff --sql > mine.sql`), then make a fresh working copy with `tursync init --force` and apply what you saved."),
+            (Some(r), _) if r.unsettled => Some("The remote moved since the last sync, so in the rows where the old base differed from it, whether the working copy's differences are yours is not known: `tursync sync` lists each as a conflict, and `tursync sync --ours` or `--theirs` settles them (nothing is overwritten before); the rest is pushed as before."),
+            (Some(_), _) => Some("Run `tursync sync`: what the working copy holds beyond the remote is pushed as before."),
+            (None, 5) => Some("The base or the mirror is damaged, so diffs and merges against it would be wrong. Run `tursync verify --repair`: it reads the remote again as the base and removes the mirror, leaving the working copy as it is; then `tursync sync`."),
+            (None, 4) => Some("The base no longer matches the remote, so diffs and merges would be wrong. Run `tursync verify --repair`: it reads the remote again as the base, leaving the working copy as it is; then `tursync sync`."),
             _ => None,
         }
     }
@@ -172,14 +220,16 @@ impl RemoteCheck {
     }
 }
 
-/// `verify --json`: `{"working_copy": .., "base": .., "remote": .., "mirror": .., "exit_code": 0}`.
+/// `verify --json`: `{"working_copy": .., "base": .., "remote": .., "mirror": .., "repaired":
+/// null, "exit_code": 0}` (`"repaired": {"base": true, "unsettled": false}` after a repair).
 impl Serialize for VerifyReport {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(5))?;
+        let mut m = s.serialize_map(Some(6))?;
         m.serialize_entry("working_copy", &self.working_copy)?;
         m.serialize_entry("base", &self.base)?;
         m.serialize_entry("remote", &self.remote)?;
         m.serialize_entry("mirror", &self.mirror)?;
+        m.serialize_entry("repaired", &self.repaired)?;
         m.serialize_entry("exit_code", &self.exit_code())?;
         m.end()
     }
@@ -291,13 +341,16 @@ impl fmt::Display for Difference<'_> {
     }
 }
 
-/// Checks the workspace. Holds the workspace lock, so no push or pull moves the base meanwhile;
-/// the working copy is read in one read transaction beside the app.
+/// Checks the workspace, and with `repair` mends the base and the mirror when they are
+/// damaged or drifted (see the module's documentation). Holds the workspace lock, so no push or
+/// pull moves the base meanwhile; the working copy is read in one read transaction beside the
+/// app.
 pub fn verify(
     ws: &Workspace,
     remote: &Remote,
     opts: FetchOptions,
     progress: &Progress,
+    repair: bool,
 ) -> Result<VerifyReport> {
     let _lock = ws.lock()?;
     let work = ws.open_working_copy(true)?;
@@ -305,12 +358,13 @@ pub fn verify(
     drop(work);
     let base_conn = ws.open_base()?;
     let base = integrity(&base_conn, ws.base_path())?;
-    if !base.ok() {
+    if !base.ok() && !repair {
         return Ok(VerifyReport {
             working_copy,
             base,
             remote: RemoteCheck::Skipped,
             mirror: None,
+            repaired: None,
         });
     }
     let recorded = ws.sync_state()?.replication_index;
@@ -318,10 +372,7 @@ pub fn verify(
     let copy = ws.download(remote, opts, progress)?;
     let after = remote.replication_index()?;
     let theirs = open_snapshot(&copy.path)?;
-    let differences = diff::diff(&base_conn, &theirs, &diff::Filter::default()).during(
-        "comparing the base with the remote's copy",
-        copy.path.display(),
-    )?;
+    let at_sync_point = recorded.is_some() && before == recorded && after == recorded;
     let at = |point: Option<u64>, differences| {
         if point.is_some() && before == point && after == point {
             RemoteCheck::AtSyncPoint { differences }
@@ -329,11 +380,22 @@ pub fn verify(
             RemoteCheck::Moved { differences }
         }
     };
+    // A damaged base is not compared (its rows cannot be read as they were), nor is the mirror
+    // that may share its pages.
+    let remote_check = if base.ok() {
+        let differences = diff::diff(&base_conn, &theirs, &diff::Filter::default()).during(
+            "comparing the base with the remote's copy",
+            copy.path.display(),
+        )?;
+        at(recorded, differences)
+    } else {
+        RemoteCheck::Skipped
+    };
     let mirror = ws.mirror();
     // A mirror whose files disagree is not checked: the next pull drops it and reads the log
     // again.
     let mirror = match mirror.health()? {
-        Some(Ok(state)) => {
+        Some(Ok(state)) if base.ok() => {
             let conn = open_immutable(&mirror.db_path())?;
             let integrity = integrity(&conn, mirror.db_path())?;
             let remote = if integrity.ok() {
@@ -355,12 +417,66 @@ pub fn verify(
         }
         _ => None,
     };
-    Ok(VerifyReport {
+    let mut report = VerifyReport {
         working_copy,
         base,
-        remote: at(recorded, differences),
+        remote: remote_check,
         mirror,
-    })
+        repaired: None,
+    };
+    if repair && report.working_copy.ok() && report.exit_code() != 0 {
+        drop((base_conn, theirs));
+        // The base stands: it was read whole and equals the remote at the sync point.
+        let base_stands = report.base.ok()
+            && matches!(&report.remote, RemoteCheck::AtSyncPoint { differences } if differences.is_empty());
+        let marks = match &report.remote {
+            _ if base_stands || at_sync_point => Unsettled::default(),
+            RemoteCheck::Moved { differences } => Unsettled::of(differences),
+            _ => Unsettled {
+                everything: true,
+                ..Unsettled::default()
+            },
+        };
+        let index = if before == after { before } else { None };
+        report.repaired = Some(mend(ws, (!base_stands).then_some(copy), marks, index)?);
+    }
+    Ok(report)
+}
+
+/// Removes the mirror and, given `copy` (the remote read by this run), makes it the base,
+/// with `marks` marked unsettled first (so whatever a crash then leaves, they stay
+/// conflicts). `index`: the remote's replication index the copy is of, if known. The caller
+/// holds the workspace lock and no connection on the base.
+fn mend(
+    ws: &Workspace,
+    copy: Option<RemoteCopy>,
+    marks: Unsettled,
+    index: Option<u64>,
+) -> Result<Repaired> {
+    let unsettled = !marks.is_empty();
+    Unsettled::add(&ws.state_dir(), marks)?;
+    // The base stands on no mirror once it goes.
+    let state = ws.sync_state()?;
+    ws.save_sync_state(&SyncState {
+        base_at: None,
+        base_stamp: None,
+        ..state
+    })?;
+    ws.mirror().remove()?;
+    let base = copy.is_some();
+    if let Some(copy) = copy {
+        ws.replace_base_with(&copy.path)?;
+        // Records of a push or a pull the old base lagged behind: the remote's copy holds
+        // whatever of them landed, and the working copy's differences from it are what is left.
+        ws.drop_push_record()?;
+        ws.drop_pull_record()?;
+        let state = ws.sync_state()?;
+        ws.save_sync_state(&SyncState {
+            replication_index: index,
+            ..state
+        })?;
+    }
+    Ok(Repaired { base, unsettled })
 }
 
 /// `PRAGMA integrity_check` of `conn`'s database. A file too damaged to be checked at all is

@@ -888,11 +888,24 @@ impl Workspace {
     /// write less per push): a transaction that writes the base adds one to its change counter,
     /// so its stamp is one no record names, and one rolled back leaves the base as the records
     /// knew it.
+    ///
+    /// A base SQLite finds malformed on the way is a [`Error::DamagedBase`]: the transaction
+    /// rolled back, and what leads forward is `tursync verify --repair`.
     pub fn update_base(
         &self,
         edit: impl FnOnce(&rusqlite::Connection) -> Result<()>,
     ) -> Result<()> {
-        edit_file(&self.base_path(), edit)
+        edit_file(&self.base_path(), edit).map_err(|e| match e.root() {
+            Error::Local(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseCorrupt =>
+            {
+                Error::DamagedBase(format!(
+                    "the base {} is damaged ({e}); nothing of it changed. Run `tursync verify --repair`: it reads the remote again as the base and leaves the working copy as it is, then `tursync sync`",
+                    self.base_path().display()
+                ))
+            }
+            _ => e,
+        })
     }
 
     /// Makes the base the mirror as it is now, page for page, in one transaction of the base

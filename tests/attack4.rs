@@ -7,13 +7,13 @@
 //! same database with every file intact and `verify` content.
 //!
 //! Kept on branch `s6-adversary`, failing: a flipped byte in a base row the app then edits
-//! makes every push report a conflict with a remote that never changed the row, and `sync`
-//! loops on it; only `verify` names the damaged base (as before the shared pages: nothing
-//! checks the base's own reads). And the kept SQL of big pushes (`.tursync/pushes/`, the newest
+//! made every push report a conflict with a remote that never changed the row, and `sync`
+//! looped on it; only `verify` named the damaged base, advising a fresh working copy (section 3
+//! now asks for `verify --repair` instead). And the kept SQL of big pushes (`.tursync/pushes/`, the newest
 //! 50 within 16 MB) takes a small database's `.tursync/` past 1.05 times the working copy.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -472,6 +472,134 @@ fn base_replaced_by_a_copy_then_push() {
 #[test]
 fn sums_deleted_then_push() {
     damaged_then_sync(Damage::SumsDeleted, true)
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. A bit flipped in a page of base.db the mirror shares.
+
+/// Flips one byte of row `id`'s value in base.db (a page the mirror reads from the base), as
+/// the disk would. Returns the offset.
+fn flip_in_base(dir: &Path, id: i64) -> u64 {
+    let image = base_image(&wc(dir));
+    let needle = format!("r{id:059}");
+    let at = image
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+        .expect("the row's value in the base") as u64
+        + 30;
+    let base = dir.join(".tursync/base.db");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&base)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x01; // '0' -> '1'
+    f.write_all_at(&b, at).unwrap();
+    at
+}
+
+/// The flipped row is never changed on the remote or in the working copy by it; either a
+/// command says so, naming `verify --repair` (never a fresh working copy), or all ends equal to
+/// the model; after the repair, `sync` leads there with the app's edit kept.
+fn flipped_base(remote_same_page: bool, app_edits_row: bool) {
+    let (sqld, dir) = setup();
+    let dir = dir.path();
+    let mut model = model0();
+    // Even and not a row of app round 3, unless the app edits it.
+    let id = 1500;
+    flip_in_base(dir, id);
+    if remote_same_page {
+        // A neighbour on the same leaf page: the log writes that page into the mirror.
+        sqld.exec(&format!("UPDATE t SET v = v || 'n' WHERE id = {}", id - 1));
+        model.get_mut(&(id - 1)).unwrap().push('n');
+    }
+    sqld.exec("INSERT INTO t VALUES (300000, 'far')");
+    model.insert(300_000, "far".into());
+    if app_edits_row {
+        edit(dir, &format!("UPDATE t SET v = v || 'x' WHERE id = {id}"));
+        model.get_mut(&id).unwrap().push('x');
+    }
+    app_round(dir, &mut model, 3);
+    let out = run(&sqld, dir, &["pull"]);
+    eprintln!("pull: {} {}", out.status, text(&out));
+    let out = run(&sqld, dir, &["push"]);
+    eprintln!("push: {} {}", out.status, text(&out));
+    let flipped = {
+        let mut v = format!("r{id:059}").into_bytes();
+        v[30] ^= 1;
+        String::from_utf8(v).unwrap()
+    };
+    // Never the flipped value anywhere but the damaged base.
+    let q = format!("SELECT count(*) FROM t WHERE v LIKE '{flipped}%'");
+    assert_eq!(sqld.query(&q), [[Cell::Integer(0)]], "pushed the flip");
+    assert_eq!(
+        local_query(&wc(dir), &q),
+        [[Cell::Integer(0)]],
+        "merged the flip into the working copy"
+    );
+    let verify = run(&sqld, dir, &["verify"]);
+    eprintln!("verify: {} {}", verify.status, text(&verify));
+    // What `sync` says must lead forward: it succeeds, or it names the damage (as verify
+    // does), never a conflict with a remote that did not change the row.
+    let out = run(&sqld, dir, &["sync"]);
+    eprintln!("sync: {} {}", out.status, text(&out));
+    let said = text(&out);
+    if !out.status.success() && !said.contains("damaged") && !said.contains("verify") {
+        // A conflict to settle: the values shown say ours is the edit (theirs is what the row
+        // was), so `--ours` is what a user picks. Any other advice must lead forward.
+        assert!(
+            said.contains("--ours"),
+            "sync neither succeeds, nor names the damaged base (verify: {}), nor offers a \
+             way forward; it says:\n{said}",
+            verify.status
+        );
+        ok(&sqld, dir, &["sync", "--ours"]);
+    }
+    // The damaged base is never a reason for a fresh working copy: what verify and sync advise
+    // is `verify --repair`, which must lead forward with the working copy as it is.
+    for (what, said) in [("verify", text(&verify)), ("sync", said)] {
+        assert!(
+            !said.contains("init --force"),
+            "{what} advises a fresh working copy:\n{said}"
+        );
+    }
+    if verify.status.code() == Some(5) || !out.status.success() {
+        assert!(
+            text(&verify).contains("verify --repair"),
+            "verify names no repair:\n{}",
+            text(&verify)
+        );
+        ok(&sqld, dir, &["verify", "--repair"]);
+    }
+    sync_until_ok(&sqld, dir, false);
+    assert_eq!(sqld.query(ALL), rows_of(&model), "the remote");
+    assert_eq!(
+        local_query(&wc(dir), ALL),
+        rows_of(&model),
+        "the working copy"
+    );
+    let base = base_copy(&wc(dir), &dir.join("base-check.db"));
+    assert_eq!(
+        local_query(&base, &q),
+        [[Cell::Integer(0)]],
+        "the base keeps the flip"
+    );
+    all_ok(&sqld, dir, &model);
+}
+
+#[test]
+fn flipped_base_page_nobody_touches() {
+    flipped_base(false, false)
+}
+#[test]
+fn flipped_base_page_the_log_rewrites() {
+    flipped_base(true, false)
+}
+#[test]
+fn flipped_base_row_the_app_edits() {
+    flipped_base(false, true)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -93,3 +93,94 @@ fn verify_reports_intact_moved_drift_and_damage_with_their_exit_codes() {
         .unwrap()
         .is_empty());
 }
+
+/// `verify --repair` mends a base that no longer holds what the remote did, with the working
+/// copy as it is: at the sync point the remote's copy is the base and the app's edits are pushed
+/// as before; after the remote moved, the differences of ours where the old base could not be
+/// trusted are conflicts until settled.
+#[test]
+fn verify_repair_mends_the_base_and_keeps_the_working_copy() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE INDEX t_v ON t(v);
+         CREATE TABLE u(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 300)
+         INSERT INTO t SELECT i, 'x' FROM c;
+         INSERT INTO u SELECT id, v FROM t;
+         UPDATE t SET v = 'flip me' WHERE id = 50;",
+    );
+    let dir = tempdir();
+    let dir = dir.path();
+    ok(&sqld, dir, &["init", "--url", &sqld.url]);
+    let base = dir.join(".tursync/base.db");
+    // Through the library's VFS, as every writer of the base must (see above).
+    let damage = |sql: &str| {
+        tursync::shared_pages::open(&base, Default::default())
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap()
+    };
+    let remote = |q: &str| sqld.query(q);
+    let work = |q: &str| local_query(&dir.join("working_copy.db"), q);
+    let v = |db: &dyn Fn(&str) -> Vec<Vec<Cell>>, t: &str, id: i64| {
+        db(&format!("SELECT v FROM {t} WHERE id = {id}"))
+    };
+    let repair = |json: bool| {
+        let mut cmd = sqld.tursync(dir);
+        cmd.args(["verify", "--repair"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        out
+    };
+
+    // The remote at the sync point; the base lost a row's value, which the app then edits.
+    edit(dir, "UPDATE t SET v = 'ours' WHERE id IN (9, 11)");
+    damage("UPDATE t SET v = 'damaged' WHERE id IN (9, 10)");
+    let out = verify(&sqld, dir, false);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("verify --repair"), "{}", text(&out));
+    assert!(!text(&out).contains("init --force"), "{}", text(&out));
+    // The push names the damaged base, not a conflict with a remote that never changed.
+    let out = sqld.tursync(dir).arg("push").output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(text(&out).contains("verify --repair"), "{}", text(&out));
+    assert!(text(&repair(false)).contains("repaired"));
+    assert_eq!(verify(&sqld, dir, false).status.code(), Some(0));
+    ok(&sqld, dir, &["sync"]);
+    for id in [9, 11] {
+        assert_eq!(v(&remote, "t", id), [[Cell::text("ours")]]);
+    }
+    assert_eq!(v(&remote, "t", 10), [[Cell::text("x")]]);
+    assert_eq!(v(&work, "t", 10), [[Cell::text("x")]]);
+
+    // A byte of the base flipped on disk (its index then disagrees), the remote moved since:
+    // which rows are ours is not known, so each difference is a conflict until settled.
+    sqld.exec("UPDATE u SET v = 'theirs' WHERE id = 60");
+    edit(dir, "UPDATE t SET v = 'ours' WHERE id = 70");
+    let mut bytes = std::fs::read(&base).unwrap();
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"flip me")
+        .expect("the value in the base");
+    bytes[at] ^= 1;
+    std::fs::write(&base, bytes).unwrap();
+    assert_eq!(verify(&sqld, dir, false).status.code(), Some(5));
+    let report: serde_json::Value = serde_json::from_slice(&repair(true).stdout).unwrap();
+    assert_eq!(report["repaired"]["base"], true, "{report}");
+    assert_eq!(report["repaired"]["unsettled"], true, "{report}");
+    let out = sqld.tursync(dir).arg("sync").output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("table t, key (70)"), "{}", text(&out));
+    assert!(text(&out).contains("table u, key (60)"), "{}", text(&out));
+    ok(&sqld, dir, &["sync", "--ours", "t", "--theirs", "u"]);
+    assert_eq!(v(&remote, "t", 70), [[Cell::text("ours")]]);
+    assert_eq!(v(&work, "u", 60), [[Cell::text("theirs")]]);
+    assert_eq!(v(&remote, "t", 50), [[Cell::text("flip me")]]);
+    assert_eq!(v(&work, "t", 50), [[Cell::text("flip me")]]);
+    assert_eq!(verify(&sqld, dir, false).status.code(), Some(0));
+    settled(&sqld, dir);
+}

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::changeset::{Changeset, RowChange, SchemaChange};
-use crate::conflict::{Conflict, Outcome};
+use crate::conflict::{Conflict, ConflictKind, Outcome};
 use crate::progress::Progress;
 use crate::remote::{Remote, RemoteError, Stmt, StmtResult, Stream, StreamRequest};
 use crate::schema::{foreign_key_scope, foreign_keys, Orphan};
@@ -107,6 +107,36 @@ fn abandon(stream: &mut Stream<'_>) {
         },
         StreamRequest::Close,
     ]);
+}
+
+/// Fails when `conflicts` cannot be conflicts: rows the remote holds otherwise than the base
+/// while it stands where it stood at the last sync (`known`, its replication index then). Each
+/// side's change is counted from the base, so the base is then not what the remote was (a byte
+/// of `base.db` damaged, say): a pull would bring nothing, the push would refuse the same rows
+/// again, and `--ours` would settle nothing. What leads forward is a base read again from the
+/// remote, which `tursync verify --repair` makes. Costs one request, on conflicts only.
+fn base_is_the_remote(
+    ws: &Workspace,
+    remote: &Remote,
+    known: Option<u64>,
+    conflicts: &[Conflict],
+) -> Result<()> {
+    let Some(row) = conflicts
+        .iter()
+        .find(|c| matches!(c.kind, ConflictKind::Cell | ConflictKind::Row))
+    else {
+        return Ok(());
+    };
+    if known.is_none() || remote.replication_index()? != known {
+        return Ok(());
+    }
+    let key: Vec<String> = row.key.iter().map(sql::literal).collect();
+    Err(Error::DamagedBase(format!(
+        "the base {} is damaged: the remote has not changed since the last sync, yet holds row ({}) of {:?} otherwise than the base, so the push would refuse it again and a pull would bring nothing; nothing was pushed. Run `tursync verify --repair`: it reads the remote again as the base and leaves the working copy as it is, then `tursync sync`",
+        ws.base_path().display(),
+        key.join(", "),
+        row.table
+    )))
 }
 
 /// Pushes the working copy's changes. Returns the conflicts instead of pushing when there are
@@ -244,8 +274,11 @@ pub fn push(
             }
             Outcome::Conflicts(conflicts) => {
                 // Refused in its first transaction: nothing of this push reached the remote.
-                if gi == 0 && fresh_record && !run.commit_sent {
-                    ws.drop_push_record()?;
+                if gi == 0 && !run.commit_sent {
+                    if fresh_record {
+                        ws.drop_push_record()?;
+                    }
+                    base_is_the_remote(ws, remote, known, &conflicts)?;
                 }
                 return Ok(Outcome::Conflicts(conflicts));
             }
