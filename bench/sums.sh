@@ -40,12 +40,15 @@ for side in before after; do
 done
 
 pull() { # SIDE -> seconds
-    local bin=$BEFORE t0 read
+    local bin=$BEFORE t0 t1 out read
     [[ $1 == after ]] && bin=$AFTER
+    # Only the pull is timed: its report is read after the clock stops.
     t0=$EPOCHREALTIME
-    read=$(cd "$TMP/$1" && "$bin" pull --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["read"])')
+    out=$(cd "$TMP/$1" && "$bin" pull --json)
+    t1=$EPOCHREALTIME
+    read=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["read"])' "$out")
     [[ "$read" == "the pages the log changed" ]] || { echo "$1 read $read" >&2; exit 1; }
-    awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.4f\n", b - a }'
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }'
 }
 
 : >"$TMP/before.txt"; : >"$TMP/after.txt"
