@@ -82,6 +82,65 @@ fn a_row_set_back_after_our_push_is_pulled() {
     }
 }
 
+/// Random rounds of our pushes and a teammate who undoes them byte for byte: our updated rows
+/// set back to what they held, our inserted rows deleted, our deleted rows inserted again as
+/// they were, beside changes of their own; a pull through the log after each round must leave
+/// the working copy equal to the remote, whether the base holds exactly the mirror's rows or
+/// our push's too.
+#[test]
+fn random_pushes_undone_by_the_teammate_are_pulled() {
+    let mut rng = Rng::from_time("random_pushes_undone_by_the_teammate_are_pulled");
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE s(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO s SELECT value, printf('%040d', value) FROM generate_series(1, 2000);",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    for round in 0..8u64 {
+        let a = 1 + rng.below(1900);
+        let b = 1 + rng.below(1900);
+        // Their own change is to a row of neither ours: a conflict is not what this tests.
+        let mut c = 1 + rng.below(1900);
+        while c == a || c == b {
+            c = 1 + rng.below(1900);
+        }
+        let new = 10_000 + round;
+        let pushed = rng.below(3) > 0;
+        edit(
+            dir.path(),
+            &format!(
+                "UPDATE s SET v = 'ours {round}' WHERE id = {a};
+                 DELETE FROM s WHERE id = {b};
+                 INSERT INTO s VALUES ({new}, 'new {round}');"
+            ),
+        );
+        if pushed {
+            run_ok(sqld.tursync(dir.path()).arg("push"));
+            // The teammate undoes some of it, as the rows were before our push.
+            let mut undo = String::new();
+            if rng.below(2) == 0 {
+                undo += &format!("UPDATE s SET v = printf('%040d', {a}) WHERE id = {a};");
+            }
+            if rng.below(2) == 0 {
+                undo += &format!("INSERT OR IGNORE INTO s VALUES ({b}, printf('%040d', {b}));");
+            }
+            if rng.below(2) == 0 {
+                undo += &format!("DELETE FROM s WHERE id = {new};");
+            }
+            undo += &format!("UPDATE s SET v = v || '.t' WHERE id = {c};");
+            sqld.exec(&undo);
+            eprintln!("round {round}: a {a} b {b} c {c}: {undo}");
+            pull(&sqld, dir.path());
+            assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+        } else {
+            sqld.exec(&format!("UPDATE s SET v = v || '.t' WHERE id = {c};"));
+            run_ok(sqld.tursync(dir.path()).arg("sync"));
+            assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+        }
+    }
+}
+
 #[test]
 fn pulls_across_many_transactions_read_the_log() {
     let sqld = Sqld::start();
