@@ -606,8 +606,13 @@ fn flipped_base_row_the_app_edits() {
 // 4. Big pushes, pulls with no remote change, then remote changes; disk use.
 
 /// The database's files in `.tursync/` (base, mirror, its map and sums) cost at most 1.05
-/// times the working copy; the kept SQL of the pushes and the small records (a block each) are
-/// left out.
+/// times one copy of the database; the kept SQL of the pushes and the small records (a block
+/// each) are left out. One copy is the working copy, or the base when it is the longer: the
+/// base is the server's file page for page, whose length follows the server's history (the
+/// pages its deletes freed, a layout the app's file never had), so after a random history it
+/// can be a few pages longer than the working copy (3 of 118 in a run that failed on the code
+/// before this comparison, which compared with the working copy alone, 2 runs in 6). What the
+/// workspace adds on top of one copy, the mirror's pages, map and sums, stays within 5 %.
 fn one_copy(dir: &Path, when: &str) {
     let state: u64 = ["base.db", "mirror.db", "mirror.own", "mirror.sums"]
         .iter()
@@ -615,7 +620,7 @@ fn one_copy(dir: &Path, when: &str) {
         .filter(|p| p.exists())
         .map(|p| on_disk(&p))
         .sum();
-    let work = on_disk(&wc(dir));
+    let work = on_disk(&wc(dir)).max(on_disk(&dir.join(".tursync/base.db")));
     let listing: Vec<String> = std::fs::read_dir(dir.join(".tursync"))
         .unwrap()
         .map(|e| {
