@@ -50,6 +50,10 @@ pub(crate) struct Unsettled {
     /// Rows by table, each by its key's text ([`crate::changeset::key_text`]).
     #[serde(default)]
     pub(crate) rows: BTreeMap<String, BTreeSet<String>>,
+    /// Whether `verify --repair` marked some of them (the base read again from a remote that
+    /// had moved), which their conflicts say instead of blaming an interrupted pull.
+    #[serde(default)]
+    pub(crate) repaired: bool,
 }
 
 impl Unsettled {
@@ -78,6 +82,7 @@ impl Unsettled {
         }
         let mut all = Unsettled::load(dir)?;
         all.everything |= more.everything;
+        all.repaired |= more.repaired;
         all.objects.extend(more.objects);
         for (t, keys) in more.rows {
             all.rows.entry(t).or_default().extend(keys);
@@ -89,7 +94,10 @@ impl Unsettled {
     /// moved since the last sync (`verify --repair`), the old base's differences from it, each
     /// either theirs not yet merged or what damaged the old base.
     pub(crate) fn of(cs: &Changeset) -> Unsettled {
-        let mut marks = Unsettled::default();
+        let mut marks = Unsettled {
+            repaired: true,
+            ..Unsettled::default()
+        };
         for c in &cs.schema {
             marks
                 .objects
@@ -124,6 +132,15 @@ impl Unsettled {
         parts.join(", ")
     }
 
+    /// What a conflict of a marked row or object says of why it is one.
+    fn note(&self) -> &'static str {
+        if self.repaired {
+            REPAIRED
+        } else {
+            NOTE
+        }
+    }
+
     fn covers_object(&self, name: &str) -> bool {
         self.everything || self.objects.contains(name)
     }
@@ -151,7 +168,7 @@ impl Unsettled {
             };
             if let Some(name) = names.into_iter().find(|n| self.covers_object(n)) {
                 let mut c = Conflict::schema(what, name);
-                c.note = Some(NOTE.into());
+                c.note = Some(self.note().into());
                 if !out.contains(&c) {
                     out.push(c);
                 }
@@ -165,7 +182,7 @@ impl Unsettled {
     pub(crate) fn row_conflicts(&self, ours: &Changeset, theirs: &Changeset) -> Vec<Conflict> {
         let mut out = Vec::new();
         self.each_marked(ours, theirs, |t, ch, theirs_row| {
-            out.push(row_conflict(t, ch, theirs_row));
+            out.push(row_conflict(t, ch, theirs_row, self.note()));
         });
         out
     }
@@ -189,7 +206,7 @@ impl Unsettled {
             let name = t.table.name.clone();
             let key = t.key_text(ch.row());
             match opts.resolve_for(&name) {
-                Resolve::Refuse => left.push(row_conflict(t, ch, theirs_row)),
+                Resolve::Refuse => left.push(row_conflict(t, ch, theirs_row, self.note())),
                 Resolve::Ours => {
                     drop_theirs.insert((name, key));
                 }
@@ -244,10 +261,17 @@ impl Unsettled {
 }
 
 const NOTE: &str = "an interrupted pull left this unsettled: tursync cannot tell whether ours is an edit made here or the pull's change that did not land; `tursync pull --ours` keeps ours (the push then sends it), `--theirs` takes the remote's";
+const REPAIRED: &str = "the damaged base was read again from a remote that had moved (`verify --repair`), and the old base held this otherwise: tursync cannot tell whether ours is an edit made here or a change of theirs the old base missed; `tursync pull --ours` keeps ours (the push then sends it), `--theirs` takes the remote's";
 
 /// The conflict of our marked change `ch` of a row of `t`, with their new row for it
-/// (`Some(None)`: they deleted it; `None`: they did not change it, so theirs is the base's).
-fn row_conflict(t: &TableDiff, ch: &RowChange, theirs_row: Option<Option<Vec<Value>>>) -> Conflict {
+/// (`Some(None)`: they deleted it; `None`: they did not change it, so theirs is the base's),
+/// saying `note` of why it is one.
+fn row_conflict(
+    t: &TableDiff,
+    ch: &RowChange,
+    theirs_row: Option<Option<Vec<Value>>>,
+    note: &str,
+) -> Conflict {
     let base = ch.old().map(<[Value]>::to_vec);
     let mut c = Conflict::new(
         &t.table.name,
@@ -258,7 +282,7 @@ fn row_conflict(t: &TableDiff, ch: &RowChange, theirs_row: Option<Option<Vec<Val
     c.ours = ch.new_row().map(<[Value]>::to_vec);
     c.theirs = theirs_row.unwrap_or_else(|| base.clone());
     c.base = base;
-    c.note = Some(NOTE.into());
+    c.note = Some(note.into());
     c
 }
 

@@ -434,6 +434,7 @@ pub fn verify(
             RemoteCheck::Moved { differences } => Unsettled::of(differences),
             _ => Unsettled {
                 everything: true,
+                repaired: true,
                 ..Unsettled::default()
             },
         };

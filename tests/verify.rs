@@ -176,6 +176,9 @@ fn verify_repair_mends_the_base_and_keeps_the_working_copy() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("table t, key (70)"), "{}", text(&out));
     assert!(text(&out).contains("table u, key (60)"), "{}", text(&out));
+    // Each says why: the repair, not a pull that was never interrupted.
+    assert!(text(&out).contains("verify --repair"), "{}", text(&out));
+    assert!(!text(&out).contains("interrupted pull"), "{}", text(&out));
     ok(&sqld, dir, &["sync", "--ours", "t", "--theirs", "u"]);
     assert_eq!(v(&remote, "t", 70), [[Cell::text("ours")]]);
     assert_eq!(v(&work, "u", 60), [[Cell::text("theirs")]]);
