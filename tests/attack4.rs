@@ -6,11 +6,10 @@
 //! merged or pushed silently, a plain command leads forward, and at the end both sides hold the
 //! same database with every file intact and `verify` content.
 //!
-//! Kept on branch `s6-adversary`, failing: a flipped byte in a base row the app then edits
-//! made every push report a conflict with a remote that never changed the row, and `sync`
-//! looped on it; only `verify` named the damaged base, advising a fresh working copy (section 3
-//! now asks for `verify --repair` instead). And the kept SQL of big pushes (`.tursync/pushes/`, the newest
-//! 50 within 16 MB) takes a small database's `.tursync/` past 1.05 times the working copy.
+//! Section 3 (a flipped byte in the base) was kept failing on branch `s6-adversary` until the
+//! damaged base had a way forward (`verify --repair`). Still kept failing there: the kept SQL
+//! of big pushes (`.tursync/pushes/`, the newest 50 within 16 MB) takes a small database's
+//! `.tursync/` past 1.05 times the working copy.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileExt, MetadataExt};
