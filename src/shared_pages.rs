@@ -242,6 +242,15 @@ pub struct InSpool {
     pub file: fs::File,
     /// The byte offset of each page's last copy in the spool.
     pub at: HashMap<u32, u64>,
+    pub page_size: usize,
+}
+
+impl InSpool {
+    /// Reads page `n` into `out` (one page long), if the spool holds it.
+    pub fn read(&self, n: u32, out: &mut [u8]) -> Option<std::io::Result<()>> {
+        let at = *self.at.get(&n)?;
+        Some(self.file.read_exact_at(out, at))
+    }
 }
 
 /// The mirrors whose pages are partly in their spool, by state directory, for this process.
@@ -253,15 +262,17 @@ fn spool_key(dir: &Path) -> PathBuf {
     fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
-/// From now on, in this process, the mirror of `dir` reads the pages of `spool` from it.
-pub fn read_in_spool(dir: &Path, spool: InSpool) -> Result<()> {
+/// From now on, in this process, the mirror of `dir` reads the pages of `spool` from it; the
+/// caller keeps them too.
+pub fn read_in_spool(dir: &Path, spool: InSpool) -> Result<Arc<InSpool>> {
     let key = spool_key(dir);
     let mut held = IN_SPOOL
         .lock()
         .map_err(|_| Error::Unexpected("the spools' pages".into()))?;
     held.retain(|(d, _)| *d != key);
-    held.push((key, Arc::new(spool)));
-    Ok(())
+    let spool = Arc::new(spool);
+    held.push((key, spool.clone()));
+    Ok(spool)
 }
 
 /// The mirror of `dir` no longer reads pages from its spool.
@@ -273,8 +284,12 @@ pub fn not_in_spool(dir: &Path) {
 }
 
 fn in_spool(dir: &Path) -> Option<Arc<InSpool>> {
-    let key = spool_key(dir);
     let held = IN_SPOOL.lock().ok()?;
+    // Nearly always none: the directory's name is not resolved for nothing.
+    if held.is_empty() {
+        return None;
+    }
+    let key = spool_key(dir);
     held.iter().find(|(d, _)| *d == key).map(|(_, s)| s.clone())
 }
 
@@ -306,15 +321,9 @@ impl Pages {
         }))
     }
 
-    pub fn page_size(&self) -> u32 {
-        self.own.page_size
-    }
-
     /// Reads page `n` from the spool into `out`, if the mirror reads it there.
     pub fn read_in_spool(&self, n: u32, out: &mut [u8]) -> Option<std::io::Result<()>> {
-        let spool = self.spool.as_ref()?;
-        let at = *spool.at.get(&n)?;
-        Some(spool.file.read_exact_at(out, at))
+        self.spool.as_ref()?.read(n, out)
     }
 
     /// Whether page `n` is read from the base instead of `mirror.db`.

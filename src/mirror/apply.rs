@@ -6,6 +6,7 @@ use std::fs;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::spool::{skip_head, spool_damaged, Ready, HEAD_BYTES};
 use super::{Mirror, MirrorState};
@@ -164,8 +165,13 @@ impl Mirror {
         let spool = match in_spool {
             true => {
                 let file = fs::File::open(&ready.path).during(reading, ready.path.display())?;
-                shared_pages::read_in_spool(&self.dir, shared_pages::InSpool { file, at })?;
-                Some(ready.path.clone())
+                let pages = shared_pages::InSpool {
+                    file,
+                    at,
+                    page_size,
+                };
+                let pages = shared_pages::read_in_spool(&self.dir, pages)?;
+                Some((ready.path.clone(), pages))
             }
             false => None,
         };
@@ -237,8 +243,8 @@ pub(super) fn write_sums(
 pub struct Settling {
     state: MirrorState,
     mirror: Mirror,
-    /// The spool whose pages the mirror reads there instead of from `mirror.db`.
-    spool: Option<PathBuf>,
+    /// The spool whose pages the mirror reads there instead of from `mirror.db`, and they.
+    spool: Option<(PathBuf, Arc<shared_pages::InSpool>)>,
     sync: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
@@ -274,17 +280,12 @@ impl Settling {
         step();
         self.join()?;
         let dir = self.mirror.dir.clone();
-        let Some(spool) = self.spool.take() else {
+        let Some((spool, pages)) = self.spool.take() else {
             shared_pages::share(&dir)?;
             return Ok(self.state.clone());
         };
-        let mut page1 = Vec::new();
-        let read = shared_pages::Pages::open(&dir)
-            .map_err(Error::Workspace)?
-            .and_then(|p| {
-                page1.resize(p.page_size() as usize, 0);
-                p.read_in_spool(1, &mut page1)
-            });
+        let mut page1 = vec![0; pages.page_size];
+        let read = pages.read(1, &mut page1);
         shared_pages::not_in_spool(&dir);
         step();
         if let Some(read) = read {
