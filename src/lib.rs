@@ -32,6 +32,7 @@ pub mod spot_check;
 pub mod sql;
 pub mod status;
 pub mod sync;
+mod test_hook;
 pub mod touched;
 pub mod turso_pages;
 mod unchanged;

@@ -420,19 +420,13 @@ fn from_log(
 /// committed into the working copy and before the base takes theirs, so a test can kill the
 /// pull in between.
 fn pause_after_commit() {
-    pause("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS")
+    crate::test_hook::pause("TURSYNC_TEST_PULL_PAUSE_AFTER_COMMIT_MS")
 }
 
 /// A test hook: `TURSYNC_TEST_PULL_PAUSE_BEFORE_COMMIT_MS` sleeps that long after the pull's
 /// record is written and before the working copy's commit, so a test can kill the pull there.
 fn pause_before_commit() {
-    pause("TURSYNC_TEST_PULL_PAUSE_BEFORE_COMMIT_MS")
-}
-
-fn pause(var: &str) {
-    if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()) {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
+    crate::test_hook::pause("TURSYNC_TEST_PULL_PAUSE_BEFORE_COMMIT_MS")
 }
 
 /// The base is at no point of a mirror that is about to go.

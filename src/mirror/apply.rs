@@ -14,6 +14,7 @@ use crate::durable;
 use crate::page_sums::{self, Header as SumsHeader};
 use crate::remote::replication::{page_of, FrameHeader, FRAME_HEADER};
 use crate::shared_pages;
+use crate::test_hook;
 use crate::{Context, Error, Result};
 
 impl Mirror {
@@ -94,7 +95,8 @@ impl Mirror {
         let mut written = Vec::new();
         let mut at = HashMap::new();
         let mut frame = vec![0; FRAME_HEADER + page_size];
-        let mut pause = test_pause("TURSYNC_TEST_APPLY_PAUSE_MS");
+        // A test hook: sleeps after each page, so a test can kill a half-applied spool.
+        let mut pause = test_hook::sleeper("TURSYNC_TEST_APPLY_PAUSE_MS");
         let mut crc = crc32fast::Hasher::new();
         loop {
             match r.read_exact(&mut frame) {
@@ -275,7 +277,8 @@ impl Settling {
     /// `mirror.db`, but page 1, which the mirror keeps: the spool is removed only once
     /// `mirror.own` no longer names them, so until then a crash applies it again.
     pub fn given(mut self) -> Result<MirrorState> {
-        let mut pause = test_pause("TURSYNC_TEST_GIVEN_PAUSE_MS");
+        // A test hook: sleeps before each step, so a test can kill the pull between two.
+        let mut pause = test_hook::sleeper("TURSYNC_TEST_GIVEN_PAUSE_MS");
         let mut step = || pause.as_mut().map_or((), |p| p());
         step();
         self.join()?;
@@ -329,13 +332,4 @@ impl Drop for Settling {
             shared_pages::not_in_spool(&self.mirror.dir);
         }
     }
-}
-
-/// A test hook: the environment variable `var` names a number of milliseconds to sleep at each
-/// call, so a test can kill the process in between: `TURSYNC_TEST_APPLY_PAUSE_MS` after each
-/// page written into the mirror (a spool half applied), `TURSYNC_TEST_GIVEN_PAUSE_MS` before
-/// each step of [`Settling::given`].
-fn test_pause(var: &str) -> Option<impl FnMut()> {
-    let ms: u64 = std::env::var(var).ok()?.parse().ok()?;
-    Some(move || std::thread::sleep(std::time::Duration::from_millis(ms)))
 }

@@ -765,13 +765,7 @@ impl Workspace {
 /// A test hook: `TURSYNC_TEST_PAUSE_AFTER_COMMIT_MS` sleeps that long after the remote's
 /// COMMIT and before the base moves, so a test can kill the push at that very step.
 fn pause_for_tests() {
-    let ms: u64 = std::env::var("TURSYNC_TEST_PAUSE_AFTER_COMMIT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if ms > 0 {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
+    crate::test_hook::pause("TURSYNC_TEST_PAUSE_AFTER_COMMIT_MS")
 }
 
 #[cfg(test)]
