@@ -372,9 +372,11 @@ pub fn verify(
     let copy = ws.download(remote, opts, progress)?;
     let after = remote.replication_index()?;
     let theirs = open_snapshot(&copy.path)?;
-    let at_sync_point = recorded.is_some() && before == recorded && after == recorded;
+    // Whether the remote stood at `point` throughout the read.
+    let stood_at = |point: Option<u64>| point.is_some() && before == point && after == point;
+    let at_sync_point = stood_at(recorded);
     let at = |point: Option<u64>, differences| {
-        if point.is_some() && before == point && after == point {
+        if stood_at(point) {
             RemoteCheck::AtSyncPoint { differences }
         } else {
             RemoteCheck::Moved { differences }
