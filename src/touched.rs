@@ -293,11 +293,10 @@ fn walk(
     if before.apart.is_none() {
         return everything("which pages the base shares with the mirror is not known");
     }
-    // The base's leaves it does not share with the mirror, read only when there are any.
-    let base_db = DbFile::open(base)?;
-    let base_catalog = match before.exact {
-        true => Vec::new(),
-        false => catalog(base)?,
+    // The base's file and catalog, read only when it keeps leaves apart from the mirror's.
+    let base_side = match before.exact {
+        true => None,
+        false => Some((DbFile::open(base)?, catalog(base)?)),
     };
     let objects = catalog(mirror)?;
     if before.catalog != objects {
@@ -381,10 +380,12 @@ fn walk(
         }
         // The rows on the base's leaves kept apart from the mirror's.
         let mut ours = Cells::new(false);
-        for (_, _, root) in roots(&base_catalog).filter(|(t, n, _)| *t && *n == name) {
-            let tree = Tree::walk(&base_db, root)?;
-            for &p in tree.leaves.iter().filter(|&&p| before.base_apart(p)) {
-                cells(&base_db, p, &mut page, &mut ours, None)?;
+        if let Some((base_db, base_catalog)) = &base_side {
+            for (_, _, root) in roots(base_catalog).filter(|(t, n, _)| *t && *n == name) {
+                let tree = Tree::walk(base_db, root)?;
+                for &p in tree.leaves.iter().filter(|&&p| before.base_apart(p)) {
+                    cells(base_db, p, &mut page, &mut ours, None)?;
+                }
             }
         }
         out.insert(
