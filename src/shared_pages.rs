@@ -865,6 +865,22 @@ unsafe extern "C" fn x_sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
 mod tests {
     use super::*;
 
+    /// Gives the base of `dir` the mirror's pages as a pull does, each read with `MirrorPages`
+    /// (the tests compare what lands); returns the pages read, in order.
+    fn give(dir: &Path) -> Vec<u32> {
+        let mut asked = Vec::new();
+        let mut conn = open(&dir.join(BASE), Default::default()).unwrap();
+        give_base(dir, &mut conn, |n, out| {
+            asked.push(n);
+            out.resize(4096, 0);
+            MirrorPages::open(dir)
+                .and_then(|m| m.read(n, out))
+                .map_err(Error::Workspace)
+        })
+        .unwrap();
+        asked
+    }
+
     /// A state directory whose base holds `rows` rows and whose mirror is a page copy of it
     /// that shares every page but page 1 with it, as init leaves them.
     fn shared(rows: i64) -> tempfile::TempDir {
@@ -941,15 +957,7 @@ mod tests {
             .unwrap();
         mirror_wrote(dir.path(), [5], 0, 0).unwrap();
         let mirror = mirror_image(dir.path());
-        let mut conn = open(&dir.path().join(BASE), Default::default()).unwrap();
-        give_base(dir.path(), &mut conn, |n, out| {
-            out.resize(4096, 0);
-            MirrorPages::open(dir.path())
-                .and_then(|m| m.read(n, out))
-                .map_err(Error::Workspace)
-        })
-        .unwrap();
-        drop(conn);
+        give(dir.path());
         share(dir.path()).unwrap();
         let base = fs::read(dir.path().join(BASE)).unwrap();
         assert_eq!(base.len(), mirror.len());
@@ -975,17 +983,7 @@ mod tests {
         let own = dir.path().join(OWN);
         let bytes = fs::read(&own).unwrap();
         fs::write(&own, &bytes[..HEAD]).unwrap();
-        let mut asked = Vec::new();
-        let mut conn = open(&dir.path().join(BASE), Default::default()).unwrap();
-        give_base(dir.path(), &mut conn, |n, out| {
-            asked.push(n);
-            out.resize(4096, 0);
-            MirrorPages::open(dir.path())
-                .and_then(|m| m.read(n, out))
-                .map_err(Error::Workspace)
-        })
-        .unwrap();
-        drop(conn);
+        let asked = give(dir.path());
         assert_eq!(asked, [1], "page 1 is read like any page given");
         let base = fs::read(dir.path().join(BASE)).unwrap();
         assert_eq!(&base[..16], b"SQLite format 3\0");
