@@ -10,17 +10,10 @@ use crate::common::*;
 fn assert_one_copy(dir: &Path, when: &str) {
     let state = on_disk(&dir.join(".tursync"));
     let work = on_disk(&wc(dir));
-    let listing: Vec<String> = std::fs::read_dir(dir.join(".tursync"))
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            format!("{} {}", p.display(), on_disk(&p))
-        })
-        .collect();
     assert!(
         state * 100 <= work * 105,
         "{when}: .tursync/ takes {state} bytes on disk, the working copy {work}:\n{}",
-        listing.join("\n")
+        state_listing(dir)
     );
 }
 

@@ -1675,6 +1675,20 @@ pub fn turso_exec_at(url: &str, stmts: &[&str]) {
     }
 }
 
+/// The files of `dir`'s `.tursync/`, a line each: path, bytes on disk ([`on_disk`]) and length,
+/// for a failed check of what the workspace costs on disk to show.
+pub fn state_listing(dir: &Path) -> String {
+    let listing: Vec<String> = std::fs::read_dir(dir.join(".tursync"))
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let len = std::fs::metadata(&p).map_or(0, |m| m.len());
+            format!("{} {} ({len} long)", p.display(), on_disk(&p))
+        })
+        .collect();
+    listing.join("\n")
+}
+
 /// Bytes allocated on disk under `p` (a file, or a directory and everything in it): a sparse
 /// file counts what it holds, not its length.
 pub fn on_disk(p: &Path) -> u64 {
