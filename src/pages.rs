@@ -287,9 +287,11 @@ impl PageSet {
         (i, self.bits.get(i).copied().unwrap_or(0))
     }
 
-    /// The pages in the set, in order.
+    /// The pages in the set, in order. Empty bytes are passed over whole: a set of a few pages
+    /// in a large file (the mirror's own, the pages a pull wrote) is mostly empty bytes.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.bits.iter().enumerate().flat_map(|(i, b)| {
+        let set = self.bits.iter().enumerate().filter(|(_, b)| **b != 0);
+        set.flat_map(|(i, b)| {
             (0..8)
                 .filter(move |k| b & (1 << k) != 0)
                 .map(move |k| (i * 8 + k + 1) as u32)
