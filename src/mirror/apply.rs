@@ -166,9 +166,9 @@ impl Mirror {
         };
         let spool = match in_spool {
             true => {
-                let file = fs::File::open(&ready.path).during(reading, ready.path.display())?;
+                // The pages are read where the frames were: the spool's file, already open.
                 let pages = shared_pages::InSpool {
-                    file,
+                    file: r.into_inner(),
                     at,
                     page_size,
                 };
