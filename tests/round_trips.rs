@@ -22,13 +22,20 @@ fn rtt() -> Duration {
 }
 
 /// Runs `command`, which must succeed, through `proxy` and checks it made at most `goal`
-/// requests; the failure lists them. Prints the count and the time taken.
+/// requests, all on one connection; the failure lists them. Prints the counts and the time
+/// taken.
+///
+/// One connection: a new one costs a round trip before its request (two on https, with TLS's
+/// handshake), so a command that dropped its connection after each answer would pay up to three
+/// round trips a request where it counts one.
 fn at_most(proxy: &HookProxy, what: &str, goal: usize, command: impl FnOnce() -> Output) {
     proxy.take_requests();
+    proxy.take_connections();
     let started = Instant::now();
     let out = command();
     let took = started.elapsed();
     let requests = proxy.take_requests();
+    let connections = proxy.take_connections();
     assert!(
         out.status.success(),
         "{what} failed: {}\nrequests:\n{}",
@@ -36,7 +43,7 @@ fn at_most(proxy: &HookProxy, what: &str, goal: usize, command: impl FnOnce() ->
         requests.join("\n")
     );
     println!(
-        "ROUND TRIPS | {what} | {} | {:.2} s | rtt {} ms",
+        "ROUND TRIPS | {what} | {} | {:.2} s | rtt {} ms | {connections} connection(s)",
         requests.len(),
         took.as_secs_f64(),
         rtt().as_millis()
@@ -44,6 +51,12 @@ fn at_most(proxy: &HookProxy, what: &str, goal: usize, command: impl FnOnce() ->
     assert!(
         requests.len() <= goal,
         "{what} made {} requests, the goal is at most {goal}:\n{}",
+        requests.len(),
+        requests.join("\n")
+    );
+    assert!(
+        connections <= 1,
+        "{what} opened {connections} connections for its {} requests, the goal is one:\n{}",
         requests.len(),
         requests.join("\n")
     );

@@ -417,3 +417,40 @@ fn a_synced_event_says_how_long_its_round_took() {
     let (status, _, err) = w.terminate();
     assert_eq!(status.code(), Some(0), "{err}");
 }
+
+/// A watch far from its server keeps one connection for all its rounds: each new one costs a
+/// round trip before its first request (two on https), and a watch that dropped its connection
+/// after every answer paid that on each check and on each request of a round.
+#[test]
+fn a_watch_checks_and_syncs_on_one_connection() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);");
+    sqld.exec("INSERT INTO items VALUES (1, 'first', 0);");
+    let a = tempdir();
+    init(&sqld, a.path());
+    let proxy = HookProxy::far(&sqld.url, Duration::from_millis(5));
+    let mut w = Watcher::start_with(a.path(), &sqld.rw_token, &["--url", &proxy.url]);
+    wait_until("four checks", Duration::from_secs(20), || {
+        w.events("checked").len() >= 4
+    });
+    sqld.exec("INSERT INTO items VALUES (2, 'remote', 0);");
+    wait_until("the remote's row pulled", Duration::from_secs(20), || {
+        !w.events("synced").is_empty()
+    });
+    edit(a.path(), "INSERT INTO items VALUES (3, 'local', 0);");
+    wait_until("the local row pushed", Duration::from_secs(20), || {
+        sqld.query("SELECT count(*) FROM items") == vec![vec![Cell::Integer(3)]]
+    });
+    w.assert_running();
+    let requests = proxy.requests();
+    let connections = proxy.take_connections();
+    let (status, _, err) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(
+        connections,
+        1,
+        "{} requests on {connections} connections:\n{}",
+        requests.len(),
+        requests.join("\n")
+    );
+}

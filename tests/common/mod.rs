@@ -1137,6 +1137,32 @@ fn forward(upstream: &str, head: &str, body: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// An answer [`forward`] read whole, told to the client as one on a connection kept open: its
+/// `Connection: close` dropped, and its length given when the server let the close end it.
+fn kept_open(reply: Vec<u8>) -> Option<Vec<u8>> {
+    let split = reply.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&reply[..split]).ok()?;
+    let has = |name: &str| {
+        head.lines()
+            .any(|l| l.to_ascii_lowercase().starts_with(name))
+    };
+    let framed = has("content-length:") || has("transfer-encoding:");
+    let mut out = String::new();
+    for line in head.trim_end().split("\r\n") {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    if !framed {
+        out.push_str(&format!("Content-Length: {}\r\n", reply.len() - split));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&reply[split..]);
+    Some(out)
+}
+
 /// A `CONNECT` tunnel: bytes copied both ways until either side closes.
 fn tunnel(st: &ProxyState, mut client: std::net::TcpStream, head: &str) {
     use std::io::Write as _;
@@ -1297,6 +1323,8 @@ pub struct HookProxy {
     port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Connections accepted from the client.
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl HookProxy {
@@ -1304,18 +1332,30 @@ impl HookProxy {
         upstream_url: &str,
         hook: impl Fn(&str, &[u8]) -> Verdict + Send + Sync + 'static,
     ) -> HookProxy {
-        HookProxy::with_latency(upstream_url, Duration::ZERO, hook)
+        HookProxy::spawn(upstream_url, None, hook)
     }
 
-    /// A proxy that forwards everything, each request `rtt` late: a server `rtt` away.
+    /// A proxy that forwards everything as a server `rtt` away would answer: a new connection
+    /// is held one `rtt` (TCP's handshake; TLS adds another on https), and every request one
+    /// more. Connections are kept open for the next request, as a real server keeps them.
     pub fn far(upstream_url: &str, rtt: Duration) -> HookProxy {
         HookProxy::with_latency(upstream_url, rtt, |_, _| Verdict::Forward)
     }
 
-    /// [`Self::start`], with every request held `rtt` before the hook sees it.
+    /// [`Self::far`], with the hook of [`Self::start`] seeing each request once it was held.
     pub fn with_latency(
         upstream_url: &str,
         rtt: Duration,
+        hook: impl Fn(&str, &[u8]) -> Verdict + Send + Sync + 'static,
+    ) -> HookProxy {
+        HookProxy::spawn(upstream_url, Some(rtt), hook)
+    }
+
+    /// [`Self::start`], or with `far` a server that far away ([`Self::far`]): one request a
+    /// connection, which the answer closes, unless far.
+    fn spawn(
+        upstream_url: &str,
+        far: Option<Duration>,
         hook: impl Fn(&str, &[u8]) -> Verdict + Send + Sync + 'static,
     ) -> HookProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy on 127.0.0.1");
@@ -1326,30 +1366,37 @@ impl HookProxy {
             .to_owned();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let hook = std::sync::Arc::new(hook);
-        let (st, log) = (stop.clone(), seen.clone());
+        let (st, log, count) = (stop.clone(), seen.clone(), connections.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(mut conn) = conn else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
                 let (upstream, hook, log) = (upstream.clone(), hook.clone(), log.clone());
                 std::thread::spawn(move || {
                     use std::io::Write as _;
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-                    let Some((head, body)) = read_http_message(&mut conn) else {
-                        return;
-                    };
-                    log.lock().unwrap().push(describe_request(&head, &body));
+                    let rtt = far.unwrap_or_default();
                     std::thread::sleep(rtt);
-                    let reply = match hook(&head, &body) {
-                        Verdict::Drop => return,
-                        Verdict::Answer(answer) => Some(answer.as_bytes().to_vec()),
-                        Verdict::Forward => forward(&upstream, &head, &body),
-                    };
-                    if let Some(reply) = reply {
-                        let _ = conn.write_all(&reply);
+                    while let Some((head, body)) = read_http_message(&mut conn) {
+                        log.lock().unwrap().push(describe_request(&head, &body));
+                        std::thread::sleep(rtt);
+                        let reply = match hook(&head, &body) {
+                            Verdict::Drop => return,
+                            Verdict::Answer(answer) => Some(answer.as_bytes().to_vec()),
+                            Verdict::Forward if far.is_some() => {
+                                forward(&upstream, &head, &body).and_then(kept_open)
+                            }
+                            Verdict::Forward => forward(&upstream, &head, &body),
+                        };
+                        let Some(reply) = reply else { return };
+                        if conn.write_all(&reply).is_err() || far.is_none() {
+                            return;
+                        }
                     }
                 });
             }
@@ -1359,7 +1406,13 @@ impl HookProxy {
             port,
             stop,
             seen,
+            connections,
         }
+    }
+
+    /// The connections the client opened since the last call (or since the start).
+    pub fn take_connections(&self) -> usize {
+        self.connections.swap(0, Ordering::SeqCst)
     }
 
     /// Every request so far, in the order they arrived: the request line, then what the body
