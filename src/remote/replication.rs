@@ -466,6 +466,11 @@ fn read_messages(
         if head[0] & 0x80 != 0 {
             let mut text = vec![0; len];
             r.read_exact(&mut text).map_err(read_error)?;
+            // The body's end read too: only then does the connection go back to the pool for
+            // the next request, which would otherwise open another and pay a round trip for it
+            // (two on https). Nothing should follow the trailers; a server that sent more
+            // only costs its connection.
+            let _ = std::io::copy(&mut r.take(AFTER_TRAILERS), &mut std::io::sink());
             return trailers(&String::from_utf8_lossy(&text));
         }
         if head[0] != 0 {
@@ -484,6 +489,9 @@ fn read_messages(
         }
     }
 }
+
+/// The most read past the trailers for the connection to be kept.
+const AFTER_TRAILERS: u64 = 4096;
 
 /// Whether a reader of messages wants the next one.
 #[derive(PartialEq, Eq)]
