@@ -454,3 +454,43 @@ fn a_watch_checks_and_syncs_on_one_connection() {
         requests.join("\n")
     );
 }
+
+/// A server (or a load balancer before it) that closes connections idle for a while: each
+/// check of the watch goes out on the connection the last one left, which the other end has
+/// closed meanwhile. The watch opens another and goes on, without a failure or a back-off,
+/// and still carries both sides' changes.
+#[test]
+fn a_watch_whose_server_closes_idle_connections_goes_on() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);");
+    sqld.exec("INSERT INTO items VALUES (1, 'first', 0);");
+    let a = tempdir();
+    init(&sqld, a.path());
+    let proxy = HookProxy::closing_idle(&sqld.url, Duration::from_millis(100));
+    let mut w = Watcher::start_with(a.path(), &sqld.rw_token, &["--url", &proxy.url]);
+    wait_until("four checks", Duration::from_secs(20), || {
+        w.events("checked").len() >= 4
+    });
+    sqld.exec("INSERT INTO items VALUES (2, 'remote', 0);");
+    wait_until("the remote's row pulled", Duration::from_secs(20), || {
+        !w.events("synced").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    edit(a.path(), "INSERT INTO items VALUES (3, 'local', 0);");
+    wait_until("the local row pushed", Duration::from_secs(20), || {
+        sqld.query("SELECT count(*) FROM items") == vec![vec![Cell::Integer(3)]]
+    });
+    w.assert_running();
+    let lines = w.lines.lock().unwrap().clone();
+    let (status, _, err) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+    let troubled: Vec<&String> = lines
+        .iter()
+        .filter(|l| !l.contains("\"event\":\"checked\"") && !l.contains("\"event\":\"synced\""))
+        .collect();
+    assert!(troubled.is_empty(), "{troubled:#?}\nstderr:\n{err}");
+    assert!(
+        proxy.take_connections() >= 4,
+        "the proxy closed no connection the watch then had to replace"
+    );
+}

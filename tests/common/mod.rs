@@ -1137,6 +1137,17 @@ fn forward(upstream: &str, head: &str, body: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// What a [`HookProxy`] does with a connection after its answer.
+#[derive(Clone, Copy, PartialEq)]
+enum Keep {
+    /// Closes it: one request a connection.
+    No,
+    /// Keeps it, as a server this far away ([`HookProxy::far`]).
+    Far(Duration),
+    /// Keeps it until idle this long, then closes it ([`HookProxy::closing_idle`]).
+    Idle(Duration),
+}
+
 /// An answer [`forward`] read whole, told to the client as one on a connection kept open: its
 /// `Connection: close` dropped, and its length given when the server let the close end it.
 fn kept_open(reply: Vec<u8>) -> Option<Vec<u8>> {
@@ -1332,7 +1343,7 @@ impl HookProxy {
         upstream_url: &str,
         hook: impl Fn(&str, &[u8]) -> Verdict + Send + Sync + 'static,
     ) -> HookProxy {
-        HookProxy::spawn(upstream_url, None, hook)
+        HookProxy::spawn(upstream_url, Keep::No, hook)
     }
 
     /// A proxy that forwards everything as a server `rtt` away would answer: a new connection
@@ -1348,14 +1359,20 @@ impl HookProxy {
         rtt: Duration,
         hook: impl Fn(&str, &[u8]) -> Verdict + Send + Sync + 'static,
     ) -> HookProxy {
-        HookProxy::spawn(upstream_url, Some(rtt), hook)
+        HookProxy::spawn(upstream_url, Keep::Far(rtt), hook)
     }
 
-    /// [`Self::start`], or with `far` a server that far away ([`Self::far`]): one request a
-    /// connection, which the answer closes, unless far.
+    /// A proxy that forwards everything and keeps each connection open after its answer, as a
+    /// server does, without saying it will close it, then closes it once it has been idle
+    /// `idle`: what a server or a load balancer that drops idle connections does, so that the
+    /// client's next request may go out on a connection the other end already closed.
+    pub fn closing_idle(upstream_url: &str, idle: Duration) -> HookProxy {
+        HookProxy::spawn(upstream_url, Keep::Idle(idle), |_, _| Verdict::Forward)
+    }
+
     fn spawn(
         upstream_url: &str,
-        far: Option<Duration>,
+        keep: Keep,
         hook: impl Fn(&str, &[u8]) -> Verdict + Send + Sync + 'static,
     ) -> HookProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy on 127.0.0.1");
@@ -1380,7 +1397,10 @@ impl HookProxy {
                 std::thread::spawn(move || {
                     use std::io::Write as _;
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-                    let rtt = far.unwrap_or_default();
+                    let rtt = match keep {
+                        Keep::Far(rtt) => rtt,
+                        _ => Duration::ZERO,
+                    };
                     std::thread::sleep(rtt);
                     while let Some((head, body)) = read_http_message(&mut conn) {
                         log.lock().unwrap().push(describe_request(&head, &body));
@@ -1388,14 +1408,19 @@ impl HookProxy {
                         let reply = match hook(&head, &body) {
                             Verdict::Drop => return,
                             Verdict::Answer(answer) => Some(answer.as_bytes().to_vec()),
-                            Verdict::Forward if far.is_some() => {
+                            Verdict::Forward if keep == Keep::No => {
+                                forward(&upstream, &head, &body)
+                            }
+                            Verdict::Forward => {
                                 forward(&upstream, &head, &body).and_then(kept_open)
                             }
-                            Verdict::Forward => forward(&upstream, &head, &body),
                         };
                         let Some(reply) = reply else { return };
-                        if conn.write_all(&reply).is_err() || far.is_none() {
+                        if conn.write_all(&reply).is_err() || keep == Keep::No {
                             return;
+                        }
+                        if let Keep::Idle(idle) = keep {
+                            let _ = conn.set_read_timeout(Some(idle));
                         }
                     }
                 });
