@@ -494,3 +494,69 @@ fn a_watch_whose_server_closes_idle_connections_goes_on() {
         "the proxy closed no connection the watch then had to replace"
     );
 }
+
+/// A conflict the teammate settles on the remote (their row set to ours) lets the watcher go on
+/// by itself: it waits for either side to move, and the remote moved. Until then the conflict
+/// is reported once and theirs stays. `exec` writes on the remote as the teammate, `query`
+/// reads it; the watcher runs in `dir`, a clone of it.
+fn a_conflict_settled_on_the_remote_unblocks_the_watcher(
+    dir: &Path,
+    token: &str,
+    exec: &dyn Fn(&str),
+    query: &dyn Fn(&str) -> Vec<Vec<Cell>>,
+) {
+    edit(dir, "UPDATE items SET tag = 'ours' WHERE id = 1");
+    exec("UPDATE items SET tag = 'theirs' WHERE id = 1");
+    let mut w = Watcher::start(dir, token);
+    wait_until("the conflict reported", Duration::from_secs(10), || {
+        !w.events("conflict").is_empty()
+    });
+    // Several rounds (0.5 s apart) with neither side moving.
+    std::thread::sleep(Duration::from_millis(1600));
+    w.assert_running();
+    assert_eq!(w.events("conflict").len(), 1, "{:?}", w.events("conflict"));
+    assert_eq!(
+        query("SELECT tag FROM items WHERE id = 1"),
+        vec![vec![Cell::text("theirs")]]
+    );
+    exec("UPDATE items SET tag = 'ours' WHERE id = 1");
+    wait_until(
+        "settled by the remote's move",
+        Duration::from_secs(10),
+        || !w.events("settled").is_empty(),
+    );
+    w.assert_running();
+    let (status, _, err) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+}
+
+#[test]
+fn a_conflict_settled_on_the_remote_unblocks_the_watcher_on_sqld() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER); INSERT INTO items VALUES (1, 'base', 0);");
+    let a = tempdir();
+    init(&sqld, a.path());
+    a_conflict_settled_on_the_remote_unblocks_the_watcher(
+        a.path(),
+        &sqld.rw_token,
+        &|sql| sqld.exec(sql),
+        &|sql| sqld.query(sql),
+    );
+}
+
+#[test]
+fn a_conflict_settled_on_the_remote_unblocks_the_watcher_on_turso_sync() {
+    let server = TursoSync::start();
+    server.exec(&[
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER)",
+        "INSERT INTO items VALUES (1, 'base', 0)",
+    ]);
+    let a = tempdir();
+    init_url(&server.url, a.path());
+    a_conflict_settled_on_the_remote_unblocks_the_watcher(
+        a.path(),
+        "any",
+        &|sql| server.exec(&[sql]),
+        &|sql| server.query(sql),
+    );
+}
