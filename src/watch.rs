@@ -285,6 +285,17 @@ struct Blocked {
     remote: Option<u64>,
 }
 
+impl Blocked {
+    /// Whether neither side moved since: the working copy's `data_version` is `local` and the
+    /// remote's replication index `remote`. A remote that does not say where it stands (Turso
+    /// Sync's answers carry no index) may have moved: its round runs again, and its pull finds
+    /// nothing new in one request, or the change that settles the conflict. What blocked the
+    /// rounds is reported once all the same ([`Watch::block`]).
+    fn holds(&self, local: i64, remote: Option<u64>) -> bool {
+        self.local == local && remote.is_some() && self.remote == remote
+    }
+}
+
 /// What blocks rounds, compared by value so each is reported once.
 #[derive(PartialEq)]
 enum Why {
@@ -347,7 +358,7 @@ impl Watch<'_> {
         if self
             .blocked
             .as_ref()
-            .is_some_and(|b| b.local == local && b.remote == before)
+            .is_some_and(|b| b.holds(local, before))
         {
             return Ok(Step::Unchanged(before));
         }
