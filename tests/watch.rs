@@ -560,3 +560,48 @@ fn a_conflict_settled_on_the_remote_unblocks_the_watcher_on_turso_sync() {
         &|sql| server.query(sql),
     );
 }
+
+/// A check of a watch with nothing new on either side costs one request (the doc of `watch`
+/// says so): `dir` is a workspace of the remote behind `proxy`, which counts them.
+fn an_idle_check_takes_one_request(dir: &Path, token: &str, proxy: &HookProxy) {
+    let mut w = Watcher::start_with(dir, token, &["--url", &proxy.url]);
+    wait_until("a first check", Duration::from_secs(20), || {
+        !w.events("checked").is_empty()
+    });
+    let from = w.events("checked").len();
+    proxy.take_requests();
+    wait_until("four more checks", Duration::from_secs(20), || {
+        w.events("checked").len() >= from + 4
+    });
+    let requests = proxy.take_requests();
+    w.assert_running();
+    // Four checks, and the next one's request if it went out meanwhile.
+    assert!(
+        requests.len() <= 5,
+        "{} requests for 4 idle checks:\n{}",
+        requests.len(),
+        requests.join("\n")
+    );
+    let (status, _, err) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+}
+
+#[test]
+fn an_idle_check_takes_one_request_on_sqld() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);");
+    let a = tempdir();
+    init(&sqld, a.path());
+    let proxy = HookProxy::far(&sqld.url, Duration::from_millis(5));
+    an_idle_check_takes_one_request(a.path(), &sqld.rw_token, &proxy);
+}
+
+#[test]
+fn an_idle_check_takes_one_request_on_turso_sync() {
+    let server = TursoSync::start();
+    server.exec(&["CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER)"]);
+    let a = tempdir();
+    init_url(&server.url, a.path());
+    let proxy = HookProxy::far(&server.url, Duration::from_millis(5));
+    an_idle_check_takes_one_request(a.path(), "any", &proxy);
+}
