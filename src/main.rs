@@ -582,7 +582,8 @@ fn pull(cli: &Cli, merge: &MergeOptions, as_json: bool, progress: &Progress) -> 
         progress,
         &waiting,
     )
-    .with_context(|| format!("pull from {endpoint} failed"))?;
+    .with_context(|| format!("pull from {endpoint} failed"))?
+    .outcome;
     conclude(outcome, Op::Pull, as_json, |r| {
         print_report(&r, as_json, &endpoint, started)
     })

@@ -38,6 +38,17 @@ use crate::{Context, Error, Result};
 /// Called once if the app holds the working copy's write lock, before waiting for it.
 pub type WaitNotice<'a> = &'a dyn Fn();
 
+/// What a pull did, and where the remote stood when it looked.
+#[derive(Debug)]
+pub struct Pulled {
+    /// The report, or the conflicts `merge` left unsettled (nothing changed on either side).
+    pub outcome: Outcome<PullReport>,
+    /// The remote's replication index the pull read first (`Hello`'s on sqld's log, a
+    /// `SELECT 1`'s over SQL; `None` from a server that does not say, as Turso Sync). `watch`
+    /// keeps it to tell later that the remote moved, without a request of its own per round.
+    pub remote_index: Option<u64>,
+}
+
 /// Pulls the remote into the working copy. Returns the conflicts instead when any is left
 /// unsettled by `merge`; nothing changes on either side then.
 pub fn pull(
@@ -47,7 +58,7 @@ pub fn pull(
     opts: FetchOptions,
     progress: &Progress,
     on_wait: WaitNotice<'_>,
-) -> Result<Outcome<PullReport>> {
+) -> Result<Pulled> {
     let _lock = ws.lock()?;
     ws.finish_interrupted_pull()?;
     // Rows an interrupted pull left unsettled are settled by a merge, even when the remote
@@ -78,8 +89,12 @@ pub fn pull(
         Some(Ok(h)) => h.replication_index,
         _ => remote.replication_index()?,
     };
+    let pulled = |outcome| Pulled {
+        outcome,
+        remote_index: now,
+    };
     if known.is_some() && now == known && !use_log && !unsettled {
-        return Ok(Outcome::Done(PullReport::default()));
+        return Ok(pulled(Outcome::Done(PullReport::default())));
     }
 
     let mut read = "over SQL".to_owned();
@@ -90,7 +105,7 @@ pub fn pull(
         let mirror = ws.mirror().state().unwrap_or(None);
         if let (Some(m), Ok(h)) = (&mirror, &hello) {
             if known.is_some() && now == known && m.log_id == h.log_id && !unsettled {
-                return Ok(Outcome::Done(PullReport::default()));
+                return Ok(pulled(Outcome::Done(PullReport::default())));
             }
         }
         let outcome = match hello {
@@ -111,7 +126,7 @@ pub fn pull(
                         leaves: now_state.leaves,
                     })?;
                 }
-                return Ok(merged.outcome);
+                return Ok(pulled(merged.outcome));
             }
             FromLog::NotNow => {}
             FromLog::Diverged(difference) => {
@@ -171,11 +186,11 @@ pub fn pull(
             leaves: now_state.leaves,
         })?;
     }
-    Ok(outcome.map(|report| PullReport {
+    Ok(pulled(outcome.map(|report| PullReport {
         downloaded: true,
         read: Some(read),
         ..report
-    }))
+    })))
 }
 
 /// How a pull through the replication log went.

@@ -26,6 +26,8 @@ pub struct Synced {
     /// Pushes tried (0 when none was asked for or the first pull stopped on conflicts).
     pub attempts: u32,
     pub end: End,
+    /// The remote's replication index the first pull read ([`crate::pull::Pulled`]).
+    pub remote_index: Option<u64>,
 }
 
 impl Synced {
@@ -65,17 +67,23 @@ pub fn sync(
 ) -> Result<Synced> {
     let mut pulled: Option<PullReport> = None;
     let mut attempts = 0;
+    let mut remote_index = None;
     // The conflicts of the last push, while a fresh pull decides whether they were a race.
     let mut refused: Option<Vec<Conflict>> = None;
     loop {
         let opts = FetchOptions::default();
-        let report = match crate::pull::pull(ws, remote, merge, opts, progress, on_wait)? {
+        let pull = crate::pull::pull(ws, remote, merge, opts, progress, on_wait)?;
+        if attempts == 0 {
+            remote_index = pull.remote_index;
+        }
+        let report = match pull.outcome {
             Outcome::Done(r) => r,
             Outcome::Conflicts(conflicts) => {
                 return Ok(Synced {
                     pulled,
                     attempts,
                     end: End::PullConflicts(conflicts),
+                    remote_index,
                 })
             }
         };
@@ -96,6 +104,7 @@ pub fn sync(
                 pulled,
                 attempts,
                 end,
+                remote_index,
             });
         }
         attempts += 1;
@@ -105,6 +114,7 @@ pub fn sync(
                     pulled,
                     attempts,
                     end: End::Pushed(r),
+                    remote_index,
                 })
             }
             Outcome::Conflicts(conflicts) if attempts >= ATTEMPTS => {
@@ -112,6 +122,7 @@ pub fn sync(
                     pulled,
                     attempts,
                     end: End::PushConflicts(conflicts),
+                    remote_index,
                 })
             }
             Outcome::Conflicts(conflicts) => refused = Some(conflicts),

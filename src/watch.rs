@@ -292,7 +292,13 @@ impl Blocked {
     /// nothing new in one request, or the change that settles the conflict. What blocked the
     /// rounds is reported once all the same ([`Watch::block`]).
     fn holds(&self, local: i64, remote: Option<u64>) -> bool {
-        self.local == local && remote.is_some() && self.remote == remote
+        self.could_hold(local) && self.remote == remote
+    }
+
+    /// Whether [`Self::holds`] may, before the remote's index is read: not once the working
+    /// copy moved, nor for a remote that does not say where it stands.
+    fn could_hold(&self, local: i64) -> bool {
+        self.local == local && self.remote.is_some()
     }
 }
 
@@ -349,26 +355,25 @@ impl Watch<'_> {
         Ok(None)
     }
 
-    /// A round, unless rounds are blocked and neither side moved since.
+    /// A round, unless rounds are blocked and neither side moved since. Unblocked, the round's
+    /// pull is the only look at the remote: a round with nothing new on either side is one
+    /// request, and the index that pull read is the one a conflict waits on.
     fn step(&mut self, local: i64) -> Result<Step> {
         // The round's duration counts from here: its first request.
         let started = Instant::now();
-        // The remote's index before the round: a conflict waits for it to move.
-        let before = self.remote.replication_index()?;
-        if self
-            .blocked
-            .as_ref()
-            .is_some_and(|b| b.holds(local, before))
-        {
-            return Ok(Step::Unchanged(before));
+        if let Some(blocked) = self.blocked.as_ref().filter(|b| b.could_hold(local)) {
+            let now = self.remote.replication_index()?;
+            if blocked.holds(local, now) {
+                return Ok(Step::Unchanged(now));
+            }
         }
-        match self.round(local, before, started) {
+        match self.round(local, started) {
             // The sync pulled and pushed again while the remote kept moving, and still the
             // push was refused: no conflict yet, the next round pulls their change first.
-            Ok(Round::PushConflicts(_)) if self.remote.replication_index()? != before => {
+            Ok((before, Round::PushConflicts(_))) if self.remote.replication_index()? != before => {
                 Ok(Step::Raced)
             }
-            Ok(done) => Ok(Step::Ran(before, done)),
+            Ok((before, done)) => Ok(Step::Ran(before, done)),
             Err(e) if matches!(e.root(), Error::Busy(_) | Error::Unsupported(_)) => {
                 Ok(Step::Refused(e, self.remote.replication_index()?))
             }
@@ -439,8 +444,9 @@ impl Watch<'_> {
 
     /// One `sync` ([`crate::sync::sync`]): pull, then push (skipped when the working copy has
     /// not moved since a push that saw all of it). Reports a round that changed something, or
-    /// (for `-v`) one that did not; `index` is the remote's before it, read at `started`.
-    fn round(&mut self, local: i64, index: Option<u64>, started: Instant) -> Result<Round> {
+    /// (for `-v`) one that did not. Returns with how it ended the remote's index its pull read
+    /// first.
+    fn round(&mut self, local: i64, started: Instant) -> Result<(Option<u64>, Round)> {
         // As `sync` does: conflicts stop the round, colliding new rows are renumbered.
         let merge = MergeOptions {
             resolve: Resolve::Refuse,
@@ -456,10 +462,11 @@ impl Watch<'_> {
             &Progress::hidden(),
             &|| {},
         )?;
+        let index = synced.remote_index;
         let pushed = match synced.end {
             End::Pushed(r) => r,
-            End::PullConflicts(conflicts) => return Ok(Round::PullConflicts(conflicts)),
-            End::PushConflicts(conflicts) => return Ok(Round::PushConflicts(conflicts)),
+            End::PullConflicts(conflicts) => return Ok((index, Round::PullConflicts(conflicts))),
+            End::PushConflicts(conflicts) => return Ok((index, Round::PushConflicts(conflicts))),
         };
         if local_changed {
             self.pushed_local = Some(local);
@@ -477,6 +484,6 @@ impl Watch<'_> {
                 remote_index: index,
             });
         }
-        Ok(Round::Done)
+        Ok((index, Round::Done))
     }
 }
