@@ -83,10 +83,16 @@ min() { awk -v a="$1" -v b="$2" 'BEGIN { print (a == "" || b + 0 < a + 0) ? b : 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 # --- clones ------------------------------------------------------------------------------------
-best_init="" best_sql="" best_replica="" best_dump=""
+# sqld's own CPU time so far (user + system), in seconds: what serving a clone costs the server,
+# whoever the client is.
+CLK_TCK=$(getconf CLK_TCK)
+server_cpu() { awk -v c="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / c }' "/proc/$SQLD_PID/stat"; }
+best_init="" best_sql="" best_replica="" best_dump="" cpu_init="" cpu_replica=""
 for run in $(seq 1 "$RUNS"); do
     rm -rf "$TMP/ws" && mkdir "$TMP/ws"
+    c0=$(server_cpu)
     t0=$(now); (cd "$TMP/ws" && "$TURSYNC" init -q --url "$URL" >/dev/null); t=$(elapsed "$t0" "$(now)")
+    cpu_init=$(min "$cpu_init" "$(awk -v a="$c0" -v b="$(server_cpu)" 'BEGIN { printf "%.2f", b - a }')")
     best_init=$(min "$best_init" "$t")
     same_as_remote "$TMP/ws/working_copy.db" "init"
 
@@ -95,7 +101,9 @@ for run in $(seq 1 "$RUNS"); do
     best_sql=$(min "$best_sql" "$t2")
 
     rm -rf "$TMP/replica" && mkdir "$TMP/replica"
+    c0=$(server_cpu)
     t3=$("$REPLICA" "$TMP/replica/db" "$URL")
+    cpu_replica=$(min "$cpu_replica" "$(awk -v a="$c0" -v b="$(server_cpu)" 'BEGIN { printf "%.2f", b - a }')")
     best_replica=$(min "$best_replica" "$t3")
     same_as_remote "$TMP/replica/db" "the replica"
 
@@ -220,6 +228,8 @@ grep -q '\*' <<<"${WATCHED[*]}" && echo "  * the watcher's round began before it
 DISK_PULLS=$(disk_ratio)
 echo "  init / replica first sync: $(ratio "$best_init" "$best_replica"); init / dump|sqlite3: $(ratio "$best_init" "$best_dump")"
 echo "  1% pull / replica sync(): $(ratio "${PULLS[4]}" "${SYNCS[4]}")"
+echo "  sqld's CPU serving a clone (least of $RUNS): ${cpu_init} s for init, ${cpu_replica} s for the replica's first sync;" \
+    "on $(nproc) cores the server alone takes at least $(ratio "$cpu_init" "$(nproc)") s of an init"
 echo "  .tursync/ on disk / the working copy: $DISK_INIT after init, $DISK_PULLS after the pulls;" \
     "the replica's files: $(ratio "$(on_disk "$TMP/replica")" "$(on_disk "$TMP/ws/working_copy.db")")"
 
@@ -236,7 +246,8 @@ for i in 1 2 3; do
 done
 echo "  pull: ${STEPS[4]}: ${PULLS[4]} s <= 1.0 x replica ${SYNCS[4]} s: $(goal "${PULLS[4]}" "${SYNCS[4]}")"
 echo "  init: $best_init s <= 0.2 x replica's first sync = $(times "$best_replica" 0.2) s:" \
-    "$(goal "$best_init" "$(times "$best_replica" 0.2)")"
+    "$(goal "$best_init" "$(times "$best_replica" 0.2)")" \
+    "(the server's own share, ${cpu_init} s of CPU over $(nproc) cores: $(goal "$(ratio "$cpu_init" "$(nproc)")" "$(times "$best_replica" 0.2)"))"
 for i in 1 2 3 4; do
     echo "  pull in watch: ${STEPS[$i]}: ${WATCHED[$i]} s <= 1.0 x replica ${SYNCS[$i]} s: $(goal "${WATCHED[$i]}" "${SYNCS[$i]}")"
 done
