@@ -1356,3 +1356,49 @@ fn a_flipped_page_of_a_table_not_read_is_reported_and_healed() {
     );
     exact(&sqld, dir.path());
 }
+
+/// sqld compacts its log into snapshots, and a log stream (`LogEntries`) asked for a frame it
+/// compacted sends nothing at all (measured: not `NEED_SNAPSHOT`, nothing, for as long as it is
+/// left open), where a batch answers `NEED_SNAPSHOT` at once. A clone of a long compacted log
+/// must not wait on that silence (half a second at least, on every such clone): it reads the
+/// snapshots, asks for no stream of frames the log no longer holds, and leaves streams on for
+/// the log's next long stretch.
+#[test]
+fn a_clone_of_a_long_compacted_log_asks_no_stream_of_what_was_compacted() {
+    let sqld = Sqld::start_with_args(&["--max-log-size", "1"]);
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+    // About 3,500 frames in transactions of 500 pages: well past a long stretch (2048
+    // frames), compacted behind as it grows.
+    for first in (1..=3500).step_by(500) {
+        sqld.exec(&format!(
+            "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
+            first + 499
+        ));
+    }
+    let data = sqld.data_dir().join("dbs/default");
+    let count = |d: &str| std::fs::read_dir(data.join(d)).map_or(0, |d| d.count());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count("snapshots") == 0 || count("to_compact") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sqld never compacted its log"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let proxy = HookProxy::start(&sqld.url, |_, _| Verdict::Forward);
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
+    let requests = proxy.take_requests();
+    assert!(
+        requests.iter().any(|r| r.contains("/Snapshot")),
+        "no snapshot read: {requests:#?}"
+    );
+    assert!(
+        !requests.iter().any(|r| r.contains("/LogEntries")),
+        "a stream asked for: {requests:#?}"
+    );
+    exact(&sqld, dir.path());
+    let r = reads(&sqld, dir.path(), &sqld.rw_token);
+    assert_eq!(r["path"], "log", "{r}");
+    assert_eq!(r["streams"]["on"], true, "{r}");
+}
