@@ -24,12 +24,13 @@ pub(super) fn writing(path: &Path) -> impl Fn(std::io::Error) -> std::io::Error 
 }
 
 /// Reads the log into `sink` until it is caught up: a long stretch in two streams at once
-/// ([`stream_ahead`]), then batches from the frame after the sink's last commit (a batch that
-/// broke off goes on from there), the snapshot when the log was compacted past that frame, a
-/// new `Hello` when the server forgot the session (a changed log id means it was reset). Frames
-/// of a transaction the log did not finish may be left past the last commit. `dir` holds what
-/// is put aside meanwhile. Streams are tried only when `streams` says so; when they stay
-/// silent, it becomes [`Streams::Off`].
+/// ([`stream_ahead`]) unless a snapshot holds its first frame ([`snapshot_first`]), then
+/// batches from the frame after the sink's last commit (a batch that broke off goes on from
+/// there), the snapshot when the log was compacted past that frame, a new `Hello` when the
+/// server forgot the session (a changed log id means it was reset). Frames of a transaction
+/// the log did not finish may be left past the last commit. `dir` holds what is put aside
+/// meanwhile. Streams are tried only when `streams` says so; when they stay silent, it becomes
+/// [`Streams::Off`].
 pub(super) fn read_log(
     log: &mut dyn LogSource,
     hello: &Hello,
@@ -37,16 +38,22 @@ pub(super) fn read_log(
     dir: &Path,
     streams: &mut Streams,
 ) -> Result<(), MirrorError> {
+    let mut snapshot = false;
     if let (Some(upto), Streams::Try) = (hello.replication_index, &streams) {
         let from = sink.txns().next();
         if upto >= from.saturating_add(STREAM_FRAMES) {
-            if let Some(silent) = stream_ahead(&*log, sink, from, upto, dir)? {
-                *streams = Streams::Off(silent.to_string());
+            match snapshot_first(log, sink, from)? {
+                Snapshot::NoneHolds => {
+                    if let Some(silent) = stream_ahead(&*log, sink, from, upto, dir)? {
+                        *streams = Streams::Off(silent.to_string());
+                    }
+                }
+                Snapshot::Read => {}
+                Snapshot::BrokeOff => snapshot = true,
             }
         }
     }
     let mut next = sink.txns().next();
-    let mut snapshot = false;
     let mut hellos = 0;
     loop {
         let before = sink.txns().frames;
@@ -81,6 +88,56 @@ pub(super) fn read_log(
         // Up to the frame `Hello` said the log ends at: asking on would find nothing.
         if hello.replication_index.is_some_and(|upto| next > upto) {
             return Ok(());
+        }
+    }
+}
+
+/// What [`snapshot_first`] found.
+enum Snapshot {
+    /// No snapshot holds the frame: the log does.
+    NoneHolds,
+    /// One does, and it is in the sink.
+    Read,
+    /// One does, and its answer broke off: the sink is back at its last commit, and the
+    /// snapshot is to be read again.
+    BrokeOff,
+}
+
+/// Asks for the snapshot holding frame `from`, before a long stretch is read in streams, and
+/// reads it into `sink` when there is one. sqld compacts its log into snapshots, and a stream
+/// asked for a frame it compacted sends nothing at all, for as long as it is left open
+/// (measured; a batch answers `NEED_SNAPSHOT` at once): both streams were waited on for as long
+/// as they may stay silent (half a second at least) on every clone of a compacted log, before
+/// the batches found the snapshot. Any answer but a snapshot's frames
+/// (sqld says "snapshot not found", or that it keeps no snapshot directory; a source without
+/// snapshots refuses) means the log holds the frame, and costs one request before the
+/// streams.
+fn snapshot_first(
+    log: &mut dyn LogSource,
+    sink: &mut dyn FrameSink,
+    from: u64,
+) -> Result<Snapshot, MirrorError> {
+    let before = sink.txns().frames;
+    let mut came = false;
+    let got = log.frames(from, true, &mut |f| {
+        came = true;
+        sink.push(f, true)
+    });
+    match got {
+        Ok(()) if sink.txns().frames > before && sink.txns().txn_last.is_none() => {
+            Ok(Snapshot::Read)
+        }
+        // Storage failing on this side is not an answer of the server's.
+        Err(LogError::Sink(e)) if e.kind() != std::io::ErrorKind::InvalidData => {
+            Err(LogError::Sink(e).into())
+        }
+        _ => {
+            sink.rewind()?;
+            Ok(if came {
+                Snapshot::BrokeOff
+            } else {
+                Snapshot::NoneHolds
+            })
         }
     }
 }

@@ -99,9 +99,16 @@ impl LogSource for FakeLog {
     fn frames(
         &mut self,
         next_offset: u64,
-        _snapshot: bool,
+        snapshot: bool,
         each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), LogError> {
+        if snapshot {
+            // Nothing compacted: sqld's answer when it keeps no snapshot.
+            return Err(LogError::Status {
+                code: 13,
+                message: "No such file or directory (os error 2)".into(),
+            });
+        }
         let from = usize::try_from(next_offset).unwrap().min(self.frames.len());
         for (i, f) in self.frames[from..].iter().enumerate() {
             if self.break_after.is_some_and(|b| i == b) {
