@@ -26,11 +26,11 @@ pub(super) fn writing(path: &Path) -> impl Fn(std::io::Error) -> std::io::Error 
 /// Reads the log into `sink` until it is caught up: a long stretch in two streams at once
 /// ([`stream_ahead`]) unless a snapshot holds its first frame ([`snapshot_first`]), then
 /// batches from the frame after the sink's last commit (a batch that broke off goes on from
-/// there), the snapshot when the log was compacted past that frame, a new `Hello` when the
-/// server forgot the session (a changed log id means it was reset). Frames of a transaction
-/// the log did not finish may be left past the last commit. `dir` holds what is put aside
-/// meanwhile. Streams are tried only when `streams` says so; when they stay silent, it becomes
-/// [`Streams::Off`].
+/// there), the snapshot when the log was compacted past that frame (and after a snapshot, the
+/// next one first), a new `Hello` when the server forgot the session (a changed log id means
+/// it was reset), up to the frame `Hello` named. Frames of a transaction the log did not finish
+/// may be left past the last commit. `dir` holds what is put aside meanwhile. Streams are tried
+/// only when `streams` says so; when they stay silent, it becomes [`Streams::Off`].
 pub(super) fn read_log(
     log: &mut dyn LogSource,
     hello: &Hello,
@@ -39,6 +39,9 @@ pub(super) fn read_log(
     streams: &mut Streams,
 ) -> Result<(), MirrorError> {
     let mut snapshot = false;
+    // After a snapshot, the next frame is asked of the snapshots first: sqld keeps several, one
+    // after the other, and this spares the batch that would answer `NEED_SNAPSHOT` before each.
+    let mut after_snapshot = false;
     if let (Some(upto), Streams::Try) = (hello.replication_index, &streams) {
         let from = sink.txns().next();
         if upto >= from.saturating_add(STREAM_FRAMES) {
@@ -48,7 +51,7 @@ pub(super) fn read_log(
                         *streams = Streams::Off(silent.to_string());
                     }
                 }
-                Snapshot::Read => {}
+                Snapshot::Read => after_snapshot = true,
                 Snapshot::BrokeOff => snapshot = true,
             }
         }
@@ -56,6 +59,21 @@ pub(super) fn read_log(
     let mut next = sink.txns().next();
     let mut hellos = 0;
     loop {
+        // Up to the frame `Hello` said the log ends at: asking on would find nothing.
+        if hello.replication_index.is_some_and(|upto| next > upto) {
+            return Ok(());
+        }
+        if std::mem::take(&mut after_snapshot) {
+            match snapshot_first(log, sink, next)? {
+                Snapshot::Read => {
+                    after_snapshot = true;
+                    next = sink.txns().next();
+                    continue;
+                }
+                Snapshot::BrokeOff => snapshot = true,
+                Snapshot::NoneHolds => {}
+            }
+        }
         let before = sink.txns().frames;
         let got = log.retrying(&mut |log: &mut dyn LogSource| {
             sink.rewind()?;
@@ -83,12 +101,8 @@ pub(super) fn read_log(
             }
             return Ok(());
         }
-        snapshot = false;
+        after_snapshot = std::mem::take(&mut snapshot);
         next = sink.txns().next();
-        // Up to the frame `Hello` said the log ends at: asking on would find nothing.
-        if hello.replication_index.is_some_and(|upto| next > upto) {
-            return Ok(());
-        }
     }
 }
 
