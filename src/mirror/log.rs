@@ -52,7 +52,6 @@ pub(super) fn read_log(
                     }
                 }
                 Snapshot::Read => after_snapshot = true,
-                Snapshot::BrokeOff => snapshot = true,
             }
         }
     }
@@ -70,7 +69,6 @@ pub(super) fn read_log(
                     next = sink.txns().next();
                     continue;
                 }
-                Snapshot::BrokeOff => snapshot = true,
                 Snapshot::NoneHolds => {}
             }
         }
@@ -112,9 +110,6 @@ enum Snapshot {
     NoneHolds,
     /// One does, and it is in the sink.
     Read,
-    /// One does, and its answer broke off: the sink is back at its last commit, and the
-    /// snapshot is to be read again.
-    BrokeOff,
 }
 
 /// Asks for the snapshot holding frame `from`, before a long stretch is read in streams, and
@@ -122,36 +117,39 @@ enum Snapshot {
 /// asked for a frame it compacted sends nothing at all, for as long as it is left open
 /// (measured; a batch answers `NEED_SNAPSHOT` at once): both streams were waited on for as long
 /// as they may stay silent (half a second at least) on every clone of a compacted log, before
-/// the batches found the snapshot. Any answer but a snapshot's frames
-/// (sqld says "snapshot not found", or that it keeps no snapshot directory; a source without
-/// snapshots refuses) means the log holds the frame, and costs one request before the
-/// streams.
+/// the batches found the snapshot. An answer that passes (a dropped connection, a 503) is asked
+/// again, as every read of the log is; any other answer but a snapshot's frames (sqld says
+/// "snapshot not found", or that it keeps no snapshot directory; a source without snapshots
+/// refuses) means the log holds the frame, and costs one request before the streams.
 fn snapshot_first(
     log: &mut dyn LogSource,
     sink: &mut dyn FrameSink,
     from: u64,
 ) -> Result<Snapshot, MirrorError> {
     let before = sink.txns().frames;
-    let mut came = false;
-    let got = log.frames(from, true, &mut |f| {
-        came = true;
-        sink.push(f, true)
+    let mut none = false;
+    let got = log.retrying(&mut |log: &mut dyn LogSource| {
+        sink.rewind()?;
+        match log.frames(from, true, &mut |f| sink.push(f, true)) {
+            Err(LogError::NoSnapshot(_)) => {
+                none = true;
+                Ok(())
+            }
+            other => other,
+        }
     });
     match got {
-        Ok(()) if sink.txns().frames > before && sink.txns().txn_last.is_none() => {
+        Ok(()) if !none && sink.txns().frames > before && sink.txns().txn_last.is_none() => {
             Ok(Snapshot::Read)
         }
-        // Storage failing on this side is not an answer of the server's.
+        // Storage failing on this side, or the server gone for good, is not an answer.
         Err(LogError::Sink(e)) if e.kind() != std::io::ErrorKind::InvalidData => {
             Err(LogError::Sink(e).into())
         }
+        Err(e @ LogError::Remote(_)) => Err(e.into()),
         _ => {
             sink.rewind()?;
-            Ok(if came {
-                Snapshot::BrokeOff
-            } else {
-                Snapshot::NoneHolds
-            })
+            Ok(Snapshot::NoneHolds)
         }
     }
 }

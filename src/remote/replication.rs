@@ -112,6 +112,11 @@ pub enum LogError {
     /// The log was compacted past the frame asked for: the `Snapshot` call has those pages.
     #[error("the replication log was compacted past the frame asked for (NEED_SNAPSHOT)")]
     NeedSnapshot,
+    /// No snapshot holds the frame asked for: the log still does, or sqld is writing the
+    /// snapshot of what it compacted, which passes (so it holds the answer that passes, as a
+    /// 503 would: only [`crate::mirror`]'s first look for a snapshot takes it as final).
+    #[error("no snapshot holds the frame asked for")]
+    NoSnapshot(RemoteError),
     /// The session token is unknown to the server (it restarted): say hello again.
     #[error("the replication log session ended (NO_HELLO)")]
     NoHello,
@@ -139,7 +144,7 @@ pub enum LogError {
 impl Transient for LogError {
     fn remote(&self) -> Option<&RemoteError> {
         match self {
-            LogError::Remote(e) => Some(e),
+            LogError::Remote(e) | LogError::NoSnapshot(e) => Some(e),
             LogError::TursoSync(e) => e.remote(),
             _ => None,
         }
@@ -533,6 +538,13 @@ fn status_error(code: u32, message: String) -> LogError {
         // FAILED_PRECONDITION
         9 if message.contains("NEED_SNAPSHOT") => LogError::NeedSnapshot,
         9 if message.contains("NO_HELLO") => LogError::NoHello,
+        // sqld's answer to `Snapshot` for a frame no snapshot holds (not one that passes).
+        14 if message.contains("snapshot not found") => {
+            LogError::NoSnapshot(RemoteError::Unavailable {
+                status: 503,
+                retry_after: None,
+            })
+        }
         // UNAVAILABLE: a server restarting; passes like an HTTP 503.
         14 => LogError::Remote(RemoteError::Unavailable {
             status: 503,
