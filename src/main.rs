@@ -224,9 +224,10 @@ conflict that `sync --ours` or `--theirs` settles. Exits 0 once mended.")]
 Each round is `tursync sync`: pull, then push, each all or nothing. A round that changed
 something is logged with its duration, from its first request to the end of its push (JSON:
 {\"event\":\"synced\",\"pulled\":{..},\"pushed\":{..},\"seconds\":0.031}). A local commit is seen
-within 50 ms (PRAGMA data_version); the remote's replication index is checked every interval.
-A conflict is reported once (the same report as sync); watch keeps running and tries again when
-either side changes, so it can be settled with the app or `tursync pull --ours/--theirs`.
+within 50 ms (PRAGMA data_version); the remote's replication index is checked every interval,
+by the round's pull (one request when nothing moved). A conflict is reported once (the same
+report as sync); watch keeps running and tries again when either side changes, so it can be
+settled with the app, with `tursync pull --ours/--theirs`, or on the remote.
 Network failures and server restarts are waited out with exponential backoff, saying so. A bad
 token, a working copy that is gone or a damaged file stop it (exit 1; 5 for a damaged base,
 which `tursync verify --repair` mends). SIGINT or SIGTERM ends
