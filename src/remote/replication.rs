@@ -112,9 +112,10 @@ pub enum LogError {
     /// The log was compacted past the frame asked for: the `Snapshot` call has those pages.
     #[error("the replication log was compacted past the frame asked for (NEED_SNAPSHOT)")]
     NeedSnapshot,
-    /// No snapshot holds the frame asked for: the log still does, or sqld is writing the
-    /// snapshot of what it compacted, which passes (so it holds the answer that passes, as a
-    /// 503 would: only [`crate::mirror`]'s first look for a snapshot takes it as final).
+    /// No snapshot holds the frame asked for: the log still does, or sqld is still writing the
+    /// snapshot of what it compacted. It passes, as the 503 it holds does (retried while the
+    /// snapshot is written); only the mirror's look for a snapshot before it streams a long
+    /// stretch takes it as final.
     #[error("no snapshot holds the frame asked for")]
     NoSnapshot(RemoteError),
     /// The session token is unknown to the server (it restarted): say hello again.
