@@ -1447,3 +1447,27 @@ fn a_clone_of_a_long_compacted_log_asks_no_stream_of_what_was_compacted() {
     assert_eq!(r["path"], "log", "{r}");
     assert_eq!(r["streams"]["on"], true, "{r}");
 }
+
+/// A clone of a compacted log keeps its one connection (each new one costs a round trip, two
+/// on https): the snapshots, the look for the snapshot after the last one (which sqld answers
+/// "snapshot not found", headers only) and the batches after it all go out on it.
+#[test]
+fn a_clone_of_a_compacted_log_keeps_one_connection() {
+    let sqld = long_compacted_log();
+    let proxy = HookProxy::far(&sqld.url, std::time::Duration::from_millis(1));
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
+    let requests = proxy.requests();
+    let connections = proxy.take_connections();
+    assert!(
+        requests.iter().any(|r| r.contains("/Snapshot")),
+        "no snapshot read: {requests:#?}"
+    );
+    assert_eq!(
+        connections,
+        1,
+        "{} requests on {connections} connections: {requests:#?}",
+        requests.len()
+    );
+    exact(&sqld, dir.path());
+}
