@@ -544,7 +544,10 @@ fn a_pull_with_nothing_new_downloads_nothing_and_a_refused_push_is_sent_once() {
     let out = run(a.path(), &["sync", "--url", &proxy.url]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let requests = proxy.requests();
-    let pulls = requests.iter().filter(|r| r.contains("/pull-updates")).count();
+    let pulls = requests
+        .iter()
+        .filter(|r| r.contains("/pull-updates"))
+        .count();
     assert!(
         pulls <= 2,
         "{pulls} pulls for a push refused with nothing new: {requests:#?}"

@@ -678,9 +678,11 @@ fn a_watch_blocked_by_a_push_conflict_on_turso_sync_sends_no_push_each_interval(
     );
     // The teammate adds the parent: the pull finds the change, and the push goes through.
     server.exec(&["INSERT INTO parent VALUES (99, 'theirs')"]);
-    wait_until("settled by the remote's move", Duration::from_secs(10), || {
-        !w.events("settled").is_empty()
-    });
+    wait_until(
+        "settled by the remote's move",
+        Duration::from_secs(10),
+        || !w.events("settled").is_empty(),
+    );
     wait_until("the child on the remote", Duration::from_secs(10), || {
         server.query("SELECT count(*) FROM child") == vec![vec![Cell::Integer(1)]]
     });
