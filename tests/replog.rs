@@ -1471,3 +1471,34 @@ fn a_clone_of_a_compacted_log_keeps_one_connection() {
     );
     exact(&sqld, dir.path());
 }
+
+/// The same clone when a snapshot's answer breaks off mid-body (the first one, and the one
+/// after the next): the snapshot is asked again, the clone asks for no stream of compacted
+/// frames, and it is exact.
+#[test]
+fn a_clone_of_a_compacted_log_asks_a_snapshot_cut_short_again() {
+    let sqld = long_compacted_log();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = asked.clone();
+    let proxy = HookProxy::start(&sqld.url, move |head, _| {
+        if head.contains("/Snapshot ") {
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n == 0 || n == 2 {
+                return Verdict::Cut(300_000);
+            }
+        }
+        Verdict::Forward
+    });
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
+    let requests = proxy.requests();
+    assert!(
+        asked.load(std::sync::atomic::Ordering::SeqCst) > 3,
+        "{requests:#?}"
+    );
+    assert!(
+        !requests.iter().any(|r| r.contains("/LogEntries")),
+        "a stream asked for: {requests:#?}"
+    );
+    exact(&sqld, dir.path());
+}
