@@ -719,3 +719,43 @@ fn a_watch_blocked_by_a_push_conflict_on_sqld_sends_no_push_each_interval() {
     let (status, _, err) = w.terminate();
     assert_eq!(status.code(), Some(0), "{err}");
 }
+
+/// The server restarting between two checks, while the watch keeps its connection (and its
+/// log session) from the last: the next check goes out on a connection the server closed and
+/// a session it forgot. The watch goes on, and the teammate's next change is pulled, exactly.
+#[test]
+fn a_server_restart_between_checks_on_a_kept_connection_is_carried_on() {
+    let mut sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);");
+    sqld.exec("INSERT INTO items VALUES (1, 'first', 0);");
+    let a = tempdir();
+    init(&sqld, a.path());
+    let mut w = Watcher::start(a.path(), &sqld.rw_token);
+    wait_until("two checks", Duration::from_secs(20), || {
+        w.events("checked").len() >= 2
+    });
+    sqld.exec("INSERT INTO items VALUES (2, 'before', 0);");
+    wait_until("the first change pulled", Duration::from_secs(20), || {
+        tags(&a.path().join("working_copy.db")).len() == 2
+    });
+    for round in 0..3 {
+        sqld.restart();
+        sqld.exec(&format!(
+            "INSERT INTO items VALUES ({}, 'after', 0);",
+            10 + round
+        ));
+        wait_until(
+            "the change after the restart pulled",
+            Duration::from_secs(30),
+            || tags(&a.path().join("working_copy.db")).len() == 3 + round,
+        );
+    }
+    w.assert_running();
+    assert_table_eq(
+        &sqld,
+        &a.path().join("working_copy.db"),
+        "SELECT * FROM items ORDER BY id",
+    );
+    let (status, _, err) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+}
