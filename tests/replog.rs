@@ -1502,3 +1502,45 @@ fn a_clone_of_a_compacted_log_asks_a_snapshot_cut_short_again() {
     );
     exact(&sqld, dir.path());
 }
+
+/// Clones and pulls while sqld keeps compacting its log (a teammate writing transactions of
+/// 1.5 MB on a log of at most 1 MB: each one compacted while the next is read): whatever
+/// `Snapshot` answers meanwhile ("snapshot not found" while one is being written), every clone
+/// and pull ends, and each workspace is exact once the writes stop.
+#[test]
+fn clones_and_pulls_while_sqld_compacts_end_exact() {
+    let sqld = Sqld::start_with_args(&["--max-log-size", "1"]);
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+    sqld.exec("INSERT INTO t SELECT value, randomblob(3000) FROM generate_series(1, 3000)");
+    let url = sqld.url.clone();
+    let token = sqld.rw_token.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut first = 100_000;
+        while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            exec_at(
+                &url,
+                &token,
+                &format!(
+                    "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
+                    first + 499
+                ),
+            );
+            first += 500;
+        }
+    });
+    let dirs: Vec<TempDir> = (0..3).map(|_| tempdir()).collect();
+    for d in &dirs {
+        init(&sqld, d.path());
+    }
+    for d in &dirs {
+        ok(&sqld, d.path(), &["pull"]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    for d in &dirs {
+        ok(&sqld, d.path(), &["pull"]);
+        exact(&sqld, d.path());
+    }
+}
