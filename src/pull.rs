@@ -420,8 +420,14 @@ fn from_log(
         (None, true) => crate::shared_pages::share(&ws.state_dir())?,
         (None, false) => {}
     }
+    // Nothing was downloaded when the mirror did not move and the base was at its point
+    // already: a source that gives no index to compare first (Turso Sync) comes here then too,
+    // and `sync` takes a download to mean that a refused push may have lost a race.
+    // (Rows an interrupted pull left unsettled, settled now, count as what came.)
+    let downloaded = advanced || base_at != Some(frame);
     let outcome = merged.outcome.map(|report| PullReport {
-        downloaded: true,
+        downloaded: downloaded
+            || report.applied + report.merged + report.resolved + report.schema_changes > 0,
         read: match (report.read, dropped) {
             (Some(read), Some(dropped)) => Some(read + &dropped),
             (read, _) => read,

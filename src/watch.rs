@@ -366,6 +366,23 @@ impl Watch<'_> {
             if blocked.holds(local, now) {
                 return Ok(Step::Unchanged(now));
             }
+        } else if self.blocked.as_ref().is_some_and(|b| {
+            b.local == local && b.remote.is_none() && matches!(b.why, Why::PushConflicts(_))
+        }) {
+            // A remote that does not say where it stands: its pull alone tells whether it
+            // moved. With nothing new on either side the push would be refused the same way,
+            // so it is not sent again (each one opens a write transaction on the remote).
+            let pulled = crate::pull::pull(
+                self.ws,
+                self.remote,
+                &Self::merge(),
+                crate::clone::FetchOptions::default(),
+                &Progress::hidden(),
+                &|| {},
+            )?;
+            if matches!(&pulled.outcome, crate::conflict::Outcome::Done(r) if !r.downloaded) {
+                return Ok(Step::Unchanged(pulled.remote_index));
+            }
         }
         match self.round(local, started) {
             // The sync pulled and pushed again while the remote kept moving, and still the
@@ -442,17 +459,21 @@ impl Watch<'_> {
         }
     }
 
+    /// As `sync` merges: conflicts stop the round, colliding new rows are renumbered.
+    fn merge() -> MergeOptions {
+        MergeOptions {
+            resolve: Resolve::Refuse,
+            tables: Default::default(),
+            renumber: true,
+        }
+    }
+
     /// One `sync` ([`crate::sync::sync`]): pull, then push (skipped when the working copy has
     /// not moved since a push that saw all of it). Reports a round that changed something, or
     /// (for `-v`) one that did not. Returns with how it ended the remote's index its pull read
     /// first.
     fn round(&mut self, local: i64, started: Instant) -> Result<(Option<u64>, Round)> {
-        // As `sync` does: conflicts stop the round, colliding new rows are renumbered.
-        let merge = MergeOptions {
-            resolve: Resolve::Refuse,
-            tables: Default::default(),
-            renumber: true,
-        };
+        let merge = Self::merge();
         let local_changed = self.pushed_local != Some(local);
         let synced = crate::sync::sync(
             self.ws,

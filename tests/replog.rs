@@ -1447,3 +1447,100 @@ fn a_clone_of_a_long_compacted_log_asks_no_stream_of_what_was_compacted() {
     assert_eq!(r["path"], "log", "{r}");
     assert_eq!(r["streams"]["on"], true, "{r}");
 }
+
+/// A clone of a compacted log keeps its one connection (each new one costs a round trip, two
+/// on https): the snapshots, the look for the snapshot after the last one (which sqld answers
+/// "snapshot not found", headers only) and the batches after it all go out on it.
+#[test]
+fn a_clone_of_a_compacted_log_keeps_one_connection() {
+    let sqld = long_compacted_log();
+    let proxy = HookProxy::far(&sqld.url, std::time::Duration::from_millis(1));
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
+    let requests = proxy.requests();
+    let connections = proxy.take_connections();
+    assert!(
+        requests.iter().any(|r| r.contains("/Snapshot")),
+        "no snapshot read: {requests:#?}"
+    );
+    assert_eq!(
+        connections,
+        1,
+        "{} requests on {connections} connections: {requests:#?}",
+        requests.len()
+    );
+    exact(&sqld, dir.path());
+}
+
+/// The same clone when a snapshot's answer breaks off mid-body (the first one, and the one
+/// after the next): the snapshot is asked again, the clone asks for no stream of compacted
+/// frames, and it is exact.
+#[test]
+fn a_clone_of_a_compacted_log_asks_a_snapshot_cut_short_again() {
+    let sqld = long_compacted_log();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = asked.clone();
+    let proxy = HookProxy::start(&sqld.url, move |head, _| {
+        if head.contains("/Snapshot ") {
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n == 0 || n == 2 {
+                return Verdict::Cut(300_000);
+            }
+        }
+        Verdict::Forward
+    });
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
+    let requests = proxy.requests();
+    assert!(
+        asked.load(std::sync::atomic::Ordering::SeqCst) > 3,
+        "{requests:#?}"
+    );
+    assert!(
+        !requests.iter().any(|r| r.contains("/LogEntries")),
+        "a stream asked for: {requests:#?}"
+    );
+    exact(&sqld, dir.path());
+}
+
+/// Clones and pulls while sqld keeps compacting its log (a teammate writing transactions of
+/// 1.5 MB on a log of at most 1 MB: each one compacted while the next is read): whatever
+/// `Snapshot` answers meanwhile ("snapshot not found" while one is being written), every clone
+/// and pull ends, and each workspace is exact once the writes stop.
+#[test]
+fn clones_and_pulls_while_sqld_compacts_end_exact() {
+    let sqld = Sqld::start_with_args(&["--max-log-size", "1"]);
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+    sqld.exec("INSERT INTO t SELECT value, randomblob(3000) FROM generate_series(1, 3000)");
+    let url = sqld.url.clone();
+    let token = sqld.rw_token.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut first = 100_000;
+        while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            exec_at(
+                &url,
+                &token,
+                &format!(
+                    "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
+                    first + 499
+                ),
+            );
+            first += 500;
+        }
+    });
+    let dirs: Vec<TempDir> = (0..3).map(|_| tempdir()).collect();
+    for d in &dirs {
+        init(&sqld, d.path());
+    }
+    for d in &dirs {
+        ok(&sqld, d.path(), &["pull"]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    for d in &dirs {
+        ok(&sqld, d.path(), &["pull"]);
+        exact(&sqld, d.path());
+    }
+}

@@ -519,3 +519,37 @@ fn a_teammates_write_survives_a_push_that_checks_orphans() {
         vec![vec![Cell::Integer(10), Cell::Integer(1)]]
     );
 }
+
+/// A pull with nothing new on Turso Sync says so (`downloaded: false`): `sync` takes a pull
+/// that downloaded to mean the remote moved, so that a push refused meanwhile may have lost a
+/// race and is sent again. A `sync` whose push is refused with nothing new on the remote (an
+/// orphan it would add) sends it once, as on sqld, not once per attempt.
+#[test]
+fn a_pull_with_nothing_new_downloads_nothing_and_a_refused_push_is_sent_once() {
+    let server = TursoSync::start();
+    server.exec(&[
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT)",
+        "CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id))",
+        "INSERT INTO parent VALUES (1, 'a')",
+    ]);
+    let a = tempdir();
+    init_url(&server.url, a.path());
+    let out = run(a.path(), &["pull", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["downloaded"], false, "{report}");
+
+    edit(a.path(), "INSERT INTO child VALUES (1, 99)");
+    let proxy = HookProxy::start(&server.url, |_, _| Verdict::Forward);
+    let out = run(a.path(), &["sync", "--url", &proxy.url]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let requests = proxy.requests();
+    let pulls = requests
+        .iter()
+        .filter(|r| r.contains("/pull-updates"))
+        .count();
+    assert!(
+        pulls <= 2,
+        "{pulls} pulls for a push refused with nothing new: {requests:#?}"
+    );
+}

@@ -605,3 +605,157 @@ fn an_idle_check_takes_one_request_on_turso_sync() {
     let proxy = HookProxy::far(&server.url, Duration::from_millis(5));
     an_idle_check_takes_one_request(a.path(), "any", &proxy);
 }
+
+/// A watch blocked by a conflict (reported once) checks, each interval, that neither side
+/// moved: one request a check, the remote's index compared with the one its pull read. The
+/// proxy counts the requests over four intervals.
+#[test]
+fn a_blocked_watch_checks_in_one_request_on_sqld() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER); INSERT INTO items VALUES (1, 'base', 0);");
+    let a = tempdir();
+    init(&sqld, a.path());
+    edit(a.path(), "UPDATE items SET tag = 'ours' WHERE id = 1");
+    sqld.exec("UPDATE items SET tag = 'theirs' WHERE id = 1");
+    let proxy = HookProxy::far(&sqld.url, Duration::from_millis(5));
+    let mut w = Watcher::start_with(a.path(), &sqld.rw_token, &["--url", &proxy.url]);
+    wait_until("the conflict reported", Duration::from_secs(10), || {
+        !w.events("conflict").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.take_requests();
+    let checked = w.events("checked").len();
+    std::thread::sleep(Duration::from_millis(2000));
+    let requests = proxy.take_requests();
+    let checked = w.events("checked").len() - checked;
+    w.assert_running();
+    assert_eq!(w.events("conflict").len(), 1);
+    assert!(
+        requests.len() <= 5 && checked >= 3,
+        "{} requests for {checked} checks of a blocked watch:\n{}",
+        requests.len(),
+        requests.join("\n")
+    );
+    let (status, _, err) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+}
+
+/// A watch on Turso Sync blocked by a push conflict (a child row whose parent is nowhere: an
+/// orphan the push would add) runs its round again each interval, as the remote does not say
+/// where it stands. With nothing new on either side, the push is refused the same way: it must
+/// not be sent again each interval (it opens a write transaction on the remote every time),
+/// only the pull that would find a change which may settle it.
+#[test]
+fn a_watch_blocked_by_a_push_conflict_on_turso_sync_sends_no_push_each_interval() {
+    let server = TursoSync::start();
+    server.exec(&[
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT)",
+        "CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id))",
+        "INSERT INTO parent VALUES (1, 'one')",
+    ]);
+    let a = tempdir();
+    init_url(&server.url, a.path());
+    edit(a.path(), "INSERT INTO child VALUES (1, 99)");
+    let proxy = HookProxy::far(&server.url, Duration::from_millis(5));
+    let mut w = Watcher::start_with(a.path(), "any", &["--url", &proxy.url]);
+    wait_until("the conflict reported", Duration::from_secs(10), || {
+        !w.events("conflict").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.take_requests();
+    std::thread::sleep(Duration::from_millis(2000));
+    let requests = proxy.take_requests();
+    w.assert_running();
+    let conflicts = w.events("conflict");
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0]["pushed"], false, "{conflicts:?}");
+    assert!(
+        requests.len() <= 5,
+        "{} requests in four intervals of a watch blocked by a push conflict:\n{}\nevents:\n{}",
+        requests.len(),
+        requests.join("\n"),
+        w.lines.lock().unwrap().join("\n")
+    );
+    // The teammate adds the parent: the pull finds the change, and the push goes through.
+    server.exec(&["INSERT INTO parent VALUES (99, 'theirs')"]);
+    wait_until(
+        "settled by the remote's move",
+        Duration::from_secs(10),
+        || !w.events("settled").is_empty(),
+    );
+    wait_until("the child on the remote", Duration::from_secs(10), || {
+        server.query("SELECT count(*) FROM child") == vec![vec![Cell::Integer(1)]]
+    });
+    let (status, _, err) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+}
+
+/// The same blocked push on sqld: each interval's check is one request.
+#[test]
+fn a_watch_blocked_by_a_push_conflict_on_sqld_sends_no_push_each_interval() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT); CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id)); INSERT INTO parent VALUES (1, 'one');");
+    let a = tempdir();
+    init(&sqld, a.path());
+    edit(a.path(), "INSERT INTO child VALUES (1, 99)");
+    let proxy = HookProxy::far(&sqld.url, Duration::from_millis(5));
+    let mut w = Watcher::start_with(a.path(), &sqld.rw_token, &["--url", &proxy.url]);
+    wait_until("the conflict reported", Duration::from_secs(10), || {
+        !w.events("conflict").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.take_requests();
+    std::thread::sleep(Duration::from_millis(2000));
+    let requests = proxy.take_requests();
+    w.assert_running();
+    let conflicts = w.events("conflict");
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert!(
+        requests.len() <= 5,
+        "{} requests in four intervals of a watch blocked by a push conflict:\n{}",
+        requests.len(),
+        requests.join("\n")
+    );
+    let (status, _, err) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+}
+
+/// The server restarting between two checks, while the watch keeps its connection (and its
+/// log session) from the last: the next check goes out on a connection the server closed and
+/// a session it forgot. The watch goes on, and the teammate's next change is pulled, exactly.
+#[test]
+fn a_server_restart_between_checks_on_a_kept_connection_is_carried_on() {
+    let mut sqld = Sqld::start();
+    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);");
+    sqld.exec("INSERT INTO items VALUES (1, 'first', 0);");
+    let a = tempdir();
+    init(&sqld, a.path());
+    let mut w = Watcher::start(a.path(), &sqld.rw_token);
+    wait_until("two checks", Duration::from_secs(20), || {
+        w.events("checked").len() >= 2
+    });
+    sqld.exec("INSERT INTO items VALUES (2, 'before', 0);");
+    wait_until("the first change pulled", Duration::from_secs(20), || {
+        tags(&a.path().join("working_copy.db")).len() == 2
+    });
+    for round in 0..3 {
+        sqld.restart();
+        sqld.exec(&format!(
+            "INSERT INTO items VALUES ({}, 'after', 0);",
+            10 + round
+        ));
+        wait_until(
+            "the change after the restart pulled",
+            Duration::from_secs(30),
+            || tags(&a.path().join("working_copy.db")).len() == 3 + round,
+        );
+    }
+    w.assert_running();
+    assert_table_eq(
+        &sqld,
+        &a.path().join("working_copy.db"),
+        "SELECT * FROM items ORDER BY id",
+    );
+    let (status, _, err) = w.terminate();
+    assert_eq!(status.code(), Some(0), "{err}");
+}

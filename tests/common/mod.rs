@@ -1319,6 +1319,9 @@ pub enum Verdict {
     Drop,
     /// This whole HTTP response instead of the server's: the server never saw the request.
     Answer(&'static str),
+    /// Forwarded to sqld, and only the first this many bytes of its answer (head included)
+    /// passed back before the connection closes: an answer that breaks off mid-body.
+    Cut(usize),
 }
 
 /// A small HTTP proxy on 127.0.0.1 in front of a real sqld that asks `hook` about each request
@@ -1413,6 +1416,15 @@ impl HookProxy {
                             }
                             Verdict::Forward => {
                                 forward(&upstream, &head, &body).and_then(kept_open)
+                            }
+                            Verdict::Cut(n) => {
+                                if let Some(mut reply) =
+                                    forward(&upstream, &head, &body).and_then(kept_open)
+                                {
+                                    reply.truncate(n);
+                                    let _ = conn.write_all(&reply);
+                                }
+                                return;
                             }
                         };
                         let Some(reply) = reply else { return };
