@@ -1544,3 +1544,48 @@ fn clones_and_pulls_while_sqld_compacts_end_exact() {
         exact(&sqld, d.path());
     }
 }
+
+/// A pull that grows the database past 1 GB. SQLite keeps the page holding the byte at offset
+/// 1 GB for its file locks: it is in the file, never used, and SQLite's pager refuses to read
+/// or write it. The base's move to the mirror page for page counted it among the pages the
+/// file grew by, so the pull failed ("database disk image is malformed"), and so did every pull
+/// after it. The rows are zero blobs of 4 MB (sqld takes rows of up to 5 MB), 64 MB a
+/// transaction.
+#[test]
+fn a_pull_that_grows_the_database_past_one_gigabyte_is_exact() {
+    let sqld = Sqld::start();
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t VALUES (0, x'01')");
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    for first in (1..=272).step_by(16) {
+        sqld.exec(&format!(
+            "INSERT INTO t SELECT value, zeroblob(4000000) FROM generate_series({first}, {})",
+            first + 15
+        ));
+    }
+    let check = "SELECT count(*), sum(length(v)), sum(id) FROM t";
+    let pages = sqld.query("PRAGMA page_count");
+    assert!(
+        matches!(pages[..], [ref row] if matches!(row[..], [Cell::Integer(n)] if n > 262_145)),
+        "the remote holds {pages:?} pages"
+    );
+    let read = pull(&sqld, dir.path());
+    assert!(!read.contains("over SQL"), "{read}");
+    let wc = dir.path().join("working_copy.db");
+    assert_eq!(local_query(&wc, check), sqld.query(check));
+    for file in [wc.clone(), dir.path().join(".tursync/base.db")] {
+        assert_eq!(
+            local_query(&file, "PRAGMA quick_check"),
+            vec![vec![Cell::text("ok")]],
+            "{}",
+            file.display()
+        );
+    }
+    // And the next pull is a pull like any other.
+    sqld.exec("UPDATE t SET v = x'02' WHERE id = 0; INSERT INTO t VALUES (1000, x'03')");
+    pull(&sqld, dir.path());
+    assert_eq!(local_query(&wc, check), sqld.query(check));
+    let diff = ok(&sqld, dir.path(), &["diff", "--json"]);
+    let diff: serde_json::Value = serde_json::from_slice(&diff.stdout).unwrap();
+    assert_eq!(diff["changes"], 0, "{diff}");
+}
