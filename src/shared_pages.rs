@@ -603,11 +603,15 @@ pub fn give_base(
         // so the base grows as the mirror did.
         let grown = (base_pages + 1..=pages).filter(|&n| !own.has(n));
         // Page 1 last, after the cut: it holds the schema's cookie, and SQLite reads the
-        // schema again, from the pages as they are then, once the cookie moved.
+        // schema again, from the pages as they are then, once the cookie moved. Never the
+        // lock-byte page, which a database past 1 GB has and SQLite never uses (the mirror
+        // counts it among the pages its file grew by).
+        let lock_byte = lock_byte_page(own.page_size);
         let mut kept: Vec<u32> = own
             .pages()
             .filter(|&n| n > 1 && n <= pages)
             .chain(grown)
+            .filter(|&n| n != lock_byte)
             .collect();
         if pages < base_pages {
             put.execute(rusqlite::params![pages + 1, rusqlite::types::Null])?;
@@ -638,6 +642,18 @@ pub fn give_base(
     }
     tx.commit()?;
     Ok(())
+}
+
+/// SQLite's lock-byte page: the one holding the byte at offset 1 GB (`PENDING_BYTE`), which
+/// SQLite keeps for its file locks and never uses. Its pager refuses to read or write it
+/// (`SQLITE_CORRUPT`), so a page-by-page copy through `sqlite_dbpage` passes over it; the file
+/// of a database past 1 GB holds it all the same, unused. With pages of 4096 bytes:
+///
+/// ```text
+/// 1073741824 / 4096 + 1 = page 262145
+/// ```
+fn lock_byte_page(page_size: u32) -> u32 {
+    (1 << 30) / page_size.max(1) + 1
 }
 
 /// The page size a database file's header names.
