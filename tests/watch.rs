@@ -418,17 +418,19 @@ fn a_synced_event_says_how_long_its_round_took() {
     assert_eq!(status.code(), Some(0), "{err}");
 }
 
-/// A watch far from its server keeps one connection for all its rounds: each new one costs a
-/// round trip before its first request (two on https), and a watch that dropped its connection
-/// after every answer paid that on each check and on each request of a round.
-#[test]
-fn a_watch_checks_and_syncs_on_one_connection() {
+/// A watch of a fresh sqld through the proxy `through` makes: four idle checks, a row of the
+/// remote's pulled, then (after `pause`) a row of the app's pushed. Returns the proxy, the
+/// watcher's lines and its stderr, once SIGTERM ended it with exit 0.
+fn watch_through(
+    through: impl FnOnce(&str) -> HookProxy,
+    pause: Duration,
+) -> (HookProxy, Vec<String>, String) {
     let sqld = Sqld::start();
     sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);");
     sqld.exec("INSERT INTO items VALUES (1, 'first', 0);");
     let a = tempdir();
     init(&sqld, a.path());
-    let proxy = HookProxy::far(&sqld.url, Duration::from_millis(5));
+    let proxy = through(&sqld.url);
     let mut w = Watcher::start_with(a.path(), &sqld.rw_token, &["--url", &proxy.url]);
     wait_until("four checks", Duration::from_secs(20), || {
         w.events("checked").len() >= 4
@@ -437,15 +439,29 @@ fn a_watch_checks_and_syncs_on_one_connection() {
     wait_until("the remote's row pulled", Duration::from_secs(20), || {
         !w.events("synced").is_empty()
     });
+    std::thread::sleep(pause);
     edit(a.path(), "INSERT INTO items VALUES (3, 'local', 0);");
     wait_until("the local row pushed", Duration::from_secs(20), || {
         sqld.query("SELECT count(*) FROM items") == vec![vec![Cell::Integer(3)]]
     });
     w.assert_running();
-    let requests = proxy.requests();
-    let connections = proxy.take_connections();
+    let lines = w.lines.lock().unwrap().clone();
     let (status, _, err) = w.terminate();
     assert_eq!(status.code(), Some(0), "{err}");
+    (proxy, lines, err)
+}
+
+/// A watch far from its server keeps one connection for all its rounds: each new one costs a
+/// round trip before its first request (two on https), and a watch that dropped its connection
+/// after every answer paid that on each check and on each request of a round.
+#[test]
+fn a_watch_checks_and_syncs_on_one_connection() {
+    let (proxy, _, _) = watch_through(
+        |url| HookProxy::far(url, Duration::from_millis(5)),
+        Duration::ZERO,
+    );
+    let requests = proxy.requests();
+    let connections = proxy.take_connections();
     assert_eq!(
         connections,
         1,
@@ -461,29 +477,10 @@ fn a_watch_checks_and_syncs_on_one_connection() {
 /// and still carries both sides' changes.
 #[test]
 fn a_watch_whose_server_closes_idle_connections_goes_on() {
-    let sqld = Sqld::start();
-    sqld.exec("CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);");
-    sqld.exec("INSERT INTO items VALUES (1, 'first', 0);");
-    let a = tempdir();
-    init(&sqld, a.path());
-    let proxy = HookProxy::closing_idle(&sqld.url, Duration::from_millis(100));
-    let mut w = Watcher::start_with(a.path(), &sqld.rw_token, &["--url", &proxy.url]);
-    wait_until("four checks", Duration::from_secs(20), || {
-        w.events("checked").len() >= 4
-    });
-    sqld.exec("INSERT INTO items VALUES (2, 'remote', 0);");
-    wait_until("the remote's row pulled", Duration::from_secs(20), || {
-        !w.events("synced").is_empty()
-    });
-    std::thread::sleep(Duration::from_millis(700));
-    edit(a.path(), "INSERT INTO items VALUES (3, 'local', 0);");
-    wait_until("the local row pushed", Duration::from_secs(20), || {
-        sqld.query("SELECT count(*) FROM items") == vec![vec![Cell::Integer(3)]]
-    });
-    w.assert_running();
-    let lines = w.lines.lock().unwrap().clone();
-    let (status, _, err) = w.terminate();
-    assert_eq!(status.code(), Some(0), "{err}");
+    let (proxy, lines, err) = watch_through(
+        |url| HookProxy::closing_idle(url, Duration::from_millis(100)),
+        Duration::from_millis(700),
+    );
     let troubled: Vec<&String> = lines
         .iter()
         .filter(|l| !l.contains("\"event\":\"checked\"") && !l.contains("\"event\":\"synced\""))
