@@ -603,6 +603,25 @@ fn an_idle_check_takes_one_request_on_turso_sync() {
     an_idle_check_takes_one_request(a.path(), "any", &proxy);
 }
 
+/// Once `w` reported a conflict, the requests `proxy` saw over the next four intervals of
+/// 0.5 s (the watcher still running, the conflict reported once), and how many checks `w`
+/// logged meanwhile.
+fn requests_while_blocked(w: &mut Watcher, proxy: &HookProxy) -> (Vec<String>, usize) {
+    wait_until("the conflict reported", Duration::from_secs(10), || {
+        !w.events("conflict").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.take_requests();
+    let checked = w.events("checked").len();
+    std::thread::sleep(Duration::from_millis(2000));
+    let requests = proxy.take_requests();
+    let checked = w.events("checked").len() - checked;
+    w.assert_running();
+    let conflicts = w.events("conflict");
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    (requests, checked)
+}
+
 /// A watch blocked by a conflict (reported once) checks, each interval, that neither side
 /// moved: one request a check, the remote's index compared with the one its pull read. The
 /// proxy counts the requests over four intervals.
@@ -616,17 +635,7 @@ fn a_blocked_watch_checks_in_one_request_on_sqld() {
     sqld.exec("UPDATE items SET tag = 'theirs' WHERE id = 1");
     let proxy = HookProxy::far(&sqld.url, Duration::from_millis(5));
     let mut w = Watcher::start_with(a.path(), &sqld.rw_token, &["--url", &proxy.url]);
-    wait_until("the conflict reported", Duration::from_secs(10), || {
-        !w.events("conflict").is_empty()
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    proxy.take_requests();
-    let checked = w.events("checked").len();
-    std::thread::sleep(Duration::from_millis(2000));
-    let requests = proxy.take_requests();
-    let checked = w.events("checked").len() - checked;
-    w.assert_running();
-    assert_eq!(w.events("conflict").len(), 1);
+    let (requests, checked) = requests_while_blocked(&mut w, &proxy);
     assert!(
         requests.len() <= 5 && checked >= 3,
         "{} requests for {checked} checks of a blocked watch:\n{}",
@@ -655,16 +664,8 @@ fn a_watch_blocked_by_a_push_conflict_on_turso_sync_sends_no_push_each_interval(
     edit(a.path(), "INSERT INTO child VALUES (1, 99)");
     let proxy = HookProxy::far(&server.url, Duration::from_millis(5));
     let mut w = Watcher::start_with(a.path(), "any", &["--url", &proxy.url]);
-    wait_until("the conflict reported", Duration::from_secs(10), || {
-        !w.events("conflict").is_empty()
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    proxy.take_requests();
-    std::thread::sleep(Duration::from_millis(2000));
-    let requests = proxy.take_requests();
-    w.assert_running();
+    let (requests, _) = requests_while_blocked(&mut w, &proxy);
     let conflicts = w.events("conflict");
-    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     assert_eq!(conflicts[0]["pushed"], false, "{conflicts:?}");
     assert!(
         requests.len() <= 5,
@@ -697,16 +698,7 @@ fn a_watch_blocked_by_a_push_conflict_on_sqld_sends_no_push_each_interval() {
     edit(a.path(), "INSERT INTO child VALUES (1, 99)");
     let proxy = HookProxy::far(&sqld.url, Duration::from_millis(5));
     let mut w = Watcher::start_with(a.path(), &sqld.rw_token, &["--url", &proxy.url]);
-    wait_until("the conflict reported", Duration::from_secs(10), || {
-        !w.events("conflict").is_empty()
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    proxy.take_requests();
-    std::thread::sleep(Duration::from_millis(2000));
-    let requests = proxy.take_requests();
-    w.assert_running();
-    let conflicts = w.events("conflict");
-    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    let (requests, _) = requests_while_blocked(&mut w, &proxy);
     assert!(
         requests.len() <= 5,
         "{} requests in four intervals of a watch blocked by a push conflict:\n{}",
