@@ -643,3 +643,39 @@ fn the_leaves_a_push_records_spare_the_next_diff_and_never_mislead_it() {
     assert_same_data(&sqld, &wc, false);
     assert_nothing_pending(dir.path());
 }
+
+/// A push refused because it would add an orphan (a child whose parent is nowhere) sent its
+/// batch, guarded, and the server answered that the guard failed: nothing of it committed. The
+/// report must not say that an earlier push was interrupted, and no record of an unfinished
+/// push may stay behind; once the parent exists, the push goes through.
+#[test]
+fn a_push_refused_for_an_orphan_leaves_no_record_of_an_interrupted_push() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT); \
+         CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id)); \
+         INSERT INTO parent VALUES (1, 'one');",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    edit(dir.path(), "INSERT INTO child VALUES (1, 99)");
+    let out = run(&sqld, dir.path(), &["push", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["conflicts"][0]["kind"], "foreign_key", "{v}");
+    assert_eq!(v["earlier_push_interrupted"], false, "{v}");
+    assert!(
+        !dir.path().join(".tursync/pushed.rec").exists(),
+        "a record of an unfinished push stayed"
+    );
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM child"),
+        vec![vec![Cell::Integer(0)]]
+    );
+    sqld.exec("INSERT INTO parent VALUES (99, 'theirs')");
+    ok(&sqld, dir.path(), &["sync"]);
+    assert_eq!(
+        sqld.query("SELECT count(*) FROM child"),
+        vec![vec![Cell::Integer(1)]]
+    );
+}
