@@ -667,6 +667,10 @@ fn a_watch_blocked_by_a_push_conflict_on_turso_sync_sends_no_push_each_interval(
     let (requests, _) = requests_while_blocked(&mut w, &proxy);
     let conflicts = w.events("conflict");
     assert_eq!(conflicts[0]["pushed"], false, "{conflicts:?}");
+    assert_eq!(
+        conflicts[0]["earlier_push_interrupted"], false,
+        "{conflicts:?}"
+    );
     assert!(
         requests.len() <= 5,
         "{} requests in four intervals of a watch blocked by a push conflict:\n{}\nevents:\n{}",

@@ -239,11 +239,16 @@ pub fn push(
         let attempt = remote.retrying(|| loop {
             run.report = report_before.clone();
             run.log.truncate(log_before);
+            let sent_before = run.commit_sent;
             match push_transaction(remote, &txn, &mut run, orphans) {
                 Err(e)
                     if orphans == OrphanCheck::InBatch
                         && matches!(e.root(), Error::Remote(RemoteError::Check(_))) =>
                 {
+                    // The server answered that the batch's guard failed: its COMMIT did not
+                    // run, so this attempt landed nothing (an earlier one whose answer was
+                    // lost still may have).
+                    run.commit_sent = sent_before;
                     orphans = OrphanCheck::Read;
                 }
                 other => return other,
