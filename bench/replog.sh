@@ -87,12 +87,14 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 # whoever the client is.
 CLK_TCK=$(getconf CLK_TCK)
 server_cpu() { awk -v c="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / c }' "/proc/$SQLD_PID/stat"; }
+# cpu_since C0: sqld's CPU seconds since server_cpu said C0.
+cpu_since() { awk -v a="$1" -v b="$(server_cpu)" 'BEGIN { printf "%.2f", b - a }'; }
 best_init="" best_sql="" best_replica="" best_dump="" cpu_init="" cpu_replica=""
 for run in $(seq 1 "$RUNS"); do
     rm -rf "$TMP/ws" && mkdir "$TMP/ws"
     c0=$(server_cpu)
     t0=$(now); (cd "$TMP/ws" && "$TURSYNC" init -q --url "$URL" >/dev/null); t=$(elapsed "$t0" "$(now)")
-    cpu_init=$(min "$cpu_init" "$(awk -v a="$c0" -v b="$(server_cpu)" 'BEGIN { printf "%.2f", b - a }')")
+    cpu_init=$(min "$cpu_init" "$(cpu_since "$c0")")
     best_init=$(min "$best_init" "$t")
     same_as_remote "$TMP/ws/working_copy.db" "init"
 
@@ -103,7 +105,7 @@ for run in $(seq 1 "$RUNS"); do
     rm -rf "$TMP/replica" && mkdir "$TMP/replica"
     c0=$(server_cpu)
     t3=$("$REPLICA" "$TMP/replica/db" "$URL")
-    cpu_replica=$(min "$cpu_replica" "$(awk -v a="$c0" -v b="$(server_cpu)" 'BEGIN { printf "%.2f", b - a }')")
+    cpu_replica=$(min "$cpu_replica" "$(cpu_since "$c0")")
     best_replica=$(min "$best_replica" "$t3")
     same_as_remote "$TMP/replica/db" "the replica"
 

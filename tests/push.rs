@@ -651,11 +651,7 @@ fn the_leaves_a_push_records_spare_the_next_diff_and_never_mislead_it() {
 #[test]
 fn a_push_refused_for_an_orphan_leaves_no_record_of_an_interrupted_push() {
     let sqld = Sqld::start();
-    sqld.exec(
-        "CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT); \
-         CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id)); \
-         INSERT INTO parent VALUES (1, 'one');",
-    );
+    sqld.exec(&PARENT_AND_CHILD.join(";"));
     let dir = tempdir();
     init(&sqld, dir.path());
     edit(dir.path(), "INSERT INTO child VALUES (1, 99)");

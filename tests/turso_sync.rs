@@ -494,11 +494,7 @@ fn a_unique_value_taken_meanwhile_is_a_conflict() {
 #[test]
 fn a_teammates_write_survives_a_push_that_checks_orphans() {
     let server = TursoSync::start();
-    server.exec(&[
-        "CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT)",
-        "CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id))",
-        "INSERT INTO parent VALUES (1, 'a')",
-    ]);
+    server.exec(&PARENT_AND_CHILD);
     let dir = tempdir();
     init_url(&server.url, dir.path());
     // A teammate's write, autocommit, in its own request (after init's pragma reads).
@@ -527,11 +523,7 @@ fn a_teammates_write_survives_a_push_that_checks_orphans() {
 #[test]
 fn a_pull_with_nothing_new_downloads_nothing_and_a_refused_push_is_sent_once() {
     let server = TursoSync::start();
-    server.exec(&[
-        "CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT)",
-        "CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id))",
-        "INSERT INTO parent VALUES (1, 'a')",
-    ]);
+    server.exec(&PARENT_AND_CHILD);
     let a = tempdir();
     init_url(&server.url, a.path());
     let out = run(a.path(), &["pull", "--json"]);

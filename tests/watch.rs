@@ -654,11 +654,7 @@ fn a_blocked_watch_checks_in_one_request_on_sqld() {
 #[test]
 fn a_watch_blocked_by_a_push_conflict_on_turso_sync_sends_no_push_each_interval() {
     let server = TursoSync::start();
-    server.exec(&[
-        "CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT)",
-        "CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id))",
-        "INSERT INTO parent VALUES (1, 'one')",
-    ]);
+    server.exec(&PARENT_AND_CHILD);
     let a = tempdir();
     init_url(&server.url, a.path());
     edit(a.path(), "INSERT INTO child VALUES (1, 99)");
@@ -696,7 +692,7 @@ fn a_watch_blocked_by_a_push_conflict_on_turso_sync_sends_no_push_each_interval(
 #[test]
 fn a_watch_blocked_by_a_push_conflict_on_sqld_sends_no_push_each_interval() {
     let sqld = Sqld::start();
-    sqld.exec("CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT); CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id)); INSERT INTO parent VALUES (1, 'one');");
+    sqld.exec(&PARENT_AND_CHILD.join(";"));
     let a = tempdir();
     init(&sqld, a.path());
     edit(a.path(), "INSERT INTO child VALUES (1, 99)");

@@ -1531,6 +1531,15 @@ pub fn exec_at(url: &str, token: &str, sql: &str) {
     );
 }
 
+/// A parent table holding row 1 and an empty child table whose `parent_id` references it:
+/// where a push can add an orphan (a child whose parent is nowhere). One statement each, as a
+/// Turso Sync server takes them (`TursoSync::exec`); joined with `;` for sqld.
+pub const PARENT_AND_CHILD: [&str; 3] = [
+    "CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT)",
+    "CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id))",
+    "INSERT INTO parent VALUES (1, 'a')",
+];
+
 /// Where tursodb (the Turso Sync server) is: `$TURSODB_BIN`, else the copy
 /// `scripts/install-tursodb.sh` puts in `~/.cache/tursync/tursodb/tursodb`.
 /// Panics (never skips) when there is none.
