@@ -26,6 +26,8 @@ pub struct DbFile<'c> {
     conn: &'c Connection,
     page_size: usize,
     usable: usize,
+    /// Header bytes 18–19 say rollback-journal mode.
+    rollback: bool,
 }
 
 /// What a database file's header says of the file's state, to tell cheaply that nobody wrote
@@ -73,6 +75,8 @@ struct Header {
     page: Vec<u8>,
     page_size: usize,
     reserved: usize,
+    /// Bytes 18 and 19 are 1: rollback-journal mode.
+    rollback: bool,
     stamp: Option<Stamp>,
 }
 
@@ -109,6 +113,7 @@ impl Header {
             page: header,
             page_size,
             reserved,
+            rollback,
             stamp,
         })
     }
@@ -146,6 +151,7 @@ impl<'c> DbFile<'c> {
             page: header,
             page_size,
             reserved,
+            rollback,
             ..
         } = Header::read(&mut pages)?;
         // Text encoding 1 is UTF-8, the only one decoded here.
@@ -156,6 +162,7 @@ impl<'c> DbFile<'c> {
             conn,
             page_size,
             usable: page_size - reserved,
+            rollback,
         })
     }
 
@@ -172,6 +179,76 @@ impl<'c> DbFile<'c> {
     /// The bytes of a page that hold content (the page size less the reserved bytes).
     pub fn usable(&self) -> usize {
         self.usable
+    }
+
+    /// Whether the file is in rollback-journal mode, where the shared lock of a read keeps every
+    /// writer, in any process, from committing until the read ends.
+    pub fn in_rollback_mode(&self) -> bool {
+        self.rollback
+    }
+
+    /// Every leaf of the table B-tree rooted at `root`, in key order, as a [`Scan::summing`]
+    /// walk keeps them.
+    ///
+    /// With `beside`, a second connection to this file outside any transaction, half of the
+    /// root's children are walked
+    /// on it, in a thread of its own: reading the pages is most of a push's cost in a large
+    /// database, and two cores read twice as many. Pass it only when both connections read the
+    /// same snapshot: in rollback-journal mode ([`DbFile::in_rollback_mode`]) while ours is in
+    /// a read transaction that wrote nothing, whose shared lock keeps any writer from
+    /// committing before `beside` has read its pages. If `beside` cannot read (a writer waiting
+    /// for its exclusive lock refuses new readers, say), its half is walked here after ours.
+    ///
+    /// ```text
+    /// root 2: children 3 4 5 6 (interior)      ours:   3 4  -> leaves 10..19, 20..29
+    ///                                           beside: 5 6  -> leaves 30..39, 40..49
+    /// result: the leaves of 3, 4, 5, 6, in that order, as one walk from 2 gives them
+    /// ```
+    pub fn sum_leaves(&self, root: u32, beside: Option<&mut Connection>) -> Result<Vec<Leaf>> {
+        let Some(beside) = beside else {
+            return self.walk_leaves(&[root]);
+        };
+        let mut page = Vec::new();
+        self.read(root, &mut page)?;
+        let top = Frame::new(root, page)?;
+        if top.leaf {
+            return self.walk_leaves(&[root]);
+        }
+        let children = top.children()?;
+        let (ours, theirs) = children.split_at(children.len() / 2);
+        let layout = (self.page_size, self.usable);
+        let (mine, helped) = std::thread::scope(|s| {
+            let helper = s.spawn(move || -> Result<Vec<Leaf>> {
+                // Its first read takes the shared lock; it ends with the walk, so that no lock
+                // of this connection outlasts it (a pull writes the working copy next).
+                let read = beside.transaction()?;
+                let db = DbFile::open(&read)?;
+                if (db.page_size, db.usable) != layout {
+                    return Err(PageError::Layout(
+                        "the second reader sees another page layout",
+                    ));
+                }
+                db.walk_leaves(theirs)
+            });
+            (self.walk_leaves(ours), helper.join())
+        });
+        let mut leaves = mine?;
+        match helped {
+            Ok(Ok(more)) => leaves.extend(more),
+            _ => leaves.extend(self.walk_leaves(theirs)?),
+        }
+        Ok(leaves)
+    }
+
+    /// The leaves of the B-trees rooted at `roots`, one after the other.
+    fn walk_leaves(&self, roots: &[u32]) -> Result<Vec<Leaf>> {
+        let mut leaves = Vec::new();
+        for &root in roots {
+            let mut walk = self.scan(root)?.summing();
+            while walk.pass_leaf()? {}
+            leaves.extend(walk.take_leaves().unwrap_or_default());
+        }
+        Ok(leaves)
     }
 
     /// Walks the table B-tree rooted at `root` in rowid order.
@@ -377,23 +454,8 @@ impl Scan<'_> {
     fn push(&mut self, n: u32) -> Result<()> {
         let mut page = self.spare.pop().unwrap_or_default();
         self.read_page(n, &mut page)?;
-        let hdr = if n == 1 { 100 } else { 0 };
-        let kind = page[hdr];
-        let leaf = match kind {
-            0x0d => true,
-            0x05 => false,
-            _ => return Err(PageError::Layout("not a table B-tree page")),
-        };
-        let cells = be16(&page, hdr + 3).ok_or(PageError::Layout("short page"))?;
-        let frame = Frame {
-            pgno: n,
-            page,
-            hdr,
-            next: 0,
-            cells,
-            leaf,
-        };
-        if let (true, Some(leaves)) = (leaf, &mut self.leaves) {
+        let frame = Frame::new(n, page)?;
+        if let (true, Some(leaves)) = (frame.leaf, &mut self.leaves) {
             leaves.push(frame.summary(self.usable)?);
         }
         self.stack.push(frame);
@@ -449,12 +511,7 @@ impl Scan<'_> {
             }
             let i = top.next;
             top.next += 1;
-            let child = if i == top.cells {
-                be32(&top.page, top.hdr + 8)
-            } else {
-                be32(&top.page, top.cell(i)?)
-            }
-            .ok_or(PageError::Layout("child pointer"))?;
+            let child = top.child(i)?;
             self.push(child)?;
         }
     }
@@ -520,6 +577,41 @@ impl Scan<'_> {
 }
 
 impl Frame {
+    /// Page `n` of a table B-tree, `page` its bytes, before its first cell.
+    fn new(n: u32, page: Vec<u8>) -> Result<Frame> {
+        let hdr = if n == 1 { 100 } else { 0 };
+        let leaf = match page.get(hdr) {
+            Some(0x0d) => true,
+            Some(0x05) => false,
+            _ => return Err(PageError::Layout("not a table B-tree page")),
+        };
+        let cells = be16(&page, hdr + 3).ok_or(PageError::Layout("short page"))?;
+        Ok(Frame {
+            pgno: n,
+            page,
+            hdr,
+            next: 0,
+            cells,
+            leaf,
+        })
+    }
+
+    /// The page numbers of an interior page's children, in key order.
+    fn children(&self) -> Result<Vec<u32>> {
+        (0..=self.cells).map(|i| self.child(i)).collect()
+    }
+
+    /// An interior page's child `i`: cell `i`'s left child, or past the last cell the
+    /// right-most pointer.
+    fn child(&self, i: usize) -> Result<u32> {
+        if i == self.cells {
+            be32(&self.page, self.hdr + 8)
+        } else {
+            be32(&self.page, self.cell(i)?)
+        }
+        .ok_or(PageError::Layout("child pointer"))
+    }
+
     /// The [`Leaf`] of this leaf page.
     fn summary(&self, usable: usize) -> Result<Leaf> {
         let rowid = |i: usize| -> Result<i64> {
@@ -771,6 +863,76 @@ mod tests {
         assert!(written.is_some() && written != empty);
         drop(conn);
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// Two connections sum a three-level table's leaves as one walk does: every leaf once, in
+    /// key order. And when the second one cannot read (a writer of this process waits for its
+    /// exclusive lock, which keeps new readers out), ours reads its half.
+    #[test]
+    fn two_connections_sum_the_leaves_as_one_walk() {
+        let dir = std::env::temp_dir().join(format!("tursync-beside-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        // Nobody waits for a lock here (rusqlite's default is 5 s), as the diff's second
+        // connection does not.
+        let open = || {
+            let conn = Connection::open(&path).unwrap();
+            conn.busy_timeout(std::time::Duration::ZERO).unwrap();
+            conn
+        };
+        let ours = open();
+        ours.execute_batch(
+            "PRAGMA page_size = 1024;
+             CREATE TABLE t(a INTEGER PRIMARY KEY, b);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
+             INSERT INTO t SELECT i, printf('%.*c', 40 + i % 60, 'x') FROM n;",
+        )
+        .unwrap();
+        let root: u32 = ours
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        ours.execute_batch("BEGIN; SELECT count(*) FROM t;")
+            .unwrap();
+        let db = DbFile::open(&ours).unwrap();
+        assert!(db.in_rollback_mode());
+        let one = db.sum_leaves(root, None).unwrap();
+        assert!(one.len() > 2000, "{} leaves", one.len());
+        let mut root_page = Vec::new();
+        db.read(root, &mut root_page).unwrap();
+        let grandchild = Frame::new(root, root_page).unwrap().children().unwrap()[0];
+        let mut page = Vec::new();
+        db.read(grandchild, &mut page).unwrap();
+        assert!(!Frame::new(grandchild, page).unwrap().leaf, "three levels");
+        let rows: Vec<(i64, i64)> = one.iter().map(|l| l.rows.unwrap()).collect();
+        assert!(rows.windows(2).all(|w| w[0].1 < w[1].0), "in key order");
+        assert_eq!((rows[0].0, rows[rows.len() - 1].1), (1, 40000));
+
+        let mut beside = open();
+        assert_eq!(db.sum_leaves(root, Some(&mut beside)).unwrap(), one);
+        // Its read ended with the walk: it holds no lock.
+        assert!(beside.is_autocommit());
+
+        let writer = open();
+        writer
+            .execute_batch("BEGIN IMMEDIATE; UPDATE t SET b = 'y' WHERE a % 7 = 0;")
+            .unwrap();
+        // Our shared lock keeps its commit out, and its pending lock any new reader.
+        assert!(writer.execute_batch("COMMIT").is_err());
+        let late = open();
+        assert!(late
+            .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+            .is_err());
+        assert_eq!(db.sum_leaves(root, Some(&mut beside)).unwrap(), one);
+        writer.execute_batch("ROLLBACK").unwrap();
+        drop((db, late, writer, beside));
+        ours.execute_batch("COMMIT").unwrap();
+        drop(ours);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
