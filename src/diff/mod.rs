@@ -14,7 +14,7 @@
 //! as they read, are others, through the one renderer both kinds of row source share
 //! ([`crate::changeset::render`]).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -102,6 +102,22 @@ pub struct Diff<'c> {
     known: Option<&'c LeafSums>,
     /// The working copy's leaves of every table read whole from its pages, for the next diff.
     walked: RefCell<Walked>,
+    /// A second connection to the working copy, which reads half of a large table's leaves
+    /// while `work` reads the other half ([`pages::DbFile::sum_leaves`]).
+    beside: RefCell<Beside>,
+}
+
+/// The least leaves a table had for its leaves to be read by two connections at once: below
+/// it, opening the second connection and its thread costs about what it saves.
+const BESIDE_LEAVES: usize = 1024;
+
+/// The second connection to the working copy ([`Diff::beside`]).
+enum Beside {
+    /// Not needed yet.
+    NotYet,
+    Open(Connection),
+    /// It could not be opened: one connection reads, as it would anyway.
+    Unavailable,
 }
 
 /// The base side of a merge join.
@@ -152,6 +168,7 @@ impl<'c> Diff<'c> {
             summing: false,
             known: None,
             walked: RefCell::new(Walked::default()),
+            beside: RefCell::new(Beside::NotYet),
         })
     }
 
@@ -174,6 +191,39 @@ impl<'c> Diff<'c> {
     pub fn walked(&self) -> Walked {
         self.walked.borrow().clone()
     }
+
+    /// The second connection to the working copy, opened on first need; `None` unless `work`
+    /// is in a read transaction that wrote nothing, the only state in which both can read the
+    /// same snapshot (in rollback-journal mode: [`pages::DbFile::sum_leaves`]). A second
+    /// connection that cannot be opened (an in-memory database, say) only leaves the reading
+    /// to `work`, as below [`BESIDE_LEAVES`].
+    fn beside(&self) -> Option<RefMut<'_, Connection>> {
+        let state = self.work.transaction_state(Some(rusqlite::MAIN_DB));
+        if !matches!(state, Ok(rusqlite::TransactionState::Read)) {
+            return None;
+        }
+        let mut beside = self.beside.borrow_mut();
+        if let Beside::NotYet = *beside {
+            *beside = open_beside(self.work).map_or(Beside::Unavailable, Beside::Open);
+        }
+        RefMut::filter_map(beside, |b| match b {
+            Beside::Open(conn) => Some(conn),
+            _ => None,
+        })
+        .ok()
+    }
+}
+
+/// A read-only connection to `work`'s file that never waits for a lock: a writer of the app
+/// waiting for its exclusive lock keeps new readers out while it waits for `work`'s shared
+/// lock to go, so waiting here would only hold both up.
+fn open_beside(work: &Connection) -> Option<Connection> {
+    let path = work.path().filter(|p| !p.is_empty())?;
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).ok()?;
+    conn.busy_timeout(std::time::Duration::ZERO).ok()?;
+    Some(conn)
 }
 
 /// What the base is diffed against.
@@ -581,15 +631,20 @@ impl Diff<'_> {
             Read::Untouched => Ok(()),
             Read::Merge(old) => {
                 if old.added.is_empty() && old.table.sql == d.table.sql && old.only.is_none() {
+                    let known = self.known.and_then(|k| {
+                        Some((
+                            k.head.page_size,
+                            k.head.usable,
+                            k.tables.get(&d.table.name)?,
+                        ))
+                    });
+                    let mut beside = known
+                        .filter(|(_, _, leaves)| leaves.len() >= BESIDE_LEAVES)
+                        .and_then(|_| self.beside());
                     let leaves = Leaves {
                         summing: self.summing,
-                        known: self.known.and_then(|k| {
-                            Some((
-                                k.head.page_size,
-                                k.head.usable,
-                                k.tables.get(&d.table.name)?,
-                            ))
-                        }),
+                        known,
+                        beside: beside.as_deref_mut(),
                     };
                     if let Some(walk) =
                         merge_pages(self.base, self.work, d, pick, consumer, leaves)?

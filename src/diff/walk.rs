@@ -110,15 +110,15 @@ pub(super) fn merge_pages(
         yielded = true;
         consumer(ch)
     };
+    let mut beside = leaves.beside;
     let walked = (|| {
         let wdb = DbFile::open(work)?;
         let layout = (wdb.page_size() as u32, wdb.usable() as u32);
         let mut now = None;
         if let Some((page_size, usable, old)) = leaves.known {
             if (page_size, usable) == layout {
-                let mut ws = wdb.scan(wroot)?.summing();
-                while ws.pass_leaf()? {}
-                let leaves = ws.take_leaves().unwrap_or_default();
+                let beside = beside.take().filter(|_| wdb.in_rollback_mode());
+                let leaves = wdb.sum_leaves(wroot, beside)?;
                 let plan = Changed::plan(old, &leaves);
                 now = Some(leaves);
                 if let Some(plan) = plan {
@@ -272,6 +272,9 @@ pub(super) struct Leaves<'a> {
     /// The table's leaves when the working copy held exactly the base's rows, with the page
     /// size and usable bytes of the file they were read from.
     pub(super) known: Option<(u32, u32, &'a Vec<Leaf>)>,
+    /// A second connection to the working copy that may read half of the leaves
+    /// ([`crate::pages::DbFile::sum_leaves`]), in rollback-journal mode only.
+    pub(super) beside: Option<&'a mut Connection>,
 }
 
 /// What a page walk did: leaves passed over, and the working copy's leaves when asked, with
