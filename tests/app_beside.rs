@@ -319,3 +319,72 @@ fn a_hot_journal_left_by_a_killed_writer_does_not_stop_reading() {
         text(&verify)
     );
 }
+
+/// Pushes of a table of over a thousand leaves, which a push reads with two connections at once
+/// (in rollback-journal mode, from the second push on: `diff::BESIDE_LEAVES`), while two apps
+/// commit throughout, one in the first half of the table's keys and one past its end: every
+/// commit reaches the remote, and the remote ends equal to the working copy. Were the second
+/// connection to read another snapshot than the first, a leaf it saw unchanged would be taken
+/// for the base's, and the rows the app had put there would never be pushed.
+#[test]
+fn pushes_that_read_a_large_table_with_two_connections_lose_no_commit_of_the_apps() {
+    let sqld = Sqld::start();
+    // Ids 1..=100000 and 200001..=400000: the second app inserts from 100001 on.
+    sqld.exec(
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 300000)
+         INSERT INTO items SELECT CASE WHEN i <= 100000 THEN i ELSE i + 100000 END, 'seed-' || i, i FROM c;",
+    );
+    let dir = tempdir();
+    let dir = dir.path();
+    ok(&sqld, dir, &["init", "--url", &sqld.url]);
+    let wc = dir.join("working_copy.db");
+    let leaves = local_query(
+        &wc,
+        "SELECT count(*) FROM dbstat WHERE name = 'items' AND pagetype = 'leaf'",
+    );
+    let [Cell::Integer(leaves)] = leaves[0][..] else {
+        panic!("leaves {leaves:?}")
+    };
+    assert!(
+        leaves >= 1024,
+        "only {leaves} leaves: one connection reads them"
+    );
+
+    let end = App::start(&wc, "delete", 2);
+    let middle = App::spawn("app.py", &wc, &["delete", "2", "100001"]);
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut pushes = 0;
+    while Instant::now() < deadline {
+        ok(&sqld, dir, &["push"]);
+        pushes += 1;
+    }
+    assert!(pushes >= 3, "only {pushes} pushes ran");
+    let mut tags = end.stop();
+    tags.extend(middle.stop());
+    assert!(
+        tags.len() > 100,
+        "the apps committed only {} times",
+        tags.len()
+    );
+    ok(&sqld, dir, &["push"]);
+    let remote: BTreeSet<String> = sqld
+        .query("SELECT tag FROM items WHERE tag LIKE 'app-%'")
+        .into_iter()
+        .map(|r| match &r[0] {
+            Cell::Text(t) => t.clone(),
+            other => panic!("tag {other:?}"),
+        })
+        .collect();
+    let lost: Vec<&String> = tags.iter().filter(|t| !remote.contains(*t)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of the apps' {} commits never reached the remote, e.g. {:?}",
+        lost.len(),
+        tags.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert_items_equal(&sqld, &wc);
+    integrity_ok(&wc);
+    assert_nothing_pending(dir);
+}
