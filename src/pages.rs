@@ -181,23 +181,17 @@ impl<'c> DbFile<'c> {
         self.usable
     }
 
-    /// Whether the file is in rollback-journal mode, where the shared lock of a read keeps every
-    /// writer, in any process, from committing until the read ends.
-    pub fn in_rollback_mode(&self) -> bool {
-        self.rollback
-    }
-
     /// Every leaf of the table B-tree rooted at `root`, in key order, as a [`Scan::summing`]
     /// walk keeps them.
     ///
     /// With `beside`, a second connection to this file outside any transaction, half of the
-    /// root's children are walked
-    /// on it, in a thread of its own: reading the pages is most of a push's cost in a large
-    /// database, and two cores read twice as many. Pass it only when both connections read the
-    /// same snapshot: in rollback-journal mode ([`DbFile::in_rollback_mode`]) while ours is in
-    /// a read transaction that wrote nothing, whose shared lock keeps any writer from
-    /// committing before `beside` has read its pages. If `beside` cannot read (a writer waiting
-    /// for its exclusive lock refuses new readers, say), its half is walked here after ours.
+    /// root's children are walked on it, in a thread of its own: reading the pages is most of
+    /// a push's cost in a large database, and two cores read twice as many. Pass it only while
+    /// ours is in a read transaction that wrote nothing; `beside` then reads the same snapshot.
+    /// In rollback-journal mode the shared lock of ours keeps any writer from committing until
+    /// `beside` has read its pages; in WAL mode `beside` opens the snapshot of ours
+    /// ([`WalSnapshot`]). If `beside` cannot read (a writer waiting for its exclusive lock
+    /// refuses new readers, say), its half is walked here after ours.
     ///
     /// ```text
     /// root 2: children 3 4 5 6 (interior)      ours:   3 4  -> leaves 10..19, 20..29
@@ -214,6 +208,13 @@ impl<'c> DbFile<'c> {
         if top.leaf {
             return self.walk_leaves(&[root]);
         }
+        let snapshot = match self.rollback {
+            true => None,
+            false => match WalSnapshot::of(self.conn) {
+                Some(snapshot) => Some(snapshot),
+                None => return self.walk_leaves(&[root]),
+            },
+        };
         let children = top.children()?;
         let (ours, theirs) = children.split_at(children.len() / 2);
         let layout = (self.page_size, self.usable);
@@ -222,6 +223,9 @@ impl<'c> DbFile<'c> {
                 // Its first read takes the shared lock; it ends with the walk, so that no lock
                 // of this connection outlasts it (a pull writes the working copy next).
                 let read = beside.transaction()?;
+                if let Some(snapshot) = snapshot {
+                    snapshot.open_in(&read)?;
+                }
                 let db = DbFile::open(&read)?;
                 if (db.page_size, db.usable) != layout {
                     return Err(PageError::Layout(
@@ -263,6 +267,52 @@ impl<'c> DbFile<'c> {
             payload: Vec::new(),
             leaves: None,
         })
+    }
+}
+
+/// The snapshot a read transaction on a WAL-mode file reads (`sqlite3_snapshot_get`): another
+/// connection to the file that opens it (`sqlite3_snapshot_open`) reads exactly the same
+/// pages, whatever was committed since. The read transaction it was taken in keeps it
+/// available: no checkpoint goes past a snapshot still read.
+struct WalSnapshot(*mut rusqlite::ffi::sqlite3_snapshot);
+
+// SAFETY: a snapshot is a plain allocation of SQLite's, tied to no thread or connection; it is
+// used by one thread at a time (it moves into the thread that opens it, and is freed there).
+unsafe impl Send for WalSnapshot {}
+
+impl WalSnapshot {
+    /// The snapshot `conn` reads; `None` unless it is in a read transaction on a file in WAL
+    /// mode.
+    fn of(conn: &Connection) -> Option<WalSnapshot> {
+        let mut snapshot = std::ptr::null_mut();
+        // SAFETY: the handle is `conn`'s, alive for the call; SQLite writes the pointer only
+        // on success.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_snapshot_get(conn.handle(), c"main".as_ptr(), &mut snapshot)
+        };
+        (rc == rusqlite::ffi::SQLITE_OK && !snapshot.is_null()).then_some(WalSnapshot(snapshot))
+    }
+
+    /// Makes `conn`, inside a transaction that has read nothing yet, read this snapshot.
+    fn open_in(&self, conn: &Connection) -> Result<()> {
+        // SAFETY: both pointers are alive for the call.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_snapshot_open(conn.handle(), c"main".as_ptr(), self.0)
+        };
+        match rc {
+            rusqlite::ffi::SQLITE_OK => Ok(()),
+            rc => Err(PageError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rc),
+                Some("opening the first reader's snapshot".into()),
+            ))),
+        }
+    }
+}
+
+impl Drop for WalSnapshot {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `sqlite3_snapshot_get` and is freed once, here.
+        unsafe { rusqlite::ffi::sqlite3_snapshot_free(self.0) }
     }
 }
 
@@ -866,11 +916,15 @@ mod tests {
     }
 
     /// Two connections sum a three-level table's leaves as one walk does: every leaf once, in
-    /// key order. And when the second one cannot read (a writer of this process waits for its
-    /// exclusive lock, which keeps new readers out), ours reads its half.
-    #[test]
-    fn two_connections_sum_the_leaves_as_one_walk() {
-        let dir = std::env::temp_dir().join(format!("tursync-beside-{}", std::process::id()));
+    /// key order, from the first one's snapshot. In WAL mode a writer commits after that
+    /// snapshot began, and the second connection must not see it. In rollback-journal mode,
+    /// when the second one cannot read (a writer waits for its exclusive lock, which keeps new
+    /// readers out), ours reads its half.
+    fn two_connections_sum_the_leaves_as_one_walk(journal_mode: &str) {
+        let dir = std::env::temp_dir().join(format!(
+            "tursync-beside-{journal_mode}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.db");
@@ -882,9 +936,11 @@ mod tests {
             conn
         };
         let ours = open();
+        ours.pragma_update(None, "page_size", 1024).unwrap();
+        ours.pragma_update(None, "journal_mode", journal_mode)
+            .unwrap();
         ours.execute_batch(
-            "PRAGMA page_size = 1024;
-             CREATE TABLE t(a INTEGER PRIMARY KEY, b);
+            "CREATE TABLE t(a INTEGER PRIMARY KEY, b);
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
              INSERT INTO t SELECT i, printf('%.*c', 40 + i % 60, 'x') FROM n;",
         )
@@ -899,7 +955,7 @@ mod tests {
         ours.execute_batch("BEGIN; SELECT count(*) FROM t;")
             .unwrap();
         let db = DbFile::open(&ours).unwrap();
-        assert!(db.in_rollback_mode());
+        assert_eq!(db.rollback, journal_mode == "delete");
         let one = db.sum_leaves(root, None).unwrap();
         assert!(one.len() > 2000, "{} leaves", one.len());
         let mut root_page = Vec::new();
@@ -912,27 +968,49 @@ mod tests {
         assert!(rows.windows(2).all(|w| w[0].1 < w[1].0), "in key order");
         assert_eq!((rows[0].0, rows[rows.len() - 1].1), (1, 40000));
 
+        let writer = open();
+        let count = |conn: &Connection| {
+            conn.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+        };
+        if journal_mode == "wal" {
+            writer
+                .execute_batch("DELETE FROM t WHERE a % 3 = 0")
+                .unwrap();
+            assert_eq!(
+                count(&open()).unwrap(),
+                26667,
+                "a new reader sees the commit"
+            );
+        }
         let mut beside = open();
         assert_eq!(db.sum_leaves(root, Some(&mut beside)).unwrap(), one);
         // Its read ended with the walk: it holds no lock.
         assert!(beside.is_autocommit());
 
-        let writer = open();
-        writer
-            .execute_batch("BEGIN IMMEDIATE; UPDATE t SET b = 'y' WHERE a % 7 = 0;")
-            .unwrap();
-        // Our shared lock keeps its commit out, and its pending lock any new reader.
-        assert!(writer.execute_batch("COMMIT").is_err());
-        let late = open();
-        assert!(late
-            .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
-            .is_err());
-        assert_eq!(db.sum_leaves(root, Some(&mut beside)).unwrap(), one);
-        writer.execute_batch("ROLLBACK").unwrap();
-        drop((db, late, writer, beside));
+        if journal_mode == "delete" {
+            writer
+                .execute_batch("BEGIN IMMEDIATE; UPDATE t SET b = 'y' WHERE a % 7 = 0;")
+                .unwrap();
+            // Our shared lock keeps its commit out, and its pending lock any new reader.
+            assert!(writer.execute_batch("COMMIT").is_err());
+            assert!(count(&open()).is_err());
+            assert_eq!(db.sum_leaves(root, Some(&mut beside)).unwrap(), one);
+            writer.execute_batch("ROLLBACK").unwrap();
+        }
+        drop((db, writer, beside));
         ours.execute_batch("COMMIT").unwrap();
         drop(ours);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn two_connections_sum_the_leaves_as_one_walk_in_rollback_journal_mode() {
+        two_connections_sum_the_leaves_as_one_walk("delete");
+    }
+
+    #[test]
+    fn two_connections_sum_the_leaves_as_one_walk_in_wal_mode() {
+        two_connections_sum_the_leaves_as_one_walk("wal");
     }
 
     #[test]

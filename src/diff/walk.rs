@@ -117,8 +117,7 @@ pub(super) fn merge_pages(
         let mut now = None;
         if let Some((page_size, usable, old)) = leaves.known {
             if (page_size, usable) == layout {
-                let beside = beside.take().filter(|_| wdb.in_rollback_mode());
-                let leaves = wdb.sum_leaves(wroot, beside)?;
+                let leaves = wdb.sum_leaves(wroot, beside.take())?;
                 let plan = Changed::plan(old, &leaves);
                 now = Some(leaves);
                 if let Some(plan) = plan {
@@ -272,8 +271,8 @@ pub(super) struct Leaves<'a> {
     /// The table's leaves when the working copy held exactly the base's rows, with the page
     /// size and usable bytes of the file they were read from.
     pub(super) known: Option<(u32, u32, &'a Vec<Leaf>)>,
-    /// A second connection to the working copy that may read half of the leaves
-    /// ([`crate::pages::DbFile::sum_leaves`]), in rollback-journal mode only.
+    /// A second connection to the working copy that reads half of the leaves
+    /// ([`crate::pages::DbFile::sum_leaves`]).
     pub(super) beside: Option<&'a mut Connection>,
 }
 
