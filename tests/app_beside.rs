@@ -321,13 +321,12 @@ fn a_hot_journal_left_by_a_killed_writer_does_not_stop_reading() {
 }
 
 /// Pushes of a table of over a thousand leaves, which a push reads with two connections at once
-/// (in rollback-journal mode, from the second push on: `diff::BESIDE_LEAVES`), while two apps
-/// commit throughout, one in the first half of the table's keys and one past its end: every
-/// commit reaches the remote, and the remote ends equal to the working copy. Were the second
-/// connection to read another snapshot than the first, a leaf it saw unchanged would be taken
-/// for the base's, and the rows the app had put there would never be pushed.
-#[test]
-fn pushes_that_read_a_large_table_with_two_connections_lose_no_commit_of_the_apps() {
+/// (from the second push on: `diff::BESIDE_LEAVES`), while two apps commit throughout, one in
+/// the first half of the table's keys and one past its end: every commit reaches the remote,
+/// and the remote ends equal to the working copy. Were the second connection to read another
+/// snapshot than the first, a leaf it saw unchanged would be taken for the base's, and the
+/// rows the app had put there would never be pushed.
+fn pushes_that_read_a_large_table_with_two_connections(journal_mode: &str) {
     let sqld = Sqld::start();
     // Ids 1..=100000 and 200001..=400000: the second app inserts from 100001 on.
     sqld.exec(
@@ -351,8 +350,8 @@ fn pushes_that_read_a_large_table_with_two_connections_lose_no_commit_of_the_app
         "only {leaves} leaves: one connection reads them"
     );
 
-    let end = App::start(&wc, "delete", 2);
-    let middle = App::spawn("app.py", &wc, &["delete", "2", "100001"]);
+    let end = App::start(&wc, journal_mode, 2);
+    let middle = App::spawn("app.py", &wc, &[journal_mode, "2", "100001"]);
     let deadline = Instant::now() + Duration::from_secs(6);
     let mut pushes = 0;
     while Instant::now() < deadline {
@@ -387,4 +386,15 @@ fn pushes_that_read_a_large_table_with_two_connections_lose_no_commit_of_the_app
     assert_items_equal(&sqld, &wc);
     integrity_ok(&wc);
     assert_nothing_pending(dir);
+}
+
+#[test]
+fn pushes_that_read_a_large_table_with_two_connections_lose_no_commit_of_an_app_in_rollback_journal_mode(
+) {
+    pushes_that_read_a_large_table_with_two_connections("delete");
+}
+
+#[test]
+fn pushes_that_read_a_large_table_with_two_connections_lose_no_commit_of_an_app_in_wal_mode() {
+    pushes_that_read_a_large_table_with_two_connections("wal");
 }
