@@ -107,8 +107,10 @@ pub struct Diff<'c> {
     beside: RefCell<Beside>,
 }
 
-/// The least leaves a table had for its leaves to be read by two connections at once: below
-/// it, opening the second connection and its thread costs about what it saves.
+/// The least leaves a table had for its leaves to be read by two connections at once. Below
+/// it the whole walk takes under 2 ms (about 1.7 µs a leaf, measured at 3M rows), and opening
+/// a second connection, preparing its read and starting a thread would take back much of the
+/// half it saves.
 const BESIDE_LEAVES: usize = 1024;
 
 /// The second connection to the working copy ([`Diff::beside`]).
