@@ -70,8 +70,21 @@ struct OldTable {
     /// Its leaves in key order, and the same as a set.
     leaves: Vec<u32>,
     leaf_set: PageSet,
-    /// The rows on the leaves the advance overwrites.
-    rows: Cells,
+    /// The rows on the leaves the advance overwrites; `None` when it overwrites so many of
+    /// them that the table is read whole ([`mostly`]), which needs none of its rows.
+    rows: Option<Cells>,
+}
+
+/// Whether `part` leaves of `whole` are so many that reading the whole table is cheaper than
+/// comparing their rows one by one ([`WHOLE_TABLE_SHARE`]).
+///
+/// ```text
+/// 1 % of 1M rows updated: every leaf written  -> mostly: the table is read whole, and the
+///                                                cells of its leaves are never kept
+/// 100 rows updated: 100 leaves of 14,000      -> not: those 100 leaves' rows are compared
+/// ```
+fn mostly(part: usize, whole: usize) -> bool {
+    part * WHOLE_TABLE_SHARE > whole
 }
 
 /// The rows on some leaves of a table: each rowid with its cell's bytes (the record's size,
@@ -260,10 +273,24 @@ fn read_before(
         if tree.index {
             continue;
         }
-        let mut rows = Cells::new(exact);
-        for &p in tree.leaves.iter().filter(|&&p| written.contains(p)) {
-            cells(&db, p, &mut page, &mut rows, None)?;
-        }
+        let overwritten: Vec<u32> = tree
+            .leaves
+            .iter()
+            .copied()
+            .filter(|&p| written.contains(p))
+            .collect();
+        // Keeping the cells of most of a table's leaves (a copy of each, some 70 a leaf) cost
+        // more than the whole table's read that follows anyway.
+        let rows = match mostly(overwritten.len(), tree.leaves.len()) {
+            true => None,
+            false => {
+                let mut rows = Cells::new(exact);
+                for &p in &overwritten {
+                    cells(&db, p, &mut page, Some(&mut rows), None)?;
+                }
+                Some(rows)
+            }
+        };
         let leaf_set = tree.leaves.iter().copied().collect();
         tables.insert(
             root,
@@ -347,11 +374,9 @@ fn walk(
             .copied()
             .filter(|&p| !written.contains(p) && !new_leaves.contains(p))
             .collect();
-        let mut after = Cells::new(before.exact);
-        for &p in &new_cand {
-            cells(&mdb, p, &mut page, &mut after, Some(&mut accounted))?;
-        }
-        if new_cand.is_empty() && gone.is_empty() && old.rows.rows.is_empty() {
+        let old_rows = old.rows.as_ref();
+        if new_cand.is_empty() && gone.is_empty() && old_rows.is_some_and(|r| r.rows.is_empty())
+        {
             continue;
         }
         match kind(name) {
@@ -369,14 +394,29 @@ fn walk(
             return everything("the file shrank past a freed leaf");
         }
         let old_cand = old.leaves.iter().filter(|&&p| written.contains(p)).count() + gone.len();
-        if (old_cand + new_cand.len()) * WHOLE_TABLE_SHARE > old.leaves.len() + new.leaves.len() {
-            out.insert(name.to_owned(), Rows::All);
-            continue;
+        let whole = mostly(
+            old_cand + new_cand.len(),
+            old.leaves.len() + new.leaves.len(),
+        );
+        let old_rows = match old_rows {
+            Some(rows) if !whole => rows,
+            _ => {
+                // The overflow pages of the written leaves' cells are still accounted for.
+                for &p in &new_cand {
+                    cells(&mdb, p, &mut page, None, Some(&mut accounted))?;
+                }
+                out.insert(name.to_owned(), Rows::All);
+                continue;
+            }
+        };
+        let mut after = Cells::new(before.exact);
+        for &p in &new_cand {
+            cells(&mdb, p, &mut page, Some(&mut after), Some(&mut accounted))?;
         }
         // The rows before: those on the leaves written, and on those that left unwritten.
         let mut left = Cells::new(before.exact);
         for &p in &gone {
-            cells(&mdb, p, &mut page, &mut left, None)?;
+            cells(&mdb, p, &mut page, Some(&mut left), None)?;
         }
         // The rows on the base's leaves kept apart from the mirror's.
         let mut ours = Cells::new(false);
@@ -384,13 +424,13 @@ fn walk(
             for (_, _, root) in roots(base_catalog).filter(|(t, n, _)| *t && *n == name) {
                 let tree = Tree::walk(base_db, root)?;
                 for &p in tree.leaves.iter().filter(|&&p| before.base_apart(p)) {
-                    cells(base_db, p, &mut page, &mut ours, None)?;
+                    cells(base_db, p, &mut page, Some(&mut ours), None)?;
                 }
             }
         }
         out.insert(
             name.to_owned(),
-            Rows::Ids(differing(&[&old.rows, &left, &ours], &after)),
+            Rows::Ids(differing(&[old_rows, &left, &ours], &after)),
         );
     }
     if let Some(p) = written
@@ -471,13 +511,13 @@ fn children_of(page: &[u8], n: u32, out: &mut Vec<u32>) -> std::result::Result<(
     Ok(())
 }
 
-/// Adds the rows of table leaf `n` to `rows`; with `overflow`, marks the overflow pages of its
-/// cells.
+/// Adds the rows of table leaf `n` to `rows`, when given; with `overflow`, marks the overflow
+/// pages of its cells.
 fn cells(
     db: &DbFile<'_>,
     n: u32,
     page: &mut Vec<u8>,
-    rows: &mut Cells,
+    mut rows: Option<&mut Cells>,
     overflow: Option<&mut PageSet>,
 ) -> std::result::Result<(), PageError> {
     db.read(n, page)?;
@@ -497,7 +537,9 @@ fn cells(
         if local == size && whole.is_none() {
             return Err(bad());
         }
-        rows.add(rowid, whole);
+        if let Some(rows) = rows.as_deref_mut() {
+            rows.add(rowid, whole);
+        }
         if overflow.is_some() && local < size {
             chains.push((
                 be32(page, at + a + b + local).ok_or_else(bad)?,
