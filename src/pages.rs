@@ -215,7 +215,8 @@ impl<'c> DbFile<'c> {
                 None => return self.walk_leaves(&[root]),
             },
         };
-        let children = top.children()?;
+        let mut children = Vec::new();
+        children_of(&top.page, root, &mut children)?;
         let (ours, theirs) = children.split_at(children.len() / 2);
         let layout = (self.page_size, self.usable);
         let (mine, helped) = std::thread::scope(|s| {
@@ -337,6 +338,19 @@ fn read_page(
     }
     buf.clear();
     buf.extend_from_slice(data);
+    Ok(())
+}
+
+/// The child pages of an interior page, right-most last.
+pub(crate) fn children_of(page: &[u8], n: u32, out: &mut Vec<u32>) -> Result<()> {
+    let hdr = if n == 1 { 100 } else { 0 };
+    let bad = || PageError::Layout("interior page");
+    let cells = be16(page, hdr + 3).ok_or_else(bad)?;
+    for i in 0..cells {
+        let at = be16(page, hdr + 12 + 2 * i).ok_or_else(bad)?;
+        out.push(be32(page, at).ok_or_else(bad)?);
+    }
+    out.push(be32(page, hdr + 8).ok_or_else(bad)?);
     Ok(())
 }
 
@@ -644,11 +658,6 @@ impl Frame {
             cells,
             leaf,
         })
-    }
-
-    /// The page numbers of an interior page's children, in key order.
-    fn children(&self) -> Result<Vec<u32>> {
-        (0..=self.cells).map(|i| self.child(i)).collect()
     }
 
     /// An interior page's child `i`: cell `i`'s left child, or past the last cell the
@@ -960,7 +969,9 @@ mod tests {
         assert!(one.len() > 2000, "{} leaves", one.len());
         let mut root_page = Vec::new();
         db.read(root, &mut root_page).unwrap();
-        let grandchild = Frame::new(root, root_page).unwrap().children().unwrap()[0];
+        let mut children = Vec::new();
+        children_of(&root_page, root, &mut children).unwrap();
+        let grandchild = children[0];
         let mut page = Vec::new();
         db.read(grandchild, &mut page).unwrap();
         assert!(!Frame::new(grandchild, page).unwrap().leaf, "three levels");

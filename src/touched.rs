@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::Connection;
 
-use crate::pages::{be16, be32, local_payload, varint, DbFile, PageError, PageSet};
+use crate::pages::{be16, be32, children_of, local_payload, varint, DbFile, PageError, PageSet};
 use crate::schema::{self, RowKey};
 use crate::Result;
 
@@ -375,8 +375,7 @@ fn walk(
             .filter(|&p| !written.contains(p) && !new_leaves.contains(p))
             .collect();
         let old_rows = old.rows.as_ref();
-        if new_cand.is_empty() && gone.is_empty() && old_rows.is_some_and(|r| r.rows.is_empty())
-        {
+        if new_cand.is_empty() && gone.is_empty() && old_rows.is_some_and(|r| r.rows.is_empty()) {
             continue;
         }
         match kind(name) {
@@ -496,19 +495,6 @@ fn page_kind(page: &[u8], n: u32) -> std::result::Result<(bool, bool), PageError
         Some(0x02) => Ok((false, true)),
         _ => Err(PageError::Layout("not a B-tree page")),
     }
-}
-
-/// The child pages of an interior page, right-most last.
-fn children_of(page: &[u8], n: u32, out: &mut Vec<u32>) -> std::result::Result<(), PageError> {
-    let hdr = if n == 1 { 100 } else { 0 };
-    let bad = || PageError::Layout("interior page");
-    let cells = be16(page, hdr + 3).ok_or_else(bad)?;
-    for i in 0..cells {
-        let at = be16(page, hdr + 12 + 2 * i).ok_or_else(bad)?;
-        out.push(be32(page, at).ok_or_else(bad)?);
-    }
-    out.push(be32(page, hdr + 8).ok_or_else(bad)?);
-    Ok(())
 }
 
 /// Adds the rows of table leaf `n` to `rows`, when given; with `overflow`, marks the overflow
