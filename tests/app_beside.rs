@@ -58,6 +58,25 @@ fn assert_items_equal(sqld: &Sqld, local: &Path) {
     }
 }
 
+/// Every tag an app printed (a commit it was told succeeded) is among `rows` (one tag each).
+fn assert_none_lost(tags: &[String], rows: Vec<Vec<Cell>>, where_: &str) {
+    let held: BTreeSet<String> = rows
+        .into_iter()
+        .map(|r| match &r[0] {
+            Cell::Text(t) => t.clone(),
+            other => panic!("tag {other:?}"),
+        })
+        .collect();
+    let lost: Vec<&String> = tags.iter().filter(|t| !held.contains(*t)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of the {} commits the app was told succeeded {where_}, e.g. {:?}",
+        lost.len(),
+        tags.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
 /// A remote with `items` and a working copy of it in a fresh directory.
 fn workspace() -> (Sqld, TempDir) {
     let sqld = Sqld::start();
@@ -119,21 +138,8 @@ fn beside_an_app(journal_mode: &str) {
     // The mirror the pulls read from the log, too: every file tursync writes ends whole.
     let mirror = mirror_copy(&wc, &dir.join("mirror-copy.db"));
     integrity_ok(&mirror.expect("the pulls read the log into a mirror"));
-    let local: BTreeSet<String> = local_query(&wc, "SELECT tag FROM items")
-        .into_iter()
-        .map(|r| match &r[0] {
-            Cell::Text(t) => t.clone(),
-            other => panic!("tag {other:?}"),
-        })
-        .collect();
-    let lost: Vec<&String> = tags.iter().filter(|t| !local.contains(*t)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of the app's {} commits are gone from the working copy, e.g. {:?}",
-        lost.len(),
-        tags.len(),
-        &lost[..lost.len().min(5)]
-    );
+    let local = local_query(&wc, "SELECT tag FROM items");
+    assert_none_lost(&tags, local, "are gone from the working copy");
 
     // A final sync puts every commit on the remote; the working copy equals it.
     ok(&sqld, dir, &["sync"]);
@@ -367,22 +373,8 @@ fn pushes_that_read_a_large_table_with_two_connections(journal_mode: &str) {
         tags.len()
     );
     ok(&sqld, dir, &["push"]);
-    let remote: BTreeSet<String> = sqld
-        .query("SELECT tag FROM items WHERE tag LIKE 'app-%'")
-        .into_iter()
-        .map(|r| match &r[0] {
-            Cell::Text(t) => t.clone(),
-            other => panic!("tag {other:?}"),
-        })
-        .collect();
-    let lost: Vec<&String> = tags.iter().filter(|t| !remote.contains(*t)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of the apps' {} commits never reached the remote, e.g. {:?}",
-        lost.len(),
-        tags.len(),
-        &lost[..lost.len().min(5)]
-    );
+    let remote = sqld.query("SELECT tag FROM items WHERE tag LIKE 'app-%'");
+    assert_none_lost(&tags, remote, "never reached the remote");
     assert_items_equal(&sqld, &wc);
     integrity_ok(&wc);
     assert_nothing_pending(dir);
