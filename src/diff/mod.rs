@@ -196,9 +196,9 @@ impl<'c> Diff<'c> {
 
     /// The second connection to the working copy, opened on first need; `None` unless `work`
     /// is in a read transaction that wrote nothing, the only state in which both can read the
-    /// same snapshot ([`pages::DbFile::sum_leaves`]). A second
-    /// connection that cannot be opened (an in-memory database, say) only leaves the reading
-    /// to `work`, as below [`BESIDE_LEAVES`].
+    /// same snapshot ([`pages::DbFile::sum_leaves`]). A second connection that cannot be
+    /// opened (an in-memory database, say) only leaves the reading to `work`, as below
+    /// [`BESIDE_LEAVES`].
     fn beside(&self) -> Option<RefMut<'_, Connection>> {
         let state = self.work.transaction_state(Some(rusqlite::MAIN_DB));
         if !matches!(state, Ok(rusqlite::TransactionState::Read)) {
