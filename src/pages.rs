@@ -997,6 +997,13 @@ mod tests {
         assert_eq!(db.sum_leaves(root, Some(&mut beside)).unwrap(), one);
         // Its read ended with the walk: it holds no lock.
         assert!(beside.is_autocommit());
+        // And it did read its half, rather than leave it to ours: a fresh connection too.
+        let read = pages_read(&beside);
+        assert!(
+            read as usize > one.len() / 3,
+            "the second connection read {read} pages of {} leaves",
+            one.len()
+        );
 
         if journal_mode == "delete" {
             writer
@@ -1012,6 +1019,23 @@ mod tests {
         ours.execute_batch("COMMIT").unwrap();
         drop(ours);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The pages `conn` read from its file (its page cache's misses).
+    fn pages_read(conn: &Connection) -> i32 {
+        let (mut now, mut high) = (0, 0);
+        // SAFETY: the handle is alive for the call; SQLite writes both integers.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                conn.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_CACHE_MISS,
+                &mut now,
+                &mut high,
+                0,
+            )
+        };
+        assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+        now
     }
 
     #[test]
