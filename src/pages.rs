@@ -221,6 +221,11 @@ impl<'c> DbFile<'c> {
         let layout = (self.page_size, self.usable);
         let (mine, helped) = std::thread::scope(|s| {
             let helper = s.spawn(move || -> Result<Vec<Leaf>> {
+                if snapshot.is_some() {
+                    // A connection opens the WAL on its first read: until then it has none to
+                    // open a snapshot in, and `sqlite3_snapshot_open` fails (SQLITE_ERROR).
+                    beside.query_row("PRAGMA schema_version", [], |_| Ok(()))?;
+                }
                 // Its first read takes the shared lock; it ends with the walk, so that no lock
                 // of this connection outlasts it (a pull writes the working copy next).
                 let read = beside.transaction()?;
@@ -948,6 +953,10 @@ mod tests {
         ours.pragma_update(None, "page_size", 1024).unwrap();
         ours.pragma_update(None, "journal_mode", journal_mode)
             .unwrap();
+        // In WAL mode the table stays in the WAL, so ours reads through it: a reader of a fully
+        // checkpointed WAL reads the file alone, the next commit restarts the WAL, and its
+        // snapshot can no longer be opened (SQLITE_ERROR_SNAPSHOT: ours then reads both halves).
+        ours.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
         ours.execute_batch(
             "CREATE TABLE t(a INTEGER PRIMARY KEY, b);
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
