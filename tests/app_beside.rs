@@ -3,7 +3,6 @@
 //! intact, no commit the app was told succeeded is lost, and everything reaches the remote.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,41 +20,6 @@ fn remote_change(sqld: &Sqld, rng: &mut Rng, round: u64) {
         1 + rng.below(SEED_ROWS),
         -1 - round as i64
     ));
-}
-
-fn integrity_ok(path: &Path) {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.busy_timeout(Duration::from_secs(30)).unwrap();
-    let check: Vec<String> = conn
-        .prepare("PRAGMA integrity_check")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(check, ["ok"], "{} is damaged", path.display());
-}
-
-/// The remote's `items` equals the local file's, compared in keyset pages (a few requests,
-/// each far below the server's response cap).
-fn assert_items_equal(sqld: &Sqld, local: &Path) {
-    // Below every id, the remote's own negative ones included.
-    let mut after = i64::MIN;
-    loop {
-        let page =
-            format!("SELECT id, tag, n FROM items WHERE id > {after} ORDER BY id LIMIT 5000");
-        let rows = sqld.query(&page);
-        assert_table_eq(sqld, local, &page);
-        match rows.last() {
-            Some(row) if rows.len() == 5000 => {
-                let Cell::Integer(id) = row[0] else {
-                    panic!("id {:?}", row[0])
-                };
-                after = id;
-            }
-            _ => break,
-        }
-    }
 }
 
 /// Every tag an app printed (a commit it was told succeeded) is among `rows` (one tag each).

@@ -539,6 +539,42 @@ pub fn assert_table_eq(sqld: &Sqld, local: &Path, select_sql: &str) {
     );
 }
 
+/// `PRAGMA integrity_check` of a local file says ok (waiting up to 30 s for an app's lock).
+pub fn integrity_ok(path: &Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    let check: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(check, ["ok"], "{} is damaged", path.display());
+}
+
+/// The remote's `items` equals the local file's, compared in keyset pages (a few requests,
+/// each far below the server's response cap).
+pub fn assert_items_equal(sqld: &Sqld, local: &Path) {
+    // Below every id, the remote's own negative ones included.
+    let mut after = i64::MIN;
+    loop {
+        let page =
+            format!("SELECT id, tag, n FROM items WHERE id > {after} ORDER BY id LIMIT 5000");
+        let rows = sqld.query(&page);
+        assert_table_eq(sqld, local, &page);
+        match rows.last() {
+            Some(row) if rows.len() == 5000 => {
+                let Cell::Integer(id) = row[0] else {
+                    panic!("id {:?}", row[0])
+                };
+                after = id;
+            }
+            _ => break,
+        }
+    }
+}
+
 /// A `tursync` command running in `cwd`, with the variables that could point
 /// it at a real database or change its output removed, and no stdin.
 pub fn tursync(cwd: &Path) -> Command {
