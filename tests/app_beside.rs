@@ -308,13 +308,7 @@ fn pushes_that_read_a_large_table_with_two_connections(journal_mode: &str) {
     let dir = dir.path();
     ok(&sqld, dir, &["init", "--url", &sqld.url]);
     let wc = dir.join("working_copy.db");
-    let leaves = local_query(
-        &wc,
-        "SELECT count(*) FROM dbstat WHERE name = 'items' AND pagetype = 'leaf'",
-    );
-    let [Cell::Integer(leaves)] = leaves[0][..] else {
-        panic!("leaves {leaves:?}")
-    };
+    let leaves = leaf_count(&wc, "items");
     assert!(
         leaves >= 1024,
         "only {leaves} leaves: one connection reads them"

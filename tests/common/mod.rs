@@ -553,18 +553,39 @@ pub fn integrity_ok(path: &Path) {
     assert_eq!(check, ["ok"], "{} is damaged", path.display());
 }
 
+/// How many leaf pages table `table` of a local file has.
+pub fn leaf_count(db: &Path, table: &str) -> i64 {
+    let rows = local_query(
+        db,
+        &format!("SELECT count(*) FROM dbstat WHERE name = '{table}' AND pagetype = 'leaf'"),
+    );
+    match rows[..] {
+        [ref row] => match row[..] {
+            [Cell::Integer(n)] => n,
+            _ => panic!("leaves {rows:?}"),
+        },
+        _ => panic!("leaves {rows:?}"),
+    }
+}
+
 /// The remote's `items` equals the local file's, compared in keyset pages (a few requests,
 /// each far below the server's response cap).
 pub fn assert_items_equal(sqld: &Sqld, local: &Path) {
+    assert_rows_equal_by_id(sqld, local, "SELECT id, tag, n FROM items", 5000);
+}
+
+/// The rows of `select` (a SELECT whose first column is the INTEGER key `id`, without WHERE or
+/// ORDER BY) are the same on the remote and in the local file, compared `page` rows at a time
+/// in key order.
+pub fn assert_rows_equal_by_id(sqld: &Sqld, local: &Path, select: &str, page: usize) {
     // Below every id, the remote's own negative ones included.
     let mut after = i64::MIN;
     loop {
-        let page =
-            format!("SELECT id, tag, n FROM items WHERE id > {after} ORDER BY id LIMIT 5000");
-        let rows = sqld.query(&page);
-        assert_table_eq(sqld, local, &page);
+        let sql = format!("{select} WHERE id > {after} ORDER BY id LIMIT {page}");
+        let rows = sqld.query(&sql);
+        assert_table_eq(sqld, local, &sql);
         match rows.last() {
-            Some(row) if rows.len() == 5000 => {
+            Some(row) if rows.len() == page => {
                 let Cell::Integer(id) = row[0] else {
                     panic!("id {:?}", row[0])
                 };
