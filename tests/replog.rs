@@ -1573,3 +1573,28 @@ fn a_pull_that_grows_the_database_past_one_gigabyte_is_exact() {
     let diff: serde_json::Value = serde_json::from_slice(&diff.stdout).unwrap();
     assert_eq!(diff["changes"], 0, "{diff}");
 }
+
+/// A pull whose log rewrites a row of an internal table that spills onto overflow pages (the
+/// `sqlite_sequence` row of a table with a 5000-character name, its counter past the leaf),
+/// with the leaf itself written too (another table's counter on it): the overflow pages belong
+/// to that table's written leaf, so the pull still reads only the pages the log changed, not
+/// every table whole for "a page changed outside every B-tree".
+#[test]
+fn an_internal_tables_overflow_pages_keep_a_pull_on_the_pages_the_log_changed() {
+    let sqld = Sqld::start();
+    let long = format!("t{}", "a".repeat(5000));
+    sqld.exec(&format!(
+        "CREATE TABLE {long}(id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT);
+         CREATE TABLE s(id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT);
+         INSERT INTO {long}(v) VALUES ('a');
+         INSERT INTO s(v) SELECT printf('%050d', value) FROM generate_series(1, 2000);"
+    ));
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    sqld.exec(&format!(
+        "INSERT INTO {long}(v) VALUES ('b');
+         INSERT INTO s(v) VALUES ('new');"
+    ));
+    assert_eq!(pull(&sqld, dir.path()), "the pages the log changed");
+    assert_same_database(&sqld, &dir.path().join("working_copy.db"));
+}
