@@ -378,9 +378,19 @@ fn walk(
         if new_cand.is_empty() && gone.is_empty() && old_rows.is_some_and(|r| r.rows.is_empty()) {
             continue;
         }
+        // For a table whose rows are not compared one by one: the written leaves are read only
+        // for the overflow pages of their cells, which every written page must be accounted for.
+        let account_overflow = |page: &mut Vec<u8>, accounted: &mut PageSet| {
+            new_cand
+                .iter()
+                .try_for_each(|&p| cells(&mdb, p, page, None, Some(accounted)))
+        };
         match kind(name) {
             // Internal tables and sqlite_sequence: no rows of theirs are diffed here.
-            None => continue,
+            None => {
+                account_overflow(&mut page, &mut accounted)?;
+                continue;
+            }
             Some(t) if t.shadow || t.key == RowKey::Virtual => {
                 return everything(format!("shadow table {name:?} of a virtual table changed"))
             }
@@ -400,10 +410,7 @@ fn walk(
         let old_rows = match old_rows {
             Some(rows) if !whole => rows,
             _ => {
-                // The overflow pages of the written leaves' cells are still accounted for.
-                for &p in &new_cand {
-                    cells(&mdb, p, &mut page, None, Some(&mut accounted))?;
-                }
+                account_overflow(&mut page, &mut accounted)?;
                 out.insert(name.to_owned(), Rows::All);
                 continue;
             }
