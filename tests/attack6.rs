@@ -1,0 +1,197 @@
+//! Attacks on the paths of today's two changes not attacked before: `tursync diff --sql` reading
+//! a large table with two connections (`pages::DbFile::sum_leaves`) beside an app in its own
+//! process, and a Turso Sync pull whose pages rewrite most of a large table (`touched`: such a
+//! table keeps no cells and is read whole).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const SEED_ROWS: i64 = 200_000;
+/// The app updates and deletes ids 1..=APP_HI and inserts from APP_NEW + 1 on.
+const APP_HI: i64 = 100_000;
+const APP_NEW: i64 = 10_000_000;
+
+/// The churn app's writes, one commit a group, in commit order: (seq, [(id, Some(n) or None
+/// for a delete)]).
+fn commits(lines: &[String]) -> Vec<(i64, Vec<(i64, Option<i64>)>)> {
+    let mut out = Vec::new();
+    let mut group = Vec::new();
+    for line in lines {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let id: i64 = parts[1].parse().unwrap();
+        match parts[0] {
+            "u" => group.push((id, Some(parts[2].parse().unwrap()))),
+            "d" => group.push((id, None)),
+            "i" => {
+                let seq: i64 = parts[2].parse().unwrap();
+                group.push((id, Some(seq)));
+                out.push((seq, std::mem::take(&mut group)));
+            }
+            other => panic!("app line {other:?}"),
+        }
+    }
+    out
+}
+
+/// `tursync diff --sql`, run again and again on a working copy whose table of some 1,100
+/// leaves is read by two connections (its leaves are known from our push), while an app in
+/// its own process updates and deletes rows across the first half of the keys and inserts
+/// past the last. Each script, applied to a copy of the base, must give the rows of one
+/// commit of the app's exactly: the inserts 1..=K, and every write of commits 1..=K, none
+/// after.
+fn diff_sql_beside_churn(journal_mode: &str) {
+    let seed = Rng::from_time(journal_mode).below(1 << 30).to_string();
+    let sqld = Sqld::start();
+    sqld.exec(&format!(
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {SEED_ROWS})
+         INSERT INTO items SELECT i, 'seed-' || i, i FROM c;"
+    ));
+    let dir = tempdir();
+    let dir = dir.path();
+    ok(&sqld, dir, &["init", "--url", &sqld.url]);
+    let wc = dir.join("working_copy.db");
+    let leaves = leaf_count(&wc, "items");
+    assert!(leaves >= 1024, "only {leaves} leaves: one connection reads");
+    // A push of ours reads the table's leaves and records them.
+    edit(dir, "UPDATE items SET n = -1 WHERE id = 1");
+    ok(&sqld, dir, &["push"]);
+    assert!(
+        dir.join(".tursync/leaves.sum").exists(),
+        "the push recorded no leaves"
+    );
+    let base = dir.join("base-copy.db");
+    std::fs::copy(dir.join(".tursync/base.db"), &base).unwrap();
+
+    let app = App::spawn(
+        "churn_app.py",
+        &wc,
+        &[
+            journal_mode,
+            "1",
+            &seed,
+            "1",
+            &APP_HI.to_string(),
+            &APP_NEW.to_string(),
+            if journal_mode == "wal" { "1" } else { "0" },
+        ],
+    );
+    let mut scripts = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        let out = ok(&sqld, dir, &["diff", "--sql"]);
+        scripts.push(out.stdout);
+    }
+    let lines = app.stop();
+    let commits = commits(&lines);
+    assert!(
+        commits.len() > 100,
+        "the app committed only {}",
+        commits.len()
+    );
+    assert!(scripts.len() >= 3, "only {} diffs ran", scripts.len());
+
+    let ids: BTreeSet<i64> = commits
+        .iter()
+        .flat_map(|(_, w)| w.iter().map(|(id, _)| *id))
+        .collect();
+    let list = |ids: &BTreeSet<i64>| {
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let state = |db: &Path| -> BTreeMap<i64, i64> {
+        local_query(
+            db,
+            &format!("SELECT id, n FROM items WHERE id IN ({})", list(&ids)),
+        )
+        .into_iter()
+        .map(|r| match (&r[0], &r[1]) {
+            (Cell::Integer(id), Cell::Integer(n)) => (*id, *n),
+            _ => panic!("row {r:?}"),
+        })
+        .collect()
+    };
+    let at_base = state(&base);
+    let mut torn = Vec::new();
+    let mut seen_k = BTreeSet::new();
+    for (i, script) in scripts.iter().enumerate() {
+        let x = dir.join(format!("applied-{i}.db"));
+        std::fs::copy(&base, &x).unwrap();
+        sqlite3_cli(&x, script);
+        let got = state(&x);
+        // The commit the diff's snapshot is at: the last insert it holds.
+        let k = got
+            .keys()
+            .filter(|&&id| id > APP_NEW)
+            .map(|id| id - APP_NEW)
+            .max()
+            .unwrap_or(0);
+        seen_k.insert(k);
+        let mut want = at_base.clone();
+        for (_, writes) in commits.iter().filter(|(seq, _)| *seq <= k) {
+            for (id, n) in writes {
+                match n {
+                    Some(n) => want.insert(*id, *n),
+                    None => want.remove(id),
+                };
+            }
+        }
+        if got != want {
+            let differ: Vec<String> = ids
+                .iter()
+                .filter(|id| got.get(id) != want.get(id))
+                .take(5)
+                .map(|id| {
+                    format!(
+                        "{id}: diff {:?}, commit {k} {:?}",
+                        got.get(id),
+                        want.get(id)
+                    )
+                })
+                .collect();
+            torn.push(format!("diff {i} (at commit {k}): {differ:?}"));
+        }
+        let count = local_query(&x, "SELECT count(*) FROM items");
+        let deleted = commits
+            .iter()
+            .filter(|(seq, _)| *seq <= k)
+            .flat_map(|(_, w)| w.iter().filter(|(_, n)| n.is_none()))
+            .count() as i64;
+        if count != [[Cell::Integer(SEED_ROWS - deleted + k)]] {
+            torn.push(format!("diff {i} (at commit {k}): {count:?} rows"));
+        }
+        let _ = std::fs::remove_file(&x);
+    }
+    eprintln!(
+        "{} diffs at commits {seen_k:?} of the app's {}",
+        scripts.len(),
+        commits.len()
+    );
+    assert!(
+        torn.is_empty(),
+        "{} of {} diffs describe no state the app committed: {torn:?}",
+        torn.len(),
+        scripts.len()
+    );
+    assert!(
+        seen_k.len() >= 3,
+        "the diffs saw only commits {seen_k:?} of the app's {}",
+        commits.len()
+    );
+    integrity_ok(&wc);
+}
+
+#[test]
+fn diff_sql_of_a_large_table_read_by_two_connections_beside_an_app_in_rollback_journal_mode() {
+    diff_sql_beside_churn("delete");
+}
+
+#[test]
+fn diff_sql_of_a_large_table_read_by_two_connections_beside_an_app_in_wal_mode() {
+    diff_sql_beside_churn("wal");
+}
