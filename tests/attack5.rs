@@ -102,18 +102,10 @@ fn teammate_bulk(sqld: &Sqld, rng: &mut Rng, round: i64) {
 /// end the remote and the working copy hold the same rows.
 fn churn_beside_two_readers(journal_mode: &str, checkpoint: bool) {
     let mut rng = Rng::from_time(journal_mode);
-    let sqld = Sqld::start();
-    sqld.exec(&format!(
-        "CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);
-         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {SEED_ROWS})
-         INSERT INTO items SELECT i, 'seed-' || i, i FROM c;"
-    ));
     let dir = tempdir();
     let dir = dir.path();
-    ok(&sqld, dir, &["init", "--url", &sqld.url]);
+    let sqld = large_items_copy(SEED_ROWS, dir);
     let wc = dir.join("working_copy.db");
-    let leaves = leaf_count(&wc, "items");
-    assert!(leaves >= 1024, "only {leaves} leaves: one connection reads");
     // The first push records the leaves; the pushes after it read them with two connections.
     ok(&sqld, dir, &["push"]);
 
@@ -232,15 +224,7 @@ fn bulk_rewrites_of_a_large_table_after_our_push_are_pulled_exactly() {
     let mut by_log = 0;
     for (round, sql) in bulk.iter().enumerate() {
         // Ours: rows across the keys, some spilling, pushed; then the teammate's bulk.
-        edit(
-            dir,
-            &format!(
-                "UPDATE t SET v = 'ours {round} ' || id WHERE id IN (10, 72001, 72002, 72003, 79999);
-                 UPDATE t SET v = zeroblob(7000 + {round}) WHERE id = 1;
-                 INSERT INTO t VALUES (200000 + {round}, randomblob(5000));
-                 DELETE FROM t WHERE id = 79000 + {round};"
-            ),
-        );
+        edit_ours_across_t(dir, round);
         ok(&sqld, dir, &["push"]);
         sqld.exec(sql);
         let out = ok(&sqld, dir, &["pull", "--json"]);

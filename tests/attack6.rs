@@ -46,18 +46,10 @@ fn commits(lines: &[String]) -> Vec<(i64, Vec<(i64, Option<i64>)>)> {
 #[test]
 fn diff_sql_of_a_large_table_read_by_two_connections_beside_an_app_in_wal_mode() {
     let seed = Rng::from_time("diff beside").below(1 << 30).to_string();
-    let sqld = Sqld::start();
-    sqld.exec(&format!(
-        "CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);
-         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {SEED_ROWS})
-         INSERT INTO items SELECT i, 'seed-' || i, i FROM c;"
-    ));
     let dir = tempdir();
     let dir = dir.path();
-    ok(&sqld, dir, &["init", "--url", &sqld.url]);
+    let sqld = large_items_copy(SEED_ROWS, dir);
     let wc = dir.join("working_copy.db");
-    let leaves = leaf_count(&wc, "items");
-    assert!(leaves >= 1024, "only {leaves} leaves: one connection reads");
     // A push of ours reads the table's leaves and records them.
     edit(dir, "UPDATE items SET n = -1 WHERE id = 1");
     ok(&sqld, dir, &["push"]);
@@ -252,15 +244,7 @@ fn turso_sync_bulk_rewrites_of_a_large_table_after_our_push_are_pulled_exactly()
     ];
     let mut by_pages = 0;
     for (round, stmts) in bulk.iter().enumerate() {
-        edit(
-            dir,
-            &format!(
-                "UPDATE t SET v = 'ours {round} ' || id WHERE id IN (10, 72001, 72002, 72003, 79999);
-                 UPDATE t SET v = zeroblob(7000 + {round}) WHERE id = 1;
-                 INSERT INTO t VALUES (200000 + {round}, randomblob(5000));
-                 DELETE FROM t WHERE id = 79000 + {round};"
-            ),
-        );
+        edit_ours_across_t(dir, round);
         run_ok(tursync(dir).arg("push"));
         server.exec(stmts);
         let out = run_ok(tursync(dir).args(["pull", "--json"]));

@@ -553,6 +553,37 @@ pub fn integrity_ok(path: &Path) {
     assert_eq!(check, ["ok"], "{} is damaged", path.display());
 }
 
+/// A remote whose `items(id, tag, n)` holds ids 1..=`rows` (`tag` 'seed-ID', `n` the id), and a
+/// working copy of it initialized in `dir`, whose table must have 1,024 leaves or more: once
+/// they are known (a push records them), a diff reads them with two connections at once.
+pub fn large_items_copy(rows: i64, dir: &Path) -> Sqld {
+    let sqld = Sqld::start();
+    sqld.exec(&format!(
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, tag TEXT, n INTEGER);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {rows})
+         INSERT INTO items SELECT i, 'seed-' || i, i FROM c;"
+    ));
+    ok(&sqld, dir, &["init", "--url", &sqld.url]);
+    let leaves = leaf_count(&wc(dir), "items");
+    assert!(leaves >= 1024, "only {leaves} leaves: one connection reads");
+    sqld
+}
+
+/// Our writes before round `round` of a teammate's bulk rewrites of `t(id, v)`: rows across
+/// the keys set to text, row 1 spilling onto overflow pages, a spilling row inserted and one
+/// deleted.
+pub fn edit_ours_across_t(dir: &Path, round: usize) {
+    edit(
+        dir,
+        &format!(
+            "UPDATE t SET v = 'ours {round} ' || id WHERE id IN (10, 72001, 72002, 72003, 79999);
+             UPDATE t SET v = zeroblob(7000 + {round}) WHERE id = 1;
+             INSERT INTO t VALUES (200000 + {round}, randomblob(5000));
+             DELETE FROM t WHERE id = 79000 + {round};"
+        ),
+    );
+}
+
 /// How many leaf pages table `table` of a local file has.
 pub fn leaf_count(db: &Path, table: &str) -> i64 {
     let rows = local_query(
