@@ -14,9 +14,12 @@ const SEED_ROWS: i64 = 200_000;
 const APP_HI: i64 = 100_000;
 const APP_NEW: i64 = 10_000_000;
 
-/// The churn app's writes, one commit a group, in commit order: (seq, [(id, Some(n) or None
-/// for a delete)]).
-fn commits(lines: &[String]) -> Vec<(i64, Vec<(i64, Option<i64>)>)> {
+/// One commit of the churn app's: its sequence number, and each row it wrote with its `n`
+/// (`None`: deleted).
+type Commit = (i64, Vec<(i64, Option<i64>)>);
+
+/// The churn app's writes, one commit a group, in commit order.
+fn commits(lines: &[String]) -> Vec<Commit> {
     let mut out = Vec::new();
     let mut group = Vec::new();
     for line in lines {
