@@ -346,17 +346,26 @@ fn read_page(
     Ok(())
 }
 
-/// The child pages of an interior page, right-most last.
+/// The child pages of interior page `n` (of a table or an index B-tree), right-most last.
 pub(crate) fn children_of(page: &[u8], n: u32, out: &mut Vec<u32>) -> Result<()> {
     let hdr = if n == 1 { 100 } else { 0 };
     let bad = || PageError::Layout("interior page");
     let cells = be16(page, hdr + 3).ok_or_else(bad)?;
-    for i in 0..cells {
-        let at = be16(page, hdr + 12 + 2 * i).ok_or_else(bad)?;
-        out.push(be32(page, at).ok_or_else(bad)?);
+    for i in 0..=cells {
+        out.push(interior_child(page, hdr, cells, i).ok_or_else(bad)?);
     }
-    out.push(be32(page, hdr + 8).ok_or_else(bad)?);
     Ok(())
+}
+
+/// Child `i` of an interior page whose header starts at `hdr` and which has `cells` cells: the
+/// left child of cell `i` (its first four bytes), or past the last cell the right-most pointer
+/// (header bytes 8–11).
+fn interior_child(page: &[u8], hdr: usize, cells: usize, i: usize) -> Option<u32> {
+    if i == cells {
+        be32(page, hdr + 8)
+    } else {
+        be32(page, be16(page, hdr + 12 + 2 * i)?)
+    }
 }
 
 pub(crate) fn varint(b: &[u8]) -> Option<(i64, usize)> {
@@ -668,12 +677,8 @@ impl Frame {
     /// An interior page's child `i`: cell `i`'s left child, or past the last cell the
     /// right-most pointer.
     fn child(&self, i: usize) -> Result<u32> {
-        if i == self.cells {
-            be32(&self.page, self.hdr + 8)
-        } else {
-            be32(&self.page, self.cell(i)?)
-        }
-        .ok_or(PageError::Layout("child pointer"))
+        interior_child(&self.page, self.hdr, self.cells, i)
+            .ok_or(PageError::Layout("child pointer"))
     }
 
     /// The [`Leaf`] of this leaf page.
