@@ -45,6 +45,7 @@ use crate::{Context, Error, Result};
 
 pub use apply::Settling;
 pub use build::Built;
+pub use log::LOG_STREAMS;
 pub use spool::Ready;
 
 const DB: &str = "mirror.db";
@@ -80,7 +81,7 @@ impl From<std::io::Error> for MirrorError {
     }
 }
 
-/// Whether a long stretch of log is read in two streams at once (`log::stream_ahead`).
+/// Whether a long stretch of log is read in [`LOG_STREAMS`] streams at once (`log::stream_ahead`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Streams {
     /// Tried, and used when they answer.

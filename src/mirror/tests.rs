@@ -5,9 +5,9 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 
 use super::apply::write_sums;
-use super::log::STREAM_FRAMES;
+use super::log::{split, STREAM_FRAMES};
 use super::*;
-use crate::remote::replication::{Hello, LogError, LogSource, FRAME_HEADER};
+use crate::remote::replication::{FrameHeader, Hello, LogError, LogSource, FRAME_HEADER};
 
 /// A mirror in a new directory holding what `sql` makes (4096-byte pages), with the sums of
 /// its pages as `apply` would record them at frame 7, and its bytes as written.
@@ -45,10 +45,10 @@ use crate::remote::RemoteError;
 struct FakeLog {
     frames: Vec<Vec<u8>>,
     break_after: Option<usize>,
-    /// Serves streams (and so forks); with `streams_break`, a stream that does not start
-    /// the log breaks off after a few frames.
+    /// Serves streams (and so forks); with `streams_break` set, a stream starting at that
+    /// frame or past it breaks off after a few frames.
     streams: bool,
-    streams_break: bool,
+    streams_break: Option<u64>,
     /// Streams send nothing, as through a proxy holding them ([`LogError::Silent`]).
     streams_silent: bool,
     /// Streams asked for, by this source and its forks.
@@ -63,7 +63,7 @@ impl FakeLog {
             frames,
             break_after,
             streams: false,
-            streams_break: false,
+            streams_break: None,
             streams_silent: false,
             streams_asked: Default::default(),
             batched: 0,
@@ -140,7 +140,7 @@ impl LogSource for FakeLog {
         }
         let range = usize::try_from(from).unwrap()..=usize::try_from(upto).unwrap();
         for (i, f) in self.frames[range].iter().enumerate() {
-            if self.streams_break && from > 0 && i == 10 {
+            if self.streams_break.is_some_and(|at| from >= at) && i == 10 {
                 return Err(LogError::Protocol("test".into()));
             }
             each(f)?;
@@ -472,14 +472,32 @@ fn built_in_batches(n: u64) -> (Hello, Vec<u8>) {
     (at, fs::read(r.db_path()).unwrap())
 }
 
-/// A long log read in two streams at once makes the file batches make, for a mirror built
-/// or a spool applied; a stream that breaks off leaves the rest to the batches.
+/// A long log read in several streams at once makes the file batches make, for a mirror
+/// built or a spool applied. A stream that breaks off leaves the rest to the batches, from the
+/// last commit before its part: the parts before it still count, and only the rest is read
+/// again.
 #[test]
-fn a_long_log_read_in_two_streams_is_the_log_read_in_batches() {
+fn a_long_log_read_in_several_streams_is_the_log_read_in_batches() {
     let n = STREAM_FRAMES * 2 + 77;
     let (at, want) = built_in_batches(n);
     assert_eq!(want.len(), 60 * PAGE);
-    for streams_break in [false, true] {
+    let frames = long_log(n);
+    // What the batches read when the streams from frame `from` on break off.
+    let batched_from = |from: u64| {
+        let last_commit = frames[..usize::try_from(from).unwrap()]
+            .iter()
+            .rposition(|f| FrameHeader::parse(f).unwrap().size_after != 0);
+        n - last_commit.map_or(0, |c| c as u64 + 1)
+    };
+    let parts = split(0, n - 1, LOG_STREAMS);
+    assert_eq!(parts.len(), 4);
+    for (streams_break, batched) in [
+        (None, 0),
+        // Every stream but the first.
+        (Some(1), batched_from(parts[1].0)),
+        // The last one only: the two before it are read from their files.
+        (Some(parts[3].0), batched_from(parts[3].0)),
+    ] {
         let log = || FakeLog {
             streams: true,
             streams_break,
@@ -498,10 +516,15 @@ fn a_long_log_read_in_two_streams_is_the_log_read_in_batches() {
         assert_eq!(
             fs::read(b.db_path()).unwrap(),
             want,
-            "built, {streams_break}"
+            "built, {streams_break:?}"
         );
-        // The streams read it all, or (broken off) left the second half to the batches.
-        assert_eq!(source.batched == 0, !streams_break, "{}", source.batched);
+        assert_eq!(source.batched, batched, "{streams_break:?}");
+        assert_eq!(
+            source
+                .streams_asked
+                .load(std::sync::atomic::Ordering::SeqCst),
+            LOG_STREAMS
+        );
         let applied = tempfile::tempdir().unwrap();
         let a = Mirror::new(applied.path().to_path_buf());
         let ready = a
@@ -512,8 +535,26 @@ fn a_long_log_read_in_two_streams_is_the_log_read_in_batches() {
         assert_eq!(
             fs::read(a.db_path()).unwrap(),
             want,
-            "applied, {streams_break}"
+            "applied, {streams_break:?}"
         );
+    }
+}
+
+/// `split`'s parts cover the stretch in order, with no gap and no overlap.
+#[test]
+fn a_stretch_is_split_into_consecutive_parts() {
+    assert_eq!(
+        split(100, 109, 4),
+        [(100, 101), (102, 104), (105, 106), (107, 109)]
+    );
+    assert_eq!(split(5, 6, 4), [(5, 5), (6, 6)]);
+    for (from, upto) in [(0, 2047), (7, 5000), (3, 3)] {
+        let parts = split(from, upto, LOG_STREAMS);
+        assert_eq!(parts[0].0, from);
+        assert_eq!(parts.last().unwrap().1, upto);
+        assert!(parts
+            .windows(2)
+            .all(|w| w[1].0 == w[0].1 + 1 && w[0].0 <= w[0].1));
     }
 }
 
@@ -541,7 +582,7 @@ fn silent_streams_are_left_to_the_batches_and_turned_off() {
             .load(std::sync::atomic::Ordering::SeqCst);
         match was {
             Streams::Try => {
-                assert_eq!(asked, 2);
+                assert_eq!(asked, LOG_STREAMS);
                 assert!(
                     matches!(&streams, Streams::Off(why) if why.contains("sent nothing")),
                     "{streams:?}"

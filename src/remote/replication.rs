@@ -174,8 +174,8 @@ pub trait LogSource {
         each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), LogError>;
     /// Calls `each` with frames `from..=upto`, read as one stream (`LogEntries`): the server
-    /// sends each frame as it reads it, where it sends a batch only once whole, and two streams
-    /// over two parts of the log keep two of its threads reading. The stream is left after
+    /// sends each frame as it reads it, where it sends a batch only once whole, and several
+    /// streams over as many parts of the log keep as many of its threads reading. The stream is left after
     /// `upto`. A source without streams says `NotServed`; a stream that sends no frame within
     /// a short wait is left, and says `Silent`.
     fn stream(
