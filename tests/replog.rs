@@ -1389,6 +1389,75 @@ fn long_compacted_log() -> Sqld {
     sqld
 }
 
+/// A log that sqld compacted, followed by a long stretch it did not (a database in use for a
+/// while): the clone reads the snapshots, then that stretch in streams, as it would a log never
+/// compacted. It was read in batches, which sqld builds whole before sending their first byte,
+/// one after the other.
+#[test]
+fn a_long_stretch_after_the_snapshots_is_read_in_streams() {
+    // Compacted once the log passes 16 MB: 4500 pages of 4 KB in transactions of 500 pass it
+    // once, and 2200 more (past 2048 frames) stay in the log after it.
+    let sqld = Sqld::start_with_args(&["--max-log-size", "16"]);
+    let insert = |first: u32, n: u32| {
+        sqld.exec(&format!(
+            "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
+            first + n - 1
+        ))
+    };
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+    (0..9).for_each(|i| insert(1 + i * 500, 500));
+    let data = sqld.data_dir().join("dbs/default");
+    let count = |d: &str| std::fs::read_dir(data.join(d)).map_or(0, |d| d.count());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count("snapshots") == 0 || count("to_compact") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sqld never compacted its log"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let compacted = count("snapshots");
+    (0..5).for_each(|i| insert(4501 + i * 440, 440));
+    // A proxy that logs the requests and passes the streams' frames on as they come.
+    let proxy = HookProxy::start(&sqld.url, |head, _| {
+        if head.contains("Log/LogEntries ") {
+            Verdict::Relay
+        } else {
+            Verdict::Forward
+        }
+    });
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
+    assert_eq!(
+        count("snapshots"),
+        compacted,
+        "sqld compacted the stretch too"
+    );
+    let requests = proxy.take_requests();
+    let last_snapshot = requests.iter().rposition(|r| r.ends_with("Log/Snapshot"));
+    let streams: Vec<usize> = (0..requests.len())
+        .filter(|&i| requests[i].ends_with("Log/LogEntries"))
+        .collect();
+    assert!(last_snapshot.is_some(), "no snapshot read: {requests:#?}");
+    assert_eq!(
+        streams.len() as u64,
+        tursync::mirror::LOG_STREAMS,
+        "{requests:#?}"
+    );
+    assert!(
+        streams.iter().all(|&i| Some(i) > last_snapshot),
+        "{requests:#?}"
+    );
+    // The streams read the stretch: no batch was left to read it.
+    assert!(
+        !requests.iter().any(|r| r.contains("/BatchLogEntries")),
+        "{requests:#?}"
+    );
+    exact(&sqld, dir.path());
+    let r = reads(&sqld, dir.path(), &sqld.rw_token);
+    assert_eq!(r["streams"]["on"], true, "{r}");
+}
+
 /// A clone of a long compacted log through a proxy that answers the first snapshot asked for,
 /// and the one after the next, with `fault`: the snapshot is asked again (a failed look is not
 /// taken to mean that the log holds the frame, which would send the clone to streams of

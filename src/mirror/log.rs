@@ -27,10 +27,11 @@ pub(super) fn writing(path: &Path) -> impl Fn(std::io::Error) -> std::io::Error 
 /// ([`stream_ahead`]) unless a snapshot holds its first frame ([`snapshot_first`]), then
 /// batches from the frame after the sink's last commit (a batch that broke off goes on from
 /// there), the snapshot when the log was compacted past that frame (and after a snapshot, the
-/// next one first), a new `Hello` when the server forgot the session (a changed log id means
-/// it was reset), up to the frame `Hello` named. Frames of a transaction the log did not finish
-/// may be left past the last commit. `dir` holds what is put aside meanwhile. Streams are tried
-/// only when `streams` says so; when they stay silent, it becomes [`Streams::Off`].
+/// next one first, then a long stretch left after the last in streams again), a new `Hello`
+/// when the server forgot the session (a changed log id means it was reset), up to the frame
+/// `Hello` named. Frames of a transaction the log did not finish may be left past the last
+/// commit. `dir` holds what is put aside meanwhile. Streams are tried only when `streams` says
+/// so; when they stay silent, it becomes [`Streams::Off`].
 pub(super) fn read_log(
     log: &mut dyn LogSource,
     hello: &Hello,
@@ -38,23 +39,18 @@ pub(super) fn read_log(
     dir: &Path,
     streams: &mut Streams,
 ) -> Result<(), MirrorError> {
+    // A stretch from `from` long enough for streams, while they are tried: up to where it ends.
+    let long = |from: u64, streams: &Streams| {
+        hello
+            .replication_index
+            .filter(|&upto| *streams == Streams::Try && upto >= from.saturating_add(STREAM_FRAMES))
+    };
     let mut snapshot = false;
-    // After a snapshot, the next frame is asked of the snapshots first: sqld keeps several, one
-    // after the other, and this spares the batch that would answer `NEED_SNAPSHOT` before each.
-    let mut after_snapshot = false;
-    if let (Some(upto), Streams::Try) = (hello.replication_index, &streams) {
-        let from = sink.txns().next();
-        if upto >= from.saturating_add(STREAM_FRAMES) {
-            match snapshot_first(log, sink, from)? {
-                Snapshot::NoneHolds => {
-                    if let Some(silent) = stream_ahead(&*log, sink, from, upto, dir)? {
-                        *streams = Streams::Off(silent.to_string());
-                    }
-                }
-                Snapshot::Read => after_snapshot = true,
-            }
-        }
-    }
+    // The next frame is asked of the snapshots first, before a long stretch (a stream of a
+    // frame sqld compacted would stay silent) and after a snapshot (sqld keeps several, one
+    // after the other, and this spares the batch that would answer `NEED_SNAPSHOT` before
+    // each); when none holds it and the stretch left is long, it is read in streams.
+    let mut after_snapshot = long(sink.txns().next(), streams).is_some();
     let mut next = sink.txns().next();
     let mut hellos = 0;
     loop {
@@ -64,13 +60,17 @@ pub(super) fn read_log(
         }
         if std::mem::take(&mut after_snapshot) {
             match snapshot_first(log, sink, next)? {
-                Snapshot::Read => {
-                    after_snapshot = true;
-                    next = sink.txns().next();
-                    continue;
+                Snapshot::Read => after_snapshot = true,
+                Snapshot::NoneHolds => {
+                    if let Some(upto) = long(next, streams) {
+                        if let Some(silent) = stream_ahead(&*log, sink, next, upto, dir)? {
+                            *streams = Streams::Off(silent.to_string());
+                        }
+                    }
                 }
-                Snapshot::NoneHolds => {}
             }
+            next = sink.txns().next();
+            continue;
         }
         let before = sink.txns().frames;
         let got = log.retrying(&mut |log: &mut dyn LogSource| {

@@ -1225,6 +1225,18 @@ fn forward(upstream: &str, head: &str, body: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Sends one request to `upstream` and passes its answer on to `conn` as it comes, until
+/// either side closes ([`Verdict::Relay`]).
+fn relay(upstream: &str, head: &str, body: &[u8], conn: &mut std::net::TcpStream) {
+    use std::io::Write as _;
+    let Ok(mut up) = std::net::TcpStream::connect(upstream) else {
+        return;
+    };
+    if up.write_all(&with_connection_close(head)).is_ok() && up.write_all(body).is_ok() {
+        let _ = std::io::copy(&mut up, conn);
+    }
+}
+
 /// What a [`HookProxy`] does with a connection after its answer.
 #[derive(Clone, Copy, PartialEq)]
 enum Keep {
@@ -1410,6 +1422,9 @@ pub enum Verdict {
     /// Forwarded to sqld, and only the first this many bytes of its answer (head included)
     /// passed back before the connection closes: an answer that breaks off mid-body.
     Cut(usize),
+    /// Forwarded to sqld, and its answer passed back as it comes, until either side closes
+    /// the connection: an answer that does not end, a log stream, comes through.
+    Relay,
 }
 
 /// A small HTTP proxy on 127.0.0.1 in front of a real sqld that asks `hook` about each request
@@ -1504,6 +1519,10 @@ impl HookProxy {
                             }
                             Verdict::Forward => {
                                 forward(&upstream, &head, &body).and_then(kept_open)
+                            }
+                            Verdict::Relay => {
+                                relay(&upstream, &head, &body, &mut conn);
+                                return;
                             }
                             Verdict::Cut(n) => {
                                 if let Some(mut reply) =
