@@ -422,7 +422,8 @@ pub fn sync_own(dir: &Path) -> Result<()> {
 }
 
 /// Makes the mirror of `dir` read from the base every page but page 1: called when the base
-/// holds the mirror's content page for page (init's copy, [`give_base`]'s transaction).
+/// holds the mirror's content page for page ([`give_base`]'s transaction; at init,
+/// [`base_from_built`] makes the base of the mirror itself).
 /// `mirror.own` goes first, synced (naming page 1 and the base), then the other pages are
 /// punched out of `mirror.db`: until then the mirror keeps them in both files, which hold the
 /// same bytes, so any mix of old and new bits a crash leaves reads the same pages.
@@ -465,6 +466,51 @@ pub fn share(dir: &Path) -> Result<()> {
     f.read_exact_at(&mut page1, 0)
         .during("reading page 1 of", path.display())?;
     drop(f);
+    mirror_of_page1(dir, &page1, len)
+}
+
+/// Makes the mirror that `build` just wrote in `dir` (init's state directory, built aside, which
+/// no connection has opened) the base, without a copy: `mirror.db` becomes `base.db`, in
+/// rollback-journal mode, and a new `mirror.db` keeps page 1 as the log wrote it and reads every
+/// other page from the base. It ends as a copy to the base followed by [`share`] would, without
+/// writing the database a second time and then freeing it from the mirror (at 1M rows, 84 MB
+/// written, synced, and punched out again in 20 ms).
+///
+/// ```text
+/// before:  mirror.db [p1 p2 … pN] (synced)            base.db —
+/// after:   mirror.db [p1 ·  … · ]  mirror.own {p1}    base.db [p1′ p2 … pN]   p1′: bytes 18–19 = 1
+/// ```
+///
+/// A crash midway leaves a state directory that is never renamed into place: nothing to finish.
+pub fn base_from_built(dir: &Path) -> Result<()> {
+    let (mirror, base) = (dir.join(MIRROR), dir.join(BASE));
+    let page_size = page_size_of(&mirror)?;
+    let mut page1 = vec![0; page_size as usize];
+    let len = fs::File::open(&mirror)
+        .and_then(|f| {
+            f.read_exact_at(&mut page1, 0)?;
+            Ok(f.metadata()?.len())
+        })
+        .during("reading page 1 of", mirror.display())?;
+    fs::rename(&mirror, &base).during("renaming the built mirror to", base.display())?;
+    crate::mirror::set_rollback_journal(&base)?;
+    crate::durable::sync_file(&base)?;
+    let ino =
+        base_ino(dir).ok_or_else(|| Error::Workspace(format!("{} is missing", base.display())))?;
+    let mut own = Own {
+        page_size,
+        base_ino: ino,
+        bits: PageSet::default(),
+    };
+    own.set(1);
+    own.save(dir)?;
+    mirror_of_page1(dir, &page1, len)
+}
+
+/// Writes `mirror.db` of `dir` anew: a sparse file of `len` bytes holding `page1` only, synced,
+/// written aside and renamed into place.
+fn mirror_of_page1(dir: &Path, page1: &[u8], len: u64) -> Result<()> {
+    let path = dir.join(MIRROR);
     let new = dir.join("mirror.db.new");
     let _ = fs::remove_file(&new);
     let f = fs::OpenOptions::new()
@@ -473,7 +519,7 @@ pub fn share(dir: &Path) -> Result<()> {
         .open(&new)
         .during("creating", new.display())?;
     f.set_len(len).during("sizing", new.display())?;
-    f.write_all_at(&page1, 0).during("writing", new.display())?;
+    f.write_all_at(page1, 0).during("writing", new.display())?;
     f.sync_all().during("syncing", new.display())?;
     drop(f);
     fs::rename(&new, &path).during("renaming into place", path.display())?;
@@ -926,6 +972,46 @@ mod tests {
             out.extend_from_slice(&page);
         }
         out
+    }
+
+    /// A mirror just built becomes the base without a copy: the base is its bytes with the
+    /// header saying rollback journal, the mirror still reads as the log wrote it, and it keeps
+    /// page 1 alone, in a file that takes about one page of disk.
+    #[test]
+    fn a_built_mirror_becomes_the_base_and_reads_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = dir.path().join(MIRROR);
+        let conn = rusqlite::Connection::open(&mirror).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE c(x) AS (VALUES(1) UNION ALL SELECT x + 1 FROM c WHERE x < 2000)
+             INSERT INTO t SELECT x, printf('%080d', x) FROM c;",
+        )
+        .unwrap();
+        drop(conn);
+        let built = fs::read(&mirror).unwrap();
+        assert_eq!(built[18..20], [2, 2], "a server's file, in WAL mode");
+        base_from_built(dir.path()).unwrap();
+        let mut want = built.clone();
+        want[18..20].copy_from_slice(&[1, 1]);
+        assert!(fs::read(dir.path().join(BASE)).unwrap() == want);
+        assert!(
+            mirror_image(dir.path()) == built,
+            "the mirror reads otherwise"
+        );
+        let own = Own::load(dir.path()).unwrap().unwrap().unwrap();
+        assert_eq!(own.pages().collect::<Vec<_>>(), [1]);
+        assert_eq!(disagrees(dir.path(), 4096).unwrap(), None);
+        let on_disk = fs::metadata(&mirror).unwrap().blocks() * 512;
+        assert!(on_disk <= 8192, "the mirror takes {on_disk} bytes");
+        assert!(!dir.path().join("mirror.db.new").exists());
+        // The base opens as a database of its own, in rollback-journal mode.
+        let base = open(&dir.path().join(BASE), Default::default()).unwrap();
+        let mode: String = base
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
     }
 
     #[test]

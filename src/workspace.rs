@@ -530,26 +530,21 @@ fn clone_from_log(
         Ok(Some(built)) => {
             let src = mirror.db_path();
             let base = state.join(BASE);
-            // The mirror is checked while the working copy and the base are copied from it and
-            // all three are synced. Byte copies are safe here: these are new files in a
+            // The mirror is checked while the working copy is copied from it and both are
+            // synced; then the mirror itself becomes the base. Byte copies are safe here: these are new files in a
             // directory built aside, which no connection (of this process or any other) has
             // opened, so there is no SQLite lock or journal a copy could miss or drop. The
             // mirror is read by SQLite only as `immutable=1`, which takes no lock that syncing it
             // through a descriptor of its own could drop.
             let checked = std::thread::scope(|s| -> Result<_> {
                 let check = s.spawn(|| check_log_copy(&src));
-                let copies = [db, base.as_path()].map(|dst| {
-                    let src = &src;
-                    s.spawn(move || -> Result<()> {
-                        mirror::copy_out(src, dst)?;
-                        sync_file(dst)
-                    })
+                let copy = s.spawn(|| -> Result<()> {
+                    mirror::copy_out(&src, db)?;
+                    sync_file(db)
                 });
                 sync_file(&src)?;
                 sync_file(&mirror.sums_path())?;
-                for c in copies {
-                    joined(c)?;
-                }
+                joined(copy)?;
                 joined(check)
             })?;
             match checked {
@@ -568,10 +563,10 @@ fn clone_from_log(
                             .during("copying the working copy to", base.display())?;
                         sync_file(&base)?;
                     } else {
-                        // The base is the mirror page for page: the mirror keeps page 1 only
-                        // and reads the rest from it, so the workspace holds one copy of the
-                        // database beside the working copy.
-                        crate::shared_pages::share(state)?;
+                        // The built mirror becomes the base, page for page: the mirror keeps
+                        // page 1 only and reads the rest from it, so the workspace holds one
+                        // copy of the database beside the working copy.
+                        crate::shared_pages::base_from_built(state)?;
                     }
                     let streams_off = StreamsOff::after(&streams, &log_id);
                     return Ok(Ok((built.to, schema, stats, streams_off)));

@@ -295,18 +295,25 @@ fn open_read_only(path: &Path, query: &str) -> Result<rusqlite::Connection> {
 }
 
 /// Copies the mirror to `dst` as a database an app can use: byte for byte, but with the header
-/// saying rollback journal (bytes 18 and 19 set to 1) instead of the server's WAL mode. The
-/// copy is not synced: the caller does, when it is done with it.
+/// saying rollback journal ([`set_rollback_journal`]). The copy is not synced: the caller does,
+/// when it is done with it.
 pub fn copy_out(mirror: &Path, dst: &Path) -> Result<()> {
     fs::copy(mirror, dst).during("copying the mirror to", dst.display())?;
+    set_rollback_journal(dst)
+}
+
+/// Sets the header of the database file at `path` to say rollback journal (bytes 18 and 19 set
+/// to 1) instead of the server's WAL mode: the server's file as an app's SQLite, or the base's,
+/// opens it on its own. Only for a file no connection has open.
+pub fn set_rollback_journal(path: &Path) -> Result<()> {
     let f = fs::OpenOptions::new()
         .write(true)
-        .open(dst)
-        .during("opening", dst.display())?;
-    let len = f.metadata().during("reading", dst.display())?.len();
+        .open(path)
+        .during("opening", path.display())?;
+    let len = f.metadata().during("reading", path.display())?.len();
     if len >= 100 {
         f.write_all_at(&[1, 1], 18)
-            .during("setting the journal mode in", dst.display())?;
+            .during("setting the journal mode in", path.display())?;
     }
     Ok(())
 }
