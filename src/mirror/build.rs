@@ -71,10 +71,17 @@ struct PageWriter {
     run: Vec<u8>,
     run_first: u32,
     txns: Txns,
+    /// Bytes written since the kernel was last told to start writing them to disk.
+    unstarted: usize,
 }
 
 /// Gathered pages are written once they fill this many bytes.
 const RUN_BYTES: usize = 1 << 20;
+
+/// The kernel is told to start writing the file to disk after this many bytes written
+/// ([`crate::durable::start_writeback`]), so the disk works while the log is still read, and
+/// the sync at the end waits only for the rest.
+pub(super) const START_WRITEBACK: usize = 8 << 20;
 
 impl PageWriter {
     fn create(path: &Path, sums_path: PathBuf) -> Result<PageWriter> {
@@ -86,6 +93,7 @@ impl PageWriter {
             run: Vec::with_capacity(RUN_BYTES),
             run_first: 0,
             txns: Txns::default(),
+            unstarted: 0,
         })
     }
 
@@ -95,7 +103,12 @@ impl PageWriter {
             self.file
                 .write_all_at(&self.run, at)
                 .map_err(writing(&self.path))?;
+            self.unstarted += self.run.len();
             self.run.clear();
+        }
+        if self.unstarted >= START_WRITEBACK {
+            self.unstarted = 0;
+            crate::durable::start_writeback(&self.file);
         }
         Ok(())
     }

@@ -296,9 +296,21 @@ fn open_read_only(path: &Path, query: &str) -> Result<rusqlite::Connection> {
 
 /// Copies the mirror to `dst` as a database an app can use: byte for byte, but with the header
 /// saying rollback journal ([`set_rollback_journal`]). The copy is not synced: the caller does,
-/// when it is done with it.
+/// when it is done with it; the disk starts writing each stretch as the next is copied
+/// ([`crate::durable::start_writeback`]), so that sync waits for the last one only.
 pub fn copy_out(mirror: &Path, dst: &Path) -> Result<()> {
-    fs::copy(mirror, dst).during("copying the mirror to", dst.display())?;
+    let copying = "copying the mirror to";
+    let mut from = fs::File::open(mirror).during(copying, dst.display())?;
+    let mut to = fs::File::create(dst).during(copying, dst.display())?;
+    while std::io::copy(
+        &mut std::io::Read::take(&mut from, build::START_WRITEBACK as u64),
+        &mut to,
+    )
+    .during(copying, dst.display())?
+        > 0
+    {
+        crate::durable::start_writeback(&to);
+    }
     set_rollback_journal(dst)
 }
 
