@@ -1536,11 +1536,14 @@ fn a_clone_of_a_long_compacted_log_asks_no_stream_of_what_was_compacted() {
     assert_eq!(r["streams"]["on"], true, "{r}");
 }
 
-/// A clone of a compacted log keeps its one connection (each new one costs a round trip, two
-/// on https): the snapshots, the look for the snapshot after the last one (which sqld answers
-/// "snapshot not found", headers only) and the batches after it all go out on it.
+/// A clone of a compacted log keeps its connections (each new one costs a round trip, two on
+/// https): two at most, since the snapshot after each one is asked for on a second connection
+/// while that one still comes (and a new connection's round trips are spent meanwhile, not
+/// after it). The snapshots, the looks for the snapshot after each (the last of which sqld
+/// answers "snapshot not found", headers only) and the batches after them all go out on those
+/// two.
 #[test]
-fn a_clone_of_a_compacted_log_keeps_one_connection() {
+fn a_clone_of_a_compacted_log_keeps_two_connections() {
     let sqld = long_compacted_log();
     let proxy = HookProxy::far(&sqld.url, std::time::Duration::from_millis(1));
     let dir = tempdir();
@@ -1551,9 +1554,8 @@ fn a_clone_of_a_compacted_log_keeps_one_connection() {
         requests.iter().any(|r| r.contains("/Snapshot")),
         "no snapshot read: {requests:#?}"
     );
-    assert_eq!(
-        connections,
-        1,
+    assert!(
+        (1..=2).contains(&connections),
         "{} requests on {connections} connections: {requests:#?}",
         requests.len()
     );

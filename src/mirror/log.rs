@@ -59,14 +59,24 @@ pub(super) fn read_log(
             return Ok(());
         }
         if std::mem::take(&mut after_snapshot) {
-            match snapshot_first(log, sink, next)? {
-                Snapshot::Read => after_snapshot = true,
-                Snapshot::NoneHolds => {
-                    if let Some(upto) = long(next, streams) {
-                        if let Some(silent) = stream_ahead(&*log, sink, next, upto, dir)? {
-                            *streams = Streams::Off(silent.to_string());
-                        }
-                    }
+            let log_holds = match snapshot_first(log, sink, next, dir)? {
+                Snapshot::NoneHolds | Snapshot::Read(After::Log) => true,
+                Snapshot::Read(After::Unknown) => {
+                    after_snapshot = true;
+                    false
+                }
+                // The next snapshot came meanwhile: it follows in the sink, and the one after
+                // it is asked for (or, when it did not come whole, it is asked for again).
+                Snapshot::Read(After::Snapshot(file, count)) => {
+                    take_aside(file, count, sink, true)?;
+                    after_snapshot = true;
+                    false
+                }
+            };
+            let from = sink.txns().next();
+            if let Some(upto) = long(from, streams).filter(|_| log_holds) {
+                if let Some(silent) = stream_ahead(&*log, sink, from, upto, dir)? {
+                    *streams = Streams::Off(silent.to_string());
                 }
             }
             next = sink.txns().next();
@@ -108,8 +118,19 @@ pub(super) fn read_log(
 enum Snapshot {
     /// No snapshot holds the frame: the log does.
     NoneHolds,
-    /// One does, and it is in the sink.
-    Read,
+    /// One does, and it is in the sink; what holds the frame after it, as far as that was
+    /// found out meanwhile.
+    Read(After),
+}
+
+/// What holds the frame after a snapshot, asked for while the snapshot came ([`ask_after`]).
+enum After {
+    /// Not found out: it is asked for in turn.
+    Unknown,
+    /// No snapshot: the log.
+    Log,
+    /// The next snapshot, whole: this many frames in a file aside, for the sink in turn.
+    Snapshot(std::fs::File, u64),
 }
 
 /// Asks for the snapshot holding frame `from`, before a long stretch is read in streams, and
@@ -121,26 +142,53 @@ enum Snapshot {
 /// again, as every read of the log is; any other answer but a snapshot's frames (sqld says
 /// "snapshot not found", or that it keeps no snapshot directory; a source without snapshots
 /// refuses) means the log holds the frame, and costs one request before the streams.
+///
+/// sqld sends a snapshot's frames newest first, so its first frame says where it ends: what
+/// holds the frame after that (the next snapshot, or the log) is asked for on a second
+/// connection meanwhile ([`ask_after`]), and sqld reads two snapshots at once, each on a thread
+/// of its own. That answer counts only if the snapshot did end there.
+///
+/// ```text
+/// snapshots 0–4043, 4044–8100, then the log:
+///   connection 1: Snapshot(0)    → frames 4043, 4040, …, 0   → the sink
+///   connection 2: Snapshot(4044) → frames 8100, …, 4044      → a file aside, asked once 4043
+///                                                               came; into the sink after
+///   then Snapshot(8101) and the one after it, alike: "snapshot not found" → the log
+/// ```
 fn snapshot_first(
     log: &mut dyn LogSource,
     sink: &mut dyn FrameSink,
     from: u64,
+    dir: &Path,
 ) -> Result<Snapshot, MirrorError> {
     let before = sink.txns().frames;
     let mut none = false;
-    let got = log.retrying(&mut |log: &mut dyn LogSource| {
-        sink.rewind()?;
-        match log.frames(from, true, &mut |f| sink.push(f, true)) {
-            Err(LogError::NoSnapshot(_)) => {
-                none = true;
-                Ok(())
-            }
-            other => other,
+    let forks = log.fork().zip(log.fork());
+    let (got, after) = match forks {
+        Some((mut this, mut next)) => {
+            let (end, ends) = std::sync::mpsc::channel();
+            std::thread::scope(|s| {
+                let after = s.spawn(move || {
+                    ends.recv()
+                        .map(|end: u64| (end, ask_after(&mut *next, end + 1, dir)))
+                        .ok()
+                });
+                let got = read_snapshot(&mut *this, sink, from, &mut none, Some(end));
+                (got, after.join().ok().flatten())
+            })
         }
-    });
+        None => {
+            // No second reader (a source that cannot have two): one snapshot after the other.
+            drop(forks);
+            (read_snapshot(log, sink, from, &mut none, None), None)
+        }
+    };
     match got {
         Ok(()) if !none && sink.txns().frames > before && sink.txns().txn_last.is_none() => {
-            Ok(Snapshot::Read)
+            Ok(Snapshot::Read(match after {
+                Some((end, after)) if sink.txns().last_frame == Some(end) => after,
+                _ => After::Unknown,
+            }))
         }
         // Storage failing on this side, or the server gone for good, is not an answer.
         Err(LogError::Sink(e)) if e.kind() != std::io::ErrorKind::InvalidData => {
@@ -152,6 +200,93 @@ fn snapshot_first(
             Ok(Snapshot::NoneHolds)
         }
     }
+}
+
+/// Reads the snapshot holding frame `from` into `sink`, asked again on an answer that passes;
+/// `none` says whether the answer was that no snapshot holds it. The number of the first frame
+/// that comes is sent on `end`, once.
+fn read_snapshot(
+    log: &mut dyn LogSource,
+    sink: &mut dyn FrameSink,
+    from: u64,
+    none: &mut bool,
+    end: Option<std::sync::mpsc::Sender<u64>>,
+) -> Result<(), LogError> {
+    let mut end = end;
+    log.retrying(&mut |log: &mut dyn LogSource| {
+        sink.rewind()?;
+        match log.frames(from, true, &mut |f| {
+            if let (Some(h), Some(to)) = (FrameHeader::parse(f), end.take()) {
+                let _ = to.send(h.frame_no);
+            }
+            sink.push(f, true)
+        }) {
+            Err(LogError::NoSnapshot(_)) => {
+                *none = true;
+                Ok(())
+            }
+            other => other,
+        }
+    })
+}
+
+/// What holds frame `from`, asked for on its own connection while the snapshot before it comes
+/// ([`snapshot_first`]): the next snapshot, read whole into a file aside in `dir`, or none
+/// (the log holds it). Any other answer (one that breaks off, an error, a file that cannot be
+/// written) is left to be asked for in turn.
+fn ask_after(log: &mut dyn LogSource, from: u64, dir: &Path) -> After {
+    let Ok(file) = tempfile::tempfile_in(dir) else {
+        return After::Unknown;
+    };
+    let mut aside = BufWriter::with_capacity(1 << 20, file);
+    let mut count = 0;
+    match log.frames(from, true, &mut |f| {
+        count += 1;
+        aside.write_all(f)
+    }) {
+        Ok(()) if count > 0 => aside
+            .into_inner()
+            .ok()
+            .and_then(|mut f| f.seek(SeekFrom::Start(0)).ok().map(|_| f))
+            .map_or(After::Unknown, |f| After::Snapshot(f, count)),
+        Err(LogError::NoSnapshot(_)) => After::Log,
+        _ => After::Unknown,
+    }
+}
+
+/// Reads a snapshot that came meanwhile from its file aside (`count` frames) into `sink`, and
+/// leaves the sink at its last commit: past the snapshot when it is whole, before it otherwise
+/// (it is asked for again then, as any answer that broke off). Only the sink's own storage
+/// failing is an error.
+fn take_aside(
+    file: std::fs::File,
+    count: u64,
+    sink: &mut dyn FrameSink,
+    snapshot: bool,
+) -> Result<(), MirrorError> {
+    match push_aside(file, count, sink, snapshot) {
+        Err(e) if e.kind() != std::io::ErrorKind::InvalidData => Err(e.into()),
+        _ => Ok(sink.rewind()?),
+    }
+}
+
+/// Pushes the `count` frames a file aside holds (a later stream's, or a snapshot's) into
+/// `sink`, in order. A file short of frames fails as a frame that does not follow does
+/// (`InvalidData`), which the caller leaves to be read again.
+fn push_aside(
+    file: std::fs::File,
+    count: u64,
+    sink: &mut dyn FrameSink,
+    snapshot: bool,
+) -> std::io::Result<()> {
+    let page_size = sink.txns().page_size.unwrap_or(0);
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut frame = vec![0; FRAME_HEADER + page_size];
+    (0..count).try_for_each(|_| {
+        r.read_exact(&mut frame)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        sink.push(&frame, snapshot)
+    })
 }
 
 /// Below this many frames to read, batches are as fast as streams.
@@ -242,17 +377,9 @@ fn stream_ahead(
             .map_err(|e| e.into_error())
             .and_then(|mut f| f.seek(SeekFrom::Start(0)).map(|_| f))
             .during(aside_in, dir.display())?;
-        let page_size = sink.txns().page_size.unwrap_or(0);
-        let mut r = BufReader::with_capacity(1 << 20, file);
-        let mut frame = vec![0; FRAME_HEADER + page_size];
-        let read = (lo..=hi).try_for_each(|_| {
-            r.read_exact(&mut frame)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            sink.push(&frame, false)
-        });
         // A file short of frames, or a frame in it that does not follow, is left to the
         // batches too; only the sink's own storage failing is an error.
-        match read {
+        match push_aside(file, hi - lo + 1, sink, false) {
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => break,
             read => read?,
         }

@@ -55,6 +55,15 @@ struct FakeLog {
     streams_asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Frames served in batches so far.
     batched: u64,
+    /// Stretches of the log compacted into snapshots, as sqld serves them: each the newest
+    /// copy of every page it wrote, newest first, the last saying the size; none holds a frame
+    /// past them ("snapshot not found"); a batch of a frame in one is told `NEED_SNAPSHOT`
+    /// and a stream of it sends nothing. Empty: sqld with no snapshot directory.
+    compacted: Vec<(u64, u64)>,
+    /// Snapshots asked for, by this source and its forks. The first one asked waits, after its
+    /// first frame, up to two seconds for another to be asked, and says so in `overlapped`.
+    snapshots_asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    overlapped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeLog {
@@ -67,7 +76,56 @@ impl FakeLog {
             streams_silent: false,
             streams_asked: Default::default(),
             batched: 0,
+            compacted: Vec::new(),
+            snapshots_asked: Default::default(),
+            overlapped: Default::default(),
         }
+    }
+
+    fn compacted_at(&self, frame: u64) -> Option<(u64, u64)> {
+        self.compacted
+            .iter()
+            .copied()
+            .find(|&(a, b)| (a..=b).contains(&frame))
+    }
+
+    /// The snapshot holding frame `from`, as sqld sends it from that frame on.
+    fn snapshot(
+        &self,
+        from: u64,
+        each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), LogError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let Some((_, end)) = self.compacted_at(from) else {
+            return Err(LogError::NoSnapshot(RemoteError::Dropped {
+                url: String::new(),
+                reason: "snapshot not found".into(),
+            }));
+        };
+        let first = self.snapshots_asked.fetch_add(1, SeqCst) == 0;
+        let mut pages = std::collections::HashSet::new();
+        let range = usize::try_from(from).unwrap()..=usize::try_from(end).unwrap();
+        let mut newest: Vec<Vec<u8>> = self.frames[range]
+            .iter()
+            .rev()
+            .filter(|f| pages.insert(FrameHeader::parse(f).unwrap().page_no))
+            .cloned()
+            .collect();
+        let last = newest.len() - 1;
+        for (i, f) in newest.iter_mut().enumerate() {
+            f[20..24].copy_from_slice(&(if i == last { 60u32 } else { 0 }).to_le_bytes());
+            each(f)?;
+            if first && i == 0 {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while self.snapshots_asked.load(SeqCst) < 2 && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                self.overlapped
+                    .store(self.snapshots_asked.load(SeqCst) >= 2, SeqCst);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -102,12 +160,18 @@ impl LogSource for FakeLog {
         snapshot: bool,
         each: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), LogError> {
+        if snapshot && !self.compacted.is_empty() {
+            return self.snapshot(next_offset, each);
+        }
         if snapshot {
             // Nothing compacted: sqld's answer when it keeps no snapshot.
             return Err(LogError::Status {
                 code: 13,
                 message: "No such file or directory (os error 2)".into(),
             });
+        }
+        if self.compacted_at(next_offset).is_some() {
+            return Err(LogError::NeedSnapshot);
         }
         let from = usize::try_from(next_offset).unwrap().min(self.frames.len());
         for (i, f) in self.frames[from..].iter().enumerate() {
@@ -135,7 +199,7 @@ impl LogSource for FakeLog {
         }
         self.streams_asked
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if self.streams_silent {
+        if self.streams_silent || self.compacted_at(from).is_some() {
             return Err(LogError::Silent(std::time::Duration::from_millis(500)));
         }
         let range = usize::try_from(from).unwrap()..=usize::try_from(upto).unwrap();
@@ -154,6 +218,9 @@ impl LogSource for FakeLog {
                 frames: self.frames.clone(),
                 break_after: None,
                 streams_asked: self.streams_asked.clone(),
+                compacted: self.compacted.clone(),
+                snapshots_asked: self.snapshots_asked.clone(),
+                overlapped: self.overlapped.clone(),
                 ..*self
             }) as Box<dyn LogSource + Send>
         })
@@ -538,6 +605,68 @@ fn a_long_log_read_in_several_streams_is_the_log_read_in_batches() {
             "applied, {streams_break:?}"
         );
     }
+}
+
+/// A log compacted into five snapshots, then a long stretch: the snapshot after each is asked
+/// for while the one before still comes (on a second reader), the stretch is read in streams,
+/// and the file is the one batches make of the same log never compacted, built or applied.
+#[test]
+fn the_next_snapshot_is_asked_for_while_one_comes() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let (at, want) = built_in_batches(n);
+    let frames = long_log(n);
+    let commits: Vec<u64> = frames
+        .iter()
+        .map(|f| FrameHeader::parse(f).unwrap())
+        .filter(|h| h.size_after != 0)
+        .map(|h| h.frame_no)
+        .collect();
+    // Each snapshot ends at the last commit before the next 380 frames; the log after the last
+    // is past 2048 frames.
+    let mut compacted = Vec::new();
+    for k in 1..=5u64 {
+        let start = compacted.last().map_or(0, |&(_, b): &(u64, u64)| b + 1);
+        let end = *commits.iter().filter(|&&c| c < k * 380).max().unwrap();
+        assert!(end >= start, "no commit in snapshot {k}");
+        compacted.push((start, end));
+    }
+    assert!(n > compacted[4].1 + 1 + STREAM_FRAMES);
+    let log = || FakeLog {
+        streams: true,
+        compacted: compacted.clone(),
+        ..FakeLog::new(long_log(n), None)
+    };
+    let built = tempfile::tempdir().unwrap();
+    let b = Mirror::new(built.path().to_path_buf());
+    let mut source = log();
+    let to = b
+        .build(&mut source, &at, &mut Streams::Try)
+        .unwrap()
+        .unwrap()
+        .to;
+    assert_eq!(to, n - 1);
+    assert!(fs::read(b.db_path()).unwrap() == want, "built");
+    let overlapped = source.overlapped.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        overlapped,
+        "the second snapshot was asked for only after the first"
+    );
+    // Five snapshots, each asked for once; the log after them in streams.
+    assert_eq!(
+        source
+            .snapshots_asked
+            .load(std::sync::atomic::Ordering::SeqCst),
+        5
+    );
+    assert_eq!(source.batched, 0);
+    let applied = tempfile::tempdir().unwrap();
+    let a = Mirror::new(applied.path().to_path_buf());
+    let ready = a
+        .fetch(&mut log(), &at, &mut Streams::Try)
+        .unwrap()
+        .unwrap();
+    a.apply(ready).unwrap();
+    assert!(fs::read(a.db_path()).unwrap() == want, "applied");
 }
 
 /// `split`'s parts cover the stretch in order, with no gap and no overlap.
