@@ -68,7 +68,7 @@ pub(super) fn read_log(
                 // The next snapshot came meanwhile: it follows in the sink, and the one after
                 // it is asked for (or, when it did not come whole, it is asked for again).
                 Snapshot::Read(After::Snapshot(file, count)) => {
-                    take_aside(file, count, sink, true)?;
+                    take_snapshot_aside(file, count, sink)?;
                     after_snapshot = true;
                     false
                 }
@@ -258,13 +258,12 @@ fn ask_after(log: &mut dyn LogSource, from: u64, dir: &Path) -> After {
 /// leaves the sink at its last commit: past the snapshot when it is whole, before it otherwise
 /// (it is asked for again then, as any answer that broke off). Only the sink's own storage
 /// failing is an error.
-fn take_aside(
+fn take_snapshot_aside(
     file: std::fs::File,
     count: u64,
     sink: &mut dyn FrameSink,
-    snapshot: bool,
 ) -> Result<(), MirrorError> {
-    match push_aside(file, count, sink, snapshot) {
+    match push_aside(file, count, sink, true) {
         Err(e) if e.kind() != std::io::ErrorKind::InvalidData => Err(e.into()),
         _ => Ok(sink.rewind()?),
     }
@@ -390,7 +389,7 @@ fn stream_ahead(
 
 /// `from..=upto` cut into `n` consecutive parts, as even as they come (their lengths differ by
 /// one at most): `split(100, 109, 4)` is `[(100, 101), (102, 104), (105, 106), (107, 109)]`. A
-/// stretch of fewer than `n` frames is cut into as many parts as it has frames.
+/// stretch of fewer than `n` frames is cut into as many parts as it has frames. `from <= upto`.
 pub(super) fn split(from: u64, upto: u64, n: u64) -> Vec<(u64, u64)> {
     let len = upto - from + 1;
     let n = n.clamp(1, len);
