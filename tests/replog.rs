@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::common::*;
 
 /// Pulls, and says how theirs was read (`read` of `pull --json`).
-fn pull(sqld: &Sqld, dir: &Path) -> String {
+pub(crate) fn pull(sqld: &Sqld, dir: &Path) -> String {
     let out = ok(sqld, dir, &["pull", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     report["read"].as_str().unwrap_or_default().to_owned()
@@ -208,7 +208,7 @@ fn pulls_across_many_transactions_read_the_log() {
 }
 
 /// `tursync status --json`'s account of how pulls read the remote.
-fn reads(sqld: &Sqld, dir: &Path, token: &str) -> serde_json::Value {
+pub(crate) fn reads(sqld: &Sqld, dir: &Path, token: &str) -> serde_json::Value {
     let out = run_ok(
         tursync(dir)
             .args(["status", "--json"])
@@ -662,7 +662,7 @@ fn a_long_log_is_read_in_several_streams_as_exactly_as_in_batches() {
 /// The working copy equals the remote, exactly: `verify` compares the base and the mirror with
 /// a full read of the remote (at the sync point), and `diff` finds nothing between the base and
 /// the working copy. Faster than a comparison in the test for megabytes of blobs.
-fn exact(sqld: &Sqld, dir: &Path) {
+pub(crate) fn exact(sqld: &Sqld, dir: &Path) {
     let run = |args: &[&str]| {
         let out = ok(sqld, dir, args);
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
@@ -1389,12 +1389,9 @@ fn long_compacted_log() -> Sqld {
     sqld
 }
 
-/// A log that sqld compacted, followed by a long stretch it did not (a database in use for a
-/// while): the clone reads the snapshots, then that stretch in streams, as it would a log never
-/// compacted. It was read in batches, which sqld builds whole before sending their first byte,
-/// one after the other.
-#[test]
-fn a_long_stretch_after_the_snapshots_is_read_in_streams() {
+/// A sqld that compacted its log once into snapshots, followed by a long stretch (2200 frames,
+/// past 2048) it did not; and how many snapshots it keeps then.
+pub(crate) fn compacted_then_long_tail() -> (Sqld, usize) {
     // Compacted once the log passes 16 MB: 4500 pages of 4 KB in transactions of 500 pass it
     // once, and 2200 more (past 2048 frames) stay in the log after it.
     let sqld = Sqld::start_with_args(&["--max-log-size", "16"]);
@@ -1406,18 +1403,33 @@ fn a_long_stretch_after_the_snapshots_is_read_in_streams() {
     };
     sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
     (0..9).for_each(|i| insert(1 + i * 500, 500));
-    let data = sqld.data_dir().join("dbs/default");
-    let count = |d: &str| std::fs::read_dir(data.join(d)).map_or(0, |d| d.count());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count("snapshots") == 0 || count("to_compact") > 0 {
+    while snapshot_files(&sqld, "snapshots") == 0 || snapshot_files(&sqld, "to_compact") > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "sqld never compacted its log"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let compacted = count("snapshots");
+    let compacted = snapshot_files(&sqld, "snapshots");
     (0..5).for_each(|i| insert(4501 + i * 440, 440));
+    (sqld, compacted)
+}
+
+/// How many files sqld keeps in directory `d` of its database (`snapshots`, `to_compact`).
+pub(crate) fn snapshot_files(sqld: &Sqld, d: &str) -> usize {
+    let data = sqld.data_dir().join("dbs/default");
+    std::fs::read_dir(data.join(d)).map_or(0, |d| d.count())
+}
+
+/// A log that sqld compacted, followed by a long stretch it did not (a database in use for a
+/// while): the clone reads the snapshots, then that stretch in streams, as it would a log never
+/// compacted. It was read in batches, which sqld builds whole before sending their first byte,
+/// one after the other.
+#[test]
+fn a_long_stretch_after_the_snapshots_is_read_in_streams() {
+    let (sqld, compacted) = compacted_then_long_tail();
+    let count = |d: &str| snapshot_files(&sqld, d);
     // A proxy that logs the requests and passes the streams' frames on as they come.
     let proxy = HookProxy::start(&sqld.url, |head, _| {
         if head.contains("Log/LogEntries ") {

@@ -12,6 +12,7 @@ mod attack3;
 mod attack4;
 mod attack5;
 mod attack6;
+mod attack7;
 mod clone;
 mod diff;
 mod disk;

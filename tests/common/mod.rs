@@ -1226,14 +1226,29 @@ fn forward(upstream: &str, head: &str, body: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Sends one request to `upstream` and passes its answer on to `conn` as it comes, until
-/// either side closes ([`Verdict::Relay`]).
-fn relay(upstream: &str, head: &str, body: &[u8], conn: &mut std::net::TcpStream) {
+/// either side closes ([`Verdict::Relay`]), or once `limit` bytes were passed on
+/// ([`Verdict::RelayCut`]).
+fn relay(
+    upstream: &str,
+    head: &str,
+    body: &[u8],
+    conn: &mut std::net::TcpStream,
+    limit: Option<usize>,
+) {
     use std::io::Write as _;
     let Ok(mut up) = std::net::TcpStream::connect(upstream) else {
         return;
     };
     if up.write_all(&with_connection_close(head)).is_ok() && up.write_all(body).is_ok() {
-        let _ = std::io::copy(&mut up, conn);
+        match limit {
+            None => {
+                let _ = std::io::copy(&mut up, conn);
+            }
+            Some(n) => {
+                let _ = std::io::copy(&mut (&mut up).take(n as u64), conn);
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 }
 
@@ -1425,6 +1440,9 @@ pub enum Verdict {
     /// Forwarded to sqld, and its answer passed back as it comes, until either side closes
     /// the connection: an answer that does not end, a log stream, comes through.
     Relay,
+    /// [`Self::Relay`], closed once this many bytes of the answer (head included) were passed
+    /// on: a log stream that breaks off partway.
+    RelayCut(usize),
 }
 
 /// A small HTTP proxy on 127.0.0.1 in front of a real sqld that asks `hook` about each request
@@ -1521,7 +1539,11 @@ impl HookProxy {
                                 forward(&upstream, &head, &body).and_then(kept_open)
                             }
                             Verdict::Relay => {
-                                relay(&upstream, &head, &body, &mut conn);
+                                relay(&upstream, &head, &body, &mut conn, None);
+                                return;
+                            }
+                            Verdict::RelayCut(n) => {
+                                relay(&upstream, &head, &body, &mut conn, Some(n));
                                 return;
                             }
                             Verdict::Cut(n) => {

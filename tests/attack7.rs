@@ -1,0 +1,254 @@
+//! Attacks on a long stretch of log read in several streams at once (`LogEntries`, each part
+//! of the stretch on a stream of its own, the later ones kept aside until their turn), after
+//! the snapshots of a compacted log too, and on an init whose built mirror becomes the base.
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::replog::{compacted_then_long_tail, exact, pull, reads, snapshot_files};
+
+/// How many streams a long stretch is read in.
+const STREAMS: usize = tursync::mirror::LOG_STREAMS as usize;
+
+/// The frame a `LogEntries` request asks its stream to start at: the body is one gRPC-web
+/// message holding a `LogOffset`, whose field 1 (a varint) is left out when it is 0.
+fn stream_offset(body: &[u8]) -> u64 {
+    let msg = body.get(5..).unwrap_or_default();
+    let mut offset = 0u64;
+    if msg.first() == Some(&0x08) {
+        for (i, b) in msg[1..].iter().enumerate() {
+            offset |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    offset
+}
+
+/// A proxy in front of `sqld` that passes streams on as they come, except that while `plan`
+/// holds a verdict for a stream's rank (0 for the part read first, straight into the mirror or
+/// spool, up to the last part of the stretch), that stream gets it. The streams of one stretch
+/// are asked for at once: each waits (briefly) for the others to arrive, so that its rank, the
+/// order of its offset among them, is known.
+struct StreamFaults {
+    proxy: HookProxy,
+    plan: Arc<Mutex<Vec<(usize, Verdict)>>>,
+    /// The offsets of the streams asked for so far, and the verdicts they got.
+    seen: Arc<Mutex<Vec<(u64, Verdict)>>>,
+}
+
+impl StreamFaults {
+    fn start(sqld: &Sqld, plan: &[(usize, Verdict)]) -> StreamFaults {
+        let plan = Arc::new(Mutex::new(plan.to_vec()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let group = Arc::new((Mutex::new(Vec::<u64>::new()), Condvar::new()));
+        let (p, s) = (plan.clone(), seen.clone());
+        let proxy = HookProxy::start(&sqld.url, move |head, body| {
+            if !head.contains("Log/LogEntries ") {
+                return Verdict::Forward;
+            }
+            let offset = stream_offset(body);
+            let (lock, arrived) = &*group;
+            let mut offsets = lock.lock().unwrap();
+            offsets.push(offset);
+            arrived.notify_all();
+            let until = Instant::now() + Duration::from_millis(200);
+            while offsets.len() % STREAMS != 0 && Instant::now() < until {
+                offsets = arrived
+                    .wait_timeout(offsets, Duration::from_millis(10))
+                    .unwrap()
+                    .0;
+            }
+            let start = offsets.len() - offsets.len() % STREAMS;
+            let start = if start == offsets.len() {
+                start - STREAMS
+            } else {
+                start
+            };
+            let rank = offsets[start..].iter().filter(|&&o| o < offset).count();
+            drop(offsets);
+            let verdict = p
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(r, _)| *r == rank)
+                .map_or(Verdict::Relay, |(_, v)| *v);
+            s.lock().unwrap().push((offset, verdict));
+            verdict
+        });
+        StreamFaults { proxy, plan, seen }
+    }
+
+    fn set_plan(&self, plan: &[(usize, Verdict)]) {
+        *self.plan.lock().unwrap() = plan.to_vec();
+        self.seen.lock().unwrap().clear();
+        self.proxy.take_requests();
+    }
+
+    /// The streams asked for since the plan was set, and what each got.
+    fn seen(&self) -> Vec<(u64, Verdict)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Nothing but the workspace's own files is left in its state directory: no file set aside
+/// under a temporary name.
+fn nothing_left_aside(dir: &Path) {
+    let odd: Vec<String> = std::fs::read_dir(dir.join(".tursync"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp") || n.ends_with(".new") || n.contains(".init"))
+        .collect();
+    assert!(
+        odd.is_empty(),
+        "left behind: {odd:?}\n{}",
+        state_listing(dir)
+    );
+}
+
+/// A sqld whose log holds about 5,000 frames (rows of one page each), never compacted.
+fn long_log() -> Sqld {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB, n INT); CREATE INDEX t_n ON t(n);
+         INSERT INTO t SELECT value, randomblob(3000), value % 97 FROM generate_series(1, 5000);",
+    );
+    sqld
+}
+
+/// Cut a stream's answer after this many bytes: well inside a part of over 1,000 frames of
+/// 4 KB, past its first transaction's commit when the part holds one.
+const MID_PART: usize = 2_500_000;
+
+/// Clones of a long log through streams of which some break (mid-part, or dropped unanswered)
+/// are exact, whichever part breaks: the middle ones, the last, the first, two of them. The
+/// batches take over from the last commit the parts before the broken one brought, nothing is
+/// left aside in the state directory, and streams stay on (none was silent).
+#[test]
+fn clones_whose_streams_break_in_any_part_are_exact() {
+    let sqld = long_log();
+    let plans: &[&[(usize, Verdict)]] = &[
+        &[(1, Verdict::RelayCut(MID_PART))],
+        &[(2, Verdict::Drop)],
+        &[(3, Verdict::RelayCut(MID_PART))],
+        &[(0, Verdict::RelayCut(MID_PART))],
+        &[(1, Verdict::Drop), (3, Verdict::RelayCut(MID_PART))],
+        &[(2, Verdict::RelayCut(300))],
+    ];
+    let faults = StreamFaults::start(&sqld, &[]);
+    for plan in plans {
+        faults.set_plan(plan);
+        let dir = tempdir();
+        ok(&sqld, dir.path(), &["init", "--url", &faults.proxy.url]);
+        let seen = faults.seen();
+        let requests = faults.proxy.requests();
+        assert_eq!(seen.len(), STREAMS, "{plan:?}: {requests:#?}");
+        assert!(
+            requests.iter().any(|r| r.contains("/BatchLogEntries")),
+            "{plan:?}: the batches read nothing: {seen:?} {requests:#?}"
+        );
+        exact(&sqld, dir.path());
+        nothing_left_aside(dir.path());
+        let r = reads(&sqld, dir.path(), &sqld.rw_token);
+        assert_eq!(r["path"], "log", "{plan:?}: {r}");
+        assert_eq!(r["streams"]["on"], true, "{plan:?}: {r}");
+    }
+}
+
+/// A pull of a long stretch whose middle stream breaks, and then another whose last one is
+/// dropped: the spool is applied exactly, the working copy equals the remote.
+#[test]
+fn pulls_whose_streams_break_are_exact() {
+    let sqld = long_log();
+    let faults = StreamFaults::start(&sqld, &[]);
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &faults.proxy.url]);
+    exact(&sqld, dir.path());
+    for (round, plan) in [
+        &[(1, Verdict::RelayCut(MID_PART))][..],
+        &[(3, Verdict::Drop), (2, Verdict::RelayCut(MID_PART))][..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sqld.exec(&format!(
+            "UPDATE t SET v = randomblob(3000), n = n + {round} + 1 WHERE id % 7 != {round};"
+        ));
+        faults.set_plan(plan);
+        let read = pull(&sqld, dir.path());
+        assert!(read.contains("the log"), "{read}");
+        assert_eq!(faults.seen().len(), STREAMS, "{plan:?}");
+        exact(&sqld, dir.path());
+        nothing_left_aside(dir.path());
+    }
+}
+
+/// A clone of a compacted log followed by a long stretch, whose streams after the snapshots
+/// break: exact, with the stretch left to the batches from the last whole part.
+#[test]
+fn a_clone_whose_streams_after_the_snapshots_break_is_exact() {
+    let (sqld, compacted) = compacted_then_long_tail();
+    let faults = StreamFaults::start(&sqld, &[]);
+    for plan in [
+        &[(1, Verdict::RelayCut(MID_PART / 4))][..],
+        &[(0, Verdict::Drop), (2, Verdict::RelayCut(MID_PART / 4))][..],
+    ] {
+        faults.set_plan(plan);
+        let dir = tempdir();
+        ok(&sqld, dir.path(), &["init", "--url", &faults.proxy.url]);
+        assert_eq!(snapshot_files(&sqld, "snapshots"), compacted);
+        let requests = faults.proxy.requests();
+        assert!(
+            requests.iter().any(|r| r.ends_with("Log/Snapshot")),
+            "{requests:#?}"
+        );
+        assert_eq!(faults.seen().len(), STREAMS, "{requests:#?}");
+        exact(&sqld, dir.path());
+        nothing_left_aside(dir.path());
+    }
+}
+
+/// A workspace away while the log grew past a compaction and then a long stretch after it:
+/// its pull reads the snapshots, then the stretch in streams, one of which breaks. Exact; a
+/// push and a pull after it too.
+#[test]
+fn a_pull_after_a_long_absence_across_snapshots_and_a_broken_stream_is_exact() {
+    let sqld = Sqld::start_with_args(&["--max-log-size", "16"]);
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t VALUES (0, x'00');");
+    let faults = StreamFaults::start(&sqld, &[]);
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &faults.proxy.url]);
+    let insert = |first: u32, n: u32| {
+        sqld.exec(&format!(
+            "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
+            first + n - 1
+        ))
+    };
+    (0..9).for_each(|i| insert(1 + i * 500, 500));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while snapshot_files(&sqld, "snapshots") == 0 || snapshot_files(&sqld, "to_compact") > 0 {
+        assert!(Instant::now() < deadline, "sqld never compacted its log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (0..5).for_each(|i| insert(4501 + i * 440, 440));
+    faults.set_plan(&[(2, Verdict::RelayCut(MID_PART / 4))]);
+    // A snapshot rewrites every page: the pull reads whole tables of the mirror.
+    let read = pull(&sqld, dir.path());
+    let requests = faults.proxy.requests();
+    assert!(read.contains("mirror"), "{read}: {requests:#?}");
+    assert!(
+        requests.iter().any(|r| r.ends_with("Log/Snapshot")),
+        "{requests:#?}"
+    );
+    assert_eq!(faults.seen().len(), STREAMS, "{requests:#?}");
+    exact(&sqld, dir.path());
+    nothing_left_aside(dir.path());
+    edit(dir.path(), "UPDATE t SET v = x'01' WHERE id % 100 = 0;");
+    ok(&sqld, dir.path(), &["push"]);
+    sqld.exec("UPDATE t SET v = x'02' WHERE id % 100 = 1;");
+    pull(&sqld, dir.path());
+    exact(&sqld, dir.path());
+}
