@@ -7,7 +7,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::replog::{compacted_then_long_tail, exact, pull, reads, snapshot_files};
+use crate::replog::{
+    compacted_then_long_tail, exact, grow_past_a_compaction_then_long_tail, pull, reads,
+    snapshot_files,
+};
 
 /// How many streams a long stretch is read in.
 const STREAMS: usize = tursync::mirror::LOG_STREAMS as usize;
@@ -156,6 +159,15 @@ fn clones_whose_streams_break_in_any_part_are_exact() {
         assert_eq!(r["path"], "log", "{plan:?}: {r}");
         assert_eq!(r["streams"]["on"], true, "{plan:?}: {r}");
     }
+    // One stream of the four held on the way (passed on only once whole, which a stream never
+    // is): exact too, and streams are off from then on.
+    faults.set_plan(&[(2, Verdict::Forward)]);
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &faults.proxy.url]);
+    exact(&sqld, dir.path());
+    nothing_left_aside(dir.path());
+    let r = reads(&sqld, dir.path(), &sqld.rw_token);
+    assert_eq!(r["streams"]["on"], false, "{r}");
 }
 
 /// A pull of a long stretch whose middle stream breaks, and then another whose last one is
@@ -200,15 +212,20 @@ fn a_clone_whose_streams_after_the_snapshots_break_is_exact() {
         let dir = tempdir();
         ok(&sqld, dir.path(), &["init", "--url", &faults.proxy.url]);
         assert_eq!(snapshot_files(&sqld, "snapshots"), compacted);
-        let requests = faults.proxy.requests();
-        assert!(
-            requests.iter().any(|r| r.ends_with("Log/Snapshot")),
-            "{requests:#?}"
-        );
-        assert_eq!(faults.seen().len(), STREAMS, "{requests:#?}");
+        read_snapshots_then_streams(&faults);
         exact(&sqld, dir.path());
         nothing_left_aside(dir.path());
     }
+}
+
+/// Since the plan was set, a snapshot was read, and a stretch in streams.
+fn read_snapshots_then_streams(faults: &StreamFaults) {
+    let requests = faults.proxy.requests();
+    assert!(
+        requests.iter().any(|r| r.ends_with("Log/Snapshot")),
+        "{requests:#?}"
+    );
+    assert_eq!(faults.seen().len(), STREAMS, "{requests:#?}");
 }
 
 /// A workspace away while the log grew past a compaction and then a long stretch after it:
@@ -221,29 +238,12 @@ fn a_pull_after_a_long_absence_across_snapshots_and_a_broken_stream_is_exact() {
     let faults = StreamFaults::start(&sqld, &[]);
     let dir = tempdir();
     ok(&sqld, dir.path(), &["init", "--url", &faults.proxy.url]);
-    let insert = |first: u32, n: u32| {
-        sqld.exec(&format!(
-            "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
-            first + n - 1
-        ))
-    };
-    (0..9).for_each(|i| insert(1 + i * 500, 500));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while snapshot_files(&sqld, "snapshots") == 0 || snapshot_files(&sqld, "to_compact") > 0 {
-        assert!(Instant::now() < deadline, "sqld never compacted its log");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (0..5).for_each(|i| insert(4501 + i * 440, 440));
+    grow_past_a_compaction_then_long_tail(&sqld);
     faults.set_plan(&[(2, Verdict::RelayCut(MID_PART / 4))]);
     // A snapshot rewrites every page: the pull reads whole tables of the mirror.
     let read = pull(&sqld, dir.path());
-    let requests = faults.proxy.requests();
-    assert!(read.contains("mirror"), "{read}: {requests:#?}");
-    assert!(
-        requests.iter().any(|r| r.ends_with("Log/Snapshot")),
-        "{requests:#?}"
-    );
-    assert_eq!(faults.seen().len(), STREAMS, "{requests:#?}");
+    assert!(read.contains("mirror"), "{read}");
+    read_snapshots_then_streams(&faults);
     exact(&sqld, dir.path());
     nothing_left_aside(dir.path());
     edit(dir.path(), "UPDATE t SET v = x'01' WHERE id % 100 = 0;");
@@ -251,4 +251,118 @@ fn a_pull_after_a_long_absence_across_snapshots_and_a_broken_stream_is_exact() {
     sqld.exec("UPDATE t SET v = x'02' WHERE id % 100 = 1;");
     pull(&sqld, dir.path());
     exact(&sqld, dir.path());
+}
+
+/// Whether a state directory being built by init in `dir` holds a file named `file`.
+fn init_aside_holds(dir: &Path, file: &str) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with(".tursync.init")
+                && e.path().join(file).exists()
+        })
+    })
+}
+
+/// `init` killed (SIGKILL) as soon as its built mirror became the base (`base.db` appears in
+/// the state directory it builds), or as the mirror of page 1 is written beside it: `init`
+/// again, without `--force`, works and is exact, nothing of the killed one is left, and a push
+/// and a pull after it are exact.
+#[test]
+fn init_killed_as_the_built_mirror_becomes_the_base_is_done_again() {
+    let sqld = long_log();
+    for (round, mark) in ["base.db", "mirror.own", "mirror.db.new", "base.db"]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = tempdir();
+        let mut child = sqld
+            .tursync(dir.path())
+            .args(["init", "--url", &sqld.url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut caught = false;
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            if init_aside_holds(dir.path(), mark) {
+                // The last round lets the rename and a little more happen.
+                if round == 3 {
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+                let _ = child.kill();
+                caught = true;
+                break;
+            }
+        }
+        let _ = child.wait();
+        eprintln!("round {round}: killed at {mark}: {caught}");
+        ok(&sqld, dir.path(), &["init", "--url", &sqld.url]);
+        exact(&sqld, dir.path());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, [".tursync", "working_copy.db"], "{names:?}");
+        nothing_left_aside(dir.path());
+        ok(&sqld, dir.path(), &["status", "--json"]);
+        edit(
+            dir.path(),
+            &format!("UPDATE t SET n = -{round} WHERE id % 50 = 0;"),
+        );
+        ok(&sqld, dir.path(), &["push"]);
+        sqld.exec(&format!(
+            "UPDATE t SET v = randomblob(3000) WHERE id % 9 = {round};"
+        ));
+        pull(&sqld, dir.path());
+        exact(&sqld, dir.path());
+    }
+}
+
+/// A Turso Sync init takes the same path: its built mirror becomes the base, and the mirror
+/// keeps page 1 alone. `verify` finds nothing wrong; a pull that writes pages, a push, a
+/// damaged `mirror.own` and a pull after it all end with the server's rows.
+#[test]
+fn a_turso_sync_init_shares_the_base_and_stays_exact() {
+    let server = TursoSync::start();
+    server.exec(&[
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+        "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series(1, 600)",
+    ]);
+    let dir = tempdir();
+    run_ok(tursync(dir.path()).args(["init", "--url", &server.url]));
+    let state = dir.path().join(".tursync");
+    assert!(
+        state.join("mirror.own").exists(),
+        "{}",
+        state_listing(dir.path())
+    );
+    assert!(
+        on_disk(&state.join("mirror.db")) <= 8192,
+        "{}",
+        state_listing(dir.path())
+    );
+    let same = |dir: &Path| server.assert_table_eq(&wc(dir), "SELECT id, v FROM t ORDER BY id");
+    same(dir.path());
+    let verify = |dir: &Path| {
+        let out = run_ok(tursync(dir).args(["verify", "--json"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for part in [&v["base"], &v["working_copy"], &v["mirror"]["file"]] {
+            assert_eq!(part["ok"], true, "{v}");
+        }
+    };
+    verify(dir.path());
+    server.exec(&["UPDATE t SET v = randomblob(3000) WHERE id % 3 = 0"]);
+    run_ok(tursync(dir.path()).args(["pull"]));
+    same(dir.path());
+    edit(dir.path(), "UPDATE t SET v = x'01' WHERE id % 10 = 0;");
+    run_ok(tursync(dir.path()).args(["push"]));
+    same(dir.path());
+    std::fs::write(dir.path().join(".tursync/mirror.own"), b"garbage").unwrap();
+    server.exec(&["UPDATE t SET v = randomblob(3000) WHERE id % 7 = 0"]);
+    run_ok(tursync(dir.path()).args(["pull"]));
+    same(dir.path());
+    verify(dir.path());
 }

@@ -1392,28 +1392,36 @@ fn long_compacted_log() -> Sqld {
 /// A sqld that compacted its log once into snapshots, followed by a long stretch (2200 frames,
 /// past 2048) it did not; and how many snapshots it keeps then.
 pub(crate) fn compacted_then_long_tail() -> (Sqld, usize) {
+    let sqld = Sqld::start_with_args(&["--max-log-size", "16"]);
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+    let compacted = grow_past_a_compaction_then_long_tail(&sqld);
+    (sqld, compacted)
+}
+
+/// Inserts into table `t(id, v)` of `sqld` (started with `--max-log-size 16`) rows 1 to 6700
+/// of one page each, waits for sqld to compact its log once they passed 16 MB, and returns
+/// how many snapshots it keeps then; the last 2200 rows stay in the log after them.
+pub(crate) fn grow_past_a_compaction_then_long_tail(sqld: &Sqld) -> usize {
     // Compacted once the log passes 16 MB: 4500 pages of 4 KB in transactions of 500 pass it
     // once, and 2200 more (past 2048 frames) stay in the log after it.
-    let sqld = Sqld::start_with_args(&["--max-log-size", "16"]);
     let insert = |first: u32, n: u32| {
         sqld.exec(&format!(
             "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
             first + n - 1
         ))
     };
-    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
     (0..9).for_each(|i| insert(1 + i * 500, 500));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while snapshot_files(&sqld, "snapshots") == 0 || snapshot_files(&sqld, "to_compact") > 0 {
+    while snapshot_files(sqld, "snapshots") == 0 || snapshot_files(sqld, "to_compact") > 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "sqld never compacted its log"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let compacted = snapshot_files(&sqld, "snapshots");
+    let compacted = snapshot_files(sqld, "snapshots");
     (0..5).for_each(|i| insert(4501 + i * 440, 440));
-    (sqld, compacted)
+    compacted
 }
 
 /// How many files sqld keeps in directory `d` of its database (`snapshots`, `to_compact`).
