@@ -59,8 +59,16 @@ pub(super) fn read_log(
             return Ok(());
         }
         if std::mem::take(&mut after_snapshot) {
-            let log_holds = match snapshot_first(log, sink, next, dir)? {
+            let tail = hello.replication_index.filter(|_| *streams == Streams::Try);
+            let log_holds = match snapshot_first(log, sink, next, dir, tail)? {
                 Snapshot::NoneHolds | Snapshot::Read(After::Log) => true,
+                // The long stretch after the last snapshot came meanwhile too.
+                Snapshot::Read(After::Streamed(streamed)) => {
+                    if let Some(silent) = take_streamed(streamed, sink, dir)? {
+                        *streams = Streams::Off(silent.to_string());
+                    }
+                    false
+                }
                 Snapshot::Read(After::Unknown) => {
                     after_snapshot = true;
                     false
@@ -131,6 +139,8 @@ enum After {
     Log,
     /// The next snapshot, whole: this many frames in a file aside, for the sink in turn.
     Snapshot(std::fs::File, u64),
+    /// No snapshot, and the long stretch of log after it, read in streams meanwhile.
+    Streamed(Streamed),
 }
 
 /// Asks for the snapshot holding frame `from`, before a long stretch is read in streams, and
@@ -146,7 +156,9 @@ enum After {
 /// sqld sends a snapshot's frames newest first, so its first frame says where it ends: what
 /// holds the frame after that (the next snapshot, or the log) is asked for on a second
 /// connection meanwhile ([`ask_after`]), and sqld reads two snapshots at once, each on a thread
-/// of its own. That answer counts only if the snapshot did end there.
+/// of its own; when no snapshot holds it and the log after is long (up to `tail`, given when
+/// streams are tried), that stretch is read in streams meanwhile too. That answer counts only
+/// if the snapshot did end there.
 ///
 /// ```text
 /// snapshots 0–4043, 4044–8100, then the log:
@@ -160,6 +172,7 @@ fn snapshot_first(
     sink: &mut dyn FrameSink,
     from: u64,
     dir: &Path,
+    tail: Option<u64>,
 ) -> Result<Snapshot, MirrorError> {
     let before = sink.txns().frames;
     let mut none = false;
@@ -170,7 +183,7 @@ fn snapshot_first(
             std::thread::scope(|s| {
                 let after = s.spawn(move || {
                     ends.recv()
-                        .map(|end: u64| (end, ask_after(&mut *next, end + 1, dir)))
+                        .map(|end: u64| (end, ask_after(&mut *next, end + 1, dir, tail)))
                         .ok()
                 });
                 let got = read_snapshot(&mut *this, sink, from, &mut none, Some(end));
@@ -232,9 +245,10 @@ fn read_snapshot(
 
 /// What holds frame `from`, asked for on its own connection while the snapshot before it comes
 /// ([`snapshot_first`]): the next snapshot, read whole into a file aside in `dir`, or none
-/// (the log holds it). Any other answer (one that breaks off, an error, a file that cannot be
-/// written) is left to be asked for in turn.
-fn ask_after(log: &mut dyn LogSource, from: u64, dir: &Path) -> After {
+/// (the log holds it), and then, when the log up to `tail` is long, that stretch read in
+/// streams into files aside ([`stream_parts`]). Any other answer (one that breaks off, an
+/// error, a file that cannot be written) is left to be asked for in turn.
+fn ask_after(log: &mut dyn LogSource, from: u64, dir: &Path, tail: Option<u64>) -> After {
     let Ok(file) = tempfile::tempfile_in(dir) else {
         return After::Unknown;
     };
@@ -249,7 +263,15 @@ fn ask_after(log: &mut dyn LogSource, from: u64, dir: &Path) -> After {
             .ok()
             .and_then(|mut f| f.seek(SeekFrom::Start(0)).ok().map(|_| f))
             .map_or(After::Unknown, |f| After::Snapshot(f, count)),
-        Err(LogError::NoSnapshot(_)) => After::Log,
+        Err(LogError::NoSnapshot(_)) => match tail {
+            Some(upto) if upto >= from.saturating_add(STREAM_FRAMES) => {
+                match stream_parts(&*log, None, from, upto, dir) {
+                    Ok(Some(streamed)) => After::Streamed(streamed),
+                    _ => After::Log,
+                }
+            }
+            _ => After::Log,
+        },
         _ => After::Unknown,
     }
 }
@@ -323,6 +345,34 @@ fn stream_ahead(
     upto: u64,
     dir: &Path,
 ) -> Result<Option<LogError>, MirrorError> {
+    match stream_parts(log, Some(&mut *sink), from, upto, dir)? {
+        Some(streamed) => take_streamed(streamed, sink, dir),
+        None => Ok(None),
+    }
+}
+
+/// A stretch of log read in streams ([`stream_parts`]), waiting for the sink.
+struct Streamed {
+    /// Whether the first part went straight into the sink (it had no file aside then).
+    head_in_sink: bool,
+    parts: Vec<(u64, u64)>,
+    /// The file aside of each part that did not go into the sink, in order.
+    asides: Vec<BufWriter<std::fs::File>>,
+    /// How each part's stream ended.
+    ended: Vec<Result<(), LogError>>,
+}
+
+/// Reads frames `from..=upto` in [`LOG_STREAMS`] streams at once, over as many consecutive
+/// parts: the first straight into `head` when given (otherwise into a file aside, as every
+/// later part), for [`take_streamed`] to put into the sink in order. `None`: the source cannot
+/// have several readers.
+fn stream_parts(
+    log: &dyn LogSource,
+    head: Option<&mut dyn FrameSink>,
+    from: u64,
+    upto: u64,
+    dir: &Path,
+) -> Result<Option<Streamed>, MirrorError> {
     let Some(mut forks) = (0..LOG_STREAMS)
         .map(|_| log.fork())
         .collect::<Option<Vec<_>>>()
@@ -330,32 +380,61 @@ fn stream_ahead(
         return Ok(None);
     };
     let parts = split(from, upto, LOG_STREAMS);
-    let aside_in = "keeping a later stream's frames in";
-    let mut asides = parts[1..]
+    let head_in_sink = head.is_some();
+    let mut asides = parts[usize::from(head_in_sink)..]
         .iter()
         .map(|_| tempfile::tempfile_in(dir).map(|f| BufWriter::with_capacity(1 << 20, f)))
         .collect::<std::io::Result<Vec<_>>>()
-        .during(aside_in, dir.display())?;
-    let (first, later) = forks.split_at_mut(1);
-    let ended: Vec<Result<(), LogError>> = std::thread::scope(|s| {
-        let later: Vec<_> = later
-            .iter_mut()
+        .during(ASIDE_IN, dir.display())?;
+    let ended = std::thread::scope(|s| {
+        let mut forks = forks.iter_mut();
+        let head = head.and_then(|sink| {
+            let log = forks.next()?;
+            let (lo, hi) = parts[0];
+            Some((log, sink, lo, hi))
+        });
+        let aside: Vec<_> = forks
             .zip(asides.iter_mut())
-            .zip(&parts[1..])
+            .zip(&parts[usize::from(head_in_sink)..])
             .map(|((log, aside), &(lo, hi))| {
                 s.spawn(move || log.stream(lo, hi, &mut |f| aside.write_all(f)))
             })
             .collect();
-        let (lo, hi) = parts[0];
-        let head = first[0].stream(lo, hi, &mut |f| sink.push(f, false));
-        std::iter::once(head)
-            .chain(later.into_iter().map(|t| {
+        let head = head.map(|(log, sink, lo, hi)| log.stream(lo, hi, &mut |f| sink.push(f, false)));
+        head.into_iter()
+            .chain(aside.into_iter().map(|t| {
                 t.join().unwrap_or_else(|_| {
                     Err(LogError::Protocol("a stream's thread panicked".into()))
                 })
             }))
             .collect()
     });
+    Ok(Some(Streamed {
+        head_in_sink,
+        parts,
+        asides,
+        ended,
+    }))
+}
+
+/// What a file aside of a stream's frames is named by in an error.
+const ASIDE_IN: &str = "keeping a stream's frames aside in";
+
+/// Puts a stretch read in streams into `sink`, in order, as far as its parts came whole, and
+/// leaves the sink at its last commit: the batches go on from there. A stream that stayed
+/// silent ([`LogError::Silent`]) puts nothing in and is given back, so the caller stops
+/// trying streams; only the sink's own storage failing is an error.
+fn take_streamed(
+    streamed: Streamed,
+    sink: &mut dyn FrameSink,
+    dir: &Path,
+) -> Result<Option<LogError>, MirrorError> {
+    let Streamed {
+        head_in_sink,
+        parts,
+        asides,
+        ended,
+    } = streamed;
     let whole: Vec<bool> = ended.iter().map(Result::is_ok).collect();
     if let Some(silent) = ended.into_iter().find_map(|e| match e {
         Err(silent @ LogError::Silent(_)) => Some(silent),
@@ -364,18 +443,19 @@ fn stream_ahead(
         sink.rewind()?;
         return Ok(Some(silent));
     }
-    // The later parts follow the first in order, as far as each came whole.
+    // The parts aside follow the head in order, as far as each came whole.
     let came = whole.iter().take_while(|w| **w).count();
+    let skip = usize::from(head_in_sink);
     for (aside, &(lo, hi)) in asides
         .into_iter()
-        .zip(&parts[1..])
-        .take(came.saturating_sub(1))
+        .zip(&parts[skip..])
+        .take(came.saturating_sub(skip))
     {
         let file = aside
             .into_inner()
             .map_err(|e| e.into_error())
             .and_then(|mut f| f.seek(SeekFrom::Start(0)).map(|_| f))
-            .during(aside_in, dir.display())?;
+            .during(ASIDE_IN, dir.display())?;
         // A file short of frames, or a frame in it that does not follow, is left to the
         // batches too; only the sink's own storage failing is an error.
         match push_aside(file, hi - lo + 1, sink, false) {

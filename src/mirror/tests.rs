@@ -60,8 +60,9 @@ struct FakeLog {
     /// past them ("snapshot not found"); a batch of a frame in one is told `NEED_SNAPSHOT`
     /// and a stream of it sends nothing. Empty: sqld with no snapshot directory.
     compacted: Vec<(u64, u64)>,
-    /// Snapshots asked for, by this source and its forks. The first one asked waits, after its
-    /// first frame, up to two seconds for another to be asked, and says so in `overlapped`.
+    /// Snapshots served, by this source and its forks. The first one waits, after its first
+    /// frame, up to two seconds for another snapshot or a stream to be asked for, and says
+    /// whether one was in `overlapped`.
     snapshots_asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
     overlapped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -117,12 +118,13 @@ impl FakeLog {
             each(f)?;
             if first && i == 0 {
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-                while self.snapshots_asked.load(SeqCst) < 2 && std::time::Instant::now() < deadline
-                {
+                let other = || {
+                    self.snapshots_asked.load(SeqCst) >= 2 || self.streams_asked.load(SeqCst) > 0
+                };
+                while !other() && std::time::Instant::now() < deadline {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
-                self.overlapped
-                    .store(self.snapshots_asked.load(SeqCst) >= 2, SeqCst);
+                self.overlapped.store(other(), SeqCst);
             }
         }
         Ok(())
@@ -657,6 +659,55 @@ fn the_next_snapshot_is_asked_for_while_one_comes() {
             .snapshots_asked
             .load(std::sync::atomic::Ordering::SeqCst),
         5
+    );
+    assert_eq!(source.batched, 0);
+    let applied = tempfile::tempdir().unwrap();
+    let a = Mirror::new(applied.path().to_path_buf());
+    let ready = a
+        .fetch(&mut log(), &at, &mut Streams::Try)
+        .unwrap()
+        .unwrap();
+    a.apply(ready).unwrap();
+    assert!(fs::read(a.db_path()).unwrap() == want, "applied");
+}
+
+/// A log compacted into one snapshot, then a long stretch: the stretch is read in streams while
+/// the snapshot still comes, and the file is the one batches make of the same log never
+/// compacted, built or applied.
+#[test]
+fn the_long_log_after_a_snapshot_is_streamed_while_it_comes() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let (at, want) = built_in_batches(n);
+    let end = long_log(n)
+        .iter()
+        .map(|f| FrameHeader::parse(f).unwrap())
+        .filter(|h| h.size_after != 0 && h.frame_no < 1500)
+        .map(|h| h.frame_no)
+        .max()
+        .unwrap();
+    assert!(n > end + 1 + STREAM_FRAMES);
+    let log = || FakeLog {
+        streams: true,
+        compacted: vec![(0, end)],
+        ..FakeLog::new(long_log(n), None)
+    };
+    let built = tempfile::tempdir().unwrap();
+    let b = Mirror::new(built.path().to_path_buf());
+    let mut source = log();
+    let to = b
+        .build(&mut source, &at, &mut Streams::Try)
+        .unwrap()
+        .unwrap()
+        .to;
+    assert_eq!(to, n - 1);
+    assert!(fs::read(b.db_path()).unwrap() == want, "built");
+    let overlapped = source.overlapped.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(overlapped, "the log was streamed only after the snapshot");
+    assert_eq!(
+        source
+            .streams_asked
+            .load(std::sync::atomic::Ordering::SeqCst),
+        LOG_STREAMS
     );
     assert_eq!(source.batched, 0);
     let applied = tempfile::tempdir().unwrap();
