@@ -319,24 +319,12 @@ fn from_log(
     };
     // A spot check costs a request and needs the remote's answers at the mirror's frame; on a
     // source whose frames are not the server's index (Turso Sync's pages) it cannot conclude,
-    // and the source's own witness of the mirror's last frames stands in for it.
-    if advanced && log.frames_are_server_index() {
-        let check = match open_immutable(&mirror.db_path())
-            .and_then(|theirs_db| spot_check(&theirs_db, remote, frame))
-        {
-            Ok(check) => check,
-            Err(e) => return drop_damaged(ws, &mirror, settling.take(), e),
-        };
-        if let SpotCheck::Differed(difference) = check {
-            // The base is at no point of a mirror that is gone.
-            forget_base_at(ws)?;
-            // Its sync finishes (or fails) before the files go.
-            drop(settling.take());
-            mirror.remove()?;
-            return Ok(FromLog::Diverged(difference));
-        }
-    }
-    let read_theirs = || -> Result<(Merged, Changeset)> {
+    // and the source's own witness of the mirror's last frames stands in for it. Its request
+    // goes out while the mirror's side of the pull is read (the pages the log changed, their
+    // rows against the base's), which writes nothing: it must agree before anything read from
+    // the mirror is merged.
+    let spot = advanced && log.frames_are_server_index();
+    let read_theirs = || -> Result<(Connection, Connection, Changeset, String)> {
         let base = ws.open_base()?;
         let theirs_db = open_immutable(&mirror.db_path())?;
         let touched = match &before {
@@ -353,6 +341,43 @@ fn from_log(
                 format!("whole tables of the mirror: {why}"),
             ),
         };
+        Ok((base, theirs_db, cs, read))
+    };
+    let (check, read) = std::thread::scope(|s| {
+        let check = spot.then(|| {
+            s.spawn(|| {
+                open_immutable(&mirror.db_path())
+                    .and_then(|theirs_db| spot_check(&theirs_db, remote, frame))
+            })
+        });
+        let read = read_theirs();
+        let check = check.map(|c| c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        (check, read)
+    });
+    // Either way out closes what the read opened on the mirror and the base first.
+    match check {
+        Some(Err(e)) => {
+            drop(read);
+            return drop_damaged(ws, &mirror, settling.take(), e);
+        }
+        Some(Ok(SpotCheck::Differed(difference))) => {
+            drop(read);
+            // The base is at no point of a mirror that is gone.
+            forget_base_at(ws)?;
+            // Its sync finishes (or fails) before the files go.
+            drop(settling.take());
+            mirror.remove()?;
+            return Ok(FromLog::Diverged(difference));
+        }
+        _ => {}
+    }
+    let merge_theirs = |(base, theirs_db, cs, read): (
+        Connection,
+        Connection,
+        Changeset,
+        String,
+    )|
+     -> Result<(Merged, Changeset)> {
         let theirs = Theirs {
             db: &theirs_db,
             changes: cs.clone(),
@@ -370,7 +395,7 @@ fn from_log(
     };
     // A damaged page fails the statement reading it; one whose failure was passed over (a
     // fallback to another way of reading) is caught here, before the base moves.
-    let (merged, theirs) = match read_theirs() {
+    let (merged, theirs) = match read.and_then(merge_theirs) {
         Ok(_) if mirror.damage_seen() => {
             let e = Error::Unexpected("a page of the mirror did not match its sum".into());
             return drop_damaged(ws, &mirror, settling.take(), e);
