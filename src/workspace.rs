@@ -531,11 +531,11 @@ fn clone_from_log(
             let src = mirror.db_path();
             let base = state.join(BASE);
             // The mirror is checked while the working copy is copied from it and both are
-            // synced; then the mirror itself becomes the base. Byte copies are safe here: these are new files in a
-            // directory built aside, which no connection (of this process or any other) has
-            // opened, so there is no SQLite lock or journal a copy could miss or drop. The
-            // mirror is read by SQLite only as `immutable=1`, which takes no lock that syncing it
-            // through a descriptor of its own could drop.
+            // synced; then the mirror itself becomes the base. Byte copies and a rename are safe
+            // here: these are new files in a directory built aside, which no connection (of this
+            // process or any other) has opened, so there is no SQLite lock or journal a copy
+            // could miss or drop. The mirror is read by SQLite only as `immutable=1`, which takes
+            // no lock that syncing it through a descriptor of its own could drop.
             let checked = std::thread::scope(|s| -> Result<_> {
                 let check = s.spawn(|| check_log_copy(&src));
                 let copy = s.spawn(|| -> Result<()> {
