@@ -548,7 +548,7 @@ fn built_in_batches(n: u64) -> (Hello, Vec<u8>) {
 #[test]
 fn a_long_log_read_in_several_streams_is_the_log_read_in_batches() {
     let n = STREAM_FRAMES * 2 + 77;
-    let (at, want) = built_in_batches(n);
+    let (_, want) = built_in_batches(n);
     assert_eq!(want.len(), 60 * PAGE);
     let frames = long_log(n);
     // What the batches read when the streams from frame `from` on break off.
@@ -567,26 +567,11 @@ fn a_long_log_read_in_several_streams_is_the_log_read_in_batches() {
         // The last one only: the two before it are read from their files.
         (Some(parts[3].0), batched_from(parts[3].0)),
     ] {
-        let log = || FakeLog {
+        let source = built_and_applied(n, &format!("{streams_break:?}"), || FakeLog {
             streams: true,
             streams_break,
             ..FakeLog::new(long_log(n), None)
-        };
-        let built = tempfile::tempdir().unwrap();
-        let b = Mirror::new(built.path().to_path_buf());
-        let mut source = log();
-        assert_eq!(
-            b.build(&mut source, &at, &mut Streams::Try)
-                .unwrap()
-                .unwrap()
-                .to,
-            n - 1
-        );
-        assert_eq!(
-            fs::read(b.db_path()).unwrap(),
-            want,
-            "built, {streams_break:?}"
-        );
+        });
         assert_eq!(source.batched, batched, "{streams_break:?}");
         assert_eq!(
             source
@@ -594,19 +579,52 @@ fn a_long_log_read_in_several_streams_is_the_log_read_in_batches() {
                 .load(std::sync::atomic::Ordering::SeqCst),
             LOG_STREAMS
         );
-        let applied = tempfile::tempdir().unwrap();
-        let a = Mirror::new(applied.path().to_path_buf());
-        let ready = a
-            .fetch(&mut log(), &at, &mut Streams::Try)
-            .unwrap()
-            .unwrap();
-        a.apply(ready).unwrap();
-        assert_eq!(
-            fs::read(a.db_path()).unwrap(),
-            want,
-            "applied, {streams_break:?}"
-        );
     }
+}
+
+/// The frames of the long log of `n` frames that commit.
+fn commits(n: u64) -> Vec<u64> {
+    long_log(n)
+        .iter()
+        .map(|f| FrameHeader::parse(f).unwrap())
+        .filter(|h| h.size_after != 0)
+        .map(|h| h.frame_no)
+        .collect()
+}
+
+/// The long log of `n` frames as `log` serves it, read by a mirror built and by a spool
+/// applied: both must make the file batches make of the same log served plainly (`what` names
+/// the case). The source the build read, for what it counted.
+fn built_and_applied(n: u64, what: &str, log: impl Fn() -> FakeLog) -> FakeLog {
+    let (at, want) = built_in_batches(n);
+    let built = tempfile::tempdir().unwrap();
+    let b = Mirror::new(built.path().to_path_buf());
+    let mut source = log();
+    let to = b
+        .build(&mut source, &at, &mut Streams::Try)
+        .unwrap()
+        .unwrap()
+        .to;
+    assert_eq!(to, n - 1, "{what}");
+    assert!(fs::read(b.db_path()).unwrap() == want, "built, {what}");
+    let applied = tempfile::tempdir().unwrap();
+    let a = Mirror::new(applied.path().to_path_buf());
+    let ready = a
+        .fetch(&mut log(), &at, &mut Streams::Try)
+        .unwrap()
+        .unwrap();
+    a.apply(ready).unwrap();
+    assert!(fs::read(a.db_path()).unwrap() == want, "applied, {what}");
+    source
+}
+
+/// [`built_and_applied`] of the long log compacted into the snapshots `compacted`, with streams.
+fn built_and_applied_compacted(n: u64, compacted: &[(u64, u64)]) -> FakeLog {
+    built_and_applied(n, "compacted", || FakeLog {
+        streams: true,
+        compacted: compacted.to_vec(),
+        ..FakeLog::new(long_log(n), None)
+    })
 }
 
 /// A log compacted into five snapshots, then a long stretch: the snapshot after each is asked
@@ -615,14 +633,7 @@ fn a_long_log_read_in_several_streams_is_the_log_read_in_batches() {
 #[test]
 fn the_next_snapshot_is_asked_for_while_one_comes() {
     let n = STREAM_FRAMES * 2 + 77;
-    let (at, want) = built_in_batches(n);
-    let frames = long_log(n);
-    let commits: Vec<u64> = frames
-        .iter()
-        .map(|f| FrameHeader::parse(f).unwrap())
-        .filter(|h| h.size_after != 0)
-        .map(|h| h.frame_no)
-        .collect();
+    let commits = commits(n);
     // Each snapshot ends at the last commit before the next 380 frames; the log after the last
     // is past 2048 frames.
     let mut compacted = Vec::new();
@@ -633,21 +644,7 @@ fn the_next_snapshot_is_asked_for_while_one_comes() {
         compacted.push((start, end));
     }
     assert!(n > compacted[4].1 + 1 + STREAM_FRAMES);
-    let log = || FakeLog {
-        streams: true,
-        compacted: compacted.clone(),
-        ..FakeLog::new(long_log(n), None)
-    };
-    let built = tempfile::tempdir().unwrap();
-    let b = Mirror::new(built.path().to_path_buf());
-    let mut source = log();
-    let to = b
-        .build(&mut source, &at, &mut Streams::Try)
-        .unwrap()
-        .unwrap()
-        .to;
-    assert_eq!(to, n - 1);
-    assert!(fs::read(b.db_path()).unwrap() == want, "built");
+    let source = built_and_applied_compacted(n, &compacted);
     let overlapped = source.overlapped.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         overlapped,
@@ -661,14 +658,6 @@ fn the_next_snapshot_is_asked_for_while_one_comes() {
         5
     );
     assert_eq!(source.batched, 0);
-    let applied = tempfile::tempdir().unwrap();
-    let a = Mirror::new(applied.path().to_path_buf());
-    let ready = a
-        .fetch(&mut log(), &at, &mut Streams::Try)
-        .unwrap()
-        .unwrap();
-    a.apply(ready).unwrap();
-    assert!(fs::read(a.db_path()).unwrap() == want, "applied");
 }
 
 /// A log compacted into one snapshot, then a long stretch: the stretch is read in streams while
@@ -677,30 +666,9 @@ fn the_next_snapshot_is_asked_for_while_one_comes() {
 #[test]
 fn the_long_log_after_a_snapshot_is_streamed_while_it_comes() {
     let n = STREAM_FRAMES * 2 + 77;
-    let (at, want) = built_in_batches(n);
-    let end = long_log(n)
-        .iter()
-        .map(|f| FrameHeader::parse(f).unwrap())
-        .filter(|h| h.size_after != 0 && h.frame_no < 1500)
-        .map(|h| h.frame_no)
-        .max()
-        .unwrap();
+    let end = *commits(n).iter().filter(|&&c| c < 1500).max().unwrap();
     assert!(n > end + 1 + STREAM_FRAMES);
-    let log = || FakeLog {
-        streams: true,
-        compacted: vec![(0, end)],
-        ..FakeLog::new(long_log(n), None)
-    };
-    let built = tempfile::tempdir().unwrap();
-    let b = Mirror::new(built.path().to_path_buf());
-    let mut source = log();
-    let to = b
-        .build(&mut source, &at, &mut Streams::Try)
-        .unwrap()
-        .unwrap()
-        .to;
-    assert_eq!(to, n - 1);
-    assert!(fs::read(b.db_path()).unwrap() == want, "built");
+    let source = built_and_applied_compacted(n, &[(0, end)]);
     let overlapped = source.overlapped.load(std::sync::atomic::Ordering::SeqCst);
     assert!(overlapped, "the log was streamed only after the snapshot");
     assert_eq!(
@@ -710,14 +678,6 @@ fn the_long_log_after_a_snapshot_is_streamed_while_it_comes() {
         LOG_STREAMS
     );
     assert_eq!(source.batched, 0);
-    let applied = tempfile::tempdir().unwrap();
-    let a = Mirror::new(applied.path().to_path_buf());
-    let ready = a
-        .fetch(&mut log(), &at, &mut Streams::Try)
-        .unwrap()
-        .unwrap();
-    a.apply(ready).unwrap();
-    assert!(fs::read(a.db_path()).unwrap() == want, "applied");
 }
 
 /// `split`'s parts cover the stretch in order, with no gap and no overlap.
