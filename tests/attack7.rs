@@ -17,7 +17,7 @@ const STREAMS: usize = tursync::mirror::LOG_STREAMS as usize;
 
 /// The frame a `LogEntries` request asks its stream to start at: the body is one gRPC-web
 /// message holding a `LogOffset`, whose field 1 (a varint) is left out when it is 0.
-fn stream_offset(body: &[u8]) -> u64 {
+pub(crate) fn stream_offset(body: &[u8]) -> u64 {
     let msg = body.get(5..).unwrap_or_default();
     let mut offset = 0u64;
     if msg.first() == Some(&0x08) {
@@ -36,15 +36,15 @@ fn stream_offset(body: &[u8]) -> u64 {
 /// spool, up to the last part of the stretch), that stream gets it. The streams of one stretch
 /// are asked for at once: each waits (briefly) for the others to arrive, so that its rank, the
 /// order of its offset among them, is known.
-struct StreamFaults {
-    proxy: HookProxy,
+pub(crate) struct StreamFaults {
+    pub(crate) proxy: HookProxy,
     plan: Arc<Mutex<Vec<(usize, Verdict)>>>,
     /// The offsets of the streams asked for so far, and the verdicts they got.
     seen: Arc<Mutex<Vec<(u64, Verdict)>>>,
 }
 
 impl StreamFaults {
-    fn start(sqld: &Sqld, plan: &[(usize, Verdict)]) -> StreamFaults {
+    pub(crate) fn start(sqld: &Sqld, plan: &[(usize, Verdict)]) -> StreamFaults {
         let plan = Arc::new(Mutex::new(plan.to_vec()));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let group = Arc::new((Mutex::new(Vec::<u64>::new()), Condvar::new()));
@@ -85,21 +85,21 @@ impl StreamFaults {
         StreamFaults { proxy, plan, seen }
     }
 
-    fn set_plan(&self, plan: &[(usize, Verdict)]) {
+    pub(crate) fn set_plan(&self, plan: &[(usize, Verdict)]) {
         *self.plan.lock().unwrap() = plan.to_vec();
         self.seen.lock().unwrap().clear();
         self.proxy.take_requests();
     }
 
     /// The streams asked for since the plan was set, and what each got.
-    fn seen(&self) -> Vec<(u64, Verdict)> {
+    pub(crate) fn seen(&self) -> Vec<(u64, Verdict)> {
         self.seen.lock().unwrap().clone()
     }
 }
 
 /// Nothing but the workspace's own files is left in its state directory: no file set aside
 /// under a temporary name.
-fn nothing_left_aside(dir: &Path) {
+pub(crate) fn nothing_left_aside(dir: &Path) {
     let odd: Vec<String> = std::fs::read_dir(dir.join(".tursync"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -124,7 +124,7 @@ fn long_log() -> Sqld {
 
 /// Cut a stream's answer after this many bytes: well inside a part of over 1,000 frames of
 /// 4 KB, past its first transaction's commit when the part holds one.
-const MID_PART: usize = 2_500_000;
+pub(crate) const MID_PART: usize = 2_500_000;
 
 /// Clones of a long log through streams of which some break (mid-part, or dropped unanswered)
 /// are exact, whichever part breaks: the middle ones, the last, the first, two of them. The

@@ -1367,7 +1367,7 @@ fn a_flipped_page_of_a_table_not_read_is_reported_and_healed() {
 
 /// A sqld whose log of about 3,500 frames (in transactions of 500 pages: well past a long
 /// stretch of 2048 frames) it compacted into snapshots as it grew.
-fn long_compacted_log() -> Sqld {
+pub(crate) fn long_compacted_log() -> Sqld {
     let sqld = Sqld::start_with_args(&["--max-log-size", "1"]);
     sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
     for first in (1..=3500).step_by(500) {

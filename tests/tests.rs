@@ -13,6 +13,7 @@ mod attack4;
 mod attack5;
 mod attack6;
 mod attack7;
+mod attack8;
 mod clone;
 mod diff;
 mod disk;

@@ -1,0 +1,248 @@
+//! Attacks on the snapshot after each one, asked for while that one comes (on a second
+//! connection), and on the long log after the last snapshot, streamed meanwhile.
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::attack7::{nothing_left_aside, stream_offset, StreamFaults, MID_PART};
+use crate::common::*;
+use crate::replog::{compacted_then_long_tail, exact, long_compacted_log, pull, reads};
+
+/// `tursync ARGS` in `dir`, asserted to exit 0 within `secs` seconds (killed and failed
+/// otherwise: a hang is a failure, not a stuck test run).
+fn ok_within(sqld: &Sqld, dir: &Path, args: &[&str], secs: u64) -> Output {
+    let mut child = sqld
+        .tursync(dir)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("tursync {args:?} still ran after {secs} s\n{}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "tursync {args:?} exited with {}\n{}",
+        out.status,
+        text(&out)
+    );
+    out
+}
+
+/// A gRPC status no snapshot answer carries: INTERNAL, trailers-only.
+const INTERNAL: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web+proto\r\ngrpc-status: 13\r\ngrpc-message: bogus\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+/// A successful answer without a single frame.
+const EMPTY_OK: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web+proto\r\ngrpc-status: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+/// An HTTP 500 with a body that is no gRPC at all.
+const HTTP_500: &str =
+    "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\nConnection: close\r\n\r\noops!";
+
+/// A proxy that gives `fault` to the first `Snapshot` asked for a frame past 0 (on a clone,
+/// the look for the snapshot after the first, asked while the first comes), once; a fault
+/// that is `None` stalls that request for `stall` before it is forwarded.
+fn read_ahead_fault(
+    sqld: &Sqld,
+    fault: Option<Verdict>,
+    stall: Duration,
+) -> (HookProxy, Arc<AtomicUsize>) {
+    let faulted = Arc::new(AtomicUsize::new(0));
+    let f = faulted.clone();
+    let proxy = HookProxy::start(&sqld.url, move |head, body| {
+        if head.contains("Log/Snapshot ")
+            && stream_offset(body) > 0
+            && f.fetch_add(1, Ordering::SeqCst) == 0
+        {
+            return match fault {
+                Some(v) => v,
+                None => {
+                    std::thread::sleep(stall);
+                    Verdict::Forward
+                }
+            };
+        }
+        Verdict::Forward
+    });
+    (proxy, faulted)
+}
+
+/// A clone of a long compacted log whose look for the next snapshot (asked while the first
+/// comes) fails in any way: dropped, cut mid-body or in its head, a bogus gRPC status, an
+/// empty success, an HTTP 500, a stall of a few seconds. Each clone ends in bounded time,
+/// exact, with nothing left aside, and streams stay on (nothing was silent).
+#[test]
+fn a_clone_whose_look_ahead_snapshot_fails_is_exact() {
+    let sqld = long_compacted_log();
+    let faults: &[(&str, Option<Verdict>)] = &[
+        ("drop", Some(Verdict::Drop)),
+        ("cut mid-body", Some(Verdict::Cut(300_000))),
+        ("cut in the head", Some(Verdict::Cut(40))),
+        ("internal", Some(Verdict::Answer(INTERNAL))),
+        ("empty ok", Some(Verdict::Answer(EMPTY_OK))),
+        ("http 500", Some(Verdict::Answer(HTTP_500))),
+        ("stall", None),
+    ];
+    for (what, fault) in faults {
+        let (proxy, faulted) = read_ahead_fault(&sqld, *fault, Duration::from_secs(3));
+        let dir = tempdir();
+        ok_within(&sqld, dir.path(), &["init", "--url", &proxy.url], 60);
+        assert!(
+            faulted.load(Ordering::SeqCst) > 0,
+            "{what}: no snapshot past 0 asked: {:#?}",
+            proxy.requests()
+        );
+        exact(&sqld, dir.path());
+        nothing_left_aside(dir.path());
+        let r = reads(&sqld, dir.path(), &sqld.rw_token);
+        assert_eq!(r["path"], "log", "{what}: {r}");
+        assert_eq!(r["streams"]["on"], true, "{what}: {r}");
+    }
+}
+
+/// A clone of a compacted log then a long stretch, whose streams (asked while the last
+/// snapshot comes) break or are held: exact, nothing left aside; a held stream turns streams
+/// off, a broken one does not.
+#[test]
+fn a_clone_whose_streams_during_the_snapshot_break_or_are_held_is_exact() {
+    let (sqld, _) = compacted_then_long_tail();
+    let faults = StreamFaults::start(&sqld, &[]);
+    for (plan, on) in [
+        (&[(0, Verdict::RelayCut(MID_PART / 4))][..], true),
+        (&[(3, Verdict::Drop)][..], true),
+        (&[(2, Verdict::Forward)][..], false),
+    ] {
+        faults.set_plan(plan);
+        let dir = tempdir();
+        ok_within(&sqld, dir.path(), &["init", "--url", &faults.proxy.url], 60);
+        assert_eq!(
+            faults.seen().len(),
+            tursync::mirror::LOG_STREAMS as usize,
+            "{plan:?}: {:#?}",
+            faults.proxy.requests()
+        );
+        exact(&sqld, dir.path());
+        nothing_left_aside(dir.path());
+        let r = reads(&sqld, dir.path(), &sqld.rw_token);
+        assert_eq!(r["streams"]["on"], on, "{plan:?}: {r}");
+    }
+}
+
+/// Inserts rows `first..first + n` of one page each into `t`, in transactions of 500.
+fn grow(sqld: &Sqld, first: u32, n: u32) {
+    for from in (first..first + n).step_by(500) {
+        let to = (from + 499).min(first + n - 1);
+        sqld.exec(&format!(
+            "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({from}, {to})"
+        ));
+    }
+}
+
+/// Waits for sqld to have compacted into more than `before` snapshots, with nothing left to
+/// compact; returns how many it keeps.
+fn compacted_past(sqld: &Sqld, before: usize) -> usize {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = crate::replog::snapshot_files(sqld, "snapshots");
+        if n > before && crate::replog::snapshot_files(sqld, "to_compact") == 0 {
+            return n;
+        }
+        assert!(Instant::now() < until, "sqld never compacted past {before}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A workspace away while the log grew past several compactions, then a long stretch: the
+/// pull reads the snapshots (each next one asked while one comes), then the stretch in
+/// streams. Exact, nothing left aside; and a pull after it too.
+#[test]
+fn a_pull_across_several_snapshots_then_a_long_stretch_is_exact() {
+    let sqld = Sqld::start_with_args(&["--max-log-size", "16"]);
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t VALUES (0, x'00');");
+    let proxy = HookProxy::start(&sqld.url, |head, _| {
+        if head.contains("Log/LogEntries ") {
+            Verdict::Relay
+        } else {
+            Verdict::Forward
+        }
+    });
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
+    let mut snapshots = 0;
+    let mut first = 1;
+    for _ in 0..3 {
+        grow(&sqld, first, 4500);
+        first += 4500;
+        snapshots = compacted_past(&sqld, snapshots);
+    }
+    grow(&sqld, first, 2200);
+    proxy.take_requests();
+    let read = pull(&sqld, dir.path());
+    let requests = proxy.take_requests();
+    let snaps = requests
+        .iter()
+        .filter(|r| r.ends_with("Log/Snapshot"))
+        .count();
+    assert!(snaps >= 2, "{read}: {snapshots} snapshots: {requests:#?}");
+    exact(&sqld, dir.path());
+    nothing_left_aside(dir.path());
+    let r = reads(&sqld, dir.path(), &sqld.rw_token);
+    assert_eq!(r["streams"]["on"], true, "{r}");
+    sqld.exec("UPDATE t SET v = x'02' WHERE id % 100 = 1;");
+    pull(&sqld, dir.path());
+    exact(&sqld, dir.path());
+}
+
+/// Clones of a compacted log then a long stretch while a teammate keeps writing (sqld
+/// compacting the log every few transactions, so the snapshot after the one coming, and the
+/// stretch streamed meanwhile, are asked for across compactions): every clone ends in bounded
+/// time, and once the writes stop a pull makes each exact, with nothing left aside.
+#[test]
+fn clones_of_a_long_stretch_while_sqld_compacts_end_exact() {
+    let (sqld, _) = compacted_then_long_tail();
+    let proxy = HookProxy::start(&sqld.url, |head, _| {
+        if head.contains("Log/LogEntries ") {
+            Verdict::Relay
+        } else {
+            Verdict::Forward
+        }
+    });
+    let url = sqld.url.clone();
+    let token = sqld.rw_token.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut first = 100_000;
+        while !stopping.load(Ordering::SeqCst) && first < 100_000 + 40 * 440 {
+            exec_at(
+                &url,
+                &token,
+                &format!(
+                    "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
+                    first + 439
+                ),
+            );
+            first += 440;
+        }
+    });
+    let dirs: Vec<TempDir> = (0..2).map(|_| tempdir()).collect();
+    for d in &dirs {
+        ok_within(&sqld, d.path(), &["init", "--url", &proxy.url], 60);
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    for d in &dirs {
+        ok_within(&sqld, d.path(), &["pull"], 60);
+        exact(&sqld, d.path());
+        nothing_left_aside(d.path());
+    }
+}
