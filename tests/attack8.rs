@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use crate::attack7::{nothing_left_aside, stream_offset, StreamFaults, MID_PART};
 use crate::common::*;
-use crate::replog::{compacted_then_long_tail, exact, long_compacted_log, pull, reads};
+use crate::replog::{
+    compacted_then_long_tail, exact, keep_inserting, long_compacted_log, pull, reads,
+    relaying_streams,
+};
 
 /// `tursync ARGS` in `dir`, asserted to exit 0 within `secs` seconds (killed and failed
 /// otherwise: a hang is a failure, not a stuck test run).
@@ -31,12 +34,7 @@ fn ok_within(sqld: &Sqld, dir: &Path, args: &[&str], secs: u64) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "tursync {args:?} exited with {}\n{}",
-        out.status,
-        text(&out)
-    );
+    assert!(out.status.success(), "tursync {args:?}: {}", text(&out));
     out
 }
 
@@ -168,13 +166,7 @@ fn compacted_past(sqld: &Sqld, before: usize) -> usize {
 fn a_pull_across_several_snapshots_then_a_long_stretch_is_exact() {
     let sqld = Sqld::start_with_args(&["--max-log-size", "16"]);
     sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t VALUES (0, x'00');");
-    let proxy = HookProxy::start(&sqld.url, |head, _| {
-        if head.contains("Log/LogEntries ") {
-            Verdict::Relay
-        } else {
-            Verdict::Forward
-        }
-    });
+    let proxy = relaying_streams(&sqld);
     let dir = tempdir();
     ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
     let mut snapshots = 0;
@@ -209,31 +201,8 @@ fn a_pull_across_several_snapshots_then_a_long_stretch_is_exact() {
 #[test]
 fn clones_of_a_long_stretch_while_sqld_compacts_end_exact() {
     let (sqld, _) = compacted_then_long_tail();
-    let proxy = HookProxy::start(&sqld.url, |head, _| {
-        if head.contains("Log/LogEntries ") {
-            Verdict::Relay
-        } else {
-            Verdict::Forward
-        }
-    });
-    let url = sqld.url.clone();
-    let token = sqld.rw_token.clone();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopping = stop.clone();
-    let writer = std::thread::spawn(move || {
-        let mut first = 100_000;
-        while !stopping.load(Ordering::SeqCst) && first < 100_000 + 40 * 440 {
-            exec_at(
-                &url,
-                &token,
-                &format!(
-                    "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
-                    first + 439
-                ),
-            );
-            first += 440;
-        }
-    });
+    let proxy = relaying_streams(&sqld);
+    let (stop, writer) = keep_inserting(&sqld, 100_000, 440, 100_000 + 40 * 440);
     let dirs: Vec<TempDir> = (0..2).map(|_| tempdir()).collect();
     for d in &dirs {
         ok_within(&sqld, d.path(), &["init", "--url", &proxy.url], 60);
@@ -245,4 +214,42 @@ fn clones_of_a_long_stretch_while_sqld_compacts_end_exact() {
         exact(&sqld, d.path());
         nothing_left_aside(d.path());
     }
+}
+
+/// A pull across several snapshots (into the spool, which drops what follows its last commit)
+/// whose looks for the next snapshot are cut mid-body and dropped: the `Snapshot` requests
+/// after the first of each pair fail in turn. Exact, in bounded time, nothing left aside.
+#[test]
+fn a_pull_across_several_snapshots_whose_looks_ahead_fail_is_exact() {
+    let sqld = Sqld::start_with_args(&["--max-log-size", "16"]);
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t VALUES (0, x'00');");
+    let asked = Arc::new(AtomicUsize::new(0));
+    let seen = asked.clone();
+    let proxy = HookProxy::start(&sqld.url, move |head, _| {
+        if head.contains("Log/Snapshot ") {
+            match seen.fetch_add(1, Ordering::SeqCst) {
+                1 => return Verdict::Cut(300_000),
+                3 => return Verdict::Drop,
+                _ => {}
+            }
+        }
+        Verdict::Forward
+    });
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
+    let mut snapshots = 0;
+    for first in [1, 4501, 9001] {
+        grow(&sqld, first, 4500);
+        snapshots = compacted_past(&sqld, snapshots);
+    }
+    sqld.exec("UPDATE t SET v = x'01' WHERE id % 50 = 0;");
+    asked.store(0, Ordering::SeqCst);
+    ok_within(&sqld, dir.path(), &["pull"], 60);
+    assert!(
+        asked.load(Ordering::SeqCst) > 3,
+        "{snapshots} snapshots: {:#?}",
+        proxy.requests()
+    );
+    exact(&sqld, dir.path());
+    nothing_left_aside(dir.path());
 }

@@ -1430,6 +1430,18 @@ pub(crate) fn snapshot_files(sqld: &Sqld, d: &str) -> usize {
     std::fs::read_dir(data.join(d)).map_or(0, |d| d.count())
 }
 
+/// A proxy in front of `sqld` that logs the requests and passes the streams' frames on as
+/// they come.
+pub(crate) fn relaying_streams(sqld: &Sqld) -> HookProxy {
+    HookProxy::start(&sqld.url, |head, _| {
+        if head.contains("Log/LogEntries ") {
+            Verdict::Relay
+        } else {
+            Verdict::Forward
+        }
+    })
+}
+
 /// A log that sqld compacted, followed by a long stretch it did not (a database in use for a
 /// while): the clone reads the snapshots, then that stretch in streams, as it would a log never
 /// compacted. It was read in batches, which sqld builds whole before sending their first byte,
@@ -1438,14 +1450,7 @@ pub(crate) fn snapshot_files(sqld: &Sqld, d: &str) -> usize {
 fn a_long_stretch_after_the_snapshots_is_read_in_streams() {
     let (sqld, compacted) = compacted_then_long_tail();
     let count = |d: &str| snapshot_files(&sqld, d);
-    // A proxy that logs the requests and passes the streams' frames on as they come.
-    let proxy = HookProxy::start(&sqld.url, |head, _| {
-        if head.contains("Log/LogEntries ") {
-            Verdict::Relay
-        } else {
-            Verdict::Forward
-        }
-    });
+    let proxy = relaying_streams(&sqld);
     let dir = tempdir();
     ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
     assert_eq!(
@@ -1582,6 +1587,38 @@ fn a_clone_of_a_compacted_log_keeps_two_connections() {
     exact(&sqld, dir.path());
 }
 
+/// A teammate inserting rows of one page into `t` of `sqld` from `first` on, `rows` a
+/// transaction, until the flag is set or the rows reach `until`.
+pub(crate) fn keep_inserting(
+    sqld: &Sqld,
+    first: u32,
+    rows: u32,
+    until: u32,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
+    let url = sqld.url.clone();
+    let token = sqld.rw_token.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut first = first;
+        while !stopping.load(std::sync::atomic::Ordering::SeqCst) && first < until {
+            exec_at(
+                &url,
+                &token,
+                &format!(
+                    "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
+                    first + rows - 1
+                ),
+            );
+            first += rows;
+        }
+    });
+    (stop, writer)
+}
+
 /// Clones and pulls while sqld keeps compacting its log (a teammate writing transactions of
 /// 1.5 MB on a log of at most 1 MB: each one compacted while the next is read): whatever
 /// `Snapshot` answers meanwhile ("snapshot not found" while one is being written), every clone
@@ -1593,26 +1630,9 @@ fn clones_and_pulls_while_sqld_compacts_end_exact() {
     let sqld = Sqld::start_with_args(&["--max-log-size", "1"]);
     sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
     sqld.exec("INSERT INTO t SELECT value, randomblob(3000) FROM generate_series(1, 3000)");
-    let url = sqld.url.clone();
-    let token = sqld.rw_token.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopping = stop.clone();
     // At most 200 transactions (300 MB): the churn of compaction, not the size, is the point
     // here (a database past 1 GB has its own test).
-    let writer = std::thread::spawn(move || {
-        let mut first = 100_000;
-        while !stopping.load(std::sync::atomic::Ordering::SeqCst) && first < 200_000 {
-            exec_at(
-                &url,
-                &token,
-                &format!(
-                    "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series({first}, {})",
-                    first + 499
-                ),
-            );
-            first += 500;
-        }
-    });
+    let (stop, writer) = keep_inserting(&sqld, 100_000, 500, 200_000);
     let dirs: Vec<TempDir> = (0..3).map(|_| tempdir()).collect();
     for d in &dirs {
         init(&sqld, d.path());
