@@ -42,6 +42,8 @@ fn ok_within(sqld: &Sqld, dir: &Path, args: &[&str], secs: u64) -> Output {
 const INTERNAL: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web+proto\r\ngrpc-status: 13\r\ngrpc-message: bogus\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 /// A successful answer without a single frame.
 const EMPTY_OK: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web+proto\r\ngrpc-status: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+/// sqld's answer when no snapshot holds the frame asked for.
+const NOT_FOUND: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web+proto\r\ngrpc-status: 14\r\ngrpc-message: snapshot not found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 /// An HTTP 500 with a body that is no gRPC at all.
 const HTTP_500: &str =
     "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\nConnection: close\r\n\r\noops!";
@@ -69,6 +71,9 @@ fn read_ahead_fault(
                 }
             };
         }
+        if head.contains("Log/LogEntries ") {
+            return Verdict::Relay;
+        }
         Verdict::Forward
     });
     (proxy, faulted)
@@ -88,6 +93,7 @@ fn a_clone_whose_look_ahead_snapshot_fails_is_exact() {
         ("internal", Some(Verdict::Answer(INTERNAL))),
         ("empty ok", Some(Verdict::Answer(EMPTY_OK))),
         ("http 500", Some(Verdict::Answer(HTTP_500))),
+        ("not found", Some(Verdict::Answer(NOT_FOUND))),
         ("stall", None),
     ];
     for (what, fault) in faults {
@@ -159,24 +165,33 @@ fn compacted_past(sqld: &Sqld, before: usize) -> usize {
     }
 }
 
+/// A sqld that compacts its log past 16 MB, holding table `t(id, v)` with one row.
+fn one_row_compacting_at_16_mb() -> Sqld {
+    let sqld = Sqld::start_with_args(&["--max-log-size", "16"]);
+    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t VALUES (0, x'00');");
+    sqld
+}
+
+/// Grows `t` of [`one_row_compacting_at_16_mb`] by rows 1 to 13500, waiting for sqld to
+/// compact its log after each 4500 (18 MB); returns how many snapshots it keeps then.
+fn three_compactions(sqld: &Sqld) -> usize {
+    [1, 4501, 9001].into_iter().fold(0, |snapshots, first| {
+        grow(sqld, first, 4500);
+        compacted_past(sqld, snapshots)
+    })
+}
+
 /// A workspace away while the log grew past several compactions, then a long stretch: the
 /// pull reads the snapshots (each next one asked while one comes), then the stretch in
 /// streams. Exact, nothing left aside; and a pull after it too.
 #[test]
 fn a_pull_across_several_snapshots_then_a_long_stretch_is_exact() {
-    let sqld = Sqld::start_with_args(&["--max-log-size", "16"]);
-    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t VALUES (0, x'00');");
+    let sqld = one_row_compacting_at_16_mb();
     let proxy = relaying_streams(&sqld);
     let dir = tempdir();
     ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
-    let mut snapshots = 0;
-    let mut first = 1;
-    for _ in 0..3 {
-        grow(&sqld, first, 4500);
-        first += 4500;
-        snapshots = compacted_past(&sqld, snapshots);
-    }
-    grow(&sqld, first, 2200);
+    let snapshots = three_compactions(&sqld);
+    grow(&sqld, 13501, 2200);
     proxy.take_requests();
     let read = pull(&sqld, dir.path());
     let requests = proxy.take_requests();
@@ -221,8 +236,7 @@ fn clones_of_a_long_stretch_while_sqld_compacts_end_exact() {
 /// after the first of each pair fail in turn. Exact, in bounded time, nothing left aside.
 #[test]
 fn a_pull_across_several_snapshots_whose_looks_ahead_fail_is_exact() {
-    let sqld = Sqld::start_with_args(&["--max-log-size", "16"]);
-    sqld.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t VALUES (0, x'00');");
+    let sqld = one_row_compacting_at_16_mb();
     let asked = Arc::new(AtomicUsize::new(0));
     let seen = asked.clone();
     let proxy = HookProxy::start(&sqld.url, move |head, _| {
@@ -237,11 +251,7 @@ fn a_pull_across_several_snapshots_whose_looks_ahead_fail_is_exact() {
     });
     let dir = tempdir();
     ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
-    let mut snapshots = 0;
-    for first in [1, 4501, 9001] {
-        grow(&sqld, first, 4500);
-        snapshots = compacted_past(&sqld, snapshots);
-    }
+    let snapshots = three_compactions(&sqld);
     sqld.exec("UPDATE t SET v = x'01' WHERE id % 50 = 0;");
     asked.store(0, Ordering::SeqCst);
     ok_within(&sqld, dir.path(), &["pull"], 60);
@@ -252,4 +262,24 @@ fn a_pull_across_several_snapshots_whose_looks_ahead_fail_is_exact() {
     );
     exact(&sqld, dir.path());
     nothing_left_aside(dir.path());
+}
+
+/// A clone of a log compacted into several snapshots then a long stretch, whose look for the
+/// second snapshot is answered "snapshot not found" though sqld keeps it (as sqld answers while
+/// it writes one): the streams asked meanwhile of frames the log no longer holds are not taken,
+/// the snapshots are read in turn, then the stretch; exact, streams still on.
+#[test]
+fn a_clone_told_no_next_snapshot_that_exists_reads_it_in_turn() {
+    let sqld = one_row_compacting_at_16_mb();
+    let snapshots = three_compactions(&sqld);
+    grow(&sqld, 13501, 2200);
+    let (proxy, faulted) =
+        read_ahead_fault(&sqld, Some(Verdict::Answer(NOT_FOUND)), Duration::ZERO);
+    let dir = tempdir();
+    ok_within(&sqld, dir.path(), &["init", "--url", &proxy.url], 60);
+    assert!(faulted.load(Ordering::SeqCst) > 0, "{snapshots}");
+    exact(&sqld, dir.path());
+    nothing_left_aside(dir.path());
+    let r = reads(&sqld, dir.path(), &sqld.rw_token);
+    assert_eq!(r["streams"]["on"], true, "{r}");
 }
