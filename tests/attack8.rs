@@ -283,3 +283,37 @@ fn a_clone_told_no_next_snapshot_that_exists_reads_it_in_turn() {
     let r = reads(&sqld, dir.path(), &sqld.rw_token);
     assert_eq!(r["streams"]["on"], true, "{r}");
 }
+
+/// Pulls across a compaction then a long stretch (the stretch streamed while the last snapshot
+/// comes, into the spool), whose first part breaks, then one whose stream is held: exact, and
+/// streams are off only after the held one.
+#[test]
+fn pulls_whose_streams_during_the_snapshot_break_or_are_held_are_exact() {
+    let sqld = one_row_compacting_at_16_mb();
+    let faults = StreamFaults::start(&sqld, &[]);
+    let dir = tempdir();
+    ok(&sqld, dir.path(), &["init", "--url", &faults.proxy.url]);
+    let mut snapshots = 0;
+    let mut first = 1;
+    for (plan, on) in [
+        (&[(0, Verdict::RelayCut(MID_PART / 4))][..], true),
+        (&[(1, Verdict::Forward)][..], false),
+    ] {
+        grow(&sqld, first, 4500);
+        snapshots = compacted_past(&sqld, snapshots);
+        grow(&sqld, first + 4500, 2200);
+        first += 6700;
+        faults.set_plan(plan);
+        ok_within(&sqld, dir.path(), &["pull"], 60);
+        assert_eq!(
+            faults.seen().len(),
+            tursync::mirror::LOG_STREAMS as usize,
+            "{plan:?}: {:#?}",
+            faults.proxy.requests()
+        );
+        exact(&sqld, dir.path());
+        nothing_left_aside(dir.path());
+        let r = reads(&sqld, dir.path(), &sqld.rw_token);
+        assert_eq!(r["streams"]["on"], on, "{plan:?}: {r}");
+    }
+}
