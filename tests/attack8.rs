@@ -128,17 +128,29 @@ fn a_clone_whose_streams_during_the_snapshot_break_or_are_held_is_exact() {
         faults.set_plan(plan);
         let dir = tempdir();
         ok_within(&sqld, dir.path(), &["init", "--url", &faults.proxy.url], 60);
-        assert_eq!(
-            faults.seen().len(),
-            tursync::mirror::LOG_STREAMS as usize,
-            "{plan:?}: {:#?}",
-            faults.proxy.requests()
-        );
-        exact(&sqld, dir.path());
-        nothing_left_aside(dir.path());
-        let r = reads(&sqld, dir.path(), &sqld.rw_token);
-        assert_eq!(r["streams"]["on"], on, "{plan:?}: {r}");
+        streamed_exactly(&sqld, dir.path(), &faults, plan, on);
     }
+}
+
+/// After a run through `faults` with `plan`: a stretch was read in streams, the workspace in
+/// `dir` is exact with nothing left aside, and streams are `on` or not.
+fn streamed_exactly(
+    sqld: &Sqld,
+    dir: &Path,
+    faults: &StreamFaults,
+    plan: &[(usize, Verdict)],
+    on: bool,
+) {
+    assert_eq!(
+        faults.seen().len(),
+        tursync::mirror::LOG_STREAMS as usize,
+        "{plan:?}: {:#?}",
+        faults.proxy.requests()
+    );
+    exact(sqld, dir);
+    nothing_left_aside(dir);
+    let r = reads(sqld, dir, &sqld.rw_token);
+    assert_eq!(r["streams"]["on"], on, "{plan:?}: {r}");
 }
 
 /// Inserts rows `first..first + n` of one page each into `t`, in transactions of 500.
@@ -305,15 +317,6 @@ fn pulls_whose_streams_during_the_snapshot_break_or_are_held_are_exact() {
         first += 6700;
         faults.set_plan(plan);
         ok_within(&sqld, dir.path(), &["pull"], 60);
-        assert_eq!(
-            faults.seen().len(),
-            tursync::mirror::LOG_STREAMS as usize,
-            "{plan:?}: {:#?}",
-            faults.proxy.requests()
-        );
-        exact(&sqld, dir.path());
-        nothing_left_aside(dir.path());
-        let r = reads(&sqld, dir.path(), &sqld.rw_token);
-        assert_eq!(r["streams"]["on"], on, "{plan:?}: {r}");
+        streamed_exactly(&sqld, dir.path(), &faults, plan, on);
     }
 }
