@@ -184,12 +184,29 @@ fn one_row_compacting_at_16_mb() -> Sqld {
     sqld
 }
 
-/// Grows `t` of [`one_row_compacting_at_16_mb`] by rows 1 to 13500, waiting for sqld to
-/// compact its log after each 4500 (18 MB); returns how many snapshots it keeps then.
-fn three_compactions(sqld: &Sqld) -> usize {
-    [1, 4501, 9001].into_iter().fold(0, |snapshots, first| {
-        grow(sqld, first, 4500);
-        compacted_past(sqld, snapshots)
+/// Grows `t` of [`one_row_compacting_at_16_mb`] from row `first`, one transaction of 500 pages
+/// at a time, until sqld compacts its log after one of them, so the log after starts about
+/// empty (at most one more transaction: the compaction may be seen late), then waits for the
+/// snapshot. The next row and the snapshots kept then. A stretch grown after it stays in the
+/// log as long as it is under 14 MB.
+fn grow_until_compacted(sqld: &Sqld, mut first: u32, snapshots: usize) -> (u32, usize) {
+    loop {
+        grow(sqld, first, 500);
+        first += 500;
+        if crate::replog::snapshot_files(sqld, "to_compact") > 0
+            || crate::replog::snapshot_files(sqld, "snapshots") > snapshots
+        {
+            return (first, compacted_past(sqld, snapshots));
+        }
+        assert!(first < 20_000, "sqld never compacted past {snapshots}");
+    }
+}
+
+/// Grows `t` of [`one_row_compacting_at_16_mb`] until sqld compacted its log three times
+/// ([`grow_until_compacted`]); the next row and the snapshots kept then.
+fn three_compactions(sqld: &Sqld) -> (u32, usize) {
+    (0..3).fold((1, 0), |(first, snapshots), _| {
+        grow_until_compacted(sqld, first, snapshots)
     })
 }
 
@@ -202,8 +219,8 @@ fn a_pull_across_several_snapshots_then_a_long_stretch_is_exact() {
     let proxy = relaying_streams(&sqld);
     let dir = tempdir();
     ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
-    let snapshots = three_compactions(&sqld);
-    grow(&sqld, 13501, 2200);
+    let (next, snapshots) = three_compactions(&sqld);
+    grow(&sqld, next, 2200);
     proxy.take_requests();
     let read = pull(&sqld, dir.path());
     let requests = proxy.take_requests();
@@ -263,7 +280,7 @@ fn a_pull_across_several_snapshots_whose_looks_ahead_fail_is_exact() {
     });
     let dir = tempdir();
     ok(&sqld, dir.path(), &["init", "--url", &proxy.url]);
-    let snapshots = three_compactions(&sqld);
+    let (_, snapshots) = three_compactions(&sqld);
     sqld.exec("UPDATE t SET v = x'01' WHERE id % 50 = 0;");
     asked.store(0, Ordering::SeqCst);
     ok_within(&sqld, dir.path(), &["pull"], 60);
@@ -283,8 +300,8 @@ fn a_pull_across_several_snapshots_whose_looks_ahead_fail_is_exact() {
 #[test]
 fn a_clone_told_no_next_snapshot_that_exists_reads_it_in_turn() {
     let sqld = one_row_compacting_at_16_mb();
-    let snapshots = three_compactions(&sqld);
-    grow(&sqld, 13501, 2200);
+    let (next, snapshots) = three_compactions(&sqld);
+    grow(&sqld, next, 2200);
     let (proxy, faulted) =
         read_ahead_fault(&sqld, Some(Verdict::Answer(NOT_FOUND)), Duration::ZERO);
     let dir = tempdir();
@@ -311,12 +328,17 @@ fn pulls_whose_streams_during_the_snapshot_break_or_are_held_are_exact() {
         (&[(0, Verdict::RelayCut(MID_PART / 4))][..], true),
         (&[(1, Verdict::Forward)][..], false),
     ] {
-        grow(&sqld, first, 4500);
-        snapshots = compacted_past(&sqld, snapshots);
-        grow(&sqld, first + 4500, 2200);
-        first += 6700;
+        let next;
+        (next, snapshots) = grow_until_compacted(&sqld, first, snapshots);
+        grow(&sqld, next, 2200);
+        first = next + 2200;
         faults.set_plan(plan);
         ok_within(&sqld, dir.path(), &["pull"], 60);
+        assert_eq!(
+            crate::replog::snapshot_files(&sqld, "snapshots"),
+            snapshots,
+            "sqld compacted the stretch too"
+        );
         streamed_exactly(&sqld, dir.path(), &faults, plan, on);
     }
 }
