@@ -112,6 +112,14 @@ pub(crate) fn nothing_left_aside(dir: &Path) {
     );
 }
 
+/// The workspace in `dir` after a run through faults: exact, with nothing left aside in
+/// `.tursync/`; what `reads` says of it then (its path, its streams).
+pub(crate) fn exact_and_tidy(sqld: &Sqld, dir: &Path) -> serde_json::Value {
+    exact(sqld, dir);
+    nothing_left_aside(dir);
+    reads(sqld, dir, &sqld.rw_token)
+}
+
 /// A sqld whose log holds about 5,000 frames (rows of one page each), never compacted.
 fn long_log() -> Sqld {
     let sqld = Sqld::start();
@@ -153,9 +161,7 @@ fn clones_whose_streams_break_in_any_part_are_exact() {
             requests.iter().any(|r| r.contains("/BatchLogEntries")),
             "{plan:?}: the batches read nothing: {seen:?} {requests:#?}"
         );
-        exact(&sqld, dir.path());
-        nothing_left_aside(dir.path());
-        let r = reads(&sqld, dir.path(), &sqld.rw_token);
+        let r = exact_and_tidy(&sqld, dir.path());
         assert_eq!(r["path"], "log", "{plan:?}: {r}");
         assert_eq!(r["streams"]["on"], true, "{plan:?}: {r}");
     }
@@ -164,9 +170,7 @@ fn clones_whose_streams_break_in_any_part_are_exact() {
     faults.set_plan(&[(2, Verdict::Forward)]);
     let dir = tempdir();
     ok(&sqld, dir.path(), &["init", "--url", &faults.proxy.url]);
-    exact(&sqld, dir.path());
-    nothing_left_aside(dir.path());
-    let r = reads(&sqld, dir.path(), &sqld.rw_token);
+    let r = exact_and_tidy(&sqld, dir.path());
     assert_eq!(r["streams"]["on"], false, "{r}");
 }
 
@@ -332,7 +336,7 @@ fn a_turso_sync_init_shares_the_base_and_stays_exact() {
         "INSERT INTO t SELECT value, randomblob(3000) FROM generate_series(1, 600)",
     ]);
     let dir = tempdir();
-    run_ok(tursync(dir.path()).args(["init", "--url", &server.url]));
+    init_url(&server.url, dir.path());
     let state = dir.path().join(".tursync");
     assert!(
         state.join("mirror.own").exists(),

@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::attack7::{nothing_left_aside, stream_offset, StreamFaults, MID_PART};
+use crate::attack7::{exact_and_tidy, nothing_left_aside, stream_offset, StreamFaults, MID_PART};
 use crate::common::*;
 use crate::replog::{
-    compacted_then_long_tail, exact, keep_inserting, long_compacted_log, pull, reads,
-    relaying_streams,
+    compacted_then_long_tail, exact, keep_inserting, long_compacted_log, pull, relaying_streams,
 };
 
 /// `tursync ARGS` in `dir`, asserted to exit 0 within `secs` seconds (killed and failed
@@ -105,9 +104,7 @@ fn a_clone_whose_look_ahead_snapshot_fails_is_exact() {
             "{what}: no snapshot past 0 asked: {:#?}",
             proxy.requests()
         );
-        exact(&sqld, dir.path());
-        nothing_left_aside(dir.path());
-        let r = reads(&sqld, dir.path(), &sqld.rw_token);
+        let r = exact_and_tidy(&sqld, dir.path());
         assert_eq!(r["path"], "log", "{what}: {r}");
         assert_eq!(r["streams"]["on"], true, "{what}: {r}");
     }
@@ -147,9 +144,7 @@ fn streamed_exactly(
         "{plan:?}: {:#?}",
         faults.proxy.requests()
     );
-    exact(sqld, dir);
-    nothing_left_aside(dir);
-    let r = reads(sqld, dir, &sqld.rw_token);
+    let r = exact_and_tidy(sqld, dir);
     assert_eq!(r["streams"]["on"], on, "{plan:?}: {r}");
 }
 
@@ -229,9 +224,7 @@ fn a_pull_across_several_snapshots_then_a_long_stretch_is_exact() {
         .filter(|r| r.ends_with("Log/Snapshot"))
         .count();
     assert!(snaps >= 2, "{read}: {snapshots} snapshots: {requests:#?}");
-    exact(&sqld, dir.path());
-    nothing_left_aside(dir.path());
-    let r = reads(&sqld, dir.path(), &sqld.rw_token);
+    let r = exact_and_tidy(&sqld, dir.path());
     assert_eq!(r["streams"]["on"], true, "{r}");
     sqld.exec("UPDATE t SET v = x'02' WHERE id % 100 = 1;");
     pull(&sqld, dir.path());
@@ -307,9 +300,7 @@ fn a_clone_told_no_next_snapshot_that_exists_reads_it_in_turn() {
     let dir = tempdir();
     ok_within(&sqld, dir.path(), &["init", "--url", &proxy.url], 60);
     assert!(faulted.load(Ordering::SeqCst) > 0, "{snapshots}");
-    exact(&sqld, dir.path());
-    nothing_left_aside(dir.path());
-    let r = reads(&sqld, dir.path(), &sqld.rw_token);
+    let r = exact_and_tidy(&sqld, dir.path());
     assert_eq!(r["streams"]["on"], true, "{r}");
 }
 
