@@ -873,15 +873,7 @@ mod tests {
              INSERT INTO t(rowid, a, b, c) VALUES (2, randomblob(20000), 5e-324, printf('%.*c', 9000, 'y'));",
         )
         .unwrap();
-        let root: u32 = conn
-            .query_row(
-                "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        conn.execute_batch("BEGIN; SELECT count(*) FROM t;")
-            .unwrap();
+        let root = reading_t(&conn);
         if journal_mode == "wal" {
             // A commit after our snapshot began: the walk must not see it.
             let writer = Connection::open(&path).unwrap();
@@ -968,15 +960,7 @@ mod tests {
              INSERT INTO t SELECT i, printf('%.*c', 40 + i % 60, 'x') FROM n;",
         )
         .unwrap();
-        let root: u32 = ours
-            .query_row(
-                "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        ours.execute_batch("BEGIN; SELECT count(*) FROM t;")
-            .unwrap();
+        let root = reading_t(&ours);
         let db = DbFile::open(&ours).unwrap();
         assert_eq!(db.rollback, journal_mode == "delete");
         let one = db.sum_leaves(root, None).unwrap();
@@ -1036,6 +1020,20 @@ mod tests {
     }
 
     /// The pages `conn` read from its file (its page cache's misses).
+    /// The root page of table `t`, with a read transaction of `conn` open on it.
+    fn reading_t(conn: &Connection) -> u32 {
+        let root = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        conn.execute_batch("BEGIN; SELECT count(*) FROM t;")
+            .unwrap();
+        root
+    }
+
     fn pages_read(conn: &Connection) -> i32 {
         let (mut now, mut high) = (0, 0);
         // SAFETY: the handle is alive for the call; SQLite writes both integers.
