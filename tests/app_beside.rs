@@ -79,12 +79,8 @@ fn beside_an_app(journal_mode: &str) {
         remote_change(&sqld, &mut rng, round);
         round += 1;
         let what = ["pull", "push", "sync"][i % 3];
-        let mut child = sqld.tursync(dir).arg(what).spawn().unwrap();
         let wait = Duration::from_millis(20 + rng.below(400));
-        std::thread::sleep(wait);
-        let _ = child.kill();
-        let _ = child.wait();
-        eprintln!("killed {what} after {wait:?}");
+        killed_after(sqld.tursync(dir).arg(what), wait, what);
         integrity_ok(&wc);
         integrity_ok(&base_copy(&wc, &dir.join("base-copy.db")));
     }
@@ -163,16 +159,13 @@ fn a_killed_init_leaves_nothing_behind() {
     let (sqld, dir) = workspace();
     let dir = dir.path();
     for _ in 0..4 {
-        let mut child = sqld
-            .tursync(dir)
-            .args(["init", "--force", "--url", &sqld.url])
-            .spawn()
-            .unwrap();
         let wait = Duration::from_millis(rng.below(600));
-        std::thread::sleep(wait);
-        let _ = child.kill();
-        let _ = child.wait();
-        eprintln!("killed init after {wait:?}");
+        killed_after(
+            sqld.tursync(dir)
+                .args(["init", "--force", "--url", &sqld.url]),
+            wait,
+            "init",
+        );
         ok(&sqld, dir, &["init", "--force", "--url", &sqld.url]);
         let wc = dir.join("working_copy.db");
         integrity_ok(&wc);

@@ -142,12 +142,8 @@ fn churn_beside_two_readers(journal_mode: &str, checkpoint: bool) {
     for round in 0..3 {
         teammate_bulk(&sqld, &mut rng, round);
         let what = ["sync", "push"][round as usize % 2];
-        let mut child = sqld.tursync(dir).arg(what).spawn().unwrap();
         let wait = Duration::from_millis(30 + rng.below(500));
-        std::thread::sleep(wait);
-        let _ = child.kill();
-        let _ = child.wait();
-        eprintln!("killed {what} after {wait:?}");
+        killed_after(sqld.tursync(dir).arg(what), wait, what);
         run_checked("sync");
         run_checked("push");
     }

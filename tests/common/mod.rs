@@ -691,6 +691,16 @@ pub fn init(sqld: &Sqld, dir: &Path) -> Output {
 
 /// Clones the remote at `url` into `dir` with no token: the Turso Sync servers the tests start
 /// take none.
+/// Runs `cmd` and kills it with SIGKILL after `wait`, if it still runs then: a crash at that
+/// moment. Says so on stderr, naming the command `what`.
+pub fn killed_after(cmd: &mut Command, wait: Duration, what: &str) {
+    let mut child = cmd.spawn().expect("spawn the command to kill");
+    std::thread::sleep(wait);
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!("killed {what} after {wait:?}");
+}
+
 pub fn init_url(url: &str, dir: &Path) -> Output {
     run_ok(tursync(dir).args(["init", "--url", url]))
 }
