@@ -4,13 +4,14 @@
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::apply::write_sums;
-use super::log::{read_log, writing, FrameSink, Txns};
+use super::log::{read_log, writing, FrameSink, Part, Parts, Txns};
 use super::{Mirror, MirrorError, MirrorState, Streams};
 use crate::page_sums::{self, Header as SumsHeader};
 use crate::remote::replication::{page_of, Hello, LogError, LogSource, FRAME_HEADER};
-use crate::{Context, Result};
+use crate::{Context, Error, Result};
 
 /// What [`Mirror::build`] wrote.
 #[derive(Debug)]
@@ -39,7 +40,7 @@ impl Mirror {
         hello: &Hello,
         streams: &mut Streams,
     ) -> Result<Option<Built>, MirrorError> {
-        let mut out = PageWriter::create(&self.db_path(), self.sums_path())?;
+        let mut out = PageWriter::create(&self.db_path())?;
         read_log(log, hello, &mut out, &self.dir, streams)?;
         if out.txns.txn_last.is_some() {
             // Pages of a transaction without its commit are in the file.
@@ -48,7 +49,7 @@ impl Mirror {
         let Some(to) = out.txns.last_frame.filter(|_| out.txns.frames > 0) else {
             return Ok(None);
         };
-        out.finish(to)?;
+        out.finish(to, &self.sums_path())?;
         self.save_state(&MirrorState {
             log_id: hello.log_id.clone(),
             generation_id: hello.generation_id.clone(),
@@ -59,20 +60,42 @@ impl Mirror {
     }
 }
 
-/// Frames written straight into a database file, pages next to each other gathered into one
-/// write, with the sum of each page kept for the sums file.
-struct PageWriter {
+/// The mirror's file being built, shared by the sink and the parts of a stretch read in
+/// streams at once ([`FrameSink::part`]), each writing its pages where they go as they come. A
+/// page is written only by a frame newer than the one that wrote it last, so the file ends as
+/// the log applied in order leaves it, whatever order the parts' writes took:
+///
+/// ```text
+/// frames 100..=299 in two parts; page 7 is written by frames 150 and 260
+///   part 2 writes page 7 from frame 260 first        → page 7 at 260
+///   part 1 comes to frame 150: older than 260         → passed over
+/// the file: page 7 as frame 260 left it, as in order
+/// ```
+struct Pages {
     file: fs::File,
     path: PathBuf,
-    sums_path: PathBuf,
-    /// The sum of each page written, by page number less one.
-    sums: Vec<Option<u32>>,
-    /// Pages not written yet, all consecutive, the first being `run_first`.
-    run: Vec<u8>,
-    run_first: u32,
-    txns: Txns,
+    written: Mutex<Written>,
+}
+
+/// What [`Pages`] wrote, under its lock.
+#[derive(Default)]
+struct Written {
+    /// By page number less one: the frame that wrote the page last, and the page's sum.
+    last: Vec<Option<(u64, u32)>>,
     /// Bytes written since the kernel was last told to start writing them to disk.
     unstarted: usize,
+}
+
+/// Frames written into [`Pages`], pages next to each other gathered into one write: the sink
+/// itself, or one part of a stretch.
+struct PageWriter {
+    pages: Arc<Pages>,
+    /// Pages not written yet, all consecutive, the first being `run_first`, with the frame and
+    /// the sum of each.
+    run: Vec<u8>,
+    run_frames: Vec<(u64, u32)>,
+    run_first: u32,
+    txns: Txns,
 }
 
 /// Gathered pages are written once they fill this many bytes.
@@ -84,72 +107,69 @@ const RUN_BYTES: usize = 1 << 20;
 pub(super) const START_WRITEBACK: usize = 8 << 20;
 
 impl PageWriter {
-    fn create(path: &Path, sums_path: PathBuf) -> Result<PageWriter> {
-        Ok(PageWriter {
+    fn create(path: &Path) -> Result<PageWriter> {
+        let pages = Pages {
             file: fs::File::create(path).during("creating the mirror", path.display())?,
             path: path.to_path_buf(),
-            sums_path,
-            sums: Vec::new(),
+            written: Mutex::default(),
+        };
+        Ok(PageWriter {
+            pages: Arc::new(pages),
             run: Vec::with_capacity(RUN_BYTES),
+            run_frames: Vec::new(),
             run_first: 0,
             txns: Txns::default(),
-            unstarted: 0,
         })
     }
 
+    /// Writes the gathered pages that are newer than what wrote them last.
     fn flush(&mut self) -> std::io::Result<()> {
-        if !self.run.is_empty() {
-            let at = (u64::from(self.run_first) - 1) * self.txns.page_size.unwrap_or(0) as u64;
-            self.file
-                .write_all_at(&self.run, at)
-                .map_err(writing(&self.path))?;
-            self.unstarted += self.run.len();
-            self.run.clear();
+        if self.run.is_empty() {
+            return Ok(());
         }
-        if self.unstarted >= START_WRITEBACK {
-            self.unstarted = 0;
-            crate::durable::start_writeback(&self.file);
+        let Pages {
+            file,
+            path,
+            written,
+        } = &*self.pages;
+        let ps = self.txns.page_size.unwrap_or(0);
+        let mut written = written.lock().map_err(|_| {
+            std::io::Error::other(format!("writing {}: a writer panicked", path.display()))
+        })?;
+        let mut i = 0;
+        while i < self.run_frames.len() {
+            let first = i;
+            while let Some(&(frame, sum)) = self.run_frames.get(i) {
+                let at = (self.run_first - 1) as usize + i;
+                if written.last.len() <= at {
+                    written.last.resize(at + 1, None);
+                }
+                if written.last[at].is_some_and(|(last, _)| last >= frame) {
+                    break;
+                }
+                written.last[at] = Some((frame, sum));
+                i += 1;
+            }
+            if i > first {
+                let at = (u64::from(self.run_first) - 1 + first as u64) * ps as u64;
+                file.write_all_at(&self.run[first * ps..i * ps], at)
+                    .map_err(writing(path))?;
+                written.unstarted += (i - first) * ps;
+            } else {
+                i += 1;
+            }
         }
+        if written.unstarted >= START_WRITEBACK {
+            written.unstarted = 0;
+            crate::durable::start_writeback(file);
+        }
+        self.run.clear();
+        self.run_frames.clear();
         Ok(())
     }
 
-    /// Writes what is gathered, cuts the file to the last commit's size, and writes the sums
-    /// file, at frame `to` (unsynced, as the database: the caller syncs both).
-    fn finish(mut self, to: u64) -> Result<()> {
-        let page_size = self.txns.page_size.unwrap_or(0);
-        self.flush()?;
-        self.file
-            .set_len(u64::from(self.txns.size) * page_size as u64)
-            .during("writing the mirror", self.path.display())?;
-        let sums = self
-            .sums
-            .iter()
-            .enumerate()
-            .take(self.txns.size as usize)
-            .filter_map(|(i, s)| Some((u32::try_from(i + 1).ok()?, (*s)?)))
-            .collect();
-        let file = fs::File::create(&self.sums_path)
-            .during("creating the mirror's sums", self.sums_path.display())?;
-        write_sums(
-            &file,
-            sums,
-            Some(0),
-            SumsHeader {
-                page_size: page_size as u32,
-                pages: self.txns.size,
-                frame: to,
-            },
-        )
-        .during("writing the mirror's sums", self.sums_path.display())
-    }
-}
-
-impl FrameSink for PageWriter {
-    fn txns(&self) -> &Txns {
-        &self.txns
-    }
-
-    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
+    /// Checks a frame against the ones before it and gathers its page.
+    fn take(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
         let h = self.txns.check(frame, snapshot)?;
         let page = frame.len() - FRAME_HEADER;
         let run_pages = (self.run.len() / page) as u32;
@@ -160,18 +180,94 @@ impl FrameSink for PageWriter {
             self.run_first = h.page_no;
         }
         self.run.extend_from_slice(page_of(frame));
-        let i = h.page_no as usize - 1;
-        if self.sums.len() <= i {
-            self.sums.resize(i + 1, None);
-        }
-        self.sums[i] = Some(page_sums::sum(page_of(frame)));
+        self.run_frames
+            .push((h.frame_no, page_sums::sum(page_of(frame))));
         self.txns.count(&h);
         Ok(())
+    }
+
+    /// Writes what is gathered, cuts the file to the last commit's size, and writes the sums
+    /// file, at frame `to` (unsynced, as the database: the caller syncs both).
+    fn finish(mut self, to: u64, sums_path: &Path) -> Result<()> {
+        let page_size = self.txns.page_size.unwrap_or(0);
+        self.flush()?;
+        let Pages {
+            file,
+            path,
+            written,
+        } = &*self.pages;
+        file.set_len(u64::from(self.txns.size) * page_size as u64)
+            .during("writing the mirror", path.display())?;
+        let written = written.lock().map_err(|_| {
+            Error::Unexpected(format!("writing {}: a writer panicked", path.display()))
+        })?;
+        let sums = written
+            .last
+            .iter()
+            .enumerate()
+            .take(self.txns.size as usize)
+            .filter_map(|(i, w)| Some((u32::try_from(i + 1).ok()?, (*w)?.1)))
+            .collect();
+        let file = fs::File::create(sums_path)
+            .during("creating the mirror's sums", sums_path.display())?;
+        write_sums(
+            &file,
+            sums,
+            Some(0),
+            SumsHeader {
+                page_size: page_size as u32,
+                pages: self.txns.size,
+                frame: to,
+            },
+        )
+        .during("writing the mirror's sums", sums_path.display())
+    }
+}
+
+impl FrameSink for PageWriter {
+    fn txns(&self) -> &Txns {
+        &self.txns
+    }
+
+    fn txns_mut(&mut self) -> &mut Txns {
+        &mut self.txns
+    }
+
+    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
+        self.take(frame, snapshot)
     }
 
     /// Its pages stay written: they come again, the same or newer.
     fn rewind(&mut self) -> std::io::Result<()> {
         self.txns.rewind();
         Ok(())
+    }
+
+    /// Every part writes into the same file, each page only over an older frame's.
+    fn parts(&self) -> Option<Arc<dyn Parts>> {
+        Some(Arc::new(Arc::clone(&self.pages)))
+    }
+}
+
+impl Parts for Arc<Pages> {
+    fn part(&self, lo: u64) -> Box<dyn Part> {
+        Box::new(PageWriter {
+            pages: Arc::clone(self),
+            run: Vec::with_capacity(RUN_BYTES),
+            run_frames: Vec::new(),
+            run_first: 0,
+            txns: Txns::starting_at(lo),
+        })
+    }
+}
+
+impl Part for PageWriter {
+    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
+        self.take(frame, snapshot)
+    }
+
+    fn end(mut self: Box<Self>) -> std::io::Result<Txns> {
+        self.flush()?;
+        Ok(std::mem::take(&mut self.txns))
     }
 }

@@ -3,6 +3,7 @@
 
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use super::{MirrorError, Streams};
 use crate::remote::replication::{FrameHeader, Hello, LogError, LogSource, FRAME_HEADER};
@@ -13,8 +14,31 @@ use crate::Context;
 /// way is forgotten, and its frames come again.
 pub(super) trait FrameSink {
     fn txns(&self) -> &Txns;
+    fn txns_mut(&mut self) -> &mut Txns;
     fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()>;
     fn rewind(&mut self) -> std::io::Result<()>;
+    /// What makes parts that fill this sink while the frames before them come (a later
+    /// stream's, the next snapshot), when it can take frames out of order: a part that comes
+    /// whole is then in place, with nothing to read again. `None`: frames only in order, so a
+    /// later part waits in a file aside.
+    fn parts(&self) -> Option<Arc<dyn Parts>> {
+        None
+    }
+}
+
+/// Makes the parts of a sink ([`FrameSink::parts`]).
+pub(super) trait Parts: Send + Sync {
+    /// The part from frame `lo` on.
+    fn part(&self, lo: u64) -> Box<dyn Part>;
+}
+
+/// Frames from some frame on, filling their sink at the same time as the frames before them
+/// ([`FrameSink::parts`]).
+pub(super) trait Part: Send {
+    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()>;
+    /// Writes what it gathered; its transactions, which the sink follows with
+    /// [`Txns::follow`] once every part before it came whole.
+    fn end(self: Box<Self>) -> std::io::Result<Txns>;
 }
 
 /// Names the sink's own file in an error writing it. The kind is kept: [`stream_ahead`] tells
@@ -75,8 +99,8 @@ pub(super) fn read_log(
                 }
                 // The next snapshot came meanwhile: it follows in the sink, and the one after
                 // it is asked for (or, when it did not come whole, it is asked for again).
-                Snapshot::Read(After::Snapshot(file, count)) => {
-                    take_snapshot_aside(file, count, sink)?;
+                Snapshot::Read(After::Snapshot(later, count)) => {
+                    take_snapshot_aside(later, count, sink)?;
                     after_snapshot = true;
                     false
                 }
@@ -137,8 +161,8 @@ enum After {
     Unknown,
     /// No snapshot: the log.
     Log,
-    /// The next snapshot, whole: this many frames in a file aside, for the sink in turn.
-    Snapshot(std::fs::File, u64),
+    /// The next snapshot, whole: this many frames, for the sink in turn.
+    Snapshot(Later, u64),
     /// No snapshot, and the long stretch of log after it, read in streams meanwhile.
     Streamed(Streamed),
 }
@@ -177,13 +201,19 @@ fn snapshot_first(
     let before = sink.txns().frames;
     let mut none = false;
     let forks = log.fork().zip(log.fork());
+    let parts = sink.parts();
     let (got, after) = match forks {
         Some((mut this, mut next)) => {
             let (end, ends) = std::sync::mpsc::channel();
             std::thread::scope(|s| {
                 let after = s.spawn(move || {
                     ends.recv()
-                        .map(|end: u64| (end, ask_after(&mut *next, end + 1, dir, tail)))
+                        .map(|end: u64| {
+                            (
+                                end,
+                                ask_after(&mut *next, end + 1, dir, tail, parts.as_deref()),
+                            )
+                        })
                         .ok()
                 });
                 let got = read_snapshot(&mut *this, sink, from, &mut none, Some(end));
@@ -244,28 +274,29 @@ fn read_snapshot(
 }
 
 /// What holds frame `from`, asked for on its own connection while the snapshot before it comes
-/// ([`snapshot_first`]): the next snapshot, read whole into a file aside in `dir`, or none
-/// (the log holds it), and then, when the log up to `tail` is long, that stretch read in
-/// streams into files aside ([`stream_parts`]). Any other answer (one that breaks off, an
-/// error, a file that cannot be written) is left to be asked for in turn.
-fn ask_after(log: &mut dyn LogSource, from: u64, dir: &Path, tail: Option<u64>) -> After {
-    let Ok(file) = tempfile::tempfile_in(dir) else {
+/// ([`snapshot_first`]): the next snapshot, read whole into a part of the sink (`parts`) or a
+/// file aside in `dir`, or none (the log holds it), and then, when the log up to `tail` is
+/// long, that stretch read in streams alike ([`stream_parts`]). Any other answer (one that
+/// breaks off, an error, a file that cannot be written) is left to be asked for in turn.
+fn ask_after(
+    log: &mut dyn LogSource,
+    from: u64,
+    dir: &Path,
+    tail: Option<u64>,
+    parts: Option<&dyn Parts>,
+) -> After {
+    let Ok(mut later) = Later::new(parts, from, dir) else {
         return After::Unknown;
     };
-    let mut aside = BufWriter::with_capacity(1 << 20, file);
     let mut count = 0;
     match log.frames(from, true, &mut |f| {
         count += 1;
-        aside.write_all(f)
+        later.take(f, true)
     }) {
-        Ok(()) if count > 0 => aside
-            .into_inner()
-            .ok()
-            .and_then(|mut f| f.seek(SeekFrom::Start(0)).ok().map(|_| f))
-            .map_or(After::Unknown, |f| After::Snapshot(f, count)),
+        Ok(()) if count > 0 => After::Snapshot(later, count),
         Err(LogError::NoSnapshot(_)) => match tail {
             Some(upto) if upto >= from.saturating_add(STREAM_FRAMES) => {
-                match stream_parts(&*log, None, from, upto, dir) {
+                match stream_parts(&*log, None, parts, from, upto, dir) {
                     Ok(Some(streamed)) => After::Streamed(streamed),
                     _ => After::Log,
                 }
@@ -276,16 +307,17 @@ fn ask_after(log: &mut dyn LogSource, from: u64, dir: &Path, tail: Option<u64>) 
     }
 }
 
-/// Reads a snapshot that came meanwhile from its file aside (`count` frames) into `sink`, and
-/// leaves the sink at its last commit: past the snapshot when it is whole, before it otherwise
-/// (it is asked for again then, as any answer that broke off). Only the sink's own storage
-/// failing is an error.
+/// Takes a snapshot that came meanwhile (`count` frames, in a part of the sink or a file
+/// aside) into `sink`, right after the snapshot before it, and leaves the sink at its last
+/// commit: past the snapshot when it is whole, before it otherwise (it is asked for again then,
+/// as any answer that broke off). Only the sink's own storage failing is an error.
 fn take_snapshot_aside(
-    file: std::fs::File,
+    later: Later,
     count: u64,
     sink: &mut dyn FrameSink,
 ) -> Result<(), MirrorError> {
-    match push_aside(file, count, sink, true) {
+    let lo = sink.txns().next();
+    match later.into_sink(lo, count, sink, true) {
         Err(e) if e.kind() != std::io::ErrorKind::InvalidData => Err(e.into()),
         _ => Ok(sink.rewind()?),
     }
@@ -317,13 +349,16 @@ pub(super) const STREAM_FRAMES: u64 = 2048;
 /// a blocking thread to its async one, and with two streams both sides kept waking each other:
 /// at 1M rows, alternating 6 clones each, four streams took 0.39–0.50 s where two took
 /// 0.54–0.71 s, and the server spent 0.31–0.43 s of CPU serving them instead of 0.46–0.56 s.
-/// Six and eight were no faster than four. The price is the disk the later streams' frames
-/// take while they wait their turn: three quarters of the stretch instead of half.
+/// Six and eight were no faster than four. The price, for a spool (which takes frames only in
+/// order), is the disk the later streams' frames take while they wait their turn: three
+/// quarters of the stretch instead of half. A mirror being built takes them in place.
 pub const LOG_STREAMS: u64 = 4;
 
 /// Reads frames `from..=upto` in [`LOG_STREAMS`] streams at once, over as many consecutive
-/// parts of the stretch: the first part straight into `sink`, each later one into a file of
-/// its own aside in `dir` meanwhile, then from it, in order (each file freed once read). sqld
+/// parts of the stretch: the first part straight into `sink`, each later one meanwhile into a
+/// part of the sink when it makes them ([`FrameSink::parts`]: a mirror being built, whose
+/// later parts are then only counted in order), or else into a file of its own aside in `dir`,
+/// then from it, in order (each file freed once read). sqld
 /// reads its log for a stream or a batch one frame at a time, and sends a batch only once it
 /// is whole; several streams keep several of its threads reading, so a long stretch of log
 /// comes in a fraction of the time batches take. Whatever goes wrong here (a server without
@@ -337,6 +372,9 @@ pub const LOG_STREAMS: u64 = 4;
 ///                                   2100..=4099 → aside 1 ┐
 ///                                   4100..=6099 → aside 2 ├ into sink in turn, once all ended
 ///                                   6100..=8099 → aside 3 ┘
+/// a mirror being built:             2100..=4099 → part 1 ┐ written in place as they come,
+///                                   4100..=6099 → part 2 ├ counted in turn once all ended
+///                                   6100..=8099 → part 3 ┘ (`Txns::follow`)
 /// ```
 fn stream_ahead(
     log: &dyn LogSource,
@@ -345,9 +383,62 @@ fn stream_ahead(
     upto: u64,
     dir: &Path,
 ) -> Result<Option<LogError>, MirrorError> {
-    match stream_parts(log, Some(&mut *sink), from, upto, dir)? {
+    let parts = sink.parts();
+    match stream_parts(log, Some(&mut *sink), parts.as_deref(), from, upto, dir)? {
         Some(streamed) => take_streamed(streamed, sink, dir),
         None => Ok(None),
+    }
+}
+
+/// Where a part after the first goes while it comes.
+enum Later {
+    /// A file aside, put into the sink in turn.
+    Aside(BufWriter<std::fs::File>),
+    /// The sink itself, out of order ([`FrameSink::part`]).
+    Direct(Box<dyn Part>),
+}
+
+impl Later {
+    /// A part of the sink from frame `lo` on when `parts` makes them, a file aside in `dir`
+    /// otherwise.
+    fn new(parts: Option<&dyn Parts>, lo: u64, dir: &Path) -> std::io::Result<Later> {
+        Ok(match parts {
+            Some(parts) => Later::Direct(parts.part(lo)),
+            None => Later::Aside(BufWriter::with_capacity(
+                1 << 20,
+                tempfile::tempfile_in(dir)?,
+            )),
+        })
+    }
+
+    fn take(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
+        match self {
+            Later::Aside(aside) => aside.write_all(frame),
+            Later::Direct(part) => part.push(frame, snapshot),
+        }
+    }
+
+    /// Puts its `count` frames from frame `lo` on into `sink`, which ends right before `lo`:
+    /// a part's are in place already, and the sink only counts them after its own; a file's
+    /// are read back ([`push_aside`]). Frames that do not follow fail as `InvalidData`.
+    fn into_sink(
+        self,
+        lo: u64,
+        count: u64,
+        sink: &mut dyn FrameSink,
+        snapshot: bool,
+    ) -> std::io::Result<()> {
+        match self {
+            Later::Direct(part) => {
+                let txns = part.end()?;
+                sink.txns_mut().follow(&txns, lo)
+            }
+            Later::Aside(aside) => {
+                let mut file = aside.into_inner().map_err(|e| e.into_error())?;
+                file.seek(SeekFrom::Start(0))?;
+                push_aside(file, count, sink, snapshot)
+            }
+        }
     }
 }
 
@@ -356,19 +447,20 @@ struct Streamed {
     /// Whether the first part went straight into the sink (it had no file aside then).
     head_in_sink: bool,
     parts: Vec<(u64, u64)>,
-    /// The file aside of each part that did not go into the sink, in order.
-    asides: Vec<BufWriter<std::fs::File>>,
+    /// Where each part that did not go into the sink went, in order.
+    later: Vec<Later>,
     /// How each part's stream ended.
     ended: Vec<Result<(), LogError>>,
 }
 
 /// Reads frames `from..=upto` in [`LOG_STREAMS`] streams at once, over as many consecutive
-/// parts: the first straight into `head` when given (otherwise into a file aside, as every
-/// later part), for [`take_streamed`] to put into the sink in order. `None`: the source cannot
-/// have several readers.
+/// parts: the first straight into `head` when given, every other one into a part of the sink
+/// when `parts_of_sink` makes them, or else into a file aside, for [`take_streamed`] to put
+/// into the sink in order. `None`: the source cannot have several readers.
 fn stream_parts(
     log: &dyn LogSource,
     head: Option<&mut dyn FrameSink>,
+    parts_of_sink: Option<&dyn Parts>,
     from: u64,
     upto: u64,
     dir: &Path,
@@ -381,9 +473,9 @@ fn stream_parts(
     };
     let parts = split(from, upto, LOG_STREAMS);
     let head_in_sink = head.is_some();
-    let mut asides = parts[usize::from(head_in_sink)..]
+    let mut later = parts[usize::from(head_in_sink)..]
         .iter()
-        .map(|_| tempfile::tempfile_in(dir).map(|f| BufWriter::with_capacity(1 << 20, f)))
+        .map(|&(lo, _)| Later::new(parts_of_sink, lo, dir))
         .collect::<std::io::Result<Vec<_>>>()
         .during(ASIDE_IN, dir.display())?;
     let ended = std::thread::scope(|s| {
@@ -394,10 +486,10 @@ fn stream_parts(
             Some((log, sink, lo, hi))
         });
         let aside: Vec<_> = forks
-            .zip(asides.iter_mut())
+            .zip(later.iter_mut())
             .zip(&parts[usize::from(head_in_sink)..])
-            .map(|((log, aside), &(lo, hi))| {
-                s.spawn(move || log.stream(lo, hi, &mut |f| aside.write_all(f)))
+            .map(|((log, part), &(lo, hi))| {
+                s.spawn(move || log.stream(lo, hi, &mut |f| part.take(f, false)))
             })
             .collect();
         let head = head.map(|(log, sink, lo, hi)| log.stream(lo, hi, &mut |f| sink.push(f, false)));
@@ -412,13 +504,16 @@ fn stream_parts(
     Ok(Some(Streamed {
         head_in_sink,
         parts,
-        asides,
+        later,
         ended,
     }))
 }
 
 /// What a file aside of a stream's frames is named by in an error.
 const ASIDE_IN: &str = "keeping a stream's frames aside in";
+
+/// What putting a stretch's parts into the sink in order is named by in an error.
+const PUT_IN: &str = "putting the parts of a stretch in order, from";
 
 /// Puts a stretch read in streams into `sink`, in order, as far as its parts came whole, and
 /// leaves the sink at its last commit: the batches go on from there. A stream that stayed
@@ -432,7 +527,7 @@ fn take_streamed(
     let Streamed {
         head_in_sink,
         parts,
-        asides,
+        later,
         ended,
     } = streamed;
     let whole: Vec<bool> = ended.iter().map(Result::is_ok).collect();
@@ -446,21 +541,16 @@ fn take_streamed(
     // The parts aside follow the head in order, as far as each came whole.
     let came = whole.iter().take_while(|w| **w).count();
     let skip = usize::from(head_in_sink);
-    for (aside, &(lo, hi)) in asides
+    for (part, &(lo, hi)) in later
         .into_iter()
         .zip(&parts[skip..])
         .take(came.saturating_sub(skip))
     {
-        let file = aside
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|mut f| f.seek(SeekFrom::Start(0)).map(|_| f))
-            .during(ASIDE_IN, dir.display())?;
-        // A file short of frames, or a frame in it that does not follow, is left to the
-        // batches too; only the sink's own storage failing is an error.
-        match push_aside(file, hi - lo + 1, sink, false) {
+        // A file short of frames, or frames that do not follow, are left to the batches too;
+        // only the sink's own storage failing is an error.
+        match part.into_sink(lo, hi - lo + 1, sink, false) {
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => break,
-            read => read?,
+            put => put.during(PUT_IN, dir.display())?,
         }
     }
     sink.rewind()?;
@@ -541,5 +631,49 @@ impl Txns {
     pub(super) fn rewind(&mut self) {
         self.txn_frames = 0;
         self.txn_last = None;
+    }
+
+    /// Frames counted from frame `lo` on, the part of a stretch after the frame before it
+    /// ([`FrameSink::part`]): the first frame must be `lo`.
+    pub(super) fn starting_at(lo: u64) -> Txns {
+        Txns {
+            last_frame: lo.checked_sub(1),
+            ..Txns::default()
+        }
+    }
+
+    /// Counts a part's frames, `part` (from [`Txns::starting_at`] `lo`), as if they had
+    /// followed the frames counted here, which must end right before `lo`. Its first commit
+    /// ends the transaction under way here:
+    ///
+    /// ```text
+    /// here: 100..=199, commit at 180      frames 81 (…180), 181..=199 under way
+    /// part: 200..=299, commits at 210, 290 frames 91 (200..=290), 291..=299 under way
+    /// then: frames 81 + 19 + 91 = 191, last commit 290, 291..=299 under way
+    /// ```
+    pub(super) fn follow(&mut self, part: &Txns, lo: u64) -> std::io::Result<()> {
+        let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        if self.txn_last.or(self.last_frame).map(|f| f + 1) != Some(lo) {
+            return Err(bad(format!("a part from frame {lo} does not follow")));
+        }
+        if let (Some(here), Some(there)) = (self.page_size, part.page_size) {
+            if here != there {
+                return Err(bad(format!(
+                    "a part from frame {lo} holds pages of {there} bytes"
+                )));
+            }
+        }
+        self.page_size = self.page_size.or(part.page_size);
+        if part.last_frame.is_some_and(|l| l >= lo) {
+            self.frames += std::mem::take(&mut self.txn_frames) + part.frames;
+            self.last_frame = part.last_frame;
+            self.size = part.size;
+            self.txn_frames = part.txn_frames;
+            self.txn_last = part.txn_last;
+        } else {
+            self.txn_frames += part.txn_frames;
+            self.txn_last = part.txn_last.or(self.txn_last);
+        }
+        Ok(())
     }
 }

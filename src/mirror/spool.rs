@@ -188,6 +188,10 @@ impl FrameSink for Spool {
         &self.txns
     }
 
+    fn txns_mut(&mut self) -> &mut Txns {
+        &mut self.txns
+    }
+
     fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
         let h = self.txns.check(frame, snapshot)?;
         self.out.write_all(frame).map_err(writing(&self.path))?;

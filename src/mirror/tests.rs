@@ -65,6 +65,11 @@ struct FakeLog {
     /// whether one was in `overlapped`.
     snapshots_asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
     overlapped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Given the first frames of a stretch's parts: each stream waits for the streams of the
+    /// parts after its own to end first, so the parts end last to first. The first frames of
+    /// the streams, in the order they ended.
+    reversed: Option<Vec<u64>>,
+    ended: std::sync::Arc<(std::sync::Mutex<Vec<u64>>, std::sync::Condvar)>,
 }
 
 impl FakeLog {
@@ -80,6 +85,8 @@ impl FakeLog {
             compacted: Vec::new(),
             snapshots_asked: Default::default(),
             overlapped: Default::default(),
+            reversed: None,
+            ended: Default::default(),
         }
     }
 
@@ -204,14 +211,35 @@ impl LogSource for FakeLog {
         if self.streams_silent || self.compacted_at(from).is_some() {
             return Err(LogError::Silent(std::time::Duration::from_millis(500)));
         }
-        let range = usize::try_from(from).unwrap()..=usize::try_from(upto).unwrap();
-        for (i, f) in self.frames[range].iter().enumerate() {
-            if self.streams_break.is_some_and(|at| from >= at) && i == 10 {
-                return Err(LogError::Protocol("test".into()));
-            }
-            each(f)?;
+        let (ended, turn) = &*self.ended;
+        if let Some(starts) = &self.reversed {
+            let after = starts.iter().filter(|&&lo| lo > from).count();
+            let (ended, _) = turn
+                .wait_timeout_while(
+                    ended.lock().unwrap(),
+                    std::time::Duration::from_secs(5),
+                    |ended| ended.len() < after,
+                )
+                .unwrap();
+            assert_eq!(
+                ended.len(),
+                after,
+                "the streams after frame {from} did not end"
+            );
         }
-        Ok(())
+        let range = usize::try_from(from).unwrap()..=usize::try_from(upto).unwrap();
+        let streamed = (|| {
+            for (i, f) in self.frames[range].iter().enumerate() {
+                if self.streams_break.is_some_and(|at| from >= at) && i == 10 {
+                    return Err(LogError::Protocol("test".into()));
+                }
+                each(f)?;
+            }
+            Ok(())
+        })();
+        ended.lock().unwrap().push(from);
+        turn.notify_all();
+        streamed
     }
 
     fn fork(&self) -> Option<Box<dyn LogSource + Send + '_>> {
@@ -223,6 +251,8 @@ impl LogSource for FakeLog {
                 compacted: self.compacted.clone(),
                 snapshots_asked: self.snapshots_asked.clone(),
                 overlapped: self.overlapped.clone(),
+                reversed: self.reversed.clone(),
+                ended: self.ended.clone(),
                 ..*self
             }) as Box<dyn LogSource + Send>
         })
@@ -580,6 +610,36 @@ fn a_long_log_read_in_several_streams_is_the_log_read_in_batches() {
             LOG_STREAMS
         );
     }
+}
+
+/// Parts of a stretch that end last to first make the file batches make: a mirror being
+/// built takes each part's pages where they go as they come, and a page one part wrote is
+/// never written over by an older frame of a part before it.
+#[test]
+fn parts_that_end_last_to_first_make_the_file_batches_make() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let starts: Vec<u64> = split(0, n - 1, LOG_STREAMS).iter().map(|p| p.0).collect();
+    // Pages the long log writes in more than one part: the ones an older frame could spoil.
+    let parts_of = |page: u32| {
+        let mut parts: Vec<usize> = long_log(n)
+            .iter()
+            .map(|f| FrameHeader::parse(f).unwrap())
+            .filter(|h| h.page_no == page)
+            .map(|h| starts.iter().filter(|&&lo| lo <= h.frame_no).count())
+            .collect();
+        parts.dedup();
+        parts.len()
+    };
+    assert!((1..=60).filter(|&p| parts_of(p) > 1).count() > 50);
+    let source = built_and_applied(n, "parts ending last to first", || FakeLog {
+        streams: true,
+        reversed: Some(starts.clone()),
+        ..FakeLog::new(long_log(n), None)
+    });
+    assert_eq!(source.batched, 0);
+    let mut last_to_first = starts.clone();
+    last_to_first.reverse();
+    assert_eq!(*source.ended.0.lock().unwrap(), last_to_first);
 }
 
 /// The frames of the long log of `n` frames that commit.
