@@ -61,7 +61,7 @@ impl Mirror {
 }
 
 /// The mirror's file being built, shared by the sink and the parts of a stretch read in
-/// streams at once ([`FrameSink::part`]), each writing its pages where they go as they come. A
+/// streams at once ([`FrameSink::parts`]), each writing its pages where they go as they come. A
 /// page is written only by a frame newer than the one that wrote it last, so the file ends as
 /// the log applied in order leaves it, whatever order the parts' writes took:
 ///
@@ -80,7 +80,8 @@ struct Pages {
 /// What [`Pages`] wrote, under its lock.
 #[derive(Default)]
 struct Written {
-    /// By page number less one: the frame that wrote the page last, and the page's sum.
+    /// By page number less one: the frame that wrote the page last, and the page's sum (16
+    /// bytes a page while the mirror is built: 20 MB for a database of 5 GB).
     last: Vec<Option<(u64, u32)>>,
     /// Bytes written since the kernel was last told to start writing them to disk.
     unstarted: usize,

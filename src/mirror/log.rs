@@ -394,7 +394,7 @@ fn stream_ahead(
 enum Later {
     /// A file aside, put into the sink in turn.
     Aside(BufWriter<std::fs::File>),
-    /// The sink itself, out of order ([`FrameSink::part`]).
+    /// The sink itself, out of order ([`Parts::part`]).
     Direct(Box<dyn Part>),
 }
 
@@ -634,7 +634,7 @@ impl Txns {
     }
 
     /// Frames counted from frame `lo` on, the part of a stretch after the frame before it
-    /// ([`FrameSink::part`]): the first frame must be `lo`.
+    /// ([`Parts::part`]): the first frame must be `lo`.
     pub(super) fn starting_at(lo: u64) -> Txns {
         Txns {
             last_frame: lo.checked_sub(1),
