@@ -1,6 +1,7 @@
 //! Building a mirror from nothing at init: frames written straight into `mirror.db`, with no
 //! spool, in a state directory nobody uses yet.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -75,6 +76,8 @@ struct Pages {
     file: fs::File,
     path: PathBuf,
     written: Mutex<Written>,
+    /// What each part that ended counted, by its first frame, for [`FrameSink::follow`].
+    ended: Mutex<BTreeMap<u64, Txns>>,
 }
 
 /// What [`Pages`] wrote, under its lock.
@@ -113,6 +116,7 @@ impl PageWriter {
             file: fs::File::create(path).during("creating the mirror", path.display())?,
             path: path.to_path_buf(),
             written: Mutex::default(),
+            ended: Mutex::default(),
         };
         Ok(PageWriter {
             pages: Arc::new(pages),
@@ -132,11 +136,10 @@ impl PageWriter {
             file,
             path,
             written,
+            ..
         } = &*self.pages;
         let ps = self.txns.page_size.unwrap_or(0);
-        let mut written = written.lock().map_err(|_| {
-            std::io::Error::other(format!("writing {}: a writer panicked", path.display()))
-        })?;
+        let mut written = written.lock().map_err(|_| panicked(path))?;
         let mut i = 0;
         while i < self.run_frames.len() {
             let first = i;
@@ -196,12 +199,13 @@ impl PageWriter {
             file,
             path,
             written,
+            ..
         } = &*self.pages;
         file.set_len(u64::from(self.txns.size) * page_size as u64)
             .during("writing the mirror", path.display())?;
-        let written = written.lock().map_err(|_| {
-            Error::Unexpected(format!("writing {}: a writer panicked", path.display()))
-        })?;
+        let written = written
+            .lock()
+            .map_err(|_| Error::Unexpected(panicked(path).to_string()))?;
         let sums = written
             .last
             .iter()
@@ -230,10 +234,6 @@ impl FrameSink for PageWriter {
         &self.txns
     }
 
-    fn txns_mut(&mut self) -> &mut Txns {
-        &mut self.txns
-    }
-
     fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
         self.take(frame, snapshot)
     }
@@ -244,31 +244,61 @@ impl FrameSink for PageWriter {
         Ok(())
     }
 
-    /// Every part writes into the same file, each page only over an older frame's.
-    fn parts(&self) -> Option<Arc<dyn Parts>> {
+    /// Every part writes into the same file, each page only over an older frame's, wherever
+    /// it comes in the log.
+    fn parts(&self, _after_log: bool) -> Option<Arc<dyn Parts>> {
+        if let Ok(mut ended) = self.pages.ended.lock() {
+            ended.clear();
+        }
         Some(Arc::new(Arc::clone(&self.pages)))
     }
+
+    fn follow(&mut self, lo: u64) -> std::io::Result<()> {
+        let part = (self.pages.ended.lock())
+            .map_err(|_| panicked(&self.pages.path))?
+            .remove(&lo)
+            .ok_or_else(|| std::io::Error::other(format!("no part from frame {lo} ended")))?;
+        self.txns.follow(&part, lo)
+    }
+}
+
+/// A writer of the mirror's file panicked while it held the lock.
+fn panicked(path: &Path) -> std::io::Error {
+    std::io::Error::other(format!("writing {}: a writer panicked", path.display()))
+}
+
+/// A part of a stretch from frame `lo` on, written into the mirror's file as it comes.
+struct PartWriter {
+    lo: u64,
+    out: PageWriter,
 }
 
 impl Parts for Arc<Pages> {
     fn part(&self, lo: u64) -> Box<dyn Part> {
-        Box::new(PageWriter {
-            pages: Arc::clone(self),
-            run: Vec::with_capacity(RUN_BYTES),
-            run_frames: Vec::new(),
-            run_first: 0,
-            txns: Txns::starting_at(lo),
+        Box::new(PartWriter {
+            lo,
+            out: PageWriter {
+                pages: Arc::clone(self),
+                run: Vec::with_capacity(RUN_BYTES),
+                run_frames: Vec::new(),
+                run_first: 0,
+                txns: Txns::starting_at(lo),
+            },
         })
     }
 }
 
-impl Part for PageWriter {
+impl Part for PartWriter {
     fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
-        self.take(frame, snapshot)
+        self.out.take(frame, snapshot)
     }
 
-    fn end(mut self: Box<Self>) -> std::io::Result<Txns> {
-        self.flush()?;
-        Ok(std::mem::take(&mut self.txns))
+    fn end(mut self: Box<Self>) -> std::io::Result<()> {
+        self.out.flush()?;
+        let txns = std::mem::take(&mut self.out.txns);
+        (self.out.pages.ended.lock())
+            .map_err(|_| panicked(&self.out.pages.path))?
+            .insert(self.lo, txns);
+        Ok(())
     }
 }

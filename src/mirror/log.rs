@@ -14,16 +14,17 @@ use crate::Context;
 /// way is forgotten, and its frames come again.
 pub(super) trait FrameSink {
     fn txns(&self) -> &Txns;
-    fn txns_mut(&mut self) -> &mut Txns;
     fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()>;
     fn rewind(&mut self) -> std::io::Result<()>;
     /// What makes parts that fill this sink while the frames before them come (a later
-    /// stream's, the next snapshot), when it can take frames out of order: a part that comes
-    /// whole is then in place, with nothing to read again. `None`: frames only in order, so a
-    /// later part waits in a file aside.
-    fn parts(&self) -> Option<Arc<dyn Parts>> {
-        None
-    }
+    /// stream's, the next snapshot): a part that comes whole is then in place, with nothing to
+    /// read again. `after_log` says that what comes between this sink's end and each part is
+    /// log, one frame each (a stretch read in streams), rather than a snapshot of unknown
+    /// length. `None`: this sink cannot take such parts, so they wait in files aside.
+    fn parts(&self, after_log: bool) -> Option<Arc<dyn Parts>>;
+    /// Counts the part from frame `lo` on (made by [`FrameSink::parts`], ended whole) after the
+    /// frames here, which must end right before `lo` ([`Txns::follow`]).
+    fn follow(&mut self, lo: u64) -> std::io::Result<()>;
 }
 
 /// Makes the parts of a sink ([`FrameSink::parts`]).
@@ -36,9 +37,8 @@ pub(super) trait Parts: Send + Sync {
 /// ([`FrameSink::parts`]).
 pub(super) trait Part: Send {
     fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()>;
-    /// Writes what it gathered; its transactions, which the sink follows with
-    /// [`Txns::follow`] once every part before it came whole.
-    fn end(self: Box<Self>) -> std::io::Result<Txns>;
+    /// Writes what it gathered and leaves what it counted for [`FrameSink::follow`].
+    fn end(self: Box<Self>) -> std::io::Result<()>;
 }
 
 /// Names the sink's own file in an error writing it. The kind is kept: [`stream_ahead`] tells
@@ -201,7 +201,7 @@ fn snapshot_first(
     let before = sink.txns().frames;
     let mut none = false;
     let forks = log.fork().zip(log.fork());
-    let parts = sink.parts();
+    let parts = sink.parts(false);
     let (got, after) = match forks {
         Some((mut this, mut next)) => {
             let (end, ends) = std::sync::mpsc::channel();
@@ -383,7 +383,7 @@ fn stream_ahead(
     upto: u64,
     dir: &Path,
 ) -> Result<Option<LogError>, MirrorError> {
-    let parts = sink.parts();
+    let parts = sink.parts(true);
     match stream_parts(log, Some(&mut *sink), parts.as_deref(), from, upto, dir)? {
         Some(streamed) => take_streamed(streamed, sink, dir),
         None => Ok(None),
@@ -430,8 +430,8 @@ impl Later {
     ) -> std::io::Result<()> {
         match self {
             Later::Direct(part) => {
-                let txns = part.end()?;
-                sink.txns_mut().follow(&txns, lo)
+                part.end()?;
+                sink.follow(lo)
             }
             Later::Aside(aside) => {
                 let mut file = aside.into_inner().map_err(|e| e.into_error())?;

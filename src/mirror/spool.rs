@@ -1,14 +1,16 @@
 //! The spool: frames fetched off the log and synced before any is written into the mirror, so
 //! an apply a crash cut short is finished from it ([`Mirror::recover`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::log::{read_log, writing, FrameSink, Txns};
+use super::log::{read_log, writing, FrameSink, Part, Parts, Txns};
 use super::{Mirror, MirrorError, Streams, SPOOL};
 use crate::durable::{self, Aside};
 use crate::remote::replication::{FrameHeader, Hello, LogSource, FRAME_HEADER};
@@ -73,20 +75,28 @@ impl Mirror {
         }
         let mut spool = Spool::create(durable::aside_name(&self.dir, SPOOL), from)?;
         read_log(log, &hello, &mut spool, &self.dir, streams)?;
-        let Some(to) = spool.txns.last_frame.filter(|_| spool.txns.frames > 0) else {
+        let Some(to) = spool
+            .counted
+            .txns
+            .last_frame
+            .filter(|_| spool.counted.txns.frames > 0)
+        else {
             return Ok(None);
         };
         let head = SpoolHead {
             log_id: hello.log_id,
             generation_id: hello.generation_id,
             fresh: carried.is_none(),
-            page_size: spool.txns.page_size.unwrap_or(4096),
+            page_size: spool.counted.txns.page_size.unwrap_or(4096),
             frames: 0,
             sum: None,
             revision: log.revision(),
         };
-        let (pages, size) = (std::mem::take(&mut spool.pages), spool.txns.size);
-        let fresh = head.fresh || spool.snapshots;
+        let (pages, size) = (
+            std::mem::take(&mut spool.counted.pages),
+            spool.counted.txns.size,
+        );
+        let fresh = head.fresh || spool.counted.snapshots;
         let (path, head) = spool.finish(head, &self.spool_path())?;
         durable::sync_dir(&self.dir)?;
         Ok(Some(Ready {
@@ -110,10 +120,22 @@ pub(super) fn spool_damaged(path: &Path, why: &str) -> Error {
 
 /// A spool being written: frames go to disk as they come, and the file is cut back to the last
 /// whole transaction before each request, so a batch that breaks off is fetched again cleanly.
+/// The later parts of a stretch read in streams are written in place, each where its frames go
+/// ([`SpoolPart`]), and counted once every part before them came whole.
 struct Spool {
     path: PathBuf,
     out: BufWriter<fs::File>,
     _aside: Aside,
+    counted: Counted,
+    /// What each part that ended counted, by its first frame: where it starts in the file, and
+    /// its counts, for [`FrameSink::follow`].
+    ended: Arc<Mutex<BTreeMap<u64, (u64, Counted)>>>,
+}
+
+/// Frames written to a spool, counted in whole transactions: what the spool keeps, and each part
+/// written into it in place (whose bytes count from its own start).
+#[derive(Default)]
+struct Counted {
     /// Bytes up to the end of the last whole transaction, and written past it.
     committed: u64,
     written: u64,
@@ -125,6 +147,57 @@ struct Spool {
     /// The CRC-32 of the frames written, and of those up to the last whole transaction.
     crc: crc32fast::Hasher,
     committed_crc: crc32fast::Hasher,
+}
+
+impl Counted {
+    /// Counts a frame checked ([`Txns::check`]) and written.
+    fn took(&mut self, frame: &[u8], h: &FrameHeader, snapshot: bool) {
+        self.crc.update(frame);
+        self.written += frame.len() as u64;
+        self.txn_pages.push(h.page_no);
+        if self.txns.count(h) {
+            self.committed = self.written;
+            self.committed_crc = self.crc.clone();
+            self.pages.extend(self.txn_pages.drain(..));
+            self.snapshots |= snapshot;
+        }
+    }
+
+    /// Counts `part` (the frames from `lo` on, written from byte `start` on) after the frames
+    /// counted here, which must end right there ([`Txns::follow`]). Its bytes and sums follow
+    /// ours:
+    ///
+    /// ```text
+    /// here:  bytes 4096..=12_287, committed up to 8192; crc of them
+    /// part:  from byte 12_288, 8192 bytes, committed up to 4096 of them; its own crc
+    /// then:  written 20_480, committed 16_384; crc = ours then the part's (`combine`)
+    /// ```
+    fn follow(&mut self, part: Counted, lo: u64, start: u64) -> std::io::Result<()> {
+        if start != self.written {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "a part from frame {lo} starts at byte {start}, not {}",
+                    self.written
+                ),
+            ));
+        }
+        self.txns.follow(&part.txns, lo)?;
+        if part.committed > 0 {
+            self.committed = start + part.committed;
+            self.committed_crc = self.crc.clone();
+            self.committed_crc.combine(&part.committed_crc);
+            self.pages.extend(self.txn_pages.drain(..));
+            self.pages.extend(part.pages);
+            self.txn_pages = part.txn_pages;
+        } else {
+            self.txn_pages.extend(part.txn_pages);
+        }
+        self.crc.combine(&part.crc);
+        self.written = start + part.written;
+        self.snapshots |= part.snapshots;
+        Ok(())
+    }
 }
 
 /// Room for the spool's head, a JSON document padded with spaces.
@@ -142,17 +215,16 @@ impl Spool {
             path,
             out: BufWriter::with_capacity(1 << 20, file),
             _aside: aside,
-            committed: HEAD_BYTES,
-            written: HEAD_BYTES,
-            txn_pages: Vec::new(),
-            pages: BTreeSet::new(),
-            txns: Txns {
-                last_frame: from,
-                ..Txns::default()
+            counted: Counted {
+                committed: HEAD_BYTES,
+                written: HEAD_BYTES,
+                txns: Txns {
+                    last_frame: from,
+                    ..Txns::default()
+                },
+                ..Counted::default()
             },
-            snapshots: false,
-            crc: crc32fast::Hasher::new(),
-            committed_crc: crc32fast::Hasher::new(),
+            ended: Arc::default(),
         })
     }
 
@@ -161,8 +233,8 @@ impl Spool {
     fn finish(mut self, mut head: SpoolHead, ready: &Path) -> Result<(PathBuf, SpoolHead)> {
         self.rewind()
             .during("writing the spool", self.path.display())?;
-        head.frames = self.txns.frames;
-        head.sum = Some(self.committed_crc.clone().finalize());
+        head.frames = self.counted.txns.frames;
+        head.sum = Some(self.counted.committed_crc.clone().finalize());
         let mut file = self
             .out
             .into_inner()
@@ -185,42 +257,157 @@ impl Spool {
 
 impl FrameSink for Spool {
     fn txns(&self) -> &Txns {
-        &self.txns
-    }
-
-    fn txns_mut(&mut self) -> &mut Txns {
-        &mut self.txns
+        &self.counted.txns
     }
 
     fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
-        let h = self.txns.check(frame, snapshot)?;
+        let h = self.counted.txns.check(frame, snapshot)?;
         self.out.write_all(frame).map_err(writing(&self.path))?;
-        self.crc.update(frame);
-        self.written += frame.len() as u64;
-        self.txn_pages.push(h.page_no);
-        if self.txns.count(&h) {
-            self.committed = self.written;
-            self.committed_crc = self.crc.clone();
-            self.pages.extend(self.txn_pages.drain(..));
-            self.snapshots |= snapshot;
+        self.counted.took(frame, &h, snapshot);
+        Ok(())
+    }
+
+    /// Drops whatever follows the last whole transaction in the file, a part's written in place
+    /// and never counted too.
+    fn rewind(&mut self) -> std::io::Result<()> {
+        let named = writing(&self.path);
+        self.out.flush().map_err(&named)?;
+        let c = &mut self.counted;
+        let len = self.out.get_ref().metadata().map_err(&named)?.len();
+        if c.written != c.committed || len > c.committed {
+            self.out.get_ref().set_len(c.committed).map_err(&named)?;
+            self.out
+                .seek(SeekFrom::Start(c.committed))
+                .map_err(&named)?;
+            c.written = c.committed;
+        }
+        c.crc = c.committed_crc.clone();
+        c.txn_pages.clear();
+        c.txns.rewind();
+        Ok(())
+    }
+
+    /// Parts of a stretch of log that follows the last whole transaction: each frame's place in
+    /// the file is known from its number (frames are all one size). Not after a snapshot, whose
+    /// length is known only once it came.
+    fn parts(&self, after_log: bool) -> Option<Arc<dyn Parts>> {
+        let c = &self.counted;
+        if !after_log || c.written != c.committed || c.txns.txn_last.is_some() {
+            return None;
+        }
+        let file = self.out.get_ref().try_clone().ok()?;
+        if let Ok(mut ended) = self.ended.lock() {
+            ended.clear();
+        }
+        Some(Arc::new(SpoolParts {
+            file: Arc::new(file),
+            path: self.path.clone(),
+            at: c.written,
+            next: c.txns.next(),
+            ended: Arc::clone(&self.ended),
+        }))
+    }
+
+    fn follow(&mut self, lo: u64) -> std::io::Result<()> {
+        let named = writing(&self.path);
+        let (start, part) = (self.ended.lock())
+            .map_err(|_| named(std::io::Error::other("a part's writer panicked")))?
+            .remove(&lo)
+            .ok_or_else(|| std::io::Error::other(format!("no part from frame {lo} ended")))?;
+        self.out.flush().map_err(&named)?;
+        self.counted.follow(part, lo, start)?;
+        self.out
+            .seek(SeekFrom::Start(self.counted.written))
+            .map_err(&named)?;
+        Ok(())
+    }
+}
+
+/// Makes the parts of a stretch of log written into a spool in place ([`Spool::parts`]): frame
+/// `next` goes at byte `at`, and each frame after it one frame's length further.
+struct SpoolParts {
+    file: Arc<fs::File>,
+    path: PathBuf,
+    at: u64,
+    next: u64,
+    ended: Arc<Mutex<BTreeMap<u64, (u64, Counted)>>>,
+}
+
+impl Parts for SpoolParts {
+    fn part(&self, lo: u64) -> Box<dyn Part> {
+        Box::new(SpoolPart {
+            lo,
+            file: Arc::clone(&self.file),
+            path: self.path.clone(),
+            first: (self.at, lo.saturating_sub(self.next)),
+            start: None,
+            buf: Vec::new(),
+            flushed: 0,
+            counted: Counted {
+                txns: Txns::starting_at(lo),
+                ..Counted::default()
+            },
+            ended: Arc::clone(&self.ended),
+        })
+    }
+}
+
+/// Frames `lo..` of a stretch, written into the spool where they go: at byte `at` plus as many
+/// frames' lengths as come between frame `next` and `lo` (`first`), which its first frame's
+/// length gives.
+struct SpoolPart {
+    lo: u64,
+    file: Arc<fs::File>,
+    path: PathBuf,
+    /// `at`, and the frames before `lo`.
+    first: (u64, u64),
+    /// The byte its first frame goes at, once it came.
+    start: Option<u64>,
+    /// Frames gathered for one write, and the bytes written before them.
+    buf: Vec<u8>,
+    flushed: u64,
+    counted: Counted,
+    ended: Arc<Mutex<BTreeMap<u64, (u64, Counted)>>>,
+}
+
+impl SpoolPart {
+    fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(start) = self.start.filter(|_| !self.buf.is_empty()) {
+            self.file
+                .write_all_at(&self.buf, start + self.flushed)
+                .map_err(writing(&self.path))?;
+            self.flushed += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Part for SpoolPart {
+    fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
+        let h = self.counted.txns.check(frame, snapshot)?;
+        let (at, before) = self.first;
+        self.start.get_or_insert(at + before * frame.len() as u64);
+        self.buf.extend_from_slice(frame);
+        self.counted.took(frame, &h, snapshot);
+        if self.buf.len() >= 1 << 20 {
+            self.flush()?;
         }
         Ok(())
     }
 
-    /// Drops whatever follows the last whole transaction.
-    fn rewind(&mut self) -> std::io::Result<()> {
-        if self.written != self.committed {
-            let named = writing(&self.path);
-            self.out.flush().map_err(&named)?;
-            self.out.get_ref().set_len(self.committed).map_err(&named)?;
-            self.out
-                .seek(SeekFrom::Start(self.committed))
-                .map_err(&named)?;
-            self.written = self.committed;
-        }
-        self.crc = self.committed_crc.clone();
-        self.txn_pages.clear();
-        self.txns.rewind();
+    fn end(mut self: Box<Self>) -> std::io::Result<()> {
+        self.flush()?;
+        let start = self.start.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the part from frame {} holds no frame", self.lo),
+            )
+        })?;
+        let counted = std::mem::take(&mut self.counted);
+        (self.ended.lock())
+            .map_err(|_| std::io::Error::other("a part's writer panicked"))?
+            .insert(self.lo, (start, counted));
         Ok(())
     }
 }

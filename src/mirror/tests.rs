@@ -669,12 +669,18 @@ fn built_and_applied(n: u64, what: &str, log: impl Fn() -> FakeLog) -> FakeLog {
     assert!(fs::read(b.db_path()).unwrap() == want, "built, {what}");
     let applied = tempfile::tempdir().unwrap();
     let a = Mirror::new(applied.path().to_path_buf());
+    let mut fetched = log();
     let ready = a
-        .fetch(&mut log(), &at, &mut Streams::Try)
+        .fetch(&mut fetched, &at, &mut Streams::Try)
         .unwrap()
         .unwrap();
     a.apply(ready).unwrap();
     assert!(fs::read(a.db_path()).unwrap() == want, "applied, {what}");
+    // The spool takes what the streams brought as the build does: nothing read again.
+    assert_eq!(
+        fetched.batched, source.batched,
+        "batches of the spool, {what}"
+    );
     source
 }
 
