@@ -349,17 +349,15 @@ pub(super) const STREAM_FRAMES: u64 = 2048;
 /// a blocking thread to its async one, and with two streams both sides kept waking each other:
 /// at 1M rows, alternating 6 clones each, four streams took 0.39–0.50 s where two took
 /// 0.54–0.71 s, and the server spent 0.31–0.43 s of CPU serving them instead of 0.46–0.56 s.
-/// Six and eight were no faster than four. The price, for a spool (which takes frames only in
-/// order), is the disk the later streams' frames take while they wait their turn: three
-/// quarters of the stretch instead of half. A mirror being built takes them in place.
+/// Six and eight were no faster than four. The later parts go in place ([`FrameSink::parts`]),
+/// so more streams cost no disk.
 pub const LOG_STREAMS: u64 = 4;
 
 /// Reads frames `from..=upto` in [`LOG_STREAMS`] streams at once, over as many consecutive
 /// parts of the stretch: the first part straight into `sink`, each later one meanwhile into a
-/// part of the sink when it makes them ([`FrameSink::parts`]: a mirror being built, whose
-/// later parts are then only counted in order), or else into a file of its own aside in `dir`,
-/// then from it, in order (each file freed once read). sqld
-/// reads its log for a stream or a batch one frame at a time, and sends a batch only once it
+/// part of the sink (a mirror being built, a spool: [`FrameSink::parts`], which are then only
+/// counted in order), or, for a sink that makes none, into a file of its own aside in `dir`,
+/// then from it, in order (each file freed once read). sqld reads its log for a stream or a batch one frame at a time, and sends a batch only once it
 /// is whole; several streams keep several of its threads reading, so a long stretch of log
 /// comes in a fraction of the time batches take. Whatever goes wrong here (a server without
 /// streams, a dropped connection) leaves `sink` at its last commit before the first part that
@@ -369,10 +367,7 @@ pub const LOG_STREAMS: u64 = 4;
 ///
 /// ```text
 /// frames 100..=8099, four streams:  100..=2099 → sink
-///                                   2100..=4099 → aside 1 ┐
-///                                   4100..=6099 → aside 2 ├ into sink in turn, once all ended
-///                                   6100..=8099 → aside 3 ┘
-/// a mirror being built:             2100..=4099 → part 1 ┐ written in place as they come,
+///   a sink that makes parts:        2100..=4099 → part 1 ┐ written in place as they come,
 ///                                   4100..=6099 → part 2 ├ counted in turn once all ended
 ///                                   6100..=8099 → part 3 ┘ (`Txns::follow`)
 /// ```
