@@ -43,6 +43,24 @@ impl Mirror {
     ) -> Result<Option<Built>, MirrorError> {
         let mut out = PageWriter::create(&self.db_path())?;
         read_log(log, hello, &mut out, &self.dir, streams)?;
+        // A part read ahead in place that did not count may have written frames past where
+        // the read ended (the next snapshot, asked for while one came): the read goes on to
+        // them, so that no page is newer than the last commit.
+        out.flush()?;
+        if let Some(newest) = out.newest()?.filter(|&n| out.txns.last_frame < Some(n)) {
+            let on = Hello {
+                replication_index: Some(newest),
+                ..hello.clone()
+            };
+            read_log(log, &on, &mut out, &self.dir, streams)?;
+            out.flush()?;
+            if out.newest()? > out.txns.last_frame {
+                return Err(LogError::Protocol(format!(
+                    "frame {newest} was read, but the log's commits end before it"
+                ))
+                .into());
+            }
+        }
         if out.txns.txn_last.is_some() {
             // Pages of a transaction without its commit are in the file.
             return Err(LogError::Protocol("the log ended inside a transaction".into()).into());
@@ -86,6 +104,8 @@ struct Written {
     /// By page number less one: the frame that wrote the page last, and the page's sum (16
     /// bytes a page while the mirror is built: 20 MB for a database of 5 GB).
     last: Vec<Option<(u64, u32)>>,
+    /// The newest frame written: a build must not end before it ([`Mirror::build`]).
+    newest: Option<u64>,
     /// Bytes written since the kernel was last told to start writing them to disk.
     unstarted: usize,
 }
@@ -140,28 +160,33 @@ impl PageWriter {
         } = &*self.pages;
         let ps = self.txns.page_size.unwrap_or(0);
         let mut written = written.lock().map_err(|_| panicked(path))?;
+        let first_page = (self.run_first - 1) as usize;
+        let n = self.run_frames.len();
+        if written.last.len() < first_page + n {
+            written.last.resize(first_page + n, None);
+        }
+        let newer = |written: &Written, i: usize| {
+            written.last[first_page + i].is_none_or(|(last, _)| last < self.run_frames[i].0)
+        };
         let mut i = 0;
-        while i < self.run_frames.len() {
+        while i < n {
+            if !newer(&written, i) {
+                i += 1;
+                continue;
+            }
             let first = i;
-            while let Some(&(frame, sum)) = self.run_frames.get(i) {
-                let at = (self.run_first - 1) as usize + i;
-                if written.last.len() <= at {
-                    written.last.resize(at + 1, None);
-                }
-                if written.last[at].is_some_and(|(last, _)| last >= frame) {
-                    break;
-                }
-                written.last[at] = Some((frame, sum));
+            while i < n && newer(&written, i) {
                 i += 1;
             }
-            if i > first {
-                let at = (u64::from(self.run_first) - 1 + first as u64) * ps as u64;
-                file.write_all_at(&self.run[first * ps..i * ps], at)
-                    .map_err(writing(path))?;
-                written.unstarted += (i - first) * ps;
-            } else {
-                i += 1;
+            let at = (first_page + first) as u64 * ps as u64;
+            file.write_all_at(&self.run[first * ps..i * ps], at)
+                .map_err(writing(path))?;
+            // Recorded once written: a page whose write failed is written when it comes again.
+            for (j, &(frame, sum)) in self.run_frames.iter().enumerate().take(i).skip(first) {
+                written.last[first_page + j] = Some((frame, sum));
+                written.newest = written.newest.max(Some(frame));
             }
+            written.unstarted += (i - first) * ps;
         }
         if written.unstarted >= START_WRITEBACK {
             written.unstarted = 0;
@@ -170,6 +195,16 @@ impl PageWriter {
         self.run.clear();
         self.run_frames.clear();
         Ok(())
+    }
+
+    /// The newest frame written into the file, by any writer.
+    fn newest(&self) -> std::io::Result<Option<u64>> {
+        Ok(self
+            .pages
+            .written
+            .lock()
+            .map_err(|_| panicked(&self.pages.path))?
+            .newest)
     }
 
     /// Checks a frame against the ones before it and gathers its page.

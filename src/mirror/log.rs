@@ -84,7 +84,8 @@ pub(super) fn read_log(
         }
         if std::mem::take(&mut after_snapshot) {
             let tail = hello.replication_index.filter(|_| *streams == Streams::Try);
-            let log_holds = match snapshot_first(log, sink, next, dir, tail)? {
+            let ends = (hello.replication_index, tail);
+            let log_holds = match snapshot_first(log, sink, next, dir, ends)? {
                 Snapshot::NoneHolds | Snapshot::Read(After::Log) => true,
                 // The long stretch after the last snapshot came meanwhile too.
                 Snapshot::Read(After::Streamed(streamed)) => {
@@ -182,13 +183,16 @@ enum After {
 /// connection meanwhile ([`ask_after`]), and sqld reads two snapshots at once, each on a thread
 /// of its own; when no snapshot holds it and the log after is long (up to `tail`, given when
 /// streams are tried), that stretch is read in streams meanwhile too. That answer counts only
-/// if the snapshot did end there.
+/// if the snapshot did end there. Nothing past `upto` (where the read ends: `Hello`'s index) is
+/// asked for ahead.
 ///
 /// ```text
 /// snapshots 0–4043, 4044–8100, then the log:
 ///   connection 1: Snapshot(0)    → frames 4043, 4040, …, 0   → the sink
-///   connection 2: Snapshot(4044) → frames 8100, …, 4044      → a file aside, asked once 4043
-///                                                               came; into the sink after
+///   connection 2: Snapshot(4044) → frames 8100, …, 4044      → in place (a mirror being
+///                                                               built) or a file aside (a
+///                                                               spool), asked once 4043 came;
+///                                                               counted in the sink after
 ///   then Snapshot(8101) and the one after it, alike: "snapshot not found" → the log
 /// ```
 fn snapshot_first(
@@ -196,7 +200,7 @@ fn snapshot_first(
     sink: &mut dyn FrameSink,
     from: u64,
     dir: &Path,
-    tail: Option<u64>,
+    (upto, tail): (Option<u64>, Option<u64>),
 ) -> Result<Snapshot, MirrorError> {
     let before = sink.txns().frames;
     let mut none = false;
@@ -209,10 +213,8 @@ fn snapshot_first(
                 let after = s.spawn(move || {
                     ends.recv()
                         .map(|end: u64| {
-                            (
-                                end,
-                                ask_after(&mut *next, end + 1, dir, tail, parts.as_deref()),
-                            )
+                            let after = (end + 1, upto, tail);
+                            (end, ask_after(&mut *next, after, dir, parts.as_deref()))
                         })
                         .ok()
                 });
@@ -280,11 +282,15 @@ fn read_snapshot(
 /// breaks off, an error, a file that cannot be written) is left to be asked for in turn.
 fn ask_after(
     log: &mut dyn LogSource,
-    from: u64,
+    (from, upto, tail): (u64, Option<u64>, Option<u64>),
     dir: &Path,
-    tail: Option<u64>,
     parts: Option<&dyn Parts>,
 ) -> After {
+    // Past where the read ends nothing is asked: it would not be read in turn, and a part
+    // written in place that does not count would be left there.
+    if upto.is_some_and(|upto| from > upto) {
+        return After::Unknown;
+    }
     let Ok(mut later) = Later::new(parts, from, dir) else {
         return After::Unknown;
     };
