@@ -70,6 +70,10 @@ struct FakeLog {
     /// the streams, in the order they ended.
     reversed: Option<Vec<u64>>,
     ended: std::sync::Arc<(std::sync::Mutex<Vec<u64>>, std::sync::Condvar)>,
+    /// A snapshot asked for from that frame on breaks off after a few frames, once (by this
+    /// source and its forks), as a dropped connection does.
+    snapshots_break: Option<u64>,
+    snapshot_broke: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeLog {
@@ -87,6 +91,8 @@ impl FakeLog {
             overlapped: Default::default(),
             reversed: None,
             ended: Default::default(),
+            snapshots_break: None,
+            snapshot_broke: Default::default(),
         }
     }
 
@@ -120,7 +126,15 @@ impl FakeLog {
             .cloned()
             .collect();
         let last = newest.len() - 1;
+        let breaks = self.snapshots_break.is_some_and(|at| from >= at)
+            && !self.snapshot_broke.swap(true, SeqCst);
         for (i, f) in newest.iter_mut().enumerate() {
+            if breaks && i == 4 {
+                return Err(LogError::Remote(RemoteError::Dropped {
+                    url: String::new(),
+                    reason: "test".into(),
+                }));
+            }
             f[20..24].copy_from_slice(&(if i == last { 60u32 } else { 0 }).to_le_bytes());
             each(f)?;
             if first && i == 0 {
@@ -253,6 +267,7 @@ impl LogSource for FakeLog {
                 overlapped: self.overlapped.clone(),
                 reversed: self.reversed.clone(),
                 ended: self.ended.clone(),
+                snapshot_broke: self.snapshot_broke.clone(),
                 ..*self
             }) as Box<dyn LogSource + Send>
         })
@@ -821,4 +836,62 @@ fn file_errors_name_the_step_and_the_path() {
         e.starts_with(&format!("copying the mirror to {}: ", dst.display())),
         "{e}"
     );
+}
+
+/// The file the first `to + 1` frames of the long log of `n` frames make, read in batches:
+/// the log applied in order up to frame `to`.
+fn applied_up_to(n: u64, to: u64) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mirror::new(dir.path().to_path_buf());
+    let mut frames = long_log(n);
+    frames.truncate(usize::try_from(to).unwrap() + 1);
+    let at = Hello {
+        replication_index: Some(to),
+        ..hello()
+    };
+    let built = m.build(&mut FakeLog::new(frames, None), &at, &mut Streams::Try);
+    assert_eq!(built.unwrap().unwrap().to, to);
+    fs::read(m.db_path()).unwrap()
+}
+
+/// `Hello` names a frame inside the first snapshot, and sqld compacted the log past it into a
+/// second snapshot meanwhile (writes went on during the clone). The second snapshot, asked for
+/// while the first comes, goes into the mirror in place; whether it comes whole or breaks off
+/// after a few pages, the mirror is the log applied in order up to the frame it says it is at,
+/// and every page matches its sum.
+#[test]
+fn a_next_snapshot_past_hello_that_breaks_off_leaves_no_page_behind() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let commits = commits(n);
+    let first = *commits.iter().filter(|&&c| c < 2500).max().unwrap();
+    let second = *commits.iter().filter(|&&c| c < 3500).max().unwrap();
+    assert!(first >= STREAM_FRAMES && second > first + 100);
+    let at = Hello {
+        replication_index: Some(first),
+        ..hello()
+    };
+    for snapshots_break in [None, Some(first + 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::new(dir.path().to_path_buf());
+        let mut source = FakeLog {
+            streams: true,
+            compacted: vec![(0, first), (first + 1, second)],
+            snapshots_break,
+            ..FakeLog::new(long_log(n), None)
+        };
+        let to = m
+            .build(&mut source, &at, &mut Streams::Try)
+            .unwrap()
+            .unwrap()
+            .to;
+        assert!(
+            source.overlapped.load(std::sync::atomic::Ordering::SeqCst),
+            "{snapshots_break:?}: the second snapshot was asked for only after the first"
+        );
+        assert!(
+            fs::read(m.db_path()).unwrap() == applied_up_to(n, to),
+            "{snapshots_break:?}: the mirror at frame {to} is not the log applied up to it"
+        );
+        assert!(matches!(m.health(), Ok(Some(Ok(_)))), "{snapshots_break:?}");
+    }
 }
