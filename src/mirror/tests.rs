@@ -49,6 +49,8 @@ struct FakeLog {
     /// frame or past it breaks off after a few frames.
     streams: bool,
     streams_break: Option<u64>,
+    /// The stream starting at this frame, and only it, breaks off after a few frames.
+    one_stream_breaks: Option<u64>,
     /// Streams send nothing, as through a proxy holding them ([`LogError::Silent`]).
     streams_silent: bool,
     /// Streams asked for, by this source and its forks.
@@ -83,6 +85,7 @@ impl FakeLog {
             break_after,
             streams: false,
             streams_break: None,
+            one_stream_breaks: None,
             streams_silent: false,
             streams_asked: Default::default(),
             batched: 0,
@@ -244,7 +247,9 @@ impl LogSource for FakeLog {
         let range = usize::try_from(from).unwrap()..=usize::try_from(upto).unwrap();
         let streamed = (|| {
             for (i, f) in self.frames[range].iter().enumerate() {
-                if self.streams_break.is_some_and(|at| from >= at) && i == 10 {
+                let breaks = self.streams_break.is_some_and(|at| from >= at)
+                    || self.one_stream_breaks == Some(from);
+                if breaks && i == 10 {
                     return Err(LogError::Protocol("test".into()));
                 }
                 each(f)?;
@@ -682,6 +687,7 @@ fn built_and_applied(n: u64, what: &str, log: impl Fn() -> FakeLog) -> FakeLog {
         .to;
     assert_eq!(to, n - 1, "{what}");
     assert!(fs::read(b.db_path()).unwrap() == want, "built, {what}");
+    assert_eq!(sums_that_differ(&b), Vec::<u32>::new(), "built, {what}");
     let applied = tempfile::tempdir().unwrap();
     let a = Mirror::new(applied.path().to_path_buf());
     let mut fetched = log();
@@ -697,6 +703,26 @@ fn built_and_applied(n: u64, what: &str, log: impl Fn() -> FakeLog) -> FakeLog {
         "batches of the spool, {what}"
     );
     source
+}
+
+/// The pages of `m` whose sum in `mirror.sums` is not the page's on disk (or that the sums do
+/// not count); the header must say the file's size.
+fn sums_that_differ(m: &Mirror) -> Vec<u32> {
+    let db = fs::read(m.db_path()).unwrap();
+    let sums = fs::read(m.sums_path()).unwrap();
+    let head = SumsHeader::read(&fs::File::open(m.sums_path()).unwrap())
+        .unwrap()
+        .unwrap();
+    let size = head.page_size as usize;
+    assert_eq!(db.len(), head.pages as usize * size);
+    assert_eq!(sums.len() as u64, page_sums::len_for(head.pages));
+    (1..=head.pages)
+        .filter(|&p| {
+            let at = page_sums::offset(p) as usize;
+            let page = &db[(p as usize - 1) * size..p as usize * size];
+            sums[at..at + 4] != page_sums::sum(page).to_le_bytes()
+        })
+        .collect()
 }
 
 /// [`built_and_applied`] of the long log compacted into the snapshots `compacted`, with streams.
@@ -893,5 +919,36 @@ fn a_next_snapshot_past_hello_that_breaks_off_leaves_no_page_behind() {
             "{snapshots_break:?}: the mirror at frame {to} is not the log applied up to it"
         );
         assert!(matches!(m.health(), Ok(Some(Ok(_)))), "{snapshots_break:?}");
+        assert_eq!(
+            sums_that_differ(&m),
+            Vec::<u32>::new(),
+            "{snapshots_break:?}"
+        );
     }
+}
+
+/// Parts that end last to first, the second breaking off after a few frames once the two after
+/// it came whole: their pages, and the few of the broken part, are in place already, newer than
+/// the first part's; the batches read again from the last commit before the broken part, over
+/// the pages the later parts wrote, and the file is the one batches make, every page matching
+/// its sum.
+#[test]
+fn a_middle_part_that_breaks_after_later_parts_came_whole_is_read_again_in_batches() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let starts: Vec<u64> = split(0, n - 1, LOG_STREAMS).iter().map(|p| p.0).collect();
+    let frames = long_log(n);
+    let last_commit = frames[..usize::try_from(starts[1]).unwrap()]
+        .iter()
+        .rposition(|f| FrameHeader::parse(f).unwrap().size_after != 0)
+        .unwrap() as u64;
+    let source = built_and_applied(n, "the second part broke off", || FakeLog {
+        streams: true,
+        reversed: Some(starts.clone()),
+        one_stream_breaks: Some(starts[1]),
+        ..FakeLog::new(long_log(n), None)
+    });
+    assert_eq!(source.batched, n - last_commit - 1);
+    let mut last_to_first = starts.clone();
+    last_to_first.reverse();
+    assert_eq!(*source.ended.0.lock().unwrap(), last_to_first);
 }
