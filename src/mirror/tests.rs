@@ -75,6 +75,9 @@ struct FakeLog {
     /// A snapshot asked for from that frame on breaks off after a few frames, once (by this
     /// source and its forks), as a dropped connection does.
     snapshots_break: Option<u64>,
+    /// The snapshot asked for from this very frame answers a gRPC status after a few frames,
+    /// once (by this source and its forks): an answer that is not asked again.
+    snapshot_refused: Option<u64>,
     snapshot_broke: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -95,6 +98,7 @@ impl FakeLog {
             reversed: None,
             ended: Default::default(),
             snapshots_break: None,
+            snapshot_refused: None,
             snapshot_broke: Default::default(),
         }
     }
@@ -131,7 +135,15 @@ impl FakeLog {
         let last = newest.len() - 1;
         let breaks = self.snapshots_break.is_some_and(|at| from >= at)
             && !self.snapshot_broke.swap(true, SeqCst);
+        let refused =
+            self.snapshot_refused == Some(from) && !self.snapshot_broke.swap(true, SeqCst);
         for (i, f) in newest.iter_mut().enumerate() {
+            if refused && i == 4 {
+                return Err(LogError::Status {
+                    code: 13,
+                    message: "test".into(),
+                });
+            }
             if breaks && i == 4 {
                 return Err(LogError::Remote(RemoteError::Dropped {
                     url: String::new(),
@@ -951,4 +963,41 @@ fn a_middle_part_that_breaks_after_later_parts_came_whole_is_read_again_in_batch
     let mut last_to_first = starts.clone();
     last_to_first.reverse();
     assert_eq!(*source.ended.0.lock().unwrap(), last_to_first);
+}
+
+/// `Hello` names a frame inside the first snapshot, and sqld compacted the log past it into a
+/// second snapshot meanwhile. The second comes whole, in place, while the first is refused
+/// half-way (a gRPC status, not asked again) and is read again in turn: the mirror is the log
+/// applied in order up to the frame it says it is at, and every page matches its sum.
+#[test]
+fn a_next_snapshot_past_hello_read_in_place_counts_only_after_the_one_before() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let commits = commits(n);
+    let first = *commits.iter().filter(|&&c| c < 2500).max().unwrap();
+    let second = *commits.iter().filter(|&&c| c < 3500).max().unwrap();
+    let at = Hello {
+        replication_index: Some(first),
+        ..hello()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mirror::new(dir.path().to_path_buf());
+    let mut source = FakeLog {
+        streams: true,
+        compacted: vec![(0, first), (first + 1, second)],
+        snapshot_refused: Some(0),
+        ..FakeLog::new(long_log(n), None)
+    };
+    let to = m
+        .build(&mut source, &at, &mut Streams::Try)
+        .unwrap()
+        .unwrap()
+        .to;
+    assert!(source
+        .snapshot_broke
+        .load(std::sync::atomic::Ordering::SeqCst));
+    assert!(
+        fs::read(m.db_path()).unwrap() == applied_up_to(n, to),
+        "the mirror at frame {to} is not the log applied up to it"
+    );
+    assert_eq!(sums_that_differ(&m), Vec::<u32>::new());
 }
