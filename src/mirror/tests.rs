@@ -894,11 +894,12 @@ fn applied_up_to(n: u64, to: u64) -> Vec<u8> {
 
 /// `Hello` names a frame inside the first snapshot, and sqld compacted the log past it into a
 /// second snapshot meanwhile (writes went on during the clone). The second snapshot, asked for
-/// while the first comes, goes into the mirror in place; whether it comes whole or breaks off
-/// after a few pages, the mirror is the log applied in order up to the frame it says it is at,
-/// and every page matches its sum.
+/// while the first comes, goes into the mirror in place. Whether it comes whole, or breaks off
+/// after a few pages (a dropped connection), or comes whole while the first is refused half-way
+/// (a gRPC status, not asked again, so the first is read again in turn), the mirror is the log
+/// applied in order up to the frame it says it is at, and every page matches its sum.
 #[test]
-fn a_next_snapshot_past_hello_that_breaks_off_leaves_no_page_behind() {
+fn a_next_snapshot_past_hello_read_in_place_counts_only_with_the_one_before() {
     let n = STREAM_FRAMES * 2 + 77;
     let commits = commits(n);
     let first = *commits.iter().filter(|&&c| c < 2500).max().unwrap();
@@ -908,13 +909,19 @@ fn a_next_snapshot_past_hello_that_breaks_off_leaves_no_page_behind() {
         replication_index: Some(first),
         ..hello()
     };
-    for snapshots_break in [None, Some(first + 1)] {
+    let mut wrong = Vec::new();
+    for (what, snapshots_break, snapshot_refused) in [
+        ("whole", None, None),
+        ("the second dropped", Some(first + 1), None),
+        ("the first refused", None, Some(0)),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let m = Mirror::new(dir.path().to_path_buf());
         let mut source = FakeLog {
             streams: true,
             compacted: vec![(0, first), (first + 1, second)],
             snapshots_break,
+            snapshot_refused,
             ..FakeLog::new(long_log(n), None)
         };
         let to = m
@@ -924,19 +931,27 @@ fn a_next_snapshot_past_hello_that_breaks_off_leaves_no_page_behind() {
             .to;
         assert!(
             source.overlapped.load(std::sync::atomic::Ordering::SeqCst),
-            "{snapshots_break:?}: the second snapshot was asked for only after the first"
+            "{what}: the second snapshot was asked for only after the first"
         );
-        assert!(
-            fs::read(m.db_path()).unwrap() == applied_up_to(n, to),
-            "{snapshots_break:?}: the mirror at frame {to} is not the log applied up to it"
-        );
-        assert!(matches!(m.health(), Ok(Some(Ok(_)))), "{snapshots_break:?}");
         assert_eq!(
-            sums_that_differ(&m),
-            Vec::<u32>::new(),
-            "{snapshots_break:?}"
+            source
+                .snapshot_broke
+                .load(std::sync::atomic::Ordering::SeqCst),
+            what != "whole"
         );
+        // Every case is tried before the test fails, so its message names each one that is wrong.
+        if fs::read(m.db_path()).unwrap() != applied_up_to(n, to) {
+            wrong.push(format!("{what}: not the log applied up to frame {to}"));
+        }
+        if !matches!(m.health(), Ok(Some(Ok(_)))) {
+            wrong.push(format!("{what}: not healthy"));
+        }
+        let differ = sums_that_differ(&m);
+        if !differ.is_empty() {
+            wrong.push(format!("{what}: pages {differ:?} do not match their sums"));
+        }
     }
+    assert_eq!(wrong, Vec::<String>::new());
 }
 
 /// Parts that end last to first, the second breaking off after a few frames once the two after
@@ -963,41 +978,4 @@ fn a_middle_part_that_breaks_after_later_parts_came_whole_is_read_again_in_batch
     let mut last_to_first = starts.clone();
     last_to_first.reverse();
     assert_eq!(*source.ended.0.lock().unwrap(), last_to_first);
-}
-
-/// `Hello` names a frame inside the first snapshot, and sqld compacted the log past it into a
-/// second snapshot meanwhile. The second comes whole, in place, while the first is refused
-/// half-way (a gRPC status, not asked again) and is read again in turn: the mirror is the log
-/// applied in order up to the frame it says it is at, and every page matches its sum.
-#[test]
-fn a_next_snapshot_past_hello_read_in_place_counts_only_after_the_one_before() {
-    let n = STREAM_FRAMES * 2 + 77;
-    let commits = commits(n);
-    let first = *commits.iter().filter(|&&c| c < 2500).max().unwrap();
-    let second = *commits.iter().filter(|&&c| c < 3500).max().unwrap();
-    let at = Hello {
-        replication_index: Some(first),
-        ..hello()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let m = Mirror::new(dir.path().to_path_buf());
-    let mut source = FakeLog {
-        streams: true,
-        compacted: vec![(0, first), (first + 1, second)],
-        snapshot_refused: Some(0),
-        ..FakeLog::new(long_log(n), None)
-    };
-    let to = m
-        .build(&mut source, &at, &mut Streams::Try)
-        .unwrap()
-        .unwrap()
-        .to;
-    assert!(source
-        .snapshot_broke
-        .load(std::sync::atomic::Ordering::SeqCst));
-    assert!(
-        fs::read(m.db_path()).unwrap() == applied_up_to(n, to),
-        "the mirror at frame {to} is not the log applied up to it"
-    );
-    assert_eq!(sums_that_differ(&m), Vec::<u32>::new());
 }
