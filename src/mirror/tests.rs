@@ -577,14 +577,21 @@ fn an_empty_log_builds_nothing() {
 
 /// A log of `n` frames in transactions of 1 to 40 frames over a database of 60 pages.
 fn long_log(n: u64) -> Vec<Vec<u8>> {
+    sized_log(n, |_| 60)
+}
+
+/// A log of `n` frames in transactions of 1 to 40 frames, frame `i` over a database of
+/// `size(i)` pages, writing a page within it; a change of size ends a transaction.
+fn sized_log(n: u64, size: impl Fn(u64) -> u32) -> Vec<Vec<u8>> {
     let mut x = 7u64;
     (0..n)
         .map(|i| {
             x = x
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
-            let commit = (x >> 59) < 1 || i + 1 == n;
-            frame(i, 1 + ((x >> 33) % 60) as u32, if commit { 60 } else { 0 })
+            let commit = (x >> 59) < 1 || i + 1 == n || size(i + 1) != size(i);
+            let page = 1 + ((x >> 33) % u64::from(size(i))) as u32;
+            frame(i, page, if commit { size(i) } else { 0 })
         })
         .collect()
 }
@@ -876,6 +883,14 @@ fn file_errors_name_the_step_and_the_path() {
     );
 }
 
+/// A mirror built in a new directory from `source` up to `at`, and the frame it is at.
+fn built_from(source: &mut FakeLog, at: &Hello) -> (tempfile::TempDir, Mirror, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mirror::new(dir.path().to_path_buf());
+    let to = m.build(source, at, &mut Streams::Try).unwrap().unwrap().to;
+    (dir, m, to)
+}
+
 /// The file the first `to + 1` frames of the long log of `n` frames make, read in batches:
 /// the log applied in order up to frame `to`.
 fn applied_up_to(n: u64, to: u64) -> Vec<u8> {
@@ -915,8 +930,6 @@ fn a_next_snapshot_past_hello_read_in_place_counts_only_with_the_one_before() {
         ("the second dropped", Some(first + 1), None),
         ("the first refused", None, Some(0)),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let m = Mirror::new(dir.path().to_path_buf());
         let mut source = FakeLog {
             streams: true,
             compacted: vec![(0, first), (first + 1, second)],
@@ -924,11 +937,7 @@ fn a_next_snapshot_past_hello_read_in_place_counts_only_with_the_one_before() {
             snapshot_refused,
             ..FakeLog::new(long_log(n), None)
         };
-        let to = m
-            .build(&mut source, &at, &mut Streams::Try)
-            .unwrap()
-            .unwrap()
-            .to;
+        let (_dir, m, to) = built_from(&mut source, &at);
         assert!(
             source.overlapped.load(std::sync::atomic::Ordering::SeqCst),
             "{what}: the second snapshot was asked for only after the first"
@@ -978,4 +987,54 @@ fn a_middle_part_that_breaks_after_later_parts_came_whole_is_read_again_in_batch
     let mut last_to_first = starts.clone();
     last_to_first.reverse();
     assert_eq!(*source.ended.0.lock().unwrap(), last_to_first);
+}
+
+/// A log of `n` frames over a database that shrinks and grows across the parts of a stretch:
+/// 60 pages in the first quarter, 30 in the second, 60 in the third, 40 in the last.
+fn shrinking_log(n: u64) -> Vec<Vec<u8>> {
+    sized_log(n, |i| [60, 30, 60, 40][usize::try_from(i * 4 / n).unwrap()])
+}
+
+/// A database that shrinks and grows across the parts of a stretch, read in streams whose parts
+/// end last to first, whole or with the third breaking off: the third part writes pages past
+/// the size the second leaves, and past the final size the fourth leaves; the file is the one
+/// batches make, cut to the last commit's size, every page matching its sum.
+#[test]
+fn a_database_that_shrinks_across_parts_is_cut_to_its_last_size() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let at = Hello {
+        replication_index: Some(n - 1),
+        ..hello()
+    };
+    let reference = tempfile::tempdir().unwrap();
+    let r = Mirror::new(reference.path().to_path_buf());
+    r.build(
+        &mut FakeLog::new(shrinking_log(n), None),
+        &at,
+        &mut Streams::Try,
+    )
+    .unwrap();
+    let want = fs::read(r.db_path()).unwrap();
+    assert_eq!(want.len(), 40 * PAGE);
+    let starts: Vec<u64> = split(0, n - 1, LOG_STREAMS).iter().map(|p| p.0).collect();
+    for one_stream_breaks in [None, Some(starts[2])] {
+        let mut source = FakeLog {
+            streams: true,
+            reversed: Some(starts.clone()),
+            one_stream_breaks,
+            ..FakeLog::new(shrinking_log(n), None)
+        };
+        let (_dir, m, to) = built_from(&mut source, &at);
+        assert_eq!(to, n - 1);
+        assert!(
+            fs::read(m.db_path()).unwrap() == want,
+            "{one_stream_breaks:?}"
+        );
+        assert_eq!(
+            sums_that_differ(&m),
+            Vec::<u32>::new(),
+            "{one_stream_breaks:?}"
+        );
+        assert_eq!(source.batched == 0, one_stream_breaks.is_none());
+    }
 }
