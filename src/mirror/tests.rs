@@ -912,7 +912,8 @@ fn applied_up_to(n: u64, to: u64) -> Vec<u8> {
 /// while the first comes, goes into the mirror in place. Whether it comes whole, or breaks off
 /// after a few pages (a dropped connection), or comes whole while the first is refused half-way
 /// (a gRPC status, not asked again, so the first is read again in turn), the mirror is the log
-/// applied in order up to the frame it says it is at, and every page matches its sum.
+/// applied in order up to the frame it says it is at, and every page matches its sum. With
+/// `Hello` past the second snapshot, the same breaks are healed by reading it again in turn.
 #[test]
 fn a_next_snapshot_past_hello_read_in_place_counts_only_with_the_one_before() {
     let n = STREAM_FRAMES * 2 + 77;
@@ -920,16 +921,29 @@ fn a_next_snapshot_past_hello_read_in_place_counts_only_with_the_one_before() {
     let first = *commits.iter().filter(|&&c| c < 2500).max().unwrap();
     let second = *commits.iter().filter(|&&c| c < 3500).max().unwrap();
     assert!(first >= STREAM_FRAMES && second > first + 100);
-    let at = Hello {
-        replication_index: Some(first),
-        ..hello()
-    };
     let mut wrong = Vec::new();
-    for (what, snapshots_break, snapshot_refused) in [
-        ("whole", None, None),
-        ("the second dropped", Some(first + 1), None),
-        ("the first refused", None, Some(0)),
+    for (what, snapshots_break, snapshot_refused, hello_at) in [
+        ("whole", None, None, first),
+        ("the second dropped", Some(first + 1), None, first),
+        ("the first refused", None, Some(0), first),
+        // Hello past the second snapshot: it is asked for again in turn.
+        (
+            "the second dropped, Hello past it",
+            Some(first + 1),
+            None,
+            second,
+        ),
+        (
+            "the first refused, Hello past the second",
+            None,
+            Some(0),
+            second,
+        ),
     ] {
+        let at = Hello {
+            replication_index: Some(hello_at),
+            ..hello()
+        };
         let mut source = FakeLog {
             streams: true,
             compacted: vec![(0, first), (first + 1, second)],
