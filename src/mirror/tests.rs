@@ -62,6 +62,9 @@ struct FakeLog {
     /// past them ("snapshot not found"); a batch of a frame in one is told `NEED_SNAPSHOT`
     /// and a stream of it sends nothing. Empty: sqld with no snapshot directory.
     compacted: Vec<(u64, u64)>,
+    /// sqld compacts the log while the clone goes on: snapshots and batches see `compacted`
+    /// only once streams were asked for, and the streams, under way already, serve it all.
+    compacted_meanwhile: bool,
     /// Snapshots served, by this source and its forks. The first one waits, after its first
     /// frame, up to two seconds for another snapshot or a stream to be asked for, and says
     /// whether one was in `overlapped`.
@@ -93,6 +96,7 @@ impl FakeLog {
             streams_asked: Default::default(),
             batched: 0,
             compacted: Vec::new(),
+            compacted_meanwhile: false,
             snapshots_asked: Default::default(),
             overlapped: Default::default(),
             reversed: None,
@@ -104,6 +108,10 @@ impl FakeLog {
     }
 
     fn compacted_at(&self, frame: u64) -> Option<(u64, u64)> {
+        let streamed = self.streams_asked.load(std::sync::atomic::Ordering::SeqCst) > 0;
+        if self.compacted_meanwhile && !streamed {
+            return None;
+        }
         self.compacted
             .iter()
             .copied()
@@ -237,7 +245,7 @@ impl LogSource for FakeLog {
         }
         self.streams_asked
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if self.streams_silent || self.compacted_at(from).is_some() {
+        if self.streams_silent || (self.compacted_at(from).is_some() && !self.compacted_meanwhile) {
             return Err(LogError::Silent(std::time::Duration::from_millis(500)));
         }
         let (ended, turn) = &*self.ended;
@@ -1051,4 +1059,43 @@ fn a_database_that_shrinks_across_parts_is_cut_to_its_last_size() {
         );
         assert_eq!(source.batched == 0, one_stream_breaks.is_none());
     }
+}
+
+/// sqld compacts the log into a snapshot while a stretch is read in streams, and the third part
+/// breaks off after the fourth came whole: the batches from the last commit before the third
+/// part are told `NEED_SNAPSHOT`, and the snapshot, read over pages the later parts wrote in
+/// place, holds each page as new as they or newer. The file is the one batches make of the log
+/// never compacted, every page matching its sum.
+#[test]
+fn a_log_compacted_while_its_parts_come_is_read_from_the_snapshot_over_them() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let (at, want) = built_in_batches(n);
+    let starts: Vec<u64> = split(0, n - 1, LOG_STREAMS).iter().map(|p| p.0).collect();
+    // The snapshot ends inside the fourth part.
+    let end = *commits(n)
+        .iter()
+        .filter(|&&c| c < starts[3] + 200)
+        .max()
+        .unwrap();
+    assert!(end > starts[3]);
+    let mut source = FakeLog {
+        streams: true,
+        reversed: Some(starts.clone()),
+        one_stream_breaks: Some(starts[2]),
+        compacted: vec![(0, end)],
+        compacted_meanwhile: true,
+        ..FakeLog::new(long_log(n), None)
+    };
+    let (_dir, m, to) = built_from(&mut source, &at);
+    assert_eq!(to, n - 1);
+    assert!(fs::read(m.db_path()).unwrap() == want);
+    assert_eq!(sums_that_differ(&m), Vec::<u32>::new());
+    // The snapshot was read, and the log after it in batches.
+    assert!(
+        source
+            .snapshots_asked
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
+    assert_eq!(source.batched, n - 1 - end);
 }
