@@ -81,6 +81,7 @@ struct FakeLog {
     /// The snapshot asked for from this very frame answers a gRPC status after a few frames,
     /// once (by this source and its forks): an answer that is not asked again.
     snapshot_refused: Option<u64>,
+    /// Whether a snapshot broke off or was refused so (the one time either does).
     snapshot_broke: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
