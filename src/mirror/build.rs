@@ -43,23 +43,14 @@ impl Mirror {
     ) -> Result<Option<Built>, MirrorError> {
         let mut out = PageWriter::create(&self.db_path())?;
         read_log(log, hello, &mut out, &self.dir, streams)?;
-        // A part read ahead in place that did not count may have written frames past where
-        // the read ended (the next snapshot, asked for while one came): the read goes on to
-        // them, so that no page is newer than the last commit.
+        // Parts that did not count are read again in turn, up to where the read ends: a
+        // frame newer than the last commit would mean one was left, its pages in the file.
         out.flush()?;
         if let Some(newest) = out.newest()?.filter(|&n| out.txns.last_frame < Some(n)) {
-            let on = Hello {
-                replication_index: Some(newest),
-                ..hello.clone()
-            };
-            read_log(log, &on, &mut out, &self.dir, streams)?;
-            out.flush()?;
-            if out.newest()? > out.txns.last_frame {
-                return Err(LogError::Protocol(format!(
-                    "frame {newest} was read, but the log's commits end before it"
-                ))
-                .into());
-            }
+            return Err(LogError::Protocol(format!(
+                "frame {newest} was read, but the log's commits read end before it"
+            ))
+            .into());
         }
         if out.txns.txn_last.is_some() {
             // Pages of a transaction without its commit are in the file.

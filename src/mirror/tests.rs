@@ -57,6 +57,8 @@ struct FakeLog {
     streams_asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Frames served in batches so far.
     batched: u64,
+    /// Batches serve no frame past this one, as a server behind the one that sent the streams.
+    batches_end: Option<u64>,
     /// Stretches of the log compacted into snapshots, as sqld serves them: each the newest
     /// copy of every page it wrote, newest first, the last saying the size; none holds a frame
     /// past them ("snapshot not found"); a batch of a frame in one is told `NEED_SNAPSHOT`
@@ -96,6 +98,7 @@ impl FakeLog {
             streams_silent: false,
             streams_asked: Default::default(),
             batched: 0,
+            batches_end: None,
             compacted: Vec::new(),
             compacted_meanwhile: false,
             snapshots_asked: Default::default(),
@@ -220,8 +223,11 @@ impl LogSource for FakeLog {
         if self.compacted_at(next_offset).is_some() {
             return Err(LogError::NeedSnapshot);
         }
-        let from = usize::try_from(next_offset).unwrap().min(self.frames.len());
-        for (i, f) in self.frames[from..].iter().enumerate() {
+        let end = self
+            .batches_end
+            .map_or(self.frames.len(), |e| usize::try_from(e).unwrap() + 1);
+        let from = usize::try_from(next_offset).unwrap().min(end);
+        for (i, f) in self.frames[from..end].iter().enumerate() {
             if self.break_after.is_some_and(|b| i == b) {
                 self.break_after = None;
                 return Err(LogError::Remote(RemoteError::Dropped {
@@ -900,6 +906,35 @@ fn built_from(source: &mut FakeLog, at: &Hello) -> (tempfile::TempDir, Mirror, u
     (dir, m, to)
 }
 
+/// The streams of a stretch came, all but the second whole, and the batches that read it again
+/// from the last commit before it end early (a server behind the one that sent the streams):
+/// the later parts' pages, newer than anything the batches read, are in the file. The build
+/// fails rather than give a mirror at the batches' last commit holding them.
+#[test]
+fn a_build_whose_parts_outrun_its_last_commit_fails() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let starts: Vec<u64> = split(0, n - 1, LOG_STREAMS).iter().map(|p| p.0).collect();
+    let at = Hello {
+        replication_index: Some(n - 1),
+        ..hello()
+    };
+    let mut source = FakeLog {
+        streams: true,
+        one_stream_breaks: Some(starts[1]),
+        batches_end: Some(starts[2] - 1),
+        ..FakeLog::new(long_log(n), None)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mirror::new(dir.path().to_path_buf());
+    match m.build(&mut source, &at, &mut Streams::Try) {
+        Err(MirrorError::Log(LogError::Protocol(why))) => {
+            assert!(why.contains("commits read end before it"), "{why}")
+        }
+        other => panic!("built: {other:?}"),
+    }
+    assert!(source.batched > 0);
+}
+
 /// The file the first `to + 1` frames of the long log of `n` frames make, read in batches:
 /// the log applied in order up to frame `to`.
 fn applied_up_to(n: u64, to: u64) -> Vec<u8> {
@@ -916,13 +951,14 @@ fn applied_up_to(n: u64, to: u64) -> Vec<u8> {
     fs::read(m.db_path()).unwrap()
 }
 
-/// `Hello` names a frame inside the first snapshot, and sqld compacted the log past it into a
-/// second snapshot meanwhile (writes went on during the clone). The second snapshot, asked for
-/// while the first comes, goes into the mirror in place. Whether it comes whole, or breaks off
-/// after a few pages (a dropped connection), or comes whole while the first is refused half-way
-/// (a gRPC status, not asked again, so the first is read again in turn), the mirror is the log
-/// applied in order up to the frame it says it is at, and every page matches its sum. With
-/// `Hello` past the second snapshot, the same breaks are healed by reading it again in turn.
+/// `Hello` names the last frame of the first snapshot, and sqld compacted the log past it into a
+/// second snapshot meanwhile (writes went on during the clone). Nothing past `Hello` is asked
+/// for ahead: a second snapshot read into the mirror in place and then not counted (it broke
+/// off, or the first was refused half-way and read again) would have been left there, pages
+/// newer than the frame the mirror says it is at, each matching its sum. With `Hello` past the
+/// second snapshot, it is asked for while the first comes and goes in place, and the same
+/// breaks are healed by reading it again in turn. Every way, the mirror is the log applied in
+/// order up to the frame it says it is at, and every page matches its sum.
 #[test]
 fn a_next_snapshot_past_hello_read_in_place_counts_only_with_the_one_before() {
     let n = STREAM_FRAMES * 2 + 77;
@@ -931,22 +967,36 @@ fn a_next_snapshot_past_hello_read_in_place_counts_only_with_the_one_before() {
     let second = *commits.iter().filter(|&&c| c < 3500).max().unwrap();
     assert!(first >= STREAM_FRAMES && second > first + 100);
     let mut wrong = Vec::new();
-    for (what, snapshots_break, snapshot_refused, hello_at) in [
-        ("whole", None, None, first),
-        ("the second dropped", Some(first + 1), None, first),
-        ("the first refused", None, Some(0), first),
+    // What breaks, where Hello is, and whether the second snapshot is then asked for while the
+    // first comes and a snapshot breaks off.
+    for (what, snapshots_break, snapshot_refused, hello_at, ahead, broke) in [
+        ("whole", None, None, first, false, false),
+        // Never asked for: it does not break.
+        (
+            "the second dropped",
+            Some(first + 1),
+            None,
+            first,
+            false,
+            false,
+        ),
+        ("the first refused", None, Some(0), first, false, true),
         // Hello past the second snapshot: it is asked for again in turn.
         (
             "the second dropped, Hello past it",
             Some(first + 1),
             None,
             second,
+            true,
+            true,
         ),
         (
             "the first refused, Hello past the second",
             None,
             Some(0),
             second,
+            true,
+            true,
         ),
     ] {
         let at = Hello {
@@ -961,15 +1011,17 @@ fn a_next_snapshot_past_hello_read_in_place_counts_only_with_the_one_before() {
             ..FakeLog::new(long_log(n), None)
         };
         let (_dir, m, to) = built_from(&mut source, &at);
-        assert!(
+        assert_eq!(
             source.overlapped.load(std::sync::atomic::Ordering::SeqCst),
-            "{what}: the second snapshot was asked for only after the first"
+            ahead,
+            "{what}: whether the second snapshot was asked for while the first came"
         );
         assert_eq!(
             source
                 .snapshot_broke
                 .load(std::sync::atomic::Ordering::SeqCst),
-            what != "whole"
+            broke,
+            "{what}: whether a snapshot broke off"
         );
         // Every case is tried before the test fails, so its message names each one that is wrong.
         if fs::read(m.db_path()).unwrap() != applied_up_to(n, to) {
