@@ -116,6 +116,15 @@ impl Mirror {
         page_sums::path_for(&self.db_path())
     }
 
+    /// The page size its sums file names, when it can be read (a mirror found healthy has its
+    /// pages of that size, [`Mirror::health`]): the frames carrying it forward must be of it
+    /// ([`Mirror::fetch`]).
+    fn page_size(&self) -> Option<usize> {
+        let sums = fs::File::open(self.sums_path()).ok()?;
+        let head = SumsHeader::read(&sums).ok()??;
+        usize::try_from(head.page_size).ok()
+    }
+
     /// Whether the mirror can be trusted as it lies: `None` when there is none; otherwise its
     /// state, or why not (a file missing, shorter or longer than recorded, `mirror.json` and
     /// the pages at different frames, sums missing, a spool not yet applied). Cheap: it reads

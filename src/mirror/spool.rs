@@ -73,7 +73,10 @@ impl Mirror {
         {
             return Ok(None);
         }
-        let mut spool = Spool::create(durable::aside_name(&self.dir, SPOOL), from)?;
+        // The frames of a mirror carried forward are of its page size: the parts of a stretch
+        // are placed by it.
+        let page_size = carried.and_then(|_| self.page_size());
+        let mut spool = Spool::create(durable::aside_name(&self.dir, SPOOL), from, page_size)?;
         read_log(log, &hello, &mut spool, &self.dir, streams)?;
         let Some(to) = spool
             .counted
@@ -204,7 +207,9 @@ impl Counted {
 pub(super) const HEAD_BYTES: u64 = 4096;
 
 impl Spool {
-    fn create(path: PathBuf, from: Option<u64>) -> Result<Spool> {
+    /// A spool of the frames after frame `from`, each of `page_size` when it is known (a frame
+    /// of another size is refused).
+    fn create(path: PathBuf, from: Option<u64>, page_size: Option<usize>) -> Result<Spool> {
         let aside = Aside {
             paths: vec![path.clone()],
         };
@@ -220,6 +225,7 @@ impl Spool {
                 written: HEAD_BYTES,
                 txns: Txns {
                     last_frame: from,
+                    page_size,
                     ..Txns::default()
                 },
                 ..Counted::default()
@@ -288,10 +294,12 @@ impl FrameSink for Spool {
     }
 
     /// Parts of a stretch of log that follows the last whole transaction: each frame's place in
-    /// the file is known from its number (frames are all one size). Not after a snapshot, whose
-    /// length is known only once it came.
+    /// the file is known from its number, once the frames' size is known (a spool carrying a
+    /// mirror forward takes only frames of its page size). Not after a snapshot, whose length
+    /// is known only once it came.
     fn parts(&self, after_log: bool) -> Option<Arc<dyn Parts>> {
         let c = &self.counted;
+        let page_size = c.txns.page_size?;
         if !after_log || c.written != c.committed || c.txns.txn_last.is_some() {
             return None;
         }
@@ -304,6 +312,7 @@ impl FrameSink for Spool {
             path: self.path.clone(),
             at: c.written,
             next: c.txns.next(),
+            page_size,
             ended: Arc::clone(&self.ended),
         }))
     }
@@ -324,27 +333,31 @@ impl FrameSink for Spool {
 }
 
 /// Makes the parts of a stretch of log written into a spool in place ([`Spool::parts`]): frame
-/// `next` goes at byte `at`, and each frame after it one frame's length further.
+/// `next` goes at byte `at`, and each frame after it one frame's length (of `page_size`) further.
 struct SpoolParts {
     file: Arc<fs::File>,
     path: PathBuf,
     at: u64,
     next: u64,
+    page_size: usize,
     ended: Arc<Mutex<BTreeMap<u64, (u64, Counted)>>>,
 }
 
 impl Parts for SpoolParts {
     fn part(&self, lo: u64) -> Box<dyn Part> {
+        let frame_len = (FRAME_HEADER + self.page_size) as u64;
         Box::new(SpoolPart {
             lo,
             file: Arc::clone(&self.file),
             path: self.path.clone(),
-            first: (self.at, lo.saturating_sub(self.next)),
-            start: None,
+            start: self.at + lo.saturating_sub(self.next) * frame_len,
             buf: Vec::new(),
             flushed: 0,
             counted: Counted {
-                txns: Txns::starting_at(lo),
+                txns: Txns {
+                    page_size: Some(self.page_size),
+                    ..Txns::starting_at(lo)
+                },
                 ..Counted::default()
             },
             ended: Arc::clone(&self.ended),
@@ -352,17 +365,14 @@ impl Parts for SpoolParts {
     }
 }
 
-/// Frames `lo..` of a stretch, written into the spool where they go: at byte `at` plus as many
-/// frames' lengths as come between frame `next` and `lo` (`first`), which its first frame's
-/// length gives.
+/// Frames `lo..` of a stretch, written into the spool from byte `start` on: where they go once
+/// the frames before them came, every frame one size (a frame of another size is refused
+/// before it is written).
 struct SpoolPart {
     lo: u64,
     file: Arc<fs::File>,
     path: PathBuf,
-    /// `at`, and the frames before `lo`.
-    first: (u64, u64),
-    /// The byte its first frame goes at, once it came.
-    start: Option<u64>,
+    start: u64,
     /// Frames gathered for one write, and the bytes written before them.
     buf: Vec<u8>,
     flushed: u64,
@@ -372,9 +382,9 @@ struct SpoolPart {
 
 impl SpoolPart {
     fn flush(&mut self) -> std::io::Result<()> {
-        if let Some(start) = self.start.filter(|_| !self.buf.is_empty()) {
+        if !self.buf.is_empty() {
             self.file
-                .write_all_at(&self.buf, start + self.flushed)
+                .write_all_at(&self.buf, self.start + self.flushed)
                 .map_err(writing(&self.path))?;
             self.flushed += self.buf.len() as u64;
             self.buf.clear();
@@ -386,8 +396,6 @@ impl SpoolPart {
 impl Part for SpoolPart {
     fn push(&mut self, frame: &[u8], snapshot: bool) -> std::io::Result<()> {
         let h = self.counted.txns.check(frame, snapshot)?;
-        let (at, before) = self.first;
-        self.start.get_or_insert(at + before * frame.len() as u64);
         self.buf.extend_from_slice(frame);
         self.counted.took(frame, &h, snapshot);
         if self.buf.len() >= 1 << 20 {
@@ -398,16 +406,10 @@ impl Part for SpoolPart {
 
     fn end(mut self: Box<Self>) -> std::io::Result<()> {
         self.flush()?;
-        let start = self.start.ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("the part from frame {} holds no frame", self.lo),
-            )
-        })?;
         let counted = std::mem::take(&mut self.counted);
         (self.ended.lock())
             .map_err(|_| std::io::Error::other("a part's writer panicked"))?
-            .insert(self.lo, (start, counted));
+            .insert(self.lo, (self.start, counted));
         Ok(())
     }
 }
