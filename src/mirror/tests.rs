@@ -76,6 +76,12 @@ struct FakeLog {
     /// parts after its own to end first, so the parts end last to first. The first frames of
     /// the streams, in the order they ended.
     reversed: Option<Vec<u64>>,
+    /// Given the first frames of a stretch's parts: each stream waits for the streams of the
+    /// parts before its own to end first, so the parts end first to last.
+    forward: Option<Vec<u64>>,
+    /// The stream starting at this frame serves each frame cut to a page of this many bytes,
+    /// as a server of another page size would.
+    stream_page: Option<(u64, usize)>,
     ended: std::sync::Arc<(std::sync::Mutex<Vec<u64>>, std::sync::Condvar)>,
     /// A snapshot asked for from that frame on breaks off after a few frames, once (by this
     /// source and its forks), as a dropped connection does.
@@ -104,6 +110,8 @@ impl FakeLog {
             snapshots_asked: Default::default(),
             overlapped: Default::default(),
             reversed: None,
+            forward: None,
+            stream_page: None,
             ended: Default::default(),
             snapshots_break: None,
             snapshot_refused: None,
@@ -271,6 +279,25 @@ impl LogSource for FakeLog {
                 "the streams after frame {from} did not end"
             );
         }
+        if let Some(starts) = &self.forward {
+            let before = starts.iter().filter(|&&lo| lo < from).count();
+            let (ended, _) = turn
+                .wait_timeout_while(
+                    ended.lock().unwrap(),
+                    std::time::Duration::from_secs(5),
+                    |ended| ended.len() < before,
+                )
+                .unwrap();
+            assert_eq!(
+                ended.len(),
+                before,
+                "the streams before frame {from} did not end"
+            );
+        }
+        let page = self
+            .stream_page
+            .filter(|&(at, _)| at == from)
+            .map_or(usize::MAX, |(_, page)| FRAME_HEADER + page);
         let range = usize::try_from(from).unwrap()..=usize::try_from(upto).unwrap();
         let streamed = (|| {
             for (i, f) in self.frames[range].iter().enumerate() {
@@ -279,7 +306,7 @@ impl LogSource for FakeLog {
                 if breaks && i == 10 {
                     return Err(LogError::Protocol("test".into()));
                 }
-                each(f)?;
+                each(&f[..page.min(f.len())])?;
             }
             Ok(())
         })();
@@ -298,6 +325,7 @@ impl LogSource for FakeLog {
                 snapshots_asked: self.snapshots_asked.clone(),
                 overlapped: self.overlapped.clone(),
                 reversed: self.reversed.clone(),
+                forward: self.forward.clone(),
                 ended: self.ended.clone(),
                 snapshot_broke: self.snapshot_broke.clone(),
                 ..*self
@@ -1151,4 +1179,112 @@ fn a_log_compacted_while_its_parts_come_is_read_from_the_snapshot_over_them() {
             >= 1
     );
     assert_eq!(source.batched, n - 1 - end);
+}
+
+/// The spool `m` fetches from `log` up to `at`, its bytes as synced, and what `read_spool`
+/// makes of it (as a run killed right after the fetch left it) checked against what the fetch
+/// said it holds.
+fn fetched_spool(m: &Mirror, log: &mut FakeLog, at: &Hello, what: &str) -> (Ready, Vec<u8>) {
+    let ready = m.fetch(log, at, &mut Streams::Try).unwrap().unwrap();
+    let bytes = fs::read(&ready.path).unwrap();
+    match spool::read_spool(&ready.path).unwrap() {
+        Ok(read) => {
+            assert_eq!(
+                (read.to, read.size, &read.pages),
+                (ready.to, ready.size, &ready.pages),
+                "read back, {what}"
+            );
+        }
+        Err(why) => panic!("read back, {what}: {why}"),
+    }
+    (ready, bytes)
+}
+
+/// A mirror in a new directory at the long log's commit `k` (read in batches), or none.
+fn mirror_at(n: u64, k: Option<u64>) -> (tempfile::TempDir, Mirror) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mirror::new(dir.path().to_path_buf());
+    if let Some(k) = k {
+        let mut frames = long_log(n);
+        frames.truncate(usize::try_from(k).unwrap() + 1);
+        let at = Hello {
+            replication_index: Some(k),
+            ..hello()
+        };
+        let mut log = FakeLog::new(frames, None);
+        let ready = m.fetch(&mut log, &at, &mut Streams::Try).unwrap().unwrap();
+        m.apply(ready).unwrap();
+    }
+    (dir, m)
+}
+
+/// A spool fetched with a stretch's later parts in place, first or carrying a mirror forward
+/// (from its last commit on), is byte for byte the spool batches make: the same head, frames
+/// and sum; it reads back whole as a killed run leaves it, and applies to the mirror batches
+/// make. So whether the parts end first to last or last to first, and whichever part breaks
+/// off: one after the first (a rewind after nothing was followed), or the third after the
+/// fourth came whole (a rewind after the second was followed, over bytes of the fourth and of
+/// the broken third written past the last commit).
+#[test]
+fn a_spool_with_parts_in_place_is_the_spool_batches_make() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let (at, want) = built_in_batches(n);
+    let k = *commits(n).iter().filter(|&&c| c < 500).max().unwrap();
+    assert!(n - 1 >= k + 1 + STREAM_FRAMES);
+    for from in [None, Some(k)] {
+        let (_reference, r) = mirror_at(n, from);
+        let mut plain = FakeLog::new(long_log(n), None);
+        let (ready, reference) = fetched_spool(&r, &mut plain, &at, "batches");
+        r.apply(ready).unwrap();
+        assert!(
+            fs::read(r.db_path()).unwrap() == want,
+            "batches from {from:?}"
+        );
+        let first = from.map_or(0, |k| k + 1);
+        let starts: Vec<u64> = split(first, n - 1, LOG_STREAMS)
+            .iter()
+            .map(|p| p.0)
+            .collect();
+        for (what, reversed, forward, one_stream_breaks) in [
+            ("whole", false, false, None),
+            ("last to first", true, false, None),
+            ("first to last", false, true, None),
+            ("the second broke", false, true, Some(starts[1])),
+            (
+                "the third broke, last to first",
+                true,
+                false,
+                Some(starts[2]),
+            ),
+            (
+                "the last broke, first to last",
+                false,
+                true,
+                Some(starts[3]),
+            ),
+        ] {
+            let what = format!("{what}, from {from:?}");
+            let (_dir, m) = mirror_at(n, from);
+            let mut log = FakeLog {
+                streams: true,
+                reversed: reversed.then(|| starts.clone()),
+                forward: forward.then(|| starts.clone()),
+                one_stream_breaks,
+                ..FakeLog::new(long_log(n), None)
+            };
+            let (ready, bytes) = fetched_spool(&m, &mut log, &at, &what);
+            assert_eq!(
+                log.streams_asked.load(std::sync::atomic::Ordering::SeqCst),
+                LOG_STREAMS,
+                "{what}"
+            );
+            assert_eq!(log.batched == 0, one_stream_breaks.is_none(), "{what}");
+            assert_eq!(bytes.len(), reference.len(), "{what}");
+            assert!(bytes == reference, "spool, {what}");
+            m.apply(ready).unwrap();
+            assert!(fs::read(m.db_path()).unwrap() == want, "applied, {what}");
+            assert_eq!(m.state().unwrap(), r.state().unwrap(), "{what}");
+            assert_eq!(sums_that_differ(&m), Vec::<u32>::new(), "{what}");
+        }
+    }
 }
