@@ -1288,3 +1288,58 @@ fn a_spool_with_parts_in_place_is_the_spool_batches_make() {
         }
     }
 }
+
+/// The stream of the second part of a long stretch serves pages of 256 bytes where the log's
+/// are 512 (a server of another page size), and ends after the first part's stream: its frames,
+/// placed by their own length, land inside the first part's, which were already written. The
+/// part is refused ([`Txns::follow`]) and the batches read on from the first part's last
+/// commit; the spool must hold only the frames it counted, byte for byte the spool batches
+/// make, read back whole and applied to the mirror batches make. The first part is long enough
+/// (over a megabyte) that the spool wrote most of it before the second part's stream ended.
+#[test]
+fn a_part_of_another_page_size_leaves_the_spool_batches_make() {
+    let n = 10_000;
+    let (at, want) = built_in_batches(n);
+    let starts: Vec<u64> = split(0, n - 1, LOG_STREAMS).iter().map(|p| p.0).collect();
+    assert!(starts[1] * (FRAME_HEADER + PAGE) as u64 > 1 << 20);
+    let (_reference, r) = mirror_at(n, None);
+    let (_, reference) = fetched_spool(&r, &mut FakeLog::new(long_log(n), None), &at, "batches");
+    let (_dir, m) = mirror_at(n, None);
+    let mut log = FakeLog {
+        streams: true,
+        forward: Some(starts.clone()),
+        stream_page: Some((starts[1], 256)),
+        ..FakeLog::new(long_log(n), None)
+    };
+    let ready = m.fetch(&mut log, &at, &mut Streams::Try).unwrap().unwrap();
+    assert!(log.batched > 0);
+    let bytes = fs::read(&ready.path).unwrap();
+    assert_eq!(bytes.len(), reference.len());
+    let frame_len = FRAME_HEADER + PAGE;
+    let head = spool::HEAD_BYTES as usize;
+    let differ: Vec<usize> = (0..(bytes.len() - head) / frame_len)
+        .filter(|&i| {
+            let at = head + i * frame_len;
+            bytes[at..at + frame_len] != reference[at..at + frame_len]
+        })
+        .collect();
+    // Every check is made before the test fails, so its message names each one that is wrong.
+    let mut wrong = Vec::new();
+    if let (Some(first), Some(last)) = (differ.first(), differ.last()) {
+        wrong.push(format!(
+            "{} frames of the spool from frame {first} to {last} are not the ones batches fetch",
+            differ.len()
+        ));
+    }
+    if let Err(why) = spool::read_spool(&ready.path).unwrap() {
+        wrong.push(format!("read back: {why}"));
+    }
+    match m.apply(ready) {
+        Ok(_) if fs::read(m.db_path()).unwrap() != want => {
+            wrong.push("applied: not the mirror batches make".into())
+        }
+        Ok(_) => {}
+        Err(e) => wrong.push(format!("applied: {e}")),
+    }
+    assert_eq!(wrong, Vec::<String>::new());
+}
