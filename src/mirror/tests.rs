@@ -1295,7 +1295,9 @@ fn a_spool_with_parts_in_place_is_the_spool_batches_make() {
 /// part is refused ([`Txns::follow`]) and the batches read on from the first part's last
 /// commit; the spool must hold only the frames it counted, byte for byte the spool batches
 /// make, read back whole and applied to the mirror batches make. The first part is long enough
-/// (over a megabyte) that the spool wrote most of it before the second part's stream ended.
+/// (over a megabyte) that the spool wrote most of it before the second part's stream ended. A
+/// mirror built from the same log, whose parts write pages where their numbers put them, must
+/// end as exact.
 #[test]
 fn a_part_of_another_page_size_leaves_the_spool_batches_make() {
     let n = 10_000;
@@ -1340,6 +1342,22 @@ fn a_part_of_another_page_size_leaves_the_spool_batches_make() {
         }
         Ok(_) => {}
         Err(e) => wrong.push(format!("applied: {e}")),
+    }
+    // A mirror built from the same log takes the part's pages by their own length too.
+    let (_built, b) = mirror_at(n, None);
+    let mut source = FakeLog {
+        streams: true,
+        forward: Some(starts.clone()),
+        stream_page: Some((starts[1], 256)),
+        ..FakeLog::new(long_log(n), None)
+    };
+    match b.build(&mut source, &at, &mut Streams::Try) {
+        Ok(Some(built)) if fs::read(b.db_path()).unwrap() != want => wrong.push(format!(
+            "built: not the mirror batches make, at {}",
+            built.to
+        )),
+        Ok(Some(_)) => {}
+        other => wrong.push(format!("built: {other:?}")),
     }
     assert_eq!(wrong, Vec::<String>::new());
 }
