@@ -1361,3 +1361,76 @@ fn a_part_of_another_page_size_leaves_the_spool_batches_make() {
     }
     assert_eq!(wrong, Vec::<String>::new());
 }
+
+/// A log compacted into two snapshots, then a long stretch: the second snapshot comes while the
+/// first does (aside), and the stretch after it is read in streams with its later parts in place
+/// in the spool, right after the snapshots' frames. Whole, or with a part broken off (parts
+/// ending either way), the spool is byte for byte the one a reader of one connection makes of
+/// the same log (the snapshots, then batches), reads back whole, and applies to the mirror
+/// batches make of the log never compacted.
+#[test]
+fn a_stretch_after_snapshots_in_a_spool_is_the_spool_one_reader_makes() {
+    let n = STREAM_FRAMES * 2 + 77;
+    let (at, want) = built_in_batches(n);
+    let commits = commits(n);
+    let first = *commits.iter().filter(|&&c| c < 1000).max().unwrap();
+    let second = *commits.iter().filter(|&&c| c < 1500).max().unwrap();
+    assert!(second > first && n - 1 >= second + 1 + STREAM_FRAMES);
+    let compacted = vec![(0, first), (first + 1, second)];
+    let (_reference, r) = mirror_at(n, None);
+    let mut one = FakeLog {
+        compacted: compacted.clone(),
+        ..FakeLog::new(long_log(n), None)
+    };
+    let (ready, reference) = fetched_spool(&r, &mut one, &at, "one reader");
+    assert_eq!(one.batched, n - 1 - second);
+    r.apply(ready).unwrap();
+    assert!(fs::read(r.db_path()).unwrap() == want);
+    let starts: Vec<u64> = split(second + 1, n - 1, LOG_STREAMS)
+        .iter()
+        .map(|p| p.0)
+        .collect();
+    for (what, reversed, forward, one_stream_breaks) in [
+        ("whole", false, false, None),
+        (
+            "the second broke, last to first",
+            true,
+            false,
+            Some(starts[1]),
+        ),
+        (
+            "the third broke, first to last",
+            false,
+            true,
+            Some(starts[2]),
+        ),
+    ] {
+        let (_dir, m) = mirror_at(n, None);
+        let mut log = FakeLog {
+            streams: true,
+            compacted: compacted.clone(),
+            reversed: reversed.then(|| starts.clone()),
+            forward: forward.then(|| starts.clone()),
+            one_stream_breaks,
+            ..FakeLog::new(long_log(n), None)
+        };
+        let (ready, bytes) = fetched_spool(&m, &mut log, &at, what);
+        assert_eq!(
+            log.snapshots_asked
+                .load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "{what}: the two snapshots (none holds the frame after them)"
+        );
+        assert_eq!(
+            log.streams_asked.load(std::sync::atomic::Ordering::SeqCst),
+            LOG_STREAMS,
+            "{what}"
+        );
+        assert_eq!(log.batched == 0, one_stream_breaks.is_none(), "{what}");
+        assert!(bytes == reference, "spool, {what}");
+        m.apply(ready).unwrap();
+        assert!(fs::read(m.db_path()).unwrap() == want, "applied, {what}");
+        assert_eq!(m.state().unwrap(), r.state().unwrap(), "{what}");
+        assert_eq!(sums_that_differ(&m), Vec::<u32>::new(), "{what}");
+    }
+}
