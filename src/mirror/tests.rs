@@ -1434,3 +1434,68 @@ fn a_stretch_after_snapshots_in_a_spool_is_the_spool_one_reader_makes() {
         assert_eq!(sums_that_differ(&m), Vec::<u32>::new(), "{what}");
     }
 }
+
+/// The long log of `n` frames with every frame a transaction of its own: each part of a stretch
+/// ends at a commit.
+fn one_frame_txns(n: u64) -> Vec<Vec<u8>> {
+    let mut frames = long_log(n);
+    for f in &mut frames {
+        f[20..24].copy_from_slice(&60u32.to_le_bytes());
+    }
+    frames
+}
+
+/// The second part of a stretch breaks off after the two after it came whole, written in place
+/// in the spool past its last commit, and the batches that read on from there end before them
+/// (a server behind the one that sent the streams), at a commit or inside a transaction, or,
+/// every frame a transaction, with the spool at a commit each time it is cut back: the spool
+/// holds none of the later parts' bytes, byte for byte the spool those batches make alone, and
+/// applies to the mirror they make.
+#[test]
+fn a_spool_whose_batches_end_before_its_later_parts_holds_none_of_them() {
+    // Parts of over a megabyte: a part's first megabyte is on disk before it ends.
+    let n = 10_000;
+    let at = Hello {
+        replication_index: Some(n - 1),
+        ..hello()
+    };
+    let starts: Vec<u64> = split(0, n - 1, LOG_STREAMS).iter().map(|p| p.0).collect();
+    assert!((starts[3] - starts[2]) * (FRAME_HEADER + PAGE) as u64 > 1 << 20);
+    let commit = *commits(n).iter().filter(|&&c| c < starts[2]).max().unwrap();
+    assert!(commit > starts[1] + 10 && commit + 1 < starts[2]);
+    let long: fn(u64) -> Vec<Vec<u8>> = long_log;
+    let one: fn(u64) -> Vec<Vec<u8>> = one_frame_txns;
+    for (frames, batches_end, to) in [
+        (long, commit, commit),
+        (long, commit + 1, commit),
+        (one, starts[1] + 20, starts[1] + 20),
+    ] {
+        let (_reference, r) = mirror_at(n, None);
+        let mut plain = FakeLog {
+            batches_end: Some(batches_end),
+            ..FakeLog::new(frames(n), None)
+        };
+        let (ready, reference) = fetched_spool(&r, &mut plain, &at, "batches");
+        r.apply(ready).unwrap();
+        let (_dir, m) = mirror_at(n, None);
+        let mut log = FakeLog {
+            streams: true,
+            reversed: Some(starts.clone()),
+            one_stream_breaks: Some(starts[1]),
+            batches_end: Some(batches_end),
+            ..FakeLog::new(frames(n), None)
+        };
+        let what = format!("batches ending at {batches_end}");
+        let (ready, bytes) = fetched_spool(&m, &mut log, &at, &what);
+        assert!(log.batched > 0, "{what}");
+        assert_eq!(ready.to, to, "{what}");
+        assert_eq!(bytes.len(), reference.len(), "{what}");
+        assert!(bytes == reference, "spool, {what}");
+        m.apply(ready).unwrap();
+        assert!(
+            fs::read(m.db_path()).unwrap() == fs::read(r.db_path()).unwrap(),
+            "applied, {what}"
+        );
+        assert_eq!(sums_that_differ(&m), Vec::<u32>::new(), "{what}");
+    }
+}
