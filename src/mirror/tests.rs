@@ -264,34 +264,26 @@ impl LogSource for FakeLog {
             return Err(LogError::Silent(std::time::Duration::from_millis(500)));
         }
         let (ended, turn) = &*self.ended;
-        if let Some(starts) = &self.reversed {
-            let after = starts.iter().filter(|&&lo| lo > from).count();
+        // The streams of the parts after this one (`reversed`) or before it (`forward`) end
+        // first: as many as there are of them.
+        let first = [
+            (&self.reversed, "after", std::cmp::Ordering::Greater),
+            (&self.forward, "before", std::cmp::Ordering::Less),
+        ];
+        for (starts, which, side) in first {
+            let Some(starts) = starts else { continue };
+            let others = starts.iter().filter(|lo| lo.cmp(&&from) == side).count();
             let (ended, _) = turn
                 .wait_timeout_while(
                     ended.lock().unwrap(),
                     std::time::Duration::from_secs(5),
-                    |ended| ended.len() < after,
+                    |ended| ended.len() < others,
                 )
                 .unwrap();
             assert_eq!(
                 ended.len(),
-                after,
-                "the streams after frame {from} did not end"
-            );
-        }
-        if let Some(starts) = &self.forward {
-            let before = starts.iter().filter(|&&lo| lo < from).count();
-            let (ended, _) = turn
-                .wait_timeout_while(
-                    ended.lock().unwrap(),
-                    std::time::Duration::from_secs(5),
-                    |ended| ended.len() < before,
-                )
-                .unwrap();
-            assert_eq!(
-                ended.len(),
-                before,
-                "the streams before frame {from} did not end"
+                others,
+                "the streams {which} frame {from} did not end"
             );
         }
         let page = self
@@ -1218,6 +1210,60 @@ fn mirror_at(n: u64, k: Option<u64>) -> (tempfile::TempDir, Mirror) {
     (dir, m)
 }
 
+/// A case of [`SpoolMade::check`]: what it is, whether the streams of the parts end last to
+/// first or first to last, and the part whose stream breaks off.
+type StreamCase = (&'static str, bool, bool, Option<u64>);
+
+/// What a spool of the long log of `n` frames (compacted into `compacted`) read in streams over
+/// `starts` up to `at` is checked against: the spool's bytes, the mirror it applies to (`r`)
+/// and that mirror's file.
+struct SpoolMade<'a> {
+    n: u64,
+    at: &'a Hello,
+    starts: &'a [u64],
+    compacted: &'a [(u64, u64)],
+    bytes: &'a [u8],
+    r: &'a Mirror,
+    want: &'a [u8],
+}
+
+impl SpoolMade<'_> {
+    /// Fetches into a mirror at `from` ([`mirror_at`]) the log served in [`LOG_STREAMS`]
+    /// streams as `case` says, and checks the spool is byte for byte the reference's, reads
+    /// back whole, and applies to the same mirror, every page matching its sum. The source, for
+    /// what it counted.
+    fn check(&self, from: Option<u64>, case: StreamCase) -> FakeLog {
+        let (what, reversed, forward, one_stream_breaks) = case;
+        let what = format!("{what}, from {from:?}");
+        let (_dir, m) = mirror_at(self.n, from);
+        let mut log = FakeLog {
+            streams: true,
+            compacted: self.compacted.to_vec(),
+            reversed: reversed.then(|| self.starts.to_vec()),
+            forward: forward.then(|| self.starts.to_vec()),
+            one_stream_breaks,
+            ..FakeLog::new(long_log(self.n), None)
+        };
+        let (ready, bytes) = fetched_spool(&m, &mut log, self.at, &what);
+        assert_eq!(
+            log.streams_asked.load(std::sync::atomic::Ordering::SeqCst),
+            LOG_STREAMS,
+            "{what}"
+        );
+        assert_eq!(log.batched == 0, one_stream_breaks.is_none(), "{what}");
+        assert_eq!(bytes.len(), self.bytes.len(), "{what}");
+        assert!(bytes == self.bytes, "spool, {what}");
+        m.apply(ready).unwrap();
+        assert!(
+            fs::read(m.db_path()).unwrap() == self.want,
+            "applied, {what}"
+        );
+        assert_eq!(m.state().unwrap(), self.r.state().unwrap(), "{what}");
+        assert_eq!(sums_that_differ(&m), Vec::<u32>::new(), "{what}");
+        log
+    }
+}
+
 /// A spool fetched with a stretch's later parts in place, first or carrying a mirror forward
 /// (from its last commit on), is byte for byte the spool batches make: the same head, frames
 /// and sum; it reads back whole as a killed run leaves it, and applies to the mirror batches
@@ -1231,7 +1277,7 @@ fn a_spool_with_parts_in_place_is_the_spool_batches_make() {
     let n = 10_000;
     let (at, want) = built_in_batches(n);
     let k = *commits(n).iter().filter(|&&c| c < 500).max().unwrap();
-    assert!(n - 1 >= k + 1 + STREAM_FRAMES);
+    assert!(n > k + 1 + STREAM_FRAMES);
     for from in [None, Some(k)] {
         let (_reference, r) = mirror_at(n, from);
         let mut plain = FakeLog::new(long_log(n), None);
@@ -1246,46 +1292,24 @@ fn a_spool_with_parts_in_place_is_the_spool_batches_make() {
             .iter()
             .map(|p| p.0)
             .collect();
-        for (what, reversed, forward, one_stream_breaks) in [
+        for case in [
             ("whole", false, false, None),
             ("last to first", true, false, None),
             ("first to last", false, true, None),
             ("the second broke", false, true, Some(starts[1])),
-            (
-                "the third broke, last to first",
-                true,
-                false,
-                Some(starts[2]),
-            ),
-            (
-                "the last broke, first to last",
-                false,
-                true,
-                Some(starts[3]),
-            ),
+            ("third broke, last first", true, false, Some(starts[2])),
+            ("last broke, first last", false, true, Some(starts[3])),
         ] {
-            let what = format!("{what}, from {from:?}");
-            let (_dir, m) = mirror_at(n, from);
-            let mut log = FakeLog {
-                streams: true,
-                reversed: reversed.then(|| starts.clone()),
-                forward: forward.then(|| starts.clone()),
-                one_stream_breaks,
-                ..FakeLog::new(long_log(n), None)
+            let made = SpoolMade {
+                n,
+                at: &at,
+                starts: &starts,
+                compacted: &[],
+                bytes: &reference,
+                r: &r,
+                want: &want,
             };
-            let (ready, bytes) = fetched_spool(&m, &mut log, &at, &what);
-            assert_eq!(
-                log.streams_asked.load(std::sync::atomic::Ordering::SeqCst),
-                LOG_STREAMS,
-                "{what}"
-            );
-            assert_eq!(log.batched == 0, one_stream_breaks.is_none(), "{what}");
-            assert_eq!(bytes.len(), reference.len(), "{what}");
-            assert!(bytes == reference, "spool, {what}");
-            m.apply(ready).unwrap();
-            assert!(fs::read(m.db_path()).unwrap() == want, "applied, {what}");
-            assert_eq!(m.state().unwrap(), r.state().unwrap(), "{what}");
-            assert_eq!(sums_that_differ(&m), Vec::<u32>::new(), "{what}");
+            made.check(from, case);
         }
     }
 }
@@ -1307,15 +1331,20 @@ fn a_part_of_another_page_size_leaves_the_spool_batches_make() {
     assert!(starts[1] * (FRAME_HEADER + PAGE) as u64 > 1 << 20);
     let (_reference, r) = mirror_at(n, None);
     let (_, reference) = fetched_spool(&r, &mut FakeLog::new(long_log(n), None), &at, "batches");
-    let (_dir, m) = mirror_at(n, None);
-    let mut log = FakeLog {
+    // The second part's stream serves pages of 256 bytes, and ends after the first's.
+    let log = || FakeLog {
         streams: true,
         forward: Some(starts.clone()),
         stream_page: Some((starts[1], 256)),
         ..FakeLog::new(long_log(n), None)
     };
-    let ready = m.fetch(&mut log, &at, &mut Streams::Try).unwrap().unwrap();
-    assert!(log.batched > 0);
+    let (_dir, m) = mirror_at(n, None);
+    let mut log_read = log();
+    let ready = m
+        .fetch(&mut log_read, &at, &mut Streams::Try)
+        .unwrap()
+        .unwrap();
+    assert!(log_read.batched > 0);
     let bytes = fs::read(&ready.path).unwrap();
     assert_eq!(bytes.len(), reference.len());
     let frame_len = FRAME_HEADER + PAGE;
@@ -1346,13 +1375,7 @@ fn a_part_of_another_page_size_leaves_the_spool_batches_make() {
     }
     // A mirror built from the same log takes the part's pages by their own length too.
     let (_built, b) = mirror_at(n, None);
-    let mut source = FakeLog {
-        streams: true,
-        forward: Some(starts.clone()),
-        stream_page: Some((starts[1], 256)),
-        ..FakeLog::new(long_log(n), None)
-    };
-    match b.build(&mut source, &at, &mut Streams::Try) {
+    match b.build(&mut log(), &at, &mut Streams::Try) {
         Ok(Some(built)) if fs::read(b.db_path()).unwrap() != want => wrong.push(format!(
             "built: not the mirror batches make, at {}",
             built.to
@@ -1376,7 +1399,7 @@ fn a_stretch_after_snapshots_in_a_spool_is_the_spool_one_reader_makes() {
     let commits = commits(n);
     let first = *commits.iter().filter(|&&c| c < 1000).max().unwrap();
     let second = *commits.iter().filter(|&&c| c < 1500).max().unwrap();
-    assert!(second > first && n - 1 >= second + 1 + STREAM_FRAMES);
+    assert!(second > first && n > second + 1 + STREAM_FRAMES);
     let compacted = vec![(0, first), (first + 1, second)];
     let (_reference, r) = mirror_at(n, None);
     let mut one = FakeLog {
@@ -1391,48 +1414,28 @@ fn a_stretch_after_snapshots_in_a_spool_is_the_spool_one_reader_makes() {
         .iter()
         .map(|p| p.0)
         .collect();
-    for (what, reversed, forward, one_stream_breaks) in [
+    let made = SpoolMade {
+        n,
+        at: &at,
+        starts: &starts,
+        compacted: &compacted,
+        bytes: &reference,
+        r: &r,
+        want: &want,
+    };
+    for case in [
         ("whole", false, false, None),
-        (
-            "the second broke, last to first",
-            true,
-            false,
-            Some(starts[1]),
-        ),
-        (
-            "the third broke, first to last",
-            false,
-            true,
-            Some(starts[2]),
-        ),
+        ("second broke, last first", true, false, Some(starts[1])),
+        ("third broke, first last", false, true, Some(starts[2])),
     ] {
-        let (_dir, m) = mirror_at(n, None);
-        let mut log = FakeLog {
-            streams: true,
-            compacted: compacted.clone(),
-            reversed: reversed.then(|| starts.clone()),
-            forward: forward.then(|| starts.clone()),
-            one_stream_breaks,
-            ..FakeLog::new(long_log(n), None)
-        };
-        let (ready, bytes) = fetched_spool(&m, &mut log, &at, what);
+        let log = made.check(None, case);
         assert_eq!(
             log.snapshots_asked
                 .load(std::sync::atomic::Ordering::SeqCst),
             2,
-            "{what}: the two snapshots (none holds the frame after them)"
+            "{}: the two snapshots (none holds the frame after them)",
+            case.0
         );
-        assert_eq!(
-            log.streams_asked.load(std::sync::atomic::Ordering::SeqCst),
-            LOG_STREAMS,
-            "{what}"
-        );
-        assert_eq!(log.batched == 0, one_stream_breaks.is_none(), "{what}");
-        assert!(bytes == reference, "spool, {what}");
-        m.apply(ready).unwrap();
-        assert!(fs::read(m.db_path()).unwrap() == want, "applied, {what}");
-        assert_eq!(m.state().unwrap(), r.state().unwrap(), "{what}");
-        assert_eq!(sums_that_differ(&m), Vec::<u32>::new(), "{what}");
     }
 }
 
