@@ -1249,6 +1249,44 @@ fn pulls_killed_at_random_moments_are_finished_exactly() {
     exact(&sqld, dir.path());
 }
 
+/// Pulls of a long stretch of log (over 2048 frames, read in several streams with the later
+/// parts written into the spool in place) killed at random moments, while the streams come, the
+/// spool is finished or applied: the next pull exits 0, leaves no spool, and is exact.
+#[test]
+fn pulls_of_a_long_stretch_killed_at_random_moments_are_finished_exactly() {
+    let sqld = Sqld::start();
+    sqld.exec(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+         INSERT INTO t SELECT value, randomblob(3000) FROM generate_series(1, 2500);",
+    );
+    let dir = tempdir();
+    init(&sqld, dir.path());
+    let mut rng = Rng::from_time("long kills");
+    for round in 0..5 {
+        // One page each: 2500 frames, past 2048.
+        sqld.exec(&format!(
+            "UPDATE t SET v = randomblob(3000 + {round}) WHERE id % 50 != {round};"
+        ));
+        let mut child = sqld
+            .tursync(dir.path())
+            .args(["pull"])
+            .env("TURSYNC_TEST_APPLY_PAUSE_MS", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let after = rng.below(1500);
+        std::thread::sleep(std::time::Duration::from_millis(after));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        eprintln!("round {round}: killed after {after} ms: {status}");
+        sqld.exec(&format!("INSERT INTO t(v) VALUES (x'{round:02x}')"));
+        pull(&sqld, dir.path());
+        assert!(!dir.path().join(".tursync/mirror.spool").exists());
+        exact(&sqld, dir.path());
+    }
+}
+
 /// The first page of the mirror whose B-tree page kind is `kind` (5: table interior, 13:
 /// table leaf) and holds `needle`, if given.
 fn find_page(mirror: &[u8], kind: u8, needle: Option<&[u8]>) -> usize {
