@@ -402,10 +402,10 @@ pub fn init(
     fs::create_dir(&tmp_state).during("creating", tmp_state.display())?;
 
     // The index is read before the rows, so writes made while cloning can only make the next
-    // pull download again, never skip what it should fetch.
-    let index = remote.replication_index()?;
+    // pull download again, never skip what it should fetch: through the log, the one its
+    // `Hello` carried before the frames (sqld's last commit, as the index of its SQL answers).
     let (schema, stats, mut sync) = match clone_from_log(remote, &tmp_state, &tmp_db, opts)? {
-        Ok((frame, schema, stats, streams_off)) => (
+        Ok((frame, index, schema, stats, streams_off)) => (
             schema,
             stats,
             SyncState {
@@ -419,6 +419,7 @@ pub fn init(
             },
         ),
         Err(reason) => {
+            let index = remote.replication_index()?;
             let mut sink = LocalSink::create(&tmp_db)?;
             let (schema, stats) = clone::copy_remote(remote, &mut sink, opts, progress)?;
             sink.finish()?;
@@ -494,9 +495,10 @@ pub fn init(
     })
 }
 
-/// A clone through the log: the mirror's frame the copy holds, what it holds, how much, and
-/// whether the log's streams stayed silent.
-type LogClone = (u64, Schema, Stats, Option<StreamsOff>);
+/// A clone through the log: the mirror's frame the copy holds, the replication index `Hello`
+/// named before the frames were read, what the copy holds, how much, and whether the log's
+/// streams stayed silent.
+type LogClone = (u64, Option<u64>, Schema, Stats, Option<StreamsOff>);
 
 /// Clones through the replication log: the mirror is built in `state` (a state directory being
 /// built), and `db` and the base are copies of it in rollback-journal mode, checked by
@@ -523,8 +525,10 @@ fn clone_from_log(
     let log = &mut *source;
     let mut streams = Streams::Try;
     let mut log_id = String::new();
+    let mut index = None;
     let reason = match log.hello().map_err(MirrorError::from).and_then(|hello| {
         log_id.clone_from(&hello.log_id);
+        index = hello.replication_index;
         mirror.build(log, &hello, &mut streams)
     }) {
         Ok(Some(built)) => {
@@ -569,7 +573,7 @@ fn clone_from_log(
                         crate::shared_pages::base_from_built(state)?;
                     }
                     let streams_off = StreamsOff::after(&streams, &log_id);
-                    return Ok(Ok((built.to, schema, stats, streams_off)));
+                    return Ok(Ok((built.to, index, schema, stats, streams_off)));
                 }
                 Err(check) => Some(format!("the copy of the log failed quick_check: {check}")),
             }

@@ -171,6 +171,37 @@ fn push_of_ten_thousand_row_changes_takes_at_most_two_requests_on_sqld() {
 }
 
 /// Measured before: 2 requests.
+/// `init` of a small database through the log: what the server speaks (`/pull-updates`, then
+/// the log's `Hello`), the log's `Hello` for the clone, and its one batch. The replication index
+/// recorded is the one that `Hello` carries, read before the frames as a separate request's
+/// would be.
+#[test]
+fn init_through_the_log_takes_at_most_four_requests_on_sqld() {
+    let sqld = Sqld::start();
+    sqld.exec(SCHEMA);
+    sqld.exec("INSERT INTO items VALUES (1, 'one', 1, NULL), (2, 'two', 2, NULL)");
+    let proxy = HookProxy::far(&sqld.url, rtt());
+    let dir = tempdir();
+    let (token, url) = (sqld.rw_token.clone(), proxy.url.clone());
+    at_most(&proxy, "init (sqld)", 4, || {
+        tursync(dir.path())
+            .args(["init", "--url", &url])
+            .env("TURSO_AUTH_TOKEN", token)
+            .output()
+            .unwrap()
+    });
+    assert_items(&sqld, dir.path());
+    // The index recorded is the remote's: a pull finds nothing new in one request.
+    sqld_at_most(
+        &sqld,
+        &proxy,
+        dir.path(),
+        "pull after init (sqld)",
+        1,
+        &["pull"],
+    );
+}
+
 #[test]
 fn pull_with_nothing_new_takes_one_request_on_sqld() {
     idle_before_and_after_our_push(&["pull"], "pull, nothing new", 1);

@@ -101,7 +101,7 @@ pub(super) fn read_log(
                 // The next snapshot came meanwhile: it follows in the sink, and the one after
                 // it is asked for (or, when it did not come whole, it is asked for again).
                 Snapshot::Read(After::Snapshot(later, count)) => {
-                    take_snapshot_aside(later, count, sink)?;
+                    take_next_snapshot(later, count, sink)?;
                     after_snapshot = true;
                     false
                 }
@@ -317,7 +317,7 @@ fn ask_after(
 /// aside) into `sink`, right after the snapshot before it, and leaves the sink at its last
 /// commit: past the snapshot when it is whole, before it otherwise (it is asked for again then,
 /// as any answer that broke off). Only the sink's own storage failing is an error.
-fn take_snapshot_aside(
+fn take_next_snapshot(
     later: Later,
     count: u64,
     sink: &mut dyn FrameSink,
@@ -363,13 +363,14 @@ pub const LOG_STREAMS: u64 = 4;
 /// parts of the stretch: the first part straight into `sink`, each later one meanwhile into a
 /// part of the sink (a mirror being built, a spool: [`FrameSink::parts`], which are then only
 /// counted in order), or, for a sink that makes none, into a file of its own aside in `dir`,
-/// then from it, in order (each file freed once read). sqld reads its log for a stream or a batch one frame at a time, and sends a batch only once it
-/// is whole; several streams keep several of its threads reading, so a long stretch of log
-/// comes in a fraction of the time batches take. Whatever goes wrong here (a server without
-/// streams, a dropped connection) leaves `sink` at its last commit before the first part that
-/// did not come whole, and the batches of [`read_log`] go on from there: this is only a
-/// shortcut. Only an error of the sink itself is returned; a stream that stayed silent
-/// ([`LogError::Silent`]) is given back, so the caller stops trying streams.
+/// then from it, in order (each file freed once read). sqld reads its log for a stream or a
+/// batch one frame at a time, and sends a batch only once it is whole; several streams keep
+/// several of its threads reading, so a long stretch of log comes in a fraction of the time
+/// batches take. Whatever goes wrong here (a server without streams, a dropped connection)
+/// leaves `sink` at its last commit before the first part that did not come whole, and the
+/// batches of [`read_log`] go on from there: this is only a shortcut. Only an error of the sink
+/// itself is returned; a stream that stayed silent ([`LogError::Silent`]) is given back, so the
+/// caller stops trying streams.
 ///
 /// ```text
 /// frames 100..=8099, four streams:  100..=2099 → sink
@@ -445,7 +446,7 @@ impl Later {
 
 /// A stretch of log read in streams ([`stream_parts`]), waiting for the sink.
 struct Streamed {
-    /// Whether the first part went straight into the sink (it had no file aside then).
+    /// Whether the first part went straight into the sink (it had no part of its own then).
     head_in_sink: bool,
     parts: Vec<(u64, u64)>,
     /// Where each part that did not go into the sink went, in order.
@@ -539,7 +540,7 @@ fn take_streamed(
         sink.rewind()?;
         return Ok(Some(silent));
     }
-    // The parts aside follow the head in order, as far as each came whole.
+    // The later parts follow the head in order, as far as each came whole.
     let came = whole.iter().take_while(|w| **w).count();
     let skip = usize::from(head_in_sink);
     for (part, &(lo, hi)) in later
