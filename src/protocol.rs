@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use crate::mirror::Mirror;
-use crate::remote::replication::{LogError, LogSource, ReplicationLog};
+use crate::remote::replication::{Hello, LogError, LogSource, ReplicationLog};
 use crate::remote::turso_sync::{TursoSync, TursoSyncError};
 use crate::remote::Remote;
 use crate::turso_pages::TursoPages;
@@ -100,54 +100,72 @@ pub fn log_allowed() -> bool {
 
 /// What the remote speaks for a clone: `TURSYNC_PROTOCOL` if set, else a probe, recorded in the
 /// state directory `dir` being built (so the commands after it need not probe again).
-pub fn for_clone(dir: &Path, remote: &Remote) -> Result<Detected> {
+pub fn for_clone<'r>(dir: &Path, remote: &'r Remote) -> Result<Probed<'r>> {
     if let Some(forced) = from_env()? {
-        return Ok(forced);
+        return Ok(Probed {
+            found: forced,
+            said_hello: None,
+        });
     }
-    let found = probe(remote)?;
-    record(dir, &found)?;
-    Ok(found)
+    let probed = probe(remote)?;
+    record(dir, &probed.found)?;
+    Ok(probed)
+}
+
+/// What a probe found, and when it is sqld's log, the reader that said `Hello` with its
+/// answer: a clone reads the log on with it instead of saying `Hello` again (a round trip).
+pub struct Probed<'r> {
+    pub found: Detected,
+    pub said_hello: Option<(ReplicationLog<'r>, Hello)>,
 }
 
 /// Asks the server: `/pull-updates` for page 0 (Turso Sync), then the log's `Hello` (sqld).
 /// A server that serves neither speaks SQL only. Failures that say nothing of the protocol
 /// (the server unreachable, the token refused) are errors.
-pub fn probe(remote: &Remote) -> Result<Detected> {
+pub fn probe(remote: &Remote) -> Result<Probed<'_>> {
+    let answer = |found| Probed {
+        found,
+        said_hello: None,
+    };
     match TursoSync::new(remote).probe() {
         Ok(head) => {
-            return Ok(Detected {
+            return Ok(answer(Detected {
                 protocol: Protocol::TursoSync,
                 reason: format!(
                     "the server answers /pull-updates (revision {}, {} pages)",
                     head.revision, head.db_size
                 ),
                 forced: false,
-            })
+            }))
         }
         Err(TursoSyncError::Remote(e)) if e.is_transient() || is_refusal(&e) => {
             return Err(e.into())
         }
         Err(_) => {}
     }
-    let reason = match ReplicationLog::new(remote).hello() {
+    let mut log = ReplicationLog::new(remote);
+    let reason = match log.hello() {
         Ok(hello) => {
-            return Ok(Detected {
-                protocol: Protocol::Log,
-                reason: format!(
-                    "the server serves the replication log (log id {})",
-                    hello.log_id
-                ),
-                forced: false,
+            return Ok(Probed {
+                found: Detected {
+                    protocol: Protocol::Log,
+                    reason: format!(
+                        "the server serves the replication log (log id {})",
+                        hello.log_id
+                    ),
+                    forced: false,
+                },
+                said_hello: Some((log, hello)),
             })
         }
         Err(LogError::Remote(e)) if e.is_transient() || is_refusal(&e) => return Err(e.into()),
         Err(e) => format!("the server serves neither /pull-updates nor the replication log ({e})"),
     };
-    Ok(Detected {
+    Ok(answer(Detected {
         protocol: Protocol::Sql,
         reason,
         forced: false,
-    })
+    }))
 }
 
 fn is_refusal(e: &crate::remote::RemoteError) -> bool {
@@ -205,7 +223,7 @@ pub fn detect(
         },
         None => None,
     };
-    let found = probe(remote)?;
+    let found = probe(remote)?.found;
     record(dir, &found)?;
     Ok((found, again))
 }

@@ -518,15 +518,25 @@ fn clone_from_log(
         )));
     }
     let mirror = Mirror::new(state.to_path_buf());
-    let found = crate::protocol::for_clone(state, remote)?;
-    let mut source = found
-        .protocol
-        .mirror_source(remote, Mirror::new(state.to_path_buf()));
+    let probed = crate::protocol::for_clone(state, remote)?;
+    // The probe's reader of sqld's log said `Hello` already: the clone reads on with it.
+    let (mut source, said): (Box<dyn crate::remote::replication::LogSource>, _) =
+        match probed.said_hello {
+            Some((log, hello)) => (Box::new(log), Some(hello)),
+            None => (
+                (probed.found.protocol).mirror_source(remote, Mirror::new(state.to_path_buf())),
+                None,
+            ),
+        };
     let log = &mut *source;
     let mut streams = Streams::Try;
     let mut log_id = String::new();
     let mut index = None;
-    let reason = match log.hello().map_err(MirrorError::from).and_then(|hello| {
+    let hello = match said {
+        Some(hello) => Ok(hello),
+        None => log.hello(),
+    };
+    let reason = match hello.map_err(MirrorError::from).and_then(|hello| {
         log_id.clone_from(&hello.log_id);
         index = hello.replication_index;
         mirror.build(log, &hello, &mut streams)
