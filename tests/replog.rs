@@ -1267,19 +1267,15 @@ fn pulls_of_a_long_stretch_killed_at_random_moments_are_finished_exactly() {
         sqld.exec(&format!(
             "UPDATE t SET v = randomblob(3000 + {round}) WHERE id % 50 != {round};"
         ));
-        let mut child = sqld
-            .tursync(dir.path())
-            .args(["pull"])
-            .env("TURSYNC_TEST_APPLY_PAUSE_MS", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let after = rng.below(1500);
-        std::thread::sleep(std::time::Duration::from_millis(after));
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        eprintln!("round {round}: killed after {after} ms: {status}");
+        killed_after(
+            sqld.tursync(dir.path())
+                .args(["pull"])
+                .env("TURSYNC_TEST_APPLY_PAUSE_MS", "1")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+            std::time::Duration::from_millis(rng.below(1500)),
+            &format!("pull, round {round}"),
+        );
         sqld.exec(&format!("INSERT INTO t(v) VALUES (x'{round:02x}')"));
         pull(&sqld, dir.path());
         assert!(!dir.path().join(".tursync/mirror.spool").exists());

@@ -689,8 +689,6 @@ pub fn init(sqld: &Sqld, dir: &Path) -> Output {
     ok(sqld, dir, &["init", "--force", "--url", &sqld.url])
 }
 
-/// Clones the remote at `url` into `dir` with no token: the Turso Sync servers the tests start
-/// take none.
 /// Runs `cmd` and kills it with SIGKILL after `wait`, if it still runs then: a crash at that
 /// moment. Says so on stderr, naming the command `what`.
 pub fn killed_after(cmd: &mut Command, wait: Duration, what: &str) {
@@ -701,6 +699,8 @@ pub fn killed_after(cmd: &mut Command, wait: Duration, what: &str) {
     eprintln!("killed {what} after {wait:?}");
 }
 
+/// Clones the remote at `url` into `dir` with no token: the Turso Sync servers the tests start
+/// take none.
 pub fn init_url(url: &str, dir: &Path) -> Output {
     run_ok(tursync(dir).args(["init", "--url", url]))
 }
