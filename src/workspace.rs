@@ -588,7 +588,8 @@ fn clone_from_log(
                 Err(check) => Some(format!("the copy of the log failed quick_check: {check}")),
             }
         }
-        Ok(None) | Err(MirrorError::Log(LogError::Reset)) => None,
+        // Read over SQL this time; the next pull reads the log again.
+        Ok(None) | Err(MirrorError::Log(LogError::Reset | LogError::Uneven(_))) => None,
         Err(MirrorError::Log(e)) => Some(e.to_string()),
         Err(MirrorError::Local(e)) => return Err(e),
     };

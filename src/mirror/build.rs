@@ -44,13 +44,12 @@ impl Mirror {
         let mut out = PageWriter::create(&self.db_path())?;
         read_log(log, hello, &mut out, &self.dir, streams)?;
         // Parts that did not count are read again in turn, up to where the read ends: a
-        // frame newer than the last commit would mean one was left, its pages in the file.
+        // frame newer than the last one read in order would mean one was left, its pages in
+        // the file.
         out.flush()?;
-        if let Some(newest) = out.newest()?.filter(|&n| out.txns.last_frame < Some(n)) {
-            return Err(LogError::Protocol(format!(
-                "frame {newest} was read, but the log's commits read end before it"
-            ))
-            .into());
+        let read = out.txns.txn_last.or(out.txns.last_frame);
+        if let Some(newest) = out.newest()?.filter(|&n| read < Some(n)) {
+            return Err(LogError::Uneven(newest).into());
         }
         if out.txns.txn_last.is_some() {
             // Pages of a transaction without its commit are in the file.

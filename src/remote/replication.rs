@@ -124,6 +124,10 @@ pub enum LogError {
     /// The log got a new id while it was being read: read it again from the start, later.
     #[error("the replication log was reset while it was read")]
     Reset,
+    /// A frame came that the log's commits, as read, end before (a server behind the one that
+    /// sent it, say): what was read cannot be trusted as one point; read it again, later.
+    #[error("frame {0} was read, but the log's commits read end before it")]
+    Uneven(u64),
     /// A stream sent no frame within this long. sqld sends its first frame at once: something
     /// between (a proxy that passes an answer on only once it is whole, say) holds the stream.
     #[error("the replication log stream sent nothing within {} ms (held by a proxy that passes answers on only once they end?)", .0.as_millis())]
