@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::apply::write_sums;
-use super::log::{read_log, writing, FrameSink, Part, Parts, Txns};
+use super::log::{panicked, read_log, writing, FrameSink, Part, Parts, Txns};
 use super::{Mirror, MirrorError, MirrorState, Streams};
 use crate::page_sums::{self, Header as SumsHeader};
 use crate::remote::replication::{page_of, Hello, LogError, LogSource, FRAME_HEADER};
@@ -94,8 +94,6 @@ struct Written {
     /// By page number less one: the frame that wrote the page last, and the page's sum (16
     /// bytes a page while the mirror is built: 20 MB for a database of 5 GB).
     last: Vec<Option<(u64, u32)>>,
-    /// The newest frame written: a build must not end before it ([`Mirror::build`]).
-    newest: Option<u64>,
     /// Bytes written since the kernel was last told to start writing them to disk.
     unstarted: usize,
 }
@@ -128,13 +126,18 @@ impl PageWriter {
             written: Mutex::default(),
             ended: Mutex::default(),
         };
-        Ok(PageWriter {
-            pages: Arc::new(pages),
+        Ok(PageWriter::on(Arc::new(pages), Txns::default()))
+    }
+
+    /// A writer of `pages` that counts its frames in `txns`.
+    fn on(pages: Arc<Pages>, txns: Txns) -> PageWriter {
+        PageWriter {
+            pages,
             run: Vec::with_capacity(RUN_BYTES),
             run_frames: Vec::new(),
             run_first: 0,
-            txns: Txns::default(),
-        })
+            txns,
+        }
     }
 
     /// Writes the gathered pages that are newer than what wrote them last.
@@ -174,7 +177,6 @@ impl PageWriter {
             // Recorded once written: a page whose write failed is written when it comes again.
             for (j, &(frame, sum)) in self.run_frames.iter().enumerate().take(i).skip(first) {
                 written.last[first_page + j] = Some((frame, sum));
-                written.newest = written.newest.max(Some(frame));
             }
             written.unstarted += (i - first) * ps;
         }
@@ -187,14 +189,11 @@ impl PageWriter {
         Ok(())
     }
 
-    /// The newest frame written into the file, by any writer.
+    /// The newest frame written into the file, by any writer: a build must not end before it
+    /// ([`Mirror::build`]).
     fn newest(&self) -> std::io::Result<Option<u64>> {
-        Ok(self
-            .pages
-            .written
-            .lock()
-            .map_err(|_| panicked(&self.pages.path))?
-            .newest)
+        let written = (self.pages.written.lock()).map_err(|_| panicked(&self.pages.path))?;
+        Ok(written.last.iter().flatten().map(|&(frame, _)| frame).max())
     }
 
     /// Checks a frame against the ones before it and gathers its page.
@@ -287,11 +286,6 @@ impl FrameSink for PageWriter {
     }
 }
 
-/// A writer of the mirror's file panicked while it held the lock.
-fn panicked(path: &Path) -> std::io::Error {
-    std::io::Error::other(format!("writing {}: a writer panicked", path.display()))
-}
-
 /// A part of a stretch from frame `lo` on, written into the mirror's file as it comes.
 struct PartWriter {
     lo: u64,
@@ -302,13 +296,7 @@ impl Parts for Arc<Pages> {
     fn part(&self, lo: u64) -> Box<dyn Part> {
         Box::new(PartWriter {
             lo,
-            out: PageWriter {
-                pages: Arc::clone(self),
-                run: Vec::with_capacity(RUN_BYTES),
-                run_frames: Vec::new(),
-                run_first: 0,
-                txns: Txns::starting_at(lo),
-            },
+            out: PageWriter::on(Arc::clone(self), Txns::starting_at(lo)),
         })
     }
 }

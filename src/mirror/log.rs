@@ -41,6 +41,12 @@ pub(super) trait Part: Send {
     fn end(self: Box<Self>) -> std::io::Result<()>;
 }
 
+/// A writer of the sink's file `path` (a part's, or the sink's own) panicked while it held the
+/// lock they share.
+pub(super) fn panicked(path: &Path) -> std::io::Error {
+    std::io::Error::other(format!("writing {}: a writer panicked", path.display()))
+}
+
 /// Names the sink's own file in an error writing it. The kind is kept: [`stream_ahead`] tells
 /// frames that do not follow (`InvalidData`) from storage failing by it.
 pub(super) fn writing(path: &Path) -> impl Fn(std::io::Error) -> std::io::Error + '_ {

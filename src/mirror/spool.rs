@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::log::{read_log, writing, FrameSink, Part, Parts, Txns};
+use super::log::{panicked, read_log, writing, FrameSink, Part, Parts, Txns};
 use super::{Mirror, MirrorError, Streams, SPOOL};
 use crate::durable::{self, Aside};
 use crate::remote::replication::{FrameHeader, Hello, LogSource, FRAME_HEADER};
@@ -320,7 +320,7 @@ impl FrameSink for Spool {
     fn follow(&mut self, lo: u64) -> std::io::Result<()> {
         let named = writing(&self.path);
         let (start, part) = (self.ended.lock())
-            .map_err(|_| named(std::io::Error::other("a part's writer panicked")))?
+            .map_err(|_| panicked(&self.path))?
             .remove(&lo)
             .ok_or_else(|| std::io::Error::other(format!("no part from frame {lo} ended")))?;
         self.out.flush().map_err(&named)?;
@@ -408,7 +408,7 @@ impl Part for SpoolPart {
         self.flush()?;
         let counted = std::mem::take(&mut self.counted);
         (self.ended.lock())
-            .map_err(|_| std::io::Error::other("a part's writer panicked"))?
+            .map_err(|_| panicked(&self.path))?
             .insert(self.lo, (self.start, counted));
         Ok(())
     }
