@@ -731,14 +731,8 @@ fn commits(n: u64) -> Vec<u64> {
 /// the case). The source the build read, for what it counted.
 fn built_and_applied(n: u64, what: &str, log: impl Fn() -> FakeLog) -> FakeLog {
     let (at, want) = built_in_batches(n);
-    let built = tempfile::tempdir().unwrap();
-    let b = Mirror::new(built.path().to_path_buf());
     let mut source = log();
-    let to = b
-        .build(&mut source, &at, &mut Streams::Try)
-        .unwrap()
-        .unwrap()
-        .to;
+    let (_built, b, to) = built_from(&mut source, &at);
     assert_eq!(to, n - 1, "{what}");
     assert!(fs::read(b.db_path()).unwrap() == want, "built, {what}");
     assert_eq!(sums_that_differ(&b), Vec::<u32>::new(), "built, {what}");
